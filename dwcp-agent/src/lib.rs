@@ -1,0 +1,2 @@
+//! dwcp-agent: the userspace side of dwcp. One module per concern.
+pub mod dataplane;

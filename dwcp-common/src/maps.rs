@@ -1,0 +1,359 @@
+//! Map names, sizes, keys and values of the fast path. The agent owns the configuration maps
+//! (routes, groups, next hops, neighbours, classifier, QoS policy, link config); the XDP
+//! programs own the state maps (link state, counters). No map is written by both.
+
+/// Map names. They are also the file names under the pin directory (default `/sys/fs/bpf/dwcp`)
+/// and must stay within the kernel's 15-character object names.
+pub mod names {
+    pub const CONFIG: &str = "DWCP_CONFIG";
+    pub const ROUTES_V4: &str = "ROUTES_V4";
+    pub const ROUTES_V6: &str = "ROUTES_V6";
+    pub const NH_GROUPS: &str = "NH_GROUPS";
+    pub const NEXTHOPS: &str = "NEXTHOPS";
+    pub const NEIGHBOURS: &str = "NEIGHBOURS";
+    pub const TX_PORTS: &str = "TX_PORTS";
+    pub const LINK_CONFIG: &str = "LINK_CONFIG";
+    pub const LINK_STATE: &str = "LINK_STATE";
+    pub const CLASSIFIER: &str = "CLASSIFIER";
+    pub const QOS_POLICY: &str = "QOS_POLICY";
+    pub const VNIS: &str = "VNIS";
+    pub const NH_STATS: &str = "NH_STATS";
+    pub const CLASS_STATS: &str = "CLASS_STATS";
+    pub const REASON_STATS: &str = "REASON_STATS";
+    /// Every map, for pinning and cleanup.
+    pub const ALL: [&str; 15] = [
+        CONFIG, ROUTES_V4, ROUTES_V6, NH_GROUPS, NEXTHOPS, NEIGHBOURS, TX_PORTS, LINK_CONFIG,
+        LINK_STATE, CLASSIFIER, QOS_POLICY, VNIS, NH_STATS, CLASS_STATS, REASON_STATS,
+    ];
+}
+
+/// Program names in the eBPF object.
+pub mod programs {
+    /// XDP on the LAN side: classify, mark, hash, encapsulate, redirect.
+    pub const LAN_INGRESS: &str = "dwcp_lan";
+    /// XDP on the underlay side: reflect/measure probes, decapsulate.
+    pub const UNDERLAY_INGRESS: &str = "dwcp_underlay";
+    /// `XDP_PASS` and nothing else: the baseline of the benchmarks, and the program put on the
+    /// receiving end of a veth so that redirected frames are accepted.
+    pub const PASS: &str = "dwcp_pass";
+}
+
+pub const MAX_ROUTES: u32 = 16_384;
+pub const MAX_GROUPS: u32 = 1_024;
+pub const MAX_NEXTHOPS: u32 = 1_024;
+pub const MAX_LINKS: u32 = 1_024;
+pub const MAX_NEIGHBOURS: u32 = 4_096;
+pub const MAX_PORTS: u32 = 64;
+pub const MAX_CLASSIFIER_RULES: u32 = 4_096;
+pub const MAX_VNIS: u32 = 4_096;
+/// Next hops in one group (primary + up to 3 secondaries, each possibly ECMP'd, fits easily).
+pub const MAX_GROUP_MEMBERS: usize = 8;
+/// Buckets of a group's weighted table. Prime, as Maglev recommends, and large enough that one
+/// bucket is 0.1 % of a group's traffic.
+pub const NHG_BUCKETS: usize = 1021;
+
+/// `GatewayConfig.flags`: the agent has finished programming; until then the LAN program
+/// passes everything up.
+pub const CONFIG_F_READY: u32 = 1;
+
+/// Global settings of this gateway. One entry in `DWCP_CONFIG`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GatewayConfig {
+    /// Seed of the flow hash: the same on every gateway so flows hash alike everywhere.
+    pub hash_seed: u32,
+    pub flags: u32,
+}
+
+/// Value of the route LPM tries: which next-hop group serves the prefix.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Route {
+    pub group_id: u32,
+    /// QoS class for traffic that matches no classifier rule.
+    pub default_class: u8,
+    pub _pad: [u8; 3],
+}
+
+/// One group's weighted bucket table. Buckets hold member indexes (into `nexthops`), so a
+/// dead member's flows can move to the next live member while the others stay put.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NextHopTable {
+    pub member_count: u32,
+    pub nexthops: [u32; MAX_GROUP_MEMBERS],
+    pub buckets: [u8; NHG_BUCKETS],
+    pub _pad: [u8; 7],
+}
+
+impl Default for NextHopTable {
+    fn default() -> Self {
+        NextHopTable { member_count: 0, nexthops: [0; MAX_GROUP_MEMBERS], buckets: [0; NHG_BUCKETS], _pad: [0; 7] }
+    }
+}
+
+/// `NextHop.flags`
+pub const NH_F_VALID: u32 = 1;
+
+/// A next hop: a VXLAN tunnel endpoint on one underlay link.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NextHop {
+    pub flags: u32,
+    /// Underlay link (index into `LINK_CONFIG` / `LINK_STATE`) this next hop rides on.
+    pub link_id: u32,
+    /// Underlay interface to send on (key of `TX_PORTS` and of the neighbour entry).
+    pub ifindex: u32,
+    /// VXLAN network identifier = path id.
+    pub vni: u32,
+    /// Outer source and destination IPv4 address, network byte order as bytes.
+    pub local_ip4: [u8; 4],
+    pub remote_ip4: [u8; 4],
+    /// Underlay neighbour to send to (the remote gateway, or a router in between).
+    pub via_ip4: [u8; 4],
+    /// Largest encapsulated IP packet the underlay carries (its MTU).
+    pub mtu: u32,
+    /// Destination MAC of the inner frame (the peer's VXLAN device MAC, for interop).
+    pub inner_dst_mac: [u8; 6],
+    pub _pad: [u8; 2],
+}
+
+/// Key of `NEIGHBOURS`: an IPv4 neighbour on an interface.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct NeighbourKey {
+    pub ifindex: u32,
+    pub ip4: [u8; 4],
+}
+
+/// Value of `NEIGHBOURS`, filled by the agent from the kernel's neighbour table.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Neighbour {
+    pub mac: [u8; 6],
+    /// MAC of our interface `ifindex` (the source of frames sent there).
+    pub if_mac: [u8; 6],
+    pub _pad: [u8; 4],
+}
+
+/// `LinkConfig.flags`: the link is probed, so its liveness decides whether it is used.
+pub const LINK_F_MONITORED: u32 = 1;
+/// `LinkConfig.flags`: administratively down (`dwcp link down`).
+pub const LINK_F_ADMIN_DOWN: u32 = 2;
+
+/// Agent-owned settings of an underlay link.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LinkConfig {
+    pub flags: u32,
+    /// Good replies needed after an outage before the link is used again (hysteresis).
+    pub up_after: u32,
+    /// No reply for this long means the link is dead (detect multiplier x probe interval).
+    pub detect_ns: u64,
+}
+
+/// Kernel-owned measurements of an underlay link, updated by the underlay program from probe
+/// replies.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LinkState {
+    /// `bpf_ktime_get_ns` of the last valid reply; 0 = never.
+    pub last_reply_ns: u64,
+    /// Consecutive replies since the last gap longer than `detect_ns`.
+    pub good_streak: u32,
+    pub last_seq: u32,
+    pub last_rtt_ns: u64,
+    /// Smoothed RTT (RFC 6298 alpha = 1/8).
+    pub srtt_ns: u64,
+    /// Interarrival jitter of the RTT (RFC 3550: J += (|D| - J) / 16).
+    pub jitter_ns: u64,
+    pub replies: u64,
+    /// Requests of the peer reflected by us on this link.
+    pub reflected: u64,
+}
+
+/// Classifier rule direction: match the destination or the source port.
+pub const CLASSIFY_DST_PORT: u8 = 0;
+pub const CLASSIFY_SRC_PORT: u8 = 1;
+
+/// Key of `CLASSIFIER`: protocol (0 = any) + port. Looked up for the destination port, then
+/// the source port, each first with the packet's protocol and then with protocol 0.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ClassifierKey {
+    pub proto: u8,
+    pub direction: u8,
+    pub port: u16,
+}
+
+/// Value of `CLASSIFIER`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ClassifierRule {
+    pub class: u8,
+    pub _pad: [u8; 3],
+}
+
+/// `QosPolicy.flags`: rewrite the DSCP of this class's packets.
+pub const QOS_F_REWRITE: u8 = 1;
+
+/// Per-class policy, indexed by class id in `QOS_POLICY`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct QosPolicy {
+    pub dscp: u8,
+    pub flags: u8,
+    pub _pad: [u8; 6],
+}
+
+/// Value of `VNIS`: a VNI that terminates on this gateway.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VniEntry {
+    /// LAN interface the decapsulated traffic is delivered to.
+    pub lan_ifindex: u32,
+    pub flags: u32,
+}
+
+/// Packet and byte counters (per CPU in the maps; the agent sums them).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counters {
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+/// What the fast path did with a packet, counted per CPU in `REASON_STATS`.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reason {
+    LanForwarded = 0,
+    LanPassNotIp = 1,
+    LanPassMalformed = 2,
+    LanPassFragment = 3,
+    LanPassNoRoute = 4,
+    LanPassNoGroup = 5,
+    LanPassNoLiveNextHop = 6,
+    LanPassNoNeighbour = 7,
+    LanPassTtlExceeded = 8,
+    LanPassTooBig = 9,
+    LanPassNoHeadroom = 10,
+    LanRedirectFailed = 11,
+    LanFailover = 12,
+    LanPassNotReady = 13,
+    UnderlayDecapRedirected = 14,
+    UnderlayDecapPassed = 15,
+    UnderlayPassOther = 16,
+    UnderlayPassUnknownVni = 17,
+    UnderlayPassMalformed = 18,
+    UnderlayProbeReflected = 19,
+    UnderlayProbeReply = 20,
+    UnderlayProbeBad = 21,
+    PolicerRemarked = 22,
+    PolicerDropped = 23,
+}
+
+pub const REASON_COUNT: u32 = 32;
+
+impl Reason {
+    pub const ALL: [Reason; 24] = [
+        Reason::LanForwarded,
+        Reason::LanPassNotIp,
+        Reason::LanPassMalformed,
+        Reason::LanPassFragment,
+        Reason::LanPassNoRoute,
+        Reason::LanPassNoGroup,
+        Reason::LanPassNoLiveNextHop,
+        Reason::LanPassNoNeighbour,
+        Reason::LanPassTtlExceeded,
+        Reason::LanPassTooBig,
+        Reason::LanPassNoHeadroom,
+        Reason::LanRedirectFailed,
+        Reason::LanFailover,
+        Reason::LanPassNotReady,
+        Reason::UnderlayDecapRedirected,
+        Reason::UnderlayDecapPassed,
+        Reason::UnderlayPassOther,
+        Reason::UnderlayPassUnknownVni,
+        Reason::UnderlayPassMalformed,
+        Reason::UnderlayProbeReflected,
+        Reason::UnderlayProbeReply,
+        Reason::UnderlayProbeBad,
+        Reason::PolicerRemarked,
+        Reason::PolicerDropped,
+    ];
+
+    /// Stable snake_case name, used as a metric label and in the CLI.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Reason::LanForwarded => "lan_forwarded",
+            Reason::LanPassNotIp => "lan_pass_not_ip",
+            Reason::LanPassMalformed => "lan_pass_malformed",
+            Reason::LanPassFragment => "lan_pass_fragment",
+            Reason::LanPassNoRoute => "lan_pass_no_route",
+            Reason::LanPassNoGroup => "lan_pass_no_group",
+            Reason::LanPassNoLiveNextHop => "lan_pass_no_live_nexthop",
+            Reason::LanPassNoNeighbour => "lan_pass_no_neighbour",
+            Reason::LanPassTtlExceeded => "lan_pass_ttl_exceeded",
+            Reason::LanPassTooBig => "lan_pass_too_big",
+            Reason::LanPassNoHeadroom => "lan_pass_no_headroom",
+            Reason::LanRedirectFailed => "lan_redirect_failed",
+            Reason::LanFailover => "lan_failover",
+            Reason::LanPassNotReady => "lan_pass_not_ready",
+            Reason::UnderlayDecapRedirected => "underlay_decap_redirected",
+            Reason::UnderlayDecapPassed => "underlay_decap_passed",
+            Reason::UnderlayPassOther => "underlay_pass_other",
+            Reason::UnderlayPassUnknownVni => "underlay_pass_unknown_vni",
+            Reason::UnderlayPassMalformed => "underlay_pass_malformed",
+            Reason::UnderlayProbeReflected => "underlay_probe_reflected",
+            Reason::UnderlayProbeReply => "underlay_probe_reply",
+            Reason::UnderlayProbeBad => "underlay_probe_bad",
+            Reason::PolicerRemarked => "policer_remarked",
+            Reason::PolicerDropped => "policer_dropped",
+        }
+    }
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    // SAFETY: all are repr(C), Copy, with explicit padding and no invalid bit patterns.
+    unsafe impl aya::Pod for GatewayConfig {}
+    unsafe impl aya::Pod for Route {}
+    unsafe impl aya::Pod for NextHopTable {}
+    unsafe impl aya::Pod for NextHop {}
+    unsafe impl aya::Pod for NeighbourKey {}
+    unsafe impl aya::Pod for Neighbour {}
+    unsafe impl aya::Pod for LinkConfig {}
+    unsafe impl aya::Pod for LinkState {}
+    unsafe impl aya::Pod for ClassifierKey {}
+    unsafe impl aya::Pod for ClassifierRule {}
+    unsafe impl aya::Pod for QosPolicy {}
+    unsafe impl aya::Pod for VniEntry {}
+    unsafe impl aya::Pod for Counters {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use core::mem::size_of;
+
+    #[test]
+    fn layouts_have_no_implicit_padding() {
+        assert_eq!(size_of::<GatewayConfig>(), 8);
+        assert_eq!(size_of::<Route>(), 8);
+        assert_eq!(size_of::<NextHopTable>(), 4 + 4 * MAX_GROUP_MEMBERS + NHG_BUCKETS + 7);
+        assert_eq!(size_of::<NextHop>(), 40);
+        assert_eq!(size_of::<NeighbourKey>(), 8);
+        assert_eq!(size_of::<Neighbour>(), 16);
+        assert_eq!(size_of::<LinkConfig>(), 16);
+        assert_eq!(size_of::<LinkState>(), 56);
+        assert_eq!(size_of::<ClassifierKey>(), 4);
+        assert_eq!(size_of::<QosPolicy>(), 8);
+        assert_eq!(size_of::<Counters>(), 16);
+        assert!(Reason::ALL.len() as u32 <= REASON_COUNT);
+        for (i, r) in Reason::ALL.iter().enumerate() {
+            assert_eq!(*r as usize, i);
+        }
+    }
+}

@@ -1,0 +1,28 @@
+//! Wire constants of the encapsulation and headers the fast path writes.
+
+pub const ETH_HLEN: usize = 14;
+pub const ETH_P_IP: u16 = 0x0800;
+pub const ETH_P_IPV6: u16 = 0x86DD;
+pub const ETH_P_8021Q: u16 = 0x8100;
+pub const ETH_P_8021AD: u16 = 0x88A8;
+pub const ETH_P_ARP: u16 = 0x0806;
+
+pub const IPPROTO_ICMP: u8 = 1;
+pub const IPPROTO_TCP: u8 = 6;
+pub const IPPROTO_UDP: u8 = 17;
+pub const IPPROTO_ICMPV6: u8 = 58;
+
+pub const IPV4_HLEN: usize = 20;
+pub const IPV6_HLEN: usize = 40;
+pub const UDP_HLEN: usize = 8;
+pub const VXLAN_HLEN: usize = 8;
+/// The IANA VXLAN port.
+pub const VXLAN_PORT: u16 = 4789;
+/// VXLAN flags byte: "I" bit, the VNI is valid.
+pub const VXLAN_FLAG_VNI: u8 = 0x08;
+/// Outer Ethernet + IPv4 + UDP + VXLAN headers added in front of the inner Ethernet frame.
+pub const VXLAN_ENCAP_LEN: usize = ETH_HLEN + IPV4_HLEN + UDP_HLEN + VXLAN_HLEN;
+/// Outer UDP source ports are taken from this range (RFC 7348 recommends 49152-65535).
+pub const ENCAP_SPORT_MIN: u16 = 49152;
+/// The largest VNI (24 bits).
+pub const VNI_MAX: u32 = 0x00FF_FFFF;
