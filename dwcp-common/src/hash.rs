@@ -38,8 +38,14 @@ const fn fmix(mut h: u32) -> u32 {
 #[inline(always)]
 pub const fn flow_hash(k: &FlowKey, seed: u32) -> u32 {
     let mut h = seed;
-    h = mix(h, k.src[0] ^ k.src[1].rotate_left(8) ^ k.src[2].rotate_left(16) ^ k.src[3].rotate_left(24));
-    h = mix(h, k.dst[0] ^ k.dst[1].rotate_left(8) ^ k.dst[2].rotate_left(16) ^ k.dst[3].rotate_left(24));
+    h = mix(
+        h,
+        k.src[0] ^ k.src[1].rotate_left(8) ^ k.src[2].rotate_left(16) ^ k.src[3].rotate_left(24),
+    );
+    h = mix(
+        h,
+        k.dst[0] ^ k.dst[1].rotate_left(8) ^ k.dst[2].rotate_left(16) ^ k.dst[3].rotate_left(24),
+    );
     h = mix(h, ((k.src_port as u32) << 16) | k.dst_port as u32);
     h = mix(h, k.proto as u32);
     fmix(h ^ 13)
@@ -51,7 +57,13 @@ mod tests {
 
     #[test]
     fn stable_and_seeded() {
-        let k = FlowKey { src: [0x0a00_0001, 0, 0, 0], dst: [0x0a01_0001, 0, 0, 0], src_port: 1000, dst_port: 80, proto: 6 };
+        let k = FlowKey {
+            src: [0x0a00_0001, 0, 0, 0],
+            dst: [0x0a01_0001, 0, 0, 0],
+            src_port: 1000,
+            dst_port: 80,
+            proto: 6,
+        };
         // Pinned value: the hash is a wire format (gateways must agree on it).
         assert_eq!(flow_hash(&k, 0), flow_hash(&k, 0));
         assert_ne!(flow_hash(&k, 0), flow_hash(&k, 1));

@@ -22,8 +22,21 @@ pub mod names {
     pub const REASON_STATS: &str = "REASON_STATS";
     /// Every map, for pinning and cleanup.
     pub const ALL: [&str; 15] = [
-        CONFIG, ROUTES_V4, ROUTES_V6, NH_GROUPS, NEXTHOPS, NEIGHBOURS, TX_PORTS, LINK_CONFIG,
-        LINK_STATE, CLASSIFIER, QOS_POLICY, VNIS, NH_STATS, CLASS_STATS, REASON_STATS,
+        CONFIG,
+        ROUTES_V4,
+        ROUTES_V6,
+        NH_GROUPS,
+        NEXTHOPS,
+        NEIGHBOURS,
+        TX_PORTS,
+        LINK_CONFIG,
+        LINK_STATE,
+        CLASSIFIER,
+        QOS_POLICY,
+        VNIS,
+        NH_STATS,
+        CLASS_STATS,
+        REASON_STATS,
     ];
 }
 
@@ -88,7 +101,12 @@ pub struct NextHopTable {
 
 impl Default for NextHopTable {
     fn default() -> Self {
-        NextHopTable { member_count: 0, nexthops: [0; MAX_GROUP_MEMBERS], buckets: [0; NHG_BUCKETS], _pad: [0; 7] }
+        NextHopTable {
+            member_count: 0,
+            nexthops: [0; MAX_GROUP_MEMBERS],
+            buckets: [0; NHG_BUCKETS],
+            _pad: [0; 7],
+        }
     }
 }
 
@@ -342,7 +360,10 @@ mod tests {
     fn layouts_have_no_implicit_padding() {
         assert_eq!(size_of::<GatewayConfig>(), 8);
         assert_eq!(size_of::<Route>(), 8);
-        assert_eq!(size_of::<NextHopTable>(), 4 + 4 * MAX_GROUP_MEMBERS + NHG_BUCKETS + 7);
+        assert_eq!(
+            size_of::<NextHopTable>(),
+            4 + 4 * MAX_GROUP_MEMBERS + NHG_BUCKETS + 7
+        );
         assert_eq!(size_of::<NextHop>(), 40);
         assert_eq!(size_of::<NeighbourKey>(), 8);
         assert_eq!(size_of::<Neighbour>(), 16);

@@ -83,11 +83,21 @@ mod tests {
 
     #[test]
     fn round_trip_and_rejects() {
-        let h = ProbeHeader { kind: PROBE_KIND_REQUEST, flags: 0, link_id: 7, seq: 42, tx_ns: 123_456_789, rx_ns: 0 };
+        let h = ProbeHeader {
+            kind: PROBE_KIND_REQUEST,
+            flags: 0,
+            link_id: 7,
+            seq: 42,
+            tx_ns: 123_456_789,
+            rx_ns: 0,
+        };
         let mut b = [0u8; PROBE_LEN];
         h.encode(&mut b);
         assert_eq!(ProbeHeader::decode(&b), Ok(h));
-        assert_eq!(ProbeHeader::decode(&b[..PROBE_LEN - 1]), Err(ProbeError::TooShort));
+        assert_eq!(
+            ProbeHeader::decode(&b[..PROBE_LEN - 1]),
+            Err(ProbeError::TooShort)
+        );
         let mut bad = b;
         bad[0] = 0;
         assert_eq!(ProbeHeader::decode(&bad), Err(ProbeError::BadMagic));

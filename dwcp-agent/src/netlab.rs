@@ -1,0 +1,289 @@
+//! Network-namespace labs for tests, benchmarks and `cargo xtask lab`: namespaces and veth
+//! pairs that are removed again when their guard drops, also when a test fails or panics.
+//!
+//! Namespace names are `dwcp-<tag>-<pid>-<n>`, so concurrent test processes never collide and
+//! [`sweep_stale`] can remove what a killed process left behind.
+
+use std::{
+    fs::File,
+    os::fd::AsFd,
+    path::PathBuf,
+    process::{Command, Output},
+    sync::atomic::{AtomicU32, Ordering},
+};
+
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum NetlabError {
+    #[error("`{cmd}` failed: {stderr}")]
+    Command { cmd: String, stderr: String },
+    #[error("cannot run `{cmd}`: {source}")]
+    Spawn { cmd: String, source: std::io::Error },
+    #[error("cannot enter network namespace {name}: {source}")]
+    Enter {
+        name: String,
+        source: std::io::Error,
+    },
+}
+
+pub type Result<T, E = NetlabError> = std::result::Result<T, E>;
+
+static NEXT_ID: AtomicU32 = AtomicU32::new(0);
+
+/// Runs a command, failing with its stderr when it exits non-zero.
+pub fn run(argv: &[&str]) -> Result<Output> {
+    let cmd = argv.join(" ");
+    let out = Command::new(argv[0])
+        .args(&argv[1..])
+        .output()
+        .map_err(|source| NetlabError::Spawn {
+            cmd: cmd.clone(),
+            source,
+        })?;
+    if !out.status.success() {
+        return Err(NetlabError::Command {
+            cmd,
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        });
+    }
+    Ok(out)
+}
+
+/// A network namespace that is deleted (with every interface in it) on drop.
+#[derive(Debug)]
+pub struct Netns {
+    name: String,
+    keep: bool,
+}
+
+impl Netns {
+    /// Creates `dwcp-<tag>-<pid>-<n>`, with loopback up.
+    pub fn new(tag: &str) -> Result<Netns> {
+        let n = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+        let name = format!("dwcp-{tag}-{}-{n}", std::process::id());
+        Self::create_named(name)
+    }
+
+    /// Creates a namespace with exactly this name (the lab uses stable names so that
+    /// `lab status` and `lab down` find them from another process).
+    pub fn create_named(name: String) -> Result<Netns> {
+        run(&["ip", "netns", "add", &name])?;
+        let ns = Netns { name, keep: false };
+        ns.ip(&["link", "set", "lo", "up"])?;
+        Ok(ns)
+    }
+
+    /// Adopts an existing namespace (removed on drop unless [`Netns::keep`] is called).
+    pub fn adopt(name: &str) -> Netns {
+        Netns {
+            name: name.to_string(),
+            keep: false,
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Leaves the namespace in place when the guard drops (the lab outlives its command).
+    pub fn keep(mut self) -> String {
+        self.keep = true;
+        self.name.clone()
+    }
+
+    /// `ip -n <ns> <args>`.
+    pub fn ip(&self, args: &[&str]) -> Result<Output> {
+        let mut argv = vec!["ip", "-n", &self.name];
+        argv.extend_from_slice(args);
+        run(&argv)
+    }
+
+    /// Runs a program inside the namespace.
+    pub fn exec(&self, argv: &[&str]) -> Result<Output> {
+        let mut full = vec!["ip", "netns", "exec", &self.name];
+        full.extend_from_slice(argv);
+        run(&full)
+    }
+
+    /// Starts a program inside the namespace without waiting for it.
+    pub fn spawn(&self, argv: &[&str]) -> Result<std::process::Child> {
+        let cmd = argv.join(" ");
+        Command::new("ip")
+            .args(["netns", "exec", &self.name])
+            .args(argv)
+            .spawn()
+            .map_err(|source| NetlabError::Spawn { cmd, source })
+    }
+
+    /// Sets a sysctl inside the namespace.
+    pub fn sysctl(&self, key: &str, value: &str) -> Result<()> {
+        self.exec(&["sysctl", "-qw", &format!("{key}={value}")])
+            .map(|_| ())
+    }
+
+    pub fn path(&self) -> PathBuf {
+        PathBuf::from("/run/netns").join(&self.name)
+    }
+
+    /// Runs `f` on a new thread that has entered this namespace (sockets it opens and
+    /// interfaces it names are this namespace's), and returns its result.
+    pub fn run_in<F, R>(&self, f: F) -> Result<R>
+    where
+        F: FnOnce() -> R + Send,
+        R: Send,
+    {
+        let file = File::open(self.path()).map_err(|source| NetlabError::Enter {
+            name: self.name.clone(),
+            source,
+        })?;
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                enter(&file).map_err(|source| NetlabError::Enter {
+                    name: self.name.clone(),
+                    source,
+                })?;
+                Ok(f())
+            })
+            .join()
+            .unwrap_or_else(|p| std::panic::resume_unwind(p))
+        })
+    }
+
+    /// Returns the interface index of `ifname` in this namespace.
+    pub fn ifindex(&self, ifname: &str) -> Result<u32> {
+        let out = self.exec(&["cat", &format!("/sys/class/net/{ifname}/ifindex")])?;
+        String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse()
+            .map_err(|_| NetlabError::Command {
+                cmd: format!("ifindex of {ifname}"),
+                stderr: "not a number".into(),
+            })
+    }
+
+    /// Returns the MAC address of `ifname` in this namespace.
+    pub fn mac(&self, ifname: &str) -> Result<[u8; 6]> {
+        let out = self.exec(&["cat", &format!("/sys/class/net/{ifname}/address")])?;
+        parse_mac(String::from_utf8_lossy(&out.stdout).trim()).ok_or_else(|| NetlabError::Command {
+            cmd: format!("mac of {ifname}"),
+            stderr: "unparsable".into(),
+        })
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        if !self.keep {
+            let _ = Command::new("ip")
+                .args(["netns", "del", &self.name])
+                .output();
+        }
+    }
+}
+
+/// Moves the calling thread into the namespace behind `file`.
+pub fn enter(file: &File) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: plain syscall on a valid fd; affects only the calling thread.
+    let rc = unsafe { libc::setns(file.as_fd().as_raw_fd(), libc::CLONE_NEWNET) };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Creates a veth pair `a_if` (in `a`) <-> `b_if` (in `b`), both up.
+pub fn veth(a: &Netns, a_if: &str, b: &Netns, b_if: &str) -> Result<()> {
+    a.ip(&[
+        "link",
+        "add",
+        a_if,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        b_if,
+        "netns",
+        b.name(),
+    ])?;
+    a.ip(&["link", "set", a_if, "up"])?;
+    b.ip(&["link", "set", b_if, "up"])?;
+    Ok(())
+}
+
+/// Adds an address (CIDR notation) to an interface.
+pub fn addr(ns: &Netns, ifname: &str, cidr: &str) -> Result<()> {
+    let family = if cidr.contains(':') { "-6" } else { "-4" };
+    ns.ip(&[family, "addr", "add", cidr, "dev", ifname, "nodad"])
+        .or_else(|_| ns.ip(&[family, "addr", "add", cidr, "dev", ifname]))
+        .map(|_| ())
+}
+
+pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
+    let mut mac = [0u8; 6];
+    let mut parts = s.split(':');
+    for b in mac.iter_mut() {
+        *b = u8::from_str_radix(parts.next()?, 16).ok()?;
+    }
+    parts.next().is_none().then_some(mac)
+}
+
+/// Deletes `dwcp-*-<pid>-*` namespaces whose process is gone (left by a killed test run).
+pub fn sweep_stale() -> usize {
+    let Ok(out) = run(&["ip", "netns", "list"]) else {
+        return 0;
+    };
+    let mut removed = 0;
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let name = line.split_whitespace().next().unwrap_or("");
+        let parts: Vec<&str> = name.split('-').collect();
+        if parts.len() >= 4 && parts[0] == "dwcp" {
+            if let Ok(pid) = parts[parts.len() - 2].parse::<u32>() {
+                if !PathBuf::from(format!("/proc/{pid}")).exists()
+                    && run(&["ip", "netns", "del", name]).is_ok()
+                {
+                    removed += 1;
+                }
+            }
+        }
+    }
+    removed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mac_parsing() {
+        assert_eq!(parse_mac("02:00:0a:ff:00:01"), Some([2, 0, 10, 255, 0, 1]));
+        assert_eq!(parse_mac("02:00:0a:ff:00"), None);
+        assert_eq!(parse_mac("02:00:0a:ff:00:01:02"), None);
+        assert_eq!(parse_mac("zz:00:0a:ff:00:01"), None);
+    }
+
+    #[test]
+    fn namespace_and_veth_are_removed_on_drop() {
+        let name;
+        {
+            let a = Netns::new("nltest").unwrap();
+            let b = Netns::new("nltest").unwrap();
+            veth(&a, "v0", &b, "v1").unwrap();
+            addr(&a, "v0", "192.0.2.1/30").unwrap();
+            addr(&b, "v1", "192.0.2.2/30").unwrap();
+            a.exec(&["ping", "-c1", "-W2", "192.0.2.2"]).unwrap();
+            let idx = a.ifindex("v0").unwrap();
+            assert!(idx > 1);
+            // A thread inside the namespace can bind to the namespace's address; outside, not.
+            let inside = a
+                .run_in(|| std::net::UdpSocket::bind("192.0.2.1:0").is_ok())
+                .unwrap();
+            assert!(inside);
+            assert!(std::net::UdpSocket::bind("192.0.2.1:0").is_err());
+            name = a.name().to_string();
+        }
+        let list = run(&["ip", "netns", "list"]).unwrap();
+        assert!(!String::from_utf8_lossy(&list.stdout).contains(&name));
+    }
+}
