@@ -1,4 +1,486 @@
-//! Loading, attaching and programming the XDP fast path.
+//! The fast path from userspace: load the eBPF object, pin its maps, attach its XDP programs,
+//! and program routes, next-hop groups, next hops, neighbours, classifier rules and QoS policy
+//! through a typed API. Counters and link state are read back from the per-CPU / state maps.
+//!
+//! Maps are pinned by name under the pin directory (default `/sys/fs/bpf/dwcp`); loading again
+//! re-uses pinned maps, so a restarted agent finds the state the fast path kept using.
+
+pub mod nhg_table;
+
+use std::{
+    net::IpAddr,
+    path::{Path, PathBuf},
+};
+
+use aya::{
+    maps::{
+        lpm_trie::{Key, LpmTrie},
+        Array, ArrayOfMaps, DevMapHash, HashMap, MapData, MapError, PerCpuArray,
+    },
+    programs::{xdp::XdpLinkId, ProgramError, Xdp, XdpMode},
+    Ebpf, EbpfLoader,
+};
+use dwcp_common::{
+    maps::{names, programs},
+    ClassifierKey, ClassifierRule, Counters, GatewayConfig, LinkConfig, LinkState, Neighbour,
+    NeighbourKey, NextHop, NextHopTable, QosPolicy, Reason, Route, VniEntry, MAX_GROUPS, MAX_LINKS,
+    MAX_NEXTHOPS,
+};
+use thiserror::Error;
+use tracing::{info, warn};
+
+pub use nhg_table::{build_table, GroupError, Member};
 
 /// The eBPF object built by build.rs (dwcp-ebpf, with BTF).
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/dwcp"));
+
+pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/dwcp";
+
+#[derive(Debug, Error)]
+pub enum DataplaneError {
+    #[error("loading the eBPF object: {0}")]
+    Load(#[from] aya::EbpfError),
+    #[error("map {map}: {source}")]
+    Map { map: &'static str, source: MapError },
+    #[error("program {program}: {source}")]
+    Program {
+        program: &'static str,
+        source: ProgramError,
+    },
+    #[error("attaching {program} to {ifname}: native XDP failed ({native}) and generic XDP failed too ({generic})")]
+    Attach {
+        program: &'static str,
+        ifname: String,
+        native: ProgramError,
+        generic: ProgramError,
+    },
+    #[error("pin directory {path}: {source}")]
+    PinDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{what} {id} is out of range (maximum {max})")]
+    OutOfRange {
+        what: &'static str,
+        id: u32,
+        max: u32,
+    },
+    #[error("prefix length {len} is too long for {addr}")]
+    PrefixLength { addr: IpAddr, len: u8 },
+    #[error("next-hop group {group}: {source}")]
+    Group { group: u32, source: GroupError },
+    #[error("adding interface {ifindex} to the redirect map: {detail}")]
+    Port { ifindex: u32, detail: String },
+    #[error("interface {0} not found")]
+    NoInterface(String),
+}
+
+type Result<T, E = DataplaneError> = std::result::Result<T, E>;
+
+fn map_err(map: &'static str) -> impl FnOnce(MapError) -> DataplaneError {
+    move |source| DataplaneError::Map { map, source }
+}
+
+/// How the program ended up attached.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AttachMode {
+    Native,
+    Generic,
+}
+
+/// Where the maps live.
+#[derive(Clone, Debug)]
+pub enum Pinning {
+    /// Pin (and re-use) maps under this bpffs directory.
+    Dir(PathBuf),
+    /// No pins: the maps live as long as this process (fixture tests, benchmarks).
+    None,
+}
+
+/// The loaded fast path and typed handles to its maps.
+pub struct Dataplane {
+    ebpf: Ebpf,
+    pin_dir: Option<PathBuf>,
+    config: Array<MapData, GatewayConfig>,
+    routes_v4: LpmTrie<MapData, [u8; 4], Route>,
+    routes_v6: LpmTrie<MapData, [u8; 16], Route>,
+    groups: ArrayOfMaps<MapData, Array<MapData, NextHopTable>>,
+    nexthops: Array<MapData, NextHop>,
+    neighbours: HashMap<MapData, NeighbourKey, Neighbour>,
+    tx_ports: DevMapHash<MapData>,
+    link_config: Array<MapData, LinkConfig>,
+    link_state: Array<MapData, LinkState>,
+    classifier: HashMap<MapData, ClassifierKey, ClassifierRule>,
+    qos: Array<MapData, QosPolicy>,
+    vnis: HashMap<MapData, u32, VniEntry>,
+    nh_stats: PerCpuArray<MapData, Counters>,
+    class_stats: PerCpuArray<MapData, Counters>,
+    reason_stats: PerCpuArray<MapData, u64>,
+}
+
+macro_rules! take {
+    ($ebpf:expr, $name:expr) => {{
+        let map = $ebpf.take_map($name).ok_or(DataplaneError::Map {
+            map: $name,
+            source: MapError::InvalidName { name: $name.into() },
+        })?;
+        map.try_into().map_err(map_err($name))?
+    }};
+}
+
+impl Dataplane {
+    /// Loads the embedded object. With [`Pinning::Dir`] the maps are pinned there (created if
+    /// absent, re-used if present).
+    pub fn load(pinning: Pinning) -> Result<Dataplane> {
+        Self::load_object(EBPF_OBJECT, pinning)
+    }
+
+    pub fn load_object(object: &[u8], pinning: Pinning) -> Result<Dataplane> {
+        let mut loader = EbpfLoader::new();
+        let pin_dir = match &pinning {
+            Pinning::Dir(dir) => {
+                std::fs::create_dir_all(dir).map_err(|source| DataplaneError::PinDir {
+                    path: dir.clone(),
+                    source,
+                })?;
+                Some(dir.clone())
+            }
+            Pinning::None => None,
+        };
+        let paths: Vec<(&'static str, PathBuf)> = match &pin_dir {
+            Some(dir) => names::ALL.iter().map(|n| (*n, dir.join(n))).collect(),
+            None => Vec::new(),
+        };
+        for (name, path) in &paths {
+            loader.map_pin_path(name, path.as_path());
+        }
+        let mut ebpf = loader.load(object)?;
+        for name in [
+            programs::LAN_INGRESS,
+            programs::UNDERLAY_INGRESS,
+            programs::PASS,
+        ] {
+            let prog: &mut Xdp = ebpf
+                .program_mut(name)
+                .ok_or(DataplaneError::Program {
+                    program: name,
+                    source: ProgramError::NotLoaded,
+                })?
+                .try_into()
+                .map_err(|source| DataplaneError::Program {
+                    program: name,
+                    source,
+                })?;
+            prog.load().map_err(|source| DataplaneError::Program {
+                program: name,
+                source,
+            })?;
+        }
+        Ok(Dataplane {
+            config: take!(ebpf, names::CONFIG),
+            routes_v4: take!(ebpf, names::ROUTES_V4),
+            routes_v6: take!(ebpf, names::ROUTES_V6),
+            groups: take!(ebpf, names::NH_GROUPS),
+            nexthops: take!(ebpf, names::NEXTHOPS),
+            neighbours: take!(ebpf, names::NEIGHBOURS),
+            tx_ports: take!(ebpf, names::TX_PORTS),
+            link_config: take!(ebpf, names::LINK_CONFIG),
+            link_state: take!(ebpf, names::LINK_STATE),
+            classifier: take!(ebpf, names::CLASSIFIER),
+            qos: take!(ebpf, names::QOS_POLICY),
+            vnis: take!(ebpf, names::VNIS),
+            nh_stats: take!(ebpf, names::NH_STATS),
+            class_stats: take!(ebpf, names::CLASS_STATS),
+            reason_stats: take!(ebpf, names::REASON_STATS),
+            ebpf,
+            pin_dir,
+        })
+    }
+
+    pub fn pin_dir(&self) -> Option<&Path> {
+        self.pin_dir.as_deref()
+    }
+
+    /// The loaded XDP program `name` (one of `dwcp_common::maps::programs`), e.g. for
+    /// BPF_PROG_TEST_RUN.
+    pub fn program(&mut self, name: &'static str) -> Result<&mut Xdp> {
+        self.ebpf
+            .program_mut(name)
+            .ok_or(DataplaneError::Program {
+                program: name,
+                source: ProgramError::NotLoaded,
+            })?
+            .try_into()
+            .map_err(|source| DataplaneError::Program {
+                program: name,
+                source,
+            })
+    }
+
+    /// Attaches program `name` to `ifname` (in the calling thread's network namespace): native
+    /// XDP, or generic XDP with a warning when the driver has no native support.
+    pub fn attach(&mut self, name: &'static str, ifname: &str) -> Result<(XdpLinkId, AttachMode)> {
+        let prog = self.program(name)?;
+        match prog.attach(ifname, XdpMode::Driver) {
+            Ok(id) => {
+                info!(program = name, ifname, "attached in native XDP mode");
+                Ok((id, AttachMode::Native))
+            }
+            Err(native) => match prog.attach(ifname, XdpMode::Skb) {
+                Ok(id) => {
+                    warn!(program = name, ifname, error = %native, "native XDP not available; attached in generic (skb) mode, which is several times slower");
+                    Ok((id, AttachMode::Generic))
+                }
+                Err(generic) => Err(DataplaneError::Attach {
+                    program: name,
+                    ifname: ifname.into(),
+                    native,
+                    generic,
+                }),
+            },
+        }
+    }
+
+    pub fn set_config(&mut self, cfg: GatewayConfig) -> Result<()> {
+        self.config.set(0, cfg, 0).map_err(map_err(names::CONFIG))
+    }
+
+    pub fn config(&self) -> Result<GatewayConfig> {
+        self.config.get(&0, 0).map_err(map_err(names::CONFIG))
+    }
+
+    /// Adds or replaces the route for `addr/len`.
+    pub fn set_route(&mut self, addr: IpAddr, len: u8, route: Route) -> Result<()> {
+        match addr {
+            IpAddr::V4(a) => {
+                if len > 32 {
+                    return Err(DataplaneError::PrefixLength { addr, len });
+                }
+                self.routes_v4
+                    .insert(&Key::new(len as u32, a.octets()), route, 0)
+                    .map_err(map_err(names::ROUTES_V4))
+            }
+            IpAddr::V6(a) => {
+                if len > 128 {
+                    return Err(DataplaneError::PrefixLength { addr, len });
+                }
+                self.routes_v6
+                    .insert(&Key::new(len as u32, a.octets()), route, 0)
+                    .map_err(map_err(names::ROUTES_V6))
+            }
+        }
+    }
+
+    pub fn remove_route(&mut self, addr: IpAddr, len: u8) -> Result<()> {
+        match addr {
+            IpAddr::V4(a) => self
+                .routes_v4
+                .remove(&Key::new(len as u32, a.octets()))
+                .map_err(map_err(names::ROUTES_V4)),
+            IpAddr::V6(a) => self
+                .routes_v6
+                .remove(&Key::new(len as u32, a.octets()))
+                .map_err(map_err(names::ROUTES_V6)),
+        }
+    }
+
+    /// All IPv4 and IPv6 routes currently programmed.
+    pub fn routes(&self) -> Result<Vec<(IpAddr, u8, Route)>> {
+        let mut out = Vec::new();
+        for item in self.routes_v4.iter() {
+            let (k, v) = item.map_err(map_err(names::ROUTES_V4))?;
+            out.push((IpAddr::from(k.data()), k.prefix_len() as u8, v));
+        }
+        for item in self.routes_v6.iter() {
+            let (k, v) = item.map_err(map_err(names::ROUTES_V6))?;
+            out.push((IpAddr::from(k.data()), k.prefix_len() as u8, v));
+        }
+        Ok(out)
+    }
+
+    /// Replaces group `group`'s table atomically: the new table goes into a fresh inner map,
+    /// which then takes the old one's place in one update of the outer map.
+    pub fn set_group_table(&mut self, group: u32, table: &NextHopTable) -> Result<()> {
+        check_range("next-hop group", group, MAX_GROUPS)?;
+        let mut inner: Array<MapData, NextHopTable> =
+            Array::create(1, 0).map_err(map_err(names::NH_GROUPS))?;
+        inner.set(0, table, 0).map_err(map_err(names::NH_GROUPS))?;
+        self.groups
+            .set(group, &inner, 0)
+            .map_err(map_err(names::NH_GROUPS))
+    }
+
+    /// Builds group `group`'s table from members and weights, keeping buckets of the table in
+    /// force where the weights allow (see [`nhg_table`]), and installs it atomically.
+    pub fn set_group(&mut self, group: u32, members: &[Member]) -> Result<NextHopTable> {
+        let previous = self.group_table(group)?;
+        let table = build_table(members, previous.as_ref())
+            .map_err(|source| DataplaneError::Group { group, source })?;
+        self.set_group_table(group, &table)?;
+        Ok(table)
+    }
+
+    /// The table in force for `group`, if any.
+    pub fn group_table(&self, group: u32) -> Result<Option<NextHopTable>> {
+        check_range("next-hop group", group, MAX_GROUPS)?;
+        match self.groups.get(&group, 0) {
+            Ok(inner) => {
+                let inner: Array<MapData, NextHopTable> = inner;
+                Ok(Some(inner.get(&0, 0).map_err(map_err(names::NH_GROUPS))?))
+            }
+            Err(MapError::KeyNotFound) => Ok(None),
+            Err(e) => Err(map_err(names::NH_GROUPS)(e)),
+        }
+    }
+
+    pub fn set_nexthop(&mut self, id: u32, nh: NextHop) -> Result<()> {
+        check_range("next hop", id, MAX_NEXTHOPS)?;
+        self.nexthops
+            .set(id, nh, 0)
+            .map_err(map_err(names::NEXTHOPS))
+    }
+
+    pub fn nexthop(&self, id: u32) -> Result<NextHop> {
+        check_range("next hop", id, MAX_NEXTHOPS)?;
+        self.nexthops.get(&id, 0).map_err(map_err(names::NEXTHOPS))
+    }
+
+    pub fn set_neighbour(&mut self, key: NeighbourKey, n: Neighbour) -> Result<()> {
+        self.neighbours
+            .insert(key, n, 0)
+            .map_err(map_err(names::NEIGHBOURS))
+    }
+
+    pub fn remove_neighbour(&mut self, key: &NeighbourKey) -> Result<()> {
+        match self.neighbours.remove(key) {
+            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+            Err(e) => Err(map_err(names::NEIGHBOURS)(e)),
+        }
+    }
+
+    pub fn neighbours(&self) -> Result<Vec<(NeighbourKey, Neighbour)>> {
+        self.neighbours
+            .iter()
+            .map(|r| r.map_err(map_err(names::NEIGHBOURS)))
+            .collect()
+    }
+
+    /// Lets the fast path redirect to interface `ifindex`.
+    pub fn add_port(&mut self, ifindex: u32) -> Result<()> {
+        self.tx_ports
+            .insert(ifindex, ifindex, None, 0)
+            .map_err(|e| DataplaneError::Port {
+                ifindex,
+                detail: e.to_string(),
+            })
+    }
+
+    pub fn set_link_config(&mut self, link: u32, cfg: LinkConfig) -> Result<()> {
+        check_range("link", link, MAX_LINKS)?;
+        self.link_config
+            .set(link, cfg, 0)
+            .map_err(map_err(names::LINK_CONFIG))
+    }
+
+    pub fn link_config(&self, link: u32) -> Result<LinkConfig> {
+        check_range("link", link, MAX_LINKS)?;
+        self.link_config
+            .get(&link, 0)
+            .map_err(map_err(names::LINK_CONFIG))
+    }
+
+    /// What the underlay program measured on `link`.
+    pub fn link_state(&self, link: u32) -> Result<LinkState> {
+        check_range("link", link, MAX_LINKS)?;
+        self.link_state
+            .get(&link, 0)
+            .map_err(map_err(names::LINK_STATE))
+    }
+
+    pub fn set_classifier_rule(&mut self, key: ClassifierKey, rule: ClassifierRule) -> Result<()> {
+        self.classifier
+            .insert(key, rule, 0)
+            .map_err(map_err(names::CLASSIFIER))
+    }
+
+    pub fn remove_classifier_rule(&mut self, key: &ClassifierKey) -> Result<()> {
+        match self.classifier.remove(key) {
+            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+            Err(e) => Err(map_err(names::CLASSIFIER)(e)),
+        }
+    }
+
+    pub fn set_qos_policy(&mut self, class: u8, p: QosPolicy) -> Result<()> {
+        self.qos
+            .set(class as u32, p, 0)
+            .map_err(map_err(names::QOS_POLICY))
+    }
+
+    /// Terminates `vni` here: its traffic is decapsulated and delivered towards `lan_ifindex`.
+    pub fn add_vni(&mut self, vni: u32, entry: VniEntry) -> Result<()> {
+        check_range("VNI", vni, dwcp_common::wire::VNI_MAX + 1)?;
+        self.vnis
+            .insert(vni, entry, 0)
+            .map_err(map_err(names::VNIS))
+    }
+
+    pub fn nexthop_counters(&self, id: u32) -> Result<Counters> {
+        sum_counters(&self.nh_stats, id, names::NH_STATS)
+    }
+
+    pub fn class_counters(&self, class: u8) -> Result<Counters> {
+        sum_counters(&self.class_stats, class as u32, names::CLASS_STATS)
+    }
+
+    pub fn reason_count(&self, reason: Reason) -> Result<u64> {
+        let v = self
+            .reason_stats
+            .get(&(reason as u32), 0)
+            .map_err(map_err(names::REASON_STATS))?;
+        Ok(v.iter().sum())
+    }
+
+    /// Every reason with its count (summed over CPUs).
+    pub fn reason_counts(&self) -> Result<Vec<(Reason, u64)>> {
+        Reason::ALL
+            .iter()
+            .map(|&r| Ok((r, self.reason_count(r)?)))
+            .collect()
+    }
+}
+
+fn check_range(what: &'static str, id: u32, max: u32) -> Result<()> {
+    if id >= max {
+        return Err(DataplaneError::OutOfRange {
+            what,
+            id,
+            max: max - 1,
+        });
+    }
+    Ok(())
+}
+
+fn sum_counters(
+    map: &PerCpuArray<MapData, Counters>,
+    idx: u32,
+    name: &'static str,
+) -> Result<Counters> {
+    let v = map.get(&idx, 0).map_err(map_err(name))?;
+    Ok(v.iter().fold(Counters::default(), |a, c| Counters {
+        packets: a.packets + c.packets,
+        bytes: a.bytes + c.bytes,
+    }))
+}
+
+/// Removes the pinned maps under `dir` (and the directory if it is then empty).
+pub fn unpin_all(dir: &Path) -> std::io::Result<()> {
+    for name in names::ALL {
+        match std::fs::remove_file(dir.join(name)) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+    }
+    let _ = std::fs::remove_dir(dir);
+    Ok(())
+}

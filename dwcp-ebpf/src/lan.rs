@@ -1,0 +1,334 @@
+//! LAN ingress: traffic from this region towards other regions.
+//!
+//! parse -> route (LPM) -> next-hop group -> flow hash -> bucket -> live member -> classify
+//! -> VXLAN encapsulate (+ DSCP rewrite, TTL decrement of the inner packet) -> redirect.
+//! Every check that can fail happens before the packet is touched, so a pass-up is
+//! byte-for-byte the packet that arrived.
+use aya_ebpf::{
+    bindings::xdp_action,
+    helpers::{bpf_ktime_get_ns, bpf_xdp_adjust_head},
+    programs::XdpContext,
+};
+use dwcp_common::{
+    flow_hash, wire::*, ClassifierKey, LinkConfig, Neighbour, NeighbourKey, NextHop, NextHopTable,
+    QosPolicy, Reason, CLASSIFY_DST_PORT, CLASSIFY_SRC_PORT, CONFIG_F_READY, LINK_F_ADMIN_DOWN,
+    LINK_F_MONITORED, MAX_GROUP_MEMBERS, NHG_BUCKETS, NH_F_VALID, QOS_F_REWRITE,
+};
+
+use crate::{
+    headers::{
+        bounded, csum_fold, csum_replace2, ptr_at, EthHdr, Ipv4Hdr, Ipv6Hdr, UdpHdr, VxlanHdr,
+    },
+    maps::*,
+    parse::{parse, Parsed},
+    stats::{count, count_class, count_nexthop},
+};
+
+const BEST_EFFORT: u8 = 4;
+
+#[inline(always)]
+pub fn lan_ingress(ctx: &XdpContext) -> u32 {
+    match try_lan(ctx) {
+        Ok(action) => action,
+        Err(reason) => {
+            count(reason);
+            xdp_action::XDP_PASS
+        }
+    }
+}
+
+/// Lazily read clock: only packets whose next hop is monitored pay for it.
+struct Clock(u64);
+
+impl Clock {
+    #[inline(always)]
+    fn now(&mut self) -> u64 {
+        if self.0 == 0 {
+            self.0 = unsafe { bpf_ktime_get_ns() };
+        }
+        self.0
+    }
+}
+
+/// The kernel's liveness rule (the agent mirrors it): a monitored link is usable while its
+/// last probe reply is younger than `detect_ns` and, after an outage, once `up_after`
+/// consecutive replies came back (hysteresis against flapping).
+#[inline(always)]
+fn link_usable(link_id: u32, clock: &mut Clock) -> bool {
+    let Some(cfg) = LINK_CONFIG.get(link_id) else {
+        return true;
+    };
+    let cfg: &LinkConfig = cfg;
+    if cfg.flags & LINK_F_ADMIN_DOWN != 0 {
+        return false;
+    }
+    if cfg.flags & LINK_F_MONITORED == 0 {
+        return true;
+    }
+    let Some(st) = LINK_STATE.get(link_id) else {
+        return false;
+    };
+    let last = st.last_reply_ns;
+    if last == 0 || st.good_streak < cfg.up_after {
+        return false;
+    }
+    clock.now().saturating_sub(last) <= cfg.detect_ns
+}
+
+/// The bucket's member if its link is usable, else the next usable member in order: flows of
+/// live members never move, a dead member's flows spread deterministically.
+#[inline(always)]
+fn pick_nexthop(
+    table: &NextHopTable,
+    member: u32,
+    clock: &mut Clock,
+) -> Result<(u32, &'static NextHop), Reason> {
+    let n = table.member_count;
+    let mut i = 0u32;
+    while i < MAX_GROUP_MEMBERS as u32 {
+        if i >= n {
+            break;
+        }
+        let m = (member + i) % n;
+        let id = table.nexthops[(m as usize) & (MAX_GROUP_MEMBERS - 1)];
+        if let Some(nh) = NEXTHOPS.get(id) {
+            if nh.flags & NH_F_VALID != 0 && link_usable(nh.link_id, clock) {
+                if i > 0 {
+                    count(Reason::LanFailover);
+                }
+                return Ok((id, nh));
+            }
+        }
+        i += 1;
+    }
+    Err(Reason::LanPassNoLiveNextHop)
+}
+
+#[inline(always)]
+fn classify(p: &Parsed, default_class: u8) -> u8 {
+    let proto = p.key.proto;
+    let lookups = [
+        ClassifierKey {
+            proto,
+            direction: CLASSIFY_DST_PORT,
+            port: p.key.dst_port,
+        },
+        ClassifierKey {
+            proto: 0,
+            direction: CLASSIFY_DST_PORT,
+            port: p.key.dst_port,
+        },
+        ClassifierKey {
+            proto,
+            direction: CLASSIFY_SRC_PORT,
+            port: p.key.src_port,
+        },
+        ClassifierKey {
+            proto: 0,
+            direction: CLASSIFY_SRC_PORT,
+            port: p.key.src_port,
+        },
+    ];
+    if p.key.dst_port != 0 || p.key.src_port != 0 {
+        for k in lookups.iter() {
+            if let Some(rule) = unsafe { CLASSIFIER.get(k) } {
+                return rule.class;
+            }
+        }
+    }
+    default_class
+}
+
+#[inline(always)]
+fn try_lan(ctx: &XdpContext) -> Result<u32, Reason> {
+    let cfg = DWCP_CONFIG.get(0).ok_or(Reason::LanPassNotReady)?;
+    if cfg.flags & CONFIG_F_READY == 0 {
+        return Err(Reason::LanPassNotReady);
+    }
+    let seed = cfg.hash_seed;
+    let p = parse(ctx)?;
+
+    let route = if p.v6 {
+        ROUTES_V6.get(&V6Key::new(128, p.dst6))
+    } else {
+        ROUTES_V4.get(&V4Key::new(32, p.dst4))
+    };
+    let route = *route.ok_or(Reason::LanPassNoRoute)?;
+
+    let table = NH_GROUPS
+        .get_value(route.group_id, &0)
+        .ok_or(Reason::LanPassNoGroup)?;
+    if table.member_count == 0 || table.member_count as usize > MAX_GROUP_MEMBERS {
+        return Err(Reason::LanPassNoGroup);
+    }
+    let hash = flow_hash(&p.key, seed);
+    let bucket =
+        bounded((hash % NHG_BUCKETS as u32) as usize, NHG_BUCKETS).ok_or(Reason::LanPassNoGroup)?;
+    let member = table.buckets[bucket] as u32;
+    let mut clock = Clock(0);
+    let (nh_id, nh) = pick_nexthop(table, member, &mut clock)?;
+
+    let frame_len = ctx.data_end() - ctx.data();
+    // Outer IP packet = outer IPv4 + UDP + VXLAN + inner Ethernet + inner L3 and beyond.
+    let outer_ip_len = frame_len - p.l3_off + IPV4_HLEN + UDP_HLEN + VXLAN_HLEN + ETH_HLEN;
+    if outer_ip_len > nh.mtu as usize {
+        return Err(Reason::LanPassTooBig);
+    }
+    let neigh: &Neighbour = unsafe {
+        NEIGHBOURS.get(NeighbourKey {
+            ifindex: nh.ifindex,
+            ip4: nh.via_ip4,
+        })
+    }
+    .ok_or(Reason::LanPassNoNeighbour)?;
+    let class = classify(&p, route.default_class);
+    let class = if class > BEST_EFFORT {
+        BEST_EFFORT
+    } else {
+        class
+    };
+
+    // TTL / hop limit: leave expiring packets to the kernel (it sends the ICMP error).
+    if p.v6 {
+        let ip: *const Ipv6Hdr = ptr_at(ctx, p.l3_off).ok_or(Reason::LanPassMalformed)?;
+        if unsafe { (*ip).hop_limit } <= 1 {
+            return Err(Reason::LanPassTtlExceeded);
+        }
+    } else {
+        let ip: *const Ipv4Hdr = ptr_at(ctx, p.l3_off).ok_or(Reason::LanPassMalformed)?;
+        if unsafe { (*ip).ttl } <= 1 {
+            return Err(Reason::LanPassTtlExceeded);
+        }
+    }
+
+    // From here on the packet is modified.
+    let grow = (VXLAN_ENCAP_LEN + ETH_HLEN) as i32 - p.l3_off as i32;
+    if unsafe { bpf_xdp_adjust_head(ctx.ctx, -grow) } != 0 {
+        return Err(Reason::LanPassNoHeadroom);
+    }
+    let policy: Option<&QosPolicy> = QOS_POLICY.get(class as u32);
+    let tos = rewrite_inner(ctx, p.v6, policy)?;
+    write_outer(ctx, nh, neigh, hash, tos, p.v6)?;
+
+    count_nexthop(nh_id, frame_len as u64);
+    count_class(class as u32, frame_len as u64);
+    match TX_PORTS.redirect(nh.ifindex, 0) {
+        Ok(action) => {
+            count(Reason::LanForwarded);
+            Ok(action)
+        }
+        Err(_) => {
+            count(Reason::LanRedirectFailed);
+            Ok(xdp_action::XDP_DROP)
+        }
+    }
+}
+
+const INNER_L3: usize = VXLAN_ENCAP_LEN + ETH_HLEN;
+
+/// DSCP rewrite (ECN kept) and TTL / hop-limit decrement of the inner packet, now at a fixed
+/// offset behind the new headers. Returns the inner TOS / traffic class for the outer header.
+#[inline(always)]
+fn rewrite_inner(ctx: &XdpContext, v6: bool, policy: Option<&QosPolicy>) -> Result<u8, Reason> {
+    let rewrite = policy
+        .filter(|p| p.flags & QOS_F_REWRITE != 0)
+        .map(|p| p.dscp & 0x3f);
+    if v6 {
+        let ip: *mut Ipv6Hdr = ptr_at(ctx, INNER_L3).ok_or(Reason::LanPassMalformed)?;
+        let ip = unsafe { &mut *ip };
+        let b0 = ip.vtc_flow[0];
+        let b1 = ip.vtc_flow[1];
+        let mut tc = ((b0 & 0x0f) << 4) | (b1 >> 4);
+        if let Some(dscp) = rewrite {
+            tc = (dscp << 2) | (tc & 0x03);
+            ip.vtc_flow[0] = 0x60 | (tc >> 4);
+            ip.vtc_flow[1] = ((tc & 0x0f) << 4) | (b1 & 0x0f);
+        }
+        ip.hop_limit -= 1;
+        Ok(tc)
+    } else {
+        let ip: *mut Ipv4Hdr = ptr_at(ctx, INNER_L3).ok_or(Reason::LanPassMalformed)?;
+        let words = ip as *mut u16;
+        let ip = unsafe { &mut *ip };
+        let mut check = ip.check;
+        if let Some(dscp) = rewrite {
+            let old = unsafe { *words };
+            ip.tos = (dscp << 2) | (ip.tos & 0x03);
+            check = csum_replace2(check, old, unsafe { *words });
+        }
+        let old = unsafe { *words.add(4) };
+        ip.ttl -= 1;
+        check = csum_replace2(check, old, unsafe { *words.add(4) });
+        ip.check = check;
+        Ok(ip.tos)
+    }
+}
+
+/// Writes outer Ethernet, IPv4, UDP and VXLAN headers and the inner Ethernet header.
+#[inline(always)]
+fn write_outer(
+    ctx: &XdpContext,
+    nh: &NextHop,
+    neigh: &Neighbour,
+    hash: u32,
+    tos: u8,
+    v6: bool,
+) -> Result<(), Reason> {
+    let frame_len = ctx.data_end() - ctx.data();
+    let _all: *mut [u8; INNER_L3] = ptr_at(ctx, 0).ok_or(Reason::LanPassMalformed)?;
+    let base = ctx.data();
+    let eth = base as *mut EthHdr;
+    let ip = (base + ETH_HLEN) as *mut Ipv4Hdr;
+    let udp = (base + ETH_HLEN + IPV4_HLEN) as *mut UdpHdr;
+    let vx = (base + ETH_HLEN + IPV4_HLEN + UDP_HLEN) as *mut VxlanHdr;
+    let inner = (base + VXLAN_ENCAP_LEN) as *mut EthHdr;
+    let ip_len = (frame_len - ETH_HLEN) as u16;
+    let udp_len = ip_len - IPV4_HLEN as u16;
+    let l = nh.local_ip4;
+    let r = nh.remote_ip4;
+    // One's complement sum of the outer IPv4 header, computed from the values written.
+    let sum = ((0x45u32 << 8) | tos as u32)
+        + ip_len as u32
+        + ((64u32 << 8) | IPPROTO_UDP as u32)
+        + (((l[0] as u32) << 8) | l[1] as u32)
+        + (((l[2] as u32) << 8) | l[3] as u32)
+        + (((r[0] as u32) << 8) | r[1] as u32)
+        + (((r[2] as u32) << 8) | r[3] as u32);
+    let sport = ENCAP_SPORT_MIN + ((hash >> 16) % (65536 - ENCAP_SPORT_MIN as u32)) as u16;
+    unsafe {
+        (*eth).dst = neigh.mac;
+        (*eth).src = neigh.if_mac;
+        (*eth).proto = ETH_P_IP.to_be();
+        *ip = Ipv4Hdr {
+            vihl: 0x45,
+            tos,
+            tot_len: ip_len.to_be(),
+            id: 0,
+            frag_off: 0,
+            ttl: 64,
+            proto: IPPROTO_UDP,
+            check: csum_fold(sum).to_be(),
+            src: u32::from_ne_bytes(l),
+            dst: u32::from_ne_bytes(r),
+        };
+        *udp = UdpHdr {
+            sport: sport.to_be(),
+            dport: VXLAN_PORT.to_be(),
+            len: udp_len.to_be(),
+            check: 0,
+        };
+        *vx = VxlanHdr {
+            flags: VXLAN_FLAG_VNI,
+            reserved: [0; 3],
+            vni: (nh.vni << 8).to_be(),
+        };
+        (*inner).dst = nh.inner_dst_mac;
+        (*inner).src = neigh.if_mac;
+        (*inner).proto = if v6 {
+            ETH_P_IPV6.to_be()
+        } else {
+            ETH_P_IP.to_be()
+        };
+    }
+    Ok(())
+}

@@ -1,0 +1,70 @@
+//! The fast path's maps. BTF-defined (so `bpftool map dump` prints field names) and pinned by
+//! the agent under its pin directory by name (see `dwcp_common::maps::names`).
+
+use aya_ebpf::{
+    btf_maps::{lpm_trie::Key, Array, ArrayOfMaps, DevMapHash, HashMap, LpmTrie, PerCpuArray},
+    macros::btf_map,
+};
+use dwcp_common::{
+    ClassifierKey, ClassifierRule, Counters, GatewayConfig, LinkConfig, LinkState, Neighbour,
+    NeighbourKey, NextHop, NextHopTable, QosPolicy, Route, VniEntry, MAX_CLASSIFIER_RULES,
+    MAX_GROUPS, MAX_LINKS, MAX_NEIGHBOURS, MAX_NEXTHOPS, MAX_PORTS, MAX_ROUTES, MAX_VNIS,
+    REASON_COUNT,
+};
+
+const ROUTES: usize = MAX_ROUTES as usize;
+
+#[btf_map]
+pub static DWCP_CONFIG: Array<GatewayConfig, 1> = Array::new();
+
+#[btf_map]
+pub static ROUTES_V4: LpmTrie<[u8; 4], Route, ROUTES> = LpmTrie::new();
+
+#[btf_map]
+pub static ROUTES_V6: LpmTrie<[u8; 16], Route, ROUTES> = LpmTrie::new();
+
+/// Group id -> a one-entry array holding the group's table. The agent swaps the inner map as
+/// a whole, so a packet sees either the old table or the new one, never a mix.
+#[btf_map]
+pub static NH_GROUPS: ArrayOfMaps<Array<NextHopTable, 1>, { MAX_GROUPS as usize }> =
+    ArrayOfMaps::new();
+
+#[btf_map]
+pub static NEXTHOPS: Array<NextHop, { MAX_NEXTHOPS as usize }> = Array::new();
+
+#[btf_map]
+pub static NEIGHBOURS: HashMap<NeighbourKey, Neighbour, { MAX_NEIGHBOURS as usize }> =
+    HashMap::new();
+
+/// ifindex -> device, for `bpf_redirect_map`.
+#[btf_map]
+pub static TX_PORTS: DevMapHash<{ MAX_PORTS as usize }> = DevMapHash::new();
+
+#[btf_map]
+pub static LINK_CONFIG: Array<LinkConfig, { MAX_LINKS as usize }> = Array::new();
+
+#[btf_map]
+pub static LINK_STATE: Array<LinkState, { MAX_LINKS as usize }> = Array::new();
+
+#[btf_map]
+pub static CLASSIFIER: HashMap<ClassifierKey, ClassifierRule, { MAX_CLASSIFIER_RULES as usize }> =
+    HashMap::new();
+
+#[btf_map]
+pub static QOS_POLICY: Array<QosPolicy, { dwcp_common::qos::QOS_CLASSES }> = Array::new();
+
+#[btf_map]
+pub static VNIS: HashMap<u32, VniEntry, { MAX_VNIS as usize }> = HashMap::new();
+
+#[btf_map]
+pub static NH_STATS: PerCpuArray<Counters, { MAX_NEXTHOPS as usize }> = PerCpuArray::new();
+
+#[btf_map]
+pub static CLASS_STATS: PerCpuArray<Counters, { dwcp_common::qos::QOS_CLASSES }> =
+    PerCpuArray::new();
+
+#[btf_map]
+pub static REASON_STATS: PerCpuArray<u64, { REASON_COUNT as usize }> = PerCpuArray::new();
+
+pub type V4Key = Key<[u8; 4]>;
+pub type V6Key = Key<[u8; 16]>;
