@@ -1,0 +1,780 @@
+//! BPF_PROG_TEST_RUN fixtures for the XDP programs: input bytes -> expected output bytes and
+//! verdict, computed independently of the program (headers rebuilt, checksums recomputed from
+//! scratch). Needs root (CAP_BPF, CAP_NET_ADMIN, CAP_PERFMON).
+
+mod common;
+
+use std::net::{IpAddr, Ipv4Addr};
+
+use aya::programs::{TestRun, TestRunOptions};
+use common::*;
+use dwcp_agent::dataplane::{nhg_table, Dataplane, Member, Pinning};
+use dwcp_common::{
+    flow_hash, maps::programs, probe::*, wire::*, ClassifierKey, ClassifierRule, FlowKey,
+    GatewayConfig, LinkConfig, Neighbour, NeighbourKey, NextHop, NextHopTable, QosClass, QosPolicy,
+    Reason, Route, VniEntry, CONFIG_F_READY, LINK_F_MONITORED, NH_F_VALID, QOS_F_REWRITE,
+};
+
+const XDP_ABORTED: u32 = 0;
+const XDP_DROP: u32 = 1;
+const XDP_PASS: u32 = 2;
+const XDP_TX: u32 = 3;
+const XDP_REDIRECT: u32 = 4;
+const SEED: u32 = 0x5eed_1234;
+const GROUP: u32 = 7;
+const IF_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x10];
+
+fn nexthop(id: u32) -> NextHop {
+    NextHop {
+        flags: NH_F_VALID,
+        link_id: id,
+        ifindex: 1,
+        vni: 100 + id,
+        local_ip4: [192, 0, 2, 1],
+        remote_ip4: [198, 51, 100, id as u8],
+        via_ip4: [198, 51, 100, id as u8],
+        mtu: 1500,
+        inner_dst_mac: [0x02, 0, 0, 0, 0xb0, id as u8],
+        _pad: [0; 2],
+    }
+}
+
+fn neighbour(id: u32) -> Neighbour {
+    Neighbour {
+        mac: [0xaa, 0, 0, 0, 0, id as u8],
+        if_mac: IF_MAC,
+        _pad: [0; 4],
+    }
+}
+
+struct Fixture {
+    dp: Dataplane,
+    table: NextHopTable,
+}
+
+impl Fixture {
+    /// A gateway with routes 10.2.0.0/16 and 2001:db8:2::/48 to a group of next hops 1 and 2
+    /// (weights 1:3), classifier rules UDP/5004 -> realtime and TCP/22 -> interactive, every
+    /// class rewriting its DSCP.
+    fn new() -> Fixture {
+        let mut dp = Dataplane::load(Pinning::None).expect("load eBPF object (needs root)");
+        dp.set_config(GatewayConfig {
+            hash_seed: SEED,
+            flags: CONFIG_F_READY,
+        })
+        .unwrap();
+        for id in [1, 2] {
+            dp.set_nexthop(id, nexthop(id)).unwrap();
+            dp.set_neighbour(
+                NeighbourKey {
+                    ifindex: 1,
+                    ip4: [198, 51, 100, id as u8],
+                },
+                neighbour(id),
+            )
+            .unwrap();
+        }
+        dp.add_port(1).unwrap();
+        let table = dp
+            .set_group(
+                GROUP,
+                &[
+                    Member {
+                        nexthop: 1,
+                        weight: 1,
+                    },
+                    Member {
+                        nexthop: 2,
+                        weight: 3,
+                    },
+                ],
+            )
+            .unwrap();
+        let route = Route {
+            group_id: GROUP,
+            default_class: QosClass::BestEffort as u8,
+            _pad: [0; 3],
+        };
+        dp.set_route("10.2.0.0".parse().unwrap(), 16, route)
+            .unwrap();
+        dp.set_route("2001:db8:2::".parse().unwrap(), 48, route)
+            .unwrap();
+        dp.set_classifier_rule(
+            ClassifierKey {
+                proto: IPPROTO_UDP,
+                direction: 0,
+                port: 5004,
+            },
+            ClassifierRule {
+                class: QosClass::Realtime as u8,
+                _pad: [0; 3],
+            },
+        )
+        .unwrap();
+        dp.set_classifier_rule(
+            ClassifierKey {
+                proto: IPPROTO_TCP,
+                direction: 0,
+                port: 22,
+            },
+            ClassifierRule {
+                class: QosClass::Interactive as u8,
+                _pad: [0; 3],
+            },
+        )
+        .unwrap();
+        for c in QosClass::ALL {
+            dp.set_qos_policy(
+                c as u8,
+                QosPolicy {
+                    dscp: c.default_dscp(),
+                    flags: QOS_F_REWRITE,
+                    _pad: [0; 6],
+                },
+            )
+            .unwrap();
+        }
+        Fixture { dp, table }
+    }
+
+    fn run(&mut self, program: &'static str, input: &[u8]) -> (u32, Vec<u8>) {
+        let prog = self.dp.program(program).unwrap();
+        let mut out = vec![0u8; input.len() + 512];
+        let res = prog
+            .test_run(TestRunOptions {
+                data_in: Some(input),
+                data_out: Some(&mut out),
+                ..Default::default()
+            })
+            .unwrap_or_else(|e| panic!("test_run of {} bytes: {e}", input.len()));
+        out.truncate(res.data_size_out as usize);
+        (res.return_value, out)
+    }
+
+    fn lan(&mut self, input: &[u8]) -> (u32, Vec<u8>) {
+        self.run(programs::LAN_INGRESS, input)
+    }
+
+    fn reason(&self, r: Reason) -> u64 {
+        self.dp.reason_count(r).unwrap()
+    }
+
+    /// Which next hop the group picks for this flow (before liveness).
+    fn chosen(&self, key: &FlowKey) -> u32 {
+        nhg_table::lookup(&self.table, flow_hash(key, SEED))
+    }
+}
+
+fn v4_key(src: &str, dst: &str, proto: u8, sport: u16, dport: u16) -> FlowKey {
+    let s: Ipv4Addr = src.parse().unwrap();
+    let d: Ipv4Addr = dst.parse().unwrap();
+    FlowKey {
+        src: [u32::from(s), 0, 0, 0],
+        dst: [u32::from(d), 0, 0, 0],
+        src_port: sport,
+        dst_port: dport,
+        proto,
+    }
+}
+
+fn v6_key(src: &str, dst: &str, proto: u8, sport: u16, dport: u16) -> FlowKey {
+    let w = |a: &str| {
+        let o = a.parse::<std::net::Ipv6Addr>().unwrap().octets();
+        [0, 1, 2, 3]
+            .map(|i| u32::from_be_bytes([o[4 * i], o[4 * i + 1], o[4 * i + 2], o[4 * i + 3]]))
+    };
+    FlowKey {
+        src: w(src),
+        dst: w(dst),
+        src_port: sport,
+        dst_port: dport,
+        proto,
+    }
+}
+
+/// The inner IP packet as the fast path must emit it: TTL / hop limit - 1, DSCP set (ECN
+/// kept), IPv4 checksum recomputed from scratch.
+fn expected_inner(l3: &[u8], dscp: u8) -> Vec<u8> {
+    let mut p = l3.to_vec();
+    if p[0] >> 4 == 4 {
+        p[1] = (dscp << 2) | (p[1] & 3);
+        p[8] -= 1;
+        let ihl = (p[0] & 0xf) as usize * 4;
+        p[10] = 0;
+        p[11] = 0;
+        let c = checksum(&p[..ihl]);
+        p[10..12].copy_from_slice(&c.to_be_bytes());
+    } else {
+        let tc = ((p[0] & 0x0f) << 4) | (p[1] >> 4);
+        let tc = (dscp << 2) | (tc & 3);
+        p[0] = 0x60 | (tc >> 4);
+        p[1] = ((tc & 0x0f) << 4) | (p[1] & 0x0f);
+        p[7] -= 1;
+    }
+    p
+}
+
+/// The whole frame the fast path must send: outer Ethernet/IPv4/UDP/VXLAN, inner Ethernet,
+/// inner packet.
+fn expected_encap(l3_out: &[u8], nh: &NextHop, hash: u32) -> Vec<u8> {
+    let v6 = l3_out[0] >> 4 == 6;
+    let tos = if v6 {
+        ((l3_out[0] & 0x0f) << 4) | (l3_out[1] >> 4)
+    } else {
+        l3_out[1]
+    };
+    let n = neighbour(nh.link_id);
+    let inner_len = 14 + l3_out.len();
+    let mut f = eth(n.mac, n.if_mac, ETH_P_IP);
+    let mut ip = vec![0x45, tos];
+    ip.extend_from_slice(&((20 + 8 + 8 + inner_len) as u16).to_be_bytes());
+    ip.extend_from_slice(&[0, 0, 0, 0, 64, IPPROTO_UDP, 0, 0]);
+    ip.extend_from_slice(&nh.local_ip4);
+    ip.extend_from_slice(&nh.remote_ip4);
+    let c = checksum(&ip);
+    ip[10..12].copy_from_slice(&c.to_be_bytes());
+    f.extend_from_slice(&ip);
+    let sport = ENCAP_SPORT_MIN + ((hash >> 16) % (65536 - ENCAP_SPORT_MIN as u32)) as u16;
+    f.extend_from_slice(&sport.to_be_bytes());
+    f.extend_from_slice(&VXLAN_PORT.to_be_bytes());
+    f.extend_from_slice(&((8 + 8 + inner_len) as u16).to_be_bytes());
+    f.extend_from_slice(&[0, 0]);
+    f.extend_from_slice(&[0x08, 0, 0, 0]);
+    f.extend_from_slice(&(nh.vni << 8).to_be_bytes());
+    f.extend_from_slice(&eth(
+        nh.inner_dst_mac,
+        n.if_mac,
+        if v6 { ETH_P_IPV6 } else { ETH_P_IP },
+    ));
+    f.extend_from_slice(l3_out);
+    f
+}
+
+/// Runs a frame that must be forwarded and checks every output byte and the counters.
+fn assert_forwarded(fx: &mut Fixture, input: &[u8], l3_off: usize, key: FlowKey, class: QosClass) {
+    let nh_id = fx.chosen(&key);
+    let before_nh = fx.dp.nexthop_counters(nh_id).unwrap();
+    let before_class = fx.dp.class_counters(class as u8).unwrap();
+    let (verdict, out) = fx.lan(input);
+    assert_eq!(verdict, XDP_REDIRECT, "verdict");
+    let want = expected_encap(
+        &expected_inner(&input[l3_off..], class.default_dscp()),
+        &nexthop(nh_id),
+        flow_hash(&key, SEED),
+    );
+    assert_eq!(out, want, "output bytes");
+    // Independent parse of the result: valid outer IPv4 checksum, VXLAN on 4789.
+    let parsed = etherparse::SlicedPacket::from_ethernet(&out).expect("output parses");
+    match parsed.net {
+        Some(etherparse::NetSlice::Ipv4(ip)) => {
+            let h = ip.header().to_header();
+            assert_eq!(h.header_checksum, h.calc_header_checksum());
+        }
+        other => panic!("outer header is not IPv4: {other:?}"),
+    }
+    let after_nh = fx.dp.nexthop_counters(nh_id).unwrap();
+    assert_eq!(after_nh.packets, before_nh.packets + 1);
+    assert_eq!(after_nh.bytes, before_nh.bytes + input.len() as u64);
+    assert_eq!(
+        fx.dp.class_counters(class as u8).unwrap().packets,
+        before_class.packets + 1
+    );
+}
+
+fn assert_passed_unchanged(fx: &mut Fixture, input: &[u8], reason: Reason) {
+    let before = fx.reason(reason);
+    let (verdict, out) = fx.lan(input);
+    assert_eq!(verdict, XDP_PASS, "verdict for {reason:?}");
+    assert_eq!(out, input, "bytes must be unchanged ({reason:?})");
+    assert_eq!(fx.reason(reason), before + 1, "counter {reason:?}");
+}
+
+fn udp_v4_frame(tos: u8) -> (Vec<u8>, FlowKey) {
+    let mut ip = V4::new(IPPROTO_UDP, "10.1.0.5", "10.2.0.9");
+    ip.tos = tos;
+    let f = frame(ETH_P_IP, &ip.build(&udp(40000, 5004, b"hello dwcp")));
+    (f, v4_key("10.1.0.5", "10.2.0.9", IPPROTO_UDP, 40000, 5004))
+}
+
+#[test]
+fn ipv4_udp_is_classified_marked_and_encapsulated() {
+    let mut fx = Fixture::new();
+    let (f, key) = udp_v4_frame(0);
+    assert_forwarded(&mut fx, &f, 14, key, QosClass::Realtime);
+    assert_eq!(fx.reason(Reason::LanForwarded), 1);
+}
+
+#[test]
+fn ipv4_tcp_is_forwarded() {
+    let mut fx = Fixture::new();
+    let ip = V4::new(IPPROTO_TCP, "10.1.0.5", "10.2.200.1").build(&tcp(51000, 22, b""));
+    assert_forwarded(
+        &mut fx,
+        &frame(ETH_P_IP, &ip),
+        14,
+        v4_key("10.1.0.5", "10.2.200.1", IPPROTO_TCP, 51000, 22),
+        QosClass::Interactive,
+    );
+}
+
+#[test]
+fn ipv4_with_options_hashes_ports_behind_the_options() {
+    let mut fx = Fixture::new();
+    let mut ip = V4::new(IPPROTO_UDP, "10.1.0.5", "10.2.0.9");
+    ip.options = vec![1, 1, 1, 0, 0x44, 4, 5, 0]; // NOP NOP NOP EOL, timestamp-ish filler
+    let f = frame(ETH_P_IP, &ip.build(&udp(40001, 5004, b"opts")));
+    assert_forwarded(
+        &mut fx,
+        &f,
+        14,
+        v4_key("10.1.0.5", "10.2.0.9", IPPROTO_UDP, 40001, 5004),
+        QosClass::Realtime,
+    );
+}
+
+#[test]
+fn ipv6_udp_is_forwarded_with_traffic_class_rewritten() {
+    let mut fx = Fixture::new();
+    let ip = ipv6(
+        0x03,
+        64,
+        IPPROTO_UDP,
+        "2001:db8:1::5",
+        "2001:db8:2::9",
+        &udp(1234, 5004, b"v6"),
+    );
+    assert_forwarded(
+        &mut fx,
+        &frame(ETH_P_IPV6, &ip),
+        14,
+        v6_key("2001:db8:1::5", "2001:db8:2::9", IPPROTO_UDP, 1234, 5004),
+        QosClass::Realtime,
+    );
+}
+
+#[test]
+fn vlan_tagged_frames_lose_the_tag_inside_the_tunnel() {
+    let mut fx = Fixture::new();
+    let ip = V4::new(IPPROTO_UDP, "10.1.0.5", "10.2.0.9").build(&udp(40002, 9999, b"tagged"));
+    let mut f = eth(GW_MAC, HOST_MAC, ETH_P_8021Q);
+    f.extend_from_slice(&vlan_tag(42, ETH_P_IP));
+    f.extend_from_slice(&ip);
+    assert_forwarded(
+        &mut fx,
+        &f,
+        18,
+        v4_key("10.1.0.5", "10.2.0.9", IPPROTO_UDP, 40002, 9999),
+        QosClass::BestEffort,
+    );
+    // Q-in-Q.
+    let mut f = eth(GW_MAC, HOST_MAC, ETH_P_8021AD);
+    f.extend_from_slice(&vlan_tag(7, ETH_P_8021Q));
+    f.extend_from_slice(&vlan_tag(42, ETH_P_IP));
+    f.extend_from_slice(&ip);
+    assert_forwarded(
+        &mut fx,
+        &f,
+        22,
+        v4_key("10.1.0.5", "10.2.0.9", IPPROTO_UDP, 40002, 9999),
+        QosClass::BestEffort,
+    );
+}
+
+#[test]
+fn icmp_takes_the_route_default_class() {
+    let mut fx = Fixture::new();
+    let ip = V4::new(IPPROTO_ICMP, "10.1.0.5", "10.2.0.9").build(&icmp_echo(77, b"ping"));
+    assert_forwarded(
+        &mut fx,
+        &frame(ETH_P_IP, &ip),
+        14,
+        v4_key("10.1.0.5", "10.2.0.9", IPPROTO_ICMP, 0, 0),
+        QosClass::BestEffort,
+    );
+    let ip = ipv6(
+        0,
+        64,
+        IPPROTO_ICMPV6,
+        "2001:db8:1::5",
+        "2001:db8:2::9",
+        &[128, 0, 0, 0, 0, 1, 0, 1],
+    );
+    assert_forwarded(
+        &mut fx,
+        &frame(ETH_P_IPV6, &ip),
+        14,
+        v6_key("2001:db8:1::5", "2001:db8:2::9", IPPROTO_ICMPV6, 0, 0),
+        QosClass::BestEffort,
+    );
+}
+
+#[test]
+fn dscp_rewrite_keeps_every_ecn_codepoint() {
+    let mut fx = Fixture::new();
+    for ecn in 0..4u8 {
+        for old_dscp in [0u8, 10, 63] {
+            let (f, key) = udp_v4_frame((old_dscp << 2) | ecn);
+            assert_forwarded(&mut fx, &f, 14, key, QosClass::Realtime);
+            let (_, out) = fx.lan(&f);
+            let inner_tos = out[VXLAN_ENCAP_LEN + 14 + 1];
+            assert_eq!(inner_tos & 3, ecn, "ECN kept");
+            assert_eq!(inner_tos >> 2, QosClass::Realtime.default_dscp());
+            assert_eq!(out[14 + 1], inner_tos, "outer TOS copies the inner one");
+        }
+    }
+}
+
+#[test]
+fn no_route_non_ip_ttl_and_unknown_neighbour_pass_unchanged() {
+    let mut fx = Fixture::new();
+    let ip = V4::new(IPPROTO_UDP, "10.1.0.5", "10.3.0.1").build(&udp(1, 2, b"x"));
+    assert_passed_unchanged(&mut fx, &frame(ETH_P_IP, &ip), Reason::LanPassNoRoute);
+    let arp = frame(ETH_P_ARP, &[0u8; 28]);
+    assert_passed_unchanged(&mut fx, &arp, Reason::LanPassNotIp);
+    let mut ip = V4::new(IPPROTO_UDP, "10.1.0.5", "10.2.0.9");
+    ip.ttl = 1;
+    assert_passed_unchanged(
+        &mut fx,
+        &frame(ETH_P_IP, &ip.build(&udp(1, 2, b"x"))),
+        Reason::LanPassTtlExceeded,
+    );
+    let (f, key) = udp_v4_frame(0);
+    let nh = fx.chosen(&key);
+    fx.dp
+        .remove_neighbour(&NeighbourKey {
+            ifindex: 1,
+            ip4: [198, 51, 100, nh as u8],
+        })
+        .unwrap();
+    assert_passed_unchanged(&mut fx, &f, Reason::LanPassNoNeighbour);
+}
+
+#[test]
+fn not_ready_gateway_passes_everything() {
+    let mut fx = Fixture::new();
+    fx.dp
+        .set_config(GatewayConfig {
+            hash_seed: SEED,
+            flags: 0,
+        })
+        .unwrap();
+    let (f, _) = udp_v4_frame(0);
+    assert_passed_unchanged(&mut fx, &f, Reason::LanPassNotReady);
+}
+
+#[test]
+fn too_big_for_the_underlay_passes_up() {
+    let mut fx = Fixture::new();
+    let ip = V4::new(IPPROTO_UDP, "10.1.0.5", "10.2.0.9").build(&udp(40000, 5004, &[0u8; 1440]));
+    // 1468-byte inner packet + 50 bytes of VXLAN > 1500.
+    assert_passed_unchanged(&mut fx, &frame(ETH_P_IP, &ip), Reason::LanPassTooBig);
+}
+
+#[test]
+fn dead_link_moves_only_its_flows_to_the_next_live_member() {
+    let mut fx = Fixture::new();
+    // Both links monitored; only link 2 has answered probes recently.
+    let cfg = LinkConfig {
+        flags: LINK_F_MONITORED,
+        up_after: 1,
+        detect_ns: 30_000_000,
+    };
+    fx.dp.set_link_config(1, cfg).unwrap();
+    fx.dp.set_link_config(2, cfg).unwrap();
+    // Make link 2 live through the underlay program: a probe reply it measures.
+    let reply = probe_frame(PROBE_KIND_REPLY, 2, 1, monotonic_ns() - 1_000_000);
+    let (v, _) = fx.run(programs::UNDERLAY_INGRESS, &reply);
+    assert_eq!(v, XDP_DROP);
+    let mut moved = 0;
+    for sport in 1000..1200u16 {
+        let ip = V4::new(IPPROTO_UDP, "10.1.0.5", "10.2.0.9").build(&udp(sport, 7, b"f"));
+        let key = v4_key("10.1.0.5", "10.2.0.9", IPPROTO_UDP, sport, 7);
+        let (verdict, out) = fx.lan(&frame(ETH_P_IP, &ip));
+        assert_eq!(verdict, XDP_REDIRECT);
+        let vni = u32::from_be_bytes([0, out[46], out[47], out[48]]);
+        // Every flow now rides next hop 2 (VNI 102), including those hashed to next hop 1.
+        assert_eq!(vni, 102);
+        if fx.chosen(&key) == 1 {
+            moved += 1;
+        }
+    }
+    assert!(moved > 0, "some flows hashed to the dead member");
+    assert_eq!(fx.reason(Reason::LanFailover), moved);
+    // With link 2 silent for longer than detect_ns too, nothing is live: pass up.
+    fx.dp
+        .set_link_config(
+            2,
+            LinkConfig {
+                detect_ns: 1,
+                ..cfg
+            },
+        )
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(2));
+    let (f, _) = udp_v4_frame(0);
+    assert_passed_unchanged(&mut fx, &f, Reason::LanPassNoLiveNextHop);
+}
+
+/// Every prefix of a valid frame (all truncation lengths) must pass up unchanged.
+#[test]
+fn every_truncation_passes_unchanged_and_never_redirects() {
+    let mut fx = Fixture::new();
+    let mut opts = V4::new(IPPROTO_TCP, "10.1.0.5", "10.2.0.9");
+    opts.options = vec![1, 1, 1, 0];
+    let mut vlan = eth(GW_MAC, HOST_MAC, ETH_P_8021Q);
+    vlan.extend_from_slice(&vlan_tag(3, ETH_P_IP));
+    vlan.extend_from_slice(&V4::new(IPPROTO_UDP, "10.1.0.5", "10.2.0.9").build(&udp(5, 6, b"abc")));
+    let frames = vec![
+        udp_v4_frame(0).0,
+        frame(ETH_P_IP, &opts.build(&tcp(1, 22, b""))),
+        frame(
+            ETH_P_IPV6,
+            &ipv6(
+                0,
+                64,
+                IPPROTO_UDP,
+                "2001:db8:1::5",
+                "2001:db8:2::9",
+                &udp(1, 2, b"abcd"),
+            ),
+        ),
+        frame(
+            ETH_P_IP,
+            &V4::new(IPPROTO_ICMP, "10.1.0.5", "10.2.0.9").build(&icmp_echo(1, b"")),
+        ),
+        vlan,
+    ];
+    for f in frames {
+        // The kernel refuses to run XDP on less than an Ethernet header.
+        for len in ETH_HLEN..f.len() {
+            let input = &f[..len];
+            let (verdict, out) = fx.lan(input);
+            assert_eq!(verdict, XDP_PASS, "truncated to {len} bytes");
+            assert_eq!(out, input, "truncated to {len} bytes: unchanged");
+        }
+    }
+    // Shorter than an Ethernet header: BPF_PROG_TEST_RUN itself refuses, nothing runs.
+    let prog = fx.dp.program(programs::LAN_INGRESS).unwrap();
+    for len in [0usize, 1, 13] {
+        let input = vec![0u8; len];
+        let r = prog.test_run(TestRunOptions {
+            data_in: Some(&input),
+            ..Default::default()
+        });
+        assert!(r.is_err(), "{len}-byte frame accepted by the kernel");
+    }
+}
+
+#[test]
+fn lying_headers_and_fragments_pass_unchanged() {
+    let mut fx = Fixture::new();
+    let good = V4::new(IPPROTO_UDP, "10.1.0.5", "10.2.0.9").build(&udp(40000, 5004, b"payload"));
+    // IHL below 5, and IHL pointing past the packet.
+    for ihl in [0u8, 4, 15] {
+        let mut ip = good.clone();
+        ip[0] = 0x40 | ihl;
+        assert_passed_unchanged(&mut fx, &frame(ETH_P_IP, &ip), Reason::LanPassMalformed);
+    }
+    // Total length longer than the frame; shorter than the header.
+    for tot in [good.len() as u16 + 1, 19] {
+        let mut ip = good.clone();
+        ip[2..4].copy_from_slice(&tot.to_be_bytes());
+        assert_passed_unchanged(&mut fx, &frame(ETH_P_IP, &ip), Reason::LanPassMalformed);
+    }
+    // Wrong version in an IPv4 frame.
+    let mut ip = good.clone();
+    ip[0] = 0x65;
+    assert_passed_unchanged(&mut fx, &frame(ETH_P_IP, &ip), Reason::LanPassMalformed);
+    // Fragments: more-fragments set; non-zero offset.
+    for frag in [0x2000u16, 0x0010] {
+        let mut v4 = V4::new(IPPROTO_UDP, "10.1.0.5", "10.2.0.9");
+        v4.frag_off = frag;
+        assert_passed_unchanged(
+            &mut fx,
+            &frame(ETH_P_IP, &v4.build(&udp(1, 2, b"frag"))),
+            Reason::LanPassFragment,
+        );
+    }
+    // IPv6: payload length beyond the frame, zero (jumbogram), fragment header.
+    let v6 = ipv6(
+        0,
+        64,
+        IPPROTO_UDP,
+        "2001:db8:1::5",
+        "2001:db8:2::9",
+        &udp(1, 2, b"abcd"),
+    );
+    for plen in [v6.len() as u16, 0] {
+        let mut ip = v6.clone();
+        ip[4..6].copy_from_slice(&plen.to_be_bytes());
+        assert_passed_unchanged(&mut fx, &frame(ETH_P_IPV6, &ip), Reason::LanPassMalformed);
+    }
+    let frag = ipv6(
+        0,
+        64,
+        44,
+        "2001:db8:1::5",
+        "2001:db8:2::9",
+        &[17, 0, 0, 1, 0, 0, 0, 9, 0, 1, 0, 2, 0, 12, 0, 0],
+    );
+    assert_passed_unchanged(&mut fx, &frame(ETH_P_IPV6, &frag), Reason::LanPassFragment);
+    // A UDP header cut short by the IP total length (the frame itself is long enough).
+    let mut ip = V4::new(IPPROTO_UDP, "10.1.0.5", "10.2.0.9").build(&udp(1, 2, b""));
+    ip[2..4].copy_from_slice(&24u16.to_be_bytes());
+    let c = {
+        ip[10] = 0;
+        ip[11] = 0;
+        checksum(&ip[..20])
+    };
+    ip[10..12].copy_from_slice(&c.to_be_bytes());
+    assert_passed_unchanged(&mut fx, &frame(ETH_P_IP, &ip), Reason::LanPassMalformed);
+}
+
+fn probe_frame(kind: u8, link_id: u32, seq: u32, tx_ns: u64) -> Vec<u8> {
+    let h = ProbeHeader {
+        kind,
+        flags: 0,
+        link_id,
+        seq,
+        tx_ns,
+        rx_ns: 0,
+    };
+    let mut b = [0u8; PROBE_LEN];
+    h.encode(&mut b);
+    let ip = V4::new(IPPROTO_UDP, "198.51.100.2", "192.0.2.1").build(&udp(40000, PROBE_PORT, &b));
+    frame(ETH_P_IP, &ip)
+}
+
+#[test]
+fn probe_request_is_reflected_in_place() {
+    let mut fx = Fixture::new();
+    let req = probe_frame(PROBE_KIND_REQUEST, 3, 9, 12345);
+    let t0 = monotonic_ns();
+    let (verdict, out) = fx.run(programs::UNDERLAY_INGRESS, &req);
+    let t1 = monotonic_ns();
+    assert_eq!(verdict, XDP_TX);
+    // Expected: MACs, IPs and ports swapped, UDP checksum 0, kind = reply, rx_ns = now.
+    let mut want = eth(HOST_MAC, GW_MAC, ETH_P_IP);
+    let mut ip = V4::new(IPPROTO_UDP, "192.0.2.1", "198.51.100.2");
+    ip.ttl = 64;
+    let mut body = [0u8; PROBE_LEN];
+    let rx_ns = u64::from_be_bytes(out[14 + 20 + 8 + 24..14 + 20 + 8 + 32].try_into().unwrap());
+    assert!(
+        rx_ns >= t0 && rx_ns <= t1,
+        "rx_ns {rx_ns} within [{t0}, {t1}]"
+    );
+    ProbeHeader {
+        kind: PROBE_KIND_REPLY,
+        flags: 0,
+        link_id: 3,
+        seq: 9,
+        tx_ns: 12345,
+        rx_ns,
+    }
+    .encode(&mut body);
+    want.extend_from_slice(&ip.build(&udp(PROBE_PORT, 40000, &body)));
+    assert_eq!(out, want);
+    assert_eq!(fx.dp.link_state(3).unwrap().reflected, 1);
+}
+
+#[test]
+fn probe_reply_becomes_link_state() {
+    let mut fx = Fixture::new();
+    fx.dp
+        .set_link_config(
+            4,
+            LinkConfig {
+                flags: LINK_F_MONITORED,
+                up_after: 3,
+                detect_ns: 30_000_000,
+            },
+        )
+        .unwrap();
+    for seq in 1..=3u32 {
+        let tx = monotonic_ns() - 2_000_000; // sent 2 ms ago
+        let (verdict, _) = fx.run(
+            programs::UNDERLAY_INGRESS,
+            &probe_frame(PROBE_KIND_REPLY, 4, seq, tx),
+        );
+        assert_eq!(verdict, XDP_DROP, "replies are consumed");
+        let st = fx.dp.link_state(4).unwrap();
+        assert_eq!(st.replies, seq as u64);
+        assert_eq!(st.good_streak, seq);
+        assert_eq!(st.last_seq, seq);
+        assert!(
+            st.last_rtt_ns >= 2_000_000 && st.last_rtt_ns < 1_000_000_000,
+            "rtt {}",
+            st.last_rtt_ns
+        );
+        assert!(st.srtt_ns >= 2_000_000);
+    }
+    // A reply that claims to come from the future, bad magic, bad version: passed up, not counted.
+    let future = probe_frame(PROBE_KIND_REPLY, 4, 9, monotonic_ns() + 60_000_000_000);
+    let mut bad_magic = probe_frame(PROBE_KIND_REPLY, 4, 9, 1);
+    bad_magic[42] ^= 0xff;
+    let mut bad_version = probe_frame(PROBE_KIND_REQUEST, 4, 9, 1);
+    bad_version[46] = 99;
+    for f in [future, bad_magic, bad_version] {
+        let (verdict, out) = fx.run(programs::UNDERLAY_INGRESS, &f);
+        assert_eq!(verdict, XDP_PASS);
+        assert_eq!(out, f);
+    }
+    assert_eq!(fx.dp.link_state(4).unwrap().replies, 3);
+    assert_eq!(fx.reason(Reason::UnderlayProbeBad), 3);
+}
+
+fn vxlan_frame(vni: u32, inner: &[u8]) -> Vec<u8> {
+    let mut payload = vec![0x08, 0, 0, 0];
+    payload.extend_from_slice(&(vni << 8).to_be_bytes());
+    payload.extend_from_slice(inner);
+    let ip =
+        V4::new(IPPROTO_UDP, "198.51.100.2", "192.0.2.1").build(&udp(50000, VXLAN_PORT, &payload));
+    let mut f = eth([2, 0, 0, 0, 0, 0x99], [2, 0, 0, 0, 0, 0x98], ETH_P_IP);
+    f.extend_from_slice(&ip);
+    f
+}
+
+#[test]
+fn vxlan_for_an_unknown_vni_goes_to_the_kernel_untouched() {
+    let mut fx = Fixture::new();
+    let inner = frame(
+        ETH_P_IP,
+        &V4::new(IPPROTO_UDP, "10.2.0.9", "10.1.0.5").build(&udp(1, 2, b"back")),
+    );
+    let f = vxlan_frame(555, &inner);
+    let (verdict, out) = fx.run(programs::UNDERLAY_INGRESS, &f);
+    assert_eq!((verdict, out), (XDP_PASS, f));
+    assert_eq!(fx.reason(Reason::UnderlayPassUnknownVni), 1);
+}
+
+#[test]
+fn vxlan_for_our_vni_is_decapsulated() {
+    let mut fx = Fixture::new();
+    fx.dp
+        .add_vni(
+            101,
+            VniEntry {
+                lan_ifindex: 1,
+                flags: 0,
+            },
+        )
+        .unwrap();
+    let l3 = V4::new(IPPROTO_UDP, "10.2.0.9", "10.1.0.5").build(&udp(1, 2, b"back"));
+    let f = vxlan_frame(101, &frame(ETH_P_IP, &l3));
+    let (verdict, out) = fx.run(programs::UNDERLAY_INGRESS, &f);
+    // In the test's namespace the kernel has no route for 10.1.0.5: the inner packet goes up
+    // the stack addressed to us (outer destination MAC), unchanged otherwise.
+    assert_eq!(verdict, XDP_PASS);
+    let mut want = eth([2, 0, 0, 0, 0, 0x99], [2, 0, 0, 0, 0, 0x98], ETH_P_IP);
+    want.extend_from_slice(&l3);
+    assert_eq!(out, want);
+    assert_eq!(fx.reason(Reason::UnderlayDecapPassed), 1);
+}
+
+#[test]
+fn pass_program_passes() {
+    let mut fx = Fixture::new();
+    let (f, _) = udp_v4_frame(0);
+    assert_eq!(fx.run(programs::PASS, &f), (XDP_PASS, f));
+    let _ = (XDP_ABORTED, IpAddr::V4(Ipv4Addr::LOCALHOST));
+}
