@@ -2,3 +2,4 @@
 pub mod dataplane;
 pub mod netlab;
 pub mod probe;
+pub mod redundancy;
