@@ -1,5 +1,6 @@
 //! dwcp-agent: the userspace side of dwcp. One module per concern.
 pub mod dataplane;
+pub mod health;
 pub mod netlab;
 pub mod probe;
 pub mod redundancy;

@@ -777,7 +777,7 @@ mod tests {
         drive(&mut tr, &mut k, &mut sent, 0, 1500 * MS, |_| true);
         // Every 5th probe lost (20 %): never 3 in a row, so the link stays up.
         let evs = drive(&mut tr, &mut k, &mut sent, 1500 * MS, 3000 * MS, |t| {
-            (t / (10 * MS)) % 5 != 0
+            !(t / (10 * MS)).is_multiple_of(5)
         });
         assert_eq!(kinds(&evs), ["degraded"]);
         match evs[0].kind {
