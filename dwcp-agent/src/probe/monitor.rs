@@ -26,6 +26,18 @@ pub trait LinkStateSource {
     fn link_state(&self, link_id: u32) -> Result<LinkState, LinkStateReadError>;
 }
 
+/// The `LINK_STATE` map as an array indexed by link id (pinned or from the loaded object).
+impl<T: std::borrow::Borrow<aya::maps::MapData>> LinkStateSource
+    for aya::maps::Array<T, LinkState>
+{
+    fn link_state(&self, link_id: u32) -> Result<LinkState, LinkStateReadError> {
+        self.get(&link_id, 0).map_err(|e| LinkStateReadError {
+            link_id,
+            source: Box::new(e),
+        })
+    }
+}
+
 #[derive(Debug, Error)]
 #[error("cannot read the state of link {link_id}: {source}")]
 pub struct LinkStateReadError {
@@ -165,7 +177,8 @@ pub enum DownReason {
     NoReply { silent_ns: u64, detect_ns: u64 },
     /// The link has not answered a single probe since monitoring began.
     NeverReplied { waited_ns: u64 },
-    /// The link answers, but has not yet answered `up_after` probes in a row.
+    /// The link answers, but not `up_after` probes in a row since its last gap, so the kernel
+    /// does not use it.
     Unstable { good_streak: u32, up_after: u32 },
 }
 
@@ -395,12 +408,21 @@ impl LinkTracker {
                 self.loss.clear();
             }
             (LinkStatus::Up, false) => {
-                out.events.push(event(LinkEventKind::Down {
-                    reason: DownReason::NoReply {
-                        silent_ns: now_ns.saturating_sub(state.last_reply_ns),
+                let silent_ns = now_ns.saturating_sub(state.last_reply_ns);
+                // A gap shorter than one poll may end before we look: the kernel has then
+                // restarted the streak, and that is why the link is not used.
+                let reason = if silent_ns > detect_ns {
+                    DownReason::NoReply {
+                        silent_ns,
                         detect_ns,
-                    },
-                }));
+                    }
+                } else {
+                    DownReason::Unstable {
+                        good_streak: state.good_streak,
+                        up_after: config.up_after,
+                    }
+                };
+                out.events.push(event(LinkEventKind::Down { reason }));
                 self.go_down(now_ns);
             }
             (LinkStatus::Unknown, false) => {
@@ -797,6 +819,34 @@ mod tests {
     }
 
     #[test]
+    fn gap_between_two_polls_still_takes_the_link_down() {
+        let c = cfg();
+        let mut tr = LinkTracker::new(2, 0, &c);
+        let mut st = LinkState {
+            last_reply_ns: 100 * MS,
+            good_streak: 8,
+            replies: 8,
+            ..Default::default()
+        };
+        assert_eq!(kinds(&tr.observe(101 * MS, 8, &st, &c).events), ["up"]);
+        // The kernel saw a 35 ms gap (streak restarted at 1) that no poll caught.
+        st.last_reply_ns = 140 * MS;
+        st.good_streak = 1;
+        st.replies = 9;
+        let out = tr.observe(141 * MS, 12, &st, &c);
+        assert_eq!(
+            out.events[0].kind,
+            LinkEventKind::Down {
+                reason: DownReason::Unstable {
+                    good_streak: 1,
+                    up_after: 5
+                }
+            }
+        );
+        assert_eq!(out.backoff, None, "answering: no backoff");
+    }
+
+    #[test]
     fn rtt_threshold_degrades() {
         let c = MonitorConfig {
             degraded_rtt: Some(Duration::from_millis(50)),
@@ -937,6 +987,28 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn reads_link_state_from_a_kernel_array_map() {
+        // A real BPF array of the LINK_STATE layout, written here as the XDP program would.
+        let mut map = aya::maps::Array::<aya::maps::MapData, LinkState>::create(4, 0).unwrap();
+        let st = LinkState {
+            last_reply_ns: 123,
+            good_streak: 6,
+            srtt_ns: 4_000,
+            replies: 77,
+            ..Default::default()
+        };
+        map.set(2, st, 0).unwrap();
+        assert_eq!(map.link_state(2).unwrap(), st);
+        assert_eq!(map.link_state(1).unwrap(), LinkState::default());
+        let e = map.link_state(9).unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("cannot read the state of link 9: "),
+            "{e}"
+        );
     }
 
     struct Counts(Mutex<(u64, Vec<(u32, bool)>)>);
