@@ -496,4 +496,74 @@ mod tests {
         assert!(handle.sent(1).unwrap() >= 10);
         assert_eq!(handle.send_errors(1), Some(0));
     }
+
+    /// Probes received on `rx` until `for_how_long` has passed.
+    fn count_for(rx: &std::net::UdpSocket, for_how_long: Duration) -> usize {
+        let end = std::time::Instant::now() + for_how_long;
+        let mut n = 0;
+        let mut buf = [0u8; 128];
+        while let Some(left) = end.checked_duration_since(std::time::Instant::now()) {
+            rx.set_read_timeout(Some(left.max(Duration::from_millis(1))))
+                .unwrap();
+            if rx.recv(&mut buf).is_ok() {
+                n += 1;
+            }
+        }
+        n
+    }
+
+    /// The backoff on the real sender: a dead link gets a handful of probes a second instead
+    /// of a hundred, and the normal rate is back as soon as the monitor says it answers.
+    #[test]
+    fn dead_link_is_reprobed_with_backoff_and_normally_once_it_answers() {
+        let a = Netns::new("probebo").unwrap();
+        let b = Netns::new("probebo").unwrap();
+        veth(&a, "ul1", &b, "ul1").unwrap();
+        addr(&a, "ul1", "198.51.100.1/30").unwrap();
+        addr(&b, "ul1", "198.51.100.2/30").unwrap();
+        let link = ProbeLink {
+            link_id: 1,
+            local: v4("198.51.100.1"),
+            remote: v4("198.51.100.2"),
+            device: Some("ul1".into()),
+        };
+        let config = SenderConfig {
+            backoff_cap: Duration::from_millis(400),
+            ..Default::default()
+        };
+        let socket = a
+            .run_in(|| open_probe_socket(&link, &config).unwrap())
+            .unwrap();
+        let rx = b
+            .run_in(|| std::net::UdpSocket::bind(("198.51.100.2", PROBE_PORT)).unwrap())
+            .unwrap();
+        let (handle_tx, handle_rx) = std::sync::mpsc::channel();
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let sender_thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let mut sender = ProbeSender::new(config).unwrap();
+                sender.add_link(link, socket).unwrap();
+                handle_tx.send(sender.handle()).unwrap();
+                let _ = stop_rx.await;
+            })
+        });
+        let handle = handle_rx.recv().unwrap();
+        let normal = count_for(&rx, Duration::from_secs(1));
+        handle.set_reprobe_backoff(1, true);
+        // Let the wait grow to the cap: 20 + 40 + 80 + 160 + 320 ms.
+        count_for(&rx, Duration::from_millis(700));
+        let backed_off = count_for(&rx, Duration::from_secs(2));
+        handle.set_reprobe_backoff(1, false);
+        let recovered = count_for(&rx, Duration::from_secs(1));
+        stop_tx.send(()).unwrap();
+        sender_thread.join().unwrap();
+        assert!(normal >= 50, "normal rate: {normal} probes in 1 s");
+        // At the 400 ms cap: about 5 in 2 s (late wake-ups only lower it).
+        assert!(backed_off <= 7, "backed off: {backed_off} probes in 2 s");
+        assert!(recovered >= 50, "after recovery: {recovered} probes in 1 s");
+    }
 }
