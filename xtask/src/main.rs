@@ -1,1 +1,157 @@
-fn main() {}
+//! Project tasks: `cargo xtask build-ebpf | bench <name> | demo`.
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(about = "dwcp project tasks")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Build the eBPF object (with BTF) into target/bpf/dwcp.o and check it.
+    BuildEbpf,
+    /// Run a benchmark (dwcp-agent/examples/bench_<name>.rs, release build) and record its
+    /// table in docs/BENCHMARKS.md.
+    Bench {
+        /// dataplane, forwarding, failover, routing, updater, tunnels, utilisation, ...
+        name: String,
+        /// Extra arguments passed to the benchmark.
+        #[arg(trailing_var_arg = true)]
+        args: Vec<String>,
+    },
+    /// The two-region demo: traffic across the fast path in network namespaces, with counters.
+    Demo,
+}
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+fn run(cmd: &mut Command) -> Result<()> {
+    let status = cmd.status().with_context(|| format!("running {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed: {status}");
+    }
+    Ok(())
+}
+
+fn build_ebpf() -> Result<()> {
+    let root = root();
+    let target_dir = root.join("target");
+    run(Command::new("cargo")
+        .current_dir(root.join("dwcp-ebpf"))
+        .env_remove("RUSTUP_TOOLCHAIN")
+        .env(
+            "CARGO_ENCODED_RUSTFLAGS",
+            ["-Cdebuginfo=2", "-Clink-arg=--btf"].join("\x1f"),
+        )
+        .args([
+            "+nightly",
+            "build",
+            "--release",
+            "--target",
+            "bpfel-unknown-none",
+            "-Z",
+            "build-std=core",
+        ])
+        .arg("--target-dir")
+        .arg(&target_dir))?;
+    let built = target_dir.join("bpfel-unknown-none/release/dwcp");
+    let out_dir = target_dir.join("bpf");
+    std::fs::create_dir_all(&out_dir)?;
+    let out = out_dir.join("dwcp.o");
+    std::fs::copy(&built, &out).with_context(|| format!("copying {}", built.display()))?;
+    let bytes = std::fs::read(&out)?;
+    if !bytes.windows(5).any(|w| w == b".BTF\0") {
+        bail!("{} has no .BTF section", out.display());
+    }
+    println!("built {} ({} bytes, with BTF)", out.display(), bytes.len());
+    Ok(())
+}
+
+/// Replaces the section of docs/BENCHMARKS.md between the markers of `name` (appending it if
+/// absent) with `body`.
+fn record(name: &str, body: &str) -> Result<()> {
+    let path = root().join("docs/BENCHMARKS.md");
+    let mut doc = std::fs::read_to_string(&path).unwrap_or_else(|_| "# Benchmarks\n".to_string());
+    let begin = format!("<!-- bench:{name}:begin -->");
+    let end = format!("<!-- bench:{name}:end -->");
+    let section = format!("{begin}\n{}\n{end}", body.trim_end());
+    match (doc.find(&begin), doc.find(&end)) {
+        (Some(b), Some(e)) if e > b => doc.replace_range(b..e + end.len(), &section),
+        _ => doc = format!("{}\n\n{section}\n", doc.trim_end()),
+    }
+    std::fs::write(&path, doc)?;
+    println!("recorded in {}", path.display());
+    Ok(())
+}
+
+fn bench(name: &str, args: &[String]) -> Result<()> {
+    let root = root();
+    let example = format!("bench_{name}");
+    if !root
+        .join("dwcp-agent/examples")
+        .join(format!("{example}.rs"))
+        .exists()
+    {
+        bail!("no benchmark named {name} (dwcp-agent/examples/{example}.rs)");
+    }
+    std::fs::create_dir_all(root.join("target/bench"))?;
+    let out = Command::new("cargo")
+        .current_dir(&root)
+        .args([
+            "run",
+            "--quiet",
+            "--release",
+            "-p",
+            "dwcp-agent",
+            "--example",
+            &example,
+            "--",
+        ])
+        .args(args)
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .context("running the benchmark")?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    print!("{stdout}");
+    if !out.status.success() {
+        bail!("benchmark {name} failed: {}", out.status);
+    }
+    // The benchmark prints its Markdown report (table + method) to stdout.
+    let cmd = format!(
+        "cargo xtask bench {name}{}",
+        args.iter().map(|a| format!(" {a}")).collect::<String>()
+    );
+    record(
+        name,
+        &format!("## {name}\n\nProduced by `{cmd}`.\n\n{stdout}"),
+    )
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().cmd {
+        Cmd::BuildEbpf => build_ebpf(),
+        Cmd::Bench { name, args } => bench(&name, &args),
+        Cmd::Demo => run(Command::new("cargo").current_dir(root()).args([
+            "run",
+            "--quiet",
+            "--release",
+            "-p",
+            "dwcp-agent",
+            "--example",
+            "two_region_demo",
+        ])),
+    }
+}
