@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# The whole test suite: README's second command. `.ci/run` runs exactly this.
+# Run as root on Debian 12: the kernel tests load XDP programs and build network namespaces.
+# Installs what is missing first (scripts/bootstrap.sh is idempotent and quick when done).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PATH="$HOME/.cargo/bin:$PATH"
+
+bash scripts/bootstrap.sh
+
+echo "== format and lints"
+cargo fmt --all -- --check
+cargo clippy --all-targets -- -D warnings
+
+echo "== tests (unit, property, BPF_PROG_TEST_RUN fixtures, network-namespace labs)"
+mkdir -p target && cargo test 2>&1 | tee target/test-output.txt
+cargo test --doc
+
+echo "== leftovers"
+left=$(ip netns list | awk '{print $1}' | grep '^dwcp-' || true)
+if [ -n "$left" ]; then
+  echo "tests left network namespaces behind: $left" >&2
+  exit 1
+fi
+echo "all tests passed"
