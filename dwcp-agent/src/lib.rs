@@ -1,2 +1,3 @@
 //! dwcp-agent: the userspace side of dwcp. One module per concern.
+pub mod bandwidth;
 pub mod dataplane;
