@@ -38,7 +38,11 @@ pub fn peak_load<'a>(
 }
 
 /// Total rate on `link` at instant `t`.
-pub fn load_at<'a>(reservations: impl IntoIterator<Item = &'a Reservation>, link: LinkId, t: UnixSeconds) -> u64 {
+pub fn load_at<'a>(
+    reservations: impl IntoIterator<Item = &'a Reservation>,
+    link: LinkId,
+    t: UnixSeconds,
+) -> u64 {
     reservations
         .into_iter()
         .filter(|r| r.uses(link) && r.active_at(t))
@@ -67,7 +71,11 @@ pub fn fits<'a>(
         let peak = peak_load(others.clone(), link, cand.start, cand.end);
         let free_bps = reservable_bps.saturating_sub(peak);
         if cand.rate_bps > free_bps {
-            return Err(Shortfall { link, free_bps, reservable_bps });
+            return Err(Shortfall {
+                link,
+                free_bps,
+                reservable_bps,
+            });
         }
     }
     Ok(())
@@ -97,19 +105,27 @@ pub fn plan_preemption(
     let candidates: Vec<&Reservation> = others
         .values()
         .filter(|r| {
-            r.priority < cand.priority && r.overlaps(cand.start, cand.end) && r.path.iter().any(|l| cand.uses(*l))
+            r.priority < cand.priority
+                && r.overlaps(cand.start, cand.end)
+                && r.path.iter().any(|l| cand.uses(*l))
         })
         .collect();
     let tiers: BTreeSet<u8> = candidates.iter().map(|r| r.priority).collect();
     let mut last = first;
     for tier in tiers {
-        let mut victims: BTreeSet<ReservationId> =
-            candidates.iter().filter(|r| r.priority <= tier).map(|r| r.id).collect();
+        let mut victims: BTreeSet<ReservationId> = candidates
+            .iter()
+            .filter(|r| r.priority <= tier)
+            .map(|r| r.id)
+            .collect();
         match fits(without(&victims), cand, reservable) {
             Err(s) => last = s,
             Ok(()) => {
-                let mut restore_order: Vec<&Reservation> =
-                    candidates.iter().copied().filter(|r| victims.contains(&r.id)).collect();
+                let mut restore_order: Vec<&Reservation> = candidates
+                    .iter()
+                    .copied()
+                    .filter(|r| victims.contains(&r.id))
+                    .collect();
                 restore_order.sort_by_key(|r| (std::cmp::Reverse(r.priority), r.id));
                 for r in restore_order {
                     victims.remove(&r.id);
@@ -130,7 +146,10 @@ pub fn plan_preemption(
 pub fn readmit(
     all: impl IntoIterator<Item = Reservation>,
     reservable: &BTreeMap<LinkId, u64>,
-) -> (BTreeMap<ReservationId, Reservation>, Vec<(Reservation, Shortfall)>) {
+) -> (
+    BTreeMap<ReservationId, Reservation>,
+    Vec<(Reservation, Shortfall)>,
+) {
     let mut order: Vec<Reservation> = all.into_iter().collect();
     order.sort_by_key(|r| (std::cmp::Reverse(r.priority), r.id));
     let mut kept = BTreeMap::new();

@@ -12,9 +12,17 @@ pub enum BandwidthError {
     #[error("{field}: {value} is not positive; it must be at least 1")]
     NotPositive { field: &'static str, value: String },
     #[error("{field}: {value} is out of range (at most {max})")]
-    OutOfRange { field: &'static str, value: String, max: u64 },
+    OutOfRange {
+        field: &'static str,
+        value: String,
+        max: u64,
+    },
     #[error("{field}: {value} is not {expected}")]
-    NotANumber { field: &'static str, value: String, expected: &'static str },
+    NotANumber {
+        field: &'static str,
+        value: String,
+        expected: &'static str,
+    },
     #[error("{field}: unknown region {region:?}")]
     UnknownRegion { field: &'static str, region: String },
     #[error("source and destination are the same region {0:?}")]
@@ -24,7 +32,10 @@ pub enum BandwidthError {
     #[error("owner: {0}")]
     BadOwner(&'static str),
     #[error("end: {end} is not after start {start}")]
-    EndNotAfterStart { start: UnixSeconds, end: UnixSeconds },
+    EndNotAfterStart {
+        start: UnixSeconds,
+        end: UnixSeconds,
+    },
     #[error("end: {end} is not in the future (now is {now})")]
     EndInPast { end: UnixSeconds, now: UnixSeconds },
     #[error("path: empty; a reservation needs at least one link")]
@@ -51,7 +62,11 @@ pub enum BandwidthError {
     #[error("reservation {0} not found")]
     NotFound(ReservationId),
     #[error("end: {new_end} does not extend reservation {id}, which already ends at {end}")]
-    NotAnExtension { id: ReservationId, end: UnixSeconds, new_end: UnixSeconds },
+    NotAnExtension {
+        id: ReservationId,
+        end: UnixSeconds,
+        new_end: UnixSeconds,
+    },
     #[error("too many reservations: at most {0} may be stored")]
     TooManyReservations(usize),
     #[error("headroom_percent: {0} is out of range (at most 99)")]
@@ -66,7 +81,8 @@ impl BandwidthError {
     pub fn http_status(&self) -> u16 {
         match self {
             BandwidthError::NotFound(_) => 404,
-            BandwidthError::InsufficientBandwidth { .. } | BandwidthError::TooManyReservations(_) => 409,
+            BandwidthError::InsufficientBandwidth { .. }
+            | BandwidthError::TooManyReservations(_) => 409,
             BandwidthError::Store(_) | BandwidthError::BadHeadroom(_) => 500,
             _ => 400,
         }
@@ -77,9 +93,18 @@ impl BandwidthError {
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("reservation store {path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("reservation store {path} is corrupt: {detail}")]
     Corrupt { path: PathBuf, detail: String },
-    #[error("reservation store {path} has format version {found}, this agent reads version {expected}")]
-    Version { path: PathBuf, found: u32, expected: u32 },
+    #[error(
+        "reservation store {path} has format version {found}, this agent reads version {expected}"
+    )]
+    Version {
+        path: PathBuf,
+        found: u32,
+        expected: u32,
+    },
 }

@@ -22,7 +22,10 @@ pub struct ManagerConfig {
 
 impl Default for ManagerConfig {
     fn default() -> Self {
-        ManagerConfig { headroom_percent: 20, max_reservations: 100_000 }
+        ManagerConfig {
+            headroom_percent: 20,
+            max_reservations: 100_000,
+        }
     }
 }
 
@@ -31,14 +34,29 @@ impl Default for ManagerConfig {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum ReservationEvent {
-    Created { reservation: Reservation },
-    Extended { reservation: Reservation, previous_end: UnixSeconds },
-    Cancelled { reservation: Reservation },
-    Expired { reservation: Reservation },
+    Created {
+        reservation: Reservation,
+    },
+    Extended {
+        reservation: Reservation,
+        previous_end: UnixSeconds,
+    },
+    Cancelled {
+        reservation: Reservation,
+    },
+    Expired {
+        reservation: Reservation,
+    },
     /// Taken away to make room for the higher-priority reservation `by`.
-    Preempted { reservation: Reservation, by: ReservationId },
+    Preempted {
+        reservation: Reservation,
+        by: ReservationId,
+    },
     /// No longer fits the network (a link was removed or lost capacity).
-    Displaced { reservation: Reservation, link: LinkId },
+    Displaced {
+        reservation: Reservation,
+        link: LinkId,
+    },
 }
 
 impl ReservationEvent {
@@ -97,7 +115,11 @@ impl ReservationManager {
         if config.headroom_percent > 99 {
             return Err(BandwidthError::BadHeadroom(config.headroom_percent));
         }
-        let state = store.load()?.unwrap_or(StoredState { version: STORE_VERSION, next_id: 1, reservations: vec![] });
+        let state = store.load()?.unwrap_or(StoredState {
+            version: STORE_VERSION,
+            next_id: 1,
+            reservations: vec![],
+        });
         let reservable = reservable_map(&network, config.headroom_percent);
         let mut manager = ReservationManager {
             config,
@@ -153,20 +175,34 @@ impl ReservationManager {
 
     /// Rate reserved on each known link at instant `t` (the traffic engineer's input).
     pub fn reserved_by_link(&self, t: UnixSeconds) -> BTreeMap<LinkId, u64> {
-        self.network.link_capacity_bps.keys().map(|&l| (l, self.reserved_bps(l, t))).collect()
+        self.network
+            .link_capacity_bps
+            .keys()
+            .map(|&l| (l, self.reserved_bps(l, t)))
+            .collect()
     }
 
     /// The next instant after `now` at which a reservation starts or ends: when the daemon's
     /// timer should run `expire` and recompute the traffic weights.
     pub fn next_change_after(&self, now: UnixSeconds) -> Option<UnixSeconds> {
-        self.reservations.values().flat_map(|r| [r.start, r.end]).filter(|&t| t > now).min()
+        self.reservations
+            .values()
+            .flat_map(|r| [r.start, r.end])
+            .filter(|&t| t > now)
+            .min()
     }
 
     /// Admits a new reservation on every link of its path, or on none.
-    pub fn create(&mut self, req: &ReservationRequest, now: UnixSeconds) -> Result<Admission, BandwidthError> {
+    pub fn create(
+        &mut self,
+        req: &ReservationRequest,
+        now: UnixSeconds,
+    ) -> Result<Admission, BandwidthError> {
         let cand = self.validate(req, now)?;
         if self.reservations.len() >= self.config.max_reservations {
-            return Err(BandwidthError::TooManyReservations(self.config.max_reservations));
+            return Err(BandwidthError::TooManyReservations(
+                self.config.max_reservations,
+            ));
         }
         let victims = admission::plan_preemption(&self.reservations, &cand, &self.reservable)
             .map_err(|s| insufficient(s, &cand))?;
@@ -175,67 +211,122 @@ impl ReservationManager {
         next.insert(cand.id, cand.clone());
         let mut events: Vec<ReservationEvent> = preempted
             .iter()
-            .map(|r| ReservationEvent::Preempted { reservation: r.clone(), by: cand.id })
+            .map(|r| ReservationEvent::Preempted {
+                reservation: r.clone(),
+                by: cand.id,
+            })
             .collect();
-        events.push(ReservationEvent::Created { reservation: cand.clone() });
+        events.push(ReservationEvent::Created {
+            reservation: cand.clone(),
+        });
         self.commit(next, self.next_id + 1, events)?;
-        Ok(Admission { reservation: cand, preempted })
+        Ok(Admission {
+            reservation: cand,
+            preempted,
+        })
     }
 
     /// Moves a reservation's end later, admitting the longer window like a new reservation of
     /// the same priority (so it may preempt lower priorities).
-    pub fn extend(&mut self, id: ReservationId, req: &ExtendRequest, now: UnixSeconds) -> Result<Admission, BandwidthError> {
-        let current = self.reservations.get(&id).ok_or(BandwidthError::NotFound(id))?;
+    pub fn extend(
+        &mut self,
+        id: ReservationId,
+        req: &ExtendRequest,
+        now: UnixSeconds,
+    ) -> Result<Admission, BandwidthError> {
+        let current = self
+            .reservations
+            .get(&id)
+            .ok_or(BandwidthError::NotFound(id))?;
         if current.end <= now {
             return Err(BandwidthError::NotFound(id));
         }
         let new_end = req.end.to_u64("end", MAX_TIME)?;
         if new_end <= current.end {
-            return Err(BandwidthError::NotAnExtension { id, end: current.end, new_end });
+            return Err(BandwidthError::NotAnExtension {
+                id,
+                end: current.end,
+                new_end,
+            });
         }
         let previous_end = current.end;
-        let cand = Reservation { end: new_end, ..current.clone() };
+        let cand = Reservation {
+            end: new_end,
+            ..current.clone()
+        };
         let mut next = self.reservations.clone();
         next.remove(&id);
-        let victims =
-            admission::plan_preemption(&next, &cand, &self.reservable).map_err(|s| insufficient(s, &cand))?;
+        let victims = admission::plan_preemption(&next, &cand, &self.reservable)
+            .map_err(|s| insufficient(s, &cand))?;
         let preempted: Vec<Reservation> = victims.iter().filter_map(|v| next.remove(v)).collect();
         next.insert(id, cand.clone());
-        let mut events: Vec<ReservationEvent> =
-            preempted.iter().map(|r| ReservationEvent::Preempted { reservation: r.clone(), by: id }).collect();
-        events.push(ReservationEvent::Extended { reservation: cand.clone(), previous_end });
+        let mut events: Vec<ReservationEvent> = preempted
+            .iter()
+            .map(|r| ReservationEvent::Preempted {
+                reservation: r.clone(),
+                by: id,
+            })
+            .collect();
+        events.push(ReservationEvent::Extended {
+            reservation: cand.clone(),
+            previous_end,
+        });
         self.commit(next, self.next_id, events)?;
-        Ok(Admission { reservation: cand, preempted })
+        Ok(Admission {
+            reservation: cand,
+            preempted,
+        })
     }
 
     pub fn cancel(&mut self, id: ReservationId) -> Result<Reservation, BandwidthError> {
         let mut next = self.reservations.clone();
         let gone = next.remove(&id).ok_or(BandwidthError::NotFound(id))?;
-        self.commit(next, self.next_id, vec![ReservationEvent::Cancelled { reservation: gone.clone() }])?;
+        self.commit(
+            next,
+            self.next_id,
+            vec![ReservationEvent::Cancelled {
+                reservation: gone.clone(),
+            }],
+        )?;
         Ok(gone)
     }
 
     /// Removes every reservation whose window has ended by `now`.
     pub fn expire(&mut self, now: UnixSeconds) -> Result<Vec<Reservation>, BandwidthError> {
-        let (expired, kept): (BTreeMap<_, _>, BTreeMap<_, _>) =
-            self.reservations.clone().into_iter().partition(|(_, r)| r.end <= now);
+        let (expired, kept): (BTreeMap<_, _>, BTreeMap<_, _>) = self
+            .reservations
+            .clone()
+            .into_iter()
+            .partition(|(_, r)| r.end <= now);
         if expired.is_empty() {
             return Ok(Vec::new());
         }
         let expired: Vec<Reservation> = expired.into_values().collect();
-        let events = expired.iter().map(|r| ReservationEvent::Expired { reservation: r.clone() }).collect();
+        let events = expired
+            .iter()
+            .map(|r| ReservationEvent::Expired {
+                reservation: r.clone(),
+            })
+            .collect();
         self.commit(kept, self.next_id, events)?;
         Ok(expired)
     }
 
     /// Takes a new picture of the network. Reservations that no longer fit (a link gone or
     /// shrunk) are displaced, lowest priority and newest first.
-    pub fn set_network(&mut self, network: Network) -> Result<Vec<ReservationEvent>, BandwidthError> {
+    pub fn set_network(
+        &mut self,
+        network: Network,
+    ) -> Result<Vec<ReservationEvent>, BandwidthError> {
         let reservable = reservable_map(&network, self.config.headroom_percent);
-        let (kept, displaced) = admission::readmit(self.reservations.values().cloned(), &reservable);
+        let (kept, displaced) =
+            admission::readmit(self.reservations.values().cloned(), &reservable);
         let events: Vec<ReservationEvent> = displaced
             .into_iter()
-            .map(|(reservation, s)| ReservationEvent::Displaced { reservation, link: s.link })
+            .map(|(reservation, s)| ReservationEvent::Displaced {
+                reservation,
+                link: s.link,
+            })
             .collect();
         if !events.is_empty() {
             self.commit(kept, self.next_id, events.clone())?;
@@ -253,8 +344,11 @@ impl ReservationManager {
         next_id: u64,
         events: Vec<ReservationEvent>,
     ) -> Result<(), BandwidthError> {
-        let state =
-            StoredState { version: STORE_VERSION, next_id, reservations: next.values().cloned().collect() };
+        let state = StoredState {
+            version: STORE_VERSION,
+            next_id,
+            reservations: next.values().cloned().collect(),
+        };
         self.store.save(&state)?;
         self.reservations = next;
         self.next_id = next_id;
@@ -266,7 +360,11 @@ impl ReservationManager {
         Ok(())
     }
 
-    fn validate(&self, req: &ReservationRequest, now: UnixSeconds) -> Result<Reservation, BandwidthError> {
+    fn validate(
+        &self,
+        req: &ReservationRequest,
+        now: UnixSeconds,
+    ) -> Result<Reservation, BandwidthError> {
         if req.owner.chars().count() > MAX_OWNER_LEN {
             return Err(BandwidthError::BadOwner("longer than 128 characters"));
         }
@@ -275,7 +373,10 @@ impl ReservationManager {
         }
         for (field, region) in [("source", &req.source), ("destination", &req.destination)] {
             if !self.network.regions.contains(region) {
-                return Err(BandwidthError::UnknownRegion { field, region: region.clone() });
+                return Err(BandwidthError::UnknownRegion {
+                    field,
+                    region: region.clone(),
+                });
             }
         }
         if req.source == req.destination {
@@ -302,7 +403,10 @@ impl ReservationManager {
             return Err(BandwidthError::EmptyPath);
         }
         if req.path.len() > MAX_PATH_LINKS {
-            return Err(BandwidthError::PathTooLong { len: req.path.len(), max: MAX_PATH_LINKS });
+            return Err(BandwidthError::PathTooLong {
+                len: req.path.len(),
+                max: MAX_PATH_LINKS,
+            });
         }
         let mut path = Vec::with_capacity(req.path.len());
         let mut seen = BTreeSet::new();

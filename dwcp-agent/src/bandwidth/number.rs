@@ -80,7 +80,9 @@ impl<'de> Deserialize<'de> for RawNumber {
                 Ok(RawNumber::Int(v))
             }
             fn visit_u128<E: de::Error>(self, v: u128) -> Result<RawNumber, E> {
-                Ok(i128::try_from(v).map(RawNumber::Int).unwrap_or(RawNumber::Float(v as f64)))
+                Ok(i128::try_from(v)
+                    .map(RawNumber::Int)
+                    .unwrap_or(RawNumber::Float(v as f64)))
             }
             fn visit_f64<E: de::Error>(self, v: f64) -> Result<RawNumber, E> {
                 Ok(RawNumber::Float(v))
@@ -99,11 +101,15 @@ impl RawNumber {
         let value = match self {
             RawNumber::Int(v) => *v,
             RawNumber::Float(v) => float_to_int(*v, field, self)?,
-            RawNumber::Text(t) => t.trim().parse::<i128>().map_err(|_| BandwidthError::NotANumber {
-                field,
-                value: self.to_string(),
-                expected: "a whole number",
-            })?,
+            RawNumber::Text(t) => {
+                t.trim()
+                    .parse::<i128>()
+                    .map_err(|_| BandwidthError::NotANumber {
+                        field,
+                        value: self.to_string(),
+                        expected: "a whole number",
+                    })?
+            }
         };
         check_range(value, field, self, max)
     }
@@ -117,7 +123,11 @@ impl RawNumber {
                 value: self.to_string(),
                 expected: "bits per second, e.g. 100000000 or \"100M\"",
             })?,
-            _ => return self.to_u64(field, max).and_then(|v| positive(v, field, self)),
+            _ => {
+                return self
+                    .to_u64(field, max)
+                    .and_then(|v| positive(v, field, self))
+            }
         };
         let value = float_to_int(value, field, self)?;
         check_range(value, field, self, max).and_then(|v| positive(v, field, self))
@@ -126,25 +136,44 @@ impl RawNumber {
 
 fn positive(v: u64, field: &'static str, raw: &RawNumber) -> Result<u64, BandwidthError> {
     if v == 0 {
-        return Err(BandwidthError::NotPositive { field, value: raw.to_string() });
+        return Err(BandwidthError::NotPositive {
+            field,
+            value: raw.to_string(),
+        });
     }
     Ok(v)
 }
 
 fn float_to_int(v: f64, field: &'static str, raw: &RawNumber) -> Result<i128, BandwidthError> {
     if !v.is_finite() || v.fract() != 0.0 {
-        return Err(BandwidthError::NotANumber { field, value: raw.to_string(), expected: "a whole number" });
+        return Err(BandwidthError::NotANumber {
+            field,
+            value: raw.to_string(),
+            expected: "a whole number",
+        });
     }
     // Saturating cast: anything beyond i128 is out of range anyway.
     Ok(v as i128)
 }
 
-fn check_range(v: i128, field: &'static str, raw: &RawNumber, max: u64) -> Result<u64, BandwidthError> {
+fn check_range(
+    v: i128,
+    field: &'static str,
+    raw: &RawNumber,
+    max: u64,
+) -> Result<u64, BandwidthError> {
     if v < 0 {
-        return Err(BandwidthError::Negative { field, value: raw.to_string() });
+        return Err(BandwidthError::Negative {
+            field,
+            value: raw.to_string(),
+        });
     }
     if v > i128::from(max) {
-        return Err(BandwidthError::OutOfRange { field, value: raw.to_string(), max });
+        return Err(BandwidthError::OutOfRange {
+            field,
+            value: raw.to_string(),
+            max,
+        });
     }
     Ok(v as u64)
 }
@@ -168,7 +197,11 @@ fn parse_si_rate(text: &str) -> Option<f64> {
     };
     let digits = digits.trim();
     // Plain decimal only: no exponent, sign, "inf" or "nan" sneaking through f64 parsing.
-    if digits.is_empty() || !digits.chars().all(|c| c.is_ascii_digit() || c == '.' || c == '-') {
+    if digits.is_empty()
+        || !digits
+            .chars()
+            .all(|c| c.is_ascii_digit() || c == '.' || c == '-')
+    {
         return None;
     }
     let v: f64 = digits.parse().ok()?;
@@ -189,7 +222,10 @@ mod tests {
         assert_eq!(raw("5"), RawNumber::Int(5));
         assert_eq!(raw("-5"), RawNumber::Int(-5));
         assert_eq!(raw("1.5"), RawNumber::Float(1.5));
-        assert!(matches!(raw("123456789012345678901234567890123456789012"), RawNumber::Float(_)));
+        assert!(matches!(
+            raw("123456789012345678901234567890123456789012"),
+            RawNumber::Float(_)
+        ));
         assert_eq!(raw("\"100M\""), RawNumber::Text("100M".into()));
     }
 
@@ -216,10 +252,34 @@ mod tests {
         let e = RawNumber::Int(0).to_rate("rate", 1000).unwrap_err();
         assert!(e.to_string().starts_with("rate: 0"), "{e}");
         let e = RawNumber::Float(1e30).to_u64("end", 1000).unwrap_err();
-        assert!(matches!(e, BandwidthError::OutOfRange { field: "end", max: 1000, .. }), "{e}");
-        let e = RawNumber::Int(i128::MAX).to_u64("start", u64::MAX).unwrap_err();
-        assert!(matches!(e, BandwidthError::OutOfRange { field: "start", .. }), "{e}");
+        assert!(
+            matches!(
+                e,
+                BandwidthError::OutOfRange {
+                    field: "end",
+                    max: 1000,
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        let e = RawNumber::Int(i128::MAX)
+            .to_u64("start", u64::MAX)
+            .unwrap_err();
+        assert!(
+            matches!(e, BandwidthError::OutOfRange { field: "start", .. }),
+            "{e}"
+        );
         let e = RawNumber::Float(2.5).to_u64("priority", 7).unwrap_err();
-        assert!(matches!(e, BandwidthError::NotANumber { field: "priority", .. }), "{e}");
+        assert!(
+            matches!(
+                e,
+                BandwidthError::NotANumber {
+                    field: "priority",
+                    ..
+                }
+            ),
+            "{e}"
+        );
     }
 }

@@ -46,7 +46,10 @@ impl FileStore {
     }
 
     fn io(&self, source: std::io::Error) -> StoreError {
-        StoreError::Io { path: self.path.clone(), source }
+        StoreError::Io {
+            path: self.path.clone(),
+            source,
+        }
     }
 }
 
@@ -57,10 +60,18 @@ impl ReservationStore for FileStore {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(self.io(e)),
         };
-        let corrupt = |detail: String| StoreError::Corrupt { path: self.path.clone(), detail };
-        let state: StoredState = serde_json::from_slice(&bytes).map_err(|e| corrupt(e.to_string()))?;
+        let corrupt = |detail: String| StoreError::Corrupt {
+            path: self.path.clone(),
+            detail,
+        };
+        let state: StoredState =
+            serde_json::from_slice(&bytes).map_err(|e| corrupt(e.to_string()))?;
         if state.version != STORE_VERSION {
-            return Err(StoreError::Version { path: self.path.clone(), found: state.version, expected: STORE_VERSION });
+            return Err(StoreError::Version {
+                path: self.path.clone(),
+                found: state.version,
+                expected: STORE_VERSION,
+            });
         }
         let mut seen = std::collections::BTreeSet::new();
         for r in &state.reservations {
@@ -68,7 +79,10 @@ impl ReservationStore for FileStore {
                 return Err(corrupt(format!("reservation {} appears twice", r.id)));
             }
             if r.id.0 >= state.next_id {
-                return Err(corrupt(format!("reservation {} is not below next_id {}", r.id, state.next_id)));
+                return Err(corrupt(format!(
+                    "reservation {} is not below next_id {}",
+                    r.id, state.next_id
+                )));
             }
         }
         Ok(Some(state))
@@ -80,7 +94,11 @@ impl ReservationStore for FileStore {
         let tmp = PathBuf::from(tmp_name);
         let bytes = serde_json::to_vec_pretty(state).expect("reservations serialise");
         let write = || -> std::io::Result<()> {
-            let mut f = OpenOptions::new().write(true).create(true).truncate(true).open(&tmp)?;
+            let mut f = OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .open(&tmp)?;
             f.write_all(&bytes)?;
             f.sync_all()?;
             fs::rename(&tmp, &self.path)?;
