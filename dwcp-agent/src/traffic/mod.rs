@@ -10,8 +10,10 @@
 //! - `rates`: `RateTracker` turns per-CPU counter snapshots into per-link and per-class rates
 //!   and utilisation, current and projected with reservations.
 //! - `top_flows`: a bounded table of the heaviest flows from sampled packets.
+//! - `policing`: token-bucket parameters for the XDP policers, per reservation and per class.
 
 mod engineer;
+pub mod policing;
 mod rates;
 pub mod te;
 mod top_flows;
@@ -20,6 +22,7 @@ pub mod weights;
 pub use engineer::{
     GroupWeights, LinkStatus, SplitMode, TrafficConfig, TrafficEngineer, TrafficError,
 };
+pub use policing::{OverRate, PolicingConfig, TokenBucket};
 pub use rates::{sum_per_cpu, CounterSnapshot, Rate, RateError, RateTracker};
 pub use te::{DestinationPaths, FlowAllocation, FlowGroup, Pinned, TePlan};
 pub use top_flows::{FlowSample, TopFlow, TopFlows};
