@@ -81,7 +81,8 @@ pub fn fits<'a>(
     Ok(())
 }
 
-/// Which reservations `cand` must preempt to fit: empty if it fits as is.
+/// Which reservations `cand` must preempt to fit: empty if it fits as is. A reservation in
+/// `others` with `cand`'s id is the one `cand` replaces (an extension) and is ignored.
 ///
 /// Only reservations of strictly lower priority that share a link and an instant with `cand`
 /// are candidates. The victims come from the lowest priority tiers possible: tier by tier
@@ -95,7 +96,9 @@ pub fn plan_preemption(
 ) -> Result<Vec<ReservationId>, Shortfall> {
     let without = |removed: &BTreeSet<ReservationId>| {
         let removed = removed.clone();
-        others.values().filter(move |r| !removed.contains(&r.id))
+        others
+            .values()
+            .filter(move |r| r.id != cand.id && !removed.contains(&r.id))
     };
     let none = BTreeSet::new();
     let first = match fits(without(&none), cand, reservable) {
@@ -105,7 +108,8 @@ pub fn plan_preemption(
     let candidates: Vec<&Reservation> = others
         .values()
         .filter(|r| {
-            r.priority < cand.priority
+            r.id != cand.id
+                && r.priority < cand.priority
                 && r.overlaps(cand.start, cand.end)
                 && r.path.iter().any(|l| cand.uses(*l))
         })

@@ -61,6 +61,8 @@ pub enum BandwidthError {
     },
     #[error("reservation {0} not found")]
     NotFound(ReservationId),
+    #[error("reservation {id} ended at {end}; it can no longer be extended")]
+    Ended { id: ReservationId, end: UnixSeconds },
     #[error("end: {new_end} does not extend reservation {id}, which already ends at {end}")]
     NotAnExtension {
         id: ReservationId,
@@ -77,10 +79,11 @@ pub enum BandwidthError {
 
 impl BandwidthError {
     /// The HTTP status an API should answer with: 400 for bad input, 404 for an unknown
-    /// reservation, 409 when the network cannot take the request, 500 when storage failed.
+    /// reservation, 410 for one that has ended, 409 when the network cannot take the request, 500 when storage failed.
     pub fn http_status(&self) -> u16 {
         match self {
             BandwidthError::NotFound(_) => 404,
+            BandwidthError::Ended { .. } => 410,
             BandwidthError::InsufficientBandwidth { .. }
             | BandwidthError::TooManyReservations(_) => 409,
             BandwidthError::Store(_) | BandwidthError::BadHeadroom(_) => 500,

@@ -10,7 +10,7 @@ use tokio::sync::broadcast;
 use super::admission::{self, Shortfall};
 use super::error::BandwidthError;
 use super::model::*;
-use super::store::{ReservationStore, StoredState, STORE_VERSION};
+use super::store::{ReservationStore, StateView, StoredState, STORE_VERSION};
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -206,20 +206,18 @@ impl ReservationManager {
         }
         let victims = admission::plan_preemption(&self.reservations, &cand, &self.reservable)
             .map_err(|s| insufficient(s, &cand))?;
-        let mut next = self.reservations.clone();
-        let preempted: Vec<Reservation> = victims.iter().filter_map(|id| next.remove(id)).collect();
-        next.insert(cand.id, cand.clone());
-        let mut events: Vec<ReservationEvent> = preempted
-            .iter()
-            .map(|r| ReservationEvent::Preempted {
-                reservation: r.clone(),
-                by: cand.id,
-            })
-            .collect();
-        events.push(ReservationEvent::Created {
+        let change = Change {
+            remove: victims,
+            upsert: Some(cand.clone()),
+            next_id: self.next_id + 1,
+        };
+        let preempted = self.commit(change, |r| ReservationEvent::Preempted {
+            reservation: r,
+            by: cand.id,
+        })?;
+        self.notify(ReservationEvent::Created {
             reservation: cand.clone(),
         });
-        self.commit(next, self.next_id + 1, events)?;
         Ok(Admission {
             reservation: cand,
             preempted,
@@ -239,7 +237,10 @@ impl ReservationManager {
             .get(&id)
             .ok_or(BandwidthError::NotFound(id))?;
         if current.end <= now {
-            return Err(BandwidthError::NotFound(id));
+            return Err(BandwidthError::Ended {
+                id,
+                end: current.end,
+            });
         }
         let new_end = req.end.to_u64("end", MAX_TIME)?;
         if new_end <= current.end {
@@ -254,24 +255,22 @@ impl ReservationManager {
             end: new_end,
             ..current.clone()
         };
-        let mut next = self.reservations.clone();
-        next.remove(&id);
-        let victims = admission::plan_preemption(&next, &cand, &self.reservable)
+        // The candidate has the same id as the stored reservation, which admission ignores.
+        let victims = admission::plan_preemption(&self.reservations, &cand, &self.reservable)
             .map_err(|s| insufficient(s, &cand))?;
-        let preempted: Vec<Reservation> = victims.iter().filter_map(|v| next.remove(v)).collect();
-        next.insert(id, cand.clone());
-        let mut events: Vec<ReservationEvent> = preempted
-            .iter()
-            .map(|r| ReservationEvent::Preempted {
-                reservation: r.clone(),
-                by: id,
-            })
-            .collect();
-        events.push(ReservationEvent::Extended {
+        let change = Change {
+            remove: victims,
+            upsert: Some(cand.clone()),
+            next_id: self.next_id,
+        };
+        let preempted = self.commit(change, |r| ReservationEvent::Preempted {
+            reservation: r,
+            by: id,
+        })?;
+        self.notify(ReservationEvent::Extended {
             reservation: cand.clone(),
             previous_end,
         });
-        self.commit(next, self.next_id, events)?;
         Ok(Admission {
             reservation: cand,
             preempted,
@@ -279,37 +278,39 @@ impl ReservationManager {
     }
 
     pub fn cancel(&mut self, id: ReservationId) -> Result<Reservation, BandwidthError> {
-        let mut next = self.reservations.clone();
-        let gone = next.remove(&id).ok_or(BandwidthError::NotFound(id))?;
-        self.commit(
-            next,
-            self.next_id,
-            vec![ReservationEvent::Cancelled {
-                reservation: gone.clone(),
-            }],
-        )?;
-        Ok(gone)
+        if !self.reservations.contains_key(&id) {
+            return Err(BandwidthError::NotFound(id));
+        }
+        let change = Change {
+            remove: vec![id],
+            upsert: None,
+            next_id: self.next_id,
+        };
+        let mut gone = self.commit(change, |reservation| ReservationEvent::Cancelled {
+            reservation,
+        })?;
+        Ok(gone.pop().expect("the reservation was there"))
     }
 
     /// Removes every reservation whose window has ended by `now`.
     pub fn expire(&mut self, now: UnixSeconds) -> Result<Vec<Reservation>, BandwidthError> {
-        let (expired, kept): (BTreeMap<_, _>, BTreeMap<_, _>) = self
+        let remove: Vec<ReservationId> = self
             .reservations
-            .clone()
-            .into_iter()
-            .partition(|(_, r)| r.end <= now);
-        if expired.is_empty() {
+            .values()
+            .filter(|r| r.end <= now)
+            .map(|r| r.id)
+            .collect();
+        if remove.is_empty() {
             return Ok(Vec::new());
         }
-        let expired: Vec<Reservation> = expired.into_values().collect();
-        let events = expired
-            .iter()
-            .map(|r| ReservationEvent::Expired {
-                reservation: r.clone(),
-            })
-            .collect();
-        self.commit(kept, self.next_id, events)?;
-        Ok(expired)
+        let change = Change {
+            remove,
+            upsert: None,
+            next_id: self.next_id,
+        };
+        self.commit(change, |reservation| ReservationEvent::Expired {
+            reservation,
+        })
     }
 
     /// Takes a new picture of the network. Reservations that no longer fit (a link gone or
@@ -319,45 +320,71 @@ impl ReservationManager {
         network: Network,
     ) -> Result<Vec<ReservationEvent>, BandwidthError> {
         let reservable = reservable_map(&network, self.config.headroom_percent);
-        let (kept, displaced) =
-            admission::readmit(self.reservations.values().cloned(), &reservable);
-        let events: Vec<ReservationEvent> = displaced
-            .into_iter()
-            .map(|(reservation, s)| ReservationEvent::Displaced {
+        let (_, displaced) = admission::readmit(self.reservations.values().cloned(), &reservable);
+        let links: BTreeMap<ReservationId, LinkId> =
+            displaced.iter().map(|(r, s)| (r.id, s.link)).collect();
+        let mut events = Vec::new();
+        if !links.is_empty() {
+            let change = Change {
+                remove: links.keys().copied().collect(),
+                upsert: None,
+                next_id: self.next_id,
+            };
+            for reservation in self.commit(change, |reservation| ReservationEvent::Displaced {
+                link: links[&reservation.id],
                 reservation,
-                link: s.link,
-            })
-            .collect();
-        if !events.is_empty() {
-            self.commit(kept, self.next_id, events.clone())?;
+            })? {
+                events.push(ReservationEvent::Displaced {
+                    link: links[&reservation.id],
+                    reservation,
+                });
+            }
         }
         self.network = network;
         self.reservable = reservable;
         Ok(events)
     }
 
-    /// Stores the new state, then makes it current, then notifies. Nothing changes if the
-    /// store fails.
+    /// Stores the state with `change` applied, then applies it in memory and notifies each
+    /// removed reservation's owner with `removed_event`. Nothing changes if the store fails.
+    /// Returns the removed reservations. Writes a view of the state, not a copy of it.
     fn commit(
         &mut self,
-        next: BTreeMap<ReservationId, Reservation>,
-        next_id: u64,
-        events: Vec<ReservationEvent>,
-    ) -> Result<(), BandwidthError> {
-        let state = StoredState {
+        change: Change,
+        removed_event: impl Fn(Reservation) -> ReservationEvent,
+    ) -> Result<Vec<Reservation>, BandwidthError> {
+        let replaced = change.upsert.as_ref().map(|r| r.id);
+        let mut view: Vec<&Reservation> = self
+            .reservations
+            .values()
+            .filter(|r| !change.remove.contains(&r.id) && Some(r.id) != replaced)
+            .chain(change.upsert.as_ref())
+            .collect();
+        view.sort_by_key(|r| r.id);
+        self.store.save(&StateView {
             version: STORE_VERSION,
-            next_id,
-            reservations: next.values().cloned().collect(),
-        };
-        self.store.save(&state)?;
-        self.reservations = next;
-        self.next_id = next_id;
-        for e in events {
-            tracing::info!(event = ?e, "reservation");
-            // No subscriber is not an error: the change is stored either way.
-            let _ = self.events.send(e);
+            next_id: change.next_id,
+            reservations: view,
+        })?;
+        let removed: Vec<Reservation> = change
+            .remove
+            .iter()
+            .filter_map(|id| self.reservations.remove(id))
+            .collect();
+        if let Some(r) = change.upsert {
+            self.reservations.insert(r.id, r);
         }
-        Ok(())
+        self.next_id = change.next_id;
+        for r in &removed {
+            self.notify(removed_event(r.clone()));
+        }
+        Ok(removed)
+    }
+
+    fn notify(&self, event: ReservationEvent) {
+        tracing::info!(event = ?event, "reservation");
+        // No subscriber is not an error: the change is stored either way.
+        let _ = self.events.send(event);
     }
 
     fn validate(
@@ -434,6 +461,13 @@ impl ReservationManager {
             path,
         })
     }
+}
+
+/// One stored change: reservations removed, one added or replaced, and the next id.
+struct Change {
+    remove: Vec<ReservationId>,
+    upsert: Option<Reservation>,
+    next_id: u64,
 }
 
 fn reservable_map(network: &Network, headroom_percent: u8) -> BTreeMap<LinkId, u64> {

@@ -27,7 +27,7 @@ pub use model::{
     MAX_RATE_BPS, MAX_TIME,
 };
 pub use number::RawNumber;
-pub use store::{FileStore, MemoryStore, ReservationStore, StoredState, STORE_VERSION};
+pub use store::{FileStore, MemoryStore, ReservationStore, StateView, StoredState, STORE_VERSION};
 
 #[cfg(test)]
 mod tests;

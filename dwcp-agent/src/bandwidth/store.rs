@@ -21,12 +21,20 @@ pub struct StoredState {
     pub reservations: Vec<Reservation>,
 }
 
+/// The state to store, borrowed from the manager (no copy of every reservation per change).
+#[derive(Clone, Debug, Serialize)]
+pub struct StateView<'a> {
+    pub version: u32,
+    pub next_id: u64,
+    pub reservations: Vec<&'a Reservation>,
+}
+
 pub trait ReservationStore: Send {
     /// The stored state, or `None` if nothing was ever stored. A store that exists but cannot
     /// be read is an error.
     fn load(&mut self) -> Result<Option<StoredState>, StoreError>;
     /// Replaces the stored state. When this returns Ok the state survives a crash.
-    fn save(&mut self, state: &StoredState) -> Result<(), StoreError>;
+    fn save(&mut self, state: &StateView<'_>) -> Result<(), StoreError>;
 }
 
 /// A JSON snapshot file, replaced atomically: written to `<file>.tmp`, fsynced, renamed over
@@ -88,7 +96,7 @@ impl ReservationStore for FileStore {
         Ok(Some(state))
     }
 
-    fn save(&mut self, state: &StoredState) -> Result<(), StoreError> {
+    fn save(&mut self, state: &StateView<'_>) -> Result<(), StoreError> {
         let mut tmp_name = self.path.clone().into_os_string();
         tmp_name.push(".tmp");
         let tmp = PathBuf::from(tmp_name);
@@ -128,8 +136,12 @@ impl ReservationStore for MemoryStore {
         Ok(self.state.clone())
     }
 
-    fn save(&mut self, state: &StoredState) -> Result<(), StoreError> {
-        self.state = Some(state.clone());
+    fn save(&mut self, state: &StateView<'_>) -> Result<(), StoreError> {
+        self.state = Some(StoredState {
+            version: state.version,
+            next_id: state.next_id,
+            reservations: state.reservations.iter().map(|r| (*r).clone()).collect(),
+        });
         Ok(())
     }
 }

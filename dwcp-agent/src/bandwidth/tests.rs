@@ -235,6 +235,21 @@ fn cancel_and_expiry_free_the_bandwidth() {
     short.end = (NOW + 10).into();
     let s = m.create(&short, NOW).unwrap().reservation;
     assert!(m.expire(NOW + 9).unwrap().is_empty());
+    // Ended but not collected yet: listed, not extendable.
+    let e = m
+        .extend(
+            s.id,
+            &ExtendRequest {
+                end: (NOW + 20).into(),
+            },
+            NOW + 10,
+        )
+        .unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "reservation 2 ended at 1700000010; it can no longer be extended"
+    );
+    assert_eq!(e.http_status(), 410);
     assert_eq!(m.expire(NOW + 10).unwrap(), vec![s]);
     assert_eq!(m.reserved_bps(LinkId(1), NOW + 10), 50 * MBIT);
     assert_eq!(m.cancel(a.id).unwrap(), a);
