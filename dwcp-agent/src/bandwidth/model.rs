@@ -76,6 +76,30 @@ impl Reservation {
     pub fn uses(&self, link: LinkId) -> bool {
         self.path.contains(&link)
     }
+
+    /// The invariants validation gives every admitted reservation; a stored one that breaks
+    /// them was not written by us (or was damaged).
+    pub fn check(&self) -> Result<(), String> {
+        let what = if !(1..=MAX_RATE_BPS).contains(&self.rate_bps) {
+            "rate out of range"
+        } else if self.start >= self.end || self.end > MAX_TIME {
+            "window is empty or out of range"
+        } else if self.priority > MAX_PRIORITY {
+            "priority out of range"
+        } else if self.path.is_empty() || self.path.len() > MAX_PATH_LINKS {
+            "path is empty or too long"
+        } else if self
+            .path
+            .iter()
+            .enumerate()
+            .any(|(i, l)| self.path[..i].contains(l))
+        {
+            "path repeats a link"
+        } else {
+            return Ok(());
+        };
+        Err(format!("reservation {}: {what}", self.id))
+    }
 }
 
 /// What the manager admits against: the regions it knows and each link's capacity in bit/s.

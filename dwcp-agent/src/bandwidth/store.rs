@@ -83,6 +83,7 @@ impl ReservationStore for FileStore {
         }
         let mut seen = std::collections::BTreeSet::new();
         for r in &state.reservations {
+            r.check().map_err(corrupt)?;
             if !seen.insert(r.id) {
                 return Err(corrupt(format!("reservation {} appears twice", r.id)));
             }

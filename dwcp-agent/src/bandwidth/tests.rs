@@ -458,6 +458,14 @@ fn restart_restores_the_stored_set_and_a_corrupt_file_is_an_error() {
     dup.reservations.push(dup.reservations[0].clone());
     std::fs::write(&path, serde_json::to_vec(&dup).unwrap()).unwrap();
     assert!(open().unwrap_err().to_string().contains("appears twice"));
+    let mut bad: StoredState = serde_json::from_slice(&good).unwrap();
+    bad.reservations[0].rate_bps = 0;
+    std::fs::write(&path, serde_json::to_vec(&bad).unwrap()).unwrap();
+    let e = open().unwrap_err().to_string();
+    assert!(
+        e.ends_with("is corrupt: reservation 1: rate out of range"),
+        "{e}"
+    );
 }
 
 #[test]

@@ -352,6 +352,47 @@ mod tests {
     }
 
     #[test]
+    fn reservations_from_the_manager_shift_the_weights_while_active() {
+        use crate::bandwidth::{
+            ManagerConfig, MemoryStore, Network, ReservationManager, ReservationRequest,
+        };
+        let caps = links(&[(1, 50 * M), (2, 100 * M), (3, 200 * M)]);
+        let network = Network {
+            regions: ["eu".to_owned(), "us".to_owned()].into(),
+            link_capacity_bps: caps.iter().map(|(l, s)| (*l, s.capacity_bps)).collect(),
+        };
+        let (mut manager, _) = ReservationManager::open(
+            Box::new(MemoryStore::default()),
+            network,
+            ManagerConfig::default(),
+        )
+        .unwrap();
+        let req: ReservationRequest = serde_json::from_str(
+            r#"{"owner": "db", "source": "eu", "destination": "us", "class": "critical",
+                "rate": "120M", "start": 100, "end": 200, "path": [3]}"#,
+        )
+        .unwrap();
+        manager.create(&req, 0).unwrap();
+        let mut te = TrafficEngineer::new(TrafficConfig::default()).unwrap();
+        assert_eq!(
+            te.set_topology(caps, three_paths()).unwrap()[0].weights,
+            vec![1, 2, 4]
+        );
+        assert!(te.set_reservations("eu", manager.active_at(99)).is_empty());
+        // 160M usable on link 3 less 120M reserved: 40M, like link 1.
+        assert_eq!(
+            te.set_reservations("eu", manager.active_at(100))[0].weights,
+            vec![1, 2, 1]
+        );
+        assert_eq!(manager.next_change_after(100), Some(200));
+        manager.expire(200).unwrap();
+        assert_eq!(
+            te.set_reservations("eu", manager.active_at(200))[0].weights,
+            vec![1, 2, 4]
+        );
+    }
+
+    #[test]
     fn ecmp_ignores_capacity() {
         let mut te = TrafficEngineer::new(TrafficConfig {
             mode: SplitMode::Ecmp,

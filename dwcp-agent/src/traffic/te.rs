@@ -70,7 +70,7 @@ impl TePlan {
     }
 }
 
-/// Solves TE. `capacity_bps`: what each link may carry for us (headroom and unsteered traffic
+/// Solves TE (paths must not repeat a link; `TrafficEngineer` checks). `capacity_bps`: what each link may carry for us (headroom and unsteered traffic
 /// already taken off; a dead link is 0 or absent). `paths`: each destination's paths in
 /// preference order. `demands`: measured or configured rate per flow group.
 pub fn solve(
@@ -345,8 +345,12 @@ mod tests {
                 let groups = groups
                     .into_iter()
                     .map(|(c, d, links)| {
-                        let mut path: Vec<usize> = links.into_iter().map(|l| l % n).collect();
-                        path.dedup();
+                        let path: Vec<usize> = links
+                            .into_iter()
+                            .map(|l| l % n)
+                            .collect::<std::collections::BTreeSet<_>>()
+                            .into_iter()
+                            .collect();
                         (c, d, path)
                     })
                     .collect();
