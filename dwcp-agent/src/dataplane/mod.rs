@@ -39,20 +39,23 @@ pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/dwcp";
 #[derive(Debug, Error)]
 pub enum DataplaneError {
     #[error("loading the eBPF object: {0}")]
-    Load(#[from] aya::EbpfError),
+    Load(Box<aya::EbpfError>),
     #[error("map {map}: {source}")]
-    Map { map: &'static str, source: MapError },
+    Map {
+        map: &'static str,
+        source: Box<MapError>,
+    },
     #[error("program {program}: {source}")]
     Program {
         program: &'static str,
-        source: ProgramError,
+        source: Box<ProgramError>,
     },
     #[error("attaching {program} to {ifname}: native XDP failed ({native}) and generic XDP failed too ({generic})")]
     Attach {
         program: &'static str,
         ifname: String,
-        native: ProgramError,
-        generic: ProgramError,
+        native: Box<ProgramError>,
+        generic: Box<ProgramError>,
     },
     #[error("pin directory {path}: {source}")]
     PinDir {
@@ -77,8 +80,18 @@ pub enum DataplaneError {
 
 type Result<T, E = DataplaneError> = std::result::Result<T, E>;
 
+fn prog_err(program: &'static str) -> impl FnOnce(ProgramError) -> DataplaneError {
+    move |source| DataplaneError::Program {
+        program,
+        source: Box::new(source),
+    }
+}
+
 fn map_err(map: &'static str) -> impl FnOnce(MapError) -> DataplaneError {
-    move |source| DataplaneError::Map { map, source }
+    move |source| DataplaneError::Map {
+        map,
+        source: Box::new(source),
+    }
 }
 
 /// How the program ended up attached.
@@ -122,7 +135,7 @@ macro_rules! take {
     ($ebpf:expr, $name:expr) => {{
         let map = $ebpf.take_map($name).ok_or(DataplaneError::Map {
             map: $name,
-            source: MapError::InvalidName { name: $name.into() },
+            source: Box::new(MapError::InvalidName { name: $name.into() }),
         })?;
         map.try_into().map_err(map_err($name))?
     }};
@@ -154,7 +167,9 @@ impl Dataplane {
         for (name, path) in &paths {
             loader.map_pin_path(name, path.as_path());
         }
-        let mut ebpf = loader.load(object)?;
+        let mut ebpf = loader
+            .load(object)
+            .map_err(|e| DataplaneError::Load(Box::new(e)))?;
         for name in [
             programs::LAN_INGRESS,
             programs::UNDERLAY_INGRESS,
@@ -164,17 +179,11 @@ impl Dataplane {
                 .program_mut(name)
                 .ok_or(DataplaneError::Program {
                     program: name,
-                    source: ProgramError::NotLoaded,
+                    source: Box::new(ProgramError::NotLoaded),
                 })?
                 .try_into()
-                .map_err(|source| DataplaneError::Program {
-                    program: name,
-                    source,
-                })?;
-            prog.load().map_err(|source| DataplaneError::Program {
-                program: name,
-                source,
-            })?;
+                .map_err(prog_err(name))?;
+            prog.load().map_err(prog_err(name))?;
         }
         Ok(Dataplane {
             config: take!(ebpf, names::CONFIG),
@@ -208,13 +217,10 @@ impl Dataplane {
             .program_mut(name)
             .ok_or(DataplaneError::Program {
                 program: name,
-                source: ProgramError::NotLoaded,
+                source: Box::new(ProgramError::NotLoaded),
             })?
             .try_into()
-            .map_err(|source| DataplaneError::Program {
-                program: name,
-                source,
-            })
+            .map_err(prog_err(name))
     }
 
     /// Attaches program `name` to `ifname` (in the calling thread's network namespace): native
@@ -234,8 +240,8 @@ impl Dataplane {
                 Err(generic) => Err(DataplaneError::Attach {
                     program: name,
                     ifname: ifname.into(),
-                    native,
-                    generic,
+                    native: Box::new(native),
+                    generic: Box::new(generic),
                 }),
             },
         }
