@@ -1,4 +1,5 @@
 //! dwcp-agent: the userspace side of dwcp. One module per concern.
+pub mod agent;
 pub mod bandwidth;
 pub mod dataplane;
 pub mod health;

@@ -561,9 +561,18 @@ mod tests {
         let recovered = count_for(&rx, Duration::from_secs(1));
         stop_tx.send(()).unwrap();
         sender_thread.join().unwrap();
-        assert!(normal >= 50, "normal rate: {normal} probes in 1 s");
-        // At the 400 ms cap: about 5 in 2 s (late wake-ups only lower it).
+        // Rates compared within this run, not against absolute figures: a loaded machine wakes
+        // the sender late, which lowers every rate alike. At the 400 ms cap the backed-off rate
+        // is at most 2.5/s (late wake-ups only lower it); normal and recovered are ~100/s.
+        let backed_off_per_s = backed_off as f64 / 2.0;
         assert!(backed_off <= 7, "backed off: {backed_off} probes in 2 s");
-        assert!(recovered >= 50, "after recovery: {recovered} probes in 1 s");
+        assert!(
+            normal as f64 >= 4.0 * backed_off_per_s.max(1.0),
+            "normal {normal}/s vs backed off {backed_off_per_s}/s"
+        );
+        assert!(
+            recovered as f64 >= 4.0 * backed_off_per_s.max(1.0),
+            "recovered {recovered}/s vs backed off {backed_off_per_s}/s"
+        );
     }
 }

@@ -1,0 +1,168 @@
+//! The agent daemon's interface to the outside: what the state owner publishes (a snapshot,
+//! events) and what it accepts (commands). The API server, the metrics exporter and the CLI
+//! depend only on this module; the daemon's event loop implements it.
+//!
+//! Pattern (as in holo-routing): one task owns the state; I/O and timers are tasks that send
+//! it messages; after each change it publishes a new immutable [`AgentSnapshot`] on a
+//! `tokio::sync::watch` channel and [`AgentEvent`]s on a `tokio::sync::broadcast` channel.
+
+use std::{net::IpAddr, sync::Arc};
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
+
+/// Health of an underlay link as the agent sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LinkHealth {
+    Up,
+    Degraded,
+    Down,
+    /// Administratively down (`dwcp link down`).
+    AdminDown,
+    /// Not measured by this gateway (a remote link: configured figures).
+    Unmeasured,
+}
+
+/// One inter-region link.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LinkView {
+    pub id: u32,
+    pub name: String,
+    pub a: String,
+    pub b: String,
+    /// Local underlay interface, if this gateway terminates the link.
+    pub interface: Option<String>,
+    pub health: LinkHealth,
+    pub rtt_seconds: Option<f64>,
+    pub jitter_seconds: Option<f64>,
+    pub loss_ratio: Option<f64>,
+    pub capacity_bps: u64,
+    pub utilisation_ratio: Option<f64>,
+    pub throughput_bps: Option<f64>,
+    pub probes_sent: u64,
+    pub probes_received: u64,
+}
+
+/// One path of a route.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PathView {
+    pub regions: Vec<String>,
+    pub links: Vec<u32>,
+    pub latency_seconds: f64,
+    pub role: PathRole,
+    /// Integer weight in the fast path's group (0 = standby, used only on failover).
+    pub weight: u32,
+    pub next_hop: u32,
+    pub live: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PathRole {
+    Primary,
+    Ecmp,
+    Secondary,
+}
+
+/// The route to one destination region as programmed.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RouteView {
+    pub destination: String,
+    pub prefixes: Vec<String>,
+    pub strategy: String,
+    pub group_id: u32,
+    pub paths: Vec<PathView>,
+    /// Why the route is what it is (e.g. "min latency 80 ms via eu-west-1; link 3 down").
+    pub reason: String,
+}
+
+/// One entry of the bounded route history.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RouteChange {
+    pub at_unix_ms: u64,
+    pub destination: String,
+    pub reason: String,
+    pub before: Vec<Vec<u32>>,
+    pub after: Vec<Vec<u32>>,
+}
+
+/// Fast-path counters (summed over CPUs).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct CounterView {
+    /// (next hop id, packets, bytes)
+    pub nexthops: Vec<(u32, u64, u64)>,
+    /// (class name, packets, bytes)
+    pub classes: Vec<(String, u64, u64)>,
+    /// (reason name, count)
+    pub reasons: Vec<(String, u64)>,
+}
+
+/// Everything the operator view shows. Immutable; a new one replaces it after each change.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct AgentSnapshot {
+    pub gateway: String,
+    pub region: String,
+    pub version: String,
+    pub started_unix_ms: u64,
+    pub config_generation: u64,
+    pub topology_generation: u64,
+    pub regions: Vec<String>,
+    pub links: Vec<LinkView>,
+    pub routes: Vec<RouteView>,
+    pub history: Vec<RouteChange>,
+    pub counters: CounterView,
+    pub failovers_total: u64,
+    pub route_changes_total: u64,
+}
+
+/// What happened, for the event stream (API) and subscribers.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum AgentEvent {
+    LinkDown { link: u32, reason: String },
+    LinkUp { link: u32 },
+    LinkDegraded { link: u32, reason: String },
+    LinkRecovered { link: u32 },
+    RouteChanged(RouteChange),
+    ConfigReloaded { generation: u64 },
+    ConfigRejected { error: String },
+}
+
+/// Requests to the state owner. Each carries a reply channel.
+#[derive(Debug)]
+pub enum AgentCommand {
+    /// Administratively take a link down or up.
+    SetLinkAdmin {
+        link: u32,
+        up: bool,
+        reply: oneshot::Sender<Result<(), CommandError>>,
+    },
+    /// Re-read the configuration file (what SIGHUP does).
+    Reload {
+        reply: oneshot::Sender<Result<u64, CommandError>>,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
+pub enum CommandError {
+    #[error("unknown link {0}")]
+    UnknownLink(u32),
+    #[error("invalid configuration: {0}")]
+    InvalidConfig(String),
+    #[error("the agent is shutting down")]
+    ShuttingDown,
+}
+
+/// The handles the operator side gets.
+#[derive(Clone)]
+pub struct AgentHandle {
+    pub snapshot: watch::Receiver<Arc<AgentSnapshot>>,
+    pub events: broadcast::Sender<AgentEvent>,
+    pub commands: mpsc::Sender<AgentCommand>,
+}
+
+/// A prefix as the API and the CLI print it.
+pub fn prefix_string(addr: IpAddr, len: u8) -> String {
+    format!("{addr}/{len}")
+}
