@@ -13,7 +13,10 @@ use std::time::Duration;
 use std::hint::black_box;
 
 use criterion::Criterion;
-use dwcp_agent::routing::{compute_table, route_on, update_table, Constraints, RoutingEngine, RoutingGraph, Strategy};
+use dwcp_agent::routing::{
+    compute_table, primary_on, route_on, update_table, Constraints, RoutingEngine, RoutingGraph,
+    Strategy,
+};
 use dwcp_agent::topology::synthetic::{generate, SyntheticSpec};
 use dwcp_agent::topology::{InMemoryTopologyStore, RegionId, Topology, TopologyUpdate};
 
@@ -25,13 +28,23 @@ struct Scenario {
 }
 
 fn scenario(topology: Topology) -> Scenario {
-    Scenario { graph: Arc::new(RoutingGraph::new(&topology)), topology }
+    Scenario {
+        graph: Arc::new(RoutingGraph::new(&topology)),
+        topology,
+    }
 }
 
 /// The topology after the first link of the primary min-latency route to `dst` lost `factor`
 /// in latency (a degradation, the common failover trigger) or, with factor < 1, improved.
 fn changed(s: &Scenario, src: RegionId, dst: RegionId, factor: f64) -> Scenario {
-    let rs = route_on(&s.graph, src, dst, &Strategy::MinLatency, &Constraints::none()).expect("route");
+    let rs = route_on(
+        &s.graph,
+        src,
+        dst,
+        &Strategy::MinLatency,
+        &Constraints::none(),
+    )
+    .expect("route");
     let link_id = rs.primary.links[0];
     let link = s.topology.link(link_id).expect("link");
     let next = s
@@ -54,7 +67,10 @@ fn target_dir() -> PathBuf {
 
 /// Median time per iteration in ns, from criterion's estimates.
 fn median_ns(id: &str) -> Option<f64> {
-    let path = target_dir().join("criterion").join(id).join("new/estimates.json");
+    let path = target_dir()
+        .join("criterion")
+        .join(id)
+        .join("new/estimates.json");
     let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).ok()?).ok()?;
     v["median"]["point_estimate"].as_f64()
 }
@@ -72,24 +88,73 @@ fn main() {
     let three = scenario(Topology::from_toml_str(THREE_REGIONS).expect("fixture"));
     let (us, ap) = (RegionId(0), RegionId(2));
     c.bench_function("route_3r", |b| {
-        b.iter(|| route_on(black_box(&three.graph), us, ap, &Strategy::MinLatency, &none).unwrap())
+        b.iter(|| {
+            route_on(
+                black_box(&three.graph),
+                us,
+                ap,
+                &Strategy::MinLatency,
+                &none,
+            )
+            .unwrap()
+        })
+    });
+    c.bench_function("primary_3r", |b| {
+        b.iter(|| {
+            primary_on(
+                black_box(&three.graph),
+                us,
+                ap,
+                &Strategy::MinLatency,
+                &none,
+            )
+            .unwrap()
+        })
     });
     let engine = RoutingEngine::new(Arc::new(InMemoryTopologyStore::new(three.topology.clone())));
     engine.route(us, ap, &Strategy::MinLatency, &none).unwrap();
-    c.bench_function("route_3r_cached", |b| b.iter(|| engine.route(black_box(us), ap, &Strategy::MinLatency, &none).unwrap()));
+    c.bench_function("route_3r_cached", |b| {
+        b.iter(|| {
+            engine
+                .route(black_box(us), ap, &Strategy::MinLatency, &none)
+                .unwrap()
+        })
+    });
 
     // Full tables.
-    let ten = scenario(Topology::from_config(&generate(&SyntheticSpec::new(10, 0)), None).expect("valid"));
+    let ten = scenario(
+        Topology::from_config(&generate(&SyntheticSpec::new(10, 0)), None).expect("valid"),
+    );
     c.bench_function("table_10r", |b| {
-        b.iter(|| compute_table(&ten.graph, &ten.topology, RegionId(0), &strategies, &none).unwrap())
+        b.iter(|| {
+            compute_table(&ten.graph, &ten.topology, RegionId(0), &strategies, &none).unwrap()
+        })
     });
-    let fifty = scenario(Topology::from_config(&generate(&SyntheticSpec::new(50, 1000)), None).expect("valid"));
+    let fifty = scenario(
+        Topology::from_config(&generate(&SyntheticSpec::new(50, 1000)), None).expect("valid"),
+    );
     c.bench_function("table_50r_1000e", |b| {
-        b.iter(|| compute_table(&fifty.graph, &fifty.topology, RegionId(0), &strategies, &none).unwrap())
+        b.iter(|| {
+            compute_table(
+                &fifty.graph,
+                &fifty.topology,
+                RegionId(0),
+                &strategies,
+                &none,
+            )
+            .unwrap()
+        })
     });
 
     // One link degrades (latency x1.5): incremental against full, same topologies.
-    let before = compute_table(&fifty.graph, &fifty.topology, RegionId(0), &strategies, &none).unwrap();
+    let before = compute_table(
+        &fifty.graph,
+        &fifty.topology,
+        RegionId(0),
+        &strategies,
+        &none,
+    )
+    .unwrap();
     let worse = changed(&fifty, RegionId(0), RegionId(25), 1.5);
     let probe = update_table(&worse.graph, &worse.topology, &before).unwrap();
     let (recomputed, reused) = (probe.stats.recomputed, probe.stats.reused);
@@ -97,7 +162,16 @@ fn main() {
         b.iter(|| update_table(&worse.graph, &worse.topology, black_box(&before)).unwrap())
     });
     c.bench_function("full_after_change_50r_1000e", |b| {
-        b.iter(|| compute_table(&worse.graph, &worse.topology, RegionId(0), &strategies, &none).unwrap())
+        b.iter(|| {
+            compute_table(
+                &worse.graph,
+                &worse.topology,
+                RegionId(0),
+                &strategies,
+                &none,
+            )
+            .unwrap()
+        })
     });
     // A link that improves can pull any route: the update falls back to a full recompute.
     let better = changed(&fifty, RegionId(0), RegionId(25), 0.5);
@@ -105,19 +179,74 @@ fn main() {
         b.iter(|| update_table(&better.graph, &better.topology, black_box(&before)).unwrap())
     });
     c.final_summary();
+    let load = std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next().map(String::from));
 
     let us_of = |id: &str| median_ns(id).map(|ns| ns / 1e3);
     let ms_of = |id: &str| median_ns(id).map(|ns| ns / 1e6);
     let metrics = [
-        ("route_3r_us", us_of("route_3r"), "µs", "3 regions: one route set (primary + ECMP + backups), uncached", Some("< 1 µs (seed claims 2.55 µs)")),
-        ("route_3r_cached_us", us_of("route_3r_cached"), "µs", "3 regions: the same route set from the engine's cache", None),
-        ("table_10r_ms", ms_of("table_10r"), "ms", "10 regions: full table of one gateway, 4 strategies", Some("seed target < 10 ms")),
-        ("table_50r_1000e_ms", ms_of("table_50r_1000e"), "ms", "50 regions + 1,000 edge nodes: full table", Some("< 5 ms")),
-        ("incremental_50r_1000e_ms", ms_of("incremental_50r_1000e"), "ms", "same, after one link degrades: incremental", Some("< 1 ms")),
-        ("full_after_change_50r_1000e_ms", ms_of("full_after_change_50r_1000e"), "ms", "same change: full recompute (baseline)", None),
-        ("incremental_better_50r_1000e_ms", ms_of("incremental_better_50r_1000e"), "ms", "a link improves: falls back to full", None),
+        (
+            "route_3r_us",
+            us_of("route_3r"),
+            "µs",
+            "3 regions: one route set (primary + ECMP + backups), uncached",
+            Some("< 1 µs (seed claims 2.55 µs)"),
+        ),
+        (
+            "primary_3r_us",
+            us_of("primary_3r"),
+            "µs",
+            "3 regions: the best path alone, comparable to the seed's single-route figure",
+            None,
+        ),
+        (
+            "route_3r_cached_us",
+            us_of("route_3r_cached"),
+            "µs",
+            "3 regions: the same route set from the engine's cache",
+            None,
+        ),
+        (
+            "table_10r_ms",
+            ms_of("table_10r"),
+            "ms",
+            "10 regions: full table of one gateway, 4 strategies",
+            Some("seed target < 10 ms"),
+        ),
+        (
+            "table_50r_1000e_ms",
+            ms_of("table_50r_1000e"),
+            "ms",
+            "50 regions + 1,000 edge nodes: full table",
+            Some("< 5 ms"),
+        ),
+        (
+            "incremental_50r_1000e_ms",
+            ms_of("incremental_50r_1000e"),
+            "ms",
+            "same, after one link degrades: incremental",
+            Some("< 1 ms"),
+        ),
+        (
+            "full_after_change_50r_1000e_ms",
+            ms_of("full_after_change_50r_1000e"),
+            "ms",
+            "same change: full recompute (baseline)",
+            None,
+        ),
+        (
+            "incremental_better_50r_1000e_ms",
+            ms_of("incremental_better_50r_1000e"),
+            "ms",
+            "a link improves: falls back to full",
+            None,
+        ),
     ];
-    let ratio = match (ms_of("full_after_change_50r_1000e"), ms_of("incremental_50r_1000e")) {
+    let ratio = match (
+        ms_of("full_after_change_50r_1000e"),
+        ms_of("incremental_50r_1000e"),
+    ) {
         (Some(full), Some(inc)) if inc > 0.0 => Some(full / inc),
         _ => None,
     };
@@ -131,30 +260,58 @@ fn main() {
     if let Some(r) = ratio {
         json.insert("incremental_speedup_50r_1000e".into(), serde_json::json!(r));
     }
-    json.insert("incremental_recomputed_entries".into(), serde_json::json!(recomputed));
-    json.insert("incremental_reused_entries".into(), serde_json::json!(reused));
+    json.insert(
+        "incremental_recomputed_entries".into(),
+        serde_json::json!(recomputed),
+    );
+    if let Some(l) = load.as_deref().and_then(|l| l.parse::<f64>().ok()) {
+        json.insert("load_average_1m".into(), serde_json::json!(l));
+    }
+    json.insert(
+        "incremental_reused_entries".into(),
+        serde_json::json!(reused),
+    );
     let out = target_dir().join("bench");
     std::fs::create_dir_all(&out).expect("target/bench");
     let doc = serde_json::json!({ "metrics": json });
-    std::fs::write(out.join("routing.json"), serde_json::to_string_pretty(&doc).unwrap()).expect("write routing.json");
+    std::fs::write(
+        out.join("routing.json"),
+        serde_json::to_string_pretty(&doc).unwrap(),
+    )
+    .expect("write routing.json");
 
     let mut table = String::new();
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
         .unwrap_or_else(|| "unknown CPU".into());
     let _ = writeln!(table, "## Routing (`cargo xtask bench routing`)\n");
     let _ = writeln!(
         table,
-        "Criterion medians, release build, {cpu}, {} cores shared with other work. Synthetic topologies from \
-         `topology::synthetic::generate` (seeded). Tables: every destination, primary + ECMP + up to 3 \
-         secondaries, for min latency, min cost, max bandwidth and balanced.\n",
-        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0)
+        "Criterion medians, release build, {cpu}, {} cores shared with other work (1-minute load average \
+         {} after the run: compare figures of one run with each other, not across runs). Synthetic \
+         topologies from `topology::synthetic::generate` (seeded). Tables: every destination, primary + ECMP \
+         + up to 3 secondaries, for min latency, min cost, max bandwidth and balanced.\n",
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        load.as_deref().unwrap_or("unknown")
     );
-    let _ = writeln!(table, "| metric | what | median | target |\n|---|---|---|---|");
+    let _ = writeln!(
+        table,
+        "| metric | what | median | target |\n|---|---|---|---|"
+    );
     for (name, value, unit, what, target) in &metrics {
-        let v = value.map(|v| format!("{v:.3} {unit}")).unwrap_or_else(|| "not run".into());
-        let _ = writeln!(table, "| `{name}` | {what} | {v} | {} |", target.unwrap_or(""));
+        let v = value
+            .map(|v| format!("{v:.3} {unit}"))
+            .unwrap_or_else(|| "not run".into());
+        let _ = writeln!(
+            table,
+            "| `{name}` | {what} | {v} | {} |",
+            target.unwrap_or("")
+        );
     }
     if let Some(r) = ratio {
         let _ = writeln!(
@@ -170,7 +327,11 @@ fn main() {
     let section = format!("{begin}\n{table}{end}\n");
     let existing = std::fs::read_to_string(&docs).unwrap_or_else(|_| "# Benchmarks\n\n".into());
     let updated = match (existing.find(begin), existing.find(end)) {
-        (Some(b), Some(e)) if e > b => format!("{}{section}{}", &existing[..b], existing[e + end.len()..].trim_start_matches('\n')),
+        (Some(b), Some(e)) if e > b => format!(
+            "{}{section}{}",
+            &existing[..b],
+            existing[e + end.len()..].trim_start_matches('\n')
+        ),
         _ => format!("{}\n{section}", existing.trim_end()),
     };
     std::fs::create_dir_all(docs.parent().unwrap()).expect("docs/");

@@ -47,7 +47,14 @@ impl RoutingEngine {
         let graph = Arc::new(RoutingGraph::new(&topology));
         RoutingEngine {
             store,
-            state: Mutex::new((Prepared { topology, graph, cache: HashMap::new() }, CacheStats::default())),
+            state: Mutex::new((
+                Prepared {
+                    topology,
+                    graph,
+                    cache: HashMap::new(),
+                },
+                CacheStats::default(),
+            )),
         }
     }
 
@@ -80,7 +87,10 @@ impl RoutingEngine {
 
     /// Region id of a region name.
     pub fn region_id(&self, name: &str) -> Result<RegionId, RoutingError> {
-        self.topology().region_by_name(name).map(|r| r.id).ok_or_else(|| RoutingError::UnknownRegion(name.to_string()))
+        self.topology()
+            .region_by_name(name)
+            .map(|r| r.id)
+            .ok_or_else(|| RoutingError::UnknownRegion(name.to_string()))
     }
 
     /// Primary, ECMP set and up to 3 secondaries from `src` to `dst`.
@@ -92,7 +102,12 @@ impl RoutingEngine {
         constraints: &Constraints,
     ) -> Result<Arc<RouteSet>, RoutingError> {
         let (_, graph) = self.current();
-        let key = CacheKey { src, dst, strategy: *strategy, constraints: constraints.clone() };
+        let key = CacheKey {
+            src,
+            dst,
+            strategy: *strategy,
+            constraints: constraints.clone(),
+        };
         {
             let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
             let (prepared, stats) = &mut *state;
@@ -118,8 +133,19 @@ impl RoutingEngine {
     }
 
     /// `route` by region names.
-    pub fn route_by_name(&self, src: &str, dst: &str, strategy: &Strategy, constraints: &Constraints) -> Result<Arc<RouteSet>, RoutingError> {
-        self.route(self.region_id(src)?, self.region_id(dst)?, strategy, constraints)
+    pub fn route_by_name(
+        &self,
+        src: &str,
+        dst: &str,
+        strategy: &Strategy,
+        constraints: &Constraints,
+    ) -> Result<Arc<RouteSet>, RoutingError> {
+        self.route(
+            self.region_id(src)?,
+            self.region_id(dst)?,
+            strategy,
+            constraints,
+        )
     }
 
     /// Up to `k` loopless paths from `src` to `dst` in order of the strategy (Yen), within the
@@ -139,15 +165,28 @@ impl RoutingEngine {
                 return Err(RoutingError::UnknownRegionId(r.0));
             }
         }
-        Ok(search.k_shortest(src.0, dst.0, k).iter().map(|c| search.path(c)).collect())
+        Ok(search
+            .k_shortest(src.0, dst.0, k)
+            .iter()
+            .map(|c| search.path(c))
+            .collect())
     }
 
     /// Routes from `src` to every region and edge node under the four default strategies.
-    pub fn table(&self, src: RegionId, constraints: &Constraints) -> Result<RoutingTable, RoutingError> {
+    pub fn table(
+        &self,
+        src: RegionId,
+        constraints: &Constraints,
+    ) -> Result<RoutingTable, RoutingError> {
         self.table_with(src, &Strategy::ALL_DEFAULT, constraints)
     }
 
-    pub fn table_with(&self, src: RegionId, strategies: &[Strategy], constraints: &Constraints) -> Result<RoutingTable, RoutingError> {
+    pub fn table_with(
+        &self,
+        src: RegionId,
+        strategies: &[Strategy],
+        constraints: &Constraints,
+    ) -> Result<RoutingTable, RoutingError> {
         let (topology, graph) = self.current();
         compute_table(&graph, &topology, src, strategies, constraints)
     }

@@ -13,9 +13,19 @@ pub enum RoutingError {
     #[error("invalid strategy: {0}")]
     InvalidStrategy(String),
     #[error("invalid constraint {constraint}: {reason}")]
-    InvalidConstraint { constraint: &'static str, reason: String },
-    #[error("no usable path from {src} to {dst}: the regions are disconnected (links down or missing)")]
+    InvalidConstraint {
+        constraint: &'static str,
+        reason: String,
+    },
+    #[error(
+        "no usable path from {src} to {dst}: the regions are disconnected (links down or missing)"
+    )]
     Unreachable { src: String, dst: String },
     #[error("no path from {src} to {dst} satisfies {constraint}: {detail}")]
-    ConstraintUnsatisfiable { src: String, dst: String, constraint: &'static str, detail: String },
+    ConstraintUnsatisfiable {
+        src: String,
+        dst: String,
+        constraint: &'static str,
+        detail: String,
+    },
 }

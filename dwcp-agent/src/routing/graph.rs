@@ -1,15 +1,14 @@
-//! The routing graph: a topology snapshot turned into integer link metrics on a petgraph
-//! graph (regions = nodes, links = edges, parallel links allowed), plus the shortest-path
-//! primitives the strategies are built from.
+//! The routing graph: a topology snapshot turned into integer link metrics on a dense
+//! adjacency list (regions = nodes, links = edges, parallel links allowed), plus the
+//! shortest-path primitives the strategies are built from.
 //!
 //! Metrics are integers (latency in µs, cost in millionths of a unit per GB, bandwidth in kbit/s,
 //! balanced score in millionths) so that path sums are exact and "equal cost" in ECMP means
 //! equal, not "within a float epsilon". Every link counts at least 1 µs, so every path weight
 //! strictly grows along a path and optimal paths are loop-free.
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
 use std::ops::Add;
-
-use petgraph::graph::{NodeIndex, UnGraph};
-use petgraph::visit::EdgeFiltered;
 
 use super::strategy::BalancedWeights;
 use crate::topology::{LinkId, RegionId, Topology};
@@ -65,31 +64,10 @@ pub struct Weight {
 impl Add for Weight {
     type Output = Weight;
     fn add(self, o: Weight) -> Weight {
-        Weight { p: self.p.saturating_add(o.p), s: self.s.saturating_add(o.s) }
-    }
-}
-
-/// Bottleneck of a path for the widest-path Dijkstra: "adding" a link takes the minimum, and a
-/// wider bottleneck orders first, so petgraph's Dijkstra maximises it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct Bottleneck(pub u64);
-
-impl Default for Bottleneck {
-    fn default() -> Self {
-        Bottleneck(u64::MAX)
-    }
-}
-
-impl Add for Bottleneck {
-    type Output = Bottleneck;
-    fn add(self, o: Bottleneck) -> Bottleneck {
-        Bottleneck(self.0.min(o.0))
-    }
-}
-
-impl PartialOrd for Bottleneck {
-    fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
-        Some(o.0.cmp(&self.0))
+        Weight {
+            p: self.p.saturating_add(o.p),
+            s: self.s.saturating_add(o.s),
+        }
     }
 }
 
@@ -108,7 +86,6 @@ pub(crate) type Dist = Vec<Option<Weight>>;
 #[derive(Debug)]
 pub struct RoutingGraph {
     pub(crate) generation: u64,
-    pub(crate) graph: UnGraph<(), u32>,
     /// Indexed like the topology's links (sorted by link id).
     pub(crate) links: Vec<LinkMetrics>,
     /// Per region: (link index, neighbour), sorted by link index.
@@ -118,22 +95,18 @@ pub struct RoutingGraph {
     pub(crate) providers: Vec<String>,
     pub(crate) latency: Vec<u64>,
     pub(crate) cost: Vec<u64>,
+    pub(crate) avail: Vec<u64>,
 }
 
 impl RoutingGraph {
     pub fn new(topology: &Topology) -> Self {
         let n = topology.regions().len();
-        let mut graph = UnGraph::with_capacity(n, topology.links().len());
-        for _ in 0..n {
-            graph.add_node(());
-        }
         let mut adj = vec![Vec::new(); n];
         let links: Vec<LinkMetrics> = topology
             .links()
             .iter()
             .enumerate()
             .map(|(i, l)| {
-                graph.add_edge(NodeIndex::new(l.a.0 as usize), NodeIndex::new(l.b.0 as usize), i as u32);
                 adj[l.a.0 as usize].push((i as u32, l.b.0));
                 adj[l.b.0 as usize].push((i as u32, l.a.0));
                 let avail_mbps = l.available_mbps().max(0.0);
@@ -154,16 +127,25 @@ impl RoutingGraph {
             .collect();
         let latency = links.iter().map(|l| l.latency_us).collect();
         let cost = links.iter().map(|l| l.cost_micro).collect();
+        let avail = links.iter().map(|l| l.avail_kbps).collect();
         RoutingGraph {
             generation: topology.generation(),
-            graph,
             links,
             adj,
             names: topology.regions().iter().map(|r| r.name.clone()).collect(),
-            countries: topology.regions().iter().map(|r| r.country.clone()).collect(),
-            providers: topology.regions().iter().map(|r| r.provider.clone()).collect(),
+            countries: topology
+                .regions()
+                .iter()
+                .map(|r| r.country.clone())
+                .collect(),
+            providers: topology
+                .regions()
+                .iter()
+                .map(|r| r.provider.clone())
+                .collect(),
             latency,
             cost,
+            avail,
         }
     }
 
@@ -181,7 +163,10 @@ impl RoutingGraph {
 
     /// Integer metrics of a link, as routing sees them.
     pub fn link_metrics(&self, id: LinkId) -> Option<&LinkMetrics> {
-        self.links.binary_search_by_key(&id, |l| l.id).ok().map(|i| &self.links[i])
+        self.links
+            .binary_search_by_key(&id, |l| l.id)
+            .ok()
+            .map(|i| &self.links[i])
     }
 
     pub fn link_metrics_all(&self) -> &[LinkMetrics] {
@@ -199,35 +184,85 @@ impl RoutingGraph {
 
     pub(crate) fn allowed(&self, mask: &Mask, l: usize) -> bool {
         let m = &self.links[l];
-        !mask.links[l] && m.avail_kbps >= mask.min_avail_kbps && !mask.nodes[m.a as usize] && !mask.nodes[m.b as usize]
+        !mask.links[l]
+            && m.avail_kbps >= mask.min_avail_kbps
+            && !mask.nodes[m.a as usize]
+            && !mask.nodes[m.b as usize]
     }
 
-    /// Dijkstra (petgraph) over the allowed links with pair weights, from `src` to every
-    /// region, or until `goal` is settled.
-    pub(crate) fn dijkstra(&self, src: u32, goal: Option<u32>, mask: &Mask, weight: impl Fn(usize) -> Weight) -> Dist {
-        let filtered = EdgeFiltered::from_fn(&self.graph, |e| self.allowed(mask, *e.weight() as usize));
-        let scores = petgraph::algo::dijkstra(
-            &filtered,
-            NodeIndex::new(src as usize),
-            goal.map(|g| NodeIndex::new(g as usize)),
-            |e| weight(*e.weight() as usize),
-        );
-        let mut dist = vec![None; self.region_count()];
-        for (node, w) in scores {
-            dist[node.index()] = Some(w);
+    /// `allowed` for a step from a region already reached (so not banned) to `v` over `l`.
+    #[inline]
+    fn step(&self, mask: &Mask, l: u32, v: u32) -> bool {
+        !mask.links[l as usize]
+            && !mask.nodes[v as usize]
+            && self.avail[l as usize] >= mask.min_avail_kbps
+    }
+
+    /// Dijkstra over the allowed links with pair weights, from `src` to every region, or until
+    /// `goal` is settled (regions not settled by then keep tentative distances that are never
+    /// below the goal's). Written on the dense adjacency rather than petgraph's `dijkstra`:
+    /// with petgraph (hash-map scores, filtered-graph callbacks) the 50-region table took
+    /// 13.3 ms against 6.4 ms with this one (criterion medians, two runs on the dev machine).
+    pub(crate) fn dijkstra(
+        &self,
+        src: u32,
+        goal: Option<u32>,
+        mask: &Mask,
+        weight: impl Fn(usize) -> Weight,
+    ) -> Dist {
+        let n = self.region_count();
+        let mut dist: Dist = vec![None; n];
+        let mut done = vec![false; n];
+        let mut heap = BinaryHeap::with_capacity(n);
+        dist[src as usize] = Some(Weight::default());
+        heap.push(Reverse((Weight::default(), src)));
+        while let Some(Reverse((d, u))) = heap.pop() {
+            if std::mem::replace(&mut done[u as usize], true) {
+                continue;
+            }
+            if Some(u) == goal {
+                break;
+            }
+            for &(l, v) in &self.adj[u as usize] {
+                if done[v as usize] || !self.step(mask, l, v) {
+                    continue;
+                }
+                let nd = d + weight(l as usize);
+                if dist[v as usize].is_none_or(|old| nd < old) {
+                    dist[v as usize] = Some(nd);
+                    heap.push(Reverse((nd, v)));
+                }
+            }
         }
         dist
     }
 
     /// Widest-path Dijkstra: the largest bottleneck of available bandwidth to every region.
-    pub(crate) fn widest(&self, src: u32, mask: &Mask) -> Vec<Option<u64>> {
-        let filtered = EdgeFiltered::from_fn(&self.graph, |e| self.allowed(mask, *e.weight() as usize));
-        let scores = petgraph::algo::dijkstra(&filtered, NodeIndex::new(src as usize), None, |e| {
-            Bottleneck(self.links[*e.weight() as usize].avail_kbps)
-        });
-        let mut best = vec![None; self.region_count()];
-        for (node, b) in scores {
-            best[node.index()] = Some(b.0);
+    /// Stops once `goal` is settled.
+    pub(crate) fn widest(&self, src: u32, goal: Option<u32>, mask: &Mask) -> Vec<Option<u64>> {
+        let n = self.region_count();
+        let mut best: Vec<Option<u64>> = vec![None; n];
+        let mut done = vec![false; n];
+        let mut heap = BinaryHeap::with_capacity(n);
+        best[src as usize] = Some(u64::MAX);
+        heap.push((u64::MAX, src));
+        while let Some((b, u)) = heap.pop() {
+            if std::mem::replace(&mut done[u as usize], true) {
+                continue;
+            }
+            if Some(u) == goal {
+                break;
+            }
+            for &(l, v) in &self.adj[u as usize] {
+                if done[v as usize] || !self.step(mask, l, v) {
+                    continue;
+                }
+                let nb = b.min(self.avail[l as usize]);
+                if best[v as usize].is_none_or(|old| nb > old) {
+                    best[v as usize] = Some(nb);
+                    heap.push((nb, v));
+                }
+            }
         }
         best
     }
@@ -250,7 +285,7 @@ impl RoutingGraph {
         let mut stack = vec![dst];
         while let Some(v) = stack.pop() {
             for &(l, u) in &self.adj[v as usize] {
-                if !reaches[u as usize] && self.allowed(mask, l as usize) && tight(u, v, l as usize) {
+                if !reaches[u as usize] && self.step(mask, l, u) && tight(u, v, l as usize) {
                     reaches[u as usize] = true;
                     stack.push(u);
                 }
@@ -290,7 +325,11 @@ impl RoutingGraph {
             while *next < adj.len() {
                 let (l, v) = adj[*next];
                 *next += 1;
-                if !on_path[v as usize] && reaches[v as usize] && self.allowed(mask, l as usize) && tight(u, v, l as usize) {
+                if !on_path[v as usize]
+                    && reaches[v as usize]
+                    && self.step(mask, l, v)
+                    && tight(u, v, l as usize)
+                {
                     on_path[v as usize] = true;
                     links.push(l);
                     frames.push((v, 0));

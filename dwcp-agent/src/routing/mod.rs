@@ -18,7 +18,9 @@ pub use graph::{LinkMetrics, RoutingGraph};
 pub use path::{Path, RouteSet, Secondary};
 pub use search::{PathKey, MAX_ECMP_PATHS, MAX_SECONDARIES};
 pub use strategy::{BalancedWeights, Constraints, Strategy};
-pub use table::{compute_table, update_table, EdgeRoutes, RegionRoutes, RouteResult, RoutingTable, TableStats};
+pub use table::{
+    compute_table, update_table, EdgeRoutes, RegionRoutes, RouteResult, RoutingTable, TableStats,
+};
 
 /// Route set from `src` to `dst` on a prepared graph, without cache (benchmarks, tools).
 pub fn route_on(
@@ -31,7 +33,18 @@ pub fn route_on(
     search::Search::new(graph, strategy, constraints)?.route(src, dst, None)
 }
 
-#[cfg(test)]
-mod tests;
+/// Only the best path from `src` to `dst` (same choice as `RouteSet::primary`).
+pub fn primary_on(
+    graph: &RoutingGraph,
+    src: crate::topology::RegionId,
+    dst: crate::topology::RegionId,
+    strategy: &Strategy,
+    constraints: &Constraints,
+) -> Result<Path, RoutingError> {
+    search::Search::new(graph, strategy, constraints)?.primary(src, dst)
+}
+
 #[cfg(test)]
 mod proptests;
+#[cfg(test)]
+mod tests;

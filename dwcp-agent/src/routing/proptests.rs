@@ -3,11 +3,14 @@
 //! checked against that list for every strategy and random constraints.
 use std::collections::BTreeSet;
 
-use proptest::prelude::{prop_assert, prop_assert_eq, prop_oneof, proptest, Just, ProptestConfig, Strategy as Gen, TestCaseError};
+use proptest::prelude::{
+    prop_assert, prop_assert_eq, prop_oneof, proptest, Just, ProptestConfig, Strategy as Gen,
+    TestCaseError,
+};
 
 use super::search::{PathKey, Search};
-use super::*;
 use super::strategy::Strategy;
+use super::*;
 use crate::topology::{LinkConfig, LinkHealth, RegionConfig, RegionId, Topology, TopologyConfig};
 
 #[derive(Debug, Clone)]
@@ -26,7 +29,14 @@ struct Case {
 
 fn case() -> impl Gen<Value = Case> {
     (2usize..=8).prop_flat_map(|n| {
-        let link = (0..n, 0..n, 1u8..=6, 0u8..=4, 0u8..3, proptest::bool::weighted(0.1))
+        let link = (
+            0..n,
+            0..n,
+            1u8..=6,
+            0u8..=4,
+            0u8..3,
+            proptest::bool::weighted(0.1),
+        )
             .prop_filter("no self-loop", |(a, b, ..)| a != b);
         (
             Just(n),
@@ -40,17 +50,29 @@ fn case() -> impl Gen<Value = Case> {
             (0u8..=3, 0u8..=3, 0u8..=3, 1u8..=3),
         )
             .prop_filter("distinct ends", |t| t.3 != t.4)
-            .prop_map(|(regions, links, countries, src, dst, avoid_country, max_latency_ms, min_bandwidth_mbps, weights)| Case {
-                regions,
-                links,
-                countries,
-                src,
-                dst,
-                avoid_country,
-                max_latency_ms,
-                min_bandwidth_mbps,
-                weights,
-            })
+            .prop_map(
+                |(
+                    regions,
+                    links,
+                    countries,
+                    src,
+                    dst,
+                    avoid_country,
+                    max_latency_ms,
+                    min_bandwidth_mbps,
+                    weights,
+                )| Case {
+                    regions,
+                    links,
+                    countries,
+                    src,
+                    dst,
+                    avoid_country,
+                    max_latency_ms,
+                    min_bandwidth_mbps,
+                    weights,
+                },
+            )
     })
 }
 
@@ -72,20 +94,37 @@ fn topology(c: &Case) -> Topology {
         .iter()
         .enumerate()
         .map(|(i, &(a, b, lat, cost, cap, down))| {
-            let mut l = LinkConfig::new(i as u32, &format!("r{a}"), &format!("r{b}"), [100.0, 200.0, 300.0][cap as usize]);
+            let mut l = LinkConfig::new(
+                i as u32,
+                &format!("r{a}"),
+                &format!("r{b}"),
+                [100.0, 200.0, 300.0][cap as usize],
+            );
             l.name = format!("l{i}");
             l.latency_ms = Some(lat as f64);
             l.cost_per_gb = cost as f64 / 100.0;
-            l.health = if down { LinkHealth::Down } else { LinkHealth::Up };
+            l.health = if down {
+                LinkHealth::Down
+            } else {
+                LinkHealth::Up
+            };
             l
         })
         .collect();
-    Topology::from_config(&TopologyConfig::from_entries(regions, links, Vec::new()), None).unwrap()
+    Topology::from_config(
+        &TopologyConfig::from_entries(regions, links, Vec::new()),
+        None,
+    )
+    .unwrap()
 }
 
 fn constraints(c: &Case) -> Constraints {
     Constraints {
-        avoid_countries: c.avoid_country.map(|x| format!("C{x}")).into_iter().collect(),
+        avoid_countries: c
+            .avoid_country
+            .map(|x| format!("C{x}"))
+            .into_iter()
+            .collect(),
         max_latency_ms: c.max_latency_ms.map(f64::from),
         min_bandwidth_mbps: c.min_bandwidth_mbps.map(f64::from),
         ..Constraints::default()
@@ -94,13 +133,31 @@ fn constraints(c: &Case) -> Constraints {
 
 fn strategies(c: &Case) -> Vec<Strategy> {
     let (l, k, b, s) = c.weights;
-    let w = BalancedWeights { latency: l as f64, cost: k as f64, bandwidth: b as f64, loss: s as f64, ..Default::default() };
-    vec![Strategy::MinLatency, Strategy::MinCost, Strategy::MaxBandwidth, Strategy::Balanced(w)]
+    let w = BalancedWeights {
+        latency: l as f64,
+        cost: k as f64,
+        bandwidth: b as f64,
+        loss: s as f64,
+        ..Default::default()
+    };
+    vec![
+        Strategy::MinLatency,
+        Strategy::MinCost,
+        Strategy::MaxBandwidth,
+        Strategy::Balanced(w),
+    ]
 }
 
 /// Every simple path from src to dst as link indexes, by plain depth-first enumeration.
 fn all_simple_paths(g: &RoutingGraph, src: u32, dst: u32) -> Vec<Vec<u32>> {
-    fn walk(g: &RoutingGraph, at: u32, dst: u32, seen: &mut Vec<u32>, links: &mut Vec<u32>, out: &mut Vec<Vec<u32>>) {
+    fn walk(
+        g: &RoutingGraph,
+        at: u32,
+        dst: u32,
+        seen: &mut Vec<u32>,
+        links: &mut Vec<u32>,
+        out: &mut Vec<Vec<u32>>,
+    ) {
         if at == dst {
             out.push(links.clone());
             return;
@@ -138,7 +195,9 @@ fn nodes_of(g: &RoutingGraph, src: u32, links: &[u32]) -> Vec<u32> {
 /// The constraints, checked from first principles on a path.
 fn admissible(g: &RoutingGraph, t: &Topology, c: &Constraints, src: u32, links: &[u32]) -> bool {
     let ms = g.link_metrics_all();
-    let nodes_ok = nodes_of(g, src, links).iter().all(|&n| !c.avoid_countries.contains(&t.regions()[n as usize].country));
+    let nodes_ok = nodes_of(g, src, links)
+        .iter()
+        .all(|&n| !c.avoid_countries.contains(&t.regions()[n as usize].country));
     let links_ok = links.iter().all(|&l| {
         let m = &ms[l as usize];
         m.usable && c.min_bandwidth_mbps.is_none_or(|b| m.avail_mbps >= b)
@@ -157,9 +216,16 @@ fn key(g: &RoutingGraph, s: &Strategy, links: &[u32]) -> PathKey {
         Strategy::MinLatency => (lat, cost, 0),
         Strategy::MinCost => (cost, lat, 0),
         Strategy::Balanced(w) => (sum(&|l| ms[l].balanced_score(w)), lat, 0),
-        Strategy::MaxBandwidth => {
-            (u64::MAX - links.iter().map(|&l| ms[l as usize].avail_kbps).min().unwrap_or(u64::MAX), lat, cost)
-        }
+        Strategy::MaxBandwidth => (
+            u64::MAX
+                - links
+                    .iter()
+                    .map(|&l| ms[l as usize].avail_kbps)
+                    .min()
+                    .unwrap_or(u64::MAX),
+            lat,
+            cost,
+        ),
     }
 }
 
@@ -173,7 +239,12 @@ fn ecmp_equal(s: &Strategy, a: &PathKey, b: &PathKey) -> bool {
 fn link_indexes(g: &RoutingGraph, p: &Path) -> Vec<u32> {
     p.links
         .iter()
-        .map(|id| g.link_metrics_all().iter().position(|m| m.id == *id).unwrap() as u32)
+        .map(|id| {
+            g.link_metrics_all()
+                .iter()
+                .position(|m| m.id == *id)
+                .unwrap() as u32
+        })
         .collect()
 }
 
@@ -220,6 +291,8 @@ proptest! {
             prop_assert!(admissible(&g, &t, &cons, src, &primary));
             prop_assert_eq!(key(&g, &s, &primary), best, "{:?}: primary not optimal", s);
             prop_assert_eq!(&primary, &best_links, "{:?}: tie-break", s);
+            let alone = primary_on(&g, RegionId(src), RegionId(dst), &s, &cons).unwrap();
+            prop_assert_eq!(key(&g, &s, &link_indexes(&g, &alone)), best, "{:?}: primary_on not optimal", s);
 
             // ECMP: exactly the optimal paths.
             let want: BTreeSet<Vec<u32>> = ok.iter().filter(|(k, _)| ecmp_equal(&s, k, &best)).map(|(_, p)| p.clone()).collect();

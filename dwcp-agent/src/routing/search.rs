@@ -1,8 +1,7 @@
 //! Route computation for one strategy and set of constraints: the best path (oracle), all
 //! optimal paths (ECMP), k loopless shortest paths (Yen) and link-disjoint backups.
 //!
-//! Plain Dijkstra and the widest-path search run on petgraph. Two pieces are written here
-//! because no crate offers them in the shape needed: Yen's algorithm (pathfinding's `yen` keys
+//! Two pieces are written here because no crate offers them in the shape needed: Yen's algorithm (pathfinding's `yen` keys
 //! paths by node sequence, so parallel links between two regions collapse, and it only knows
 //! additive costs, not the widest path's bottleneck), and the latency-bounded search for the
 //! cost and balanced strategies (a resource-constrained shortest path, solved exactly by
@@ -23,7 +22,7 @@ pub const MAX_ECMP_PATHS: usize = 16;
 /// Backups computed besides the primary.
 pub const MAX_SECONDARIES: usize = 3;
 /// Candidates examined for least-overlapping backups when no disjoint path is left.
-const FALLBACK_CANDIDATES: usize = 8;
+const FALLBACK_CANDIDATES: usize = 4;
 
 /// Total order of paths under a strategy: smaller is better. Additive strategies use
 /// (weight, tie-break, 0); the widest path (u64::MAX - bottleneck, latency, cost).
@@ -39,7 +38,10 @@ pub(crate) struct Cand {
 
 enum Objective<'g> {
     /// Sum of `p` (optimised), ties by sum of `s`.
-    Additive { p: Cow<'g, [u64]>, s: Cow<'g, [u64]> },
+    Additive {
+        p: Cow<'g, [u64]>,
+        s: Cow<'g, [u64]>,
+    },
     /// Widest bottleneck, ties by latency then cost.
     Widest,
 }
@@ -51,14 +53,20 @@ struct Root {
     bottleneck_kbps: u64,
 }
 
-const NO_ROOT: Root = Root { latency_us: 0, bottleneck_kbps: u64::MAX };
+const NO_ROOT: Root = Root {
+    latency_us: 0,
+    bottleneck_kbps: u64::MAX,
+};
 
 /// Precomputed single-source searches shared by all destinations of a table.
 pub(crate) enum Shared {
     Additive(Dist),
     /// Widest bottleneck per region, and per distinct bottleneck value the latency search
     /// restricted to links at least that wide.
-    Widest { bottleneck: Vec<Option<u64>>, dists: Vec<(u64, Dist)> },
+    Widest {
+        bottleneck: Vec<Option<u64>>,
+        dists: Vec<(u64, Dist)>,
+    },
 }
 
 /// One strategy under one set of constraints on one routing graph.
@@ -74,7 +82,11 @@ pub(crate) struct Search<'g> {
 }
 
 impl<'g> Search<'g> {
-    pub fn new(g: &'g RoutingGraph, strategy: &Strategy, constraints: &Constraints) -> Result<Self, RoutingError> {
+    pub fn new(
+        g: &'g RoutingGraph,
+        strategy: &Strategy,
+        constraints: &Constraints,
+    ) -> Result<Self, RoutingError> {
         strategy.validate()?;
         constraints.validate()?;
         for name in &constraints.avoid_regions {
@@ -86,8 +98,14 @@ impl<'g> Search<'g> {
             }
         }
         let objective = match strategy {
-            Strategy::MinLatency => Objective::Additive { p: Cow::Borrowed(&g.latency), s: Cow::Borrowed(&g.cost) },
-            Strategy::MinCost => Objective::Additive { p: Cow::Borrowed(&g.cost), s: Cow::Borrowed(&g.latency) },
+            Strategy::MinLatency => Objective::Additive {
+                p: Cow::Borrowed(&g.latency),
+                s: Cow::Borrowed(&g.cost),
+            },
+            Strategy::MinCost => Objective::Additive {
+                p: Cow::Borrowed(&g.cost),
+                s: Cow::Borrowed(&g.latency),
+            },
             Strategy::Balanced(w) => Objective::Additive {
                 p: Cow::Owned(g.links.iter().map(|l| l.balanced_score(w)).collect()),
                 s: Cow::Borrowed(&g.latency),
@@ -103,15 +121,27 @@ impl<'g> Search<'g> {
         if let Some(mbps) = constraints.min_bandwidth_mbps {
             base.min_avail_kbps = (mbps * 1000.0).ceil() as u64;
         }
-        let budget = constraints.max_latency_ms.map(|ms| (ms * 1000.0).floor() as u64);
-        Ok(Search { g, strategy: *strategy, constraints: constraints.clone(), objective, base, budget })
+        let budget = constraints
+            .max_latency_ms
+            .map(|ms| (ms * 1000.0).floor() as u64);
+        Ok(Search {
+            g,
+            strategy: *strategy,
+            constraints: constraints.clone(),
+            objective,
+            base,
+            budget,
+        })
     }
 
     /// Additive weight of a link; for the widest path, the (latency, cost) of its tie-break.
     fn weight(&self, l: usize) -> Weight {
         match &self.objective {
             Objective::Additive { p, s } => Weight { p: p[l], s: s[l] },
-            Objective::Widest => Weight { p: self.g.latency[l], s: self.g.cost[l] },
+            Objective::Widest => Weight {
+                p: self.g.latency[l],
+                s: self.g.cost[l],
+            },
         }
     }
 
@@ -154,7 +184,11 @@ impl<'g> Search<'g> {
             at = self.g.links[l as usize].other(at);
             nodes.push(at);
         }
-        Cand { key: self.key_of(&links), links, nodes }
+        Cand {
+            key: self.key_of(&links),
+            links,
+            nodes,
+        }
     }
 
     fn latency_of(&self, links: &[u32]) -> u64 {
@@ -168,22 +202,31 @@ impl<'g> Search<'g> {
             (Some(du), Some(dv)) => du + self.weight(l) == dv,
             _ => false,
         };
-        self.g.tight_paths(src, dst, mask, 1, tight).0.into_iter().next()
+        self.g
+            .tight_paths(src, dst, mask, 1, tight)
+            .0
+            .into_iter()
+            .next()
     }
 
     /// Single-source searches for a whole table (no latency budget).
     pub fn shared(&self, src: u32) -> Shared {
         match self.objective {
-            Objective::Additive { .. } => Shared::Additive(self.g.dijkstra(src, None, &self.base, |l| self.weight(l))),
+            Objective::Additive { .. } => {
+                Shared::Additive(self.g.dijkstra(src, None, &self.base, |l| self.weight(l)))
+            }
             Objective::Widest => {
-                let bottleneck = self.g.widest(src, &self.base);
+                let bottleneck = self.g.widest(src, None, &self.base);
                 let mut values: Vec<u64> = bottleneck.iter().flatten().copied().collect();
                 values.sort_unstable();
                 values.dedup();
                 let dists = values
                     .into_iter()
                     .map(|t| {
-                        let mask = Mask { min_avail_kbps: t.max(self.base.min_avail_kbps), ..self.base.clone() };
+                        let mask = Mask {
+                            min_avail_kbps: t.max(self.base.min_avail_kbps),
+                            ..self.base.clone()
+                        };
                         (t, self.g.dijkstra(src, None, &mask, |l| self.weight(l)))
                     })
                     .collect();
@@ -210,12 +253,18 @@ impl<'g> Search<'g> {
                 (budget.is_none_or(|b| self.latency_of(&path) <= b)).then_some(path)
             }
             Objective::Widest => {
-                let widest = self.g.widest(src, mask)[dst as usize]?;
+                let widest = self.g.widest(src, Some(dst), mask)[dst as usize]?;
                 let t = widest.min(root.bottleneck_kbps);
                 let at = |threshold: u64| {
-                    let m = Mask { min_avail_kbps: threshold.max(mask.min_avail_kbps), ..mask.clone() };
+                    let m = Mask {
+                        min_avail_kbps: threshold.max(mask.min_avail_kbps),
+                        ..mask.clone()
+                    };
                     let dist = self.g.dijkstra(src, Some(dst), &m, |l| self.weight(l));
-                    (self.first_path(src, dst, &m, &dist), dist[dst as usize].map(|w| w.p))
+                    (
+                        self.first_path(src, dst, &m, &dist),
+                        dist[dst as usize].map(|w| w.p),
+                    )
                 };
                 let Some(b) = budget else {
                     return at(t).0;
@@ -256,7 +305,14 @@ impl<'g> Search<'g> {
             link: u32,
             alive: bool,
         }
-        let mut labels = vec![Label { w: Weight::default(), lat: 0, node: src, parent: usize::MAX, link: 0, alive: true }];
+        let mut labels = vec![Label {
+            w: Weight::default(),
+            lat: 0,
+            node: src,
+            parent: usize::MAX,
+            link: 0,
+            alive: true,
+        }];
         let mut at_node: Vec<Vec<usize>> = vec![Vec::new(); self.g.region_count()];
         at_node[src as usize].push(0);
         let mut heap = BinaryHeap::new();
@@ -286,7 +342,10 @@ impl<'g> Search<'g> {
                     continue;
                 }
                 let kept = &at_node[v as usize];
-                if kept.iter().any(|&k| labels[k].w <= nw && labels[k].lat <= nlat) {
+                if kept
+                    .iter()
+                    .any(|&k| labels[k].w <= nw && labels[k].lat <= nlat)
+                {
                     continue;
                 }
                 for &k in kept {
@@ -296,7 +355,14 @@ impl<'g> Search<'g> {
                 }
                 at_node[v as usize].retain(|&k| labels[k].alive);
                 let new = labels.len();
-                labels.push(Label { w: nw, lat: nlat, node: v, parent: idx, link: l, alive: true });
+                labels.push(Label {
+                    w: nw,
+                    lat: nlat,
+                    node: v,
+                    parent: idx,
+                    link: l,
+                    alive: true,
+                });
                 at_node[v as usize].push(new);
                 heap.push(Reverse((nw, nlat, new)));
             }
@@ -306,7 +372,14 @@ impl<'g> Search<'g> {
 
     /// Yen's k loopless shortest paths from `src` to `dst`, best first; stops early when
     /// `enough` says the list so far is enough.
-    fn yen(&self, src: u32, dst: u32, k: usize, mask: &Mask, mut enough: impl FnMut(&[Cand]) -> bool) -> Vec<Cand> {
+    fn yen(
+        &self,
+        src: u32,
+        dst: u32,
+        k: usize,
+        mask: &Mask,
+        mut enough: impl FnMut(&[Cand]) -> bool,
+    ) -> Vec<Cand> {
         let Some(first) = self.best(src, dst, mask, NO_ROOT) else {
             return Vec::new();
         };
@@ -328,7 +401,11 @@ impl<'g> Search<'g> {
                 }
                 let root = Root {
                     latency_us: self.latency_of(root_links),
-                    bottleneck_kbps: root_links.iter().map(|&l| self.g.links[l as usize].avail_kbps).min().unwrap_or(u64::MAX),
+                    bottleneck_kbps: root_links
+                        .iter()
+                        .map(|&l| self.g.links[l as usize].avail_kbps)
+                        .min()
+                        .unwrap_or(u64::MAX),
                 };
                 if let Some(spur_links) = self.best(spur, dst, &m, root) {
                     let mut links = root_links.to_vec();
@@ -369,7 +446,11 @@ impl<'g> Search<'g> {
         }
         Path {
             regions: c.nodes.iter().map(|&n| RegionId(n)).collect(),
-            links: c.links.iter().map(|&l| self.g.links[l as usize].id).collect(),
+            links: c
+                .links
+                .iter()
+                .map(|&l| self.g.links[l as usize].id)
+                .collect(),
             latency_ms,
             cost_per_gb,
             bottleneck_mbps,
@@ -384,7 +465,10 @@ impl<'g> Search<'g> {
                 f.len() > 1 && !self.ecmp_equal(&f[0].key, &f[f.len() - 1].key)
             });
             let first = found.first()?.key;
-            let mut ecmp: Vec<Cand> = found.into_iter().filter(|c| self.ecmp_equal(&first, &c.key)).collect();
+            let mut ecmp: Vec<Cand> = found
+                .into_iter()
+                .filter(|c| self.ecmp_equal(&first, &c.key))
+                .collect();
             // Yen yields ties in search order; the primary must be the fixed tie-break.
             ecmp.sort();
             let truncated = ecmp.len() > MAX_ECMP_PATHS;
@@ -404,7 +488,13 @@ impl<'g> Search<'g> {
             Shared::Widest { bottleneck, dists } => {
                 let b = bottleneck[dst as usize]?;
                 let (_, dist) = dists.iter().find(|(t, _)| *t == b)?;
-                (Cow::Owned(Mask { min_avail_kbps: b.max(self.base.min_avail_kbps), ..self.base.clone() }), dist)
+                (
+                    Cow::Owned(Mask {
+                        min_avail_kbps: b.max(self.base.min_avail_kbps),
+                        ..self.base.clone()
+                    }),
+                    dist,
+                )
             }
         };
         let primary = self.cand(src, self.first_path(src, dst, &mask, dist)?);
@@ -413,8 +503,11 @@ impl<'g> Search<'g> {
             _ => false,
         };
         let (paths, truncated) = self.g.tight_paths(src, dst, &mask, MAX_ECMP_PATHS, tight_p);
-        let mut others: Vec<Cand> =
-            paths.into_iter().filter(|l| *l != primary.links).map(|l| self.cand(src, l)).collect();
+        let mut others: Vec<Cand> = paths
+            .into_iter()
+            .filter(|l| *l != primary.links)
+            .map(|l| self.cand(src, l))
+            .collect();
         others.sort();
         let mut ecmp = vec![primary];
         ecmp.extend(others);
@@ -423,7 +516,12 @@ impl<'g> Search<'g> {
     }
 
     /// The route set from `src` to `dst`.
-    pub fn route(&self, src: RegionId, dst: RegionId, shared: Option<&Shared>) -> Result<RouteSet, RoutingError> {
+    pub fn route(
+        &self,
+        src: RegionId,
+        dst: RegionId,
+        shared: Option<&Shared>,
+    ) -> Result<RouteSet, RoutingError> {
         let n = self.g.region_count() as u32;
         for r in [src, dst] {
             if r.0 >= n {
@@ -431,9 +529,14 @@ impl<'g> Search<'g> {
             }
         }
         if src == dst {
-            return Err(RoutingError::SameRegion(self.g.names[src.0 as usize].clone()));
+            return Err(RoutingError::SameRegion(
+                self.g.names[src.0 as usize].clone(),
+            ));
         }
         let (s, d) = (src.0, dst.0);
+        if self.base.nodes[s as usize] || self.base.nodes[d as usize] {
+            return Err(self.diagnose(s, d));
+        }
         let Some((ecmp, truncated)) = self.optimal(s, d, shared) else {
             return Err(self.diagnose(s, d));
         };
@@ -452,7 +555,9 @@ impl<'g> Search<'g> {
             for (l, &u) in used.iter().enumerate() {
                 m.links[l] |= u;
             }
-            let Some(links) = self.best(s, d, &m, NO_ROOT) else { break };
+            let Some(links) = self.best(s, d, &m, NO_ROOT) else {
+                break;
+            };
             let c = self.cand(s, links);
             for &l in &c.links {
                 used[l as usize] = true;
@@ -462,18 +567,30 @@ impl<'g> Search<'g> {
         }
         let mut fallback = false;
         if secondaries.len() < MAX_SECONDARIES {
-            let pool = self.yen(s, d, chosen.len() + FALLBACK_CANDIDATES, &self.base, |_| false);
-            let mut pool: Vec<Cand> = pool.into_iter().filter(|c| !chosen.iter().any(|x| x.links == c.links)).collect();
+            let pool = self.yen(s, d, chosen.len() + FALLBACK_CANDIDATES, &self.base, |_| {
+                false
+            });
+            let mut pool: Vec<Cand> = pool
+                .into_iter()
+                .filter(|c| !chosen.iter().any(|x| x.links == c.links))
+                .collect();
             while secondaries.len() < MAX_SECONDARIES && !pool.is_empty() {
                 fallback = true;
                 let overlap = |c: &Cand| c.links.iter().filter(|&&l| used[l as usize]).count();
                 let (i, _) = pool
                     .iter()
                     .enumerate()
-                    .min_by(|(_, a), (_, b)| (overlap(a), &a.key, &a.links).cmp(&(overlap(b), &b.key, &b.links)))
+                    .min_by(|(_, a), (_, b)| {
+                        (overlap(a), &a.key, &a.links).cmp(&(overlap(b), &b.key, &b.links))
+                    })
                     .expect("not empty");
                 let c = pool.remove(i);
-                let shared: Vec<u32> = c.links.iter().copied().filter(|&l| used[l as usize]).collect();
+                let shared: Vec<u32> = c
+                    .links
+                    .iter()
+                    .copied()
+                    .filter(|&l| used[l as usize])
+                    .collect();
                 for &l in &c.links {
                     used[l as usize] = true;
                 }
@@ -486,7 +603,11 @@ impl<'g> Search<'g> {
         let depends_on = if truncated || fallback || self.budget.is_some() {
             None
         } else {
-            let mut deps: Vec<u32> = ecmp.iter().chain(secondaries.iter().map(|(c, _)| c)).flat_map(|c| c.links.iter().copied()).collect();
+            let mut deps: Vec<u32> = ecmp
+                .iter()
+                .chain(secondaries.iter().map(|(c, _)| c))
+                .flat_map(|c| c.links.iter().copied())
+                .collect();
             deps.sort_unstable();
             deps.dedup();
             Some(deps)
@@ -504,11 +625,33 @@ impl<'g> Search<'g> {
                 .iter()
                 .map(|(c, shared)| Secondary {
                     path: self.path(c),
-                    shared_links: shared.iter().map(|&l| self.g.links[l as usize].id).collect::<Vec<LinkId>>(),
+                    shared_links: shared
+                        .iter()
+                        .map(|&l| self.g.links[l as usize].id)
+                        .collect::<Vec<LinkId>>(),
                 })
                 .collect(),
             depends_on,
         })
+    }
+
+    /// Only the best path (no ECMP set, no backups): what a one-path route query costs.
+    pub fn primary(&self, src: RegionId, dst: RegionId) -> Result<Path, RoutingError> {
+        let n = self.g.region_count() as u32;
+        for r in [src, dst] {
+            if r.0 >= n {
+                return Err(RoutingError::UnknownRegionId(r.0));
+            }
+        }
+        if src == dst {
+            return Err(RoutingError::SameRegion(
+                self.g.names[src.0 as usize].clone(),
+            ));
+        }
+        match self.best(src.0, dst.0, &self.base, NO_ROOT) {
+            Some(links) => Ok(self.path(&self.cand(src.0, links))),
+            None => Err(self.diagnose(src.0, dst.0)),
+        }
     }
 
     /// Why there is no route: the first constraint (in a fixed order) that leaves no path, or
@@ -517,35 +660,70 @@ impl<'g> Search<'g> {
         let g = self.g;
         let c = &self.constraints;
         let (sname, dname) = (g.names[src as usize].clone(), g.names[dst as usize].clone());
-        let unsat = |constraint: &'static str, detail: String| RoutingError::ConstraintUnsatisfiable {
-            src: sname.clone(),
-            dst: dname.clone(),
-            constraint,
-            detail,
-        };
+        let unsat =
+            |constraint: &'static str, detail: String| RoutingError::ConstraintUnsatisfiable {
+                src: sname.clone(),
+                dst: dname.clone(),
+                constraint,
+                detail,
+            };
         for (role, r) in [("source", src as usize), ("destination", dst as usize)] {
             if c.avoid_regions.contains(&g.names[r]) {
-                return unsat("avoid_regions", format!("the {role} region {} is itself avoided", g.names[r]));
+                return unsat(
+                    "avoid_regions",
+                    format!("the {role} region {} is itself avoided", g.names[r]),
+                );
             }
             if c.avoid_countries.contains(&g.countries[r]) {
-                return unsat("avoid_countries", format!("the {role} region {} is in avoided country {}", g.names[r], g.countries[r]));
+                return unsat(
+                    "avoid_countries",
+                    format!(
+                        "the {role} region {} is in avoided country {}",
+                        g.names[r], g.countries[r]
+                    ),
+                );
             }
             if c.avoid_providers.contains(&g.providers[r]) {
-                return unsat("avoid_providers", format!("the {role} region {} is run by avoided provider {}", g.names[r], g.providers[r]));
+                return unsat(
+                    "avoid_providers",
+                    format!(
+                        "the {role} region {} is run by avoided provider {}",
+                        g.names[r], g.providers[r]
+                    ),
+                );
             }
         }
         let fastest = |m: &Mask| {
-            let dist = g.dijkstra(src, Some(dst), m, |l| Weight { p: g.latency[l], s: 0 });
+            let dist = g.dijkstra(src, Some(dst), m, |l| Weight {
+                p: g.latency[l],
+                s: 0,
+            });
             dist[dst as usize].map(|w| w.p)
         };
         let mut m = g.open_mask();
         if fastest(&m).is_none() {
-            return RoutingError::Unreachable { src: sname, dst: dname };
+            return RoutingError::Unreachable {
+                src: sname,
+                dst: dname,
+            };
         }
-        let bans: [(&'static str, &dyn Fn(usize) -> bool, &str); 3] = [
-            ("avoid_regions", &|r| c.avoid_regions.contains(&g.names[r]), "an avoided region"),
-            ("avoid_countries", &|r| c.avoid_countries.contains(&g.countries[r]), "a region in an avoided country"),
-            ("avoid_providers", &|r| c.avoid_providers.contains(&g.providers[r]), "a region of an avoided provider"),
+        type Ban<'a> = (&'static str, &'a dyn Fn(usize) -> bool, &'static str);
+        let bans: [Ban; 3] = [
+            (
+                "avoid_regions",
+                &|r| c.avoid_regions.contains(&g.names[r]),
+                "an avoided region",
+            ),
+            (
+                "avoid_countries",
+                &|r| c.avoid_countries.contains(&g.countries[r]),
+                "a region in an avoided country",
+            ),
+            (
+                "avoid_providers",
+                &|r| c.avoid_providers.contains(&g.providers[r]),
+                "a region of an avoided provider",
+            ),
         ];
         for (name, banned, what) in bans {
             for r in 0..g.region_count() {
@@ -556,7 +734,7 @@ impl<'g> Search<'g> {
             }
         }
         if let Some(mbps) = c.min_bandwidth_mbps {
-            let widest = g.widest(src, &m)[dst as usize].unwrap_or(0);
+            let widest = g.widest(src, Some(dst), &m)[dst as usize].unwrap_or(0);
             m.min_avail_kbps = self.base.min_avail_kbps;
             if fastest(&m).is_none() {
                 return unsat(
@@ -571,6 +749,9 @@ impl<'g> Search<'g> {
                 format!("{ms} ms allowed, the fastest path that meets the other constraints takes {} ms", lat as f64 / 1000.0),
             );
         }
-        RoutingError::Unreachable { src: sname, dst: dname }
+        RoutingError::Unreachable {
+            src: sname,
+            dst: dname,
+        }
     }
 }

@@ -7,9 +7,10 @@ use serde::{Deserialize, Serialize};
 use super::error::RoutingError;
 
 /// Weights and reference values of the balanced strategy. Each link gets the score
-/// `latency·lat/latency_ref + cost·cost/cost_ref + bandwidth·bandwidth_ref/available
-///  + loss·ln(1-loss)/ln(1-loss_ref)`, and a path's score is the sum over its links.
-/// The terms are normalised by fixed references, not by the current topology's extremes, so a
+///
+/// `latency·lat/latency_ref + cost·cost/cost_ref + bandwidth·bandwidth_ref/available + loss·ln(1-loss)/ln(1-loss_ref)`
+///
+/// and a path's score is the sum over its links. The terms are normalised by fixed references, not by the current topology's extremes, so a
 /// link's score depends on that link alone: one link changing does not re-weight the others
 /// (which keeps routes stable and lets the table be recomputed incrementally). The bandwidth
 /// term is the OSPF reference-bandwidth cost, computed on the bandwidth still available.
@@ -44,14 +45,23 @@ impl Default for BalancedWeights {
 
 impl BalancedWeights {
     pub fn validate(&self) -> Result<(), RoutingError> {
-        let weights = [("latency", self.latency), ("cost", self.cost), ("bandwidth", self.bandwidth), ("loss", self.loss)];
+        let weights = [
+            ("latency", self.latency),
+            ("cost", self.cost),
+            ("bandwidth", self.bandwidth),
+            ("loss", self.loss),
+        ];
         for (name, w) in weights {
             if !(w.is_finite() && w >= 0.0) {
-                return Err(RoutingError::InvalidStrategy(format!("balanced weight {name} = {w} must be a finite number >= 0")));
+                return Err(RoutingError::InvalidStrategy(format!(
+                    "balanced weight {name} = {w} must be a finite number >= 0"
+                )));
             }
         }
         if weights.iter().all(|(_, w)| *w == 0.0) {
-            return Err(RoutingError::InvalidStrategy("balanced weights are all 0".into()));
+            return Err(RoutingError::InvalidStrategy(
+                "balanced weights are all 0".into(),
+            ));
         }
         let refs = [
             ("latency_ref_ms", self.latency_ref_ms),
@@ -60,19 +70,30 @@ impl BalancedWeights {
         ];
         for (name, r) in refs {
             if !(r.is_finite() && r > 0.0) {
-                return Err(RoutingError::InvalidStrategy(format!("balanced {name} = {r} must be a finite number > 0")));
+                return Err(RoutingError::InvalidStrategy(format!(
+                    "balanced {name} = {r} must be a finite number > 0"
+                )));
             }
         }
         if !(self.loss_ref > 0.0 && self.loss_ref < 1.0) {
-            return Err(RoutingError::InvalidStrategy(format!("balanced loss_ref = {} must be within 0..1 (exclusive)", self.loss_ref)));
+            return Err(RoutingError::InvalidStrategy(format!(
+                "balanced loss_ref = {} must be within 0..1 (exclusive)",
+                self.loss_ref
+            )));
         }
         Ok(())
     }
 
     fn bits(&self) -> [u64; 8] {
         [
-            self.latency, self.cost, self.bandwidth, self.loss, self.latency_ref_ms, self.cost_ref_per_gb,
-            self.bandwidth_ref_mbps, self.loss_ref,
+            self.latency,
+            self.cost,
+            self.bandwidth,
+            self.loss,
+            self.latency_ref_ms,
+            self.cost_ref_per_gb,
+            self.bandwidth_ref_mbps,
+            self.loss_ref,
         ]
         .map(f64::to_bits)
     }

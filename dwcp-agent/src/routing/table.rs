@@ -66,9 +66,19 @@ fn edges(topology: &Topology, src: RegionId, regions: &[RegionRoutes]) -> Vec<Ed
             let routes = if local {
                 Vec::new()
             } else {
-                regions.iter().find(|r| r.dst == e.region).map(|r| r.routes.clone()).unwrap_or_default()
+                regions
+                    .iter()
+                    .find(|r| r.dst == e.region)
+                    .map(|r| r.routes.clone())
+                    .unwrap_or_default()
             };
-            EdgeRoutes { edge: e.id, region: e.region, access_latency_ms: e.access_latency_ms, local, routes }
+            EdgeRoutes {
+                edge: e.id,
+                region: e.region,
+                access_latency_ms: e.access_latency_ms,
+                local,
+                routes,
+            }
         })
         .collect()
 }
@@ -84,8 +94,14 @@ pub fn compute_table(
     if src.0 as usize >= graph.region_count() {
         return Err(RoutingError::UnknownRegionId(src.0));
     }
-    let searches: Vec<Search> = strategies.iter().map(|s| Search::new(graph, s, constraints)).collect::<Result<_, _>>()?;
-    let shared: Vec<_> = searches.iter().map(|s| s.budget.is_none().then(|| s.shared(src.0))).collect();
+    let searches: Vec<Search> = strategies
+        .iter()
+        .map(|s| Search::new(graph, s, constraints))
+        .collect::<Result<_, _>>()?;
+    let shared: Vec<_> = searches
+        .iter()
+        .map(|s| s.budget.is_none().then(|| s.shared(src.0)))
+        .collect();
     let regions: Vec<RegionRoutes> = (0..graph.region_count() as u32)
         .filter(|&d| d != src.0)
         .map(|d| RegionRoutes {
@@ -105,7 +121,11 @@ pub fn compute_table(
         constraints: constraints.clone(),
         edges: edges(topology, src, &regions),
         regions,
-        stats: TableStats { full: true, recomputed, reused: 0 },
+        stats: TableStats {
+            full: true,
+            recomputed,
+            reused: 0,
+        },
         graph: graph.clone(),
     })
 }
@@ -125,7 +145,10 @@ fn same_structure(a: &RoutingGraph, b: &RoutingGraph) -> bool {
         && a.countries == b.countries
         && a.providers == b.providers
         && a.links.len() == b.links.len()
-        && a.links.iter().zip(&b.links).all(|(x, y)| x.id == y.id && x.a == y.a && x.b == y.b)
+        && a.links
+            .iter()
+            .zip(&b.links)
+            .all(|(x, y)| x.id == y.id && x.a == y.a && x.b == y.b)
 }
 
 /// Brings `previous` up to date with `graph` (a later snapshot of the same topology).
@@ -136,20 +159,40 @@ fn same_structure(a: &RoutingGraph, b: &RoutingGraph) -> bool {
 /// quality, and ties are broken by a fixed order. Only the destinations whose route sets touch
 /// a changed link are recomputed. A link that got better can pull any route onto itself, so
 /// that (and a changed structure, or a latency budget) means a full recompute.
-pub fn update_table(graph: &Arc<RoutingGraph>, topology: &Topology, previous: &RoutingTable) -> Result<RoutingTable, RoutingError> {
+pub fn update_table(
+    graph: &Arc<RoutingGraph>,
+    topology: &Topology,
+    previous: &RoutingTable,
+) -> Result<RoutingTable, RoutingError> {
     let old = &previous.graph;
-    let full = || compute_table(graph, topology, previous.src, &previous.strategies, &previous.constraints);
+    let full = || {
+        compute_table(
+            graph,
+            topology,
+            previous.src,
+            &previous.strategies,
+            &previous.constraints,
+        )
+    };
     if !same_structure(old, graph) || previous.constraints.max_latency_ms.is_some() {
         return full();
     }
-    let changed: Vec<u32> =
-        (0..graph.links.len()).filter(|&l| old.links[l] != graph.links[l]).map(|l| l as u32).collect();
-    if changed.iter().any(|&l| !no_better(&old.links[l as usize], &graph.links[l as usize])) {
+    let changed: Vec<u32> = (0..graph.links.len())
+        .filter(|&l| old.links[l] != graph.links[l])
+        .map(|l| l as u32)
+        .collect();
+    if changed
+        .iter()
+        .any(|&l| !no_better(&old.links[l as usize], &graph.links[l as usize]))
+    {
         return full();
     }
     let src = previous.src;
-    let searches: Vec<Search> =
-        previous.strategies.iter().map(|s| Search::new(graph, s, &previous.constraints)).collect::<Result<_, _>>()?;
+    let searches: Vec<Search> = previous
+        .strategies
+        .iter()
+        .map(|s| Search::new(graph, s, &previous.constraints))
+        .collect::<Result<_, _>>()?;
     let mut shared: Vec<Option<_>> = (0..searches.len()).map(|_| None).collect();
     let mut stats = TableStats::default();
     let regions: Vec<RegionRoutes> = previous
@@ -163,7 +206,9 @@ pub fn update_table(graph: &Arc<RoutingGraph>, topology: &Topology, previous: &R
                 .enumerate()
                 .map(|(i, result)| {
                     let keep = match result {
-                        Ok(rs) => rs.depends_on.as_ref().is_some_and(|deps| !changed.iter().any(|l| deps.binary_search(l).is_ok())),
+                        Ok(rs) => rs.depends_on.as_ref().is_some_and(|deps| {
+                            !changed.iter().any(|l| deps.binary_search(l).is_ok())
+                        }),
                         // Worse links cannot reconnect regions.
                         Err(RoutingError::Unreachable { .. }) => true,
                         Err(_) => changed.is_empty(),

@@ -24,13 +24,23 @@ impl fmt::Display for Entry {
 #[derive(Clone, Debug, Error, PartialEq)]
 pub enum ValidationError {
     #[error("{entry}: duplicate {kind} {key:?} (first defined {first})")]
-    Duplicate { entry: Entry, kind: &'static str, key: String, first: String },
+    Duplicate {
+        entry: Entry,
+        kind: &'static str,
+        key: String,
+        first: String,
+    },
     #[error("{entry}: unknown region {region:?}")]
     UnknownRegion { entry: Entry, region: String },
     #[error("{entry}: both ends are region {region:?} (a link joins two different regions)")]
     SelfLoop { entry: Entry, region: String },
     #[error("{entry}: {field} = {value} is invalid: {rule}")]
-    InvalidValue { entry: Entry, field: &'static str, value: String, rule: &'static str },
+    InvalidValue {
+        entry: Entry,
+        field: &'static str,
+        value: String,
+        rule: &'static str,
+    },
 }
 
 impl ValidationError {
@@ -49,7 +59,10 @@ impl ValidationError {
 #[derive(Clone, Debug, Error, PartialEq)]
 pub enum TopologyError {
     #[error("topology config{}: {message}", line.map(|l| format!(" line {l}")).unwrap_or_default())]
-    Parse { line: Option<usize>, message: String },
+    Parse {
+        line: Option<usize>,
+        message: String,
+    },
     #[error("invalid topology ({} problem{}):\n{}", errors.len(), if errors.len() == 1 { "" } else { "s" }, ValidationErrors(errors))]
     Invalid { errors: Vec<ValidationError> },
     #[error("update refers to unknown link_id {link_id}")]
@@ -75,5 +88,9 @@ impl fmt::Display for ValidationErrors<'_> {
 /// 1-based line of a byte offset.
 pub(crate) fn line_of(source: &str, offset: usize) -> usize {
     let end = offset.min(source.len());
-    source.as_bytes()[..end].iter().filter(|&&b| b == b'\n').count() + 1
+    source.as_bytes()[..end]
+        .iter()
+        .filter(|&&b| b == b'\n')
+        .count()
+        + 1
 }

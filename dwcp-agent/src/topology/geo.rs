@@ -33,7 +33,10 @@ mod tests {
         assert!((d - 5555.0).abs() < 15.0, "{d}");
         // Antipodes: half the circumference.
         let d = haversine_km(0.0, 0.0, 0.0, 180.0);
-        assert!((d - std::f64::consts::PI * EARTH_RADIUS_KM).abs() < 1e-6, "{d}");
+        assert!(
+            (d - std::f64::consts::PI * EARTH_RADIUS_KM).abs() < 1e-6,
+            "{d}"
+        );
         assert_eq!(haversine_km(10.0, 20.0, 10.0, 20.0), 0.0);
     }
 

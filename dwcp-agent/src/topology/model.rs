@@ -134,11 +134,25 @@ pub struct EdgeNode {
 #[derive(Clone, Debug, PartialEq)]
 pub enum TopologyUpdate {
     /// Probe results of a link (round-trip latency, jitter, loss fraction).
-    LinkMeasurement { link_id: LinkId, latency_ms: f64, jitter_ms: f64, loss: f64 },
+    LinkMeasurement {
+        link_id: LinkId,
+        latency_ms: f64,
+        jitter_ms: f64,
+        loss: f64,
+    },
     /// Fraction of the link's capacity in use.
-    LinkUtilisation { link_id: LinkId, utilisation: f64 },
-    LinkHealth { link_id: LinkId, health: LinkHealth },
-    LinkCost { link_id: LinkId, cost_per_gb: f64 },
+    LinkUtilisation {
+        link_id: LinkId,
+        utilisation: f64,
+    },
+    LinkHealth {
+        link_id: LinkId,
+        health: LinkHealth,
+    },
+    LinkCost {
+        link_id: LinkId,
+        cost_per_gb: f64,
+    },
 }
 
 impl TopologyUpdate {
@@ -175,7 +189,10 @@ impl Topology {
     /// Validates a config and builds the topology. `source` is the TOML text the config was
     /// parsed from (the whole agent config if the topology is a section of it), used to name
     /// lines in errors. Every problem is reported, not just the first.
-    pub fn from_config(config: &TopologyConfig, source: Option<&str>) -> Result<Self, TopologyError> {
+    pub fn from_config(
+        config: &TopologyConfig,
+        source: Option<&str>,
+    ) -> Result<Self, TopologyError> {
         let line = |span: std::ops::Range<usize>| match source {
             Some(src) if span.end > span.start => Some(line_of(src, span.start)),
             _ => None,
@@ -187,8 +204,18 @@ impl Topology {
         let mut region_entries: Vec<Entry> = Vec::new();
         for spanned in &config.regions {
             let r = spanned.get_ref();
-            let entry = Entry { what: format!("region {:?}", r.name), line: line(spanned.span()) };
-            check_region(&entry, r.latitude, r.longitude, r.capacity_mbps, &r.name, &mut errors);
+            let entry = Entry {
+                what: format!("region {:?}", r.name),
+                line: line(spanned.span()),
+            };
+            check_region(
+                &entry,
+                r.latitude,
+                r.longitude,
+                r.capacity_mbps,
+                &r.name,
+                &mut errors,
+            );
             if let Some(&first) = region_by_name.get(&r.name) {
                 errors.push(ValidationError::Duplicate {
                     entry: entry.clone(),
@@ -213,7 +240,10 @@ impl Topology {
                 gateways: r
                     .gateways
                     .iter()
-                    .map(|g| Gateway { name: g.name.clone(), underlay: g.underlay })
+                    .map(|g| Gateway {
+                        name: g.name.clone(),
+                        underlay: g.underlay,
+                    })
                     .collect(),
             });
         }
@@ -267,7 +297,10 @@ impl Topology {
                 })
                 .collect();
             if l.a == l.b {
-                errors.push(ValidationError::SelfLoop { entry: entry.clone(), region: l.a.clone() });
+                errors.push(ValidationError::SelfLoop {
+                    entry: entry.clone(),
+                    region: l.a.clone(),
+                });
             }
             check_link_values(
                 &entry,
@@ -282,7 +315,9 @@ impl Topology {
                 &mut errors,
             );
             link_by_id.entry(l.link_id).or_insert_with(|| entry.clone());
-            link_name_entry.entry(l.name.clone()).or_insert_with(|| entry.clone());
+            link_name_entry
+                .entry(l.name.clone())
+                .or_insert_with(|| entry.clone());
             if errors.len() != before {
                 continue;
             }
@@ -320,7 +355,10 @@ impl Topology {
         let mut edge_entries: Vec<Entry> = Vec::new();
         for spanned in &config.edges {
             let e = spanned.get_ref();
-            let entry = Entry { what: format!("edge {:?}", e.name), line: line(spanned.span()) };
+            let entry = Entry {
+                what: format!("edge {:?}", e.name),
+                line: line(spanned.span()),
+            };
             let before = errors.len();
             if let Some(&first) = edge_by_name.get(&e.name) {
                 errors.push(ValidationError::Duplicate {
@@ -400,7 +438,12 @@ impl Topology {
             };
             let before = errors.len();
             match *update {
-                TopologyUpdate::LinkMeasurement { latency_ms, jitter_ms, loss, .. } => {
+                TopologyUpdate::LinkMeasurement {
+                    latency_ms,
+                    jitter_ms,
+                    loss,
+                    ..
+                } => {
                     let values = LinkValues {
                         latency_ms: Some(latency_ms),
                         jitter_ms: Some(jitter_ms),
@@ -416,14 +459,20 @@ impl Topology {
                     }
                 }
                 TopologyUpdate::LinkUtilisation { utilisation, .. } => {
-                    let values = LinkValues { utilisation: Some(utilisation), ..LinkValues::default() };
+                    let values = LinkValues {
+                        utilisation: Some(utilisation),
+                        ..LinkValues::default()
+                    };
                     check_link_values(&entry, values, &mut errors);
                     if errors.len() == before {
                         link.utilisation = utilisation;
                     }
                 }
                 TopologyUpdate::LinkCost { cost_per_gb, .. } => {
-                    let values = LinkValues { cost_per_gb: Some(cost_per_gb), ..LinkValues::default() };
+                    let values = LinkValues {
+                        cost_per_gb: Some(cost_per_gb),
+                        ..LinkValues::default()
+                    };
                     check_link_values(&entry, values, &mut errors);
                     if errors.len() == before {
                         link.cost_per_gb = cost_per_gb;
@@ -435,7 +484,11 @@ impl Topology {
         if !errors.is_empty() {
             return Err(TopologyError::Invalid { errors });
         }
-        Ok(Topology { generation: self.generation + 1, links: links.into(), ..self.clone() })
+        Ok(Topology {
+            generation: self.generation + 1,
+            links: links.into(),
+            ..self.clone()
+        })
     }
 
     /// The same topology under another generation number (the store numbers what it holds).
@@ -467,11 +520,16 @@ impl Topology {
     }
 
     pub fn region_by_name(&self, name: &str) -> Option<&Region> {
-        self.region_by_name.get(name).and_then(|&id| self.region(id))
+        self.region_by_name
+            .get(name)
+            .and_then(|&id| self.region(id))
     }
 
     pub fn link(&self, id: LinkId) -> Option<&Link> {
-        self.links.binary_search_by_key(&id, |l| l.id).ok().map(|i| &self.links[i])
+        self.links
+            .binary_search_by_key(&id, |l| l.id)
+            .ok()
+            .map(|i| &self.links[i])
     }
 
     pub fn link_by_name(&self, name: &str) -> Option<&Link> {
@@ -487,11 +545,28 @@ impl Topology {
     }
 }
 
-fn invalid(entry: &Entry, field: &'static str, value: impl fmt::Display, rule: &'static str) -> ValidationError {
-    ValidationError::InvalidValue { entry: entry.clone(), field, value: value.to_string(), rule }
+fn invalid(
+    entry: &Entry,
+    field: &'static str,
+    value: impl fmt::Display,
+    rule: &'static str,
+) -> ValidationError {
+    ValidationError::InvalidValue {
+        entry: entry.clone(),
+        field,
+        value: value.to_string(),
+        rule,
+    }
 }
 
-fn check_range(entry: &Entry, field: &'static str, v: f64, lo: f64, hi: f64, errors: &mut Vec<ValidationError>) {
+fn check_range(
+    entry: &Entry,
+    field: &'static str,
+    v: f64,
+    lo: f64,
+    hi: f64,
+    errors: &mut Vec<ValidationError>,
+) {
     if !(v.is_finite() && (lo..=hi).contains(&v)) {
         let rule = match field {
             "latitude" => "must be within -90..=90 degrees",
@@ -503,7 +578,12 @@ fn check_range(entry: &Entry, field: &'static str, v: f64, lo: f64, hi: f64, err
     }
 }
 
-fn check_non_negative(entry: &Entry, field: &'static str, v: f64, errors: &mut Vec<ValidationError>) {
+fn check_non_negative(
+    entry: &Entry,
+    field: &'static str,
+    v: f64,
+    errors: &mut Vec<ValidationError>,
+) {
     if !(v.is_finite() && v >= 0.0) {
         errors.push(invalid(entry, field, v, "must be a finite number >= 0"));
     }
@@ -515,7 +595,14 @@ fn check_positive(entry: &Entry, field: &'static str, v: f64, errors: &mut Vec<V
     }
 }
 
-fn check_region(entry: &Entry, lat: f64, lon: f64, capacity: f64, name: &str, errors: &mut Vec<ValidationError>) {
+fn check_region(
+    entry: &Entry,
+    lat: f64,
+    lon: f64,
+    capacity: f64,
+    name: &str,
+    errors: &mut Vec<ValidationError>,
+) {
     if name.is_empty() {
         errors.push(invalid(entry, "name", "\"\"", "must not be empty"));
     }
@@ -554,7 +641,12 @@ fn check_link_values(entry: &Entry, v: LinkValues, errors: &mut Vec<ValidationEr
     if let Some(loss) = v.loss {
         // A loss of 1 would be a dead link: that is what health = down says.
         if !(loss.is_finite() && (0.0..1.0).contains(&loss)) {
-            errors.push(invalid(entry, "loss", loss, "must be a fraction within 0..1 (use health = \"down\" for a dead link)"));
+            errors.push(invalid(
+                entry,
+                "loss",
+                loss,
+                "must be a fraction within 0..1 (use health = \"down\" for a dead link)",
+            ));
         }
     }
 }

@@ -30,7 +30,10 @@ pub struct InMemoryTopologyStore {
 
 impl InMemoryTopologyStore {
     pub fn new(topology: Topology) -> Self {
-        InMemoryTopologyStore { current: ArcSwap::from_pointee(topology), writer: Mutex::new(()) }
+        InMemoryTopologyStore {
+            current: ArcSwap::from_pointee(topology),
+            writer: Mutex::new(()),
+        }
     }
 }
 
@@ -50,7 +53,8 @@ impl TopologyStore for InMemoryTopologyStore {
     fn replace(&self, topology: Topology) -> u64 {
         let _writer = self.writer.lock().unwrap_or_else(|e| e.into_inner());
         let generation = self.current.load().generation() + 1;
-        self.current.store(Arc::new(topology.with_generation(generation)));
+        self.current
+            .store(Arc::new(topology.with_generation(generation)));
         generation
     }
 }

@@ -21,7 +21,13 @@ impl SyntheticSpec {
     /// `regions` regions and `edges` edge nodes with the default shape (4 nearest, regions / 5
     /// long-haul links).
     pub fn new(regions: usize, edges: usize) -> Self {
-        SyntheticSpec { regions, edges, nearest: 4, long_haul: regions / 5, seed: 0x5eed_d3c9 }
+        SyntheticSpec {
+            regions,
+            edges,
+            nearest: 4,
+            long_haul: regions / 5,
+            seed: 0x5eed_d3c9,
+        }
     }
 }
 
@@ -85,7 +91,10 @@ pub fn generate(spec: &SyntheticSpec) -> TopologyConfig {
             .filter(|&j| j != i)
             .map(|j| {
                 let (a, b) = (&regions[i], &regions[j]);
-                (haversine_km(a.latitude, a.longitude, b.latitude, b.longitude), j)
+                (
+                    haversine_km(a.latitude, a.longitude, b.latitude, b.longitude),
+                    j,
+                )
             })
             .collect();
         by_distance.sort_by(|x, y| x.0.total_cmp(&y.0));
@@ -106,14 +115,19 @@ pub fn generate(spec: &SyntheticSpec) -> TopologyConfig {
         .map(|(id, &(a, b))| {
             let (ra, rb) = (&regions[a], &regions[b]);
             let prior = latency_prior_ms(ra.latitude, ra.longitude, rb.latitude, rb.longitude);
-            let mut link = LinkConfig::new(id as u32, &ra.name, &rb.name, CAPACITIES_MBPS[rng.below(4)]);
+            let mut link =
+                LinkConfig::new(id as u32, &ra.name, &rb.name, CAPACITIES_MBPS[rng.below(4)]);
             // Half the links measured (prior ± 20 %), half still on the prior.
             link.latency_ms = (rng.unit() < 0.5).then(|| (prior * rng.range(0.8, 1.2)).max(0.5));
             link.utilisation = rng.range(0.0, 0.8);
             link.cost_per_gb = rng.range(0.01, 0.09);
             link.jitter_ms = rng.range(0.0, 3.0);
             link.loss = rng.range(0.0, 0.002);
-            link.kind = if rng.unit() < 0.5 { TunnelKind::Vxlan } else { TunnelKind::Wireguard };
+            link.kind = if rng.unit() < 0.5 {
+                TunnelKind::Vxlan
+            } else {
+                TunnelKind::Wireguard
+            };
             link.health = LinkHealth::Up;
             link
         })
@@ -148,7 +162,11 @@ mod tests {
         assert_eq!(topo.edges().len(), 1000);
         // Ring + nearest neighbours: every region has at least two links.
         for r in topo.regions() {
-            let degree = topo.links().iter().filter(|l| l.other_end(r.id).is_some()).count();
+            let degree = topo
+                .links()
+                .iter()
+                .filter(|l| l.other_end(r.id).is_some())
+                .count();
             assert!(degree >= 2, "{} has {degree} links", r.name);
         }
     }
