@@ -11,17 +11,10 @@ fn main() -> anyhow::Result<()> {
         .into_iter()
         .find(|p| p.name == "dwcp-ebpf")
         .ok_or_else(|| anyhow!("dwcp-ebpf package not found"))?;
-    let root_dir = ebpf
-        .manifest_path
-        .parent()
-        .ok_or_else(|| anyhow!("no parent"))?;
+    let root_dir = ebpf.manifest_path.parent().ok_or_else(|| anyhow!("no parent"))?;
     let root_dir = root_dir.as_str();
     aya_build::build_ebpf(
-        [aya_build::Package {
-            name: "dwcp-ebpf",
-            root_dir,
-            ..Default::default()
-        }],
+        [aya_build::Package { name: "dwcp-ebpf", root_dir, ..Default::default() }],
         aya_build::Toolchain::default(),
     )
 }
