@@ -540,16 +540,66 @@ impl<'g> Search<'g> {
         let Some((ecmp, truncated)) = self.optimal(s, d, shared) else {
             return Err(self.diagnose(s, d));
         };
+        Ok(self.complete(src, dst, ecmp, truncated, Vec::new()))
+    }
+
+    /// `previous` brought to this graph from its backup `from` on: the primary, the ECMP set
+    /// and the backups before `from` are kept as they are (the caller knows that no changed
+    /// link can alter them), the later backups are searched again.
+    pub fn resume(&self, previous: &RouteSet, from: usize) -> RouteSet {
+        let to_cand = |p: &Path| {
+            let links = p
+                .links
+                .iter()
+                .map(|id| {
+                    self.g
+                        .links
+                        .binary_search_by_key(id, |m| m.id)
+                        .expect("same links") as u32
+                })
+                .collect();
+            self.cand(p.regions[0].0, links)
+        };
+        let ecmp = previous.ecmp.iter().map(to_cand).collect();
+        let kept = previous.secondaries[..from]
+            .iter()
+            .map(|s| to_cand(&s.path))
+            .collect();
+        self.complete(
+            previous.src,
+            previous.dst,
+            ecmp,
+            previous.ecmp_truncated,
+            kept,
+        )
+    }
+
+    /// Adds backups to a primary and ECMP set, after the link-disjoint backups in `kept`.
+    fn complete(
+        &self,
+        src: RegionId,
+        dst: RegionId,
+        ecmp: Vec<Cand>,
+        truncated: bool,
+        kept: Vec<Cand>,
+    ) -> RouteSet {
+        let (s, d) = (src.0, dst.0);
         let primary = ecmp[0].clone();
 
         // Backups: best path avoiding every link used so far, while one exists; then the
         // least-overlapping of the next best paths.
         let mut chosen: Vec<Cand> = vec![primary.clone()];
         let mut used = vec![false; self.g.links.len()];
-        for &l in &primary.links {
-            used[l as usize] = true;
-        }
         let mut secondaries: Vec<(Cand, Vec<u32>)> = Vec::new();
+        for c in std::iter::once(&primary).chain(&kept) {
+            for &l in &c.links {
+                used[l as usize] = true;
+            }
+        }
+        for c in kept {
+            chosen.push(c.clone());
+            secondaries.push((c, Vec::new()));
+        }
         while secondaries.len() < MAX_SECONDARIES {
             let mut m = self.base.clone();
             for (l, &u) in used.iter().enumerate() {
@@ -612,7 +662,7 @@ impl<'g> Search<'g> {
             deps.dedup();
             Some(deps)
         };
-        Ok(RouteSet {
+        RouteSet {
             src,
             dst,
             strategy: self.strategy,
@@ -632,7 +682,7 @@ impl<'g> Search<'g> {
                 })
                 .collect(),
             depends_on,
-        })
+        }
     }
 
     /// Only the best path (no ECMP set, no backups): what a one-path route query costs.

@@ -7,7 +7,7 @@ use super::graph::{LinkMetrics, RoutingGraph};
 use super::path::RouteSet;
 use super::search::Search;
 use super::strategy::{Constraints, Strategy};
-use crate::topology::{EdgeId, RegionId, Topology};
+use crate::topology::{EdgeId, LinkId, RegionId, Topology};
 
 pub type RouteResult = Result<Arc<RouteSet>, RoutingError>;
 
@@ -47,7 +47,11 @@ pub struct RoutingTable {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct TableStats {
     pub full: bool,
+    /// (destination, strategy) entries computed from scratch.
     pub recomputed: usize,
+    /// Entries whose primary and ECMP set were kept and only later backups searched again.
+    pub resumed: usize,
+    /// Entries kept as they were.
     pub reused: usize,
 }
 
@@ -124,6 +128,7 @@ pub fn compute_table(
         stats: TableStats {
             full: true,
             recomputed,
+            resumed: 0,
             reused: 0,
         },
         graph: graph.clone(),
@@ -157,7 +162,8 @@ fn same_structure(a: &RoutingGraph, b: &RoutingGraph) -> bool {
 /// or went down), a route set none of whose paths uses a changed link is still exactly what a
 /// full recompute would give: its paths kept their figures, every other path kept or lost
 /// quality, and ties are broken by a fixed order. Only the destinations whose route sets touch
-/// a changed link are recomputed. A link that got better can pull any route onto itself, so
+/// a changed link are recomputed, and of those whose primary and ECMP set do not, only the
+/// backups from the first one that uses a changed link on. A link that got better can pull any route onto itself, so
 /// that (and a changed structure, or a latency budget) means a full recompute.
 pub fn update_table(
     graph: &Arc<RoutingGraph>,
@@ -187,6 +193,10 @@ pub fn update_table(
     {
         return full();
     }
+    let changed_ids: Vec<LinkId> = changed
+        .iter()
+        .map(|&l| graph.links[l as usize].id)
+        .collect();
     let src = previous.src;
     let searches: Vec<Search> = previous
         .strategies
@@ -205,17 +215,36 @@ pub fn update_table(
                 .iter()
                 .enumerate()
                 .map(|(i, result)| {
-                    let keep = match result {
-                        Ok(rs) => rs.depends_on.as_ref().is_some_and(|deps| {
-                            !changed.iter().any(|l| deps.binary_search(l).is_ok())
-                        }),
-                        // Worse links cannot reconnect regions.
-                        Err(RoutingError::Unreachable { .. }) => true,
-                        Err(_) => changed.is_empty(),
+                    let changed_in = |p: &super::path::Path| {
+                        p.links
+                            .iter()
+                            .any(|id| changed_ids.binary_search(id).is_ok())
                     };
-                    if keep {
-                        stats.reused += 1;
-                        return result.clone();
+                    match result {
+                        Ok(rs) if rs.depends_on.is_some() => {
+                            let deps = rs.depends_on.as_deref().unwrap_or_default();
+                            if !changed.iter().any(|l| deps.binary_search(l).is_ok()) {
+                                stats.reused += 1;
+                                return result.clone();
+                            }
+                            // Primary and ECMP untouched: keep them and the backups before the
+                            // first one that uses a changed link.
+                            if !rs.ecmp.iter().any(changed_in) {
+                                let from = rs
+                                    .secondaries
+                                    .iter()
+                                    .position(|s| changed_in(&s.path))
+                                    .unwrap_or(rs.secondaries.len());
+                                stats.resumed += 1;
+                                return Ok(Arc::new(searches[i].resume(rs, from)));
+                            }
+                        }
+                        // Worse links cannot reconnect regions.
+                        Err(RoutingError::Unreachable { .. }) => {
+                            stats.reused += 1;
+                            return result.clone();
+                        }
+                        _ => {}
                     }
                     stats.recomputed += 1;
                     let sh = shared[i].get_or_insert_with(|| searches[i].shared(src.0));

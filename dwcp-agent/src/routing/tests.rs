@@ -419,6 +419,7 @@ fn incremental_table_matches_full_recompute() {
     let e = RoutingEngine::new(store.clone());
     let src = crate::topology::RegionId(0);
     let mut table = e.table(src, &NONE).unwrap();
+    let (mut resumed, mut reused) = (0, 0);
     let links: Vec<LinkId> = store.snapshot().links().iter().map(|l| l.id).collect();
     for (i, &link_id) in links.iter().enumerate().step_by(3) {
         let current = store.snapshot().link(link_id).unwrap().clone();
@@ -452,6 +453,13 @@ fn incremental_table_matches_full_recompute() {
         if i % 4 != 3 {
             assert!(!incremental.stats.full);
         }
+        resumed += incremental.stats.resumed;
+        reused += incremental.stats.reused;
         table = incremental;
     }
+    // Both shortcuts were taken (and agreed with the full recompute).
+    assert!(
+        resumed > 0 && reused > 0,
+        "resumed {resumed}, reused {reused}"
+    );
 }
