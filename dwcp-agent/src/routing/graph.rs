@@ -237,62 +237,6 @@ impl RoutingGraph {
         dist
     }
 
-    /// A* towards `goal`, with `to_goal` the exact distances to the goal in a graph that has
-    /// every link this mask allows (so the heuristic is consistent). It settles every region
-    /// whose estimate does not exceed the goal's distance, so the distances of all regions on
-    /// optimal paths are exact, as `tight_paths` needs; regions that cannot reach the goal even
-    /// in the larger graph are never expanded. Backup searches only ban links on top of the
-    /// constraints, so this cuts the regions they visit.
-    pub(crate) fn astar(
-        &self,
-        src: u32,
-        goal: u32,
-        mask: &Mask,
-        weight: impl Fn(usize) -> Weight,
-        to_goal: &Dist,
-    ) -> Dist {
-        let n = self.region_count();
-        let mut dist: Dist = vec![None; n];
-        let Some(h0) = to_goal[src as usize] else {
-            return dist;
-        };
-        let mut done = vec![false; n];
-        let mut heap = BinaryHeap::with_capacity(n);
-        dist[src as usize] = Some(Weight::default());
-        heap.push(Reverse((h0, src)));
-        let mut bound: Option<Weight> = None;
-        while let Some(Reverse((f, u))) = heap.pop() {
-            if bound.is_some_and(|b| f > b) {
-                break;
-            }
-            if std::mem::replace(&mut done[u as usize], true) {
-                continue;
-            }
-            if u == goal {
-                bound = Some(f);
-                continue;
-            }
-            let d = dist[u as usize].expect("reached");
-            for &(l, v) in &self.adj[u as usize] {
-                if done[v as usize] || !self.step(mask, l, v) {
-                    continue;
-                }
-                let Some(hv) = to_goal[v as usize] else {
-                    continue;
-                };
-                let nd = d + weight(l as usize);
-                if dist[v as usize].is_none_or(|old| nd < old) {
-                    dist[v as usize] = Some(nd);
-                    heap.push(Reverse((nd + hv, v)));
-                }
-            }
-        }
-        if bound.is_none() {
-            dist[goal as usize] = None;
-        }
-        dist
-    }
-
     /// Widest-path Dijkstra: the largest bottleneck of available bandwidth to every region.
     /// Stops once `goal` is settled.
     pub(crate) fn widest(&self, src: u32, goal: Option<u32>, mask: &Mask) -> Vec<Option<u64>> {

@@ -195,14 +195,6 @@ impl<'g> Search<'g> {
         links.iter().map(|&l| self.g.latency[l as usize]).sum()
     }
 
-    /// Dijkstra, or A* when the distances to `dst` are known.
-    fn search_to(&self, src: u32, dst: u32, mask: &Mask, to_dst: Option<&Dist>) -> Dist {
-        match to_dst {
-            Some(h) => self.g.astar(src, dst, mask, |l| self.weight(l), h),
-            None => self.g.dijkstra(src, Some(dst), mask, |l| self.weight(l)),
-        }
-    }
-
     /// The lexicographically smallest optimal path in a distance map.
     fn first_path(&self, src: u32, dst: u32, mask: &Mask, dist: &Dist) -> Option<Vec<u32>> {
         dist[dst as usize]?;
@@ -245,15 +237,7 @@ impl<'g> Search<'g> {
 
     /// The best path from `src` to `dst` within `mask` and the latency budget left after
     /// `root`, or `None`.
-    /// `to_dst`: distances to `dst` under the base mask, for A* (see `RoutingGraph::astar`).
-    fn best(
-        &self,
-        src: u32,
-        dst: u32,
-        mask: &Mask,
-        root: Root,
-        to_dst: Option<&Dist>,
-    ) -> Option<Vec<u32>> {
+    fn best(&self, src: u32, dst: u32, mask: &Mask, root: Root) -> Option<Vec<u32>> {
         if mask.nodes[src as usize] || mask.nodes[dst as usize] {
             return None;
         }
@@ -263,7 +247,7 @@ impl<'g> Search<'g> {
                 if budget.is_some() && !matches!(self.strategy, Strategy::MinLatency) {
                     return self.pareto(src, dst, mask, budget.unwrap_or(u64::MAX));
                 }
-                let dist = self.search_to(src, dst, mask, to_dst);
+                let dist = self.g.dijkstra(src, Some(dst), mask, |l| self.weight(l));
                 let path = self.first_path(src, dst, mask, &dist)?;
                 // For MinLatency the optimum is the fastest path: if it is too slow, all are.
                 (budget.is_none_or(|b| self.latency_of(&path) <= b)).then_some(path)
@@ -276,7 +260,7 @@ impl<'g> Search<'g> {
                         min_avail_kbps: threshold.max(mask.min_avail_kbps),
                         ..mask.clone()
                     };
-                    let dist = self.search_to(src, dst, &m, to_dst);
+                    let dist = self.g.dijkstra(src, Some(dst), &m, |l| self.weight(l));
                     (
                         self.first_path(src, dst, &m, &dist),
                         dist[dst as usize].map(|w| w.p),
@@ -394,10 +378,9 @@ impl<'g> Search<'g> {
         dst: u32,
         k: usize,
         mask: &Mask,
-        to_dst: Option<&Dist>,
         mut enough: impl FnMut(&[Cand]) -> bool,
     ) -> Vec<Cand> {
-        let Some(first) = self.best(src, dst, mask, NO_ROOT, to_dst) else {
+        let Some(first) = self.best(src, dst, mask, NO_ROOT) else {
             return Vec::new();
         };
         let mut found = vec![self.cand(src, first)];
@@ -424,7 +407,7 @@ impl<'g> Search<'g> {
                         .min()
                         .unwrap_or(u64::MAX),
                 };
-                if let Some(spur_links) = self.best(spur, dst, &m, root, to_dst) {
+                if let Some(spur_links) = self.best(spur, dst, &m, root) {
                     let mut links = root_links.to_vec();
                     links.extend(spur_links);
                     let c = self.cand(src, links);
@@ -446,7 +429,7 @@ impl<'g> Search<'g> {
         if k == 0 {
             return Vec::new();
         }
-        self.yen(src, dst, k, &self.base, None, |_| false)
+        self.yen(src, dst, k, &self.base, |_| false)
     }
 
     pub fn path(&self, c: &Cand) -> Path {
@@ -478,7 +461,7 @@ impl<'g> Search<'g> {
     /// Primary, ECMP set (sorted, primary first) and whether it was truncated.
     fn optimal(&self, src: u32, dst: u32, shared: Option<&Shared>) -> Option<(Vec<Cand>, bool)> {
         if self.budget.is_some() {
-            let found = self.yen(src, dst, MAX_ECMP_PATHS + 1, &self.base, None, |f| {
+            let found = self.yen(src, dst, MAX_ECMP_PATHS + 1, &self.base, |f| {
                 f.len() > 1 && !self.ecmp_equal(&f[0].key, &f[f.len() - 1].key)
             });
             let first = found.first()?.key;
@@ -604,8 +587,7 @@ impl<'g> Search<'g> {
         let primary = ecmp[0].clone();
 
         // Backups: best path avoiding every link used so far, while one exists; then the
-        // least-overlapping of the next best paths. All are searched towards dst with A*.
-        let to_dst = self.g.dijkstra(d, None, &self.base, |l| self.weight(l));
+        // least-overlapping of the next best paths.
         let mut chosen: Vec<Cand> = vec![primary.clone()];
         let mut used = vec![false; self.g.links.len()];
         let mut secondaries: Vec<(Cand, Vec<u32>)> = Vec::new();
@@ -623,7 +605,7 @@ impl<'g> Search<'g> {
             for (l, &u) in used.iter().enumerate() {
                 m.links[l] |= u;
             }
-            let Some(links) = self.best(s, d, &m, NO_ROOT, Some(&to_dst)) else {
+            let Some(links) = self.best(s, d, &m, NO_ROOT) else {
                 break;
             };
             let c = self.cand(s, links);
@@ -635,14 +617,9 @@ impl<'g> Search<'g> {
         }
         let mut fallback = false;
         if secondaries.len() < MAX_SECONDARIES {
-            let pool = self.yen(
-                s,
-                d,
-                chosen.len() + FALLBACK_CANDIDATES,
-                &self.base,
-                Some(&to_dst),
-                |_| false,
-            );
+            let pool = self.yen(s, d, chosen.len() + FALLBACK_CANDIDATES, &self.base, |_| {
+                false
+            });
             let mut pool: Vec<Cand> = pool
                 .into_iter()
                 .filter(|c| !chosen.iter().any(|x| x.links == c.links))
@@ -721,7 +698,7 @@ impl<'g> Search<'g> {
                 self.g.names[src.0 as usize].clone(),
             ));
         }
-        match self.best(src.0, dst.0, &self.base, NO_ROOT, None) {
+        match self.best(src.0, dst.0, &self.base, NO_ROOT) {
             Some(links) => Ok(self.path(&self.cand(src.0, links))),
             None => Err(self.diagnose(src.0, dst.0)),
         }
