@@ -267,6 +267,56 @@ impl RoutingGraph {
         best
     }
 
+    /// Regions from which `dst` is reachable over tight links (prunes dead ends).
+    fn reaching(
+        &self,
+        dst: u32,
+        mask: &Mask,
+        tight: &impl Fn(u32, u32, usize) -> bool,
+    ) -> Vec<bool> {
+        let mut reaches = vec![false; self.region_count()];
+        reaches[dst as usize] = true;
+        let mut stack = vec![dst];
+        while let Some(v) = stack.pop() {
+            for &(l, u) in &self.adj[v as usize] {
+                if !reaches[u as usize] && self.step(mask, l, u) && tight(u, v, l as usize) {
+                    reaches[u as usize] = true;
+                    stack.push(u);
+                }
+            }
+        }
+        reaches
+    }
+
+    /// The first of `tight_paths` in lexicographic order, by a greedy walk: with strictly
+    /// positive weights the tight links form an acyclic graph in which every region that
+    /// reaches `dst` has a tight link onward, so the walk never has to back up.
+    pub(crate) fn first_tight_path(
+        &self,
+        src: u32,
+        dst: u32,
+        mask: &Mask,
+        tight: impl Fn(u32, u32, usize) -> bool,
+    ) -> Option<Vec<u32>> {
+        let reaches = self.reaching(dst, mask, &tight);
+        if !reaches[src as usize] {
+            return None;
+        }
+        let mut links = Vec::new();
+        let mut at = src;
+        while at != dst {
+            if links.len() >= self.region_count() {
+                return None; // a zero-weight cycle: cannot happen with weights >= 1 µs
+            }
+            let &(l, v) = self.adj[at as usize].iter().find(|&&(l, v)| {
+                reaches[v as usize] && self.step(mask, l, v) && tight(at, v, l as usize)
+            })?;
+            links.push(l);
+            at = v;
+        }
+        Some(links)
+    }
+
     /// Loop-free paths from `src` to `dst` that only use links for which `tight(u, v, l)` holds
     /// (the links lying on optimal paths), in lexicographic order of their link indexes, at
     /// most `limit` of them. Returns the paths (as link lists) and whether more exist.
@@ -279,18 +329,7 @@ impl RoutingGraph {
         tight: impl Fn(u32, u32, usize) -> bool,
     ) -> (Vec<Vec<u32>>, bool) {
         let n = self.region_count();
-        // Regions from which dst is reachable over tight links: prunes dead ends.
-        let mut reaches = vec![false; n];
-        reaches[dst as usize] = true;
-        let mut stack = vec![dst];
-        while let Some(v) = stack.pop() {
-            for &(l, u) in &self.adj[v as usize] {
-                if !reaches[u as usize] && self.step(mask, l, u) && tight(u, v, l as usize) {
-                    reaches[u as usize] = true;
-                    stack.push(u);
-                }
-            }
-        }
+        let reaches = self.reaching(dst, mask, &tight);
         let mut out = Vec::new();
         if !reaches[src as usize] {
             return (out, false);

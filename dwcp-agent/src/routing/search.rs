@@ -202,11 +202,7 @@ impl<'g> Search<'g> {
             (Some(du), Some(dv)) => du + self.weight(l) == dv,
             _ => false,
         };
-        self.g
-            .tight_paths(src, dst, mask, 1, tight)
-            .0
-            .into_iter()
-            .next()
+        self.g.first_tight_path(src, dst, mask, tight)
     }
 
     /// Single-source searches for a whole table (no latency budget).
