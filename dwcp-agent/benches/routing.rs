@@ -356,7 +356,7 @@ fn main() {
             &existing[..b],
             existing[e + end.len()..].trim_start_matches('\n')
         ),
-        _ => format!("{}\n{section}", existing.trim_end()),
+        _ => format!("{}\n\n{section}", existing.trim_end()),
     };
     std::fs::create_dir_all(docs.parent().unwrap()).expect("docs/");
     std::fs::write(&docs, updated).expect("write docs/BENCHMARKS.md");

@@ -1,11 +1,12 @@
 //! Route computation for one strategy and set of constraints: the best path (oracle), all
 //! optimal paths (ECMP), k loopless shortest paths (Yen) and link-disjoint backups.
 //!
-//! Two pieces are written here because no crate offers them in the shape needed: Yen's algorithm (pathfinding's `yen` keys
-//! paths by node sequence, so parallel links between two regions collapse, and it only knows
-//! additive costs, not the widest path's bottleneck), and the latency-bounded search for the
-//! cost and balanced strategies (a resource-constrained shortest path, solved exactly by
-//! Pareto label-setting on (weight, latency)).
+//! Written here rather than taken from a crate, because none offers them in the shape needed:
+//! Yen's algorithm (pathfinding's `yen` keys paths by node sequence, so parallel links between
+//! two regions collapse, and it only knows additive costs, not the widest path's bottleneck),
+//! the latency-bounded search of the cost and balanced strategies (a resource-constrained
+//! shortest path, solved exactly by Pareto label-setting on (weight, latency)), and Dijkstra
+//! itself (see `RoutingGraph::dijkstra`).
 use std::borrow::Cow;
 use std::cmp::Reverse;
 use std::collections::{BTreeSet, BinaryHeap};
