@@ -7,4 +7,6 @@ pub mod lab;
 pub mod netlab;
 pub mod probe;
 pub mod redundancy;
+pub mod routing;
+pub mod topology;
 pub mod traffic;

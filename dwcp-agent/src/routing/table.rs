@@ -1,0 +1,266 @@
+//! A gateway's routing table: route sets to every region and edge node under every strategy,
+//! and its incremental recompute after link changes.
+use std::sync::Arc;
+
+use super::error::RoutingError;
+use super::graph::{LinkMetrics, RoutingGraph};
+use super::path::RouteSet;
+use super::search::Search;
+use super::strategy::{Constraints, Strategy};
+use crate::topology::{EdgeId, LinkId, RegionId, Topology};
+
+pub type RouteResult = Result<Arc<RouteSet>, RoutingError>;
+
+/// Routes to one destination region, one entry per strategy of the table.
+#[derive(Clone, Debug)]
+pub struct RegionRoutes {
+    pub dst: RegionId,
+    pub routes: Vec<RouteResult>,
+}
+
+/// Routes to an edge node. Edge nodes hang off exactly one region and are never transit hops,
+/// so their routes are their region's (shared, not recomputed) plus the access latency.
+#[derive(Clone, Debug)]
+pub struct EdgeRoutes {
+    pub edge: EdgeId,
+    pub region: RegionId,
+    pub access_latency_ms: f64,
+    /// The edge node hangs off the source region itself: delivered locally, no route.
+    pub local: bool,
+    pub routes: Vec<RouteResult>,
+}
+
+#[derive(Clone, Debug)]
+pub struct RoutingTable {
+    pub src: RegionId,
+    pub generation: u64,
+    pub strategies: Vec<Strategy>,
+    pub constraints: Constraints,
+    /// Every region but the source, in region order.
+    pub regions: Vec<RegionRoutes>,
+    pub edges: Vec<EdgeRoutes>,
+    /// How the last computation went (full or incremental, and how much was redone).
+    pub stats: TableStats,
+    pub(crate) graph: Arc<RoutingGraph>,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TableStats {
+    pub full: bool,
+    /// (destination, strategy) entries computed from scratch.
+    pub recomputed: usize,
+    /// Entries whose primary and ECMP set were kept and only later backups searched again.
+    pub resumed: usize,
+    /// Entries kept as they were.
+    pub reused: usize,
+}
+
+impl RoutingTable {
+    pub fn region(&self, dst: RegionId) -> Option<&RegionRoutes> {
+        self.regions.iter().find(|r| r.dst == dst)
+    }
+}
+
+fn edges(topology: &Topology, src: RegionId, regions: &[RegionRoutes]) -> Vec<EdgeRoutes> {
+    topology
+        .edges()
+        .iter()
+        .map(|e| {
+            let local = e.region == src;
+            let routes = if local {
+                Vec::new()
+            } else {
+                regions
+                    .iter()
+                    .find(|r| r.dst == e.region)
+                    .map(|r| r.routes.clone())
+                    .unwrap_or_default()
+            };
+            EdgeRoutes {
+                edge: e.id,
+                region: e.region,
+                access_latency_ms: e.access_latency_ms,
+                local,
+                routes,
+            }
+        })
+        .collect()
+}
+
+/// Computes the full table of `src`.
+pub fn compute_table(
+    graph: &Arc<RoutingGraph>,
+    topology: &Topology,
+    src: RegionId,
+    strategies: &[Strategy],
+    constraints: &Constraints,
+) -> Result<RoutingTable, RoutingError> {
+    if src.0 as usize >= graph.region_count() {
+        return Err(RoutingError::UnknownRegionId(src.0));
+    }
+    let searches: Vec<Search> = strategies
+        .iter()
+        .map(|s| Search::new(graph, s, constraints))
+        .collect::<Result<_, _>>()?;
+    let shared: Vec<_> = searches
+        .iter()
+        .map(|s| s.budget.is_none().then(|| s.shared(src.0)))
+        .collect();
+    let regions: Vec<RegionRoutes> = (0..graph.region_count() as u32)
+        .filter(|&d| d != src.0)
+        .map(|d| RegionRoutes {
+            dst: RegionId(d),
+            routes: searches
+                .iter()
+                .zip(&shared)
+                .map(|(s, sh)| s.route(src, RegionId(d), sh.as_ref()).map(Arc::new))
+                .collect(),
+        })
+        .collect();
+    let recomputed = regions.len() * strategies.len();
+    Ok(RoutingTable {
+        src,
+        generation: graph.generation(),
+        strategies: strategies.to_vec(),
+        constraints: constraints.clone(),
+        edges: edges(topology, src, &regions),
+        regions,
+        stats: TableStats {
+            full: true,
+            recomputed,
+            resumed: 0,
+            reused: 0,
+        },
+        graph: graph.clone(),
+    })
+}
+
+/// A link change that can only make paths through the link worse (or leave them as they
+/// were) under every strategy.
+fn no_better(old: &LinkMetrics, new: &LinkMetrics) -> bool {
+    (old.usable || !new.usable)
+        && new.latency_ms >= old.latency_ms
+        && new.cost_per_gb >= old.cost_per_gb
+        && new.avail_mbps <= old.avail_mbps
+        && new.loss >= old.loss
+}
+
+fn same_structure(a: &RoutingGraph, b: &RoutingGraph) -> bool {
+    a.names == b.names
+        && a.countries == b.countries
+        && a.providers == b.providers
+        && a.links.len() == b.links.len()
+        && a.links
+            .iter()
+            .zip(&b.links)
+            .all(|(x, y)| x.id == y.id && x.a == y.a && x.b == y.b)
+}
+
+/// Brings `previous` up to date with `graph` (a later snapshot of the same topology).
+///
+/// When every changed link only got worse (latency, cost, loss up; available bandwidth down;
+/// or went down), a route set none of whose paths uses a changed link is still exactly what a
+/// full recompute would give: its paths kept their figures, every other path kept or lost
+/// quality, and ties are broken by a fixed order. Only the destinations whose route sets touch
+/// a changed link are recomputed, and of those whose primary and ECMP set do not, only the
+/// backups from the first one that uses a changed link on. A link that got better can pull any route onto itself, so
+/// that (and a changed structure, or a latency budget) means a full recompute.
+pub fn update_table(
+    graph: &Arc<RoutingGraph>,
+    topology: &Topology,
+    previous: &RoutingTable,
+) -> Result<RoutingTable, RoutingError> {
+    let old = &previous.graph;
+    let full = || {
+        compute_table(
+            graph,
+            topology,
+            previous.src,
+            &previous.strategies,
+            &previous.constraints,
+        )
+    };
+    if !same_structure(old, graph) || previous.constraints.max_latency_ms.is_some() {
+        return full();
+    }
+    let changed: Vec<u32> = (0..graph.links.len())
+        .filter(|&l| old.links[l] != graph.links[l])
+        .map(|l| l as u32)
+        .collect();
+    if changed
+        .iter()
+        .any(|&l| !no_better(&old.links[l as usize], &graph.links[l as usize]))
+    {
+        return full();
+    }
+    let changed_ids: Vec<LinkId> = changed
+        .iter()
+        .map(|&l| graph.links[l as usize].id)
+        .collect();
+    let src = previous.src;
+    let searches: Vec<Search> = previous
+        .strategies
+        .iter()
+        .map(|s| Search::new(graph, s, &previous.constraints))
+        .collect::<Result<_, _>>()?;
+    let mut shared: Vec<Option<_>> = (0..searches.len()).map(|_| None).collect();
+    let mut stats = TableStats::default();
+    let regions: Vec<RegionRoutes> = previous
+        .regions
+        .iter()
+        .map(|entry| RegionRoutes {
+            dst: entry.dst,
+            routes: entry
+                .routes
+                .iter()
+                .enumerate()
+                .map(|(i, result)| {
+                    let changed_in = |p: &super::path::Path| {
+                        p.links
+                            .iter()
+                            .any(|id| changed_ids.binary_search(id).is_ok())
+                    };
+                    match result {
+                        Ok(rs) if rs.depends_on.is_some() => {
+                            let deps = rs.depends_on.as_deref().unwrap_or_default();
+                            if !changed.iter().any(|l| deps.binary_search(l).is_ok()) {
+                                stats.reused += 1;
+                                return result.clone();
+                            }
+                            // Primary and ECMP untouched: keep them and the backups before the
+                            // first one that uses a changed link.
+                            if !rs.ecmp.iter().any(changed_in) {
+                                let from = rs
+                                    .secondaries
+                                    .iter()
+                                    .position(|s| changed_in(&s.path))
+                                    .unwrap_or(rs.secondaries.len());
+                                stats.resumed += 1;
+                                return Ok(Arc::new(searches[i].resume(rs, from)));
+                            }
+                        }
+                        // Worse links cannot reconnect regions.
+                        Err(RoutingError::Unreachable { .. }) => {
+                            stats.reused += 1;
+                            return result.clone();
+                        }
+                        _ => {}
+                    }
+                    stats.recomputed += 1;
+                    let sh = shared[i].get_or_insert_with(|| searches[i].shared(src.0));
+                    searches[i].route(src, entry.dst, Some(sh)).map(Arc::new)
+                })
+                .collect(),
+        })
+        .collect();
+    Ok(RoutingTable {
+        src,
+        generation: graph.generation(),
+        strategies: previous.strategies.clone(),
+        constraints: previous.constraints.clone(),
+        edges: edges(topology, src, &regions),
+        regions,
+        stats,
+        graph: graph.clone(),
+    })
+}

@@ -1,0 +1,145 @@
+//! The TOML schema of the topology: `[[region]]`, `[[link]]`, `[[edge]]`.
+//!
+//! The daemon embeds [`TopologyConfig`] as a section of the agent's config file. Every entry is
+//! wrapped in [`toml::Spanned`] so validation errors can name the config line of the offending
+//! entry; built programmatically (tests, synthetic topologies), the span is simply empty.
+use std::net::IpAddr;
+
+use serde::{Deserialize, Serialize};
+use toml::Spanned;
+
+use super::error::{line_of, TopologyError};
+use super::model::{LinkHealth, TunnelKind};
+
+/// The whole topology as configured: the same file on every gateway.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TopologyConfig {
+    #[serde(default, rename = "region")]
+    pub regions: Vec<Spanned<RegionConfig>>,
+    #[serde(default, rename = "link")]
+    pub links: Vec<Spanned<LinkConfig>>,
+    #[serde(default, rename = "edge")]
+    pub edges: Vec<Spanned<EdgeConfig>>,
+}
+
+/// A region: a site with one or more gateways.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RegionConfig {
+    /// Stable name used everywhere else ("us-east-1").
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+    pub latitude: f64,
+    pub longitude: f64,
+    /// ISO 3166-1 alpha-2 code, used by compliance constraints.
+    pub country: String,
+    pub provider: String,
+    /// Egress capacity of the region's gateways together.
+    pub capacity_mbps: f64,
+    #[serde(default)]
+    pub gateways: Vec<GatewayConfig>,
+}
+
+/// A gateway host of a region.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct GatewayConfig {
+    pub name: String,
+    /// Underlay address the tunnels of other regions reach it at.
+    pub underlay: IpAddr,
+}
+
+/// A bidirectional inter-region link.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct LinkConfig {
+    /// Index of the link in the fast path's `LINK_CONFIG` / `LINK_STATE` maps.
+    pub link_id: u32,
+    pub name: String,
+    /// Region names of the two ends.
+    pub a: String,
+    pub b: String,
+    #[serde(default)]
+    pub kind: TunnelKind,
+    pub capacity_mbps: f64,
+    /// Fraction of the capacity in use, 0..=1.
+    #[serde(default)]
+    pub utilisation: f64,
+    #[serde(default)]
+    pub cost_per_gb: f64,
+    /// Round-trip latency; absent = estimated from the great-circle distance of the ends.
+    #[serde(default)]
+    pub latency_ms: Option<f64>,
+    #[serde(default)]
+    pub jitter_ms: f64,
+    /// Packet loss fraction, 0..1.
+    #[serde(default)]
+    pub loss: f64,
+    #[serde(default)]
+    pub health: LinkHealth,
+}
+
+/// An edge node: a site attached to exactly one region (never a transit hop).
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct EdgeConfig {
+    pub name: String,
+    pub region: String,
+    #[serde(default)]
+    pub latitude: Option<f64>,
+    #[serde(default)]
+    pub longitude: Option<f64>,
+    /// Round-trip latency between the edge node and its region's gateways; absent = estimated
+    /// from the coordinates when both are known, else 0.
+    #[serde(default)]
+    pub access_latency_ms: Option<f64>,
+}
+
+impl TopologyConfig {
+    /// Parses a topology from TOML text (the `[[region]]`, `[[link]]`, `[[edge]]` tables).
+    pub fn from_toml_str(source: &str) -> Result<Self, TopologyError> {
+        toml::from_str(source).map_err(|e| TopologyError::Parse {
+            line: e.span().map(|s| line_of(source, s.start)),
+            message: e.message().to_string(),
+        })
+    }
+
+    /// Wraps entries built in code (they have no config line).
+    pub fn from_entries(
+        regions: Vec<RegionConfig>,
+        links: Vec<LinkConfig>,
+        edges: Vec<EdgeConfig>,
+    ) -> Self {
+        TopologyConfig {
+            regions: regions.into_iter().map(unspanned).collect(),
+            links: links.into_iter().map(unspanned).collect(),
+            edges: edges.into_iter().map(unspanned).collect(),
+        }
+    }
+}
+
+pub(crate) fn unspanned<T>(value: T) -> Spanned<T> {
+    Spanned::new(0..0, value)
+}
+
+impl LinkConfig {
+    /// A healthy, idle, free link with a latency prior; tests and generators adjust the rest.
+    pub fn new(link_id: u32, a: &str, b: &str, capacity_mbps: f64) -> Self {
+        LinkConfig {
+            link_id,
+            name: format!("{a}--{b}"),
+            a: a.to_string(),
+            b: b.to_string(),
+            kind: TunnelKind::default(),
+            capacity_mbps,
+            utilisation: 0.0,
+            cost_per_gb: 0.0,
+            latency_ms: None,
+            jitter_ms: 0.0,
+            loss: 0.0,
+            health: LinkHealth::Up,
+        }
+    }
+}
