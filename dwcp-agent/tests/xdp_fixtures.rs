@@ -778,3 +778,93 @@ fn pass_program_passes() {
     assert_eq!(fx.run(programs::PASS, &f), (XDP_PASS, f));
     let _ = (XDP_ABORTED, IpAddr::V4(Ipv4Addr::LOCALHOST));
 }
+
+#[test]
+fn transit_traffic_is_decapsulated_and_sent_on_to_the_next_gateway() {
+    let mut fx = Fixture::new();
+    fx.dp
+        .add_vni(
+            101,
+            VniEntry {
+                lan_ifindex: 1,
+                flags: 0,
+            },
+        )
+        .unwrap();
+    // Arrives from region A's gateway, for region B (10.2.0.0/16, routed by this gateway).
+    let l3 = V4::new(IPPROTO_UDP, "10.1.0.5", "10.2.0.9").build(&udp(40000, 5004, b"transit"));
+    let f = vxlan_frame(101, &frame(ETH_P_IP, &l3));
+    let key = v4_key("10.1.0.5", "10.2.0.9", IPPROTO_UDP, 40000, 5004);
+    let (verdict, out) = fx.run(programs::UNDERLAY_INGRESS, &f);
+    assert_eq!(verdict, XDP_REDIRECT);
+    let nh = nexthop(fx.chosen(&key));
+    let want = expected_encap(
+        &expected_inner(&l3, QosClass::Realtime.default_dscp()),
+        &nh,
+        flow_hash(&key, SEED),
+    );
+    assert_eq!(out, want);
+    assert_eq!(fx.reason(Reason::UnderlayTransit), 1);
+}
+
+#[test]
+fn standby_member_takes_traffic_only_when_the_active_one_is_dead() {
+    let mut fx = Fixture::new();
+    fx.dp
+        .set_group(
+            GROUP,
+            &[
+                Member {
+                    nexthop: 1,
+                    weight: 1,
+                },
+                Member {
+                    nexthop: 2,
+                    weight: 0,
+                },
+            ],
+        )
+        .unwrap();
+    let cfg = LinkConfig {
+        flags: LINK_F_MONITORED,
+        up_after: 1,
+        detect_ns: 30_000_000,
+    };
+    fx.dp.set_link_config(1, cfg).unwrap();
+    fx.dp.set_link_config(2, cfg).unwrap();
+    for link in [1, 2] {
+        let (v, _) = fx.run(
+            programs::UNDERLAY_INGRESS,
+            &probe_frame(PROBE_KIND_REPLY, link, 1, monotonic_ns() - 1_000_000),
+        );
+        assert_eq!(v, XDP_DROP);
+    }
+    let vni_of = |out: &[u8]| u32::from_be_bytes([0, out[46], out[47], out[48]]);
+    for sport in 2000..2050u16 {
+        let ip = V4::new(IPPROTO_UDP, "10.1.0.5", "10.2.0.9").build(&udp(sport, 7, b"f"));
+        let (verdict, out) = fx.lan(&frame(ETH_P_IP, &ip));
+        assert_eq!(verdict, XDP_REDIRECT);
+        assert_eq!(
+            vni_of(&out),
+            101,
+            "both links live: the active member carries everything"
+        );
+    }
+    // Link 1 goes silent: every flow moves to the standby.
+    fx.dp
+        .set_link_config(
+            1,
+            LinkConfig {
+                detect_ns: 1,
+                ..cfg
+            },
+        )
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(2));
+    for sport in 2000..2050u16 {
+        let ip = V4::new(IPPROTO_UDP, "10.1.0.5", "10.2.0.9").build(&udp(sport, 7, b"f"));
+        let (verdict, out) = fx.lan(&frame(ETH_P_IP, &ip));
+        assert_eq!(verdict, XDP_REDIRECT);
+        assert_eq!(vni_of(&out), 102, "active dead: the standby takes over");
+    }
+}

@@ -93,7 +93,10 @@ pub struct Route {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct NextHopTable {
-    pub member_count: u32,
+    /// Members in `nexthops`: the first `active_count` own the buckets; the rest are standbys
+    /// (secondary paths), taken only when active members' links are dead.
+    pub member_count: u16,
+    pub active_count: u16,
     pub nexthops: [u32; MAX_GROUP_MEMBERS],
     pub buckets: [u8; NHG_BUCKETS],
     pub _pad: [u8; 7],
@@ -103,6 +106,7 @@ impl Default for NextHopTable {
     fn default() -> Self {
         NextHopTable {
             member_count: 0,
+            active_count: 0,
             nexthops: [0; MAX_GROUP_MEMBERS],
             buckets: [0; NHG_BUCKETS],
             _pad: [0; 7],
@@ -269,12 +273,13 @@ pub enum Reason {
     UnderlayProbeBad = 21,
     PolicerRemarked = 22,
     PolicerDropped = 23,
+    UnderlayTransit = 24,
 }
 
 pub const REASON_COUNT: u32 = 32;
 
 impl Reason {
-    pub const ALL: [Reason; 24] = [
+    pub const ALL: [Reason; 25] = [
         Reason::LanForwarded,
         Reason::LanPassNotIp,
         Reason::LanPassMalformed,
@@ -299,6 +304,7 @@ impl Reason {
         Reason::UnderlayProbeBad,
         Reason::PolicerRemarked,
         Reason::PolicerDropped,
+        Reason::UnderlayTransit,
     ];
 
     /// Stable snake_case name, used as a metric label and in the CLI.
@@ -328,6 +334,7 @@ impl Reason {
             Reason::UnderlayProbeBad => "underlay_probe_bad",
             Reason::PolicerRemarked => "policer_remarked",
             Reason::PolicerDropped => "policer_dropped",
+            Reason::UnderlayTransit => "underlay_transit",
         }
     }
 }

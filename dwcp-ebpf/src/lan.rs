@@ -28,7 +28,7 @@ const BEST_EFFORT: u8 = 4;
 
 #[inline(always)]
 pub fn lan_ingress(ctx: &XdpContext) -> u32 {
-    match try_lan(ctx) {
+    match forward(ctx) {
         Ok(action) => action,
         Err(reason) => {
             count(reason);
@@ -75,21 +75,28 @@ fn link_usable(link_id: u32, clock: &mut Clock) -> bool {
     clock.now().saturating_sub(last) <= cfg.detect_ns
 }
 
-/// The bucket's member if its link is usable, else the next usable member in order: flows of
-/// live members never move, a dead member's flows spread deterministically.
+/// The bucket's member if its link is usable, else the next usable active member in order,
+/// else the first usable standby: flows of live members never move, a dead member's flows
+/// spread deterministically, and secondary paths carry traffic only when no active one can.
 #[inline(always)]
 fn pick_nexthop(
     table: &NextHopTable,
     member: u32,
     clock: &mut Clock,
 ) -> Result<(u32, &'static NextHop), Reason> {
-    let n = table.member_count;
+    let actives = table.active_count as u32;
+    let all = table.member_count as u32;
     let mut i = 0u32;
     while i < MAX_GROUP_MEMBERS as u32 {
-        if i >= n {
+        if i >= all {
             break;
         }
-        let m = (member + i) % n;
+        // First the actives starting at the bucket's member, then the standbys in order.
+        let m = if i < actives {
+            (member + i) % actives
+        } else {
+            i
+        };
         let id = table.nexthops[(m as usize) & (MAX_GROUP_MEMBERS - 1)];
         if let Some(nh) = NEXTHOPS.get(id) {
             if nh.flags & NH_F_VALID != 0 && link_usable(nh.link_id, clock) {
@@ -139,8 +146,11 @@ fn classify(p: &Parsed, default_class: u8) -> u8 {
     default_class
 }
 
+/// Routes the Ethernet frame at the start of the packet: encapsulates and redirects it, or
+/// returns why not (the packet untouched). Used for LAN traffic and, after decapsulation,
+/// for transit traffic.
 #[inline(always)]
-fn try_lan(ctx: &XdpContext) -> Result<u32, Reason> {
+pub fn forward(ctx: &XdpContext) -> Result<u32, Reason> {
     let cfg = DWCP_CONFIG.get(0).ok_or(Reason::LanPassNotReady)?;
     if cfg.flags & CONFIG_F_READY == 0 {
         return Err(Reason::LanPassNotReady);
@@ -158,7 +168,10 @@ fn try_lan(ctx: &XdpContext) -> Result<u32, Reason> {
     let table = NH_GROUPS
         .get_value(route.group_id, &0)
         .ok_or(Reason::LanPassNoGroup)?;
-    if table.member_count == 0 || table.member_count as usize > MAX_GROUP_MEMBERS {
+    if table.active_count == 0
+        || table.active_count > table.member_count
+        || table.member_count as usize > MAX_GROUP_MEMBERS
+    {
         return Err(Reason::LanPassNoGroup);
     }
     let hash = flow_hash(&p.key, seed);
