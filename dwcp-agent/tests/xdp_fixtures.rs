@@ -868,3 +868,33 @@ fn standby_member_takes_traffic_only_when_the_active_one_is_dead() {
         assert_eq!(vni_of(&out), 102, "active dead: the standby takes over");
     }
 }
+
+#[test]
+fn removing_a_classifier_rule_stops_classifying_its_port() {
+    let mut fx = Fixture::new();
+    let (f, key) = udp_v4_frame(0);
+    assert_forwarded(&mut fx, &f, 14, key, QosClass::Realtime);
+    fx.dp
+        .remove_classifier_rule(&ClassifierKey {
+            proto: IPPROTO_UDP,
+            direction: 0,
+            port: 5004,
+        })
+        .unwrap();
+    assert_forwarded(&mut fx, &f, 14, key, QosClass::BestEffort);
+    // A rule for any protocol on the source port classifies too.
+    fx.dp
+        .set_classifier_rule(
+            ClassifierKey {
+                proto: 0,
+                direction: 1,
+                port: 40000,
+            },
+            ClassifierRule {
+                class: QosClass::Bulk as u8,
+                _pad: [0; 3],
+            },
+        )
+        .unwrap();
+    assert_forwarded(&mut fx, &f, 14, key, QosClass::Bulk);
+}

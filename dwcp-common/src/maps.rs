@@ -15,13 +15,14 @@ pub mod names {
     pub const LINK_CONFIG: &str = "LINK_CONFIG";
     pub const LINK_STATE: &str = "LINK_STATE";
     pub const CLASSIFIER: &str = "CLASSIFIER";
+    pub const CLASS_PORTS: &str = "CLASS_PORTS";
     pub const QOS_POLICY: &str = "QOS_POLICY";
     pub const VNIS: &str = "VNIS";
     pub const NH_STATS: &str = "NH_STATS";
     pub const CLASS_STATS: &str = "CLASS_STATS";
     pub const REASON_STATS: &str = "REASON_STATS";
     /// Every map, for pinning and cleanup.
-    pub const ALL: [&str; 15] = [
+    pub const ALL: [&str; 16] = [
         CONFIG,
         ROUTES_V4,
         ROUTES_V6,
@@ -32,6 +33,7 @@ pub mod names {
         LINK_CONFIG,
         LINK_STATE,
         CLASSIFIER,
+        CLASS_PORTS,
         QOS_POLICY,
         VNIS,
         NH_STATS,
@@ -207,6 +209,10 @@ pub struct ClassifierKey {
     pub direction: u8,
     pub port: u16,
 }
+
+/// `CLASS_PORTS` has one bit per port number (1,024 words of 64 bits): set when some
+/// classifier rule names that port, so the fast path skips the hash lookups for other ports.
+pub const CLASS_PORT_WORDS: u32 = 1024;
 
 /// Value of `CLASSIFIER`.
 #[repr(C)]

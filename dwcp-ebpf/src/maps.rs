@@ -50,6 +50,10 @@ pub static LINK_STATE: Array<LinkState, { MAX_LINKS as usize }> = Array::new();
 pub static CLASSIFIER: HashMap<ClassifierKey, ClassifierRule, { MAX_CLASSIFIER_RULES as usize }> =
     HashMap::new();
 
+/// One bit per port that some classifier rule names.
+#[btf_map]
+pub static CLASS_PORTS: Array<u64, { dwcp_common::CLASS_PORT_WORDS as usize }> = Array::new();
+
 #[btf_map]
 pub static QOS_POLICY: Array<QosPolicy, { dwcp_common::qos::QOS_CLASSES }> = Array::new();
 

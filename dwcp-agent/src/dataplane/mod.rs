@@ -124,6 +124,7 @@ pub struct Dataplane {
     link_config: Array<MapData, LinkConfig>,
     link_state: Array<MapData, LinkState>,
     classifier: HashMap<MapData, ClassifierKey, ClassifierRule>,
+    class_ports: Array<MapData, u64>,
     qos: Array<MapData, QosPolicy>,
     vnis: HashMap<MapData, u32, VniEntry>,
     nh_stats: PerCpuArray<MapData, Counters>,
@@ -196,6 +197,7 @@ impl Dataplane {
             link_config: take!(ebpf, names::LINK_CONFIG),
             link_state: take!(ebpf, names::LINK_STATE),
             classifier: take!(ebpf, names::CLASSIFIER),
+            class_ports: take!(ebpf, names::CLASS_PORTS),
             qos: take!(ebpf, names::QOS_POLICY),
             vnis: take!(ebpf, names::VNIS),
             nh_stats: take!(ebpf, names::NH_STATS),
@@ -403,17 +405,50 @@ impl Dataplane {
             .map_err(map_err(names::LINK_STATE))
     }
 
+    /// Adds or replaces a classifier rule. The rule goes in before its port's bit, so a packet
+    /// that sees the bit finds the rule.
     pub fn set_classifier_rule(&mut self, key: ClassifierKey, rule: ClassifierRule) -> Result<()> {
         self.classifier
             .insert(key, rule, 0)
-            .map_err(map_err(names::CLASSIFIER))
+            .map_err(map_err(names::CLASSIFIER))?;
+        self.set_port_bit(key.port, true)
     }
 
+    /// Removes a rule, and its port's bit when no other rule names that port.
     pub fn remove_classifier_rule(&mut self, key: &ClassifierKey) -> Result<()> {
         match self.classifier.remove(key) {
-            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
-            Err(e) => Err(map_err(names::CLASSIFIER)(e)),
+            Ok(()) | Err(MapError::KeyNotFound) => {}
+            Err(e) => return Err(map_err(names::CLASSIFIER)(e)),
         }
+        let still_used = self
+            .classifier
+            .keys()
+            .filter_map(|k| k.ok())
+            .any(|k| k.port == key.port);
+        if !still_used {
+            self.set_port_bit(key.port, false)?;
+        }
+        Ok(())
+    }
+
+    pub fn classifier_rules(&self) -> Result<Vec<(ClassifierKey, ClassifierRule)>> {
+        self.classifier
+            .iter()
+            .map(|r| r.map_err(map_err(names::CLASSIFIER)))
+            .collect()
+    }
+
+    fn set_port_bit(&mut self, port: u16, on: bool) -> Result<()> {
+        let word = (port >> 6) as u32;
+        let bit = 1u64 << (port & 63);
+        let old = self
+            .class_ports
+            .get(&word, 0)
+            .map_err(map_err(names::CLASS_PORTS))?;
+        let new = if on { old | bit } else { old & !bit };
+        self.class_ports
+            .set(word, new, 0)
+            .map_err(map_err(names::CLASS_PORTS))
     }
 
     pub fn set_qos_policy(&mut self, class: u8, p: QosPolicy) -> Result<()> {
