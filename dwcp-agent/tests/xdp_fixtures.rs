@@ -898,3 +898,57 @@ fn removing_a_classifier_rule_stops_classifying_its_port() {
         .unwrap();
     assert_forwarded(&mut fx, &f, 14, key, QosClass::Bulk);
 }
+
+#[test]
+fn policer_remarks_or_drops_over_rate_traffic_and_leaves_the_rest() {
+    use dwcp_common::{PolicerKey, POLICER_ANY_GROUP, POLICE_DROP, POLICE_REMARK};
+    let mut fx = Fixture::new();
+    let (f, key) = udp_v4_frame(0);
+    let len = f.len() as u64;
+    // Realtime towards this group: a 5-packet burst, refilled at 1 byte/s (nothing, here).
+    let rt = PolicerKey {
+        group_id: GROUP,
+        class: QosClass::Realtime as u8,
+        _pad: [0; 3],
+    };
+    fx.dp.set_policer(rt, 1, 5 * len, POLICE_REMARK).unwrap();
+    for _ in 0..5 {
+        assert_forwarded(&mut fx, &f, 14, key, QosClass::Realtime);
+    }
+    // Over the rate: re-marked to best effort (DSCP 0), still forwarded.
+    assert_forwarded(&mut fx, &f, 14, key, QosClass::BestEffort);
+    assert_eq!(fx.reason(Reason::PolicerRemarked), 1);
+    let p = fx.dp.policer(&rt).unwrap().unwrap();
+    assert_eq!((p.conformed, p.exceeded), (5, 1));
+    // Dropping policer for the class everywhere (TCP/22 is interactive).
+    let inter = PolicerKey {
+        group_id: POLICER_ANY_GROUP,
+        class: QosClass::Interactive as u8,
+        _pad: [0; 3],
+    };
+    let ip = V4::new(IPPROTO_TCP, "10.1.0.5", "10.2.200.1").build(&tcp(51000, 22, b""));
+    let tcp_frame = frame(ETH_P_IP, &ip);
+    fx.dp
+        .set_policer(inter, 1, tcp_frame.len() as u64, POLICE_DROP)
+        .unwrap();
+    let tkey = v4_key("10.1.0.5", "10.2.200.1", IPPROTO_TCP, 51000, 22);
+    assert_forwarded(&mut fx, &tcp_frame, 14, tkey, QosClass::Interactive);
+    let (verdict, _) = fx.lan(&tcp_frame);
+    assert_eq!(verdict, XDP_DROP);
+    assert_eq!(fx.reason(Reason::PolicerDropped), 1);
+    // Under the rate: a generous policer leaves every packet untouched.
+    fx.dp
+        .set_policer(rt, 1_000_000_000, 1_000_000, POLICE_DROP)
+        .unwrap();
+    for _ in 0..50 {
+        assert_forwarded(&mut fx, &f, 14, key, QosClass::Realtime);
+    }
+    // Removing the last policers turns policing off.
+    fx.dp.remove_policer(&rt).unwrap();
+    fx.dp.remove_policer(&inter).unwrap();
+    assert_eq!(
+        fx.dp.config().unwrap().flags & dwcp_common::CONFIG_F_POLICING,
+        0
+    );
+    assert_forwarded(&mut fx, &tcp_frame, 14, tkey, QosClass::Interactive);
+}

@@ -17,12 +17,13 @@ pub mod names {
     pub const CLASSIFIER: &str = "CLASSIFIER";
     pub const CLASS_PORTS: &str = "CLASS_PORTS";
     pub const QOS_POLICY: &str = "QOS_POLICY";
+    pub const POLICERS: &str = "POLICERS";
     pub const VNIS: &str = "VNIS";
     pub const NH_STATS: &str = "NH_STATS";
     pub const CLASS_STATS: &str = "CLASS_STATS";
     pub const REASON_STATS: &str = "REASON_STATS";
     /// Every map, for pinning and cleanup.
-    pub const ALL: [&str; 16] = [
+    pub const ALL: [&str; 17] = [
         CONFIG,
         ROUTES_V4,
         ROUTES_V6,
@@ -35,6 +36,7 @@ pub mod names {
         CLASSIFIER,
         CLASS_PORTS,
         QOS_POLICY,
+        POLICERS,
         VNIS,
         NH_STATS,
         CLASS_STATS,
@@ -70,6 +72,8 @@ pub const NHG_BUCKETS: usize = 1021;
 /// `GatewayConfig.flags`: the agent has finished programming; until then the LAN program
 /// passes everything up.
 pub const CONFIG_F_READY: u32 = 1;
+/// `GatewayConfig.flags`: some policer is configured (else the lookups are skipped).
+pub const CONFIG_F_POLICING: u32 = 2;
 
 /// Global settings of this gateway. One entry in `DWCP_CONFIG`.
 #[repr(C)]
@@ -234,6 +238,41 @@ pub struct QosPolicy {
     pub _pad: [u8; 6],
 }
 
+pub const MAX_POLICERS: u32 = 4_096;
+/// `PolicerKey.group_id` of a per-class policer (all destinations).
+pub const POLICER_ANY_GROUP: u32 = u32::MAX;
+/// `Policer.action`: over-rate packets are re-marked to best effort.
+pub const POLICE_REMARK: u8 = 0;
+/// `Policer.action`: over-rate packets are dropped.
+pub const POLICE_DROP: u8 = 1;
+
+/// Key of `POLICERS`: traffic of `class` towards next-hop group `group_id` (a destination's
+/// reservations), or of `class` to anywhere with `POLICER_ANY_GROUP`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct PolicerKey {
+    pub group_id: u32,
+    pub class: u8,
+    pub _pad: [u8; 3],
+}
+
+/// A token bucket. The agent writes rate, burst and action (and a full bucket); the XDP
+/// program then owns `tokens`, `last_ns` and the two counters. Updates from several CPUs are
+/// not serialised: a bucket may admit a few packets too many under contention (the gateway's
+/// LAN queue is usually served by one CPU).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Policer {
+    pub rate_bytes_per_s: u64,
+    pub burst_bytes: u64,
+    pub tokens: u64,
+    pub last_ns: u64,
+    pub conformed: u64,
+    pub exceeded: u64,
+    pub action: u8,
+    pub _pad: [u8; 7],
+}
+
 /// Value of `VNIS`: a VNI that terminates on this gateway.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -361,6 +400,8 @@ mod pod {
     unsafe impl aya::Pod for ClassifierRule {}
     unsafe impl aya::Pod for QosPolicy {}
     unsafe impl aya::Pod for VniEntry {}
+    unsafe impl aya::Pod for PolicerKey {}
+    unsafe impl aya::Pod for Policer {}
     unsafe impl aya::Pod for Counters {}
 }
 

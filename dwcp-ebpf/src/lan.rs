@@ -11,8 +11,9 @@ use aya_ebpf::{
 };
 use dwcp_common::{
     flow_hash, wire::*, ClassifierKey, LinkConfig, Neighbour, NeighbourKey, NextHop, NextHopTable,
-    QosPolicy, Reason, CLASSIFY_DST_PORT, CLASSIFY_SRC_PORT, CONFIG_F_READY, LINK_F_ADMIN_DOWN,
-    LINK_F_MONITORED, MAX_GROUP_MEMBERS, NHG_BUCKETS, NH_F_VALID, QOS_F_REWRITE,
+    PolicerKey, QosPolicy, Reason, CLASSIFY_DST_PORT, CLASSIFY_SRC_PORT, CONFIG_F_POLICING,
+    CONFIG_F_READY, LINK_F_ADMIN_DOWN, LINK_F_MONITORED, MAX_GROUP_MEMBERS, NHG_BUCKETS,
+    NH_F_VALID, POLICER_ANY_GROUP, POLICE_DROP, QOS_F_REWRITE,
 };
 
 use crate::{
@@ -111,6 +112,62 @@ fn pick_nexthop(
     Err(Reason::LanPassNoLiveNextHop)
 }
 
+enum Verdict {
+    Conform,
+    Remark,
+    Drop,
+}
+
+/// Token bucket of the destination's (group's) reservations for this class, else of the class
+/// as a whole. No policer: conform.
+#[inline(always)]
+fn police(group_id: u32, class: u8, bytes: u64, clock: &mut Clock) -> Verdict {
+    let key = PolicerKey {
+        group_id,
+        class,
+        _pad: [0; 3],
+    };
+    let p = match POLICERS.get_ptr_mut(key) {
+        Some(p) => p,
+        None => match POLICERS.get_ptr_mut(PolicerKey {
+            group_id: POLICER_ANY_GROUP,
+            class,
+            _pad: [0; 3],
+        }) {
+            Some(p) => p,
+            None => return Verdict::Conform,
+        },
+    };
+    let p = unsafe { &mut *p };
+    let now = clock.now();
+    let elapsed = now.saturating_sub(p.last_ns);
+    // Refill; a second or more of silence fills the bucket (and keeps the product in range).
+    let tokens = if elapsed >= 1_000_000_000 {
+        p.burst_bytes
+    } else {
+        let t = p.tokens + elapsed * p.rate_bytes_per_s / 1_000_000_000;
+        if t > p.burst_bytes {
+            p.burst_bytes
+        } else {
+            t
+        }
+    };
+    p.last_ns = now;
+    if tokens >= bytes {
+        p.tokens = tokens - bytes;
+        p.conformed += 1;
+        Verdict::Conform
+    } else {
+        p.tokens = tokens;
+        p.exceeded += 1;
+        if p.action == POLICE_DROP {
+            Verdict::Drop
+        } else {
+            Verdict::Remark
+        }
+    }
+}
+
 /// Does some classifier rule name `port`? One array lookup instead of two hash lookups.
 #[inline(always)]
 fn port_has_rules(port: u16) -> bool {
@@ -165,6 +222,7 @@ pub fn forward(ctx: &XdpContext) -> Result<u32, Reason> {
         return Err(Reason::LanPassNotReady);
     }
     let seed = cfg.hash_seed;
+    let policing = cfg.flags & CONFIG_F_POLICING != 0;
     let p = parse(ctx)?;
 
     let route = if p.v6 {
@@ -206,6 +264,21 @@ pub fn forward(ctx: &XdpContext) -> Result<u32, Reason> {
     let class = classify(&p, route.default_class);
     let class = if class > BEST_EFFORT {
         BEST_EFFORT
+    } else {
+        class
+    };
+    let class = if policing {
+        match police(route.group_id, class, frame_len as u64, &mut clock) {
+            Verdict::Conform => class,
+            Verdict::Remark => {
+                count(Reason::PolicerRemarked);
+                BEST_EFFORT
+            }
+            Verdict::Drop => {
+                count(Reason::PolicerDropped);
+                return Ok(xdp_action::XDP_DROP);
+            }
+        }
     } else {
         class
     };

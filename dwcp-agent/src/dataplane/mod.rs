@@ -23,8 +23,8 @@ use aya::{
 use dwcp_common::{
     maps::{names, programs},
     ClassifierKey, ClassifierRule, Counters, GatewayConfig, LinkConfig, LinkState, Neighbour,
-    NeighbourKey, NextHop, NextHopTable, QosPolicy, Reason, Route, VniEntry, MAX_GROUPS, MAX_LINKS,
-    MAX_NEXTHOPS,
+    NeighbourKey, NextHop, NextHopTable, Policer, PolicerKey, QosPolicy, Reason, Route, VniEntry,
+    MAX_GROUPS, MAX_LINKS, MAX_NEXTHOPS,
 };
 use thiserror::Error;
 use tracing::{info, warn};
@@ -126,6 +126,7 @@ pub struct Dataplane {
     classifier: HashMap<MapData, ClassifierKey, ClassifierRule>,
     class_ports: Array<MapData, u64>,
     qos: Array<MapData, QosPolicy>,
+    policers: HashMap<MapData, PolicerKey, Policer>,
     vnis: HashMap<MapData, u32, VniEntry>,
     nh_stats: PerCpuArray<MapData, Counters>,
     class_stats: PerCpuArray<MapData, Counters>,
@@ -199,6 +200,7 @@ impl Dataplane {
             classifier: take!(ebpf, names::CLASSIFIER),
             class_ports: take!(ebpf, names::CLASS_PORTS),
             qos: take!(ebpf, names::QOS_POLICY),
+            policers: take!(ebpf, names::POLICERS),
             vnis: take!(ebpf, names::VNIS),
             nh_stats: take!(ebpf, names::NH_STATS),
             class_stats: take!(ebpf, names::CLASS_STATS),
@@ -455,6 +457,52 @@ impl Dataplane {
         self.qos
             .set(class as u32, p, 0)
             .map_err(map_err(names::QOS_POLICY))
+    }
+
+    /// Installs or replaces a token-bucket policer (bucket starts full) and turns policing on.
+    pub fn set_policer(
+        &mut self,
+        key: PolicerKey,
+        rate_bytes_per_s: u64,
+        burst_bytes: u64,
+        action: u8,
+    ) -> Result<()> {
+        let p = Policer {
+            rate_bytes_per_s,
+            burst_bytes,
+            tokens: burst_bytes,
+            action,
+            ..Default::default()
+        };
+        self.policers
+            .insert(key, p, 0)
+            .map_err(map_err(names::POLICERS))?;
+        let mut cfg = self.config()?;
+        cfg.flags |= dwcp_common::CONFIG_F_POLICING;
+        self.set_config(cfg)
+    }
+
+    /// Removes a policer; policing is turned off with the last one.
+    pub fn remove_policer(&mut self, key: &PolicerKey) -> Result<()> {
+        match self.policers.remove(key) {
+            Ok(()) | Err(MapError::KeyNotFound) => {}
+            Err(e) => return Err(map_err(names::POLICERS)(e)),
+        }
+        if self.policers.keys().next().is_none() {
+            let mut cfg = self.config()?;
+            cfg.flags &= !dwcp_common::CONFIG_F_POLICING;
+            self.set_config(cfg)?;
+        }
+        Ok(())
+    }
+
+    /// A policer with its counters.
+    pub fn policer(&self, key: &PolicerKey) -> Result<Option<Policer>> {
+        match self.policers.get(key, 0) {
+            Ok(p) => Ok(Some(p)),
+            Err(MapError::KeyNotFound) => Ok(None),
+            Err(e) => Err(map_err(names::POLICERS)(e)),
+        }
     }
 
     /// Terminates `vni` here: its traffic is decapsulated and delivered towards `lan_ifindex`.
