@@ -4,4 +4,5 @@ pub mod health;
 pub mod lab;
 pub mod netlab;
 pub mod probe;
+pub mod prober;
 pub mod redundancy;
