@@ -29,6 +29,10 @@ struct Args {
     /// Longest wait between re-probes of a dead link.
     #[arg(long, default_value_t = 1000)]
     backoff_cap_ms: u64,
+    /// Run in the SCHED_FIFO real-time class at this priority (1-99) so probes leave on time
+    /// on a busy host; 0 = normal scheduling.
+    #[arg(long, default_value_t = 0)]
+    rt_priority: i32,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -46,6 +50,11 @@ fn main() -> anyhow::Result<()> {
             .with_context(|| format!("opening network namespace {}", path.display()))?;
         dwcp_agent::netlab::enter(&file)
             .with_context(|| format!("entering network namespace {ns}"))?;
+    }
+    if args.rt_priority > 0 {
+        // The runtime is single-threaded: this thread sends every probe.
+        dwcp_agent::prober::set_realtime_priority(args.rt_priority)
+            .with_context(|| format!("SCHED_FIFO priority {}", args.rt_priority))?;
     }
     let mut config = ProberConfig::new(&args.pin_dir);
     let interval = Duration::from_millis(args.interval_ms);

@@ -36,7 +36,7 @@ use crate::{
     dataplane::{AttachMode, Dataplane, Pinning},
     netlab::{self, NetlabError, Netns},
     probe::{kernel_usable, LinkEvent, LinkMonitor, MonitorConfig, ProbeHandle},
-    prober::{open_link_state, PinnedProbeCounts, Prober, ProberConfig},
+    prober::{open_link_state, set_realtime_priority, PinnedProbeCounts, Prober, ProberConfig},
 };
 
 /// The group of the route to the other region.
@@ -197,8 +197,13 @@ pub struct ProberThread {
 }
 
 impl ProberThread {
-    /// Starts a prober in `ns` on the maps pinned under `config.pin_dir`.
-    pub fn spawn(ns: &Netns, config: ProberConfig) -> Result<ProberThread> {
+    /// Starts a prober in `ns` on the maps pinned under `config.pin_dir`, in the `SCHED_FIFO`
+    /// class at `rt_priority` if given.
+    pub fn spawn(
+        ns: &Netns,
+        config: ProberConfig,
+        rt_priority: Option<i32>,
+    ) -> Result<ProberThread> {
         let file = File::open(ns.path()).map_err(|source| NetlabError::Enter {
             name: ns.name().to_string(),
             source,
@@ -212,6 +217,16 @@ impl ProberThread {
                 if let Err(source) = netlab::enter(&file) {
                     let _ = ready_tx.send(Err(NetlabError::Enter { name, source }.into()));
                     return;
+                }
+                if let Some(p) = rt_priority {
+                    if let Err(source) = set_realtime_priority(p) {
+                        let _ = ready_tx.send(Err(NetlabError::Spawn {
+                            cmd: format!("SCHED_FIFO priority {p} for the prober"),
+                            source,
+                        }
+                        .into()));
+                        return;
+                    }
                 }
                 let rt = match tokio::runtime::Builder::new_current_thread()
                     .enable_all()
@@ -301,6 +316,9 @@ pub struct MultiLinkLab {
     pub links: Vec<UnderlayLink>,
     /// The monitors' thresholds, and through [`MonitorConfig::link_config`] the kernel's.
     pub monitor: MonitorConfig,
+    /// `SCHED_FIFO` priority of the probers (default 10): the lab's machine is shared, and a
+    /// prober starved past the detection time would fail healthy links over.
+    pub prober_rt_priority: Option<i32>,
     probers: Vec<(Side, ProberThread)>,
     pins: PinRoot,
 }
@@ -378,6 +396,7 @@ impl MultiLinkLab {
             b,
             links,
             monitor,
+            prober_rt_priority: Some(10),
             probers: Vec::new(),
             pins,
         })
@@ -495,7 +514,7 @@ impl MultiLinkLab {
 
     /// Arguments of `dwcp-prober` for a gateway, to run it as a process of its own.
     pub fn prober_args(&self, side: Side) -> Vec<String> {
-        vec![
+        let mut args = vec![
             "--pin-dir".into(),
             self.pin_dir(side).display().to_string(),
             "--netns".into(),
@@ -504,13 +523,21 @@ impl MultiLinkLab {
             self.monitor.interval.as_millis().to_string(),
             "--detect-multiplier".into(),
             self.monitor.detect_multiplier.to_string(),
-        ]
+        ];
+        if let Some(p) = self.prober_rt_priority {
+            args.extend(["--rt-priority".into(), p.to_string()]);
+        }
+        args
     }
 
     /// Starts a prober thread on each gateway.
     pub fn start_probers(&mut self) -> Result<()> {
         for side in [Side::A, Side::B] {
-            let p = ProberThread::spawn(&self.region(side).gw, self.prober_config(side))?;
+            let p = ProberThread::spawn(
+                &self.region(side).gw,
+                self.prober_config(side),
+                self.prober_rt_priority,
+            )?;
             self.probers.push((side, p));
         }
         Ok(())

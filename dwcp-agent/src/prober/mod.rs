@@ -108,6 +108,21 @@ fn open_array<V: aya::Pod>(
         .map_err(err)
 }
 
+/// Puts the calling thread in the `SCHED_FIFO` real-time class at `priority` (1-99), so its
+/// probes leave on time on a busy host: a prober starved for longer than the detection time
+/// makes healthy links look dead. Needs root or `CAP_SYS_NICE` (systemd:
+/// `CPUSchedulingPolicy=fifo`).
+pub fn set_realtime_priority(priority: i32) -> std::io::Result<()> {
+    let param = libc::sched_param {
+        sched_priority: priority,
+    };
+    // SAFETY: pid 0 = the calling thread; param is ours.
+    if unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO, &param) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// The agent's `LINK_STATE`, opened from its pin: the source of both monitors.
 pub fn open_link_state(pin_dir: &Path) -> Result<Array<MapData, LinkState>, ProberError> {
     open_array(pin_dir, names::LINK_STATE)
