@@ -49,6 +49,11 @@ const BEFORE_CUT: Duration = Duration::from_millis(200);
 const CUT_FOR: Duration = Duration::from_millis(400);
 const LIMIT: Duration = Duration::from_secs(20);
 const QUIET: Duration = Duration::from_secs(5);
+/// Sender and receiver run in `SCHED_FIFO` below the probers (10): the measuring tools must
+/// not be what a busy machine delays.
+const TRAFFIC_RT_PRIORITY: i32 = 5;
+/// A trial whose sender paused longer than this around the cut is left out.
+const MAX_SENDER_PAUSE_NS: u64 = 2_000_000;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Mode {
@@ -67,8 +72,14 @@ struct ModeResult {
     other_lost: u64,
     /// Trials whose cut caused no gap at all, or whose flow never came back.
     anomalies: Vec<String>,
+    /// Trials left out because the sender paused during the outage (its window would be
+    /// measured short).
+    sender_stalled: usize,
     sent: u64,
     streamed: Duration,
+    /// Per trial: link, how long the nft command took, every gap (start relative to the cut
+    /// command, datagrams lost, window), the sender's longest pause around the cut.
+    details: Vec<serde_json::Value>,
 }
 
 struct NhStats(PerCpuArray<MapData, Counters>);
@@ -160,13 +171,20 @@ fn trial(
     label: &str,
 ) -> Result<()> {
     let dst = SocketAddr::from((lab.b.host_ip, STREAM_PORT));
-    let receiver = StreamReceiver::start(&lab.b.host, dst)?;
+    let receiver = StreamReceiver::start(&lab.b.host, dst, Some(TRAFFIC_RT_PRIORITY))?;
     let before: Vec<u64> = lab
         .link_ids()
         .iter()
         .map(|&l| stats.packets(l))
         .collect::<Result<_>>()?;
-    let sender = PacedSender::start(&lab.a.host, lab.a.host_ip, &[port], dst, RATE_PPS)?;
+    let sender = PacedSender::start(
+        &lab.a.host,
+        lab.a.host_ip,
+        &[port],
+        dst,
+        RATE_PPS,
+        Some(TRAFFIC_RT_PRIORITY),
+    )?;
     let streaming = Instant::now();
     std::thread::sleep(BEFORE_CUT);
     // The link carrying the flow: the next hop that counted most of what was sent (a sender
@@ -189,12 +207,14 @@ fn trial(
             ),
         }
     };
+    // The drop rule takes effect somewhere within the nft command.
+    let cut_from = monotonic_ns();
     lab.link(link).cut()?;
-    let cut_ns = monotonic_ns();
+    let cut_to = monotonic_ns();
     std::thread::sleep(CUT_FOR);
     let carried_at_heal = stats.packets(link)?;
+    let heal_from = monotonic_ns();
     lab.link(link).heal()?;
-    let heal_ns = monotonic_ns();
     // The fast path's table never changed: the flow returns to its link once it is usable
     // again. The agent rebuilt the table twice, which may leave the flow on the backup; it is
     // back once the link is usable (by the agent's rule) and the agent had a poll to react.
@@ -216,28 +236,51 @@ fn trial(
             .push(format!("{label}: link {link} never came back"));
     }
     result.sent += sent.tx_ns.values().map(|v| v.len() as u64).sum::<u64>();
-    let mut window = None;
-    for g in delivery_gaps(&sent, &arrivals) {
-        // The failover gap starts at the cut (a datagram in flight at most a few ms before).
-        let at_cut = g.start_ns + 5_000_000 >= cut_ns && g.start_ns < heal_ns;
-        match (at_cut, g.window_ns()) {
-            (true, Some(w)) if window.is_none() => {
-                window = Some(w as f64 / 1e6);
-                result.failover_lost += g.lost as u64;
-            }
-            _ if g.start_ns >= heal_ns => result.failback_lost += g.lost as u64,
-            _ => result.other_lost += g.lost as u64,
+    let gaps = delivery_gaps(&sent, &arrivals);
+    // The failover gap: the first one that starts at the cut (a datagram sent up to 2 ms
+    // before the rule can still be inside the wire when it lands) and before the heal.
+    let failover = gaps
+        .iter()
+        .find(|g| g.start_ns + 2_000_000 >= cut_from && g.start_ns < heal_from)
+        .copied();
+    for g in &gaps {
+        if Some(*g) == failover {
+            result.failover_lost += g.lost as u64;
+        } else if g.start_ns >= heal_from {
+            result.failback_lost += g.lost as u64;
+        } else {
+            result.other_lost += g.lost as u64;
         }
     }
-    match window {
-        Some(w) => {
-            eprintln!("{label}: link {link} cut, loss window {w:.1} ms");
-            result.windows_ms.push(w);
+    let rel_ms = |t: u64| (t as f64 - cut_from as f64) / 1e6;
+    let mut detail = serde_json::json!({
+        "trial": label,
+        "link": link,
+        "cut_command_ms": (cut_to - cut_from) as f64 / 1e6,
+        "gaps": gaps.iter().map(|g| serde_json::json!({
+            "start_after_cut_ms": rel_ms(g.start_ns),
+            "lost": g.lost,
+            "window_ms": g.window_ns().map(|w| w as f64 / 1e6),
+        })).collect::<Vec<_>>(),
+    });
+    match failover.and_then(|g| g.end_ns.map(|end| (g, end))) {
+        Some((g, end)) => {
+            let pause = sent.longest_pause_ns(cut_from.saturating_sub(2_000_000), end);
+            detail["sender_longest_pause_ms"] = (pause as f64 / 1e6).into();
+            let w = (end - g.start_ns) as f64 / 1e6;
+            if pause > MAX_SENDER_PAUSE_NS {
+                eprintln!("{label}: link {link} cut, window {w:.1} ms left out: the sender paused {:.1} ms", pause as f64 / 1e6);
+                result.sender_stalled += 1;
+            } else {
+                eprintln!("{label}: link {link} cut, loss window {w:.1} ms");
+                result.windows_ms.push(w);
+            }
         }
         None => result
             .anomalies
             .push(format!("{label}: no loss window at the cut of link {link}")),
     }
+    result.details.push(detail);
     Ok(())
 }
 
@@ -410,6 +453,9 @@ fn main() -> Result<()> {
         "kernel_windows_ms": kernel.windows_ms,
         "agent_windows_ms": agent.windows_ms,
         "anomalies": kernel.anomalies.iter().chain(&agent.anomalies).collect::<Vec<_>>(),
+        "left_out_sender_stalled": { "kernel": kernel.sender_stalled, "agent": agent.sender_stalled },
+        "kernel_trials": kernel.details,
+        "agent_trials": agent.details,
         "load_average": { "before": load_before, "after": load_after },
     });
     let out = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/bench");
@@ -421,16 +467,17 @@ fn main() -> Result<()> {
 
     let row = |name: &str, r: &ModeResult, p50: f64, p99: f64, max: f64, min: f64| {
         format!(
-            "| {name} | {} | {min:.1} | {p50:.1} | {p99:.1} | {max:.1} | {} | {} | {} |",
+            "| {name} | {} | {} | {min:.1} | {p50:.1} | {p99:.1} | {max:.1} | {} | {} | {} |",
             r.windows_ms.len(),
+            r.sender_stalled,
             r.failover_lost,
             r.failback_lost,
             r.other_lost
         )
     };
     println!("Loss window when the link carrying a {RATE_PPS} datagrams/s UDP flow is cut silently (probes every {interval_ms:.0} ms, detection {} x {interval_ms:.0} ms = {detect_ms:.0} ms, failback after {} good probes).\n", monitor.detect_multiplier, monitor.up_after);
-    println!("| failover by | trials | min ms | p50 ms | p99 ms | max ms | lost at failover (datagrams) | lost at failback | lost elsewhere |");
-    println!("|---|---|---|---|---|---|---|---|---|");
+    println!("| failover by | trials | left out | min ms | p50 ms | p99 ms | max ms | lost at failover (datagrams) | lost at failback | lost elsewhere |");
+    println!("|---|---|---|---|---|---|---|---|---|---|");
     println!(
         "{}",
         row("fast path (XDP liveness)", &kernel, p50, p99, max, min)
@@ -459,7 +506,7 @@ fn main() -> Result<()> {
                 .collect::<Vec<_>>()
         );
     }
-    println!("\nMethod: network-namespace lab, two gateways joined by two veth links, each through a wire namespace with a bridge where the cut is an nftables drop rule (so neither gateway sees a carrier change). The sender is paced with absolute `clock_nanosleep` deadlines; every datagram carries its sequence number and `CLOCK_MONOTONIC` send time. Loss window = send time of the first datagram delivered after the gap minus send time of the first lost one. The sender achieved {:.0} datagrams/s on average (fast-path phase). The probers run in the `SCHED_FIFO` class at priority 10 (the lab's default; `dwcp-prober --rt-priority 10` on a gateway). Each trial uses a new UDP source port (new flow), finds the link carrying it from the per-next-hop counters, cuts that link 200 ms into the flow, heals it 400 ms later and waits for the flow to return. Load average (1/5/15 min) before: {load_before}; after: {load_after} -- the machine (2 cores) is shared, so the tail includes scheduling delays of the sender and the receiver threads.", kernel.sent as f64 / kernel.streamed.as_secs_f64());
+    println!("\nMethod: network-namespace lab, two gateways joined by two veth links, each through a wire namespace with a bridge where the cut is an nftables drop rule (so neither gateway sees a carrier change). The sender is paced with absolute `clock_nanosleep` deadlines; every datagram carries its sequence number and `CLOCK_MONOTONIC` send time. Loss window = send time of the first datagram delivered after the gap minus send time of the first lost one. The sender achieved {:.0} datagrams/s on average (fast-path phase). The probers run in the `SCHED_FIFO` class at priority 10 (the lab's default; `dwcp-prober --rt-priority 10` on a gateway), the sender and the receiver at priority 5, the baseline's agent loop in the normal class (as an agent daemon would). A trial whose sender paused more than 2 ms between the cut and the end of the gap is left out (its window would read short) and counted as left out. Percentiles are nearest-rank; with fewer than 100 trials the p99 is the maximum. Per-trial details (every gap, the nft command's duration, the sender's longest pause) are in `target/bench/failover.json`. Each trial uses a new UDP source port (new flow), finds the link carrying it from the per-next-hop counters, cuts that link 200 ms into the flow, heals it 400 ms later and waits for the flow to return. Load average (1/5/15 min) before: {load_before}; after: {load_after} -- the machine (2 cores) is shared, so the tail includes scheduling delays of the sender and the receiver threads.", kernel.sent as f64 / kernel.streamed.as_secs_f64());
     println!("\nMeaning: the window is the detection time (no reply for 30 ms, counted from the last reply before the cut, so 20 to 30 ms after the cut) plus the time until the next datagram; the fast path needs no userspace step after detection. The baseline adds the agent's poll period and the group rewrite.");
     Ok(())
 }

@@ -101,9 +101,9 @@ fn stream(
     pps: u32,
 ) -> (PacedSender, StreamReceiver) {
     let dst = SocketAddr::from((lab.b.host_ip, STREAM_PORT));
-    let rx = StreamReceiver::start(&lab.b.host, dst).unwrap();
+    let rx = StreamReceiver::start(&lab.b.host, dst, None).unwrap();
     let ports: Vec<u16> = flows.iter().flat_map(|(_, p)| p.clone()).collect();
-    let tx = PacedSender::start(&lab.a.host, lab.a.host_ip, &ports, dst, pps).unwrap();
+    let tx = PacedSender::start(&lab.a.host, lab.a.host_ip, &ports, dst, pps, None).unwrap();
     (tx, rx)
 }
 

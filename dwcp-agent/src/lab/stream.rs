@@ -18,6 +18,7 @@ use super::{LabError, Result};
 use crate::{
     netlab::{self, NetlabError, Netns},
     probe::monotonic_ns,
+    prober::set_realtime_priority,
 };
 
 const MAGIC: u32 = 0x4457_5351; // "DWSQ"
@@ -79,7 +80,9 @@ pub struct StreamReceiver {
 }
 
 impl StreamReceiver {
-    pub fn start(ns: &Netns, addr: SocketAddr) -> Result<StreamReceiver> {
+    /// Starts receiving at `addr` in `ns`; with `rt_priority` the thread runs in the
+    /// `SCHED_FIFO` class so that a busy machine does not delay it.
+    pub fn start(ns: &Netns, addr: SocketAddr, rt_priority: Option<i32>) -> Result<StreamReceiver> {
         let socket = socket_in(ns, addr)?;
         // Room for seconds of traffic: a receiver thread descheduled on a busy machine must
         // not turn into loss that the failover did not cause. (FORCE: above rmem_max, as root.)
@@ -105,19 +108,31 @@ impl StreamReceiver {
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
         let thread = std::thread::spawn(move || {
+            if let Some(p) = rt_priority {
+                let _ = set_realtime_priority(p);
+            }
             let mut got = Vec::new();
             let mut buf = [0u8; 256];
+            let mut record = |n: usize, buf: &[u8]| {
+                let rx_ns = monotonic_ns();
+                if let Some((flow, seq, tx_ns)) = decode(&buf[..n]) {
+                    got.push(Arrival {
+                        flow,
+                        seq,
+                        tx_ns,
+                        rx_ns,
+                    });
+                }
+            };
             while !flag.load(Ordering::Relaxed) {
                 if let Ok(n) = socket.recv(&mut buf) {
-                    let rx_ns = monotonic_ns();
-                    if let Some((flow, seq, tx_ns)) = decode(&buf[..n]) {
-                        got.push(Arrival {
-                            flow,
-                            seq,
-                            tx_ns,
-                            rx_ns,
-                        });
-                    }
+                    record(n, &buf);
+                }
+            }
+            // What arrived but was not read yet (the thread was behind) is not lost.
+            if socket.set_nonblocking(true).is_ok() {
+                while let Ok(n) = socket.recv(&mut buf) {
+                    record(n, &buf);
                 }
             }
             got
@@ -164,12 +179,15 @@ pub struct PacedSender {
 }
 
 impl PacedSender {
+    /// With `rt_priority` the thread runs in the `SCHED_FIFO` class, so that the pacing holds
+    /// on a busy machine (it sleeps between datagrams, so it does not hog a core).
     pub fn start(
         ns: &Netns,
         src: Ipv4Addr,
         flows: &[u16],
         dst: SocketAddr,
         rate_pps: u32,
+        rt_priority: Option<i32>,
     ) -> Result<PacedSender> {
         let mut sockets = Vec::new();
         for &port in flows {
@@ -182,6 +200,9 @@ impl PacedSender {
         let period_ns = 1_000_000_000 / rate_pps.max(1) as u64;
         let thread = std::thread::spawn(move || {
             let _ = netlab::enter(&ns_file);
+            if let Some(p) = rt_priority {
+                let _ = set_realtime_priority(p);
+            }
             // Wake-ups within a microsecond of the deadline instead of the default 50 us
             // slack, or the pacing of 100 us periods would be mostly slack.
             // SAFETY: prctl on the calling thread with an integer argument.
@@ -272,6 +293,22 @@ pub struct Gap {
     pub start_ns: u64,
     /// Send time of the first datagram that arrived after the run, if any did.
     pub end_ns: Option<u64>,
+}
+
+impl SentLog {
+    /// The longest time between two consecutive datagrams (any flow) sent between `from_ns`
+    /// and `to_ns`: a stalled sender makes a loss window look shorter than it was.
+    pub fn longest_pause_ns(&self, from_ns: u64, to_ns: u64) -> u64 {
+        let mut times: Vec<u64> = self
+            .tx_ns
+            .values()
+            .flatten()
+            .copied()
+            .filter(|t| (from_ns..=to_ns).contains(t))
+            .collect();
+        times.sort_unstable();
+        times.windows(2).map(|w| w[1] - w[0]).max().unwrap_or(0)
+    }
 }
 
 impl Gap {
@@ -376,6 +413,17 @@ mod tests {
         let other: Vec<Arrival> = vec![arr(2, 3), arr(1, 99)];
         assert_eq!(delivery_gaps(&sent, &other).len(), 1);
         assert_eq!(delivery_gaps(&sent, &other)[0].lost, 10);
+    }
+
+    #[test]
+    fn longest_pause_within_a_span() {
+        let mut l = log(1, 5); // 1000, 1100, 1200, 1300, 1400
+        l.tx_ns.insert(2, vec![1150, 1390]);
+        assert_eq!(l.longest_pause_ns(0, 10_000), 100);
+        assert_eq!(l.longest_pause_ns(1150, 1300), 100);
+        l.tx_ns.get_mut(&1).unwrap().push(2000);
+        assert_eq!(l.longest_pause_ns(0, 10_000), 600);
+        assert_eq!(l.longest_pause_ns(0, 1500), 100);
     }
 
     proptest! {
