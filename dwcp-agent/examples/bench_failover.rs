@@ -41,7 +41,7 @@ use dwcp_agent::{
     },
     probe::{monotonic_ns, LinkEventKind, MonitorConfig, ProbeCounts},
 };
-use dwcp_common::{maps::names, Counters, LinkConfig};
+use dwcp_common::{maps::names, Counters, LinkConfig, Reason};
 
 const RATE_PPS: u32 = 10_000;
 const STREAM_PORT: u16 = 9000;
@@ -77,22 +77,45 @@ struct ModeResult {
     sender_stalled: usize,
     sent: u64,
     streamed: Duration,
+    /// Gaps other than the failover one, described.
+    other_gaps: Vec<String>,
     /// Per trial: link, how long the nft command took, every gap (start relative to the cut
     /// command, datagrams lost, window), the sender's longest pause around the cut.
     details: Vec<serde_json::Value>,
 }
 
-struct NhStats(PerCpuArray<MapData, Counters>);
+/// Gateway A's per-next-hop and per-reason counters, from their pins.
+struct NhStats {
+    nexthops: PerCpuArray<MapData, Counters>,
+    reasons: PerCpuArray<MapData, u64>,
+}
 
 impl NhStats {
     fn open(lab: &MultiLinkLab) -> Result<NhStats> {
-        let path = lab.pin_dir(Side::A).join(names::NH_STATS);
-        let data = MapData::from_pin(&path).with_context(|| format!("{}", path.display()))?;
-        Ok(NhStats(Map::from_map_data(data)?.try_into()?))
+        let open = |name: &str| -> Result<Map> {
+            let path = lab.pin_dir(Side::A).join(name);
+            let data = MapData::from_pin(&path).with_context(|| format!("{}", path.display()))?;
+            Ok(Map::from_map_data(data)?)
+        };
+        Ok(NhStats {
+            nexthops: open(names::NH_STATS)?.try_into()?,
+            reasons: open(names::REASON_STATS)?.try_into()?,
+        })
     }
 
     fn packets(&self, nexthop: u32) -> Result<u64> {
-        Ok(self.0.get(&nexthop, 0)?.iter().map(|c| c.packets).sum())
+        Ok(self
+            .nexthops
+            .get(&nexthop, 0)?
+            .iter()
+            .map(|c| c.packets)
+            .sum())
+    }
+
+    /// Packets gateway A passed up because no member of the group was live.
+    fn no_live_nexthop(&self) -> Result<u64> {
+        let r = Reason::LanPassNoLiveNextHop as u32;
+        Ok(self.reasons.get(&r, 0)?.iter().sum())
     }
 }
 
@@ -186,6 +209,7 @@ fn trial(
         Some(TRAFFIC_RT_PRIORITY),
     )?;
     let streaming = Instant::now();
+    let no_live_before = stats.no_live_nexthop()?;
     std::thread::sleep(BEFORE_CUT);
     // The link carrying the flow: the next hop that counted most of what was sent (a sender
     // thread slow to start on a busy machine gets up to 2 s more).
@@ -229,6 +253,7 @@ fn trial(
     std::thread::sleep(Duration::from_millis(100));
     let sent = sender.finish();
     result.streamed += streaming.elapsed();
+    let no_live = stats.no_live_nexthop()? - no_live_before;
     let arrivals = receiver.finish(Duration::from_millis(100));
     if back.is_err() {
         result
@@ -250,6 +275,12 @@ fn trial(
             result.failback_lost += g.lost as u64;
         } else {
             result.other_lost += g.lost as u64;
+            result.other_gaps.push(format!(
+                "{label} (link {link} cut): {} datagrams over {:.1} ms, from {:.1} ms after the cut command began; in this trial gateway A passed {no_live} packets up for lack of a live next hop",
+                g.lost,
+                g.window_ns().unwrap_or(0) as f64 / 1e6,
+                (g.start_ns as f64 - cut_from as f64) / 1e6
+            ));
         }
     }
     let rel_ms = |t: u64| (t as f64 - cut_from as f64) / 1e6;
@@ -257,6 +288,7 @@ fn trial(
         "trial": label,
         "link": link,
         "cut_command_ms": (cut_to - cut_from) as f64 / 1e6,
+        "no_live_nexthop_packets": no_live,
         "gaps": gaps.iter().map(|g| serde_json::json!({
             "start_after_cut_ms": rel_ms(g.start_ns),
             "lost": g.lost,
@@ -506,7 +538,10 @@ fn main() -> Result<()> {
                 .collect::<Vec<_>>()
         );
     }
+    for g in kernel.other_gaps.iter().chain(&agent.other_gaps) {
+        println!("- Lost elsewhere: {g}.");
+    }
     println!("\nMethod: network-namespace lab, two gateways joined by two veth links, each through a wire namespace with a bridge where the cut is an nftables drop rule (so neither gateway sees a carrier change). The sender is paced with absolute `clock_nanosleep` deadlines; every datagram carries its sequence number and `CLOCK_MONOTONIC` send time. Loss window = send time of the first datagram delivered after the gap minus send time of the first lost one. The sender achieved {:.0} datagrams/s on average (fast-path phase). The probers run in the `SCHED_FIFO` class at priority 10 (the lab's default; `dwcp-prober --rt-priority 10` on a gateway), the sender and the receiver at priority 5, the baseline's agent loop in the normal class (as an agent daemon would). A trial whose sender paused more than 2 ms between the cut and the end of the gap is left out (its window would read short) and counted as left out. Percentiles are nearest-rank; with fewer than 100 trials the p99 is the maximum. Per-trial details (every gap, the nft command's duration, the sender's longest pause) are in `target/bench/failover.json`. Each trial uses a new UDP source port (new flow), finds the link carrying it from the per-next-hop counters, cuts that link 200 ms into the flow, heals it 400 ms later and waits for the flow to return. Load average (1/5/15 min) before: {load_before}; after: {load_after} -- the machine (2 cores) is shared, so the tail includes scheduling delays of the sender and the receiver threads.", kernel.sent as f64 / kernel.streamed.as_secs_f64());
-    println!("\nMeaning: the window is the detection time (no reply for 30 ms, counted from the last reply before the cut, so 20 to 30 ms after the cut) plus the time until the next datagram; the fast path needs no userspace step after detection. The baseline adds the agent's poll period and the group rewrite.");
+    println!("\nMeaning: the window is the detection time (no reply for 30 ms, counted from the last reply before the cut, so 20 to 30 ms after the cut) plus the time until the next datagram; the fast path needs no userspace step after detection. The baseline adds the agent's poll period and the group rewrite. \"Lost at failback\" counts datagrams lost after the heal (the flow moving back to its link); \"lost elsewhere\" counts gaps other than the failover one before the heal (each is listed above with the packets gateway A passed up for lack of a live next hop in that trial: if those match, the backup link too was considered dead for that long).");
     Ok(())
 }
