@@ -12,7 +12,6 @@
 use std::{
     io::Write,
     process::{Command, Stdio},
-    sync::Mutex,
 };
 
 use super::{
@@ -32,8 +31,18 @@ pub struct ClampEntry {
 #[derive(Debug)]
 pub(crate) struct MssClamp {
     ns: NetnsTarget,
-    /// The entries last applied by this process; `None` until the first sync.
-    applied: Mutex<Option<Vec<ClampEntry>>>,
+}
+
+/// A fingerprint of the rules, kept as the table's comment so that any later process can
+/// tell whether the table in the kernel is already the one wanted.
+fn fingerprint(rules: &str) -> String {
+    // FNV-1a, 64 bit: stable across processes and builds.
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in rules.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("dwcp {h:016x}")
 }
 
 /// The nft script that replaces the table with one holding rules for `entries` (or deletes it
@@ -44,14 +53,12 @@ pub fn ruleset(entries: &[ClampEntry]) -> String {
     if entries.is_empty() {
         return s;
     }
-    s.push_str(&format!(
-        "table inet {TABLE} {{\n  chain forward {{\n    type filter hook forward priority mangle; policy accept;\n"
-    ));
+    let mut rules = String::new();
     for e in entries {
         for (family, ipv6) in [("ipv4", false), ("ipv6", true)] {
             let mss = mss_for_mtu(e.mtu, ipv6);
             for dir in ["oifname", "iifname"] {
-                s.push_str(&format!(
+                rules.push_str(&format!(
                     "    {dir} \"{ifname}\" meta nfproto {family} tcp flags & (syn | rst) == syn \
                      tcp option maxseg size > {mss} tcp option maxseg size set {mss}\n",
                     ifname = e.ifname
@@ -59,24 +66,48 @@ pub fn ruleset(entries: &[ClampEntry]) -> String {
             }
         }
     }
-    s.push_str("  }\n}\n");
+    s.push_str(&format!(
+        "table inet {TABLE} {{\n  comment \"{}\"\n  chain forward {{\n    type filter hook forward priority mangle; policy accept;\n{rules}  }}\n}}\n",
+        fingerprint(&rules)
+    ));
     s
+}
+
+/// The fingerprint `ruleset(entries)` carries (`None` for no entries: no table).
+fn wanted_fingerprint(entries: &[ClampEntry]) -> Option<String> {
+    let script = ruleset(entries);
+    let start = script.find("comment \"")? + "comment \"".len();
+    let end = start + script[start..].find('"')?;
+    Some(script[start..end].to_string())
 }
 
 impl MssClamp {
     pub fn new(ns: NetnsTarget) -> Self {
-        MssClamp {
-            ns,
-            applied: Mutex::new(None),
-        }
+        MssClamp { ns }
     }
 
-    /// Makes the table match `entries`; returns whether anything was applied.
+    /// The comment of the table in the kernel; `None` when there is no table.
+    fn installed_fingerprint(&self) -> Result<Option<String>> {
+        let mut cmd = Command::new("nft");
+        cmd.args(["list", "table", "inet", TABLE]);
+        let out = self.ns.output(cmd)?;
+        if !out.status.success() {
+            return Ok(None);
+        }
+        let text = String::from_utf8_lossy(&out.stdout);
+        Ok(Some(
+            text.lines()
+                .find_map(|l| l.trim().strip_prefix("comment \""))
+                .map(|c| c.trim_end_matches('"').to_string())
+                .unwrap_or_default(),
+        ))
+    }
+
+    /// Makes the table match `entries`; returns whether anything was changed.
     pub fn sync(&self, mut entries: Vec<ClampEntry>) -> Result<bool> {
         entries.sort();
         entries.dedup();
-        let mut applied = self.applied.lock().unwrap_or_else(|e| e.into_inner());
-        if applied.as_ref() == Some(&entries) {
+        if self.installed_fingerprint()? == wanted_fingerprint(&entries) {
             return Ok(false);
         }
         let script = ruleset(&entries);
@@ -110,7 +141,6 @@ impl MssClamp {
                 detail: String::from_utf8_lossy(&out.stderr).trim().to_string(),
             });
         }
-        *applied = Some(entries);
         Ok(true)
     }
 }
@@ -130,6 +160,9 @@ mod tests {
         assert!(s.contains("maxseg size > 1410 tcp option maxseg size set 1410"));
         assert!(s.contains("maxseg size > 1390 tcp option maxseg size set 1390"));
         assert!(ruleset(&[]).ends_with(&format!("delete table inet {TABLE}\n")));
+        assert_eq!(wanted_fingerprint(&[]), None);
+        let other = [ClampEntry { ifname: "vx1".into(), mtu: 1400 }];
+        assert_ne!(wanted_fingerprint(&other), wanted_fingerprint(&[ClampEntry { ifname: "vx1".into(), mtu: 1450 }]));
     }
 
     /// The generated script is valid nftables: `nft -c` (check only) accepts it.

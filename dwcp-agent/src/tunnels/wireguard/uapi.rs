@@ -84,6 +84,14 @@ impl UserspaceWireGuard {
             .await
             .map_err(|e| TunnelError::wg(ifname, format!("{what}: {e}")))??;
         if !out.status.success() {
+            // A wireguard-go started by a killed agent may have been finishing the same device
+            // (TUN busy, socket in use): if it now answers, adopt it.
+            for _ in 0..50 {
+                if self.rtnl.link(ifname).await?.is_some() && self.connect(ifname).await?.is_some() {
+                    return Ok(());
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
             // Drop wireguard-go's banner about the kernel module; keep the actual complaint.
             let stderr = String::from_utf8_lossy(&out.stderr);
             let detail: Vec<&str> = stderr
