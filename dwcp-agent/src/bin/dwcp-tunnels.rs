@@ -15,7 +15,7 @@ use dwcp_agent::tunnels::{
     kernel_support,
     rotation::{rotate_key, LocalPeer},
     ManagerConfig, NetnsTarget, PresharedKey, TunnelHealth, TunnelManager, TunnelsFile,
-    WireGuardImpl,
+    WireGuardImpl, SECRET_SAFE_LOG_DIRECTIVES,
 };
 
 #[derive(Parser)]
@@ -80,7 +80,8 @@ fn wireguard_impl(s: &str) -> WireGuardImpl {
 }
 
 fn read_file(path: &PathBuf) -> Result<TunnelsFile> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     TunnelsFile::parse(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
 }
 
@@ -103,7 +104,10 @@ fn print_health(h: &TunnelHealth) {
             Some(age) => println!("    latest handshake: {age:.1} s ago"),
             None => println!("    latest handshake: never"),
         }
-        println!("    transfer: {} B received, {} B sent", wg.rx_bytes, wg.tx_bytes);
+        println!(
+            "    transfer: {} B received, {} B sent",
+            wg.rx_bytes, wg.tx_bytes
+        );
         if let Some(r) = wg.rotation {
             println!("    key rotation: {r:?}");
         }
@@ -135,7 +139,11 @@ async fn run(cli: Cli) -> Result<bool> {
                 println!("{}", serde_json::to_string_pretty(&all)?);
             } else {
                 for s in all {
-                    let verdict = if s.supported { "supported" } else { "NOT supported" };
+                    let verdict = if s.supported {
+                        "supported"
+                    } else {
+                        "NOT supported"
+                    };
                     println!("{:<10} {verdict}: {}", s.kind.to_string(), s.detail);
                 }
             }
@@ -243,15 +251,20 @@ async fn run(cli: Cli) -> Result<bool> {
 }
 
 fn main() -> ExitCode {
+    let mut filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    for directive in SECRET_SAFE_LOG_DIRECTIVES {
+        filter = filter.add_directive(directive.parse().expect("valid directive"));
+    }
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
+        .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
-    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the runtime: {e}");

@@ -48,6 +48,11 @@ use self::{
     wireguard::{plan, DeviceConfig, PeerConfig, WireGuardBackend},
 };
 
+/// Log directives every dwcp binary must add to its filter: `netlink_proto` prints whole
+/// netlink messages at trace level, and for the kernel WireGuard backend those carry private
+/// and preshared keys.
+pub const SECRET_SAFE_LOG_DIRECTIVES: &[&str] = &["netlink_proto=info"];
+
 /// A WireGuard session is unusable this long after its handshake (the protocol's
 /// REJECT_AFTER_TIME); a handshake older than that means the peer is not answering.
 pub const WIREGUARD_SESSION_LIFETIME: Duration = Duration::from_secs(180);
@@ -377,21 +382,32 @@ impl TunnelManager {
     }
 
     /// The private key the device should use (the next one once a rotation applied it).
-    fn device_key(&self, name: &str, changes: &mut Vec<String>) -> Result<PrivateKey> {
-        let (current, created) = self.store.private_key(name)?;
-        if created {
-            changes.push(format!(
-                "generated private key (public {})",
-                current.public_key()
-            ));
-        }
+    /// With `changes`, a missing key is generated (and reported there); without, this only
+    /// reads, for health checks.
+    fn device_key(&self, name: &str, changes: Option<&mut Vec<String>>) -> Result<PrivateKey> {
+        let writable = changes.is_some();
+        let current = match changes {
+            Some(changes) => {
+                let (key, created) = self.store.private_key(name)?;
+                if created {
+                    changes.push(format!(
+                        "generated private key (public {})",
+                        key.public_key()
+                    ));
+                }
+                key
+            }
+            None => PrivateKey::load(&self.store.private_key_path(name))?,
+        };
         if let Some(r) = self.store.rotation(name)? {
             if r.phase == RotationPhase::Applied {
                 if let Some(next) = self.store.next_key(name)? {
                     return Ok(next);
                 }
-                // The next key was already promoted; the rotation is complete.
-                self.store.clear_rotation(name)?;
+                // The next key was already promoted: the rotation is complete.
+                if writable {
+                    self.store.clear_rotation(name)?;
+                }
             }
         }
         Ok(current)
@@ -401,7 +417,7 @@ impl TunnelManager {
         &self,
         spec: &TunnelSpec,
         w: &spec::WireGuardSpec,
-        changes: &mut Vec<String>,
+        changes: Option<&mut Vec<String>>,
     ) -> Result<DeviceConfig> {
         let name = spec.name.as_str();
         let preshared_key = match &w.peer.preshared_key_file {
@@ -462,7 +478,7 @@ impl TunnelManager {
             created = true;
             changes.push(format!("created WireGuard device ({})", backend.name()));
         }
-        let desired = self.wireguard_desired(spec, w, changes)?;
+        let desired = self.wireguard_desired(spec, w, Some(changes))?;
         let status = backend
             .get(name)
             .await?
@@ -612,7 +628,7 @@ impl TunnelManager {
     pub fn public_key(&self, name: &str) -> Result<PublicKey> {
         spec::validate_ifname(name)?;
         let mut ignored = Vec::new();
-        Ok(self.device_key(name, &mut ignored)?.public_key())
+        Ok(self.device_key(name, Some(&mut ignored))?.public_key())
     }
 
     /// Age of the tunnel's private key (for scheduled rotation).
@@ -721,8 +737,7 @@ impl TunnelManager {
             problems.push(format!("no {} answers for the device", backend.name()));
             return Ok(None);
         };
-        let mut ignored = Vec::new();
-        match self.wireguard_desired(spec, w, &mut ignored) {
+        match self.wireguard_desired(spec, w, None) {
             Ok(desired) => problems.extend(
                 plan(&status, &desired)
                     .describe()

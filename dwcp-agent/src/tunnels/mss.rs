@@ -161,8 +161,17 @@ mod tests {
         assert!(s.contains("maxseg size > 1390 tcp option maxseg size set 1390"));
         assert!(ruleset(&[]).ends_with(&format!("delete table inet {TABLE}\n")));
         assert_eq!(wanted_fingerprint(&[]), None);
-        let other = [ClampEntry { ifname: "vx1".into(), mtu: 1400 }];
-        assert_ne!(wanted_fingerprint(&other), wanted_fingerprint(&[ClampEntry { ifname: "vx1".into(), mtu: 1450 }]));
+        let other = [ClampEntry {
+            ifname: "vx1".into(),
+            mtu: 1400,
+        }];
+        assert_ne!(
+            wanted_fingerprint(&other),
+            wanted_fingerprint(&[ClampEntry {
+                ifname: "vx1".into(),
+                mtu: 1450
+            }])
+        );
     }
 
     /// The generated script is valid nftables: `nft -c` (check only) accepts it.

@@ -305,8 +305,7 @@ impl TunnelManager {
                 },
             )?;
         }
-        let mut ignored = Vec::new();
-        let desired = self.wireguard_desired(&spec, w, &mut ignored)?;
+        let desired = self.wireguard_desired(&spec, w, None)?;
         let status = backend
             .get(name)
             .await?

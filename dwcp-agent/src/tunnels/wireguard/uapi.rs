@@ -87,7 +87,8 @@ impl UserspaceWireGuard {
             // A wireguard-go started by a killed agent may have been finishing the same device
             // (TUN busy, socket in use): if it now answers, adopt it.
             for _ in 0..50 {
-                if self.rtnl.link(ifname).await?.is_some() && self.connect(ifname).await?.is_some() {
+                if self.rtnl.link(ifname).await?.is_some() && self.connect(ifname).await?.is_some()
+                {
                     return Ok(());
                 }
                 tokio::time::sleep(Duration::from_millis(20)).await;
