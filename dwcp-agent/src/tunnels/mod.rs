@@ -45,13 +45,19 @@ use self::{
     mss::{ClampEntry, MssClamp},
     rtnl::{LinkState, Rtnl},
     state::StateStore,
-    wireguard::{plan, DeviceConfig, PeerConfig, WireGuardBackend},
+    wireguard::{plan, DeviceConfig, DeviceStatus, PeerConfig, WireGuardBackend},
 };
 
 /// Log directives every dwcp binary must add to its filter: `netlink_proto` prints whole
 /// netlink messages at trace level, and for the kernel WireGuard backend those carry private
 /// and preshared keys.
 pub const SECRET_SAFE_LOG_DIRECTIVES: &[&str] = &["netlink_proto=info"];
+
+/// How long a freshly created WireGuard tunnel waits for its first handshake before the
+/// tie-breaking end starts a new one (see `break_handshake_tie`). Longer than a handshake
+/// round trip on the lab's links; on a WAN with a longer RTT a needless re-initiation costs
+/// one extra round trip.
+pub const HANDSHAKE_TIE_WAIT: Duration = Duration::from_millis(100);
 
 /// A WireGuard session is unusable this long after its handshake (the protocol's
 /// REJECT_AFTER_TIME); a handshake older than that means the peer is not answering.
@@ -260,6 +266,9 @@ impl TunnelManager {
             .ok_or_else(|| TunnelError::wg(name, "device vanished while being configured"))?;
         self.ensure_link_settings(spec, &link, tunnel_mtu, &mut changes)
             .await?;
+        if let (TunnelKind::WireGuard(w), true) = (&spec.kind, created) {
+            self.break_handshake_tie(spec, w, &mut changes).await?;
+        }
         if let TunnelKind::WireGuard(w) = &spec.kind {
             if let Some(h) = &w.handoff {
                 changes.extend(handoff::ensure(&self.rtnl, link.index, name, h).await?);
@@ -489,6 +498,59 @@ impl TunnelManager {
             changes.extend(update.describe());
         }
         Ok(created)
+    }
+
+    /// Two ends that initiate a handshake at the same instant both fail it (each drops its
+    /// own initiation when it answers the other's) and retry only after WireGuard's 5 s — what
+    /// two gateways brought up together do (seen in 2 of 15 benchmark runs). The end with the
+    /// greater public key breaks the tie: no handshake within [`HANDSHAKE_TIE_WAIT`] of
+    /// creation, and it re-creates its peer entry, which initiates at once while the other end,
+    /// having just initiated, stays quiet.
+    async fn break_handshake_tie(
+        &self,
+        spec: &TunnelSpec,
+        w: &spec::WireGuardSpec,
+        changes: &mut Vec<String>,
+    ) -> Result<()> {
+        let name = spec.name.as_str();
+        let backend = self.wg()?;
+        let peer_key = self.effective_peer_key(name, w.peer.public_key)?;
+        let Some(status) = backend.get(name).await? else {
+            return Ok(());
+        };
+        if w.peer.endpoint.is_none() || status.public_key.is_none_or(|own| own < peer_key) {
+            return Ok(());
+        }
+        let started = std::time::Instant::now();
+        while started.elapsed() < HANDSHAKE_TIE_WAIT {
+            let status = backend.get(name).await?;
+            if status.is_some_and(|s| s.peer(&peer_key).is_some_and(|p| p.last_handshake.is_some())) {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let desired = self.wireguard_desired(spec, w, None)?;
+        let without_peer = DeviceStatus {
+            peers: Vec::new(),
+            ..status
+        };
+        let mut update = plan(&without_peer, &desired);
+        update.peers.insert(
+            0,
+            wireguard::PeerUpdate {
+                remove: true,
+                ..wireguard::PeerUpdate::select(peer_key)
+            },
+        );
+        backend.set(name, &update).await?;
+        if w.peer.persistent_keepalive.is_none() {
+            backend.start_handshake(name, peer_key).await?;
+        }
+        changes.push(format!(
+            "re-created peer entry: no handshake {} ms after creation",
+            HANDSHAKE_TIE_WAIT.as_millis()
+        ));
+        Ok(())
     }
 
     async fn ensure_link_settings(

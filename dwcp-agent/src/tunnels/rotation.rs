@@ -318,23 +318,7 @@ impl TunnelManager {
         update.peers.retain(|p| !p.remove);
         backend.set(name, &update).await?;
         if w.peer.persistent_keepalive.is_none() {
-            // Turning a keepalive on sends one at once, which starts the handshake; then off
-            // again as configured.
-            for interval in [1, 0] {
-                let kick = PeerUpdate {
-                    persistent_keepalive: Some(interval),
-                    ..PeerUpdate::select(new)
-                };
-                backend
-                    .set(
-                        name,
-                        &DeviceUpdate {
-                            peers: vec![kick],
-                            ..Default::default()
-                        },
-                    )
-                    .await?;
-            }
+            backend.start_handshake(name, new).await?;
         }
         let started = Instant::now();
         while started.elapsed() < RETIRE_WAIT {

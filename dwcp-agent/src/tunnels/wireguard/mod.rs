@@ -344,6 +344,24 @@ impl WireGuardBackend {
         }
     }
 
+    /// Makes the device initiate a handshake with `peer` now, for a peer without persistent
+    /// keepalive: turning a keepalive on sends one at once (both implementations), and with
+    /// no session that starts the handshake; then it is turned off again.
+    pub async fn start_handshake(&self, ifname: &str, peer: PublicKey) -> Result<()> {
+        for interval in [1, 0] {
+            let kick = PeerUpdate {
+                persistent_keepalive: Some(interval),
+                ..PeerUpdate::select(peer)
+            };
+            let update = DeviceUpdate {
+                peers: vec![kick],
+                ..Default::default()
+            };
+            self.set(ifname, &update).await?;
+        }
+        Ok(())
+    }
+
     /// Removes the device (and, for wireguard-go, waits for its process to go).
     pub async fn delete(&self, ifname: &str) -> Result<()> {
         match self {
