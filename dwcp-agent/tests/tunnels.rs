@@ -6,7 +6,6 @@
 //! Needs root (namespaces), `wireguard-go`, `nft` and `ping` (scripts/bootstrap.sh).
 
 use std::{
-    collections::HashSet,
     fs::File,
     io::{Read, Write},
     net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket},
@@ -14,7 +13,7 @@ use std::{
     path::{Path, PathBuf},
     process::Command,
     sync::{
-        atomic::{AtomicBool, AtomicU32, Ordering},
+        atomic::{AtomicU32, Ordering},
         Arc, Mutex,
     },
     thread::JoinHandle,
@@ -22,7 +21,7 @@ use std::{
 };
 
 use dwcp_agent::{
-    netlab::{self, Netns},
+    netlab::{self, Netns, StreamResult, UdpStream},
     tunnels::{
         kernel_support,
         rotation::{due_for_rotation, rotate_key, LocalPeer, PeerKeyExchange, RotationPolicy},
@@ -521,14 +520,6 @@ async fn killed_agent_mid_creation_converges_on_next_start() {
     drop(b);
 }
 
-/// Sends numbered UDP datagrams from `src` to `dst_ip:port` (`per_ms` every millisecond)
-/// until stopped; the receiver in `dst` records which arrived.
-struct Stream {
-    stop: Arc<AtomicBool>,
-    sender: JoinHandle<u64>,
-    receiver: JoinHandle<HashSet<u64>>,
-}
-
 fn in_netns<T: Send + 'static>(
     ns: &Netns,
     f: impl FnOnce() -> T + Send + 'static,
@@ -538,65 +529,6 @@ fn in_netns<T: Send + 'static>(
         netlab::enter(&file).unwrap();
         f()
     })
-}
-
-impl Stream {
-    fn start(src: &Netns, dst: &Netns, dst_ip: Ipv4Addr, port: u16, per_ms: u64) -> Stream {
-        let stop = Arc::new(AtomicBool::new(false));
-        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-        let stop_r = stop.clone();
-        let receiver = in_netns(dst, move || {
-            let s = UdpSocket::bind((dst_ip, port)).unwrap();
-            s.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
-            ready_tx.send(()).unwrap();
-            let mut got = HashSet::new();
-            let mut buf = [0u8; 64];
-            let mut stopped_at = None;
-            loop {
-                if let Ok(n) = s.recv(&mut buf) {
-                    if n >= 8 {
-                        got.insert(u64::from_be_bytes(buf[..8].try_into().unwrap()));
-                    }
-                }
-                if stop_r.load(Ordering::Relaxed) {
-                    let t = *stopped_at.get_or_insert_with(Instant::now);
-                    if t.elapsed() > Duration::from_millis(500) {
-                        return got;
-                    }
-                }
-            }
-        });
-        ready_rx.recv().unwrap();
-        let stop_s = stop.clone();
-        let sender = in_netns(src, move || {
-            let s = UdpSocket::bind("0.0.0.0:0").unwrap();
-            let mut seq = 0u64;
-            let mut payload = [0u8; 64];
-            while !stop_s.load(Ordering::Relaxed) {
-                for _ in 0..per_ms {
-                    payload[..8].copy_from_slice(&seq.to_be_bytes());
-                    // A failed send counts as sent: it is a loss as well.
-                    let _ = s.send_to(&payload, (dst_ip, port));
-                    seq += 1;
-                }
-                std::thread::sleep(Duration::from_millis(1));
-            }
-            seq
-        });
-        Stream {
-            stop,
-            sender,
-            receiver,
-        }
-    }
-
-    /// Stops the stream; returns (sent, lost).
-    fn finish(self) -> (u64, u64) {
-        self.stop.store(true, Ordering::Relaxed);
-        let sent = self.sender.join().unwrap();
-        let got = self.receiver.join().unwrap();
-        (sent, (0..sent).filter(|s| !got.contains(s)).count() as u64)
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -610,13 +542,15 @@ async fn wireguard_key_rotation_loses_no_packets() {
     let a_old = a.mgr.public_key(&pair.a_name).unwrap();
     let a_key_file = std::fs::read(a.key_dir(&pair.a_name).join("private.key")).unwrap();
 
-    // Three rounds of two rotations, each under a stream of 5 datagrams per millisecond:
-    // A rotates while only A sends (so only the peer's kick starts the new handshake at
-    // once), then B rotates with traffic both ways.
+    // Three rounds of two rotations, each under a stream of one datagram per millisecond
+    // (about 900/s with the sender's sleep): A rotates while only A sends (so only the peer's
+    // kick starts the new handshake at once), then B rotates with traffic both ways. The rate
+    // is inside the design's envelope (128 queued packets while the new handshake is made,
+    // here up to ~80 ms on a loaded machine); `bench_tunnels` measures loss at higher rates.
     let (mut sent_total, mut lost_total, mut slowest) = (0, 0, Duration::ZERO);
     for round in 0..3u16 {
         let port = 9000 + 10 * round;
-        let ab = Stream::start(&a.ns, &b.ns, Ipv4Addr::new(10, 254, 0, 2), port, 5);
+        let ab = UdpStream::start(&a.ns, &b.ns, Ipv4Addr::new(10, 254, 0, 2), port, 1).unwrap();
         tokio::time::sleep(Duration::from_millis(300)).await;
         let old = a.mgr.public_key(&pair.a_name).unwrap();
         let peer = LocalPeer {
@@ -627,7 +561,12 @@ async fn wireguard_key_rotation_loses_no_packets() {
             .await
             .unwrap();
         tokio::time::sleep(Duration::from_millis(300)).await;
-        let (sent, lost) = ab.finish();
+        let StreamResult {
+            sent,
+            lost,
+            socket_drops,
+        } = ab.finish().unwrap();
+        assert_eq!(socket_drops, 0, "the test's receiving socket overflowed");
         eprintln!(
             "round {round}, A rotates, A->B: sent {sent}, lost {lost}, handshake after {:?}",
             report.handshake_after
@@ -638,8 +577,8 @@ async fn wireguard_key_rotation_loses_no_packets() {
         (sent_total, lost_total) = (sent_total + sent, lost_total + lost);
         slowest = slowest.max(report.handshake_after);
 
-        let ab = Stream::start(&a.ns, &b.ns, Ipv4Addr::new(10, 254, 0, 2), port + 1, 5);
-        let ba = Stream::start(&b.ns, &a.ns, Ipv4Addr::new(10, 254, 0, 1), port + 2, 5);
+        let ab = UdpStream::start(&a.ns, &b.ns, Ipv4Addr::new(10, 254, 0, 2), port + 1, 1).unwrap();
+        let ba = UdpStream::start(&b.ns, &a.ns, Ipv4Addr::new(10, 254, 0, 1), port + 2, 1).unwrap();
         tokio::time::sleep(Duration::from_millis(300)).await;
         let peer = LocalPeer {
             manager: &a.mgr,
@@ -649,8 +588,13 @@ async fn wireguard_key_rotation_loses_no_packets() {
             .await
             .unwrap();
         tokio::time::sleep(Duration::from_millis(300)).await;
-        let (sent_ab, lost_ab) = ab.finish();
-        let (sent_ba, lost_ba) = ba.finish();
+        let (ab, ba) = (ab.finish().unwrap(), ba.finish().unwrap());
+        assert_eq!(
+            ab.socket_drops + ba.socket_drops,
+            0,
+            "the test's receiving socket overflowed"
+        );
+        let (sent_ab, lost_ab, sent_ba, lost_ba) = (ab.sent, ab.lost, ba.sent, ba.lost);
         eprintln!(
             "round {round}, B rotates: A->B sent {sent_ab} lost {lost_ab}, B->A sent {sent_ba} lost {lost_ba}, handshake after {:?}",
             report.handshake_after
@@ -781,7 +725,9 @@ async fn private_keys_never_appear_in_logs_or_output() {
         .with_max_level(tracing::Level::TRACE)
         .with_writer(move || writer.clone())
         .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    // Process-wide: a thread-local subscriber misses callsites whose interest another test
+    // thread cached first. Other tests' logs land here too, which does no harm.
+    tracing::subscriber::set_global_default(subscriber).expect("only this test sets one");
 
     let (a, b) = two_gateways().await;
     let pair = wireguard_pair(&a, &b, Some(25));
@@ -793,10 +739,9 @@ async fn private_keys_never_appear_in_logs_or_output() {
     secrets.extend(secret_forms(&a.key_dir(&pair.a_name).join("private.key")));
     secrets.extend(secret_forms(&b.key_dir(&pair.b_name).join("private.key")));
     secrets.extend(secret_forms(&a.state.path().join("psk")));
-    for h in [a.mgr.check(&pair.a_name).await.unwrap()] {
-        output += &serde_json::to_string(&h).unwrap();
-        output += &format!("{h:?}");
-    }
+    let health = a.mgr.check(&pair.a_name).await.unwrap();
+    output += &serde_json::to_string(&health).unwrap();
+    output += &format!("{health:?}");
     output += &serde_json::to_string(&a.mgr.list().await.unwrap()).unwrap();
     output += &format!("{:?}", a.mgr);
     let peer = LocalPeer {

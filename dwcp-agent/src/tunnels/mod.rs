@@ -502,10 +502,10 @@ impl TunnelManager {
 
     /// Two ends that initiate a handshake at the same instant both fail it (each drops its
     /// own initiation when it answers the other's) and retry only after WireGuard's 5 s — what
-    /// two gateways brought up together do (seen in 2 of 15 benchmark runs). The end with the
-    /// greater public key breaks the tie: no handshake within [`HANDSHAKE_TIE_WAIT`] of
-    /// creation, and it re-creates its peer entry, which initiates at once while the other end,
-    /// having just initiated, stays quiet.
+    /// two gateways with persistent keepalives, brought up together, do (seen in 2 of 15
+    /// benchmark runs). The end with the greater public key breaks the tie: no handshake
+    /// within [`HANDSHAKE_TIE_WAIT`] of creation, and it re-creates its peer entry, which
+    /// initiates at once while the other end, having just initiated, stays quiet.
     async fn break_handshake_tie(
         &self,
         spec: &TunnelSpec,
@@ -518,13 +518,21 @@ impl TunnelManager {
         let Some(status) = backend.get(name).await? else {
             return Ok(());
         };
-        if w.peer.endpoint.is_none() || status.public_key.is_none_or(|own| own < peer_key) {
+        // Without a keepalive neither end initiates on bring-up (only on traffic), and a
+        // re-initiation here would spend this end's next 5 s of initiations for nothing.
+        if w.peer.endpoint.is_none()
+            || w.peer.persistent_keepalive.is_none()
+            || status.public_key.is_none_or(|own| own < peer_key)
+        {
             return Ok(());
         }
         let started = std::time::Instant::now();
         while started.elapsed() < HANDSHAKE_TIE_WAIT {
             let status = backend.get(name).await?;
-            if status.is_some_and(|s| s.peer(&peer_key).is_some_and(|p| p.last_handshake.is_some())) {
+            if status.is_some_and(|s| {
+                s.peer(&peer_key)
+                    .is_some_and(|p| p.last_handshake.is_some())
+            }) {
                 return Ok(());
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
@@ -542,10 +550,8 @@ impl TunnelManager {
                 ..wireguard::PeerUpdate::select(peer_key)
             },
         );
+        // The new entry's keepalive goes out at once and starts the handshake.
         backend.set(name, &update).await?;
-        if w.peer.persistent_keepalive.is_none() {
-            backend.start_handshake(name, peer_key).await?;
-        }
         changes.push(format!(
             "re-created peer entry: no handshake {} ms after creation",
             HANDSHAKE_TIE_WAIT.as_millis()
