@@ -537,12 +537,36 @@ impl TunnelManager {
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
+        self.recreate_peer_entry(spec, w, peer_key).await?;
+        changes.push(format!(
+            "re-created peer entry: no handshake {} ms after creation",
+            HANDSHAKE_TIE_WAIT.as_millis()
+        ));
+        Ok(())
+    }
+
+    /// Replaces the peer entry of `peer_key` by a fresh one with the same settings in one set
+    /// operation. A fresh entry may initiate at once (its 5 s initiation budget is unspent),
+    /// and does: its keepalive goes out immediately, or a kick when it has none.
+    pub(crate) async fn recreate_peer_entry(
+        &self,
+        spec: &TunnelSpec,
+        w: &spec::WireGuardSpec,
+        peer_key: PublicKey,
+    ) -> Result<()> {
+        let name = spec.name.as_str();
+        let backend = self.wg()?;
+        let status = backend
+            .get(name)
+            .await?
+            .ok_or_else(|| TunnelError::wg(name, "no such device"))?;
         let desired = self.wireguard_desired(spec, w, None)?;
-        let without_peer = DeviceStatus {
+        let without_peers = DeviceStatus {
             peers: Vec::new(),
             ..status
         };
-        let mut update = plan(&without_peer, &desired);
+        let mut update = plan(&without_peers, &desired);
+        update.peers.retain(|p| p.public_key == peer_key);
         update.peers.insert(
             0,
             wireguard::PeerUpdate {
@@ -550,12 +574,10 @@ impl TunnelManager {
                 ..wireguard::PeerUpdate::select(peer_key)
             },
         );
-        // The new entry's keepalive goes out at once and starts the handshake.
         backend.set(name, &update).await?;
-        changes.push(format!(
-            "re-created peer entry: no handshake {} ms after creation",
-            HANDSHAKE_TIE_WAIT.as_millis()
-        ));
+        if w.peer.persistent_keepalive.is_none() {
+            backend.start_handshake(name, peer_key).await?;
+        }
         Ok(())
     }
 

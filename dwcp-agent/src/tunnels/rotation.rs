@@ -321,10 +321,22 @@ impl TunnelManager {
             backend.start_handshake(name, new).await?;
         }
         let started = Instant::now();
+        let mut recreated = false;
         while started.elapsed() < RETIRE_WAIT {
             let status = backend.get(name).await?;
             if status.is_some_and(|s| s.peer(&new).is_some_and(|p| p.last_handshake.is_some())) {
                 break;
+            }
+            // The rotating end may have initiated at the same instant as this one: then both
+            // handshakes fail and WireGuard would wait 5 s. A fresh entry initiates again at
+            // once, while the other end, having just initiated, stays quiet.
+            if !recreated && started.elapsed() >= super::HANDSHAKE_TIE_WAIT {
+                self.recreate_peer_entry(&spec, w, new).await?;
+                recreated = true;
+                warn!(
+                    tunnel = name,
+                    "no handshake with the new key yet; initiating again"
+                );
             }
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
