@@ -436,18 +436,16 @@ async fn rotation_loss(rates: &[u64], rotations: usize) -> Result<serde_json::Va
     for &per_ms in rates {
         // Baseline: the same streams without a rotation (what the tunnel loses anyway).
         let (mut base_sent, mut base_lost) = (0, 0);
+        // Drops by the receiving socket itself (the receiver thread starved): harness, not
+        // tunnel; counted in `lost` too.
+        let mut socket_drops = 0;
         for _ in 0..rotations {
             port += 1;
             let stream =
                 UdpStream::start(&a.ns, &b.ns, Ipv4Addr::new(10, 254, 0, 2), port, per_ms)?;
             tokio::time::sleep(Duration::from_millis(400)).await;
             let r = stream.finish()?;
-            if r.socket_drops > 0 {
-                bail!(
-                    "the receiving socket overflowed ({} drops): the measurement is void",
-                    r.socket_drops
-                );
-            }
+            socket_drops += r.socket_drops;
             base_sent += r.sent;
             base_lost += r.lost;
         }
@@ -460,21 +458,16 @@ async fn rotation_loss(rates: &[u64], rotations: usize) -> Result<serde_json::Va
             let report = rotate_key(&a.mgr, &wa, &peer, Duration::from_secs(12)).await?;
             tokio::time::sleep(Duration::from_millis(200)).await;
             let r = stream.finish()?;
-            if r.socket_drops > 0 {
-                bail!(
-                    "the receiving socket overflowed ({} drops): the measurement is void",
-                    r.socket_drops
-                );
-            }
+            socket_drops += r.socket_drops;
             sent += r.sent;
             lost += r.lost;
             windows.push(report.handshake_after.as_secs_f64() * 1e3);
         }
-        eprintln!("rotation at {per_ms}/ms: {sent} sent, {lost} lost (without rotation: {base_sent} sent, {base_lost} lost)");
+        eprintln!("rotation at {per_ms}/ms: {sent} sent, {lost} lost (without rotation: {base_sent} sent, {base_lost} lost; receiving socket dropped {socket_drops})");
         out.insert(
             format!("rotation_{per_ms}_per_ms"),
             json!({"sent": sent, "lost": lost, "baseline_sent": base_sent, "baseline_lost": base_lost,
-                   "switch_to_handshake_ms": stats(windows)}),
+                   "receiver_socket_drops": socket_drops, "switch_to_handshake_ms": stats(windows)}),
         );
     }
     Ok(serde_json::Value::Object(out))
@@ -688,16 +681,17 @@ fn markdown(m: &serde_json::Map<String, serde_json::Value>, reps: usize, rounds:
             datagrams to B; B learns the new key in-process). The sender sleeps 1 ms between \
             bursts, so the real rate is somewhat below the nominal one; the window is from A's \
             switch to A seeing the new handshake.\n\n";
-    out += "| nominal rate | sent | lost | same streams without rotation: sent / lost | window median ms | window max ms |\n|---:|---:|---:|---:|---:|---:|\n";
+    out += "| nominal rate | sent | lost | same streams without rotation: sent / lost | receiving socket dropped (both) | window median ms | window max ms |\n|---:|---:|---:|---:|---:|---:|---:|\n";
     for per_ms in ROTATION_RATES {
         let k = format!("rotation_{per_ms}_per_ms");
         out += &format!(
-            "| {} /s | {} | {} | {} / {} | {:.1} | {:.1} |\n",
+            "| {} /s | {} | {} | {} / {} | {} | {:.1} | {:.1} |\n",
             per_ms * 1000,
             m[&k]["sent"],
             m[&k]["lost"],
             m[&k]["baseline_sent"],
             m[&k]["baseline_lost"],
+            m[&k]["receiver_socket_drops"],
             m[&k]["switch_to_handshake_ms"]["median"]
                 .as_f64()
                 .unwrap_or(f64::NAN),

@@ -14,7 +14,8 @@
 //!    once (a keepalive turned on is sent immediately). The handshake completes in one round
 //!    trip; both sides flush their queues into the new session. Only then does B remove the
 //!    entry of A's old key: removing it earlier drops the packets still in its send pipeline
-//!    (seen in the lab: 5 of 3,600).
+//!    (seen in the lab: 5 of 3,600). Should A's first initiation cross B's, both fail; B then
+//!    initiates again from a fresh entry after 100 ms instead of WireGuard's 5 s retry.
 //! 4. **commit** — once A sees a handshake newer than the switch, the next key becomes the
 //!    current one and the old private key file is gone. If no handshake comes within the
 //!    timeout, both sides go back (A's old key, B's old peer entry): the old key is retired
