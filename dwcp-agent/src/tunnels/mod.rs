@@ -30,7 +30,6 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use ipnet::IpNet;
 use serde::Serialize;
 use tracing::{info, warn};
 
@@ -855,13 +854,5 @@ impl TunnelManager {
             tx_bytes: peer.map_or(0, |p| p.tx_bytes),
             rotation: self.store.rotation(name)?.map(|r| r.phase),
         }))
-    }
-
-    /// The global addresses on the tunnel's device.
-    pub async fn device_addresses(&self, name: &str) -> Result<Vec<IpNet>> {
-        match self.rtnl.link(name).await? {
-            Some(link) => self.rtnl.addresses(link.index).await,
-            None => Ok(Vec::new()),
-        }
     }
 }
