@@ -81,6 +81,25 @@ impl Drop for Gateway {
     }
 }
 
+/// Gateways A (192.0.2.1) and B (192.0.2.2) joined by a veth underlay, each with a manager.
+async fn gateway_pair() -> Result<(Gateway, Gateway)> {
+    let na = Netns::new("bench")?;
+    let nb = Netns::new("bench")?;
+    netlab::veth(&na, "ua", &nb, "ub")?;
+    netlab::addr(&na, "ua", "192.0.2.1/30")?;
+    netlab::addr(&nb, "ub", "192.0.2.2/30")?;
+    Ok((Gateway::new(na).await?, Gateway::new(nb).await?))
+}
+
+/// One preshared key in a file in each gateway's state directory.
+fn shared_psk(a: &Gateway, b: &Gateway) -> Result<(PathBuf, PathBuf)> {
+    let psk = PresharedKey::generate();
+    let (psk_a, psk_b) = (a.state.path().join("psk"), b.state.path().join("psk"));
+    psk.store(&psk_a)?;
+    psk.store(&psk_b)?;
+    Ok((psk_a, psk_b))
+}
+
 /// Kills a process this benchmark started when dropped.
 struct Process(Child);
 
@@ -193,17 +212,8 @@ fn median(v: &serde_json::Value) -> f64 {
 }
 
 async fn setup_times(reps: usize) -> Result<serde_json::Value> {
-    let na = Netns::new("bench")?;
-    let nb = Netns::new("bench")?;
-    netlab::veth(&na, "ua", &nb, "ub")?;
-    netlab::addr(&na, "ua", "192.0.2.1/30")?;
-    netlab::addr(&nb, "ub", "192.0.2.2/30")?;
-    let a = Gateway::new(na).await?;
-    let b = Gateway::new(nb).await?;
-    let psk = PresharedKey::generate();
-    let (psk_a, psk_b) = (a.state.path().join("psk"), b.state.path().join("psk"));
-    psk.store(&psk_a)?;
-    psk.store(&psk_b)?;
+    let (a, b) = gateway_pair().await?;
+    let (psk_a, psk_b) = shared_psk(&a, &b)?;
     let pid = std::process::id();
     let (mut vx, mut vx_base, mut wg, mut wg_base) = (vec![], vec![], vec![], vec![]);
     for rep in 0..reps {
@@ -393,19 +403,10 @@ async fn setup_times(reps: usize) -> Result<serde_json::Value> {
 /// Datagrams lost across WireGuard key rotations, by stream rate: A rotates `rotations`
 /// times under each rate while it streams to B.
 async fn rotation_loss(rates: &[u64], rotations: usize) -> Result<serde_json::Value> {
-    let na = Netns::new("bench")?;
-    let nb = Netns::new("bench")?;
-    netlab::veth(&na, "ua", &nb, "ub")?;
-    netlab::addr(&na, "ua", "192.0.2.1/30")?;
-    netlab::addr(&nb, "ub", "192.0.2.2/30")?;
-    let a = Gateway::new(na).await?;
-    let b = Gateway::new(nb).await?;
+    let (a, b) = gateway_pair().await?;
     let pid = std::process::id();
     let (wa, wb) = (format!("rwa{pid}"), format!("rwb{pid}"));
-    let psk = PresharedKey::generate();
-    let (psk_a, psk_b) = (a.state.path().join("psk"), b.state.path().join("psk"));
-    psk.store(&psk_a)?;
-    psk.store(&psk_b)?;
+    let (psk_a, psk_b) = shared_psk(&a, &b)?;
     let (ka, kb) = (a.mgr.public_key(&wa)?, b.mgr.public_key(&wb)?);
     let sa = wireguard(
         &wa,
@@ -497,13 +498,7 @@ fn rtt(h1: &Netns) -> Result<f64> {
 }
 
 async fn handoff(rounds: usize, seconds: u32) -> Result<serde_json::Value> {
-    let na = Netns::new("bench")?;
-    let nb = Netns::new("bench")?;
-    netlab::veth(&na, "ua", &nb, "ub")?;
-    netlab::addr(&na, "ua", "192.0.2.1/30")?;
-    netlab::addr(&nb, "ub", "192.0.2.2/30")?;
-    let a = Gateway::new(na).await?;
-    let b = Gateway::new(nb).await?;
+    let (a, b) = gateway_pair().await?;
     let h1 = Netns::new("bhost")?;
     let h2 = Netns::new("bhost")?;
     netlab::veth(&h1, "eth0", &a.ns, "lan")?;
@@ -520,10 +515,7 @@ async fn handoff(rounds: usize, seconds: u32) -> Result<serde_json::Value> {
     }
     let pid = std::process::id();
     let (wa, wb) = (format!("hwa{pid}"), format!("hwb{pid}"));
-    let psk = PresharedKey::generate();
-    let (psk_a, psk_b) = (a.state.path().join("psk"), b.state.path().join("psk"));
-    psk.store(&psk_a)?;
-    psk.store(&psk_b)?;
+    let (psk_a, psk_b) = shared_psk(&a, &b)?;
     let (ka, kb) = (a.mgr.public_key(&wa)?, b.mgr.public_key(&wb)?);
     let mut sa = wireguard(
         &wa,

@@ -55,6 +55,13 @@ pub(crate) struct StateStore {
     root: PathBuf,
 }
 
+fn remove_if_present(path: &Path) -> Result<()> {
+    match fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(TunnelError::io(path, e)),
+        _ => Ok(()),
+    }
+}
+
 fn mkdir_private(path: &Path) -> Result<()> {
     fs::DirBuilder::new()
         .recursive(true)
@@ -178,11 +185,7 @@ impl StateStore {
     }
 
     pub fn clear_rotation(&self, name: &str) -> Result<()> {
-        let path = self.dir(name).join("rotation.json");
-        match fs::remove_file(&path) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(TunnelError::io(path, e)),
-            _ => Ok(()),
-        }
+        remove_if_present(&self.dir(name).join("rotation.json"))
     }
 
     pub fn peer_override(&self, name: &str) -> Result<Option<PeerOverride>> {
@@ -194,11 +197,7 @@ impl StateStore {
     }
 
     pub fn clear_peer_override(&self, name: &str) -> Result<()> {
-        let path = self.dir(name).join("peer.json");
-        match fs::remove_file(&path) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(TunnelError::io(path, e)),
-            _ => Ok(()),
-        }
+        remove_if_present(&self.dir(name).join("peer.json"))
     }
 
     /// Forgets everything about a tunnel; key files are overwritten before unlinking.
@@ -211,13 +210,7 @@ impl StateStore {
         remove_secret_file(&self.private_key_path(name))?;
         remove_secret_file(&self.next_key_path(name))?;
         for file in ["rotation.json", "peer.json", "spec.json"] {
-            let path = dir.join(file);
-            match fs::remove_file(&path) {
-                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                    return Err(TunnelError::io(path, e))
-                }
-                _ => {}
-            }
+            remove_if_present(&dir.join(file))?;
         }
         fs::remove_dir_all(&dir).map_err(|e| TunnelError::io(&dir, e))
     }
