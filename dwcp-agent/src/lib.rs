@@ -11,3 +11,4 @@ pub mod redundancy;
 pub mod routing;
 pub mod topology;
 pub mod traffic;
+pub mod tunnels;
