@@ -260,15 +260,17 @@ medians of the per-round ratios.
 - **Topology** (network namespaces, veth pairs): source `src0` → gateway A's LAN veth → gateway A →
   `ul0` (MTU 1600) → the sink (gateway B's underlay end). Gateway A has one route, 10.2.0.0/24, to a
   group of two next hops weighted 2:1: {weights}, both over `ul0`. Expected split {expected}.
-- **dwcp**: `dwcp_lan` attached to the LAN veth in native XDP mode ({mode}): LPM route, weighted
+- **dwcp**: `dwcp_lan` attached to the LAN veth (XDP mode: {mode}): LPM route, weighted
   bucket table, liveness check, classification (no rules: default class best-effort, DSCP rewrite on),
   inner TTL decrement, VXLAN encapsulation, devmap redirect to `ul0`. The kernel has no route to
   10.2.0.0/24 meanwhile, so only dwcp can forward.
 - **Linux kernel**: dwcp detached, `ip route 10.2.0.0/24 nhid 100` with `ip nexthop` group 100 =
   11,2/12,1 over next hops via two kernel VXLAN devices (`vx11`, `vx12`: same VNIs, endpoints,
   underlay and UDP port, `noudpcsum` like dwcp, static neighbours), `fib_multipath_hash_policy=1`
-  (5-tuple, as dwcp). GRO is on on the LAN veth in both cases (the kernel default on NICs; without it
-  or an XDP program a veth accepts no frames sent by XDP).
+  (5-tuple, as dwcp), default `mpath` group type, `rx-udp-gro-forwarding` off (the default). GRO
+  is on on the LAN veth in both cases (the kernel default on NICs; without it or an XDP program a
+  veth accepts no frames sent by XDP). Each forwarder's split of the 256 flows depends on its
+  hash (the kernel's is seeded at random per namespace), hence splits near but not at 2:1.
 - **Source**: an XDP program (`dwcp_bench_tx`) run by BPF_PROG_TEST_RUN with live frames (batch
   64) in the source namespace: each run restores the frame's headers from a template (live mode
   recycles pages that the forwarders rewrote), cycles the UDP source port over 256 flows and
@@ -296,7 +298,12 @@ medians of the per-round ratios.
   modes; with one call per measurement the source sleeps about once a second and the gateway is
   busy about 0.9. With batches of 256 the sink's preemptions of the source let the gateway's ring
   run dry (runnable 0.87 with dwcp); batches of 64 keep it fed (0.94). The veth did not cap
-  either forwarder: the source offered more than either forwarded.
+  either forwarder: the source offered more than either forwarded. dwcp's "runnable" below 1
+  means its ring still ran dry at times: its packets/s are a lower bound (its CPU per packet is
+  not affected).
+- **Not like a NIC**: a veth hands each buffer to its peer, so the sink's CPU, not the
+  gateway's, frees what the gateway sent (a NIC's transmit completion would free it on the
+  gateway's CPU), for both forwarders.
 - **Window**: {warmup} s of traffic, then all counters are read ({window} s apart).
 - Machine: kernel {kernel}, {cpus} CPUs; load average before / after: `{lb}` / `{la}` (other
   engineers' builds share this machine; the real-time priorities keep them off the measured CPUs).
