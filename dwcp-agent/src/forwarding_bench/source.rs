@@ -39,8 +39,10 @@ const RUNS_UNTIL_STOPPED: u32 = u32::MAX;
 pub const INTERRUPT_SIGNAL: libc::c_int = libc::SIGUSR1;
 /// How long [`Stop::stop_and_wait`] keeps interrupting before it gives up.
 const STOP_TIMEOUT: Duration = Duration::from_secs(5);
-/// Frames the kernel runs through the program before it flushes them to the device: the
-/// largest batch it allows, which costs the source the least per frame.
+/// Frames the kernel runs through the program before it flushes them to the device. Smaller
+/// than the largest (256): the gateway's 256-frame ring is topped up more often, so it runs dry
+/// less when the sink preempts the source (measured: dwcp's gateway runnable 0.87 with 256,
+/// 0.94 with 64), at a higher cost per frame that the source can afford.
 pub const BATCH: u32 = 64;
 /// Largest frame BPF_PROG_TEST_RUN accepts in live mode (a page less head- and tailroom),
 /// rounded down.
