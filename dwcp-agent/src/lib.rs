@@ -2,6 +2,7 @@
 pub mod agent;
 pub mod bandwidth;
 pub mod dataplane;
+pub mod forwarding_bench;
 pub mod health;
 pub mod lab;
 pub mod netlab;

@@ -92,6 +92,9 @@ fn record(name: &str, body: &str) -> Result<()> {
         (Some(b), Some(e)) if e > b => doc.replace_range(b..e + end.len(), &section),
         _ => doc = format!("{}\n\n{section}\n", doc.trim_end()),
     }
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
     std::fs::write(&path, doc)?;
     println!("recorded in {}", path.display());
     Ok(())
