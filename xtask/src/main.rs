@@ -147,10 +147,10 @@ fn main() -> Result<()> {
     match Cli::parse().cmd {
         Cmd::BuildEbpf => build_ebpf(),
         Cmd::Bench { name, args } => bench(&name, &args),
+        // Debug profile: shares the build with the test suite; the fast path runs in the kernel.
         Cmd::Demo => run(Command::new("cargo").current_dir(root()).args([
             "run",
             "--quiet",
-            "--release",
             "-p",
             "dwcp-agent",
             "--example",
