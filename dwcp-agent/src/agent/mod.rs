@@ -6,6 +6,19 @@
 //! it messages; after each change it publishes a new immutable [`AgentSnapshot`] on a
 //! `tokio::sync::watch` channel and [`AgentEvent`]s on a `tokio::sync::broadcast` channel.
 
+pub mod config;
+pub mod daemon;
+pub mod debounce;
+pub mod forwarding;
+pub mod input;
+pub mod netlink;
+pub mod plan;
+pub mod state;
+
+pub use config::{AgentConfig, ConfigError, Prefix, Problem};
+pub use input::{Input, Now, TimedInput};
+pub use state::{AgentError, AgentState, UpdateStats};
+
 use std::{net::IpAddr, sync::Arc};
 
 use serde::{Deserialize, Serialize};
