@@ -475,9 +475,9 @@ impl Default for UpdaterSection {
         UpdaterSection {
             initial_delay_ms: 0,
             short_delay_ms: 50,
-            long_delay_ms: 1_000,
-            time_to_learn_ms: 500,
-            holddown_ms: 2_000,
+            long_delay_ms: 500,
+            time_to_learn_ms: 250,
+            holddown_ms: 1_000,
             optimise_interval_s: 60,
             history_len: 1_000,
             counters_interval_ms: 1_000,

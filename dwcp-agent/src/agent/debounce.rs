@@ -94,12 +94,10 @@ impl Debounce {
         false
     }
 
-    /// The next time [`Debounce::take_due`] or the state machine needs a look.
+    /// When the pending computation is due. (The learn and hold-down timers need no wake-up:
+    /// the state machine catches up with them at the next event.)
     pub fn next_deadline(&self) -> Option<u64> {
-        [self.due_ns, self.learn_until_ns, self.holddown_until_ns]
-            .into_iter()
-            .flatten()
-            .min()
+        self.due_ns
     }
 
     pub fn pending(&self) -> bool {

@@ -64,12 +64,17 @@ pub struct DestinationPlan {
 }
 
 impl DestinationPlan {
-    /// The paths as link lists, in role order (what the history compares).
+    /// The paths as link lists, in role order (what the history shows).
     pub fn link_lists(&self) -> Vec<Vec<u32>> {
         self.paths
             .iter()
             .map(|p| p.path.links.iter().map(|l| l.0).collect())
             .collect()
+    }
+
+    /// The weight of each path (0 = standby).
+    pub fn weights(&self) -> Vec<u32> {
+        self.paths.iter().map(|p| p.weight).collect()
     }
 }
 

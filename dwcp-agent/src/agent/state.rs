@@ -1006,30 +1006,15 @@ impl AgentState {
         let destinations: BTreeSet<String> =
             self.plans.keys().chain(new_plans.keys()).cloned().collect();
         for dest in destinations {
-            let before = self
-                .plans
-                .get(&dest)
-                .map(|p| {
-                    if p.error.is_some() {
-                        Vec::new()
-                    } else {
-                        p.link_lists()
-                    }
-                })
-                .unwrap_or_default();
-            let after = new_plans
-                .get(&dest)
-                .map(|p| {
-                    if p.error.is_some() {
-                        Vec::new()
-                    } else {
-                        p.link_lists()
-                    }
-                })
-                .unwrap_or_default();
+            let view = |p: Option<&DestinationPlan>| match p {
+                Some(p) if p.error.is_none() => (p.link_lists(), p.weights()),
+                _ => (Vec::new(), Vec::new()),
+            };
+            let (before, before_weights) = view(self.plans.get(&dest));
+            let (after, after_weights) = view(new_plans.get(&dest));
             let error_changed =
                 self.plans.get(&dest).map(|p| &p.error) != new_plans.get(&dest).map(|p| &p.error);
-            if before == after && !error_changed {
+            if before == after && before_weights == after_weights && !error_changed {
                 continue;
             }
             routes_changed += 1;
@@ -1059,6 +1044,8 @@ impl AgentState {
                 reason: reason.clone(),
                 before,
                 after,
+                before_weights,
+                after_weights,
             };
             info!(destination = %dest, before = ?change.before, after = ?change.after, "route changed: {reason}");
             self.last_reason.insert(dest.clone(), reason);
