@@ -109,8 +109,11 @@ impl TwoRegionLab {
     pub fn start_dataplanes(&mut self) -> Result<()> {
         let a_ul_mac = self.a.gw.mac("ul0")?;
         let b_ul_mac = self.b.gw.mac("ul0")?;
-        let (a_dp, a_mode) = program_gateway(&self.a, &self.b, a_ul_mac, b_ul_mac)?;
-        let (b_dp, b_mode) = program_gateway(&self.b, &self.a, b_ul_mac, a_ul_mac)?;
+        // The underlay peers' MACs as the kernels' neighbour tables know them (ARP).
+        let b_seen_by_a = kernel_neighbour(&self.a.gw, "ul0", self.b.gw_underlay_ip)?;
+        let a_seen_by_b = kernel_neighbour(&self.b.gw, "ul0", self.a.gw_underlay_ip)?;
+        let (a_dp, a_mode) = program_gateway(&self.a, &self.b, a_ul_mac, b_seen_by_a)?;
+        let (b_dp, b_mode) = program_gateway(&self.b, &self.a, b_ul_mac, a_seen_by_b)?;
         self.a.dataplane = Some(a_dp);
         self.a.attach_mode = Some(a_mode);
         self.b.dataplane = Some(b_dp);
@@ -126,6 +129,24 @@ impl TwoRegionLab {
         }
         Ok(())
     }
+}
+
+/// Resolves `ip` on `dev` through the kernel (one ping triggers ARP) and returns the MAC the
+/// kernel's neighbour table holds for it.
+pub fn kernel_neighbour(ns: &Netns, dev: &str, ip: Ipv4Addr) -> Result<[u8; 6]> {
+    let ip_s = ip.to_string();
+    ns.exec(&["ping", "-c1", "-W2", "-I", dev, &ip_s])?;
+    let out = ns.ip(&["-j", "neigh", "show", "dev", dev, "to", &ip_s])?;
+    let entries: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    entries
+        .iter()
+        .find_map(|e| e["lladdr"].as_str().and_then(netlab::parse_mac))
+        .ok_or_else(|| {
+            LabError::Netlab(NetlabError::Command {
+                cmd: format!("ip neigh show dev {dev} to {ip_s}"),
+                stderr: "no resolved neighbour".into(),
+            })
+        })
 }
 
 /// Programs `local`'s gateway with one route to `remote`'s prefix over the one underlay link.
