@@ -323,7 +323,8 @@ mod tests {
 
     fn table(nexthops: &[u32]) -> NextHopTable {
         let mut t = NextHopTable {
-            member_count: nexthops.len() as u32,
+            member_count: nexthops.len() as u16,
+            active_count: nexthops.len() as u16,
             ..Default::default()
         };
         t.nexthops[..nexthops.len()].copy_from_slice(nexthops);

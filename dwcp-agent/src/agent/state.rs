@@ -14,7 +14,7 @@ use std::{
     time::Instant,
 };
 
-use dwcp_common::{qos::QOS_CLASSES, QosClass, Reason};
+use dwcp_common::{qos::QOS_CLASSES, QosClass, Reason, CONFIG_F_READY};
 use thiserror::Error;
 use tokio::sync::{broadcast, watch};
 use tracing::{debug, error, info, warn};
@@ -958,6 +958,10 @@ impl AgentState {
             &self.neighbours,
             &self.admin_down,
         );
+        // Flags other modules own (policing) stay as they are.
+        if let (Some(want), Some(have)) = (desired.config.as_mut(), self.programmed.config) {
+            want.flags |= have.flags & !CONFIG_F_READY;
+        }
         for (dest, problem) in
             plan::add_routes(&mut desired, &self.config, &plans, &self.programmed.groups)
         {

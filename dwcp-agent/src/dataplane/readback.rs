@@ -3,8 +3,8 @@
 
 use aya::maps::MapError;
 use dwcp_common::{
-    maps::names, ClassifierKey, ClassifierRule, LinkConfig, NextHop, NextHopTable, QosPolicy,
-    VniEntry, MAX_GROUPS, MAX_LINKS, MAX_NEXTHOPS, NH_F_VALID,
+    maps::names, LinkConfig, NextHop, NextHopTable, QosPolicy, VniEntry, MAX_GROUPS, MAX_LINKS,
+    MAX_NEXTHOPS, NH_F_VALID,
 };
 
 use super::{check_range, map_err, Dataplane, Result};
@@ -90,13 +90,6 @@ impl Dataplane {
             Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
             Err(e) => Err(map_err(names::VNIS)(e)),
         }
-    }
-
-    pub fn classifier_rules(&self) -> Result<Vec<(ClassifierKey, ClassifierRule)>> {
-        self.classifier
-            .iter()
-            .map(|r| r.map_err(map_err(names::CLASSIFIER)))
-            .collect()
     }
 
     pub fn qos_policy(&self, class: u8) -> Result<QosPolicy> {
