@@ -4,6 +4,8 @@
 //!
 //! Used by the demo (`cargo xtask demo`), the end-to-end tests and the forwarding benchmark.
 
+pub mod triangle;
+
 use std::net::Ipv4Addr;
 
 use dwcp_common::{

@@ -75,6 +75,9 @@ pub struct DaemonOptions {
     pub ebpf_object: Option<PathBuf>,
     /// Append every input, with its time, to this file (JSON lines) for replay.
     pub record: Option<PathBuf>,
+    /// Append every event (link up/down, route changes with their reasons, reloads) to this
+    /// file (JSON lines): an audit log of what the agent did and why.
+    pub events_file: Option<PathBuf>,
 }
 
 /// Links the monitor watches when another process sends the probes: it reports no sent
@@ -231,6 +234,7 @@ impl Daemon {
             }
         }
 
+        let mut tasks = Vec::new();
         let watcher = NetlinkWatcher::subscribe()?;
         let initial = watcher.dump().await?;
         let now = Now::system();
@@ -266,8 +270,43 @@ impl Daemon {
         }
 
         let (input_tx, inputs) = mpsc::channel(4096);
+        if let Some(path) = &options.events_file {
+            let mut file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .map_err(|source| DaemonError::Record {
+                    path: path.clone(),
+                    source,
+                })?;
+            // The first computation's route changes happened before anyone could subscribe.
+            for change in state.history() {
+                if let Ok(json) =
+                    serde_json::to_string(&super::AgentEvent::RouteChanged(change.clone()))
+                {
+                    let _ = writeln!(file, "{json}");
+                }
+            }
+            let mut events = state.subscribe();
+            tasks.push(tokio::spawn(async move {
+                loop {
+                    match events.recv().await {
+                        Ok(ev) => {
+                            if let Ok(json) = serde_json::to_string(&ev) {
+                                if writeln!(file, "{json}").is_err() {
+                                    return;
+                                }
+                            }
+                        }
+                        Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                            warn!("events file missed {n} events");
+                        }
+                        Err(_) => return,
+                    }
+                }
+            }));
+        }
         let (command_tx, commands) = mpsc::channel(64);
-        let mut tasks = Vec::new();
         {
             let tx = input_tx.clone();
             tasks.push(tokio::spawn(watcher.run(tx)));
@@ -415,7 +454,8 @@ impl Daemon {
         write_record(&mut self.record, &input);
         let generation = self.state.config_generation();
         if let Err(e) = self.state.handle(input, Now::system()) {
-            warn!("{e}");
+            // The state owner has logged it with its context already.
+            tracing::debug!("input refused: {e}");
         }
         if self.state.config_generation() != generation {
             let config = self.state.config().clone();

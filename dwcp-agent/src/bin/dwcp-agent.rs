@@ -5,7 +5,7 @@
 //!
 //! ```text
 //! dwcp-agent [--config /etc/dwcp/agent.toml] [--check] [--netns NAME]
-//!            [--ebpf-object FILE] [--record FILE] [--remove]
+//!            [--ebpf-object FILE] [--record FILE] [--events-file FILE] [--remove]
 //! ```
 use std::path::PathBuf;
 
@@ -39,6 +39,10 @@ struct Args {
     /// Append every input the agent receives, with its time, to this file (JSON lines).
     #[arg(long)]
     record: Option<PathBuf>,
+    /// Append every event (links, route changes with their reasons, reloads) to this file
+    /// (JSON lines).
+    #[arg(long)]
+    events_file: Option<PathBuf>,
     /// Detach the programs and remove the pinned links and maps of this configuration's pin
     /// directory, then exit. Forwarding stops.
     #[arg(long)]
@@ -101,6 +105,7 @@ fn main() -> anyhow::Result<()> {
             config_path: args.config.clone(),
             ebpf_object: args.ebpf_object.clone(),
             record: args.record.clone(),
+            events_file: args.events_file.clone(),
         })
         .await
         .with_context(|| format!("starting with {}", args.config.display()))?;
