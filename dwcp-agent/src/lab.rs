@@ -8,6 +8,8 @@
 //! monitors, and pins everything so the agent can be stopped: the failover tests and
 //! benchmark use it, with the sequenced streams of [`stream`].
 
+pub mod triangle;
+
 use std::net::Ipv4Addr;
 
 use dwcp_common::{
