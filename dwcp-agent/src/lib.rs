@@ -1,6 +1,8 @@
 //! dwcp-agent: the userspace side of dwcp. One module per concern.
 pub mod agent;
+pub mod api;
 pub mod bandwidth;
+pub mod cli;
 pub mod dataplane;
 pub mod health;
 pub mod lab;
@@ -8,5 +10,6 @@ pub mod netlab;
 pub mod probe;
 pub mod redundancy;
 pub mod routing;
+pub mod telemetry;
 pub mod topology;
 pub mod traffic;
