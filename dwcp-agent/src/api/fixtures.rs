@@ -1,9 +1,16 @@
 //! A fixed snapshot of the seed's three regions as seen from us-east-1: what the API, metrics
 //! and CLI tests publish on a real watch channel until the daemon publishes real ones.
 
+use std::sync::{
+    atomic::{AtomicUsize, Ordering},
+    Arc,
+};
+
+use tokio::sync::{mpsc, watch};
+
 use crate::agent::{
-    AgentSnapshot, CounterView, LinkHealth, LinkView, PathRole, PathView, RouteChange, RouteView,
-    TunnelState, TunnelView,
+    AgentCommand, AgentSnapshot, CommandError, CounterView, LinkHealth, LinkView, PathRole,
+    PathView, RouteChange, RouteView, TunnelState, TunnelView,
 };
 use dwcp_common::{QosClass, Reason};
 
@@ -196,5 +203,42 @@ pub fn network_of(s: &AgentSnapshot) -> crate::bandwidth::Network {
             .iter()
             .map(|l| (crate::bandwidth::LinkId(l.id), l.capacity_bps))
             .collect(),
+    }
+}
+
+/// Stands in for the daemon's command handling until it lands: applies link and reload
+/// commands to the snapshot it publishes, answers, and counts the commands it took.
+pub async fn apply_commands(
+    mut rx: mpsc::Receiver<AgentCommand>,
+    snapshot: watch::Sender<Arc<AgentSnapshot>>,
+    seen: Arc<AtomicUsize>,
+) {
+    while let Some(cmd) = rx.recv().await {
+        seen.fetch_add(1, Ordering::SeqCst);
+        match cmd {
+            AgentCommand::SetLinkAdmin { link, up, reply } => {
+                let mut s = (**snapshot.borrow()).clone();
+                let result = match s.links.iter_mut().find(|l| l.id == link) {
+                    Some(l) => {
+                        l.health = if up {
+                            LinkHealth::Up
+                        } else {
+                            LinkHealth::AdminDown
+                        };
+                        snapshot.send_replace(Arc::new(s));
+                        Ok(())
+                    }
+                    None => Err(CommandError::UnknownLink(link)),
+                };
+                let _ = reply.send(result);
+            }
+            AgentCommand::Reload { reply } => {
+                let mut s = (**snapshot.borrow()).clone();
+                s.config_generation += 1;
+                let generation = s.config_generation;
+                snapshot.send_replace(Arc::new(s));
+                let _ = reply.send(Ok(generation));
+            }
+        }
     }
 }

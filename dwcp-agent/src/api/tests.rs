@@ -17,7 +17,7 @@ use tokio::sync::{broadcast, mpsc, watch};
 
 use super::{client::*, fixtures::*, views::*, *};
 use crate::{
-    agent::{AgentCommand, AgentEvent, AgentSnapshot, CommandError, LinkHealth, LinkView},
+    agent::{AgentEvent, AgentSnapshot, LinkHealth, LinkView},
     bandwidth::{FileStore, ManagerConfig, Reservation, ReservationManager},
 };
 
@@ -61,7 +61,7 @@ impl Harness {
         let commands_seen = Arc::new(AtomicUsize::new(0));
         match agent {
             Agent::Answers => {
-                tokio::spawn(answer_commands(
+                tokio::spawn(apply_commands(
                     cmd_rx,
                     snap_tx.clone(),
                     commands_seen.clone(),
@@ -138,42 +138,6 @@ impl Harness {
             !self.config.socket.as_ref().unwrap().exists(),
             "socket removed on shutdown"
         );
-    }
-}
-
-/// The agent's side of the commands, as the daemon will do it: apply, publish, answer.
-async fn answer_commands(
-    mut rx: mpsc::Receiver<AgentCommand>,
-    snapshot: watch::Sender<Arc<AgentSnapshot>>,
-    seen: Arc<AtomicUsize>,
-) {
-    while let Some(cmd) = rx.recv().await {
-        seen.fetch_add(1, Ordering::SeqCst);
-        match cmd {
-            AgentCommand::SetLinkAdmin { link, up, reply } => {
-                let mut s = (**snapshot.borrow()).clone();
-                let result = match s.links.iter_mut().find(|l| l.id == link) {
-                    Some(l) => {
-                        l.health = if up {
-                            LinkHealth::Up
-                        } else {
-                            LinkHealth::AdminDown
-                        };
-                        snapshot.send_replace(Arc::new(s));
-                        Ok(())
-                    }
-                    None => Err(CommandError::UnknownLink(link)),
-                };
-                let _ = reply.send(result);
-            }
-            AgentCommand::Reload { reply } => {
-                let mut s = (**snapshot.borrow()).clone();
-                s.config_generation += 1;
-                let generation = s.config_generation;
-                snapshot.send_replace(Arc::new(s));
-                let _ = reply.send(Ok(generation));
-            }
-        }
     }
 }
 

@@ -17,17 +17,37 @@ pub fn bits_per_second(bps: f64) -> String {
     format!("{} {unit}", trim(v))
 }
 
-/// `0.0803` -> `80.3 ms`, `0.0000123` -> `12.3 µs`, `12.5` -> `12.5 s`.
+/// `0.0803` -> `80.3 ms`, `0.2003` -> `200.3 ms` (link latencies differ by tenths of a
+/// millisecond, so those are kept), `0.0000123` -> `12.3 µs`, `12.5` -> `12.5 s`.
 pub fn seconds(s: f64) -> String {
-    if s >= 100.0 {
-        format!("{s:.0} s")
-    } else if s >= 1.0 {
-        format!("{} s", trim(s))
+    let tenths = |v: f64| {
+        let t = format!("{v:.1}");
+        t.strip_suffix(".0").map(str::to_string).unwrap_or(t)
+    };
+    if s >= 1.0 {
+        format!("{} s", tenths(s))
     } else if s >= 1e-3 {
-        format!("{} ms", trim(s * 1e3))
+        format!("{} ms", tenths(s * 1e3))
     } else {
-        format!("{} µs", trim(s * 1e6))
+        format!("{} µs", tenths(s * 1e6))
     }
+}
+
+/// `9_000_000` -> `9 MB`, `1_536` -> `1.54 kB` (SI, as `ip -h` prints them).
+pub fn bytes(b: u64) -> String {
+    let b = b as f64;
+    let (v, unit) = if b >= 1e12 {
+        (b / 1e12, "TB")
+    } else if b >= 1e9 {
+        (b / 1e9, "GB")
+    } else if b >= 1e6 {
+        (b / 1e6, "MB")
+    } else if b >= 1e3 {
+        (b / 1e3, "kB")
+    } else {
+        (b, "B")
+    };
+    format!("{} {unit}", trim(v))
 }
 
 /// `0.07` -> `7 %`, `0.0012` -> `0.12 %`.
@@ -101,7 +121,11 @@ mod tests {
         assert_eq!(bits_per_second(1500.0), "1.5 kbit/s");
         assert_eq!(bits_per_second(12.0), "12 bit/s");
         assert_eq!(seconds(0.0803), "80.3 ms");
-        assert_eq!(seconds(0.2011), "201 ms");
+        assert_eq!(seconds(0.2011), "201.1 ms");
+        assert_eq!(seconds(0.2), "200 ms");
+        assert_eq!(bytes(9_000_000), "9 MB");
+        assert_eq!(bytes(1_536), "1.54 kB");
+        assert_eq!(bytes(12), "12 B");
         assert_eq!(seconds(0.0000123), "12.3 µs");
         assert_eq!(seconds(12.5), "12.5 s");
         assert_eq!(percent(0.07), "7 %");

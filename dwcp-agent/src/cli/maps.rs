@@ -162,7 +162,7 @@ pub fn dump_one(dir: &Path, name: &'static str) -> Result<MapDump, MapsError> {
             for item in t.iter() {
                 let (k, r) = item.map_err(&rd)?;
                 push(
-                    json!({"prefixlen": k.prefix_len(), "data": k.data()}),
+                    json!({"prefix_len": k.prefix_len(), "data": k.data()}),
                     route_json(&r),
                     None,
                     format!(
@@ -180,7 +180,7 @@ pub fn dump_one(dir: &Path, name: &'static str) -> Result<MapDump, MapsError> {
             for item in t.iter() {
                 let (k, r) = item.map_err(&rd)?;
                 push(
-                    json!({"prefixlen": k.prefix_len(), "data": k.data()}),
+                    json!({"prefix_len": k.prefix_len(), "data": k.data()}),
                     route_json(&r),
                     None,
                     format!(

@@ -257,8 +257,8 @@ pub fn tunnels(tunnels: &[TunnelView]) -> String {
             .into(),
             t.mtu.map_or("-".into(), |m| m.to_string()),
             opt(t.handshake_age_seconds, format::age),
-            format!("{} B", t.rx_bytes),
-            format!("{} B", t.tx_bytes),
+            format::bytes(t.rx_bytes),
+            format::bytes(t.tx_bytes),
             if t.problems.is_empty() {
                 "-".into()
             } else {
