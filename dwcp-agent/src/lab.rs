@@ -3,6 +3,7 @@
 //! the other region, so traffic between the hosts can only cross through the fast path.
 //!
 //! Used by the demo (`cargo xtask demo`), the end-to-end tests and the forwarding benchmark.
+//! [`multi`] builds the N-region lab (ring or full mesh, links that can be cut).
 
 use std::net::Ipv4Addr;
 
@@ -17,12 +18,22 @@ use crate::{
     netlab::{self, NetlabError, Netns},
 };
 
+pub mod multi;
+
 #[derive(Debug, Error)]
 pub enum LabError {
     #[error(transparent)]
     Netlab(#[from] NetlabError),
     #[error(transparent)]
     Dataplane(#[from] DataplaneError),
+    #[error("{asked} regions: the lab builds {min} to {max}")]
+    Regions {
+        asked: usize,
+        min: usize,
+        max: usize,
+    },
+    #[error("no link {0:?} in the lab")]
+    UnknownLink(String),
 }
 
 pub type Result<T, E = LabError> = std::result::Result<T, E>;
