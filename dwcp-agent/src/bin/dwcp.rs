@@ -101,7 +101,9 @@ enum Command {
 
 #[derive(Subcommand)]
 enum Show {
+    /// The agent at a glance (as `dwcp status`).
     Status,
+    /// Regions and links.
     Topology,
     /// Routes with their paths and why; one destination region if given.
     Routes {
