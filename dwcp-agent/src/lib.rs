@@ -8,6 +8,7 @@ pub mod health;
 pub mod lab;
 pub mod netlab;
 pub mod probe;
+pub mod prober;
 pub mod redundancy;
 pub mod routing;
 pub mod telemetry;

@@ -24,7 +24,8 @@ use dwcp_agent::{
 };
 use dwcp_common::{
     maps::names, ClassifierKey, ClassifierRule, LinkConfig, Neighbour, NeighbourKey, NextHop,
-    QosClass, QosPolicy, Route, VniEntry, LINK_F_MONITORED, NH_F_VALID, QOS_F_REWRITE,
+    PolicerKey, QosClass, QosPolicy, Route, VniEntry, LINK_F_MONITORED, NH_F_VALID, POLICE_DROP,
+    QOS_F_REWRITE,
 };
 use serde_json::Value;
 use tokio::sync::{broadcast, mpsc, watch};
@@ -481,6 +482,17 @@ fn maps_decodes_the_pinned_maps_as_bpftool_does() {
         },
     )
     .unwrap();
+    dp.set_policer(
+        PolicerKey {
+            group_id: 5,
+            class: QosClass::Bulk as u8,
+            _pad: [0; 3],
+        },
+        1_250_000,
+        15_000,
+        POLICE_DROP,
+    )
+    .unwrap();
 
     let out = Command::new(env!("CARGO_BIN_EXE_dwcp"))
         .args(["maps", "--json", "--pin-dir"])
@@ -505,6 +517,8 @@ fn maps_decodes_the_pinned_maps_as_bpftool_does() {
         names::VNIS,
         names::QOS_POLICY,
         names::CLASSIFIER,
+        names::POLICERS,
+        names::CLASS_PORTS,
     ] {
         let ours = dump(name);
         let entries = ours["entries"].as_array().unwrap();
@@ -533,7 +547,15 @@ fn maps_decodes_the_pinned_maps_as_bpftool_does() {
     let text = Command::new(env!("CARGO_BIN_EXE_dwcp"))
         .args(["maps", "--pin-dir"])
         .arg(&dir.0)
-        .args(["nexthops", "routes_v4", "qos_policy", "link_config"])
+        .args([
+            "nexthops",
+            "routes_v4",
+            "qos_policy",
+            "link_config",
+            "class_ports",
+            "policers",
+            "nh_groups",
+        ])
         .output()
         .unwrap();
     assert!(
@@ -548,6 +570,9 @@ fn maps_decodes_the_pinned_maps_as_bpftool_does() {
         "realtime: dscp 46 (rewritten)",
         "link 3: monitored up after 5 replies, dead after 30 ms without one",
         "$ bpftool map dump pinned",
+        "ports 5004",
+        "bulk to group 5: 10000000 bit/s burst 15000 B, over rate dropped",
+        "group 5: nexthop 9 (1021 of 1021 buckets)",
     ] {
         assert!(text.contains(needle), "no {needle:?} in\n{text}");
     }

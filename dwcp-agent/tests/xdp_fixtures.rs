@@ -778,3 +778,177 @@ fn pass_program_passes() {
     assert_eq!(fx.run(programs::PASS, &f), (XDP_PASS, f));
     let _ = (XDP_ABORTED, IpAddr::V4(Ipv4Addr::LOCALHOST));
 }
+
+#[test]
+fn transit_traffic_is_decapsulated_and_sent_on_to_the_next_gateway() {
+    let mut fx = Fixture::new();
+    fx.dp
+        .add_vni(
+            101,
+            VniEntry {
+                lan_ifindex: 1,
+                flags: 0,
+            },
+        )
+        .unwrap();
+    // Arrives from region A's gateway, for region B (10.2.0.0/16, routed by this gateway).
+    let l3 = V4::new(IPPROTO_UDP, "10.1.0.5", "10.2.0.9").build(&udp(40000, 5004, b"transit"));
+    let f = vxlan_frame(101, &frame(ETH_P_IP, &l3));
+    let key = v4_key("10.1.0.5", "10.2.0.9", IPPROTO_UDP, 40000, 5004);
+    let (verdict, out) = fx.run(programs::UNDERLAY_INGRESS, &f);
+    assert_eq!(verdict, XDP_REDIRECT);
+    let nh = nexthop(fx.chosen(&key));
+    let want = expected_encap(
+        &expected_inner(&l3, QosClass::Realtime.default_dscp()),
+        &nh,
+        flow_hash(&key, SEED),
+    );
+    assert_eq!(out, want);
+    assert_eq!(fx.reason(Reason::UnderlayTransit), 1);
+}
+
+#[test]
+fn standby_member_takes_traffic_only_when_the_active_one_is_dead() {
+    let mut fx = Fixture::new();
+    fx.dp
+        .set_group(
+            GROUP,
+            &[
+                Member {
+                    nexthop: 1,
+                    weight: 1,
+                },
+                Member {
+                    nexthop: 2,
+                    weight: 0,
+                },
+            ],
+        )
+        .unwrap();
+    let cfg = LinkConfig {
+        flags: LINK_F_MONITORED,
+        up_after: 1,
+        detect_ns: 30_000_000,
+    };
+    fx.dp.set_link_config(1, cfg).unwrap();
+    fx.dp.set_link_config(2, cfg).unwrap();
+    for link in [1, 2] {
+        let (v, _) = fx.run(
+            programs::UNDERLAY_INGRESS,
+            &probe_frame(PROBE_KIND_REPLY, link, 1, monotonic_ns() - 1_000_000),
+        );
+        assert_eq!(v, XDP_DROP);
+    }
+    let vni_of = |out: &[u8]| u32::from_be_bytes([0, out[46], out[47], out[48]]);
+    for sport in 2000..2050u16 {
+        let ip = V4::new(IPPROTO_UDP, "10.1.0.5", "10.2.0.9").build(&udp(sport, 7, b"f"));
+        let (verdict, out) = fx.lan(&frame(ETH_P_IP, &ip));
+        assert_eq!(verdict, XDP_REDIRECT);
+        assert_eq!(
+            vni_of(&out),
+            101,
+            "both links live: the active member carries everything"
+        );
+    }
+    // Link 1 goes silent: every flow moves to the standby.
+    fx.dp
+        .set_link_config(
+            1,
+            LinkConfig {
+                detect_ns: 1,
+                ..cfg
+            },
+        )
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(2));
+    for sport in 2000..2050u16 {
+        let ip = V4::new(IPPROTO_UDP, "10.1.0.5", "10.2.0.9").build(&udp(sport, 7, b"f"));
+        let (verdict, out) = fx.lan(&frame(ETH_P_IP, &ip));
+        assert_eq!(verdict, XDP_REDIRECT);
+        assert_eq!(vni_of(&out), 102, "active dead: the standby takes over");
+    }
+}
+
+#[test]
+fn removing_a_classifier_rule_stops_classifying_its_port() {
+    let mut fx = Fixture::new();
+    let (f, key) = udp_v4_frame(0);
+    assert_forwarded(&mut fx, &f, 14, key, QosClass::Realtime);
+    fx.dp
+        .remove_classifier_rule(&ClassifierKey {
+            proto: IPPROTO_UDP,
+            direction: 0,
+            port: 5004,
+        })
+        .unwrap();
+    assert_forwarded(&mut fx, &f, 14, key, QosClass::BestEffort);
+    // A rule for any protocol on the source port classifies too.
+    fx.dp
+        .set_classifier_rule(
+            ClassifierKey {
+                proto: 0,
+                direction: 1,
+                port: 40000,
+            },
+            ClassifierRule {
+                class: QosClass::Bulk as u8,
+                _pad: [0; 3],
+            },
+        )
+        .unwrap();
+    assert_forwarded(&mut fx, &f, 14, key, QosClass::Bulk);
+}
+
+#[test]
+fn policer_remarks_or_drops_over_rate_traffic_and_leaves_the_rest() {
+    use dwcp_common::{PolicerKey, POLICER_ANY_GROUP, POLICE_DROP, POLICE_REMARK};
+    let mut fx = Fixture::new();
+    let (f, key) = udp_v4_frame(0);
+    let len = f.len() as u64;
+    // Realtime towards this group: a 5-packet burst, refilled at 1 byte/s (nothing, here).
+    let rt = PolicerKey {
+        group_id: GROUP,
+        class: QosClass::Realtime as u8,
+        _pad: [0; 3],
+    };
+    fx.dp.set_policer(rt, 1, 5 * len, POLICE_REMARK).unwrap();
+    for _ in 0..5 {
+        assert_forwarded(&mut fx, &f, 14, key, QosClass::Realtime);
+    }
+    // Over the rate: re-marked to best effort (DSCP 0), still forwarded.
+    assert_forwarded(&mut fx, &f, 14, key, QosClass::BestEffort);
+    assert_eq!(fx.reason(Reason::PolicerRemarked), 1);
+    let p = fx.dp.policer(&rt).unwrap().unwrap();
+    assert_eq!((p.conformed, p.exceeded), (5, 1));
+    // Dropping policer for the class everywhere (TCP/22 is interactive).
+    let inter = PolicerKey {
+        group_id: POLICER_ANY_GROUP,
+        class: QosClass::Interactive as u8,
+        _pad: [0; 3],
+    };
+    let ip = V4::new(IPPROTO_TCP, "10.1.0.5", "10.2.200.1").build(&tcp(51000, 22, b""));
+    let tcp_frame = frame(ETH_P_IP, &ip);
+    fx.dp
+        .set_policer(inter, 1, tcp_frame.len() as u64, POLICE_DROP)
+        .unwrap();
+    let tkey = v4_key("10.1.0.5", "10.2.200.1", IPPROTO_TCP, 51000, 22);
+    assert_forwarded(&mut fx, &tcp_frame, 14, tkey, QosClass::Interactive);
+    let (verdict, _) = fx.lan(&tcp_frame);
+    assert_eq!(verdict, XDP_DROP);
+    assert_eq!(fx.reason(Reason::PolicerDropped), 1);
+    // Under the rate: a generous policer leaves every packet untouched.
+    fx.dp
+        .set_policer(rt, 1_000_000_000, 1_000_000, POLICE_DROP)
+        .unwrap();
+    for _ in 0..50 {
+        assert_forwarded(&mut fx, &f, 14, key, QosClass::Realtime);
+    }
+    // Removing the last policers turns policing off.
+    fx.dp.remove_policer(&rt).unwrap();
+    fx.dp.remove_policer(&inter).unwrap();
+    assert_eq!(
+        fx.dp.config().unwrap().flags & dwcp_common::CONFIG_F_POLICING,
+        0
+    );
+    assert_forwarded(&mut fx, &tcp_frame, 14, tkey, QosClass::Interactive);
+}

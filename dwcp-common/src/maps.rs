@@ -15,13 +15,15 @@ pub mod names {
     pub const LINK_CONFIG: &str = "LINK_CONFIG";
     pub const LINK_STATE: &str = "LINK_STATE";
     pub const CLASSIFIER: &str = "CLASSIFIER";
+    pub const CLASS_PORTS: &str = "CLASS_PORTS";
     pub const QOS_POLICY: &str = "QOS_POLICY";
+    pub const POLICERS: &str = "POLICERS";
     pub const VNIS: &str = "VNIS";
     pub const NH_STATS: &str = "NH_STATS";
     pub const CLASS_STATS: &str = "CLASS_STATS";
     pub const REASON_STATS: &str = "REASON_STATS";
     /// Every map, for pinning and cleanup.
-    pub const ALL: [&str; 15] = [
+    pub const ALL: [&str; 17] = [
         CONFIG,
         ROUTES_V4,
         ROUTES_V6,
@@ -32,7 +34,9 @@ pub mod names {
         LINK_CONFIG,
         LINK_STATE,
         CLASSIFIER,
+        CLASS_PORTS,
         QOS_POLICY,
+        POLICERS,
         VNIS,
         NH_STATS,
         CLASS_STATS,
@@ -68,6 +72,8 @@ pub const NHG_BUCKETS: usize = 1021;
 /// `GatewayConfig.flags`: the agent has finished programming; until then the LAN program
 /// passes everything up.
 pub const CONFIG_F_READY: u32 = 1;
+/// `GatewayConfig.flags`: some policer is configured (else the lookups are skipped).
+pub const CONFIG_F_POLICING: u32 = 2;
 
 /// Global settings of this gateway. One entry in `DWCP_CONFIG`.
 #[repr(C)]
@@ -93,7 +99,10 @@ pub struct Route {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct NextHopTable {
-    pub member_count: u32,
+    /// Members in `nexthops`: the first `active_count` own the buckets; the rest are standbys
+    /// (secondary paths), taken only when active members' links are dead.
+    pub member_count: u16,
+    pub active_count: u16,
     pub nexthops: [u32; MAX_GROUP_MEMBERS],
     pub buckets: [u8; NHG_BUCKETS],
     pub _pad: [u8; 7],
@@ -103,6 +112,7 @@ impl Default for NextHopTable {
     fn default() -> Self {
         NextHopTable {
             member_count: 0,
+            active_count: 0,
             nexthops: [0; MAX_GROUP_MEMBERS],
             buckets: [0; NHG_BUCKETS],
             _pad: [0; 7],
@@ -204,6 +214,10 @@ pub struct ClassifierKey {
     pub port: u16,
 }
 
+/// `CLASS_PORTS` has one bit per port number (1,024 words of 64 bits): set when some
+/// classifier rule names that port, so the fast path skips the hash lookups for other ports.
+pub const CLASS_PORT_WORDS: u32 = 1024;
+
 /// Value of `CLASSIFIER`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -222,6 +236,41 @@ pub struct QosPolicy {
     pub dscp: u8,
     pub flags: u8,
     pub _pad: [u8; 6],
+}
+
+pub const MAX_POLICERS: u32 = 4_096;
+/// `PolicerKey.group_id` of a per-class policer (all destinations).
+pub const POLICER_ANY_GROUP: u32 = u32::MAX;
+/// `Policer.action`: over-rate packets are re-marked to best effort.
+pub const POLICE_REMARK: u8 = 0;
+/// `Policer.action`: over-rate packets are dropped.
+pub const POLICE_DROP: u8 = 1;
+
+/// Key of `POLICERS`: traffic of `class` towards next-hop group `group_id` (a destination's
+/// reservations), or of `class` to anywhere with `POLICER_ANY_GROUP`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct PolicerKey {
+    pub group_id: u32,
+    pub class: u8,
+    pub _pad: [u8; 3],
+}
+
+/// A token bucket. The agent writes rate, burst and action (and a full bucket); the XDP
+/// program then owns `tokens`, `last_ns` and the two counters. Updates from several CPUs are
+/// not serialised: a bucket may admit a few packets too many under contention (the gateway's
+/// LAN queue is usually served by one CPU).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Policer {
+    pub rate_bytes_per_s: u64,
+    pub burst_bytes: u64,
+    pub tokens: u64,
+    pub last_ns: u64,
+    pub conformed: u64,
+    pub exceeded: u64,
+    pub action: u8,
+    pub _pad: [u8; 7],
 }
 
 /// Value of `VNIS`: a VNI that terminates on this gateway.
@@ -269,12 +318,13 @@ pub enum Reason {
     UnderlayProbeBad = 21,
     PolicerRemarked = 22,
     PolicerDropped = 23,
+    UnderlayTransit = 24,
 }
 
 pub const REASON_COUNT: u32 = 32;
 
 impl Reason {
-    pub const ALL: [Reason; 24] = [
+    pub const ALL: [Reason; 25] = [
         Reason::LanForwarded,
         Reason::LanPassNotIp,
         Reason::LanPassMalformed,
@@ -299,6 +349,7 @@ impl Reason {
         Reason::UnderlayProbeBad,
         Reason::PolicerRemarked,
         Reason::PolicerDropped,
+        Reason::UnderlayTransit,
     ];
 
     /// Stable snake_case name, used as a metric label and in the CLI.
@@ -328,6 +379,7 @@ impl Reason {
             Reason::UnderlayProbeBad => "underlay_probe_bad",
             Reason::PolicerRemarked => "policer_remarked",
             Reason::PolicerDropped => "policer_dropped",
+            Reason::UnderlayTransit => "underlay_transit",
         }
     }
 }
@@ -348,6 +400,8 @@ mod pod {
     unsafe impl aya::Pod for ClassifierRule {}
     unsafe impl aya::Pod for QosPolicy {}
     unsafe impl aya::Pod for VniEntry {}
+    unsafe impl aya::Pod for PolicerKey {}
+    unsafe impl aya::Pod for Policer {}
     unsafe impl aya::Pod for Counters {}
 }
 

@@ -11,8 +11,9 @@ use aya_ebpf::{
 };
 use dwcp_common::{
     flow_hash, wire::*, ClassifierKey, LinkConfig, Neighbour, NeighbourKey, NextHop, NextHopTable,
-    QosPolicy, Reason, CLASSIFY_DST_PORT, CLASSIFY_SRC_PORT, CONFIG_F_READY, LINK_F_ADMIN_DOWN,
-    LINK_F_MONITORED, MAX_GROUP_MEMBERS, NHG_BUCKETS, NH_F_VALID, QOS_F_REWRITE,
+    PolicerKey, QosPolicy, Reason, CLASSIFY_DST_PORT, CLASSIFY_SRC_PORT, CONFIG_F_POLICING,
+    CONFIG_F_READY, LINK_F_ADMIN_DOWN, LINK_F_MONITORED, MAX_GROUP_MEMBERS, NHG_BUCKETS,
+    NH_F_VALID, POLICER_ANY_GROUP, POLICE_DROP, QOS_F_REWRITE,
 };
 
 use crate::{
@@ -28,7 +29,7 @@ const BEST_EFFORT: u8 = 4;
 
 #[inline(always)]
 pub fn lan_ingress(ctx: &XdpContext) -> u32 {
-    match try_lan(ctx) {
+    match forward(ctx) {
         Ok(action) => action,
         Err(reason) => {
             count(reason);
@@ -75,21 +76,28 @@ fn link_usable(link_id: u32, clock: &mut Clock) -> bool {
     clock.now().saturating_sub(last) <= cfg.detect_ns
 }
 
-/// The bucket's member if its link is usable, else the next usable member in order: flows of
-/// live members never move, a dead member's flows spread deterministically.
+/// The bucket's member if its link is usable, else the next usable active member in order,
+/// else the first usable standby: flows of live members never move, a dead member's flows
+/// spread deterministically, and secondary paths carry traffic only when no active one can.
 #[inline(always)]
 fn pick_nexthop(
     table: &NextHopTable,
     member: u32,
     clock: &mut Clock,
 ) -> Result<(u32, &'static NextHop), Reason> {
-    let n = table.member_count;
+    let actives = table.active_count as u32;
+    let all = table.member_count as u32;
     let mut i = 0u32;
     while i < MAX_GROUP_MEMBERS as u32 {
-        if i >= n {
+        if i >= all {
             break;
         }
-        let m = (member + i) % n;
+        // First the actives starting at the bucket's member, then the standbys in order.
+        let m = if i < actives {
+            (member + i) % actives
+        } else {
+            i
+        };
         let id = table.nexthops[(m as usize) & (MAX_GROUP_MEMBERS - 1)];
         if let Some(nh) = NEXTHOPS.get(id) {
             if nh.flags & NH_F_VALID != 0 && link_usable(nh.link_id, clock) {
@@ -104,48 +112,117 @@ fn pick_nexthop(
     Err(Reason::LanPassNoLiveNextHop)
 }
 
+enum Verdict {
+    Conform,
+    Remark,
+    Drop,
+}
+
+/// Token bucket of the destination's (group's) reservations for this class, else of the class
+/// as a whole. No policer: conform.
+#[inline(always)]
+fn police(group_id: u32, class: u8, bytes: u64, clock: &mut Clock) -> Verdict {
+    let key = PolicerKey {
+        group_id,
+        class,
+        _pad: [0; 3],
+    };
+    let p = match POLICERS.get_ptr_mut(key) {
+        Some(p) => p,
+        None => match POLICERS.get_ptr_mut(PolicerKey {
+            group_id: POLICER_ANY_GROUP,
+            class,
+            _pad: [0; 3],
+        }) {
+            Some(p) => p,
+            None => return Verdict::Conform,
+        },
+    };
+    let p = unsafe { &mut *p };
+    let now = clock.now();
+    let elapsed = now.saturating_sub(p.last_ns);
+    // Refill; a second or more of silence fills the bucket (and keeps the product in range).
+    let tokens = if elapsed >= 1_000_000_000 {
+        p.burst_bytes
+    } else {
+        let t = p.tokens + elapsed * p.rate_bytes_per_s / 1_000_000_000;
+        if t > p.burst_bytes {
+            p.burst_bytes
+        } else {
+            t
+        }
+    };
+    p.last_ns = now;
+    if tokens >= bytes {
+        p.tokens = tokens - bytes;
+        p.conformed += 1;
+        Verdict::Conform
+    } else {
+        p.tokens = tokens;
+        p.exceeded += 1;
+        if p.action == POLICE_DROP {
+            Verdict::Drop
+        } else {
+            Verdict::Remark
+        }
+    }
+}
+
+/// Does some classifier rule name `port`? One array lookup instead of two hash lookups.
+#[inline(always)]
+fn port_has_rules(port: u16) -> bool {
+    CLASS_PORTS
+        .get((port >> 6) as u32)
+        .is_some_and(|w| (*w >> (port & 63)) & 1 != 0)
+}
+
+#[inline(always)]
+fn lookup_rule(proto: u8, direction: u8, port: u16) -> Option<u8> {
+    let exact = ClassifierKey {
+        proto,
+        direction,
+        port,
+    };
+    if let Some(rule) = unsafe { CLASSIFIER.get(&exact) } {
+        return Some(rule.class);
+    }
+    let any = ClassifierKey {
+        proto: 0,
+        direction,
+        port,
+    };
+    unsafe { CLASSIFIER.get(&any) }.map(|r| r.class)
+}
+
+/// The first matching rule (destination port, then source port; the packet's protocol, then
+/// any protocol), else the route's default class.
 #[inline(always)]
 fn classify(p: &Parsed, default_class: u8) -> u8 {
-    let proto = p.key.proto;
-    let lookups = [
-        ClassifierKey {
-            proto,
-            direction: CLASSIFY_DST_PORT,
-            port: p.key.dst_port,
-        },
-        ClassifierKey {
-            proto: 0,
-            direction: CLASSIFY_DST_PORT,
-            port: p.key.dst_port,
-        },
-        ClassifierKey {
-            proto,
-            direction: CLASSIFY_SRC_PORT,
-            port: p.key.src_port,
-        },
-        ClassifierKey {
-            proto: 0,
-            direction: CLASSIFY_SRC_PORT,
-            port: p.key.src_port,
-        },
-    ];
-    if p.key.dst_port != 0 || p.key.src_port != 0 {
-        for k in lookups.iter() {
-            if let Some(rule) = unsafe { CLASSIFIER.get(k) } {
-                return rule.class;
-            }
+    let k = &p.key;
+    if k.dst_port != 0 && port_has_rules(k.dst_port) {
+        if let Some(c) = lookup_rule(k.proto, CLASSIFY_DST_PORT, k.dst_port) {
+            return c;
+        }
+    }
+    if k.src_port != 0 && port_has_rules(k.src_port) {
+        if let Some(c) = lookup_rule(k.proto, CLASSIFY_SRC_PORT, k.src_port) {
+            return c;
         }
     }
     default_class
 }
 
+/// Routes the Ethernet frame at the start of the packet: encapsulates and redirects it, or
+/// returns why not (the packet untouched). Used for LAN traffic and, after decapsulation,
+/// for transit traffic.
 #[inline(always)]
-fn try_lan(ctx: &XdpContext) -> Result<u32, Reason> {
+pub fn forward(ctx: &XdpContext) -> Result<u32, Reason> {
     let cfg = DWCP_CONFIG.get(0).ok_or(Reason::LanPassNotReady)?;
     if cfg.flags & CONFIG_F_READY == 0 {
         return Err(Reason::LanPassNotReady);
     }
     let seed = cfg.hash_seed;
+    let policing = cfg.flags & CONFIG_F_POLICING != 0;
     let p = parse(ctx)?;
 
     let route = if p.v6 {
@@ -158,7 +235,10 @@ fn try_lan(ctx: &XdpContext) -> Result<u32, Reason> {
     let table = NH_GROUPS
         .get_value(route.group_id, &0)
         .ok_or(Reason::LanPassNoGroup)?;
-    if table.member_count == 0 || table.member_count as usize > MAX_GROUP_MEMBERS {
+    if table.active_count == 0
+        || table.active_count > table.member_count
+        || table.member_count as usize > MAX_GROUP_MEMBERS
+    {
         return Err(Reason::LanPassNoGroup);
     }
     let hash = flow_hash(&p.key, seed);
@@ -184,6 +264,21 @@ fn try_lan(ctx: &XdpContext) -> Result<u32, Reason> {
     let class = classify(&p, route.default_class);
     let class = if class > BEST_EFFORT {
         BEST_EFFORT
+    } else {
+        class
+    };
+    let class = if policing {
+        match police(route.group_id, class, frame_len as u64, &mut clock) {
+            Verdict::Conform => class,
+            Verdict::Remark => {
+                count(Reason::PolicerRemarked);
+                BEST_EFFORT
+            }
+            Verdict::Drop => {
+                count(Reason::PolicerDropped);
+                return Ok(xdp_action::XDP_DROP);
+            }
+        }
     } else {
         class
     };

@@ -7,9 +7,9 @@ use aya_ebpf::{
 };
 use dwcp_common::{
     ClassifierKey, ClassifierRule, Counters, GatewayConfig, LinkConfig, LinkState, Neighbour,
-    NeighbourKey, NextHop, NextHopTable, QosPolicy, Route, VniEntry, MAX_CLASSIFIER_RULES,
-    MAX_GROUPS, MAX_LINKS, MAX_NEIGHBOURS, MAX_NEXTHOPS, MAX_PORTS, MAX_ROUTES, MAX_VNIS,
-    REASON_COUNT,
+    NeighbourKey, NextHop, NextHopTable, Policer, PolicerKey, QosPolicy, Route, VniEntry,
+    MAX_CLASSIFIER_RULES, MAX_GROUPS, MAX_LINKS, MAX_NEIGHBOURS, MAX_NEXTHOPS, MAX_POLICERS,
+    MAX_PORTS, MAX_ROUTES, MAX_VNIS, REASON_COUNT,
 };
 
 const ROUTES: usize = MAX_ROUTES as usize;
@@ -50,8 +50,15 @@ pub static LINK_STATE: Array<LinkState, { MAX_LINKS as usize }> = Array::new();
 pub static CLASSIFIER: HashMap<ClassifierKey, ClassifierRule, { MAX_CLASSIFIER_RULES as usize }> =
     HashMap::new();
 
+/// One bit per port that some classifier rule names.
+#[btf_map]
+pub static CLASS_PORTS: Array<u64, { dwcp_common::CLASS_PORT_WORDS as usize }> = Array::new();
+
 #[btf_map]
 pub static QOS_POLICY: Array<QosPolicy, { dwcp_common::qos::QOS_CLASSES }> = Array::new();
+
+#[btf_map]
+pub static POLICERS: HashMap<PolicerKey, Policer, { MAX_POLICERS as usize }> = HashMap::new();
 
 #[btf_map]
 pub static VNIS: HashMap<u32, VniEntry, { MAX_VNIS as usize }> = HashMap::new();

@@ -12,6 +12,7 @@ use dwcp_common::{probe::*, wire::*, LinkState, Reason, MAX_LINKS};
 
 use crate::{
     headers::{csum_replace2, ptr_at, EthHdr, Ipv4Hdr, Ipv6Hdr, UdpHdr, VxlanHdr},
+    lan,
     maps::*,
     stats::count,
 };
@@ -169,10 +170,11 @@ fn reflect(ctx: &XdpContext, l4: usize, b: &mut [u8; PROBE_LEN], now: u64) -> Re
     Ok(())
 }
 
-/// Decapsulates VXLAN for a VNI of ours. Delivery: the kernel's FIB and neighbour table
-/// (`bpf_fib_lookup`) give the LAN port and MACs and we redirect; when the neighbour is not
-/// resolved yet, the inner packet goes up the stack addressed to us and the kernel routes it
-/// (and resolves the neighbour for the packets after it).
+/// Decapsulates VXLAN for a VNI of ours. Transit: when the inner destination has a route in
+/// this gateway's tables (another region), the LAN pipeline re-encapsulates it towards the next
+/// gateway. Local delivery: the kernel's FIB and neighbour table (`bpf_fib_lookup`) give the
+/// LAN port and MACs and we redirect; while the neighbour is not resolved, the inner packet
+/// goes up the stack addressed to us and the kernel routes it (and resolves the neighbour).
 #[inline(always)]
 fn decap(ctx: &XdpContext, l4: usize) -> Result<u32, Reason> {
     let vx: *const VxlanHdr = ptr_at(ctx, l4 + UDP_HLEN).ok_or(Reason::UnderlayPassMalformed)?;
@@ -187,14 +189,32 @@ fn decap(ctx: &XdpContext, l4: usize) -> Result<u32, Reason> {
     let inner_off = l4 + UDP_HLEN + VXLAN_HLEN;
     let outer: *const EthHdr = ptr_at(ctx, 0).ok_or(Reason::UnderlayPassMalformed)?;
     let (our_mac, peer_mac) = unsafe { ((*outer).dst, (*outer).src) };
-    let inner: *const EthHdr = ptr_at(ctx, inner_off).ok_or(Reason::UnderlayPassMalformed)?;
-    let inner_proto = unsafe { (*inner).proto };
-    let l3 = inner_off + ETH_HLEN;
+    // The inner frame must be there before we strip anything.
+    let _inner: *const EthHdr = ptr_at(ctx, inner_off).ok_or(Reason::UnderlayPassMalformed)?;
+    if unsafe { bpf_xdp_adjust_head(ctx.ctx, inner_off as i32) } != 0 {
+        return Err(Reason::UnderlayPassMalformed);
+    }
 
+    match lan::forward(ctx) {
+        Ok(action) => {
+            count(Reason::UnderlayTransit);
+            return Ok(action);
+        }
+        // Not for another region: deliver here.
+        Err(Reason::LanPassNoRoute) | Err(Reason::LanPassNotReady) => {}
+        // A transit packet the fast path cannot send on: the kernel gets it (counted).
+        Err(reason) => {
+            count(reason);
+            return pass_up(ctx, our_mac, peer_mac);
+        }
+    }
+
+    let inner: *const EthHdr = ptr_at(ctx, 0).ok_or(Reason::UnderlayPassMalformed)?;
+    let inner_proto = unsafe { (*inner).proto };
     let mut fib: bpf_fib_lookup = unsafe { core::mem::zeroed() };
     fib.ifindex = ctx.ingress_ifindex() as u32;
     let v6 = if inner_proto == ETH_P_IP.to_be() {
-        let ip: *const Ipv4Hdr = ptr_at(ctx, l3).ok_or(Reason::UnderlayPassMalformed)?;
+        let ip: *const Ipv4Hdr = ptr_at(ctx, ETH_HLEN).ok_or(Reason::UnderlayPassMalformed)?;
         let ip = unsafe { &*ip };
         fib.family = AF_INET;
         fib.l4_protocol = ip.proto;
@@ -204,7 +224,7 @@ fn decap(ctx: &XdpContext, l4: usize) -> Result<u32, Reason> {
         fib.__bindgen_anon_4.ipv4_dst = ip.dst;
         false
     } else if inner_proto == ETH_P_IPV6.to_be() {
-        let ip: *const Ipv6Hdr = ptr_at(ctx, l3).ok_or(Reason::UnderlayPassMalformed)?;
+        let ip: *const Ipv6Hdr = ptr_at(ctx, ETH_HLEN).ok_or(Reason::UnderlayPassMalformed)?;
         let ip = unsafe { &*ip };
         fib.family = AF_INET6;
         fib.l4_protocol = ip.nexthdr;
@@ -213,7 +233,7 @@ fn decap(ctx: &XdpContext, l4: usize) -> Result<u32, Reason> {
         fib.__bindgen_anon_4.ipv6_dst = ip.dst;
         true
     } else {
-        return Err(Reason::UnderlayPassMalformed);
+        return pass_up(ctx, our_mac, peer_mac);
     };
     let rc = unsafe {
         fib_lookup(
@@ -223,12 +243,8 @@ fn decap(ctx: &XdpContext, l4: usize) -> Result<u32, Reason> {
             0,
         )
     };
-
-    if unsafe { bpf_xdp_adjust_head(ctx.ctx, inner_off as i32) } != 0 {
-        return Err(Reason::UnderlayPassMalformed);
-    }
-    let eth: *mut EthHdr = ptr_at(ctx, 0).ok_or(Reason::UnderlayPassMalformed)?;
     if rc == BPF_FIB_LKUP_RET_SUCCESS as i64 && ttl_decrement(ctx, v6) {
+        let eth: *mut EthHdr = ptr_at(ctx, 0).ok_or(Reason::UnderlayPassMalformed)?;
         unsafe {
             (*eth).dst = fib.dmac;
             (*eth).src = fib.smac;
@@ -238,7 +254,13 @@ fn decap(ctx: &XdpContext, l4: usize) -> Result<u32, Reason> {
             return Ok(xdp_action::XDP_REDIRECT);
         }
     }
-    // Up the stack as a frame addressed to us; the kernel routes it.
+    pass_up(ctx, our_mac, peer_mac)
+}
+
+/// Hands the decapsulated frame to the kernel, addressed to us so that it routes it.
+#[inline(always)]
+fn pass_up(ctx: &XdpContext, our_mac: [u8; 6], peer_mac: [u8; 6]) -> Result<u32, Reason> {
+    let eth: *mut EthHdr = ptr_at(ctx, 0).ok_or(Reason::UnderlayPassMalformed)?;
     unsafe {
         (*eth).dst = our_mac;
         (*eth).src = peer_mac;

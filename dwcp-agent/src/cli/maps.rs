@@ -14,8 +14,8 @@ use aya::maps::{
 };
 use dwcp_common::{
     maps::names, ClassifierKey, ClassifierRule, Counters, GatewayConfig, LinkConfig, LinkState,
-    Neighbour, NeighbourKey, NextHop, NextHopTable, QosClass, QosPolicy, Reason, Route, VniEntry,
-    MAX_GROUPS,
+    Neighbour, NeighbourKey, NextHop, NextHopTable, Policer, PolicerKey, QosClass, QosPolicy,
+    Reason, Route, VniEntry, MAX_GROUPS, POLICER_ANY_GROUP, POLICE_DROP,
 };
 use serde::Serialize;
 use serde_json::{json, Value};
@@ -211,6 +211,7 @@ pub fn dump_one(dir: &Path, name: &'static str) -> Result<MapDump, MapsError> {
                     u32_key(g),
                     json!({
                         "member_count": t.member_count,
+                        "active_count": t.active_count,
                         "nexthops": &t.nexthops[..members],
                         "buckets_per_member": share,
                     }),
@@ -218,12 +219,16 @@ pub fn dump_one(dir: &Path, name: &'static str) -> Result<MapDump, MapsError> {
                     format!(
                         "group {g}: {}",
                         (0..members)
-                            .map(|m| format!(
-                                "nexthop {} ({} of {} buckets)",
-                                t.nexthops[m],
-                                share[m],
-                                t.buckets.len()
-                            ))
+                            .map(|m| if m < t.active_count as usize {
+                                format!(
+                                    "nexthop {} ({} of {} buckets)",
+                                    t.nexthops[m],
+                                    share[m],
+                                    t.buckets.len()
+                                )
+                            } else {
+                                format!("nexthop {} (standby)", t.nexthops[m])
+                            })
                             .collect::<Vec<_>>()
                             .join(", ")
                     ),
@@ -381,6 +386,68 @@ pub fn dump_one(dir: &Path, name: &'static str) -> Result<MapDump, MapsError> {
                         },
                         k.port,
                         class_name(r.class)
+                    ),
+                );
+            }
+        }
+        names::CLASS_PORTS => {
+            shown = "ports named by a classifier rule";
+            let a: Array<MapData, u64> = typed(name, map)?;
+            let mut ports = Vec::new();
+            for (word, bits) in a.iter().enumerate() {
+                let bits = bits.map_err(&rd)?;
+                if bits == 0 {
+                    continue;
+                }
+                push(u32_key(word as u32), json!(bits), None, String::new());
+                ports.extend(
+                    (0..64)
+                        .filter(|b| bits & (1 << b) != 0)
+                        .map(|b| word * 64 + b),
+                );
+            }
+            // One line for the whole bitmap; the JSON keeps bpftool's words.
+            lines.clear();
+            if !ports.is_empty() {
+                lines.push(format!(
+                    "ports {}",
+                    ports
+                        .iter()
+                        .map(usize::to_string)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ));
+            }
+        }
+        names::POLICERS => {
+            let h: HashMap<MapData, PolicerKey, Policer> = typed(name, map)?;
+            for item in h.iter() {
+                let (k, p) = item.map_err(&rd)?;
+                push(
+                    json!({"group_id": k.group_id, "class": k.class}),
+                    json!({
+                        "rate_bytes_per_s": p.rate_bytes_per_s, "burst_bytes": p.burst_bytes,
+                        "tokens": p.tokens, "last_ns": p.last_ns, "conformed": p.conformed,
+                        "exceeded": p.exceeded, "action": p.action,
+                    }),
+                    None,
+                    format!(
+                        "{} to {}: {} bit/s burst {} B, over rate {}; {} conformed, {} exceeded",
+                        class_name(k.class),
+                        if k.group_id == POLICER_ANY_GROUP {
+                            "any destination".to_string()
+                        } else {
+                            format!("group {}", k.group_id)
+                        },
+                        p.rate_bytes_per_s * 8,
+                        p.burst_bytes,
+                        if p.action == POLICE_DROP {
+                            "dropped"
+                        } else {
+                            "re-marked best effort"
+                        },
+                        p.conformed,
+                        p.exceeded
                     ),
                 );
             }

@@ -23,8 +23,8 @@ use aya::{
 use dwcp_common::{
     maps::{names, programs},
     ClassifierKey, ClassifierRule, Counters, GatewayConfig, LinkConfig, LinkState, Neighbour,
-    NeighbourKey, NextHop, NextHopTable, QosPolicy, Reason, Route, VniEntry, MAX_GROUPS, MAX_LINKS,
-    MAX_NEXTHOPS,
+    NeighbourKey, NextHop, NextHopTable, Policer, PolicerKey, QosPolicy, Reason, Route, VniEntry,
+    MAX_GROUPS, MAX_LINKS, MAX_NEXTHOPS,
 };
 use thiserror::Error;
 use tracing::{info, warn};
@@ -124,7 +124,9 @@ pub struct Dataplane {
     link_config: Array<MapData, LinkConfig>,
     link_state: Array<MapData, LinkState>,
     classifier: HashMap<MapData, ClassifierKey, ClassifierRule>,
+    class_ports: Array<MapData, u64>,
     qos: Array<MapData, QosPolicy>,
+    policers: HashMap<MapData, PolicerKey, Policer>,
     vnis: HashMap<MapData, u32, VniEntry>,
     nh_stats: PerCpuArray<MapData, Counters>,
     class_stats: PerCpuArray<MapData, Counters>,
@@ -196,7 +198,9 @@ impl Dataplane {
             link_config: take!(ebpf, names::LINK_CONFIG),
             link_state: take!(ebpf, names::LINK_STATE),
             classifier: take!(ebpf, names::CLASSIFIER),
+            class_ports: take!(ebpf, names::CLASS_PORTS),
             qos: take!(ebpf, names::QOS_POLICY),
+            policers: take!(ebpf, names::POLICERS),
             vnis: take!(ebpf, names::VNIS),
             nh_stats: take!(ebpf, names::NH_STATS),
             class_stats: take!(ebpf, names::CLASS_STATS),
@@ -403,23 +407,102 @@ impl Dataplane {
             .map_err(map_err(names::LINK_STATE))
     }
 
+    /// Adds or replaces a classifier rule. The rule goes in before its port's bit, so a packet
+    /// that sees the bit finds the rule.
     pub fn set_classifier_rule(&mut self, key: ClassifierKey, rule: ClassifierRule) -> Result<()> {
         self.classifier
             .insert(key, rule, 0)
-            .map_err(map_err(names::CLASSIFIER))
+            .map_err(map_err(names::CLASSIFIER))?;
+        self.set_port_bit(key.port, true)
     }
 
+    /// Removes a rule, and its port's bit when no other rule names that port.
     pub fn remove_classifier_rule(&mut self, key: &ClassifierKey) -> Result<()> {
         match self.classifier.remove(key) {
-            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
-            Err(e) => Err(map_err(names::CLASSIFIER)(e)),
+            Ok(()) | Err(MapError::KeyNotFound) => {}
+            Err(e) => return Err(map_err(names::CLASSIFIER)(e)),
         }
+        let still_used = self
+            .classifier
+            .keys()
+            .filter_map(|k| k.ok())
+            .any(|k| k.port == key.port);
+        if !still_used {
+            self.set_port_bit(key.port, false)?;
+        }
+        Ok(())
+    }
+
+    pub fn classifier_rules(&self) -> Result<Vec<(ClassifierKey, ClassifierRule)>> {
+        self.classifier
+            .iter()
+            .map(|r| r.map_err(map_err(names::CLASSIFIER)))
+            .collect()
+    }
+
+    fn set_port_bit(&mut self, port: u16, on: bool) -> Result<()> {
+        let word = (port >> 6) as u32;
+        let bit = 1u64 << (port & 63);
+        let old = self
+            .class_ports
+            .get(&word, 0)
+            .map_err(map_err(names::CLASS_PORTS))?;
+        let new = if on { old | bit } else { old & !bit };
+        self.class_ports
+            .set(word, new, 0)
+            .map_err(map_err(names::CLASS_PORTS))
     }
 
     pub fn set_qos_policy(&mut self, class: u8, p: QosPolicy) -> Result<()> {
         self.qos
             .set(class as u32, p, 0)
             .map_err(map_err(names::QOS_POLICY))
+    }
+
+    /// Installs or replaces a token-bucket policer (bucket starts full) and turns policing on.
+    pub fn set_policer(
+        &mut self,
+        key: PolicerKey,
+        rate_bytes_per_s: u64,
+        burst_bytes: u64,
+        action: u8,
+    ) -> Result<()> {
+        let p = Policer {
+            rate_bytes_per_s,
+            burst_bytes,
+            tokens: burst_bytes,
+            action,
+            ..Default::default()
+        };
+        self.policers
+            .insert(key, p, 0)
+            .map_err(map_err(names::POLICERS))?;
+        let mut cfg = self.config()?;
+        cfg.flags |= dwcp_common::CONFIG_F_POLICING;
+        self.set_config(cfg)
+    }
+
+    /// Removes a policer; policing is turned off with the last one.
+    pub fn remove_policer(&mut self, key: &PolicerKey) -> Result<()> {
+        match self.policers.remove(key) {
+            Ok(()) | Err(MapError::KeyNotFound) => {}
+            Err(e) => return Err(map_err(names::POLICERS)(e)),
+        }
+        if self.policers.keys().next().is_none() {
+            let mut cfg = self.config()?;
+            cfg.flags &= !dwcp_common::CONFIG_F_POLICING;
+            self.set_config(cfg)?;
+        }
+        Ok(())
+    }
+
+    /// A policer with its counters.
+    pub fn policer(&self, key: &PolicerKey) -> Result<Option<Policer>> {
+        match self.policers.get(key, 0) {
+            Ok(p) => Ok(Some(p)),
+            Err(MapError::KeyNotFound) => Ok(None),
+            Err(e) => Err(map_err(names::POLICERS)(e)),
+        }
     }
 
     /// Terminates `vni` here: its traffic is decapsulated and delivered towards `lan_ifindex`.

@@ -21,11 +21,12 @@ pub enum GroupError {
     TooManyMembers { got: usize, max: usize },
     #[error("next hop {0} appears twice in the group")]
     DuplicateMember(u32),
-    #[error("next hop {0} has weight 0; leave it out instead")]
-    ZeroWeight(u32),
+    #[error("every member of the group is a standby (weight 0): at least one needs a weight")]
+    NoActiveMember,
 }
 
-/// A member of a group: a next-hop id and its integer weight.
+/// A member of a group: a next-hop id and its integer weight. Weight 0 makes it a standby: it
+/// gets no buckets and takes flows only when active members' links are dead.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Member {
     pub nexthop: u32,
@@ -84,9 +85,11 @@ fn validate(members: &[Member]) -> Result<Vec<Member>, GroupError> {
             return Err(GroupError::DuplicateMember(w[0].nexthop));
         }
     }
-    if let Some(m) = sorted.iter().find(|m| m.weight == 0) {
-        return Err(GroupError::ZeroWeight(m.nexthop));
+    if sorted.iter().all(|m| m.weight == 0) {
+        return Err(GroupError::NoActiveMember);
     }
+    // Actives first (they own the buckets), then standbys, each by next-hop id.
+    sorted.sort_by_key(|m| (m.weight == 0, m.nexthop));
     Ok(sorted)
 }
 
@@ -96,7 +99,8 @@ pub fn build_table(
     members: &[Member],
     previous: Option<&NextHopTable>,
 ) -> Result<NextHopTable, GroupError> {
-    let members = validate(members)?;
+    let all = validate(members)?;
+    let members: Vec<Member> = all.iter().copied().filter(|m| m.weight > 0).collect();
     let quota = quotas(&members);
     let index_of: BTreeMap<u32, usize> = members
         .iter()
@@ -107,7 +111,7 @@ pub fn build_table(
     let mut have = vec![0usize; members.len()];
 
     if let Some(prev) = previous {
-        let n = (prev.member_count as usize).min(MAX_GROUP_MEMBERS);
+        let n = (prev.active_count as usize).min(MAX_GROUP_MEMBERS);
         for (b, &m) in prev.buckets.iter().enumerate() {
             if (m as usize) < n {
                 if let Some(&i) = index_of.get(&prev.nexthops[m as usize]) {
@@ -140,10 +144,11 @@ pub fn build_table(
     }
 
     let mut t = NextHopTable {
-        member_count: members.len() as u32,
+        member_count: all.len() as u16,
+        active_count: members.len() as u16,
         ..Default::default()
     };
-    for (i, m) in members.iter().enumerate() {
+    for (i, m) in all.iter().enumerate() {
         t.nexthops[i] = m.nexthop;
     }
     for (b, o) in owner.iter().enumerate() {
@@ -261,8 +266,8 @@ mod tests {
             Err(GroupError::TooManyMembers { got: 9, max: 8 })
         );
         assert_eq!(
-            build_table(&members(&[1, 0]), None),
-            Err(GroupError::ZeroWeight(11))
+            build_table(&members(&[0, 0]), None),
+            Err(GroupError::NoActiveMember)
         );
         let dup = [
             Member {
@@ -275,6 +280,33 @@ mod tests {
             },
         ];
         assert_eq!(build_table(&dup, None), Err(GroupError::DuplicateMember(1)));
+    }
+
+    #[test]
+    fn standbys_get_no_buckets_and_follow_the_actives() {
+        let m = [
+            Member {
+                nexthop: 5,
+                weight: 0,
+            },
+            Member {
+                nexthop: 9,
+                weight: 2,
+            },
+            Member {
+                nexthop: 3,
+                weight: 0,
+            },
+            Member {
+                nexthop: 7,
+                weight: 1,
+            },
+        ];
+        let t = build_table(&m, None).unwrap();
+        assert_eq!((t.member_count, t.active_count), (4, 2));
+        assert_eq!(&t.nexthops[..4], &[7, 9, 3, 5]);
+        assert!(t.buckets.iter().all(|&b| b < 2));
+        assert_eq!(t.buckets.iter().filter(|&&b| b == 1).count(), 681);
     }
 
     proptest! {
