@@ -264,5 +264,39 @@ pub async fn serve(
         .map_err(TelemetryError::Serve)
 }
 
+/// The metrics endpoint as configured, running.
+pub struct RunningMetrics {
+    pub addr: SocketAddr,
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<Result<(), TelemetryError>>,
+}
+
+impl RunningMetrics {
+    /// Binds `config.listen` and serves `/metrics`; `None` when metrics are disabled.
+    pub async fn start(
+        config: &MetricsConfig,
+        exporter: Exporter,
+    ) -> Result<Option<RunningMetrics>, TelemetryError> {
+        if !config.enabled {
+            return Ok(None);
+        }
+        let listener = bind(config.listen).await?;
+        let addr = listener.local_addr().map_err(TelemetryError::Serve)?;
+        let (stop, stopped) = tokio::sync::oneshot::channel();
+        let task = tokio::spawn(serve(listener, exporter, async {
+            let _ = stopped.await;
+        }));
+        tracing::info!(%addr, "metrics at http://{addr}/metrics");
+        Ok(Some(RunningMetrics { addr, stop, task }))
+    }
+
+    pub async fn shutdown(self) -> Result<(), TelemetryError> {
+        let _ = self.stop.send(());
+        self.task
+            .await
+            .map_err(|e| TelemetryError::Serve(std::io::Error::other(e)))?
+    }
+}
+
 #[cfg(test)]
 mod tests;

@@ -245,3 +245,41 @@ async fn the_endpoint_serves_openmetrics_to_prometheus_and_text_to_others() {
     stop_tx.send(()).unwrap();
     server.await.unwrap().unwrap();
 }
+
+#[tokio::test]
+async fn running_metrics_follow_the_config() {
+    let (h, _tx) = handle(three_region_snapshot());
+    let off = MetricsConfig {
+        enabled: false,
+        ..MetricsConfig::default()
+    };
+    assert!(RunningMetrics::start(&off, Exporter::new(&h))
+        .await
+        .unwrap()
+        .is_none());
+    let on = MetricsConfig {
+        enabled: true,
+        listen: "127.0.0.1:0".parse().unwrap(),
+    };
+    let running = RunningMetrics::start(&on, Exporter::new(&h))
+        .await
+        .unwrap()
+        .unwrap();
+    let client = ApiClient::new(Endpoint::Tcp {
+        addr: running.addr.to_string(),
+        token: None,
+    });
+    let r = client.request_raw("GET", "/metrics", &[], None).await.unwrap();
+    assert!(String::from_utf8_lossy(&r.body).contains("dwcp_link_rtt_seconds"));
+    // A taken address is an error naming it.
+    let taken = MetricsConfig {
+        enabled: true,
+        listen: running.addr,
+    };
+    let err = RunningMetrics::start(&taken, Exporter::new(&h))
+        .await
+        .err()
+        .unwrap();
+    assert!(err.to_string().contains(&running.addr.to_string()), "{err}");
+    running.shutdown().await.unwrap();
+}
