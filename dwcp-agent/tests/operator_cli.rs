@@ -40,8 +40,15 @@ struct Agent {
     commands: Arc<AtomicUsize>,
 }
 
+const TOKEN: &str = "feedfacefeedfacefeedfacefeedface";
+
 impl Agent {
     fn start() -> Agent {
+        Self::start_with(false)
+    }
+
+    /// With `tcp`, the API is also served on 127.0.0.1 behind the bearer token in `token`.
+    fn start_with(tcp: bool) -> Agent {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
@@ -60,8 +67,11 @@ impl Agent {
         let (events, _) = broadcast::channel(16);
         let (cmd_tx, cmd_rx) = mpsc::channel(4);
         let commands = Arc::new(AtomicUsize::new(0));
+        std::fs::write(dir.path().join("token"), format!("{TOKEN}\n")).unwrap();
         let config = ApiConfig {
             socket: Some(dir.path().join("agent.sock")),
+            tcp_listen: tcp.then(|| "127.0.0.1:0".parse().unwrap()),
+            token_file: tcp.then(|| dir.path().join("token")),
             ..ApiConfig::default()
         };
         let handle = AgentHandle {
@@ -583,4 +593,35 @@ fn maps_decodes_the_pinned_maps_as_bpftool_does() {
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("cannot open the pin"));
     drop(dp);
+}
+
+#[test]
+fn the_tcp_api_takes_the_token_from_a_file() {
+    let agent = Agent::start_with(true);
+    let addr = agent.api.as_ref().unwrap().tcp_addr.unwrap().to_string();
+    let run = |token_file: Option<&Path>| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_dwcp"));
+        cmd.args(["--api", &addr, "--timeout", "5", "show", "links", "--json"]);
+        if let Some(f) = token_file {
+            cmd.arg("--token-file").arg(f);
+        }
+        cmd.output().unwrap()
+    };
+    let ok = run(Some(&agent.dir.path().join("token")));
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    let links: Value = serde_json::from_slice(&ok.stdout).unwrap();
+    assert_eq!(links.as_array().unwrap().len(), 3);
+    let anonymous = run(None);
+    assert_eq!(anonymous.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&anonymous.stderr);
+    assert!(err.contains("missing bearer token"), "{err}");
+    assert!(err.contains("add --token-file FILE"), "{err}");
+    let wrong = agent.dir.path().join("wrong");
+    std::fs::write(&wrong, "0000000000000000000000000000000000").unwrap();
+    let refused = run(Some(&wrong));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("wrong bearer token (HTTP 401)"));
 }

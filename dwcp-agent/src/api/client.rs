@@ -235,16 +235,17 @@ impl ApiClient {
     /// Follows `/v1/events`, calling `on_event` for each event until it returns false or the
     /// stream ends. Only connecting is bounded by the timeout: the stream may idle (the server
     /// sends keep-alive comments every 15 s).
-    pub async fn events(
+    pub async fn events(&self, on_event: impl FnMut(SseEvent) -> bool) -> Result<(), ClientError> {
+        self.events_at("/v1/events", on_event).await
+    }
+
+    /// As [`ApiClient::events`], from `path` (e.g. `/v1/events?owner=video`).
+    pub async fn events_at(
         &self,
+        path: &str,
         mut on_event: impl FnMut(SseEvent) -> bool,
     ) -> Result<(), ClientError> {
-        let req = self.request(
-            "GET",
-            "/v1/events",
-            &[("accept", "text/event-stream")],
-            None,
-        )?;
+        let req = self.request("GET", path, &[("accept", "text/event-stream")], None)?;
         let mut sender = self.connect().await?;
         let resp = tokio::time::timeout(self.timeout, sender.send_request(req))
             .await

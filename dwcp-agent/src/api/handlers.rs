@@ -220,17 +220,30 @@ pub async fn cancel_reservation(
 
 /// Server-sent events: `agent` (link, route and config events), `reservation` (reservation
 /// changes) and `lagged` (this stream fell behind and lost that many events; re-read the
-/// state). Each `data:` is one JSON object.
+/// state). Each `data:` is one JSON object. With `?owner=NAME` only the changes of NAME's
+/// reservations are sent (created, extended, preempted, expired, ...): how a subscriber learns
+/// that its reservation was taken away.
 pub async fn events(
     State(ctx): State<ApiContext>,
+    ApiQuery(q): ApiQuery<EventsQuery>,
 ) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
-    let agent = BroadcastStream::new(ctx.handle.events.subscribe())
-        .map(|item| event("agent", item.map(|e| serde_json::to_string(&e))));
+    let agent: EventStream = match q.owner {
+        Some(_) => Box::pin(tokio_stream::empty()),
+        None => Box::pin(
+            BroadcastStream::new(ctx.handle.events.subscribe())
+                .map(|item| event("agent", item.map(|e| serde_json::to_string(&e)))),
+        ),
+    };
     let reservations: EventStream = match &ctx.reservations {
         Some(m) => {
             let rx = m.lock().unwrap_or_else(|p| p.into_inner()).subscribe();
+            let owner = q.owner.clone();
             Box::pin(
                 BroadcastStream::new(rx)
+                    .filter(move |item| match (item, &owner) {
+                        (Ok(e), Some(o)) => e.owner() == o,
+                        _ => true,
+                    })
                     .map(|item| event("reservation", item.map(|e| serde_json::to_string(&e)))),
             )
         }

@@ -18,7 +18,7 @@
 //! | GET | `/v1/tunnels` | tunnel devices |
 //! | GET, POST | `/v1/reservations` | list, create (`ReservationRequest`) |
 //! | GET, PATCH, DELETE | `/v1/reservations/{id}` | read, extend (`{"end": ...}`), cancel |
-//! | GET | `/v1/events` | server-sent events: `agent`, `reservation`, `lagged` |
+//! | GET | `/v1/events?owner=` | server-sent events: `agent`, `reservation`, `lagged` |
 //! | POST | `/v1/reload` | re-read the configuration |
 
 pub mod client;

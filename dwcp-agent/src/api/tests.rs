@@ -690,3 +690,60 @@ async fn without_a_reservation_manager_reservations_are_501() {
     assert_eq!(status.reservations_active, None);
     api.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn an_owner_hears_only_about_its_own_reservations() {
+    let h = Harness::start(Agent::Answers, false).await;
+    let client = h.client.clone();
+    let (got_tx, mut got_rx) = mpsc::unbounded_channel();
+    let follower = tokio::spawn(async move {
+        client
+            .events_at("/v1/events?owner=video-team", |e| {
+                let _ = got_tx.send(e);
+                true
+            })
+            .await
+    });
+    // The stream subscribes when its request arrives, which the test cannot see: make
+    // changes (others' and ours, and an agent event) until the first event comes through.
+    let end = crate::telemetry::unix_now() + 600;
+    let mut first = None;
+    for _ in 0..100 {
+        h.events.send(AgentEvent::LinkUp { link: 1 }).ok();
+        let other = reservation_body(json!("1M"), end).replace("video-team", "backup");
+        assert_eq!(
+            h.raw("POST", "/v1/reservations", Some(&other)).await.status,
+            201
+        );
+        let mine = reservation_body(json!("2M"), end);
+        assert_eq!(
+            h.raw("POST", "/v1/reservations", Some(&mine)).await.status,
+            201
+        );
+        if let Ok(Some(e)) = tokio::time::timeout(Duration::from_millis(100), got_rx.recv()).await {
+            first = Some(e);
+            break;
+        }
+    }
+    let mut seen = vec![first.expect("an event arrives")];
+    while let Ok(e) = got_rx.try_recv() {
+        seen.push(e);
+    }
+    for e in &seen {
+        assert_eq!(e.event, "reservation", "{e:?}");
+        let v: Value = serde_json::from_str(&e.data).unwrap();
+        assert_eq!(v["reservation"]["owner"], "video-team", "{e:?}");
+        assert_eq!(v["reservation"]["rate_bps"], 2_000_000);
+    }
+    assert_error(
+        &h.raw("GET", "/v1/events?colour=red", None).await,
+        400,
+        "colour",
+    );
+    h.stop().await;
+    tokio::time::timeout(Duration::from_secs(10), follower)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+}

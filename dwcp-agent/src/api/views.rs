@@ -154,3 +154,11 @@ pub struct HistoryQuery {
     /// Only the newest `limit` changes.
     pub limit: Option<usize>,
 }
+
+/// `GET /v1/events` query.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventsQuery {
+    /// Only changes of this owner's reservations.
+    pub owner: Option<String>,
+}

@@ -17,7 +17,7 @@ use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 use dwcp_agent::{
     agent::{LinkHealth, LinkView, RouteChange, RouteView, TunnelView},
     api::{
-        client::{ApiClient, Endpoint},
+        client::{ApiClient, ClientError, Endpoint},
         views::{
             AdminRequest, AdminResponse, AdminState, ReloadResponse, StatusView, TopologyView,
         },
@@ -85,6 +85,9 @@ enum Command {
         /// Stop after this many events.
         #[arg(long)]
         count: Option<usize>,
+        /// Only changes of this owner's reservations (created, preempted, expired, ...).
+        #[arg(long)]
+        owner: Option<String>,
     },
     /// Make the agent re-read its configuration.
     Reload,
@@ -178,8 +181,16 @@ fn main() {
         .enable_all()
         .build()
         .expect("a tokio runtime");
+    let tcp_without_token = cli.api.is_some() && cli.token_file.is_none();
     if let Err(e) = runtime.block_on(run(cli)) {
         eprintln!("dwcp: {e:#}");
+        let unauthorised = matches!(
+            e.downcast_ref::<ClientError>(),
+            Some(ClientError::Api { status: 401, .. })
+        );
+        if unauthorised && tcp_without_token {
+            eprintln!("dwcp: the TCP API needs its bearer token: add --token-file FILE");
+        }
         std::process::exit(1);
     }
 }
@@ -275,10 +286,14 @@ async fn run(cli: Cli) -> Result<()> {
             link,
             no_wait,
         } => set_link(&cli, *state, link, *no_wait).await,
-        Command::Events { count } => {
+        Command::Events { count, owner } => {
             let mut seen = 0;
+            let path = match owner {
+                Some(o) => format!("/v1/events?owner={}", path_segment(o)),
+                None => "/v1/events".to_string(),
+            };
             client(&cli)?
-                .events(|e| {
+                .events_at(&path, |e| {
                     if json {
                         println!("{{\"event\":{:?},\"data\":{}}}", e.event, e.data);
                     } else {

@@ -269,7 +269,10 @@ async fn running_metrics_follow_the_config() {
         addr: running.addr.to_string(),
         token: None,
     });
-    let r = client.request_raw("GET", "/metrics", &[], None).await.unwrap();
+    let r = client
+        .request_raw("GET", "/metrics", &[], None)
+        .await
+        .unwrap();
     assert!(String::from_utf8_lossy(&r.body).contains("dwcp_link_rtt_seconds"));
     // A taken address is an error naming it.
     let taken = MetricsConfig {
