@@ -174,6 +174,44 @@ impl LabPlan {
             .collect();
         TopologyConfig::from_entries(regions, links, vec![])
     }
+
+    /// The agent.toml of region `n`'s gateway (the daemon's schema, as `deploy/agent.toml`):
+    /// its LAN interface, one `[[local_link]]` per link of the region, every region's prefix,
+    /// the API socket, and the lab's topology.
+    pub fn agent_config(
+        &self,
+        n: u8,
+        pin_dir: &std::path::Path,
+        socket: &std::path::Path,
+    ) -> String {
+        // The topology first: its top-level keys (`edge = []`) must precede every table.
+        let mut s = toml::to_string(&self.topology()).expect("a topology serialises");
+        s += &format!(
+            "\n[gateway]\nname = \"gw-{n}\"\nregion = \"region-{n}\"\npin_dir = \"{}\"\n\
+             lan_interfaces = [\"lan0\"]\n\n",
+            pin_dir.display()
+        );
+        for l in self.links.iter().filter(|l| l.a == n || l.b == n) {
+            let (local, peer) = if l.a == n {
+                (l.a_ip, l.b_ip)
+            } else {
+                (l.b_ip, l.a_ip)
+            };
+            s += &format!(
+                "[[local_link]]\nlink = \"{}\"\ninterface = \"{}\"\nlocal_ip = \"{local}\"\n\
+                 peer_ip = \"{peer}\"\nmtu = {UNDERLAY_MTU}\n\n",
+                l.name, l.interface
+            );
+        }
+        for r in &self.regions {
+            s += &format!(
+                "[[prefixes]]\nregion = \"{}\"\nprefixes = [\"{}/24\"]\n\n",
+                r.name, r.prefix
+            );
+        }
+        s += &format!("[api]\nsocket = \"{}\"\n", socket.display());
+        s
+    }
 }
 
 /// How the lab's namespaces are named.
@@ -469,5 +507,52 @@ mod tests {
         assert_eq!(p.link("r1-r2").unwrap().id, 1);
         assert_eq!(p.link("10").unwrap().name, "r1-r10");
         assert!(p.link("r1-r5").is_none());
+    }
+
+    #[test]
+    fn each_gateways_config_names_its_own_links_and_every_prefix() {
+        let p = LabPlan::new(4, Shape::Ring).unwrap();
+        let text = p.agent_config(
+            1,
+            std::path::Path::new("/sys/fs/bpf/dwcp-lab/g1"),
+            std::path::Path::new("/run/dwcp-lab/g1.sock"),
+        );
+        let doc: toml::Table = toml::from_str(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+        assert_eq!(doc["gateway"]["region"].as_str(), Some("region-1"));
+        let local: Vec<(&str, &str, &str)> = doc["local_link"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| {
+                (
+                    l["link"].as_str().unwrap(),
+                    l["local_ip"].as_str().unwrap(),
+                    l["peer_ip"].as_str().unwrap(),
+                )
+            })
+            .collect();
+        // Region 1 of a 4-ring: link 1 to region 2 and link 4 to region 4.
+        assert_eq!(
+            local,
+            vec![
+                ("r1-r2", "172.16.1.1", "172.16.1.2"),
+                ("r1-r4", "172.16.4.1", "172.16.4.2")
+            ]
+        );
+        assert_eq!(doc["prefixes"].as_array().unwrap().len(), 4);
+        assert_eq!(
+            doc["api"].as_table().unwrap().keys().collect::<Vec<_>>(),
+            vec!["socket"]
+        );
+        assert_eq!(doc["api"]["socket"].as_str(), Some("/run/dwcp-lab/g1.sock"));
+        // The topology part validates as the topology module's schema.
+        let mut topo = toml::Table::new();
+        for k in ["region", "link"] {
+            topo.insert(k.into(), doc[k].clone());
+        }
+        let t = crate::topology::Topology::from_toml_str(&toml::to_string(&topo).unwrap()).unwrap();
+        assert_eq!(t.links().len(), 4);
+        let r4 = p.agent_config(4, std::path::Path::new("/p"), std::path::Path::new("/s"));
+        assert!(r4.contains("local_ip = \"172.16.4.2\"\npeer_ip = \"172.16.4.1\""));
     }
 }
