@@ -7,6 +7,8 @@
 //! [`MultiLinkLab`] has several monitored links that can be cut, probers and agent-side link
 //! monitors, and pins everything so the agent can be stopped: the failover tests and
 //! benchmark use it, with the sequenced streams of [`stream`].
+//! [`multi`] builds the network of an N-region lab (3 to 10 regions, ring or full mesh, links
+//! cut in wire namespaces), without programming it.
 
 pub mod triangle;
 
@@ -23,6 +25,7 @@ use crate::{
     netlab::{self, NetlabError, Netns},
 };
 
+pub mod multi;
 mod multilink;
 pub mod stream;
 
@@ -54,6 +57,14 @@ pub enum LabError {
         what: String,
         waited: std::time::Duration,
     },
+    #[error("{asked} regions: the lab builds {min} to {max}")]
+    Regions {
+        asked: usize,
+        min: usize,
+        max: usize,
+    },
+    #[error("no link {0:?} in the lab")]
+    UnknownLink(String),
 }
 
 impl From<DataplaneError> for LabError {

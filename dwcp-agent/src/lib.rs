@@ -1,6 +1,8 @@
 //! dwcp-agent: the userspace side of dwcp. One module per concern.
 pub mod agent;
+pub mod api;
 pub mod bandwidth;
+pub mod cli;
 pub mod dataplane;
 pub mod forwarding_bench;
 pub mod health;
@@ -10,6 +12,7 @@ pub mod probe;
 pub mod prober;
 pub mod redundancy;
 pub mod routing;
+pub mod telemetry;
 pub mod topology;
 pub mod traffic;
 pub mod tunnels;
