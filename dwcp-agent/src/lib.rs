@@ -10,3 +10,4 @@ pub mod redundancy;
 pub mod routing;
 pub mod topology;
 pub mod traffic;
+pub mod utilisation;
