@@ -27,7 +27,7 @@ use dwcp_agent::{
         jain_index,
         shaped_lab::{ShapedPathsLab, HOST_A_IP, HOST_B_IP, REGION_MTU, SHAPER_QUEUE},
         shares, split_limited_bps, table_shares, tcp_goodput_ceiling, IperfClient, IperfReport,
-        IperfServer, ShaperStats, SplitAccuracy, TcpLoad,
+        IperfServer, SplitAccuracy, TcpLoad,
     },
 };
 use dwcp_common::{wire::IPPROTO_TCP, Counters, FlowKey};
@@ -122,56 +122,78 @@ fn configured_shares(split: &Split, n_paths: usize) -> Vec<f64> {
 
 /// Counters over the measured part of one run.
 struct Window {
-    /// Per path: its shaper's counters and the time between its two readings.
-    shaper: Vec<(ShaperStats, f64)>,
+    /// Per path: underlay bytes the shaper passed on, and the seconds between its readings.
+    wire: Vec<(u64, f64)>,
+    /// Per path: frames the shaper dropped over the whole run (warm-up included).
+    drops: Vec<u64>,
     nexthop_bytes: Vec<u64>,
 }
 
-/// One reading of every counter. Each shaper's reading (a `tc` run in its wire namespace,
-/// which takes a while on a busy machine) is timed by itself, at the middle of its call.
+impl Window {
+    fn wire_bps(&self) -> Vec<f64> {
+        self.wire
+            .iter()
+            .map(|&(bytes, seconds)| bytes as f64 * 8.0 / seconds)
+            .collect()
+    }
+}
+
+/// One reading of the window's counters, each path's timed by itself.
 struct Sample {
-    shaper: Vec<(Instant, ShaperStats)>,
+    wire: Vec<(Instant, u64)>,
     nexthop: Vec<Counters>,
 }
 
 fn sample(lab: &ShapedPathsLab) -> Result<Sample> {
-    let mut shaper = Vec::new();
+    let mut wire = Vec::new();
     for p in &lab.paths {
         let before = Instant::now();
-        let stats = p.shaper_stats()?;
-        shaper.push((before + before.elapsed() / 2, stats));
+        let sent = p.sent()?;
+        wire.push((before + before.elapsed() / 2, sent.bytes));
     }
     Ok(Sample {
-        shaper,
+        wire,
         nexthop: lab.nexthop_counters()?,
     })
 }
 
-/// Runs `load`, sampling the counters inside its measured time (half a second after the
-/// warm-up until half a second before the end).
+fn sleep_until(t: Instant) {
+    std::thread::sleep(t.saturating_duration_since(Instant::now()));
+}
+
+/// Runs `load`. The window's counters are read from half a second after the warm-up to half a
+/// second before the end (iperf3's clock starts once its connections are up, a little after
+/// the client does, so the window lies inside iperf3's measured time).
 fn run_load(
     lab: &ShapedPathsLab,
     server: &IperfServer,
     load: &TcpLoad,
 ) -> Result<(IperfReport, Window)> {
+    let shaper0 = lab.shaper_stats()?;
     let client = IperfClient::start(&lab.host_a, load, HOST_A_IP, server)?;
-    std::thread::sleep(
-        Duration::from_secs(u64::from(load.omit_seconds)) + Duration::from_millis(500),
-    );
+    let started = Instant::now();
+    let half = Duration::from_millis(500);
+    let omit = Duration::from_secs(u64::from(load.omit_seconds));
+    let measured = Duration::from_secs(u64::from(load.seconds));
+    sleep_until(started + omit + half);
     let s0 = sample(lab)?;
-    std::thread::sleep(
-        Duration::from_secs(u64::from(load.seconds)).saturating_sub(Duration::from_secs(1)),
-    );
+    sleep_until(started + omit + measured - half);
     let s1 = sample(lab)?;
     let report = client.finish()?;
+    let shaper1 = lab.shaper_stats()?;
     Ok((
         report,
         Window {
-            shaper: s1
-                .shaper
+            wire: s1
+                .wire
                 .iter()
-                .zip(&s0.shaper)
-                .map(|((t1, b), (t0, a))| (b.since(a), (*t1 - *t0).as_secs_f64()))
+                .zip(&s0.wire)
+                .map(|((t1, b1), (t0, b0))| (b1 - b0, (*t1 - *t0).as_secs_f64()))
+                .collect(),
+            drops: shaper1
+                .iter()
+                .zip(&shaper0)
+                .map(|(b, a)| b.since(a).drops)
                 .collect(),
             nexthop_bytes: s1
                 .nexthop
@@ -371,9 +393,7 @@ fn main() -> Result<()> {
             weight: 1,
         }])?;
         let (report, w) = run_load(&lab, &server, &check)?;
-        let (stats, seconds) = w.shaper[i];
-        let wire = stats.bytes as f64 * 8.0 / seconds;
-        check_rows.push((id, cap, report.goodput_bps(), wire, stats.drops));
+        check_rows.push((id, cap, report.goodput_bps(), w.wire_bps()[i], w.drops[i]));
     }
 
     // 3. What the lab carries with no limit at all (the shapers removed), equal split.
@@ -414,6 +434,7 @@ fn main() -> Result<()> {
         };
         for split in &splits {
             eprintln!("{load_name} load ({flows} flows), {}", split.name);
+            let t_run = Instant::now();
             let table = lab.set_split(&split.members)?;
             let (report, w) = run_load(&lab, &server, &load)?;
             if report.streams.len() != usize::from(flows) {
@@ -423,13 +444,16 @@ fn main() -> Result<()> {
                     report.streams.len()
                 );
             }
+            eprintln!(
+                "  goodput {:.1} Mbit/s over {:.2} s, wire {:.1}, run {:.1} s",
+                report.goodput_bps() / 1e6,
+                report.seconds,
+                w.wire_bps().iter().sum::<f64>() / 1e6,
+                t_run.elapsed().as_secs_f64()
+            );
             let keys: Vec<FlowKey> = report.streams.iter().map(|s| s.flow).collect();
             let flows_per_path = flows_per_nexthop(&keys, &table, LAB_SEED, &ids);
-            let per_path_wire_bps: Vec<f64> = w
-                .shaper
-                .iter()
-                .map(|(s, seconds)| s.bytes as f64 * 8.0 / seconds)
-                .collect();
+            let per_path_wire_bps = w.wire_bps();
             let rates: Vec<f64> = report.streams.iter().map(|s| s.goodput_bps()).collect();
             let goodput_caps: Vec<u64> = capacities
                 .iter()
@@ -453,7 +477,7 @@ fn main() -> Result<()> {
                     .zip(&capacities)
                     .map(|(bps, &c)| bps / c as f64)
                     .collect(),
-                shaper_drops: w.shaper.iter().map(|(s, _)| s.drops).sum(),
+                shaper_drops: w.drops.iter().sum(),
                 retransmits: report.retransmits,
                 jain: jain_index(&rates),
                 byte_split: SplitAccuracy {

@@ -40,10 +40,12 @@ fn fast_path_split_is_the_predicted_one_and_crosses_the_shapers() {
     for weights in [[1, 2, 4], [1, 1, 1]] {
         let table = lab.set_split(&members(&weights)).unwrap();
         let (nh0, sh0) = (lab.nexthop_counters().unwrap(), lab.shaper_stats().unwrap());
+        let sent0: Vec<_> = lab.paths.iter().map(|p| p.sent().unwrap()).collect();
         let flows = lab.send_udp_flows(2000, 20_000).unwrap();
         // Frames still in flight reach the shapers within this pause.
         std::thread::sleep(std::time::Duration::from_millis(300));
         let (nh1, sh1) = (lab.nexthop_counters().unwrap(), lab.shaper_stats().unwrap());
+        let sent1: Vec<_> = lab.paths.iter().map(|p| p.sent().unwrap()).collect();
         let counted: Vec<u64> = nh1
             .iter()
             .zip(&nh0)
@@ -71,6 +73,17 @@ fn fast_path_split_is_the_predicted_one_and_crosses_the_shapers() {
             assert!(
                 shaped.packets + shaped.drops >= *c,
                 "path {}: the fast path sent {c} packets, its shaper saw {shaped:?}",
+                i + 1
+            );
+            // The fast counters of the shaper's output agree with the shaper's own.
+            let (bytes, packets) = (
+                sent1[i].bytes - sent0[i].bytes,
+                sent1[i].packets - sent0[i].packets,
+            );
+            assert_eq!(
+                (bytes, packets),
+                (shaped.bytes, shaped.packets),
+                "path {}",
                 i + 1
             );
         }

@@ -20,8 +20,8 @@
 use std::{net::Ipv4Addr, time::Duration};
 
 use dwcp_common::{
-    maps::programs, Counters, FlowKey, GatewayConfig, NeighbourKey, NextHop, NextHopTable,
-    QosClass, QosPolicy, Route, VniEntry, CONFIG_F_READY, NH_F_VALID, QOS_F_REWRITE,
+    maps::programs, wire::ETH_HLEN, Counters, FlowKey, GatewayConfig, NeighbourKey, NextHop,
+    NextHopTable, QosClass, QosPolicy, Route, VniEntry, CONFIG_F_READY, NH_F_VALID, QOS_F_REWRITE,
 };
 use serde::Deserialize;
 use thiserror::Error;
@@ -129,6 +129,60 @@ impl ShapedPath {
             detail,
         })
     }
+
+    /// What the shaper has passed on towards B, in frames and frame bytes: the `to-b`
+    /// interface's transmit counters, read in-process from the namespace's `/proc/net/dev` (a
+    /// millisecond, where a `tc` run can take a large part of a second on a busy machine: for
+    /// timing windows).
+    pub fn sent(&self) -> Result<InterfaceTx> {
+        let text = self
+            .wire
+            .run_in(|| std::fs::read_to_string("/proc/thread-self/net/dev"))?
+            .map_err(|e| ShapedLabError::ShaperStats {
+                path: self.id,
+                detail: format!("reading /proc/net/dev: {e}"),
+            })?;
+        let tx =
+            parse_proc_net_dev(&text, WIRE_TO_B).map_err(|detail| ShapedLabError::ShaperStats {
+                path: self.id,
+                detail,
+            })?;
+        // A veth whose peer runs XDP counts what it sends as the peer receives it, after the
+        // Ethernet header was pulled (measured: 1478 bytes per 1492-byte frame the TBF
+        // counted). Put the header back so the bytes are the shaper's.
+        Ok(InterfaceTx {
+            bytes: tx.bytes + tx.packets * ETH_HLEN as u64,
+            packets: tx.packets,
+        })
+    }
+}
+
+/// An interface's transmit counters.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct InterfaceTx {
+    pub bytes: u64,
+    pub packets: u64,
+}
+
+/// Reads `ifname`'s transmit bytes and packets from `/proc/net/dev` text.
+pub fn parse_proc_net_dev(text: &str, ifname: &str) -> std::result::Result<InterfaceTx, String> {
+    let line = text
+        .lines()
+        .find_map(|l| {
+            let (name, rest) = l.split_once(':')?;
+            (name.trim() == ifname).then_some(rest)
+        })
+        .ok_or_else(|| format!("no interface {ifname} in /proc/net/dev"))?;
+    // 8 receive fields, then transmit bytes and packets.
+    let fields: Vec<u64> = line
+        .split_whitespace()
+        .map(|f| f.parse::<u64>())
+        .collect::<std::result::Result<_, _>>()
+        .map_err(|e| format!("{ifname}: unreadable counters: {e}"))?;
+    match fields.get(8..10) {
+        Some(&[bytes, packets]) => Ok(InterfaceTx { bytes, packets }),
+        _ => Err(format!("{ifname}: {} counters, expected 16", fields.len())),
+    }
 }
 
 /// Token-bucket depth: at least a few full underlay frames, else 1 ms at the rate. Small
@@ -192,6 +246,9 @@ fn region(tag: &str, n: u8, host_ip: Ipv4Addr, gw_ip: Ipv4Addr) -> Result<(Netns
     // Load generators reuse fixed client ports (the same flows in every run): a socket left
     // in TIME_WAIT would make the next run's bind fail, so the hosts keep none.
     host.sysctl("net.ipv4.tcp_max_tw_buckets", "0")?;
+    // Nor does a run inherit the previous run's congestion state: the kernel would start new
+    // connections to the same host from the cached ssthresh of the last ones.
+    host.sysctl("net.ipv4.tcp_no_metrics_save", "1")?;
     netlab::addr(&gw, "lan0", &format!("{gw_ip}/24"))?;
     gw.sysctl("net.ipv4.ip_forward", "1")?;
     for conf in ["all", "default", "lan0"] {
@@ -577,6 +634,31 @@ mod tests {
                 drops: 0
             }
         );
+    }
+
+    #[test]
+    fn transmit_counters_from_proc_net_dev() {
+        let text = "Inter-|   Receive                                                |  Transmit
+ face |bytes    packets errs drop fifo frame compressed multicast|bytes    packets errs drop fifo colls carrier compressed
+    lo:       0       0    0    0    0     0          0         0        0       0    0    0    0     0       0          0
+  to-b: 1234567    890    0    0    0     0          0         0 98765432   65432    0    0    0     0       0          0
+";
+        assert_eq!(
+            parse_proc_net_dev(text, "to-b").unwrap(),
+            InterfaceTx {
+                bytes: 98_765_432,
+                packets: 65_432
+            }
+        );
+        assert!(parse_proc_net_dev(text, "to-a")
+            .unwrap_err()
+            .contains("no interface to-a"));
+        assert!(parse_proc_net_dev("  to-b: 1 2 x\n", "to-b")
+            .unwrap_err()
+            .contains("unreadable"));
+        assert!(parse_proc_net_dev("  to-b: 1 2 3\n", "to-b")
+            .unwrap_err()
+            .contains("3 counters"));
     }
 
     #[test]
