@@ -111,10 +111,16 @@ fn netns_command(ns: &Netns, argv: &[&str]) -> Command {
     c
 }
 
-/// A set of parallel TCP flows from one client to one server.
+/// Streams one iperf3 client runs at most.
+pub const MAX_FLOWS_PER_CLIENT: u16 = 128;
+/// Flows a load may have: up to 8 clients.
+pub const MAX_FLOWS: u16 = 8 * MAX_FLOWS_PER_CLIENT;
+
+/// A set of parallel TCP flows from one host to another: one iperf3 client (and server) per
+/// 128 flows.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TcpLoad {
-    /// Parallel streams (iperf3 allows 1 to 128).
+    /// Parallel flows, 1 to `MAX_FLOWS`.
     pub flows: u16,
     /// Measured time, after the omitted warm-up.
     pub seconds: u32,
@@ -135,9 +141,9 @@ pub struct TcpLoad {
 impl TcpLoad {
     /// Checks the load against iperf3's limits, naming the offending field.
     pub fn validate(&self) -> Result<()> {
-        if !(1..=128).contains(&self.flows) {
+        if !(1..=MAX_FLOWS).contains(&self.flows) {
             return Err(IperfError::BadLoad(format!(
-                "flows: {} (iperf3 runs 1 to 128 parallel streams)",
+                "flows: {} (1 to {MAX_FLOWS}: up to 8 iperf3 clients of {MAX_FLOWS_PER_CLIENT})",
                 self.flows
             )));
         }
@@ -163,7 +169,20 @@ impl TcpLoad {
         Ok(())
     }
 
-    /// The client's command line.
+    /// The load as iperf3 clients of at most `MAX_FLOWS_PER_CLIENT` flows each, on
+    /// consecutive client port ranges.
+    pub fn per_client(&self) -> Vec<TcpLoad> {
+        (0..self.flows)
+            .step_by(usize::from(MAX_FLOWS_PER_CLIENT))
+            .map(|first| TcpLoad {
+                flows: (self.flows - first).min(MAX_FLOWS_PER_CLIENT),
+                first_client_port: self.first_client_port + first,
+                ..self.clone()
+            })
+            .collect()
+    }
+
+    /// One client's command line (`flows` at most `MAX_FLOWS_PER_CLIENT`).
     pub fn client_argv(&self, bind: Ipv4Addr, server: Ipv4Addr, port: u16) -> Vec<String> {
         let mut argv: Vec<String> = [
             "nice",
@@ -236,6 +255,51 @@ fn wait_ports_free(ns: &Netns, first: u16, count: u16) -> Result<()> {
     }
 }
 
+/// A running load: one iperf3 client per 128 flows, each to its own server. Stopped on drop
+/// if not finished.
+pub struct IperfRun {
+    clients: Vec<IperfClient>,
+}
+
+impl IperfRun {
+    /// Starts `load` from `bind` (in `ns`), its clients spread over `servers` (one server per
+    /// client needed), once the previous run's sockets have released the load's ports.
+    pub fn start(
+        ns: &Netns,
+        load: &TcpLoad,
+        bind: Ipv4Addr,
+        servers: &[IperfServer],
+    ) -> Result<IperfRun> {
+        load.validate()?;
+        let parts = load.per_client();
+        if parts.len() > servers.len() {
+            return Err(IperfError::BadLoad(format!(
+                "flows: {} need {} iperf3 servers, {} running",
+                load.flows,
+                parts.len(),
+                servers.len()
+            )));
+        }
+        wait_ports_free(ns, load.first_client_port, load.flows)?;
+        let clients = parts
+            .iter()
+            .zip(servers)
+            .map(|(part, server)| IperfClient::spawn(ns, part, bind, server))
+            .collect::<Result<_>>()?;
+        Ok(IperfRun { clients })
+    }
+
+    /// Waits for every client and merges their reports.
+    pub fn finish(self) -> Result<IperfReport> {
+        let reports = self
+            .clients
+            .into_iter()
+            .map(IperfClient::finish)
+            .collect::<Result<Vec<_>>>()?;
+        Ok(IperfReport::merge(reports))
+    }
+}
+
 /// A running iperf3 client. Stopped on drop if not finished.
 pub struct IperfClient {
     child: Option<Child>,
@@ -246,11 +310,21 @@ pub struct IperfClient {
 }
 
 impl IperfClient {
-    /// Starts `load` from `bind` (in `ns`) to `server`, once the previous run's sockets have
-    /// released the load's client ports.
+    /// Starts `load` (at most `MAX_FLOWS_PER_CLIENT` flows) from `bind` (in `ns`) to
+    /// `server`, once the previous run's sockets have released the load's client ports.
     pub fn start(ns: &Netns, load: &TcpLoad, bind: Ipv4Addr, server: &IperfServer) -> Result<Self> {
         load.validate()?;
+        if load.flows > MAX_FLOWS_PER_CLIENT {
+            return Err(IperfError::BadLoad(format!(
+                "flows: {} for one client (at most {MAX_FLOWS_PER_CLIENT}; use IperfRun)",
+                load.flows
+            )));
+        }
         wait_ports_free(ns, load.first_client_port, load.flows)?;
+        Self::spawn(ns, load, bind, server)
+    }
+
+    fn spawn(ns: &Netns, load: &TcpLoad, bind: Ipv4Addr, server: &IperfServer) -> Result<Self> {
         let argv = load.client_argv(bind, server.ip, server.port);
         let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
         let cmd = argv.join(" ");
@@ -374,6 +448,24 @@ pub struct IperfReport {
 }
 
 impl IperfReport {
+    /// One report of several clients run together: bytes and streams added up, over the
+    /// longest of their measured times.
+    pub fn merge(reports: Vec<IperfReport>) -> IperfReport {
+        let mut merged = IperfReport {
+            received_bytes: 0,
+            seconds: 0.0,
+            retransmits: 0,
+            streams: Vec::new(),
+        };
+        for r in reports {
+            merged.received_bytes += r.received_bytes;
+            merged.seconds = merged.seconds.max(r.seconds);
+            merged.retransmits += r.retransmits;
+            merged.streams.extend(r.streams);
+        }
+        merged
+    }
+
     pub fn goodput_bps(&self) -> f64 {
         if self.seconds > 0.0 {
             self.received_bytes as f64 * 8.0 / self.seconds
@@ -591,12 +683,42 @@ mod tests {
     }
 
     #[test]
+    fn large_loads_are_split_over_clients() {
+        let big = TcpLoad {
+            flows: 300,
+            ..load()
+        };
+        let parts = big.per_client();
+        let shape: Vec<(u16, u16)> = parts
+            .iter()
+            .map(|p| (p.flows, p.first_client_port))
+            .collect();
+        assert_eq!(shape, vec![(128, 40000), (128, 40128), (44, 40256)]);
+        assert!(parts.iter().all(|p| p.per_flow_bps == big.per_flow_bps));
+        assert_eq!(load().per_client(), vec![load()]);
+    }
+
+    #[test]
+    fn reports_merge() {
+        let r = parse_report(REPORT.as_bytes()).unwrap();
+        let longer = IperfReport {
+            seconds: 10.5,
+            ..r.clone()
+        };
+        let m = IperfReport::merge(vec![r, longer]);
+        assert_eq!(m.received_bytes, 5600);
+        assert_eq!(m.retransmits, 8);
+        assert_eq!(m.streams.len(), 4);
+        assert_eq!(m.seconds, 10.5);
+    }
+
+    #[test]
     fn bad_loads_are_named() {
         let cases = [
             (TcpLoad { flows: 0, ..load() }, "flows"),
             (
                 TcpLoad {
-                    flows: 129,
+                    flows: MAX_FLOWS + 1,
                     ..load()
                 },
                 "flows",

@@ -17,7 +17,7 @@
 //! Gateway A's group (the split under test) is set with [`ShapedPathsLab::set_split`];
 //! gateway B sends back over all paths equally. Everything is removed on drop.
 
-use std::{net::Ipv4Addr, time::Duration};
+use std::{net::Ipv4Addr, ops::RangeInclusive, time::Duration};
 
 use dwcp_common::{
     maps::programs, wire::ETH_HLEN, Counters, FlowKey, GatewayConfig, NeighbourKey, NextHop,
@@ -30,6 +30,7 @@ use crate::{
     dataplane::{build_table, Dataplane, DataplaneError, Member, Pinning},
     lab::{kernel_neighbour, LabError, LAB_SEED, UNDERLAY_MTU},
     netlab::{self, NetlabError, Netns},
+    utilisation::sock_diag::{tcp_bytes_received, SockDiagError},
 };
 
 #[derive(Debug, Error)]
@@ -46,6 +47,8 @@ pub enum ShapedLabError {
     BadSplit(String),
     #[error("shaper statistics of path {path}: {detail}")]
     ShaperStats { path: u32, detail: String },
+    #[error(transparent)]
+    SockDiag(#[from] SockDiagError),
     #[error("the lab's dataplanes are not started")]
     NotStarted,
 }
@@ -460,6 +463,11 @@ impl ShapedPathsLab {
             .iter()
             .map(|p| Ok(dp.nexthop_counters(p.id)?))
             .collect()
+    }
+
+    /// Payload bytes host B's TCP sockets on `local_ports` (its servers) have received so far.
+    pub fn host_b_bytes_received(&self, local_ports: RangeInclusive<u16>) -> Result<u64> {
+        Ok(self.host_b.run_in(|| tcp_bytes_received(local_ports))??)
     }
 
     /// Every path's shaper counters, path order.
