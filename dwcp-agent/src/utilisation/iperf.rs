@@ -668,7 +668,7 @@ mod tests {
         let line = argv.join(" ");
         assert!(
             line.starts_with(
-                "iperf3 -c 10.2.0.2 -p 5201 -B 10.1.0.2 --cport 40000 -P 64 -t 10 -O 2"
+                "nice -n -20 iperf3 -c 10.2.0.2 -p 5201 -B 10.1.0.2 --cport 40000 -P 64 -t 10 -O 2"
             ),
             "{line}"
         );
