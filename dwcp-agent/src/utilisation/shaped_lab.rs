@@ -45,6 +45,8 @@ pub enum ShapedLabError {
     BadCapacity(String),
     #[error("split: {0}")]
     BadSplit(String),
+    #[error("UDP flows: {0}")]
+    BadUdpFlows(String),
     #[error("shaper statistics of path {path}: {detail}")]
     ShaperStats { path: u32, detail: String },
     #[error(transparent)]
@@ -480,7 +482,7 @@ impl ShapedPathsLab {
     /// the flows as the fast path hashes them.
     pub fn send_udp_flows(&self, count: u16, first_port: u16) -> Result<Vec<FlowKey>> {
         if u32::from(first_port) + u32::from(count) > u32::from(u16::MAX) + 1 || first_port == 0 {
-            return Err(ShapedLabError::BadSplit(format!(
+            return Err(ShapedLabError::BadUdpFlows(format!(
                 "first_port {first_port}: no room for {count} flows"
             )));
         }

@@ -60,12 +60,12 @@ pub fn tcp_bytes_received(local_ports: RangeInclusive<u16>) -> Result<u64, SockD
                 .map_err(|e| SockDiagError::Decode(e.to_string()))?;
             let len = msg.header.length as usize;
             match msg.payload {
-                NetlinkPayload::InnerMessage(SockDiagMessage::InetResponse(r)) => {
-                    if local_ports.contains(&r.header.socket_id.source_port) {
-                        for nla in &r.nlas {
-                            if let Nla::TcpInfo(info) = nla {
-                                total += info.bytes_received;
-                            }
+                NetlinkPayload::InnerMessage(SockDiagMessage::InetResponse(r))
+                    if local_ports.contains(&r.header.socket_id.source_port) =>
+                {
+                    for nla in &r.nlas {
+                        if let Nla::TcpInfo(info) = nla {
+                            total += info.bytes_received;
                         }
                     }
                 }
