@@ -16,3 +16,4 @@ pub mod telemetry;
 pub mod topology;
 pub mod traffic;
 pub mod tunnels;
+pub mod utilisation;
