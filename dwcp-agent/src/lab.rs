@@ -10,6 +10,8 @@
 //! [`multi`] builds the network of an N-region lab (3 to 10 regions, ring or full mesh, links
 //! cut in wire namespaces), without programming it.
 
+pub mod triangle;
+
 use std::net::Ipv4Addr;
 
 use dwcp_common::{

@@ -6,6 +6,20 @@
 //! it messages; after each change it publishes a new immutable [`AgentSnapshot`] on a
 //! `tokio::sync::watch` channel and [`AgentEvent`]s on a `tokio::sync::broadcast` channel.
 
+pub mod config;
+pub mod daemon;
+pub mod debounce;
+pub mod forwarding;
+pub mod input;
+pub mod netlink;
+pub mod plan;
+pub mod replay;
+pub mod state;
+
+pub use config::{AgentConfig, ConfigError, Prefix, Problem};
+pub use input::{Input, Now, TimedInput};
+pub use state::{AgentError, AgentState, UpdateStats};
+
 use std::{net::IpAddr, sync::Arc};
 
 use serde::{Deserialize, Serialize};
@@ -83,8 +97,14 @@ pub struct RouteChange {
     pub at_unix_ms: u64,
     pub destination: String,
     pub reason: String,
+    /// Paths (link ids) before and after: primary, ECMP, then secondaries.
     pub before: Vec<Vec<u32>>,
     pub after: Vec<Vec<u32>>,
+    /// Weight of each path in `before` / `after` in the next-hop group (0 = standby).
+    #[serde(default)]
+    pub before_weights: Vec<u32>,
+    #[serde(default)]
+    pub after_weights: Vec<u32>,
 }
 
 /// Health of a tunnel device as its manager last checked it.

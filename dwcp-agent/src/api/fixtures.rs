@@ -137,6 +137,8 @@ pub fn three_region_snapshot() -> AgentSnapshot {
             reason: "initial".into(),
             before: vec![],
             after: vec![vec![3], vec![1, 2]],
+            before_weights: vec![],
+            after_weights: vec![1, 1],
         },
         RouteChange {
             at_unix_ms: 1_700_000_060_000,
@@ -144,6 +146,8 @@ pub fn three_region_snapshot() -> AgentSnapshot {
             reason: "link 3 degraded (loss 7 %)".into(),
             before: vec![vec![3], vec![1, 2]],
             after: vec![vec![1, 2], vec![3]],
+            before_weights: vec![],
+            after_weights: vec![1, 1],
         },
         RouteChange {
             at_unix_ms: 1_700_000_000_000,
@@ -151,6 +155,8 @@ pub fn three_region_snapshot() -> AgentSnapshot {
             reason: "initial".into(),
             before: vec![],
             after: vec![vec![1], vec![3, 2]],
+            before_weights: vec![],
+            after_weights: vec![1, 1],
         },
     ];
     AgentSnapshot {

@@ -5,7 +5,9 @@
 //! Maps are pinned by name under the pin directory (default `/sys/fs/bpf/dwcp`); loading again
 //! re-uses pinned maps, so a restarted agent finds the state the fast path kept using.
 
+pub mod links;
 pub mod nhg_table;
+mod readback;
 
 use std::{
     net::IpAddr,
@@ -29,6 +31,7 @@ use dwcp_common::{
 use thiserror::Error;
 use tracing::{info, warn};
 
+pub use links::{link_pin_path, unpin_links, LinkAdoption};
 pub use nhg_table::{build_table, GroupError, Member};
 
 /// The eBPF object built by build.rs (dwcp-ebpf, with BTF).
@@ -76,6 +79,8 @@ pub enum DataplaneError {
     Port { ifindex: u32, detail: String },
     #[error("interface {0} not found")]
     NoInterface(String),
+    #[error("XDP link on {ifname}: {detail}")]
+    PinnedLink { ifname: String, detail: String },
 }
 
 type Result<T, E = DataplaneError> = std::result::Result<T, E>;

@@ -1,0 +1,577 @@
+//! The daemon: loads and adopts the fast path, starts the tasks (probes and link monitor,
+//! rtnetlink, health checks, signals, timers) and runs the state owner's loop. Every task only
+//! sends [`Input`]s; the loop alone touches the state.
+//!
+//! Stopping the daemon (SIGTERM, a crash, `kill -9`) leaves the programs attached through
+//! their pinned links and the maps pinned, so forwarding goes on; the next start adopts both.
+use std::{
+    collections::BTreeMap,
+    future::Future,
+    io::Write,
+    path::{Path, PathBuf},
+    sync::{Arc, RwLock},
+    time::{Duration, Instant},
+};
+
+use aya::maps::{Array, Map, MapData};
+use dwcp_common::{maps::names, maps::programs, LinkState};
+use thiserror::Error;
+use tokio::sync::{mpsc, watch};
+use tracing::{error, info, warn};
+
+use super::{
+    config::{AgentConfig, ConfigError, LocalLink, ProbeSenderMode},
+    input::{Input, Now, TimedInput},
+    netlink::{NetlinkError, NetlinkWatcher},
+    state::{AgentError, AgentState},
+    AgentCommand, AgentHandle, CommandError,
+};
+use crate::{
+    dataplane::{Dataplane, DataplaneError, LinkAdoption, Pinning, EBPF_OBJECT},
+    health::{HealthEvent, HealthMonitor, RegionState},
+    probe::{
+        open_probe_socket, LinkEvent, LinkMonitor, ProbeCounts, ProbeLink, ProbeSender, SenderError,
+    },
+};
+
+#[derive(Debug, Error)]
+pub enum DaemonError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Dataplane(#[from] DataplaneError),
+    #[error(transparent)]
+    Agent(#[from] AgentError),
+    #[error(transparent)]
+    Netlink(#[from] NetlinkError),
+    #[error("reading the eBPF object {path}: {source}")]
+    Object {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("opening the pinned {map}: {detail}")]
+    PinnedMap { map: &'static str, detail: String },
+    #[error("probe sender: {0}")]
+    Sender(#[from] SenderError),
+    #[error("probe monitor: {0}")]
+    Monitor(#[from] crate::probe::MonitorConfigError),
+    #[error("health checks: {0}")]
+    Health(#[from] crate::health::HealthError),
+    #[error("recording inputs to {path}: {source}")]
+    Record {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("signal handler: {0}")]
+    Signal(std::io::Error),
+}
+
+/// How the daemon is started.
+#[derive(Clone, Debug)]
+pub struct DaemonOptions {
+    pub config_path: PathBuf,
+    /// Load this eBPF object instead of the one built in (an upgrade: its programs replace the
+    /// running ones in place).
+    pub ebpf_object: Option<PathBuf>,
+    /// Append every input, with its time, to this file (JSON lines) for replay.
+    pub record: Option<PathBuf>,
+    /// Append every event (link up/down, route changes with their reasons, reloads) to this
+    /// file (JSON lines): an audit log of what the agent did and why.
+    pub events_file: Option<PathBuf>,
+}
+
+/// Links the monitor watches when another process sends the probes: it reports no sent
+/// counts (so no loss figure), only the kernel's liveness.
+#[derive(Clone, Default)]
+pub struct ExternalProbes(Arc<RwLock<Vec<u32>>>);
+
+impl ExternalProbes {
+    fn set(&self, links: Vec<u32>) {
+        *self.0.write().unwrap_or_else(|e| e.into_inner()) = links;
+    }
+}
+
+impl ProbeCounts for ExternalProbes {
+    fn links(&self) -> Vec<u32> {
+        self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+    fn sent(&self, link_id: u32) -> Option<u64> {
+        self.links().contains(&link_id).then_some(0)
+    }
+    fn set_reprobe_backoff(&self, _link_id: u32, _dead: bool) {}
+}
+
+/// The pinned `LINK_STATE` map, opened a second time for the monitor task.
+fn open_link_state(pin_dir: &Path) -> Result<Array<MapData, LinkState>, DaemonError> {
+    let path = pin_dir.join(names::LINK_STATE);
+    let err = |e: aya::maps::MapError| DaemonError::PinnedMap {
+        map: names::LINK_STATE,
+        detail: format!("{}: {e}", path.display()),
+    };
+    let data = MapData::from_pin(&path).map_err(err)?;
+    Map::from_map_data(data)
+        .map_err(err)?
+        .try_into()
+        .map_err(err)
+}
+
+enum Probes {
+    Agent(ProbeSender),
+    External(ExternalProbes),
+}
+
+impl Probes {
+    fn counts(&self) -> Box<dyn ProbeCounts + Send> {
+        match self {
+            Probes::Agent(s) => Box::new(s.handle()),
+            Probes::External(e) => Box::new(e.clone()),
+        }
+    }
+
+    /// Probes exactly the monitored local links of `config`.
+    fn sync(&mut self, config: &AgentConfig) {
+        let wanted: Vec<&LocalLink> = config.local_links.iter().filter(|l| l.monitored).collect();
+        match self {
+            Probes::External(e) => e.set(wanted.iter().map(|l| l.link_id).collect()),
+            Probes::Agent(sender) => {
+                let handle = sender.handle();
+                for id in handle.links() {
+                    if !wanted.iter().any(|l| l.link_id == id) {
+                        let _ = sender.remove_link(id);
+                    }
+                }
+                let probed = handle.links();
+                for l in wanted {
+                    if probed.contains(&l.link_id) {
+                        continue;
+                    }
+                    let link = ProbeLink {
+                        link_id: l.link_id,
+                        local: l.local_ip.into(),
+                        remote: l.peer_ip.into(),
+                        device: Some(l.interface.clone()),
+                    };
+                    let added = open_probe_socket(&link, sender.config())
+                        .and_then(|s| sender.add_link(link, s));
+                    if let Err(e) = added {
+                        error!(link = l.link_id, error = %e, "cannot probe the link; it stays down");
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl ProbeCounts for Box<dyn ProbeCounts + Send> {
+    fn links(&self) -> Vec<u32> {
+        (**self).links()
+    }
+    fn sent(&self, link_id: u32) -> Option<u64> {
+        (**self).sent(link_id)
+    }
+    fn set_reprobe_backoff(&self, link_id: u32, dead: bool) {
+        (**self).set_reprobe_backoff(link_id, dead)
+    }
+}
+
+/// The started daemon: state owner, tasks and channels.
+pub struct Daemon {
+    options: DaemonOptions,
+    state: AgentState,
+    inputs: mpsc::Receiver<Input>,
+    input_tx: mpsc::Sender<Input>,
+    commands: mpsc::Receiver<AgentCommand>,
+    command_tx: mpsc::Sender<AgentCommand>,
+    probes: Probes,
+    link_views: watch::Receiver<BTreeMap<u32, crate::probe::LinkView>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    _health: Option<HealthMonitor>,
+    record: Option<(std::fs::File, Instant)>,
+}
+
+impl Daemon {
+    /// Loads the configuration and the fast path, adopts what an earlier agent left pinned,
+    /// reads the interfaces and neighbours, and programs the difference. Must run inside a
+    /// tokio runtime, in the gateway's network namespace.
+    pub async fn start(options: DaemonOptions) -> Result<Daemon, DaemonError> {
+        let config = AgentConfig::load(&options.config_path)?;
+        info!(gateway = %config.gateway, region = %config.region, path = %options.config_path.display(), "configuration loaded");
+        let object: Vec<u8>;
+        let bytes: &[u8] = match &options.ebpf_object {
+            Some(path) => {
+                object = std::fs::read(path).map_err(|source| DaemonError::Object {
+                    path: path.clone(),
+                    source,
+                })?;
+                &object
+            }
+            None => EBPF_OBJECT,
+        };
+        // aya needs the object 8-byte aligned; a Vec<u8> may not be.
+        let aligned = Aligned::new(bytes);
+        let mut dataplane =
+            Dataplane::load_object(aligned.as_slice(), Pinning::Dir(config.pin_dir.clone()))?;
+        for (program, ifnames) in [
+            (programs::LAN_INGRESS, config.lan_interfaces.clone()),
+            (programs::UNDERLAY_INGRESS, config.underlay_interfaces()),
+        ] {
+            for ifname in ifnames {
+                match dataplane.attach_pinned(program, &ifname)? {
+                    LinkAdoption::Attached { mode, program_id } => {
+                        info!(program, ifname, ?mode, program_id, "attached and pinned")
+                    }
+                    LinkAdoption::Replaced {
+                        old_program_id,
+                        new_program_id,
+                    } => info!(
+                        program,
+                        ifname,
+                        old_program_id,
+                        new_program_id,
+                        "adopted the pinned link: program replaced in place (bpf_link_update)"
+                    ),
+                }
+            }
+        }
+
+        let mut tasks = Vec::new();
+        let watcher = NetlinkWatcher::subscribe()?;
+        let initial = watcher.dump().await?;
+        let now = Now::system();
+        let mut state = AgentState::new(config.clone(), dataplane, now)?;
+        let mut record = match &options.record {
+            Some(path) => Some((
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)
+                    .map_err(|source| DaemonError::Record {
+                        path: path.clone(),
+                        source,
+                    })?,
+                Instant::now(),
+            )),
+            None => None,
+        };
+        for input in initial {
+            write_record(&mut record, &input);
+            let _ = state.handle(input, now);
+        }
+        state.on_timer(now);
+        let adopted = state.adopted();
+        if let Some(u) = state.last_update() {
+            info!(
+                adopted_routes = adopted.routes,
+                adopted_groups = adopted.groups,
+                writes = u.changes,
+                "fast path reconciled with the configuration ({} map writes)",
+                u.changes
+            );
+        }
+
+        let (input_tx, inputs) = mpsc::channel(4096);
+        if let Some(path) = &options.events_file {
+            let mut file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .map_err(|source| DaemonError::Record {
+                    path: path.clone(),
+                    source,
+                })?;
+            // The first computation's route changes happened before anyone could subscribe.
+            for change in state.history() {
+                if let Ok(json) =
+                    serde_json::to_string(&super::AgentEvent::RouteChanged(change.clone()))
+                {
+                    let _ = writeln!(file, "{json}");
+                }
+            }
+            let mut events = state.subscribe();
+            tasks.push(tokio::spawn(async move {
+                loop {
+                    match events.recv().await {
+                        Ok(ev) => {
+                            if let Ok(json) = serde_json::to_string(&ev) {
+                                if writeln!(file, "{json}").is_err() {
+                                    return;
+                                }
+                            }
+                        }
+                        Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                            warn!("events file missed {n} events");
+                        }
+                        Err(_) => return,
+                    }
+                }
+            }));
+        }
+        let (command_tx, commands) = mpsc::channel(64);
+        {
+            let tx = input_tx.clone();
+            tasks.push(tokio::spawn(watcher.run(tx)));
+        }
+
+        // Probes and the link monitor.
+        let mut probes = match config.probe_sender {
+            ProbeSenderMode::Agent => Probes::Agent(ProbeSender::new(config.sender)?),
+            ProbeSenderMode::External => Probes::External(ExternalProbes::default()),
+        };
+        probes.sync(&config);
+        let (link_tx, mut link_rx) = mpsc::channel::<LinkEvent>(1024);
+        let monitor = LinkMonitor::new(
+            config.monitor,
+            open_link_state(&config.pin_dir)?,
+            probes.counts(),
+            link_tx,
+        )?;
+        let link_views = monitor.subscribe_views();
+        tasks.push(tokio::spawn(monitor.run()));
+        {
+            let tx = input_tx.clone();
+            tasks.push(tokio::spawn(async move {
+                while let Some(ev) = link_rx.recv().await {
+                    if tx.send(Input::from_link_event(&ev)).await.is_err() {
+                        break;
+                    }
+                }
+            }));
+        }
+
+        // Health checks: a region whose checks all fail is down.
+        let health = if config.health_checks.is_empty() {
+            None
+        } else {
+            let (htx, mut hrx) = mpsc::channel::<HealthEvent>(256);
+            let monitor = HealthMonitor::spawn(config.health_checks.clone(), htx)?;
+            let tx = input_tx.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut down: BTreeMap<String, bool> = BTreeMap::new();
+                while let Some(ev) = hrx.recv().await {
+                    let is_down = ev.region_health.state == RegionState::Down;
+                    let was = down.insert(ev.region.clone(), is_down).unwrap_or(false);
+                    let input = match (was, is_down) {
+                        (false, true) => Input::RegionDown {
+                            region: ev.region.clone(),
+                            reason: match &ev.cause {
+                                Some(c) => format!("health check {} failed: {c}", ev.check),
+                                None => format!("health check {} down", ev.check),
+                            },
+                        },
+                        (true, false) => Input::RegionUp {
+                            region: ev.region.clone(),
+                        },
+                        _ => continue,
+                    };
+                    if tx.send(input).await.is_err() {
+                        break;
+                    }
+                }
+            }));
+            Some(monitor)
+        };
+
+        // SIGHUP: reload.
+        {
+            let tx = input_tx.clone();
+            let path = options.config_path.clone();
+            let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+                .map_err(DaemonError::Signal)?;
+            tasks.push(tokio::spawn(async move {
+                while hup.recv().await.is_some() {
+                    info!("SIGHUP: reloading {}", path.display());
+                    if tx.send(Input::Reload { path: path.clone() }).await.is_err() {
+                        break;
+                    }
+                }
+            }));
+        }
+
+        // Periodic optimisation: the probes' figures, then a recomputation.
+        if let Some(every) = config.optimise_interval {
+            let tx = input_tx.clone();
+            let views = link_views.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut tick = tokio::time::interval(every);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                tick.tick().await;
+                loop {
+                    tick.tick().await;
+                    let measured: Vec<Input> = views
+                        .borrow()
+                        .values()
+                        .filter(|v| v.replies > 0 && v.srtt_ns > 0)
+                        .map(|v| Input::LinkMeasured {
+                            link: v.link_id,
+                            rtt_ms: v.srtt_ns as f64 / 1e6,
+                            jitter_ms: v.jitter_ns as f64 / 1e6,
+                            loss: v.loss,
+                        })
+                        .collect();
+                    for m in measured.into_iter().chain([Input::Optimise]) {
+                        if tx.send(m).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            }));
+        }
+
+        Ok(Daemon {
+            options,
+            state,
+            inputs,
+            input_tx,
+            commands,
+            command_tx,
+            probes,
+            link_views,
+            tasks,
+            _health: health,
+            record,
+        })
+    }
+
+    /// The handles of the operator side (API, metrics, CLI).
+    pub fn handle(&self) -> AgentHandle {
+        AgentHandle {
+            snapshot: self.state.snapshot(),
+            events: self.state.event_sender(),
+            commands: self.command_tx.clone(),
+        }
+    }
+
+    /// A sender of inputs (tests inject events through it).
+    pub fn inputs(&self) -> mpsc::Sender<Input> {
+        self.input_tx.clone()
+    }
+
+    pub fn state(&self) -> &AgentState {
+        &self.state
+    }
+
+    fn handle_input(&mut self, input: Input) {
+        write_record(&mut self.record, &input);
+        let generation = self.state.config_generation();
+        if let Err(e) = self.state.handle(input, Now::system()) {
+            // The state owner has logged it with its context already.
+            tracing::debug!("input refused: {e}");
+        }
+        if self.state.config_generation() != generation {
+            let config = self.state.config().clone();
+            self.probes.sync(&config);
+        }
+    }
+
+    /// Runs until `shutdown` completes (or SIGTERM / SIGINT arrives). The fast path keeps
+    /// forwarding afterwards.
+    pub async fn run(mut self, shutdown: impl Future<Output = ()>) -> Result<(), DaemonError> {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .map_err(DaemonError::Signal)?;
+        let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+            .map_err(DaemonError::Signal)?;
+        tokio::pin!(shutdown);
+        info!(config = %self.options.config_path.display(), "running");
+        loop {
+            let sleep = match self.state.next_deadline() {
+                Some(t) => {
+                    let now = Now::system().mono_ns;
+                    Duration::from_nanos(t.saturating_sub(now))
+                }
+                None => Duration::from_secs(3600),
+            };
+            tokio::select! {
+                input = self.inputs.recv() => {
+                    let Some(input) = input else { break };
+                    self.handle_input(input);
+                    // Everything already queued is one batch.
+                    while let Ok(more) = self.inputs.try_recv() {
+                        self.handle_input(more);
+                    }
+                }
+                cmd = self.commands.recv() => {
+                    if let Some(cmd) = cmd {
+                        self.record_command(&cmd);
+                        let generation = self.state.config_generation();
+                        self.state.command(cmd, Now::system());
+                        if self.state.config_generation() != generation {
+                            let config = self.state.config().clone();
+                            self.probes.sync(&config);
+                        }
+                    }
+                }
+                _ = tokio::time::sleep(sleep) => {}
+                _ = term.recv() => { info!("SIGTERM"); break; }
+                _ = int.recv() => { info!("SIGINT"); break; }
+                _ = &mut shutdown => break,
+            }
+            let views = self.link_views.borrow().clone();
+            self.state.set_link_views(views);
+            self.state.on_timer(Now::system());
+        }
+        for t in &self.tasks {
+            t.abort();
+        }
+        info!("stopped; the fast path keeps forwarding with the pinned programs and maps");
+        Ok(())
+    }
+
+    fn record_command(&mut self, cmd: &AgentCommand) {
+        let input = match cmd {
+            AgentCommand::SetLinkAdmin { link, up, .. } => Input::LinkAdmin {
+                link: *link,
+                up: *up,
+            },
+            AgentCommand::Reload { .. } => Input::Reload {
+                path: self.options.config_path.clone(),
+            },
+        };
+        write_record(&mut self.record, &input);
+    }
+}
+
+fn write_record(record: &mut Option<(std::fs::File, Instant)>, input: &Input) {
+    if let Some((file, start)) = record {
+        let line = TimedInput {
+            at_ms: start.elapsed().as_millis() as u64,
+            input: input.clone(),
+        };
+        if let Ok(json) = serde_json::to_string(&line) {
+            if let Err(e) = writeln!(file, "{json}") {
+                warn!(error = %e, "recording failed; recording stops");
+                *record = None;
+            }
+        }
+    }
+}
+
+/// An 8-byte aligned copy of an eBPF object (the ELF parser wants aligned input).
+struct Aligned(Vec<u64>, usize);
+
+impl Aligned {
+    fn new(bytes: &[u8]) -> Aligned {
+        let mut words = vec![0u64; bytes.len().div_ceil(8)];
+        // SAFETY: u64 has no invalid bit patterns and the buffer holds at least `bytes.len()`.
+        let dst = unsafe {
+            std::slice::from_raw_parts_mut(words.as_mut_ptr() as *mut u8, words.len() * 8)
+        };
+        dst[..bytes.len()].copy_from_slice(bytes);
+        Aligned(words, bytes.len())
+    }
+
+    fn as_slice(&self) -> &[u8] {
+        // SAFETY: the words own at least `self.1` initialised bytes.
+        unsafe { std::slice::from_raw_parts(self.0.as_ptr() as *const u8, self.1) }
+    }
+}
+
+/// Answers an operator command from outside the loop (a helper for the API side).
+pub async fn set_link_admin(handle: &AgentHandle, link: u32, up: bool) -> Result<(), CommandError> {
+    let (reply, rx) = tokio::sync::oneshot::channel();
+    handle
+        .commands
+        .send(AgentCommand::SetLinkAdmin { link, up, reply })
+        .await
+        .map_err(|_| CommandError::ShuttingDown)?;
+    rx.await.map_err(|_| CommandError::ShuttingDown)?
+}

@@ -1,0 +1,1471 @@
+//! The state owner: the one place that holds the agent's state and changes the fast path.
+//!
+//! Tasks send it [`Input`]s; it folds each into its view (link health, interfaces,
+//! neighbours, region health, configuration), lets the [`Debounce`] decide when to recompute,
+//! and then computes routes, plans the maps, diffs them against what is programmed and writes
+//! only the difference. Every route change goes into a bounded history and out on the event
+//! channel; a new [`AgentSnapshot`] is published after each change.
+//!
+//! No I/O but the fast path's maps and no clock of its own (times come in with the inputs), so
+//! a recorded sequence of inputs replays to the same maps and history.
+use std::{
+    collections::{BTreeMap, BTreeSet, VecDeque},
+    sync::Arc,
+    time::Instant,
+};
+
+use dwcp_common::{qos::QOS_CLASSES, QosClass, Reason, CONFIG_F_READY};
+use thiserror::Error;
+use tokio::sync::{broadcast, watch};
+use tracing::{debug, error, info, warn};
+
+use super::{
+    config::{AgentConfig, ConfigError, Mac},
+    debounce::Debounce,
+    forwarding::{self, class_key, neigh_key, prefix_of, Change, ForwardingState, NeighKey},
+    input::{Input, Now},
+    plan::{self, DestinationPlan, InterfaceState, PathRole as PlanRole, PlannedPath},
+    AgentEvent, AgentSnapshot, CommandError, CounterView, LinkHealth as ViewHealth, LinkView,
+    PathRole, PathView, RouteChange, RouteView,
+};
+use crate::{
+    bandwidth::LinkId as TeLinkId,
+    dataplane::{Dataplane, DataplaneError},
+    probe::kernel_usable,
+    routing::{RoutingEngine, RoutingTable},
+    topology::{
+        InMemoryTopologyStore, LinkHealth, LinkId, Topology, TopologyStore, TopologyUpdate,
+    },
+    traffic::{LinkStatus, TrafficEngineer},
+};
+
+#[derive(Debug, Error)]
+pub enum AgentError {
+    #[error("configuration: {0}")]
+    Config(#[from] ConfigError),
+    #[error("fast path: {0}")]
+    Dataplane(#[from] DataplaneError),
+    #[error("traffic engineer: {0}")]
+    Traffic(#[from] crate::traffic::TrafficError),
+}
+
+/// What the probes say about a link we terminate.
+#[derive(Clone, Debug, PartialEq)]
+enum ProbeStatus {
+    Up,
+    Down(String),
+    /// Not probed: its interface alone decides.
+    Unmonitored,
+}
+
+#[derive(Clone, Debug)]
+struct LocalLinkState {
+    probe: ProbeStatus,
+    degraded: Option<String>,
+}
+
+/// Something that happened since the last computation, and what it concerns.
+#[derive(Clone, Debug)]
+struct Cause {
+    text: String,
+    links: Vec<u32>,
+    regions: Vec<String>,
+    /// A failure (link or region down): a route moved by it is a failover.
+    failure: bool,
+}
+
+/// Timing of the last fast-path update, for the benchmark and the log.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct UpdateStats {
+    /// Monotonic time of the computation.
+    pub at_ns: u64,
+    pub compute_ns: u64,
+    pub program_ns: u64,
+    /// Map writes.
+    pub changes: usize,
+    /// Destinations whose paths changed.
+    pub routes_changed: usize,
+}
+
+/// What was found in the maps when the state owner started (an earlier agent's work).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Adopted {
+    pub routes: usize,
+    pub groups: usize,
+    pub nexthops: usize,
+    pub neighbours: usize,
+}
+
+pub struct AgentState {
+    config: Arc<AgentConfig>,
+    config_generation: u64,
+    store: Arc<dyn TopologyStore>,
+    engine: RoutingEngine,
+    traffic: TrafficEngineer,
+    dataplane: Dataplane,
+    standby_supported: bool,
+    local: BTreeMap<u32, LocalLinkState>,
+    /// Links taken down by the operator (local or remote).
+    admin_down: BTreeSet<u32>,
+    /// Health written into the topology for links whose health we decide.
+    applied_health: BTreeMap<u32, LinkHealth>,
+    interfaces: BTreeMap<String, InterfaceState>,
+    neighbours: BTreeMap<NeighKey, Mac>,
+    regions_down: BTreeMap<String, String>,
+    debounce: Debounce,
+    causes: Vec<Cause>,
+    started: bool,
+    table: Option<RoutingTable>,
+    plans: BTreeMap<String, DestinationPlan>,
+    programmed: ForwardingState,
+    resync: bool,
+    adopted: Adopted,
+    history: VecDeque<RouteChange>,
+    last_reason: BTreeMap<String, String>,
+    route_changes_total: u64,
+    failovers_total: u64,
+    computations: u64,
+    last_update: Option<UpdateStats>,
+    link_views: BTreeMap<u32, crate::probe::LinkView>,
+    counters: CounterView,
+    next_counters_ns: u64,
+    started_unix_ms: u64,
+    events: broadcast::Sender<AgentEvent>,
+    snapshot: watch::Sender<Arc<AgentSnapshot>>,
+}
+
+fn now_ns_plus(now: Now, d: std::time::Duration) -> u64 {
+    now.mono_ns + d.as_nanos() as u64
+}
+
+impl AgentState {
+    /// Takes over `dataplane` (loaded, possibly with maps an earlier agent programmed) under
+    /// `config`, with an in-memory topology store. Nothing is written yet: feed the interfaces
+    /// and neighbours, then [`AgentState::on_timer`] runs the first computation.
+    pub fn new(config: AgentConfig, dataplane: Dataplane, now: Now) -> Result<Self, AgentError> {
+        let store: Arc<dyn TopologyStore> =
+            Arc::new(InMemoryTopologyStore::new(config.topology_model.clone()));
+        Self::with_store(config, dataplane, store, now)
+    }
+
+    /// As [`AgentState::new`] with a topology store of the caller's (a shared store fed by
+    /// other gateways' measurements).
+    pub fn with_store(
+        config: AgentConfig,
+        dataplane: Dataplane,
+        store: Arc<dyn TopologyStore>,
+        now: Now,
+    ) -> Result<Self, AgentError> {
+        let traffic = TrafficEngineer::new(config.traffic.clone())?;
+        let engine = RoutingEngine::new(store.clone());
+        let (events, _) = broadcast::channel(1024);
+        let (snapshot, _) = watch::channel(Arc::new(AgentSnapshot::default()));
+        let mut state = AgentState {
+            debounce: Debounce::new(config.delays),
+            config: Arc::new(config),
+            config_generation: 1,
+            store,
+            engine,
+            traffic,
+            dataplane,
+            standby_supported: plan::standby_supported(),
+            local: BTreeMap::new(),
+            admin_down: BTreeSet::new(),
+            applied_health: BTreeMap::new(),
+            interfaces: BTreeMap::new(),
+            neighbours: BTreeMap::new(),
+            regions_down: BTreeMap::new(),
+            causes: Vec::new(),
+            started: false,
+            table: None,
+            plans: BTreeMap::new(),
+            programmed: ForwardingState::default(),
+            resync: false,
+            adopted: Adopted::default(),
+            history: VecDeque::new(),
+            last_reason: BTreeMap::new(),
+            route_changes_total: 0,
+            failovers_total: 0,
+            computations: 0,
+            last_update: None,
+            link_views: BTreeMap::new(),
+            counters: CounterView::default(),
+            next_counters_ns: now.mono_ns,
+            started_unix_ms: now.unix_ms,
+            events,
+            snapshot,
+        };
+        state.programmed = state.read_programmed()?;
+        state.adopted = Adopted {
+            routes: state.programmed.routes.len(),
+            groups: state.programmed.groups.len(),
+            nexthops: state.programmed.nexthops.len(),
+            neighbours: state.programmed.neighbours.len(),
+        };
+        if state.adopted.routes > 0 {
+            info!(
+                routes = state.adopted.routes,
+                groups = state.adopted.groups,
+                nexthops = state.adopted.nexthops,
+                "adopting the programmed fast path"
+            );
+        }
+        state.init_local_links(now);
+        state.refresh_health();
+        state.causes.push(Cause {
+            text: "agent started".into(),
+            links: Vec::new(),
+            regions: Vec::new(),
+            failure: false,
+        });
+        state.debounce.event(now.mono_ns);
+        Ok(state)
+    }
+
+    /// Probe status of each local link: for a monitored link, what the fast path itself
+    /// decides from `LINK_STATE` right now (a restarted agent starts from the kernel's view).
+    fn init_local_links(&mut self, now: Now) {
+        let detect_ns = self.config.monitor.detect_ns();
+        let up_after = self.config.monitor.up_after;
+        let mut local = BTreeMap::new();
+        for l in &self.config.local_links {
+            let previous = self.local.get(&l.link_id).cloned();
+            let probe = if !l.monitored {
+                ProbeStatus::Unmonitored
+            } else if let Some(LocalLinkState { probe, .. }) = previous.clone() {
+                if probe == ProbeStatus::Unmonitored {
+                    ProbeStatus::Down("probing just enabled".into())
+                } else {
+                    probe
+                }
+            } else {
+                match self.dataplane.link_state(l.link_id) {
+                    Ok(s) if kernel_usable(now.mono_ns, &s, detect_ns, up_after) => ProbeStatus::Up,
+                    Ok(s) if s.last_reply_ns == 0 => ProbeStatus::Down("no probe reply yet".into()),
+                    Ok(_) => ProbeStatus::Down("no recent probe replies".into()),
+                    Err(e) => ProbeStatus::Down(format!("link state unreadable: {e}")),
+                }
+            };
+            local.insert(
+                l.link_id,
+                LocalLinkState {
+                    probe,
+                    degraded: previous.and_then(|p| p.degraded),
+                },
+            );
+        }
+        self.local = local;
+    }
+
+    /// Reads what is programmed in the maps.
+    fn read_programmed(&self) -> Result<ForwardingState, DataplaneError> {
+        let dp = &self.dataplane;
+        let config = dp.config()?;
+        Ok(ForwardingState {
+            config: (config != Default::default()).then_some(config),
+            ports: dp.ports()?.into_iter().collect(),
+            nexthops: dp.nexthops()?.into_iter().collect(),
+            neighbours: dp
+                .neighbours()?
+                .into_iter()
+                .map(|(k, v)| (neigh_key(&k), v))
+                .collect(),
+            links: dp.link_configs()?.into_iter().collect(),
+            vnis: dp.vnis()?.into_iter().collect(),
+            groups: dp.group_tables()?.into_iter().collect(),
+            routes: dp
+                .routes()?
+                .into_iter()
+                .map(|(a, l, r)| (prefix_of(a, l), r))
+                .collect(),
+            classifier: dp
+                .classifier_rules()?
+                .into_iter()
+                .map(|(k, v)| (class_key(&k), v))
+                .collect(),
+            qos: (0..QOS_CLASSES as u8)
+                .map(|c| Ok((c, dp.qos_policy(c)?)))
+                .collect::<Result<BTreeMap<_, _>, DataplaneError>>()?
+                .into_iter()
+                .filter(|(_, p)| *p != Default::default())
+                .collect(),
+        })
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Accessors.
+
+    pub fn config(&self) -> &Arc<AgentConfig> {
+        &self.config
+    }
+
+    pub fn config_generation(&self) -> u64 {
+        self.config_generation
+    }
+
+    pub fn dataplane(&self) -> &Dataplane {
+        &self.dataplane
+    }
+
+    pub fn dataplane_mut(&mut self) -> &mut Dataplane {
+        &mut self.dataplane
+    }
+
+    /// What the agent believes is programmed (what it wrote, or read back at start).
+    pub fn programmed(&self) -> &ForwardingState {
+        &self.programmed
+    }
+
+    /// Reads the maps again (tests compare it with [`AgentState::programmed`]).
+    pub fn read_back(&self) -> Result<ForwardingState, DataplaneError> {
+        self.read_programmed()
+    }
+
+    pub fn plans(&self) -> &BTreeMap<String, DestinationPlan> {
+        &self.plans
+    }
+
+    pub fn history(&self) -> impl Iterator<Item = &RouteChange> {
+        self.history.iter()
+    }
+
+    pub fn adopted(&self) -> Adopted {
+        self.adopted
+    }
+
+    pub fn last_update(&self) -> Option<UpdateStats> {
+        self.last_update
+    }
+
+    pub fn computations(&self) -> u64 {
+        self.computations
+    }
+
+    pub fn topology(&self) -> Arc<Topology> {
+        self.store.snapshot()
+    }
+
+    pub fn store(&self) -> &Arc<dyn TopologyStore> {
+        &self.store
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<AgentEvent> {
+        self.events.subscribe()
+    }
+
+    pub fn event_sender(&self) -> broadcast::Sender<AgentEvent> {
+        self.events.clone()
+    }
+
+    pub fn snapshot(&self) -> watch::Receiver<Arc<AgentSnapshot>> {
+        self.snapshot.subscribe()
+    }
+
+    /// The probe monitor's view of each link (RTT, loss, probe counts), for the snapshot.
+    pub fn set_link_views(&mut self, views: BTreeMap<u32, crate::probe::LinkView>) {
+        self.link_views = views;
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Inputs.
+
+    fn emit(&self, ev: AgentEvent) {
+        // No subscriber is fine.
+        let _ = self.events.send(ev);
+    }
+
+    fn cause(&mut self, now: Now, cause: Cause) {
+        debug!(cause = %cause.text, "recompute requested");
+        self.causes.push(cause);
+        self.debounce.event(now.mono_ns);
+    }
+
+    /// Handles one input. Errors are for the operator's commands (unknown link, a refused
+    /// configuration); nothing changes when one is returned.
+    pub fn handle(&mut self, input: Input, now: Now) -> Result<Option<u64>, CommandError> {
+        match input {
+            Input::LinkDown { link, reason } => {
+                if let Some(s) = self.local.get_mut(&link) {
+                    if s.probe != ProbeStatus::Unmonitored {
+                        s.probe = ProbeStatus::Down(reason);
+                        s.degraded = None;
+                    }
+                    self.refresh_link(link, now);
+                }
+            }
+            Input::LinkUp { link } => {
+                if let Some(s) = self.local.get_mut(&link) {
+                    if s.probe != ProbeStatus::Unmonitored {
+                        s.probe = ProbeStatus::Up;
+                    }
+                    self.refresh_link(link, now);
+                }
+            }
+            Input::LinkDegraded { link, reason, loss } => {
+                if let Some(s) = self.local.get_mut(&link) {
+                    s.degraded = Some(reason);
+                    if let Some(loss) = loss {
+                        self.measure(link, None, None, Some(loss));
+                    }
+                    self.refresh_link(link, now);
+                }
+            }
+            Input::LinkRecovered { link } => {
+                if let Some(s) = self.local.get_mut(&link) {
+                    s.degraded = None;
+                    self.refresh_link(link, now);
+                }
+            }
+            Input::LinkMeasured {
+                link,
+                rtt_ms,
+                jitter_ms,
+                loss,
+            } => {
+                if self.local.contains_key(&link) && self.config.use_measurements {
+                    if let Some(text) = self.measure(link, Some(rtt_ms), Some(jitter_ms), loss) {
+                        // Taken into account at the next computation (the optimisation that
+                        // follows the measurements), not one computation per link.
+                        self.causes.push(Cause {
+                            text,
+                            links: vec![link],
+                            regions: Vec::new(),
+                            failure: false,
+                        });
+                    }
+                }
+            }
+            Input::Interface {
+                name,
+                ifindex,
+                up,
+                mac,
+                mtu,
+            } => {
+                let new = InterfaceState {
+                    ifindex,
+                    up,
+                    mac,
+                    mtu,
+                };
+                if self.interfaces.get(&name) != Some(&new) && self.is_ours(&name) {
+                    let was = self.interfaces.insert(name.clone(), new);
+                    let text = match (was, up) {
+                        (None, _) => format!("interface {name} appeared (index {ifindex})"),
+                        (Some(w), true) if !w.up => format!("interface {name} up"),
+                        (Some(_), false) => format!("interface {name} down"),
+                        (Some(_), true) => format!("interface {name} changed"),
+                    };
+                    let links = self.links_on(&name);
+                    for l in &links {
+                        self.refresh_health_of(*l, now, false);
+                    }
+                    self.cause(
+                        now,
+                        Cause {
+                            failure: !up,
+                            text,
+                            links,
+                            regions: Vec::new(),
+                        },
+                    );
+                } else if !self.is_ours(&name) {
+                    self.interfaces.insert(name, new);
+                }
+            }
+            Input::InterfaceGone { name } => {
+                if self.interfaces.remove(&name).is_some() && self.is_ours(&name) {
+                    let links = self.links_on(&name);
+                    for l in &links {
+                        self.refresh_health_of(*l, now, false);
+                    }
+                    self.cause(
+                        now,
+                        Cause {
+                            text: format!("interface {name} deleted"),
+                            links,
+                            regions: Vec::new(),
+                            failure: true,
+                        },
+                    );
+                }
+            }
+            Input::Neighbour { ifindex, ip, mac } => {
+                let key = (ifindex, ip.octets());
+                let changed = match mac {
+                    Some(m) => self.neighbours.insert(key, m) != Some(m),
+                    None => self.neighbours.remove(&key).is_some(),
+                };
+                let wanted = self.config.local_links.iter().any(|l| {
+                    l.via_ip == ip
+                        && self.interfaces.get(&l.interface).map(|i| i.ifindex) == Some(ifindex)
+                });
+                if changed && wanted {
+                    self.cause(
+                        now,
+                        Cause {
+                            text: match mac {
+                                Some(m) => format!("neighbour {ip} is {m}"),
+                                None => format!("neighbour {ip} gone"),
+                            },
+                            links: Vec::new(),
+                            regions: Vec::new(),
+                            failure: false,
+                        },
+                    );
+                }
+            }
+            Input::RegionDown { region, reason } => {
+                if self.regions_down.insert(region.clone(), reason.clone()) != Some(reason.clone())
+                {
+                    self.cause(
+                        now,
+                        Cause {
+                            text: format!("region {region} down: {reason}"),
+                            links: Vec::new(),
+                            regions: vec![region],
+                            failure: true,
+                        },
+                    );
+                }
+            }
+            Input::RegionUp { region } => {
+                if self.regions_down.remove(&region).is_some() {
+                    self.cause(
+                        now,
+                        Cause {
+                            text: format!("region {region} up"),
+                            links: Vec::new(),
+                            regions: vec![region],
+                            failure: false,
+                        },
+                    );
+                }
+            }
+            Input::LinkAdmin { link, up } => {
+                if self.store.snapshot().link(LinkId(link)).is_none() {
+                    return Err(CommandError::UnknownLink(link));
+                }
+                let changed = if up {
+                    self.admin_down.remove(&link)
+                } else {
+                    self.admin_down.insert(link)
+                };
+                if changed {
+                    info!(
+                        link,
+                        up,
+                        "link set administratively {}",
+                        if up { "up" } else { "down" }
+                    );
+                    self.refresh_health_of(link, now, true);
+                    self.cause(
+                        now,
+                        Cause {
+                            text: format!(
+                                "link {} administratively {}",
+                                self.link_label(link),
+                                if up { "up" } else { "down" }
+                            ),
+                            links: vec![link],
+                            regions: Vec::new(),
+                            failure: !up,
+                        },
+                    );
+                }
+            }
+            Input::Reload { path } => return self.reload(&path, now).map(Some),
+            Input::Optimise => self.cause(
+                now,
+                Cause {
+                    text: "periodic optimisation".into(),
+                    links: Vec::new(),
+                    regions: Vec::new(),
+                    failure: false,
+                },
+            ),
+        }
+        Ok(None)
+    }
+
+    /// Handles an operator command and answers it.
+    pub fn command(&mut self, cmd: super::AgentCommand, now: Now) {
+        match cmd {
+            super::AgentCommand::SetLinkAdmin { link, up, reply } => {
+                let r = self.handle(Input::LinkAdmin { link, up }, now).map(|_| ());
+                let _ = reply.send(r);
+            }
+            super::AgentCommand::Reload { reply } => {
+                let r = match self.config.path.clone() {
+                    Some(path) => self.reload(&path, now),
+                    None => Err(CommandError::InvalidConfig(
+                        "the agent was started without a configuration file".into(),
+                    )),
+                };
+                let _ = reply.send(r);
+            }
+        }
+    }
+
+    fn is_ours(&self, ifname: &str) -> bool {
+        self.config.lan_interfaces.iter().any(|i| i == ifname)
+            || self
+                .config
+                .local_links
+                .iter()
+                .any(|l| l.interface == ifname)
+    }
+
+    fn links_on(&self, ifname: &str) -> Vec<u32> {
+        self.config
+            .local_links
+            .iter()
+            .filter(|l| l.interface == ifname)
+            .map(|l| l.link_id)
+            .collect()
+    }
+
+    fn link_label(&self, link: u32) -> String {
+        match self.store.snapshot().link(LinkId(link)) {
+            Some(l) => format!("{link} ({})", l.name),
+            None => link.to_string(),
+        }
+    }
+
+    /// A measurement of a local link into the topology, if it moved by more than the
+    /// threshold. Returns a description when it did.
+    fn measure(
+        &mut self,
+        link: u32,
+        rtt_ms: Option<f64>,
+        jitter_ms: Option<f64>,
+        loss: Option<f64>,
+    ) -> Option<String> {
+        let topology = self.store.snapshot();
+        let current = topology.link(LinkId(link))?;
+        let t = self.config.measurement_threshold;
+        let moved = |old: f64, new: f64, floor: f64| (new - old).abs() > (old.abs() * t).max(floor);
+        let latency = rtt_ms.filter(|v| v.is_finite() && *v >= 0.0);
+        let loss = loss
+            .filter(|v| v.is_finite() && *v >= 0.0)
+            .map(|v| v.min(0.999));
+        let latency_moved = latency.is_some_and(|v| moved(current.latency_ms, v, 0.01));
+        let loss_moved = loss.is_some_and(|v| moved(current.loss, v, 0.001));
+        if !latency_moved && !loss_moved {
+            return None;
+        }
+        let update = TopologyUpdate::LinkMeasurement {
+            link_id: LinkId(link),
+            latency_ms: latency.unwrap_or(current.latency_ms),
+            jitter_ms: jitter_ms
+                .filter(|v| v.is_finite() && *v >= 0.0)
+                .unwrap_or(current.jitter_ms),
+            loss: loss.unwrap_or(current.loss),
+        };
+        if let Err(e) = self.store.apply(&[update]) {
+            warn!(link, error = %e, "measurement refused by the topology");
+            return None;
+        }
+        let mut parts = Vec::new();
+        if let Some(v) = latency.filter(|_| latency_moved) {
+            parts.push(format!("RTT {:.2} ms (was {:.2})", v, current.latency_ms));
+        }
+        if let Some(v) = loss.filter(|_| loss_moved) {
+            parts.push(format!(
+                "loss {:.1} % (was {:.1} %)",
+                v * 100.0,
+                current.loss * 100.0
+            ));
+        }
+        Some(format!(
+            "link {} measured: {}",
+            self.link_label(link),
+            parts.join(", ")
+        ))
+    }
+
+    /// Effective health of a link whose health this gateway decides, and why it is not up.
+    fn decided_health(&self, link: u32) -> Option<(LinkHealth, Option<String>)> {
+        if self.admin_down.contains(&link) {
+            return Some((LinkHealth::Down, Some("administratively down".into())));
+        }
+        let Some(l) = self.config.local_link(link) else {
+            // A remote link: only the operator decides (else the configured health stands).
+            return None;
+        };
+        let s = self.local.get(&link)?;
+        let Some(iface) = self.interfaces.get(&l.interface) else {
+            return Some((
+                LinkHealth::Down,
+                Some(format!("interface {} not found", l.interface)),
+            ));
+        };
+        if !iface.up {
+            return Some((
+                LinkHealth::Down,
+                Some(format!("interface {} down", l.interface)),
+            ));
+        }
+        match (&s.probe, &s.degraded) {
+            (ProbeStatus::Down(r), _) => Some((LinkHealth::Down, Some(r.clone()))),
+            (_, Some(d)) => Some((LinkHealth::Degraded, Some(d.clone()))),
+            _ => Some((LinkHealth::Up, None)),
+        }
+    }
+
+    /// Health of every link we decide, written into the topology (startup, reload).
+    fn refresh_health(&mut self) {
+        let links: Vec<u32> = self
+            .config
+            .local_links
+            .iter()
+            .map(|l| l.link_id)
+            .chain(self.admin_down.iter().copied())
+            .collect();
+        let mut updates = Vec::new();
+        for link in links {
+            let health = self
+                .decided_health(link)
+                .map(|(h, _)| h)
+                .unwrap_or_else(|| self.configured_health(link));
+            self.applied_health.insert(link, health);
+            updates.push(TopologyUpdate::LinkHealth {
+                link_id: LinkId(link),
+                health,
+            });
+        }
+        if let Err(e) = self.store.apply(&updates) {
+            error!(error = %e, "link health refused by the topology");
+        }
+    }
+
+    fn configured_health(&self, link: u32) -> LinkHealth {
+        self.config
+            .topology_model
+            .link(LinkId(link))
+            .map(|l| l.health)
+            .unwrap_or(LinkHealth::Up)
+    }
+
+    fn refresh_link(&mut self, link: u32, now: Now) {
+        self.refresh_health_of(link, now, true);
+    }
+
+    /// Recomputes the health of `link`; if it changed, writes it into the topology, emits the
+    /// event and (with `cause`) asks for a computation.
+    fn refresh_health_of(&mut self, link: u32, now: Now, cause: bool) {
+        let (health, why) = self
+            .decided_health(link)
+            .unwrap_or_else(|| (self.configured_health(link), None));
+        let before = self
+            .applied_health
+            .get(&link)
+            .copied()
+            .unwrap_or_else(|| self.configured_health(link));
+        if before == health {
+            return;
+        }
+        self.applied_health.insert(link, health);
+        if let Err(e) = self.store.apply(&[TopologyUpdate::LinkHealth {
+            link_id: LinkId(link),
+            health,
+        }]) {
+            error!(link, error = %e, "link health refused by the topology");
+            return;
+        }
+        let label = self.link_label(link);
+        let why_text = why.clone().unwrap_or_default();
+        let text = match health {
+            LinkHealth::Down => {
+                warn!(link, reason = %why_text, "link {label} down");
+                self.emit(AgentEvent::LinkDown {
+                    link,
+                    reason: why_text.clone(),
+                });
+                format!("link {label} down: {why_text}")
+            }
+            LinkHealth::Degraded => {
+                warn!(link, reason = %why_text, "link {label} degraded");
+                if before == LinkHealth::Down {
+                    self.emit(AgentEvent::LinkUp { link });
+                }
+                self.emit(AgentEvent::LinkDegraded {
+                    link,
+                    reason: why_text.clone(),
+                });
+                format!("link {label} degraded: {why_text}")
+            }
+            LinkHealth::Up => {
+                info!(link, "link {label} up");
+                if before == LinkHealth::Down {
+                    self.emit(AgentEvent::LinkUp { link });
+                    format!("link {label} up")
+                } else {
+                    self.emit(AgentEvent::LinkRecovered { link });
+                    format!("link {label} recovered")
+                }
+            }
+        };
+        if cause {
+            self.cause(
+                now,
+                Cause {
+                    text,
+                    links: vec![link],
+                    regions: Vec::new(),
+                    failure: health == LinkHealth::Down,
+                },
+            );
+        } else {
+            // Already part of another cause (an interface event): keep the text for the
+            // history without a second request.
+            self.causes.push(Cause {
+                text,
+                links: vec![link],
+                regions: Vec::new(),
+                failure: health == LinkHealth::Down,
+            });
+        }
+    }
+
+    fn reload(&mut self, path: &std::path::Path, now: Now) -> Result<u64, CommandError> {
+        let new = match AgentConfig::load(path) {
+            Ok(c) => c,
+            Err(e) => {
+                let msg = e.to_string();
+                error!("configuration reload refused; the configuration in force stays: {msg}");
+                self.emit(AgentEvent::ConfigRejected { error: msg.clone() });
+                return Err(CommandError::InvalidConfig(msg));
+            }
+        };
+        let restart = self.config.restart_only_changes(&new);
+        if !restart.is_empty() {
+            let msg = format!(
+                "{}: changing {} needs a restart of the agent",
+                path.display(),
+                restart.join(", ")
+            );
+            error!("configuration reload refused; the configuration in force stays: {msg}");
+            self.emit(AgentEvent::ConfigRejected { error: msg.clone() });
+            return Err(CommandError::InvalidConfig(msg));
+        }
+        if *self.config == new {
+            info!(path = %path.display(), "configuration reloaded: no change");
+            return Ok(self.config_generation);
+        }
+        let traffic = match TrafficEngineer::new(new.traffic.clone()) {
+            Ok(t) => t,
+            Err(e) => {
+                let msg = e.to_string();
+                self.emit(AgentEvent::ConfigRejected { error: msg.clone() });
+                return Err(CommandError::InvalidConfig(msg));
+            }
+        };
+        let topology_changed = new.topology != self.config.topology;
+        self.traffic = traffic;
+        self.debounce.set_config(new.delays);
+        self.config = Arc::new(new);
+        self.config_generation += 1;
+        if topology_changed {
+            self.store.replace(self.config.topology_model.clone());
+            self.table = None;
+        }
+        self.admin_down
+            .retain(|l| self.config.topology_model.link(LinkId(*l)).is_some());
+        self.init_local_links(now);
+        self.applied_health.clear();
+        self.refresh_health();
+        info!(generation = self.config_generation, path = %path.display(), "configuration reloaded");
+        self.emit(AgentEvent::ConfigReloaded {
+            generation: self.config_generation,
+        });
+        self.cause(
+            now,
+            Cause {
+                text: format!(
+                    "configuration reloaded (generation {})",
+                    self.config_generation
+                ),
+                links: Vec::new(),
+                regions: Vec::new(),
+                failure: false,
+            },
+        );
+        Ok(self.config_generation)
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Timers.
+
+    /// The next time [`AgentState::on_timer`] has something to do.
+    pub fn next_deadline(&self) -> Option<u64> {
+        [self.debounce.next_deadline(), Some(self.next_counters_ns)]
+            .into_iter()
+            .flatten()
+            .min()
+    }
+
+    /// Whether a computation is waiting for its delay.
+    pub fn pending(&self) -> bool {
+        self.debounce.pending()
+    }
+
+    /// Runs what is due at `now`: the computation (if the debounce says so) and the counters.
+    pub fn on_timer(&mut self, now: Now) {
+        let mut publish = false;
+        if self.debounce.take_due(now.mono_ns) {
+            self.recompute(now);
+            publish = true;
+        }
+        if now.mono_ns >= self.next_counters_ns {
+            self.refresh_counters();
+            self.next_counters_ns = now_ns_plus(now, self.config.counters_interval);
+            publish = true;
+        }
+        if publish {
+            self.publish(now);
+        }
+    }
+
+    /// Computes and programs now, whatever the debounce says (tests, benchmarks).
+    pub fn recompute_now(&mut self, now: Now) {
+        self.recompute(now);
+        self.publish(now);
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Computation.
+
+    fn recompute(&mut self, now: Now) {
+        let t0 = Instant::now();
+        self.computations += 1;
+        let causes = std::mem::take(&mut self.causes);
+        let first = !self.started;
+        self.started = true;
+        if self.resync {
+            match self.read_programmed() {
+                Ok(p) => {
+                    self.programmed = p;
+                    self.resync = false;
+                }
+                Err(e) => error!(error = %e, "cannot read the fast path back"),
+            }
+        }
+        let plans = self.plan_routes();
+        let mut desired = plan::base_state(
+            &self.config,
+            &self.interfaces,
+            &self.neighbours,
+            &self.admin_down,
+        );
+        // Flags other modules own (policing) stay as they are.
+        if let (Some(want), Some(have)) = (desired.config.as_mut(), self.programmed.config) {
+            want.flags |= have.flags & !CONFIG_F_READY;
+        }
+        for (dest, problem) in
+            plan::add_routes(&mut desired, &self.config, &plans, &self.programmed.groups)
+        {
+            error!(destination = %dest, "cannot build the next-hop group: {problem}");
+        }
+        let compute_ns = t0.elapsed().as_nanos() as u64;
+
+        let t1 = Instant::now();
+        let changes = forwarding::diff(&self.programmed, &desired);
+        let mut written = 0;
+        for c in &changes {
+            match apply_change(&mut self.dataplane, c) {
+                Ok(()) => {
+                    forwarding::apply(&mut self.programmed, c);
+                    written += 1;
+                }
+                Err(e) => {
+                    error!(change = %c.describe(), error = %e, "fast path write failed");
+                    // What the maps hold is uncertain now: read them back next time.
+                    self.resync = true;
+                    self.debounce.event(now.mono_ns);
+                }
+            }
+        }
+        let program_ns = t1.elapsed().as_nanos() as u64;
+        if !changes.is_empty() {
+            debug!(
+                changes = changes.len(),
+                written,
+                "fast path updated: {}",
+                changes
+                    .iter()
+                    .take(8)
+                    .map(Change::describe)
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            );
+        }
+
+        // History: destinations whose paths changed.
+        let mut routes_changed = 0;
+        let new_plans: BTreeMap<String, DestinationPlan> = plans
+            .into_iter()
+            .map(|p| (p.destination.clone(), p))
+            .collect();
+        let destinations: BTreeSet<String> =
+            self.plans.keys().chain(new_plans.keys()).cloned().collect();
+        for dest in destinations {
+            let view = |p: Option<&DestinationPlan>| match p {
+                Some(p) if p.error.is_none() => (p.link_lists(), p.weights()),
+                _ => (Vec::new(), Vec::new()),
+            };
+            let (before, before_weights) = view(self.plans.get(&dest));
+            let (after, after_weights) = view(new_plans.get(&dest));
+            let error_changed =
+                self.plans.get(&dest).map(|p| &p.error) != new_plans.get(&dest).map(|p| &p.error);
+            if before == after && before_weights == after_weights && !error_changed {
+                continue;
+            }
+            routes_changed += 1;
+            let (reason, failover) = if first {
+                let text = if self.adopted.routes > 0 {
+                    format!(
+                        "agent started: adopted {} programmed routes",
+                        self.adopted.routes
+                    )
+                } else {
+                    "agent started".to_string()
+                };
+                (text, false)
+            } else {
+                explain(&causes, &dest, &before, &after, &self.store.snapshot())
+            };
+            let reason = match new_plans.get(&dest).and_then(|p| p.error.clone()) {
+                Some(e) => format!("{reason}; {e}"),
+                None => reason,
+            };
+            if failover && !before.is_empty() {
+                self.failovers_total += 1;
+            }
+            let change = RouteChange {
+                at_unix_ms: now.unix_ms,
+                destination: dest.clone(),
+                reason: reason.clone(),
+                before,
+                after,
+                before_weights,
+                after_weights,
+            };
+            info!(destination = %dest, before = ?change.before, after = ?change.after, "route changed: {reason}");
+            self.last_reason.insert(dest.clone(), reason);
+            self.route_changes_total += 1;
+            self.history.push_back(change.clone());
+            while self.history.len() > self.config.history_len {
+                self.history.pop_front();
+            }
+            self.emit(AgentEvent::RouteChanged(change));
+        }
+        self.plans = new_plans;
+        self.last_update = Some(UpdateStats {
+            at_ns: now.mono_ns,
+            compute_ns,
+            program_ns,
+            changes: changes.len(),
+            routes_changed,
+        });
+    }
+
+    /// Routes to every region with prefixes, as group plans.
+    fn plan_routes(&mut self) -> Vec<DestinationPlan> {
+        let topology = self.store.snapshot();
+        let Some(src) = topology.region_by_name(&self.config.region).map(|r| r.id) else {
+            error!(region = %self.config.region, "own region missing from the topology");
+            return Vec::new();
+        };
+        let strategy = self.config.strategy;
+        let mut constraints = self.config.constraints.clone();
+        for r in self.regions_down.keys() {
+            if *r != self.config.region && topology.region_by_name(r).is_some() {
+                constraints.avoid_regions.insert(r.clone());
+            }
+        }
+        let table = match &self.table {
+            Some(prev) if prev.constraints == constraints && prev.strategies == [strategy] => {
+                self.engine.update_table(prev)
+            }
+            _ => self.engine.table_with(src, &[strategy], &constraints),
+        };
+        let table = match table {
+            Ok(t) => t,
+            Err(e) => {
+                error!(error = %e, "route computation failed; the fast path stays as it is");
+                return self.plans.values().cloned().collect();
+            }
+        };
+        let local: BTreeSet<u32> = self
+            .config
+            .local_links
+            .iter()
+            .filter(|l| self.interfaces.contains_key(&l.interface))
+            .map(|l| l.link_id)
+            .collect();
+
+        // Route sets per destination.
+        let mut sets = Vec::new();
+        for dest in self.config.prefixes.keys() {
+            if *dest == self.config.region {
+                continue;
+            }
+            let Some(region) = topology.region_by_name(dest) else {
+                continue;
+            };
+            let result = if self.regions_down.contains_key(dest) {
+                // A destination that is down is still routed to (nothing better to do), but
+                // not through the other regions that are down.
+                let mut c = constraints.clone();
+                c.avoid_regions.remove(dest);
+                self.engine
+                    .route(src, region.id, &strategy, &c)
+                    .map(|r| (*r).clone())
+            } else {
+                match table.region(region.id).and_then(|r| r.routes.first()) {
+                    Some(Ok(r)) => Ok((**r).clone()),
+                    Some(Err(e)) => Err(e.clone()),
+                    None => continue,
+                }
+            };
+            sets.push((dest.clone(), region.id, result));
+        }
+        self.table = Some(table);
+
+        // Weights of the active paths from the traffic engineer.
+        let links: BTreeMap<TeLinkId, LinkStatus> = topology
+            .links()
+            .iter()
+            .map(|l| {
+                (
+                    TeLinkId(l.id.0),
+                    LinkStatus {
+                        capacity_bps: (l.capacity_mbps * 1e6) as u64,
+                        live: l.usable(),
+                    },
+                )
+            })
+            .collect();
+        let mut split: BTreeMap<String, (Vec<crate::routing::Path>, Vec<crate::routing::Path>)> =
+            BTreeMap::new();
+        for (dest, _, result) in &sets {
+            if let Ok(rs) = result {
+                split.insert(dest.clone(), plan::split_paths(rs, self.config.ecmp));
+            }
+        }
+        let te_paths = split
+            .iter()
+            .map(|(d, (active, _))| {
+                (
+                    d.clone(),
+                    active
+                        .iter()
+                        .map(|p| p.links.iter().map(|l| TeLinkId(l.0)).collect())
+                        .collect(),
+                )
+            })
+            .collect();
+        if let Err(e) = self.traffic.set_topology(links, te_paths) {
+            error!(error = %e, "traffic engineer refused the paths; splitting equally");
+        }
+
+        sets.into_iter()
+            .map(|(dest, region, result)| {
+                let group_id = plan::group_id(region);
+                match result {
+                    Err(e) => DestinationPlan {
+                        destination: dest,
+                        region,
+                        group_id,
+                        paths: Vec::new(),
+                        members: Vec::new(),
+                        error: Some(e.to_string()),
+                    },
+                    Ok(_) => {
+                        let (active, standby) = split.remove(&dest).unwrap_or_default();
+                        let weights: Vec<u32> = match self.traffic.weights(&dest) {
+                            Some(w) if w.len() == active.len() => {
+                                w.iter().map(|&w| w as u32).collect()
+                            }
+                            _ => vec![1; active.len()],
+                        };
+                        let weighted: Vec<(crate::routing::Path, u32)> =
+                            active.into_iter().zip(weights).collect();
+                        let members =
+                            plan::members(&weighted, &standby, &local, self.standby_supported);
+                        let mut paths: Vec<PlannedPath> = weighted
+                            .iter()
+                            .enumerate()
+                            .map(|(i, (p, w))| PlannedPath {
+                                path: p.clone(),
+                                role: if i == 0 {
+                                    PlanRole::Primary
+                                } else {
+                                    PlanRole::Ecmp
+                                },
+                                weight: *w,
+                            })
+                            .collect();
+                        paths.extend(standby.into_iter().map(|p| PlannedPath {
+                            path: p,
+                            role: PlanRole::Secondary,
+                            weight: 0,
+                        }));
+                        let error = members.is_empty().then(|| {
+                            "no path leaves on a link this gateway terminates".to_string()
+                        });
+                        DestinationPlan {
+                            destination: dest,
+                            region,
+                            group_id,
+                            paths,
+                            members,
+                            error,
+                        }
+                    }
+                }
+            })
+            .collect()
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Snapshot.
+
+    fn refresh_counters(&mut self) {
+        let dp = &self.dataplane;
+        let mut c = CounterView::default();
+        for l in &self.config.local_links {
+            if let Ok(n) = dp.nexthop_counters(l.link_id) {
+                c.nexthops.push((l.link_id, n.packets, n.bytes));
+            }
+        }
+        for class in QosClass::ALL {
+            if let Ok(n) = dp.class_counters(class as u8) {
+                c.classes
+                    .push((class.name().to_string(), n.packets, n.bytes));
+            }
+        }
+        for r in Reason::ALL {
+            if let Ok(n) = dp.reason_count(r) {
+                c.reasons.push((r.name().to_string(), n));
+            }
+        }
+        self.counters = c;
+    }
+
+    fn link_views(&self, topology: &Topology) -> Vec<LinkView> {
+        let name = |r| {
+            topology
+                .region(r)
+                .map(|r| r.name.clone())
+                .unwrap_or_default()
+        };
+        topology
+            .links()
+            .iter()
+            .map(|l| {
+                let local = self.config.local_link(l.id.0);
+                let view = self.link_views.get(&l.id.0);
+                let health = if self.admin_down.contains(&l.id.0) {
+                    ViewHealth::AdminDown
+                } else if local.is_some() {
+                    match self.decided_health(l.id.0).map(|(h, _)| h) {
+                        Some(LinkHealth::Down) => ViewHealth::Down,
+                        Some(LinkHealth::Degraded) => ViewHealth::Degraded,
+                        _ => ViewHealth::Up,
+                    }
+                } else {
+                    ViewHealth::Unmeasured
+                };
+                let state = local.and_then(|_| self.dataplane.link_state(l.id.0).ok());
+                LinkView {
+                    id: l.id.0,
+                    name: l.name.to_string(),
+                    a: name(l.a),
+                    b: name(l.b),
+                    interface: local.map(|x| x.interface.clone()),
+                    health,
+                    rtt_seconds: state
+                        .filter(|s| s.srtt_ns > 0)
+                        .map(|s| s.srtt_ns as f64 / 1e9),
+                    jitter_seconds: state
+                        .filter(|s| s.replies > 1)
+                        .map(|s| s.jitter_ns as f64 / 1e9),
+                    loss_ratio: view.and_then(|v| v.loss),
+                    capacity_bps: (l.capacity_mbps * 1e6) as u64,
+                    utilisation_ratio: Some(l.utilisation),
+                    throughput_bps: None,
+                    probes_sent: view.map(|v| v.sent).unwrap_or(0),
+                    probes_received: state.map(|s| s.replies).unwrap_or(0),
+                }
+            })
+            .collect()
+    }
+
+    fn route_views(&self, topology: &Topology) -> Vec<RouteView> {
+        self.plans
+            .values()
+            .map(|p| {
+                let prefixes = self
+                    .config
+                    .prefixes
+                    .get(&p.destination)
+                    .map(|x| x.prefixes.iter().map(|p| p.to_string()).collect())
+                    .unwrap_or_default();
+                let paths: Vec<PathView> = p
+                    .paths
+                    .iter()
+                    .map(|pp| {
+                        let first = pp.path.first_link().map(|l| l.0).unwrap_or(0);
+                        PathView {
+                            regions: plan::region_names(topology, &pp.path),
+                            links: pp.path.links.iter().map(|l| l.0).collect(),
+                            latency_seconds: pp.path.latency_ms / 1e3,
+                            role: match pp.role {
+                                PlanRole::Primary => PathRole::Primary,
+                                PlanRole::Ecmp => PathRole::Ecmp,
+                                PlanRole::Secondary => PathRole::Secondary,
+                            },
+                            weight: pp.weight,
+                            next_hop: first,
+                            live: pp
+                                .path
+                                .links
+                                .iter()
+                                .all(|l| topology.link(*l).is_some_and(|l| l.usable())),
+                        }
+                    })
+                    .collect();
+                let why = match (&p.error, p.paths.first()) {
+                    (Some(e), _) => e.clone(),
+                    (None, Some(primary)) => format!(
+                        "{} {:.1} ms via {}",
+                        self.config.strategy.name(),
+                        primary.path.latency_ms,
+                        plan::region_names(topology, &primary.path).join(" -> ")
+                    ),
+                    (None, None) => "no path".into(),
+                };
+                let reason = match self.last_reason.get(&p.destination) {
+                    Some(r) => format!("{why}; {r}"),
+                    None => why,
+                };
+                RouteView {
+                    destination: p.destination.clone(),
+                    prefixes,
+                    strategy: self.config.strategy.name().to_string(),
+                    group_id: p.group_id,
+                    paths,
+                    reason,
+                }
+            })
+            .collect()
+    }
+
+    fn publish(&mut self, _now: Now) {
+        let topology = self.store.snapshot();
+        let snapshot = AgentSnapshot {
+            // Tunnels are managed by `tunnels::TunnelManager`; the daemon does not run it yet.
+            tunnels: Vec::new(),
+            gateway: self.config.gateway.clone(),
+            region: self.config.region.clone(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            started_unix_ms: self.started_unix_ms,
+            config_generation: self.config_generation,
+            topology_generation: topology.generation(),
+            regions: topology.regions().iter().map(|r| r.name.clone()).collect(),
+            links: self.link_views(&topology),
+            routes: self.route_views(&topology),
+            history: self.history.iter().cloned().collect(),
+            counters: self.counters.clone(),
+            failovers_total: self.failovers_total,
+            route_changes_total: self.route_changes_total,
+        };
+        self.snapshot.send_replace(Arc::new(snapshot));
+    }
+}
+
+/// Why a destination's paths changed: the causes that concern it (a link on its old or new
+/// paths, the destination or a region on its paths), else every cause. Also whether a failure
+/// moved it.
+fn explain(
+    causes: &[Cause],
+    dest: &str,
+    before: &[Vec<u32>],
+    after: &[Vec<u32>],
+    topology: &Topology,
+) -> (String, bool) {
+    let links: BTreeSet<u32> = before.iter().chain(after).flatten().copied().collect();
+    let regions: BTreeSet<String> = links
+        .iter()
+        .filter_map(|l| topology.link(LinkId(*l)))
+        .flat_map(|l| [l.a, l.b])
+        .filter_map(|r| topology.region(r).map(|r| r.name.clone()))
+        .chain(std::iter::once(dest.to_string()))
+        .collect();
+    let relevant: Vec<&Cause> = causes
+        .iter()
+        .filter(|c| {
+            c.links.iter().any(|l| links.contains(l))
+                || c.regions.iter().any(|r| regions.contains(r))
+        })
+        .collect();
+    let chosen: Vec<&Cause> = if relevant.is_empty() {
+        causes.iter().collect()
+    } else {
+        relevant
+    };
+    let failover = chosen.iter().any(|c| c.failure);
+    let mut texts: Vec<&str> = Vec::new();
+    for c in &chosen {
+        if !texts.contains(&c.text.as_str()) {
+            texts.push(&c.text);
+        }
+    }
+    const SHOWN: usize = 4;
+    let mut reason = texts
+        .iter()
+        .take(SHOWN)
+        .copied()
+        .collect::<Vec<_>>()
+        .join("; ");
+    if texts.len() > SHOWN {
+        reason.push_str(&format!(" (and {} more events)", texts.len() - SHOWN));
+    }
+    if reason.is_empty() {
+        reason = "recomputed".into();
+    }
+    (reason, failover)
+}
+
+/// One map write.
+fn apply_change(dp: &mut Dataplane, c: &Change) -> Result<(), DataplaneError> {
+    use dwcp_common::{ClassifierKey, NeighbourKey};
+    let nk = |(ifindex, ip4): NeighKey| NeighbourKey { ifindex, ip4 };
+    let ck = |(proto, direction, port): forwarding::ClassKey| ClassifierKey {
+        proto,
+        direction,
+        port,
+    };
+    match c {
+        Change::SetNextHop(id, nh) => dp.set_nexthop(*id, *nh),
+        Change::RemoveNextHop(id) => dp.remove_nexthop(*id),
+        Change::AddPort(i) => dp.add_port(*i),
+        Change::RemovePort(i) => dp.remove_port(*i),
+        Change::SetNeighbour(k, n) => dp.set_neighbour(nk(*k), *n),
+        Change::RemoveNeighbour(k) => dp.remove_neighbour(&nk(*k)),
+        Change::SetLink(id, cfg) => dp.set_link_config(*id, *cfg),
+        Change::RemoveLink(id) => dp.set_link_config(*id, Default::default()),
+        Change::SetVni(v, e) => dp.add_vni(*v, *e),
+        Change::RemoveVni(v) => dp.remove_vni(*v),
+        Change::SetClassifier(k, r) => dp.set_classifier_rule(ck(*k), *r),
+        Change::RemoveClassifier(k) => dp.remove_classifier_rule(&ck(*k)),
+        Change::SetQos(class, p) => dp.set_qos_policy(*class, *p),
+        Change::SetGroup(g, t) => dp.set_group_table(*g, t.as_ref()),
+        Change::RemoveGroup(g) => dp.remove_group(*g),
+        Change::SetRoute(p, r) => dp.set_route(p.addr, p.len, *r),
+        Change::RemoveRoute(p) => dp.remove_route(p.addr, p.len),
+        Change::SetConfig(cfg) => dp.set_config(*cfg),
+    }
+}

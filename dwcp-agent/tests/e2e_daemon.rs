@@ -1,0 +1,241 @@
+//! The daemon end to end: three regions in a triangle of network namespaces, one real
+//! `dwcp-agent` process per gateway, hosts sending UDP through the fast path. Every namespace,
+//! pin and process is removed when the lab drops, also when a test fails.
+//!
+//! - A cut of the direct link reroutes through the third region (transit in its fast path)
+//!   and a heal brings the traffic back; the agents' events say why.
+//! - `kill -9` and restart, an upgrade of the eBPF object and SIGHUP reloads (a bad one, then
+//!   a good one) under a continuous stream: no datagram lost.
+
+use std::{path::Path, time::Duration};
+
+use dwcp_agent::{
+    agent::{config::ProbeSenderMode, AgentEvent},
+    dataplane::EBPF_OBJECT,
+    lab::triangle::{TriangleLab, TriangleOptions, UdpStream},
+};
+use dwcp_common::Reason;
+
+const AGENT: &str = env!("CARGO_BIN_EXE_dwcp-agent");
+const WAIT: Duration = Duration::from_secs(30);
+
+/// Region indexes of the lab.
+const US: usize = 0;
+const EU: usize = 1;
+const AP: usize = 2;
+
+fn route_to(ev: &AgentEvent, dest: &str, first_path: &[u32]) -> bool {
+    matches!(ev, AgentEvent::RouteChanged(c)
+        if c.destination == dest && c.after.first().map(Vec::as_slice) == Some(first_path))
+}
+
+/// Waits until gateway `r` has reported a route change to `dest` whose primary path is
+/// `first_path`, after the `skip` events already seen; returns its reason.
+fn wait_route(lab: &TriangleLab, r: usize, skip: usize, dest: &str, path: &[u32]) -> String {
+    let start = std::time::Instant::now();
+    loop {
+        let events = lab.events(r);
+        if let Some(AgentEvent::RouteChanged(c)) =
+            events.iter().skip(skip).find(|e| route_to(e, dest, path))
+        {
+            return c.reason.clone();
+        }
+        assert!(
+            start.elapsed() < WAIT,
+            "gateway {} never routed {dest} via {path:?}; events: {events:#?}\nlog:\n{}",
+            r + 1,
+            lab.log(r)
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn triangle_reroutes_around_a_cut_link_and_returns_when_it_heals() {
+    let mut lab = TriangleLab::build("tri", Path::new(AGENT), TriangleOptions::default()).unwrap();
+    for r in 0..3 {
+        lab.start_agent(r, &[]).unwrap();
+    }
+    // Direct routes once the probes have brought the links up.
+    wait_route(&lab, US, 0, "eu-west-1", &[1]);
+    wait_route(&lab, EU, 0, "us-east-1", &[1]);
+    let stream = UdpStream::start(&lab, US, EU, 1000).unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+    let g1 = lab.counters(US).unwrap();
+    let g3 = lab.counters(AP).unwrap();
+    let direct_before = g1.nexthop_packets(1);
+    assert!(
+        direct_before > 500,
+        "the stream takes link 1: {direct_before}"
+    );
+    let transit_before = g3.reason(Reason::UnderlayTransit);
+
+    // Cut link 1 in its wire: both ends only notice from the missing probe replies.
+    let seen_us = lab.events(US).len();
+    let seen_eu = lab.events(EU).len();
+    lab.wire(1).cut().unwrap();
+    let why = wait_route(&lab, US, seen_us, "eu-west-1", &[3, 2]);
+    assert!(why.contains("link 1 (use1-euw1) down"), "{why}");
+    let why = wait_route(&lab, EU, seen_eu, "us-east-1", &[2, 3]);
+    assert!(why.contains("link 1 (use1-euw1) down"), "{why}");
+    std::thread::sleep(Duration::from_secs(1));
+    let transit = g3.reason(Reason::UnderlayTransit) - transit_before;
+    assert!(
+        transit > 500,
+        "ap-south-1 carries the traffic in transit: {transit} packets"
+    );
+    assert!(lab.events(US).iter().any(
+        |e| matches!(e, AgentEvent::LinkDown { link: 1, reason } if reason.contains("no reply"))
+    ));
+
+    // Heal: the link comes back after its hysteresis and the route returns.
+    let seen_us = lab.events(US).len();
+    lab.wire(1).heal().unwrap();
+    let why = wait_route(&lab, US, seen_us, "eu-west-1", &[1]);
+    assert!(why.contains("link 1 (use1-euw1) up"), "{why}");
+    std::thread::sleep(Duration::from_millis(500));
+    let direct = g1.nexthop_packets(1);
+    let transit = g3.reason(Reason::UnderlayTransit);
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        g1.nexthop_packets(1) - direct > 300,
+        "the stream is back on link 1"
+    );
+    assert!(
+        g3.reason(Reason::UnderlayTransit) - transit < 50,
+        "ap-south-1 no longer carries it"
+    );
+    let report = stream.finish().unwrap();
+    println!(
+        "stream: sent {}, received {}, lost {} in {:?}",
+        report.sent,
+        report.received,
+        report.lost_count(),
+        report.lost
+    );
+    // Only the detection time of the cut (3 probes of 10 ms, then the kernel's own failover
+    // to the standby member) may cost datagrams.
+    assert!(
+        report.lost_count() < report.sent / 20,
+        "lost {} of {}",
+        report.lost_count(),
+        report.sent
+    );
+}
+
+#[test]
+fn restart_upgrade_and_reload_lose_no_packet() {
+    // Probes from a separate sender, as in production (the agent's own probes would stop
+    // while it is down and the links would be declared dead).
+    let mut lab = TriangleLab::build(
+        "rst",
+        Path::new(AGENT),
+        TriangleOptions {
+            probe_sender: ProbeSenderMode::External,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    for r in 0..3 {
+        lab.start_prober(r).unwrap();
+        lab.start_agent(r, &[]).unwrap();
+    }
+    wait_route(&lab, US, 0, "eu-west-1", &[1]);
+    wait_route(&lab, EU, 0, "us-east-1", &[1]);
+    let there = UdpStream::start(&lab, US, EU, 1000).unwrap();
+    let back = UdpStream::start(&lab, EU, US, 1000).unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+
+    // kill -9, forwarding alone for a while, restart: the new agent adopts and writes nothing.
+    lab.kill_agent(US).unwrap();
+    std::thread::sleep(Duration::from_millis(700));
+    let log_len = lab.log(US).len();
+    lab.start_agent(US, &[]).unwrap();
+    let log = lab.log(US)[log_len..].to_string();
+    assert!(log.contains("adopted the pinned link"), "{log}");
+    assert!(
+        log.contains("(0 map writes)"),
+        "reconciliation changed maps:\n{log}"
+    );
+    std::thread::sleep(Duration::from_millis(500));
+
+    // Upgrade: a new eBPF object replaces the programs through the pinned links.
+    let object = lab.dir.join("dwcp-upgrade.o");
+    std::fs::write(&object, EBPF_OBJECT).unwrap();
+    lab.stop_agent(US).unwrap();
+    let log_len = lab.log(US).len();
+    lab.start_agent(US, &["--ebpf-object", object.to_str().unwrap()])
+        .unwrap();
+    let log = lab.log(US)[log_len..].to_string();
+    let replaced: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("program replaced in place"))
+        .collect();
+    assert_eq!(replaced.len(), 3, "lan0, ul1, ul3:\n{log}");
+    for l in &replaced {
+        let id = |key: &str| -> u32 {
+            let v = l.split(key).nth(1).unwrap();
+            v.split(|c: char| !c.is_ascii_digit())
+                .next()
+                .unwrap()
+                .parse()
+                .unwrap()
+        };
+        assert_ne!(id("old_program_id="), id("new_program_id="), "{l}");
+    }
+    std::thread::sleep(Duration::from_millis(500));
+
+    // SIGHUP with a bad configuration: refused, forwarding unchanged.
+    let good = std::fs::read_to_string(lab.config_path(US)).unwrap();
+    let bad = good.replace(
+        "[updater]",
+        "[routing]\nstrategy = \"fastest\"\n\n[updater]",
+    );
+    lab.write_config(US, &bad).unwrap();
+    let seen = lab.events(US).len();
+    lab.hup_agent(US).unwrap();
+    let ev = lab
+        .wait_event(US, "a rejected configuration", WAIT, |e| {
+            matches!(e, AgentEvent::ConfigRejected { .. })
+        })
+        .unwrap();
+    match ev {
+        AgentEvent::ConfigRejected { error } => {
+            assert!(error.contains("unknown variant `fastest`"), "{error}")
+        }
+        _ => unreachable!(),
+    }
+    assert!(
+        lab.events(US)[seen..]
+            .iter()
+            .all(|e| !matches!(e, AgentEvent::RouteChanged(_))),
+        "a refused configuration changed routes"
+    );
+    std::thread::sleep(Duration::from_millis(500));
+
+    // SIGHUP with a good one (a QoS rule more): applied.
+    let better =
+        format!("{good}\n[[qos.rule]]\nclass = \"interactive\"\nprotocol = \"tcp\"\nport = 22\n");
+    lab.write_config(US, &better).unwrap();
+    lab.hup_agent(US).unwrap();
+    lab.wait_event(US, "the reload", WAIT, |e| {
+        matches!(e, AgentEvent::ConfigReloaded { generation: 2 })
+    })
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+
+    for (name, stream) in [
+        ("us-east-1 -> eu-west-1", there),
+        ("eu-west-1 -> us-east-1", back),
+    ] {
+        let r = stream.finish().unwrap();
+        println!(
+            "{name}: sent {}, received {}, lost {}",
+            r.sent,
+            r.received,
+            r.lost_count()
+        );
+        assert!(r.sent > 2000, "{name}: the stream ran ({} sent)", r.sent);
+        assert_eq!(r.lost_count(), 0, "{name}: lost {:?}", r.lost);
+    }
+}
