@@ -16,7 +16,9 @@ use dwcp_agent::{
         config::{AgentConfig, DEFAULT_CONFIG_PATH},
         daemon::{Daemon, DaemonOptions},
     },
+    api::{ApiConfig, ApiContext, RunningApi},
     dataplane::{unpin_all, unpin_links},
+    telemetry::{Exporter, MetricsConfig, RunningMetrics},
 };
 
 #[derive(Parser)]
@@ -109,7 +111,34 @@ fn main() -> anyhow::Result<()> {
         })
         .await
         .with_context(|| format!("starting with {}", args.config.display()))?;
+        // The operator's view (API socket, /metrics), from the configuration the daemon
+        // started with; changing their addresses takes a restart.
+        let config = AgentConfig::load(&args.config)?;
+        let handle = daemon.handle();
+        let api_config = ApiConfig {
+            socket: Some(config.api_socket.clone()),
+            ..ApiConfig::default()
+        };
+        let api = RunningApi::start(&api_config, ApiContext::new(handle.clone(), &api_config))
+            .await
+            .with_context(|| format!("starting the API on {}", config.api_socket.display()))?;
+        let metrics = match config.metrics {
+            Some(listen) => RunningMetrics::start(
+                &MetricsConfig {
+                    enabled: true,
+                    listen,
+                },
+                Exporter::new(&handle),
+            )
+            .await
+            .context("starting the metrics endpoint")?,
+            None => None,
+        };
         daemon.run(std::future::pending()).await?;
+        api.shutdown().await?;
+        if let Some(m) = metrics {
+            m.shutdown().await?;
+        }
         Ok(())
     })
 }
