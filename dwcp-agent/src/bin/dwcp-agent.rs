@@ -16,9 +16,9 @@ use dwcp_agent::{
         config::{AgentConfig, DEFAULT_CONFIG_PATH},
         daemon::{Daemon, DaemonOptions},
     },
-    api::{ApiConfig, ApiContext, RunningApi},
+    api::{ApiContext, RunningApi},
     dataplane::{unpin_all, unpin_links},
-    telemetry::{Exporter, MetricsConfig, RunningMetrics},
+    telemetry::{Exporter, RunningMetrics},
 };
 
 #[derive(Parser)]
@@ -115,25 +115,12 @@ fn main() -> anyhow::Result<()> {
         // started with; changing their addresses takes a restart.
         let config = AgentConfig::load(&args.config)?;
         let handle = daemon.handle();
-        let api_config = ApiConfig {
-            socket: Some(config.api_socket.clone()),
-            ..ApiConfig::default()
-        };
-        let api = RunningApi::start(&api_config, ApiContext::new(handle.clone(), &api_config))
+        let api = RunningApi::start(&config.api, ApiContext::new(handle.clone(), &config.api))
             .await
-            .with_context(|| format!("starting the API on {}", config.api_socket.display()))?;
-        let metrics = match config.metrics {
-            Some(listen) => RunningMetrics::start(
-                &MetricsConfig {
-                    enabled: true,
-                    listen,
-                },
-                Exporter::new(&handle),
-            )
+            .context("starting the API")?;
+        let metrics = RunningMetrics::start(&config.metrics, Exporter::new(&handle))
             .await
-            .context("starting the metrics endpoint")?,
-            None => None,
-        };
+            .context("starting the metrics endpoint")?;
         daemon.run(std::future::pending()).await?;
         api.shutdown().await?;
         if let Some(m) = metrics {

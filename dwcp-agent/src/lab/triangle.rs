@@ -391,7 +391,7 @@ impl TriangleLab {
         s += &format!("[probe]\nsender = \"{sender}\"\n\n[updater]\noptimise_interval_s = 0\n\n");
         // Each gateway's API on its own socket; metrics inside its own namespace.
         s += &format!(
-            "[api]\nsocket = \"{}\"\nmetrics = \"{LAB_METRICS}\"\n\n",
+            "[api]\nsocket = \"{}\"\n\n[metrics]\nlisten = \"{LAB_METRICS}\"\n\n",
             self.api_socket(r).display()
         );
         s += &self.options.extra_config;
