@@ -88,9 +88,6 @@ fn agent_toml_sections_parse_with_their_types_and_document_the_defaults() {
     assert_eq!(metrics, MetricsConfig::default());
     assert_eq!(metrics_all, MetricsConfig::default());
 
-    let (_, reservations): (ManagerConfig, ManagerConfig) = parse_section(&text, "reservations");
-    assert_eq!(reservations, ManagerConfig::default());
-
     // The topology part is the topology module's schema, and validates.
     let mut topology = String::new();
     for table in ["region", "link", "edge"] {
@@ -231,4 +228,48 @@ fn dashboard_queries_only_exported_metrics() {
             "a panel shows {wanted}"
         );
     }
+}
+
+/// `# key = value` lines uncommented (the file's optional settings), prose comments kept.
+fn uncomment_all(text: &str) -> String {
+    text.lines()
+        .map(|l| match l.strip_prefix("# ") {
+            Some(rest)
+                if rest.split_once(" = ").is_some_and(|(k, _)| {
+                    !k.is_empty()
+                        && k.chars()
+                            .all(|c| c.is_ascii_lowercase() || c == '_' || c == '-')
+                }) =>
+            {
+                rest.to_string()
+            }
+            _ => l.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[test]
+fn the_agent_accepts_the_example_config_as_written_and_with_every_option() {
+    let check = |path: &Path| {
+        let out = Command::new(env!("CARGO_BIN_EXE_dwcp-agent"))
+            .args(["--check", "--config"])
+            .arg(path)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}: {}{}",
+            path.display(),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    check(&deploy("agent.toml"));
+    let dir = tempfile::tempdir().unwrap();
+    let all = dir.path().join("agent.toml");
+    let text = uncomment_all(&std::fs::read_to_string(deploy("agent.toml")).unwrap());
+    assert!(text.contains("\ntcp_listen = ") && text.contains("\nbest-effort = 0"));
+    std::fs::write(&all, text).unwrap();
+    check(&all);
 }

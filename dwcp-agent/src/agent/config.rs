@@ -264,8 +264,12 @@ pub struct ConfigFile {
     pub qos: QosSection,
     #[serde(default)]
     pub updater: UpdaterSection,
+    /// The operator's API (`crate::api`): socket, optional TCP with a bearer token.
     #[serde(default)]
-    pub api: ApiSection,
+    pub api: crate::api::ApiConfig,
+    /// Prometheus `/metrics` (`crate::telemetry`).
+    #[serde(default)]
+    pub metrics: crate::telemetry::MetricsConfig,
     #[serde(default)]
     pub health_check: Vec<Spanned<HealthCheckConfig>>,
     #[serde(default)]
@@ -485,24 +489,6 @@ impl Default for UpdaterSection {
     }
 }
 
-#[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct ApiSection {
-    /// Unix socket of the API (CLI, event stream).
-    pub socket: PathBuf,
-    /// Prometheus metrics listen address; absent = no metrics endpoint.
-    pub metrics: Option<std::net::SocketAddr>,
-}
-
-impl Default for ApiSection {
-    fn default() -> Self {
-        ApiSection {
-            socket: PathBuf::from("/run/dwcp/agent.sock"),
-            metrics: None,
-        }
-    }
-}
-
 // ---------------------------------------------------------------------------------------------
 // The validated configuration.
 
@@ -580,8 +566,8 @@ pub struct AgentConfig {
     pub optimise_interval: Option<Duration>,
     pub history_len: usize,
     pub counters_interval: Duration,
-    pub api_socket: PathBuf,
-    pub metrics: Option<std::net::SocketAddr>,
+    pub api: crate::api::ApiConfig,
+    pub metrics: crate::telemetry::MetricsConfig,
     pub health_checks: Vec<HealthCheckSpec>,
     pub topology: TopologyConfig,
     /// The validated topology.
@@ -614,7 +600,7 @@ impl PartialEq for AgentConfig {
             && self.optimise_interval == other.optimise_interval
             && self.history_len == other.history_len
             && self.counters_interval == other.counters_interval
-            && self.api_socket == other.api_socket
+            && self.api == other.api
             && self.metrics == other.metrics
             && self.health_checks == other.health_checks
             && self.topology == other.topology
@@ -1359,8 +1345,8 @@ impl AgentConfig {
                 .then(|| Duration::from_secs(u.optimise_interval_s)),
             history_len: u.history_len,
             counters_interval: ms(u.counters_interval_ms),
-            api_socket: file.api.socket.clone(),
-            metrics: file.api.metrics,
+            api: file.api.clone(),
+            metrics: file.metrics.clone(),
             health_checks,
             topology,
             topology_model: model.expect("no problems means the topology is valid"),
@@ -1403,8 +1389,11 @@ impl AgentConfig {
         if self.probe_sender != new.probe_sender {
             out.push("probe.sender");
         }
-        if self.api_socket != new.api_socket || self.metrics != new.metrics {
+        if self.api != new.api {
             out.push("api");
+        }
+        if self.metrics != new.metrics {
+            out.push("metrics");
         }
         out
     }

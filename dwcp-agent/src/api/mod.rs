@@ -186,7 +186,10 @@ async fn require_bearer(State(token): State<Arc<str>>, req: Request, next: Next)
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
+        // The scheme is case-insensitive (RFC 9110 section 11.1).
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| token);
     match given {
         None => ApiError::MissingToken.into_response(),
         Some(t) if !constant_time_eq(t.trim().as_bytes(), token.as_bytes()) => {

@@ -526,6 +526,17 @@ async fn tcp_needs_the_bearer_token_and_refuses_without_changing_anything() {
         .await
         .unwrap();
     assert_error(&basic, 401, "missing bearer token");
+    let lower_case_scheme = h
+        .tcp(None)
+        .request_raw(
+            "GET",
+            "/v1/status",
+            &[("authorization", &format!("bearer {TOKEN}"))],
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(lower_case_scheme.status, 200);
     assert!(h.stored().is_empty());
     assert_eq!(h.store_bytes(), None);
     assert_eq!(h.commands_seen.load(Ordering::SeqCst), 0);

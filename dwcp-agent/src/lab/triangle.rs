@@ -76,6 +76,8 @@ fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> TriangleError {
 
 /// The seed's three-region topology (links 1, 2, 3 as drawn above).
 pub const TOPOLOGY: &str = include_str!("../../../tests/fixtures/three_regions.toml");
+/// Where each agent serves /metrics, inside its gateway's namespace.
+pub const LAB_METRICS: &str = "127.0.0.1:9470";
 pub const REGIONS: [&str; 3] = ["us-east-1", "eu-west-1", "ap-south-1"];
 pub const GATEWAYS: [&str; 3] = ["gw-use1-a", "gw-euw1-a", "gw-aps1-a"];
 /// (link id, region index a, region index b).
@@ -340,6 +342,11 @@ impl TriangleLab {
         self.dir.join(format!("g{}.toml", r + 1))
     }
 
+    /// The API socket of gateway `r`'s agent.
+    pub fn api_socket(&self, r: usize) -> PathBuf {
+        self.dir.join(format!("g{}.sock", r + 1))
+    }
+
     pub fn log_path(&self, r: usize) -> PathBuf {
         self.dir.join(format!("g{}.log", r + 1))
     }
@@ -382,6 +389,11 @@ impl TriangleLab {
             ProbeSenderMode::External => "external",
         };
         s += &format!("[probe]\nsender = \"{sender}\"\n\n[updater]\noptimise_interval_s = 0\n\n");
+        // Each gateway's API on its own socket; metrics inside its own namespace.
+        s += &format!(
+            "[api]\nsocket = \"{}\"\n\n[metrics]\nlisten = \"{LAB_METRICS}\"\n\n",
+            self.api_socket(r).display()
+        );
         s += &self.options.extra_config;
         s += "\n";
         s += TOPOLOGY;
