@@ -170,6 +170,13 @@ fn run(sc: &Scenario) -> Result<(Samples, f64)> {
         });
         start.push(Input::LinkUp { link: *link });
     }
+    for l in &config.local_links {
+        start.push(Input::Address {
+            ifindex: ifindex[&l.interface],
+            ip: l.local_ip.into(),
+            present: true,
+        });
+    }
     let flap = sc.flap;
     ns.run_in(move || -> Result<(Samples, f64)> {
         let dp = Dataplane::load(Pinning::None)?;

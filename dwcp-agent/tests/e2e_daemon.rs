@@ -18,6 +18,10 @@ use dwcp_common::Reason;
 
 const AGENT: &str = env!("CARGO_BIN_EXE_dwcp-agent");
 const WAIT: Duration = Duration::from_secs(30);
+/// Detection after 10 probe intervals (100 ms) rather than 3: this shared 2-core machine
+/// sometimes starves a probe sender for more than 30 ms, and a link declared dead by such a
+/// pause is not what these tests are about.
+const DETECT_MULTIPLIER: u32 = 10;
 
 /// Region indexes of the lab.
 const US: usize = 0;
@@ -50,9 +54,30 @@ fn wait_route(lab: &TriangleLab, r: usize, skip: usize, dest: &str, path: &[u32]
     }
 }
 
+/// Waits until gateway `r` has reported `dest` routed over exactly `paths` (both links of
+/// the gateway up: nothing left for a restarted agent to correct).
+fn wait_paths(lab: &TriangleLab, r: usize, dest: &str, paths: &[&[u32]]) {
+    let want: Vec<Vec<u32>> = paths.iter().map(|p| p.to_vec()).collect();
+    lab.wait_event(
+        r,
+        &format!("{dest} over {want:?}"),
+        WAIT,
+        |e| matches!(e, AgentEvent::RouteChanged(c) if c.destination == dest && c.after == want),
+    )
+    .unwrap_or_else(|e| panic!("{e}\n{}", lab.log(r)));
+}
+
 #[test]
 fn triangle_reroutes_around_a_cut_link_and_returns_when_it_heals() {
-    let mut lab = TriangleLab::build("tri", Path::new(AGENT), TriangleOptions::default()).unwrap();
+    let mut lab = TriangleLab::build(
+        "tri",
+        Path::new(AGENT),
+        TriangleOptions {
+            detect_multiplier: DETECT_MULTIPLIER,
+            ..Default::default()
+        },
+    )
+    .unwrap();
     for r in 0..3 {
         lab.start_agent(r, &[]).unwrap();
     }
@@ -113,11 +138,13 @@ fn triangle_reroutes_around_a_cut_link_and_returns_when_it_heals() {
         report.lost_count(),
         report.lost
     );
-    // Only the detection time of the cut (3 probes of 10 ms, then the kernel's own failover
-    // to the standby member) may cost datagrams.
+    // Only the detection of the cut (10 probes of 10 ms; then the kernel fails over to the
+    // standby member by itself) may cost datagrams: at 1,000 per second about 100, bounded
+    // here at three times that for a loaded machine.
+    let detection_ms = DETECT_MULTIPLIER * 10;
     assert!(
-        report.lost_count() < report.sent / 20,
-        "lost {} of {}",
+        report.lost_count() <= 3 * detection_ms,
+        "lost {} of {} (detection {detection_ms} ms)",
         report.lost_count(),
         report.sent
     );
@@ -132,6 +159,7 @@ fn restart_upgrade_and_reload_lose_no_packet() {
         Path::new(AGENT),
         TriangleOptions {
             probe_sender: ProbeSenderMode::External,
+            detect_multiplier: DETECT_MULTIPLIER,
             ..Default::default()
         },
     )
@@ -140,8 +168,9 @@ fn restart_upgrade_and_reload_lose_no_packet() {
         lab.start_prober(r).unwrap();
         lab.start_agent(r, &[]).unwrap();
     }
-    wait_route(&lab, US, 0, "eu-west-1", &[1]);
-    wait_route(&lab, EU, 0, "us-east-1", &[1]);
+    wait_paths(&lab, US, "eu-west-1", &[&[1], &[3, 2]]);
+    wait_paths(&lab, US, "ap-south-1", &[&[1, 2], &[3]]);
+    wait_paths(&lab, EU, "us-east-1", &[&[1], &[2, 3]]);
     let there = UdpStream::start(&lab, US, EU, 1000).unwrap();
     let back = UdpStream::start(&lab, EU, US, 1000).unwrap();
     std::thread::sleep(Duration::from_millis(500));

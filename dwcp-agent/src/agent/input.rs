@@ -82,6 +82,12 @@ pub enum Input {
     InterfaceGone {
         name: String,
     },
+    /// An address was added to (`present`) or removed from the interface `ifindex`.
+    Address {
+        ifindex: u32,
+        ip: std::net::IpAddr,
+        present: bool,
+    },
     /// The kernel's neighbour table: `mac` = None when the entry is gone or unresolved.
     Neighbour {
         ifindex: u32,

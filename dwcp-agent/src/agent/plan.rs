@@ -22,6 +22,12 @@ use crate::{
     topology::{RegionId, Topology},
 };
 
+/// The members each group table was built from, by group id.
+pub type GroupMembers = BTreeMap<u32, Vec<Member>>;
+
+/// A destination whose group could not be built, and why.
+pub type GroupProblem = (String, String);
+
 /// Paths of one destination a group is split over (the traffic engineer's limit).
 pub const MAX_ACTIVE_PATHS: usize = crate::traffic::MAX_PATHS;
 
@@ -289,8 +295,8 @@ pub fn add_routes(
     config: &AgentConfig,
     plans: &[DestinationPlan],
     in_force: &BTreeMap<u32, NextHopTable>,
-    built_from: &BTreeMap<u32, Vec<Member>>,
-) -> (Vec<(String, String)>, BTreeMap<u32, Vec<Member>>) {
+    built_from: &GroupMembers,
+) -> (Vec<GroupProblem>, GroupMembers) {
     let mut problems = Vec::new();
     let mut built = BTreeMap::new();
     for plan in plans {

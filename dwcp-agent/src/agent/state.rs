@@ -110,6 +110,8 @@ pub struct AgentState {
     /// Health written into the topology for links whose health we decide.
     applied_health: BTreeMap<u32, LinkHealth>,
     interfaces: BTreeMap<String, InterfaceState>,
+    /// Addresses on the interfaces, by interface index.
+    addresses: BTreeSet<(u32, std::net::IpAddr)>,
     neighbours: BTreeMap<NeighKey, Mac>,
     regions_down: BTreeMap<String, String>,
     debounce: Debounce,
@@ -119,7 +121,7 @@ pub struct AgentState {
     plans: BTreeMap<String, DestinationPlan>,
     programmed: ForwardingState,
     /// Members each programmed group table was built from.
-    group_members: BTreeMap<u32, Vec<crate::dataplane::Member>>,
+    group_members: plan::GroupMembers,
     /// When the last computation finished writing the maps.
     programmed_at: Option<Instant>,
     resync: bool,
@@ -177,6 +179,7 @@ impl AgentState {
             admin_down: BTreeSet::new(),
             applied_health: BTreeMap::new(),
             interfaces: BTreeMap::new(),
+            addresses: BTreeSet::new(),
             neighbours: BTreeMap::new(),
             regions_down: BTreeMap::new(),
             causes: Vec::new(),
@@ -485,6 +488,10 @@ impl AgentState {
                 }
             }
             Input::InterfaceGone { name } => {
+                if let Some(gone) = self.interfaces.get(&name) {
+                    let idx = gone.ifindex;
+                    self.addresses.retain(|(i, _)| *i != idx);
+                }
                 if self.interfaces.remove(&name).is_some() && self.is_ours(&name) {
                     let links = self.links_on(&name);
                     for l in &links {
@@ -497,6 +504,44 @@ impl AgentState {
                             links,
                             regions: Vec::new(),
                             failure: true,
+                        },
+                    );
+                }
+            }
+            Input::Address {
+                ifindex,
+                ip,
+                present,
+            } => {
+                let changed = if present {
+                    self.addresses.insert((ifindex, ip))
+                } else {
+                    self.addresses.remove(&(ifindex, ip))
+                };
+                let links: Vec<u32> = self
+                    .config
+                    .local_links
+                    .iter()
+                    .filter(|l| {
+                        std::net::IpAddr::V4(l.local_ip) == ip
+                            && self.interfaces.get(&l.interface).map(|i| i.ifindex) == Some(ifindex)
+                    })
+                    .map(|l| l.link_id)
+                    .collect();
+                if changed && !links.is_empty() {
+                    for l in &links {
+                        self.refresh_health_of(*l, now, false);
+                    }
+                    self.cause(
+                        now,
+                        Cause {
+                            text: format!(
+                                "address {ip} {} interface {ifindex}",
+                                if present { "added to" } else { "removed from" }
+                            ),
+                            links,
+                            regions: Vec::new(),
+                            failure: !present,
                         },
                     );
                 }
@@ -715,6 +760,16 @@ impl AgentState {
             return Some((
                 LinkHealth::Down,
                 Some(format!("interface {} down", l.interface)),
+            ));
+        }
+        // Without its address the link can neither be probed nor carry our tunnels.
+        if !self
+            .addresses
+            .contains(&(iface.ifindex, std::net::IpAddr::V4(l.local_ip)))
+        {
+            return Some((
+                LinkHealth::Down,
+                Some(format!("address {} not on {}", l.local_ip, l.interface)),
             ));
         }
         match (&s.probe, &s.degraded) {
@@ -1035,17 +1090,24 @@ impl AgentState {
             self.group_members = built;
         }
         if !changes.is_empty() {
-            debug!(
-                changes = changes.len(),
-                written,
-                "fast path updated: {}",
-                changes
-                    .iter()
-                    .take(8)
-                    .map(Change::describe)
-                    .collect::<Vec<_>>()
-                    .join("; ")
-            );
+            let described = changes
+                .iter()
+                .take(8)
+                .map(Change::describe)
+                .collect::<Vec<_>>()
+                .join("; ");
+            // What a starting agent changes in an adopted fast path is worth seeing.
+            if first && self.adopted.routes > 0 {
+                info!(
+                    changes = changes.len(),
+                    written, "reconciliation: {described}"
+                );
+            } else {
+                debug!(
+                    changes = changes.len(),
+                    written, "fast path updated: {described}"
+                );
+            }
         }
 
         // History: destinations whose paths changed.

@@ -220,6 +220,8 @@ impl PinnedCounters {
 #[derive(Clone, Debug)]
 pub struct TriangleOptions {
     pub probe_sender: ProbeSenderMode,
+    /// Probe intervals (10 ms) without a reply before a link is dead.
+    pub detect_multiplier: u32,
     /// Extra TOML appended to every gateway's configuration.
     pub extra_config: String,
 }
@@ -228,6 +230,7 @@ impl Default for TriangleOptions {
     fn default() -> Self {
         TriangleOptions {
             probe_sender: ProbeSenderMode::Agent,
+            detect_multiplier: 3,
             extra_config: String::new(),
         }
     }
@@ -381,7 +384,10 @@ impl TriangleLab {
             ProbeSenderMode::Agent => "agent",
             ProbeSenderMode::External => "external",
         };
-        s += &format!("[probe]\nsender = \"{sender}\"\n\n[updater]\noptimise_interval_s = 0\n\n");
+        s += &format!(
+            "[probe]\nsender = \"{sender}\"\ndetect_multiplier = {}\n\n[updater]\noptimise_interval_s = 0\n\n",
+            self.options.detect_multiplier
+        );
         s += &self.options.extra_config;
         s += "\n";
         s += TOPOLOGY;
