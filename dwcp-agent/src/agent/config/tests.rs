@@ -276,3 +276,12 @@ fn prefixes_parse_and_overlap() {
     assert!("10.0.0.0".parse::<Prefix>().is_err());
     assert!("0.0.0.0/0".parse::<Prefix>().is_ok());
 }
+
+#[test]
+fn the_documented_example_is_valid() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/agent.example.toml");
+    let c = AgentConfig::load(&path).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(c.local_links.len(), 2);
+    assert_eq!(c.health_checks.len(), 1);
+    assert_eq!(c.qos_rules.len(), 1);
+}
