@@ -12,12 +12,16 @@ echo "== format and lints"
 cargo fmt --all -- --check
 cargo clippy --all-targets -- -D warnings
 
+# Namespaces present before the tests (another lab on this machine) are not this run's.
+before=$(ip netns list | awk '{print $1}' | grep '^dwcp-' | sort || true)
+
 echo "== tests (unit, property, BPF_PROG_TEST_RUN fixtures, network-namespace labs)"
 mkdir -p target && cargo test 2>&1 | tee target/test-output.txt
 cargo test --doc
 
 echo "== leftovers"
-left=$(ip netns list | awk '{print $1}' | grep '^dwcp-' || true)
+after=$(ip netns list | awk '{print $1}' | grep '^dwcp-' | sort || true)
+left=$(comm -13 <(echo "$before") <(echo "$after") | grep . || true)
 if [ -n "$left" ]; then
   echo "tests left network namespaces behind: $left" >&2
   exit 1

@@ -1,16 +1,22 @@
-//! A two-region lab in network namespaces: host A -- gateway A == underlay == gateway B --
+//! Two-region labs in network namespaces: host A -- gateway A == underlay == gateway B --
 //! host B. The gateways run dwcp's XDP programs; the kernels of the gateways have no route to
 //! the other region, so traffic between the hosts can only cross through the fast path.
 //!
-//! Used by the demo (`cargo xtask demo`), the end-to-end tests and the forwarding benchmark.
+//! [`TwoRegionLab`] has one underlay link, programmed statically: the demo
+//! (`cargo xtask demo`), the end-to-end tests and the forwarding benchmark use it.
+//! [`MultiLinkLab`] has several monitored links that can be cut, probers and agent-side link
+//! monitors, and pins everything so the agent can be stopped: the failover tests and
+//! benchmark use it, with the sequenced streams of [`stream`].
+//! [`multi`] builds the network of an N-region lab (3 to 10 regions, ring or full mesh, links
+//! cut in wire namespaces), without programming it.
 
 pub mod triangle;
 
 use std::net::Ipv4Addr;
 
 use dwcp_common::{
-    maps::programs, GatewayConfig, Neighbour, NeighbourKey, NextHop, QosClass, QosPolicy, Route,
-    VniEntry, CONFIG_F_READY, NH_F_VALID, QOS_F_REWRITE,
+    maps::programs, GatewayConfig, LinkConfig, Neighbour, NeighbourKey, NextHop, QosClass,
+    QosPolicy, Route, VniEntry, CONFIG_F_READY, NH_F_VALID, QOS_F_REWRITE,
 };
 use thiserror::Error;
 
@@ -19,12 +25,58 @@ use crate::{
     netlab::{self, NetlabError, Netns},
 };
 
+pub mod multi;
+mod multilink;
+pub mod stream;
+
+pub use multilink::{
+    ports_on_nexthop, udp_flow_nexthop, wait_for, LinkCut, MultiLinkLab, PinnedLinkMonitor,
+    ProberThread, Side, UnderlayLink, MULTI_LAB_GROUP, MULTI_LAB_VNI_BASE,
+};
+
 #[derive(Debug, Error)]
 pub enum LabError {
     #[error(transparent)]
     Netlab(#[from] NetlabError),
+    // Boxed: these two are large, and every lab call returns this error type.
     #[error(transparent)]
-    Dataplane(#[from] DataplaneError),
+    Dataplane(Box<DataplaneError>),
+    #[error(transparent)]
+    Prober(Box<crate::prober::ProberError>),
+    #[error(transparent)]
+    SentMap(#[from] crate::prober::SentMapError),
+    #[error("bpffs {path}: {detail}")]
+    Pin {
+        path: std::path::PathBuf,
+        detail: String,
+    },
+    #[error("the lab needs 1 to {max} underlay links, not {asked}")]
+    LinkCount { asked: usize, max: usize },
+    #[error("{what} did not happen within {waited:?}")]
+    Timeout {
+        what: String,
+        waited: std::time::Duration,
+    },
+    #[error("{asked} regions: the lab builds {min} to {max}")]
+    Regions {
+        asked: usize,
+        min: usize,
+        max: usize,
+    },
+    #[error("no link {0:?} in the lab")]
+    UnknownLink(String),
+}
+
+impl From<DataplaneError> for LabError {
+    fn from(e: DataplaneError) -> Self {
+        LabError::Dataplane(Box::new(e))
+    }
+}
+
+impl From<crate::prober::ProberError> for LabError {
+    fn from(e: crate::prober::ProberError) -> Self {
+        LabError::Prober(Box::new(e))
+    }
 }
 
 pub type Result<T, E = LabError> = std::result::Result<T, E>;
@@ -159,81 +211,125 @@ fn program_gateway(
     remote_mac: [u8; 6],
 ) -> Result<(Dataplane, AttachMode)> {
     let lan_if = local.gw.ifindex("lan0")?;
-    let ul_if = local.gw.ifindex("ul0")?;
-    let (local_ip, remote_ip, remote_prefix) =
-        (local.gw_underlay_ip, remote.gw_underlay_ip, remote.prefix);
+    let path = GatewayPath {
+        nexthop: LAB_NEXTHOP,
+        link_id: LAB_NEXTHOP,
+        ifindex: local.gw.ifindex("ul0")?,
+        vni: LAB_VNI,
+        local_ip: local.gw_underlay_ip,
+        remote_ip: remote.gw_underlay_ip,
+        local_mac,
+        remote_mac,
+        link_config: None,
+    };
+    let remote_prefix = remote.prefix;
     let r = local
         .gw
         .run_in(move || -> Result<(Dataplane, AttachMode)> {
             let mut dp = Dataplane::load(Pinning::None)?;
             let (_, mode) = dp.attach(programs::LAN_INGRESS, "lan0")?;
             dp.attach(programs::UNDERLAY_INGRESS, "ul0")?;
-            dp.add_port(lan_if)?;
-            dp.add_port(ul_if)?;
-            dp.set_nexthop(
-                LAB_NEXTHOP,
-                NextHop {
-                    flags: NH_F_VALID,
-                    link_id: LAB_NEXTHOP,
-                    ifindex: ul_if,
-                    vni: LAB_VNI,
-                    local_ip4: local_ip.octets(),
-                    remote_ip4: remote_ip.octets(),
-                    via_ip4: remote_ip.octets(),
-                    mtu: UNDERLAY_MTU,
-                    inner_dst_mac: remote_mac,
-                    _pad: [0; 2],
-                },
-            )?;
-            dp.set_neighbour(
-                NeighbourKey {
-                    ifindex: ul_if,
-                    ip4: remote_ip.octets(),
-                },
-                Neighbour {
-                    mac: remote_mac,
-                    if_mac: local_mac,
-                    _pad: [0; 4],
-                },
-            )?;
-            dp.set_group(
-                LAB_GROUP,
-                &[Member {
-                    nexthop: LAB_NEXTHOP,
-                    weight: 1,
-                }],
-            )?;
-            dp.set_route(
-                remote_prefix.into(),
-                24,
-                Route {
-                    group_id: LAB_GROUP,
-                    default_class: QosClass::BestEffort as u8,
-                    _pad: [0; 3],
-                },
-            )?;
-            dp.add_vni(
-                LAB_VNI,
-                VniEntry {
-                    lan_ifindex: lan_if,
-                    flags: 0,
-                },
-            )?;
-            for c in QosClass::ALL {
-                dp.set_qos_policy(
-                    c as u8,
-                    QosPolicy {
-                        dscp: c.default_dscp(),
-                        flags: QOS_F_REWRITE,
-                        _pad: [0; 6],
-                    },
-                )?;
-            }
-            dp.set_config(GatewayConfig {
-                hash_seed: LAB_SEED,
-                flags: CONFIG_F_READY,
-            })?;
+            program_paths(&mut dp, lan_if, remote_prefix, LAB_GROUP, &[path])?;
             Ok((dp, mode))
         })??;
     Ok(r)
+}
+
+/// One path from a gateway to the other region: a next hop (VXLAN with its own VNI) over one
+/// underlay link.
+#[derive(Clone, Debug)]
+pub struct GatewayPath {
+    pub nexthop: u32,
+    pub link_id: u32,
+    /// The underlay interface on this gateway.
+    pub ifindex: u32,
+    pub vni: u32,
+    pub local_ip: Ipv4Addr,
+    pub remote_ip: Ipv4Addr,
+    pub local_mac: [u8; 6],
+    pub remote_mac: [u8; 6],
+    /// `Some`: the link is monitored (or otherwise configured) in `LINK_CONFIG`.
+    pub link_config: Option<LinkConfig>,
+}
+
+/// Programs a gateway whose LAN is `lan_if`: one route to `remote_prefix`/24 through group
+/// `group`, whose members are `paths` (equal weights); each path's VNI terminates here too
+/// (the other gateway sends back over the same paths). Ends by marking the gateway ready.
+pub fn program_paths(
+    dp: &mut Dataplane,
+    lan_if: u32,
+    remote_prefix: Ipv4Addr,
+    group: u32,
+    paths: &[GatewayPath],
+) -> Result<()> {
+    dp.add_port(lan_if)?;
+    let mut members = Vec::new();
+    for p in paths {
+        dp.add_port(p.ifindex)?;
+        dp.set_nexthop(
+            p.nexthop,
+            NextHop {
+                flags: NH_F_VALID,
+                link_id: p.link_id,
+                ifindex: p.ifindex,
+                vni: p.vni,
+                local_ip4: p.local_ip.octets(),
+                remote_ip4: p.remote_ip.octets(),
+                via_ip4: p.remote_ip.octets(),
+                mtu: UNDERLAY_MTU,
+                inner_dst_mac: p.remote_mac,
+                _pad: [0; 2],
+            },
+        )?;
+        dp.set_neighbour(
+            NeighbourKey {
+                ifindex: p.ifindex,
+                ip4: p.remote_ip.octets(),
+            },
+            Neighbour {
+                mac: p.remote_mac,
+                if_mac: p.local_mac,
+                _pad: [0; 4],
+            },
+        )?;
+        if let Some(cfg) = p.link_config {
+            dp.set_link_config(p.link_id, cfg)?;
+        }
+        dp.add_vni(
+            p.vni,
+            VniEntry {
+                lan_ifindex: lan_if,
+                flags: 0,
+            },
+        )?;
+        members.push(Member {
+            nexthop: p.nexthop,
+            weight: 1,
+        });
+    }
+    dp.set_group(group, &members)?;
+    dp.set_route(
+        remote_prefix.into(),
+        24,
+        Route {
+            group_id: group,
+            default_class: QosClass::BestEffort as u8,
+            _pad: [0; 3],
+        },
+    )?;
+    for c in QosClass::ALL {
+        dp.set_qos_policy(
+            c as u8,
+            QosPolicy {
+                dscp: c.default_dscp(),
+                flags: QOS_F_REWRITE,
+                _pad: [0; 6],
+            },
+        )?;
+    }
+    dp.set_config(GatewayConfig {
+        hash_seed: LAB_SEED,
+        flags: CONFIG_F_READY,
+    })?;
+    Ok(())
 }

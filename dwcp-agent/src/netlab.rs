@@ -251,6 +251,147 @@ pub fn sweep_stale() -> usize {
     removed
 }
 
+/// A numbered UDP stream between two namespaces, for loss measurements: the sender sends
+/// `per_ms` datagrams every millisecond until [`UdpStream::finish`]; the receiver records
+/// which sequence numbers arrived.
+pub struct UdpStream {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    sender: std::thread::JoinHandle<u64>,
+    receiver: std::thread::JoinHandle<std::io::Result<(std::collections::HashSet<u64>, u64)>>,
+}
+
+/// What a [`UdpStream`] saw.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StreamResult {
+    pub sent: u64,
+    /// Sent but never received (a failed send counts as lost).
+    pub lost: u64,
+    /// Datagrams the receiving socket itself dropped because it was full: a harness problem,
+    /// not a network one.
+    pub socket_drops: u64,
+}
+
+/// `RcvbufErrors` of the calling thread's network namespace.
+fn udp_rcvbuf_errors() -> u64 {
+    let snmp = std::fs::read_to_string("/proc/thread-self/net/snmp").unwrap_or_default();
+    let mut udp = snmp.lines().filter(|l| l.starts_with("Udp:"));
+    let (Some(names), Some(values)) = (udp.next(), udp.next()) else {
+        return 0;
+    };
+    names
+        .split_whitespace()
+        .position(|n| n == "RcvbufErrors")
+        .and_then(|col| values.split_whitespace().nth(col))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+impl UdpStream {
+    /// Starts receiving on `dst_ip:port` in `dst` and sending there from `src`.
+    pub fn start(
+        src: &Netns,
+        dst: &Netns,
+        dst_ip: std::net::Ipv4Addr,
+        port: u16,
+        per_ms: u64,
+    ) -> Result<UdpStream> {
+        use std::{
+            net::UdpSocket,
+            os::fd::AsRawFd,
+            sync::{atomic::AtomicBool, Arc},
+            time::{Duration, Instant},
+        };
+        let open = |ns: &Netns| {
+            File::open(ns.path()).map_err(|source| NetlabError::Enter {
+                name: ns.name().to_string(),
+                source,
+            })
+        };
+        let (rx_ns, tx_ns) = (open(dst)?, open(src)?);
+        let stop = Arc::new(AtomicBool::new(false));
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let stop_r = stop.clone();
+        let receiver = std::thread::spawn(move || {
+            enter(&rx_ns)?;
+            let s = UdpSocket::bind((dst_ip, port))?;
+            s.set_read_timeout(Some(Duration::from_millis(50)))?;
+            let size: libc::c_int = 16 << 20;
+            // SAFETY: setsockopt with a c_int of the right size on an open socket.
+            unsafe {
+                libc::setsockopt(
+                    s.as_raw_fd(),
+                    libc::SOL_SOCKET,
+                    libc::SO_RCVBUFFORCE,
+                    (&size as *const libc::c_int).cast(),
+                    std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+                )
+            };
+            let drops_before = udp_rcvbuf_errors();
+            let _ = ready_tx.send(());
+            let mut got = std::collections::HashSet::new();
+            let mut buf = [0u8; 64];
+            let mut stopped_at = None;
+            loop {
+                if let Ok(n) = s.recv(&mut buf) {
+                    if n >= 8 {
+                        got.insert(u64::from_be_bytes(buf[..8].try_into().unwrap_or_default()));
+                    }
+                }
+                // Drain what is still in flight for half a second after the stop.
+                if stop_r.load(Ordering::Relaxed) {
+                    let t = *stopped_at.get_or_insert_with(Instant::now);
+                    if t.elapsed() > Duration::from_millis(500) {
+                        return Ok((got, udp_rcvbuf_errors().saturating_sub(drops_before)));
+                    }
+                }
+            }
+        });
+        // The receiver fails before `ready` only if it cannot bind; `finish` reports that.
+        let _ = ready_rx.recv();
+        let stop_s = stop.clone();
+        let sender = std::thread::spawn(move || {
+            if enter(&tx_ns).is_err() {
+                return 0;
+            }
+            let Ok(s) = UdpSocket::bind("0.0.0.0:0") else {
+                return 0;
+            };
+            let mut seq = 0u64;
+            let mut payload = [0u8; 64];
+            while !stop_s.load(Ordering::Relaxed) {
+                for _ in 0..per_ms {
+                    payload[..8].copy_from_slice(&seq.to_be_bytes());
+                    let _ = s.send_to(&payload, (dst_ip, port));
+                    seq += 1;
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            seq
+        });
+        Ok(UdpStream {
+            stop,
+            sender,
+            receiver,
+        })
+    }
+
+    /// Stops sending, waits for stragglers, and counts.
+    pub fn finish(self) -> std::io::Result<StreamResult> {
+        self.stop.store(true, Ordering::Relaxed);
+        let sent = self.sender.join().unwrap_or(0);
+        let (got, socket_drops) = self
+            .receiver
+            .join()
+            .unwrap_or_else(|p| std::panic::resume_unwind(p))?;
+        let lost = (0..sent).filter(|s| !got.contains(s)).count() as u64;
+        Ok(StreamResult {
+            sent,
+            lost,
+            socket_drops,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -92,6 +92,9 @@ fn record(name: &str, body: &str) -> Result<()> {
         (Some(b), Some(e)) if e > b => doc.replace_range(b..e + end.len(), &section),
         _ => doc = format!("{}\n\n{section}\n", doc.trim_end()),
     }
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
     std::fs::write(&path, doc)?;
     println!("recorded in {}", path.display());
     Ok(())
@@ -144,10 +147,10 @@ fn main() -> Result<()> {
     match Cli::parse().cmd {
         Cmd::BuildEbpf => build_ebpf(),
         Cmd::Bench { name, args } => bench(&name, &args),
+        // Debug profile: shares the build with the test suite; the fast path runs in the kernel.
         Cmd::Demo => run(Command::new("cargo").current_dir(root()).args([
             "run",
             "--quiet",
-            "--release",
             "-p",
             "dwcp-agent",
             "--example",

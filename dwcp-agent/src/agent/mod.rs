@@ -107,6 +107,35 @@ pub struct RouteChange {
     pub after_weights: Vec<u32>,
 }
 
+/// Health of a tunnel device as its manager last checked it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TunnelState {
+    Up,
+    Degraded,
+    Down,
+}
+
+/// One tunnel device (VXLAN, WireGuard, ...) carrying an inter-region link.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TunnelView {
+    pub name: String,
+    /// `vxlan`, `wireguard`, ...
+    pub kind: String,
+    /// The inter-region link it carries, if any.
+    pub link: Option<u32>,
+    pub interface: Option<String>,
+    pub state: TunnelState,
+    pub mtu: Option<u32>,
+    /// WireGuard only: when the peer last completed a handshake.
+    pub last_handshake_unix_s: Option<f64>,
+    pub handshake_age_seconds: Option<f64>,
+    pub rx_bytes: u64,
+    pub tx_bytes: u64,
+    /// How the device differs from its spec (empty when healthy).
+    pub problems: Vec<String>,
+}
+
 /// Fast-path counters (summed over CPUs).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct CounterView {
@@ -130,6 +159,9 @@ pub struct AgentSnapshot {
     pub regions: Vec<String>,
     pub links: Vec<LinkView>,
     pub routes: Vec<RouteView>,
+    /// Absent in snapshots of an agent without a tunnel manager.
+    #[serde(default)]
+    pub tunnels: Vec<TunnelView>,
     pub history: Vec<RouteChange>,
     pub counters: CounterView,
     pub failovers_total: u64,

@@ -1475,6 +1475,8 @@ impl AgentState {
     fn publish(&mut self, _now: Now) {
         let topology = self.store.snapshot();
         let snapshot = AgentSnapshot {
+            // Tunnels are managed by `tunnels::TunnelManager`; the daemon does not run it yet.
+            tunnels: Vec::new(),
             gateway: self.config.gateway.clone(),
             region: self.config.region.clone(),
             version: env!("CARGO_PKG_VERSION").to_string(),

@@ -63,7 +63,7 @@ impl From<netlab::NetlabError> for TriangleError {
 
 impl From<crate::dataplane::DataplaneError> for TriangleError {
     fn from(e: crate::dataplane::DataplaneError) -> Self {
-        TriangleError::Lab(LabError::Dataplane(e))
+        TriangleError::Lab(LabError::Dataplane(Box::new(e)))
     }
 }
 

@@ -59,27 +59,49 @@ impl LossWindow {
 
     /// Loss ratio in [0, 1] over the window ending at the newest sample, or `None` while fewer
     /// than `min_sent` probes fall in it.
+    ///
+    /// Both counters are interpolated at the window's edges (the sender and the replies run
+    /// at a steady rate), so the window spans its full length even when the polls were
+    /// irregular: after a pause of the polls longer than the window, a window cut at the
+    /// first sample after the pause would hold a handful of probes, and one probe more or
+    /// less would swing the figure by 5 %.
     pub fn loss(&self, grace_ns: u64, min_sent: u64) -> Option<f64> {
         let end = *self.samples.back()?;
-        let start_at = end.at_ns.saturating_sub(self.window_ns);
-        let start = *self.samples.iter().find(|s| s.at_ns >= start_at)?;
-        let sent_end = self.sent_at(end.at_ns.saturating_sub(grace_ns))?;
-        let sent_start = self.sent_at(start.at_ns.saturating_sub(grace_ns))?;
+        let first = self.samples.front()?;
+        // No sent count before the first sample: the window starts a grace after it.
+        let start_at = end
+            .at_ns
+            .saturating_sub(self.window_ns)
+            .max(first.at_ns + grace_ns);
+        if start_at >= end.at_ns {
+            return None;
+        }
+        let sent_end = self.counter_at(end.at_ns.saturating_sub(grace_ns), |s| s.sent)?;
+        let sent_start = self.counter_at(start_at - grace_ns, |s| s.sent)?;
         let sent = sent_end.saturating_sub(sent_start);
         if sent == 0 || sent < min_sent {
             return None;
         }
-        let received = end.replies - start.replies;
+        let received = end.replies - self.counter_at(start_at, |s| s.replies)?;
         Some((1.0 - received as f64 / sent as f64).clamp(0.0, 1.0))
     }
 
-    /// Sent counter of the newest sample taken at or before `at_ns`.
-    fn sent_at(&self, at_ns: u64) -> Option<u64> {
-        self.samples
-            .iter()
-            .rev()
-            .find(|s| s.at_ns <= at_ns)
-            .map(|s| s.sent)
+    /// A counter at `at_ns`, interpolated between the samples around it (taking the sample
+    /// before it instead would, after a pause of the polls longer than the grace, count every
+    /// probe of the pause as sent in the window while its replies fall before it: a healthy
+    /// link would read as 99 % loss).
+    fn counter_at(&self, at_ns: u64, counter: impl Fn(&Sample) -> u64) -> Option<u64> {
+        let i = self.samples.iter().rposition(|s| s.at_ns <= at_ns)?;
+        let before = &self.samples[i];
+        match self.samples.get(i + 1) {
+            Some(after) if after.at_ns > before.at_ns => {
+                let span = (after.at_ns - before.at_ns) as u128;
+                let grown = (counter(after) - counter(before)) as u128;
+                let part = grown * (at_ns - before.at_ns) as u128 / span;
+                Some(counter(before) + part as u64)
+            }
+            _ => Some(counter(before)),
+        }
     }
 }
 
@@ -142,6 +164,35 @@ mod tests {
         let w = trace(10 * MS, 0, 10_000 * MS);
         // 1 s window + 200 ms grace at 10 ms samples, plus the boundary sample.
         assert!(w.samples.len() <= 122, "{}", w.samples.len());
+    }
+
+    #[test]
+    fn a_pause_of_the_polls_is_not_loss() {
+        // Probes every 10 ms, RTT 20 ms, every 10th lost; the monitor polls every 10 ms except
+        // between 2 s and 5 s (its thread was busy, say).
+        let mut w = LossWindow::new(1_000 * MS);
+        let mut t = 0;
+        // Farthest a figure strays from the true 10 % once the first window is full.
+        let mut worst: f64 = 0.0;
+        while t <= 6_000 * MS {
+            let sent = t / (10 * MS) + 1;
+            let answered_upto = if t >= 20 * MS {
+                (t - 20 * MS) / (10 * MS) + 1
+            } else {
+                0
+            };
+            let received = answered_upto - answered_upto.div_ceil(10);
+            if !(2_000 * MS..5_000 * MS).contains(&t) {
+                w.record(t, sent, received, 200 * MS);
+                if let (Some(l), true) = (w.loss(30 * MS, 20), t > 1_100 * MS) {
+                    worst = worst.max((l - 0.10).abs());
+                }
+            }
+            t += 10 * MS;
+        }
+        assert!(worst < 0.02, "a loss figure {worst} off the true 10 %");
+        let last = w.loss(30 * MS, 20).unwrap();
+        assert!((last - 0.10).abs() < 0.015, "{last}");
     }
 
     #[test]

@@ -1,0 +1,326 @@
+//! The routes of API v1. Reads answer from the agent's latest snapshot; changes go to the agent
+//! as commands (links, reload) or to the reservation manager (reservations).
+
+use std::{convert::Infallible, time::Duration};
+
+use axum::{
+    extract::State,
+    http::{Method, StatusCode, Uri},
+    response::{
+        sse::{Event, KeepAlive, Sse},
+        IntoResponse,
+    },
+    Json,
+};
+use futures_util::Stream;
+use tokio::sync::oneshot;
+use tokio_stream::{
+    wrappers::{errors::BroadcastStreamRecvError, BroadcastStream},
+    StreamExt,
+};
+
+use super::{
+    error::ApiError,
+    extract::{ApiJson, ApiPath, ApiQuery},
+    views::*,
+    ApiContext,
+};
+use crate::{
+    agent::{AgentCommand, AgentSnapshot, LinkView, RouteChange, RouteView, TunnelView},
+    bandwidth::{
+        Admission, BandwidthError, ExtendRequest, Reservation, ReservationId, ReservationManager,
+        ReservationRequest,
+    },
+    telemetry::unix_now,
+};
+
+type ApiResult<T> = Result<T, ApiError>;
+
+pub async fn status(State(ctx): State<ApiContext>) -> ApiResult<Json<StatusView>> {
+    let snapshot = ctx.snapshot();
+    let counts = match &ctx.reservations {
+        Some(_) => Some(
+            ctx.reservations_op(|m, now| Ok((m.active_at(now).count(), m.list().count())))
+                .await?,
+        ),
+        None => None,
+    };
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    Ok(Json(StatusView::new(&snapshot, now_ms, counts)))
+}
+
+pub async fn topology(State(ctx): State<ApiContext>) -> Json<TopologyView> {
+    Json(TopologyView::new(&ctx.snapshot()))
+}
+
+pub async fn links(State(ctx): State<ApiContext>) -> Json<Vec<LinkView>> {
+    Json(ctx.snapshot().links.clone())
+}
+
+/// A link by id (`3`) or by name (`use1-aps1`).
+fn find_link<'a>(s: &'a AgentSnapshot, key: &str) -> ApiResult<&'a LinkView> {
+    let by_id = key.parse::<u32>().ok();
+    s.links
+        .iter()
+        .find(|l| Some(l.id) == by_id || l.name == key)
+        .ok_or_else(|| ApiError::NotFound {
+            what: "link",
+            id: key.to_string(),
+        })
+}
+
+pub async fn link(
+    State(ctx): State<ApiContext>,
+    ApiPath(key): ApiPath<String>,
+) -> ApiResult<Json<LinkView>> {
+    let s = ctx.snapshot();
+    Ok(Json(find_link(&s, &key)?.clone()))
+}
+
+pub async fn set_link_admin(
+    State(ctx): State<ApiContext>,
+    ApiPath(key): ApiPath<String>,
+    ApiJson(req): ApiJson<AdminRequest>,
+) -> ApiResult<Json<AdminResponse>> {
+    let (id, name) = {
+        let s = ctx.snapshot();
+        let l = find_link(&s, &key)?;
+        (l.id, l.name.clone())
+    };
+    let (reply, rx) = oneshot::channel();
+    ctx.command(
+        AgentCommand::SetLinkAdmin {
+            link: id,
+            up: req.state == AdminState::Up,
+            reply,
+        },
+        rx,
+    )
+    .await?;
+    Ok(Json(AdminResponse {
+        link: id,
+        name,
+        state: req.state,
+    }))
+}
+
+pub async fn reload(State(ctx): State<ApiContext>) -> ApiResult<Json<ReloadResponse>> {
+    let (reply, rx) = oneshot::channel();
+    let generation = ctx.command(AgentCommand::Reload { reply }, rx).await?;
+    Ok(Json(ReloadResponse { generation }))
+}
+
+pub async fn routes(State(ctx): State<ApiContext>) -> Json<Vec<RouteView>> {
+    Json(ctx.snapshot().routes.clone())
+}
+
+pub async fn route(
+    State(ctx): State<ApiContext>,
+    ApiPath(destination): ApiPath<String>,
+) -> ApiResult<Json<RouteView>> {
+    ctx.snapshot()
+        .routes
+        .iter()
+        .find(|r| r.destination == destination)
+        .cloned()
+        .map(Json)
+        .ok_or(ApiError::NotFound {
+            what: "route to region",
+            id: destination,
+        })
+}
+
+pub async fn history(
+    State(ctx): State<ApiContext>,
+    ApiQuery(q): ApiQuery<HistoryQuery>,
+) -> ApiResult<Json<Vec<RouteChange>>> {
+    let s = ctx.snapshot();
+    if let Some(d) = &q.destination {
+        if !s.regions.contains(d) {
+            return Err(ApiError::NotFound {
+                what: "region",
+                id: d.clone(),
+            });
+        }
+    }
+    let mut changes: Vec<RouteChange> = s
+        .history
+        .iter()
+        .filter(|c| q.destination.as_ref().is_none_or(|d| &c.destination == d))
+        .cloned()
+        .collect();
+    changes.sort_by_key(|c| c.at_unix_ms);
+    if let Some(limit) = q.limit {
+        let skip = changes.len().saturating_sub(limit);
+        changes.drain(..skip);
+    }
+    Ok(Json(changes))
+}
+
+pub async fn tunnels(State(ctx): State<ApiContext>) -> Json<Vec<TunnelView>> {
+    Json(ctx.snapshot().tunnels.clone())
+}
+
+fn reservation_id(text: &str) -> ApiResult<ReservationId> {
+    text.parse::<u64>().map(ReservationId).map_err(|_| {
+        ApiError::BadRequest(format!(
+            "reservation id {text:?} is not a whole number (ids are 1, 2, ...)"
+        ))
+    })
+}
+
+pub async fn reservations(State(ctx): State<ApiContext>) -> ApiResult<Json<Vec<Reservation>>> {
+    ctx.reservations_op(|m, _| Ok(m.list().cloned().collect()))
+        .await
+        .map(Json)
+}
+
+pub async fn reservation(
+    State(ctx): State<ApiContext>,
+    ApiPath(id): ApiPath<String>,
+) -> ApiResult<Json<Reservation>> {
+    let id = reservation_id(&id)?;
+    ctx.reservations_op(move |m, _| m.get(id).cloned().ok_or(BandwidthError::NotFound(id)))
+        .await
+        .map(Json)
+}
+
+pub async fn create_reservation(
+    State(ctx): State<ApiContext>,
+    ApiJson(req): ApiJson<ReservationRequest>,
+) -> ApiResult<(StatusCode, Json<Admission>)> {
+    let admission = ctx
+        .reservations_op(move |m, now| m.create(&req, now))
+        .await?;
+    Ok((StatusCode::CREATED, Json(admission)))
+}
+
+pub async fn extend_reservation(
+    State(ctx): State<ApiContext>,
+    ApiPath(id): ApiPath<String>,
+    ApiJson(req): ApiJson<ExtendRequest>,
+) -> ApiResult<Json<Admission>> {
+    let id = reservation_id(&id)?;
+    ctx.reservations_op(move |m, now| m.extend(id, &req, now))
+        .await
+        .map(Json)
+}
+
+pub async fn cancel_reservation(
+    State(ctx): State<ApiContext>,
+    ApiPath(id): ApiPath<String>,
+) -> ApiResult<Json<Reservation>> {
+    let id = reservation_id(&id)?;
+    ctx.reservations_op(move |m, _| m.cancel(id))
+        .await
+        .map(Json)
+}
+
+/// Server-sent events: `agent` (link, route and config events), `reservation` (reservation
+/// changes) and `lagged` (this stream fell behind and lost that many events; re-read the
+/// state). Each `data:` is one JSON object. With `?owner=NAME` only the changes of NAME's
+/// reservations are sent (created, extended, preempted, expired, ...): how a subscriber learns
+/// that its reservation was taken away.
+pub async fn events(
+    State(ctx): State<ApiContext>,
+    ApiQuery(q): ApiQuery<EventsQuery>,
+) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
+    let agent: EventStream = match q.owner {
+        Some(_) => Box::pin(tokio_stream::empty()),
+        None => Box::pin(
+            BroadcastStream::new(ctx.handle.events.subscribe())
+                .map(|item| event("agent", item.map(|e| serde_json::to_string(&e)))),
+        ),
+    };
+    let reservations: EventStream = match &ctx.reservations {
+        Some(m) => {
+            let rx = m.lock().unwrap_or_else(|p| p.into_inner()).subscribe();
+            let owner = q.owner.clone();
+            Box::pin(
+                BroadcastStream::new(rx)
+                    .filter(move |item| match (item, &owner) {
+                        (Ok(e), Some(o)) => e.owner() == o,
+                        _ => true,
+                    })
+                    .map(|item| event("reservation", item.map(|e| serde_json::to_string(&e)))),
+            )
+        }
+        None => Box::pin(tokio_stream::empty()),
+    };
+    let merged = futures_util::StreamExt::take_until(agent.merge(reservations), ctx.closed());
+    Sse::new(merged).keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+}
+
+type EventStream = std::pin::Pin<Box<dyn Stream<Item = Result<Event, Infallible>> + Send>>;
+
+fn event(
+    name: &'static str,
+    item: Result<serde_json::Result<String>, BroadcastStreamRecvError>,
+) -> Result<Event, Infallible> {
+    Ok(match item {
+        Ok(Ok(json)) => Event::default().event(name).data(json),
+        Ok(Err(e)) => Event::default()
+            .event("error")
+            .data(serde_json::json!({ "error": e.to_string() }).to_string()),
+        Err(BroadcastStreamRecvError::Lagged(n)) => Event::default()
+            .event("lagged")
+            .data(serde_json::json!({ "stream": name, "lost": n }).to_string()),
+    })
+}
+
+pub async fn no_route(method: Method, uri: Uri) -> ApiError {
+    ApiError::NoRoute {
+        method: method.to_string(),
+        path: uri.path().to_string(),
+    }
+}
+
+pub async fn method_not_allowed(method: Method, uri: Uri) -> impl IntoResponse {
+    ApiError::MethodNotAllowed {
+        method: method.to_string(),
+        path: uri.path().to_string(),
+    }
+}
+
+impl ApiContext {
+    pub(super) fn snapshot(&self) -> std::sync::Arc<AgentSnapshot> {
+        self.handle.snapshot.borrow().clone()
+    }
+
+    /// Runs `f` on the reservation manager off the async threads (it writes the store with
+    /// fsync), with the current Unix time.
+    pub(super) async fn reservations_op<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut ReservationManager, u64) -> Result<R, BandwidthError> + Send + 'static,
+    ) -> ApiResult<R> {
+        let manager = self.reservations.clone().ok_or(ApiError::NoReservations)?;
+        tokio::task::spawn_blocking(move || {
+            let mut m = manager.lock().unwrap_or_else(|p| p.into_inner());
+            f(&mut m, unix_now())
+        })
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))?
+        .map_err(ApiError::from)
+    }
+
+    /// Sends `cmd` to the agent and waits for its answer on `rx`, each step within the
+    /// command timeout.
+    pub(super) async fn command<T>(
+        &self,
+        cmd: AgentCommand,
+        rx: oneshot::Receiver<Result<T, crate::agent::CommandError>>,
+    ) -> ApiResult<T> {
+        let ms = self.command_timeout.as_millis() as u64;
+        tokio::time::timeout(self.command_timeout, self.handle.commands.send(cmd))
+            .await
+            .map_err(|_| ApiError::AgentTimeout(ms))?
+            .map_err(|_| ApiError::AgentGone)?;
+        tokio::time::timeout(self.command_timeout, rx)
+            .await
+            .map_err(|_| ApiError::AgentTimeout(ms))?
+            .map_err(|_| ApiError::AgentGone)?
+            .map_err(ApiError::from)
+    }
+}

@@ -1,0 +1,392 @@
+//! The agent's HTTP/JSON API: on a Unix socket by default (mode 0660: whoever may write it is
+//! an operator), optionally on TCP, where every request needs `Authorization: Bearer <token>`.
+//!
+//! Built only against the agent's boundary ([`AgentHandle`]): reads come from the latest
+//! snapshot, link and reload requests go to the agent as commands, and reservations go to the
+//! [`ReservationManager`] the API is given (shared with the daemon, which subscribes to its
+//! notifications). A request that is unauthenticated, malformed or too large is refused before
+//! any handler runs, so it changes nothing. Every error is a JSON body (see [`ErrorBody`]).
+//!
+//! | method | path | |
+//! |---|---|---|
+//! | GET | `/v1/status` | gateway, generations, links up, regions reachable, counters |
+//! | GET | `/v1/topology` | regions and links |
+//! | GET | `/v1/links`, `/v1/links/{id or name}` | measured links |
+//! | PUT | `/v1/links/{id or name}/admin` | `{"state": "down"}` / `{"state": "up"}` |
+//! | GET | `/v1/routes`, `/v1/routes/{region}` | routes with their paths and why |
+//! | GET | `/v1/history?destination=&limit=` | route changes, oldest first |
+//! | GET | `/v1/tunnels` | tunnel devices |
+//! | GET, POST | `/v1/reservations` | list, create (`ReservationRequest`) |
+//! | GET, PATCH, DELETE | `/v1/reservations/{id}` | read, extend (`{"end": ...}`), cancel |
+//! | GET | `/v1/events?owner=` | server-sent events: `agent`, `reservation`, `lagged` |
+//! | POST | `/v1/reload` | re-read the configuration |
+
+pub mod client;
+mod error;
+mod extract;
+pub mod fixtures;
+mod handlers;
+pub mod views;
+
+use std::{
+    future::Future,
+    net::SocketAddr,
+    os::unix::fs::PermissionsExt,
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use axum::{
+    extract::{DefaultBodyLimit, Request, State},
+    http::header,
+    middleware::{self, Next},
+    response::{IntoResponse, Response},
+    routing::{get, put},
+    Router,
+};
+use serde::{Deserialize, Serialize};
+use tokio::{
+    net::{TcpListener, UnixListener},
+    sync::watch,
+    task::JoinHandle,
+};
+use tracing::{info, warn};
+
+pub use error::{ApiError, ErrorBody, ServeError};
+
+use crate::{agent::AgentHandle, bandwidth::ReservationManager};
+
+pub const DEFAULT_SOCKET: &str = "/run/dwcp/agent.sock";
+pub const DEFAULT_SOCKET_MODE: u32 = 0o660;
+pub const DEFAULT_MAX_BODY_BYTES: usize = 64 * 1024;
+pub const DEFAULT_COMMAND_TIMEOUT_MS: u64 = 5_000;
+/// Shortest bearer token accepted (128 bits as hex is 32).
+pub const MIN_TOKEN_LEN: usize = 32;
+
+/// `[api]` of agent.toml.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ApiConfig {
+    /// Unix socket of the API (none: no socket).
+    pub socket: Option<PathBuf>,
+    /// Permissions of the socket (TOML accepts `0o660`).
+    pub socket_mode: u32,
+    /// Group that owns the socket, so that its members may use it (default: root's group).
+    pub socket_group: Option<String>,
+    /// Also serve on TCP at this address; requires `token_file`.
+    pub tcp_listen: Option<SocketAddr>,
+    /// File holding the bearer token of the TCP API (at least 32 characters).
+    pub token_file: Option<PathBuf>,
+    /// Largest request body accepted.
+    pub max_body_bytes: usize,
+    /// How long a request waits for the agent to take and answer a command.
+    pub command_timeout_ms: u64,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig {
+            socket: Some(DEFAULT_SOCKET.into()),
+            socket_mode: DEFAULT_SOCKET_MODE,
+            socket_group: None,
+            tcp_listen: None,
+            token_file: None,
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            command_timeout_ms: DEFAULT_COMMAND_TIMEOUT_MS,
+        }
+    }
+}
+
+/// What the handlers share.
+#[derive(Clone)]
+pub struct ApiContext {
+    handle: AgentHandle,
+    reservations: Option<Arc<Mutex<ReservationManager>>>,
+    command_timeout: Duration,
+    max_body_bytes: usize,
+    /// Set when the server shuts down: ends the event streams, which would otherwise keep
+    /// a graceful shutdown waiting for ever.
+    closing: Arc<watch::Sender<bool>>,
+}
+
+impl ApiContext {
+    pub fn new(handle: AgentHandle, config: &ApiConfig) -> ApiContext {
+        ApiContext {
+            handle,
+            reservations: None,
+            command_timeout: Duration::from_millis(config.command_timeout_ms),
+            max_body_bytes: config.max_body_bytes,
+            closing: Arc::new(watch::channel(false).0),
+        }
+    }
+
+    /// Ends open event streams and makes [`ApiContext::closed`] complete: call it together
+    /// with the servers' shutdown.
+    pub fn close(&self) {
+        self.closing.send_replace(true);
+    }
+
+    /// Completes once [`ApiContext::close`] has been called.
+    pub fn closed(&self) -> impl Future<Output = ()> + Send + 'static {
+        let mut rx = self.closing.subscribe();
+        async move {
+            let _ = rx.wait_for(|v| *v).await;
+        }
+    }
+
+    /// Serves reservations from `manager` (without it, `/v1/reservations` answers 501).
+    pub fn with_reservations(mut self, manager: Arc<Mutex<ReservationManager>>) -> ApiContext {
+        self.reservations = Some(manager);
+        self
+    }
+}
+
+/// The routes, without authentication (the Unix socket's permissions are its access control).
+pub fn router(ctx: ApiContext) -> Router {
+    let limit = ctx.max_body_bytes;
+    Router::new()
+        .route("/v1/status", get(handlers::status))
+        .route("/v1/topology", get(handlers::topology))
+        .route("/v1/links", get(handlers::links))
+        .route("/v1/links/{link}", get(handlers::link))
+        .route("/v1/links/{link}/admin", put(handlers::set_link_admin))
+        .route("/v1/routes", get(handlers::routes))
+        .route("/v1/routes/{destination}", get(handlers::route))
+        .route("/v1/history", get(handlers::history))
+        .route("/v1/tunnels", get(handlers::tunnels))
+        .route(
+            "/v1/reservations",
+            get(handlers::reservations).post(handlers::create_reservation),
+        )
+        .route(
+            "/v1/reservations/{id}",
+            get(handlers::reservation)
+                .patch(handlers::extend_reservation)
+                .delete(handlers::cancel_reservation),
+        )
+        .route("/v1/events", get(handlers::events))
+        .route("/v1/reload", axum::routing::post(handlers::reload))
+        .fallback(handlers::no_route)
+        .method_not_allowed_fallback(handlers::method_not_allowed)
+        .layer(DefaultBodyLimit::max(limit))
+        .with_state(ctx)
+}
+
+/// The routes behind a bearer token (for TCP).
+pub fn router_with_token(ctx: ApiContext, token: String) -> Router {
+    router(ctx).layer(middleware::from_fn_with_state(
+        Arc::<str>::from(token),
+        require_bearer,
+    ))
+}
+
+async fn require_bearer(State(token): State<Arc<str>>, req: Request, next: Next) -> Response {
+    let given = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    match given {
+        None => ApiError::MissingToken.into_response(),
+        Some(t) if !constant_time_eq(t.trim().as_bytes(), token.as_bytes()) => {
+            ApiError::WrongToken.into_response()
+        }
+        Some(_) => next.run(req).await,
+    }
+}
+
+/// Compares without an early exit, so the time taken does not tell how much of a guess was
+/// right (only whether its length was).
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Reads a bearer token from `path` (surrounding whitespace ignored).
+pub fn load_token(path: &Path) -> Result<String, ServeError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ServeError::TokenFile {
+        path: path.into(),
+        source,
+    })?;
+    let token = text.trim().to_string();
+    if token.len() < MIN_TOKEN_LEN {
+        return Err(ServeError::TokenTooShort {
+            path: path.into(),
+            len: token.len(),
+            min: MIN_TOKEN_LEN,
+        });
+    }
+    if let Ok(meta) = std::fs::metadata(path) {
+        if meta.permissions().mode() & 0o004 != 0 {
+            warn!(path = %path.display(), "the API token file is world-readable");
+        }
+    }
+    Ok(token)
+}
+
+/// Binds the API's Unix socket at `path` with permissions `mode` (and group `group`).
+///
+/// The socket is created under a temporary name, given its mode and group, and then renamed
+/// into place, so it is never reachable with looser permissions. A stale socket left by a
+/// dead agent is replaced; one a running agent answers on is not.
+pub async fn bind_unix(
+    path: &Path,
+    mode: u32,
+    group: Option<&str>,
+) -> Result<UnixListener, ServeError> {
+    let io = |source| ServeError::Socket {
+        path: path.into(),
+        source,
+    };
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(io)?;
+    }
+    if path.exists() {
+        if tokio::net::UnixStream::connect(path).await.is_ok() {
+            return Err(ServeError::SocketInUse(path.into()));
+        }
+        std::fs::remove_file(path).map_err(io)?;
+    }
+    let gid = group.map(group_id).transpose()?;
+    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    let _ = std::fs::remove_file(&tmp);
+    let listener = UnixListener::bind(&tmp).map_err(io)?;
+    let placed = (|| {
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode))?;
+        if let Some(gid) = gid {
+            std::os::unix::fs::chown(&tmp, None, Some(gid))?;
+        }
+        std::fs::rename(&tmp, path)
+    })();
+    if let Err(e) = placed {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(io(e));
+    }
+    Ok(listener)
+}
+
+fn group_id(name: &str) -> Result<u32, ServeError> {
+    let c_name =
+        std::ffi::CString::new(name).map_err(|_| ServeError::UnknownGroup(name.to_string()))?;
+    let mut grp: libc::group = unsafe { std::mem::zeroed() };
+    let mut buf = vec![0 as libc::c_char; 16 * 1024];
+    let mut result: *mut libc::group = std::ptr::null_mut();
+    // SAFETY: every pointer is valid for the call; `buf` outlives it.
+    let rc = unsafe {
+        libc::getgrnam_r(
+            c_name.as_ptr(),
+            &mut grp,
+            buf.as_mut_ptr(),
+            buf.len(),
+            &mut result,
+        )
+    };
+    if rc != 0 || result.is_null() {
+        return Err(ServeError::UnknownGroup(name.to_string()));
+    }
+    Ok(grp.gr_gid)
+}
+
+/// Serves `router` on a bound Unix socket until `shutdown` completes.
+pub async fn serve_unix(
+    listener: UnixListener,
+    router: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    axum::serve(listener, router)
+        .with_graceful_shutdown(shutdown)
+        .await
+        .map_err(ServeError::Serve)
+}
+
+/// Serves `router` (give it [`router_with_token`]) on TCP until `shutdown` completes.
+pub async fn serve_tcp(
+    listener: TcpListener,
+    router: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    axum::serve(listener, router)
+        .with_graceful_shutdown(shutdown)
+        .await
+        .map_err(ServeError::Serve)
+}
+
+/// The API as configured, running. [`RunningApi::shutdown`] stops it and removes its socket.
+pub struct RunningApi {
+    ctx: ApiContext,
+    tasks: Vec<JoinHandle<Result<(), ServeError>>>,
+    socket: Option<PathBuf>,
+    pub tcp_addr: Option<SocketAddr>,
+}
+
+impl RunningApi {
+    /// Binds everything `config` asks for (failing before serving anything if one fails) and
+    /// starts serving.
+    pub async fn start(config: &ApiConfig, ctx: ApiContext) -> Result<RunningApi, ServeError> {
+        let tcp = match config.tcp_listen {
+            Some(addr) => {
+                let path = config
+                    .token_file
+                    .as_ref()
+                    .ok_or(ServeError::TcpWithoutToken)?;
+                let token = load_token(path)?;
+                let listener = TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| ServeError::Tcp { addr, source })?;
+                Some((listener, token))
+            }
+            None => None,
+        };
+        let unix = match &config.socket {
+            Some(path) => {
+                Some(bind_unix(path, config.socket_mode, config.socket_group.as_deref()).await?)
+            }
+            None => None,
+        };
+        let mut tasks = Vec::new();
+        let mut tcp_addr = None;
+        if let Some(listener) = unix {
+            info!(socket = ?config.socket, "API listening on the Unix socket");
+            tasks.push(tokio::spawn(serve_unix(
+                listener,
+                router(ctx.clone()),
+                ctx.closed(),
+            )));
+        }
+        if let Some((listener, token)) = tcp {
+            tcp_addr = listener.local_addr().ok();
+            info!(addr = ?tcp_addr, "API listening on TCP (bearer token required)");
+            tasks.push(tokio::spawn(serve_tcp(
+                listener,
+                router_with_token(ctx.clone(), token),
+                ctx.closed(),
+            )));
+        }
+        Ok(RunningApi {
+            ctx,
+            tasks,
+            socket: config.socket.clone(),
+            tcp_addr,
+        })
+    }
+
+    /// Stops serving (open event streams end) and removes the socket.
+    pub async fn shutdown(self) -> Result<(), ServeError> {
+        self.ctx.close();
+        let mut result = Ok(());
+        for task in self.tasks {
+            match task.await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => result = Err(e),
+                Err(e) => result = Err(ServeError::Serve(std::io::Error::other(e))),
+            }
+        }
+        if let Some(path) = &self.socket {
+            let _ = std::fs::remove_file(path);
+        }
+        result
+    }
+}
+
+#[cfg(test)]
+mod tests;

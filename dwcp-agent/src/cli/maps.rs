@@ -1,0 +1,591 @@
+//! `dwcp maps`: the pinned maps of the fast path, decoded with their real types from
+//! `dwcp-common`, beside the `bpftool` command that dumps the same map.
+//!
+//! The JSON form keeps bpftool's shape for each entry (`key` and `value` with the BTF field
+//! names, byte arrays as arrays of numbers, per-CPU maps with `values: [{cpu, value}]`) so the
+//! two can be compared field by field; the text form prints addresses, MACs, flags, classes
+//! and reasons the way an operator reads them. Maps are opened from their pins and only read.
+//! Zero entries of arrays are left out (an array always holds `max_entries` entries).
+
+use std::path::{Path, PathBuf};
+
+use aya::maps::{
+    lpm_trie::LpmTrie, Array, ArrayOfMaps, DevMapHash, HashMap, Map, MapData, MapError, PerCpuArray,
+};
+use dwcp_common::{
+    maps::names, ClassifierKey, ClassifierRule, Counters, GatewayConfig, LinkConfig, LinkState,
+    Neighbour, NeighbourKey, NextHop, NextHopTable, Policer, PolicerKey, QosClass, QosPolicy,
+    Reason, Route, VniEntry, MAX_GROUPS, POLICER_ANY_GROUP, POLICE_DROP,
+};
+use serde::Serialize;
+use serde_json::{json, Value};
+
+#[derive(Debug, thiserror::Error)]
+pub enum MapsError {
+    #[error("map {name}: cannot open the pin {path}: {source} (is the agent loaded with pinning, and is this the pin directory?)")]
+    Open {
+        name: &'static str,
+        path: PathBuf,
+        source: Box<MapError>,
+    },
+    #[error("map {name}: {source} (pinned by a different dwcp version?)")]
+    Type {
+        name: &'static str,
+        source: Box<MapError>,
+    },
+    #[error("map {name}: reading entries: {source}")]
+    Read {
+        name: &'static str,
+        source: Box<MapError>,
+    },
+}
+
+/// One pinned map and its entries.
+#[derive(Clone, Debug, Serialize)]
+pub struct MapDump {
+    pub name: &'static str,
+    pub kind: String,
+    pub id: u32,
+    pub max_entries: u32,
+    pub pinned: PathBuf,
+    /// The command that shows the same map.
+    pub bpftool: String,
+    /// Which entries are listed.
+    pub shown: &'static str,
+    pub entries: Vec<Entry>,
+    /// Text lines of the entries, for the human-readable view.
+    #[serde(skip)]
+    pub lines: Vec<String>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Entry {
+    pub key: Value,
+    /// The value (summed over CPUs for per-CPU maps).
+    pub value: Value,
+    /// Per-CPU maps: each CPU's value, as bpftool lists them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub values: Option<Vec<Value>>,
+}
+
+fn open(dir: &Path, name: &'static str) -> Result<(Map, u32, u32, String), MapsError> {
+    let path = dir.join(name);
+    let open_err = |e| MapsError::Open {
+        name,
+        path: path.clone(),
+        source: Box::new(e),
+    };
+    let data = MapData::from_pin(&path).map_err(open_err)?;
+    let info = data.info().map_err(open_err)?;
+    let kind = info
+        .map_type()
+        .map(|t| format!("{t:?}"))
+        .unwrap_or_else(|_| "unknown".into());
+    let map = Map::from_map_data(data).map_err(|e| MapsError::Type {
+        name,
+        source: Box::new(e),
+    })?;
+    Ok((map, info.id(), info.max_entries(), kind))
+}
+
+fn typed<T: TryFrom<Map, Error = MapError>>(name: &'static str, map: Map) -> Result<T, MapsError> {
+    T::try_from(map).map_err(|e| MapsError::Type {
+        name,
+        source: Box::new(e),
+    })
+}
+
+fn read_err(name: &'static str) -> impl Fn(MapError) -> MapsError {
+    move |e| MapsError::Read {
+        name,
+        source: Box::new(e),
+    }
+}
+
+fn ip4(b: [u8; 4]) -> String {
+    std::net::Ipv4Addr::from(b).to_string()
+}
+
+fn mac(m: [u8; 6]) -> String {
+    m.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+fn class_name(id: u8) -> String {
+    QosClass::from_id(id).map_or_else(|| format!("class {id}"), |c| c.name().to_string())
+}
+
+fn u32_key(k: u32) -> Value {
+    json!(k)
+}
+
+/// Reads every dwcp map pinned under `dir`.
+pub fn dump_pinned(dir: &Path) -> Result<Vec<MapDump>, MapsError> {
+    names::ALL.iter().map(|name| dump_one(dir, name)).collect()
+}
+
+/// Reads the pinned map `name` (one of `dwcp_common::maps::names::ALL`).
+pub fn dump_one(dir: &Path, name: &'static str) -> Result<MapDump, MapsError> {
+    let (map, id, max_entries, kind) = open(dir, name)?;
+    let rd = read_err(name);
+    let mut entries = Vec::new();
+    let mut lines = Vec::new();
+    let mut shown = "all entries";
+    let mut push = |key: Value, value: Value, values: Option<Vec<Value>>, line: String| {
+        entries.push(Entry { key, value, values });
+        lines.push(line);
+    };
+    match name {
+        names::CONFIG => {
+            let a: Array<MapData, GatewayConfig> = typed(name, map)?;
+            let c = a.get(&0, 0).map_err(&rd)?;
+            push(
+                u32_key(0),
+                json!({"hash_seed": c.hash_seed, "flags": c.flags}),
+                None,
+                format!(
+                    "hash_seed {:#010x} flags {:#x}{}",
+                    c.hash_seed,
+                    c.flags,
+                    if c.flags & dwcp_common::CONFIG_F_READY != 0 {
+                        " (ready)"
+                    } else {
+                        " (not ready: LAN traffic passes to the kernel)"
+                    }
+                ),
+            );
+        }
+        names::ROUTES_V4 => {
+            let t: LpmTrie<MapData, [u8; 4], Route> = typed(name, map)?;
+            for item in t.iter() {
+                let (k, r) = item.map_err(&rd)?;
+                push(
+                    json!({"prefix_len": k.prefix_len(), "data": k.data()}),
+                    route_json(&r),
+                    None,
+                    format!(
+                        "{}/{} -> group {} default class {}",
+                        ip4(k.data()),
+                        k.prefix_len(),
+                        r.group_id,
+                        class_name(r.default_class)
+                    ),
+                );
+            }
+        }
+        names::ROUTES_V6 => {
+            let t: LpmTrie<MapData, [u8; 16], Route> = typed(name, map)?;
+            for item in t.iter() {
+                let (k, r) = item.map_err(&rd)?;
+                push(
+                    json!({"prefix_len": k.prefix_len(), "data": k.data()}),
+                    route_json(&r),
+                    None,
+                    format!(
+                        "{}/{} -> group {} default class {}",
+                        std::net::Ipv6Addr::from(k.data()),
+                        k.prefix_len(),
+                        r.group_id,
+                        class_name(r.default_class)
+                    ),
+                );
+            }
+        }
+        names::NH_GROUPS => {
+            shown = "groups with a table";
+            let groups: ArrayOfMaps<MapData, Array<MapData, NextHopTable>> = typed(name, map)?;
+            for g in 0..MAX_GROUPS.min(max_entries) {
+                let inner = match groups.get(&g, 0) {
+                    Ok(inner) => inner,
+                    Err(MapError::KeyNotFound) => continue,
+                    Err(e) => return Err(rd(e)),
+                };
+                let t = inner.get(&0, 0).map_err(&rd)?;
+                let members = (t.member_count as usize).min(t.nexthops.len());
+                let share: Vec<usize> = (0..members)
+                    .map(|m| t.buckets.iter().filter(|&&b| b as usize == m).count())
+                    .collect();
+                push(
+                    u32_key(g),
+                    json!({
+                        "member_count": t.member_count,
+                        "active_count": t.active_count,
+                        "nexthops": &t.nexthops[..members],
+                        "buckets_per_member": share,
+                    }),
+                    None,
+                    format!(
+                        "group {g}: {}",
+                        (0..members)
+                            .map(|m| if m < t.active_count as usize {
+                                format!(
+                                    "nexthop {} ({} of {} buckets)",
+                                    t.nexthops[m],
+                                    share[m],
+                                    t.buckets.len()
+                                )
+                            } else {
+                                format!("nexthop {} (standby)", t.nexthops[m])
+                            })
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                );
+            }
+        }
+        names::NEXTHOPS => {
+            shown = "non-zero entries";
+            let a: Array<MapData, NextHop> = typed(name, map)?;
+            for (i, nh) in a.iter().enumerate() {
+                let nh = nh.map_err(&rd)?;
+                if nh == NextHop::default() {
+                    continue;
+                }
+                push(
+                    u32_key(i as u32),
+                    json!({
+                        "flags": nh.flags, "link_id": nh.link_id, "ifindex": nh.ifindex,
+                        "vni": nh.vni, "local_ip4": nh.local_ip4, "remote_ip4": nh.remote_ip4,
+                        "via_ip4": nh.via_ip4, "mtu": nh.mtu, "inner_dst_mac": nh.inner_dst_mac,
+                    }),
+                    None,
+                    format!(
+                        "nexthop {i}: {} link {} if {} vni {} {} -> {} via {} mtu {} inner dst {}",
+                        if nh.flags & dwcp_common::NH_F_VALID != 0 {
+                            "valid"
+                        } else {
+                            "invalid"
+                        },
+                        nh.link_id,
+                        nh.ifindex,
+                        nh.vni,
+                        ip4(nh.local_ip4),
+                        ip4(nh.remote_ip4),
+                        ip4(nh.via_ip4),
+                        nh.mtu,
+                        mac(nh.inner_dst_mac)
+                    ),
+                );
+            }
+        }
+        names::NEIGHBOURS => {
+            let h: HashMap<MapData, NeighbourKey, Neighbour> = typed(name, map)?;
+            for item in h.iter() {
+                let (k, n) = item.map_err(&rd)?;
+                push(
+                    json!({"ifindex": k.ifindex, "ip4": k.ip4}),
+                    json!({"mac": n.mac, "if_mac": n.if_mac}),
+                    None,
+                    format!(
+                        "if {} {} lladdr {} (from {})",
+                        k.ifindex,
+                        ip4(k.ip4),
+                        mac(n.mac),
+                        mac(n.if_mac)
+                    ),
+                );
+            }
+        }
+        names::TX_PORTS => {
+            let d: DevMapHash<MapData> = typed(name, map)?;
+            for item in d.iter() {
+                let (k, v) = item.map_err(&rd)?;
+                push(
+                    u32_key(k),
+                    json!({"ifindex": v.if_index}),
+                    None,
+                    format!("if {k} -> redirect to if {}", v.if_index),
+                );
+            }
+        }
+        names::LINK_CONFIG => {
+            shown = "non-zero entries";
+            let a: Array<MapData, LinkConfig> = typed(name, map)?;
+            for (i, c) in a.iter().enumerate() {
+                let c = c.map_err(&rd)?;
+                if c == LinkConfig::default() {
+                    continue;
+                }
+                let mut flags = Vec::new();
+                if c.flags & dwcp_common::LINK_F_MONITORED != 0 {
+                    flags.push("monitored");
+                }
+                if c.flags & dwcp_common::LINK_F_ADMIN_DOWN != 0 {
+                    flags.push("admin-down");
+                }
+                push(
+                    u32_key(i as u32),
+                    json!({"flags": c.flags, "up_after": c.up_after, "detect_ns": c.detect_ns}),
+                    None,
+                    format!(
+                        "link {i}: {} up after {} replies, dead after {} ms without one",
+                        if flags.is_empty() {
+                            "unmonitored".to_string()
+                        } else {
+                            flags.join(",")
+                        },
+                        c.up_after,
+                        c.detect_ns as f64 / 1e6
+                    ),
+                );
+            }
+        }
+        names::LINK_STATE => {
+            shown = "non-zero entries";
+            let a: Array<MapData, LinkState> = typed(name, map)?;
+            for (i, s) in a.iter().enumerate() {
+                let s = s.map_err(&rd)?;
+                if s == LinkState::default() {
+                    continue;
+                }
+                push(
+                    u32_key(i as u32),
+                    json!({
+                        "last_reply_ns": s.last_reply_ns, "good_streak": s.good_streak,
+                        "last_seq": s.last_seq, "last_rtt_ns": s.last_rtt_ns,
+                        "srtt_ns": s.srtt_ns, "jitter_ns": s.jitter_ns,
+                        "replies": s.replies, "reflected": s.reflected,
+                    }),
+                    None,
+                    format!(
+                        "link {i}: srtt {:.3} ms jitter {:.3} ms last rtt {:.3} ms, {} replies \
+                         (streak {}, last seq {}), {} reflected",
+                        s.srtt_ns as f64 / 1e6,
+                        s.jitter_ns as f64 / 1e6,
+                        s.last_rtt_ns as f64 / 1e6,
+                        s.replies,
+                        s.good_streak,
+                        s.last_seq,
+                        s.reflected
+                    ),
+                );
+            }
+        }
+        names::CLASSIFIER => {
+            let h: HashMap<MapData, ClassifierKey, ClassifierRule> = typed(name, map)?;
+            for item in h.iter() {
+                let (k, r) = item.map_err(&rd)?;
+                push(
+                    json!({"proto": k.proto, "direction": k.direction, "port": k.port}),
+                    json!({"class": r.class}),
+                    None,
+                    format!(
+                        "{} {} port {} -> {}",
+                        match k.proto {
+                            0 => "any".to_string(),
+                            6 => "tcp".to_string(),
+                            17 => "udp".to_string(),
+                            p => format!("proto {p}"),
+                        },
+                        if k.direction == dwcp_common::CLASSIFY_SRC_PORT {
+                            "source"
+                        } else {
+                            "destination"
+                        },
+                        k.port,
+                        class_name(r.class)
+                    ),
+                );
+            }
+        }
+        names::CLASS_PORTS => {
+            shown = "ports named by a classifier rule";
+            let a: Array<MapData, u64> = typed(name, map)?;
+            let mut ports = Vec::new();
+            for (word, bits) in a.iter().enumerate() {
+                let bits = bits.map_err(&rd)?;
+                if bits == 0 {
+                    continue;
+                }
+                push(u32_key(word as u32), json!(bits), None, String::new());
+                ports.extend(
+                    (0..64)
+                        .filter(|b| bits & (1 << b) != 0)
+                        .map(|b| word * 64 + b),
+                );
+            }
+            // One line for the whole bitmap; the JSON keeps bpftool's words.
+            lines.clear();
+            if !ports.is_empty() {
+                lines.push(format!(
+                    "ports {}",
+                    ports
+                        .iter()
+                        .map(usize::to_string)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ));
+            }
+        }
+        names::POLICERS => {
+            let h: HashMap<MapData, PolicerKey, Policer> = typed(name, map)?;
+            for item in h.iter() {
+                let (k, p) = item.map_err(&rd)?;
+                push(
+                    json!({"group_id": k.group_id, "class": k.class}),
+                    json!({
+                        "rate_bytes_per_s": p.rate_bytes_per_s, "burst_bytes": p.burst_bytes,
+                        "tokens": p.tokens, "last_ns": p.last_ns, "conformed": p.conformed,
+                        "exceeded": p.exceeded, "action": p.action,
+                    }),
+                    None,
+                    format!(
+                        "{} to {}: {} bit/s burst {} B, over rate {}; {} conformed, {} exceeded",
+                        class_name(k.class),
+                        if k.group_id == POLICER_ANY_GROUP {
+                            "any destination".to_string()
+                        } else {
+                            format!("group {}", k.group_id)
+                        },
+                        p.rate_bytes_per_s * 8,
+                        p.burst_bytes,
+                        if p.action == POLICE_DROP {
+                            "dropped"
+                        } else {
+                            "re-marked best effort"
+                        },
+                        p.conformed,
+                        p.exceeded
+                    ),
+                );
+            }
+        }
+        names::QOS_POLICY => {
+            shown = "non-zero entries";
+            let a: Array<MapData, QosPolicy> = typed(name, map)?;
+            for (i, p) in a.iter().enumerate() {
+                let p = p.map_err(&rd)?;
+                if p == QosPolicy::default() {
+                    continue;
+                }
+                push(
+                    u32_key(i as u32),
+                    json!({"dscp": p.dscp, "flags": p.flags}),
+                    None,
+                    format!(
+                        "{}: dscp {}{}",
+                        class_name(i as u8),
+                        p.dscp,
+                        if p.flags & dwcp_common::QOS_F_REWRITE != 0 {
+                            " (rewritten)"
+                        } else {
+                            " (kept)"
+                        }
+                    ),
+                );
+            }
+        }
+        names::VNIS => {
+            let h: HashMap<MapData, u32, VniEntry> = typed(name, map)?;
+            for item in h.iter() {
+                let (k, v) = item.map_err(&rd)?;
+                push(
+                    u32_key(k),
+                    json!({"lan_ifindex": v.lan_ifindex, "flags": v.flags}),
+                    None,
+                    format!("vni {k} -> decapsulate to if {}", v.lan_ifindex),
+                );
+            }
+        }
+        names::NH_STATS | names::CLASS_STATS => {
+            shown = "non-zero entries, summed over CPUs";
+            let a: PerCpuArray<MapData, Counters> = typed(name, map)?;
+            for (i, per_cpu) in a.iter().enumerate() {
+                let per_cpu = per_cpu.map_err(&rd)?;
+                let sum = per_cpu.iter().fold(Counters::default(), |a, c| Counters {
+                    packets: a.packets + c.packets,
+                    bytes: a.bytes + c.bytes,
+                });
+                if sum == Counters::default() {
+                    continue;
+                }
+                let label = if name == names::CLASS_STATS {
+                    class_name(i as u8)
+                } else {
+                    format!("nexthop {i}")
+                };
+                push(
+                    u32_key(i as u32),
+                    json!({"packets": sum.packets, "bytes": sum.bytes}),
+                    Some(
+                        per_cpu
+                            .iter()
+                            .enumerate()
+                            .map(|(cpu, c)| json!({"cpu": cpu, "value": {"packets": c.packets, "bytes": c.bytes}}))
+                            .collect(),
+                    ),
+                    format!("{label}: {} packets, {} bytes", sum.packets, sum.bytes),
+                );
+            }
+        }
+        names::REASON_STATS => {
+            shown = "non-zero entries, summed over CPUs";
+            let a: PerCpuArray<MapData, u64> = typed(name, map)?;
+            for (i, per_cpu) in a.iter().enumerate() {
+                let per_cpu = per_cpu.map_err(&rd)?;
+                let sum: u64 = per_cpu.iter().sum();
+                if sum == 0 {
+                    continue;
+                }
+                let reason = Reason::ALL
+                    .get(i)
+                    .map_or_else(|| format!("reason {i}"), |r| r.name().to_string());
+                push(
+                    u32_key(i as u32),
+                    json!(sum),
+                    Some(
+                        per_cpu
+                            .iter()
+                            .enumerate()
+                            .map(|(cpu, v)| json!({"cpu": cpu, "value": v}))
+                            .collect(),
+                    ),
+                    format!("{reason}: {sum}"),
+                );
+            }
+        }
+        _ => unreachable!("every name of names::ALL is handled"),
+    }
+    let pinned = dir.join(name);
+    Ok(MapDump {
+        name,
+        kind,
+        id,
+        max_entries,
+        bpftool: format!("bpftool map dump pinned {}", pinned.display()),
+        pinned,
+        shown,
+        entries,
+        lines,
+    })
+}
+
+fn route_json(r: &Route) -> Value {
+    json!({"group_id": r.group_id, "default_class": r.default_class})
+}
+
+/// The human-readable view: a header per map with the bpftool command, then its entries.
+pub fn render(dumps: &[MapDump]) -> String {
+    let mut out = String::new();
+    for d in dumps {
+        out.push_str(&format!(
+            "{} ({}, id {}, {} of {} entries; {})\n  $ {}\n",
+            d.name,
+            d.kind,
+            d.id,
+            d.entries.len(),
+            d.max_entries,
+            d.shown,
+            d.bpftool
+        ));
+        for l in &d.lines {
+            out.push_str("  ");
+            out.push_str(l);
+            out.push('\n');
+        }
+        out.push('\n');
+    }
+    out
+}

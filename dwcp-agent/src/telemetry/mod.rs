@@ -1,0 +1,302 @@
+//! Prometheus metrics of the agent, served on `/metrics` at a configurable address.
+//!
+//! Each scrape encodes the agent's current [`AgentSnapshot`] (links, routes, fast-path
+//! counters, tunnels) and, when the exporter has the reservation manager, the reservation
+//! figures at that instant. Nothing is sampled in between: the values are those the agent
+//! published last, and Prometheus' scrape interval (10 s in `deploy/prometheus.yml`) is the
+//! export period. Prometheus gets OpenMetrics (it asks for it); everything else gets the classic
+//! text format, which is what `promtool check metrics` lints.
+
+mod collector;
+pub mod text_format;
+
+use std::{
+    future::Future,
+    net::SocketAddr,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, Mutex,
+    },
+    time::{SystemTime, UNIX_EPOCH},
+};
+
+use axum::{
+    extract::State,
+    http::{header, HeaderMap, StatusCode},
+    response::{IntoResponse, Response},
+    routing::get,
+    Router,
+};
+use prometheus_client::{encoding::text::encode, registry::Registry};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{broadcast, watch};
+
+pub use collector::{ReservationFigures, SnapshotCollector};
+
+use crate::{
+    agent::{AgentHandle, AgentSnapshot},
+    bandwidth::{ReservationEvent, ReservationManager},
+};
+
+pub const OPENMETRICS_CONTENT_TYPE: &str =
+    "application/openmetrics-text; version=1.0.0; charset=utf-8";
+pub const PROMETHEUS_TEXT_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// Default metrics address: loopback only; expose it deliberately.
+pub const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:9470";
+
+/// `[metrics]` of agent.toml.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsConfig {
+    pub enabled: bool,
+    /// Address of the `/metrics` endpoint.
+    pub listen: SocketAddr,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig {
+            enabled: true,
+            listen: DEFAULT_METRICS_LISTEN.parse().expect("valid default"),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TelemetryError {
+    #[error("metrics listener {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("metrics server: {0}")]
+    Serve(std::io::Error),
+}
+
+/// Counts of reservation changes, fed by a task subscribed to the manager's notifications.
+#[derive(Debug, Default)]
+pub struct ReservationEventCounts {
+    created: AtomicU64,
+    extended: AtomicU64,
+    cancelled: AtomicU64,
+    expired: AtomicU64,
+    preempted: AtomicU64,
+    displaced: AtomicU64,
+    /// Notifications missed because the counting task fell behind (broadcast lag).
+    lost: AtomicU64,
+}
+
+impl ReservationEventCounts {
+    /// Subscribes to `manager` and counts its notifications until it is dropped.
+    pub fn spawn(manager: &Mutex<ReservationManager>) -> Arc<ReservationEventCounts> {
+        let counts = Arc::new(ReservationEventCounts::default());
+        let mut rx = manager
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .subscribe();
+        let c = counts.clone();
+        tokio::spawn(async move {
+            loop {
+                match rx.recv().await {
+                    Ok(event) => c.record(&event),
+                    Err(broadcast::error::RecvError::Lagged(n)) => {
+                        c.lost.fetch_add(n, Ordering::Relaxed);
+                    }
+                    Err(broadcast::error::RecvError::Closed) => break,
+                }
+            }
+        });
+        counts
+    }
+
+    pub fn record(&self, event: &ReservationEvent) {
+        let counter = match event {
+            ReservationEvent::Created { .. } => &self.created,
+            ReservationEvent::Extended { .. } => &self.extended,
+            ReservationEvent::Cancelled { .. } => &self.cancelled,
+            ReservationEvent::Expired { .. } => &self.expired,
+            ReservationEvent::Preempted { .. } => &self.preempted,
+            ReservationEvent::Displaced { .. } => &self.displaced,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// (event name, count), in a fixed order.
+    pub fn counts(&self) -> Vec<(&'static str, u64)> {
+        [
+            ("created", &self.created),
+            ("extended", &self.extended),
+            ("cancelled", &self.cancelled),
+            ("expired", &self.expired),
+            ("preempted", &self.preempted),
+            ("displaced", &self.displaced),
+            ("lost", &self.lost),
+        ]
+        .into_iter()
+        .map(|(n, c)| (n, c.load(Ordering::Relaxed)))
+        .collect()
+    }
+}
+
+#[derive(Clone)]
+struct Reservations {
+    manager: Arc<Mutex<ReservationManager>>,
+    events: Arc<ReservationEventCounts>,
+}
+
+/// Builds the metrics of a scrape from the agent's boundary.
+#[derive(Clone)]
+pub struct Exporter {
+    snapshot: watch::Receiver<Arc<AgentSnapshot>>,
+    reservations: Option<Reservations>,
+}
+
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+impl Exporter {
+    pub fn new(handle: &AgentHandle) -> Exporter {
+        Exporter {
+            snapshot: handle.snapshot.clone(),
+            reservations: None,
+        }
+    }
+
+    /// Adds the reservation figures (active, stored, reserved per link, change counts).
+    /// Call inside a tokio runtime: it starts the task that counts changes.
+    pub fn with_reservations(mut self, manager: Arc<Mutex<ReservationManager>>) -> Exporter {
+        let events = ReservationEventCounts::spawn(&manager);
+        self.reservations = Some(Reservations { manager, events });
+        self
+    }
+
+    fn collector(&self) -> SnapshotCollector {
+        let snapshot = self.snapshot.borrow().clone();
+        let reservations = self.reservations.as_ref().map(|r| {
+            let now = unix_now();
+            let m = r.manager.lock().unwrap_or_else(|p| p.into_inner());
+            ReservationFigures {
+                stored: m.list().count() as u64,
+                active: m.active_at(now).count() as u64,
+                reserved_bps: m
+                    .reserved_by_link(now)
+                    .into_iter()
+                    .map(|(l, bps)| (l.0, bps))
+                    .collect(),
+                events: r.events.counts(),
+            }
+        });
+        SnapshotCollector {
+            snapshot,
+            reservations,
+        }
+    }
+
+    /// The OpenMetrics exposition of the current state.
+    pub fn openmetrics(&self) -> String {
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(self.collector()));
+        let mut out = String::new();
+        encode(&mut out, &registry).expect("writing to a String cannot fail");
+        out
+    }
+
+    /// The classic Prometheus text exposition (0.0.4) of the current state.
+    pub fn prometheus_text(&self) -> String {
+        text_format::openmetrics_to_prometheus(&self.openmetrics())
+    }
+
+    /// `GET /metrics`, negotiating the format from `Accept`.
+    pub fn router(self) -> Router {
+        Router::new()
+            .route("/metrics", get(metrics))
+            .fallback(|| async {
+                (
+                    StatusCode::NOT_FOUND,
+                    "not found: metrics are at /metrics\n",
+                )
+            })
+            .with_state(self)
+    }
+}
+
+async fn metrics(State(exporter): State<Exporter>, headers: HeaderMap) -> Response {
+    let wants_openmetrics = headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.contains("application/openmetrics-text"));
+    if wants_openmetrics {
+        (
+            [(header::CONTENT_TYPE, OPENMETRICS_CONTENT_TYPE)],
+            exporter.openmetrics(),
+        )
+            .into_response()
+    } else {
+        (
+            [(header::CONTENT_TYPE, PROMETHEUS_TEXT_CONTENT_TYPE)],
+            exporter.prometheus_text(),
+        )
+            .into_response()
+    }
+}
+
+/// Binds the metrics address.
+pub async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, TelemetryError> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| TelemetryError::Bind { addr, source })
+}
+
+/// Serves `/metrics` on `listener` until `shutdown` completes.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    exporter: Exporter,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), TelemetryError> {
+    axum::serve(listener, exporter.router())
+        .with_graceful_shutdown(shutdown)
+        .await
+        .map_err(TelemetryError::Serve)
+}
+
+/// The metrics endpoint as configured, running.
+pub struct RunningMetrics {
+    pub addr: SocketAddr,
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<Result<(), TelemetryError>>,
+}
+
+impl RunningMetrics {
+    /// Binds `config.listen` and serves `/metrics`; `None` when metrics are disabled.
+    pub async fn start(
+        config: &MetricsConfig,
+        exporter: Exporter,
+    ) -> Result<Option<RunningMetrics>, TelemetryError> {
+        if !config.enabled {
+            return Ok(None);
+        }
+        let listener = bind(config.listen).await?;
+        let addr = listener.local_addr().map_err(TelemetryError::Serve)?;
+        let (stop, stopped) = tokio::sync::oneshot::channel();
+        let task = tokio::spawn(serve(listener, exporter, async {
+            let _ = stopped.await;
+        }));
+        tracing::info!(%addr, "metrics at http://{addr}/metrics");
+        Ok(Some(RunningMetrics { addr, stop, task }))
+    }
+
+    pub async fn shutdown(self) -> Result<(), TelemetryError> {
+        let _ = self.stop.send(());
+        self.task
+            .await
+            .map_err(|e| TelemetryError::Serve(std::io::Error::other(e)))?
+    }
+}
+
+#[cfg(test)]
+mod tests;
