@@ -11,6 +11,7 @@ use std::{path::Path, time::Duration};
 
 use dwcp_agent::{
     agent::{config::ProbeSenderMode, AgentEvent},
+    api::client::{ApiClient, Endpoint},
     dataplane::EBPF_OBJECT,
     lab::triangle::{TriangleLab, TriangleOptions, UdpStream},
 };
@@ -130,6 +131,19 @@ fn triangle_reroutes_around_a_cut_link_and_returns_when_it_heals() {
         g3.reason(Reason::UnderlayTransit) - transit < 50,
         "ap-south-1 no longer carries it"
     );
+    // The operator sees the same story through the agent's API.
+    let api = ApiClient::new(Endpoint::Unix(lab.api_socket(US)));
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let history: serde_json::Value = rt
+        .block_on(api.get("/v1/history?destination=eu-west-1"))
+        .unwrap();
+    let text = history.to_string();
+    for why in ["link 1 (use1-euw1) down", "link 1 (use1-euw1) up"] {
+        assert!(text.contains(why), "{why} in the API's history: {text}");
+    }
     let report = stream.finish().unwrap();
     println!(
         "stream: sent {}, received {}, lost {} in {:?}",
@@ -152,8 +166,8 @@ fn triangle_reroutes_around_a_cut_link_and_returns_when_it_heals() {
 
 #[test]
 fn restart_upgrade_and_reload_lose_no_packet() {
-    // Probes from a separate sender, as in production (the agent's own probes would stop
-    // while it is down and the links would be declared dead).
+    // Probes from `dwcp-prober`, a process of its own as in production (the agent's own
+    // probes would stop while it is down and the links would be declared dead).
     let mut lab = TriangleLab::build(
         "rst",
         Path::new(AGENT),
@@ -165,8 +179,8 @@ fn restart_upgrade_and_reload_lose_no_packet() {
     )
     .unwrap();
     for r in 0..3 {
-        lab.start_prober(r).unwrap();
         lab.start_agent(r, &[]).unwrap();
+        lab.start_prober(r).unwrap();
     }
     wait_paths(&lab, US, "eu-west-1", &[&[1], &[3, 2]]);
     wait_paths(&lab, US, "ap-south-1", &[&[1, 2], &[3]]);

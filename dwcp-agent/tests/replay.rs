@@ -524,3 +524,8 @@ fn a_restarted_agent_adopts_the_maps_and_writes_nothing() {
         },
     );
 }
+
+#[test]
+fn reservations_move_the_split() {
+    run("reservations.json");
+}

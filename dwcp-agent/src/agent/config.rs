@@ -38,9 +38,12 @@ use thiserror::Error;
 use toml::Spanned;
 
 use crate::{
+    api::ApiConfig,
+    bandwidth::ManagerConfig,
     health::{HealthCheckConfig, HealthCheckSpec},
     probe::{MonitorConfig, MonitorConfigError, SenderConfig},
     routing::{BalancedWeights, Constraints, Strategy},
+    telemetry::MetricsConfig,
     topology::{EdgeConfig, LinkConfig, RegionConfig, Topology, TopologyConfig, TopologyError},
     traffic::TrafficConfig,
 };
@@ -265,7 +268,11 @@ pub struct ConfigFile {
     #[serde(default)]
     pub updater: UpdaterSection,
     #[serde(default)]
-    pub api: ApiSection,
+    pub reservations: ManagerConfig,
+    #[serde(default)]
+    pub api: ApiConfig,
+    #[serde(default)]
+    pub metrics: MetricsConfig,
     #[serde(default)]
     pub health_check: Vec<Spanned<HealthCheckConfig>>,
     #[serde(default)]
@@ -485,24 +492,6 @@ impl Default for UpdaterSection {
     }
 }
 
-#[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct ApiSection {
-    /// Unix socket of the API (CLI, event stream).
-    pub socket: PathBuf,
-    /// Prometheus metrics listen address; absent = no metrics endpoint.
-    pub metrics: Option<std::net::SocketAddr>,
-}
-
-impl Default for ApiSection {
-    fn default() -> Self {
-        ApiSection {
-            socket: PathBuf::from("/run/dwcp/agent.sock"),
-            metrics: None,
-        }
-    }
-}
-
 // ---------------------------------------------------------------------------------------------
 // The validated configuration.
 
@@ -580,8 +569,12 @@ pub struct AgentConfig {
     pub optimise_interval: Option<Duration>,
     pub history_len: usize,
     pub counters_interval: Duration,
-    pub api_socket: PathBuf,
-    pub metrics: Option<std::net::SocketAddr>,
+    /// `[reservations]`: admission of bandwidth reservations.
+    pub reservations: ManagerConfig,
+    /// `[api]`: the API's sockets (served by `api::RunningApi`).
+    pub api: ApiConfig,
+    /// `[metrics]`: the Prometheus endpoint (served by `telemetry::RunningMetrics`).
+    pub metrics: MetricsConfig,
     pub health_checks: Vec<HealthCheckSpec>,
     pub topology: TopologyConfig,
     /// The validated topology.
@@ -614,7 +607,8 @@ impl PartialEq for AgentConfig {
             && self.optimise_interval == other.optimise_interval
             && self.history_len == other.history_len
             && self.counters_interval == other.counters_interval
-            && self.api_socket == other.api_socket
+            && self.reservations == other.reservations
+            && self.api == other.api
             && self.metrics == other.metrics
             && self.health_checks == other.health_checks
             && self.topology == other.topology
@@ -1153,6 +1147,21 @@ impl AgentConfig {
             });
         }
 
+        if file.reservations.headroom_percent > 99 {
+            c.problems.push(Problem {
+                line: key_line(source, "reservations", "headroom_percent"),
+                field: "reservations.headroom_percent".into(),
+                message: format!("{} is above 99", file.reservations.headroom_percent),
+            });
+        }
+        if file.api.tcp_listen.is_some() && file.api.token_file.is_none() {
+            c.problems.push(Problem {
+                line: key_line(source, "api", "tcp_listen"),
+                field: "api.tcp_listen".into(),
+                message: "needs api.token_file (every TCP request carries the token)".into(),
+            });
+        }
+
         // [qos]
         let mut dscp = QosClass::ALL.map(|k| k.default_dscp());
         for (name, v) in &file.qos.dscp {
@@ -1359,8 +1368,9 @@ impl AgentConfig {
                 .then(|| Duration::from_secs(u.optimise_interval_s)),
             history_len: u.history_len,
             counters_interval: ms(u.counters_interval_ms),
-            api_socket: file.api.socket.clone(),
-            metrics: file.api.metrics,
+            reservations: file.reservations.clone(),
+            api: file.api.clone(),
+            metrics: file.metrics.clone(),
             health_checks,
             topology,
             topology_model: model.expect("no problems means the topology is valid"),
@@ -1403,8 +1413,14 @@ impl AgentConfig {
         if self.probe_sender != new.probe_sender {
             out.push("probe.sender");
         }
-        if self.api_socket != new.api_socket || self.metrics != new.metrics {
+        if self.api != new.api {
             out.push("api");
+        }
+        if self.metrics != new.metrics {
+            out.push("metrics");
+        }
+        if self.reservations != new.reservations {
+            out.push("reservations");
         }
         out
     }

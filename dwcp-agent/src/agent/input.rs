@@ -108,6 +108,10 @@ pub enum Input {
         link: u32,
         up: bool,
     },
+    /// The bandwidth reservations active now (all of them, every time the set changes).
+    Reservations {
+        active: Vec<crate::bandwidth::Reservation>,
+    },
     /// Re-read the configuration (SIGHUP, `dwcp reload`).
     Reload {
         path: PathBuf,

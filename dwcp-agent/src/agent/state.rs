@@ -114,6 +114,9 @@ pub struct AgentState {
     addresses: BTreeSet<(u32, std::net::IpAddr)>,
     neighbours: BTreeMap<NeighKey, Mac>,
     regions_down: BTreeMap<String, String>,
+    /// The bandwidth reservations active now (the traffic engineer's pinned flows).
+    reservations: Vec<crate::bandwidth::Reservation>,
+    reservation_ids: Vec<u64>,
     debounce: Debounce,
     causes: Vec<Cause>,
     started: bool,
@@ -182,6 +185,8 @@ impl AgentState {
             addresses: BTreeSet::new(),
             neighbours: BTreeMap::new(),
             regions_down: BTreeMap::new(),
+            reservations: Vec::new(),
+            reservation_ids: Vec::new(),
             causes: Vec::new(),
             started: false,
             table: None,
@@ -630,6 +635,27 @@ impl AgentState {
                     );
                 }
             }
+            Input::Reservations { active } => {
+                let ids: Vec<u64> = active.iter().map(|r| r.id.0).collect();
+                if ids != self.reservation_ids {
+                    self.reservation_ids = ids;
+                    self.traffic
+                        .set_reservations(&self.config.region, active.iter());
+                    self.reservations = active;
+                    self.cause(
+                        now,
+                        Cause {
+                            text: format!(
+                                "reservations changed ({} active)",
+                                self.reservations.len()
+                            ),
+                            links: Vec::new(),
+                            regions: Vec::new(),
+                            failure: false,
+                        },
+                    );
+                }
+            }
             Input::Reload { path } => return self.reload(&path, now).map(Some),
             Input::Optimise => self.cause(
                 now,
@@ -928,6 +954,8 @@ impl AgentState {
             }
         };
         let topology_changed = new.topology != self.config.topology;
+        let mut traffic = traffic;
+        traffic.set_reservations(&new.region, self.reservations.iter());
         self.traffic = traffic;
         self.debounce.set_config(new.delays);
         self.config = Arc::new(new);
