@@ -15,6 +15,8 @@ use dwcp_agent::{
 
 /// Events per scenario (half down, half up), after `WARMUP` unmeasured ones.
 const EVENTS: usize = 400;
+/// Events of the one-update-per-group baseline (each costs one grace period per group).
+const BASELINE_EVENTS: usize = 60;
 const WARMUP: usize = 20;
 const TOPOLOGY: &str = include_str!("../../tests/fixtures/three_regions.toml");
 
@@ -140,7 +142,7 @@ fn pct(v: &[f64], p: f64) -> f64 {
     s[((s.len() - 1) as f64 * p).round() as usize]
 }
 
-fn run(sc: &Scenario) -> Result<(Samples, f64)> {
+fn run(sc: &Scenario, batch: bool, events: usize) -> Result<(Samples, f64)> {
     let config = AgentConfig::parse(&sc.config).map_err(|e| anyhow::anyhow!("{e}"))?;
     let ns = Netns::new("bench-upd")?;
     for i in &sc.interfaces {
@@ -181,6 +183,7 @@ fn run(sc: &Scenario) -> Result<(Samples, f64)> {
     ns.run_in(move || -> Result<(Samples, f64)> {
         let dp = Dataplane::load(Pinning::None)?;
         let mut state = AgentState::new(config, dp, Now::at_ms(0))?;
+        state.set_group_batching(batch);
         for i in start {
             let _ = state.handle(i, Now::at_ms(0));
         }
@@ -193,7 +196,7 @@ fn run(sc: &Scenario) -> Result<(Samples, f64)> {
         // Each event arrives after a quiet period (2 s of replay time > the hold-down), so
         // the debounce computes at once: what is measured is the work, not a configured wait.
         let mut t_ms = 10_000;
-        for i in 0..WARMUP + EVENTS {
+        for i in 0..WARMUP + events {
             let input = if i % 2 == 0 {
                 Input::LinkDown {
                     link: flap,
@@ -227,7 +230,7 @@ fn run(sc: &Scenario) -> Result<(Samples, f64)> {
         let table = *dp.group_tables()?.first().context("a group")?;
         let (g, t) = table;
         let mut swaps = Vec::new();
-        for _ in 0..EVENTS {
+        for _ in 0..events.min(100) {
             let t0 = Instant::now();
             dp.set_group_table(g, &t)?;
             swaps.push(t0.elapsed().as_secs_f64() * 1e6);
@@ -239,11 +242,21 @@ fn run(sc: &Scenario) -> Result<(Samples, f64)> {
 fn main() -> Result<()> {
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     let mut rows = Vec::new();
-    for sc in [three_regions(), fifty_regions()?] {
-        let (s, swap_us) = run(&sc).with_context(|| sc.name)?;
-        rows.push((sc.name, sc.flap, s, swap_us));
+    let big = fifty_regions()?;
+    for (sc, batch, events, label) in [
+        (three_regions(), true, EVENTS, "3 regions (seed triangle)"),
+        (big, true, EVENTS, "50 regions, 1,000 edge nodes (synthetic)"),
+        (
+            fifty_regions()?,
+            false,
+            BASELINE_EVENTS,
+            "same, one update per group (baseline)",
+        ),
+    ] {
+        let (s, swap_us) = run(&sc, batch, events).with_context(|| sc.name)?;
+        rows.push((label, sc.flap, s, swap_us));
     }
-    println!("Event to map update of the state owner, {EVENTS} link events per row (link down and up in turn, each");
+    println!("Event to map update of the state owner, {EVENTS} link events per row ({BASELINE_EVENTS} for the baseline; link down and up in turn, each");
     println!("after a quiet period so the debounce computes at once; {WARMUP} warm-up events first), real maps in a");
     println!(
         "network namespace of this run, release build, load average at start {}.",
@@ -283,18 +296,27 @@ fn main() -> Result<()> {
     }
     let (_, _, big, big_swap) = &rows[1];
     let (_, _, small, small_swap) = &rows[0];
+    let (_, _, one_by_one, _) = &rows[2];
     let p99 = pct(&big.event_to_map_us, 0.99) / 1e3;
+    let speedup = pct(&one_by_one.event_to_map_us, 0.5) / pct(&big.event_to_map_us, 0.5);
     println!(
-        "\nOne group swap: {:.1} µs (3 regions), {:.1} µs (50 regions). Target: p99 under 1 ms at 50 regions: **{:.3} ms** ({}).",
-        small_swap,
-        big_swap,
+        "\nOne group swap: {:.1} µs (3 regions), {:.1} µs (50 regions). Batching: p50 {:.1}x shorter than one update per group (50 regions).",
+        small_swap, big_swap, speedup
+    );
+    println!(
+        "Target: p99 under 1 ms at 50 regions: **{:.3} ms** ({}). The floor is one RCU grace period per update of the",
         p99,
         if p99 < 1.0 { "met" } else { "not met" }
     );
+    println!("map-in-map (the group swap above): the computation alone (compute column) is what the target can be held against.");
     let json = format!(
-        "{{\"metrics\": {{\"event_to_map_p50_ms\": {:.4}, \"event_to_map_p99_ms\": {:.4}, \"three_regions_event_to_map_p50_ms\": {:.4}, \"three_regions_event_to_map_p99_ms\": {:.4}, \"group_swap_us\": {:.2}, \"event_to_map_p50_per_group_swap\": {:.2}}}}}\n",
+        "{{\"metrics\": {{\"event_to_map_p50_ms\": {:.4}, \"event_to_map_p99_ms\": {:.4}, \"compute_p50_ms\": {:.4}, \"compute_p99_ms\": {:.4}, \"one_by_one_p50_ms\": {:.4}, \"batch_speedup\": {:.2}, \"three_regions_event_to_map_p50_ms\": {:.4}, \"three_regions_event_to_map_p99_ms\": {:.4}, \"group_swap_us\": {:.2}, \"event_to_map_p50_per_group_swap\": {:.2}}}}}\n",
         pct(&big.event_to_map_us, 0.5) / 1e3,
         p99,
+        pct(&big.compute_us, 0.5) / 1e3,
+        pct(&big.compute_us, 0.99) / 1e3,
+        pct(&one_by_one.event_to_map_us, 0.5) / 1e3,
+        speedup,
         pct(&small.event_to_map_us, 0.5) / 1e3,
         pct(&small.event_to_map_us, 0.99) / 1e3,
         big_swap,

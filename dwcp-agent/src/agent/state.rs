@@ -127,6 +127,8 @@ pub struct AgentState {
     group_members: plan::GroupMembers,
     /// When the last computation finished writing the maps.
     programmed_at: Option<Instant>,
+    /// Group swaps in one batch (else one update each: the benchmark's baseline).
+    batch_groups: bool,
     resync: bool,
     adopted: Adopted,
     history: VecDeque<RouteChange>,
@@ -194,6 +196,7 @@ impl AgentState {
             programmed: ForwardingState::default(),
             group_members: BTreeMap::new(),
             programmed_at: None,
+            batch_groups: true,
             resync: false,
             adopted: Adopted::default(),
             history: VecDeque::new(),
@@ -349,6 +352,12 @@ impl AgentState {
 
     pub fn last_update(&self) -> Option<UpdateStats> {
         self.last_update
+    }
+
+    /// Swap group tables in one batch (the default) or one update each (a baseline for the
+    /// benchmark: each map-in-map update waits for an RCU grace period).
+    pub fn set_group_batching(&mut self, on: bool) {
+        self.batch_groups = on;
     }
 
     /// When the last computation finished writing the maps (the benchmark's end mark).
@@ -1080,7 +1089,7 @@ impl AgentState {
                 .iter()
                 .take_while(|c| matches!(c, Change::SetGroup(..) | Change::RemoveGroup(_)))
                 .count();
-            let result = if run > 1 {
+            let result = if run > 1 && self.batch_groups {
                 let tables: Vec<(u32, dwcp_common::NextHopTable)> = changes[i..i + run]
                     .iter()
                     .map(|c| match c {
@@ -1093,6 +1102,7 @@ impl AgentState {
             } else {
                 apply_change(&mut self.dataplane, &changes[i])
             };
+            let run = if self.batch_groups { run } else { 1 };
             let batch = &changes[i..i + run.max(1)];
             match result {
                 Ok(()) => {
