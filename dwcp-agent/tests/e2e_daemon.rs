@@ -11,6 +11,7 @@ use std::{path::Path, time::Duration};
 
 use dwcp_agent::{
     agent::{config::ProbeSenderMode, AgentEvent},
+    api::client::{ApiClient, Endpoint},
     dataplane::EBPF_OBJECT,
     lab::triangle::{TriangleLab, TriangleOptions, UdpStream},
 };
@@ -18,6 +19,10 @@ use dwcp_common::Reason;
 
 const AGENT: &str = env!("CARGO_BIN_EXE_dwcp-agent");
 const WAIT: Duration = Duration::from_secs(30);
+/// Detection after 10 probe intervals (100 ms) rather than 3: this shared 2-core machine
+/// sometimes starves a probe sender for more than 30 ms, and a link declared dead by such a
+/// pause is not what these tests are about.
+const DETECT_MULTIPLIER: u32 = 10;
 
 /// Region indexes of the lab.
 const US: usize = 0;
@@ -50,10 +55,31 @@ fn wait_route(lab: &TriangleLab, r: usize, skip: usize, dest: &str, path: &[u32]
     }
 }
 
+/// Waits until gateway `r` has reported `dest` routed over exactly `paths` (both links of
+/// the gateway up: nothing left for a restarted agent to correct).
+fn wait_paths(lab: &TriangleLab, r: usize, dest: &str, paths: &[&[u32]]) {
+    let want: Vec<Vec<u32>> = paths.iter().map(|p| p.to_vec()).collect();
+    lab.wait_event(
+        r,
+        &format!("{dest} over {want:?}"),
+        WAIT,
+        |e| matches!(e, AgentEvent::RouteChanged(c) if c.destination == dest && c.after == want),
+    )
+    .unwrap_or_else(|e| panic!("{e}\n{}", lab.log(r)));
+}
+
 #[test]
 #[ignore = "issue 5 open: on the loaded 2-core dev machine these lost 260-324 packets and collided when run in parallel; run with --ignored --test-threads=1"]
 fn triangle_reroutes_around_a_cut_link_and_returns_when_it_heals() {
-    let mut lab = TriangleLab::build("tri", Path::new(AGENT), TriangleOptions::default()).unwrap();
+    let mut lab = TriangleLab::build(
+        "tri",
+        Path::new(AGENT),
+        TriangleOptions {
+            detect_multiplier: DETECT_MULTIPLIER,
+            ..Default::default()
+        },
+    )
+    .unwrap();
     for r in 0..3 {
         lab.start_agent(r, &[]).unwrap();
     }
@@ -106,6 +132,19 @@ fn triangle_reroutes_around_a_cut_link_and_returns_when_it_heals() {
         g3.reason(Reason::UnderlayTransit) - transit < 50,
         "ap-south-1 no longer carries it"
     );
+    // The operator sees the same story through the agent's API.
+    let api = ApiClient::new(Endpoint::Unix(lab.api_socket(US)));
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let history: serde_json::Value = rt
+        .block_on(api.get("/v1/history?destination=eu-west-1"))
+        .unwrap();
+    let text = history.to_string();
+    for why in ["link 1 (use1-euw1) down", "link 1 (use1-euw1) up"] {
+        assert!(text.contains(why), "{why} in the API's history: {text}");
+    }
     let report = stream.finish().unwrap();
     println!(
         "stream: sent {}, received {}, lost {} in {:?}",
@@ -114,11 +153,13 @@ fn triangle_reroutes_around_a_cut_link_and_returns_when_it_heals() {
         report.lost_count(),
         report.lost
     );
-    // Only the detection time of the cut (3 probes of 10 ms, then the kernel's own failover
-    // to the standby member) may cost datagrams.
+    // Only the detection of the cut (10 probes of 10 ms; then the kernel fails over to the
+    // standby member by itself) may cost datagrams: at 1,000 per second about 100, bounded
+    // here at three times that for a loaded machine.
+    let detection_ms = DETECT_MULTIPLIER * 10;
     assert!(
-        report.lost_count() < report.sent / 20,
-        "lost {} of {}",
+        report.lost_count() <= 3 * detection_ms,
+        "lost {} of {} (detection {detection_ms} ms)",
         report.lost_count(),
         report.sent
     );
@@ -127,23 +168,25 @@ fn triangle_reroutes_around_a_cut_link_and_returns_when_it_heals() {
 #[test]
 #[ignore = "issue 5 open: on the loaded 2-core dev machine these lost 260-324 packets and collided when run in parallel; run with --ignored --test-threads=1"]
 fn restart_upgrade_and_reload_lose_no_packet() {
-    // Probes from a separate sender, as in production (the agent's own probes would stop
-    // while it is down and the links would be declared dead).
+    // Probes from `dwcp-prober`, a process of its own as in production (the agent's own
+    // probes would stop while it is down and the links would be declared dead).
     let mut lab = TriangleLab::build(
         "rst",
         Path::new(AGENT),
         TriangleOptions {
             probe_sender: ProbeSenderMode::External,
+            detect_multiplier: DETECT_MULTIPLIER,
             ..Default::default()
         },
     )
     .unwrap();
     for r in 0..3 {
-        lab.start_prober(r).unwrap();
         lab.start_agent(r, &[]).unwrap();
+        lab.start_prober(r).unwrap();
     }
-    wait_route(&lab, US, 0, "eu-west-1", &[1]);
-    wait_route(&lab, EU, 0, "us-east-1", &[1]);
+    wait_paths(&lab, US, "eu-west-1", &[&[1], &[3, 2]]);
+    wait_paths(&lab, US, "ap-south-1", &[&[1, 2], &[3]]);
+    wait_paths(&lab, EU, "us-east-1", &[&[1], &[2, 3]]);
     let there = UdpStream::start(&lab, US, EU, 1000).unwrap();
     let back = UdpStream::start(&lab, EU, US, 1000).unwrap();
     std::thread::sleep(Duration::from_millis(500));

@@ -110,14 +110,56 @@ struct ExpectChange {
     after_weights: Option<Vec<u32>>,
 }
 
+/// Replaces every `$ifindex(name)` in `text` with `f(name)`.
+fn substitute(text: &str, f: impl Fn(&str) -> String) -> String {
+    let mut out = String::new();
+    let mut rest = text;
+    while let Some(i) = rest.find("$ifindex(") {
+        out.push_str(&rest[..i]);
+        let after = &rest[i + "$ifindex(".len()..];
+        let end = after.find(')').expect("$ifindex( closed");
+        out.push_str(&f(&after[..end]));
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    out
+}
+
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/replay")
 }
 
 /// Runs fixture `name` and checks its expectations.
 fn run(name: &str) {
+    run_with(name, Pinning::None, |_, _| {});
+}
+
+/// Runs fixture `name` on a fast path with `pinning`, checks it, then hands the state owner to
+/// `after` (still inside the test namespace).
+fn run_with(
+    name: &str,
+    pinning: Pinning,
+    after: impl FnOnce(AgentState, &BTreeMap<String, (u32, Mac)>) + Send,
+) {
     let dir = fixtures();
-    let text = std::fs::read_to_string(dir.join(name)).unwrap();
+    let raw = std::fs::read_to_string(dir.join(name)).unwrap();
+    // The namespace (and its interface indexes) is this run's: `$ifindex(ul1)` in a fixture
+    // stands for the index of ul1.
+    let ns = Netns::new("replay").unwrap();
+    let interfaces: Vec<String> =
+        serde_json::from_str::<serde_json::Value>(&substitute(&raw, |_| "0".into()))
+            .ok()
+            .and_then(|v| serde_json::from_value(v["interfaces"].clone()).ok())
+            .unwrap_or_default();
+    // veth pairs (this kernel has no dummy driver); the peer ends stay unused.
+    for i in &interfaces {
+        let peer = format!("{i}-p");
+        ns.ip(&["link", "add", i, "type", "veth", "peer", "name", &peer])
+            .unwrap();
+        ns.ip(&["link", "set", i, "up"]).unwrap();
+        ns.ip(&["link", "set", &peer, "up"]).unwrap();
+    }
+    let text = substitute(&raw, |i| ns.ifindex(i).unwrap().to_string());
     let fx: Fixture = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{name}: {e}"));
     let config = AgentConfig::load(&dir.join(&fx.config)).unwrap();
     let mut events = fx.events.clone();
@@ -133,15 +175,6 @@ fn run(name: &str) {
     }
     events.sort_by_key(|e| e.at_ms);
 
-    let ns = Netns::new("replay").unwrap();
-    // veth pairs (this kernel has no dummy driver); the peer ends stay unused.
-    for i in &fx.interfaces {
-        let peer = format!("{i}-p");
-        ns.ip(&["link", "add", i, "type", "veth", "peer", "name", &peer])
-            .unwrap();
-        ns.ip(&["link", "set", i, "up"]).unwrap();
-        ns.ip(&["link", "set", &peer, "up"]).unwrap();
-    }
     let resolve = |name: &str| -> (u32, Mac) {
         (
             ns.ifindex(name).unwrap(),
@@ -160,6 +193,16 @@ fn run(name: &str) {
                 up: true,
                 mac,
                 mtu: Some(1500),
+            },
+        });
+    }
+    for l in &config.local_links {
+        inputs.push(TimedInput {
+            at_ms: 0,
+            input: Input::Address {
+                ifindex: resolve(&l.interface).0,
+                ip: l.local_ip.into(),
+                present: true,
             },
         });
     }
@@ -194,11 +237,17 @@ fn run(name: &str) {
         .iter()
         .map(|i| (i.clone(), resolve(i).0))
         .collect();
+    let resolved: BTreeMap<String, (u32, Mac)> = fx
+        .interfaces
+        .iter()
+        .map(|i| (i.clone(), resolve(i)))
+        .collect();
     ns.run_in(move || {
-        let dp = Dataplane::load(Pinning::None).unwrap();
+        let dp = Dataplane::load(pinning).unwrap();
         let mut state = AgentState::new(config, dp, Now::at_ms(0)).unwrap();
         let errors = replay(&mut state, &inputs, fx.until_ms);
         check(name, &state, &fx.expect, &errors, standby, &ifindexes);
+        after(state, &resolved);
     })
     .unwrap();
 }
@@ -406,4 +455,77 @@ fn region_health_admin_down_and_interface_events() {
 #[test]
 fn config_reload_applies_and_a_bad_one_changes_nothing() {
     run("reload.json");
+}
+
+/// A pin directory of this test run, removed on drop.
+struct PinDir(PathBuf);
+
+impl Drop for PinDir {
+    fn drop(&mut self) {
+        let _ = dwcp_agent::dataplane::unpin_all(&self.0);
+    }
+}
+
+#[test]
+fn a_restarted_agent_adopts_the_maps_and_writes_nothing() {
+    let pins = PinDir(PathBuf::from(format!(
+        "/sys/fs/bpf/dwcp-replay-{}",
+        std::process::id()
+    )));
+    let dir = pins.0.clone();
+    run_with(
+        "link_failure_and_recovery.json",
+        Pinning::Dir(dir.clone()),
+        move |first, interfaces| {
+            let programmed = first.programmed().clone();
+            let config = first.config().as_ref().clone();
+            // The same inputs a restarted daemon gets from its netlink dump and its monitor.
+            let mut start: Vec<Input> = Vec::new();
+            let ifindex_of = |n: &str| interfaces[n];
+            for (name, i) in interfaces {
+                start.push(Input::Interface {
+                    name: name.clone(),
+                    ifindex: i.0,
+                    up: true,
+                    mac: i.1,
+                    mtu: Some(1500),
+                });
+            }
+            drop(first);
+            for l in &config.local_links {
+                start.push(Input::Address {
+                    ifindex: ifindex_of(&l.interface).0,
+                    ip: l.local_ip.into(),
+                    present: true,
+                });
+            }
+            for (ifname, ip, mac) in [
+                ("ul1", [172, 31, 1, 2], [2, 0, 0, 0, 1, 2]),
+                ("ul3", [172, 31, 3, 2], [2, 0, 0, 0, 3, 2]),
+            ] {
+                start.push(Input::Neighbour {
+                    ifindex: ifindex_of(ifname).0,
+                    ip: ip.into(),
+                    mac: Some(Mac(mac)),
+                });
+            }
+            start.push(Input::LinkUp { link: 1 });
+            start.push(Input::LinkUp { link: 3 });
+            let dp = Dataplane::load(Pinning::Dir(dir)).unwrap();
+            let mut second = AgentState::new(config, dp, Now::at_ms(0)).unwrap();
+            assert_eq!(second.programmed(), &programmed, "read back at start");
+            for i in start {
+                second.handle(i, Now::at_ms(0)).unwrap();
+            }
+            second.on_timer(Now::at_ms(0));
+            let u = second.last_update().unwrap();
+            assert_eq!(u.changes, 0, "the restart rewrote maps");
+            assert_eq!(second.adopted().routes, 3);
+        },
+    );
+}
+
+#[test]
+fn reservations_move_the_split() {
+    run("reservations.json");
 }

@@ -38,9 +38,12 @@ use thiserror::Error;
 use toml::Spanned;
 
 use crate::{
+    api::ApiConfig,
+    bandwidth::ManagerConfig,
     health::{HealthCheckConfig, HealthCheckSpec},
     probe::{MonitorConfig, MonitorConfigError, SenderConfig},
     routing::{BalancedWeights, Constraints, Strategy},
+    telemetry::MetricsConfig,
     topology::{EdgeConfig, LinkConfig, RegionConfig, Topology, TopologyConfig, TopologyError},
     traffic::TrafficConfig,
 };
@@ -264,12 +267,13 @@ pub struct ConfigFile {
     pub qos: QosSection,
     #[serde(default)]
     pub updater: UpdaterSection,
-    /// The operator's API (`crate::api`): socket, optional TCP with a bearer token.
+    /// Bandwidth reservations (`crate::bandwidth`): admission limits and the state file.
     #[serde(default)]
-    pub api: crate::api::ApiConfig,
-    /// Prometheus `/metrics` (`crate::telemetry`).
+    pub reservations: ManagerConfig,
     #[serde(default)]
-    pub metrics: crate::telemetry::MetricsConfig,
+    pub api: ApiConfig,
+    #[serde(default)]
+    pub metrics: MetricsConfig,
     #[serde(default)]
     pub health_check: Vec<Spanned<HealthCheckConfig>>,
     #[serde(default)]
@@ -566,8 +570,12 @@ pub struct AgentConfig {
     pub optimise_interval: Option<Duration>,
     pub history_len: usize,
     pub counters_interval: Duration,
-    pub api: crate::api::ApiConfig,
-    pub metrics: crate::telemetry::MetricsConfig,
+    /// `[reservations]`: admission of bandwidth reservations.
+    pub reservations: ManagerConfig,
+    /// `[api]`: the API's sockets (served by `api::RunningApi`).
+    pub api: ApiConfig,
+    /// `[metrics]`: the Prometheus endpoint (served by `telemetry::RunningMetrics`).
+    pub metrics: MetricsConfig,
     pub health_checks: Vec<HealthCheckSpec>,
     pub topology: TopologyConfig,
     /// The validated topology.
@@ -600,6 +608,7 @@ impl PartialEq for AgentConfig {
             && self.optimise_interval == other.optimise_interval
             && self.history_len == other.history_len
             && self.counters_interval == other.counters_interval
+            && self.reservations == other.reservations
             && self.api == other.api
             && self.metrics == other.metrics
             && self.health_checks == other.health_checks
@@ -1139,6 +1148,21 @@ impl AgentConfig {
             });
         }
 
+        if file.reservations.headroom_percent > 99 {
+            c.problems.push(Problem {
+                line: key_line(source, "reservations", "headroom_percent"),
+                field: "reservations.headroom_percent".into(),
+                message: format!("{} is above 99", file.reservations.headroom_percent),
+            });
+        }
+        if file.api.tcp_listen.is_some() && file.api.token_file.is_none() {
+            c.problems.push(Problem {
+                line: key_line(source, "api", "tcp_listen"),
+                field: "api.tcp_listen".into(),
+                message: "needs api.token_file (every TCP request carries the token)".into(),
+            });
+        }
+
         // [qos]
         let mut dscp = QosClass::ALL.map(|k| k.default_dscp());
         for (name, v) in &file.qos.dscp {
@@ -1345,6 +1369,7 @@ impl AgentConfig {
                 .then(|| Duration::from_secs(u.optimise_interval_s)),
             history_len: u.history_len,
             counters_interval: ms(u.counters_interval_ms),
+            reservations: file.reservations.clone(),
             api: file.api.clone(),
             metrics: file.metrics.clone(),
             health_checks,
@@ -1394,6 +1419,9 @@ impl AgentConfig {
         }
         if self.metrics != new.metrics {
             out.push("metrics");
+        }
+        if self.reservations != new.reservations {
+            out.push("reservations");
         }
         out
     }

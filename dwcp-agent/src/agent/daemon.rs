@@ -27,11 +27,14 @@ use super::{
     AgentCommand, AgentHandle, CommandError,
 };
 use crate::{
+    api::{ApiContext, RunningApi},
+    bandwidth::{FileStore, LinkId as TeLinkId, Network, ReservationManager},
     dataplane::{Dataplane, DataplaneError, LinkAdoption, Pinning, EBPF_OBJECT},
     health::{HealthEvent, HealthMonitor, RegionState},
     probe::{
         open_probe_socket, LinkEvent, LinkMonitor, ProbeCounts, ProbeLink, ProbeSender, SenderError,
     },
+    telemetry::{Exporter, RunningMetrics},
 };
 
 #[derive(Debug, Error)]
@@ -64,6 +67,12 @@ pub enum DaemonError {
     },
     #[error("signal handler: {0}")]
     Signal(std::io::Error),
+    #[error(transparent)]
+    Reservations(#[from] crate::bandwidth::BandwidthError),
+    #[error(transparent)]
+    Api(#[from] crate::api::ServeError),
+    #[error(transparent)]
+    Metrics(#[from] crate::telemetry::TelemetryError),
 }
 
 /// How the daemon is started.
@@ -78,26 +87,50 @@ pub struct DaemonOptions {
     /// Append every event (link up/down, route changes with their reasons, reloads) to this
     /// file (JSON lines): an audit log of what the agent did and why.
     pub events_file: Option<PathBuf>,
+    /// Where the reservations are stored (`reservations.json`).
+    pub state_dir: PathBuf,
 }
 
-/// Links the monitor watches when another process sends the probes: it reports no sent
-/// counts (so no loss figure), only the kernel's liveness.
-#[derive(Clone, Default)]
-pub struct ExternalProbes(Arc<RwLock<Vec<u32>>>);
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/dwcp";
+
+/// Links the monitor watches when another process (`dwcp-prober`) sends the probes: their
+/// sent counts come from the prober's pinned `PROBE_SENT` map, so loss is measured as with
+/// the agent's own sender.
+#[derive(Clone)]
+pub struct ExternalProbes {
+    links: Arc<RwLock<Vec<u32>>>,
+    sent: Arc<Array<MapData, u64>>,
+}
 
 impl ExternalProbes {
+    fn open(pin_dir: &Path) -> Result<ExternalProbes, DaemonError> {
+        Ok(ExternalProbes {
+            links: Arc::default(),
+            sent: Arc::new(crate::prober::open_sent_map(pin_dir).map_err(|e| {
+                DaemonError::PinnedMap {
+                    map: crate::prober::PROBE_SENT,
+                    detail: e.to_string(),
+                }
+            })?),
+        })
+    }
+
     fn set(&self, links: Vec<u32>) {
-        *self.0.write().unwrap_or_else(|e| e.into_inner()) = links;
+        *self.links.write().unwrap_or_else(|e| e.into_inner()) = links;
     }
 }
 
 impl ProbeCounts for ExternalProbes {
     fn links(&self) -> Vec<u32> {
-        self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
+        self.links.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
     fn sent(&self, link_id: u32) -> Option<u64> {
-        self.links().contains(&link_id).then_some(0)
+        // Unreadable counts read as nothing sent: liveness needs none, and no loss is invented.
+        self.links()
+            .contains(&link_id)
+            .then(|| self.sent.get(&link_id, 0).unwrap_or(0))
     }
+    /// The prober backs off on its own.
     fn set_reprobe_backoff(&self, _link_id: u32, _dead: bool) {}
 }
 
@@ -187,6 +220,8 @@ pub struct Daemon {
     tasks: Vec<tokio::task::JoinHandle<()>>,
     _health: Option<HealthMonitor>,
     record: Option<(std::fs::File, Instant)>,
+    api: Option<RunningApi>,
+    metrics: Option<RunningMetrics>,
 }
 
 impl Daemon {
@@ -312,10 +347,89 @@ impl Daemon {
             tasks.push(tokio::spawn(watcher.run(tx)));
         }
 
+        // Reservations, the API and the metrics.
+        let topology = state.topology();
+        let network = Network {
+            regions: topology.regions().iter().map(|r| r.name.clone()).collect(),
+            link_capacity_bps: topology
+                .links()
+                .iter()
+                .map(|l| (TeLinkId(l.id.0), (l.capacity_mbps * 1e6) as u64))
+                .collect(),
+        };
+        let (manager, displaced) = ReservationManager::open(
+            Box::new(FileStore::new(options.state_dir.join("reservations.json"))),
+            network,
+            config.reservations.clone(),
+        )?;
+        for ev in displaced {
+            warn!(?ev, "reservation displaced: it no longer fits the topology");
+        }
+        let manager = Arc::new(std::sync::Mutex::new(manager));
+        let handle = AgentHandle {
+            snapshot: state.snapshot(),
+            events: state.event_sender(),
+            commands: command_tx.clone(),
+        };
+        let api = if config.api.socket.is_some() || config.api.tcp_listen.is_some() {
+            let ctx =
+                ApiContext::new(handle.clone(), &config.api).with_reservations(manager.clone());
+            Some(RunningApi::start(&config.api, ctx).await?)
+        } else {
+            None
+        };
+        let metrics = RunningMetrics::start(
+            &config.metrics,
+            Exporter::new(&handle).with_reservations(manager.clone()),
+        )
+        .await?;
+        {
+            // The active set changes when one is created, extended or cancelled (events) and
+            // when one starts or ends (the clock): both are watched.
+            let tx = input_tx.clone();
+            let manager = manager.clone();
+            let mut changes = manager
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .subscribe();
+            tasks.push(tokio::spawn(async move {
+                let mut tick = tokio::time::interval(Duration::from_secs(1));
+                let mut last: Option<Vec<u64>> = None;
+                loop {
+                    tokio::select! {
+                        _ = tick.tick() => {}
+                        r = changes.recv() => {
+                            if let Err(tokio::sync::broadcast::error::RecvError::Closed) = r {
+                                return;
+                            }
+                        }
+                    }
+                    let now = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map(|d| d.as_secs())
+                        .unwrap_or(0);
+                    let active: Vec<crate::bandwidth::Reservation> = {
+                        let mut m = manager.lock().unwrap_or_else(|e| e.into_inner());
+                        if let Err(e) = m.expire(now) {
+                            warn!(error = %e, "expiring reservations");
+                        }
+                        m.active_at(now).cloned().collect()
+                    };
+                    let ids: Vec<u64> = active.iter().map(|r| r.id.0).collect();
+                    if last.as_ref() != Some(&ids) {
+                        last = Some(ids);
+                        if tx.send(Input::Reservations { active }).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            }));
+        }
+
         // Probes and the link monitor.
         let mut probes = match config.probe_sender {
             ProbeSenderMode::Agent => Probes::Agent(ProbeSender::new(config.sender)?),
-            ProbeSenderMode::External => Probes::External(ExternalProbes::default()),
+            ProbeSenderMode::External => Probes::External(ExternalProbes::open(&config.pin_dir)?),
         };
         probes.sync(&config);
         let (link_tx, mut link_rx) = mpsc::channel::<LinkEvent>(1024);
@@ -429,11 +543,14 @@ impl Daemon {
             tasks,
             _health: health,
             record,
+            api,
+            metrics,
         })
     }
 
     /// The handles of the operator side (API, metrics, CLI).
     pub fn handle(&self) -> AgentHandle {
+        // The same handle the API and the metrics were given.
         AgentHandle {
             snapshot: self.state.snapshot(),
             events: self.state.event_sender(),
@@ -511,6 +628,16 @@ impl Daemon {
         }
         for t in &self.tasks {
             t.abort();
+        }
+        if let Some(api) = self.api.take() {
+            if let Err(e) = api.shutdown().await {
+                warn!(error = %e, "API shutdown");
+            }
+        }
+        if let Some(m) = self.metrics.take() {
+            if let Err(e) = m.shutdown().await {
+                warn!(error = %e, "metrics shutdown");
+            }
         }
         info!("stopped; the fast path keeps forwarding with the pinned programs and maps");
         Ok(())

@@ -97,8 +97,12 @@ impl Change {
             Change::RemoveClassifier(k) => format!("remove classifier {k:?}"),
             Change::SetQos(c, p) => format!("qos class {c} dscp {}", p.dscp),
             Change::SetGroup(g, t) => format!(
-                "group {g}: next hops {:?}",
-                &t.nexthops[..t.member_count as usize]
+                "group {g}: next hops {:?} ({} active), buckets {:?}",
+                &t.nexthops[..t.member_count as usize],
+                t.active_count,
+                (0..t.active_count as u8)
+                    .map(|m| t.buckets.iter().filter(|&&b| b == m).count())
+                    .collect::<Vec<_>>()
             ),
             Change::RemoveGroup(g) => format!("remove group {g}"),
             Change::SetRoute(p, r) => format!("route {p} -> group {}", r.group_id),

@@ -82,6 +82,12 @@ pub enum Input {
     InterfaceGone {
         name: String,
     },
+    /// An address was added to (`present`) or removed from the interface `ifindex`.
+    Address {
+        ifindex: u32,
+        ip: std::net::IpAddr,
+        present: bool,
+    },
     /// The kernel's neighbour table: `mac` = None when the entry is gone or unresolved.
     Neighbour {
         ifindex: u32,
@@ -101,6 +107,10 @@ pub enum Input {
     LinkAdmin {
         link: u32,
         up: bool,
+    },
+    /// The bandwidth reservations active now (all of them, every time the set changes).
+    Reservations {
+        active: Vec<crate::bandwidth::Reservation>,
     },
     /// Re-read the configuration (SIGHUP, `dwcp reload`).
     Reload {

@@ -1,11 +1,13 @@
-//! The kernel's view of interfaces and neighbours, over rtnetlink: a dump at start, then the
-//! multicast groups RTNLGRP_LINK and RTNLGRP_NEIGH, turned into [`Input`]s. An underlay
+//! The kernel's view of interfaces, addresses and neighbours, over rtnetlink: a dump at start,
+//! then the multicast groups RTNLGRP_LINK, RTNLGRP_IPV4_IFADDR and RTNLGRP_NEIGH, turned into
+//! [`Input`]s. An underlay
 //! interface going down reaches the state owner as soon as the kernel says so, without
 //! waiting for the probes to time out.
 use futures::TryStreamExt;
 use rtnetlink::{
     packet_core::{NetlinkMessage, NetlinkPayload},
     packet_route::{
+        address::{AddressAttribute, AddressMessage},
         link::{LinkAttribute, LinkFlags, LinkMessage},
         neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourMessage, NeighbourState},
         AddressFamily, RouteNetlinkMessage,
@@ -93,7 +95,25 @@ pub fn neighbour_input(msg: &NeighbourMessage, deleted: bool) -> Option<Input> {
     })
 }
 
-/// A subscription to interface and neighbour changes. Create it, take the initial dump, then
+/// What an address message says: the interface's local address (IFA_LOCAL, else IFA_ADDRESS).
+pub fn address_input(msg: &AddressMessage, present: bool) -> Option<Input> {
+    let mut address = None;
+    let mut local = None;
+    for a in &msg.attributes {
+        match a {
+            AddressAttribute::Local(ip) => local = Some(*ip),
+            AddressAttribute::Address(ip) => address = Some(*ip),
+            _ => {}
+        }
+    }
+    Some(Input::Address {
+        ifindex: msg.header.index,
+        ip: local.or(address)?,
+        present,
+    })
+}
+
+/// A subscription to interface, address and neighbour changes. Create it, take the initial dump, then
 /// run it to forward the changes.
 pub struct NetlinkWatcher {
     handle: rtnetlink::Handle,
@@ -108,9 +128,12 @@ impl NetlinkWatcher {
     /// Subscribes (before the dump, so no change between the two is missed). Must run inside
     /// a tokio runtime, in the network namespace to watch.
     pub fn subscribe() -> Result<NetlinkWatcher, NetlinkError> {
-        let (connection, handle, messages) =
-            rtnetlink::new_multicast_connection(&[MulticastGroup::Link, MulticastGroup::Neigh])
-                .map_err(NetlinkError::Socket)?;
+        let (connection, handle, messages) = rtnetlink::new_multicast_connection(&[
+            MulticastGroup::Link,
+            MulticastGroup::Ipv4Ifaddr,
+            MulticastGroup::Neigh,
+        ])
+        .map_err(NetlinkError::Socket)?;
         let connection = tokio::spawn(connection);
         Ok(NetlinkWatcher {
             handle,
@@ -132,6 +155,17 @@ impl NetlinkWatcher {
             })?
         {
             out.extend(interface_input(&msg));
+        }
+        let mut addresses = self.handle.address().get().execute();
+        while let Some(msg) = addresses
+            .try_next()
+            .await
+            .map_err(|source| NetlinkError::Dump {
+                what: "addresses",
+                source,
+            })?
+        {
+            out.extend(address_input(&msg, true));
         }
         let mut neigh = self
             .handle
@@ -161,6 +195,12 @@ impl NetlinkWatcher {
                     interface_input(&m)
                 }
                 NetlinkPayload::InnerMessage(RouteNetlinkMessage::DelLink(m)) => interface_gone(&m),
+                NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewAddress(m)) => {
+                    address_input(&m, true)
+                }
+                NetlinkPayload::InnerMessage(RouteNetlinkMessage::DelAddress(m)) => {
+                    address_input(&m, false)
+                }
                 NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewNeighbour(m)) => {
                     neighbour_input(&m, false)
                 }

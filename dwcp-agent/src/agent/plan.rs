@@ -22,6 +22,12 @@ use crate::{
     topology::{RegionId, Topology},
 };
 
+/// The members each group table was built from, by group id.
+pub type GroupMembers = BTreeMap<u32, Vec<Member>>;
+
+/// A destination whose group could not be built, and why.
+pub type GroupProblem = (String, String);
+
 /// Paths of one destination a group is split over (the traffic engineer's limit).
 pub const MAX_ACTIVE_PATHS: usize = crate::traffic::MAX_PATHS;
 
@@ -281,14 +287,18 @@ pub fn base_state(
 
 /// Adds each planned destination's group (built from the table in force, so weight changes
 /// move only the flows they must) and its prefixes' routes. A member whose next hop is not
-/// programmed (interface missing) is left out.
+/// programmed (interface missing) is left out. `built_from` holds the members each table in
+/// force was built from: an unchanged group keeps its table without a rebuild. Returns the
+/// problems and the members of every group now planned.
 pub fn add_routes(
     state: &mut ForwardingState,
     config: &AgentConfig,
     plans: &[DestinationPlan],
     in_force: &BTreeMap<u32, NextHopTable>,
-) -> Vec<(String, String)> {
+    built_from: &GroupMembers,
+) -> (Vec<GroupProblem>, GroupMembers) {
     let mut problems = Vec::new();
+    let mut built = BTreeMap::new();
     for plan in plans {
         let members: Vec<Member> = plan
             .members
@@ -299,14 +309,20 @@ pub fn add_routes(
         if members.is_empty() || plan.error.is_some() {
             continue;
         }
-        let table = match build_table(&members, in_force.get(&plan.group_id)) {
-            Ok(t) => t,
-            Err(e) => {
-                problems.push((plan.destination.clone(), e.to_string()));
-                continue;
-            }
+        let previous = in_force.get(&plan.group_id);
+        let table = match previous {
+            // Same members and weights: the same table (the build is deterministic from it).
+            Some(t) if built_from.get(&plan.group_id) == Some(&members) => *t,
+            _ => match build_table(&members, previous) {
+                Ok(t) => t,
+                Err(e) => {
+                    problems.push((plan.destination.clone(), e.to_string()));
+                    continue;
+                }
+            },
         };
         state.groups.insert(plan.group_id, table);
+        built.insert(plan.group_id, members);
         if let Some(p) = config.prefixes.get(&plan.destination) {
             for prefix in &p.prefixes {
                 state.routes.insert(
@@ -320,7 +336,7 @@ pub fn add_routes(
             }
         }
     }
-    problems
+    (problems, built)
 }
 
 /// Region names along a path, for views and reasons.

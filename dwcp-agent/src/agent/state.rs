@@ -110,14 +110,25 @@ pub struct AgentState {
     /// Health written into the topology for links whose health we decide.
     applied_health: BTreeMap<u32, LinkHealth>,
     interfaces: BTreeMap<String, InterfaceState>,
+    /// Addresses on the interfaces, by interface index.
+    addresses: BTreeSet<(u32, std::net::IpAddr)>,
     neighbours: BTreeMap<NeighKey, Mac>,
     regions_down: BTreeMap<String, String>,
+    /// The bandwidth reservations active now (the traffic engineer's pinned flows).
+    reservations: Vec<crate::bandwidth::Reservation>,
+    reservation_ids: Vec<u64>,
     debounce: Debounce,
     causes: Vec<Cause>,
     started: bool,
     table: Option<RoutingTable>,
     plans: BTreeMap<String, DestinationPlan>,
     programmed: ForwardingState,
+    /// Members each programmed group table was built from.
+    group_members: plan::GroupMembers,
+    /// When the last computation finished writing the maps.
+    programmed_at: Option<Instant>,
+    /// Group swaps in one batch (else one update each: the benchmark's baseline).
+    batch_groups: bool,
     resync: bool,
     adopted: Adopted,
     history: VecDeque<RouteChange>,
@@ -173,13 +184,19 @@ impl AgentState {
             admin_down: BTreeSet::new(),
             applied_health: BTreeMap::new(),
             interfaces: BTreeMap::new(),
+            addresses: BTreeSet::new(),
             neighbours: BTreeMap::new(),
             regions_down: BTreeMap::new(),
+            reservations: Vec::new(),
+            reservation_ids: Vec::new(),
             causes: Vec::new(),
             started: false,
             table: None,
             plans: BTreeMap::new(),
             programmed: ForwardingState::default(),
+            group_members: BTreeMap::new(),
+            programmed_at: None,
+            batch_groups: true,
             resync: false,
             adopted: Adopted::default(),
             history: VecDeque::new(),
@@ -337,6 +354,17 @@ impl AgentState {
         self.last_update
     }
 
+    /// Swap group tables in one batch (the default) or one update each (a baseline for the
+    /// benchmark: each map-in-map update waits for an RCU grace period).
+    pub fn set_group_batching(&mut self, on: bool) {
+        self.batch_groups = on;
+    }
+
+    /// When the last computation finished writing the maps (the benchmark's end mark).
+    pub fn programmed_at(&self) -> Option<Instant> {
+        self.programmed_at
+    }
+
     pub fn computations(&self) -> u64 {
         self.computations
     }
@@ -474,6 +502,10 @@ impl AgentState {
                 }
             }
             Input::InterfaceGone { name } => {
+                if let Some(gone) = self.interfaces.get(&name) {
+                    let idx = gone.ifindex;
+                    self.addresses.retain(|(i, _)| *i != idx);
+                }
                 if self.interfaces.remove(&name).is_some() && self.is_ours(&name) {
                     let links = self.links_on(&name);
                     for l in &links {
@@ -486,6 +518,44 @@ impl AgentState {
                             links,
                             regions: Vec::new(),
                             failure: true,
+                        },
+                    );
+                }
+            }
+            Input::Address {
+                ifindex,
+                ip,
+                present,
+            } => {
+                let changed = if present {
+                    self.addresses.insert((ifindex, ip))
+                } else {
+                    self.addresses.remove(&(ifindex, ip))
+                };
+                let links: Vec<u32> = self
+                    .config
+                    .local_links
+                    .iter()
+                    .filter(|l| {
+                        std::net::IpAddr::V4(l.local_ip) == ip
+                            && self.interfaces.get(&l.interface).map(|i| i.ifindex) == Some(ifindex)
+                    })
+                    .map(|l| l.link_id)
+                    .collect();
+                if changed && !links.is_empty() {
+                    for l in &links {
+                        self.refresh_health_of(*l, now, false);
+                    }
+                    self.cause(
+                        now,
+                        Cause {
+                            text: format!(
+                                "address {ip} {} interface {ifindex}",
+                                if present { "added to" } else { "removed from" }
+                            ),
+                            links,
+                            regions: Vec::new(),
+                            failure: !present,
                         },
                     );
                 }
@@ -570,6 +640,27 @@ impl AgentState {
                             links: vec![link],
                             regions: Vec::new(),
                             failure: !up,
+                        },
+                    );
+                }
+            }
+            Input::Reservations { active } => {
+                let ids: Vec<u64> = active.iter().map(|r| r.id.0).collect();
+                if ids != self.reservation_ids {
+                    self.reservation_ids = ids;
+                    self.traffic
+                        .set_reservations(&self.config.region, active.iter());
+                    self.reservations = active;
+                    self.cause(
+                        now,
+                        Cause {
+                            text: format!(
+                                "reservations changed ({} active)",
+                                self.reservations.len()
+                            ),
+                            links: Vec::new(),
+                            regions: Vec::new(),
+                            failure: false,
                         },
                     );
                 }
@@ -704,6 +795,16 @@ impl AgentState {
             return Some((
                 LinkHealth::Down,
                 Some(format!("interface {} down", l.interface)),
+            ));
+        }
+        // Without its address the link can neither be probed nor carry our tunnels.
+        if !self
+            .addresses
+            .contains(&(iface.ifindex, std::net::IpAddr::V4(l.local_ip)))
+        {
+            return Some((
+                LinkHealth::Down,
+                Some(format!("address {} not on {}", l.local_ip, l.interface)),
             ));
         }
         match (&s.probe, &s.degraded) {
@@ -862,6 +963,8 @@ impl AgentState {
             }
         };
         let topology_changed = new.topology != self.config.topology;
+        let mut traffic = traffic;
+        traffic.set_reservations(&new.region, self.reservations.iter());
         self.traffic = traffic;
         self.debounce.set_config(new.delays);
         self.config = Arc::new(new);
@@ -946,6 +1049,7 @@ impl AgentState {
             match self.read_programmed() {
                 Ok(p) => {
                     self.programmed = p;
+                    self.group_members.clear();
                     self.resync = false;
                 }
                 Err(e) => error!(error = %e, "cannot read the fast path back"),
@@ -962,9 +1066,14 @@ impl AgentState {
         if let (Some(want), Some(have)) = (desired.config.as_mut(), self.programmed.config) {
             want.flags |= have.flags & !CONFIG_F_READY;
         }
-        for (dest, problem) in
-            plan::add_routes(&mut desired, &self.config, &plans, &self.programmed.groups)
-        {
+        let (problems, built) = plan::add_routes(
+            &mut desired,
+            &self.config,
+            &plans,
+            &self.programmed.groups,
+            &self.group_members,
+        );
+        for (dest, problem) in problems {
             error!(destination = %dest, "cannot build the next-hop group: {problem}");
         }
         let compute_ns = t0.elapsed().as_nanos() as u64;
@@ -972,33 +1081,71 @@ impl AgentState {
         let t1 = Instant::now();
         let changes = forwarding::diff(&self.programmed, &desired);
         let mut written = 0;
-        for c in &changes {
-            match apply_change(&mut self.dataplane, c) {
+        let mut i = 0;
+        while i < changes.len() {
+            // A run of group swaps goes to the kernel as one batch: one RCU wait, not one per
+            // group.
+            let run = changes[i..]
+                .iter()
+                .take_while(|c| matches!(c, Change::SetGroup(..) | Change::RemoveGroup(_)))
+                .count();
+            let result = if run > 1 && self.batch_groups {
+                let tables: Vec<(u32, dwcp_common::NextHopTable)> = changes[i..i + run]
+                    .iter()
+                    .map(|c| match c {
+                        Change::SetGroup(g, t) => (*g, **t),
+                        Change::RemoveGroup(g) => (*g, Default::default()),
+                        _ => unreachable!("a run of group changes"),
+                    })
+                    .collect();
+                self.dataplane.set_group_tables(&tables).map(|_| ())
+            } else {
+                apply_change(&mut self.dataplane, &changes[i])
+            };
+            let run = if self.batch_groups { run } else { 1 };
+            let batch = &changes[i..i + run.max(1)];
+            match result {
                 Ok(()) => {
-                    forwarding::apply(&mut self.programmed, c);
-                    written += 1;
+                    for c in batch {
+                        forwarding::apply(&mut self.programmed, c);
+                    }
+                    written += batch.len();
                 }
                 Err(e) => {
-                    error!(change = %c.describe(), error = %e, "fast path write failed");
+                    for c in batch {
+                        error!(change = %c.describe(), error = %e, "fast path write failed");
+                    }
                     // What the maps hold is uncertain now: read them back next time.
                     self.resync = true;
                     self.debounce.event(now.mono_ns);
                 }
             }
+            i += run.max(1);
         }
         let program_ns = t1.elapsed().as_nanos() as u64;
+        self.programmed_at = Some(Instant::now());
+        if !self.resync {
+            self.group_members = built;
+        }
         if !changes.is_empty() {
-            debug!(
-                changes = changes.len(),
-                written,
-                "fast path updated: {}",
-                changes
-                    .iter()
-                    .take(8)
-                    .map(Change::describe)
-                    .collect::<Vec<_>>()
-                    .join("; ")
-            );
+            let described = changes
+                .iter()
+                .take(8)
+                .map(Change::describe)
+                .collect::<Vec<_>>()
+                .join("; ");
+            // What a starting agent changes in an adopted fast path is worth seeing.
+            if first && self.adopted.routes > 0 {
+                info!(
+                    changes = changes.len(),
+                    written, "reconciliation: {described}"
+                );
+            } else {
+                debug!(
+                    changes = changes.len(),
+                    written, "fast path updated: {described}"
+                );
+            }
         }
 
         // History: destinations whose paths changed.

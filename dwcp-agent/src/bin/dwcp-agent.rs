@@ -4,7 +4,7 @@
 //! daemon and leaves the fast path forwarding.
 //!
 //! ```text
-//! dwcp-agent [--config /etc/dwcp/agent.toml] [--check] [--netns NAME]
+//! dwcp-agent [--config /etc/dwcp/agent.toml] [--check] [--netns NAME] [--state-dir DIR]
 //!            [--ebpf-object FILE] [--record FILE] [--events-file FILE] [--remove]
 //! ```
 use std::path::PathBuf;
@@ -45,6 +45,9 @@ struct Args {
     /// (JSON lines).
     #[arg(long)]
     events_file: Option<PathBuf>,
+    /// Directory of the agent's own state (the reservation store).
+    #[arg(long, default_value = dwcp_agent::agent::daemon::DEFAULT_STATE_DIR)]
+    state_dir: PathBuf,
     /// Detach the programs and remove the pinned links and maps of this configuration's pin
     /// directory, then exit. Forwarding stops.
     #[arg(long)]
@@ -90,6 +93,11 @@ fn main() -> anyhow::Result<()> {
         let config = AgentConfig::load(&args.config)?;
         unpin_links(&config.pin_dir)
             .with_context(|| format!("removing the links in {}", config.pin_dir.display()))?;
+        // The prober's sent counters, if one ran.
+        let sent = config.pin_dir.join(dwcp_agent::prober::PROBE_SENT);
+        if sent.exists() {
+            std::fs::remove_file(&sent).with_context(|| format!("removing {}", sent.display()))?;
+        }
         unpin_all(&config.pin_dir)
             .with_context(|| format!("removing the maps in {}", config.pin_dir.display()))?;
         println!(
@@ -108,6 +116,7 @@ fn main() -> anyhow::Result<()> {
             ebpf_object: args.ebpf_object.clone(),
             record: args.record.clone(),
             events_file: args.events_file.clone(),
+            state_dir: args.state_dir.clone(),
         })
         .await
         .with_context(|| format!("starting with {}", args.config.display()))?;

@@ -5,6 +5,7 @@
 //! Maps are pinned by name under the pin directory (default `/sys/fs/bpf/dwcp`); loading again
 //! re-uses pinned maps, so a restarted agent finds the state the fast path kept using.
 
+mod batch;
 pub mod links;
 pub mod nhg_table;
 mod readback;
@@ -31,6 +32,7 @@ use dwcp_common::{
 use thiserror::Error;
 use tracing::{info, warn};
 
+pub use batch::GroupWrite;
 pub use links::{link_pin_path, unpin_links, LinkAdoption};
 pub use nhg_table::{build_table, GroupError, Member};
 

@@ -37,7 +37,6 @@ use crate::{
     agent::{config::ProbeSenderMode, AgentEvent},
     dataplane::{unpin_all, unpin_links, Dataplane, Pinning},
     netlab::{self, Netns},
-    probe::{open_probe_socket, ProbeLink, ProbeSender, SenderConfig},
 };
 
 #[derive(Debug, Error)]
@@ -161,22 +160,6 @@ impl Drop for AgentProcess {
     }
 }
 
-/// A probe sender running in a thread of this process inside a gateway's namespace: stands
-/// in for the separate prober process that keeps probing while the agent is stopped.
-pub struct ProberThread {
-    stop: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Drop for ProberThread {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
 /// Per-CPU counters of a gateway, read from its pinned maps.
 pub struct PinnedCounters {
     reasons: PerCpuArray<MapData, u64>,
@@ -222,6 +205,8 @@ impl PinnedCounters {
 #[derive(Clone, Debug)]
 pub struct TriangleOptions {
     pub probe_sender: ProbeSenderMode,
+    /// Probe intervals (10 ms) without a reply before a link is dead.
+    pub detect_multiplier: u32,
     /// Extra TOML appended to every gateway's configuration.
     pub extra_config: String,
 }
@@ -230,6 +215,7 @@ impl Default for TriangleOptions {
     fn default() -> Self {
         TriangleOptions {
             probe_sender: ProbeSenderMode::Agent,
+            detect_multiplier: 3,
             extra_config: String::new(),
         }
     }
@@ -245,7 +231,8 @@ pub struct TriangleLab {
     /// XDP_PASS on the hosts' and wires' veth ends (so redirected frames are accepted).
     _pass: Dataplane,
     agents: Vec<Option<AgentProcess>>,
-    probers: Vec<Option<ProberThread>>,
+    /// `dwcp-prober` processes (killed on drop, like the agents).
+    probers: Vec<Option<AgentProcess>>,
     binary: PathBuf,
 }
 
@@ -388,8 +375,12 @@ impl TriangleLab {
             ProbeSenderMode::Agent => "agent",
             ProbeSenderMode::External => "external",
         };
-        s += &format!("[probe]\nsender = \"{sender}\"\n\n[updater]\noptimise_interval_s = 0\n\n");
-        // Each gateway's API on its own socket; metrics inside its own namespace.
+        s += &format!(
+            "[probe]\nsender = \"{sender}\"\ndetect_multiplier = {}\n\n[updater]\noptimise_interval_s = 0\n\n",
+            self.options.detect_multiplier
+        );
+        // Each gateway's API on its own socket (they share this file system); metrics on
+        // the loopback of each gateway's own namespace.
         s += &format!(
             "[api]\nsocket = \"{}\"\n\n[metrics]\nlisten = \"{LAB_METRICS}\"\n\n",
             self.api_socket(r).display()
@@ -425,6 +416,8 @@ impl TriangleLab {
             .arg(self.config_path(r))
             .arg("--events-file")
             .arg(self.events_path(r))
+            .arg("--state-dir")
+            .arg(self.dir.join(format!("g{}-state", r + 1)))
             .args(extra_args)
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")
@@ -534,72 +527,30 @@ impl TriangleLab {
         &self.wires[(link - 1) as usize]
     }
 
-    /// Starts a probe sender for gateway `r`'s links in this process (for agents configured
-    /// with `probe.sender = "external"`).
+    /// Starts `dwcp-prober` (beside the agent binary) for gateway `r`: it probes the links the
+    /// agent programmed, from its own process, for agents with `probe.sender = "external"`.
+    /// Start the agent first (the prober reads the links from its pinned maps).
     pub fn start_prober(&mut self, r: usize) -> Result<()> {
-        let ns = std::fs::File::open(self.regions[r].gw.path()).map_err(io("gateway netns"))?;
-        let links: Vec<ProbeLink> = LINKS
-            .iter()
-            .filter_map(|&(link, a, b)| {
-                let peer = if a == r {
-                    b
-                } else if b == r {
-                    a
-                } else {
-                    return None;
-                };
-                Some(ProbeLink {
-                    link_id: link,
-                    local: underlay_ip(link, r).into(),
-                    remote: underlay_ip(link, peer).into(),
-                    device: Some(format!("ul{link}")),
-                })
-            })
-            .collect();
-        let stop = Arc::new(AtomicBool::new(false));
-        let stop2 = stop.clone();
-        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-        let thread = std::thread::spawn(move || {
-            let run = || -> std::result::Result<(), String> {
-                netlab::enter(&ns).map_err(|e| e.to_string())?;
-                let rt = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .map_err(|e| e.to_string())?;
-                rt.block_on(async {
-                    let mut sender =
-                        ProbeSender::new(SenderConfig::default()).map_err(|e| e.to_string())?;
-                    for l in links {
-                        let sock =
-                            open_probe_socket(&l, sender.config()).map_err(|e| e.to_string())?;
-                        sender.add_link(l, sock).map_err(|e| e.to_string())?;
-                    }
-                    let _ = ready_tx.send(Ok(()));
-                    while !stop2.load(Ordering::Relaxed) {
-                        tokio::time::sleep(Duration::from_millis(20)).await;
-                    }
-                    drop(sender);
-                    Ok(())
-                })
-            };
-            if let Err(e) = run() {
-                let _ = ready_tx.send(Err(e));
-            }
-        });
-        match ready_rx.recv_timeout(Duration::from_secs(10)) {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => return Err(TriangleError::Other(format!("prober {r}: {e}"))),
-            Err(_) => {
-                return Err(TriangleError::Timeout {
-                    what: format!("prober {r} to start"),
-                    waited: Duration::from_secs(10),
-                })
-            }
-        }
-        self.probers[r] = Some(ProberThread {
-            stop,
-            thread: Some(thread),
-        });
+        let binary = self.binary.with_file_name("dwcp-prober");
+        let log = self.dir.join(format!("g{}.prober.log", r + 1));
+        let file =
+            std::fs::File::create(&log).map_err(io(format!("creating {}", log.display())))?;
+        let err = file.try_clone().map_err(io("prober log"))?;
+        let child = Command::new(&binary)
+            .arg("--pin-dir")
+            .arg(self.pin_dir(r))
+            .arg("--netns")
+            .arg(self.regions[r].gw.name())
+            .arg("--detect-multiplier")
+            .arg(self.options.detect_multiplier.to_string())
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(file)
+            .stderr(err)
+            .spawn()
+            .map_err(io(format!("starting {}", binary.display())))?;
+        self.probers[r] = Some(AgentProcess { child, log });
         Ok(())
     }
 }
@@ -617,7 +568,8 @@ impl Drop for TriangleLab {
             let _ = unpin_links(&dir);
             let _ = unpin_all(&dir);
         }
-        let _ = std::fs::remove_dir(&self.pins);
+        // What is left: the probers' PROBE_SENT maps.
+        let _ = std::fs::remove_dir_all(&self.pins);
         if std::env::var_os("DWCP_KEEP_LAB_LOGS").is_none() {
             let _ = std::fs::remove_dir_all(&self.dir);
         }

@@ -276,3 +276,22 @@ fn prefixes_parse_and_overlap() {
     assert!("10.0.0.0".parse::<Prefix>().is_err());
     assert!("0.0.0.0/0".parse::<Prefix>().is_ok());
 }
+
+#[test]
+fn the_deployed_example_is_valid() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/agent.toml");
+    let c = AgentConfig::load(&path).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(c.local_links.len(), 2);
+    assert_eq!(c.health_checks.len(), 1);
+    assert_eq!(c.api.socket_group.as_deref(), Some("dwcp"));
+    assert_eq!(c.metrics.listen.to_string(), "127.0.0.1:9470");
+}
+
+#[test]
+fn api_over_tcp_needs_a_token() {
+    let e = refused(&format!(
+        "{}\n[api]\ntcp_listen = \"127.0.0.1:9471\"\n",
+        valid()
+    ));
+    assert!(e.contains("api.tcp_listen: needs api.token_file"), "{e}");
+}
