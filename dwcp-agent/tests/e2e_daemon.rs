@@ -69,7 +69,6 @@ fn wait_paths(lab: &TriangleLab, r: usize, dest: &str, paths: &[&[u32]]) {
 }
 
 #[test]
-#[ignore = "issue 5 open: on the loaded 2-core dev machine these lost 260-324 packets and collided when run in parallel; run with --ignored --test-threads=1"]
 fn triangle_reroutes_around_a_cut_link_and_returns_when_it_heals() {
     let mut lab = TriangleLab::build(
         "tri",
@@ -166,7 +165,6 @@ fn triangle_reroutes_around_a_cut_link_and_returns_when_it_heals() {
 }
 
 #[test]
-#[ignore = "issue 5 open: on the loaded 2-core dev machine these lost 260-324 packets and collided when run in parallel; run with --ignored --test-threads=1"]
 fn restart_upgrade_and_reload_lose_no_packet() {
     // Probes from `dwcp-prober`, a process of its own as in production (the agent's own
     // probes would stop while it is down and the links would be declared dead).
