@@ -15,6 +15,7 @@ use dwcp_agent::{
     bandwidth::ManagerConfig,
     telemetry::{Exporter, MetricsConfig},
     topology::Topology,
+    traffic::PolicingConfig,
 };
 use serde::de::DeserializeOwned;
 use tokio::sync::{broadcast, mpsc, watch};
@@ -83,6 +84,13 @@ fn agent_toml_sections_parse_with_their_types_and_document_the_defaults() {
     assert_eq!(api_all.max_body_bytes, default.max_body_bytes);
     assert_eq!(api_all.command_timeout_ms, default.command_timeout_ms);
     assert!(api_all.tcp_listen.is_some() && api_all.token_file.is_some());
+
+    let (res, res_all): (ManagerConfig, ManagerConfig) = parse_section(&text, "reservations");
+    assert_eq!(res, ManagerConfig::default());
+    assert_eq!(res_all, ManagerConfig::default(), "documented defaults");
+    let (pol, pol_all): (PolicingConfig, PolicingConfig) = parse_section(&text, "policing");
+    assert_eq!(pol, PolicingConfig::default());
+    assert_eq!(pol_all, PolicingConfig::default(), "documented defaults");
 
     let (metrics, metrics_all): (MetricsConfig, MetricsConfig) = parse_section(&text, "metrics");
     assert_eq!(metrics, MetricsConfig::default());

@@ -529,3 +529,44 @@ fn a_restarted_agent_adopts_the_maps_and_writes_nothing() {
 fn reservations_move_the_split() {
     run("reservations.json");
 }
+
+#[test]
+fn an_active_reservation_is_policed_in_the_fast_path_until_it_ends() {
+    run_with("reservation_policer.json", Pinning::None, |mut state, _| {
+        let group = state.plans()["ap-south-1"].group_id;
+        let realtime = dwcp_common::QosClass::Realtime as u8;
+        let policers = state.dataplane().policers().unwrap();
+        assert_eq!(policers.len(), 1, "{policers:?}");
+        let (key, p) = policers[0];
+        assert_eq!((key.group_id, key.class), (group, realtime));
+        assert_eq!(p.rate_bytes_per_s, 50_000_000, "400 Mbit/s in bytes");
+        assert_eq!(p.burst_bytes, 2_500_000, "50 ms at the rate");
+        assert_eq!(p.action, dwcp_common::POLICE_REMARK);
+        let flags = state.dataplane().config().unwrap().flags;
+        assert_ne!(flags & dwcp_common::CONFIG_F_POLICING, 0, "policing on");
+
+        // An unrelated recomputation leaves the bucket alone (a rewrite would refill it).
+        let before = state.last_update().map(|u| u.at_ns);
+        state.handle(Input::Optimise, Now::at_ms(7_000)).unwrap();
+        state.on_timer(Now::at_ms(9_000));
+        let u = state.last_update().unwrap();
+        assert_ne!(Some(u.at_ns), before, "the optimisation did not recompute");
+        assert_eq!(
+            u.changes, 0,
+            "a recomputation without a change rewrote maps"
+        );
+
+        // The reservation ends: its bucket goes, and policing with it.
+        state
+            .handle(
+                Input::Reservations { active: Vec::new() },
+                Now::at_ms(10_000),
+            )
+            .unwrap();
+        state.on_timer(Now::at_ms(12_000));
+        assert!(state.dataplane().policers().unwrap().is_empty());
+        let flags = state.dataplane().config().unwrap().flags;
+        assert_eq!(flags & dwcp_common::CONFIG_F_POLICING, 0, "policing off");
+        assert_eq!(&state.read_back().unwrap(), state.programmed());
+    });
+}

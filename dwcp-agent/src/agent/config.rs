@@ -45,7 +45,7 @@ use crate::{
     routing::{BalancedWeights, Constraints, Strategy},
     telemetry::MetricsConfig,
     topology::{EdgeConfig, LinkConfig, RegionConfig, Topology, TopologyConfig, TopologyError},
-    traffic::TrafficConfig,
+    traffic::{PolicingConfig, TrafficConfig},
 };
 
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/dwcp/agent.toml";
@@ -263,6 +263,9 @@ pub struct ConfigFile {
     pub routing: RoutingSection,
     #[serde(default)]
     pub traffic: TrafficConfig,
+    /// How reservations are enforced in the fast path (token buckets).
+    #[serde(default)]
+    pub policing: PolicingConfig,
     #[serde(default)]
     pub qos: QosSection,
     #[serde(default)]
@@ -562,6 +565,8 @@ pub struct AgentConfig {
     pub use_measurements: bool,
     pub measurement_threshold: f64,
     pub traffic: TrafficConfig,
+    /// `[policing]`: token buckets of the reservations.
+    pub policing: PolicingConfig,
     pub qos_rules: Vec<QosRule>,
     /// DSCP per class id; rewrite on/off.
     pub dscp: [u8; dwcp_common::qos::QOS_CLASSES],
@@ -601,6 +606,7 @@ impl PartialEq for AgentConfig {
             && self.use_measurements == other.use_measurements
             && self.measurement_threshold == other.measurement_threshold
             && self.traffic == other.traffic
+            && self.policing == other.policing
             && self.qos_rules == other.qos_rules
             && self.dscp == other.dscp
             && self.rewrite_dscp == other.rewrite_dscp
@@ -1361,6 +1367,7 @@ impl AgentConfig {
             use_measurements: r.use_measurements,
             measurement_threshold: r.measurement_threshold_percent / 100.0,
             traffic: file.traffic.clone(),
+            policing: file.policing.clone(),
             qos_rules,
             dscp,
             rewrite_dscp: file.qos.rewrite_dscp.unwrap_or(true),

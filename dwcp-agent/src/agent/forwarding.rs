@@ -13,7 +13,7 @@ use std::{
 
 use dwcp_common::{
     ClassifierKey, ClassifierRule, GatewayConfig, LinkConfig, Neighbour, NeighbourKey, NextHop,
-    NextHopTable, QosPolicy, Route, VniEntry,
+    NextHopTable, Policer, QosPolicy, Route, VniEntry,
 };
 
 use super::config::Prefix;
@@ -29,6 +29,29 @@ pub fn neigh_key(k: &NeighbourKey) -> NeighKey {
 
 pub fn class_key(k: &ClassifierKey) -> ClassKey {
     (k.proto, k.direction, k.port)
+}
+
+/// `(group_id, class)` — `PolicerKey` as an ordered key.
+pub type PolicerSlot = (u32, u8);
+
+/// What the agent sets of a policer: the XDP program owns the bucket's fill level and its
+/// counters, so only these three are compared (an unchanged policer is never rewritten,
+/// which would refill its bucket).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PolicerSpec {
+    pub rate_bytes_per_s: u64,
+    pub burst_bytes: u64,
+    pub action: u8,
+}
+
+impl PolicerSpec {
+    pub fn of(p: &Policer) -> Self {
+        PolicerSpec {
+            rate_bytes_per_s: p.rate_bytes_per_s,
+            burst_bytes: p.burst_bytes,
+            action: p.action,
+        }
+    }
 }
 
 /// Everything the agent programs into the fast path. Entries absent here are absent (or
@@ -47,6 +70,8 @@ pub struct ForwardingState {
     pub routes: BTreeMap<Prefix, Route>,
     pub classifier: BTreeMap<ClassKey, ClassifierRule>,
     pub qos: BTreeMap<u8, QosPolicy>,
+    /// Token buckets of the active bandwidth reservations from this region.
+    pub policers: BTreeMap<PolicerSlot, PolicerSpec>,
 }
 
 /// One map write.
@@ -70,6 +95,8 @@ pub enum Change {
     SetRoute(Prefix, Route),
     RemoveRoute(Prefix),
     SetConfig(GatewayConfig),
+    SetPolicer(PolicerSlot, PolicerSpec),
+    RemovePolicer(PolicerSlot),
 }
 
 impl Change {
@@ -108,6 +135,11 @@ impl Change {
             Change::SetRoute(p, r) => format!("route {p} -> group {}", r.group_id),
             Change::RemoveRoute(p) => format!("remove route {p}"),
             Change::SetConfig(c) => format!("config flags {:#x}", c.flags),
+            Change::SetPolicer((g, c), p) => format!(
+                "policer group {g} class {c}: {} bytes/s, burst {} bytes, action {}",
+                p.rate_bytes_per_s, p.burst_bytes, p.action
+            ),
+            Change::RemovePolicer((g, c)) => format!("remove policer group {g} class {c}"),
         }
     }
 }
@@ -189,6 +221,15 @@ pub fn diff(from: &ForwardingState, to: &ForwardingState) -> Vec<Change> {
             p1.push(Change::SetQos(*c, *p));
         }
     }
+    // Policers before the flag that turns policing on; removed before it goes off.
+    set_then_remove(
+        &from.policers,
+        &to.policers,
+        Change::SetPolicer,
+        &mut p1,
+        &mut late,
+        Change::RemovePolicer,
+    );
     let mut p2 = Vec::new();
     let mut group_removes = Vec::new();
     set_then_remove(
@@ -283,6 +324,12 @@ pub fn apply(state: &mut ForwardingState, change: &Change) {
             state.routes.remove(p);
         }
         Change::SetConfig(c) => state.config = Some(*c),
+        Change::SetPolicer(k, p) => {
+            state.policers.insert(*k, *p);
+        }
+        Change::RemovePolicer(k) => {
+            state.policers.remove(k);
+        }
     }
 }
 

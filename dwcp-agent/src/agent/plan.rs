@@ -14,12 +14,14 @@ use dwcp_common::{
 
 use super::{
     config::{AgentConfig, Mac},
-    forwarding::{ForwardingState, NeighKey},
+    forwarding::{ForwardingState, NeighKey, PolicerSlot, PolicerSpec},
 };
 use crate::{
+    bandwidth::Reservation,
     dataplane::{build_table, Member},
     routing::{Path, RouteSet},
     topology::{RegionId, Topology},
+    traffic::{policing::reservation_policer, OverRate},
 };
 
 /// The members each group table was built from, by group id.
@@ -283,6 +285,35 @@ pub fn base_state(
         );
     }
     s
+}
+
+/// The token buckets that enforce the active reservations starting in this gateway's region:
+/// one per (destination group, class), holding the sum of the reservations' rates and
+/// bursts (several reservations of a class to one destination share the fast path's key).
+/// A reservation towards a destination without a group has nothing to police here.
+pub fn reservation_policers(
+    config: &AgentConfig,
+    plans: &[DestinationPlan],
+    reservations: &[Reservation],
+) -> BTreeMap<PolicerSlot, PolicerSpec> {
+    let mut out: BTreeMap<PolicerSlot, PolicerSpec> = BTreeMap::new();
+    for r in reservations.iter().filter(|r| r.source == config.region) {
+        let Some(plan) = plans
+            .iter()
+            .find(|p| p.destination == r.destination && p.error.is_none())
+        else {
+            continue;
+        };
+        let bucket = reservation_policer(r, &config.policing);
+        let spec = out.entry((plan.group_id, r.class as u8)).or_default();
+        spec.rate_bytes_per_s = spec.rate_bytes_per_s.saturating_add(bucket.rate_bps / 8);
+        spec.burst_bytes = spec.burst_bytes.saturating_add(bucket.burst_bytes);
+        spec.action = match bucket.over_rate {
+            OverRate::Remark => dwcp_common::POLICE_REMARK,
+            OverRate::Drop => dwcp_common::POLICE_DROP,
+        };
+    }
+    out
 }
 
 /// Adds each planned destination's group (built from the table in force, so weight changes

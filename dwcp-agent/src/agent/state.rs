@@ -14,7 +14,7 @@ use std::{
     time::Instant,
 };
 
-use dwcp_common::{qos::QOS_CLASSES, QosClass, Reason, CONFIG_F_READY};
+use dwcp_common::{qos::QOS_CLASSES, QosClass, Reason, CONFIG_F_POLICING, CONFIG_F_READY};
 use thiserror::Error;
 use tokio::sync::{broadcast, watch};
 use tracing::{debug, error, info, warn};
@@ -22,7 +22,9 @@ use tracing::{debug, error, info, warn};
 use super::{
     config::{AgentConfig, ConfigError, Mac},
     debounce::Debounce,
-    forwarding::{self, class_key, neigh_key, prefix_of, Change, ForwardingState, NeighKey},
+    forwarding::{
+        self, class_key, neigh_key, prefix_of, Change, ForwardingState, NeighKey, PolicerSpec,
+    },
     input::{Input, Now},
     plan::{self, DestinationPlan, InterfaceState, PathRole as PlanRole, PlannedPath},
     AgentEvent, AgentSnapshot, CommandError, CounterView, LinkHealth as ViewHealth, LinkView,
@@ -305,6 +307,11 @@ impl AgentState {
                 .collect::<Result<BTreeMap<_, _>, DataplaneError>>()?
                 .into_iter()
                 .filter(|(_, p)| *p != Default::default())
+                .collect(),
+            policers: dp
+                .policers()?
+                .into_iter()
+                .map(|(k, p)| ((k.group_id, k.class), PolicerSpec::of(&p)))
                 .collect(),
         })
     }
@@ -1062,9 +1069,15 @@ impl AgentState {
             &self.neighbours,
             &self.admin_down,
         );
-        // Flags other modules own (policing) stay as they are.
-        if let (Some(want), Some(have)) = (desired.config.as_mut(), self.programmed.config) {
-            want.flags |= have.flags & !CONFIG_F_READY;
+        desired.policers = plan::reservation_policers(&self.config, &plans, &self.reservations);
+        if let Some(want) = desired.config.as_mut() {
+            // Flags this plan does not own stay as they are; policing follows the policers.
+            if let Some(have) = self.programmed.config {
+                want.flags |= have.flags & !(CONFIG_F_READY | CONFIG_F_POLICING);
+            }
+            if !desired.policers.is_empty() {
+                want.flags |= CONFIG_F_POLICING;
+            }
         }
         let (problems, built) = plan::add_routes(
             &mut desired,
@@ -1614,5 +1627,24 @@ fn apply_change(dp: &mut Dataplane, c: &Change) -> Result<(), DataplaneError> {
         Change::SetRoute(p, r) => dp.set_route(p.addr, p.len, *r),
         Change::RemoveRoute(p) => dp.remove_route(p.addr, p.len),
         Change::SetConfig(cfg) => dp.set_config(*cfg),
+        Change::SetPolicer((group_id, class), p) => dp.put_policer(
+            dwcp_common::PolicerKey {
+                group_id: *group_id,
+                class: *class,
+                _pad: [0; 3],
+            },
+            dwcp_common::Policer {
+                rate_bytes_per_s: p.rate_bytes_per_s,
+                burst_bytes: p.burst_bytes,
+                tokens: p.burst_bytes,
+                action: p.action,
+                ..Default::default()
+            },
+        ),
+        Change::RemovePolicer((group_id, class)) => dp.delete_policer(&dwcp_common::PolicerKey {
+            group_id: *group_id,
+            class: *class,
+            _pad: [0; 3],
+        }),
     }
 }

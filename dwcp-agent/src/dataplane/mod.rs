@@ -503,6 +503,30 @@ impl Dataplane {
         Ok(())
     }
 
+    /// Writes a policer entry as is, leaving the global flags alone (the agent's plan sets
+    /// `CONFIG_F_POLICING` itself, in the order that keeps packets safe).
+    pub fn put_policer(&mut self, key: PolicerKey, p: Policer) -> Result<()> {
+        self.policers
+            .insert(key, p, 0)
+            .map_err(map_err(names::POLICERS))
+    }
+
+    /// Deletes a policer entry (absent is fine), leaving the global flags alone.
+    pub fn delete_policer(&mut self, key: &PolicerKey) -> Result<()> {
+        match self.policers.remove(key) {
+            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+            Err(e) => Err(map_err(names::POLICERS)(e)),
+        }
+    }
+
+    /// Every policer with its counters.
+    pub fn policers(&self) -> Result<Vec<(PolicerKey, Policer)>> {
+        self.policers
+            .iter()
+            .map(|r| r.map_err(map_err(names::POLICERS)))
+            .collect()
+    }
+
     /// A policer with its counters.
     pub fn policer(&self, key: &PolicerKey) -> Result<Option<Policer>> {
         match self.policers.get(key, 0) {
