@@ -16,7 +16,7 @@ cargo clippy --all-targets -- -D warnings
 before=$(ip netns list | awk '{print $1}' | grep '^dwcp-' | sort || true)
 
 echo "== tests (unit, property, BPF_PROG_TEST_RUN fixtures, network-namespace labs)"
-mkdir -p target && cargo test 2>&1 | tee target/test-output.txt
+mkdir -p target && cargo test --no-fail-fast 2>&1 | tee target/test-output.txt
 cargo test --doc
 
 echo "== leftovers"

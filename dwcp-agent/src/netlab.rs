@@ -287,13 +287,33 @@ fn udp_rcvbuf_errors() -> u64 {
 }
 
 impl UdpStream {
-    /// Starts receiving on `dst_ip:port` in `dst` and sending there from `src`.
+    /// Starts receiving on `dst_ip:port` in `dst` and sending there from `src`, `per_ms`
+    /// datagrams every millisecond (less the sender's sleep overshoot).
     pub fn start(
         src: &Netns,
         dst: &Netns,
         dst_ip: std::net::Ipv4Addr,
         port: u16,
         per_ms: u64,
+    ) -> Result<UdpStream> {
+        Self::start_paced(
+            src,
+            dst,
+            dst_ip,
+            port,
+            per_ms,
+            std::time::Duration::from_millis(1),
+        )
+    }
+
+    /// Like [`UdpStream::start`], with `burst` datagrams every `tick`.
+    pub fn start_paced(
+        src: &Netns,
+        dst: &Netns,
+        dst_ip: std::net::Ipv4Addr,
+        port: u16,
+        burst: u64,
+        tick: std::time::Duration,
     ) -> Result<UdpStream> {
         use std::{
             net::UdpSocket,
@@ -359,12 +379,12 @@ impl UdpStream {
             let mut seq = 0u64;
             let mut payload = [0u8; 64];
             while !stop_s.load(Ordering::Relaxed) {
-                for _ in 0..per_ms {
+                for _ in 0..burst {
                     payload[..8].copy_from_slice(&seq.to_be_bytes());
                     let _ = s.send_to(&payload, (dst_ip, port));
                     seq += 1;
                 }
-                std::thread::sleep(Duration::from_millis(1));
+                std::thread::sleep(tick);
             }
             seq
         });
