@@ -16,9 +16,7 @@ use dwcp_agent::{
         config::{AgentConfig, DEFAULT_CONFIG_PATH},
         daemon::{Daemon, DaemonOptions},
     },
-    api::{ApiContext, RunningApi},
     dataplane::{unpin_all, unpin_links},
-    telemetry::{Exporter, RunningMetrics},
 };
 
 #[derive(Parser)]
@@ -120,21 +118,9 @@ fn main() -> anyhow::Result<()> {
         })
         .await
         .with_context(|| format!("starting with {}", args.config.display()))?;
-        // The operator's view (API socket, /metrics), from the configuration the daemon
-        // started with; changing their addresses takes a restart.
-        let config = AgentConfig::load(&args.config)?;
-        let handle = daemon.handle();
-        let api = RunningApi::start(&config.api, ApiContext::new(handle.clone(), &config.api))
-            .await
-            .context("starting the API")?;
-        let metrics = RunningMetrics::start(&config.metrics, Exporter::new(&handle))
-            .await
-            .context("starting the metrics endpoint")?;
+        // The daemon serves the operator's view itself ([api], [metrics]) and stops it when
+        // it exits.
         daemon.run(std::future::pending()).await?;
-        api.shutdown().await?;
-        if let Some(m) = metrics {
-            m.shutdown().await?;
-        }
         Ok(())
     })
 }

@@ -1,0 +1,344 @@
+//! The multi-region lab (what `cargo xtask lab` runs; see `dwcp_agent::lab::live`).
+//!
+//! ```text
+//! lab up [--regions N]        # 3 (default): us-east-1, eu-west-1, ap-south-1; up to 10
+//! lab status                  # each agent's links, routes and tunnels (the `dwcp` CLI), counters
+//! lab fail us-east-1 eu-west-1
+//! lab heal us-east-1 eu-west-1
+//! lab traffic [A B]           # UDP streams between hosts; every pair of regions by default
+//! lab down                    # removes every namespace, process and pin; idempotent
+//! ```
+
+use std::{path::PathBuf, process::Command, time::Duration};
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+use dwcp_agent::lab::{
+    live::{self, LabPaths, LabState, UpOptions},
+    triangle::PinnedCounters,
+};
+use dwcp_common::Reason;
+
+#[derive(Parser)]
+#[command(
+    name = "lab",
+    about = "The dwcp multi-region lab in network namespaces"
+)]
+struct Cli {
+    /// Directory recording the running lab (configurations, logs, API sockets).
+    #[arg(long, env = "DWCP_LAB_DIR", default_value = live::DEFAULT_STATE_DIR, global = true)]
+    state_dir: PathBuf,
+    /// The `dwcp-agent` binary (default: beside this program's target directory).
+    #[arg(long, env = "DWCP_AGENT_BIN", global = true)]
+    agent_binary: Option<PathBuf>,
+    /// The `dwcp` CLI binary.
+    #[arg(long, env = "DWCP_BIN", global = true)]
+    dwcp_binary: Option<PathBuf>,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Build the lab and start one dwcp-agent per region's gateway.
+    Up {
+        /// 3 is the seed's triangle (us-east-1, eu-west-1, ap-south-1); 4 to 10 a ring.
+        #[arg(long, default_value_t = 3)]
+        regions: usize,
+        /// Probe intervals (10 ms) without a reply before a link is declared dead.
+        #[arg(long, default_value_t = 10)]
+        detect_multiplier: u32,
+    },
+    /// Each agent's links, routes and tunnels, the cut links, and the fast path's counters.
+    Status,
+    /// Cut the link between two regions (or a link by name or id) and wait for the reroute.
+    Fail {
+        a: String,
+        b: Option<String>,
+        #[arg(long, default_value_t = 60)]
+        timeout: u64,
+    },
+    /// Heal a cut link and wait until the agents use it again.
+    Heal {
+        a: String,
+        b: Option<String>,
+        #[arg(long, default_value_t = 60)]
+        timeout: u64,
+    },
+    /// Send UDP streams between hosts and report what arrived.
+    Traffic {
+        /// From this region to `to`; every ordered pair of regions if absent.
+        from: Option<String>,
+        to: Option<String>,
+        #[arg(long, default_value_t = 2.0)]
+        seconds: f64,
+        /// Datagrams per millisecond per stream.
+        #[arg(long, default_value_t = 1)]
+        per_ms: u64,
+    },
+    /// Stop the agents, remove the namespaces, pins and state. Safe to run at any time.
+    Down,
+}
+
+fn sibling(name: &str) -> PathBuf {
+    // target/<profile>/examples/lab -> target/<profile>/<name>
+    std::env::current_exe()
+        .ok()
+        .and_then(|p| p.parent()?.parent().map(|d| d.join(name)))
+        .unwrap_or_else(|| PathBuf::from(name))
+}
+
+fn paths(cli: &Cli) -> LabPaths {
+    let d = LabPaths::default();
+    LabPaths {
+        state_dir: cli.state_dir.clone(),
+        ..d
+    }
+}
+
+fn main() {
+    if let Err(e) = run() {
+        eprintln!("lab: error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run() -> Result<()> {
+    let cli = Cli::parse();
+    let paths = paths(&cli);
+    match &cli.cmd {
+        Cmd::Up {
+            regions,
+            detect_multiplier,
+        } => {
+            let agent = cli
+                .agent_binary
+                .clone()
+                .unwrap_or_else(|| sibling("dwcp-agent"));
+            if !agent.exists() {
+                bail!(
+                    "no dwcp-agent at {} (build it, or pass --agent-binary)",
+                    agent.display()
+                );
+            }
+            let mut opts = UpOptions::new(*regions, agent);
+            opts.detect_multiplier = *detect_multiplier;
+            let state = live::up(&paths, &opts, &mut |m| println!("lab: {m}"))?;
+            println!(
+                "lab: up: {} regions, {} agents (state in {})",
+                state.regions,
+                state.agents.len(),
+                paths.state_dir.display()
+            );
+            if !state.latency_emulated {
+                println!(
+                    "lab: this kernel has no netem: link latencies are the topology's figures, \
+                     the veths themselves add none"
+                );
+            }
+            print_regions(&state)?;
+        }
+        Cmd::Status => status(&cli, &live::require(&paths)?)?,
+        Cmd::Fail { a, b, timeout } => {
+            let state = live::require(&paths)?;
+            let link = live::find_link(&state, a, b.as_deref())?;
+            println!("lab: cutting link {} ({}) in its wire", link.id, link.name);
+            live::fail(&state, &link, Duration::from_secs(*timeout))?;
+            println!("lab: both ends saw it down and route around it:");
+            routes_of_ends(&cli, &state, &link)?;
+        }
+        Cmd::Heal { a, b, timeout } => {
+            let state = live::require(&paths)?;
+            let link = live::find_link(&state, a, b.as_deref())?;
+            println!("lab: healing link {} ({})", link.id, link.name);
+            live::heal(&state, &link, Duration::from_secs(*timeout))?;
+            println!("lab: both ends use it again:");
+            routes_of_ends(&cli, &state, &link)?;
+        }
+        Cmd::Traffic {
+            from,
+            to,
+            seconds,
+            per_ms,
+        } => {
+            let state = live::require(&paths)?;
+            let pairs = match (from, to) {
+                (Some(f), Some(t)) => {
+                    let idx = |k: &str| -> Result<usize> {
+                        let a = state.agent(k)?;
+                        Ok(state.agents.iter().position(|x| x == a).expect("listed"))
+                    };
+                    vec![(idx(f)?, idx(t)?)]
+                }
+                (None, None) => live::all_pairs(state.regions),
+                _ => bail!("give both regions (FROM TO) or none"),
+            };
+            if !(0.1..=600.0).contains(seconds) {
+                bail!("--seconds must be within 0.1 and 600, not {seconds}");
+            }
+            println!(
+                "lab: {} stream(s) of ~{} datagrams/s for {seconds} s each",
+                pairs.len(),
+                per_ms * 1000
+            );
+            let reports =
+                live::traffic(&state, &pairs, Duration::from_secs_f64(*seconds), *per_ms)?;
+            println!(
+                "{:<14} {:<14} {:>8} {:>10} {:>6} {:>7}",
+                "FROM", "TO", "SENT", "DELIVERED", "LOST", "LOSS"
+            );
+            for r in &reports {
+                println!(
+                    "{:<14} {:<14} {:>8} {:>10} {:>6} {:>6.2}%",
+                    r.from,
+                    r.to,
+                    r.sent,
+                    r.delivered(),
+                    r.lost,
+                    100.0 * r.lost as f64 / r.sent.max(1) as f64
+                );
+            }
+            if reports.iter().any(|r| r.delivered() == 0) {
+                bail!("some pair delivered nothing");
+            }
+        }
+        Cmd::Down => {
+            let report = live::down(&paths)?;
+            if report.is_empty() {
+                println!("lab: nothing to remove");
+            } else {
+                println!(
+                    "lab: down: stopped {} agent(s), removed {} namespace(s){}{}",
+                    report.agents_stopped.len(),
+                    report.namespaces.len(),
+                    if report.pins_removed {
+                        ", the pins"
+                    } else {
+                        ""
+                    },
+                    if report.state_removed {
+                        ", the state directory"
+                    } else {
+                        ""
+                    }
+                );
+            }
+            let left = live::leftovers(&paths);
+            if !left.is_empty() {
+                bail!("still there: {}", left.join(", "));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn print_regions(state: &LabState) -> Result<()> {
+    let plan = state.plan()?;
+    println!(
+        "{:<12} {:<10} {:<16} {:<12} {:>7}  API socket",
+        "REGION", "GATEWAY", "NAMESPACE", "HOST", "PID"
+    );
+    for a in &state.agents {
+        println!(
+            "{:<12} {:<10} {:<16} {:<12} {:>7}  {}",
+            a.region,
+            a.gateway,
+            a.namespace,
+            a.host_ip,
+            a.pid,
+            a.socket.display()
+        );
+    }
+    println!("links:");
+    for l in &plan.links {
+        println!(
+            "  {:>2} {:<10} {} -- {}{}",
+            l.id,
+            l.name,
+            plan.regions[l.a as usize - 1].name,
+            plan.regions[l.b as usize - 1].name,
+            l.latency_ms
+                .map(|ms| format!(" ({ms} ms)"))
+                .unwrap_or_default()
+        );
+    }
+    Ok(())
+}
+
+fn dwcp(cli: &Cli, socket: &std::path::Path, args: &[&str]) -> Result<String> {
+    let bin = cli.dwcp_binary.clone().unwrap_or_else(|| sibling("dwcp"));
+    let out = Command::new(&bin)
+        .arg("--socket")
+        .arg(socket)
+        .args(args)
+        .output()
+        .with_context(|| format!("running {}", bin.display()))?;
+    if !out.status.success() {
+        return Ok(format!(
+            "(dwcp {} failed: {})\n",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn routes_of_ends(
+    cli: &Cli,
+    state: &LabState,
+    link: &dwcp_agent::lab::multi::PlannedLink,
+) -> Result<()> {
+    for (me, peer) in [(link.a, link.b), (link.b, link.a)] {
+        let a = &state.agents[me as usize - 1];
+        let peer = &state.agents[peer as usize - 1].region;
+        println!("-- {} (dwcp show routes {peer}):", a.region);
+        print!("{}", dwcp(cli, &a.socket, &["show", "routes", peer])?);
+    }
+    Ok(())
+}
+
+fn status(cli: &Cli, state: &LabState) -> Result<()> {
+    print_regions(state)?;
+    let cut = live::cut_links(state)?;
+    println!(
+        "cut links: {}",
+        if cut.is_empty() {
+            "none".to_string()
+        } else {
+            format!("{cut:?}")
+        }
+    );
+    for a in &state.agents {
+        println!("\n===== {} ({}) =====", a.region, a.gateway);
+        for what in [
+            &["status"][..],
+            &["show", "links"],
+            &["show", "routes"],
+            &["show", "tunnels"],
+        ] {
+            println!("$ dwcp --socket {} {}", a.socket.display(), what.join(" "));
+            print!("{}", dwcp(cli, &a.socket, what)?);
+        }
+        match PinnedCounters::open(&a.pin_dir) {
+            Ok(c) => {
+                let plan = state.plan()?;
+                let mut line = String::from("counters:");
+                for l in plan.links.iter().filter(|l| {
+                    plan.regions[l.a as usize - 1].name == a.region
+                        || plan.regions[l.b as usize - 1].name == a.region
+                }) {
+                    line += &format!(" link{}_packets={}", l.id, c.nexthop_packets(l.id));
+                }
+                for r in Reason::ALL {
+                    let n = c.reason(r);
+                    if n > 0 {
+                        line += &format!(" {}={n}", r.name());
+                    }
+                }
+                println!("{line}");
+            }
+            Err(e) => println!("counters: {e}"),
+        }
+    }
+    Ok(())
+}
