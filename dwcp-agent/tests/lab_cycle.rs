@@ -26,8 +26,7 @@ impl Drop for Down {
 }
 
 fn primary_links(state: &LabState, region: usize, dest: &str) -> Vec<u32> {
-    let routes: Vec<RouteView> =
-        live::api_get(&state.agents[region].socket, "/v1/routes").unwrap();
+    let routes: Vec<RouteView> = live::api_get(&state.agents[region].socket, "/v1/routes").unwrap();
     let r = routes
         .iter()
         .find(|r| r.destination == dest)
@@ -123,7 +122,10 @@ fn lab_cycle_up_traffic_fail_reroute_heal_down_leaves_nothing() {
     );
     assert!(t.iter().all(|t| t.state == TunnelState::Up), "{t:#?}");
     let link1 = t.iter().find(|t| t.link == Some(1)).unwrap();
-    assert!(link1.tx_bytes > 0, "the streams left over link 1: {link1:?}");
+    assert!(
+        link1.tx_bytes > 0,
+        "the streams left over link 1: {link1:?}"
+    );
     assert_eq!(link1.mtu, Some(1600));
 
     // Cut us-east-1 -- eu-west-1: both ends route through ap-south-1.
@@ -164,8 +166,5 @@ fn lab_cycle_up_traffic_fail_reroute_heal_down_leaves_nothing() {
     assert!(!String::from_utf8_lossy(&netns.stdout).contains(&paths.prefix));
     assert!(!paths.pin_root.exists());
     assert!(live::down(&paths).unwrap().is_empty());
-    assert!(matches!(
-        live::require(&paths),
-        Err(LiveLabError::NotUp(_))
-    ));
+    assert!(matches!(live::require(&paths), Err(LiveLabError::NotUp(_))));
 }

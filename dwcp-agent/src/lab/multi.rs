@@ -617,6 +617,54 @@ mod tests {
     }
 
     #[test]
+    fn the_default_lab_is_the_seeds_triangle() {
+        let p = LabPlan::for_regions(3).unwrap();
+        assert!(p.seed);
+        let names: Vec<&str> = p.regions.iter().map(|r| r.name.as_str()).collect();
+        assert_eq!(names, ["us-east-1", "eu-west-1", "ap-south-1"]);
+        let links: Vec<(u32, &str, u8, u8, Option<f64>)> = p
+            .links
+            .iter()
+            .map(|l| (l.id, l.name.as_str(), l.a, l.b, l.latency_ms))
+            .collect();
+        assert_eq!(
+            links,
+            [
+                (1, "use1-euw1", 1, 2, Some(80.0)),
+                (2, "euw1-aps1", 2, 3, Some(120.0)),
+                (3, "use1-aps1", 1, 3, Some(200.0)),
+            ]
+        );
+        assert_eq!(p.link_between("eu-west-1", "us-east-1").unwrap().id, 1);
+        assert_eq!(p.link_between("3", "1").unwrap().id, 3);
+        let e = p
+            .link_between("us-east-1", "mars-1")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("mars-1") && e.contains("ap-south-1"), "{e}");
+        // The agent's topology: the seed's figures, VXLAN links, the lab's underlay addresses.
+        let text = p.agent_config(
+            2,
+            std::path::Path::new("/p"),
+            std::path::Path::new("/s.sock"),
+        );
+        let doc: toml::Table = toml::from_str(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+        assert_eq!(doc["gateway"]["name"].as_str(), Some("gw-euw1-a"));
+        assert_eq!(doc["gateway"]["region"].as_str(), Some("eu-west-1"));
+        let mut topo = toml::Table::new();
+        for k in ["region", "link", "edge"] {
+            topo.insert(k.into(), doc[k].clone());
+        }
+        let t = crate::topology::Topology::from_toml_str(&toml::to_string(&topo).unwrap())
+            .unwrap_or_else(|e| panic!("{e}\n{text}"));
+        assert_eq!(t.links().len(), 3);
+        assert!(!text.contains("wireguard"), "{text}");
+        assert!(text.contains("latency_ms = 200.0"), "{text}");
+        assert!(text.contains("underlay = \"172.16.1.2\""), "{text}");
+        assert!(!LabPlan::for_regions(4).unwrap().seed);
+    }
+
+    #[test]
     fn region_counts_outside_3_to_10_are_refused() {
         for n in [0, 1, 2, 11, 200] {
             let e = LabPlan::new(n, Shape::Ring).unwrap_err();
