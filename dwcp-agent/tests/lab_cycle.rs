@@ -88,7 +88,14 @@ fn lab_cycle_up_traffic_fail_reroute_heal_down_leaves_nothing() {
 
     // The agent lists the fast path's VXLAN tunnels, one per local link.
     let t = tunnels(&state, us);
-    let mut summary: Vec<(Option<u32>, &str, Option<&str>, Option<&str>, Option<u32>)> = t
+    type Summary<'a> = (
+        Option<u32>,
+        &'a str,
+        Option<&'a str>,
+        Option<&'a str>,
+        Option<u32>,
+    );
+    let mut summary: Vec<Summary> = t
         .iter()
         .map(|t| {
             (

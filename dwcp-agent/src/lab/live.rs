@@ -333,8 +333,15 @@ fn up_inner(
     for a in &state.agents {
         wait_running(a, deadline, opts.timeout)?;
     }
-    progress("waiting until every gateway routes to every other region");
+    progress("waiting until every gateway's links are up and it routes to every other region");
     for a in &state.agents {
+        wait_until(a, deadline, opts.timeout, "its links up", |s| {
+            let links: Vec<LinkView> = api_get(&s.socket, "/v1/links")?;
+            Ok(links
+                .iter()
+                .filter(|l| l.interface.is_some())
+                .all(|l| l.health == LinkHealth::Up))
+        })?;
         wait_until(a, deadline, opts.timeout, "routes to every region", |s| {
             let routes: Vec<RouteView> = api_get(&s.socket, "/v1/routes")?;
             let others = plan.regions.iter().filter(|r| r.name != s.region);
