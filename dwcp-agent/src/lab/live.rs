@@ -55,10 +55,14 @@ pub enum LiveLabError {
         source: std::io::Error,
     },
     #[error(
-        "a lab of {regions} regions is already up (state in {}); `cargo xtask lab down` removes it",
+        "a lab is already up (its agents and state in {}); `cargo xtask lab down` removes it",
         dir.display()
     )]
-    AlreadyUp { regions: usize, dir: PathBuf },
+    AlreadyUp {
+        /// As recorded; 0 when agents run without a record.
+        regions: usize,
+        dir: PathBuf,
+    },
     #[error("no lab is up (no {}); `cargo xtask lab up` starts one", .0.display())]
     NotUp(PathBuf),
     #[error("state file {}: {detail}", path.display())]
@@ -223,15 +227,18 @@ fn unix_now() -> u64 {
 /// crash, a failed `up`) is removed first. On failure everything made is removed again.
 pub fn up(paths: &LabPaths, opts: &UpOptions, progress: &mut dyn FnMut(&str)) -> Result<LabState> {
     let plan = LabPlan::for_regions(opts.regions)?;
-    if let Some(state) = load(paths).ok().flatten() {
-        let running = state.agents.iter().any(|a| agent_alive(a.pid))
-            || !multi::stable_namespaces(&paths.prefix).is_empty();
-        if running {
-            return Err(LiveLabError::AlreadyUp {
-                regions: state.regions,
-                dir: paths.state_dir.clone(),
-            });
-        }
+    // Up: recorded with namespaces or agents, or agents of the lab running even without a
+    // record. Namespaces, pins or a record alone are what a crash left: removed below.
+    let state = load(paths).ok().flatten();
+    let recorded_running = state.as_ref().is_some_and(|s| {
+        s.agents.iter().any(|a| agent_alive(a.pid))
+            || !multi::stable_namespaces(&paths.prefix).is_empty()
+    });
+    if recorded_running || !lab_agent_pids(&paths.state_dir).is_empty() {
+        return Err(LiveLabError::AlreadyUp {
+            regions: state.map_or(0, |s| s.regions),
+            dir: paths.state_dir.clone(),
+        });
     }
     let stale = leftovers(paths);
     if !stale.is_empty() {
