@@ -17,7 +17,7 @@ use dwcp_agent::lab::{
     live::{self, LabPaths, LabState, UpOptions},
     triangle::PinnedCounters,
 };
-use dwcp_common::Reason;
+use dwcp_common::{QosClass, Reason};
 
 #[derive(Parser)]
 #[command(
@@ -297,6 +297,39 @@ fn routes_of_ends(
     Ok(())
 }
 
+/// A gateway's fast-path counters: packets per local link, bytes per QoS class, non-zero
+/// reasons.
+struct Sample {
+    links: Vec<(u32, u64)>,
+    classes: Vec<(&'static str, u64)>,
+    reasons: Vec<(&'static str, u64)>,
+}
+
+fn sample(plan: &dwcp_agent::lab::multi::LabPlan, a: &live::AgentRecord) -> Result<Sample> {
+    let c = PinnedCounters::open(&a.pin_dir)?;
+    let me = plan
+        .region(&a.region)
+        .map(|r| r.n)
+        .context("the agent's region")?;
+    Ok(Sample {
+        links: plan
+            .links
+            .iter()
+            .filter(|l| l.a == me || l.b == me)
+            .map(|l| (l.id, c.nexthop_packets(l.id)))
+            .collect(),
+        classes: QosClass::ALL
+            .iter()
+            .map(|q| (q.name(), c.class_counters(*q as u8).1))
+            .collect(),
+        reasons: Reason::ALL
+            .iter()
+            .map(|r| (r.name(), c.reason(*r)))
+            .filter(|(_, n)| *n > 0)
+            .collect(),
+    })
+}
+
 fn status(cli: &Cli, state: &LabState) -> Result<()> {
     print_regions(state)?;
     let cut = live::cut_links(state)?;
@@ -308,7 +341,18 @@ fn status(cli: &Cli, state: &LabState) -> Result<()> {
             format!("{cut:?}")
         }
     );
-    for a in &state.agents {
+    // Counters twice, a second apart, for the rates.
+    let plan = state.plan()?;
+    let first: Vec<Result<Sample>> = state.agents.iter().map(|a| sample(&plan, a)).collect();
+    let started = std::time::Instant::now();
+    std::thread::sleep(Duration::from_secs(1));
+    let samples: Vec<Result<(Sample, Sample)>> = first
+        .into_iter()
+        .zip(&state.agents)
+        .map(|(f, a)| Ok((f?, sample(&plan, a)?)))
+        .collect();
+    let elapsed = started.elapsed();
+    for (i, a) in state.agents.iter().enumerate() {
         println!("\n===== {} ({}) =====", a.region, a.gateway);
         for what in [
             &["status"][..],
@@ -319,23 +363,24 @@ fn status(cli: &Cli, state: &LabState) -> Result<()> {
             println!("$ dwcp --socket {} {}", a.socket.display(), what.join(" "));
             print!("{}", dwcp(cli, &a.socket, what)?);
         }
-        match PinnedCounters::open(&a.pin_dir) {
-            Ok(c) => {
-                let plan = state.plan()?;
-                let mut line = String::from("counters:");
-                for l in plan.links.iter().filter(|l| {
-                    plan.regions[l.a as usize - 1].name == a.region
-                        || plan.regions[l.b as usize - 1].name == a.region
-                }) {
-                    line += &format!(" link{}_packets={}", l.id, c.nexthop_packets(l.id));
+        match &samples[i] {
+            Ok((before, after)) => {
+                let secs = elapsed.as_secs_f64();
+                let mut line = String::from("fast path, rates over the last second:");
+                for ((id, p0), (_, p1)) in before.links.iter().zip(&after.links) {
+                    line += &format!(" link {id} {:.0} pkt/s;", (p1 - p0) as f64 / secs);
                 }
-                for r in Reason::ALL {
-                    let n = c.reason(r);
-                    if n > 0 {
-                        line += &format!(" {}={n}", r.name());
+                for ((name, b0), (_, b1)) in before.classes.iter().zip(&after.classes) {
+                    if b1 > b0 {
+                        line += &format!(" {name} {:.0} bit/s;", (b1 - b0) as f64 * 8.0 / secs);
                     }
                 }
-                println!("{line}");
+                println!("{}", line.trim_end_matches(';'));
+                let mut totals = String::from("fast path, counters:");
+                for (r, n) in &after.reasons {
+                    totals += &format!(" {r}={n}");
+                }
+                println!("{totals}");
             }
             Err(e) => println!("counters: {e}"),
         }
