@@ -13,7 +13,7 @@ fi
 
 export DEBIAN_FRONTEND=noninteractive
 APT_PKGS=(llvm-22-dev libpolly-22-dev libzstd-dev zlib1g-dev bpftool iproute2 ethtool
-          nftables iperf3 iputils-ping netcat-openbsd wireguard-go wireguard-tools prometheus jq tcpdump)
+          nftables iperf3 iputils-ping netcat-openbsd wireguard-go wireguard-tools prometheus jq tcpdump curl)
 
 missing=()
 for p in "${APT_PKGS[@]}"; do

@@ -25,6 +25,7 @@ use crate::{
     netlab::{self, NetlabError, Netns},
 };
 
+pub mod live;
 pub mod multi;
 mod multilink;
 pub mod stream;
@@ -65,6 +66,8 @@ pub enum LabError {
     },
     #[error("no link {0:?} in the lab")]
     UnknownLink(String),
+    #[error("no region {name:?} in the lab (it has {})", known.join(", "))]
+    UnknownRegion { name: String, known: Vec<String> },
 }
 
 impl From<DataplaneError> for LabError {

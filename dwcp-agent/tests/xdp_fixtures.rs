@@ -724,11 +724,15 @@ fn probe_reply_becomes_link_state() {
 }
 
 fn vxlan_frame(vni: u32, inner: &[u8]) -> Vec<u8> {
+    vxlan_frame_from("198.51.100.2", vni, inner)
+}
+
+/// VXLAN from the gateway at `src` (the fixture's next hop n is 198.51.100.n).
+fn vxlan_frame_from(src: &str, vni: u32, inner: &[u8]) -> Vec<u8> {
     let mut payload = vec![0x08, 0, 0, 0];
     payload.extend_from_slice(&(vni << 8).to_be_bytes());
     payload.extend_from_slice(inner);
-    let ip =
-        V4::new(IPPROTO_UDP, "198.51.100.2", "192.0.2.1").build(&udp(50000, VXLAN_PORT, &payload));
+    let ip = V4::new(IPPROTO_UDP, src, "192.0.2.1").build(&udp(50000, VXLAN_PORT, &payload));
     let mut f = eth([2, 0, 0, 0, 0, 0x99], [2, 0, 0, 0, 0, 0x98], ETH_P_IP);
     f.extend_from_slice(&ip);
     f
@@ -791,9 +795,10 @@ fn transit_traffic_is_decapsulated_and_sent_on_to_the_next_gateway() {
             },
         )
         .unwrap();
-    // Arrives from region A's gateway, for region B (10.2.0.0/16, routed by this gateway).
+    // Arrives from region A's gateway (not one of the next hops), for region B (10.2.0.0/16,
+    // routed by this gateway).
     let l3 = V4::new(IPPROTO_UDP, "10.1.0.5", "10.2.0.9").build(&udp(40000, 5004, b"transit"));
-    let f = vxlan_frame(101, &frame(ETH_P_IP, &l3));
+    let f = vxlan_frame_from("203.0.113.7", 101, &frame(ETH_P_IP, &l3));
     let key = v4_key("10.1.0.5", "10.2.0.9", IPPROTO_UDP, 40000, 5004);
     let (verdict, out) = fx.run(programs::UNDERLAY_INGRESS, &f);
     assert_eq!(verdict, XDP_REDIRECT);
@@ -805,6 +810,52 @@ fn transit_traffic_is_decapsulated_and_sent_on_to_the_next_gateway() {
     );
     assert_eq!(out, want);
     assert_eq!(fx.reason(Reason::UnderlayTransit), 1);
+}
+
+#[test]
+fn transit_never_sends_a_packet_back_to_the_gateway_it_came_from() {
+    let mut fx = Fixture::new();
+    fx.dp
+        .add_vni(
+            101,
+            VniEntry {
+                lan_ifindex: 1,
+                flags: 0,
+            },
+        )
+        .unwrap();
+    let outer_dst = |out: &[u8]| [out[30], out[31], out[32], out[33]];
+    let mut by_hash = [0u32; 2];
+    for sport in 3000..3040u16 {
+        let l3 = V4::new(IPPROTO_UDP, "10.1.0.5", "10.2.0.9").build(&udp(sport, 5004, b"t"));
+        let key = v4_key("10.1.0.5", "10.2.0.9", IPPROTO_UDP, sport, 5004);
+        let hashed = fx.chosen(&key);
+        by_hash[(hashed - 1) as usize] += 1;
+        for from in [1u8, 2] {
+            let f = vxlan_frame_from(&format!("198.51.100.{from}"), 101, &frame(ETH_P_IP, &l3));
+            let (verdict, out) = fx.run(programs::UNDERLAY_INGRESS, &f);
+            assert_eq!(verdict, XDP_REDIRECT);
+            // Both members are live: the flow takes its hashed member unless that leads back
+            // to the sender, and then the other one.
+            let want = if hashed == from as u32 {
+                3 - from
+            } else {
+                hashed as u8
+            };
+            assert_eq!(
+                outer_dst(&out),
+                [198, 51, 100, want],
+                "flow {sport} (hashed to {hashed}) from 198.51.100.{from}"
+            );
+        }
+    }
+    assert!(
+        by_hash.iter().all(|&n| n > 0),
+        "both members hashed: {by_hash:?}"
+    );
+    // Not counted as a failover: nothing is dead.
+    assert_eq!(fx.reason(Reason::LanFailover), 0);
+    assert_eq!(fx.reason(Reason::UnderlayTransit), 80);
 }
 
 #[test]

@@ -29,7 +29,7 @@ const BEST_EFFORT: u8 = 4;
 
 #[inline(always)]
 pub fn lan_ingress(ctx: &XdpContext) -> u32 {
-    match forward(ctx) {
+    match forward(ctx, 0) {
         Ok(action) => action,
         Err(reason) => {
             count(reason);
@@ -79,14 +79,22 @@ fn link_usable(link_id: u32, clock: &mut Clock) -> bool {
 /// The bucket's member if its link is usable, else the next usable active member in order,
 /// else the first usable standby: flows of live members never move, a dead member's flows
 /// spread deterministically, and secondary paths carry traffic only when no active one can.
+/// A next hop towards `from` (the gateway a transit packet came from; 0 for LAN traffic) is
+/// never taken: gateways do not share link state, so a region routing back over the link the
+/// packet came in on would not know that the sender chose it because a link further on is
+/// dead (the seed's triangle: 80 + 120 = 200 ms ties the direct path), and the packet would
+/// loop until its TTL ran out.
 #[inline(always)]
 fn pick_nexthop(
     table: &NextHopTable,
     member: u32,
     clock: &mut Clock,
+    from: u32,
 ) -> Result<(u32, &'static NextHop), Reason> {
     let actives = table.active_count as u32;
     let all = table.member_count as u32;
+    // A member passed over because it cannot carry (not because it leads back).
+    let mut skipped = false;
     let mut i = 0u32;
     while i < MAX_GROUP_MEMBERS as u32 {
         if i >= all {
@@ -100,12 +108,18 @@ fn pick_nexthop(
         };
         let id = table.nexthops[(m as usize) & (MAX_GROUP_MEMBERS - 1)];
         if let Some(nh) = NEXTHOPS.get(id) {
-            if nh.flags & NH_F_VALID != 0 && link_usable(nh.link_id, clock) {
-                if i > 0 {
-                    count(Reason::LanFailover);
+            let back = from != 0 && u32::from_ne_bytes(nh.remote_ip4) == from;
+            if !back {
+                if nh.flags & NH_F_VALID != 0 && link_usable(nh.link_id, clock) {
+                    if skipped {
+                        count(Reason::LanFailover);
+                    }
+                    return Ok((id, nh));
                 }
-                return Ok((id, nh));
+                skipped = true;
             }
+        } else {
+            skipped = true;
         }
         i += 1;
     }
@@ -216,7 +230,8 @@ fn classify(p: &Parsed, default_class: u8) -> u8 {
 /// returns why not (the packet untouched). Used for LAN traffic and, after decapsulation,
 /// for transit traffic.
 #[inline(always)]
-pub fn forward(ctx: &XdpContext) -> Result<u32, Reason> {
+/// `from`: the outer source address of a transit packet (the previous gateway), else 0.
+pub fn forward(ctx: &XdpContext, from: u32) -> Result<u32, Reason> {
     let cfg = DWCP_CONFIG.get(0).ok_or(Reason::LanPassNotReady)?;
     if cfg.flags & CONFIG_F_READY == 0 {
         return Err(Reason::LanPassNotReady);
@@ -246,7 +261,7 @@ pub fn forward(ctx: &XdpContext) -> Result<u32, Reason> {
         bounded((hash % NHG_BUCKETS as u32) as usize, NHG_BUCKETS).ok_or(Reason::LanPassNoGroup)?;
     let member = table.buckets[bucket] as u32;
     let mut clock = Clock(0);
-    let (nh_id, nh) = pick_nexthop(table, member, &mut clock)?;
+    let (nh_id, nh) = pick_nexthop(table, member, &mut clock, from)?;
 
     let frame_len = ctx.data_end() - ctx.data();
     // Outer IP packet = outer IPv4 + UDP + VXLAN + inner Ethernet + inner L3 and beyond.

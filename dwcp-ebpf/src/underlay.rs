@@ -53,7 +53,7 @@ fn try_underlay(ctx: &XdpContext) -> Result<u32, Reason> {
     if dport == PROBE_PORT {
         probe(ctx, l4)
     } else if dport == VXLAN_PORT {
-        decap(ctx, l4)
+        decap(ctx, l4, ip.src)
     } else {
         Err(Reason::UnderlayPassOther)
     }
@@ -175,8 +175,10 @@ fn reflect(ctx: &XdpContext, l4: usize, b: &mut [u8; PROBE_LEN], now: u64) -> Re
 /// gateway. Local delivery: the kernel's FIB and neighbour table (`bpf_fib_lookup`) give the
 /// LAN port and MACs and we redirect; while the neighbour is not resolved, the inner packet
 /// goes up the stack addressed to us and the kernel routes it (and resolves the neighbour).
+/// `from` is the outer source address (the previous gateway): transit never sends a packet
+/// back to it (split horizon; see `lan::forward`).
 #[inline(always)]
-fn decap(ctx: &XdpContext, l4: usize) -> Result<u32, Reason> {
+fn decap(ctx: &XdpContext, l4: usize, from: u32) -> Result<u32, Reason> {
     let vx: *const VxlanHdr = ptr_at(ctx, l4 + UDP_HLEN).ok_or(Reason::UnderlayPassMalformed)?;
     let (flags, vni) = unsafe { ((*vx).flags, u32::from_be((*vx).vni) >> 8) };
     if flags & VXLAN_FLAG_VNI == 0 {
@@ -195,7 +197,7 @@ fn decap(ctx: &XdpContext, l4: usize) -> Result<u32, Reason> {
         return Err(Reason::UnderlayPassMalformed);
     }
 
-    match lan::forward(ctx) {
+    match lan::forward(ctx, from) {
         Ok(action) => {
             count(Reason::UnderlayTransit);
             return Ok(action);

@@ -1,4 +1,4 @@
-//! Project tasks: `cargo xtask build-ebpf | bench <name> | demo`.
+//! Project tasks: `cargo xtask build-ebpf | bench <name> | lab <command> | demo`.
 use std::{
     path::{Path, PathBuf},
     process::Command,
@@ -27,7 +27,15 @@ enum Cmd {
         #[arg(trailing_var_arg = true)]
         args: Vec<String>,
     },
-    /// The two-region demo: traffic across the fast path in network namespaces, with counters.
+    /// The multi-region lab: `up [--regions N] | status | fail A B | heal A B | traffic [A B] |
+    /// down` (run `cargo xtask lab help`). Builds the agent, the CLI and the lab first.
+    #[command(disable_help_flag = true)]
+    Lab {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// The two-region demo: traffic across the fast path in network namespaces, with counters
+    /// (one statically programmed link, no agent).
     Demo,
 }
 
@@ -143,10 +151,53 @@ fn bench(name: &str, args: &[String]) -> Result<()> {
     )
 }
 
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("target"))
+}
+
+/// Builds `dwcp-agent`, `dwcp` and the lab (debug profile: shares the build with the test
+/// suite; the fast path runs in the kernel), then runs the lab with `args`.
+fn lab(args: &[String]) -> Result<()> {
+    let status = Command::new("cargo")
+        .current_dir(root())
+        .args([
+            "build",
+            "--quiet",
+            "-p",
+            "dwcp-agent",
+            "--bin",
+            "dwcp-agent",
+            "--bin",
+            "dwcp",
+            "--example",
+            "lab",
+        ])
+        .status()
+        .context("running cargo build")?;
+    if !status.success() {
+        bail!("building the lab failed: {status}");
+    }
+    let debug = target_dir().join("debug");
+    let status = Command::new(debug.join("examples/lab"))
+        .env("DWCP_AGENT_BIN", debug.join("dwcp-agent"))
+        .env("DWCP_BIN", debug.join("dwcp"))
+        .args(args)
+        .status()
+        .context("running the lab")?;
+    if !status.success() {
+        // The lab printed why.
+        std::process::exit(status.code().unwrap_or(1));
+    }
+    Ok(())
+}
+
 fn main() -> Result<()> {
     match Cli::parse().cmd {
         Cmd::BuildEbpf => build_ebpf(),
         Cmd::Bench { name, args } => bench(&name, &args),
+        Cmd::Lab { args } => lab(&args),
         // Debug profile: shares the build with the test suite; the fast path runs in the kernel.
         Cmd::Demo => run(Command::new("cargo").current_dir(root()).args([
             "run",

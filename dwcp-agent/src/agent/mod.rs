@@ -134,6 +134,15 @@ pub struct TunnelView {
     pub tx_bytes: u64,
     /// How the device differs from its spec (empty when healthy).
     pub problems: Vec<String>,
+    /// Underlay address of this end.
+    #[serde(default)]
+    pub local_ip: Option<String>,
+    /// Underlay address of the far end (the peer gateway).
+    #[serde(default)]
+    pub remote_ip: Option<String>,
+    /// VXLAN network identifier (VXLAN tunnels).
+    #[serde(default)]
+    pub vni: Option<u32>,
 }
 
 /// Fast-path counters (summed over CPUs).

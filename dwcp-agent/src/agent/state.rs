@@ -28,7 +28,7 @@ use super::{
     input::{Input, Now},
     plan::{self, DestinationPlan, InterfaceState, PathRole as PlanRole, PlannedPath},
     AgentEvent, AgentSnapshot, CommandError, CounterView, LinkHealth as ViewHealth, LinkView,
-    PathRole, PathView, RouteChange, RouteView,
+    PathRole, PathView, RouteChange, RouteView, TunnelState, TunnelView,
 };
 use crate::{
     bandwidth::LinkId as TeLinkId,
@@ -1463,6 +1463,96 @@ impl AgentState {
             .collect()
     }
 
+    /// The tunnels this daemon runs: the fast path's VXLAN encapsulation of each local link
+    /// (one VNI per link, between this gateway's and the peer's underlay addresses). Their
+    /// state follows what the daemon knows: the interface, the programmed next hop, the
+    /// underlay neighbour and the link's probed health. The transmitted bytes are the link's
+    /// next-hop counter; the fast path does not count received bytes per link (0).
+    /// (The daemon does not run `tunnels::TunnelManager`: no WireGuard devices here.)
+    fn tunnel_views(&self, links: &[LinkView]) -> Vec<TunnelView> {
+        self.config
+            .local_links
+            .iter()
+            .map(|l| {
+                let iface = self.interfaces.get(&l.interface);
+                let nexthop = self.programmed.nexthops.get(&l.link_id);
+                let health = links.iter().find(|v| v.id == l.link_id).map(|v| v.health);
+                let mut problems = Vec::new();
+                let mut down = false;
+                let mut degraded = false;
+                match iface {
+                    None => {
+                        down = true;
+                        problems.push(format!("interface {} missing", l.interface));
+                    }
+                    Some(i) if !i.up => {
+                        down = true;
+                        problems.push(format!("interface {} down", l.interface));
+                    }
+                    Some(i) => {
+                        if !self
+                            .neighbours
+                            .contains_key(&(i.ifindex, l.via_ip.octets()))
+                        {
+                            degraded = true;
+                            problems.push(format!("neighbour {} unresolved", l.via_ip));
+                        }
+                    }
+                }
+                if nexthop.is_none() {
+                    down = true;
+                    problems.push("not programmed in the fast path".into());
+                }
+                match health {
+                    Some(ViewHealth::Down) => {
+                        down = true;
+                        problems.push("link down (probes unanswered)".into());
+                    }
+                    Some(ViewHealth::AdminDown) => {
+                        down = true;
+                        problems.push("link administratively down".into());
+                    }
+                    Some(ViewHealth::Degraded) => {
+                        degraded = true;
+                        problems.push("link degraded".into());
+                    }
+                    _ => {}
+                }
+                let tx_bytes = self
+                    .counters
+                    .nexthops
+                    .iter()
+                    .find(|(id, _, _)| *id == l.link_id)
+                    .map_or(0, |(_, _, bytes)| *bytes);
+                TunnelView {
+                    name: format!("vxlan-{}", l.name),
+                    kind: "vxlan".into(),
+                    link: Some(l.link_id),
+                    interface: Some(l.interface.clone()),
+                    state: if down {
+                        TunnelState::Down
+                    } else if degraded {
+                        TunnelState::Degraded
+                    } else {
+                        TunnelState::Up
+                    },
+                    mtu: nexthop
+                        .map(|n| n.mtu)
+                        .or(l.mtu)
+                        .or(iface.and_then(|i| i.mtu)),
+                    last_handshake_unix_s: None,
+                    handshake_age_seconds: None,
+                    rx_bytes: 0,
+                    tx_bytes,
+                    problems,
+                    local_ip: Some(l.local_ip.to_string()),
+                    remote_ip: Some(l.peer_ip.to_string()),
+                    vni: Some(l.vni),
+                }
+            })
+            .collect()
+    }
+
     fn route_views(&self, topology: &Topology) -> Vec<RouteView> {
         self.plans
             .values()
@@ -1525,9 +1615,9 @@ impl AgentState {
 
     fn publish(&mut self, _now: Now) {
         let topology = self.store.snapshot();
+        let links = self.link_views(&topology);
         let snapshot = AgentSnapshot {
-            // Tunnels are managed by `tunnels::TunnelManager`; the daemon does not run it yet.
-            tunnels: Vec::new(),
+            tunnels: self.tunnel_views(&links),
             gateway: self.config.gateway.clone(),
             region: self.config.region.clone(),
             version: env!("CARGO_PKG_VERSION").to_string(),
@@ -1535,7 +1625,7 @@ impl AgentState {
             config_generation: self.config_generation,
             topology_generation: topology.generation(),
             regions: topology.regions().iter().map(|r| r.name.clone()).collect(),
-            links: self.link_views(&topology),
+            links,
             routes: self.route_views(&topology),
             history: self.history.iter().cloned().collect(),
             counters: self.counters.clone(),

@@ -181,6 +181,9 @@ pub fn three_region_snapshot() -> AgentSnapshot {
             rx_bytes: 9_000_000,
             tx_bytes: 12_000_000,
             problems: vec![],
+            local_ip: Some("192.0.2.10".into()),
+            remote_ip: Some("198.51.100.10".into()),
+            vni: None,
         }],
         history,
         counters: CounterView {

@@ -118,7 +118,8 @@ fn main() -> anyhow::Result<()> {
         })
         .await
         .with_context(|| format!("starting with {}", args.config.display()))?;
-        // The daemon serves the API and /metrics itself (`[api]`, `[metrics]`).
+        // The daemon serves the operator's view itself ([api], [metrics]) and stops it when
+        // it exits.
         daemon.run(std::future::pending()).await?;
         Ok(())
     })

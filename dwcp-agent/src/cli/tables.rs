@@ -235,13 +235,16 @@ pub fn tunnels(tunnels: &[TunnelView]) -> String {
             "LINK",
             "IFACE",
             "STATE",
+            "LOCAL",
+            "REMOTE",
+            "VNI",
             "MTU",
             "HANDSHAKE",
             "RX",
             "TX",
             "PROBLEMS",
         ],
-        &[2, 5, 7, 8],
+        &[2, 7, 8, 10, 11],
     );
     for t in tunnels {
         tab.add_row(vec![
@@ -255,6 +258,9 @@ pub fn tunnels(tunnels: &[TunnelView]) -> String {
                 TunnelState::Down => "down",
             }
             .into(),
+            t.local_ip.clone().unwrap_or_else(|| "-".into()),
+            t.remote_ip.clone().unwrap_or_else(|| "-".into()),
+            t.vni.map_or("-".into(), |v| v.to_string()),
             t.mtu.map_or("-".into(), |m| m.to_string()),
             opt(t.handshake_age_seconds, format::age),
             format::bytes(t.rx_bytes),

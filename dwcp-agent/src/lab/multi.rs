@@ -43,13 +43,15 @@ pub struct PlannedRegion {
     /// 1-based.
     pub n: u8,
     pub name: String,
+    /// Name of the region's gateway (`[gateway] name`).
+    pub gateway: String,
     pub prefix: Ipv4Addr,
     pub host_ip: Ipv4Addr,
     pub gw_lan_ip: Ipv4Addr,
 }
 
 /// One link of the plan, between regions `a < b`.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct PlannedLink {
     pub id: u32,
     pub name: String,
@@ -59,14 +61,19 @@ pub struct PlannedLink {
     pub interface: String,
     pub a_ip: Ipv4Addr,
     pub b_ip: Ipv4Addr,
+    /// Round-trip latency the wire emulates (netem, half each way) when the kernel has it.
+    pub latency_ms: Option<f64>,
 }
 
 /// Regions, links and addresses: everything about the lab that needs no kernel.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct LabPlan {
     pub shape: Shape,
     pub regions: Vec<PlannedRegion>,
     pub links: Vec<PlannedLink>,
+    /// The seed's three regions (names, coordinates, link figures of
+    /// `tests/fixtures/three_regions.toml`) rather than generated ones.
+    pub seed: bool,
 }
 
 impl LabPlan {
@@ -82,6 +89,7 @@ impl LabPlan {
             .map(|n| PlannedRegion {
                 n,
                 name: format!("region-{n}"),
+                gateway: format!("gw-{n}"),
                 prefix: Ipv4Addr::new(10, n, 0, 0),
                 host_ip: Ipv4Addr::new(10, n, 0, 2),
                 gw_lan_ip: Ipv4Addr::new(10, n, 0, 1),
@@ -112,6 +120,7 @@ impl LabPlan {
                     interface: format!("ul{id}"),
                     a_ip: Ipv4Addr::new(172, 16, id as u8, 1),
                     b_ip: Ipv4Addr::new(172, 16, id as u8, 2),
+                    latency_ms: None,
                 }
             })
             .collect();
@@ -119,7 +128,66 @@ impl LabPlan {
             shape,
             regions: planned,
             links,
+            seed: false,
         })
+    }
+
+    /// The seed's triangle: us-east-1, eu-west-1 and ap-south-1 with their gateways, links 1
+    /// (use1-euw1, 80 ms), 2 (euw1-aps1, 120 ms) and 3 (use1-aps1, 200 ms), as in
+    /// `tests/fixtures/three_regions.toml` (embedded).
+    pub fn seed() -> LabPlan {
+        let mut p = LabPlan::new(3, Shape::Ring).expect("3 regions");
+        for (r, (name, gw)) in p.regions.iter_mut().zip(
+            super::triangle::REGIONS
+                .iter()
+                .zip(super::triangle::GATEWAYS),
+        ) {
+            r.name = name.to_string();
+            r.gateway = gw.to_string();
+        }
+        let topo = seed_topology_file();
+        for l in &mut p.links {
+            let seed = topo
+                .links
+                .iter()
+                .find(|s| s.get_ref().link_id == l.id)
+                .expect("the seed has links 1 to 3");
+            l.name = seed.get_ref().name.clone();
+            l.latency_ms = seed.get_ref().latency_ms;
+        }
+        p.seed = true;
+        p
+    }
+
+    /// The lab `cargo xtask lab up --regions n` builds: the seed for 3, else a ring.
+    pub fn for_regions(n: usize) -> Result<LabPlan> {
+        if n == 3 {
+            Ok(LabPlan::seed())
+        } else {
+            LabPlan::new(n, Shape::Ring)
+        }
+    }
+
+    /// A region by name or 1-based number.
+    pub fn region(&self, key: &str) -> Option<&PlannedRegion> {
+        let n = key.parse::<u8>().ok();
+        self.regions
+            .iter()
+            .find(|r| Some(r.n) == n || r.name == key)
+    }
+
+    /// The link between two regions (names or numbers), in either order.
+    pub fn link_between(&self, a: &str, b: &str) -> Result<&PlannedLink> {
+        let unknown = |k: &str| LabError::UnknownRegion {
+            name: k.to_string(),
+            known: self.regions.iter().map(|r| r.name.clone()).collect(),
+        };
+        let ra = self.region(a).ok_or_else(|| unknown(a))?.n;
+        let rb = self.region(b).ok_or_else(|| unknown(b))?.n;
+        self.links
+            .iter()
+            .find(|l| (l.a, l.b) == (ra.min(rb), ra.max(rb)))
+            .ok_or_else(|| LabError::UnknownLink(format!("{a} -- {b}")))
     }
 
     pub fn link(&self, key: &str) -> Option<&PlannedLink> {
@@ -133,6 +201,31 @@ impl LabPlan {
     /// agent.toml. Regions sit 10 degrees of longitude apart on the equator; each link is
     /// 1 Gbit/s with a latency estimated from that distance.
     pub fn topology(&self) -> TopologyConfig {
+        let underlay = |n: u8| {
+            self.links
+                .iter()
+                .find_map(|l| {
+                    (l.a == n)
+                        .then_some(l.a_ip)
+                        .or((l.b == n).then_some(l.b_ip))
+                })
+                .unwrap_or(Ipv4Addr::new(10, n, 0, 1))
+        };
+        if self.seed {
+            // The seed's figures; the lab's links are the fast path's VXLAN, and each
+            // gateway's underlay address is the lab's.
+            let mut t = seed_topology_file();
+            for l in &mut t.links {
+                l.get_mut().kind = Default::default();
+            }
+            for (r, planned) in t.regions.iter_mut().zip(&self.regions) {
+                r.get_mut().gateways = vec![GatewayConfig {
+                    name: planned.gateway.clone(),
+                    underlay: underlay(planned.n).into(),
+                }];
+            }
+            return t;
+        }
         let regions = self
             .regions
             .iter()
@@ -145,17 +238,8 @@ impl LabPlan {
                 provider: "lab".into(),
                 capacity_mbps: 10_000.0,
                 gateways: vec![GatewayConfig {
-                    name: format!("gw-{}", r.n),
-                    underlay: self
-                        .links
-                        .iter()
-                        .find_map(|l| {
-                            (l.a == r.n)
-                                .then_some(l.a_ip)
-                                .or((l.b == r.n).then_some(l.b_ip))
-                        })
-                        .unwrap_or(r.gw_lan_ip)
-                        .into(),
+                    name: r.gateway.clone(),
+                    underlay: underlay(r.n).into(),
                 }],
             })
             .collect();
@@ -164,10 +248,11 @@ impl LabPlan {
             .iter()
             .map(|l| LinkConfig {
                 name: l.name.clone(),
+                latency_ms: l.latency_ms,
                 ..LinkConfig::new(
                     l.id,
-                    &format!("region-{}", l.a),
-                    &format!("region-{}", l.b),
+                    &self.regions[l.a as usize - 1].name,
+                    &self.regions[l.b as usize - 1].name,
                     1000.0,
                 )
             })
@@ -186,9 +271,12 @@ impl LabPlan {
     ) -> String {
         // The topology first: its top-level keys (`edge = []`) must precede every table.
         let mut s = toml::to_string(&self.topology()).expect("a topology serialises");
+        let me = &self.regions[n as usize - 1];
         s += &format!(
-            "\n[gateway]\nname = \"gw-{n}\"\nregion = \"region-{n}\"\npin_dir = \"{}\"\n\
+            "\n[gateway]\nname = \"{}\"\nregion = \"{}\"\npin_dir = \"{}\"\n\
              lan_interfaces = [\"lan0\"]\n\n",
+            me.gateway,
+            me.name,
             pin_dir.display()
         );
         for l in self.links.iter().filter(|l| l.a == n || l.b == n) {
@@ -235,6 +323,7 @@ pub struct MultiRegionLab {
     pub wires: Vec<Netns>,
     /// Built with stable names: the namespaces outlive this value.
     stable: bool,
+    delayed: bool,
 }
 
 impl Drop for MultiRegionLab {
@@ -269,6 +358,7 @@ impl MultiRegionLab {
             gateways: Vec::new(),
             wires: Vec::new(),
             stable: false,
+            delayed: true,
         };
         // Guards made so far live in `lab`, so an early return removes them (stable names
         // too: a half-built lab is no use to anyone).
@@ -320,8 +410,41 @@ impl MultiRegionLab {
                 netlab::addr(gw, &l.interface, &format!("{ip}/24"))?;
                 gw.sysctl(&format!("net.ipv4.conf.{}.rp_filter", l.interface), "0")?;
             }
+            // Static neighbours: probes never wait for ARP behind a cut wire, so a healed
+            // link answers at the next probe (agents learn them from netlink).
+            for (gw, peer, peer_ip) in [(ga, gb, l.b_ip), (gb, ga, l.a_ip)] {
+                let mac = crate::agent::config::Mac(peer.mac(&l.interface)?).to_string();
+                gw.ip(&[
+                    "neigh",
+                    "replace",
+                    &peer_ip.to_string(),
+                    "lladdr",
+                    &mac,
+                    "dev",
+                    &l.interface,
+                    "nud",
+                    "permanent",
+                ])?;
+            }
+            // The link's latency, half each way on the wire's egress ports, where the kernel
+            // has netem (CONFIG_NET_SCH_NETEM); without it the wire is a plain bridge.
+            if let Some(rtt) = l.latency_ms {
+                let half = format!("{}us", (rtt * 500.0).round() as u64);
+                for port in ["wa", "wb"] {
+                    let added = wire.exec(&[
+                        "tc", "qdisc", "add", "dev", port, "root", "netem", "delay", &half,
+                    ]);
+                    self.delayed &= added.is_ok();
+                }
+            }
         }
         Ok(())
+    }
+
+    /// Whether every link with a latency has it emulated (netem); false when the kernel has
+    /// no netem and the latencies are only the topology's figures.
+    pub fn latency_emulated(&self) -> bool {
+        self.delayed
     }
 
     fn wire(&self, link: &str) -> Result<(&PlannedLink, &Netns)> {
@@ -391,6 +514,11 @@ fn is_cut(wire_ns: &str) -> bool {
         "ip", "netns", "exec", wire_ns, "nft", "list", "table", "bridge", CUT_TABLE,
     ])
     .is_ok()
+}
+
+/// The seed's topology file (embedded), parsed.
+fn seed_topology_file() -> TopologyConfig {
+    toml::from_str(super::triangle::TOPOLOGY).expect("the embedded seed topology parses")
 }
 
 /// The namespaces of a stable lab with `prefix`, as `ip netns list` shows them.
@@ -486,6 +614,54 @@ mod tests {
             let mesh = LabPlan::new(n, Shape::FullMesh).unwrap();
             assert_eq!(mesh.links.len(), n * (n - 1) / 2);
         }
+    }
+
+    #[test]
+    fn the_default_lab_is_the_seeds_triangle() {
+        let p = LabPlan::for_regions(3).unwrap();
+        assert!(p.seed);
+        let names: Vec<&str> = p.regions.iter().map(|r| r.name.as_str()).collect();
+        assert_eq!(names, ["us-east-1", "eu-west-1", "ap-south-1"]);
+        let links: Vec<(u32, &str, u8, u8, Option<f64>)> = p
+            .links
+            .iter()
+            .map(|l| (l.id, l.name.as_str(), l.a, l.b, l.latency_ms))
+            .collect();
+        assert_eq!(
+            links,
+            [
+                (1, "use1-euw1", 1, 2, Some(80.0)),
+                (2, "euw1-aps1", 2, 3, Some(120.0)),
+                (3, "use1-aps1", 1, 3, Some(200.0)),
+            ]
+        );
+        assert_eq!(p.link_between("eu-west-1", "us-east-1").unwrap().id, 1);
+        assert_eq!(p.link_between("3", "1").unwrap().id, 3);
+        let e = p
+            .link_between("us-east-1", "mars-1")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("mars-1") && e.contains("ap-south-1"), "{e}");
+        // The agent's topology: the seed's figures, VXLAN links, the lab's underlay addresses.
+        let text = p.agent_config(
+            2,
+            std::path::Path::new("/p"),
+            std::path::Path::new("/s.sock"),
+        );
+        let doc: toml::Table = toml::from_str(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+        assert_eq!(doc["gateway"]["name"].as_str(), Some("gw-euw1-a"));
+        assert_eq!(doc["gateway"]["region"].as_str(), Some("eu-west-1"));
+        let mut topo = toml::Table::new();
+        for k in ["region", "link", "edge"] {
+            topo.insert(k.into(), doc[k].clone());
+        }
+        let t = crate::topology::Topology::from_toml_str(&toml::to_string(&topo).unwrap())
+            .unwrap_or_else(|e| panic!("{e}\n{text}"));
+        assert_eq!(t.links().len(), 3);
+        assert!(!text.contains("wireguard"), "{text}");
+        assert!(text.contains("latency_ms = 200.0"), "{text}");
+        assert!(text.contains("underlay = \"172.16.1.2\""), "{text}");
+        assert!(!LabPlan::for_regions(4).unwrap().seed);
     }
 
     #[test]

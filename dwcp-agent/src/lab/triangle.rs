@@ -164,6 +164,7 @@ impl Drop for AgentProcess {
 pub struct PinnedCounters {
     reasons: PerCpuArray<MapData, u64>,
     nexthops: PerCpuArray<MapData, Counters>,
+    classes: PerCpuArray<MapData, Counters>,
 }
 
 impl PinnedCounters {
@@ -182,6 +183,7 @@ impl PinnedCounters {
         Ok(PinnedCounters {
             reasons: open(pin_dir, names::REASON_STATS)?,
             nexthops: open(pin_dir, names::NH_STATS)?,
+            classes: open(pin_dir, names::CLASS_STATS)?,
         })
     }
 
@@ -190,6 +192,17 @@ impl PinnedCounters {
             .get(&(r as u32), 0)
             .map(|v| v.iter().sum())
             .unwrap_or(0)
+    }
+
+    /// (packets, bytes) of QoS class `class` (`dwcp_common::QosClass as u8`).
+    pub fn class_counters(&self, class: u8) -> (u64, u64) {
+        self.classes
+            .get(&u32::from(class), 0)
+            .map(|v| {
+                v.iter()
+                    .fold((0, 0), |(p, b), c| (p + c.packets, b + c.bytes))
+            })
+            .unwrap_or((0, 0))
     }
 
     /// Packets sent through next hop (= local link) `id`.
