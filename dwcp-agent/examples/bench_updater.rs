@@ -351,9 +351,15 @@ fn main() -> Result<()> {
         speedup
     );
     println!(
-        "Target: p99 under 1 ms at 50 regions: **{:.3} ms** ({}).",
+        "Target: p99 under 1 ms at 50 regions: **{:.3} ms** ({}). Of the 50-region p50, the map writes are {:.3} ms (p99 {:.3} ms);",
         p99,
-        if p99 < 1.0 { "met" } else { "not met" }
+        if p99 < 1.0 { "met" } else { "not met" },
+        pct(&big.program_us, 0.5) / 1e3,
+        pct(&big.program_us, 0.99) / 1e3,
+    );
+    println!(
+        "the rest is the computation (compute p99 {:.3} ms), which is what the target now depends on.",
+        pct(&big.compute_us, 0.99) / 1e3
     );
     let json = format!(
         "{{\"metrics\": {{\"event_to_map_p50_ms\": {:.4}, \"event_to_map_p99_ms\": {:.4}, \"compute_p50_ms\": {:.4}, \"compute_p99_ms\": {:.4}, \"program_p50_ms\": {:.4}, \"program_p99_ms\": {:.4}, \"one_by_one_p50_ms\": {:.4}, \"batch_speedup\": {:.2}, \"three_regions_event_to_map_p50_ms\": {:.4}, \"three_regions_event_to_map_p99_ms\": {:.4}, \"group_swap_us\": {:.2}, \"map_in_map_swap_us\": {:.1}, \"map_in_map_swap_per_event_to_map_p50\": {:.2}, \"event_to_map_p50_per_group_swap\": {:.2}, \"guard_waits\": {}}}}}\n",
