@@ -133,3 +133,58 @@ fn pins_of_the_map_in_map_layout_are_refused_with_a_clear_error() {
     assert_eq!(m.len(), 1, "{m:?}");
     assert_eq!(m[0].map, names::NH_GROUPS);
 }
+
+/// The daemon refuses the old layout at start with the same message, before it attaches or
+/// changes anything.
+#[test]
+fn the_agent_refuses_pins_of_the_map_in_map_layout_at_start() {
+    let dir = pin_dir("oldpins-agent");
+    std::fs::create_dir_all(&dir.0).unwrap();
+    let old = MapInMap::create(dwcp_common::MAX_GROUPS).unwrap();
+    old.pin(&dir.0.join(names::NH_GROUPS)).unwrap();
+    drop(old);
+    let ns = dwcp_agent::netlab::Netns::new("oldpins-agent").unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let config = format!(
+        r#"
+[gateway]
+name = "gw-use1-a"
+region = "us-east-1"
+lan_interfaces = ["lan0"]
+pin_dir = "{}"
+
+[[local_link]]
+link = "use1-euw1"
+interface = "ul1"
+local_ip = "172.31.1.1"
+peer_ip = "172.31.1.2"
+
+[[prefixes]]
+region = "eu-west-1"
+prefixes = ["10.2.0.0/16"]
+
+{}"#,
+        dir.0.display(),
+        include_str!("../../tests/fixtures/three_regions.toml")
+    );
+    let path = tmp.path().join("agent.toml");
+    std::fs::write(&path, config).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_dwcp-agent"))
+        .arg("--config")
+        .arg(&path)
+        .args(["--netns", ns.name()])
+        .arg("--state-dir")
+        .arg(tmp.path())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "the agent started: {stderr}");
+    for needle in [
+        "NH_GROUPS is pinned as array of maps",
+        "incompatible version",
+        "dwcp-agent --remove",
+    ] {
+        assert!(stderr.contains(needle), "no {needle:?} in: {stderr}");
+    }
+    assert!(!dir.0.join(names::NH_ACTIVE).exists());
+}
