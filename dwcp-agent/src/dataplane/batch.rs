@@ -26,6 +26,13 @@
 //! both cheaper and sufficient for a non-realtime kernel. (On PREEMPT_RT, softirqs are
 //! preemptible threads and this time bound is not a guarantee.)
 //!
+//! Ordering: the slot write and the flip are two syscalls of one thread, the flip after the
+//! slot write returned; the program's read of the slot depends on the index it read (an
+//! address dependency). On x86-64 (stores are not reordered with stores) this makes a packet
+//! that sees the new index see the whole new table. The kernel's array update has no
+//! explicit release barrier, so on weakly ordered CPUs this rests on the syscall path's own
+//! barriers; not verified there.
+//!
 //! The flip times of a previous agent are not known after a restart: a loaded [`Dataplane`]
 //! treats every group as flipped at load time.
 use std::{
