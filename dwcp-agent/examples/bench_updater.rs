@@ -1,22 +1,26 @@
 //! `cargo xtask bench updater`: how long a link event takes from entering the agent's state
 //! owner to the fast path's maps being updated (routes recomputed, groups rebuilt, the
 //! difference written), on the three-region configuration and on a 50-region topology with
-//! 1,000 edge nodes. Real maps (unpinned, in a network namespace of this run); the baseline is
-//! one atomic group-table swap measured in the same run, the smallest write an update makes.
+//! 1,000 edge nodes. Real maps (unpinned, in a network namespace of this run). Baseline,
+//! measured in the same run: one group-table swap of the previous mechanism (an inner map of
+//! an array of maps replaced, which waits for an RCU grace period), the floor every update
+//! paid before group tables were double-buffered.
 use std::{collections::BTreeMap, time::Instant};
 
 use anyhow::{Context, Result};
 use dwcp_agent::{
     agent::{config::Mac, AgentConfig, AgentState, Input, Now},
-    dataplane::{Dataplane, Pinning},
+    dataplane::{map_in_map::MapInMap, Dataplane, Pinning, SLOT_REUSE_GUARD},
     netlab::Netns,
     topology::synthetic::{generate, SyntheticSpec},
 };
 
 /// Events per scenario (half down, half up), after `WARMUP` unmeasured ones.
 const EVENTS: usize = 400;
-/// Events of the one-update-per-group baseline (each costs one grace period per group).
-const BASELINE_EVENTS: usize = 60;
+/// Events of the one-write-per-group row.
+const BASELINE_EVENTS: usize = 200;
+/// Swaps of the map-in-map baseline (each waits for a grace period).
+const MAP_IN_MAP_SWAPS: usize = 60;
 const WARMUP: usize = 20;
 const TOPOLOGY: &str = include_str!("../../tests/fixtures/three_regions.toml");
 
@@ -134,6 +138,12 @@ struct Samples {
     writes: Vec<usize>,
     routes: usize,
     groups: usize,
+    /// Measured events whose group writes waited for the slot guard.
+    guard_waits: u64,
+    /// One double-buffered group swap (slot write + flip), µs, median.
+    swap_us: f64,
+    /// One map-in-map group swap (the previous mechanism), µs, median.
+    map_in_map_us: f64,
 }
 
 fn pct(v: &[f64], p: f64) -> f64 {
@@ -142,7 +152,7 @@ fn pct(v: &[f64], p: f64) -> f64 {
     s[((s.len() - 1) as f64 * p).round() as usize]
 }
 
-fn run(sc: &Scenario, batch: bool, events: usize) -> Result<(Samples, f64)> {
+fn run(sc: &Scenario, batch: bool, events: usize) -> Result<Samples> {
     let config = AgentConfig::parse(&sc.config).map_err(|e| anyhow::anyhow!("{e}"))?;
     let ns = Netns::new("bench-upd")?;
     for i in &sc.interfaces {
@@ -180,7 +190,7 @@ fn run(sc: &Scenario, batch: bool, events: usize) -> Result<(Samples, f64)> {
         });
     }
     let flap = sc.flap;
-    ns.run_in(move || -> Result<(Samples, f64)> {
+    ns.run_in(move || -> Result<Samples> {
         let dp = Dataplane::load(Pinning::None)?;
         let mut state = AgentState::new(config, dp, Now::at_ms(0))?;
         state.set_group_batching(batch);
@@ -195,8 +205,14 @@ fn run(sc: &Scenario, batch: bool, events: usize) -> Result<(Samples, f64)> {
         };
         // Each event arrives after a quiet period (2 s of replay time > the hold-down), so
         // the debounce computes at once: what is measured is the work, not a configured wait.
+        // In real time the events are spaced by the slot guard (unmeasured): the debounce
+        // spaces a daemon's updates far more (50 ms while events keep coming), so what a
+        // back-to-back replay would add (waiting out the guard) is not what a daemon sees.
+        // Any wait that still happens is counted and shown.
         let mut t_ms = 10_000;
         for i in 0..WARMUP + events {
+            std::thread::sleep(SLOT_REUSE_GUARD);
+            let waits = state.dataplane_mut().slot_guard_stats().waits;
             let input = if i % 2 == 0 {
                 Input::LinkDown {
                     link: flap,
@@ -221,32 +237,44 @@ fn run(sc: &Scenario, batch: bool, events: usize) -> Result<(Samples, f64)> {
                 samples.compute_us.push(u.compute_ns as f64 / 1e3);
                 samples.program_us.push(u.program_ns as f64 / 1e3);
                 samples.writes.push(u.changes);
+                samples.guard_waits += state.dataplane_mut().slot_guard_stats().waits - waits;
             }
             t_ms += 2_000;
         }
-        // Baseline: one atomic group swap on the same maps (a fresh inner map + one outer
-        // update), the least any route change costs.
+        // One double-buffered group swap on the same maps (slot write + flip), spaced by
+        // the guard.
         let dp = state.dataplane_mut();
         let table = *dp.group_tables()?.first().context("a group")?;
         let (g, t) = table;
         let mut swaps = Vec::new();
-        for _ in 0..events.min(100) {
+        for _ in 0..100 {
+            std::thread::sleep(SLOT_REUSE_GUARD);
             let t0 = Instant::now();
             dp.set_group_table(g, &t)?;
             swaps.push(t0.elapsed().as_secs_f64() * 1e6);
         }
-        Ok((samples, pct(&swaps, 0.5)))
+        samples.swap_us = pct(&swaps, 0.5);
+        // Baseline: the same table swapped in as an inner map of an array of maps (a fresh
+        // inner map + one outer update), the previous mechanism.
+        let mut mim = MapInMap::create(dwcp_common::MAX_GROUPS)?;
+        let mut swaps = Vec::new();
+        for _ in 0..MAP_IN_MAP_SWAPS {
+            let t0 = Instant::now();
+            mim.swap(g, &t)?;
+            swaps.push(t0.elapsed().as_secs_f64() * 1e6);
+        }
+        samples.map_in_map_us = pct(&swaps, 0.5);
+        Ok(samples)
     })?
 }
 
 fn main() -> Result<()> {
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     let mut rows = Vec::new();
-    let big = fifty_regions()?;
     for (sc, batch, events, label) in [
         (three_regions(), true, EVENTS, "3 regions (seed triangle)"),
         (
-            big,
+            fifty_regions()?,
             true,
             EVENTS,
             "50 regions, 1,000 edge nodes (synthetic)",
@@ -255,14 +283,14 @@ fn main() -> Result<()> {
             fifty_regions()?,
             false,
             BASELINE_EVENTS,
-            "same, one update per group (baseline)",
+            "same, one write call per group",
         ),
     ] {
-        let (s, swap_us) = run(&sc, batch, events).with_context(|| sc.name)?;
-        rows.push((label, sc.flap, s, swap_us));
+        let s = run(&sc, batch, events).with_context(|| sc.name)?;
+        rows.push((label, s));
     }
-    println!("Event to map update of the state owner, {EVENTS} link events per row ({BASELINE_EVENTS} for the baseline; link down and up in turn, each");
-    println!("after a quiet period so the debounce computes at once; {WARMUP} warm-up events first), real maps in a");
+    println!("Event to map update of the state owner, {EVENTS} link events per row ({BASELINE_EVENTS} for the last; link down and up in turn,");
+    println!("each after a quiet period so the debounce computes at once; {WARMUP} warm-up events first), real maps in a");
     println!(
         "network namespace of this run, release build, load average at start {}.",
         load.split_whitespace()
@@ -277,18 +305,22 @@ fn main() -> Result<()> {
     println!(
         "full when it got better), traffic-engineer weights, group tables rebuilt where members"
     );
-    println!("changed, the difference against the programmed maps written (groups swapped whole).");
-    println!("The daemon's channel hop and the snapshot published afterwards are not included.");
+    println!("changed, the difference against the programmed maps written. Group tables are double-buffered:");
+    println!("the new table into the group's free slot, then its active index flipped (no RCU grace period).");
+    println!("Events are spaced in real time by the slot guard ({} ms, unmeasured; the daemon's debounce spaces", SLOT_REUSE_GUARD.as_millis());
+    println!("updates by 50 ms or more); guard waits inside measured events are counted. The daemon's channel");
+    println!("hop and the snapshot published afterwards are not included.");
+    println!("Baseline, same run and same maps' namespace: one group-table swap of the previous mechanism (a fresh");
     println!(
-        "Baseline: one atomic group-table swap (`set_group_table`) on the same maps, median.\n"
+        "inner map put into an array of maps, which waits for an RCU grace period), median.\n"
     );
-    println!("| topology | routes / groups | map writes per event (median) | compute p50 µs | program p50 µs | event→map p50 ms | event→map p99 ms | p50 × one group swap |");
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|");
-    for (name, _, s, swap) in &rows {
+    println!("| topology | routes / groups | map writes per event (median) | compute p50 µs | program p50 µs | event→map p50 ms | event→map p99 ms | guard waits | one map-in-map swap ÷ event→map p50 |");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for (name, s) in &rows {
         let mut w = s.writes.clone();
         w.sort();
         println!(
-            "| {name} | {} / {} | {} | {:.0} | {:.0} | {:.3} | {:.3} | {:.1} |",
+            "| {name} | {} / {} | {} | {:.0} | {:.0} | {:.3} | {:.3} | {} | {:.1} |",
             s.routes,
             s.groups,
             w[w.len() / 2],
@@ -296,36 +328,56 @@ fn main() -> Result<()> {
             pct(&s.program_us, 0.5),
             pct(&s.event_to_map_us, 0.5) / 1e3,
             pct(&s.event_to_map_us, 0.99) / 1e3,
-            pct(&s.event_to_map_us, 0.5) / swap
+            s.guard_waits,
+            s.map_in_map_us / pct(&s.event_to_map_us, 0.5),
         );
     }
-    let (_, _, big, big_swap) = &rows[1];
-    let (_, _, small, small_swap) = &rows[0];
-    let (_, _, one_by_one, _) = &rows[2];
+    let (_, big) = &rows[1];
+    let (_, small) = &rows[0];
+    let (_, one_by_one) = &rows[2];
     let p99 = pct(&big.event_to_map_us, 0.99) / 1e3;
     let speedup = pct(&one_by_one.event_to_map_us, 0.5) / pct(&big.event_to_map_us, 0.5);
     println!(
-        "\nOne group swap: {:.1} µs (3 regions), {:.1} µs (50 regions). Batching: p50 {:.1}x shorter than one update per group (50 regions).",
-        small_swap, big_swap, speedup
+        "\nOne group swap, double-buffered: {:.1} µs (3 regions), {:.1} µs (50 regions); map-in-map baseline: {:.0} µs / {:.0} µs ({:.0}x / {:.0}x).",
+        small.swap_us,
+        big.swap_us,
+        small.map_in_map_us,
+        big.map_in_map_us,
+        small.map_in_map_us / small.swap_us,
+        big.map_in_map_us / big.swap_us,
     );
     println!(
-        "Target: p99 under 1 ms at 50 regions: **{:.3} ms** ({}). The floor is one RCU grace period per update of the",
-        p99,
-        if p99 < 1.0 { "met" } else { "not met" }
+        "All groups written in one call vs one call per group: p50 {:.2}x (50 regions).",
+        speedup
     );
-    println!("map-in-map (the group swap above): the computation alone (compute column) is what the target can be held against.");
+    println!(
+        "Target: p99 under 1 ms at 50 regions: **{:.3} ms** ({}). Of the 50-region p50, the map writes are {:.3} ms (p99 {:.3} ms);",
+        p99,
+        if p99 < 1.0 { "met" } else { "not met" },
+        pct(&big.program_us, 0.5) / 1e3,
+        pct(&big.program_us, 0.99) / 1e3,
+    );
+    println!(
+        "the rest is the computation (compute p99 {:.3} ms), which is what the target now depends on.",
+        pct(&big.compute_us, 0.99) / 1e3
+    );
     let json = format!(
-        "{{\"metrics\": {{\"event_to_map_p50_ms\": {:.4}, \"event_to_map_p99_ms\": {:.4}, \"compute_p50_ms\": {:.4}, \"compute_p99_ms\": {:.4}, \"one_by_one_p50_ms\": {:.4}, \"batch_speedup\": {:.2}, \"three_regions_event_to_map_p50_ms\": {:.4}, \"three_regions_event_to_map_p99_ms\": {:.4}, \"group_swap_us\": {:.2}, \"event_to_map_p50_per_group_swap\": {:.2}}}}}\n",
+        "{{\"metrics\": {{\"event_to_map_p50_ms\": {:.4}, \"event_to_map_p99_ms\": {:.4}, \"compute_p50_ms\": {:.4}, \"compute_p99_ms\": {:.4}, \"program_p50_ms\": {:.4}, \"program_p99_ms\": {:.4}, \"one_by_one_p50_ms\": {:.4}, \"batch_speedup\": {:.2}, \"three_regions_event_to_map_p50_ms\": {:.4}, \"three_regions_event_to_map_p99_ms\": {:.4}, \"group_swap_us\": {:.2}, \"map_in_map_swap_us\": {:.1}, \"map_in_map_swap_per_event_to_map_p50\": {:.2}, \"event_to_map_p50_per_group_swap\": {:.2}, \"guard_waits\": {}}}}}\n",
         pct(&big.event_to_map_us, 0.5) / 1e3,
         p99,
         pct(&big.compute_us, 0.5) / 1e3,
         pct(&big.compute_us, 0.99) / 1e3,
+        pct(&big.program_us, 0.5) / 1e3,
+        pct(&big.program_us, 0.99) / 1e3,
         pct(&one_by_one.event_to_map_us, 0.5) / 1e3,
         speedup,
         pct(&small.event_to_map_us, 0.5) / 1e3,
         pct(&small.event_to_map_us, 0.99) / 1e3,
-        big_swap,
-        pct(&big.event_to_map_us, 0.5) / big_swap
+        big.swap_us,
+        big.map_in_map_us,
+        big.map_in_map_us / pct(&big.event_to_map_us, 0.5),
+        pct(&big.event_to_map_us, 0.5) / big.swap_us,
+        big.guard_waits,
     );
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench");
     std::fs::create_dir_all(&dir)?;

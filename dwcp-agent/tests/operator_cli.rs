@@ -549,8 +549,14 @@ fn maps_decodes_the_pinned_maps_as_bpftool_does() {
             format!("bpftool map dump pinned {}", dir.0.join(name).display())
         );
     }
+    // Group 5 written once: its table is in slot 1 (index 2 * 5 + 1), in force.
     let groups = dump(names::NH_GROUPS);
-    assert_eq!(groups["entries"][0]["key"], 5);
+    assert_eq!(groups["entries"][0]["key"], 11);
+    assert_eq!(groups["entries"][0]["value"]["group"], 5);
+    assert_eq!(groups["entries"][0]["value"]["slot"], 1);
+    let active = dump(names::NH_ACTIVE);
+    assert_eq!(active["entries"][0]["key"], 5);
+    assert_eq!(active["entries"][0]["value"], 1);
     assert_eq!(groups["entries"][0]["value"]["buckets_per_member"][0], 1021);
 
     // The text view reads as an operator writes these things.
@@ -582,7 +588,7 @@ fn maps_decodes_the_pinned_maps_as_bpftool_does() {
         "$ bpftool map dump pinned",
         "ports 5004",
         "bulk to group 5: 10000000 bit/s burst 15000 B, over rate dropped",
-        "group 5: nexthop 9 (1021 of 1021 buckets)",
+        "group 5 (slot 1): nexthop 9 (1021 of 1021 buckets)",
     ] {
         assert!(text.contains(needle), "no {needle:?} in\n{text}");
     }

@@ -3,7 +3,9 @@
 
 use std::path::PathBuf;
 
-use dwcp_agent::dataplane::{unpin_all, Dataplane, Member, Pinning};
+use dwcp_agent::dataplane::{
+    map_in_map::MapInMap, pin_mismatches, unpin_all, Dataplane, Member, Pinning,
+};
 use dwcp_common::{maps::names, NextHop, NH_F_VALID};
 
 /// A pin directory unique to this test run, removed on drop.
@@ -72,4 +74,117 @@ fn maps_are_pinned_with_btf_and_reused_by_the_next_load() {
     assert_eq!(dp.nexthop(9).unwrap(), nh);
     let table = dp.group_table(5).unwrap().expect("group 5 survives");
     assert_eq!(table.nexthops[0], 9);
+}
+
+/// A pin directory of its own per test (several tests of this file run in parallel).
+fn pin_dir(test: &str) -> PinDir {
+    PinDir(PathBuf::from(format!(
+        "/sys/fs/bpf/dwcp-test-{test}-{}",
+        std::process::id()
+    )))
+}
+
+fn one_member(nexthop: u32) -> [Member; 1] {
+    [Member { nexthop, weight: 1 }]
+}
+
+#[test]
+fn a_restart_reads_the_table_of_the_slot_in_force() {
+    let dir = pin_dir("slots");
+    let (first, second) = {
+        let mut dp = Dataplane::load(Pinning::Dir(dir.0.clone())).unwrap();
+        let a = dp.set_group(5, &one_member(1)).unwrap();
+        let b = dp.set_group(5, &one_member(2)).unwrap();
+        // Two flips: slot 0 is in force again, slot 1 still holds the first table.
+        assert_eq!(dp.active_slot(5).unwrap(), 0);
+        (a, b)
+    };
+    assert_ne!(first, second);
+    let dp = Dataplane::load(Pinning::Dir(dir.0.clone())).unwrap();
+    assert_eq!(dp.active_slot(5).unwrap(), 0);
+    assert_eq!(dp.group_table(5).unwrap(), Some(second));
+    assert_eq!(dp.group_tables().unwrap(), vec![(5, second)]);
+}
+
+#[test]
+fn pins_of_the_map_in_map_layout_are_refused_with_a_clear_error() {
+    let dir = pin_dir("oldpins");
+    std::fs::create_dir_all(&dir.0).unwrap();
+    // What an agent from before double-buffered group tables left pinned.
+    let old = MapInMap::create(dwcp_common::MAX_GROUPS).unwrap();
+    old.pin(&dir.0.join(names::NH_GROUPS)).unwrap();
+    drop(old);
+    let err = match Dataplane::load(Pinning::Dir(dir.0.clone())) {
+        Ok(_) => panic!("old pins were adopted"),
+        Err(e) => e,
+    };
+    let msg = err.to_string();
+    for needle in [
+        "NH_GROUPS is pinned as array of maps",
+        "this object defines array, key 4 B",
+        "incompatible version",
+        "dwcp-agent --remove",
+    ] {
+        assert!(msg.contains(needle), "no {needle:?} in: {msg}");
+    }
+    // Nothing was pinned or changed by the refused load.
+    assert!(!dir.0.join(names::NH_ACTIVE).exists());
+    let m = pin_mismatches(dwcp_agent::dataplane::EBPF_OBJECT, &dir.0);
+    assert_eq!(m.len(), 1, "{m:?}");
+    assert_eq!(m[0].map, names::NH_GROUPS);
+}
+
+/// The daemon refuses the old layout at start with the same message, before it attaches or
+/// changes anything.
+#[test]
+fn the_agent_refuses_pins_of_the_map_in_map_layout_at_start() {
+    let dir = pin_dir("oldpins-agent");
+    std::fs::create_dir_all(&dir.0).unwrap();
+    let old = MapInMap::create(dwcp_common::MAX_GROUPS).unwrap();
+    old.pin(&dir.0.join(names::NH_GROUPS)).unwrap();
+    drop(old);
+    let ns = dwcp_agent::netlab::Netns::new("oldpins-agent").unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let config = format!(
+        r#"
+[gateway]
+name = "gw-use1-a"
+region = "us-east-1"
+lan_interfaces = ["lan0"]
+pin_dir = "{}"
+
+[[local_link]]
+link = "use1-euw1"
+interface = "ul1"
+local_ip = "172.31.1.1"
+peer_ip = "172.31.1.2"
+
+[[prefixes]]
+region = "eu-west-1"
+prefixes = ["10.2.0.0/16"]
+
+{}"#,
+        dir.0.display(),
+        include_str!("../../tests/fixtures/three_regions.toml")
+    );
+    let path = tmp.path().join("agent.toml");
+    std::fs::write(&path, config).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_dwcp-agent"))
+        .arg("--config")
+        .arg(&path)
+        .args(["--netns", ns.name()])
+        .arg("--state-dir")
+        .arg(tmp.path())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "the agent started: {stderr}");
+    for needle in [
+        "NH_GROUPS is pinned as array of maps",
+        "incompatible version",
+        "dwcp-agent --remove",
+    ] {
+        assert!(stderr.contains(needle), "no {needle:?} in: {stderr}");
+    }
+    assert!(!dir.0.join(names::NH_ACTIVE).exists());
 }

@@ -8,7 +8,7 @@ use std::net::{IpAddr, Ipv4Addr};
 
 use aya::programs::{TestRun, TestRunOptions};
 use common::*;
-use dwcp_agent::dataplane::{nhg_table, Dataplane, Member, Pinning};
+use dwcp_agent::dataplane::{nhg_table, Dataplane, Member, Pinning, SLOT_REUSE_GUARD};
 use dwcp_common::{
     flow_hash, maps::programs, probe::*, wire::*, ClassifierKey, ClassifierRule, FlowKey,
     GatewayConfig, LinkConfig, Neighbour, NeighbourKey, NextHop, NextHopTable, QosClass, QosPolicy,
@@ -1002,4 +1002,193 @@ fn policer_remarks_or_drops_over_rate_traffic_and_leaves_the_rest() {
         0
     );
     assert_forwarded(&mut fx, &tcp_frame, 14, tkey, QosClass::Interactive);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Double-buffered group tables: the program reads the table of the slot in force only.
+
+fn one_member_table(nexthop: u32) -> NextHopTable {
+    nhg_table::build_table(&[Member { nexthop, weight: 1 }], None).unwrap()
+}
+
+fn vni_of(out: &[u8]) -> u32 {
+    u32::from_be_bytes([0, out[46], out[47], out[48]])
+}
+
+/// Adds next hops 3 and 4 (with neighbours) to the fixture's 1 and 2.
+fn add_nexthops_3_and_4(fx: &mut Fixture) {
+    for id in [3, 4] {
+        fx.dp.set_nexthop(id, nexthop(id)).unwrap();
+        fx.dp
+            .set_neighbour(
+                NeighbourKey {
+                    ifindex: 1,
+                    ip4: [198, 51, 100, id as u8],
+                },
+                neighbour(id),
+            )
+            .unwrap();
+    }
+}
+
+#[test]
+fn the_lan_program_reads_only_the_slot_in_force() {
+    let mut fx = Fixture::new();
+    add_nexthops_3_and_4(&mut fx);
+    // Two writes: one slot holds "all to 3", then the other, "all to 4", is in force.
+    let before = fx.dp.active_slot(GROUP).unwrap();
+    fx.dp.set_group_table(GROUP, &one_member_table(3)).unwrap();
+    assert_eq!(fx.dp.active_slot(GROUP).unwrap(), 1 - before);
+    fx.dp.set_group_table(GROUP, &one_member_table(4)).unwrap();
+    assert_eq!(fx.dp.active_slot(GROUP).unwrap(), before);
+    for sport in 3000..3040u16 {
+        let ip = V4::new(IPPROTO_UDP, "10.1.0.5", "10.2.0.9").build(&udp(sport, 7, b"s"));
+        let (verdict, out) = fx.lan(&frame(ETH_P_IP, &ip));
+        assert_eq!(verdict, XDP_REDIRECT);
+        assert_eq!(vni_of(&out), 104, "the table in force, not the other slot");
+    }
+    // Removing the group empties the slot in force: packets pass up, although the other
+    // slot still holds a table.
+    fx.dp.remove_group(GROUP).unwrap();
+    assert_eq!(
+        fx.dp.group_table(GROUP).unwrap(),
+        Some(NextHopTable::default())
+    );
+    let (f, _) = udp_v4_frame(0);
+    assert_passed_unchanged(&mut fx, &f, Reason::LanPassNoGroup);
+}
+
+/// Removes a pinned program on drop.
+struct PinnedProgram(std::path::PathBuf);
+
+impl Drop for PinnedProgram {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// One thread runs the LAN program on many flows (BPF_PROG_TEST_RUN, the real program and
+/// maps) while this thread swaps the group's table between two member sets thousands of
+/// times: every packet must be sent to the member the old table or the new table picks for
+/// its flow, none dropped or passed up.
+#[test]
+fn swapping_a_group_under_traffic_sends_every_packet_by_the_old_or_the_new_table() {
+    use std::sync::{
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        Arc,
+    };
+    const SWAPS: usize = 2_000;
+    const FLOWS: u16 = 64;
+
+    let mut fx = Fixture::new();
+    add_nexthops_3_and_4(&mut fx);
+    let weights = |a, b| {
+        [
+            Member {
+                nexthop: a,
+                weight: 1,
+            },
+            Member {
+                nexthop: b,
+                weight: 2,
+            },
+        ]
+    };
+    let old = nhg_table::build_table(&weights(1, 2), None).unwrap();
+    let new = nhg_table::build_table(&weights(3, 4), None).unwrap();
+    fx.dp.set_group_table(GROUP, &old).unwrap();
+
+    let pin = PinnedProgram(std::path::PathBuf::from(format!(
+        "/sys/fs/bpf/dwcp-test-swap-under-traffic-{}",
+        std::process::id()
+    )));
+    fx.dp
+        .program(programs::LAN_INGRESS)
+        .unwrap()
+        .pin(&pin.0)
+        .unwrap();
+    let runner =
+        aya::programs::Xdp::from_pin(&pin.0, aya_obj::programs::XdpAttachType::Interface).unwrap();
+
+    let frames: Vec<(Vec<u8>, u32)> = (0..FLOWS)
+        .map(|i| {
+            let sport = 20_000 + i;
+            let ip = V4::new(IPPROTO_UDP, "10.1.0.5", "10.2.0.9").build(&udp(sport, 7, b"x"));
+            let key = v4_key("10.1.0.5", "10.2.0.9", IPPROTO_UDP, sport, 7);
+            (frame(ETH_P_IP, &ip), flow_hash(&key, SEED))
+        })
+        .collect();
+    let stop = Arc::new(AtomicBool::new(false));
+    let seen_old = Arc::new(AtomicU64::new(0));
+    let seen_new = Arc::new(AtomicU64::new(0));
+    let traffic = {
+        let (stop, seen_old, seen_new) = (stop.clone(), seen_old.clone(), seen_new.clone());
+        std::thread::spawn(move || -> Result<u64, String> {
+            let mut packets = 0u64;
+            let mut out = vec![0u8; 2048];
+            while !stop.load(Ordering::Relaxed) {
+                for (f, hash) in &frames {
+                    let res = runner
+                        .test_run(TestRunOptions {
+                            data_in: Some(f),
+                            data_out: Some(&mut out),
+                            ..Default::default()
+                        })
+                        .map_err(|e| e.to_string())?;
+                    packets += 1;
+                    if res.return_value != XDP_REDIRECT {
+                        return Err(format!(
+                            "packet {packets}: verdict {} instead of a redirect",
+                            res.return_value
+                        ));
+                    }
+                    let nh = vni_of(&out[..res.data_size_out as usize]) - 100;
+                    let by_old = nhg_table::lookup(&old, *hash);
+                    let by_new = nhg_table::lookup(&new, *hash);
+                    if nh == by_old {
+                        seen_old.fetch_add(1, Ordering::Relaxed);
+                    } else if nh == by_new {
+                        seen_new.fetch_add(1, Ordering::Relaxed);
+                    } else {
+                        return Err(format!(
+                            "packet {packets}: next hop {nh}, but the old table picks {by_old} and the new one {by_new}"
+                        ));
+                    }
+                }
+            }
+            Ok(packets)
+        })
+    };
+    // Swap at least SWAPS times, and on until traffic has met both tables (on a loaded
+    // machine the traffic thread may start late), within a minute.
+    let t0 = std::time::Instant::now();
+    let mut swaps = 0;
+    while swaps < SWAPS
+        || ((seen_old.load(Ordering::Relaxed) == 0 || seen_new.load(Ordering::Relaxed) == 0)
+            && t0.elapsed() < std::time::Duration::from_secs(60))
+    {
+        if traffic.is_finished() {
+            break;
+        }
+        let t = if swaps % 2 == 0 { &new } else { &old };
+        fx.dp.set_group_table(GROUP, t).unwrap();
+        swaps += 1;
+    }
+    stop.store(true, Ordering::Relaxed);
+    let packets = traffic.join().unwrap().unwrap_or_else(|e| panic!("{e}"));
+    let (o, n) = (
+        seen_old.load(Ordering::Relaxed),
+        seen_new.load(Ordering::Relaxed),
+    );
+    eprintln!(
+        "{swaps} swaps, {packets} packets: {o} by the old table, {n} by the new one, guard waits {:?}",
+        fx.dp.slot_guard_stats()
+    );
+    assert!(swaps >= SWAPS);
+    assert_eq!(o + n, packets);
+    assert!(o > 0 && n > 0, "traffic met both tables: {o} / {n}");
+    // Back-to-back writes of one group are spaced by at least the slot guard.
+    assert!(t0.elapsed() >= SLOT_REUSE_GUARD * (swaps as u32 - 1));
+    assert!(fx.dp.slot_guard_stats().waits > 0);
+    drop(pin);
 }

@@ -8,7 +8,10 @@ pub mod names {
     pub const CONFIG: &str = "DWCP_CONFIG";
     pub const ROUTES_V4: &str = "ROUTES_V4";
     pub const ROUTES_V6: &str = "ROUTES_V6";
+    /// Group tables, two slots per group (see [`super::group_slot`]).
     pub const NH_GROUPS: &str = "NH_GROUPS";
+    /// Which of its two slots is each group's table in force.
+    pub const NH_ACTIVE: &str = "NH_ACTIVE";
     pub const NEXTHOPS: &str = "NEXTHOPS";
     pub const NEIGHBOURS: &str = "NEIGHBOURS";
     pub const TX_PORTS: &str = "TX_PORTS";
@@ -23,11 +26,12 @@ pub mod names {
     pub const CLASS_STATS: &str = "CLASS_STATS";
     pub const REASON_STATS: &str = "REASON_STATS";
     /// Every map, for pinning and cleanup.
-    pub const ALL: [&str; 17] = [
+    pub const ALL: [&str; 18] = [
         CONFIG,
         ROUTES_V4,
         ROUTES_V6,
         NH_GROUPS,
+        NH_ACTIVE,
         NEXTHOPS,
         NEIGHBOURS,
         TX_PORTS,
@@ -65,6 +69,25 @@ pub const MAX_CLASSIFIER_RULES: u32 = 4_096;
 pub const MAX_VNIS: u32 = 4_096;
 /// Next hops in one group (primary + up to 3 secondaries, each possibly ECMP'd, fits easily).
 pub const MAX_GROUP_MEMBERS: usize = 8;
+/// Slots per group in `NH_GROUPS`: the table in force and the one being written.
+pub const GROUP_SLOTS: u32 = 2;
+/// Entries of `NH_GROUPS`.
+pub const GROUP_TABLE_ENTRIES: u32 = MAX_GROUPS * GROUP_SLOTS;
+
+/// Index in `NH_GROUPS` of slot `slot` (0 or 1; `NH_ACTIVE[group]` says which is in force) of
+/// group `group`.
+///
+/// Double buffering: the agent writes a group's new table into the slot not in force (no
+/// packet reads it), then flips `NH_ACTIVE[group]` with one 4-byte write. A packet reads the
+/// active index once, then only that slot, so it sees the old table or the new one, never a
+/// mix. The slot a packet may still be reading after a flip is not written again before a
+/// guard time has passed (see the agent's `dataplane` module), far longer than one run of
+/// an XDP program.
+#[inline(always)]
+pub const fn group_slot(group: u32, slot: u32) -> u32 {
+    group * GROUP_SLOTS + (slot & 1)
+}
+
 /// Buckets of a group's weighted table. Prime, as Maglev recommends, and large enough that one
 /// bucket is 0.1 % of a group's traffic.
 pub const NHG_BUCKETS: usize = 1021;

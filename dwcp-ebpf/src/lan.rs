@@ -10,10 +10,10 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use dwcp_common::{
-    flow_hash, wire::*, ClassifierKey, LinkConfig, Neighbour, NeighbourKey, NextHop, NextHopTable,
-    PolicerKey, QosPolicy, Reason, CLASSIFY_DST_PORT, CLASSIFY_SRC_PORT, CONFIG_F_POLICING,
-    CONFIG_F_READY, LINK_F_ADMIN_DOWN, LINK_F_MONITORED, MAX_GROUP_MEMBERS, NHG_BUCKETS,
-    NH_F_VALID, POLICER_ANY_GROUP, POLICE_DROP, QOS_F_REWRITE,
+    flow_hash, group_slot, wire::*, ClassifierKey, LinkConfig, Neighbour, NeighbourKey, NextHop,
+    NextHopTable, PolicerKey, QosPolicy, Reason, CLASSIFY_DST_PORT, CLASSIFY_SRC_PORT,
+    CONFIG_F_POLICING, CONFIG_F_READY, LINK_F_ADMIN_DOWN, LINK_F_MONITORED, MAX_GROUP_MEMBERS,
+    NHG_BUCKETS, NH_F_VALID, POLICER_ANY_GROUP, POLICE_DROP, QOS_F_REWRITE,
 };
 
 use crate::{
@@ -247,8 +247,13 @@ pub fn forward(ctx: &XdpContext, from: u32) -> Result<u32, Reason> {
     };
     let route = *route.ok_or(Reason::LanPassNoRoute)?;
 
-    let table = NH_GROUPS
-        .get_value(route.group_id, &0)
+    // The active slot is read once; the table is then read from that slot only (see
+    // `dwcp_common::group_slot`).
+    let slot = *NH_ACTIVE
+        .get(route.group_id)
+        .ok_or(Reason::LanPassNoGroup)?;
+    let table: &NextHopTable = NH_GROUPS
+        .get(group_slot(route.group_id, slot))
         .ok_or(Reason::LanPassNoGroup)?;
     if table.active_count == 0
         || table.active_count > table.member_count

@@ -2,14 +2,14 @@
 //! the agent under its pin directory by name (see `dwcp_common::maps::names`).
 
 use aya_ebpf::{
-    btf_maps::{lpm_trie::Key, Array, ArrayOfMaps, DevMapHash, HashMap, LpmTrie, PerCpuArray},
+    btf_maps::{lpm_trie::Key, Array, DevMapHash, HashMap, LpmTrie, PerCpuArray},
     macros::btf_map,
 };
 use dwcp_common::{
     ClassifierKey, ClassifierRule, Counters, GatewayConfig, LinkConfig, LinkState, Neighbour,
     NeighbourKey, NextHop, NextHopTable, Policer, PolicerKey, QosPolicy, Route, VniEntry,
-    MAX_CLASSIFIER_RULES, MAX_GROUPS, MAX_LINKS, MAX_NEIGHBOURS, MAX_NEXTHOPS, MAX_POLICERS,
-    MAX_PORTS, MAX_ROUTES, MAX_VNIS, REASON_COUNT,
+    GROUP_TABLE_ENTRIES, MAX_CLASSIFIER_RULES, MAX_GROUPS, MAX_LINKS, MAX_NEIGHBOURS, MAX_NEXTHOPS,
+    MAX_POLICERS, MAX_PORTS, MAX_ROUTES, MAX_VNIS, REASON_COUNT,
 };
 
 const ROUTES: usize = MAX_ROUTES as usize;
@@ -23,11 +23,16 @@ pub static ROUTES_V4: LpmTrie<[u8; 4], Route, ROUTES> = LpmTrie::new();
 #[btf_map]
 pub static ROUTES_V6: LpmTrie<[u8; 16], Route, ROUTES> = LpmTrie::new();
 
-/// Group id -> a one-entry array holding the group's table. The agent swaps the inner map as
-/// a whole, so a packet sees either the old table or the new one, never a mix.
+/// Group tables, two slots per group (`group_slot(group, slot)`): the one in force and the
+/// one the agent writes next. Writing a slot nobody reads needs no wait in the kernel (unlike
+/// swapping an inner map of a map-in-map, which waits for an RCU grace period).
 #[btf_map]
-pub static NH_GROUPS: ArrayOfMaps<Array<NextHopTable, 1>, { MAX_GROUPS as usize }> =
-    ArrayOfMaps::new();
+pub static NH_GROUPS: Array<NextHopTable, { GROUP_TABLE_ENTRIES as usize }> = Array::new();
+
+/// Group id -> the slot (0 or 1) of `NH_GROUPS` in force. Flipped with one 4-byte write after
+/// the other slot was filled, so a packet sees the old table or the new one, never a mix.
+#[btf_map]
+pub static NH_ACTIVE: Array<u32, { MAX_GROUPS as usize }> = Array::new();
 
 #[btf_map]
 pub static NEXTHOPS: Array<NextHop, { MAX_NEXTHOPS as usize }> = Array::new();

@@ -5,7 +5,7 @@
 //! The order of the writes is what makes an update safe for packets in flight: whatever a
 //! packet can reach is written before what points at it (next hops and neighbours, then
 //! group tables, then routes), and removed after (routes, then groups, then next hops). Each
-//! group table is swapped whole (map-in-map), so a packet never sees half a table.
+//! group table is swapped whole (double-buffered slots), so a packet never sees half a table.
 use std::{
     collections::{BTreeMap, BTreeSet},
     net::IpAddr,

@@ -361,8 +361,9 @@ impl AgentState {
         self.last_update
     }
 
-    /// Swap group tables in one batch (the default) or one update each (a baseline for the
-    /// benchmark: each map-in-map update waits for an RCU grace period).
+    /// Write the group tables of one update in one call (the default: all free slots, then
+    /// all flips, at most one wait for the slot guard) or one call each (a row of the
+    /// benchmark).
     pub fn set_group_batching(&mut self, on: bool) {
         self.batch_groups = on;
     }
@@ -1096,8 +1097,8 @@ impl AgentState {
         let mut written = 0;
         let mut i = 0;
         while i < changes.len() {
-            // A run of group swaps goes to the kernel as one batch: one RCU wait, not one per
-            // group.
+            // A run of group swaps is written in one call: every new table into its group's
+            // free slot, then every flip (see `Dataplane::set_group_tables`).
             let run = changes[i..]
                 .iter()
                 .take_while(|c| matches!(c, Change::SetGroup(..) | Change::RemoveGroup(_)))

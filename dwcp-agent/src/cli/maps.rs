@@ -10,12 +10,12 @@
 use std::path::{Path, PathBuf};
 
 use aya::maps::{
-    lpm_trie::LpmTrie, Array, ArrayOfMaps, DevMapHash, HashMap, Map, MapData, MapError, PerCpuArray,
+    lpm_trie::LpmTrie, Array, DevMapHash, HashMap, Map, MapData, MapError, PerCpuArray,
 };
 use dwcp_common::{
     maps::names, ClassifierKey, ClassifierRule, Counters, GatewayConfig, LinkConfig, LinkState,
     Neighbour, NeighbourKey, NextHop, NextHopTable, Policer, PolicerKey, QosClass, QosPolicy,
-    Reason, Route, VniEntry, MAX_GROUPS, POLICER_ANY_GROUP, POLICE_DROP,
+    Reason, Route, VniEntry, GROUP_SLOTS, MAX_GROUPS, POLICER_ANY_GROUP, POLICE_DROP,
 };
 use serde::Serialize;
 use serde_json::{json, Value};
@@ -121,6 +121,16 @@ fn u32_key(k: u32) -> Value {
     json!(k)
 }
 
+/// `NH_ACTIVE`: the slot in force of every group.
+fn active_slots(dir: &Path) -> Result<Vec<u32>, MapsError> {
+    let name = names::NH_ACTIVE;
+    let (map, ..) = open(dir, name)?;
+    let a: Array<MapData, u32> = typed(name, map)?;
+    a.iter()
+        .map(|s| s.map(|s| s & 1).map_err(read_err(name)))
+        .collect()
+}
+
 /// Reads every dwcp map pinned under `dir`.
 pub fn dump_pinned(dir: &Path) -> Result<Vec<MapDump>, MapsError> {
     names::ALL.iter().map(|name| dump_one(dir, name)).collect()
@@ -194,22 +204,25 @@ pub fn dump_one(dir: &Path, name: &'static str) -> Result<MapDump, MapsError> {
             }
         }
         names::NH_GROUPS => {
-            shown = "groups with a table";
-            let groups: ArrayOfMaps<MapData, Array<MapData, NextHopTable>> = typed(name, map)?;
-            for g in 0..MAX_GROUPS.min(max_entries) {
-                let inner = match groups.get(&g, 0) {
-                    Ok(inner) => inner,
-                    Err(MapError::KeyNotFound) => continue,
-                    Err(e) => return Err(rd(e)),
-                };
-                let t = inner.get(&0, 0).map_err(&rd)?;
+            shown = "slots in force with a table";
+            let tables: Array<MapData, NextHopTable> = typed(name, map)?;
+            let active = active_slots(dir)?;
+            for g in 0..MAX_GROUPS.min(max_entries / GROUP_SLOTS) {
+                let slot = active.get(g as usize).copied().unwrap_or(0);
+                let index = dwcp_common::group_slot(g, slot);
+                let t = tables.get(&index, 0).map_err(&rd)?;
+                if t.member_count == 0 {
+                    continue;
+                }
                 let members = (t.member_count as usize).min(t.nexthops.len());
                 let share: Vec<usize> = (0..members)
                     .map(|m| t.buckets.iter().filter(|&&b| b as usize == m).count())
                     .collect();
                 push(
-                    u32_key(g),
+                    u32_key(index),
                     json!({
+                        "group": g,
+                        "slot": slot,
                         "member_count": t.member_count,
                         "active_count": t.active_count,
                         "nexthops": &t.nexthops[..members],
@@ -217,7 +230,7 @@ pub fn dump_one(dir: &Path, name: &'static str) -> Result<MapDump, MapsError> {
                     }),
                     None,
                     format!(
-                        "group {g}: {}",
+                        "group {g} (slot {slot}): {}",
                         (0..members)
                             .map(|m| if m < t.active_count as usize {
                                 format!(
@@ -232,6 +245,22 @@ pub fn dump_one(dir: &Path, name: &'static str) -> Result<MapDump, MapsError> {
                             .collect::<Vec<_>>()
                             .join(", ")
                     ),
+                );
+            }
+        }
+        names::NH_ACTIVE => {
+            shown = "groups whose table in force is slot 1";
+            let a: Array<MapData, u32> = typed(name, map)?;
+            for (g, s) in a.iter().enumerate() {
+                let s = s.map_err(&rd)?;
+                if s == 0 {
+                    continue;
+                }
+                push(
+                    u32_key(g as u32),
+                    json!(s),
+                    None,
+                    format!("group {g}: slot {s}"),
                 );
             }
         }

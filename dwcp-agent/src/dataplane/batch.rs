@@ -1,125 +1,115 @@
-//! Swapping several group tables in one `BPF_MAP_UPDATE_BATCH`.
+//! Replacing group tables without waiting for the kernel: double-buffered slots.
 //!
-//! Every update of a map-in-map makes the syscall wait for an RCU grace period (so that when
-//! it returns no program still uses the old inner map): milliseconds each, whatever the map
-//! holds. A route change that touches ten groups paid ten of them one after the other; the
-//! batch pays one. Each table is still swapped whole (one pointer exchange per group), so a
-//! packet sees either the old or the new table of a group, as before. aya has no batch call,
-//! hence the raw syscall.
-use std::os::fd::{AsFd, AsRawFd};
-
-use aya::{
-    maps::{Array, IterableMap, MapData, MapInfo},
-    programs::ProgramError,
+//! Each group has two slots in `NH_GROUPS` (`dwcp_common::group_slot`) and an index in
+//! `NH_ACTIVE` saying which one is in force. Writing a group:
+//!
+//! 1. the new table is copied into the slot *not* in force (an array update copies the value
+//!    in place and returns: no packet reads that slot, so nothing to wait for);
+//! 2. `NH_ACTIVE[group]` flips to it with one 4-byte write. The index is 0 or 1, so the two
+//!    values differ in their lowest byte only: whatever width the kernel copies with, a
+//!    packet reads the old index or the new one.
+//!
+//! The LAN program reads the index once and then reads the table only from that slot, so a
+//! packet sees the old table or the new one, never a mix of the two.
+//!
+//! A packet that read the index just before a flip goes on reading the slot that was in
+//! force. That slot is next written by the *following* update of the same group, and this is
+//! the only hazard. It is excluded by time: an XDP program runs in one RCU read-side section
+//! of a few microseconds (non-preemptible softirq context: it cannot be descheduled
+//! mid-packet), while the writer does not write a group's slot again until
+//! [`SLOT_REUSE_GUARD`] (2 ms, hundreds of times a packet's run) after that group's last flip;
+//! if the group flipped more recently it waits out the remainder. The agent's debounce spaces
+//! updates far more than that (50 ms during a storm, an immediate computation only after a
+//! quiet second), so the wait is rare; it is counted ([`SlotGuardStats`]). A full RCU grace
+//! period (what the previous map-in-map swap paid on *every* update, ~15 ms here) would be
+//! the exact bound, but it is longer than the remainder ever is, so waiting out the time is
+//! both cheaper and sufficient for a non-realtime kernel. (On PREEMPT_RT, softirqs are
+//! preemptible threads and this time bound is not a guarantee.)
+//!
+//! Ordering: the slot write and the flip are two syscalls of one thread, the flip after the
+//! slot write returned; the program's read of the slot depends on the index it read (an
+//! address dependency). On x86-64 (stores are not reordered with stores) this makes a packet
+//! that sees the new index see the whole new table. The kernel's array update has no
+//! explicit release barrier, so on weakly ordered CPUs this rests on the syscall path's own
+//! barriers; not verified there.
+//!
+//! The flip times of a previous agent are not known after a restart: a loaded [`Dataplane`]
+//! treats every group as flipped at load time.
+use std::{
+    collections::BTreeMap,
+    time::{Duration, Instant},
 };
-use dwcp_common::{maps::names, maps::programs, NextHopTable, MAX_GROUPS};
 
-use super::{check_range, map_err, Dataplane, DataplaneError, Result};
+use dwcp_common::{group_slot, maps::names, NextHopTable, MAX_GROUPS};
 
-const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
+use super::{check_range, map_err, Dataplane, Result};
 
-/// `bpf_attr.batch`.
-#[repr(C)]
-#[derive(Default)]
-struct BatchAttr {
-    in_batch: u64,
-    out_batch: u64,
-    keys: u64,
-    values: u64,
-    count: u32,
-    map_fd: u32,
-    elem_flags: u64,
-    flags: u64,
-}
+/// How long after a group's flip the slot it left may be written again. See the module
+/// documentation.
+pub const SLOT_REUSE_GUARD: Duration = Duration::from_millis(2);
 
 /// How [`Dataplane::set_group_tables`] wrote.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum GroupWrite {
-    /// One `BPF_MAP_UPDATE_BATCH`.
+    /// Several groups: all new tables written, then all flips.
     Batched,
-    /// One update per group (a single group, or the kernel refused the batch).
+    /// A single group.
     OneByOne,
 }
 
-impl Dataplane {
-    /// The outer group map, opened again by id (aya keeps its descriptor to itself).
-    fn groups_map(&mut self) -> Result<aya::maps::MapFd> {
-        let prog = self.program(programs::LAN_INGRESS)?;
-        let err = |source: ProgramError| DataplaneError::Program {
-            program: programs::LAN_INGRESS,
-            source: Box::new(source),
-        };
-        let ids = prog
-            .info()
-            .map_err(err)?
-            .map_ids()
-            .map_err(err)?
-            .unwrap_or_default();
-        for id in ids {
-            let info = MapInfo::from_id(id).map_err(map_err(names::NH_GROUPS))?;
-            if info.name_as_str() == Some(names::NH_GROUPS) {
-                return info.fd().map_err(map_err(names::NH_GROUPS));
-            }
-        }
-        Err(DataplaneError::Map {
-            map: names::NH_GROUPS,
-            source: Box::new(aya::maps::MapError::InvalidName {
-                name: names::NH_GROUPS.into(),
-            }),
-        })
-    }
+/// Waits for [`SLOT_REUSE_GUARD`] since this [`Dataplane`] was loaded.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SlotGuardStats {
+    /// Writes that had to wait because a group they touch flipped less than the guard ago.
+    pub waits: u64,
+    /// Total time waited.
+    pub waited: Duration,
+}
 
-    /// Replaces the tables of several groups with one wait for the kernel instead of one per
-    /// group. Falls back to one update per group if the kernel refuses the batch.
+impl Dataplane {
+    /// Replaces the tables of several groups: every new table into its group's free slot,
+    /// then every group's active index flips. Each group switches atomically (old or new
+    /// table, never a mix); the groups switch one after the other within microseconds, as
+    /// separate updates always did. A group listed twice gets its last table.
     pub fn set_group_tables(&mut self, tables: &[(u32, NextHopTable)]) -> Result<GroupWrite> {
         for (g, _) in tables {
             check_range("next-hop group", *g, MAX_GROUPS)?;
         }
-        if tables.len() < 2 {
-            for (g, t) in tables {
-                self.set_group_table(*g, t)?;
-            }
-            return Ok(GroupWrite::OneByOne);
+        let wanted: BTreeMap<u32, &NextHopTable> = tables.iter().map(|(g, t)| (*g, t)).collect();
+        let mut next = Vec::with_capacity(wanted.len());
+        for &g in wanted.keys() {
+            next.push(1 - self.active_slot(g)?);
         }
-        let mut inners: Vec<Array<MapData, NextHopTable>> = Vec::with_capacity(tables.len());
-        for (_, t) in tables {
-            let mut inner = Array::create(1, 0).map_err(map_err(names::NH_GROUPS))?;
-            inner.set(0, t, 0).map_err(map_err(names::NH_GROUPS))?;
-            inners.push(inner);
+        // Wait until every slot about to be written has been out of force for the guard.
+        let now = Instant::now();
+        let wait = wanted
+            .keys()
+            .map(|&g| {
+                SLOT_REUSE_GUARD.saturating_sub(now.duration_since(self.flipped_at[g as usize]))
+            })
+            .max()
+            .unwrap_or_default();
+        if !wait.is_zero() {
+            std::thread::sleep(wait);
+            self.guard.waits += 1;
+            self.guard.waited += now.elapsed();
         }
-        let outer = self.groups_map()?;
-        let keys: Vec<u32> = tables.iter().map(|(g, _)| *g).collect();
-        let values: Vec<u32> = inners
-            .iter()
-            .map(|m| m.map().fd().as_fd().as_raw_fd() as u32)
-            .collect();
-        let attr = BatchAttr {
-            keys: keys.as_ptr() as u64,
-            values: values.as_ptr() as u64,
-            count: keys.len() as u32,
-            map_fd: outer.as_fd().as_raw_fd() as u32,
-            ..Default::default()
-        };
-        // SAFETY: `attr` points at `keys` and `values`, which outlive the call, with `count`
-        // elements each; the inner maps' descriptors stay open until after it returns.
-        let rc = unsafe {
-            libc::syscall(
-                libc::SYS_bpf,
-                BPF_MAP_UPDATE_BATCH,
-                &attr as *const BatchAttr,
-                std::mem::size_of::<BatchAttr>(),
-            )
-        };
-        if rc == 0 {
-            return Ok(GroupWrite::Batched);
+        for ((&g, t), &s) in wanted.iter().zip(&next) {
+            self.groups
+                .set(group_slot(g, s), *t, 0)
+                .map_err(map_err(names::NH_GROUPS))?;
         }
-        let e = std::io::Error::last_os_error();
-        tracing::debug!(error = %e, "batch update of group tables refused; one by one");
-        // Some groups may be done already; redoing them is harmless.
-        for (g, t) in tables {
-            self.set_group_table(*g, t)?;
+        for (&g, &s) in wanted.keys().zip(&next) {
+            self.group_active
+                .set(g, s, 0)
+                .map_err(map_err(names::NH_ACTIVE))?;
+            self.flipped_at[g as usize] = Instant::now();
         }
-        Ok(GroupWrite::OneByOne)
+        Ok(if wanted.len() > 1 {
+            GroupWrite::Batched
+        } else {
+            GroupWrite::OneByOne
+        })
     }
 }
 
@@ -157,5 +147,89 @@ mod tests {
             .collect();
         assert_eq!(dp.set_group_tables(&emptied).unwrap(), GroupWrite::Batched);
         assert!(dp.group_tables().unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_write_fills_the_free_slot_and_flips_and_the_left_slot_keeps_the_old_table() {
+        let mut dp = Dataplane::load(Pinning::None).unwrap();
+        let a = build_table(
+            &[Member {
+                nexthop: 1,
+                weight: 1,
+            }],
+            None,
+        )
+        .unwrap();
+        let b = build_table(
+            &[Member {
+                nexthop: 2,
+                weight: 1,
+            }],
+            None,
+        )
+        .unwrap();
+        let g = 7;
+        assert_eq!(dp.active_slot(g).unwrap(), 0);
+        let t0 = Instant::now();
+        dp.set_group_table(g, &a).unwrap();
+        assert_eq!(dp.active_slot(g).unwrap(), 1);
+        dp.set_group_table(g, &b).unwrap();
+        // Back-to-back writes of one group: the second waited for the guard after the first
+        // flip (which came after t0), so at least the guard passed since t0.
+        assert!(t0.elapsed() >= SLOT_REUSE_GUARD);
+        assert!(dp.slot_guard_stats().waits >= 1);
+        assert_eq!(dp.active_slot(g).unwrap(), 0);
+        assert_eq!(dp.group_table(g).unwrap(), Some(b));
+        // A packet that read the index before the last flip still finds `a` in its slot.
+        assert_eq!(dp.groups.get(&group_slot(g, 1), 0).unwrap(), a);
+        // Other groups untouched.
+        assert_eq!(dp.active_slot(g + 1).unwrap(), 0);
+        assert_eq!(
+            dp.group_table(g + 1).unwrap(),
+            Some(NextHopTable::default())
+        );
+    }
+
+    #[test]
+    fn a_group_listed_twice_gets_its_last_table_and_flips_once() {
+        let mut dp = Dataplane::load(Pinning::None).unwrap();
+        let a = build_table(
+            &[Member {
+                nexthop: 1,
+                weight: 1,
+            }],
+            None,
+        )
+        .unwrap();
+        let b = build_table(
+            &[Member {
+                nexthop: 2,
+                weight: 1,
+            }],
+            None,
+        )
+        .unwrap();
+        assert_eq!(
+            dp.set_group_tables(&[(3, a), (3, b)]).unwrap(),
+            GroupWrite::OneByOne
+        );
+        assert_eq!(dp.active_slot(3).unwrap(), 1);
+        assert_eq!(dp.group_table(3).unwrap(), Some(b));
+    }
+
+    #[test]
+    fn out_of_range_groups_are_refused_before_anything_is_written() {
+        let mut dp = Dataplane::load(Pinning::None).unwrap();
+        let a = build_table(
+            &[Member {
+                nexthop: 1,
+                weight: 1,
+            }],
+            None,
+        )
+        .unwrap();
+        let e = dp.set_group_tables(&[(1, a), (MAX_GROUPS, a)]).unwrap_err();
+        assert!(e.to_string().contains("out of range"), "{e}");
+        assert_eq!(dp.active_slot(1).unwrap(), 0);
     }
 }

@@ -6,19 +6,22 @@
 //! re-uses pinned maps, so a restarted agent finds the state the fast path kept using.
 
 mod batch;
+mod compat;
 pub mod links;
+pub mod map_in_map;
 pub mod nhg_table;
 mod readback;
 
 use std::{
     net::IpAddr,
     path::{Path, PathBuf},
+    time::Instant,
 };
 
 use aya::{
     maps::{
         lpm_trie::{Key, LpmTrie},
-        Array, ArrayOfMaps, DevMapHash, HashMap, MapData, MapError, PerCpuArray,
+        Array, DevMapHash, HashMap, MapData, MapError, PerCpuArray,
     },
     programs::{xdp::XdpLinkId, ProgramError, Xdp, XdpMode},
     Ebpf, EbpfLoader,
@@ -32,7 +35,8 @@ use dwcp_common::{
 use thiserror::Error;
 use tracing::{info, warn};
 
-pub use batch::GroupWrite;
+pub use batch::{GroupWrite, SlotGuardStats, SLOT_REUSE_GUARD};
+pub use compat::{pin_mismatches, MapShape, PinMismatch};
 pub use links::{link_pin_path, unpin_links, LinkAdoption};
 pub use nhg_table::{build_table, GroupError, Member};
 
@@ -83,6 +87,11 @@ pub enum DataplaneError {
     NoInterface(String),
     #[error("XDP link on {ifname}: {detail}")]
     PinnedLink { ifname: String, detail: String },
+    #[error("the maps pinned under {} do not fit this eBPF object (pinned by an incompatible version of dwcp-agent): {}; they cannot be adopted; nothing was changed. Remove the old fast path with `dwcp-agent --remove` (detaches the old programs and removes the pins: forwarding stops until the agent starts again), then start the agent", dir.display(), mismatches.iter().map(|m| m.to_string()).collect::<Vec<_>>().join("; "))]
+    IncompatiblePins {
+        dir: PathBuf,
+        mismatches: Vec<PinMismatch>,
+    },
 }
 
 type Result<T, E = DataplaneError> = std::result::Result<T, E>;
@@ -124,7 +133,14 @@ pub struct Dataplane {
     config: Array<MapData, GatewayConfig>,
     routes_v4: LpmTrie<MapData, [u8; 4], Route>,
     routes_v6: LpmTrie<MapData, [u8; 16], Route>,
-    groups: ArrayOfMaps<MapData, Array<MapData, NextHopTable>>,
+    /// Two slots per group (`dwcp_common::group_slot`).
+    groups: Array<MapData, NextHopTable>,
+    /// The slot in force per group.
+    group_active: Array<MapData, u32>,
+    /// When each group's active slot last flipped (or when this process loaded the maps:
+    /// a previous agent may have flipped just before). See [`SLOT_REUSE_GUARD`].
+    flipped_at: Vec<Instant>,
+    guard: SlotGuardStats,
     nexthops: Array<MapData, NextHop>,
     neighbours: HashMap<MapData, NeighbourKey, Neighbour>,
     tx_ports: DevMapHash<MapData>,
@@ -173,6 +189,9 @@ impl Dataplane {
             Some(dir) => names::ALL.iter().map(|n| (*n, dir.join(n))).collect(),
             None => Vec::new(),
         };
+        if let Some(dir) = &pin_dir {
+            compat::check_pins(object, dir)?;
+        }
         for (name, path) in &paths {
             loader.map_pin_path(name, path.as_path());
         }
@@ -199,6 +218,9 @@ impl Dataplane {
             routes_v4: take!(ebpf, names::ROUTES_V4),
             routes_v6: take!(ebpf, names::ROUTES_V6),
             groups: take!(ebpf, names::NH_GROUPS),
+            group_active: take!(ebpf, names::NH_ACTIVE),
+            flipped_at: vec![Instant::now(); MAX_GROUPS as usize],
+            guard: SlotGuardStats::default(),
             nexthops: take!(ebpf, names::NEXTHOPS),
             neighbours: take!(ebpf, names::NEIGHBOURS),
             tx_ports: take!(ebpf, names::TX_PORTS),
@@ -315,16 +337,10 @@ impl Dataplane {
         Ok(out)
     }
 
-    /// Replaces group `group`'s table atomically: the new table goes into a fresh inner map,
-    /// which then takes the old one's place in one update of the outer map.
+    /// Replaces group `group`'s table atomically: the new table goes into the group's slot
+    /// not in force, then the group's active index flips to it (see [`SLOT_REUSE_GUARD`]).
     pub fn set_group_table(&mut self, group: u32, table: &NextHopTable) -> Result<()> {
-        check_range("next-hop group", group, MAX_GROUPS)?;
-        let mut inner: Array<MapData, NextHopTable> =
-            Array::create(1, 0).map_err(map_err(names::NH_GROUPS))?;
-        inner.set(0, table, 0).map_err(map_err(names::NH_GROUPS))?;
-        self.groups
-            .set(group, &inner, 0)
-            .map_err(map_err(names::NH_GROUPS))
+        self.set_group_tables(&[(group, *table)]).map(|_| ())
     }
 
     /// Builds group `group`'s table from members and weights, keeping buckets of the table in
@@ -337,17 +353,32 @@ impl Dataplane {
         Ok(table)
     }
 
-    /// The table in force for `group`, if any.
+    /// The table in force for `group` (all zeroes, `member_count == 0`, if the group was
+    /// never written or was removed); `None` only for compatibility with callers that
+    /// distinguish "no table": every group id in range has one.
     pub fn group_table(&self, group: u32) -> Result<Option<NextHopTable>> {
         check_range("next-hop group", group, MAX_GROUPS)?;
-        match self.groups.get(&group, 0) {
-            Ok(inner) => {
-                let inner: Array<MapData, NextHopTable> = inner;
-                Ok(Some(inner.get(&0, 0).map_err(map_err(names::NH_GROUPS))?))
-            }
-            Err(MapError::KeyNotFound) => Ok(None),
-            Err(e) => Err(map_err(names::NH_GROUPS)(e)),
-        }
+        let slot = self.active_slot(group)?;
+        let t = self
+            .groups
+            .get(&dwcp_common::group_slot(group, slot), 0)
+            .map_err(map_err(names::NH_GROUPS))?;
+        Ok(Some(t))
+    }
+
+    /// The slot (0 or 1) of group `group` in force.
+    pub fn active_slot(&self, group: u32) -> Result<u32> {
+        check_range("next-hop group", group, MAX_GROUPS)?;
+        let s = self
+            .group_active
+            .get(&group, 0)
+            .map_err(map_err(names::NH_ACTIVE))?;
+        Ok(s & 1)
+    }
+
+    /// How often and how long group writes waited for [`SLOT_REUSE_GUARD`].
+    pub fn slot_guard_stats(&self) -> SlotGuardStats {
+        self.guard
     }
 
     pub fn set_nexthop(&mut self, id: u32, nh: NextHop) -> Result<()> {

@@ -45,7 +45,10 @@ impl Dataplane {
     /// must not point at it any more.
     pub fn remove_group(&mut self, group: u32) -> Result<()> {
         check_range("next-hop group", group, MAX_GROUPS)?;
-        if self.group_table(group)?.is_some() {
+        if self
+            .group_table(group)?
+            .is_some_and(|t| t != NextHopTable::default())
+        {
             self.set_group_table(group, &NextHopTable::default())?;
         }
         Ok(())
