@@ -245,7 +245,12 @@ fn main() -> Result<()> {
     let big = fifty_regions()?;
     for (sc, batch, events, label) in [
         (three_regions(), true, EVENTS, "3 regions (seed triangle)"),
-        (big, true, EVENTS, "50 regions, 1,000 edge nodes (synthetic)"),
+        (
+            big,
+            true,
+            EVENTS,
+            "50 regions, 1,000 edge nodes (synthetic)",
+        ),
         (
             fifty_regions()?,
             false,

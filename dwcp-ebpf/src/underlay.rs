@@ -195,7 +195,7 @@ fn decap(ctx: &XdpContext, l4: usize) -> Result<u32, Reason> {
         return Err(Reason::UnderlayPassMalformed);
     }
 
-    match lan::forward(ctx) {
+    match lan::forward(ctx, false) {
         Ok(action) => {
             count(Reason::UnderlayTransit);
             return Ok(action);
