@@ -1007,7 +1007,11 @@ fn nix_ifindex(dev: &str) -> u32 {
 fn tx_packets(ns: &Netns, dev: &str) -> u64 {
     let path = format!("/sys/class/net/{dev}/statistics/tx_packets");
     let out = ns.exec(&["cat", &path]).unwrap();
-    String::from_utf8(out.stdout).unwrap().trim().parse().unwrap()
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
 }
 
 /// The fast path's side of the hand-off, end to end: H1 → gateway A's LAN veth, where the
@@ -1094,8 +1098,8 @@ async fn fast_path_marks_are_handed_to_wireguard_by_policy_routing() {
     assert_eq!(dp.reason_count(Reason::LanForwarded).unwrap(), 0);
     assert!(tx_packets(&lab.a.ns, &pair.a_name) >= wg_tx + 3);
     // The mark came from the fast path: no nftables rule sets one.
-    let ruleset = String::from_utf8(lab.a.ns.exec(&["nft", "list", "ruleset"]).unwrap().stdout)
-        .unwrap();
+    let ruleset =
+        String::from_utf8(lab.a.ns.exec(&["nft", "list", "ruleset"]).unwrap().stdout).unwrap();
     assert!(!ruleset.contains("mark set"), "{ruleset}");
     let rules = String::from_utf8(lab.a.ns.ip(&["rule", "show"]).unwrap().stdout).unwrap();
     assert!(rules.contains("fwmark 0x64 lookup 100"), "{rules}");
