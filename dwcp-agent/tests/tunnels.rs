@@ -1126,3 +1126,65 @@ async fn fast_path_marks_are_handed_to_wireguard_by_policy_routing() {
         assert!(!rules.contains("fwmark 0x64"), "rule left behind: {rules}");
     }
 }
+
+/// Issue item 3/6: the kernel WireGuard backend cannot run here (no module). `auto` must pick
+/// wireguard-go and say so in the log; asking for the kernel backend must be an error that
+/// names the missing kernel support and says the backend is untested. On a kernel with the
+/// module the other branch is checked instead.
+#[tokio::test]
+async fn without_the_wireguard_module_auto_uses_wireguard_go_and_kernel_is_a_named_error() {
+    let ns = Netns::new("wgsel").unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let auto = TunnelManager::new(config(&ns, state.path())).await.unwrap();
+    let kernel = TunnelManager::new(ManagerConfig {
+        wireguard: WireGuardImpl::Kernel,
+        ..config(&ns, state.path())
+    })
+    .await
+    .unwrap();
+    if kernel_support::probe(TunnelType::WireGuard).supported {
+        assert_eq!(auto.wireguard_backend(), Some("kernel"));
+        assert_eq!(kernel.wireguard_backend(), Some("kernel"));
+        return;
+    }
+    assert_eq!(auto.wireguard_backend(), Some("wireguard-go"));
+    assert_eq!(kernel.wireguard_backend(), None);
+    let spec = wireguard(WgEnd {
+        name: &ifname("wk"),
+        address: "10.254.0.1/30",
+        listen_port: 51820,
+        peer_key: auto.public_key("peerwk").unwrap(),
+        peer_endpoint: SocketAddr::from((B_UNDERLAY, 51821)),
+        allowed_ips: &["10.254.0.2/32"],
+        keepalive: None,
+        psk: None,
+    });
+    match kernel.ensure(&spec).await {
+        Err(TunnelError::KernelUnsupported { kind, detail }) => {
+            assert_eq!(kind, TunnelType::WireGuard);
+            assert!(detail.contains("CONFIG_WIREGUARD"), "{detail}");
+            assert!(detail.contains("untested"), "{detail}");
+            assert!(detail.contains("wireguard-go"), "{detail}");
+        }
+        other => panic!("expected KernelUnsupported, got {other:?}"),
+    }
+    assert!(!link_exists(&ns, &spec.name));
+    // The log line of the choice, as an operator sees it (the CLI at info level).
+    let out = Command::new(env!("CARGO_BIN_EXE_dwcp-tunnels"))
+        .args(["--netns", ns.name(), "--state-dir"])
+        .arg(state.path())
+        .arg("list")
+        .env("RUST_LOG", "info")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("no `wireguard` kernel module") && stderr.contains("use wireguard-go"),
+        "{stderr}"
+    );
+}
