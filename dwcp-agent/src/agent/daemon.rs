@@ -287,7 +287,7 @@ impl Daemon {
                     ifname,
                     old_program_id,
                     new_program_id,
-                    "adopted the pinned tc link: program replaced in place"
+                    "adopted the pinned tc link: tc program swapped in place (bpf_link_update)"
                 ),
             }
         }
