@@ -601,7 +601,7 @@ async fn handoff(rounds: usize, seconds: u32) -> Result<serde_json::Value> {
     );
     // (name, commands in A to switch the mode on, commands to switch it off)
     // "xdp_fwmark" has no commands: the fast path is loaded and attached in Rust (below).
-    let modes: [Mode; 4] = [
+    let modes: [Mode; 5] = [
         ("route", &[&["ip", "route", "add", "10.2.0.0/24", "dev", "WG"]], &[&["ip", "route", "del", "10.2.0.0/24", "dev", "WG"]]),
         (
             "fwmark",
@@ -609,6 +609,13 @@ async fn handoff(rounds: usize, seconds: u32) -> Result<serde_json::Value> {
             &[&["nft", "delete table ip bench"]],
         ),
         ("xdp_fwmark", &[], &[]),
+        // Control for the row above: `XDP_PASS` only on A's LAN veth (native XDP on a veth
+        // changes its receive path: NAPI, and the peer loses GSO), mark by nftables.
+        (
+            "xdp_pass_nft",
+            &[&["nft", "add table ip bench; add chain ip bench pre { type filter hook prerouting priority mangle; }; add rule ip bench pre iifname \"lan\" ip daddr 10.2.0.0/24 meta mark set 0x64"]],
+            &[&["nft", "delete table ip bench"]],
+        ),
         (
             "tc_redirect",
             &[&["tc", "qdisc", "add", "dev", "lan", "clsact"], &["tc", "filter", "add", "dev", "lan", "ingress", "protocol", "ip", "u32", "match", "ip", "dst", "10.2.0.0/24", "action", "mirred", "egress", "redirect", "dev", "WG"]],
@@ -626,6 +633,15 @@ async fn handoff(rounds: usize, seconds: u32) -> Result<serde_json::Value> {
             } else {
                 None
             };
+            let pass_only = if *name == "xdp_pass_nft" {
+                Some(a.ns.run_in(|| -> Result<(Dataplane, AttachMode)> {
+                    let mut dp = Dataplane::load(Pinning::None)?;
+                    let (_, mode) = dp.attach(programs::PASS, "lan")?;
+                    Ok((dp, mode))
+                })??)
+            } else {
+                None
+            };
             let r = rtt(&h1).with_context(|| format!("{name}: ping"))?;
             let mbps = iperf(&h1, seconds).with_context(|| format!("{name}: iperf3"))?;
             if let Some((dp, mode)) = fast {
@@ -636,6 +652,10 @@ async fn handoff(rounds: usize, seconds: u32) -> Result<serde_json::Value> {
                     bail!("fast-path hand-off: {handed} handed off, {marked} marked");
                 }
                 eprintln!("  fast path ({mode:?} XDP): {handed} packets handed off and marked");
+                drop(dp);
+            }
+            if let Some((dp, mode)) = pass_only {
+                eprintln!("  XDP_PASS only ({mode:?} XDP)");
                 drop(dp);
             }
             run_all(&a.ns, &off.iter().map(|c| subst(c)).collect::<Vec<_>>())?;
@@ -723,6 +743,10 @@ fn markdown(m: &serde_json::Map<String, serde_json::Value>, reps: usize, rounds:
         (
             "fwmark policy routing, mark by the fast path (XDP metadata + tc)",
             "xdp_fwmark",
+        ),
+        (
+            "control: XDP_PASS program on the LAN veth, mark by nftables",
+            "xdp_pass_nft",
         ),
         ("tc ingress redirect", "tc_redirect"),
     ] {
