@@ -7,7 +7,8 @@
 //!    `ip` and `wg` commands (what an operator would script).
 //! 2. **Hand-off into WireGuard** from a LAN host through gateway A: TCP throughput (iperf3)
 //!    and RTT (ping) with a plain destination route (reference), with fwmark policy routing
-//!    (the manager's hand-off; nftables sets the mark the fast path's tc program would set),
+//!    (the manager's hand-off) with the mark set by nftables, the same with the mark set by
+//!    dwcp's fast path (LAN XDP program → XDP metadata → tc ingress program → `skb->mark`),
 //!    and with a tc ingress redirect (`mirred`, what a tc `bpf_redirect` does).
 //!
 //! ```text
@@ -32,6 +33,7 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 use dwcp_agent::{
+    dataplane::{AttachMode, Dataplane, Member, Pinning},
     netlab::{self, Netns, UdpStream},
     tunnels::{
         rotation::{rotate_key, LocalPeer},
@@ -39,6 +41,9 @@ use dwcp_agent::{
         Handoff, ManagerConfig, NetnsTarget, PresharedKey, PublicKey, TunnelKind, TunnelManager,
         TunnelSpec, WireGuardImpl,
     },
+};
+use dwcp_common::{
+    maps::programs, GatewayConfig, NextHop, QosClass, Reason, Route, CONFIG_F_READY,
 };
 use serde_json::json;
 
@@ -497,6 +502,42 @@ fn rtt(h1: &Netns) -> Result<f64> {
     Ok(nums.trim().split('/').nth(1).context("avg")?.parse()?)
 }
 
+/// Gateway A's fast path for the hand-off: 10.2.0.0/24 → a hand-off next hop with `mark`,
+/// the LAN XDP program and the tc ingress program on `lan`. Dropping it detaches both.
+fn fast_path_handoff(ns: &Netns, wg: &str, mark: u32) -> Result<(Dataplane, AttachMode)> {
+    let wg = wg.to_string();
+    ns.run_in(move || -> Result<(Dataplane, AttachMode)> {
+        let c = std::ffi::CString::new(wg.as_str())?;
+        // SAFETY: a NUL-terminated name.
+        let wg_ifindex = unsafe { libc::if_nametoindex(c.as_ptr()) };
+        let mut dp = Dataplane::load(Pinning::None)?;
+        dp.set_config(GatewayConfig {
+            hash_seed: 1,
+            flags: CONFIG_F_READY,
+        })?;
+        dp.set_nexthop(1, NextHop::handoff(1, wg_ifindex, mark))?;
+        dp.set_group(
+            1,
+            &[Member {
+                nexthop: 1,
+                weight: 1,
+            }],
+        )?;
+        dp.set_route(
+            "10.2.0.0".parse()?,
+            24,
+            Route {
+                group_id: 1,
+                default_class: QosClass::BestEffort as u8,
+                _pad: [0; 3],
+            },
+        )?;
+        let (_, mode) = dp.attach(programs::LAN_INGRESS, "lan")?;
+        dp.attach_handoff_tc("lan")?;
+        Ok((dp, mode))
+    })?
+}
+
 async fn handoff(rounds: usize, seconds: u32) -> Result<serde_json::Value> {
     let (a, b) = gateway_pair().await?;
     let h1 = Netns::new("bhost")?;
@@ -559,10 +600,19 @@ async fn handoff(rounds: usize, seconds: u32) -> Result<serde_json::Value> {
         &'static [&'static [&'static str]],
     );
     // (name, commands in A to switch the mode on, commands to switch it off)
-    let modes: [Mode; 3] = [
+    // "xdp_fwmark" has no commands: the fast path is loaded and attached in Rust (below).
+    let modes: [Mode; 5] = [
         ("route", &[&["ip", "route", "add", "10.2.0.0/24", "dev", "WG"]], &[&["ip", "route", "del", "10.2.0.0/24", "dev", "WG"]]),
         (
             "fwmark",
+            &[&["nft", "add table ip bench; add chain ip bench pre { type filter hook prerouting priority mangle; }; add rule ip bench pre iifname \"lan\" ip daddr 10.2.0.0/24 meta mark set 0x64"]],
+            &[&["nft", "delete table ip bench"]],
+        ),
+        ("xdp_fwmark", &[], &[]),
+        // Control for the row above: `XDP_PASS` only on A's LAN veth (native XDP on a veth
+        // changes its receive path: NAPI, and the peer loses GSO), mark by nftables.
+        (
+            "xdp_pass_nft",
             &[&["nft", "add table ip bench; add chain ip bench pre { type filter hook prerouting priority mangle; }; add rule ip bench pre iifname \"lan\" ip daddr 10.2.0.0/24 meta mark set 0x64"]],
             &[&["nft", "delete table ip bench"]],
         ),
@@ -578,8 +628,36 @@ async fn handoff(rounds: usize, seconds: u32) -> Result<serde_json::Value> {
     for round in 0..rounds {
         for (i, (name, on, off)) in modes.iter().enumerate() {
             run_all(&a.ns, &on.iter().map(|c| subst(c)).collect::<Vec<_>>())?;
+            let fast = if *name == "xdp_fwmark" {
+                Some(fast_path_handoff(&a.ns, &wa, 0x64)?)
+            } else {
+                None
+            };
+            let pass_only = if *name == "xdp_pass_nft" {
+                Some(a.ns.run_in(|| -> Result<(Dataplane, AttachMode)> {
+                    let mut dp = Dataplane::load(Pinning::None)?;
+                    let (_, mode) = dp.attach(programs::PASS, "lan")?;
+                    Ok((dp, mode))
+                })??)
+            } else {
+                None
+            };
             let r = rtt(&h1).with_context(|| format!("{name}: ping"))?;
             let mbps = iperf(&h1, seconds).with_context(|| format!("{name}: iperf3"))?;
+            if let Some((dp, mode)) = fast {
+                // Proof the fast path did the hand-off (not some leftover rule).
+                let handed = dp.reason_count(Reason::HandoffWireGuard)?;
+                let marked = dp.reason_count(Reason::HandoffMarked)?;
+                if handed == 0 || marked != handed {
+                    bail!("fast-path hand-off: {handed} handed off, {marked} marked");
+                }
+                eprintln!("  fast path ({mode:?} XDP): {handed} packets handed off and marked");
+                drop(dp);
+            }
+            if let Some((dp, mode)) = pass_only {
+                eprintln!("  XDP_PASS only ({mode:?} XDP)");
+                drop(dp);
+            }
             run_all(&a.ns, &off.iter().map(|c| subst(c)).collect::<Vec<_>>())?;
             eprintln!("round {round} {name}: {mbps:.0} Mbit/s, rtt {r:.3} ms");
             results[i].0.push(mbps);
@@ -652,14 +730,24 @@ fn markdown(m: &serde_json::Map<String, serde_json::Value>, reps: usize, rounds:
     );
     out += &format!(
         "Hand-off from the LAN into WireGuard through gateway A (host H1 → A → wireguard-go → B → \
-         host H2): iperf3 TCP for 3 s and 50 pings, {rounds} interleaved rounds, medians. The mark \
-         is set by nftables where the fast path's tc program would set it; the tc redirect uses \
-         `mirred`, what a tc `bpf_redirect` does.\n\n"
+         host H2): iperf3 TCP for 3 s and 50 pings, {rounds} interleaved rounds, medians. fwmark \
+         policy routing twice: the mark set by an nftables rule, and set by dwcp's fast path (the \
+         LAN XDP program finds the hand-off next hop, writes the mark into the XDP metadata and \
+         passes the packet; the tc ingress program copies it to `skb->mark`). The tc redirect \
+         uses `mirred`, what a tc `bpf_redirect` does.\n\n"
     );
     out += "| hand-off | TCP Mbit/s | × route | RTT ms |\n|---|---:|---:|---:|\n";
     for (label, k) in [
         ("destination route (reference)", "route"),
-        ("fwmark policy routing (dwcp hand-off)", "fwmark"),
+        ("fwmark policy routing, mark by nftables", "fwmark"),
+        (
+            "fwmark policy routing, mark by the fast path (XDP metadata + tc)",
+            "xdp_fwmark",
+        ),
+        (
+            "control: XDP_PASS program on the LAN veth, mark by nftables",
+            "xdp_pass_nft",
+        ),
         ("tc ingress redirect", "tc_redirect"),
     ] {
         out += &format!(

@@ -226,6 +226,12 @@ fn restart_upgrade_and_reload_lose_no_packet() {
         };
         assert_ne!(id("old_program_id="), id("new_program_id="), "{l}");
     }
+    // The hand-off tc program on the LAN interface is swapped the same way.
+    let tc: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("tc program swapped in place"))
+        .collect();
+    assert_eq!(tc.len(), 1, "lan0:\n{log}");
     std::thread::sleep(Duration::from_millis(500));
 
     // SIGHUP with a bad configuration: refused, forwarding unchanged.

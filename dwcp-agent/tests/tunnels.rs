@@ -3,7 +3,7 @@
 //! and a plain Linux VXLAN peer. Every namespace, device and wireguard-go daemon a test makes
 //! is removed when it ends, also when it fails (guards with `Drop`).
 //!
-//! Needs root (namespaces), `wireguard-go`, `nft` and `ping` (scripts/bootstrap.sh).
+//! Needs root (namespaces, BPF), `wireguard-go`, `nft` and `ping` (scripts/bootstrap.sh).
 
 use std::{
     fs::File,
@@ -1014,12 +1014,41 @@ async fn tcp_mss_is_clamped_to_the_vxlan_mtu() {
     );
 }
 
+/// The index of `dev` in the calling thread's network namespace.
+fn nix_ifindex(dev: &str) -> u32 {
+    let c = std::ffi::CString::new(dev).unwrap();
+    // SAFETY: a NUL-terminated name.
+    let i = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    assert_ne!(i, 0, "no interface {dev}");
+    i
+}
+
+/// Packets, by `ip -s link`-style counters of `/sys/class/net/<dev>/statistics`.
+fn tx_packets(ns: &Netns, dev: &str) -> u64 {
+    let path = format!("/sys/class/net/{dev}/statistics/tx_packets");
+    let out = ns.exec(&["cat", &path]).unwrap();
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// The fast path's side of the hand-off, end to end: H1 → gateway A's LAN veth, where the
+/// LAN XDP program finds a hand-off (WireGuard) next hop, writes the mark into the XDP
+/// metadata and passes the packet up; the tc ingress program copies it to `skb->mark`; A's
+/// policy routing (`fwmark 0x64 lookup 100`, installed by the tunnel manager) sends it into
+/// wireguard-go → B → H2. No nftables mark rule anywhere.
 #[tokio::test]
-async fn marked_packets_are_handed_to_wireguard_by_policy_routing() {
+async fn fast_path_marks_are_handed_to_wireguard_by_policy_routing() {
+    use dwcp_agent::dataplane::{Dataplane, Member, Pinning};
+    use dwcp_common::{maps::programs, GatewayConfig, NextHop, QosClass, Reason, Route};
+    const MARK: u32 = 0x64;
+
     let lab = routed_lab().await;
     let mut pair = wireguard_pair(&lab.a, &lab.b, Some(25));
     let handoff = Handoff {
-        fwmark: 0x64,
+        fwmark: MARK,
         table: 100,
         priority: 1000,
     };
@@ -1035,30 +1064,147 @@ async fn marked_packets_are_handed_to_wireguard_by_policy_routing() {
         .unwrap();
     // A has no route to H2's network: unmarked packets cannot get there.
     assert!(!ping(&lab.h1, "10.2.0.2"));
-    // Mark H1's packets as the fast path's tc program would (here: nftables).
-    for rule in [
-        "add table ip handoff",
-        "add chain ip handoff pre { type filter hook prerouting priority mangle; }",
-        "add rule ip handoff pre iifname \"lan\" ip daddr 10.2.0.0/24 meta mark set 0x64",
-    ] {
-        lab.a.ns.exec(&["nft", rule]).unwrap();
-    }
+
+    // A's fast path: 10.2.0.0/24 → group 1 → hand-off next hop 1 (mark 0x64, the WireGuard
+    // device), the LAN XDP program and the tc ingress program on A's LAN veth.
+    let wg = pair.a_name.clone();
+    let (mut dp, mode, tc_link) = lab
+        .a
+        .ns
+        .run_in(move || {
+            let wg_ifindex = nix_ifindex(&wg);
+            let mut dp = Dataplane::load(Pinning::None).expect("load eBPF object (needs root)");
+            dp.set_config(GatewayConfig {
+                hash_seed: 1,
+                flags: dwcp_common::CONFIG_F_READY,
+            })
+            .unwrap();
+            dp.set_nexthop(1, NextHop::handoff(1, wg_ifindex, MARK))
+                .unwrap();
+            dp.set_group(
+                1,
+                &[Member {
+                    nexthop: 1,
+                    weight: 1,
+                }],
+            )
+            .unwrap();
+            dp.set_route(
+                "10.2.0.0".parse().unwrap(),
+                24,
+                Route {
+                    group_id: 1,
+                    default_class: QosClass::BestEffort as u8,
+                    _pad: [0; 3],
+                },
+            )
+            .unwrap();
+            let (_, mode) = dp.attach(programs::LAN_INGRESS, "lan").unwrap();
+            let tc_link = dp.attach_handoff_tc("lan").unwrap();
+            (dp, mode, tc_link)
+        })
+        .unwrap();
+    let wg_tx = tx_packets(&lab.a.ns, &pair.a_name);
     assert!(
         ping(&lab.h1, "10.2.0.2"),
-        "marked packets did not cross the tunnel"
+        "fast-path-marked packets did not cross the tunnel ({mode:?} XDP)"
     );
+    // Each echo request went through the XDP hand-off and got its mark from the tc program.
+    let handed = dp.reason_count(Reason::HandoffWireGuard).unwrap();
+    let marked = dp.reason_count(Reason::HandoffMarked).unwrap();
+    assert!(handed >= 3, "handed off {handed}");
+    assert_eq!(marked, handed, "every handed-off packet is marked by tc");
+    assert_eq!(dp.nexthop_counters(1).unwrap().packets, handed);
+    assert_eq!(dp.reason_count(Reason::LanForwarded).unwrap(), 0);
+    assert!(tx_packets(&lab.a.ns, &pair.a_name) >= wg_tx + 3);
+    // The mark came from the fast path: no nftables rule sets one.
+    let ruleset =
+        String::from_utf8(lab.a.ns.exec(&["nft", "list", "ruleset"]).unwrap().stdout).unwrap();
+    assert!(!ruleset.contains("mark set"), "{ruleset}");
     let rules = String::from_utf8(lab.a.ns.ip(&["rule", "show"]).unwrap().stdout).unwrap();
     assert!(rules.contains("fwmark 0x64 lookup 100"), "{rules}");
+
+    // Without the tc program the metadata reaches nobody: no mark, no route, no crossing.
+    dp.detach_handoff_tc(tc_link).unwrap();
+    assert!(
+        !ping(&lab.h1, "10.2.0.2"),
+        "crossed the tunnel without the tc program"
+    );
+    assert!(dp.reason_count(Reason::HandoffWireGuard).unwrap() > handed);
+    assert_eq!(dp.reason_count(Reason::HandoffMarked).unwrap(), marked);
+    drop(dp);
+
     assert!(lab.a.mgr.ensure(&pair.a_spec).await.unwrap().unchanged());
     assert_eq!(
         lab.a.mgr.check(&pair.a_name).await.unwrap().problems,
         Vec::<String>::new()
     );
-
     lab.a.mgr.remove(&pair.a_name).await.unwrap();
     for family in ["-4", "-6"] {
         let rules =
             String::from_utf8(lab.a.ns.ip(&[family, "rule", "show"]).unwrap().stdout).unwrap();
         assert!(!rules.contains("fwmark 0x64"), "rule left behind: {rules}");
     }
+}
+
+/// Issue item 3/6: the kernel WireGuard backend cannot run here (no module). `auto` must pick
+/// wireguard-go and say so in the log; asking for the kernel backend must be an error that
+/// names the missing kernel support and says the backend is untested. On a kernel with the
+/// module the other branch is checked instead.
+#[tokio::test]
+async fn without_the_wireguard_module_auto_uses_wireguard_go_and_kernel_is_a_named_error() {
+    let ns = Netns::new("wgsel").unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let auto = TunnelManager::new(config(&ns, state.path())).await.unwrap();
+    let kernel = TunnelManager::new(ManagerConfig {
+        wireguard: WireGuardImpl::Kernel,
+        ..config(&ns, state.path())
+    })
+    .await
+    .unwrap();
+    if kernel_support::probe(TunnelType::WireGuard).supported {
+        assert_eq!(auto.wireguard_backend(), Some("kernel"));
+        assert_eq!(kernel.wireguard_backend(), Some("kernel"));
+        return;
+    }
+    assert_eq!(auto.wireguard_backend(), Some("wireguard-go"));
+    assert_eq!(kernel.wireguard_backend(), None);
+    let spec = wireguard(WgEnd {
+        name: &ifname("wk"),
+        address: "10.254.0.1/30",
+        listen_port: 51820,
+        peer_key: auto.public_key("peerwk").unwrap(),
+        peer_endpoint: SocketAddr::from((B_UNDERLAY, 51821)),
+        allowed_ips: &["10.254.0.2/32"],
+        keepalive: None,
+        psk: None,
+    });
+    match kernel.ensure(&spec).await {
+        Err(TunnelError::KernelUnsupported { kind, detail }) => {
+            assert_eq!(kind, TunnelType::WireGuard);
+            assert!(detail.contains("CONFIG_WIREGUARD"), "{detail}");
+            assert!(detail.contains("untested"), "{detail}");
+            assert!(detail.contains("wireguard-go"), "{detail}");
+        }
+        other => panic!("expected KernelUnsupported, got {other:?}"),
+    }
+    assert!(!link_exists(&ns, &spec.name));
+    // The log line of the choice, as an operator sees it (the CLI at info level).
+    let out = Command::new(env!("CARGO_BIN_EXE_dwcp-tunnels"))
+        .args(["--netns", ns.name(), "--state-dir"])
+        .arg(state.path())
+        .arg("list")
+        .env("RUST_LOG", "info")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("no `wireguard` kernel module") && stderr.contains("use wireguard-go"),
+        "{stderr}"
+    );
 }

@@ -12,7 +12,8 @@ use dwcp_agent::dataplane::{nhg_table, Dataplane, Member, Pinning, SLOT_REUSE_GU
 use dwcp_common::{
     flow_hash, maps::programs, probe::*, wire::*, ClassifierKey, ClassifierRule, FlowKey,
     GatewayConfig, LinkConfig, Neighbour, NeighbourKey, NextHop, NextHopTable, QosClass, QosPolicy,
-    Reason, Route, VniEntry, CONFIG_F_READY, LINK_F_MONITORED, NH_F_VALID, QOS_F_REWRITE,
+    Reason, Route, VniEntry, CONFIG_F_READY, HANDOFF_META_MAGIC, LINK_F_MONITORED, NH_F_VALID,
+    QOS_F_REWRITE,
 };
 
 const XDP_ABORTED: u32 = 0;
@@ -1191,4 +1192,158 @@ fn swapping_a_group_under_traffic_sends_every_packet_by_the_old_or_the_new_table
     assert!(t0.elapsed() >= SLOT_REUSE_GUARD * (swaps as u32 - 1));
     assert!(fx.dp.slot_guard_stats().waits > 0);
     drop(pin);
+}
+
+const HANDOFF_GROUP: u32 = 8;
+const HANDOFF_NH: u32 = 3;
+const HANDOFF_MARK: u32 = 0x64;
+
+/// The fixture plus 10.3.0.0/16 and 2001:db8:3::/48 routed to a group whose only member is a
+/// hand-off (WireGuard) next hop with mark 0x64.
+fn handoff_fixture() -> Fixture {
+    let mut fx = Fixture::new();
+    fx.dp
+        .set_nexthop(HANDOFF_NH, NextHop::handoff(HANDOFF_NH, 9, HANDOFF_MARK))
+        .unwrap();
+    fx.dp
+        .set_group(
+            HANDOFF_GROUP,
+            &[Member {
+                nexthop: HANDOFF_NH,
+                weight: 1,
+            }],
+        )
+        .unwrap();
+    let route = Route {
+        group_id: HANDOFF_GROUP,
+        default_class: QosClass::BestEffort as u8,
+        _pad: [0; 3],
+    };
+    fx.dp
+        .set_route("10.3.0.0".parse().unwrap(), 16, route)
+        .unwrap();
+    fx.dp
+        .set_route("2001:db8:3::".parse().unwrap(), 48, route)
+        .unwrap();
+    fx
+}
+
+/// The frame with only the DSCP of its IP header (at `l3_off`) rewritten, ECN kept, IPv4
+/// checksum recomputed from scratch; TTL untouched (the kernel forwards it and decrements).
+fn expected_handoff(input: &[u8], l3_off: usize, dscp: u8) -> Vec<u8> {
+    let mut f = input.to_vec();
+    let p = &mut f[l3_off..];
+    if p[0] >> 4 == 4 {
+        p[1] = (dscp << 2) | (p[1] & 3);
+        let ihl = (p[0] & 0xf) as usize * 4;
+        p[10] = 0;
+        p[11] = 0;
+        let c = checksum(&p[..ihl]);
+        p[10..12].copy_from_slice(&c.to_be_bytes());
+    } else {
+        let tc = ((p[0] & 0x0f) << 4) | (p[1] >> 4);
+        let tc = (dscp << 2) | (tc & 3);
+        p[0] = 0x60 | (tc >> 4);
+        p[1] = ((tc & 0x0f) << 4) | (p[1] & 0x0f);
+    }
+    f
+}
+
+/// Runs a frame for the hand-off next hop: XDP_PASS, no encapsulation, the XDP metadata
+/// (which BPF_PROG_TEST_RUN returns in front of the packet) holds magic + mark, the frame
+/// behind it has only its DSCP changed, and the counters say so.
+fn assert_handed_off(fx: &mut Fixture, input: &[u8], l3_off: usize, class: QosClass) {
+    let before = fx.reason(Reason::HandoffWireGuard);
+    let before_fwd = fx.reason(Reason::LanForwarded);
+    let before_nh = fx.dp.nexthop_counters(HANDOFF_NH).unwrap();
+    let before_class = fx.dp.class_counters(class as u8).unwrap();
+    let (verdict, out) = fx.lan(input);
+    assert_eq!(verdict, XDP_PASS, "verdict");
+    assert_eq!(
+        out.len(),
+        8 + input.len(),
+        "metadata + frame, nothing added"
+    );
+    let magic = u32::from_ne_bytes(out[0..4].try_into().unwrap());
+    let mark = u32::from_ne_bytes(out[4..8].try_into().unwrap());
+    assert_eq!(magic, HANDOFF_META_MAGIC, "metadata magic");
+    assert_eq!(mark, HANDOFF_MARK, "metadata mark");
+    let want = expected_handoff(input, l3_off, class.default_dscp());
+    assert_eq!(&out[8..], &want[..], "frame behind the metadata");
+    assert_eq!(fx.reason(Reason::HandoffWireGuard), before + 1);
+    assert_eq!(fx.reason(Reason::LanForwarded), before_fwd, "not forwarded");
+    let nh = fx.dp.nexthop_counters(HANDOFF_NH).unwrap();
+    assert_eq!(nh.packets, before_nh.packets + 1);
+    assert_eq!(nh.bytes, before_nh.bytes + input.len() as u64);
+    assert_eq!(
+        fx.dp.class_counters(class as u8).unwrap().packets,
+        before_class.packets + 1
+    );
+}
+
+#[test]
+fn handoff_nexthop_passes_to_the_kernel_with_the_mark_in_the_xdp_metadata() {
+    let mut fx = handoff_fixture();
+    // ECN bits set: they must survive the DSCP rewrite.
+    let mut ip = V4::new(IPPROTO_UDP, "10.1.0.5", "10.3.0.9");
+    ip.tos = 0x03;
+    let f = frame(ETH_P_IP, &ip.build(&udp(40000, 5004, b"to wireguard")));
+    assert_handed_off(&mut fx, &f, 14, QosClass::Realtime);
+
+    let ip = V4::new(IPPROTO_TCP, "10.1.0.5", "10.3.1.1").build(&tcp(51000, 443, b""));
+    assert_handed_off(&mut fx, &frame(ETH_P_IP, &ip), 14, QosClass::BestEffort);
+
+    let l3 = ipv6(
+        0x01,
+        64,
+        IPPROTO_UDP,
+        "2001:db8:1::5",
+        "2001:db8:3::9",
+        &udp(40000, 5004, b"v6"),
+    );
+    assert_handed_off(&mut fx, &frame(ETH_P_IPV6, &l3), 14, QosClass::Realtime);
+
+    // A VLAN-tagged frame: the IP header behind the tag is the one rewritten.
+    let ip = V4::new(IPPROTO_UDP, "10.1.0.5", "10.3.0.9").build(&udp(40000, 5004, b"tag"));
+    let mut f = eth([0x02, 0, 0, 0, 0, 1], [0x02, 0, 0, 0, 0, 2], ETH_P_8021Q);
+    f.extend_from_slice(&vlan_tag(100, ETH_P_IP));
+    f.extend_from_slice(&ip);
+    assert_handed_off(&mut fx, &f, 18, QosClass::Realtime);
+
+    // TTL 1 is the kernel's to answer (ICMP time exceeded): handed off all the same, TTL kept.
+    let mut ip = V4::new(IPPROTO_UDP, "10.1.0.5", "10.3.0.9");
+    ip.ttl = 1;
+    let f = frame(ETH_P_IP, &ip.build(&udp(40000, 5004, b"ttl")));
+    assert_handed_off(&mut fx, &f, 14, QosClass::Realtime);
+}
+
+#[test]
+fn vxlan_nexthops_next_to_a_handoff_one_carry_no_metadata() {
+    let mut fx = handoff_fixture();
+    // 10.2/16 still goes through VXLAN next hops: encapsulated, no metadata in front.
+    let (f, key) = udp_v4_frame(0);
+    assert_forwarded(&mut fx, &f, 14, key, QosClass::Realtime);
+    assert_eq!(fx.reason(Reason::HandoffWireGuard), 0);
+    // No route: passed unchanged, no metadata either.
+    let ip = V4::new(IPPROTO_UDP, "10.1.0.5", "10.9.0.1").build(&udp(1, 2, b""));
+    assert_passed_unchanged(&mut fx, &frame(ETH_P_IP, &ip), Reason::LanPassNoRoute);
+}
+
+#[test]
+fn handoff_nexthop_of_a_dead_link_fails_over_like_any_other() {
+    let mut fx = handoff_fixture();
+    // The hand-off next hop rides on a monitored link that never answered: not usable.
+    fx.dp
+        .set_link_config(
+            HANDOFF_NH,
+            LinkConfig {
+                flags: LINK_F_MONITORED,
+                up_after: 1,
+                detect_ns: 1_000_000,
+            },
+        )
+        .unwrap();
+    let ip = V4::new(IPPROTO_UDP, "10.1.0.5", "10.3.0.9").build(&udp(40000, 5004, b"x"));
+    assert_passed_unchanged(&mut fx, &frame(ETH_P_IP, &ip), Reason::LanPassNoLiveNextHop);
+    assert_eq!(fx.reason(Reason::HandoffWireGuard), 0);
 }

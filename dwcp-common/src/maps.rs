@@ -57,6 +57,9 @@ pub mod programs {
     /// `XDP_PASS` and nothing else: the baseline of the benchmarks, and the program put on the
     /// receiving end of a veth so that redirected frames are accepted.
     pub const PASS: &str = "dwcp_pass";
+    /// tc ingress (SchedClassifier) on the LAN side: copies the mark the LAN XDP program left
+    /// in the XDP metadata into `skb->mark` (the WireGuard hand-off).
+    pub const LAN_HANDOFF_TC: &str = "dwcp_lan_tc";
 }
 
 pub const MAX_ROUTES: u32 = 16_384;
@@ -145,8 +148,29 @@ impl Default for NextHopTable {
 
 /// `NextHop.flags`
 pub const NH_F_VALID: u32 = 1;
+/// `NextHop.flags`: a hand-off next hop (a WireGuard tunnel, which XDP cannot encrypt). The
+/// LAN program rewrites the DSCP as usual but does not encapsulate: it leaves
+/// [`HandoffMeta`] with the mark (carried in `vni`, see [`NextHop::handoff_mark`]) in the
+/// XDP metadata and passes the packet up; the tc program `LAN_HANDOFF_TC` sets `skb->mark`,
+/// and the kernel's policy routing (`ip rule fwmark M lookup T`) sends it into the tunnel.
+pub const NH_F_HANDOFF: u32 = 2;
 
-/// A next hop: a VXLAN tunnel endpoint on one underlay link.
+/// `HandoffMeta.magic`: "dwcp" in ASCII. The tc program ignores metadata without it.
+pub const HANDOFF_META_MAGIC: u32 = 0x6477_6370;
+
+/// What the LAN XDP program puts in front of the packet (`bpf_xdp_adjust_meta`) for a
+/// hand-off next hop, and the tc ingress program reads back from `skb->data_meta`. 8 bytes:
+/// the kernel wants a multiple of 4, at most 32.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HandoffMeta {
+    pub magic: u32,
+    /// The fwmark to set on the skb (host byte order).
+    pub mark: u32,
+}
+
+/// A next hop: a VXLAN tunnel endpoint on one underlay link, or (with [`NH_F_HANDOFF`]) a
+/// WireGuard tunnel reached through the kernel's policy routing.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct NextHop {
@@ -155,7 +179,9 @@ pub struct NextHop {
     pub link_id: u32,
     /// Underlay interface to send on (key of `TX_PORTS` and of the neighbour entry).
     pub ifindex: u32,
-    /// VXLAN network identifier = path id.
+    /// VXLAN network identifier = path id. For a hand-off next hop ([`NH_F_HANDOFF`]): the
+    /// fwmark (the field is re-used so the map's value size, and pinned maps, stay as they
+    /// were).
     pub vni: u32,
     /// Outer source and destination IPv4 address, network byte order as bytes.
     pub local_ip4: [u8; 4],
@@ -167,6 +193,39 @@ pub struct NextHop {
     /// Destination MAC of the inner frame (the peer's VXLAN device MAC, for interop).
     pub inner_dst_mac: [u8; 6],
     pub _pad: [u8; 2],
+}
+
+impl NextHop {
+    /// A hand-off next hop: packets for it get `mark` and go to the kernel (policy routing
+    /// into the WireGuard device `ifindex`). `link_id` ties it to a link's liveness like any
+    /// next hop (an unmonitored link is always usable).
+    pub const fn handoff(link_id: u32, ifindex: u32, mark: u32) -> NextHop {
+        NextHop {
+            flags: NH_F_VALID | NH_F_HANDOFF,
+            link_id,
+            ifindex,
+            vni: mark,
+            local_ip4: [0; 4],
+            remote_ip4: [0; 4],
+            via_ip4: [0; 4],
+            mtu: 0,
+            inner_dst_mac: [0; 6],
+            _pad: [0; 2],
+        }
+    }
+
+    pub const fn is_handoff(&self) -> bool {
+        self.flags & NH_F_HANDOFF != 0
+    }
+
+    /// The fwmark of a hand-off next hop, `None` for a VXLAN one.
+    pub const fn handoff_mark(&self) -> Option<u32> {
+        if self.is_handoff() {
+            Some(self.vni)
+        } else {
+            None
+        }
+    }
 }
 
 /// Key of `NEIGHBOURS`: an IPv4 neighbour on an interface.
@@ -342,12 +401,23 @@ pub enum Reason {
     PolicerRemarked = 22,
     PolicerDropped = 23,
     UnderlayTransit = 24,
+    /// LAN packet for a hand-off (WireGuard) next hop: DSCP set, mark in the XDP metadata,
+    /// passed to the kernel.
+    HandoffWireGuard = 25,
+    /// Hand-off next hop, but no room for the XDP metadata: passed up unmarked and untouched.
+    HandoffNoMeta = 26,
+    /// A decapsulated transit packet whose next hop is a hand-off: the kernel routes it
+    /// unmarked (the tc program runs on LAN devices only).
+    HandoffTransit = 27,
+    /// Counted by the LAN tc program: a packet whose XDP metadata carried a hand-off mark got
+    /// it as `skb->mark`.
+    HandoffMarked = 28,
 }
 
 pub const REASON_COUNT: u32 = 32;
 
 impl Reason {
-    pub const ALL: [Reason; 25] = [
+    pub const ALL: [Reason; 29] = [
         Reason::LanForwarded,
         Reason::LanPassNotIp,
         Reason::LanPassMalformed,
@@ -373,6 +443,10 @@ impl Reason {
         Reason::PolicerRemarked,
         Reason::PolicerDropped,
         Reason::UnderlayTransit,
+        Reason::HandoffWireGuard,
+        Reason::HandoffNoMeta,
+        Reason::HandoffTransit,
+        Reason::HandoffMarked,
     ];
 
     /// Stable snake_case name, used as a metric label and in the CLI.
@@ -403,6 +477,10 @@ impl Reason {
             Reason::PolicerRemarked => "policer_remarked",
             Reason::PolicerDropped => "policer_dropped",
             Reason::UnderlayTransit => "underlay_transit",
+            Reason::HandoffWireGuard => "handoff_wireguard",
+            Reason::HandoffNoMeta => "handoff_no_meta",
+            Reason::HandoffTransit => "handoff_transit",
+            Reason::HandoffMarked => "handoff_marked",
         }
     }
 }
@@ -426,6 +504,7 @@ mod pod {
     unsafe impl aya::Pod for PolicerKey {}
     unsafe impl aya::Pod for Policer {}
     unsafe impl aya::Pod for Counters {}
+    unsafe impl aya::Pod for HandoffMeta {}
 }
 
 #[cfg(test)]
@@ -442,6 +521,10 @@ mod tests {
             4 + 4 * MAX_GROUP_MEMBERS + NHG_BUCKETS + 7
         );
         assert_eq!(size_of::<NextHop>(), 40);
+        assert_eq!(size_of::<HandoffMeta>(), 8);
+        let h = NextHop::handoff(3, 9, 0x64);
+        assert_eq!(h.handoff_mark(), Some(0x64));
+        assert_eq!(NextHop::default().handoff_mark(), None);
         assert_eq!(size_of::<NeighbourKey>(), 8);
         assert_eq!(size_of::<Neighbour>(), 16);
         assert_eq!(size_of::<LinkConfig>(), 16);

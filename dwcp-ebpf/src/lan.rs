@@ -4,16 +4,22 @@
 //! -> VXLAN encapsulate (+ DSCP rewrite, TTL decrement of the inner packet) -> redirect.
 //! Every check that can fail happens before the packet is touched, so a pass-up is
 //! byte-for-byte the packet that arrived.
+//!
+//! A hand-off next hop (`NH_F_HANDOFF`, a WireGuard tunnel) is the exception to "encapsulate
+//! and redirect": XDP cannot encrypt, so the packet gets its DSCP, the next hop's mark goes
+//! into the XDP metadata ([`HandoffMeta`]) and the packet is passed up; the tc ingress program
+//! (`tc.rs`) copies the mark to `skb->mark` and the kernel's policy routing does the rest.
 use aya_ebpf::{
     bindings::xdp_action,
-    helpers::{bpf_ktime_get_ns, bpf_xdp_adjust_head},
+    helpers::{bpf_ktime_get_ns, bpf_xdp_adjust_head, bpf_xdp_adjust_meta},
     programs::XdpContext,
 };
 use dwcp_common::{
-    flow_hash, group_slot, wire::*, ClassifierKey, LinkConfig, Neighbour, NeighbourKey, NextHop,
-    NextHopTable, PolicerKey, QosPolicy, Reason, CLASSIFY_DST_PORT, CLASSIFY_SRC_PORT,
-    CONFIG_F_POLICING, CONFIG_F_READY, LINK_F_ADMIN_DOWN, LINK_F_MONITORED, MAX_GROUP_MEMBERS,
-    NHG_BUCKETS, NH_F_VALID, POLICER_ANY_GROUP, POLICE_DROP, QOS_F_REWRITE,
+    flow_hash, group_slot, wire::*, ClassifierKey, HandoffMeta, LinkConfig, Neighbour,
+    NeighbourKey, NextHop, NextHopTable, PolicerKey, QosPolicy, Reason, CLASSIFY_DST_PORT,
+    CLASSIFY_SRC_PORT, CONFIG_F_POLICING, CONFIG_F_READY, HANDOFF_META_MAGIC, LINK_F_ADMIN_DOWN,
+    LINK_F_MONITORED, MAX_GROUP_MEMBERS, NHG_BUCKETS, NH_F_HANDOFF, NH_F_VALID, POLICER_ANY_GROUP,
+    POLICE_DROP, QOS_F_REWRITE,
 };
 
 use crate::{
@@ -226,11 +232,43 @@ fn classify(p: &Parsed, default_class: u8) -> u8 {
     default_class
 }
 
-/// Routes the Ethernet frame at the start of the packet: encapsulates and redirects it, or
-/// returns why not (the packet untouched). Used for LAN traffic and, after decapsulation,
-/// for transit traffic.
+/// The packet's QoS class after classification and policing; `None`: the policer drops it.
 #[inline(always)]
+fn class_of(
+    p: &Parsed,
+    group_id: u32,
+    default_class: u8,
+    policing: bool,
+    frame_len: usize,
+    clock: &mut Clock,
+) -> Option<u8> {
+    let class = classify(p, default_class);
+    let class = if class > BEST_EFFORT {
+        BEST_EFFORT
+    } else {
+        class
+    };
+    if !policing {
+        return Some(class);
+    }
+    match police(group_id, class, frame_len as u64, clock) {
+        Verdict::Conform => Some(class),
+        Verdict::Remark => {
+            count(Reason::PolicerRemarked);
+            Some(BEST_EFFORT)
+        }
+        Verdict::Drop => {
+            count(Reason::PolicerDropped);
+            None
+        }
+    }
+}
+
+/// Routes the Ethernet frame at the start of the packet: encapsulates and redirects it (or,
+/// for a hand-off next hop of LAN traffic, marks it for the kernel), or returns why not (the
+/// packet untouched). Used for LAN traffic and, after decapsulation, for transit traffic.
 /// `from`: the outer source address of a transit packet (the previous gateway), else 0.
+#[inline(always)]
 pub fn forward(ctx: &XdpContext, from: u32) -> Result<u32, Reason> {
     let cfg = DWCP_CONFIG.get(0).ok_or(Reason::LanPassNotReady)?;
     if cfg.flags & CONFIG_F_READY == 0 {
@@ -269,6 +307,25 @@ pub fn forward(ctx: &XdpContext, from: u32) -> Result<u32, Reason> {
     let (nh_id, nh) = pick_nexthop(table, member, &mut clock, from)?;
 
     let frame_len = ctx.data_end() - ctx.data();
+    if nh.flags & NH_F_HANDOFF != 0 {
+        // A decapsulated transit packet is not on a LAN device (no tc program there to read
+        // the metadata): the kernel routes it unmarked.
+        if from != 0 {
+            return Err(Reason::HandoffTransit);
+        }
+        let Some(class) = class_of(
+            &p,
+            route.group_id,
+            route.default_class,
+            policing,
+            frame_len,
+            &mut clock,
+        ) else {
+            return Ok(xdp_action::XDP_DROP);
+        };
+        return handoff(ctx, &p, nh_id, nh.vni, class, frame_len);
+    }
+
     // Outer IP packet = outer IPv4 + UDP + VXLAN + inner Ethernet + inner L3 and beyond.
     let outer_ip_len = frame_len - p.l3_off + IPV4_HLEN + UDP_HLEN + VXLAN_HLEN + ETH_HLEN;
     if outer_ip_len > nh.mtu as usize {
@@ -281,26 +338,15 @@ pub fn forward(ctx: &XdpContext, from: u32) -> Result<u32, Reason> {
         })
     }
     .ok_or(Reason::LanPassNoNeighbour)?;
-    let class = classify(&p, route.default_class);
-    let class = if class > BEST_EFFORT {
-        BEST_EFFORT
-    } else {
-        class
-    };
-    let class = if policing {
-        match police(route.group_id, class, frame_len as u64, &mut clock) {
-            Verdict::Conform => class,
-            Verdict::Remark => {
-                count(Reason::PolicerRemarked);
-                BEST_EFFORT
-            }
-            Verdict::Drop => {
-                count(Reason::PolicerDropped);
-                return Ok(xdp_action::XDP_DROP);
-            }
-        }
-    } else {
-        class
+    let Some(class) = class_of(
+        &p,
+        route.group_id,
+        route.default_class,
+        policing,
+        frame_len,
+        &mut clock,
+    ) else {
+        return Ok(xdp_action::XDP_DROP);
     };
 
     // TTL / hop limit: leave expiring packets to the kernel (it sends the ICMP error).
@@ -337,6 +383,79 @@ pub fn forward(ctx: &XdpContext, from: u32) -> Result<u32, Reason> {
             Ok(xdp_action::XDP_DROP)
         }
     }
+}
+
+const META_LEN: i32 = core::mem::size_of::<HandoffMeta>() as i32;
+
+/// Hand-off to the kernel: metadata first (it does not touch the packet, so a failure leaves
+/// the packet as it arrived), then the DSCP rewrite in place. No TTL decrement: the kernel
+/// forwards the packet and decrements it itself.
+#[inline(always)]
+fn handoff(
+    ctx: &XdpContext,
+    p: &Parsed,
+    nh_id: u32,
+    mark: u32,
+    class: u8,
+    frame_len: usize,
+) -> Result<u32, Reason> {
+    if unsafe { bpf_xdp_adjust_meta(ctx.ctx, -META_LEN) } != 0 {
+        return Err(Reason::HandoffNoMeta);
+    }
+    let meta = ctx.metadata();
+    if meta + META_LEN as usize > ctx.data() {
+        return Err(Reason::HandoffNoMeta);
+    }
+    unsafe {
+        *(meta as *mut HandoffMeta) = HandoffMeta {
+            magic: HANDOFF_META_MAGIC,
+            mark,
+        };
+    }
+    let policy: Option<&QosPolicy> = QOS_POLICY.get(class as u32);
+    if let Err(reason) = rewrite_dscp_at(ctx, p.l3_off, p.v6, policy) {
+        // Take the metadata back: an unrewritten packet must not be marked either.
+        unsafe { bpf_xdp_adjust_meta(ctx.ctx, META_LEN) };
+        return Err(reason);
+    }
+    count_nexthop(nh_id, frame_len as u64);
+    count_class(class as u32, frame_len as u64);
+    count(Reason::HandoffWireGuard);
+    Ok(xdp_action::XDP_PASS)
+}
+
+/// DSCP rewrite (ECN kept) of the IP header at `off`, nothing else.
+#[inline(always)]
+fn rewrite_dscp_at(
+    ctx: &XdpContext,
+    off: usize,
+    v6: bool,
+    policy: Option<&QosPolicy>,
+) -> Result<(), Reason> {
+    let Some(dscp) = policy
+        .filter(|p| p.flags & QOS_F_REWRITE != 0)
+        .map(|p| p.dscp & 0x3f)
+    else {
+        return Ok(());
+    };
+    if v6 {
+        let ip: *mut Ipv6Hdr = ptr_at(ctx, off).ok_or(Reason::LanPassMalformed)?;
+        let ip = unsafe { &mut *ip };
+        let b0 = ip.vtc_flow[0];
+        let b1 = ip.vtc_flow[1];
+        let tc = ((b0 & 0x0f) << 4) | (b1 >> 4);
+        let tc = (dscp << 2) | (tc & 0x03);
+        ip.vtc_flow[0] = 0x60 | (tc >> 4);
+        ip.vtc_flow[1] = ((tc & 0x0f) << 4) | (b1 & 0x0f);
+    } else {
+        let ip: *mut Ipv4Hdr = ptr_at(ctx, off).ok_or(Reason::LanPassMalformed)?;
+        let words = ip as *mut u16;
+        let ip = unsafe { &mut *ip };
+        let old = unsafe { *words };
+        ip.tos = (dscp << 2) | (ip.tos & 0x03);
+        ip.check = csum_replace2(ip.check, old, unsafe { *words });
+    }
+    Ok(())
 }
 
 const INNER_L3: usize = VXLAN_ENCAP_LEN + ETH_HLEN;

@@ -8,9 +8,14 @@ mod lan;
 mod maps;
 mod parse;
 mod stats;
+mod tc;
 mod underlay;
 
-use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
+use aya_ebpf::{
+    bindings::xdp_action,
+    macros::{classifier, xdp},
+    programs::{TcContext, XdpContext},
+};
 
 /// LAN ingress: classify, mark, hash, encapsulate, redirect.
 #[xdp]
@@ -22,6 +27,13 @@ pub fn dwcp_lan(ctx: XdpContext) -> u32 {
 #[xdp]
 pub fn dwcp_underlay(ctx: XdpContext) -> u32 {
     underlay::underlay_ingress(&ctx)
+}
+
+/// tc ingress on the LAN device: copies the hand-off mark from the XDP metadata to
+/// `skb->mark` (see `tc`).
+#[classifier]
+pub fn dwcp_lan_tc(ctx: TcContext) -> i32 {
+    tc::lan_tc(&ctx)
 }
 
 /// `XDP_PASS` only: the benchmark baseline, and the program for the receiving end of a veth

@@ -268,6 +268,29 @@ impl Daemon {
                 }
             }
         }
+        // The second half of the WireGuard hand-off: copies the mark the LAN XDP program
+        // leaves in the XDP metadata to `skb->mark` (docs/tunnels.md, "Hand-off").
+        for ifname in config.lan_interfaces.clone() {
+            let program = programs::LAN_HANDOFF_TC;
+            match dataplane.attach_handoff_tc_pinned(&ifname)? {
+                LinkAdoption::Attached { program_id, .. } => {
+                    info!(
+                        program,
+                        ifname, program_id, "tc ingress attached and pinned"
+                    )
+                }
+                LinkAdoption::Replaced {
+                    old_program_id,
+                    new_program_id,
+                } => info!(
+                    program,
+                    ifname,
+                    old_program_id,
+                    new_program_id,
+                    "adopted the pinned tc link: tc program swapped in place (bpf_link_update)"
+                ),
+            }
+        }
 
         let mut tasks = Vec::new();
         let watcher = NetlinkWatcher::subscribe()?;

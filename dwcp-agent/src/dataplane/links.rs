@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 
 use aya::programs::{
     links::{FdLink, PinnedLink},
+    tc::SchedClassifierLink,
     xdp::XdpLink,
 };
 
@@ -15,6 +16,12 @@ use super::{AttachMode, Dataplane, DataplaneError, Result};
 /// Where the XDP link on `ifname` is pinned.
 pub fn link_pin_path(pin_dir: &Path, ifname: &str) -> PathBuf {
     pin_dir.join("links").join(ifname)
+}
+
+/// Where the hand-off tc link on `ifname` is pinned: `links/<ifname>:tc` (`:` is not allowed
+/// in interface names, so it cannot meet an XDP link's pin).
+pub fn tc_link_pin_path(pin_dir: &Path, ifname: &str) -> PathBuf {
+    pin_dir.join("links").join(format!("{ifname}:tc"))
 }
 
 /// What [`Dataplane::attach_pinned`] did.
@@ -90,6 +97,86 @@ impl Dataplane {
             .pin(&path)
             .map_err(|e| link_err(ifname, &format!("pin at {}", path.display()), e))?;
         Ok(LinkAdoption::Attached { mode, program_id })
+    }
+
+    /// The hand-off tc program on `ifname`'s ingress behind a pinned tcx link, adopted and
+    /// replaced in place like [`Dataplane::attach_pinned`]'s XDP links. Needs tcx (kernel
+    /// >= 6.6): a netlink `cls_bpf` filter is not a `bpf_link` and cannot be pinned.
+    pub fn attach_handoff_tc_pinned(&mut self, ifname: &str) -> Result<LinkAdoption> {
+        let dir = self
+            .pin_dir
+            .clone()
+            .ok_or_else(|| link_err(ifname, "pinned links", "need a pin directory"))?;
+        let path = tc_link_pin_path(&dir, ifname);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).map_err(|source| DataplaneError::PinDir {
+                path: parent.to_path_buf(),
+                source,
+            })?;
+        }
+        if path.exists() {
+            match self.replace_pinned_tc(ifname, &path) {
+                Ok(adopted) => return Ok(adopted),
+                Err(e) => {
+                    tracing::warn!(ifname, error = %e, "pinned tc link unusable; attaching anew");
+                    let _ = std::fs::remove_file(&path);
+                }
+            }
+        }
+        let id = self.attach_handoff_tc(ifname)?;
+        let link = self
+            .handoff_tc_program()?
+            .take_link(id)
+            .map_err(|e| link_err(ifname, "take tc link", e))?;
+        let fd_link: FdLink = link.try_into().map_err(|e| {
+            link_err(
+                ifname,
+                "tc program attached through netlink, not tcx (kernel < 6.6): cannot pin it",
+                e,
+            )
+        })?;
+        let program_id = fd_link
+            .info()
+            .map_err(|e| link_err(ifname, "tc link info", e))?
+            .program_id();
+        fd_link
+            .pin(&path)
+            .map_err(|e| link_err(ifname, &format!("pin at {}", path.display()), e))?;
+        Ok(LinkAdoption::Attached {
+            mode: AttachMode::Native,
+            program_id,
+        })
+    }
+
+    fn replace_pinned_tc(&mut self, ifname: &str, path: &Path) -> Result<LinkAdoption> {
+        let pinned =
+            PinnedLink::from_pin(path).map_err(|e| link_err(ifname, "open pinned tc link", e))?;
+        let fd_link: FdLink = pinned.into();
+        let old_program_id = fd_link
+            .info()
+            .map_err(|e| link_err(ifname, "tc link info", e))?
+            .program_id();
+        let tc_link = SchedClassifierLink::try_from(fd_link)
+            .map_err(|e| link_err(ifname, "not a tcx link", e))?;
+        let prog = self.handoff_tc_program()?;
+        let id = prog
+            .attach_to_link(tc_link)
+            .map_err(|e| link_err(ifname, "bpf_link_update (tc)", e))?;
+        let link = prog
+            .take_link(id)
+            .map_err(|e| link_err(ifname, "take tc link", e))?;
+        let fd_link: FdLink = link
+            .try_into()
+            .map_err(|e| link_err(ifname, "not a bpf_link", e))?;
+        let new_program_id = fd_link
+            .info()
+            .map_err(|e| link_err(ifname, "tc link info", e))?
+            .program_id();
+        drop(fd_link);
+        Ok(LinkAdoption::Replaced {
+            old_program_id,
+            new_program_id,
+        })
     }
 
     fn replace_pinned(

@@ -23,7 +23,12 @@ use aya::{
         lpm_trie::{Key, LpmTrie},
         Array, DevMapHash, HashMap, MapData, MapError, PerCpuArray,
     },
-    programs::{xdp::XdpLinkId, ProgramError, Xdp, XdpMode},
+    programs::{
+        tc::{qdisc_add_clsact, SchedClassifierLinkId},
+        xdp::XdpLinkId,
+        ProgramError, SchedClassifier, TcAttachType, Xdp, XdpMode,
+    },
+    util::KernelVersion,
     Ebpf, EbpfLoader,
 };
 use dwcp_common::{
@@ -37,7 +42,7 @@ use tracing::{info, warn};
 
 pub use batch::{GroupWrite, SlotGuardStats, SLOT_REUSE_GUARD};
 pub use compat::{pin_mismatches, MapShape, PinMismatch};
-pub use links::{link_pin_path, unpin_links, LinkAdoption};
+pub use links::{link_pin_path, tc_link_pin_path, unpin_links, LinkAdoption};
 pub use nhg_table::{build_table, GroupError, Member};
 
 /// The eBPF object built by build.rs (dwcp-ebpf, with BTF).
@@ -91,6 +96,12 @@ pub enum DataplaneError {
     IncompatiblePins {
         dir: PathBuf,
         mismatches: Vec<PinMismatch>,
+    },
+    #[error("attaching the hand-off tc program {program} to {ifname} (ingress): {detail}")]
+    TcAttach {
+        program: &'static str,
+        ifname: String,
+        detail: String,
     },
 }
 
@@ -213,6 +224,16 @@ impl Dataplane {
                 .map_err(prog_err(name))?;
             prog.load().map_err(prog_err(name))?;
         }
+        let name = programs::LAN_HANDOFF_TC;
+        let prog: &mut SchedClassifier = ebpf
+            .program_mut(name)
+            .ok_or(DataplaneError::Program {
+                program: name,
+                source: Box::new(ProgramError::NotLoaded),
+            })?
+            .try_into()
+            .map_err(prog_err(name))?;
+        prog.load().map_err(prog_err(name))?;
         Ok(Dataplane {
             config: take!(ebpf, names::CONFIG),
             routes_v4: take!(ebpf, names::ROUTES_V4),
@@ -278,6 +299,56 @@ impl Dataplane {
                 }),
             },
         }
+    }
+
+    /// The loaded tc program of the WireGuard hand-off (`programs::LAN_HANDOFF_TC`).
+    pub fn handoff_tc_program(&mut self) -> Result<&mut SchedClassifier> {
+        let name = programs::LAN_HANDOFF_TC;
+        self.ebpf
+            .program_mut(name)
+            .ok_or(DataplaneError::Program {
+                program: name,
+                source: Box::new(ProgramError::NotLoaded),
+            })?
+            .try_into()
+            .map_err(prog_err(name))
+    }
+
+    /// Attaches the hand-off tc program to `ifname`'s ingress (in the calling thread's network
+    /// namespace), next to the LAN XDP program: through tcx (a `bpf_link`) on kernels >= 6.6,
+    /// else as a direct-action `cls_bpf` filter under a `clsact` qdisc, added if missing. The
+    /// link lives as long as this `Dataplane` (see [`Dataplane::attach_handoff_tc_pinned`]
+    /// for one that outlives the agent).
+    pub fn attach_handoff_tc(&mut self, ifname: &str) -> Result<SchedClassifierLinkId> {
+        let program = programs::LAN_HANDOFF_TC;
+        let tc_err = |detail: String| DataplaneError::TcAttach {
+            program,
+            ifname: ifname.to_string(),
+            detail,
+        };
+        let tcx = KernelVersion::current().is_ok_and(|v| v >= KernelVersion::new(6, 6, 0));
+        if !tcx {
+            match qdisc_add_clsact(ifname) {
+                Ok(()) => {}
+                // EEXIST: the qdisc is there already.
+                Err(aya::programs::tc::TcError::NetlinkError(e))
+                    if e.raw_os_error() == Some(libc::EEXIST) => {}
+                Err(e) => return Err(tc_err(format!("adding the clsact qdisc: {e}"))),
+            }
+        }
+        let id = self
+            .handoff_tc_program()?
+            .attach(ifname, TcAttachType::Ingress)
+            .map_err(|e| tc_err(e.to_string()))?;
+        info!(program, ifname, "hand-off tc program attached (ingress)");
+        Ok(id)
+    }
+
+    /// Detaches what [`Dataplane::attach_handoff_tc`] attached.
+    pub fn detach_handoff_tc(&mut self, id: SchedClassifierLinkId) -> Result<()> {
+        self.handoff_tc_program()?
+            .detach(id)
+            .map_err(prog_err(programs::LAN_HANDOFF_TC))
     }
 
     pub fn set_config(&mut self, cfg: GatewayConfig) -> Result<()> {

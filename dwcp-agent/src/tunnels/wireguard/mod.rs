@@ -279,27 +279,46 @@ impl WireGuardBackend {
         let kernel_missing = || TunnelError::KernelUnsupported {
             kind: TunnelType::WireGuard,
             detail: "the kernel has no `wireguard` generic netlink family (CONFIG_WIREGUARD \
-                     not set or module not loaded)"
+                     not set or module not loaded); use `wireguard-go` (the `auto` choice falls \
+                     back to it). Note: dwcp's kernel backend has never run against a kernel \
+                     with the module (the development machine has none), so it is untested"
                 .into(),
         };
+        let untested = || {
+            tracing::warn!(
+                "using the kernel WireGuard module through generic netlink: dwcp's kernel \
+                 backend is UNTESTED (never run against a kernel with the module)"
+            )
+        };
         match choice {
-            WireGuardImpl::Kernel => KernelWireGuard::connect(ns, rtnl.clone())
-                .await?
-                .map(WireGuardBackend::Kernel)
-                .ok_or_else(kernel_missing),
+            WireGuardImpl::Kernel => {
+                let k = KernelWireGuard::connect(ns, rtnl.clone())
+                    .await?
+                    .ok_or_else(kernel_missing)?;
+                untested();
+                Ok(WireGuardBackend::Kernel(k))
+            }
             WireGuardImpl::Userspace { binary } => Ok(WireGuardBackend::Userspace(
                 UserspaceWireGuard::new(binary.clone(), ns.clone(), rtnl.clone()),
             )),
             WireGuardImpl::Auto => {
                 if let Some(k) = KernelWireGuard::connect(ns, rtnl.clone()).await? {
+                    untested();
                     return Ok(WireGuardBackend::Kernel(k));
                 }
                 match uapi::find_in_path("wireguard-go") {
-                    Some(binary) => Ok(WireGuardBackend::Userspace(UserspaceWireGuard::new(
-                        binary,
-                        ns.clone(),
-                        rtnl.clone(),
-                    ))),
+                    Some(binary) => {
+                        tracing::info!(
+                            binary = %binary.display(),
+                            "no `wireguard` kernel module (no generic netlink family \
+                             `wireguard`): WireGuard tunnels use wireguard-go over its UAPI socket"
+                        );
+                        Ok(WireGuardBackend::Userspace(UserspaceWireGuard::new(
+                            binary,
+                            ns.clone(),
+                            rtnl.clone(),
+                        )))
+                    }
                     None => Err(TunnelError::KernelUnsupported {
                         kind: TunnelType::WireGuard,
                         detail: "no `wireguard` kernel module and no `wireguard-go` in PATH \
