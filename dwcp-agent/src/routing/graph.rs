@@ -98,6 +98,26 @@ thread_local! {
     static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch::default());
     /// `reaching`'s buffers (used while a distance map in `SCRATCH` is borrowed).
     static REACH: RefCell<(Vec<bool>, Vec<u32>)> = const { RefCell::new((Vec::new(), Vec::new())) };
+    static WALK: RefCell<WalkBufs> = RefCell::new(WalkBufs::default());
+}
+
+/// Buffers of the depth-first walks (`tight_paths`, the search for a path besides the
+/// chosen ones), kept per thread.
+#[derive(Default)]
+pub(crate) struct WalkBufs {
+    pub reaches: Vec<bool>,
+    pub stack: Vec<u32>,
+    pub on_path: Vec<bool>,
+    pub links: Vec<u32>,
+    pub frames: Vec<(u32, usize)>,
+}
+
+/// Runs `f` with this thread's walk buffers (fresh ones if they are in use further up).
+pub(crate) fn with_walk<R>(f: impl FnOnce(&mut WalkBufs) -> R) -> R {
+    WALK.with(|c| match c.try_borrow_mut() {
+        Ok(mut s) => f(&mut s),
+        Err(_) => f(&mut WalkBufs::default()),
+    })
 }
 
 /// Runs `f` with this thread's search buffers (fresh ones if they are in use further up).
@@ -429,7 +449,7 @@ impl RoutingGraph {
 
     /// Regions from which `dst` is reachable over tight links (prunes dead ends), into
     /// `reaches` (`stack` is scratch).
-    fn reaching(
+    pub(crate) fn reaching(
         &self,
         dst: u32,
         mask: &Mask,
@@ -501,60 +521,70 @@ impl RoutingGraph {
         tight: impl Fn(u32, u32, usize) -> bool,
     ) -> (Vec<Vec<u32>>, bool) {
         let n = self.region_count();
-        let (mut reaches, mut stack) = (Vec::new(), Vec::new());
-        self.reaching(dst, mask, &tight, &mut reaches, &mut stack);
-        let mut out = Vec::new();
-        if !reaches[src as usize] {
-            return (out, false);
-        }
-        let mut on_path = vec![false; n];
-        let mut links = Vec::new();
-        // Depth-first with an explicit stack of (node, next adjacency index); a step budget
-        // bounds the walk should zero-weight links make the tight graph cyclic.
-        let mut frames: Vec<(u32, usize)> = vec![(src, 0)];
-        on_path[src as usize] = true;
-        let mut budget: u32 = 200_000;
-        let mut truncated = false;
-        while let Some(&mut (u, ref mut next)) = frames.last_mut() {
-            budget = budget.saturating_sub(1);
-            if budget == 0 {
-                truncated = true;
-                break;
+        with_walk(|w| {
+            let WalkBufs {
+                reaches,
+                stack,
+                on_path,
+                links,
+                frames,
+            } = w;
+            self.reaching(dst, mask, &tight, reaches, stack);
+            let mut out = Vec::new();
+            if !reaches[src as usize] {
+                return (out, false);
             }
-            if u == dst {
-                if out.len() == limit {
+            on_path.clear();
+            on_path.resize(n, false);
+            links.clear();
+            // Depth-first with an explicit stack of (node, next adjacency index); a step budget
+            // bounds the walk should zero-weight links make the tight graph cyclic.
+            frames.clear();
+            frames.push((src, 0));
+            on_path[src as usize] = true;
+            let mut budget: u32 = 200_000;
+            let mut truncated = false;
+            while let Some(&mut (u, ref mut next)) = frames.last_mut() {
+                budget = budget.saturating_sub(1);
+                if budget == 0 {
                     truncated = true;
                     break;
                 }
-                out.push(links.clone());
-                on_path[u as usize] = false;
-                frames.pop();
-                links.pop();
-                continue;
-            }
-            let adj = self.neighbours(u);
-            let mut advanced = false;
-            while *next < adj.len() {
-                let (l, v) = adj[*next];
-                *next += 1;
-                if !on_path[v as usize]
-                    && reaches[v as usize]
-                    && self.step(mask, l, v)
-                    && tight(u, v, l as usize)
-                {
-                    on_path[v as usize] = true;
-                    links.push(l);
-                    frames.push((v, 0));
-                    advanced = true;
-                    break;
+                if u == dst {
+                    if out.len() == limit {
+                        truncated = true;
+                        break;
+                    }
+                    out.push(links.clone());
+                    on_path[u as usize] = false;
+                    frames.pop();
+                    links.pop();
+                    continue;
+                }
+                let adj = self.neighbours(u);
+                let mut advanced = false;
+                while *next < adj.len() {
+                    let (l, v) = adj[*next];
+                    *next += 1;
+                    if !on_path[v as usize]
+                        && reaches[v as usize]
+                        && self.step(mask, l, v)
+                        && tight(u, v, l as usize)
+                    {
+                        on_path[v as usize] = true;
+                        links.push(l);
+                        frames.push((v, 0));
+                        advanced = true;
+                        break;
+                    }
+                }
+                if !advanced {
+                    on_path[u as usize] = false;
+                    frames.pop();
+                    links.pop();
                 }
             }
-            if !advanced {
-                on_path[u as usize] = false;
-                frames.pop();
-                links.pop();
-            }
-        }
-        (out, truncated)
+            (out, truncated)
+        })
     }
 }

@@ -12,7 +12,7 @@ use std::cmp::Reverse;
 use std::collections::{BTreeSet, BinaryHeap};
 
 use super::error::RoutingError;
-use super::graph::{with_scratch, Dist, Mask, RoutingGraph, Scratch, Weight};
+use super::graph::{with_scratch, with_walk, Dist, Mask, RoutingGraph, Scratch, WalkBufs, Weight};
 use super::path::{Path, RouteSet, Secondary};
 use super::strategy::{Constraints, Strategy};
 use crate::topology::{LinkId, RegionId};
@@ -545,65 +545,66 @@ impl<'g> Search<'g> {
     /// Whether a simple path from `src` to `dst` within the base mask may exist besides
     /// `chosen`: false only when a depth-first walk of every such path (bounded, pruned to
     /// regions that reach `dst`) met only paths of `chosen`.
-    fn other_path_may_exist(&self, src: u32, dst: u32, chosen: &[Cand]) -> bool {
+    fn other_path_may_exist(&self, src: u32, dst: u32, chosen: impl Fn(&[u32]) -> bool) -> bool {
         const STEPS: u32 = 4096;
         let g = self.g;
         let mask = &self.base;
         let n = g.region_count();
-        // Regions that reach `dst` within the mask.
-        let mut reaches = vec![false; n];
-        reaches[dst as usize] = true;
-        let mut stack = vec![dst];
-        while let Some(v) = stack.pop() {
-            for &(l, u) in g.neighbours(v) {
-                if !reaches[u as usize] && !mask.nodes[u as usize] && g.allowed(mask, l as usize) {
-                    reaches[u as usize] = true;
-                    stack.push(u);
-                }
+        with_walk(|w| {
+            let WalkBufs {
+                reaches,
+                stack,
+                on_path,
+                links,
+                frames,
+            } = w;
+            // Regions that reach `dst` within the mask.
+            g.reaching(dst, mask, &|_, _, _| true, reaches, stack);
+            if !reaches[src as usize] {
+                return false;
             }
-        }
-        if !reaches[src as usize] {
-            return false;
-        }
-        let mut on_path = vec![false; n];
-        let mut links: Vec<u32> = Vec::new();
-        let mut frames: Vec<(u32, usize)> = vec![(src, 0)];
-        on_path[src as usize] = true;
-        let mut budget = STEPS;
-        while let Some(&mut (u, ref mut next)) = frames.last_mut() {
-            budget -= 1;
-            if budget == 0 {
-                return true;
-            }
-            if u == dst {
-                if !chosen.iter().any(|c| c.links == links) {
+            on_path.clear();
+            on_path.resize(n, false);
+            links.clear();
+            frames.clear();
+            frames.push((src, 0));
+            on_path[src as usize] = true;
+            let mut budget = STEPS;
+            while let Some(&mut (u, ref mut next)) = frames.last_mut() {
+                budget -= 1;
+                if budget == 0 {
                     return true;
                 }
-                on_path[u as usize] = false;
-                frames.pop();
-                links.pop();
-                continue;
-            }
-            let adj = g.neighbours(u);
-            let mut advanced = false;
-            while *next < adj.len() {
-                let (l, v) = adj[*next];
-                *next += 1;
-                if !on_path[v as usize] && reaches[v as usize] && g.allowed(mask, l as usize) {
-                    on_path[v as usize] = true;
-                    links.push(l);
-                    frames.push((v, 0));
-                    advanced = true;
-                    break;
+                if u == dst {
+                    if !chosen(links) {
+                        return true;
+                    }
+                    on_path[u as usize] = false;
+                    frames.pop();
+                    links.pop();
+                    continue;
+                }
+                let adj = g.neighbours(u);
+                let mut advanced = false;
+                while *next < adj.len() {
+                    let (l, v) = adj[*next];
+                    *next += 1;
+                    if !on_path[v as usize] && reaches[v as usize] && g.step(mask, l, v) {
+                        on_path[v as usize] = true;
+                        links.push(l);
+                        frames.push((v, 0));
+                        advanced = true;
+                        break;
+                    }
+                }
+                if !advanced {
+                    on_path[u as usize] = false;
+                    frames.pop();
+                    links.pop();
                 }
             }
-            if !advanced {
-                on_path[u as usize] = false;
-                frames.pop();
-                links.pop();
-            }
-        }
-        false
+            false
+        })
     }
 
     pub fn path(&self, c: &Cand) -> Path {
@@ -808,20 +809,18 @@ impl<'g> Search<'g> {
         tree: Option<&[Option<Weight>]>,
     ) -> RouteSet {
         let (s, d) = (src.0, dst.0);
-        let primary = ecmp[0].clone();
+        let primary = &ecmp[0];
 
         // Backups: best path avoiding every link used so far, while one exists; then the
         // least-overlapping of the next best paths.
-        let mut chosen: Vec<Cand> = vec![primary.clone()];
         let mut used = vec![false; self.g.links.len()];
         let mut secondaries: Vec<(Cand, Vec<u32>)> = Vec::new();
-        for c in std::iter::once(&primary).chain(&kept) {
+        for c in std::iter::once(primary).chain(&kept) {
             for &l in &c.links {
                 used[l as usize] = true;
             }
         }
         for c in kept {
-            chosen.push(c.clone());
             secondaries.push((c, Vec::new()));
         }
         // The base mask with every link used so far banned (`used` only grows).
@@ -838,21 +837,20 @@ impl<'g> Search<'g> {
                 used[l as usize] = true;
                 m.links[l as usize] = true;
             }
-            chosen.push(c.clone());
             secondaries.push((c, Vec::new()));
         }
         let mut fallback = false;
-        // Yen's pool below holds `chosen.len() + FALLBACK_CANDIDATES` paths, so it has a path
-        // not chosen yet exactly when one exists: when a walk of the simple paths proves there
-        // is none, the pool would be empty and the search is skipped.
-        if secondaries.len() < MAX_SECONDARIES && self.other_path_may_exist(s, d, &chosen) {
-            let pool = self.yen(s, d, chosen.len() + FALLBACK_CANDIDATES, &self.base, |_| {
-                false
-            });
-            let mut pool: Vec<Cand> = pool
-                .into_iter()
-                .filter(|c| !chosen.iter().any(|x| x.links == c.links))
-                .collect();
+        // The paths chosen so far: the primary and the backups.
+        let chosen = 1 + secondaries.len();
+        let is_chosen = |links: &[u32]| {
+            primary.links == links || secondaries.iter().any(|(c, _)| c.links == links)
+        };
+        // Yen's pool below holds `chosen + FALLBACK_CANDIDATES` paths, so it has a path not
+        // chosen yet exactly when one exists: when a walk of the simple paths proves there is
+        // none, the pool would be empty and the search is skipped.
+        if secondaries.len() < MAX_SECONDARIES && self.other_path_may_exist(s, d, is_chosen) {
+            let pool = self.yen(s, d, chosen + FALLBACK_CANDIDATES, &self.base, |_| false);
+            let mut pool: Vec<Cand> = pool.into_iter().filter(|c| !is_chosen(&c.links)).collect();
             while secondaries.len() < MAX_SECONDARIES && !pool.is_empty() {
                 fallback = true;
                 let overlap = |c: &Cand| c.links.iter().filter(|&&l| used[l as usize]).count();
@@ -897,7 +895,7 @@ impl<'g> Search<'g> {
             strategy: self.strategy,
             constraints: self.constraints.clone(),
             generation: self.g.generation,
-            primary: self.path(&primary),
+            primary: self.path(primary),
             ecmp: ecmp.iter().map(|c| self.path(c)).collect(),
             ecmp_truncated: truncated,
             secondaries: secondaries
