@@ -19,7 +19,8 @@ enum Cmd {
     /// Build the eBPF object (with BTF) into target/bpf/dwcp.o and check it.
     BuildEbpf,
     /// Run a benchmark (dwcp-agent/examples/bench_<name>.rs, release build) and record its
-    /// table in docs/BENCHMARKS.md.
+    /// table in docs/BENCHMARKS.md; or the criterion benchmark dwcp-agent/benches/<name>.rs,
+    /// which records its own section.
     Bench {
         /// dataplane, forwarding, failover, routing, updater, tunnels, utilisation, ...
         name: String,
@@ -116,7 +117,22 @@ fn bench(name: &str, args: &[String]) -> Result<()> {
         .join(format!("{example}.rs"))
         .exists()
     {
-        bail!("no benchmark named {name} (dwcp-agent/examples/{example}.rs)");
+        // A criterion benchmark (dwcp-agent/benches/<name>.rs) records its own section of
+        // docs/BENCHMARKS.md and its figures in target/bench/<name>.json.
+        if root
+            .join("dwcp-agent/benches")
+            .join(format!("{name}.rs"))
+            .exists()
+        {
+            return run(Command::new("cargo")
+                .current_dir(&root)
+                .args(["bench", "-p", "dwcp-agent", "--bench", name, "--"])
+                .args(args));
+        }
+        bail!(
+            "no benchmark named {name} (dwcp-agent/examples/{example}.rs or \
+             dwcp-agent/benches/{name}.rs)"
+        );
     }
     std::fs::create_dir_all(root.join("target/bench"))?;
     let out = Command::new("cargo")

@@ -6,6 +6,7 @@
 //! balanced score in millionths) so that path sums are exact and "equal cost" in ECMP means
 //! equal, not "within a float epsilon". Every link counts at least 1 µs, so every path weight
 //! strictly grows along a path and optimal paths are loop-free.
+use std::cell::RefCell;
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::ops::Add;
@@ -82,14 +83,61 @@ pub(crate) struct Mask {
 /// Distances of a single-source search (`None` = not reached).
 pub(crate) type Dist = Vec<Option<Weight>>;
 
+/// Buffers of the searches, kept per thread and reused so that a search allocates nothing
+/// (a route set runs up to dozens of them).
+#[derive(Default)]
+pub(crate) struct Scratch {
+    pub dist: Dist,
+    pub done: Vec<bool>,
+    pub heap: BinaryHeap<Reverse<(Weight, u32)>>,
+    pub wide: Vec<Option<u64>>,
+    wheap: BinaryHeap<(u64, u32)>,
+}
+
+thread_local! {
+    static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch::default());
+    /// `reaching`'s buffers (used while a distance map in `SCRATCH` is borrowed).
+    static REACH: RefCell<(Vec<bool>, Vec<u32>)> = const { RefCell::new((Vec::new(), Vec::new())) };
+    static WALK: RefCell<WalkBufs> = RefCell::new(WalkBufs::default());
+}
+
+/// Buffers of the depth-first walks (`tight_paths`, the search for a path besides the
+/// chosen ones), kept per thread.
+#[derive(Default)]
+pub(crate) struct WalkBufs {
+    pub reaches: Vec<bool>,
+    pub stack: Vec<u32>,
+    pub on_path: Vec<bool>,
+    pub links: Vec<u32>,
+    pub frames: Vec<(u32, usize)>,
+}
+
+/// Runs `f` with this thread's walk buffers (fresh ones if they are in use further up).
+pub(crate) fn with_walk<R>(f: impl FnOnce(&mut WalkBufs) -> R) -> R {
+    WALK.with(|c| match c.try_borrow_mut() {
+        Ok(mut s) => f(&mut s),
+        Err(_) => f(&mut WalkBufs::default()),
+    })
+}
+
+/// Runs `f` with this thread's search buffers (fresh ones if they are in use further up).
+pub(crate) fn with_scratch<R>(f: impl FnOnce(&mut Scratch) -> R) -> R {
+    SCRATCH.with(|c| match c.try_borrow_mut() {
+        Ok(mut s) => f(&mut s),
+        Err(_) => f(&mut Scratch::default()),
+    })
+}
+
 /// A topology snapshot prepared for routing.
 #[derive(Debug)]
 pub struct RoutingGraph {
     pub(crate) generation: u64,
     /// Indexed like the topology's links (sorted by link id).
     pub(crate) links: Vec<LinkMetrics>,
-    /// Per region: (link index, neighbour), sorted by link index.
-    pub(crate) adj: Vec<Vec<(u32, u32)>>,
+    /// Per region `r`: `adj[adj_start[r]..adj_start[r + 1]]` are its (link index, neighbour),
+    /// sorted by link index (one flat array: the searches walk it without pointer chasing).
+    adj_start: Vec<u32>,
+    adj: Vec<(u32, u32)>,
     pub(crate) names: Vec<String>,
     pub(crate) countries: Vec<String>,
     pub(crate) providers: Vec<String>,
@@ -131,7 +179,17 @@ impl RoutingGraph {
         RoutingGraph {
             generation: topology.generation(),
             links,
-            adj,
+            adj_start: {
+                let mut start = Vec::with_capacity(n + 1);
+                let mut at = 0u32;
+                start.push(0);
+                for a in &adj {
+                    at += a.len() as u32;
+                    start.push(at);
+                }
+                start
+            },
+            adj: adj.concat(),
             names: topology.regions().iter().map(|r| r.name.clone()).collect(),
             countries: topology
                 .regions()
@@ -147,6 +205,12 @@ impl RoutingGraph {
             cost,
             avail,
         }
+    }
+
+    /// (link index, neighbour) of the links of region `u`, by link index.
+    #[inline]
+    pub(crate) fn neighbours(&self, u: u32) -> &[(u32, u32)] {
+        &self.adj[self.adj_start[u as usize] as usize..self.adj_start[u as usize + 1] as usize]
     }
 
     pub fn generation(&self) -> u64 {
@@ -192,7 +256,7 @@ impl RoutingGraph {
 
     /// `allowed` for a step from a region already reached (so not banned) to `v` over `l`.
     #[inline]
-    fn step(&self, mask: &Mask, l: u32, v: u32) -> bool {
+    pub(crate) fn step(&self, mask: &Mask, l: u32, v: u32) -> bool {
         !mask.links[l as usize]
             && !mask.nodes[v as usize]
             && self.avail[l as usize] >= mask.min_avail_kbps
@@ -210,10 +274,37 @@ impl RoutingGraph {
         mask: &Mask,
         weight: impl Fn(usize) -> Weight,
     ) -> Dist {
+        let mut dist = Vec::new();
+        self.dijkstra_into(
+            src,
+            goal,
+            mask,
+            weight,
+            &mut dist,
+            &mut Vec::new(),
+            &mut BinaryHeap::new(),
+        );
+        dist
+    }
+
+    /// `dijkstra` into reused buffers.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn dijkstra_into(
+        &self,
+        src: u32,
+        goal: Option<u32>,
+        mask: &Mask,
+        weight: impl Fn(usize) -> Weight,
+        dist: &mut Dist,
+        done: &mut Vec<bool>,
+        heap: &mut BinaryHeap<Reverse<(Weight, u32)>>,
+    ) {
         let n = self.region_count();
-        let mut dist: Dist = vec![None; n];
-        let mut done = vec![false; n];
-        let mut heap = BinaryHeap::with_capacity(n);
+        dist.clear();
+        dist.resize(n, None);
+        done.clear();
+        done.resize(n, false);
+        heap.clear();
         dist[src as usize] = Some(Weight::default());
         heap.push(Reverse((Weight::default(), src)));
         while let Some(Reverse((d, u))) = heap.pop() {
@@ -223,7 +314,7 @@ impl RoutingGraph {
             if Some(u) == goal {
                 break;
             }
-            for &(l, v) in &self.adj[u as usize] {
+            for &(l, v) in self.neighbours(u) {
                 if done[v as usize] || !self.step(mask, l, v) {
                     continue;
                 }
@@ -234,16 +325,106 @@ impl RoutingGraph {
                 }
             }
         }
-        dist
+    }
+
+    /// Goal-directed `dijkstra` (A*) into this thread's scratch buffers (`s.dist`), with
+    /// `pot[v]` the distance from `v` to `goal` under a mask that bans no more than `mask`
+    /// (a consistent lower bound: `mask` only removes paths). `pot[v] = None` means `v`
+    /// cannot reach `goal` at all, so it is skipped.
+    ///
+    /// Gives the same answer as `dijkstra_scratch` to `first_tight_path` and the goal's
+    /// distance: regions are settled in order of `g + pot`, and the search stops only once
+    /// every region left has `g + pot` above the goal's distance, so every region on an
+    /// optimal path to the goal is settled with its exact distance; a region left with a
+    /// tentative distance (never below its true one) is on no optimal path and cannot look
+    /// tight towards one that is.
+    pub(crate) fn astar_scratch(
+        &self,
+        s: &mut Scratch,
+        src: u32,
+        goal: u32,
+        mask: &Mask,
+        weight: impl Fn(usize) -> Weight,
+        pot: &[Option<Weight>],
+    ) {
+        let n = self.region_count();
+        let (dist, done, heap) = (&mut s.dist, &mut s.done, &mut s.heap);
+        dist.clear();
+        dist.resize(n, None);
+        done.clear();
+        done.resize(n, false);
+        heap.clear();
+        let Some(h0) = pot[src as usize] else {
+            return;
+        };
+        dist[src as usize] = Some(Weight::default());
+        heap.push(Reverse((h0, src)));
+        let mut reached: Option<Weight> = None;
+        while let Some(Reverse((f, u))) = heap.pop() {
+            if reached.is_some_and(|d| f > d) {
+                break;
+            }
+            if std::mem::replace(&mut done[u as usize], true) {
+                continue;
+            }
+            if u == goal {
+                reached = Some(f);
+                continue;
+            }
+            let d = dist[u as usize].expect("queued regions have a distance");
+            for &(l, v) in self.neighbours(u) {
+                if done[v as usize] || !self.step(mask, l, v) {
+                    continue;
+                }
+                let Some(h) = pot[v as usize] else {
+                    continue;
+                };
+                let nd = d + weight(l as usize);
+                if dist[v as usize].is_none_or(|old| nd < old) {
+                    dist[v as usize] = Some(nd);
+                    heap.push(Reverse((nd + h, v)));
+                }
+            }
+        }
+    }
+
+    /// `dijkstra` into this thread's scratch buffers (`s.dist`).
+    pub(crate) fn dijkstra_scratch(
+        &self,
+        s: &mut Scratch,
+        src: u32,
+        goal: Option<u32>,
+        mask: &Mask,
+        weight: impl Fn(usize) -> Weight,
+    ) {
+        self.dijkstra_into(
+            src,
+            goal,
+            mask,
+            weight,
+            &mut s.dist,
+            &mut s.done,
+            &mut s.heap,
+        );
     }
 
     /// Widest-path Dijkstra: the largest bottleneck of available bandwidth to every region.
     /// Stops once `goal` is settled.
     pub(crate) fn widest(&self, src: u32, goal: Option<u32>, mask: &Mask) -> Vec<Option<u64>> {
+        let mut s = Scratch::default();
+        self.widest_scratch(&mut s, src, goal, mask);
+        s.wide
+    }
+
+    /// `widest` into scratch buffers (`s.wide`).
+    pub(crate) fn widest_scratch(&self, s: &mut Scratch, src: u32, goal: Option<u32>, mask: &Mask) {
         let n = self.region_count();
-        let mut best: Vec<Option<u64>> = vec![None; n];
-        let mut done = vec![false; n];
-        let mut heap = BinaryHeap::with_capacity(n);
+        let (best, done, heap) = (&mut s.wide, &mut s.done, &mut s.wheap);
+        best.clear();
+        best.resize(n, None);
+        done.clear();
+        done.resize(n, false);
+        heap.clear();
         best[src as usize] = Some(u64::MAX);
         heap.push((u64::MAX, src));
         while let Some((b, u)) = heap.pop() {
@@ -253,7 +434,7 @@ impl RoutingGraph {
             if Some(u) == goal {
                 break;
             }
-            for &(l, v) in &self.adj[u as usize] {
+            for &(l, v) in self.neighbours(u) {
                 if done[v as usize] || !self.step(mask, l, v) {
                     continue;
                 }
@@ -264,28 +445,31 @@ impl RoutingGraph {
                 }
             }
         }
-        best
     }
 
-    /// Regions from which `dst` is reachable over tight links (prunes dead ends).
-    fn reaching(
+    /// Regions from which `dst` is reachable over tight links (prunes dead ends), into
+    /// `reaches` (`stack` is scratch).
+    pub(crate) fn reaching(
         &self,
         dst: u32,
         mask: &Mask,
         tight: &impl Fn(u32, u32, usize) -> bool,
-    ) -> Vec<bool> {
-        let mut reaches = vec![false; self.region_count()];
+        reaches: &mut Vec<bool>,
+        stack: &mut Vec<u32>,
+    ) {
+        reaches.clear();
+        reaches.resize(self.region_count(), false);
         reaches[dst as usize] = true;
-        let mut stack = vec![dst];
+        stack.clear();
+        stack.push(dst);
         while let Some(v) = stack.pop() {
-            for &(l, u) in &self.adj[v as usize] {
+            for &(l, u) in self.neighbours(v) {
                 if !reaches[u as usize] && self.step(mask, l, u) && tight(u, v, l as usize) {
                     reaches[u as usize] = true;
                     stack.push(u);
                 }
             }
         }
-        reaches
     }
 
     /// The first of `tight_paths` in lexicographic order, by a greedy walk: with strictly
@@ -298,23 +482,31 @@ impl RoutingGraph {
         mask: &Mask,
         tight: impl Fn(u32, u32, usize) -> bool,
     ) -> Option<Vec<u32>> {
-        let reaches = self.reaching(dst, mask, &tight);
-        if !reaches[src as usize] {
-            return None;
-        }
-        let mut links = Vec::new();
-        let mut at = src;
-        while at != dst {
-            if links.len() >= self.region_count() {
-                return None; // a zero-weight cycle: cannot happen with weights >= 1 µs
+        REACH.with(|c| {
+            let mut fresh = Default::default();
+            let mut held = c.try_borrow_mut();
+            let (reaches, stack) = match held.as_deref_mut() {
+                Ok(r) => r,
+                Err(_) => &mut fresh,
+            };
+            self.reaching(dst, mask, &tight, reaches, stack);
+            if !reaches[src as usize] {
+                return None;
             }
-            let &(l, v) = self.adj[at as usize].iter().find(|&&(l, v)| {
-                reaches[v as usize] && self.step(mask, l, v) && tight(at, v, l as usize)
-            })?;
-            links.push(l);
-            at = v;
-        }
-        Some(links)
+            let mut links = Vec::new();
+            let mut at = src;
+            while at != dst {
+                if links.len() >= self.region_count() {
+                    return None; // a zero-weight cycle: cannot happen with weights >= 1 µs
+                }
+                let &(l, v) = self.neighbours(at).iter().find(|&&(l, v)| {
+                    reaches[v as usize] && self.step(mask, l, v) && tight(at, v, l as usize)
+                })?;
+                links.push(l);
+                at = v;
+            }
+            Some(links)
+        })
     }
 
     /// Loop-free paths from `src` to `dst` that only use links for which `tight(u, v, l)` holds
@@ -329,59 +521,70 @@ impl RoutingGraph {
         tight: impl Fn(u32, u32, usize) -> bool,
     ) -> (Vec<Vec<u32>>, bool) {
         let n = self.region_count();
-        let reaches = self.reaching(dst, mask, &tight);
-        let mut out = Vec::new();
-        if !reaches[src as usize] {
-            return (out, false);
-        }
-        let mut on_path = vec![false; n];
-        let mut links = Vec::new();
-        // Depth-first with an explicit stack of (node, next adjacency index); a step budget
-        // bounds the walk should zero-weight links make the tight graph cyclic.
-        let mut frames: Vec<(u32, usize)> = vec![(src, 0)];
-        on_path[src as usize] = true;
-        let mut budget: u32 = 200_000;
-        let mut truncated = false;
-        while let Some(&mut (u, ref mut next)) = frames.last_mut() {
-            budget = budget.saturating_sub(1);
-            if budget == 0 {
-                truncated = true;
-                break;
+        with_walk(|w| {
+            let WalkBufs {
+                reaches,
+                stack,
+                on_path,
+                links,
+                frames,
+            } = w;
+            self.reaching(dst, mask, &tight, reaches, stack);
+            let mut out = Vec::new();
+            if !reaches[src as usize] {
+                return (out, false);
             }
-            if u == dst {
-                if out.len() == limit {
+            on_path.clear();
+            on_path.resize(n, false);
+            links.clear();
+            // Depth-first with an explicit stack of (node, next adjacency index); a step budget
+            // bounds the walk should zero-weight links make the tight graph cyclic.
+            frames.clear();
+            frames.push((src, 0));
+            on_path[src as usize] = true;
+            let mut budget: u32 = 200_000;
+            let mut truncated = false;
+            while let Some(&mut (u, ref mut next)) = frames.last_mut() {
+                budget = budget.saturating_sub(1);
+                if budget == 0 {
                     truncated = true;
                     break;
                 }
-                out.push(links.clone());
-                on_path[u as usize] = false;
-                frames.pop();
-                links.pop();
-                continue;
-            }
-            let adj = &self.adj[u as usize];
-            let mut advanced = false;
-            while *next < adj.len() {
-                let (l, v) = adj[*next];
-                *next += 1;
-                if !on_path[v as usize]
-                    && reaches[v as usize]
-                    && self.step(mask, l, v)
-                    && tight(u, v, l as usize)
-                {
-                    on_path[v as usize] = true;
-                    links.push(l);
-                    frames.push((v, 0));
-                    advanced = true;
-                    break;
+                if u == dst {
+                    if out.len() == limit {
+                        truncated = true;
+                        break;
+                    }
+                    out.push(links.clone());
+                    on_path[u as usize] = false;
+                    frames.pop();
+                    links.pop();
+                    continue;
+                }
+                let adj = self.neighbours(u);
+                let mut advanced = false;
+                while *next < adj.len() {
+                    let (l, v) = adj[*next];
+                    *next += 1;
+                    if !on_path[v as usize]
+                        && reaches[v as usize]
+                        && self.step(mask, l, v)
+                        && tight(u, v, l as usize)
+                    {
+                        on_path[v as usize] = true;
+                        links.push(l);
+                        frames.push((v, 0));
+                        advanced = true;
+                        break;
+                    }
+                }
+                if !advanced {
+                    on_path[u as usize] = false;
+                    frames.pop();
+                    links.pop();
                 }
             }
-            if !advanced {
-                on_path[u as usize] = false;
-                frames.pop();
-                links.pop();
-            }
-        }
-        (out, truncated)
+            (out, truncated)
+        })
     }
 }

@@ -348,3 +348,29 @@ proptest! {
         }
     }
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 300, ..ProptestConfig::default() })]
+
+    /// A table's route sets (backups searched backwards from the destination, guided by the
+    /// source's tree) are exactly the route sets of single queries (plain searches).
+    #[test]
+    fn table_routes_are_single_routes(c in case()) {
+        let t = topology(&c);
+        let g = std::sync::Arc::new(RoutingGraph::new(&t));
+        let cons = constraints(&c);
+        let src = RegionId(c.src as u32);
+        let strategies = strategies(&c);
+        let table = compute_table(&g, &t, src, &strategies, &cons).unwrap();
+        for entry in &table.regions {
+            for (s, got) in strategies.iter().zip(&entry.routes) {
+                let want = route_on(&g, src, entry.dst, s, &cons);
+                match (got, &want) {
+                    (Ok(a), Ok(b)) => prop_assert_eq!(&**a, b, "{:?} to {:?}", s, entry.dst),
+                    (Err(a), Err(b)) => prop_assert_eq!(a, b),
+                    _ => prop_assert!(false, "{s:?} to {:?}: {got:?} vs {want:?}", entry.dst),
+                }
+            }
+        }
+    }
+}

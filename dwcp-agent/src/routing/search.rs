@@ -12,7 +12,7 @@ use std::cmp::Reverse;
 use std::collections::{BTreeSet, BinaryHeap};
 
 use super::error::RoutingError;
-use super::graph::{Dist, Mask, RoutingGraph, Weight};
+use super::graph::{with_scratch, with_walk, Dist, Mask, RoutingGraph, Scratch, WalkBufs, Weight};
 use super::path::{Path, RouteSet, Secondary};
 use super::strategy::{Constraints, Strategy};
 use crate::topology::{LinkId, RegionId};
@@ -67,7 +67,20 @@ pub(crate) enum Shared {
     Widest {
         bottleneck: Vec<Option<u64>>,
         dists: Vec<(u64, Dist)>,
+        /// (latency, cost) distances within the base mask, whatever the bottleneck: the
+        /// potential of the backup searches.
+        tree: Dist,
     },
+}
+
+impl Shared {
+    /// Distances from the source within the base mask, under the search's link weight.
+    pub fn tree(&self) -> &[Option<Weight>] {
+        match self {
+            Shared::Additive(dist) => dist,
+            Shared::Widest { tree, .. } => tree,
+        }
+    }
 }
 
 /// One strategy under one set of constraints on one routing graph.
@@ -197,13 +210,25 @@ impl<'g> Search<'g> {
     }
 
     /// The lexicographically smallest optimal path in a distance map.
-    fn first_path(&self, src: u32, dst: u32, mask: &Mask, dist: &Dist) -> Option<Vec<u32>> {
+    fn first_path(
+        &self,
+        src: u32,
+        dst: u32,
+        mask: &Mask,
+        dist: &[Option<Weight>],
+    ) -> Option<Vec<u32>> {
         dist[dst as usize]?;
         let tight = |u: u32, v: u32, l: usize| match (dist[u as usize], dist[v as usize]) {
             (Some(du), Some(dv)) => du + self.weight(l) == dv,
             _ => false,
         };
         self.g.first_tight_path(src, dst, mask, tight)
+    }
+
+    /// Distances from `src` within the base mask under the search's link weight (what
+    /// `Shared::tree` holds).
+    pub fn tree(&self, src: u32) -> Dist {
+        self.g.dijkstra(src, None, &self.base, |l| self.weight(l))
     }
 
     /// Single-source searches for a whole table (no latency budget).
@@ -227,14 +252,89 @@ impl<'g> Search<'g> {
                         (t, self.g.dijkstra(src, None, &mask, |l| self.weight(l)))
                     })
                     .collect();
-                Shared::Widest { bottleneck, dists }
+                let tree = self.g.dijkstra(src, None, &self.base, |l| self.weight(l));
+                Shared::Widest {
+                    bottleneck,
+                    dists,
+                    tree,
+                }
+            }
+        }
+    }
+
+    /// The path `first_path` would pick, from a search that ran backwards, from `dst`
+    /// (`dd[v]` = distance from `v` to `dst`): the greedy walk from `src` takes the first link
+    /// that lies on an optimal path, as `first_path` does.
+    fn walk_back(
+        &self,
+        src: u32,
+        dst: u32,
+        mask: &Mask,
+        dd: &[Option<Weight>],
+    ) -> Option<Vec<u32>> {
+        let mut left = dd[src as usize]?;
+        let mut links = Vec::new();
+        let mut at = src;
+        while at != dst {
+            if links.len() >= self.g.region_count() {
+                return None; // a zero-weight cycle: cannot happen with weights >= 1 µs
+            }
+            let (l, v, d) = self.g.neighbours(at).iter().find_map(|&(l, v)| {
+                let dv = dd[v as usize]?;
+                (self.g.step(mask, l, v) && dv + self.weight(l as usize) == left)
+                    .then_some((l, v, dv))
+            })?;
+            links.push(l);
+            at = v;
+            left = d;
+        }
+        Some(links)
+    }
+
+    /// Search between `src` and `dst` within `mask` into `sc.dist`, and the lexicographically
+    /// first optimal path with its weight. With `tree` (distances from `src` within a mask
+    /// that bans no more than `mask`), the search runs from `dst` towards `src` as A* with
+    /// `tree` for potential (see `RoutingGraph::astar_scratch`, and `walk_back`); else
+    /// Dijkstra from `src`, stopping at `dst`. Same answer either way.
+    fn search_between(
+        &self,
+        sc: &mut Scratch,
+        src: u32,
+        dst: u32,
+        mask: &Mask,
+        tree: Option<&[Option<Weight>]>,
+    ) -> (Option<Vec<u32>>, Option<Weight>) {
+        match tree {
+            Some(t) => {
+                self.g
+                    .astar_scratch(sc, dst, src, mask, |l| self.weight(l), t);
+                (
+                    self.walk_back(src, dst, mask, &sc.dist),
+                    sc.dist[src as usize],
+                )
+            }
+            None => {
+                self.g
+                    .dijkstra_scratch(sc, src, Some(dst), mask, |l| self.weight(l));
+                (
+                    self.first_path(src, dst, mask, &sc.dist),
+                    sc.dist[dst as usize],
+                )
             }
         }
     }
 
     /// The best path from `src` to `dst` within `mask` and the latency budget left after
-    /// `root`, or `None`.
-    fn best(&self, src: u32, dst: u32, mask: &Mask, root: Root) -> Option<Vec<u32>> {
+    /// `root`, or `None`. `tree`: distances from `src` within a mask that bans no more than
+    /// `mask` and no latency budget (see `search_between`).
+    fn best(
+        &self,
+        src: u32,
+        dst: u32,
+        mask: &Mask,
+        root: Root,
+        tree: Option<&[Option<Weight>]>,
+    ) -> Option<Vec<u32>> {
         if mask.nodes[src as usize] || mask.nodes[dst as usize] {
             return None;
         }
@@ -244,24 +344,27 @@ impl<'g> Search<'g> {
                 if budget.is_some() && !matches!(self.strategy, Strategy::MinLatency) {
                     return self.pareto(src, dst, mask, budget.unwrap_or(u64::MAX));
                 }
-                let dist = self.g.dijkstra(src, Some(dst), mask, |l| self.weight(l));
-                let path = self.first_path(src, dst, mask, &dist)?;
-                // For MinLatency the optimum is the fastest path: if it is too slow, all are.
-                (budget.is_none_or(|b| self.latency_of(&path) <= b)).then_some(path)
+                let tree = tree.filter(|_| budget.is_none());
+                with_scratch(|sc| {
+                    let path = self.search_between(sc, src, dst, mask, tree).0?;
+                    // For MinLatency the optimum is the fastest path: if it is too slow, all are.
+                    (budget.is_none_or(|b| self.latency_of(&path) <= b)).then_some(path)
+                })
             }
             Objective::Widest => {
-                let widest = self.g.widest(src, Some(dst), mask)[dst as usize]?;
+                let widest = with_scratch(|sc| {
+                    self.g.widest_scratch(sc, src, Some(dst), mask);
+                    sc.wide[dst as usize]
+                })?;
                 let t = widest.min(root.bottleneck_kbps);
-                let at = |threshold: u64| {
-                    let m = Mask {
-                        min_avail_kbps: threshold.max(mask.min_avail_kbps),
-                        ..mask.clone()
-                    };
-                    let dist = self.g.dijkstra(src, Some(dst), &m, |l| self.weight(l));
-                    (
-                        self.first_path(src, dst, &m, &dist),
-                        dist[dst as usize].map(|w| w.p),
-                    )
+                let mut m = mask.clone();
+                let tree = tree.filter(|_| budget.is_none());
+                let mut at = |threshold: u64| {
+                    m.min_avail_kbps = threshold.max(mask.min_avail_kbps);
+                    with_scratch(|sc| {
+                        let (path, d) = self.search_between(sc, src, dst, &m, tree);
+                        (path, d.map(|w| w.p))
+                    })
                 };
                 let Some(b) = budget else {
                     return at(t).0;
@@ -275,11 +378,10 @@ impl<'g> Search<'g> {
                 thresholds.push(t);
                 thresholds.sort_unstable_by(|a, b| b.cmp(a));
                 thresholds.dedup();
-                let fits = |th: u64| at(th).1.is_some_and(|lat| lat <= b);
                 let (mut lo, mut hi) = (0, thresholds.len());
                 while lo < hi {
                     let mid = (lo + hi) / 2;
-                    if fits(thresholds[mid]) {
+                    if at(thresholds[mid]).1.is_some_and(|lat| lat <= b) {
                         hi = mid;
                     } else {
                         lo = mid + 1;
@@ -329,7 +431,7 @@ impl<'g> Search<'g> {
                 links.reverse();
                 return Some(links);
             }
-            for &(l, v) in &self.g.adj[u as usize] {
+            for &(l, v) in self.g.neighbours(u) {
                 if !self.g.allowed(mask, l as usize) {
                     continue;
                 }
@@ -377,23 +479,23 @@ impl<'g> Search<'g> {
         mask: &Mask,
         mut enough: impl FnMut(&[Cand]) -> bool,
     ) -> Vec<Cand> {
-        let Some(first) = self.best(src, dst, mask, NO_ROOT) else {
+        let Some(first) = self.best(src, dst, mask, NO_ROOT, None) else {
             return Vec::new();
         };
         let mut found = vec![self.cand(src, first)];
         let mut candidates: BTreeSet<Cand> = BTreeSet::new();
+        let mut work = mask.clone();
         while found.len() < k && !enough(&found) {
             let last = found.last().expect("not empty").clone();
             for i in 0..last.links.len() {
                 let spur = last.nodes[i];
                 let root_links = &last.links[..i];
-                let mut m = mask.clone();
                 for &n in &last.nodes[..i] {
-                    m.nodes[n as usize] = true;
+                    work.nodes[n as usize] = true;
                 }
                 for p in &found {
                     if p.links.len() > i && p.links[..i] == *root_links {
-                        m.links[p.links[i] as usize] = true;
+                        work.links[p.links[i] as usize] = true;
                     }
                 }
                 let root = Root {
@@ -404,7 +506,18 @@ impl<'g> Search<'g> {
                         .min()
                         .unwrap_or(u64::MAX),
                 };
-                if let Some(spur_links) = self.best(spur, dst, &m, root) {
+                let spur_links = self.best(spur, dst, &work, root, None);
+                // Back to `mask` for the next spur.
+                for &n in &last.nodes[..i] {
+                    work.nodes[n as usize] = mask.nodes[n as usize];
+                }
+                for p in &found {
+                    if p.links.len() > i && p.links[..i] == *root_links {
+                        let l = p.links[i] as usize;
+                        work.links[l] = mask.links[l];
+                    }
+                }
+                if let Some(spur_links) = spur_links {
                     let mut links = root_links.to_vec();
                     links.extend(spur_links);
                     let c = self.cand(src, links);
@@ -427,6 +540,71 @@ impl<'g> Search<'g> {
             return Vec::new();
         }
         self.yen(src, dst, k, &self.base, |_| false)
+    }
+
+    /// Whether a simple path from `src` to `dst` within the base mask may exist besides
+    /// `chosen`: false only when a depth-first walk of every such path (bounded, pruned to
+    /// regions that reach `dst`) met only paths of `chosen`.
+    fn other_path_may_exist(&self, src: u32, dst: u32, chosen: impl Fn(&[u32]) -> bool) -> bool {
+        const STEPS: u32 = 4096;
+        let g = self.g;
+        let mask = &self.base;
+        let n = g.region_count();
+        with_walk(|w| {
+            let WalkBufs {
+                reaches,
+                stack,
+                on_path,
+                links,
+                frames,
+            } = w;
+            // Regions that reach `dst` within the mask.
+            g.reaching(dst, mask, &|_, _, _| true, reaches, stack);
+            if !reaches[src as usize] {
+                return false;
+            }
+            on_path.clear();
+            on_path.resize(n, false);
+            links.clear();
+            frames.clear();
+            frames.push((src, 0));
+            on_path[src as usize] = true;
+            let mut budget = STEPS;
+            while let Some(&mut (u, ref mut next)) = frames.last_mut() {
+                budget -= 1;
+                if budget == 0 {
+                    return true;
+                }
+                if u == dst {
+                    if !chosen(links) {
+                        return true;
+                    }
+                    on_path[u as usize] = false;
+                    frames.pop();
+                    links.pop();
+                    continue;
+                }
+                let adj = g.neighbours(u);
+                let mut advanced = false;
+                while *next < adj.len() {
+                    let (l, v) = adj[*next];
+                    *next += 1;
+                    if !on_path[v as usize] && reaches[v as usize] && g.step(mask, l, v) {
+                        on_path[v as usize] = true;
+                        links.push(l);
+                        frames.push((v, 0));
+                        advanced = true;
+                        break;
+                    }
+                }
+                if !advanced {
+                    on_path[u as usize] = false;
+                    frames.pop();
+                    links.pop();
+                }
+            }
+            false
+        })
     }
 
     pub fn path(&self, c: &Cand) -> Path {
@@ -472,17 +650,14 @@ impl<'g> Search<'g> {
             ecmp.truncate(MAX_ECMP_PATHS);
             return Some((ecmp, truncated));
         }
-        let own;
-        let shared = match shared {
-            Some(s) => s,
-            None => {
-                own = self.shared(src);
-                &own
-            }
+        let Some(shared) = shared else {
+            return self.optimal_alone(src, dst);
         };
         let (mask, dist) = match shared {
             Shared::Additive(dist) => (Cow::Borrowed(&self.base), dist),
-            Shared::Widest { bottleneck, dists } => {
+            Shared::Widest {
+                bottleneck, dists, ..
+            } => {
                 let b = bottleneck[dst as usize]?;
                 let (_, dist) = dists.iter().find(|(t, _)| *t == b)?;
                 (
@@ -494,12 +669,50 @@ impl<'g> Search<'g> {
                 )
             }
         };
-        let primary = self.cand(src, self.first_path(src, dst, &mask, dist)?);
+        self.optimal_on(src, dst, &mask, dist)
+    }
+
+    /// `optimal` without shared searches: the same single-source searches as `shared`, into
+    /// this thread's scratch buffers, and only the one the destination needs.
+    fn optimal_alone(&self, src: u32, dst: u32) -> Option<(Vec<Cand>, bool)> {
+        match self.objective {
+            Objective::Additive { .. } => with_scratch(|sc| {
+                self.g
+                    .dijkstra_scratch(sc, src, None, &self.base, |l| self.weight(l));
+                self.optimal_on(src, dst, &self.base, &sc.dist)
+            }),
+            Objective::Widest => {
+                let b = with_scratch(|sc| {
+                    self.g.widest_scratch(sc, src, None, &self.base);
+                    sc.wide[dst as usize]
+                })?;
+                let mask = Mask {
+                    min_avail_kbps: b.max(self.base.min_avail_kbps),
+                    ..self.base.clone()
+                };
+                with_scratch(|sc| {
+                    self.g
+                        .dijkstra_scratch(sc, src, None, &mask, |l| self.weight(l));
+                    self.optimal_on(src, dst, &mask, &sc.dist)
+                })
+            }
+        }
+    }
+
+    /// Primary and ECMP set from a complete single-source search `dist` within `mask`.
+    fn optimal_on(
+        &self,
+        src: u32,
+        dst: u32,
+        mask: &Mask,
+        dist: &[Option<Weight>],
+    ) -> Option<(Vec<Cand>, bool)> {
+        let primary = self.cand(src, self.first_path(src, dst, mask, dist)?);
         let tight_p = |u: u32, v: u32, l: usize| match (dist[u as usize], dist[v as usize]) {
             (Some(du), Some(dv)) => du.p + self.weight(l).p == dv.p,
             _ => false,
         };
-        let (paths, truncated) = self.g.tight_paths(src, dst, &mask, MAX_ECMP_PATHS, tight_p);
+        let (paths, truncated) = self.g.tight_paths(src, dst, mask, MAX_ECMP_PATHS, tight_p);
         let mut others: Vec<Cand> = paths
             .into_iter()
             .filter(|l| *l != primary.links)
@@ -537,13 +750,26 @@ impl<'g> Search<'g> {
         let Some((ecmp, truncated)) = self.optimal(s, d, shared) else {
             return Err(self.diagnose(s, d));
         };
-        Ok(self.complete(src, dst, ecmp, truncated, Vec::new()))
+        Ok(self.complete(
+            src,
+            dst,
+            ecmp,
+            truncated,
+            Vec::new(),
+            shared.map(Shared::tree),
+        ))
     }
 
     /// `previous` brought to this graph from its backup `from` on: the primary, the ECMP set
     /// and the backups before `from` are kept as they are (the caller knows that no changed
-    /// link can alter them), the later backups are searched again.
-    pub fn resume(&self, previous: &RouteSet, from: usize) -> RouteSet {
+    /// link can alter them), the later backups are searched again. `tree`: `tree(src)` on
+    /// this graph, if at hand (makes the backup searches goal-directed).
+    pub fn resume(
+        &self,
+        previous: &RouteSet,
+        from: usize,
+        tree: Option<&[Option<Weight>]>,
+    ) -> RouteSet {
         let to_cand = |p: &Path| {
             let links = p
                 .links
@@ -568,6 +794,7 @@ impl<'g> Search<'g> {
             ecmp,
             previous.ecmp_truncated,
             kept,
+            tree,
         )
     }
 
@@ -579,48 +806,51 @@ impl<'g> Search<'g> {
         ecmp: Vec<Cand>,
         truncated: bool,
         kept: Vec<Cand>,
+        tree: Option<&[Option<Weight>]>,
     ) -> RouteSet {
         let (s, d) = (src.0, dst.0);
-        let primary = ecmp[0].clone();
+        let primary = &ecmp[0];
 
         // Backups: best path avoiding every link used so far, while one exists; then the
         // least-overlapping of the next best paths.
-        let mut chosen: Vec<Cand> = vec![primary.clone()];
         let mut used = vec![false; self.g.links.len()];
         let mut secondaries: Vec<(Cand, Vec<u32>)> = Vec::new();
-        for c in std::iter::once(&primary).chain(&kept) {
+        for c in std::iter::once(primary).chain(&kept) {
             for &l in &c.links {
                 used[l as usize] = true;
             }
         }
         for c in kept {
-            chosen.push(c.clone());
             secondaries.push((c, Vec::new()));
         }
+        // The base mask with every link used so far banned (`used` only grows).
+        let mut m = self.base.clone();
+        for (l, &u) in used.iter().enumerate() {
+            m.links[l] |= u;
+        }
         while secondaries.len() < MAX_SECONDARIES {
-            let mut m = self.base.clone();
-            for (l, &u) in used.iter().enumerate() {
-                m.links[l] |= u;
-            }
-            let Some(links) = self.best(s, d, &m, NO_ROOT) else {
+            let Some(links) = self.best(s, d, &m, NO_ROOT, tree) else {
                 break;
             };
             let c = self.cand(s, links);
             for &l in &c.links {
                 used[l as usize] = true;
+                m.links[l as usize] = true;
             }
-            chosen.push(c.clone());
             secondaries.push((c, Vec::new()));
         }
         let mut fallback = false;
-        if secondaries.len() < MAX_SECONDARIES {
-            let pool = self.yen(s, d, chosen.len() + FALLBACK_CANDIDATES, &self.base, |_| {
-                false
-            });
-            let mut pool: Vec<Cand> = pool
-                .into_iter()
-                .filter(|c| !chosen.iter().any(|x| x.links == c.links))
-                .collect();
+        // The paths chosen so far: the primary and the backups.
+        let chosen = 1 + secondaries.len();
+        let is_chosen = |links: &[u32]| {
+            primary.links == links || secondaries.iter().any(|(c, _)| c.links == links)
+        };
+        // Yen's pool below holds `chosen + FALLBACK_CANDIDATES` paths, so it has a path not
+        // chosen yet exactly when one exists: when a walk of the simple paths proves there is
+        // none, the pool would be empty and the search is skipped.
+        if secondaries.len() < MAX_SECONDARIES && self.other_path_may_exist(s, d, is_chosen) {
+            let pool = self.yen(s, d, chosen + FALLBACK_CANDIDATES, &self.base, |_| false);
+            let mut pool: Vec<Cand> = pool.into_iter().filter(|c| !is_chosen(&c.links)).collect();
             while secondaries.len() < MAX_SECONDARIES && !pool.is_empty() {
                 fallback = true;
                 let overlap = |c: &Cand| c.links.iter().filter(|&&l| used[l as usize]).count();
@@ -665,7 +895,7 @@ impl<'g> Search<'g> {
             strategy: self.strategy,
             constraints: self.constraints.clone(),
             generation: self.g.generation,
-            primary: self.path(&primary),
+            primary: self.path(primary),
             ecmp: ecmp.iter().map(|c| self.path(c)).collect(),
             ecmp_truncated: truncated,
             secondaries: secondaries
@@ -695,7 +925,7 @@ impl<'g> Search<'g> {
                 self.g.names[src.0 as usize].clone(),
             ));
         }
-        match self.best(src.0, dst.0, &self.base, NO_ROOT) {
+        match self.best(src.0, dst.0, &self.base, NO_ROOT, None) {
             Some(links) => Ok(self.path(&self.cand(src.0, links))),
             None => Err(self.diagnose(src.0, dst.0)),
         }

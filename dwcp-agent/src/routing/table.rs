@@ -3,9 +3,9 @@
 use std::sync::Arc;
 
 use super::error::RoutingError;
-use super::graph::{LinkMetrics, RoutingGraph};
+use super::graph::{Dist, LinkMetrics, RoutingGraph};
 use super::path::RouteSet;
-use super::search::Search;
+use super::search::{Search, Shared};
 use super::strategy::{Constraints, Strategy};
 use crate::topology::{EdgeId, LinkId, RegionId, Topology};
 
@@ -70,9 +70,12 @@ fn edges(topology: &Topology, src: RegionId, regions: &[RegionRoutes]) -> Vec<Ed
             let routes = if local {
                 Vec::new()
             } else {
+                // `regions` holds every region but the source, in region order.
+                let i = e.region.0 as usize - usize::from(e.region > src);
                 regions
-                    .iter()
-                    .find(|r| r.dst == e.region)
+                    .get(i)
+                    .filter(|r| r.dst == e.region)
+                    .or_else(|| regions.iter().find(|r| r.dst == e.region))
                     .map(|r| r.routes.clone())
                     .unwrap_or_default()
             };
@@ -203,7 +206,9 @@ pub fn update_table(
         .iter()
         .map(|s| Search::new(graph, s, &previous.constraints))
         .collect::<Result<_, _>>()?;
-    let mut shared: Vec<Option<_>> = (0..searches.len()).map(|_| None).collect();
+    let mut shared: Vec<Option<Shared>> = (0..searches.len()).map(|_| None).collect();
+    // For entries that only search backups again: the distances from the source alone.
+    let mut trees: Vec<Option<Dist>> = (0..searches.len()).map(|_| None).collect();
     let mut stats = TableStats::default();
     let regions: Vec<RegionRoutes> = previous
         .regions
@@ -236,7 +241,11 @@ pub fn update_table(
                                     .position(|s| changed_in(&s.path))
                                     .unwrap_or(rs.secondaries.len());
                                 stats.resumed += 1;
-                                return Ok(Arc::new(searches[i].resume(rs, from)));
+                                let tree = match &shared[i] {
+                                    Some(sh) => sh.tree(),
+                                    None => trees[i].get_or_insert_with(|| searches[i].tree(src.0)),
+                                };
+                                return Ok(Arc::new(searches[i].resume(rs, from, Some(tree))));
                             }
                         }
                         // Worse links cannot reconnect regions.

@@ -463,3 +463,32 @@ fn incremental_table_matches_full_recompute() {
         "resumed {resumed}, reused {reused}"
     );
 }
+
+/// On larger synthetic topologies, every entry of a table (goal-directed backup searches on
+/// the source's tree) equals the route set of a single query (plain searches).
+#[test]
+fn table_entries_equal_single_queries() {
+    for (regions, seed) in [(12, 1), (30, 2), (50, 0x5eed_d3c9)] {
+        let spec = SyntheticSpec {
+            seed,
+            ..SyntheticSpec::new(regions, 0)
+        };
+        let topo = Topology::from_config(&generate(&spec), None).unwrap();
+        let g = Arc::new(RoutingGraph::new(&topo));
+        for src in [0, regions as u32 / 2] {
+            let src = crate::topology::RegionId(src);
+            let table = compute_table(&g, &topo, src, &Strategy::ALL_DEFAULT, &NONE).unwrap();
+            for entry in &table.regions {
+                for (s, got) in Strategy::ALL_DEFAULT.iter().zip(&entry.routes) {
+                    let want = route_on(&g, src, entry.dst, s, &NONE).unwrap();
+                    assert_eq!(
+                        **got.as_ref().unwrap(),
+                        want,
+                        "{s:?} {src:?} -> {:?}",
+                        entry.dst
+                    );
+                }
+            }
+        }
+    }
+}
