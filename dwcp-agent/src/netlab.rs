@@ -396,6 +396,12 @@ impl UdpStream {
     }
 
     /// Stops sending, waits for stragglers, and counts.
+    /// Stops sending (the receiver drains until [`UdpStream::finish`]): streams run side by
+    /// side stop together rather than one receiver's drain after another.
+    pub fn stop(&self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+
     pub fn finish(self) -> std::io::Result<StreamResult> {
         self.stop.store(true, Ordering::Relaxed);
         let sent = self.sender.join().unwrap_or(0);

@@ -786,6 +786,9 @@ pub fn traffic(
             running.push((src.region.clone(), dst.region.clone(), stream));
         }
         std::thread::sleep(duration);
+        for (_, _, stream) in &running {
+            stream.stop();
+        }
         for (from, to, stream) in running {
             let r = stream.finish().map_err(|source| LiveLabError::Stream {
                 from: from.clone(),
