@@ -300,10 +300,10 @@ fn main() -> Result<()> {
     );
     println!("Measured from handing the event to the state owner until its last map write returned: link");
     println!(
-        "health into the topology, routes recomputed (incremental table when a link got worse,"
+        "health into the topology, routes recomputed (incremental table: only the entries a worse link"
     );
     println!(
-        "full when it got better), traffic-engineer weights, group tables rebuilt where members"
+        "touched or a better link could pull), traffic-engineer weights, group tables rebuilt where members"
     );
     println!("changed, the difference against the programmed maps written. Group tables are double-buffered:");
     println!("the new table into the group's free slot, then its active index flipped (no RCU grace period).");

@@ -1280,12 +1280,10 @@ impl AgentState {
                 // not through the other regions that are down.
                 let mut c = constraints.clone();
                 c.avoid_regions.remove(dest);
-                self.engine
-                    .route(src, region.id, &strategy, &c)
-                    .map(|r| (*r).clone())
+                self.engine.route(src, region.id, &strategy, &c)
             } else {
                 match table.region(region.id).and_then(|r| r.routes.first()) {
-                    Some(Ok(r)) => Ok((**r).clone()),
+                    Some(Ok(r)) => Ok(r.clone()),
                     Some(Err(e)) => Err(e.clone()),
                     None => continue,
                 }

@@ -363,12 +363,63 @@ proptest! {
         let strategies = strategies(&c);
         let table = compute_table(&g, &t, src, &strategies, &cons).unwrap();
         for entry in &table.regions {
-            for (s, got) in strategies.iter().zip(&entry.routes) {
+            for (s, got) in strategies.iter().zip(entry.routes.iter()) {
                 let want = route_on(&g, src, entry.dst, s, &cons);
                 match (got, &want) {
                     (Ok(a), Ok(b)) => prop_assert_eq!(&**a, b, "{:?} to {:?}", s, entry.dst),
                     (Err(a), Err(b)) => prop_assert_eq!(a, b),
                     _ => prop_assert!(false, "{s:?} to {:?}: {got:?} vs {want:?}", entry.dst),
+                }
+            }
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 300, ..ProptestConfig::default() })]
+
+    /// A table brought up to date after random link changes (better, worse, up, down, several
+    /// at once) holds exactly the route sets of a table computed from scratch.
+    #[test]
+    fn incremental_table_equals_full_after_changes(
+        c in case(),
+        changes in proptest::collection::vec(
+            (0usize..16, 1u8..=6, 0u8..=4, 0u8..3, proptest::bool::weighted(0.2)),
+            1..=4,
+        ),
+        keep_budget in proptest::bool::weighted(0.2),
+    ) {
+        let t1 = topology(&c);
+        let mut c2 = c.clone();
+        for &(i, lat, cost, cap, down) in &changes {
+            let n = c2.links.len();
+            let l = &mut c2.links[i % n];
+            *l = (l.0, l.1, lat, cost, cap, down);
+        }
+        let t2 = topology(&c2);
+        let g1 = std::sync::Arc::new(RoutingGraph::new(&t1));
+        let g2 = std::sync::Arc::new(RoutingGraph::new(&t2));
+        let mut cons = constraints(&c);
+        if !keep_budget {
+            cons.max_latency_ms = None;
+        }
+        let src = RegionId(c.src as u32);
+        let strategies = strategies(&c);
+        let before = compute_table(&g1, &t1, src, &strategies, &cons).unwrap();
+        let incremental = update_table(&g2, &t2, &before).unwrap();
+        let full = compute_table(&g2, &t2, src, &strategies, &cons).unwrap();
+        prop_assert_eq!(incremental.regions.len(), full.regions.len());
+        for (x, y) in incremental.regions.iter().zip(&full.regions) {
+            for ((s, a), b) in strategies.iter().zip(x.routes.iter()).zip(y.routes.iter()) {
+                match (a, b) {
+                    (Ok(a), Ok(b)) => {
+                        prop_assert_eq!(&a.primary, &b.primary, "{:?} to {:?}", s, x.dst);
+                        prop_assert_eq!(&a.ecmp, &b.ecmp, "{:?} to {:?}", s, x.dst);
+                        prop_assert_eq!(&a.secondaries, &b.secondaries, "{:?} to {:?}", s, x.dst);
+                        prop_assert_eq!(a.ecmp_truncated, b.ecmp_truncated);
+                    }
+                    (Err(a), Err(b)) => prop_assert_eq!(a, b),
+                    _ => prop_assert!(false, "{s:?} to {:?}: {a:?} vs {b:?}", x.dst),
                 }
             }
         }

@@ -148,8 +148,13 @@ impl<'g> Search<'g> {
         })
     }
 
+    /// Whether the strategy is the widest path (its keys are not sums of `weight`).
+    pub fn is_widest(&self) -> bool {
+        matches!(self.objective, Objective::Widest)
+    }
+
     /// Additive weight of a link; for the widest path, the (latency, cost) of its tie-break.
-    fn weight(&self, l: usize) -> Weight {
+    pub(crate) fn weight(&self, l: usize) -> Weight {
         match &self.objective {
             Objective::Additive { p, s } => Weight { p: p[l], s: s[l] },
             Objective::Widest => Weight {
@@ -713,14 +718,14 @@ impl<'g> Search<'g> {
             _ => false,
         };
         let (paths, truncated) = self.g.tight_paths(src, dst, mask, MAX_ECMP_PATHS, tight_p);
-        let mut others: Vec<Cand> = paths
-            .into_iter()
-            .filter(|l| *l != primary.links)
-            .map(|l| self.cand(src, l))
-            .collect();
-        others.sort();
-        let mut ecmp = vec![primary];
-        ecmp.extend(others);
+        let mut ecmp = Vec::with_capacity(paths.len().max(1));
+        ecmp.push(primary);
+        for l in paths {
+            if l != ecmp[0].links {
+                ecmp.push(self.cand(src, l));
+            }
+        }
+        ecmp[1..].sort();
         ecmp.truncate(MAX_ECMP_PATHS);
         Some((ecmp, truncated))
     }
@@ -813,28 +818,25 @@ impl<'g> Search<'g> {
 
         // Backups: best path avoiding every link used so far, while one exists; then the
         // least-overlapping of the next best paths.
-        let mut used = vec![false; self.g.links.len()];
-        let mut secondaries: Vec<(Cand, Vec<u32>)> = Vec::new();
+        // The base mask with every link used so far banned (only grows). Every path here lies
+        // within the base mask, so on their links `m.links` says exactly "used so far".
+        let mut m = self.base.clone();
+        let mut secondaries: Vec<(Cand, Vec<u32>)> = Vec::with_capacity(MAX_SECONDARIES);
         for c in std::iter::once(primary).chain(&kept) {
             for &l in &c.links {
-                used[l as usize] = true;
+                m.links[l as usize] = true;
             }
         }
         for c in kept {
             secondaries.push((c, Vec::new()));
         }
-        // The base mask with every link used so far banned (`used` only grows).
-        let mut m = self.base.clone();
-        for (l, &u) in used.iter().enumerate() {
-            m.links[l] |= u;
-        }
+        let used = |m: &Mask, l: u32| m.links[l as usize];
         while secondaries.len() < MAX_SECONDARIES {
             let Some(links) = self.best(s, d, &m, NO_ROOT, tree) else {
                 break;
             };
             let c = self.cand(s, links);
             for &l in &c.links {
-                used[l as usize] = true;
                 m.links[l as usize] = true;
             }
             secondaries.push((c, Vec::new()));
@@ -853,7 +855,7 @@ impl<'g> Search<'g> {
             let mut pool: Vec<Cand> = pool.into_iter().filter(|c| !is_chosen(&c.links)).collect();
             while secondaries.len() < MAX_SECONDARIES && !pool.is_empty() {
                 fallback = true;
-                let overlap = |c: &Cand| c.links.iter().filter(|&&l| used[l as usize]).count();
+                let overlap = |c: &Cand| c.links.iter().filter(|&&l| used(&m, l)).count();
                 let (i, _) = pool
                     .iter()
                     .enumerate()
@@ -862,14 +864,9 @@ impl<'g> Search<'g> {
                     })
                     .expect("not empty");
                 let c = pool.remove(i);
-                let shared: Vec<u32> = c
-                    .links
-                    .iter()
-                    .copied()
-                    .filter(|&l| used[l as usize])
-                    .collect();
+                let shared: Vec<u32> = c.links.iter().copied().filter(|&l| used(&m, l)).collect();
                 for &l in &c.links {
-                    used[l as usize] = true;
+                    m.links[l as usize] = true;
                 }
                 secondaries.push((c, shared));
             }

@@ -15,7 +15,8 @@ pub type RouteResult = Result<Arc<RouteSet>, RoutingError>;
 #[derive(Clone, Debug)]
 pub struct RegionRoutes {
     pub dst: RegionId,
-    pub routes: Vec<RouteResult>,
+    /// Shared with the table's edge nodes of the region (one allocation per region).
+    pub routes: Arc<[RouteResult]>,
 }
 
 /// Routes to an edge node. Edge nodes hang off exactly one region and are never transit hops,
@@ -27,7 +28,8 @@ pub struct EdgeRoutes {
     pub access_latency_ms: f64,
     /// The edge node hangs off the source region itself: delivered locally, no route.
     pub local: bool,
-    pub routes: Vec<RouteResult>,
+    /// The region's entry itself (shared, not copied).
+    pub routes: Arc<[RouteResult]>,
 }
 
 #[derive(Clone, Debug)]
@@ -68,7 +70,7 @@ fn edges(topology: &Topology, src: RegionId, regions: &[RegionRoutes]) -> Vec<Ed
         .map(|e| {
             let local = e.region == src;
             let routes = if local {
-                Vec::new()
+                Arc::from(Vec::new())
             } else {
                 // `regions` holds every region but the source, in region order.
                 let i = e.region.0 as usize - usize::from(e.region > src);
@@ -77,7 +79,7 @@ fn edges(topology: &Topology, src: RegionId, regions: &[RegionRoutes]) -> Vec<Ed
                     .filter(|r| r.dst == e.region)
                     .or_else(|| regions.iter().find(|r| r.dst == e.region))
                     .map(|r| r.routes.clone())
-                    .unwrap_or_default()
+                    .unwrap_or_else(|| Arc::from(Vec::new()))
             };
             EdgeRoutes {
                 edge: e.id,
@@ -166,8 +168,16 @@ fn same_structure(a: &RoutingGraph, b: &RoutingGraph) -> bool {
 /// full recompute would give: its paths kept their figures, every other path kept or lost
 /// quality, and ties are broken by a fixed order. Only the destinations whose route sets touch
 /// a changed link are recomputed, and of those whose primary and ECMP set do not, only the
-/// backups from the first one that uses a changed link on. A link that got better can pull any route onto itself, so
-/// that (and a changed structure, or a latency budget) means a full recompute.
+/// backups from the first one that uses a changed link on.
+///
+/// A link that got better (in any figure, or came up) can only pull a route set onto itself
+/// if some path through it could now be at least as good as one of the set's paths: the
+/// entry is recomputed when a lower bound of every path through the link (see
+/// `may_improve`) is not above the key of the set's worst path, or when the set has fewer
+/// backups than it may hold (a new path could fill the gap), and kept otherwise: every path
+/// whose figures changed is then strictly worse than each path kept, so every search of the
+/// set returns what it returned before. A changed structure or a latency budget means a full
+/// recompute.
 pub fn update_table(
     graph: &Arc<RoutingGraph>,
     topology: &Topology,
@@ -190,12 +200,11 @@ pub fn update_table(
         .filter(|&l| old.links[l] != graph.links[l])
         .map(|l| l as u32)
         .collect();
-    if changed
+    let improved: Vec<u32> = changed
         .iter()
-        .any(|&l| !no_better(&old.links[l as usize], &graph.links[l as usize]))
-    {
-        return full();
-    }
+        .copied()
+        .filter(|&l| !no_better(&old.links[l as usize], &graph.links[l as usize]))
+        .collect();
     let changed_ids: Vec<LinkId> = changed
         .iter()
         .map(|&l| graph.links[l as usize].id)
@@ -210,6 +219,15 @@ pub fn update_table(
     // For entries that only search backups again: the distances from the source alone.
     let mut trees: Vec<Option<Dist>> = (0..searches.len()).map(|_| None).collect();
     let mut stats = TableStats::default();
+    // With improved links: every search's tree from the source on the new graph (the lower
+    // bounds of `may_improve`), computed once per strategy.
+    if !improved.is_empty() {
+        for (i, s) in searches.iter().enumerate() {
+            if !s.is_widest() {
+                trees[i] = Some(s.tree(src.0));
+            }
+        }
+    }
     let regions: Vec<RegionRoutes> = previous
         .regions
         .iter()
@@ -226,7 +244,16 @@ pub fn update_table(
                             .any(|id| changed_ids.binary_search(id).is_ok())
                     };
                     match result {
-                        Ok(rs) if rs.depends_on.is_some() => {
+                        Ok(rs)
+                            if rs.depends_on.is_some()
+                                && !may_improve(
+                                    graph,
+                                    &searches[i],
+                                    trees[i].as_deref(),
+                                    &improved,
+                                    rs,
+                                ) =>
+                        {
                             let deps = rs.depends_on.as_deref().unwrap_or_default();
                             if !changed.iter().any(|l| deps.binary_search(l).is_ok()) {
                                 stats.reused += 1;
@@ -249,7 +276,7 @@ pub fn update_table(
                             }
                         }
                         // Worse links cannot reconnect regions.
-                        Err(RoutingError::Unreachable { .. }) => {
+                        Err(RoutingError::Unreachable { .. }) if improved.is_empty() => {
                             stats.reused += 1;
                             return result.clone();
                         }
@@ -271,5 +298,67 @@ pub fn update_table(
         regions,
         stats,
         graph: graph.clone(),
+    })
+}
+
+/// Whether a path through one of the `improved` links could now be as good as one of the
+/// paths of `rs` (or fill a missing backup), under `search` on the new graph. `tree`: the
+/// search's distances from the source within its base mask on the new graph (additive
+/// strategies). Conservative: true whenever it cannot tell.
+fn may_improve(
+    graph: &RoutingGraph,
+    search: &Search,
+    tree: Option<&[Option<super::graph::Weight>]>,
+    improved: &[u32],
+    rs: &super::path::RouteSet,
+) -> bool {
+    if improved.is_empty() {
+        return false;
+    }
+    if rs.secondaries.len() < super::search::MAX_SECONDARIES {
+        return true;
+    }
+    // The key of the set's worst path, with the new figures.
+    let mut worst = (0u64, 0u64, 0u64);
+    let mut links = Vec::new();
+    for p in rs.ecmp.iter().chain(rs.secondaries.iter().map(|s| &s.path)) {
+        links.clear();
+        for id in &p.links {
+            match graph.links.binary_search_by_key(id, |m| m.id) {
+                Ok(l) => links.push(l as u32),
+                Err(_) => return true,
+            }
+        }
+        worst = worst.max(search.key_of(&links));
+    }
+    let dst = rs.dst.0 as usize;
+    improved.iter().any(|&l| {
+        if !graph.allowed(&search.base, l as usize) {
+            return false; // on no path the searches may take
+        }
+        let m = &graph.links[l as usize];
+        if search.is_widest() {
+            // A path through the link is no wider than the link.
+            return u64::MAX - m.avail_kbps <= worst.0;
+        }
+        let Some(tree) = tree else {
+            return true;
+        };
+        let Some(dd) = tree[dst] else {
+            return true;
+        };
+        let w = search.weight(l as usize).p;
+        // src .. u -l- v .. dst, either way round; dist(v, dst) >= dist(src, dst) - dist(src, v).
+        [(m.a, m.b), (m.b, m.a)].iter().any(|&(u, v)| {
+            match (tree[u as usize], tree[v as usize]) {
+                (Some(du), Some(dv)) => {
+                    du.p.saturating_add(w)
+                        .saturating_add(dd.p.saturating_sub(dv.p))
+                        <= worst.0
+                }
+                // `v` banned (or `u` unreachable): no path within the base mask this way.
+                _ => false,
+            }
+        })
     })
 }

@@ -398,7 +398,7 @@ fn table_covers_every_destination_and_edge() {
 fn assert_same_routes(a: &RoutingTable, b: &RoutingTable) {
     assert_eq!(a.regions.len(), b.regions.len());
     for (x, y) in a.regions.iter().zip(&b.regions) {
-        for (rx, ry) in x.routes.iter().zip(&y.routes) {
+        for (rx, ry) in x.routes.iter().zip(y.routes.iter()) {
             match (rx, ry) {
                 (Ok(rx), Ok(ry)) => {
                     assert_eq!(rx.primary, ry.primary, "primary to {:?}", x.dst);
@@ -479,7 +479,7 @@ fn table_entries_equal_single_queries() {
             let src = crate::topology::RegionId(src);
             let table = compute_table(&g, &topo, src, &Strategy::ALL_DEFAULT, &NONE).unwrap();
             for entry in &table.regions {
-                for (s, got) in Strategy::ALL_DEFAULT.iter().zip(&entry.routes) {
+                for (s, got) in Strategy::ALL_DEFAULT.iter().zip(entry.routes.iter()) {
                     let want = route_on(&g, src, entry.dst, s, &NONE).unwrap();
                     assert_eq!(
                         **got.as_ref().unwrap(),
