@@ -73,6 +73,8 @@ pub enum DaemonError {
     Api(#[from] crate::api::ServeError),
     #[error(transparent)]
     Metrics(#[from] crate::telemetry::TelemetryError),
+    #[error("WireGuard hand-off policy routing: {0}")]
+    Handoff(#[from] crate::tunnels::error::TunnelError),
 }
 
 /// How the daemon is started.
@@ -222,6 +224,11 @@ pub struct Daemon {
     record: Option<(std::fs::File, Instant)>,
     api: Option<RunningApi>,
     metrics: Option<RunningMetrics>,
+    /// Policy routing of the WireGuard local links.
+    handoffs: super::handoff::Handoffs,
+    /// The WireGuard links' policy routing must be checked again (configuration or
+    /// interfaces changed).
+    handoffs_dirty: bool,
 }
 
 impl Daemon {
@@ -297,6 +304,8 @@ impl Daemon {
         let initial = watcher.dump().await?;
         let now = Now::system();
         let mut state = AgentState::new(config.clone(), dataplane, now)?;
+        let mut handoffs = super::handoff::Handoffs::open().await?;
+        state.set_handoff_problems(handoffs.sync(&config).await);
         let mut record = match &options.record {
             Some(path) => Some((
                 std::fs::OpenOptions::new()
@@ -568,6 +577,8 @@ impl Daemon {
             record,
             api,
             metrics,
+            handoffs,
+            handoffs_dirty: false,
         })
     }
 
@@ -592,6 +603,12 @@ impl Daemon {
 
     fn handle_input(&mut self, input: Input) {
         write_record(&mut self.record, &input);
+        if matches!(
+            input,
+            Input::Interface { .. } | Input::InterfaceGone { .. } | Input::Reload { .. }
+        ) {
+            self.handoffs_dirty = true;
+        }
         let generation = self.state.config_generation();
         if let Err(e) = self.state.handle(input, Now::system()) {
             // The state owner has logged it with its context already.
@@ -637,6 +654,7 @@ impl Daemon {
                         if self.state.config_generation() != generation {
                             let config = self.state.config().clone();
                             self.probes.sync(&config);
+                            self.handoffs_dirty = true;
                         }
                     }
                 }
@@ -644,6 +662,11 @@ impl Daemon {
                 _ = term.recv() => { info!("SIGTERM"); break; }
                 _ = int.recv() => { info!("SIGINT"); break; }
                 _ = &mut shutdown => break,
+            }
+            if std::mem::take(&mut self.handoffs_dirty) {
+                let config = self.state.config().clone();
+                let problems = self.handoffs.sync(&config).await;
+                self.state.set_handoff_problems(problems);
             }
             let views = self.link_views.borrow().clone();
             self.state.set_link_views(views);

@@ -140,6 +140,9 @@ pub struct AgentState {
     computations: u64,
     last_update: Option<UpdateStats>,
     link_views: BTreeMap<u32, crate::probe::LinkView>,
+    /// What is missing of each WireGuard link's policy routing (rule, table route), as the
+    /// daemon last found it; shown in the link's tunnel view.
+    handoff_problems: BTreeMap<u32, Vec<String>>,
     counters: CounterView,
     next_counters_ns: u64,
     started_unix_ms: u64,
@@ -208,6 +211,7 @@ impl AgentState {
             computations: 0,
             last_update: None,
             link_views: BTreeMap::new(),
+            handoff_problems: BTreeMap::new(),
             counters: CounterView::default(),
             next_counters_ns: now.mono_ns,
             started_unix_ms: now.unix_ms,
@@ -400,6 +404,11 @@ impl AgentState {
     /// The probe monitor's view of each link (RTT, loss, probe counts), for the snapshot.
     pub fn set_link_views(&mut self, views: BTreeMap<u32, crate::probe::LinkView>) {
         self.link_views = views;
+    }
+
+    /// What the daemon found missing of the WireGuard links' policy routing (empty: none).
+    pub fn set_handoff_problems(&mut self, problems: BTreeMap<u32, Vec<String>>) {
+        self.handoff_problems = problems;
     }
 
     // -----------------------------------------------------------------------------------------
@@ -805,10 +814,12 @@ impl AgentState {
                 Some(format!("interface {} down", l.interface)),
             ));
         }
-        // Without its address the link can neither be probed nor carry our tunnels.
-        if !self
-            .addresses
-            .contains(&(iface.ifindex, std::net::IpAddr::V4(l.local_ip)))
+        // Without its address the link can neither be probed nor carry our tunnels. (A
+        // WireGuard link's address is shown only: the device carries the traffic.)
+        if !l.is_wireguard()
+            && !self
+                .addresses
+                .contains(&(iface.ifindex, std::net::IpAddr::V4(l.local_ip)))
         {
             return Some((
                 LinkHealth::Down,
@@ -1490,6 +1501,7 @@ impl AgentState {
                         down = true;
                         problems.push(format!("interface {} down", l.interface));
                     }
+                    Some(_) if l.is_wireguard() => {}
                     Some(i) => {
                         if !self
                             .neighbours
@@ -1503,6 +1515,10 @@ impl AgentState {
                 if nexthop.is_none() {
                     down = true;
                     problems.push("not programmed in the fast path".into());
+                }
+                if let Some(p) = self.handoff_problems.get(&l.link_id) {
+                    down = true;
+                    problems.extend(p.iter().cloned());
                 }
                 match health {
                     Some(ViewHealth::Down) => {
@@ -1525,9 +1541,14 @@ impl AgentState {
                     .iter()
                     .find(|(id, _, _)| *id == l.link_id)
                     .map_or(0, |(_, _, bytes)| *bytes);
+                let (kind, vni) = match &l.handoff {
+                    Some(_) => ("wireguard", None),
+                    None => ("vxlan", Some(l.vni)),
+                };
+                let shown = |a: std::net::Ipv4Addr| (!a.is_unspecified()).then(|| a.to_string());
                 TunnelView {
-                    name: format!("vxlan-{}", l.name),
-                    kind: "vxlan".into(),
+                    name: format!("{kind}-{}", l.name),
+                    kind: kind.into(),
                     link: Some(l.link_id),
                     interface: Some(l.interface.clone()),
                     state: if down {
@@ -1539,6 +1560,7 @@ impl AgentState {
                     },
                     mtu: nexthop
                         .map(|n| n.mtu)
+                        .filter(|m| *m != 0)
                         .or(l.mtu)
                         .or(iface.and_then(|i| i.mtu)),
                     last_handshake_unix_s: None,
@@ -1546,9 +1568,9 @@ impl AgentState {
                     rx_bytes: 0,
                     tx_bytes,
                     problems,
-                    local_ip: Some(l.local_ip.to_string()),
-                    remote_ip: Some(l.peer_ip.to_string()),
-                    vni: Some(l.vni),
+                    local_ip: shown(l.local_ip),
+                    remote_ip: shown(l.peer_ip),
+                    vni,
                 }
             })
             .collect()
