@@ -343,7 +343,7 @@ pub struct LocalLinkSection {
     pub mtu: Option<Spanned<u32>>,
     /// Inner destination MAC (the peer's VXLAN device, for interoperation); default zero.
     #[serde(default)]
-    pub inner_dst_mac: Option<Mac>,
+    pub inner_dst_mac: Option<Spanned<Mac>>,
     /// Probed: the fast path uses the link only while it answers probes. Default true for
     /// `vxlan`; a `wireguard` link cannot be probed (see [`LocalLink::handoff`]).
     #[serde(default)]
@@ -979,8 +979,8 @@ impl AgentConfig {
                 if let Some(v) = &l.vni {
                     c.at(v.span(), field("vni"), why);
                 }
-                if l.inner_dst_mac.is_some() {
-                    c.at(spanned.span(), field("inner_dst_mac"), why);
+                if let Some(m) = &l.inner_dst_mac {
+                    c.at(m.span(), field("inner_dst_mac"), why);
                 }
                 if let Some(m) = &l.mtu {
                     c.at(
@@ -1115,7 +1115,11 @@ impl AgentConfig {
                         via_ip,
                         vni,
                         mtu: l.mtu.as_ref().map(|m| *m.get_ref()),
-                        inner_dst_mac: l.inner_dst_mac.unwrap_or_default().0,
+                        inner_dst_mac: l
+                            .inner_dst_mac
+                            .as_ref()
+                            .map(|m| m.get_ref().0)
+                            .unwrap_or_default(),
                         monitored,
                         handoff,
                     });
