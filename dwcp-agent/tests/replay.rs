@@ -589,7 +589,7 @@ fn a_wireguard_link_is_a_handoff_next_hop_with_its_policy_rule() {
     run_with(
         "wireguard_handoff.json",
         Pinning::None,
-        |state, interfaces| {
+        |mut state, interfaces| {
             let wg3 = interfaces["wg3"].0;
             let kernel = state.read_back().unwrap();
             let nh = kernel.nexthops[&3];
@@ -627,6 +627,40 @@ fn a_wireguard_link_is_a_handoff_next_hop_with_its_policy_rule() {
                 ("wireguard", None, Some(3))
             );
             assert!(snap.tunnels.iter().any(|t| t.name == "vxlan-use1-euw1"));
+
+            // A stale handshake (the daemon reads it from the UAPI socket) takes link 3 down:
+            // ap-south-1 goes over link 1 only; a fresh one brings it back.
+            let aps1 = state.plans()["ap-south-1"].group_id;
+            let members = |state: &AgentState| {
+                let g = state.read_back().unwrap().groups[&aps1];
+                let mut m = g.nexthops[..g.member_count as usize].to_vec();
+                m.sort();
+                m
+            };
+            state
+                .handle(
+                    Input::WireGuardHandshake {
+                        link: 3,
+                        stale: Some("latest WireGuard handshake 400 s ago".into()),
+                    },
+                    Now::at_ms(11_000),
+                )
+                .unwrap();
+            state.on_timer(Now::at_ms(13_000));
+            assert_eq!(members(&state), vec![1], "link 3 down");
+            let last = state.history().last().unwrap().clone();
+            assert!(last.reason.contains("handshake 400 s ago"), "{last:?}");
+            state
+                .handle(
+                    Input::WireGuardHandshake {
+                        link: 3,
+                        stale: None,
+                    },
+                    Now::at_ms(14_000),
+                )
+                .unwrap();
+            state.on_timer(Now::at_ms(16_000));
+            assert_eq!(members(&state), vec![1, 3], "link 3 back");
 
             // The daemon's half: the policy rule and the table route, idempotent, removed when
             // the link leaves the configuration.

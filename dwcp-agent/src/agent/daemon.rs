@@ -229,6 +229,8 @@ pub struct Daemon {
     /// The WireGuard links' policy routing must be checked again (configuration or
     /// interfaces changed).
     handoffs_dirty: bool,
+    /// The last handshake verdict sent to the state owner, per WireGuard link.
+    handshakes: BTreeMap<u32, Option<String>>,
 }
 
 impl Daemon {
@@ -579,6 +581,7 @@ impl Daemon {
             metrics,
             handoffs,
             handoffs_dirty: false,
+            handshakes: BTreeMap::new(),
         })
     }
 
@@ -628,6 +631,9 @@ impl Daemon {
         let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
             .map_err(DaemonError::Signal)?;
         tokio::pin!(shutdown);
+        // The WireGuard links' handshakes (UAPI), every 10 s.
+        let mut handshake_tick = tokio::time::interval(Duration::from_secs(10));
+        handshake_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         info!(config = %self.options.config_path.display(), "running");
         loop {
             let sleep = match self.state.next_deadline() {
@@ -655,6 +661,15 @@ impl Daemon {
                             let config = self.state.config().clone();
                             self.probes.sync(&config);
                             self.handoffs_dirty = true;
+                        }
+                    }
+                }
+                _ = handshake_tick.tick(), if self.state.config().local_links.iter().any(|l| l.is_wireguard()) => {
+                    let config = self.state.config().clone();
+                    for (link, verdict) in self.handoffs.handshakes(&config).await {
+                        if self.handshakes.get(&link) != Some(&verdict) {
+                            self.handshakes.insert(link, verdict.clone());
+                            self.handle_input(Input::WireGuardHandshake { link, stale: verdict });
                         }
                     }
                 }

@@ -143,6 +143,8 @@ pub struct AgentState {
     /// What is missing of each WireGuard link's policy routing (rule, table route), as the
     /// daemon last found it; shown in the link's tunnel view.
     handoff_problems: BTreeMap<u32, Vec<String>>,
+    /// WireGuard links whose device reports no recent handshake, with the reason.
+    handshake_stale: BTreeMap<u32, String>,
     counters: CounterView,
     next_counters_ns: u64,
     started_unix_ms: u64,
@@ -212,6 +214,7 @@ impl AgentState {
             last_update: None,
             link_views: BTreeMap::new(),
             handoff_problems: BTreeMap::new(),
+            handshake_stale: BTreeMap::new(),
             counters: CounterView::default(),
             next_counters_ns: now.mono_ns,
             started_unix_ms: now.unix_ms,
@@ -516,6 +519,33 @@ impl AgentState {
                     );
                 } else if !self.is_ours(&name) {
                     self.interfaces.insert(name, new);
+                }
+            }
+            Input::WireGuardHandshake { link, stale } => {
+                let wireguard = self
+                    .config
+                    .local_link(link)
+                    .is_some_and(|l| l.is_wireguard());
+                let changed = match &stale {
+                    Some(r) if wireguard => {
+                        self.handshake_stale.insert(link, r.clone()) != Some(r.clone())
+                    }
+                    _ => self.handshake_stale.remove(&link).is_some(),
+                };
+                if changed {
+                    self.refresh_health_of(link, now, false);
+                    self.cause(
+                        now,
+                        Cause {
+                            text: match &stale {
+                                Some(r) => format!("link {link}: {r}"),
+                                None => format!("link {link}: WireGuard handshake fresh"),
+                            },
+                            links: vec![link],
+                            regions: Vec::new(),
+                            failure: stale.is_some(),
+                        },
+                    );
                 }
             }
             Input::InterfaceGone { name } => {
@@ -825,6 +855,9 @@ impl AgentState {
                 LinkHealth::Down,
                 Some(format!("address {} not on {}", l.local_ip, l.interface)),
             ));
+        }
+        if let Some(r) = self.handshake_stale.get(&link) {
+            return Some((LinkHealth::Down, Some(r.clone())));
         }
         match (&s.probe, &s.degraded) {
             (ProbeStatus::Down(r), _) => Some((LinkHealth::Down, Some(r.clone()))),
@@ -1516,6 +1549,10 @@ impl AgentState {
                     down = true;
                     problems.push("not programmed in the fast path".into());
                 }
+                if let Some(r) = self.handshake_stale.get(&l.link_id) {
+                    down = true;
+                    problems.push(r.clone());
+                }
                 if let Some(p) = self.handoff_problems.get(&l.link_id) {
                     down = true;
                     problems.extend(p.iter().cloned());
@@ -1523,7 +1560,11 @@ impl AgentState {
                 match health {
                     Some(ViewHealth::Down) => {
                         down = true;
-                        problems.push("link down (probes unanswered)".into());
+                        problems.push(if l.is_wireguard() {
+                            "link down".into()
+                        } else {
+                            "link down (probes unanswered)".into()
+                        });
                     }
                     Some(ViewHealth::AdminDown) => {
                         down = true;
