@@ -163,6 +163,9 @@ impl Handoffs {
 /// Removes the hand-off rules of every WireGuard link of `config` (`dwcp-agent --remove`).
 /// Returns how many links had some.
 pub async fn remove_all(config: &AgentConfig) -> Result<usize, TunnelError> {
+    if !config.local_links.iter().any(|l| l.is_wireguard()) {
+        return Ok(0);
+    }
     let rtnl = Rtnl::connect(&NetnsTarget::Current).await?;
     let mut n = 0;
     for h in config.local_links.iter().filter_map(|l| l.handoff.as_ref()) {
