@@ -570,3 +570,147 @@ fn an_active_reservation_is_policed_in_the_fast_path_until_it_ends() {
         assert_eq!(&state.read_back().unwrap(), state.programmed());
     });
 }
+
+/// `ip <args>` in the calling thread's namespace (the test namespace inside `run_in`).
+fn ip_here(args: &[&str]) -> String {
+    let out = std::process::Command::new("ip")
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "ip {args:?}: {out:?}");
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// Link 3 is `kind = "wireguard"` on wg3. A veth stands in for the WireGuard device: what is
+/// checked (the maps, the rule and the table route) does not depend on the device's kind;
+/// traffic through a real wireguard-go device is the tunnels.rs hand-off lab's.
+#[test]
+fn a_wireguard_link_is_a_handoff_next_hop_with_its_policy_rule() {
+    run_with(
+        "wireguard_handoff.json",
+        Pinning::None,
+        |mut state, interfaces| {
+            let wg3 = interfaces["wg3"].0;
+            let kernel = state.read_back().unwrap();
+            let nh = kernel.nexthops[&3];
+            assert!(nh.is_handoff(), "{nh:?}");
+            assert_eq!(
+                nh.flags & dwcp_common::NH_F_HANDOFF,
+                dwcp_common::NH_F_HANDOFF
+            );
+            assert_eq!(nh.handoff_mark(), Some(0x6477_0003));
+            assert_eq!(nh.ifindex, wg3);
+            assert_eq!(nh.link_id, 3);
+            // The group of ap-south-1 holds it (checked by the fixture: active [3]).
+            let group = kernel.groups[&state.plans()["ap-south-1"].group_id];
+            assert!(group.nexthops[..group.member_count as usize].contains(&3));
+            // No VNI, no neighbour, no probing for it; link 1 (VXLAN) is as before.
+            assert!(kernel
+                .vnis
+                .contains_key(&(dwcp_agent::agent::config::VNI_BASE + 1)));
+            assert!(!kernel
+                .vnis
+                .contains_key(&(dwcp_agent::agent::config::VNI_BASE + 3)));
+            assert_eq!(kernel.vnis.len(), 1, "{:?}", kernel.vnis.keys());
+            assert!(kernel.neighbours.keys().all(|(i, _)| *i != wg3));
+            assert!(!kernel.links.contains_key(&3), "link 3 is not monitored");
+            assert!(!kernel.nexthops[&1].is_handoff());
+            // The tunnel view names it.
+            let snap = state.snapshot().borrow().clone();
+            let t = snap
+                .tunnels
+                .iter()
+                .find(|t| t.name == "wireguard-use1-aps1")
+                .unwrap_or_else(|| panic!("{:?}", snap.tunnels));
+            assert_eq!(
+                (t.kind.as_str(), t.vni, t.link),
+                ("wireguard", None, Some(3))
+            );
+            assert!(snap.tunnels.iter().any(|t| t.name == "vxlan-use1-euw1"));
+
+            // A stale handshake (the daemon reads it from the UAPI socket) takes link 3 down:
+            // ap-south-1 goes over link 1 only; a fresh one brings it back.
+            let aps1 = state.plans()["ap-south-1"].group_id;
+            let members = |state: &AgentState| {
+                let g = state.read_back().unwrap().groups[&aps1];
+                let mut m = g.nexthops[..g.member_count as usize].to_vec();
+                m.sort();
+                m
+            };
+            state
+                .handle(
+                    Input::WireGuardHandshake {
+                        link: 3,
+                        stale: Some("latest WireGuard handshake 400 s ago".into()),
+                    },
+                    Now::at_ms(11_000),
+                )
+                .unwrap();
+            state.on_timer(Now::at_ms(13_000));
+            assert_eq!(members(&state), vec![1], "link 3 down");
+            let last = state.history().last().unwrap().clone();
+            assert!(last.reason.contains("handshake 400 s ago"), "{last:?}");
+            state
+                .handle(
+                    Input::WireGuardHandshake {
+                        link: 3,
+                        stale: None,
+                    },
+                    Now::at_ms(14_000),
+                )
+                .unwrap();
+            state.on_timer(Now::at_ms(16_000));
+            assert_eq!(members(&state), vec![1, 3], "link 3 back");
+
+            // The daemon's half: the policy rule and the table route, idempotent, removed when
+            // the link leaves the configuration.
+            let config = state.config().as_ref().clone();
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                use dwcp_agent::agent::handoff::Handoffs;
+                let mut h = Handoffs::open().await.unwrap();
+                let problems = h.sync(&config).await;
+                assert!(problems.is_empty(), "{problems:?}");
+                let rules = ip_here(&["-4", "rule", "show"]);
+                assert!(rules.contains("fwmark 0x64770003 lookup 20003"), "{rules}");
+                let rules6 = ip_here(&["-6", "rule", "show"]);
+                assert!(
+                    rules6.contains("fwmark 0x64770003 lookup 20003"),
+                    "{rules6}"
+                );
+                let routes = ip_here(&["-4", "route", "show", "table", "20003"]);
+                assert!(routes.contains("default dev wg3"), "{routes}");
+                // Again: nothing added twice.
+                assert!(h.sync(&config).await.is_empty());
+                let rules = ip_here(&["-4", "rule", "show"]);
+                assert_eq!(rules.matches("fwmark 0x64770003").count(), 1, "{rules}");
+                // The device gone: reported, not fatal.
+                ip_here(&["link", "set", "wg3", "down"]);
+                let problems = h.sync(&config).await;
+                assert!(!problems.is_empty(), "a down device's route cannot exist");
+                ip_here(&["link", "set", "wg3", "up"]);
+                assert!(h.sync(&config).await.is_empty(), "restored once up");
+                // The link leaves the configuration (a SIGHUP reload): its rules go.
+                let mut without = config.clone();
+                without.local_links.retain(|l| l.link_id != 3);
+                assert!(h.sync(&without).await.is_empty());
+                let rules = ip_here(&["-4", "rule", "show"]);
+                assert!(!rules.contains("0x64770003"), "{rules}");
+                let rules6 = ip_here(&["-6", "rule", "show"]);
+                assert!(!rules6.contains("0x64770003"), "{rules6}");
+                // `dwcp-agent --remove`: removes the rules of the configuration's links.
+                h.sync(&config).await;
+                assert_eq!(
+                    dwcp_agent::agent::handoff::remove_all(&config)
+                        .await
+                        .unwrap(),
+                    1
+                );
+                assert!(!ip_here(&["rule", "show"]).contains("0x64770003"));
+            });
+        },
+    );
+}

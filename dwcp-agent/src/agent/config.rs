@@ -309,20 +309,29 @@ fn default_hash_seed() -> u32 {
     DEFAULT_HASH_SEED
 }
 
-fn default_true() -> bool {
-    true
-}
-
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LocalLinkSection {
     /// Name of a `[[link]]` with this gateway's region at one end.
     pub link: Spanned<String>,
-    /// Underlay interface the link leaves on.
+    /// `vxlan` (default: the fast path encapsulates) or `wireguard` (the fast path hands the
+    /// packets to the kernel with a mark; policy routing sends them into `interface`).
+    #[serde(default)]
+    pub kind: Option<Spanned<String>>,
+    /// Underlay interface the link leaves on; for a `wireguard` link, the WireGuard device
+    /// (created by the tunnel manager, not by the agent).
     pub interface: Spanned<String>,
-    pub local_ip: Spanned<IpAddr>,
-    /// The peer gateway's underlay address (the tunnel's far end).
-    pub peer_ip: Spanned<IpAddr>,
+    /// Required for a `vxlan` link; optional (shown only) for a `wireguard` link.
+    #[serde(default)]
+    pub local_ip: Option<Spanned<IpAddr>>,
+    /// The peer gateway's underlay address (the tunnel's far end). Required for `vxlan`.
+    #[serde(default)]
+    pub peer_ip: Option<Spanned<IpAddr>>,
+    /// `wireguard` only: the fwmark and routing table of the hand-off; default
+    /// `fwmark = HANDOFF_FWMARK_BASE + link_id`, `table = HANDOFF_TABLE_BASE + link_id`,
+    /// `priority = 1000`.
+    #[serde(default)]
+    pub handoff: Option<Spanned<HandoffSection>>,
     /// Neighbour to send to when the peer is behind a router; default: `peer_ip`.
     #[serde(default)]
     pub via_ip: Option<Spanned<IpAddr>>,
@@ -334,10 +343,23 @@ pub struct LocalLinkSection {
     pub mtu: Option<Spanned<u32>>,
     /// Inner destination MAC (the peer's VXLAN device, for interoperation); default zero.
     #[serde(default)]
-    pub inner_dst_mac: Option<Mac>,
-    /// Probed: the fast path uses the link only while it answers probes.
-    #[serde(default = "default_true")]
-    pub monitored: bool,
+    pub inner_dst_mac: Option<Spanned<Mac>>,
+    /// Probed: the fast path uses the link only while it answers probes. Default true for
+    /// `vxlan`; a `wireguard` link cannot be probed (see [`LocalLink::handoff`]).
+    #[serde(default)]
+    pub monitored: Option<Spanned<bool>>,
+}
+
+/// `handoff = { fwmark = 0x64770003, table = 20003 }` of a `wireguard` local link.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HandoffSection {
+    #[serde(default)]
+    pub fwmark: Option<u32>,
+    #[serde(default)]
+    pub table: Option<u32>,
+    #[serde(default)]
+    pub priority: Option<u32>,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -514,7 +536,28 @@ pub struct LocalLink {
     pub mtu: Option<u32>,
     pub inner_dst_mac: [u8; 6],
     pub monitored: bool,
+    /// `Some` for a `wireguard` link: the fast path marks the packets and hands them to the
+    /// kernel, where `ip rule fwmark <fwmark> lookup <table>` and `default dev <interface>
+    /// table <table>` send them into the WireGuard device. Such a link is not probed (the
+    /// probes cannot be reflected by XDP across a TUN device); its health is the device's
+    /// up/down state from netlink and the age of its latest handshake (UAPI). The address
+    /// fields (`local_ip`, `peer_ip`, `via_ip`) are unspecified unless given, shown only.
+    pub handoff: Option<crate::tunnels::spec::Handoff>,
 }
+
+impl LocalLink {
+    pub fn is_wireguard(&self) -> bool {
+        self.handoff.is_some()
+    }
+}
+
+/// Default fwmark of a `wireguard` local link: `HANDOFF_FWMARK_BASE + link_id` ("dw" in the
+/// high half, so it does not collide with small marks other tools use).
+pub const HANDOFF_FWMARK_BASE: u32 = 0x6477_0000;
+/// Default routing table of a `wireguard` local link: `HANDOFF_TABLE_BASE + link_id`.
+pub const HANDOFF_TABLE_BASE: u32 = 20_000;
+/// Default priority of the hand-off's `ip rule`.
+pub const HANDOFF_RULE_PRIORITY: u32 = 1_000;
 
 /// A classifier rule.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -876,6 +919,21 @@ impl AgentConfig {
                     format!("{ifname:?} is also a LAN interface"),
                 );
             }
+            let wireguard = match &l.kind {
+                None => false,
+                Some(k) => match k.get_ref().as_str() {
+                    "vxlan" => false,
+                    "wireguard" => true,
+                    other => {
+                        c.at(
+                            k.span(),
+                            field("kind"),
+                            format!("unknown link kind {other:?} (vxlan or wireguard)"),
+                        );
+                        false
+                    }
+                },
+            };
             let v4 = |c: &mut Checker, s: &Spanned<IpAddr>, f: &str| match *s.get_ref() {
                 IpAddr::V4(a) if !a.is_unspecified() && !a.is_multicast() && !a.is_broadcast() => {
                     Some(a)
@@ -893,50 +951,154 @@ impl AgentConfig {
                     None
                 }
             };
-            let local_ip = v4(&mut c, &l.local_ip, "local_ip");
-            let peer_ip = v4(&mut c, &l.peer_ip, "peer_ip");
-            let via_ip = match &l.via_ip {
-                Some(v) => v4(&mut c, v, "via_ip"),
-                None => peer_ip,
-            };
-            if local_ip.is_some() && local_ip == peer_ip {
-                c.at(
-                    l.peer_ip.span(),
-                    field("peer_ip"),
-                    "is the same as local_ip",
-                );
-            }
             let link_id = link.as_ref().map(|k| k.id.0).unwrap_or(0);
-            let vni = l
-                .vni
-                .as_ref()
-                .map(|v| *v.get_ref())
-                .unwrap_or(VNI_BASE + link_id);
-            if vni > dwcp_common::wire::VNI_MAX {
-                c.at(
-                    l.vni.as_ref().map(|v| v.span()).unwrap_or(spanned.span()),
-                    field("vni"),
-                    format!(
-                        "{vni} is above the largest VNI {}",
-                        dwcp_common::wire::VNI_MAX
-                    ),
-                );
-            } else if let Some(other) = vnis.get(&vni) {
-                c.at(
-                    l.vni.as_ref().map(|v| v.span()).unwrap_or(spanned.span()),
-                    field("vni"),
-                    format!("VNI {vni} is also used by link {other:?}"),
-                );
-            }
-            vnis.insert(vni, l.link.get_ref().clone());
-            if let Some(m) = &l.mtu {
-                let mtu = *m.get_ref();
-                if !(576..=65_535).contains(&mtu) {
+            let required = |c: &mut Checker, s: &Option<Spanned<IpAddr>>, f: &str| match s {
+                Some(s) => v4(c, s, f),
+                None if wireguard => Some(Ipv4Addr::UNSPECIFIED),
+                None => {
+                    c.at(
+                        spanned.span(),
+                        field(f),
+                        "missing (required for a vxlan link)",
+                    );
+                    None
+                }
+            };
+            let local_ip = required(&mut c, &l.local_ip, "local_ip");
+            let peer_ip = required(&mut c, &l.peer_ip, "peer_ip");
+            let mut handoff = None;
+            let mut vni = 0;
+            let via_ip;
+            let monitored;
+            if wireguard {
+                let why = "makes no sense for a wireguard link (the kernel routes into the \
+                           WireGuard device)";
+                if let Some(v) = &l.via_ip {
+                    c.at(v.span(), field("via_ip"), why);
+                }
+                if let Some(v) = &l.vni {
+                    c.at(v.span(), field("vni"), why);
+                }
+                if let Some(m) = &l.inner_dst_mac {
+                    c.at(m.span(), field("inner_dst_mac"), why);
+                }
+                if let Some(m) = &l.mtu {
                     c.at(
                         m.span(),
                         field("mtu"),
-                        format!("{mtu} is not within 576..=65535"),
+                        "makes no sense for a wireguard link (set the MTU of the WireGuard \
+                         device)",
                     );
+                }
+                if let Some(m) = l.monitored.as_ref().filter(|m| *m.get_ref()) {
+                    c.at(
+                        m.span(),
+                        field("monitored"),
+                        "a wireguard link cannot be probed (probes are not reflected across \
+                         a TUN device); its health is the device's state and handshake age",
+                    );
+                }
+                via_ip = Some(Ipv4Addr::UNSPECIFIED);
+                monitored = false;
+                let h = l.handoff.as_ref().map(|h| h.get_ref());
+                let hspan = l
+                    .handoff
+                    .as_ref()
+                    .map(|h| h.span())
+                    .unwrap_or(spanned.span());
+                let fwmark = h
+                    .and_then(|h| h.fwmark)
+                    .unwrap_or(HANDOFF_FWMARK_BASE.wrapping_add(link_id));
+                let table = h
+                    .and_then(|h| h.table)
+                    .unwrap_or(HANDOFF_TABLE_BASE.wrapping_add(link_id));
+                let priority = h.and_then(|h| h.priority).unwrap_or(HANDOFF_RULE_PRIORITY);
+                if fwmark == 0 {
+                    c.at(
+                        hspan.clone(),
+                        field("handoff.fwmark"),
+                        "0 is no mark (packets without a mark are not handed off)",
+                    );
+                }
+                if table == 0 || (253..=255).contains(&table) {
+                    c.at(
+                        hspan.clone(),
+                        field("handoff.table"),
+                        format!("{table} is a reserved routing table (0, default, main, local)"),
+                    );
+                }
+                for o in &local_links {
+                    if let Some(oh) = &o.handoff {
+                        if oh.fwmark == fwmark {
+                            c.at(
+                                hspan.clone(),
+                                field("handoff.fwmark"),
+                                format!("fwmark {fwmark:#x} is also used by link {:?}", o.name),
+                            );
+                        }
+                        if oh.table == table {
+                            c.at(
+                                hspan.clone(),
+                                field("handoff.table"),
+                                format!("table {table} is also used by link {:?}", o.name),
+                            );
+                        }
+                    }
+                }
+                handoff = Some(crate::tunnels::spec::Handoff {
+                    fwmark,
+                    table,
+                    priority,
+                });
+            } else {
+                if let Some(h) = &l.handoff {
+                    c.at(
+                        h.span(),
+                        field("handoff"),
+                        "only a wireguard link (kind = \"wireguard\") is handed off",
+                    );
+                }
+                monitored = l.monitored.as_ref().map(|m| *m.get_ref()).unwrap_or(true);
+                via_ip = match &l.via_ip {
+                    Some(v) => v4(&mut c, v, "via_ip"),
+                    None => peer_ip,
+                };
+                if let (Some(a), Some(p)) = (&l.local_ip, &l.peer_ip) {
+                    if a.get_ref() == p.get_ref() {
+                        c.at(p.span(), field("peer_ip"), "is the same as local_ip");
+                    }
+                }
+                vni = l
+                    .vni
+                    .as_ref()
+                    .map(|v| *v.get_ref())
+                    .unwrap_or(VNI_BASE + link_id);
+                if vni > dwcp_common::wire::VNI_MAX {
+                    c.at(
+                        l.vni.as_ref().map(|v| v.span()).unwrap_or(spanned.span()),
+                        field("vni"),
+                        format!(
+                            "{vni} is above the largest VNI {}",
+                            dwcp_common::wire::VNI_MAX
+                        ),
+                    );
+                } else if let Some(other) = vnis.get(&vni) {
+                    c.at(
+                        l.vni.as_ref().map(|v| v.span()).unwrap_or(spanned.span()),
+                        field("vni"),
+                        format!("VNI {vni} is also used by link {other:?}"),
+                    );
+                }
+                vnis.insert(vni, l.link.get_ref().clone());
+                if let Some(m) = &l.mtu {
+                    let mtu = *m.get_ref();
+                    if !(576..=65_535).contains(&mtu) {
+                        c.at(
+                            m.span(),
+                            field("mtu"),
+                            format!("{mtu} is not within 576..=65535"),
+                        );
+                    }
                 }
             }
             if c.problems.len() == before {
@@ -953,8 +1115,13 @@ impl AgentConfig {
                         via_ip,
                         vni,
                         mtu: l.mtu.as_ref().map(|m| *m.get_ref()),
-                        inner_dst_mac: l.inner_dst_mac.unwrap_or_default().0,
-                        monitored: l.monitored,
+                        inner_dst_mac: l
+                            .inner_dst_mac
+                            .as_ref()
+                            .map(|m| m.get_ref().0)
+                            .unwrap_or_default(),
+                        monitored,
+                        handoff,
                     });
                 }
             }
@@ -1389,10 +1556,12 @@ impl AgentConfig {
         self.local_links.iter().find(|l| l.link_id == link_id)
     }
 
-    /// Every interface the agent attaches to: LAN first, then the underlay ones (deduplicated).
+    /// The underlay interfaces of the VXLAN links (deduplicated), where the underlay program
+    /// runs. A WireGuard device is none: the kernel decrypts into it, the fast path never sees
+    /// its packets.
     pub fn underlay_interfaces(&self) -> Vec<String> {
         let mut out: Vec<String> = Vec::new();
-        for l in &self.local_links {
+        for l in self.local_links.iter().filter(|l| !l.is_wireguard()) {
             if !out.contains(&l.interface) {
                 out.push(l.interface.clone());
             }

@@ -73,6 +73,8 @@ pub enum DaemonError {
     Api(#[from] crate::api::ServeError),
     #[error(transparent)]
     Metrics(#[from] crate::telemetry::TelemetryError),
+    #[error("WireGuard hand-off policy routing: {0}")]
+    Handoff(#[from] crate::tunnels::error::TunnelError),
 }
 
 /// How the daemon is started.
@@ -222,6 +224,13 @@ pub struct Daemon {
     record: Option<(std::fs::File, Instant)>,
     api: Option<RunningApi>,
     metrics: Option<RunningMetrics>,
+    /// Policy routing of the WireGuard local links.
+    handoffs: super::handoff::Handoffs,
+    /// The WireGuard links' policy routing must be checked again (configuration or
+    /// interfaces changed).
+    handoffs_dirty: bool,
+    /// The last handshake verdict sent to the state owner, per WireGuard link.
+    handshakes: BTreeMap<u32, Option<String>>,
 }
 
 impl Daemon {
@@ -297,6 +306,8 @@ impl Daemon {
         let initial = watcher.dump().await?;
         let now = Now::system();
         let mut state = AgentState::new(config.clone(), dataplane, now)?;
+        let mut handoffs = super::handoff::Handoffs::open().await?;
+        state.set_handoff_problems(handoffs.sync(&config).await);
         let mut record = match &options.record {
             Some(path) => Some((
                 std::fs::OpenOptions::new()
@@ -568,6 +579,9 @@ impl Daemon {
             record,
             api,
             metrics,
+            handoffs,
+            handoffs_dirty: false,
+            handshakes: BTreeMap::new(),
         })
     }
 
@@ -592,6 +606,12 @@ impl Daemon {
 
     fn handle_input(&mut self, input: Input) {
         write_record(&mut self.record, &input);
+        if matches!(
+            input,
+            Input::Interface { .. } | Input::InterfaceGone { .. } | Input::Reload { .. }
+        ) {
+            self.handoffs_dirty = true;
+        }
         let generation = self.state.config_generation();
         if let Err(e) = self.state.handle(input, Now::system()) {
             // The state owner has logged it with its context already.
@@ -611,6 +631,9 @@ impl Daemon {
         let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
             .map_err(DaemonError::Signal)?;
         tokio::pin!(shutdown);
+        // The WireGuard links' handshakes (UAPI), every 10 s.
+        let mut handshake_tick = tokio::time::interval(Duration::from_secs(10));
+        handshake_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         info!(config = %self.options.config_path.display(), "running");
         loop {
             let sleep = match self.state.next_deadline() {
@@ -637,6 +660,16 @@ impl Daemon {
                         if self.state.config_generation() != generation {
                             let config = self.state.config().clone();
                             self.probes.sync(&config);
+                            self.handoffs_dirty = true;
+                        }
+                    }
+                }
+                _ = handshake_tick.tick(), if self.state.config().local_links.iter().any(|l| l.is_wireguard()) => {
+                    let config = self.state.config().clone();
+                    for (link, verdict) in self.handoffs.handshakes(&config).await {
+                        if self.handshakes.get(&link) != Some(&verdict) {
+                            self.handshakes.insert(link, verdict.clone());
+                            self.handle_input(Input::WireGuardHandshake { link, stale: verdict });
                         }
                     }
                 }
@@ -644,6 +677,11 @@ impl Daemon {
                 _ = term.recv() => { info!("SIGTERM"); break; }
                 _ = int.recv() => { info!("SIGINT"); break; }
                 _ = &mut shutdown => break,
+            }
+            if std::mem::take(&mut self.handoffs_dirty) {
+                let config = self.state.config().clone();
+                let problems = self.handoffs.sync(&config).await;
+                self.state.set_handoff_problems(problems);
             }
             let views = self.link_views.borrow().clone();
             self.state.set_link_views(views);

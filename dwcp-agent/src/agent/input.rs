@@ -118,6 +118,14 @@ pub enum Input {
     },
     /// Periodic re-optimisation.
     Optimise,
+    /// What the WireGuard device of a `wireguard` local link says of its handshakes:
+    /// `stale` = why the link counts as down (no handshake within the limit), `None` = fresh
+    /// or not measured (see `agent::handoff::handshake_verdict`).
+    WireGuardHandshake {
+        link: u32,
+        #[serde(default)]
+        stale: Option<String>,
+    },
 }
 
 impl Input {

@@ -10,6 +10,7 @@ pub mod config;
 pub mod daemon;
 pub mod debounce;
 pub mod forwarding;
+pub mod handoff;
 pub mod input;
 pub mod netlink;
 pub mod plan;

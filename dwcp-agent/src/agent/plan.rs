@@ -223,6 +223,16 @@ pub fn base_state(
         if lc != LinkConfig::default() {
             s.links.insert(l.link_id, lc);
         }
+        if let Some(h) = &l.handoff {
+            // WireGuard: no VNI, no neighbour; the mark takes the packet to the device.
+            if let Some(iface) = interfaces.get(&l.interface) {
+                s.nexthops.insert(
+                    l.link_id,
+                    NextHop::handoff(l.link_id, iface.ifindex, h.fwmark),
+                );
+            }
+            continue;
+        }
         s.vnis.insert(
             l.vni,
             VniEntry {

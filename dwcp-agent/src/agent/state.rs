@@ -140,6 +140,11 @@ pub struct AgentState {
     computations: u64,
     last_update: Option<UpdateStats>,
     link_views: BTreeMap<u32, crate::probe::LinkView>,
+    /// What is missing of each WireGuard link's policy routing (rule, table route), as the
+    /// daemon last found it; shown in the link's tunnel view.
+    handoff_problems: BTreeMap<u32, Vec<String>>,
+    /// WireGuard links whose device reports no recent handshake, with the reason.
+    handshake_stale: BTreeMap<u32, String>,
     counters: CounterView,
     next_counters_ns: u64,
     started_unix_ms: u64,
@@ -208,6 +213,8 @@ impl AgentState {
             computations: 0,
             last_update: None,
             link_views: BTreeMap::new(),
+            handoff_problems: BTreeMap::new(),
+            handshake_stale: BTreeMap::new(),
             counters: CounterView::default(),
             next_counters_ns: now.mono_ns,
             started_unix_ms: now.unix_ms,
@@ -402,6 +409,11 @@ impl AgentState {
         self.link_views = views;
     }
 
+    /// What the daemon found missing of the WireGuard links' policy routing (empty: none).
+    pub fn set_handoff_problems(&mut self, problems: BTreeMap<u32, Vec<String>>) {
+        self.handoff_problems = problems;
+    }
+
     // -----------------------------------------------------------------------------------------
     // Inputs.
 
@@ -507,6 +519,33 @@ impl AgentState {
                     );
                 } else if !self.is_ours(&name) {
                     self.interfaces.insert(name, new);
+                }
+            }
+            Input::WireGuardHandshake { link, stale } => {
+                let wireguard = self
+                    .config
+                    .local_link(link)
+                    .is_some_and(|l| l.is_wireguard());
+                let changed = match &stale {
+                    Some(r) if wireguard => {
+                        self.handshake_stale.insert(link, r.clone()) != Some(r.clone())
+                    }
+                    _ => self.handshake_stale.remove(&link).is_some(),
+                };
+                if changed {
+                    self.refresh_health_of(link, now, false);
+                    self.cause(
+                        now,
+                        Cause {
+                            text: match &stale {
+                                Some(r) => format!("link {link}: {r}"),
+                                None => format!("link {link}: WireGuard handshake fresh"),
+                            },
+                            links: vec![link],
+                            regions: Vec::new(),
+                            failure: stale.is_some(),
+                        },
+                    );
                 }
             }
             Input::InterfaceGone { name } => {
@@ -805,15 +844,20 @@ impl AgentState {
                 Some(format!("interface {} down", l.interface)),
             ));
         }
-        // Without its address the link can neither be probed nor carry our tunnels.
-        if !self
-            .addresses
-            .contains(&(iface.ifindex, std::net::IpAddr::V4(l.local_ip)))
+        // Without its address the link can neither be probed nor carry our tunnels. (A
+        // WireGuard link's address is shown only: the device carries the traffic.)
+        if !l.is_wireguard()
+            && !self
+                .addresses
+                .contains(&(iface.ifindex, std::net::IpAddr::V4(l.local_ip)))
         {
             return Some((
                 LinkHealth::Down,
                 Some(format!("address {} not on {}", l.local_ip, l.interface)),
             ));
+        }
+        if let Some(r) = self.handshake_stale.get(&link) {
+            return Some((LinkHealth::Down, Some(r.clone())));
         }
         match (&s.probe, &s.degraded) {
             (ProbeStatus::Down(r), _) => Some((LinkHealth::Down, Some(r.clone()))),
@@ -1488,6 +1532,7 @@ impl AgentState {
                         down = true;
                         problems.push(format!("interface {} down", l.interface));
                     }
+                    Some(_) if l.is_wireguard() => {}
                     Some(i) => {
                         if !self
                             .neighbours
@@ -1502,10 +1547,22 @@ impl AgentState {
                     down = true;
                     problems.push("not programmed in the fast path".into());
                 }
+                if let Some(r) = self.handshake_stale.get(&l.link_id) {
+                    down = true;
+                    problems.push(r.clone());
+                }
+                if let Some(p) = self.handoff_problems.get(&l.link_id) {
+                    down = true;
+                    problems.extend(p.iter().cloned());
+                }
                 match health {
                     Some(ViewHealth::Down) => {
                         down = true;
-                        problems.push("link down (probes unanswered)".into());
+                        problems.push(if l.is_wireguard() {
+                            "link down".into()
+                        } else {
+                            "link down (probes unanswered)".into()
+                        });
                     }
                     Some(ViewHealth::AdminDown) => {
                         down = true;
@@ -1523,9 +1580,14 @@ impl AgentState {
                     .iter()
                     .find(|(id, _, _)| *id == l.link_id)
                     .map_or(0, |(_, _, bytes)| *bytes);
+                let (kind, vni) = match &l.handoff {
+                    Some(_) => ("wireguard", None),
+                    None => ("vxlan", Some(l.vni)),
+                };
+                let shown = |a: std::net::Ipv4Addr| (!a.is_unspecified()).then(|| a.to_string());
                 TunnelView {
-                    name: format!("vxlan-{}", l.name),
-                    kind: "vxlan".into(),
+                    name: format!("{kind}-{}", l.name),
+                    kind: kind.into(),
                     link: Some(l.link_id),
                     interface: Some(l.interface.clone()),
                     state: if down {
@@ -1537,6 +1599,7 @@ impl AgentState {
                     },
                     mtu: nexthop
                         .map(|n| n.mtu)
+                        .filter(|m| *m != 0)
                         .or(l.mtu)
                         .or(iface.and_then(|i| i.mtu)),
                     last_handshake_unix_s: None,
@@ -1544,9 +1607,9 @@ impl AgentState {
                     rx_bytes: 0,
                     tx_bytes,
                     problems,
-                    local_ip: Some(l.local_ip.to_string()),
-                    remote_ip: Some(l.peer_ip.to_string()),
-                    vni: Some(l.vni),
+                    local_ip: shown(l.local_ip),
+                    remote_ip: shown(l.peer_ip),
+                    vni,
                 }
             })
             .collect()

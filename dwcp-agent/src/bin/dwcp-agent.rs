@@ -98,6 +98,15 @@ fn main() -> anyhow::Result<()> {
         }
         unpin_all(&config.pin_dir)
             .with_context(|| format!("removing the maps in {}", config.pin_dir.display()))?;
+        // The WireGuard links' policy rules (the devices belong to the tunnel manager).
+        let handed_off = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+            .block_on(dwcp_agent::agent::handoff::remove_all(&config))
+            .context("removing the WireGuard hand-off rules")?;
+        if handed_off > 0 {
+            println!("removed the hand-off rules of {handed_off} WireGuard link(s)");
+        }
         println!(
             "removed the fast path pinned in {}",
             config.pin_dir.display()

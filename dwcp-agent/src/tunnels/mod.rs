@@ -18,7 +18,7 @@ mod links;
 pub mod mss;
 pub mod netns;
 pub mod rotation;
-mod rtnl;
+pub(crate) mod rtnl;
 pub mod spec;
 mod state;
 pub mod wireguard;

@@ -295,3 +295,119 @@ fn api_over_tcp_needs_a_token() {
     ));
     assert!(e.contains("api.tcp_listen: needs api.token_file"), "{e}");
 }
+
+/// The example with link 3 (`use1-aps1`) as a WireGuard link on `wg-aps1`.
+fn with_wireguard_link3(extra: &str) -> String {
+    valid().replace(
+        "link = \"use1-aps1\"\ninterface = \"ul3\"\nlocal_ip = \"172.31.3.1\"\npeer_ip = \"172.31.3.2\"\n",
+        &format!("link = \"use1-aps1\"\nkind = \"wireguard\"\ninterface = \"wg-aps1\"\n{extra}"),
+    )
+}
+
+#[test]
+fn a_wireguard_link_gets_a_handoff_with_derived_defaults() {
+    let text = with_wireguard_link3("");
+    assert!(text.contains("kind = \"wireguard\""));
+    let c = AgentConfig::parse(&text).unwrap();
+    let l3 = c.local_link(3).unwrap();
+    assert!(l3.is_wireguard());
+    assert_eq!(
+        l3.handoff,
+        Some(crate::tunnels::spec::Handoff {
+            fwmark: HANDOFF_FWMARK_BASE + 3,
+            table: HANDOFF_TABLE_BASE + 3,
+            priority: HANDOFF_RULE_PRIORITY,
+        })
+    );
+    assert!(!l3.monitored, "a WireGuard link is not probed");
+    assert_eq!(l3.local_ip, Ipv4Addr::UNSPECIFIED);
+    // The VXLAN link is unchanged; the WireGuard device runs no underlay program.
+    assert!(c.local_link(1).unwrap().handoff.is_none());
+    assert!(c.local_link(1).unwrap().monitored);
+    assert_eq!(c.underlay_interfaces(), vec!["ul1"]);
+
+    let c = AgentConfig::parse(&with_wireguard_link3(
+        "handoff = { fwmark = 0x51, table = 151, priority = 99 }\nlocal_ip = \"10.9.0.1\"\nmonitored = false\n",
+    ))
+    .unwrap();
+    let l3 = c.local_link(3).unwrap();
+    assert_eq!(
+        l3.handoff,
+        Some(crate::tunnels::spec::Handoff {
+            fwmark: 0x51,
+            table: 151,
+            priority: 99,
+        })
+    );
+    assert_eq!(l3.local_ip, Ipv4Addr::new(10, 9, 0, 1), "shown only");
+}
+
+#[test]
+fn vxlan_fields_on_a_wireguard_link_are_refused_with_their_line() {
+    for (extra, field) in [
+        ("vni = 10003\n", "local_link[1].vni"),
+        ("via_ip = \"172.31.3.9\"\n", "local_link[1].via_ip"),
+        (
+            "inner_dst_mac = \"02:00:00:00:00:01\"\n",
+            "local_link[1].inner_dst_mac",
+        ),
+        ("mtu = 1400\n", "local_link[1].mtu"),
+        ("monitored = true\n", "local_link[1].monitored"),
+        (
+            "handoff = { fwmark = 0, table = 100 }\n",
+            "local_link[1].handoff.fwmark",
+        ),
+        (
+            "handoff = { fwmark = 7, table = 254 }\n",
+            "local_link[1].handoff.table",
+        ),
+    ] {
+        let text = with_wireguard_link3(extra);
+        let e = refused(&text);
+        assert!(e.contains(field), "{field} in {e}");
+        let line = line_of_text(&text, extra.trim_end());
+        assert!(
+            e.contains(&format!("line {line}: {field}")),
+            "line {line} in {e}"
+        );
+    }
+    // A hand-off on a VXLAN link, an unknown kind, a field typo in the hand-off.
+    let e = refused(&valid().replace(
+        "mtu = 1600\n",
+        "mtu = 1600\nhandoff = { fwmark = 7, table = 100 }\n",
+    ));
+    assert!(
+        e.contains("local_link[0].handoff") && e.contains("wireguard"),
+        "{e}"
+    );
+    let e = refused(&with_wireguard_link3("").replace(
+        "kind = \"wireguard\"\ninterface = \"wg-aps1\"",
+        "kind = \"wg\"\ninterface = \"wg-aps1\"",
+    ));
+    assert!(e.contains("unknown link kind \"wg\""), "{e}");
+    let e = refused(&with_wireguard_link3("handoff = { mark = 7 }\n"));
+    assert!(e.contains("unknown field `mark`"), "{e}");
+    // A VXLAN link still needs its addresses.
+    let e = refused(&valid().replace("local_ip = \"172.31.1.1\"\n", ""));
+    assert!(
+        e.contains("local_link[0].local_ip") && e.contains("required for a vxlan link"),
+        "{e}"
+    );
+}
+
+#[test]
+fn two_wireguard_links_cannot_share_a_mark_or_a_table() {
+    let text = with_wireguard_link3("handoff = { fwmark = 0x51, table = 151 }\n").replace(
+        "link = \"use1-euw1\"\ninterface = \"ul1\"\nlocal_ip = \"172.31.1.1\"\npeer_ip = \"172.31.1.2\"\nmtu = 1600\n",
+        "link = \"use1-euw1\"\nkind = \"wireguard\"\ninterface = \"wg-euw1\"\nhandoff = { fwmark = 0x51, table = 151 }\n",
+    );
+    let e = refused(&text);
+    assert!(
+        e.contains("fwmark 0x51 is also used by link \"use1-euw1\""),
+        "{e}"
+    );
+    assert!(
+        e.contains("table 151 is also used by link \"use1-euw1\""),
+        "{e}"
+    );
+}

@@ -1,0 +1,238 @@
+//! The kernel half of the WireGuard local links (`kind = "wireguard"`): for each, the policy
+//! rule `fwmark <fwmark> lookup <table>` and the route `default dev <device> table <table>`
+//! (IPv4 and IPv6, `tunnels::handoff`), so the packets the fast path marks go into the
+//! WireGuard device. The device itself belongs to the tunnel manager: the agent neither
+//! creates nor removes it.
+//!
+//! [`Handoffs::sync`] is idempotent: it removes the rules of links that left the
+//! configuration (or whose mark/table changed), makes the wanted ones exist, and returns what
+//! is still missing per link (device absent, rule or route not there), for the tunnel views.
+//! A link that was removed from the configuration while the agent was stopped keeps its rule
+//! until `dwcp-agent --remove` runs with a configuration that still names it.
+//!
+//! Liveness of a WireGuard link: probes cannot be reflected by XDP across wireguard-go's TUN
+//! device, so the link is not probed. What is measured: the device's up/down state and its
+//! presence (netlink, as for any interface: a device down or deleted takes the link down),
+//! and, through the UAPI socket (`/var/run/wireguard/<dev>.sock`, `get=1`, wireguard-go
+//! only), the age of the latest handshake of the peers that have a persistent keepalive:
+//! older than [`HANDSHAKE_STALE`] (180 s, after which WireGuard itself rejects the session,
+//! plus a 30 s margin) or none at all = down ([`handshake_verdict`]). What is not measured:
+//! peers without a persistent keepalive (WireGuard handshakes only when there is traffic, so
+//! an idle link would look dead and never get traffic back), a kernel WireGuard device (no
+//! UAPI socket; its netlink genl interface is not read here), loss and RTT inside the tunnel.
+use std::{
+    collections::BTreeMap,
+    time::{Duration, SystemTime},
+};
+
+use tracing::{info, warn};
+
+use super::config::AgentConfig;
+use crate::tunnels::{
+    error::TunnelError,
+    handoff,
+    netns::NetnsTarget,
+    rtnl::Rtnl,
+    spec::Handoff,
+    wireguard::{uapi::UserspaceWireGuard, DeviceStatus},
+};
+
+/// A handshake older than this (WireGuard's REJECT_AFTER_TIME, 180 s, plus a 30 s margin)
+/// means the peer is gone.
+pub const HANDSHAKE_STALE: Duration = Duration::from_secs(210);
+
+/// Whether a WireGuard device's handshakes say its link is down: `Some(reason)` when some
+/// peer has a persistent keepalive (so handshakes must keep happening) and none of those has
+/// handshaken within [`HANDSHAKE_STALE`]; `None` when one has, or when no peer keeps the
+/// session alive (not measurable: see the module documentation).
+pub fn handshake_verdict(status: &DeviceStatus, now: SystemTime) -> Option<String> {
+    let kept: Vec<_> = status
+        .peers
+        .iter()
+        .filter(|p| p.persistent_keepalive.is_some_and(|k| k > 0))
+        .collect();
+    if kept.is_empty() {
+        return None;
+    }
+    let newest = kept.iter().filter_map(|p| p.handshake_age(now)).min();
+    match newest {
+        Some(age) if age <= HANDSHAKE_STALE => None,
+        Some(age) => Some(format!(
+            "latest WireGuard handshake {} s ago (limit {} s)",
+            age.as_secs(),
+            HANDSHAKE_STALE.as_secs()
+        )),
+        None => Some("no WireGuard handshake yet".into()),
+    }
+}
+
+/// The hand-off rules this agent installed, by link id.
+pub struct Handoffs {
+    rtnl: Rtnl,
+    installed: BTreeMap<u32, Handoff>,
+}
+
+impl Handoffs {
+    /// An rtnetlink connection in the current namespace (inside a tokio runtime).
+    pub async fn open() -> Result<Handoffs, TunnelError> {
+        Ok(Handoffs {
+            rtnl: Rtnl::connect(&NetnsTarget::Current).await?,
+            installed: BTreeMap::new(),
+        })
+    }
+
+    /// Makes the policy routing of `config`'s WireGuard links exist and removes the rules of
+    /// links no longer configured. Returns the problems per link (empty entry: none).
+    pub async fn sync(&mut self, config: &AgentConfig) -> BTreeMap<u32, Vec<String>> {
+        let wanted: BTreeMap<u32, (&str, &Handoff)> = config
+            .local_links
+            .iter()
+            .filter_map(|l| Some((l.link_id, (l.interface.as_str(), l.handoff.as_ref()?))))
+            .collect();
+        let stale: Vec<(u32, Handoff)> = self
+            .installed
+            .iter()
+            .filter(|(id, h)| wanted.get(id).map(|(_, w)| *w) != Some(*h))
+            .map(|(id, h)| (*id, *h))
+            .collect();
+        for (id, h) in stale {
+            match handoff::remove(&self.rtnl, &h).await {
+                Ok(()) => {
+                    info!(
+                        link = id,
+                        fwmark = h.fwmark,
+                        table = h.table,
+                        "hand-off rule removed"
+                    );
+                    self.installed.remove(&id);
+                }
+                Err(e) => warn!(link = id, error = %e, "removing the hand-off rule"),
+            }
+        }
+        let mut problems = BTreeMap::new();
+        for (id, (ifname, h)) in wanted {
+            let found = match self.rtnl.link(ifname).await {
+                Ok(Some(link)) => {
+                    match handoff::ensure(&self.rtnl, link.index, ifname, h).await {
+                        Ok(changes) => {
+                            for c in changes {
+                                info!(link = id, device = ifname, "hand-off: {c}");
+                            }
+                            self.installed.insert(id, *h);
+                        }
+                        Err(e) => warn!(link = id, device = ifname, error = %e, "hand-off"),
+                    }
+                    handoff::problems(&self.rtnl, link.index, ifname, h)
+                        .await
+                        .unwrap_or_else(|e| vec![e.to_string()])
+                }
+                Ok(None) => vec![format!("WireGuard device {ifname} missing")],
+                Err(e) => vec![e.to_string()],
+            };
+            problems.insert(id, found);
+        }
+        problems.retain(|_, p: &mut Vec<String>| !p.is_empty());
+        problems
+    }
+
+    /// The handshake verdict of every WireGuard link of `config` whose device answers on its
+    /// UAPI socket (wireguard-go); links without one are left out (not measured).
+    pub async fn handshakes(&self, config: &AgentConfig) -> BTreeMap<u32, Option<String>> {
+        let wg = UserspaceWireGuard::new(
+            "wireguard-go".into(),
+            NetnsTarget::Current,
+            self.rtnl.clone(),
+        );
+        let now = SystemTime::now();
+        let mut out = BTreeMap::new();
+        for l in config.local_links.iter().filter(|l| l.is_wireguard()) {
+            match wg.get(&l.interface).await {
+                Ok(Some(status)) => {
+                    out.insert(l.link_id, handshake_verdict(&status, now));
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::debug!(link = l.link_id, error = %e, "WireGuard UAPI");
+                }
+            }
+        }
+        out
+    }
+}
+
+/// Removes the hand-off rules of every WireGuard link of `config` (`dwcp-agent --remove`).
+/// Returns how many links had some.
+pub async fn remove_all(config: &AgentConfig) -> Result<usize, TunnelError> {
+    if !config.local_links.iter().any(|l| l.is_wireguard()) {
+        return Ok(0);
+    }
+    let rtnl = Rtnl::connect(&NetnsTarget::Current).await?;
+    let mut n = 0;
+    for h in config.local_links.iter().filter_map(|l| l.handoff.as_ref()) {
+        let mut had = false;
+        for v6 in [false, true] {
+            had |= !rtnl.fwmark_rules(v6, h.fwmark, h.table).await?.is_empty();
+        }
+        handoff::remove(&rtnl, h).await?;
+        n += usize::from(had);
+    }
+    Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tunnels::wireguard::{PeerStatus, PublicKey};
+
+    fn peer(keepalive: Option<u16>, handshake_s_ago: Option<u64>, now: SystemTime) -> PeerStatus {
+        PeerStatus {
+            public_key: PublicKey::from_bytes([7; 32]),
+            preshared_key: None,
+            endpoint: None,
+            persistent_keepalive: keepalive,
+            allowed_ips: Vec::new(),
+            last_handshake: handshake_s_ago.map(|s| now - Duration::from_secs(s)),
+            rx_bytes: 0,
+            tx_bytes: 0,
+        }
+    }
+
+    #[test]
+    fn handshake_age_decides_only_for_kept_alive_peers() {
+        let now = SystemTime::now();
+        let dev = |peers| DeviceStatus {
+            peers,
+            ..Default::default()
+        };
+        assert_eq!(handshake_verdict(&dev(vec![]), now), None);
+        // No keepalive: an idle session does not handshake; not measured.
+        assert_eq!(
+            handshake_verdict(&dev(vec![peer(None, Some(10_000), now)]), now),
+            None
+        );
+        assert_eq!(
+            handshake_verdict(&dev(vec![peer(Some(25), Some(120), now)]), now),
+            None
+        );
+        assert_eq!(
+            handshake_verdict(&dev(vec![peer(Some(25), Some(210), now)]), now),
+            None,
+            "the limit itself is still fresh"
+        );
+        let v = handshake_verdict(&dev(vec![peer(Some(25), Some(211), now)]), now).unwrap();
+        assert!(v.contains("211 s ago") && v.contains("limit 210 s"), "{v}");
+        let v = handshake_verdict(&dev(vec![peer(Some(25), None, now)]), now).unwrap();
+        assert!(v.contains("no WireGuard handshake"), "{v}");
+        // Any fresh kept-alive peer keeps the link up.
+        assert_eq!(
+            handshake_verdict(
+                &dev(vec![
+                    peer(Some(25), Some(500), now),
+                    peer(Some(25), Some(5), now)
+                ]),
+                now
+            ),
+            None
+        );
+    }
+}
