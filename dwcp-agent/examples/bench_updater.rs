@@ -15,6 +15,10 @@ use dwcp_agent::{
     topology::synthetic::{generate, SyntheticSpec},
 };
 
+/// The daemon's allocator (see `bin/dwcp-agent.rs`): what is measured is what it runs.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Events per scenario (half down, half up), after `WARMUP` unmeasured ones.
 const EVENTS: usize = 400;
 /// Events of the one-write-per-group row.
@@ -133,6 +137,10 @@ struct Samples {
     event_to_map_us: Vec<f64>,
     /// Of which: route computation and planning, µs.
     compute_us: Vec<f64>,
+    /// Of the computation: routing table update, µs.
+    routing_us: Vec<f64>,
+    /// Of the computation: group tables built, µs.
+    groups_us: Vec<f64>,
     /// Of which: map writes, µs.
     program_us: Vec<f64>,
     writes: Vec<usize>,
@@ -236,6 +244,8 @@ fn run(sc: &Scenario, batch: bool, events: usize) -> Result<Samples> {
                     .push(done.duration_since(t0).as_secs_f64() * 1e6);
                 samples.compute_us.push(u.compute_ns as f64 / 1e3);
                 samples.program_us.push(u.program_ns as f64 / 1e3);
+                samples.routing_us.push(u.routing_ns as f64 / 1e3);
+                samples.groups_us.push(u.groups_ns as f64 / 1e3);
                 samples.writes.push(u.changes);
                 samples.guard_waits += state.dataplane_mut().slot_guard_stats().waits - waits;
             }
@@ -333,6 +343,28 @@ fn main() -> Result<()> {
         );
     }
     let (_, big) = &rows[1];
+    for (kind, parity) in [("down", 0), ("up", 1)] {
+        let pick = |v: &[f64]| -> Vec<f64> {
+            v.iter()
+                .enumerate()
+                .filter(|(i, _)| i % 2 == parity)
+                .map(|(_, x)| *x)
+                .collect()
+        };
+        let (e, c) = (pick(&big.event_to_map_us), pick(&big.compute_us));
+        let (r, g) = (pick(&big.routing_us), pick(&big.groups_us));
+        eprintln!(
+            "link {kind}: event->map p50 {:.0} p99 {:.0} µs, compute p50 {:.0} p99 {:.0}, routing p50 {:.0} p99 {:.0}, groups p50 {:.0} p99 {:.0} µs",
+            pct(&e, 0.5),
+            pct(&e, 0.99),
+            pct(&c, 0.5),
+            pct(&c, 0.99),
+            pct(&r, 0.5),
+            pct(&r, 0.99),
+            pct(&g, 0.5),
+            pct(&g, 0.99)
+        );
+    }
     let (_, small) = &rows[0];
     let (_, one_by_one) = &rows[2];
     let p99 = pct(&big.event_to_map_us, 0.99) / 1e3;

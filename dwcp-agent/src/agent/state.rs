@@ -82,6 +82,10 @@ pub struct UpdateStats {
     /// Monotonic time of the computation.
     pub at_ns: u64,
     pub compute_ns: u64,
+    /// Of `compute_ns`: the routing engine's table update.
+    pub routing_ns: u64,
+    /// Of `compute_ns`: group tables built (`plan::add_routes`).
+    pub groups_ns: u64,
     pub program_ns: u64,
     /// Map writes.
     pub changes: usize,
@@ -139,6 +143,8 @@ pub struct AgentState {
     failovers_total: u64,
     computations: u64,
     last_update: Option<UpdateStats>,
+    /// Time of the last routing table update (see `UpdateStats::routing_ns`).
+    last_routing_ns: u64,
     link_views: BTreeMap<u32, crate::probe::LinkView>,
     /// What is missing of each WireGuard link's policy routing (rule, table route), as the
     /// daemon last found it; shown in the link's tunnel view.
@@ -212,6 +218,7 @@ impl AgentState {
             failovers_total: 0,
             computations: 0,
             last_update: None,
+            last_routing_ns: 0,
             link_views: BTreeMap::new(),
             handoff_problems: BTreeMap::new(),
             handshake_stale: BTreeMap::new(),
@@ -1124,6 +1131,7 @@ impl AgentState {
                 want.flags |= CONFIG_F_POLICING;
             }
         }
+        let t_groups = Instant::now();
         let (problems, built) = plan::add_routes(
             &mut desired,
             &self.config,
@@ -1134,6 +1142,7 @@ impl AgentState {
         for (dest, problem) in problems {
             error!(destination = %dest, "cannot build the next-hop group: {problem}");
         }
+        let groups_ns = t_groups.elapsed().as_nanos() as u64;
         let compute_ns = t0.elapsed().as_nanos() as u64;
 
         let t1 = Instant::now();
@@ -1269,6 +1278,8 @@ impl AgentState {
         self.last_update = Some(UpdateStats {
             at_ns: now.mono_ns,
             compute_ns,
+            routing_ns: self.last_routing_ns,
+            groups_ns,
             program_ns,
             changes: changes.len(),
             routes_changed,
@@ -1289,12 +1300,14 @@ impl AgentState {
                 constraints.avoid_regions.insert(r.clone());
             }
         }
+        let t_routing = Instant::now();
         let table = match &self.table {
             Some(prev) if prev.constraints == constraints && prev.strategies == [strategy] => {
                 self.engine.update_table(prev)
             }
             _ => self.engine.table_with(src, &[strategy], &constraints),
         };
+        self.last_routing_ns = t_routing.elapsed().as_nanos() as u64;
         let table = match table {
             Ok(t) => t,
             Err(e) => {

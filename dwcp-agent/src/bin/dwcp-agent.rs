@@ -7,6 +7,11 @@
 //! dwcp-agent [--config /etc/dwcp/agent.toml] [--check] [--netns NAME] [--state-dir DIR]
 //!            [--ebpf-object FILE] [--record FILE] [--events-file FILE] [--remove]
 //! ```
+// mimalloc: the state owner's updates allocate many small route and plan objects; with
+// glibc's malloc they cost measurably more per event (see docs/BENCHMARKS.md, updater).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::path::PathBuf;
 
 use anyhow::Context as _;

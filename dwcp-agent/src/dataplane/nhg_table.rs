@@ -8,8 +8,6 @@
 //! moves only the surplus — like the kernel's resilient next-hop groups — so a weight change
 //! moves only the flows it must.
 
-use std::collections::BTreeMap;
-
 use dwcp_common::{NextHopTable, MAX_GROUP_MEMBERS, NHG_BUCKETS};
 use thiserror::Error;
 
@@ -54,18 +52,46 @@ fn quotas(members: &[Member]) -> Vec<usize> {
     q
 }
 
-/// Maglev permutation of bucket indexes for a next hop: offset + k * skip (mod prime).
-fn preference(nexthop: u32) -> impl Iterator<Item = usize> {
-    let h = dwcp_common::hash::flow_hash(
-        &dwcp_common::FlowKey {
-            src: [nexthop, 0, 0, 0],
-            ..Default::default()
-        },
-        0x6d61_676c, // "magl"
-    ) as usize;
-    let offset = h % NHG_BUCKETS;
-    let skip = (h >> 11) % (NHG_BUCKETS - 1) + 1;
-    (0..NHG_BUCKETS).map(move |k| (offset + k * skip) % NHG_BUCKETS)
+/// Maglev permutation of bucket indexes for a next hop: offset + k * skip (mod prime), stepped
+/// by addition (the table is rebuilt on every membership change; a division per step showed).
+struct Preference {
+    pos: usize,
+    skip: usize,
+    left: usize,
+}
+
+impl Preference {
+    fn new(nexthop: u32) -> Self {
+        let h = dwcp_common::hash::flow_hash(
+            &dwcp_common::FlowKey {
+                src: [nexthop, 0, 0, 0],
+                ..Default::default()
+            },
+            0x6d61_676c, // "magl"
+        ) as usize;
+        Preference {
+            pos: h % NHG_BUCKETS,
+            skip: (h >> 11) % (NHG_BUCKETS - 1) + 1,
+            left: NHG_BUCKETS,
+        }
+    }
+}
+
+impl Iterator for Preference {
+    type Item = usize;
+
+    fn next(&mut self) -> Option<usize> {
+        if self.left == 0 {
+            return None;
+        }
+        self.left -= 1;
+        let b = self.pos;
+        self.pos += self.skip;
+        if self.pos >= NHG_BUCKETS {
+            self.pos -= NHG_BUCKETS;
+        }
+        Some(b)
+    }
 }
 
 fn validate(members: &[Member]) -> Result<Vec<Member>, GroupError> {
@@ -102,39 +128,49 @@ pub fn build_table(
     let all = validate(members)?;
     let members: Vec<Member> = all.iter().copied().filter(|m| m.weight > 0).collect();
     let quota = quotas(&members);
-    let index_of: BTreeMap<u32, usize> = members
-        .iter()
-        .enumerate()
-        .map(|(i, m)| (m.nexthop, i))
-        .collect();
-    let mut owner: Vec<Option<usize>> = vec![None; NHG_BUCKETS];
-    let mut have = vec![0usize; members.len()];
+    // Bucket owners as indexes into `members`; FREE until claimed.
+    const FREE: u8 = u8::MAX;
+    let mut t = NextHopTable {
+        member_count: all.len() as u16,
+        active_count: members.len() as u16,
+        ..Default::default()
+    };
+    let owner = &mut t.buckets;
+    owner.fill(FREE);
+    let mut have = [0usize; MAX_GROUP_MEMBERS];
+    let mut free = NHG_BUCKETS;
 
     if let Some(prev) = previous {
         let n = (prev.active_count as usize).min(MAX_GROUP_MEMBERS);
+        // Previous member slot -> index among the new active members (at most 8 of each, so
+        // a scan beats a map; done once, not per bucket).
+        let mut new_index = [None; MAX_GROUP_MEMBERS];
+        for (slot, ni) in new_index.iter_mut().enumerate().take(n) {
+            *ni = members
+                .iter()
+                .position(|m| m.nexthop == prev.nexthops[slot]);
+        }
         for (b, &m) in prev.buckets.iter().enumerate() {
-            if (m as usize) < n {
-                if let Some(&i) = index_of.get(&prev.nexthops[m as usize]) {
-                    if have[i] < quota[i] {
-                        owner[b] = Some(i);
-                        have[i] += 1;
-                    }
+            if let Some(&Some(i)) = new_index.get(m as usize).filter(|_| (m as usize) < n) {
+                if have[i] < quota[i] {
+                    owner[b] = i as u8;
+                    have[i] += 1;
+                    free -= 1;
                 }
             }
         }
     }
 
     // Fill free buckets: members take turns, each claiming its next preferred free bucket.
-    let mut prefs: Vec<_> = members.iter().map(|m| preference(m.nexthop)).collect();
-    let mut free = owner.iter().filter(|o| o.is_none()).count();
+    let mut prefs: Vec<Preference> = members.iter().map(|m| Preference::new(m.nexthop)).collect();
     while free > 0 {
         for i in 0..members.len() {
             if have[i] >= quota[i] {
                 continue;
             }
             for b in prefs[i].by_ref() {
-                if owner[b].is_none() {
-                    owner[b] = Some(i);
+                if owner[b] == FREE {
+                    owner[b] = i as u8;
                     have[i] += 1;
                     free -= 1;
                     break;
@@ -142,18 +178,10 @@ pub fn build_table(
             }
         }
     }
-
-    let mut t = NextHopTable {
-        member_count: all.len() as u16,
-        active_count: members.len() as u16,
-        ..Default::default()
-    };
     for (i, m) in all.iter().enumerate() {
         t.nexthops[i] = m.nexthop;
     }
-    for (b, o) in owner.iter().enumerate() {
-        t.buckets[b] = o.expect("every bucket is owned") as u8;
-    }
+    debug_assert!(t.buckets.iter().all(|&o| o != FREE));
     Ok(t)
 }
 
@@ -168,6 +196,7 @@ mod tests {
     use super::*;
     use dwcp_common::{flow_hash, FlowKey};
     use proptest::prelude::*;
+    use std::collections::BTreeMap;
 
     fn members(w: &[u32]) -> Vec<Member> {
         w.iter()

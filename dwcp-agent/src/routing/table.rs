@@ -1,6 +1,6 @@
 //! A gateway's routing table: route sets to every region and edge node under every strategy,
 //! and its incremental recompute after link changes.
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use super::error::RoutingError;
 use super::graph::{Dist, LinkMetrics, RoutingGraph};
@@ -215,78 +215,119 @@ pub fn update_table(
         .iter()
         .map(|s| Search::new(graph, s, &previous.constraints))
         .collect::<Result<_, _>>()?;
-    let mut shared: Vec<Option<Shared>> = (0..searches.len()).map(|_| None).collect();
+    // Single-source searches, computed on first use (by whichever worker needs them first).
+    let shared: Vec<OnceLock<Shared>> = (0..searches.len()).map(|_| OnceLock::new()).collect();
     // For entries that only search backups again: the distances from the source alone.
-    let mut trees: Vec<Option<Dist>> = (0..searches.len()).map(|_| None).collect();
-    let mut stats = TableStats::default();
+    let trees: Vec<OnceLock<Dist>> = (0..searches.len()).map(|_| OnceLock::new()).collect();
     // With improved links: every search's tree from the source on the new graph (the lower
     // bounds of `may_improve`), computed once per strategy.
+    // And from both ends of each improved link (a few links: one flap is one), so that the
+    // bound of a path through the link is exact rather than a triangle estimate.
+    let mut ends: Vec<Vec<LinkEnds>> = (0..searches.len()).map(|_| Vec::new()).collect();
     if !improved.is_empty() {
         for (i, s) in searches.iter().enumerate() {
             if !s.is_widest() {
-                trees[i] = Some(s.tree(src.0));
+                trees[i].get_or_init(|| s.tree(src.0));
+                if improved.len() <= EXACT_BOUND_LINKS {
+                    ends[i] = improved
+                        .iter()
+                        .filter(|&&l| graph.allowed(&s.base, l as usize))
+                        .map(|&l| {
+                            let m = &graph.links[l as usize];
+                            LinkEnds {
+                                link: l,
+                                from_a: s.tree(m.a),
+                                from_b: s.tree(m.b),
+                            }
+                        })
+                        .collect();
+                }
             }
         }
     }
-    let regions: Vec<RegionRoutes> = previous
-        .regions
-        .iter()
-        .map(|entry| RegionRoutes {
-            dst: entry.dst,
-            routes: entry
-                .routes
+    let entry = |i: usize, dst: RegionId, result: &RouteResult| -> (RouteResult, Outcome) {
+        let changed_in = |p: &super::path::Path| {
+            p.links
                 .iter()
-                .enumerate()
-                .map(|(i, result)| {
-                    let changed_in = |p: &super::path::Path| {
-                        p.links
-                            .iter()
-                            .any(|id| changed_ids.binary_search(id).is_ok())
-                    };
-                    match result {
-                        Ok(rs)
-                            if rs.depends_on.is_some()
-                                && !may_improve(
-                                    graph,
-                                    &searches[i],
-                                    trees[i].as_deref(),
-                                    &improved,
-                                    rs,
-                                ) =>
-                        {
-                            let deps = rs.depends_on.as_deref().unwrap_or_default();
-                            if !changed.iter().any(|l| deps.binary_search(l).is_ok()) {
-                                stats.reused += 1;
-                                return result.clone();
-                            }
-                            // Primary and ECMP untouched: keep them and the backups before the
-                            // first one that uses a changed link.
-                            if !rs.ecmp.iter().any(changed_in) {
-                                let from = rs
-                                    .secondaries
-                                    .iter()
-                                    .position(|s| changed_in(&s.path))
-                                    .unwrap_or(rs.secondaries.len());
-                                stats.resumed += 1;
-                                let tree = match &shared[i] {
-                                    Some(sh) => sh.tree(),
-                                    None => trees[i].get_or_insert_with(|| searches[i].tree(src.0)),
-                                };
-                                return Ok(Arc::new(searches[i].resume(rs, from, Some(tree))));
-                            }
-                        }
-                        // Worse links cannot reconnect regions.
-                        Err(RoutingError::Unreachable { .. }) if improved.is_empty() => {
-                            stats.reused += 1;
-                            return result.clone();
-                        }
-                        _ => {}
+                .any(|id| changed_ids.binary_search(id).is_ok())
+        };
+        match result {
+            Ok(rs) if rs.depends_on.is_some() => {
+                let reach = may_improve(
+                    graph,
+                    &searches[i],
+                    trees[i].get().map(|t| &t[..]),
+                    (improved.len() <= EXACT_BOUND_LINKS).then_some(&ends[i][..]),
+                    &improved,
+                    rs,
+                );
+                let improved_from = match reach {
+                    Reach::Nothing => Some(rs.secondaries.len()),
+                    Reach::FromSecondary(j) => Some(j),
+                    Reach::All => None,
+                };
+                if let Some(improved_from) = improved_from {
+                    let deps = rs.depends_on.as_deref().unwrap_or_default();
+                    if reach == Reach::Nothing
+                        && !changed.iter().any(|l| deps.binary_search(l).is_ok())
+                    {
+                        return (result.clone(), Outcome::Reused);
                     }
-                    stats.recomputed += 1;
-                    let sh = shared[i].get_or_insert_with(|| searches[i].shared(src.0));
-                    searches[i].route(src, entry.dst, Some(sh)).map(Arc::new)
-                })
-                .collect(),
+                    // Primary and ECMP untouched: keep them and the backups before the first
+                    // one that uses a changed link or that a better link may beat.
+                    if !rs.ecmp.iter().any(changed_in) {
+                        let from = rs
+                            .secondaries
+                            .iter()
+                            .position(|s| changed_in(&s.path))
+                            .unwrap_or(rs.secondaries.len())
+                            .min(improved_from);
+                        let tree = match shared[i].get() {
+                            Some(sh) => sh.tree(),
+                            None => trees[i].get_or_init(|| searches[i].tree(src.0)),
+                        };
+                        let rs = searches[i].resume(rs, from, Some(tree));
+                        return (Ok(Arc::new(rs)), Outcome::Resumed);
+                    }
+                }
+            }
+            // Worse links cannot reconnect regions.
+            Err(RoutingError::Unreachable { .. }) if improved.is_empty() => {
+                return (result.clone(), Outcome::Reused);
+            }
+            _ => {}
+        }
+        let sh = shared[i].get_or_init(|| searches[i].shared(src.0));
+        let rs = searches[i].route(src, dst, Some(sh)).map(Arc::new);
+        (rs, Outcome::Recomputed)
+    };
+    let region = |r: &RegionRoutes| -> (RegionRoutes, TableStats) {
+        let mut stats = TableStats::default();
+        let routes = r
+            .routes
+            .iter()
+            .enumerate()
+            .map(|(i, result)| {
+                let (rs, outcome) = entry(i, r.dst, result);
+                match outcome {
+                    Outcome::Reused => stats.reused += 1,
+                    Outcome::Resumed => stats.resumed += 1,
+                    Outcome::Recomputed => stats.recomputed += 1,
+                }
+                rs
+            })
+            .collect();
+        (RegionRoutes { dst: r.dst, routes }, stats)
+    };
+    let done: Vec<(RegionRoutes, TableStats)> = previous.regions.iter().map(region).collect();
+    let mut stats = TableStats::default();
+    let regions: Vec<RegionRoutes> = done
+        .into_iter()
+        .map(|(r, s)| {
+            stats.reused += s.reused;
+            stats.resumed += s.resumed;
+            stats.recomputed += s.recomputed;
+            r
         })
         .collect();
     Ok(RoutingTable {
@@ -301,64 +342,129 @@ pub fn update_table(
     })
 }
 
-/// Whether a path through one of the `improved` links could now be as good as one of the
-/// paths of `rs` (or fill a missing backup), under `search` on the new graph. `tree`: the
-/// search's distances from the source within its base mask on the new graph (additive
-/// strategies). Conservative: true whenever it cannot tell.
+/// Up to this many improved links, their bounds come from searches from both their ends.
+const EXACT_BOUND_LINKS: usize = 4;
+
+/// Distances (within a search's base mask) from both ends of an improved link.
+struct LinkEnds {
+    link: u32,
+    from_a: Dist,
+    from_b: Dist,
+}
+
+/// What became of one entry in an update.
+enum Outcome {
+    Reused,
+    Resumed,
+    Recomputed,
+}
+
+/// Which paths of a route set a path through an `improved` link may now displace.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Reach {
+    /// None: every path through an improved link is worse than each path of the set.
+    Nothing,
+    /// The backups from this one on (the primary, ECMP set and earlier backups are better
+    /// than any path through an improved link).
+    FromSecondary(usize),
+    /// The primary or ECMP set, or a missing backup.
+    All,
+}
+
+/// Which paths of `rs` a path through one of the `improved` links could now be as good as
+/// (or a missing backup it could fill), under `search` on the new graph. `tree`: the search's
+/// distances from the source within its base mask on the new graph (additive strategies).
+/// Conservative: `All` whenever it cannot tell.
+///
+/// Each backup is the best path outside the links of the paths before it; a path through an
+/// improved link whose lower bound is above a backup's key cannot beat that backup, and the
+/// backup's own key is unchanged (it holds no improved link: its key would then be at least
+/// the bound). So the set is kept up to the first path whose key reaches the bound.
 fn may_improve(
     graph: &RoutingGraph,
     search: &Search,
     tree: Option<&[Option<super::graph::Weight>]>,
+    ends: Option<&[LinkEnds]>,
     improved: &[u32],
     rs: &super::path::RouteSet,
-) -> bool {
+) -> Reach {
     if improved.is_empty() {
-        return false;
+        return Reach::Nothing;
     }
     if rs.secondaries.len() < super::search::MAX_SECONDARIES {
-        return true;
+        return Reach::All;
     }
-    // The key of the set's worst path, with the new figures.
-    let mut worst = (0u64, 0u64, 0u64);
+    // Keys of the set's paths with the new figures: the ECMP set's worst, then each backup.
     let mut links = Vec::new();
-    for p in rs.ecmp.iter().chain(rs.secondaries.iter().map(|s| &s.path)) {
+    let mut key = |p: &super::path::Path| -> Option<u64> {
         links.clear();
         for id in &p.links {
-            match graph.links.binary_search_by_key(id, |m| m.id) {
-                Ok(l) => links.push(l as u32),
-                Err(_) => return true,
-            }
+            links.push(graph.links.binary_search_by_key(id, |m| m.id).ok()? as u32);
         }
-        worst = worst.max(search.key_of(&links));
+        Some(search.key_of(&links).0)
+    };
+    let mut ecmp_worst = 0u64;
+    for p in &rs.ecmp {
+        let Some(k) = key(p) else {
+            return Reach::All;
+        };
+        ecmp_worst = ecmp_worst.max(k);
     }
+    let mut backups = Vec::with_capacity(rs.secondaries.len());
+    for s in &rs.secondaries {
+        let Some(k) = key(&s.path) else {
+            return Reach::All;
+        };
+        backups.push(k);
+    }
+    // The lowest key (first component) any path through an improved link can have.
     let dst = rs.dst.0 as usize;
-    improved.iter().any(|&l| {
+    let mut bound = u64::MAX;
+    for &l in improved {
         if !graph.allowed(&search.base, l as usize) {
-            return false; // on no path the searches may take
+            continue; // on no path the searches may take
         }
         let m = &graph.links[l as usize];
         if search.is_widest() {
             // A path through the link is no wider than the link.
-            return u64::MAX - m.avail_kbps <= worst.0;
+            bound = bound.min(u64::MAX - m.avail_kbps);
+            continue;
         }
         let Some(tree) = tree else {
-            return true;
+            return Reach::All;
         };
         let Some(dd) = tree[dst] else {
-            return true;
+            return Reach::All;
         };
         let w = search.weight(l as usize).p;
-        // src .. u -l- v .. dst, either way round; dist(v, dst) >= dist(src, dst) - dist(src, v).
-        [(m.a, m.b), (m.b, m.a)].iter().any(|&(u, v)| {
-            match (tree[u as usize], tree[v as usize]) {
-                (Some(du), Some(dv)) => {
-                    du.p.saturating_add(w)
-                        .saturating_add(dd.p.saturating_sub(dv.p))
-                        <= worst.0
+        let exact = ends.and_then(|e| e.iter().find(|e| e.link == l));
+        for (u, v) in [(m.a, m.b), (m.b, m.a)] {
+            let Some(du) = tree[u as usize] else {
+                continue; // `u` unreachable: no path within the base mask this way
+            };
+            // The rest of the path, v .. dst: exactly its shortest distance (undirected
+            // links) when searched, else dist(v, dst) >= dist(src, dst) - dist(src, v).
+            let rest = match exact {
+                Some(e) => {
+                    let from_v = if v == m.a { &e.from_a } else { &e.from_b };
+                    match from_v[dst] {
+                        Some(d) => d.p,
+                        None => continue, // `dst` out of reach from `v`
+                    }
                 }
-                // `v` banned (or `u` unreachable): no path within the base mask this way.
-                _ => false,
-            }
-        })
-    })
+                None => match tree[v as usize] {
+                    Some(dv) => dd.p.saturating_sub(dv.p),
+                    None => continue, // `v` banned
+                },
+            };
+            bound = bound.min(du.p.saturating_add(w).saturating_add(rest));
+        }
+    }
+    if bound <= ecmp_worst {
+        return Reach::All;
+    }
+    match backups.iter().position(|&k| bound <= k) {
+        Some(j) => Reach::FromSecondary(j),
+        None => Reach::Nothing,
+    }
 }
