@@ -20,6 +20,10 @@ use dwcp_agent::routing::{
 use dwcp_agent::topology::synthetic::{generate, SyntheticSpec};
 use dwcp_agent::topology::{InMemoryTopologyStore, RegionId, Topology, TopologyUpdate};
 
+/// The daemon's allocator (see `bin/dwcp-agent.rs`): routes are measured as it computes them.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const THREE_REGIONS: &str = include_str!("../../tests/fixtures/three_regions.toml");
 
 struct Scenario {

@@ -712,18 +712,27 @@ impl<'g> Search<'g> {
         mask: &Mask,
         dist: &[Option<Weight>],
     ) -> Option<(Vec<Cand>, bool)> {
-        let primary = self.cand(src, self.first_path(src, dst, mask, dist)?);
         let tight_p = |u: u32, v: u32, l: usize| match (dist[u as usize], dist[v as usize]) {
             (Some(du), Some(dv)) => du.p + self.weight(l).p == dv.p,
             _ => false,
         };
         let (paths, truncated) = self.g.tight_paths(src, dst, mask, MAX_ECMP_PATHS, tight_p);
-        let mut ecmp = Vec::with_capacity(paths.len().max(1));
-        ecmp.push(primary);
-        for l in paths {
-            if l != ecmp[0].links {
-                ecmp.push(self.cand(src, l));
+        let mut ecmp: Vec<Cand>;
+        if truncated {
+            let primary = self.cand(src, self.first_path(src, dst, mask, dist)?);
+            ecmp = Vec::with_capacity(paths.len().max(1));
+            ecmp.push(primary);
+            for l in paths {
+                if l != ecmp[0].links {
+                    ecmp.push(self.cand(src, l));
+                }
             }
+        } else {
+            // Every optimal path is listed, in the order `first_path` walks: the primary (the
+            // first of those with the least full key) is among them, no second search needed.
+            ecmp = paths.into_iter().map(|l| self.cand(src, l)).collect();
+            let first_best = (0..ecmp.len()).min_by_key(|&i| (ecmp[i].key, i))?;
+            ecmp[..=first_best].rotate_right(1);
         }
         ecmp[1..].sort();
         ecmp.truncate(MAX_ECMP_PATHS);
