@@ -693,7 +693,19 @@ fn a_wireguard_link_is_a_handoff_next_hop_with_its_policy_rule() {
                 assert!(!problems.is_empty(), "a down device's route cannot exist");
                 ip_here(&["link", "set", "wg3", "up"]);
                 assert!(h.sync(&config).await.is_empty(), "restored once up");
-                // The link leaves the configuration (a SIGHUP reload): its rules go.
+                // Table 20003's routes, both families (`show table 20003` fails once the
+                // table is empty).
+                let table_routes = || {
+                    let all = ip_here(&["-4", "route", "show", "table", "all"])
+                        + &ip_here(&["-6", "route", "show", "table", "all"]);
+                    all.lines()
+                        .filter(|l| l.contains("table 20003"))
+                        .map(str::to_string)
+                        .collect::<Vec<_>>()
+                };
+                assert_eq!(table_routes().len(), 2, "{:?}", table_routes());
+                // The link leaves the configuration (a SIGHUP reload): its rules and its
+                // table's route go (the device stays: it is not the agent's).
                 let mut without = config.clone();
                 without.local_links.retain(|l| l.link_id != 3);
                 assert!(h.sync(&without).await.is_empty());
@@ -701,8 +713,11 @@ fn a_wireguard_link_is_a_handoff_next_hop_with_its_policy_rule() {
                 assert!(!rules.contains("0x64770003"), "{rules}");
                 let rules6 = ip_here(&["-6", "rule", "show"]);
                 assert!(!rules6.contains("0x64770003"), "{rules6}");
-                // `dwcp-agent --remove`: removes the rules of the configuration's links.
+                assert_eq!(table_routes(), Vec::<String>::new());
+                // `dwcp-agent --remove`: removes the rules and routes of the configuration's
+                // links.
                 h.sync(&config).await;
+                assert_eq!(table_routes().len(), 2, "{:?}", table_routes());
                 assert_eq!(
                     dwcp_agent::agent::handoff::remove_all(&config)
                         .await
@@ -710,6 +725,7 @@ fn a_wireguard_link_is_a_handoff_next_hop_with_its_policy_rule() {
                     1
                 );
                 assert!(!ip_here(&["rule", "show"]).contains("0x64770003"));
+                assert_eq!(table_routes(), Vec::<String>::new());
             });
         },
     );

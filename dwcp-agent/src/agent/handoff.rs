@@ -4,9 +4,10 @@
 //! WireGuard device. The device itself belongs to the tunnel manager: the agent neither
 //! creates nor removes it.
 //!
-//! [`Handoffs::sync`] is idempotent: it removes the rules of links that left the
-//! configuration (or whose mark/table changed), makes the wanted ones exist, and returns what
-//! is still missing per link (device absent, rule or route not there), for the tunnel views.
+//! [`Handoffs::sync`] is idempotent: it removes the rules and table routes of links that
+//! left the configuration (or whose mark/table changed), makes the wanted ones exist, and
+//! returns what is still missing per link (device absent, rule or route not there), for the
+//! tunnel views.
 //! A link that was removed from the configuration while the agent was stopped keeps its rule
 //! until `dwcp-agent --remove` runs with a configuration that still names it.
 //!
@@ -81,8 +82,9 @@ impl Handoffs {
         })
     }
 
-    /// Makes the policy routing of `config`'s WireGuard links exist and removes the rules of
-    /// links no longer configured. Returns the problems per link (empty entry: none).
+    /// Makes the policy routing of `config`'s WireGuard links exist and removes the rules and
+    /// table routes of links no longer configured. Returns the problems per link (empty
+    /// entry: none).
     pub async fn sync(&mut self, config: &AgentConfig) -> BTreeMap<u32, Vec<String>> {
         let wanted: BTreeMap<u32, (&str, &Handoff)> = config
             .local_links
@@ -160,8 +162,8 @@ impl Handoffs {
     }
 }
 
-/// Removes the hand-off rules of every WireGuard link of `config` (`dwcp-agent --remove`).
-/// Returns how many links had some.
+/// Removes the hand-off rules and table routes of every WireGuard link of `config`
+/// (`dwcp-agent --remove`). Returns how many links had rules.
 pub async fn remove_all(config: &AgentConfig) -> Result<usize, TunnelError> {
     if !config.local_links.iter().any(|l| l.is_wireguard()) {
         return Ok(0);

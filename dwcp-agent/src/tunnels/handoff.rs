@@ -40,12 +40,15 @@ pub(crate) async fn ensure(
     Ok(changes)
 }
 
-/// Removes the rules (the routes go with the device).
+/// Removes the rules and the table's default route. The route would go with the device, but
+/// the device often stays: the agent's `--remove` and a reload without the link leave the
+/// tunnel manager's device in place, and so does a tunnel spec that drops its hand-off.
 pub(crate) async fn remove(rtnl: &Rtnl, h: &Handoff) -> Result<()> {
     for v6 in [false, true] {
         for rule in rtnl.fwmark_rules(v6, h.fwmark, h.table).await? {
             rtnl.del_rule(rule).await?;
         }
+        rtnl.del_default_routes(v6, h.table).await?;
     }
     Ok(())
 }

@@ -363,6 +363,50 @@ impl Rtnl {
             ))
     }
 
+    /// Deletes every default route of table `table` (one family): the hand-off's route, which
+    /// stays as long as its device does. Returns how many there were.
+    pub async fn del_default_routes(&self, v6: bool, table: u32) -> Result<usize> {
+        let msg = if v6 {
+            RouteMessageBuilder::<std::net::Ipv6Addr>::new()
+                .table_id(table)
+                .build()
+        } else {
+            RouteMessageBuilder::<std::net::Ipv4Addr>::new()
+                .table_id(table)
+                .build()
+        };
+        let mut found = Vec::new();
+        let mut stream = self.handle.route().get(msg).execute();
+        while let Some(route) = stream
+            .try_next()
+            .await
+            .map_err(nl("list routes", format!("table {table}")))?
+        {
+            let in_table = route
+                .attributes
+                .iter()
+                .find_map(|a| match a {
+                    RouteAttribute::Table(t) => Some(*t),
+                    _ => None,
+                })
+                .unwrap_or(route.header.table as u32);
+            if in_table == table && route.header.destination_prefix_length == 0 {
+                found.push(route);
+            }
+        }
+        let n = found.len();
+        for route in found {
+            match self.handle.route().del(route).execute().await {
+                Ok(()) => {}
+                Err(e) if matches!(netlink_errno(&e), Some(libc::ENOENT | libc::ESRCH)) => {}
+                Err(e) => {
+                    return Err(nl("delete default route", format!("table {table}"))(e));
+                }
+            }
+        }
+        Ok(n)
+    }
+
     /// Whether table `table` has a default route through link `index`, for one family.
     pub async fn has_default_route(&self, v6: bool, index: u32, table: u32) -> Result<bool> {
         let msg = if v6 {
