@@ -321,7 +321,9 @@ fn main() {
          metric in `target/bench/routing.json`), `median` criterion's median, which grows with the load \
          of the machine: compare figures of one run with each other, not across runs. Synthetic \
          topologies from `topology::synthetic::generate` (seeded). Tables: every destination, primary + ECMP \
-         + up to 3 secondaries, for min latency, min cost, max bandwidth and balanced.\n",
+         + up to 3 secondaries, for min latency, min cost, max bandwidth and balanced. Allocator: mimalloc, \
+         the daemon's (route_3r was 1.14 µs median with glibc malloc against 1.03 µs with mimalloc in one \
+         back-to-back comparison).\n",
         std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
         load.as_deref().unwrap_or("unknown")
     );
