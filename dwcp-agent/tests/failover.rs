@@ -296,7 +296,15 @@ impl Drop for Child {
 #[test]
 fn with_the_agent_stopped_the_kernel_still_fails_over() {
     let _turn = serial();
-    let mut lab = MultiLinkLab::build("fostop", 2, MonitorConfig::default()).expect("build lab");
+    // Detection after 10 probe intervals rather than 3: with the default, a pause of this
+    // shared 2-core VM of more than 30 ms (seen: 64 ms in CI) declares the live link dead
+    // too, and the test would see the pause, not the cut. The 30 ms default is measured by
+    // `cargo xtask bench failover`.
+    let monitor = MonitorConfig {
+        detect_multiplier: 10,
+        ..Default::default()
+    };
+    let mut lab = MultiLinkLab::build("fostop", 2, monitor).expect("build lab");
     lab.start_dataplanes().expect("start dataplanes");
     let mut probers = Vec::new();
     for side in [Side::A, Side::B] {
@@ -381,7 +389,14 @@ fn with_the_agent_stopped_the_kernel_still_fails_over() {
 #[test]
 fn lossy_link_is_reported_degraded_by_both_gateways_and_recovers() {
     let _turn = serial();
-    let mut lab = MultiLinkLab::build("folossy", 2, MonitorConfig::default()).expect("build lab");
+    // A 10 % threshold and 20 % drop rather than the default 5 % and 10 %: a pause of this
+    // shared VM costs a healthy link 5-6 probes of its 100-probe window (seen in CI), which is
+    // the default threshold itself.
+    let monitor = MonitorConfig {
+        degraded_loss: 0.10,
+        ..Default::default()
+    };
+    let mut lab = MultiLinkLab::build("folossy", 2, monitor).expect("build lab");
     lab.start_dataplanes().expect("start dataplanes");
     lab.start_probers().expect("start probers");
     lab.wait_links_usable(LIMIT).expect("both links come up");
@@ -398,10 +413,10 @@ fn lossy_link_is_reported_degraded_by_both_gateways_and_recovers() {
         monitors.push((side, m, rx));
     }
 
-    // 10 % of the probe packets crossing wire 1 from A's side are dropped: A's requests and
-    // B's replies, so both gateways lose about 10 % of their probes on link 1.
+    // 20 % of the probe packets crossing wire 1 from A's side are dropped: A's requests and
+    // B's replies, so both gateways lose about 20 % of their probes on link 1.
     lab.link(1)
-        .set(LinkCut::DropProbes { percent: 10 })
+        .set(LinkCut::DropProbes { percent: 20 })
         .unwrap();
     let threshold = lab.monitor.degraded_loss;
     for (side, m, rx) in monitors.iter_mut() {
@@ -416,7 +431,7 @@ fn lossy_link_is_reported_degraded_by_both_gateways_and_recovers() {
                     "gateway {side:?}: link 1 degraded at {:.1} % loss",
                     ratio * 100.0
                 );
-                assert!(ratio > threshold && ratio < 0.3, "{ratio}");
+                assert!(ratio > threshold && ratio < 0.45, "{ratio}");
             }
             other => panic!("gateway {side:?}: {other:?}"),
         }

@@ -35,6 +35,12 @@ use dwcp_agent::{
 
 static SEQ: AtomicU32 = AtomicU32::new(0);
 
+/// The rotation test counts datagrams against wireguard-go's 128-packet queue during a
+/// handshake: it runs alone (write), the other tests of this file side by side (read). Under
+/// the others' load (a dozen wireguard-go processes on 2 cores) a handshake took 150 ms and
+/// the queue overflowed in CI.
+static TIMING: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
+
 /// A device name unique on the host (wireguard-go's socket directory is shared by all
 /// namespaces): tag + pid + counter, at most 15 bytes.
 fn ifname(tag: &str) -> String {
@@ -257,6 +263,7 @@ fn files_under(dir: &Path) -> Vec<PathBuf> {
 
 #[tokio::test]
 async fn vxlan_tunnel_carries_traffic_and_is_removed_cleanly() {
+    let _timing = TIMING.read().await;
     let (a, b) = two_gateways().await;
     let (na, nb) = (ifname("va"), ifname("vb"));
     let sa = vxlan(&na, 100, A_UNDERLAY, B_UNDERLAY, "10.255.0.1/30");
@@ -299,6 +306,7 @@ async fn vxlan_tunnel_carries_traffic_and_is_removed_cleanly() {
 
 #[tokio::test]
 async fn wireguard_tunnel_carries_traffic_and_is_removed_cleanly() {
+    let _timing = TIMING.read().await;
     let (a, b) = two_gateways().await;
     let pair = wireguard_pair(&a, &b, Some(25));
     assert!(a.mgr.ensure(&pair.a_spec).await.unwrap().created);
@@ -348,6 +356,7 @@ async fn wireguard_tunnel_carries_traffic_and_is_removed_cleanly() {
 
 #[tokio::test]
 async fn plain_linux_vxlan_peer_interoperates() {
+    let _timing = TIMING.read().await;
     let (a, b) = two_gateways().await;
     let na = ifname("va");
     a.mgr
@@ -397,6 +406,7 @@ async fn plain_linux_vxlan_peer_interoperates() {
 
 #[tokio::test]
 async fn ensuring_twice_makes_one_tunnel_and_changes_nothing() {
+    let _timing = TIMING.read().await;
     let (a, b) = two_gateways().await;
     let pair = wireguard_pair(&a, &b, Some(25));
     let vx = vxlan(&ifname("va"), 7, A_UNDERLAY, B_UNDERLAY, "10.255.0.1/30");
@@ -450,6 +460,7 @@ async fn ensuring_twice_makes_one_tunnel_and_changes_nothing() {
 
 #[tokio::test]
 async fn killed_agent_mid_creation_converges_on_next_start() {
+    let _timing = TIMING.read().await;
     let (a, b) = two_gateways().await;
     let pair = wireguard_pair(&a, &b, Some(25));
     let vx = vxlan(&ifname("va"), 9, A_UNDERLAY, B_UNDERLAY, "10.255.0.1/30");
@@ -533,6 +544,7 @@ fn in_netns<T: Send + 'static>(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wireguard_key_rotation_loses_no_packets() {
+    let _timing = TIMING.write().await;
     let (a, b) = two_gateways().await;
     // No persistent keepalive: the peer must still start the new handshake at once.
     let pair = wireguard_pair(&a, &b, None);
@@ -673,6 +685,7 @@ impl PeerKeyExchange for SilentPeer {
 
 #[tokio::test]
 async fn rotation_without_a_new_handshake_rolls_back_to_the_old_key() {
+    let _timing = TIMING.read().await;
     let (a, b) = two_gateways().await;
     let pair = wireguard_pair(&a, &b, Some(25));
     a.mgr.ensure(&pair.a_spec).await.unwrap();
@@ -739,6 +752,7 @@ fn secret_forms(path: &Path) -> Vec<String> {
 
 #[tokio::test]
 async fn private_keys_never_appear_in_logs_or_output() {
+    let _timing = TIMING.read().await;
     let capture = Capture::default();
     let writer = capture.clone();
     let subscriber = tracing_subscriber::fmt()
@@ -825,6 +839,7 @@ async fn private_keys_never_appear_in_logs_or_output() {
 
 #[tokio::test]
 async fn kernel_features_this_kernel_lacks_get_named_errors_and_nothing_is_lost() {
+    let _timing = TIMING.read().await;
     let (a, _b) = two_gateways().await;
     let vx = vxlan(&ifname("va"), 11, A_UNDERLAY, B_UNDERLAY, "10.255.0.1/30");
     a.mgr.ensure(&vx).await.unwrap();
@@ -893,6 +908,7 @@ async fn kernel_features_this_kernel_lacks_get_named_errors_and_nothing_is_lost(
 
 #[tokio::test]
 async fn devices_dwcp_did_not_create_are_never_touched() {
+    let _timing = TIMING.read().await;
     let (a, _b) = two_gateways().await;
     // `ua` is the underlay veth.
     let spec = vxlan("ua", 12, A_UNDERLAY, B_UNDERLAY, "10.255.0.1/30");
@@ -984,6 +1000,7 @@ fn tcp_mss(h1: &Netns, h2: &Netns) -> (u32, u32) {
 
 #[tokio::test]
 async fn tcp_mss_is_clamped_to_the_vxlan_mtu() {
+    let _timing = TIMING.read().await;
     let lab = routed_lab().await;
     let (na, nb) = (ifname("va"), ifname("vb"));
     let mut sa = vxlan(&na, 21, A_UNDERLAY, B_UNDERLAY, "10.255.0.1/30");
@@ -1041,6 +1058,7 @@ fn tx_packets(ns: &Netns, dev: &str) -> u64 {
 /// wireguard-go → B → H2. No nftables mark rule anywhere.
 #[tokio::test]
 async fn fast_path_marks_are_handed_to_wireguard_by_policy_routing() {
+    let _timing = TIMING.read().await;
     use dwcp_agent::dataplane::{Dataplane, Member, Pinning};
     use dwcp_common::{maps::programs, GatewayConfig, NextHop, QosClass, Reason, Route};
     const MARK: u32 = 0x64;
@@ -1153,6 +1171,7 @@ async fn fast_path_marks_are_handed_to_wireguard_by_policy_routing() {
 /// module the other branch is checked instead.
 #[tokio::test]
 async fn without_the_wireguard_module_auto_uses_wireguard_go_and_kernel_is_a_named_error() {
+    let _timing = TIMING.read().await;
     let ns = Netns::new("wgsel").unwrap();
     let state = tempfile::tempdir().unwrap();
     let auto = TunnelManager::new(config(&ns, state.path())).await.unwrap();

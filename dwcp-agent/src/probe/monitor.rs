@@ -509,7 +509,9 @@ fn degrade_verdict(
     config: &MonitorConfig,
 ) -> Option<DegradeReason> {
     if let Some(ratio) = loss {
-        if ratio > config.degraded_loss {
+        // Strictly above: the ratio comes from float division (5 of 100 lost is
+        // 0.0500000000000000044 here), and a link at the threshold is not over it.
+        if ratio > config.degraded_loss + 1e-9 {
             return Some(DegradeReason::Loss {
                 ratio,
                 threshold: config.degraded_loss,

@@ -34,7 +34,9 @@ pub(crate) struct Cand {
     pub key: PathKey,
     /// Link indexes into the routing graph.
     pub links: Vec<u32>,
-    pub nodes: Vec<u32>,
+    /// First region; the others follow from the links (walked when needed, not stored: most
+    /// candidates never need them).
+    pub src: u32,
 }
 
 enum Objective<'g> {
@@ -196,18 +198,20 @@ impl<'g> Search<'g> {
     }
 
     fn cand(&self, src: u32, links: Vec<u32>) -> Cand {
-        let mut nodes = Vec::with_capacity(links.len() + 1);
-        nodes.push(src);
-        let mut at = src;
-        for &l in &links {
-            at = self.g.links[l as usize].other(at);
-            nodes.push(at);
-        }
         Cand {
             key: self.key_of(&links),
             links,
-            nodes,
+            src,
         }
+    }
+
+    /// Regions along a candidate, its source first.
+    fn nodes<'a>(&'a self, c: &'a Cand) -> impl Iterator<Item = u32> + 'a {
+        let mut at = c.src;
+        std::iter::once(c.src).chain(c.links.iter().map(move |&l| {
+            at = self.g.links[l as usize].other(at);
+            at
+        }))
     }
 
     fn latency_of(&self, links: &[u32]) -> u64 {
@@ -492,10 +496,11 @@ impl<'g> Search<'g> {
         let mut work = mask.clone();
         while found.len() < k && !enough(&found) {
             let last = found.last().expect("not empty").clone();
+            let last_nodes: Vec<u32> = self.nodes(&last).collect();
             for i in 0..last.links.len() {
-                let spur = last.nodes[i];
+                let spur = last_nodes[i];
                 let root_links = &last.links[..i];
-                for &n in &last.nodes[..i] {
+                for &n in &last_nodes[..i] {
                     work.nodes[n as usize] = true;
                 }
                 for p in &found {
@@ -513,7 +518,7 @@ impl<'g> Search<'g> {
                 };
                 let spur_links = self.best(spur, dst, &work, root, None);
                 // Back to `mask` for the next spur.
-                for &n in &last.nodes[..i] {
+                for &n in &last_nodes[..i] {
                     work.nodes[n as usize] = mask.nodes[n as usize];
                 }
                 for p in &found {
@@ -625,7 +630,7 @@ impl<'g> Search<'g> {
             delivered *= 1.0 - m.loss;
         }
         Path {
-            regions: c.nodes.iter().map(|&n| RegionId(n)).collect(),
+            regions: self.nodes(c).map(RegionId).collect(),
             links: c
                 .links
                 .iter()
