@@ -144,6 +144,39 @@ fn triangle_reroutes_around_a_cut_link_and_returns_when_it_heals() {
     for why in ["link 1 (use1-euw1) down", "link 1 (use1-euw1) up"] {
         assert!(text.contains(why), "{why} in the API's history: {text}");
     }
+    // The stream (1,000 datagrams/s, back on link 1 for a second now) is the link's measured
+    // throughput: the fast path's next-hop counters over the last counters interval (1 s).
+    // Link 2 is not this gateway's: its figures are the topology's.
+    let mut link1 = serde_json::Value::Null;
+    for _ in 0..30 {
+        let links: serde_json::Value = rt.block_on(api.get("/v1/links")).unwrap();
+        link1 = links
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|l| l["id"] == 1)
+            .cloned()
+            .unwrap();
+        if link1["throughput_bps"]
+            .as_f64()
+            .is_some_and(|b| b > 200_000.0)
+        {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let bps = link1["throughput_bps"].as_f64().unwrap_or(0.0);
+    let capacity = link1["capacity_bps"].as_f64().unwrap();
+    assert!(
+        bps > 200_000.0 && bps < 10_000_000.0,
+        "link 1 carries the stream: {link1}"
+    );
+    // Utilisation is the same measurement over the capacity (1 Gbit/s: about 0.001 here).
+    let util = link1["utilisation_ratio"].as_f64().unwrap();
+    assert!(
+        util > 0.0 && util < 0.01 && util <= 2.0 * bps / capacity,
+        "measured utilisation: {link1}"
+    );
     let report = stream.finish().unwrap();
     println!(
         "stream: sent {}, received {}, lost {} in {:?}",

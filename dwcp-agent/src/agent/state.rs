@@ -38,8 +38,11 @@ use crate::{
     topology::{
         InMemoryTopologyStore, LinkHealth, LinkId, Topology, TopologyStore, TopologyUpdate,
     },
-    traffic::{LinkStatus, TrafficEngineer},
+    traffic::{CounterSnapshot, LinkStatus, RateTracker, TrafficEngineer},
 };
+
+/// Weight of the newest counters interval in the smoothed rates.
+const RATE_SMOOTHING: f64 = 0.3;
 
 #[derive(Debug, Error)]
 pub enum AgentError {
@@ -153,6 +156,9 @@ pub struct AgentState {
     handshake_stale: BTreeMap<u32, String>,
     counters: CounterView,
     next_counters_ns: u64,
+    /// Per-link and per-class rates from successive counter reads (throughput and
+    /// utilisation of the links this gateway terminates).
+    rates: RateTracker,
     started_unix_ms: u64,
     events: broadcast::Sender<AgentEvent>,
     snapshot: watch::Sender<Arc<AgentSnapshot>>,
@@ -224,6 +230,7 @@ impl AgentState {
             handshake_stale: BTreeMap::new(),
             counters: CounterView::default(),
             next_counters_ns: now.mono_ns,
+            rates: RateTracker::new(RATE_SMOOTHING).expect("a valid smoothing constant"),
             started_unix_ms: now.unix_ms,
             events,
             snapshot,
@@ -1080,7 +1087,7 @@ impl AgentState {
             publish = true;
         }
         if now.mono_ns >= self.next_counters_ns {
-            self.refresh_counters();
+            self.refresh_counters(now);
             self.next_counters_ns = now_ns_plus(now, self.config.counters_interval);
             publish = true;
         }
@@ -1448,18 +1455,24 @@ impl AgentState {
     // -----------------------------------------------------------------------------------------
     // Snapshot.
 
-    fn refresh_counters(&mut self) {
+    fn refresh_counters(&mut self, now: Now) {
         let dp = &self.dataplane;
         let mut c = CounterView::default();
+        let mut snap = CounterSnapshot {
+            at_ns: now.mono_ns,
+            ..Default::default()
+        };
         for l in &self.config.local_links {
             if let Ok(n) = dp.nexthop_counters(l.link_id) {
                 c.nexthops.push((l.link_id, n.packets, n.bytes));
+                snap.nexthops.insert(l.link_id, n);
             }
         }
         for class in QosClass::ALL {
             if let Ok(n) = dp.class_counters(class as u8) {
                 c.classes
                     .push((class.name().to_string(), n.packets, n.bytes));
+                snap.classes[class as usize] = n;
             }
         }
         for r in Reason::ALL {
@@ -1468,6 +1481,23 @@ impl AgentState {
             }
         }
         self.counters = c;
+        // A local link's next hop has the link's id; capacities from the topology.
+        let topology = self.store.snapshot();
+        let nexthop_links = self
+            .config
+            .local_links
+            .iter()
+            .map(|l| (l.link_id, TeLinkId(l.link_id)))
+            .collect();
+        let capacity = topology
+            .links()
+            .iter()
+            .map(|l| (TeLinkId(l.id.0), (l.capacity_mbps * 1e6) as u64))
+            .collect();
+        self.rates.set_links(nexthop_links, capacity);
+        if let Err(e) = self.rates.observe(snap) {
+            debug!(error = %e, "counter snapshot not used for rates");
+        }
     }
 
     fn link_views(&self, topology: &Topology) -> Vec<LinkView> {
@@ -1510,8 +1540,14 @@ impl AgentState {
                         .map(|s| s.jitter_ns as f64 / 1e9),
                     loss_ratio: view.and_then(|v| v.loss),
                     capacity_bps: (l.capacity_mbps * 1e6) as u64,
-                    utilisation_ratio: Some(l.utilisation),
-                    throughput_bps: None,
+                    // Measured on the links this gateway terminates (sent through the fast
+                    // path, last counters interval); the topology's figure elsewhere.
+                    utilisation_ratio: local
+                        .and_then(|_| self.rates.utilisation(TeLinkId(l.id.0)))
+                        .or(Some(l.utilisation)),
+                    throughput_bps: local
+                        .and_then(|_| self.rates.link_rate(TeLinkId(l.id.0)))
+                        .map(|r| r.bits_per_sec),
                     probes_sent: view.map(|v| v.sent).unwrap_or(0),
                     probes_received: state.map(|s| s.replies).unwrap_or(0),
                 }
