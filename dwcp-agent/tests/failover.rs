@@ -392,8 +392,11 @@ fn lossy_link_is_reported_degraded_by_both_gateways_and_recovers() {
     // A 10 % threshold and 20 % drop rather than the default 5 % and 10 %: a pause of this
     // shared VM costs a healthy link 5-6 probes of its 100-probe window (seen in CI), which is
     // the default threshold itself.
+    // And detection after 10 intervals: at 20 % loss, 3 losses in a row (the default) come
+    // every few hundred probes and would take the link down, which is not this test's subject.
     let monitor = MonitorConfig {
         degraded_loss: 0.10,
+        detect_multiplier: 10,
         ..Default::default()
     };
     let mut lab = MultiLinkLab::build("folossy", 2, monitor).expect("build lab");
