@@ -75,16 +75,23 @@ fn fast_path_split_is_the_predicted_one_and_crosses_the_shapers() {
                 "path {}: the fast path sent {c} packets, its shaper saw {shaped:?}",
                 i + 1
             );
-            // The fast counters of the shaper's output agree with the shaper's own.
+            // The fast counters of the shaper's output agree with the shaper's own, up to the
+            // few control frames (ARP, neighbour discovery) the path may send between the two
+            // reads (CI once saw 3 frames of 70 bytes).
             let (bytes, packets) = (
                 sent1[i].bytes - sent0[i].bytes,
                 sent1[i].packets - sent0[i].packets,
             );
-            assert_eq!(
+            let (dp, db) = (
+                packets.abs_diff(shaped.packets),
+                bytes.abs_diff(shaped.bytes),
+            );
+            assert!(
+                dp <= 4 && db <= 4 * 128,
+                "path {}: sent {:?}, shaper {:?}",
+                i + 1,
                 (bytes, packets),
-                (shaped.bytes, shaped.packets),
-                "path {}",
-                i + 1
+                (shaped.bytes, shaped.packets)
             );
         }
     }
