@@ -126,6 +126,35 @@ impl Netns {
         PathBuf::from("/run/netns").join(&self.name)
     }
 
+    /// Processes whose network namespace is this one, as (pid, command line): what a test
+    /// started in it (e.g. wireguard-go daemons) and must not leave behind.
+    pub fn processes(&self) -> Vec<(i32, String)> {
+        use std::os::unix::fs::MetadataExt;
+        let Ok(ns_meta) = std::fs::metadata(self.path()) else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        let Ok(dir) = std::fs::read_dir("/proc") else {
+            return out;
+        };
+        for entry in dir.flatten() {
+            let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+                continue;
+            };
+            let Ok(m) = std::fs::metadata(format!("/proc/{pid}/ns/net")) else {
+                continue;
+            };
+            if (m.dev(), m.ino()) == (ns_meta.dev(), ns_meta.ino()) {
+                let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+                let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+                if !cmdline.trim().is_empty() {
+                    out.push((pid, cmdline.trim().to_string()));
+                }
+            }
+        }
+        out
+    }
+
     /// Runs `f` on a new thread that has entered this namespace (sockets it opens and
     /// interfaces it names are this namespace's), and returns its result.
     pub fn run_in<F, R>(&self, f: F) -> Result<R>

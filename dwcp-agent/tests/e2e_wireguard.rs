@@ -21,7 +21,7 @@ use std::{
     collections::BTreeSet,
     io::{Read, Write},
     net::{Ipv4Addr, SocketAddr, TcpStream, UdpSocket},
-    os::{fd::AsRawFd, unix::fs::MetadataExt},
+    os::fd::AsRawFd,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     sync::atomic::{AtomicU32, Ordering},
@@ -61,33 +61,6 @@ fn ifname(tag: &str) -> String {
     format!("{tag}{}x{n}", std::process::id())
 }
 
-/// Processes whose network namespace is `ns` (the wireguard-go daemons started there).
-fn processes_in(ns: &Netns) -> Vec<(i32, String)> {
-    let Ok(ns_meta) = std::fs::metadata(ns.path()) else {
-        return Vec::new();
-    };
-    let mut out = Vec::new();
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return out;
-    };
-    for entry in dir.flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        let Ok(m) = std::fs::metadata(format!("/proc/{pid}/ns/net")) else {
-            continue;
-        };
-        if (m.dev(), m.ino()) == (ns_meta.dev(), ns_meta.ino()) {
-            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-            if !cmdline.trim().is_empty() {
-                out.push((pid, cmdline.trim().to_string()));
-            }
-        }
-    }
-    out
-}
-
 /// Everything the test creates; `Drop` removes it in an order that works (processes first,
 /// then pins, then key files and namespaces).
 struct Lab {
@@ -118,7 +91,7 @@ impl Drop for Lab {
         // wireguard-go outlives a deleted namespace (its sockets keep it alive): stop the
         // daemons of this test's namespaces before they go.
         for ns in [&self.ga, &self.gb] {
-            for (pid, cmd) in processes_in(ns) {
+            for (pid, cmd) in ns.processes() {
                 if cmd.contains("wireguard-go") {
                     // SAFETY: kill(2) on a daemon this test started inside its own namespace.
                     unsafe { libc::kill(pid, libc::SIGTERM) };
@@ -128,7 +101,7 @@ impl Drop for Lab {
         let deadline = Instant::now() + Duration::from_secs(5);
         while Instant::now() < deadline
             && [&self.ga, &self.gb].iter().any(|ns| {
-                processes_in(ns)
+                ns.processes()
                     .iter()
                     .any(|(_, c)| c.contains("wireguard-go"))
             })

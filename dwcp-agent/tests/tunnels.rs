@@ -9,7 +9,7 @@ use std::{
     fs::File,
     io::{Read, Write},
     net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket},
-    os::{fd::AsRawFd, unix::fs::MetadataExt, unix::fs::PermissionsExt},
+    os::{fd::AsRawFd, unix::fs::PermissionsExt},
     path::{Path, PathBuf},
     process::Command,
     sync::{
@@ -75,32 +75,8 @@ fn config(ns: &Netns, state: &Path) -> ManagerConfig {
     }
 }
 
-/// Processes running in `ns` (the wireguard-go daemons a test started there).
-fn processes_in(ns: &Netns) -> Vec<(i32, String)> {
-    let Ok(ns_meta) = std::fs::metadata(ns.path()) else {
-        return Vec::new();
-    };
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        let Ok(m) = std::fs::metadata(format!("/proc/{pid}/ns/net")) else {
-            continue;
-        };
-        if (m.dev(), m.ino()) == (ns_meta.dev(), ns_meta.ino()) {
-            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-            if !cmdline.trim().is_empty() {
-                out.push((pid, cmdline.trim().to_string()));
-            }
-        }
-    }
-    out
-}
-
 fn wireguard_go_daemons(ns: &Netns, ifname: &str) -> usize {
-    processes_in(ns)
+    ns.processes()
         .iter()
         .filter(|(_, cmd)| cmd.contains("wireguard-go") && cmd.ends_with(ifname))
         .count()
@@ -110,7 +86,7 @@ impl Drop for Gateway {
     fn drop(&mut self) {
         // wireguard-go outlives a deleted namespace (its sockets keep it alive): stop the
         // daemons this test started there before the namespace goes.
-        for (pid, cmd) in processes_in(&self.ns) {
+        for (pid, cmd) in self.ns.processes() {
             if cmd.contains("wireguard-go") {
                 // SAFETY: kill(2) on a daemon this test started inside its own namespace.
                 unsafe { libc::kill(pid, libc::SIGTERM) };
@@ -118,7 +94,9 @@ impl Drop for Gateway {
         }
         let deadline = Instant::now() + Duration::from_secs(2);
         while Instant::now() < deadline
-            && processes_in(&self.ns)
+            && self
+                .ns
+                .processes()
                 .iter()
                 .any(|(_, c)| c.contains("wireguard-go"))
         {

@@ -215,7 +215,7 @@ pub fn update_table(
         .iter()
         .map(|s| Search::new(graph, s, &previous.constraints))
         .collect::<Result<_, _>>()?;
-    // Single-source searches, computed on first use (by whichever worker needs them first).
+    // Single-source searches, computed on first use (cells, so the entry closure can fill them).
     let shared: Vec<OnceLock<Shared>> = (0..searches.len()).map(|_| OnceLock::new()).collect();
     // For entries that only search backups again: the distances from the source alone.
     let trees: Vec<OnceLock<Dist>> = (0..searches.len()).map(|_| OnceLock::new()).collect();
@@ -301,33 +301,26 @@ pub fn update_table(
         let rs = searches[i].route(src, dst, Some(sh)).map(Arc::new);
         (rs, Outcome::Recomputed)
     };
-    let region = |r: &RegionRoutes| -> (RegionRoutes, TableStats) {
-        let mut stats = TableStats::default();
-        let routes = r
-            .routes
-            .iter()
-            .enumerate()
-            .map(|(i, result)| {
-                let (rs, outcome) = entry(i, r.dst, result);
-                match outcome {
-                    Outcome::Reused => stats.reused += 1,
-                    Outcome::Resumed => stats.resumed += 1,
-                    Outcome::Recomputed => stats.recomputed += 1,
-                }
-                rs
-            })
-            .collect();
-        (RegionRoutes { dst: r.dst, routes }, stats)
-    };
-    let done: Vec<(RegionRoutes, TableStats)> = previous.regions.iter().map(region).collect();
     let mut stats = TableStats::default();
-    let regions: Vec<RegionRoutes> = done
-        .into_iter()
-        .map(|(r, s)| {
-            stats.reused += s.reused;
-            stats.resumed += s.resumed;
-            stats.recomputed += s.recomputed;
-            r
+    let regions: Vec<RegionRoutes> = previous
+        .regions
+        .iter()
+        .map(|r| RegionRoutes {
+            dst: r.dst,
+            routes: r
+                .routes
+                .iter()
+                .enumerate()
+                .map(|(i, result)| {
+                    let (rs, outcome) = entry(i, r.dst, result);
+                    match outcome {
+                        Outcome::Reused => stats.reused += 1,
+                        Outcome::Resumed => stats.resumed += 1,
+                        Outcome::Recomputed => stats.recomputed += 1,
+                    }
+                    rs
+                })
+                .collect(),
         })
         .collect();
     Ok(RoutingTable {

@@ -9,7 +9,7 @@ use rtnetlink::{
     packet_route::{
         address::{AddressAttribute, AddressScope},
         link::{InfoData, InfoKind, LinkAttribute, LinkFlags, LinkInfo, LinkMessage},
-        route::RouteAttribute,
+        route::{RouteAttribute, RouteMessage},
         rule::{RuleAction, RuleAttribute, RuleMessage},
     },
     Handle, IpVersion, LinkUnspec, RouteMessageBuilder,
@@ -363,9 +363,8 @@ impl Rtnl {
             ))
     }
 
-    /// Deletes every default route of table `table` (one family): the hand-off's route, which
-    /// stays as long as its device does. Returns how many there were.
-    pub async fn del_default_routes(&self, v6: bool, table: u32) -> Result<usize> {
+    /// The default routes of table `table`, for one family.
+    async fn default_routes(&self, v6: bool, table: u32) -> Result<Vec<RouteMessage>> {
         let msg = if v6 {
             RouteMessageBuilder::<std::net::Ipv6Addr>::new()
                 .table_id(table)
@@ -394,6 +393,13 @@ impl Rtnl {
                 found.push(route);
             }
         }
+        Ok(found)
+    }
+
+    /// Deletes every default route of table `table` (one family): the hand-off's route, which
+    /// stays as long as its device does. Returns how many there were.
+    pub async fn del_default_routes(&self, v6: bool, table: u32) -> Result<usize> {
+        let found = self.default_routes(v6, table).await?;
         let n = found.len();
         for route in found {
             match self.handle.route().del(route).execute().await {
@@ -409,40 +415,16 @@ impl Rtnl {
 
     /// Whether table `table` has a default route through link `index`, for one family.
     pub async fn has_default_route(&self, v6: bool, index: u32, table: u32) -> Result<bool> {
-        let msg = if v6 {
-            RouteMessageBuilder::<std::net::Ipv6Addr>::new()
-                .table_id(table)
-                .build()
-        } else {
-            RouteMessageBuilder::<std::net::Ipv4Addr>::new()
-                .table_id(table)
-                .build()
-        };
-        let mut stream = self.handle.route().get(msg).execute();
-        while let Some(route) = stream
-            .try_next()
-            .await
-            .map_err(nl("list routes", format!("table {table}")))?
-        {
-            let in_table = route
-                .attributes
-                .iter()
-                .find_map(|a| match a {
-                    RouteAttribute::Table(t) => Some(*t),
-                    _ => None,
-                })
-                .unwrap_or(route.header.table as u32);
-            let via = route.attributes.iter().find_map(|a| match a {
+        let via = |route: &RouteMessage| {
+            route.attributes.iter().find_map(|a| match a {
                 RouteAttribute::Oif(i) => Some(*i),
                 _ => None,
-            });
-            if in_table == table
-                && route.header.destination_prefix_length == 0
-                && via == Some(index)
-            {
-                return Ok(true);
-            }
-        }
-        Ok(false)
+            })
+        };
+        Ok(self
+            .default_routes(v6, table)
+            .await?
+            .iter()
+            .any(|route| via(route) == Some(index)))
     }
 }
