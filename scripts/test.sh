@@ -11,6 +11,7 @@ bash scripts/bootstrap.sh
 echo "== format and lints"
 cargo fmt --all -- --check
 cargo clippy --all-targets -- -D warnings
+cargo xtask clippy-ebpf
 
 # Namespaces present before the tests (another lab on this machine) are not this run's.
 before=$(ip netns list | awk '{print $1}' | grep '^dwcp-' | sort || true)

@@ -110,9 +110,13 @@ fn stream(
 #[test]
 fn cut_link_fails_over_to_the_other_and_fails_back_after_the_hysteresis_count() {
     let _turn = serial();
-    // A longer hysteresis than the default 5 so its phase (100 ms) is easy to watch.
+    // A longer hysteresis than the default 5 so its phase (100 ms) is easy to watch, and
+    // detection after 10 intervals: with the default 3, a pause of this shared VM of more than
+    // 30 ms (CI: two of about 100 ms in one run) expires the live link too, and its flows and
+    // the failed-over ones pass to a kernel without a route until the next reply.
     let monitor = MonitorConfig {
         up_after: 10,
+        detect_multiplier: 10,
         ..Default::default()
     };
     let mut lab = MultiLinkLab::build("focut", 2, monitor).expect("build lab");
@@ -456,4 +460,101 @@ fn lossy_link_is_reported_degraded_by_both_gateways_and_recovers() {
         let view = m.subscribe_views().borrow()[&1];
         assert_eq!(view.degraded, None);
     }
+}
+
+/// A stalled prober (the agent paused, restarted or starved) makes every link of the gateway
+/// look dead at once, and when replies come back every link starts its hold-down together.
+/// With no usable member left the fast path takes a held-down one that answers: the stall
+/// costs its own length in loss, not that plus `up_after` probe intervals.
+#[test]
+fn after_a_prober_stall_traffic_resumes_with_the_first_replies_not_after_the_hold_down() {
+    let _turn = serial();
+    // A hold-down of 50 intervals (500 ms), so "during the hold-down" is a wide window, and
+    // detection after 10 (see the test above).
+    let monitor = MonitorConfig {
+        up_after: 50,
+        detect_multiplier: 10,
+        ..Default::default()
+    };
+    let mut lab = MultiLinkLab::build("fostall", 2, monitor).expect("build lab");
+    lab.start_dataplanes().expect("start dataplanes");
+    lab.start_probers().expect("start probers");
+    lab.wait_links_usable(LIMIT).expect("both links come up");
+    let dp = lab.a.dataplane.as_ref().unwrap();
+    let state = lab.link_state_map(Side::A).unwrap();
+    let table = dp.group_table(MULTI_LAB_GROUP).unwrap().unwrap();
+    let flows = flows_per_link(&lab, &table);
+    let (sender, receiver) = stream(&lab, &flows, 2_000);
+    wait_for("traffic on both next hops", LIMIT, || {
+        Ok(dp.nexthop_counters(1)?.packets > 100 && dp.nexthop_counters(2)?.packets > 100)
+    })
+    .unwrap();
+
+    // The stall: no probes from either gateway, so both of A's links expire.
+    lab.stop_probers();
+    let stall_ns = monotonic_ns();
+    let dp = lab.a.dataplane.as_ref().unwrap();
+    wait_for("both links dead", LIMIT, || {
+        Ok(!lab.link_usable(&state, 1) && !lab.link_usable(&state, 2))
+    })
+    .unwrap();
+    let passed = dp.reason_count(Reason::LanPassNoLiveNextHop).unwrap();
+    wait_for("traffic passed up for want of a live link", LIMIT, || {
+        Ok(dp.reason_count(Reason::LanPassNoLiveNextHop)? > passed + 50)
+    })
+    .unwrap();
+
+    let fallbacks = dp.reason_count(Reason::LanHeldDownFallback).unwrap();
+    let resume_ns = monotonic_ns();
+    lab.start_probers().expect("restart probers");
+    let dp = lab.a.dataplane.as_ref().unwrap();
+    // Counter first: if both links read as held down after it, they were when it was read.
+    wait_for("forwarding while both links are held down", LIMIT, || {
+        let forwarded = dp.reason_count(Reason::LanHeldDownFallback)?;
+        let held = [1, 2].iter().all(|&l| {
+            let st = state.get(&l, 0).unwrap();
+            st.good_streak >= 1 && st.good_streak < lab.monitor.up_after
+        });
+        assert!(
+            held || forwarded > fallbacks,
+            "the hold-down ended before any packet was forwarded during it"
+        );
+        Ok(held && forwarded > fallbacks + 100)
+    })
+    .unwrap();
+    lab.wait_links_usable(LIMIT)
+        .expect("links usable after the hold-down");
+    let usable_ns = monotonic_ns();
+
+    let sent = sender.finish();
+    let arrivals = receiver.finish(Duration::from_millis(200));
+    let gaps = delivery_gaps(&sent, &arrivals);
+    for (_, ports) in &flows {
+        for &port in ports {
+            let g = gaps_of(&gaps, &[port]);
+            let stall = g
+                .first()
+                .unwrap_or_else(|| panic!("flow {port} lost nothing"));
+            let end = stall.end_ns.expect("every flow came back");
+            assert!(
+                stall.start_ns > stall_ns,
+                "loss before the stall: {stall:?}"
+            );
+            assert!(
+                end < usable_ns.saturating_sub(200_000_000),
+                "flow {port} came back {:.1} ms after the probes resumed, with the hold-down \
+                 ({:.1} ms): {stall:?}",
+                end.saturating_sub(resume_ns) as f64 / 1e6,
+                usable_ns.saturating_sub(resume_ns) as f64 / 1e6
+            );
+            eprintln!(
+                "flow {port}: lost {} datagrams; back {:.1} ms after the probes resumed \
+                 (hold-down over after {:.1} ms)",
+                stall.lost,
+                end.saturating_sub(resume_ns) as f64 / 1e6,
+                usable_ns.saturating_sub(resume_ns) as f64 / 1e6
+            );
+        }
+    }
+    assert_eq!(sent.send_errors, 0);
 }

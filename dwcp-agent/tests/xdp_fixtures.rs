@@ -12,8 +12,8 @@ use dwcp_agent::dataplane::{nhg_table, Dataplane, Member, Pinning, SLOT_REUSE_GU
 use dwcp_common::{
     flow_hash, maps::programs, probe::*, wire::*, ClassifierKey, ClassifierRule, FlowKey,
     GatewayConfig, LinkConfig, Neighbour, NeighbourKey, NextHop, NextHopTable, QosClass, QosPolicy,
-    Reason, Route, VniEntry, CONFIG_F_READY, HANDOFF_META_MAGIC, LINK_F_MONITORED, NH_F_VALID,
-    QOS_F_REWRITE,
+    Reason, Route, VniEntry, CONFIG_F_READY, HANDOFF_META_MAGIC, LINK_F_ADMIN_DOWN,
+    LINK_F_MONITORED, NH_F_VALID, QOS_F_REWRITE,
 };
 
 const XDP_ABORTED: u32 = 0;
@@ -512,6 +512,75 @@ fn dead_link_moves_only_its_flows_to_the_next_live_member() {
         )
         .unwrap();
     std::thread::sleep(std::time::Duration::from_millis(2));
+    let (f, _) = udp_v4_frame(0);
+    assert_passed_unchanged(&mut fx, &f, Reason::LanPassNoLiveNextHop);
+}
+
+#[test]
+fn held_down_link_carries_flows_only_while_no_member_is_usable() {
+    let mut fx = Fixture::new();
+    // Long detection so a pause of this VM cannot expire a reply mid-test.
+    let cfg = LinkConfig {
+        flags: LINK_F_MONITORED,
+        up_after: 3,
+        detect_ns: 5_000_000_000,
+    };
+    fx.dp.set_link_config(1, cfg).unwrap();
+    fx.dp.set_link_config(2, cfg).unwrap();
+    let reply = |fx: &mut Fixture, link: u32, seq: u32| {
+        let f = probe_frame(PROBE_KIND_REPLY, link, seq, monotonic_ns() - 1_000_000);
+        assert_eq!(fx.run(programs::UNDERLAY_INGRESS, &f).0, XDP_DROP);
+    };
+    let vni_of = |fx: &mut Fixture, sport: u16| {
+        let ip = V4::new(IPPROTO_UDP, "10.1.0.5", "10.2.0.9").build(&udp(sport, 7, b"f"));
+        let (verdict, out) = fx.lan(&frame(ETH_P_IP, &ip));
+        assert_eq!(verdict, XDP_REDIRECT, "flow {sport}");
+        u32::from_be_bytes([0, out[46], out[47], out[48]])
+    };
+    // Link 1 never answered; link 2 answered once after its outage: held down, yet the only
+    // member that can carry. Every flow takes it rather than the kernel's (absent) route.
+    reply(&mut fx, 2, 1);
+    assert_eq!(fx.dp.link_state(2).unwrap().good_streak, 1);
+    let flows = 1000..1100u16;
+    let mut hashed_to = [0u32; 2];
+    for sport in flows.clone() {
+        assert_eq!(vni_of(&mut fx, sport), 102);
+        let key = v4_key("10.1.0.5", "10.2.0.9", IPPROTO_UDP, sport, 7);
+        hashed_to[(fx.chosen(&key) - 1) as usize] += 1;
+    }
+    assert!(hashed_to.iter().all(|&n| n > 0), "{hashed_to:?}");
+    assert_eq!(fx.reason(Reason::LanHeldDownFallback), 100);
+    assert_eq!(fx.reason(Reason::LanPassNoLiveNextHop), 0);
+    // Link 1 comes up fully (3 replies in a row): it is usable, link 2 still held down, so
+    // every flow rides link 1 and the fallback is no longer taken.
+    for seq in 1..=3 {
+        reply(&mut fx, 1, seq);
+    }
+    for sport in flows.clone() {
+        assert_eq!(vni_of(&mut fx, sport), 101, "flow {sport}");
+    }
+    assert_eq!(fx.reason(Reason::LanHeldDownFallback), 100);
+    // Link 2 finishes its hold-down: each flow is back on its hashed member.
+    for seq in 2..=3 {
+        reply(&mut fx, 2, seq);
+    }
+    for sport in flows {
+        let key = v4_key("10.1.0.5", "10.2.0.9", IPPROTO_UDP, sport, 7);
+        assert_eq!(vni_of(&mut fx, sport), 100 + fx.chosen(&key));
+    }
+    assert_eq!(fx.reason(Reason::LanHeldDownFallback), 100);
+    // An administratively downed link is never a fallback, answering or not.
+    for link in [1, 2] {
+        fx.dp
+            .set_link_config(
+                link,
+                LinkConfig {
+                    flags: LINK_F_MONITORED | LINK_F_ADMIN_DOWN,
+                    ..cfg
+                },
+            )
+            .unwrap();
+    }
     let (f, _) = udp_v4_frame(0);
     assert_passed_unchanged(&mut fx, &f, Reason::LanPassNoLiveNextHop);
 }

@@ -412,12 +412,15 @@ pub enum Reason {
     /// Counted by the LAN tc program: a packet whose XDP metadata carried a hand-off mark got
     /// it as `skb->mark`.
     HandoffMarked = 28,
+    /// No member of the group was usable; the flow took one that answers probes but is still
+    /// held down after an outage (fewer than `up_after` good replies).
+    LanHeldDownFallback = 29,
 }
 
 pub const REASON_COUNT: u32 = 32;
 
 impl Reason {
-    pub const ALL: [Reason; 29] = [
+    pub const ALL: [Reason; 30] = [
         Reason::LanForwarded,
         Reason::LanPassNotIp,
         Reason::LanPassMalformed,
@@ -447,6 +450,7 @@ impl Reason {
         Reason::HandoffNoMeta,
         Reason::HandoffTransit,
         Reason::HandoffMarked,
+        Reason::LanHeldDownFallback,
     ];
 
     /// Stable snake_case name, used as a metric label and in the CLI.
@@ -481,6 +485,7 @@ impl Reason {
             Reason::HandoffNoMeta => "handoff_no_meta",
             Reason::HandoffTransit => "handoff_transit",
             Reason::HandoffMarked => "handoff_marked",
+            Reason::LanHeldDownFallback => "lan_held_down_fallback",
         }
     }
 }

@@ -57,34 +57,52 @@ impl Clock {
     }
 }
 
+/// What the fast path knows of a next hop's link.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Liveness {
+    Usable,
+    /// Answering (last reply younger than `detect_ns`) but still inside the hold-down after
+    /// an outage (fewer than `up_after` replies in a row).
+    HeldDown,
+    Dead,
+}
+
 /// The kernel's liveness rule (the agent mirrors it): a monitored link is usable while its
 /// last probe reply is younger than `detect_ns` and, after an outage, once `up_after`
 /// consecutive replies came back (hysteresis against flapping).
 #[inline(always)]
-fn link_usable(link_id: u32, clock: &mut Clock) -> bool {
+fn link_liveness(link_id: u32, clock: &mut Clock) -> Liveness {
     let Some(cfg) = LINK_CONFIG.get(link_id) else {
-        return true;
+        return Liveness::Usable;
     };
     let cfg: &LinkConfig = cfg;
     if cfg.flags & LINK_F_ADMIN_DOWN != 0 {
-        return false;
+        return Liveness::Dead;
     }
     if cfg.flags & LINK_F_MONITORED == 0 {
-        return true;
+        return Liveness::Usable;
     }
     let Some(st) = LINK_STATE.get(link_id) else {
-        return false;
+        return Liveness::Dead;
     };
     let last = st.last_reply_ns;
-    if last == 0 || st.good_streak < cfg.up_after {
-        return false;
+    if last == 0 || clock.now().saturating_sub(last) > cfg.detect_ns {
+        return Liveness::Dead;
     }
-    clock.now().saturating_sub(last) <= cfg.detect_ns
+    if st.good_streak < cfg.up_after {
+        Liveness::HeldDown
+    } else {
+        Liveness::Usable
+    }
 }
 
 /// The bucket's member if its link is usable, else the next usable active member in order,
 /// else the first usable standby: flows of live members never move, a dead member's flows
 /// spread deterministically, and secondary paths carry traffic only when no active one can.
+/// When no member is usable, the first one that answers probes but is still held down takes
+/// the flow: the hold-down keeps flows off a flapping link while another can carry them, and
+/// with none left it would only turn a link that works into a black hole (after a stall of
+/// the prober, every link restarts its streak at once).
 /// A next hop towards `from` (the gateway a transit packet came from; 0 for LAN traffic) is
 /// never taken: gateways do not share link state, so a region routing back over the link the
 /// packet came in on would not know that the sender chose it because a link further on is
@@ -116,20 +134,61 @@ fn pick_nexthop(
         if let Some(nh) = NEXTHOPS.get(id) {
             let back = from != 0 && u32::from_ne_bytes(nh.remote_ip4) == from;
             if !back {
-                if nh.flags & NH_F_VALID != 0 && link_usable(nh.link_id, clock) {
+                let liveness = if nh.flags & NH_F_VALID != 0 {
+                    link_liveness(nh.link_id, clock)
+                } else {
+                    Liveness::Dead
+                };
+                if liveness == Liveness::Usable {
                     if skipped {
                         count(Reason::LanFailover);
                     }
                     return Ok((id, nh));
                 }
-                skipped = true;
+                note_skip(&mut skipped);
+                if liveness == Liveness::HeldDown {
+                    if let Some(first) = PICK_SCRATCH.get_ptr_mut(0) {
+                        // SAFETY: per-CPU slot; XDP runs to completion on this CPU.
+                        unsafe {
+                            if *first == NO_MEMBER {
+                                *first = id;
+                            }
+                        }
+                    }
+                }
             }
         } else {
-            skipped = true;
+            note_skip(&mut skipped);
         }
         i += 1;
     }
+    if skipped {
+        if let Some(first) = PICK_SCRATCH.get(0) {
+            let id = *first;
+            if id != NO_MEMBER {
+                if let Some(nh) = NEXTHOPS.get(id) {
+                    count(Reason::LanHeldDownFallback);
+                    return Ok((id, nh));
+                }
+            }
+        }
+    }
     Err(Reason::LanPassNoLiveNextHop)
+}
+
+const NO_MEMBER: u32 = u32::MAX;
+
+/// Marks a member as passed over; the first time, clears the held-down candidate of the
+/// previous packet (only packets that skip a member pay for the scratch slot).
+#[inline(always)]
+fn note_skip(skipped: &mut bool) {
+    if !*skipped {
+        if let Some(first) = PICK_SCRATCH.get_ptr_mut(0) {
+            // SAFETY: per-CPU slot; XDP runs to completion on this CPU.
+            unsafe { *first = NO_MEMBER };
+        }
+        *skipped = true;
+    }
 }
 
 enum Verdict {
@@ -203,7 +262,7 @@ fn lookup_rule(proto: u8, direction: u8, port: u16) -> Option<u8> {
         direction,
         port,
     };
-    if let Some(rule) = unsafe { CLASSIFIER.get(&exact) } {
+    if let Some(rule) = unsafe { CLASSIFIER.get(exact) } {
         return Some(rule.class);
     }
     let any = ClassifierKey {
@@ -211,7 +270,7 @@ fn lookup_rule(proto: u8, direction: u8, port: u16) -> Option<u8> {
         direction,
         port,
     };
-    unsafe { CLASSIFIER.get(&any) }.map(|r| r.class)
+    unsafe { CLASSIFIER.get(any) }.map(|r| r.class)
 }
 
 /// The first matching rule (destination port, then source port; the packet's protocol, then

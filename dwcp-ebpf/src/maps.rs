@@ -78,5 +78,11 @@ pub static CLASS_STATS: PerCpuArray<Counters, { dwcp_common::qos::QOS_CLASSES }>
 #[btf_map]
 pub static REASON_STATS: PerCpuArray<u64, { REASON_COUNT as usize }> = PerCpuArray::new();
 
+/// Per-packet scratch of `pick_nexthop`: the first held-down member, kept in memory rather
+/// than in a variable so the verifier does not carry it (and double its states) through the
+/// member loop. Never pinned: nothing in it outlives a packet.
+#[btf_map]
+pub static PICK_SCRATCH: PerCpuArray<u32, 1> = PerCpuArray::new();
+
 pub type V4Key = Key<[u8; 4]>;
 pub type V6Key = Key<[u8; 16]>;

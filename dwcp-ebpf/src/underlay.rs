@@ -124,11 +124,7 @@ fn measure(st: &mut LinkState, now: u64, rtt: u64, seq: u32, detect_ns: u64) {
         st.srtt_ns = rtt;
     } else {
         st.srtt_ns = st.srtt_ns - (st.srtt_ns >> 3) + (rtt >> 3);
-        let d = if rtt > st.last_rtt_ns {
-            rtt - st.last_rtt_ns
-        } else {
-            st.last_rtt_ns - rtt
-        };
+        let d = rtt.abs_diff(st.last_rtt_ns);
         if d > st.jitter_ns {
             st.jitter_ns += (d - st.jitter_ns) >> 4;
         } else {
@@ -149,15 +145,9 @@ fn reflect(ctx: &XdpContext, l4: usize, b: &mut [u8; PROBE_LEN], now: u64) -> Re
     let ip: *mut Ipv4Hdr = ptr_at(ctx, ETH_HLEN).ok_or(Reason::UnderlayProbeBad)?;
     let udp: *mut UdpHdr = ptr_at(ctx, l4).ok_or(Reason::UnderlayProbeBad)?;
     unsafe {
-        let mac = (*eth).dst;
-        (*eth).dst = (*eth).src;
-        (*eth).src = mac;
-        let a = (*ip).src;
-        (*ip).src = (*ip).dst;
-        (*ip).dst = a;
-        let p = (*udp).sport;
-        (*udp).sport = (*udp).dport;
-        (*udp).dport = p;
+        core::mem::swap(&mut (*eth).dst, &mut (*eth).src);
+        core::mem::swap(&mut (*ip).src, &mut (*ip).dst);
+        core::mem::swap(&mut (*udp).sport, &mut (*udp).dport);
         (*udp).check = 0;
     }
     b[5] = PROBE_KIND_REPLY;

@@ -1,4 +1,4 @@
-//! Project tasks: `cargo xtask build-ebpf | bench <name> | lab <command> | demo`.
+//! Project tasks: `cargo xtask build-ebpf | clippy-ebpf | bench <name> | lab <command> | demo`.
 use std::{
     path::{Path, PathBuf},
     process::Command,
@@ -18,6 +18,8 @@ struct Cli {
 enum Cmd {
     /// Build the eBPF object (with BTF) into target/bpf/dwcp.o and check it.
     BuildEbpf,
+    /// Lint the eBPF crate (outside the workspace's default members) with `-D warnings`.
+    ClippyEbpf,
     /// Run a benchmark (dwcp-agent/examples/bench_<name>.rs, release build) and record its
     /// table in docs/BENCHMARKS.md; or the criterion benchmark dwcp-agent/benches/<name>.rs,
     /// which records its own section.
@@ -53,6 +55,25 @@ fn run(cmd: &mut Command) -> Result<()> {
         bail!("{cmd:?} failed: {status}");
     }
     Ok(())
+}
+
+fn clippy_ebpf() -> Result<()> {
+    let root = root();
+    run(Command::new("cargo")
+        .current_dir(root.join("dwcp-ebpf"))
+        .env_remove("RUSTUP_TOOLCHAIN")
+        .args([
+            "+nightly",
+            "clippy",
+            "--release",
+            "--target",
+            "bpfel-unknown-none",
+            "-Z",
+            "build-std=core",
+        ])
+        .arg("--target-dir")
+        .arg(root.join("target"))
+        .args(["--", "-D", "warnings"]))
 }
 
 fn build_ebpf() -> Result<()> {
@@ -212,6 +233,7 @@ fn lab(args: &[String]) -> Result<()> {
 fn main() -> Result<()> {
     match Cli::parse().cmd {
         Cmd::BuildEbpf => build_ebpf(),
+        Cmd::ClippyEbpf => clippy_ebpf(),
         Cmd::Bench { name, args } => bench(&name, &args),
         Cmd::Lab { args } => lab(&args),
         // Debug profile: shares the build with the test suite; the fast path runs in the kernel.
