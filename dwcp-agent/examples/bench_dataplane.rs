@@ -74,6 +74,7 @@ fn setup() -> Result<Dataplane> {
     dp.set_config(GatewayConfig {
         hash_seed: 1,
         flags: CONFIG_F_READY,
+        ..Default::default()
     })?;
     for id in 1..=4u32 {
         dp.set_nexthop(
@@ -274,6 +275,7 @@ fn main() -> Result<()> {
     not_ready.set_config(GatewayConfig {
         hash_seed: 1,
         flags: 0,
+        ..Default::default()
     })?;
     let arp = {
         let mut f = eth(ETH_P_ARP);

@@ -16,8 +16,8 @@ use std::{
 
 use dwcp_agent::{
     agent::{
-        AgentHandle, AgentSnapshot, CounterView, LinkHealth, LinkView, PathRole, PathView,
-        RouteView,
+        AgentHandle, AgentSnapshot, ClassView, CounterView, LinkHealth, LinkView, PathRole,
+        PathView, RouteView,
     },
     api::fixtures::three_region_snapshot,
     lab::multi::{LabPlan, Shape},
@@ -48,6 +48,8 @@ fn lab_snapshot(plan: &LabPlan) -> AgentSnapshot {
             loss_ratio: Some(0.001),
             capacity_bps: 1_000_000_000,
             utilisation_ratio: Some(0.25),
+            projected_utilisation_ratio: Some(0.25),
+            projected_at_unix_s: None,
             throughput_bps: Some(250e6),
             probes_sent: 100_000,
             probes_received: 99_900,
@@ -112,6 +114,19 @@ fn lab_snapshot(plan: &LabPlan) -> AgentSnapshot {
                 .map(|r| (r.name().to_string(), 1_000))
                 .collect(),
         },
+        classes: QosClass::ALL
+            .iter()
+            .map(|c| ClassView {
+                class: c.name().to_string(),
+                packets: 1_000_000,
+                bytes: 1_200_000_000,
+                throughput_bps: Some(50e6),
+                packets_per_sec: Some(4_000.0),
+                smoothed_throughput_bps: Some(48e6),
+                reserved_bps: 0,
+            })
+            .collect(),
+        flows: Default::default(),
         failovers_total: 3,
         route_changes_total: 12,
     }

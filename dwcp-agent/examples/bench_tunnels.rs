@@ -514,6 +514,7 @@ fn fast_path_handoff(ns: &Netns, wg: &str, mark: u32) -> Result<(Dataplane, Atta
         dp.set_config(GatewayConfig {
             hash_seed: 1,
             flags: CONFIG_F_READY,
+            ..Default::default()
         })?;
         dp.set_nexthop(1, NextHop::handoff(1, wg_ifindex, mark))?;
         dp.set_group(

@@ -333,6 +333,7 @@ pub fn program_paths(
     dp.set_config(GatewayConfig {
         hash_seed: LAB_SEED,
         flags: CONFIG_F_READY,
+        ..Default::default()
     })?;
     Ok(())
 }

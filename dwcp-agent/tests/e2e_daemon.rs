@@ -177,6 +177,37 @@ fn triangle_reroutes_around_a_cut_link_and_returns_when_it_heals() {
         util > 0.0 && util < 0.01 && util <= 2.0 * bps / capacity,
         "measured utilisation: {link1}"
     );
+    // With no reservation the projection is the measured (smoothed) traffic itself.
+    let projected = link1["projected_utilisation_ratio"].as_f64().unwrap();
+    assert!(
+        projected > 0.0 && projected < 0.01,
+        "projected utilisation: {link1}"
+    );
+    // The stream is the heaviest flow of the window: sampled by the fast path (one packet in
+    // 10 in the lab), read from its ring buffer by the daemon. It is one UDP flow from the
+    // US host to the EU host.
+    let flows: serde_json::Value = rt.block_on(api.get("/v1/flows")).unwrap();
+    let top = &flows["flows"][0];
+    assert!(
+        flows["samples"].as_u64().unwrap_or(0) > 20 && top["protocol"] == "udp",
+        "the stream in the top flows: {flows}"
+    );
+    assert!(
+        top["share"].as_f64().unwrap_or(0.0) > 0.9,
+        "the stream is nearly all the sampled traffic: {flows}"
+    );
+    // The same stream in the per-class rates (CLASS_STATS), whatever its class.
+    let classes: serde_json::Value = rt.block_on(api.get("/v1/classes")).unwrap();
+    let class_bps: f64 = classes
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|c| c["throughput_bps"].as_f64())
+        .sum();
+    assert!(
+        class_bps > 200_000.0 && class_bps < 10_000_000.0,
+        "the stream in the class rates: {classes}"
+    );
     let report = stream.finish().unwrap();
     println!(
         "stream: sent {}, received {}, lost {} in {:?}",

@@ -139,7 +139,7 @@ impl Drop for Agent {
 #[test]
 fn show_commands_print_tables_and_the_apis_json() {
     let agent = Agent::start();
-    let cases: [(&[&str], &str, &[&str]); 7] = [
+    let cases: [(&[&str], &str, &[&str]); 9] = [
         (
             &["status"],
             "/v1/status",
@@ -157,7 +157,31 @@ fn show_commands_print_tables_and_the_apis_json() {
         (
             &["show", "links"],
             "/v1/links",
-            &["RTT", "80.3 ms", "degraded", "unmeasured", "11160/12000"],
+            &[
+                "RTT",
+                "80.3 ms",
+                "degraded",
+                "unmeasured",
+                "11160/12000",
+                "PROJECTED",
+                "45 %",
+            ],
+        ),
+        (
+            &["show", "flows"],
+            "/v1/flows",
+            &[
+                "sampling 1 in 1000 packets",
+                "10.1.0.5:40000",
+                "10.2.0.9:5004",
+                "realtime",
+                "66.7 %",
+            ],
+        ),
+        (
+            &["show", "classes"],
+            "/v1/classes",
+            &["realtime", "RESERVED", "150 Mbit/s", "4 Mbit/s"],
         ),
         (
             &["show", "routes"],
@@ -520,6 +544,7 @@ fn maps_decodes_the_pinned_maps_as_bpftool_does() {
 
     // Field by field, what we decode is what bpftool decodes from BTF.
     for name in [
+        names::CONFIG,
         names::NEXTHOPS,
         names::ROUTES_V4,
         names::NEIGHBOURS,

@@ -27,10 +27,11 @@ use dwcp_agent::{
         config::{AgentConfig, Mac},
         plan::standby_supported,
         replay::replay,
-        AgentState, Input, Now, TimedInput,
+        AgentState, Input, NextReservationChange, Now, TimedInput,
     },
     dataplane::{Dataplane, Pinning},
     netlab::Netns,
+    traffic::SampledPacket,
 };
 use dwcp_common::NHG_BUCKETS;
 use serde::Deserialize;
@@ -556,10 +557,55 @@ fn an_active_reservation_is_policed_in_the_fast_path_until_it_ends() {
             "a recomputation without a change rewrote maps"
         );
 
+        // Link 3 (800 Mbit/s) carries nothing yet: with the reservation counted in full its
+        // projected utilisation is 400/800; realtime holds the reservation.
+        let link3 = |state: &AgentState| {
+            let snap = state.snapshot().borrow().clone();
+            let l = snap.links.iter().find(|l| l.id == 3).cloned().unwrap();
+            (l.projected_utilisation_ratio, l.projected_at_unix_s)
+        };
+        assert_eq!(link3(&state), (Some(0.5), None));
+        let snap = state.snapshot().borrow().clone();
+        let reserved: Vec<(String, u64)> = snap
+            .classes
+            .iter()
+            .map(|c| (c.class.clone(), c.reserved_bps))
+            .collect();
+        assert_eq!(reserved.len(), 5, "{reserved:?}");
+        for (class, bps) in &reserved {
+            let want = if class == "realtime" { 400_000_000 } else { 0 };
+            assert_eq!(*bps, want, "{class}");
+        }
+        assert!(snap.classes.iter().all(|c| c.throughput_bps == Some(0.0)));
+        // The manager says the next change is its end, with nothing reserved after it.
+        let active: dwcp_agent::bandwidth::Reservation = serde_json::from_value(
+            serde_json::json!({"id": 7, "owner": "video-team", "source": "us-east-1",
+                "destination": "ap-south-1", "class": "realtime", "rate_bps": 400000000u64,
+                "start": 1700000000u64, "end": 1700003600u64, "priority": 5, "path": [3]}),
+        )
+        .unwrap();
+        state
+            .handle(
+                Input::Reservations {
+                    active: vec![active],
+                    next: Some(NextReservationChange {
+                        at_unix_s: 1_700_003_600,
+                        reserved_bps: Default::default(),
+                    }),
+                },
+                Now::at_ms(9_500),
+            )
+            .unwrap();
+        state.on_timer(Now::at_ms(10_000));
+        assert_eq!(link3(&state), (Some(0.0), Some(1_700_003_600)));
+
         // The reservation ends: its bucket goes, and policing with it.
         state
             .handle(
-                Input::Reservations { active: Vec::new() },
+                Input::Reservations {
+                    active: Vec::new(),
+                    next: None,
+                },
                 Now::at_ms(10_000),
             )
             .unwrap();
@@ -568,6 +614,54 @@ fn an_active_reservation_is_policed_in_the_fast_path_until_it_ends() {
         let flags = state.dataplane().config().unwrap().flags;
         assert_eq!(flags & dwcp_common::CONFIG_F_POLICING, 0, "policing off");
         assert_eq!(&state.read_back().unwrap(), state.programmed());
+    });
+}
+
+#[test]
+fn sampled_packets_make_the_top_flows_of_a_window() {
+    run_with("reservation_policer.json", Pinning::None, |mut state, _| {
+        let packet = |src: &str, sport: u16, class: u8, bytes: u32| SampledPacket {
+            src: src.parse().unwrap(),
+            dst: "10.3.0.9".parse().unwrap(),
+            proto: 17,
+            src_port: sport,
+            dst_port: 5004,
+            class,
+            bytes,
+            nexthop: 3,
+        };
+        let samples = vec![
+            packet("10.1.0.5", 40_000, 1, 1_000),
+            packet("10.1.0.6", 40_001, 4, 500),
+            packet("10.1.0.5", 40_000, 1, 1_000),
+            packet("10.1.0.5", 40_000, 1, 1_000),
+        ];
+        state
+            .handle(Input::FlowSamples { samples }, Now::at_ms(20_000))
+            .unwrap();
+        state.on_timer(Now::at_ms(20_000));
+        let flows = state.snapshot().borrow().flows.clone();
+        assert_eq!((flows.sample_every, flows.samples), (1_000, 4));
+        // Each sample stands for 1,000 packets of its length.
+        assert_eq!(flows.bytes, 3_500_000);
+        let top: Vec<_> = flows
+            .flows
+            .iter()
+            .map(|f| (f.src.to_string(), f.bytes, f.class.clone()))
+            .collect();
+        assert_eq!(
+            top,
+            [
+                ("10.1.0.5".into(), 3_000_000, Some("realtime".into())),
+                ("10.1.0.6".into(), 500_000, Some("best-effort".into()))
+            ]
+        );
+        assert!((flows.flows[0].share - 3.0 / 3.5).abs() < 1e-9);
+        // The window (60 s by default) ends: the table starts over.
+        state.on_timer(Now::at_ms(81_000));
+        let flows = state.snapshot().borrow().flows.clone();
+        assert_eq!((flows.samples, flows.bytes), (0, 0));
+        assert!(flows.flows.is_empty());
     });
 }
 

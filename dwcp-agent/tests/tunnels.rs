@@ -1093,6 +1093,7 @@ async fn fast_path_marks_are_handed_to_wireguard_by_policy_routing() {
             dp.set_config(GatewayConfig {
                 hash_seed: 1,
                 flags: dwcp_common::CONFIG_F_READY,
+                ..Default::default()
             })
             .unwrap();
             dp.set_nexthop(1, NextHop::handoff(1, wg_ifindex, MARK))

@@ -8,7 +8,9 @@ use std::net::{IpAddr, Ipv4Addr};
 
 use aya::programs::{TestRun, TestRunOptions};
 use common::*;
-use dwcp_agent::dataplane::{nhg_table, Dataplane, Member, Pinning, SLOT_REUSE_GUARD};
+use dwcp_agent::dataplane::{
+    decode_sample, nhg_table, Dataplane, Member, Pinning, SLOT_REUSE_GUARD,
+};
 use dwcp_common::{
     flow_hash, maps::programs, probe::*, wire::*, ClassifierKey, ClassifierRule, FlowKey,
     GatewayConfig, LinkConfig, Neighbour, NeighbourKey, NextHop, NextHopTable, QosClass, QosPolicy,
@@ -62,6 +64,7 @@ impl Fixture {
         dp.set_config(GatewayConfig {
             hash_seed: SEED,
             flags: CONFIG_F_READY,
+            ..Default::default()
         })
         .unwrap();
         for id in [1, 2] {
@@ -457,6 +460,7 @@ fn not_ready_gateway_passes_everything() {
         .set_config(GatewayConfig {
             hash_seed: SEED,
             flags: 0,
+            ..Default::default()
         })
         .unwrap();
     let (f, _) = udp_v4_frame(0);
@@ -583,6 +587,71 @@ fn held_down_link_carries_flows_only_while_no_member_is_usable() {
     }
     let (f, _) = udp_v4_frame(0);
     assert_passed_unchanged(&mut fx, &f, Reason::LanPassNoLiveNextHop);
+}
+
+#[test]
+fn forwarded_packets_are_sampled_into_the_ring_buffer_at_the_configured_rate() {
+    let mut fx = Fixture::new();
+    let mut ring = fx.dp.take_flow_samples().expect("the ring buffer");
+    let drain = |ring: &mut aya::maps::RingBuf<aya::maps::MapData>| {
+        let mut out = Vec::new();
+        while let Some(item) = ring.next() {
+            out.push(decode_sample(&item).expect("a whole record"));
+        }
+        out
+    };
+    // Sampling off (the fixture's configuration): nothing.
+    let (f, key) = udp_v4_frame(0);
+    assert_eq!(fx.lan(&f).0, XDP_REDIRECT);
+    assert!(drain(&mut ring).is_empty());
+    // Every packet (1 in 1): one record per forwarded packet, with its flow, length, class and
+    // next hop; a packet passed up is not sampled.
+    let every = |n| GatewayConfig {
+        hash_seed: SEED,
+        flags: CONFIG_F_READY,
+        sample_threshold: dwcp_common::sample_threshold(n),
+        ..Default::default()
+    };
+    fx.dp.set_config(every(1)).unwrap();
+    assert_eq!(fx.lan(&f).0, XDP_REDIRECT);
+    let ip6 = ipv6(
+        0,
+        64,
+        IPPROTO_UDP,
+        "2001:db8:1::5",
+        "2001:db8:2::9",
+        &udp(7, 5004, b"v6"),
+    );
+    let f6 = frame(ETH_P_IPV6, &ip6);
+    assert_eq!(fx.lan(&f6).0, XDP_REDIRECT);
+    let no_route = V4::new(IPPROTO_UDP, "10.1.0.5", "10.3.0.1").build(&udp(1, 2, b"x"));
+    assert_passed_unchanged(&mut fx, &frame(ETH_P_IP, &no_route), Reason::LanPassNoRoute);
+    let got = drain(&mut ring);
+    assert_eq!(got.len(), 2, "{got:?}");
+    let (v4, v6) = (&got[0], &got[1]);
+    assert_eq!((v4.src, v4.dst), (key.src, key.dst));
+    assert_eq!(
+        (v4.src_port, v4.dst_port, v4.proto),
+        (key.src_port, key.dst_port, key.proto)
+    );
+    assert_eq!((v4.v6, v4.bytes as usize), (0, f.len()));
+    assert_eq!(v4.nexthop, fx.chosen(&key));
+    assert_eq!(v4.class, QosClass::Realtime as u8, "UDP/5004 is realtime");
+    let p6 = dwcp_agent::traffic::SampledPacket::from(v6);
+    assert_eq!(p6.src, "2001:db8:1::5".parse::<IpAddr>().unwrap());
+    assert_eq!((v6.v6, v6.bytes as usize), (1, f6.len()));
+    // One in 4: a random draw per packet, so about a quarter of 4,000.
+    fx.dp.set_config(every(4)).unwrap();
+    let mut n = 0;
+    for i in 0..4_000u32 {
+        let (f, _) = udp_v4_frame(0);
+        assert_eq!(fx.lan(&f).0, XDP_REDIRECT);
+        if i % 500 == 499 {
+            n += drain(&mut ring).len();
+        }
+    }
+    // Binomial(4000, 1/4): mean 1,000, standard deviation 27; 5 deviations either side.
+    assert!((865..=1135).contains(&n), "{n} samples of 4,000 at 1 in 4");
 }
 
 /// Every prefix of a valid frame (all truncation lengths) must pass up unchanged.

@@ -25,6 +25,8 @@ pub mod names {
     pub const NH_STATS: &str = "NH_STATS";
     pub const CLASS_STATS: &str = "CLASS_STATS";
     pub const REASON_STATS: &str = "REASON_STATS";
+    /// Sampled packets (ring buffer; not pinned: each agent reads its own program's).
+    pub const FLOW_SAMPLES: &str = "FLOW_SAMPLES";
     /// Every map, for pinning and cleanup.
     pub const ALL: [&str; 18] = [
         CONFIG,
@@ -108,7 +110,42 @@ pub struct GatewayConfig {
     /// Seed of the flow hash: the same on every gateway so flows hash alike everywhere.
     pub hash_seed: u32,
     pub flags: u32,
+    /// Flow sampling: a forwarded packet goes to `FLOW_SAMPLES` when a random 32-bit number
+    /// is below this. 0 = off; [`sample_threshold`] gives one packet in N.
+    pub sample_threshold: u32,
+    pub _pad: u32,
 }
+
+/// `GatewayConfig.sample_threshold` for sampling one packet in `every` (0 = off).
+pub const fn sample_threshold(every: u32) -> u32 {
+    match u32::MAX.checked_div(every) {
+        Some(t) => t,
+        None => 0,
+    }
+}
+
+/// One sampled packet, as the LAN program writes it to the `FLOW_SAMPLES` ring buffer.
+/// Explicit padding: the record is copied whole from the program's stack.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowSampleRecord {
+    pub src: [u32; 4],
+    pub dst: [u32; 4],
+    pub src_port: u16,
+    pub dst_port: u16,
+    pub proto: u8,
+    pub class: u8,
+    /// 1 for IPv6 (addresses in four host-order words), 0 for IPv4 (the first word).
+    pub v6: u8,
+    pub _pad: u8,
+    /// Length of the frame as it arrived.
+    pub bytes: u32,
+    pub nexthop: u32,
+}
+
+/// Size of the `FLOW_SAMPLES` ring buffer: 5,461 records of 48 bytes (+ 8 of header); at one
+/// sample in 1,000 packets that is over 5 million packets between two reads.
+pub const FLOW_SAMPLES_BYTES: u32 = 256 * 1024;
 
 /// Value of the route LPM tries: which next-hop group serves the prefix.
 #[repr(C)]
@@ -495,6 +532,7 @@ mod pod {
     use super::*;
     // SAFETY: all are repr(C), Copy, with explicit padding and no invalid bit patterns.
     unsafe impl aya::Pod for GatewayConfig {}
+    unsafe impl aya::Pod for FlowSampleRecord {}
     unsafe impl aya::Pod for Route {}
     unsafe impl aya::Pod for NextHopTable {}
     unsafe impl aya::Pod for NextHop {}

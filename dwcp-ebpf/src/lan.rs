@@ -11,15 +11,15 @@
 //! (`tc.rs`) copies the mark to `skb->mark` and the kernel's policy routing does the rest.
 use aya_ebpf::{
     bindings::xdp_action,
-    helpers::{bpf_ktime_get_ns, bpf_xdp_adjust_head, bpf_xdp_adjust_meta},
+    helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns, bpf_xdp_adjust_head, bpf_xdp_adjust_meta},
     programs::XdpContext,
 };
 use dwcp_common::{
-    flow_hash, group_slot, wire::*, ClassifierKey, HandoffMeta, LinkConfig, Neighbour,
-    NeighbourKey, NextHop, NextHopTable, PolicerKey, QosPolicy, Reason, CLASSIFY_DST_PORT,
-    CLASSIFY_SRC_PORT, CONFIG_F_POLICING, CONFIG_F_READY, HANDOFF_META_MAGIC, LINK_F_ADMIN_DOWN,
-    LINK_F_MONITORED, MAX_GROUP_MEMBERS, NHG_BUCKETS, NH_F_HANDOFF, NH_F_VALID, POLICER_ANY_GROUP,
-    POLICE_DROP, QOS_F_REWRITE,
+    flow_hash, group_slot, wire::*, ClassifierKey, FlowSampleRecord, HandoffMeta, LinkConfig,
+    Neighbour, NeighbourKey, NextHop, NextHopTable, PolicerKey, QosPolicy, Reason,
+    CLASSIFY_DST_PORT, CLASSIFY_SRC_PORT, CONFIG_F_POLICING, CONFIG_F_READY, HANDOFF_META_MAGIC,
+    LINK_F_ADMIN_DOWN, LINK_F_MONITORED, MAX_GROUP_MEMBERS, NHG_BUCKETS, NH_F_HANDOFF, NH_F_VALID,
+    POLICER_ANY_GROUP, POLICE_DROP, QOS_F_REWRITE,
 };
 
 use crate::{
@@ -335,6 +335,7 @@ pub fn forward(ctx: &XdpContext, from: u32) -> Result<u32, Reason> {
     }
     let seed = cfg.hash_seed;
     let policing = cfg.flags & CONFIG_F_POLICING != 0;
+    let sample_threshold = cfg.sample_threshold;
     let p = parse(ctx)?;
 
     let route = if p.v6 {
@@ -382,6 +383,7 @@ pub fn forward(ctx: &XdpContext, from: u32) -> Result<u32, Reason> {
         ) else {
             return Ok(xdp_action::XDP_DROP);
         };
+        sample(&p, sample_threshold, frame_len, nh_id, class);
         return handoff(ctx, &p, nh_id, nh.vni, class, frame_len);
     }
 
@@ -432,6 +434,7 @@ pub fn forward(ctx: &XdpContext, from: u32) -> Result<u32, Reason> {
 
     count_nexthop(nh_id, frame_len as u64);
     count_class(class as u32, frame_len as u64);
+    sample(&p, sample_threshold, frame_len, nh_id, class);
     match TX_PORTS.redirect(nh.ifindex, 0) {
         Ok(action) => {
             count(Reason::LanForwarded);
@@ -442,6 +445,29 @@ pub fn forward(ctx: &XdpContext, from: u32) -> Result<u32, Reason> {
             Ok(xdp_action::XDP_DROP)
         }
     }
+}
+
+/// Random sampling of forwarded packets for the agent's top flows (sFlow-style: a random
+/// draw per packet, so no per-CPU counter to keep and no periodic bias). A full ring buffer
+/// loses the sample, never the packet.
+#[inline(always)]
+fn sample(p: &Parsed, threshold: u32, frame_len: usize, nexthop: u32, class: u8) {
+    if threshold == 0 || unsafe { bpf_get_prandom_u32() } >= threshold {
+        return;
+    }
+    let record = FlowSampleRecord {
+        src: p.key.src,
+        dst: p.key.dst,
+        src_port: p.key.src_port,
+        dst_port: p.key.dst_port,
+        proto: p.key.proto,
+        class,
+        v6: p.v6 as u8,
+        _pad: 0,
+        bytes: frame_len as u32,
+        nexthop,
+    };
+    let _ = FLOW_SAMPLES.output_untyped::<FlowSampleRecord>(&record, 0);
 }
 
 const META_LEN: i32 = core::mem::size_of::<HandoffMeta>() as i32;

@@ -2,7 +2,7 @@
 //! the agent under its pin directory by name (see `dwcp_common::maps::names`).
 
 use aya_ebpf::{
-    btf_maps::{lpm_trie::Key, Array, DevMapHash, HashMap, LpmTrie, PerCpuArray},
+    btf_maps::{lpm_trie::Key, Array, DevMapHash, HashMap, LpmTrie, PerCpuArray, RingBuf},
     macros::btf_map,
 };
 use dwcp_common::{
@@ -83,6 +83,12 @@ pub static REASON_STATS: PerCpuArray<u64, { REASON_COUNT as usize }> = PerCpuArr
 /// member loop. Never pinned: nothing in it outlives a packet.
 #[btf_map]
 pub static PICK_SCRATCH: PerCpuArray<u32, 1> = PerCpuArray::new();
+
+/// Sampled packets for the agent's top-flows table (see `GatewayConfig.sample_threshold`),
+/// `FlowSampleRecord`s. Untyped: libbpf (bpftool) refuses a ring buffer whose BTF names a
+/// value type, as a ring buffer has no value size.
+#[btf_map]
+pub static FLOW_SAMPLES: RingBuf<(), { dwcp_common::FLOW_SAMPLES_BYTES as usize }> = RingBuf::new();
 
 pub type V4Key = Key<[u8; 4]>;
 pub type V6Key = Key<[u8; 16]>;

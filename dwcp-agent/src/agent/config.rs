@@ -270,6 +270,8 @@ pub struct ConfigFile {
     pub qos: QosSection,
     #[serde(default)]
     pub updater: UpdaterSection,
+    #[serde(default)]
+    pub flows: FlowsConfig,
     /// Bandwidth reservations (`crate::bandwidth`): admission limits and the state file.
     #[serde(default)]
     pub reservations: ManagerConfig,
@@ -503,6 +505,28 @@ pub struct UpdaterSection {
     pub counters_interval_ms: u64,
 }
 
+/// `[flows]`: the top-flows table, fed by packets the fast path samples.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FlowsConfig {
+    /// Sample one forwarded packet in this many (random draw per packet); 0 = off.
+    pub sample_every: u32,
+    /// Flows the table keeps (Space-Saving: every flow above 1/size of the bytes is in it).
+    pub table_size: usize,
+    /// The table starts over after this long, so it shows the flows heavy now.
+    pub window_s: u64,
+}
+
+impl Default for FlowsConfig {
+    fn default() -> Self {
+        FlowsConfig {
+            sample_every: 1_000,
+            table_size: 1_024,
+            window_s: 60,
+        }
+    }
+}
+
 impl Default for UpdaterSection {
     fn default() -> Self {
         UpdaterSection {
@@ -618,6 +642,7 @@ pub struct AgentConfig {
     pub optimise_interval: Option<Duration>,
     pub history_len: usize,
     pub counters_interval: Duration,
+    pub flows: FlowsConfig,
     /// `[reservations]`: admission of bandwidth reservations.
     pub reservations: ManagerConfig,
     /// `[api]`: the API's sockets (served by `api::RunningApi`).
@@ -657,6 +682,7 @@ impl PartialEq for AgentConfig {
             && self.optimise_interval == other.optimise_interval
             && self.history_len == other.history_len
             && self.counters_interval == other.counters_interval
+            && self.flows == other.flows
             && self.reservations == other.reservations
             && self.api == other.api
             && self.metrics == other.metrics
@@ -1477,6 +1503,26 @@ impl AgentConfig {
             );
         }
 
+        // [flows]
+        let f = &file.flows;
+        let flows = |c: &mut Checker, field: &str, m: String| {
+            c.problems.push(Problem {
+                line: key_line(source, "flows", field),
+                field: format!("flows.{field}"),
+                message: m,
+            })
+        };
+        if !(1..=65_536).contains(&f.table_size) {
+            flows(
+                &mut c,
+                "table_size",
+                format!("{} is not in 1..=65536", f.table_size),
+            );
+        }
+        if f.window_s == 0 {
+            flows(&mut c, "window_s", "must be at least 1".into());
+        }
+
         // [[health_check]]
         let mut health_checks = Vec::new();
         for (i, spanned) in file.health_check.iter().enumerate() {
@@ -1543,6 +1589,7 @@ impl AgentConfig {
                 .then(|| Duration::from_secs(u.optimise_interval_s)),
             history_len: u.history_len,
             counters_interval: ms(u.counters_interval_ms),
+            flows: file.flows.clone(),
             reservations: file.reservations.clone(),
             api: file.api.clone(),
             metrics: file.metrics.clone(),

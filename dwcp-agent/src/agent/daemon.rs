@@ -21,7 +21,7 @@ use tracing::{error, info, warn};
 
 use super::{
     config::{AgentConfig, ConfigError, LocalLink, ProbeSenderMode},
-    input::{Input, Now, TimedInput},
+    input::{Input, NextReservationChange, Now, TimedInput},
     netlink::{NetlinkError, NetlinkWatcher},
     state::{AgentError, AgentState},
     AgentCommand, AgentHandle, CommandError,
@@ -255,6 +255,7 @@ impl Daemon {
         let aligned = Aligned::new(bytes);
         let mut dataplane =
             Dataplane::load_object(aligned.as_slice(), Pinning::Dir(config.pin_dir.clone()))?;
+        let flow_samples = dataplane.take_flow_samples();
         for (program, ifnames) in [
             (programs::LAN_INGRESS, config.lan_interfaces.clone()),
             (programs::UNDERLAY_INGRESS, config.underlay_interfaces()),
@@ -339,6 +340,19 @@ impl Daemon {
         }
 
         let (input_tx, inputs) = mpsc::channel(4096);
+        if let Some(ring) = flow_samples {
+            // SAFETY: the ring buffer owns its map's fd, open until the AsyncFd drops it.
+            let registered = unsafe {
+                tokio::io::unix::AsyncFd::register_with_interest(
+                    ring,
+                    tokio::io::Interest::READABLE,
+                )
+            };
+            match registered {
+                Ok(fd) => tasks.push(tokio::spawn(read_flow_samples(fd, input_tx.clone()))),
+                Err(e) => warn!(error = %e, "flow samples not read: no top flows"),
+            }
+        }
         if let Some(path) = &options.events_file {
             let mut file = std::fs::OpenOptions::new()
                 .create(true)
@@ -428,7 +442,7 @@ impl Daemon {
                 .subscribe();
             tasks.push(tokio::spawn(async move {
                 let mut tick = tokio::time::interval(Duration::from_secs(1));
-                let mut last: Option<Vec<u64>> = None;
+                let mut last = None;
                 loop {
                     tokio::select! {
                         _ = tick.tick() => {}
@@ -442,17 +456,27 @@ impl Daemon {
                         .duration_since(std::time::UNIX_EPOCH)
                         .map(|d| d.as_secs())
                         .unwrap_or(0);
-                    let active: Vec<crate::bandwidth::Reservation> = {
+                    let (active, next) = {
                         let mut m = manager.lock().unwrap_or_else(|e| e.into_inner());
                         if let Err(e) = m.expire(now) {
                             warn!(error = %e, "expiring reservations");
                         }
-                        m.active_at(now).cloned().collect()
+                        let active: Vec<crate::bandwidth::Reservation> =
+                            m.active_at(now).cloned().collect();
+                        let next = m.next_change_after(now).map(|at| NextReservationChange {
+                            at_unix_s: at,
+                            reserved_bps: m
+                                .reserved_by_link(at)
+                                .into_iter()
+                                .map(|(l, bps)| (l.0, bps))
+                                .collect(),
+                        });
+                        (active, next)
                     };
                     let ids: Vec<u64> = active.iter().map(|r| r.id.0).collect();
-                    if last.as_ref() != Some(&ids) {
-                        last = Some(ids);
-                        if tx.send(Input::Reservations { active }).await.is_err() {
+                    if last.as_ref() != Some(&(ids.clone(), next.clone())) {
+                        last = Some((ids, next.clone()));
+                        if tx.send(Input::Reservations { active, next }).await.is_err() {
                             return;
                         }
                     }
@@ -762,4 +786,34 @@ pub async fn set_link_admin(handle: &AgentHandle, link: u32, up: bool) -> Result
         .await
         .map_err(|_| CommandError::ShuttingDown)?;
     rx.await.map_err(|_| CommandError::ShuttingDown)?
+}
+
+/// Reads the fast path's sampled packets and hands them to the state owner in batches: drain
+/// the ring buffer when it signals, send, then pause (the ring holds 5,461 samples; at one in
+/// 1,000 packets that is seconds of traffic at a million packets per second).
+async fn read_flow_samples(
+    mut fd: tokio::io::unix::AsyncFd<aya::maps::RingBuf<MapData>>,
+    tx: mpsc::Sender<Input>,
+) {
+    loop {
+        let mut guard = match fd.readable_mut().await {
+            Ok(g) => g,
+            Err(e) => {
+                warn!(error = %e, "flow samples: ring buffer unreadable; top flows stop");
+                return;
+            }
+        };
+        let mut samples = Vec::new();
+        let ring = guard.get_inner_mut();
+        while let Some(item) = ring.next() {
+            if let Some(r) = crate::dataplane::decode_sample(&item) {
+                samples.push(crate::traffic::SampledPacket::from(&r));
+            }
+        }
+        guard.clear_ready();
+        if !samples.is_empty() && tx.send(Input::FlowSamples { samples }).await.is_err() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }

@@ -416,6 +416,7 @@ mod tests {
         s.config = Some(GatewayConfig {
             hash_seed: 1,
             flags: 1,
+            ..Default::default()
         });
         s
     }

@@ -108,9 +108,16 @@ pub enum Input {
         link: u32,
         up: bool,
     },
-    /// The bandwidth reservations active now (all of them, every time the set changes).
+    /// The bandwidth reservations active now (all of them, every time the set changes), and
+    /// what will be reserved on each link after the next start or end of one.
     Reservations {
         active: Vec<crate::bandwidth::Reservation>,
+        #[serde(default)]
+        next: Option<NextReservationChange>,
+    },
+    /// Packets the fast path sampled (`FLOW_SAMPLES`), for the top-flows table.
+    FlowSamples {
+        samples: Vec<crate::traffic::SampledPacket>,
     },
     /// Re-read the configuration (SIGHUP, `dwcp reload`).
     Reload {
@@ -158,4 +165,12 @@ pub struct TimedInput {
     pub at_ms: u64,
     #[serde(flatten)]
     pub input: Input,
+}
+
+/// The reservations' next start or end: when, and the rate then reserved on each link
+/// (links absent: nothing reserved). Feeds the projected utilisation of the links.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NextReservationChange {
+    pub at_unix_s: u64,
+    pub reserved_bps: std::collections::BTreeMap<u32, u64>,
 }

@@ -18,7 +18,7 @@ pub mod replay;
 pub mod state;
 
 pub use config::{AgentConfig, ConfigError, Prefix, Problem};
-pub use input::{Input, Now, TimedInput};
+pub use input::{Input, NextReservationChange, Now, TimedInput};
 pub use state::{AgentError, AgentState, UpdateStats};
 
 use std::{net::IpAddr, sync::Arc};
@@ -54,6 +54,13 @@ pub struct LinkView {
     pub loss_ratio: Option<f64>,
     pub capacity_bps: u64,
     pub utilisation_ratio: Option<f64>,
+    /// Utilisation after the reservations' next start or end (at `projected_at_unix_s`, or
+    /// with today's reservations if none is due): today's unreserved traffic plus what will
+    /// be reserved then, reservations counted in full. Links this gateway terminates only.
+    #[serde(default)]
+    pub projected_utilisation_ratio: Option<f64>,
+    #[serde(default)]
+    pub projected_at_unix_s: Option<u64>,
     pub throughput_bps: Option<f64>,
     pub probes_sent: u64,
     pub probes_received: u64,
@@ -157,6 +164,21 @@ pub struct CounterView {
     pub reasons: Vec<(String, u64)>,
 }
 
+/// One QoS class as the fast path forwards it (`CLASS_STATS`, all CPUs).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ClassView {
+    pub class: String,
+    pub packets: u64,
+    pub bytes: u64,
+    /// Rate over the last counters interval (inner packets); none before two reads.
+    pub throughput_bps: Option<f64>,
+    pub packets_per_sec: Option<f64>,
+    /// Moving average of the rate.
+    pub smoothed_throughput_bps: Option<f64>,
+    /// Rate the active reservations of this class hold on this gateway's links.
+    pub reserved_bps: u64,
+}
+
 /// Everything the operator view shows. Immutable; a new one replaces it after each change.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct AgentSnapshot {
@@ -174,6 +196,12 @@ pub struct AgentSnapshot {
     pub tunnels: Vec<TunnelView>,
     pub history: Vec<RouteChange>,
     pub counters: CounterView,
+    /// Per QoS class: what the fast path forwarded, and at what rate.
+    #[serde(default)]
+    pub classes: Vec<ClassView>,
+    /// The heaviest flows of the current window, from sampled packets.
+    #[serde(default)]
+    pub flows: crate::traffic::FlowsView,
     pub failovers_total: u64,
     pub route_changes_total: u64,
 }

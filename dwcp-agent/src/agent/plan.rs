@@ -186,6 +186,8 @@ pub fn base_state(
         config: Some(GatewayConfig {
             hash_seed: config.hash_seed,
             flags: CONFIG_F_READY,
+            sample_threshold: dwcp_common::sample_threshold(config.flows.sample_every),
+            ..Default::default()
         }),
         ..Default::default()
     };

@@ -9,7 +9,7 @@
 //! No I/O but the fast path's maps and no clock of its own (times come in with the inputs), so
 //! a recorded sequence of inputs replays to the same maps and history.
 use std::{
-    collections::{BTreeMap, BTreeSet, VecDeque},
+    collections::{BTreeMap, BTreeSet, HashMap, VecDeque},
     sync::Arc,
     time::Instant,
 };
@@ -25,10 +25,10 @@ use super::{
     forwarding::{
         self, class_key, neigh_key, prefix_of, Change, ForwardingState, NeighKey, PolicerSpec,
     },
-    input::{Input, Now},
+    input::{Input, NextReservationChange, Now},
     plan::{self, DestinationPlan, InterfaceState, PathRole as PlanRole, PlannedPath},
-    AgentEvent, AgentSnapshot, CommandError, CounterView, LinkHealth as ViewHealth, LinkView,
-    PathRole, PathView, RouteChange, RouteView, TunnelState, TunnelView,
+    AgentEvent, AgentSnapshot, ClassView, CommandError, CounterView, LinkHealth as ViewHealth,
+    LinkView, PathRole, PathView, RouteChange, RouteView, TunnelState, TunnelView,
 };
 use crate::{
     bandwidth::LinkId as TeLinkId,
@@ -38,7 +38,9 @@ use crate::{
     topology::{
         InMemoryTopologyStore, LinkHealth, LinkId, Topology, TopologyStore, TopologyUpdate,
     },
-    traffic::{CounterSnapshot, LinkStatus, RateTracker, TrafficEngineer},
+    traffic::{
+        CounterSnapshot, FlowsView, LinkStatus, RateTracker, TopFlowView, TopFlows, TrafficEngineer,
+    },
 };
 
 /// Weight of the newest counters interval in the smoothed rates.
@@ -126,6 +128,7 @@ pub struct AgentState {
     /// The bandwidth reservations active now (the traffic engineer's pinned flows).
     reservations: Vec<crate::bandwidth::Reservation>,
     reservation_ids: Vec<u64>,
+    next_reservations: Option<NextReservationChange>,
     debounce: Debounce,
     causes: Vec<Cause>,
     started: bool,
@@ -159,10 +162,26 @@ pub struct AgentState {
     /// Per-link and per-class rates from successive counter reads (throughput and
     /// utilisation of the links this gateway terminates).
     rates: RateTracker,
+    /// Heaviest flows of the current window (`[flows]`), from `Input::FlowSamples`.
+    top_flows: TopFlows,
+    /// Class of each sampled flow's last packet in the window (bounded).
+    flow_class: HashMap<FlowKeyTuple, u8>,
+    flow_samples: u64,
+    flows_window_start_ns: u64,
+    flows_window_start_unix_ms: u64,
     started_unix_ms: u64,
     events: broadcast::Sender<AgentEvent>,
     snapshot: watch::Sender<Arc<AgentSnapshot>>,
 }
+
+/// A flow key as a map key (`dwcp_common::FlowKey` is not `Hash`).
+type FlowKeyTuple = ([u32; 4], [u32; 4], u16, u16, u8);
+
+/// Flows whose class is remembered in a window; beyond, new flows show no class.
+const MAX_FLOW_CLASSES: usize = 65_536;
+
+/// Flows in the snapshot's top-flows view.
+const TOP_FLOWS_SHOWN: usize = 20;
 
 fn now_ns_plus(now: Now, d: std::time::Duration) -> u64 {
     now.mono_ns + d.as_nanos() as u64
@@ -187,6 +206,10 @@ impl AgentState {
         now: Now,
     ) -> Result<Self, AgentError> {
         let traffic = TrafficEngineer::new(config.traffic.clone())?;
+        let top_flows = TopFlows::new(
+            config.flows.table_size,
+            u64::from(config.flows.sample_every),
+        );
         let engine = RoutingEngine::new(store.clone());
         let (events, _) = broadcast::channel(1024);
         let (snapshot, _) = watch::channel(Arc::new(AgentSnapshot::default()));
@@ -208,6 +231,7 @@ impl AgentState {
             regions_down: BTreeMap::new(),
             reservations: Vec::new(),
             reservation_ids: Vec::new(),
+            next_reservations: None,
             causes: Vec::new(),
             started: false,
             table: None,
@@ -231,6 +255,11 @@ impl AgentState {
             counters: CounterView::default(),
             next_counters_ns: now.mono_ns,
             rates: RateTracker::new(RATE_SMOOTHING).expect("a valid smoothing constant"),
+            top_flows,
+            flow_class: HashMap::new(),
+            flow_samples: 0,
+            flows_window_start_ns: now.mono_ns,
+            flows_window_start_unix_ms: now.unix_ms,
             started_unix_ms: now.unix_ms,
             events,
             snapshot,
@@ -705,7 +734,9 @@ impl AgentState {
                     );
                 }
             }
-            Input::Reservations { active } => {
+            Input::Reservations { active, next } => {
+                // Only the projection of the links' utilisation: no recomputation.
+                self.next_reservations = next;
                 let ids: Vec<u64> = active.iter().map(|r| r.id.0).collect();
                 if ids != self.reservation_ids {
                     self.reservation_ids = ids;
@@ -727,6 +758,19 @@ impl AgentState {
                 }
             }
             Input::Reload { path } => return self.reload(&path, now).map(Some),
+            Input::FlowSamples { samples } => {
+                for s in &samples {
+                    self.top_flows.record(&s.sample());
+                    let key = s.key();
+                    let key = (key.src, key.dst, key.src_port, key.dst_port, key.proto);
+                    if self.flow_class.len() < MAX_FLOW_CLASSES
+                        || self.flow_class.contains_key(&key)
+                    {
+                        self.flow_class.insert(key, s.class);
+                    }
+                }
+                self.flow_samples += samples.len() as u64;
+            }
             Input::Optimise => self.cause(
                 now,
                 Cause {
@@ -1033,6 +1077,13 @@ impl AgentState {
         traffic.set_reservations(&new.region, self.reservations.iter());
         self.traffic = traffic;
         self.debounce.set_config(new.delays);
+        if new.flows != self.config.flows {
+            self.top_flows = TopFlows::new(new.flows.table_size, u64::from(new.flows.sample_every));
+            self.flow_class.clear();
+            self.flow_samples = 0;
+            self.flows_window_start_ns = now.mono_ns;
+            self.flows_window_start_unix_ms = now.unix_ms;
+        }
         self.config = Arc::new(new);
         self.config_generation += 1;
         if topology_changed {
@@ -1455,7 +1506,44 @@ impl AgentState {
     // -----------------------------------------------------------------------------------------
     // Snapshot.
 
+    /// Starts a new top-flows window when the current one is over.
+    fn roll_flows_window(&mut self, now: Now) {
+        let window = self.config.flows.window_s.saturating_mul(1_000_000_000);
+        if now.mono_ns.saturating_sub(self.flows_window_start_ns) >= window {
+            self.top_flows.clear();
+            self.flow_class.clear();
+            self.flow_samples = 0;
+            self.flows_window_start_ns = now.mono_ns;
+            self.flows_window_start_unix_ms = now.unix_ms;
+        }
+    }
+
+    fn flows_view(&self) -> FlowsView {
+        let total = self.top_flows.total_bytes();
+        FlowsView {
+            sample_every: self.config.flows.sample_every,
+            window_seconds: self.config.flows.window_s,
+            window_started_unix_ms: self.flows_window_start_unix_ms,
+            samples: self.flow_samples,
+            bytes: total,
+            flows: self
+                .top_flows
+                .top(TOP_FLOWS_SHOWN)
+                .iter()
+                .map(|f| {
+                    let k = &f.key;
+                    let class = self
+                        .flow_class
+                        .get(&(k.src, k.dst, k.src_port, k.dst_port, k.proto))
+                        .copied();
+                    TopFlowView::new(f, total, class)
+                })
+                .collect(),
+        }
+    }
+
     fn refresh_counters(&mut self, now: Now) {
+        self.roll_flows_window(now);
         let dp = &self.dataplane;
         let mut c = CounterView::default();
         let mut snap = CounterSnapshot {
@@ -1498,6 +1586,53 @@ impl AgentState {
         if let Err(e) = self.rates.observe(snap) {
             debug!(error = %e, "counter snapshot not used for rates");
         }
+    }
+
+    /// Rate reserved on `link` now (active reservations) and after the next change.
+    fn reserved_now_and_next(&self, link: u32) -> (u64, u64) {
+        let now: u64 = self
+            .reservations
+            .iter()
+            .filter(|r| r.path.iter().any(|l| l.0 == link))
+            .map(|r| r.rate_bps)
+            .sum();
+        let then = match &self.next_reservations {
+            Some(n) => n.reserved_bps.get(&link).copied().unwrap_or(0),
+            None => now,
+        };
+        (now, then)
+    }
+
+    fn class_views(&self) -> Vec<ClassView> {
+        let local: BTreeSet<u32> = self.config.local_links.iter().map(|l| l.link_id).collect();
+        QosClass::ALL
+            .iter()
+            .filter_map(|&class| {
+                let (_, packets, bytes) = self
+                    .counters
+                    .classes
+                    .iter()
+                    .find(|(n, _, _)| n == class.name())?;
+                let now = self.rates.class_rate(class);
+                Some(ClassView {
+                    class: class.name().to_string(),
+                    packets: *packets,
+                    bytes: *bytes,
+                    throughput_bps: now.map(|r| r.bits_per_sec),
+                    packets_per_sec: now.map(|r| r.packets_per_sec),
+                    smoothed_throughput_bps: self
+                        .rates
+                        .class_rate_smoothed(class)
+                        .map(|r| r.bits_per_sec),
+                    reserved_bps: self
+                        .reservations
+                        .iter()
+                        .filter(|r| r.class == class && r.path.iter().any(|l| local.contains(&l.0)))
+                        .map(|r| r.rate_bps)
+                        .sum(),
+                })
+            })
+            .collect()
     }
 
     fn link_views(&self, topology: &Topology) -> Vec<LinkView> {
@@ -1545,6 +1680,14 @@ impl AgentState {
                     utilisation_ratio: local
                         .and_then(|_| self.rates.utilisation(TeLinkId(l.id.0)))
                         .or(Some(l.utilisation)),
+                    projected_utilisation_ratio: local.and_then(|_| {
+                        let (now_bps, then_bps) = self.reserved_now_and_next(l.id.0);
+                        self.rates
+                            .projected_utilisation(TeLinkId(l.id.0), now_bps, then_bps)
+                    }),
+                    projected_at_unix_s: local
+                        .and(self.next_reservations.as_ref())
+                        .map(|n| n.at_unix_s),
                     throughput_bps: local
                         .and_then(|_| self.rates.link_rate(TeLinkId(l.id.0)))
                         .map(|r| r.bits_per_sec),
@@ -1740,6 +1883,8 @@ impl AgentState {
             routes: self.route_views(&topology),
             history: self.history.iter().cloned().collect(),
             counters: self.counters.clone(),
+            classes: self.class_views(),
+            flows: self.flows_view(),
             failovers_total: self.failovers_total,
             route_changes_total: self.route_changes_total,
         };

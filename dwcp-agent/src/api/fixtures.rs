@@ -9,8 +9,8 @@ use std::sync::{
 use tokio::sync::{mpsc, watch};
 
 use crate::agent::{
-    AgentCommand, AgentSnapshot, CommandError, CounterView, LinkHealth, LinkView, PathRole,
-    PathView, RouteChange, RouteView, TunnelState, TunnelView,
+    AgentCommand, AgentSnapshot, ClassView, CommandError, CounterView, LinkHealth, LinkView,
+    PathRole, PathView, RouteChange, RouteView, TunnelState, TunnelView,
 };
 use dwcp_common::{QosClass, Reason};
 
@@ -29,6 +29,8 @@ pub fn three_region_snapshot() -> AgentSnapshot {
         loss_ratio: None,
         capacity_bps: 0,
         utilisation_ratio: None,
+        projected_utilisation_ratio: None,
+        projected_at_unix_s: None,
         throughput_bps: None,
         probes_sent: 0,
         probes_received: 0,
@@ -42,6 +44,8 @@ pub fn three_region_snapshot() -> AgentSnapshot {
             loss_ratio: Some(0.0),
             capacity_bps: 1_000_000_000,
             utilisation_ratio: Some(0.3),
+            projected_utilisation_ratio: Some(0.45),
+            projected_at_unix_s: Some(1_700_003_600),
             throughput_bps: Some(300e6),
             probes_sent: 12_000,
             probes_received: 11_998,
@@ -197,6 +201,41 @@ pub fn three_region_snapshot() -> AgentSnapshot {
                 .iter()
                 .map(|r| (r.name().to_string(), *r as u64))
                 .collect(),
+        },
+        classes: QosClass::ALL
+            .iter()
+            .enumerate()
+            .map(|(i, c)| ClassView {
+                class: c.name().to_string(),
+                packets: 100 * i as u64,
+                bytes: 150_000 * i as u64,
+                throughput_bps: Some(1e6 * i as f64),
+                packets_per_sec: Some(100.0 * i as f64),
+                smoothed_throughput_bps: Some(0.9e6 * i as f64),
+                reserved_bps: if *c == QosClass::Realtime {
+                    150_000_000
+                } else {
+                    0
+                },
+            })
+            .collect(),
+        flows: crate::traffic::FlowsView {
+            sample_every: 1_000,
+            window_seconds: 60,
+            window_started_unix_ms: 1_700_000_000_000,
+            samples: 3,
+            bytes: 4_500_000,
+            flows: vec![crate::traffic::TopFlowView {
+                src: "10.1.0.5".parse().unwrap(),
+                dst: "10.2.0.9".parse().unwrap(),
+                protocol: "udp".into(),
+                src_port: 40_000,
+                dst_port: 5004,
+                bytes: 3_000_000,
+                error_bytes: 0,
+                share: 3_000_000.0 / 4_500_000.0,
+                class: Some("realtime".into()),
+            }],
         },
         failovers_total: 1,
         route_changes_total: 3,

@@ -26,7 +26,7 @@ use super::{
     ApiContext,
 };
 use crate::{
-    agent::{AgentCommand, AgentSnapshot, LinkView, RouteChange, RouteView, TunnelView},
+    agent::{AgentCommand, AgentSnapshot, ClassView, LinkView, RouteChange, RouteView, TunnelView},
     bandwidth::{
         Admission, BandwidthError, ExtendRequest, Reservation, ReservationId, ReservationManager,
         ReservationRequest,
@@ -161,6 +161,14 @@ pub async fn history(
 
 pub async fn tunnels(State(ctx): State<ApiContext>) -> Json<Vec<TunnelView>> {
     Json(ctx.snapshot().tunnels.clone())
+}
+
+pub async fn classes(State(ctx): State<ApiContext>) -> Json<Vec<ClassView>> {
+    Json(ctx.snapshot().classes.clone())
+}
+
+pub async fn flows(State(ctx): State<ApiContext>) -> Json<crate::traffic::FlowsView> {
+    Json(ctx.snapshot().flows.clone())
 }
 
 fn reservation_id(text: &str) -> ApiResult<ReservationId> {

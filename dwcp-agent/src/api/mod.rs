@@ -155,6 +155,8 @@ pub fn router(ctx: ApiContext) -> Router {
         .route("/v1/routes/{destination}", get(handlers::route))
         .route("/v1/history", get(handlers::history))
         .route("/v1/tunnels", get(handlers::tunnels))
+        .route("/v1/classes", get(handlers::classes))
+        .route("/v1/flows", get(handlers::flows))
         .route(
             "/v1/reservations",
             get(handlers::reservations).post(handlers::create_reservation),

@@ -211,6 +211,9 @@ async fn every_read_route_answers_from_the_snapshot() {
     assert_eq!(aps1[0].reason, "link 3 degraded (loss 7 %)");
     let tunnels: Vec<crate::agent::TunnelView> = h.client.get("/v1/tunnels").await.unwrap();
     assert_eq!(tunnels, s.tunnels);
+    let classes: Vec<crate::agent::ClassView> = h.client.get("/v1/classes").await.unwrap();
+    assert_eq!(classes, s.classes);
+    assert_eq!(classes.len(), 5);
     // A newly published snapshot is what the next request sees.
     let mut next = s.clone();
     next.failovers_total = 9;

@@ -15,7 +15,7 @@ use std::{io::Write, path::PathBuf, time::Duration};
 use anyhow::{bail, Context, Result};
 use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 use dwcp_agent::{
-    agent::{LinkHealth, LinkView, RouteChange, RouteView, TunnelView},
+    agent::{ClassView, LinkHealth, LinkView, RouteChange, RouteView, TunnelView},
     api::{
         client::{ApiClient, ClientError, Endpoint},
         views::{
@@ -117,6 +117,10 @@ enum Show {
         link: Option<String>,
     },
     Tunnels,
+    /// QoS classes: what the fast path forwarded in each, at what rate, and what is reserved.
+    Classes,
+    /// The heaviest flows of the current window, from packets the fast path samples.
+    Flows,
     /// Reservations; one if an id is given.
     Reservations {
         id: Option<u64>,
@@ -346,6 +350,14 @@ async fn show(cli: &Cli, what: &Show) -> Result<()> {
         Show::Tunnels => {
             let t: Vec<TunnelView> = c.get("/v1/tunnels").await?;
             print(json, &t, |t| tables::tunnels(t))
+        }
+        Show::Classes => {
+            let cl: Vec<ClassView> = c.get("/v1/classes").await?;
+            print(json, &cl, |cl| tables::classes(cl))
+        }
+        Show::Flows => {
+            let f: dwcp_agent::traffic::FlowsView = c.get("/v1/flows").await?;
+            print(json, &f, |f| tables::flows(f, unix_now()))
         }
         Show::Reservations { id: None } => {
             let r: Vec<Reservation> = c.get("/v1/reservations").await?;

@@ -153,16 +153,22 @@ pub fn dump_one(dir: &Path, name: &'static str) -> Result<MapDump, MapsError> {
             let c = a.get(&0, 0).map_err(&rd)?;
             push(
                 u32_key(0),
-                json!({"hash_seed": c.hash_seed, "flags": c.flags}),
+                json!({"hash_seed": c.hash_seed, "flags": c.flags,
+                    "sample_threshold": c.sample_threshold, "_pad": c._pad}),
                 None,
                 format!(
-                    "hash_seed {:#010x} flags {:#x}{}",
+                    "hash_seed {:#010x} flags {:#x}{} sample_threshold {:#x} ({})",
                     c.hash_seed,
                     c.flags,
                     if c.flags & dwcp_common::CONFIG_F_READY != 0 {
                         " (ready)"
                     } else {
                         " (not ready: LAN traffic passes to the kernel)"
+                    },
+                    c.sample_threshold,
+                    match c.sample_threshold {
+                        0 => "flow sampling off".to_string(),
+                        t => format!("flow sampling 1 in {}", u32::MAX / t),
                     }
                 ),
             );

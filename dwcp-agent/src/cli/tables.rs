@@ -5,7 +5,9 @@ use comfy_table::{presets, CellAlignment, ContentArrangement, Table};
 
 use super::format;
 use crate::{
-    agent::{LinkHealth, LinkView, PathRole, RouteChange, RouteView, TunnelState, TunnelView},
+    agent::{
+        ClassView, LinkHealth, LinkView, PathRole, RouteChange, RouteView, TunnelState, TunnelView,
+    },
     api::views::{StatusView, TopologyView},
     bandwidth::Reservation,
 };
@@ -122,10 +124,11 @@ pub fn links(links: &[LinkView]) -> String {
             "LOSS",
             "THROUGHPUT",
             "UTIL",
+            "PROJECTED",
             "CAPACITY",
             "PROBES",
         ],
-        &[0, 4, 5, 6, 7, 8, 9, 10],
+        &[0, 4, 5, 6, 7, 8, 9, 10, 11],
     );
     for l in links {
         tab.add_row(vec![
@@ -138,6 +141,7 @@ pub fn links(links: &[LinkView]) -> String {
             opt(l.loss_ratio, format::percent),
             opt(l.throughput_bps, format::bits_per_second),
             opt(l.utilisation_ratio, format::percent),
+            opt(l.projected_utilisation_ratio, format::percent),
             format::bits_per_second(l.capacity_bps as f64),
             format!("{}/{}", l.probes_received, l.probes_sent),
         ]);
@@ -222,6 +226,77 @@ pub fn history(changes: &[RouteChange]) -> String {
         ]);
     }
     render(&tab)
+}
+
+/// Per QoS class: counters, rates and what reservations hold.
+pub fn classes(classes: &[ClassView]) -> String {
+    let mut tab = table(
+        &[
+            "CLASS", "PACKETS", "BYTES", "RATE", "PPS", "AVG RATE", "RESERVED",
+        ],
+        &[1, 2, 3, 4, 5, 6],
+    );
+    for c in classes {
+        tab.add_row(vec![
+            c.class.clone(),
+            c.packets.to_string(),
+            format::bytes(c.bytes),
+            opt(c.throughput_bps, format::bits_per_second),
+            opt(c.packets_per_sec, |p| format!("{p:.0}")),
+            opt(c.smoothed_throughput_bps, format::bits_per_second),
+            format::bits_per_second(c.reserved_bps as f64),
+        ]);
+    }
+    render(&tab)
+}
+
+/// The top-flows table: one line of what it covers, then the flows, heaviest first.
+pub fn flows(f: &crate::traffic::FlowsView, now_unix_s: u64) -> String {
+    if f.sample_every == 0 {
+        return "flow sampling is off ([flows] sample_every = 0)\n".into();
+    }
+    let age = now_unix_s.saturating_sub(f.window_started_unix_ms / 1_000);
+    let mut out = format!(
+        "sampling 1 in {} packets; window of {} s, started {}; {} samples, {} estimated\n",
+        f.sample_every,
+        f.window_seconds,
+        format::age(age as f64),
+        f.samples,
+        format::bytes(f.bytes)
+    );
+    if f.flows.is_empty() {
+        out.push_str("no flows sampled yet\n");
+        return out;
+    }
+    let mut tab = table(
+        &[
+            "SOURCE",
+            "DESTINATION",
+            "PROTO",
+            "CLASS",
+            "BYTES",
+            "SHARE",
+            "ERROR",
+        ],
+        &[4, 5, 6],
+    );
+    let endpoint = |ip: std::net::IpAddr, port: u16| match ip {
+        std::net::IpAddr::V4(a) => format!("{a}:{port}"),
+        std::net::IpAddr::V6(a) => format!("[{a}]:{port}"),
+    };
+    for fl in &f.flows {
+        tab.add_row(vec![
+            endpoint(fl.src, fl.src_port),
+            endpoint(fl.dst, fl.dst_port),
+            fl.protocol.clone(),
+            fl.class.clone().unwrap_or_else(|| "-".into()),
+            format::bytes(fl.bytes),
+            format::percent(fl.share),
+            format!("±{}", format::bytes(fl.error_bytes)),
+        ]);
+    }
+    out.push_str(&render(&tab));
+    out
 }
 
 pub fn tunnels(tunnels: &[TunnelView]) -> String {

@@ -21,7 +21,7 @@ use std::{
 use aya::{
     maps::{
         lpm_trie::{Key, LpmTrie},
-        Array, DevMapHash, HashMap, MapData, MapError, PerCpuArray,
+        Array, DevMapHash, HashMap, MapData, MapError, PerCpuArray, RingBuf,
     },
     programs::{
         tc::{qdisc_add_clsact, SchedClassifierLinkId},
@@ -165,6 +165,8 @@ pub struct Dataplane {
     nh_stats: PerCpuArray<MapData, Counters>,
     class_stats: PerCpuArray<MapData, Counters>,
     reason_stats: PerCpuArray<MapData, u64>,
+    /// Until the agent takes it for its reader task.
+    flow_samples: Option<RingBuf<MapData>>,
 }
 
 macro_rules! take {
@@ -255,9 +257,16 @@ impl Dataplane {
             nh_stats: take!(ebpf, names::NH_STATS),
             class_stats: take!(ebpf, names::CLASS_STATS),
             reason_stats: take!(ebpf, names::REASON_STATS),
+            flow_samples: Some(take!(ebpf, names::FLOW_SAMPLES)),
             ebpf,
             pin_dir,
         })
+    }
+
+    /// The ring buffer of sampled packets (`GatewayConfig.sample_threshold`), for one reader:
+    /// the first call has it, later ones get `None`. Records decode with [`decode_sample`].
+    pub fn take_flow_samples(&mut self) -> Option<RingBuf<MapData>> {
+        self.flow_samples.take()
     }
 
     pub fn pin_dir(&self) -> Option<&Path> {
@@ -705,4 +714,13 @@ pub fn unpin_all(dir: &Path) -> std::io::Result<()> {
     }
     let _ = std::fs::remove_dir(dir);
     Ok(())
+}
+
+/// A `FLOW_SAMPLES` record; `None` if it is too short (a different object's layout).
+pub fn decode_sample(bytes: &[u8]) -> Option<dwcp_common::FlowSampleRecord> {
+    if bytes.len() < std::mem::size_of::<dwcp_common::FlowSampleRecord>() {
+        return None;
+    }
+    // SAFETY: long enough, and every bit pattern is a valid record (plain integers).
+    Some(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) })
 }

@@ -679,6 +679,7 @@ fn program_dwcp_tables(
     dp.set_config(GatewayConfig {
         hash_seed: LAB_SEED,
         flags: CONFIG_F_READY,
+        ..Default::default()
     })?;
     Ok(())
 }

@@ -297,7 +297,8 @@ fn up_inner(
         let mut text = plan.agent_config(r.n, &pin_dir, &socket);
         text += &format!(
             "\n[probe]\nsender = \"agent\"\ndetect_multiplier = {}\n\n[updater]\n\
-             optimise_interval_s = 0\n\n[metrics]\nlisten = \"{LAB_METRICS}\"\n",
+             optimise_interval_s = 0\n\n[flows]\nsample_every = 10\n\n\
+             [metrics]\nlisten = \"{LAB_METRICS}\"\n",
             opts.detect_multiplier
         );
         let config = file("toml");

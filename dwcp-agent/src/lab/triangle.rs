@@ -389,7 +389,9 @@ impl TriangleLab {
             ProbeSenderMode::External => "external",
         };
         s += &format!(
-            "[probe]\nsender = \"{sender}\"\ndetect_multiplier = {}\n\n[updater]\noptimise_interval_s = 0\n\n",
+            // A lab's streams are small: sample densely so the top flows show them.
+            "[probe]\nsender = \"{sender}\"\ndetect_multiplier = {}\n\n[updater]\noptimise_interval_s = 0\n\n\
+             [flows]\nsample_every = 10\n\n",
             self.options.detect_multiplier
         );
         // Each gateway's API on its own socket (they share this file system); metrics on

@@ -216,6 +216,14 @@ impl SnapshotCollector {
         )?;
         gauges(
             enc,
+            "dwcp_link_projected_utilisation",
+            "Share of the link's capacity in use after the reservations' next start or end \
+             (unreserved traffic now plus what will be reserved then).",
+            ratio(),
+            measured(|l| l.projected_utilisation_ratio),
+        )?;
+        gauges(
+            enc,
             "dwcp_link_capacity",
             "Configured capacity of the link.",
             bytes_per_second(),
@@ -369,6 +377,17 @@ impl SnapshotCollector {
             "Bytes of a QoS class forwarded by the fast path.",
             Some(Unit::Bytes),
             c.classes.iter().map(|(n, _, b)| (class(n), *b)).collect(),
+        )?;
+        gauges(
+            enc,
+            "dwcp_class_throughput",
+            "Rate of a QoS class through the fast path over the last counters interval.",
+            bytes_per_second(),
+            self.snapshot
+                .classes
+                .iter()
+                .filter_map(|c| Some((class(&c.class), c.throughput_bps? / 8.0)))
+                .collect(),
         )?;
         counters(
             enc,

@@ -41,6 +41,9 @@ fn link_metrics_are_in_base_units_with_bounded_labels() {
         // 300 Mbit/s is 37.5 MB/s.
         r#"dwcp_link_throughput_bytes_per_second{link="use1-euw1",link_id="1"} 37500000.0"#,
         r#"dwcp_link_utilisation_ratio{link="use1-euw1",link_id="1"} 0.3"#,
+        r#"dwcp_link_projected_utilisation_ratio{link="use1-euw1",link_id="1"} 0.45"#,
+        // Best effort (index 4 in the fixture) at 4 Mbit/s is 500 kB/s.
+        r#"dwcp_class_throughput_bytes_per_second{class="best-effort"} 500000.0"#,
         r#"dwcp_link_health{link="use1-aps1",link_id="3",state="degraded"} 1"#,
         r#"dwcp_link_health{link="use1-aps1",link_id="3",state="up"} 0"#,
         r#"dwcp_link_probes_sent_total{link="use1-euw1",link_id="1"} 12000"#,

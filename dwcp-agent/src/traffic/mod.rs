@@ -10,11 +10,13 @@
 //! - `rates`: `RateTracker` turns per-CPU counter snapshots into per-link and per-class rates
 //!   and utilisation, current and projected with reservations.
 //! - `top_flows`: a bounded table of the heaviest flows from sampled packets.
+//! - `sampling`: the packets the fast path samples (`FLOW_SAMPLES`) and the flows' views.
 //! - `policing`: token-bucket parameters for the XDP policers, per reservation and per class.
 
 mod engineer;
 pub mod policing;
 mod rates;
+pub mod sampling;
 pub mod te;
 mod top_flows;
 pub mod weights;
@@ -24,6 +26,7 @@ pub use engineer::{
 };
 pub use policing::{OverRate, PolicingConfig, TokenBucket};
 pub use rates::{sum_per_cpu, CounterSnapshot, Rate, RateError, RateTracker};
+pub use sampling::{FlowsView, SampledPacket, TopFlowView};
 pub use te::{DestinationPaths, FlowAllocation, FlowGroup, Pinned, TePlan};
 pub use top_flows::{FlowSample, TopFlow, TopFlows};
 pub use weights::{PathView, MAX_PATHS, MAX_WEIGHT};

@@ -607,6 +607,7 @@ fn program_gateway(
         dp.set_config(GatewayConfig {
             hash_seed: LAB_SEED,
             flags: CONFIG_F_READY,
+            ..Default::default()
         })?;
         Ok((dp, generic))
     })?

@@ -227,6 +227,22 @@ fn section_values_are_checked_with_the_line_of_the_key() {
     let text = format!("{}\n[qos.dscp]\nrealtime = 64\n", valid());
     let e = refused(&text);
     assert!(e.contains("qos.dscp.realtime: 64 is not a DSCP"), "{e}");
+    let text = format!("{}\n[flows]\ntable_size = 0\nwindow_s = 0\n", valid());
+    let e = refused(&text);
+    for (field, why) in [
+        ("table_size", "0 is not in 1..=65536"),
+        ("window_s", "must be at least 1"),
+    ] {
+        assert!(
+            e.contains(&format!(
+                "line {}: flows.{field}: {why}",
+                line_of_text(&text, field)
+            )),
+            "{e}"
+        );
+    }
+    let e = refused(&format!("{}\n[flows]\nsample_evry = 10\n", valid()));
+    assert!(e.contains("sample_evry"), "{e}");
 }
 
 #[test]
