@@ -13,6 +13,7 @@ use dwcp_common::{
 };
 
 const REPEAT: u32 = 1_000_000;
+/// Rounds by default (`--rounds N` to change): each case's figure is the median of its rounds.
 const ROUNDS: usize = 5;
 const CALLS: usize = 100_000;
 
@@ -270,11 +271,28 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    let rounds = match args.iter().position(|a| a == "--rounds") {
+        Some(i) => args
+            .get(i + 1)
+            .and_then(|v| v.parse::<usize>().ok())
+            .filter(|&n| n > 0)
+            .ok_or_else(|| anyhow::anyhow!("--rounds needs a whole number above 0"))?,
+        None => ROUNDS,
+    };
     let mut dp = setup()?;
     let mut not_ready = setup()?;
     not_ready.set_config(GatewayConfig {
         hash_seed: 1,
         flags: 0,
+        ..Default::default()
+    })?;
+    // The daemon's default: one packet in 1,000 sampled for the top flows.
+    let mut sampled = setup()?;
+    sampled.set_config(GatewayConfig {
+        hash_seed: 1,
+        flags: CONFIG_F_READY,
+        sample_threshold: dwcp_common::sample_threshold(1_000),
         ..Default::default()
     })?;
     let arp = {
@@ -292,14 +310,16 @@ fn main() -> Result<()> {
         ("fwd_v4_classified", "forward IPv4, classifier hit (DSCP EF)", v4_udp([10, 2, 0, 9], 5004), 4, true),
         ("fwd_v4_monitored", "forward IPv4 over a monitored link (+ clock read, link state)", v4_udp([10, 5, 0, 9], 9), 4, true),
         ("fwd_v6", "forward IPv6", v6_udp(), 4, true),
+        ("fwd_v4_sampled", "forward IPv4 with flow sampling on (1 in 1,000: a random draw per packet)", v4_udp([10, 2, 0, 9], 9), 4, true),
     ];
     let mut repeat: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
     let mut per_call: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
-    for _ in 0..ROUNDS {
+    for _ in 0..rounds {
         for (name, _, frame, want, rewrites) in &cases {
             let (d, prog) = match *name {
                 "baseline" => (&mut dp, programs::PASS),
                 "not_ready" => (&mut not_ready, programs::LAN_INGRESS),
+                "fwd_v4_sampled" => (&mut sampled, programs::LAN_INGRESS),
                 _ => (&mut dp, programs::LAN_INGRESS),
             };
             let ctx = |e: anyhow::Error| e.context(name.to_string());
@@ -323,7 +343,7 @@ fn main() -> Result<()> {
     let floor = c["baseline"] - r["baseline"];
     let base = r["baseline"];
     let cost = |name: &str| r.get(name).copied().unwrap_or_else(|| c[name] - floor);
-    println!("BPF_PROG_TEST_RUN on this machine's kernel, 60-byte IPv4 / 84-byte IPv6 frames, median of {ROUNDS} rounds.");
+    println!("BPF_PROG_TEST_RUN on this machine's kernel, 60-byte IPv4 / 84-byte IPv6 frames, median of {rounds} rounds (`cargo xtask bench dataplane -- --rounds {rounds}`).");
     println!("Programs that leave the packet alone run with repeat = {REPEAT} in one syscall. The kernel does not restore");
     println!("the buffer between repetitions, so the forwarding cases (which encapsulate) run once per call, {CALLS} calls,");
     println!("and the per-call timer floor measured in the same run (trivial program per call {:.1} ns − in bulk {:.1} ns = {floor:.1} ns)", c["baseline"], r["baseline"]);
@@ -344,16 +364,17 @@ fn main() -> Result<()> {
         if fwd / base <= 3.0 { "met" } else { "not met" }
     );
     println!(
-        "Stage costs (differences of rows): Ethernet parse {:.1} ns; IP/UDP parse + LPM miss {:.1} ns; LPM hit through encapsulated redirect {:.1} ns; classifier hit {:+.1} ns; liveness check {:+.1} ns.",
+        "Stage costs (differences of rows): Ethernet parse {:.1} ns; IP/UDP parse + LPM miss {:.1} ns; LPM hit through encapsulated redirect {:.1} ns; classifier hit {:+.1} ns; liveness check {:+.1} ns; flow sampling {:+.1} ns.",
         cost("not_ip") - cost("not_ready"),
         cost("no_route") - cost("not_ip"),
         fwd - cost("no_route"),
         cost("fwd_v4_classified") - fwd,
-        cost("fwd_v4_monitored") - fwd
+        cost("fwd_v4_monitored") - fwd,
+        cost("fwd_v4_sampled") - fwd
     );
     let json = format!(
-        "{{\"metrics\": {{\"fwd_v4_ns\": {:.2}, \"fwd_v6_ns\": {:.2}, \"baseline_ns\": {:.2}, \"fwd_v4_ratio\": {:.3}, \"no_route_ns\": {:.2}, \"not_ip_ns\": {:.2}, \"fwd_v4_classified_ns\": {:.2}, \"fwd_v4_monitored_ns\": {:.2}, \"timer_floor_ns\": {:.2}}}}}\n",
-        fwd, cost("fwd_v6"), base, fwd / base, cost("no_route"), cost("not_ip"), cost("fwd_v4_classified"), cost("fwd_v4_monitored"), floor
+        "{{\"metrics\": {{\"fwd_v4_ns\": {:.2}, \"fwd_v6_ns\": {:.2}, \"baseline_ns\": {:.2}, \"fwd_v4_ratio\": {:.3}, \"no_route_ns\": {:.2}, \"not_ip_ns\": {:.2}, \"fwd_v4_classified_ns\": {:.2}, \"fwd_v4_monitored_ns\": {:.2}, \"fwd_v4_sampled_ns\": {:.2}, \"timer_floor_ns\": {:.2}}}}}\n",
+        fwd, cost("fwd_v6"), base, fwd / base, cost("no_route"), cost("not_ip"), cost("fwd_v4_classified"), cost("fwd_v4_monitored"), cost("fwd_v4_sampled"), floor
     );
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench");
     std::fs::create_dir_all(&dir)?;
