@@ -557,7 +557,11 @@ mod tests {
 
     #[test]
     fn layouts_have_no_implicit_padding() {
-        assert_eq!(size_of::<GatewayConfig>(), 8);
+        assert_eq!(size_of::<GatewayConfig>(), 16);
+        assert_eq!(size_of::<FlowSampleRecord>(), 48);
+        assert_eq!(sample_threshold(0), 0);
+        assert_eq!(sample_threshold(1), u32::MAX);
+        assert_eq!(sample_threshold(1_000), 4_294_967);
         assert_eq!(size_of::<Route>(), 8);
         assert_eq!(
             size_of::<NextHopTable>(),
