@@ -48,6 +48,12 @@ step "cargo xtask lab heal $a $b"
 lab heal "$a" "$b"
 step "cargo xtask lab traffic $a $b   after the heal"
 lab traffic "$a" "$b" --seconds 1
+# g1 is the first region's gateway. Its fast path samples one forwarded packet in 10 (the
+# lab's [flows] sample_every) into a ring buffer its agent reads.
+step "dwcp show flows   ($a's gateway: the heaviest flows of its sampled packets)"
+target/debug/dwcp --socket /run/dwcp-lab/g1.sock show flows
+step "dwcp show classes   ($a's gateway: per QoS class)"
+target/debug/dwcp --socket /run/dwcp-lab/g1.sock show classes
 
 if [ "$teardown" = 1 ]; then
     step "cargo xtask lab down"
@@ -60,6 +66,7 @@ cat <<EOF
   cargo xtask lab status                      # every agent's links, routes, tunnels, counters
   target/debug/dwcp --socket /run/dwcp-lab/g1.sock show routes     # one gateway's agent
   target/debug/dwcp --socket /run/dwcp-lab/g1.sock events          # follow its events
+  target/debug/dwcp --socket /run/dwcp-lab/g1.sock show flows      # its top flows
   ip netns exec dwcp-lab-g1 curl -s 127.0.0.1:9470/metrics        # its Prometheus metrics
   cargo xtask lab fail $a $b  /  cargo xtask lab heal $a $b
   cargo xtask lab traffic [FROM TO]
