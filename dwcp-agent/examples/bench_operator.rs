@@ -124,6 +124,7 @@ fn lab_snapshot(plan: &LabPlan) -> AgentSnapshot {
                 packets_per_sec: Some(4_000.0),
                 smoothed_throughput_bps: Some(48e6),
                 reserved_bps: 0,
+                offered_bps: 50e6,
             })
             .collect(),
         flows: Default::default(),

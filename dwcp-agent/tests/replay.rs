@@ -629,6 +629,7 @@ fn sampled_packets_make_the_top_flows_of_a_window() {
             class,
             bytes,
             nexthop: 3,
+            group: 0,
         };
         let samples = vec![
             packet("10.1.0.5", 40_000, 1, 1_000),
@@ -662,6 +663,91 @@ fn sampled_packets_make_the_top_flows_of_a_window() {
         let flows = state.snapshot().borrow().flows.clone();
         assert_eq!((flows.samples, flows.bytes), (0, 0));
         assert!(flows.flows.is_empty());
+    });
+}
+
+/// TE mode end to end in the state owner: sampled packets become each flow group's demand,
+/// the traffic engineer allocates it (strict priority between classes), and the groups it
+/// cannot grant in full are policed at their grant; when the demand goes, so do the policers.
+#[test]
+fn te_mode_takes_demand_from_sampled_packets_and_polices_what_it_cannot_grant() {
+    use dwcp_common::QosClass;
+    run_with("te_demand.json", Pinning::None, |mut state, _| {
+        let ap = state.plans()["ap-south-1"].group_id;
+        assert!(
+            state.dataplane().policers().unwrap().is_empty(),
+            "no demand measured, no policer"
+        );
+        let sample = |class: QosClass| SampledPacket {
+            src: "10.1.0.5".parse().unwrap(),
+            dst: "10.3.0.9".parse().unwrap(),
+            proto: 17,
+            src_port: 40_000,
+            dst_port: 5004,
+            class: class as u8,
+            bytes: 1_000,
+            nexthop: 1,
+            group: ap,
+        };
+        // One counters interval (1 s) of samples, each standing for 1,000 packets of its
+        // length: realtime offers 2 Gbit/s towards ap-south-1, bulk 80 Mbit/s, more than the
+        // two paths can take after the 20 % headroom (720 + 640 Mbit/s).
+        state.on_timer(Now::at_ms(20_000));
+        let mut samples = vec![sample(QosClass::Realtime); 250];
+        samples.extend(vec![sample(QosClass::Bulk); 10]);
+        state
+            .handle(Input::FlowSamples { samples }, Now::at_ms(20_500))
+            .unwrap();
+        state.on_timer(Now::at_ms(21_000));
+        state.on_timer(Now::at_ms(21_100));
+        let policers: BTreeMap<u8, u64> = state
+            .dataplane()
+            .policers()
+            .unwrap()
+            .into_iter()
+            .map(|(k, p)| {
+                assert_eq!(k.group_id, ap);
+                (k.class, p.rate_bytes_per_s)
+            })
+            .collect();
+        // The estimate, as /v1/classes shows it.
+        let snap = state.snapshot().borrow().clone();
+        let offered = |name: &str| {
+            snap.classes
+                .iter()
+                .find(|c| c.class == name)
+                .unwrap()
+                .offered_bps
+        };
+        assert_eq!(offered("realtime"), 2e9);
+        assert_eq!(offered("bulk"), 80e6);
+        // Realtime gets what both paths offer; bulk, below it, nothing: both are policed at
+        // their grant. Best effort never is.
+        assert_eq!(
+            policers,
+            BTreeMap::from([
+                (QosClass::Realtime as u8, 1_360_000_000 / 8),
+                (QosClass::Bulk as u8, 0)
+            ])
+        );
+        let flags = state.dataplane().config().unwrap().flags;
+        assert_ne!(flags & dwcp_common::CONFIG_F_POLICING, 0);
+        // The split follows the grant on each path (720:640 = 9:8).
+        let paths = &state.plans()["ap-south-1"].paths;
+        let weights: Vec<u32> = paths.iter().map(|p| p.weight).collect();
+        assert_eq!(weights, [9, 8]);
+        // The traffic stops: the average decays, the demand goes, and the policers with it.
+        let mut t = 21_100;
+        while t < 60_000 && !state.dataplane().policers().unwrap().is_empty() {
+            t += 1_000;
+            state.on_timer(Now::at_ms(t));
+            state.on_timer(Now::at_ms(t + 100));
+        }
+        assert!(state.dataplane().policers().unwrap().is_empty());
+        let flags = state.dataplane().config().unwrap().flags;
+        assert_eq!(flags & dwcp_common::CONFIG_F_POLICING, 0);
+        eprintln!("policers removed {} ms after the last samples", t - 21_000);
+        assert_eq!(&state.read_back().unwrap(), state.programmed());
     });
 }
 

@@ -636,12 +636,36 @@ fn forwarded_packets_are_sampled_into_the_ring_buffer_at_the_configured_rate() {
     );
     assert_eq!((v4.v6, v4.bytes as usize), (0, f.len()));
     assert_eq!(v4.nexthop, fx.chosen(&key));
+    assert_eq!(v4.group, GROUP);
     assert_eq!(v4.class, QosClass::Realtime as u8, "UDP/5004 is realtime");
     let p6 = dwcp_agent::traffic::SampledPacket::from(v6);
     assert_eq!(p6.src, "2001:db8:1::5".parse::<IpAddr>().unwrap());
     assert_eq!((v6.v6, v6.bytes as usize), (1, f6.len()));
+    // Sampled as offered: a packet the policer re-marks to best effort (or drops) is
+    // sampled in the class it asked for, so the demand estimate sees what was offered.
+    let rt = dwcp_common::PolicerKey {
+        group_id: GROUP,
+        class: QosClass::Realtime as u8,
+        _pad: [0; 3],
+    };
+    fx.dp
+        .set_policer(rt, 1, 0, dwcp_common::POLICE_REMARK)
+        .unwrap();
+    assert_forwarded(&mut fx, &f, 14, key, QosClass::BestEffort);
+    fx.dp
+        .set_policer(rt, 1, 0, dwcp_common::POLICE_DROP)
+        .unwrap();
+    assert_eq!(fx.lan(&f).0, XDP_DROP);
+    let got = drain(&mut ring);
+    let classes: Vec<u8> = got.iter().map(|r| r.class).collect();
+    assert_eq!(classes, [QosClass::Realtime as u8; 2], "{got:?}");
+    fx.dp.remove_policer(&rt).unwrap();
     // One in 4: a random draw per packet, so about a quarter of 4,000.
-    fx.dp.set_config(every(4)).unwrap();
+    let policing_off = GatewayConfig {
+        flags: CONFIG_F_READY,
+        ..every(4)
+    };
+    fx.dp.set_config(policing_off).unwrap();
     let mut n = 0;
     for i in 0..4_000u32 {
         let (f, _) = udp_v4_frame(0);

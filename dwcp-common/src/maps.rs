@@ -124,7 +124,8 @@ pub const fn sample_threshold(every: u32) -> u32 {
     }
 }
 
-/// One sampled packet, as the LAN program writes it to the `FLOW_SAMPLES` ring buffer.
+/// One sampled packet, as the LAN program writes it to the `FLOW_SAMPLES` ring buffer: the
+/// traffic as offered (classified, before the policer).
 /// Explicit padding: the record is copied whole from the program's stack.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -141,10 +142,13 @@ pub struct FlowSampleRecord {
     /// Length of the frame as it arrived.
     pub bytes: u32,
     pub nexthop: u32,
+    /// The route's next-hop group: which destination the packet was for.
+    pub group: u32,
+    pub _pad2: u32,
 }
 
-/// Size of the `FLOW_SAMPLES` ring buffer: 5,461 records of 48 bytes (+ 8 of header); at one
-/// sample in 1,000 packets that is over 5 million packets between two reads.
+/// Size of the `FLOW_SAMPLES` ring buffer: 4,096 records of 56 bytes (+ 8 of header); at one
+/// sample in 1,000 packets that is 4 million packets between two reads.
 pub const FLOW_SAMPLES_BYTES: u32 = 256 * 1024;
 
 /// Value of the route LPM tries: which next-hop group serves the prefix.
@@ -558,7 +562,7 @@ mod tests {
     #[test]
     fn layouts_have_no_implicit_padding() {
         assert_eq!(size_of::<GatewayConfig>(), 16);
-        assert_eq!(size_of::<FlowSampleRecord>(), 48);
+        assert_eq!(size_of::<FlowSampleRecord>(), 56);
         assert_eq!(sample_threshold(0), 0);
         assert_eq!(sample_threshold(1), u32::MAX);
         assert_eq!(sample_threshold(1_000), 4_294_967);

@@ -15,11 +15,11 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use dwcp_common::{
-    flow_hash, group_slot, wire::*, ClassifierKey, FlowSampleRecord, HandoffMeta, LinkConfig,
-    Neighbour, NeighbourKey, NextHop, NextHopTable, PolicerKey, QosPolicy, Reason,
-    CLASSIFY_DST_PORT, CLASSIFY_SRC_PORT, CONFIG_F_POLICING, CONFIG_F_READY, HANDOFF_META_MAGIC,
-    LINK_F_ADMIN_DOWN, LINK_F_MONITORED, MAX_GROUP_MEMBERS, NHG_BUCKETS, NH_F_HANDOFF, NH_F_VALID,
-    POLICER_ANY_GROUP, POLICE_DROP, QOS_F_REWRITE,
+    flow_hash, group_slot, wire::*, ClassifierKey, FlowSampleRecord, GatewayConfig, HandoffMeta,
+    LinkConfig, Neighbour, NeighbourKey, NextHop, NextHopTable, PolicerKey, QosPolicy, Reason,
+    Route, CLASSIFY_DST_PORT, CLASSIFY_SRC_PORT, CONFIG_F_POLICING, CONFIG_F_READY,
+    HANDOFF_META_MAGIC, LINK_F_ADMIN_DOWN, LINK_F_MONITORED, MAX_GROUP_MEMBERS, NHG_BUCKETS,
+    NH_F_HANDOFF, NH_F_VALID, POLICER_ANY_GROUP, POLICE_DROP, QOS_F_REWRITE,
 };
 
 use crate::{
@@ -295,18 +295,30 @@ fn classify(p: &Parsed, default_class: u8) -> u8 {
 #[inline(always)]
 fn class_of(
     p: &Parsed,
-    group_id: u32,
-    default_class: u8,
-    policing: bool,
+    route: &Route,
+    nexthop: u32,
+    cfg: &GatewayConfig,
     frame_len: usize,
     clock: &mut Clock,
 ) -> Option<u8> {
-    let class = classify(p, default_class);
+    let class = classify(p, route.default_class);
     let class = if class > BEST_EFFORT {
         BEST_EFFORT
     } else {
         class
     };
+    // Sampled as offered (classified, before the policer): the agent's demand estimate
+    // must not shrink to what a policer let through.
+    sample(
+        p,
+        cfg.sample_threshold,
+        frame_len,
+        route.group_id,
+        nexthop,
+        class,
+    );
+    let policing = cfg.flags & CONFIG_F_POLICING != 0;
+    let group_id = route.group_id;
     if !policing {
         return Some(class);
     }
@@ -334,8 +346,6 @@ pub fn forward(ctx: &XdpContext, from: u32) -> Result<u32, Reason> {
         return Err(Reason::LanPassNotReady);
     }
     let seed = cfg.hash_seed;
-    let policing = cfg.flags & CONFIG_F_POLICING != 0;
-    let sample_threshold = cfg.sample_threshold;
     let p = parse(ctx)?;
 
     let route = if p.v6 {
@@ -373,17 +383,9 @@ pub fn forward(ctx: &XdpContext, from: u32) -> Result<u32, Reason> {
         if from != 0 {
             return Err(Reason::HandoffTransit);
         }
-        let Some(class) = class_of(
-            &p,
-            route.group_id,
-            route.default_class,
-            policing,
-            frame_len,
-            &mut clock,
-        ) else {
+        let Some(class) = class_of(&p, &route, nh_id, cfg, frame_len, &mut clock) else {
             return Ok(xdp_action::XDP_DROP);
         };
-        sample(&p, sample_threshold, frame_len, nh_id, class);
         return handoff(ctx, &p, nh_id, nh.vni, class, frame_len);
     }
 
@@ -399,14 +401,7 @@ pub fn forward(ctx: &XdpContext, from: u32) -> Result<u32, Reason> {
         })
     }
     .ok_or(Reason::LanPassNoNeighbour)?;
-    let Some(class) = class_of(
-        &p,
-        route.group_id,
-        route.default_class,
-        policing,
-        frame_len,
-        &mut clock,
-    ) else {
+    let Some(class) = class_of(&p, &route, nh_id, cfg, frame_len, &mut clock) else {
         return Ok(xdp_action::XDP_DROP);
     };
 
@@ -434,7 +429,6 @@ pub fn forward(ctx: &XdpContext, from: u32) -> Result<u32, Reason> {
 
     count_nexthop(nh_id, frame_len as u64);
     count_class(class as u32, frame_len as u64);
-    sample(&p, sample_threshold, frame_len, nh_id, class);
     match TX_PORTS.redirect(nh.ifindex, 0) {
         Ok(action) => {
             count(Reason::LanForwarded);
@@ -451,7 +445,7 @@ pub fn forward(ctx: &XdpContext, from: u32) -> Result<u32, Reason> {
 /// draw per packet, so no per-CPU counter to keep and no periodic bias). A full ring buffer
 /// loses the sample, never the packet.
 #[inline(always)]
-fn sample(p: &Parsed, threshold: u32, frame_len: usize, nexthop: u32, class: u8) {
+fn sample(p: &Parsed, threshold: u32, frame_len: usize, group: u32, nexthop: u32, class: u8) {
     if threshold == 0 || unsafe { bpf_get_prandom_u32() } >= threshold {
         return;
     }
@@ -466,6 +460,8 @@ fn sample(p: &Parsed, threshold: u32, frame_len: usize, nexthop: u32, class: u8)
         _pad: 0,
         bytes: frame_len as u32,
         nexthop,
+        group,
+        _pad2: 0,
     };
     let _ = FLOW_SAMPLES.output_untyped::<FlowSampleRecord>(&record, 0);
 }

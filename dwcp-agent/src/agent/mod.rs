@@ -177,6 +177,10 @@ pub struct ClassView {
     pub smoothed_throughput_bps: Option<f64>,
     /// Rate the active reservations of this class hold on this gateway's links.
     pub reserved_bps: u64,
+    /// Rate offered in this class, estimated from sampled packets (before any policer), over
+    /// all destinations: the traffic engineer's demand in TE mode.
+    #[serde(default)]
+    pub offered_bps: f64,
 }
 
 /// Everything the operator view shows. Immutable; a new one replaces it after each change.

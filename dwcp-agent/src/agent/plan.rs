@@ -299,6 +299,37 @@ pub fn base_state(
     s
 }
 
+/// In TE mode, a policer for each flow group TE granted less than its demand (see
+/// `traffic::policing::flow_group_policers`), unless a reservation already polices that
+/// (group, class): the reservation's bucket is the one that holds.
+pub fn te_policers(
+    config: &AgentConfig,
+    plans: &[DestinationPlan],
+    te: &crate::traffic::TePlan,
+    policers: &mut BTreeMap<PolicerSlot, PolicerSpec>,
+) {
+    for ((dest, class), bucket) in
+        crate::traffic::policing::flow_group_policers(te, &config.policing)
+    {
+        let Some(plan) = plans
+            .iter()
+            .find(|p| p.destination == dest && p.error.is_none())
+        else {
+            continue;
+        };
+        policers
+            .entry((plan.group_id, class as u8))
+            .or_insert(PolicerSpec {
+                rate_bytes_per_s: bucket.rate_bps / 8,
+                burst_bytes: bucket.burst_bytes,
+                action: match bucket.over_rate {
+                    OverRate::Remark => dwcp_common::POLICE_REMARK,
+                    OverRate::Drop => dwcp_common::POLICE_DROP,
+                },
+            });
+    }
+}
+
 /// The token buckets that enforce the active reservations starting in this gateway's region:
 /// one per (destination group, class), holding the sum of the reservations' rates and
 /// bursts (several reservations of a class to one destination share the fast path's key).

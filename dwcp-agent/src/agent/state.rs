@@ -39,7 +39,8 @@ use crate::{
         InMemoryTopologyStore, LinkHealth, LinkId, Topology, TopologyStore, TopologyUpdate,
     },
     traffic::{
-        CounterSnapshot, FlowsView, LinkStatus, RateTracker, TopFlowView, TopFlows, TrafficEngineer,
+        CounterSnapshot, FlowsView, LinkStatus, RateTracker, SplitMode, TopFlowView, TopFlows,
+        TrafficEngineer,
     },
 };
 
@@ -169,6 +170,13 @@ pub struct AgentState {
     flow_samples: u64,
     flows_window_start_ns: u64,
     flows_window_start_unix_ms: u64,
+    /// Sampled bytes (scaled by the sampling rate) per (group, class) since the last estimate.
+    demand_bytes: BTreeMap<(u32, u8), u64>,
+    demand_at_ns: u64,
+    /// Offered rate per flow group, smoothed: the traffic engineer's demand in TE mode.
+    demand_bps: BTreeMap<(String, QosClass), f64>,
+    /// The demands the traffic engineer has now.
+    demand_given: BTreeMap<(String, QosClass), u64>,
     started_unix_ms: u64,
     events: broadcast::Sender<AgentEvent>,
     snapshot: watch::Sender<Arc<AgentSnapshot>>,
@@ -179,6 +187,12 @@ type FlowKeyTuple = ([u32; 4], [u32; 4], u16, u16, u8);
 
 /// Flows whose class is remembered in a window; beyond, new flows show no class.
 const MAX_FLOW_CLASSES: usize = 65_536;
+
+/// Weight of the newest interval in the flow groups' demand average.
+const DEMAND_SMOOTHING: f64 = 0.5;
+
+/// A flow group offering less than this has no demand (1 kbit/s).
+const MIN_DEMAND_BPS: f64 = 1_000.0;
 
 /// Flows in the snapshot's top-flows view.
 const TOP_FLOWS_SHOWN: usize = 20;
@@ -260,6 +274,10 @@ impl AgentState {
             flow_samples: 0,
             flows_window_start_ns: now.mono_ns,
             flows_window_start_unix_ms: now.unix_ms,
+            demand_bytes: BTreeMap::new(),
+            demand_at_ns: now.mono_ns,
+            demand_bps: BTreeMap::new(),
+            demand_given: BTreeMap::new(),
             started_unix_ms: now.unix_ms,
             events,
             snapshot,
@@ -759,7 +777,10 @@ impl AgentState {
             }
             Input::Reload { path } => return self.reload(&path, now).map(Some),
             Input::FlowSamples { samples } => {
+                let every = u64::from(self.config.flows.sample_every.max(1));
                 for s in &samples {
+                    let d = self.demand_bytes.entry((s.group, s.class)).or_default();
+                    *d = d.saturating_add(u64::from(s.bytes).saturating_mul(every));
                     self.top_flows.record(&s.sample());
                     let key = s.key();
                     let key = (key.src, key.dst, key.src_port, key.dst_port, key.proto);
@@ -1180,6 +1201,14 @@ impl AgentState {
             &self.admin_down,
         );
         desired.policers = plan::reservation_policers(&self.config, &plans, &self.reservations);
+        if self.config.traffic.mode == SplitMode::Te {
+            plan::te_policers(
+                &self.config,
+                &plans,
+                self.traffic.plan(),
+                &mut desired.policers,
+            );
+        }
         if let Some(want) = desired.config.as_mut() {
             // Flags this plan does not own stay as they are; policing follows the policers.
             if let Some(have) = self.programmed.config {
@@ -1542,8 +1571,80 @@ impl AgentState {
         }
     }
 
+    /// Turns the sampled bytes since the last call into each flow group's offered rate
+    /// (moving average) and, in TE mode, hands the traffic engineer the new demands when one
+    /// moved by more than a tenth (and 100 kbit/s): a recomputation follows, which programs
+    /// the new weights and the policers of the groups it cannot grant in full.
+    fn estimate_demand(&mut self, now: Now) {
+        let dt = now.mono_ns.saturating_sub(self.demand_at_ns) as f64 / 1e9;
+        if dt <= 0.0 {
+            return;
+        }
+        self.demand_at_ns = now.mono_ns;
+        let dest_of: BTreeMap<u32, &str> = self
+            .plans
+            .values()
+            .map(|p| (p.group_id, p.destination.as_str()))
+            .collect();
+        let mut fresh: BTreeMap<(String, QosClass), f64> = BTreeMap::new();
+        for ((group, class), bytes) in std::mem::take(&mut self.demand_bytes) {
+            if let (Some(d), Some(c)) = (dest_of.get(&group), QosClass::from_id(class)) {
+                *fresh.entry((d.to_string(), c)).or_default() += bytes as f64 * 8.0 / dt;
+            }
+        }
+        let keys: BTreeSet<(String, QosClass)> = fresh
+            .keys()
+            .chain(self.demand_bps.keys())
+            .cloned()
+            .collect();
+        for k in keys {
+            let new = fresh.get(&k).copied().unwrap_or(0.0);
+            let smoothed = match self.demand_bps.get(&k) {
+                Some(old) => DEMAND_SMOOTHING * new + (1.0 - DEMAND_SMOOTHING) * old,
+                None => new,
+            };
+            if smoothed < MIN_DEMAND_BPS {
+                self.demand_bps.remove(&k);
+            } else {
+                self.demand_bps.insert(k, smoothed);
+            }
+        }
+        if self.config.traffic.mode != SplitMode::Te {
+            return;
+        }
+        let wanted: BTreeMap<(String, QosClass), u64> = self
+            .demand_bps
+            .iter()
+            .map(|(k, v)| (k.clone(), *v as u64))
+            .collect();
+        let moved = |a: u64, b: u64| {
+            let diff = a.abs_diff(b);
+            diff as f64 > 0.1 * a.max(b) as f64 && diff > 100_000
+        };
+        let changed = wanted.len() != self.demand_given.len()
+            || wanted.iter().any(|(k, v)| match self.demand_given.get(k) {
+                Some(g) => moved(*v, *g),
+                None => true,
+            });
+        if !changed {
+            return;
+        }
+        self.demand_given = wanted.clone();
+        self.traffic.set_load(BTreeMap::new(), wanted);
+        self.cause(
+            now,
+            Cause {
+                text: "measured demand changed".into(),
+                links: Vec::new(),
+                regions: Vec::new(),
+                failure: false,
+            },
+        );
+    }
+
     fn refresh_counters(&mut self, now: Now) {
         self.roll_flows_window(now);
+        self.estimate_demand(now);
         let dp = &self.dataplane;
         let mut c = CounterView::default();
         let mut snap = CounterSnapshot {
@@ -1629,6 +1730,12 @@ impl AgentState {
                         .iter()
                         .filter(|r| r.class == class && r.path.iter().any(|l| local.contains(&l.0)))
                         .map(|r| r.rate_bps)
+                        .sum(),
+                    offered_bps: self
+                        .demand_bps
+                        .iter()
+                        .filter(|((_, c), _)| *c == class)
+                        .map(|(_, bps)| bps)
                         .sum(),
                 })
             })

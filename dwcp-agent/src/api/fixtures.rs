@@ -217,6 +217,7 @@ pub fn three_region_snapshot() -> AgentSnapshot {
                 } else {
                     0
                 },
+                offered_bps: 1.1e6 * i as f64,
             })
             .collect(),
         flows: crate::traffic::FlowsView {

@@ -228,13 +228,14 @@ pub fn history(changes: &[RouteChange]) -> String {
     render(&tab)
 }
 
-/// Per QoS class: counters, rates and what reservations hold.
+/// Per QoS class: counters, rates, the rate offered (from sampled packets) and what
+/// reservations hold.
 pub fn classes(classes: &[ClassView]) -> String {
     let mut tab = table(
         &[
-            "CLASS", "PACKETS", "BYTES", "RATE", "PPS", "AVG RATE", "RESERVED",
+            "CLASS", "PACKETS", "BYTES", "RATE", "PPS", "AVG RATE", "OFFERED", "RESERVED",
         ],
-        &[1, 2, 3, 4, 5, 6],
+        &[1, 2, 3, 4, 5, 6, 7],
     );
     for c in classes {
         tab.add_row(vec![
@@ -244,6 +245,7 @@ pub fn classes(classes: &[ClassView]) -> String {
             opt(c.throughput_bps, format::bits_per_second),
             opt(c.packets_per_sec, |p| format!("{p:.0}")),
             opt(c.smoothed_throughput_bps, format::bits_per_second),
+            format::bits_per_second(c.offered_bps),
             format::bits_per_second(c.reserved_bps as f64),
         ]);
     }

@@ -1,12 +1,13 @@
 //! Token-bucket parameters for the fast path's policers (the XDP policer itself is in
-//! dwcp-ebpf). One bucket per active reservation (its rate) and one per class (what TE granted
-//! the class). Why policing in XDP and shaping only at tc egress: see docs/TRAFFIC.md.
+//! dwcp-ebpf). One bucket per active reservation (its rate) and, in TE mode, one per flow group
+//! (destination, class) that TE could not grant its whole demand (its grant). Why policing in XDP and shaping only at tc egress: see docs/TRAFFIC.md.
 
-use dwcp_common::qos::QOS_CLASSES;
+use std::collections::BTreeMap;
+
 use dwcp_common::QosClass;
 use serde::{Deserialize, Serialize};
 
-use super::te::TePlan;
+use super::te::{FlowGroup, TePlan};
 use crate::bandwidth::Reservation;
 
 /// What the policer does with a packet over the rate.
@@ -65,23 +66,25 @@ pub fn reservation_policer(r: &Reservation, config: &PolicingConfig) -> TokenBuc
     TokenBucket::new(r.rate_bps, config.burst_ms, config.reservation_over_rate)
 }
 
-/// Per-class policers from a TE plan: each class may send what TE granted it (over all
-/// destinations). Best effort is never policed (it is where re-marked traffic goes); a class
-/// with no demand measured gets no policer rather than a zero rate.
-pub fn class_policers(
+/// Policers of the flow groups (destination, class) that TE could not grant their whole
+/// demand — B4's rate limit at the allocation: each such group sends at most its grant, and
+/// what it sends beyond is re-marked (or dropped) by `class_over_rate`. A group granted all
+/// it asks gets none: a policer at the measured demand would cut its growth before the next
+/// estimate. Best effort is never policed (it is where re-marked traffic goes).
+pub fn flow_group_policers(
     plan: &TePlan,
     config: &PolicingConfig,
-) -> [Option<TokenBucket>; QOS_CLASSES] {
-    let mut granted = [0u64; QOS_CLASSES];
-    let mut seen = [false; QOS_CLASSES];
-    for ((_, class), a) in &plan.flows {
-        granted[*class as usize] = granted[*class as usize].saturating_add(a.granted_bps);
-        seen[*class as usize] = true;
-    }
-    std::array::from_fn(|i| {
-        (seen[i] && i != QosClass::BestEffort as usize)
-            .then(|| TokenBucket::new(granted[i], config.burst_ms, config.class_over_rate))
-    })
+) -> BTreeMap<FlowGroup, TokenBucket> {
+    plan.flows
+        .iter()
+        .filter(|((_, class), a)| *class != QosClass::BestEffort && a.granted_bps < a.demand_bps)
+        .map(|(group, a)| {
+            (
+                group.clone(),
+                TokenBucket::new(a.granted_bps, config.burst_ms, config.class_over_rate),
+            )
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -104,23 +107,37 @@ mod tests {
     }
 
     #[test]
-    fn class_policers_sum_the_grants_of_a_class() {
+    fn only_flow_groups_granted_less_than_their_demand_are_policed_at_their_grant() {
         let mut plan = TePlan::default();
-        let grant = |g| FlowAllocation {
-            granted_bps: g,
+        let alloc = |demand, granted| FlowAllocation {
+            demand_bps: demand,
+            granted_bps: granted,
             ..Default::default()
         };
+        plan.flows.insert(
+            ("us".into(), QosClass::Realtime),
+            alloc(10_000_000, 10_000_000),
+        );
+        plan.flows.insert(
+            ("ap".into(), QosClass::Realtime),
+            alloc(50_000_000, 30_000_000),
+        );
         plan.flows
-            .insert(("us".into(), QosClass::Realtime), grant(10_000_000));
+            .insert(("ap".into(), QosClass::Bulk), alloc(20_000_000, 0));
         plan.flows
-            .insert(("ap".into(), QosClass::Realtime), grant(30_000_000));
-        plan.flows.insert(("ap".into(), QosClass::Bulk), grant(0));
-        plan.flows
-            .insert(("ap".into(), QosClass::BestEffort), grant(5));
-        let p = class_policers(&plan, &PolicingConfig::default());
-        assert_eq!(p[QosClass::Realtime as usize].unwrap().rate_bps, 40_000_000);
-        assert_eq!(p[QosClass::Bulk as usize].unwrap().rate_bps, 0);
-        assert_eq!(p[QosClass::Critical as usize], None);
-        assert_eq!(p[QosClass::BestEffort as usize], None);
+            .insert(("ap".into(), QosClass::BestEffort), alloc(90, 5));
+        let p = flow_group_policers(&plan, &PolicingConfig::default());
+        let rates: Vec<(&str, QosClass, u64)> = p
+            .iter()
+            .map(|((d, c), b)| (d.as_str(), *c, b.rate_bps))
+            .collect();
+        assert_eq!(
+            rates,
+            [
+                ("ap", QosClass::Realtime, 30_000_000),
+                ("ap", QosClass::Bulk, 0)
+            ]
+        );
+        assert!(p.values().all(|b| b.over_rate == OverRate::Remark));
     }
 }

@@ -1,5 +1,5 @@
 //! Packets the fast path samples (`FLOW_SAMPLES`, one in `[flows] sample_every`), as the
-//! agent receives them, and their way into the top-flows table.
+//! agent receives them, and their way into the top-flows table and the demand estimate.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
@@ -20,6 +20,9 @@ pub struct SampledPacket {
     /// Frame length as it arrived.
     pub bytes: u32,
     pub nexthop: u32,
+    /// Next-hop group of the packet's route (its destination).
+    #[serde(default)]
+    pub group: u32,
 }
 
 impl From<&FlowSampleRecord> for SampledPacket {
@@ -44,6 +47,7 @@ impl From<&FlowSampleRecord> for SampledPacket {
             class: r.class,
             bytes: r.bytes,
             nexthop: r.nexthop,
+            group: r.group,
         }
     }
 }
@@ -180,6 +184,8 @@ mod tests {
             _pad: 0,
             bytes: 1_000,
             nexthop: 3,
+            group: 2,
+            _pad2: 0,
         }
     }
 
@@ -188,6 +194,7 @@ mod tests {
         for v6 in [false, true] {
             let r = record(v6);
             let p = SampledPacket::from(&r);
+            assert_eq!(p.group, 2);
             assert_eq!(p.key().src, r.src);
             assert_eq!(p.key().dst, r.dst);
             let want_src: IpAddr = if v6 {
@@ -211,7 +218,7 @@ mod tests {
 
     #[test]
     fn a_short_record_is_refused() {
-        assert!(crate::dataplane::decode_sample(&[0u8; 47]).is_none());
+        assert!(crate::dataplane::decode_sample(&[0u8; 55]).is_none());
         let r = record(false);
         // SAFETY: plain integers, read as bytes.
         let bytes = unsafe {
