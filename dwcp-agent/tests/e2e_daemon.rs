@@ -352,3 +352,95 @@ fn restart_upgrade_and_reload_lose_no_packet() {
         assert_eq!(r.lost_count(), 0, "{name}: lost {:?}", r.lost);
     }
 }
+
+/// TE mode through real daemons and kernels: the US gateway's fast path samples a realtime
+/// stream, the daemon turns the samples into the flow group's demand, the traffic engineer
+/// cannot grant it all on a 0.5 Mbit/s link (0.4 after the 20 % headroom), and the group is
+/// policed at its grant: the fast path re-marks the excess to best effort, and every
+/// datagram still arrives.
+#[test]
+fn te_mode_polices_a_flow_group_offering_more_than_its_grant() {
+    // The stream from us-east-1 to eu-west-1 goes to port 7101: realtime by a QoS rule.
+    let extra = "[traffic]\nmode = \"te\"\n\n[[qos.rule]]\nclass = \"realtime\"\n\
+                 protocol = \"udp\"\nport = 7101\n";
+    let mut lab = TriangleLab::build(
+        "te",
+        Path::new(AGENT),
+        TriangleOptions {
+            detect_multiplier: DETECT_MULTIPLIER,
+            extra_config: extra.into(),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    for r in 0..3 {
+        // Link 1 (us-east-1 -- eu-west-1) of 0.5 Mbit/s instead of 1 Gbit/s.
+        let text = lab.config_text(r);
+        let slow = text.replacen("capacity_mbps = 1000\n", "capacity_mbps = 0.5\n", 1);
+        assert_ne!(text, slow, "the topology has link 1 at 1000 Mbit/s");
+        lab.write_config(r, &slow).unwrap();
+        lab.start_agent(r, &[]).unwrap();
+    }
+    wait_route(&lab, US, 0, "eu-west-1", &[1]);
+    let g1 = lab.counters(US).unwrap();
+    let remarked_before = g1.reason(Reason::PolicerRemarked);
+    // 1,000 datagrams/s of 106-byte frames: about 0.85 Mbit/s offered.
+    let stream = UdpStream::start(&lab, US, EU, 1000).unwrap();
+    let api = ApiClient::new(Endpoint::Unix(lab.api_socket(US)));
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let start = std::time::Instant::now();
+    let mut remarked = 0;
+    while start.elapsed() < WAIT {
+        remarked = g1.reason(Reason::PolicerRemarked) - remarked_before;
+        if remarked > 500 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        remarked > 500,
+        "no policing of the stream: {remarked} re-marked\n{}",
+        lab.log(US)
+    );
+    // The demand the daemon measured, as the operator sees it.
+    let classes: serde_json::Value = rt.block_on(api.get("/v1/classes")).unwrap();
+    let realtime = classes
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["class"] == "realtime")
+        .unwrap()
+        .clone();
+    let offered = realtime["offered_bps"].as_f64().unwrap();
+    assert!(
+        (400_000.0..2_000_000.0).contains(&offered),
+        "offered realtime rate: {classes}"
+    );
+    // Over a second, about half the stream is re-marked: 0.85 offered, 0.4 granted.
+    let before = g1.reason(Reason::PolicerRemarked);
+    let sent_before = g1.class_counters(dwcp_common::QosClass::Realtime as u8).0;
+    std::thread::sleep(Duration::from_secs(1));
+    let remarked = g1.reason(Reason::PolicerRemarked) - before;
+    let conformed = g1.class_counters(dwcp_common::QosClass::Realtime as u8).0 - sent_before;
+    let share = remarked as f64 / (remarked + conformed) as f64;
+    println!(
+        "offered {:.0} kbit/s; in 1 s {remarked} re-marked, {conformed} realtime ({:.0} % re-marked)",
+        offered / 1e3,
+        share * 100.0
+    );
+    assert!(
+        (0.3..0.8).contains(&share),
+        "share re-marked {share:.2}: {remarked} of {}",
+        remarked + conformed
+    );
+    let report = stream.finish().unwrap();
+    assert!(
+        report.lost_count() <= 5,
+        "re-marking loses nothing: lost {} of {}",
+        report.lost_count(),
+        report.sent
+    );
+}
