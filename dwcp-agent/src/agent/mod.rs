@@ -198,7 +198,7 @@ pub struct AgentSnapshot {
     /// Absent in snapshots of an agent without a tunnel manager.
     #[serde(default)]
     pub tunnels: Vec<TunnelView>,
-    pub history: Vec<RouteChange>,
+    pub history: Vec<Arc<RouteChange>>,
     pub counters: CounterView,
     /// Per QoS class: what the fast path forwarded, and at what rate.
     #[serde(default)]

@@ -144,7 +144,9 @@ pub struct AgentState {
     batch_groups: bool,
     resync: bool,
     adopted: Adopted,
-    history: VecDeque<RouteChange>,
+    /// Shared with the snapshots: publishing clones pointers, not up to `history_len` changes
+    /// (it cost more than the computation at 1,000).
+    history: VecDeque<Arc<RouteChange>>,
     last_reason: BTreeMap<String, String>,
     route_changes_total: u64,
     failovers_total: u64,
@@ -418,7 +420,7 @@ impl AgentState {
     }
 
     pub fn history(&self) -> impl Iterator<Item = &RouteChange> {
-        self.history.iter()
+        self.history.iter().map(|c| &**c)
     }
 
     pub fn adopted(&self) -> Adopted {
@@ -1355,7 +1357,7 @@ impl AgentState {
             info!(destination = %dest, before = ?change.before, after = ?change.after, "route changed: {reason}");
             self.last_reason.insert(dest.clone(), reason);
             self.route_changes_total += 1;
-            self.history.push_back(change.clone());
+            self.history.push_back(Arc::new(change.clone()));
             while self.history.len() > self.config.history_len {
                 self.history.pop_front();
             }

@@ -189,7 +189,7 @@ pub fn three_region_snapshot() -> AgentSnapshot {
             remote_ip: Some("198.51.100.10".into()),
             vni: None,
         }],
-        history,
+        history: history.into_iter().map(Arc::new).collect(),
         counters: CounterView {
             nexthops: vec![(1, 1000, 1_200_000), (3, 10, 12_000)],
             classes: QosClass::ALL

@@ -135,7 +135,7 @@ pub async fn route(
 pub async fn history(
     State(ctx): State<ApiContext>,
     ApiQuery(q): ApiQuery<HistoryQuery>,
-) -> ApiResult<Json<Vec<RouteChange>>> {
+) -> ApiResult<Json<Vec<std::sync::Arc<RouteChange>>>> {
     let s = ctx.snapshot();
     if let Some(d) = &q.destination {
         if !s.regions.contains(d) {
@@ -145,7 +145,7 @@ pub async fn history(
             });
         }
     }
-    let mut changes: Vec<RouteChange> = s
+    let mut changes: Vec<std::sync::Arc<RouteChange>> = s
         .history
         .iter()
         .filter(|c| q.destination.as_ref().is_none_or(|d| &c.destination == d))
