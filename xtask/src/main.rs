@@ -57,14 +57,16 @@ fn run(cmd: &mut Command) -> Result<()> {
     Ok(())
 }
 
-fn clippy_ebpf() -> Result<()> {
+/// `cargo +nightly <subcommand>` for the eBPF crate: its target, `core` built from source,
+/// the workspace's target directory.
+fn ebpf_cargo(subcommand: &str) -> Command {
     let root = root();
-    run(Command::new("cargo")
-        .current_dir(root.join("dwcp-ebpf"))
+    let mut cmd = Command::new("cargo");
+    cmd.current_dir(root.join("dwcp-ebpf"))
         .env_remove("RUSTUP_TOOLCHAIN")
         .args([
             "+nightly",
-            "clippy",
+            subcommand,
             "--release",
             "--target",
             "bpfel-unknown-none",
@@ -72,31 +74,21 @@ fn clippy_ebpf() -> Result<()> {
             "build-std=core",
         ])
         .arg("--target-dir")
-        .arg(root.join("target"))
-        .args(["--", "-D", "warnings"]))
+        .arg(root.join("target"));
+    cmd
+}
+
+fn clippy_ebpf() -> Result<()> {
+    run(ebpf_cargo("clippy").args(["--", "-D", "warnings"]))
 }
 
 fn build_ebpf() -> Result<()> {
     let root = root();
     let target_dir = root.join("target");
-    run(Command::new("cargo")
-        .current_dir(root.join("dwcp-ebpf"))
-        .env_remove("RUSTUP_TOOLCHAIN")
-        .env(
-            "CARGO_ENCODED_RUSTFLAGS",
-            ["-Cdebuginfo=2", "-Clink-arg=--btf"].join("\x1f"),
-        )
-        .args([
-            "+nightly",
-            "build",
-            "--release",
-            "--target",
-            "bpfel-unknown-none",
-            "-Z",
-            "build-std=core",
-        ])
-        .arg("--target-dir")
-        .arg(&target_dir))?;
+    run(ebpf_cargo("build").env(
+        "CARGO_ENCODED_RUSTFLAGS",
+        ["-Cdebuginfo=2", "-Clink-arg=--btf"].join("\x1f"),
+    ))?;
     let built = target_dir.join("bpfel-unknown-none/release/dwcp");
     let out_dir = target_dir.join("bpf");
     std::fs::create_dir_all(&out_dir)?;
