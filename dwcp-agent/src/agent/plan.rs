@@ -21,7 +21,7 @@ use crate::{
     dataplane::{build_table, Member},
     routing::{Path, RouteSet},
     topology::{RegionId, Topology},
-    traffic::{policing::reservation_policer, OverRate},
+    traffic::policing::reservation_policer,
 };
 
 /// The members each group table was built from, by group id.
@@ -311,23 +311,23 @@ pub fn te_policers(
     for ((dest, class), bucket) in
         crate::traffic::policing::flow_group_policers(te, &config.policing)
     {
-        let Some(plan) = plans
-            .iter()
-            .find(|p| p.destination == dest && p.error.is_none())
-        else {
+        let Some(group) = planned_group(plans, &dest) else {
             continue;
         };
-        policers
-            .entry((plan.group_id, class as u8))
-            .or_insert(PolicerSpec {
-                rate_bytes_per_s: bucket.rate_bps / 8,
-                burst_bytes: bucket.burst_bytes,
-                action: match bucket.over_rate {
-                    OverRate::Remark => dwcp_common::POLICE_REMARK,
-                    OverRate::Drop => dwcp_common::POLICE_DROP,
-                },
-            });
+        policers.entry((group, class as u8)).or_insert(PolicerSpec {
+            rate_bytes_per_s: bucket.rate_bps / 8,
+            burst_bytes: bucket.burst_bytes,
+            action: bucket.over_rate.police_action(),
+        });
     }
+}
+
+/// The next-hop group of `destination`, if it was planned without error.
+fn planned_group(plans: &[DestinationPlan], destination: &str) -> Option<u32> {
+    plans
+        .iter()
+        .find(|p| p.destination == destination && p.error.is_none())
+        .map(|p| p.group_id)
 }
 
 /// The token buckets that enforce the active reservations starting in this gateway's region:
@@ -341,20 +341,14 @@ pub fn reservation_policers(
 ) -> BTreeMap<PolicerSlot, PolicerSpec> {
     let mut out: BTreeMap<PolicerSlot, PolicerSpec> = BTreeMap::new();
     for r in reservations.iter().filter(|r| r.source == config.region) {
-        let Some(plan) = plans
-            .iter()
-            .find(|p| p.destination == r.destination && p.error.is_none())
-        else {
+        let Some(group) = planned_group(plans, &r.destination) else {
             continue;
         };
         let bucket = reservation_policer(r, &config.policing);
-        let spec = out.entry((plan.group_id, r.class as u8)).or_default();
+        let spec = out.entry((group, r.class as u8)).or_default();
         spec.rate_bytes_per_s = spec.rate_bytes_per_s.saturating_add(bucket.rate_bps / 8);
         spec.burst_bytes = spec.burst_bytes.saturating_add(bucket.burst_bytes);
-        spec.action = match bucket.over_rate {
-            OverRate::Remark => dwcp_common::POLICE_REMARK,
-            OverRate::Drop => dwcp_common::POLICE_DROP,
-        };
+        spec.action = bucket.over_rate.police_action();
     }
     out
 }

@@ -20,6 +20,16 @@ pub enum OverRate {
     Drop,
 }
 
+impl OverRate {
+    /// The fast path's `Policer.action` for this choice.
+    pub fn police_action(self) -> u8 {
+        match self {
+            OverRate::Remark => dwcp_common::POLICE_REMARK,
+            OverRate::Drop => dwcp_common::POLICE_DROP,
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct PolicingConfig {
