@@ -9,7 +9,7 @@
 //! No I/O but the fast path's maps and no clock of its own (times come in with the inputs), so
 //! a recorded sequence of inputs replays to the same maps and history.
 use std::{
-    collections::{BTreeMap, BTreeSet, HashMap, VecDeque},
+    collections::{BTreeMap, BTreeSet, VecDeque},
     sync::Arc,
     time::Instant,
 };
@@ -167,8 +167,6 @@ pub struct AgentState {
     rates: RateTracker,
     /// Heaviest flows of the current window (`[flows]`), from `Input::FlowSamples`.
     top_flows: TopFlows,
-    /// Class of each sampled flow's last packet in the window (bounded).
-    flow_class: HashMap<FlowKeyTuple, u8>,
     flow_samples: u64,
     flows_window_start_ns: u64,
     flows_window_start_unix_ms: u64,
@@ -183,12 +181,6 @@ pub struct AgentState {
     events: broadcast::Sender<AgentEvent>,
     snapshot: watch::Sender<Arc<AgentSnapshot>>,
 }
-
-/// A flow key as a map key (`dwcp_common::FlowKey` is not `Hash`).
-type FlowKeyTuple = ([u32; 4], [u32; 4], u16, u16, u8);
-
-/// Flows whose class is remembered in a window; beyond, new flows show no class.
-const MAX_FLOW_CLASSES: usize = 65_536;
 
 /// Weight of the newest interval in the flow groups' demand average.
 const DEMAND_SMOOTHING: f64 = 0.5;
@@ -272,7 +264,6 @@ impl AgentState {
             next_counters_ns: now.mono_ns,
             rates: RateTracker::new(RATE_SMOOTHING).expect("a valid smoothing constant"),
             top_flows,
-            flow_class: HashMap::new(),
             flow_samples: 0,
             flows_window_start_ns: now.mono_ns,
             flows_window_start_unix_ms: now.unix_ms,
@@ -784,13 +775,6 @@ impl AgentState {
                     let d = self.demand_bytes.entry((s.group, s.class)).or_default();
                     *d = d.saturating_add(u64::from(s.bytes).saturating_mul(every));
                     self.top_flows.record(&s.sample());
-                    let key = s.key();
-                    let key = (key.src, key.dst, key.src_port, key.dst_port, key.proto);
-                    if self.flow_class.len() < MAX_FLOW_CLASSES
-                        || self.flow_class.contains_key(&key)
-                    {
-                        self.flow_class.insert(key, s.class);
-                    }
                 }
                 self.flow_samples += samples.len() as u64;
             }
@@ -1102,10 +1086,7 @@ impl AgentState {
         self.debounce.set_config(new.delays);
         if new.flows != self.config.flows {
             self.top_flows = TopFlows::new(new.flows.table_size, u64::from(new.flows.sample_every));
-            self.flow_class.clear();
-            self.flow_samples = 0;
-            self.flows_window_start_ns = now.mono_ns;
-            self.flows_window_start_unix_ms = now.unix_ms;
+            self.start_flows_window(now);
         }
         self.config = Arc::new(new);
         self.config_generation += 1;
@@ -1541,12 +1522,16 @@ impl AgentState {
     fn roll_flows_window(&mut self, now: Now) {
         let window = self.config.flows.window_s.saturating_mul(1_000_000_000);
         if now.mono_ns.saturating_sub(self.flows_window_start_ns) >= window {
-            self.top_flows.clear();
-            self.flow_class.clear();
-            self.flow_samples = 0;
-            self.flows_window_start_ns = now.mono_ns;
-            self.flows_window_start_unix_ms = now.unix_ms;
+            self.start_flows_window(now);
         }
+    }
+
+    /// An empty top-flows table from `now` on.
+    fn start_flows_window(&mut self, now: Now) {
+        self.top_flows.clear();
+        self.flow_samples = 0;
+        self.flows_window_start_ns = now.mono_ns;
+        self.flows_window_start_unix_ms = now.unix_ms;
     }
 
     fn flows_view(&self) -> FlowsView {
@@ -1561,14 +1546,7 @@ impl AgentState {
                 .top_flows
                 .top(TOP_FLOWS_SHOWN)
                 .iter()
-                .map(|f| {
-                    let k = &f.key;
-                    let class = self
-                        .flow_class
-                        .get(&(k.src, k.dst, k.src_port, k.dst_port, k.proto))
-                        .copied();
-                    TopFlowView::new(f, total, class)
-                })
+                .map(|f| TopFlowView::new(f, total))
                 .collect(),
         }
     }

@@ -27,20 +27,9 @@ pub struct SampledPacket {
 
 impl From<&FlowSampleRecord> for SampledPacket {
     fn from(r: &FlowSampleRecord) -> Self {
-        let addr = |w: [u32; 4]| -> IpAddr {
-            if r.v6 != 0 {
-                let mut b = [0u8; 16];
-                for (i, word) in w.iter().enumerate() {
-                    b[i * 4..i * 4 + 4].copy_from_slice(&word.to_be_bytes());
-                }
-                IpAddr::V6(Ipv6Addr::from(b))
-            } else {
-                IpAddr::V4(Ipv4Addr::from(w[0]))
-            }
-        };
         SampledPacket {
-            src: addr(r.src),
-            dst: addr(r.dst),
+            src: addr(r.src, r.v6 != 0),
+            dst: addr(r.dst, r.v6 != 0),
             proto: r.proto,
             src_port: r.src_port,
             dst_port: r.dst_port,
@@ -52,15 +41,31 @@ impl From<&FlowSampleRecord> for SampledPacket {
     }
 }
 
+/// An address as the fast path's flow key holds it: four host-order words, IPv4 in the first.
 fn words(a: IpAddr) -> [u32; 4] {
     match a {
         IpAddr::V4(v4) => [u32::from(v4), 0, 0, 0],
         IpAddr::V6(v6) => {
-            let o = v6.octets();
-            std::array::from_fn(|i| {
-                u32::from_be_bytes([o[i * 4], o[i * 4 + 1], o[i * 4 + 2], o[i * 4 + 3]])
-            })
+            let x = u128::from(v6);
+            [
+                (x >> 96) as u32,
+                (x >> 64) as u32,
+                (x >> 32) as u32,
+                x as u32,
+            ]
         }
+    }
+}
+
+/// The inverse of [`words`], given the family.
+fn addr(w: [u32; 4], v6: bool) -> IpAddr {
+    if v6 {
+        let x = w
+            .iter()
+            .fold(0u128, |x, &word| (x << 32) | u128::from(word));
+        IpAddr::V6(Ipv6Addr::from(x))
+    } else {
+        IpAddr::V4(Ipv4Addr::from(w[0]))
     }
 }
 
@@ -80,6 +85,7 @@ impl SampledPacket {
         FlowSample {
             key: self.key(),
             bytes: u64::from(self.bytes),
+            class: self.class,
         }
     }
 }
@@ -118,25 +124,14 @@ pub struct FlowsView {
 }
 
 impl TopFlowView {
-    /// `class`: the class of the flow's last sample, if known. An IPv4 flow is told from an
-    /// IPv6 one by its addresses (the key keeps no family): three zero words are IPv4.
-    pub fn new(flow: &TopFlow, total: u64, class: Option<u8>) -> Self {
+    /// An IPv4 flow is told from an IPv6 one by its addresses (the key keeps no family):
+    /// three zero words are IPv4.
+    pub fn new(flow: &TopFlow, total: u64) -> Self {
         let k = &flow.key;
-        let v4 = k.src[1..] == [0, 0, 0] && k.dst[1..] == [0, 0, 0];
-        let addr = |w: [u32; 4]| -> IpAddr {
-            if v4 {
-                IpAddr::V4(Ipv4Addr::from(w[0]))
-            } else {
-                let mut b = [0u8; 16];
-                for (i, word) in w.iter().enumerate() {
-                    b[i * 4..i * 4 + 4].copy_from_slice(&word.to_be_bytes());
-                }
-                IpAddr::V6(Ipv6Addr::from(b))
-            }
-        };
+        let v6 = k.src[1..] != [0, 0, 0] || k.dst[1..] != [0, 0, 0];
         TopFlowView {
-            src: addr(k.src),
-            dst: addr(k.dst),
+            src: addr(k.src, v6),
+            dst: addr(k.dst, v6),
             protocol: match k.proto {
                 6 => "tcp".into(),
                 17 => "udp".into(),
@@ -153,9 +148,7 @@ impl TopFlowView {
             } else {
                 0.0
             },
-            class: class
-                .and_then(QosClass::from_id)
-                .map(|c| c.name().to_string()),
+            class: QosClass::from_id(flow.class).map(|c| c.name().to_string()),
         }
     }
 }
@@ -207,8 +200,9 @@ mod tests {
                 key: p.key(),
                 bytes: 4_000,
                 error: 0,
+                class: p.class,
             };
-            let v = TopFlowView::new(&flow, 8_000, Some(p.class));
+            let v = TopFlowView::new(&flow, 8_000);
             assert_eq!(v.src, want_src);
             assert_eq!((v.protocol.as_str(), v.dst_port), ("udp", 5004));
             assert_eq!(v.share, 0.5);

@@ -13,6 +13,8 @@ use serde::Serialize;
 pub struct FlowSample {
     pub key: FlowKey,
     pub bytes: u64,
+    /// QoS class of the packet; the table shows each flow's last.
+    pub class: u8,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -23,6 +25,8 @@ pub struct TopFlow {
     pub bytes: u64,
     /// How much `bytes` may overestimate.
     pub error: u64,
+    /// Class of the flow's last sample.
+    pub class: u8,
 }
 
 /// `FlowKey` as an ordered key.
@@ -36,7 +40,8 @@ fn key(k: &FlowKey) -> Key {
 pub struct TopFlows {
     capacity: usize,
     sample_every: u64,
-    entries: BTreeMap<Key, (FlowKey, u64, u64)>,
+    /// Key -> (flow, count, error, class of the last sample).
+    entries: BTreeMap<Key, (FlowKey, u64, u64, u8)>,
     by_count: BTreeSet<(u64, Key)>,
     total: u64,
 }
@@ -58,9 +63,10 @@ impl TopFlows {
         let w = sample.bytes.saturating_mul(self.sample_every);
         self.total = self.total.saturating_add(w);
         let k = key(&sample.key);
-        if let Some((_, count, _)) = self.entries.get_mut(&k) {
+        if let Some((_, count, _, class)) = self.entries.get_mut(&k) {
             self.by_count.remove(&(*count, k));
             *count = count.saturating_add(w);
+            *class = sample.class;
             self.by_count.insert((*count, k));
             return;
         }
@@ -72,7 +78,8 @@ impl TopFlows {
             self.entries.remove(&victim);
             (min.saturating_add(w), min)
         };
-        self.entries.insert(k, (sample.key, count, error));
+        self.entries
+            .insert(k, (sample.key, count, error, sample.class));
         self.by_count.insert((count, k));
     }
 
@@ -88,8 +95,13 @@ impl TopFlows {
             .rev()
             .take(n)
             .map(|(_, k)| {
-                let (key, bytes, error) = self.entries[k];
-                TopFlow { key, bytes, error }
+                let (key, bytes, error, class) = self.entries[k];
+                TopFlow {
+                    key,
+                    bytes,
+                    error,
+                    class,
+                }
             })
             .collect()
     }
@@ -124,14 +136,17 @@ mod tests {
             t.record(&FlowSample {
                 key: flow(1),
                 bytes: 1500,
+                class: 0,
             });
             t.record(&FlowSample {
                 key: flow(2),
                 bytes: 700,
+                class: 0,
             });
             t.record(&FlowSample {
                 key: flow(100 + round),
                 bytes: 60,
+                class: 0,
             });
         }
         let top = t.top(2);
@@ -155,7 +170,7 @@ mod tests {
             let mut t = TopFlows::new(capacity, 1);
             let mut exact: BTreeMap<u16, u64> = BTreeMap::new();
             for (f, b) in &samples {
-                t.record(&FlowSample { key: flow(*f), bytes: *b });
+                t.record(&FlowSample { key: flow(*f), bytes: *b, class: 0 });
                 *exact.entry(*f).or_default() += b;
             }
             let total: u64 = exact.values().sum();
