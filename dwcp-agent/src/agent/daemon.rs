@@ -473,9 +473,10 @@ impl Daemon {
                         });
                         (active, next)
                     };
-                    let ids: Vec<u64> = active.iter().map(|r| r.id.0).collect();
-                    if last.as_ref() != Some(&(ids.clone(), next.clone())) {
-                        last = Some((ids, next.clone()));
+                    let seen = (active.iter().map(|r| r.id.0).collect::<Vec<u64>>(), next);
+                    if last.as_ref() != Some(&seen) {
+                        let next = seen.1.clone();
+                        last = Some(seen);
                         if tx.send(Input::Reservations { active, next }).await.is_err() {
                             return;
                         }
@@ -789,7 +790,7 @@ pub async fn set_link_admin(handle: &AgentHandle, link: u32, up: bool) -> Result
 }
 
 /// Reads the fast path's sampled packets and hands them to the state owner in batches: drain
-/// the ring buffer when it signals, send, then pause (the ring holds 5,461 samples; at one in
+/// the ring buffer when it signals, send, then pause (the ring holds 4,096 samples; at one in
 /// 1,000 packets that is seconds of traffic at a million packets per second).
 async fn read_flow_samples(
     mut fd: tokio::io::unix::AsyncFd<aya::maps::RingBuf<MapData>>,
