@@ -575,7 +575,7 @@ impl TunnelManager {
         );
         backend.set(name, &update).await?;
         if w.peer.persistent_keepalive.is_none() {
-            backend.start_handshake(name, peer_key).await?;
+            backend.start_handshake(name, peer_key, None).await?;
         }
         Ok(())
     }

@@ -14,8 +14,14 @@
 //!    once (a keepalive turned on is sent immediately). The handshake completes in one round
 //!    trip; both sides flush their queues into the new session. Only then does B remove the
 //!    entry of A's old key: removing it earlier drops the packets still in its send pipeline
-//!    (seen in the lab: 5 of 3,600). Should A's first initiation cross B's, both fail; B then
-//!    initiates again from a fresh entry after 100 ms instead of WireGuard's 5 s retry.
+//!    (seen in the lab: 5 of 3,600).
+//!    Should A's first initiation (sent when it switched, if it had traffic) reach B only after
+//!    B's entry exists, it crosses B's and both fail; each end then waits WireGuard's 5 s
+//!    before initiating again. A breaks the tie, not B: B re-creating its entry would drop
+//!    the packets queued in it (the traffic towards A: 25 at 250/s in the lab). A
+//!    *re-initiates* instead — its device takes a throwaway key and the next key again, which
+//!    resets its initiation budget without touching its peers or queues — 100 ms after the
+//!    switch and then at doubling intervals, while B, having spent its budget, stays quiet.
 //! 4. **commit** — once A sees a handshake newer than the switch, the next key becomes the
 //!    current one and the old private key file is gone. If no handshake comes within the
 //!    timeout, both sides go back (A's old key, B's old peer entry): the old key is retired
@@ -46,6 +52,9 @@ use super::{
 /// How long the peer keeps the old entry when no handshake with the new key comes: two of
 /// WireGuard's 5 s handshake retries and a little more.
 const RETIRE_WAIT: Duration = Duration::from_secs(11);
+
+/// How often the handshake is looked for during a rotation.
+const HANDSHAKE_POLL: Duration = Duration::from_millis(2);
 
 /// How B hears about A's new key.
 pub trait PeerKeyExchange {
@@ -106,21 +115,44 @@ pub async fn rotate_key(
     let (old, new) = (staged.old_public, staged.new_public);
     let switched_at = local.apply_rotation(tunnel).await?;
     let applied = Instant::now();
-    if let Err(e) = peer.replace_peer_key(old, new).await {
-        local.abort_rotation(tunnel).await?;
-        return Err(TunnelError::Rotation {
-            tunnel: tunnel.to_string(),
-            detail: format!("the peer did not take the new key ({e}); rolled back"),
-        });
-    }
-    loop {
-        if let Some(t) = local.peer_last_handshake(tunnel).await? {
-            if t > switched_at {
-                break;
+    // The exchange (for a peer in this process: until its new entry has the handshake) runs
+    // beside the wait for this end's handshake, which may need this end to re-initiate.
+    let mut exchange = Box::pin(peer.replace_peer_key(old, new));
+    let (mut exchanged, mut handshake_after) = (false, None);
+    let mut reinitiate_at = super::HANDSHAKE_TIE_WAIT;
+    while !(exchanged && handshake_after.is_some()) {
+        if exchanged {
+            tokio::time::sleep(HANDSHAKE_POLL).await;
+        } else {
+            tokio::select! {
+                done = &mut exchange => {
+                    if let Err(e) = done {
+                        local.abort_rotation(tunnel).await?;
+                        return Err(TunnelError::Rotation {
+                            tunnel: tunnel.to_string(),
+                            detail: format!("the peer did not take the new key ({e}); rolled back"),
+                        });
+                    }
+                    exchanged = true;
+                }
+                _ = tokio::time::sleep(HANDSHAKE_POLL) => {}
             }
+        }
+        if handshake_after.is_some() {
+            continue;
+        }
+        if local
+            .peer_last_handshake(tunnel)
+            .await?
+            .is_some_and(|t| t > switched_at)
+        {
+            handshake_after = Some(applied.elapsed());
+            continue;
         }
         if applied.elapsed() > timeout {
             warn!(tunnel, "no handshake with the new key; rolling back");
+            // An exchange still running may hold the peer (in this process: its lock).
+            drop(exchange);
             local.abort_rotation(tunnel).await?;
             peer.replace_peer_key(new, old).await?;
             return Err(TunnelError::Rotation {
@@ -130,9 +162,13 @@ pub async fn rotate_key(
                 ),
             });
         }
-        tokio::time::sleep(Duration::from_millis(2)).await;
+        if applied.elapsed() >= reinitiate_at {
+            warn!(tunnel, after = ?applied.elapsed(), "no handshake with the new key yet; initiating again");
+            local.reinitiate(tunnel).await?;
+            reinitiate_at *= 2;
+        }
     }
-    let handshake_after = applied.elapsed();
+    let handshake_after = handshake_after.expect("loop ends with a handshake");
     local.commit_rotation(tunnel).await?;
     info!(tunnel, old = %old, new = %new, ?handshake_after, "key rotated");
     Ok(RotationReport {
@@ -319,27 +355,17 @@ impl TunnelManager {
         update.peers.retain(|p| !p.remove);
         backend.set(name, &update).await?;
         if w.peer.persistent_keepalive.is_none() {
-            backend.start_handshake(name, new).await?;
+            backend.start_handshake(name, new, None).await?;
         }
+        // No re-initiation here should the handshake not come: the rotating end breaks ties
+        // (see the module's notes), so what is queued in the new entry stays queued.
         let started = Instant::now();
-        let mut recreated = false;
         while started.elapsed() < RETIRE_WAIT {
             let status = backend.get(name).await?;
             if status.is_some_and(|s| s.peer(&new).is_some_and(|p| p.last_handshake.is_some())) {
                 break;
             }
-            // The rotating end may have initiated at the same instant as this one: then both
-            // handshakes fail and WireGuard would wait 5 s. A fresh entry initiates again at
-            // once, while the other end, having just initiated, stays quiet.
-            if !recreated && started.elapsed() >= super::HANDSHAKE_TIE_WAIT {
-                self.recreate_peer_entry(&spec, w, new).await?;
-                recreated = true;
-                warn!(
-                    tunnel = name,
-                    "no handshake with the new key yet; initiating again"
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(2)).await;
+            tokio::time::sleep(HANDSHAKE_POLL).await;
         }
         backend
             .set(
@@ -352,6 +378,41 @@ impl TunnelManager {
             .await?;
         info!(tunnel = name, old = %old, new = %new, "peer key replaced");
         Ok(())
+    }
+
+    /// Makes the device initiate a handshake at once, during a rotation (after `apply`): it
+    /// takes a throwaway key and then the next key again. Setting a key expires the sessions'
+    /// sending side (already expired by the switch) and resets the initiation budget; setting
+    /// the key in force is ignored by both implementations, hence the detour. Peers, queues
+    /// and receiving sessions are untouched. A packet waiting to be sent, or a kick, starts
+    /// the initiation.
+    pub async fn reinitiate(&self, name: &str) -> Result<()> {
+        let _guard = self.lock.lock().await;
+        let spec = self.spec(name)?;
+        let w = wireguard_spec(&spec)?;
+        let next = self
+            .store
+            .next_key(name)?
+            .ok_or_else(|| TunnelError::Rotation {
+                tunnel: name.to_string(),
+                detail: "no rotation in progress".into(),
+            })?;
+        let backend = self.wg()?;
+        for key in [super::PrivateKey::generate(), next] {
+            backend
+                .set(
+                    name,
+                    &DeviceUpdate {
+                        private_key: Some(key),
+                        ..Default::default()
+                    },
+                )
+                .await?;
+        }
+        let peer_key = self.effective_peer_key(name, w.peer.public_key)?;
+        backend
+            .start_handshake(name, peer_key, w.peer.persistent_keepalive)
+            .await
     }
 
     /// When the last handshake with the tunnel's peer completed.

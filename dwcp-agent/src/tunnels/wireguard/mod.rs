@@ -363,11 +363,20 @@ impl WireGuardBackend {
         }
     }
 
-    /// Makes the device initiate a handshake with `peer` now, for a peer without persistent
-    /// keepalive: turning a keepalive on sends one at once (both implementations), and with
-    /// no session that starts the handshake; then it is turned off again.
-    pub async fn start_handshake(&self, ifname: &str, peer: PublicKey) -> Result<()> {
-        for interval in [1, 0] {
+    /// Makes the device initiate a handshake with `peer` now: turning a keepalive on sends
+    /// one at once (both implementations; only when it was off), and with no session that
+    /// starts the handshake; then the peer's own `keepalive` is set again.
+    pub async fn start_handshake(
+        &self,
+        ifname: &str,
+        peer: PublicKey,
+        keepalive: Option<u16>,
+    ) -> Result<()> {
+        let turns = match keepalive {
+            Some(k) if k > 0 => [0, k],
+            _ => [1, 0],
+        };
+        for interval in turns {
             let kick = PeerUpdate {
                 persistent_keepalive: Some(interval),
                 ..PeerUpdate::select(peer)
