@@ -681,7 +681,9 @@ impl PeerKeyExchange for LostInitiationsPeer<'_> {
     ) -> dwcp_agent::tunnels::Result<()> {
         let lift = async {
             tokio::time::sleep(Duration::from_millis(30)).await;
-            let _ = self.ns.exec(&["nft", "delete", "table", "inet", "dwcp_tie"]);
+            let _ = self
+                .ns
+                .exec(&["nft", "delete", "table", "inet", "dwcp_tie"]);
         };
         tokio::join!(self.inner.replace_peer_key(old, new), lift).0
     }
@@ -696,10 +698,10 @@ async fn a_lost_or_crossed_handshake_during_rotation_loses_no_packets() {
     b.mgr.ensure(&pair.b_spec).await.unwrap();
     assert!(ping(&a.ns, "10.254.0.2"));
     const PACE: Duration = Duration::from_millis(4);
-    let ab = UdpStream::start_paced(&a.ns, &b.ns, Ipv4Addr::new(10, 254, 0, 2), 9100, 1, PACE)
-        .unwrap();
-    let ba = UdpStream::start_paced(&b.ns, &a.ns, Ipv4Addr::new(10, 254, 0, 1), 9101, 1, PACE)
-        .unwrap();
+    let ab =
+        UdpStream::start_paced(&a.ns, &b.ns, Ipv4Addr::new(10, 254, 0, 2), 9100, 1, PACE).unwrap();
+    let ba =
+        UdpStream::start_paced(&b.ns, &a.ns, Ipv4Addr::new(10, 254, 0, 1), 9101, 1, PACE).unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
     let rules = a.state.path().join("drop-initiations.nft");
     std::fs::write(&rules, DROP_INITIATIONS).unwrap();
@@ -720,7 +722,11 @@ async fn a_lost_or_crossed_handshake_during_rotation_loses_no_packets() {
         "lost initiations: A->B sent {} lost {}, B->A sent {} lost {}, handshake after {:?}",
         ab.sent, ab.lost, ba.sent, ba.lost, report.handshake_after
     );
-    assert_eq!(ab.socket_drops + ba.socket_drops, 0, "the test's socket overflowed");
+    assert_eq!(
+        ab.socket_drops + ba.socket_drops,
+        0,
+        "the test's socket overflowed"
+    );
     // Both first initiations were lost: the handshake came from A's re-initiation (100 ms
     // after the switch), not from WireGuard's 5 s retry.
     assert!(
@@ -729,9 +735,205 @@ async fn a_lost_or_crossed_handshake_during_rotation_loses_no_packets() {
         "handshake after {:?}",
         report.handshake_after
     );
-    assert_eq!(ab.lost, 0, "A's datagrams lost (queued at A during the handshake)");
-    assert_eq!(ba.lost, 0, "B's datagrams lost (queued in B's new peer entry)");
+    assert_eq!(
+        ab.lost, 0,
+        "A's datagrams lost (queued at A during the handshake)"
+    );
+    assert_eq!(
+        ba.lost, 0,
+        "B's datagrams lost (queued in B's new peer entry)"
+    );
     assert!(ping(&a.ns, "10.254.0.2"));
+}
+
+/// `dwcp-tunnels run` in a gateway's namespace; stopped (SIGTERM, then SIGKILL) when dropped.
+struct TunnelDaemon {
+    child: std::process::Child,
+    log: PathBuf,
+}
+
+impl TunnelDaemon {
+    fn start(gw: &Gateway, spec: &TunnelSpec, rotate_after_s: u64) -> TunnelDaemon {
+        let file = gw.state.path().join("tunnels.toml");
+        let text = toml::to_string(&dwcp_agent::tunnels::TunnelsFile {
+            tunnels: vec![spec.clone()],
+        })
+        .unwrap();
+        std::fs::write(&file, text).unwrap();
+        let log = gw.state.path().join("run.log");
+        let out = File::create(&log).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_dwcp-tunnels"))
+            .args(["--netns", gw.ns.name(), "--state-dir"])
+            .arg(gw.state.path())
+            .arg("run")
+            .arg(&file)
+            .args(["--rotate-after-s", &rotate_after_s.to_string()])
+            .args(["--check-interval-s", "1"])
+            .env("RUST_LOG", "info")
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .spawn()
+            .unwrap();
+        TunnelDaemon { child, log }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for TunnelDaemon {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) on the child this test started.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One key-exchange request from `ns` to `to`, and the reply.
+fn key_exchange_request(
+    ns: &Netns,
+    to: SocketAddr,
+    request: &dwcp_agent::tunnels::key_exchange::KeyChange,
+) -> dwcp_agent::tunnels::key_exchange::Reply {
+    let line = serde_json::to_string(request).unwrap() + "\n";
+    let answer = ns
+        .run_in(move || {
+            let mut s = TcpStream::connect_timeout(&to, Duration::from_secs(3)).unwrap();
+            s.write_all(line.as_bytes()).unwrap();
+            let mut answer = String::new();
+            s.read_to_string(&mut answer).unwrap();
+            answer
+        })
+        .unwrap();
+    serde_json::from_str(answer.trim()).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_daemons_rotate_their_keys_on_schedule_over_the_underlay_without_loss() {
+    let _timing = TIMING.write().await;
+    let (a, b) = two_gateways().await;
+    let pair = wireguard_pair(&a, &b, None);
+    let key_file = |gw: &Gateway, name: &str| std::fs::read(gw.key_dir(name).join("private.key"));
+    let (a_first, b_first) = (
+        key_file(&a, &pair.a_name).unwrap(),
+        key_file(&b, &pair.b_name).unwrap(),
+    );
+    // Keys older than 3 s are due: both ends fall due together (the keys were made together).
+    let da = TunnelDaemon::start(&a, &pair.a_spec, 3);
+    let db = TunnelDaemon::start(&b, &pair.b_spec, 3);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !ping(&a.ns, "10.254.0.2") {
+        assert!(
+            Instant::now() < deadline,
+            "no tunnel: {}\n{}",
+            da.log(),
+            db.log()
+        );
+    }
+    const PACE: Duration = Duration::from_millis(4);
+    let ab =
+        UdpStream::start_paced(&a.ns, &b.ns, Ipv4Addr::new(10, 254, 0, 2), 9200, 1, PACE).unwrap();
+    let ba =
+        UdpStream::start_paced(&b.ns, &a.ns, Ipv4Addr::new(10, 254, 0, 1), 9201, 1, PACE).unwrap();
+    // Until each end has rotated at least once (and no rotation is half done).
+    let deadline = Instant::now() + Duration::from_secs(40);
+    let rotated = |gw: &Gateway, name: &str, first: &Vec<u8>| {
+        key_file(gw, name).is_ok_and(|k| k != *first)
+            && !gw.key_dir(name).join("private.key.next").exists()
+    };
+    while !(rotated(&a, &pair.a_name, &a_first) && rotated(&b, &pair.b_name, &b_first)) {
+        assert!(
+            Instant::now() < deadline,
+            "not both ends rotated within 40 s:\nA: {}\nB: {}",
+            da.log(),
+            db.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (ab, ba) = (ab.finish().unwrap(), ba.finish().unwrap());
+    let (la, lb) = (da.log(), db.log());
+    let rotations = |log: &str| log.matches("key rotated, new public key").count();
+    eprintln!(
+        "scheduled rotations: A {} B {}; A->B sent {} lost {}, B->A sent {} lost {}",
+        rotations(&la),
+        rotations(&lb),
+        ab.sent,
+        ab.lost,
+        ba.sent,
+        ba.lost
+    );
+    assert_eq!(
+        ab.socket_drops + ba.socket_drops,
+        0,
+        "the test's socket overflowed"
+    );
+    assert_eq!(
+        ab.lost, 0,
+        "A->B datagrams lost across scheduled rotations\nA: {la}\nB: {lb}"
+    );
+    assert_eq!(
+        ba.lost, 0,
+        "B->A datagrams lost across scheduled rotations\nA: {la}\nB: {lb}"
+    );
+    assert!(
+        rotations(&la) >= 1 && rotations(&lb) >= 1,
+        "A: {la}\nB: {lb}"
+    );
+    assert!(lb.contains("peer key replaced on request"), "B: {lb}");
+    // No private key in the daemons' output.
+    for (gw, name, log) in [(&a, &pair.a_name, &la), (&b, &pair.b_name, &lb)] {
+        for secret in secret_forms(&gw.key_dir(name).join("private.key")) {
+            assert!(!log.contains(&secret), "a private key in the log of {name}");
+        }
+    }
+
+    // Requests B's daemon must refuse, whatever they claim: signed by a key that is not A's,
+    // and A's real request replayed.
+    use dwcp_agent::tunnels::{key_exchange::KeyChange, PrivateKey};
+    let b_addr = SocketAddr::from((B_UNDERLAY, dwcp_agent::tunnels::key_exchange::DEFAULT_PORT));
+    let a_now = a.mgr.public_key(&pair.a_name).unwrap();
+    let b_now = b.mgr.public_key(&pair.b_name).unwrap();
+    let stranger = PrivateKey::generate();
+    let mut forged = KeyChange::new(
+        &stranger,
+        stranger.public_key(),
+        b_now,
+        SystemTime::now(),
+        false,
+    );
+    forged.from = a_now;
+    let reply = key_exchange_request(&a.ns, b_addr, &forged);
+    assert!(!reply.accepted && reply.detail == "bad MAC", "{reply:?}");
+    let unknown = KeyChange::new(
+        &stranger,
+        stranger.public_key(),
+        b_now,
+        SystemTime::now(),
+        false,
+    );
+    let reply = key_exchange_request(&a.ns, b_addr, &unknown);
+    assert!(!reply.accepted, "{reply:?}");
+    assert!(reply.detail.contains("no tunnel"), "{reply:?}");
+    let garbage: KeyChange = serde_json::from_value(serde_json::json!({
+        "intent": false, "from": a_now, "to": a_now, "peer": b_now,
+        "sent_unix_ms": 0, "mac": "00"
+    }))
+    .unwrap();
+    let reply = key_exchange_request(&a.ns, b_addr, &garbage);
+    assert!(!reply.accepted, "{reply:?}");
+    // The tunnel still carries traffic on the rotated keys.
+    assert!(ping(&a.ns, "10.254.0.2"));
+    assert!(ping(&b.ns, "10.254.0.1"));
 }
 
 /// A peer that says yes but never learns the key (a lost control message).

@@ -53,6 +53,8 @@ pub enum TunnelError {
     },
     #[error("key rotation of tunnel `{tunnel}`: {detail}")]
     Rotation { tunnel: String, detail: String },
+    #[error("key exchange with the peer: {detail}")]
+    KeyExchange { detail: String },
 }
 
 pub type Result<T, E = TunnelError> = std::result::Result<T, E>;

@@ -14,6 +14,7 @@
 pub mod error;
 pub mod handoff;
 pub mod kernel_support;
+pub mod key_exchange;
 mod links;
 pub mod mss;
 pub mod netns;

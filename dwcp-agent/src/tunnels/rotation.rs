@@ -30,8 +30,8 @@
 //! Loss is zero as long as the queue holds what A sends between steps 2 and 4 (128 packets:
 //! at 100,000 packets/s that is about 1.3 ms, so the control path between A and B must be
 //! faster than that for such a flow; the lab measures it). B learns A's new key through
-//! [`PeerKeyExchange`]: in the lab both managers are in one process ([`LocalPeer`]); between
-//! hosts it is the shared store the design plans (etcd), which does not exist yet.
+//! [`PeerKeyExchange`]: from a manager in the same process ([`LocalPeer`], the lab) or from
+//! B's `dwcp-tunnels run` daemon over the underlay ([`super::key_exchange::RemotePeer`]).
 
 use std::{
     future::Future,
@@ -58,6 +58,12 @@ const HANDSHAKE_POLL: Duration = Duration::from_millis(2);
 
 /// How B hears about A's new key.
 pub trait PeerKeyExchange {
+    /// Announces the change before this end switches; the peer refuses when it is rotating
+    /// its own key of the tunnel. Nothing to do for a peer in this process.
+    fn announce(&self, _old: PublicKey, _new: PublicKey) -> impl Future<Output = Result<()>> {
+        async { Ok(()) }
+    }
+
     /// Makes the peer accept `new` instead of `old` for this tunnel.
     fn replace_peer_key(&self, old: PublicKey, new: PublicKey) -> impl Future<Output = Result<()>>;
 }
@@ -113,6 +119,13 @@ pub async fn rotate_key(
 ) -> Result<RotationReport> {
     let staged = local.stage_rotation(tunnel).await?;
     let (old, new) = (staged.old_public, staged.new_public);
+    if let Err(e) = peer.announce(old, new).await {
+        local.abort_rotation(tunnel).await?;
+        return Err(TunnelError::Rotation {
+            tunnel: tunnel.to_string(),
+            detail: format!("the peer refused the rotation ({e}); nothing changed"),
+        });
+    }
     let switched_at = local.apply_rotation(tunnel).await?;
     let applied = Instant::now();
     // The exchange (for a peer in this process: until its new entry has the handshake) runs
@@ -127,6 +140,10 @@ pub async fn rotate_key(
             tokio::select! {
                 done = &mut exchange => {
                     if let Err(e) = done {
+                        // The peer may have taken the key before its reply was lost: it is
+                        // told to go back too (authenticated by the next key, which `abort`
+                        // forgets), whatever it answers.
+                        let _ = peer.replace_peer_key(new, old).await;
                         local.abort_rotation(tunnel).await?;
                         return Err(TunnelError::Rotation {
                             tunnel: tunnel.to_string(),
@@ -153,8 +170,9 @@ pub async fn rotate_key(
             warn!(tunnel, "no handshake with the new key; rolling back");
             // An exchange still running may hold the peer (in this process: its lock).
             drop(exchange);
+            let peer_back = peer.replace_peer_key(new, old).await;
             local.abort_rotation(tunnel).await?;
-            peer.replace_peer_key(new, old).await?;
+            peer_back?;
             return Err(TunnelError::Rotation {
                 tunnel: tunnel.to_string(),
                 detail: format!(
@@ -413,6 +431,24 @@ impl TunnelManager {
         backend
             .start_handshake(name, peer_key, w.peer.persistent_keepalive)
             .await
+    }
+
+    /// This end's private key whose public key is `public`: the current one or, during a
+    /// rotation, the next.
+    pub(crate) fn own_key(&self, name: &str, public: PublicKey) -> Result<super::PrivateKey> {
+        if let Some(next) = self.store.next_key(name)? {
+            if next.public_key() == public {
+                return Ok(next);
+            }
+        }
+        let (current, _) = self.store.private_key(name)?;
+        if current.public_key() == public {
+            return Ok(current);
+        }
+        Err(TunnelError::Rotation {
+            tunnel: name.to_string(),
+            detail: format!("no private key of this end has the public key {public}"),
+        })
     }
 
     /// When the last handshake with the tunnel's peer completed.

@@ -49,6 +49,16 @@ impl PrivateKey {
         PublicKey(x25519_dalek::PublicKey::from(&self.0).to_bytes())
     }
 
+    /// The x25519 shared secret with `other` (the same from `other`'s private key and this
+    /// key's public one).
+    pub fn shared_secret(&self, other: &PublicKey) -> Zeroizing<[u8; KEY_LEN]> {
+        Zeroizing::new(
+            self.0
+                .diffie_hellman(&x25519_dalek::PublicKey::from(other.0))
+                .to_bytes(),
+        )
+    }
+
     /// Raw bytes, for the backends only.
     pub(crate) fn expose(&self) -> Zeroizing<[u8; KEY_LEN]> {
         Zeroizing::new(self.0.to_bytes())
