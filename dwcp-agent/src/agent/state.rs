@@ -90,6 +90,9 @@ pub struct UpdateStats {
     pub compute_ns: u64,
     /// Of `compute_ns`: the routing engine's table update.
     pub routing_ns: u64,
+    /// Of `compute_ns`: the destinations' plans (paths, traffic weights, members), routing
+    /// included.
+    pub plans_ns: u64,
     /// Of `compute_ns`: group tables built (`plan::add_routes`).
     pub groups_ns: u64,
     pub program_ns: u64,
@@ -134,6 +137,9 @@ pub struct AgentState {
     causes: Vec<Cause>,
     started: bool,
     table: Option<RoutingTable>,
+    /// The table `table` replaced, dropped once the maps are written (dropping a table of
+    /// 1,000 edge nodes is work the update need not wait for).
+    retired_table: Option<RoutingTable>,
     plans: BTreeMap<String, DestinationPlan>,
     programmed: ForwardingState,
     /// Members each programmed group table was built from.
@@ -243,6 +249,7 @@ impl AgentState {
             causes: Vec::new(),
             started: false,
             table: None,
+            retired_table: None,
             plans: BTreeMap::new(),
             programmed: ForwardingState::default(),
             group_members: BTreeMap::new(),
@@ -1177,6 +1184,7 @@ impl AgentState {
             }
         }
         let plans = self.plan_routes();
+        let plans_ns = t0.elapsed().as_nanos() as u64;
         let mut desired = plan::base_state(
             &self.config,
             &self.interfaces,
@@ -1261,6 +1269,7 @@ impl AgentState {
         }
         let program_ns = t1.elapsed().as_nanos() as u64;
         self.programmed_at = Some(Instant::now());
+        self.retired_table = None;
         if !self.resync {
             self.group_members = built;
         }
@@ -1349,6 +1358,7 @@ impl AgentState {
             at_ns: now.mono_ns,
             compute_ns,
             routing_ns: self.last_routing_ns,
+            plans_ns,
             groups_ns,
             program_ns,
             changes: changes.len(),
@@ -1417,7 +1427,7 @@ impl AgentState {
             };
             sets.push((dest.clone(), region.id, result));
         }
-        self.table = Some(table);
+        self.retired_table = self.table.replace(table);
 
         // Weights of the active paths from the traffic engineer.
         let links: BTreeMap<TeLinkId, LinkStatus> = topology
