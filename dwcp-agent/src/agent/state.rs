@@ -1491,16 +1491,16 @@ impl AgentState {
                         let members =
                             plan::members(&weighted, &standby, &local, self.standby_supported);
                         let mut paths: Vec<PlannedPath> = weighted
-                            .iter()
+                            .into_iter()
                             .enumerate()
-                            .map(|(i, (p, w))| PlannedPath {
-                                path: p.clone(),
+                            .map(|(i, (path, weight))| PlannedPath {
+                                path,
                                 role: if i == 0 {
                                     PlanRole::Primary
                                 } else {
                                     PlanRole::Ecmp
                                 },
-                                weight: *w,
+                                weight,
                             })
                             .collect();
                         paths.extend(standby.into_iter().map(|p| PlannedPath {
