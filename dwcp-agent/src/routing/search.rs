@@ -306,10 +306,13 @@ impl<'g> Search<'g> {
     }
 
     /// Search between `src` and `dst` within `mask` into `sc.dist`, and the lexicographically
-    /// first optimal path with its weight. With `tree` (distances from `src` within a mask
-    /// that bans no more than `mask`), the search runs from `dst` towards `src` as A* with
-    /// `tree` for potential (see `RoutingGraph::astar_scratch`, and `walk_back`); else
-    /// Dijkstra from `src`, stopping at `dst`. Same answer either way.
+    /// first optimal path with its weight. The search runs from `dst` towards `src` (links are
+    /// undirected), and `walk_back` picks the path `first_path` would: with `tree` (distances
+    /// from `src` within a mask that bans no more than `mask`) as A* with `tree` for potential
+    /// (see `RoutingGraph::astar_scratch`), else as Dijkstra from `dst`, stopping at `src`.
+    /// Same answer either way; the backward search needs no pass for the regions that reach
+    /// `dst` (`first_path`'s), as every region with an exact distance does, and one without
+    /// (never below its true distance, which is not below `src`'s) is on no optimal path.
     fn search_between(
         &self,
         sc: &mut Scratch,
@@ -329,10 +332,10 @@ impl<'g> Search<'g> {
             }
             None => {
                 self.g
-                    .dijkstra_scratch(sc, src, Some(dst), mask, |l| self.weight(l));
+                    .dijkstra_scratch(sc, dst, Some(src), mask, |l| self.weight(l));
                 (
-                    self.first_path(src, dst, mask, &sc.dist),
-                    sc.dist[dst as usize],
+                    self.walk_back(src, dst, mask, &sc.dist),
+                    sc.dist[src as usize],
                 )
             }
         }
