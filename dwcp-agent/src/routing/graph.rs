@@ -291,6 +291,7 @@ impl RoutingGraph {
     }
 
     /// Whether any link of region `r` is open under `mask` (else no search leaves or reaches it).
+    #[inline]
     pub(crate) fn has_open_link(&self, mask: &Mask, r: u32) -> bool {
         self.neighbours(r)
             .iter()

@@ -634,20 +634,24 @@ impl<'g> Search<'g> {
         let mut cost_per_gb = 0.0;
         let mut bottleneck_mbps = f64::INFINITY;
         let mut delivered = 1.0;
+        // One pass over the links fills both lists (each allocated once, at its size).
+        let mut regions = Vec::with_capacity(c.links.len() + 1);
+        let mut links = Vec::with_capacity(c.links.len());
+        let mut at = c.src;
+        regions.push(RegionId(at));
         for &l in &c.links {
             let m = &self.g.links[l as usize];
             latency_ms += m.latency_ms;
             cost_per_gb += m.cost_per_gb;
             bottleneck_mbps = bottleneck_mbps.min(m.avail_mbps);
             delivered *= 1.0 - m.loss;
+            at = m.other(at);
+            regions.push(RegionId(at));
+            links.push(m.id);
         }
         Path {
-            regions: self.nodes(c).map(RegionId).collect(),
-            links: c
-                .links
-                .iter()
-                .map(|&l| self.g.links[l as usize].id)
-                .collect(),
+            regions,
+            links,
             latency_ms,
             cost_per_gb,
             bottleneck_mbps,
