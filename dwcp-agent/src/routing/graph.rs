@@ -11,6 +11,8 @@ use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::ops::Add;
 
+use smallvec::SmallVec;
+
 use super::strategy::BalancedWeights;
 use crate::topology::{LinkId, RegionId, Topology};
 
@@ -73,12 +75,29 @@ impl Add for Weight {
 }
 
 /// What a search may use: banned regions, banned links, and a floor on available bandwidth.
-#[derive(Clone, Debug)]
+/// The flags are held inline up to 32 regions and 64 links, so that a route set's masks (the
+/// constraints', the backups' copy of it, Yen's) cost no allocation on small graphs.
+#[derive(Debug)]
 pub(crate) struct Mask {
-    pub nodes: Vec<bool>,
-    pub links: Vec<bool>,
+    pub nodes: SmallVec<[bool; 32]>,
+    pub links: SmallVec<[bool; 64]>,
     pub min_avail_kbps: u64,
 }
+
+impl Clone for Mask {
+    /// A copy of the flags (`SmallVec`'s own `clone` goes element by element).
+    fn clone(&self) -> Self {
+        Mask {
+            nodes: SmallVec::from_slice(&self.nodes),
+            links: SmallVec::from_slice(&self.links),
+            min_avail_kbps: self.min_avail_kbps,
+        }
+    }
+}
+
+/// Link indexes of a path, inline up to 8 links (no allocation for the paths of most
+/// topologies).
+pub(crate) type Links = SmallVec<[u32; 8]>;
 
 /// Distances of a single-source search (`None` = not reached).
 pub(crate) type Dist = Vec<Option<Weight>>;
@@ -95,10 +114,27 @@ pub(crate) struct Scratch {
 }
 
 thread_local! {
-    static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch::default());
+    // Const-initialised: no lazy-initialisation check on each use.
+    static SCRATCH: RefCell<Scratch> = const {
+        RefCell::new(Scratch {
+            dist: Vec::new(),
+            done: Vec::new(),
+            heap: BinaryHeap::new(),
+            wide: Vec::new(),
+            wheap: BinaryHeap::new(),
+        })
+    };
     /// `reaching`'s buffers (used while a distance map in `SCRATCH` is borrowed).
     static REACH: RefCell<(Vec<bool>, Vec<u32>)> = const { RefCell::new((Vec::new(), Vec::new())) };
-    static WALK: RefCell<WalkBufs> = RefCell::new(WalkBufs::default());
+    static WALK: RefCell<WalkBufs> = const {
+        RefCell::new(WalkBufs {
+            reaches: Vec::new(),
+            stack: Vec::new(),
+            on_path: Vec::new(),
+            links: Vec::new(),
+            frames: Vec::new(),
+        })
+    };
 }
 
 /// Buffers of the depth-first walks (`tight_paths`, the search for a path besides the
@@ -240,7 +276,7 @@ impl RoutingGraph {
     /// Everything usable, nothing banned.
     pub(crate) fn open_mask(&self) -> Mask {
         Mask {
-            nodes: vec![false; self.region_count()],
+            nodes: SmallVec::from_elem(false, self.region_count()),
             links: self.links.iter().map(|l| !l.usable).collect(),
             min_avail_kbps: 0,
         }
@@ -252,6 +288,14 @@ impl RoutingGraph {
             && m.avail_kbps >= mask.min_avail_kbps
             && !mask.nodes[m.a as usize]
             && !mask.nodes[m.b as usize]
+    }
+
+    /// Whether any link of region `r` is open under `mask` (else no search leaves or reaches it).
+    #[inline]
+    pub(crate) fn has_open_link(&self, mask: &Mask, r: u32) -> bool {
+        self.neighbours(r)
+            .iter()
+            .any(|&(l, v)| self.step(mask, l, v))
     }
 
     /// `allowed` for a step from a region already reached (so not banned) to `v` over `l`.
@@ -481,7 +525,7 @@ impl RoutingGraph {
         dst: u32,
         mask: &Mask,
         tight: impl Fn(u32, u32, usize) -> bool,
-    ) -> Option<Vec<u32>> {
+    ) -> Option<Links> {
         REACH.with(|c| {
             let mut fresh = Default::default();
             let mut held = c.try_borrow_mut();
@@ -493,7 +537,7 @@ impl RoutingGraph {
             if !reaches[src as usize] {
                 return None;
             }
-            let mut links = Vec::new();
+            let mut links = Links::new();
             let mut at = src;
             while at != dst {
                 if links.len() >= self.region_count() {
@@ -511,7 +555,8 @@ impl RoutingGraph {
 
     /// Loop-free paths from `src` to `dst` that only use links for which `tight(u, v, l)` holds
     /// (the links lying on optimal paths), in lexicographic order of their link indexes, at
-    /// most `limit` of them. Returns the paths (as link lists) and whether more exist.
+    /// most `limit` of them: each is passed to `emit` (as its link list). Returns whether more
+    /// exist.
     pub(crate) fn tight_paths(
         &self,
         src: u32,
@@ -519,7 +564,8 @@ impl RoutingGraph {
         mask: &Mask,
         limit: usize,
         tight: impl Fn(u32, u32, usize) -> bool,
-    ) -> (Vec<Vec<u32>>, bool) {
+        mut emit: impl FnMut(&[u32]),
+    ) -> bool {
         let n = self.region_count();
         with_walk(|w| {
             let WalkBufs {
@@ -530,10 +576,10 @@ impl RoutingGraph {
                 frames,
             } = w;
             self.reaching(dst, mask, &tight, reaches, stack);
-            let mut out = Vec::new();
             if !reaches[src as usize] {
-                return (out, false);
+                return false;
             }
+            let mut found = 0;
             on_path.clear();
             on_path.resize(n, false);
             links.clear();
@@ -551,11 +597,12 @@ impl RoutingGraph {
                     break;
                 }
                 if u == dst {
-                    if out.len() == limit {
+                    if found == limit {
                         truncated = true;
                         break;
                     }
-                    out.push(links.clone());
+                    found += 1;
+                    emit(links);
                     on_path[u as usize] = false;
                     frames.pop();
                     links.pop();
@@ -584,7 +631,7 @@ impl RoutingGraph {
                     links.pop();
                 }
             }
-            (out, truncated)
+            truncated
         })
     }
 }

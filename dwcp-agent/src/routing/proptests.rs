@@ -340,7 +340,7 @@ proptest! {
             let keys: Vec<PathKey> = yen.iter().map(|y| key(&g, &s, &y.links)).collect();
             let want_keys: Vec<PathKey> = ok.iter().take(k).map(|(k, _)| *k).collect();
             prop_assert_eq!(keys, want_keys, "{:?}: Yen order", s);
-            let distinct: BTreeSet<&Vec<u32>> = yen.iter().map(|y| &y.links).collect();
+            let distinct: BTreeSet<&[u32]> = yen.iter().map(|y| &y.links[..]).collect();
             prop_assert_eq!(distinct.len(), yen.len());
             for y in &yen {
                 prop_assert!(admissible(&g, &t, &cons, src, &y.links));

@@ -11,8 +11,12 @@ use std::borrow::Cow;
 use std::cmp::Reverse;
 use std::collections::{BTreeSet, BinaryHeap};
 
+use smallvec::SmallVec;
+
 use super::error::RoutingError;
-use super::graph::{with_scratch, with_walk, Dist, Mask, RoutingGraph, Scratch, WalkBufs, Weight};
+use super::graph::{
+    with_scratch, with_walk, Dist, Links, Mask, RoutingGraph, Scratch, WalkBufs, Weight,
+};
 use super::path::{Path, RouteSet, Secondary};
 use super::strategy::{Constraints, Strategy};
 use crate::topology::{LinkId, RegionId};
@@ -33,7 +37,7 @@ pub type PathKey = (u64, u64, u64);
 pub(crate) struct Cand {
     pub key: PathKey,
     /// Link indexes into the routing graph.
-    pub links: Vec<u32>,
+    pub links: Links,
     /// First region; the others follow from the links (walked when needed, not stored: most
     /// candidates never need them).
     pub src: u32,
@@ -89,7 +93,8 @@ impl Shared {
 pub(crate) struct Search<'g> {
     pub g: &'g RoutingGraph,
     pub strategy: Strategy,
-    pub constraints: Constraints,
+    /// Borrowed, not copied: a route set clones them once, for itself.
+    pub constraints: &'g Constraints,
     objective: Objective<'g>,
     /// Constraints as a mask: avoided regions, unusable or too narrow links.
     pub base: Mask,
@@ -101,7 +106,7 @@ impl<'g> Search<'g> {
     pub fn new(
         g: &'g RoutingGraph,
         strategy: &Strategy,
-        constraints: &Constraints,
+        constraints: &'g Constraints,
     ) -> Result<Self, RoutingError> {
         strategy.validate()?;
         constraints.validate()?;
@@ -129,10 +134,15 @@ impl<'g> Search<'g> {
             Strategy::MaxBandwidth => Objective::Widest,
         };
         let mut base = g.open_mask();
-        for r in 0..g.region_count() {
-            base.nodes[r] = constraints.avoid_regions.contains(&g.names[r])
-                || constraints.avoid_countries.contains(&g.countries[r])
-                || constraints.avoid_providers.contains(&g.providers[r]);
+        let avoids = !(constraints.avoid_regions.is_empty()
+            && constraints.avoid_countries.is_empty()
+            && constraints.avoid_providers.is_empty());
+        if avoids {
+            for r in 0..g.region_count() {
+                base.nodes[r] = constraints.avoid_regions.contains(&g.names[r])
+                    || constraints.avoid_countries.contains(&g.countries[r])
+                    || constraints.avoid_providers.contains(&g.providers[r]);
+            }
         }
         if let Some(mbps) = constraints.min_bandwidth_mbps {
             base.min_avail_kbps = (mbps * 1000.0).ceil() as u64;
@@ -143,7 +153,7 @@ impl<'g> Search<'g> {
         Ok(Search {
             g,
             strategy: *strategy,
-            constraints: constraints.clone(),
+            constraints,
             objective,
             base,
             budget,
@@ -156,6 +166,7 @@ impl<'g> Search<'g> {
     }
 
     /// Additive weight of a link; for the widest path, the (latency, cost) of its tie-break.
+    #[inline]
     pub(crate) fn weight(&self, l: usize) -> Weight {
         match &self.objective {
             Objective::Additive { p, s } => Weight { p: p[l], s: s[l] },
@@ -197,7 +208,7 @@ impl<'g> Search<'g> {
         }
     }
 
-    fn cand(&self, src: u32, links: Vec<u32>) -> Cand {
+    fn cand(&self, src: u32, links: Links) -> Cand {
         Cand {
             key: self.key_of(&links),
             links,
@@ -225,7 +236,7 @@ impl<'g> Search<'g> {
         dst: u32,
         mask: &Mask,
         dist: &[Option<Weight>],
-    ) -> Option<Vec<u32>> {
+    ) -> Option<Links> {
         dist[dst as usize]?;
         let tight = |u: u32, v: u32, l: usize| match (dist[u as usize], dist[v as usize]) {
             (Some(du), Some(dv)) => du + self.weight(l) == dv,
@@ -274,15 +285,9 @@ impl<'g> Search<'g> {
     /// The path `first_path` would pick, from a search that ran backwards, from `dst`
     /// (`dd[v]` = distance from `v` to `dst`): the greedy walk from `src` takes the first link
     /// that lies on an optimal path, as `first_path` does.
-    fn walk_back(
-        &self,
-        src: u32,
-        dst: u32,
-        mask: &Mask,
-        dd: &[Option<Weight>],
-    ) -> Option<Vec<u32>> {
+    fn walk_back(&self, src: u32, dst: u32, mask: &Mask, dd: &[Option<Weight>]) -> Option<Links> {
         let mut left = dd[src as usize]?;
-        let mut links = Vec::new();
+        let mut links = Links::new();
         let mut at = src;
         while at != dst {
             if links.len() >= self.g.region_count() {
@@ -301,10 +306,13 @@ impl<'g> Search<'g> {
     }
 
     /// Search between `src` and `dst` within `mask` into `sc.dist`, and the lexicographically
-    /// first optimal path with its weight. With `tree` (distances from `src` within a mask
-    /// that bans no more than `mask`), the search runs from `dst` towards `src` as A* with
-    /// `tree` for potential (see `RoutingGraph::astar_scratch`, and `walk_back`); else
-    /// Dijkstra from `src`, stopping at `dst`. Same answer either way.
+    /// first optimal path with its weight. The search runs from `dst` towards `src` (links are
+    /// undirected), and `walk_back` picks the path `first_path` would: with `tree` (distances
+    /// from `src` within a mask that bans no more than `mask`) as A* with `tree` for potential
+    /// (see `RoutingGraph::astar_scratch`), else as Dijkstra from `dst`, stopping at `src`.
+    /// Same answer either way; the backward search needs no pass for the regions that reach
+    /// `dst` (`first_path`'s), as every region with an exact distance does, and one without
+    /// (never below its true distance, which is not below `src`'s) is on no optimal path.
     fn search_between(
         &self,
         sc: &mut Scratch,
@@ -312,7 +320,7 @@ impl<'g> Search<'g> {
         dst: u32,
         mask: &Mask,
         tree: Option<&[Option<Weight>]>,
-    ) -> (Option<Vec<u32>>, Option<Weight>) {
+    ) -> (Option<Links>, Option<Weight>) {
         match tree {
             Some(t) => {
                 self.g
@@ -324,10 +332,10 @@ impl<'g> Search<'g> {
             }
             None => {
                 self.g
-                    .dijkstra_scratch(sc, src, Some(dst), mask, |l| self.weight(l));
+                    .dijkstra_scratch(sc, dst, Some(src), mask, |l| self.weight(l));
                 (
-                    self.first_path(src, dst, mask, &sc.dist),
-                    sc.dist[dst as usize],
+                    self.walk_back(src, dst, mask, &sc.dist),
+                    sc.dist[src as usize],
                 )
             }
         }
@@ -343,8 +351,13 @@ impl<'g> Search<'g> {
         mask: &Mask,
         root: Root,
         tree: Option<&[Option<Weight>]>,
-    ) -> Option<Vec<u32>> {
+    ) -> Option<Links> {
         if mask.nodes[src as usize] || mask.nodes[dst as usize] {
+            return None;
+        }
+        // Every link at either end banned (as for the last backups on small graphs): no path,
+        // known without a search.
+        if !self.g.has_open_link(mask, src) || !self.g.has_open_link(mask, dst) {
             return None;
         }
         let budget = self.budget.map(|b| b.saturating_sub(root.latency_us));
@@ -404,7 +417,7 @@ impl<'g> Search<'g> {
     /// Best path by additive weight among paths within a latency budget: label-setting that
     /// keeps, per region, the labels no other label beats on both weight and latency. Every
     /// link adds ≥ 1 µs, so a label that loops is beaten by its own prefix: paths are simple.
-    fn pareto(&self, src: u32, dst: u32, mask: &Mask, budget: u64) -> Option<Vec<u32>> {
+    fn pareto(&self, src: u32, dst: u32, mask: &Mask, budget: u64) -> Option<Links> {
         struct Label {
             w: Weight,
             lat: u64,
@@ -431,7 +444,7 @@ impl<'g> Search<'g> {
             }
             let u = labels[idx].node;
             if u == dst {
-                let mut links = Vec::new();
+                let mut links = Links::new();
                 let mut i = idx;
                 while labels[i].parent != usize::MAX {
                     links.push(labels[i].link);
@@ -528,7 +541,7 @@ impl<'g> Search<'g> {
                     }
                 }
                 if let Some(spur_links) = spur_links {
-                    let mut links = root_links.to_vec();
+                    let mut links = Links::from_slice(root_links);
                     links.extend(spur_links);
                     let c = self.cand(src, links);
                     if !found.iter().any(|f| f.links == c.links) {
@@ -553,8 +566,10 @@ impl<'g> Search<'g> {
     }
 
     /// Whether a simple path from `src` to `dst` within the base mask may exist besides
-    /// `chosen`: false only when a depth-first walk of every such path (bounded, pruned to
-    /// regions that reach `dst`) met only paths of `chosen`.
+    /// `chosen`: false only when a depth-first walk of every such path (bounded) met only paths
+    /// of `chosen`. The walk needs no pruning to regions that reach `dst`: links are undirected,
+    /// so every region it can step to from `src` reaches `dst` when `src` does (and when `src`
+    /// does not, it meets no path at all).
     fn other_path_may_exist(&self, src: u32, dst: u32, chosen: impl Fn(&[u32]) -> bool) -> bool {
         const STEPS: u32 = 4096;
         let g = self.g;
@@ -562,15 +577,12 @@ impl<'g> Search<'g> {
         let n = g.region_count();
         with_walk(|w| {
             let WalkBufs {
-                reaches,
-                stack,
                 on_path,
                 links,
                 frames,
+                ..
             } = w;
-            // Regions that reach `dst` within the mask.
-            g.reaching(dst, mask, &|_, _, _| true, reaches, stack);
-            if !reaches[src as usize] {
+            if mask.nodes[src as usize] || mask.nodes[dst as usize] {
                 return false;
             }
             on_path.clear();
@@ -599,7 +611,7 @@ impl<'g> Search<'g> {
                 while *next < adj.len() {
                     let (l, v) = adj[*next];
                     *next += 1;
-                    if !on_path[v as usize] && reaches[v as usize] && g.step(mask, l, v) {
+                    if !on_path[v as usize] && g.step(mask, l, v) {
                         on_path[v as usize] = true;
                         links.push(l);
                         frames.push((v, 0));
@@ -622,20 +634,24 @@ impl<'g> Search<'g> {
         let mut cost_per_gb = 0.0;
         let mut bottleneck_mbps = f64::INFINITY;
         let mut delivered = 1.0;
+        // One pass over the links fills both lists (each allocated once, at its size).
+        let mut regions = Vec::with_capacity(c.links.len() + 1);
+        let mut links = Vec::with_capacity(c.links.len());
+        let mut at = c.src;
+        regions.push(RegionId(at));
         for &l in &c.links {
             let m = &self.g.links[l as usize];
             latency_ms += m.latency_ms;
             cost_per_gb += m.cost_per_gb;
             bottleneck_mbps = bottleneck_mbps.min(m.avail_mbps);
             delivered *= 1.0 - m.loss;
+            at = m.other(at);
+            regions.push(RegionId(at));
+            links.push(m.id);
         }
         Path {
-            regions: self.nodes(c).map(RegionId).collect(),
-            links: c
-                .links
-                .iter()
-                .map(|&l| self.g.links[l as usize].id)
-                .collect(),
+            regions,
+            links,
             latency_ms,
             cost_per_gb,
             bottleneck_mbps,
@@ -721,21 +737,19 @@ impl<'g> Search<'g> {
             (Some(du), Some(dv)) => du.p + self.weight(l).p == dv.p,
             _ => false,
         };
-        let (paths, truncated) = self.g.tight_paths(src, dst, mask, MAX_ECMP_PATHS, tight_p);
-        let mut ecmp: Vec<Cand>;
+        let mut ecmp: Vec<Cand> = Vec::new();
+        let truncated = self
+            .g
+            .tight_paths(src, dst, mask, MAX_ECMP_PATHS, tight_p, |l| {
+                ecmp.push(self.cand(src, Links::from_slice(l)))
+            });
         if truncated {
             let primary = self.cand(src, self.first_path(src, dst, mask, dist)?);
-            ecmp = Vec::with_capacity(paths.len().max(1));
-            ecmp.push(primary);
-            for l in paths {
-                if l != ecmp[0].links {
-                    ecmp.push(self.cand(src, l));
-                }
-            }
+            ecmp.retain(|c| c.links != primary.links);
+            ecmp.insert(0, primary);
         } else {
             // Every optimal path is listed, in the order `first_path` walks: the primary (the
             // first of those with the least full key) is among them, no second search needed.
-            ecmp = paths.into_iter().map(|l| self.cand(src, l)).collect();
             let first_best = (0..ecmp.len()).min_by_key(|&i| (ecmp[i].key, i))?;
             ecmp[..=first_best].rotate_right(1);
         }
@@ -835,7 +849,7 @@ impl<'g> Search<'g> {
         // The base mask with every link used so far banned (only grows). Every path here lies
         // within the base mask, so on their links `m.links` says exactly "used so far".
         let mut m = self.base.clone();
-        let mut secondaries: Vec<(Cand, Vec<u32>)> = Vec::with_capacity(MAX_SECONDARIES);
+        let mut secondaries: SmallVec<[(Cand, Vec<u32>); MAX_SECONDARIES]> = SmallVec::new();
         for c in std::iter::once(primary).chain(&kept) {
             for &l in &c.links {
                 m.links[l as usize] = true;
@@ -859,7 +873,7 @@ impl<'g> Search<'g> {
         // The paths chosen so far: the primary and the backups.
         let chosen = 1 + secondaries.len();
         let is_chosen = |links: &[u32]| {
-            primary.links == links || secondaries.iter().any(|(c, _)| c.links == links)
+            primary.links[..] == *links || secondaries.iter().any(|(c, _)| c.links[..] == *links)
         };
         // Yen's pool below holds `chosen + FALLBACK_CANDIDATES` paths, so it has a path not
         // chosen yet exactly when one exists: when a walk of the simple paths proves there is
@@ -891,23 +905,23 @@ impl<'g> Search<'g> {
         let depends_on = if truncated || fallback || self.budget.is_some() {
             None
         } else {
-            let mut deps: Vec<u32> = ecmp
-                .iter()
-                .chain(secondaries.iter().map(|(c, _)| c))
-                .flat_map(|c| c.links.iter().copied())
-                .collect();
+            let paths = || ecmp.iter().chain(secondaries.iter().map(|(c, _)| c));
+            let mut deps: Vec<u32> = Vec::with_capacity(paths().map(|c| c.links.len()).sum());
+            deps.extend(paths().flat_map(|c| c.links.iter().copied()));
             deps.sort_unstable();
             deps.dedup();
             Some(deps)
         };
+        let ecmp: Vec<Path> = ecmp.iter().map(|c| self.path(c)).collect();
         RouteSet {
             src,
             dst,
             strategy: self.strategy,
             constraints: self.constraints.clone(),
             generation: self.g.generation,
-            primary: self.path(primary),
-            ecmp: ecmp.iter().map(|c| self.path(c)).collect(),
+            // `ecmp[0]` is the primary.
+            primary: ecmp[0].clone(),
+            ecmp,
             ecmp_truncated: truncated,
             secondaries: secondaries
                 .iter()
