@@ -520,6 +520,27 @@ fn in_netns<T: Send + 'static>(
     })
 }
 
+/// Paced UDP streams through the WireGuard pair, A->B on `port` and B->A on `port + 1`.
+fn streams_both_ways(
+    a: &Gateway,
+    b: &Gateway,
+    port: u16,
+    pace: Duration,
+) -> (UdpStream, UdpStream) {
+    let ab =
+        UdpStream::start_paced(&a.ns, &b.ns, Ipv4Addr::new(10, 254, 0, 2), port, 1, pace).unwrap();
+    let ba = UdpStream::start_paced(
+        &b.ns,
+        &a.ns,
+        Ipv4Addr::new(10, 254, 0, 1),
+        port + 1,
+        1,
+        pace,
+    )
+    .unwrap();
+    (ab, ba)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wireguard_key_rotation_loses_no_packets() {
     let _timing = TIMING.write().await;
@@ -571,24 +592,7 @@ async fn wireguard_key_rotation_loses_no_packets() {
         (sent_total, lost_total) = (sent_total + sent, lost_total + lost);
         slowest = slowest.max(report.handshake_after);
 
-        let ab = UdpStream::start_paced(
-            &a.ns,
-            &b.ns,
-            Ipv4Addr::new(10, 254, 0, 2),
-            port + 1,
-            1,
-            PACE,
-        )
-        .unwrap();
-        let ba = UdpStream::start_paced(
-            &b.ns,
-            &a.ns,
-            Ipv4Addr::new(10, 254, 0, 1),
-            port + 2,
-            1,
-            PACE,
-        )
-        .unwrap();
+        let (ab, ba) = streams_both_ways(&a, &b, port + 1, PACE);
         tokio::time::sleep(Duration::from_millis(300)).await;
         let peer = LocalPeer {
             manager: &a.mgr,
@@ -698,10 +702,7 @@ async fn a_lost_or_crossed_handshake_during_rotation_loses_no_packets() {
     b.mgr.ensure(&pair.b_spec).await.unwrap();
     assert!(ping(&a.ns, "10.254.0.2"));
     const PACE: Duration = Duration::from_millis(4);
-    let ab =
-        UdpStream::start_paced(&a.ns, &b.ns, Ipv4Addr::new(10, 254, 0, 2), 9100, 1, PACE).unwrap();
-    let ba =
-        UdpStream::start_paced(&b.ns, &a.ns, Ipv4Addr::new(10, 254, 0, 1), 9101, 1, PACE).unwrap();
+    let (ab, ba) = streams_both_ways(&a, &b, 9100, PACE);
     tokio::time::sleep(Duration::from_millis(300)).await;
     let rules = a.state.path().join("drop-initiations.nft");
     std::fs::write(&rules, DROP_INITIATIONS).unwrap();
@@ -840,10 +841,7 @@ async fn two_daemons_rotate_their_keys_on_schedule_over_the_underlay_without_los
         );
     }
     const PACE: Duration = Duration::from_millis(4);
-    let ab =
-        UdpStream::start_paced(&a.ns, &b.ns, Ipv4Addr::new(10, 254, 0, 2), 9200, 1, PACE).unwrap();
-    let ba =
-        UdpStream::start_paced(&b.ns, &a.ns, Ipv4Addr::new(10, 254, 0, 1), 9201, 1, PACE).unwrap();
+    let (ab, ba) = streams_both_ways(&a, &b, 9200, PACE);
     // Until each end has rotated at least once (and no rotation is half done).
     let deadline = Instant::now() + Duration::from_secs(40);
     let rotated = |gw: &Gateway, name: &str, first: &Vec<u8>| {
