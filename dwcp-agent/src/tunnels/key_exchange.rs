@@ -33,7 +33,7 @@ use tracing::{info, warn};
 
 use super::{
     error::{Result, TunnelError},
-    rotation::PeerKeyExchange,
+    rotation::{wireguard_spec, PeerKeyExchange},
     spec::TunnelKind,
     PrivateKey, PublicKey, TunnelManager,
 };
@@ -202,17 +202,17 @@ impl KeyExchangeServer {
 
     /// Binds `port` on every address of the manager's namespace.
     pub async fn bind(&self, port: u16) -> Result<TcpListener> {
-        let std_listener = self.manager.ns.run(|| {
+        // Bound on a thread inside the namespace; registered with the runtime out here.
+        let bound = self.manager.ns.run(|| {
             let l = std::net::TcpListener::bind(("0.0.0.0", port))?;
             l.set_nonblocking(true)?;
             Ok::<_, std::io::Error>(l)
         })?;
-        let listener = std_listener.map_err(|e| TunnelError::KeyExchange {
-            detail: format!("cannot listen on port {port}: {e}"),
-        })?;
-        TcpListener::from_std(listener).map_err(|e| TunnelError::KeyExchange {
-            detail: format!("cannot listen on port {port}: {e}"),
-        })
+        bound
+            .and_then(TcpListener::from_std)
+            .map_err(|e| TunnelError::KeyExchange {
+                detail: format!("cannot listen on port {port}: {e}"),
+            })
     }
 
     /// Serves connections until the listener fails; each in its own task.
@@ -342,11 +342,7 @@ impl RemotePeer<'_> {
         port: u16,
     ) -> Result<RemotePeer<'a>> {
         let spec = manager.spec(tunnel)?;
-        let TunnelKind::WireGuard(w) = &spec.kind else {
-            return Err(TunnelError::KeyExchange {
-                detail: format!("{tunnel} is not a WireGuard tunnel"),
-            });
-        };
+        let w = wireguard_spec(&spec)?;
         let endpoint = w.peer.endpoint.ok_or_else(|| TunnelError::KeyExchange {
             detail: format!("{tunnel}'s peer has no endpoint: its daemon cannot be reached"),
         })?;
@@ -388,30 +384,10 @@ impl RemotePeer<'_> {
             .map_err(|e| fail(e.to_string()))?;
         serde_json::from_str(answer.trim()).map_err(|e| fail(format!("malformed reply: {e}")))
     }
-}
 
-impl PeerKeyExchange for RemotePeer<'_> {
-    async fn announce(&self, old: PublicKey, new: PublicKey) -> Result<()> {
-        self.request(old, new, true).await
-    }
-
-    async fn replace_peer_key(&self, old: PublicKey, new: PublicKey) -> Result<()> {
-        self.request(old, new, false).await
-    }
-}
-
-impl RemotePeer<'_> {
     async fn request(&self, old: PublicKey, new: PublicKey, intent: bool) -> Result<()> {
         let own = self.manager.own_key(self.tunnel, old)?;
-        let spec = self.manager.spec(self.tunnel)?;
-        let TunnelKind::WireGuard(w) = &spec.kind else {
-            return Err(TunnelError::KeyExchange {
-                detail: format!("{} is not a WireGuard tunnel", self.tunnel),
-            });
-        };
-        let peer = self
-            .manager
-            .effective_peer_key(self.tunnel, w.peer.public_key)?;
+        let peer = self.manager.peer_key_in_force(self.tunnel)?;
         let request = KeyChange::new(&own, new, peer, SystemTime::now(), intent);
         let reply = self.exchange(&request).await?;
         if !reply.verify(&mac_key(&own, &peer), &request) {
@@ -433,6 +409,16 @@ impl RemotePeer<'_> {
             });
         }
         Ok(())
+    }
+}
+
+impl PeerKeyExchange for RemotePeer<'_> {
+    async fn announce(&self, old: PublicKey, new: PublicKey) -> Result<()> {
+        self.request(old, new, true).await
+    }
+
+    async fn replace_peer_key(&self, old: PublicKey, new: PublicKey) -> Result<()> {
+        self.request(old, new, false).await
     }
 }
 

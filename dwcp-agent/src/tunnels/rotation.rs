@@ -220,7 +220,7 @@ pub fn due_for_rotation(
     Ok(due)
 }
 
-fn wireguard_spec(spec: &TunnelSpec) -> Result<&WireGuardSpec> {
+pub(super) fn wireguard_spec(spec: &TunnelSpec) -> Result<&WireGuardSpec> {
     match &spec.kind {
         TunnelKind::WireGuard(w) => Ok(w),
         _ => Err(TunnelError::Rotation {
@@ -451,11 +451,16 @@ impl TunnelManager {
         })
     }
 
+    /// The WireGuard tunnel's peer key in force (the configured one or what a rotation of the
+    /// peer replaced it with).
+    pub(crate) fn peer_key_in_force(&self, name: &str) -> Result<PublicKey> {
+        let spec = self.spec(name)?;
+        self.effective_peer_key(name, wireguard_spec(&spec)?.peer.public_key)
+    }
+
     /// When the last handshake with the tunnel's peer completed.
     pub async fn peer_last_handshake(&self, name: &str) -> Result<Option<SystemTime>> {
-        let spec = self.spec(name)?;
-        let w = wireguard_spec(&spec)?;
-        let peer_key = self.effective_peer_key(name, w.peer.public_key)?;
+        let peer_key = self.peer_key_in_force(name)?;
         let status = self.wg()?.get(name).await?;
         Ok(status.and_then(|s| s.peer(&peer_key).and_then(|p| p.last_handshake)))
     }
