@@ -237,12 +237,17 @@ fn run(sc: &Scenario, batch: bool, events: usize) -> Result<Samples> {
                 Input::LinkUp { link: flap }
             };
             let now = Now::at_ms(t_ms);
+            let ru0 = rusage();
             let t0 = Instant::now();
             state
                 .handle(input, now)
                 .map_err(|e| anyhow::anyhow!("{e}"))?;
             state.on_timer(now);
             let handled = t0.elapsed();
+            let ru1 = rusage();
+            if i >= WARMUP && std::env::var_os("DBG").is_some() {
+                eprintln!("DBG {} e2m {:.0} compute {} routing {} plans {} groups {} program {} minflt {} nivcsw {}", i%2, state.programmed_at().unwrap().duration_since(t0).as_secs_f64()*1e6, state.last_update().unwrap().compute_ns/1000, state.last_update().unwrap().routing_ns/1000, (state.last_update().unwrap().plans_ns-state.last_update().unwrap().routing_ns)/1000, state.last_update().unwrap().groups_ns/1000, state.last_update().unwrap().program_ns/1000, ru1.0-ru0.0, ru1.1-ru0.1);
+            }
             let done = state.programmed_at().context("programmed")?;
             let u = state.last_update().context("an update ran")?;
             anyhow::ensure!(u.at_ns == now.mono_ns, "the event did not compute at once");
@@ -437,4 +442,10 @@ fn main() -> Result<()> {
     std::fs::create_dir_all(&dir)?;
     std::fs::write(dir.join("updater.json"), json)?;
     Ok(())
+}
+
+fn rusage() -> (i64, i64) {
+    let mut r: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_THREAD, &mut r) };
+    (r.ru_minflt, r.ru_nivcsw)
 }

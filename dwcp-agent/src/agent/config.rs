@@ -44,7 +44,10 @@ use crate::{
     probe::{MonitorConfig, MonitorConfigError, SenderConfig},
     routing::{BalancedWeights, Constraints, Strategy},
     telemetry::MetricsConfig,
-    topology::{EdgeConfig, LinkConfig, RegionConfig, Topology, TopologyConfig, TopologyError},
+    topology::{
+        error::line_of, EdgeConfig, LinkConfig, RegionConfig, Topology, TopologyConfig,
+        TopologyError,
+    },
     traffic::{PolicingConfig, TrafficConfig},
 };
 
@@ -689,16 +692,6 @@ impl PartialEq for AgentConfig {
             && self.health_checks == other.health_checks
             && self.topology == other.topology
     }
-}
-
-/// 1-based line of a byte offset.
-fn line_of(source: &str, offset: usize) -> usize {
-    let end = offset.min(source.len());
-    source.as_bytes()[..end]
-        .iter()
-        .filter(|&&b| b == b'\n')
-        .count()
-        + 1
 }
 
 fn line_text(source: &str, line: usize) -> Option<String> {

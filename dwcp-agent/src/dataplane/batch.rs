@@ -78,7 +78,11 @@ impl Dataplane {
         let wanted: BTreeMap<u32, &NextHopTable> = tables.iter().map(|(g, t)| (*g, t)).collect();
         let mut next = Vec::with_capacity(wanted.len());
         for &g in wanted.keys() {
-            next.push(1 - self.active_slot(g)?);
+            let in_force = match self.slot_in_force[g as usize] {
+                Some(s) => u32::from(s),
+                None => self.active_slot(g)?,
+            };
+            next.push(1 - in_force);
         }
         // Wait until every slot about to be written has been out of force for the guard.
         let now = Instant::now();
@@ -104,6 +108,7 @@ impl Dataplane {
                 .set(g, s, 0)
                 .map_err(map_err(names::NH_ACTIVE))?;
             self.flipped_at[g as usize] = Instant::now();
+            self.slot_in_force[g as usize] = Some(s as u8);
         }
         Ok(if wanted.len() > 1 {
             GroupWrite::Batched

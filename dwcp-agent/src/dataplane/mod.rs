@@ -151,6 +151,10 @@ pub struct Dataplane {
     /// When each group's active slot last flipped (or when this process loaded the maps:
     /// a previous agent may have flipped just before). See [`SLOT_REUSE_GUARD`].
     flipped_at: Vec<Instant>,
+    /// The slot in force per group as this process last read or flipped it (it is the only
+    /// writer of `NH_ACTIVE`, the guard above rests on that too): a batch of group writes
+    /// does not read the index of each group back first.
+    slot_in_force: Vec<Option<u8>>,
     guard: SlotGuardStats,
     nexthops: Array<MapData, NextHop>,
     neighbours: HashMap<MapData, NeighbourKey, Neighbour>,
@@ -243,6 +247,7 @@ impl Dataplane {
             groups: take!(ebpf, names::NH_GROUPS),
             group_active: take!(ebpf, names::NH_ACTIVE),
             flipped_at: vec![Instant::now(); MAX_GROUPS as usize],
+            slot_in_force: vec![None; MAX_GROUPS as usize],
             guard: SlotGuardStats::default(),
             nexthops: take!(ebpf, names::NEXTHOPS),
             neighbours: take!(ebpf, names::NEIGHBOURS),

@@ -137,43 +137,67 @@ pub fn build_table(
     };
     let owner = &mut t.buckets;
     owner.fill(FREE);
-    let mut have = [0usize; MAX_GROUP_MEMBERS];
-    let mut free = NHG_BUCKETS;
 
     if let Some(prev) = previous {
+        // This runs for every group a link event touches, so it works in passes over the
+        // bytes of the table that the compiler vectorises, not bucket by bucket (a per-bucket
+        // count of what each member may still keep is a dependency chain through memory).
         let n = (prev.active_count as usize).min(MAX_GROUP_MEMBERS);
-        // Previous member slot -> index among the new active members (at most 8 of each, so
-        // a scan beats a map; done once, not per bucket).
-        let mut new_index = [None; MAX_GROUP_MEMBERS];
+        // Previous bucket value -> index among the new active members; FREE for a member
+        // gone (and for a value out of range). At most 8 of each: a scan, once.
+        let mut new_index = [FREE; 256];
         for (slot, ni) in new_index.iter_mut().enumerate().take(n) {
-            *ni = members
+            if let Some(i) = members
                 .iter()
-                .position(|m| m.nexthop == prev.nexthops[slot]);
+                .position(|m| m.nexthop == prev.nexthops[slot])
+            {
+                *ni = i as u8;
+            }
         }
-        for (b, &m) in prev.buckets.iter().enumerate() {
-            if let Some(&Some(i)) = new_index.get(m as usize).filter(|_| (m as usize) < n) {
-                if have[i] < quota[i] {
-                    owner[b] = i as u8;
-                    have[i] += 1;
-                    free -= 1;
+        for (o, &m) in owner.iter_mut().zip(prev.buckets.iter()) {
+            *o = new_index[m as usize];
+        }
+        // A member keeps its first `quota` buckets (in bucket order); a surplus is freed.
+        let mut deficit = [0usize; MAX_GROUP_MEMBERS];
+        for (i, &q) in quota.iter().enumerate() {
+            let me = i as u8;
+            let have = owner.iter().filter(|&&o| o == me).count();
+            if have > q {
+                for o in owner.iter_mut().filter(|o| **o == me).skip(q) {
+                    *o = FREE;
                 }
             }
+            deficit[i] = q.saturating_sub(have);
         }
-    }
-
-    // Fill free buckets: members take turns, each claiming its next preferred free bucket.
-    let mut prefs: Vec<Preference> = members.iter().map(|m| Preference::new(m.nexthop)).collect();
-    while free > 0 {
-        for i in 0..members.len() {
-            if have[i] >= quota[i] {
-                continue;
-            }
-            for b in prefs[i].by_ref() {
-                if owner[b] == FREE {
-                    owner[b] = i as u8;
-                    have[i] += 1;
-                    free -= 1;
-                    break;
+        // Only the freed buckets move: in bucket order, each member in turn takes as many as
+        // it lacks. (Walking Maglev preference lists past the kept buckets cost a multiple of
+        // the table per member.) Which free bucket goes to whom does not matter for the
+        // split, as flows hash uniformly over the buckets; only the counts do.
+        let mut takers = deficit
+            .iter()
+            .enumerate()
+            .flat_map(|(i, &d)| std::iter::repeat_n(i as u8, d));
+        for o in owner.iter_mut().filter(|o| **o == FREE) {
+            *o = takers.next().unwrap_or(0);
+        }
+    } else {
+        // From scratch: members take turns, each claiming its next preferred free bucket.
+        let mut have = [0usize; MAX_GROUP_MEMBERS];
+        let mut free = NHG_BUCKETS;
+        let mut prefs: Vec<Preference> =
+            members.iter().map(|m| Preference::new(m.nexthop)).collect();
+        while free > 0 {
+            for i in 0..members.len() {
+                if have[i] >= quota[i] {
+                    continue;
+                }
+                for b in prefs[i].by_ref() {
+                    if owner[b] == FREE {
+                        owner[b] = i as u8;
+                        have[i] += 1;
+                        free -= 1;
+                        break;
+                    }
                 }
             }
         }

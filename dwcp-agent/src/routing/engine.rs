@@ -65,7 +65,7 @@ impl RoutingEngine {
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         let (prepared, stats) = &mut *state;
         if prepared.topology.generation() != snapshot.generation() {
-            prepared.graph = Arc::new(RoutingGraph::new(&snapshot));
+            prepared.graph = Arc::new(RoutingGraph::refresh(&prepared.graph, &snapshot));
             prepared.topology = snapshot;
             prepared.cache.clear();
             stats.invalidations += 1;

@@ -10,6 +10,7 @@ use std::cell::RefCell;
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::ops::Add;
+use std::sync::Arc;
 
 use smallvec::SmallVec;
 
@@ -172,11 +173,13 @@ pub struct RoutingGraph {
     pub(crate) links: Vec<LinkMetrics>,
     /// Per region `r`: `adj[adj_start[r]..adj_start[r + 1]]` are its (link index, neighbour),
     /// sorted by link index (one flat array: the searches walk it without pointer chasing).
-    adj_start: Vec<u32>,
-    adj: Vec<(u32, u32)>,
-    pub(crate) names: Vec<String>,
-    pub(crate) countries: Vec<String>,
-    pub(crate) providers: Vec<String>,
+    /// The structure (adjacency, regions' names, countries, providers) is shared with the
+    /// previous snapshot's graph when only link figures changed (see [`RoutingGraph::refresh`]).
+    adj_start: Arc<[u32]>,
+    adj: Arc<[(u32, u32)]>,
+    pub(crate) names: Arc<[String]>,
+    pub(crate) countries: Arc<[String]>,
+    pub(crate) providers: Arc<[String]>,
     pub(crate) latency: Vec<u64>,
     pub(crate) cost: Vec<u64>,
     pub(crate) avail: Vec<u64>,
@@ -186,13 +189,70 @@ impl RoutingGraph {
     pub fn new(topology: &Topology) -> Self {
         let n = topology.regions().len();
         let mut adj = vec![Vec::new(); n];
+        for (i, l) in topology.links().iter().enumerate() {
+            adj[l.a.0 as usize].push((i as u32, l.b.0));
+            adj[l.b.0 as usize].push((i as u32, l.a.0));
+        }
+        let mut start = Vec::with_capacity(n + 1);
+        let mut at = 0u32;
+        start.push(0);
+        for a in &adj {
+            at += a.len() as u32;
+            start.push(at);
+        }
+        let regions = topology.regions();
+        Self::with_structure(
+            topology,
+            start.into(),
+            adj.concat().into(),
+            regions.iter().map(|r| r.name.clone()).collect(),
+            regions.iter().map(|r| r.country.clone()).collect(),
+            regions.iter().map(|r| r.provider.clone()).collect(),
+        )
+    }
+
+    /// The graph of `topology`, sharing `previous`'s structure when it is the same (the
+    /// usual case: a link event changes figures, not which regions and links exist), so a
+    /// link event rebuilds only the link figures.
+    pub fn refresh(previous: &RoutingGraph, topology: &Topology) -> Self {
+        let regions = topology.regions();
+        let links = topology.links();
+        let same = regions.len() == previous.names.len()
+            && links.len() == previous.links.len()
+            && regions.iter().enumerate().all(|(i, r)| {
+                r.name == previous.names[i]
+                    && r.country == previous.countries[i]
+                    && r.provider == previous.providers[i]
+            })
+            && links
+                .iter()
+                .zip(previous.links.iter())
+                .all(|(l, m)| l.id == m.id && l.a.0 == m.a && l.b.0 == m.b);
+        if !same {
+            return Self::new(topology);
+        }
+        Self::with_structure(
+            topology,
+            previous.adj_start.clone(),
+            previous.adj.clone(),
+            previous.names.clone(),
+            previous.countries.clone(),
+            previous.providers.clone(),
+        )
+    }
+
+    fn with_structure(
+        topology: &Topology,
+        adj_start: Arc<[u32]>,
+        adj: Arc<[(u32, u32)]>,
+        names: Arc<[String]>,
+        countries: Arc<[String]>,
+        providers: Arc<[String]>,
+    ) -> Self {
         let links: Vec<LinkMetrics> = topology
             .links()
             .iter()
-            .enumerate()
-            .map(|(i, l)| {
-                adj[l.a.0 as usize].push((i as u32, l.b.0));
-                adj[l.b.0 as usize].push((i as u32, l.a.0));
+            .map(|l| {
                 let avail_mbps = l.available_mbps().max(0.0);
                 LinkMetrics {
                     id: l.id,
@@ -215,28 +275,11 @@ impl RoutingGraph {
         RoutingGraph {
             generation: topology.generation(),
             links,
-            adj_start: {
-                let mut start = Vec::with_capacity(n + 1);
-                let mut at = 0u32;
-                start.push(0);
-                for a in &adj {
-                    at += a.len() as u32;
-                    start.push(at);
-                }
-                start
-            },
-            adj: adj.concat(),
-            names: topology.regions().iter().map(|r| r.name.clone()).collect(),
-            countries: topology
-                .regions()
-                .iter()
-                .map(|r| r.country.clone())
-                .collect(),
-            providers: topology
-                .regions()
-                .iter()
-                .map(|r| r.provider.clone())
-                .collect(),
+            adj_start,
+            adj,
+            names,
+            countries,
+            providers,
             latency,
             cost,
             avail,

@@ -7,7 +7,7 @@ use super::graph::{Dist, LinkMetrics, RoutingGraph};
 use super::path::RouteSet;
 use super::search::{Search, Shared};
 use super::strategy::{Constraints, Strategy};
-use crate::topology::{EdgeId, LinkId, RegionId, Topology};
+use crate::topology::{EdgeId, EdgeNode, LinkId, RegionId, Topology};
 
 pub type RouteResult = Result<Arc<RouteSet>, RoutingError>;
 
@@ -40,7 +40,10 @@ pub struct RoutingTable {
     pub constraints: Constraints,
     /// Every region but the source, in region order.
     pub regions: Vec<RegionRoutes>,
-    pub edges: Vec<EdgeRoutes>,
+    /// The topology's edge nodes, and their routes once asked for ([`RoutingTable::edges`]):
+    /// the agent programs regions only, so a link event does not build a thousand entries.
+    edge_nodes: Arc<[EdgeNode]>,
+    edges: OnceLock<Vec<EdgeRoutes>>,
     /// How the last computation went (full or incremental, and how much was redone).
     pub stats: TableStats,
     pub(crate) graph: Arc<RoutingGraph>,
@@ -61,11 +64,16 @@ impl RoutingTable {
     pub fn region(&self, dst: RegionId) -> Option<&RegionRoutes> {
         self.regions.iter().find(|r| r.dst == dst)
     }
+
+    /// Routes to every edge node (its region's, shared), built on first use.
+    pub fn edges(&self) -> &[EdgeRoutes] {
+        self.edges
+            .get_or_init(|| edges(&self.edge_nodes, self.src, &self.regions))
+    }
 }
 
-fn edges(topology: &Topology, src: RegionId, regions: &[RegionRoutes]) -> Vec<EdgeRoutes> {
-    topology
-        .edges()
+fn edges(nodes: &[EdgeNode], src: RegionId, regions: &[RegionRoutes]) -> Vec<EdgeRoutes> {
+    nodes
         .iter()
         .map(|e| {
             let local = e.region == src;
@@ -128,7 +136,8 @@ pub fn compute_table(
         generation: graph.generation(),
         strategies: strategies.to_vec(),
         constraints: constraints.clone(),
-        edges: edges(topology, src, &regions),
+        edge_nodes: topology.edges_shared(),
+        edges: OnceLock::new(),
         regions,
         stats: TableStats {
             full: true,
@@ -328,7 +337,8 @@ pub fn update_table(
         generation: graph.generation(),
         strategies: previous.strategies.clone(),
         constraints: previous.constraints.clone(),
-        edges: edges(topology, src, &regions),
+        edge_nodes: topology.edges_shared(),
+        edges: OnceLock::new(),
         regions,
         stats,
         graph: graph.clone(),

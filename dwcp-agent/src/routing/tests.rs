@@ -380,13 +380,13 @@ fn table_covers_every_destination_and_edge() {
     }
     let t = e.topology();
     let nyc = table
-        .edges
+        .edges()
         .iter()
         .find(|x| t.edge(x.edge).unwrap().name == "edge-nyc")
         .unwrap();
     assert!(nyc.local && nyc.routes.is_empty());
     let bom = table
-        .edges
+        .edges()
         .iter()
         .find(|x| t.edge(x.edge).unwrap().name == "edge-bom")
         .unwrap();

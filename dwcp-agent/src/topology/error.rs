@@ -94,3 +94,26 @@ pub(crate) fn line_of(source: &str, offset: usize) -> usize {
         .count()
         + 1
 }
+
+/// Line numbers of many offsets in one text: the newlines' offsets, found once (a topology of
+/// a thousand entries named each entry's line by counting from the start, quadratic in the
+/// file's size).
+pub(crate) struct Lines(Vec<usize>);
+
+impl Lines {
+    pub(crate) fn new(source: &str) -> Self {
+        Lines(
+            source
+                .bytes()
+                .enumerate()
+                .filter(|(_, b)| *b == b'\n')
+                .map(|(i, _)| i)
+                .collect(),
+        )
+    }
+
+    /// 1-based line of `offset`, as [`line_of`] counts it.
+    pub(crate) fn line(&self, offset: usize) -> usize {
+        self.0.partition_point(|&nl| nl < offset) + 1
+    }
+}

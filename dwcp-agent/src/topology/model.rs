@@ -9,7 +9,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use super::config::TopologyConfig;
-use super::error::{line_of, Entry, TopologyError, ValidationError};
+use super::error::{Entry, Lines, TopologyError, ValidationError};
 use super::geo::latency_prior_ms;
 
 /// Dense index of a region in its topology (its position in the config's region list).
@@ -193,8 +193,9 @@ impl Topology {
         config: &TopologyConfig,
         source: Option<&str>,
     ) -> Result<Self, TopologyError> {
-        let line = |span: std::ops::Range<usize>| match source {
-            Some(src) if span.end > span.start => Some(line_of(src, span.start)),
+        let lines = source.map(Lines::new);
+        let line = |span: std::ops::Range<usize>| match &lines {
+            Some(lines) if span.end > span.start => Some(lines.line(span.start)),
             _ => None,
         };
         let mut errors = Vec::new();
@@ -513,6 +514,11 @@ impl Topology {
 
     pub fn edges(&self) -> &[EdgeNode] {
         &self.edges
+    }
+
+    /// The edge nodes, shared (not copied).
+    pub fn edges_shared(&self) -> Arc<[EdgeNode]> {
+        self.edges.clone()
     }
 
     pub fn region(&self, id: RegionId) -> Option<&Region> {
