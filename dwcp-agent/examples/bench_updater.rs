@@ -159,6 +159,23 @@ struct Samples {
     swap_us: f64,
     /// One map-in-map group swap (the previous mechanism), µs, median.
     map_in_map_us: f64,
+    /// CPU time the hypervisor took from this VM during the row (steal in /proc/stat), % of
+    /// all CPU time: what stretches single events past the p50 on a shared host.
+    steal_percent: f64,
+}
+
+/// (steal, total) CPU ticks of the whole machine so far.
+fn cpu_ticks() -> (u64, u64) {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let ticks: Vec<u64> = stat
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|t| t.parse().ok())
+        .collect();
+    (ticks.get(7).copied().unwrap_or(0), ticks.iter().sum())
 }
 
 fn pct(v: &[f64], p: f64) -> f64 {
@@ -237,17 +254,12 @@ fn run(sc: &Scenario, batch: bool, events: usize) -> Result<Samples> {
                 Input::LinkUp { link: flap }
             };
             let now = Now::at_ms(t_ms);
-            let ru0 = rusage();
             let t0 = Instant::now();
             state
                 .handle(input, now)
                 .map_err(|e| anyhow::anyhow!("{e}"))?;
             state.on_timer(now);
             let handled = t0.elapsed();
-            let ru1 = rusage();
-            if i >= WARMUP && std::env::var_os("DBG").is_some() {
-                eprintln!("DBG {} e2m {:.0} compute {} routing {} plans {} groups {} program {} minflt {} nivcsw {}", i%2, state.programmed_at().unwrap().duration_since(t0).as_secs_f64()*1e6, state.last_update().unwrap().compute_ns/1000, state.last_update().unwrap().routing_ns/1000, (state.last_update().unwrap().plans_ns-state.last_update().unwrap().routing_ns)/1000, state.last_update().unwrap().groups_ns/1000, state.last_update().unwrap().program_ns/1000, ru1.0-ru0.0, ru1.1-ru0.1);
-            }
             let done = state.programmed_at().context("programmed")?;
             let u = state.last_update().context("an update ran")?;
             anyhow::ensure!(u.at_ns == now.mono_ns, "the event did not compute at once");
@@ -314,7 +326,10 @@ fn main() -> Result<()> {
             "same, one write call per group",
         ),
     ] {
-        let s = run(&sc, batch, events).with_context(|| sc.name)?;
+        let (steal0, total0) = cpu_ticks();
+        let mut s = run(&sc, batch, events).with_context(|| sc.name)?;
+        let (steal1, total1) = cpu_ticks();
+        s.steal_percent = 100.0 * (steal1 - steal0) as f64 / (total1 - total0).max(1) as f64;
         rows.push((label, s));
     }
     println!("Event to map update of the state owner, {EVENTS} link events per row ({BASELINE_EVENTS} for the last; link down and up in turn,");
@@ -334,7 +349,10 @@ fn main() -> Result<()> {
         "touched or a better link could pull), traffic-engineer weights, group tables rebuilt where members"
     );
     println!("changed, the difference against the programmed maps written. Group tables are double-buffered:");
-    println!("the new table into the group's free slot, then its active index flipped (no RCU grace period).");
+    println!("the new table into the group's free slot, then its active index flipped (no RCU grace period);");
+    println!(
+        "all of an event's tables go in one batch update of the slots, then all flips in one more."
+    );
     println!("Events are spaced in real time by the slot guard ({} ms, unmeasured; the daemon's debounce spaces", SLOT_REUSE_GUARD.as_millis());
     println!("updates by 50 ms or more); guard waits inside measured events are counted. The daemon's channel");
     println!("hop and the snapshot published afterwards are not included.");
@@ -342,13 +360,13 @@ fn main() -> Result<()> {
     println!(
         "inner map put into an array of maps, which waits for an RCU grace period), median.\n"
     );
-    println!("| topology | routes / groups | map writes per event (median) | compute p50 µs | program p50 µs | event→map p50 ms | event→map p99 ms | guard waits | one map-in-map swap ÷ event→map p50 |");
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("| topology | routes / groups | map writes per event (median) | compute p50 µs | program p50 µs | event→map p50 ms | event→map p99 ms | guard waits | one map-in-map swap ÷ event→map p50 | host steal during the row |");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for (name, s) in &rows {
         let mut w = s.writes.clone();
         w.sort();
         println!(
-            "| {name} | {} / {} | {} | {:.0} | {:.0} | {:.3} | {:.3} | {} | {:.1} |",
+            "| {name} | {} / {} | {} | {:.0} | {:.0} | {:.3} | {:.3} | {} | {:.1} | {:.1} % |",
             s.routes,
             s.groups,
             w[w.len() / 2],
@@ -358,6 +376,7 @@ fn main() -> Result<()> {
             pct(&s.event_to_map_us, 0.99) / 1e3,
             s.guard_waits,
             s.map_in_map_us / pct(&s.event_to_map_us, 0.5),
+            s.steal_percent,
         );
     }
     let (_, big) = &rows[1];
@@ -421,7 +440,7 @@ fn main() -> Result<()> {
     }
     println!("\nThe agent (and this benchmark) allocate with mimalloc.");
     let json = format!(
-        "{{\"metrics\": {{\"event_to_map_p50_ms\": {:.4}, \"event_to_map_p99_ms\": {:.4}, \"compute_p50_ms\": {:.4}, \"compute_p99_ms\": {:.4}, \"program_p50_ms\": {:.4}, \"program_p99_ms\": {:.4}, \"one_by_one_p50_ms\": {:.4}, \"batch_speedup\": {:.2}, \"three_regions_event_to_map_p50_ms\": {:.4}, \"three_regions_event_to_map_p99_ms\": {:.4}, \"group_swap_us\": {:.2}, \"map_in_map_swap_us\": {:.1}, \"map_in_map_swap_per_event_to_map_p50\": {:.2}, \"event_to_map_p50_per_group_swap\": {:.2}, \"guard_waits\": {}}}}}\n",
+        "{{\"metrics\": {{\"event_to_map_p50_ms\": {:.4}, \"event_to_map_p99_ms\": {:.4}, \"compute_p50_ms\": {:.4}, \"compute_p99_ms\": {:.4}, \"program_p50_ms\": {:.4}, \"program_p99_ms\": {:.4}, \"one_by_one_p50_ms\": {:.4}, \"batch_speedup\": {:.2}, \"three_regions_event_to_map_p50_ms\": {:.4}, \"three_regions_event_to_map_p99_ms\": {:.4}, \"group_swap_us\": {:.2}, \"map_in_map_swap_us\": {:.1}, \"map_in_map_swap_per_event_to_map_p50\": {:.2}, \"event_to_map_p50_per_group_swap\": {:.2}, \"guard_waits\": {}, \"host_steal_percent\": {:.2}}}}}\n",
         pct(&big.event_to_map_us, 0.5) / 1e3,
         p99,
         pct(&big.compute_us, 0.5) / 1e3,
@@ -437,15 +456,10 @@ fn main() -> Result<()> {
         big.map_in_map_us / pct(&big.event_to_map_us, 0.5),
         pct(&big.event_to_map_us, 0.5) / big.swap_us,
         big.guard_waits,
+        big.steal_percent,
     );
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench");
     std::fs::create_dir_all(&dir)?;
     std::fs::write(dir.join("updater.json"), json)?;
     Ok(())
-}
-
-fn rusage() -> (i64, i64) {
-    let mut r: libc::rusage = unsafe { std::mem::zeroed() };
-    unsafe { libc::getrusage(libc::RUSAGE_THREAD, &mut r) };
-    (r.ru_minflt, r.ru_nivcsw)
 }

@@ -37,12 +37,13 @@
 //! treats every group as flipped at load time.
 use std::{
     collections::BTreeMap,
+    os::fd::{AsFd, AsRawFd, OwnedFd},
     time::{Duration, Instant},
 };
 
 use dwcp_common::{group_slot, maps::names, NextHopTable, MAX_GROUPS};
 
-use super::{check_range, map_err, Dataplane, Result};
+use super::{check_range, map_err, Dataplane, DataplaneError, Result};
 
 /// How long after a group's flip the slot it left may be written again. See the module
 /// documentation.
@@ -98,16 +99,34 @@ impl Dataplane {
             self.guard.waits += 1;
             self.guard.waited += now.elapsed();
         }
-        for ((&g, t), &s) in wanted.iter().zip(&next) {
-            self.groups
-                .set(group_slot(g, s), *t, 0)
-                .map_err(map_err(names::NH_GROUPS))?;
+        // Every table into its free slot (one call), then every flip (one call): a batch
+        // update of an array writes its elements in order, each as a single update does.
+        let slots: Vec<u32> = wanted
+            .keys()
+            .zip(&next)
+            .map(|(&g, &s)| group_slot(g, s))
+            .collect();
+        let tables: Vec<NextHopTable> = wanted.values().map(|t| **t).collect();
+        if update_batch(&self.groups_fd, &slots, &tables).is_err() {
+            // A kernel without batch updates of arrays, or a failure part-way: element by
+            // element (writing a slot again is harmless), which names the failing map.
+            for (&k, t) in slots.iter().zip(&tables) {
+                self.groups
+                    .set(k, t, 0)
+                    .map_err(map_err(names::NH_GROUPS))?;
+            }
         }
-        for (&g, &s) in wanted.keys().zip(&next) {
-            self.group_active
-                .set(g, s, 0)
-                .map_err(map_err(names::NH_ACTIVE))?;
-            self.flipped_at[g as usize] = Instant::now();
+        let groups: Vec<u32> = wanted.keys().copied().collect();
+        if update_batch(&self.active_fd, &groups, &next).is_err() {
+            for (&g, &s) in groups.iter().zip(&next) {
+                self.group_active
+                    .set(g, s, 0)
+                    .map_err(map_err(names::NH_ACTIVE))?;
+            }
+        }
+        let flipped = Instant::now();
+        for (&g, &s) in groups.iter().zip(&next) {
+            self.flipped_at[g as usize] = flipped;
             self.slot_in_force[g as usize] = Some(s as u8);
         }
         Ok(if wanted.len() > 1 {
@@ -116,6 +135,75 @@ impl Dataplane {
             GroupWrite::OneByOne
         })
     }
+}
+
+const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
+
+/// `bpf_attr` of the `BPF_MAP_*_BATCH` commands.
+#[repr(C)]
+#[derive(Default)]
+struct BatchAttr {
+    in_batch: u64,
+    out_batch: u64,
+    keys: u64,
+    values: u64,
+    count: u32,
+    map_fd: u32,
+    elem_flags: u64,
+    flags: u64,
+}
+
+/// A duplicate of the descriptor of array map `name` (taken before the map is).
+pub(super) fn array_fd(ebpf: &aya::Ebpf, name: &'static str) -> Result<OwnedFd> {
+    match ebpf.map(name) {
+        Some(aya::maps::Map::Array(data)) => {
+            data.fd()
+                .as_fd()
+                .try_clone_to_owned()
+                .map_err(|e| DataplaneError::Map {
+                    map: name,
+                    source: Box::new(aya::maps::MapError::SyscallError(aya::sys::SyscallError {
+                        call: "dup",
+                        io_error: e,
+                    })),
+                })
+        }
+        _ => Err(DataplaneError::Map {
+            map: name,
+            source: Box::new(aya::maps::MapError::InvalidName { name: name.into() }),
+        }),
+    }
+}
+
+/// `keys[i] := values[i]` for every i, in one `BPF_MAP_UPDATE_BATCH` on an array map whose
+/// values are `V`s.
+fn update_batch<V>(map: &OwnedFd, keys: &[u32], values: &[V]) -> std::io::Result<()> {
+    assert_eq!(keys.len(), values.len(), "a value per key");
+    if keys.is_empty() {
+        return Ok(());
+    }
+    let attr = BatchAttr {
+        keys: keys.as_ptr() as u64,
+        values: values.as_ptr() as u64,
+        count: keys.len() as u32,
+        map_fd: map.as_raw_fd() as u32,
+        ..Default::default()
+    };
+    // SAFETY: `attr` is the batch form of bpf_attr; keys and values point at `count` live
+    // elements of the map's key and value sizes (u32 and `V`, checked by the caller's types
+    // against the maps they were created with) for the duration of the call.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_MAP_UPDATE_BATCH,
+            &attr as *const BatchAttr,
+            std::mem::size_of::<BatchAttr>(),
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -152,6 +240,30 @@ mod tests {
             .collect();
         assert_eq!(dp.set_group_tables(&emptied).unwrap(), GroupWrite::Batched);
         assert!(dp.group_tables().unwrap().is_empty());
+    }
+
+    #[test]
+    fn this_kernel_updates_both_arrays_in_one_batch_call() {
+        // The fallback to single writes would hide a batch the kernel refuses: call it.
+        let dp = Dataplane::load(Pinning::None).unwrap();
+        let t = build_table(
+            &[Member {
+                nexthop: 9,
+                weight: 1,
+            }],
+            None,
+        )
+        .unwrap();
+        let slots = [group_slot(3, 1), group_slot(4, 1)];
+        update_batch(&dp.groups_fd, &slots, &[t, t]).expect("batch update of NH_GROUPS");
+        update_batch(&dp.active_fd, &[3, 4], &[1u32, 1]).expect("batch update of NH_ACTIVE");
+        for g in [3, 4] {
+            assert_eq!(dp.active_slot(g).unwrap(), 1);
+            assert_eq!(dp.group_table(g).unwrap(), Some(t));
+        }
+        // Keys out of range fail (and `set_group_tables` then writes one by one, which names
+        // the map).
+        assert!(update_batch(&dp.active_fd, &[MAX_GROUPS], &[1u32]).is_err());
     }
 
     #[test]

@@ -155,6 +155,10 @@ pub struct Dataplane {
     /// writer of `NH_ACTIVE`, the guard above rests on that too): a batch of group writes
     /// does not read the index of each group back first.
     slot_in_force: Vec<Option<u8>>,
+    /// Descriptors of `NH_GROUPS` and `NH_ACTIVE` for batch updates (aya has none): a link
+    /// event writes a dozen groups in two calls instead of two dozen.
+    groups_fd: std::os::fd::OwnedFd,
+    active_fd: std::os::fd::OwnedFd,
     guard: SlotGuardStats,
     nexthops: Array<MapData, NextHop>,
     neighbours: HashMap<MapData, NeighbourKey, Neighbour>,
@@ -240,6 +244,8 @@ impl Dataplane {
             .try_into()
             .map_err(prog_err(name))?;
         prog.load().map_err(prog_err(name))?;
+        let groups_fd = batch::array_fd(&ebpf, names::NH_GROUPS)?;
+        let active_fd = batch::array_fd(&ebpf, names::NH_ACTIVE)?;
         Ok(Dataplane {
             config: take!(ebpf, names::CONFIG),
             routes_v4: take!(ebpf, names::ROUTES_V4),
@@ -248,6 +254,8 @@ impl Dataplane {
             group_active: take!(ebpf, names::NH_ACTIVE),
             flipped_at: vec![Instant::now(); MAX_GROUPS as usize],
             slot_in_force: vec![None; MAX_GROUPS as usize],
+            groups_fd,
+            active_fd,
             guard: SlotGuardStats::default(),
             nexthops: take!(ebpf, names::NEXTHOPS),
             neighbours: take!(ebpf, names::NEIGHBOURS),
