@@ -43,7 +43,7 @@ use std::{
 
 use dwcp_common::{group_slot, maps::names, NextHopTable, MAX_GROUPS};
 
-use super::{check_range, map_err, Dataplane, DataplaneError, Result};
+use super::{check_range, map_err, sys_bpf, syscall_err, Dataplane, Result};
 
 /// How long after a group's flip the slot it left may be written again. See the module
 /// documentation.
@@ -156,22 +156,14 @@ struct BatchAttr {
 /// A duplicate of the descriptor of array map `name` (taken before the map is).
 pub(super) fn array_fd(ebpf: &aya::Ebpf, name: &'static str) -> Result<OwnedFd> {
     match ebpf.map(name) {
-        Some(aya::maps::Map::Array(data)) => {
-            data.fd()
-                .as_fd()
-                .try_clone_to_owned()
-                .map_err(|e| DataplaneError::Map {
-                    map: name,
-                    source: Box::new(aya::maps::MapError::SyscallError(aya::sys::SyscallError {
-                        call: "dup",
-                        io_error: e,
-                    })),
-                })
-        }
-        _ => Err(DataplaneError::Map {
-            map: name,
-            source: Box::new(aya::maps::MapError::InvalidName { name: name.into() }),
-        }),
+        Some(aya::maps::Map::Array(data)) => data
+            .fd()
+            .as_fd()
+            .try_clone_to_owned()
+            .map_err(|e| syscall_err(name, "dup", e)),
+        _ => Err(map_err(name)(aya::maps::MapError::InvalidName {
+            name: name.into(),
+        })),
     }
 }
 
@@ -190,20 +182,9 @@ fn update_batch<V>(map: &OwnedFd, keys: &[u32], values: &[V]) -> std::io::Result
         ..Default::default()
     };
     // SAFETY: `attr` is the batch form of bpf_attr; keys and values point at `count` live
-    // elements of the map's key and value sizes (u32 and `V`, checked by the caller's types
-    // against the maps they were created with) for the duration of the call.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_MAP_UPDATE_BATCH,
-            &attr as *const BatchAttr,
-            std::mem::size_of::<BatchAttr>(),
-        )
-    };
-    if rc != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(())
+    // elements for the duration of the call. The values are the map's own type: the callers
+    // pass the element types aya checked these maps against when it took them.
+    unsafe { sys_bpf(BPF_MAP_UPDATE_BATCH, &attr) }.map(|_| ())
 }
 
 #[cfg(test)]

@@ -10,7 +10,7 @@ use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use aya::maps::{Array, IterableMap, MapData};
 use dwcp_common::NextHopTable;
 
-use super::{map_err, DataplaneError, Result};
+use super::{map_err, sys_bpf, syscall_err, DataplaneError, Result};
 
 const BPF_MAP_CREATE: libc::c_long = 0;
 const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
@@ -40,16 +40,6 @@ struct ElemAttr {
     flags: u64,
 }
 
-fn sys_err(call: &'static str) -> DataplaneError {
-    DataplaneError::Map {
-        map: NAME,
-        source: Box::new(aya::maps::MapError::SyscallError(aya::sys::SyscallError {
-            call,
-            io_error: std::io::Error::last_os_error(),
-        })),
-    }
-}
-
 fn inner(table: &NextHopTable) -> Result<Array<MapData, NextHopTable>> {
     let mut inner = Array::create(1, 0).map_err(map_err(NAME))?;
     inner.set(0, table, 0).map_err(map_err(NAME))?;
@@ -76,17 +66,8 @@ impl MapInMap {
         attr.map_name[..NAME.len()].copy_from_slice(NAME.as_bytes());
         // SAFETY: `attr` is a valid bpf_attr prefix for BPF_MAP_CREATE; the template's
         // descriptor is open for the duration of the call.
-        let fd = unsafe {
-            libc::syscall(
-                libc::SYS_bpf,
-                BPF_MAP_CREATE,
-                &attr as *const CreateAttr,
-                std::mem::size_of::<CreateAttr>(),
-            )
-        };
-        if fd < 0 {
-            return Err(sys_err("BPF_MAP_CREATE"));
-        }
+        let fd = unsafe { sys_bpf(BPF_MAP_CREATE, &attr) }
+            .map_err(|e| syscall_err(NAME, "BPF_MAP_CREATE", e))?;
         // SAFETY: the kernel returned a new descriptor that nothing else owns.
         let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
         let outer = MapData::from_fd(fd).map_err(map_err(NAME))?;
@@ -105,17 +86,8 @@ impl MapInMap {
             ..Default::default()
         };
         // SAFETY: key and value point at live u32s; the inner map stays open during the call.
-        let rc = unsafe {
-            libc::syscall(
-                libc::SYS_bpf,
-                BPF_MAP_UPDATE_ELEM,
-                &attr as *const ElemAttr,
-                std::mem::size_of::<ElemAttr>(),
-            )
-        };
-        if rc != 0 {
-            return Err(sys_err("BPF_MAP_UPDATE_ELEM"));
-        }
+        unsafe { sys_bpf(BPF_MAP_UPDATE_ELEM, &attr) }
+            .map_err(|e| syscall_err(NAME, "BPF_MAP_UPDATE_ELEM", e))?;
         Ok(())
     }
 

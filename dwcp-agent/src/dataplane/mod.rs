@@ -121,6 +121,36 @@ fn map_err(map: &'static str) -> impl FnOnce(MapError) -> DataplaneError {
     }
 }
 
+/// A failed system call on map `map`, as aya reports its own.
+fn syscall_err(map: &'static str, call: &'static str, io_error: std::io::Error) -> DataplaneError {
+    map_err(map)(MapError::SyscallError(aya::sys::SyscallError {
+        call,
+        io_error,
+    }))
+}
+
+/// One bpf(2) command that aya has no wrapper for; `attr` is that command's prefix of
+/// `union bpf_attr`. Returns the call's non-negative result.
+///
+/// # Safety
+/// Every pointer and descriptor in `attr` must be valid for the command for the duration of
+/// the call.
+unsafe fn sys_bpf<A>(cmd: libc::c_long, attr: &A) -> std::io::Result<libc::c_long> {
+    // SAFETY: the caller vouches for `attr`'s contents; its size is passed with it.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            cmd,
+            attr as *const A,
+            std::mem::size_of::<A>(),
+        )
+    };
+    if rc < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(rc)
+}
+
 /// How the program ended up attached.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AttachMode {
