@@ -136,12 +136,12 @@ pub fn build_table(
         ..Default::default()
     };
     let owner = &mut t.buckets;
-    owner.fill(FREE);
 
     if let Some(prev) = previous {
-        // This runs for every group a link event touches, so it works in passes over the
-        // bytes of the table that the compiler vectorises, not bucket by bucket (a per-bucket
-        // count of what each member may still keep is a dependency chain through memory).
+        // This runs for every group a link event touches, so it works in simple passes over
+        // the bytes of the table, which the compiler can vectorise, not bucket by bucket (a
+        // per-bucket count of what each member may still keep is a dependency chain through
+        // memory). The first pass writes every bucket.
         let n = (prev.active_count as usize).min(MAX_GROUP_MEMBERS);
         // Previous bucket value -> index among the new active members; FREE for a member
         // gone (and for a value out of range). At most 8 of each: a scan, once.
@@ -182,6 +182,7 @@ pub fn build_table(
         }
     } else {
         // From scratch: members take turns, each claiming its next preferred free bucket.
+        owner.fill(FREE);
         let mut have = [0usize; MAX_GROUP_MEMBERS];
         let mut free = NHG_BUCKETS;
         let mut prefs: Vec<Preference> =
