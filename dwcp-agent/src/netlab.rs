@@ -300,19 +300,50 @@ pub struct StreamResult {
     pub socket_drops: u64,
 }
 
-/// `RcvbufErrors` of the calling thread's network namespace.
-fn udp_rcvbuf_errors() -> u64 {
-    let snmp = std::fs::read_to_string("/proc/thread-self/net/snmp").unwrap_or_default();
-    let mut udp = snmp.lines().filter(|l| l.starts_with("Udp:"));
-    let (Some(names), Some(values)) = (udp.next(), udp.next()) else {
-        return 0;
+/// Sets a socket's receive buffer with SO_RCVBUFFORCE (root may exceed `net.core.rmem_max`):
+/// a measuring receiver needs room for the seconds its thread may be descheduled on a busy
+/// machine, or it turns its own starvation into loss.
+pub fn force_recv_buffer(sock: &std::net::UdpSocket, bytes: libc::c_int) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: an open socket and a c_int option value of the size passed.
+    let rc = unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUFFORCE,
+            (&bytes as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
     };
-    names
-        .split_whitespace()
-        .position(|n| n == "RcvbufErrors")
-        .and_then(|col| values.split_whitespace().nth(col))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// The datagrams a socket dropped because its receive buffer was full (SO_MEMINFO): what the
+/// instrument lost, not the network.
+pub fn socket_drops(sock: &std::net::UdpSocket) -> std::io::Result<u32> {
+    use std::os::fd::AsRawFd;
+    const SK_MEMINFO_DROPS: usize = 8;
+    let mut info = [0u32; 9];
+    let mut len = std::mem::size_of_val(&info) as libc::socklen_t;
+    // SAFETY: the kernel writes at most `len` bytes into `info`.
+    let rc = unsafe {
+        libc::getsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_MEMINFO,
+            info.as_mut_ptr().cast(),
+            &mut len,
+        )
+    };
+    if rc == 0 {
+        Ok(info[SK_MEMINFO_DROPS])
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
 }
 
 impl UdpStream {
@@ -346,7 +377,6 @@ impl UdpStream {
     ) -> Result<UdpStream> {
         use std::{
             net::UdpSocket,
-            os::fd::AsRawFd,
             sync::{atomic::AtomicBool, Arc},
             time::{Duration, Instant},
         };
@@ -364,18 +394,7 @@ impl UdpStream {
             enter(&rx_ns)?;
             let s = UdpSocket::bind((dst_ip, port))?;
             s.set_read_timeout(Some(Duration::from_millis(50)))?;
-            let size: libc::c_int = 16 << 20;
-            // SAFETY: setsockopt with a c_int of the right size on an open socket.
-            unsafe {
-                libc::setsockopt(
-                    s.as_raw_fd(),
-                    libc::SOL_SOCKET,
-                    libc::SO_RCVBUFFORCE,
-                    (&size as *const libc::c_int).cast(),
-                    std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-                )
-            };
-            let drops_before = udp_rcvbuf_errors();
+            force_recv_buffer(&s, 16 << 20)?;
             let _ = ready_tx.send(());
             let mut got = std::collections::HashSet::new();
             let mut buf = [0u8; 64];
@@ -390,7 +409,7 @@ impl UdpStream {
                 if stop_r.load(Ordering::Relaxed) {
                     let t = *stopped_at.get_or_insert_with(Instant::now);
                     if t.elapsed() > Duration::from_millis(500) {
-                        return Ok((got, udp_rcvbuf_errors().saturating_sub(drops_before)));
+                        return Ok((got, u64::from(socket_drops(&s)?)));
                     }
                 }
             }
@@ -481,5 +500,27 @@ mod tests {
         }
         let list = run(&["ip", "netns", "list"]).unwrap();
         assert!(!String::from_utf8_lossy(&list.stdout).contains(&name));
+    }
+
+    #[test]
+    fn a_full_receive_buffer_is_counted_as_the_sockets_own_drops() {
+        let ns = Netns::new("nldrop").unwrap();
+        ns.exec(&["ip", "link", "set", "lo", "up"]).unwrap();
+        let drops = |buffer: libc::c_int| {
+            ns.run_in(move || {
+                let rx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+                force_recv_buffer(&rx, buffer).unwrap();
+                let tx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+                for _ in 0..2000 {
+                    tx.send_to(&[0u8; 64], rx.local_addr().unwrap()).unwrap();
+                }
+                socket_drops(&rx).unwrap()
+            })
+            .unwrap()
+        };
+        // Nothing reads: a small buffer overflows (the kernel's minimum holds a few
+        // datagrams), a 16 MiB one takes all 2,000.
+        assert!(drops(4096) > 1000);
+        assert_eq!(drops(16 << 20), 0);
     }
 }

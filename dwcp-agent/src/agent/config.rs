@@ -393,6 +393,8 @@ pub enum ProbeSenderMode {
 #[serde(deny_unknown_fields, default)]
 pub struct ProbeSection {
     pub sender: ProbeSenderMode,
+    /// SCHED_FIFO priority (1-99) of the agent's probe thread; 0 = normal scheduling.
+    pub rt_priority: u8,
     pub interval_ms: u64,
     pub detect_multiplier: u32,
     pub up_after: u32,
@@ -411,6 +413,7 @@ impl Default for ProbeSection {
         let s = SenderConfig::default();
         ProbeSection {
             sender: ProbeSenderMode::Agent,
+            rt_priority: 0,
             interval_ms: m.interval.as_millis() as u64,
             detect_multiplier: m.detect_multiplier,
             up_after: m.up_after,
@@ -627,6 +630,8 @@ pub struct AgentConfig {
     /// Region name → its prefixes.
     pub prefixes: BTreeMap<String, RegionPrefixes>,
     pub probe_sender: ProbeSenderMode,
+    /// SCHED_FIFO priority of the agent's probe thread (0 = normal scheduling).
+    pub probe_rt_priority: u8,
     pub monitor: MonitorConfig,
     pub sender: SenderConfig,
     pub strategy: Strategy,
@@ -669,6 +674,7 @@ impl PartialEq for AgentConfig {
             && self.local_links == other.local_links
             && self.prefixes == other.prefixes
             && self.probe_sender == other.probe_sender
+            && self.probe_rt_priority == other.probe_rt_priority
             && self.monitor == other.monitor
             && self.sender == other.sender
             && self.strategy == other.strategy
@@ -1267,6 +1273,16 @@ impl AgentConfig {
             backoff_cap: ms(p.backoff_cap_ms),
             ..SenderConfig::default()
         };
+        if p.rt_priority > 99 {
+            c.problems.push(Problem {
+                line: key_line(source, "probe", "rt_priority"),
+                field: "probe.rt_priority".into(),
+                message: format!(
+                    "{} is not a SCHED_FIFO priority: 1-99, or 0 for normal scheduling",
+                    p.rt_priority
+                ),
+            });
+        }
         if sender.backoff_cap < sender.interval {
             c.problems.push(Problem {
                 line: key_line(source, "probe", "backoff_cap_ms"),
@@ -1565,6 +1581,7 @@ impl AgentConfig {
             local_links,
             prefixes,
             probe_sender: p.sender,
+            probe_rt_priority: p.rt_priority,
             monitor,
             sender,
             strategy,
@@ -1629,6 +1646,9 @@ impl AgentConfig {
         }
         if self.probe_sender != new.probe_sender {
             out.push("probe.sender");
+        }
+        if self.probe_rt_priority != new.probe_rt_priority {
+            out.push("probe.rt_priority");
         }
         if self.api != new.api {
             out.push("api");

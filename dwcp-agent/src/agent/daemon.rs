@@ -487,7 +487,10 @@ impl Daemon {
 
         // Probes and the link monitor.
         let mut probes = match config.probe_sender {
-            ProbeSenderMode::Agent => Probes::Agent(ProbeSender::new(config.sender)?),
+            ProbeSenderMode::Agent => Probes::Agent(ProbeSender::on_own_thread(
+                config.sender,
+                config.probe_rt_priority,
+            )?),
             ProbeSenderMode::External => Probes::External(ExternalProbes::open(&config.pin_dir)?),
         };
         probes.sync(&config);

@@ -86,18 +86,10 @@ impl StreamReceiver {
         let socket = socket_in(ns, addr)?;
         // Room for seconds of traffic: a receiver thread descheduled on a busy machine must
         // not turn into loss that the failover did not cause. (FORCE: above rmem_max, as root.)
-        let bytes: libc::c_int = 32 << 20;
-        // SAFETY: setsockopt on our socket with an int option value.
-        unsafe {
-            use std::os::fd::AsRawFd;
-            libc::setsockopt(
-                socket.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_RCVBUFFORCE,
-                &bytes as *const libc::c_int as *const libc::c_void,
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        };
+        netlab::force_recv_buffer(&socket, 32 << 20).map_err(|source| NetlabError::Spawn {
+            cmd: "set the receive buffer".into(),
+            source,
+        })?;
         // A short timeout so the thread notices `stop`; never blocks for long.
         socket
             .set_read_timeout(Some(Duration::from_millis(20)))

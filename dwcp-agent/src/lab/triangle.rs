@@ -220,6 +220,10 @@ pub struct TriangleOptions {
     pub probe_sender: ProbeSenderMode,
     /// Probe intervals (10 ms) without a reply before a link is dead.
     pub detect_multiplier: u32,
+    /// SCHED_FIFO priority of the probe senders (the agents' probe threads or `dwcp-prober`),
+    /// 0 = normal scheduling. By default 10, as on a busy gateway: on this 2-core machine a
+    /// probe sender starved past the detection time takes a healthy link down.
+    pub probe_rt_priority: u8,
     /// Extra TOML appended to every gateway's configuration.
     pub extra_config: String,
 }
@@ -229,6 +233,7 @@ impl Default for TriangleOptions {
         TriangleOptions {
             probe_sender: ProbeSenderMode::Agent,
             detect_multiplier: 3,
+            probe_rt_priority: 10,
             extra_config: String::new(),
         }
     }
@@ -390,9 +395,9 @@ impl TriangleLab {
         };
         s += &format!(
             // A lab's streams are small: sample densely so the top flows show them.
-            "[probe]\nsender = \"{sender}\"\ndetect_multiplier = {}\n\n[updater]\noptimise_interval_s = 0\n\n\
-             [flows]\nsample_every = 10\n\n",
-            self.options.detect_multiplier
+            "[probe]\nsender = \"{sender}\"\nrt_priority = {}\ndetect_multiplier = {}\n\n\
+             [updater]\noptimise_interval_s = 0\n\n[flows]\nsample_every = 10\n\n",
+            self.options.probe_rt_priority, self.options.detect_multiplier
         );
         // Each gateway's API on its own socket (they share this file system); metrics on
         // the loopback of each gateway's own namespace.
@@ -558,6 +563,8 @@ impl TriangleLab {
             .arg(self.regions[r].gw.name())
             .arg("--detect-multiplier")
             .arg(self.options.detect_multiplier.to_string())
+            .arg("--rt-priority")
+            .arg(self.options.probe_rt_priority.to_string())
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
@@ -605,6 +612,9 @@ pub struct StreamReport {
     pub received: u32,
     /// Sequence numbers sent but never received, as ranges.
     pub lost: Vec<(u32, u32)>,
+    /// Of those, datagrams the receiving socket itself dropped because its buffer was full
+    /// (the receiving thread starved): lost by the instrument, not by the network.
+    pub receiver_drops: u32,
 }
 
 impl StreamReport {
@@ -619,10 +629,16 @@ pub struct UdpStream {
     stop: Arc<AtomicBool>,
     rx_stop: Arc<AtomicBool>,
     sender: Option<std::thread::JoinHandle<std::io::Result<u32>>>,
-    receiver: Option<std::thread::JoinHandle<std::io::Result<BTreeSet<u32>>>>,
+    receiver: Option<std::thread::JoinHandle<std::io::Result<Received>>>,
 }
 
+/// The sequence numbers that arrived, and the receiving socket's own drops.
+type Received = (BTreeSet<u32>, u32);
+
 const STREAM_MAGIC: [u8; 4] = *b"DWST";
+/// The receiver's buffer: seconds of a 1,000 datagrams/s stream, so that a starved receiving
+/// thread does not itself lose datagrams.
+const STREAM_RCVBUF: libc::c_int = 16 << 20;
 
 impl UdpStream {
     /// Starts sending `rate` datagrams per second from `from` (region index) to `to`.
@@ -636,6 +652,7 @@ impl UdpStream {
         rx_sock
             .set_read_timeout(Some(Duration::from_millis(50)))
             .map_err(io("receiver timeout"))?;
+        netlab::force_recv_buffer(&rx_sock, STREAM_RCVBUF).map_err(io("receiver buffer"))?;
         let tx_sock = lab.regions[from]
             .host
             .run_in(move || UdpSocket::bind((src, 0)))?
@@ -644,7 +661,7 @@ impl UdpStream {
         let rx_stop = Arc::new(AtomicBool::new(false));
         let receiver = {
             let rx_stop = rx_stop.clone();
-            std::thread::spawn(move || -> std::io::Result<BTreeSet<u32>> {
+            std::thread::spawn(move || -> std::io::Result<Received> {
                 let mut got = BTreeSet::new();
                 let mut buf = [0u8; 64];
                 loop {
@@ -658,7 +675,7 @@ impl UdpStream {
                                 || e.kind() == std::io::ErrorKind::TimedOut =>
                         {
                             if rx_stop.load(Ordering::Relaxed) {
-                                return Ok(got);
+                                return Ok((got, netlab::socket_drops(&rx_sock)?));
                             }
                         }
                         Err(e) => return Err(e),
@@ -705,7 +722,7 @@ impl UdpStream {
         let sent = sent
             .map_err(|_| TriangleError::Other("stream sender panicked".into()))?
             .map_err(io("sending the stream"))?;
-        let got = self
+        let (got, receiver_drops) = self
             .receiver
             .take()
             .expect("running")
@@ -731,6 +748,7 @@ impl UdpStream {
             sent,
             received: got.iter().filter(|&&s| s < sent).count() as u32,
             lost,
+            receiver_drops,
         })
     }
 }

@@ -35,6 +35,10 @@ pub enum SenderError {
         local: IpAddr,
         remote: IpAddr,
     },
+    #[error("probe thread: real-time priority {priority} (SCHED_FIFO): {source}")]
+    RealtimePriority { priority: u8, source: io::Error },
+    #[error("probe thread: cannot start it: {0}")]
+    Thread(io::Error),
     #[error("link {link_id}: cannot {what}: {source}")]
     Socket {
         link_id: u32,
@@ -202,6 +206,73 @@ pub struct ProbeSender {
     config: SenderConfig,
     handle: ProbeHandle,
     tasks: BTreeMap<u32, JoinHandle<()>>,
+    /// The thread the tasks run on, if the sender has its own.
+    thread: Option<ProbeThread>,
+}
+
+/// A thread of the sender's own running a single-threaded runtime: probes then leave on time
+/// whatever the rest of the process is busy with (a route computation holding a worker), and
+/// the thread alone can be put in the real-time class.
+#[derive(Debug)]
+struct ProbeThread {
+    runtime: tokio::runtime::Handle,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    join: Option<std::thread::JoinHandle<()>>,
+}
+
+impl ProbeThread {
+    fn start(rt_priority: u8) -> Result<ProbeThread, SenderError> {
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let join = std::thread::Builder::new()
+            .name("dwcp-probes".into())
+            .spawn(move || {
+                if rt_priority > 0 {
+                    if let Err(source) =
+                        crate::prober::set_realtime_priority(i32::from(rt_priority))
+                    {
+                        let _ = ready_tx.send(Err(SenderError::RealtimePriority {
+                            priority: rt_priority,
+                            source,
+                        }));
+                        return;
+                    }
+                }
+                let runtime = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(SenderError::Thread(e)));
+                        return;
+                    }
+                };
+                let _ = ready_tx.send(Ok(runtime.handle().clone()));
+                // Drives the probe tasks until the sender is dropped.
+                let _ = runtime.block_on(stopped);
+            })
+            .map_err(SenderError::Thread)?;
+        let runtime = ready_rx
+            .recv()
+            .map_err(|_| SenderError::Thread(io::Error::other("the thread ended at start")))??;
+        Ok(ProbeThread {
+            runtime,
+            stop: Some(stop),
+            join: Some(join),
+        })
+    }
+}
+
+impl Drop for ProbeThread {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(join) = self.join.take() {
+            let _ = join.join();
+        }
+    }
 }
 
 impl ProbeSender {
@@ -213,7 +284,21 @@ impl ProbeSender {
             config,
             handle: ProbeHandle::default(),
             tasks: BTreeMap::new(),
+            thread: None,
         })
+    }
+
+    /// A sender whose probes run on a thread of its own, in the `SCHED_FIFO` class at
+    /// `rt_priority` (1-99; 0 = normal scheduling): what the agent uses, so that neither its
+    /// other work nor a busy host delays a probe past the detection time and makes a healthy
+    /// link look dead.
+    pub fn on_own_thread(
+        config: SenderConfig,
+        rt_priority: u8,
+    ) -> Result<ProbeSender, SenderError> {
+        let mut sender = ProbeSender::new(config)?;
+        sender.thread = Some(ProbeThread::start(rt_priority)?);
+        Ok(sender)
     }
 
     pub fn config(&self) -> &SenderConfig {
@@ -225,7 +310,8 @@ impl ProbeSender {
     }
 
     /// Starts probing `link` through `socket` (from [`open_probe_socket`], or bound by the
-    /// caller, e.g. inside another network namespace). Must run inside a tokio runtime.
+    /// caller, e.g. inside another network namespace). Without a thread of its own, must run
+    /// inside a tokio runtime.
     /// A link id already probed is refused and its task keeps running.
     pub fn add_link(
         &mut self,
@@ -244,8 +330,16 @@ impl ProbeSender {
         socket
             .set_nonblocking(true)
             .map_err(|e| sock_err("make the socket non-blocking", e))?;
-        let socket = tokio::net::UdpSocket::from_std(socket)
-            .map_err(|e| sock_err("register the socket with tokio", e))?;
+        let runtime = match &self.thread {
+            Some(t) => t.runtime.clone(),
+            None => tokio::runtime::Handle::current(),
+        };
+        // The socket registers with the runtime that will drive its task.
+        let socket = {
+            let _context = runtime.enter();
+            tokio::net::UdpSocket::from_std(socket)
+                .map_err(|e| sock_err("register the socket with tokio", e))?
+        };
         let shared = Arc::new(LinkShared::default());
         self.handle
             .links
@@ -253,7 +347,7 @@ impl ProbeSender {
             .unwrap()
             .insert(link.link_id, shared.clone());
         let dest = SocketAddr::new(link.remote, PROBE_PORT);
-        let task = tokio::spawn(probe_loop(link.link_id, socket, dest, self.config, shared));
+        let task = runtime.spawn(probe_loop(link.link_id, socket, dest, self.config, shared));
         self.tasks.insert(link.link_id, task);
         Ok(())
     }
@@ -400,6 +494,64 @@ mod tests {
                 Err(SenderError::UnknownLink(1))
             ));
         });
+    }
+
+    /// The sender's own thread probes with no runtime in the caller at all, in the real-time
+    /// class it was asked for, and stops with the sender.
+    #[test]
+    fn a_sender_on_its_own_thread_probes_in_the_realtime_class() {
+        let ns = Netns::new("probert").unwrap();
+        ns.exec(&["ip", "link", "set", "lo", "up"]).unwrap();
+        let link = ProbeLink {
+            link_id: 1,
+            local: v4("127.0.0.1"),
+            remote: v4("127.0.0.1"),
+            device: None,
+        };
+        let config = SenderConfig {
+            source_port: 41000,
+            ..Default::default()
+        };
+        let (socket, peer) = ns
+            .run_in(|| {
+                let peer = std::net::UdpSocket::bind(("127.0.0.1", PROBE_PORT)).unwrap();
+                peer.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+                (open_probe_socket(&link, &config).unwrap(), peer)
+            })
+            .unwrap();
+        let probe_threads = || -> Vec<String> {
+            std::fs::read_dir("/proc/thread-self/..")
+                .unwrap()
+                .filter_map(|t| {
+                    let dir = t.ok()?.path();
+                    let comm = std::fs::read_to_string(dir.join("comm")).ok()?;
+                    (comm.trim() == "dwcp-probes")
+                        .then(|| std::fs::read_to_string(dir.join("sched")).unwrap())
+                })
+                .collect()
+        };
+        let before = probe_threads().len();
+        let mut sender = ProbeSender::on_own_thread(config, 5).unwrap();
+        let handle = sender.handle();
+        sender.add_link(link, socket).unwrap();
+        let mut buf = [0u8; 64];
+        for seq in 0..3 {
+            let n = peer.recv(&mut buf).unwrap();
+            let probe = ProbeHeader::decode(&buf[..n]).unwrap();
+            assert_eq!((probe.link_id, probe.seq), (1, seq));
+        }
+        let ours = probe_threads();
+        assert_eq!(ours.len(), before + 1);
+        // `policy` 1 is SCHED_FIFO.
+        assert!(
+            ours.iter().any(|s| s
+                .lines()
+                .any(|l| l.split_whitespace().eq(["policy", ":", "1"]))),
+            "{ours:?}"
+        );
+        drop(sender);
+        assert_eq!(probe_threads().len(), before);
+        assert!(handle.sent(1).unwrap() >= 3);
     }
 
     /// Two gateways joined by two underlay links (two veth pairs, addresses on each). The

@@ -198,6 +198,16 @@ fn section_values_are_checked_with_the_line_of_the_key() {
         )),
         "{e}"
     );
+    let text = format!("{}\n[probe]\nrt_priority = 120\n", valid());
+    let e = refused(&text);
+    assert!(
+        e.contains(&format!(
+            "line {}: probe.rt_priority: 120 is not a SCHED_FIFO priority: 1-99, or 0 for \
+             normal scheduling",
+            line_of_text(&text, "rt_priority = 120")
+        )),
+        "{e}"
+    );
     let text = format!(
         "{}\n[updater]\nshort_delay_ms = 2000\nlong_delay_ms = 1000\n",
         valid()
