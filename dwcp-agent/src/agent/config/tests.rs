@@ -283,6 +283,9 @@ fn reload_tells_what_needs_a_restart() {
     let a = AgentConfig::parse(&valid()).unwrap();
     let b = AgentConfig::parse(&valid().replace("[\"lan0\"]", "[\"lan1\"]")).unwrap();
     assert_eq!(a.restart_only_changes(&b), vec!["gateway.lan_interfaces"]);
+    let rt = AgentConfig::parse(&format!("{}\n[probe]\nrt_priority = 10\n", valid())).unwrap();
+    assert_eq!(rt.probe_rt_priority, 10);
+    assert_eq!(a.restart_only_changes(&rt), vec!["probe.rt_priority"]);
     let c = AgentConfig::parse(&format!(
         "{}\n[routing]\nstrategy = \"min_cost\"\n",
         valid()
