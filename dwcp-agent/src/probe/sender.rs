@@ -550,8 +550,23 @@ mod tests {
             "{ours:?}"
         );
         drop(sender);
-        assert_eq!(probe_threads().len(), before);
-        assert!(handle.sent(1).unwrap() >= 3);
+        // Joined; the kernel removes the exited thread from /proc a moment later.
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while probe_threads().len() != before {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the probe thread outlived its sender"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let sent = handle.sent(1).unwrap();
+        assert!(sent >= 3);
+        std::thread::sleep(Duration::from_millis(50));
+        assert_eq!(
+            handle.sent(1),
+            Some(sent),
+            "probes after the sender was dropped"
+        );
     }
 
     /// Two gateways joined by two underlay links (two veth pairs, addresses on each). The
