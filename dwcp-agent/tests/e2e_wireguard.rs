@@ -21,7 +21,6 @@ use std::{
     collections::BTreeSet,
     io::{Read, Write},
     net::{Ipv4Addr, SocketAddr, TcpStream, UdpSocket},
-    os::fd::AsRawFd,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     sync::atomic::{AtomicU32, Ordering},
@@ -419,17 +418,7 @@ fn send_datagrams(lab: &Lab, port: u16, n: u32, quiet: Duration) -> BTreeSet<u32
         .run_in(move || UdpSocket::bind((H2, port)))
         .unwrap()
         .unwrap();
-    let size: libc::c_int = 8 << 20;
-    // SAFETY: setsockopt with a c_int of the right size on an open socket.
-    unsafe {
-        libc::setsockopt(
-            rx.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_RCVBUFFORCE,
-            (&size as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
+    netlab::force_recv_buffer(&rx, 8 << 20).unwrap();
     rx.set_read_timeout(Some(Duration::from_millis(50)))
         .unwrap();
     let tx = lab
