@@ -10,7 +10,7 @@ use axum::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::{agent::CommandError, bandwidth::BandwidthError};
+use dwcp_control::{bandwidth::BandwidthError, view::CommandError};
 
 /// The body of every error response.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
