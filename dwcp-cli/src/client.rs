@@ -8,7 +8,7 @@ use hyper::{body::Bytes, Request};
 use hyper_util::rt::TokioIo;
 use serde::{de::DeserializeOwned, Serialize};
 
-use super::error::ErrorBody;
+use dwcp_control::view::ErrorBody;
 
 /// Where the agent's API is.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -14,19 +14,19 @@ use std::{io::Write, path::PathBuf, time::Duration};
 
 use anyhow::{bail, Context, Result};
 use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
-use dwcp_agent::{
-    agent::{ClassView, LinkHealth, LinkView, RouteChange, RouteView, TunnelView},
-    api::{
-        client::{ApiClient, ClientError, Endpoint},
-        views::{
-            AdminRequest, AdminResponse, AdminState, ReloadResponse, StatusView, TopologyView,
-        },
-        DEFAULT_SOCKET,
-    },
+use dwcp_cli::{
+    client::{ApiClient, ClientError, Endpoint},
+    maps, tables,
+    when::parse_when,
+};
+use dwcp_control::{
     bandwidth::{Admission, ExtendRequest, RawNumber, Reservation, ReservationRequest},
-    cli::{maps, tables, when::parse_when},
-    dataplane::DEFAULT_PIN_DIR,
-    telemetry::unix_now,
+    config::{DEFAULT_PIN_DIR, DEFAULT_SOCKET},
+    input::unix_now,
+    view::{
+        AdminRequest, AdminResponse, AdminState, ClassView, LinkHealth, LinkView, ReloadResponse,
+        RouteChange, RouteView, StatusView, TopologyView, TunnelView,
+    },
 };
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
@@ -356,7 +356,7 @@ async fn show(cli: &Cli, what: &Show) -> Result<()> {
             print(json, &cl, |cl| tables::classes(cl))
         }
         Show::Flows => {
-            let f: dwcp_agent::traffic::FlowsView = c.get("/v1/flows").await?;
+            let f: dwcp_control::traffic::FlowsView = c.get("/v1/flows").await?;
             print(json, &f, |f| tables::flows(f, unix_now()))
         }
         Show::Reservations { id: None } => {

@@ -3,14 +3,15 @@
 
 use comfy_table::{presets, CellAlignment, ContentArrangement, Table};
 
-use super::format;
-use crate::{
-    agent::{
-        ClassView, LinkHealth, LinkView, PathRole, RouteChange, RouteView, TunnelState, TunnelView,
-    },
-    api::views::{StatusView, TopologyView},
+use dwcp_control::{
     bandwidth::Reservation,
+    view::{
+        ClassView, LinkHealth, LinkView, PathRole, RouteChange, RouteView, StatusView, TopologyView,
+        TunnelState, TunnelView,
+    },
 };
+
+use crate::format;
 
 fn table(header: &[&str], right_aligned: &[usize]) -> Table {
     let mut t = Table::new();
@@ -253,7 +254,7 @@ pub fn classes(classes: &[ClassView]) -> String {
 }
 
 /// The top-flows table: one line of what it covers, then the flows, heaviest first.
-pub fn flows(f: &crate::traffic::FlowsView, now_unix_s: u64) -> String {
+pub fn flows(f: &dwcp_control::traffic::FlowsView, now_unix_s: u64) -> String {
     if f.sample_every == 0 {
         return "flow sampling is off ([flows] sample_every = 0)\n".into();
     }
@@ -398,7 +399,7 @@ pub fn reservations(rs: &[Reservation], now: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::fixtures::three_region_snapshot;
+    use dwcp_lab::fixtures::three_region_snapshot;
 
     #[test]
     fn links_table_shows_measured_figures_and_dashes_for_unmeasured() {

@@ -17,6 +17,14 @@ pub struct Now {
     pub unix_ms: u64,
 }
 
+/// The wall clock in whole seconds since the epoch (the API's and the reservations' times).
+/// Read by the I/O side only: the state owner takes its times with its inputs.
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
 impl Now {
     /// A synthetic time `ms` milliseconds after a fixed epoch (replays, benchmarks).
     pub fn at_ms(ms: u64) -> Now {

@@ -377,3 +377,10 @@ pub struct EventsQuery {
     /// Only changes of this owner's reservations.
     pub owner: Option<String>,
 }
+
+/// The body of every error response of the API: `{"error": "...", "status": N}`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: String,
+    pub status: u16,
+}

@@ -13,12 +13,20 @@ use std::time::Duration;
 use std::hint::black_box;
 
 use criterion::Criterion;
-use dwcp_agent::routing::{
-    compute_table, primary_on, route_on, update_table, Constraints, RoutingEngine, RoutingGraph,
-    Strategy,
-};
-use dwcp_agent::topology::synthetic::{generate, SyntheticSpec};
-use dwcp_agent::topology::{InMemoryTopologyStore, RegionId, Topology, TopologyUpdate};
+use dwcp_control::routing::compute_table;
+use dwcp_control::routing::primary_on;
+use dwcp_control::routing::route_on;
+use dwcp_control::routing::update_table;
+use dwcp_control::routing::Constraints;
+use dwcp_control::routing::RoutingEngine;
+use dwcp_control::routing::RoutingGraph;
+use dwcp_control::routing::Strategy;
+use dwcp_control::topology::synthetic::generate;
+use dwcp_control::topology::synthetic::SyntheticSpec;
+use dwcp_control::topology::InMemoryTopologyStore;
+use dwcp_control::topology::RegionId;
+use dwcp_control::topology::Topology;
+use dwcp_control::topology::TopologyUpdate;
 
 /// The daemon's allocator (see `bin/dwcp-agent.rs`): routes are measured as it computes them.
 #[global_allocator]

@@ -5,7 +5,9 @@ use std::collections::BTreeMap;
 
 use anyhow::Result;
 use aya::programs::{TestRun, TestRunOptions};
-use dwcp_agent::dataplane::{Dataplane, Member, Pinning};
+use dwcp_dataplane::Dataplane;
+use dwcp_dataplane::Member;
+use dwcp_dataplane::Pinning;
 use dwcp_common::{
     maps::programs, wire::*, ClassifierKey, ClassifierRule, GatewayConfig, LinkConfig, LinkState,
     Neighbour, NeighbourKey, NextHop, QosClass, QosPolicy, Route, CONFIG_F_READY, LINK_F_MONITORED,

@@ -33,14 +33,19 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 use aya::maps::{Map, MapData, PerCpuArray};
-use dwcp_agent::{
-    dataplane::{Dataplane, Member},
-    lab::{
-        stream::{delivery_gaps, PacedSender, StreamReceiver},
-        wait_for, MultiLinkLab, Side, MULTI_LAB_GROUP,
-    },
-    probe::{monotonic_ns, LinkEventKind, MonitorConfig, ProbeCounts},
-};
+use dwcp_dataplane::Dataplane;
+use dwcp_dataplane::Member;
+use dwcp_lab::lab::stream::delivery_gaps;
+use dwcp_lab::lab::stream::PacedSender;
+use dwcp_lab::lab::stream::StreamReceiver;
+use dwcp_lab::lab::wait_for;
+use dwcp_lab::lab::MultiLinkLab;
+use dwcp_lab::lab::Side;
+use dwcp_lab::lab::MULTI_LAB_GROUP;
+use dwcp_agent::probe::monotonic_ns;
+use dwcp_agent::probe::LinkEventKind;
+use dwcp_agent::probe::MonitorConfig;
+use dwcp_agent::probe::ProbeCounts;
 use dwcp_common::{maps::names, Counters, LinkConfig, Reason};
 
 const RATE_PPS: u32 = 10_000;
@@ -377,7 +382,7 @@ struct ProbeCost {
 fn probe_cost(lab: &MultiLinkLab) -> Result<ProbeCost> {
     lab.wait_links_usable(LIMIT)?;
     let probers = [Side::A, Side::B].map(|s| lab.prober(s).expect("prober running"));
-    let sent = |p: &dwcp_agent::lab::ProberThread| -> u64 {
+    let sent = |p: &dwcp_lab::lab::ProberThread| -> u64 {
         p.handle()
             .links()
             .iter()
@@ -430,7 +435,7 @@ fn main() -> Result<()> {
     if trials < 20 {
         bail!("at least 20 trials, not {trials}");
     }
-    dwcp_agent::netlab::sweep_stale();
+    dwcp_lab::netlab::sweep_stale();
     let monitor = MonitorConfig::default();
     let mut lab = MultiLinkLab::build("bfo", 2, monitor)?;
     lab.start_dataplanes()?;

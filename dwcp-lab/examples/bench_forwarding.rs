@@ -1,17 +1,21 @@
 //! `cargo xtask bench forwarding`: forwarded packets/s and CPU time per packet of gateway A
 //! with dwcp's XDP fast path and with Linux kernel routing (an `ip nexthop` group over kernel
 //! VXLAN devices), in one netns lab, in one run, alternating round by round.
-//! The lab and the measurement are `dwcp_agent::forwarding_bench`; this prints the Markdown
+//! The lab and the measurement are `dwcp_lab::forwarding_bench`; this prints the Markdown
 //! report (stdout) and writes `target/bench/forwarding.json`. Needs root and two CPUs.
 use std::{fmt::Write as _, time::Duration};
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
-use dwcp_agent::forwarding_bench::{
-    cpu,
-    lab::{weight_shares, Forwarder, ForwardingLab, NEXT_HOPS},
-    paired_ratio, CpuPlan, Summary, TrialResult,
-};
+use dwcp_lab::forwarding_bench::cpu;
+use dwcp_lab::forwarding_bench::lab::weight_shares;
+use dwcp_lab::forwarding_bench::lab::Forwarder;
+use dwcp_lab::forwarding_bench::lab::ForwardingLab;
+use dwcp_lab::forwarding_bench::lab::NEXT_HOPS;
+use dwcp_lab::forwarding_bench::paired_ratio;
+use dwcp_lab::forwarding_bench::CpuPlan;
+use dwcp_lab::forwarding_bench::Summary;
+use dwcp_lab::forwarding_bench::TrialResult;
 
 #[derive(Parser)]
 struct Args {
@@ -235,7 +239,7 @@ fn section(
 fn method(
     md: &mut String,
     args: &Args,
-    attach_mode: Option<dwcp_agent::dataplane::AttachMode>,
+    attach_mode: Option<dwcp_dataplane::AttachMode>,
     load_before: &str,
     load_after: &str,
 ) {

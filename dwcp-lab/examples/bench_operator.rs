@@ -14,15 +14,19 @@ use std::{
     time::{Duration, Instant},
 };
 
-use dwcp_agent::{
-    agent::{
-        AgentHandle, AgentSnapshot, ClassView, CounterView, LinkHealth, LinkView, PathRole,
-        PathView, RouteView,
-    },
-    api::fixtures::three_region_snapshot,
-    lab::multi::{LabPlan, Shape},
-    telemetry::Exporter,
-};
+use dwcp_agent::agent::AgentHandle;
+use dwcp_agent::agent::AgentSnapshot;
+use dwcp_agent::agent::ClassView;
+use dwcp_agent::agent::CounterView;
+use dwcp_agent::agent::LinkHealth;
+use dwcp_agent::agent::LinkView;
+use dwcp_agent::agent::PathRole;
+use dwcp_agent::agent::PathView;
+use dwcp_agent::agent::RouteView;
+use dwcp_lab::fixtures::three_region_snapshot;
+use dwcp_lab::lab::multi::LabPlan;
+use dwcp_lab::lab::multi::Shape;
+use dwcp_agent::telemetry::Exporter;
 use dwcp_common::{QosClass, Reason};
 use tokio::sync::{broadcast, mpsc, watch};
 
@@ -55,7 +59,7 @@ fn lab_snapshot(plan: &LabPlan) -> AgentSnapshot {
             probes_received: 99_900,
         })
         .collect();
-    let local: Vec<&dwcp_agent::lab::multi::PlannedLink> =
+    let local: Vec<&dwcp_lab::lab::multi::PlannedLink> =
         plan.links.iter().filter(|l| l.a == 1 || l.b == 1).collect();
     let routes = plan
         .regions

@@ -32,16 +32,28 @@ use std::{
 };
 
 use anyhow::{bail, Context, Result};
-use dwcp_agent::{
-    dataplane::{AttachMode, Dataplane, Member, Pinning},
-    netlab::{self, Netns, UdpStream},
-    tunnels::{
-        rotation::{rotate_key, LocalPeer},
-        spec::{Underlay, VxlanSpec, WireGuardPeerSpec, WireGuardSpec},
-        Handoff, ManagerConfig, NetnsTarget, PresharedKey, PublicKey, TunnelKind, TunnelManager,
-        TunnelSpec, WireGuardImpl,
-    },
-};
+use dwcp_dataplane::AttachMode;
+use dwcp_dataplane::Dataplane;
+use dwcp_dataplane::Member;
+use dwcp_dataplane::Pinning;
+use dwcp_lab::netlab;
+use dwcp_lab::netlab::Netns;
+use dwcp_lab::netlab::UdpStream;
+use dwcp_tunnels::rotation::rotate_key;
+use dwcp_tunnels::rotation::LocalPeer;
+use dwcp_tunnels::spec::Underlay;
+use dwcp_tunnels::spec::VxlanSpec;
+use dwcp_tunnels::spec::WireGuardPeerSpec;
+use dwcp_tunnels::spec::WireGuardSpec;
+use dwcp_tunnels::Handoff;
+use dwcp_tunnels::ManagerConfig;
+use dwcp_tunnels::NetnsTarget;
+use dwcp_tunnels::PresharedKey;
+use dwcp_tunnels::PublicKey;
+use dwcp_tunnels::TunnelKind;
+use dwcp_tunnels::TunnelManager;
+use dwcp_tunnels::TunnelSpec;
+use dwcp_tunnels::WireGuardImpl;
 use dwcp_common::{
     maps::programs, GatewayConfig, NextHop, QosClass, Reason, Route, CONFIG_F_READY,
 };
@@ -318,8 +330,8 @@ async fn setup_times(reps: usize) -> Result<serde_json::Value> {
             b.state.path().join("base.key"),
         );
         let (sk_a, sk_b) = (
-            dwcp_agent::tunnels::PrivateKey::generate(),
-            dwcp_agent::tunnels::PrivateKey::generate(),
+            dwcp_tunnels::PrivateKey::generate(),
+            dwcp_tunnels::PrivateKey::generate(),
         );
         sk_a.store(&key_a)?;
         sk_b.store(&key_b)?;

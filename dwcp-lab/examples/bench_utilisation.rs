@@ -16,20 +16,32 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
-use dwcp_agent::{
-    bandwidth::LinkId,
-    dataplane::{build_table, Member},
-    lab::LAB_SEED,
-    traffic::{LinkStatus, SplitMode, TrafficConfig, TrafficEngineer},
-    utilisation::{
-        flows_per_nexthop,
-        iperf::{IPERF_PORT, MAX_FLOWS_PER_CLIENT},
-        jain_index,
-        shaped_lab::{ShapedPathsLab, HOST_A_IP, HOST_B_IP, REGION_MTU, SHAPER_QUEUE},
-        shares, split_limited_bps, table_shares, tcp_goodput_ceiling, IperfReport, IperfRun,
-        IperfServer, SplitAccuracy, TcpLoad,
-    },
-};
+use dwcp_control::bandwidth::LinkId;
+use dwcp_dataplane::build_table;
+use dwcp_dataplane::Member;
+use dwcp_lab::lab::LAB_SEED;
+use dwcp_control::traffic::LinkStatus;
+use dwcp_control::traffic::SplitMode;
+use dwcp_control::traffic::TrafficConfig;
+use dwcp_control::traffic::TrafficEngineer;
+use dwcp_lab::utilisation::flows_per_nexthop;
+use dwcp_lab::utilisation::iperf::IPERF_PORT;
+use dwcp_lab::utilisation::iperf::MAX_FLOWS_PER_CLIENT;
+use dwcp_lab::utilisation::jain_index;
+use dwcp_lab::utilisation::shaped_lab::ShapedPathsLab;
+use dwcp_lab::utilisation::shaped_lab::HOST_A_IP;
+use dwcp_lab::utilisation::shaped_lab::HOST_B_IP;
+use dwcp_lab::utilisation::shaped_lab::REGION_MTU;
+use dwcp_lab::utilisation::shaped_lab::SHAPER_QUEUE;
+use dwcp_lab::utilisation::shares;
+use dwcp_lab::utilisation::split_limited_bps;
+use dwcp_lab::utilisation::table_shares;
+use dwcp_lab::utilisation::tcp_goodput_ceiling;
+use dwcp_lab::utilisation::IperfReport;
+use dwcp_lab::utilisation::IperfRun;
+use dwcp_lab::utilisation::IperfServer;
+use dwcp_lab::utilisation::SplitAccuracy;
+use dwcp_lab::utilisation::TcpLoad;
 use dwcp_common::{wire::IPPROTO_TCP, Counters, FlowKey};
 use serde_json::json;
 

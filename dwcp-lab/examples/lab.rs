@@ -1,4 +1,4 @@
-//! The multi-region lab (what `cargo xtask lab` runs; see `dwcp_agent::lab::live`).
+//! The multi-region lab (what `cargo xtask lab` runs; see `dwcp_lab::lab::live`).
 //!
 //! ```text
 //! lab up [--regions N]        # 3 (default): us-east-1, eu-west-1, ap-south-1; up to 10
@@ -13,10 +13,11 @@ use std::{path::PathBuf, process::Command, time::Duration};
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
-use dwcp_agent::lab::{
-    live::{self, LabPaths, LabState, UpOptions},
-    triangle::PinnedCounters,
-};
+use dwcp_lab::lab::live;
+use dwcp_lab::lab::live::LabPaths;
+use dwcp_lab::lab::live::LabState;
+use dwcp_lab::lab::live::UpOptions;
+use dwcp_lab::lab::triangle::PinnedCounters;
 use dwcp_common::{QosClass, Reason};
 
 #[derive(Parser)]
@@ -286,7 +287,7 @@ fn dwcp(cli: &Cli, socket: &std::path::Path, args: &[&str]) -> Result<String> {
 fn routes_of_ends(
     cli: &Cli,
     state: &LabState,
-    link: &dwcp_agent::lab::multi::PlannedLink,
+    link: &dwcp_lab::lab::multi::PlannedLink,
 ) -> Result<()> {
     for (me, peer) in [(link.a, link.b), (link.b, link.a)] {
         let a = &state.agents[me as usize - 1];
@@ -305,7 +306,7 @@ struct Sample {
     reasons: Vec<(&'static str, u64)>,
 }
 
-fn sample(plan: &dwcp_agent::lab::multi::LabPlan, a: &live::AgentRecord) -> Result<Sample> {
+fn sample(plan: &dwcp_lab::lab::multi::LabPlan, a: &live::AgentRecord) -> Result<Sample> {
     let c = PinnedCounters::open(&a.pin_dir)?;
     let me = plan
         .region(&a.region)

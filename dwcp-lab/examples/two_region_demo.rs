@@ -1,5 +1,5 @@
 //! Two regions in network namespaces, traffic across dwcp's fast path, and its counters.
-use dwcp_agent::lab::TwoRegionLab;
+use dwcp_lab::lab::TwoRegionLab;
 use dwcp_common::Reason;
 
 fn main() -> anyhow::Result<()> {

@@ -8,10 +8,19 @@ use std::sync::{
 
 use tokio::sync::{mpsc, watch};
 
-use crate::agent::{
-    AgentCommand, AgentSnapshot, ClassView, CommandError, CounterView, LinkHealth, LinkView,
-    PathRole, PathView, RouteChange, RouteView, TunnelState, TunnelView,
-};
+use dwcp_agent::agent::AgentCommand;
+use dwcp_agent::agent::AgentSnapshot;
+use dwcp_agent::agent::ClassView;
+use dwcp_agent::agent::CommandError;
+use dwcp_agent::agent::CounterView;
+use dwcp_agent::agent::LinkHealth;
+use dwcp_agent::agent::LinkView;
+use dwcp_agent::agent::PathRole;
+use dwcp_agent::agent::PathView;
+use dwcp_agent::agent::RouteChange;
+use dwcp_agent::agent::RouteView;
+use dwcp_agent::agent::TunnelState;
+use dwcp_agent::agent::TunnelView;
 use dwcp_common::{QosClass, Reason};
 
 /// us-east-1's view: link 1 (to eu-west-1) up and measured, link 3 (to ap-south-1) degraded,
@@ -220,13 +229,13 @@ pub fn three_region_snapshot() -> AgentSnapshot {
                 offered_bps: 1.1e6 * i as f64,
             })
             .collect(),
-        flows: crate::traffic::FlowsView {
+        flows: dwcp_control::traffic::FlowsView {
             sample_every: 1_000,
             window_seconds: 60,
             window_started_unix_ms: 1_700_000_000_000,
             samples: 3,
             bytes: 4_500_000,
-            flows: vec![crate::traffic::TopFlowView {
+            flows: vec![dwcp_control::traffic::TopFlowView {
                 src: "10.1.0.5".parse().unwrap(),
                 dst: "10.2.0.9".parse().unwrap(),
                 protocol: "udp".into(),
@@ -244,13 +253,13 @@ pub fn three_region_snapshot() -> AgentSnapshot {
 }
 
 /// What the reservation manager admits against, taken from a snapshot's regions and links.
-pub fn network_of(s: &AgentSnapshot) -> crate::bandwidth::Network {
-    crate::bandwidth::Network {
+pub fn network_of(s: &AgentSnapshot) -> dwcp_control::bandwidth::Network {
+    dwcp_control::bandwidth::Network {
         regions: s.regions.iter().cloned().collect(),
         link_capacity_bps: s
             .links
             .iter()
-            .map(|l| (crate::bandwidth::LinkId(l.id), l.capacity_bps))
+            .map(|l| (dwcp_control::bandwidth::LinkId(l.id), l.capacity_bps))
             .collect(),
     }
 }

@@ -20,10 +20,14 @@ use dwcp_common::{
 };
 use thiserror::Error;
 
-use crate::{
-    dataplane::{AttachMode, Dataplane, DataplaneError, Member, Pinning},
-    netlab::{self, NetlabError, Netns},
-};
+use dwcp_dataplane::AttachMode;
+use dwcp_dataplane::Dataplane;
+use dwcp_dataplane::DataplaneError;
+use dwcp_dataplane::Member;
+use dwcp_dataplane::Pinning;
+use crate::netlab;
+use crate::netlab::NetlabError;
+use crate::netlab::Netns;
 
 pub mod live;
 pub mod multi;
@@ -43,9 +47,9 @@ pub enum LabError {
     #[error(transparent)]
     Dataplane(Box<DataplaneError>),
     #[error(transparent)]
-    Prober(Box<crate::prober::ProberError>),
+    Prober(Box<dwcp_agent::prober::ProberError>),
     #[error(transparent)]
-    SentMap(#[from] crate::prober::SentMapError),
+    SentMap(#[from] dwcp_agent::prober::SentMapError),
     #[error("bpffs {path}: {detail}")]
     Pin {
         path: std::path::PathBuf,
@@ -76,8 +80,8 @@ impl From<DataplaneError> for LabError {
     }
 }
 
-impl From<crate::prober::ProberError> for LabError {
-    fn from(e: crate::prober::ProberError) -> Self {
+impl From<dwcp_agent::prober::ProberError> for LabError {
+    fn from(e: dwcp_agent::prober::ProberError) -> Self {
         LabError::Prober(Box::new(e))
     }
 }

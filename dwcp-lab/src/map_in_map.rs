@@ -10,7 +10,7 @@ use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use aya::maps::{Array, IterableMap, MapData};
 use dwcp_common::NextHopTable;
 
-use super::{map_err, sys_bpf, syscall_err, DataplaneError, Result};
+use dwcp_dataplane::{map_err, sys_bpf, syscall_err, DataplaneError, Result};
 
 const BPF_MAP_CREATE: libc::c_long = 0;
 const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;

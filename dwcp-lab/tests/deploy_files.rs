@@ -9,14 +9,14 @@ use std::{
     sync::Arc,
 };
 
-use dwcp_agent::{
-    agent::AgentHandle,
-    api::{fixtures::three_region_snapshot, ApiConfig},
-    bandwidth::ManagerConfig,
-    telemetry::{Exporter, MetricsConfig},
-    topology::Topology,
-    traffic::PolicingConfig,
-};
+use dwcp_agent::agent::AgentHandle;
+use dwcp_lab::fixtures::three_region_snapshot;
+use dwcp_agent::api::ApiConfig;
+use dwcp_control::bandwidth::ManagerConfig;
+use dwcp_agent::telemetry::Exporter;
+use dwcp_agent::telemetry::MetricsConfig;
+use dwcp_control::topology::Topology;
+use dwcp_control::traffic::PolicingConfig;
 use serde::de::DeserializeOwned;
 use tokio::sync::{broadcast, mpsc, watch};
 
@@ -200,9 +200,9 @@ fn dashboard_queries_only_exported_metrics() {
         .unwrap();
     // The reservation figures need a manager; the exporter counts its events on the runtime.
     let text = runtime.block_on(async {
-        let (manager, _) = dwcp_agent::bandwidth::ReservationManager::open(
-            Box::new(dwcp_agent::bandwidth::MemoryStore::default()),
-            dwcp_agent::api::fixtures::network_of(&three_region_snapshot()),
+        let (manager, _) = dwcp_control::bandwidth::ReservationManager::open(
+            Box::new(dwcp_control::bandwidth::MemoryStore::default()),
+            dwcp_lab::fixtures::network_of(&three_region_snapshot()),
             ManagerConfig::default(),
         )
         .unwrap();

@@ -9,12 +9,14 @@
 
 use std::{path::Path, time::Duration};
 
-use dwcp_agent::{
-    agent::{config::ProbeSenderMode, AgentEvent},
-    api::client::{ApiClient, Endpoint},
-    dataplane::EBPF_OBJECT,
-    lab::triangle::{TriangleLab, TriangleOptions, UdpStream},
-};
+use dwcp_control::config::ProbeSenderMode;
+use dwcp_agent::agent::AgentEvent;
+use dwcp_cli::client::ApiClient;
+use dwcp_cli::client::Endpoint;
+use dwcp_dataplane::EBPF_OBJECT;
+use dwcp_lab::lab::triangle::TriangleLab;
+use dwcp_lab::lab::triangle::TriangleOptions;
+use dwcp_lab::lab::triangle::UdpStream;
 use dwcp_common::Reason;
 
 const AGENT: &str = env!("CARGO_BIN_EXE_dwcp-agent");

@@ -9,10 +9,10 @@ use std::{
     time::Duration,
 };
 
-use dwcp_agent::{
-    lab::{TwoRegionLab, LAB_NEXTHOP},
-    netlab::{self, Netns},
-};
+use dwcp_lab::lab::TwoRegionLab;
+use dwcp_lab::lab::LAB_NEXTHOP;
+use dwcp_lab::netlab;
+use dwcp_lab::netlab::Netns;
 use dwcp_common::Reason;
 
 /// Runs `f` on a thread inside `ns` and returns its handle (a server that outlives the call).

@@ -27,16 +27,21 @@ use std::{
     time::{Duration, Instant},
 };
 
-use dwcp_agent::{
-    agent::AgentEvent,
-    dataplane::{unpin_all, unpin_links},
-    lab::triangle::PinnedCounters,
-    netlab::{self, Netns},
-    tunnels::{
-        spec::{Underlay, WireGuardPeerSpec, WireGuardSpec},
-        ManagerConfig, NetnsTarget, TunnelKind, TunnelManager, TunnelSpec, WireGuardImpl,
-    },
-};
+use dwcp_agent::agent::AgentEvent;
+use dwcp_dataplane::unpin_all;
+use dwcp_dataplane::unpin_links;
+use dwcp_lab::lab::triangle::PinnedCounters;
+use dwcp_lab::netlab;
+use dwcp_lab::netlab::Netns;
+use dwcp_tunnels::spec::Underlay;
+use dwcp_tunnels::spec::WireGuardPeerSpec;
+use dwcp_tunnels::spec::WireGuardSpec;
+use dwcp_tunnels::ManagerConfig;
+use dwcp_tunnels::NetnsTarget;
+use dwcp_tunnels::TunnelKind;
+use dwcp_tunnels::TunnelManager;
+use dwcp_tunnels::TunnelSpec;
+use dwcp_tunnels::WireGuardImpl;
 use dwcp_common::Reason;
 
 const AGENT: &str = env!("CARGO_BIN_EXE_dwcp-agent");
@@ -139,7 +144,7 @@ fn wireguard(name: &str, address: &str, port: u16, peer: PeerEnd) -> TunnelSpec 
 }
 
 struct PeerEnd {
-    key: dwcp_agent::tunnels::PublicKey,
+    key: dwcp_tunnels::PublicKey,
     endpoint: SocketAddr,
     allowed_ips: &'static [&'static str],
 }

@@ -12,17 +12,24 @@ use std::{
     time::{Duration, Instant},
 };
 
-use dwcp_agent::{
-    lab::{
-        ports_on_nexthop,
-        stream::{delivery_gaps, Gap, PacedSender, StreamReceiver},
-        wait_for, LinkCut, MultiLinkLab, PinnedLinkMonitor, Side, MULTI_LAB_GROUP,
-    },
-    probe::{
-        kernel_usable, monotonic_ns, DegradeReason, DownReason, LinkEvent, LinkEventKind,
-        MonitorConfig,
-    },
-};
+use dwcp_lab::lab::ports_on_nexthop;
+use dwcp_lab::lab::stream::delivery_gaps;
+use dwcp_lab::lab::stream::Gap;
+use dwcp_lab::lab::stream::PacedSender;
+use dwcp_lab::lab::stream::StreamReceiver;
+use dwcp_lab::lab::wait_for;
+use dwcp_lab::lab::LinkCut;
+use dwcp_lab::lab::MultiLinkLab;
+use dwcp_lab::lab::PinnedLinkMonitor;
+use dwcp_lab::lab::Side;
+use dwcp_lab::lab::MULTI_LAB_GROUP;
+use dwcp_agent::probe::kernel_usable;
+use dwcp_agent::probe::monotonic_ns;
+use dwcp_agent::probe::DegradeReason;
+use dwcp_agent::probe::DownReason;
+use dwcp_agent::probe::LinkEvent;
+use dwcp_agent::probe::LinkEventKind;
+use dwcp_agent::probe::MonitorConfig;
 use dwcp_common::{NextHopTable, Reason};
 use tokio::sync::mpsc;
 

@@ -7,11 +7,15 @@
 
 use std::{path::PathBuf, time::Duration};
 
-use dwcp_agent::{
-    agent::{RouteView, TunnelState, TunnelView},
-    lab::live::{self, LabPaths, LabState, LiveLabError, UpOptions},
-    netlab::run,
-};
+use dwcp_agent::agent::RouteView;
+use dwcp_agent::agent::TunnelState;
+use dwcp_agent::agent::TunnelView;
+use dwcp_lab::lab::live;
+use dwcp_lab::lab::live::LabPaths;
+use dwcp_lab::lab::live::LabState;
+use dwcp_lab::lab::live::LiveLabError;
+use dwcp_lab::lab::live::UpOptions;
+use dwcp_lab::netlab::run;
 
 const AGENT: &str = env!("CARGO_BIN_EXE_dwcp-agent");
 /// Generous: agents start and probes converge on a loaded 2-core machine.

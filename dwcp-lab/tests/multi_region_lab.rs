@@ -2,13 +2,15 @@
 //! link goes silent without either end losing carrier, healing restores it, and nothing is
 //! left behind — with unique names (tests) and with the stable names `cargo xtask lab` uses.
 
-use dwcp_agent::{
-    lab::multi::{
-        stable_down, stable_link_states, stable_namespaces, stable_set_cut, LabPlan,
-        MultiRegionLab, Naming, Shape,
-    },
-    netlab::run,
-};
+use dwcp_lab::lab::multi::stable_down;
+use dwcp_lab::lab::multi::stable_link_states;
+use dwcp_lab::lab::multi::stable_namespaces;
+use dwcp_lab::lab::multi::stable_set_cut;
+use dwcp_lab::lab::multi::LabPlan;
+use dwcp_lab::lab::multi::MultiRegionLab;
+use dwcp_lab::lab::multi::Naming;
+use dwcp_lab::lab::multi::Shape;
+use dwcp_lab::netlab::run;
 
 fn namespaces_containing(needle: &str) -> usize {
     let out = run(&["ip", "netns", "list"]).unwrap();

@@ -8,7 +8,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use dwcp_agent::lab::triangle::{TriangleLab, TriangleOptions, LAB_METRICS};
+use dwcp_lab::lab::triangle::TriangleLab;
+use dwcp_lab::lab::triangle::TriangleOptions;
+use dwcp_lab::lab::triangle::LAB_METRICS;
 use serde_json::Value;
 
 const AGENT: &str = env!("CARGO_BIN_EXE_dwcp-agent");

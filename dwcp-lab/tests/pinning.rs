@@ -3,9 +3,12 @@
 
 use std::path::PathBuf;
 
-use dwcp_agent::dataplane::{
-    map_in_map::MapInMap, pin_mismatches, unpin_all, Dataplane, Member, Pinning,
-};
+use dwcp_lab::map_in_map::MapInMap;
+use dwcp_dataplane::pin_mismatches;
+use dwcp_dataplane::unpin_all;
+use dwcp_dataplane::Dataplane;
+use dwcp_dataplane::Member;
+use dwcp_dataplane::Pinning;
 use dwcp_common::{maps::names, NextHop, NH_F_VALID};
 
 /// A pin directory unique to this test run, removed on drop.
@@ -129,7 +132,7 @@ fn pins_of_the_map_in_map_layout_are_refused_with_a_clear_error() {
     }
     // Nothing was pinned or changed by the refused load.
     assert!(!dir.0.join(names::NH_ACTIVE).exists());
-    let m = pin_mismatches(dwcp_agent::dataplane::EBPF_OBJECT, &dir.0);
+    let m = pin_mismatches(dwcp_dataplane::EBPF_OBJECT, &dir.0);
     assert_eq!(m.len(), 1, "{m:?}");
     assert_eq!(m[0].map, names::NH_GROUPS);
 }
@@ -143,7 +146,7 @@ fn the_agent_refuses_pins_of_the_map_in_map_layout_at_start() {
     let old = MapInMap::create(dwcp_common::MAX_GROUPS).unwrap();
     old.pin(&dir.0.join(names::NH_GROUPS)).unwrap();
     drop(old);
-    let ns = dwcp_agent::netlab::Netns::new("oldpins-agent").unwrap();
+    let ns = dwcp_lab::netlab::Netns::new("oldpins-agent").unwrap();
     let tmp = tempfile::tempdir().unwrap();
     let config = format!(
         r#"

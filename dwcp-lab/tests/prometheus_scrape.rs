@@ -8,14 +8,14 @@ use std::{
     time::{Duration, Instant},
 };
 
-use dwcp_agent::{
-    agent::{AgentHandle, AgentSnapshot},
-    api::{
-        client::{ApiClient, Endpoint},
-        fixtures::three_region_snapshot,
-    },
-    telemetry::{bind, serve, Exporter},
-};
+use dwcp_agent::agent::AgentHandle;
+use dwcp_agent::agent::AgentSnapshot;
+use dwcp_cli::client::ApiClient;
+use dwcp_cli::client::Endpoint;
+use dwcp_lab::fixtures::three_region_snapshot;
+use dwcp_agent::telemetry::bind;
+use dwcp_agent::telemetry::serve;
+use dwcp_agent::telemetry::Exporter;
 use serde_json::Value;
 use tokio::sync::{broadcast, mpsc, watch};
 

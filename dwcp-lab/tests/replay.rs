@@ -22,17 +22,19 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use dwcp_agent::{
-    agent::{
-        config::{AgentConfig, Mac},
-        plan::standby_supported,
-        replay::replay,
-        AgentState, Input, NextReservationChange, Now, TimedInput,
-    },
-    dataplane::{Dataplane, Pinning},
-    netlab::Netns,
-    traffic::SampledPacket,
-};
+use dwcp_control::config::AgentConfig;
+use dwcp_control::config::Mac;
+use dwcp_control::plan::standby_supported;
+use dwcp_control::replay::replay;
+use dwcp_control::AgentState;
+use dwcp_control::Input;
+use dwcp_control::NextReservationChange;
+use dwcp_control::Now;
+use dwcp_control::TimedInput;
+use dwcp_dataplane::Dataplane;
+use dwcp_dataplane::Pinning;
+use dwcp_lab::netlab::Netns;
+use dwcp_control::traffic::SampledPacket;
 use dwcp_common::NHG_BUCKETS;
 use serde::Deserialize;
 
@@ -463,7 +465,7 @@ struct PinDir(PathBuf);
 
 impl Drop for PinDir {
     fn drop(&mut self) {
-        let _ = dwcp_agent::dataplane::unpin_all(&self.0);
+        let _ = dwcp_dataplane::unpin_all(&self.0);
     }
 }
 
@@ -578,7 +580,7 @@ fn an_active_reservation_is_policed_in_the_fast_path_until_it_ends() {
         }
         assert!(snap.classes.iter().all(|c| c.throughput_bps == Some(0.0)));
         // The manager says the next change is its end, with nothing reserved after it.
-        let active: dwcp_agent::bandwidth::Reservation = serde_json::from_value(
+        let active: dwcp_control::bandwidth::Reservation = serde_json::from_value(
             serde_json::json!({"id": 7, "owner": "video-team", "source": "us-east-1",
                 "destination": "ap-south-1", "class": "realtime", "rate_bps": 400000000u64,
                 "start": 1700000000u64, "end": 1700003600u64, "priority": 5, "path": [3]}),
@@ -787,10 +789,10 @@ fn a_wireguard_link_is_a_handoff_next_hop_with_its_policy_rule() {
             // No VNI, no neighbour, no probing for it; link 1 (VXLAN) is as before.
             assert!(kernel
                 .vnis
-                .contains_key(&(dwcp_agent::agent::config::VNI_BASE + 1)));
+                .contains_key(&(dwcp_control::config::VNI_BASE + 1)));
             assert!(!kernel
                 .vnis
-                .contains_key(&(dwcp_agent::agent::config::VNI_BASE + 3)));
+                .contains_key(&(dwcp_control::config::VNI_BASE + 3)));
             assert_eq!(kernel.vnis.len(), 1, "{:?}", kernel.vnis.keys());
             assert!(kernel.neighbours.keys().all(|(i, _)| *i != wg3));
             assert!(!kernel.links.contains_key(&3), "link 3 is not monitored");

@@ -20,18 +20,35 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
-use dwcp_agent::{
-    netlab::{self, Netns, StreamResult, UdpStream},
-    tunnels::{
-        kernel_support,
-        rotation::{due_for_rotation, rotate_key, LocalPeer, PeerKeyExchange, RotationPolicy},
-        spec::{
-            GeneveSpec, GreSpec, IpsecSpec, Underlay, VxlanSpec, WireGuardPeerSpec, WireGuardSpec,
-        },
-        Handoff, HealthState, ManagerConfig, NetnsTarget, PresharedKey, PublicKey, TunnelError,
-        TunnelKind, TunnelManager, TunnelSpec, TunnelType, WireGuardImpl,
-    },
-};
+use dwcp_lab::netlab;
+use dwcp_lab::netlab::Netns;
+use dwcp_lab::netlab::StreamResult;
+use dwcp_lab::netlab::UdpStream;
+use dwcp_tunnels::kernel_support;
+use dwcp_tunnels::rotation::due_for_rotation;
+use dwcp_tunnels::rotation::rotate_key;
+use dwcp_tunnels::rotation::LocalPeer;
+use dwcp_tunnels::rotation::PeerKeyExchange;
+use dwcp_tunnels::rotation::RotationPolicy;
+use dwcp_tunnels::spec::GeneveSpec;
+use dwcp_tunnels::spec::GreSpec;
+use dwcp_tunnels::spec::IpsecSpec;
+use dwcp_tunnels::spec::Underlay;
+use dwcp_tunnels::spec::VxlanSpec;
+use dwcp_tunnels::spec::WireGuardPeerSpec;
+use dwcp_tunnels::spec::WireGuardSpec;
+use dwcp_tunnels::Handoff;
+use dwcp_tunnels::HealthState;
+use dwcp_tunnels::ManagerConfig;
+use dwcp_tunnels::NetnsTarget;
+use dwcp_tunnels::PresharedKey;
+use dwcp_tunnels::PublicKey;
+use dwcp_tunnels::TunnelError;
+use dwcp_tunnels::TunnelKind;
+use dwcp_tunnels::TunnelManager;
+use dwcp_tunnels::TunnelSpec;
+use dwcp_tunnels::TunnelType;
+use dwcp_tunnels::WireGuardImpl;
 
 static SEQ: AtomicU32 = AtomicU32::new(0);
 
@@ -444,7 +461,7 @@ async fn killed_agent_mid_creation_converges_on_next_start() {
     let vx = vxlan(&ifname("va"), 9, A_UNDERLAY, B_UNDERLAY, "10.255.0.1/30");
     let specs = vec![vx.clone(), pair.a_spec.clone()];
     let file = a.state.path().join("tunnels.toml");
-    let toml = toml::to_string(&dwcp_agent::tunnels::TunnelsFile {
+    let toml = toml::to_string(&dwcp_tunnels::TunnelsFile {
         tunnels: specs.clone(),
     })
     .unwrap();
@@ -689,7 +706,7 @@ impl PeerKeyExchange for LostInitiationsPeer<'_> {
         &self,
         old: PublicKey,
         new: PublicKey,
-    ) -> dwcp_agent::tunnels::Result<()> {
+    ) -> dwcp_tunnels::Result<()> {
         let lift = async {
             tokio::time::sleep(Duration::from_millis(30)).await;
             let _ = self
@@ -758,7 +775,7 @@ struct TunnelDaemon {
 impl TunnelDaemon {
     fn start(gw: &Gateway, spec: &TunnelSpec, rotate_after_s: u64) -> TunnelDaemon {
         let file = gw.state.path().join("tunnels.toml");
-        let text = toml::to_string(&dwcp_agent::tunnels::TunnelsFile {
+        let text = toml::to_string(&dwcp_tunnels::TunnelsFile {
             tunnels: vec![spec.clone()],
         })
         .unwrap();
@@ -805,8 +822,8 @@ impl Drop for TunnelDaemon {
 fn key_exchange_request(
     ns: &Netns,
     to: SocketAddr,
-    request: &dwcp_agent::tunnels::key_exchange::KeyChange,
-) -> dwcp_agent::tunnels::key_exchange::Reply {
+    request: &dwcp_tunnels::key_exchange::KeyChange,
+) -> dwcp_tunnels::key_exchange::Reply {
     let line = serde_json::to_string(request).unwrap() + "\n";
     let answer = ns
         .run_in(move || {
@@ -894,8 +911,9 @@ async fn two_daemons_rotate_their_keys_on_schedule_over_the_underlay_without_los
 
     // Requests B's daemon must refuse, whatever they claim: signed by a key that is not A's,
     // and A's real request replayed.
-    use dwcp_agent::tunnels::{key_exchange::KeyChange, PrivateKey};
-    let b_addr = SocketAddr::from((B_UNDERLAY, dwcp_agent::tunnels::key_exchange::DEFAULT_PORT));
+    use dwcp_tunnels::key_exchange::KeyChange;
+use dwcp_tunnels::PrivateKey;
+    let b_addr = SocketAddr::from((B_UNDERLAY, dwcp_tunnels::key_exchange::DEFAULT_PORT));
     let a_now = a.mgr.public_key(&pair.a_name).unwrap();
     let b_now = b.mgr.public_key(&pair.b_name).unwrap();
     let stranger = PrivateKey::generate();
@@ -939,7 +957,7 @@ impl PeerKeyExchange for SilentPeer {
         &self,
         _old: PublicKey,
         _new: PublicKey,
-    ) -> dwcp_agent::tunnels::Result<()> {
+    ) -> dwcp_tunnels::Result<()> {
         Ok(())
     }
 }
@@ -1320,7 +1338,9 @@ fn tx_packets(ns: &Netns, dev: &str) -> u64 {
 #[tokio::test]
 async fn fast_path_marks_are_handed_to_wireguard_by_policy_routing() {
     let _timing = TIMING.read().await;
-    use dwcp_agent::dataplane::{Dataplane, Member, Pinning};
+    use dwcp_dataplane::Dataplane;
+use dwcp_dataplane::Member;
+use dwcp_dataplane::Pinning;
     use dwcp_common::{maps::programs, GatewayConfig, NextHop, QosClass, Reason, Route};
     const MARK: u32 = 0x64;
 

@@ -2,17 +2,17 @@
 //! userspace prediction (hash + bucket table) says, every forwarded frame crosses its path's
 //! shaper, and an iperf3 run is read back per stream. Namespaces are removed on drop.
 
-use dwcp_agent::{
-    dataplane::Member,
-    lab::LAB_SEED,
-    utilisation::{
-        flows_per_nexthop,
-        iperf::IPERF_PORT,
-        nexthop_of,
-        shaped_lab::{ShapedPathsLab, HOST_A_IP, HOST_B_IP},
-        IperfClient, IperfServer, TcpLoad,
-    },
-};
+use dwcp_dataplane::Member;
+use dwcp_lab::lab::LAB_SEED;
+use dwcp_lab::utilisation::flows_per_nexthop;
+use dwcp_lab::utilisation::iperf::IPERF_PORT;
+use dwcp_lab::utilisation::nexthop_of;
+use dwcp_lab::utilisation::shaped_lab::ShapedPathsLab;
+use dwcp_lab::utilisation::shaped_lab::HOST_A_IP;
+use dwcp_lab::utilisation::shaped_lab::HOST_B_IP;
+use dwcp_lab::utilisation::IperfClient;
+use dwcp_lab::utilisation::IperfServer;
+use dwcp_lab::utilisation::TcpLoad;
 
 const CAPACITIES: [u64; 3] = [20_000_000, 40_000_000, 80_000_000];
 

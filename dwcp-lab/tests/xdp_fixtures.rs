@@ -8,9 +8,12 @@ use std::net::{IpAddr, Ipv4Addr};
 
 use aya::programs::{TestRun, TestRunOptions};
 use common::*;
-use dwcp_agent::dataplane::{
-    decode_sample, nhg_table, Dataplane, Member, Pinning, SLOT_REUSE_GUARD,
-};
+use dwcp_dataplane::decode_sample;
+use dwcp_control::nhg_table;
+use dwcp_dataplane::Dataplane;
+use dwcp_dataplane::Member;
+use dwcp_dataplane::Pinning;
+use dwcp_dataplane::SLOT_REUSE_GUARD;
 use dwcp_common::{
     flow_hash, maps::programs, probe::*, wire::*, ClassifierKey, ClassifierRule, FlowKey,
     GatewayConfig, LinkConfig, Neighbour, NeighbourKey, NextHop, NextHopTable, QosClass, QosPolicy,
@@ -638,7 +641,7 @@ fn forwarded_packets_are_sampled_into_the_ring_buffer_at_the_configured_rate() {
     assert_eq!(v4.nexthop, fx.chosen(&key));
     assert_eq!(v4.group, GROUP);
     assert_eq!(v4.class, QosClass::Realtime as u8, "UDP/5004 is realtime");
-    let p6 = dwcp_agent::traffic::SampledPacket::from(v6);
+    let p6 = dwcp_control::traffic::SampledPacket::from(v6);
     assert_eq!(p6.src, "2001:db8:1::5".parse::<IpAddr>().unwrap());
     assert_eq!((v6.v6, v6.bytes as usize), (1, f6.len()));
     // Sampled as offered: a packet the policer re-marks to best effort (or drops) is

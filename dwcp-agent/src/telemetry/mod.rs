@@ -17,7 +17,6 @@ use std::{
         atomic::{AtomicU64, Ordering},
         Arc, Mutex,
     },
-    time::{SystemTime, UNIX_EPOCH},
 };
 
 use axum::{
@@ -128,11 +127,7 @@ pub struct Exporter {
     reservations: Option<Reservations>,
 }
 
-pub fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
+pub use dwcp_control::input::unix_now;
 
 impl Exporter {
     pub fn new(handle: &AgentHandle) -> Exporter {

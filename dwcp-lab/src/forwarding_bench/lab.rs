@@ -36,11 +36,14 @@ use super::{
     source::{udp_frame, Stop, TrafficSource},
     BenchError, Result,
 };
-use crate::{
-    dataplane::{AttachMode, Dataplane, Member, Pinning},
-    lab::{LAB_SEED, UNDERLAY_MTU},
-    netlab::{self, Netns},
-};
+use dwcp_dataplane::AttachMode;
+use dwcp_dataplane::Dataplane;
+use dwcp_dataplane::Member;
+use dwcp_dataplane::Pinning;
+use crate::lab::LAB_SEED;
+use crate::lab::UNDERLAY_MTU;
+use crate::netlab;
+use crate::netlab::Netns;
 
 /// What forwards on gateway A.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

@@ -28,7 +28,7 @@ pub enum BenchError {
     Netlab(#[from] crate::netlab::NetlabError),
     // aya's errors are large: boxed, so that every Result stays small.
     #[error(transparent)]
-    Dataplane(Box<crate::dataplane::DataplaneError>),
+    Dataplane(Box<dwcp_dataplane::DataplaneError>),
     #[error("loading the benchmark's eBPF programs: {0}")]
     Load(Box<aya::EbpfError>),
     #[error("program {program}: {source}")]
@@ -70,8 +70,8 @@ pub enum BenchError {
 
 pub type Result<T, E = BenchError> = std::result::Result<T, E>;
 
-impl From<crate::dataplane::DataplaneError> for BenchError {
-    fn from(e: crate::dataplane::DataplaneError) -> Self {
+impl From<dwcp_dataplane::DataplaneError> for BenchError {
+    fn from(e: dwcp_dataplane::DataplaneError) -> Self {
         BenchError::Dataplane(Box::new(e))
     }
 }

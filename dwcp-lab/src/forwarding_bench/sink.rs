@@ -10,7 +10,8 @@ use aya::{
 use dwcp_common::bench;
 
 use super::{source::xdp_program_mut, BenchError, Result};
-use crate::{dataplane::EBPF_OBJECT, netlab::Netns};
+use dwcp_dataplane::EBPF_OBJECT;
+use crate::netlab::Netns;
 
 /// Frames counted by the sink: per VNI (`bench::sink_slot`), and everything else.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

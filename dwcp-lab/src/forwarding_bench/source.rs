@@ -25,7 +25,7 @@ use dwcp_common::{
 };
 
 use super::{BenchError, Result};
-use crate::dataplane::EBPF_OBJECT;
+use dwcp_dataplane::EBPF_OBJECT;
 
 /// UDP destination port of the source's frames.
 pub const DST_PORT: u16 = 5001;

@@ -31,12 +31,16 @@ use super::{
 };
 use dwcp_common::maps::programs;
 
-use crate::{
-    agent::{LinkHealth, LinkView, PathRole, RouteView},
-    api::client::{ApiClient, Endpoint},
-    dataplane::{Dataplane, Pinning},
-    netlab::{self, Netns},
-};
+use dwcp_agent::agent::LinkHealth;
+use dwcp_agent::agent::LinkView;
+use dwcp_agent::agent::PathRole;
+use dwcp_agent::agent::RouteView;
+use dwcp_cli::client::ApiClient;
+use dwcp_cli::client::Endpoint;
+use dwcp_dataplane::Dataplane;
+use dwcp_dataplane::Pinning;
+use crate::netlab;
+use crate::netlab::Netns;
 
 pub const DEFAULT_PREFIX: &str = multi::STABLE_PREFIX;
 pub const DEFAULT_STATE_DIR: &str = "/run/dwcp-lab";
@@ -485,7 +489,7 @@ pub fn api_get<T: DeserializeOwned>(socket: &Path, path: &str) -> Result<T> {
 }
 
 /// The primary path of a route.
-pub fn primary(r: &RouteView) -> Option<&crate::agent::PathView> {
+pub fn primary(r: &RouteView) -> Option<&dwcp_agent::agent::PathView> {
     r.paths.iter().find(|p| p.role == PathRole::Primary)
 }
 

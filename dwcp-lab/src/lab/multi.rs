@@ -14,10 +14,13 @@
 
 use std::{net::Ipv4Addr, time::Duration};
 
-use crate::{
-    netlab::{self, run, Netns},
-    topology::{GatewayConfig, LinkConfig, RegionConfig, TopologyConfig},
-};
+use crate::netlab;
+use crate::netlab::run;
+use crate::netlab::Netns;
+use dwcp_control::topology::GatewayConfig;
+use dwcp_control::topology::LinkConfig;
+use dwcp_control::topology::RegionConfig;
+use dwcp_control::topology::TopologyConfig;
 
 use super::{LabError, Result, UNDERLAY_MTU};
 
@@ -413,7 +416,7 @@ impl MultiRegionLab {
             // Static neighbours: probes never wait for ARP behind a cut wire, so a healed
             // link answers at the next probe (agents learn them from netlink).
             for (gw, peer, peer_ip) in [(ga, gb, l.b_ip), (gb, ga, l.a_ip)] {
-                let mac = crate::agent::config::Mac(peer.mac(&l.interface)?).to_string();
+                let mac = dwcp_control::config::Mac(peer.mac(&l.interface)?).to_string();
                 gw.ip(&[
                     "neigh",
                     "replace",
@@ -655,7 +658,7 @@ mod tests {
         for k in ["region", "link", "edge"] {
             topo.insert(k.into(), doc[k].clone());
         }
-        let t = crate::topology::Topology::from_toml_str(&toml::to_string(&topo).unwrap())
+        let t = dwcp_control::topology::Topology::from_toml_str(&toml::to_string(&topo).unwrap())
             .unwrap_or_else(|e| panic!("{e}\n{text}"));
         assert_eq!(t.links().len(), 3);
         assert!(!text.contains("wireguard"), "{text}");
@@ -676,7 +679,7 @@ mod tests {
     fn the_plans_topology_validates() {
         let p = LabPlan::new(10, Shape::Ring).unwrap();
         let text = toml::to_string(&p.topology()).unwrap();
-        let t = crate::topology::Topology::from_toml_str(&text)
+        let t = dwcp_control::topology::Topology::from_toml_str(&text)
             .unwrap_or_else(|e| panic!("{e}\n{text}"));
         assert_eq!(t.regions().len(), 10);
         assert_eq!(t.links().len(), 10);
@@ -726,7 +729,7 @@ mod tests {
         for k in ["region", "link"] {
             topo.insert(k.into(), doc[k].clone());
         }
-        let t = crate::topology::Topology::from_toml_str(&toml::to_string(&topo).unwrap()).unwrap();
+        let t = dwcp_control::topology::Topology::from_toml_str(&toml::to_string(&topo).unwrap()).unwrap();
         assert_eq!(t.links().len(), 4);
         let r4 = p.agent_config(4, std::path::Path::new("/p"), std::path::Path::new("/s"));
         assert!(r4.contains("local_ip = \"172.16.4.2\"\npeer_ip = \"172.16.4.1\""));

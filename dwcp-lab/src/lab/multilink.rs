@@ -13,6 +13,7 @@
 //! so the agent's objects can be dropped ([`MultiLinkLab::stop_agents`]) while the programs keep
 //! forwarding, and loaded again ([`MultiLinkLab::restart_agents`]).
 
+use dwcp_dataplane::LinkStateMap;
 use std::{
     fs::File,
     net::Ipv4Addr,
@@ -32,12 +33,22 @@ use dwcp_common::{
 use tokio::sync::{mpsc, oneshot};
 
 use super::{program_paths, region, GatewayPath, LabError, Region, Result, LAB_SEED, UNDERLAY_MTU};
-use crate::{
-    dataplane::{AttachMode, Dataplane, Pinning},
-    netlab::{self, NetlabError, Netns},
-    probe::{kernel_usable, LinkEvent, LinkMonitor, MonitorConfig, ProbeHandle},
-    prober::{open_link_state, set_realtime_priority, PinnedProbeCounts, Prober, ProberConfig},
-};
+use dwcp_dataplane::AttachMode;
+use dwcp_dataplane::Dataplane;
+use dwcp_dataplane::Pinning;
+use crate::netlab;
+use crate::netlab::NetlabError;
+use crate::netlab::Netns;
+use dwcp_agent::probe::kernel_usable;
+use dwcp_agent::probe::LinkEvent;
+use dwcp_agent::probe::LinkMonitor;
+use dwcp_agent::probe::MonitorConfig;
+use dwcp_agent::probe::ProbeHandle;
+use dwcp_agent::prober::open_link_state;
+use dwcp_agent::prober::set_realtime_priority;
+use dwcp_agent::prober::PinnedProbeCounts;
+use dwcp_agent::prober::Prober;
+use dwcp_agent::prober::ProberConfig;
 
 /// The group of the route to the other region.
 pub const MULTI_LAB_GROUP: u32 = 1;
@@ -307,7 +318,7 @@ impl Drop for ProberThread {
 }
 
 /// The agent's monitor of one gateway, on the pinned maps.
-pub type PinnedLinkMonitor = LinkMonitor<Array<MapData, LinkState>, PinnedProbeCounts>;
+pub type PinnedLinkMonitor = LinkMonitor<LinkStateMap<MapData>, PinnedProbeCounts>;
 
 /// Two regions, `links.len()` monitored underlay links between their gateways.
 pub struct MultiLinkLab {
@@ -334,7 +345,7 @@ impl MultiLinkLab {
         }
         monitor
             .validate()
-            .map_err(crate::prober::ProberError::from)?;
+            .map_err(dwcp_agent::prober::ProberError::from)?;
         let pins = PinRoot::new(tag)?;
         let a = region(tag, 1)?;
         let b = region(tag, 2)?;
@@ -581,7 +592,7 @@ impl MultiLinkLab {
             return false;
         };
         kernel_usable(
-            crate::probe::monotonic_ns(),
+            dwcp_agent::probe::monotonic_ns(),
             &st,
             self.monitor.detect_ns(),
             self.monitor.up_after,
@@ -606,8 +617,8 @@ impl MultiLinkLab {
     ) -> Result<PinnedLinkMonitor> {
         let dir = self.pin_dir(side);
         let counts = PinnedProbeCounts::open(&dir, self.link_ids())?;
-        LinkMonitor::new(self.monitor, open_link_state(&dir)?, counts, events)
-            .map_err(|e| crate::prober::ProberError::from(e).into())
+        LinkMonitor::new(self.monitor, LinkStateMap(open_link_state(&dir)?), counts, events)
+            .map_err(|e| dwcp_agent::prober::ProberError::from(e).into())
     }
 }
 

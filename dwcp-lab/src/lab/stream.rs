@@ -15,11 +15,11 @@ use std::{
 };
 
 use super::{LabError, Result};
-use crate::{
-    netlab::{self, NetlabError, Netns},
-    probe::monotonic_ns,
-    prober::set_realtime_priority,
-};
+use crate::netlab;
+use crate::netlab::NetlabError;
+use crate::netlab::Netns;
+use dwcp_agent::probe::monotonic_ns;
+use dwcp_agent::prober::set_realtime_priority;
 
 const MAGIC: u32 = 0x4457_5351; // "DWSQ"
 /// Datagram size: small, so the rate is limited by pacing, not by bytes.

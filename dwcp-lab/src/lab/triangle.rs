@@ -33,11 +33,14 @@ use dwcp_common::{maps::names, maps::programs, Counters, Reason};
 use thiserror::Error;
 
 use super::{region, LabError, Region, UNDERLAY_MTU};
-use crate::{
-    agent::{config::ProbeSenderMode, AgentEvent},
-    dataplane::{unpin_all, unpin_links, Dataplane, Pinning},
-    netlab::{self, Netns},
-};
+use dwcp_control::config::ProbeSenderMode;
+use dwcp_agent::agent::AgentEvent;
+use dwcp_dataplane::unpin_all;
+use dwcp_dataplane::unpin_links;
+use dwcp_dataplane::Dataplane;
+use dwcp_dataplane::Pinning;
+use crate::netlab;
+use crate::netlab::Netns;
 
 #[derive(Debug, Error)]
 pub enum TriangleError {
@@ -60,8 +63,8 @@ impl From<netlab::NetlabError> for TriangleError {
     }
 }
 
-impl From<crate::dataplane::DataplaneError> for TriangleError {
-    fn from(e: crate::dataplane::DataplaneError) -> Self {
+impl From<dwcp_dataplane::DataplaneError> for TriangleError {
+    fn from(e: dwcp_dataplane::DataplaneError) -> Self {
         TriangleError::Lab(LabError::Dataplane(Box::new(e)))
     }
 }
@@ -602,7 +605,7 @@ impl Drop for TriangleLab {
 const TOPOLOGY_LINK_NAMES: [&str; 3] = ["use1-euw1", "euw1-aps1", "use1-aps1"];
 
 fn mac_string(m: [u8; 6]) -> String {
-    crate::agent::config::Mac(m).to_string()
+    dwcp_control::config::Mac(m).to_string()
 }
 
 /// What a UDP stream delivered.

@@ -26,12 +26,20 @@ use dwcp_common::{
 use serde::Deserialize;
 use thiserror::Error;
 
-use crate::{
-    dataplane::{build_table, Dataplane, DataplaneError, Member, Pinning},
-    lab::{kernel_neighbour, LabError, LAB_SEED, UNDERLAY_MTU},
-    netlab::{self, NetlabError, Netns},
-    utilisation::sock_diag::{tcp_bytes_received, SockDiagError},
-};
+use dwcp_dataplane::build_table;
+use dwcp_dataplane::Dataplane;
+use dwcp_dataplane::DataplaneError;
+use dwcp_dataplane::Member;
+use dwcp_dataplane::Pinning;
+use crate::lab::kernel_neighbour;
+use crate::lab::LabError;
+use crate::lab::LAB_SEED;
+use crate::lab::UNDERLAY_MTU;
+use crate::netlab;
+use crate::netlab::NetlabError;
+use crate::netlab::Netns;
+use crate::utilisation::sock_diag::tcp_bytes_received;
+use crate::utilisation::sock_diag::SockDiagError;
 
 #[derive(Debug, Error)]
 pub enum ShapedLabError {
@@ -390,7 +398,7 @@ impl ShapedPathsLab {
                 let mut generic = Vec::new();
                 for ifname in ifnames {
                     let (_, mode) = dp.attach(programs::PASS, ifname)?;
-                    if mode == crate::dataplane::AttachMode::Generic {
+                    if mode == dwcp_dataplane::AttachMode::Generic {
                         generic.push(format!("{}:{ifname}", ns.name()));
                     }
                 }
@@ -533,7 +541,7 @@ fn program_gateway(
         let mut generic = Vec::new();
         let mut attach = |dp: &mut Dataplane, prog, ifname: &str| -> Result<()> {
             let (_, mode) = dp.attach(prog, ifname)?;
-            if mode == crate::dataplane::AttachMode::Generic {
+            if mode == dwcp_dataplane::AttachMode::Generic {
                 generic.push(format!("{name}:{ifname}"));
             }
             Ok(())

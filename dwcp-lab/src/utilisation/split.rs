@@ -4,7 +4,7 @@
 
 use dwcp_common::{flow_hash, FlowKey, NextHopTable, NHG_BUCKETS};
 
-use crate::dataplane::nhg_table::lookup;
+use dwcp_control::nhg_table::lookup;
 
 /// Each element's share of the total (all zero when the total is zero).
 pub fn shares(amounts: &[u64]) -> Vec<f64> {
@@ -118,7 +118,8 @@ pub fn tcp_goodput_ceiling(inner_mtu: u32) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::dataplane::{build_table, Member};
+    use dwcp_dataplane::build_table;
+use dwcp_dataplane::Member;
     use proptest::prelude::*;
 
     fn members(weights: &[u32]) -> Vec<Member> {
