@@ -361,6 +361,11 @@ impl<F: FastPath> AgentState<F> {
         &self.fast_path
     }
 
+    /// The fast path itself (a benchmark reads its write statistics).
+    pub fn fast_path_mut(&mut self) -> &mut F {
+        &mut self.fast_path
+    }
+
     /// What the agent believes is programmed (what it wrote, or read back at start).
     pub fn programmed(&self) -> &ForwardingState {
         &self.programmed

@@ -5,6 +5,11 @@
 //! measured in the same run: one group-table swap of the previous mechanism (an inner map of
 //! an array of maps replaced, which waits for an RCU grace period), the floor every update
 //! paid before group tables were double-buffered.
+use dwcp_common::{Counters, LinkState, Reason};
+use dwcp_control::{
+    fast_path::{FastPath, FastPathError},
+    forwarding::{Change, ForwardingState},
+};
 use std::{collections::BTreeMap, time::Instant};
 
 use anyhow::{Context, Result};
@@ -230,8 +235,7 @@ fn run(sc: &Scenario, batch: bool, events: usize) -> Result<Samples> {
     let flap = sc.flap;
     ns.run_in(move || -> Result<Samples> {
         let dp = Dataplane::load(Pinning::None)?;
-        let mut state = AgentState::new(config, dp, Now::at_ms(0))?;
-        state.set_group_batching(batch);
+        let mut state = AgentState::new(config, BenchFastPath { dp, batch }, Now::at_ms(0))?;
         for i in start {
             let _ = state.handle(i, Now::at_ms(0));
         }
@@ -250,7 +254,7 @@ fn run(sc: &Scenario, batch: bool, events: usize) -> Result<Samples> {
         let mut t_ms = 10_000;
         for i in 0..WARMUP + events {
             std::thread::sleep(SLOT_REUSE_GUARD);
-            let waits = state.dataplane_mut().slot_guard_stats().waits;
+            let waits = state.fast_path_mut().dp.slot_guard_stats().waits;
             let input = if i % 2 == 0 {
                 Input::LinkDown {
                     link: flap,
@@ -282,13 +286,13 @@ fn run(sc: &Scenario, batch: bool, events: usize) -> Result<Samples> {
                     .plans_us
                     .push(u.plans_ns.saturating_sub(u.routing_ns) as f64 / 1e3);
                 samples.writes.push(u.changes);
-                samples.guard_waits += state.dataplane_mut().slot_guard_stats().waits - waits;
+                samples.guard_waits += state.fast_path_mut().dp.slot_guard_stats().waits - waits;
             }
             t_ms += 2_000;
         }
         // One double-buffered group swap on the same maps (slot write + flip), spaced by
         // the guard.
-        let dp = state.dataplane_mut();
+        let dp = &mut state.fast_path_mut().dp;
         let table = *dp.group_tables()?.first().context("a group")?;
         let (g, t) = table;
         let mut swaps = Vec::new();
@@ -468,4 +472,39 @@ fn main() -> Result<()> {
     std::fs::create_dir_all(&dir)?;
     std::fs::write(dir.join("updater.json"), json)?;
     Ok(())
+}
+
+/// The real maps, with an event's group swaps written in two batch updates (the product's
+/// way) or one call per change (`batch` false: the baseline row).
+struct BenchFastPath {
+    dp: Dataplane,
+    batch: bool,
+}
+
+impl FastPath for BenchFastPath {
+    fn read_programmed(&self) -> Result<ForwardingState, FastPathError> {
+        self.dp.read_programmed()
+    }
+    fn apply(&mut self, change: &Change) -> Result<(), FastPathError> {
+        self.dp.apply(change)
+    }
+    fn swap_groups(&mut self, run: &[Change]) -> Result<(), FastPathError> {
+        if self.batch {
+            self.dp.swap_groups(run)
+        } else {
+            run.iter().try_for_each(|c| self.dp.apply(c))
+        }
+    }
+    fn link_state(&self, link: u32) -> Result<LinkState, FastPathError> {
+        FastPath::link_state(&self.dp, link)
+    }
+    fn nexthop_counters(&self, nexthop: u32) -> Result<Counters, FastPathError> {
+        FastPath::nexthop_counters(&self.dp, nexthop)
+    }
+    fn class_counters(&self, class: u8) -> Result<Counters, FastPathError> {
+        FastPath::class_counters(&self.dp, class)
+    }
+    fn reason_count(&self, reason: Reason) -> Result<u64, FastPathError> {
+        FastPath::reason_count(&self.dp, reason)
+    }
 }

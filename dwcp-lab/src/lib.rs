@@ -15,3 +15,23 @@ pub mod utilisation;
 pub fn privileged() -> bool {
     cfg!(feature = "privileged") || std::env::var_os("DWCP_PRIVILEGED").is_some_and(|v| v == "1")
 }
+
+/// A binary of the workspace (`dwcp-agent`, `dwcp`, `dwcp-prober`, `dwcp-tunnels`) of the same
+/// build profile as the running test or example: tests run from `target/<profile>/deps/`,
+/// examples from `target/<profile>/examples/`, the binaries sit in `target/<profile>/`.
+/// Binaries of other packages are not built for a test by cargo: `scripts/test.sh` builds them
+/// first (`cargo build --bins`), and a missing one fails loudly here.
+pub fn bin(name: &str) -> std::path::PathBuf {
+    let exe = std::env::current_exe().expect("the running executable's path");
+    let profile_dir = exe
+        .parent()
+        .and_then(|d| d.parent())
+        .expect("target/<profile>/<deps or examples>/<exe>");
+    let path = profile_dir.join(name);
+    assert!(
+        path.is_file(),
+        "{} is not built: run `cargo build --bins` (scripts/test.sh does) before this test",
+        path.display()
+    );
+    path
+}

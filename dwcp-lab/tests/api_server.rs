@@ -15,11 +15,18 @@ use std::{
 use serde_json::{json, Value};
 use tokio::sync::{broadcast, mpsc, watch};
 
-use super::{client::*, fixtures::*, views::*, *};
-use crate::{
-    agent::{AgentEvent, AgentSnapshot, LinkHealth, LinkView},
-    bandwidth::{FileStore, ManagerConfig, Reservation, ReservationManager},
-};
+use dwcp_agent::{agent::AgentHandle, api::*};
+use dwcp_cli::client::*;
+use dwcp_control::view::*;
+use dwcp_lab::fixtures::*;
+use dwcp_agent::agent::AgentEvent;
+use dwcp_agent::agent::AgentSnapshot;
+use dwcp_agent::agent::LinkHealth;
+use dwcp_agent::agent::LinkView;
+use dwcp_control::bandwidth::FileStore;
+use dwcp_control::bandwidth::ManagerConfig;
+use dwcp_control::bandwidth::Reservation;
+use dwcp_control::bandwidth::ReservationManager;
 
 struct Harness {
     dir: tempfile::TempDir,
@@ -192,26 +199,26 @@ async fn every_read_route_answers_from_the_snapshot() {
     let by_name: LinkView = h.client.get("/v1/links/use1-aps1").await.unwrap();
     assert_eq!(by_id, by_name);
     assert_eq!(by_id.health, LinkHealth::Degraded);
-    let routes: Vec<crate::agent::RouteView> = h.client.get("/v1/routes").await.unwrap();
+    let routes: Vec<dwcp_agent::agent::RouteView> = h.client.get("/v1/routes").await.unwrap();
     assert_eq!(routes, s.routes);
-    let route: crate::agent::RouteView = h.client.get("/v1/routes/ap-south-1").await.unwrap();
+    let route: dwcp_agent::agent::RouteView = h.client.get("/v1/routes/ap-south-1").await.unwrap();
     assert!(route.reason.contains("link 3 degraded"));
     assert_eq!(route.paths[0].regions.len(), 3);
-    let history: Vec<crate::agent::RouteChange> = h.client.get("/v1/history").await.unwrap();
+    let history: Vec<dwcp_agent::agent::RouteChange> = h.client.get("/v1/history").await.unwrap();
     assert_eq!(history.len(), 3);
     assert!(history
         .windows(2)
         .all(|w| w[0].at_unix_ms <= w[1].at_unix_ms));
-    let aps1: Vec<crate::agent::RouteChange> = h
+    let aps1: Vec<dwcp_agent::agent::RouteChange> = h
         .client
         .get("/v1/history?destination=ap-south-1&limit=1")
         .await
         .unwrap();
     assert_eq!(aps1.len(), 1);
     assert_eq!(aps1[0].reason, "link 3 degraded (loss 7 %)");
-    let tunnels: Vec<crate::agent::TunnelView> = h.client.get("/v1/tunnels").await.unwrap();
+    let tunnels: Vec<dwcp_agent::agent::TunnelView> = h.client.get("/v1/tunnels").await.unwrap();
     assert_eq!(tunnels, s.tunnels);
-    let classes: Vec<crate::agent::ClassView> = h.client.get("/v1/classes").await.unwrap();
+    let classes: Vec<dwcp_agent::agent::ClassView> = h.client.get("/v1/classes").await.unwrap();
     assert_eq!(classes, s.classes);
     assert_eq!(classes.len(), 5);
     // A newly published snapshot is what the next request sees.
@@ -286,7 +293,7 @@ async fn unknown_ids_and_routes_get_json_errors_naming_them() {
 #[tokio::test]
 async fn reservations_crud_is_stored() {
     let h = Harness::start(Agent::Answers, false).await;
-    let end = crate::telemetry::unix_now() + 3600;
+    let end = dwcp_agent::telemetry::unix_now() + 3600;
     let created = h
         .raw(
             "POST",
@@ -350,7 +357,7 @@ async fn reservations_crud_is_stored() {
 #[tokio::test]
 async fn malformed_or_oversized_requests_change_nothing() {
     let h = Harness::start(Agent::Answers, false).await;
-    let end = crate::telemetry::unix_now() + 3600;
+    let end = dwcp_agent::telemetry::unix_now() + 3600;
     let first = h
         .raw(
             "POST",
@@ -493,7 +500,7 @@ async fn an_agent_that_does_not_answer_is_a_503_not_a_hang() {
 #[tokio::test]
 async fn tcp_needs_the_bearer_token_and_refuses_without_changing_anything() {
     let h = Harness::start(Agent::Answers, true).await;
-    let end = crate::telemetry::unix_now() + 3600;
+    let end = dwcp_agent::telemetry::unix_now() + 3600;
     let body = reservation_body(json!("1M"), end).into_bytes();
     let anonymous = h
         .tcp(None)
@@ -639,7 +646,7 @@ async fn events_stream_agent_and_reservation_events() {
             reason: "no probe reply for 30 ms".into(),
         })
         .unwrap();
-    let end = crate::telemetry::unix_now() + 60;
+    let end = dwcp_agent::telemetry::unix_now() + 60;
     let r = h
         .raw(
             "POST",
@@ -720,7 +727,7 @@ async fn an_owner_hears_only_about_its_own_reservations() {
     });
     // The stream subscribes when its request arrives, which the test cannot see: make
     // changes (others' and ours, and an agent event) until the first event comes through.
-    let end = crate::telemetry::unix_now() + 600;
+    let end = dwcp_agent::telemetry::unix_now() + 600;
     let mut first = None;
     for _ in 0..100 {
         h.events.send(AgentEvent::LinkUp { link: 1 }).ok();

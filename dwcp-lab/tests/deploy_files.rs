@@ -260,7 +260,7 @@ fn uncomment_all(text: &str) -> String {
 #[test]
 fn the_agent_accepts_the_example_config_as_written_and_with_every_option() {
     let check = |path: &Path| {
-        let out = Command::new(env!("CARGO_BIN_EXE_dwcp-agent"))
+        let out = Command::new(dwcp_lab::bin("dwcp-agent"))
             .args(["--check", "--config"])
             .arg(path)
             .output()

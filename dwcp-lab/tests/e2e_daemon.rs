@@ -19,7 +19,9 @@ use dwcp_lab::lab::triangle::TriangleOptions;
 use dwcp_lab::lab::triangle::UdpStream;
 use dwcp_common::Reason;
 
-const AGENT: &str = env!("CARGO_BIN_EXE_dwcp-agent");
+fn agent_bin() -> std::path::PathBuf {
+    dwcp_lab::bin("dwcp-agent")
+}
 const WAIT: Duration = Duration::from_secs(30);
 /// Detection after 10 probe intervals (100 ms) rather than 3: this shared 2-core machine
 /// sometimes starves a probe sender for more than 30 ms, and a link declared dead by such a
@@ -104,7 +106,7 @@ fn triangle_reroutes_around_a_cut_link_and_returns_when_it_heals() {
     let _lab = one_lab();
     let mut lab = TriangleLab::build(
         "tri",
-        Path::new(AGENT),
+        &agent_bin(),
         TriangleOptions {
             detect_multiplier: DETECT_MULTIPLIER,
             ..Default::default()
@@ -271,7 +273,7 @@ fn restart_upgrade_and_reload_lose_no_packet() {
     // probes would stop while it is down and the links would be declared dead).
     let mut lab = TriangleLab::build(
         "rst",
-        Path::new(AGENT),
+        &agent_bin(),
         TriangleOptions {
             probe_sender: ProbeSenderMode::External,
             detect_multiplier: DETECT_MULTIPLIER,
@@ -411,7 +413,7 @@ fn te_mode_polices_a_flow_group_offering_more_than_its_grant() {
                  protocol = \"udp\"\nport = 7101\n";
     let mut lab = TriangleLab::build(
         "te",
-        Path::new(AGENT),
+        &agent_bin(),
         TriangleOptions {
             detect_multiplier: DETECT_MULTIPLIER,
             extra_config: extra.into(),

@@ -44,7 +44,9 @@ use dwcp_tunnels::TunnelSpec;
 use dwcp_tunnels::WireGuardImpl;
 use dwcp_common::Reason;
 
-const AGENT: &str = env!("CARGO_BIN_EXE_dwcp-agent");
+fn agent_bin() -> std::path::PathBuf {
+    dwcp_lab::bin("dwcp-agent")
+}
 /// Generous: this 2-core machine is shared with benchmarks.
 const WAIT: Duration = Duration::from_secs(60);
 /// The link's default hand-off: `HANDOFF_FWMARK_BASE + 1`, `HANDOFF_TABLE_BASE + 1`.
@@ -316,7 +318,7 @@ cost_per_gb = 0.02
     /// Runs `dwcp-agent` in A's namespace and waits until its first reconciliation is done.
     fn start_agent(&mut self) {
         let log = std::fs::File::create(self.log_path()).unwrap();
-        let child = Command::new(AGENT)
+        let child = Command::new(agent_bin())
             .arg("--netns")
             .arg(self.ga.name())
             .arg("--config")
@@ -578,7 +580,7 @@ fn daemon_hands_lan_traffic_to_wireguard_go_and_remove_cleans_up() {
     drop(counters);
 
     // `dwcp-agent --remove`: programs detached, pins, rule and table route gone.
-    let out = Command::new(AGENT)
+    let out = Command::new(agent_bin())
         .arg("--netns")
         .arg(lab.ga.name())
         .arg("--config")

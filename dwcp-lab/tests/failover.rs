@@ -319,7 +319,7 @@ fn with_the_agent_stopped_the_kernel_still_fails_over() {
     lab.start_dataplanes().expect("start dataplanes");
     let mut probers = Vec::new();
     for side in [Side::A, Side::B] {
-        let child = std::process::Command::new(env!("CARGO_BIN_EXE_dwcp-prober"))
+        let child = std::process::Command::new(dwcp_lab::bin("dwcp-prober"))
             .args(lab.prober_args(side))
             .env("RUST_LOG", "warn")
             .spawn()

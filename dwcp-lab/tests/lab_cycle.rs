@@ -17,7 +17,9 @@ use dwcp_lab::lab::live::LiveLabError;
 use dwcp_lab::lab::live::UpOptions;
 use dwcp_lab::netlab::run;
 
-const AGENT: &str = env!("CARGO_BIN_EXE_dwcp-agent");
+fn agent_bin() -> std::path::PathBuf {
+    dwcp_lab::bin("dwcp-agent")
+}
 /// Generous: agents start and probes converge on a loaded 2-core machine.
 const WAIT: Duration = Duration::from_secs(90);
 
@@ -75,7 +77,7 @@ fn lab_cycle_up_traffic_fail_reroute_heal_down_leaves_nothing() {
         pin_root: PathBuf::from(format!("/sys/fs/bpf/dwcp-lab-cycle-{pid}")),
     };
     let _down = Down(paths.clone());
-    let mut opts = UpOptions::new(3, AGENT);
+    let mut opts = UpOptions::new(3, agent_bin());
     opts.timeout = WAIT;
     let state = live::up(&paths, &opts, &mut |m| println!("up: {m}")).unwrap();
     assert_eq!(state.agents.len(), 3);

@@ -110,7 +110,7 @@ impl Agent {
 
     /// Runs `dwcp --socket <ours> --timeout 5 <args>`.
     fn dwcp(&self, args: &[&str]) -> Output {
-        Command::new(env!("CARGO_BIN_EXE_dwcp"))
+        Command::new(dwcp_lab::bin("dwcp"))
             .arg("--socket")
             .arg(self.socket())
             .args(["--timeout", "5"])
@@ -268,7 +268,7 @@ fn errors_name_the_item_and_exit_non_zero() {
     );
     let out = agent.dwcp(&["reserve", "cancel", "41"]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("reservation 41 not found"));
-    let out = Command::new(env!("CARGO_BIN_EXE_dwcp"))
+    let out = Command::new(dwcp_lab::bin("dwcp"))
         .args([
             "--socket",
             "/nonexistent/dwcp.sock",
@@ -368,7 +368,7 @@ fn link_down_waits_for_the_agent_to_show_it() {
 #[test]
 fn events_follow_the_stream() {
     let agent = Agent::start();
-    let child = Command::new(env!("CARGO_BIN_EXE_dwcp"))
+    let child = Command::new(dwcp_lab::bin("dwcp"))
         .arg("--socket")
         .arg(agent.socket())
         .args(["events", "--count", "1", "--json"])
@@ -395,7 +395,7 @@ fn events_follow_the_stream() {
 #[test]
 fn completions_are_generated_for_each_shell() {
     for shell in ["bash", "zsh", "fish"] {
-        let out = Command::new(env!("CARGO_BIN_EXE_dwcp"))
+        let out = Command::new(dwcp_lab::bin("dwcp"))
             .args(["completions", shell])
             .output()
             .unwrap();
@@ -544,7 +544,7 @@ fn maps_decodes_the_pinned_maps_as_bpftool_does() {
     )
     .unwrap();
 
-    let out = Command::new(env!("CARGO_BIN_EXE_dwcp"))
+    let out = Command::new(dwcp_lab::bin("dwcp"))
         .args(["maps", "--json", "--pin-dir"])
         .arg(&dir.0)
         .output()
@@ -601,7 +601,7 @@ fn maps_decodes_the_pinned_maps_as_bpftool_does() {
     assert_eq!(groups["entries"][0]["value"]["buckets_per_member"][0], 1021);
 
     // The text view reads as an operator writes these things.
-    let text = Command::new(env!("CARGO_BIN_EXE_dwcp"))
+    let text = Command::new(dwcp_lab::bin("dwcp"))
         .args(["maps", "--pin-dir"])
         .arg(&dir.0)
         .args([
@@ -633,7 +633,7 @@ fn maps_decodes_the_pinned_maps_as_bpftool_does() {
     ] {
         assert!(text.contains(needle), "no {needle:?} in\n{text}");
     }
-    let bad = Command::new(env!("CARGO_BIN_EXE_dwcp"))
+    let bad = Command::new(dwcp_lab::bin("dwcp"))
         .args(["maps", "--pin-dir", "/sys/fs/bpf/dwcp-no-such-dir"])
         .output()
         .unwrap();
@@ -647,7 +647,7 @@ fn the_tcp_api_takes_the_token_from_a_file() {
     let agent = Agent::start_with(true);
     let addr = agent.api.as_ref().unwrap().tcp_addr.unwrap().to_string();
     let run = |token_file: Option<&Path>| {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_dwcp"));
+        let mut cmd = Command::new(dwcp_lab::bin("dwcp"));
         cmd.args(["--api", &addr, "--timeout", "5", "show", "links", "--json"]);
         if let Some(f) = token_file {
             cmd.arg("--token-file").arg(f);

@@ -13,12 +13,16 @@ use dwcp_lab::lab::triangle::TriangleOptions;
 use dwcp_lab::lab::triangle::LAB_METRICS;
 use serde_json::Value;
 
-const AGENT: &str = env!("CARGO_BIN_EXE_dwcp-agent");
-const DWCP: &str = env!("CARGO_BIN_EXE_dwcp");
+fn agent_bin() -> std::path::PathBuf {
+    dwcp_lab::bin("dwcp-agent")
+}
+fn dwcp_bin() -> std::path::PathBuf {
+    dwcp_lab::bin("dwcp")
+}
 const WAIT: Duration = Duration::from_secs(60);
 
 fn dwcp(socket: &Path, args: &[&str]) -> Output {
-    Command::new(DWCP)
+    Command::new(dwcp_bin())
         .arg("--socket")
         .arg(socket)
         .args(["--timeout", "10"])
@@ -67,7 +71,7 @@ fn a_running_agent_answers_dwcp_and_prometheus_scrapes_it() {
     // would flap a link, and failover is not what this test is about.
     let mut lab = TriangleLab::build(
         "opl",
-        Path::new(AGENT),
+        &agent_bin(),
         TriangleOptions {
             detect_multiplier: 10,
             ..Default::default()

@@ -172,7 +172,7 @@ prefixes = ["10.2.0.0/16"]
     );
     let path = tmp.path().join("agent.toml");
     std::fs::write(&path, config).unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_dwcp-agent"))
+    let out = std::process::Command::new(dwcp_lab::bin("dwcp-agent"))
         .arg("--config")
         .arg(&path)
         .args(["--netns", ns.name()])

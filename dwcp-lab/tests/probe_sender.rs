@@ -4,7 +4,13 @@
 use dwcp_agent::probe::*;
 use dwcp_lab::netlab::{addr, veth, Netns};
 use dwcp_common::probe::PROBE_KIND_REQUEST;
-use std::net::Ipv4Addr;
+use std::{
+    net::{IpAddr, Ipv4Addr, SocketAddr},
+    time::Duration,
+};
+
+use dwcp_common::probe::{ProbeHeader, PROBE_LEN, PROBE_PORT};
+use socket2::{Domain, Socket, Type};
 
 fn v4(s: &str) -> IpAddr {
     IpAddr::V4(s.parse::<Ipv4Addr>().unwrap())

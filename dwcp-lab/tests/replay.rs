@@ -142,7 +142,7 @@ fn run(name: &str) {
 fn run_with(
     name: &str,
     pinning: Pinning,
-    after: impl FnOnce(AgentState, &BTreeMap<String, (u32, Mac)>) + Send,
+    after: impl FnOnce(AgentState<Dataplane>, &BTreeMap<String, (u32, Mac)>) + Send,
 ) {
     let dir = fixtures();
     let raw = std::fs::read_to_string(dir.join(name)).unwrap();
@@ -257,7 +257,7 @@ fn run_with(
 
 fn check(
     name: &str,
-    state: &AgentState,
+    state: &AgentState<Dataplane>,
     expect: &Expect,
     errors: &[(u64, String)],
     standby: bool,
@@ -538,14 +538,14 @@ fn an_active_reservation_is_policed_in_the_fast_path_until_it_ends() {
     run_with("reservation_policer.json", Pinning::None, |mut state, _| {
         let group = state.plans()["ap-south-1"].group_id;
         let realtime = dwcp_common::QosClass::Realtime as u8;
-        let policers = state.dataplane().policers().unwrap();
+        let policers = state.fast_path().policers().unwrap();
         assert_eq!(policers.len(), 1, "{policers:?}");
         let (key, p) = policers[0];
         assert_eq!((key.group_id, key.class), (group, realtime));
         assert_eq!(p.rate_bytes_per_s, 50_000_000, "400 Mbit/s in bytes");
         assert_eq!(p.burst_bytes, 2_500_000, "50 ms at the rate");
         assert_eq!(p.action, dwcp_common::POLICE_REMARK);
-        let flags = state.dataplane().config().unwrap().flags;
+        let flags = state.fast_path().config().unwrap().flags;
         assert_ne!(flags & dwcp_common::CONFIG_F_POLICING, 0, "policing on");
 
         // An unrelated recomputation leaves the bucket alone (a rewrite would refill it).
@@ -561,13 +561,13 @@ fn an_active_reservation_is_policed_in_the_fast_path_until_it_ends() {
 
         // Link 3 (800 Mbit/s) carries nothing yet: with the reservation counted in full its
         // projected utilisation is 400/800; realtime holds the reservation.
-        let link3 = |state: &AgentState| {
-            let snap = state.snapshot().borrow().clone();
+        let link3 = |state: &AgentState<Dataplane>| {
+            let snap = (**state.snapshot()).clone();
             let l = snap.links.iter().find(|l| l.id == 3).cloned().unwrap();
             (l.projected_utilisation_ratio, l.projected_at_unix_s)
         };
         assert_eq!(link3(&state), (Some(0.5), None));
-        let snap = state.snapshot().borrow().clone();
+        let snap = (**state.snapshot()).clone();
         let reserved: Vec<(String, u64)> = snap
             .classes
             .iter()
@@ -612,8 +612,8 @@ fn an_active_reservation_is_policed_in_the_fast_path_until_it_ends() {
             )
             .unwrap();
         state.on_timer(Now::at_ms(12_000));
-        assert!(state.dataplane().policers().unwrap().is_empty());
-        let flags = state.dataplane().config().unwrap().flags;
+        assert!(state.fast_path().policers().unwrap().is_empty());
+        let flags = state.fast_path().config().unwrap().flags;
         assert_eq!(flags & dwcp_common::CONFIG_F_POLICING, 0, "policing off");
         assert_eq!(&state.read_back().unwrap(), state.programmed());
     });
@@ -643,7 +643,7 @@ fn sampled_packets_make_the_top_flows_of_a_window() {
             .handle(Input::FlowSamples { samples }, Now::at_ms(20_000))
             .unwrap();
         state.on_timer(Now::at_ms(20_000));
-        let flows = state.snapshot().borrow().flows.clone();
+        let flows = state.snapshot().flows.clone();
         assert_eq!((flows.sample_every, flows.samples), (1_000, 4));
         // Each sample stands for 1,000 packets of its length.
         assert_eq!(flows.bytes, 3_500_000);
@@ -662,7 +662,7 @@ fn sampled_packets_make_the_top_flows_of_a_window() {
         assert!((flows.flows[0].share - 3.0 / 3.5).abs() < 1e-9);
         // The window (60 s by default) ends: the table starts over.
         state.on_timer(Now::at_ms(81_000));
-        let flows = state.snapshot().borrow().flows.clone();
+        let flows = state.snapshot().flows.clone();
         assert_eq!((flows.samples, flows.bytes), (0, 0));
         assert!(flows.flows.is_empty());
     });
@@ -677,7 +677,7 @@ fn te_mode_takes_demand_from_sampled_packets_and_polices_what_it_cannot_grant() 
     run_with("te_demand.json", Pinning::None, |mut state, _| {
         let ap = state.plans()["ap-south-1"].group_id;
         assert!(
-            state.dataplane().policers().unwrap().is_empty(),
+            state.fast_path().policers().unwrap().is_empty(),
             "no demand measured, no policer"
         );
         let sample = |class: QosClass| SampledPacket {
@@ -703,7 +703,7 @@ fn te_mode_takes_demand_from_sampled_packets_and_polices_what_it_cannot_grant() 
         state.on_timer(Now::at_ms(21_000));
         state.on_timer(Now::at_ms(21_100));
         let policers: BTreeMap<u8, u64> = state
-            .dataplane()
+            .fast_path()
             .policers()
             .unwrap()
             .into_iter()
@@ -713,7 +713,7 @@ fn te_mode_takes_demand_from_sampled_packets_and_polices_what_it_cannot_grant() 
             })
             .collect();
         // The estimate, as /v1/classes shows it.
-        let snap = state.snapshot().borrow().clone();
+        let snap = (**state.snapshot()).clone();
         let offered = |name: &str| {
             snap.classes
                 .iter()
@@ -732,7 +732,7 @@ fn te_mode_takes_demand_from_sampled_packets_and_polices_what_it_cannot_grant() 
                 (QosClass::Bulk as u8, 0)
             ])
         );
-        let flags = state.dataplane().config().unwrap().flags;
+        let flags = state.fast_path().config().unwrap().flags;
         assert_ne!(flags & dwcp_common::CONFIG_F_POLICING, 0);
         // The split follows the grant on each path (720:640 = 9:8).
         let paths = &state.plans()["ap-south-1"].paths;
@@ -740,13 +740,13 @@ fn te_mode_takes_demand_from_sampled_packets_and_polices_what_it_cannot_grant() 
         assert_eq!(weights, [9, 8]);
         // The traffic stops: the average decays, the demand goes, and the policers with it.
         let mut t = 21_100;
-        while t < 60_000 && !state.dataplane().policers().unwrap().is_empty() {
+        while t < 60_000 && !state.fast_path().policers().unwrap().is_empty() {
             t += 1_000;
             state.on_timer(Now::at_ms(t));
             state.on_timer(Now::at_ms(t + 100));
         }
-        assert!(state.dataplane().policers().unwrap().is_empty());
-        let flags = state.dataplane().config().unwrap().flags;
+        assert!(state.fast_path().policers().unwrap().is_empty());
+        let flags = state.fast_path().config().unwrap().flags;
         assert_eq!(flags & dwcp_common::CONFIG_F_POLICING, 0);
         eprintln!("policers removed {} ms after the last samples", t - 21_000);
         assert_eq!(&state.read_back().unwrap(), state.programmed());
@@ -798,7 +798,7 @@ fn a_wireguard_link_is_a_handoff_next_hop_with_its_policy_rule() {
             assert!(!kernel.links.contains_key(&3), "link 3 is not monitored");
             assert!(!kernel.nexthops[&1].is_handoff());
             // The tunnel view names it.
-            let snap = state.snapshot().borrow().clone();
+            let snap = (**state.snapshot()).clone();
             let t = snap
                 .tunnels
                 .iter()
@@ -813,7 +813,7 @@ fn a_wireguard_link_is_a_handoff_next_hop_with_its_policy_rule() {
             // A stale handshake (the daemon reads it from the UAPI socket) takes link 3 down:
             // ap-south-1 goes over link 1 only; a fresh one brings it back.
             let aps1 = state.plans()["ap-south-1"].group_id;
-            let members = |state: &AgentState| {
+            let members = |state: &AgentState<Dataplane>| {
                 let g = state.read_back().unwrap().groups[&aps1];
                 let mut m = g.nexthops[..g.member_count as usize].to_vec();
                 m.sort();

@@ -467,10 +467,10 @@ async fn killed_agent_mid_creation_converges_on_next_start() {
     .unwrap();
     std::fs::write(&file, toml).unwrap();
     let state = tempfile::tempdir().unwrap();
-    let bin = env!("CARGO_BIN_EXE_dwcp-tunnels");
+    let bin = dwcp_lab::bin("dwcp-tunnels");
     let mut seen_partial = 0;
     for delay_ms in [0u64, 3, 10, 25, 50, 100, 200] {
-        let mut child = Command::new(bin)
+        let mut child = Command::new(&bin)
             .args(["--netns", a.ns.name(), "--state-dir"])
             .arg(state.path())
             .arg("ensure")
@@ -782,7 +782,7 @@ impl TunnelDaemon {
         std::fs::write(&file, text).unwrap();
         let log = gw.state.path().join("run.log");
         let out = File::create(&log).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_dwcp-tunnels"))
+        let child = Command::new(dwcp_lab::bin("dwcp-tunnels"))
             .args(["--netns", gw.ns.name(), "--state-dir"])
             .arg(gw.state.path())
             .arg("run")
@@ -1068,13 +1068,13 @@ async fn private_keys_never_appear_in_logs_or_output() {
     secrets.extend(secret_forms(&a.key_dir(&pair.a_name).join("private.key")));
 
     // The command-line tool, with every log level on.
-    let bin = env!("CARGO_BIN_EXE_dwcp-tunnels");
+    let bin = dwcp_lab::bin("dwcp-tunnels");
     for args in [
         vec!["check", pair.a_name.as_str(), "--json"],
         vec!["list"],
         vec!["pubkey", pair.a_name.as_str()],
     ] {
-        let out = Command::new(bin)
+        let out = Command::new(&bin)
             .args(["--netns", a.ns.name(), "--state-dir"])
             .arg(a.state.path())
             .args(&args)
@@ -1491,7 +1491,7 @@ async fn without_the_wireguard_module_auto_uses_wireguard_go_and_kernel_is_a_nam
     }
     assert!(!link_exists(&ns, &spec.name));
     // The log line of the choice, as an operator sees it (the CLI at info level).
-    let out = Command::new(env!("CARGO_BIN_EXE_dwcp-tunnels"))
+    let out = Command::new(dwcp_lab::bin("dwcp-tunnels"))
         .args(["--netns", ns.name(), "--state-dir"])
         .arg(state.path())
         .arg("list")
