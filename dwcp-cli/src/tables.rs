@@ -6,8 +6,8 @@ use comfy_table::{presets, CellAlignment, ContentArrangement, Table};
 use dwcp_control::{
     bandwidth::Reservation,
     view::{
-        ClassView, LinkHealth, LinkView, PathRole, RouteChange, RouteView, StatusView, TopologyView,
-        TunnelState, TunnelView,
+        ClassView, LinkHealth, LinkView, PathRole, RouteChange, RouteView, StatusView,
+        TopologyView, TunnelState, TunnelView,
     },
 };
 

@@ -65,7 +65,11 @@ impl FastPath for MemoryFastPath {
     }
 
     fn nexthop_counters(&self, nexthop: u32) -> Result<Counters, FastPathError> {
-        Ok(self.nexthop_counters.get(&nexthop).copied().unwrap_or_default())
+        Ok(self
+            .nexthop_counters
+            .get(&nexthop)
+            .copied()
+            .unwrap_or_default())
     }
 
     fn class_counters(&self, class: u8) -> Result<Counters, FastPathError> {
@@ -73,6 +77,10 @@ impl FastPath for MemoryFastPath {
     }
 
     fn reason_count(&self, reason: Reason) -> Result<u64, FastPathError> {
-        Ok(self.reason_counts.get(&(reason as u32)).copied().unwrap_or_default())
+        Ok(self
+            .reason_counts
+            .get(&(reason as u32))
+            .copied()
+            .unwrap_or_default())
     }
 }

@@ -10,7 +10,11 @@ use crate::{
 /// Feeds `inputs` (sorted by time) into `state`, firing its timers on the way, then lets
 /// the timers run until `until_ms` (and at least until no computation is pending). Returns
 /// the errors the inputs produced, with their times.
-pub fn replay<F: FastPath>(state: &mut AgentState<F>, inputs: &[TimedInput], until_ms: u64) -> Vec<(u64, String)> {
+pub fn replay<F: FastPath>(
+    state: &mut AgentState<F>,
+    inputs: &[TimedInput],
+    until_ms: u64,
+) -> Vec<(u64, String)> {
     let mut errors = Vec::new();
     let mut i = 0;
     while i < inputs.len() {

@@ -19,20 +19,14 @@ use thiserror::Error;
 use tracing::{debug, error, info, warn};
 
 use crate::{
+    bandwidth::LinkId as TeLinkId,
     config::{AgentConfig, ConfigError, Mac},
     debounce::Debounce,
-    forwarding::{
-        self, Change, ForwardingState, NeighKey,
-    },
-    input::{Input, NextReservationChange, Now},
-    plan::{self, DestinationPlan, InterfaceState, PathRole as PlanRole, PlannedPath},
-    view::{
-    AgentEvent, AgentSnapshot, ClassView, CommandError, CounterView, LinkHealth as ViewHealth,
-    LinkView, PathRole, PathView, RouteChange, RouteView, TunnelState, TunnelView,
-    },
-    bandwidth::LinkId as TeLinkId,
     fast_path::{FastPath, FastPathError},
+    forwarding::{self, Change, ForwardingState, NeighKey},
+    input::{Input, NextReservationChange, Now},
     liveness::kernel_usable,
+    plan::{self, DestinationPlan, InterfaceState, PathRole as PlanRole, PlannedPath},
     routing::{RoutingEngine, RoutingTable},
     topology::{
         InMemoryTopologyStore, LinkHealth, LinkId, Topology, TopologyStore, TopologyUpdate,
@@ -40,6 +34,10 @@ use crate::{
     traffic::{
         CounterSnapshot, FlowsView, LinkStatus, RateTracker, SplitMode, TopFlowView, TopFlows,
         TrafficEngineer,
+    },
+    view::{
+        AgentEvent, AgentSnapshot, ClassView, CommandError, CounterView, LinkHealth as ViewHealth,
+        LinkView, PathRole, PathView, RouteChange, RouteView, TunnelState, TunnelView,
     },
 };
 
@@ -284,7 +282,10 @@ impl<F: FastPath> AgentState<F> {
             snapshot: Arc::new(AgentSnapshot::default()),
             snapshot_taken: true,
         };
-        state.programmed = state.fast_path.read_programmed().map_err(AgentError::FastPath)?;
+        state.programmed = state
+            .fast_path
+            .read_programmed()
+            .map_err(AgentError::FastPath)?;
         state.adopted = Adopted {
             routes: state.programmed.routes.len(),
             groups: state.programmed.groups.len(),

@@ -218,8 +218,6 @@ pub fn prefix_string(addr: IpAddr, len: u8) -> String {
     format!("{addr}/{len}")
 }
 
-
-
 /// `GET /v1/status`
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct StatusView {

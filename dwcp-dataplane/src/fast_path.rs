@@ -8,7 +8,9 @@ use dwcp_common::{
 };
 use dwcp_control::{
     fast_path::{FastPath, FastPathError},
-    forwarding::{class_key, neigh_key, prefix_of, Change, ClassKey, ForwardingState, NeighKey, PolicerSpec},
+    forwarding::{
+        class_key, neigh_key, prefix_of, Change, ClassKey, ForwardingState, NeighKey, PolicerSpec,
+    },
     liveness::{LinkStateReadError, LinkStateSource},
 };
 

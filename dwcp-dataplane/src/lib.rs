@@ -41,9 +41,9 @@ use tracing::{info, warn};
 
 pub use batch::{GroupWrite, SlotGuardStats, SLOT_REUSE_GUARD};
 pub use compat::{pin_mismatches, MapShape, PinMismatch};
-pub use links::{link_pin_path, tc_link_pin_path, unpin_links, LinkAdoption};
 pub use dwcp_control::nhg_table::{build_table, GroupError, Member};
 pub use fast_path::LinkStateMap;
+pub use links::{link_pin_path, tc_link_pin_path, unpin_links, LinkAdoption};
 
 /// The eBPF object built by build.rs (dwcp-ebpf, with BTF).
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/dwcp"));
@@ -122,7 +122,11 @@ pub fn map_err(map: &'static str) -> impl FnOnce(MapError) -> DataplaneError {
 }
 
 /// A failed system call on map `map`, as aya reports its own.
-pub fn syscall_err(map: &'static str, call: &'static str, io_error: std::io::Error) -> DataplaneError {
+pub fn syscall_err(
+    map: &'static str,
+    call: &'static str,
+    io_error: std::io::Error,
+) -> DataplaneError {
     map_err(map)(MapError::SyscallError(aya::sys::SyscallError {
         call,
         io_error,

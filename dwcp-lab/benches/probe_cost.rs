@@ -9,14 +9,14 @@
 
 use std::{net::IpAddr, time::Duration};
 
-use dwcp_lab::netlab::addr;
-use dwcp_lab::netlab::veth;
-use dwcp_lab::netlab::Netns;
 use dwcp_agent::probe::open_probe_socket;
 use dwcp_agent::probe::ProbeCounts;
 use dwcp_agent::probe::ProbeLink;
 use dwcp_agent::probe::ProbeSender;
 use dwcp_agent::probe::SenderConfig;
+use dwcp_lab::netlab::addr;
+use dwcp_lab::netlab::veth;
+use dwcp_lab::netlab::Netns;
 
 const RUN: Duration = Duration::from_secs(5);
 

@@ -5,14 +5,14 @@ use std::collections::BTreeMap;
 
 use anyhow::Result;
 use aya::programs::{TestRun, TestRunOptions};
-use dwcp_dataplane::Dataplane;
-use dwcp_dataplane::Member;
-use dwcp_dataplane::Pinning;
 use dwcp_common::{
     maps::programs, wire::*, ClassifierKey, ClassifierRule, GatewayConfig, LinkConfig, LinkState,
     Neighbour, NeighbourKey, NextHop, QosClass, QosPolicy, Route, CONFIG_F_READY, LINK_F_MONITORED,
     NH_F_VALID, QOS_F_REWRITE,
 };
+use dwcp_dataplane::Dataplane;
+use dwcp_dataplane::Member;
+use dwcp_dataplane::Pinning;
 
 const REPEAT: u32 = 1_000_000;
 /// Rounds by default (`--rounds N` to change): each case's figure is the median of its rounds.

@@ -33,6 +33,11 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 use aya::maps::{Map, MapData, PerCpuArray};
+use dwcp_agent::probe::monotonic_ns;
+use dwcp_agent::probe::LinkEventKind;
+use dwcp_agent::probe::MonitorConfig;
+use dwcp_agent::probe::ProbeCounts;
+use dwcp_common::{maps::names, Counters, LinkConfig, Reason};
 use dwcp_dataplane::Dataplane;
 use dwcp_dataplane::Member;
 use dwcp_lab::lab::stream::delivery_gaps;
@@ -42,11 +47,6 @@ use dwcp_lab::lab::wait_for;
 use dwcp_lab::lab::MultiLinkLab;
 use dwcp_lab::lab::Side;
 use dwcp_lab::lab::MULTI_LAB_GROUP;
-use dwcp_agent::probe::monotonic_ns;
-use dwcp_agent::probe::LinkEventKind;
-use dwcp_agent::probe::MonitorConfig;
-use dwcp_agent::probe::ProbeCounts;
-use dwcp_common::{maps::names, Counters, LinkConfig, Reason};
 
 const RATE_PPS: u32 = 10_000;
 const STREAM_PORT: u16 = 9000;

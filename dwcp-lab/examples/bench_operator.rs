@@ -23,11 +23,11 @@ use dwcp_agent::agent::LinkView;
 use dwcp_agent::agent::PathRole;
 use dwcp_agent::agent::PathView;
 use dwcp_agent::agent::RouteView;
+use dwcp_agent::telemetry::Exporter;
+use dwcp_common::{QosClass, Reason};
 use dwcp_lab::fixtures::three_region_snapshot;
 use dwcp_lab::lab::multi::LabPlan;
 use dwcp_lab::lab::multi::Shape;
-use dwcp_agent::telemetry::Exporter;
-use dwcp_common::{QosClass, Reason};
 use tokio::sync::{broadcast, mpsc, watch};
 
 const ROUNDS: usize = 9;

@@ -32,6 +32,9 @@ use std::{
 };
 
 use anyhow::{bail, Context, Result};
+use dwcp_common::{
+    maps::programs, GatewayConfig, NextHop, QosClass, Reason, Route, CONFIG_F_READY,
+};
 use dwcp_dataplane::AttachMode;
 use dwcp_dataplane::Dataplane;
 use dwcp_dataplane::Member;
@@ -54,9 +57,6 @@ use dwcp_tunnels::TunnelKind;
 use dwcp_tunnels::TunnelManager;
 use dwcp_tunnels::TunnelSpec;
 use dwcp_tunnels::WireGuardImpl;
-use dwcp_common::{
-    maps::programs, GatewayConfig, NextHop, QosClass, Reason, Route, CONFIG_F_READY,
-};
 use serde_json::json;
 
 const A_IP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);

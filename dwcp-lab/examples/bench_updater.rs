@@ -14,17 +14,17 @@ use std::{collections::BTreeMap, time::Instant};
 
 use anyhow::{Context, Result};
 use dwcp_control::config::Mac;
+use dwcp_control::topology::synthetic::generate;
+use dwcp_control::topology::synthetic::SyntheticSpec;
 use dwcp_control::AgentConfig;
 use dwcp_control::AgentState;
 use dwcp_control::Input;
 use dwcp_control::Now;
-use dwcp_lab::map_in_map::MapInMap;
 use dwcp_dataplane::Dataplane;
 use dwcp_dataplane::Pinning;
 use dwcp_dataplane::SLOT_REUSE_GUARD;
+use dwcp_lab::map_in_map::MapInMap;
 use dwcp_lab::netlab::Netns;
-use dwcp_control::topology::synthetic::generate;
-use dwcp_control::topology::synthetic::SyntheticSpec;
 
 /// The daemon's allocator (see `bin/dwcp-agent.rs`): what is measured is what it runs.
 #[global_allocator]

@@ -16,14 +16,15 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
+use dwcp_common::{wire::IPPROTO_TCP, Counters, FlowKey};
 use dwcp_control::bandwidth::LinkId;
-use dwcp_dataplane::build_table;
-use dwcp_dataplane::Member;
-use dwcp_lab::lab::LAB_SEED;
 use dwcp_control::traffic::LinkStatus;
 use dwcp_control::traffic::SplitMode;
 use dwcp_control::traffic::TrafficConfig;
 use dwcp_control::traffic::TrafficEngineer;
+use dwcp_dataplane::build_table;
+use dwcp_dataplane::Member;
+use dwcp_lab::lab::LAB_SEED;
 use dwcp_lab::utilisation::flows_per_nexthop;
 use dwcp_lab::utilisation::iperf::IPERF_PORT;
 use dwcp_lab::utilisation::iperf::MAX_FLOWS_PER_CLIENT;
@@ -42,7 +43,6 @@ use dwcp_lab::utilisation::IperfRun;
 use dwcp_lab::utilisation::IperfServer;
 use dwcp_lab::utilisation::SplitAccuracy;
 use dwcp_lab::utilisation::TcpLoad;
-use dwcp_common::{wire::IPPROTO_TCP, Counters, FlowKey};
 use serde_json::json;
 
 #[derive(Parser)]

@@ -13,12 +13,12 @@ use std::{path::PathBuf, process::Command, time::Duration};
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
+use dwcp_common::{QosClass, Reason};
 use dwcp_lab::lab::live;
 use dwcp_lab::lab::live::LabPaths;
 use dwcp_lab::lab::live::LabState;
 use dwcp_lab::lab::live::UpOptions;
 use dwcp_lab::lab::triangle::PinnedCounters;
-use dwcp_common::{QosClass, Reason};
 
 #[derive(Parser)]
 #[command(

@@ -1,6 +1,6 @@
 //! Two regions in network namespaces, traffic across dwcp's fast path, and its counters.
-use dwcp_lab::lab::TwoRegionLab;
 use dwcp_common::Reason;
+use dwcp_lab::lab::TwoRegionLab;
 
 fn main() -> anyhow::Result<()> {
     let mut lab = TwoRegionLab::build("demo")?;

@@ -20,14 +20,14 @@ use dwcp_common::{
 };
 use thiserror::Error;
 
+use crate::netlab;
+use crate::netlab::NetlabError;
+use crate::netlab::Netns;
 use dwcp_dataplane::AttachMode;
 use dwcp_dataplane::Dataplane;
 use dwcp_dataplane::DataplaneError;
 use dwcp_dataplane::Member;
 use dwcp_dataplane::Pinning;
-use crate::netlab;
-use crate::netlab::NetlabError;
-use crate::netlab::Netns;
 
 pub mod live;
 pub mod multi;

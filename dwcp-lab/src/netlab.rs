@@ -6,7 +6,6 @@
 
 use std::{
     fs::File,
-    os::fd::AsFd,
     path::PathBuf,
     process::{Command, Output},
     sync::atomic::{AtomicU32, Ordering},

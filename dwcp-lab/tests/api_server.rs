@@ -15,18 +15,18 @@ use std::{
 use serde_json::{json, Value};
 use tokio::sync::{broadcast, mpsc, watch};
 
-use dwcp_agent::{agent::AgentHandle, api::*};
-use dwcp_cli::client::*;
-use dwcp_control::view::*;
-use dwcp_lab::fixtures::*;
 use dwcp_agent::agent::AgentEvent;
 use dwcp_agent::agent::AgentSnapshot;
 use dwcp_agent::agent::LinkHealth;
 use dwcp_agent::agent::LinkView;
+use dwcp_agent::{agent::AgentHandle, api::*};
+use dwcp_cli::client::*;
 use dwcp_control::bandwidth::FileStore;
 use dwcp_control::bandwidth::ManagerConfig;
 use dwcp_control::bandwidth::Reservation;
 use dwcp_control::bandwidth::ReservationManager;
+use dwcp_control::view::*;
+use dwcp_lab::fixtures::*;
 
 struct Harness {
     dir: tempfile::TempDir,
@@ -307,7 +307,8 @@ async fn reservations_crud_is_stored() {
         "{}",
         String::from_utf8_lossy(&created.body)
     );
-    let admission: dwcp_control::bandwidth::Admission = serde_json::from_slice(&created.body).unwrap();
+    let admission: dwcp_control::bandwidth::Admission =
+        serde_json::from_slice(&created.body).unwrap();
     let id = admission.reservation.id.0;
     assert_eq!(admission.reservation.rate_bps, 100_000_000);
     assert!(String::from_utf8_lossy(&h.store_bytes().unwrap()).contains("video-team"));

@@ -10,13 +10,13 @@ use std::{
 };
 
 use dwcp_agent::agent::AgentHandle;
-use dwcp_lab::fixtures::three_region_snapshot;
 use dwcp_agent::api::ApiConfig;
-use dwcp_control::bandwidth::ManagerConfig;
 use dwcp_agent::telemetry::Exporter;
 use dwcp_agent::telemetry::MetricsConfig;
+use dwcp_control::bandwidth::ManagerConfig;
 use dwcp_control::topology::Topology;
 use dwcp_control::traffic::PolicingConfig;
+use dwcp_lab::fixtures::three_region_snapshot;
 use serde::de::DeserializeOwned;
 use tokio::sync::{broadcast, mpsc, watch};
 

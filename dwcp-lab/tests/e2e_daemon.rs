@@ -7,17 +7,17 @@
 //! - `kill -9` and restart, an upgrade of the eBPF object and SIGHUP reloads (a bad one, then
 //!   a good one) under a continuous stream: no datagram lost.
 
-use std::{path::Path, time::Duration};
+use std::time::Duration;
 
-use dwcp_control::config::ProbeSenderMode;
 use dwcp_agent::agent::AgentEvent;
 use dwcp_cli::client::ApiClient;
 use dwcp_cli::client::Endpoint;
+use dwcp_common::Reason;
+use dwcp_control::config::ProbeSenderMode;
 use dwcp_dataplane::EBPF_OBJECT;
 use dwcp_lab::lab::triangle::TriangleLab;
 use dwcp_lab::lab::triangle::TriangleOptions;
 use dwcp_lab::lab::triangle::UdpStream;
-use dwcp_common::Reason;
 
 fn agent_bin() -> std::path::PathBuf {
     dwcp_lab::bin("dwcp-agent")

@@ -9,11 +9,11 @@ use std::{
     time::Duration,
 };
 
+use dwcp_common::Reason;
 use dwcp_lab::lab::TwoRegionLab;
 use dwcp_lab::lab::LAB_NEXTHOP;
 use dwcp_lab::netlab;
 use dwcp_lab::netlab::Netns;
-use dwcp_common::Reason;
 
 /// Runs `f` on a thread inside `ns` and returns its handle (a server that outlives the call).
 fn spawn_in<F, R>(ns: &Netns, f: F) -> std::thread::JoinHandle<R>

@@ -28,6 +28,7 @@ use std::{
 };
 
 use dwcp_agent::agent::AgentEvent;
+use dwcp_common::Reason;
 use dwcp_dataplane::unpin_all;
 use dwcp_dataplane::unpin_links;
 use dwcp_lab::lab::triangle::PinnedCounters;
@@ -42,7 +43,6 @@ use dwcp_tunnels::TunnelKind;
 use dwcp_tunnels::TunnelManager;
 use dwcp_tunnels::TunnelSpec;
 use dwcp_tunnels::WireGuardImpl;
-use dwcp_common::Reason;
 
 fn agent_bin() -> std::path::PathBuf {
     dwcp_lab::bin("dwcp-agent")

@@ -12,6 +12,14 @@ use std::{
     time::{Duration, Instant},
 };
 
+use dwcp_agent::probe::kernel_usable;
+use dwcp_agent::probe::monotonic_ns;
+use dwcp_agent::probe::DegradeReason;
+use dwcp_agent::probe::DownReason;
+use dwcp_agent::probe::LinkEvent;
+use dwcp_agent::probe::LinkEventKind;
+use dwcp_agent::probe::MonitorConfig;
+use dwcp_common::{NextHopTable, Reason};
 use dwcp_lab::lab::ports_on_nexthop;
 use dwcp_lab::lab::stream::delivery_gaps;
 use dwcp_lab::lab::stream::Gap;
@@ -23,14 +31,6 @@ use dwcp_lab::lab::MultiLinkLab;
 use dwcp_lab::lab::PinnedLinkMonitor;
 use dwcp_lab::lab::Side;
 use dwcp_lab::lab::MULTI_LAB_GROUP;
-use dwcp_agent::probe::kernel_usable;
-use dwcp_agent::probe::monotonic_ns;
-use dwcp_agent::probe::DegradeReason;
-use dwcp_agent::probe::DownReason;
-use dwcp_agent::probe::LinkEvent;
-use dwcp_agent::probe::LinkEventKind;
-use dwcp_agent::probe::MonitorConfig;
-use dwcp_common::{NextHopTable, Reason};
 use tokio::sync::mpsc;
 
 static SERIAL: Mutex<()> = Mutex::new(());

@@ -5,12 +5,12 @@
 
 use std::time::{Duration, Instant};
 
+use dwcp_common::{bench::FLOWS, Reason};
 use dwcp_lab::forwarding_bench::lab::Forwarder;
 use dwcp_lab::forwarding_bench::lab::ForwardingLab;
 use dwcp_lab::forwarding_bench::lab::NEXT_HOPS;
 use dwcp_lab::forwarding_bench::sink::SinkCounts;
 use dwcp_lab::forwarding_bench::CpuPlan;
-use dwcp_common::{bench::FLOWS, Reason};
 
 /// Frames per burst: less than the LAN veth's 256-frame ring, so none is dropped there.
 const BURST: u32 = 128;

@@ -16,14 +16,16 @@ use dwcp_agent::agent::AgentEvent;
 use dwcp_agent::agent::AgentHandle;
 use dwcp_agent::agent::AgentSnapshot;
 use dwcp_agent::agent::LinkHealth;
-use dwcp_cli::client::ApiClient;
-use dwcp_cli::client::Endpoint;
-use dwcp_lab::fixtures::apply_commands;
-use dwcp_lab::fixtures::network_of;
-use dwcp_lab::fixtures::three_region_snapshot;
 use dwcp_agent::api::ApiConfig;
 use dwcp_agent::api::ApiContext;
 use dwcp_agent::api::RunningApi;
+use dwcp_cli::client::ApiClient;
+use dwcp_cli::client::Endpoint;
+use dwcp_common::{
+    maps::names, ClassifierKey, ClassifierRule, LinkConfig, Neighbour, NeighbourKey, NextHop,
+    PolicerKey, QosClass, QosPolicy, Route, VniEntry, LINK_F_MONITORED, NH_F_VALID, POLICE_DROP,
+    QOS_F_REWRITE,
+};
 use dwcp_control::bandwidth::FileStore;
 use dwcp_control::bandwidth::ManagerConfig;
 use dwcp_control::bandwidth::ReservationManager;
@@ -31,11 +33,9 @@ use dwcp_dataplane::unpin_all;
 use dwcp_dataplane::Dataplane;
 use dwcp_dataplane::Member;
 use dwcp_dataplane::Pinning;
-use dwcp_common::{
-    maps::names, ClassifierKey, ClassifierRule, LinkConfig, Neighbour, NeighbourKey, NextHop,
-    PolicerKey, QosClass, QosPolicy, Route, VniEntry, LINK_F_MONITORED, NH_F_VALID, POLICE_DROP,
-    QOS_F_REWRITE,
-};
+use dwcp_lab::fixtures::apply_commands;
+use dwcp_lab::fixtures::network_of;
+use dwcp_lab::fixtures::three_region_snapshot;
 use serde_json::Value;
 use tokio::sync::{broadcast, mpsc, watch};
 

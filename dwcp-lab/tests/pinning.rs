@@ -3,13 +3,13 @@
 
 use std::path::PathBuf;
 
-use dwcp_lab::map_in_map::MapInMap;
+use dwcp_common::{maps::names, NextHop, NH_F_VALID};
 use dwcp_dataplane::pin_mismatches;
 use dwcp_dataplane::unpin_all;
 use dwcp_dataplane::Dataplane;
 use dwcp_dataplane::Member;
 use dwcp_dataplane::Pinning;
-use dwcp_common::{maps::names, NextHop, NH_F_VALID};
+use dwcp_lab::map_in_map::MapInMap;
 
 /// A pin directory unique to this test run, removed on drop.
 struct PinDir(PathBuf);

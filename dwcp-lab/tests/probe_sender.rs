@@ -2,8 +2,8 @@
 //! their own thread, in the realtime class when asked, and stop when the sender is dropped.
 
 use dwcp_agent::probe::*;
-use dwcp_lab::netlab::{addr, veth, Netns};
 use dwcp_common::probe::PROBE_KIND_REQUEST;
+use dwcp_lab::netlab::{addr, veth, Netns};
 use std::{
     net::{IpAddr, Ipv4Addr, SocketAddr},
     time::Duration,

@@ -10,12 +10,12 @@ use std::{
 
 use dwcp_agent::agent::AgentHandle;
 use dwcp_agent::agent::AgentSnapshot;
-use dwcp_cli::client::ApiClient;
-use dwcp_cli::client::Endpoint;
-use dwcp_lab::fixtures::three_region_snapshot;
 use dwcp_agent::telemetry::bind;
 use dwcp_agent::telemetry::serve;
 use dwcp_agent::telemetry::Exporter;
+use dwcp_cli::client::ApiClient;
+use dwcp_cli::client::Endpoint;
+use dwcp_lab::fixtures::three_region_snapshot;
 use serde_json::Value;
 use tokio::sync::{broadcast, mpsc, watch};
 

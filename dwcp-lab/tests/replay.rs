@@ -22,10 +22,12 @@ use std::{
     path::{Path, PathBuf},
 };
 
+use dwcp_common::NHG_BUCKETS;
 use dwcp_control::config::AgentConfig;
 use dwcp_control::config::Mac;
 use dwcp_control::plan::standby_supported;
 use dwcp_control::replay::replay;
+use dwcp_control::traffic::SampledPacket;
 use dwcp_control::AgentState;
 use dwcp_control::Input;
 use dwcp_control::NextReservationChange;
@@ -34,8 +36,6 @@ use dwcp_control::TimedInput;
 use dwcp_dataplane::Dataplane;
 use dwcp_dataplane::Pinning;
 use dwcp_lab::netlab::Netns;
-use dwcp_control::traffic::SampledPacket;
-use dwcp_common::NHG_BUCKETS;
 use serde::Deserialize;
 
 #[derive(Deserialize)]

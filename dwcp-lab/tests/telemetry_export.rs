@@ -6,19 +6,19 @@ use std::{
 
 use tokio::sync::{broadcast, mpsc, watch};
 
-use dwcp_agent::telemetry::*;
 use dwcp_agent::agent::AgentHandle;
 use dwcp_agent::agent::AgentSnapshot;
 use dwcp_agent::agent::LinkHealth;
+use dwcp_agent::telemetry::*;
 use dwcp_cli::client::ApiClient;
 use dwcp_cli::client::Endpoint;
-use dwcp_lab::fixtures::network_of;
-use dwcp_lab::fixtures::three_region_snapshot;
 use dwcp_control::bandwidth::ManagerConfig;
 use dwcp_control::bandwidth::MemoryStore;
 use dwcp_control::bandwidth::RawNumber;
 use dwcp_control::bandwidth::ReservationManager;
 use dwcp_control::bandwidth::ReservationRequest;
+use dwcp_lab::fixtures::network_of;
+use dwcp_lab::fixtures::three_region_snapshot;
 
 fn handle(snapshot: AgentSnapshot) -> (AgentHandle, watch::Sender<Arc<AgentSnapshot>>) {
     let (tx, rx) = watch::channel(Arc::new(snapshot));

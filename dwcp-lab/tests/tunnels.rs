@@ -702,11 +702,7 @@ const DROP_INITIATIONS: &str = "table inet dwcp_tie {
 ";
 
 impl PeerKeyExchange for LostInitiationsPeer<'_> {
-    async fn replace_peer_key(
-        &self,
-        old: PublicKey,
-        new: PublicKey,
-    ) -> dwcp_tunnels::Result<()> {
+    async fn replace_peer_key(&self, old: PublicKey, new: PublicKey) -> dwcp_tunnels::Result<()> {
         let lift = async {
             tokio::time::sleep(Duration::from_millis(30)).await;
             let _ = self
@@ -912,7 +908,7 @@ async fn two_daemons_rotate_their_keys_on_schedule_over_the_underlay_without_los
     // Requests B's daemon must refuse, whatever they claim: signed by a key that is not A's,
     // and A's real request replayed.
     use dwcp_tunnels::key_exchange::KeyChange;
-use dwcp_tunnels::PrivateKey;
+    use dwcp_tunnels::PrivateKey;
     let b_addr = SocketAddr::from((B_UNDERLAY, dwcp_tunnels::key_exchange::DEFAULT_PORT));
     let a_now = a.mgr.public_key(&pair.a_name).unwrap();
     let b_now = b.mgr.public_key(&pair.b_name).unwrap();
@@ -953,11 +949,7 @@ use dwcp_tunnels::PrivateKey;
 struct SilentPeer;
 
 impl PeerKeyExchange for SilentPeer {
-    async fn replace_peer_key(
-        &self,
-        _old: PublicKey,
-        _new: PublicKey,
-    ) -> dwcp_tunnels::Result<()> {
+    async fn replace_peer_key(&self, _old: PublicKey, _new: PublicKey) -> dwcp_tunnels::Result<()> {
         Ok(())
     }
 }
@@ -1338,10 +1330,10 @@ fn tx_packets(ns: &Netns, dev: &str) -> u64 {
 #[tokio::test]
 async fn fast_path_marks_are_handed_to_wireguard_by_policy_routing() {
     let _timing = TIMING.read().await;
-    use dwcp_dataplane::Dataplane;
-use dwcp_dataplane::Member;
-use dwcp_dataplane::Pinning;
     use dwcp_common::{maps::programs, GatewayConfig, NextHop, QosClass, Reason, Route};
+    use dwcp_dataplane::Dataplane;
+    use dwcp_dataplane::Member;
+    use dwcp_dataplane::Pinning;
     const MARK: u32 = 0x64;
 
     let lab = routed_lab().await;

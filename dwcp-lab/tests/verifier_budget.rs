@@ -8,9 +8,9 @@
 //! held-down fallback of `pick_nexthop`, 671k after, two thirds of the limit. The next step if
 //! it must grow: forward transit packets through a tail call, verified as a program of its own.
 
+use dwcp_common::maps::programs;
 use dwcp_dataplane::Dataplane;
 use dwcp_dataplane::Pinning;
-use dwcp_common::maps::programs;
 
 const KERNEL_LIMIT: u32 = 1_000_000;
 

@@ -8,18 +8,18 @@ use std::net::{IpAddr, Ipv4Addr};
 
 use aya::programs::{TestRun, TestRunOptions};
 use common::*;
-use dwcp_dataplane::decode_sample;
-use dwcp_control::nhg_table;
-use dwcp_dataplane::Dataplane;
-use dwcp_dataplane::Member;
-use dwcp_dataplane::Pinning;
-use dwcp_dataplane::SLOT_REUSE_GUARD;
 use dwcp_common::{
     flow_hash, maps::programs, probe::*, wire::*, ClassifierKey, ClassifierRule, FlowKey,
     GatewayConfig, LinkConfig, Neighbour, NeighbourKey, NextHop, NextHopTable, QosClass, QosPolicy,
     Reason, Route, VniEntry, CONFIG_F_READY, HANDOFF_META_MAGIC, LINK_F_ADMIN_DOWN,
     LINK_F_MONITORED, NH_F_VALID, QOS_F_REWRITE,
 };
+use dwcp_control::nhg_table;
+use dwcp_dataplane::decode_sample;
+use dwcp_dataplane::Dataplane;
+use dwcp_dataplane::Member;
+use dwcp_dataplane::Pinning;
+use dwcp_dataplane::SLOT_REUSE_GUARD;
 
 const XDP_ABORTED: u32 = 0;
 const XDP_DROP: u32 = 1;

@@ -14,12 +14,7 @@
 use super::{error::Result, rtnl::Rtnl, spec::Handoff};
 
 /// Makes the rules and routes exist; returns what was changed.
-pub async fn ensure(
-    rtnl: &Rtnl,
-    index: u32,
-    ifname: &str,
-    h: &Handoff,
-) -> Result<Vec<String>> {
+pub async fn ensure(rtnl: &Rtnl, index: u32, ifname: &str, h: &Handoff) -> Result<Vec<String>> {
     let mut changes = Vec::new();
     for v6 in [false, true] {
         let family = if v6 { "IPv6" } else { "IPv4" };
@@ -54,12 +49,7 @@ pub async fn remove(rtnl: &Rtnl, h: &Handoff) -> Result<()> {
 }
 
 /// What is missing, for health reports.
-pub async fn problems(
-    rtnl: &Rtnl,
-    index: u32,
-    ifname: &str,
-    h: &Handoff,
-) -> Result<Vec<String>> {
+pub async fn problems(rtnl: &Rtnl, index: u32, ifname: &str, h: &Handoff) -> Result<Vec<String>> {
     let mut out = Vec::new();
     for v6 in [false, true] {
         let family = if v6 { "IPv6" } else { "IPv4" };

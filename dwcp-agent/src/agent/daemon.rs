@@ -201,7 +201,6 @@ impl Probes {
     }
 }
 
-
 /// The started daemon: state owner, tasks and channels.
 pub struct Daemon {
     options: DaemonOptions,
@@ -363,9 +362,7 @@ impl Daemon {
                 })?;
             // The first computation's route changes happened before anyone could subscribe.
             for change in state.history() {
-                if let Ok(json) =
-                    serde_json::to_string(&AgentEvent::RouteChanged(change.clone()))
-                {
+                if let Ok(json) = serde_json::to_string(&AgentEvent::RouteChanged(change.clone())) {
                     let _ = writeln!(file, "{json}");
                 }
             }

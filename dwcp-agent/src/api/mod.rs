@@ -59,8 +59,8 @@ use dwcp_control::bandwidth::ReservationManager;
 use crate::agent::AgentHandle;
 
 pub use dwcp_control::config::{
-    ApiConfig, DEFAULT_COMMAND_TIMEOUT_MS, DEFAULT_MAX_BODY_BYTES, DEFAULT_SOCKET, DEFAULT_SOCKET_MODE,
-    MIN_TOKEN_LEN,
+    ApiConfig, DEFAULT_COMMAND_TIMEOUT_MS, DEFAULT_MAX_BODY_BYTES, DEFAULT_SOCKET,
+    DEFAULT_SOCKET_MODE, MIN_TOKEN_LEN,
 };
 
 /// What the handlers share.
@@ -357,4 +357,3 @@ impl RunningApi {
         result
     }
 }
-

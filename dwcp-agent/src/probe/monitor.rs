@@ -147,7 +147,6 @@ mod tests {
             .collect()
     }
 
-
     struct Counts(Mutex<(u64, Vec<(u32, bool)>)>);
     impl ProbeCounts for &Counts {
         fn links(&self) -> Vec<u32> {

@@ -28,8 +28,8 @@ use std::{
 };
 
 use aya::maps::{Array, Map, MapData, MapError};
-use dwcp_dataplane::LinkStateMap;
 use dwcp_common::{maps::names, LinkConfig, LinkState, NextHop};
+use dwcp_dataplane::LinkStateMap;
 use thiserror::Error;
 use tokio::sync::mpsc;
 

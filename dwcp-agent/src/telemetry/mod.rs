@@ -268,4 +268,3 @@ impl RunningMetrics {
             .map_err(|e| TelemetryError::Serve(std::io::Error::other(e)))?
     }
 }
-

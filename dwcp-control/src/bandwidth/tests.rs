@@ -743,7 +743,9 @@ proptest! {
 }
 
 /// The events `m` tells a listener, oldest first.
-fn heard(m: &mut ReservationManager) -> std::sync::Arc<std::sync::Mutex<std::collections::VecDeque<ReservationEvent>>> {
+fn heard(
+    m: &mut ReservationManager,
+) -> std::sync::Arc<std::sync::Mutex<std::collections::VecDeque<ReservationEvent>>> {
     let events = std::sync::Arc::new(std::sync::Mutex::new(std::collections::VecDeque::new()));
     let sink = events.clone();
     m.listen(Box::new(move |e| {

@@ -36,14 +36,14 @@ use super::{
     source::{udp_frame, Stop, TrafficSource},
     BenchError, Result,
 };
-use dwcp_dataplane::AttachMode;
-use dwcp_dataplane::Dataplane;
-use dwcp_dataplane::Member;
-use dwcp_dataplane::Pinning;
 use crate::lab::LAB_SEED;
 use crate::lab::UNDERLAY_MTU;
 use crate::netlab;
 use crate::netlab::Netns;
+use dwcp_dataplane::AttachMode;
+use dwcp_dataplane::Dataplane;
+use dwcp_dataplane::Member;
+use dwcp_dataplane::Pinning;
 
 /// What forwards on gateway A.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

@@ -10,8 +10,8 @@ use aya::{
 use dwcp_common::bench;
 
 use super::{source::xdp_program_mut, BenchError, Result};
-use dwcp_dataplane::EBPF_OBJECT;
 use crate::netlab::Netns;
+use dwcp_dataplane::EBPF_OBJECT;
 
 /// Frames counted by the sink: per VNI (`bench::sink_slot`), and everything else.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

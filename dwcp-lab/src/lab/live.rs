@@ -31,6 +31,8 @@ use super::{
 };
 use dwcp_common::maps::programs;
 
+use crate::netlab;
+use crate::netlab::Netns;
 use dwcp_agent::agent::LinkHealth;
 use dwcp_agent::agent::LinkView;
 use dwcp_agent::agent::PathRole;
@@ -39,8 +41,6 @@ use dwcp_cli::client::ApiClient;
 use dwcp_cli::client::Endpoint;
 use dwcp_dataplane::Dataplane;
 use dwcp_dataplane::Pinning;
-use crate::netlab;
-use crate::netlab::Netns;
 
 pub const DEFAULT_PREFIX: &str = multi::STABLE_PREFIX;
 pub const DEFAULT_STATE_DIR: &str = "/run/dwcp-lab";

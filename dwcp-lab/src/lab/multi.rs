@@ -729,7 +729,8 @@ mod tests {
         for k in ["region", "link"] {
             topo.insert(k.into(), doc[k].clone());
         }
-        let t = dwcp_control::topology::Topology::from_toml_str(&toml::to_string(&topo).unwrap()).unwrap();
+        let t = dwcp_control::topology::Topology::from_toml_str(&toml::to_string(&topo).unwrap())
+            .unwrap();
         assert_eq!(t.links().len(), 4);
         let r4 = p.agent_config(4, std::path::Path::new("/p"), std::path::Path::new("/s"));
         assert!(r4.contains("local_ip = \"172.16.4.2\"\npeer_ip = \"172.16.4.1\""));

@@ -33,9 +33,6 @@ use dwcp_common::{
 use tokio::sync::{mpsc, oneshot};
 
 use super::{program_paths, region, GatewayPath, LabError, Region, Result, LAB_SEED, UNDERLAY_MTU};
-use dwcp_dataplane::AttachMode;
-use dwcp_dataplane::Dataplane;
-use dwcp_dataplane::Pinning;
 use crate::netlab;
 use crate::netlab::NetlabError;
 use crate::netlab::Netns;
@@ -49,6 +46,9 @@ use dwcp_agent::prober::set_realtime_priority;
 use dwcp_agent::prober::PinnedProbeCounts;
 use dwcp_agent::prober::Prober;
 use dwcp_agent::prober::ProberConfig;
+use dwcp_dataplane::AttachMode;
+use dwcp_dataplane::Dataplane;
+use dwcp_dataplane::Pinning;
 
 /// The group of the route to the other region.
 pub const MULTI_LAB_GROUP: u32 = 1;
@@ -617,8 +617,13 @@ impl MultiLinkLab {
     ) -> Result<PinnedLinkMonitor> {
         let dir = self.pin_dir(side);
         let counts = PinnedProbeCounts::open(&dir, self.link_ids())?;
-        LinkMonitor::new(self.monitor, LinkStateMap(open_link_state(&dir)?), counts, events)
-            .map_err(|e| dwcp_agent::prober::ProberError::from(e).into())
+        LinkMonitor::new(
+            self.monitor,
+            LinkStateMap(open_link_state(&dir)?),
+            counts,
+            events,
+        )
+        .map_err(|e| dwcp_agent::prober::ProberError::from(e).into())
     }
 }
 

@@ -33,14 +33,14 @@ use dwcp_common::{maps::names, maps::programs, Counters, Reason};
 use thiserror::Error;
 
 use super::{region, LabError, Region, UNDERLAY_MTU};
-use dwcp_control::config::ProbeSenderMode;
+use crate::netlab;
+use crate::netlab::Netns;
 use dwcp_agent::agent::AgentEvent;
+use dwcp_control::config::ProbeSenderMode;
 use dwcp_dataplane::unpin_all;
 use dwcp_dataplane::unpin_links;
 use dwcp_dataplane::Dataplane;
 use dwcp_dataplane::Pinning;
-use crate::netlab;
-use crate::netlab::Netns;
 
 #[derive(Debug, Error)]
 pub enum TriangleError {

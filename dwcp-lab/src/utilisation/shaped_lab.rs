@@ -26,11 +26,6 @@ use dwcp_common::{
 use serde::Deserialize;
 use thiserror::Error;
 
-use dwcp_dataplane::build_table;
-use dwcp_dataplane::Dataplane;
-use dwcp_dataplane::DataplaneError;
-use dwcp_dataplane::Member;
-use dwcp_dataplane::Pinning;
 use crate::lab::kernel_neighbour;
 use crate::lab::LabError;
 use crate::lab::LAB_SEED;
@@ -40,6 +35,11 @@ use crate::netlab::NetlabError;
 use crate::netlab::Netns;
 use crate::utilisation::sock_diag::tcp_bytes_received;
 use crate::utilisation::sock_diag::SockDiagError;
+use dwcp_dataplane::build_table;
+use dwcp_dataplane::Dataplane;
+use dwcp_dataplane::DataplaneError;
+use dwcp_dataplane::Member;
+use dwcp_dataplane::Pinning;
 
 #[derive(Debug, Error)]
 pub enum ShapedLabError {

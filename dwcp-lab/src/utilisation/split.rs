@@ -119,7 +119,7 @@ pub fn tcp_goodput_ceiling(inner_mtu: u32) -> f64 {
 mod tests {
     use super::*;
     use dwcp_dataplane::build_table;
-use dwcp_dataplane::Member;
+    use dwcp_dataplane::Member;
     use proptest::prelude::*;
 
     fn members(weights: &[u32]) -> Vec<Member> {
