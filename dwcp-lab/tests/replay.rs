@@ -129,7 +129,7 @@ fn substitute(text: &str, f: impl Fn(&str) -> String) -> String {
 }
 
 fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/replay")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../dwcp-control/tests/fixtures/replay")
 }
 
 /// Runs fixture `name` and checks its expectations.
