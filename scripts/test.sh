@@ -16,7 +16,12 @@ cargo xtask clippy-ebpf
 # Namespaces present before the tests (another lab on this machine) are not this run's.
 before=$(ip netns list | awk '{print $1}' | grep '^dwcp-' | sort || true)
 
-echo "== tests (unit, property, BPF_PROG_TEST_RUN fixtures, network-namespace labs)"
+echo "== build (the daemons and the CLI that the lab tests run: cargo builds only a test's own package's binaries)"
+cargo build --bins
+
+echo "== tests (unit, conformance, property, BPF_PROG_TEST_RUN fixtures, network-namespace labs)"
+# This suite runs as root on a machine with BPF and netns: the privileged tests run too.
+export DWCP_PRIVILEGED=1
 mkdir -p target && cargo test --no-fail-fast 2>&1 | tee target/test-output.txt
 cargo test --doc
 

@@ -97,6 +97,13 @@ pub const fn group_slot(group: u32, slot: u32) -> u32 {
 /// bucket is 0.1 % of a group's traffic.
 pub const NHG_BUCKETS: usize = 1021;
 
+/// The bucket of a group's table a flow with hash `hash` ([`crate::flow_hash`]) falls in. Part
+/// of the wire format with the hash: the agent predicts paths with it.
+#[inline(always)]
+pub const fn bucket_of(hash: u32) -> usize {
+    (hash % NHG_BUCKETS as u32) as usize
+}
+
 /// `GatewayConfig.flags`: the agent has finished programming; until then the LAN program
 /// passes everything up.
 pub const CONFIG_F_READY: u32 = 1;
@@ -557,32 +564,62 @@ mod pod {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use core::mem::size_of;
+    use core::mem::{offset_of, size_of};
+
+    /// Asserts a record's size and every field's offset, as literals. These bytes cross the
+    /// kernel/user boundary (map values, the sample ring buffer, the XDP metadata), outlive the
+    /// agent in pinned maps, and are what `bpftool` prints: a reordered or resized field must
+    /// fail here. Computing the expectations from the types would pass whatever they say.
+    macro_rules! layout {
+        ($t:ty, $size:literal { $($f:ident: $off:literal),* $(,)? }) => {
+            assert_eq!(size_of::<$t>(), $size, "size of {}", stringify!($t));
+            $(assert_eq!(offset_of!($t, $f), $off, "{}.{}", stringify!($t), stringify!($f));)*
+        };
+    }
 
     #[test]
     fn layouts_have_no_implicit_padding() {
-        assert_eq!(size_of::<GatewayConfig>(), 16);
-        assert_eq!(size_of::<FlowSampleRecord>(), 56);
+        layout!(GatewayConfig, 16 { hash_seed: 0, flags: 4, sample_threshold: 8, _pad: 12 });
+        layout!(FlowSampleRecord, 56 {
+            src: 0, dst: 16, src_port: 32, dst_port: 34, proto: 36, class: 37, v6: 38, _pad: 39,
+            bytes: 40, nexthop: 44, group: 48, _pad2: 52,
+        });
+        layout!(Route, 8 { group_id: 0, default_class: 4, _pad: 5 });
+        layout!(NextHopTable, 1064 {
+            member_count: 0, active_count: 2, nexthops: 4, buckets: 36, _pad: 1057,
+        });
+        layout!(NextHop, 40 {
+            flags: 0, link_id: 4, ifindex: 8, vni: 12, local_ip4: 16, remote_ip4: 20,
+            via_ip4: 24, mtu: 28, inner_dst_mac: 32, _pad: 38,
+        });
+        layout!(HandoffMeta, 8 { magic: 0, mark: 4 });
+        layout!(NeighbourKey, 8 { ifindex: 0, ip4: 4 });
+        layout!(Neighbour, 16 { mac: 0, if_mac: 6, _pad: 12 });
+        layout!(LinkConfig, 16 { flags: 0, up_after: 4, detect_ns: 8 });
+        layout!(LinkState, 56 {
+            last_reply_ns: 0, good_streak: 8, last_seq: 12, last_rtt_ns: 16, srtt_ns: 24,
+            jitter_ns: 32, replies: 40, reflected: 48,
+        });
+        layout!(ClassifierKey, 4 { proto: 0, direction: 1, port: 2 });
+        layout!(ClassifierRule, 4 { class: 0, _pad: 1 });
+        layout!(QosPolicy, 8 { dscp: 0, flags: 1, _pad: 2 });
+        layout!(PolicerKey, 8 { group_id: 0, class: 4, _pad: 5 });
+        layout!(Policer, 56 {
+            rate_bytes_per_s: 0, burst_bytes: 8, tokens: 16, last_ns: 24, conformed: 32,
+            exceeded: 40, action: 48, _pad: 49,
+        });
+        layout!(VniEntry, 8 { lan_ifindex: 0, flags: 4 });
+        layout!(Counters, 16 { packets: 0, bytes: 8 });
+    }
+
+    #[test]
+    fn sample_threshold_handoff_and_reasons() {
         assert_eq!(sample_threshold(0), 0);
         assert_eq!(sample_threshold(1), u32::MAX);
         assert_eq!(sample_threshold(1_000), 4_294_967);
-        assert_eq!(size_of::<Route>(), 8);
-        assert_eq!(
-            size_of::<NextHopTable>(),
-            4 + 4 * MAX_GROUP_MEMBERS + NHG_BUCKETS + 7
-        );
-        assert_eq!(size_of::<NextHop>(), 40);
-        assert_eq!(size_of::<HandoffMeta>(), 8);
         let h = NextHop::handoff(3, 9, 0x64);
         assert_eq!(h.handoff_mark(), Some(0x64));
         assert_eq!(NextHop::default().handoff_mark(), None);
-        assert_eq!(size_of::<NeighbourKey>(), 8);
-        assert_eq!(size_of::<Neighbour>(), 16);
-        assert_eq!(size_of::<LinkConfig>(), 16);
-        assert_eq!(size_of::<LinkState>(), 56);
-        assert_eq!(size_of::<ClassifierKey>(), 4);
-        assert_eq!(size_of::<QosPolicy>(), 8);
-        assert_eq!(size_of::<Counters>(), 16);
         assert!(Reason::ALL.len() as u32 <= REASON_COUNT);
         for (i, r) in Reason::ALL.iter().enumerate() {
             assert_eq!(*r as usize, i);

@@ -108,4 +108,68 @@ mod tests {
         bad[5] = 0;
         assert_eq!(ProbeHeader::decode(&bad), Err(ProbeError::BadKind));
     }
+
+    /// Probe headers and their bytes, written down by hand from the layout in the module doc
+    /// (network byte order), never printed from `encode`: agents and reflectors of different
+    /// versions must keep understanding each other. Every multi-byte field has distinct bytes,
+    /// so a swapped field, a wrong offset or a little-endian write shows.
+    #[rustfmt::skip]
+    const GOLDEN: [(ProbeHeader, [u8; PROBE_LEN]); 2] = [
+        (
+            ProbeHeader {
+                kind: PROBE_KIND_REQUEST,
+                flags: 0x0102,
+                link_id: 0x0304_0506,
+                seq: 0x0708_090a,
+                tx_ns: 0x1112_1314_1516_1718,
+                rx_ns: 0x2122_2324_2526_2728,
+            },
+            [
+                0x44, 0x57, 0x43, 0x50, // magic "DWCP"
+                0x01, // version
+                0x01, // kind: request
+                0x01, 0x02, // flags
+                0x03, 0x04, 0x05, 0x06, // link_id
+                0x07, 0x08, 0x09, 0x0a, // seq
+                0x11, 0x12, 0x13, 0x14, 0x15, 0x16, 0x17, 0x18, // tx_ns
+                0x21, 0x22, 0x23, 0x24, 0x25, 0x26, 0x27, 0x28, // rx_ns
+                0, 0, 0, 0, 0, 0, 0, 0, // reserved
+            ],
+        ),
+        (
+            ProbeHeader {
+                kind: PROBE_KIND_REPLY,
+                flags: 0,
+                link_id: 7,
+                seq: u32::MAX,
+                tx_ns: 123_456_789, // 0x075b_cd15
+                rx_ns: u64::MAX,
+            },
+            [
+                0x44, 0x57, 0x43, 0x50, // magic "DWCP"
+                0x01, // version
+                0x02, // kind: reply
+                0x00, 0x00, // flags
+                0x00, 0x00, 0x00, 0x07, // link_id
+                0xff, 0xff, 0xff, 0xff, // seq
+                0x00, 0x00, 0x00, 0x00, 0x07, 0x5b, 0xcd, 0x15, // tx_ns
+                0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, // rx_ns
+                0, 0, 0, 0, 0, 0, 0, 0, // reserved
+            ],
+        ),
+    ];
+
+    #[test]
+    fn golden_bytes() {
+        for (i, (h, bytes)) in GOLDEN.iter().enumerate() {
+            let mut b = [0xeeu8; PROBE_LEN]; // not zeroes: encode must write every byte
+            h.encode(&mut b);
+            assert_eq!(&b, bytes, "golden probe {i}: encode");
+            assert_eq!(
+                ProbeHeader::decode(bytes),
+                Ok(*h),
+                "golden probe {i}: decode"
+            );
+        }
+    }
 }

@@ -24,5 +24,14 @@ pub const VXLAN_FLAG_VNI: u8 = 0x08;
 pub const VXLAN_ENCAP_LEN: usize = ETH_HLEN + IPV4_HLEN + UDP_HLEN + VXLAN_HLEN;
 /// Outer UDP source ports are taken from this range (RFC 7348 recommends 49152-65535).
 pub const ENCAP_SPORT_MIN: u16 = 49152;
+
+/// Outer UDP source port of a flow with hash `hash` ([`crate::flow_hash`]), from its high 16
+/// bits: the same for every packet of a flow (the underlay's ECMP keeps it on one path, in
+/// order) and spread over the range of [`ENCAP_SPORT_MIN`].
+#[inline(always)]
+pub const fn encap_source_port(hash: u32) -> u16 {
+    ENCAP_SPORT_MIN + ((hash >> 16) % (65536 - ENCAP_SPORT_MIN as u32)) as u16
+}
+
 /// The largest VNI (24 bits).
 pub const VNI_MAX: u32 = 0x00FF_FFFF;

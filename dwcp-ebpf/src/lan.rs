@@ -15,9 +15,9 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use dwcp_common::{
-    flow_hash, group_slot, wire::*, ClassifierKey, FlowSampleRecord, GatewayConfig, HandoffMeta,
-    LinkConfig, Neighbour, NeighbourKey, NextHop, NextHopTable, PolicerKey, QosPolicy, Reason,
-    Route, CLASSIFY_DST_PORT, CLASSIFY_SRC_PORT, CONFIG_F_POLICING, CONFIG_F_READY,
+    bucket_of, flow_hash, group_slot, wire::*, ClassifierKey, FlowSampleRecord, GatewayConfig,
+    HandoffMeta, LinkConfig, Neighbour, NeighbourKey, NextHop, NextHopTable, PolicerKey, QosPolicy,
+    Reason, Route, CLASSIFY_DST_PORT, CLASSIFY_SRC_PORT, CONFIG_F_POLICING, CONFIG_F_READY,
     HANDOFF_META_MAGIC, LINK_F_ADMIN_DOWN, LINK_F_MONITORED, MAX_GROUP_MEMBERS, NHG_BUCKETS,
     NH_F_HANDOFF, NH_F_VALID, POLICER_ANY_GROUP, POLICE_DROP, QOS_F_REWRITE,
 };
@@ -370,8 +370,7 @@ pub fn forward(ctx: &XdpContext, from: u32) -> Result<u32, Reason> {
         return Err(Reason::LanPassNoGroup);
     }
     let hash = flow_hash(&p.key, seed);
-    let bucket =
-        bounded((hash % NHG_BUCKETS as u32) as usize, NHG_BUCKETS).ok_or(Reason::LanPassNoGroup)?;
+    let bucket = bounded(bucket_of(hash), NHG_BUCKETS).ok_or(Reason::LanPassNoGroup)?;
     let member = table.buckets[bucket] as u32;
     let mut clock = Clock(0);
     let (nh_id, nh) = pick_nexthop(table, member, &mut clock, from)?;
@@ -609,7 +608,7 @@ fn write_outer(
         + (((l[2] as u32) << 8) | l[3] as u32)
         + (((r[0] as u32) << 8) | r[1] as u32)
         + (((r[2] as u32) << 8) | r[3] as u32);
-    let sport = ENCAP_SPORT_MIN + ((hash >> 16) % (65536 - ENCAP_SPORT_MIN as u32)) as u16;
+    let sport = encap_source_port(hash);
     unsafe {
         (*eth).dst = neigh.mac;
         (*eth).src = neigh.if_mac;

@@ -20,8 +20,8 @@ enum Cmd {
     BuildEbpf,
     /// Lint the eBPF crate (outside the workspace's default members) with `-D warnings`.
     ClippyEbpf,
-    /// Run a benchmark (dwcp-agent/examples/bench_<name>.rs, release build) and record its
-    /// table in docs/BENCHMARKS.md; or the criterion benchmark dwcp-agent/benches/<name>.rs,
+    /// Run a benchmark (dwcp-lab/examples/bench_<name>.rs, release build) and record its
+    /// table in docs/BENCHMARKS.md; or the criterion benchmark dwcp-lab/benches/<name>.rs,
     /// which records its own section.
     Bench {
         /// dataplane, forwarding, failover, routing, updater, tunnels, utilisation, ...
@@ -126,25 +126,25 @@ fn bench(name: &str, args: &[String]) -> Result<()> {
     let root = root();
     let example = format!("bench_{name}");
     if !root
-        .join("dwcp-agent/examples")
+        .join("dwcp-lab/examples")
         .join(format!("{example}.rs"))
         .exists()
     {
-        // A criterion benchmark (dwcp-agent/benches/<name>.rs) records its own section of
+        // A criterion benchmark (dwcp-lab/benches/<name>.rs) records its own section of
         // docs/BENCHMARKS.md and its figures in target/bench/<name>.json.
         if root
-            .join("dwcp-agent/benches")
+            .join("dwcp-lab/benches")
             .join(format!("{name}.rs"))
             .exists()
         {
             return run(Command::new("cargo")
                 .current_dir(&root)
-                .args(["bench", "-p", "dwcp-agent", "--bench", name, "--"])
+                .args(["bench", "-p", "dwcp-lab", "--bench", name, "--"])
                 .args(args));
         }
         bail!(
-            "no benchmark named {name} (dwcp-agent/examples/{example}.rs or \
-             dwcp-agent/benches/{name}.rs)"
+            "no benchmark named {name} (dwcp-lab/examples/{example}.rs or \
+             dwcp-lab/benches/{name}.rs)"
         );
     }
     std::fs::create_dir_all(root.join("target/bench"))?;
@@ -155,7 +155,7 @@ fn bench(name: &str, args: &[String]) -> Result<()> {
             "--quiet",
             "--release",
             "-p",
-            "dwcp-agent",
+            "dwcp-lab",
             "--example",
             &example,
             "--",
@@ -198,8 +198,12 @@ fn lab(args: &[String]) -> Result<()> {
             "dwcp-agent",
             "--bin",
             "dwcp-agent",
+            "-p",
+            "dwcp-cli",
             "--bin",
             "dwcp",
+            "-p",
+            "dwcp-lab",
             "--example",
             "lab",
         ])
@@ -233,7 +237,7 @@ fn main() -> Result<()> {
             "run",
             "--quiet",
             "-p",
-            "dwcp-agent",
+            "dwcp-lab",
             "--example",
             "two_region_demo",
         ])),

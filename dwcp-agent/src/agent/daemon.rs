@@ -16,20 +16,24 @@ use std::{
 use aya::maps::{Array, Map, MapData};
 use dwcp_common::{maps::names, maps::programs, LinkState};
 use thiserror::Error;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{broadcast, mpsc, watch};
 use tracing::{error, info, warn};
 
-use super::{
+use dwcp_control::{
+    bandwidth::{FileStore, LinkId as TeLinkId, Network, ReservationManager},
     config::{AgentConfig, ConfigError, LocalLink, ProbeSenderMode},
-    input::{Input, NextReservationChange, Now, TimedInput},
-    netlink::{NetlinkError, NetlinkWatcher},
+    input::{Input, NextReservationChange, TimedInput},
     state::{AgentError, AgentState},
-    AgentCommand, AgentHandle, CommandError,
+    view::{AgentEvent, AgentSnapshot},
+};
+use dwcp_dataplane::{Dataplane, DataplaneError, LinkAdoption, LinkStateMap, Pinning, EBPF_OBJECT};
+
+use super::{
+    netlink::{NetlinkError, NetlinkWatcher},
+    now, reservation_events, AgentCommand, AgentHandle, CommandError,
 };
 use crate::{
     api::{ApiContext, RunningApi},
-    bandwidth::{FileStore, LinkId as TeLinkId, Network, ReservationManager},
-    dataplane::{Dataplane, DataplaneError, LinkAdoption, Pinning, EBPF_OBJECT},
     health::{HealthEvent, HealthMonitor, RegionState},
     probe::{
         open_probe_socket, LinkEvent, LinkMonitor, ProbeCounts, ProbeLink, ProbeSender, SenderError,
@@ -68,13 +72,13 @@ pub enum DaemonError {
     #[error("signal handler: {0}")]
     Signal(std::io::Error),
     #[error(transparent)]
-    Reservations(#[from] crate::bandwidth::BandwidthError),
+    Reservations(#[from] dwcp_control::bandwidth::BandwidthError),
     #[error(transparent)]
     Api(#[from] crate::api::ServeError),
     #[error(transparent)]
     Metrics(#[from] crate::telemetry::TelemetryError),
     #[error("WireGuard hand-off policy routing: {0}")]
-    Handoff(#[from] crate::tunnels::error::TunnelError),
+    Handoff(#[from] dwcp_tunnels::error::TunnelError),
 }
 
 /// How the daemon is started.
@@ -197,22 +201,13 @@ impl Probes {
     }
 }
 
-impl ProbeCounts for Box<dyn ProbeCounts + Send> {
-    fn links(&self) -> Vec<u32> {
-        (**self).links()
-    }
-    fn sent(&self, link_id: u32) -> Option<u64> {
-        (**self).sent(link_id)
-    }
-    fn set_reprobe_backoff(&self, link_id: u32, dead: bool) {
-        (**self).set_reprobe_backoff(link_id, dead)
-    }
-}
-
 /// The started daemon: state owner, tasks and channels.
 pub struct Daemon {
     options: DaemonOptions,
-    state: AgentState,
+    state: AgentState<Dataplane>,
+    /// Where the state owner's events and snapshots go after each step (`publish`).
+    events: broadcast::Sender<AgentEvent>,
+    snapshot: watch::Sender<Arc<AgentSnapshot>>,
     inputs: mpsc::Receiver<Input>,
     input_tx: mpsc::Sender<Input>,
     commands: mpsc::Receiver<AgentCommand>,
@@ -305,8 +300,10 @@ impl Daemon {
         let mut tasks = Vec::new();
         let watcher = NetlinkWatcher::subscribe()?;
         let initial = watcher.dump().await?;
-        let now = Now::system();
+        let now = now();
         let mut state = AgentState::new(config.clone(), dataplane, now)?;
+        let (events, _) = broadcast::channel(1024);
+        let (snapshot, _) = watch::channel(state.snapshot().clone());
         let mut handoffs = super::handoff::Handoffs::open().await?;
         state.set_handoff_problems(handoffs.sync(&config).await);
         let mut record = match &options.record {
@@ -328,6 +325,7 @@ impl Daemon {
             let _ = state.handle(input, now);
         }
         state.on_timer(now);
+        publish(&mut state, &events, &snapshot);
         let adopted = state.adopted();
         if let Some(u) = state.last_update() {
             info!(
@@ -364,13 +362,11 @@ impl Daemon {
                 })?;
             // The first computation's route changes happened before anyone could subscribe.
             for change in state.history() {
-                if let Ok(json) =
-                    serde_json::to_string(&super::AgentEvent::RouteChanged(change.clone()))
-                {
+                if let Ok(json) = serde_json::to_string(&AgentEvent::RouteChanged(change.clone())) {
                     let _ = writeln!(file, "{json}");
                 }
             }
-            let mut events = state.subscribe();
+            let mut events = events.subscribe();
             tasks.push(tokio::spawn(async move {
                 loop {
                     match events.recv().await {
@@ -415,8 +411,8 @@ impl Daemon {
         }
         let manager = Arc::new(std::sync::Mutex::new(manager));
         let handle = AgentHandle {
-            snapshot: state.snapshot(),
-            events: state.event_sender(),
+            snapshot: snapshot.subscribe(),
+            events: events.clone(),
             commands: command_tx.clone(),
         };
         let api = if config.api.socket.is_some() || config.api.tcp_listen.is_some() {
@@ -436,10 +432,7 @@ impl Daemon {
             // when one starts or ends (the clock): both are watched.
             let tx = input_tx.clone();
             let manager = manager.clone();
-            let mut changes = manager
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .subscribe();
+            let mut changes = reservation_events(&manager);
             tasks.push(tokio::spawn(async move {
                 let mut tick = tokio::time::interval(Duration::from_secs(1));
                 let mut last = None;
@@ -461,7 +454,7 @@ impl Daemon {
                         if let Err(e) = m.expire(now) {
                             warn!(error = %e, "expiring reservations");
                         }
-                        let active: Vec<crate::bandwidth::Reservation> =
+                        let active: Vec<dwcp_control::bandwidth::Reservation> =
                             m.active_at(now).cloned().collect();
                         let next = m.next_change_after(now).map(|at| NextReservationChange {
                             at_unix_s: at,
@@ -497,7 +490,7 @@ impl Daemon {
         let (link_tx, mut link_rx) = mpsc::channel::<LinkEvent>(1024);
         let monitor = LinkMonitor::new(
             config.monitor,
-            open_link_state(&config.pin_dir)?,
+            LinkStateMap(open_link_state(&config.pin_dir)?),
             probes.counts(),
             link_tx,
         )?;
@@ -596,6 +589,8 @@ impl Daemon {
         Ok(Daemon {
             options,
             state,
+            events,
+            snapshot,
             inputs,
             input_tx,
             commands,
@@ -617,8 +612,8 @@ impl Daemon {
     pub fn handle(&self) -> AgentHandle {
         // The same handle the API and the metrics were given.
         AgentHandle {
-            snapshot: self.state.snapshot(),
-            events: self.state.event_sender(),
+            snapshot: self.snapshot.subscribe(),
+            events: self.events.clone(),
             commands: self.command_tx.clone(),
         }
     }
@@ -628,8 +623,21 @@ impl Daemon {
         self.input_tx.clone()
     }
 
-    pub fn state(&self) -> &AgentState {
+    pub fn state(&self) -> &AgentState<Dataplane> {
         &self.state
+    }
+
+    /// Answers an operator command.
+    fn command(&mut self, cmd: AgentCommand) {
+        match cmd {
+            AgentCommand::SetLinkAdmin { link, up, reply } => {
+                let r = self.state.handle(Input::LinkAdmin { link, up }, now());
+                let _ = reply.send(r.map(|_| ()));
+            }
+            AgentCommand::Reload { reply } => {
+                let _ = reply.send(self.state.reload_config(now()));
+            }
+        }
     }
 
     fn handle_input(&mut self, input: Input) {
@@ -641,7 +649,7 @@ impl Daemon {
             self.handoffs_dirty = true;
         }
         let generation = self.state.config_generation();
-        if let Err(e) = self.state.handle(input, Now::system()) {
+        if let Err(e) = self.state.handle(input, now()) {
             // The state owner has logged it with its context already.
             tracing::debug!("input refused: {e}");
         }
@@ -666,7 +674,7 @@ impl Daemon {
         loop {
             let sleep = match self.state.next_deadline() {
                 Some(t) => {
-                    let now = Now::system().mono_ns;
+                    let now = now().mono_ns;
                     Duration::from_nanos(t.saturating_sub(now))
                 }
                 None => Duration::from_secs(3600),
@@ -684,7 +692,7 @@ impl Daemon {
                     if let Some(cmd) = cmd {
                         self.record_command(&cmd);
                         let generation = self.state.config_generation();
-                        self.state.command(cmd, Now::system());
+                        self.command(cmd);
                         if self.state.config_generation() != generation {
                             let config = self.state.config().clone();
                             self.probes.sync(&config);
@@ -713,7 +721,8 @@ impl Daemon {
             }
             let views = self.link_views.borrow().clone();
             self.state.set_link_views(views);
-            self.state.on_timer(Now::system());
+            self.state.on_timer(now());
+            publish(&mut self.state, &self.events, &self.snapshot);
         }
         for t in &self.tasks {
             t.abort();
@@ -810,8 +819,8 @@ async fn read_flow_samples(
         let mut samples = Vec::new();
         let ring = guard.get_inner_mut();
         while let Some(item) = ring.next() {
-            if let Some(r) = crate::dataplane::decode_sample(&item) {
-                samples.push(crate::traffic::SampledPacket::from(&r));
+            if let Some(r) = dwcp_dataplane::decode_sample(&item) {
+                samples.push(dwcp_control::traffic::SampledPacket::from(&r));
             }
         }
         guard.clear_ready();
@@ -819,5 +828,20 @@ async fn read_flow_samples(
             return;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Hands the state owner's new events and snapshot to the operator side. No subscriber is
+/// fine: the snapshot is kept for the next one, events are only for those listening.
+fn publish(
+    state: &mut AgentState<Dataplane>,
+    events: &broadcast::Sender<AgentEvent>,
+    snapshot: &watch::Sender<Arc<AgentSnapshot>>,
+) {
+    for event in state.take_events() {
+        let _ = events.send(event);
+    }
+    if let Some(s) = state.take_snapshot() {
+        snapshot.send_replace(s);
     }
 }

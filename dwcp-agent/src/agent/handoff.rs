@@ -28,8 +28,8 @@ use std::{
 
 use tracing::{info, warn};
 
-use super::config::AgentConfig;
-use crate::tunnels::{
+use dwcp_control::config::AgentConfig;
+use dwcp_tunnels::{
     error::TunnelError,
     handoff,
     netns::NetnsTarget,
@@ -184,7 +184,7 @@ pub async fn remove_all(config: &AgentConfig) -> Result<usize, TunnelError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tunnels::wireguard::{PeerStatus, PublicKey};
+    use dwcp_tunnels::wireguard::{PeerStatus, PublicKey};
 
     fn peer(keepalive: Option<u16>, handshake_s_ago: Option<u64>, now: SystemTime) -> PeerStatus {
         PeerStatus {

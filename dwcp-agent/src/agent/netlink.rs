@@ -17,7 +17,7 @@ use rtnetlink::{
 use thiserror::Error;
 use tokio::sync::mpsc;
 
-use super::{config::Mac, input::Input};
+use dwcp_control::{config::Mac, input::Input};
 
 #[derive(Debug, Error)]
 pub enum NetlinkError {

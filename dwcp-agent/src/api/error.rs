@@ -8,16 +8,10 @@ use axum::{
     response::{IntoResponse, Response},
     Json,
 };
-use serde::{Deserialize, Serialize};
 
-use crate::{agent::CommandError, bandwidth::BandwidthError};
+use dwcp_control::{bandwidth::BandwidthError, view::CommandError};
 
-/// The body of every error response.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ErrorBody {
-    pub error: String,
-    pub status: u16,
-}
+pub use dwcp_control::view::ErrorBody;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {

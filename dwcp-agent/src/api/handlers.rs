@@ -25,12 +25,13 @@ use super::{
     views::*,
     ApiContext,
 };
+use dwcp_control::bandwidth::{
+    Admission, BandwidthError, ExtendRequest, Reservation, ReservationId, ReservationManager,
+    ReservationRequest,
+};
+
 use crate::{
     agent::{AgentCommand, AgentSnapshot, ClassView, LinkView, RouteChange, RouteView, TunnelView},
-    bandwidth::{
-        Admission, BandwidthError, ExtendRequest, Reservation, ReservationId, ReservationManager,
-        ReservationRequest,
-    },
     telemetry::unix_now,
 };
 
@@ -167,7 +168,7 @@ pub async fn classes(State(ctx): State<ApiContext>) -> Json<Vec<ClassView>> {
     Json(ctx.snapshot().classes.clone())
 }
 
-pub async fn flows(State(ctx): State<ApiContext>) -> Json<crate::traffic::FlowsView> {
+pub async fn flows(State(ctx): State<ApiContext>) -> Json<dwcp_control::traffic::FlowsView> {
     Json(ctx.snapshot().flows.clone())
 }
 
@@ -244,7 +245,7 @@ pub async fn events(
     };
     let reservations: EventStream = match &ctx.reservations {
         Some(m) => {
-            let rx = m.lock().unwrap_or_else(|p| p.into_inner()).subscribe();
+            let rx = crate::agent::reservation_events(m);
             let owner = q.owner.clone();
             Box::pin(
                 BroadcastStream::new(rx)

@@ -21,12 +21,12 @@
 //! | GET | `/v1/events?owner=` | server-sent events: `agent`, `reservation`, `lagged` |
 //! | POST | `/v1/reload` | re-read the configuration |
 
-pub mod client;
 mod error;
 mod extract;
-pub mod fixtures;
 mod handlers;
-pub mod views;
+
+/// The bodies of the API's requests and responses (shared with the CLI).
+pub use dwcp_control::view as views;
 
 use std::{
     future::Future,
@@ -45,7 +45,6 @@ use axum::{
     routing::{get, put},
     Router,
 };
-use serde::{Deserialize, Serialize};
 use tokio::{
     net::{TcpListener, UnixListener},
     sync::watch,
@@ -55,48 +54,14 @@ use tracing::{info, warn};
 
 pub use error::{ApiError, ErrorBody, ServeError};
 
-use crate::{agent::AgentHandle, bandwidth::ReservationManager};
+use dwcp_control::bandwidth::ReservationManager;
 
-pub const DEFAULT_SOCKET: &str = "/run/dwcp/agent.sock";
-pub const DEFAULT_SOCKET_MODE: u32 = 0o660;
-pub const DEFAULT_MAX_BODY_BYTES: usize = 64 * 1024;
-pub const DEFAULT_COMMAND_TIMEOUT_MS: u64 = 5_000;
-/// Shortest bearer token accepted (128 bits as hex is 32).
-pub const MIN_TOKEN_LEN: usize = 32;
+use crate::agent::AgentHandle;
 
-/// `[api]` of agent.toml.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct ApiConfig {
-    /// Unix socket of the API (none: no socket).
-    pub socket: Option<PathBuf>,
-    /// Permissions of the socket (TOML accepts `0o660`).
-    pub socket_mode: u32,
-    /// Group that owns the socket, so that its members may use it (default: root's group).
-    pub socket_group: Option<String>,
-    /// Also serve on TCP at this address; requires `token_file`.
-    pub tcp_listen: Option<SocketAddr>,
-    /// File holding the bearer token of the TCP API (at least 32 characters).
-    pub token_file: Option<PathBuf>,
-    /// Largest request body accepted.
-    pub max_body_bytes: usize,
-    /// How long a request waits for the agent to take and answer a command.
-    pub command_timeout_ms: u64,
-}
-
-impl Default for ApiConfig {
-    fn default() -> Self {
-        ApiConfig {
-            socket: Some(DEFAULT_SOCKET.into()),
-            socket_mode: DEFAULT_SOCKET_MODE,
-            socket_group: None,
-            tcp_listen: None,
-            token_file: None,
-            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
-            command_timeout_ms: DEFAULT_COMMAND_TIMEOUT_MS,
-        }
-    }
-}
+pub use dwcp_control::config::{
+    ApiConfig, DEFAULT_COMMAND_TIMEOUT_MS, DEFAULT_MAX_BODY_BYTES, DEFAULT_SOCKET,
+    DEFAULT_SOCKET_MODE, MIN_TOKEN_LEN,
+};
 
 /// What the handlers share.
 #[derive(Clone)]
@@ -392,6 +357,3 @@ impl RunningApi {
         result
     }
 }
-
-#[cfg(test)]
-mod tests;

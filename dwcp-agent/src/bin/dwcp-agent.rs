@@ -16,13 +16,9 @@ use std::path::PathBuf;
 
 use anyhow::Context as _;
 use clap::Parser;
-use dwcp_agent::{
-    agent::{
-        config::{AgentConfig, DEFAULT_CONFIG_PATH},
-        daemon::{Daemon, DaemonOptions},
-    },
-    dataplane::{unpin_all, unpin_links},
-};
+use dwcp_agent::agent::daemon::{Daemon, DaemonOptions};
+use dwcp_control::config::{AgentConfig, DEFAULT_CONFIG_PATH};
+use dwcp_dataplane::{unpin_all, unpin_links};
 
 #[derive(Parser)]
 #[command(about = "dwcp gateway agent: keeps the XDP fast path programmed")]
@@ -89,7 +85,7 @@ fn main() -> anyhow::Result<()> {
         let path = PathBuf::from("/run/netns").join(ns);
         let file = std::fs::File::open(&path)
             .with_context(|| format!("opening network namespace {}", path.display()))?;
-        dwcp_agent::netlab::enter(&file)
+        dwcp_tunnels::netns::enter(&file)
             .with_context(|| format!("entering network namespace {ns}"))?;
     }
     if args.remove {

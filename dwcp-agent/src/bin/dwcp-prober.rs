@@ -14,7 +14,7 @@ use dwcp_agent::prober::{Prober, ProberConfig};
 #[command(about = "Sends dwcp's link probes from the links in the agent's pinned maps")]
 struct Args {
     /// The agent's pin directory.
-    #[arg(long, default_value = dwcp_agent::dataplane::DEFAULT_PIN_DIR)]
+    #[arg(long, default_value = dwcp_dataplane::DEFAULT_PIN_DIR)]
     pin_dir: PathBuf,
     /// Network namespace (under /run/netns) to probe from, instead of the current one.
     #[arg(long)]
@@ -48,7 +48,7 @@ fn main() -> anyhow::Result<()> {
         let path = PathBuf::from("/run/netns").join(ns);
         let file = std::fs::File::open(&path)
             .with_context(|| format!("opening network namespace {}", path.display()))?;
-        dwcp_agent::netlab::enter(&file)
+        dwcp_tunnels::netns::enter(&file)
             .with_context(|| format!("entering network namespace {ns}"))?;
     }
     if args.rt_priority > 0 {

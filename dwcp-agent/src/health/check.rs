@@ -1,7 +1,7 @@
 //! Running one check: a TCP connect, or an HTTP/1.1 GET whose status line is compared with
 //! the expected statuses. Plain HTTP only (no TLS).
 
-use std::{fmt, io, net::SocketAddr, time::Duration};
+use std::{io, net::SocketAddr, time::Duration};
 
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
@@ -9,40 +9,10 @@ use tokio::{
     time::Instant,
 };
 
-use super::CheckTarget;
+use super::{CheckFailure, CheckTarget};
 
 /// Largest response head read before giving up.
 const MAX_HEAD: usize = 16 * 1024;
-
-/// Why a check failed.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "snake_case", tag = "failure")]
-pub enum CheckFailure {
-    /// Connection refused: nothing listens.
-    Refused,
-    /// No complete answer within the timeout.
-    Timeout,
-    /// Another socket error (unreachable, reset...).
-    Io { message: String },
-    /// The server answered with a status not expected.
-    BadStatus { got: u16, expected: Vec<u16> },
-    /// The answer is not HTTP, or ends early.
-    BadResponse { message: String },
-}
-
-impl fmt::Display for CheckFailure {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            CheckFailure::Refused => write!(f, "connection refused"),
-            CheckFailure::Timeout => write!(f, "timed out"),
-            CheckFailure::Io { message } => write!(f, "{message}"),
-            CheckFailure::BadStatus { got, expected } => {
-                write!(f, "status {got}, expected one of {expected:?}")
-            }
-            CheckFailure::BadResponse { message } => write!(f, "bad response: {message}"),
-        }
-    }
-}
 
 fn io_failure(e: io::Error) -> CheckFailure {
     match e.kind() {

@@ -1,24 +1,17 @@
-//! Link probing, userspace half: the sender that puts a probe request on every underlay link
-//! at a fixed interval, and the monitor that turns the kernel's per-link measurements
-//! (`LINK_STATE`, filled by the underlay XDP program from the reflected replies) into link
-//! events for the route updater.
+//! Link probing, the I/O half: the sender that puts a probe request on every underlay link at
+//! a fixed interval, and the monitor task that reads the kernel's per-link measurements
+//! (`LINK_STATE`, filled by the underlay XDP program from the reflected replies) and turns
+//! them, through `dwcp_control::liveness`, into link events for the state owner.
 //!
 //! The kernel decides liveness on its own (a next hop whose link has not answered for
 //! `detect_ns` is skipped without waiting for us); the monitor applies the same rule to the
 //! same map values so the agent's view agrees with what the fast path does.
 
-mod backoff;
-mod loss;
 mod monitor;
 mod sender;
 
-pub use backoff::Backoff;
-pub use loss::LossWindow;
-pub use monitor::{
-    kernel_usable, DegradeReason, DownReason, LinkEvent, LinkEventKind, LinkMonitor,
-    LinkStateReadError, LinkStateSource, LinkStatus, LinkTracker, LinkView, MonitorConfig,
-    MonitorConfigError, ProbeCounts, TrackerOutput,
-};
+pub use dwcp_control::liveness::*;
+pub use monitor::LinkMonitor;
 pub use sender::{
     open_probe_socket, ProbeHandle, ProbeLink, ProbeSender, SenderConfig, SenderError,
 };

@@ -29,6 +29,7 @@ use std::{
 
 use aya::maps::{Array, Map, MapData, MapError};
 use dwcp_common::{maps::names, LinkConfig, LinkState, NextHop};
+use dwcp_dataplane::LinkStateMap;
 use thiserror::Error;
 use tokio::sync::mpsc;
 
@@ -145,7 +146,7 @@ pub struct Prober {
     sent_map: Array<MapData, u64>,
     sender: ProbeSender,
     handle: ProbeHandle,
-    monitor: LinkMonitor<Array<MapData, LinkState>, ProbeHandle>,
+    monitor: LinkMonitor<LinkStateMap<MapData>, ProbeHandle>,
     events: mpsc::Receiver<LinkEvent>,
     probed: BTreeMap<u32, ProbeLink>,
     /// Problems of the last rescan, so each is logged once and not every second.
@@ -160,7 +161,12 @@ impl Prober {
         let sender = ProbeSender::new(config.sender)?;
         let handle = sender.handle();
         let (tx, events) = mpsc::channel(64);
-        let monitor = LinkMonitor::new(config.monitor, open_link_state(&dir)?, handle.clone(), tx)?;
+        let monitor = LinkMonitor::new(
+            config.monitor,
+            LinkStateMap(open_link_state(&dir)?),
+            handle.clone(),
+            tx,
+        )?;
         let mut prober = Prober {
             nexthops: open_array(&dir, names::NEXTHOPS)?,
             link_config: open_array(&dir, names::LINK_CONFIG)?,

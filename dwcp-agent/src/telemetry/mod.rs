@@ -17,7 +17,6 @@ use std::{
         atomic::{AtomicU64, Ordering},
         Arc, Mutex,
     },
-    time::{SystemTime, UNIX_EPOCH},
 };
 
 use axum::{
@@ -28,40 +27,19 @@ use axum::{
     Router,
 };
 use prometheus_client::{encoding::text::encode, registry::Registry};
-use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast, watch};
 
 pub use collector::{ReservationFigures, SnapshotCollector};
 
-use crate::{
-    agent::{AgentHandle, AgentSnapshot},
-    bandwidth::{ReservationEvent, ReservationManager},
-};
+use dwcp_control::bandwidth::{ReservationEvent, ReservationManager};
+
+use crate::agent::{AgentHandle, AgentSnapshot};
 
 pub const OPENMETRICS_CONTENT_TYPE: &str =
     "application/openmetrics-text; version=1.0.0; charset=utf-8";
 pub const PROMETHEUS_TEXT_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
-/// Default metrics address: loopback only; expose it deliberately.
-pub const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:9470";
-
-/// `[metrics]` of agent.toml.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct MetricsConfig {
-    pub enabled: bool,
-    /// Address of the `/metrics` endpoint.
-    pub listen: SocketAddr,
-}
-
-impl Default for MetricsConfig {
-    fn default() -> Self {
-        MetricsConfig {
-            enabled: true,
-            listen: DEFAULT_METRICS_LISTEN.parse().expect("valid default"),
-        }
-    }
-}
+pub use dwcp_control::config::{MetricsConfig, DEFAULT_METRICS_LISTEN};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TelemetryError {
@@ -91,10 +69,7 @@ impl ReservationEventCounts {
     /// Subscribes to `manager` and counts its notifications until it is dropped.
     pub fn spawn(manager: &Mutex<ReservationManager>) -> Arc<ReservationEventCounts> {
         let counts = Arc::new(ReservationEventCounts::default());
-        let mut rx = manager
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .subscribe();
+        let mut rx = crate::agent::reservation_events(manager);
         let c = counts.clone();
         tokio::spawn(async move {
             loop {
@@ -152,11 +127,7 @@ pub struct Exporter {
     reservations: Option<Reservations>,
 }
 
-pub fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
+pub use dwcp_control::input::unix_now;
 
 impl Exporter {
     pub fn new(handle: &AgentHandle) -> Exporter {
@@ -297,6 +268,3 @@ impl RunningMetrics {
             .map_err(|e| TelemetryError::Serve(std::io::Error::other(e)))?
     }
 }
-
-#[cfg(test)]
-mod tests;

@@ -1,0 +1,384 @@
+//! What the state owner publishes and the operator side reads: the snapshot, its views, the
+//! events, and the bodies of the API's requests and responses. (De)serialisable both ways, so
+//! the CLI reads what the server writes with the same types.
+
+use std::{net::IpAddr, sync::Arc};
+
+use serde::{Deserialize, Serialize};
+
+/// Health of an underlay link as the agent sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LinkHealth {
+    Up,
+    Degraded,
+    Down,
+    /// Administratively down (`dwcp link down`).
+    AdminDown,
+    /// Not measured by this gateway (a remote link: configured figures).
+    Unmeasured,
+}
+
+/// One inter-region link.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LinkView {
+    pub id: u32,
+    pub name: String,
+    pub a: String,
+    pub b: String,
+    /// Local underlay interface, if this gateway terminates the link.
+    pub interface: Option<String>,
+    pub health: LinkHealth,
+    pub rtt_seconds: Option<f64>,
+    pub jitter_seconds: Option<f64>,
+    pub loss_ratio: Option<f64>,
+    pub capacity_bps: u64,
+    pub utilisation_ratio: Option<f64>,
+    /// Utilisation after the reservations' next start or end (at `projected_at_unix_s`, or
+    /// with today's reservations if none is due): today's unreserved traffic plus what will
+    /// be reserved then, reservations counted in full. Links this gateway terminates only.
+    #[serde(default)]
+    pub projected_utilisation_ratio: Option<f64>,
+    #[serde(default)]
+    pub projected_at_unix_s: Option<u64>,
+    pub throughput_bps: Option<f64>,
+    pub probes_sent: u64,
+    pub probes_received: u64,
+}
+
+/// One path of a route.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PathView {
+    pub regions: Vec<String>,
+    pub links: Vec<u32>,
+    pub latency_seconds: f64,
+    pub role: PathRole,
+    /// Integer weight in the fast path's group (0 = standby, used only on failover).
+    pub weight: u32,
+    pub next_hop: u32,
+    pub live: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PathRole {
+    Primary,
+    Ecmp,
+    Secondary,
+}
+
+/// The route to one destination region as programmed.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RouteView {
+    pub destination: String,
+    pub prefixes: Vec<String>,
+    pub strategy: String,
+    pub group_id: u32,
+    pub paths: Vec<PathView>,
+    /// Why the route is what it is (e.g. "min latency 80 ms via eu-west-1; link 3 down").
+    pub reason: String,
+}
+
+/// One entry of the bounded route history.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RouteChange {
+    pub at_unix_ms: u64,
+    pub destination: String,
+    pub reason: String,
+    /// Paths (link ids) before and after: primary, ECMP, then secondaries.
+    pub before: Vec<Vec<u32>>,
+    pub after: Vec<Vec<u32>>,
+    /// Weight of each path in `before` / `after` in the next-hop group (0 = standby).
+    #[serde(default)]
+    pub before_weights: Vec<u32>,
+    #[serde(default)]
+    pub after_weights: Vec<u32>,
+}
+
+/// Health of a tunnel device as its manager last checked it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TunnelState {
+    Up,
+    Degraded,
+    Down,
+}
+
+/// One tunnel device (VXLAN, WireGuard, ...) carrying an inter-region link.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TunnelView {
+    pub name: String,
+    /// `vxlan`, `wireguard`, ...
+    pub kind: String,
+    /// The inter-region link it carries, if any.
+    pub link: Option<u32>,
+    pub interface: Option<String>,
+    pub state: TunnelState,
+    pub mtu: Option<u32>,
+    /// WireGuard only: when the peer last completed a handshake.
+    pub last_handshake_unix_s: Option<f64>,
+    pub handshake_age_seconds: Option<f64>,
+    pub rx_bytes: u64,
+    pub tx_bytes: u64,
+    /// How the device differs from its spec (empty when healthy).
+    pub problems: Vec<String>,
+    /// Underlay address of this end.
+    #[serde(default)]
+    pub local_ip: Option<String>,
+    /// Underlay address of the far end (the peer gateway).
+    #[serde(default)]
+    pub remote_ip: Option<String>,
+    /// VXLAN network identifier (VXLAN tunnels).
+    #[serde(default)]
+    pub vni: Option<u32>,
+}
+
+/// Fast-path counters (summed over CPUs).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct CounterView {
+    /// (next hop id, packets, bytes)
+    pub nexthops: Vec<(u32, u64, u64)>,
+    /// (class name, packets, bytes)
+    pub classes: Vec<(String, u64, u64)>,
+    /// (reason name, count)
+    pub reasons: Vec<(String, u64)>,
+}
+
+/// One QoS class as the fast path forwards it (`CLASS_STATS`, all CPUs).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ClassView {
+    pub class: String,
+    pub packets: u64,
+    pub bytes: u64,
+    /// Rate over the last counters interval (inner packets); none before two reads.
+    pub throughput_bps: Option<f64>,
+    pub packets_per_sec: Option<f64>,
+    /// Moving average of the rate.
+    pub smoothed_throughput_bps: Option<f64>,
+    /// Rate the active reservations of this class hold on this gateway's links.
+    pub reserved_bps: u64,
+    /// Rate offered in this class, estimated from sampled packets (before any policer), over
+    /// all destinations: the traffic engineer's demand in TE mode.
+    #[serde(default)]
+    pub offered_bps: f64,
+}
+
+/// Everything the operator view shows. Immutable; a new one replaces it after each change.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct AgentSnapshot {
+    pub gateway: String,
+    pub region: String,
+    pub version: String,
+    pub started_unix_ms: u64,
+    pub config_generation: u64,
+    pub topology_generation: u64,
+    pub regions: Vec<String>,
+    pub links: Vec<LinkView>,
+    pub routes: Vec<RouteView>,
+    /// Absent in snapshots of an agent without a tunnel manager.
+    #[serde(default)]
+    pub tunnels: Vec<TunnelView>,
+    pub history: Vec<Arc<RouteChange>>,
+    pub counters: CounterView,
+    /// Per QoS class: what the fast path forwarded, and at what rate.
+    #[serde(default)]
+    pub classes: Vec<ClassView>,
+    /// The heaviest flows of the current window, from sampled packets.
+    #[serde(default)]
+    pub flows: crate::traffic::FlowsView,
+    pub failovers_total: u64,
+    pub route_changes_total: u64,
+}
+
+/// What happened, for the event stream (API) and subscribers.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum AgentEvent {
+    LinkDown { link: u32, reason: String },
+    LinkUp { link: u32 },
+    LinkDegraded { link: u32, reason: String },
+    LinkRecovered { link: u32 },
+    RouteChanged(RouteChange),
+    ConfigReloaded { generation: u64 },
+    ConfigRejected { error: String },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
+pub enum CommandError {
+    #[error("unknown link {0}")]
+    UnknownLink(u32),
+    #[error("invalid configuration: {0}")]
+    InvalidConfig(String),
+    #[error("the agent is shutting down")]
+    ShuttingDown,
+}
+
+/// A prefix as the API and the CLI print it.
+pub fn prefix_string(addr: IpAddr, len: u8) -> String {
+    format!("{addr}/{len}")
+}
+
+/// `GET /v1/status`
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StatusView {
+    pub gateway: String,
+    pub region: String,
+    pub version: String,
+    pub started_unix_ms: u64,
+    pub uptime_seconds: f64,
+    pub config_generation: u64,
+    pub topology_generation: u64,
+    pub links_total: usize,
+    /// Links this gateway measures and finds up (or degraded but usable).
+    pub links_up: usize,
+    pub links_down: usize,
+    /// Other regions, and how many of them have a live path.
+    pub regions_remote: usize,
+    pub regions_reachable: usize,
+    pub routes: usize,
+    pub tunnels: usize,
+    pub failovers_total: u64,
+    pub route_changes_total: u64,
+    /// Absent when the agent keeps no reservations.
+    pub reservations_active: Option<usize>,
+    pub reservations_stored: Option<usize>,
+}
+
+impl StatusView {
+    pub fn new(s: &AgentSnapshot, now_unix_ms: u64, reservations: Option<(usize, usize)>) -> Self {
+        let reachable = s
+            .routes
+            .iter()
+            .filter(|r| r.destination != s.region && r.paths.iter().any(|p| p.live))
+            .count();
+        StatusView {
+            gateway: s.gateway.clone(),
+            region: s.region.clone(),
+            version: s.version.clone(),
+            started_unix_ms: s.started_unix_ms,
+            uptime_seconds: now_unix_ms.saturating_sub(s.started_unix_ms) as f64 / 1e3,
+            config_generation: s.config_generation,
+            topology_generation: s.topology_generation,
+            links_total: s.links.len(),
+            links_up: s
+                .links
+                .iter()
+                .filter(|l| matches!(l.health, LinkHealth::Up | LinkHealth::Degraded))
+                .count(),
+            links_down: s
+                .links
+                .iter()
+                .filter(|l| matches!(l.health, LinkHealth::Down | LinkHealth::AdminDown))
+                .count(),
+            regions_remote: s.regions.iter().filter(|r| **r != s.region).count(),
+            regions_reachable: reachable,
+            routes: s.routes.len(),
+            tunnels: s.tunnels.len(),
+            failovers_total: s.failovers_total,
+            route_changes_total: s.route_changes_total,
+            reservations_active: reservations.map(|r| r.0),
+            reservations_stored: reservations.map(|r| r.1),
+        }
+    }
+}
+
+/// One link of `GET /v1/topology`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TopologyLink {
+    pub id: u32,
+    pub name: String,
+    pub a: String,
+    pub b: String,
+    pub capacity_bps: u64,
+    pub health: LinkHealth,
+    /// Whether this gateway terminates the link.
+    pub local: bool,
+}
+
+/// `GET /v1/topology`
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TopologyView {
+    pub gateway: String,
+    pub region: String,
+    pub generation: u64,
+    pub regions: Vec<String>,
+    pub links: Vec<TopologyLink>,
+}
+
+impl TopologyView {
+    pub fn new(s: &AgentSnapshot) -> Self {
+        TopologyView {
+            gateway: s.gateway.clone(),
+            region: s.region.clone(),
+            generation: s.topology_generation,
+            regions: s.regions.clone(),
+            links: s
+                .links
+                .iter()
+                .map(|l| TopologyLink {
+                    id: l.id,
+                    name: l.name.clone(),
+                    a: l.a.clone(),
+                    b: l.b.clone(),
+                    capacity_bps: l.capacity_bps,
+                    health: l.health,
+                    local: l.interface.is_some(),
+                })
+                .collect(),
+        }
+    }
+}
+
+/// Administrative state of a link.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AdminState {
+    Up,
+    Down,
+}
+
+/// `PUT /v1/links/{link}/admin` body.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminRequest {
+    pub state: AdminState,
+}
+
+/// `PUT /v1/links/{link}/admin` answer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AdminResponse {
+    pub link: u32,
+    pub name: String,
+    pub state: AdminState,
+}
+
+/// `POST /v1/reload` answer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReloadResponse {
+    pub generation: u64,
+}
+
+/// `GET /v1/history` query.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HistoryQuery {
+    /// Only changes of the route to this region.
+    pub destination: Option<String>,
+    /// Only the newest `limit` changes.
+    pub limit: Option<usize>,
+}
+
+/// `GET /v1/events` query.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventsQuery {
+    /// Only changes of this owner's reservations.
+    pub owner: Option<String>,
+}
+
+/// The body of every error response of the API: `{"error": "...", "status": N}`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: String,
+    pub status: u16,
+}

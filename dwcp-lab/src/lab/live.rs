@@ -1,0 +1,815 @@
+//! The lab `cargo xtask lab` runs: an N-region lab ([`super::multi`]) with a real
+//! `dwcp-agent` daemon on every region's gateway, that outlives the command that started it.
+//!
+//! `up` builds the namespaces (stable names `<prefix>-h<n>`, `-g<n>`, `-w<link>`), writes each
+//! gateway's agent.toml, starts the agents in their own process group, waits until every
+//! agent routes to every other region, and records the lab in a state directory (default
+//! `/run/dwcp-lab/lab.json`, next to the agents' configurations, logs, event files and API
+//! sockets). `status`, `fail`, `heal`, `traffic` and `down` find the lab there. `down` stops
+//! the agents and removes the namespaces, the pins (default under `/sys/fs/bpf/dwcp-lab/`) and
+//! the state directory; it also works without a state file (after a crash): it looks for the
+//! lab's namespaces by prefix and for agents by their configuration path.
+//!
+//! Frames the gateways redirect (native XDP) into the hosts' and wires' veths are accepted
+//! because those veths' ends carry an `XDP_PASS` program, attached through links pinned under
+//! `<pin root>/pass/`.
+
+use std::{
+    net::Ipv4Addr,
+    os::unix::process::CommandExt,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+use thiserror::Error;
+
+use super::{
+    multi::{self, LabPlan, MultiRegionLab, Naming, PlannedLink},
+    LabError,
+};
+use dwcp_common::maps::programs;
+
+use crate::netlab;
+use crate::netlab::Netns;
+use dwcp_agent::agent::LinkHealth;
+use dwcp_agent::agent::LinkView;
+use dwcp_agent::agent::PathRole;
+use dwcp_agent::agent::RouteView;
+use dwcp_cli::client::ApiClient;
+use dwcp_cli::client::Endpoint;
+use dwcp_dataplane::Dataplane;
+use dwcp_dataplane::Pinning;
+
+pub const DEFAULT_PREFIX: &str = multi::STABLE_PREFIX;
+pub const DEFAULT_STATE_DIR: &str = "/run/dwcp-lab";
+pub const DEFAULT_PIN_ROOT: &str = "/sys/fs/bpf/dwcp-lab";
+/// Where each agent serves /metrics, inside its gateway's namespace.
+pub const LAB_METRICS: &str = "127.0.0.1:9470";
+const STATE_FILE: &str = "lab.json";
+
+#[derive(Debug, Error)]
+pub enum LiveLabError {
+    #[error(transparent)]
+    Lab(#[from] LabError),
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        source: std::io::Error,
+    },
+    #[error(
+        "a lab is already up (its agents and state in {}); `cargo xtask lab down` removes it",
+        dir.display()
+    )]
+    AlreadyUp {
+        /// As recorded; 0 when agents run without a record.
+        regions: usize,
+        dir: PathBuf,
+    },
+    #[error("no lab is up (no {}); `cargo xtask lab up` starts one", .0.display())]
+    NotUp(PathBuf),
+    #[error("state file {}: {detail}", path.display())]
+    State { path: PathBuf, detail: String },
+    #[error("the agent of {region}: {detail}")]
+    Agent { region: String, detail: String },
+    #[error("timed out after {waited:?} waiting for {what}")]
+    Timeout { what: String, waited: Duration },
+    #[error("stream {from} -> {to}: {source}")]
+    Stream {
+        from: String,
+        to: String,
+        source: std::io::Error,
+    },
+}
+
+impl From<netlab::NetlabError> for LiveLabError {
+    fn from(e: netlab::NetlabError) -> Self {
+        LiveLabError::Lab(LabError::Netlab(e))
+    }
+}
+
+pub type Result<T, E = LiveLabError> = std::result::Result<T, E>;
+
+fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> LiveLabError {
+    let what = what.into();
+    move |source| LiveLabError::Io { what, source }
+}
+
+/// Where a lab lives. Tests use their own (unique) values; `cargo xtask lab` the defaults.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LabPaths {
+    /// Prefix of the namespaces' names.
+    pub prefix: String,
+    pub state_dir: PathBuf,
+    /// bpffs directory holding every gateway's pins (`g<n>/`).
+    pub pin_root: PathBuf,
+}
+
+impl Default for LabPaths {
+    fn default() -> Self {
+        LabPaths {
+            prefix: DEFAULT_PREFIX.into(),
+            state_dir: DEFAULT_STATE_DIR.into(),
+            pin_root: DEFAULT_PIN_ROOT.into(),
+        }
+    }
+}
+
+impl LabPaths {
+    pub fn state_file(&self) -> PathBuf {
+        self.state_dir.join(STATE_FILE)
+    }
+}
+
+/// One region's gateway agent, as `up` started it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentRecord {
+    pub region: String,
+    pub gateway: String,
+    /// The gateway's namespace (the agent runs there) and the host's.
+    pub namespace: String,
+    pub host_namespace: String,
+    pub host_ip: Ipv4Addr,
+    pub pid: u32,
+    pub config: PathBuf,
+    pub socket: PathBuf,
+    pub log: PathBuf,
+    pub events: PathBuf,
+    pub pin_dir: PathBuf,
+}
+
+/// What `up` recorded.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LabState {
+    pub paths: LabPaths,
+    pub regions: usize,
+    pub agents: Vec<AgentRecord>,
+    /// Whether the links' latencies are emulated (netem) or only configured.
+    pub latency_emulated: bool,
+    pub started_unix_s: u64,
+}
+
+impl LabState {
+    pub fn plan(&self) -> Result<LabPlan> {
+        Ok(LabPlan::for_regions(self.regions)?)
+    }
+
+    /// A region's agent, by region name or 1-based number.
+    pub fn agent(&self, region: &str) -> Result<&AgentRecord> {
+        let plan = self.plan()?;
+        let r = plan.region(region).ok_or_else(|| {
+            LiveLabError::Lab(LabError::UnknownRegion {
+                name: region.into(),
+                known: plan.regions.iter().map(|r| r.name.clone()).collect(),
+            })
+        })?;
+        Ok(&self.agents[r.n as usize - 1])
+    }
+}
+
+/// Options of `up`.
+#[derive(Clone, Debug)]
+pub struct UpOptions {
+    pub regions: usize,
+    /// The `dwcp-agent` to run.
+    pub agent_binary: PathBuf,
+    /// Probe intervals (10 ms) without a reply before a link is dead.
+    pub detect_multiplier: u32,
+    /// How long to wait for the agents to start and route.
+    pub timeout: Duration,
+}
+
+impl UpOptions {
+    pub fn new(regions: usize, agent_binary: impl Into<PathBuf>) -> UpOptions {
+        UpOptions {
+            regions,
+            agent_binary: agent_binary.into(),
+            // 100 ms: a loaded 2-core machine sometimes starves a probe sender for 30 ms.
+            detect_multiplier: 10,
+            timeout: Duration::from_secs(120),
+        }
+    }
+}
+
+/// The lab recorded in `paths`, if any.
+pub fn load(paths: &LabPaths) -> Result<Option<LabState>> {
+    let path = paths.state_file();
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(io(format!("reading {}", path.display()))(e)),
+    };
+    serde_json::from_str(&text)
+        .map(Some)
+        .map_err(|e| LiveLabError::State {
+            path,
+            detail: e.to_string(),
+        })
+}
+
+/// The lab recorded in `paths`, or [`LiveLabError::NotUp`].
+pub fn require(paths: &LabPaths) -> Result<LabState> {
+    load(paths)?.ok_or_else(|| LiveLabError::NotUp(paths.state_file()))
+}
+
+fn save(state: &LabState) -> Result<()> {
+    let path = state.paths.state_file();
+    let tmp = path.with_extension("json.tmp");
+    let text = serde_json::to_string_pretty(state).expect("the lab state serialises");
+    std::fs::write(&tmp, text).map_err(io(format!("writing {}", tmp.display())))?;
+    std::fs::rename(&tmp, &path).map_err(io(format!("writing {}", path.display())))
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Starts the lab. Refuses when a lab is already up in `paths`; a lab left half-made (a
+/// crash, a failed `up`) is removed first. On failure everything made is removed again.
+pub fn up(paths: &LabPaths, opts: &UpOptions, progress: &mut dyn FnMut(&str)) -> Result<LabState> {
+    let plan = LabPlan::for_regions(opts.regions)?;
+    // Up: recorded with namespaces or agents, or agents of the lab running even without a
+    // record. Namespaces, pins or a record alone are what a crash left: removed below.
+    let state = load(paths).ok().flatten();
+    let recorded_running = state.as_ref().is_some_and(|s| {
+        s.agents.iter().any(|a| agent_alive(a.pid))
+            || !multi::stable_namespaces(&paths.prefix).is_empty()
+    });
+    if recorded_running || !lab_agent_pids(&paths.state_dir).is_empty() {
+        return Err(LiveLabError::AlreadyUp {
+            regions: state.map_or(0, |s| s.regions),
+            dir: paths.state_dir.clone(),
+        });
+    }
+    let stale = leftovers(paths);
+    if !stale.is_empty() {
+        progress(&format!(
+            "removing what an earlier lab left: {}",
+            stale.join(", ")
+        ));
+        down(paths)?;
+    }
+    let result = up_inner(paths, opts, &plan, progress);
+    // DWCP_LAB_KEEP=1 keeps a failed lab for inspection (`down` removes it).
+    if result.is_err() && std::env::var_os("DWCP_LAB_KEEP").is_none() {
+        let _ = down(paths);
+    }
+    result
+}
+
+fn up_inner(
+    paths: &LabPaths,
+    opts: &UpOptions,
+    plan: &LabPlan,
+    progress: &mut dyn FnMut(&str),
+) -> Result<LabState> {
+    std::fs::create_dir_all(&paths.state_dir)
+        .map_err(io(format!("creating {}", paths.state_dir.display())))?;
+    progress(&format!(
+        "building {} regions and {} links in network namespaces ({}-*)",
+        plan.regions.len(),
+        plan.links.len(),
+        paths.prefix
+    ));
+    let lab = MultiRegionLab::build(plan, &Naming::Stable(paths.prefix.clone()))?;
+    // Frames redirected (or sent back with XDP_TX) into a veth arrive only if its receiving
+    // end has an XDP program: XDP_PASS on the hosts' and wires' ends, behind pinned links
+    // so they stay attached when `up` exits.
+    let mut pass = Dataplane::load(Pinning::None).map_err(LabError::from)?;
+    let pass_dir = paths.pin_root.join("pass");
+    let ends = lab
+        .hosts
+        .iter()
+        .map(|h| (h, "eth0"))
+        .chain(lab.wires.iter().flat_map(|w| [(w, "wa"), (w, "wb")]));
+    for (ns, ifname) in ends {
+        let pin = pass_dir.join(format!("{}-{ifname}", ns.name()));
+        ns.run_in(|| pass.attach_pinned_at(programs::PASS, ifname, &pin))?
+            .map_err(LabError::from)?;
+    }
+    drop(pass);
+    let latency_emulated = lab.latency_emulated();
+    let mut agents = Vec::new();
+    for r in &plan.regions {
+        let i = r.n as usize - 1;
+        let file = |ext: &str| paths.state_dir.join(format!("g{}.{ext}", r.n));
+        let pin_dir = paths.pin_root.join(format!("g{}", r.n));
+        let socket = file("sock");
+        let mut text = plan.agent_config(r.n, &pin_dir, &socket);
+        text += &format!(
+            // Probes in the real-time class, as on a busy gateway: on this 2-core machine a
+            // probe thread starved past the detection time would take a healthy link down.
+            "\n[probe]\nsender = \"agent\"\nrt_priority = 10\ndetect_multiplier = {}\n\n[updater]\n\
+             optimise_interval_s = 0\n\n[flows]\nsample_every = 10\n\n\
+             [metrics]\nlisten = \"{LAB_METRICS}\"\n",
+            opts.detect_multiplier
+        );
+        let config = file("toml");
+        std::fs::write(&config, text).map_err(io(format!("writing {}", config.display())))?;
+        agents.push(AgentRecord {
+            region: r.name.clone(),
+            gateway: r.gateway.clone(),
+            namespace: lab.gateways[i].name().to_string(),
+            host_namespace: lab.hosts[i].name().to_string(),
+            host_ip: r.host_ip,
+            pid: 0,
+            config,
+            socket,
+            log: file("log"),
+            events: file("events.jsonl"),
+            pin_dir,
+        });
+    }
+    // The namespaces stay (stable names) when `lab` drops at the end of `up`.
+    drop(lab);
+    let mut state = LabState {
+        paths: paths.clone(),
+        regions: plan.regions.len(),
+        agents,
+        latency_emulated,
+        started_unix_s: unix_now(),
+    };
+    save(&state)?;
+    progress(&format!(
+        "starting {} dwcp-agent daemons",
+        state.agents.len()
+    ));
+    for a in &mut state.agents {
+        a.pid = spawn_agent(&opts.agent_binary, a, &paths.state_dir)?;
+        // Recorded at once: `down` finds every started agent even if `up` dies now.
+        save_agents(paths, a)?;
+    }
+    state = require(paths)?;
+    let deadline = Instant::now() + opts.timeout;
+    for a in &state.agents {
+        wait_running(a, deadline, opts.timeout)?;
+    }
+    progress("waiting until every gateway's links are up and it routes to every other region");
+    for a in &state.agents {
+        wait_until(a, deadline, opts.timeout, "its links up", |s| {
+            let links: Vec<LinkView> = api_get(&s.socket, "/v1/links")?;
+            Ok(links
+                .iter()
+                .filter(|l| l.interface.is_some())
+                .all(|l| l.health == LinkHealth::Up))
+        })?;
+        wait_until(a, deadline, opts.timeout, "routes to every region", |s| {
+            let routes: Vec<RouteView> = api_get(&s.socket, "/v1/routes")?;
+            let others = plan.regions.iter().filter(|r| r.name != s.region);
+            Ok(others.into_iter().all(|r| {
+                routes
+                    .iter()
+                    .any(|rt| rt.destination == r.name && primary(rt).is_some_and(|p| p.live))
+            }))
+        })?;
+    }
+    Ok(state)
+}
+
+fn save_agents(paths: &LabPaths, a: &AgentRecord) -> Result<()> {
+    let mut state = require(paths)?;
+    if let Some(s) = state.agents.iter_mut().find(|s| s.region == a.region) {
+        *s = a.clone();
+    }
+    save(&state)
+}
+
+fn spawn_agent(binary: &Path, a: &AgentRecord, state_dir: &Path) -> Result<u32> {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&a.log)
+        .map_err(io(format!("opening {}", a.log.display())))?;
+    let err = log.try_clone().map_err(io("agent log"))?;
+    let child = Command::new(binary)
+        .arg("--netns")
+        .arg(&a.namespace)
+        .arg("--config")
+        .arg(&a.config)
+        .arg("--events-file")
+        .arg(&a.events)
+        .arg("--state-dir")
+        .arg(state_dir.join(format!("{}-state", a.gateway)))
+        .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null())
+        .stdout(log)
+        .stderr(err)
+        // Its own process group: a Ctrl-C in the terminal that ran `up` does not reach it.
+        .process_group(0)
+        .spawn()
+        .map_err(io(format!("starting {}", binary.display())))?;
+    Ok(child.id())
+}
+
+fn wait_running(a: &AgentRecord, deadline: Instant, timeout: Duration) -> Result<()> {
+    loop {
+        let text = std::fs::read_to_string(&a.log).unwrap_or_default();
+        if text.contains("running") {
+            return Ok(());
+        }
+        if !agent_alive(a.pid) {
+            return Err(LiveLabError::Agent {
+                region: a.region.clone(),
+                detail: format!(
+                    "exited before running; its log ({}):\n{text}",
+                    a.log.display()
+                ),
+            });
+        }
+        if Instant::now() > deadline {
+            return Err(LiveLabError::Timeout {
+                what: format!("the agent of {} to start", a.region),
+                waited: timeout,
+            });
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Polls `f` on agent `a` until it holds (API errors count as "not yet").
+fn wait_until(
+    a: &AgentRecord,
+    deadline: Instant,
+    timeout: Duration,
+    what: &str,
+    f: impl Fn(&AgentRecord) -> Result<bool>,
+) -> Result<()> {
+    let mut last_err = None;
+    loop {
+        match f(a) {
+            Ok(true) => return Ok(()),
+            Ok(false) => {}
+            Err(e) => last_err = Some(e.to_string()),
+        }
+        if !agent_alive(a.pid) {
+            return Err(LiveLabError::Agent {
+                region: a.region.clone(),
+                detail: format!("is not running; the end of its log:\n{}", log_tail(a)),
+            });
+        }
+        if Instant::now() > deadline {
+            return Err(LiveLabError::Timeout {
+                what: format!(
+                    "the agent of {} to show {what}{}",
+                    a.region,
+                    last_err
+                        .map(|e| format!(" (last error: {e})"))
+                        .unwrap_or_default()
+                ),
+                waited: timeout,
+            });
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The last lines of an agent's log (the state directory goes with a failed `up`).
+fn log_tail(a: &AgentRecord) -> String {
+    let text = std::fs::read_to_string(&a.log).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(30)..].join("\n")
+}
+
+/// GET `path` from the agent's API on `socket`.
+pub fn api_get<T: DeserializeOwned>(socket: &Path, path: &str) -> Result<T> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(io("a tokio runtime"))?;
+    let client = ApiClient::new(Endpoint::Unix(socket.to_path_buf()));
+    rt.block_on(client.get(path))
+        .map_err(|e| LiveLabError::Agent {
+            region: socket.display().to_string(),
+            detail: e.to_string(),
+        })
+}
+
+/// The primary path of a route.
+pub fn primary(r: &RouteView) -> Option<&dwcp_agent::agent::PathView> {
+    r.paths.iter().find(|p| p.role == PathRole::Primary)
+}
+
+/// Whether `pid` is a live (not zombie) `dwcp-agent`.
+fn agent_alive(pid: u32) -> bool {
+    if pid == 0 {
+        return false;
+    }
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    // The state follows the parenthesised command name.
+    let zombie = stat
+        .rsplit_once(')')
+        .is_some_and(|(_, rest)| rest.trim_start().starts_with(['Z', 'X']));
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    !zombie
+        && String::from_utf8_lossy(&cmdline)
+            .split('\0')
+            .next()
+            .is_some_and(|exe| exe.ends_with("dwcp-agent"))
+}
+
+/// Live `dwcp-agent` processes whose configuration lies in `state_dir` (the lab's agents,
+/// found without the state file).
+fn lab_agent_pids(state_dir: &Path) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let dir = state_dir.to_string_lossy().to_string();
+    entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&pid| {
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let args: Vec<String> = String::from_utf8_lossy(&cmdline)
+                .split('\0')
+                .map(str::to_string)
+                .collect();
+            args.first().is_some_and(|a| a.ends_with("dwcp-agent"))
+                && args.windows(2).any(|w| {
+                    w[0] == "--config" && Path::new(&w[1]).parent() == Some(Path::new(&dir))
+                })
+                && agent_alive(pid)
+        })
+        .collect()
+}
+
+/// What is left of a lab in `paths`: namespaces, agent processes, pins, state directory.
+/// Empty after `down`.
+pub fn leftovers(paths: &LabPaths) -> Vec<String> {
+    let mut left: Vec<String> = multi::stable_namespaces(&paths.prefix)
+        .into_iter()
+        .map(|n| format!("namespace {n}"))
+        .collect();
+    let mut pids = lab_agent_pids(&paths.state_dir);
+    if let Ok(Some(s)) = load(paths) {
+        pids.extend(s.agents.iter().map(|a| a.pid).filter(|&p| agent_alive(p)));
+    }
+    pids.sort();
+    pids.dedup();
+    left.extend(pids.iter().map(|p| format!("dwcp-agent process {p}")));
+    if paths.pin_root.exists() {
+        left.push(format!("pins {}", paths.pin_root.display()));
+    }
+    if paths.state_dir.exists() {
+        left.push(format!("state {}", paths.state_dir.display()));
+    }
+    left
+}
+
+/// What `down` removed.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DownReport {
+    pub agents_stopped: Vec<u32>,
+    pub namespaces: Vec<String>,
+    pub pins_removed: bool,
+    pub state_removed: bool,
+}
+
+impl DownReport {
+    pub fn is_empty(&self) -> bool {
+        self.agents_stopped.is_empty()
+            && self.namespaces.is_empty()
+            && !self.pins_removed
+            && !self.state_removed
+    }
+}
+
+/// Removes the lab in `paths`: stops its agents (SIGTERM, then SIGKILL after 10 s), deletes
+/// its namespaces, pins and state directory. Idempotent; needs no state file.
+pub fn down(paths: &LabPaths) -> Result<DownReport> {
+    let mut report = DownReport::default();
+    let mut pids = lab_agent_pids(&paths.state_dir);
+    if let Ok(Some(s)) = load(paths) {
+        pids.extend(s.agents.iter().map(|a| a.pid));
+    }
+    pids.retain(|&p| agent_alive(p));
+    pids.sort();
+    pids.dedup();
+    for &pid in &pids {
+        // SAFETY: kill(2) on a pid just checked to be one of the lab's agents.
+        unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for &pid in &pids {
+        while agent_alive(pid) && Instant::now() < deadline {
+            reap(pid);
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        if agent_alive(pid) {
+            // SAFETY: as above.
+            unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+            let killed = Instant::now();
+            while agent_alive(pid) && killed.elapsed() < Duration::from_secs(5) {
+                reap(pid);
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        reap(pid);
+    }
+    report.agents_stopped = pids;
+    report.namespaces = multi::stable_down(&paths.prefix)?;
+    if paths.pin_root.exists() {
+        // The pinned XDP links went with their interfaces; the pins themselves remain.
+        std::fs::remove_dir_all(&paths.pin_root)
+            .map_err(io(format!("removing {}", paths.pin_root.display())))?;
+        report.pins_removed = true;
+    }
+    if paths.state_dir.exists() {
+        std::fs::remove_dir_all(&paths.state_dir)
+            .map_err(io(format!("removing {}", paths.state_dir.display())))?;
+        report.state_removed = true;
+    }
+    Ok(report)
+}
+
+/// Collects the exit status of `pid` if it is our child (agents started by this process).
+fn reap(pid: u32) {
+    let mut status = 0;
+    // SAFETY: waitpid with WNOHANG on a pid; fails harmlessly (ECHILD) if not our child.
+    unsafe { libc::waitpid(pid as libc::pid_t, &mut status, libc::WNOHANG) };
+}
+
+/// The link between regions `a` and `b` (names or numbers), or the link named/numbered `a`.
+pub fn find_link(state: &LabState, a: &str, b: Option<&str>) -> Result<PlannedLink> {
+    let plan = state.plan()?;
+    let l = match b {
+        Some(b) => plan.link_between(a, b)?.clone(),
+        None => plan
+            .link(a)
+            .cloned()
+            .ok_or_else(|| LabError::UnknownLink(a.to_string()))?,
+    };
+    Ok(l)
+}
+
+/// The agents at the two ends of `link`.
+fn ends<'a>(state: &'a LabState, link: &PlannedLink) -> [&'a AgentRecord; 2] {
+    [
+        &state.agents[link.a as usize - 1],
+        &state.agents[link.b as usize - 1],
+    ]
+}
+
+/// Cuts `link` silently (in its wire) and waits until the agents at both ends have seen it
+/// down and route to each other around it.
+pub fn fail(state: &LabState, link: &PlannedLink, timeout: Duration) -> Result<()> {
+    multi::stable_set_cut(&state.paths.prefix, link.id, true)?;
+    let deadline = Instant::now() + timeout;
+    let [a, b] = ends(state, link);
+    for (me, peer) in [(a, b), (b, a)] {
+        wait_until(
+            me,
+            deadline,
+            timeout,
+            &format!("link {} down and routes around it", link.name),
+            |s| {
+                let links: Vec<LinkView> = api_get(&s.socket, "/v1/links")?;
+                let down = links
+                    .iter()
+                    .any(|l| l.id == link.id && l.health == LinkHealth::Down);
+                let routes: Vec<RouteView> = api_get(&s.socket, "/v1/routes")?;
+                Ok(down
+                    && routes.iter().any(|r| {
+                        r.destination == peer.region
+                            && primary(r).is_some_and(|p| p.live && !p.links.contains(&link.id))
+                    }))
+            },
+        )?;
+    }
+    Ok(())
+}
+
+/// Heals `link` and waits until the agents at both ends see it up and route over it again.
+pub fn heal(state: &LabState, link: &PlannedLink, timeout: Duration) -> Result<()> {
+    multi::stable_set_cut(&state.paths.prefix, link.id, false)?;
+    let deadline = Instant::now() + timeout;
+    let [a, b] = ends(state, link);
+    for (me, peer) in [(a, b), (b, a)] {
+        wait_until(
+            me,
+            deadline,
+            timeout,
+            &format!("link {} up and used again", link.name),
+            |s| {
+                let links: Vec<LinkView> = api_get(&s.socket, "/v1/links")?;
+                let up = links
+                    .iter()
+                    .any(|l| l.id == link.id && l.health == LinkHealth::Up);
+                let routes: Vec<RouteView> = api_get(&s.socket, "/v1/routes")?;
+                Ok(up
+                    && routes.iter().any(|r| {
+                        r.destination == peer.region
+                            && primary(r).is_some_and(|p| p.links == [link.id])
+                    }))
+            },
+        )?;
+    }
+    Ok(())
+}
+
+/// Which links of the lab are cut, by link id.
+pub fn cut_links(state: &LabState) -> Result<Vec<u32>> {
+    let plan = state.plan()?;
+    let states = multi::stable_link_states(&state.paths.prefix);
+    Ok(plan
+        .links
+        .iter()
+        .filter(|l| {
+            let wire = format!("{}-w{}", state.paths.prefix, l.id);
+            states.iter().any(|(n, cut)| *n == wire && *cut)
+        })
+        .map(|l| l.id)
+        .collect())
+}
+
+/// What one stream between two hosts delivered.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PairReport {
+    pub from: String,
+    pub to: String,
+    pub sent: u64,
+    pub lost: u64,
+    /// Lost in the receiving socket (harness, not network).
+    pub socket_drops: u64,
+}
+
+impl PairReport {
+    pub fn delivered(&self) -> u64 {
+        self.sent - self.lost
+    }
+}
+
+/// A namespace of the running lab, borrowed: never removed by this handle.
+struct Borrowed(Option<Netns>);
+
+impl Borrowed {
+    fn new(name: &str) -> Borrowed {
+        Borrowed(Some(Netns::adopt(name)))
+    }
+    fn ns(&self) -> &Netns {
+        self.0.as_ref().expect("held until drop")
+    }
+}
+
+impl Drop for Borrowed {
+    fn drop(&mut self) {
+        if let Some(ns) = self.0.take() {
+            ns.keep();
+        }
+    }
+}
+
+/// Every ordered pair of regions (by index).
+pub fn all_pairs(regions: usize) -> Vec<(usize, usize)> {
+    (0..regions)
+        .flat_map(|a| (0..regions).filter(move |&b| b != a).map(move |b| (a, b)))
+        .collect()
+}
+
+/// Sends a numbered UDP stream of about `per_ms` datagrams per millisecond from the host of
+/// region `from` to the host of region `to`, for each pair, `duration` long; at most 6 streams
+/// at a time. Reports what arrived.
+pub fn traffic(
+    state: &LabState,
+    pairs: &[(usize, usize)],
+    duration: Duration,
+    per_ms: u64,
+) -> Result<Vec<PairReport>> {
+    let mut reports = Vec::new();
+    for batch in pairs.chunks(6) {
+        let mut running = Vec::new();
+        for &(from, to) in batch {
+            let (src, dst) = (&state.agents[from], &state.agents[to]);
+            let (s, d) = (
+                Borrowed::new(&src.host_namespace),
+                Borrowed::new(&dst.host_namespace),
+            );
+            let port = 20_000 + (from * 64 + to) as u16;
+            let stream = netlab::UdpStream::start(s.ns(), d.ns(), dst.host_ip, port, per_ms)?;
+            running.push((src.region.clone(), dst.region.clone(), stream));
+        }
+        std::thread::sleep(duration);
+        for (_, _, stream) in &running {
+            stream.stop();
+        }
+        for (from, to, stream) in running {
+            let r = stream.finish().map_err(|source| LiveLabError::Stream {
+                from: from.clone(),
+                to: to.clone(),
+                source,
+            })?;
+            reports.push(PairReport {
+                from,
+                to,
+                sent: r.sent,
+                lost: r.lost,
+                socket_drops: r.socket_drops,
+            });
+        }
+    }
+    Ok(reports)
+}

@@ -1,0 +1,771 @@
+//! The API served for real on a Unix socket (and TCP) in a temp dir, fed by a real watch
+//! channel. Until the daemon lands, a small task plays the agent's command loop: it applies
+//! link and reload commands to the snapshot it publishes.
+
+use std::{
+    os::unix::fs::PermissionsExt,
+    path::PathBuf,
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc, Mutex,
+    },
+    time::Duration,
+};
+
+use serde_json::{json, Value};
+use tokio::sync::{broadcast, mpsc, watch};
+
+use dwcp_agent::agent::AgentEvent;
+use dwcp_agent::agent::AgentSnapshot;
+use dwcp_agent::agent::LinkHealth;
+use dwcp_agent::agent::LinkView;
+use dwcp_agent::{agent::AgentHandle, api::*};
+use dwcp_cli::client::*;
+use dwcp_control::bandwidth::FileStore;
+use dwcp_control::bandwidth::ManagerConfig;
+use dwcp_control::bandwidth::Reservation;
+use dwcp_control::bandwidth::ReservationManager;
+use dwcp_control::view::*;
+use dwcp_lab::fixtures::*;
+
+struct Harness {
+    dir: tempfile::TempDir,
+    snapshot: watch::Sender<Arc<AgentSnapshot>>,
+    events: broadcast::Sender<AgentEvent>,
+    commands_seen: Arc<AtomicUsize>,
+    manager: Arc<Mutex<ReservationManager>>,
+    api: Option<RunningApi>,
+    client: ApiClient,
+    config: ApiConfig,
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Agent {
+    /// Applies commands to the snapshot and answers.
+    Answers,
+    /// Takes commands and never answers.
+    Silent,
+    /// Has stopped: the command channel is closed.
+    Gone,
+}
+
+const TOKEN: &str = "0123456789abcdef0123456789abcdef";
+
+impl Harness {
+    async fn start(agent: Agent, tcp: bool) -> Harness {
+        let dir = tempfile::tempdir().unwrap();
+        let snapshot = three_region_snapshot();
+        let (manager, _) = ReservationManager::open(
+            Box::new(FileStore::new(dir.path().join("reservations.json"))),
+            network_of(&snapshot),
+            ManagerConfig::default(),
+        )
+        .unwrap();
+        let manager = Arc::new(Mutex::new(manager));
+        let (snap_tx, snap_rx) = watch::channel(Arc::new(snapshot));
+        let (events, _) = broadcast::channel(64);
+        let (cmd_tx, cmd_rx) = mpsc::channel(8);
+        let commands_seen = Arc::new(AtomicUsize::new(0));
+        match agent {
+            Agent::Answers => {
+                tokio::spawn(apply_commands(
+                    cmd_rx,
+                    snap_tx.clone(),
+                    commands_seen.clone(),
+                ));
+            }
+            Agent::Silent => {
+                let seen = commands_seen.clone();
+                tokio::spawn(async move {
+                    let mut rx = cmd_rx;
+                    let mut held = Vec::new();
+                    while let Some(c) = rx.recv().await {
+                        seen.fetch_add(1, Ordering::SeqCst);
+                        held.push(c);
+                    }
+                });
+            }
+            Agent::Gone => drop(cmd_rx),
+        }
+        let token_file = dir.path().join("token");
+        std::fs::write(&token_file, format!("{TOKEN}\n")).unwrap();
+        let config = ApiConfig {
+            socket: Some(dir.path().join("run/api.sock")),
+            tcp_listen: tcp.then(|| "127.0.0.1:0".parse().unwrap()),
+            token_file: tcp.then_some(token_file),
+            max_body_bytes: 4096,
+            command_timeout_ms: 300,
+            ..ApiConfig::default()
+        };
+        let handle = AgentHandle {
+            snapshot: snap_rx,
+            events: events.clone(),
+            commands: cmd_tx,
+        };
+        let ctx = ApiContext::new(handle, &config).with_reservations(manager.clone());
+        let api = RunningApi::start(&config, ctx).await.unwrap();
+        let client = ApiClient::new(Endpoint::Unix(config.socket.clone().unwrap()));
+        Harness {
+            dir,
+            snapshot: snap_tx,
+            events,
+            commands_seen,
+            manager,
+            api: Some(api),
+            client,
+            config,
+        }
+    }
+
+    fn tcp(&self, token: Option<&str>) -> ApiClient {
+        ApiClient::new(Endpoint::Tcp {
+            addr: self.api.as_ref().unwrap().tcp_addr.unwrap().to_string(),
+            token: token.map(str::to_string),
+        })
+    }
+
+    async fn raw(&self, method: &str, path: &str, body: Option<&str>) -> RawResponse {
+        self.client
+            .request_raw(method, path, &[], body.map(|b| b.as_bytes().to_vec()))
+            .await
+            .unwrap()
+    }
+
+    fn store_bytes(&self) -> Option<Vec<u8>> {
+        std::fs::read(self.dir.path().join("reservations.json")).ok()
+    }
+
+    fn stored(&self) -> Vec<Reservation> {
+        self.manager.lock().unwrap().list().cloned().collect()
+    }
+
+    async fn stop(mut self) {
+        self.api.take().unwrap().shutdown().await.unwrap();
+        assert!(
+            !self.config.socket.as_ref().unwrap().exists(),
+            "socket removed on shutdown"
+        );
+    }
+}
+
+/// Asserts a JSON error answer with `status` whose message contains `needle`.
+fn assert_error(r: &RawResponse, status: u16, needle: &str) {
+    assert_eq!(
+        r.status,
+        status,
+        "body: {}",
+        String::from_utf8_lossy(&r.body)
+    );
+    assert_eq!(r.content_type.as_deref(), Some("application/json"));
+    let body: ErrorBody = serde_json::from_slice(&r.body)
+        .unwrap_or_else(|e| panic!("error body is not JSON ({e}): {:?}", r.body));
+    assert_eq!(body.status, status);
+    assert!(
+        body.error.contains(needle),
+        "{:?} does not contain {needle:?}",
+        body.error
+    );
+}
+
+fn reservation_body(rate: Value, end: u64) -> String {
+    json!({
+        "owner": "video-team",
+        "source": "us-east-1",
+        "destination": "eu-west-1",
+        "class": "realtime",
+        "rate": rate,
+        "end": end,
+        "path": [1]
+    })
+    .to_string()
+}
+
+#[tokio::test]
+async fn every_read_route_answers_from_the_snapshot() {
+    let h = Harness::start(Agent::Answers, false).await;
+    let s = three_region_snapshot();
+    let status: StatusView = h.client.get("/v1/status").await.unwrap();
+    assert_eq!(status.gateway, "gw-use1-a");
+    assert_eq!((status.links_total, status.links_up), (3, 2));
+    assert_eq!((status.regions_remote, status.regions_reachable), (2, 2));
+    assert_eq!(status.reservations_active, Some(0));
+    let topo: TopologyView = h.client.get("/v1/topology").await.unwrap();
+    assert_eq!(topo.regions, s.regions);
+    assert_eq!(topo.links.len(), 3);
+    assert!(topo.links[0].local && !topo.links[1].local);
+    let links: Vec<LinkView> = h.client.get("/v1/links").await.unwrap();
+    assert_eq!(links, s.links);
+    let by_id: LinkView = h.client.get("/v1/links/3").await.unwrap();
+    let by_name: LinkView = h.client.get("/v1/links/use1-aps1").await.unwrap();
+    assert_eq!(by_id, by_name);
+    assert_eq!(by_id.health, LinkHealth::Degraded);
+    let routes: Vec<dwcp_agent::agent::RouteView> = h.client.get("/v1/routes").await.unwrap();
+    assert_eq!(routes, s.routes);
+    let route: dwcp_agent::agent::RouteView = h.client.get("/v1/routes/ap-south-1").await.unwrap();
+    assert!(route.reason.contains("link 3 degraded"));
+    assert_eq!(route.paths[0].regions.len(), 3);
+    let history: Vec<dwcp_agent::agent::RouteChange> = h.client.get("/v1/history").await.unwrap();
+    assert_eq!(history.len(), 3);
+    assert!(history
+        .windows(2)
+        .all(|w| w[0].at_unix_ms <= w[1].at_unix_ms));
+    let aps1: Vec<dwcp_agent::agent::RouteChange> = h
+        .client
+        .get("/v1/history?destination=ap-south-1&limit=1")
+        .await
+        .unwrap();
+    assert_eq!(aps1.len(), 1);
+    assert_eq!(aps1[0].reason, "link 3 degraded (loss 7 %)");
+    let tunnels: Vec<dwcp_agent::agent::TunnelView> = h.client.get("/v1/tunnels").await.unwrap();
+    assert_eq!(tunnels, s.tunnels);
+    let classes: Vec<dwcp_agent::agent::ClassView> = h.client.get("/v1/classes").await.unwrap();
+    assert_eq!(classes, s.classes);
+    assert_eq!(classes.len(), 5);
+    // A newly published snapshot is what the next request sees.
+    let mut next = s.clone();
+    next.failovers_total = 9;
+    h.snapshot.send_replace(Arc::new(next));
+    let status: StatusView = h.client.get("/v1/status").await.unwrap();
+    assert_eq!(status.failovers_total, 9);
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn unknown_ids_and_routes_get_json_errors_naming_them() {
+    let h = Harness::start(Agent::Answers, false).await;
+    assert_error(&h.raw("GET", "/v1/links/9", None).await, 404, "link \"9\"");
+    assert_error(
+        &h.raw("GET", "/v1/links/nowhere", None).await,
+        404,
+        "link \"nowhere\"",
+    );
+    assert_error(
+        &h.raw("GET", "/v1/routes/mars-1", None).await,
+        404,
+        "mars-1",
+    );
+    assert_error(
+        &h.raw("GET", "/v1/reservations/77", None).await,
+        404,
+        "reservation 77 not found",
+    );
+    assert_error(
+        &h.raw("DELETE", "/v1/reservations/77", None).await,
+        404,
+        "reservation 77",
+    );
+    assert_error(
+        &h.raw("GET", "/v1/reservations/abc", None).await,
+        400,
+        "\"abc\" is not a whole number",
+    );
+    assert_error(
+        &h.raw("GET", "/v1/history?destination=mars-1", None).await,
+        404,
+        "region \"mars-1\"",
+    );
+    assert_error(
+        &h.raw("GET", "/v1/history?limit=ten", None).await,
+        400,
+        "limit",
+    );
+    assert_error(
+        &h.raw("GET", "/v1/history?color=red", None).await,
+        400,
+        "color",
+    );
+    assert_error(
+        &h.raw("GET", "/v2/status", None).await,
+        404,
+        "GET /v2/status",
+    );
+    assert_error(&h.raw("DELETE", "/v1/links", None).await, 405, "DELETE");
+    assert_error(
+        &h.raw("PUT", "/v1/links/9/admin", Some(r#"{"state":"down"}"#))
+            .await,
+        404,
+        "link \"9\"",
+    );
+    assert_eq!(h.commands_seen.load(Ordering::SeqCst), 0);
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn reservations_crud_is_stored() {
+    let h = Harness::start(Agent::Answers, false).await;
+    let end = dwcp_agent::telemetry::unix_now() + 3600;
+    let created = h
+        .raw(
+            "POST",
+            "/v1/reservations",
+            Some(&reservation_body(json!("100M"), end)),
+        )
+        .await;
+    assert_eq!(
+        created.status,
+        201,
+        "{}",
+        String::from_utf8_lossy(&created.body)
+    );
+    let admission: dwcp_control::bandwidth::Admission =
+        serde_json::from_slice(&created.body).unwrap();
+    let id = admission.reservation.id.0;
+    assert_eq!(admission.reservation.rate_bps, 100_000_000);
+    assert!(String::from_utf8_lossy(&h.store_bytes().unwrap()).contains("video-team"));
+    let one: Reservation = h
+        .client
+        .get(&format!("/v1/reservations/{id}"))
+        .await
+        .unwrap();
+    assert_eq!(one, admission.reservation);
+    let all: Vec<Reservation> = h.client.get("/v1/reservations").await.unwrap();
+    assert_eq!(all, vec![one.clone()]);
+    let extended = h
+        .raw(
+            "PATCH",
+            &format!("/v1/reservations/{id}"),
+            Some(&json!({"end": end + 600}).to_string()),
+        )
+        .await;
+    assert_eq!(extended.status, 200);
+    assert_eq!(h.stored()[0].end, end + 600);
+    let status: StatusView = h.client.get("/v1/status").await.unwrap();
+    assert_eq!(status.reservations_active, Some(1));
+    let cancelled = h
+        .raw("DELETE", &format!("/v1/reservations/{id}"), None)
+        .await;
+    assert_eq!(cancelled.status, 200);
+    assert!(h.stored().is_empty());
+    assert_error(
+        &h.raw("GET", &format!("/v1/reservations/{id}"), None).await,
+        404,
+        "not found",
+    );
+    // Too much for the link: 1 Gbit/s link, 80 % reservable.
+    assert_error(
+        &h.raw(
+            "POST",
+            "/v1/reservations",
+            Some(&reservation_body(json!("900M"), end)),
+        )
+        .await,
+        409,
+        "link 1",
+    );
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn malformed_or_oversized_requests_change_nothing() {
+    let h = Harness::start(Agent::Answers, false).await;
+    let end = dwcp_agent::telemetry::unix_now() + 3600;
+    let first = h
+        .raw(
+            "POST",
+            "/v1/reservations",
+            Some(&reservation_body(json!(1_000_000), end)),
+        )
+        .await;
+    assert_eq!(first.status, 201);
+    let before_store = h.store_bytes();
+    let before = h.stored();
+    let huge = format!(
+        r#"{{"owner":"{}","source":"us-east-1","destination":"eu-west-1","class":"bulk","rate":1,"end":{end},"path":[1]}}"#,
+        "x".repeat(5000)
+    );
+    let cases: Vec<(&str, String, u16, &str)> = vec![
+        ("POST", r#"{"source": "us-east-1", "#.into(), 400, "JSON"),
+        ("POST", "not json at all".into(), 400, "JSON"),
+        (
+            "POST",
+            r#"{"source":"us-east-1"}"#.into(),
+            422,
+            "missing field",
+        ),
+        (
+            "POST",
+            reservation_body(json!(1), end).replace("\"owner\"", "\"colour\":1,\"owner\""),
+            422,
+            "unknown field `colour`",
+        ),
+        (
+            "POST",
+            reservation_body(json!(-5), end),
+            400,
+            "rate: -5 is negative",
+        ),
+        ("POST", reservation_body(json!("fast"), end), 400, "rate"),
+        (
+            "POST",
+            reservation_body(json!(1), end).replace("\"path\":[1]", "\"path\":[42]"),
+            400,
+            "unknown link 42",
+        ),
+        ("POST", huge, 413, "larger than 4096 bytes"),
+        ("PATCH", r#"{"end": "soon"}"#.into(), 400, "end"),
+        ("PATCH", "{".into(), 400, "JSON"),
+    ];
+    for (method, body, status, needle) in cases {
+        let path = if method == "POST" {
+            "/v1/reservations".to_string()
+        } else {
+            format!("/v1/reservations/{}", before[0].id)
+        };
+        let r = h.raw(method, &path, Some(&body)).await;
+        assert_error(&r, status, needle);
+        assert_eq!(h.stored(), before, "after {method} {body:.60}");
+        assert_eq!(h.store_bytes(), before_store);
+    }
+    // A JSON body without a JSON content type is refused too.
+    let r = h
+        .client
+        .request_raw(
+            "POST",
+            "/v1/reservations",
+            &[("content-type", "text/plain")],
+            Some(reservation_body(json!(1), end).into_bytes()),
+        )
+        .await
+        .unwrap();
+    assert_error(&r, 415, "Content-Type");
+    // A malformed admin request never reaches the agent.
+    for body in [
+        r#"{"state":"sideways"}"#,
+        r#"{"state":"down","x":1}"#,
+        "[",
+        "",
+    ] {
+        let r = h.raw("PUT", "/v1/links/1/admin", Some(body)).await;
+        assert!(r.status == 400 || r.status == 422, "{body}: {}", r.status);
+        assert_eq!(r.content_type.as_deref(), Some("application/json"));
+    }
+    assert_eq!(h.commands_seen.load(Ordering::SeqCst), 0);
+    assert_eq!(h.stored(), before);
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn link_admin_and_reload_go_to_the_agent() {
+    let h = Harness::start(Agent::Answers, false).await;
+    let r: AdminResponse = h
+        .client
+        .call(
+            "PUT",
+            "/v1/links/use1-aps1/admin",
+            Some(&AdminRequest {
+                state: AdminState::Down,
+            }),
+        )
+        .await
+        .unwrap();
+    assert_eq!((r.link, r.name.as_str()), (3, "use1-aps1"));
+    let l: LinkView = h.client.get("/v1/links/3").await.unwrap();
+    assert_eq!(l.health, LinkHealth::AdminDown);
+    let _: AdminResponse = h
+        .client
+        .call(
+            "PUT",
+            "/v1/links/3/admin",
+            Some(&AdminRequest {
+                state: AdminState::Up,
+            }),
+        )
+        .await
+        .unwrap();
+    let l: LinkView = h.client.get("/v1/links/3").await.unwrap();
+    assert_eq!(l.health, LinkHealth::Up);
+    let g: ReloadResponse = h
+        .client
+        .call::<(), _>("POST", "/v1/reload", None)
+        .await
+        .unwrap();
+    assert_eq!(g.generation, 2);
+    assert_eq!(h.commands_seen.load(Ordering::SeqCst), 3);
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn an_agent_that_does_not_answer_is_a_503_not_a_hang() {
+    let h = Harness::start(Agent::Silent, false).await;
+    let r = h
+        .raw("PUT", "/v1/links/1/admin", Some(r#"{"state":"down"}"#))
+        .await;
+    assert_error(&r, 503, "did not answer within 300 ms");
+    h.stop().await;
+    let h = Harness::start(Agent::Gone, false).await;
+    let r = h.raw("POST", "/v1/reload", None).await;
+    assert_error(&r, 503, "not running");
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn tcp_needs_the_bearer_token_and_refuses_without_changing_anything() {
+    let h = Harness::start(Agent::Answers, true).await;
+    let end = dwcp_agent::telemetry::unix_now() + 3600;
+    let body = reservation_body(json!("1M"), end).into_bytes();
+    let anonymous = h
+        .tcp(None)
+        .request_raw("POST", "/v1/reservations", &[], Some(body.clone()))
+        .await
+        .unwrap();
+    assert_error(&anonymous, 401, "missing bearer token");
+    let wrong = h
+        .tcp(Some("0123456789abcdef0123456789abcdeX"))
+        .request_raw("POST", "/v1/reservations", &[], Some(body.clone()))
+        .await
+        .unwrap();
+    assert_error(&wrong, 401, "wrong bearer token");
+    let short = h
+        .tcp(Some("0123"))
+        .request_raw(
+            "PUT",
+            "/v1/links/1/admin",
+            &[],
+            Some(br#"{"state":"down"}"#.to_vec()),
+        )
+        .await
+        .unwrap();
+    assert_error(&short, 401, "wrong bearer token");
+    let basic = h
+        .tcp(None)
+        .request_raw(
+            "GET",
+            "/v1/status",
+            &[("authorization", "Basic dXNlcjpwYXNz")],
+            None,
+        )
+        .await
+        .unwrap();
+    assert_error(&basic, 401, "missing bearer token");
+    let lower_case_scheme = h
+        .tcp(None)
+        .request_raw(
+            "GET",
+            "/v1/status",
+            &[("authorization", &format!("bearer {TOKEN}"))],
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(lower_case_scheme.status, 200);
+    assert!(h.stored().is_empty());
+    assert_eq!(h.store_bytes(), None);
+    assert_eq!(h.commands_seen.load(Ordering::SeqCst), 0);
+    let ok = h
+        .tcp(Some(TOKEN))
+        .request_raw("POST", "/v1/reservations", &[], Some(body))
+        .await
+        .unwrap();
+    assert_eq!(ok.status, 201);
+    let status: StatusView = h.tcp(Some(TOKEN)).get("/v1/status").await.unwrap();
+    assert_eq!(status.reservations_active, Some(1));
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn the_socket_is_0660_and_a_live_one_is_not_taken_over() {
+    let h = Harness::start(Agent::Answers, false).await;
+    let path = h.config.socket.clone().unwrap();
+    let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o660);
+    match bind_unix(&path, 0o660, None).await {
+        Err(ServeError::SocketInUse(p)) => assert_eq!(p, path),
+        other => panic!("expected SocketInUse, got {:?}", other.map(|_| ())),
+    }
+    // The refused second bind left the first one serving.
+    let _: StatusView = h.client.get("/v1/status").await.unwrap();
+    h.stop().await;
+    // A stale socket file (no one listening) is replaced.
+    let dir = tempfile::tempdir().unwrap();
+    let stale: PathBuf = dir.path().join("api.sock");
+    drop(std::os::unix::net::UnixListener::bind(&stale).unwrap());
+    assert!(stale.exists());
+    let l = bind_unix(&stale, 0o600, None).await.unwrap();
+    assert_eq!(
+        std::fs::metadata(&stale).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    drop(l);
+    assert!(matches!(
+        bind_unix(&stale, 0o660, Some("no-such-group-dwcp")).await,
+        Err(ServeError::UnknownGroup(_))
+    ));
+}
+
+#[tokio::test]
+async fn tcp_without_a_token_or_with_a_short_one_does_not_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_tx, rx) = watch::channel(Arc::new(AgentSnapshot::default()));
+    let handle = AgentHandle {
+        snapshot: rx,
+        events: broadcast::channel(1).0,
+        commands: mpsc::channel(1).0,
+    };
+    let mut config = ApiConfig {
+        socket: Some(dir.path().join("api.sock")),
+        tcp_listen: Some("127.0.0.1:0".parse().unwrap()),
+        ..ApiConfig::default()
+    };
+    let ctx = ApiContext::new(handle, &config);
+    assert!(matches!(
+        RunningApi::start(&config, ctx.clone()).await,
+        Err(ServeError::TcpWithoutToken)
+    ));
+    let token = dir.path().join("token");
+    std::fs::write(&token, "short\n").unwrap();
+    config.token_file = Some(token);
+    let err = RunningApi::start(&config, ctx).await.err().unwrap();
+    assert!(err.to_string().contains("is 5 characters"), "{err}");
+    // Nothing was bound.
+    assert!(!dir.path().join("api.sock").exists());
+}
+
+#[tokio::test]
+async fn events_stream_agent_and_reservation_events() {
+    let h = Harness::start(Agent::Answers, false).await;
+    let client = h.client.clone();
+    let (got_tx, mut got_rx) = mpsc::unbounded_channel();
+    let follower = tokio::spawn(async move {
+        client
+            .events(|e| {
+                let _ = got_tx.send(e);
+                true
+            })
+            .await
+    });
+    // Wait until the stream has subscribed (the event channel counts its receivers).
+    for _ in 0..200 {
+        if h.events.receiver_count() > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(h.events.receiver_count() > 0, "the event stream subscribed");
+    h.events
+        .send(AgentEvent::LinkDown {
+            link: 3,
+            reason: "no probe reply for 30 ms".into(),
+        })
+        .unwrap();
+    let end = dwcp_agent::telemetry::unix_now() + 60;
+    let r = h
+        .raw(
+            "POST",
+            "/v1/reservations",
+            Some(&reservation_body(json!("1M"), end)),
+        )
+        .await;
+    assert_eq!(r.status, 201);
+    let mut seen = Vec::new();
+    while seen.len() < 2 {
+        let e = tokio::time::timeout(Duration::from_secs(10), got_rx.recv())
+            .await
+            .expect("events arrive")
+            .expect("stream open");
+        seen.push(e);
+    }
+    let agent = seen
+        .iter()
+        .find(|e| e.event == "agent")
+        .expect("agent event");
+    let v: Value = serde_json::from_str(&agent.data).unwrap();
+    assert_eq!(v["kind"], "link_down");
+    assert_eq!(v["link"], 3);
+    let res = seen
+        .iter()
+        .find(|e| e.event == "reservation")
+        .expect("reservation event");
+    let v: Value = serde_json::from_str(&res.data).unwrap();
+    assert_eq!(v["event"], "created");
+    // Shutting down ends the open stream instead of waiting for it.
+    h.stop().await;
+    tokio::time::timeout(Duration::from_secs(10), follower)
+        .await
+        .expect("the stream ended with the server")
+        .unwrap()
+        .unwrap();
+}
+
+#[tokio::test]
+async fn without_a_reservation_manager_reservations_are_501() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_tx, rx) = watch::channel(Arc::new(three_region_snapshot()));
+    let handle = AgentHandle {
+        snapshot: rx,
+        events: broadcast::channel(1).0,
+        commands: mpsc::channel(1).0,
+    };
+    let config = ApiConfig {
+        socket: Some(dir.path().join("api.sock")),
+        ..ApiConfig::default()
+    };
+    let api = RunningApi::start(&config, ApiContext::new(handle, &config))
+        .await
+        .unwrap();
+    let client = ApiClient::new(Endpoint::Unix(dir.path().join("api.sock")));
+    let r = client
+        .request_raw("GET", "/v1/reservations", &[], None)
+        .await
+        .unwrap();
+    assert_error(&r, 501, "keeps no reservations");
+    let status: StatusView = client.get("/v1/status").await.unwrap();
+    assert_eq!(status.reservations_active, None);
+    api.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn an_owner_hears_only_about_its_own_reservations() {
+    let h = Harness::start(Agent::Answers, false).await;
+    let client = h.client.clone();
+    let (got_tx, mut got_rx) = mpsc::unbounded_channel();
+    let follower = tokio::spawn(async move {
+        client
+            .events_at("/v1/events?owner=video-team", |e| {
+                let _ = got_tx.send(e);
+                true
+            })
+            .await
+    });
+    // The stream subscribes when its request arrives, which the test cannot see: make
+    // changes (others' and ours, and an agent event) until the first event comes through.
+    let end = dwcp_agent::telemetry::unix_now() + 600;
+    let mut first = None;
+    for _ in 0..100 {
+        h.events.send(AgentEvent::LinkUp { link: 1 }).ok();
+        let other = reservation_body(json!("1M"), end).replace("video-team", "backup");
+        assert_eq!(
+            h.raw("POST", "/v1/reservations", Some(&other)).await.status,
+            201
+        );
+        let mine = reservation_body(json!("2M"), end);
+        assert_eq!(
+            h.raw("POST", "/v1/reservations", Some(&mine)).await.status,
+            201
+        );
+        if let Ok(Some(e)) = tokio::time::timeout(Duration::from_millis(100), got_rx.recv()).await {
+            first = Some(e);
+            break;
+        }
+    }
+    let mut seen = vec![first.expect("an event arrives")];
+    while let Ok(e) = got_rx.try_recv() {
+        seen.push(e);
+    }
+    for e in &seen {
+        assert_eq!(e.event, "reservation", "{e:?}");
+        let v: Value = serde_json::from_str(&e.data).unwrap();
+        assert_eq!(v["reservation"]["owner"], "video-team", "{e:?}");
+        assert_eq!(v["reservation"]["rate_bps"], 2_000_000);
+    }
+    assert_error(
+        &h.raw("GET", "/v1/events?colour=red", None).await,
+        400,
+        "colour",
+    );
+    h.stop().await;
+    tokio::time::timeout(Duration::from_secs(10), follower)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+}

@@ -1,0 +1,914 @@
+//! Replay tests: recorded input sequences (`tests/fixtures/replay/*.json`) go into a state
+//! owner that programs a real (unpinned) fast path in a network namespace with the
+//! configuration's interfaces; the maps read back from the kernel and the route history must
+//! be what the fixture says.
+//!
+//! Fixture format:
+//! ```json
+//! { "config": "gateway_a.toml", "interfaces": ["lan0", "ul1"],
+//!   "neighbours": [{"interface": "ul1", "ip": "172.31.1.2", "mac": "02:00:00:00:01:02"}],
+//!   "events": [{"at_ms": 0, "kind": "link_up", "link": 1}, ...],
+//!   "until_ms": 10000,
+//!   "expect": { "groups": {"eu-west-1": {"active": [1], "standby": [3]}},
+//!               "history": [{"destination": "eu-west-1", "before": [], "after": [[1]],
+//!                            "reason": "agent started"}] } }
+//! ```
+//! An `interface` event with `ifindex` 0 is resolved by name in the test namespace. Expected
+//! standby members are checked only when the fast path supports them.
+
+use std::{
+    collections::BTreeMap,
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+};
+
+use dwcp_common::NHG_BUCKETS;
+use dwcp_control::config::AgentConfig;
+use dwcp_control::config::Mac;
+use dwcp_control::plan::standby_supported;
+use dwcp_control::replay::replay;
+use dwcp_control::traffic::SampledPacket;
+use dwcp_control::AgentState;
+use dwcp_control::Input;
+use dwcp_control::NextReservationChange;
+use dwcp_control::Now;
+use dwcp_control::TimedInput;
+use dwcp_dataplane::Dataplane;
+use dwcp_dataplane::Pinning;
+use dwcp_lab::netlab::Netns;
+use serde::Deserialize;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Fixture {
+    #[allow(dead_code)]
+    description: String,
+    config: String,
+    interfaces: Vec<String>,
+    #[serde(default)]
+    neighbours: Vec<NeighbourFixture>,
+    /// Inline events, or a file of JSON lines (as `dwcp-agent --record` writes).
+    #[serde(default)]
+    events: Vec<TimedInput>,
+    #[serde(default)]
+    events_file: Option<String>,
+    until_ms: u64,
+    expect: Expect,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NeighbourFixture {
+    interface: String,
+    ip: Ipv4Addr,
+    mac: Mac,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Expect {
+    /// Destination -> the links of its group: active (with buckets) and standby.
+    groups: BTreeMap<String, ExpectGroup>,
+    /// Destinations without a route.
+    #[serde(default)]
+    unrouted: Vec<String>,
+    /// The whole history, in order; `null` = check only `history_last`.
+    #[serde(default)]
+    history: Option<Vec<ExpectChange>>,
+    /// The last entries of the history.
+    #[serde(default)]
+    history_last: Vec<ExpectChange>,
+    #[serde(default)]
+    max_computations: Option<u64>,
+    /// Errors the inputs must produce (substrings), in order.
+    #[serde(default)]
+    errors: Vec<String>,
+    /// Link id -> flags of its LINK_CONFIG entry.
+    #[serde(default)]
+    link_flags: BTreeMap<u32, u32>,
+    /// Underlay interface -> MAC of the peer in NEIGHBOURS.
+    #[serde(default)]
+    neighbours: BTreeMap<String, Mac>,
+}
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+struct ExpectGroup {
+    active: Vec<u32>,
+    #[serde(default)]
+    standby: Vec<u32>,
+}
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+struct ExpectChange {
+    destination: String,
+    before: Vec<Vec<u32>>,
+    after: Vec<Vec<u32>>,
+    /// A substring of the recorded reason.
+    reason: String,
+    #[serde(default)]
+    at_ms: Option<u64>,
+    #[serde(default)]
+    after_weights: Option<Vec<u32>>,
+}
+
+/// Replaces every `$ifindex(name)` in `text` with `f(name)`.
+fn substitute(text: &str, f: impl Fn(&str) -> String) -> String {
+    let mut out = String::new();
+    let mut rest = text;
+    while let Some(i) = rest.find("$ifindex(") {
+        out.push_str(&rest[..i]);
+        let after = &rest[i + "$ifindex(".len()..];
+        let end = after.find(')').expect("$ifindex( closed");
+        out.push_str(&f(&after[..end]));
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    out
+}
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../dwcp-control/tests/fixtures/replay")
+}
+
+/// Runs fixture `name` and checks its expectations.
+fn run(name: &str) {
+    run_with(name, Pinning::None, |_, _| {});
+}
+
+/// Runs fixture `name` on a fast path with `pinning`, checks it, then hands the state owner to
+/// `after` (still inside the test namespace).
+fn run_with(
+    name: &str,
+    pinning: Pinning,
+    after: impl FnOnce(AgentState<Dataplane>, &BTreeMap<String, (u32, Mac)>) + Send,
+) {
+    let dir = fixtures();
+    let raw = std::fs::read_to_string(dir.join(name)).unwrap();
+    // The namespace (and its interface indexes) is this run's: `$ifindex(ul1)` in a fixture
+    // stands for the index of ul1.
+    let ns = Netns::new("replay").unwrap();
+    let interfaces: Vec<String> =
+        serde_json::from_str::<serde_json::Value>(&substitute(&raw, |_| "0".into()))
+            .ok()
+            .and_then(|v| serde_json::from_value(v["interfaces"].clone()).ok())
+            .unwrap_or_default();
+    // veth pairs (this kernel has no dummy driver); the peer ends stay unused.
+    for i in &interfaces {
+        let peer = format!("{i}-p");
+        ns.ip(&["link", "add", i, "type", "veth", "peer", "name", &peer])
+            .unwrap();
+        ns.ip(&["link", "set", i, "up"]).unwrap();
+        ns.ip(&["link", "set", &peer, "up"]).unwrap();
+    }
+    let text = substitute(&raw, |i| ns.ifindex(i).unwrap().to_string());
+    let fx: Fixture = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{name}: {e}"));
+    let config = AgentConfig::load(&dir.join(&fx.config)).unwrap();
+    let mut events = fx.events.clone();
+    if let Some(file) = &fx.events_file {
+        let lines = std::fs::read_to_string(dir.join(file)).unwrap();
+        for (i, l) in lines.lines().enumerate() {
+            if !l.trim().is_empty() {
+                events.push(
+                    serde_json::from_str(l).unwrap_or_else(|e| panic!("{file}:{}: {e}", i + 1)),
+                );
+            }
+        }
+    }
+    events.sort_by_key(|e| e.at_ms);
+
+    let resolve = |name: &str| -> (u32, Mac) {
+        (
+            ns.ifindex(name).unwrap(),
+            Mac(ns.mac(name).unwrap_or_default()),
+        )
+    };
+    // The dump the daemon would take at start, then the recorded events.
+    let mut inputs: Vec<TimedInput> = Vec::new();
+    for i in &fx.interfaces {
+        let (ifindex, mac) = resolve(i);
+        inputs.push(TimedInput {
+            at_ms: 0,
+            input: Input::Interface {
+                name: i.clone(),
+                ifindex,
+                up: true,
+                mac,
+                mtu: Some(1500),
+            },
+        });
+    }
+    for l in &config.local_links {
+        inputs.push(TimedInput {
+            at_ms: 0,
+            input: Input::Address {
+                ifindex: resolve(&l.interface).0,
+                ip: l.local_ip.into(),
+                present: true,
+            },
+        });
+    }
+    for n in &fx.neighbours {
+        inputs.push(TimedInput {
+            at_ms: 0,
+            input: Input::Neighbour {
+                ifindex: resolve(&n.interface).0,
+                ip: n.ip,
+                mac: Some(n.mac),
+            },
+        });
+    }
+    for mut e in events {
+        match &mut e.input {
+            Input::Interface {
+                name, ifindex, mac, ..
+            } if *ifindex == 0 => {
+                let (i, m) = resolve(name);
+                *ifindex = i;
+                *mac = m;
+            }
+            Input::Reload { path } => *path = dir.join(&*path),
+            _ => {}
+        }
+        inputs.push(e);
+    }
+
+    let standby = standby_supported();
+    let ifindexes: BTreeMap<String, u32> = fx
+        .interfaces
+        .iter()
+        .map(|i| (i.clone(), resolve(i).0))
+        .collect();
+    let resolved: BTreeMap<String, (u32, Mac)> = fx
+        .interfaces
+        .iter()
+        .map(|i| (i.clone(), resolve(i)))
+        .collect();
+    ns.run_in(move || {
+        let dp = Dataplane::load(pinning).unwrap();
+        let mut state = AgentState::new(config, dp, Now::at_ms(0)).unwrap();
+        let errors = replay(&mut state, &inputs, fx.until_ms);
+        check(name, &state, &fx.expect, &errors, standby, &ifindexes);
+        after(state, &resolved);
+    })
+    .unwrap();
+}
+
+fn check(
+    name: &str,
+    state: &AgentState<Dataplane>,
+    expect: &Expect,
+    errors: &[(u64, String)],
+    standby: bool,
+    ifindexes: &BTreeMap<String, u32>,
+) {
+    // Shown when the test fails (cargo prints a failing test's output).
+    let history: Vec<_> = state.history().cloned().collect();
+    let render = |h: &[dwcp_agent::agent::RouteChange]| {
+        h.iter()
+            .map(|c| {
+                format!(
+                    "  +{} ms {}: {:?} -> {:?}: {}",
+                    c.at_unix_ms - Now::at_ms(0).unix_ms,
+                    c.destination,
+                    c.before,
+                    c.after,
+                    c.reason
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    eprintln!("{name}: history\n{}", render(&history));
+    for p in state.plans().values() {
+        eprintln!(
+            "{name}: {} group {} members {:?} error {:?}",
+            p.destination, p.group_id, p.members, p.error
+        );
+    }
+    // The agent's belief is what the kernel holds.
+    let kernel = state.read_back().unwrap();
+    assert_eq!(
+        &kernel,
+        state.programmed(),
+        "{name}: maps differ from what the agent believes"
+    );
+
+    // Groups and routes, by destination.
+    let plans = state.plans();
+    for (dest, want) in &expect.groups {
+        let plan = plans
+            .get(dest)
+            .unwrap_or_else(|| panic!("{name}: no plan for {dest}"));
+        let table = kernel
+            .groups
+            .get(&plan.group_id)
+            .unwrap_or_else(|| panic!("{name}: group {} of {dest} not programmed", plan.group_id));
+        let n = table.member_count as usize;
+        let mut active = Vec::new();
+        let mut standby_members = Vec::new();
+        for (i, nh) in table.nexthops[..n].iter().enumerate() {
+            let buckets = table.buckets.iter().filter(|&&b| b as usize == i).count();
+            if buckets > 0 {
+                active.push(*nh);
+            } else {
+                standby_members.push(*nh);
+            }
+        }
+        assert_eq!(
+            table.buckets.len(),
+            NHG_BUCKETS,
+            "{name}: {dest} bucket table"
+        );
+        active.sort();
+        let mut want_active = want.active.clone();
+        want_active.sort();
+        assert_eq!(active, want_active, "{name}: active members of {dest}");
+        let want_standby: Vec<u32> = if standby {
+            want.standby.clone()
+        } else {
+            vec![]
+        };
+        assert_eq!(
+            standby_members, want_standby,
+            "{name}: standby members of {dest}"
+        );
+        // Every prefix of the destination points at its group.
+        let prefixes = &state.config().prefixes[dest].prefixes;
+        for p in prefixes {
+            let r = kernel
+                .routes
+                .get(p)
+                .unwrap_or_else(|| panic!("{name}: no route for {p}"));
+            assert_eq!(r.group_id, plan.group_id, "{name}: route {p}");
+        }
+    }
+    for dest in &expect.unrouted {
+        for p in &state.config().prefixes[dest].prefixes {
+            assert!(
+                !kernel.routes.contains_key(p),
+                "{name}: {p} of {dest} is still routed"
+            );
+        }
+    }
+    for (iface, mac) in &expect.neighbours {
+        let link = state
+            .config()
+            .local_links
+            .iter()
+            .find(|l| &l.interface == iface)
+            .unwrap();
+        let n = kernel
+            .neighbours
+            .get(&(ifindexes[iface], link.via_ip.octets()))
+            .unwrap_or_else(|| panic!("{name}: no neighbour on {iface}"));
+        assert_eq!(n.mac, mac.0, "{name}: neighbour MAC on {iface}");
+        assert_ne!(n.if_mac, [0; 6], "{name}: our MAC on {iface}");
+    }
+    // Nothing routed that the fixture does not name.
+    let expected_prefixes: usize = expect
+        .groups
+        .keys()
+        .map(|d| state.config().prefixes[d].prefixes.len())
+        .sum();
+    assert_eq!(
+        kernel.routes.len(),
+        expected_prefixes,
+        "{name}: route count"
+    );
+    for (link, flags) in &expect.link_flags {
+        assert_eq!(
+            kernel.links.get(link).map(|c| c.flags),
+            Some(*flags),
+            "{name}: flags of link {link}"
+        );
+    }
+
+    let matches = |got: &dwcp_agent::agent::RouteChange, want: &ExpectChange| {
+        got.destination == want.destination
+            && got.before == want.before
+            && got.after == want.after
+            && got.reason.contains(&want.reason)
+            && want
+                .at_ms
+                .is_none_or(|t| got.at_unix_ms == Now::at_ms(t).unix_ms)
+            && want
+                .after_weights
+                .as_ref()
+                .is_none_or(|w| *w == got.after_weights)
+    };
+    if let Some(want) = &expect.history {
+        assert_eq!(
+            history.len(),
+            want.len(),
+            "{name}: history\n{}",
+            render(&history)
+        );
+        for (g, w) in history.iter().zip(want) {
+            assert!(
+                matches(g, w),
+                "{name}: history entry {w:?} not matched; history:\n{}",
+                render(&history)
+            );
+        }
+    }
+    if !expect.history_last.is_empty() {
+        let tail = &history[history.len().saturating_sub(expect.history_last.len())..];
+        for (g, w) in tail.iter().zip(&expect.history_last) {
+            assert!(
+                matches(g, w),
+                "{name}: last history entries: {w:?} not matched:\n{}",
+                render(tail)
+            );
+        }
+    }
+    if let Some(max) = expect.max_computations {
+        assert!(
+            state.computations() <= max,
+            "{name}: {} computations, at most {max} expected",
+            state.computations()
+        );
+    }
+    assert_eq!(
+        errors.len(),
+        expect.errors.len(),
+        "{name}: input errors {errors:?}"
+    );
+    for ((_, got), want) in errors.iter().zip(&expect.errors) {
+        assert!(got.contains(want), "{name}: error {got:?} lacks {want:?}");
+    }
+}
+
+#[test]
+fn link_failure_and_recovery() {
+    run("link_failure_and_recovery.json");
+}
+
+#[test]
+fn a_storm_of_1000_flaps_ends_in_the_right_state() {
+    run("storm.json");
+}
+
+#[test]
+fn region_health_admin_down_and_interface_events() {
+    run("region_and_admin.json");
+}
+
+#[test]
+fn config_reload_applies_and_a_bad_one_changes_nothing() {
+    run("reload.json");
+}
+
+/// A pin directory of this test run, removed on drop.
+struct PinDir(PathBuf);
+
+impl Drop for PinDir {
+    fn drop(&mut self) {
+        let _ = dwcp_dataplane::unpin_all(&self.0);
+    }
+}
+
+#[test]
+fn a_restarted_agent_adopts_the_maps_and_writes_nothing() {
+    let pins = PinDir(PathBuf::from(format!(
+        "/sys/fs/bpf/dwcp-replay-{}",
+        std::process::id()
+    )));
+    let dir = pins.0.clone();
+    run_with(
+        "link_failure_and_recovery.json",
+        Pinning::Dir(dir.clone()),
+        move |first, interfaces| {
+            let programmed = first.programmed().clone();
+            let config = first.config().as_ref().clone();
+            // The same inputs a restarted daemon gets from its netlink dump and its monitor.
+            let mut start: Vec<Input> = Vec::new();
+            let ifindex_of = |n: &str| interfaces[n];
+            for (name, i) in interfaces {
+                start.push(Input::Interface {
+                    name: name.clone(),
+                    ifindex: i.0,
+                    up: true,
+                    mac: i.1,
+                    mtu: Some(1500),
+                });
+            }
+            drop(first);
+            for l in &config.local_links {
+                start.push(Input::Address {
+                    ifindex: ifindex_of(&l.interface).0,
+                    ip: l.local_ip.into(),
+                    present: true,
+                });
+            }
+            for (ifname, ip, mac) in [
+                ("ul1", [172, 31, 1, 2], [2, 0, 0, 0, 1, 2]),
+                ("ul3", [172, 31, 3, 2], [2, 0, 0, 0, 3, 2]),
+            ] {
+                start.push(Input::Neighbour {
+                    ifindex: ifindex_of(ifname).0,
+                    ip: ip.into(),
+                    mac: Some(Mac(mac)),
+                });
+            }
+            start.push(Input::LinkUp { link: 1 });
+            start.push(Input::LinkUp { link: 3 });
+            let dp = Dataplane::load(Pinning::Dir(dir)).unwrap();
+            let mut second = AgentState::new(config, dp, Now::at_ms(0)).unwrap();
+            assert_eq!(second.programmed(), &programmed, "read back at start");
+            for i in start {
+                second.handle(i, Now::at_ms(0)).unwrap();
+            }
+            second.on_timer(Now::at_ms(0));
+            let u = second.last_update().unwrap();
+            assert_eq!(u.changes, 0, "the restart rewrote maps");
+            assert_eq!(second.adopted().routes, 3);
+        },
+    );
+}
+
+#[test]
+fn reservations_move_the_split() {
+    run("reservations.json");
+}
+
+#[test]
+fn an_active_reservation_is_policed_in_the_fast_path_until_it_ends() {
+    run_with("reservation_policer.json", Pinning::None, |mut state, _| {
+        let group = state.plans()["ap-south-1"].group_id;
+        let realtime = dwcp_common::QosClass::Realtime as u8;
+        let policers = state.fast_path().policers().unwrap();
+        assert_eq!(policers.len(), 1, "{policers:?}");
+        let (key, p) = policers[0];
+        assert_eq!((key.group_id, key.class), (group, realtime));
+        assert_eq!(p.rate_bytes_per_s, 50_000_000, "400 Mbit/s in bytes");
+        assert_eq!(p.burst_bytes, 2_500_000, "50 ms at the rate");
+        assert_eq!(p.action, dwcp_common::POLICE_REMARK);
+        let flags = state.fast_path().config().unwrap().flags;
+        assert_ne!(flags & dwcp_common::CONFIG_F_POLICING, 0, "policing on");
+
+        // An unrelated recomputation leaves the bucket alone (a rewrite would refill it).
+        let before = state.last_update().map(|u| u.at_ns);
+        state.handle(Input::Optimise, Now::at_ms(7_000)).unwrap();
+        state.on_timer(Now::at_ms(9_000));
+        let u = state.last_update().unwrap();
+        assert_ne!(Some(u.at_ns), before, "the optimisation did not recompute");
+        assert_eq!(
+            u.changes, 0,
+            "a recomputation without a change rewrote maps"
+        );
+
+        // Link 3 (800 Mbit/s) carries nothing yet: with the reservation counted in full its
+        // projected utilisation is 400/800; realtime holds the reservation.
+        let link3 = |state: &AgentState<Dataplane>| {
+            let snap = (**state.snapshot()).clone();
+            let l = snap.links.iter().find(|l| l.id == 3).cloned().unwrap();
+            (l.projected_utilisation_ratio, l.projected_at_unix_s)
+        };
+        assert_eq!(link3(&state), (Some(0.5), None));
+        let snap = (**state.snapshot()).clone();
+        let reserved: Vec<(String, u64)> = snap
+            .classes
+            .iter()
+            .map(|c| (c.class.clone(), c.reserved_bps))
+            .collect();
+        assert_eq!(reserved.len(), 5, "{reserved:?}");
+        for (class, bps) in &reserved {
+            let want = if class == "realtime" { 400_000_000 } else { 0 };
+            assert_eq!(*bps, want, "{class}");
+        }
+        assert!(snap.classes.iter().all(|c| c.throughput_bps == Some(0.0)));
+        // The manager says the next change is its end, with nothing reserved after it.
+        let active: dwcp_control::bandwidth::Reservation = serde_json::from_value(
+            serde_json::json!({"id": 7, "owner": "video-team", "source": "us-east-1",
+                "destination": "ap-south-1", "class": "realtime", "rate_bps": 400000000u64,
+                "start": 1700000000u64, "end": 1700003600u64, "priority": 5, "path": [3]}),
+        )
+        .unwrap();
+        state
+            .handle(
+                Input::Reservations {
+                    active: vec![active],
+                    next: Some(NextReservationChange {
+                        at_unix_s: 1_700_003_600,
+                        reserved_bps: Default::default(),
+                    }),
+                },
+                Now::at_ms(9_500),
+            )
+            .unwrap();
+        state.on_timer(Now::at_ms(10_000));
+        assert_eq!(link3(&state), (Some(0.0), Some(1_700_003_600)));
+
+        // The reservation ends: its bucket goes, and policing with it.
+        state
+            .handle(
+                Input::Reservations {
+                    active: Vec::new(),
+                    next: None,
+                },
+                Now::at_ms(10_000),
+            )
+            .unwrap();
+        state.on_timer(Now::at_ms(12_000));
+        assert!(state.fast_path().policers().unwrap().is_empty());
+        let flags = state.fast_path().config().unwrap().flags;
+        assert_eq!(flags & dwcp_common::CONFIG_F_POLICING, 0, "policing off");
+        assert_eq!(&state.read_back().unwrap(), state.programmed());
+    });
+}
+
+#[test]
+fn sampled_packets_make_the_top_flows_of_a_window() {
+    run_with("reservation_policer.json", Pinning::None, |mut state, _| {
+        let packet = |src: &str, sport: u16, class: u8, bytes: u32| SampledPacket {
+            src: src.parse().unwrap(),
+            dst: "10.3.0.9".parse().unwrap(),
+            proto: 17,
+            src_port: sport,
+            dst_port: 5004,
+            class,
+            bytes,
+            nexthop: 3,
+            group: 0,
+        };
+        let samples = vec![
+            packet("10.1.0.5", 40_000, 1, 1_000),
+            packet("10.1.0.6", 40_001, 4, 500),
+            packet("10.1.0.5", 40_000, 1, 1_000),
+            packet("10.1.0.5", 40_000, 1, 1_000),
+        ];
+        state
+            .handle(Input::FlowSamples { samples }, Now::at_ms(20_000))
+            .unwrap();
+        state.on_timer(Now::at_ms(20_000));
+        let flows = state.snapshot().flows.clone();
+        assert_eq!((flows.sample_every, flows.samples), (1_000, 4));
+        // Each sample stands for 1,000 packets of its length.
+        assert_eq!(flows.bytes, 3_500_000);
+        let top: Vec<_> = flows
+            .flows
+            .iter()
+            .map(|f| (f.src.to_string(), f.bytes, f.class.clone()))
+            .collect();
+        assert_eq!(
+            top,
+            [
+                ("10.1.0.5".into(), 3_000_000, Some("realtime".into())),
+                ("10.1.0.6".into(), 500_000, Some("best-effort".into()))
+            ]
+        );
+        assert!((flows.flows[0].share - 3.0 / 3.5).abs() < 1e-9);
+        // The window (60 s by default) ends: the table starts over.
+        state.on_timer(Now::at_ms(81_000));
+        let flows = state.snapshot().flows.clone();
+        assert_eq!((flows.samples, flows.bytes), (0, 0));
+        assert!(flows.flows.is_empty());
+    });
+}
+
+/// TE mode end to end in the state owner: sampled packets become each flow group's demand,
+/// the traffic engineer allocates it (strict priority between classes), and the groups it
+/// cannot grant in full are policed at their grant; when the demand goes, so do the policers.
+#[test]
+fn te_mode_takes_demand_from_sampled_packets_and_polices_what_it_cannot_grant() {
+    use dwcp_common::QosClass;
+    run_with("te_demand.json", Pinning::None, |mut state, _| {
+        let ap = state.plans()["ap-south-1"].group_id;
+        assert!(
+            state.fast_path().policers().unwrap().is_empty(),
+            "no demand measured, no policer"
+        );
+        let sample = |class: QosClass| SampledPacket {
+            src: "10.1.0.5".parse().unwrap(),
+            dst: "10.3.0.9".parse().unwrap(),
+            proto: 17,
+            src_port: 40_000,
+            dst_port: 5004,
+            class: class as u8,
+            bytes: 1_000,
+            nexthop: 1,
+            group: ap,
+        };
+        // One counters interval (1 s) of samples, each standing for 1,000 packets of its
+        // length: realtime offers 2 Gbit/s towards ap-south-1, bulk 80 Mbit/s, more than the
+        // two paths can take after the 20 % headroom (720 + 640 Mbit/s).
+        state.on_timer(Now::at_ms(20_000));
+        let mut samples = vec![sample(QosClass::Realtime); 250];
+        samples.extend(vec![sample(QosClass::Bulk); 10]);
+        state
+            .handle(Input::FlowSamples { samples }, Now::at_ms(20_500))
+            .unwrap();
+        state.on_timer(Now::at_ms(21_000));
+        state.on_timer(Now::at_ms(21_100));
+        let policers: BTreeMap<u8, u64> = state
+            .fast_path()
+            .policers()
+            .unwrap()
+            .into_iter()
+            .map(|(k, p)| {
+                assert_eq!(k.group_id, ap);
+                (k.class, p.rate_bytes_per_s)
+            })
+            .collect();
+        // The estimate, as /v1/classes shows it.
+        let snap = (**state.snapshot()).clone();
+        let offered = |name: &str| {
+            snap.classes
+                .iter()
+                .find(|c| c.class == name)
+                .unwrap()
+                .offered_bps
+        };
+        assert_eq!(offered("realtime"), 2e9);
+        assert_eq!(offered("bulk"), 80e6);
+        // Realtime gets what both paths offer; bulk, below it, nothing: both are policed at
+        // their grant. Best effort never is.
+        assert_eq!(
+            policers,
+            BTreeMap::from([
+                (QosClass::Realtime as u8, 1_360_000_000 / 8),
+                (QosClass::Bulk as u8, 0)
+            ])
+        );
+        let flags = state.fast_path().config().unwrap().flags;
+        assert_ne!(flags & dwcp_common::CONFIG_F_POLICING, 0);
+        // The split follows the grant on each path (720:640 = 9:8).
+        let paths = &state.plans()["ap-south-1"].paths;
+        let weights: Vec<u32> = paths.iter().map(|p| p.weight).collect();
+        assert_eq!(weights, [9, 8]);
+        // The traffic stops: the average decays, the demand goes, and the policers with it.
+        let mut t = 21_100;
+        while t < 60_000 && !state.fast_path().policers().unwrap().is_empty() {
+            t += 1_000;
+            state.on_timer(Now::at_ms(t));
+            state.on_timer(Now::at_ms(t + 100));
+        }
+        assert!(state.fast_path().policers().unwrap().is_empty());
+        let flags = state.fast_path().config().unwrap().flags;
+        assert_eq!(flags & dwcp_common::CONFIG_F_POLICING, 0);
+        eprintln!("policers removed {} ms after the last samples", t - 21_000);
+        assert_eq!(&state.read_back().unwrap(), state.programmed());
+    });
+}
+
+/// `ip <args>` in the calling thread's namespace (the test namespace inside `run_in`).
+fn ip_here(args: &[&str]) -> String {
+    let out = std::process::Command::new("ip")
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "ip {args:?}: {out:?}");
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// Link 3 is `kind = "wireguard"` on wg3. A veth stands in for the WireGuard device: what is
+/// checked (the maps, the rule and the table route) does not depend on the device's kind;
+/// traffic through a real wireguard-go device is the tunnels.rs hand-off lab's.
+#[test]
+fn a_wireguard_link_is_a_handoff_next_hop_with_its_policy_rule() {
+    run_with(
+        "wireguard_handoff.json",
+        Pinning::None,
+        |mut state, interfaces| {
+            let wg3 = interfaces["wg3"].0;
+            let kernel = state.read_back().unwrap();
+            let nh = kernel.nexthops[&3];
+            assert!(nh.is_handoff(), "{nh:?}");
+            assert_eq!(
+                nh.flags & dwcp_common::NH_F_HANDOFF,
+                dwcp_common::NH_F_HANDOFF
+            );
+            assert_eq!(nh.handoff_mark(), Some(0x6477_0003));
+            assert_eq!(nh.ifindex, wg3);
+            assert_eq!(nh.link_id, 3);
+            // The group of ap-south-1 holds it (checked by the fixture: active [3]).
+            let group = kernel.groups[&state.plans()["ap-south-1"].group_id];
+            assert!(group.nexthops[..group.member_count as usize].contains(&3));
+            // No VNI, no neighbour, no probing for it; link 1 (VXLAN) is as before.
+            assert!(kernel
+                .vnis
+                .contains_key(&(dwcp_control::config::VNI_BASE + 1)));
+            assert!(!kernel
+                .vnis
+                .contains_key(&(dwcp_control::config::VNI_BASE + 3)));
+            assert_eq!(kernel.vnis.len(), 1, "{:?}", kernel.vnis.keys());
+            assert!(kernel.neighbours.keys().all(|(i, _)| *i != wg3));
+            assert!(!kernel.links.contains_key(&3), "link 3 is not monitored");
+            assert!(!kernel.nexthops[&1].is_handoff());
+            // The tunnel view names it.
+            let snap = (**state.snapshot()).clone();
+            let t = snap
+                .tunnels
+                .iter()
+                .find(|t| t.name == "wireguard-use1-aps1")
+                .unwrap_or_else(|| panic!("{:?}", snap.tunnels));
+            assert_eq!(
+                (t.kind.as_str(), t.vni, t.link),
+                ("wireguard", None, Some(3))
+            );
+            assert!(snap.tunnels.iter().any(|t| t.name == "vxlan-use1-euw1"));
+
+            // A stale handshake (the daemon reads it from the UAPI socket) takes link 3 down:
+            // ap-south-1 goes over link 1 only; a fresh one brings it back.
+            let aps1 = state.plans()["ap-south-1"].group_id;
+            let members = |state: &AgentState<Dataplane>| {
+                let g = state.read_back().unwrap().groups[&aps1];
+                let mut m = g.nexthops[..g.member_count as usize].to_vec();
+                m.sort();
+                m
+            };
+            state
+                .handle(
+                    Input::WireGuardHandshake {
+                        link: 3,
+                        stale: Some("latest WireGuard handshake 400 s ago".into()),
+                    },
+                    Now::at_ms(11_000),
+                )
+                .unwrap();
+            state.on_timer(Now::at_ms(13_000));
+            assert_eq!(members(&state), vec![1], "link 3 down");
+            let last = state.history().last().unwrap().clone();
+            assert!(last.reason.contains("handshake 400 s ago"), "{last:?}");
+            state
+                .handle(
+                    Input::WireGuardHandshake {
+                        link: 3,
+                        stale: None,
+                    },
+                    Now::at_ms(14_000),
+                )
+                .unwrap();
+            state.on_timer(Now::at_ms(16_000));
+            assert_eq!(members(&state), vec![1, 3], "link 3 back");
+
+            // The daemon's half: the policy rule and the table route, idempotent, removed when
+            // the link leaves the configuration.
+            let config = state.config().as_ref().clone();
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                use dwcp_agent::agent::handoff::Handoffs;
+                let mut h = Handoffs::open().await.unwrap();
+                let problems = h.sync(&config).await;
+                assert!(problems.is_empty(), "{problems:?}");
+                let rules = ip_here(&["-4", "rule", "show"]);
+                assert!(rules.contains("fwmark 0x64770003 lookup 20003"), "{rules}");
+                let rules6 = ip_here(&["-6", "rule", "show"]);
+                assert!(
+                    rules6.contains("fwmark 0x64770003 lookup 20003"),
+                    "{rules6}"
+                );
+                let routes = ip_here(&["-4", "route", "show", "table", "20003"]);
+                assert!(routes.contains("default dev wg3"), "{routes}");
+                // Again: nothing added twice.
+                assert!(h.sync(&config).await.is_empty());
+                let rules = ip_here(&["-4", "rule", "show"]);
+                assert_eq!(rules.matches("fwmark 0x64770003").count(), 1, "{rules}");
+                // The device gone: reported, not fatal.
+                ip_here(&["link", "set", "wg3", "down"]);
+                let problems = h.sync(&config).await;
+                assert!(!problems.is_empty(), "a down device's route cannot exist");
+                ip_here(&["link", "set", "wg3", "up"]);
+                assert!(h.sync(&config).await.is_empty(), "restored once up");
+                // Table 20003's routes, both families (`show table 20003` fails once the
+                // table is empty).
+                let table_routes = || {
+                    let all = ip_here(&["-4", "route", "show", "table", "all"])
+                        + &ip_here(&["-6", "route", "show", "table", "all"]);
+                    all.lines()
+                        .filter(|l| l.contains("table 20003"))
+                        .map(str::to_string)
+                        .collect::<Vec<_>>()
+                };
+                assert_eq!(table_routes().len(), 2, "{:?}", table_routes());
+                // The link leaves the configuration (a SIGHUP reload): its rules and its
+                // table's route go (the device stays: it is not the agent's).
+                let mut without = config.clone();
+                without.local_links.retain(|l| l.link_id != 3);
+                assert!(h.sync(&without).await.is_empty());
+                let rules = ip_here(&["-4", "rule", "show"]);
+                assert!(!rules.contains("0x64770003"), "{rules}");
+                let rules6 = ip_here(&["-6", "rule", "show"]);
+                assert!(!rules6.contains("0x64770003"), "{rules6}");
+                assert_eq!(table_routes(), Vec::<String>::new());
+                // `dwcp-agent --remove`: removes the rules and routes of the configuration's
+                // links.
+                h.sync(&config).await;
+                assert_eq!(table_routes().len(), 2, "{:?}", table_routes());
+                assert_eq!(
+                    dwcp_agent::agent::handoff::remove_all(&config)
+                        .await
+                        .unwrap(),
+                    1
+                );
+                assert!(!ip_here(&["rule", "show"]).contains("0x64770003"));
+                assert_eq!(table_routes(), Vec::<String>::new());
+            });
+        },
+    );
+}

@@ -1,0 +1,50 @@
+//! The verifier's work per program, against a budget. The kernel refuses a program whose
+//! verification takes more than 1,000,000 instructions; a change that multiplies the
+//! verifier's states (a variable carried through the next-hop loop did: `dwcp_lan` went from
+//! 112k to over 1M) should fail here, named, rather than as a load error in every lab.
+//!
+//! Budgets: the figure of 2026-11-21 plus room to grow. `dwcp_underlay` inlines the whole
+//! forwarding path for transit traffic on top of probes and decapsulation: 505k before the
+//! held-down fallback of `pick_nexthop`, 671k after, two thirds of the limit. The next step if
+//! it must grow: forward transit packets through a tail call, verified as a program of its own.
+
+use dwcp_common::maps::programs;
+use dwcp_dataplane::Dataplane;
+use dwcp_dataplane::Pinning;
+
+const KERNEL_LIMIT: u32 = 1_000_000;
+
+#[test]
+fn every_program_verifies_within_its_budget() {
+    let mut dp = Dataplane::load(Pinning::None).expect("the object loads");
+    let mut counts = Vec::new();
+    for (name, budget) in [
+        (programs::LAN_INGRESS, 400_000),
+        (programs::UNDERLAY_INGRESS, 750_000),
+        (programs::PASS, 100),
+    ] {
+        let info = dp.program(name).unwrap().info().unwrap();
+        counts.push((name, budget, info.verified_instruction_count()));
+    }
+    let tc = dp.handoff_tc_program().unwrap().info().unwrap();
+    counts.push((
+        programs::LAN_HANDOFF_TC,
+        10_000,
+        tc.verified_instruction_count(),
+    ));
+    for (name, budget, n) in &counts {
+        let n = n.unwrap_or_else(|| panic!("{name}: the kernel reports no verified_insns"));
+        eprintln!(
+            "{name}: {n} instructions verified (budget {budget}, kernel limit {KERNEL_LIMIT})"
+        );
+        assert!(
+            n <= *budget,
+            "{name}: the verifier processed {n} instructions, over its budget of {budget} \
+             (the kernel refuses above {KERNEL_LIMIT})"
+        );
+    }
+    // The forwarding program is the big one; if it verified in almost nothing, this test
+    // would be reading the wrong figure.
+    let lan = counts[0].2.unwrap();
+    assert!(lan > 10_000, "dwcp_lan: only {lan} instructions verified");
+}

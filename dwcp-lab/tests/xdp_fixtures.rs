@@ -1,0 +1,1514 @@
+//! BPF_PROG_TEST_RUN fixtures for the XDP programs: input bytes -> expected output bytes and
+//! verdict, computed independently of the program (headers rebuilt, checksums recomputed from
+//! scratch). Needs root (CAP_BPF, CAP_NET_ADMIN, CAP_PERFMON).
+
+mod common;
+
+use std::net::{IpAddr, Ipv4Addr};
+
+use aya::programs::{TestRun, TestRunOptions};
+use common::*;
+use dwcp_common::{
+    flow_hash, maps::programs, probe::*, wire::*, ClassifierKey, ClassifierRule, FlowKey,
+    GatewayConfig, LinkConfig, Neighbour, NeighbourKey, NextHop, NextHopTable, QosClass, QosPolicy,
+    Reason, Route, VniEntry, CONFIG_F_READY, HANDOFF_META_MAGIC, LINK_F_ADMIN_DOWN,
+    LINK_F_MONITORED, NH_F_VALID, QOS_F_REWRITE,
+};
+use dwcp_control::nhg_table;
+use dwcp_dataplane::decode_sample;
+use dwcp_dataplane::Dataplane;
+use dwcp_dataplane::Member;
+use dwcp_dataplane::Pinning;
+use dwcp_dataplane::SLOT_REUSE_GUARD;
+
+const XDP_ABORTED: u32 = 0;
+const XDP_DROP: u32 = 1;
+const XDP_PASS: u32 = 2;
+const XDP_TX: u32 = 3;
+const XDP_REDIRECT: u32 = 4;
+const SEED: u32 = 0x5eed_1234;
+const GROUP: u32 = 7;
+const IF_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x10];
+
+fn nexthop(id: u32) -> NextHop {
+    NextHop {
+        flags: NH_F_VALID,
+        link_id: id,
+        ifindex: 1,
+        vni: 100 + id,
+        local_ip4: [192, 0, 2, 1],
+        remote_ip4: [198, 51, 100, id as u8],
+        via_ip4: [198, 51, 100, id as u8],
+        mtu: 1500,
+        inner_dst_mac: [0x02, 0, 0, 0, 0xb0, id as u8],
+        _pad: [0; 2],
+    }
+}
+
+fn neighbour(id: u32) -> Neighbour {
+    Neighbour {
+        mac: [0xaa, 0, 0, 0, 0, id as u8],
+        if_mac: IF_MAC,
+        _pad: [0; 4],
+    }
+}
+
+struct Fixture {
+    dp: Dataplane,
+    table: NextHopTable,
+}
+
+impl Fixture {
+    /// A gateway with routes 10.2.0.0/16 and 2001:db8:2::/48 to a group of next hops 1 and 2
+    /// (weights 1:3), classifier rules UDP/5004 -> realtime and TCP/22 -> interactive, every
+    /// class rewriting its DSCP.
+    fn new() -> Fixture {
+        let mut dp = Dataplane::load(Pinning::None).expect("load eBPF object (needs root)");
+        dp.set_config(GatewayConfig {
+            hash_seed: SEED,
+            flags: CONFIG_F_READY,
+            ..Default::default()
+        })
+        .unwrap();
+        for id in [1, 2] {
+            dp.set_nexthop(id, nexthop(id)).unwrap();
+            dp.set_neighbour(
+                NeighbourKey {
+                    ifindex: 1,
+                    ip4: [198, 51, 100, id as u8],
+                },
+                neighbour(id),
+            )
+            .unwrap();
+        }
+        dp.add_port(1).unwrap();
+        let table = dp
+            .set_group(
+                GROUP,
+                &[
+                    Member {
+                        nexthop: 1,
+                        weight: 1,
+                    },
+                    Member {
+                        nexthop: 2,
+                        weight: 3,
+                    },
+                ],
+            )
+            .unwrap();
+        let route = Route {
+            group_id: GROUP,
+            default_class: QosClass::BestEffort as u8,
+            _pad: [0; 3],
+        };
+        dp.set_route("10.2.0.0".parse().unwrap(), 16, route)
+            .unwrap();
+        dp.set_route("2001:db8:2::".parse().unwrap(), 48, route)
+            .unwrap();
+        dp.set_classifier_rule(
+            ClassifierKey {
+                proto: IPPROTO_UDP,
+                direction: 0,
+                port: 5004,
+            },
+            ClassifierRule {
+                class: QosClass::Realtime as u8,
+                _pad: [0; 3],
+            },
+        )
+        .unwrap();
+        dp.set_classifier_rule(
+            ClassifierKey {
+                proto: IPPROTO_TCP,
+                direction: 0,
+                port: 22,
+            },
+            ClassifierRule {
+                class: QosClass::Interactive as u8,
+                _pad: [0; 3],
+            },
+        )
+        .unwrap();
+        for c in QosClass::ALL {
+            dp.set_qos_policy(
+                c as u8,
+                QosPolicy {
+                    dscp: c.default_dscp(),
+                    flags: QOS_F_REWRITE,
+                    _pad: [0; 6],
+                },
+            )
+            .unwrap();
+        }
+        Fixture { dp, table }
+    }
+
+    fn run(&mut self, program: &'static str, input: &[u8]) -> (u32, Vec<u8>) {
+        let prog = self.dp.program(program).unwrap();
+        let mut out = vec![0u8; input.len() + 512];
+        let res = prog
+            .test_run(TestRunOptions {
+                data_in: Some(input),
+                data_out: Some(&mut out),
+                ..Default::default()
+            })
+            .unwrap_or_else(|e| panic!("test_run of {} bytes: {e}", input.len()));
+        out.truncate(res.data_size_out as usize);
+        (res.return_value, out)
+    }
+
+    fn lan(&mut self, input: &[u8]) -> (u32, Vec<u8>) {
+        self.run(programs::LAN_INGRESS, input)
+    }
+
+    fn reason(&self, r: Reason) -> u64 {
+        self.dp.reason_count(r).unwrap()
+    }
+
+    /// Which next hop the group picks for this flow (before liveness).
+    fn chosen(&self, key: &FlowKey) -> u32 {
+        nhg_table::lookup(&self.table, flow_hash(key, SEED))
+    }
+}
+
+fn v4_key(src: &str, dst: &str, proto: u8, sport: u16, dport: u16) -> FlowKey {
+    let s: Ipv4Addr = src.parse().unwrap();
+    let d: Ipv4Addr = dst.parse().unwrap();
+    FlowKey {
+        src: [u32::from(s), 0, 0, 0],
+        dst: [u32::from(d), 0, 0, 0],
+        src_port: sport,
+        dst_port: dport,
+        proto,
+    }
+}
+
+fn v6_key(src: &str, dst: &str, proto: u8, sport: u16, dport: u16) -> FlowKey {
+    let w = |a: &str| {
+        let o = a.parse::<std::net::Ipv6Addr>().unwrap().octets();
+        [0, 1, 2, 3]
+            .map(|i| u32::from_be_bytes([o[4 * i], o[4 * i + 1], o[4 * i + 2], o[4 * i + 3]]))
+    };
+    FlowKey {
+        src: w(src),
+        dst: w(dst),
+        src_port: sport,
+        dst_port: dport,
+        proto,
+    }
+}
+
+/// The inner IP packet as the fast path must emit it: TTL / hop limit - 1, DSCP set (ECN
+/// kept), IPv4 checksum recomputed from scratch.
+fn expected_inner(l3: &[u8], dscp: u8) -> Vec<u8> {
+    let mut p = l3.to_vec();
+    if p[0] >> 4 == 4 {
+        p[1] = (dscp << 2) | (p[1] & 3);
+        p[8] -= 1;
+        let ihl = (p[0] & 0xf) as usize * 4;
+        p[10] = 0;
+        p[11] = 0;
+        let c = checksum(&p[..ihl]);
+        p[10..12].copy_from_slice(&c.to_be_bytes());
+    } else {
+        let tc = ((p[0] & 0x0f) << 4) | (p[1] >> 4);
+        let tc = (dscp << 2) | (tc & 3);
+        p[0] = 0x60 | (tc >> 4);
+        p[1] = ((tc & 0x0f) << 4) | (p[1] & 0x0f);
+        p[7] -= 1;
+    }
+    p
+}
+
+/// The whole frame the fast path must send: outer Ethernet/IPv4/UDP/VXLAN, inner Ethernet,
+/// inner packet.
+fn expected_encap(l3_out: &[u8], nh: &NextHop, hash: u32) -> Vec<u8> {
+    let v6 = l3_out[0] >> 4 == 6;
+    let tos = if v6 {
+        ((l3_out[0] & 0x0f) << 4) | (l3_out[1] >> 4)
+    } else {
+        l3_out[1]
+    };
+    let n = neighbour(nh.link_id);
+    let inner_len = 14 + l3_out.len();
+    let mut f = eth(n.mac, n.if_mac, ETH_P_IP);
+    let mut ip = vec![0x45, tos];
+    ip.extend_from_slice(&((20 + 8 + 8 + inner_len) as u16).to_be_bytes());
+    ip.extend_from_slice(&[0, 0, 0, 0, 64, IPPROTO_UDP, 0, 0]);
+    ip.extend_from_slice(&nh.local_ip4);
+    ip.extend_from_slice(&nh.remote_ip4);
+    let c = checksum(&ip);
+    ip[10..12].copy_from_slice(&c.to_be_bytes());
+    f.extend_from_slice(&ip);
+    let sport = ENCAP_SPORT_MIN + ((hash >> 16) % (65536 - ENCAP_SPORT_MIN as u32)) as u16;
+    f.extend_from_slice(&sport.to_be_bytes());
+    f.extend_from_slice(&VXLAN_PORT.to_be_bytes());
+    f.extend_from_slice(&((8 + 8 + inner_len) as u16).to_be_bytes());
+    f.extend_from_slice(&[0, 0]);
+    f.extend_from_slice(&[0x08, 0, 0, 0]);
+    f.extend_from_slice(&(nh.vni << 8).to_be_bytes());
+    f.extend_from_slice(&eth(
+        nh.inner_dst_mac,
+        n.if_mac,
+        if v6 { ETH_P_IPV6 } else { ETH_P_IP },
+    ));
+    f.extend_from_slice(l3_out);
+    f
+}
+
+/// Runs a frame that must be forwarded and checks every output byte and the counters.
+fn assert_forwarded(fx: &mut Fixture, input: &[u8], l3_off: usize, key: FlowKey, class: QosClass) {
+    let nh_id = fx.chosen(&key);
+    let before_nh = fx.dp.nexthop_counters(nh_id).unwrap();
+    let before_class = fx.dp.class_counters(class as u8).unwrap();
+    let (verdict, out) = fx.lan(input);
+    assert_eq!(verdict, XDP_REDIRECT, "verdict");
+    let want = expected_encap(
+        &expected_inner(&input[l3_off..], class.default_dscp()),
+        &nexthop(nh_id),
+        flow_hash(&key, SEED),
+    );
+    assert_eq!(out, want, "output bytes");
+    // Independent parse of the result: valid outer IPv4 checksum, VXLAN on 4789.
+    let parsed = etherparse::SlicedPacket::from_ethernet(&out).expect("output parses");
+    match parsed.net {
+        Some(etherparse::NetSlice::Ipv4(ip)) => {
+            let h = ip.header().to_header();
+            assert_eq!(h.header_checksum, h.calc_header_checksum());
+        }
+        other => panic!("outer header is not IPv4: {other:?}"),
+    }
+    let after_nh = fx.dp.nexthop_counters(nh_id).unwrap();
+    assert_eq!(after_nh.packets, before_nh.packets + 1);
+    assert_eq!(after_nh.bytes, before_nh.bytes + input.len() as u64);
+    assert_eq!(
+        fx.dp.class_counters(class as u8).unwrap().packets,
+        before_class.packets + 1
+    );
+}
+
+fn assert_passed_unchanged(fx: &mut Fixture, input: &[u8], reason: Reason) {
+    let before = fx.reason(reason);
+    let (verdict, out) = fx.lan(input);
+    assert_eq!(verdict, XDP_PASS, "verdict for {reason:?}");
+    assert_eq!(out, input, "bytes must be unchanged ({reason:?})");
+    assert_eq!(fx.reason(reason), before + 1, "counter {reason:?}");
+}
+
+fn udp_v4_frame(tos: u8) -> (Vec<u8>, FlowKey) {
+    let mut ip = V4::new(IPPROTO_UDP, "10.1.0.5", "10.2.0.9");
+    ip.tos = tos;
+    let f = frame(ETH_P_IP, &ip.build(&udp(40000, 5004, b"hello dwcp")));
+    (f, v4_key("10.1.0.5", "10.2.0.9", IPPROTO_UDP, 40000, 5004))
+}
+
+#[test]
+fn ipv4_udp_is_classified_marked_and_encapsulated() {
+    let mut fx = Fixture::new();
+    let (f, key) = udp_v4_frame(0);
+    assert_forwarded(&mut fx, &f, 14, key, QosClass::Realtime);
+    assert_eq!(fx.reason(Reason::LanForwarded), 1);
+}
+
+#[test]
+fn ipv4_tcp_is_forwarded() {
+    let mut fx = Fixture::new();
+    let ip = V4::new(IPPROTO_TCP, "10.1.0.5", "10.2.200.1").build(&tcp(51000, 22, b""));
+    assert_forwarded(
+        &mut fx,
+        &frame(ETH_P_IP, &ip),
+        14,
+        v4_key("10.1.0.5", "10.2.200.1", IPPROTO_TCP, 51000, 22),
+        QosClass::Interactive,
+    );
+}
+
+#[test]
+fn ipv4_with_options_hashes_ports_behind_the_options() {
+    let mut fx = Fixture::new();
+    let mut ip = V4::new(IPPROTO_UDP, "10.1.0.5", "10.2.0.9");
+    ip.options = vec![1, 1, 1, 0, 0x44, 4, 5, 0]; // NOP NOP NOP EOL, timestamp-ish filler
+    let f = frame(ETH_P_IP, &ip.build(&udp(40001, 5004, b"opts")));
+    assert_forwarded(
+        &mut fx,
+        &f,
+        14,
+        v4_key("10.1.0.5", "10.2.0.9", IPPROTO_UDP, 40001, 5004),
+        QosClass::Realtime,
+    );
+}
+
+#[test]
+fn ipv6_udp_is_forwarded_with_traffic_class_rewritten() {
+    let mut fx = Fixture::new();
+    let ip = ipv6(
+        0x03,
+        64,
+        IPPROTO_UDP,
+        "2001:db8:1::5",
+        "2001:db8:2::9",
+        &udp(1234, 5004, b"v6"),
+    );
+    assert_forwarded(
+        &mut fx,
+        &frame(ETH_P_IPV6, &ip),
+        14,
+        v6_key("2001:db8:1::5", "2001:db8:2::9", IPPROTO_UDP, 1234, 5004),
+        QosClass::Realtime,
+    );
+}
+
+#[test]
+fn vlan_tagged_frames_lose_the_tag_inside_the_tunnel() {
+    let mut fx = Fixture::new();
+    let ip = V4::new(IPPROTO_UDP, "10.1.0.5", "10.2.0.9").build(&udp(40002, 9999, b"tagged"));
+    let mut f = eth(GW_MAC, HOST_MAC, ETH_P_8021Q);
+    f.extend_from_slice(&vlan_tag(42, ETH_P_IP));
+    f.extend_from_slice(&ip);
+    assert_forwarded(
+        &mut fx,
+        &f,
+        18,
+        v4_key("10.1.0.5", "10.2.0.9", IPPROTO_UDP, 40002, 9999),
+        QosClass::BestEffort,
+    );
+    // Q-in-Q.
+    let mut f = eth(GW_MAC, HOST_MAC, ETH_P_8021AD);
+    f.extend_from_slice(&vlan_tag(7, ETH_P_8021Q));
+    f.extend_from_slice(&vlan_tag(42, ETH_P_IP));
+    f.extend_from_slice(&ip);
+    assert_forwarded(
+        &mut fx,
+        &f,
+        22,
+        v4_key("10.1.0.5", "10.2.0.9", IPPROTO_UDP, 40002, 9999),
+        QosClass::BestEffort,
+    );
+}
+
+#[test]
+fn icmp_takes_the_route_default_class() {
+    let mut fx = Fixture::new();
+    let ip = V4::new(IPPROTO_ICMP, "10.1.0.5", "10.2.0.9").build(&icmp_echo(77, b"ping"));
+    assert_forwarded(
+        &mut fx,
+        &frame(ETH_P_IP, &ip),
+        14,
+        v4_key("10.1.0.5", "10.2.0.9", IPPROTO_ICMP, 0, 0),
+        QosClass::BestEffort,
+    );
+    let ip = ipv6(
+        0,
+        64,
+        IPPROTO_ICMPV6,
+        "2001:db8:1::5",
+        "2001:db8:2::9",
+        &[128, 0, 0, 0, 0, 1, 0, 1],
+    );
+    assert_forwarded(
+        &mut fx,
+        &frame(ETH_P_IPV6, &ip),
+        14,
+        v6_key("2001:db8:1::5", "2001:db8:2::9", IPPROTO_ICMPV6, 0, 0),
+        QosClass::BestEffort,
+    );
+}
+
+#[test]
+fn dscp_rewrite_keeps_every_ecn_codepoint() {
+    let mut fx = Fixture::new();
+    for ecn in 0..4u8 {
+        for old_dscp in [0u8, 10, 63] {
+            let (f, key) = udp_v4_frame((old_dscp << 2) | ecn);
+            assert_forwarded(&mut fx, &f, 14, key, QosClass::Realtime);
+            let (_, out) = fx.lan(&f);
+            let inner_tos = out[VXLAN_ENCAP_LEN + 14 + 1];
+            assert_eq!(inner_tos & 3, ecn, "ECN kept");
+            assert_eq!(inner_tos >> 2, QosClass::Realtime.default_dscp());
+            assert_eq!(out[14 + 1], inner_tos, "outer TOS copies the inner one");
+        }
+    }
+}
+
+#[test]
+fn no_route_non_ip_ttl_and_unknown_neighbour_pass_unchanged() {
+    let mut fx = Fixture::new();
+    let ip = V4::new(IPPROTO_UDP, "10.1.0.5", "10.3.0.1").build(&udp(1, 2, b"x"));
+    assert_passed_unchanged(&mut fx, &frame(ETH_P_IP, &ip), Reason::LanPassNoRoute);
+    let arp = frame(ETH_P_ARP, &[0u8; 28]);
+    assert_passed_unchanged(&mut fx, &arp, Reason::LanPassNotIp);
+    let mut ip = V4::new(IPPROTO_UDP, "10.1.0.5", "10.2.0.9");
+    ip.ttl = 1;
+    assert_passed_unchanged(
+        &mut fx,
+        &frame(ETH_P_IP, &ip.build(&udp(1, 2, b"x"))),
+        Reason::LanPassTtlExceeded,
+    );
+    let (f, key) = udp_v4_frame(0);
+    let nh = fx.chosen(&key);
+    fx.dp
+        .remove_neighbour(&NeighbourKey {
+            ifindex: 1,
+            ip4: [198, 51, 100, nh as u8],
+        })
+        .unwrap();
+    assert_passed_unchanged(&mut fx, &f, Reason::LanPassNoNeighbour);
+}
+
+#[test]
+fn not_ready_gateway_passes_everything() {
+    let mut fx = Fixture::new();
+    fx.dp
+        .set_config(GatewayConfig {
+            hash_seed: SEED,
+            flags: 0,
+            ..Default::default()
+        })
+        .unwrap();
+    let (f, _) = udp_v4_frame(0);
+    assert_passed_unchanged(&mut fx, &f, Reason::LanPassNotReady);
+}
+
+#[test]
+fn too_big_for_the_underlay_passes_up() {
+    let mut fx = Fixture::new();
+    let ip = V4::new(IPPROTO_UDP, "10.1.0.5", "10.2.0.9").build(&udp(40000, 5004, &[0u8; 1440]));
+    // 1468-byte inner packet + 50 bytes of VXLAN > 1500.
+    assert_passed_unchanged(&mut fx, &frame(ETH_P_IP, &ip), Reason::LanPassTooBig);
+}
+
+#[test]
+fn dead_link_moves_only_its_flows_to_the_next_live_member() {
+    let mut fx = Fixture::new();
+    // Both links monitored; only link 2 has answered probes recently.
+    let cfg = LinkConfig {
+        flags: LINK_F_MONITORED,
+        up_after: 1,
+        detect_ns: 30_000_000,
+    };
+    fx.dp.set_link_config(1, cfg).unwrap();
+    fx.dp.set_link_config(2, cfg).unwrap();
+    // Make link 2 live through the underlay program: a probe reply it measures.
+    let reply = probe_frame(PROBE_KIND_REPLY, 2, 1, monotonic_ns() - 1_000_000);
+    let (v, _) = fx.run(programs::UNDERLAY_INGRESS, &reply);
+    assert_eq!(v, XDP_DROP);
+    let mut moved = 0;
+    for sport in 1000..1200u16 {
+        let ip = V4::new(IPPROTO_UDP, "10.1.0.5", "10.2.0.9").build(&udp(sport, 7, b"f"));
+        let key = v4_key("10.1.0.5", "10.2.0.9", IPPROTO_UDP, sport, 7);
+        let (verdict, out) = fx.lan(&frame(ETH_P_IP, &ip));
+        assert_eq!(verdict, XDP_REDIRECT);
+        let vni = u32::from_be_bytes([0, out[46], out[47], out[48]]);
+        // Every flow now rides next hop 2 (VNI 102), including those hashed to next hop 1.
+        assert_eq!(vni, 102);
+        if fx.chosen(&key) == 1 {
+            moved += 1;
+        }
+    }
+    assert!(moved > 0, "some flows hashed to the dead member");
+    assert_eq!(fx.reason(Reason::LanFailover), moved);
+    // With link 2 silent for longer than detect_ns too, nothing is live: pass up.
+    fx.dp
+        .set_link_config(
+            2,
+            LinkConfig {
+                detect_ns: 1,
+                ..cfg
+            },
+        )
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(2));
+    let (f, _) = udp_v4_frame(0);
+    assert_passed_unchanged(&mut fx, &f, Reason::LanPassNoLiveNextHop);
+}
+
+#[test]
+fn held_down_link_carries_flows_only_while_no_member_is_usable() {
+    let mut fx = Fixture::new();
+    // Long detection so a pause of this VM cannot expire a reply mid-test.
+    let cfg = LinkConfig {
+        flags: LINK_F_MONITORED,
+        up_after: 3,
+        detect_ns: 5_000_000_000,
+    };
+    fx.dp.set_link_config(1, cfg).unwrap();
+    fx.dp.set_link_config(2, cfg).unwrap();
+    let reply = |fx: &mut Fixture, link: u32, seq: u32| {
+        let f = probe_frame(PROBE_KIND_REPLY, link, seq, monotonic_ns() - 1_000_000);
+        assert_eq!(fx.run(programs::UNDERLAY_INGRESS, &f).0, XDP_DROP);
+    };
+    let vni_of = |fx: &mut Fixture, sport: u16| {
+        let ip = V4::new(IPPROTO_UDP, "10.1.0.5", "10.2.0.9").build(&udp(sport, 7, b"f"));
+        let (verdict, out) = fx.lan(&frame(ETH_P_IP, &ip));
+        assert_eq!(verdict, XDP_REDIRECT, "flow {sport}");
+        u32::from_be_bytes([0, out[46], out[47], out[48]])
+    };
+    // Link 1 never answered; link 2 answered once after its outage: held down, yet the only
+    // member that can carry. Every flow takes it rather than the kernel's (absent) route.
+    reply(&mut fx, 2, 1);
+    assert_eq!(fx.dp.link_state(2).unwrap().good_streak, 1);
+    let flows = 1000..1100u16;
+    let mut hashed_to = [0u32; 2];
+    for sport in flows.clone() {
+        assert_eq!(vni_of(&mut fx, sport), 102);
+        let key = v4_key("10.1.0.5", "10.2.0.9", IPPROTO_UDP, sport, 7);
+        hashed_to[(fx.chosen(&key) - 1) as usize] += 1;
+    }
+    assert!(hashed_to.iter().all(|&n| n > 0), "{hashed_to:?}");
+    assert_eq!(fx.reason(Reason::LanHeldDownFallback), 100);
+    assert_eq!(fx.reason(Reason::LanPassNoLiveNextHop), 0);
+    // Link 1 comes up fully (3 replies in a row): it is usable, link 2 still held down, so
+    // every flow rides link 1 and the fallback is no longer taken.
+    for seq in 1..=3 {
+        reply(&mut fx, 1, seq);
+    }
+    for sport in flows.clone() {
+        assert_eq!(vni_of(&mut fx, sport), 101, "flow {sport}");
+    }
+    assert_eq!(fx.reason(Reason::LanHeldDownFallback), 100);
+    // Link 2 finishes its hold-down: each flow is back on its hashed member.
+    for seq in 2..=3 {
+        reply(&mut fx, 2, seq);
+    }
+    for sport in flows {
+        let key = v4_key("10.1.0.5", "10.2.0.9", IPPROTO_UDP, sport, 7);
+        assert_eq!(vni_of(&mut fx, sport), 100 + fx.chosen(&key));
+    }
+    assert_eq!(fx.reason(Reason::LanHeldDownFallback), 100);
+    // An administratively downed link is never a fallback, answering or not.
+    for link in [1, 2] {
+        fx.dp
+            .set_link_config(
+                link,
+                LinkConfig {
+                    flags: LINK_F_MONITORED | LINK_F_ADMIN_DOWN,
+                    ..cfg
+                },
+            )
+            .unwrap();
+    }
+    let (f, _) = udp_v4_frame(0);
+    assert_passed_unchanged(&mut fx, &f, Reason::LanPassNoLiveNextHop);
+}
+
+#[test]
+fn forwarded_packets_are_sampled_into_the_ring_buffer_at_the_configured_rate() {
+    let mut fx = Fixture::new();
+    let mut ring = fx.dp.take_flow_samples().expect("the ring buffer");
+    let drain = |ring: &mut aya::maps::RingBuf<aya::maps::MapData>| {
+        let mut out = Vec::new();
+        while let Some(item) = ring.next() {
+            out.push(decode_sample(&item).expect("a whole record"));
+        }
+        out
+    };
+    // Sampling off (the fixture's configuration): nothing.
+    let (f, key) = udp_v4_frame(0);
+    assert_eq!(fx.lan(&f).0, XDP_REDIRECT);
+    assert!(drain(&mut ring).is_empty());
+    // Every packet (1 in 1): one record per forwarded packet, with its flow, length, class and
+    // next hop; a packet passed up is not sampled.
+    let every = |n| GatewayConfig {
+        hash_seed: SEED,
+        flags: CONFIG_F_READY,
+        sample_threshold: dwcp_common::sample_threshold(n),
+        ..Default::default()
+    };
+    fx.dp.set_config(every(1)).unwrap();
+    assert_eq!(fx.lan(&f).0, XDP_REDIRECT);
+    let ip6 = ipv6(
+        0,
+        64,
+        IPPROTO_UDP,
+        "2001:db8:1::5",
+        "2001:db8:2::9",
+        &udp(7, 5004, b"v6"),
+    );
+    let f6 = frame(ETH_P_IPV6, &ip6);
+    assert_eq!(fx.lan(&f6).0, XDP_REDIRECT);
+    let no_route = V4::new(IPPROTO_UDP, "10.1.0.5", "10.3.0.1").build(&udp(1, 2, b"x"));
+    assert_passed_unchanged(&mut fx, &frame(ETH_P_IP, &no_route), Reason::LanPassNoRoute);
+    let got = drain(&mut ring);
+    assert_eq!(got.len(), 2, "{got:?}");
+    let (v4, v6) = (&got[0], &got[1]);
+    assert_eq!((v4.src, v4.dst), (key.src, key.dst));
+    assert_eq!(
+        (v4.src_port, v4.dst_port, v4.proto),
+        (key.src_port, key.dst_port, key.proto)
+    );
+    assert_eq!((v4.v6, v4.bytes as usize), (0, f.len()));
+    assert_eq!(v4.nexthop, fx.chosen(&key));
+    assert_eq!(v4.group, GROUP);
+    assert_eq!(v4.class, QosClass::Realtime as u8, "UDP/5004 is realtime");
+    let p6 = dwcp_control::traffic::SampledPacket::from(v6);
+    assert_eq!(p6.src, "2001:db8:1::5".parse::<IpAddr>().unwrap());
+    assert_eq!((v6.v6, v6.bytes as usize), (1, f6.len()));
+    // Sampled as offered: a packet the policer re-marks to best effort (or drops) is
+    // sampled in the class it asked for, so the demand estimate sees what was offered.
+    let rt = dwcp_common::PolicerKey {
+        group_id: GROUP,
+        class: QosClass::Realtime as u8,
+        _pad: [0; 3],
+    };
+    fx.dp
+        .set_policer(rt, 1, 0, dwcp_common::POLICE_REMARK)
+        .unwrap();
+    assert_forwarded(&mut fx, &f, 14, key, QosClass::BestEffort);
+    fx.dp
+        .set_policer(rt, 1, 0, dwcp_common::POLICE_DROP)
+        .unwrap();
+    assert_eq!(fx.lan(&f).0, XDP_DROP);
+    let got = drain(&mut ring);
+    let classes: Vec<u8> = got.iter().map(|r| r.class).collect();
+    assert_eq!(classes, [QosClass::Realtime as u8; 2], "{got:?}");
+    fx.dp.remove_policer(&rt).unwrap();
+    // One in 4: a random draw per packet, so about a quarter of 4,000.
+    let policing_off = GatewayConfig {
+        flags: CONFIG_F_READY,
+        ..every(4)
+    };
+    fx.dp.set_config(policing_off).unwrap();
+    let mut n = 0;
+    for i in 0..4_000u32 {
+        let (f, _) = udp_v4_frame(0);
+        assert_eq!(fx.lan(&f).0, XDP_REDIRECT);
+        if i % 500 == 499 {
+            n += drain(&mut ring).len();
+        }
+    }
+    // Binomial(4000, 1/4): mean 1,000, standard deviation 27; 5 deviations either side.
+    assert!((865..=1135).contains(&n), "{n} samples of 4,000 at 1 in 4");
+}
+
+/// Every prefix of a valid frame (all truncation lengths) must pass up unchanged.
+#[test]
+fn every_truncation_passes_unchanged_and_never_redirects() {
+    let mut fx = Fixture::new();
+    let mut opts = V4::new(IPPROTO_TCP, "10.1.0.5", "10.2.0.9");
+    opts.options = vec![1, 1, 1, 0];
+    let mut vlan = eth(GW_MAC, HOST_MAC, ETH_P_8021Q);
+    vlan.extend_from_slice(&vlan_tag(3, ETH_P_IP));
+    vlan.extend_from_slice(&V4::new(IPPROTO_UDP, "10.1.0.5", "10.2.0.9").build(&udp(5, 6, b"abc")));
+    let frames = vec![
+        udp_v4_frame(0).0,
+        frame(ETH_P_IP, &opts.build(&tcp(1, 22, b""))),
+        frame(
+            ETH_P_IPV6,
+            &ipv6(
+                0,
+                64,
+                IPPROTO_UDP,
+                "2001:db8:1::5",
+                "2001:db8:2::9",
+                &udp(1, 2, b"abcd"),
+            ),
+        ),
+        frame(
+            ETH_P_IP,
+            &V4::new(IPPROTO_ICMP, "10.1.0.5", "10.2.0.9").build(&icmp_echo(1, b"")),
+        ),
+        vlan,
+    ];
+    for f in frames {
+        // The kernel refuses to run XDP on less than an Ethernet header.
+        for len in ETH_HLEN..f.len() {
+            let input = &f[..len];
+            let (verdict, out) = fx.lan(input);
+            assert_eq!(verdict, XDP_PASS, "truncated to {len} bytes");
+            assert_eq!(out, input, "truncated to {len} bytes: unchanged");
+        }
+    }
+    // Shorter than an Ethernet header: BPF_PROG_TEST_RUN itself refuses, nothing runs.
+    let prog = fx.dp.program(programs::LAN_INGRESS).unwrap();
+    for len in [0usize, 1, 13] {
+        let input = vec![0u8; len];
+        let r = prog.test_run(TestRunOptions {
+            data_in: Some(&input),
+            ..Default::default()
+        });
+        assert!(r.is_err(), "{len}-byte frame accepted by the kernel");
+    }
+}
+
+#[test]
+fn lying_headers_and_fragments_pass_unchanged() {
+    let mut fx = Fixture::new();
+    let good = V4::new(IPPROTO_UDP, "10.1.0.5", "10.2.0.9").build(&udp(40000, 5004, b"payload"));
+    // IHL below 5, and IHL pointing past the packet.
+    for ihl in [0u8, 4, 15] {
+        let mut ip = good.clone();
+        ip[0] = 0x40 | ihl;
+        assert_passed_unchanged(&mut fx, &frame(ETH_P_IP, &ip), Reason::LanPassMalformed);
+    }
+    // Total length longer than the frame; shorter than the header.
+    for tot in [good.len() as u16 + 1, 19] {
+        let mut ip = good.clone();
+        ip[2..4].copy_from_slice(&tot.to_be_bytes());
+        assert_passed_unchanged(&mut fx, &frame(ETH_P_IP, &ip), Reason::LanPassMalformed);
+    }
+    // Wrong version in an IPv4 frame.
+    let mut ip = good.clone();
+    ip[0] = 0x65;
+    assert_passed_unchanged(&mut fx, &frame(ETH_P_IP, &ip), Reason::LanPassMalformed);
+    // Fragments: more-fragments set; non-zero offset.
+    for frag in [0x2000u16, 0x0010] {
+        let mut v4 = V4::new(IPPROTO_UDP, "10.1.0.5", "10.2.0.9");
+        v4.frag_off = frag;
+        assert_passed_unchanged(
+            &mut fx,
+            &frame(ETH_P_IP, &v4.build(&udp(1, 2, b"frag"))),
+            Reason::LanPassFragment,
+        );
+    }
+    // IPv6: payload length beyond the frame, zero (jumbogram), fragment header.
+    let v6 = ipv6(
+        0,
+        64,
+        IPPROTO_UDP,
+        "2001:db8:1::5",
+        "2001:db8:2::9",
+        &udp(1, 2, b"abcd"),
+    );
+    for plen in [v6.len() as u16, 0] {
+        let mut ip = v6.clone();
+        ip[4..6].copy_from_slice(&plen.to_be_bytes());
+        assert_passed_unchanged(&mut fx, &frame(ETH_P_IPV6, &ip), Reason::LanPassMalformed);
+    }
+    let frag = ipv6(
+        0,
+        64,
+        44,
+        "2001:db8:1::5",
+        "2001:db8:2::9",
+        &[17, 0, 0, 1, 0, 0, 0, 9, 0, 1, 0, 2, 0, 12, 0, 0],
+    );
+    assert_passed_unchanged(&mut fx, &frame(ETH_P_IPV6, &frag), Reason::LanPassFragment);
+    // A UDP header cut short by the IP total length (the frame itself is long enough).
+    let mut ip = V4::new(IPPROTO_UDP, "10.1.0.5", "10.2.0.9").build(&udp(1, 2, b""));
+    ip[2..4].copy_from_slice(&24u16.to_be_bytes());
+    let c = {
+        ip[10] = 0;
+        ip[11] = 0;
+        checksum(&ip[..20])
+    };
+    ip[10..12].copy_from_slice(&c.to_be_bytes());
+    assert_passed_unchanged(&mut fx, &frame(ETH_P_IP, &ip), Reason::LanPassMalformed);
+}
+
+fn probe_frame(kind: u8, link_id: u32, seq: u32, tx_ns: u64) -> Vec<u8> {
+    let h = ProbeHeader {
+        kind,
+        flags: 0,
+        link_id,
+        seq,
+        tx_ns,
+        rx_ns: 0,
+    };
+    let mut b = [0u8; PROBE_LEN];
+    h.encode(&mut b);
+    let ip = V4::new(IPPROTO_UDP, "198.51.100.2", "192.0.2.1").build(&udp(40000, PROBE_PORT, &b));
+    frame(ETH_P_IP, &ip)
+}
+
+#[test]
+fn probe_request_is_reflected_in_place() {
+    let mut fx = Fixture::new();
+    let req = probe_frame(PROBE_KIND_REQUEST, 3, 9, 12345);
+    let t0 = monotonic_ns();
+    let (verdict, out) = fx.run(programs::UNDERLAY_INGRESS, &req);
+    let t1 = monotonic_ns();
+    assert_eq!(verdict, XDP_TX);
+    // Expected: MACs, IPs and ports swapped, UDP checksum 0, kind = reply, rx_ns = now.
+    let mut want = eth(HOST_MAC, GW_MAC, ETH_P_IP);
+    let mut ip = V4::new(IPPROTO_UDP, "192.0.2.1", "198.51.100.2");
+    ip.ttl = 64;
+    let mut body = [0u8; PROBE_LEN];
+    let rx_ns = u64::from_be_bytes(out[14 + 20 + 8 + 24..14 + 20 + 8 + 32].try_into().unwrap());
+    assert!(
+        rx_ns >= t0 && rx_ns <= t1,
+        "rx_ns {rx_ns} within [{t0}, {t1}]"
+    );
+    ProbeHeader {
+        kind: PROBE_KIND_REPLY,
+        flags: 0,
+        link_id: 3,
+        seq: 9,
+        tx_ns: 12345,
+        rx_ns,
+    }
+    .encode(&mut body);
+    want.extend_from_slice(&ip.build(&udp(PROBE_PORT, 40000, &body)));
+    assert_eq!(out, want);
+    assert_eq!(fx.dp.link_state(3).unwrap().reflected, 1);
+}
+
+#[test]
+fn probe_reply_becomes_link_state() {
+    let mut fx = Fixture::new();
+    fx.dp
+        .set_link_config(
+            4,
+            LinkConfig {
+                flags: LINK_F_MONITORED,
+                up_after: 3,
+                detect_ns: 30_000_000,
+            },
+        )
+        .unwrap();
+    for seq in 1..=3u32 {
+        let tx = monotonic_ns() - 2_000_000; // sent 2 ms ago
+        let (verdict, _) = fx.run(
+            programs::UNDERLAY_INGRESS,
+            &probe_frame(PROBE_KIND_REPLY, 4, seq, tx),
+        );
+        assert_eq!(verdict, XDP_DROP, "replies are consumed");
+        let st = fx.dp.link_state(4).unwrap();
+        assert_eq!(st.replies, seq as u64);
+        assert_eq!(st.good_streak, seq);
+        assert_eq!(st.last_seq, seq);
+        assert!(
+            st.last_rtt_ns >= 2_000_000 && st.last_rtt_ns < 1_000_000_000,
+            "rtt {}",
+            st.last_rtt_ns
+        );
+        assert!(st.srtt_ns >= 2_000_000);
+    }
+    // A reply that claims to come from the future, bad magic, bad version: passed up, not counted.
+    let future = probe_frame(PROBE_KIND_REPLY, 4, 9, monotonic_ns() + 60_000_000_000);
+    let mut bad_magic = probe_frame(PROBE_KIND_REPLY, 4, 9, 1);
+    bad_magic[42] ^= 0xff;
+    let mut bad_version = probe_frame(PROBE_KIND_REQUEST, 4, 9, 1);
+    bad_version[46] = 99;
+    for f in [future, bad_magic, bad_version] {
+        let (verdict, out) = fx.run(programs::UNDERLAY_INGRESS, &f);
+        assert_eq!(verdict, XDP_PASS);
+        assert_eq!(out, f);
+    }
+    assert_eq!(fx.dp.link_state(4).unwrap().replies, 3);
+    assert_eq!(fx.reason(Reason::UnderlayProbeBad), 3);
+}
+
+fn vxlan_frame(vni: u32, inner: &[u8]) -> Vec<u8> {
+    vxlan_frame_from("198.51.100.2", vni, inner)
+}
+
+/// VXLAN from the gateway at `src` (the fixture's next hop n is 198.51.100.n).
+fn vxlan_frame_from(src: &str, vni: u32, inner: &[u8]) -> Vec<u8> {
+    let mut payload = vec![0x08, 0, 0, 0];
+    payload.extend_from_slice(&(vni << 8).to_be_bytes());
+    payload.extend_from_slice(inner);
+    let ip = V4::new(IPPROTO_UDP, src, "192.0.2.1").build(&udp(50000, VXLAN_PORT, &payload));
+    let mut f = eth([2, 0, 0, 0, 0, 0x99], [2, 0, 0, 0, 0, 0x98], ETH_P_IP);
+    f.extend_from_slice(&ip);
+    f
+}
+
+#[test]
+fn vxlan_for_an_unknown_vni_goes_to_the_kernel_untouched() {
+    let mut fx = Fixture::new();
+    let inner = frame(
+        ETH_P_IP,
+        &V4::new(IPPROTO_UDP, "10.2.0.9", "10.1.0.5").build(&udp(1, 2, b"back")),
+    );
+    let f = vxlan_frame(555, &inner);
+    let (verdict, out) = fx.run(programs::UNDERLAY_INGRESS, &f);
+    assert_eq!((verdict, out), (XDP_PASS, f));
+    assert_eq!(fx.reason(Reason::UnderlayPassUnknownVni), 1);
+}
+
+#[test]
+fn vxlan_for_our_vni_is_decapsulated() {
+    let mut fx = Fixture::new();
+    fx.dp
+        .add_vni(
+            101,
+            VniEntry {
+                lan_ifindex: 1,
+                flags: 0,
+            },
+        )
+        .unwrap();
+    let l3 = V4::new(IPPROTO_UDP, "10.2.0.9", "10.1.0.5").build(&udp(1, 2, b"back"));
+    let f = vxlan_frame(101, &frame(ETH_P_IP, &l3));
+    let (verdict, out) = fx.run(programs::UNDERLAY_INGRESS, &f);
+    // In the test's namespace the kernel has no route for 10.1.0.5: the inner packet goes up
+    // the stack addressed to us (outer destination MAC), unchanged otherwise.
+    assert_eq!(verdict, XDP_PASS);
+    let mut want = eth([2, 0, 0, 0, 0, 0x99], [2, 0, 0, 0, 0, 0x98], ETH_P_IP);
+    want.extend_from_slice(&l3);
+    assert_eq!(out, want);
+    assert_eq!(fx.reason(Reason::UnderlayDecapPassed), 1);
+}
+
+#[test]
+fn pass_program_passes() {
+    let mut fx = Fixture::new();
+    let (f, _) = udp_v4_frame(0);
+    assert_eq!(fx.run(programs::PASS, &f), (XDP_PASS, f));
+    let _ = (XDP_ABORTED, IpAddr::V4(Ipv4Addr::LOCALHOST));
+}
+
+#[test]
+fn transit_traffic_is_decapsulated_and_sent_on_to_the_next_gateway() {
+    let mut fx = Fixture::new();
+    fx.dp
+        .add_vni(
+            101,
+            VniEntry {
+                lan_ifindex: 1,
+                flags: 0,
+            },
+        )
+        .unwrap();
+    // Arrives from region A's gateway (not one of the next hops), for region B (10.2.0.0/16,
+    // routed by this gateway).
+    let l3 = V4::new(IPPROTO_UDP, "10.1.0.5", "10.2.0.9").build(&udp(40000, 5004, b"transit"));
+    let f = vxlan_frame_from("203.0.113.7", 101, &frame(ETH_P_IP, &l3));
+    let key = v4_key("10.1.0.5", "10.2.0.9", IPPROTO_UDP, 40000, 5004);
+    let (verdict, out) = fx.run(programs::UNDERLAY_INGRESS, &f);
+    assert_eq!(verdict, XDP_REDIRECT);
+    let nh = nexthop(fx.chosen(&key));
+    let want = expected_encap(
+        &expected_inner(&l3, QosClass::Realtime.default_dscp()),
+        &nh,
+        flow_hash(&key, SEED),
+    );
+    assert_eq!(out, want);
+    assert_eq!(fx.reason(Reason::UnderlayTransit), 1);
+}
+
+#[test]
+fn transit_never_sends_a_packet_back_to_the_gateway_it_came_from() {
+    let mut fx = Fixture::new();
+    fx.dp
+        .add_vni(
+            101,
+            VniEntry {
+                lan_ifindex: 1,
+                flags: 0,
+            },
+        )
+        .unwrap();
+    let outer_dst = |out: &[u8]| [out[30], out[31], out[32], out[33]];
+    let mut by_hash = [0u32; 2];
+    for sport in 3000..3040u16 {
+        let l3 = V4::new(IPPROTO_UDP, "10.1.0.5", "10.2.0.9").build(&udp(sport, 5004, b"t"));
+        let key = v4_key("10.1.0.5", "10.2.0.9", IPPROTO_UDP, sport, 5004);
+        let hashed = fx.chosen(&key);
+        by_hash[(hashed - 1) as usize] += 1;
+        for from in [1u8, 2] {
+            let f = vxlan_frame_from(&format!("198.51.100.{from}"), 101, &frame(ETH_P_IP, &l3));
+            let (verdict, out) = fx.run(programs::UNDERLAY_INGRESS, &f);
+            assert_eq!(verdict, XDP_REDIRECT);
+            // Both members are live: the flow takes its hashed member unless that leads back
+            // to the sender, and then the other one.
+            let want = if hashed == from as u32 {
+                3 - from
+            } else {
+                hashed as u8
+            };
+            assert_eq!(
+                outer_dst(&out),
+                [198, 51, 100, want],
+                "flow {sport} (hashed to {hashed}) from 198.51.100.{from}"
+            );
+        }
+    }
+    assert!(
+        by_hash.iter().all(|&n| n > 0),
+        "both members hashed: {by_hash:?}"
+    );
+    // Not counted as a failover: nothing is dead.
+    assert_eq!(fx.reason(Reason::LanFailover), 0);
+    assert_eq!(fx.reason(Reason::UnderlayTransit), 80);
+}
+
+#[test]
+fn standby_member_takes_traffic_only_when_the_active_one_is_dead() {
+    let mut fx = Fixture::new();
+    fx.dp
+        .set_group(
+            GROUP,
+            &[
+                Member {
+                    nexthop: 1,
+                    weight: 1,
+                },
+                Member {
+                    nexthop: 2,
+                    weight: 0,
+                },
+            ],
+        )
+        .unwrap();
+    let cfg = LinkConfig {
+        flags: LINK_F_MONITORED,
+        up_after: 1,
+        detect_ns: 30_000_000,
+    };
+    fx.dp.set_link_config(1, cfg).unwrap();
+    fx.dp.set_link_config(2, cfg).unwrap();
+    for link in [1, 2] {
+        let (v, _) = fx.run(
+            programs::UNDERLAY_INGRESS,
+            &probe_frame(PROBE_KIND_REPLY, link, 1, monotonic_ns() - 1_000_000),
+        );
+        assert_eq!(v, XDP_DROP);
+    }
+    let vni_of = |out: &[u8]| u32::from_be_bytes([0, out[46], out[47], out[48]]);
+    for sport in 2000..2050u16 {
+        let ip = V4::new(IPPROTO_UDP, "10.1.0.5", "10.2.0.9").build(&udp(sport, 7, b"f"));
+        let (verdict, out) = fx.lan(&frame(ETH_P_IP, &ip));
+        assert_eq!(verdict, XDP_REDIRECT);
+        assert_eq!(
+            vni_of(&out),
+            101,
+            "both links live: the active member carries everything"
+        );
+    }
+    // Link 1 goes silent: every flow moves to the standby.
+    fx.dp
+        .set_link_config(
+            1,
+            LinkConfig {
+                detect_ns: 1,
+                ..cfg
+            },
+        )
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(2));
+    for sport in 2000..2050u16 {
+        let ip = V4::new(IPPROTO_UDP, "10.1.0.5", "10.2.0.9").build(&udp(sport, 7, b"f"));
+        let (verdict, out) = fx.lan(&frame(ETH_P_IP, &ip));
+        assert_eq!(verdict, XDP_REDIRECT);
+        assert_eq!(vni_of(&out), 102, "active dead: the standby takes over");
+    }
+}
+
+#[test]
+fn removing_a_classifier_rule_stops_classifying_its_port() {
+    let mut fx = Fixture::new();
+    let (f, key) = udp_v4_frame(0);
+    assert_forwarded(&mut fx, &f, 14, key, QosClass::Realtime);
+    fx.dp
+        .remove_classifier_rule(&ClassifierKey {
+            proto: IPPROTO_UDP,
+            direction: 0,
+            port: 5004,
+        })
+        .unwrap();
+    assert_forwarded(&mut fx, &f, 14, key, QosClass::BestEffort);
+    // A rule for any protocol on the source port classifies too.
+    fx.dp
+        .set_classifier_rule(
+            ClassifierKey {
+                proto: 0,
+                direction: 1,
+                port: 40000,
+            },
+            ClassifierRule {
+                class: QosClass::Bulk as u8,
+                _pad: [0; 3],
+            },
+        )
+        .unwrap();
+    assert_forwarded(&mut fx, &f, 14, key, QosClass::Bulk);
+}
+
+#[test]
+fn policer_remarks_or_drops_over_rate_traffic_and_leaves_the_rest() {
+    use dwcp_common::{PolicerKey, POLICER_ANY_GROUP, POLICE_DROP, POLICE_REMARK};
+    let mut fx = Fixture::new();
+    let (f, key) = udp_v4_frame(0);
+    let len = f.len() as u64;
+    // Realtime towards this group: a 5-packet burst, refilled at 1 byte/s (nothing, here).
+    let rt = PolicerKey {
+        group_id: GROUP,
+        class: QosClass::Realtime as u8,
+        _pad: [0; 3],
+    };
+    fx.dp.set_policer(rt, 1, 5 * len, POLICE_REMARK).unwrap();
+    for _ in 0..5 {
+        assert_forwarded(&mut fx, &f, 14, key, QosClass::Realtime);
+    }
+    // Over the rate: re-marked to best effort (DSCP 0), still forwarded.
+    assert_forwarded(&mut fx, &f, 14, key, QosClass::BestEffort);
+    assert_eq!(fx.reason(Reason::PolicerRemarked), 1);
+    let p = fx.dp.policer(&rt).unwrap().unwrap();
+    assert_eq!((p.conformed, p.exceeded), (5, 1));
+    // Dropping policer for the class everywhere (TCP/22 is interactive).
+    let inter = PolicerKey {
+        group_id: POLICER_ANY_GROUP,
+        class: QosClass::Interactive as u8,
+        _pad: [0; 3],
+    };
+    let ip = V4::new(IPPROTO_TCP, "10.1.0.5", "10.2.200.1").build(&tcp(51000, 22, b""));
+    let tcp_frame = frame(ETH_P_IP, &ip);
+    fx.dp
+        .set_policer(inter, 1, tcp_frame.len() as u64, POLICE_DROP)
+        .unwrap();
+    let tkey = v4_key("10.1.0.5", "10.2.200.1", IPPROTO_TCP, 51000, 22);
+    assert_forwarded(&mut fx, &tcp_frame, 14, tkey, QosClass::Interactive);
+    let (verdict, _) = fx.lan(&tcp_frame);
+    assert_eq!(verdict, XDP_DROP);
+    assert_eq!(fx.reason(Reason::PolicerDropped), 1);
+    // Under the rate: a generous policer leaves every packet untouched.
+    fx.dp
+        .set_policer(rt, 1_000_000_000, 1_000_000, POLICE_DROP)
+        .unwrap();
+    for _ in 0..50 {
+        assert_forwarded(&mut fx, &f, 14, key, QosClass::Realtime);
+    }
+    // Removing the last policers turns policing off.
+    fx.dp.remove_policer(&rt).unwrap();
+    fx.dp.remove_policer(&inter).unwrap();
+    assert_eq!(
+        fx.dp.config().unwrap().flags & dwcp_common::CONFIG_F_POLICING,
+        0
+    );
+    assert_forwarded(&mut fx, &tcp_frame, 14, tkey, QosClass::Interactive);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Double-buffered group tables: the program reads the table of the slot in force only.
+
+fn one_member_table(nexthop: u32) -> NextHopTable {
+    nhg_table::build_table(&[Member { nexthop, weight: 1 }], None).unwrap()
+}
+
+fn vni_of(out: &[u8]) -> u32 {
+    u32::from_be_bytes([0, out[46], out[47], out[48]])
+}
+
+/// Adds next hops 3 and 4 (with neighbours) to the fixture's 1 and 2.
+fn add_nexthops_3_and_4(fx: &mut Fixture) {
+    for id in [3, 4] {
+        fx.dp.set_nexthop(id, nexthop(id)).unwrap();
+        fx.dp
+            .set_neighbour(
+                NeighbourKey {
+                    ifindex: 1,
+                    ip4: [198, 51, 100, id as u8],
+                },
+                neighbour(id),
+            )
+            .unwrap();
+    }
+}
+
+#[test]
+fn the_lan_program_reads_only_the_slot_in_force() {
+    let mut fx = Fixture::new();
+    add_nexthops_3_and_4(&mut fx);
+    // Two writes: one slot holds "all to 3", then the other, "all to 4", is in force.
+    let before = fx.dp.active_slot(GROUP).unwrap();
+    fx.dp.set_group_table(GROUP, &one_member_table(3)).unwrap();
+    assert_eq!(fx.dp.active_slot(GROUP).unwrap(), 1 - before);
+    fx.dp.set_group_table(GROUP, &one_member_table(4)).unwrap();
+    assert_eq!(fx.dp.active_slot(GROUP).unwrap(), before);
+    for sport in 3000..3040u16 {
+        let ip = V4::new(IPPROTO_UDP, "10.1.0.5", "10.2.0.9").build(&udp(sport, 7, b"s"));
+        let (verdict, out) = fx.lan(&frame(ETH_P_IP, &ip));
+        assert_eq!(verdict, XDP_REDIRECT);
+        assert_eq!(vni_of(&out), 104, "the table in force, not the other slot");
+    }
+    // Removing the group empties the slot in force: packets pass up, although the other
+    // slot still holds a table.
+    fx.dp.remove_group(GROUP).unwrap();
+    assert_eq!(
+        fx.dp.group_table(GROUP).unwrap(),
+        Some(NextHopTable::default())
+    );
+    let (f, _) = udp_v4_frame(0);
+    assert_passed_unchanged(&mut fx, &f, Reason::LanPassNoGroup);
+}
+
+/// Removes a pinned program on drop.
+struct PinnedProgram(std::path::PathBuf);
+
+impl Drop for PinnedProgram {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// One thread runs the LAN program on many flows (BPF_PROG_TEST_RUN, the real program and
+/// maps) while this thread swaps the group's table between two member sets thousands of
+/// times: every packet must be sent to the member the old table or the new table picks for
+/// its flow, none dropped or passed up.
+#[test]
+fn swapping_a_group_under_traffic_sends_every_packet_by_the_old_or_the_new_table() {
+    use std::sync::{
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        Arc,
+    };
+    const SWAPS: usize = 2_000;
+    const FLOWS: u16 = 64;
+
+    let mut fx = Fixture::new();
+    add_nexthops_3_and_4(&mut fx);
+    let weights = |a, b| {
+        [
+            Member {
+                nexthop: a,
+                weight: 1,
+            },
+            Member {
+                nexthop: b,
+                weight: 2,
+            },
+        ]
+    };
+    let old = nhg_table::build_table(&weights(1, 2), None).unwrap();
+    let new = nhg_table::build_table(&weights(3, 4), None).unwrap();
+    fx.dp.set_group_table(GROUP, &old).unwrap();
+
+    let pin = PinnedProgram(std::path::PathBuf::from(format!(
+        "/sys/fs/bpf/dwcp-test-swap-under-traffic-{}",
+        std::process::id()
+    )));
+    fx.dp
+        .program(programs::LAN_INGRESS)
+        .unwrap()
+        .pin(&pin.0)
+        .unwrap();
+    let runner =
+        aya::programs::Xdp::from_pin(&pin.0, aya_obj::programs::XdpAttachType::Interface).unwrap();
+
+    let frames: Vec<(Vec<u8>, u32)> = (0..FLOWS)
+        .map(|i| {
+            let sport = 20_000 + i;
+            let ip = V4::new(IPPROTO_UDP, "10.1.0.5", "10.2.0.9").build(&udp(sport, 7, b"x"));
+            let key = v4_key("10.1.0.5", "10.2.0.9", IPPROTO_UDP, sport, 7);
+            (frame(ETH_P_IP, &ip), flow_hash(&key, SEED))
+        })
+        .collect();
+    let stop = Arc::new(AtomicBool::new(false));
+    let seen_old = Arc::new(AtomicU64::new(0));
+    let seen_new = Arc::new(AtomicU64::new(0));
+    let traffic = {
+        let (stop, seen_old, seen_new) = (stop.clone(), seen_old.clone(), seen_new.clone());
+        std::thread::spawn(move || -> Result<u64, String> {
+            let mut packets = 0u64;
+            let mut out = vec![0u8; 2048];
+            while !stop.load(Ordering::Relaxed) {
+                for (f, hash) in &frames {
+                    let res = runner
+                        .test_run(TestRunOptions {
+                            data_in: Some(f),
+                            data_out: Some(&mut out),
+                            ..Default::default()
+                        })
+                        .map_err(|e| e.to_string())?;
+                    packets += 1;
+                    if res.return_value != XDP_REDIRECT {
+                        return Err(format!(
+                            "packet {packets}: verdict {} instead of a redirect",
+                            res.return_value
+                        ));
+                    }
+                    let nh = vni_of(&out[..res.data_size_out as usize]) - 100;
+                    let by_old = nhg_table::lookup(&old, *hash);
+                    let by_new = nhg_table::lookup(&new, *hash);
+                    if nh == by_old {
+                        seen_old.fetch_add(1, Ordering::Relaxed);
+                    } else if nh == by_new {
+                        seen_new.fetch_add(1, Ordering::Relaxed);
+                    } else {
+                        return Err(format!(
+                            "packet {packets}: next hop {nh}, but the old table picks {by_old} and the new one {by_new}"
+                        ));
+                    }
+                }
+            }
+            Ok(packets)
+        })
+    };
+    // Swap at least SWAPS times, and on until traffic has met both tables (on a loaded
+    // machine the traffic thread may start late), within a minute.
+    let t0 = std::time::Instant::now();
+    let mut swaps = 0;
+    while swaps < SWAPS
+        || ((seen_old.load(Ordering::Relaxed) == 0 || seen_new.load(Ordering::Relaxed) == 0)
+            && t0.elapsed() < std::time::Duration::from_secs(60))
+    {
+        if traffic.is_finished() {
+            break;
+        }
+        let t = if swaps % 2 == 0 { &new } else { &old };
+        fx.dp.set_group_table(GROUP, t).unwrap();
+        swaps += 1;
+    }
+    stop.store(true, Ordering::Relaxed);
+    let packets = traffic.join().unwrap().unwrap_or_else(|e| panic!("{e}"));
+    let (o, n) = (
+        seen_old.load(Ordering::Relaxed),
+        seen_new.load(Ordering::Relaxed),
+    );
+    eprintln!(
+        "{swaps} swaps, {packets} packets: {o} by the old table, {n} by the new one, guard waits {:?}",
+        fx.dp.slot_guard_stats()
+    );
+    assert!(swaps >= SWAPS);
+    assert_eq!(o + n, packets);
+    assert!(o > 0 && n > 0, "traffic met both tables: {o} / {n}");
+    // Back-to-back writes of one group are spaced by at least the slot guard.
+    assert!(t0.elapsed() >= SLOT_REUSE_GUARD * (swaps as u32 - 1));
+    assert!(fx.dp.slot_guard_stats().waits > 0);
+    drop(pin);
+}
+
+const HANDOFF_GROUP: u32 = 8;
+const HANDOFF_NH: u32 = 3;
+const HANDOFF_MARK: u32 = 0x64;
+
+/// The fixture plus 10.3.0.0/16 and 2001:db8:3::/48 routed to a group whose only member is a
+/// hand-off (WireGuard) next hop with mark 0x64.
+fn handoff_fixture() -> Fixture {
+    let mut fx = Fixture::new();
+    fx.dp
+        .set_nexthop(HANDOFF_NH, NextHop::handoff(HANDOFF_NH, 9, HANDOFF_MARK))
+        .unwrap();
+    fx.dp
+        .set_group(
+            HANDOFF_GROUP,
+            &[Member {
+                nexthop: HANDOFF_NH,
+                weight: 1,
+            }],
+        )
+        .unwrap();
+    let route = Route {
+        group_id: HANDOFF_GROUP,
+        default_class: QosClass::BestEffort as u8,
+        _pad: [0; 3],
+    };
+    fx.dp
+        .set_route("10.3.0.0".parse().unwrap(), 16, route)
+        .unwrap();
+    fx.dp
+        .set_route("2001:db8:3::".parse().unwrap(), 48, route)
+        .unwrap();
+    fx
+}
+
+/// The frame with only the DSCP of its IP header (at `l3_off`) rewritten, ECN kept, IPv4
+/// checksum recomputed from scratch; TTL untouched (the kernel forwards it and decrements).
+fn expected_handoff(input: &[u8], l3_off: usize, dscp: u8) -> Vec<u8> {
+    let mut f = input.to_vec();
+    let p = &mut f[l3_off..];
+    if p[0] >> 4 == 4 {
+        p[1] = (dscp << 2) | (p[1] & 3);
+        let ihl = (p[0] & 0xf) as usize * 4;
+        p[10] = 0;
+        p[11] = 0;
+        let c = checksum(&p[..ihl]);
+        p[10..12].copy_from_slice(&c.to_be_bytes());
+    } else {
+        let tc = ((p[0] & 0x0f) << 4) | (p[1] >> 4);
+        let tc = (dscp << 2) | (tc & 3);
+        p[0] = 0x60 | (tc >> 4);
+        p[1] = ((tc & 0x0f) << 4) | (p[1] & 0x0f);
+    }
+    f
+}
+
+/// Runs a frame for the hand-off next hop: XDP_PASS, no encapsulation, the XDP metadata
+/// (which BPF_PROG_TEST_RUN returns in front of the packet) holds magic + mark, the frame
+/// behind it has only its DSCP changed, and the counters say so.
+fn assert_handed_off(fx: &mut Fixture, input: &[u8], l3_off: usize, class: QosClass) {
+    let before = fx.reason(Reason::HandoffWireGuard);
+    let before_fwd = fx.reason(Reason::LanForwarded);
+    let before_nh = fx.dp.nexthop_counters(HANDOFF_NH).unwrap();
+    let before_class = fx.dp.class_counters(class as u8).unwrap();
+    let (verdict, out) = fx.lan(input);
+    assert_eq!(verdict, XDP_PASS, "verdict");
+    assert_eq!(
+        out.len(),
+        8 + input.len(),
+        "metadata + frame, nothing added"
+    );
+    let magic = u32::from_ne_bytes(out[0..4].try_into().unwrap());
+    let mark = u32::from_ne_bytes(out[4..8].try_into().unwrap());
+    assert_eq!(magic, HANDOFF_META_MAGIC, "metadata magic");
+    assert_eq!(mark, HANDOFF_MARK, "metadata mark");
+    let want = expected_handoff(input, l3_off, class.default_dscp());
+    assert_eq!(&out[8..], &want[..], "frame behind the metadata");
+    assert_eq!(fx.reason(Reason::HandoffWireGuard), before + 1);
+    assert_eq!(fx.reason(Reason::LanForwarded), before_fwd, "not forwarded");
+    let nh = fx.dp.nexthop_counters(HANDOFF_NH).unwrap();
+    assert_eq!(nh.packets, before_nh.packets + 1);
+    assert_eq!(nh.bytes, before_nh.bytes + input.len() as u64);
+    assert_eq!(
+        fx.dp.class_counters(class as u8).unwrap().packets,
+        before_class.packets + 1
+    );
+}
+
+#[test]
+fn handoff_nexthop_passes_to_the_kernel_with_the_mark_in_the_xdp_metadata() {
+    let mut fx = handoff_fixture();
+    // ECN bits set: they must survive the DSCP rewrite.
+    let mut ip = V4::new(IPPROTO_UDP, "10.1.0.5", "10.3.0.9");
+    ip.tos = 0x03;
+    let f = frame(ETH_P_IP, &ip.build(&udp(40000, 5004, b"to wireguard")));
+    assert_handed_off(&mut fx, &f, 14, QosClass::Realtime);
+
+    let ip = V4::new(IPPROTO_TCP, "10.1.0.5", "10.3.1.1").build(&tcp(51000, 443, b""));
+    assert_handed_off(&mut fx, &frame(ETH_P_IP, &ip), 14, QosClass::BestEffort);
+
+    let l3 = ipv6(
+        0x01,
+        64,
+        IPPROTO_UDP,
+        "2001:db8:1::5",
+        "2001:db8:3::9",
+        &udp(40000, 5004, b"v6"),
+    );
+    assert_handed_off(&mut fx, &frame(ETH_P_IPV6, &l3), 14, QosClass::Realtime);
+
+    // A VLAN-tagged frame: the IP header behind the tag is the one rewritten.
+    let ip = V4::new(IPPROTO_UDP, "10.1.0.5", "10.3.0.9").build(&udp(40000, 5004, b"tag"));
+    let mut f = eth([0x02, 0, 0, 0, 0, 1], [0x02, 0, 0, 0, 0, 2], ETH_P_8021Q);
+    f.extend_from_slice(&vlan_tag(100, ETH_P_IP));
+    f.extend_from_slice(&ip);
+    assert_handed_off(&mut fx, &f, 18, QosClass::Realtime);
+
+    // TTL 1 is the kernel's to answer (ICMP time exceeded): handed off all the same, TTL kept.
+    let mut ip = V4::new(IPPROTO_UDP, "10.1.0.5", "10.3.0.9");
+    ip.ttl = 1;
+    let f = frame(ETH_P_IP, &ip.build(&udp(40000, 5004, b"ttl")));
+    assert_handed_off(&mut fx, &f, 14, QosClass::Realtime);
+}
+
+#[test]
+fn vxlan_nexthops_next_to_a_handoff_one_carry_no_metadata() {
+    let mut fx = handoff_fixture();
+    // 10.2/16 still goes through VXLAN next hops: encapsulated, no metadata in front.
+    let (f, key) = udp_v4_frame(0);
+    assert_forwarded(&mut fx, &f, 14, key, QosClass::Realtime);
+    assert_eq!(fx.reason(Reason::HandoffWireGuard), 0);
+    // No route: passed unchanged, no metadata either.
+    let ip = V4::new(IPPROTO_UDP, "10.1.0.5", "10.9.0.1").build(&udp(1, 2, b""));
+    assert_passed_unchanged(&mut fx, &frame(ETH_P_IP, &ip), Reason::LanPassNoRoute);
+}
+
+#[test]
+fn handoff_nexthop_of_a_dead_link_fails_over_like_any_other() {
+    let mut fx = handoff_fixture();
+    // The hand-off next hop rides on a monitored link that never answered: not usable.
+    fx.dp
+        .set_link_config(
+            HANDOFF_NH,
+            LinkConfig {
+                flags: LINK_F_MONITORED,
+                up_after: 1,
+                detect_ns: 1_000_000,
+            },
+        )
+        .unwrap();
+    let ip = V4::new(IPPROTO_UDP, "10.1.0.5", "10.3.0.9").build(&udp(40000, 5004, b"x"));
+    assert_passed_unchanged(&mut fx, &frame(ETH_P_IP, &ip), Reason::LanPassNoLiveNextHop);
+    assert_eq!(fx.reason(Reason::HandoffWireGuard), 0);
+}
