@@ -27,8 +27,11 @@ pub mod names {
     pub const REASON_STATS: &str = "REASON_STATS";
     /// Sampled packets (ring buffer; not pinned: each agent reads its own program's).
     pub const FLOW_SAMPLES: &str = "FLOW_SAMPLES";
+    /// Flow -> hand-off mark, written by the LAN XDP program, read by the LAN tc program.
+    /// Pinned, so the programs of a restarted agent share it with those still attached.
+    pub const HANDOFF_FLOWS: &str = "HANDOFF_FLOWS";
     /// Every map, for pinning and cleanup.
-    pub const ALL: [&str; 18] = [
+    pub const ALL: [&str; 19] = [
         CONFIG,
         ROUTES_V4,
         ROUTES_V6,
@@ -45,6 +48,7 @@ pub mod names {
         POLICERS,
         VNIS,
         NH_STATS,
+        HANDOFF_FLOWS,
         CLASS_STATS,
         REASON_STATS,
     ];
@@ -59,8 +63,8 @@ pub mod programs {
     /// `XDP_PASS` and nothing else: the baseline of the benchmarks, and the program put on the
     /// receiving end of a veth so that redirected frames are accepted.
     pub const PASS: &str = "dwcp_pass";
-    /// tc ingress (SchedClassifier) on the LAN side: copies the mark the LAN XDP program left
-    /// in the XDP metadata into `skb->mark` (the WireGuard hand-off).
+    /// tc ingress (SchedClassifier) on the LAN side: sets `skb->mark` to the hand-off mark the
+    /// LAN XDP program recorded for the packet's flow (the WireGuard hand-off).
     pub const LAN_HANDOFF_TC: &str = "dwcp_lan_tc";
 }
 
@@ -197,24 +201,46 @@ impl Default for NextHopTable {
 /// `NextHop.flags`
 pub const NH_F_VALID: u32 = 1;
 /// `NextHop.flags`: a hand-off next hop (a WireGuard tunnel, which XDP cannot encrypt). The
-/// LAN program rewrites the DSCP as usual but does not encapsulate: it leaves
-/// [`HandoffMeta`] with the mark (carried in `vni`, see [`NextHop::handoff_mark`]) in the
-/// XDP metadata and passes the packet up; the tc program `LAN_HANDOFF_TC` sets `skb->mark`,
-/// and the kernel's policy routing (`ip rule fwmark M lookup T`) sends it into the tunnel.
+/// LAN program rewrites the DSCP as usual but does not encapsulate: it records the mark
+/// (carried in `vni`, see [`NextHop::handoff_mark`]) for the packet's flow in
+/// `HANDOFF_FLOWS` and passes the packet up; the LAN tc program finds the flow there and sets
+/// `skb->mark`, and the kernel's policy routing (`ip rule fwmark M lookup T`) sends it into
+/// the tunnel.
 pub const NH_F_HANDOFF: u32 = 2;
 
-/// `HandoffMeta.magic`: "dwcp" in ASCII. The tc program ignores metadata without it.
-pub const HANDOFF_META_MAGIC: u32 = 0x6477_6370;
+/// Flows `HANDOFF_FLOWS` remembers (least recently used evicted first).
+pub const MAX_HANDOFF_FLOWS: u32 = 65_536;
 
-/// What the LAN XDP program puts in front of the packet (`bpf_xdp_adjust_meta`) for a
-/// hand-off next hop, and the tc ingress program reads back from `skb->data_meta`. 8 bytes:
-/// the kernel wants a multiple of 4, at most 32.
+/// The key of `HANDOFF_FLOWS`: a [`FlowKey`] with its padding spelled out, so the XDP program
+/// that writes an entry and the tc program that looks it up hash the same 40 bytes.
+///
+/// Why a map and not the XDP metadata area: some kernels (this project's CI machines among
+/// them) refuse `bpf_xdp_adjust_meta` to XDP programs, and a per-CPU slot would be
+/// overwritten by the next packet before GRO hands the first to tc. A flow's entry is
+/// rewritten by each of its packets, so the mark tc reads is the latest decision for it.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct HandoffMeta {
-    pub magic: u32,
-    /// The fwmark to set on the skb (host byte order).
-    pub mark: u32,
+pub struct HandoffFlow {
+    pub src: [u32; 4],
+    pub dst: [u32; 4],
+    pub src_port: u16,
+    pub dst_port: u16,
+    pub proto: u8,
+    pub _pad: [u8; 3],
+}
+
+impl HandoffFlow {
+    #[inline(always)]
+    pub const fn of(k: &crate::FlowKey) -> HandoffFlow {
+        HandoffFlow {
+            src: k.src,
+            dst: k.dst,
+            src_port: k.src_port,
+            dst_port: k.dst_port,
+            proto: k.proto,
+            _pad: [0; 3],
+        }
+    }
 }
 
 /// A next hop: a VXLAN tunnel endpoint on one underlay link, or (with [`NH_F_HANDOFF`]) a
@@ -449,16 +475,17 @@ pub enum Reason {
     PolicerRemarked = 22,
     PolicerDropped = 23,
     UnderlayTransit = 24,
-    /// LAN packet for a hand-off (WireGuard) next hop: DSCP set, mark in the XDP metadata,
+    /// LAN packet for a hand-off (WireGuard) next hop: DSCP set, mark recorded for its flow,
     /// passed to the kernel.
     HandoffWireGuard = 25,
-    /// Hand-off next hop, but no room for the XDP metadata: passed up unmarked and untouched.
-    HandoffNoMeta = 26,
+    /// Hand-off next hop, but the flow's mark could not be recorded in `HANDOFF_FLOWS`:
+    /// passed up unmarked.
+    HandoffNoEntry = 26,
     /// A decapsulated transit packet whose next hop is a hand-off: the kernel routes it
     /// unmarked (the tc program runs on LAN devices only).
     HandoffTransit = 27,
-    /// Counted by the LAN tc program: a packet whose XDP metadata carried a hand-off mark got
-    /// it as `skb->mark`.
+    /// Counted by the LAN tc program: a packet whose flow has a hand-off mark in
+    /// `HANDOFF_FLOWS` got it as `skb->mark`.
     HandoffMarked = 28,
     /// No member of the group was usable; the flow took one that answers probes but is still
     /// held down after an outage (fewer than `up_after` good replies).
@@ -495,7 +522,7 @@ impl Reason {
         Reason::PolicerDropped,
         Reason::UnderlayTransit,
         Reason::HandoffWireGuard,
-        Reason::HandoffNoMeta,
+        Reason::HandoffNoEntry,
         Reason::HandoffTransit,
         Reason::HandoffMarked,
         Reason::LanHeldDownFallback,
@@ -530,7 +557,7 @@ impl Reason {
             Reason::PolicerDropped => "policer_dropped",
             Reason::UnderlayTransit => "underlay_transit",
             Reason::HandoffWireGuard => "handoff_wireguard",
-            Reason::HandoffNoMeta => "handoff_no_meta",
+            Reason::HandoffNoEntry => "handoff_no_entry",
             Reason::HandoffTransit => "handoff_transit",
             Reason::HandoffMarked => "handoff_marked",
             Reason::LanHeldDownFallback => "lan_held_down_fallback",
@@ -558,7 +585,7 @@ mod pod {
     unsafe impl aya::Pod for PolicerKey {}
     unsafe impl aya::Pod for Policer {}
     unsafe impl aya::Pod for Counters {}
-    unsafe impl aya::Pod for HandoffMeta {}
+    unsafe impl aya::Pod for HandoffFlow {}
 }
 
 #[cfg(test)]
@@ -567,7 +594,7 @@ mod tests {
     use core::mem::{offset_of, size_of};
 
     /// Asserts a record's size and every field's offset, as literals. These bytes cross the
-    /// kernel/user boundary (map values, the sample ring buffer, the XDP metadata), outlive the
+    /// kernel/user boundary (map values and keys, the sample ring buffer), outlive the
     /// agent in pinned maps, and are what `bpftool` prints: a reordered or resized field must
     /// fail here. Computing the expectations from the types would pass whatever they say.
     macro_rules! layout {
@@ -592,7 +619,9 @@ mod tests {
             flags: 0, link_id: 4, ifindex: 8, vni: 12, local_ip4: 16, remote_ip4: 20,
             via_ip4: 24, mtu: 28, inner_dst_mac: 32, _pad: 38,
         });
-        layout!(HandoffMeta, 8 { magic: 0, mark: 4 });
+        layout!(HandoffFlow, 40 {
+            src: 0, dst: 16, src_port: 32, dst_port: 34, proto: 36, _pad: 37,
+        });
         layout!(NeighbourKey, 8 { ifindex: 0, ip4: 4 });
         layout!(Neighbour, 16 { mac: 0, if_mac: 6, _pad: 12 });
         layout!(LinkConfig, 16 { flags: 0, up_after: 4, detect_ns: 8 });

@@ -32,9 +32,9 @@ use aya::{
 };
 use dwcp_common::{
     maps::{names, programs},
-    ClassifierKey, ClassifierRule, Counters, GatewayConfig, LinkConfig, LinkState, Neighbour,
-    NeighbourKey, NextHop, NextHopTable, Policer, PolicerKey, QosPolicy, Reason, Route, VniEntry,
-    MAX_GROUPS, MAX_LINKS, MAX_NEXTHOPS,
+    ClassifierKey, ClassifierRule, Counters, GatewayConfig, HandoffFlow, LinkConfig, LinkState,
+    Neighbour, NeighbourKey, NextHop, NextHopTable, Policer, PolicerKey, QosPolicy, Reason, Route,
+    VniEntry, MAX_GROUPS, MAX_LINKS, MAX_NEXTHOPS,
 };
 use thiserror::Error;
 use tracing::{info, warn};
@@ -209,6 +209,7 @@ pub struct Dataplane {
     reason_stats: PerCpuArray<MapData, u64>,
     /// Until the agent takes it for its reader task.
     flow_samples: Option<RingBuf<MapData>>,
+    handoff_flows: HashMap<MapData, HandoffFlow, u32>,
 }
 
 macro_rules! take {
@@ -305,6 +306,7 @@ impl Dataplane {
             class_stats: take!(ebpf, names::CLASS_STATS),
             reason_stats: take!(ebpf, names::REASON_STATS),
             flow_samples: Some(take!(ebpf, names::FLOW_SAMPLES)),
+            handoff_flows: take!(ebpf, names::HANDOFF_FLOWS),
             ebpf,
             pin_dir,
         })
@@ -682,6 +684,15 @@ impl Dataplane {
         self.policers
             .iter()
             .map(|r| r.map_err(map_err(names::POLICERS)))
+            .collect()
+    }
+
+    /// The flows the LAN program handed off, with the mark it recorded for each (what the
+    /// LAN tc program sets as `skb->mark`).
+    pub fn handoff_flows(&self) -> Result<Vec<(HandoffFlow, u32)>> {
+        self.handoff_flows
+            .iter()
+            .map(|r| r.map_err(map_err(names::HANDOFF_FLOWS)))
             .collect()
     }
 

@@ -34,7 +34,7 @@ pub fn bench_tx(ctx: &XdpContext) -> u32 {
     let Some(template) = BENCH_TEMPLATE.get(0) else {
         return xdp_action::XDP_ABORTED;
     };
-    let Some(headers) = ptr_at::<FrameHeaders>(ctx, 0) else {
+    let Some(headers) = ptr_at::<FrameHeaders, _>(ctx, 0) else {
         return xdp_action::XDP_ABORTED;
     };
     // SAFETY: per-CPU slot; the headers were bounds-checked against data_end, and the port

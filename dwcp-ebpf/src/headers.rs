@@ -1,5 +1,5 @@
 //! Wire headers and bounds-checked access to packet bytes.
-use aya_ebpf::programs::XdpContext;
+use aya_ebpf::programs::{TcContext, XdpContext};
 
 #[repr(C)]
 pub struct EthHdr {
@@ -54,9 +54,37 @@ pub struct VxlanHdr {
     pub vni: u32,
 }
 
+/// A packet as both program kinds see it: the XDP frame, or the skb's linear part in tc.
+pub trait Frame {
+    fn data(&self) -> usize;
+    fn data_end(&self) -> usize;
+}
+
+impl Frame for XdpContext {
+    #[inline(always)]
+    fn data(&self) -> usize {
+        XdpContext::data(self)
+    }
+    #[inline(always)]
+    fn data_end(&self) -> usize {
+        XdpContext::data_end(self)
+    }
+}
+
+impl Frame for TcContext {
+    #[inline(always)]
+    fn data(&self) -> usize {
+        TcContext::data(self)
+    }
+    #[inline(always)]
+    fn data_end(&self) -> usize {
+        TcContext::data_end(self)
+    }
+}
+
 /// A pointer to a `T` at `offset` into the packet, if all of it lies before `data_end`.
 #[inline(always)]
-pub fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Option<*mut T> {
+pub fn ptr_at<T, C: Frame>(ctx: &C, offset: usize) -> Option<*mut T> {
     let start = ctx.data();
     let end = ctx.data_end();
     // Opaque to LLVM, so the comparison below is made on the very pointer that is returned

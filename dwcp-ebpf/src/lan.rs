@@ -6,20 +6,21 @@
 //! byte-for-byte the packet that arrived.
 //!
 //! A hand-off next hop (`NH_F_HANDOFF`, a WireGuard tunnel) is the exception to "encapsulate
-//! and redirect": XDP cannot encrypt, so the packet gets its DSCP, the next hop's mark goes
-//! into the XDP metadata ([`HandoffMeta`]) and the packet is passed up; the tc ingress program
-//! (`tc.rs`) copies the mark to `skb->mark` and the kernel's policy routing does the rest.
+//! and redirect": XDP cannot encrypt, so the packet gets its DSCP, the next hop's mark is
+//! recorded for the packet's flow in `HANDOFF_FLOWS` ([`HandoffFlow`]) and the packet is
+//! passed up; the tc ingress program (`tc.rs`) finds the flow's mark, sets `skb->mark`, and
+//! the kernel's policy routing does the rest.
 use aya_ebpf::{
     bindings::xdp_action,
-    helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns, bpf_xdp_adjust_head, bpf_xdp_adjust_meta},
+    helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns, bpf_xdp_adjust_head},
     programs::XdpContext,
 };
 use dwcp_common::{
     bucket_of, flow_hash, group_slot, wire::*, ClassifierKey, FlowSampleRecord, GatewayConfig,
-    HandoffMeta, LinkConfig, Neighbour, NeighbourKey, NextHop, NextHopTable, PolicerKey, QosPolicy,
+    HandoffFlow, LinkConfig, Neighbour, NeighbourKey, NextHop, NextHopTable, PolicerKey, QosPolicy,
     Reason, Route, CLASSIFY_DST_PORT, CLASSIFY_SRC_PORT, CONFIG_F_POLICING, CONFIG_F_READY,
-    HANDOFF_META_MAGIC, LINK_F_ADMIN_DOWN, LINK_F_MONITORED, MAX_GROUP_MEMBERS, NHG_BUCKETS,
-    NH_F_HANDOFF, NH_F_VALID, POLICER_ANY_GROUP, POLICE_DROP, QOS_F_REWRITE,
+    LINK_F_ADMIN_DOWN, LINK_F_MONITORED, MAX_GROUP_MEMBERS, NHG_BUCKETS, NH_F_HANDOFF, NH_F_VALID,
+    POLICER_ANY_GROUP, POLICE_DROP, QOS_F_REWRITE,
 };
 
 use crate::{
@@ -465,11 +466,10 @@ fn sample(p: &Parsed, threshold: u32, frame_len: usize, group: u32, nexthop: u32
     let _ = FLOW_SAMPLES.output_untyped::<FlowSampleRecord>(&record, 0);
 }
 
-const META_LEN: i32 = core::mem::size_of::<HandoffMeta>() as i32;
-
-/// Hand-off to the kernel: metadata first (it does not touch the packet, so a failure leaves
-/// the packet as it arrived), then the DSCP rewrite in place. No TTL decrement: the kernel
-/// forwards the packet and decrements it itself.
+/// Hand-off to the kernel: the DSCP rewrite in place, then the flow's mark into
+/// `HANDOFF_FLOWS` for the tc program. A failed rewrite returns before the mark is recorded
+/// (an unrewritten packet is not handed off). No TTL decrement: the kernel forwards the
+/// packet and decrements it itself.
 #[inline(always)]
 fn handoff(
     ctx: &XdpContext,
@@ -479,24 +479,13 @@ fn handoff(
     class: u8,
     frame_len: usize,
 ) -> Result<u32, Reason> {
-    if unsafe { bpf_xdp_adjust_meta(ctx.ctx, -META_LEN) } != 0 {
-        return Err(Reason::HandoffNoMeta);
-    }
-    let meta = ctx.metadata();
-    if meta + META_LEN as usize > ctx.data() {
-        return Err(Reason::HandoffNoMeta);
-    }
-    unsafe {
-        *(meta as *mut HandoffMeta) = HandoffMeta {
-            magic: HANDOFF_META_MAGIC,
-            mark,
-        };
-    }
     let policy: Option<&QosPolicy> = QOS_POLICY.get(class as u32);
-    if let Err(reason) = rewrite_dscp_at(ctx, p.l3_off, p.v6, policy) {
-        // Take the metadata back: an unrewritten packet must not be marked either.
-        unsafe { bpf_xdp_adjust_meta(ctx.ctx, META_LEN) };
-        return Err(reason);
+    rewrite_dscp_at(ctx, p.l3_off, p.v6, policy)?;
+    if HANDOFF_FLOWS
+        .insert(HandoffFlow::of(&p.key), mark, 0)
+        .is_err()
+    {
+        return Err(Reason::HandoffNoEntry);
     }
     count_nexthop(nh_id, frame_len as u64);
     count_class(class as u32, frame_len as u64);

@@ -29,8 +29,8 @@ pub fn dwcp_underlay(ctx: XdpContext) -> u32 {
     underlay::underlay_ingress(&ctx)
 }
 
-/// tc ingress on the LAN device: copies the hand-off mark from the XDP metadata to
-/// `skb->mark` (see `tc`).
+/// tc ingress on the LAN device: sets `skb->mark` to the hand-off mark the LAN program
+/// recorded for the packet's flow (see `tc`).
 #[classifier]
 pub fn dwcp_lan_tc(ctx: TcContext) -> i32 {
     tc::lan_tc(&ctx)

@@ -2,14 +2,16 @@
 //! the agent under its pin directory by name (see `dwcp_common::maps::names`).
 
 use aya_ebpf::{
-    btf_maps::{lpm_trie::Key, Array, DevMapHash, HashMap, LpmTrie, PerCpuArray, RingBuf},
+    btf_maps::{
+        lpm_trie::Key, Array, DevMapHash, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf,
+    },
     macros::btf_map,
 };
 use dwcp_common::{
-    ClassifierKey, ClassifierRule, Counters, GatewayConfig, LinkConfig, LinkState, Neighbour,
-    NeighbourKey, NextHop, NextHopTable, Policer, PolicerKey, QosPolicy, Route, VniEntry,
-    GROUP_TABLE_ENTRIES, MAX_CLASSIFIER_RULES, MAX_GROUPS, MAX_LINKS, MAX_NEIGHBOURS, MAX_NEXTHOPS,
-    MAX_POLICERS, MAX_PORTS, MAX_ROUTES, MAX_VNIS, REASON_COUNT,
+    ClassifierKey, ClassifierRule, Counters, GatewayConfig, HandoffFlow, LinkConfig, LinkState,
+    Neighbour, NeighbourKey, NextHop, NextHopTable, Policer, PolicerKey, QosPolicy, Route,
+    VniEntry, GROUP_TABLE_ENTRIES, MAX_CLASSIFIER_RULES, MAX_GROUPS, MAX_HANDOFF_FLOWS, MAX_LINKS,
+    MAX_NEIGHBOURS, MAX_NEXTHOPS, MAX_POLICERS, MAX_PORTS, MAX_ROUTES, MAX_VNIS, REASON_COUNT,
 };
 
 const ROUTES: usize = MAX_ROUTES as usize;
@@ -92,3 +94,9 @@ pub static FLOW_SAMPLES: RingBuf<(), { dwcp_common::FLOW_SAMPLES_BYTES as usize 
 
 pub type V4Key = Key<[u8; 4]>;
 pub type V6Key = Key<[u8; 16]>;
+
+/// Flow -> the fwmark of its hand-off (WireGuard) next hop: written by the LAN XDP program
+/// for every hand-off packet, read by the LAN tc program to set `skb->mark`.
+#[btf_map]
+pub static HANDOFF_FLOWS: LruHashMap<HandoffFlow, u32, { MAX_HANDOFF_FLOWS as usize }> =
+    LruHashMap::new();

@@ -1,10 +1,9 @@
 //! Parsing of a LAN frame into what the fast path needs: where L3 starts, the flow key, the
 //! IP total length. Every read is bounds-checked against `data_end` (the verifier insists, and
 //! a truncated or lying header must end in `XDP_PASS` untouched, never in a redirect).
-use aya_ebpf::programs::XdpContext;
 use dwcp_common::{wire::*, FlowKey, Reason};
 
-use crate::headers::{ptr_at, EthHdr, Ipv4Hdr, Ipv6Hdr, VlanHdr};
+use crate::headers::{ptr_at, EthHdr, Frame, Ipv4Hdr, Ipv6Hdr, VlanHdr};
 
 pub struct Parsed {
     /// Offset of the IP header (14, 18 or 22 with up to two VLAN tags).
@@ -18,7 +17,7 @@ pub struct Parsed {
 
 /// Ethernet with up to two VLAN tags (802.1Q / 802.1ad): returns the L3 offset and ethertype.
 #[inline(always)]
-pub fn parse_l2(ctx: &XdpContext) -> Result<(usize, u16), Reason> {
+pub fn parse_l2<C: Frame>(ctx: &C) -> Result<(usize, u16), Reason> {
     let eth: *const EthHdr = ptr_at(ctx, 0).ok_or(Reason::LanPassNotIp)?;
     let mut proto = u16::from_be(unsafe { (*eth).proto });
     let mut l3 = ETH_HLEN;
@@ -36,7 +35,7 @@ pub fn parse_l2(ctx: &XdpContext) -> Result<(usize, u16), Reason> {
 }
 
 #[inline(always)]
-pub fn parse(ctx: &XdpContext) -> Result<Parsed, Reason> {
+pub fn parse<C: Frame>(ctx: &C) -> Result<Parsed, Reason> {
     let (l3, proto) = parse_l2(ctx)?;
     match proto {
         ETH_P_IP => parse_v4(ctx, l3),
@@ -48,7 +47,12 @@ pub fn parse(ctx: &XdpContext) -> Result<Parsed, Reason> {
 /// Reads the two port fields of TCP/UDP at `l4` if the header (of `hdr_len` bytes) lies within
 /// the IP packet that ends at `ip_end`.
 #[inline(always)]
-fn ports(ctx: &XdpContext, l4: usize, hdr_len: usize, ip_end: usize) -> Result<(u16, u16), Reason> {
+fn ports<C: Frame>(
+    ctx: &C,
+    l4: usize,
+    hdr_len: usize,
+    ip_end: usize,
+) -> Result<(u16, u16), Reason> {
     if l4 + hdr_len > ip_end {
         return Err(Reason::LanPassMalformed);
     }
@@ -58,7 +62,7 @@ fn ports(ctx: &XdpContext, l4: usize, hdr_len: usize, ip_end: usize) -> Result<(
 }
 
 #[inline(always)]
-fn l4_ports(ctx: &XdpContext, proto: u8, l4: usize, ip_end: usize) -> Result<(u16, u16), Reason> {
+fn l4_ports<C: Frame>(ctx: &C, proto: u8, l4: usize, ip_end: usize) -> Result<(u16, u16), Reason> {
     match proto {
         IPPROTO_TCP => ports(ctx, l4, 20, ip_end),
         IPPROTO_UDP => ports(ctx, l4, 8, ip_end),
@@ -73,7 +77,7 @@ fn l4_ports(ctx: &XdpContext, proto: u8, l4: usize, ip_end: usize) -> Result<(u1
 }
 
 #[inline(always)]
-fn parse_v4(ctx: &XdpContext, l3: usize) -> Result<Parsed, Reason> {
+fn parse_v4<C: Frame>(ctx: &C, l3: usize) -> Result<Parsed, Reason> {
     let ip: *const Ipv4Hdr = ptr_at(ctx, l3).ok_or(Reason::LanPassMalformed)?;
     let ip = unsafe { &*ip };
     if ip.vihl >> 4 != 4 {
@@ -110,7 +114,7 @@ fn parse_v4(ctx: &XdpContext, l3: usize) -> Result<Parsed, Reason> {
 }
 
 #[inline(always)]
-fn parse_v6(ctx: &XdpContext, l3: usize) -> Result<Parsed, Reason> {
+fn parse_v6<C: Frame>(ctx: &C, l3: usize) -> Result<Parsed, Reason> {
     let ip: *const Ipv6Hdr = ptr_at(ctx, l3).ok_or(Reason::LanPassMalformed)?;
     let ip = unsafe { &*ip };
     if ip.vtc_flow[0] >> 4 != 6 {

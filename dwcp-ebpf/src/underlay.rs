@@ -266,7 +266,7 @@ fn pass_up(ctx: &XdpContext, our_mac: [u8; 6], peer_mac: [u8; 6]) -> Result<u32,
 #[inline(always)]
 fn ttl_decrement(ctx: &XdpContext, v6: bool) -> bool {
     if v6 {
-        let Some(ip) = ptr_at::<Ipv6Hdr>(ctx, ETH_HLEN) else {
+        let Some(ip) = ptr_at::<Ipv6Hdr, _>(ctx, ETH_HLEN) else {
             return false;
         };
         let ip = unsafe { &mut *ip };
@@ -275,7 +275,7 @@ fn ttl_decrement(ctx: &XdpContext, v6: bool) -> bool {
         }
         ip.hop_limit -= 1;
     } else {
-        let Some(ip) = ptr_at::<Ipv4Hdr>(ctx, ETH_HLEN) else {
+        let Some(ip) = ptr_at::<Ipv4Hdr, _>(ctx, ETH_HLEN) else {
             return false;
         };
         let words = ip as *mut u16;

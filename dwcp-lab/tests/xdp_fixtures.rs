@@ -11,8 +11,8 @@ use common::*;
 use dwcp_common::{
     flow_hash, maps::programs, probe::*, wire::*, ClassifierKey, ClassifierRule, FlowKey,
     GatewayConfig, LinkConfig, Neighbour, NeighbourKey, NextHop, NextHopTable, QosClass, QosPolicy,
-    Reason, Route, VniEntry, CONFIG_F_READY, HANDOFF_META_MAGIC, LINK_F_ADMIN_DOWN,
-    LINK_F_MONITORED, NH_F_VALID, QOS_F_REWRITE,
+    Reason, Route, VniEntry, CONFIG_F_READY, LINK_F_ADMIN_DOWN, LINK_F_MONITORED, NH_F_VALID,
+    QOS_F_REWRITE,
 };
 use dwcp_control::nhg_table;
 use dwcp_dataplane::decode_sample;
@@ -1414,9 +1414,9 @@ fn expected_handoff(input: &[u8], l3_off: usize, dscp: u8) -> Vec<u8> {
     f
 }
 
-/// Runs a frame for the hand-off next hop: XDP_PASS, no encapsulation, the XDP metadata
-/// (which BPF_PROG_TEST_RUN returns in front of the packet) holds magic + mark, the frame
-/// behind it has only its DSCP changed, and the counters say so.
+/// Runs a frame for the hand-off next hop: XDP_PASS, no encapsulation, only its DSCP
+/// changed, the next hop's mark recorded in `HANDOFF_FLOWS` for the frame's flow (ports and
+/// protocol as in the frame), and the counters say so.
 fn assert_handed_off(fx: &mut Fixture, input: &[u8], l3_off: usize, class: QosClass) {
     let before = fx.reason(Reason::HandoffWireGuard);
     let before_fwd = fx.reason(Reason::LanForwarded);
@@ -1424,17 +1424,24 @@ fn assert_handed_off(fx: &mut Fixture, input: &[u8], l3_off: usize, class: QosCl
     let before_class = fx.dp.class_counters(class as u8).unwrap();
     let (verdict, out) = fx.lan(input);
     assert_eq!(verdict, XDP_PASS, "verdict");
-    assert_eq!(
-        out.len(),
-        8 + input.len(),
-        "metadata + frame, nothing added"
-    );
-    let magic = u32::from_ne_bytes(out[0..4].try_into().unwrap());
-    let mark = u32::from_ne_bytes(out[4..8].try_into().unwrap());
-    assert_eq!(magic, HANDOFF_META_MAGIC, "metadata magic");
-    assert_eq!(mark, HANDOFF_MARK, "metadata mark");
     let want = expected_handoff(input, l3_off, class.default_dscp());
-    assert_eq!(&out[8..], &want[..], "frame behind the metadata");
+    assert_eq!(
+        &out[..],
+        &want[..],
+        "the frame with its DSCP rewritten, nothing added"
+    );
+    let parsed = etherparse::SlicedPacket::from_ethernet(input).expect("input parses");
+    let (proto, ports) = match parsed.transport {
+        Some(etherparse::TransportSlice::Udp(u)) => (17, (u.source_port(), u.destination_port())),
+        Some(etherparse::TransportSlice::Tcp(t)) => (6, (t.source_port(), t.destination_port())),
+        other => panic!("a UDP or TCP frame, not {other:?}"),
+    };
+    let flows = fx.dp.handoff_flows().unwrap();
+    let recorded = flows
+        .iter()
+        .find(|(f, _)| (f.proto, (f.src_port, f.dst_port)) == (proto, ports))
+        .unwrap_or_else(|| panic!("the frame's flow is recorded: {flows:?}"));
+    assert_eq!(recorded.1, HANDOFF_MARK, "the hand-off mark");
     assert_eq!(fx.reason(Reason::HandoffWireGuard), before + 1);
     assert_eq!(fx.reason(Reason::LanForwarded), before_fwd, "not forwarded");
     let nh = fx.dp.nexthop_counters(HANDOFF_NH).unwrap();
@@ -1447,7 +1454,7 @@ fn assert_handed_off(fx: &mut Fixture, input: &[u8], l3_off: usize, class: QosCl
 }
 
 #[test]
-fn handoff_nexthop_passes_to_the_kernel_with_the_mark_in_the_xdp_metadata() {
+fn handoff_nexthop_passes_to_the_kernel_with_the_mark_recorded_for_its_flow() {
     let mut fx = handoff_fixture();
     // ECN bits set: they must survive the DSCP rewrite.
     let mut ip = V4::new(IPPROTO_UDP, "10.1.0.5", "10.3.0.9");
@@ -1483,15 +1490,19 @@ fn handoff_nexthop_passes_to_the_kernel_with_the_mark_in_the_xdp_metadata() {
 }
 
 #[test]
-fn vxlan_nexthops_next_to_a_handoff_one_carry_no_metadata() {
+fn vxlan_nexthops_next_to_a_handoff_one_are_not_handed_off() {
     let mut fx = handoff_fixture();
-    // 10.2/16 still goes through VXLAN next hops: encapsulated, no metadata in front.
+    // 10.2/16 still goes through VXLAN next hops: encapsulated, no flow recorded.
     let (f, key) = udp_v4_frame(0);
     assert_forwarded(&mut fx, &f, 14, key, QosClass::Realtime);
     assert_eq!(fx.reason(Reason::HandoffWireGuard), 0);
-    // No route: passed unchanged, no metadata either.
+    // No route: passed unchanged, no flow recorded either.
     let ip = V4::new(IPPROTO_UDP, "10.1.0.5", "10.9.0.1").build(&udp(1, 2, b""));
     assert_passed_unchanged(&mut fx, &frame(ETH_P_IP, &ip), Reason::LanPassNoRoute);
+    assert!(
+        fx.dp.handoff_flows().unwrap().is_empty(),
+        "no hand-off flow"
+    );
 }
 
 #[test]

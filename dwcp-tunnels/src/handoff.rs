@@ -7,9 +7,9 @@
 //! ip route replace default dev <tunnel> table <table>             (IPv4 and IPv6)
 //! ```
 //!
-//! XDP itself cannot set `skb->mark`; the mark is set by a tc ingress program that reads it
-//! from the XDP metadata area (`bpf_xdp_adjust_meta`) — that program belongs to the fast
-//! path (dwcp-ebpf). See docs/tunnels.md for the contract and the measured cost.
+//! XDP itself cannot set `skb->mark`; the mark is set by a tc ingress program that looks up
+//! the mark the LAN XDP program recorded for the packet's flow (`HANDOFF_FLOWS`) — both
+//! belong to the fast path (dwcp-ebpf). See docs/tunnels.md for the contract.
 
 use super::{error::Result, rtnl::Rtnl, spec::Handoff};
 
