@@ -13,10 +13,11 @@ use aya::maps::{
     lpm_trie::LpmTrie, Array, DevMapHash, HashMap, Map, MapData, MapError, PerCpuArray,
 };
 use dwcp_common::{
-    maps::names, ClassifierKey, ClassifierRule, Counters, GatewayConfig, LinkConfig, LinkState,
-    Neighbour, NeighbourKey, NextHop, NextHopTable, Policer, PolicerKey, QosClass, QosPolicy,
-    Reason, Route, VniEntry, GROUP_SLOTS, MAX_GROUPS, POLICER_ANY_GROUP, POLICE_DROP,
+    maps::names, ClassifierKey, ClassifierRule, Counters, GatewayConfig, HandoffFlow, LinkConfig,
+    LinkState, Neighbour, NeighbourKey, NextHop, NextHopTable, Policer, PolicerKey, QosClass,
+    QosPolicy, Reason, Route, VniEntry, GROUP_SLOTS, MAX_GROUPS, POLICER_ANY_GROUP, POLICE_DROP,
 };
+use dwcp_control::traffic::flow_address;
 use serde::Serialize;
 use serde_json::{json, Value};
 
@@ -552,6 +553,27 @@ pub fn dump_one(dir: &Path, name: &'static str) -> Result<MapDump, MapsError> {
                             .collect(),
                     ),
                     format!("{label}: {} packets, {} bytes", sum.packets, sum.bytes),
+                );
+            }
+        }
+        names::HANDOFF_FLOWS => {
+            let h: HashMap<MapData, HandoffFlow, u32> = typed(name, map)?;
+            for item in h.iter() {
+                let (k, mark) = item.map_err(&rd)?;
+                // An IPv4 flow uses the first word only (the key carries no family).
+                let v6 = k.src[1..].iter().chain(&k.dst[1..]).any(|w| *w != 0);
+                let (src, dst) = (flow_address(k.src, v6), flow_address(k.dst, v6));
+                push(
+                    json!({
+                        "src": src.to_string(), "dst": dst.to_string(), "proto": k.proto,
+                        "src_port": k.src_port, "dst_port": k.dst_port,
+                    }),
+                    json!(mark),
+                    None,
+                    format!(
+                        "{src}:{} -> {dst}:{} proto {}: mark {mark:#x}",
+                        k.src_port, k.dst_port, k.proto
+                    ),
                 );
             }
         }

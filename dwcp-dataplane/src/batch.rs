@@ -193,6 +193,10 @@ mod tests {
     use crate::{build_table, Member, Pinning};
 
     #[test]
+    #[cfg_attr(
+        not(feature = "privileged"),
+        ignore = "privileged: needs root and BPF (--features dwcp-dataplane/privileged)"
+    )]
     fn several_groups_swap_in_one_batch() {
         let mut dp = Dataplane::load(Pinning::None).unwrap();
         let tables: Vec<(u32, NextHopTable)> = (1..=5u32)
@@ -224,6 +228,10 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(
+        not(feature = "privileged"),
+        ignore = "privileged: needs root and BPF (--features dwcp-dataplane/privileged)"
+    )]
     fn this_kernel_updates_both_arrays_in_one_batch_call() {
         // The fallback to single writes would hide a batch the kernel refuses: call it.
         let dp = Dataplane::load(Pinning::None).unwrap();
@@ -248,6 +256,10 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(
+        not(feature = "privileged"),
+        ignore = "privileged: needs root and BPF (--features dwcp-dataplane/privileged)"
+    )]
     fn a_write_fills_the_free_slot_and_flips_and_the_left_slot_keeps_the_old_table() {
         let mut dp = Dataplane::load(Pinning::None).unwrap();
         let a = build_table(
@@ -292,6 +304,10 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(
+        not(feature = "privileged"),
+        ignore = "privileged: needs root and BPF (--features dwcp-dataplane/privileged)"
+    )]
     fn a_group_listed_twice_gets_its_last_table_and_flips_once() {
         let mut dp = Dataplane::load(Pinning::None).unwrap();
         let a = build_table(
@@ -319,6 +335,10 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(
+        not(feature = "privileged"),
+        ignore = "privileged: needs root and BPF (--features dwcp-dataplane/privileged)"
+    )]
     fn out_of_range_groups_are_refused_before_anything_is_written() {
         let mut dp = Dataplane::load(Pinning::None).unwrap();
         let a = build_table(

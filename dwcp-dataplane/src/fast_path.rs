@@ -154,6 +154,10 @@ mod tests {
     use super::*;
 
     #[test]
+    #[cfg_attr(
+        not(feature = "privileged"),
+        ignore = "privileged: needs root and BPF (--features dwcp-dataplane/privileged)"
+    )]
     fn reads_link_state_from_a_kernel_array_map() {
         // A real BPF array of the LINK_STATE layout, written here as the XDP program would.
         let mut array = Array::<MapData, LinkState>::create(4, 0).unwrap();

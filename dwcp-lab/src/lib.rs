@@ -3,18 +3,17 @@
 //! tests, the N-region lab behind `cargo xtask lab`), the forwarding and utilisation
 //! harnesses, the API's fixtures, and the map-in-map baseline of the group-swap benchmark.
 //! The benchmarks are its examples and benches; the privileged tests are its tests.
+//!
+//! Privileged tests (root, the kernel's BPF, network namespaces) are gated as Cilium gates
+//! its: they are ignored unless the `privileged` feature is on (`cargo test --features
+//! dwcp-lab/privileged`, what `scripts/test.sh` runs as root), so `cargo test` as any user
+//! runs the rest and lists these as ignored.
 pub mod fixtures;
 pub mod forwarding_bench;
 pub mod lab;
 pub mod map_in_map;
 pub mod netlab;
 pub mod utilisation;
-
-/// Whether this run may do what the privileged tests need (root, the kernel's BPF and network
-/// namespaces): the `privileged` feature or `DWCP_PRIVILEGED=1`, as Cilium gates its tests.
-pub fn privileged() -> bool {
-    cfg!(feature = "privileged") || std::env::var_os("DWCP_PRIVILEGED").is_some_and(|v| v == "1")
-}
 
 /// A binary of the workspace (`dwcp-agent`, `dwcp`, `dwcp-prober`, `dwcp-tunnels`) of the same
 /// build profile as the running test or example: tests run from `target/<profile>/deps/`,
@@ -34,4 +33,25 @@ pub fn bin(name: &str) -> std::path::PathBuf {
         path.display()
     );
     path
+}
+
+/// Records that `test` could not run on this machine and why: printed, and appended to
+/// `target/skipped.txt`, which `scripts/test.sh` lists in its summary (a skip is never shown
+/// as a plain pass). The caller returns right after.
+pub fn skip(test: &str, why: &str) {
+    eprintln!("SKIPPED {test}: {why}");
+    let exe = std::env::current_exe().expect("the running executable's path");
+    // target/<profile>/deps/<exe> -> target/skipped.txt
+    if let Some(target) = exe.ancestors().nth(3) {
+        use std::io::Write;
+        let line = format!("{test}: {why}\n");
+        let appended = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(target.join("skipped.txt"))
+            .and_then(|mut f| f.write_all(line.as_bytes()));
+        if let Err(e) = appended {
+            eprintln!("cannot record the skip in {}: {e}", target.display());
+        }
+    }
 }

@@ -102,6 +102,10 @@ fn link_story(lab: &TriangleLab) -> String {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "privileged"),
+    ignore = "privileged: needs root, BPF and network namespaces (--features dwcp-lab/privileged)"
+)]
 fn triangle_reroutes_around_a_cut_link_and_returns_when_it_heals() {
     let _lab = one_lab();
     let mut lab = TriangleLab::build(
@@ -267,6 +271,10 @@ fn triangle_reroutes_around_a_cut_link_and_returns_when_it_heals() {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "privileged"),
+    ignore = "privileged: needs root, BPF and network namespaces (--features dwcp-lab/privileged)"
+)]
 fn restart_upgrade_and_reload_lose_no_packet() {
     let _lab = one_lab();
     // Probes from `dwcp-prober`, a process of its own as in production (the agent's own
@@ -406,6 +414,10 @@ fn restart_upgrade_and_reload_lose_no_packet() {
 /// policed at its grant: the fast path re-marks the excess to best effort, and every
 /// datagram still arrives.
 #[test]
+#[cfg_attr(
+    not(feature = "privileged"),
+    ignore = "privileged: needs root, BPF and network namespaces (--features dwcp-lab/privileged)"
+)]
 fn te_mode_polices_a_flow_group_offering_more_than_its_grant() {
     let _lab = one_lab();
     // The stream from us-east-1 to eu-west-1 goes to port 7101: realtime by a QoS rule.

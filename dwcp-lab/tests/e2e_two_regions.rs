@@ -111,6 +111,10 @@ fn tcp_exchange(from: &Netns, to: &Netns, to_ip: Ipv4Addr) {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "privileged"),
+    ignore = "privileged: needs root, BPF and network namespaces (--features dwcp-lab/privileged)"
+)]
 fn udp_and_tcp_cross_the_fast_path_in_both_directions() {
     let mut lab = TwoRegionLab::build("e2e").expect("build lab");
     // Before dwcp runs there is no way across: the gateways have no route to the other region.

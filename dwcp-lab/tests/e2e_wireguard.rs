@@ -482,6 +482,10 @@ fn table_routes(lab: &Lab) -> String {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "privileged"),
+    ignore = "privileged: needs root, BPF and network namespaces (--features dwcp-lab/privileged)"
+)]
 fn daemon_hands_lan_traffic_to_wireguard_go_and_remove_cleans_up() {
     const N: u32 = 2000;
     let rt = tokio::runtime::Builder::new_current_thread()

@@ -115,6 +115,10 @@ fn stream(
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "privileged"),
+    ignore = "privileged: needs root, BPF and network namespaces (--features dwcp-lab/privileged)"
+)]
 fn cut_link_fails_over_to_the_other_and_fails_back_after_the_hysteresis_count() {
     let _turn = serial();
     // A longer hysteresis than the default 5 so its phase (100 ms) is easy to watch, and
@@ -305,6 +309,10 @@ impl Drop for Child {
 /// at all), the XDP programs stay attached through their pins, and the probes come from
 /// `dwcp-prober` processes. A cut link must still be abandoned by the kernel alone.
 #[test]
+#[cfg_attr(
+    not(feature = "privileged"),
+    ignore = "privileged: needs root, BPF and network namespaces (--features dwcp-lab/privileged)"
+)]
 fn with_the_agent_stopped_the_kernel_still_fails_over() {
     let _turn = serial();
     // Detection after 10 probe intervals rather than 3: with the default, a pause of this
@@ -398,6 +406,10 @@ fn with_the_agent_stopped_the_kernel_still_fails_over() {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "privileged"),
+    ignore = "privileged: needs root, BPF and network namespaces (--features dwcp-lab/privileged)"
+)]
 fn lossy_link_is_reported_degraded_by_both_gateways_and_recovers() {
     let _turn = serial();
     // A 10 % threshold and 20 % drop rather than the default 5 % and 10 %: a pause of this
@@ -474,6 +486,10 @@ fn lossy_link_is_reported_degraded_by_both_gateways_and_recovers() {
 /// With no usable member left the fast path takes a held-down one that answers: the stall
 /// costs its own length in loss, not that plus `up_after` probe intervals.
 #[test]
+#[cfg_attr(
+    not(feature = "privileged"),
+    ignore = "privileged: needs root, BPF and network namespaces (--features dwcp-lab/privileged)"
+)]
 fn after_a_prober_stall_traffic_resumes_with_the_first_replies_not_after_the_hold_down() {
     let _turn = serial();
     // A hold-down of 50 intervals (500 ms), so "during the hold-down" is a wide window, and

@@ -69,6 +69,10 @@ fn assert_flows(state: &LabState, pairs: &[(usize, usize)], when: &str) {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "privileged"),
+    ignore = "privileged: needs root, BPF and network namespaces (--features dwcp-lab/privileged)"
+)]
 fn lab_cycle_up_traffic_fail_reroute_heal_down_leaves_nothing() {
     let pid = std::process::id();
     let paths = LabPaths {

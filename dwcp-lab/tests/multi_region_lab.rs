@@ -21,6 +21,10 @@ fn namespaces_containing(needle: &str) -> usize {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "privileged"),
+    ignore = "privileged: needs root, BPF and network namespaces (--features dwcp-lab/privileged)"
+)]
 fn three_region_triangle_links_fail_and_heal() {
     let plan = LabPlan::new(3, Shape::Ring).unwrap();
     let names;
@@ -56,6 +60,10 @@ fn three_region_triangle_links_fail_and_heal() {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "privileged"),
+    ignore = "privileged: needs root, BPF and network namespaces (--features dwcp-lab/privileged)"
+)]
 fn ten_region_ring_with_stable_names_outlives_its_builder_and_goes_down() {
     let prefix = format!("dwcp-labtest{}", std::process::id());
     // Removes the stable lab even if an assertion fails.

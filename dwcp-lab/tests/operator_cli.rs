@@ -146,6 +146,10 @@ impl Drop for Agent {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "privileged"),
+    ignore = "privileged: needs root, BPF and network namespaces (--features dwcp-lab/privileged)"
+)]
 fn show_commands_print_tables_and_the_apis_json() {
     let agent = Agent::start();
     let cases: [(&[&str], &str, &[&str]); 9] = [
@@ -257,6 +261,10 @@ fn show_commands_print_tables_and_the_apis_json() {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "privileged"),
+    ignore = "privileged: needs root, BPF and network namespaces (--features dwcp-lab/privileged)"
+)]
 fn errors_name_the_item_and_exit_non_zero() {
     let agent = Agent::start();
     let out = agent.dwcp(&["show", "links", "nowhere"]);
@@ -302,6 +310,10 @@ fn errors_name_the_item_and_exit_non_zero() {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "privileged"),
+    ignore = "privileged: needs root, BPF and network namespaces (--features dwcp-lab/privileged)"
+)]
 fn reserve_extend_and_cancel() {
     let agent = Agent::start();
     let text = agent.ok(&[
@@ -350,6 +362,10 @@ fn reserve_extend_and_cancel() {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "privileged"),
+    ignore = "privileged: needs root, BPF and network namespaces (--features dwcp-lab/privileged)"
+)]
 fn link_down_waits_for_the_agent_to_show_it() {
     let agent = Agent::start();
     let text = agent.ok(&["link", "down", "use1-aps1"]);
@@ -366,6 +382,10 @@ fn link_down_waits_for_the_agent_to_show_it() {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "privileged"),
+    ignore = "privileged: needs root, BPF and network namespaces (--features dwcp-lab/privileged)"
+)]
 fn events_follow_the_stream() {
     let agent = Agent::start();
     let child = Command::new(dwcp_lab::bin("dwcp"))
@@ -393,6 +413,10 @@ fn events_follow_the_stream() {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "privileged"),
+    ignore = "privileged: needs root, BPF and network namespaces (--features dwcp-lab/privileged)"
+)]
 fn completions_are_generated_for_each_shell() {
     for shell in ["bash", "zsh", "fish"] {
         let out = Command::new(dwcp_lab::bin("dwcp"))
@@ -442,6 +466,10 @@ fn same_fields(ours: &Value, theirs: &Value) -> bool {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "privileged"),
+    ignore = "privileged: needs root, BPF and network namespaces (--features dwcp-lab/privileged)"
+)]
 fn maps_decodes_the_pinned_maps_as_bpftool_does() {
     let dir = PinDir(PathBuf::from(format!(
         "/sys/fs/bpf/dwcp-clitest-{}",
@@ -643,6 +671,10 @@ fn maps_decodes_the_pinned_maps_as_bpftool_does() {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "privileged"),
+    ignore = "privileged: needs root, BPF and network namespaces (--features dwcp-lab/privileged)"
+)]
 fn the_tcp_api_takes_the_token_from_a_file() {
     let agent = Agent::start_with(true);
     let addr = agent.api.as_ref().unwrap().tcp_addr.unwrap().to_string();

@@ -66,6 +66,10 @@ impl Drop for Prometheus {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "privileged"),
+    ignore = "privileged: needs root, BPF and network namespaces (--features dwcp-lab/privileged)"
+)]
 fn a_running_agent_answers_dwcp_and_prometheus_scrapes_it() {
     // Detection after 10 probes, not 3: a prober starved for 30 ms on a busy 2-core machine
     // would flap a link, and failover is not what this test is about.

@@ -30,6 +30,10 @@ impl Drop for PinDir {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "privileged"),
+    ignore = "privileged: needs root, BPF and network namespaces (--features dwcp-lab/privileged)"
+)]
 fn maps_are_pinned_with_btf_and_reused_by_the_next_load() {
     let dir = PinDir::new();
     let nh = NextHop {
@@ -92,6 +96,10 @@ fn one_member(nexthop: u32) -> [Member; 1] {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "privileged"),
+    ignore = "privileged: needs root, BPF and network namespaces (--features dwcp-lab/privileged)"
+)]
 fn a_restart_reads_the_table_of_the_slot_in_force() {
     let dir = pin_dir("slots");
     let (first, second) = {
@@ -110,6 +118,10 @@ fn a_restart_reads_the_table_of_the_slot_in_force() {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "privileged"),
+    ignore = "privileged: needs root, BPF and network namespaces (--features dwcp-lab/privileged)"
+)]
 fn pins_of_the_map_in_map_layout_are_refused_with_a_clear_error() {
     let dir = pin_dir("oldpins");
     std::fs::create_dir_all(&dir.0).unwrap();
@@ -140,6 +152,10 @@ fn pins_of_the_map_in_map_layout_are_refused_with_a_clear_error() {
 /// The daemon refuses the old layout at start with the same message, before it attaches or
 /// changes anything.
 #[test]
+#[cfg_attr(
+    not(feature = "privileged"),
+    ignore = "privileged: needs root, BPF and network namespaces (--features dwcp-lab/privileged)"
+)]
 fn the_agent_refuses_pins_of_the_map_in_map_layout_at_start() {
     let dir = pin_dir("oldpins-agent");
     std::fs::create_dir_all(&dir.0).unwrap();

@@ -17,6 +17,10 @@ fn v4(s: &str) -> IpAddr {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "privileged"),
+    ignore = "privileged: needs root, BPF and network namespaces (--features dwcp-lab/privileged)"
+)]
 fn rejects_bad_input_naming_the_link() {
     let link = ProbeLink {
         link_id: 4,
@@ -35,6 +39,10 @@ fn rejects_bad_input_naming_the_link() {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "privileged"),
+    ignore = "privileged: needs root, BPF and network namespaces (--features dwcp-lab/privileged)"
+)]
 fn duplicate_link_is_refused_and_the_first_keeps_running() {
     // Inside a namespace of our own: the probes go to its loopback and nowhere else.
     let ns = Netns::new("probedup").unwrap();
@@ -79,6 +87,10 @@ fn duplicate_link_is_refused_and_the_first_keeps_running() {
 /// The sender's own thread probes with no runtime in the caller at all, in the real-time
 /// class it was asked for, and stops with the sender.
 #[test]
+#[cfg_attr(
+    not(feature = "privileged"),
+    ignore = "privileged: needs root, BPF and network namespaces (--features dwcp-lab/privileged)"
+)]
 fn a_sender_on_its_own_thread_probes_in_the_realtime_class() {
     let ns = Netns::new("probert").unwrap();
     ns.exec(&["ip", "link", "set", "lo", "up"]).unwrap();
@@ -153,6 +165,10 @@ fn a_sender_on_its_own_thread_probes_in_the_realtime_class() {
 /// sender probes both; on the far side a plain UDP socket per link receives the probes and
 /// checks the wire format, the source, and that each probe left on its own link.
 #[test]
+#[cfg_attr(
+    not(feature = "privileged"),
+    ignore = "privileged: needs root, BPF and network namespaces (--features dwcp-lab/privileged)"
+)]
 fn probes_leave_on_their_link_with_the_wire_header() {
     let a = Netns::new("probe").unwrap();
     let b = Netns::new("probe").unwrap();
@@ -262,6 +278,10 @@ fn count_for(rx: &std::net::UdpSocket, for_how_long: Duration) -> usize {
 /// The backoff on the real sender: a dead link gets a handful of probes a second instead
 /// of a hundred, and the normal rate is back as soon as the monitor says it answers.
 #[test]
+#[cfg_attr(
+    not(feature = "privileged"),
+    ignore = "privileged: needs root, BPF and network namespaces (--features dwcp-lab/privileged)"
+)]
 fn dead_link_is_reprobed_with_backoff_and_normally_once_it_answers() {
     let a = Netns::new("probebo").unwrap();
     let b = Netns::new("probebo").unwrap();

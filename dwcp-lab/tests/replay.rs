@@ -441,21 +441,37 @@ fn check(
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "privileged"),
+    ignore = "privileged: needs root, BPF and network namespaces (--features dwcp-lab/privileged)"
+)]
 fn link_failure_and_recovery() {
     run("link_failure_and_recovery.json");
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "privileged"),
+    ignore = "privileged: needs root, BPF and network namespaces (--features dwcp-lab/privileged)"
+)]
 fn a_storm_of_1000_flaps_ends_in_the_right_state() {
     run("storm.json");
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "privileged"),
+    ignore = "privileged: needs root, BPF and network namespaces (--features dwcp-lab/privileged)"
+)]
 fn region_health_admin_down_and_interface_events() {
     run("region_and_admin.json");
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "privileged"),
+    ignore = "privileged: needs root, BPF and network namespaces (--features dwcp-lab/privileged)"
+)]
 fn config_reload_applies_and_a_bad_one_changes_nothing() {
     run("reload.json");
 }
@@ -470,6 +486,10 @@ impl Drop for PinDir {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "privileged"),
+    ignore = "privileged: needs root, BPF and network namespaces (--features dwcp-lab/privileged)"
+)]
 fn a_restarted_agent_adopts_the_maps_and_writes_nothing() {
     let pins = PinDir(PathBuf::from(format!(
         "/sys/fs/bpf/dwcp-replay-{}",
@@ -529,11 +549,19 @@ fn a_restarted_agent_adopts_the_maps_and_writes_nothing() {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "privileged"),
+    ignore = "privileged: needs root, BPF and network namespaces (--features dwcp-lab/privileged)"
+)]
 fn reservations_move_the_split() {
     run("reservations.json");
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "privileged"),
+    ignore = "privileged: needs root, BPF and network namespaces (--features dwcp-lab/privileged)"
+)]
 fn an_active_reservation_is_policed_in_the_fast_path_until_it_ends() {
     run_with("reservation_policer.json", Pinning::None, |mut state, _| {
         let group = state.plans()["ap-south-1"].group_id;
@@ -620,6 +648,10 @@ fn an_active_reservation_is_policed_in_the_fast_path_until_it_ends() {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "privileged"),
+    ignore = "privileged: needs root, BPF and network namespaces (--features dwcp-lab/privileged)"
+)]
 fn sampled_packets_make_the_top_flows_of_a_window() {
     run_with("reservation_policer.json", Pinning::None, |mut state, _| {
         let packet = |src: &str, sport: u16, class: u8, bytes: u32| SampledPacket {
@@ -672,6 +704,10 @@ fn sampled_packets_make_the_top_flows_of_a_window() {
 /// the traffic engineer allocates it (strict priority between classes), and the groups it
 /// cannot grant in full are policed at their grant; when the demand goes, so do the policers.
 #[test]
+#[cfg_attr(
+    not(feature = "privileged"),
+    ignore = "privileged: needs root, BPF and network namespaces (--features dwcp-lab/privileged)"
+)]
 fn te_mode_takes_demand_from_sampled_packets_and_polices_what_it_cannot_grant() {
     use dwcp_common::QosClass;
     run_with("te_demand.json", Pinning::None, |mut state, _| {
@@ -767,6 +803,10 @@ fn ip_here(args: &[&str]) -> String {
 /// checked (the maps, the rule and the table route) does not depend on the device's kind;
 /// traffic through a real wireguard-go device is the tunnels.rs hand-off lab's.
 #[test]
+#[cfg_attr(
+    not(feature = "privileged"),
+    ignore = "privileged: needs root, BPF and network namespaces (--features dwcp-lab/privileged)"
+)]
 fn a_wireguard_link_is_a_handoff_next_hop_with_its_policy_rule() {
     run_with(
         "wireguard_handoff.json",

@@ -257,6 +257,10 @@ fn files_under(dir: &Path) -> Vec<PathBuf> {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(feature = "privileged"),
+    ignore = "privileged: needs root, BPF and network namespaces (--features dwcp-lab/privileged)"
+)]
 async fn vxlan_tunnel_carries_traffic_and_is_removed_cleanly() {
     let _timing = TIMING.read().await;
     let (a, b) = two_gateways().await;
@@ -300,6 +304,10 @@ async fn vxlan_tunnel_carries_traffic_and_is_removed_cleanly() {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(feature = "privileged"),
+    ignore = "privileged: needs root, BPF and network namespaces (--features dwcp-lab/privileged)"
+)]
 async fn wireguard_tunnel_carries_traffic_and_is_removed_cleanly() {
     let _timing = TIMING.read().await;
     let (a, b) = two_gateways().await;
@@ -350,6 +358,10 @@ async fn wireguard_tunnel_carries_traffic_and_is_removed_cleanly() {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(feature = "privileged"),
+    ignore = "privileged: needs root, BPF and network namespaces (--features dwcp-lab/privileged)"
+)]
 async fn plain_linux_vxlan_peer_interoperates() {
     let _timing = TIMING.read().await;
     let (a, b) = two_gateways().await;
@@ -400,6 +412,10 @@ async fn plain_linux_vxlan_peer_interoperates() {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(feature = "privileged"),
+    ignore = "privileged: needs root, BPF and network namespaces (--features dwcp-lab/privileged)"
+)]
 async fn ensuring_twice_makes_one_tunnel_and_changes_nothing() {
     let _timing = TIMING.read().await;
     let (a, b) = two_gateways().await;
@@ -454,6 +470,10 @@ async fn ensuring_twice_makes_one_tunnel_and_changes_nothing() {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(feature = "privileged"),
+    ignore = "privileged: needs root, BPF and network namespaces (--features dwcp-lab/privileged)"
+)]
 async fn killed_agent_mid_creation_converges_on_next_start() {
     let _timing = TIMING.read().await;
     let (a, b) = two_gateways().await;
@@ -571,6 +591,10 @@ fn finish_both(ab: UdpStream, ba: UdpStream) -> (StreamResult, StreamResult) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(feature = "privileged"),
+    ignore = "privileged: needs root, BPF and network namespaces (--features dwcp-lab/privileged)"
+)]
 async fn wireguard_key_rotation_loses_no_packets() {
     let _timing = TIMING.write().await;
     let (a, b) = two_gateways().await;
@@ -714,6 +738,10 @@ impl PeerKeyExchange for LostInitiationsPeer<'_> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(feature = "privileged"),
+    ignore = "privileged: needs root, BPF and network namespaces (--features dwcp-lab/privileged)"
+)]
 async fn a_lost_or_crossed_handshake_during_rotation_loses_no_packets() {
     let _timing = TIMING.write().await;
     let (a, b) = two_gateways().await;
@@ -834,6 +862,10 @@ fn key_exchange_request(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(feature = "privileged"),
+    ignore = "privileged: needs root, BPF and network namespaces (--features dwcp-lab/privileged)"
+)]
 async fn two_daemons_rotate_their_keys_on_schedule_over_the_underlay_without_loss() {
     let _timing = TIMING.write().await;
     let (a, b) = two_gateways().await;
@@ -955,6 +987,10 @@ impl PeerKeyExchange for SilentPeer {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(feature = "privileged"),
+    ignore = "privileged: needs root, BPF and network namespaces (--features dwcp-lab/privileged)"
+)]
 async fn rotation_without_a_new_handshake_rolls_back_to_the_old_key() {
     let _timing = TIMING.read().await;
     let (a, b) = two_gateways().await;
@@ -1022,6 +1058,10 @@ fn secret_forms(path: &Path) -> Vec<String> {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(feature = "privileged"),
+    ignore = "privileged: needs root, BPF and network namespaces (--features dwcp-lab/privileged)"
+)]
 async fn private_keys_never_appear_in_logs_or_output() {
     let _timing = TIMING.read().await;
     let capture = Capture::default();
@@ -1109,6 +1149,10 @@ async fn private_keys_never_appear_in_logs_or_output() {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(feature = "privileged"),
+    ignore = "privileged: needs root, BPF and network namespaces (--features dwcp-lab/privileged)"
+)]
 async fn kernel_features_this_kernel_lacks_get_named_errors_and_nothing_is_lost() {
     let _timing = TIMING.read().await;
     let (a, _b) = two_gateways().await;
@@ -1178,6 +1222,10 @@ async fn kernel_features_this_kernel_lacks_get_named_errors_and_nothing_is_lost(
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(feature = "privileged"),
+    ignore = "privileged: needs root, BPF and network namespaces (--features dwcp-lab/privileged)"
+)]
 async fn devices_dwcp_did_not_create_are_never_touched() {
     let _timing = TIMING.read().await;
     let (a, _b) = two_gateways().await;
@@ -1270,6 +1318,10 @@ fn tcp_mss(h1: &Netns, h2: &Netns) -> (u32, u32) {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(feature = "privileged"),
+    ignore = "privileged: needs root, BPF and network namespaces (--features dwcp-lab/privileged)"
+)]
 async fn tcp_mss_is_clamped_to_the_vxlan_mtu() {
     let _timing = TIMING.read().await;
     let lab = routed_lab().await;
@@ -1328,6 +1380,10 @@ fn tx_packets(ns: &Netns, dev: &str) -> u64 {
 /// policy routing (`fwmark 0x64 lookup 100`, installed by the tunnel manager) sends it into
 /// wireguard-go → B → H2. No nftables mark rule anywhere.
 #[tokio::test]
+#[cfg_attr(
+    not(feature = "privileged"),
+    ignore = "privileged: needs root, BPF and network namespaces (--features dwcp-lab/privileged)"
+)]
 async fn fast_path_marks_are_handed_to_wireguard_by_policy_routing() {
     let _timing = TIMING.read().await;
     use dwcp_common::{maps::programs, GatewayConfig, NextHop, QosClass, Reason, Route};
@@ -1444,6 +1500,10 @@ async fn fast_path_marks_are_handed_to_wireguard_by_policy_routing() {
 /// names the missing kernel support and says the backend is untested. On a kernel with the
 /// module the other branch is checked instead.
 #[tokio::test]
+#[cfg_attr(
+    not(feature = "privileged"),
+    ignore = "privileged: needs root, BPF and network namespaces (--features dwcp-lab/privileged)"
+)]
 async fn without_the_wireguard_module_auto_uses_wireguard_go_and_kernel_is_a_named_error() {
     let _timing = TIMING.read().await;
     let ns = Netns::new("wgsel").unwrap();

@@ -28,6 +28,10 @@ fn members(weights: &[u32]) -> Vec<Member> {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "privileged"),
+    ignore = "privileged: needs root, BPF and network namespaces (--features dwcp-lab/privileged)"
+)]
 fn fast_path_split_is_the_predicted_one_and_crosses_the_shapers() {
     let mut lab = ShapedPathsLab::build("utsplit", &CAPACITIES).unwrap();
     lab.start().unwrap();
@@ -98,6 +102,10 @@ fn fast_path_split_is_the_predicted_one_and_crosses_the_shapers() {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "privileged"),
+    ignore = "privileged: needs root, BPF and network namespaces (--features dwcp-lab/privileged)"
+)]
 fn iperf_streams_take_the_one_path_of_a_single_member_split() {
     let mut lab = ShapedPathsLab::build("utiperf", &CAPACITIES).unwrap();
     lab.start().unwrap();

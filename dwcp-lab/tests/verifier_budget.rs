@@ -15,6 +15,10 @@ use dwcp_dataplane::Pinning;
 const KERNEL_LIMIT: u32 = 1_000_000;
 
 #[test]
+#[cfg_attr(
+    not(feature = "privileged"),
+    ignore = "privileged: needs root, BPF and network namespaces (--features dwcp-lab/privileged)"
+)]
 fn every_program_verifies_within_its_budget() {
     let mut dp = Dataplane::load(Pinning::None).expect("the object loads");
     let mut counts = Vec::new();

@@ -304,6 +304,10 @@ fn udp_v4_frame(tos: u8) -> (Vec<u8>, FlowKey) {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "privileged"),
+    ignore = "privileged: needs root, BPF and network namespaces (--features dwcp-lab/privileged)"
+)]
 fn ipv4_udp_is_classified_marked_and_encapsulated() {
     let mut fx = Fixture::new();
     let (f, key) = udp_v4_frame(0);
@@ -312,6 +316,10 @@ fn ipv4_udp_is_classified_marked_and_encapsulated() {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "privileged"),
+    ignore = "privileged: needs root, BPF and network namespaces (--features dwcp-lab/privileged)"
+)]
 fn ipv4_tcp_is_forwarded() {
     let mut fx = Fixture::new();
     let ip = V4::new(IPPROTO_TCP, "10.1.0.5", "10.2.200.1").build(&tcp(51000, 22, b""));
@@ -325,6 +333,10 @@ fn ipv4_tcp_is_forwarded() {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "privileged"),
+    ignore = "privileged: needs root, BPF and network namespaces (--features dwcp-lab/privileged)"
+)]
 fn ipv4_with_options_hashes_ports_behind_the_options() {
     let mut fx = Fixture::new();
     let mut ip = V4::new(IPPROTO_UDP, "10.1.0.5", "10.2.0.9");
@@ -340,6 +352,10 @@ fn ipv4_with_options_hashes_ports_behind_the_options() {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "privileged"),
+    ignore = "privileged: needs root, BPF and network namespaces (--features dwcp-lab/privileged)"
+)]
 fn ipv6_udp_is_forwarded_with_traffic_class_rewritten() {
     let mut fx = Fixture::new();
     let ip = ipv6(
@@ -360,6 +376,10 @@ fn ipv6_udp_is_forwarded_with_traffic_class_rewritten() {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "privileged"),
+    ignore = "privileged: needs root, BPF and network namespaces (--features dwcp-lab/privileged)"
+)]
 fn vlan_tagged_frames_lose_the_tag_inside_the_tunnel() {
     let mut fx = Fixture::new();
     let ip = V4::new(IPPROTO_UDP, "10.1.0.5", "10.2.0.9").build(&udp(40002, 9999, b"tagged"));
@@ -388,6 +408,10 @@ fn vlan_tagged_frames_lose_the_tag_inside_the_tunnel() {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "privileged"),
+    ignore = "privileged: needs root, BPF and network namespaces (--features dwcp-lab/privileged)"
+)]
 fn icmp_takes_the_route_default_class() {
     let mut fx = Fixture::new();
     let ip = V4::new(IPPROTO_ICMP, "10.1.0.5", "10.2.0.9").build(&icmp_echo(77, b"ping"));
@@ -416,6 +440,10 @@ fn icmp_takes_the_route_default_class() {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "privileged"),
+    ignore = "privileged: needs root, BPF and network namespaces (--features dwcp-lab/privileged)"
+)]
 fn dscp_rewrite_keeps_every_ecn_codepoint() {
     let mut fx = Fixture::new();
     for ecn in 0..4u8 {
@@ -432,6 +460,10 @@ fn dscp_rewrite_keeps_every_ecn_codepoint() {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "privileged"),
+    ignore = "privileged: needs root, BPF and network namespaces (--features dwcp-lab/privileged)"
+)]
 fn no_route_non_ip_ttl_and_unknown_neighbour_pass_unchanged() {
     let mut fx = Fixture::new();
     let ip = V4::new(IPPROTO_UDP, "10.1.0.5", "10.3.0.1").build(&udp(1, 2, b"x"));
@@ -457,6 +489,10 @@ fn no_route_non_ip_ttl_and_unknown_neighbour_pass_unchanged() {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "privileged"),
+    ignore = "privileged: needs root, BPF and network namespaces (--features dwcp-lab/privileged)"
+)]
 fn not_ready_gateway_passes_everything() {
     let mut fx = Fixture::new();
     fx.dp
@@ -471,6 +507,10 @@ fn not_ready_gateway_passes_everything() {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "privileged"),
+    ignore = "privileged: needs root, BPF and network namespaces (--features dwcp-lab/privileged)"
+)]
 fn too_big_for_the_underlay_passes_up() {
     let mut fx = Fixture::new();
     let ip = V4::new(IPPROTO_UDP, "10.1.0.5", "10.2.0.9").build(&udp(40000, 5004, &[0u8; 1440]));
@@ -479,6 +519,10 @@ fn too_big_for_the_underlay_passes_up() {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "privileged"),
+    ignore = "privileged: needs root, BPF and network namespaces (--features dwcp-lab/privileged)"
+)]
 fn dead_link_moves_only_its_flows_to_the_next_live_member() {
     let mut fx = Fixture::new();
     // Both links monitored; only link 2 has answered probes recently.
@@ -524,6 +568,10 @@ fn dead_link_moves_only_its_flows_to_the_next_live_member() {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "privileged"),
+    ignore = "privileged: needs root, BPF and network namespaces (--features dwcp-lab/privileged)"
+)]
 fn held_down_link_carries_flows_only_while_no_member_is_usable() {
     let mut fx = Fixture::new();
     // Long detection so a pause of this VM cannot expire a reply mid-test.
@@ -593,6 +641,10 @@ fn held_down_link_carries_flows_only_while_no_member_is_usable() {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "privileged"),
+    ignore = "privileged: needs root, BPF and network namespaces (--features dwcp-lab/privileged)"
+)]
 fn forwarded_packets_are_sampled_into_the_ring_buffer_at_the_configured_rate() {
     let mut fx = Fixture::new();
     let mut ring = fx.dp.take_flow_samples().expect("the ring buffer");
@@ -683,6 +735,10 @@ fn forwarded_packets_are_sampled_into_the_ring_buffer_at_the_configured_rate() {
 
 /// Every prefix of a valid frame (all truncation lengths) must pass up unchanged.
 #[test]
+#[cfg_attr(
+    not(feature = "privileged"),
+    ignore = "privileged: needs root, BPF and network namespaces (--features dwcp-lab/privileged)"
+)]
 fn every_truncation_passes_unchanged_and_never_redirects() {
     let mut fx = Fixture::new();
     let mut opts = V4::new(IPPROTO_TCP, "10.1.0.5", "10.2.0.9");
@@ -732,6 +788,10 @@ fn every_truncation_passes_unchanged_and_never_redirects() {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "privileged"),
+    ignore = "privileged: needs root, BPF and network namespaces (--features dwcp-lab/privileged)"
+)]
 fn lying_headers_and_fragments_pass_unchanged() {
     let mut fx = Fixture::new();
     let good = V4::new(IPPROTO_UDP, "10.1.0.5", "10.2.0.9").build(&udp(40000, 5004, b"payload"));
@@ -812,6 +872,10 @@ fn probe_frame(kind: u8, link_id: u32, seq: u32, tx_ns: u64) -> Vec<u8> {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "privileged"),
+    ignore = "privileged: needs root, BPF and network namespaces (--features dwcp-lab/privileged)"
+)]
 fn probe_request_is_reflected_in_place() {
     let mut fx = Fixture::new();
     let req = probe_frame(PROBE_KIND_REQUEST, 3, 9, 12345);
@@ -844,6 +908,10 @@ fn probe_request_is_reflected_in_place() {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "privileged"),
+    ignore = "privileged: needs root, BPF and network namespaces (--features dwcp-lab/privileged)"
+)]
 fn probe_reply_becomes_link_state() {
     let mut fx = Fixture::new();
     fx.dp
@@ -905,6 +973,10 @@ fn vxlan_frame_from(src: &str, vni: u32, inner: &[u8]) -> Vec<u8> {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "privileged"),
+    ignore = "privileged: needs root, BPF and network namespaces (--features dwcp-lab/privileged)"
+)]
 fn vxlan_for_an_unknown_vni_goes_to_the_kernel_untouched() {
     let mut fx = Fixture::new();
     let inner = frame(
@@ -918,6 +990,10 @@ fn vxlan_for_an_unknown_vni_goes_to_the_kernel_untouched() {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "privileged"),
+    ignore = "privileged: needs root, BPF and network namespaces (--features dwcp-lab/privileged)"
+)]
 fn vxlan_for_our_vni_is_decapsulated() {
     let mut fx = Fixture::new();
     fx.dp
@@ -942,6 +1018,10 @@ fn vxlan_for_our_vni_is_decapsulated() {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "privileged"),
+    ignore = "privileged: needs root, BPF and network namespaces (--features dwcp-lab/privileged)"
+)]
 fn pass_program_passes() {
     let mut fx = Fixture::new();
     let (f, _) = udp_v4_frame(0);
@@ -950,6 +1030,10 @@ fn pass_program_passes() {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "privileged"),
+    ignore = "privileged: needs root, BPF and network namespaces (--features dwcp-lab/privileged)"
+)]
 fn transit_traffic_is_decapsulated_and_sent_on_to_the_next_gateway() {
     let mut fx = Fixture::new();
     fx.dp
@@ -979,6 +1063,10 @@ fn transit_traffic_is_decapsulated_and_sent_on_to_the_next_gateway() {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "privileged"),
+    ignore = "privileged: needs root, BPF and network namespaces (--features dwcp-lab/privileged)"
+)]
 fn transit_never_sends_a_packet_back_to_the_gateway_it_came_from() {
     let mut fx = Fixture::new();
     fx.dp
@@ -1025,6 +1113,10 @@ fn transit_never_sends_a_packet_back_to_the_gateway_it_came_from() {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "privileged"),
+    ignore = "privileged: needs root, BPF and network namespaces (--features dwcp-lab/privileged)"
+)]
 fn standby_member_takes_traffic_only_when_the_active_one_is_dead() {
     let mut fx = Fixture::new();
     fx.dp
@@ -1087,6 +1179,10 @@ fn standby_member_takes_traffic_only_when_the_active_one_is_dead() {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "privileged"),
+    ignore = "privileged: needs root, BPF and network namespaces (--features dwcp-lab/privileged)"
+)]
 fn removing_a_classifier_rule_stops_classifying_its_port() {
     let mut fx = Fixture::new();
     let (f, key) = udp_v4_frame(0);
@@ -1117,6 +1213,10 @@ fn removing_a_classifier_rule_stops_classifying_its_port() {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "privileged"),
+    ignore = "privileged: needs root, BPF and network namespaces (--features dwcp-lab/privileged)"
+)]
 fn policer_remarks_or_drops_over_rate_traffic_and_leaves_the_rest() {
     use dwcp_common::{PolicerKey, POLICER_ANY_GROUP, POLICE_DROP, POLICE_REMARK};
     let mut fx = Fixture::new();
@@ -1198,6 +1298,10 @@ fn add_nexthops_3_and_4(fx: &mut Fixture) {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "privileged"),
+    ignore = "privileged: needs root, BPF and network namespaces (--features dwcp-lab/privileged)"
+)]
 fn the_lan_program_reads_only_the_slot_in_force() {
     let mut fx = Fixture::new();
     add_nexthops_3_and_4(&mut fx);
@@ -1238,6 +1342,10 @@ impl Drop for PinnedProgram {
 /// times: every packet must be sent to the member the old table or the new table picks for
 /// its flow, none dropped or passed up.
 #[test]
+#[cfg_attr(
+    not(feature = "privileged"),
+    ignore = "privileged: needs root, BPF and network namespaces (--features dwcp-lab/privileged)"
+)]
 fn swapping_a_group_under_traffic_sends_every_packet_by_the_old_or_the_new_table() {
     use std::sync::{
         atomic::{AtomicBool, AtomicU64, Ordering},
@@ -1454,6 +1562,10 @@ fn assert_handed_off(fx: &mut Fixture, input: &[u8], l3_off: usize, class: QosCl
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "privileged"),
+    ignore = "privileged: needs root, BPF and network namespaces (--features dwcp-lab/privileged)"
+)]
 fn handoff_nexthop_passes_to_the_kernel_with_the_mark_recorded_for_its_flow() {
     let mut fx = handoff_fixture();
     // ECN bits set: they must survive the DSCP rewrite.
@@ -1490,6 +1602,10 @@ fn handoff_nexthop_passes_to_the_kernel_with_the_mark_recorded_for_its_flow() {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "privileged"),
+    ignore = "privileged: needs root, BPF and network namespaces (--features dwcp-lab/privileged)"
+)]
 fn vxlan_nexthops_next_to_a_handoff_one_are_not_handed_off() {
     let mut fx = handoff_fixture();
     // 10.2/16 still goes through VXLAN next hops: encapsulated, no flow recorded.
@@ -1506,6 +1622,10 @@ fn vxlan_nexthops_next_to_a_handoff_one_are_not_handed_off() {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "privileged"),
+    ignore = "privileged: needs root, BPF and network namespaces (--features dwcp-lab/privileged)"
+)]
 fn handoff_nexthop_of_a_dead_link_fails_over_like_any_other() {
     let mut fx = handoff_fixture();
     // The hand-off next hop rides on a monitored link that never answered: not usable.

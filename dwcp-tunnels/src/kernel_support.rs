@@ -252,6 +252,10 @@ mod tests {
     /// The probes agree with the kernel's published configuration, and an unsupported type's
     /// error names the missing option. (On this machine: VXLAN yes; GRE, GENEVE, ESP no.)
     #[test]
+    #[cfg_attr(
+        not(feature = "privileged"),
+        ignore = "privileged: needs root (--features dwcp-tunnels/privileged)"
+    )]
     fn probes_agree_with_kernel_config() {
         for kind in [
             TunnelType::Vxlan,

@@ -176,6 +176,10 @@ mod tests {
 
     /// The generated script is valid nftables: `nft -c` (check only) accepts it.
     #[test]
+    #[cfg_attr(
+        not(feature = "privileged"),
+        ignore = "privileged: needs root (--features dwcp-tunnels/privileged)"
+    )]
     fn nft_accepts_the_ruleset() {
         let script = ruleset(&[
             ClampEntry {

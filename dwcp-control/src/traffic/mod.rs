@@ -26,7 +26,7 @@ pub use engineer::{
 };
 pub use policing::{OverRate, PolicingConfig, TokenBucket};
 pub use rates::{sum_per_cpu, CounterSnapshot, Rate, RateError, RateTracker};
-pub use sampling::{FlowsView, SampledPacket, TopFlowView};
+pub use sampling::{flow_address, FlowsView, SampledPacket, TopFlowView};
 pub use te::{DestinationPaths, FlowAllocation, FlowGroup, Pinned, TePlan};
 pub use top_flows::{FlowSample, TopFlow, TopFlows};
 pub use weights::{PathView, MAX_PATHS, MAX_WEIGHT};

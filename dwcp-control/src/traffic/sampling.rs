@@ -28,8 +28,8 @@ pub struct SampledPacket {
 impl From<&FlowSampleRecord> for SampledPacket {
     fn from(r: &FlowSampleRecord) -> Self {
         SampledPacket {
-            src: addr(r.src, r.v6 != 0),
-            dst: addr(r.dst, r.v6 != 0),
+            src: flow_address(r.src, r.v6 != 0),
+            dst: flow_address(r.dst, r.v6 != 0),
             proto: r.proto,
             src_port: r.src_port,
             dst_port: r.dst_port,
@@ -57,8 +57,8 @@ fn words(a: IpAddr) -> [u32; 4] {
     }
 }
 
-/// The inverse of [`words`], given the family.
-fn addr(w: [u32; 4], v6: bool) -> IpAddr {
+/// A flow key's address words as an address, given the family (the inverse of [`words`]).
+pub fn flow_address(w: [u32; 4], v6: bool) -> IpAddr {
     if v6 {
         let x = w
             .iter()
@@ -130,8 +130,8 @@ impl TopFlowView {
         let k = &flow.key;
         let v6 = k.src[1..] != [0, 0, 0] || k.dst[1..] != [0, 0, 0];
         TopFlowView {
-            src: addr(k.src, v6),
-            dst: addr(k.dst, v6),
+            src: flow_address(k.src, v6),
+            dst: flow_address(k.dst, v6),
             protocol: match k.proto {
                 6 => "tcp".into(),
                 17 => "udp".into(),

@@ -82,7 +82,25 @@ impl From<aya::EbpfError> for BenchError {
     }
 }
 
+/// Why a run of the harness cannot happen on this machine, when the kernel refuses
+/// `BPF_PROG_TEST_RUN` with live frames (EPERM even for a two-instruction program as root:
+/// the kernel is built so), the only traffic source fast enough for the benchmark.
+pub const LIVE_FRAMES_REFUSED: &str =
+    "this kernel refuses BPF_PROG_TEST_RUN with live frames (EPERM), the harness's traffic source";
+
 impl BenchError {
+    /// The kernel refused to run the traffic source with live frames ([`LIVE_FRAMES_REFUSED`]).
+    pub fn live_frames_refused(&self) -> bool {
+        match self {
+            BenchError::Program { source, .. } => matches!(
+                &**source,
+                ProgramError::SyscallError(e)
+                    if e.call == "bpf_prog_test_run" && e.io_error.raw_os_error() == Some(libc::EPERM)
+            ),
+            _ => false,
+        }
+    }
+
     /// For `map_err`: an error of program `program`.
     pub fn program(program: &'static str) -> impl FnOnce(ProgramError) -> BenchError {
         move |source| BenchError::Program {
