@@ -15,19 +15,23 @@ pub mod triangle;
 use std::net::Ipv4Addr;
 
 use dwcp_common::{
-    maps::programs, GatewayConfig, LinkConfig, Neighbour, NeighbourKey, NextHop, QosClass,
-    QosPolicy, Route, VniEntry, CONFIG_F_READY, NH_F_VALID, QOS_F_REWRITE,
+    maps::programs, GatewayConfig, LinkConfig, Neighbour, NextHop, QosClass, QosPolicy, Route,
+    VniEntry, CONFIG_F_READY, NH_F_VALID, QOS_F_REWRITE,
 };
 use thiserror::Error;
 
 use crate::netlab;
 use crate::netlab::NetlabError;
 use crate::netlab::Netns;
+use dwcp_control::config::Prefix;
+use dwcp_control::fast_path::{FastPath, FastPathError};
+use dwcp_control::forwarding::{self, ForwardingState};
 use dwcp_dataplane::AttachMode;
 use dwcp_dataplane::Dataplane;
 use dwcp_dataplane::DataplaneError;
 use dwcp_dataplane::Member;
 use dwcp_dataplane::Pinning;
+use dwcp_dataplane::{build_table, GroupError};
 
 pub mod live;
 pub mod multi;
@@ -50,6 +54,10 @@ pub enum LabError {
     Prober(Box<dwcp_agent::prober::ProberError>),
     #[error(transparent)]
     SentMap(#[from] dwcp_agent::prober::SentMapError),
+    #[error("programming the fast path: {0}")]
+    Program(FastPathError),
+    #[error("building a next-hop table: {0}")]
+    Table(#[from] GroupError),
     #[error("bpffs {path}: {detail}")]
     Pin {
         path: std::path::PathBuf,
@@ -269,11 +277,21 @@ pub fn program_paths(
     group: u32,
     paths: &[GatewayPath],
 ) -> Result<()> {
-    dp.add_port(lan_if)?;
-    let mut members = Vec::new();
+    program(dp, &paths_state(lan_if, remote_prefix, group, paths)?)
+}
+
+/// What [`program_paths`] writes, as the agent's model of the maps.
+pub fn paths_state(
+    lan_if: u32,
+    remote_prefix: Ipv4Addr,
+    group: u32,
+    paths: &[GatewayPath],
+) -> Result<ForwardingState> {
+    let mut s = ForwardingState::default();
+    s.ports.insert(lan_if);
     for p in paths {
-        dp.add_port(p.ifindex)?;
-        dp.set_nexthop(
+        s.ports.insert(p.ifindex);
+        s.nexthops.insert(
             p.nexthop,
             NextHop {
                 flags: NH_F_VALID,
@@ -287,57 +305,70 @@ pub fn program_paths(
                 inner_dst_mac: p.remote_mac,
                 _pad: [0; 2],
             },
-        )?;
-        dp.set_neighbour(
-            NeighbourKey {
-                ifindex: p.ifindex,
-                ip4: p.remote_ip.octets(),
-            },
+        );
+        s.neighbours.insert(
+            (p.ifindex, p.remote_ip.octets()),
             Neighbour {
                 mac: p.remote_mac,
                 if_mac: p.local_mac,
                 _pad: [0; 4],
             },
-        )?;
+        );
         if let Some(cfg) = p.link_config {
-            dp.set_link_config(p.link_id, cfg)?;
+            s.links.insert(p.link_id, cfg);
         }
-        dp.add_vni(
+        s.vnis.insert(
             p.vni,
             VniEntry {
                 lan_ifindex: lan_if,
                 flags: 0,
             },
-        )?;
-        members.push(Member {
+        );
+    }
+    let members: Vec<Member> = paths
+        .iter()
+        .map(|p| Member {
             nexthop: p.nexthop,
             weight: 1,
-        });
-    }
-    dp.set_group(group, &members)?;
-    dp.set_route(
-        remote_prefix.into(),
-        24,
+        })
+        .collect();
+    s.groups.insert(group, build_table(&members, None)?);
+    s.routes.insert(
+        Prefix {
+            addr: remote_prefix.into(),
+            len: 24,
+        },
         Route {
             group_id: group,
             default_class: QosClass::BestEffort as u8,
             _pad: [0; 3],
         },
-    )?;
+    );
     for c in QosClass::ALL {
-        dp.set_qos_policy(
+        s.qos.insert(
             c as u8,
             QosPolicy {
                 dscp: c.default_dscp(),
                 flags: QOS_F_REWRITE,
                 _pad: [0; 6],
             },
-        )?;
+        );
     }
-    dp.set_config(GatewayConfig {
+    s.config = Some(GatewayConfig {
         hash_seed: LAB_SEED,
         flags: CONFIG_F_READY,
         ..Default::default()
-    })?;
+    });
+    Ok(s)
+}
+
+/// Writes `desired` into the maps as the agent does: the difference from what they hold, in
+/// the order `forwarding::diff` makes safe for packets in flight, through the same
+/// [`FastPath`] the state owner writes through. The labs program gateways only this way.
+pub fn program(dp: &mut Dataplane, desired: &ForwardingState) -> Result<()> {
+    let have = dp.read_programmed().map_err(LabError::Program)?;
+    for change in forwarding::diff(&have, desired) {
+        dp.apply(&change).map_err(LabError::Program)?;
+    }
     Ok(())
 }

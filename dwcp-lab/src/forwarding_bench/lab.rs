@@ -25,8 +25,8 @@ use std::{
 
 use aya::programs::xdp::XdpLinkId;
 use dwcp_common::{
-    maps::programs, GatewayConfig, Neighbour, NeighbourKey, NextHop, QosClass, QosPolicy, Reason,
-    Route, CONFIG_F_READY, NH_F_VALID, QOS_F_REWRITE,
+    maps::programs, GatewayConfig, Neighbour, NextHop, QosClass, QosPolicy, Reason, Route,
+    CONFIG_F_READY, NH_F_VALID, QOS_F_REWRITE,
 };
 
 use super::{
@@ -40,10 +40,11 @@ use crate::lab::LAB_SEED;
 use crate::lab::UNDERLAY_MTU;
 use crate::netlab;
 use crate::netlab::Netns;
+use dwcp_control::{config::Prefix, forwarding::ForwardingState};
 use dwcp_dataplane::AttachMode;
 use dwcp_dataplane::Dataplane;
-use dwcp_dataplane::Member;
 use dwcp_dataplane::Pinning;
+use dwcp_dataplane::{build_table, Member};
 
 /// What forwards on gateway A.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -611,21 +612,24 @@ fn program_dwcp(gw: &Netns, lan_if: &str, ul_mac: [u8; 6], far_mac: [u8; 6]) -> 
     // namespace of the thread that writes it.
     gw.run_in(move || -> Result<Dataplane> {
         let mut dp = Dataplane::load(Pinning::None)?;
-        dp.add_port(lan_ifindex)?;
-        dp.add_port(ul_ifindex)?;
-        program_dwcp_tables(&mut dp, ul_ifindex, ul_mac, far_mac)?;
+        let state = dwcp_state(lan_ifindex, ul_ifindex, ul_mac, far_mac)?;
+        crate::lab::program(&mut dp, &state)?;
         Ok(dp)
     })?
 }
 
-fn program_dwcp_tables(
-    dp: &mut Dataplane,
+/// dwcp's maps for the benchmark: both next hops on the one underlay interface, the
+/// weighted group, the route to the destination prefix, the QoS policy, ready.
+fn dwcp_state(
+    lan_ifindex: u32,
     ul_ifindex: u32,
     ul_mac: [u8; 6],
     far_mac: [u8; 6],
-) -> Result<()> {
+) -> Result<ForwardingState> {
+    let mut s = ForwardingState::default();
+    s.ports.extend([lan_ifindex, ul_ifindex]);
     for nh in &NEXT_HOPS {
-        dp.set_nexthop(
+        s.nexthops.insert(
             nh.id,
             NextHop {
                 flags: NH_F_VALID,
@@ -639,18 +643,15 @@ fn program_dwcp_tables(
                 inner_dst_mac: far_mac,
                 _pad: [0; 2],
             },
-        )?;
-        dp.set_neighbour(
-            NeighbourKey {
-                ifindex: ul_ifindex,
-                ip4: nh.remote.octets(),
-            },
+        );
+        s.neighbours.insert(
+            (ul_ifindex, nh.remote.octets()),
             Neighbour {
                 mac: far_mac,
                 if_mac: ul_mac,
                 _pad: [0; 4],
             },
-        )?;
+        );
     }
     let members: Vec<Member> = NEXT_HOPS
         .iter()
@@ -659,32 +660,37 @@ fn program_dwcp_tables(
             weight: n.weight,
         })
         .collect();
-    dp.set_group(GROUP, &members)?;
-    dp.set_route(
-        DEST_PREFIX.into(),
-        24,
+    s.groups.insert(
+        GROUP,
+        build_table(&members, None).map_err(crate::lab::LabError::from)?,
+    );
+    s.routes.insert(
+        Prefix {
+            addr: DEST_PREFIX.into(),
+            len: 24,
+        },
         Route {
             group_id: GROUP,
             default_class: QosClass::BestEffort as u8,
             _pad: [0; 3],
         },
-    )?;
+    );
     for c in QosClass::ALL {
-        dp.set_qos_policy(
+        s.qos.insert(
             c as u8,
             QosPolicy {
                 dscp: c.default_dscp(),
                 flags: QOS_F_REWRITE,
                 _pad: [0; 6],
             },
-        )?;
+        );
     }
-    dp.set_config(GatewayConfig {
+    s.config = Some(GatewayConfig {
         hash_seed: LAB_SEED,
         flags: CONFIG_F_READY,
         ..Default::default()
-    })?;
-    Ok(())
+    });
+    Ok(s)
 }
 
 fn fmt_mac(m: [u8; 6]) -> String {

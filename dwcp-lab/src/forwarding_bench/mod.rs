@@ -26,6 +26,9 @@ pub use measure::{median, paired_ratio, Snapshot, Summary, TrialResult};
 pub enum BenchError {
     #[error(transparent)]
     Netlab(#[from] crate::netlab::NetlabError),
+    // Boxed, as the other large ones below.
+    #[error(transparent)]
+    Lab(Box<crate::lab::LabError>),
     // aya's errors are large: boxed, so that every Result stays small.
     #[error(transparent)]
     Dataplane(Box<dwcp_dataplane::DataplaneError>),
@@ -87,6 +90,12 @@ impl From<aya::EbpfError> for BenchError {
 /// the kernel is built so), the only traffic source fast enough for the benchmark.
 pub const LIVE_FRAMES_REFUSED: &str =
     "this kernel refuses BPF_PROG_TEST_RUN with live frames (EPERM), the harness's traffic source";
+
+impl From<crate::lab::LabError> for BenchError {
+    fn from(e: crate::lab::LabError) -> Self {
+        BenchError::Lab(Box::new(e))
+    }
+}
 
 impl BenchError {
     /// The kernel refused to run the traffic source with live frames ([`LIVE_FRAMES_REFUSED`]).

@@ -19,17 +19,13 @@
 
 use std::{net::Ipv4Addr, ops::RangeInclusive, time::Duration};
 
-use dwcp_common::{
-    maps::programs, wire::ETH_HLEN, Counters, FlowKey, GatewayConfig, NeighbourKey, NextHop,
-    NextHopTable, QosClass, QosPolicy, Route, VniEntry, CONFIG_F_READY, NH_F_VALID, QOS_F_REWRITE,
-};
+use dwcp_common::{maps::programs, wire::ETH_HLEN, Counters, FlowKey, NextHopTable};
 use serde::Deserialize;
 use thiserror::Error;
 
 use crate::lab::kernel_neighbour;
-use crate::lab::LabError;
-use crate::lab::LAB_SEED;
 use crate::lab::UNDERLAY_MTU;
+use crate::lab::{program_paths, GatewayPath, LabError};
 use crate::netlab;
 use crate::netlab::NetlabError;
 use crate::netlab::Netns;
@@ -287,18 +283,6 @@ pub fn validate_capacities(capacities_bps: &[u64]) -> Result<()> {
     Ok(())
 }
 
-/// One underlay path as a gateway programs it.
-struct GatewayPath {
-    id: u32,
-    vni: u32,
-    ifname: String,
-    ul_ifindex: u32,
-    local_ip: Ipv4Addr,
-    remote_ip: Ipv4Addr,
-    local_mac: [u8; 6],
-    remote_mac: [u8; 6],
-}
-
 impl ShapedPathsLab {
     /// Builds the namespaces, links, wires and shapers (path `i + 1` limited to
     /// `capacities_bps[i]`); [`ShapedPathsLab::start`] then loads and programs dwcp.
@@ -361,28 +345,31 @@ impl ShapedPathsLab {
             let b_seen_by_a = kernel_neighbour(&self.gw_a, &p.ifname, p.b_ip)?;
             let a_seen_by_b = kernel_neighbour(&self.gw_b, &p.ifname, p.a_ip)?;
             a_paths.push(GatewayPath {
-                id: p.id,
+                nexthop: p.id,
+                link_id: p.id,
+                ifindex: self.gw_a.ifindex(&p.ifname)?,
                 vni: p.vni,
-                ifname: p.ifname.clone(),
-                ul_ifindex: self.gw_a.ifindex(&p.ifname)?,
                 local_ip: p.a_ip,
                 remote_ip: p.b_ip,
                 local_mac: self.gw_a.mac(&p.ifname)?,
                 remote_mac: b_seen_by_a,
+                link_config: None,
             });
             b_paths.push(GatewayPath {
-                id: p.id,
+                nexthop: p.id,
+                link_id: p.id,
+                ifindex: self.gw_b.ifindex(&p.ifname)?,
                 vni: p.vni,
-                ifname: p.ifname.clone(),
-                ul_ifindex: self.gw_b.ifindex(&p.ifname)?,
                 local_ip: p.b_ip,
                 remote_ip: p.a_ip,
                 local_mac: self.gw_b.mac(&p.ifname)?,
                 remote_mac: a_seen_by_b,
+                link_config: None,
             });
         }
-        let (a_dp, a_generic) = program_gateway(&self.gw_a, &a_paths, PREFIX_B)?;
-        let (b_dp, b_generic) = program_gateway(&self.gw_b, &b_paths, PREFIX_A)?;
+        let ifnames: Vec<String> = self.paths.iter().map(|p| p.ifname.clone()).collect();
+        let (a_dp, a_generic) = program_gateway(&self.gw_a, &ifnames, &a_paths, PREFIX_B)?;
+        let (b_dp, b_generic) = program_gateway(&self.gw_b, &ifnames, &b_paths, PREFIX_A)?;
         self.gw_a_dataplane = Some(a_dp);
         self.gw_b_dataplane = Some(b_dp);
         self.generic_attachments.extend(a_generic);
@@ -526,97 +513,34 @@ impl ShapedPathsLab {
     }
 }
 
-/// Loads dwcp in `gw`, attaches it (LAN program on `lan0`, underlay program on every path),
-/// and programs one route to `remote_prefix`/24 over a group of all paths, plus the VNIs it
-/// terminates. Returns the dataplane and the interfaces attached in generic mode.
+/// Loads dwcp in `gw`, attaches it (LAN program on `lan0`, underlay program on every path's
+/// interface `ifnames`), and programs one route to `remote_prefix`/24 over a group of all
+/// paths, plus the VNIs it terminates, as the other labs do ([`program_paths`]). Returns the
+/// dataplane and the interfaces attached in generic mode.
 fn program_gateway(
     gw: &Netns,
+    ifnames: &[String],
     paths: &[GatewayPath],
     remote_prefix: Ipv4Addr,
 ) -> Result<(Dataplane, Vec<String>)> {
     let lan_if = gw.ifindex("lan0")?;
     let name = gw.name().to_string();
+    let paths = paths.to_vec();
+    let ifnames = ifnames.to_vec();
     gw.run_in(move || -> Result<(Dataplane, Vec<String>)> {
-        let mut dp = Dataplane::load(Pinning::None)?;
+        let mut dp = Dataplane::load(Pinning::None).map_err(LabError::from)?;
         let mut generic = Vec::new();
-        let mut attach = |dp: &mut Dataplane, prog, ifname: &str| -> Result<()> {
-            let (_, mode) = dp.attach(prog, ifname)?;
+        for (prog, ifname) in std::iter::once((programs::LAN_INGRESS, "lan0")).chain(
+            ifnames
+                .iter()
+                .map(|i| (programs::UNDERLAY_INGRESS, i.as_str())),
+        ) {
+            let (_, mode) = dp.attach(prog, ifname).map_err(LabError::from)?;
             if mode == dwcp_dataplane::AttachMode::Generic {
                 generic.push(format!("{name}:{ifname}"));
             }
-            Ok(())
-        };
-        attach(&mut dp, programs::LAN_INGRESS, "lan0")?;
-        dp.add_port(lan_if)?;
-        for p in paths {
-            attach(&mut dp, programs::UNDERLAY_INGRESS, &p.ifname)?;
-            dp.add_port(p.ul_ifindex)?;
-            dp.set_nexthop(
-                p.id,
-                NextHop {
-                    flags: NH_F_VALID,
-                    link_id: p.id,
-                    ifindex: p.ul_ifindex,
-                    vni: p.vni,
-                    local_ip4: p.local_ip.octets(),
-                    remote_ip4: p.remote_ip.octets(),
-                    via_ip4: p.remote_ip.octets(),
-                    mtu: UNDERLAY_MTU,
-                    inner_dst_mac: p.remote_mac,
-                    _pad: [0; 2],
-                },
-            )?;
-            dp.set_neighbour(
-                NeighbourKey {
-                    ifindex: p.ul_ifindex,
-                    ip4: p.remote_ip.octets(),
-                },
-                dwcp_common::Neighbour {
-                    mac: p.remote_mac,
-                    if_mac: p.local_mac,
-                    _pad: [0; 4],
-                },
-            )?;
-            dp.add_vni(
-                p.vni,
-                VniEntry {
-                    lan_ifindex: lan_if,
-                    flags: 0,
-                },
-            )?;
         }
-        let members: Vec<Member> = paths
-            .iter()
-            .map(|p| Member {
-                nexthop: p.id,
-                weight: 1,
-            })
-            .collect();
-        dp.set_group(SHAPED_LAB_GROUP, &members)?;
-        dp.set_route(
-            remote_prefix.into(),
-            24,
-            Route {
-                group_id: SHAPED_LAB_GROUP,
-                default_class: QosClass::BestEffort as u8,
-                _pad: [0; 3],
-            },
-        )?;
-        for c in QosClass::ALL {
-            dp.set_qos_policy(
-                c as u8,
-                QosPolicy {
-                    dscp: c.default_dscp(),
-                    flags: QOS_F_REWRITE,
-                    _pad: [0; 6],
-                },
-            )?;
-        }
-        dp.set_config(GatewayConfig {
-            hash_seed: LAB_SEED,
-            flags: CONFIG_F_READY,
-            ..Default::default()
-        })?;
+        program_paths(&mut dp, lan_if, remote_prefix, SHAPED_LAB_GROUP, &paths)?;
         Ok((dp, generic))
     })?
 }
