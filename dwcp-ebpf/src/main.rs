@@ -2,8 +2,8 @@
 #![no_std]
 #![no_main]
 
-mod bench;
-mod headers;
+use dwcp_ebpf::headers;
+
 mod lan;
 mod maps;
 mod parse;
@@ -41,18 +41,6 @@ pub fn dwcp_lan_tc(ctx: TcContext) -> i32 {
 #[xdp]
 pub fn dwcp_pass(_ctx: XdpContext) -> u32 {
     xdp_action::XDP_PASS
-}
-
-/// Forwarding benchmark's traffic source (run through BPF_PROG_TEST_RUN with live frames).
-#[xdp]
-pub fn dwcp_bench_tx(ctx: XdpContext) -> u32 {
-    bench::bench_tx(&ctx)
-}
-
-/// Forwarding benchmark's sink: counts VXLAN frames per VNI and drops everything.
-#[xdp]
-pub fn dwcp_bench_sink(ctx: XdpContext) -> u32 {
-    bench::bench_sink(&ctx)
 }
 
 #[cfg(not(test))]

@@ -8,6 +8,11 @@
 //! its: they are ignored unless the `privileged` feature is on (`cargo test --features
 //! dwcp-lab/privileged`, what `scripts/test.sh` runs as root), so `cargo test` as any user
 //! runs the rest and lists these as ignored.
+/// The lab's eBPF object (dwcp-lab-ebpf), built by build.rs: the forwarding benchmark's
+/// traffic source and sink, which a gateway never loads.
+pub static LAB_EBPF_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/dwcp-lab-bpf"));
+
 pub mod fixtures;
 pub mod forwarding_bench;
 pub mod lab;

@@ -59,10 +59,13 @@ fn run(cmd: &mut Command) -> Result<()> {
 
 /// `cargo +nightly <subcommand>` for the eBPF crate: its target, `core` built from source,
 /// the workspace's target directory.
-fn ebpf_cargo(subcommand: &str) -> Command {
+/// The eBPF crates: the gateway's programs, and the lab's (benchmark traffic source and sink).
+const EBPF_CRATES: [&str; 2] = ["dwcp-ebpf", "dwcp-lab-ebpf"];
+
+fn ebpf_cargo(krate: &str, subcommand: &str) -> Command {
     let root = root();
     let mut cmd = Command::new("cargo");
-    cmd.current_dir(root.join("dwcp-ebpf"))
+    cmd.current_dir(root.join(krate))
         .env_remove("RUSTUP_TOOLCHAIN")
         .args([
             "+nightly",
@@ -79,13 +82,16 @@ fn ebpf_cargo(subcommand: &str) -> Command {
 }
 
 fn clippy_ebpf() -> Result<()> {
-    run(ebpf_cargo("clippy").args(["--", "-D", "warnings"]))
+    for krate in EBPF_CRATES {
+        run(ebpf_cargo(krate, "clippy").args(["--", "-D", "warnings"]))?;
+    }
+    Ok(())
 }
 
 fn build_ebpf() -> Result<()> {
     let root = root();
     let target_dir = root.join("target");
-    run(ebpf_cargo("build").env(
+    run(ebpf_cargo("dwcp-ebpf", "build").env(
         "CARGO_ENCODED_RUSTFLAGS",
         ["-Cdebuginfo=2", "-Clink-arg=--btf"].join("\x1f"),
     ))?;

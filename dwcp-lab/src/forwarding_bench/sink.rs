@@ -11,7 +11,7 @@ use dwcp_common::bench;
 
 use super::{source::xdp_program_mut, BenchError, Result};
 use crate::netlab::Netns;
-use dwcp_dataplane::EBPF_OBJECT;
+use crate::LAB_EBPF_OBJECT;
 
 /// Frames counted by the sink: per VNI (`bench::sink_slot`), and everything else.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -68,7 +68,7 @@ impl Sink {
     pub fn attach(ns: &Netns, ifname: &str) -> Result<Sink> {
         let ifname = ifname.to_string();
         ns.run_in(move || -> Result<Sink> {
-            let mut ebpf = EbpfLoader::new().load(EBPF_OBJECT)?;
+            let mut ebpf = EbpfLoader::new().load(LAB_EBPF_OBJECT)?;
             let prog: &mut Xdp = xdp_program_mut(&mut ebpf, bench::SINK_PROGRAM)?;
             let program = bench::SINK_PROGRAM;
             prog.load().map_err(BenchError::program(program))?;

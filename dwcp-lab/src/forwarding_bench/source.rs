@@ -25,7 +25,7 @@ use dwcp_common::{
 };
 
 use super::{BenchError, Result};
-use dwcp_dataplane::EBPF_OBJECT;
+use crate::LAB_EBPF_OBJECT;
 
 /// UDP destination port of the source's frames.
 pub const DST_PORT: u16 = 5001;
@@ -112,7 +112,7 @@ pub struct TrafficSource {
 impl TrafficSource {
     /// Loads the source program for the source veth `ifindex`.
     pub fn load(ifindex: u32) -> Result<TrafficSource> {
-        let mut ebpf = EbpfLoader::new().load(EBPF_OBJECT)?;
+        let mut ebpf = EbpfLoader::new().load(LAB_EBPF_OBJECT)?;
         let prog: &mut Xdp = xdp_program_mut(&mut ebpf, bench::TX_PROGRAM)?;
         prog.load()
             .map_err(BenchError::program(bench::TX_PROGRAM))?;

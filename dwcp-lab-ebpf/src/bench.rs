@@ -11,7 +11,7 @@ use dwcp_common::{
     wire::*,
 };
 
-use crate::headers::{ptr_at, EthHdr, Ipv4Hdr, UdpHdr, VxlanHdr};
+use dwcp_ebpf::headers::{ptr_at, EthHdr, Ipv4Hdr, UdpHdr, VxlanHdr};
 
 #[btf_map]
 pub static BENCH_TX: PerCpuArray<u64, 1> = PerCpuArray::new();
