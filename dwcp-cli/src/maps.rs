@@ -9,36 +9,38 @@
 
 use std::path::{Path, PathBuf};
 
-use aya::maps::{
-    lpm_trie::LpmTrie, Array, DevMapHash, HashMap, Map, MapData, MapError, PerCpuArray,
-};
+use aya::maps::{lpm_trie::LpmTrie, Array, DevMapHash, HashMap, MapData, MapError, PerCpuArray};
 use dwcp_common::{
     maps::names, ClassifierKey, ClassifierRule, Counters, GatewayConfig, HandoffFlow, LinkConfig,
     LinkState, Neighbour, NeighbourKey, NextHop, NextHopTable, Policer, PolicerKey, QosClass,
     QosPolicy, Reason, Route, VniEntry, GROUP_SLOTS, MAX_GROUPS, POLICER_ANY_GROUP, POLICE_DROP,
 };
 use dwcp_control::traffic::flow_address;
+use dwcp_dataplane::{PinnedMapError, PinnedMaps};
 use serde::Serialize;
 use serde_json::{json, Value};
 
 #[derive(Debug, thiserror::Error)]
 pub enum MapsError {
-    #[error("map {name}: cannot open the pin {path}: {source} (is the agent loaded with pinning, and is this the pin directory?)")]
-    Open {
-        name: &'static str,
-        path: PathBuf,
-        source: Box<MapError>,
-    },
-    #[error("map {name}: {source} (pinned by a different dwcp version?)")]
-    Type {
-        name: &'static str,
-        source: Box<MapError>,
-    },
+    #[error("{0} (is the agent loaded with pinning, and is this the pin directory?)")]
+    NotPinned(PinnedMapError),
+    #[error(transparent)]
+    Pinned(PinnedMapError),
     #[error("map {name}: reading entries: {source}")]
     Read {
         name: &'static str,
         source: Box<MapError>,
     },
+}
+
+impl From<PinnedMapError> for MapsError {
+    /// A missing pin gets the operator's likely causes.
+    fn from(e: PinnedMapError) -> MapsError {
+        match e {
+            PinnedMapError::Open { .. } => MapsError::NotPinned(e),
+            PinnedMapError::Type { .. } => MapsError::Pinned(e),
+        }
+    }
 }
 
 /// One pinned map and its entries.
@@ -69,33 +71,6 @@ pub struct Entry {
     pub values: Option<Vec<Value>>,
 }
 
-fn open(dir: &Path, name: &'static str) -> Result<(Map, u32, u32, String), MapsError> {
-    let path = dir.join(name);
-    let open_err = |e| MapsError::Open {
-        name,
-        path: path.clone(),
-        source: Box::new(e),
-    };
-    let data = MapData::from_pin(&path).map_err(open_err)?;
-    let info = data.info().map_err(open_err)?;
-    let kind = info
-        .map_type()
-        .map(|t| format!("{t:?}"))
-        .unwrap_or_else(|_| "unknown".into());
-    let map = Map::from_map_data(data).map_err(|e| MapsError::Type {
-        name,
-        source: Box::new(e),
-    })?;
-    Ok((map, info.id(), info.max_entries(), kind))
-}
-
-fn typed<T: TryFrom<Map, Error = MapError>>(name: &'static str, map: Map) -> Result<T, MapsError> {
-    T::try_from(map).map_err(|e| MapsError::Type {
-        name,
-        source: Box::new(e),
-    })
-}
-
 fn read_err(name: &'static str) -> impl Fn(MapError) -> MapsError {
     move |e| MapsError::Read {
         name,
@@ -123,10 +98,9 @@ fn u32_key(k: u32) -> Value {
 }
 
 /// `NH_ACTIVE`: the slot in force of every group.
-fn active_slots(dir: &Path) -> Result<Vec<u32>, MapsError> {
+fn active_slots(maps: &PinnedMaps) -> Result<Vec<u32>, MapsError> {
     let name = names::NH_ACTIVE;
-    let (map, ..) = open(dir, name)?;
-    let a: Array<MapData, u32> = typed(name, map)?;
+    let a: Array<MapData, u32> = maps.map(name)?;
     a.iter()
         .map(|s| s.map(|s| s & 1).map_err(read_err(name)))
         .collect()
@@ -139,7 +113,9 @@ pub fn dump_pinned(dir: &Path) -> Result<Vec<MapDump>, MapsError> {
 
 /// Reads the pinned map `name` (one of `dwcp_common::maps::names::ALL`).
 pub fn dump_one(dir: &Path, name: &'static str) -> Result<MapDump, MapsError> {
-    let (map, id, max_entries, kind) = open(dir, name)?;
+    let maps = PinnedMaps::new(dir);
+    let info = maps.info(name)?;
+    let max_entries = info.max_entries();
     let rd = read_err(name);
     let mut entries = Vec::new();
     let mut lines = Vec::new();
@@ -150,7 +126,7 @@ pub fn dump_one(dir: &Path, name: &'static str) -> Result<MapDump, MapsError> {
     };
     match name {
         names::CONFIG => {
-            let a: Array<MapData, GatewayConfig> = typed(name, map)?;
+            let a: Array<MapData, GatewayConfig> = maps.map(name)?;
             let c = a.get(&0, 0).map_err(&rd)?;
             push(
                 u32_key(0),
@@ -175,7 +151,7 @@ pub fn dump_one(dir: &Path, name: &'static str) -> Result<MapDump, MapsError> {
             );
         }
         names::ROUTES_V4 => {
-            let t: LpmTrie<MapData, [u8; 4], Route> = typed(name, map)?;
+            let t: LpmTrie<MapData, [u8; 4], Route> = maps.map(name)?;
             for item in t.iter() {
                 let (k, r) = item.map_err(&rd)?;
                 push(
@@ -193,7 +169,7 @@ pub fn dump_one(dir: &Path, name: &'static str) -> Result<MapDump, MapsError> {
             }
         }
         names::ROUTES_V6 => {
-            let t: LpmTrie<MapData, [u8; 16], Route> = typed(name, map)?;
+            let t: LpmTrie<MapData, [u8; 16], Route> = maps.map(name)?;
             for item in t.iter() {
                 let (k, r) = item.map_err(&rd)?;
                 push(
@@ -212,8 +188,8 @@ pub fn dump_one(dir: &Path, name: &'static str) -> Result<MapDump, MapsError> {
         }
         names::NH_GROUPS => {
             shown = "slots in force with a table";
-            let tables: Array<MapData, NextHopTable> = typed(name, map)?;
-            let active = active_slots(dir)?;
+            let tables: Array<MapData, NextHopTable> = maps.map(name)?;
+            let active = active_slots(&maps)?;
             for g in 0..MAX_GROUPS.min(max_entries / GROUP_SLOTS) {
                 let slot = active.get(g as usize).copied().unwrap_or(0);
                 let index = dwcp_common::group_slot(g, slot);
@@ -257,7 +233,7 @@ pub fn dump_one(dir: &Path, name: &'static str) -> Result<MapDump, MapsError> {
         }
         names::NH_ACTIVE => {
             shown = "groups whose table in force is slot 1";
-            let a: Array<MapData, u32> = typed(name, map)?;
+            let a: Array<MapData, u32> = maps.map(name)?;
             for (g, s) in a.iter().enumerate() {
                 let s = s.map_err(&rd)?;
                 if s == 0 {
@@ -273,7 +249,7 @@ pub fn dump_one(dir: &Path, name: &'static str) -> Result<MapDump, MapsError> {
         }
         names::NEXTHOPS => {
             shown = "non-zero entries";
-            let a: Array<MapData, NextHop> = typed(name, map)?;
+            let a: Array<MapData, NextHop> = maps.map(name)?;
             for (i, nh) in a.iter().enumerate() {
                 let nh = nh.map_err(&rd)?;
                 if nh == NextHop::default() {
@@ -307,7 +283,7 @@ pub fn dump_one(dir: &Path, name: &'static str) -> Result<MapDump, MapsError> {
             }
         }
         names::NEIGHBOURS => {
-            let h: HashMap<MapData, NeighbourKey, Neighbour> = typed(name, map)?;
+            let h: HashMap<MapData, NeighbourKey, Neighbour> = maps.map(name)?;
             for item in h.iter() {
                 let (k, n) = item.map_err(&rd)?;
                 push(
@@ -325,7 +301,7 @@ pub fn dump_one(dir: &Path, name: &'static str) -> Result<MapDump, MapsError> {
             }
         }
         names::TX_PORTS => {
-            let d: DevMapHash<MapData> = typed(name, map)?;
+            let d: DevMapHash<MapData> = maps.map(name)?;
             for item in d.iter() {
                 let (k, v) = item.map_err(&rd)?;
                 push(
@@ -338,7 +314,7 @@ pub fn dump_one(dir: &Path, name: &'static str) -> Result<MapDump, MapsError> {
         }
         names::LINK_CONFIG => {
             shown = "non-zero entries";
-            let a: Array<MapData, LinkConfig> = typed(name, map)?;
+            let a: Array<MapData, LinkConfig> = maps.map(name)?;
             for (i, c) in a.iter().enumerate() {
                 let c = c.map_err(&rd)?;
                 if c == LinkConfig::default() {
@@ -370,7 +346,7 @@ pub fn dump_one(dir: &Path, name: &'static str) -> Result<MapDump, MapsError> {
         }
         names::LINK_STATE => {
             shown = "non-zero entries";
-            let a: Array<MapData, LinkState> = typed(name, map)?;
+            let a: Array<MapData, LinkState> = maps.map(name)?;
             for (i, s) in a.iter().enumerate() {
                 let s = s.map_err(&rd)?;
                 if s == LinkState::default() {
@@ -400,7 +376,7 @@ pub fn dump_one(dir: &Path, name: &'static str) -> Result<MapDump, MapsError> {
             }
         }
         names::CLASSIFIER => {
-            let h: HashMap<MapData, ClassifierKey, ClassifierRule> = typed(name, map)?;
+            let h: HashMap<MapData, ClassifierKey, ClassifierRule> = maps.map(name)?;
             for item in h.iter() {
                 let (k, r) = item.map_err(&rd)?;
                 push(
@@ -428,7 +404,7 @@ pub fn dump_one(dir: &Path, name: &'static str) -> Result<MapDump, MapsError> {
         }
         names::CLASS_PORTS => {
             shown = "ports named by a classifier rule";
-            let a: Array<MapData, u64> = typed(name, map)?;
+            let a: Array<MapData, u64> = maps.map(name)?;
             let mut ports = Vec::new();
             for (word, bits) in a.iter().enumerate() {
                 let bits = bits.map_err(&rd)?;
@@ -456,7 +432,7 @@ pub fn dump_one(dir: &Path, name: &'static str) -> Result<MapDump, MapsError> {
             }
         }
         names::POLICERS => {
-            let h: HashMap<MapData, PolicerKey, Policer> = typed(name, map)?;
+            let h: HashMap<MapData, PolicerKey, Policer> = maps.map(name)?;
             for item in h.iter() {
                 let (k, p) = item.map_err(&rd)?;
                 push(
@@ -490,7 +466,7 @@ pub fn dump_one(dir: &Path, name: &'static str) -> Result<MapDump, MapsError> {
         }
         names::QOS_POLICY => {
             shown = "non-zero entries";
-            let a: Array<MapData, QosPolicy> = typed(name, map)?;
+            let a: Array<MapData, QosPolicy> = maps.map(name)?;
             for (i, p) in a.iter().enumerate() {
                 let p = p.map_err(&rd)?;
                 if p == QosPolicy::default() {
@@ -514,7 +490,7 @@ pub fn dump_one(dir: &Path, name: &'static str) -> Result<MapDump, MapsError> {
             }
         }
         names::VNIS => {
-            let h: HashMap<MapData, u32, VniEntry> = typed(name, map)?;
+            let h: HashMap<MapData, u32, VniEntry> = maps.map(name)?;
             for item in h.iter() {
                 let (k, v) = item.map_err(&rd)?;
                 push(
@@ -527,7 +503,7 @@ pub fn dump_one(dir: &Path, name: &'static str) -> Result<MapDump, MapsError> {
         }
         names::NH_STATS | names::CLASS_STATS => {
             shown = "non-zero entries, summed over CPUs";
-            let a: PerCpuArray<MapData, Counters> = typed(name, map)?;
+            let a: PerCpuArray<MapData, Counters> = maps.map(name)?;
             for (i, per_cpu) in a.iter().enumerate() {
                 let per_cpu = per_cpu.map_err(&rd)?;
                 let sum = per_cpu.iter().fold(Counters::default(), |a, c| Counters {
@@ -557,7 +533,7 @@ pub fn dump_one(dir: &Path, name: &'static str) -> Result<MapDump, MapsError> {
             }
         }
         names::HANDOFF_FLOWS => {
-            let h: HashMap<MapData, HandoffFlow, u32> = typed(name, map)?;
+            let h: HashMap<MapData, HandoffFlow, u32> = maps.map(name)?;
             for item in h.iter() {
                 let (k, mark) = item.map_err(&rd)?;
                 // An IPv4 flow uses the first word only (the key carries no family).
@@ -579,7 +555,7 @@ pub fn dump_one(dir: &Path, name: &'static str) -> Result<MapDump, MapsError> {
         }
         names::REASON_STATS => {
             shown = "non-zero entries, summed over CPUs";
-            let a: PerCpuArray<MapData, u64> = typed(name, map)?;
+            let a: PerCpuArray<MapData, u64> = maps.map(name)?;
             for (i, per_cpu) in a.iter().enumerate() {
                 let per_cpu = per_cpu.map_err(&rd)?;
                 let sum: u64 = per_cpu.iter().sum();
@@ -605,11 +581,13 @@ pub fn dump_one(dir: &Path, name: &'static str) -> Result<MapDump, MapsError> {
         }
         _ => unreachable!("every name of names::ALL is handled"),
     }
-    let pinned = dir.join(name);
+    let pinned = maps.path(name);
     Ok(MapDump {
         name,
-        kind,
-        id,
+        kind: info
+            .map_type()
+            .map_or_else(|_| "unknown".into(), |t| format!("{t:?}")),
+        id: info.id(),
         max_entries,
         bpftool: format!("bpftool map dump pinned {}", pinned.display()),
         pinned,

@@ -9,6 +9,7 @@ mod batch;
 mod compat;
 mod fast_path;
 pub mod links;
+mod pinned;
 mod readback;
 
 use std::{
@@ -44,6 +45,7 @@ pub use compat::{pin_mismatches, MapShape, PinMismatch};
 pub use dwcp_control::nhg_table::{build_table, GroupError, Member};
 pub use fast_path::LinkStateMap;
 pub use links::{link_pin_path, tc_link_pin_path, unpin_links, LinkAdoption};
+pub use pinned::{PinnedMapError, PinnedMaps};
 
 /// The eBPF object built by build.rs (dwcp-ebpf, with BTF).
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/dwcp"));

@@ -1,6 +1,6 @@
-//! The daemon: loads and adopts the fast path, starts the tasks (probes and link monitor,
-//! rtnetlink, health checks, signals, timers) and runs the state owner's loop. Every task only
-//! sends [`Input`]s; the loop alone touches the state.
+//! The daemon: loads and adopts the fast path, starts the tasks (`tasks.rs`: probes and link
+//! monitor, rtnetlink, health checks, signals, timers, reservations, API, metrics) and runs
+//! the state owner's loop. Every task only sends [`Input`]s; the loop alone touches the state.
 //!
 //! Stopping the daemon (SIGTERM, a crash, `kill -9`) leaves the programs attached through
 //! their pinned links and the maps pinned, so forwarding goes on; the next start adopts both.
@@ -9,36 +9,35 @@ use std::{
     future::Future,
     io::Write,
     path::{Path, PathBuf},
-    sync::{Arc, RwLock},
+    sync::Arc,
     time::{Duration, Instant},
 };
 
-use aya::maps::{Array, Map, MapData};
-use dwcp_common::{maps::names, maps::programs, LinkState};
+use dwcp_common::maps::programs;
 use thiserror::Error;
 use tokio::sync::{broadcast, mpsc, watch};
-use tracing::{error, info, warn};
+use tracing::{info, warn};
 
 use dwcp_control::{
-    bandwidth::{FileStore, LinkId as TeLinkId, Network, ReservationManager},
-    config::{AgentConfig, ConfigError, LocalLink, ProbeSenderMode},
-    input::{Input, NextReservationChange, TimedInput},
+    config::{AgentConfig, ConfigError},
+    input::{Input, TimedInput},
     state::{AgentError, AgentState},
     view::{AgentEvent, AgentSnapshot},
 };
-use dwcp_dataplane::{Dataplane, DataplaneError, LinkAdoption, LinkStateMap, Pinning, EBPF_OBJECT};
+use dwcp_dataplane::{
+    Dataplane, DataplaneError, LinkAdoption, PinnedMapError, Pinning, EBPF_OBJECT,
+};
 
 use super::{
+    handoff::Handoffs,
     netlink::{NetlinkError, NetlinkWatcher},
-    now, reservation_events, AgentCommand, AgentHandle, CommandError,
+    now,
+    probes::Probes,
+    tasks::{self, LinkViews, Task},
+    AgentCommand, AgentHandle, CommandError,
 };
 use crate::{
-    api::{ApiContext, RunningApi},
-    health::{HealthEvent, HealthMonitor, RegionState},
-    probe::{
-        open_probe_socket, LinkEvent, LinkMonitor, ProbeCounts, ProbeLink, ProbeSender, SenderError,
-    },
-    telemetry::{Exporter, RunningMetrics},
+    api::RunningApi, health::HealthMonitor, probe::SenderError, telemetry::RunningMetrics,
 };
 
 #[derive(Debug, Error)]
@@ -56,8 +55,10 @@ pub enum DaemonError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("opening the pinned {map}: {detail}")]
-    PinnedMap { map: &'static str, detail: String },
+    #[error(transparent)]
+    PinnedMap(#[from] PinnedMapError),
+    #[error(transparent)]
+    ProbeSent(#[from] crate::prober::SentMapError),
     #[error("probe sender: {0}")]
     Sender(#[from] SenderError),
     #[error("probe monitor: {0}")]
@@ -99,107 +100,8 @@ pub struct DaemonOptions {
 
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/dwcp";
 
-/// Links the monitor watches when another process (`dwcp-prober`) sends the probes: their
-/// sent counts come from the prober's pinned `PROBE_SENT` map, so loss is measured as with
-/// the agent's own sender.
-#[derive(Clone)]
-pub struct ExternalProbes {
-    links: Arc<RwLock<Vec<u32>>>,
-    sent: Arc<Array<MapData, u64>>,
-}
-
-impl ExternalProbes {
-    fn open(pin_dir: &Path) -> Result<ExternalProbes, DaemonError> {
-        Ok(ExternalProbes {
-            links: Arc::default(),
-            sent: Arc::new(crate::prober::open_sent_map(pin_dir).map_err(|e| {
-                DaemonError::PinnedMap {
-                    map: crate::prober::PROBE_SENT,
-                    detail: e.to_string(),
-                }
-            })?),
-        })
-    }
-
-    fn set(&self, links: Vec<u32>) {
-        *self.links.write().unwrap_or_else(|e| e.into_inner()) = links;
-    }
-}
-
-impl ProbeCounts for ExternalProbes {
-    fn links(&self) -> Vec<u32> {
-        self.links.read().unwrap_or_else(|e| e.into_inner()).clone()
-    }
-    fn sent(&self, link_id: u32) -> Option<u64> {
-        // Unreadable counts read as nothing sent: liveness needs none, and no loss is invented.
-        self.links()
-            .contains(&link_id)
-            .then(|| self.sent.get(&link_id, 0).unwrap_or(0))
-    }
-    /// The prober backs off on its own.
-    fn set_reprobe_backoff(&self, _link_id: u32, _dead: bool) {}
-}
-
-/// The pinned `LINK_STATE` map, opened a second time for the monitor task.
-fn open_link_state(pin_dir: &Path) -> Result<Array<MapData, LinkState>, DaemonError> {
-    let path = pin_dir.join(names::LINK_STATE);
-    let err = |e: aya::maps::MapError| DaemonError::PinnedMap {
-        map: names::LINK_STATE,
-        detail: format!("{}: {e}", path.display()),
-    };
-    let data = MapData::from_pin(&path).map_err(err)?;
-    Map::from_map_data(data)
-        .map_err(err)?
-        .try_into()
-        .map_err(err)
-}
-
-enum Probes {
-    Agent(ProbeSender),
-    External(ExternalProbes),
-}
-
-impl Probes {
-    fn counts(&self) -> Box<dyn ProbeCounts + Send> {
-        match self {
-            Probes::Agent(s) => Box::new(s.handle()),
-            Probes::External(e) => Box::new(e.clone()),
-        }
-    }
-
-    /// Probes exactly the monitored local links of `config`.
-    fn sync(&mut self, config: &AgentConfig) {
-        let wanted: Vec<&LocalLink> = config.local_links.iter().filter(|l| l.monitored).collect();
-        match self {
-            Probes::External(e) => e.set(wanted.iter().map(|l| l.link_id).collect()),
-            Probes::Agent(sender) => {
-                let handle = sender.handle();
-                for id in handle.links() {
-                    if !wanted.iter().any(|l| l.link_id == id) {
-                        let _ = sender.remove_link(id);
-                    }
-                }
-                let probed = handle.links();
-                for l in wanted {
-                    if probed.contains(&l.link_id) {
-                        continue;
-                    }
-                    let link = ProbeLink {
-                        link_id: l.link_id,
-                        local: l.local_ip.into(),
-                        remote: l.peer_ip.into(),
-                        device: Some(l.interface.clone()),
-                    };
-                    let added = open_probe_socket(&link, sender.config())
-                        .and_then(|s| sender.add_link(link, s));
-                    if let Err(e) = added {
-                        error!(link = l.link_id, error = %e, "cannot probe the link; it stays down");
-                    }
-                }
-            }
-        }
-    }
-}
+/// The input log of `--record`: the file and the daemon's start, from which times are taken.
+type Record = Option<(std::fs::File, Instant)>;
 
 /// The started daemon: state owner, tasks and channels.
 pub struct Daemon {
@@ -213,14 +115,14 @@ pub struct Daemon {
     commands: mpsc::Receiver<AgentCommand>,
     command_tx: mpsc::Sender<AgentCommand>,
     probes: Probes,
-    link_views: watch::Receiver<BTreeMap<u32, crate::probe::LinkView>>,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
+    link_views: LinkViews,
+    tasks: Vec<Task>,
     _health: Option<HealthMonitor>,
-    record: Option<(std::fs::File, Instant)>,
+    record: Record,
     api: Option<RunningApi>,
     metrics: Option<RunningMetrics>,
     /// Policy routing of the WireGuard local links.
-    handoffs: super::handoff::Handoffs,
+    handoffs: Handoffs,
     /// The WireGuard links' policy routing must be checked again (configuration or
     /// interfaces changed).
     handoffs_dirty: bool,
@@ -230,360 +132,55 @@ pub struct Daemon {
 
 impl Daemon {
     /// Loads the configuration and the fast path, adopts what an earlier agent left pinned,
-    /// reads the interfaces and neighbours, and programs the difference. Must run inside a
-    /// tokio runtime, in the gateway's network namespace.
+    /// reads the interfaces and neighbours, programs the difference, then starts the tasks
+    /// (see `tasks.rs` for the channels between them). Must run inside a tokio runtime, in
+    /// the gateway's network namespace.
     pub async fn start(options: DaemonOptions) -> Result<Daemon, DaemonError> {
         let config = AgentConfig::load(&options.config_path)?;
         info!(gateway = %config.gateway, region = %config.region, path = %options.config_path.display(), "configuration loaded");
-        let object: Vec<u8>;
-        let bytes: &[u8] = match &options.ebpf_object {
-            Some(path) => {
-                object = std::fs::read(path).map_err(|source| DaemonError::Object {
-                    path: path.clone(),
-                    source,
-                })?;
-                &object
-            }
-            None => EBPF_OBJECT,
-        };
-        // aya needs the object 8-byte aligned; a Vec<u8> may not be.
-        let aligned = Aligned::new(bytes);
-        let mut dataplane =
-            Dataplane::load_object(aligned.as_slice(), Pinning::Dir(config.pin_dir.clone()))?;
+        let mut dataplane = load_fast_path(options.ebpf_object.as_deref(), &config)?;
         let flow_samples = dataplane.take_flow_samples();
-        for (program, ifnames) in [
-            (programs::LAN_INGRESS, config.lan_interfaces.clone()),
-            (programs::UNDERLAY_INGRESS, config.underlay_interfaces()),
-        ] {
-            for ifname in ifnames {
-                match dataplane.attach_pinned(program, &ifname)? {
-                    LinkAdoption::Attached { mode, program_id } => {
-                        info!(program, ifname, ?mode, program_id, "attached and pinned")
-                    }
-                    LinkAdoption::Replaced {
-                        old_program_id,
-                        new_program_id,
-                    } => info!(
-                        program,
-                        ifname,
-                        old_program_id,
-                        new_program_id,
-                        "adopted the pinned link: program replaced in place (bpf_link_update)"
-                    ),
-                }
-            }
-        }
-        // The second half of the WireGuard hand-off: copies the mark the LAN XDP program
-        // leaves in the XDP metadata to `skb->mark` (docs/tunnels.md, "Hand-off").
-        for ifname in config.lan_interfaces.clone() {
-            let program = programs::LAN_HANDOFF_TC;
-            match dataplane.attach_handoff_tc_pinned(&ifname)? {
-                LinkAdoption::Attached { program_id, .. } => {
-                    info!(
-                        program,
-                        ifname, program_id, "tc ingress attached and pinned"
-                    )
-                }
-                LinkAdoption::Replaced {
-                    old_program_id,
-                    new_program_id,
-                } => info!(
-                    program,
-                    ifname,
-                    old_program_id,
-                    new_program_id,
-                    "adopted the pinned tc link: tc program swapped in place (bpf_link_update)"
-                ),
-            }
-        }
 
-        let mut tasks = Vec::new();
         let watcher = NetlinkWatcher::subscribe()?;
         let initial = watcher.dump().await?;
-        let now = now();
-        let mut state = AgentState::new(config.clone(), dataplane, now)?;
+        let mut record = open_record(options.record.as_deref())?;
+        let (mut state, handoffs) = first_step(&config, dataplane, initial, &mut record).await?;
         let (events, _) = broadcast::channel(1024);
         let (snapshot, _) = watch::channel(state.snapshot().clone());
-        let mut handoffs = super::handoff::Handoffs::open().await?;
-        state.set_handoff_problems(handoffs.sync(&config).await);
-        let mut record = match &options.record {
-            Some(path) => Some((
-                std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(path)
-                    .map_err(|source| DaemonError::Record {
-                        path: path.clone(),
-                        source,
-                    })?,
-                Instant::now(),
-            )),
-            None => None,
-        };
-        for input in initial {
-            write_record(&mut record, &input);
-            let _ = state.handle(input, now);
-        }
-        state.on_timer(now);
         publish(&mut state, &events, &snapshot);
-        let adopted = state.adopted();
-        if let Some(u) = state.last_update() {
-            info!(
-                adopted_routes = adopted.routes,
-                adopted_groups = adopted.groups,
-                writes = u.changes,
-                "fast path reconciled with the configuration ({} map writes)",
-                u.changes
-            );
-        }
 
         let (input_tx, inputs) = mpsc::channel(4096);
-        if let Some(ring) = flow_samples {
-            // SAFETY: the ring buffer owns its map's fd, open until the AsyncFd drops it.
-            let registered = unsafe {
-                tokio::io::unix::AsyncFd::register_with_interest(
-                    ring,
-                    tokio::io::Interest::READABLE,
-                )
-            };
-            match registered {
-                Ok(fd) => tasks.push(tokio::spawn(read_flow_samples(fd, input_tx.clone()))),
-                Err(e) => warn!(error = %e, "flow samples not read: no top flows"),
-            }
-        }
-        if let Some(path) = &options.events_file {
-            let mut file = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(path)
-                .map_err(|source| DaemonError::Record {
-                    path: path.clone(),
-                    source,
-                })?;
-            // The first computation's route changes happened before anyone could subscribe.
-            for change in state.history() {
-                if let Ok(json) = serde_json::to_string(&AgentEvent::RouteChanged(change.clone())) {
-                    let _ = writeln!(file, "{json}");
-                }
-            }
-            let mut events = events.subscribe();
-            tasks.push(tokio::spawn(async move {
-                loop {
-                    match events.recv().await {
-                        Ok(ev) => {
-                            if let Ok(json) = serde_json::to_string(&ev) {
-                                if writeln!(file, "{json}").is_err() {
-                                    return;
-                                }
-                            }
-                        }
-                        Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
-                            warn!("events file missed {n} events");
-                        }
-                        Err(_) => return,
-                    }
-                }
-            }));
-        }
         let (command_tx, commands) = mpsc::channel(64);
-        {
-            let tx = input_tx.clone();
-            tasks.push(tokio::spawn(watcher.run(tx)));
-        }
-
-        // Reservations, the API and the metrics.
-        let topology = state.topology();
-        let network = Network {
-            regions: topology.regions().iter().map(|r| r.name.clone()).collect(),
-            link_capacity_bps: topology
-                .links()
-                .iter()
-                .map(|l| (TeLinkId(l.id.0), (l.capacity_mbps * 1e6) as u64))
-                .collect(),
-        };
-        let (manager, displaced) = ReservationManager::open(
-            Box::new(FileStore::new(options.state_dir.join("reservations.json"))),
-            network,
-            config.reservations.clone(),
-        )?;
-        for ev in displaced {
-            warn!(?ev, "reservation displaced: it no longer fits the topology");
-        }
-        let manager = Arc::new(std::sync::Mutex::new(manager));
         let handle = AgentHandle {
             snapshot: snapshot.subscribe(),
             events: events.clone(),
             commands: command_tx.clone(),
         };
-        let api = if config.api.socket.is_some() || config.api.tcp_listen.is_some() {
-            let ctx =
-                ApiContext::new(handle.clone(), &config.api).with_reservations(manager.clone());
-            Some(RunningApi::start(&config.api, ctx).await?)
-        } else {
-            None
-        };
-        let metrics = RunningMetrics::start(
-            &config.metrics,
-            Exporter::new(&handle).with_reservations(manager.clone()),
-        )
-        .await?;
-        {
-            // The active set changes when one is created, extended or cancelled (events) and
-            // when one starts or ends (the clock): both are watched.
-            let tx = input_tx.clone();
-            let manager = manager.clone();
-            let mut changes = reservation_events(&manager);
-            tasks.push(tokio::spawn(async move {
-                let mut tick = tokio::time::interval(Duration::from_secs(1));
-                let mut last = None;
-                loop {
-                    tokio::select! {
-                        _ = tick.tick() => {}
-                        r = changes.recv() => {
-                            if let Err(tokio::sync::broadcast::error::RecvError::Closed) = r {
-                                return;
-                            }
-                        }
-                    }
-                    let now = std::time::SystemTime::now()
-                        .duration_since(std::time::UNIX_EPOCH)
-                        .map(|d| d.as_secs())
-                        .unwrap_or(0);
-                    let (active, next) = {
-                        let mut m = manager.lock().unwrap_or_else(|e| e.into_inner());
-                        if let Err(e) = m.expire(now) {
-                            warn!(error = %e, "expiring reservations");
-                        }
-                        let active: Vec<dwcp_control::bandwidth::Reservation> =
-                            m.active_at(now).cloned().collect();
-                        let next = m.next_change_after(now).map(|at| NextReservationChange {
-                            at_unix_s: at,
-                            reserved_bps: m
-                                .reserved_by_link(at)
-                                .into_iter()
-                                .map(|(l, bps)| (l.0, bps))
-                                .collect(),
-                        });
-                        (active, next)
-                    };
-                    let seen = (active.iter().map(|r| r.id.0).collect::<Vec<u64>>(), next);
-                    if last.as_ref() != Some(&seen) {
-                        let next = seen.1.clone();
-                        last = Some(seen);
-                        if tx.send(Input::Reservations { active, next }).await.is_err() {
-                            return;
-                        }
-                    }
-                }
-            }));
+        let mut started = Vec::new();
+        started.extend(flow_samples.and_then(|ring| tasks::flow_samples(ring, input_tx.clone())));
+        if let Some(path) = &options.events_file {
+            started.push(tasks::events_file(path, state.history(), &events)?);
         }
-
-        // Probes and the link monitor.
-        let mut probes = match config.probe_sender {
-            ProbeSenderMode::Agent => Probes::Agent(ProbeSender::on_own_thread(
-                config.sender,
-                config.probe_rt_priority,
-            )?),
-            ProbeSenderMode::External => Probes::External(ExternalProbes::open(&config.pin_dir)?),
-        };
-        probes.sync(&config);
-        let (link_tx, mut link_rx) = mpsc::channel::<LinkEvent>(1024);
-        let monitor = LinkMonitor::new(
-            config.monitor,
-            LinkStateMap(open_link_state(&config.pin_dir)?),
-            probes.counts(),
-            link_tx,
-        )?;
-        let link_views = monitor.subscribe_views();
-        tasks.push(tokio::spawn(monitor.run()));
-        {
-            let tx = input_tx.clone();
-            tasks.push(tokio::spawn(async move {
-                while let Some(ev) = link_rx.recv().await {
-                    if tx.send(Input::from_link_event(&ev)).await.is_err() {
-                        break;
-                    }
-                }
-            }));
-        }
-
-        // Health checks: a region whose checks all fail is down.
-        let health = if config.health_checks.is_empty() {
-            None
-        } else {
-            let (htx, mut hrx) = mpsc::channel::<HealthEvent>(256);
-            let monitor = HealthMonitor::spawn(config.health_checks.clone(), htx)?;
-            let tx = input_tx.clone();
-            tasks.push(tokio::spawn(async move {
-                let mut down: BTreeMap<String, bool> = BTreeMap::new();
-                while let Some(ev) = hrx.recv().await {
-                    let is_down = ev.region_health.state == RegionState::Down;
-                    let was = down.insert(ev.region.clone(), is_down).unwrap_or(false);
-                    let input = match (was, is_down) {
-                        (false, true) => Input::RegionDown {
-                            region: ev.region.clone(),
-                            reason: match &ev.cause {
-                                Some(c) => format!("health check {} failed: {c}", ev.check),
-                                None => format!("health check {} down", ev.check),
-                            },
-                        },
-                        (true, false) => Input::RegionUp {
-                            region: ev.region.clone(),
-                        },
-                        _ => continue,
-                    };
-                    if tx.send(input).await.is_err() {
-                        break;
-                    }
-                }
-            }));
-            Some(monitor)
-        };
-
-        // SIGHUP: reload.
-        {
-            let tx = input_tx.clone();
-            let path = options.config_path.clone();
-            let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-                .map_err(DaemonError::Signal)?;
-            tasks.push(tokio::spawn(async move {
-                while hup.recv().await.is_some() {
-                    info!("SIGHUP: reloading {}", path.display());
-                    if tx.send(Input::Reload { path: path.clone() }).await.is_err() {
-                        break;
-                    }
-                }
-            }));
-        }
-
-        // Periodic optimisation: the probes' figures, then a recomputation.
+        started.push(tasks::netlink(watcher, input_tx.clone()));
+        let reservations =
+            tasks::open_reservations(&options.state_dir, &state.topology(), &config)?;
+        let api = tasks::api(&config, &handle, &reservations).await?;
+        let metrics = tasks::metrics(&config, &handle, &reservations).await?;
+        started.push(tasks::reservation_watcher(reservations, input_tx.clone()));
+        let probes = tasks::probe_sender(&config)?;
+        let (monitor, link_views) = tasks::link_monitor(&config, &probes, input_tx.clone())?;
+        started.extend(monitor);
+        let (health, forwarder) =
+            tasks::health_checks(&config.health_checks, input_tx.clone())?.unzip();
+        started.extend(forwarder);
+        let config_path = options.config_path.clone();
+        started.push(tasks::reload_on_sighup(config_path, input_tx.clone())?);
         if let Some(every) = config.optimise_interval {
-            let tx = input_tx.clone();
-            let views = link_views.clone();
-            tasks.push(tokio::spawn(async move {
-                let mut tick = tokio::time::interval(every);
-                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-                tick.tick().await;
-                loop {
-                    tick.tick().await;
-                    let measured: Vec<Input> = views
-                        .borrow()
-                        .values()
-                        .filter(|v| v.replies > 0 && v.srtt_ns > 0)
-                        .map(|v| Input::LinkMeasured {
-                            link: v.link_id,
-                            rtt_ms: v.srtt_ns as f64 / 1e6,
-                            jitter_ms: v.jitter_ns as f64 / 1e6,
-                            loss: v.loss,
-                        })
-                        .collect();
-                    for m in measured.into_iter().chain([Input::Optimise]) {
-                        if tx.send(m).await.is_err() {
-                            return;
-                        }
-                    }
-                }
-            }));
+            started.push(tasks::optimiser(
+                every,
+                link_views.clone(),
+                input_tx.clone(),
+            ));
         }
 
         Ok(Daemon {
@@ -597,7 +194,7 @@ impl Daemon {
             command_tx,
             probes,
             link_views,
-            tasks,
+            tasks: started,
             _health: health,
             record,
             api,
@@ -755,7 +352,129 @@ impl Daemon {
     }
 }
 
-fn write_record(record: &mut Option<(std::fs::File, Instant)>, input: &Input) {
+/// The built-in eBPF object, or `object` (an upgrade), loaded and adopted under the pin
+/// directory, with its programs attached.
+fn load_fast_path(object: Option<&Path>, config: &AgentConfig) -> Result<Dataplane, DaemonError> {
+    let read;
+    let bytes: &[u8] = match object {
+        Some(path) => {
+            read = std::fs::read(path).map_err(|source| DaemonError::Object {
+                path: path.to_path_buf(),
+                source,
+            })?;
+            &read
+        }
+        None => EBPF_OBJECT,
+    };
+    // aya needs the object 8-byte aligned; a Vec<u8> may not be.
+    let aligned = Aligned::new(bytes);
+    let mut dataplane =
+        Dataplane::load_object(aligned.as_slice(), Pinning::Dir(config.pin_dir.clone()))?;
+    attach_xdp(&mut dataplane, config)?;
+    attach_handoff_tc(&mut dataplane, config)?;
+    Ok(dataplane)
+}
+
+/// The LAN and underlay programs on their interfaces, through pinned links: a link an earlier
+/// agent pinned gets the new program in place.
+fn attach_xdp(dataplane: &mut Dataplane, config: &AgentConfig) -> Result<(), DaemonError> {
+    for (program, ifnames) in [
+        (programs::LAN_INGRESS, config.lan_interfaces.clone()),
+        (programs::UNDERLAY_INGRESS, config.underlay_interfaces()),
+    ] {
+        for ifname in ifnames {
+            match dataplane.attach_pinned(program, &ifname)? {
+                LinkAdoption::Attached { mode, program_id } => {
+                    info!(program, ifname, ?mode, program_id, "attached and pinned")
+                }
+                LinkAdoption::Replaced {
+                    old_program_id,
+                    new_program_id,
+                } => info!(
+                    program,
+                    ifname,
+                    old_program_id,
+                    new_program_id,
+                    "adopted the pinned link: program replaced in place (bpf_link_update)"
+                ),
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The second half of the WireGuard hand-off: copies the mark the LAN XDP program leaves in
+/// the XDP metadata to `skb->mark` (docs/tunnels.md, "Hand-off").
+fn attach_handoff_tc(dataplane: &mut Dataplane, config: &AgentConfig) -> Result<(), DaemonError> {
+    let program = programs::LAN_HANDOFF_TC;
+    for ifname in &config.lan_interfaces {
+        match dataplane.attach_handoff_tc_pinned(ifname)? {
+            LinkAdoption::Attached { program_id, .. } => {
+                info!(
+                    program,
+                    ifname, program_id, "tc ingress attached and pinned"
+                )
+            }
+            LinkAdoption::Replaced {
+                old_program_id,
+                new_program_id,
+            } => info!(
+                program,
+                ifname,
+                old_program_id,
+                new_program_id,
+                "adopted the pinned tc link: tc program swapped in place (bpf_link_update)"
+            ),
+        }
+    }
+    Ok(())
+}
+
+/// The state owner's first step: the configuration over what the fast path holds and the
+/// interfaces and neighbours as they are now (`initial`); programs the difference.
+async fn first_step(
+    config: &AgentConfig,
+    dataplane: Dataplane,
+    initial: Vec<Input>,
+    record: &mut Record,
+) -> Result<(AgentState<Dataplane>, Handoffs), DaemonError> {
+    let now = now();
+    let mut state = AgentState::new(config.clone(), dataplane, now)?;
+    let mut handoffs = Handoffs::open().await?;
+    state.set_handoff_problems(handoffs.sync(config).await);
+    for input in initial {
+        write_record(record, &input);
+        let _ = state.handle(input, now);
+    }
+    state.on_timer(now);
+    let adopted = state.adopted();
+    if let Some(u) = state.last_update() {
+        info!(
+            adopted_routes = adopted.routes,
+            adopted_groups = adopted.groups,
+            writes = u.changes,
+            "fast path reconciled with the configuration ({} map writes)",
+            u.changes
+        );
+    }
+    Ok((state, handoffs))
+}
+
+/// The `--record` file, opened for appending.
+fn open_record(path: Option<&Path>) -> Result<Record, DaemonError> {
+    let Some(path) = path else { return Ok(None) };
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(|source| DaemonError::Record {
+            path: path.to_path_buf(),
+            source,
+        })?;
+    Ok(Some((file, Instant::now())))
+}
+
+fn write_record(record: &mut Record, input: &Input) {
     if let Some((file, start)) = record {
         let line = TimedInput {
             at_ms: start.elapsed().as_millis() as u64,
@@ -799,36 +518,6 @@ pub async fn set_link_admin(handle: &AgentHandle, link: u32, up: bool) -> Result
         .await
         .map_err(|_| CommandError::ShuttingDown)?;
     rx.await.map_err(|_| CommandError::ShuttingDown)?
-}
-
-/// Reads the fast path's sampled packets and hands them to the state owner in batches: drain
-/// the ring buffer when it signals, send, then pause (the ring holds 4,096 samples; at one in
-/// 1,000 packets that is seconds of traffic at a million packets per second).
-async fn read_flow_samples(
-    mut fd: tokio::io::unix::AsyncFd<aya::maps::RingBuf<MapData>>,
-    tx: mpsc::Sender<Input>,
-) {
-    loop {
-        let mut guard = match fd.readable_mut().await {
-            Ok(g) => g,
-            Err(e) => {
-                warn!(error = %e, "flow samples: ring buffer unreadable; top flows stop");
-                return;
-            }
-        };
-        let mut samples = Vec::new();
-        let ring = guard.get_inner_mut();
-        while let Some(item) = ring.next() {
-            if let Some(r) = dwcp_dataplane::decode_sample(&item) {
-                samples.push(dwcp_control::traffic::SampledPacket::from(&r));
-            }
-        }
-        guard.clear_ready();
-        if !samples.is_empty() && tx.send(Input::FlowSamples { samples }).await.is_err() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 /// Hands the state owner's new events and snapshot to the operator side. No subscriber is

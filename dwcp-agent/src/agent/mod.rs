@@ -5,6 +5,8 @@
 pub mod daemon;
 pub mod handoff;
 pub mod netlink;
+mod probes;
+mod tasks;
 
 use std::sync::Arc;
 

@@ -27,9 +27,9 @@ use std::{
     time::Duration,
 };
 
-use aya::maps::{Array, Map, MapData, MapError};
+use aya::maps::{Array, MapData, MapError};
 use dwcp_common::{maps::names, LinkConfig, LinkState, NextHop};
-use dwcp_dataplane::LinkStateMap;
+use dwcp_dataplane::{LinkStateMap, PinnedMapError, PinnedMaps};
 use thiserror::Error;
 use tokio::sync::mpsc;
 
@@ -40,8 +40,8 @@ use crate::probe::{
 
 #[derive(Debug, Error)]
 pub enum ProberError {
-    #[error("opening the pinned map {path}: {source}")]
-    OpenMap { path: PathBuf, source: MapError },
+    #[error(transparent)]
+    PinnedMap(#[from] PinnedMapError),
     #[error("reading map {map}: {source}")]
     ReadMap { map: &'static str, source: MapError },
     #[error(transparent)]
@@ -93,22 +93,6 @@ impl ProberConfig {
     }
 }
 
-fn open_array<V: aya::Pod>(
-    pin_dir: &Path,
-    name: &'static str,
-) -> Result<Array<MapData, V>, ProberError> {
-    let path = pin_dir.join(name);
-    let err = |source| ProberError::OpenMap {
-        path: path.clone(),
-        source,
-    };
-    let data = MapData::from_pin(&path).map_err(err)?;
-    Map::from_map_data(data)
-        .map_err(err)?
-        .try_into()
-        .map_err(err)
-}
-
 /// Puts the calling thread in the `SCHED_FIFO` real-time class at `priority` (1-99), so its
 /// probes leave on time on a busy host: a prober starved for longer than the detection time
 /// makes healthy links look dead. Needs root or `CAP_SYS_NICE` (systemd:
@@ -126,7 +110,7 @@ pub fn set_realtime_priority(priority: i32) -> std::io::Result<()> {
 
 /// The agent's `LINK_STATE`, opened from its pin: the source of both monitors.
 pub fn open_link_state(pin_dir: &Path) -> Result<Array<MapData, LinkState>, ProberError> {
-    open_array(pin_dir, names::LINK_STATE)
+    Ok(PinnedMaps::new(pin_dir).link_state()?)
 }
 
 /// What a rescan changed.
@@ -157,20 +141,20 @@ impl Prober {
     /// Opens the pinned maps and starts probing the links they name.
     pub fn start(config: ProberConfig) -> Result<Prober, ProberError> {
         config.validate()?;
-        let dir = config.pin_dir.clone();
+        let maps = PinnedMaps::new(&config.pin_dir);
         let sender = ProbeSender::new(config.sender)?;
         let handle = sender.handle();
         let (tx, events) = mpsc::channel(64);
         let monitor = LinkMonitor::new(
             config.monitor,
-            LinkStateMap(open_link_state(&dir)?),
+            LinkStateMap(maps.link_state()?),
             handle.clone(),
             tx,
         )?;
         let mut prober = Prober {
-            nexthops: open_array(&dir, names::NEXTHOPS)?,
-            link_config: open_array(&dir, names::LINK_CONFIG)?,
-            sent_map: open_sent_map(&dir)?,
+            nexthops: maps.nexthops()?,
+            link_config: maps.link_config()?,
+            sent_map: open_sent_map(&config.pin_dir)?,
             config,
             sender,
             handle,
@@ -307,8 +291,9 @@ mod tests {
             .err()
             .expect("no maps there");
         assert!(
-            e.to_string()
-                .starts_with("opening the pinned map /sys/fs/bpf/dwcp-no-such-dir/LINK_STATE"),
+            e.to_string().starts_with(
+                "map LINK_STATE: cannot open the pin /sys/fs/bpf/dwcp-no-such-dir/LINK_STATE"
+            ),
             "{e}"
         );
     }

@@ -7,10 +7,11 @@
 use std::path::{Path, PathBuf};
 
 use aya::{
-    maps::{Array, Map, MapData, MapError},
+    maps::{Array, MapData, MapError},
     pin::PinError,
 };
 use dwcp_common::MAX_LINKS;
+use dwcp_dataplane::{PinnedMapError, PinnedMaps};
 use thiserror::Error;
 
 use crate::probe::ProbeCounts;
@@ -21,8 +22,8 @@ pub const PROBE_SENT: &str = "PROBE_SENT";
 
 #[derive(Debug, Error)]
 pub enum SentMapError {
-    #[error("opening the pinned map {path}: {source}")]
-    Open { path: PathBuf, source: MapError },
+    #[error(transparent)]
+    Pinned(#[from] PinnedMapError),
     #[error("creating the probe counter map: {0}")]
     Create(MapError),
     #[error("pinning the probe counter map at {path}: {source}")]
@@ -44,19 +45,7 @@ pub fn open_sent_map(pin_dir: &Path) -> Result<Array<MapData, u64>, SentMapError
             Err(source) => return Err(SentMapError::Pin { path, source }),
         }
     }
-    let data = MapData::from_pin(&path).map_err(|source| SentMapError::Open {
-        path: path.clone(),
-        source,
-    })?;
-    let map = Map::from_map_data(data).map_err(|source| SentMapError::Open {
-        path: path.clone(),
-        source,
-    })?;
-    let array: Array<MapData, u64> =
-        map.try_into().map_err(|e: MapError| SentMapError::Layout {
-            path: path.clone(),
-            detail: e.to_string(),
-        })?;
+    let array: Array<MapData, u64> = PinnedMaps::new(pin_dir).map(PROBE_SENT)?;
     if array.len() < MAX_LINKS {
         return Err(SentMapError::Layout {
             path,
@@ -166,6 +155,10 @@ mod tests {
         let e = open_sent_map(&dir.0)
             .err()
             .expect("4-byte values are refused");
-        assert!(e.to_string().contains("PROBE_SENT is not an array"), "{e}");
+        assert!(
+            e.to_string()
+                .contains("PROBE_SENT is not of the expected type"),
+            "{e}"
+        );
     }
 }
