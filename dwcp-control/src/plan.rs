@@ -20,6 +20,7 @@ use crate::{
     routing::{Path, RouteSet},
     topology::{RegionId, Topology},
     traffic::policing::reservation_policer,
+    view::PathRole,
 };
 
 /// The members each group table was built from, by group id.
@@ -47,13 +48,6 @@ pub struct PlannedPath {
     pub role: PathRole,
     /// Integer weight of the path (0 = standby).
     pub weight: u32,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum PathRole {
-    Primary,
-    Ecmp,
-    Secondary,
 }
 
 /// The route to one destination region as it will be programmed.

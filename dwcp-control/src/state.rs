@@ -19,25 +19,26 @@ use thiserror::Error;
 use tracing::{debug, error, info, warn};
 
 use crate::{
-    bandwidth::LinkId as TeLinkId,
     config::{AgentConfig, ConfigError, Mac},
     debounce::Debounce,
     fast_path::{FastPath, FastPathError},
     forwarding::{self, Change, ForwardingState, NeighKey},
     input::{Input, NextReservationChange, Now},
     liveness::kernel_usable,
-    plan::{self, DestinationPlan, InterfaceState, PathRole as PlanRole, PlannedPath},
-    routing::{RoutingEngine, RoutingTable},
+    nhg_table::Member,
+    plan::{self, DestinationPlan, InterfaceState, PlannedPath},
+    routing::{Path, RouteResult, RoutingEngine, RoutingTable},
     topology::{
-        InMemoryTopologyStore, LinkHealth, LinkId, Topology, TopologyStore, TopologyUpdate,
+        InMemoryTopologyStore, LinkId, RegionId, RoutingHealth, Topology, TopologyStore,
+        TopologyUpdate,
     },
     traffic::{
         CounterSnapshot, FlowsView, LinkStatus, RateTracker, SplitMode, TopFlowView, TopFlows,
         TrafficEngineer,
     },
     view::{
-        AgentEvent, AgentSnapshot, ClassView, CommandError, CounterView, LinkHealth as ViewHealth,
-        LinkView, PathRole, PathView, RouteChange, RouteView, TunnelState, TunnelView,
+        AgentEvent, AgentSnapshot, ClassView, CommandError, CounterView, LinkHealth, LinkView,
+        PathRole, PathView, RouteChange, RouteView, TunnelState, TunnelView,
     },
 };
 
@@ -120,7 +121,7 @@ pub struct AgentState<F> {
     /// Links taken down by the operator (local or remote).
     admin_down: BTreeSet<u32>,
     /// Health written into the topology for links whose health we decide.
-    applied_health: BTreeMap<u32, LinkHealth>,
+    applied_health: BTreeMap<u32, RoutingHealth>,
     interfaces: BTreeMap<String, InterfaceState>,
     /// Addresses on the interfaces, by interface index.
     addresses: BTreeSet<(u32, std::net::IpAddr)>,
@@ -455,57 +456,18 @@ impl<F: FastPath> AgentState<F> {
     /// configuration); nothing changes when one is returned.
     pub fn handle(&mut self, input: Input, now: Now) -> Result<Option<u64>, CommandError> {
         match input {
-            Input::LinkDown { link, reason } => {
-                if let Some(s) = self.local.get_mut(&link) {
-                    if s.probe != ProbeStatus::Unmonitored {
-                        s.probe = ProbeStatus::Down(reason);
-                        s.degraded = None;
-                    }
-                    self.refresh_link(link, now);
-                }
-            }
-            Input::LinkUp { link } => {
-                if let Some(s) = self.local.get_mut(&link) {
-                    if s.probe != ProbeStatus::Unmonitored {
-                        s.probe = ProbeStatus::Up;
-                    }
-                    self.refresh_link(link, now);
-                }
-            }
+            Input::LinkDown { link, reason } => self.on_link_down(link, reason, now),
+            Input::LinkUp { link } => self.on_link_up(link, now),
             Input::LinkDegraded { link, reason, loss } => {
-                if let Some(s) = self.local.get_mut(&link) {
-                    s.degraded = Some(reason);
-                    if let Some(loss) = loss {
-                        self.measure(link, None, None, Some(loss));
-                    }
-                    self.refresh_link(link, now);
-                }
+                self.on_link_degraded(link, reason, loss, now)
             }
-            Input::LinkRecovered { link } => {
-                if let Some(s) = self.local.get_mut(&link) {
-                    s.degraded = None;
-                    self.refresh_link(link, now);
-                }
-            }
+            Input::LinkRecovered { link } => self.on_link_recovered(link, now),
             Input::LinkMeasured {
                 link,
                 rtt_ms,
                 jitter_ms,
                 loss,
-            } => {
-                if self.local.contains_key(&link) && self.config.use_measurements {
-                    if let Some(text) = self.measure(link, Some(rtt_ms), Some(jitter_ms), loss) {
-                        // Taken into account at the next computation (the optimisation that
-                        // follows the measurements), not one computation per link.
-                        self.causes.push(Cause {
-                            text,
-                            links: vec![link],
-                            regions: Vec::new(),
-                            failure: false,
-                        });
-                    }
-                }
-            }
+            } => self.on_link_measured(link, rtt_ms, jitter_ms, loss),
             Input::Interface {
                 name,
                 ifindex,
@@ -513,240 +475,28 @@ impl<F: FastPath> AgentState<F> {
                 mac,
                 mtu,
             } => {
-                let new = InterfaceState {
+                let state = InterfaceState {
                     ifindex,
                     up,
                     mac,
                     mtu,
                 };
-                if self.interfaces.get(&name) != Some(&new) && self.is_ours(&name) {
-                    let was = self.interfaces.insert(name.clone(), new);
-                    let text = match (was, up) {
-                        (None, _) => format!("interface {name} appeared (index {ifindex})"),
-                        (Some(w), true) if !w.up => format!("interface {name} up"),
-                        (Some(_), false) => format!("interface {name} down"),
-                        (Some(_), true) => format!("interface {name} changed"),
-                    };
-                    let links = self.links_on(&name);
-                    for l in &links {
-                        self.refresh_health_of(*l, now, false);
-                    }
-                    self.cause(
-                        now,
-                        Cause {
-                            failure: !up,
-                            text,
-                            links,
-                            regions: Vec::new(),
-                        },
-                    );
-                } else if !self.is_ours(&name) {
-                    self.interfaces.insert(name, new);
-                }
+                self.on_interface(name, state, now)
             }
-            Input::WireGuardHandshake { link, stale } => {
-                let wireguard = self
-                    .config
-                    .local_link(link)
-                    .is_some_and(|l| l.is_wireguard());
-                let changed = match &stale {
-                    Some(r) if wireguard => {
-                        self.handshake_stale.insert(link, r.clone()) != Some(r.clone())
-                    }
-                    _ => self.handshake_stale.remove(&link).is_some(),
-                };
-                if changed {
-                    self.refresh_health_of(link, now, false);
-                    self.cause(
-                        now,
-                        Cause {
-                            text: match &stale {
-                                Some(r) => format!("link {link}: {r}"),
-                                None => format!("link {link}: WireGuard handshake fresh"),
-                            },
-                            links: vec![link],
-                            regions: Vec::new(),
-                            failure: stale.is_some(),
-                        },
-                    );
-                }
-            }
-            Input::InterfaceGone { name } => {
-                if let Some(gone) = self.interfaces.get(&name) {
-                    let idx = gone.ifindex;
-                    self.addresses.retain(|(i, _)| *i != idx);
-                }
-                if self.interfaces.remove(&name).is_some() && self.is_ours(&name) {
-                    let links = self.links_on(&name);
-                    for l in &links {
-                        self.refresh_health_of(*l, now, false);
-                    }
-                    self.cause(
-                        now,
-                        Cause {
-                            text: format!("interface {name} deleted"),
-                            links,
-                            regions: Vec::new(),
-                            failure: true,
-                        },
-                    );
-                }
-            }
+            Input::WireGuardHandshake { link, stale } => self.on_handshake(link, stale, now),
+            Input::InterfaceGone { name } => self.on_interface_gone(name, now),
             Input::Address {
                 ifindex,
                 ip,
                 present,
-            } => {
-                let changed = if present {
-                    self.addresses.insert((ifindex, ip))
-                } else {
-                    self.addresses.remove(&(ifindex, ip))
-                };
-                let links: Vec<u32> = self
-                    .config
-                    .local_links
-                    .iter()
-                    .filter(|l| {
-                        std::net::IpAddr::V4(l.local_ip) == ip
-                            && self.interfaces.get(&l.interface).map(|i| i.ifindex) == Some(ifindex)
-                    })
-                    .map(|l| l.link_id)
-                    .collect();
-                if changed && !links.is_empty() {
-                    for l in &links {
-                        self.refresh_health_of(*l, now, false);
-                    }
-                    self.cause(
-                        now,
-                        Cause {
-                            text: format!(
-                                "address {ip} {} interface {ifindex}",
-                                if present { "added to" } else { "removed from" }
-                            ),
-                            links,
-                            regions: Vec::new(),
-                            failure: !present,
-                        },
-                    );
-                }
-            }
-            Input::Neighbour { ifindex, ip, mac } => {
-                let key = (ifindex, ip.octets());
-                let changed = match mac {
-                    Some(m) => self.neighbours.insert(key, m) != Some(m),
-                    None => self.neighbours.remove(&key).is_some(),
-                };
-                let wanted = self.config.local_links.iter().any(|l| {
-                    l.via_ip == ip
-                        && self.interfaces.get(&l.interface).map(|i| i.ifindex) == Some(ifindex)
-                });
-                if changed && wanted {
-                    self.cause(
-                        now,
-                        Cause {
-                            text: match mac {
-                                Some(m) => format!("neighbour {ip} is {m}"),
-                                None => format!("neighbour {ip} gone"),
-                            },
-                            links: Vec::new(),
-                            regions: Vec::new(),
-                            failure: false,
-                        },
-                    );
-                }
-            }
-            Input::RegionDown { region, reason } => {
-                if self.regions_down.insert(region.clone(), reason.clone()) != Some(reason.clone())
-                {
-                    self.cause(
-                        now,
-                        Cause {
-                            text: format!("region {region} down: {reason}"),
-                            links: Vec::new(),
-                            regions: vec![region],
-                            failure: true,
-                        },
-                    );
-                }
-            }
-            Input::RegionUp { region } => {
-                if self.regions_down.remove(&region).is_some() {
-                    self.cause(
-                        now,
-                        Cause {
-                            text: format!("region {region} up"),
-                            links: Vec::new(),
-                            regions: vec![region],
-                            failure: false,
-                        },
-                    );
-                }
-            }
-            Input::LinkAdmin { link, up } => {
-                if self.store.snapshot().link(LinkId(link)).is_none() {
-                    return Err(CommandError::UnknownLink(link));
-                }
-                let changed = if up {
-                    self.admin_down.remove(&link)
-                } else {
-                    self.admin_down.insert(link)
-                };
-                if changed {
-                    info!(
-                        link,
-                        up,
-                        "link set administratively {}",
-                        if up { "up" } else { "down" }
-                    );
-                    self.refresh_health_of(link, now, true);
-                    self.cause(
-                        now,
-                        Cause {
-                            text: format!(
-                                "link {} administratively {}",
-                                self.link_label(link),
-                                if up { "up" } else { "down" }
-                            ),
-                            links: vec![link],
-                            regions: Vec::new(),
-                            failure: !up,
-                        },
-                    );
-                }
-            }
-            Input::Reservations { active, next } => {
-                // Only the projection of the links' utilisation: no recomputation.
-                self.next_reservations = next;
-                let ids: Vec<u64> = active.iter().map(|r| r.id.0).collect();
-                if ids != self.reservation_ids {
-                    self.reservation_ids = ids;
-                    self.traffic
-                        .set_reservations(&self.config.region, active.iter());
-                    self.reservations = active;
-                    self.cause(
-                        now,
-                        Cause {
-                            text: format!(
-                                "reservations changed ({} active)",
-                                self.reservations.len()
-                            ),
-                            links: Vec::new(),
-                            regions: Vec::new(),
-                            failure: false,
-                        },
-                    );
-                }
-            }
+            } => self.on_address(ifindex, ip, present, now),
+            Input::Neighbour { ifindex, ip, mac } => self.on_neighbour(ifindex, ip, mac, now),
+            Input::RegionDown { region, reason } => self.on_region_down(region, reason, now),
+            Input::RegionUp { region } => self.on_region_up(region, now),
+            Input::LinkAdmin { link, up } => self.on_link_admin(link, up, now)?,
+            Input::Reservations { active, next } => self.on_reservations(active, next, now),
             Input::Reload { path } => return self.reload(&path, now).map(Some),
-            Input::FlowSamples { samples } => {
-                let every = u64::from(self.config.flows.sample_every.max(1));
-                for s in &samples {
-                    let d = self.demand_bytes.entry((s.group, s.class)).or_default();
-                    *d = d.saturating_add(u64::from(s.bytes).saturating_mul(every));
-                    self.top_flows.record(&s.sample());
-                }
-                self.flow_samples += samples.len() as u64;
-            }
+            Input::FlowSamples { samples } => self.on_flow_samples(samples),
             Input::Optimise => self.cause(
                 now,
                 Cause {
@@ -758,6 +508,300 @@ impl<F: FastPath> AgentState<F> {
             ),
         }
         Ok(None)
+    }
+
+    fn on_link_down(&mut self, link: u32, reason: String, now: Now) {
+        if let Some(s) = self.local.get_mut(&link) {
+            if s.probe != ProbeStatus::Unmonitored {
+                s.probe = ProbeStatus::Down(reason);
+                s.degraded = None;
+            }
+            self.refresh_link(link, now);
+        }
+    }
+
+    fn on_link_up(&mut self, link: u32, now: Now) {
+        if let Some(s) = self.local.get_mut(&link) {
+            if s.probe != ProbeStatus::Unmonitored {
+                s.probe = ProbeStatus::Up;
+            }
+            self.refresh_link(link, now);
+        }
+    }
+
+    fn on_link_degraded(&mut self, link: u32, reason: String, loss: Option<f64>, now: Now) {
+        if let Some(s) = self.local.get_mut(&link) {
+            s.degraded = Some(reason);
+            if let Some(loss) = loss {
+                self.measure(link, None, None, Some(loss));
+            }
+            self.refresh_link(link, now);
+        }
+    }
+
+    fn on_link_recovered(&mut self, link: u32, now: Now) {
+        if let Some(s) = self.local.get_mut(&link) {
+            s.degraded = None;
+            self.refresh_link(link, now);
+        }
+    }
+
+    fn on_link_measured(&mut self, link: u32, rtt_ms: f64, jitter_ms: f64, loss: Option<f64>) {
+        if !(self.local.contains_key(&link) && self.config.use_measurements) {
+            return;
+        }
+        if let Some(text) = self.measure(link, Some(rtt_ms), Some(jitter_ms), loss) {
+            // Taken into account at the next computation (the optimisation that follows the
+            // measurements), not one computation per link.
+            self.causes.push(Cause {
+                text,
+                links: vec![link],
+                regions: Vec::new(),
+                failure: false,
+            });
+        }
+    }
+
+    /// An interface appeared or changed. Only ours (LAN, underlay) matter to the routes; the
+    /// others are kept for the snapshot.
+    fn on_interface(&mut self, name: String, new: InterfaceState, now: Now) {
+        if !self.is_ours(&name) {
+            self.interfaces.insert(name, new);
+            return;
+        }
+        if self.interfaces.get(&name) == Some(&new) {
+            return;
+        }
+        let (ifindex, up) = (new.ifindex, new.up);
+        let was = self.interfaces.insert(name.clone(), new);
+        let text = match (was, up) {
+            (None, _) => format!("interface {name} appeared (index {ifindex})"),
+            (Some(w), true) if !w.up => format!("interface {name} up"),
+            (Some(_), false) => format!("interface {name} down"),
+            (Some(_), true) => format!("interface {name} changed"),
+        };
+        let links = self.links_on(&name);
+        for l in &links {
+            self.refresh_health_of(*l, now, false);
+        }
+        self.cause(
+            now,
+            Cause {
+                failure: !up,
+                text,
+                links,
+                regions: Vec::new(),
+            },
+        );
+    }
+
+    fn on_handshake(&mut self, link: u32, stale: Option<String>, now: Now) {
+        let wireguard = self
+            .config
+            .local_link(link)
+            .is_some_and(|l| l.is_wireguard());
+        let changed = match &stale {
+            Some(r) if wireguard => self.handshake_stale.insert(link, r.clone()) != Some(r.clone()),
+            _ => self.handshake_stale.remove(&link).is_some(),
+        };
+        if !changed {
+            return;
+        }
+        self.refresh_health_of(link, now, false);
+        self.cause(
+            now,
+            Cause {
+                text: match &stale {
+                    Some(r) => format!("link {link}: {r}"),
+                    None => format!("link {link}: WireGuard handshake fresh"),
+                },
+                links: vec![link],
+                regions: Vec::new(),
+                failure: stale.is_some(),
+            },
+        );
+    }
+
+    fn on_interface_gone(&mut self, name: String, now: Now) {
+        if let Some(gone) = self.interfaces.get(&name) {
+            let idx = gone.ifindex;
+            self.addresses.retain(|(i, _)| *i != idx);
+        }
+        if self.interfaces.remove(&name).is_none() || !self.is_ours(&name) {
+            return;
+        }
+        let links = self.links_on(&name);
+        for l in &links {
+            self.refresh_health_of(*l, now, false);
+        }
+        self.cause(
+            now,
+            Cause {
+                text: format!("interface {name} deleted"),
+                links,
+                regions: Vec::new(),
+                failure: true,
+            },
+        );
+    }
+
+    fn on_address(&mut self, ifindex: u32, ip: std::net::IpAddr, present: bool, now: Now) {
+        let changed = if present {
+            self.addresses.insert((ifindex, ip))
+        } else {
+            self.addresses.remove(&(ifindex, ip))
+        };
+        // The links whose local address this is, on their interface.
+        let links: Vec<u32> = self
+            .config
+            .local_links
+            .iter()
+            .filter(|l| {
+                std::net::IpAddr::V4(l.local_ip) == ip
+                    && self.interfaces.get(&l.interface).map(|i| i.ifindex) == Some(ifindex)
+            })
+            .map(|l| l.link_id)
+            .collect();
+        if !changed || links.is_empty() {
+            return;
+        }
+        for l in &links {
+            self.refresh_health_of(*l, now, false);
+        }
+        self.cause(
+            now,
+            Cause {
+                text: format!(
+                    "address {ip} {} interface {ifindex}",
+                    if present { "added to" } else { "removed from" }
+                ),
+                links,
+                regions: Vec::new(),
+                failure: !present,
+            },
+        );
+    }
+
+    fn on_neighbour(&mut self, ifindex: u32, ip: std::net::Ipv4Addr, mac: Option<Mac>, now: Now) {
+        let key = (ifindex, ip.octets());
+        let changed = match mac {
+            Some(m) => self.neighbours.insert(key, m) != Some(m),
+            None => self.neighbours.remove(&key).is_some(),
+        };
+        // A next hop of one of our links (its via address, on its interface).
+        let wanted = self.config.local_links.iter().any(|l| {
+            l.via_ip == ip && self.interfaces.get(&l.interface).map(|i| i.ifindex) == Some(ifindex)
+        });
+        if changed && wanted {
+            self.cause(
+                now,
+                Cause {
+                    text: match mac {
+                        Some(m) => format!("neighbour {ip} is {m}"),
+                        None => format!("neighbour {ip} gone"),
+                    },
+                    links: Vec::new(),
+                    regions: Vec::new(),
+                    failure: false,
+                },
+            );
+        }
+    }
+
+    fn on_region_down(&mut self, region: String, reason: String, now: Now) {
+        if self.regions_down.insert(region.clone(), reason.clone()) == Some(reason.clone()) {
+            return;
+        }
+        self.cause(
+            now,
+            Cause {
+                text: format!("region {region} down: {reason}"),
+                links: Vec::new(),
+                regions: vec![region],
+                failure: true,
+            },
+        );
+    }
+
+    fn on_region_up(&mut self, region: String, now: Now) {
+        if self.regions_down.remove(&region).is_some() {
+            self.cause(
+                now,
+                Cause {
+                    text: format!("region {region} up"),
+                    links: Vec::new(),
+                    regions: vec![region],
+                    failure: false,
+                },
+            );
+        }
+    }
+
+    /// `dwcp link up/down`: the operator's word overrides the probes.
+    fn on_link_admin(&mut self, link: u32, up: bool, now: Now) -> Result<(), CommandError> {
+        if self.store.snapshot().link(LinkId(link)).is_none() {
+            return Err(CommandError::UnknownLink(link));
+        }
+        let changed = if up {
+            self.admin_down.remove(&link)
+        } else {
+            self.admin_down.insert(link)
+        };
+        if !changed {
+            return Ok(());
+        }
+        let state = if up { "up" } else { "down" };
+        info!(link, up, "link set administratively {state}");
+        self.refresh_health_of(link, now, true);
+        self.cause(
+            now,
+            Cause {
+                text: format!("link {} administratively {state}", self.link_label(link)),
+                links: vec![link],
+                regions: Vec::new(),
+                failure: !up,
+            },
+        );
+        Ok(())
+    }
+
+    fn on_reservations(
+        &mut self,
+        active: Vec<crate::bandwidth::Reservation>,
+        next: Option<NextReservationChange>,
+        now: Now,
+    ) {
+        // Only the projection of the links' utilisation: no recomputation.
+        self.next_reservations = next;
+        let ids: Vec<u64> = active.iter().map(|r| r.id.0).collect();
+        if ids == self.reservation_ids {
+            return;
+        }
+        self.reservation_ids = ids;
+        self.traffic
+            .set_reservations(&self.config.region, active.iter());
+        self.reservations = active;
+        self.cause(
+            now,
+            Cause {
+                text: format!("reservations changed ({} active)", self.reservations.len()),
+                links: Vec::new(),
+                regions: Vec::new(),
+                failure: false,
+            },
+        );
+    }
+
+    /// Sampled packets: demand per group and class (scaled by the sampling rate) and the top
+    /// flows.
+    fn on_flow_samples(&mut self, samples: Vec<crate::traffic::SampledPacket>) {
+        let every = u64::from(self.config.flows.sample_every.max(1));
+        for s in &samples {
+            let d = self.demand_bytes.entry((s.group, s.class)).or_default();
+            *d = d.saturating_add(u64::from(s.bytes).saturating_mul(every));
+            self.top_flows.record(&s.sample());
+        }
+        self.flow_samples += samples.len() as u64;
     }
 
     /// Re-reads the configuration file the agent was started with (SIGHUP, `dwcp reload`).
@@ -848,9 +892,9 @@ impl<F: FastPath> AgentState<F> {
     }
 
     /// Effective health of a link whose health this gateway decides, and why it is not up.
-    fn decided_health(&self, link: u32) -> Option<(LinkHealth, Option<String>)> {
+    fn decided_health(&self, link: u32) -> Option<(RoutingHealth, Option<String>)> {
         if self.admin_down.contains(&link) {
-            return Some((LinkHealth::Down, Some("administratively down".into())));
+            return Some((RoutingHealth::Down, Some("administratively down".into())));
         }
         let Some(l) = self.config.local_link(link) else {
             // A remote link: only the operator decides (else the configured health stands).
@@ -859,13 +903,13 @@ impl<F: FastPath> AgentState<F> {
         let s = self.local.get(&link)?;
         let Some(iface) = self.interfaces.get(&l.interface) else {
             return Some((
-                LinkHealth::Down,
+                RoutingHealth::Down,
                 Some(format!("interface {} not found", l.interface)),
             ));
         };
         if !iface.up {
             return Some((
-                LinkHealth::Down,
+                RoutingHealth::Down,
                 Some(format!("interface {} down", l.interface)),
             ));
         }
@@ -877,17 +921,17 @@ impl<F: FastPath> AgentState<F> {
                 .contains(&(iface.ifindex, std::net::IpAddr::V4(l.local_ip)))
         {
             return Some((
-                LinkHealth::Down,
+                RoutingHealth::Down,
                 Some(format!("address {} not on {}", l.local_ip, l.interface)),
             ));
         }
         if let Some(r) = self.handshake_stale.get(&link) {
-            return Some((LinkHealth::Down, Some(r.clone())));
+            return Some((RoutingHealth::Down, Some(r.clone())));
         }
         match (&s.probe, &s.degraded) {
-            (ProbeStatus::Down(r), _) => Some((LinkHealth::Down, Some(r.clone()))),
-            (_, Some(d)) => Some((LinkHealth::Degraded, Some(d.clone()))),
-            _ => Some((LinkHealth::Up, None)),
+            (ProbeStatus::Down(r), _) => Some((RoutingHealth::Down, Some(r.clone()))),
+            (_, Some(d)) => Some((RoutingHealth::Degraded, Some(d.clone()))),
+            _ => Some((RoutingHealth::Up, None)),
         }
     }
 
@@ -917,12 +961,12 @@ impl<F: FastPath> AgentState<F> {
         }
     }
 
-    fn configured_health(&self, link: u32) -> LinkHealth {
+    fn configured_health(&self, link: u32) -> RoutingHealth {
         self.config
             .topology_model
             .link(LinkId(link))
             .map(|l| l.health)
-            .unwrap_or(LinkHealth::Up)
+            .unwrap_or(RoutingHealth::Up)
     }
 
     fn refresh_link(&mut self, link: u32, now: Now) {
@@ -954,7 +998,7 @@ impl<F: FastPath> AgentState<F> {
         let label = self.link_label(link);
         let why_text = why.clone().unwrap_or_default();
         let text = match health {
-            LinkHealth::Down => {
+            RoutingHealth::Down => {
                 warn!(link, reason = %why_text, "link {label} down");
                 self.emit(AgentEvent::LinkDown {
                     link,
@@ -962,9 +1006,9 @@ impl<F: FastPath> AgentState<F> {
                 });
                 format!("link {label} down: {why_text}")
             }
-            LinkHealth::Degraded => {
+            RoutingHealth::Degraded => {
                 warn!(link, reason = %why_text, "link {label} degraded");
-                if before == LinkHealth::Down {
+                if before == RoutingHealth::Down {
                     self.emit(AgentEvent::LinkUp { link });
                 }
                 self.emit(AgentEvent::LinkDegraded {
@@ -973,9 +1017,9 @@ impl<F: FastPath> AgentState<F> {
                 });
                 format!("link {label} degraded: {why_text}")
             }
-            LinkHealth::Up => {
+            RoutingHealth::Up => {
                 info!(link, "link {label} up");
-                if before == LinkHealth::Down {
+                if before == RoutingHealth::Down {
                     self.emit(AgentEvent::LinkUp { link });
                     format!("link {label} up")
                 } else {
@@ -991,7 +1035,7 @@ impl<F: FastPath> AgentState<F> {
                     text,
                     links: vec![link],
                     regions: Vec::new(),
-                    failure: health == LinkHealth::Down,
+                    failure: health == RoutingHealth::Down,
                 },
             );
         } else {
@@ -1001,7 +1045,7 @@ impl<F: FastPath> AgentState<F> {
                 text,
                 links: vec![link],
                 regions: Vec::new(),
-                failure: health == LinkHealth::Down,
+                failure: health == RoutingHealth::Down,
             });
         }
     }
@@ -1120,35 +1164,66 @@ impl<F: FastPath> AgentState<F> {
     // -----------------------------------------------------------------------------------------
     // Computation.
 
+    /// One computation: routes, the maps they need, the difference written to the fast path,
+    /// the route changes recorded, the timings kept.
     fn recompute(&mut self, now: Now) {
         let t0 = Instant::now();
         self.computations += 1;
         let causes = std::mem::take(&mut self.causes);
         let first = !self.started;
         self.started = true;
-        if self.resync {
-            match self.fast_path.read_programmed() {
-                Ok(p) => {
-                    self.programmed = p;
-                    self.group_members.clear();
-                    self.resync = false;
-                }
-                Err(e) => error!(error = %e, "cannot read the fast path back"),
-            }
-        }
+        self.resync_if_needed();
         let plans = self.plan_routes();
         let plans_ns = t0.elapsed().as_nanos() as u64;
+        let mut desired = self.base_desired(&plans);
+        let t_groups = Instant::now();
+        let built = self.add_routes(&mut desired, &plans);
+        let groups_ns = t_groups.elapsed().as_nanos() as u64;
+        let compute_ns = t0.elapsed().as_nanos() as u64;
+        let t1 = Instant::now();
+        let changes = self.program(&desired, built, first, now);
+        let program_ns = t1.elapsed().as_nanos() as u64;
+        let routes_changed = self.record_route_changes(plans, &causes, first, now);
+        self.last_update = Some(UpdateStats {
+            at_ns: now.mono_ns,
+            compute_ns,
+            routing_ns: self.last_routing_ns,
+            plans_ns,
+            groups_ns,
+            program_ns,
+            changes,
+            routes_changed,
+        });
+    }
+
+    /// After a failed write, what the maps hold is read back before diffing against it.
+    fn resync_if_needed(&mut self) {
+        if !self.resync {
+            return;
+        }
+        match self.fast_path.read_programmed() {
+            Ok(p) => {
+                self.programmed = p;
+                self.group_members.clear();
+                self.resync = false;
+            }
+            Err(e) => error!(error = %e, "cannot read the fast path back"),
+        }
+    }
+
+    /// What the maps must hold for `plans`, but the routes and their next-hop tables.
+    fn base_desired(&self, plans: &[DestinationPlan]) -> ForwardingState {
         let mut desired = plan::base_state(
             &self.config,
             &self.interfaces,
             &self.neighbours,
             &self.admin_down,
         );
-        desired.policers = plan::reservation_policers(&self.config, &plans, &self.reservations);
+        desired.policers = plan::reservation_policers(&self.config, plans, &self.reservations);
         if self.config.traffic.mode == SplitMode::Te {
             plan::te_policers(
                 &self.config,
-                &plans,
+                plans,
                 self.traffic.plan(),
                 &mut desired.policers,
             );
@@ -1162,22 +1237,54 @@ impl<F: FastPath> AgentState<F> {
                 want.flags |= CONFIG_F_POLICING;
             }
         }
-        let t_groups = Instant::now();
+        desired
+    }
+
+    /// The routes and next-hop tables of `plans` into `desired`; returns the members each
+    /// table was built from.
+    fn add_routes(
+        &self,
+        desired: &mut ForwardingState,
+        plans: &[DestinationPlan],
+    ) -> plan::GroupMembers {
         let (problems, built) = plan::add_routes(
-            &mut desired,
+            desired,
             &self.config,
-            &plans,
+            plans,
             &self.programmed.groups,
             &self.group_members,
         );
         for (dest, problem) in problems {
             error!(destination = %dest, "cannot build the next-hop group: {problem}");
         }
-        let groups_ns = t_groups.elapsed().as_nanos() as u64;
-        let compute_ns = t0.elapsed().as_nanos() as u64;
+        built
+    }
 
-        let t1 = Instant::now();
-        let changes = forwarding::diff(&self.programmed, &desired);
+    /// Writes the difference between what is programmed and `desired`; returns the number of
+    /// changes.
+    fn program(
+        &mut self,
+        desired: &ForwardingState,
+        built: plan::GroupMembers,
+        first: bool,
+        now: Now,
+    ) -> usize {
+        let changes = forwarding::diff(&self.programmed, desired);
+        let written = self.write_changes(&changes, now);
+        self.programmed_at = Some(Instant::now());
+        self.retired_table = None;
+        if !self.resync {
+            self.group_members = built;
+        }
+        if !changes.is_empty() {
+            self.log_changes(&changes, written, first);
+        }
+        changes.len()
+    }
+
+    /// Writes `changes` in order; returns how many were written. A failed write asks for a
+    /// read-back and another computation.
+    fn write_changes(&mut self, changes: &[Change], now: Now) -> usize {
         let mut written = 0;
         let mut i = 0;
         while i < changes.len() {
@@ -1212,34 +1319,39 @@ impl<F: FastPath> AgentState<F> {
             }
             i += run;
         }
-        let program_ns = t1.elapsed().as_nanos() as u64;
-        self.programmed_at = Some(Instant::now());
-        self.retired_table = None;
-        if !self.resync {
-            self.group_members = built;
-        }
-        if !changes.is_empty() {
-            let described = changes
-                .iter()
-                .take(8)
-                .map(Change::describe)
-                .collect::<Vec<_>>()
-                .join("; ");
-            // What a starting agent changes in an adopted fast path is worth seeing.
-            if first && self.adopted.routes > 0 {
-                info!(
-                    changes = changes.len(),
-                    written, "reconciliation: {described}"
-                );
-            } else {
-                debug!(
-                    changes = changes.len(),
-                    written, "fast path updated: {described}"
-                );
-            }
-        }
+        written
+    }
 
-        // History: destinations whose paths changed.
+    fn log_changes(&self, changes: &[Change], written: usize, first: bool) {
+        let described = changes
+            .iter()
+            .take(8)
+            .map(Change::describe)
+            .collect::<Vec<_>>()
+            .join("; ");
+        // What a starting agent changes in an adopted fast path is worth seeing.
+        if first && self.adopted.routes > 0 {
+            info!(
+                changes = changes.len(),
+                written, "reconciliation: {described}"
+            );
+        } else {
+            debug!(
+                changes = changes.len(),
+                written, "fast path updated: {described}"
+            );
+        }
+    }
+
+    /// Records a route change (history, event) for every destination whose paths, weights or
+    /// error changed, then keeps `plans` as the routes in force. Returns how many changed.
+    fn record_route_changes(
+        &mut self,
+        plans: Vec<DestinationPlan>,
+        causes: &[Cause],
+        first: bool,
+        now: Now,
+    ) -> usize {
         let mut routes_changed = 0;
         let new_plans: BTreeMap<String, DestinationPlan> = plans
             .into_iter()
@@ -1254,61 +1366,69 @@ impl<F: FastPath> AgentState<F> {
             };
             let (before, before_weights) = view(self.plans.get(&dest));
             let (after, after_weights) = view(new_plans.get(&dest));
+            let error = new_plans.get(&dest).and_then(|p| p.error.clone());
             let error_changed =
                 self.plans.get(&dest).map(|p| &p.error) != new_plans.get(&dest).map(|p| &p.error);
             if before == after && before_weights == after_weights && !error_changed {
                 continue;
             }
             routes_changed += 1;
-            let (reason, failover) = if first {
-                let text = if self.adopted.routes > 0 {
-                    format!(
-                        "agent started: adopted {} programmed routes",
-                        self.adopted.routes
-                    )
-                } else {
-                    "agent started".to_string()
-                };
-                (text, false)
-            } else {
-                explain(&causes, &dest, &before, &after, &self.store.snapshot())
-            };
-            let reason = match new_plans.get(&dest).and_then(|p| p.error.clone()) {
+            let (reason, failover) = self.change_reason(causes, &dest, &before, &after, first);
+            let reason = match error {
                 Some(e) => format!("{reason}; {e}"),
                 None => reason,
             };
             if failover && !before.is_empty() {
                 self.failovers_total += 1;
             }
-            let change = RouteChange {
+            self.record_route_change(RouteChange {
                 at_unix_ms: now.unix_ms,
-                destination: dest.clone(),
-                reason: reason.clone(),
+                destination: dest,
+                reason,
                 before,
                 after,
                 before_weights,
                 after_weights,
-            };
-            info!(destination = %dest, before = ?change.before, after = ?change.after, "route changed: {reason}");
-            self.last_reason.insert(dest.clone(), reason);
-            self.route_changes_total += 1;
-            self.history.push_back(Arc::new(change.clone()));
-            while self.history.len() > self.config.history_len {
-                self.history.pop_front();
-            }
-            self.emit(AgentEvent::RouteChanged(change));
+            });
         }
         self.plans = new_plans;
-        self.last_update = Some(UpdateStats {
-            at_ns: now.mono_ns,
-            compute_ns,
-            routing_ns: self.last_routing_ns,
-            plans_ns,
-            groups_ns,
-            program_ns,
-            changes: changes.len(),
-            routes_changed,
-        });
+        routes_changed
+    }
+
+    /// Why a destination's paths changed, and whether it was a failover.
+    fn change_reason(
+        &self,
+        causes: &[Cause],
+        dest: &str,
+        before: &[Vec<u32>],
+        after: &[Vec<u32>],
+        first: bool,
+    ) -> (String, bool) {
+        if !first {
+            return explain(causes, dest, before, after, &self.store.snapshot());
+        }
+        let text = if self.adopted.routes > 0 {
+            format!(
+                "agent started: adopted {} programmed routes",
+                self.adopted.routes
+            )
+        } else {
+            "agent started".to_string()
+        };
+        (text, false)
+    }
+
+    /// Into the bounded history and out as an event.
+    fn record_route_change(&mut self, change: RouteChange) {
+        let (dest, reason) = (&change.destination, &change.reason);
+        info!(destination = %dest, before = ?change.before, after = ?change.after, "route changed: {reason}");
+        self.last_reason.insert(dest.clone(), reason.clone());
+        self.route_changes_total += 1;
+        self.history.push_back(Arc::new(change.clone()));
+        while self.history.len() > self.config.history_len {
+            self.history.pop_front();
+        }
+        self.emit(AgentEvent::RouteChanged(change));
     }
 
     /// Routes to every region with prefixes, as group plans.
@@ -1318,6 +1438,47 @@ impl<F: FastPath> AgentState<F> {
             error!(region = %self.config.region, "own region missing from the topology");
             return Vec::new();
         };
+        let Some(routes) = self.route_sets(&topology, src) else {
+            return self.plans.values().cloned().collect();
+        };
+        let mut split = self.engineer_traffic(&topology, &routes);
+        let local: BTreeSet<u32> = self
+            .config
+            .local_links
+            .iter()
+            .filter(|l| self.interfaces.contains_key(&l.interface))
+            .map(|l| l.link_id)
+            .collect();
+        routes
+            .into_iter()
+            .map(|(dest, region, result)| {
+                let group_id = plan::group_id(region);
+                let (paths, members, error) = match result {
+                    Err(e) => (Vec::new(), Vec::new(), Some(e.to_string())),
+                    Ok(_) => {
+                        let (active, standby) = split.remove(&dest).unwrap_or_default();
+                        self.planned_paths(&dest, active, standby, &local)
+                    }
+                };
+                DestinationPlan {
+                    destination: dest,
+                    region,
+                    group_id,
+                    paths,
+                    members,
+                    error,
+                }
+            })
+            .collect()
+    }
+
+    /// The routes to every other region with prefixes, from the routing table (recomputed or
+    /// updated). `None` when the computation failed: the plans in force stay.
+    fn route_sets(
+        &mut self,
+        topology: &Topology,
+        src: RegionId,
+    ) -> Option<Vec<(String, RegionId, RouteResult)>> {
         let strategy = self.config.strategy;
         let mut constraints = self.config.constraints.clone();
         for r in self.regions_down.keys() {
@@ -1337,18 +1498,9 @@ impl<F: FastPath> AgentState<F> {
             Ok(t) => t,
             Err(e) => {
                 error!(error = %e, "route computation failed; the fast path stays as it is");
-                return self.plans.values().cloned().collect();
+                return None;
             }
         };
-        let local: BTreeSet<u32> = self
-            .config
-            .local_links
-            .iter()
-            .filter(|l| self.interfaces.contains_key(&l.interface))
-            .map(|l| l.link_id)
-            .collect();
-
-        // Route sets per destination.
         let mut sets = Vec::new();
         for dest in self.config.prefixes.keys() {
             if *dest == self.config.region {
@@ -1365,32 +1517,36 @@ impl<F: FastPath> AgentState<F> {
                 self.engine.route(src, region.id, &strategy, &c)
             } else {
                 match table.region(region.id).and_then(|r| r.routes.first()) {
-                    Some(Ok(r)) => Ok(r.clone()),
-                    Some(Err(e)) => Err(e.clone()),
+                    Some(result) => result.clone(),
                     None => continue,
                 }
             };
             sets.push((dest.clone(), region.id, result));
         }
         self.retired_table = self.table.replace(table);
+        Some(sets)
+    }
 
-        // Weights of the active paths from the traffic engineer.
-        let links: BTreeMap<TeLinkId, LinkStatus> = topology
+    /// Splits each route into active and standby paths and gives the active ones to the
+    /// traffic engineer, which weighs them.
+    fn engineer_traffic(
+        &mut self,
+        topology: &Topology,
+        routes: &[(String, RegionId, RouteResult)],
+    ) -> BTreeMap<String, (Vec<Path>, Vec<Path>)> {
+        let links: BTreeMap<LinkId, LinkStatus> = topology
             .links()
             .iter()
             .map(|l| {
-                (
-                    TeLinkId(l.id.0),
-                    LinkStatus {
-                        capacity_bps: (l.capacity_mbps * 1e6) as u64,
-                        live: l.usable(),
-                    },
-                )
+                let status = LinkStatus {
+                    capacity_bps: (l.capacity_mbps * 1e6) as u64,
+                    live: l.usable(),
+                };
+                (l.id, status)
             })
             .collect();
-        let mut split: BTreeMap<String, (Vec<crate::routing::Path>, Vec<crate::routing::Path>)> =
-            BTreeMap::new();
-        for (dest, _, result) in &sets {
+        let mut split = BTreeMap::new();
+        for (dest, _, result) in routes {
             if let Ok(rs) = result {
                 split.insert(dest.clone(), plan::split_paths(rs, self.config.ecmp));
             }
@@ -1398,76 +1554,53 @@ impl<F: FastPath> AgentState<F> {
         let te_paths = split
             .iter()
             .map(|(d, (active, _))| {
-                (
-                    d.clone(),
-                    active
-                        .iter()
-                        .map(|p| p.links.iter().map(|l| TeLinkId(l.0)).collect())
-                        .collect(),
-                )
+                let paths = active.iter().map(|p: &Path| p.links.clone()).collect();
+                (d.clone(), paths)
             })
             .collect();
         if let Err(e) = self.traffic.set_topology(links, te_paths) {
             error!(error = %e, "traffic engineer refused the paths; splitting equally");
         }
+        split
+    }
 
-        sets.into_iter()
-            .map(|(dest, region, result)| {
-                let group_id = plan::group_id(region);
-                match result {
-                    Err(e) => DestinationPlan {
-                        destination: dest,
-                        region,
-                        group_id,
-                        paths: Vec::new(),
-                        members: Vec::new(),
-                        error: Some(e.to_string()),
-                    },
-                    Ok(_) => {
-                        let (active, standby) = split.remove(&dest).unwrap_or_default();
-                        let weights: Vec<u32> = match self.traffic.weights(&dest) {
-                            Some(w) if w.len() == active.len() => {
-                                w.iter().map(|&w| w as u32).collect()
-                            }
-                            _ => vec![1; active.len()],
-                        };
-                        let weighted: Vec<(crate::routing::Path, u32)> =
-                            active.into_iter().zip(weights).collect();
-                        let members =
-                            plan::members(&weighted, &standby, &local, self.standby_supported);
-                        let mut paths: Vec<PlannedPath> = weighted
-                            .into_iter()
-                            .enumerate()
-                            .map(|(i, (path, weight))| PlannedPath {
-                                path,
-                                role: if i == 0 {
-                                    PlanRole::Primary
-                                } else {
-                                    PlanRole::Ecmp
-                                },
-                                weight,
-                            })
-                            .collect();
-                        paths.extend(standby.into_iter().map(|p| PlannedPath {
-                            path: p,
-                            role: PlanRole::Secondary,
-                            weight: 0,
-                        }));
-                        let error = members.is_empty().then(|| {
-                            "no path leaves on a link this gateway terminates".to_string()
-                        });
-                        DestinationPlan {
-                            destination: dest,
-                            region,
-                            group_id,
-                            paths,
-                            members,
-                            error,
-                        }
-                    }
-                }
+    /// The paths of a destination with their roles and weights (the traffic engineer's, else
+    /// equal), and the group members they make.
+    fn planned_paths(
+        &self,
+        dest: &str,
+        active: Vec<Path>,
+        standby: Vec<Path>,
+        local: &BTreeSet<u32>,
+    ) -> (Vec<PlannedPath>, Vec<Member>, Option<String>) {
+        let weights: Vec<u32> = match self.traffic.weights(dest) {
+            Some(w) if w.len() == active.len() => w.iter().map(|&w| w as u32).collect(),
+            _ => vec![1; active.len()],
+        };
+        let weighted: Vec<(Path, u32)> = active.into_iter().zip(weights).collect();
+        let members = plan::members(&weighted, &standby, local, self.standby_supported);
+        let mut paths: Vec<PlannedPath> = weighted
+            .into_iter()
+            .enumerate()
+            .map(|(i, (path, weight))| PlannedPath {
+                path,
+                role: if i == 0 {
+                    PathRole::Primary
+                } else {
+                    PathRole::Ecmp
+                },
+                weight,
             })
-            .collect()
+            .collect();
+        paths.extend(standby.into_iter().map(|p| PlannedPath {
+            path: p,
+            role: PathRole::Secondary,
+            weight: 0,
+        }));
+        let error = members
+            .is_empty()
+            .then(|| "no path leaves on a link this gateway terminates".to_string());
+        (paths, members, error)
     }
 
     // -----------------------------------------------------------------------------------------
@@ -1611,12 +1744,12 @@ impl<F: FastPath> AgentState<F> {
             .config
             .local_links
             .iter()
-            .map(|l| (l.link_id, TeLinkId(l.link_id)))
+            .map(|l| (l.link_id, LinkId(l.link_id)))
             .collect();
         let capacity = topology
             .links()
             .iter()
-            .map(|l| (TeLinkId(l.id.0), (l.capacity_mbps * 1e6) as u64))
+            .map(|l| (l.id, (l.capacity_mbps * 1e6) as u64))
             .collect();
         self.rates.set_links(nexthop_links, capacity);
         if let Err(e) = self.rates.observe(snap) {
@@ -1691,15 +1824,15 @@ impl<F: FastPath> AgentState<F> {
                 let local = self.config.local_link(l.id.0);
                 let view = self.link_views.get(&l.id.0);
                 let health = if self.admin_down.contains(&l.id.0) {
-                    ViewHealth::AdminDown
+                    LinkHealth::AdminDown
                 } else if local.is_some() {
                     match self.decided_health(l.id.0).map(|(h, _)| h) {
-                        Some(LinkHealth::Down) => ViewHealth::Down,
-                        Some(LinkHealth::Degraded) => ViewHealth::Degraded,
-                        _ => ViewHealth::Up,
+                        Some(RoutingHealth::Down) => LinkHealth::Down,
+                        Some(RoutingHealth::Degraded) => LinkHealth::Degraded,
+                        _ => LinkHealth::Up,
                     }
                 } else {
-                    ViewHealth::Unmeasured
+                    LinkHealth::Unmeasured
                 };
                 let state = local.and_then(|_| self.fast_path.link_state(l.id.0).ok());
                 LinkView {
@@ -1720,18 +1853,17 @@ impl<F: FastPath> AgentState<F> {
                     // Measured on the links this gateway terminates (sent through the fast
                     // path, last counters interval); the topology's figure elsewhere.
                     utilisation_ratio: local
-                        .and_then(|_| self.rates.utilisation(TeLinkId(l.id.0)))
+                        .and_then(|_| self.rates.utilisation(l.id))
                         .or(Some(l.utilisation)),
                     projected_utilisation_ratio: local.and_then(|_| {
                         let (now_bps, then_bps) = self.reserved_now_and_next(l.id.0);
-                        self.rates
-                            .projected_utilisation(TeLinkId(l.id.0), now_bps, then_bps)
+                        self.rates.projected_utilisation(l.id, now_bps, then_bps)
                     }),
                     projected_at_unix_s: local
                         .and(self.next_reservations.as_ref())
                         .map(|n| n.at_unix_s),
                     throughput_bps: local
-                        .and_then(|_| self.rates.link_rate(TeLinkId(l.id.0)))
+                        .and_then(|_| self.rates.link_rate(l.id))
                         .map(|r| r.bits_per_sec),
                     probes_sent: view.map(|v| v.sent).unwrap_or(0),
                     probes_received: state.map(|s| s.replies).unwrap_or(0),
@@ -1790,7 +1922,7 @@ impl<F: FastPath> AgentState<F> {
                     problems.extend(p.iter().cloned());
                 }
                 match health {
-                    Some(ViewHealth::Down) => {
+                    Some(LinkHealth::Down) => {
                         down = true;
                         problems.push(if l.is_wireguard() {
                             "link down".into()
@@ -1798,11 +1930,11 @@ impl<F: FastPath> AgentState<F> {
                             "link down (probes unanswered)".into()
                         });
                     }
-                    Some(ViewHealth::AdminDown) => {
+                    Some(LinkHealth::AdminDown) => {
                         down = true;
                         problems.push("link administratively down".into());
                     }
-                    Some(ViewHealth::Degraded) => {
+                    Some(LinkHealth::Degraded) => {
                         degraded = true;
                         problems.push("link degraded".into());
                     }
@@ -1868,11 +2000,7 @@ impl<F: FastPath> AgentState<F> {
                             regions: plan::region_names(topology, &pp.path),
                             links: pp.path.links.iter().map(|l| l.0).collect(),
                             latency_seconds: pp.path.latency_ms / 1e3,
-                            role: match pp.role {
-                                PlanRole::Primary => PathRole::Primary,
-                                PlanRole::Ecmp => PathRole::Ecmp,
-                                PlanRole::Secondary => PathRole::Secondary,
-                            },
+                            role: pp.role,
                             weight: pp.weight,
                             next_hop: first,
                             live: pp

@@ -59,6 +59,8 @@ pub struct PathView {
     pub live: bool,
 }
 
+/// A path's part in its route: the primary, another equal-cost path sharing the traffic, or a
+/// standby taken on failover. Planned (`plan::PlannedPath`) and shown (`PathView`) alike.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum PathRole {

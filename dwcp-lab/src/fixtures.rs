@@ -259,7 +259,7 @@ pub fn network_of(s: &AgentSnapshot) -> dwcp_control::bandwidth::Network {
         link_capacity_bps: s
             .links
             .iter()
-            .map(|l| (dwcp_control::bandwidth::LinkId(l.id), l.capacity_bps))
+            .map(|l| (dwcp_control::topology::LinkId(l.id), l.capacity_bps))
             .collect(),
     }
 }

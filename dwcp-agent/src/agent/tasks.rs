@@ -39,7 +39,7 @@ use std::{
 
 use aya::maps::{MapData, RingBuf};
 use dwcp_control::{
-    bandwidth::{FileStore, LinkId as TeLinkId, Network, Reservation, ReservationManager},
+    bandwidth::{FileStore, Network, Reservation, ReservationManager},
     config::{AgentConfig, ProbeSenderMode},
     health::HealthCheckSpec,
     input::{Input, NextReservationChange},
@@ -176,7 +176,7 @@ pub(super) fn open_reservations(
         link_capacity_bps: topology
             .links()
             .iter()
-            .map(|l| (TeLinkId(l.id.0), (l.capacity_mbps * 1e6) as u64))
+            .map(|l| (l.id, (l.capacity_mbps * 1e6) as u64))
             .collect(),
     };
     let (manager, displaced) = ReservationManager::open(

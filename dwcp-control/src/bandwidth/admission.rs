@@ -4,7 +4,8 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use super::model::{LinkId, Reservation, ReservationId, UnixSeconds};
+use super::model::{Reservation, ReservationId, UnixSeconds};
+use crate::topology::LinkId;
 
 /// Capacity of a link that reservations may take: the rest is headroom for unreserved traffic
 /// and bursts (B4/SWAN keep such scratch capacity too).

@@ -3,7 +3,8 @@
 
 use std::path::PathBuf;
 
-use super::model::{LinkId, ReservationId, UnixSeconds};
+use super::model::{ReservationId, UnixSeconds};
+use crate::topology::LinkId;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BandwidthError {

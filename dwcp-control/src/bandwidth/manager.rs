@@ -10,6 +10,7 @@ use super::admission::{self, Shortfall};
 use super::error::BandwidthError;
 use super::model::*;
 use super::store::{ReservationStore, StateView, StoredState, STORE_VERSION};
+use crate::topology::LinkId;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]

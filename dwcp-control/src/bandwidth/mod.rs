@@ -22,9 +22,9 @@ pub use admission::{load_at, peak_load, reservable_bps};
 pub use error::{BandwidthError, StoreError};
 pub use manager::{Admission, Listener, ManagerConfig, ReservationEvent, ReservationManager};
 pub use model::{
-    class_name, default_priority, parse_class, ExtendRequest, LinkId, Network, Reservation,
-    ReservationId, ReservationRequest, UnixSeconds, MAX_OWNER_LEN, MAX_PATH_LINKS, MAX_PRIORITY,
-    MAX_RATE_BPS, MAX_TIME,
+    class_name, default_priority, parse_class, ExtendRequest, Network, Reservation, ReservationId,
+    ReservationRequest, UnixSeconds, MAX_OWNER_LEN, MAX_PATH_LINKS, MAX_PRIORITY, MAX_RATE_BPS,
+    MAX_TIME,
 };
 pub use number::RawNumber;
 pub use store::{FileStore, MemoryStore, ReservationStore, StateView, StoredState, STORE_VERSION};

@@ -8,20 +8,10 @@ use serde::{Deserialize, Serialize};
 
 use super::error::BandwidthError;
 use super::number::RawNumber;
+use crate::topology::LinkId;
 
 /// Seconds since the Unix epoch. Time is always passed in (`now`) so tests control it.
 pub type UnixSeconds = u64;
-
-/// Stable numeric id of an inter-region link: the `link_id` of the fast path's next hops.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct LinkId(pub u32);
-
-impl fmt::Display for LinkId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.0)
-    }
-}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(transparent)]

@@ -5,6 +5,7 @@ use proptest::prelude::*;
 
 use super::admission::fits;
 use super::*;
+use crate::topology::LinkId;
 
 const NOW: UnixSeconds = 1_700_000_000;
 const MBIT: u64 = 1_000_000;

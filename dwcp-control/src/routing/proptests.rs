@@ -11,7 +11,9 @@ use proptest::prelude::{
 use super::search::{PathKey, Search};
 use super::strategy::Strategy;
 use super::*;
-use crate::topology::{LinkConfig, LinkHealth, RegionConfig, RegionId, Topology, TopologyConfig};
+use crate::topology::{
+    LinkConfig, RegionConfig, RegionId, RoutingHealth, Topology, TopologyConfig,
+};
 
 #[derive(Debug, Clone)]
 struct Case {
@@ -104,9 +106,9 @@ fn topology(c: &Case) -> Topology {
             l.latency_ms = Some(lat as f64);
             l.cost_per_gb = cost as f64 / 100.0;
             l.health = if down {
-                LinkHealth::Down
+                RoutingHealth::Down
             } else {
-                LinkHealth::Up
+                RoutingHealth::Up
             };
             l
         })

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use super::*;
 use crate::topology::synthetic::{generate, SyntheticSpec};
 use crate::topology::{
-    InMemoryTopologyStore, LinkHealth, LinkId, Topology, TopologyStore, TopologyUpdate,
+    InMemoryTopologyStore, LinkId, RoutingHealth, Topology, TopologyStore, TopologyUpdate,
 };
 
 const THREE_REGIONS: &str = include_str!("../../../tests/fixtures/three_regions.toml");
@@ -316,7 +316,7 @@ fn a_dead_link_moves_the_route_and_the_cache_follows() {
     store
         .apply(&[TopologyUpdate::LinkHealth {
             link_id: LinkId(1),
-            health: LinkHealth::Down,
+            health: RoutingHealth::Down,
         }])
         .unwrap();
     let after = e
@@ -328,7 +328,7 @@ fn a_dead_link_moves_the_route_and_the_cache_follows() {
     store
         .apply(&[TopologyUpdate::LinkHealth {
             link_id: LinkId(3),
-            health: LinkHealth::Down,
+            health: RoutingHealth::Down,
         }])
         .unwrap();
     let err = e
@@ -426,7 +426,7 @@ fn incremental_table_matches_full_recompute() {
         let update = match i % 4 {
             0 => TopologyUpdate::LinkHealth {
                 link_id,
-                health: LinkHealth::Down,
+                health: RoutingHealth::Down,
             },
             1 => TopologyUpdate::LinkMeasurement {
                 link_id,

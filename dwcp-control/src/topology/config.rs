@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use toml::Spanned;
 
 use super::error::{line_of, TopologyError};
-use super::model::{LinkHealth, TunnelKind};
+use super::model::{RoutingHealth, TunnelKind};
 
 /// The whole topology as configured: the same file on every gateway.
 #[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
@@ -78,7 +78,7 @@ pub struct LinkConfig {
     #[serde(default)]
     pub loss: f64,
     #[serde(default)]
-    pub health: LinkHealth,
+    pub health: RoutingHealth,
 }
 
 /// An edge node: a site attached to exactly one region (never a transit hop).
@@ -139,7 +139,7 @@ impl LinkConfig {
             latency_ms: None,
             jitter_ms: 0.0,
             loss: 0.0,
-            health: LinkHealth::Up,
+            health: RoutingHealth::Up,
         }
     }
 }

@@ -10,8 +10,8 @@ pub mod synthetic;
 pub use config::{EdgeConfig, GatewayConfig, LinkConfig, RegionConfig, TopologyConfig};
 pub use error::{Entry, TopologyError, ValidationError};
 pub use model::{
-    EdgeId, EdgeNode, Gateway, LatencySource, Link, LinkHealth, LinkId, Region, RegionId, Topology,
-    TopologyUpdate, TunnelKind,
+    EdgeId, EdgeNode, Gateway, LatencySource, Link, LinkId, Region, RegionId, RoutingHealth,
+    Topology, TopologyUpdate, TunnelKind,
 };
 pub use store::{InMemoryTopologyStore, TopologyStore};
 

@@ -16,8 +16,10 @@ use super::geo::latency_prior_ms;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct RegionId(pub u32);
 
-/// Stable numeric id of a link: also its index in the fast path's link maps.
+/// Stable numeric id of a link: also its index in the fast path's link maps and the
+/// `link_id` of its next hops.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
 pub struct LinkId(pub u32);
 
 /// Dense index of an edge node in its topology.
@@ -40,10 +42,12 @@ pub enum TunnelKind {
     Gre,
 }
 
-/// Health of a link as the probes see it. `Down` links carry no route.
+/// Health of a link as routing takes it: the probes' verdict, or the operator's (a link
+/// administratively down is `Down`). `Down` links carry no route. What the operator is shown,
+/// with more states, is [`crate::view::LinkHealth`].
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum LinkHealth {
+pub enum RoutingHealth {
     #[default]
     Up,
     Degraded,
@@ -94,7 +98,7 @@ pub struct Link {
     pub latency_source: LatencySource,
     pub jitter_ms: f64,
     pub loss: f64,
-    pub health: LinkHealth,
+    pub health: RoutingHealth,
 }
 
 impl Link {
@@ -115,7 +119,7 @@ impl Link {
     }
 
     pub fn usable(&self) -> bool {
-        self.health != LinkHealth::Down
+        self.health != RoutingHealth::Down
     }
 }
 
@@ -147,7 +151,7 @@ pub enum TopologyUpdate {
     },
     LinkHealth {
         link_id: LinkId,
-        health: LinkHealth,
+        health: RoutingHealth,
     },
     LinkCost {
         link_id: LinkId,

@@ -4,7 +4,7 @@
 //! Deterministic for a given seed, so every run measures the same topology.
 use super::config::{EdgeConfig, LinkConfig, RegionConfig, TopologyConfig};
 use super::geo::{haversine_km, latency_prior_ms};
-use super::model::{LinkHealth, TunnelKind};
+use super::model::{RoutingHealth, TunnelKind};
 
 #[derive(Clone, Copy, Debug)]
 pub struct SyntheticSpec {
@@ -128,7 +128,7 @@ pub fn generate(spec: &SyntheticSpec) -> TopologyConfig {
             } else {
                 TunnelKind::Wireguard
             };
-            link.health = LinkHealth::Up;
+            link.health = RoutingHealth::Up;
             link
         })
         .collect();

@@ -266,7 +266,7 @@ fn updates_apply_atomically_and_bad_ones_change_nothing() {
     assert_eq!(
         store.apply(&[TopologyUpdate::LinkHealth {
             link_id: LinkId(99),
-            health: LinkHealth::Down
+            health: RoutingHealth::Down
         }]),
         Err(TopologyError::UnknownLink { link_id: 99 })
     );

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use super::te::{self, FlowGroup, Pinned, TePlan};
 use super::weights::{self, PathView, MAX_PATHS};
-use crate::bandwidth::{LinkId, Reservation};
+use crate::{bandwidth::Reservation, topology::LinkId};
 
 /// How a destination's traffic is split over its paths.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -7,7 +7,7 @@ use dwcp_common::qos::QOS_CLASSES;
 use dwcp_common::Counters;
 use serde::Serialize;
 
-use crate::bandwidth::LinkId;
+use crate::topology::LinkId;
 
 /// Counters read at one instant (summed over CPUs).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

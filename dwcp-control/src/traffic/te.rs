@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 
 use dwcp_common::QosClass;
 
-use crate::bandwidth::LinkId;
+use crate::topology::LinkId;
 
 /// A flow group: one destination's traffic of one class.
 pub type FlowGroup = (String, QosClass);

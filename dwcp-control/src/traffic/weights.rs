@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::bandwidth::LinkId;
+use crate::topology::LinkId;
 
 /// Paths one destination's traffic is split over (B4 uses about four per pair).
 pub const MAX_PATHS: usize = 4;
