@@ -27,6 +27,8 @@ const WAIT: Duration = Duration::from_secs(30);
 /// sometimes starves a probe sender for more than 30 ms, and a link declared dead by such a
 /// pause is not what these tests are about.
 const DETECT_MULTIPLIER: u32 = 10;
+/// One pause of this shared VM (up to ~100 ms seen in CI): the margin of the loss bounds.
+const STALL_MARGIN_MS: u32 = 100;
 
 /// Region indexes of the lab.
 /// Each test runs a triangle of three daemons, probers and streams that count every lost
@@ -255,13 +257,16 @@ fn triangle_reroutes_around_a_cut_link_and_returns_when_it_heals() {
         report.lost,
         report.receiver_drops
     );
-    // Only the detection of the cut (10 probes of 10 ms; then the kernel fails over to the
-    // standby member by itself) may cost datagrams: at 1,000 per second about 100, bounded
-    // here at three times that for a loaded machine.
+    // Only the detection of the cut may cost datagrams: 10 probes of 10 ms, then the kernel
+    // fails over to the standby member by itself, at the first datagram after it (at most one
+    // probe interval later). At 1,000 per second that is at most 110; the margin is one pause
+    // of this shared VM (up to ~100 ms seen in CI), during which the sender's datagrams queue
+    // and the detection runs on.
     let detection_ms = DETECT_MULTIPLIER * 10;
+    let bound = detection_ms + 10 + STALL_MARGIN_MS;
     assert!(
-        report.lost_count() <= 3 * detection_ms,
-        "lost {} of {} in {:?} (detection {detection_ms} ms; {} by the receiving socket)\n{}",
+        report.lost_count() <= bound,
+        "lost {} of {} in {:?} (at most {bound}: detection {detection_ms} ms; {} by the receiving socket)\n{}",
         report.lost_count(),
         report.sent,
         report.lost,
@@ -497,10 +502,15 @@ fn te_mode_polices_a_flow_group_offering_more_than_its_grant() {
         remarked + conformed
     );
     let report = stream.finish().unwrap();
-    assert!(
-        report.lost_count() <= 5,
-        "re-marking loses nothing: lost {} of {}",
+    // Re-marking rewrites the DSCP and drops nothing; the receiving socket has a buffer no
+    // pause fills: nothing may be lost.
+    assert_eq!(
         report.lost_count(),
-        report.sent
+        0,
+        "re-marking loses nothing: lost {} of {} in {:?} ({} by the receiving socket)",
+        report.lost_count(),
+        report.sent,
+        report.lost,
+        report.receiver_drops
     );
 }

@@ -271,10 +271,28 @@ fn cut_link_fails_over_to_the_other_and_fails_back_after_the_hysteresis_count() 
                     gap.lost,
                     gap.window_ns().unwrap() as f64 / 1e6
                 );
+                assert!(
+                    gap.window_ns().unwrap() <= loss_window_bound_ns(&lab.monitor),
+                    "flow {}: loss window {:.1} ms exceeds detection + interval + stall margin ({:.1} ms)",
+                    gap.flow,
+                    gap.window_ns().unwrap() as f64 / 1e6,
+                    loss_window_bound_ns(&lab.monitor) as f64 / 1e6
+                );
             }
         }
     }
     assert_eq!(sent.send_errors, 0);
+}
+
+/// How long a VM pause may stop the sender, the probes or the receiver (up to ~100 ms seen
+/// in CI): the margin of every loss-window bound here, beside what the mechanism costs.
+const STALL_MARGIN_NS: u64 = 100_000_000;
+
+/// The longest loss window the mechanism allows for a flow of a cut link: the kernel stops
+/// using the link once its last reply is older than the detection time, and a probe interval
+/// may pass before the first datagram after that; plus one stall of the host.
+fn loss_window_bound_ns(monitor: &MonitorConfig) -> u64 {
+    monitor.detect_ns() + monitor.interval.as_nanos() as u64 + STALL_MARGIN_NS
 }
 
 /// Counts the BPF objects (maps, programs, links) this process holds open.
@@ -387,6 +405,13 @@ fn with_the_agent_stopped_the_kernel_still_fails_over() {
                     gap.flow,
                     gap.lost,
                     gap.window_ns().unwrap() as f64 / 1e6
+                );
+                assert!(
+                    gap.window_ns().unwrap() <= loss_window_bound_ns(&lab.monitor),
+                    "agent stopped, flow {}: loss window {:.1} ms exceeds detection + interval + stall margin ({:.1} ms)",
+                    gap.flow,
+                    gap.window_ns().unwrap() as f64 / 1e6,
+                    loss_window_bound_ns(&lab.monitor) as f64 / 1e6
                 );
             }
         }

@@ -47,7 +47,14 @@ fn tunnels(state: &LabState, region: usize) -> Vec<TunnelView> {
     live::api_get(&state.agents[region].socket, "/v1/tunnels").unwrap()
 }
 
-/// Every stream delivered nearly everything (no link is changing while it runs).
+/// Datagrams a stream may lose while no link is changing: none by the mechanism; one pause of
+/// this shared VM (up to ~100 ms seen in CI) can leave every link without a probe reply past
+/// the detection time, and what is sent until the first reply after it (one 10 ms probe
+/// interval, plus the sender's catch-up burst) can be lost: 30 at 1 per ms.
+const STALL_ALLOWANCE: u64 = 30;
+
+/// Every stream delivered everything but what a pause of the host may cost (no link is
+/// changing while it runs).
 fn assert_flows(state: &LabState, pairs: &[(usize, usize)], when: &str) {
     let reports = live::traffic(state, pairs, Duration::from_secs(1), 1).unwrap();
     assert_eq!(reports.len(), pairs.len());
@@ -58,12 +65,13 @@ fn assert_flows(state: &LabState, pairs: &[(usize, usize)], when: &str) {
         );
         assert!(r.sent > 200, "{when}: {r:?} sent too little to judge");
         assert!(
-            r.lost * 10 <= r.sent,
-            "{when}: {} -> {} lost {} of {}",
+            r.lost <= STALL_ALLOWANCE,
+            "{when}: {} -> {} lost {} of {} ({} by the receiving socket)",
             r.from,
             r.to,
             r.lost,
-            r.sent
+            r.sent,
+            r.socket_drops
         );
     }
 }
