@@ -56,21 +56,9 @@ fn fast_path_split_is_the_predicted_one_and_crosses_the_shapers() {
             .map(|(b, a)| b.packets - a.packets)
             .collect();
         let predicted = flows_per_nexthop(&flows, &table, LAB_SEED, &ids);
-        let total: u64 = counted.iter().sum();
-        if total == flows.len() as u64 {
-            assert_eq!(counted, predicted, "weights {weights:?}");
-        } else {
-            // Frames lost before the XDP program (a full receive ring) are lost whatever
-            // their flow: no path may have more than its prediction.
-            for (c, p) in counted.iter().zip(&predicted) {
-                assert!(c <= p, "weights {weights:?}: {counted:?} > {predicted:?}");
-            }
-            assert!(
-                total * 10 >= flows.len() as u64 * 9,
-                "{total} of {}",
-                flows.len()
-            );
-        }
+        // The sender keeps fewer frames in flight than the LAN ring holds (see
+        // `send_udp_flows`): every flow crossed the program, so the split is exact.
+        assert_eq!(counted, predicted, "weights {weights:?}");
         for (i, c) in counted.iter().enumerate() {
             assert!(*c > 0, "weights {weights:?}: path {} got no flow", i + 1);
             let shaped = sh1[i].since(&sh0[i]);

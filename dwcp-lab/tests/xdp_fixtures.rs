@@ -9,10 +9,10 @@ use std::net::{IpAddr, Ipv4Addr};
 use aya::programs::{TestRun, TestRunOptions};
 use common::*;
 use dwcp_common::{
-    flow_hash, maps::programs, probe::*, wire::*, ClassifierKey, ClassifierRule, FlowKey,
-    GatewayConfig, LinkConfig, Neighbour, NeighbourKey, NextHop, NextHopTable, QosClass, QosPolicy,
-    Reason, Route, VniEntry, CONFIG_F_READY, LINK_F_ADMIN_DOWN, LINK_F_MONITORED, NH_F_VALID,
-    QOS_F_REWRITE,
+    bucket_of, flow_hash, maps::programs, probe::*, wire::*, ClassifierKey, ClassifierRule,
+    FlowKey, GatewayConfig, LinkConfig, Neighbour, NeighbourKey, NextHop, NextHopTable, QosClass,
+    QosPolicy, Reason, Route, VniEntry, CONFIG_F_READY, LINK_F_ADMIN_DOWN, LINK_F_MONITORED,
+    NH_F_VALID, QOS_F_REWRITE,
 };
 use dwcp_control::nhg_table;
 use dwcp_dataplane::decode_sample;
@@ -1642,4 +1642,464 @@ fn handoff_nexthop_of_a_dead_link_fails_over_like_any_other() {
     let ip = V4::new(IPPROTO_UDP, "10.1.0.5", "10.3.0.9").build(&udp(40000, 5004, b"x"));
     assert_passed_unchanged(&mut fx, &frame(ETH_P_IP, &ip), Reason::LanPassNoLiveNextHop);
     assert_eq!(fx.reason(Reason::HandoffWireGuard), 0);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Failover order in groups of 3 to 8 members, against an oracle written from the README's rule
+// ("the next live member takes the flow, and flows of live members do not move"), not from the
+// program: with two members the survivor is the only choice, so the order was never tested.
+
+/// What a member's link is in a scenario. `Silent`, `AdminDown` and `HeldDown` are all "dead"
+/// to the README's rule (no reply for `detect_ns`, not yet `up_after` replies, or downed by the
+/// operator); only `HeldDown` may still carry a flow, as the last resort.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum LinkIs {
+    /// Monitored, answered, hold-down over.
+    Live,
+    /// Monitored, last reply older than `detect_ns`.
+    Silent,
+    /// Administratively down (its last reply is recent).
+    AdminDown,
+    /// Monitored and answering, but fewer than `up_after` replies in a row.
+    HeldDown,
+}
+
+/// Long enough that no pause of the machine expires the one reply each link gets at setup.
+const FAILOVER_DETECT_NS: u64 = 600_000_000_000;
+
+/// The link configuration that makes a link that answered once (good streak 1) be `state`.
+fn failover_link_config(state: LinkIs) -> LinkConfig {
+    let live = LinkConfig {
+        flags: LINK_F_MONITORED,
+        up_after: 1,
+        detect_ns: FAILOVER_DETECT_NS,
+    };
+    match state {
+        LinkIs::Live => live,
+        LinkIs::Silent => LinkConfig {
+            detect_ns: 1,
+            ..live
+        },
+        LinkIs::AdminDown => LinkConfig {
+            flags: LINK_F_MONITORED | LINK_F_ADMIN_DOWN,
+            ..live
+        },
+        LinkIs::HeldDown => LinkConfig {
+            up_after: 1000,
+            ..live
+        },
+    }
+}
+
+/// How the oracle says a flow leaves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Carried {
+    /// By its bucket's member.
+    Hashed(u32),
+    /// By another usable member (`lan_failover`).
+    FailedOver(u32),
+    /// By a member still held down, none being usable (`lan_held_down_fallback`).
+    HeldDownFallback(u32),
+    /// Not at all: passed to the kernel (`lan_pass_no_live_next_hop`).
+    Passed,
+}
+
+/// The oracle. `members`: the group's next hops in table order, the first `actives` owning the
+/// buckets, the rest standbys (weight 0); `owner`: the index of the flow's bucket's member.
+/// The rule: the bucket's member if usable; else the next usable active member after it, in
+/// table order, wrapping from the last active member to the first; else the first usable
+/// standby in table order; with none usable, the first member in that same order that answers
+/// but is held down; else nobody.
+fn failover_oracle(
+    members: &[u32],
+    actives: usize,
+    owner: usize,
+    link: impl Fn(u32) -> LinkIs,
+) -> Carried {
+    assert!(owner < actives && actives <= members.len());
+    let order: Vec<u32> = members[owner..actives]
+        .iter()
+        .chain(&members[..owner])
+        .chain(&members[actives..])
+        .copied()
+        .collect();
+    if let Some(&nh) = order.iter().find(|&&nh| link(nh) == LinkIs::Live) {
+        return if nh == members[owner] {
+            Carried::Hashed(nh)
+        } else {
+            Carried::FailedOver(nh)
+        };
+    }
+    match order.iter().find(|&&nh| link(nh) == LinkIs::HeldDown) {
+        Some(&nh) => Carried::HeldDownFallback(nh),
+        None => Carried::Passed,
+    }
+}
+
+/// Groups of 3 to 8 members as (next hop, weight), listed out of id order (the table orders
+/// them); weight 0 is a standby.
+const FAILOVER_GROUPS: &[&[(u32, u32)]] = &[
+    &[(3, 1), (1, 1), (2, 1)],
+    &[(7, 4), (2, 2), (5, 1)],
+    &[(4, 1), (8, 1), (1, 1), (6, 1)],
+    &[(2, 3), (8, 2), (3, 1), (5, 4)],
+    &[(5, 1), (1, 1), (4, 1), (2, 1), (3, 1)],
+    &[(8, 5), (6, 1), (4, 2), (2, 3), (7, 1)],
+    &[(6, 1), (2, 1), (8, 1), (4, 1), (1, 1), (3, 1)],
+    &[(1, 6), (3, 1), (5, 2), (7, 5), (2, 3), (4, 4)],
+    &[(7, 1), (1, 1), (6, 1), (2, 1), (5, 1), (3, 1), (4, 1)],
+    &[(2, 1), (4, 7), (6, 2), (8, 3), (1, 1), (3, 5), (5, 2)],
+    &[
+        (8, 1),
+        (7, 1),
+        (6, 1),
+        (5, 1),
+        (4, 1),
+        (3, 1),
+        (2, 1),
+        (1, 1),
+    ],
+    &[
+        (3, 8),
+        (6, 1),
+        (1, 2),
+        (8, 7),
+        (5, 3),
+        (2, 6),
+        (7, 4),
+        (4, 5),
+    ],
+    // Standbys: taken only when no active member is usable, first by table order.
+    &[(6, 0), (2, 1), (4, 1)],
+    &[(7, 0), (5, 1), (1, 2), (3, 1)],
+    &[(8, 1), (1, 0), (4, 3), (5, 0), (2, 2)],
+    &[
+        (1, 1),
+        (8, 0),
+        (2, 2),
+        (3, 3),
+        (7, 0),
+        (4, 4),
+        (5, 5),
+        (6, 6),
+    ],
+];
+
+const FAILOVER_FLOWS: usize = 256;
+
+struct FailoverLab {
+    fx: Fixture,
+    /// Frame and flow key of each flow: IPv4 and IPv6, UDP and TCP, distinct 5-tuples.
+    flows: Vec<(Vec<u8>, FlowKey)>,
+    /// Flows seen failing over, walking past two or more members, wrapping from the last
+    /// active member to the first, landing on a standby, falling back to a held-down member.
+    moved: usize,
+    walked_past_two: usize,
+    wrapped: usize,
+    to_standby: usize,
+    fallback: usize,
+}
+
+impl FailoverLab {
+    /// Next hops 1..=8 on links 1..=8, every link monitored and answered once.
+    fn new() -> FailoverLab {
+        let mut fx = Fixture::new();
+        for id in 1..=8u32 {
+            fx.dp.set_nexthop(id, nexthop(id)).unwrap();
+            fx.dp
+                .set_neighbour(
+                    NeighbourKey {
+                        ifindex: 1,
+                        ip4: [198, 51, 100, id as u8],
+                    },
+                    neighbour(id),
+                )
+                .unwrap();
+            fx.dp
+                .set_link_config(id, failover_link_config(LinkIs::Live))
+                .unwrap();
+            let reply = probe_frame(PROBE_KIND_REPLY, id, 1, monotonic_ns() - 1_000_000);
+            assert_eq!(fx.run(programs::UNDERLAY_INGRESS, &reply).0, XDP_DROP);
+            assert_eq!(fx.dp.link_state(id).unwrap().good_streak, 1);
+        }
+        let flows = (0..FAILOVER_FLOWS)
+            .map(|i| {
+                let sport = 20000 + (i as u16) * 7;
+                let dport = 80 + (i as u16 % 13);
+                let proto = if i % 2 == 0 { IPPROTO_UDP } else { IPPROTO_TCP };
+                let l4 = |p: u8| {
+                    if p == IPPROTO_UDP {
+                        udp(sport, dport, b"flow")
+                    } else {
+                        tcp(sport, dport, b"flow")
+                    }
+                };
+                if i % 4 < 2 {
+                    let src = format!("10.1.{}.{}", i / 50, 1 + i % 50);
+                    let dst = format!("10.2.{}.{}", i % 3, 1 + i % 17);
+                    let ip = V4::new(proto, &src, &dst).build(&l4(proto));
+                    (
+                        frame(ETH_P_IP, &ip),
+                        v4_key(&src, &dst, proto, sport, dport),
+                    )
+                } else {
+                    let src = format!("2001:db8:1::{:x}", 1 + i);
+                    let dst = format!("2001:db8:2::{:x}", 1 + i % 11);
+                    let ip = ipv6(0, 64, proto, &src, &dst, &l4(proto));
+                    (
+                        frame(ETH_P_IPV6, &ip),
+                        v6_key(&src, &dst, proto, sport, dport),
+                    )
+                }
+            })
+            .collect();
+        FailoverLab {
+            fx,
+            flows,
+            moved: 0,
+            walked_past_two: 0,
+            wrapped: 0,
+            to_standby: 0,
+            fallback: 0,
+        }
+    }
+
+    /// Installs the group; returns its members in table order, the number of actives, and
+    /// each flow's bucket's member index (read back from the map: the input, not the answer).
+    fn install(&mut self, group: &[(u32, u32)]) -> (Vec<u32>, usize, Vec<usize>) {
+        let members: Vec<Member> = group
+            .iter()
+            .map(|&(nexthop, weight)| Member { nexthop, weight })
+            .collect();
+        self.fx.dp.set_group(GROUP, &members).unwrap();
+        let t = self.fx.dp.group_table(GROUP).unwrap().unwrap();
+        let n = t.member_count as usize;
+        let actives = t.active_count as usize;
+        assert_eq!(n, group.len());
+        assert_eq!(actives, group.iter().filter(|m| m.1 > 0).count());
+        let table_members = t.nexthops[..n].to_vec();
+        let mut ids = table_members.clone();
+        ids.sort_unstable();
+        let mut want: Vec<u32> = group.iter().map(|m| m.0).collect();
+        want.sort_unstable();
+        assert_eq!(ids, want, "table members");
+        let owners = self
+            .flows
+            .iter()
+            .map(|(_, key)| t.buckets[bucket_of(flow_hash(key, SEED))] as usize)
+            .collect();
+        (table_members, actives, owners)
+    }
+
+    /// Sets every member's link and sends every flow; returns the next hop each flow left by
+    /// (`None`: passed up) after checking each against the oracle and the counters.
+    fn run(
+        &mut self,
+        what: &str,
+        members: &[u32],
+        actives: usize,
+        owners: &[usize],
+        states: &[LinkIs],
+    ) -> Vec<Option<u32>> {
+        for (&nh, &s) in members.iter().zip(states) {
+            self.fx
+                .dp
+                .set_link_config(nh, failover_link_config(s))
+                .unwrap();
+        }
+        let link = |nh: u32| states[members.iter().position(|&m| m == nh).unwrap()];
+        let before = [
+            Reason::LanFailover,
+            Reason::LanHeldDownFallback,
+            Reason::LanPassNoLiveNextHop,
+        ]
+        .map(|r| self.fx.reason(r));
+        let mut want_counts = [0u64; 3];
+        let mut wrong = Vec::new();
+        let mut got_all = Vec::new();
+        for (i, (input, _)) in self.flows.iter().enumerate() {
+            let owner = owners[i];
+            let want = failover_oracle(members, actives, owner, link);
+            let (verdict, out) = self.fx.lan(input);
+            let got = match verdict {
+                XDP_REDIRECT => {
+                    let nh = vni_of(&out) - 100;
+                    assert_eq!(
+                        out[30..34],
+                        nexthop(nh).remote_ip4,
+                        "{what}: flow {i}: outer destination and VNI disagree"
+                    );
+                    Some(nh)
+                }
+                XDP_PASS => {
+                    assert_eq!(&out, input, "{what}: flow {i} passed changed");
+                    None
+                }
+                v => panic!("{what}: flow {i}: verdict {v}"),
+            };
+            got_all.push(got);
+            let want_nh = match want {
+                Carried::Hashed(nh) => Some(nh),
+                Carried::FailedOver(nh) => {
+                    want_counts[0] += 1;
+                    self.moved += 1;
+                    let at = members.iter().position(|&m| m == nh).unwrap();
+                    if at >= actives {
+                        self.to_standby += 1;
+                    } else {
+                        if at < owner {
+                            self.wrapped += 1;
+                        }
+                        if (at + actives - owner) % actives >= 2 {
+                            self.walked_past_two += 1;
+                        }
+                    }
+                    Some(nh)
+                }
+                Carried::HeldDownFallback(nh) => {
+                    want_counts[1] += 1;
+                    self.fallback += 1;
+                    Some(nh)
+                }
+                Carried::Passed => {
+                    want_counts[2] += 1;
+                    None
+                }
+            };
+            if got != want_nh {
+                wrong.push(format!(
+                    "flow {i} (bucket's member {} at index {owner}): got {got:?}, oracle {want:?}",
+                    members[owner]
+                ));
+            }
+        }
+        assert!(
+            wrong.is_empty(),
+            "{what}: members {members:?} ({actives} active), links {states:?}: {} of {} flows \
+             wrong, e.g.\n{}",
+            wrong.len(),
+            self.flows.len(),
+            wrong[..wrong.len().min(8)].join("\n")
+        );
+        let after = [
+            Reason::LanFailover,
+            Reason::LanHeldDownFallback,
+            Reason::LanPassNoLiveNextHop,
+        ]
+        .map(|r| self.fx.reason(r));
+        let delta: Vec<u64> = after.iter().zip(&before).map(|(a, b)| a - b).collect();
+        assert_eq!(
+            delta, want_counts,
+            "{what}: counters (failover, held-down fallback, pass) {before:?} -> {after:?}"
+        );
+        got_all
+    }
+}
+
+/// Every pair of member indexes `i < j` of a group of `n`: adjacent ones, the last with the
+/// first (the walk wraps), the last active with a standby, and all the others.
+fn pairs(n: usize) -> impl Iterator<Item = (usize, usize)> {
+    (0..n).flat_map(move |i| (i + 1..n).map(move |j| (i, j)))
+}
+
+const DEAD_KINDS: [LinkIs; 3] = [LinkIs::Silent, LinkIs::AdminDown, LinkIs::HeldDown];
+
+#[test]
+#[cfg_attr(
+    not(feature = "privileged"),
+    ignore = "privileged: needs root, BPF and network namespaces (--features dwcp-lab/privileged)"
+)]
+fn dead_members_flows_take_the_next_live_member_in_groups_of_3_to_8() {
+    let mut lab = FailoverLab::new();
+    let mut scenarios = 0;
+    for group in FAILOVER_GROUPS {
+        let (members, actives, owners) = lab.install(group);
+        let n = members.len();
+        // All alive: every flow rides its bucket's member, and every active member carries
+        // some of the flows (so each one's death has flows to move).
+        let baseline = lab.run(
+            "all alive",
+            &members,
+            actives,
+            &owners,
+            &vec![LinkIs::Live; n],
+        );
+        for (i, nh) in baseline.iter().enumerate() {
+            assert_eq!(*nh, Some(members[owners[i]]), "all alive: flow {i}");
+        }
+        for (k, m) in members[..actives].iter().enumerate() {
+            assert!(
+                owners.contains(&k),
+                "no flow hashes to member {m} of {members:?}"
+            );
+        }
+        // One dead member: each in turn, each way of being dead. Two dead: every pair.
+        let mut dead_sets: Vec<Vec<(usize, LinkIs)>> = (0..n)
+            .flat_map(|i| DEAD_KINDS.map(|kind| vec![(i, kind)]))
+            .collect();
+        dead_sets.extend(pairs(n).map(|(i, j)| {
+            vec![
+                (i, DEAD_KINDS[(i + j) % 3]),
+                (j, DEAD_KINDS[(i + j + 1) % 3]),
+            ]
+        }));
+        for dead in dead_sets {
+            let mut states = vec![LinkIs::Live; n];
+            for &(i, kind) in &dead {
+                states[i] = kind;
+            }
+            let what = format!("dead {dead:?}");
+            let got = lab.run(&what, &members, actives, &owners, &states);
+            // Flows whose member is alive did not move.
+            for (i, nh) in got.iter().enumerate() {
+                if states[owners[i]] == LinkIs::Live {
+                    assert_eq!(*nh, baseline[i], "{what}: flow {i} of a live member moved");
+                }
+            }
+            scenarios += 1;
+        }
+    }
+    // The scenarios exercised what they claim to.
+    assert!(scenarios > 300, "{scenarios} scenarios");
+    assert!(lab.moved > 20_000, "{} flows failed over", lab.moved);
+    assert!(lab.walked_past_two > 1_000, "{}", lab.walked_past_two);
+    assert!(lab.wrapped > 1_000, "{} flows wrapped", lab.wrapped);
+    assert!(
+        lab.to_standby >= FAILOVER_FLOWS,
+        "{} flows to a standby",
+        lab.to_standby
+    );
+}
+
+#[test]
+#[cfg_attr(
+    not(feature = "privileged"),
+    ignore = "privileged: needs root, BPF and network namespaces (--features dwcp-lab/privileged)"
+)]
+fn with_no_member_usable_the_first_held_down_member_in_walk_order_carries() {
+    let mut lab = FailoverLab::new();
+    for group in FAILOVER_GROUPS {
+        let (members, actives, owners) = lab.install(group);
+        let n = members.len();
+        // Two members answer but are held down, the others silent or downed: each flow takes
+        // the first held-down member of its walk.
+        for (i, j) in pairs(n) {
+            let mut states: Vec<LinkIs> = (0..n)
+                .map(|k| [LinkIs::Silent, LinkIs::AdminDown][k % 2])
+                .collect();
+            states[i] = LinkIs::HeldDown;
+            states[j] = LinkIs::HeldDown;
+            lab.run("held down pair", &members, actives, &owners, &states);
+        }
+        // Nothing answers: every flow goes to the kernel untouched.
+        let got = lab.run(
+            "all dead",
+            &members,
+            actives,
+            &owners,
+            &vec![LinkIs::Silent; n],
+        );
+        assert!(got.iter().all(Option::is_none));
+    }
+    assert!(lab.fallback > 50_000, "{} fallbacks", lab.fallback);
 }

@@ -17,7 +17,11 @@
 //! Gateway A's group (the split under test) is set with [`ShapedPathsLab::set_split`];
 //! gateway B sends back over all paths equally. Everything is removed on drop.
 
-use std::{net::Ipv4Addr, ops::RangeInclusive, time::Duration};
+use std::{
+    net::Ipv4Addr,
+    ops::RangeInclusive,
+    time::{Duration, Instant},
+};
 
 use dwcp_common::{maps::programs, wire::ETH_HLEN, Counters, FlowKey, NextHopTable};
 use serde::Deserialize;
@@ -481,37 +485,66 @@ impl ShapedPathsLab {
                 "first_port {first_port}: no room for {count} flows"
             )));
         }
-        let sent = self
-            .host_a
-            .run_in(move || -> std::io::Result<Vec<FlowKey>> {
-                let sock = std::net::UdpSocket::bind((HOST_A_IP, 0))?;
-                let src_port = sock.local_addr()?.port();
-                let payload = [0x55u8; 32];
-                let mut flows = Vec::with_capacity(usize::from(count));
-                for i in 0..count {
-                    let dst_port = first_port + i;
-                    sock.send_to(&payload, (HOST_B_IP, dst_port))?;
-                    flows.push(FlowKey {
-                        src: [u32::from(HOST_A_IP), 0, 0, 0],
-                        dst: [u32::from(HOST_B_IP), 0, 0, 0],
-                        src_port,
-                        dst_port,
-                        proto: dwcp_common::wire::IPPROTO_UDP,
-                    });
-                    if i % 32 == 31 {
-                        std::thread::sleep(Duration::from_millis(1));
-                    }
-                }
-                Ok(flows)
-            })?;
-        sent.map_err(|source| {
+        let io = |what: &str, source| {
             ShapedLabError::Netlab(NetlabError::Spawn {
-                cmd: format!("sending {count} UDP flows from host A"),
+                cmd: format!("{what} ({count} UDP flows from host A)"),
                 source,
             })
-        })
+        };
+        // Bound in host A's namespace, it stays there whichever thread sends.
+        let sock = self
+            .host_a
+            .run_in(|| std::net::UdpSocket::bind((HOST_A_IP, 0)))?
+            .map_err(|e| io("binding the socket", e))?;
+        let src_port = sock
+            .local_addr()
+            .map_err(|e| io("reading its port", e))?
+            .port();
+        let forwarded =
+            || -> Result<u64> { Ok(self.nexthop_counters()?.iter().map(|c| c.packets).sum()) };
+        let before = forwarded()?;
+        let mut flows = Vec::with_capacity(usize::from(count));
+        for batch in (0..count).collect::<Vec<_>>().chunks(SEND_BATCH) {
+            for i in batch {
+                let dst_port = first_port + i;
+                sock.send_to(&[0x55u8; 32], (HOST_B_IP, dst_port))
+                    .map_err(|e| io("sending", e))?;
+                flows.push(FlowKey {
+                    src: [u32::from(HOST_A_IP), 0, 0, 0],
+                    dst: [u32::from(HOST_B_IP), 0, 0, 0],
+                    src_port,
+                    dst_port,
+                    proto: dwcp_common::wire::IPPROTO_UDP,
+                });
+            }
+            // The next batch leaves only once the fast path has forwarded this one: never more
+            // frames in flight than the LAN veth's ring holds, so none is lost before the
+            // program, whatever the load, and the split can be checked exactly.
+            let deadline = Instant::now() + SEND_WAIT;
+            while forwarded()? - before < flows.len() as u64 {
+                if Instant::now() > deadline {
+                    return Err(LabError::Timeout {
+                        what: format!(
+                            "the fast path forwarding {} of the {} flows sent",
+                            flows.len(),
+                            count
+                        ),
+                        waited: SEND_WAIT,
+                    }
+                    .into());
+                }
+                std::thread::sleep(Duration::from_micros(200));
+            }
+        }
+        Ok(flows)
     }
 }
+
+/// Flows [`ShapedPathsLab::send_udp_flows`] sends before it waits for the fast path: well
+/// under the 256 frames of a veth's XDP ring.
+const SEND_BATCH: usize = 32;
+/// How long a batch may take to cross the fast path (a pause of the VM included).
+const SEND_WAIT: Duration = Duration::from_secs(5);
 
 /// Loads dwcp in `gw`, attaches it (LAN program on `lan0`, underlay program on every path's
 /// interface `ifnames`), and programs one route to `remote_prefix`/24 over a group of all
