@@ -7,13 +7,13 @@ use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use dwcp_control::bandwidth::FileStore;
-use dwcp_control::bandwidth::LinkId;
 use dwcp_control::bandwidth::ManagerConfig;
 use dwcp_control::bandwidth::MemoryStore;
 use dwcp_control::bandwidth::Network;
 use dwcp_control::bandwidth::ReservationManager;
 use dwcp_control::bandwidth::ReservationRequest;
 use dwcp_control::bandwidth::ReservationStore;
+use dwcp_control::topology::LinkId;
 
 const NOW: u64 = 1_700_000_000;
 const LINKS: u32 = 16;

@@ -5,13 +5,17 @@
 //!
 //! Run: `cargo bench -p dwcp-agent --bench routing` (or `cargo xtask bench routing`). Writes
 //! `target/bench/routing.json` and the routing section of `docs/BENCHMARKS.md`.
+use std::cell::RefCell;
+use std::collections::BTreeSet;
 use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
+use std::time::SystemTime;
 
 use std::hint::black_box;
 
+use criterion::Bencher;
 use criterion::Criterion;
 use dwcp_control::routing::compute_table;
 use dwcp_control::routing::primary_on;
@@ -77,13 +81,46 @@ fn target_dir() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"))
 }
 
-/// Time per iteration in ns from criterion's files: the fastest sample (each sample is the mean
-/// of many iterations) and the median estimate. On a machine shared with other work the fastest
-/// sample is the better estimate of what the code costs; the median shows the contention.
-fn timing(id: &str) -> Option<(f64, f64)> {
+/// The cases this process benchmarked: criterion calls a case's routine only when the case is
+/// selected by the command line's filter, so the id is recorded from inside the routine.
+type Ran = RefCell<BTreeSet<&'static str>>;
+
+/// `c.bench_function(id, f)`, recording `id` in `ran` when criterion runs it.
+fn bench<F>(c: &mut Criterion, ran: &Ran, id: &'static str, mut f: F)
+where
+    F: FnMut(&mut Bencher<'_>),
+{
+    c.bench_function(id, |b| {
+        ran.borrow_mut().insert(id);
+        f(b)
+    });
+}
+
+/// Per-iteration times in ns of one case from criterion's files, if this process measured it:
+/// the case's routine ran here (`ran`) and criterion wrote both files after `start` (in test
+/// mode, `--profile-time` or with `--save-baseline` it runs the routine without writing `new/`,
+/// and `target/criterion/` keeps the files of earlier invocations: those are not this run's).
+///
+/// Each of criterion's samples times `iters[i]` iterations in `times[i]` ns; the sample's mean
+/// per iteration is `times[i] / iters[i]`. Returns (the smallest of those means, criterion's
+/// median of those means). On a machine shared with other work the fastest sample is the better
+/// estimate of what the code costs; the median shows the contention.
+fn timing(ran: &Ran, start: SystemTime, id: &str) -> Option<(f64, f64)> {
+    if !ran.borrow().contains(id) {
+        return None;
+    }
     let dir = target_dir().join("criterion").join(id).join("new");
     let read = |f: &str| -> Option<serde_json::Value> {
-        serde_json::from_str(&std::fs::read_to_string(dir.join(f)).ok()?).ok()
+        let path = dir.join(f);
+        let written = std::fs::metadata(&path).ok()?.modified().ok()?;
+        if written < start {
+            eprintln!(
+                "routing: {} predates this run: {id} not recorded",
+                path.display()
+            );
+            return None;
+        }
+        serde_json::from_str(&std::fs::read_to_string(path).ok()?).ok()
     };
     let estimates = read("estimates.json")?;
     let sample = read("sample.json")?;
@@ -98,6 +135,9 @@ fn timing(id: &str) -> Option<(f64, f64)> {
 }
 
 fn main() {
+    // Files criterion writes from here on are this run's (see `timing`).
+    let start = SystemTime::now();
+    let ran: Ran = RefCell::default();
     let mut c = Criterion::default()
         .sample_size(30)
         .warm_up_time(Duration::from_secs(1))
@@ -109,7 +149,7 @@ fn main() {
     // 3 regions: one route set (primary, ECMP, backups), computed, and served from the cache.
     let three = scenario(Topology::from_toml_str(THREE_REGIONS).expect("fixture"));
     let (us, ap) = (RegionId(0), RegionId(2));
-    c.bench_function("route_3r", |b| {
+    bench(&mut c, &ran, "route_3r", |b| {
         b.iter(|| {
             route_on(
                 black_box(&three.graph),
@@ -121,7 +161,7 @@ fn main() {
             .unwrap()
         })
     });
-    c.bench_function("primary_3r", |b| {
+    bench(&mut c, &ran, "primary_3r", |b| {
         b.iter(|| {
             primary_on(
                 black_box(&three.graph),
@@ -135,7 +175,7 @@ fn main() {
     });
     let engine = RoutingEngine::new(Arc::new(InMemoryTopologyStore::new(three.topology.clone())));
     engine.route(us, ap, &Strategy::MinLatency, &none).unwrap();
-    c.bench_function("route_3r_cached", |b| {
+    bench(&mut c, &ran, "route_3r_cached", |b| {
         b.iter(|| {
             engine
                 .route(black_box(us), ap, &Strategy::MinLatency, &none)
@@ -147,7 +187,7 @@ fn main() {
     let ten = scenario(
         Topology::from_config(&generate(&SyntheticSpec::new(10, 0)), None).expect("valid"),
     );
-    c.bench_function("table_10r", |b| {
+    bench(&mut c, &ran, "table_10r", |b| {
         b.iter(|| {
             compute_table(&ten.graph, &ten.topology, RegionId(0), &strategies, &none).unwrap()
         })
@@ -156,7 +196,7 @@ fn main() {
         Topology::from_config(&generate(&SyntheticSpec::new(50, 1000)), None).expect("valid"),
     );
     // Edge nodes' routes are built on first use: asked for here, so the row covers them.
-    c.bench_function("table_50r_1000e", |b| {
+    bench(&mut c, &ran, "table_50r_1000e", |b| {
         b.iter(|| {
             let t = compute_table(
                 &fifty.graph,
@@ -187,14 +227,14 @@ fn main() {
         probe.stats.resumed,
         probe.stats.reused,
     );
-    c.bench_function("incremental_50r_1000e", |b| {
+    bench(&mut c, &ran, "incremental_50r_1000e", |b| {
         b.iter(|| {
             let t = update_table(&worse.graph, &worse.topology, black_box(&before)).unwrap();
             black_box(t.edges().len());
             t
         })
     });
-    c.bench_function("full_after_change_50r_1000e", |b| {
+    bench(&mut c, &ran, "full_after_change_50r_1000e", |b| {
         b.iter(|| {
             let t = compute_table(
                 &worse.graph,
@@ -211,7 +251,7 @@ fn main() {
     // A link that improves (latency halved): incremental too, recomputing only the entries it
     // could pull (see `update_table`).
     let better = changed(&fifty, RegionId(0), RegionId(25), 0.5);
-    c.bench_function("incremental_better_50r_1000e", |b| {
+    bench(&mut c, &ran, "incremental_better_50r_1000e", |b| {
         b.iter(|| {
             let t = update_table(&better.graph, &better.topology, black_box(&before)).unwrap();
             black_box(t.edges().len());
@@ -223,10 +263,13 @@ fn main() {
         .ok()
         .and_then(|s| s.split_whitespace().next().map(String::from));
 
-    let us_of = |id: &str| timing(id).map(|(f, m)| (f / 1e3, m / 1e3));
-    let ms_of = |id: &str| timing(id).map(|(f, m)| (f / 1e6, m / 1e6));
+    let us_of = |id: &str| timing(&ran, start, id).map(|(f, m)| (f / 1e3, m / 1e3));
+    let ms_of = |id: &str| timing(&ran, start, id).map(|(f, m)| (f / 1e6, m / 1e6));
+    // (criterion id, metric stem, figures, unit, what, target): the metric stem gets the unit
+    // and `_fastest` / `_median` (see `timing`).
     let metrics = [
         (
+            "route_3r",
             "route_3r_us",
             us_of("route_3r"),
             "µs",
@@ -234,6 +277,7 @@ fn main() {
             Some("< 1 µs (seed claims 2.55 µs)"),
         ),
         (
+            "primary_3r",
             "primary_3r_us",
             us_of("primary_3r"),
             "µs",
@@ -241,6 +285,7 @@ fn main() {
             None,
         ),
         (
+            "route_3r_cached",
             "route_3r_cached_us",
             us_of("route_3r_cached"),
             "µs",
@@ -248,6 +293,7 @@ fn main() {
             None,
         ),
         (
+            "table_10r",
             "table_10r_ms",
             ms_of("table_10r"),
             "ms",
@@ -255,6 +301,7 @@ fn main() {
             Some("seed target < 10 ms"),
         ),
         (
+            "table_50r_1000e",
             "table_50r_1000e_ms",
             ms_of("table_50r_1000e"),
             "ms",
@@ -262,6 +309,7 @@ fn main() {
             Some("< 5 ms"),
         ),
         (
+            "incremental_50r_1000e",
             "incremental_50r_1000e_ms",
             ms_of("incremental_50r_1000e"),
             "ms",
@@ -269,6 +317,7 @@ fn main() {
             Some("< 1 ms"),
         ),
         (
+            "full_after_change_50r_1000e",
             "full_after_change_50r_1000e_ms",
             ms_of("full_after_change_50r_1000e"),
             "ms",
@@ -276,6 +325,7 @@ fn main() {
             None,
         ),
         (
+            "incremental_better_50r_1000e",
             "incremental_better_50r_1000e_ms",
             ms_of("incremental_better_50r_1000e"),
             "ms",
@@ -283,48 +333,80 @@ fn main() {
             None,
         ),
     ];
-    let ratio = match (
-        ms_of("full_after_change_50r_1000e"),
-        ms_of("incremental_50r_1000e"),
-    ) {
+    let measured: Vec<&str> = metrics
+        .iter()
+        .filter(|m| m.2.is_some())
+        .map(|m| m.0)
+        .collect();
+    if measured.is_empty() {
+        // Nothing measured in this invocation (a filter matching no case, or test mode): the
+        // figures already recorded stay as they are rather than being replaced by old ones.
+        eprintln!(
+            "routing: no case measured in this run; target/bench/routing.json and \
+             docs/BENCHMARKS.md left unchanged"
+        );
+        return;
+    }
+    let not_measured: Vec<&str> = metrics
+        .iter()
+        .filter(|m| m.2.is_none())
+        .map(|m| m.0)
+        .collect();
+    // Both figures of the comparison from this run, fastest against fastest.
+    let incremental = ms_of("incremental_50r_1000e");
+    let ratio = match (ms_of("full_after_change_50r_1000e"), incremental) {
         (Some((full, _)), Some((inc, _))) if inc > 0.0 => Some(full / inc),
         _ => None,
     };
 
     let mut json = serde_json::Map::new();
-    for (name, value, ..) in &metrics {
+    for (_, stem, value, ..) in &metrics {
         if let Some((fastest, median)) = value {
-            json.insert((*name).into(), serde_json::json!(fastest));
-            json.insert(format!("{name}_median"), serde_json::json!(median));
+            json.insert(format!("{stem}_fastest"), serde_json::json!(fastest));
+            json.insert(format!("{stem}_median"), serde_json::json!(median));
         }
     }
     if let Some(r) = ratio {
-        json.insert("incremental_speedup_50r_1000e".into(), serde_json::json!(r));
+        json.insert(
+            "incremental_speedup_50r_1000e_fastest".into(),
+            serde_json::json!(r),
+        );
     }
-    json.insert(
-        "incremental_recomputed_entries".into(),
-        serde_json::json!(recomputed),
-    );
+    // The entry counts describe the incremental case: recorded with it only.
+    if incremental.is_some() {
+        json.insert(
+            "incremental_recomputed_entries".into(),
+            serde_json::json!(recomputed),
+        );
+        json.insert(
+            "incremental_resumed_entries".into(),
+            serde_json::json!(resumed),
+        );
+        json.insert(
+            "incremental_reused_entries".into(),
+            serde_json::json!(reused),
+        );
+    }
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
+    let mut run = serde_json::Map::new();
+    run.insert("cases_measured".into(), serde_json::json!(measured));
+    run.insert("cases_not_measured".into(), serde_json::json!(not_measured));
+    run.insert("available_parallelism".into(), serde_json::json!(cores));
     if let Some(l) = load.as_deref().and_then(|l| l.parse::<f64>().ok()) {
-        json.insert("load_average_1m".into(), serde_json::json!(l));
+        run.insert("load_average_1m_after".into(), serde_json::json!(l));
     }
-    json.insert(
-        "incremental_resumed_entries".into(),
-        serde_json::json!(resumed),
-    );
-    json.insert(
-        "incremental_reused_entries".into(),
-        serde_json::json!(reused),
-    );
     let out = target_dir().join("bench");
     std::fs::create_dir_all(&out).expect("target/bench");
-    let doc = serde_json::json!({ "metrics": json });
+    let doc = serde_json::json!({ "metrics": json, "run": run });
     std::fs::write(
         out.join("routing.json"),
         serde_json::to_string_pretty(&doc).unwrap(),
     )
     .expect("write routing.json");
 
+    // `write!` to a `String` cannot fail: the results below are unwrapped.
     let mut table = String::new();
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
@@ -334,44 +416,57 @@ fn main() {
                 .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
         })
         .unwrap_or_else(|| "unknown CPU".into());
-    let _ = writeln!(table, "## Routing (`cargo xtask bench routing`)\n");
-    let _ = writeln!(
+    writeln!(table, "## Routing (`cargo xtask bench routing`)\n").unwrap();
+    writeln!(
         table,
-        "Criterion, release build, {cpu}, {} cores shared with other work (1-minute load average {} after \
-         the run). Each sample is the mean of many iterations; `fastest` is the fastest of 30 samples (the \
-         metric in `target/bench/routing.json`), `median` criterion's median, which grows with the load \
-         of the machine: compare figures of one run with each other, not across runs. Synthetic \
-         topologies from `topology::synthetic::generate` (seeded). Tables: every destination, primary + ECMP \
-         + up to 3 secondaries, for min latency, min cost, max bandwidth and balanced. Allocator: mimalloc, \
-         the daemon's (route_3r was 1.14 µs median with glibc malloc against 1.03 µs with mimalloc in one \
-         back-to-back comparison).\n",
-        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        "Criterion, release build, {cpu}, {cores} cores (`available_parallelism`), 1-minute load \
+         average {} after the run. 30 samples per case, each the time of many iterations; \
+         `fastest` is the mean per iteration of the fastest sample (`<metric>_fastest` in \
+         `target/bench/routing.json`), `median` criterion's median of the samples' means per \
+         iteration (`<metric>_median`), which grows with the load of the machine: compare figures \
+         of one run with each other, not across runs. Synthetic topologies from \
+         `topology::synthetic::generate` (seeded). Tables: every destination, primary + ECMP + up \
+         to 3 secondaries, for min latency, min cost, max bandwidth and balanced. Allocator: \
+         mimalloc, the daemon's (not compared with another allocator in this run; a back-to-back \
+         comparison recorded with commit e6d0c17 on 2026-11-21 had route_3r at 1.14 µs median \
+         with glibc malloc against 1.03 µs with mimalloc).\n",
         load.as_deref().unwrap_or("unknown")
-    );
-    let _ = writeln!(
+    )
+    .unwrap();
+    if !not_measured.is_empty() {
+        writeln!(
+            table,
+            "Measured in this run: {}. Not measured in this run (filtered out), so not listed: {}.\n",
+            measured.join(", "),
+            not_measured.join(", ")
+        )
+        .unwrap();
+    }
+    writeln!(
         table,
         "| metric | what | fastest | median | target |\n|---|---|---|---|---|"
-    );
-    for (name, value, unit, what, target) in &metrics {
-        let (f, m) = match value {
-            Some((f, m)) => (format!("{f:.3} {unit}"), format!("{m:.3} {unit}")),
-            None => ("not run".into(), "not run".into()),
-        };
-        let _ = writeln!(
-            table,
-            "| `{name}` | {what} | {f} | {m} | {} |",
-            target.unwrap_or("")
-        );
+    )
+    .unwrap();
+    for (_, stem, value, unit, what, target) in &metrics {
+        if let Some((f, m)) = value {
+            writeln!(
+                table,
+                "| `{stem}` | {what} | {f:.3} {unit} | {m:.3} {unit} | {} |",
+                target.unwrap_or("")
+            )
+            .unwrap();
+        }
     }
     if let Some(r) = ratio {
-        let _ = writeln!(
+        writeln!(
             table,
             "\nIncremental recompute after one degraded link (latency x1.5 on the first link of a primary): \
              {r:.1}x faster (fastest samples) than the full recompute of the same \
              change in the same run (of {} (destination, strategy) entries: {recomputed} recomputed, {resumed} kept \
              their primary and ECMP set and searched some backups again, {reused} kept whole).",
             recomputed + resumed + reused
-        );
+        )
+        .unwrap();
     }
     println!("\n{table}");
     let docs = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../docs/BENCHMARKS.md");

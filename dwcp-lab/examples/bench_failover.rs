@@ -133,7 +133,7 @@ fn percentile(sorted: &[f64], q: f64) -> f64 {
 fn load_average() -> String {
     std::fs::read_to_string("/proc/loadavg")
         .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_default()
+        .unwrap_or_else(|e| format!("unknown (/proc/loadavg: {e})"))
 }
 
 /// The agent-side failover of the baseline: poll the monitor every poll interval, rewrite
@@ -464,6 +464,14 @@ fn main() -> Result<()> {
     let (ap50, ap99, amax, amin) = summary(&agent.windows_ms);
     let detect_ms = monitor.detect_ns() as f64 / 1e6;
     let interval_ms = monitor.interval.as_secs_f64() * 1e3;
+    // The configuration and machine of this run, for the prose below.
+    let n_links = lab.links.len();
+    let prober_priority = lab
+        .prober_rt_priority
+        .map_or("the normal class".to_string(), |p| {
+            format!("the `SCHED_FIFO` class at priority {p}")
+        });
+    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
 
     let json = serde_json::json!({
         "metrics": {
@@ -532,7 +540,7 @@ fn main() -> Result<()> {
     );
     println!("\n- p99 of the fast path: **{p99:.1} ms**, {:.2} x the agent-driven baseline measured in the same run ({ap99:.1} ms); target < 50 ms.", p99 / ap99);
     println!("- For reference (published defaults, not measured here): FRR BFD detects in 900 ms (3 x 300 ms), BIRD in about 500 ms; the seed promises failover under 1 s. The p99 above is {:.0} x shorter than 900 ms, {:.0} x shorter than 500 ms, {:.0} x shorter than 1 s.", 900.0 / p99, 500.0 / p99, 1000.0 / p99);
-    println!("- Probe cost, quiet links over {} s: {:.1} probes/s per link and direction; the prober thread used {:.2} % of one core per gateway (2 links), that is {:.1} us of the prober's CPU per probe sent. The prober's CPU covers sending (timers, syscall, UDP/IP, veth) and its 100 Hz read of `LINK_STATE` for the re-probe backoff and write of `PROBE_SENT`; the XDP reflection and measurement are not in this figure.", QUIET.as_secs(), cost.probes_per_s_per_link, cost.cpu_share * 100.0, cost.cpu_us_per_probe);
+    println!("- Probe cost, quiet links over {} s: {:.1} probes/s per link and direction; the prober thread used {:.2} % of one core per gateway ({n_links} links), that is {:.1} us of the prober's CPU per probe sent. The prober's CPU covers sending (timers, syscall, UDP/IP, veth) and its 100 Hz read of `LINK_STATE` for the re-probe backoff and write of `PROBE_SENT`; the XDP reflection and measurement are not in this figure.", QUIET.as_secs(), cost.probes_per_s_per_link, cost.cpu_share * 100.0, cost.cpu_us_per_probe);
     if !kernel.anomalies.is_empty() || !agent.anomalies.is_empty() {
         println!(
             "- Anomalies: {:?}",
@@ -546,7 +554,7 @@ fn main() -> Result<()> {
     for g in kernel.other_gaps.iter().chain(&agent.other_gaps) {
         println!("- Lost elsewhere: {g}.");
     }
-    println!("\nMethod: network-namespace lab, two gateways joined by two veth links, each through a wire namespace with a bridge where the cut is an nftables drop rule (so neither gateway sees a carrier change). The sender is paced with absolute `clock_nanosleep` deadlines; every datagram carries its sequence number and `CLOCK_MONOTONIC` send time. Loss window = send time of the first datagram delivered after the gap minus send time of the first lost one. The sender achieved {:.0} datagrams/s on average (fast-path phase). The probers run in the `SCHED_FIFO` class at priority 10 (the lab's default; `dwcp-prober --rt-priority 10` on a gateway), the sender and the receiver at priority 5, the baseline's agent loop in the normal class (as an agent daemon would). A trial whose sender paused more than 2 ms between the cut and the end of the gap is left out (its window would read short) and counted as left out. Percentiles are nearest-rank; with fewer than 100 trials the p99 is the maximum. Per-trial details (every gap, the nft command's duration, the sender's longest pause) are in `target/bench/failover.json`. Each trial uses a new UDP source port (new flow), finds the link carrying it from the per-next-hop counters, cuts that link 200 ms into the flow, heals it 400 ms later and waits for the flow to return. Load average (1/5/15 min) before: {load_before}; after: {load_after} -- the machine (2 cores) is shared, so the tail includes scheduling delays of the sender and the receiver threads.", kernel.sent as f64 / kernel.streamed.as_secs_f64());
-    println!("\nMeaning: the window is the detection time (no reply for 30 ms, counted from the last reply before the cut, so 20 to 30 ms after the cut) plus the time until the next datagram; the fast path needs no userspace step after detection. The baseline adds the agent's poll period and the group rewrite. \"Lost at failback\" counts datagrams lost after the heal (the flow moving back to its link); \"lost elsewhere\" counts gaps other than the failover one before the heal (each is listed above with the packets gateway A passed up for lack of a live next hop in that trial: if those match, the backup link too was considered dead for that long).");
+    println!("\nMethod: network-namespace lab, two gateways joined by two veth links, each through a wire namespace with a bridge where the cut is an nftables drop rule (so neither gateway sees a carrier change). The sender is paced with absolute `clock_nanosleep` deadlines; every datagram carries its sequence number and `CLOCK_MONOTONIC` send time. Loss window = send time of the first datagram delivered after the gap minus send time of the first lost one. The sender achieved {:.0} datagrams/s on average (fast-path phase). The probers run in {prober_priority} (the lab's setting; `dwcp-prober --rt-priority N` on a gateway), the sender and the receiver in the `SCHED_FIFO` class at priority {TRAFFIC_RT_PRIORITY}, the baseline's agent loop in the normal class (as an agent daemon would). A trial whose sender paused more than {max_pause_ms} ms between the cut and the end of the gap is left out (its window would read short) and counted as left out. Percentiles are nearest-rank; with fewer than 100 trials the p99 is the maximum. Per-trial details (every gap, the nft command's duration, the sender's longest pause) are in `target/bench/failover.json`. Each trial uses a new UDP source port (new flow), finds the link carrying it from the per-next-hop counters, cuts that link {before_cut_ms} ms into the flow, heals it {cut_for_ms} ms later and waits for the flow to return. Load average (1/5/15 min) before: {load_before}; after: {load_after} -- the machine has {cpus} CPUs available to this run; with other work on it the tail includes scheduling delays of the sender and the receiver threads.", kernel.sent as f64 / kernel.streamed.as_secs_f64(), max_pause_ms = MAX_SENDER_PAUSE_NS as f64 / 1e6, before_cut_ms = BEFORE_CUT.as_millis(), cut_for_ms = CUT_FOR.as_millis());
+    println!("\nMeaning: the window is the detection time (no reply for {detect_ms:.0} ms, counted from the last reply before the cut, so {:.0} to {detect_ms:.0} ms after the cut with probes every {interval_ms:.0} ms) plus the time until the next datagram; the fast path needs no userspace step after detection. The baseline adds the agent's poll period and the group rewrite. \"Lost at failback\" counts datagrams lost after the heal (the flow moving back to its link); \"lost elsewhere\" counts gaps other than the failover one before the heal (each is listed above with the packets gateway A passed up for lack of a live next hop in that trial: if those match, the backup link too was considered dead for that long).", (detect_ms - interval_ms).max(0.0));
     Ok(())
 }

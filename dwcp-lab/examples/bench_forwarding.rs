@@ -82,6 +82,7 @@ fn main() -> Result<()> {
 
     let mut md = String::new();
     let mut metrics: Vec<(String, f64)> = Vec::new();
+    let mut summaries: Vec<Summary> = Vec::new();
     for (i, &payload) in args.payloads.iter().enumerate() {
         let suffix = if i == 0 {
             String::new()
@@ -98,7 +99,9 @@ fn main() -> Result<()> {
             paired_ratio(&trials, payload, Forwarder::Kernel, Forwarder::Dwcp, |t| {
                 t.cpu_ns_per_packet
             });
-        section(&mut md, payload, &d, &k, &pps_rounds, pps_ratio, cpu_ratio);
+        section(&mut md, payload, &d, &k, &pps_rounds, pps_ratio, cpu_ratio)?;
+        summaries.push(d.clone());
+        summaries.push(k.clone());
         for (name, v) in [
             ("xdp_pps", d.forwarded_pps),
             ("kernel_pps", k.forwarded_pps),
@@ -120,7 +123,14 @@ fn main() -> Result<()> {
             metrics.push((format!("{name}{suffix}"), v));
         }
     }
-    method(&mut md, &args, attach_mode, &load_before, &load_after);
+    method(
+        &mut md,
+        &args,
+        attach_mode,
+        &summaries,
+        &load_before,
+        &load_after,
+    )?;
     print!("{md}");
 
     let mut json = String::from("{\"metrics\": {");
@@ -192,20 +202,20 @@ fn section(
     pps_rounds: &[f64],
     pps_ratio: f64,
     cpu_ratio: f64,
-) {
+) -> std::fmt::Result {
     let frame = payload + 42;
-    let _ = writeln!(
+    writeln!(
         md,
         "### {payload} B UDP payload ({frame} B frames on the LAN, {} B on the underlay)\n",
         frame + 50
-    );
-    let _ = writeln!(
+    )?;
+    writeln!(
         md,
         "| gateway A forwards with | forwarded Mpps (median; min–max) | offered Mpps | gateway CPU busy (runnable) | CPU ns / forwarded packet | Mpps per gateway CPU | next-hop split (VNI: share) | lost at sink, pps |"
-    );
-    let _ = writeln!(md, "|---|---|---|---|---|---|---|---|");
+    )?;
+    writeln!(md, "|---|---|---|---|---|---|---|---|")?;
     for s in [d, k] {
-        let _ = writeln!(
+        writeln!(
             md,
             "| {} | **{}** ({}–{}) | {} | {:.2} ({:.2}) | **{:.0}** | {} | {} | {:.0} |",
             s.forwarder.name(),
@@ -219,30 +229,31 @@ fn section(
             mpps(s.pps_per_cpu()),
             shares(s),
             s.lost_to_sink_pps,
-        );
+        )?;
     }
     let rounds: Vec<String> = pps_rounds.iter().map(|r| format!("{r:.2}")).collect();
-    let _ = writeln!(
+    writeln!(
         md,
         "\n**dwcp / kernel: {pps_ratio:.2}× the packets/s** (per round: {}), **{cpu_ratio:.2}× less CPU per packet** (medians of the per-round ratios).",
         rounds.join(", ")
-    );
-    let _ = writeln!(
+    )?;
+    writeln!(
         md,
         "dwcp's own `lan_forwarded` counter: {} Mpps (median); frames at the sink that were not VXLAN with an expected VNI: at most {} per trial (dwcp), {} (kernel).\n",
         mpps(d.dwcp_forwarded_pps),
         d.other_frames_max,
         k.other_frames_max,
-    );
+    )
 }
 
 fn method(
     md: &mut String,
     args: &Args,
     attach_mode: Option<dwcp_dataplane::AttachMode>,
+    summaries: &[Summary],
     load_before: &str,
     load_after: &str,
-) {
+) -> std::fmt::Result {
     let weights: Vec<String> = NEXT_HOPS
         .iter()
         .map(|n| format!("VNI {} to {} (weight {})", n.vni, n.remote, n.weight))
@@ -253,7 +264,25 @@ fn method(
         .collect();
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     let rt = cpu::rt_share().map_or("unknown".into(), |s| format!("{:.0} %", s * 100.0));
-    let _ = write!(
+    // Whether the veth capped a forwarder, from this run: the source offered more than it
+    // forwarded (medians) at every size, or not.
+    let capped: Vec<String> = summaries
+        .iter()
+        .filter(|s| s.offered_pps <= s.forwarded_pps)
+        .map(|s| format!("{} at {} B", s.forwarder.name(), s.payload))
+        .collect();
+    let veth = if capped.is_empty() {
+        "In this run the veth did not cap either forwarder: at every size the source offered \
+         more than either forwarded (medians, table above)."
+            .to_string()
+    } else {
+        format!(
+            "In this run the source offered no more than was forwarded for {}: there the offered \
+             rate, not the forwarder, may be the limit.",
+            capped.join(", ")
+        )
+    };
+    write!(
         md,
         r#"### Method
 
@@ -288,29 +317,30 @@ medians of the per-round ratios.
   so only gateway A's forwarding is compared.
 - **CPU**: a veth has one receive queue, so one NAPI context does all of gateway A's forwarding.
   Threaded NAPI makes it a kernel thread, pinned to CPU {gw} alone; the source and the sink's NAPI
-  thread share CPU {src}. All get `SCHED_FIFO` (sink 30 > gateway 20 > source 10, the measuring
-  thread 40) so that other work on this shared machine cannot take their CPU (up to the kernel's
-  real-time limit, {rt} here). "CPU ns / forwarded packet" = the gateway thread's run time
+  thread share CPU {src}. All get `SCHED_FIFO` (sink {p_sink} > gateway {p_gw} > source {p_src}, the
+  measuring thread {p_measure}) so that other work on the machine cannot take their CPU (up to the
+  kernel's real-time limit, {rt} here). "CPU ns / forwarded packet" = the gateway thread's run time
   (`/proc/<pid>/schedstat`, ns) / forwarded packets; "busy" = run time / wall time; "runnable" =
   (run + wait for the CPU) / wall time: close to 1 means it never ran out of packets.
   "Mpps per gateway CPU" = 1 s / (CPU ns per packet): the rate with a whole CPU.
-- **Bottlenecks found on the way** (so that the gateway is what is measured): at normal priority
-  the gateway's thread got only a share of its CPU next to other builds (14 % busy in the first
-  runs), hence the real-time priorities. The source's BPF_PROG_TEST_RUN calls each set up and
-  tear down a page pool, and the teardown sleeps: with calls of 2^18 frames the source slept
-  about 20 times a second and the gateway thread was busy only 0.63–0.70 of the time in both
-  modes; with one call per measurement the source sleeps about once a second and the gateway is
-  busy about 0.9. With batches of 256 the sink's preemptions of the source let the gateway's ring
-  run dry (runnable 0.87 with dwcp); batches of 64 keep it fed (0.94). The veth did not cap
-  either forwarder: the source offered more than either forwarded. dwcp's "runnable" below 1
-  means its ring still ran dry at times: its packets/s are a lower bound (its CPU per packet is
-  not affected).
+- **Bottlenecks found on the way** (so that the gateway is what is measured; the figures in this
+  item were measured while the benchmark was developed, commits 0406d1f and 90f5eae on
+  2026-11-21, not in this run): at normal priority the gateway's thread got only a share of its
+  CPU next to other builds (14 % busy in the first runs), hence the real-time priorities. The
+  source's BPF_PROG_TEST_RUN calls each set up and tear down a page pool, and the teardown
+  sleeps: with calls of 2^18 frames the source slept about 20 times a second and the gateway
+  thread was busy only 0.63–0.70 of the time in both modes; with one call per measurement
+  (as now) the gateway was busy about 0.9. With batches of 256 the sink's preemptions of the
+  source let the gateway's ring run dry (runnable 0.87 with dwcp); batches of 64 (as now) kept
+  it fed (0.94). This run's busy and runnable figures are in the tables above. {veth} A
+  "runnable" below 1 means the ring ran dry at times: that forwarder's packets/s are then a
+  lower bound (its CPU per packet is not affected).
 - **Not like a NIC**: a veth hands each buffer to its peer, so the sink's CPU, not the
   gateway's, frees what the gateway sent (a NIC's transmit completion would free it on the
   gateway's CPU), for both forwarders.
 - **Window**: {warmup} s of traffic, then all counters are read ({window} s apart).
-- Machine: kernel {kernel}, {cpus} CPUs; load average before / after: `{lb}` / `{la}` (other
-  engineers' builds share this machine; the real-time priorities keep them off the measured CPUs).
+- Machine: kernel {kernel}, {cpus} CPUs online; load average before / after: `{lb}` / `{la}`
+  (whatever else runs on the machine, the real-time priorities keep it off the measured CPUs).
 - Repeat: `cargo xtask bench forwarding [-- --rounds N --window S --payloads 64,1400]`
   (root, at least two CPUs).
 "#,
@@ -321,11 +351,16 @@ medians of the per-round ratios.
         gw = args.gateway_cpu,
         src = args.source_cpu,
         rt = rt,
+        p_sink = cpu::priority::SINK,
+        p_gw = cpu::priority::GATEWAY,
+        p_src = cpu::priority::SOURCE,
+        p_measure = cpu::priority::MEASURE,
+        veth = veth,
         warmup = args.warmup,
         window = args.window,
         kernel = kernel.trim(),
         cpus = cpu::online_cpus(),
         lb = load_before,
         la = load_after,
-    );
+    )
 }

@@ -184,11 +184,16 @@ fn main() -> anyhow::Result<()> {
             lab_snapshot(&LabPlan::new(10, Shape::FullMesh)?),
         ),
     ];
+    // The machine as this run found it (not a description written once).
+    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let load = std::fs::read_to_string("/proc/loadavg")?;
+    let load = load.split_whitespace().next().unwrap_or("unknown");
     println!(
-        "One scrape's encoding on this machine (2 cores shared with other builds), median of \
-         {ROUNDS} rounds of ~{} ms each. Baseline: `serde_json::to_vec` of the same snapshot \
-         in the same run (the API's cost of answering with it). OpenMetrics is what Prometheus \
-         gets; the classic text format (`curl`, `promtool`) adds the conversion.\n",
+        "One scrape's encoding on this machine ({cpus} CPUs available, 1-minute load average \
+         {load} before the run), median of {ROUNDS} rounds of ~{} ms each. Baseline: \
+         `serde_json::to_vec` of the same snapshot in the same run (the API's cost of answering \
+         with it). OpenMetrics is what Prometheus gets; the classic text format (`curl`, \
+         `promtool`) adds the conversion.\n",
         ROUND_TIME.as_millis()
     );
     println!("| snapshot | samples | bytes | JSON (baseline) µs | OpenMetrics µs | × baseline | classic text µs | × baseline |");

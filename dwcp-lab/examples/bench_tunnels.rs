@@ -91,6 +91,8 @@ impl Drop for Gateway {
                     .nth(1)
                     .map(|n| n.split('@').next().unwrap_or(n))
                 {
+                    // Teardown, best effort: a device that is already gone is what we want,
+                    // and a panic in Drop would hide the benchmark's own error.
                     let _ = self.ns.ip(&["link", "del", name]);
                 }
             }
@@ -122,6 +124,8 @@ struct Process(Child);
 
 impl Drop for Process {
     fn drop(&mut self) {
+        // Teardown, best effort: the process may have exited already (kill then fails), and
+        // there is nothing left to report to from Drop.
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
@@ -191,19 +195,29 @@ fn first_arrival(src: &Netns, dst_ns: &Netns, dst: Ipv4Addr, port: u16) -> Resul
     ready_rx.recv()?;
     let tx_file = File::open(src.path())?;
     let stop_tx = stop.clone();
-    let sender = std::thread::spawn(move || -> Result<()> {
+    // Sends that fail while the tunnel comes up (no route or key yet) are part of what is
+    // measured, so they do not stop the sender; they are counted and, if nothing arrives,
+    // reported with the receiver's error.
+    let sender = std::thread::spawn(move || -> Result<(u64, Option<std::io::Error>)> {
         netlab::enter(&tx_file)?;
         let s = UdpSocket::bind("0.0.0.0:0")?;
+        let (mut failed, mut last_error) = (0u64, None);
         while !stop_tx.load(Ordering::Relaxed) {
-            let _ = s.send_to(b"first", (dst, port));
+            if let Err(e) = s.send_to(b"first", (dst, port)) {
+                failed += 1;
+                last_error = Some(e);
+            }
             std::thread::sleep(Duration::from_micros(100));
         }
-        Ok(())
+        Ok((failed, last_error))
     });
     let arrived = receiver.join().expect("receiver thread");
     stop.store(true, Ordering::Relaxed);
-    sender.join().expect("sender thread")?;
-    arrived
+    let (failed, last_error) = sender.join().expect("sender thread")?;
+    arrived.with_context(|| match last_error {
+        Some(e) => format!("{failed} sends failed, the last with: {e}"),
+        None => "every send succeeded".to_string(),
+    })
 }
 
 fn run_all(ns: &Netns, cmds: &[Vec<String>]) -> Result<()> {

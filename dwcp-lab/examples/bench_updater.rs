@@ -176,8 +176,9 @@ struct Samples {
 }
 
 /// (steal, total) CPU ticks of the whole machine so far.
-fn cpu_ticks() -> (u64, u64) {
-    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+/// An error rather than zeros when /proc/stat cannot be read: the steal is printed as measured.
+fn cpu_ticks() -> Result<(u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/stat").context("reading /proc/stat")?;
     let ticks: Vec<u64> = stat
         .lines()
         .next()
@@ -186,7 +187,10 @@ fn cpu_ticks() -> (u64, u64) {
         .skip(1)
         .filter_map(|t| t.parse().ok())
         .collect();
-    (ticks.get(7).copied().unwrap_or(0), ticks.iter().sum())
+    let steal = *ticks
+        .get(7)
+        .context("/proc/stat: no steal field on the cpu line")?;
+    Ok((steal, ticks.iter().sum()))
 }
 
 fn pct(v: &[f64], p: f64) -> f64 {
@@ -237,7 +241,11 @@ fn run(sc: &Scenario, batch: bool, events: usize) -> Result<Samples> {
         let dp = Dataplane::load(Pinning::None)?;
         let mut state = AgentState::new(config, BenchFastPath { dp, batch }, Now::at_ms(0))?;
         for i in start {
-            let _ = state.handle(i, Now::at_ms(0));
+            // Setup: an input the state refuses means the scenario is wrong.
+            let what = format!("{i:?}");
+            state
+                .handle(i, Now::at_ms(0))
+                .map_err(|e| anyhow::anyhow!("setup input {what}: {e}"))?;
         }
         state.on_timer(Now::at_ms(0));
         let mut samples = Samples {
@@ -248,7 +256,7 @@ fn run(sc: &Scenario, batch: bool, events: usize) -> Result<Samples> {
         // Each event arrives after a quiet period (2 s of replay time > the hold-down), so
         // the debounce computes at once: what is measured is the work, not a configured wait.
         // In real time the events are spaced by the slot guard (unmeasured): the debounce
-        // spaces a daemon's updates far more (50 ms while events keep coming), so what a
+        // spaces a daemon's updates far more (its `short` delay while events keep coming), so what a
         // back-to-back replay would add (waiting out the guard) is not what a daemon sees.
         // Any wait that still happens is counted and shown.
         let mut t_ms = 10_000;
@@ -319,8 +327,11 @@ fn run(sc: &Scenario, batch: bool, events: usize) -> Result<Samples> {
 }
 
 fn main() -> Result<()> {
-    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let load = std::fs::read_to_string("/proc/loadavg").context("reading /proc/loadavg")?;
     let mut rows = Vec::new();
+    // Each row's agent configuration, for the delays quoted below (the debounce's and the
+    // counters' intervals this run used, not figures written once).
+    let mut configs = Vec::new();
     for (sc, batch, events, label) in [
         (three_regions(), true, EVENTS, "3 regions (seed triangle)"),
         (
@@ -336,9 +347,10 @@ fn main() -> Result<()> {
             "same, one write call per group",
         ),
     ] {
-        let (steal0, total0) = cpu_ticks();
+        configs.push(AgentConfig::parse(&sc.config).map_err(|e| anyhow::anyhow!("{e}"))?);
+        let (steal0, total0) = cpu_ticks()?;
         let mut s = run(&sc, batch, events).with_context(|| sc.name)?;
-        let (steal1, total1) = cpu_ticks();
+        let (steal1, total1) = cpu_ticks()?;
         s.steal_percent = 100.0 * (steal1 - steal0) as f64 / (total1 - total0).max(1) as f64;
         rows.push((label, s));
     }
@@ -363,8 +375,12 @@ fn main() -> Result<()> {
     println!(
         "all of an event's tables go in one batch update of the slots, then all flips in one more."
     );
-    println!("Events are spaced in real time by the slot guard ({} ms, unmeasured; the daemon's debounce spaces", SLOT_REUSE_GUARD.as_millis());
-    println!("updates by 50 ms or more); guard waits inside measured events are counted. The daemon's channel");
+    // The 50-region rows' configuration (the figures the text discusses).
+    let delays = &configs[1].delays;
+    let counters_interval = configs[1].counters_interval;
+    println!("Events are spaced in real time by the slot guard ({} ms, unmeasured; with this run's configuration the daemon's", SLOT_REUSE_GUARD.as_millis());
+    println!("debounce spaces updates by {} ms or more while events keep coming, {} ms once they have kept coming for {} ms);", delays.short.as_millis(), delays.long.as_millis(), delays.time_to_learn.as_millis());
+    println!("guard waits inside measured events are counted. The daemon's channel");
     println!("hop and the snapshot published afterwards are not included.");
     println!("Baseline, same run and same maps' namespace: one group-table swap of the previous mechanism (a fresh");
     println!(
@@ -419,10 +435,12 @@ fn main() -> Result<()> {
         pct(&big.compute_us, 0.99) / 1e3
     );
     println!(
-        "The state owner is free for the next event once it has also read the counters (due at every event here, as the replay clock moves 2 s per event; the daemon reads them once a second) and published the operator snapshot (history of {2} route changes, shared, not copied): p50 {0:.3} ms, p99 {1:.3} ms at 50 regions. Neither delays a failover: a second event's computation waits for the debounce (50 ms while events keep coming) anyway.",
+        "The state owner is free for the next event once it has also read the counters (due at every event here, as the replay clock moves 2 s per event; the daemon reads them every {3} ms with this configuration) and published the operator snapshot (history of {2} route changes, shared, not copied): p50 {0:.3} ms, p99 {1:.3} ms at 50 regions. Neither delays a failover unless it exceeds the debounce: a second event's computation waits for it anyway ({4} ms while events keep coming, configured).",
         pct(&big.handled_us, 0.5) / 1e3,
         pct(&big.handled_us, 0.99) / 1e3,
-        big.history_len
+        big.history_len,
+        counters_interval.as_millis(),
+        delays.short.as_millis(),
     );
     println!(
         "\n50 regions, by event (the flapped link is on most routes: down moves them off it, up brings them back):\n"

@@ -17,7 +17,7 @@ use std::{
 use anyhow::{bail, Context, Result};
 use clap::Parser;
 use dwcp_common::{wire::IPPROTO_TCP, Counters, FlowKey};
-use dwcp_control::bandwidth::LinkId;
+use dwcp_control::topology::LinkId;
 use dwcp_control::traffic::LinkStatus;
 use dwcp_control::traffic::SplitMode;
 use dwcp_control::traffic::TrafficConfig;
@@ -573,7 +573,7 @@ fn main() -> Result<()> {
         .collect::<Vec<_>>()
         .join(" / ");
     let frame_bytes = (1448.0 / ceiling).round();
-    writeln!(md, "Two regions in network namespaces joined by {n} underlay paths. Each path crosses a wire namespace whose bridge sends towards region B through a TBF shaper ({caps_s} Mbit/s of underlay frames, {} ms queue); a qdisc on the gateways' own veths would not apply, since native XDP redirects bypass it. The gateways run dwcp's XDP programs in native mode; their kernels have no route to the other region. Load: iperf3 from host A to host B (at nice -20: the machine is shared with compilers), fixed client ports from {FIRST_CLIENT_PORT} so that every split sees the same 5-tuples, {} s measured after {} s of warm-up per run; every run in one process ({:.0} s in all). Weights: WECMP and ECMP from `TrafficEngineer` (20 % headroom) on the paths' capacities; single path = the widest path alone, the best one path can do.", SHAPER_QUEUE.as_millis(), args.seconds, args.omit, elapsed.as_secs_f64())?;
+    writeln!(md, "Two regions in network namespaces joined by {n} underlay paths. Each path crosses a wire namespace whose bridge sends towards region B through a TBF shaper ({caps_s} Mbit/s of underlay frames, {} ms queue); a qdisc on the gateways' own veths would not apply, since native XDP redirects bypass it. The gateways run dwcp's XDP programs in native mode; their kernels have no route to the other region. Load: iperf3 from host A to host B (at nice {nice}, so that other work on the machine does not take its CPU), fixed client ports from {FIRST_CLIENT_PORT} so that every split sees the same 5-tuples, {} s measured after {} s of warm-up per run; every run in one process ({:.0} s in all). Weights: WECMP and ECMP from `TrafficEngineer` ({} % headroom, the `TrafficConfig` default this run used) on the paths' capacities; single path = the widest path alone, the best one path can do.", SHAPER_QUEUE.as_millis(), args.seconds, args.omit, elapsed.as_secs_f64(), TrafficConfig::default().headroom_percent, nice = dwcp_lab::utilisation::iperf::LOAD_NICE)?;
     writeln!(md)?;
     writeln!(md, "- **paced**, {} flows: each paced by the kernel at {:.2} Mbit/s (iperf3 `--fq-rate`, TCP's own pacing), their demands adding up to the sum of the capacities ({:.0} Mbit/s). Many rate-limited flows: the split decides what gets through. (iperf3's `-b` throttle was tried first: a flow that fell behind sends unpaced until it has caught up, and those bursts overran paths whose flows' demands fit.)", args.flows, mbit(per_flow_bps as f64), mbit(total_capacity))?;
     writeln!(md, "- **greedy**, {} flows (`iperf3 -P {}`): as fast as TCP lets them. Every path holding a flow gets filled, so the split decides fairness between the flows more than utilisation.", args.greedy_flows, args.greedy_flows)?;
