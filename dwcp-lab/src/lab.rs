@@ -344,6 +344,13 @@ pub fn paths_state(
             _pad: [0; 3],
         },
     );
+    set_ready_with_default_qos(&mut s);
+    Ok(s)
+}
+
+/// What every lab gateway has besides its paths: each class's default DSCP rewritten, the
+/// lab's hash seed, and the ready flag.
+pub fn set_ready_with_default_qos(s: &mut ForwardingState) {
     for c in QosClass::ALL {
         s.qos.insert(
             c as u8,
@@ -359,7 +366,6 @@ pub fn paths_state(
         flags: CONFIG_F_READY,
         ..Default::default()
     });
-    Ok(s)
 }
 
 /// Writes `desired` into the maps as the agent does: the difference from what they hold, in

@@ -24,10 +24,7 @@ use std::{
 };
 
 use aya::programs::xdp::XdpLinkId;
-use dwcp_common::{
-    maps::programs, GatewayConfig, Neighbour, NextHop, QosClass, QosPolicy, Reason, Route,
-    CONFIG_F_READY, NH_F_VALID, QOS_F_REWRITE,
-};
+use dwcp_common::{maps::programs, Neighbour, NextHop, QosClass, Reason, Route, NH_F_VALID};
 
 use super::{
     cpu,
@@ -36,7 +33,6 @@ use super::{
     source::{udp_frame, Stop, TrafficSource},
     BenchError, Result,
 };
-use crate::lab::LAB_SEED;
 use crate::lab::UNDERLAY_MTU;
 use crate::netlab;
 use crate::netlab::Netns;
@@ -675,21 +671,7 @@ fn dwcp_state(
             _pad: [0; 3],
         },
     );
-    for c in QosClass::ALL {
-        s.qos.insert(
-            c as u8,
-            QosPolicy {
-                dscp: c.default_dscp(),
-                flags: QOS_F_REWRITE,
-                _pad: [0; 6],
-            },
-        );
-    }
-    s.config = Some(GatewayConfig {
-        hash_seed: LAB_SEED,
-        flags: CONFIG_F_READY,
-        ..Default::default()
-    });
+    crate::lab::set_ready_with_default_qos(&mut s);
     Ok(s)
 }
 
