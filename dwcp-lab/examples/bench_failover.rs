@@ -32,7 +32,7 @@ use std::{
 };
 
 use anyhow::{bail, Context, Result};
-use aya::maps::{Map, MapData, PerCpuArray};
+use aya::maps::{MapData, PerCpuArray};
 use dwcp_agent::probe::monotonic_ns;
 use dwcp_agent::probe::LinkEventKind;
 use dwcp_agent::probe::MonitorConfig;
@@ -40,6 +40,7 @@ use dwcp_agent::probe::ProbeCounts;
 use dwcp_common::{maps::names, Counters, LinkConfig, Reason};
 use dwcp_dataplane::Dataplane;
 use dwcp_dataplane::Member;
+use dwcp_dataplane::PinnedMaps;
 use dwcp_lab::lab::stream::delivery_gaps;
 use dwcp_lab::lab::stream::PacedSender;
 use dwcp_lab::lab::stream::StreamReceiver;
@@ -97,14 +98,10 @@ struct NhStats {
 
 impl NhStats {
     fn open(lab: &MultiLinkLab) -> Result<NhStats> {
-        let open = |name: &str| -> Result<Map> {
-            let path = lab.pin_dir(Side::A).join(name);
-            let data = MapData::from_pin(&path).with_context(|| format!("{}", path.display()))?;
-            Ok(Map::from_map_data(data)?)
-        };
+        let maps = PinnedMaps::new(lab.pin_dir(Side::A));
         Ok(NhStats {
-            nexthops: open(names::NH_STATS)?.try_into()?,
-            reasons: open(names::REASON_STATS)?.try_into()?,
+            nexthops: maps.map(names::NH_STATS)?,
+            reasons: maps.map(names::REASON_STATS)?,
         })
     }
 

@@ -81,14 +81,6 @@ enum Cmd {
     Down,
 }
 
-fn sibling(name: &str) -> PathBuf {
-    // target/<profile>/examples/lab -> target/<profile>/<name>
-    std::env::current_exe()
-        .ok()
-        .and_then(|p| p.parent()?.parent().map(|d| d.join(name)))
-        .unwrap_or_else(|| PathBuf::from(name))
-}
-
 fn paths(cli: &Cli) -> LabPaths {
     let d = LabPaths::default();
     LabPaths {
@@ -115,7 +107,7 @@ fn run() -> Result<()> {
             let agent = cli
                 .agent_binary
                 .clone()
-                .unwrap_or_else(|| sibling("dwcp-agent"));
+                .unwrap_or_else(|| dwcp_lab::bin("dwcp-agent"));
             if !agent.exists() {
                 bail!(
                     "no dwcp-agent at {} (build it, or pass --agent-binary)",
@@ -267,7 +259,10 @@ fn print_regions(state: &LabState) -> Result<()> {
 }
 
 fn dwcp(cli: &Cli, socket: &std::path::Path, args: &[&str]) -> Result<String> {
-    let bin = cli.dwcp_binary.clone().unwrap_or_else(|| sibling("dwcp"));
+    let bin = cli
+        .dwcp_binary
+        .clone()
+        .unwrap_or_else(|| dwcp_lab::bin("dwcp"));
     let out = Command::new(&bin)
         .arg("--socket")
         .arg(socket)

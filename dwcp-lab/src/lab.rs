@@ -54,6 +54,8 @@ pub enum LabError {
     Prober(Box<dwcp_agent::prober::ProberError>),
     #[error(transparent)]
     SentMap(#[from] dwcp_agent::prober::SentMapError),
+    #[error(transparent)]
+    PinnedMap(#[from] dwcp_dataplane::PinnedMapError),
     #[error("programming the fast path: {0}")]
     Program(FastPathError),
     #[error("building a next-hop table: {0}")]

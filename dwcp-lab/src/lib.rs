@@ -26,12 +26,7 @@ pub mod utilisation;
 /// Binaries of other packages are not built for a test by cargo: `scripts/test.sh` builds them
 /// first (`cargo build --bins`), and a missing one fails loudly here.
 pub fn bin(name: &str) -> std::path::PathBuf {
-    let exe = std::env::current_exe().expect("the running executable's path");
-    let profile_dir = exe
-        .parent()
-        .and_then(|d| d.parent())
-        .expect("target/<profile>/<deps or examples>/<exe>");
-    let path = profile_dir.join(name);
+    let path = profile_dir().join(name);
     assert!(
         path.is_file(),
         "{} is not built: run `cargo build --bins` (scripts/test.sh does) before this test",
@@ -45,9 +40,7 @@ pub fn bin(name: &str) -> std::path::PathBuf {
 /// as a plain pass). The caller returns right after.
 pub fn skip(test: &str, why: &str) {
     eprintln!("SKIPPED {test}: {why}");
-    let exe = std::env::current_exe().expect("the running executable's path");
-    // target/<profile>/deps/<exe> -> target/skipped.txt
-    if let Some(target) = exe.ancestors().nth(3) {
+    if let Some(target) = profile_dir().parent() {
         use std::io::Write;
         let line = format!("{test}: {why}\n");
         let appended = std::fs::OpenOptions::new()
@@ -59,4 +52,13 @@ pub fn skip(test: &str, why: &str) {
             eprintln!("cannot record the skip in {}: {e}", target.display());
         }
     }
+}
+
+/// `target/<profile>`, of the running test (`deps/`) or example (`examples/`).
+fn profile_dir() -> std::path::PathBuf {
+    let exe = std::env::current_exe().expect("the running executable's path");
+    exe.parent()
+        .and_then(|d| d.parent())
+        .expect("target/<profile>/<deps or examples>/<exe>")
+        .to_path_buf()
 }

@@ -20,15 +20,10 @@ mod sent;
 pub use scan::{interface_name, scan_links, LinkScan, ScanProblem};
 pub use sent::{open_sent_map, PinnedProbeCounts, SentMapError, PROBE_SENT};
 
-use std::{
-    collections::BTreeMap,
-    future::Future,
-    path::{Path, PathBuf},
-    time::Duration,
-};
+use std::{collections::BTreeMap, future::Future, path::PathBuf, time::Duration};
 
 use aya::maps::{Array, MapData, MapError};
-use dwcp_common::{maps::names, LinkConfig, LinkState, NextHop};
+use dwcp_common::{maps::names, LinkConfig, NextHop};
 use dwcp_dataplane::{LinkStateMap, PinnedMapError, PinnedMaps};
 use thiserror::Error;
 use tokio::sync::mpsc;
@@ -106,11 +101,6 @@ pub fn set_realtime_priority(priority: i32) -> std::io::Result<()> {
         return Err(std::io::Error::last_os_error());
     }
     Ok(())
-}
-
-/// The agent's `LINK_STATE`, opened from its pin: the source of both monitors.
-pub fn open_link_state(pin_dir: &Path) -> Result<Array<MapData, LinkState>, ProberError> {
-    Ok(PinnedMaps::new(pin_dir).link_state()?)
 }
 
 /// What a rescan changed.

@@ -13,7 +13,7 @@
 //! so the agent's objects can be dropped ([`MultiLinkLab::stop_agents`]) while the programs keep
 //! forwarding, and loaded again ([`MultiLinkLab::restart_agents`]).
 
-use dwcp_dataplane::LinkStateMap;
+use dwcp_dataplane::{LinkStateMap, PinnedMaps};
 use std::{
     fs::File,
     net::Ipv4Addr,
@@ -41,7 +41,6 @@ use dwcp_agent::probe::LinkEvent;
 use dwcp_agent::probe::LinkMonitor;
 use dwcp_agent::probe::MonitorConfig;
 use dwcp_agent::probe::ProbeHandle;
-use dwcp_agent::prober::open_link_state;
 use dwcp_agent::prober::set_realtime_priority;
 use dwcp_agent::prober::PinnedProbeCounts;
 use dwcp_agent::prober::Prober;
@@ -583,7 +582,7 @@ impl MultiLinkLab {
 
     /// The gateway's `LINK_STATE`, opened from its pin (works with the agent stopped).
     pub fn link_state_map(&self, side: Side) -> Result<Array<MapData, LinkState>> {
-        Ok(open_link_state(&self.pin_dir(side))?)
+        Ok(PinnedMaps::new(self.pin_dir(side)).link_state()?)
     }
 
     /// Whether the gateway's fast path uses `link` now, by the kernel's rule.
@@ -619,7 +618,7 @@ impl MultiLinkLab {
         let counts = PinnedProbeCounts::open(&dir, self.link_ids())?;
         LinkMonitor::new(
             self.monitor,
-            LinkStateMap(open_link_state(&dir)?),
+            LinkStateMap(PinnedMaps::new(&dir).link_state()?),
             counts,
             events,
         )

@@ -28,7 +28,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use aya::maps::{Map, MapData, PerCpuArray};
+use aya::maps::{MapData, PerCpuArray};
 use dwcp_common::{maps::names, maps::programs, Counters, Reason};
 use thiserror::Error;
 
@@ -40,6 +40,7 @@ use dwcp_control::config::ProbeSenderMode;
 use dwcp_dataplane::unpin_all;
 use dwcp_dataplane::unpin_links;
 use dwcp_dataplane::Dataplane;
+use dwcp_dataplane::PinnedMaps;
 use dwcp_dataplane::Pinning;
 
 #[derive(Debug, Error)]
@@ -172,21 +173,12 @@ pub struct PinnedCounters {
 
 impl PinnedCounters {
     pub fn open(pin_dir: &Path) -> Result<PinnedCounters> {
-        fn open<V: aya::Pod>(dir: &Path, name: &str) -> Result<PerCpuArray<MapData, V>> {
-            let path = dir.join(name);
-            let err = |e: aya::maps::MapError| {
-                TriangleError::Other(format!("opening {}: {e}", path.display()))
-            };
-            let data = MapData::from_pin(&path).map_err(err)?;
-            Map::from_map_data(data)
-                .map_err(err)?
-                .try_into()
-                .map_err(err)
-        }
+        let maps = PinnedMaps::new(pin_dir);
+        let other = |e: dwcp_dataplane::PinnedMapError| TriangleError::Other(e.to_string());
         Ok(PinnedCounters {
-            reasons: open(pin_dir, names::REASON_STATS)?,
-            nexthops: open(pin_dir, names::NH_STATS)?,
-            classes: open(pin_dir, names::CLASS_STATS)?,
+            reasons: maps.map(names::REASON_STATS).map_err(other)?,
+            nexthops: maps.map(names::NH_STATS).map_err(other)?,
+            classes: maps.map(names::CLASS_STATS).map_err(other)?,
         })
     }
 
