@@ -308,6 +308,7 @@ impl TunnelManager {
             self.store.discard_next_key(name)?;
             self.store.clear_rotation(name)?;
             self.store.clear_peer_override(name)?;
+            self.store.clear_key_exchange(name)?;
         }
         Ok(())
     }

@@ -338,7 +338,6 @@ impl TunnelManager {
         let _guard = self.lock.lock().await;
         let spec = self.spec(name)?;
         let w = wireguard_spec(&spec)?;
-        let backend = self.wg()?;
         let in_force = self.effective_peer_key(name, w.peer.public_key)?;
         if in_force == new {
             return Ok(());
@@ -349,6 +348,7 @@ impl TunnelManager {
                 detail: format!("the peer key in force is {in_force}, not {old}"),
             });
         }
+        let backend = self.wg()?;
         if new == w.peer.public_key {
             self.store.clear_peer_override(name)?;
         } else {

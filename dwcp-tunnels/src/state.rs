@@ -7,6 +7,7 @@
 //! | `private.key.next` | the key a rotation is moving to |
 //! | `rotation.json` | the phase of an unfinished rotation |
 //! | `peer.json` | a peer key learned from the peer's rotation, overriding the configured one |
+//! | `key_exchange.json` | what the key exchange remembers of the peer: the send time of its last accepted request (no replay across restarts) and its last announced key change |
 //!
 //! Directories are mode 0700 and every file is written atomically with mode 0600.
 
@@ -48,6 +49,47 @@ pub struct RotationState {
     pub phase: RotationPhase,
     pub old_public: PublicKey,
     pub new_public: PublicKey,
+}
+
+/// What the key exchange remembers of a tunnel's peer.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyExchangeState {
+    /// The send time of the last request accepted from the peer; a request must be newer.
+    pub last_accepted_ms: u64,
+    pub announced: Option<Announcement>,
+}
+
+impl KeyExchangeState {
+    /// Records `sent` if it is newer than the last accepted send time; whether it was.
+    pub fn accept_send_time(&mut self, sent: u64) -> bool {
+        let newer = sent > self.last_accepted_ms;
+        if newer {
+            self.last_accepted_ms = sent;
+        }
+        newer
+    }
+}
+
+/// A key change the peer announced before switching.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Announcement {
+    pub old: PublicKey,
+    pub new: PublicKey,
+    /// When it came, by this end's clock.
+    pub at_unix_ms: u64,
+}
+
+impl Announcement {
+    /// The change's other key, when `key` is one of its two.
+    pub fn other_than(&self, key: PublicKey) -> Option<PublicKey> {
+        if key == self.old {
+            Some(self.new)
+        } else if key == self.new {
+            Some(self.old)
+        } else {
+            None
+        }
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -200,6 +242,24 @@ impl StateStore {
         remove_if_present(&self.dir(name).join("peer.json"))
     }
 
+    /// Nothing recorded yet is the default state.
+    pub fn key_exchange(&self, name: &str) -> Result<KeyExchangeState> {
+        Ok(self
+            .read_json(&self.dir(name).join("key_exchange.json"))?
+            .unwrap_or_default())
+    }
+
+    /// Written atomically and synced (see `write_secret_file`): an accepted request's send
+    /// time is on disk before it is acted on.
+    pub fn set_key_exchange(&self, name: &str, state: &KeyExchangeState) -> Result<()> {
+        self.write_json(name, "key_exchange.json", state)
+            .map(|_| ())
+    }
+
+    pub fn clear_key_exchange(&self, name: &str) -> Result<()> {
+        remove_if_present(&self.dir(name).join("key_exchange.json"))
+    }
+
     /// Forgets everything about a tunnel; key files are overwritten before unlinking.
     /// `spec.json` goes last, so an interrupted removal is still known as a tunnel.
     pub fn remove(&self, name: &str) -> Result<()> {
@@ -209,7 +269,12 @@ impl StateStore {
         }
         remove_secret_file(&self.private_key_path(name))?;
         remove_secret_file(&self.next_key_path(name))?;
-        for file in ["rotation.json", "peer.json", "spec.json"] {
+        for file in [
+            "rotation.json",
+            "peer.json",
+            "key_exchange.json",
+            "spec.json",
+        ] {
             remove_if_present(&dir.join(file))?;
         }
         fs::remove_dir_all(&dir).map_err(|e| TunnelError::io(&dir, e))
@@ -257,6 +322,45 @@ mod tests {
         store.remove("vx1").unwrap();
         assert!(!store.dir("vx1").exists());
         assert!(store.names().unwrap().is_empty());
+    }
+
+    #[test]
+    fn key_exchange_state_starts_empty_and_keeps_what_was_accepted() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = StateStore::open(dir.path()).unwrap();
+        let mut state = store.key_exchange("wg1").unwrap();
+        assert_eq!(state, KeyExchangeState::default());
+        assert!(state.accept_send_time(5));
+        assert!(!state.accept_send_time(5), "the same send time twice");
+        assert!(!state.accept_send_time(4));
+        let (old, new) = (PrivateKey::generate(), PrivateKey::generate());
+        let announced = Announcement {
+            old: old.public_key(),
+            new: new.public_key(),
+            at_unix_ms: 7,
+        };
+        assert_eq!(
+            announced.other_than(old.public_key()),
+            Some(new.public_key())
+        );
+        assert_eq!(
+            announced.other_than(new.public_key()),
+            Some(old.public_key())
+        );
+        assert_eq!(
+            announced.other_than(PrivateKey::generate().public_key()),
+            None
+        );
+        state.announced = Some(announced);
+        store.set_key_exchange("wg1", &state).unwrap();
+        assert_eq!(store.key_exchange("wg1").unwrap(), state);
+        let file = store.dir("wg1").join("key_exchange.json");
+        assert_eq!(
+            fs::metadata(&file).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        store.clear_key_exchange("wg1").unwrap();
+        assert!(!file.exists());
     }
 
     #[test]

@@ -9,13 +9,18 @@
 //! dwcp-tunnels rotate wg-eu1                     # now, with the peer's `run` daemon
 //! ```
 
-use std::{path::PathBuf, process::ExitCode, time::Duration};
+use std::{
+    net::{IpAddr, Ipv4Addr, SocketAddr},
+    path::PathBuf,
+    process::ExitCode,
+    time::Duration,
+};
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use dwcp_tunnels::{
     kernel_support,
-    key_exchange::{self, KeyExchangeServer, RemotePeer},
+    key_exchange::{self, KeyExchangeServer, ListenerLimits, RemotePeer},
     rotation::{due_for_rotation, rotate_key, LocalPeer, RotationPolicy, RotationReport},
     ManagerConfig, NetnsTarget, PresharedKey, TunnelHealth, TunnelManager, TunnelsFile,
     WireGuardImpl, SECRET_SAFE_LOG_DIRECTIVES,
@@ -80,8 +85,13 @@ enum Cmd {
     /// SIGINT stops the daemon and leaves the tunnels up.
     Run {
         file: PathBuf,
+        /// The peers' port, and this end's (the same on every gateway).
         #[arg(long, default_value_t = key_exchange::DEFAULT_PORT)]
         key_exchange_port: u16,
+        /// The address the key exchange listens on. The default, every IPv4 address of the
+        /// namespace, includes the LAN side's: name the underlay address to keep it off.
+        #[arg(long, value_name = "ADDRESS", default_value_t = IpAddr::V4(Ipv4Addr::UNSPECIFIED))]
+        key_exchange_listen: IpAddr,
         /// Default 30 days.
         #[arg(long, default_value_t = 30 * 24 * 3600, value_parser = clap::value_parser!(u64).range(1..))]
         rotate_after_s: u64,
@@ -256,6 +266,7 @@ async fn run(cli: Cli) -> Result<bool> {
         Cmd::Run {
             file,
             key_exchange_port,
+            key_exchange_listen,
             rotate_after_s,
             check_interval_s,
         } => {
@@ -266,7 +277,7 @@ async fn run(cli: Cli) -> Result<bool> {
             serve(
                 mgr,
                 &file,
-                key_exchange_port,
+                SocketAddr::new(key_exchange_listen, key_exchange_port),
                 policy,
                 Duration::from_secs(check_interval_s),
                 cli.json,
@@ -308,11 +319,12 @@ async fn reconcile(mgr: &TunnelManager, file: &PathBuf) -> Result<bool> {
     Ok(report.errors().is_empty())
 }
 
-/// `run`: the tunnels of `file` kept, peers' key changes answered, keys rotated when due.
+/// `run`: the tunnels of `file` kept, peers' key changes answered on `listen` (whose port is
+/// the peers' too), keys rotated when due.
 async fn serve(
     mgr: TunnelManager,
     file: &PathBuf,
-    port: u16,
+    listen: SocketAddr,
     policy: RotationPolicy,
     check_every: Duration,
     json: bool,
@@ -325,10 +337,11 @@ async fn serve(
             file.display()
         );
     }
-    let server = KeyExchangeServer::new(mgr.clone());
-    let listener = server.bind(port).await?;
-    println!("answering key changes on TCP port {port}");
+    let server = KeyExchangeServer::new(mgr.clone(), ListenerLimits::default());
+    let listener = server.bind(listen).await?;
+    println!("answering key changes on TCP {listen}");
     let mut serving = tokio::spawn(server.clone().serve(listener));
+    let mut refusals = Default::default();
     let (mut term, mut int, mut hup) = (
         signal(SignalKind::terminate())?,
         signal(SignalKind::interrupt())?,
@@ -354,6 +367,14 @@ async fn serve(
                 bail!("the key-exchange listener stopped: {:?}", served);
             }
         }
+        let now_refused = server.refusals();
+        if now_refused != refusals {
+            eprintln!(
+                "key exchange: refused since start: {}",
+                serde_json::to_string(&now_refused)?
+            );
+            refusals = now_refused;
+        }
         let due = match due_for_rotation(&mgr, &policy, std::time::SystemTime::now()) {
             Ok(due) => due,
             Err(e) => {
@@ -363,10 +384,17 @@ async fn serve(
         };
         for name in due {
             // The peer announced its own rotation of this tunnel: its turn first.
-            if server.peer_rotating(&name, policy.handshake_timeout * 2) {
+            // Unknown (unreadable state): rotated anyway, the peer refuses if it is rotating.
+            let peer_rotating = server
+                .peer_rotating(&name, policy.handshake_timeout * 2)
+                .unwrap_or_else(|e| {
+                    eprintln!("{name}: {e}");
+                    false
+                });
+            if peer_rotating {
                 continue;
             }
-            let result = match RemotePeer::for_tunnel(&mgr, &name, port) {
+            let result = match RemotePeer::for_tunnel(&mgr, &name, listen.port()) {
                 Ok(peer) => rotate_key(&mgr, &name, &peer, policy.handshake_timeout).await,
                 Err(e) => Err(e),
             };
