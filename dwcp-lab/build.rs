@@ -1,6 +1,6 @@
-//! Builds the lab's eBPF object (dwcp-lab-ebpf: the benchmark's traffic source and sink;
-//! nightly + bpf-linker, with BTF) into OUT_DIR so the lab can embed it, apart from the
-//! gateway's object. `scripts/bootstrap.sh` installs what this needs.
+//! Builds the lab's eBPF object (dwcp-lab-ebpf: the benchmark's traffic source and sink, and
+//! `XDP_PASS`; nightly + bpf-linker, with BTF) into OUT_DIR so the lab can embed it, apart
+//! from the gateway's object. `scripts/bootstrap.sh` installs what this needs.
 use anyhow::{anyhow, Context as _};
 
 fn main() -> anyhow::Result<()> {

@@ -5,7 +5,6 @@
 //! With the `user` feature the types implement `aya::Pod`.
 #![no_std]
 
-pub mod bench;
 pub mod hash;
 pub mod maps;
 pub mod probe;

@@ -60,9 +60,6 @@ pub mod programs {
     pub const LAN_INGRESS: &str = "dwcp_lan";
     /// XDP on the underlay side: reflect/measure probes, decapsulate.
     pub const UNDERLAY_INGRESS: &str = "dwcp_underlay";
-    /// `XDP_PASS` and nothing else: the baseline of the benchmarks, and the program put on the
-    /// receiving end of a veth so that redirected frames are accepted.
-    pub const PASS: &str = "dwcp_pass";
     /// tc ingress (SchedClassifier) on the LAN side: sets `skb->mark` to the hand-off mark the
     /// LAN XDP program recorded for the packet's flow (the WireGuard hand-off).
     pub const LAN_HANDOFF_TC: &str = "dwcp_lan_tc";

@@ -106,12 +106,15 @@ pub enum Input {
         link: u32,
         up: bool,
     },
-    /// The bandwidth reservations active now (all of them, every time the set changes), and
-    /// what will be reserved on each link after the next start or end of one.
-    Reservations {
-        active: Vec<crate::bandwidth::Reservation>,
-        #[serde(default)]
-        next: Option<NextReservationChange>,
+    /// The wall clock, when a reservation starts or ends (`AgentState::next_reservation_change`):
+    /// ended reservations expire, started ones take their share of the links.
+    Clock {
+        now_unix_s: u64,
+    },
+    /// An operator's change to the reservations (`dwcp reserve`), run at `now_unix_s`.
+    Reservation {
+        now_unix_s: u64,
+        op: crate::bandwidth::ReservationOp,
     },
     /// Packets the fast path sampled (`FLOW_SAMPLES`), for the top-flows table.
     FlowSamples {
@@ -163,12 +166,4 @@ pub struct TimedInput {
     pub at_ms: u64,
     #[serde(flatten)]
     pub input: Input,
-}
-
-/// The reservations' next start or end: when, and the rate then reserved on each link
-/// (links absent: nothing reserved). Feeds the projected utilisation of the links.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct NextReservationChange {
-    pub at_unix_s: u64,
-    pub reserved_bps: std::collections::BTreeMap<u32, u64>,
 }

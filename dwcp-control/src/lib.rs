@@ -24,5 +24,5 @@ pub mod traffic;
 pub mod view;
 
 pub use config::{AgentConfig, ConfigError, Prefix, Problem};
-pub use input::{Input, NextReservationChange, Now, TimedInput};
+pub use input::{Input, Now, TimedInput};
 pub use state::{AgentError, AgentState, UpdateStats};

@@ -1,13 +1,15 @@
 //! The state owner: the one place that holds the agent's state and changes the fast path.
 //!
 //! Tasks send it [`Input`]s; it folds each into its view (link health, interfaces,
-//! neighbours, region health, configuration), lets the [`Debounce`] decide when to recompute,
-//! and then computes routes, plans the maps, diffs them against what is programmed and writes
-//! only the difference. Every route change goes into a bounded history and out on the event
-//! channel; a new [`AgentSnapshot`] is published after each change.
+//! neighbours, region health, configuration, bandwidth reservations), lets the [`Debounce`]
+//! decide when to recompute, and then computes routes, plans the maps, diffs them against what
+//! is programmed and writes only the difference. Every route change goes into a bounded
+//! history and out on the event channel; a new [`AgentSnapshot`] is published after each
+//! change.
 //!
-//! No I/O but the fast path's maps and no clock of its own (times come in with the inputs), so
-//! a recorded sequence of inputs replays to the same maps and history.
+//! No I/O but the fast path's maps and the reservation store, and no clock of its own (times
+//! come in with the inputs, reservations' with their operations and [`Input::Clock`]), so a
+//! recorded sequence of inputs replays to the same maps and history.
 use std::{
     collections::{BTreeMap, BTreeSet, VecDeque},
     sync::Arc,
@@ -19,11 +21,15 @@ use thiserror::Error;
 use tracing::{debug, error, info, warn};
 
 use crate::{
+    bandwidth::{
+        BandwidthError, Network, Reservation, ReservationManager, ReservationOp, ReservationReply,
+        ReservationStore, UnixSeconds,
+    },
     config::{AgentConfig, ConfigError, Mac},
     debounce::Debounce,
     fast_path::{FastPath, FastPathError},
     forwarding::{self, Change, ForwardingState, NeighKey},
-    input::{Input, NextReservationChange, Now},
+    input::{Input, Now},
     liveness::kernel_usable,
     nhg_table::Member,
     plan::{self, DestinationPlan, InterfaceState, PlannedPath},
@@ -38,7 +44,7 @@ use crate::{
     },
     view::{
         AgentEvent, AgentSnapshot, ClassView, CommandError, CounterView, LinkHealth, LinkView,
-        PathRole, PathView, RouteChange, RouteView, TunnelState, TunnelView,
+        PathRole, PathView, ReservationsView, RouteChange, RouteView, TunnelState, TunnelView,
     },
 };
 
@@ -127,9 +133,15 @@ pub struct AgentState<F> {
     addresses: BTreeSet<(u32, std::net::IpAddr)>,
     neighbours: BTreeMap<NeighKey, Mac>,
     regions_down: BTreeMap<String, String>,
-    /// The bandwidth reservations active now (the traffic engineer's pinned flows).
-    reservations: Vec<crate::bandwidth::Reservation>,
-    reservation_ids: Vec<u64>,
+    /// The bandwidth reservations, if the agent keeps any ([`AgentState::open_reservations`]).
+    reservations: Option<ReservationManager>,
+    /// Wall time of the last clock input or reservation operation: the instant at which
+    /// reservations are active.
+    reservation_clock: UnixSeconds,
+    /// The reservations active at `reservation_clock` (the traffic engineer's pinned flows).
+    active_reservations: Vec<Reservation>,
+    /// What the snapshot shows of the reservations, rebuilt only when they change.
+    reservations_view: Option<Arc<ReservationsView>>,
     next_reservations: Option<NextReservationChange>,
     debounce: Debounce,
     causes: Vec<Cause>,
@@ -191,6 +203,39 @@ pub struct AgentState<F> {
 /// Events kept for the daemon between two of its reads.
 pub const EVENTS_KEPT: usize = 1024;
 
+/// The reservations' next start or end after the reservation clock: when, and the rate then
+/// reserved on each link (links absent: nothing). Feeds the projected utilisation of the links.
+struct NextReservationChange {
+    at_unix_s: UnixSeconds,
+    reserved_bps: BTreeMap<u32, u64>,
+}
+
+impl NextReservationChange {
+    fn after(manager: &ReservationManager, clock: UnixSeconds) -> Option<Self> {
+        let at = manager.next_change_after(clock)?;
+        Some(NextReservationChange {
+            at_unix_s: at,
+            reserved_bps: manager
+                .reserved_by_link(at)
+                .into_iter()
+                .map(|(l, bps)| (l.0, bps))
+                .collect(),
+        })
+    }
+}
+
+/// The regions and link capacities reservations are admitted against.
+fn reservable_network(topology: &Topology) -> Network {
+    Network {
+        regions: topology.regions().iter().map(|r| r.name.clone()).collect(),
+        link_capacity_bps: topology
+            .links()
+            .iter()
+            .map(|l| (l.id, (l.capacity_mbps * 1e6) as u64))
+            .collect(),
+    }
+}
+
 /// Weight of the newest interval in the flow groups' demand average.
 const DEMAND_SMOOTHING: f64 = 0.5;
 
@@ -244,8 +289,10 @@ impl<F: FastPath> AgentState<F> {
             addresses: BTreeSet::new(),
             neighbours: BTreeMap::new(),
             regions_down: BTreeMap::new(),
-            reservations: Vec::new(),
-            reservation_ids: Vec::new(),
+            reservations: None,
+            reservation_clock: 0,
+            active_reservations: Vec::new(),
+            reservations_view: None,
             next_reservations: None,
             causes: Vec::new(),
             started: false,
@@ -494,7 +541,12 @@ impl<F: FastPath> AgentState<F> {
             Input::RegionDown { region, reason } => self.on_region_down(region, reason, now),
             Input::RegionUp { region } => self.on_region_up(region, now),
             Input::LinkAdmin { link, up } => self.on_link_admin(link, up, now)?,
-            Input::Reservations { active, next } => self.on_reservations(active, next, now),
+            Input::Clock { now_unix_s } => self.on_clock(now_unix_s, now),
+            Input::Reservation { now_unix_s, op } => {
+                // A replay: the daemon calls `on_reservation` itself for the API's answer. A
+                // refusal is logged there and changes nothing.
+                let _ = self.on_reservation(&op, now_unix_s, now);
+            }
             Input::Reload { path } => return self.reload(&path, now).map(Some),
             Input::FlowSamples { samples } => self.on_flow_samples(samples),
             Input::Optimise => self.cause(
@@ -765,31 +817,117 @@ impl<F: FastPath> AgentState<F> {
         Ok(())
     }
 
-    fn on_reservations(
+    /// Keeps the bandwidth reservations of `store`, admitted against the topology with the
+    /// `[reservations]` settings; those that no longer fit are displaced (and told). Without
+    /// it the agent keeps none and refuses reservation operations.
+    pub fn open_reservations(
         &mut self,
-        active: Vec<crate::bandwidth::Reservation>,
-        next: Option<NextReservationChange>,
+        store: Box<dyn ReservationStore>,
         now: Now,
-    ) {
-        // Only the projection of the links' utilisation: no recomputation.
-        self.next_reservations = next;
-        let ids: Vec<u64> = active.iter().map(|r| r.id.0).collect();
-        if ids == self.reservation_ids {
-            return;
+    ) -> Result<(), BandwidthError> {
+        let network = reservable_network(&self.store.snapshot());
+        let (manager, displaced) =
+            ReservationManager::open(store, network, self.config.reservations.clone())?;
+        for event in displaced {
+            warn!(
+                ?event,
+                "reservation displaced: it no longer fits the topology"
+            );
+            self.emit(AgentEvent::Reservation(event));
         }
-        self.reservation_ids = ids;
-        self.traffic
-            .set_reservations(&self.config.region, active.iter());
-        self.reservations = active;
-        self.cause(
-            now,
-            Cause {
-                text: format!("reservations changed ({} active)", self.reservations.len()),
-                links: Vec::new(),
-                regions: Vec::new(),
-                failure: false,
-            },
-        );
+        self.reservations = Some(manager);
+        self.refresh_reservations(now);
+        Ok(())
+    }
+
+    /// Admission follows a reloaded topology: capacities and links as they are now;
+    /// reservations that no longer fit are displaced (and told).
+    fn readmit_reservations(&mut self, now: Now) {
+        let network = reservable_network(&self.store.snapshot());
+        let Some(manager) = self.reservations.as_mut() else {
+            return;
+        };
+        if let Err(e) = manager.set_network(network) {
+            error!("reservations after the topology reload: {e}");
+        }
+        self.refresh_reservations(now);
+    }
+
+    /// When a reservation next starts or ends: the daemon sends [`Input::Clock`] then.
+    pub fn next_reservation_change(&self) -> Option<UnixSeconds> {
+        self.next_reservations.as_ref().map(|n| n.at_unix_s)
+    }
+
+    /// Runs an operator's change to the reservations at `now_unix_s` (stored before it takes
+    /// effect); the active set follows as on a clock input.
+    pub fn on_reservation(
+        &mut self,
+        op: &ReservationOp,
+        now_unix_s: UnixSeconds,
+        now: Now,
+    ) -> Result<ReservationReply, BandwidthError> {
+        let manager = self
+            .reservations
+            .as_mut()
+            .ok_or(BandwidthError::NoReservations)?;
+        let reply = manager.apply(op, now_unix_s);
+        if let Err(e) = &reply {
+            info!(?op, "reservation refused: {e}");
+        }
+        self.reservation_clock = now_unix_s;
+        self.refresh_reservations(now);
+        reply
+    }
+
+    /// The wall clock reached a reservation's start or end.
+    fn on_clock(&mut self, now_unix_s: UnixSeconds, now: Now) {
+        self.reservation_clock = now_unix_s;
+        let Some(manager) = self.reservations.as_mut() else {
+            return;
+        };
+        if let Err(e) = manager.expire(now_unix_s) {
+            // Ended reservations hold nothing either way; they stay listed until a later
+            // clock input expires them.
+            warn!(error = %e, "expiring reservations");
+        }
+        self.refresh_reservations(now);
+    }
+
+    /// After the reservations or their clock changed: their events out, their view and next
+    /// change updated, and a computation when the active set changed.
+    fn refresh_reservations(&mut self, now: Now) {
+        let Some(manager) = self.reservations.as_mut() else {
+            return;
+        };
+        let clock = self.reservation_clock;
+        let events = manager.take_events();
+        let active: Vec<Reservation> = manager.active_at(clock).cloned().collect();
+        self.reservations_view = Some(Arc::new(ReservationsView::new(manager, clock)));
+        self.next_reservations = NextReservationChange::after(manager, clock);
+        for event in events {
+            self.emit(AgentEvent::Reservation(event));
+        }
+        let ids = |rs: &[Reservation]| rs.iter().map(|r| r.id).collect::<Vec<_>>();
+        if ids(&active) != ids(&self.active_reservations) {
+            self.traffic
+                .set_reservations(&self.config.region, active.iter());
+            self.active_reservations = active;
+            self.cause(
+                now,
+                Cause {
+                    text: format!(
+                        "reservations changed ({} active)",
+                        self.active_reservations.len()
+                    ),
+                    links: Vec::new(),
+                    regions: Vec::new(),
+                    failure: false,
+                },
+            );
+        }
+        // The API answers an operation from the next snapshot: publish now, not at the next
+        // computation.
+        self.publish(now);
     }
 
     /// Sampled packets: demand per group and class (scaled by the sampling rate) and the top
@@ -1085,7 +1223,7 @@ impl<F: FastPath> AgentState<F> {
         };
         let topology_changed = new.topology != self.config.topology;
         let mut traffic = traffic;
-        traffic.set_reservations(&new.region, self.reservations.iter());
+        traffic.set_reservations(&new.region, self.active_reservations.iter());
         self.traffic = traffic;
         self.debounce.set_config(new.delays);
         if new.flows != self.config.flows {
@@ -1097,6 +1235,7 @@ impl<F: FastPath> AgentState<F> {
         if topology_changed {
             self.store.replace(self.config.topology_model.clone());
             self.table = None;
+            self.readmit_reservations(now);
         }
         self.admin_down
             .retain(|l| self.config.topology_model.link(LinkId(*l)).is_some());
@@ -1219,7 +1358,8 @@ impl<F: FastPath> AgentState<F> {
             &self.neighbours,
             &self.admin_down,
         );
-        desired.policers = plan::reservation_policers(&self.config, plans, &self.reservations);
+        desired.policers =
+            plan::reservation_policers(&self.config, plans, &self.active_reservations);
         if self.config.traffic.mode == SplitMode::Te {
             plan::te_policers(
                 &self.config,
@@ -1760,7 +1900,7 @@ impl<F: FastPath> AgentState<F> {
     /// Rate reserved on `link` now (active reservations) and after the next change.
     fn reserved_now_and_next(&self, link: u32) -> (u64, u64) {
         let now: u64 = self
-            .reservations
+            .active_reservations
             .iter()
             .filter(|r| r.path.iter().any(|l| l.0 == link))
             .map(|r| r.rate_bps)
@@ -1794,7 +1934,7 @@ impl<F: FastPath> AgentState<F> {
                         .class_rate_smoothed(class)
                         .map(|r| r.bits_per_sec),
                     reserved_bps: self
-                        .reservations
+                        .active_reservations
                         .iter()
                         .filter(|r| r.class == class && r.path.iter().any(|l| local.contains(&l.0)))
                         .map(|r| r.rate_bps)
@@ -2057,6 +2197,7 @@ impl<F: FastPath> AgentState<F> {
             flows: self.flows_view(),
             failovers_total: self.failovers_total,
             route_changes_total: self.route_changes_total,
+            reservations: self.reservations_view.clone(),
         };
         self.snapshot = Arc::new(snapshot);
         self.snapshot_taken = false;

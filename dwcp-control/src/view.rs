@@ -2,9 +2,13 @@
 //! events, and the bodies of the API's requests and responses. (De)serialisable both ways, so
 //! the CLI reads what the server writes with the same types.
 
-use std::{net::IpAddr, sync::Arc};
+use std::{collections::BTreeMap, net::IpAddr, sync::Arc};
 
 use serde::{Deserialize, Serialize};
+
+use crate::bandwidth::{
+    Reservation, ReservationEvent, ReservationEventCounts, ReservationManager, UnixSeconds,
+};
 
 /// Health of an underlay link as the agent sees it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -190,9 +194,41 @@ pub struct AgentSnapshot {
     pub flows: crate::traffic::FlowsView,
     pub failovers_total: u64,
     pub route_changes_total: u64,
+    /// Absent when the agent keeps no reservations.
+    #[serde(default)]
+    pub reservations: Option<Arc<ReservationsView>>,
 }
 
-/// What happened, for the event stream (API) and subscribers.
+/// The bandwidth reservations at one instant (the state owner's reservation clock).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ReservationsView {
+    /// Every stored reservation, current and future, by id.
+    pub stored: Vec<Reservation>,
+    /// How many of them hold bandwidth.
+    pub active: usize,
+    /// Rate reserved on each link of the network, bit/s (0 included).
+    pub reserved_bps: BTreeMap<u32, u64>,
+    /// Changes since the agent started.
+    pub events: ReservationEventCounts,
+}
+
+impl ReservationsView {
+    pub fn new(m: &ReservationManager, now: UnixSeconds) -> Self {
+        ReservationsView {
+            stored: m.list().cloned().collect(),
+            active: m.active_at(now).count(),
+            reserved_bps: m
+                .reserved_by_link(now)
+                .into_iter()
+                .map(|(l, bps)| (l.0, bps))
+                .collect(),
+            events: m.event_counts(),
+        }
+    }
+}
+
+/// What happened, for the event stream (API; reservation changes are its `reservation`
+/// events) and subscribers.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum AgentEvent {
@@ -203,6 +239,7 @@ pub enum AgentEvent {
     RouteChanged(RouteChange),
     ConfigReloaded { generation: u64 },
     ConfigRejected { error: String },
+    Reservation(ReservationEvent),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
@@ -247,7 +284,7 @@ pub struct StatusView {
 }
 
 impl StatusView {
-    pub fn new(s: &AgentSnapshot, now_unix_ms: u64, reservations: Option<(usize, usize)>) -> Self {
+    pub fn new(s: &AgentSnapshot, now_unix_ms: u64) -> Self {
         let reachable = s
             .routes
             .iter()
@@ -278,8 +315,8 @@ impl StatusView {
             tunnels: s.tunnels.len(),
             failovers_total: s.failovers_total,
             route_changes_total: s.route_changes_total,
-            reservations_active: reservations.map(|r| r.0),
-            reservations_stored: reservations.map(|r| r.1),
+            reservations_active: s.reservations.as_ref().map(|r| r.active),
+            reservations_stored: s.reservations.as_ref().map(|r| r.stored.len()),
         }
     }
 }

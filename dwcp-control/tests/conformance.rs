@@ -7,8 +7,13 @@
 mod fixture;
 
 use dwcp_control::{
-    config::Mac, fast_path::MemoryFastPath, plan::standby_supported, replay::replay, AgentState,
-    Now,
+    bandwidth::{BandwidthError, ReservationEvent, ReservationId, ReservationOp, ReservationReply},
+    config::{AgentConfig, Mac},
+    fast_path::MemoryFastPath,
+    plan::standby_supported,
+    replay::replay,
+    view::{AgentEvent, ReservationsView},
+    AgentState, Input, Now, TimedInput,
 };
 
 /// Interfaces as a namespace would number them: index 2 onwards in the fixture's order (1 is
@@ -26,8 +31,7 @@ fn interface_of(interfaces: &[String], name: &str) -> (u32, Mac) {
 fn run(name: &str) {
     let interfaces = fixture::interfaces(name);
     let loaded = fixture::load(name, |i| interface_of(&interfaces, i));
-    let mut state =
-        AgentState::new(loaded.config, MemoryFastPath::default(), Now::at_ms(0)).unwrap();
+    let mut state = fixture::state(loaded.config, MemoryFastPath::default());
     let errors = replay(&mut state, &loaded.inputs, loaded.fx.until_ms);
     fixture::check(
         name,
@@ -62,4 +66,122 @@ fn config_reload_applies_and_a_bad_one_changes_nothing() {
 #[test]
 fn reservations_move_the_split() {
     run("reservations.json");
+}
+
+#[test]
+fn a_reservation_created_by_an_operation_weighs_on_its_link() {
+    run("reservation_policer.json");
+}
+
+/// Reservations belong to the state owner: an operation is stored and answered, and its change
+/// published (event, snapshot); the state says when the next start or end is due, and the
+/// clock input at that time activates or expires the reservation. Without a store it keeps
+/// none.
+#[test]
+fn reservations_follow_their_operations_and_the_clock() {
+    const T: u64 = 1_700_000_000;
+    let config = AgentConfig::load(&fixture::dir().join("gateway_a.toml")).unwrap();
+    let mut state = fixture::state(config.clone(), MemoryFastPath::default());
+    let shown = |s: &AgentState<MemoryFastPath>| -> ReservationsView {
+        (**s.snapshot().reservations.as_ref().unwrap()).clone()
+    };
+    // As a recording keeps it.
+    let line = format!(
+        r#"{{"at_ms": 1000, "kind": "reservation", "now_unix_s": {T}, "op": {{"create": {{
+            "owner": "backup", "source": "us-east-1", "destination": "ap-south-1",
+            "class": "bulk", "rate": "100M", "start": {}, "end": {}, "path": [3]}}}}}}"#,
+        T + 10,
+        T + 20
+    );
+    let recorded: TimedInput = serde_json::from_str(&line).unwrap();
+    let Input::Reservation { op, .. } = &recorded.input else {
+        panic!("{recorded:?}")
+    };
+    let reply = state.on_reservation(op, T, Now::at_ms(1_000)).unwrap();
+    assert!(matches!(reply, ReservationReply::Admitted(ref a) if a.reservation.start == T + 10));
+    assert_eq!((shown(&state).stored.len(), shown(&state).active), (1, 0));
+    assert_eq!(state.next_reservation_change(), Some(T + 10));
+    let events: Vec<AgentEvent> = state.take_events().collect();
+    assert!(
+        matches!(
+            events[..],
+            [AgentEvent::Reservation(ReservationEvent::Created { .. })]
+        ),
+        "{events:?}"
+    );
+
+    state
+        .handle(Input::Clock { now_unix_s: T + 10 }, Now::at_ms(2_000))
+        .unwrap();
+    assert_eq!(shown(&state).active, 1);
+    assert_eq!(shown(&state).reserved_bps[&3], 100_000_000);
+    assert_eq!(state.next_reservation_change(), Some(T + 20));
+
+    let unknown = ReservationOp::Cancel {
+        id: ReservationId(9),
+    };
+    let e = state
+        .on_reservation(&unknown, T + 11, Now::at_ms(3_000))
+        .unwrap_err();
+    assert_eq!(e.http_status(), 404);
+    assert_eq!(shown(&state).stored.len(), 1);
+
+    state
+        .handle(Input::Clock { now_unix_s: T + 20 }, Now::at_ms(4_000))
+        .unwrap();
+    let after = shown(&state);
+    assert!(after.stored.is_empty() && after.active == 0, "{after:?}");
+    assert_eq!((after.events.created, after.events.expired), (1, 1));
+    assert_eq!(state.next_reservation_change(), None);
+
+    let mut without = AgentState::new(config, MemoryFastPath::default(), Now::at_ms(0)).unwrap();
+    assert!(matches!(
+        without.on_reservation(op, T, Now::at_ms(0)),
+        Err(BandwidthError::NoReservations)
+    ));
+    assert!(without.snapshot().reservations.is_none());
+}
+
+/// A reloaded topology is what admission counts on: a link shrunk below a reservation's rate
+/// displaces it (event, snapshot), and the reservation no longer weighs on the link.
+#[test]
+fn a_topology_reload_readmits_the_reservations() {
+    const T: u64 = 1_700_000_000;
+    let original = std::fs::read_to_string(fixture::dir().join("gateway_a.toml")).unwrap();
+    let config = AgentConfig::load(&fixture::dir().join("gateway_a.toml")).unwrap();
+    let mut state = fixture::state(config, MemoryFastPath::default());
+    let create: ReservationOp = serde_json::from_str(&format!(
+        r#"{{"create": {{"owner": "backup", "source": "us-east-1", "destination": "ap-south-1",
+            "class": "bulk", "rate": "100M", "start": {T}, "end": {}, "path": [3]}}}}"#,
+        T + 100
+    ))
+    .unwrap();
+    state.on_reservation(&create, T, Now::at_ms(1_000)).unwrap();
+    let active =
+        |s: &AgentState<MemoryFastPath>| s.snapshot().reservations.as_ref().unwrap().active;
+    assert_eq!(active(&state), 1);
+    state.take_events().for_each(drop);
+
+    let shrunk = original.replace(
+        "latency_ms = 200.0\ncapacity_mbps = 800",
+        "latency_ms = 200.0\ncapacity_mbps = 50",
+    );
+    assert_ne!(shrunk, original, "the fixture's link 3 changed shape");
+    let dir = std::env::temp_dir().join(format!("dwcp-readmit-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("gateway_a.toml");
+    std::fs::write(&path, shrunk).unwrap();
+    let reloaded = state.handle(Input::Reload { path }, Now::at_ms(2_000));
+    std::fs::remove_dir_all(&dir).unwrap();
+    reloaded.unwrap();
+
+    assert_eq!(active(&state), 0);
+    let events: Vec<AgentEvent> = state.take_events().collect();
+    assert!(
+        events.iter().any(|e| matches!(
+            e,
+            AgentEvent::Reservation(ReservationEvent::Displaced { .. })
+        )),
+        "{events:?}"
+    );
 }

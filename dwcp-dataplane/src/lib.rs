@@ -157,6 +157,34 @@ pub unsafe fn sys_bpf<A>(cmd: libc::c_long, attr: &A) -> std::io::Result<libc::c
     Ok(rc)
 }
 
+/// Attaches the loaded XDP program `prog` (named `name`) to `ifname` in the calling thread's
+/// network namespace: native XDP, or generic XDP with a warning when the driver has no native
+/// support. The link lives as long as `prog` is loaded.
+pub fn attach_xdp(
+    prog: &mut Xdp,
+    name: &'static str,
+    ifname: &str,
+) -> Result<(XdpLinkId, AttachMode)> {
+    match prog.attach(ifname, XdpMode::Driver) {
+        Ok(id) => {
+            info!(program = name, ifname, "attached in native XDP mode");
+            Ok((id, AttachMode::Native))
+        }
+        Err(native) => match prog.attach(ifname, XdpMode::Skb) {
+            Ok(id) => {
+                warn!(program = name, ifname, error = %native, "native XDP not available; attached in generic (skb) mode, which is several times slower");
+                Ok((id, AttachMode::Generic))
+            }
+            Err(generic) => Err(DataplaneError::Attach {
+                program: name,
+                ifname: ifname.into(),
+                native: Box::new(native),
+                generic: Box::new(generic),
+            }),
+        },
+    }
+}
+
 /// How the program ended up attached.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AttachMode {
@@ -256,11 +284,7 @@ impl Dataplane {
         let mut ebpf = loader
             .load(object)
             .map_err(|e| DataplaneError::Load(Box::new(e)))?;
-        for name in [
-            programs::LAN_INGRESS,
-            programs::UNDERLAY_INGRESS,
-            programs::PASS,
-        ] {
+        for name in [programs::LAN_INGRESS, programs::UNDERLAY_INGRESS] {
             let prog: &mut Xdp = ebpf
                 .program_mut(name)
                 .ok_or(DataplaneError::Program {
@@ -337,28 +361,10 @@ impl Dataplane {
             .map_err(prog_err(name))
     }
 
-    /// Attaches program `name` to `ifname` (in the calling thread's network namespace): native
-    /// XDP, or generic XDP with a warning when the driver has no native support.
+    /// Attaches program `name` to `ifname` (in the calling thread's network namespace), as
+    /// [`attach_xdp`] does.
     pub fn attach(&mut self, name: &'static str, ifname: &str) -> Result<(XdpLinkId, AttachMode)> {
-        let prog = self.program(name)?;
-        match prog.attach(ifname, XdpMode::Driver) {
-            Ok(id) => {
-                info!(program = name, ifname, "attached in native XDP mode");
-                Ok((id, AttachMode::Native))
-            }
-            Err(native) => match prog.attach(ifname, XdpMode::Skb) {
-                Ok(id) => {
-                    warn!(program = name, ifname, error = %native, "native XDP not available; attached in generic (skb) mode, which is several times slower");
-                    Ok((id, AttachMode::Generic))
-                }
-                Err(generic) => Err(DataplaneError::Attach {
-                    program: name,
-                    ifname: ifname.into(),
-                    native: Box::new(native),
-                    generic: Box::new(generic),
-                }),
-            },
-        }
+        attach_xdp(self.program(name)?, name, ifname)
     }
 
     /// The loaded tc program of the WireGuard hand-off (`programs::LAN_HANDOFF_TC`).

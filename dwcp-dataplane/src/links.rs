@@ -53,19 +53,7 @@ impl Dataplane {
             .pin_dir
             .clone()
             .ok_or_else(|| link_err(ifname, "pinned links", "need a pin directory"))?;
-        self.attach_pinned_at(name, ifname, &link_pin_path(&dir, ifname))
-    }
-
-    /// [`Dataplane::attach_pinned`] with the link pinned at `path` (any bpffs path; the maps
-    /// need not be pinned): the program stays attached after this process exits, until the
-    /// pin is removed or the interface goes.
-    pub fn attach_pinned_at(
-        &mut self,
-        name: &'static str,
-        ifname: &str,
-        path: &Path,
-    ) -> Result<LinkAdoption> {
-        let path = path.to_path_buf();
+        let path = link_pin_path(&dir, ifname);
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent).map_err(|source| DataplaneError::PinDir {
                 path: parent.to_path_buf(),

@@ -12,7 +12,6 @@ mod tc;
 mod underlay;
 
 use aya_ebpf::{
-    bindings::xdp_action,
     macros::{classifier, xdp},
     programs::{TcContext, XdpContext},
 };
@@ -34,13 +33,6 @@ pub fn dwcp_underlay(ctx: XdpContext) -> u32 {
 #[classifier]
 pub fn dwcp_lan_tc(ctx: TcContext) -> i32 {
     tc::lan_tc(&ctx)
-}
-
-/// `XDP_PASS` only: the benchmark baseline, and the program for the receiving end of a veth
-/// (native XDP redirects into a veth are only delivered when its peer runs XDP).
-#[xdp]
-pub fn dwcp_pass(_ctx: XdpContext) -> u32 {
-    xdp_action::XDP_PASS
 }
 
 #[cfg(not(test))]

@@ -1,81 +1,55 @@
-//! Traffic source and sink of the forwarding benchmark. Not part of the fast path: no gateway
-//! attaches them, and they share no map with it.
-use aya_ebpf::{
-    bindings::xdp_action,
-    btf_maps::{Array, PerCpuArray},
-    macros::btf_map,
-    programs::XdpContext,
-};
-use dwcp_common::{
-    bench::{sink_slot, source_port, FrameHeaders, SINK_SLOTS, SPORT_OFFSET},
-    wire::*,
-};
+//! Traffic source and sink of the forwarding benchmark (`cargo xtask bench forwarding`).
+//! They are not part of the fast path: a gateway never attaches them.
+use dwcp_common::wire::{ETH_HLEN, IPV4_HLEN, UDP_HLEN};
 
-use dwcp_ebpf::headers::{ptr_at, EthHdr, Ipv4Hdr, UdpHdr, VxlanHdr};
+/// XDP program run in the source namespace through BPF_PROG_TEST_RUN with live frames: gives
+/// each frame the next UDP source port of `FLOWS` and sends it out again (`XDP_TX`).
+pub const TX_PROGRAM: &str = "dwcp_bench_tx";
+/// XDP program on the receiving end of the underlay: counts VXLAN frames per VNI and drops
+/// everything, so the far side costs as little as possible and is never the bottleneck.
+pub const SINK_PROGRAM: &str = "dwcp_bench_sink";
 
-#[btf_map]
-pub static BENCH_TX: PerCpuArray<u64, 1> = PerCpuArray::new();
+/// Per-CPU count of frames the source program has emitted (one slot).
+pub const TX_MAP: &str = "BENCH_TX";
+/// The source frame's headers, which the source program writes into every frame it sends
+/// (one [`FrameHeaders`] entry).
+pub const TEMPLATE_MAP: &str = "BENCH_TEMPLATE";
+/// Per-CPU counts of frames seen by the sink, indexed by [`sink_slot`].
+pub const SINK_MAP: &str = "BENCH_SINK";
 
-#[btf_map]
-pub static BENCH_TEMPLATE: Array<FrameHeaders, 1> = Array::new();
+/// Slots of the sink's counters: slot `v` counts VXLAN frames with VNI `v` for `v` in
+/// `1..SINK_SLOTS`; slot 0 counts everything else (not VXLAN, or another VNI).
+pub const SINK_SLOTS: u32 = 64;
 
-#[btf_map]
-pub static BENCH_SINK: PerCpuArray<u64, { SINK_SLOTS as usize }> = PerCpuArray::new();
+/// Distinct flows of the source: UDP source ports `SPORT_BASE..SPORT_BASE + FLOWS`.
+/// A power of two, so the program's modulo is a mask.
+pub const FLOWS: u32 = 256;
+pub const SPORT_BASE: u16 = 10_000;
 
-/// Source: restores the frame's headers from the template (live mode recycles pages that a
-/// forwarder has rewritten), numbers the frame, gives it its flow's UDP source port and sends
-/// it back out of the interface it was "received" on. The template has a zero UDP checksum
-/// (optional in IPv4), so changing the port needs no checksum update.
-#[inline(always)]
-pub fn bench_tx(ctx: &XdpContext) -> u32 {
-    let Some(count) = BENCH_TX.get_ptr_mut(0) else {
-        return xdp_action::XDP_ABORTED;
-    };
-    let Some(template) = BENCH_TEMPLATE.get(0) else {
-        return xdp_action::XDP_ABORTED;
-    };
-    let Some(headers) = ptr_at::<FrameHeaders, _>(ctx, 0) else {
-        return xdp_action::XDP_ABORTED;
-    };
-    // SAFETY: per-CPU slot; the headers were bounds-checked against data_end, and the port
-    // lies inside them.
-    unsafe {
-        *headers = *template;
-        let seq = *count;
-        *count = seq + 1;
-        let sport = (headers as *mut u8).add(SPORT_OFFSET) as *mut u16;
-        sport.write_unaligned(source_port(seq).to_be());
+/// Offset of the UDP source port in the source's frames (Ethernet + IPv4 without options).
+pub const SPORT_OFFSET: usize = ETH_HLEN + IPV4_HLEN;
+
+/// Ethernet + IPv4 (no options) + UDP headers of the source's frames.
+pub const HEADERS_LEN: usize = SPORT_OFFSET + UDP_HLEN;
+
+/// The headers the source program copies into every frame. BPF_PROG_TEST_RUN's live mode
+/// recycles its pages without restoring their contents, and the forwarders rewrite headers
+/// in place (TTL, DSCP, the inner Ethernet header that encapsulation leaves behind), so a
+/// recycled frame would otherwise come back with TTL 63, 62, ... and a foreign destination
+/// MAC. A plain byte array: aya reads and writes it as a map value without an impl here.
+pub type FrameHeaders = [u8; HEADERS_LEN];
+
+/// The sink's slot of a VXLAN frame with VNI `vni`.
+pub const fn sink_slot(vni: u32) -> u32 {
+    if vni > 0 && vni < SINK_SLOTS {
+        vni
+    } else {
+        0
     }
-    xdp_action::XDP_TX
 }
 
-/// Sink: counts the frame under its VXLAN VNI (slot 0 for anything else) and drops it.
-#[inline(always)]
-pub fn bench_sink(ctx: &XdpContext) -> u32 {
-    let slot = sink_slot(vxlan_vni(ctx).unwrap_or(0));
-    if let Some(n) = BENCH_SINK.get_ptr_mut(slot) {
-        // SAFETY: per-CPU slot.
-        unsafe { *n += 1 };
-    }
-    xdp_action::XDP_DROP
-}
-
-#[inline(always)]
-fn vxlan_vni(ctx: &XdpContext) -> Option<u32> {
-    let eth: *const EthHdr = ptr_at(ctx, 0)?;
-    let ip: *const Ipv4Hdr = ptr_at(ctx, ETH_HLEN)?;
-    let udp: *const UdpHdr = ptr_at(ctx, ETH_HLEN + IPV4_HLEN)?;
-    let vx: *const VxlanHdr = ptr_at(ctx, ETH_HLEN + IPV4_HLEN + UDP_HLEN)?;
-    // SAFETY: all four headers were bounds-checked above.
-    unsafe {
-        if (*eth).proto != ETH_P_IP.to_be()
-            || (*ip).vihl != 0x45
-            || (*ip).proto != IPPROTO_UDP
-            || (*udp).dport != VXLAN_PORT.to_be()
-            || (*vx).flags & VXLAN_FLAG_VNI == 0
-        {
-            return None;
-        }
-        Some(u32::from_be((*vx).vni) >> 8)
-    }
+/// The UDP source port of the source's `seq`-th frame, `seq` counted per CPU (`TX_MAP`): the
+/// frames one CPU sends in a row cycle through the flows in order.
+pub const fn source_port(seq: u64) -> u16 {
+    SPORT_BASE + (seq % FLOWS as u64) as u16
 }

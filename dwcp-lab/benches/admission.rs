@@ -1,7 +1,7 @@
 //! Cost of reservation admission as the stored set grows. Baseline: the same operation on an
 //! empty manager, in the same run; report the ratios.
 //!
-//! `cargo bench -p dwcp-agent --bench admission`
+//! `cargo bench -p dwcp-lab --bench admission`
 
 use std::hint::black_box;
 

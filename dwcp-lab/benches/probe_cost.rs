@@ -5,7 +5,7 @@
 //! drops them at once (they are addressed to a MAC that is not the peer's), so the figure is
 //! the sending side: timers, the syscall, the UDP/IP stack and the veth transmit.
 //!
-//! `cargo bench -p dwcp-agent --bench probe_cost`; writes `target/bench/probe_cost.json`.
+//! `cargo bench -p dwcp-lab --bench probe_cost` (root); writes `target/bench/probe_cost.json`.
 
 use std::{net::IpAddr, time::Duration};
 

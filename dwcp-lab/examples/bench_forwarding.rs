@@ -102,12 +102,21 @@ fn main() -> Result<()> {
         section(&mut md, payload, &d, &k, &pps_rounds, pps_ratio, cpu_ratio)?;
         summaries.push(d.clone());
         summaries.push(k.clone());
+        // Medians over the rounds (of the trials' figures, or of the per-round ratios). The five
+        // metrics issue 9 named keep their names; the other medians say so.
         for (name, v) in [
             ("xdp_pps", d.forwarded_pps),
             ("kernel_pps", k.forwarded_pps),
             ("pps_ratio", pps_ratio),
             ("xdp_cpu_ns_per_pkt", d.cpu_ns_per_packet),
             ("kernel_cpu_ns_per_pkt", k.cpu_ns_per_packet),
+            // Derived: 1 s / the median CPU time per packet.
+            ("xdp_pps_per_cpu", d.pps_per_cpu()),
+            ("kernel_pps_per_cpu", k.pps_per_cpu()),
+        ] {
+            metrics.push((format!("{name}{suffix}"), v));
+        }
+        for (name, v) in [
             ("cpu_ratio", cpu_ratio),
             ("xdp_offered_pps", d.offered_pps),
             ("kernel_offered_pps", k.offered_pps),
@@ -115,12 +124,10 @@ fn main() -> Result<()> {
             ("kernel_gateway_busy", k.gateway_busy),
             ("xdp_gateway_runnable", d.gateway_runnable),
             ("kernel_gateway_runnable", k.gateway_runnable),
-            ("xdp_pps_per_cpu", d.pps_per_cpu()),
-            ("kernel_pps_per_cpu", k.pps_per_cpu()),
             ("xdp_lost_to_sink_pps", d.lost_to_sink_pps),
             ("kernel_lost_to_sink_pps", k.lost_to_sink_pps),
         ] {
-            metrics.push((format!("{name}{suffix}"), v));
+            metrics.push((format!("{name}{suffix}_median"), v));
         }
     }
     method(

@@ -134,6 +134,7 @@ fn lab_snapshot(plan: &LabPlan) -> AgentSnapshot {
         flows: Default::default(),
         failovers_total: 3,
         route_changes_total: 12,
+        reservations: None,
     }
 }
 
@@ -224,7 +225,7 @@ fn main() -> anyhow::Result<()> {
         json_out.insert(
             name,
             format!(
-                "{{\"samples\": {samples}, \"openmetrics_bytes\": {om_bytes}, \"json_us\": {:.2}, \"openmetrics_us\": {:.2}, \"openmetrics_ratio\": {:.3}, \"classic_us\": {:.2}, \"classic_ratio\": {:.3}}}",
+                "{{\"samples\": {samples}, \"openmetrics_bytes\": {om_bytes}, \"json_us_median\": {:.2}, \"openmetrics_us_median\": {:.2}, \"openmetrics_ratio\": {:.3}, \"classic_us_median\": {:.2}, \"classic_ratio\": {:.3}}}",
                 json * 1e6,
                 om * 1e6,
                 om / json,

@@ -39,6 +39,7 @@ use dwcp_dataplane::AttachMode;
 use dwcp_dataplane::Dataplane;
 use dwcp_dataplane::Member;
 use dwcp_dataplane::Pinning;
+use dwcp_lab::lab::PassProgram;
 use dwcp_lab::netlab;
 use dwcp_lab::netlab::Netns;
 use dwcp_lab::netlab::UdpStream;
@@ -661,11 +662,9 @@ async fn handoff(rounds: usize, seconds: u32) -> Result<serde_json::Value> {
                 None
             };
             let pass_only = if *name == "xdp_pass_nft" {
-                Some(a.ns.run_in(|| -> Result<(Dataplane, AttachMode)> {
-                    let mut dp = Dataplane::load(Pinning::None)?;
-                    let (_, mode) = dp.attach(programs::PASS, "lan")?;
-                    Ok((dp, mode))
-                })??)
+                let mut pass = PassProgram::load()?;
+                let mode = a.ns.run_in(|| pass.attach("lan"))??;
+                Some((pass, mode))
             } else {
                 None
             };
@@ -681,9 +680,9 @@ async fn handoff(rounds: usize, seconds: u32) -> Result<serde_json::Value> {
                 eprintln!("  fast path ({mode:?} XDP): {handed} packets handed off and marked");
                 drop(dp);
             }
-            if let Some((dp, mode)) = pass_only {
+            if let Some((pass, mode)) = pass_only {
                 eprintln!("  XDP_PASS only ({mode:?} XDP)");
-                drop(dp);
+                drop(pass);
             }
             run_all(&a.ns, &off.iter().map(|c| subst(c)).collect::<Vec<_>>())?;
             eprintln!("round {round} {name}: {mbps:.0} Mbit/s, rtt {r:.3} ms");

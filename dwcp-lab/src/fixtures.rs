@@ -6,9 +6,10 @@ use std::sync::{
     Arc,
 };
 
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{broadcast, mpsc, watch};
 
 use dwcp_agent::agent::AgentCommand;
+use dwcp_agent::agent::AgentEvent;
 use dwcp_agent::agent::AgentSnapshot;
 use dwcp_agent::agent::ClassView;
 use dwcp_agent::agent::CommandError;
@@ -17,11 +18,14 @@ use dwcp_agent::agent::LinkHealth;
 use dwcp_agent::agent::LinkView;
 use dwcp_agent::agent::PathRole;
 use dwcp_agent::agent::PathView;
+use dwcp_agent::agent::ReservationsView;
 use dwcp_agent::agent::RouteChange;
 use dwcp_agent::agent::RouteView;
 use dwcp_agent::agent::TunnelState;
 use dwcp_agent::agent::TunnelView;
 use dwcp_common::{QosClass, Reason};
+use dwcp_control::bandwidth::ReservationManager;
+use dwcp_control::input::unix_now;
 
 /// us-east-1's view: link 1 (to eu-west-1) up and measured, link 3 (to ap-south-1) degraded,
 /// link 2 (between the two others) remote and unmeasured.
@@ -249,6 +253,7 @@ pub fn three_region_snapshot() -> AgentSnapshot {
         },
         failovers_total: 1,
         route_changes_total: 3,
+        reservations: None,
     }
 }
 
@@ -264,11 +269,28 @@ pub fn network_of(s: &AgentSnapshot) -> dwcp_control::bandwidth::Network {
     }
 }
 
-/// Stands in for the daemon's command handling until it lands: applies link and reload
-/// commands to the snapshot it publishes, answers, and counts the commands it took.
+/// Publishes `manager`'s reservations as the state owner does: their view in `snapshot`,
+/// their changes on `events`.
+pub fn publish_reservations(
+    manager: &mut ReservationManager,
+    snapshot: &watch::Sender<Arc<AgentSnapshot>>,
+    events: &broadcast::Sender<AgentEvent>,
+) {
+    for e in manager.take_events() {
+        let _ = events.send(AgentEvent::Reservation(e));
+    }
+    let view = Arc::new(ReservationsView::new(manager, unix_now()));
+    snapshot.send_modify(|s| Arc::make_mut(s).reservations = Some(view));
+}
+
+/// Stands in for the daemon's command handling: applies link and reload commands to the
+/// snapshot it publishes and reservation operations to `reservations` (published with
+/// [`publish_reservations`]), answers, and counts the commands it took.
 pub async fn apply_commands(
     mut rx: mpsc::Receiver<AgentCommand>,
     snapshot: watch::Sender<Arc<AgentSnapshot>>,
+    events: broadcast::Sender<AgentEvent>,
+    mut reservations: ReservationManager,
     seen: Arc<AtomicUsize>,
 ) {
     while let Some(cmd) = rx.recv().await {
@@ -296,6 +318,11 @@ pub async fn apply_commands(
                 let generation = s.config_generation;
                 snapshot.send_replace(Arc::new(s));
                 let _ = reply.send(Ok(generation));
+            }
+            AgentCommand::Reservation { op, reply } => {
+                let result = reservations.apply(&op, unix_now());
+                publish_reservations(&mut reservations, &snapshot, &events);
+                let _ = reply.send(result);
             }
         }
     }

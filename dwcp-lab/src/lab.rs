@@ -36,7 +36,10 @@ use dwcp_dataplane::{build_table, GroupError};
 pub mod live;
 pub mod multi;
 mod multilink;
+mod pass;
 pub mod stream;
+
+pub use pass::PassProgram;
 
 pub use multilink::{
     ports_on_nexthop, udp_flow_nexthop, wait_for, LinkCut, MultiLinkLab, PinnedLinkMonitor,
@@ -58,6 +61,13 @@ pub enum LabError {
     PinnedMap(#[from] dwcp_dataplane::PinnedMapError),
     #[error("programming the fast path: {0}")]
     Program(FastPathError),
+    #[error("loading the lab's eBPF object: {0}")]
+    LabObject(Box<aya::EbpfError>),
+    #[error("program {program} of the lab's eBPF object: {source}")]
+    LabProgram {
+        program: &'static str,
+        source: Box<aya::programs::ProgramError>,
+    },
     #[error("building a next-hop table: {0}")]
     Table(#[from] GroupError),
     #[error("bpffs {path}: {detail}")]
@@ -119,7 +129,7 @@ pub struct Region {
     pub dataplane: Option<Dataplane>,
     pub attach_mode: Option<AttachMode>,
     /// The host's `XDP_PASS` program (attached while this lives).
-    pub host_program: Option<Dataplane>,
+    pub host_program: Option<PassProgram>,
 }
 
 pub struct TwoRegionLab {
@@ -191,12 +201,9 @@ impl TwoRegionLab {
         self.b.attach_mode = Some(b_mode);
         for r in [&mut self.a, &mut self.b] {
             // Hosts: a trivial XDP_PASS program so native redirects into their veth arrive.
-            let host_dp = r.host.run_in(|| -> Result<Dataplane> {
-                let mut dp = Dataplane::load(Pinning::None)?;
-                dp.attach(programs::PASS, "eth0")?;
-                Ok(dp)
-            })??;
-            r.host_program = Some(host_dp);
+            let mut pass = PassProgram::load()?;
+            r.host.run_in(|| pass.attach("eth0"))??;
+            r.host_program = Some(pass);
         }
         Ok(())
     }

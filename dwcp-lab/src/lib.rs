@@ -9,7 +9,7 @@
 //! dwcp-lab/privileged`, what `scripts/test.sh` runs as root), so `cargo test` as any user
 //! runs the rest and lists these as ignored.
 /// The lab's eBPF object (dwcp-lab-ebpf), built by build.rs: the forwarding benchmark's
-/// traffic source and sink, which a gateway never loads.
+/// traffic source and sink and the `XDP_PASS` program, which a gateway never loads.
 pub static LAB_EBPF_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/dwcp-lab-bpf"));
 

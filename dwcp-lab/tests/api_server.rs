@@ -1,13 +1,14 @@
 //! The API served for real on a Unix socket (and TCP) in a temp dir, fed by a real watch
-//! channel. Until the daemon lands, a small task plays the agent's command loop: it applies
-//! link and reload commands to the snapshot it publishes.
+//! channel. A small task plays the agent's command loop: it applies link and reload commands
+//! to the snapshot it publishes, and reservation operations to a real reservation manager with
+//! its file store, whose reservations and events it publishes as the state owner does.
 
 use std::{
     os::unix::fs::PermissionsExt,
     path::PathBuf,
     sync::{
         atomic::{AtomicUsize, Ordering},
-        Arc, Mutex,
+        Arc,
     },
     time::Duration,
 };
@@ -25,6 +26,7 @@ use dwcp_control::bandwidth::FileStore;
 use dwcp_control::bandwidth::ManagerConfig;
 use dwcp_control::bandwidth::Reservation;
 use dwcp_control::bandwidth::ReservationManager;
+use dwcp_control::input::unix_now;
 use dwcp_control::view::*;
 use dwcp_lab::fixtures::*;
 
@@ -33,7 +35,6 @@ struct Harness {
     snapshot: watch::Sender<Arc<AgentSnapshot>>,
     events: broadcast::Sender<AgentEvent>,
     commands_seen: Arc<AtomicUsize>,
-    manager: Arc<Mutex<ReservationManager>>,
     api: Option<RunningApi>,
     client: ApiClient,
     config: ApiConfig,
@@ -55,15 +56,15 @@ impl Harness {
     async fn start(agent: Agent, tcp: bool) -> Harness {
         let dir = tempfile::tempdir().unwrap();
         let snapshot = three_region_snapshot();
-        let (manager, _) = ReservationManager::open(
+        let (mut manager, _) = ReservationManager::open(
             Box::new(FileStore::new(dir.path().join("reservations.json"))),
             network_of(&snapshot),
             ManagerConfig::default(),
         )
         .unwrap();
-        let manager = Arc::new(Mutex::new(manager));
         let (snap_tx, snap_rx) = watch::channel(Arc::new(snapshot));
         let (events, _) = broadcast::channel(64);
+        publish_reservations(&mut manager, &snap_tx, &events);
         let (cmd_tx, cmd_rx) = mpsc::channel(8);
         let commands_seen = Arc::new(AtomicUsize::new(0));
         match agent {
@@ -71,6 +72,8 @@ impl Harness {
                 tokio::spawn(apply_commands(
                     cmd_rx,
                     snap_tx.clone(),
+                    events.clone(),
+                    manager,
                     commands_seen.clone(),
                 ));
             }
@@ -102,7 +105,7 @@ impl Harness {
             events: events.clone(),
             commands: cmd_tx,
         };
-        let ctx = ApiContext::new(handle, &config).with_reservations(manager.clone());
+        let ctx = ApiContext::new(handle, &config);
         let api = RunningApi::start(&config, ctx).await.unwrap();
         let client = ApiClient::new(Endpoint::Unix(config.socket.clone().unwrap()));
         Harness {
@@ -110,7 +113,6 @@ impl Harness {
             snapshot: snap_tx,
             events,
             commands_seen,
-            manager,
             api: Some(api),
             client,
             config,
@@ -135,8 +137,10 @@ impl Harness {
         std::fs::read(self.dir.path().join("reservations.json")).ok()
     }
 
+    /// The reservations the agent published last.
     fn stored(&self) -> Vec<Reservation> {
-        self.manager.lock().unwrap().list().cloned().collect()
+        let s = self.snapshot.borrow();
+        s.reservations.as_ref().unwrap().stored.clone()
     }
 
     async fn stop(mut self) {
@@ -286,14 +290,15 @@ async fn unknown_ids_and_routes_get_json_errors_naming_them() {
         404,
         "link \"9\"",
     );
-    assert_eq!(h.commands_seen.load(Ordering::SeqCst), 0);
+    // Only the cancel of reservation 77 reached the agent (which keeps the reservations).
+    assert_eq!(h.commands_seen.load(Ordering::SeqCst), 1);
     h.stop().await;
 }
 
 #[tokio::test]
 async fn reservations_crud_is_stored() {
     let h = Harness::start(Agent::Answers, false).await;
-    let end = dwcp_agent::telemetry::unix_now() + 3600;
+    let end = unix_now() + 3600;
     let created = h
         .raw(
             "POST",
@@ -358,7 +363,7 @@ async fn reservations_crud_is_stored() {
 #[tokio::test]
 async fn malformed_or_oversized_requests_change_nothing() {
     let h = Harness::start(Agent::Answers, false).await;
-    let end = dwcp_agent::telemetry::unix_now() + 3600;
+    let end = unix_now() + 3600;
     let first = h
         .raw(
             "POST",
@@ -429,6 +434,7 @@ async fn malformed_or_oversized_requests_change_nothing() {
         .unwrap();
     assert_error(&r, 415, "Content-Type");
     // A malformed admin request never reaches the agent.
+    let seen = h.commands_seen.load(Ordering::SeqCst);
     for body in [
         r#"{"state":"sideways"}"#,
         r#"{"state":"down","x":1}"#,
@@ -439,7 +445,7 @@ async fn malformed_or_oversized_requests_change_nothing() {
         assert!(r.status == 400 || r.status == 422, "{body}: {}", r.status);
         assert_eq!(r.content_type.as_deref(), Some("application/json"));
     }
-    assert_eq!(h.commands_seen.load(Ordering::SeqCst), 0);
+    assert_eq!(h.commands_seen.load(Ordering::SeqCst), seen);
     assert_eq!(h.stored(), before);
     h.stop().await;
 }
@@ -501,7 +507,7 @@ async fn an_agent_that_does_not_answer_is_a_503_not_a_hang() {
 #[tokio::test]
 async fn tcp_needs_the_bearer_token_and_refuses_without_changing_anything() {
     let h = Harness::start(Agent::Answers, true).await;
-    let end = dwcp_agent::telemetry::unix_now() + 3600;
+    let end = unix_now() + 3600;
     let body = reservation_body(json!("1M"), end).into_bytes();
     let anonymous = h
         .tcp(None)
@@ -647,7 +653,7 @@ async fn events_stream_agent_and_reservation_events() {
             reason: "no probe reply for 30 ms".into(),
         })
         .unwrap();
-    let end = dwcp_agent::telemetry::unix_now() + 60;
+    let end = unix_now() + 60;
     let r = h
         .raw(
             "POST",
@@ -728,7 +734,7 @@ async fn an_owner_hears_only_about_its_own_reservations() {
     });
     // The stream subscribes when its request arrives, which the test cannot see: make
     // changes (others' and ours, and an agent event) until the first event comes through.
-    let end = dwcp_agent::telemetry::unix_now() + 600;
+    let end = unix_now() + 600;
     let mut first = None;
     for _ in 0..100 {
         h.events.send(AgentEvent::LinkUp { link: 1 }).ok();

@@ -10,6 +10,7 @@ use std::{
 };
 
 use dwcp_agent::agent::AgentHandle;
+use dwcp_agent::agent::ReservationsView;
 use dwcp_agent::api::ApiConfig;
 use dwcp_agent::telemetry::Exporter;
 use dwcp_agent::telemetry::MetricsConfig;
@@ -197,28 +198,25 @@ pub fn dashboard_exprs() -> Vec<String> {
 
 #[test]
 fn dashboard_queries_only_exported_metrics() {
-    let (_tx, rx) = watch::channel(Arc::new(three_region_snapshot()));
+    // The reservation figures are exported when the agent keeps reservations.
+    let mut snapshot = three_region_snapshot();
+    let (manager, _) = dwcp_control::bandwidth::ReservationManager::open(
+        Box::new(dwcp_control::bandwidth::MemoryStore::default()),
+        dwcp_lab::fixtures::network_of(&snapshot),
+        ManagerConfig::default(),
+    )
+    .unwrap();
+    snapshot.reservations = Some(Arc::new(ReservationsView::new(
+        &manager,
+        dwcp_control::input::unix_now(),
+    )));
+    let (_tx, rx) = watch::channel(Arc::new(snapshot));
     let handle = AgentHandle {
         snapshot: rx,
         events: broadcast::channel(1).0,
         commands: mpsc::channel(1).0,
     };
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    // The reservation figures need a manager; the exporter counts its events on the runtime.
-    let text = runtime.block_on(async {
-        let (manager, _) = dwcp_control::bandwidth::ReservationManager::open(
-            Box::new(dwcp_control::bandwidth::MemoryStore::default()),
-            dwcp_lab::fixtures::network_of(&three_region_snapshot()),
-            ManagerConfig::default(),
-        )
-        .unwrap();
-        Exporter::new(&handle)
-            .with_reservations(Arc::new(std::sync::Mutex::new(manager)))
-            .prometheus_text()
-    });
+    let text = Exporter::new(&handle).prometheus_text();
     let exprs = dashboard_exprs();
     assert!(exprs.len() >= 15, "{} queries", exprs.len());
     for expr in &exprs {

@@ -1,5 +1,6 @@
 //! The `dwcp` binary against a running API server (Unix socket in a temp dir, real watch
-//! channel, real reservation manager with its file store), in text and `--json`; and
+//! channel, a stand-in command loop with a real reservation manager and its file store), in
+//! text and `--json`; and
 //! `dwcp maps` against maps pinned by a real load of the fast path, next to `bpftool`.
 
 use std::{
@@ -7,7 +8,7 @@ use std::{
     process::{Command, Output},
     sync::{
         atomic::{AtomicUsize, Ordering},
-        Arc, Mutex,
+        Arc,
     },
     time::Duration,
 };
@@ -28,6 +29,7 @@ use dwcp_common::{
 };
 use dwcp_control::bandwidth::FileStore;
 use dwcp_control::bandwidth::ManagerConfig;
+use dwcp_control::bandwidth::Reservation;
 use dwcp_control::bandwidth::ReservationManager;
 use dwcp_dataplane::unpin_all;
 use dwcp_dataplane::Dataplane;
@@ -35,6 +37,7 @@ use dwcp_dataplane::Member;
 use dwcp_dataplane::Pinning;
 use dwcp_lab::fixtures::apply_commands;
 use dwcp_lab::fixtures::network_of;
+use dwcp_lab::fixtures::publish_reservations;
 use dwcp_lab::fixtures::three_region_snapshot;
 use serde_json::Value;
 use tokio::sync::{broadcast, mpsc, watch};
@@ -45,7 +48,6 @@ struct Agent {
     api: Option<RunningApi>,
     snapshot: watch::Sender<Arc<AgentSnapshot>>,
     events: broadcast::Sender<AgentEvent>,
-    manager: Arc<Mutex<ReservationManager>>,
     commands: Arc<AtomicUsize>,
 }
 
@@ -65,15 +67,15 @@ impl Agent {
             .unwrap();
         let dir = tempfile::tempdir().unwrap();
         let snapshot = three_region_snapshot();
-        let (manager, _) = ReservationManager::open(
+        let (mut manager, _) = ReservationManager::open(
             Box::new(FileStore::new(dir.path().join("reservations.json"))),
             network_of(&snapshot),
             ManagerConfig::default(),
         )
         .unwrap();
-        let manager = Arc::new(Mutex::new(manager));
         let (snap_tx, snap_rx) = watch::channel(Arc::new(snapshot));
         let (events, _) = broadcast::channel(16);
+        publish_reservations(&mut manager, &snap_tx, &events);
         let (cmd_tx, cmd_rx) = mpsc::channel(4);
         let commands = Arc::new(AtomicUsize::new(0));
         std::fs::write(dir.path().join("token"), format!("{TOKEN}\n")).unwrap();
@@ -89,8 +91,14 @@ impl Agent {
             commands: cmd_tx,
         };
         let api = runtime.block_on(async {
-            tokio::spawn(apply_commands(cmd_rx, snap_tx.clone(), commands.clone()));
-            let ctx = ApiContext::new(handle, &config).with_reservations(manager.clone());
+            tokio::spawn(apply_commands(
+                cmd_rx,
+                snap_tx.clone(),
+                events.clone(),
+                manager,
+                commands.clone(),
+            ));
+            let ctx = ApiContext::new(handle, &config);
             RunningApi::start(&config, ctx).await.unwrap()
         });
         Agent {
@@ -99,7 +107,6 @@ impl Agent {
             api: Some(api),
             snapshot: snap_tx,
             events,
-            manager,
             commands,
         }
     }
@@ -131,6 +138,12 @@ impl Agent {
     }
 
     /// The API's own answer to `GET path`, as JSON.
+    /// The reservations the agent published last.
+    fn stored(&self) -> Vec<Reservation> {
+        let s = self.snapshot.borrow();
+        s.reservations.as_ref().unwrap().stored.clone()
+    }
+
     fn api_json(&self, path: &str) -> Value {
         let client = ApiClient::new(Endpoint::Unix(self.socket()));
         self.runtime.block_on(client.get(path)).unwrap()
@@ -306,7 +319,7 @@ fn errors_name_the_item_and_exit_non_zero() {
         "1",
     ]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("\"next week\" is not a time"));
-    assert_eq!(agent.manager.lock().unwrap().list().count(), 0);
+    assert_eq!(agent.stored().len(), 0);
 }
 
 #[test]
@@ -338,7 +351,7 @@ fn reserve_extend_and_cancel() {
         text.contains("250 Mbit/s") && text.contains("backup") && text.contains("active"),
         "{text}"
     );
-    let stored: Vec<_> = agent.manager.lock().unwrap().list().cloned().collect();
+    let stored = agent.stored();
     assert_eq!(stored.len(), 1);
     let r = &stored[0];
     assert_eq!(r.path.iter().map(|l| l.0).collect::<Vec<_>>(), vec![1, 2]);
@@ -358,7 +371,7 @@ fn reserve_extend_and_cancel() {
     assert!(agent
         .ok(&["reserve", "cancel", &id])
         .contains(&format!("cancelled reservation {id}")));
-    assert_eq!(agent.manager.lock().unwrap().list().count(), 0);
+    assert_eq!(agent.stored().len(), 0);
 }
 
 #[test]

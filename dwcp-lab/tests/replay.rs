@@ -17,7 +17,6 @@ use dwcp_control::replay::replay;
 use dwcp_control::traffic::SampledPacket;
 use dwcp_control::AgentState;
 use dwcp_control::Input;
-use dwcp_control::NextReservationChange;
 use dwcp_control::Now;
 use dwcp_dataplane::Dataplane;
 use dwcp_dataplane::Pinning;
@@ -62,7 +61,7 @@ fn run_with(
     let standby = standby_supported();
     ns.run_in(move || {
         let dp = Dataplane::load(pinning).unwrap();
-        let mut state = AgentState::new(loaded.config, dp, Now::at_ms(0)).unwrap();
+        let mut state = fixture::state(loaded.config, dp);
         let errors = replay(&mut state, &loaded.inputs, loaded.fx.until_ms);
         fixture::check(
             name,
@@ -224,14 +223,15 @@ fn an_active_reservation_is_policed_in_the_fast_path_until_it_ends() {
             "a recomputation without a change rewrote maps"
         );
 
-        // Link 3 (800 Mbit/s) carries nothing yet: with the reservation counted in full its
-        // projected utilisation is 400/800; realtime holds the reservation.
+        // Link 3 (800 Mbit/s) carries nothing yet; the reservation's end is the next change,
+        // with nothing reserved after it; realtime holds the reservation.
         let link3 = |state: &AgentState<Dataplane>| {
             let snap = (**state.snapshot()).clone();
             let l = snap.links.iter().find(|l| l.id == 3).cloned().unwrap();
             (l.projected_utilisation_ratio, l.projected_at_unix_s)
         };
-        assert_eq!(link3(&state), (Some(0.5), None));
+        assert_eq!(link3(&state), (Some(0.0), Some(1_700_003_600)));
+        assert_eq!(state.next_reservation_change(), Some(1_700_003_600));
         let snap = (**state.snapshot()).clone();
         let reserved: Vec<(String, u64)> = snap
             .classes
@@ -244,38 +244,21 @@ fn an_active_reservation_is_policed_in_the_fast_path_until_it_ends() {
             assert_eq!(*bps, want, "{class}");
         }
         assert!(snap.classes.iter().all(|c| c.throughput_bps == Some(0.0)));
-        // The manager says the next change is its end, with nothing reserved after it.
-        let active: dwcp_control::bandwidth::Reservation = serde_json::from_value(
-            serde_json::json!({"id": 7, "owner": "video-team", "source": "us-east-1",
-                "destination": "ap-south-1", "class": "realtime", "rate_bps": 400000000u64,
-                "start": 1700000000u64, "end": 1700003600u64, "priority": 5, "path": [3]}),
-        )
-        .unwrap();
-        state
-            .handle(
-                Input::Reservations {
-                    active: vec![active],
-                    next: Some(NextReservationChange {
-                        at_unix_s: 1_700_003_600,
-                        reserved_bps: Default::default(),
-                    }),
-                },
-                Now::at_ms(9_500),
-            )
-            .unwrap();
-        state.on_timer(Now::at_ms(10_000));
-        assert_eq!(link3(&state), (Some(0.0), Some(1_700_003_600)));
 
         // The reservation ends: its bucket goes, and policing with it.
         state
             .handle(
-                Input::Reservations {
-                    active: Vec::new(),
-                    next: None,
+                Input::Clock {
+                    now_unix_s: 1_700_003_600,
                 },
                 Now::at_ms(10_000),
             )
             .unwrap();
+        let shown = state.snapshot().reservations.clone().unwrap();
+        assert!(
+            shown.stored.is_empty() && shown.events.expired == 1,
+            "{shown:?}"
+        );
         state.on_timer(Now::at_ms(12_000));
         assert!(state.fast_path().policers().unwrap().is_empty());
         let flags = state.fast_path().config().unwrap().flags;

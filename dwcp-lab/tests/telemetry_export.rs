@@ -1,7 +1,7 @@
 use std::{
     io::Write,
     process::{Command, Stdio},
-    sync::{Arc, Mutex},
+    sync::Arc,
 };
 
 use tokio::sync::{broadcast, mpsc, watch};
@@ -9,6 +9,7 @@ use tokio::sync::{broadcast, mpsc, watch};
 use dwcp_agent::agent::AgentHandle;
 use dwcp_agent::agent::AgentSnapshot;
 use dwcp_agent::agent::LinkHealth;
+use dwcp_agent::agent::ReservationsView;
 use dwcp_agent::telemetry::*;
 use dwcp_cli::client::ApiClient;
 use dwcp_cli::client::Endpoint;
@@ -17,6 +18,7 @@ use dwcp_control::bandwidth::MemoryStore;
 use dwcp_control::bandwidth::RawNumber;
 use dwcp_control::bandwidth::ReservationManager;
 use dwcp_control::bandwidth::ReservationRequest;
+use dwcp_control::input::unix_now;
 use dwcp_lab::fixtures::network_of;
 use dwcp_lab::fixtures::three_region_snapshot;
 
@@ -138,22 +140,17 @@ fn empty_snapshot_exports_identity_and_lints_clean() {
     assert!(ok && said.trim().is_empty(), "promtool: {said}");
 }
 
-#[tokio::test]
-async fn reservation_figures_and_events_are_exported() {
-    let snapshot = three_region_snapshot();
-    let (manager, _) = ReservationManager::open(
+#[test]
+fn reservation_figures_and_events_are_exported() {
+    let mut snapshot = three_region_snapshot();
+    let (mut manager, _) = ReservationManager::open(
         Box::new(MemoryStore::default()),
         network_of(&snapshot),
         ManagerConfig::default(),
     )
     .unwrap();
-    let manager = Arc::new(Mutex::new(manager));
-    let (h, _tx) = handle(snapshot);
-    let exporter = Exporter::new(&h).with_reservations(manager.clone());
     let now = unix_now();
     manager
-        .lock()
-        .unwrap()
         .create(
             &ReservationRequest {
                 owner: "video".into(),
@@ -169,15 +166,10 @@ async fn reservation_figures_and_events_are_exported() {
             now,
         )
         .unwrap();
-    // The counting task runs on this runtime: let it take the notification.
-    let mut text = String::new();
-    for _ in 0..1000 {
-        text = exporter.prometheus_text();
-        if has_line(&text, r#"dwcp_reservation_events_total{event="created"} 1"#) {
-            break;
-        }
-        tokio::task::yield_now().await;
-    }
+    // What the state owner publishes after the change.
+    snapshot.reservations = Some(Arc::new(ReservationsView::new(&manager, now)));
+    let (h, _tx) = handle(snapshot);
+    let text = Exporter::new(&h).prometheus_text();
     assert!(
         has_line(&text, r#"dwcp_reservation_events_total{event="created"} 1"#),
         "{text}"

@@ -18,7 +18,7 @@ struct Cli {
 enum Cmd {
     /// Build the eBPF object (with BTF) into target/bpf/dwcp.o and check it.
     BuildEbpf,
-    /// Lint the eBPF crate (outside the workspace's default members) with `-D warnings`.
+    /// Lint the eBPF crates (outside the workspace's default members) with `-D warnings`.
     ClippyEbpf,
     /// Run a benchmark (dwcp-lab/examples/bench_<name>.rs, release build) and record its
     /// table in docs/BENCHMARKS.md; or the criterion benchmark dwcp-lab/benches/<name>.rs,
@@ -57,11 +57,12 @@ fn run(cmd: &mut Command) -> Result<()> {
     Ok(())
 }
 
-/// `cargo +nightly <subcommand>` for the eBPF crate: its target, `core` built from source,
-/// the workspace's target directory.
-/// The eBPF crates: the gateway's programs, and the lab's (benchmark traffic source and sink).
+/// The eBPF crates: the gateway's programs, and the lab's (benchmark traffic source and sink,
+/// `XDP_PASS`).
 const EBPF_CRATES: [&str; 2] = ["dwcp-ebpf", "dwcp-lab-ebpf"];
 
+/// `cargo +nightly <subcommand>` for eBPF crate `krate`: its target, `core` built from source,
+/// the workspace's target directory.
 fn ebpf_cargo(krate: &str, subcommand: &str) -> Command {
     let root = root();
     let mut cmd = Command::new("cargo");
@@ -176,10 +177,12 @@ fn bench(name: &str, args: &[String]) -> Result<()> {
         bail!("benchmark {name} failed: {}", out.status);
     }
     // The benchmark prints its Markdown report (table + method) to stdout.
-    let cmd = format!(
-        "cargo xtask bench {name}{}",
-        args.iter().map(|a| format!(" {a}")).collect::<String>()
-    );
+    // As it must be typed: the benchmark's own arguments follow `--`.
+    let cmd = if args.is_empty() {
+        format!("cargo xtask bench {name}")
+    } else {
+        format!("cargo xtask bench {name} -- {}", args.join(" "))
+    };
     record(
         name,
         &format!("## {name}\n\nProduced by `{cmd}`.\n\n{stdout}"),

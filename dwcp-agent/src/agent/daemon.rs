@@ -1,6 +1,7 @@
-//! The daemon: loads and adopts the fast path, starts the tasks (`tasks.rs`: probes and link
-//! monitor, rtnetlink, health checks, signals, timers, reservations, API, metrics) and runs
-//! the state owner's loop. Every task only sends [`Input`]s; the loop alone touches the state.
+//! The daemon: loads and adopts the fast path, opens the reservations, starts the tasks
+//! (`tasks.rs`: probes and link monitor, rtnetlink, health checks, signals, timers, API,
+//! metrics) and runs the state owner's loop. Every task only sends [`Input`]s; the loop alone
+//! touches the state.
 //!
 //! Stopping the daemon (SIGTERM, a crash, `kill -9`) leaves the programs attached through
 //! their pinned links and the maps pinned, so forwarding goes on; the next start adopts both.
@@ -19,8 +20,9 @@ use tokio::sync::{broadcast, mpsc, watch};
 use tracing::{info, warn};
 
 use dwcp_control::{
+    bandwidth::FileStore,
     config::{AgentConfig, ConfigError},
-    input::{Input, TimedInput},
+    input::{unix_now, Input, TimedInput},
     state::{AgentError, AgentState},
     view::{AgentEvent, AgentSnapshot},
 };
@@ -144,7 +146,8 @@ impl Daemon {
         let watcher = NetlinkWatcher::subscribe()?;
         let initial = watcher.dump().await?;
         let mut record = open_record(options.record.as_deref())?;
-        let (mut state, handoffs) = first_step(&config, dataplane, initial, &mut record).await?;
+        let (mut state, handoffs) =
+            first_step(&config, dataplane, initial, &options.state_dir, &mut record).await?;
         let (events, _) = broadcast::channel(1024);
         let (snapshot, _) = watch::channel(state.snapshot().clone());
         publish(&mut state, &events, &snapshot);
@@ -162,11 +165,8 @@ impl Daemon {
             started.push(tasks::events_file(path, state.history(), &events)?);
         }
         started.push(tasks::netlink(watcher, input_tx.clone()));
-        let reservations =
-            tasks::open_reservations(&options.state_dir, &state.topology(), &config)?;
-        let api = tasks::api(&config, &handle, &reservations).await?;
-        let metrics = tasks::metrics(&config, &handle, &reservations).await?;
-        started.push(tasks::reservation_watcher(reservations, input_tx.clone()));
+        let api = tasks::api(&config, &handle).await?;
+        let metrics = tasks::metrics(&config, &handle).await?;
         let probes = tasks::probe_sender(&config)?;
         let (monitor, link_views) = tasks::link_monitor(&config, &probes, input_tx.clone())?;
         started.extend(monitor);
@@ -224,15 +224,34 @@ impl Daemon {
         &self.state
     }
 
-    /// Answers an operator command.
+    /// Records an operator command as an input and answers it.
     fn command(&mut self, cmd: AgentCommand) {
         match cmd {
             AgentCommand::SetLinkAdmin { link, up, reply } => {
-                let r = self.state.handle(Input::LinkAdmin { link, up }, now());
+                let input = Input::LinkAdmin { link, up };
+                write_record(&mut self.record, &input);
+                let r = self.state.handle(input, now());
                 let _ = reply.send(r.map(|_| ()));
             }
             AgentCommand::Reload { reply } => {
+                let path = self.options.config_path.clone();
+                write_record(&mut self.record, &Input::Reload { path });
                 let _ = reply.send(self.state.reload_config(now()));
+            }
+            AgentCommand::Reservation { op, reply } => {
+                let now_unix_s = unix_now();
+                let input = Input::Reservation {
+                    now_unix_s,
+                    op: op.clone(),
+                };
+                write_record(&mut self.record, &input);
+                // The store's write (fsync, rename) runs on this task: reservation changes are
+                // rare, and the loop runs on the runtime's `block_on` thread, so the API and
+                // the exporter on the worker threads are not held up meanwhile.
+                let r = self.state.on_reservation(&op, now_unix_s, now());
+                // The client reads what it changed in the snapshot next: publish first.
+                publish(&mut self.state, &self.events, &self.snapshot);
+                let _ = reply.send(r);
             }
         }
     }
@@ -276,6 +295,7 @@ impl Daemon {
                 }
                 None => Duration::from_secs(3600),
             };
+            let reservation_due = self.state.next_reservation_change().map(until_unix_s);
             tokio::select! {
                 input = self.inputs.recv() => {
                     let Some(input) = input else { break };
@@ -287,7 +307,6 @@ impl Daemon {
                 }
                 cmd = self.commands.recv() => {
                     if let Some(cmd) = cmd {
-                        self.record_command(&cmd);
                         let generation = self.state.config_generation();
                         self.command(cmd);
                         if self.state.config_generation() != generation {
@@ -305,6 +324,9 @@ impl Daemon {
                             self.handle_input(Input::WireGuardHandshake { link, stale: verdict });
                         }
                     }
+                }
+                _ = tokio::time::sleep(reservation_due.unwrap_or_default()), if reservation_due.is_some() => {
+                    self.handle_input(Input::Clock { now_unix_s: unix_now() });
                 }
                 _ = tokio::time::sleep(sleep) => {}
                 _ = term.recv() => { info!("SIGTERM"); break; }
@@ -336,19 +358,6 @@ impl Daemon {
         }
         info!("stopped; the fast path keeps forwarding with the pinned programs and maps");
         Ok(())
-    }
-
-    fn record_command(&mut self, cmd: &AgentCommand) {
-        let input = match cmd {
-            AgentCommand::SetLinkAdmin { link, up, .. } => Input::LinkAdmin {
-                link: *link,
-                up: *up,
-            },
-            AgentCommand::Reload { .. } => Input::Reload {
-                path: self.options.config_path.clone(),
-            },
-        };
-        write_record(&mut self.record, &input);
     }
 }
 
@@ -430,19 +439,26 @@ fn attach_handoff_tc(dataplane: &mut Dataplane, config: &AgentConfig) -> Result<
     Ok(())
 }
 
-/// The state owner's first step: the configuration over what the fast path holds and the
-/// interfaces and neighbours as they are now (`initial`); programs the difference.
+/// The state owner's first step: the configuration over what the fast path holds, the
+/// reservations stored in `state_dir` as they are now, and the interfaces and neighbours as
+/// they are now (`initial`); programs the difference.
 async fn first_step(
     config: &AgentConfig,
     dataplane: Dataplane,
     initial: Vec<Input>,
+    state_dir: &Path,
     record: &mut Record,
 ) -> Result<(AgentState<Dataplane>, Handoffs), DaemonError> {
     let now = now();
     let mut state = AgentState::new(config.clone(), dataplane, now)?;
+    let store = FileStore::new(state_dir.join("reservations.json"));
+    state.open_reservations(Box::new(store), now)?;
     let mut handoffs = Handoffs::open().await?;
     state.set_handoff_problems(handoffs.sync(config).await);
-    for input in initial {
+    let clock = Input::Clock {
+        now_unix_s: unix_now(),
+    };
+    for input in initial.into_iter().chain([clock]) {
         write_record(record, &input);
         let _ = state.handle(input, now);
     }
@@ -487,6 +503,11 @@ fn write_record(record: &mut Record, input: &Input) {
             }
         }
     }
+}
+
+/// How long until the wall clock reads `at` (Unix seconds).
+fn until_unix_s(at: u64) -> Duration {
+    Duration::from_millis((at * 1000).saturating_sub(now().unix_ms))
 }
 
 /// An 8-byte aligned copy of an eBPF object (the ELF parser wants aligned input).

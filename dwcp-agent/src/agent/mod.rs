@@ -10,6 +10,7 @@ mod tasks;
 
 use std::sync::Arc;
 
+use dwcp_control::bandwidth::{BandwidthError, ReservationOp, ReservationReply};
 pub use dwcp_control::view::*;
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
@@ -25,6 +26,12 @@ pub enum AgentCommand {
     /// Re-read the configuration file (what SIGHUP does).
     Reload {
         reply: oneshot::Sender<Result<u64, CommandError>>,
+    },
+    /// Create, extend or cancel a bandwidth reservation. The reply comes once the change is
+    /// stored and the snapshot showing it published.
+    Reservation {
+        op: ReservationOp,
+        reply: oneshot::Sender<Result<ReservationReply, BandwidthError>>,
     },
 }
 
@@ -47,18 +54,4 @@ pub fn now() -> dwcp_control::Now {
         mono_ns: crate::probe::monotonic_ns(),
         unix_ms,
     }
-}
-
-/// A channel of every change `manager` stores from now on (API event stream, exporter,
-/// the daemon's reservation watcher). A receiver that falls more than 1,024 events behind
-/// loses the oldest (`RecvError::Lagged`); the manager's list stays the truth.
-pub fn reservation_events(
-    manager: &std::sync::Mutex<dwcp_control::bandwidth::ReservationManager>,
-) -> broadcast::Receiver<dwcp_control::bandwidth::ReservationEvent> {
-    let (tx, rx) = broadcast::channel(1024);
-    manager
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .listen(Box::new(move |e| tx.send(e.clone()).is_ok()));
-    rx
 }

@@ -11,20 +11,24 @@
 //!  health checks --HealthEvent mpsc--> health forwarder -----+
 //!  SIGHUP ---------------------------------------------------+
 //!  optimiser (reads the link views) -------------------------+
-//!  reservation manager --ReservationEvent broadcast-->       |
-//!                              reservation watcher ----------+
 //!                                                            | inputs: mpsc<Input>
 //!                                                            v
 //!  API, CLI --AgentCommand mpsc, oneshot reply---> +-------------------------+
-//!  link monitor --link views: watch<LinkView>----> | Daemon::run             |
-//!                                                  |  AgentState, the state  |
-//!  probe sender <--Probes::sync on config change-- |  owner; then publish()  |
-//!  probe sender --sent counts--> link monitor      +-------------------------+
-//!  kernel LINK_STATE ----------> link monitor        |                  |
+//!   (link admin, reload, reservation operations)   | Daemon::run             |
+//!  link monitor --link views: watch<LinkView>----> |  AgentState, the state  |
+//!                                                  |  owner (reservations    |
+//!  probe sender <--Probes::sync on config change-- |  included); its timers; |
+//!  probe sender --sent counts--> link monitor      |  then publish()         |
+//!  kernel LINK_STATE ----------> link monitor      +-------------------------+
 //!                                 events: broadcast  |                  | snapshot: watch
 //!                                 <AgentEvent>       v                  v <Arc<AgentSnapshot>>
 //!                          API event stream, events file        API, exporter, CLI
 //! ```
+//!
+//! The loop's timers need no task: the debounced computation, the counters, and the next start
+//! or end of a reservation, which it feeds to the state owner as an `Input::Clock`.
+//! Reservation changes go out with the other events (`AgentEvent::Reservation`), and the
+//! reservations themselves in the snapshot.
 //!
 //! The operator side holds its ends of the commands, events and snapshot channels in an
 //! [`AgentHandle`].
@@ -33,17 +37,14 @@ use std::{
     collections::BTreeMap,
     io::Write,
     path::{Path, PathBuf},
-    sync::{Arc, Mutex},
     time::Duration,
 };
 
 use aya::maps::{MapData, RingBuf};
 use dwcp_control::{
-    bandwidth::{FileStore, Network, Reservation, ReservationManager},
     config::{AgentConfig, ProbeSenderMode},
     health::HealthCheckSpec,
-    input::{Input, NextReservationChange},
-    topology::Topology,
+    input::Input,
     view::{AgentEvent, RouteChange},
 };
 use dwcp_dataplane::{LinkStateMap, PinnedMaps};
@@ -57,7 +58,7 @@ use super::{
     daemon::DaemonError,
     netlink::NetlinkWatcher,
     probes::{ExternalProbes, Probes},
-    reservation_events, AgentHandle,
+    AgentHandle,
 };
 use crate::{
     api::{ApiContext, RunningApi},
@@ -70,8 +71,6 @@ pub(super) type Task = JoinHandle<()>;
 
 /// The link monitor's latest view of every link (RTT, jitter, loss).
 pub(super) type LinkViews = watch::Receiver<BTreeMap<u32, LinkView>>;
-
-pub(super) type SharedReservations = Arc<Mutex<ReservationManager>>;
 
 /// Hands the fast path's sampled packets to the state owner (top flows); `None` when the
 /// ring buffer cannot be polled.
@@ -164,42 +163,15 @@ pub(super) fn netlink(watcher: NetlinkWatcher, inputs: mpsc::Sender<Input>) -> T
     tokio::spawn(watcher.run(inputs))
 }
 
-/// The stored reservations, checked against the topology; those that no longer fit are
-/// logged and dropped.
-pub(super) fn open_reservations(
-    state_dir: &Path,
-    topology: &Topology,
-    config: &AgentConfig,
-) -> Result<SharedReservations, DaemonError> {
-    let network = Network {
-        regions: topology.regions().iter().map(|r| r.name.clone()).collect(),
-        link_capacity_bps: topology
-            .links()
-            .iter()
-            .map(|l| (l.id, (l.capacity_mbps * 1e6) as u64))
-            .collect(),
-    };
-    let (manager, displaced) = ReservationManager::open(
-        Box::new(FileStore::new(state_dir.join("reservations.json"))),
-        network,
-        config.reservations.clone(),
-    )?;
-    for ev in displaced {
-        warn!(?ev, "reservation displaced: it no longer fits the topology");
-    }
-    Ok(Arc::new(Mutex::new(manager)))
-}
-
 /// The HTTP/JSON API, if a socket or a TCP address is configured.
 pub(super) async fn api(
     config: &AgentConfig,
     handle: &AgentHandle,
-    reservations: &SharedReservations,
 ) -> Result<Option<RunningApi>, DaemonError> {
     if config.api.socket.is_none() && config.api.tcp_listen.is_none() {
         return Ok(None);
     }
-    let ctx = ApiContext::new(handle.clone(), &config.api).with_reservations(reservations.clone());
+    let ctx = ApiContext::new(handle.clone(), &config.api);
     Ok(Some(RunningApi::start(&config.api, ctx).await?))
 }
 
@@ -207,73 +179,8 @@ pub(super) async fn api(
 pub(super) async fn metrics(
     config: &AgentConfig,
     handle: &AgentHandle,
-    reservations: &SharedReservations,
 ) -> Result<Option<RunningMetrics>, DaemonError> {
-    let exporter = Exporter::new(handle).with_reservations(reservations.clone());
-    Ok(RunningMetrics::start(&config.metrics, exporter).await?)
-}
-
-/// Sends the active reservations (and the next change of their figures) whenever they
-/// differ from the last sent. The active set changes when one is created, extended or
-/// cancelled (the manager's events) and when one starts or ends (the clock): both are
-/// watched.
-pub(super) fn reservation_watcher(
-    manager: SharedReservations,
-    inputs: mpsc::Sender<Input>,
-) -> Task {
-    let mut changes = reservation_events(&manager);
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_secs(1));
-        let mut last = None;
-        loop {
-            tokio::select! {
-                _ = tick.tick() => {}
-                r = changes.recv() => {
-                    if let Err(broadcast::error::RecvError::Closed) = r {
-                        return;
-                    }
-                }
-            }
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_secs())
-                .unwrap_or(0);
-            let (active, next) = active_reservations(&manager, now);
-            let seen = (active.iter().map(|r| r.id.0).collect::<Vec<u64>>(), next);
-            if last.as_ref() != Some(&seen) {
-                let next = seen.1.clone();
-                last = Some(seen);
-                if inputs
-                    .send(Input::Reservations { active, next })
-                    .await
-                    .is_err()
-                {
-                    return;
-                }
-            }
-        }
-    })
-}
-
-/// The reservations active at `now` (expiring the ended ones) and the next change.
-fn active_reservations(
-    manager: &Mutex<ReservationManager>,
-    now: u64,
-) -> (Vec<Reservation>, Option<NextReservationChange>) {
-    let mut m = manager.lock().unwrap_or_else(|e| e.into_inner());
-    if let Err(e) = m.expire(now) {
-        warn!(error = %e, "expiring reservations");
-    }
-    let active = m.active_at(now).cloned().collect();
-    let next = m.next_change_after(now).map(|at| NextReservationChange {
-        at_unix_s: at,
-        reserved_bps: m
-            .reserved_by_link(at)
-            .into_iter()
-            .map(|(l, bps)| (l.0, bps))
-            .collect(),
-    });
-    (active, next)
+    Ok(RunningMetrics::start(&config.metrics, Exporter::new(handle)).await?)
 }
 
 /// The probe sender (its own thread) or, with `probe.sender = "external"`, the prober's

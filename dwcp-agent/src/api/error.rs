@@ -33,8 +33,6 @@ pub enum ApiError {
     NoRoute { method: String, path: String },
     #[error("method {method} is not allowed on {path}")]
     MethodNotAllowed { method: String, path: String },
-    #[error("this agent keeps no reservations")]
-    NoReservations,
     #[error("{0}")]
     Reservation(#[from] BandwidthError),
     #[error("{0}")]
@@ -43,8 +41,6 @@ pub enum ApiError {
     AgentTimeout(u64),
     #[error("the agent is not running its command loop")]
     AgentGone,
-    #[error("internal error: {0}")]
-    Internal(String),
 }
 
 impl ApiError {
@@ -56,7 +52,6 @@ impl ApiError {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::MissingToken | ApiError::WrongToken => StatusCode::UNAUTHORIZED,
             ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
-            ApiError::NoReservations => StatusCode::NOT_IMPLEMENTED,
             ApiError::Reservation(e) => {
                 StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
             }
@@ -65,7 +60,6 @@ impl ApiError {
             ApiError::Command(CommandError::ShuttingDown)
             | ApiError::AgentTimeout(_)
             | ApiError::AgentGone => StatusCode::SERVICE_UNAVAILABLE,
-            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 }

@@ -1,5 +1,5 @@
 //! The routes of API v1. Reads answer from the agent's latest snapshot; changes go to the agent
-//! as commands (links, reload) or to the reservation manager (reservations).
+//! as commands (links, reload, reservations).
 
 use std::{convert::Infallible, time::Duration};
 
@@ -26,30 +26,22 @@ use super::{
     ApiContext,
 };
 use dwcp_control::bandwidth::{
-    Admission, BandwidthError, ExtendRequest, Reservation, ReservationId, ReservationManager,
+    BandwidthError, ExtendRequest, Reservation, ReservationId, ReservationOp, ReservationReply,
     ReservationRequest,
 };
 
-use crate::{
-    agent::{AgentCommand, AgentSnapshot, ClassView, LinkView, RouteChange, RouteView, TunnelView},
-    telemetry::unix_now,
+use crate::agent::{
+    AgentCommand, AgentEvent, AgentSnapshot, ClassView, LinkView, ReservationsView, RouteChange,
+    RouteView, TunnelView,
 };
 
 type ApiResult<T> = Result<T, ApiError>;
 
-pub async fn status(State(ctx): State<ApiContext>) -> ApiResult<Json<StatusView>> {
-    let snapshot = ctx.snapshot();
-    let counts = match &ctx.reservations {
-        Some(_) => Some(
-            ctx.reservations_op(|m, now| Ok((m.active_at(now).count(), m.list().count())))
-                .await?,
-        ),
-        None => None,
-    };
+pub async fn status(State(ctx): State<ApiContext>) -> Json<StatusView> {
     let now_ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64);
-    Ok(Json(StatusView::new(&snapshot, now_ms, counts)))
+    Json(StatusView::new(&ctx.snapshot(), now_ms))
 }
 
 pub async fn topology(State(ctx): State<ApiContext>) -> Json<TopologyView> {
@@ -180,10 +172,15 @@ fn reservation_id(text: &str) -> ApiResult<ReservationId> {
     })
 }
 
+/// The reservations of snapshot `s`; an agent without a store keeps none.
+fn reservations_of(s: &AgentSnapshot) -> ApiResult<&ReservationsView> {
+    s.reservations
+        .as_deref()
+        .ok_or(ApiError::Reservation(BandwidthError::NoReservations))
+}
+
 pub async fn reservations(State(ctx): State<ApiContext>) -> ApiResult<Json<Vec<Reservation>>> {
-    ctx.reservations_op(|m, _| Ok(m.list().cloned().collect()))
-        .await
-        .map(Json)
+    Ok(Json(reservations_of(&ctx.snapshot())?.stored.clone()))
 }
 
 pub async fn reservation(
@@ -191,38 +188,45 @@ pub async fn reservation(
     ApiPath(id): ApiPath<String>,
 ) -> ApiResult<Json<Reservation>> {
     let id = reservation_id(&id)?;
-    ctx.reservations_op(move |m, _| m.get(id).cloned().ok_or(BandwidthError::NotFound(id)))
-        .await
+    reservations_of(&ctx.snapshot())?
+        .stored
+        .iter()
+        .find(|r| r.id == id)
+        .cloned()
         .map(Json)
+        .ok_or(ApiError::Reservation(BandwidthError::NotFound(id)))
 }
 
+/// Answers `Admission`.
 pub async fn create_reservation(
     State(ctx): State<ApiContext>,
     ApiJson(req): ApiJson<ReservationRequest>,
-) -> ApiResult<(StatusCode, Json<Admission>)> {
+) -> ApiResult<(StatusCode, Json<ReservationReply>)> {
     let admission = ctx
-        .reservations_op(move |m, now| m.create(&req, now))
+        .reservation(ReservationOp::Create(Box::new(req)))
         .await?;
     Ok((StatusCode::CREATED, Json(admission)))
 }
 
+/// Answers `Admission`.
 pub async fn extend_reservation(
     State(ctx): State<ApiContext>,
     ApiPath(id): ApiPath<String>,
-    ApiJson(req): ApiJson<ExtendRequest>,
-) -> ApiResult<Json<Admission>> {
+    ApiJson(request): ApiJson<ExtendRequest>,
+) -> ApiResult<Json<ReservationReply>> {
     let id = reservation_id(&id)?;
-    ctx.reservations_op(move |m, now| m.extend(id, &req, now))
+    ctx.reservation(ReservationOp::Extend { id, request })
         .await
         .map(Json)
 }
 
+/// Answers the cancelled `Reservation`.
 pub async fn cancel_reservation(
     State(ctx): State<ApiContext>,
     ApiPath(id): ApiPath<String>,
-) -> ApiResult<Json<Reservation>> {
+) -> ApiResult<Json<ReservationReply>> {
     let id = reservation_id(&id)?;
-    ctx.reservations_op(move |m, _| m.cancel(id))
+    ctx.reservation(ReservationOp::Cancel { id })
         .await
         .map(Json)
 }
@@ -236,47 +240,43 @@ pub async fn events(
     State(ctx): State<ApiContext>,
     ApiQuery(q): ApiQuery<EventsQuery>,
 ) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
-    let agent: EventStream = match q.owner {
-        Some(_) => Box::pin(tokio_stream::empty()),
-        None => Box::pin(
-            BroadcastStream::new(ctx.handle.events.subscribe())
-                .map(|item| event("agent", item.map(|e| serde_json::to_string(&e)))),
-        ),
+    let stream_name = if q.owner.is_some() {
+        "reservation"
+    } else {
+        "agent"
     };
-    let reservations: EventStream = match &ctx.reservations {
-        Some(m) => {
-            let rx = crate::agent::reservation_events(m);
-            let owner = q.owner.clone();
-            Box::pin(
-                BroadcastStream::new(rx)
-                    .filter(move |item| match (item, &owner) {
-                        (Ok(e), Some(o)) => e.owner() == o,
-                        _ => true,
-                    })
-                    .map(|item| event("reservation", item.map(|e| serde_json::to_string(&e)))),
-            )
-        }
-        None => Box::pin(tokio_stream::empty()),
-    };
-    let merged = futures_util::StreamExt::take_until(agent.merge(reservations), ctx.closed());
-    Sse::new(merged).keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+    let owner = q.owner;
+    let events = BroadcastStream::new(ctx.handle.events.subscribe())
+        .filter(move |item| match (item, &owner) {
+            (Ok(AgentEvent::Reservation(e)), Some(o)) => e.owner() == o,
+            (Ok(_), Some(_)) => false,
+            _ => true,
+        })
+        .map(move |item| {
+            Ok(match item {
+                Ok(e) => sse_event(&e),
+                Err(BroadcastStreamRecvError::Lagged(n)) => Event::default()
+                    .event("lagged")
+                    .data(serde_json::json!({ "stream": stream_name, "lost": n }).to_string()),
+            })
+        });
+    let events = futures_util::StreamExt::take_until(events, ctx.closed());
+    Sse::new(events).keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
 }
 
-type EventStream = std::pin::Pin<Box<dyn Stream<Item = Result<Event, Infallible>> + Send>>;
-
-fn event(
-    name: &'static str,
-    item: Result<serde_json::Result<String>, BroadcastStreamRecvError>,
-) -> Result<Event, Infallible> {
-    Ok(match item {
-        Ok(Ok(json)) => Event::default().event(name).data(json),
-        Ok(Err(e)) => Event::default()
+/// A reservation change as a `reservation` event (the change itself), anything else as an
+/// `agent` event.
+fn sse_event(e: &AgentEvent) -> Event {
+    let (name, json) = match e {
+        AgentEvent::Reservation(r) => ("reservation", serde_json::to_string(r)),
+        e => ("agent", serde_json::to_string(e)),
+    };
+    match json {
+        Ok(json) => Event::default().event(name).data(json),
+        Err(e) => Event::default()
             .event("error")
             .data(serde_json::json!({ "error": e.to_string() }).to_string()),
-        Err(BroadcastStreamRecvError::Lagged(n)) => Event::default()
-            .event("lagged")
-            .data(serde_json::json!({ "stream": name, "lost": n }).to_string()),
-    })
+    }
 }
 
 pub async fn no_route(method: Method, uri: Uri) -> ApiError {
@@ -298,29 +298,25 @@ impl ApiContext {
         self.handle.snapshot.borrow().clone()
     }
 
-    /// Runs `f` on the reservation manager off the async threads (it writes the store with
-    /// fsync), with the current Unix time.
-    pub(super) async fn reservations_op<R: Send + 'static>(
-        &self,
-        f: impl FnOnce(&mut ReservationManager, u64) -> Result<R, BandwidthError> + Send + 'static,
-    ) -> ApiResult<R> {
-        let manager = self.reservations.clone().ok_or(ApiError::NoReservations)?;
-        tokio::task::spawn_blocking(move || {
-            let mut m = manager.lock().unwrap_or_else(|p| p.into_inner());
-            f(&mut m, unix_now())
-        })
-        .await
-        .map_err(|e| ApiError::Internal(e.to_string()))?
-        .map_err(ApiError::from)
+    /// Sends a reservation change to the agent, if it keeps reservations, and waits for its
+    /// answer.
+    pub(super) async fn reservation(&self, op: ReservationOp) -> ApiResult<ReservationReply> {
+        reservations_of(&self.snapshot())?;
+        let (reply, rx) = oneshot::channel();
+        self.command(AgentCommand::Reservation { op, reply }, rx)
+            .await
     }
 
     /// Sends `cmd` to the agent and waits for its answer on `rx`, each step within the
     /// command timeout.
-    pub(super) async fn command<T>(
+    pub(super) async fn command<T, E>(
         &self,
         cmd: AgentCommand,
-        rx: oneshot::Receiver<Result<T, crate::agent::CommandError>>,
-    ) -> ApiResult<T> {
+        rx: oneshot::Receiver<Result<T, E>>,
+    ) -> ApiResult<T>
+    where
+        ApiError: From<E>,
+    {
         let ms = self.command_timeout.as_millis() as u64;
         tokio::time::timeout(self.command_timeout, self.handle.commands.send(cmd))
             .await

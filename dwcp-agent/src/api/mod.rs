@@ -1,11 +1,11 @@
 //! The agent's HTTP/JSON API: on a Unix socket by default (mode 0660: whoever may write it is
 //! an operator), optionally on TCP, where every request needs `Authorization: Bearer <token>`.
 //!
-//! Built only against the agent's boundary ([`AgentHandle`]): reads come from the latest
-//! snapshot, link and reload requests go to the agent as commands, and reservations go to the
-//! [`ReservationManager`] the API is given (shared with the daemon, which subscribes to its
-//! notifications). A request that is unauthenticated, malformed or too large is refused before
-//! any handler runs, so it changes nothing. Every error is a JSON body (see [`ErrorBody`]).
+//! Built only against the agent's boundary ([`AgentHandle`]): reads (reservations included)
+//! come from the latest snapshot, and link, reload and reservation changes go to the agent as
+//! commands; events come from its event channel. A request that is unauthenticated, malformed
+//! or too large is refused before any handler runs, so it changes nothing. Every error is a
+//! JSON body (see [`ErrorBody`]).
 //!
 //! | method | path | |
 //! |---|---|---|
@@ -33,7 +33,7 @@ use std::{
     net::SocketAddr,
     os::unix::fs::PermissionsExt,
     path::{Path, PathBuf},
-    sync::{Arc, Mutex},
+    sync::Arc,
     time::Duration,
 };
 
@@ -54,8 +54,6 @@ use tracing::{info, warn};
 
 pub use error::{ApiError, ErrorBody, ServeError};
 
-use dwcp_control::bandwidth::ReservationManager;
-
 use crate::agent::AgentHandle;
 
 pub use dwcp_control::config::{
@@ -67,7 +65,6 @@ pub use dwcp_control::config::{
 #[derive(Clone)]
 pub struct ApiContext {
     handle: AgentHandle,
-    reservations: Option<Arc<Mutex<ReservationManager>>>,
     command_timeout: Duration,
     max_body_bytes: usize,
     /// Set when the server shuts down: ends the event streams, which would otherwise keep
@@ -79,7 +76,6 @@ impl ApiContext {
     pub fn new(handle: AgentHandle, config: &ApiConfig) -> ApiContext {
         ApiContext {
             handle,
-            reservations: None,
             command_timeout: Duration::from_millis(config.command_timeout_ms),
             max_body_bytes: config.max_body_bytes,
             closing: Arc::new(watch::channel(false).0),
@@ -98,12 +94,6 @@ impl ApiContext {
         async move {
             let _ = rx.wait_for(|v| *v).await;
         }
-    }
-
-    /// Serves reservations from `manager` (without it, `/v1/reservations` answers 501).
-    pub fn with_reservations(mut self, manager: Arc<Mutex<ReservationManager>>) -> ApiContext {
-        self.reservations = Some(manager);
-        self
     }
 }
 

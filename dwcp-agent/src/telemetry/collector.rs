@@ -1,5 +1,5 @@
-//! The metric families of one scrape, built from the agent's current snapshot (and the
-//! reservation figures read at the same moment). Names follow the Prometheus conventions:
+//! The metric families of one scrape, built from the agent's current snapshot (reservations
+//! included). Names follow the Prometheus conventions:
 //! one `dwcp_` prefix, base units (seconds, bytes, ratios), `_total` for counters, and label
 //! values drawn from bounded sets (configured links, regions, next hops, the five classes, the
 //! fast path's reasons, the link states).
@@ -13,18 +13,7 @@ use prometheus_client::{
     registry::Unit,
 };
 
-use crate::agent::{AgentSnapshot, LinkHealth, TunnelState};
-
-/// Reservation figures taken under the manager's lock at scrape time.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct ReservationFigures {
-    pub stored: u64,
-    pub active: u64,
-    /// (link id, reserved bit/s now)
-    pub reserved_bps: Vec<(u32, u64)>,
-    /// (event name, count since the exporter started)
-    pub events: Vec<(&'static str, u64)>,
-}
+use crate::agent::{AgentSnapshot, LinkHealth, ReservationsView, TunnelState};
 
 /// Every link state, so that `dwcp_link_health` is one-hot over a fixed set.
 const LINK_STATES: [(LinkHealth, &str); 5] = [
@@ -39,7 +28,6 @@ const LINK_STATES: [(LinkHealth, &str); 5] = [
 #[derive(Debug)]
 pub struct SnapshotCollector {
     pub snapshot: Arc<AgentSnapshot>,
-    pub reservations: Option<ReservationFigures>,
 }
 
 type Labels = Vec<(&'static str, String)>;
@@ -159,7 +147,7 @@ impl Collector for SnapshotCollector {
         self.encode_routes(enc)?;
         self.encode_counters(enc)?;
         self.encode_tunnels(enc)?;
-        if let Some(r) = &self.reservations {
+        if let Some(r) = &s.reservations {
             encode_reservations(enc, s, r)?;
         }
         Ok(())
@@ -443,7 +431,7 @@ impl SnapshotCollector {
 fn encode_reservations(
     enc: &mut DescriptorEncoder,
     s: &AgentSnapshot,
-    r: &ReservationFigures,
+    r: &ReservationsView,
 ) -> std::fmt::Result {
     int_gauges(
         enc,
@@ -455,7 +443,7 @@ fn encode_reservations(
         enc,
         "dwcp_reservations_stored",
         "Reservations stored (current and future).",
-        vec![(vec![], r.stored as i64)],
+        vec![(vec![], r.stored.len() as i64)],
     )?;
     gauges(
         enc,
@@ -464,7 +452,7 @@ fn encode_reservations(
         bytes_per_second(),
         r.reserved_bps
             .iter()
-            .map(|&(id, bps)| {
+            .map(|(&id, &bps)| {
                 let name = s
                     .links
                     .iter()
@@ -481,8 +469,9 @@ fn encode_reservations(
          preempted, displaced.",
         None,
         r.events
-            .iter()
-            .map(|&(e, n)| (vec![("event", e.to_string())], n))
+            .by_name()
+            .into_iter()
+            .map(|(e, n)| (vec![("event", e.to_string())], n))
             .collect(),
     )
 }

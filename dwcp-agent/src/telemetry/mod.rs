@@ -1,23 +1,16 @@
 //! Prometheus metrics of the agent, served on `/metrics` at a configurable address.
 //!
 //! Each scrape encodes the agent's current [`AgentSnapshot`] (links, routes, fast-path
-//! counters, tunnels) and, when the exporter has the reservation manager, the reservation
-//! figures at that instant. Nothing is sampled in between: the values are those the agent
-//! published last, and Prometheus' scrape interval (10 s in `deploy/prometheus.yml`) is the
-//! export period. Prometheus gets OpenMetrics (it asks for it); everything else gets the classic
-//! text format, which is what `promtool check metrics` lints.
+//! counters, tunnels and, when the agent keeps them, reservations). Nothing is sampled in
+//! between: the values are those the agent published last, and Prometheus' scrape interval
+//! (10 s in `deploy/prometheus.yml`) is the export period. Prometheus gets OpenMetrics (it asks
+//! for it); everything else gets the classic text format, which is what `promtool check
+//! metrics` lints.
 
 mod collector;
 pub mod text_format;
 
-use std::{
-    future::Future,
-    net::SocketAddr,
-    sync::{
-        atomic::{AtomicU64, Ordering},
-        Arc, Mutex,
-    },
-};
+use std::{future::Future, net::SocketAddr, sync::Arc};
 
 use axum::{
     extract::State,
@@ -27,11 +20,9 @@ use axum::{
     Router,
 };
 use prometheus_client::{encoding::text::encode, registry::Registry};
-use tokio::sync::{broadcast, watch};
+use tokio::sync::watch;
 
-pub use collector::{ReservationFigures, SnapshotCollector};
-
-use dwcp_control::bandwidth::{ReservationEvent, ReservationManager};
+pub use collector::SnapshotCollector;
 
 use crate::agent::{AgentHandle, AgentSnapshot};
 
@@ -52,118 +43,22 @@ pub enum TelemetryError {
     Serve(std::io::Error),
 }
 
-/// Counts of reservation changes, fed by a task subscribed to the manager's notifications.
-#[derive(Debug, Default)]
-pub struct ReservationEventCounts {
-    created: AtomicU64,
-    extended: AtomicU64,
-    cancelled: AtomicU64,
-    expired: AtomicU64,
-    preempted: AtomicU64,
-    displaced: AtomicU64,
-    /// Notifications missed because the counting task fell behind (broadcast lag).
-    lost: AtomicU64,
-}
-
-impl ReservationEventCounts {
-    /// Subscribes to `manager` and counts its notifications until it is dropped.
-    pub fn spawn(manager: &Mutex<ReservationManager>) -> Arc<ReservationEventCounts> {
-        let counts = Arc::new(ReservationEventCounts::default());
-        let mut rx = crate::agent::reservation_events(manager);
-        let c = counts.clone();
-        tokio::spawn(async move {
-            loop {
-                match rx.recv().await {
-                    Ok(event) => c.record(&event),
-                    Err(broadcast::error::RecvError::Lagged(n)) => {
-                        c.lost.fetch_add(n, Ordering::Relaxed);
-                    }
-                    Err(broadcast::error::RecvError::Closed) => break,
-                }
-            }
-        });
-        counts
-    }
-
-    pub fn record(&self, event: &ReservationEvent) {
-        let counter = match event {
-            ReservationEvent::Created { .. } => &self.created,
-            ReservationEvent::Extended { .. } => &self.extended,
-            ReservationEvent::Cancelled { .. } => &self.cancelled,
-            ReservationEvent::Expired { .. } => &self.expired,
-            ReservationEvent::Preempted { .. } => &self.preempted,
-            ReservationEvent::Displaced { .. } => &self.displaced,
-        };
-        counter.fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// (event name, count), in a fixed order.
-    pub fn counts(&self) -> Vec<(&'static str, u64)> {
-        [
-            ("created", &self.created),
-            ("extended", &self.extended),
-            ("cancelled", &self.cancelled),
-            ("expired", &self.expired),
-            ("preempted", &self.preempted),
-            ("displaced", &self.displaced),
-            ("lost", &self.lost),
-        ]
-        .into_iter()
-        .map(|(n, c)| (n, c.load(Ordering::Relaxed)))
-        .collect()
-    }
-}
-
-#[derive(Clone)]
-struct Reservations {
-    manager: Arc<Mutex<ReservationManager>>,
-    events: Arc<ReservationEventCounts>,
-}
-
 /// Builds the metrics of a scrape from the agent's boundary.
 #[derive(Clone)]
 pub struct Exporter {
     snapshot: watch::Receiver<Arc<AgentSnapshot>>,
-    reservations: Option<Reservations>,
 }
-
-pub use dwcp_control::input::unix_now;
 
 impl Exporter {
     pub fn new(handle: &AgentHandle) -> Exporter {
         Exporter {
             snapshot: handle.snapshot.clone(),
-            reservations: None,
         }
     }
 
-    /// Adds the reservation figures (active, stored, reserved per link, change counts).
-    /// Call inside a tokio runtime: it starts the task that counts changes.
-    pub fn with_reservations(mut self, manager: Arc<Mutex<ReservationManager>>) -> Exporter {
-        let events = ReservationEventCounts::spawn(&manager);
-        self.reservations = Some(Reservations { manager, events });
-        self
-    }
-
     fn collector(&self) -> SnapshotCollector {
-        let snapshot = self.snapshot.borrow().clone();
-        let reservations = self.reservations.as_ref().map(|r| {
-            let now = unix_now();
-            let m = r.manager.lock().unwrap_or_else(|p| p.into_inner());
-            ReservationFigures {
-                stored: m.list().count() as u64,
-                active: m.active_at(now).count() as u64,
-                reserved_bps: m
-                    .reserved_by_link(now)
-                    .into_iter()
-                    .map(|(l, bps)| (l.0, bps))
-                    .collect(),
-                events: r.events.counts(),
-            }
-        });
         SnapshotCollector {
-            snapshot,
-            reservations,
+            snapshot: self.snapshot.borrow().clone(),
         }
     }
 

@@ -74,13 +74,17 @@ pub enum BandwidthError {
     TooManyReservations(usize),
     #[error("headroom_percent: {0} is out of range (at most 99)")]
     BadHeadroom(u8),
+    /// The agent was given no store, so it has no manager.
+    #[error("this agent keeps no reservations")]
+    NoReservations,
     #[error(transparent)]
     Store(#[from] StoreError),
 }
 
 impl BandwidthError {
     /// The HTTP status an API should answer with: 400 for bad input, 404 for an unknown
-    /// reservation, 410 for one that has ended, 409 when the network cannot take the request, 500 when storage failed.
+    /// reservation, 410 for one that has ended, 409 when the network cannot take the request,
+    /// 500 when storage failed, 501 when there are no reservations to ask about.
     pub fn http_status(&self) -> u16 {
         match self {
             BandwidthError::NotFound(_) => 404,
@@ -88,6 +92,7 @@ impl BandwidthError {
             BandwidthError::InsufficientBandwidth { .. }
             | BandwidthError::TooManyReservations(_) => 409,
             BandwidthError::Store(_) | BandwidthError::BadHeadroom(_) => 500,
+            BandwidthError::NoReservations => 501,
             _ => 400,
         }
     }

@@ -2,7 +2,7 @@
 //! path (preempting lower priorities when it must), and stores every change before it takes
 //! effect, so a failed write leaves both memory and disk as they were.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use serde::{Deserialize, Serialize};
 
@@ -29,7 +29,8 @@ impl Default for ManagerConfig {
     }
 }
 
-/// What happened to a reservation. Sent to subscribers after the change is stored; the API
+/// What happened to a reservation, once the change is stored. The state owner takes them
+/// ([`ReservationManager::take_events`]) and publishes them with its own events; the API
 /// filters by `owner()` to notify whoever made the reservation.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
@@ -76,11 +77,73 @@ impl ReservationEvent {
     }
 }
 
+/// How many changes of each kind the manager made since it was opened.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReservationEventCounts {
+    pub created: u64,
+    pub extended: u64,
+    pub cancelled: u64,
+    pub expired: u64,
+    pub preempted: u64,
+    pub displaced: u64,
+}
+
+impl ReservationEventCounts {
+    fn record(&mut self, event: &ReservationEvent) {
+        let count = match event {
+            ReservationEvent::Created { .. } => &mut self.created,
+            ReservationEvent::Extended { .. } => &mut self.extended,
+            ReservationEvent::Cancelled { .. } => &mut self.cancelled,
+            ReservationEvent::Expired { .. } => &mut self.expired,
+            ReservationEvent::Preempted { .. } => &mut self.preempted,
+            ReservationEvent::Displaced { .. } => &mut self.displaced,
+        };
+        *count += 1;
+    }
+
+    /// (event name as serialised, count), in a fixed order.
+    pub fn by_name(&self) -> [(&'static str, u64); 6] {
+        [
+            ("created", self.created),
+            ("extended", self.extended),
+            ("cancelled", self.cancelled),
+            ("expired", self.expired),
+            ("preempted", self.preempted),
+            ("displaced", self.displaced),
+        ]
+    }
+}
+
 /// Result of a create or extend: the reservation as stored and whom it displaced.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Admission {
     pub reservation: Reservation,
     pub preempted: Vec<Reservation>,
+}
+
+/// A change an operator asks for (the API's POST, PATCH and DELETE), as the state owner runs
+/// it and a recording keeps it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum ReservationOp {
+    /// Boxed: a request is several times the size of the other operations.
+    Create(Box<ReservationRequest>),
+    Extend {
+        id: ReservationId,
+        request: ExtendRequest,
+    },
+    Cancel {
+        id: ReservationId,
+    },
+}
+
+/// The answer to a [`ReservationOp`], serialised as the API's response body: the admission of
+/// a create or extend, the reservation a cancel removed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum ReservationReply {
+    Admitted(Admission),
+    Cancelled(Reservation),
 }
 
 pub struct ReservationManager {
@@ -90,12 +153,14 @@ pub struct ReservationManager {
     reservations: BTreeMap<ReservationId, Reservation>,
     next_id: u64,
     store: Box<dyn ReservationStore>,
-    listeners: Vec<Listener>,
+    /// Changes not yet taken; the oldest are dropped past [`EVENTS_PENDING`].
+    events: VecDeque<ReservationEvent>,
+    counts: ReservationEventCounts,
 }
 
-/// Told of every stored change; answers whether it still wants to hear (a subscriber that is
-/// gone answers false and is dropped).
-pub type Listener = Box<dyn FnMut(&ReservationEvent) -> bool + Send>;
+/// Events kept until [`ReservationManager::take_events`]. The state owner takes them after
+/// every change; only a manager nobody drains (a benchmark) reaches the bound.
+const EVENTS_PENDING: usize = 1024;
 
 impl std::fmt::Debug for ReservationManager {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -110,7 +175,7 @@ impl std::fmt::Debug for ReservationManager {
 impl ReservationManager {
     /// Loads the stored reservations and checks them against `network`. With an unchanged
     /// network the stored set is restored exactly; reservations that no longer fit are
-    /// displaced (and the store updated), and returned as events.
+    /// displaced (and the store updated), and returned as events (taken: not pending).
     pub fn open(
         mut store: Box<dyn ReservationStore>,
         network: Network,
@@ -132,16 +197,23 @@ impl ReservationManager {
             reservations: state.reservations.into_iter().map(|r| (r.id, r)).collect(),
             next_id: state.next_id,
             store,
-            listeners: Vec::new(),
+            events: VecDeque::new(),
+            counts: ReservationEventCounts::default(),
         };
         let network = manager.network.clone();
-        let events = manager.set_network(network)?;
+        manager.set_network(network)?;
+        let events = manager.take_events();
         Ok((manager, events))
     }
 
-    /// Calls `listener` with every stored change from now on (the agent's event channels).
-    pub fn listen(&mut self, listener: Listener) {
-        self.listeners.push(listener);
+    /// The changes stored since the last call, oldest first.
+    pub fn take_events(&mut self) -> Vec<ReservationEvent> {
+        self.events.drain(..).collect()
+    }
+
+    /// How many changes of each kind were stored since the manager was opened.
+    pub fn event_counts(&self) -> ReservationEventCounts {
+        self.counts
     }
 
     pub fn config(&self) -> &ManagerConfig {
@@ -318,34 +390,40 @@ impl ReservationManager {
 
     /// Takes a new picture of the network. Reservations that no longer fit (a link gone or
     /// shrunk) are displaced, lowest priority and newest first.
-    pub fn set_network(
-        &mut self,
-        network: Network,
-    ) -> Result<Vec<ReservationEvent>, BandwidthError> {
+    pub fn set_network(&mut self, network: Network) -> Result<(), BandwidthError> {
         let reservable = reservable_map(&network, self.config.headroom_percent);
         let (_, displaced) = admission::readmit(self.reservations.values().cloned(), &reservable);
         let links: BTreeMap<ReservationId, LinkId> =
             displaced.iter().map(|(r, s)| (r.id, s.link)).collect();
-        let mut events = Vec::new();
         if !links.is_empty() {
             let change = Change {
                 remove: links.keys().copied().collect(),
                 upsert: None,
                 next_id: self.next_id,
             };
-            for reservation in self.commit(change, |reservation| ReservationEvent::Displaced {
+            self.commit(change, |reservation| ReservationEvent::Displaced {
                 link: links[&reservation.id],
                 reservation,
-            })? {
-                events.push(ReservationEvent::Displaced {
-                    link: links[&reservation.id],
-                    reservation,
-                });
-            }
+            })?;
         }
         self.network = network;
         self.reservable = reservable;
-        Ok(events)
+        Ok(())
+    }
+
+    /// Runs `op` at `now`.
+    pub fn apply(
+        &mut self,
+        op: &ReservationOp,
+        now: UnixSeconds,
+    ) -> Result<ReservationReply, BandwidthError> {
+        Ok(match op {
+            ReservationOp::Create(req) => ReservationReply::Admitted(self.create(req, now)?),
+            ReservationOp::Extend { id, request } => {
+                ReservationReply::Admitted(self.extend(*id, request, now)?)
+            }
+            ReservationOp::Cancel { id } => ReservationReply::Cancelled(self.cancel(*id)?),
+        })
     }
 
     /// Stores the state with `change` applied, then applies it in memory and notifies each
@@ -386,8 +464,11 @@ impl ReservationManager {
 
     fn notify(&mut self, event: ReservationEvent) {
         tracing::info!(event = ?event, "reservation");
-        // No listener is not an error: the change is stored either way.
-        self.listeners.retain_mut(|listen| listen(&event));
+        self.counts.record(&event);
+        if self.events.len() == EVENTS_PENDING {
+            self.events.pop_front();
+        }
+        self.events.push_back(event);
     }
 
     fn validate(

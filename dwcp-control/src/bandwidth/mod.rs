@@ -5,11 +5,13 @@
 //!   its window, every link of its path has room for it next to the reservations already
 //!   there (within the link's reservable capacity: capacity less a headroom, 20 % by default).
 //! - If there is no room, reservations of strictly lower priority are preempted: from the
-//!   lowest tiers possible, and only those needed. Their owners are told (`ReservationEvent`).
+//!   lowest tiers possible, and only those needed. Their owners are told (`ReservationEvent`,
+//!   taken by the state owner, which publishes it).
 //! - Every change is written to the store (`FileStore`: fsync + atomic rename) before it takes
 //!   effect; if the write fails, nothing changes.
-//! - Time is a parameter (`now`), so the daemon drives expiry from a timer
-//!   (`next_change_after`) and tests drive it by hand.
+//! - Time is a parameter (`now`): the state owner expires and activates reservations on its
+//!   clock inputs, which the daemon sends when `next_change_after` is due; tests drive it by
+//!   hand.
 
 mod admission;
 mod error;
@@ -20,7 +22,10 @@ mod store;
 
 pub use admission::{load_at, peak_load, reservable_bps};
 pub use error::{BandwidthError, StoreError};
-pub use manager::{Admission, Listener, ManagerConfig, ReservationEvent, ReservationManager};
+pub use manager::{
+    Admission, ManagerConfig, ReservationEvent, ReservationEventCounts, ReservationManager,
+    ReservationOp, ReservationReply,
+};
 pub use model::{
     class_name, default_priority, parse_class, ExtendRequest, Network, Reservation, ReservationId,
     ReservationRequest, UnixSeconds, MAX_OWNER_LEN, MAX_PATH_LINKS, MAX_PRIORITY, MAX_RATE_BPS,

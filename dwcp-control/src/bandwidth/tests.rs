@@ -130,7 +130,6 @@ fn windows_that_do_not_overlap_share_a_link() {
 #[test]
 fn preemption_takes_the_lowest_priority_and_notifies_the_owner() {
     let mut m = manager();
-    let events = heard(&mut m);
     let mut low = request(30 * MBIT, &[1], 1);
     low.owner = "batch".into();
     let low = m.create(&low, NOW).unwrap().reservation;
@@ -138,26 +137,27 @@ fn preemption_takes_the_lowest_priority_and_notifies_the_owner() {
         .create(&request(30 * MBIT, &[1], 2), NOW)
         .unwrap()
         .reservation;
-    let _ = events.lock().unwrap().pop_front().ok_or(());
-    let _ = events.lock().unwrap().pop_front().ok_or(());
+    assert_eq!(m.take_events().len(), 2);
     // 60 of 80 reserved; 40 more at priority 5 needs 20 freed: the priority-1 one goes.
     let high = m.create(&request(40 * MBIT, &[1], 5), NOW).unwrap();
     assert_eq!(high.preempted, vec![low.clone()]);
     assert!(m.get(mid.id).is_some());
     assert!(m.get(low.id).is_none());
-    let e = events.lock().unwrap().pop_front().ok_or(()).unwrap();
+    let events = m.take_events();
     assert_eq!(
-        e,
+        events[0],
         ReservationEvent::Preempted {
             reservation: low,
             by: high.reservation.id
         }
     );
-    assert_eq!(e.owner(), "batch");
-    assert!(matches!(
-        events.lock().unwrap().pop_front().ok_or(()).unwrap(),
-        ReservationEvent::Created { .. }
-    ));
+    assert_eq!(events[0].owner(), "batch");
+    assert!(matches!(events[1], ReservationEvent::Created { .. }));
+    assert_eq!(events.len(), 2);
+    assert_eq!(
+        (m.event_counts().created, m.event_counts().preempted),
+        (3, 1)
+    );
     // Equal priority never preempts.
     let e = m.create(&request(20 * MBIT, &[1], 2), NOW).unwrap_err();
     assert!(matches!(e, BandwidthError::InsufficientBandwidth { .. }));
@@ -487,9 +487,10 @@ fn a_shrunk_network_displaces_the_lowest_priority_first() {
     let mut net = network();
     net.link_capacity_bps.insert(LinkId(1), 50 * MBIT); // 40M reservable: only one fits
     net.link_capacity_bps.remove(&LinkId(3));
-    let events = m.set_network(net).unwrap();
+    m.take_events();
+    m.set_network(net).unwrap();
     assert_eq!(
-        events,
+        m.take_events(),
         vec![
             ReservationEvent::Displaced {
                 reservation: low,
@@ -513,8 +514,20 @@ fn reservations_and_events_serialise_for_the_api() {
     assert_eq!(json["path"], serde_json::json!([1]));
     let back: Reservation = serde_json::from_value(json).unwrap();
     assert_eq!(back, a.reservation);
-    let ev = serde_json::to_value(ReservationEvent::Cancelled { reservation: back }).unwrap();
+    let cancelled = ReservationEvent::Cancelled { reservation: back };
+    let ev = serde_json::to_value(&cancelled).unwrap();
     assert_eq!(ev["event"], "cancelled");
+    // Among the agent's events (events file, API stream), tagged as both.
+    let agent = crate::view::AgentEvent::Reservation(cancelled);
+    let json = serde_json::to_value(&agent).unwrap();
+    assert_eq!(
+        (&json["kind"], &json["event"]),
+        (&"reservation".into(), &"cancelled".into())
+    );
+    assert_eq!(
+        serde_json::from_value::<crate::view::AgentEvent>(json).unwrap(),
+        agent
+    );
     let req: ReservationRequest = serde_json::from_str(
         r#"{"source":"eu","destination":"us","class":"best-effort","rate":"20M","end":1700003600,"path":[1]}"#,
     )
@@ -741,17 +754,4 @@ proptest! {
             prop_assert!(before.iter().all(|r| r.id < adm.reservation.id));
         }
     }
-}
-
-/// The events `m` tells a listener, oldest first.
-fn heard(
-    m: &mut ReservationManager,
-) -> std::sync::Arc<std::sync::Mutex<std::collections::VecDeque<ReservationEvent>>> {
-    let events = std::sync::Arc::new(std::sync::Mutex::new(std::collections::VecDeque::new()));
-    let sink = events.clone();
-    m.listen(Box::new(move |e| {
-        sink.lock().unwrap().push_back(e.clone());
-        true
-    }));
-    events
 }

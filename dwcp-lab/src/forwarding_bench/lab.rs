@@ -24,13 +24,17 @@ use std::{
 };
 
 use aya::programs::xdp::XdpLinkId;
-use dwcp_common::{maps::programs, Neighbour, NextHop, QosClass, Reason, Route, NH_F_VALID};
+use dwcp_common::{
+    maps::programs, wire::IPPROTO_UDP, FlowKey, Neighbour, NextHop, QosClass, Reason, Route,
+    NH_F_VALID,
+};
+use dwcp_lab_ebpf::bench;
 
 use super::{
     cpu,
     measure::{Snapshot, TrialResult},
     sink::Sink,
-    source::{udp_frame, Stop, TrafficSource},
+    source::{udp_frame, Stop, TrafficSource, DST_PORT},
     BenchError, Result,
 };
 use crate::lab::UNDERLAY_MTU;
@@ -110,6 +114,20 @@ pub const GATEWAY_LAN_IP: Ipv4Addr = Ipv4Addr::new(10, 1, 0, 1);
 pub const DEST_PREFIX: Ipv4Addr = Ipv4Addr::new(10, 2, 0, 0);
 pub const DEST_IP: Ipv4Addr = Ipv4Addr::new(10, 2, 0, 2);
 pub const GATEWAY_UNDERLAY_IP: Ipv4Addr = Ipv4Addr::new(172, 31, 0, 1);
+
+/// The source's flows as the fast path hashes them: one per UDP source port
+/// ([`bench::source_port`]), from [`SOURCE_IP`] to [`DEST_IP`], port [`DST_PORT`].
+pub fn source_flows() -> Vec<FlowKey> {
+    (0..u64::from(bench::FLOWS))
+        .map(|seq| FlowKey {
+            src: [u32::from(SOURCE_IP), 0, 0, 0],
+            dst: [u32::from(DEST_IP), 0, 0, 0],
+            src_port: bench::source_port(seq),
+            dst_port: DST_PORT,
+            proto: IPPROTO_UDP,
+        })
+        .collect()
+}
 
 /// The VNIs of [`NEXT_HOPS`].
 pub fn vnis() -> Vec<u32> {
@@ -308,12 +326,17 @@ impl ForwardingLab {
         udp_frame(self.source_mac, self.lan_mac, SOURCE_IP, DEST_IP, payload)
     }
 
-    /// Sends `runs` frames (for tests; the source must not be running).
+    /// Sends `runs` frames (for tests; the source must not be running), from the source's CPU
+    /// as [`ForwardingLab::run_trial`] does: the source numbers frames per CPU, so consecutive
+    /// calls continue one sequence of source ports ([`bench::source_port`]).
     pub fn send(&mut self, payload: usize, runs: u32) -> Result<()> {
         let frame = self.frame(payload)?;
         self.source.set_template(&frame)?;
-        let source = &self.source;
-        self.source_ns.run_in(|| source.send(&frame, runs))?
+        let (source, cpu) = (&self.source, self.cpus.source);
+        self.source_ns.run_in(|| {
+            cpu::pin_to_cpu(0, cpu)?;
+            source.send(&frame, runs)
+        })?
     }
 
     /// All counters now. `gateway_pid` / `sink_pid`: the NAPI threads.

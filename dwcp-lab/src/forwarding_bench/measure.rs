@@ -222,7 +222,7 @@ mod tests {
             gateway_rx: 0,
             gateway_tx_dropped: 0,
             sink: SinkCounts {
-                slots: vec![0; dwcp_common::bench::SINK_SLOTS as usize],
+                slots: vec![0; dwcp_lab_ebpf::bench::SINK_SLOTS as usize],
             },
             gateway: SchedTimes::default(),
             sink_thread: SchedTimes::default(),

@@ -7,7 +7,7 @@ use aya::{
     programs::{Xdp, XdpMode},
     Ebpf, EbpfLoader,
 };
-use dwcp_common::bench;
+use dwcp_lab_ebpf::bench;
 
 use super::{source::xdp_program_mut, BenchError, Result};
 use crate::netlab::Netns;
@@ -101,6 +101,18 @@ impl Sink {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sink_slots_are_the_vnis_below_the_slot_count() {
+        assert_eq!(bench::sink_slot(0), 0);
+        assert_eq!(bench::sink_slot(11), 11);
+        assert_eq!(
+            bench::sink_slot(bench::SINK_SLOTS - 1),
+            bench::SINK_SLOTS - 1
+        );
+        assert_eq!(bench::sink_slot(bench::SINK_SLOTS), 0);
+        assert_eq!(bench::sink_slot(dwcp_common::wire::VNI_MAX), 0);
+    }
 
     #[test]
     fn counts_by_vni_and_differences() {

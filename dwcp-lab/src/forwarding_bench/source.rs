@@ -19,10 +19,8 @@ use aya::{
     programs::{TestRun, TestRunAttrs, TestRunOptions, Xdp},
     Ebpf, EbpfLoader,
 };
-use dwcp_common::{
-    bench::{self, FrameHeaders},
-    wire::*,
-};
+use dwcp_common::wire::*;
+use dwcp_lab_ebpf::bench::{self, FrameHeaders};
 
 use super::{BenchError, Result};
 use crate::LAB_EBPF_OBJECT;
@@ -143,7 +141,7 @@ impl TrafficSource {
 
     /// Makes `frame`'s headers the ones the program writes into every frame it sends.
     pub fn set_template(&mut self, frame: &[u8]) -> Result<()> {
-        let bytes: [u8; bench::HEADERS_LEN] = frame
+        let headers: FrameHeaders = frame
             .get(..bench::HEADERS_LEN)
             .and_then(|h| h.try_into().ok())
             .ok_or(BenchError::FrameTooShort {
@@ -151,7 +149,7 @@ impl TrafficSource {
                 min: bench::HEADERS_LEN,
             })?;
         self.template
-            .set(0, FrameHeaders { bytes }, 0)
+            .set(0, headers, 0)
             .map_err(BenchError::map(bench::TEMPLATE_MAP))
     }
 
@@ -346,6 +344,18 @@ mod tests {
             udp_frame(s, d, Ipv4Addr::LOCALHOST, Ipv4Addr::LOCALHOST, 4000),
             Err(BenchError::PayloadTooLarge { payload: 4000, .. })
         ));
+    }
+
+    /// The constants the source program and this side share (dwcp-lab-ebpf's lib).
+    #[test]
+    fn source_ports_cycle_through_the_flows_and_headers_are_42_bytes() {
+        use bench::{source_port, FLOWS, HEADERS_LEN, SPORT_BASE};
+        assert_eq!(source_port(0), SPORT_BASE);
+        assert_eq!(source_port(FLOWS as u64 - 1), SPORT_BASE + FLOWS as u16 - 1);
+        assert_eq!(source_port(FLOWS as u64), SPORT_BASE);
+        assert!(FLOWS.is_power_of_two());
+        assert_eq!(HEADERS_LEN, 42);
+        assert_eq!(size_of::<FrameHeaders>(), HEADERS_LEN);
     }
 
     #[test]

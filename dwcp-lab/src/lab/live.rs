@@ -27,9 +27,8 @@ use thiserror::Error;
 
 use super::{
     multi::{self, LabPlan, MultiRegionLab, Naming, PlannedLink},
-    LabError,
+    LabError, PassProgram,
 };
-use dwcp_common::maps::programs;
 
 use crate::netlab;
 use crate::netlab::Netns;
@@ -39,8 +38,6 @@ use dwcp_agent::agent::PathRole;
 use dwcp_agent::agent::RouteView;
 use dwcp_cli::client::ApiClient;
 use dwcp_cli::client::Endpoint;
-use dwcp_dataplane::Dataplane;
-use dwcp_dataplane::Pinning;
 
 pub const DEFAULT_PREFIX: &str = multi::STABLE_PREFIX;
 pub const DEFAULT_STATE_DIR: &str = "/run/dwcp-lab";
@@ -278,7 +275,7 @@ fn up_inner(
     // Frames redirected (or sent back with XDP_TX) into a veth arrive only if its receiving
     // end has an XDP program: XDP_PASS on the hosts' and wires' ends, behind pinned links
     // so they stay attached when `up` exits.
-    let mut pass = Dataplane::load(Pinning::None).map_err(LabError::from)?;
+    let mut pass = PassProgram::load()?;
     let pass_dir = paths.pin_root.join("pass");
     let ends = lab
         .hosts
@@ -287,8 +284,7 @@ fn up_inner(
         .chain(lab.wires.iter().flat_map(|w| [(w, "wa"), (w, "wb")]));
     for (ns, ifname) in ends {
         let pin = pass_dir.join(format!("{}-{ifname}", ns.name()));
-        ns.run_in(|| pass.attach_pinned_at(programs::PASS, ifname, &pin))?
-            .map_err(LabError::from)?;
+        ns.run_in(|| pass.attach_pinned(ifname, &pin))??;
     }
     drop(pass);
     let latency_emulated = lab.latency_emulated();

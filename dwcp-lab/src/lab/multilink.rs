@@ -17,22 +17,22 @@ use dwcp_dataplane::{LinkStateMap, PinnedMaps};
 use std::{
     fs::File,
     net::Ipv4Addr,
-    path::{Path, PathBuf},
+    path::PathBuf,
     sync::atomic::{AtomicU32, Ordering},
     time::{Duration, Instant},
 };
 
-use aya::{
-    maps::{Array, MapData},
-    programs::links::FdLink,
-};
+use aya::maps::{Array, MapData};
 use dwcp_common::{
     flow_hash, maps::programs, probe::PROBE_PORT, FlowKey, LinkState, NextHopTable,
     MAX_GROUP_MEMBERS, NHG_BUCKETS,
 };
 use tokio::sync::{mpsc, oneshot};
 
-use super::{program_paths, region, GatewayPath, LabError, Region, Result, LAB_SEED, UNDERLAY_MTU};
+use super::{
+    pass::attach_pinned, program_paths, region, GatewayPath, LabError, PassProgram, Region, Result,
+    LAB_SEED, UNDERLAY_MTU,
+};
 use crate::netlab;
 use crate::netlab::NetlabError;
 use crate::netlab::Netns;
@@ -156,7 +156,7 @@ impl PinRoot {
     fn new(tag: &str) -> Result<PinRoot> {
         let n = NEXT_PIN_ROOT.fetch_add(1, Ordering::Relaxed);
         let path = PathBuf::from(format!("/sys/fs/bpf/dwcp-{tag}-{}-{n}", std::process::id()));
-        for sub in ["a", "b", "pass"] {
+        for sub in ["a", "b"] {
             std::fs::create_dir_all(path.join(sub)).map_err(|e| LabError::Pin {
                 path: path.join(sub),
                 detail: e.to_string(),
@@ -170,31 +170,6 @@ impl Drop for PinRoot {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
     }
-}
-
-/// Attaches `program` to `ifname` (call it inside the interface's namespace) and pins the
-/// attachment at `pin`: it then stays attached when `dp` is dropped, until the pin is removed.
-fn attach_pinned(
-    dp: &mut Dataplane,
-    program: &'static str,
-    ifname: &str,
-    pin: &Path,
-) -> Result<AttachMode> {
-    let pin_err = |detail: String| LabError::Pin {
-        path: pin.to_path_buf(),
-        detail,
-    };
-    let (id, mode) = dp.attach(program, ifname)?;
-    let link = dp
-        .program(program)?
-        .take_link(id)
-        .map_err(|e| pin_err(format!("taking the {program} link on {ifname}: {e}")))?;
-    let link: FdLink = link
-        .try_into()
-        .map_err(|e| pin_err(format!("{program} on {ifname} is not a bpf_link: {e}")))?;
-    link.pin(pin)
-        .map_err(|e| pin_err(format!("pinning {program} on {ifname}: {e}")))?;
-    Ok(mode)
 }
 
 /// The prober run on a thread of its own inside a gateway's namespace, as `dwcp-prober` runs
@@ -444,7 +419,7 @@ impl MultiLinkLab {
     /// ends need to accept natively redirected frames (pinned as well).
     pub fn start_dataplanes(&mut self) -> Result<()> {
         let pass_dir = self.pins.0.join("pass");
-        let mut pass = Dataplane::load(Pinning::None)?;
+        let mut pass = PassProgram::load()?;
         let mut ends: Vec<(&Netns, &str, String)> = vec![
             (&self.a.host, "eth0", "host-a".into()),
             (&self.b.host, "eth0", "host-b".into()),
@@ -455,7 +430,7 @@ impl MultiLinkLab {
         }
         for (ns, ifname, pin) in ends {
             let pin = pass_dir.join(pin);
-            ns.run_in(|| attach_pinned(&mut pass, programs::PASS, ifname, &pin))??;
+            ns.run_in(|| pass.attach_pinned(ifname, &pin))??;
         }
         drop(pass);
         for side in [Side::A, Side::B] {
@@ -494,19 +469,13 @@ impl MultiLinkLab {
             .gw
             .run_in(move || -> Result<(Dataplane, AttachMode)> {
                 let mut dp = Dataplane::load(Pinning::Dir(pin_dir.clone()))?;
-                let mode = attach_pinned(
-                    &mut dp,
-                    programs::LAN_INGRESS,
-                    "lan0",
-                    &pin_dir.join("xdp-lan0"),
-                )?;
+                // Pinned like the hosts' and wires' programs: they stay when `dp` is dropped.
+                let lan = programs::LAN_INGRESS;
+                let mode = attach_pinned(dp.program(lan)?, lan, "lan0", &pin_dir.join("xdp-lan0"))?;
+                let underlay = programs::UNDERLAY_INGRESS;
                 for ifname in &ifnames {
-                    attach_pinned(
-                        &mut dp,
-                        programs::UNDERLAY_INGRESS,
-                        ifname,
-                        &pin_dir.join(format!("xdp-{ifname}")),
-                    )?;
+                    let pin = pin_dir.join(format!("xdp-{ifname}"));
+                    attach_pinned(dp.program(underlay)?, underlay, ifname, &pin)?;
                 }
                 program_paths(&mut dp, lan_if, remote_prefix, MULTI_LAB_GROUP, &paths)?;
                 Ok((dp, mode))

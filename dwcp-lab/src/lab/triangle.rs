@@ -29,19 +29,17 @@ use std::{
 };
 
 use aya::maps::{MapData, PerCpuArray};
-use dwcp_common::{maps::names, maps::programs, Counters, Reason};
+use dwcp_common::{maps::names, Counters, Reason};
 use thiserror::Error;
 
-use super::{region, LabError, Region, UNDERLAY_MTU};
+use super::{region, LabError, PassProgram, Region, UNDERLAY_MTU};
 use crate::netlab;
 use crate::netlab::Netns;
 use dwcp_agent::agent::AgentEvent;
 use dwcp_control::config::ProbeSenderMode;
 use dwcp_dataplane::unpin_all;
 use dwcp_dataplane::unpin_links;
-use dwcp_dataplane::Dataplane;
 use dwcp_dataplane::PinnedMaps;
-use dwcp_dataplane::Pinning;
 
 #[derive(Debug, Error)]
 pub enum TriangleError {
@@ -61,12 +59,6 @@ pub enum TriangleError {
 impl From<netlab::NetlabError> for TriangleError {
     fn from(e: netlab::NetlabError) -> Self {
         TriangleError::Lab(LabError::Netlab(e))
-    }
-}
-
-impl From<dwcp_dataplane::DataplaneError> for TriangleError {
-    fn from(e: dwcp_dataplane::DataplaneError) -> Self {
-        TriangleError::Lab(LabError::Dataplane(Box::new(e)))
     }
 }
 
@@ -242,7 +234,7 @@ pub struct TriangleLab {
     pins: PathBuf,
     options: TriangleOptions,
     /// XDP_PASS on the hosts' and wires' veth ends (so redirected frames are accepted).
-    _pass: Dataplane,
+    _pass: PassProgram,
     agents: Vec<Option<AgentProcess>>,
     /// `dwcp-prober` processes (killed on drop, like the agents).
     probers: Vec<Option<AgentProcess>>,
@@ -306,14 +298,13 @@ impl TriangleLab {
             }
             wires.push(Wire { link, ns });
         }
-        let mut pass = Dataplane::load(Pinning::None)?;
+        let mut pass = PassProgram::load()?;
         for r in &regions {
-            r.host
-                .run_in(|| pass.attach(programs::PASS, "eth0").map(|_| ()))??;
+            r.host.run_in(|| pass.attach("eth0"))??;
         }
         for w in &wires {
             for end in ["to-a", "to-b"] {
-                w.ns.run_in(|| pass.attach(programs::PASS, end).map(|_| ()))??;
+                w.ns.run_in(|| pass.attach(end))??;
             }
         }
         let lab = TriangleLab {

@@ -29,7 +29,7 @@ use thiserror::Error;
 
 use crate::lab::kernel_neighbour;
 use crate::lab::UNDERLAY_MTU;
-use crate::lab::{program_paths, GatewayPath, LabError};
+use crate::lab::{program_paths, GatewayPath, LabError, PassProgram};
 use crate::netlab;
 use crate::netlab::NetlabError;
 use crate::netlab::Netns;
@@ -226,8 +226,8 @@ pub fn parse_shaper_stats(json: &[u8]) -> std::result::Result<ShaperStats, Strin
 pub struct ShapedPathsLab {
     gw_a_dataplane: Option<Dataplane>,
     gw_b_dataplane: Option<Dataplane>,
-    /// `XDP_PASS` programs on the hosts' and wires' veths, so native redirects into them arrive.
-    pass_programs: Vec<Dataplane>,
+    /// `XDP_PASS` on the hosts' and wires' veths, so native redirects into them arrive.
+    pass_program: Option<PassProgram>,
     split: Option<NextHopTable>,
     /// Interfaces whose program fell back to generic XDP (then a veth's qdisc would apply to
     /// redirected frames, and the fast path's cost differs from a real gateway's).
@@ -327,7 +327,7 @@ impl ShapedPathsLab {
         Ok(ShapedPathsLab {
             gw_a_dataplane: None,
             gw_b_dataplane: None,
-            pass_programs: Vec::new(),
+            pass_program: None,
             split: None,
             generic_attachments: Vec::new(),
             paths,
@@ -383,21 +383,16 @@ impl ShapedPathsLab {
         for p in &self.paths {
             pass_on.push((&p.wire, vec![WIRE_TO_A, WIRE_TO_B]));
         }
+        let mut pass = PassProgram::load()?;
         for (ns, ifnames) in pass_on {
-            let (dp, generic) = ns.run_in(|| -> Result<(Dataplane, Vec<String>)> {
-                let mut dp = Dataplane::load(Pinning::None)?;
-                let mut generic = Vec::new();
-                for ifname in ifnames {
-                    let (_, mode) = dp.attach(programs::PASS, ifname)?;
-                    if mode == dwcp_dataplane::AttachMode::Generic {
-                        generic.push(format!("{}:{ifname}", ns.name()));
-                    }
+            for ifname in ifnames {
+                if ns.run_in(|| pass.attach(ifname))?? == dwcp_dataplane::AttachMode::Generic {
+                    self.generic_attachments
+                        .push(format!("{}:{ifname}", ns.name()));
                 }
-                Ok((dp, generic))
-            })??;
-            self.pass_programs.push(dp);
-            self.generic_attachments.extend(generic);
+            }
         }
+        self.pass_program = Some(pass);
         let equal: Vec<Member> = self
             .paths
             .iter()
