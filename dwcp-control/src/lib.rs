@@ -13,6 +13,7 @@ pub mod fast_path;
 pub mod forwarding;
 pub mod health;
 pub mod input;
+pub mod link_state;
 pub mod liveness;
 pub mod nhg_table;
 pub mod plan;

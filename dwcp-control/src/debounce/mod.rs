@@ -106,6 +106,9 @@ impl Debounce {
 }
 
 #[cfg(test)]
+mod rfc8405;
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use std::time::Duration;
