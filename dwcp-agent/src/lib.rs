@@ -4,6 +4,7 @@
 pub mod agent;
 pub mod api;
 pub mod health;
+pub mod http;
 pub mod probe;
 pub mod prober;
 pub mod telemetry;

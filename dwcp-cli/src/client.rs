@@ -1,23 +1,36 @@
-//! A small client of the API, over the Unix socket or TCP (with a bearer token): what the
-//! `dwcp` CLI and the tests use. One connection per request; every step has a timeout.
+//! A small client of the API, over the Unix socket or TCP (TLS, with a bearer token): what
+//! the `dwcp` CLI and the tests use. One connection per request; every step has a timeout.
 
-use std::{path::PathBuf, time::Duration};
+use std::{
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Duration,
+};
 
 use http_body_util::{BodyExt, Full};
 use hyper::{body::Bytes, Request};
 use hyper_util::rt::TokioIo;
+use rustls::{
+    pki_types::{pem::PemObject, CertificateDer, ServerName},
+    ClientConfig, RootCertStore,
+};
 use serde::{de::DeserializeOwned, Serialize};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_rustls::TlsConnector;
 
 use dwcp_control::view::ErrorBody;
 
 /// Where the agent's API is.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 pub enum Endpoint {
     Unix(PathBuf),
-    /// `host:port`, with the bearer token to send.
-    Tcp {
+    /// `host:port` in plain HTTP (the metrics endpoint; the API is never served so on TCP).
+    Http(String),
+    /// The TCP API: `host:port` over TLS, trusting `trust`, with the bearer token to send.
+    Https {
         addr: String,
         token: Option<String>,
+        trust: TlsTrust,
     },
 }
 
@@ -25,8 +38,56 @@ impl std::fmt::Display for Endpoint {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Endpoint::Unix(p) => write!(f, "{}", p.display()),
-            Endpoint::Tcp { addr, .. } => write!(f, "http://{addr}"),
+            Endpoint::Http(addr) => write!(f, "http://{addr}"),
+            Endpoint::Https { addr, .. } => write!(f, "https://{addr}"),
         }
+    }
+}
+
+/// The CA certificates a TLS server's chain must lead to (those that signed the API's
+/// certificate), read from a PEM file.
+#[derive(Clone)]
+pub struct TlsTrust {
+    config: Arc<ClientConfig>,
+    file: PathBuf,
+}
+
+impl std::fmt::Debug for TlsTrust {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsTrust")
+            .field("file", &self.file)
+            .finish()
+    }
+}
+
+impl TlsTrust {
+    pub fn from_pem_file(path: &Path) -> Result<TlsTrust, ClientError> {
+        let bad = |detail: String| ClientError::Trust {
+            path: path.into(),
+            detail,
+        };
+        let pem = std::fs::read(path).map_err(|e| bad(e.to_string()))?;
+        let mut roots = RootCertStore::empty();
+        for cert in CertificateDer::pem_slice_iter(&pem) {
+            roots
+                .add(cert.map_err(|e| bad(e.to_string()))?)
+                .map_err(|e| bad(e.to_string()))?;
+        }
+        if roots.is_empty() {
+            return Err(bad("no certificate in the file".into()));
+        }
+        let mut config = ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::aws_lc_rs::default_provider(),
+        ))
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| bad(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Ok(TlsTrust {
+            config: Arc::new(config),
+            file: path.into(),
+        })
     }
 }
 
@@ -46,6 +107,8 @@ pub enum ClientError {
     Api { status: u16, message: String },
     #[error("unexpected answer from the agent: {0}")]
     Decode(String),
+    #[error("TLS trust {path}: {detail}")]
+    Trust { path: PathBuf, detail: String },
 }
 
 /// An answer as received.
@@ -110,29 +173,47 @@ impl ApiClient {
                     let stream = tokio::net::UnixStream::connect(path)
                         .await
                         .map_err(connect_error)?;
-                    let (sender, conn) =
-                        hyper::client::conn::http1::handshake(TokioIo::new(stream))
-                            .await
-                            .map_err(|e| self.http_error(e))?;
-                    tokio::spawn(conn);
-                    Ok(sender)
+                    self.handshake(stream).await
                 }
-                Endpoint::Tcp { addr, .. } => {
+                Endpoint::Http(addr) => {
                     let stream = tokio::net::TcpStream::connect(addr)
                         .await
                         .map_err(connect_error)?;
-                    let (sender, conn) =
-                        hyper::client::conn::http1::handshake(TokioIo::new(stream))
-                            .await
-                            .map_err(|e| self.http_error(e))?;
-                    tokio::spawn(conn);
-                    Ok(sender)
+                    self.handshake(stream).await
+                }
+                Endpoint::Https { addr, trust, .. } => {
+                    let host = addr
+                        .rsplit_once(':')
+                        .map_or(addr.as_str(), |(host, _)| host)
+                        .trim_start_matches('[')
+                        .trim_end_matches(']');
+                    let name = ServerName::try_from(host.to_string())
+                        .map_err(|e| self.http_error(format!("server name {host:?}: {e}")))?;
+                    let stream = tokio::net::TcpStream::connect(addr)
+                        .await
+                        .map_err(connect_error)?;
+                    let tls = TlsConnector::from(trust.config.clone())
+                        .connect(name, stream)
+                        .await
+                        .map_err(|e| self.http_error(format!("TLS: {e}")))?;
+                    self.handshake(tls).await
                 }
             }
         };
         tokio::time::timeout(self.timeout, handshake)
             .await
             .map_err(|_| self.timeout_error())?
+    }
+
+    async fn handshake<I>(&self, io: I) -> Result<Sender, ClientError>
+    where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
+            .await
+            .map_err(|e| self.http_error(e))?;
+        tokio::spawn(conn);
+        Ok(sender)
     }
 
     fn request(
@@ -144,13 +225,13 @@ impl ApiClient {
     ) -> Result<Request<Full<Bytes>>, ClientError> {
         let host = match &self.endpoint {
             Endpoint::Unix(_) => "localhost".to_string(),
-            Endpoint::Tcp { addr, .. } => addr.clone(),
+            Endpoint::Http(addr) | Endpoint::Https { addr, .. } => addr.clone(),
         };
         let mut builder = Request::builder()
             .method(method)
             .uri(path)
             .header(hyper::header::HOST, host);
-        if let Endpoint::Tcp {
+        if let Endpoint::Https {
             token: Some(token), ..
         } = &self.endpoint
         {

@@ -2,7 +2,8 @@
 //! TCP with a bearer token) and reads the pinned maps directly.
 //!
 //! ```text
-//! dwcp show links                 # tables by default
+//! dwcp show links                 # tables by default; every link, who measured it, when
+//! dwcp show lsdb                  # the link-state records
 //! dwcp show routes --json         # the API's JSON
 //! dwcp link down use1-aps1        # administrative; waits until the agent shows it
 //! dwcp reserve add --from us-east-1 --to eu-west-1 --class realtime --rate 100M --end +1h --path 1
@@ -15,7 +16,7 @@ use std::{io::Write, path::PathBuf, time::Duration};
 use anyhow::{bail, Context, Result};
 use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 use dwcp_cli::{
-    client::{ApiClient, ClientError, Endpoint},
+    client::{ApiClient, ClientError, Endpoint, TlsTrust},
     maps, tables,
     when::parse_when,
 };
@@ -24,8 +25,8 @@ use dwcp_control::{
     config::{DEFAULT_PIN_DIR, DEFAULT_SOCKET},
     input::unix_now,
     view::{
-        AdminRequest, AdminResponse, AdminState, ClassView, LinkHealth, LinkView, ReloadResponse,
-        RouteChange, RouteView, StatusView, TopologyView, TunnelView,
+        AdminRequest, AdminResponse, AdminState, ClassView, LinkHealth, LinkView, LsdbView,
+        ReloadResponse, RouteChange, RouteView, StatusView, TopologyView, TunnelView,
     },
 };
 use indicatif::{ProgressBar, ProgressStyle};
@@ -41,12 +42,16 @@ struct Cli {
     /// The agent's API socket.
     #[arg(long, env = "DWCP_SOCKET", default_value = DEFAULT_SOCKET, global = true)]
     socket: PathBuf,
-    /// Use the TCP API at HOST:PORT instead of the socket (needs --token-file).
+    /// Use the TCP API at HOST:PORT (over TLS) instead of the socket (needs --ca-file and
+    /// --token-file).
     #[arg(long, env = "DWCP_API", global = true)]
     api: Option<String>,
     /// File with the bearer token of the TCP API.
     #[arg(long, env = "DWCP_TOKEN_FILE", global = true)]
     token_file: Option<PathBuf>,
+    /// PEM file of the CA certificate(s) that signed the TCP API's certificate.
+    #[arg(long, env = "DWCP_CA_FILE", global = true)]
+    ca_file: Option<PathBuf>,
     /// Seconds to wait for the agent.
     #[arg(long, default_value_t = 10, global = true)]
     timeout: u64,
@@ -112,10 +117,12 @@ enum Show {
     Routes {
         destination: Option<String>,
     },
-    /// Links with their measurements; one link (id or name) if given.
+    /// Links with their measurements and who measured them; one link (id or name) if given.
     Links {
         link: Option<String>,
     },
+    /// The link-state database: every gateway's record of its links, and the flooding counters.
+    Lsdb,
     Tunnels,
     /// QoS classes: what the fast path forwarded in each, at what rate, and what is reserved.
     Classes,
@@ -211,9 +218,14 @@ fn client(cli: &Cli) -> Result<ApiClient> {
                 ),
                 None => None,
             };
-            Endpoint::Tcp {
+            let ca_file = cli
+                .ca_file
+                .as_ref()
+                .context("the TCP API is served over TLS: add --ca-file FILE (its CA)")?;
+            Endpoint::Https {
                 addr: addr.clone(),
                 token,
+                trust: TlsTrust::from_pem_file(ca_file)?,
             }
         }
         None => Endpoint::Unix(cli.socket.clone()),
@@ -341,11 +353,19 @@ async fn show(cli: &Cli, what: &Show) -> Result<()> {
         }
         Show::Links { link: None } => {
             let l: Vec<LinkView> = c.get("/v1/links").await?;
-            print(json, &l, |l| tables::links(l))
+            let lsdb = lsdb(&c).await?;
+            print(json, &l, |l| tables::links(l, lsdb.as_ref(), now_unix_ms()))
         }
         Show::Links { link: Some(l) } => {
             let l: LinkView = c.get(&format!("/v1/links/{}", path_segment(l))).await?;
-            print(json, &l, |l| tables::links(std::slice::from_ref(l)))
+            let lsdb = lsdb(&c).await?;
+            print(json, &l, |l| {
+                tables::links(std::slice::from_ref(l), lsdb.as_ref(), now_unix_ms())
+            })
+        }
+        Show::Lsdb => {
+            let l: LsdbView = c.get("/v1/lsdb").await?;
+            print(json, &l, |l| tables::lsdb(l, now_unix_ms()))
         }
         Show::Tunnels => {
             let t: Vec<TunnelView> = c.get("/v1/tunnels").await?;
@@ -386,6 +406,21 @@ async fn show(cli: &Cli, what: &Show) -> Result<()> {
             print(json, &h, |h| tables::history(h))
         }
     }
+}
+
+/// The link-state database, `None` when the agent runs without link state.
+async fn lsdb(c: &ApiClient) -> Result<Option<LsdbView>> {
+    match c.get("/v1/lsdb").await {
+        Ok(l) => Ok(Some(l)),
+        Err(ClientError::Api { status: 404, .. }) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn now_unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 async fn reserve(cli: &Cli, action: &Reserve) -> Result<()> {

@@ -11,9 +11,10 @@ use std::path::{Path, PathBuf};
 
 use aya::maps::{lpm_trie::LpmTrie, Array, DevMapHash, HashMap, MapData, MapError, PerCpuArray};
 use dwcp_common::{
-    maps::names, ClassifierKey, ClassifierRule, Counters, GatewayConfig, HandoffFlow, LinkConfig,
-    LinkState, Neighbour, NeighbourKey, NextHop, NextHopTable, Policer, PolicerKey, QosClass,
-    QosPolicy, Reason, Route, VniEntry, GROUP_SLOTS, MAX_GROUPS, POLICER_ANY_GROUP, POLICE_DROP,
+    maps::names, probe::ProbeKey, ClassifierKey, ClassifierRule, Counters, GatewayConfig,
+    HandoffFlow, LanPort, LinkConfig, LinkState, Neighbour, NeighbourKey, NextHop, NextHopTable,
+    Policer, PolicerKey, QosClass, QosPolicy, Reason, Route, VniEntry, GROUP_SLOTS, MAX_GROUPS,
+    POLICER_ANY_GROUP, POLICE_DROP,
 };
 use dwcp_control::traffic::flow_address;
 use dwcp_dataplane::{PinnedMapError, PinnedMaps};
@@ -312,6 +313,18 @@ pub fn dump_one(dir: &Path, name: &'static str) -> Result<MapDump, MapsError> {
                 );
             }
         }
+        names::LAN_PORTS => {
+            let h: HashMap<MapData, u32, LanPort> = maps.map(name)?;
+            for item in h.iter() {
+                let (k, p) = item.map_err(&rd)?;
+                push(
+                    u32_key(k),
+                    json!({"mac": p.mac}),
+                    None,
+                    format!("if {k}: LAN port, forwards frames to {}", mac(p.mac)),
+                );
+            }
+        }
         names::LINK_CONFIG => {
             shown = "non-zero entries";
             let a: Array<MapData, LinkConfig> = maps.map(name)?;
@@ -329,17 +342,30 @@ pub fn dump_one(dir: &Path, name: &'static str) -> Result<MapDump, MapsError> {
                 }
                 push(
                     u32_key(i as u32),
-                    json!({"flags": c.flags, "up_after": c.up_after, "detect_ns": c.detect_ns}),
+                    json!({
+                        "flags": c.flags, "up_after": c.up_after, "detect_ns": c.detect_ns,
+                        "peer_ip4": c.peer_ip4, "local_ip4": c.local_ip4, "ifindex": c.ifindex,
+                        "probe_min_ttl": c.probe_min_ttl, "reflect_gap_ns": c.reflect_gap_ns,
+                        "reflect_burst": c.reflect_burst,
+                    }),
                     None,
                     format!(
-                        "link {i}: {} up after {} replies, dead after {} ms without one",
+                        "link {i}: {} up after {} replies, dead after {} ms without one; \
+                         from {} to {} on if {}, probes with TTL >= {}, reflected every {} us \
+                         (burst {})",
                         if flags.is_empty() {
                             "unmonitored".to_string()
                         } else {
                             flags.join(",")
                         },
                         c.up_after,
-                        c.detect_ns as f64 / 1e6
+                        c.detect_ns as f64 / 1e6,
+                        ip4(c.peer_ip4),
+                        ip4(c.local_ip4),
+                        c.ifindex,
+                        c.probe_min_ttl,
+                        c.reflect_gap_ns as f64 / 1e3,
+                        c.reflect_burst
                     ),
                 );
             }
@@ -359,6 +385,7 @@ pub fn dump_one(dir: &Path, name: &'static str) -> Result<MapDump, MapsError> {
                         "last_seq": s.last_seq, "last_rtt_ns": s.last_rtt_ns,
                         "srtt_ns": s.srtt_ns, "jitter_ns": s.jitter_ns,
                         "replies": s.replies, "reflected": s.reflected,
+                        "last_tx_ns": s.last_tx_ns, "reflect_tat_ns": s.reflect_tat_ns,
                     }),
                     None,
                     format!(
@@ -495,10 +522,18 @@ pub fn dump_one(dir: &Path, name: &'static str) -> Result<MapDump, MapsError> {
                 let (k, v) = item.map_err(&rd)?;
                 push(
                     u32_key(k),
-                    json!({"lan_ifindex": v.lan_ifindex, "flags": v.flags}),
+                    json!({"link_id": v.link_id, "flags": v.flags}),
                     None,
-                    format!("vni {k} -> decapsulate to if {}", v.lan_ifindex),
+                    format!("vni {k} -> decapsulate from link {}'s peer", v.link_id),
                 );
+            }
+        }
+        names::PROBE_KEYS => {
+            shown = "links with a key (the keys are not shown)";
+            let h: HashMap<MapData, u32, ProbeKey> = maps.map(name)?;
+            for k in h.keys() {
+                let k = k.map_err(&rd)?;
+                push(u32_key(k), Value::Null, None, format!("link {k}: key set"));
             }
         }
         names::NH_STATS | names::CLASS_STATS => {

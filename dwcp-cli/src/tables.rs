@@ -5,9 +5,10 @@ use comfy_table::{presets, CellAlignment, ContentArrangement, Table};
 
 use dwcp_control::{
     bandwidth::Reservation,
+    topology::RoutingHealth,
     view::{
-        ClassView, LinkHealth, LinkView, PathRole, RouteChange, RouteView, StatusView,
-        TopologyView, TunnelState, TunnelView,
+        ClassView, LinkHealth, LinkView, LsdbRecord, LsdbView, PathRole, RouteChange, RouteView,
+        StatusView, TopologyView, TunnelState, TunnelView,
     },
 };
 
@@ -83,6 +84,13 @@ pub fn status(s: &StatusView) -> String {
     if let (Some(a), Some(t)) = (s.reservations_active, s.reservations_stored) {
         out.push_str(&format!("  reservations: {a} active, {t} stored\n"));
     }
+    if !s.topology_differs.is_empty() {
+        out.push_str(&format!(
+            "  topology: {} run another topology file than this gateway (their link state is \
+             not applied)\n",
+            s.topology_differs.join(", ")
+        ));
+    }
     out
 }
 
@@ -113,7 +121,22 @@ pub fn topology(t: &TopologyView) -> String {
     out
 }
 
-pub fn links(links: &[LinkView]) -> String {
+/// Every link of the network with its figures, and who measured it how long ago (the
+/// link-state records that report it, `lsdb`; none when link state is off).
+pub fn links(links: &[LinkView], lsdb: Option<&LsdbView>, now_unix_ms: u64) -> String {
+    let measured_by = |id: u32| -> String {
+        let by: Vec<String> = lsdb
+            .iter()
+            .flat_map(|l| &l.records)
+            .filter(|r| r.links.iter().any(|report| report.link.0 == id))
+            .map(|r| format!("{} ({})", r.origin, record_age(r, now_unix_ms)))
+            .collect();
+        if by.is_empty() {
+            "-".into()
+        } else {
+            by.join(", ")
+        }
+    };
     let mut tab = table(
         &[
             "ID",
@@ -128,6 +151,7 @@ pub fn links(links: &[LinkView]) -> String {
             "PROJECTED",
             "CAPACITY",
             "PROBES",
+            "MEASURED BY",
         ],
         &[0, 4, 5, 6, 7, 8, 9, 10, 11],
     );
@@ -145,9 +169,83 @@ pub fn links(links: &[LinkView]) -> String {
             opt(l.projected_utilisation_ratio, format::percent),
             format::bits_per_second(l.capacity_bps as f64),
             format!("{}/{}", l.probes_received, l.probes_sent),
+            measured_by(l.id),
         ]);
     }
     render(&tab)
+}
+
+/// How long ago a record's origin made it.
+fn record_age(r: &LsdbRecord, now_unix_ms: u64) -> String {
+    format::age(now_unix_ms.saturating_sub(r.originated_unix_ms) as f64 / 1e3)
+}
+
+/// The link-state database: what this gateway's flooding did, then one line per link of every
+/// record (origin, sequence number, age, topology, and what it says of the link).
+pub fn lsdb(l: &LsdbView, now_unix_ms: u64) -> String {
+    let neighbours: Vec<String> = l.neighbours.iter().map(u32::to_string).collect();
+    let mut out = format!(
+        "gateway {}, topology {}; neighbours over links {}\n\
+         records: {} received, {} flooded, {} aged out; datagrams dropped: {} from no peer, \
+         {} malformed\n\n",
+        l.origin,
+        l.digest,
+        if neighbours.is_empty() {
+            "-".into()
+        } else {
+            neighbours.join(", ")
+        },
+        l.records_received,
+        l.records_flooded,
+        l.records_aged_out,
+        l.datagrams_foreign,
+        l.datagrams_malformed,
+    );
+    let mut tab = table(
+        &[
+            "ORIGIN", "SEQ", "AGE", "TOPOLOGY", "LINK", "HEALTH", "RTT", "JITTER", "LOSS", "UTIL",
+        ],
+        &[1, 4, 6, 7, 8, 9],
+    );
+    let ms = |us: Option<u32>| opt(us.map(|v| f64::from(v) / 1e6), format::seconds);
+    let bp = |v: Option<u16>| opt(v.map(|v| f64::from(v) / 1e4), format::percent);
+    for r in &l.records {
+        let topology = if r.digest == l.digest {
+            "ours".to_string()
+        } else {
+            format!("other ({})", r.digest)
+        };
+        let head = [
+            r.origin.clone(),
+            r.seq.to_string(),
+            record_age(r, now_unix_ms),
+            topology,
+        ];
+        if r.links.is_empty() {
+            tab.add_row(head.iter().cloned().chain((0..6).map(|_| "-".to_string())));
+        }
+        for report in &r.links {
+            let f = &report.figures;
+            tab.add_row(head.iter().cloned().chain([
+                report.link.0.to_string(),
+                routing_health(report.health).into(),
+                ms(f.rtt_us),
+                ms(f.jitter_us),
+                bp(f.loss),
+                bp(f.utilisation),
+            ]));
+        }
+    }
+    out.push_str(&render(&tab));
+    out
+}
+
+fn routing_health(h: RoutingHealth) -> &'static str {
+    match h {
+        RoutingHealth::Up => "up",
+        RoutingHealth::Degraded => "degraded",
+        RoutingHealth::Down => "down",
+    }
 }
 
 /// One block per destination: its paths (role, weight, links, latency, live) and why.
@@ -404,7 +502,7 @@ mod tests {
     #[test]
     fn links_table_shows_measured_figures_and_dashes_for_unmeasured() {
         let s = three_region_snapshot();
-        let text = links(&s.links);
+        let text = links(&s.links, None, 0);
         let lines: Vec<&str> = text.lines().collect();
         assert!(lines[0].starts_with("ID"), "{text}");
         assert!(lines[0].contains("RTT") && lines[0].contains("LOSS"));
@@ -417,6 +515,92 @@ mod tests {
         let l2 = lines.iter().find(|l| l.contains("euw1-aps1")).unwrap();
         assert!(l2.contains("unmeasured") && l2.contains(" - "), "{l2}");
         assert!(lines.iter().all(|l| l == &l.trim_end()));
+    }
+
+    #[test]
+    fn lsdb_and_links_show_who_measured_each_link_and_when() {
+        use dwcp_control::link_state::{Figures, LinkReport};
+        use dwcp_control::topology::LinkId;
+        let now = 1_700_000_010_000;
+        let report = |link, health, rtt_ms: Option<f64>| LinkReport {
+            link: LinkId(link),
+            health,
+            figures: Figures::quantise(rtt_ms, None, None, None),
+        };
+        let record = |origin: &str, seq, age_ms, digest: &str, links| LsdbRecord {
+            origin: origin.into(),
+            seq,
+            digest: digest.into(),
+            originated_unix_ms: now - age_ms,
+            links,
+        };
+        let view = LsdbView {
+            origin: "gw-use1-a".into(),
+            digest: "00000000000000aa".into(),
+            records: vec![
+                record(
+                    "gw-euw1-a",
+                    7,
+                    3_000,
+                    "00000000000000aa",
+                    vec![
+                        report(1, RoutingHealth::Down, None),
+                        report(2, RoutingHealth::Up, Some(120.0)),
+                    ],
+                ),
+                record("gw-x", 1, 500, "00000000000000bb", vec![]),
+            ],
+            neighbours: vec![1, 3],
+            records_received: 5,
+            records_flooded: 9,
+            records_aged_out: 1,
+            datagrams_foreign: 2,
+            datagrams_malformed: 0,
+        };
+        let text = lsdb(&view, now);
+        assert!(text.contains("neighbours over links 1, 3"), "{text}");
+        assert!(text.contains("5 received, 9 flooded, 1 aged out"), "{text}");
+        let rows: Vec<&str> = text.lines().filter(|l| l.starts_with("gw-")).collect();
+        assert_eq!(rows.len(), 3, "one line per link of each record:\n{text}");
+        assert!(
+            rows[0].contains("3 s ago") && rows[0].contains(" down"),
+            "{text}"
+        );
+        assert!(
+            rows[1].contains("120 ms") && rows[1].contains(" up"),
+            "{text}"
+        );
+        assert!(rows[2].contains("other (00000000000000bb)"), "{text}");
+
+        let s = three_region_snapshot();
+        let text = links(&s.links, Some(&view), now);
+        let l2 = text.lines().find(|l| l.contains("euw1-aps1")).unwrap();
+        assert!(l2.ends_with("gw-euw1-a (3 s ago)"), "{l2}");
+        let l3 = text.lines().find(|l| l.contains("use1-aps1")).unwrap();
+        assert!(l3.ends_with(" -"), "nobody reports link 3: {l3}");
+    }
+
+    #[test]
+    fn status_names_the_gateways_of_another_topology() {
+        let mut s = three_region_snapshot();
+        let quiet = status(&StatusView::new(&s, 0));
+        assert!(!quiet.contains("topology:"), "{quiet}");
+        s.lsdb = Some(std::sync::Arc::new(LsdbView {
+            digest: "aa".into(),
+            records: vec![LsdbRecord {
+                origin: "gw-x".into(),
+                seq: 1,
+                digest: "bb".into(),
+                originated_unix_ms: 0,
+                links: vec![],
+            }],
+            ..LsdbView::default()
+        }));
+        let text = status(&StatusView::new(&s, 0));
+        assert!(
+            text.contains("topology: gw-x run another topology file"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -15,6 +15,9 @@ pub mod names {
     pub const NEXTHOPS: &str = "NEXTHOPS";
     pub const NEIGHBOURS: &str = "NEIGHBOURS";
     pub const TX_PORTS: &str = "TX_PORTS";
+    /// The LAN interfaces (ifindex -> [`super::LanPort`]): where decapsulated traffic may be
+    /// redirected, and the MAC a LAN frame must be addressed to.
+    pub const LAN_PORTS: &str = "LAN_PORTS";
     pub const LINK_CONFIG: &str = "LINK_CONFIG";
     pub const LINK_STATE: &str = "LINK_STATE";
     pub const CLASSIFIER: &str = "CLASSIFIER";
@@ -22,6 +25,9 @@ pub mod names {
     pub const QOS_POLICY: &str = "QOS_POLICY";
     pub const POLICERS: &str = "POLICERS";
     pub const VNIS: &str = "VNIS";
+    /// Link id -> [`crate::probe::ProbeKey`], written by the probe sender (the agent's or
+    /// `dwcp-prober`), read by the underlay program to check replies.
+    pub const PROBE_KEYS: &str = "PROBE_KEYS";
     pub const NH_STATS: &str = "NH_STATS";
     pub const CLASS_STATS: &str = "CLASS_STATS";
     pub const REASON_STATS: &str = "REASON_STATS";
@@ -31,7 +37,7 @@ pub mod names {
     /// Pinned, so the programs of a restarted agent share it with those still attached.
     pub const HANDOFF_FLOWS: &str = "HANDOFF_FLOWS";
     /// Every map, for pinning and cleanup.
-    pub const ALL: [&str; 19] = [
+    pub const ALL: [&str; 21] = [
         CONFIG,
         ROUTES_V4,
         ROUTES_V6,
@@ -40,6 +46,7 @@ pub mod names {
         NEXTHOPS,
         NEIGHBOURS,
         TX_PORTS,
+        LAN_PORTS,
         LINK_CONFIG,
         LINK_STATE,
         CLASSIFIER,
@@ -47,6 +54,7 @@ pub mod names {
         QOS_POLICY,
         POLICERS,
         VNIS,
+        PROBE_KEYS,
         NH_STATS,
         HANDOFF_FLOWS,
         CLASS_STATS,
@@ -322,7 +330,9 @@ pub const LINK_F_MONITORED: u32 = 1;
 /// `LinkConfig.flags`: administratively down (`dwcp link down`).
 pub const LINK_F_ADMIN_DOWN: u32 = 2;
 
-/// Agent-owned settings of an underlay link.
+/// Agent-owned settings of an underlay link: its liveness rule and what a packet of the link
+/// looks like on arrival (the peer's address, ours, the interface), which the underlay
+/// program checks before it decapsulates, reflects or measures anything.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct LinkConfig {
@@ -331,6 +341,23 @@ pub struct LinkConfig {
     pub up_after: u32,
     /// No reply for this long means the link is dead (detect multiplier x probe interval).
     pub detect_ns: u64,
+    /// The peer gateway's underlay address (network order as bytes): the only source of the
+    /// link's VXLAN packets and probes.
+    pub peer_ip4: [u8; 4],
+    /// Our underlay address on the link: probe requests must be addressed to it (the reply
+    /// leaves from it).
+    pub local_ip4: [u8; 4],
+    /// The underlay interface the link's packets must arrive on.
+    pub ifindex: u32,
+    /// Least IPv4 TTL a probe may arrive with: [`crate::probe::PROBE_TTL`] for a directly
+    /// connected peer (GTSM), 0 (no check) when the link crosses routers (`via_ip`).
+    pub probe_min_ttl: u8,
+    pub _pad: [u8; 3],
+    /// Probe requests of the peer are reflected at most once per `reflect_gap_ns` on
+    /// average, with bursts of `reflect_burst` (a GCRA in `LinkState.reflect_tat_ns`); 0:
+    /// none.
+    pub reflect_gap_ns: u32,
+    pub reflect_burst: u32,
 }
 
 /// Kernel-owned measurements of an underlay link, updated by the underlay program from probe
@@ -351,6 +378,11 @@ pub struct LinkState {
     pub replies: u64,
     /// Requests of the peer reflected by us on this link.
     pub reflected: u64,
+    /// Sender clock (`tx_ns`) of the last reply accepted: a reply must be newer.
+    pub last_tx_ns: u64,
+    /// The reflection limiter's theoretical arrival time (GCRA): a request is reflected
+    /// while this is at most `reflect_burst - 1` gaps ahead of now.
+    pub reflect_tat_ns: u64,
 }
 
 /// Classifier rule direction: match the destination or the source port.
@@ -430,9 +462,19 @@ pub struct Policer {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct VniEntry {
-    /// LAN interface the decapsulated traffic is delivered to.
-    pub lan_ifindex: u32,
+    /// The link the VNI is bound to: its packets are decapsulated only when they come from
+    /// that link's peer on its interface (`LINK_CONFIG`).
+    pub link_id: u32,
     pub flags: u32,
+}
+
+/// Value of `LAN_PORTS` (key: the interface's ifindex).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LanPort {
+    /// The interface's MAC: the LAN program forwards only frames addressed to it.
+    pub mac: [u8; 6],
+    pub _pad: [u8; 2],
 }
 
 /// Packet and byte counters (per CPU in the maps; the agent sums them).
@@ -487,12 +529,42 @@ pub enum Reason {
     /// No member of the group was usable; the flow took one that answers probes but is still
     /// held down after an outage (fewer than `up_after` good replies).
     LanHeldDownFallback = 29,
+    /// A LAN frame not addressed to the MAC of the port it arrived on (or on a port that is
+    /// not a LAN port): the kernel's.
+    LanPassOtherMac = 30,
+    /// 802.1Q / 802.1ad tagged: VLANs are the kernel's (never merged into untagged traffic).
+    LanPassVlan = 31,
+    /// IPv4 with options (source routes among them): the kernel's.
+    LanPassIpOptions = 32,
+    /// IPv6 with more extension headers than the fast path walks (4), or a transport header
+    /// beyond the first 256 bytes: the kernel's.
+    LanPassExtHeaders = 33,
+    /// VXLAN for a VNI of ours from an address other than its link's peer: dropped.
+    UnderlayDecapWrongSource = 34,
+    /// VXLAN for a VNI of ours on another interface than its link's: dropped.
+    UnderlayDecapWrongInterface = 35,
+    /// Decapsulated, and the kernel's FIB routes it to a port that is not a LAN port (back
+    /// towards the underlay): dropped.
+    UnderlayDecapNotLan = 36,
+    /// A probe that arrived with a TTL below its link's `probe_min_ttl` (not sent by a
+    /// neighbour): dropped.
+    UnderlayProbeTtl = 37,
+    /// A probe of an unknown link, or not from its peer, to its local address, on its
+    /// interface: dropped (never reflected).
+    UnderlayProbeStranger = 38,
+    /// A request over its link's reflection rate: dropped.
+    UnderlayProbeRateLimited = 39,
+    /// A reply whose token is not ours (forged, or its link has no key): dropped.
+    UnderlayProbeBadToken = 40,
+    /// A reply with a valid token but sent too long ago, in the future, or not after the
+    /// last one accepted (a replay): dropped.
+    UnderlayProbeStale = 41,
 }
 
-pub const REASON_COUNT: u32 = 32;
+pub const REASON_COUNT: u32 = 64;
 
 impl Reason {
-    pub const ALL: [Reason; 30] = [
+    pub const ALL: [Reason; 42] = [
         Reason::LanForwarded,
         Reason::LanPassNotIp,
         Reason::LanPassMalformed,
@@ -523,6 +595,18 @@ impl Reason {
         Reason::HandoffTransit,
         Reason::HandoffMarked,
         Reason::LanHeldDownFallback,
+        Reason::LanPassOtherMac,
+        Reason::LanPassVlan,
+        Reason::LanPassIpOptions,
+        Reason::LanPassExtHeaders,
+        Reason::UnderlayDecapWrongSource,
+        Reason::UnderlayDecapWrongInterface,
+        Reason::UnderlayDecapNotLan,
+        Reason::UnderlayProbeTtl,
+        Reason::UnderlayProbeStranger,
+        Reason::UnderlayProbeRateLimited,
+        Reason::UnderlayProbeBadToken,
+        Reason::UnderlayProbeStale,
     ];
 
     /// Stable snake_case name, used as a metric label and in the CLI.
@@ -558,6 +642,18 @@ impl Reason {
             Reason::HandoffTransit => "handoff_transit",
             Reason::HandoffMarked => "handoff_marked",
             Reason::LanHeldDownFallback => "lan_held_down_fallback",
+            Reason::LanPassOtherMac => "lan_pass_other_mac",
+            Reason::LanPassVlan => "lan_pass_vlan",
+            Reason::LanPassIpOptions => "lan_pass_ip_options",
+            Reason::LanPassExtHeaders => "lan_pass_ext_headers",
+            Reason::UnderlayDecapWrongSource => "underlay_decap_wrong_source",
+            Reason::UnderlayDecapWrongInterface => "underlay_decap_wrong_interface",
+            Reason::UnderlayDecapNotLan => "underlay_decap_not_lan",
+            Reason::UnderlayProbeTtl => "underlay_probe_ttl",
+            Reason::UnderlayProbeStranger => "underlay_probe_stranger",
+            Reason::UnderlayProbeRateLimited => "underlay_probe_rate_limited",
+            Reason::UnderlayProbeBadToken => "underlay_probe_bad_token",
+            Reason::UnderlayProbeStale => "underlay_probe_stale",
         }
     }
 }
@@ -579,6 +675,8 @@ mod pod {
     unsafe impl aya::Pod for ClassifierRule {}
     unsafe impl aya::Pod for QosPolicy {}
     unsafe impl aya::Pod for VniEntry {}
+    unsafe impl aya::Pod for LanPort {}
+    unsafe impl aya::Pod for crate::probe::ProbeKey {}
     unsafe impl aya::Pod for PolicerKey {}
     unsafe impl aya::Pod for Policer {}
     unsafe impl aya::Pod for Counters {}
@@ -621,10 +719,13 @@ mod tests {
         });
         layout!(NeighbourKey, 8 { ifindex: 0, ip4: 4 });
         layout!(Neighbour, 16 { mac: 0, if_mac: 6, _pad: 12 });
-        layout!(LinkConfig, 16 { flags: 0, up_after: 4, detect_ns: 8 });
-        layout!(LinkState, 56 {
+        layout!(LinkConfig, 40 {
+            flags: 0, up_after: 4, detect_ns: 8, peer_ip4: 16, local_ip4: 20, ifindex: 24,
+            probe_min_ttl: 28, _pad: 29, reflect_gap_ns: 32, reflect_burst: 36,
+        });
+        layout!(LinkState, 72 {
             last_reply_ns: 0, good_streak: 8, last_seq: 12, last_rtt_ns: 16, srtt_ns: 24,
-            jitter_ns: 32, replies: 40, reflected: 48,
+            jitter_ns: 32, replies: 40, reflected: 48, last_tx_ns: 56, reflect_tat_ns: 64,
         });
         layout!(ClassifierKey, 4 { proto: 0, direction: 1, port: 2 });
         layout!(ClassifierRule, 4 { class: 0, _pad: 1 });
@@ -634,7 +735,9 @@ mod tests {
             rate_bytes_per_s: 0, burst_bytes: 8, tokens: 16, last_ns: 24, conformed: 32,
             exceeded: 40, action: 48, _pad: 49,
         });
-        layout!(VniEntry, 8 { lan_ifindex: 0, flags: 4 });
+        layout!(VniEntry, 8 { link_id: 0, flags: 4 });
+        layout!(LanPort, 8 { mac: 0, _pad: 6 });
+        layout!(crate::probe::ProbeKey, 16 { k0: 0, k1: 8 });
         layout!(Counters, 16 { packets: 0, bytes: 8 });
     }
 

@@ -3,16 +3,97 @@
 //!
 //! Layout (network byte order), 40 bytes after the UDP header:
 //! `magic u32 | version u8 | kind u8 | flags u16 | link_id u32 | seq u32 |
-//!  tx_ns u64 (sender clock) | rx_ns u64 (reflector clock) | reserved u64`
+//!  tx_ns u64 (sender clock) | token u64 | reserved u64`
+//!
+//! Version 2 (version 1 carried the reflector's clock where `token` is now, and no token).
+//! Both directions travel with IPv4 TTL 255 (RFC 5881's GTSM: a packet that crossed a router
+//! arrives with less).
+//!
+//! `token` authenticates the request to its own sender: [`probe_token`], a SipHash-2-4 of
+//! `link_id`, `seq` and `tx_ns` under the link's [`ProbeKey`], which only this gateway knows
+//! (the sender writes it into `PROBE_KEYS`, the underlay program checks replies against it).
+//! The reflector copies it back untouched, so it needs no key. A forged reply needs the key; a
+//! reply seen on the wire authenticates only its own `tx_ns`, which the kernel accepts once and
+//! only while it is recent, so neither a dead link can be kept alive nor an RTT set by
+//! replaying or editing replies.
 
 /// UDP port the probes are sent to (and reflected from).
 pub const PROBE_PORT: u16 = 4790;
 /// "DWCP" in ASCII.
 pub const PROBE_MAGIC: u32 = 0x4457_4350;
-pub const PROBE_VERSION: u8 = 1;
+pub const PROBE_VERSION: u8 = 2;
 pub const PROBE_KIND_REQUEST: u8 = 1;
 pub const PROBE_KIND_REPLY: u8 = 2;
 pub const PROBE_LEN: usize = 40;
+/// IPv4 TTL every probe is sent with, and, on a directly connected link, arrives with.
+pub const PROBE_TTL: u8 = 255;
+/// A reply whose request left longer ago than this is refused (no WAN link has such an RTT;
+/// older replies are replays or lost in queues).
+pub const PROBE_MAX_AGE_NS: u64 = 2_000_000_000;
+
+/// A link's probe key (`PROBE_KEYS`): 128 random bits from the sender, per link.
+#[repr(C)]
+#[derive(Clone, Copy, Default, PartialEq, Eq)]
+pub struct ProbeKey {
+    pub k0: u64,
+    pub k1: u64,
+}
+
+/// Never printed: a key in a log would let its reader forge replies.
+impl core::fmt::Debug for ProbeKey {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str("ProbeKey(..)")
+    }
+}
+
+/// The token of a request (see the module documentation).
+#[inline(always)]
+pub const fn probe_token(key: &ProbeKey, link_id: u32, seq: u32, tx_ns: u64) -> u64 {
+    siphash24(key, ((link_id as u64) << 32) | seq as u64, tx_ns)
+}
+
+/// SipHash-2-4 (Aumasson and Bernstein, 2012) of a 16-byte message, the little-endian bytes
+/// of `m0` then `m1`. Straight-line 64-bit arithmetic, so the verifier walks it once.
+#[inline(always)]
+pub const fn siphash24(key: &ProbeKey, m0: u64, m1: u64) -> u64 {
+    let mut v = [
+        key.k0 ^ 0x736f_6d65_7073_6575,
+        key.k1 ^ 0x646f_7261_6e64_6f6d,
+        key.k0 ^ 0x6c79_6765_6e65_7261,
+        key.k1 ^ 0x7465_6462_7974_6573,
+    ];
+    // The two message words, then the final word: the length (16) in the top byte.
+    let words = [m0, m1, 16u64 << 56];
+    let mut w = 0;
+    while w < 3 {
+        v[3] ^= words[w];
+        v = sip_rounds(v, 2);
+        v[0] ^= words[w];
+        w += 1;
+    }
+    v[2] ^= 0xff;
+    v = sip_rounds(v, 4);
+    v[0] ^ v[1] ^ v[2] ^ v[3]
+}
+
+#[inline(always)]
+const fn sip_rounds(mut v: [u64; 4], n: usize) -> [u64; 4] {
+    let mut i = 0;
+    while i < n {
+        v[0] = v[0].wrapping_add(v[1]);
+        v[1] = v[1].rotate_left(13) ^ v[0];
+        v[0] = v[0].rotate_left(32);
+        v[2] = v[2].wrapping_add(v[3]);
+        v[3] = v[3].rotate_left(16) ^ v[2];
+        v[0] = v[0].wrapping_add(v[3]);
+        v[3] = v[3].rotate_left(21) ^ v[0];
+        v[2] = v[2].wrapping_add(v[1]);
+        v[1] = v[1].rotate_left(17) ^ v[2];
+        v[2] = v[2].rotate_left(32);
+        i += 1;
+    }
+    v
+}
 
 /// Decoded probe header.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -22,7 +103,7 @@ pub struct ProbeHeader {
     pub link_id: u32,
     pub seq: u32,
     pub tx_ns: u64,
-    pub rx_ns: u64,
+    pub token: u64,
 }
 
 /// Why a probe was rejected.
@@ -35,6 +116,18 @@ pub enum ProbeError {
 }
 
 impl ProbeHeader {
+    /// A request of link `link_id` with its token under `key`.
+    pub const fn request(key: &ProbeKey, link_id: u32, seq: u32, tx_ns: u64) -> ProbeHeader {
+        ProbeHeader {
+            kind: PROBE_KIND_REQUEST,
+            flags: 0,
+            link_id,
+            seq,
+            tx_ns,
+            token: probe_token(key, link_id, seq, tx_ns),
+        }
+    }
+
     pub fn encode(&self, out: &mut [u8; PROBE_LEN]) {
         out[0..4].copy_from_slice(&PROBE_MAGIC.to_be_bytes());
         out[4] = PROBE_VERSION;
@@ -43,7 +136,7 @@ impl ProbeHeader {
         out[8..12].copy_from_slice(&self.link_id.to_be_bytes());
         out[12..16].copy_from_slice(&self.seq.to_be_bytes());
         out[16..24].copy_from_slice(&self.tx_ns.to_be_bytes());
-        out[24..32].copy_from_slice(&self.rx_ns.to_be_bytes());
+        out[24..32].copy_from_slice(&self.token.to_be_bytes());
         out[32..40].copy_from_slice(&[0u8; 8]);
     }
 
@@ -72,7 +165,7 @@ impl ProbeHeader {
             link_id: u32::from_be_bytes([b[8], b[9], b[10], b[11]]),
             seq: u32::from_be_bytes([b[12], b[13], b[14], b[15]]),
             tx_ns: u64at(16),
-            rx_ns: u64at(24),
+            token: u64at(24),
         })
     }
 }
@@ -89,7 +182,7 @@ mod tests {
             link_id: 7,
             seq: 42,
             tx_ns: 123_456_789,
-            rx_ns: 0,
+            token: 0x55,
         };
         let mut b = [0u8; PROBE_LEN];
         h.encode(&mut b);
@@ -102,11 +195,46 @@ mod tests {
         bad[0] = 0;
         assert_eq!(ProbeHeader::decode(&bad), Err(ProbeError::BadMagic));
         let mut bad = b;
-        bad[4] = 9;
+        bad[4] = 1; // version 1: the reflector's clock where the token is
         assert_eq!(ProbeHeader::decode(&bad), Err(ProbeError::BadVersion));
         let mut bad = b;
         bad[5] = 0;
         assert_eq!(ProbeHeader::decode(&bad), Err(ProbeError::BadKind));
+    }
+
+    /// The paper's test key (bytes 00..0f) and message (bytes 00..0f): the published output
+    /// (appendix A of "SipHash: a fast short-input PRF", bytes db 9b c2 57 7f cc 2a 3f).
+    #[test]
+    fn siphash_matches_the_reference_vector() {
+        let key = ProbeKey {
+            k0: u64::from_le_bytes([0, 1, 2, 3, 4, 5, 6, 7]),
+            k1: u64::from_le_bytes([8, 9, 10, 11, 12, 13, 14, 15]),
+        };
+        let m0 = u64::from_le_bytes([0, 1, 2, 3, 4, 5, 6, 7]);
+        let m1 = u64::from_le_bytes([8, 9, 10, 11, 12, 13, 14, 15]);
+        assert_eq!(
+            siphash24(&key, m0, m1).to_le_bytes(),
+            [0xdb, 0x9b, 0xc2, 0x57, 0x7f, 0xcc, 0x2a, 0x3f]
+        );
+    }
+
+    /// The token covers every field a forger would change, and the key.
+    #[test]
+    fn token_depends_on_key_link_seq_and_send_time() {
+        let key = ProbeKey { k0: 1, k1: 2 };
+        let t = probe_token(&key, 3, 4, 5);
+        for other in [
+            probe_token(&ProbeKey { k0: 1, k1: 3 }, 3, 4, 5),
+            probe_token(&key, 4, 4, 5),
+            probe_token(&key, 3, 5, 5),
+            probe_token(&key, 3, 4, 6),
+        ] {
+            assert_ne!(t, other);
+        }
+        let r = ProbeHeader::request(&key, 3, 4, 5);
+        assert_eq!((r.kind, r.token), (PROBE_KIND_REQUEST, t));
+        extern crate std;
+        assert_eq!(std::format!("{key:?}"), "ProbeKey(..)");
     }
 
     /// Probe headers and their bytes, written down by hand from the layout in the module doc
@@ -122,17 +250,17 @@ mod tests {
                 link_id: 0x0304_0506,
                 seq: 0x0708_090a,
                 tx_ns: 0x1112_1314_1516_1718,
-                rx_ns: 0x2122_2324_2526_2728,
+                token: 0x2122_2324_2526_2728,
             },
             [
                 0x44, 0x57, 0x43, 0x50, // magic "DWCP"
-                0x01, // version
+                0x02, // version
                 0x01, // kind: request
                 0x01, 0x02, // flags
                 0x03, 0x04, 0x05, 0x06, // link_id
                 0x07, 0x08, 0x09, 0x0a, // seq
                 0x11, 0x12, 0x13, 0x14, 0x15, 0x16, 0x17, 0x18, // tx_ns
-                0x21, 0x22, 0x23, 0x24, 0x25, 0x26, 0x27, 0x28, // rx_ns
+                0x21, 0x22, 0x23, 0x24, 0x25, 0x26, 0x27, 0x28, // token
                 0, 0, 0, 0, 0, 0, 0, 0, // reserved
             ],
         ),
@@ -143,17 +271,17 @@ mod tests {
                 link_id: 7,
                 seq: u32::MAX,
                 tx_ns: 123_456_789, // 0x075b_cd15
-                rx_ns: u64::MAX,
+                token: u64::MAX,
             },
             [
                 0x44, 0x57, 0x43, 0x50, // magic "DWCP"
-                0x01, // version
+                0x02, // version
                 0x02, // kind: reply
                 0x00, 0x00, // flags
                 0x00, 0x00, 0x00, 0x07, // link_id
                 0xff, 0xff, 0xff, 0xff, // seq
                 0x00, 0x00, 0x00, 0x00, 0x07, 0x5b, 0xcd, 0x15, // tx_ns
-                0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, // rx_ns
+                0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, // token
                 0, 0, 0, 0, 0, 0, 0, 0, // reserved
             ],
         ),

@@ -39,9 +39,12 @@ use toml::Spanned;
 mod check;
 mod sections;
 
+pub use sections::LinkStateSection;
 pub use sections::{
-    ApiConfig, MetricsConfig, SenderConfig, DEFAULT_COMMAND_TIMEOUT_MS, DEFAULT_MAX_BODY_BYTES,
-    DEFAULT_METRICS_LISTEN, DEFAULT_SOCKET, DEFAULT_SOCKET_MODE, MIN_TOKEN_LEN,
+    ApiConfig, HttpLimits, MetricsConfig, SenderConfig, DEFAULT_API_MAX_CONNECTIONS,
+    DEFAULT_COMMAND_TIMEOUT_MS, DEFAULT_MAX_BODY_BYTES, DEFAULT_METRICS_LISTEN,
+    DEFAULT_METRICS_MAX_CONNECTIONS, DEFAULT_READ_TIMEOUT_MS, DEFAULT_SOCKET, DEFAULT_SOCKET_MODE,
+    MIN_TOKEN_LEN,
 };
 
 use crate::{
@@ -294,6 +297,8 @@ pub struct ConfigFile {
     pub api: ApiConfig,
     #[serde(default)]
     pub metrics: MetricsConfig,
+    #[serde(default)]
+    pub link_state: LinkStateSection,
     #[serde(default)]
     pub health_check: Vec<Spanned<HealthCheckConfig>>,
     #[serde(default)]
@@ -687,6 +692,8 @@ pub struct AgentConfig {
     pub api: ApiConfig,
     /// `[metrics]`: the Prometheus endpoint (served by `telemetry::RunningMetrics`).
     pub metrics: MetricsConfig,
+    /// `[link_state]`: link state shared with the other gateways (`agent::link_state`).
+    pub link_state: LinkStateSection,
     pub health_checks: Vec<HealthCheckSpec>,
     pub topology: TopologyConfig,
     /// The validated topology.
@@ -725,6 +732,7 @@ impl PartialEq for AgentConfig {
             && self.reservations == other.reservations
             && self.api == other.api
             && self.metrics == other.metrics
+            && self.link_state == other.link_state
             && self.health_checks == other.health_checks
             && self.topology == other.topology
     }
@@ -834,5 +842,7 @@ impl AgentConfig {
     }
 }
 
+#[cfg(test)]
+mod proptests;
 #[cfg(test)]
 mod tests;

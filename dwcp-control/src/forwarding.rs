@@ -12,8 +12,8 @@ use std::{
 };
 
 use dwcp_common::{
-    ClassifierKey, ClassifierRule, GatewayConfig, LinkConfig, Neighbour, NeighbourKey, NextHop,
-    NextHopTable, Policer, QosPolicy, Route, VniEntry,
+    ClassifierKey, ClassifierRule, GatewayConfig, LanPort, LinkConfig, Neighbour, NeighbourKey,
+    NextHop, NextHopTable, Policer, QosPolicy, Route, VniEntry,
 };
 
 use crate::config::Prefix;
@@ -61,6 +61,8 @@ pub struct ForwardingState {
     pub config: Option<GatewayConfig>,
     /// Interfaces the fast path may redirect to.
     pub ports: BTreeSet<u32>,
+    /// The LAN interfaces among them, with their MACs.
+    pub lan_ports: BTreeMap<u32, LanPort>,
     pub nexthops: BTreeMap<u32, NextHop>,
     pub neighbours: BTreeMap<NeighKey, Neighbour>,
     /// Link configuration of the links we terminate.
@@ -81,6 +83,8 @@ pub enum Change {
     RemoveNextHop(u32),
     AddPort(u32),
     RemovePort(u32),
+    SetLanPort(u32, LanPort),
+    RemoveLanPort(u32),
     SetNeighbour(NeighKey, Neighbour),
     RemoveNeighbour(NeighKey),
     SetLink(u32, LinkConfig),
@@ -110,6 +114,11 @@ impl Change {
             Change::RemoveNextHop(id) => format!("remove next hop {id}"),
             Change::AddPort(i) => format!("redirect port {i}"),
             Change::RemovePort(i) => format!("remove redirect port {i}"),
+            Change::SetLanPort(i, p) => format!(
+                "LAN port {i}: MAC {}",
+                p.mac.map(|b| format!("{b:02x}")).join(":")
+            ),
+            Change::RemoveLanPort(i) => format!("remove LAN port {i}"),
             Change::SetNeighbour((i, ip), _) => {
                 format!("neighbour {} on {i}", std::net::Ipv4Addr::from(*ip))
             }
@@ -176,6 +185,15 @@ pub fn diff(from: &ForwardingState, to: &ForwardingState) -> Vec<Change> {
             p1.push(Change::AddPort(*i));
         }
     }
+    // A LAN port after its redirect entry; removed before it.
+    set_then_remove(
+        &from.lan_ports,
+        &to.lan_ports,
+        Change::SetLanPort,
+        &mut p1,
+        &mut late,
+        Change::RemoveLanPort,
+    );
     set_then_remove(
         &from.nexthops,
         &to.nexthops,
@@ -283,6 +301,12 @@ pub fn apply(state: &mut ForwardingState, change: &Change) {
         }
         Change::RemovePort(i) => {
             state.ports.remove(i);
+        }
+        Change::SetLanPort(i, p) => {
+            state.lan_ports.insert(*i, *p);
+        }
+        Change::RemoveLanPort(i) => {
+            state.lan_ports.remove(i);
         }
         Change::SetNeighbour(k, n) => {
             state.neighbours.insert(*k, *n);
@@ -412,6 +436,15 @@ mod tests {
         for n in neigh {
             s.neighbours
                 .insert((2 + n, [172, 31, 0, *n as u8]), Neighbour::default());
+            // A LAN port per neighbour, so that the diff adds and removes some.
+            s.ports.insert(100 + n);
+            s.lan_ports.insert(
+                100 + n,
+                LanPort {
+                    mac: [2, 0, 0, 0, 0, *n as u8],
+                    _pad: [0; 2],
+                },
+            );
         }
         s.config = Some(GatewayConfig {
             hash_seed: 1,

@@ -1,7 +1,11 @@
 //! What the state owner is told: every message its tasks (probes, netlink, health checks,
 //! timers, the operator) send it. Serializable, so a daemon can record what it received and a
 //! test can replay it.
-use std::{net::Ipv4Addr, path::PathBuf};
+use std::{
+    collections::BTreeSet,
+    net::{IpAddr, Ipv4Addr},
+    path::PathBuf,
+};
 
 use serde::{Deserialize, Serialize};
 
@@ -83,7 +87,7 @@ pub enum Input {
     /// An address was added to (`present`) or removed from the interface `ifindex`.
     Address {
         ifindex: u32,
-        ip: std::net::IpAddr,
+        ip: IpAddr,
         present: bool,
     },
     /// The kernel's neighbour table: `mac` = None when the entry is gone or unresolved.
@@ -126,6 +130,11 @@ pub enum Input {
     },
     /// Periodic re-optimisation.
     Optimise,
+    /// The link-state database's view of the network's links (`agent::link_state`), whenever
+    /// it changed: the whole view, so the last one received is the one in force.
+    LinkStateView {
+        links: Vec<crate::link_state::ReportedLink>,
+    },
     /// What the WireGuard device of a `wireguard` local link says of its handshakes:
     /// `stale` = why the link counts as down (no handshake within the limit), `None` = fresh
     /// or not measured (see `agent::handoff::handshake_verdict`).
@@ -166,4 +175,152 @@ pub struct TimedInput {
     pub at_ms: u64,
     #[serde(flatten)]
     pub input: Input,
+}
+
+/// What the kernel has said exists (interfaces, addresses, resolved neighbours), from the
+/// netlink inputs sent so far. Netlink notifications are lost when the subscriber's socket
+/// overruns; a full dump then tells what is, and [`KernelObjects::resync`] adds what is no
+/// longer, so a neighbour deleted or an address removed meanwhile is withdrawn too.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct KernelObjects {
+    interfaces: BTreeSet<String>,
+    addresses: BTreeSet<(u32, IpAddr)>,
+    neighbours: BTreeSet<(u32, Ipv4Addr)>,
+}
+
+impl KernelObjects {
+    /// Notes what a netlink input says exists or went away (other inputs change nothing).
+    pub fn note(&mut self, input: &Input) {
+        match input {
+            Input::Interface { name, .. } => {
+                self.interfaces.insert(name.clone());
+            }
+            Input::InterfaceGone { name } => {
+                self.interfaces.remove(name);
+            }
+            Input::Address {
+                ifindex,
+                ip,
+                present,
+            } => {
+                if *present {
+                    self.addresses.insert((*ifindex, *ip));
+                } else {
+                    self.addresses.remove(&(*ifindex, *ip));
+                }
+            }
+            Input::Neighbour { ifindex, ip, mac } => {
+                if mac.is_some() {
+                    self.neighbours.insert((*ifindex, *ip));
+                } else {
+                    self.neighbours.remove(&(*ifindex, *ip));
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// The inputs that bring a receiver of the inputs noted so far to `dump`, a complete dump
+    /// of the kernel's objects: the withdrawal of everything noted that the dump lacks, then
+    /// the dump itself (a changed MAC, a new address). Afterwards only the dump is noted.
+    pub fn resync(&mut self, dump: Vec<Input>) -> Vec<Input> {
+        let mut now = KernelObjects::default();
+        for input in &dump {
+            now.note(input);
+        }
+        let gone_interfaces = self
+            .interfaces
+            .difference(&now.interfaces)
+            .map(|name| Input::InterfaceGone { name: name.clone() });
+        let gone_addresses = self
+            .addresses
+            .difference(&now.addresses)
+            .map(|&(ifindex, ip)| Input::Address {
+                ifindex,
+                ip,
+                present: false,
+            });
+        let gone_neighbours = self
+            .neighbours
+            .difference(&now.neighbours)
+            .map(|&(ifindex, ip)| Input::Neighbour {
+                ifindex,
+                ip,
+                mac: None,
+            });
+        let out = gone_neighbours
+            .chain(gone_addresses)
+            .chain(gone_interfaces)
+            .chain(dump)
+            .collect();
+        *self = now;
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn neighbour(ip: [u8; 4], mac: Option<u8>) -> Input {
+        Input::Neighbour {
+            ifindex: 2,
+            ip: ip.into(),
+            mac: mac.map(|b| Mac([2, 0, 0, 0, 0, b])),
+        }
+    }
+
+    fn interface(name: &str) -> Input {
+        Input::Interface {
+            name: name.into(),
+            ifindex: 2,
+            up: true,
+            mac: Mac::default(),
+            mtu: None,
+        }
+    }
+
+    #[test]
+    fn a_resync_withdraws_what_the_dump_no_longer_has_and_keeps_its_news() {
+        let mut known = KernelObjects::default();
+        let first = vec![
+            interface("ul1"),
+            interface("old0"),
+            Input::Address {
+                ifindex: 2,
+                ip: [10, 0, 0, 1].into(),
+                present: true,
+            },
+            neighbour([10, 0, 0, 2], Some(1)),
+            neighbour([10, 0, 0, 3], Some(1)),
+            neighbour([10, 0, 0, 4], None),
+        ];
+        // The first dump: nothing known yet, nothing withdrawn.
+        assert_eq!(known.resync(first.clone()), first);
+        // Changes while the socket overran: .2 moved to another MAC, .3 was deleted, old0
+        // and the address went away, .5 appeared.
+        let dump = vec![
+            interface("ul1"),
+            neighbour([10, 0, 0, 2], Some(9)),
+            neighbour([10, 0, 0, 5], Some(1)),
+        ];
+        let out = known.resync(dump.clone());
+        let mut want = vec![
+            neighbour([10, 0, 0, 3], None),
+            Input::Address {
+                ifindex: 2,
+                ip: [10, 0, 0, 1].into(),
+                present: false,
+            },
+            Input::InterfaceGone {
+                name: "old0".into(),
+            },
+        ];
+        want.extend(dump);
+        assert_eq!(out, want);
+        // Notifications after it count from the dump's view.
+        known.note(&neighbour([10, 0, 0, 2], None));
+        let out = known.resync(vec![interface("ul1")]);
+        assert_eq!(out, vec![neighbour([10, 0, 0, 5], None), interface("ul1")]);
+    }
 }

@@ -5,17 +5,22 @@
 //! VNIs.
 //!
 //! Pure: the same inputs give the same maps, on every gateway and every restart.
-use std::collections::{BTreeMap, BTreeSet};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::Ipv4Addr,
+};
 
 use dwcp_common::{
-    ClassifierRule, GatewayConfig, LinkConfig, Neighbour, NextHop, NextHopTable, QosPolicy, Route,
-    VniEntry, CONFIG_F_READY, LINK_F_ADMIN_DOWN, LINK_F_MONITORED, NH_F_VALID, QOS_F_REWRITE,
+    probe::PROBE_TTL, ClassifierRule, GatewayConfig, LanPort, LinkConfig, Neighbour, NextHop,
+    NextHopTable, QosPolicy, Route, VniEntry, CONFIG_F_READY, LINK_F_ADMIN_DOWN, NH_F_VALID,
+    QOS_F_REWRITE,
 };
 
 use crate::{
     bandwidth::Reservation,
     config::{AgentConfig, Mac},
     forwarding::{ForwardingState, NeighKey, PolicerSlot, PolicerSpec},
+    liveness::MonitorConfig,
     nhg_table::{build_table, Member},
     routing::{Path, RouteSet},
     topology::{RegionId, Topology},
@@ -166,6 +171,40 @@ pub fn standby_supported() -> bool {
     .is_ok()
 }
 
+/// A peer's probe requests are reflected at up to this many times our own probe rate: both
+/// ends normally probe at the same interval, and the margin absorbs their jitter.
+pub const REFLECT_RATE_FACTOR: u32 = 4;
+/// Probe requests of a peer reflected back to back before the rate applies.
+pub const REFLECT_BURST: u32 = 8;
+
+/// Where a VXLAN link's packets come from: what the underlay program checks them against.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LinkEnds {
+    pub local: Ipv4Addr,
+    pub peer: Ipv4Addr,
+    /// The neighbour the link's packets are sent to: the peer, or a router in between.
+    pub via: Ipv4Addr,
+    /// The underlay interface.
+    pub ifindex: u32,
+}
+
+/// `base` (the link's liveness settings) with the link's underlay identity: its packets come
+/// from `ends.peer` on `ends.ifindex`, probes arrive with TTL 255 when the peer is a neighbour
+/// (GTSM, RFC 5881; across routers the TTL is not checked), and the peer's requests are
+/// reflected at up to [`REFLECT_RATE_FACTOR`] times the probe rate of `monitor`.
+pub fn with_link_ends(base: LinkConfig, ends: LinkEnds, monitor: &MonitorConfig) -> LinkConfig {
+    let gap = monitor.interval.as_nanos() / REFLECT_RATE_FACTOR as u128;
+    LinkConfig {
+        peer_ip4: ends.peer.octets(),
+        local_ip4: ends.local.octets(),
+        ifindex: ends.ifindex,
+        probe_min_ttl: if ends.via == ends.peer { PROBE_TTL } else { 0 },
+        reflect_gap_ns: gap.clamp(1, u32::MAX as u128) as u32,
+        reflect_burst: REFLECT_BURST,
+        ..base
+    }
+}
+
 /// The per-gateway part of the maps: next hops, neighbours, link settings, VNIs, ports,
 /// classifier, QoS and the global config. Groups and routes are added by [`add_routes`].
 pub fn base_state(
@@ -183,43 +222,34 @@ pub fn base_state(
         }),
         ..Default::default()
     };
-    let lan_ifindex = config
-        .lan_interfaces
-        .iter()
-        .find_map(|i| interfaces.get(i))
-        .map(|i| i.ifindex)
-        .unwrap_or(0);
     for name in &config.lan_interfaces {
         if let Some(i) = interfaces.get(name) {
             s.ports.insert(i.ifindex);
+            s.lan_ports.insert(
+                i.ifindex,
+                LanPort {
+                    mac: i.mac.0,
+                    _pad: [0; 2],
+                },
+            );
         }
     }
     for l in &config.local_links {
-        let mut flags = 0;
-        if l.monitored {
-            flags |= LINK_F_MONITORED;
-        }
-        if admin_down.contains(&l.link_id) {
-            flags |= LINK_F_ADMIN_DOWN;
-        }
-        let lc = if l.monitored {
-            LinkConfig {
-                flags,
-                ..config.monitor.link_config()
-            }
+        let mut lc = if l.monitored {
+            config.monitor.link_config()
         } else {
-            LinkConfig {
-                flags,
-                up_after: 0,
-                detect_ns: 0,
-            }
+            LinkConfig::default()
         };
-        if lc != LinkConfig::default() {
-            s.links.insert(l.link_id, lc);
+        if admin_down.contains(&l.link_id) {
+            lc.flags |= LINK_F_ADMIN_DOWN;
         }
+        let iface = interfaces.get(&l.interface);
         if let Some(h) = &l.handoff {
             // WireGuard: no VNI, no neighbour; the mark takes the packet to the device.
-            if let Some(iface) = interfaces.get(&l.interface) {
+            if lc != LinkConfig::default() {
+                s.links.insert(l.link_id, lc);
+            }
+            if let Some(iface) = iface {
                 s.nexthops.insert(
                     l.link_id,
                     NextHop::handoff(l.link_id, iface.ifindex, h.fwmark),
@@ -227,14 +257,23 @@ pub fn base_state(
             }
             continue;
         }
+        // Until its interface exists, the link's packets match no interface and are dropped.
+        let ends = LinkEnds {
+            local: l.local_ip,
+            peer: l.peer_ip,
+            via: l.via_ip,
+            ifindex: iface.map_or(0, |i| i.ifindex),
+        };
+        s.links
+            .insert(l.link_id, with_link_ends(lc, ends, &config.monitor));
         s.vnis.insert(
             l.vni,
             VniEntry {
-                lan_ifindex,
+                link_id: l.link_id,
                 flags: 0,
             },
         );
-        let Some(iface) = interfaces.get(&l.interface) else {
+        let Some(iface) = iface else {
             continue;
         };
         s.ports.insert(iface.ifindex);

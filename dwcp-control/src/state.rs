@@ -22,14 +22,15 @@ use tracing::{debug, error, info, warn};
 
 use crate::{
     bandwidth::{
-        BandwidthError, Network, Reservation, ReservationManager, ReservationOp, ReservationReply,
-        ReservationStore, UnixSeconds,
+        BandwidthError, FileStore, Network, Reservation, ReservationManager, ReservationOp,
+        ReservationReply, ReservationStore, StoreError, UnixSeconds,
     },
     config::{AgentConfig, ConfigError, Mac},
     debounce::Debounce,
     fast_path::{FastPath, FastPathError},
     forwarding::{self, Change, ForwardingState, NeighKey},
     input::{Input, Now},
+    link_state::ReportedLink,
     liveness::kernel_usable,
     nhg_table::Member,
     plan::{self, DestinationPlan, InterfaceState, PlannedPath},
@@ -44,7 +45,8 @@ use crate::{
     },
     view::{
         AgentEvent, AgentSnapshot, ClassView, CommandError, CounterView, LinkHealth, LinkView,
-        PathRole, PathView, ReservationsView, RouteChange, RouteView, TunnelState, TunnelView,
+        LsdbView, PathRole, PathView, ReservationsView, RouteChange, RouteView, TunnelState,
+        TunnelView,
     },
 };
 
@@ -128,6 +130,11 @@ pub struct AgentState<F> {
     admin_down: BTreeSet<u32>,
     /// Health written into the topology for links whose health we decide.
     applied_health: BTreeMap<u32, RoutingHealth>,
+    /// The network's links as the link-state records report them (the last
+    /// `Input::LinkStateView`), by link id; empty while link state is off.
+    reported: BTreeMap<u32, ReportedLink>,
+    /// The link-state database, for the snapshot (`set_lsdb`).
+    lsdb: Option<Arc<LsdbView>>,
     interfaces: BTreeMap<String, InterfaceState>,
     /// Addresses on the interfaces, by interface index.
     addresses: BTreeSet<(u32, std::net::IpAddr)>,
@@ -285,6 +292,8 @@ impl<F: FastPath> AgentState<F> {
             local: BTreeMap::new(),
             admin_down: BTreeSet::new(),
             applied_health: BTreeMap::new(),
+            reported: BTreeMap::new(),
+            lsdb: None,
             interfaces: BTreeMap::new(),
             addresses: BTreeSet::new(),
             neighbours: BTreeMap::new(),
@@ -478,6 +487,11 @@ impl<F: FastPath> AgentState<F> {
         self.link_views = views;
     }
 
+    /// The link-state database as the link-state task last published it, for the snapshot.
+    pub fn set_lsdb(&mut self, lsdb: Option<Arc<LsdbView>>) {
+        self.lsdb = lsdb;
+    }
+
     /// What the daemon found missing of the WireGuard links' policy routing (empty: none).
     pub fn set_handoff_problems(&mut self, problems: BTreeMap<u32, Vec<String>>) {
         self.handoff_problems = problems;
@@ -531,6 +545,7 @@ impl<F: FastPath> AgentState<F> {
                 self.on_interface(name, state, now)
             }
             Input::WireGuardHandshake { link, stale } => self.on_handshake(link, stale, now),
+            Input::LinkStateView { links } => self.on_link_state_view(links, now),
             Input::InterfaceGone { name } => self.on_interface_gone(name, now),
             Input::Address {
                 ifindex,
@@ -611,6 +626,71 @@ impl<F: FastPath> AgentState<F> {
                 regions: Vec::new(),
                 failure: false,
             });
+        }
+    }
+
+    /// The records' view of the network's links: their health counts for routing (see
+    /// `decided_health`), and their figures are routing's.
+    fn on_link_state_view(&mut self, links: Vec<ReportedLink>, now: Now) {
+        let new: BTreeMap<u32, ReportedLink> = links.into_iter().map(|l| (l.link.0, l)).collect();
+        let before = std::mem::replace(&mut self.reported, new);
+        let topology = self.store.snapshot();
+        let changed: BTreeSet<u32> = before
+            .keys()
+            .chain(self.reported.keys())
+            .copied()
+            .filter(|l| topology.link(LinkId(*l)).is_some())
+            .collect();
+        for link in changed {
+            let old = before.get(&link).map(|r| (r.health, r.figures));
+            let new = self.reported.get(&link).map(|r| (r.health, r.figures));
+            if old.map(|(h, _)| h) != new.map(|(h, _)| h) {
+                self.refresh_link(link, now);
+            }
+            // A link no record reports and one reported without figures have the same.
+            if old.map(|(_, f)| f).unwrap_or_default() != new.map(|(_, f)| f).unwrap_or_default() {
+                self.apply_reported_figures(link, now);
+            }
+        }
+    }
+
+    /// A link's figures as its records report them into the topology, the topology file's
+    /// where they report none (a link down has none). Our own links' too: our record carries
+    /// what our probes measure, and taking every link's figures from the records, as every
+    /// gateway does, keeps the gateways' routes consistent with each other.
+    fn apply_reported_figures(&mut self, link: u32, now: Now) {
+        if !self.config.use_measurements {
+            return;
+        }
+        let Some(configured) = self.config.topology_model.link(LinkId(link)) else {
+            return;
+        };
+        let reported = self.reported.get(&link);
+        let figures = reported.map(|r| r.figures).unwrap_or_default();
+        if let Err(e) = self.store.apply(&figures.updates_of(configured)) {
+            warn!(link, error = %e, "reported figures refused by the topology");
+            return;
+        }
+        // A change of health asks for its own computation; figures of a live link need one.
+        let text = reported
+            .filter(|r| r.health != RoutingHealth::Down)
+            .map(|r| {
+                format!(
+                    "link {} measured: reported by {}",
+                    self.link_label(link),
+                    r.reporters()
+                )
+            });
+        if let Some(text) = text {
+            self.cause(
+                now,
+                Cause {
+                    text,
+                    links: vec![link],
+                    regions: Vec::new(),
+                    failure: false,
+                },
+            );
         }
     }
 
@@ -840,6 +920,36 @@ impl<F: FastPath> AgentState<F> {
         Ok(())
     }
 
+    /// Keeps the reservations stored in the file at `path` (as [`AgentState::open_reservations`]).
+    /// A file that cannot be parsed is set aside (renamed with [`FileStore::set_aside`], an
+    /// [`AgentEvent::ReservationsSetAside`] says where) and the agent starts with none:
+    /// refusing to start would leave the gateway unmanaged over a file nobody can read. A file
+    /// of another format version is still refused: it is another agent's, not garbage.
+    pub fn open_reservation_file(
+        &mut self,
+        path: &std::path::Path,
+        now_unix_s: UnixSeconds,
+        now: Now,
+    ) -> Result<(), BandwidthError> {
+        match self.open_reservations(Box::new(FileStore::new(path)), now) {
+            Err(BandwidthError::Store(StoreError::Corrupt { detail, .. })) => {
+                let moved_to = FileStore::new(path).set_aside(now_unix_s)?;
+                error!(
+                    file = %path.display(),
+                    moved_to = %moved_to.display(),
+                    "the reservation store is corrupt ({detail}): set aside, starting with no reservations"
+                );
+                self.emit(AgentEvent::ReservationsSetAside {
+                    file: path.to_path_buf(),
+                    moved_to,
+                    reason: detail,
+                });
+                self.open_reservations(Box::new(FileStore::new(path)), now)
+            }
+            opened => opened,
+        }
+    }
+
     /// Admission follows a reloaded topology: capacities and links as they are now;
     /// reservations that no longer fit are displaced (and told).
     fn readmit_reservations(&mut self, now: Now) {
@@ -986,6 +1096,10 @@ impl<F: FastPath> AgentState<F> {
         jitter_ms: Option<f64>,
         loss: Option<f64>,
     ) -> Option<String> {
+        if self.reported.contains_key(&link) {
+            // The records carry this link's figures (`apply_reported_figures`).
+            return None;
+        }
         let topology = self.store.snapshot();
         let current = topology.link(LinkId(link))?;
         let t = self.config.measurement_threshold;
@@ -1029,13 +1143,32 @@ impl<F: FastPath> AgentState<F> {
         ))
     }
 
-    /// Effective health of a link whose health this gateway decides, and why it is not up.
+    /// Effective health of a link for routing, and why it is not up: the worse of what this
+    /// gateway decides (the operator, our probes and interfaces) and what the link-state
+    /// records report. Our own link's probes keep deciding the fast path's failover (in the
+    /// kernel, at once); routing also follows the records, so that it uses the link only when
+    /// every gateway does (a recovery is announced after the damping hold). `None`: nobody
+    /// says anything of the link; its configured health stands.
     fn decided_health(&self, link: u32) -> Option<(RoutingHealth, Option<String>)> {
+        let reported = self.reported.get(&link).map(|r| {
+            let why =
+                (r.health != RoutingHealth::Up).then(|| format!("reported by {}", r.reporters()));
+            (r.health, why)
+        });
+        match (self.local_health(link), reported) {
+            (Some(l), Some(r)) if r.0.severity() > l.0.severity() => Some(r),
+            (local, reported) => local.or(reported),
+        }
+    }
+
+    /// Health of a link as this gateway decides it (the operator's word on any link; probes,
+    /// interface, address and handshake on ours), and why it is not up.
+    fn local_health(&self, link: u32) -> Option<(RoutingHealth, Option<String>)> {
         if self.admin_down.contains(&link) {
             return Some((RoutingHealth::Down, Some("administratively down".into())));
         }
         let Some(l) = self.config.local_link(link) else {
-            // A remote link: only the operator decides (else the configured health stands).
+            // A remote link: only the operator decides here.
             return None;
         };
         let s = self.local.get(&link)?;
@@ -1081,6 +1214,7 @@ impl<F: FastPath> AgentState<F> {
             .iter()
             .map(|l| l.link_id)
             .chain(self.admin_down.iter().copied())
+            .chain(self.reported.keys().copied())
             .collect();
         let mut updates = Vec::new();
         for link in links {
@@ -1234,6 +1368,8 @@ impl<F: FastPath> AgentState<F> {
         self.config_generation += 1;
         if topology_changed {
             self.store.replace(self.config.topology_model.clone());
+            // Link ids may mean other links now; the link-state task sends the new view.
+            self.reported.clear();
             self.table = None;
             self.readmit_reservations(now);
         }
@@ -1963,9 +2099,15 @@ impl<F: FastPath> AgentState<F> {
             .map(|l| {
                 let local = self.config.local_link(l.id.0);
                 let view = self.link_views.get(&l.id.0);
+                // What other gateways measured of a link this one does not terminate.
+                let reported = self
+                    .reported
+                    .get(&l.id.0)
+                    .filter(|_| local.is_none())
+                    .map(|r| r.figures);
                 let health = if self.admin_down.contains(&l.id.0) {
                     LinkHealth::AdminDown
-                } else if local.is_some() {
+                } else if local.is_some() || self.reported.contains_key(&l.id.0) {
                     match self.decided_health(l.id.0).map(|(h, _)| h) {
                         Some(RoutingHealth::Down) => LinkHealth::Down,
                         Some(RoutingHealth::Degraded) => LinkHealth::Degraded,
@@ -1984,11 +2126,15 @@ impl<F: FastPath> AgentState<F> {
                     health,
                     rtt_seconds: state
                         .filter(|s| s.srtt_ns > 0)
-                        .map(|s| s.srtt_ns as f64 / 1e9),
+                        .map(|s| s.srtt_ns as f64 / 1e9)
+                        .or(reported.and_then(|f| f.rtt_ms()).map(|ms| ms / 1e3)),
                     jitter_seconds: state
                         .filter(|s| s.replies > 1)
-                        .map(|s| s.jitter_ns as f64 / 1e9),
-                    loss_ratio: view.and_then(|v| v.loss),
+                        .map(|s| s.jitter_ns as f64 / 1e9)
+                        .or(reported.and_then(|f| f.jitter_ms()).map(|ms| ms / 1e3)),
+                    loss_ratio: view
+                        .and_then(|v| v.loss)
+                        .or(reported.and_then(|f| f.loss_fraction())),
                     capacity_bps: (l.capacity_mbps * 1e6) as u64,
                     // Measured on the links this gateway terminates (sent through the fast
                     // path, last counters interval); the topology's figure elsewhere.
@@ -2198,6 +2344,7 @@ impl<F: FastPath> AgentState<F> {
             failovers_total: self.failovers_total,
             route_changes_total: self.route_changes_total,
             reservations: self.reservations_view.clone(),
+            lsdb: self.lsdb.clone(),
         };
         self.snapshot = Arc::new(snapshot);
         self.snapshot_taken = false;

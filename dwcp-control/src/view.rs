@@ -2,13 +2,15 @@
 //! events, and the bodies of the API's requests and responses. (De)serialisable both ways, so
 //! the CLI reads what the server writes with the same types.
 
-use std::{collections::BTreeMap, net::IpAddr, sync::Arc};
+use std::{collections::BTreeMap, net::IpAddr, path::PathBuf, sync::Arc};
 
 use serde::{Deserialize, Serialize};
 
 use crate::bandwidth::{
     Reservation, ReservationEvent, ReservationEventCounts, ReservationManager, UnixSeconds,
 };
+use crate::input::Now;
+use crate::link_state::{Flooder, LinkReport};
 
 /// Health of an underlay link as the agent sees it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -19,7 +21,7 @@ pub enum LinkHealth {
     Down,
     /// Administratively down (`dwcp link down`).
     AdminDown,
-    /// Not measured by this gateway (a remote link: configured figures).
+    /// Not measured by this gateway and reported by no link-state record (configured figures).
     Unmeasured,
 }
 
@@ -197,6 +199,78 @@ pub struct AgentSnapshot {
     /// Absent when the agent keeps no reservations.
     #[serde(default)]
     pub reservations: Option<Arc<ReservationsView>>,
+    /// The link-state database; absent when link state is off.
+    #[serde(default)]
+    pub lsdb: Option<Arc<LsdbView>>,
+}
+
+/// `GET /v1/lsdb`: the link-state database (`crate::link_state`) as this gateway holds it, and
+/// what its flooding has done since it started.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct LsdbView {
+    /// This gateway: the origin of its own record.
+    pub origin: String,
+    /// Digest of the topology this gateway runs with (hex).
+    pub digest: String,
+    /// By origin.
+    pub records: Vec<LsdbRecord>,
+    /// Local links that are up, over which records are exchanged.
+    pub neighbours: Vec<u32>,
+    pub records_received: u64,
+    pub records_flooded: u64,
+    pub records_aged_out: u64,
+    /// Datagrams dropped: from another address than the link's peer, or malformed.
+    pub datagrams_foreign: u64,
+    pub datagrams_malformed: u64,
+}
+
+/// One record of the link-state database.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LsdbRecord {
+    pub origin: String,
+    pub seq: u64,
+    /// Digest of the topology its origin runs with (hex); a record of another topology than
+    /// ours is shown, not applied.
+    pub digest: String,
+    /// When its origin made it, by this gateway's clock: now less the lifetime it has used.
+    pub originated_unix_ms: u64,
+    pub links: Vec<LinkReport>,
+}
+
+impl LsdbView {
+    /// `flooder`'s database and counts at `now`, with the datagrams the socket side dropped
+    /// (`foreign`, `malformed`).
+    pub fn new(flooder: &Flooder, foreign: u64, malformed: u64, now: Now) -> LsdbView {
+        let db = flooder.database();
+        let counts = flooder.counts();
+        LsdbView {
+            origin: db.me().to_string(),
+            digest: db.digest().to_string(),
+            records: db
+                .records()
+                .map(|r| LsdbRecord {
+                    origin: r.origin().to_string(),
+                    seq: r.seq(),
+                    digest: r.digest().to_string(),
+                    originated_unix_ms: now.unix_ms.saturating_sub(
+                        flooder.record_age_ns(r.origin(), now.mono_ns).unwrap_or(0) / 1_000_000,
+                    ),
+                    links: r.links().to_vec(),
+                })
+                .collect(),
+            neighbours: flooder.neighbours().map(|l| l.0).collect(),
+            records_received: counts.received,
+            records_flooded: counts.flooded,
+            records_aged_out: counts.aged_out,
+            datagrams_foreign: foreign,
+            datagrams_malformed: malformed,
+        }
+    }
+
+    /// Gateways whose records say they run another topology than ours.
+    pub fn other_topologies(&self) -> impl Iterator<Item = &LsdbRecord> {
+        self.records.iter().filter(|r| r.digest != self.digest)
+    }
 }
 
 /// The bandwidth reservations at one instant (the state owner's reservation clock).
@@ -232,14 +306,35 @@ impl ReservationsView {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum AgentEvent {
-    LinkDown { link: u32, reason: String },
-    LinkUp { link: u32 },
-    LinkDegraded { link: u32, reason: String },
-    LinkRecovered { link: u32 },
+    LinkDown {
+        link: u32,
+        reason: String,
+    },
+    LinkUp {
+        link: u32,
+    },
+    LinkDegraded {
+        link: u32,
+        reason: String,
+    },
+    LinkRecovered {
+        link: u32,
+    },
     RouteChanged(RouteChange),
-    ConfigReloaded { generation: u64 },
-    ConfigRejected { error: String },
+    ConfigReloaded {
+        generation: u64,
+    },
+    ConfigRejected {
+        error: String,
+    },
     Reservation(ReservationEvent),
+    /// The reservation store could not be read (`reason`): it was renamed to `moved_to` and
+    /// the agent started with no reservations.
+    ReservationsSetAside {
+        file: PathBuf,
+        moved_to: PathBuf,
+        reason: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
@@ -268,7 +363,8 @@ pub struct StatusView {
     pub config_generation: u64,
     pub topology_generation: u64,
     pub links_total: usize,
-    /// Links this gateway measures and finds up (or degraded but usable).
+    /// Links up (or degraded but usable): this gateway's by its probes, the others' by their
+    /// link-state records.
     pub links_up: usize,
     pub links_down: usize,
     /// Other regions, and how many of them have a live path.
@@ -281,6 +377,10 @@ pub struct StatusView {
     /// Absent when the agent keeps no reservations.
     pub reservations_active: Option<usize>,
     pub reservations_stored: Option<usize>,
+    /// Gateways whose link-state records carry another topology digest than ours: they run
+    /// another topology file.
+    #[serde(default)]
+    pub topology_differs: Vec<String>,
 }
 
 impl StatusView {
@@ -317,6 +417,12 @@ impl StatusView {
             route_changes_total: s.route_changes_total,
             reservations_active: s.reservations.as_ref().map(|r| r.active),
             reservations_stored: s.reservations.as_ref().map(|r| r.stored.len()),
+            topology_differs: s
+                .lsdb
+                .iter()
+                .flat_map(|l| l.other_topologies())
+                .map(|r| r.origin.clone())
+                .collect(),
         }
     }
 }

@@ -185,3 +185,65 @@ fn a_topology_reload_readmits_the_reservations() {
         "{events:?}"
     );
 }
+
+/// A reservation file that cannot be parsed is renamed aside with an event, and the state
+/// owner starts with none (and stores new ones in a fresh file); a file of another format
+/// version is refused and left where it is.
+#[test]
+fn a_corrupt_reservation_file_is_set_aside_and_the_agent_starts_with_none() {
+    const T: u64 = 1_700_000_000;
+    let config = AgentConfig::load(&fixture::dir().join("gateway_a.toml")).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("reservations.json");
+    std::fs::write(&file, b"{\"version\": 1, \"next_id\": 1, \"reserv").unwrap();
+    let mut state =
+        AgentState::new(config.clone(), MemoryFastPath::default(), Now::at_ms(0)).unwrap();
+    state
+        .open_reservation_file(&file, T, Now::at_ms(0))
+        .unwrap();
+    let aside = dir.path().join(format!("reservations.json.corrupt-{T}"));
+    assert_eq!(
+        std::fs::read(&aside).unwrap(),
+        b"{\"version\": 1, \"next_id\": 1, \"reserv"
+    );
+    assert!(!file.exists());
+    let events: Vec<AgentEvent> = state.take_events().collect();
+    match &events[..] {
+        [AgentEvent::ReservationsSetAside {
+            file: f,
+            moved_to,
+            reason,
+        }] => {
+            assert_eq!((f, moved_to), (&file, &aside));
+            assert!(reason.contains("EOF"), "{reason}");
+        }
+        other => panic!("{other:?}"),
+    }
+    let reservations = state.snapshot().reservations.clone().unwrap();
+    assert!(reservations.stored.is_empty());
+    let create: ReservationOp = serde_json::from_str(&format!(
+        r#"{{"create": {{"owner": "backup", "source": "us-east-1", "destination": "ap-south-1",
+            "class": "bulk", "rate": "1M", "start": {T}, "end": {}, "path": [3]}}}}"#,
+        T + 100
+    ))
+    .unwrap();
+    state.on_reservation(&create, T, Now::at_ms(1_000)).unwrap();
+    assert!(file.exists(), "new reservations go to a fresh file");
+
+    let other_version = b"{\"version\": 2, \"next_id\": 1, \"reservations\": []}";
+    std::fs::write(&file, other_version).unwrap();
+    let mut state = AgentState::new(config, MemoryFastPath::default(), Now::at_ms(0)).unwrap();
+    let e = state
+        .open_reservation_file(&file, T + 1, Now::at_ms(0))
+        .unwrap_err();
+    assert!(e.to_string().contains("format version 2"), "{e}");
+    assert_eq!(std::fs::read(&file).unwrap(), other_version);
+}
+
+/// The link-state records' view of a link this gateway does not terminate moves the routes
+/// that cross it: reported down, they leave it (the reason names the link and who reported
+/// it); reported up with new figures, they come back and follow the figures.
+#[test]
+fn a_remote_link_reported_down_moves_the_routes_that_crossed_it() {
+    run("remote_link_state.json");
+}

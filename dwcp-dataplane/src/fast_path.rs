@@ -22,6 +22,7 @@ impl FastPath for Dataplane {
         Ok(ForwardingState {
             config: (config != Default::default()).then_some(config),
             ports: self.ports()?.into_iter().collect(),
+            lan_ports: self.lan_ports()?.into_iter().collect(),
             nexthops: self.nexthops()?.into_iter().collect(),
             neighbours: self
                 .neighbours()?
@@ -109,6 +110,8 @@ fn write(dp: &mut Dataplane, c: &Change) -> crate::Result<()> {
         Change::RemoveNextHop(id) => dp.remove_nexthop(*id),
         Change::AddPort(i) => dp.add_port(*i),
         Change::RemovePort(i) => dp.remove_port(*i),
+        Change::SetLanPort(i, p) => dp.set_lan_port(*i, *p),
+        Change::RemoveLanPort(i) => dp.remove_lan_port(*i),
         Change::SetNeighbour(k, n) => dp.set_neighbour(nk(*k), *n),
         Change::RemoveNeighbour(k) => dp.remove_neighbour(&nk(*k)),
         Change::SetLink(id, cfg) => dp.set_link_config(*id, *cfg),

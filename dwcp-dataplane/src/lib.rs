@@ -10,6 +10,7 @@ mod compat;
 mod fast_path;
 pub mod links;
 mod pinned;
+mod probe_keys;
 mod readback;
 
 use std::{
@@ -33,9 +34,10 @@ use aya::{
 };
 use dwcp_common::{
     maps::{names, programs},
-    ClassifierKey, ClassifierRule, Counters, GatewayConfig, HandoffFlow, LinkConfig, LinkState,
-    Neighbour, NeighbourKey, NextHop, NextHopTable, Policer, PolicerKey, QosPolicy, Reason, Route,
-    VniEntry, MAX_GROUPS, MAX_LINKS, MAX_NEXTHOPS,
+    probe::ProbeKey,
+    ClassifierKey, ClassifierRule, Counters, GatewayConfig, HandoffFlow, LanPort, LinkConfig,
+    LinkState, Neighbour, NeighbourKey, NextHop, NextHopTable, Policer, PolicerKey, QosPolicy,
+    Reason, Route, VniEntry, MAX_GROUPS, MAX_LINKS, MAX_NEXTHOPS,
 };
 use thiserror::Error;
 use tracing::{info, warn};
@@ -46,6 +48,7 @@ pub use dwcp_control::nhg_table::{build_table, GroupError, Member};
 pub use fast_path::LinkStateMap;
 pub use links::{link_pin_path, tc_link_pin_path, unpin_links, LinkAdoption};
 pub use pinned::{PinnedMapError, PinnedMaps};
+pub use probe_keys::ProbeKeys;
 
 /// The eBPF object built by build.rs (dwcp-ebpf, with BTF).
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/dwcp"));
@@ -105,6 +108,8 @@ pub enum DataplaneError {
         ifname: String,
         detail: String,
     },
+    #[error("drawing a probe key (getrandom): {0}")]
+    Random(std::io::Error),
 }
 
 pub type Result<T, E = DataplaneError> = std::result::Result<T, E>;
@@ -227,6 +232,7 @@ pub struct Dataplane {
     nexthops: Array<MapData, NextHop>,
     neighbours: HashMap<MapData, NeighbourKey, Neighbour>,
     tx_ports: DevMapHash<MapData>,
+    lan_ports: HashMap<MapData, u32, LanPort>,
     link_config: Array<MapData, LinkConfig>,
     link_state: Array<MapData, LinkState>,
     classifier: HashMap<MapData, ClassifierKey, ClassifierRule>,
@@ -234,6 +240,7 @@ pub struct Dataplane {
     qos: Array<MapData, QosPolicy>,
     policers: HashMap<MapData, PolicerKey, Policer>,
     vnis: HashMap<MapData, u32, VniEntry>,
+    probe_keys: HashMap<MapData, u32, ProbeKey>,
     nh_stats: PerCpuArray<MapData, Counters>,
     class_stats: PerCpuArray<MapData, Counters>,
     reason_stats: PerCpuArray<MapData, u64>,
@@ -321,6 +328,7 @@ impl Dataplane {
             nexthops: take!(ebpf, names::NEXTHOPS),
             neighbours: take!(ebpf, names::NEIGHBOURS),
             tx_ports: take!(ebpf, names::TX_PORTS),
+            lan_ports: take!(ebpf, names::LAN_PORTS),
             link_config: take!(ebpf, names::LINK_CONFIG),
             link_state: take!(ebpf, names::LINK_STATE),
             classifier: take!(ebpf, names::CLASSIFIER),
@@ -328,6 +336,7 @@ impl Dataplane {
             qos: take!(ebpf, names::QOS_POLICY),
             policers: take!(ebpf, names::POLICERS),
             vnis: take!(ebpf, names::VNIS),
+            probe_keys: take!(ebpf, names::PROBE_KEYS),
             nh_stats: take!(ebpf, names::NH_STATS),
             class_stats: take!(ebpf, names::CLASS_STATS),
             reason_stats: take!(ebpf, names::REASON_STATS),
@@ -560,6 +569,20 @@ impl Dataplane {
             })
     }
 
+    /// Makes `ifindex` a LAN port with MAC `port.mac`: the LAN program forwards frames sent to
+    /// that MAC, decapsulated traffic may be redirected there. Redirecting also needs the
+    /// port in the redirect map ([`Dataplane::add_port`]).
+    pub fn set_lan_port(&mut self, ifindex: u32, port: LanPort) -> Result<()> {
+        self.lan_ports
+            .insert(ifindex, port, 0)
+            .map_err(map_err(names::LAN_PORTS))
+    }
+
+    /// Link `link`'s probe key: the one in `PROBE_KEYS`, else a new one (see [`ProbeKeys`]).
+    pub fn probe_key(&mut self, link: u32) -> Result<ProbeKey> {
+        probe_keys::key_of(&mut self.probe_keys, link)
+    }
+
     pub fn set_link_config(&mut self, link: u32, cfg: LinkConfig) -> Result<()> {
         check_range("link", link, MAX_LINKS)?;
         self.link_config
@@ -713,7 +736,7 @@ impl Dataplane {
         }
     }
 
-    /// Terminates `vni` here: its traffic is decapsulated and delivered towards `lan_ifindex`.
+    /// Terminates `vni` here: the traffic of `entry.link_id`'s peer is decapsulated.
     pub fn add_vni(&mut self, vni: u32, entry: VniEntry) -> Result<()> {
         check_range("VNI", vni, dwcp_common::wire::VNI_MAX + 1)?;
         self.vnis

@@ -1,12 +1,14 @@
 //! The pinned maps of a running fast path, opened by name from another process: the daemon's
 //! link monitor, `dwcp-prober` and `dwcp maps`. Nothing here loads, creates or pins a map; the
-//! fast path's maps are only read through these handles (the prober also writes its own
-//! `PROBE_SENT`, which no program uses).
+//! fast path's maps are only read through these handles, but for those of the probe sender
+//! (`PROBE_KEYS`; the prober's own `PROBE_SENT`, which no program uses).
 
 use std::path::PathBuf;
 
 use aya::maps::{Array, Map, MapData, MapError, MapInfo};
 use dwcp_common::{maps::names, LinkConfig, LinkState, NextHop};
+
+use crate::ProbeKeys;
 use thiserror::Error;
 
 /// A pinned map that cannot be used, named with its pin.
@@ -77,6 +79,11 @@ impl PinnedMaps {
     /// `LINK_CONFIG`: which links are monitored, and their detection settings.
     pub fn link_config(&self) -> Result<Array<MapData, LinkConfig>, PinnedMapError> {
         self.map(names::LINK_CONFIG)
+    }
+
+    /// `PROBE_KEYS`: the probed links' keys, for a probe sender.
+    pub fn probe_keys(&self) -> Result<ProbeKeys, PinnedMapError> {
+        self.map(names::PROBE_KEYS).map(ProbeKeys)
     }
 }
 

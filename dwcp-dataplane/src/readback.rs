@@ -3,8 +3,8 @@
 
 use aya::maps::MapError;
 use dwcp_common::{
-    maps::names, LinkConfig, NextHop, NextHopTable, QosPolicy, VniEntry, MAX_GROUPS, MAX_LINKS,
-    MAX_NEXTHOPS, NH_F_VALID,
+    maps::names, LanPort, LinkConfig, NextHop, NextHopTable, QosPolicy, VniEntry, MAX_GROUPS,
+    MAX_LINKS, MAX_NEXTHOPS, NH_F_VALID,
 };
 
 use super::{check_range, map_err, Dataplane, Result};
@@ -78,6 +78,21 @@ impl Dataplane {
         match self.tx_ports.remove(ifindex) {
             Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
             Err(e) => Err(map_err(names::TX_PORTS)(e)),
+        }
+    }
+
+    /// The LAN ports and their MACs.
+    pub fn lan_ports(&self) -> Result<Vec<(u32, LanPort)>> {
+        self.lan_ports
+            .iter()
+            .map(|r| r.map_err(map_err(names::LAN_PORTS)))
+            .collect()
+    }
+
+    pub fn remove_lan_port(&mut self, ifindex: u32) -> Result<()> {
+        match self.lan_ports.remove(&ifindex) {
+            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+            Err(e) => Err(map_err(names::LAN_PORTS)(e)),
         }
     }
 

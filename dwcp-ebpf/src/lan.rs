@@ -3,7 +3,8 @@
 //! parse -> route (LPM) -> next-hop group -> flow hash -> bucket -> live member -> classify
 //! -> VXLAN encapsulate (+ DSCP rewrite, TTL decrement of the inner packet) -> redirect.
 //! Every check that can fail happens before the packet is touched, so a pass-up is
-//! byte-for-byte the packet that arrived.
+//! byte-for-byte the packet that arrived. Only frames addressed to the LAN port's own MAC
+//! are forwarded (`LAN_PORTS`); the rest (broadcasts, frames for other hosts) is the kernel's.
 //!
 //! A hand-off next hop (`NH_F_HANDOFF`, a WireGuard tunnel) is the exception to "encapsulate
 //! and redirect": XDP cannot encrypt, so the packet gets its DSCP, the next hop's mark is
@@ -17,10 +18,10 @@ use aya_ebpf::{
 };
 use dwcp_common::{
     bucket_of, flow_hash, group_slot, wire::*, ClassifierKey, FlowSampleRecord, GatewayConfig,
-    HandoffFlow, LinkConfig, Neighbour, NeighbourKey, NextHop, NextHopTable, PolicerKey, QosPolicy,
-    Reason, Route, CLASSIFY_DST_PORT, CLASSIFY_SRC_PORT, CONFIG_F_POLICING, CONFIG_F_READY,
-    LINK_F_ADMIN_DOWN, LINK_F_MONITORED, MAX_GROUP_MEMBERS, NHG_BUCKETS, NH_F_HANDOFF, NH_F_VALID,
-    POLICER_ANY_GROUP, POLICE_DROP, QOS_F_REWRITE,
+    HandoffFlow, LanPort, LinkConfig, Neighbour, NeighbourKey, NextHop, NextHopTable, PolicerKey,
+    QosPolicy, Reason, Route, CLASSIFY_DST_PORT, CLASSIFY_SRC_PORT, CONFIG_F_POLICING,
+    CONFIG_F_READY, LINK_F_ADMIN_DOWN, LINK_F_MONITORED, MAX_GROUP_MEMBERS, NHG_BUCKETS,
+    NH_F_HANDOFF, NH_F_VALID, POLICER_ANY_GROUP, POLICE_DROP, QOS_F_REWRITE,
 };
 
 use crate::{
@@ -36,13 +37,32 @@ const BEST_EFFORT: u8 = 4;
 
 #[inline(always)]
 pub fn lan_ingress(ctx: &XdpContext) -> u32 {
-    match forward(ctx, 0) {
+    match addressed_to_port(ctx).and_then(|()| forward(ctx, 0)) {
         Ok(action) => action,
         Err(reason) => {
             count(reason);
             xdp_action::XDP_PASS
         }
     }
+}
+
+/// Whether the frame is addressed to the MAC of the LAN port it arrived on.
+#[inline(always)]
+fn addressed_to_port(ctx: &XdpContext) -> Result<(), Reason> {
+    let port: &LanPort =
+        unsafe { LAN_PORTS.get(ctx.ingress_ifindex() as u32) }.ok_or(Reason::LanPassOtherMac)?;
+    let eth: *const EthHdr = ptr_at(ctx, 0).ok_or(Reason::LanPassOtherMac)?;
+    let dst = unsafe { (*eth).dst };
+    // Compared as two integers: a byte array comparison may become a memcmp call, which BPF
+    // does not have.
+    let m = port.mac;
+    if u32::from_ne_bytes([dst[0], dst[1], dst[2], dst[3]])
+        != u32::from_ne_bytes([m[0], m[1], m[2], m[3]])
+        || u16::from_ne_bytes([dst[4], dst[5]]) != u16::from_ne_bytes([m[4], m[5]])
+    {
+        return Err(Reason::LanPassOtherMac);
+    }
+    Ok(())
 }
 
 /// Lazily read clock: only packets whose next hop is monitored pay for it.
@@ -389,8 +409,8 @@ pub fn forward(ctx: &XdpContext, from: u32) -> Result<u32, Reason> {
         return handoff(ctx, &p, nh_id, nh.vni, class, frame_len);
     }
 
-    // Outer IP packet = outer IPv4 + UDP + VXLAN + inner Ethernet + inner L3 and beyond.
-    let outer_ip_len = frame_len - p.l3_off + IPV4_HLEN + UDP_HLEN + VXLAN_HLEN + ETH_HLEN;
+    // Outer IP packet = outer IPv4 + UDP + VXLAN + the whole frame.
+    let outer_ip_len = frame_len + IPV4_HLEN + UDP_HLEN + VXLAN_HLEN;
     if outer_ip_len > nh.mtu as usize {
         return Err(Reason::LanPassTooBig);
     }
@@ -407,25 +427,24 @@ pub fn forward(ctx: &XdpContext, from: u32) -> Result<u32, Reason> {
 
     // TTL / hop limit: leave expiring packets to the kernel (it sends the ICMP error).
     if p.v6 {
-        let ip: *const Ipv6Hdr = ptr_at(ctx, p.l3_off).ok_or(Reason::LanPassMalformed)?;
+        let ip: *const Ipv6Hdr = ptr_at(ctx, ETH_HLEN).ok_or(Reason::LanPassMalformed)?;
         if unsafe { (*ip).hop_limit } <= 1 {
             return Err(Reason::LanPassTtlExceeded);
         }
     } else {
-        let ip: *const Ipv4Hdr = ptr_at(ctx, p.l3_off).ok_or(Reason::LanPassMalformed)?;
+        let ip: *const Ipv4Hdr = ptr_at(ctx, ETH_HLEN).ok_or(Reason::LanPassMalformed)?;
         if unsafe { (*ip).ttl } <= 1 {
             return Err(Reason::LanPassTtlExceeded);
         }
     }
 
-    // From here on the packet is modified.
-    let grow = (VXLAN_ENCAP_LEN + ETH_HLEN) as i32 - p.l3_off as i32;
-    if unsafe { bpf_xdp_adjust_head(ctx.ctx, -grow) } != 0 {
+    // From here on the packet is modified: the outer headers go in front of the frame.
+    if unsafe { bpf_xdp_adjust_head(ctx.ctx, -(VXLAN_ENCAP_LEN as i32)) } != 0 {
         return Err(Reason::LanPassNoHeadroom);
     }
     let policy: Option<&QosPolicy> = QOS_POLICY.get(class as u32);
     let tos = rewrite_inner(ctx, p.v6, policy)?;
-    write_outer(ctx, nh, neigh, hash, tos, p.v6)?;
+    write_outer(ctx, nh, neigh, hash, tos)?;
 
     count_nexthop(nh_id, frame_len as u64);
     count_class(class as u32, frame_len as u64);
@@ -480,7 +499,7 @@ fn handoff(
     frame_len: usize,
 ) -> Result<u32, Reason> {
     let policy: Option<&QosPolicy> = QOS_POLICY.get(class as u32);
-    rewrite_dscp_at(ctx, p.l3_off, p.v6, policy)?;
+    rewrite_dscp(ctx, p.v6, policy)?;
     if HANDOFF_FLOWS
         .insert(HandoffFlow::of(&p.key), mark, 0)
         .is_err()
@@ -493,14 +512,9 @@ fn handoff(
     Ok(xdp_action::XDP_PASS)
 }
 
-/// DSCP rewrite (ECN kept) of the IP header at `off`, nothing else.
+/// DSCP rewrite (ECN kept) of the frame's IP header, nothing else.
 #[inline(always)]
-fn rewrite_dscp_at(
-    ctx: &XdpContext,
-    off: usize,
-    v6: bool,
-    policy: Option<&QosPolicy>,
-) -> Result<(), Reason> {
+fn rewrite_dscp(ctx: &XdpContext, v6: bool, policy: Option<&QosPolicy>) -> Result<(), Reason> {
     let Some(dscp) = policy
         .filter(|p| p.flags & QOS_F_REWRITE != 0)
         .map(|p| p.dscp & 0x3f)
@@ -508,7 +522,7 @@ fn rewrite_dscp_at(
         return Ok(());
     };
     if v6 {
-        let ip: *mut Ipv6Hdr = ptr_at(ctx, off).ok_or(Reason::LanPassMalformed)?;
+        let ip: *mut Ipv6Hdr = ptr_at(ctx, ETH_HLEN).ok_or(Reason::LanPassMalformed)?;
         let ip = unsafe { &mut *ip };
         let b0 = ip.vtc_flow[0];
         let b1 = ip.vtc_flow[1];
@@ -517,7 +531,7 @@ fn rewrite_dscp_at(
         ip.vtc_flow[0] = 0x60 | (tc >> 4);
         ip.vtc_flow[1] = ((tc & 0x0f) << 4) | (b1 & 0x0f);
     } else {
-        let ip: *mut Ipv4Hdr = ptr_at(ctx, off).ok_or(Reason::LanPassMalformed)?;
+        let ip: *mut Ipv4Hdr = ptr_at(ctx, ETH_HLEN).ok_or(Reason::LanPassMalformed)?;
         let words = ip as *mut u16;
         let ip = unsafe { &mut *ip };
         let old = unsafe { *words };
@@ -567,7 +581,7 @@ fn rewrite_inner(ctx: &XdpContext, v6: bool, policy: Option<&QosPolicy>) -> Resu
     }
 }
 
-/// Writes outer Ethernet, IPv4, UDP and VXLAN headers and the inner Ethernet header.
+/// Writes outer Ethernet, IPv4, UDP and VXLAN headers and the inner Ethernet addresses.
 #[inline(always)]
 fn write_outer(
     ctx: &XdpContext,
@@ -575,7 +589,6 @@ fn write_outer(
     neigh: &Neighbour,
     hash: u32,
     tos: u8,
-    v6: bool,
 ) -> Result<(), Reason> {
     let frame_len = ctx.data_end() - ctx.data();
     let _all: *mut [u8; INNER_L3] = ptr_at(ctx, 0).ok_or(Reason::LanPassMalformed)?;
@@ -627,11 +640,6 @@ fn write_outer(
         };
         (*inner).dst = nh.inner_dst_mac;
         (*inner).src = neigh.if_mac;
-        (*inner).proto = if v6 {
-            ETH_P_IPV6.to_be()
-        } else {
-            ETH_P_IP.to_be()
-        };
     }
     Ok(())
 }

@@ -8,10 +8,11 @@ use aya_ebpf::{
     macros::btf_map,
 };
 use dwcp_common::{
-    ClassifierKey, ClassifierRule, Counters, GatewayConfig, HandoffFlow, LinkConfig, LinkState,
-    Neighbour, NeighbourKey, NextHop, NextHopTable, Policer, PolicerKey, QosPolicy, Route,
-    VniEntry, GROUP_TABLE_ENTRIES, MAX_CLASSIFIER_RULES, MAX_GROUPS, MAX_HANDOFF_FLOWS, MAX_LINKS,
-    MAX_NEIGHBOURS, MAX_NEXTHOPS, MAX_POLICERS, MAX_PORTS, MAX_ROUTES, MAX_VNIS, REASON_COUNT,
+    probe::ProbeKey, ClassifierKey, ClassifierRule, Counters, GatewayConfig, HandoffFlow, LanPort,
+    LinkConfig, LinkState, Neighbour, NeighbourKey, NextHop, NextHopTable, Policer, PolicerKey,
+    QosPolicy, Route, VniEntry, GROUP_TABLE_ENTRIES, MAX_CLASSIFIER_RULES, MAX_GROUPS,
+    MAX_HANDOFF_FLOWS, MAX_LINKS, MAX_NEIGHBOURS, MAX_NEXTHOPS, MAX_POLICERS, MAX_PORTS,
+    MAX_ROUTES, MAX_VNIS, REASON_COUNT,
 };
 
 const ROUTES: usize = MAX_ROUTES as usize;
@@ -47,6 +48,11 @@ pub static NEIGHBOURS: HashMap<NeighbourKey, Neighbour, { MAX_NEIGHBOURS as usiz
 #[btf_map]
 pub static TX_PORTS: DevMapHash<{ MAX_PORTS as usize }> = DevMapHash::new();
 
+/// The LAN interfaces and their MACs: the only ports decapsulated traffic is redirected to,
+/// and the address a LAN frame must carry to be forwarded.
+#[btf_map]
+pub static LAN_PORTS: HashMap<u32, LanPort, { MAX_PORTS as usize }> = HashMap::new();
+
 #[btf_map]
 pub static LINK_CONFIG: Array<LinkConfig, { MAX_LINKS as usize }> = Array::new();
 
@@ -69,6 +75,11 @@ pub static POLICERS: HashMap<PolicerKey, Policer, { MAX_POLICERS as usize }> = H
 
 #[btf_map]
 pub static VNIS: HashMap<u32, VniEntry, { MAX_VNIS as usize }> = HashMap::new();
+
+/// Each probed link's key, written by the probe sender: a reply counts only with a token made
+/// with it (`dwcp_common::probe::probe_token`).
+#[btf_map]
+pub static PROBE_KEYS: HashMap<u32, ProbeKey, { MAX_LINKS as usize }> = HashMap::new();
 
 #[btf_map]
 pub static NH_STATS: PerCpuArray<Counters, { MAX_NEXTHOPS as usize }> = PerCpuArray::new();

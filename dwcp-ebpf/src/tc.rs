@@ -13,10 +13,13 @@
 use aya_ebpf::{bindings::TC_ACT_OK, programs::TcContext};
 use dwcp_common::{HandoffFlow, Reason};
 
-use crate::{maps::HANDOFF_FLOWS, parse::parse, stats::count};
+use crate::{
+    maps::HANDOFF_FLOWS,
+    parse::{parse, HEADERS_DEPTH},
+    stats::count,
+};
 
-/// Enough for Ethernet, two VLAN tags, an IPv6 header and the ports.
-const HEADERS: u32 = 128;
+const HEADERS: u32 = HEADERS_DEPTH as u32;
 
 #[inline(always)]
 pub fn lan_tc(ctx: &TcContext) -> i32 {

@@ -1,14 +1,18 @@
 //! Underlay ingress: traffic arriving from other gateways.
 //!
-//! Probe requests are reflected in place (`XDP_TX`), probe replies become link state (RTT,
-//! jitter, liveness) and are consumed, VXLAN for a VNI of ours is decapsulated and delivered
-//! to the LAN. Everything else goes up to the kernel untouched.
+//! The underlay is hostile: nothing is taken for being well-formed, and a packet is taken as
+//! a link's only when it comes from the link's peer, on the link's interface (`LINK_CONFIG`).
+//! Probe requests of a peer are reflected in place (`XDP_TX`, rate-limited), replies to our
+//! own requests (their token says so) become link state (RTT, jitter, liveness) and are
+//! consumed, VXLAN for a VNI of ours is decapsulated and delivered to the LAN or sent on to
+//! another region. What claims to be ours but is not is dropped and counted; everything else
+//! goes up to the kernel untouched.
 use aya_ebpf::{
-    bindings::{bpf_fib_lookup, xdp_action, BPF_FIB_LKUP_RET_SUCCESS},
+    bindings::{bpf_fib_lookup, xdp_action, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS},
     helpers::{bpf_fib_lookup as fib_lookup, bpf_ktime_get_ns, bpf_xdp_adjust_head},
     programs::XdpContext,
 };
-use dwcp_common::{probe::*, wire::*, LinkState, Reason, MAX_LINKS};
+use dwcp_common::{probe::*, wire::*, LinkConfig, LinkState, Reason};
 
 use crate::{
     headers::{csum_replace2, ptr_at, EthHdr, Ipv4Hdr, Ipv6Hdr, UdpHdr, VxlanHdr},
@@ -31,6 +35,16 @@ pub fn underlay_ingress(ctx: &XdpContext) -> u32 {
     }
 }
 
+/// The packet's verdict after `reason` was counted: XDP_DROP.
+#[inline(always)]
+fn dropped(reason: Reason) -> Result<u32, Reason> {
+    count(reason);
+    Ok(xdp_action::XDP_DROP)
+}
+
+/// Offset of the UDP header: the fast path's own packets never carry IPv4 options.
+const L4: usize = ETH_HLEN + IPV4_HLEN;
+
 #[inline(always)]
 fn try_underlay(ctx: &XdpContext) -> Result<u32, Reason> {
     let eth: *const EthHdr = ptr_at(ctx, 0).ok_or(Reason::UnderlayPassOther)?;
@@ -39,23 +53,23 @@ fn try_underlay(ctx: &XdpContext) -> Result<u32, Reason> {
     }
     let ip: *const Ipv4Hdr = ptr_at(ctx, ETH_HLEN).ok_or(Reason::UnderlayPassMalformed)?;
     let ip = unsafe { &*ip };
-    if ip.vihl >> 4 != 4 || ip.proto != IPPROTO_UDP || u16::from_be(ip.frag_off) & 0x3fff != 0 {
+    if ip.vihl != 0x45 || ip.proto != IPPROTO_UDP || u16::from_be(ip.frag_off) & 0x3fff != 0 {
         return Err(Reason::UnderlayPassOther);
     }
-    let ihl = ((ip.vihl & 0x0f) as usize) * 4;
+    let udp: *const UdpHdr = ptr_at(ctx, L4).ok_or(Reason::UnderlayPassMalformed)?;
+    let (dport, udp_len) = unsafe { (u16::from_be((*udp).dport), u16::from_be((*udp).len)) };
+    if dport != PROBE_PORT && dport != VXLAN_PORT {
+        return Err(Reason::UnderlayPassOther);
+    }
+    // Probes and VXLAN are never padded: every length must agree with the frame exactly.
     let tot = u16::from_be(ip.tot_len) as usize;
-    if ihl < IPV4_HLEN || tot < ihl + UDP_HLEN || tot > ctx.data_end() - ctx.data() - ETH_HLEN {
+    if tot != ctx.data_end() - ctx.data() - ETH_HLEN || udp_len as usize != tot - IPV4_HLEN {
         return Err(Reason::UnderlayPassMalformed);
     }
-    let l4 = ETH_HLEN + ihl;
-    let udp: *const UdpHdr = ptr_at(ctx, l4).ok_or(Reason::UnderlayPassMalformed)?;
-    let dport = u16::from_be(unsafe { (*udp).dport });
     if dport == PROBE_PORT {
-        probe(ctx, l4)
-    } else if dport == VXLAN_PORT {
-        decap(ctx, l4, ip.src)
+        probe(ctx, ip)
     } else {
-        Err(Reason::UnderlayPassOther)
+        decap(ctx, ip)
     }
 }
 
@@ -70,44 +84,89 @@ fn be64(b: &[u8; PROBE_LEN], at: usize) -> u64 {
     v
 }
 
+/// A probe is taken only from its link's peer, to our address on the link, on the link's
+/// interface, with the link's TTL (GTSM); a request is then reflected (rate-limited), a reply
+/// measured if its token is ours and its send time fresh.
 #[inline(always)]
-fn probe(ctx: &XdpContext, l4: usize) -> Result<u32, Reason> {
-    let body: *mut [u8; PROBE_LEN] = ptr_at(ctx, l4 + UDP_HLEN).ok_or(Reason::UnderlayProbeBad)?;
+fn probe(ctx: &XdpContext, ip: &Ipv4Hdr) -> Result<u32, Reason> {
+    let body: *mut [u8; PROBE_LEN] = ptr_at(ctx, L4 + UDP_HLEN).ok_or(Reason::UnderlayProbeBad)?;
     let b = unsafe { &mut *body };
     let magic = u32::from_be_bytes([b[0], b[1], b[2], b[3]]);
-    if magic != PROBE_MAGIC || b[4] != PROBE_VERSION {
+    if magic != PROBE_MAGIC
+        || b[4] != PROBE_VERSION
+        || ctx.data_end() - ctx.data() != L4 + UDP_HLEN + PROBE_LEN
+    {
         return Err(Reason::UnderlayProbeBad);
     }
     let link_id = u32::from_be_bytes([b[8], b[9], b[10], b[11]]);
+    let Some(cfg) = LINK_CONFIG.get(link_id) else {
+        return dropped(Reason::UnderlayProbeStranger);
+    };
+    if ip.src != u32::from_ne_bytes(cfg.peer_ip4)
+        || ip.dst != u32::from_ne_bytes(cfg.local_ip4)
+        || ctx.ingress_ifindex() as u32 != cfg.ifindex
+    {
+        return dropped(Reason::UnderlayProbeStranger);
+    }
+    if ip.ttl < cfg.probe_min_ttl {
+        return dropped(Reason::UnderlayProbeTtl);
+    }
+    let Some(st) = LINK_STATE.get_ptr_mut(link_id) else {
+        return dropped(Reason::UnderlayProbeStranger);
+    };
+    let st = unsafe { &mut *st };
     let now = unsafe { bpf_ktime_get_ns() };
     match b[5] {
         PROBE_KIND_REQUEST => {
-            reflect(ctx, l4, b, now)?;
-            if let Some(st) = LINK_STATE.get_ptr_mut(link_id) {
-                unsafe { (*st).reflected += 1 };
+            if !reflect_allowed(st, cfg, now) {
+                return dropped(Reason::UnderlayProbeRateLimited);
             }
+            reflect(ctx, b)?;
+            st.reflected += 1;
             count(Reason::UnderlayProbeReflected);
             Ok(xdp_action::XDP_TX)
         }
         PROBE_KIND_REPLY => {
-            if link_id >= MAX_LINKS {
-                return Err(Reason::UnderlayProbeBad);
-            }
-            let tx_ns = be64(b, 16);
-            if tx_ns == 0 || tx_ns > now {
-                return Err(Reason::UnderlayProbeBad);
-            }
             let seq = u32::from_be_bytes([b[12], b[13], b[14], b[15]]);
-            let detect_ns = LINK_CONFIG.get(link_id).map(|c| c.detect_ns).unwrap_or(0);
-            let st = LINK_STATE
-                .get_ptr_mut(link_id)
-                .ok_or(Reason::UnderlayProbeBad)?;
-            measure(unsafe { &mut *st }, now, now - tx_ns, seq, detect_ns);
+            let tx_ns = be64(b, 16);
+            let Some(key) = (unsafe { PROBE_KEYS.get(link_id) }) else {
+                return dropped(Reason::UnderlayProbeBadToken);
+            };
+            if probe_token(key, link_id, seq, tx_ns) != be64(b, 24) {
+                return dropped(Reason::UnderlayProbeBadToken);
+            }
+            // Sent by us (the token says so) recently, and after the last reply taken: an
+            // old reply replayed, or one reflected twice, is not a sign of life.
+            if tx_ns > now || now - tx_ns > PROBE_MAX_AGE_NS || tx_ns <= st.last_tx_ns {
+                return dropped(Reason::UnderlayProbeStale);
+            }
+            st.last_tx_ns = tx_ns;
+            measure(st, now, now - tx_ns, seq, cfg.detect_ns);
             count(Reason::UnderlayProbeReply);
             Ok(xdp_action::XDP_DROP)
         }
         _ => Err(Reason::UnderlayProbeBad),
     }
+}
+
+/// The reflection limiter, a GCRA (the virtual-scheduling form of a token bucket): a request
+/// passes while the theoretical arrival time is at most `reflect_burst - 1` gaps ahead of now.
+#[inline(always)]
+fn reflect_allowed(st: &mut LinkState, cfg: &LinkConfig, now: u64) -> bool {
+    let gap = cfg.reflect_gap_ns as u64;
+    if gap == 0 {
+        return false;
+    }
+    let tat = if st.reflect_tat_ns > now {
+        st.reflect_tat_ns
+    } else {
+        now
+    };
+    if tat - now > gap * cfg.reflect_burst.saturating_sub(1) as u64 {
+        return false;
+    }
+    st.reflect_tat_ns = tat + gap;
+    true
 }
 
 /// Turns one reply into link state. RTT smoothing as TCP (RFC 6298, alpha 1/8), jitter as
@@ -138,47 +197,58 @@ fn measure(st: &mut LinkState, now: u64, rtt: u64, seq: u32, detect_ns: u64) {
 }
 
 /// Turns a request around in place: swapped MACs, IPs and ports (the IPv4 checksum is a sum,
-/// unchanged by the swap), kind = reply, our receive time filled in, UDP checksum cleared.
+/// unchanged by the swap), TTL 255 again (the reply is a probe sent by us), kind = reply, UDP
+/// checksum cleared. Nothing of ours goes in: the RTT is the sender's clock minus its own
+/// `tx_ns`, and the token goes back as it came.
 #[inline(always)]
-fn reflect(ctx: &XdpContext, l4: usize, b: &mut [u8; PROBE_LEN], now: u64) -> Result<(), Reason> {
+fn reflect(ctx: &XdpContext, b: &mut [u8; PROBE_LEN]) -> Result<(), Reason> {
     let eth: *mut EthHdr = ptr_at(ctx, 0).ok_or(Reason::UnderlayProbeBad)?;
     let ip: *mut Ipv4Hdr = ptr_at(ctx, ETH_HLEN).ok_or(Reason::UnderlayProbeBad)?;
-    let udp: *mut UdpHdr = ptr_at(ctx, l4).ok_or(Reason::UnderlayProbeBad)?;
+    let udp: *mut UdpHdr = ptr_at(ctx, L4).ok_or(Reason::UnderlayProbeBad)?;
+    let words = ip as *mut u16;
     unsafe {
         core::mem::swap(&mut (*eth).dst, &mut (*eth).src);
         core::mem::swap(&mut (*ip).src, &mut (*ip).dst);
+        let old = *words.add(4);
+        (*ip).ttl = PROBE_TTL;
+        (*ip).check = csum_replace2((*ip).check, old, *words.add(4));
         core::mem::swap(&mut (*udp).sport, &mut (*udp).dport);
         (*udp).check = 0;
     }
     b[5] = PROBE_KIND_REPLY;
-    let rx = now.to_be_bytes();
-    let mut i = 0;
-    while i < 8 {
-        b[24 + i] = rx[i];
-        i += 1;
-    }
     Ok(())
 }
 
-/// Decapsulates VXLAN for a VNI of ours. Transit: when the inner destination has a route in
-/// this gateway's tables (another region), the LAN pipeline re-encapsulates it towards the next
-/// gateway. Local delivery: the kernel's FIB and neighbour table (`bpf_fib_lookup`) give the
-/// LAN port and MACs and we redirect; while the neighbour is not resolved, the inner packet
-/// goes up the stack addressed to us and the kernel routes it (and resolves the neighbour).
-/// `from` is the outer source address (the previous gateway): transit never sends a packet
-/// back to it (split horizon; see `lan::forward`).
+/// Decapsulates VXLAN for a VNI of ours, when it comes from the VNI's link: from its peer, on
+/// its interface (anything else is dropped). Transit: when the inner destination has a route
+/// in this gateway's tables (another region), the LAN pipeline re-encapsulates it towards the
+/// next gateway. Local delivery: the kernel's FIB and neighbour table (`bpf_fib_lookup`) give
+/// the port and MACs, and we redirect only to a LAN port; while the neighbour is not
+/// resolved, the inner packet goes up the stack addressed to us and the kernel routes it (and
+/// resolves the neighbour). The outer source (the previous gateway) is never sent a transit
+/// packet back (split horizon; see `lan::forward`).
 #[inline(always)]
-fn decap(ctx: &XdpContext, l4: usize, from: u32) -> Result<u32, Reason> {
-    let vx: *const VxlanHdr = ptr_at(ctx, l4 + UDP_HLEN).ok_or(Reason::UnderlayPassMalformed)?;
+fn decap(ctx: &XdpContext, ip: &Ipv4Hdr) -> Result<u32, Reason> {
+    let vx: *const VxlanHdr = ptr_at(ctx, L4 + UDP_HLEN).ok_or(Reason::UnderlayPassMalformed)?;
     let (flags, vni) = unsafe { ((*vx).flags, u32::from_be((*vx).vni) >> 8) };
     if flags & VXLAN_FLAG_VNI == 0 {
         return Err(Reason::UnderlayPassMalformed);
     }
-    // A VNI we do not terminate may belong to a kernel VXLAN device: leave it to the kernel.
-    if unsafe { VNIS.get(vni) }.is_none() {
+    // A VNI we do not terminate may belong to a kernel VXLAN device: the kernel's (and its
+    // firewall's) to take or refuse.
+    let Some(entry) = (unsafe { VNIS.get(vni) }) else {
         return Err(Reason::UnderlayPassUnknownVni);
+    };
+    let from = ip.src;
+    match LINK_CONFIG.get(entry.link_id) {
+        Some(cfg) if from == u32::from_ne_bytes(cfg.peer_ip4) => {
+            if ctx.ingress_ifindex() as u32 != cfg.ifindex {
+                return dropped(Reason::UnderlayDecapWrongInterface);
+            }
+        }
+        _ => return dropped(Reason::UnderlayDecapWrongSource),
     }
-    let inner_off = l4 + UDP_HLEN + VXLAN_HLEN;
+    let inner_off = L4 + UDP_HLEN + VXLAN_HLEN;
     let outer: *const EthHdr = ptr_at(ctx, 0).ok_or(Reason::UnderlayPassMalformed)?;
     let (our_mac, peer_mac) = unsafe { ((*outer).dst, (*outer).src) };
     // The inner frame must be there before we strip anything.
@@ -235,6 +305,12 @@ fn decap(ctx: &XdpContext, l4: usize, from: u32) -> Result<u32, Reason> {
             0,
         )
     };
+    // A route out of a port that is not a LAN port would send the peer's packet on without
+    // its tunnel (back to the underlay): never, neither from here nor through the kernel.
+    let routed = rc == BPF_FIB_LKUP_RET_SUCCESS as i64 || rc == BPF_FIB_LKUP_RET_NO_NEIGH as i64;
+    if routed && unsafe { LAN_PORTS.get(fib.ifindex) }.is_none() {
+        return dropped(Reason::UnderlayDecapNotLan);
+    }
     if rc == BPF_FIB_LKUP_RET_SUCCESS as i64 && ttl_decrement(ctx, v6) {
         let eth: *mut EthHdr = ptr_at(ctx, 0).ok_or(Reason::UnderlayPassMalformed)?;
         unsafe {

@@ -14,6 +14,7 @@ use dwcp_agent::probe::ProbeCounts;
 use dwcp_agent::probe::ProbeLink;
 use dwcp_agent::probe::ProbeSender;
 use dwcp_agent::probe::SenderConfig;
+use dwcp_common::probe::ProbeKey;
 use dwcp_lab::netlab::addr;
 use dwcp_lab::netlab::veth;
 use dwcp_lab::netlab::Netns;
@@ -46,6 +47,11 @@ fn measure(ns: &Netns, links: usize) -> Run {
             local: "198.51.100.1".parse().unwrap(),
             remote: IpAddr::from([198, 51, 100, 10 + i as u8]),
             device: Some("ul0".into()),
+            // Any key: nobody checks the replies here, the cost is the sender's.
+            key: ProbeKey {
+                k0: 1,
+                k1: i as u64,
+            },
         })
         .collect();
     let sockets: Vec<std::net::UdpSocket> = ns

@@ -6,9 +6,9 @@ use std::collections::BTreeMap;
 use anyhow::Result;
 use aya::programs::{TestRun, TestRunOptions};
 use dwcp_common::{
-    maps::programs, wire::*, ClassifierKey, ClassifierRule, GatewayConfig, LinkConfig, Neighbour,
-    NeighbourKey, NextHop, QosClass, QosPolicy, Route, CONFIG_F_READY, LINK_F_MONITORED,
-    NH_F_VALID, QOS_F_REWRITE,
+    maps::programs, probe::PROBE_TTL, wire::*, ClassifierKey, ClassifierRule, GatewayConfig,
+    LanPort, LinkConfig, Neighbour, NeighbourKey, NextHop, QosClass, QosPolicy, Route,
+    CONFIG_F_READY, LINK_F_MONITORED, NH_F_VALID, QOS_F_REWRITE,
 };
 use dwcp_dataplane::Dataplane;
 use dwcp_dataplane::Member;
@@ -109,6 +109,14 @@ fn setup() -> Result<Dataplane> {
         )?;
     }
     dp.add_port(1)?;
+    // The frames' destination MAC is the LAN port's (BPF_PROG_TEST_RUN runs on ifindex 1).
+    dp.set_lan_port(
+        1,
+        LanPort {
+            mac: [2, 0, 0, 0, 0, 1],
+            _pad: [0; 2],
+        },
+    )?;
     dp.set_group(
         1,
         &(1..=4)
@@ -139,6 +147,11 @@ fn setup() -> Result<Dataplane> {
             flags: LINK_F_MONITORED,
             up_after: 0,
             detect_ns: u64::MAX / 2,
+            peer_ip4: [198, 51, 100, 5],
+            local_ip4: [192, 0, 2, 1],
+            ifindex: 1,
+            probe_min_ttl: PROBE_TTL,
+            ..Default::default()
         },
     )?;
     // Make link 5 live the way the kernel learns it: a probe reply through the underlay program.
@@ -151,18 +164,15 @@ fn setup() -> Result<Dataplane> {
         unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
         ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
     };
+    let key = dp.probe_key(5)?;
     dwcp_common::probe::ProbeHeader {
         kind: dwcp_common::probe::PROBE_KIND_REPLY,
-        flags: 0,
-        link_id: 5,
-        seq: 1,
-        tx_ns: now - 1_000_000,
-        rx_ns: 0,
+        ..dwcp_common::probe::ProbeHeader::request(&key, 5, 1, now - 1_000_000)
     }
     .encode(&mut body);
     let mut reply = eth(ETH_P_IP);
     let mut ip = vec![
-        0x45, 0, 0, 68, 0, 0, 0, 0, 64, 17, 0, 0, 198, 51, 100, 5, 192, 0, 2, 1,
+        0x45, 0, 0, 68, 0, 0, 0, 0, PROBE_TTL, 17, 0, 0, 198, 51, 100, 5, 192, 0, 2, 1,
     ];
     let c = csum(&ip);
     ip[10..12].copy_from_slice(&c.to_be_bytes());

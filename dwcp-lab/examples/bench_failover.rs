@@ -318,9 +318,11 @@ fn trial(
     Ok(())
 }
 
-fn set_kernel_detection(dp: &mut Dataplane, lab: &MultiLinkLab, cfg: LinkConfig) -> Result<()> {
+/// Sets the kernel's detection time of every link, its other settings kept.
+fn set_kernel_detection(dp: &mut Dataplane, lab: &MultiLinkLab, detect_ns: u64) -> Result<()> {
     for l in lab.link_ids() {
-        dp.set_link_config(l, cfg)?;
+        let cfg = dp.link_config(l)?;
+        dp.set_link_config(l, LinkConfig { detect_ns, ..cfg })?;
     }
     Ok(())
 }
@@ -333,9 +335,7 @@ fn run_mode(lab: &mut MultiLinkLab, mode: Mode, trials: usize) -> Result<ModeRes
     if mode == Mode::Agent {
         let mut dp = lab.a.dataplane.take().context("gateway A's dataplane")?;
         // The kernel would only call a link dead after 1000 s: the failover is the agent's.
-        let mut cfg = lab.monitor.link_config();
-        cfg.detect_ns = 1_000_000_000_000;
-        set_kernel_detection(&mut dp, lab, cfg)?;
+        set_kernel_detection(&mut dp, lab, 1_000_000_000_000)?;
         agent = Some(spawn_agent_failover(lab, dp, stop.clone())?);
     }
     let outcome = (|| -> Result<()> {
@@ -353,7 +353,7 @@ fn run_mode(lab: &mut MultiLinkLab, mode: Mode, trials: usize) -> Result<ModeRes
         let mut dp = agent
             .join()
             .map_err(|_| anyhow::anyhow!("agent thread panicked"))??;
-        set_kernel_detection(&mut dp, lab, lab.monitor.link_config())?;
+        set_kernel_detection(&mut dp, lab, lab.monitor.detect_ns())?;
         let all: Vec<Member> = lab
             .link_ids()
             .into_iter()

@@ -135,6 +135,7 @@ fn lab_snapshot(plan: &LabPlan) -> AgentSnapshot {
         failovers_total: 3,
         route_changes_total: 12,
         reservations: None,
+        lsdb: None,
     }
 }
 

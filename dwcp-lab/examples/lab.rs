@@ -139,6 +139,8 @@ fn run() -> Result<()> {
             live::fail(&state, &link, Duration::from_secs(*timeout))?;
             println!("lab: both ends saw it down and route around it:");
             routes_of_ends(&cli, &state, &link)?;
+            println!("lab: and every other agent has it down, as the ends' records say:");
+            link_at_others(&cli, &state, &link)?;
         }
         Cmd::Heal { a, b, timeout } => {
             let state = live::require(&paths)?;
@@ -289,6 +291,22 @@ fn routes_of_ends(
         let peer = &state.agents[peer as usize - 1].region;
         println!("-- {} (dwcp show routes {peer}):", a.region);
         print!("{}", dwcp(cli, &a.socket, &["show", "routes", peer])?);
+    }
+    Ok(())
+}
+
+/// `link` as the agents that do not terminate it see it.
+fn link_at_others(
+    cli: &Cli,
+    state: &LabState,
+    link: &dwcp_lab::lab::multi::PlannedLink,
+) -> Result<()> {
+    let id = link.id.to_string();
+    for (i, a) in state.agents.iter().enumerate() {
+        if ![link.a, link.b].contains(&(i as u8 + 1)) {
+            println!("-- {} (dwcp show links {id}):", a.region);
+            print!("{}", dwcp(cli, &a.socket, &["show", "links", &id])?);
+        }
     }
     Ok(())
 }

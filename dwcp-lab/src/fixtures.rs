@@ -26,6 +26,9 @@ use dwcp_agent::agent::TunnelView;
 use dwcp_common::{QosClass, Reason};
 use dwcp_control::bandwidth::ReservationManager;
 use dwcp_control::input::unix_now;
+use dwcp_control::link_state::{Figures, LinkReport};
+use dwcp_control::topology::{LinkId, RoutingHealth};
+use dwcp_control::view::{LsdbRecord, LsdbView};
 
 /// us-east-1's view: link 1 (to eu-west-1) up and measured, link 3 (to ap-south-1) degraded,
 /// link 2 (between the two others) remote and unmeasured.
@@ -254,6 +257,50 @@ pub fn three_region_snapshot() -> AgentSnapshot {
         failovers_total: 1,
         route_changes_total: 3,
         reservations: None,
+        lsdb: Some(Arc::new(three_region_lsdb())),
+    }
+}
+
+/// us-east-1's link-state database: its own record and eu-west-1's, 2 and 5 s old at
+/// 1_700_000_010 s; ap-south-1 has not been heard of.
+fn three_region_lsdb() -> LsdbView {
+    let report = |link, health, rtt_ms| LinkReport {
+        link: LinkId(link),
+        health,
+        figures: Figures::quantise(rtt_ms, Some(0.2), Some(0.0), None),
+    };
+    let digest = "6477637064776370";
+    LsdbView {
+        origin: "gw-use1-a".into(),
+        digest: digest.into(),
+        records: vec![
+            LsdbRecord {
+                origin: "gw-euw1-a".into(),
+                seq: 12,
+                digest: digest.into(),
+                originated_unix_ms: 1_700_000_005_000,
+                links: vec![
+                    report(1, RoutingHealth::Up, Some(80.4)),
+                    report(2, RoutingHealth::Up, Some(120.2)),
+                ],
+            },
+            LsdbRecord {
+                origin: "gw-use1-a".into(),
+                seq: 7,
+                digest: digest.into(),
+                originated_unix_ms: 1_700_000_008_000,
+                links: vec![
+                    report(1, RoutingHealth::Up, Some(80.3)),
+                    report(3, RoutingHealth::Degraded, Some(200.3)),
+                ],
+            },
+        ],
+        neighbours: vec![1, 3],
+        records_received: 40,
+        records_flooded: 52,
+        records_aged_out: 1,
+        datagrams_foreign: 3,
+        datagrams_malformed: 2,
     }
 }
 
@@ -325,5 +372,52 @@ pub async fn apply_commands(
                 let _ = reply.send(result);
             }
         }
+    }
+}
+
+/// Writes a secret (a token, a key) readable by its owner only, as the agent demands.
+pub fn write_secret(path: &std::path::Path, contents: &[u8]) {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    f.write_all(contents).unwrap();
+}
+
+/// The files of a TCP API served over TLS: a CA, the server's certificate (for `localhost`
+/// and 127.0.0.1) signed by it, and its key (mode 0600).
+pub struct ApiTls {
+    pub ca: std::path::PathBuf,
+    pub cert: std::path::PathBuf,
+    pub key: std::path::PathBuf,
+}
+
+impl ApiTls {
+    /// Makes the files in `dir`.
+    pub fn create(dir: &std::path::Path) -> ApiTls {
+        use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+        let ca_key = KeyPair::generate().unwrap();
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca = ca_params.self_signed(&ca_key).unwrap();
+        let issuer = rcgen::Issuer::new(ca_params, ca_key);
+        let key = KeyPair::generate().unwrap();
+        let cert = CertificateParams::new(vec!["localhost".into(), "127.0.0.1".into()])
+            .unwrap()
+            .signed_by(&key, &issuer)
+            .unwrap();
+        let files = ApiTls {
+            ca: dir.join("ca.pem"),
+            cert: dir.join("api.crt"),
+            key: dir.join("api.key"),
+        };
+        std::fs::write(&files.ca, ca.pem()).unwrap();
+        std::fs::write(&files.cert, cert.pem()).unwrap();
+        write_secret(&files.key, key.serialize_pem().as_bytes());
+        files
     }
 }

@@ -15,7 +15,7 @@ pub mod triangle;
 use std::net::Ipv4Addr;
 
 use dwcp_common::{
-    maps::programs, GatewayConfig, LinkConfig, Neighbour, NextHop, QosClass, QosPolicy, Route,
+    maps::programs, GatewayConfig, LanPort, Neighbour, NextHop, QosClass, QosPolicy, Route,
     VniEntry, CONFIG_F_READY, NH_F_VALID, QOS_F_REWRITE,
 };
 use thiserror::Error;
@@ -26,6 +26,8 @@ use crate::netlab::Netns;
 use dwcp_control::config::Prefix;
 use dwcp_control::fast_path::{FastPath, FastPathError};
 use dwcp_control::forwarding::{self, ForwardingState};
+use dwcp_control::liveness::MonitorConfig;
+use dwcp_control::plan::{with_link_ends, LinkEnds};
 use dwcp_dataplane::AttachMode;
 use dwcp_dataplane::Dataplane;
 use dwcp_dataplane::DataplaneError;
@@ -234,7 +236,7 @@ fn program_gateway(
     local_mac: [u8; 6],
     remote_mac: [u8; 6],
 ) -> Result<(Dataplane, AttachMode)> {
-    let lan_if = local.gw.ifindex("lan0")?;
+    let lan = Lan::of(&local.gw, "lan0")?;
     let path = GatewayPath {
         nexthop: LAB_NEXTHOP,
         link_id: LAB_NEXTHOP,
@@ -244,7 +246,7 @@ fn program_gateway(
         remote_ip: remote.gw_underlay_ip,
         local_mac,
         remote_mac,
-        link_config: None,
+        monitor: None,
     };
     let remote_prefix = remote.prefix;
     let r = local
@@ -253,7 +255,7 @@ fn program_gateway(
             let mut dp = Dataplane::load(Pinning::None)?;
             let (_, mode) = dp.attach(programs::LAN_INGRESS, "lan0")?;
             dp.attach(programs::UNDERLAY_INGRESS, "ul0")?;
-            program_paths(&mut dp, lan_if, remote_prefix, LAB_GROUP, &[path])?;
+            program_paths(&mut dp, lan, remote_prefix, LAB_GROUP, &[path])?;
             Ok((dp, mode))
         })??;
     Ok(r)
@@ -272,32 +274,62 @@ pub struct GatewayPath {
     pub remote_ip: Ipv4Addr,
     pub local_mac: [u8; 6],
     pub remote_mac: [u8; 6],
-    /// `Some`: the link is monitored (or otherwise configured) in `LINK_CONFIG`.
-    pub link_config: Option<LinkConfig>,
+    /// `Some`: the link is monitored, with these settings (else only its underlay identity
+    /// is in `LINK_CONFIG`, with the default probe rate for reflection).
+    pub monitor: Option<MonitorConfig>,
 }
 
-/// Programs a gateway whose LAN is `lan_if`: one route to `remote_prefix`/24 through group
+/// A gateway's LAN port.
+#[derive(Clone, Copy, Debug)]
+pub struct Lan {
+    pub ifindex: u32,
+    pub mac: [u8; 6],
+}
+
+impl Lan {
+    /// Interface `ifname` of `ns`.
+    pub fn of(ns: &Netns, ifname: &str) -> Result<Lan> {
+        Ok(Lan {
+            ifindex: ns.ifindex(ifname)?,
+            mac: ns.mac(ifname)?,
+        })
+    }
+
+    /// Adds the port to `s`: a redirect target, and the LAN port whose MAC frames must carry.
+    pub fn add_to(&self, s: &mut ForwardingState) {
+        s.ports.insert(self.ifindex);
+        s.lan_ports.insert(
+            self.ifindex,
+            LanPort {
+                mac: self.mac,
+                _pad: [0; 2],
+            },
+        );
+    }
+}
+
+/// Programs a gateway whose LAN is `lan`: one route to `remote_prefix`/24 through group
 /// `group`, whose members are `paths` (equal weights); each path's VNI terminates here too
 /// (the other gateway sends back over the same paths). Ends by marking the gateway ready.
 pub fn program_paths(
     dp: &mut Dataplane,
-    lan_if: u32,
+    lan: Lan,
     remote_prefix: Ipv4Addr,
     group: u32,
     paths: &[GatewayPath],
 ) -> Result<()> {
-    program(dp, &paths_state(lan_if, remote_prefix, group, paths)?)
+    program(dp, &paths_state(lan, remote_prefix, group, paths)?)
 }
 
 /// What [`program_paths`] writes, as the agent's model of the maps.
 pub fn paths_state(
-    lan_if: u32,
+    lan: Lan,
     remote_prefix: Ipv4Addr,
     group: u32,
     paths: &[GatewayPath],
 ) -> Result<ForwardingState> {
     let mut s = ForwardingState::default();
-    s.ports.insert(lan_if);
+    lan.add_to(&mut s);
     for p in paths {
         s.ports.insert(p.ifindex);
         s.nexthops.insert(
@@ -323,13 +355,20 @@ pub fn paths_state(
                 _pad: [0; 4],
             },
         );
-        if let Some(cfg) = p.link_config {
-            s.links.insert(p.link_id, cfg);
-        }
+        let monitor = p.monitor.unwrap_or_default();
+        let liveness = p.monitor.map(|m| m.link_config()).unwrap_or_default();
+        let ends = LinkEnds {
+            local: p.local_ip,
+            peer: p.remote_ip,
+            via: p.remote_ip,
+            ifindex: p.ifindex,
+        };
+        s.links
+            .insert(p.link_id, with_link_ends(liveness, ends, &monitor));
         s.vnis.insert(
             p.vni,
             VniEntry {
-                lan_ifindex: lan_if,
+                link_id: p.link_id,
                 flags: 0,
             },
         );

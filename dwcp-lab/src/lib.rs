@@ -16,6 +16,7 @@ pub static LAB_EBPF_OBJECT: &[u8] =
 pub mod fixtures;
 pub mod flood_sim;
 pub mod forwarding_bench;
+pub mod idle_flood;
 pub mod lab;
 pub mod map_in_map;
 pub mod netlab;

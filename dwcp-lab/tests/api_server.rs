@@ -29,9 +29,11 @@ use dwcp_control::bandwidth::ReservationManager;
 use dwcp_control::input::unix_now;
 use dwcp_control::view::*;
 use dwcp_lab::fixtures::*;
+use dwcp_lab::idle_flood::{under_idle_flood, FloodTarget};
 
 struct Harness {
     dir: tempfile::TempDir,
+    tls: ApiTls,
     snapshot: watch::Sender<Arc<AgentSnapshot>>,
     events: broadcast::Sender<AgentEvent>,
     commands_seen: Arc<AtomicUsize>,
@@ -91,13 +93,17 @@ impl Harness {
             Agent::Gone => drop(cmd_rx),
         }
         let token_file = dir.path().join("token");
-        std::fs::write(&token_file, format!("{TOKEN}\n")).unwrap();
+        write_secret(&token_file, format!("{TOKEN}\n").as_bytes());
+        let tls = ApiTls::create(dir.path());
         let config = ApiConfig {
             socket: Some(dir.path().join("run/api.sock")),
             tcp_listen: tcp.then(|| "127.0.0.1:0".parse().unwrap()),
             token_file: tcp.then_some(token_file),
+            tls_cert: tcp.then(|| tls.cert.clone()),
+            tls_key: tcp.then(|| tls.key.clone()),
             max_body_bytes: 4096,
             command_timeout_ms: 300,
+            read_timeout_ms: 1000,
             ..ApiConfig::default()
         };
         let handle = AgentHandle {
@@ -110,6 +116,7 @@ impl Harness {
         let client = ApiClient::new(Endpoint::Unix(config.socket.clone().unwrap()));
         Harness {
             dir,
+            tls,
             snapshot: snap_tx,
             events,
             commands_seen,
@@ -119,10 +126,16 @@ impl Harness {
         }
     }
 
+    fn tcp_addr(&self) -> std::net::SocketAddr {
+        self.api.as_ref().unwrap().tcp_addr.unwrap()
+    }
+
+    /// A client of the TCP API (TLS, trusting the fixture's CA) sending `token`.
     fn tcp(&self, token: Option<&str>) -> ApiClient {
-        ApiClient::new(Endpoint::Tcp {
-            addr: self.api.as_ref().unwrap().tcp_addr.unwrap().to_string(),
+        ApiClient::new(Endpoint::Https {
+            addr: self.tcp_addr().to_string(),
             token: token.map(str::to_string),
+            trust: TlsTrust::from_pem_file(&self.tls.ca).unwrap(),
         })
     }
 
@@ -599,7 +612,7 @@ async fn the_socket_is_0660_and_a_live_one_is_not_taken_over() {
 }
 
 #[tokio::test]
-async fn tcp_without_a_token_or_with_a_short_one_does_not_start() {
+async fn tcp_without_tls_or_a_good_token_does_not_start() {
     let dir = tempfile::tempdir().unwrap();
     let (_tx, rx) = watch::channel(Arc::new(AgentSnapshot::default()));
     let handle = AgentHandle {
@@ -607,21 +620,59 @@ async fn tcp_without_a_token_or_with_a_short_one_does_not_start() {
         events: broadcast::channel(1).0,
         commands: mpsc::channel(1).0,
     };
+    let tls = ApiTls::create(dir.path());
     let mut config = ApiConfig {
         socket: Some(dir.path().join("api.sock")),
         tcp_listen: Some("127.0.0.1:0".parse().unwrap()),
+        tls_cert: Some(tls.cert.clone()),
+        tls_key: Some(tls.key.clone()),
         ..ApiConfig::default()
     };
     let ctx = ApiContext::new(handle, &config);
+    let start = |config: ApiConfig| {
+        let ctx = ctx.clone();
+        async move { RunningApi::start(&config, ctx).await.err().unwrap() }
+    };
     assert!(matches!(
-        RunningApi::start(&config, ctx.clone()).await,
-        Err(ServeError::TcpWithoutToken)
+        start(config.clone()).await,
+        ServeError::TcpWithoutTlsOrToken
     ));
     let token = dir.path().join("token");
-    std::fs::write(&token, "short\n").unwrap();
-    config.token_file = Some(token);
-    let err = RunningApi::start(&config, ctx).await.err().unwrap();
+    write_secret(&token, b"short\n");
+    config.token_file = Some(token.clone());
+    let err = start(config.clone()).await;
     assert!(err.to_string().contains("is 5 characters"), "{err}");
+    // A token or a key that group or others may read is refused, naming the file and the fix.
+    std::fs::write(&token, format!("{TOKEN}\n")).unwrap();
+    for mode in [0o640, 0o604, 0o620] {
+        std::fs::set_permissions(&token, std::fs::Permissions::from_mode(mode)).unwrap();
+        let err = start(config.clone()).await;
+        assert!(
+            matches!(&err, ServeError::SecretExposed { path, mode: m } if path == &token && *m == mode),
+            "{err}"
+        );
+        assert!(err.to_string().contains("chmod 600"), "{err}");
+    }
+    std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o400)).unwrap();
+    std::fs::set_permissions(&tls.key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let err = start(config.clone()).await;
+    assert!(
+        matches!(&err, ServeError::SecretExposed { path, .. } if path == &tls.key),
+        "{err}"
+    );
+    std::fs::set_permissions(&tls.key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    // Without the certificate (or with one that is not PEM), no TLS, no start.
+    config.tls_cert = None;
+    assert!(matches!(
+        start(config.clone()).await,
+        ServeError::TcpWithoutTlsOrToken
+    ));
+    config.tls_cert = Some(token.clone());
+    let err = start(config.clone()).await;
+    assert!(
+        matches!(&err, ServeError::Tls { path, .. } if path == &token),
+        "{err}"
+    );
     // Nothing was bound.
     assert!(!dir.path().join("api.sock").exists());
 }
@@ -774,4 +825,396 @@ async fn an_owner_hears_only_about_its_own_reservations() {
         .unwrap()
         .unwrap()
         .unwrap();
+}
+
+#[tokio::test]
+async fn the_tcp_api_speaks_tls_only_and_trusts_only_its_ca() {
+    let h = Harness::start(Agent::Answers, true).await;
+    let status: StatusView = h.tcp(Some(TOKEN)).get("/v1/status").await.unwrap();
+    assert_eq!(status.gateway, "gw-use1-a");
+    // Plain HTTP to the TLS port: the handshake fails, no answer.
+    let plain = ApiClient::new(Endpoint::Http(h.tcp_addr().to_string()))
+        .request_raw("GET", "/v1/status", &[], None)
+        .await;
+    assert!(matches!(plain, Err(ClientError::Http { .. })), "{plain:?}");
+    // A client that trusts another CA refuses the server.
+    let other = tempfile::tempdir().unwrap();
+    let stranger = ApiClient::new(Endpoint::Https {
+        addr: h.tcp_addr().to_string(),
+        token: Some(TOKEN.into()),
+        trust: TlsTrust::from_pem_file(&ApiTls::create(other.path()).ca).unwrap(),
+    });
+    let err = stranger.get::<StatusView>("/v1/status").await.unwrap_err();
+    assert!(err.to_string().contains("TLS"), "{err}");
+    h.stop().await;
+}
+
+/// Reads from `stream` until the server closes it (or 5 s pass); returns when, counted from
+/// `since`.
+async fn closed_after(
+    stream: &mut (impl tokio::io::AsyncRead + Unpin),
+    since: std::time::Instant,
+) -> Duration {
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 4096];
+    let read_until_eof = async { while stream.read(&mut buf).await.is_ok_and(|n| n > 0) {} };
+    tokio::time::timeout(Duration::from_secs(5), read_until_eof)
+        .await
+        .expect("the server closes the connection");
+    since.elapsed()
+}
+
+#[tokio::test]
+async fn slow_and_idle_clients_are_cut_after_the_read_timeout() {
+    use tokio::io::AsyncWriteExt;
+    // The harness's read timeout is 1 s.
+    let h = Harness::start(Agent::Answers, true).await;
+    let socket = h.config.socket.clone().unwrap();
+
+    // Slow loris: a request head trickled a byte every 100 ms is cut at 1 s.
+    let mut loris = tokio::net::UnixStream::connect(&socket).await.unwrap();
+    let start = std::time::Instant::now();
+    loris
+        .write_all(b"GET /v1/status HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let (mut read, mut write) = loris.into_split();
+    let trickle = tokio::spawn(async move {
+        for _ in 0..50 {
+            if write.write_all(b"X").await.is_err() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    let took = closed_after(&mut read, start).await;
+    assert!(
+        (Duration::from_millis(900)..Duration::from_millis(2500)).contains(&took),
+        "slow head cut after {took:?}"
+    );
+    trickle.abort();
+
+    // A kept-alive connection that sends nothing more is closed as idle.
+    let mut idle = tokio::net::UnixStream::connect(&socket).await.unwrap();
+    idle.write_all(b"GET /v1/status HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let took = closed_after(&mut idle, std::time::Instant::now()).await;
+    assert!(
+        (Duration::from_millis(900)..Duration::from_millis(2500)).contains(&took),
+        "idle connection closed after {took:?}"
+    );
+
+    // A TCP client that never starts its TLS handshake is cut too.
+    let mut silent = tokio::net::TcpStream::connect(h.tcp_addr()).await.unwrap();
+    let took = closed_after(&mut silent, std::time::Instant::now()).await;
+    assert!(
+        (Duration::from_millis(900)..Duration::from_millis(2500)).contains(&took),
+        "silent TLS client cut after {took:?}"
+    );
+
+    // A body that does not arrive within the read timeout is refused with 408, and changes
+    // nothing; others are served meanwhile.
+    let mut slow_json = tokio::net::UnixStream::connect(&socket).await.unwrap();
+    let start = std::time::Instant::now();
+    slow_json
+        .write_all(
+            b"PUT /v1/links/1/admin HTTP/1.1\r\nHost: x\r\ncontent-type: application/json\r\n\
+              content-length: 100\r\n\r\n{\"state\"",
+        )
+        .await
+        .unwrap();
+    assert_eq!(h.raw("GET", "/v1/status", None).await.status, 200);
+    let mut answer = Vec::new();
+    tokio::io::AsyncReadExt::read_to_end(&mut slow_json, &mut answer)
+        .await
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("not received within 1000 ms"), "{answer}");
+    assert!(start.elapsed() < Duration::from_millis(2500));
+    assert_eq!(h.commands_seen.load(Ordering::SeqCst), 0);
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn a_request_head_over_16_kib_is_refused() {
+    let h = Harness::start(Agent::Answers, false).await;
+    let big = "x".repeat(dwcp_agent::http::MAX_HEAD_BYTES);
+    let r = h
+        .client
+        .request_raw("GET", "/v1/status", &[("x-padding", &big)], None)
+        .await
+        .unwrap();
+    assert_eq!(r.status, 431);
+    let r = h
+        .client
+        .request_raw(
+            "GET",
+            "/v1/status",
+            &[("x-padding", &big[..8 * 1024])],
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200);
+    h.stop().await;
+}
+
+/// `api_ok_under_idle_flood`: while 2,000 connections that send nothing are held open on the
+/// TLS port, an operator's request is answered within a second, and none of them was shed
+/// to make room.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_answers_while_2000_idle_connections_are_held() {
+    let h = Harness::start(Agent::Answers, true).await;
+    let client = h.tcp(Some(TOKEN));
+    for target in [
+        FloodTarget::Tcp(h.tcp_addr()),
+        FloodTarget::Unix(h.config.socket.clone().unwrap()),
+    ] {
+        let flood = under_idle_flood(&target, 2000, client.get::<StatusView>("/v1/status"))
+            .await
+            .unwrap();
+        let status = flood.answer.unwrap();
+        assert_eq!(status.gateway, "gw-use1-a");
+        println!(
+            "{target:?}: answered in {:?} with {} of {} idle connections open",
+            flood.took, flood.still_open, flood.opened
+        );
+        assert!(flood.took < Duration::from_secs(1), "{:?}", flood.took);
+        assert_eq!(flood.still_open, 2000);
+    }
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn connections_over_the_limit_are_closed_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_tx, rx) = watch::channel(Arc::new(three_region_snapshot()));
+    let handle = AgentHandle {
+        snapshot: rx,
+        events: broadcast::channel(1).0,
+        commands: mpsc::channel(1).0,
+    };
+    let config = ApiConfig {
+        socket: Some(dir.path().join("api.sock")),
+        max_connections: 4,
+        read_timeout_ms: 1000,
+        ..ApiConfig::default()
+    };
+    let api = RunningApi::start(&config, ApiContext::new(handle, &config))
+        .await
+        .unwrap();
+    let socket = dir.path().join("api.sock");
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        held.push(tokio::net::UnixStream::connect(&socket).await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut fifth = tokio::net::UnixStream::connect(&socket).await.unwrap();
+    let took = closed_after(&mut fifth, std::time::Instant::now()).await;
+    assert!(took < Duration::from_millis(500), "closed after {took:?}");
+    // Once the idle ones are cut (read timeout), there is room again.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let client = ApiClient::new(Endpoint::Unix(socket));
+    let _: StatusView = client.get("/v1/status").await.unwrap();
+    drop(held);
+    api.shutdown().await.unwrap();
+}
+
+/// Property tests of the request parsers, at the router: whatever body, path or query a
+/// request carries, the answer is a JSON error of 4xx or a success, never a 5xx or a panic.
+mod fuzz {
+    use super::*;
+    use axum::body::Body;
+    use dwcp_control::bandwidth::MemoryStore;
+    use proptest::prelude::*;
+    use tower::ServiceExt;
+
+    /// The router of a running agent (reservations in memory, commands answered).
+    fn router(rt: &tokio::runtime::Runtime) -> axum::Router {
+        rt.block_on(async {
+            let snapshot = three_region_snapshot();
+            let (mut manager, _) = ReservationManager::open(
+                Box::new(MemoryStore::default()),
+                network_of(&snapshot),
+                ManagerConfig::default(),
+            )
+            .unwrap();
+            let (snap_tx, snap_rx) = watch::channel(Arc::new(snapshot));
+            let (events, _) = broadcast::channel(64);
+            publish_reservations(&mut manager, &snap_tx, &events);
+            let (cmd_tx, cmd_rx) = mpsc::channel(8);
+            tokio::spawn(apply_commands(
+                cmd_rx,
+                snap_tx,
+                events.clone(),
+                manager,
+                Arc::new(AtomicUsize::new(0)),
+            ));
+            let config = ApiConfig {
+                command_timeout_ms: 2000,
+                ..ApiConfig::default()
+            };
+            let handle = AgentHandle {
+                snapshot: snap_rx,
+                events,
+                commands: cmd_tx,
+            };
+            dwcp_agent::api::router(ApiContext::new(handle, &config))
+        })
+    }
+
+    fn json_value() -> impl Strategy<Value = Value> {
+        let key = prop_oneof![
+            prop::sample::select(vec![
+                "owner",
+                "source",
+                "destination",
+                "class",
+                "rate",
+                "start",
+                "end",
+                "path",
+                "priority",
+                "state",
+                "id",
+                "note",
+            ])
+            .prop_map(str::to_string),
+            "[a-z_]{0,8}",
+        ];
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::from),
+            any::<i64>().prop_map(Value::from),
+            any::<u64>().prop_map(Value::from),
+            any::<f64>().prop_map(|f| json!(f)),
+            prop::sample::select(vec![
+                "us-east-1",
+                "eu-west-1",
+                "realtime",
+                "bulk",
+                "1M",
+                "10G",
+                "-1M",
+                "1e308M",
+                "up",
+                "down",
+                "",
+                "+2h",
+            ])
+            .prop_map(Value::from),
+            "\\PC{0,12}".prop_map(Value::from),
+        ];
+        leaf.prop_recursive(3, 24, 6, move |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..6).prop_map(Value::from),
+                prop::collection::btree_map(key.clone(), inner, 0..8)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    /// A valid reservation request with some fields removed, replaced or added.
+    fn mutated_reservation() -> impl Strategy<Value = Value> {
+        let valid = json!({
+            "owner": "video-team", "source": "us-east-1", "destination": "eu-west-1",
+            "class": "realtime", "rate": "1M", "end": unix_now() + 3600, "path": [1],
+        });
+        prop::collection::vec(
+            (
+                prop::sample::select(vec![
+                    "owner",
+                    "source",
+                    "destination",
+                    "class",
+                    "rate",
+                    "start",
+                    "end",
+                    "path",
+                    "priority",
+                    "extra",
+                ]),
+                prop::option::of(json_value()),
+            ),
+            1..4,
+        )
+        .prop_map(move |edits| {
+            let mut v = valid.clone();
+            for (key, value) in edits {
+                match value {
+                    Some(value) => v[key] = value,
+                    None => {
+                        v.as_object_mut().unwrap().remove(key);
+                    }
+                }
+            }
+            v
+        })
+    }
+
+    fn body() -> impl Strategy<Value = Vec<u8>> {
+        prop_oneof![
+            prop::collection::vec(any::<u8>(), 0..64),
+            json_value().prop_map(|v| v.to_string().into_bytes()),
+            mutated_reservation().prop_map(|v| v.to_string().into_bytes()),
+            json_value().prop_map(|v| json!({ "state": v }).to_string().into_bytes()),
+            json_value().prop_map(|v| json!({ "end": v }).to_string().into_bytes()),
+        ]
+    }
+
+    fn segment() -> impl Strategy<Value = String> {
+        prop_oneof![
+            prop::sample::select(vec![
+                "1",
+                "3",
+                "0",
+                "use1-euw1",
+                "99999999999999999999",
+                "-1",
+                "%20",
+                "%ff",
+            ])
+            .prop_map(str::to_string),
+            "[a-zA-Z0-9._~-]{0,12}",
+        ]
+    }
+
+    fn request() -> impl Strategy<Value = (&'static str, String)> {
+        prop_oneof![
+            Just(("POST", "/v1/reservations".to_string())),
+            segment().prop_map(|id| ("PATCH", format!("/v1/reservations/{id}"))),
+            segment().prop_map(|id| ("DELETE", format!("/v1/reservations/{id}"))),
+            segment().prop_map(|l| ("PUT", format!("/v1/links/{l}/admin"))),
+            "[a-z=&%0-9]{0,20}".prop_map(|q| ("GET", format!("/v1/history?{q}"))),
+            "[a-z=&%0-9-]{0,20}".prop_map(|q| ("GET", format!("/v1/events?{q}"))),
+            Just(("POST", "/v1/reload".to_string())),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+        #[test]
+        fn any_request_body_is_answered_without_a_5xx(
+            (method, uri) in request(),
+            body in body(),
+            json_type in any::<bool>(),
+        ) {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            let router = router(&rt);
+            let mut req = axum::http::Request::builder().method(method).uri(&uri);
+            if json_type {
+                req = req.header("content-type", "application/json");
+            }
+            let req = req.body(Body::from(body.clone())).unwrap();
+            let status = rt.block_on(router.oneshot(req)).unwrap().status();
+            prop_assert!(
+                status.as_u16() < 500,
+                "{method} {uri} {:?} answered {status}",
+                String::from_utf8_lossy(&body)
+            );
+        }
+    }
 }

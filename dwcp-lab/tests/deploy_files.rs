@@ -1,7 +1,8 @@
 //! The files in `deploy/` stay true to the code: the example agent.toml parses with the
 //! sections' real types (with every commented option too), the Prometheus config passes
-//! `promtool check config`, the systemd unit passes `systemd-analyze verify`, and the Grafana
-//! dashboard only queries metrics the exporter exports.
+//! `promtool check config`, the systemd units pass `systemd-analyze verify` and keep the
+//! probes going through an agent restart, and the Grafana dashboard only queries metrics the
+//! exporter exports.
 
 use std::{
     path::{Path, PathBuf},
@@ -15,6 +16,8 @@ use dwcp_agent::api::ApiConfig;
 use dwcp_agent::telemetry::Exporter;
 use dwcp_agent::telemetry::MetricsConfig;
 use dwcp_control::bandwidth::ManagerConfig;
+use dwcp_control::config::LinkStateSection;
+use dwcp_control::config::ProbeSenderMode;
 use dwcp_control::topology::Topology;
 use dwcp_control::traffic::PolicingConfig;
 use dwcp_lab::fixtures::three_region_snapshot;
@@ -71,6 +74,7 @@ fn agent_toml_sections_parse_with_their_types_and_document_the_defaults() {
         "probe",
         "api",
         "metrics",
+        "link_state",
         "region",
         "link",
     ] {
@@ -84,7 +88,10 @@ fn agent_toml_sections_parse_with_their_types_and_document_the_defaults() {
     assert_eq!(api_all.socket_mode, 0o660);
     assert_eq!(api_all.max_body_bytes, default.max_body_bytes);
     assert_eq!(api_all.command_timeout_ms, default.command_timeout_ms);
+    assert_eq!(api_all.max_connections, default.max_connections);
+    assert_eq!(api_all.read_timeout_ms, default.read_timeout_ms);
     assert!(api_all.tcp_listen.is_some() && api_all.token_file.is_some());
+    assert!(api_all.tls_cert.is_some() && api_all.tls_key.is_some());
 
     let (res, res_all): (ManagerConfig, ManagerConfig) = parse_section(&text, "reservations");
     assert_eq!(res, ManagerConfig::default());
@@ -96,6 +103,10 @@ fn agent_toml_sections_parse_with_their_types_and_document_the_defaults() {
     let (metrics, metrics_all): (MetricsConfig, MetricsConfig) = parse_section(&text, "metrics");
     assert_eq!(metrics, MetricsConfig::default());
     assert_eq!(metrics_all, MetricsConfig::default());
+
+    let (ls, ls_all): (LinkStateSection, LinkStateSection) = parse_section(&text, "link_state");
+    assert_eq!(ls, LinkStateSection::default());
+    assert_eq!(ls_all, LinkStateSection::default(), "documented defaults");
 
     // The topology part is the topology module's schema, and validates.
     let mut topology = String::new();
@@ -127,21 +138,31 @@ fn prometheus_config_passes_promtool() {
 }
 
 #[test]
-fn systemd_unit_verifies() {
-    // The unit names /usr/local/bin/dwcp-agent, which is not installed here: verify a copy that
-    // runs /bin/true instead, so only the unit's own syntax and directives are judged.
+fn systemd_units_verify() {
+    // The units name binaries under /usr/local/bin, which are not installed here: verify
+    // copies that run /bin/true instead, so only the units' own syntax and directives are
+    // judged. Both together, so the agent's Wants= on the prober resolves.
     let dir = tempfile::tempdir().unwrap();
-    let unit = std::fs::read_to_string(deploy("dwcp-agent.service"))
-        .unwrap()
-        .replace(
+    let mut paths = Vec::new();
+    for (unit, exec) in [
+        (
+            "dwcp-agent.service",
             "/usr/local/bin/dwcp-agent --config /etc/dwcp/agent.toml",
-            "/bin/true",
-        );
-    let path = dir.path().join("dwcp-agent.service");
-    std::fs::write(&path, unit).unwrap();
+        ),
+        (
+            "dwcp-prober.service",
+            "/usr/local/bin/dwcp-prober --config /etc/dwcp/agent.toml",
+        ),
+    ] {
+        let text = std::fs::read_to_string(deploy(unit)).unwrap();
+        assert!(text.contains(&format!("ExecStart={exec}\n")), "{unit}");
+        let path = dir.path().join(unit);
+        std::fs::write(&path, text.replace(exec, "/bin/true")).unwrap();
+        paths.push(path);
+    }
     let out = Command::new("systemd-analyze")
         .args(["verify", "--man=no"])
-        .arg(&path)
+        .args(&paths)
         .output()
         .expect("systemd-analyze runs");
     let said = format!(
@@ -152,19 +173,119 @@ fn systemd_unit_verifies() {
     // Both checks are needed: the exit status fails on errors (a command that is not
     // executable, a dependency that cannot be loaded) but stays 0 on what verify reports and
     // ignores (an unknown key, a value it cannot parse: "…, ignoring"), which the lines naming
-    // the unit catch. `verify` loads units offline, without the manager: it exits 0 for this
-    // unit in a container without systemd as PID 1 (checked with systemd 252), so a failing
-    // status is the unit's fault, not the environment's.
+    // a unit catch. `verify` loads units offline, without the manager: it exits 0 for these
+    // units in a container without systemd as PID 1 (checked with systemd 252), so a failing
+    // status is the units' fault, not the environment's.
     assert!(
         out.status.success(),
         "systemd-analyze verify failed ({}): {said}",
         out.status
     );
-    let about_unit: Vec<&str> = said
+    let about_units: Vec<&str> = said
         .lines()
-        .filter(|l| l.contains("dwcp-agent.service"))
+        .filter(|l| l.contains("dwcp-agent.service") || l.contains("dwcp-prober.service"))
         .collect();
-    assert!(about_unit.is_empty(), "{said}");
+    assert!(about_units.is_empty(), "{said}");
+}
+
+/// The values of `key=` in a unit file (every occurrence, in order).
+fn unit_values(text: &str, key: &str) -> Vec<String> {
+    text.lines()
+        .filter_map(|l| l.strip_prefix(&format!("{key}=")))
+        .map(str::to_string)
+        .collect()
+}
+
+/// The shipped files keep forwarding through a restart or a crash of the agent: the probes
+/// come from dwcp-prober, a unit of its own that no agent restart touches; both units allow
+/// the real-time priority the configuration may ask for; the agent may hold every
+/// connection its limits allow; the operators' group can reach the API socket.
+#[test]
+fn the_shipped_units_keep_probing_through_an_agent_restart() {
+    let agent_unit = std::fs::read_to_string(deploy("dwcp-agent.service")).unwrap();
+    let prober_unit = std::fs::read_to_string(deploy("dwcp-prober.service")).unwrap();
+    let config = dwcp_control::AgentConfig::load(&deploy("agent.toml")).unwrap();
+    assert_eq!(config.probe_sender, ProbeSenderMode::External);
+
+    // Tied by nothing that propagates a stop or a restart.
+    for (unit, other) in [
+        (&agent_unit, "dwcp-prober.service"),
+        (&prober_unit, "dwcp-agent.service"),
+    ] {
+        for key in ["Requires", "BindsTo", "PartOf", "Requisite"] {
+            assert!(
+                unit_values(unit, key).iter().all(|v| !v.contains(other)),
+                "{key}= on {other}"
+            );
+        }
+    }
+    assert_eq!(unit_values(&agent_unit, "Wants")[1], "dwcp-prober.service");
+    assert_eq!(unit_values(&prober_unit, "Restart"), ["always"]);
+    assert_eq!(unit_values(&prober_unit, "StartLimitIntervalSec"), ["0"]);
+
+    // SCHED_FIFO at probe.rt_priority: allowed wherever probes are sent.
+    for unit in [&agent_unit, &prober_unit] {
+        let caps = unit_values(unit, "CapabilityBoundingSet").join(" ");
+        assert!(caps.split(' ').any(|c| c == "CAP_SYS_NICE"), "{caps}");
+        assert!(unit_values(unit, "RestrictRealtime").is_empty());
+    }
+
+    // Every connection the limits allow, with the TCP API on too.
+    let dir = tempfile::tempdir().unwrap();
+    let all = dir.path().join("agent.toml");
+    std::fs::write(
+        &all,
+        uncomment_all(&std::fs::read_to_string(deploy("agent.toml")).unwrap()),
+    )
+    .unwrap();
+    let every_option = dwcp_control::AgentConfig::load(&all).unwrap();
+    assert!(every_option.api.tcp_listen.is_some());
+    let nofile: u64 = unit_values(&agent_unit, "LimitNOFILE")[0].parse().unwrap();
+    let needed = dwcp_agent::http::fds_needed(&every_option);
+    assert!(nofile >= needed, "LimitNOFILE={nofile} < {needed}");
+
+    // The socket: group-writable, owned by the operators' group, in a directory they can
+    // traverse.
+    assert_eq!(config.api.socket_group.as_deref(), Some("dwcp"));
+    assert_eq!(config.api.socket_mode & 0o060, 0o060);
+    let runtime_mode =
+        u32::from_str_radix(&unit_values(&agent_unit, "RuntimeDirectoryMode")[0], 8).unwrap();
+    assert_eq!(runtime_mode & 0o011, 0o011, "{runtime_mode:o}");
+    assert_eq!(unit_values(&agent_unit, "RuntimeDirectory"), ["dwcp"]);
+    assert!(config.api.socket.as_ref().unwrap().starts_with("/run/dwcp"));
+}
+
+/// `dwcp-prober --config` takes the pin directory and probe settings of agent.toml, and
+/// refuses a configuration whose agent sends the probes itself.
+#[test]
+fn the_prober_reads_the_agents_configuration() {
+    let dir = tempfile::tempdir().unwrap();
+    let pins = dir.path().join("pins");
+    let text = std::fs::read_to_string(deploy("agent.toml"))
+        .unwrap()
+        .replace(
+            "# pin_dir = \"/sys/fs/bpf/dwcp\"",
+            &format!("pin_dir = \"{}\"", pins.display()),
+        );
+    let run = |text: &str| {
+        let path = dir.path().join("agent.toml");
+        std::fs::write(&path, text).unwrap();
+        let out = Command::new(dwcp_lab::bin("dwcp-prober"))
+            .arg("--config")
+            .arg(&path)
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        String::from_utf8_lossy(&out.stderr).to_string()
+    };
+    // No agent has pinned anything there: it fails, on the configured maps.
+    let err = run(&text);
+    assert!(
+        err.contains(&format!("starting on the maps in {}", pins.display())),
+        "{err}"
+    );
+    let err = run(&text.replace("sender = \"external\"", "sender = \"agent\""));
+    assert!(err.contains("probe.sender is not \"external\""), "{err}");
 }
 
 /// `dwcp_...` names in a PromQL expression.

@@ -39,6 +39,8 @@ use dwcp_lab::fixtures::apply_commands;
 use dwcp_lab::fixtures::network_of;
 use dwcp_lab::fixtures::publish_reservations;
 use dwcp_lab::fixtures::three_region_snapshot;
+use dwcp_lab::fixtures::write_secret;
+use dwcp_lab::fixtures::ApiTls;
 use serde_json::Value;
 use tokio::sync::{broadcast, mpsc, watch};
 
@@ -58,7 +60,8 @@ impl Agent {
         Self::start_with(false)
     }
 
-    /// With `tcp`, the API is also served on 127.0.0.1 behind the bearer token in `token`.
+    /// With `tcp`, the API is also served on 127.0.0.1 over TLS (its CA in `ca.pem`) behind
+    /// the bearer token in `token`.
     fn start_with(tcp: bool) -> Agent {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
@@ -78,11 +81,14 @@ impl Agent {
         publish_reservations(&mut manager, &snap_tx, &events);
         let (cmd_tx, cmd_rx) = mpsc::channel(4);
         let commands = Arc::new(AtomicUsize::new(0));
-        std::fs::write(dir.path().join("token"), format!("{TOKEN}\n")).unwrap();
+        write_secret(&dir.path().join("token"), format!("{TOKEN}\n").as_bytes());
+        let tls = ApiTls::create(dir.path());
         let config = ApiConfig {
             socket: Some(dir.path().join("agent.sock")),
             tcp_listen: tcp.then(|| "127.0.0.1:0".parse().unwrap()),
             token_file: tcp.then(|| dir.path().join("token")),
+            tls_cert: tcp.then_some(tls.cert),
+            tls_key: tcp.then_some(tls.key),
             ..ApiConfig::default()
         };
         let handle = AgentHandle {
@@ -165,7 +171,7 @@ impl Drop for Agent {
 )]
 fn show_commands_print_tables_and_the_apis_json() {
     let agent = Agent::start();
-    let cases: [(&[&str], &str, &[&str]); 9] = [
+    let cases: [(&[&str], &str, &[&str]); 10] = [
         (
             &["status"],
             "/v1/status",
@@ -191,6 +197,19 @@ fn show_commands_print_tables_and_the_apis_json() {
                 "11160/12000",
                 "PROJECTED",
                 "45 %",
+                "MEASURED BY",
+                "gw-euw1-a (",
+            ],
+        ),
+        (
+            &["show", "lsdb"],
+            "/v1/lsdb",
+            &[
+                "gateway gw-use1-a, topology 6477637064776370",
+                "40 received, 52 flooded, 1 aged out",
+                "gw-euw1-a",
+                "120.2 ms",
+                "degraded",
             ],
         ),
         (
@@ -541,13 +560,14 @@ fn maps_decodes_the_pinned_maps_as_bpftool_does() {
             flags: LINK_F_MONITORED,
             up_after: 5,
             detect_ns: 30_000_000,
+            ..Default::default()
         },
     )
     .unwrap();
     dp.add_vni(
         4242,
         VniEntry {
-            lan_ifindex: 2,
+            link_id: 3,
             flags: 0,
         },
     )
@@ -688,17 +708,26 @@ fn maps_decodes_the_pinned_maps_as_bpftool_does() {
     not(feature = "privileged"),
     ignore = "privileged: needs root, BPF and network namespaces (--features dwcp-lab/privileged)"
 )]
-fn the_tcp_api_takes_the_token_from_a_file() {
+fn the_tcp_api_takes_the_token_from_a_file_over_tls() {
     let agent = Agent::start_with(true);
     let addr = agent.api.as_ref().unwrap().tcp_addr.unwrap().to_string();
+    let ca = agent.dir.path().join("ca.pem");
     let run = |token_file: Option<&Path>| {
         let mut cmd = Command::new(dwcp_lab::bin("dwcp"));
         cmd.args(["--api", &addr, "--timeout", "5", "show", "links", "--json"]);
+        cmd.arg("--ca-file").arg(&ca);
         if let Some(f) = token_file {
             cmd.arg("--token-file").arg(f);
         }
         cmd.output().unwrap()
     };
+    let no_ca = Command::new(dwcp_lab::bin("dwcp"))
+        .args(["--api", &addr, "show", "links"])
+        .output()
+        .unwrap();
+    assert_eq!(no_ca.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&no_ca.stderr);
+    assert!(err.contains("served over TLS: add --ca-file FILE"), "{err}");
     let ok = run(Some(&agent.dir.path().join("token")));
     assert!(
         ok.status.success(),

@@ -174,11 +174,13 @@ fn a_running_agent_answers_dwcp_and_prometheus_scrapes_it() {
             .ok()?;
         serde_json::from_slice(&out.stdout).ok()
     };
-    // Prometheus sees what the agent sees once a scrape after `link up` has landed: both
-    // links up, their RTTs, both other regions reachable. (Link 3 is up again only after its
-    // probes are answered; a snapshot right after the command may still show it down.)
+    // Prometheus sees what the agent sees once a scrape after `link up` has landed: every
+    // link up with its RTT (its own two as its probes measure them, link 2 as the other
+    // gateways' link-state records report it), both other regions reachable. (Link 3 is up
+    // again only after its probes are answered; a snapshot right after the command may still
+    // show it down.)
     let rtts = wait(
-        "Prometheus to have both links up, their RTTs and both regions",
+        "Prometheus to have every link up, their RTTs and both regions",
         || {
             let rtts = query("dwcp_link_rtt_seconds")?["data"]["result"]
                 .as_array()?
@@ -187,14 +189,15 @@ fn a_running_agent_answers_dwcp_and_prometheus_scrapes_it() {
                 .as_array()?
                 .len();
             let reachable = query("sum(dwcp_region_reachable)")?;
-            (rtts.len() == 2 && up == 2 && reachable["data"]["result"][0]["value"][1] == "2")
+            (rtts.len() == 3 && up == 3 && reachable["data"]["result"][0]["value"][1] == "2")
                 .then_some(rtts)
         },
     );
     for s in &rtts {
         let v: f64 = s["value"][1].as_str().unwrap().parse().unwrap();
         assert!(v > 0.0 && v < 0.1, "{s}");
-        assert!(["use1-euw1", "use1-aps1"].contains(&s["metric"]["link"].as_str().unwrap()));
+        assert!(["use1-euw1", "use1-aps1", "euw1-aps1"]
+            .contains(&s["metric"]["link"].as_str().unwrap()));
     }
     let probes = query("dwcp_link_probes_received_total").unwrap();
     assert!(!probes["data"]["result"].as_array().unwrap().is_empty());

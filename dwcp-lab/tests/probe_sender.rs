@@ -9,8 +9,14 @@ use std::{
     time::Duration,
 };
 
-use dwcp_common::probe::{ProbeHeader, PROBE_LEN, PROBE_PORT};
+use dwcp_common::probe::{probe_token, ProbeHeader, ProbeKey, PROBE_LEN, PROBE_PORT, PROBE_TTL};
 use socket2::{Domain, Socket, Type};
+
+/// The links' key: the receivers here check the token against it.
+const KEY: ProbeKey = ProbeKey {
+    k0: 0x0102_0304_0506_0708,
+    k1: 0x1112_1314_1516_1718,
+};
 
 fn v4(s: &str) -> IpAddr {
     IpAddr::V4(s.parse::<Ipv4Addr>().unwrap())
@@ -27,6 +33,7 @@ fn rejects_bad_input_naming_the_link() {
         local: v4("192.0.2.1"),
         remote: "2001:db8::1".parse().unwrap(),
         device: None,
+        key: KEY,
     };
     let e = open_probe_socket(&link, &SenderConfig::default()).unwrap_err();
     assert!(e.to_string().contains("link 4"), "{e}");
@@ -51,6 +58,7 @@ fn duplicate_link_is_refused_and_the_first_keeps_running() {
         local: v4("127.0.0.1"),
         remote: v4("127.0.0.1"),
         device: None,
+        key: KEY,
     };
     let config = SenderConfig::default();
     let (s1, s2) = ns
@@ -99,6 +107,7 @@ fn a_sender_on_its_own_thread_probes_in_the_realtime_class() {
         local: v4("127.0.0.1"),
         remote: v4("127.0.0.1"),
         device: None,
+        key: KEY,
     };
     let config = SenderConfig {
         source_port: 41000,
@@ -184,12 +193,14 @@ fn probes_leave_on_their_link_with_the_wire_header() {
             local: v4("198.51.100.1"),
             remote: v4("198.51.100.2"),
             device: Some("ul1".into()),
+            key: KEY,
         },
         ProbeLink {
             link_id: 2,
             local: v4("198.51.100.5"),
             remote: v4("198.51.100.6"),
             device: Some("ul2".into()),
+            key: KEY,
         },
     ];
     let config = SenderConfig::default();
@@ -201,6 +212,13 @@ fn probes_leave_on_their_link_with_the_wire_header() {
                 .collect()
         })
         .unwrap();
+    for s in &sockets {
+        assert_eq!(
+            s.ttl().unwrap(),
+            PROBE_TTL as u32,
+            "probes leave with TTL 255"
+        );
+    }
     // Receivers: bound to the device so a probe arriving on the other link is not seen.
     let receivers: Vec<std::net::UdpSocket> = b
         .run_in(|| {
@@ -245,7 +263,11 @@ fn probes_leave_on_their_link_with_the_wire_header() {
             let h = ProbeHeader::decode(&buf[..n]).unwrap();
             assert_eq!(h.kind, PROBE_KIND_REQUEST);
             assert_eq!(h.link_id, link.link_id, "probe arrived on another link");
-            assert_eq!(h.rx_ns, 0);
+            assert_eq!(
+                h.token,
+                probe_token(&KEY, h.link_id, h.seq, h.tx_ns),
+                "the token is made with the link's key"
+            );
             if let Some(prev) = last {
                 assert_eq!(h.seq, prev.seq + 1);
                 assert!(h.tx_ns > prev.tx_ns);
@@ -293,6 +315,7 @@ fn dead_link_is_reprobed_with_backoff_and_normally_once_it_answers() {
         local: v4("198.51.100.1"),
         remote: v4("198.51.100.2"),
         device: Some("ul1".into()),
+        key: KEY,
     };
     let config = SenderConfig {
         backoff_cap: Duration::from_millis(400),

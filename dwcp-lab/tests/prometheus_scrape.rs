@@ -13,6 +13,7 @@ use dwcp_agent::agent::AgentSnapshot;
 use dwcp_agent::telemetry::bind;
 use dwcp_agent::telemetry::serve;
 use dwcp_agent::telemetry::Exporter;
+use dwcp_agent::telemetry::MetricsConfig;
 use dwcp_cli::client::ApiClient;
 use dwcp_cli::client::Endpoint;
 use dwcp_lab::fixtures::three_region_snapshot;
@@ -131,9 +132,14 @@ async fn prometheus_scrapes_the_exporter_and_finds_the_link_metrics() {
     let listener = bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
     let exporter_addr = listener.local_addr().unwrap();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(serve(listener, Exporter::new(&handle), async {
-        let _ = stop_rx.await;
-    }));
+    let server = tokio::spawn(serve(
+        listener,
+        Exporter::new(&handle),
+        MetricsConfig::default().limits(),
+        async {
+            let _ = stop_rx.await;
+        },
+    ));
 
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("prometheus.yml");
@@ -160,10 +166,7 @@ async fn prometheus_scrapes_the_exporter_and_finds_the_link_metrics() {
         .spawn()
         .expect("prometheus runs (Debian's prometheus package; scripts/bootstrap.sh installs it)");
     let _guard = PrometheusGuard(child);
-    let mut prom = ApiClient::new(Endpoint::Tcp {
-        addr: format!("127.0.0.1:{port}"),
-        token: None,
-    });
+    let mut prom = ApiClient::new(Endpoint::Http(format!("127.0.0.1:{port}")));
     prom.timeout = Duration::from_secs(5);
     let limit = Duration::from_secs(60);
 
@@ -248,5 +251,5 @@ async fn prometheus_scrapes_the_exporter_and_finds_the_link_metrics() {
     assert_eq!(t["lastError"], "", "{t}");
 
     stop_tx.send(()).unwrap();
-    server.await.unwrap().unwrap();
+    server.await.unwrap();
 }

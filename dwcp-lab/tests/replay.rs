@@ -112,6 +112,15 @@ fn config_reload_applies_and_a_bad_one_changes_nothing() {
     run("reload.json");
 }
 
+#[test]
+#[cfg_attr(
+    not(feature = "privileged"),
+    ignore = "privileged: needs root, BPF and network namespaces (--features dwcp-lab/privileged)"
+)]
+fn a_remote_link_reported_down_moves_the_routes_that_crossed_it() {
+    run("remote_link_state.json");
+}
+
 /// A pin directory of this test run, removed on drop.
 struct PinDir(PathBuf);
 

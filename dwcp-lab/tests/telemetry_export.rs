@@ -194,13 +194,15 @@ async fn the_endpoint_serves_openmetrics_to_prometheus_and_text_to_others() {
     let listener = bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(serve(listener, Exporter::new(&h), async {
-        let _ = stop_rx.await;
-    }));
-    let client = ApiClient::new(Endpoint::Tcp {
-        addr: addr.to_string(),
-        token: None,
-    });
+    let server = tokio::spawn(serve(
+        listener,
+        Exporter::new(&h),
+        MetricsConfig::default().limits(),
+        async {
+            let _ = stop_rx.await;
+        },
+    ));
+    let client = ApiClient::new(Endpoint::Http(addr.to_string()));
     let plain = client
         .request_raw("GET", "/metrics", &[], None)
         .await
@@ -242,7 +244,7 @@ async fn the_endpoint_serves_openmetrics_to_prometheus_and_text_to_others() {
     let missing = client.request_raw("GET", "/nope", &[], None).await.unwrap();
     assert_eq!(missing.status, 404);
     stop_tx.send(()).unwrap();
-    server.await.unwrap().unwrap();
+    server.await.unwrap();
 }
 
 #[tokio::test]
@@ -259,15 +261,13 @@ async fn running_metrics_follow_the_config() {
     let on = MetricsConfig {
         enabled: true,
         listen: "127.0.0.1:0".parse().unwrap(),
+        ..MetricsConfig::default()
     };
     let running = RunningMetrics::start(&on, Exporter::new(&h))
         .await
         .unwrap()
         .unwrap();
-    let client = ApiClient::new(Endpoint::Tcp {
-        addr: running.addr.to_string(),
-        token: None,
-    });
+    let client = ApiClient::new(Endpoint::Http(running.addr.to_string()));
     let r = client
         .request_raw("GET", "/metrics", &[], None)
         .await
@@ -277,6 +277,7 @@ async fn running_metrics_follow_the_config() {
     let taken = MetricsConfig {
         enabled: true,
         listen: running.addr,
+        ..MetricsConfig::default()
     };
     let err = RunningMetrics::start(&taken, Exporter::new(&h))
         .await
@@ -284,4 +285,39 @@ async fn running_metrics_follow_the_config() {
         .unwrap();
     assert!(err.to_string().contains(&running.addr.to_string()), "{err}");
     running.shutdown().await.unwrap();
+}
+
+#[test]
+fn link_state_metrics_count_records_and_dropped_datagrams() {
+    let mut snapshot = three_region_snapshot();
+    let (h, _tx) = handle(snapshot.clone());
+    let text = Exporter::new(&h).prometheus_text();
+    for line in [
+        "dwcp_link_state_records 2",
+        "dwcp_link_state_records_received_total 40",
+        "dwcp_link_state_records_flooded_total 52",
+        "dwcp_link_state_records_aged_out_total 1",
+        r#"dwcp_link_state_datagrams_dropped_total{reason="foreign"} 3"#,
+        r#"dwcp_link_state_datagrams_dropped_total{reason="malformed"} 2"#,
+        "dwcp_link_state_topology_mismatch 0",
+    ] {
+        assert!(has_line(&text, line), "no {line:?} in\n{text}");
+    }
+    let (ok, said) = promtool(&text);
+    assert!(ok && said.trim().is_empty(), "promtool: {said}");
+    // A gateway of another topology file is counted; without link state, no family at all.
+    let mut lsdb = (**snapshot.lsdb.as_ref().unwrap()).clone();
+    lsdb.records[0].digest = "0000000000000001".into();
+    snapshot.lsdb = Some(Arc::new(lsdb));
+    let (h, _tx) = handle(snapshot.clone());
+    let text = Exporter::new(&h).prometheus_text();
+    assert!(
+        has_line(&text, "dwcp_link_state_topology_mismatch 1"),
+        "{text}"
+    );
+    snapshot.lsdb = None;
+    let (h, _tx) = handle(snapshot);
+    assert!(!Exporter::new(&h)
+        .prometheus_text()
+        .contains("dwcp_link_state"));
 }

@@ -10,9 +10,9 @@ use aya::programs::{TestRun, TestRunOptions};
 use common::*;
 use dwcp_common::{
     bucket_of, flow_hash, maps::programs, probe::*, wire::*, ClassifierKey, ClassifierRule,
-    FlowKey, GatewayConfig, LinkConfig, Neighbour, NeighbourKey, NextHop, NextHopTable, QosClass,
-    QosPolicy, Reason, Route, VniEntry, CONFIG_F_READY, LINK_F_ADMIN_DOWN, LINK_F_MONITORED,
-    NH_F_VALID, QOS_F_REWRITE,
+    FlowKey, GatewayConfig, LanPort, LinkConfig, Neighbour, NeighbourKey, NextHop, NextHopTable,
+    QosClass, QosPolicy, Reason, Route, VniEntry, CONFIG_F_READY, LINK_F_ADMIN_DOWN,
+    LINK_F_MONITORED, NH_F_VALID, QOS_F_REWRITE,
 };
 use dwcp_control::nhg_table;
 use dwcp_dataplane::decode_sample;
@@ -56,12 +56,45 @@ fn neighbour(id: u32) -> Neighbour {
 struct Fixture {
     dp: Dataplane,
     table: NextHopTable,
+    /// Probe keys of links 1 to [`LINKS`].
+    keys: std::collections::BTreeMap<u32, ProbeKey>,
+}
+
+/// Links 1 to 8 are next hops n (peer 198.51.100.n, VNI 100 + n); link 9 comes from region A's
+/// gateway at 203.0.113.7 (VNI 109) and is no next hop: transit arrives on it.
+const LINKS: u32 = 9;
+const OUR_IP: &str = "192.0.2.1";
+const REGION_A_GW: &str = "203.0.113.7";
+/// BPF_PROG_TEST_RUN runs a program as if the packet arrived on the loopback interface.
+const TEST_RUN_IFINDEX: u32 = 1;
+
+fn peer_of(link: u32) -> Ipv4Addr {
+    if link == LINKS {
+        REGION_A_GW.parse().unwrap()
+    } else {
+        Ipv4Addr::new(198, 51, 100, link as u8)
+    }
+}
+
+/// Link `link`'s underlay identity: from its peer to us, on the test run's interface, probes
+/// with TTL 255, the peer's requests reflected at up to 1,000 a second in bursts of 4.
+fn link_identity(link: u32) -> LinkConfig {
+    LinkConfig {
+        peer_ip4: peer_of(link).octets(),
+        local_ip4: OUR_IP.parse::<Ipv4Addr>().unwrap().octets(),
+        ifindex: TEST_RUN_IFINDEX,
+        probe_min_ttl: PROBE_TTL,
+        reflect_gap_ns: 1_000_000,
+        reflect_burst: 4,
+        ..Default::default()
+    }
 }
 
 impl Fixture {
     /// A gateway with routes 10.2.0.0/16 and 2001:db8:2::/48 to a group of next hops 1 and 2
     /// (weights 1:3), classifier rules UDP/5004 -> realtime and TCP/22 -> interactive, every
-    /// class rewriting its DSCP.
+    /// class rewriting its DSCP; links 1 to [`LINKS`] with their underlay identity, VNI and
+    /// probe key, and the test run's interface a LAN port with MAC [`GW_MAC`].
     fn new() -> Fixture {
         let mut dp = Dataplane::load(Pinning::None).expect("load eBPF object (needs root)");
         dp.set_config(GatewayConfig {
@@ -82,6 +115,28 @@ impl Fixture {
             .unwrap();
         }
         dp.add_port(1).unwrap();
+        // Frames arrive on the test run's interface, addressed to the gateway's MAC.
+        dp.set_lan_port(
+            TEST_RUN_IFINDEX,
+            LanPort {
+                mac: GW_MAC,
+                _pad: [0; 2],
+            },
+        )
+        .unwrap();
+        let mut keys = std::collections::BTreeMap::new();
+        for link in 1..=LINKS {
+            dp.set_link_config(link, link_identity(link)).unwrap();
+            dp.add_vni(
+                100 + link,
+                VniEntry {
+                    link_id: link,
+                    flags: 0,
+                },
+            )
+            .unwrap();
+            keys.insert(link, dp.probe_key(link).unwrap());
+        }
         let table = dp
             .set_group(
                 GROUP,
@@ -141,7 +196,34 @@ impl Fixture {
             )
             .unwrap();
         }
-        Fixture { dp, table }
+        Fixture { dp, table, keys }
+    }
+
+    /// Sets the liveness settings (flags, hold-down, detection time) of `liveness` on `link`,
+    /// which keeps its underlay identity.
+    fn set_link(&mut self, link: u32, liveness: LinkConfig) -> dwcp_dataplane::Result<()> {
+        self.dp.set_link_config(
+            link,
+            LinkConfig {
+                flags: liveness.flags,
+                up_after: liveness.up_after,
+                detect_ns: liveness.detect_ns,
+                ..link_identity(link)
+            },
+        )
+    }
+
+    /// A reply to our request `seq` of `link`, sent at `tx_ns`, as the link's peer reflects it.
+    fn reply(&self, link: u32, seq: u32, tx_ns: u64) -> Vec<u8> {
+        let h = ProbeHeader {
+            kind: PROBE_KIND_REPLY,
+            ..ProbeHeader::request(&self.keys[&link], link, seq, tx_ns)
+        };
+        probe_frame(&h, peer_of(link), PROBE_TTL)
+    }
+
+    fn underlay(&mut self, input: &[u8]) -> (u32, Vec<u8>) {
+        self.run(programs::UNDERLAY_INGRESS, input)
     }
 
     fn run(&mut self, program: &'static str, input: &[u8]) -> (u32, Vec<u8>) {
@@ -258,14 +340,14 @@ fn expected_encap(l3_out: &[u8], nh: &NextHop, hash: u32) -> Vec<u8> {
 }
 
 /// Runs a frame that must be forwarded and checks every output byte and the counters.
-fn assert_forwarded(fx: &mut Fixture, input: &[u8], l3_off: usize, key: FlowKey, class: QosClass) {
+fn assert_forwarded(fx: &mut Fixture, input: &[u8], key: FlowKey, class: QosClass) {
     let nh_id = fx.chosen(&key);
     let before_nh = fx.dp.nexthop_counters(nh_id).unwrap();
     let before_class = fx.dp.class_counters(class as u8).unwrap();
     let (verdict, out) = fx.lan(input);
     assert_eq!(verdict, XDP_REDIRECT, "verdict");
     let want = expected_encap(
-        &expected_inner(&input[l3_off..], class.default_dscp()),
+        &expected_inner(&input[ETH_HLEN..], class.default_dscp()),
         &nexthop(nh_id),
         flow_hash(&key, SEED),
     );
@@ -311,7 +393,7 @@ fn udp_v4_frame(tos: u8) -> (Vec<u8>, FlowKey) {
 fn ipv4_udp_is_classified_marked_and_encapsulated() {
     let mut fx = Fixture::new();
     let (f, key) = udp_v4_frame(0);
-    assert_forwarded(&mut fx, &f, 14, key, QosClass::Realtime);
+    assert_forwarded(&mut fx, &f, key, QosClass::Realtime);
     assert_eq!(fx.reason(Reason::LanForwarded), 1);
 }
 
@@ -326,7 +408,6 @@ fn ipv4_tcp_is_forwarded() {
     assert_forwarded(
         &mut fx,
         &frame(ETH_P_IP, &ip),
-        14,
         v4_key("10.1.0.5", "10.2.200.1", IPPROTO_TCP, 51000, 22),
         QosClass::Interactive,
     );
@@ -337,18 +418,19 @@ fn ipv4_tcp_is_forwarded() {
     not(feature = "privileged"),
     ignore = "privileged: needs root, BPF and network namespaces (--features dwcp-lab/privileged)"
 )]
-fn ipv4_with_options_hashes_ports_behind_the_options() {
+fn ipv4_with_options_goes_to_the_kernel() {
     let mut fx = Fixture::new();
-    let mut ip = V4::new(IPPROTO_UDP, "10.1.0.5", "10.2.0.9");
-    ip.options = vec![1, 1, 1, 0, 0x44, 4, 5, 0]; // NOP NOP NOP EOL, timestamp-ish filler
-    let f = frame(ETH_P_IP, &ip.build(&udp(40001, 5004, b"opts")));
-    assert_forwarded(
-        &mut fx,
-        &f,
-        14,
-        v4_key("10.1.0.5", "10.2.0.9", IPPROTO_UDP, 40001, 5004),
-        QosClass::Realtime,
-    );
+    // Harmless options (NOP NOP NOP EOL, timestamp-ish filler), and a loose source route
+    // (type 131: length 7, pointer 4, one hop): both the kernel's.
+    for options in [
+        vec![1, 1, 1, 0, 0x44, 4, 5, 0],
+        vec![131, 7, 4, 198, 51, 100, 9, 0],
+    ] {
+        let mut ip = V4::new(IPPROTO_UDP, "10.1.0.5", "10.2.0.9");
+        ip.options = options;
+        let f = frame(ETH_P_IP, &ip.build(&udp(40001, 5004, b"opts")));
+        assert_passed_unchanged(&mut fx, &f, Reason::LanPassIpOptions);
+    }
 }
 
 #[test]
@@ -369,7 +451,6 @@ fn ipv6_udp_is_forwarded_with_traffic_class_rewritten() {
     assert_forwarded(
         &mut fx,
         &frame(ETH_P_IPV6, &ip),
-        14,
         v6_key("2001:db8:1::5", "2001:db8:2::9", IPPROTO_UDP, 1234, 5004),
         QosClass::Realtime,
     );
@@ -380,31 +461,24 @@ fn ipv6_udp_is_forwarded_with_traffic_class_rewritten() {
     not(feature = "privileged"),
     ignore = "privileged: needs root, BPF and network namespaces (--features dwcp-lab/privileged)"
 )]
-fn vlan_tagged_frames_lose_the_tag_inside_the_tunnel() {
+fn vlan_tagged_frames_go_to_the_kernel() {
     let mut fx = Fixture::new();
     let ip = V4::new(IPPROTO_UDP, "10.1.0.5", "10.2.0.9").build(&udp(40002, 9999, b"tagged"));
     let mut f = eth(GW_MAC, HOST_MAC, ETH_P_8021Q);
     f.extend_from_slice(&vlan_tag(42, ETH_P_IP));
     f.extend_from_slice(&ip);
-    assert_forwarded(
-        &mut fx,
-        &f,
-        18,
-        v4_key("10.1.0.5", "10.2.0.9", IPPROTO_UDP, 40002, 9999),
-        QosClass::BestEffort,
-    );
+    assert_passed_unchanged(&mut fx, &f, Reason::LanPassVlan);
     // Q-in-Q.
     let mut f = eth(GW_MAC, HOST_MAC, ETH_P_8021AD);
     f.extend_from_slice(&vlan_tag(7, ETH_P_8021Q));
     f.extend_from_slice(&vlan_tag(42, ETH_P_IP));
     f.extend_from_slice(&ip);
-    assert_forwarded(
-        &mut fx,
-        &f,
-        22,
-        v4_key("10.1.0.5", "10.2.0.9", IPPROTO_UDP, 40002, 9999),
-        QosClass::BestEffort,
-    );
+    assert_passed_unchanged(&mut fx, &f, Reason::LanPassVlan);
+    // VLAN 0 (priority tag only) is a VLAN all the same: never merged with untagged traffic.
+    let mut f = eth(GW_MAC, HOST_MAC, ETH_P_8021Q);
+    f.extend_from_slice(&vlan_tag(0, ETH_P_IP));
+    f.extend_from_slice(&ip);
+    assert_passed_unchanged(&mut fx, &f, Reason::LanPassVlan);
 }
 
 #[test]
@@ -418,7 +492,6 @@ fn icmp_takes_the_route_default_class() {
     assert_forwarded(
         &mut fx,
         &frame(ETH_P_IP, &ip),
-        14,
         v4_key("10.1.0.5", "10.2.0.9", IPPROTO_ICMP, 0, 0),
         QosClass::BestEffort,
     );
@@ -433,7 +506,6 @@ fn icmp_takes_the_route_default_class() {
     assert_forwarded(
         &mut fx,
         &frame(ETH_P_IPV6, &ip),
-        14,
         v6_key("2001:db8:1::5", "2001:db8:2::9", IPPROTO_ICMPV6, 0, 0),
         QosClass::BestEffort,
     );
@@ -449,7 +521,7 @@ fn dscp_rewrite_keeps_every_ecn_codepoint() {
     for ecn in 0..4u8 {
         for old_dscp in [0u8, 10, 63] {
             let (f, key) = udp_v4_frame((old_dscp << 2) | ecn);
-            assert_forwarded(&mut fx, &f, 14, key, QosClass::Realtime);
+            assert_forwarded(&mut fx, &f, key, QosClass::Realtime);
             let (_, out) = fx.lan(&f);
             let inner_tos = out[VXLAN_ENCAP_LEN + 14 + 1];
             assert_eq!(inner_tos & 3, ecn, "ECN kept");
@@ -530,11 +602,12 @@ fn dead_link_moves_only_its_flows_to_the_next_live_member() {
         flags: LINK_F_MONITORED,
         up_after: 1,
         detect_ns: 30_000_000,
+        ..Default::default()
     };
-    fx.dp.set_link_config(1, cfg).unwrap();
-    fx.dp.set_link_config(2, cfg).unwrap();
+    fx.set_link(1, cfg).unwrap();
+    fx.set_link(2, cfg).unwrap();
     // Make link 2 live through the underlay program: a probe reply it measures.
-    let reply = probe_frame(PROBE_KIND_REPLY, 2, 1, monotonic_ns() - 1_000_000);
+    let reply = fx.reply(2, 1, monotonic_ns() - 1_000_000);
     let (v, _) = fx.run(programs::UNDERLAY_INGRESS, &reply);
     assert_eq!(v, XDP_DROP);
     let mut moved = 0;
@@ -553,15 +626,14 @@ fn dead_link_moves_only_its_flows_to_the_next_live_member() {
     assert!(moved > 0, "some flows hashed to the dead member");
     assert_eq!(fx.reason(Reason::LanFailover), moved);
     // With link 2 silent for longer than detect_ns too, nothing is live: pass up.
-    fx.dp
-        .set_link_config(
-            2,
-            LinkConfig {
-                detect_ns: 1,
-                ..cfg
-            },
-        )
-        .unwrap();
+    fx.set_link(
+        2,
+        LinkConfig {
+            detect_ns: 1,
+            ..cfg
+        },
+    )
+    .unwrap();
     std::thread::sleep(std::time::Duration::from_millis(2));
     let (f, _) = udp_v4_frame(0);
     assert_passed_unchanged(&mut fx, &f, Reason::LanPassNoLiveNextHop);
@@ -579,11 +651,12 @@ fn held_down_link_carries_flows_only_while_no_member_is_usable() {
         flags: LINK_F_MONITORED,
         up_after: 3,
         detect_ns: 5_000_000_000,
+        ..Default::default()
     };
-    fx.dp.set_link_config(1, cfg).unwrap();
-    fx.dp.set_link_config(2, cfg).unwrap();
+    fx.set_link(1, cfg).unwrap();
+    fx.set_link(2, cfg).unwrap();
     let reply = |fx: &mut Fixture, link: u32, seq: u32| {
-        let f = probe_frame(PROBE_KIND_REPLY, link, seq, monotonic_ns() - 1_000_000);
+        let f = fx.reply(link, seq, monotonic_ns() - 1_000_000);
         assert_eq!(fx.run(programs::UNDERLAY_INGRESS, &f).0, XDP_DROP);
     };
     let vni_of = |fx: &mut Fixture, sport: u16| {
@@ -626,15 +699,14 @@ fn held_down_link_carries_flows_only_while_no_member_is_usable() {
     assert_eq!(fx.reason(Reason::LanHeldDownFallback), 100);
     // An administratively downed link is never a fallback, answering or not.
     for link in [1, 2] {
-        fx.dp
-            .set_link_config(
-                link,
-                LinkConfig {
-                    flags: LINK_F_MONITORED | LINK_F_ADMIN_DOWN,
-                    ..cfg
-                },
-            )
-            .unwrap();
+        fx.set_link(
+            link,
+            LinkConfig {
+                flags: LINK_F_MONITORED | LINK_F_ADMIN_DOWN,
+                ..cfg
+            },
+        )
+        .unwrap();
     }
     let (f, _) = udp_v4_frame(0);
     assert_passed_unchanged(&mut fx, &f, Reason::LanPassNoLiveNextHop);
@@ -706,7 +778,7 @@ fn forwarded_packets_are_sampled_into_the_ring_buffer_at_the_configured_rate() {
     fx.dp
         .set_policer(rt, 1, 0, dwcp_common::POLICE_REMARK)
         .unwrap();
-    assert_forwarded(&mut fx, &f, 14, key, QosClass::BestEffort);
+    assert_forwarded(&mut fx, &f, key, QosClass::BestEffort);
     fx.dp
         .set_policer(rt, 1, 0, dwcp_common::POLICE_DROP)
         .unwrap();
@@ -854,21 +926,42 @@ fn lying_headers_and_fragments_pass_unchanged() {
     };
     ip[10..12].copy_from_slice(&c.to_be_bytes());
     assert_passed_unchanged(&mut fx, &frame(ETH_P_IP, &ip), Reason::LanPassMalformed);
+    // Transport lengths that lie: a UDP length below its header or past the packet, a TCP
+    // data offset below 5 words or past the packet.
+    for udp_len in [7u16, 100] {
+        let mut l4 = udp(1, 2, b"abcd");
+        l4[4..6].copy_from_slice(&udp_len.to_be_bytes());
+        let ip = V4::new(IPPROTO_UDP, "10.1.0.5", "10.2.0.9").build(&l4);
+        assert_passed_unchanged(&mut fx, &frame(ETH_P_IP, &ip), Reason::LanPassMalformed);
+    }
+    for doff in [4u8, 15] {
+        let mut l4 = tcp(1, 22, b"abcd");
+        l4[12] = doff << 4;
+        let ip = V4::new(IPPROTO_TCP, "10.1.0.5", "10.2.0.9").build(&l4);
+        assert_passed_unchanged(&mut fx, &frame(ETH_P_IP, &ip), Reason::LanPassMalformed);
+    }
 }
 
-fn probe_frame(kind: u8, link_id: u32, seq: u32, tx_ns: u64) -> Vec<u8> {
-    let h = ProbeHeader {
-        kind,
-        flags: 0,
-        link_id,
-        seq,
-        tx_ns,
-        rx_ns: 0,
-    };
+/// Probe `h` from `src` to us, arriving with `ttl`.
+fn probe_frame(h: &ProbeHeader, src: Ipv4Addr, ttl: u8) -> Vec<u8> {
     let mut b = [0u8; PROBE_LEN];
     h.encode(&mut b);
-    let ip = V4::new(IPPROTO_UDP, "198.51.100.2", "192.0.2.1").build(&udp(40000, PROBE_PORT, &b));
-    frame(ETH_P_IP, &ip)
+    let mut ip = V4::new(IPPROTO_UDP, &src.to_string(), OUR_IP);
+    ip.ttl = ttl;
+    frame(ETH_P_IP, &ip.build(&udp(40000, PROBE_PORT, &b)))
+}
+
+/// The peer's request `seq` on `link` (its token is the peer's business: any value).
+fn request(link: u32, seq: u32) -> Vec<u8> {
+    let h = ProbeHeader {
+        kind: PROBE_KIND_REQUEST,
+        flags: 0,
+        link_id: link,
+        seq,
+        tx_ns: 12345,
+        token: 0x0bad_cafe_f00d_0001,
+    };
+    probe_frame(&h, peer_of(link), PROBE_TTL)
 }
 
 #[test]
@@ -878,33 +971,27 @@ fn probe_frame(kind: u8, link_id: u32, seq: u32, tx_ns: u64) -> Vec<u8> {
 )]
 fn probe_request_is_reflected_in_place() {
     let mut fx = Fixture::new();
-    let req = probe_frame(PROBE_KIND_REQUEST, 3, 9, 12345);
-    let t0 = monotonic_ns();
-    let (verdict, out) = fx.run(programs::UNDERLAY_INGRESS, &req);
-    let t1 = monotonic_ns();
+    let (verdict, out) = fx.underlay(&request(3, 9));
     assert_eq!(verdict, XDP_TX);
-    // Expected: MACs, IPs and ports swapped, UDP checksum 0, kind = reply, rx_ns = now.
+    // Expected: MACs, IPs and ports swapped, TTL 255, UDP checksum 0, kind = reply, and
+    // nothing of the reflector's (its clock least of all): the token goes back as it came.
     let mut want = eth(HOST_MAC, GW_MAC, ETH_P_IP);
-    let mut ip = V4::new(IPPROTO_UDP, "192.0.2.1", "198.51.100.2");
-    ip.ttl = 64;
+    let mut ip = V4::new(IPPROTO_UDP, OUR_IP, "198.51.100.3");
+    ip.ttl = PROBE_TTL;
     let mut body = [0u8; PROBE_LEN];
-    let rx_ns = u64::from_be_bytes(out[14 + 20 + 8 + 24..14 + 20 + 8 + 32].try_into().unwrap());
-    assert!(
-        rx_ns >= t0 && rx_ns <= t1,
-        "rx_ns {rx_ns} within [{t0}, {t1}]"
-    );
     ProbeHeader {
         kind: PROBE_KIND_REPLY,
         flags: 0,
         link_id: 3,
         seq: 9,
         tx_ns: 12345,
-        rx_ns,
+        token: 0x0bad_cafe_f00d_0001,
     }
     .encode(&mut body);
     want.extend_from_slice(&ip.build(&udp(PROBE_PORT, 40000, &body)));
     assert_eq!(out, want);
     assert_eq!(fx.dp.link_state(3).unwrap().reflected, 1);
+    assert_eq!(fx.reason(Reason::UnderlayProbeReflected), 1);
 }
 
 #[test]
@@ -914,22 +1001,19 @@ fn probe_request_is_reflected_in_place() {
 )]
 fn probe_reply_becomes_link_state() {
     let mut fx = Fixture::new();
-    fx.dp
-        .set_link_config(
-            4,
-            LinkConfig {
-                flags: LINK_F_MONITORED,
-                up_after: 3,
-                detect_ns: 30_000_000,
-            },
-        )
-        .unwrap();
+    fx.set_link(
+        4,
+        LinkConfig {
+            flags: LINK_F_MONITORED,
+            up_after: 3,
+            detect_ns: 30_000_000,
+            ..Default::default()
+        },
+    )
+    .unwrap();
     for seq in 1..=3u32 {
         let tx = monotonic_ns() - 2_000_000; // sent 2 ms ago
-        let (verdict, _) = fx.run(
-            programs::UNDERLAY_INGRESS,
-            &probe_frame(PROBE_KIND_REPLY, 4, seq, tx),
-        );
+        let (verdict, _) = fx.underlay(&fx.reply(4, seq, tx));
         assert_eq!(verdict, XDP_DROP, "replies are consumed");
         let st = fx.dp.link_state(4).unwrap();
         assert_eq!(st.replies, seq as u64);
@@ -942,23 +1026,34 @@ fn probe_reply_becomes_link_state() {
         );
         assert!(st.srtt_ns >= 2_000_000);
     }
-    // A reply that claims to come from the future, bad magic, bad version: passed up, not counted.
-    let future = probe_frame(PROBE_KIND_REPLY, 4, 9, monotonic_ns() + 60_000_000_000);
-    let mut bad_magic = probe_frame(PROBE_KIND_REPLY, 4, 9, 1);
+    // Not a probe of ours (bad magic, version 1): passed up, not counted.
+    let mut bad_magic = fx.reply(4, 9, monotonic_ns());
     bad_magic[42] ^= 0xff;
-    let mut bad_version = probe_frame(PROBE_KIND_REQUEST, 4, 9, 1);
-    bad_version[46] = 99;
-    for f in [future, bad_magic, bad_version] {
-        let (verdict, out) = fx.run(programs::UNDERLAY_INGRESS, &f);
+    let mut version_1 = request(4, 9);
+    version_1[46] = 1;
+    for f in [bad_magic, version_1] {
+        let (verdict, out) = fx.underlay(&f);
         assert_eq!(verdict, XDP_PASS);
         assert_eq!(out, f);
     }
+    assert_eq!(fx.reason(Reason::UnderlayProbeBad), 2);
+    // Ours, but sent "in the future", too long ago, or not after the last one taken (a
+    // replay): dropped as stale, not measured.
+    let last = fx.reply(4, 3, fx.dp.link_state(4).unwrap().last_tx_ns);
+    for f in [
+        fx.reply(4, 9, monotonic_ns() + 60_000_000_000),
+        fx.reply(4, 9, monotonic_ns() - PROBE_MAX_AGE_NS - 1_000_000),
+        last,
+    ] {
+        assert_eq!(fx.underlay(&f).0, XDP_DROP);
+    }
+    assert_eq!(fx.reason(Reason::UnderlayProbeStale), 3);
     assert_eq!(fx.dp.link_state(4).unwrap().replies, 3);
-    assert_eq!(fx.reason(Reason::UnderlayProbeBad), 3);
 }
 
-fn vxlan_frame(vni: u32, inner: &[u8]) -> Vec<u8> {
-    vxlan_frame_from("198.51.100.2", vni, inner)
+/// VXLAN of link `link` (VNI 100 + link) from its peer.
+fn vxlan_frame(link: u32, inner: &[u8]) -> Vec<u8> {
+    vxlan_frame_from(&peer_of(link).to_string(), 100 + link, inner)
 }
 
 /// VXLAN from the gateway at `src` (the fixture's next hop n is 198.51.100.n).
@@ -966,7 +1061,7 @@ fn vxlan_frame_from(src: &str, vni: u32, inner: &[u8]) -> Vec<u8> {
     let mut payload = vec![0x08, 0, 0, 0];
     payload.extend_from_slice(&(vni << 8).to_be_bytes());
     payload.extend_from_slice(inner);
-    let ip = V4::new(IPPROTO_UDP, src, "192.0.2.1").build(&udp(50000, VXLAN_PORT, &payload));
+    let ip = V4::new(IPPROTO_UDP, src, OUR_IP).build(&udp(50000, VXLAN_PORT, &payload));
     let mut f = eth([2, 0, 0, 0, 0, 0x99], [2, 0, 0, 0, 0, 0x98], ETH_P_IP);
     f.extend_from_slice(&ip);
     f
@@ -983,7 +1078,7 @@ fn vxlan_for_an_unknown_vni_goes_to_the_kernel_untouched() {
         ETH_P_IP,
         &V4::new(IPPROTO_UDP, "10.2.0.9", "10.1.0.5").build(&udp(1, 2, b"back")),
     );
-    let f = vxlan_frame(555, &inner);
+    let f = vxlan_frame_from(&peer_of(1).to_string(), 555, &inner);
     let (verdict, out) = fx.run(programs::UNDERLAY_INGRESS, &f);
     assert_eq!((verdict, out), (XDP_PASS, f));
     assert_eq!(fx.reason(Reason::UnderlayPassUnknownVni), 1);
@@ -996,17 +1091,8 @@ fn vxlan_for_an_unknown_vni_goes_to_the_kernel_untouched() {
 )]
 fn vxlan_for_our_vni_is_decapsulated() {
     let mut fx = Fixture::new();
-    fx.dp
-        .add_vni(
-            101,
-            VniEntry {
-                lan_ifindex: 1,
-                flags: 0,
-            },
-        )
-        .unwrap();
     let l3 = V4::new(IPPROTO_UDP, "10.2.0.9", "10.1.0.5").build(&udp(1, 2, b"back"));
-    let f = vxlan_frame(101, &frame(ETH_P_IP, &l3));
+    let f = vxlan_frame(1, &frame(ETH_P_IP, &l3));
     let (verdict, out) = fx.run(programs::UNDERLAY_INGRESS, &f);
     // In the test's namespace the kernel has no route for 10.1.0.5: the inner packet goes up
     // the stack addressed to us (outer destination MAC), unchanged otherwise.
@@ -1048,19 +1134,10 @@ fn the_labs_pass_program_passes_frames_untouched() {
 )]
 fn transit_traffic_is_decapsulated_and_sent_on_to_the_next_gateway() {
     let mut fx = Fixture::new();
-    fx.dp
-        .add_vni(
-            101,
-            VniEntry {
-                lan_ifindex: 1,
-                flags: 0,
-            },
-        )
-        .unwrap();
-    // Arrives from region A's gateway (not one of the next hops), for region B (10.2.0.0/16,
-    // routed by this gateway).
+    // Arrives from region A's gateway on its link (not one of the next hops), for region B
+    // (10.2.0.0/16, routed by this gateway).
     let l3 = V4::new(IPPROTO_UDP, "10.1.0.5", "10.2.0.9").build(&udp(40000, 5004, b"transit"));
-    let f = vxlan_frame_from("203.0.113.7", 101, &frame(ETH_P_IP, &l3));
+    let f = vxlan_frame(LINKS, &frame(ETH_P_IP, &l3));
     let key = v4_key("10.1.0.5", "10.2.0.9", IPPROTO_UDP, 40000, 5004);
     let (verdict, out) = fx.run(programs::UNDERLAY_INGRESS, &f);
     assert_eq!(verdict, XDP_REDIRECT);
@@ -1081,15 +1158,6 @@ fn transit_traffic_is_decapsulated_and_sent_on_to_the_next_gateway() {
 )]
 fn transit_never_sends_a_packet_back_to_the_gateway_it_came_from() {
     let mut fx = Fixture::new();
-    fx.dp
-        .add_vni(
-            101,
-            VniEntry {
-                lan_ifindex: 1,
-                flags: 0,
-            },
-        )
-        .unwrap();
     let outer_dst = |out: &[u8]| [out[30], out[31], out[32], out[33]];
     let mut by_hash = [0u32; 2];
     for sport in 3000..3040u16 {
@@ -1098,7 +1166,7 @@ fn transit_never_sends_a_packet_back_to_the_gateway_it_came_from() {
         let hashed = fx.chosen(&key);
         by_hash[(hashed - 1) as usize] += 1;
         for from in [1u8, 2] {
-            let f = vxlan_frame_from(&format!("198.51.100.{from}"), 101, &frame(ETH_P_IP, &l3));
+            let f = vxlan_frame(from as u32, &frame(ETH_P_IP, &l3));
             let (verdict, out) = fx.run(programs::UNDERLAY_INGRESS, &f);
             assert_eq!(verdict, XDP_REDIRECT);
             // Both members are live: the flow takes its hashed member unless that leads back
@@ -1150,13 +1218,14 @@ fn standby_member_takes_traffic_only_when_the_active_one_is_dead() {
         flags: LINK_F_MONITORED,
         up_after: 1,
         detect_ns: 30_000_000,
+        ..Default::default()
     };
-    fx.dp.set_link_config(1, cfg).unwrap();
-    fx.dp.set_link_config(2, cfg).unwrap();
+    fx.set_link(1, cfg).unwrap();
+    fx.set_link(2, cfg).unwrap();
     for link in [1, 2] {
         let (v, _) = fx.run(
             programs::UNDERLAY_INGRESS,
-            &probe_frame(PROBE_KIND_REPLY, link, 1, monotonic_ns() - 1_000_000),
+            &fx.reply(link, 1, monotonic_ns() - 1_000_000),
         );
         assert_eq!(v, XDP_DROP);
     }
@@ -1172,15 +1241,14 @@ fn standby_member_takes_traffic_only_when_the_active_one_is_dead() {
         );
     }
     // Link 1 goes silent: every flow moves to the standby.
-    fx.dp
-        .set_link_config(
-            1,
-            LinkConfig {
-                detect_ns: 1,
-                ..cfg
-            },
-        )
-        .unwrap();
+    fx.set_link(
+        1,
+        LinkConfig {
+            detect_ns: 1,
+            ..cfg
+        },
+    )
+    .unwrap();
     std::thread::sleep(std::time::Duration::from_millis(2));
     for sport in 2000..2050u16 {
         let ip = V4::new(IPPROTO_UDP, "10.1.0.5", "10.2.0.9").build(&udp(sport, 7, b"f"));
@@ -1198,7 +1266,7 @@ fn standby_member_takes_traffic_only_when_the_active_one_is_dead() {
 fn removing_a_classifier_rule_stops_classifying_its_port() {
     let mut fx = Fixture::new();
     let (f, key) = udp_v4_frame(0);
-    assert_forwarded(&mut fx, &f, 14, key, QosClass::Realtime);
+    assert_forwarded(&mut fx, &f, key, QosClass::Realtime);
     fx.dp
         .remove_classifier_rule(&ClassifierKey {
             proto: IPPROTO_UDP,
@@ -1206,7 +1274,7 @@ fn removing_a_classifier_rule_stops_classifying_its_port() {
             port: 5004,
         })
         .unwrap();
-    assert_forwarded(&mut fx, &f, 14, key, QosClass::BestEffort);
+    assert_forwarded(&mut fx, &f, key, QosClass::BestEffort);
     // A rule for any protocol on the source port classifies too.
     fx.dp
         .set_classifier_rule(
@@ -1221,7 +1289,7 @@ fn removing_a_classifier_rule_stops_classifying_its_port() {
             },
         )
         .unwrap();
-    assert_forwarded(&mut fx, &f, 14, key, QosClass::Bulk);
+    assert_forwarded(&mut fx, &f, key, QosClass::Bulk);
 }
 
 #[test]
@@ -1242,10 +1310,10 @@ fn policer_remarks_or_drops_over_rate_traffic_and_leaves_the_rest() {
     };
     fx.dp.set_policer(rt, 1, 5 * len, POLICE_REMARK).unwrap();
     for _ in 0..5 {
-        assert_forwarded(&mut fx, &f, 14, key, QosClass::Realtime);
+        assert_forwarded(&mut fx, &f, key, QosClass::Realtime);
     }
     // Over the rate: re-marked to best effort (DSCP 0), still forwarded.
-    assert_forwarded(&mut fx, &f, 14, key, QosClass::BestEffort);
+    assert_forwarded(&mut fx, &f, key, QosClass::BestEffort);
     assert_eq!(fx.reason(Reason::PolicerRemarked), 1);
     let p = fx.dp.policer(&rt).unwrap().unwrap();
     assert_eq!((p.conformed, p.exceeded), (5, 1));
@@ -1261,7 +1329,7 @@ fn policer_remarks_or_drops_over_rate_traffic_and_leaves_the_rest() {
         .set_policer(inter, 1, tcp_frame.len() as u64, POLICE_DROP)
         .unwrap();
     let tkey = v4_key("10.1.0.5", "10.2.200.1", IPPROTO_TCP, 51000, 22);
-    assert_forwarded(&mut fx, &tcp_frame, 14, tkey, QosClass::Interactive);
+    assert_forwarded(&mut fx, &tcp_frame, tkey, QosClass::Interactive);
     let (verdict, _) = fx.lan(&tcp_frame);
     assert_eq!(verdict, XDP_DROP);
     assert_eq!(fx.reason(Reason::PolicerDropped), 1);
@@ -1270,7 +1338,7 @@ fn policer_remarks_or_drops_over_rate_traffic_and_leaves_the_rest() {
         .set_policer(rt, 1_000_000_000, 1_000_000, POLICE_DROP)
         .unwrap();
     for _ in 0..50 {
-        assert_forwarded(&mut fx, &f, 14, key, QosClass::Realtime);
+        assert_forwarded(&mut fx, &f, key, QosClass::Realtime);
     }
     // Removing the last policers turns policing off.
     fx.dp.remove_policer(&rt).unwrap();
@@ -1279,7 +1347,7 @@ fn policer_remarks_or_drops_over_rate_traffic_and_leaves_the_rest() {
         fx.dp.config().unwrap().flags & dwcp_common::CONFIG_F_POLICING,
         0
     );
-    assert_forwarded(&mut fx, &tcp_frame, 14, tkey, QosClass::Interactive);
+    assert_forwarded(&mut fx, &tcp_frame, tkey, QosClass::Interactive);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1513,11 +1581,11 @@ fn handoff_fixture() -> Fixture {
     fx
 }
 
-/// The frame with only the DSCP of its IP header (at `l3_off`) rewritten, ECN kept, IPv4
+/// The frame with only the DSCP of its IP header rewritten, ECN kept, IPv4
 /// checksum recomputed from scratch; TTL untouched (the kernel forwards it and decrements).
-fn expected_handoff(input: &[u8], l3_off: usize, dscp: u8) -> Vec<u8> {
+fn expected_handoff(input: &[u8], dscp: u8) -> Vec<u8> {
     let mut f = input.to_vec();
-    let p = &mut f[l3_off..];
+    let p = &mut f[ETH_HLEN..];
     if p[0] >> 4 == 4 {
         p[1] = (dscp << 2) | (p[1] & 3);
         let ihl = (p[0] & 0xf) as usize * 4;
@@ -1537,14 +1605,14 @@ fn expected_handoff(input: &[u8], l3_off: usize, dscp: u8) -> Vec<u8> {
 /// Runs a frame for the hand-off next hop: XDP_PASS, no encapsulation, only its DSCP
 /// changed, the next hop's mark recorded in `HANDOFF_FLOWS` for the frame's flow (ports and
 /// protocol as in the frame), and the counters say so.
-fn assert_handed_off(fx: &mut Fixture, input: &[u8], l3_off: usize, class: QosClass) {
+fn assert_handed_off(fx: &mut Fixture, input: &[u8], class: QosClass) {
     let before = fx.reason(Reason::HandoffWireGuard);
     let before_fwd = fx.reason(Reason::LanForwarded);
     let before_nh = fx.dp.nexthop_counters(HANDOFF_NH).unwrap();
     let before_class = fx.dp.class_counters(class as u8).unwrap();
     let (verdict, out) = fx.lan(input);
     assert_eq!(verdict, XDP_PASS, "verdict");
-    let want = expected_handoff(input, l3_off, class.default_dscp());
+    let want = expected_handoff(input, class.default_dscp());
     assert_eq!(
         &out[..],
         &want[..],
@@ -1584,10 +1652,10 @@ fn handoff_nexthop_passes_to_the_kernel_with_the_mark_recorded_for_its_flow() {
     let mut ip = V4::new(IPPROTO_UDP, "10.1.0.5", "10.3.0.9");
     ip.tos = 0x03;
     let f = frame(ETH_P_IP, &ip.build(&udp(40000, 5004, b"to wireguard")));
-    assert_handed_off(&mut fx, &f, 14, QosClass::Realtime);
+    assert_handed_off(&mut fx, &f, QosClass::Realtime);
 
     let ip = V4::new(IPPROTO_TCP, "10.1.0.5", "10.3.1.1").build(&tcp(51000, 443, b""));
-    assert_handed_off(&mut fx, &frame(ETH_P_IP, &ip), 14, QosClass::BestEffort);
+    assert_handed_off(&mut fx, &frame(ETH_P_IP, &ip), QosClass::BestEffort);
 
     let l3 = ipv6(
         0x01,
@@ -1597,20 +1665,22 @@ fn handoff_nexthop_passes_to_the_kernel_with_the_mark_recorded_for_its_flow() {
         "2001:db8:3::9",
         &udp(40000, 5004, b"v6"),
     );
-    assert_handed_off(&mut fx, &frame(ETH_P_IPV6, &l3), 14, QosClass::Realtime);
+    assert_handed_off(&mut fx, &frame(ETH_P_IPV6, &l3), QosClass::Realtime);
 
-    // A VLAN-tagged frame: the IP header behind the tag is the one rewritten.
-    let ip = V4::new(IPPROTO_UDP, "10.1.0.5", "10.3.0.9").build(&udp(40000, 5004, b"tag"));
-    let mut f = eth([0x02, 0, 0, 0, 0, 1], [0x02, 0, 0, 0, 0, 2], ETH_P_8021Q);
+    // A VLAN-tagged frame is the kernel's, hand-off or not: no mark recorded for it.
+    let before = fx.dp.handoff_flows().unwrap().len();
+    let ip = V4::new(IPPROTO_UDP, "10.1.0.5", "10.3.0.9").build(&udp(40001, 5004, b"tag"));
+    let mut f = eth(GW_MAC, HOST_MAC, ETH_P_8021Q);
     f.extend_from_slice(&vlan_tag(100, ETH_P_IP));
     f.extend_from_slice(&ip);
-    assert_handed_off(&mut fx, &f, 18, QosClass::Realtime);
+    assert_passed_unchanged(&mut fx, &f, Reason::LanPassVlan);
+    assert_eq!(fx.dp.handoff_flows().unwrap().len(), before);
 
     // TTL 1 is the kernel's to answer (ICMP time exceeded): handed off all the same, TTL kept.
     let mut ip = V4::new(IPPROTO_UDP, "10.1.0.5", "10.3.0.9");
     ip.ttl = 1;
     let f = frame(ETH_P_IP, &ip.build(&udp(40000, 5004, b"ttl")));
-    assert_handed_off(&mut fx, &f, 14, QosClass::Realtime);
+    assert_handed_off(&mut fx, &f, QosClass::Realtime);
 }
 
 #[test]
@@ -1622,7 +1692,7 @@ fn vxlan_nexthops_next_to_a_handoff_one_are_not_handed_off() {
     let mut fx = handoff_fixture();
     // 10.2/16 still goes through VXLAN next hops: encapsulated, no flow recorded.
     let (f, key) = udp_v4_frame(0);
-    assert_forwarded(&mut fx, &f, 14, key, QosClass::Realtime);
+    assert_forwarded(&mut fx, &f, key, QosClass::Realtime);
     assert_eq!(fx.reason(Reason::HandoffWireGuard), 0);
     // No route: passed unchanged, no flow recorded either.
     let ip = V4::new(IPPROTO_UDP, "10.1.0.5", "10.9.0.1").build(&udp(1, 2, b""));
@@ -1641,16 +1711,16 @@ fn vxlan_nexthops_next_to_a_handoff_one_are_not_handed_off() {
 fn handoff_nexthop_of_a_dead_link_fails_over_like_any_other() {
     let mut fx = handoff_fixture();
     // The hand-off next hop rides on a monitored link that never answered: not usable.
-    fx.dp
-        .set_link_config(
-            HANDOFF_NH,
-            LinkConfig {
-                flags: LINK_F_MONITORED,
-                up_after: 1,
-                detect_ns: 1_000_000,
-            },
-        )
-        .unwrap();
+    fx.set_link(
+        HANDOFF_NH,
+        LinkConfig {
+            flags: LINK_F_MONITORED,
+            up_after: 1,
+            detect_ns: 1_000_000,
+            ..Default::default()
+        },
+    )
+    .unwrap();
     let ip = V4::new(IPPROTO_UDP, "10.1.0.5", "10.3.0.9").build(&udp(40000, 5004, b"x"));
     assert_passed_unchanged(&mut fx, &frame(ETH_P_IP, &ip), Reason::LanPassNoLiveNextHop);
     assert_eq!(fx.reason(Reason::HandoffWireGuard), 0);
@@ -1685,6 +1755,7 @@ fn failover_link_config(state: LinkIs) -> LinkConfig {
         flags: LINK_F_MONITORED,
         up_after: 1,
         detect_ns: FAILOVER_DETECT_NS,
+        ..Default::default()
     };
     match state {
         LinkIs::Live => live,
@@ -1827,10 +1898,8 @@ impl FailoverLab {
                     neighbour(id),
                 )
                 .unwrap();
-            fx.dp
-                .set_link_config(id, failover_link_config(LinkIs::Live))
-                .unwrap();
-            let reply = probe_frame(PROBE_KIND_REPLY, id, 1, monotonic_ns() - 1_000_000);
+            fx.set_link(id, failover_link_config(LinkIs::Live)).unwrap();
+            let reply = fx.reply(id, 1, monotonic_ns() - 1_000_000);
             assert_eq!(fx.run(programs::UNDERLAY_INGRESS, &reply).0, XDP_DROP);
             assert_eq!(fx.dp.link_state(id).unwrap().good_streak, 1);
         }
@@ -1914,10 +1983,7 @@ impl FailoverLab {
         states: &[LinkIs],
     ) -> Vec<Option<u32>> {
         for (&nh, &s) in members.iter().zip(states) {
-            self.fx
-                .dp
-                .set_link_config(nh, failover_link_config(s))
-                .unwrap();
+            self.fx.set_link(nh, failover_link_config(s)).unwrap();
         }
         let link = |nh: u32| states[members.iter().position(|&m| m == nh).unwrap()];
         let before = [
@@ -2114,4 +2180,458 @@ fn with_no_member_usable_the_first_held_down_member_in_walk_order_carries() {
         assert!(got.iter().all(Option::is_none));
     }
     assert!(lab.fallback > 50_000, "{} fallbacks", lab.fallback);
+}
+
+// ---------------------------------------------------------------------------------------------
+// The hostile underlay: only a link's peer, on the link's interface, gets anything in.
+
+#[test]
+#[cfg_attr(
+    not(feature = "privileged"),
+    ignore = "privileged: needs root, BPF and network namespaces (--features dwcp-lab/privileged)"
+)]
+fn vxlan_is_decapsulated_only_from_the_vnis_link_peer_on_its_interface() {
+    let mut fx = Fixture::new();
+    // For this region (local delivery) and for region B (transit): neither gets in spoofed.
+    let local = frame(
+        ETH_P_IP,
+        &V4::new(IPPROTO_UDP, "10.2.0.9", "10.1.0.5").build(&udp(1, 2, b"in")),
+    );
+    let transit = frame(
+        ETH_P_IP,
+        &V4::new(IPPROTO_UDP, "10.1.0.5", "10.2.0.9").build(&udp(40000, 5004, b"on")),
+    );
+    for inner in [&local, &transit] {
+        // A stranger using link 1's VNI; link 2's peer using link 1's VNI; link 1's peer
+        // using link 2's VNI: the VNI names the link, the source is not its peer.
+        for f in [
+            vxlan_frame_from("198.51.100.77", 101, inner),
+            vxlan_frame_from(&peer_of(2).to_string(), 101, inner),
+            vxlan_frame_from(&peer_of(1).to_string(), 102, inner),
+        ] {
+            assert_eq!(fx.underlay(&f).0, XDP_DROP);
+        }
+    }
+    assert_eq!(fx.reason(Reason::UnderlayDecapWrongSource), 6);
+    // The right peer on another interface than its link's.
+    fx.dp
+        .set_link_config(
+            1,
+            LinkConfig {
+                ifindex: 7,
+                ..link_identity(1)
+            },
+        )
+        .unwrap();
+    for inner in [&local, &transit] {
+        assert_eq!(fx.underlay(&vxlan_frame(1, inner)).0, XDP_DROP);
+    }
+    assert_eq!(fx.reason(Reason::UnderlayDecapWrongInterface), 2);
+    assert_eq!(fx.reason(Reason::UnderlayTransit), 0);
+    assert_eq!(fx.reason(Reason::UnderlayDecapPassed), 0);
+    // On its interface again: in.
+    fx.dp.set_link_config(1, link_identity(1)).unwrap();
+    assert_eq!(fx.underlay(&vxlan_frame(1, &transit)).0, XDP_REDIRECT);
+    assert_eq!(fx.reason(Reason::UnderlayTransit), 1);
+}
+
+/// In a namespace of its own, whose FIB routes 10.1.0.0/24 out of a veth: decapsulated
+/// traffic for it is dropped while the veth is not a LAN port, redirected once it is.
+#[test]
+#[cfg_attr(
+    not(feature = "privileged"),
+    ignore = "privileged: needs root, BPF and network namespaces (--features dwcp-lab/privileged)"
+)]
+fn decapsulated_traffic_is_redirected_only_to_lan_ports() {
+    let ns = dwcp_lab::netlab::Netns::new("decaplan").unwrap();
+    ns.ip(&["link", "add", "v0", "type", "veth", "peer", "name", "v1"])
+        .unwrap();
+    for dev in ["v0", "v1"] {
+        ns.ip(&["link", "set", dev, "up"]).unwrap();
+    }
+    ns.ip(&["addr", "add", "192.168.50.1/24", "dev", "v0"])
+        .unwrap();
+    let router_mac = "02:00:00:00:50:02";
+    ns.ip(&[
+        "neigh",
+        "add",
+        "192.168.50.2",
+        "lladdr",
+        router_mac,
+        "dev",
+        "v0",
+        "nud",
+        "permanent",
+    ])
+    .unwrap();
+    ns.ip(&["route", "add", "10.1.0.0/24", "via", "192.168.50.2"])
+        .unwrap();
+    // And one whose next hop is not resolved.
+    ns.ip(&["route", "add", "10.1.1.0/24", "via", "192.168.50.3"])
+        .unwrap();
+    ns.sysctl("net.ipv4.ip_forward", "1").unwrap();
+    let v0 = ns.ifindex("v0").unwrap();
+    let v0_mac = ns.mac("v0").unwrap();
+    let mut fx = Fixture::new();
+    let l3 = V4::new(IPPROTO_UDP, "10.2.0.9", "10.1.0.5").build(&udp(1, 2, b"in"));
+    let resolved = vxlan_frame(1, &frame(ETH_P_IP, &l3));
+    let unresolved = vxlan_frame(
+        1,
+        &frame(
+            ETH_P_IP,
+            &V4::new(IPPROTO_UDP, "10.2.0.9", "10.1.1.5").build(&udp(1, 2, b"in")),
+        ),
+    );
+    ns.run_in(|| {
+        // v0 is a redirect target, but no LAN port: the kernel's route leads off the LAN.
+        fx.dp.add_port(v0).unwrap();
+        assert_eq!(fx.underlay(&resolved).0, XDP_DROP);
+        assert_eq!(fx.underlay(&unresolved).0, XDP_DROP);
+        assert_eq!(fx.reason(Reason::UnderlayDecapNotLan), 2);
+        fx.dp
+            .set_lan_port(
+                v0,
+                LanPort {
+                    mac: v0_mac,
+                    _pad: [0; 2],
+                },
+            )
+            .unwrap();
+        let (verdict, out) = fx.underlay(&resolved);
+        assert_eq!(verdict, XDP_REDIRECT);
+        let mut want = eth(
+            dwcp_lab::netlab::parse_mac(router_mac).unwrap(),
+            v0_mac,
+            ETH_P_IP,
+        );
+        let mut ip = V4::new(IPPROTO_UDP, "10.2.0.9", "10.1.0.5");
+        ip.ttl = 63;
+        want.extend_from_slice(&ip.build(&udp(1, 2, b"in")));
+        assert_eq!(out, want, "the inner packet, to the LAN neighbour, TTL - 1");
+        assert_eq!(fx.reason(Reason::UnderlayDecapRedirected), 1);
+        // Unresolved on a LAN port: the kernel resolves it.
+        assert_eq!(fx.underlay(&unresolved).0, XDP_PASS);
+        assert_eq!(fx.reason(Reason::UnderlayDecapNotLan), 2);
+    })
+    .unwrap();
+}
+
+#[test]
+#[cfg_attr(
+    not(feature = "privileged"),
+    ignore = "privileged: needs root, BPF and network namespaces (--features dwcp-lab/privileged)"
+)]
+fn probe_requests_are_reflected_only_for_the_links_peer() {
+    let mut fx = Fixture::new();
+    let stranger: Ipv4Addr = "198.51.100.77".parse().unwrap();
+    let h = |link: u32| ProbeHeader {
+        kind: PROBE_KIND_REQUEST,
+        flags: 0,
+        link_id: link,
+        seq: 1,
+        tx_ns: 12345,
+        token: 7,
+    };
+    let mut to_other = request(3, 1);
+    to_other[14 + 19] = 99; // to 192.0.2.99, not our address on the link
+    let rechecksum = |f: &mut Vec<u8>| {
+        f[24] = 0;
+        f[25] = 0;
+        let c = checksum(&f[14..34]);
+        f[24..26].copy_from_slice(&c.to_be_bytes());
+    };
+    rechecksum(&mut to_other);
+    for f in [
+        probe_frame(&h(3), stranger, PROBE_TTL),
+        // Another peer of ours, naming link 3.
+        probe_frame(&h(3), peer_of(4), PROBE_TTL),
+        to_other,
+        // No such link (an empty entry; past the map's end).
+        probe_frame(&h(500), peer_of(3), PROBE_TTL),
+        probe_frame(&h(5000), peer_of(3), PROBE_TTL),
+    ] {
+        let (verdict, _) = fx.underlay(&f);
+        assert_eq!(verdict, XDP_DROP, "never reflected");
+    }
+    assert_eq!(fx.reason(Reason::UnderlayProbeStranger), 5);
+    // The peer, with TTL 254: it crossed a router, so it is not our neighbour.
+    assert_eq!(
+        fx.underlay(&probe_frame(&h(3), peer_of(3), 254)).0,
+        XDP_DROP
+    );
+    assert_eq!(fx.reason(Reason::UnderlayProbeTtl), 1);
+    // The peer on another interface.
+    fx.dp
+        .set_link_config(
+            3,
+            LinkConfig {
+                ifindex: 7,
+                ..link_identity(3)
+            },
+        )
+        .unwrap();
+    assert_eq!(fx.underlay(&request(3, 2)).0, XDP_DROP);
+    assert_eq!(fx.reason(Reason::UnderlayProbeStranger), 6);
+    assert_eq!(fx.reason(Reason::UnderlayProbeReflected), 0);
+    assert_eq!(fx.dp.link_state(3).unwrap().reflected, 0);
+    // A link across routers (`via_ip`): no TTL check, and the reply leaves with TTL 255.
+    fx.dp
+        .set_link_config(
+            5,
+            LinkConfig {
+                probe_min_ttl: 0,
+                ..link_identity(5)
+            },
+        )
+        .unwrap();
+    let (verdict, out) = fx.underlay(&probe_frame(&h(5), peer_of(5), 200));
+    assert_eq!(verdict, XDP_TX);
+    let reply = etherparse::SlicedPacket::from_ethernet(&out).unwrap();
+    match reply.net {
+        Some(etherparse::NetSlice::Ipv4(ip)) => {
+            let h = ip.header().to_header();
+            assert_eq!(h.time_to_live, PROBE_TTL);
+            assert_eq!(h.header_checksum, h.calc_header_checksum());
+        }
+        other => panic!("not IPv4: {other:?}"),
+    }
+}
+
+#[test]
+#[cfg_attr(
+    not(feature = "privileged"),
+    ignore = "privileged: needs root, BPF and network namespaces (--features dwcp-lab/privileged)"
+)]
+fn reflection_is_rate_limited_per_link() {
+    let mut fx = Fixture::new();
+    // Link 3: one request a second, bursts of 3. Link 4 keeps the fixture's 1,000 a second.
+    fx.dp
+        .set_link_config(
+            3,
+            LinkConfig {
+                reflect_gap_ns: 1_000_000_000,
+                reflect_burst: 3,
+                ..link_identity(3)
+            },
+        )
+        .unwrap();
+    let verdicts: Vec<u32> = (0..5).map(|seq| fx.underlay(&request(3, seq)).0).collect();
+    assert_eq!(
+        verdicts,
+        [XDP_TX, XDP_TX, XDP_TX, XDP_DROP, XDP_DROP],
+        "the burst, then nothing"
+    );
+    assert_eq!(fx.reason(Reason::UnderlayProbeRateLimited), 2);
+    assert_eq!(fx.dp.link_state(3).unwrap().reflected, 3);
+    assert_eq!(
+        fx.underlay(&request(4, 0)).0,
+        XDP_TX,
+        "another link's budget"
+    );
+    // No rate configured: nothing reflected.
+    fx.dp
+        .set_link_config(
+            5,
+            LinkConfig {
+                reflect_gap_ns: 0,
+                ..link_identity(5)
+            },
+        )
+        .unwrap();
+    assert_eq!(fx.underlay(&request(5, 0)).0, XDP_DROP);
+    assert_eq!(fx.reason(Reason::UnderlayProbeRateLimited), 3);
+}
+
+#[test]
+#[cfg_attr(
+    not(feature = "privileged"),
+    ignore = "privileged: needs root, BPF and network namespaces (--features dwcp-lab/privileged)"
+)]
+fn probe_replies_count_only_with_our_token_from_the_peer() {
+    let mut fx = Fixture::new();
+    let tx = monotonic_ns() - 1_000_000;
+    let ours = ProbeHeader {
+        kind: PROBE_KIND_REPLY,
+        ..ProbeHeader::request(&fx.keys[&4], 4, 1, tx)
+    };
+    let forged = |token| ProbeHeader { token, ..ours };
+    let other_key = ProbeKey { k0: 1, k1: 2 };
+    // No token, a token of another key, a token of another link's key, a token of ours for
+    // another send time: forged.
+    for h in [
+        forged(0),
+        forged(probe_token(&other_key, 4, 1, tx)),
+        forged(probe_token(&fx.keys[&3], 4, 1, tx)),
+        ProbeHeader {
+            tx_ns: tx - 1,
+            ..ours
+        },
+    ] {
+        assert_eq!(
+            fx.underlay(&probe_frame(&h, peer_of(4), PROBE_TTL)).0,
+            XDP_DROP
+        );
+    }
+    assert_eq!(fx.reason(Reason::UnderlayProbeBadToken), 4);
+    // Our own reply, but not from the peer, or with TTL 254: dropped before the token counts.
+    let stranger: Ipv4Addr = "198.51.100.77".parse().unwrap();
+    assert_eq!(
+        fx.underlay(&probe_frame(&ours, stranger, PROBE_TTL)).0,
+        XDP_DROP
+    );
+    assert_eq!(fx.reason(Reason::UnderlayProbeStranger), 1);
+    assert_eq!(
+        fx.underlay(&probe_frame(&ours, peer_of(4), 254)).0,
+        XDP_DROP
+    );
+    assert_eq!(fx.reason(Reason::UnderlayProbeTtl), 1);
+    assert_eq!(
+        fx.dp.link_state(4).unwrap(),
+        dwcp_common::LinkState::default()
+    );
+    // The real reply: measured, once.
+    let real = probe_frame(&ours, peer_of(4), PROBE_TTL);
+    assert_eq!(fx.underlay(&real).0, XDP_DROP);
+    assert_eq!(fx.reason(Reason::UnderlayProbeReply), 1);
+    let st = fx.dp.link_state(4).unwrap();
+    assert_eq!((st.replies, st.last_tx_ns), (1, tx));
+    assert_eq!(fx.underlay(&real).0, XDP_DROP);
+    assert_eq!(fx.reason(Reason::UnderlayProbeStale), 1, "a replay");
+    assert_eq!(fx.dp.link_state(4).unwrap().replies, 1);
+}
+
+// ---------------------------------------------------------------------------------------------
+// The LAN side: only frames for the gateway's MAC, untagged, without IPv4 options or IPv6
+// fragments anywhere in the extension header chain.
+
+#[test]
+#[cfg_attr(
+    not(feature = "privileged"),
+    ignore = "privileged: needs root, BPF and network namespaces (--features dwcp-lab/privileged)"
+)]
+fn lan_frames_not_addressed_to_the_port_go_to_the_kernel() {
+    let mut fx = Fixture::new();
+    let (ours, key) = udp_v4_frame(0);
+    for dst in [
+        HOST_MAC,
+        [0xff; 6],
+        [0x01, 0, 0x5e, 0, 0, 1],
+        [0x02, 0, 0, 0, 1, 1],
+    ] {
+        let mut f = ours.clone();
+        f[..6].copy_from_slice(&dst);
+        assert_passed_unchanged(&mut fx, &f, Reason::LanPassOtherMac);
+    }
+    assert_forwarded(&mut fx, &ours, key, QosClass::Realtime);
+    // A port that is not a LAN port forwards nothing.
+    fx.dp.remove_lan_port(TEST_RUN_IFINDEX).unwrap();
+    assert_passed_unchanged(&mut fx, &ours, Reason::LanPassOtherMac);
+}
+
+/// An IPv6 extension header of `len` 8-byte units after the first 8, followed by `next`.
+fn ext_header(next: u8, len: u8) -> Vec<u8> {
+    let mut h = vec![next, len];
+    h.resize((len as usize + 1) * 8, 1);
+    h
+}
+
+/// An IPv6 fragment header: offset 0, more fragments.
+fn fragment_header(next: u8) -> Vec<u8> {
+    vec![next, 0, 0, 1, 0, 0, 0, 42]
+}
+
+/// An authentication header of 16 bytes (length field 2).
+fn auth_header(next: u8) -> Vec<u8> {
+    let mut h = vec![next, 2];
+    h.resize(16, 7);
+    h
+}
+
+#[test]
+#[cfg_attr(
+    not(feature = "privileged"),
+    ignore = "privileged: needs root, BPF and network namespaces (--features dwcp-lab/privileged)"
+)]
+fn ipv6_extension_headers_are_walked_and_fragments_behind_them_go_to_the_kernel() {
+    const HOP: u8 = 0;
+    const ROUTING: u8 = 43;
+    const FRAGMENT: u8 = 44;
+    const AUTH: u8 = 51;
+    const DST: u8 = 60;
+    let mut fx = Fixture::new();
+    let l4 = udp(1234, 5004, b"behind the chain");
+    let v6 = |first: u8, chain: &[u8]| {
+        let mut payload = chain.to_vec();
+        payload.extend_from_slice(&l4);
+        frame(
+            ETH_P_IPV6,
+            &ipv6(0, 64, first, "2001:db8:1::5", "2001:db8:2::9", &payload),
+        )
+    };
+    let cat = |parts: &[Vec<u8>]| parts.concat();
+    // A fragment header behind hop-by-hop, destination options, routing or authentication.
+    for (first, chain) in [
+        (
+            HOP,
+            cat(&[ext_header(FRAGMENT, 0), fragment_header(IPPROTO_UDP)]),
+        ),
+        (
+            DST,
+            cat(&[
+                ext_header(ROUTING, 1),
+                ext_header(FRAGMENT, 0),
+                fragment_header(IPPROTO_UDP),
+            ]),
+        ),
+        (
+            AUTH,
+            cat(&[auth_header(FRAGMENT), fragment_header(IPPROTO_UDP)]),
+        ),
+    ] {
+        assert_passed_unchanged(&mut fx, &v6(first, &chain), Reason::LanPassFragment);
+    }
+    // Five extension headers: more than the fast path walks. Four whose transport header
+    // lies beyond the first 256 bytes (what the tc program looks at): the same.
+    let long = cat(&[
+        ext_header(DST, 0),
+        ext_header(ROUTING, 0),
+        ext_header(AUTH, 0),
+        auth_header(DST),
+        ext_header(IPPROTO_UDP, 0),
+    ]);
+    assert_passed_unchanged(&mut fx, &v6(HOP, &long), Reason::LanPassExtHeaders);
+    let deep = cat(&[ext_header(DST, 20), ext_header(IPPROTO_UDP, 2)]);
+    assert_passed_unchanged(&mut fx, &v6(HOP, &deep), Reason::LanPassExtHeaders);
+    // Hop-by-hop anywhere but first; a header claiming 328 bytes of the 48 left; an
+    // authentication header of length 0: malformed.
+    for (first, chain) in [
+        (DST, cat(&[ext_header(HOP, 0), ext_header(IPPROTO_UDP, 0)])),
+        (DST, vec![IPPROTO_UDP, 40, 1, 1, 1, 1, 1, 1]),
+        (AUTH, vec![IPPROTO_UDP, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]),
+    ] {
+        assert_passed_unchanged(&mut fx, &v6(first, &chain), Reason::LanPassMalformed);
+    }
+    // A chain of four: the flow is hashed on the ports behind it.
+    let four = cat(&[
+        ext_header(DST, 1),
+        ext_header(ROUTING, 0),
+        ext_header(AUTH, 2),
+        auth_header(IPPROTO_UDP),
+    ]);
+    assert_forwarded(
+        &mut fx,
+        &v6(HOP, &four),
+        v6_key("2001:db8:1::5", "2001:db8:2::9", IPPROTO_UDP, 1234, 5004),
+        QosClass::Realtime,
+    );
+    // IPv4 with an authentication header: the same.
+    let mut ah = auth_header(IPPROTO_UDP);
+    ah.extend_from_slice(&l4);
+    let ip = V4::new(AUTH, "10.1.0.5", "10.2.0.9").build(&ah);
+    assert_forwarded(
+        &mut fx,
+        &frame(ETH_P_IP, &ip),
+        v4_key("10.1.0.5", "10.2.0.9", IPPROTO_UDP, 1234, 5004),
+        QosClass::Realtime,
+    );
 }

@@ -1,6 +1,6 @@
 //! The daemon: loads and adopts the fast path, opens the reservations, starts the tasks
-//! (`tasks.rs`: probes and link monitor, rtnetlink, health checks, signals, timers, API,
-//! metrics) and runs the state owner's loop. Every task only sends [`Input`]s; the loop alone
+//! (`tasks.rs`: probes and link monitor, link state, rtnetlink, health checks, signals,
+//! timers, API, metrics) and runs the state owner's loop. Every task only sends [`Input`]s; the loop alone
 //! touches the state.
 //!
 //! Stopping the daemon (SIGTERM, a crash, `kill -9`) leaves the programs attached through
@@ -20,7 +20,6 @@ use tokio::sync::{broadcast, mpsc, watch};
 use tracing::{info, warn};
 
 use dwcp_control::{
-    bandwidth::FileStore,
     config::{AgentConfig, ConfigError},
     input::{unix_now, Input, TimedInput},
     state::{AgentError, AgentState},
@@ -32,6 +31,7 @@ use dwcp_dataplane::{
 
 use super::{
     handoff::Handoffs,
+    link_state::LinkStateHandle,
     netlink::{NetlinkError, NetlinkWatcher},
     now,
     probes::Probes,
@@ -74,6 +74,11 @@ pub enum DaemonError {
     },
     #[error("signal handler: {0}")]
     Signal(std::io::Error),
+    #[error("state directory {path}: {source} (create it, or pass --state-dir)")]
+    StateDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error(transparent)]
     Reservations(#[from] dwcp_control::bandwidth::BandwidthError),
     #[error(transparent)]
@@ -96,11 +101,17 @@ pub struct DaemonOptions {
     /// Append every event (link up/down, route changes with their reasons, reloads) to this
     /// file (JSON lines): an audit log of what the agent did and why.
     pub events_file: Option<PathBuf>,
-    /// Where the reservations are stored (`reservations.json`).
+    /// Where the reservations are stored (`reservations.json`); created (mode 0750) if
+    /// missing.
     pub state_dir: PathBuf,
 }
 
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/dwcp";
+/// The reservation store in the state directory.
+pub const RESERVATIONS_FILE: &str = "reservations.json";
+/// Receive buffer of the rtnetlink subscription: room for a burst of neighbour changes (a
+/// smaller one overruns sooner, and each overrun costs a full dump).
+const NETLINK_RECEIVE_BUFFER: usize = 4 << 20;
 
 /// The input log of `--record`: the file and the daemon's start, from which times are taken.
 type Record = Option<(std::fs::File, Instant)>;
@@ -118,6 +129,7 @@ pub struct Daemon {
     command_tx: mpsc::Sender<AgentCommand>,
     probes: Probes,
     link_views: LinkViews,
+    link_state: LinkStateHandle,
     tasks: Vec<Task>,
     _health: Option<HealthMonitor>,
     record: Record,
@@ -140,17 +152,20 @@ impl Daemon {
     pub async fn start(options: DaemonOptions) -> Result<Daemon, DaemonError> {
         let config = AgentConfig::load(&options.config_path)?;
         info!(gateway = %config.gateway, region = %config.region, path = %options.config_path.display(), "configuration loaded");
+        // Before the fast path: a state directory that cannot be made is a start error, not
+        // a failure of the first reservation.
+        create_state_dir(&options.state_dir)?;
+        crate::http::raise_fd_limit(crate::http::fds_needed(&config));
         let mut dataplane = load_fast_path(options.ebpf_object.as_deref(), &config)?;
         let flow_samples = dataplane.take_flow_samples();
 
-        let watcher = NetlinkWatcher::subscribe()?;
+        let mut watcher = NetlinkWatcher::subscribe(NETLINK_RECEIVE_BUFFER)?;
         let initial = watcher.dump().await?;
         let mut record = open_record(options.record.as_deref())?;
         let (mut state, handoffs) =
             first_step(&config, dataplane, initial, &options.state_dir, &mut record).await?;
         let (events, _) = broadcast::channel(1024);
         let (snapshot, _) = watch::channel(state.snapshot().clone());
-        publish(&mut state, &events, &snapshot);
 
         let (input_tx, inputs) = mpsc::channel(4096);
         let (command_tx, commands) = mpsc::channel(64);
@@ -162,14 +177,20 @@ impl Daemon {
         let mut started = Vec::new();
         started.extend(flow_samples.and_then(|ring| tasks::flow_samples(ring, input_tx.clone())));
         if let Some(path) = &options.events_file {
-            started.push(tasks::events_file(path, state.history(), &events)?);
+            started.push(tasks::events_file(path, &events)?);
         }
+        // The first step's events (its route changes, a reservation store set aside) go out
+        // once the events file listens.
+        publish(&mut state, &events, &snapshot);
         started.push(tasks::netlink(watcher, input_tx.clone()));
         let api = tasks::api(&config, &handle).await?;
         let metrics = tasks::metrics(&config, &handle).await?;
         let probes = tasks::probe_sender(&config)?;
         let (monitor, link_views) = tasks::link_monitor(&config, &probes, input_tx.clone())?;
         started.extend(monitor);
+        let (flooding, link_state) =
+            tasks::link_state(state.config(), link_views.clone(), input_tx.clone());
+        started.push(flooding);
         let (health, forwarder) =
             tasks::health_checks(&config.health_checks, input_tx.clone())?.unzip();
         started.extend(forwarder);
@@ -194,6 +215,7 @@ impl Daemon {
             command_tx,
             probes,
             link_views,
+            link_state,
             tasks: started,
             _health: health,
             record,
@@ -272,6 +294,7 @@ impl Daemon {
         if self.state.config_generation() != generation {
             let config = self.state.config().clone();
             self.probes.sync(&config);
+            self.link_state.sync(&config);
         }
     }
 
@@ -312,6 +335,7 @@ impl Daemon {
                         if self.state.config_generation() != generation {
                             let config = self.state.config().clone();
                             self.probes.sync(&config);
+                            self.link_state.sync(&config);
                             self.handoffs_dirty = true;
                         }
                     }
@@ -340,6 +364,7 @@ impl Daemon {
             }
             let views = self.link_views.borrow().clone();
             self.state.set_link_views(views);
+            self.state.set_lsdb(self.link_state.lsdb());
             self.state.on_timer(now());
             publish(&mut self.state, &self.events, &self.snapshot);
         }
@@ -451,8 +476,7 @@ async fn first_step(
 ) -> Result<(AgentState<Dataplane>, Handoffs), DaemonError> {
     let now = now();
     let mut state = AgentState::new(config.clone(), dataplane, now)?;
-    let store = FileStore::new(state_dir.join("reservations.json"));
-    state.open_reservations(Box::new(store), now)?;
+    state.open_reservation_file(&state_dir.join(RESERVATIONS_FILE), unix_now(), now)?;
     let mut handoffs = Handoffs::open().await?;
     state.set_handoff_problems(handoffs.sync(config).await);
     let clock = Input::Clock {
@@ -474,6 +498,28 @@ async fn first_step(
         );
     }
     Ok((state, handoffs))
+}
+
+/// The state directory, made (mode 0750, parents too) if it does not exist; it must be a
+/// directory the agent can write.
+fn create_state_dir(path: &Path) -> Result<(), DaemonError> {
+    use std::os::unix::fs::DirBuilderExt;
+    let error = |source| DaemonError::StateDir {
+        path: path.to_path_buf(),
+        source,
+    };
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o750)
+        .create(path)
+        .map_err(error)?;
+    let c_path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
+        .map_err(|e| error(std::io::Error::new(std::io::ErrorKind::InvalidInput, e)))?;
+    // SAFETY: a NUL-terminated path for the call.
+    if unsafe { libc::access(c_path.as_ptr(), libc::W_OK | libc::X_OK) } != 0 {
+        return Err(error(std::io::Error::last_os_error()));
+    }
+    Ok(())
 }
 
 /// The `--record` file, opened for appending.

@@ -4,6 +4,7 @@
 
 pub mod daemon;
 pub mod handoff;
+mod link_state;
 pub mod netlink;
 mod probes;
 mod tasks;

@@ -9,6 +9,7 @@ use std::{
 
 use aya::maps::{Array, MapData};
 use dwcp_control::config::{AgentConfig, LocalLink};
+use dwcp_dataplane::ProbeKeys;
 use tracing::error;
 
 use crate::{
@@ -53,7 +54,11 @@ impl ProbeCounts for ExternalProbes {
 }
 
 pub(super) enum Probes {
-    Agent(ProbeSender),
+    /// The agent's own sender, with the links' keys (`PROBE_KEYS`).
+    Agent {
+        sender: ProbeSender,
+        keys: Box<ProbeKeys>,
+    },
     External(ExternalProbes),
 }
 
@@ -61,7 +66,7 @@ impl Probes {
     /// The sent counts, for the link monitor.
     pub(super) fn counts(&self) -> Box<dyn ProbeCounts + Send> {
         match self {
-            Probes::Agent(s) => Box::new(s.handle()),
+            Probes::Agent { sender, .. } => Box::new(sender.handle()),
             Probes::External(e) => Box::new(e.clone()),
         }
     }
@@ -71,7 +76,7 @@ impl Probes {
         let wanted: Vec<&LocalLink> = config.local_links.iter().filter(|l| l.monitored).collect();
         match self {
             Probes::External(e) => e.set(wanted.iter().map(|l| l.link_id).collect()),
-            Probes::Agent(sender) => {
+            Probes::Agent { sender, keys } => {
                 let handle = sender.handle();
                 for id in handle.links() {
                     if !wanted.iter().any(|l| l.link_id == id) {
@@ -83,11 +88,19 @@ impl Probes {
                     if probed.contains(&l.link_id) {
                         continue;
                     }
+                    let key = match keys.get_or_create(l.link_id) {
+                        Ok(k) => k,
+                        Err(e) => {
+                            error!(link = l.link_id, error = %e, "no probe key for the link; it stays down");
+                            continue;
+                        }
+                    };
                     let link = ProbeLink {
                         link_id: l.link_id,
                         local: l.local_ip.into(),
                         remote: l.peer_ip.into(),
                         device: Some(l.interface.clone()),
+                        key,
                     };
                     let added = open_probe_socket(&link, sender.config())
                         .and_then(|s| sender.add_link(link, s));

@@ -11,18 +11,22 @@
 //!  health checks --HealthEvent mpsc--> health forwarder -----+
 //!  SIGHUP ---------------------------------------------------+
 //!  optimiser (reads the link views) -------------------------+
+//!  link state (LinkStateView) -------------------------------+
 //!                                                            | inputs: mpsc<Input>
 //!                                                            v
 //!  API, CLI --AgentCommand mpsc, oneshot reply---> +-------------------------+
 //!   (link admin, reload, reservation operations)   | Daemon::run             |
 //!  link monitor --link views: watch<LinkView>----> |  AgentState, the state  |
-//!                                                  |  owner (reservations    |
-//!  probe sender <--Probes::sync on config change-- |  included); its timers; |
-//!  probe sender --sent counts--> link monitor      |  then publish()         |
+//!  link state --LSDB view: watch<LsdbView>-------> |  owner (reservations    |
+//!  link state <--LinkStateHandle::sync on config-- |  included); its timers; |
+//!  probe sender <--Probes::sync on config change-- |  then publish()         |
+//!  probe sender --sent counts--> link monitor      |                         |
 //!  kernel LINK_STATE ----------> link monitor      +-------------------------+
 //!                                 events: broadcast  |                  | snapshot: watch
 //!                                 <AgentEvent>       v                  v <Arc<AgentSnapshot>>
 //!                          API event stream, events file        API, exporter, CLI
+//!
+//!  link monitor --link views: watch<LinkView>--> link state <--UDP, over each link--> peers
 //! ```
 //!
 //! The loop's timers need no task: the debounced computation, the counters, and the next start
@@ -37,6 +41,7 @@ use std::{
     collections::BTreeMap,
     io::Write,
     path::{Path, PathBuf},
+    sync::Arc,
     time::Duration,
 };
 
@@ -45,7 +50,7 @@ use dwcp_control::{
     config::{AgentConfig, ProbeSenderMode},
     health::HealthCheckSpec,
     input::Input,
-    view::{AgentEvent, RouteChange},
+    view::AgentEvent,
 };
 use dwcp_dataplane::{LinkStateMap, PinnedMaps};
 use tokio::{
@@ -56,6 +61,7 @@ use tracing::{info, warn};
 
 use super::{
     daemon::DaemonError,
+    link_state::{LinkStateHandle, LinkStateTask},
     netlink::NetlinkWatcher,
     probes::{ExternalProbes, Probes},
     AgentHandle,
@@ -118,11 +124,10 @@ async fn read_flow_samples(
     }
 }
 
-/// Appends every event to `path` (JSON lines), starting with the route changes of the first
-/// computation, which happened before anyone could subscribe.
-pub(super) fn events_file<'a>(
+/// Appends every event to `path` (JSON lines). Subscribed before the daemon publishes its
+/// first step, so that step's events are in the file too.
+pub(super) fn events_file(
     path: &Path,
-    history: impl Iterator<Item = &'a RouteChange>,
     events: &broadcast::Sender<AgentEvent>,
 ) -> Result<Task, DaemonError> {
     let mut file = std::fs::OpenOptions::new()
@@ -133,11 +138,6 @@ pub(super) fn events_file<'a>(
             path: path.to_path_buf(),
             source,
         })?;
-    for change in history {
-        if let Ok(json) = serde_json::to_string(&AgentEvent::RouteChanged(change.clone())) {
-            let _ = writeln!(file, "{json}");
-        }
-    }
     let mut events = events.subscribe();
     Ok(tokio::spawn(async move {
         loop {
@@ -187,10 +187,10 @@ pub(super) async fn metrics(
 /// counts; either probes the monitored local links of `config`.
 pub(super) fn probe_sender(config: &AgentConfig) -> Result<Probes, DaemonError> {
     let mut probes = match config.probe_sender {
-        ProbeSenderMode::Agent => Probes::Agent(ProbeSender::on_own_thread(
-            config.sender,
-            config.probe_rt_priority,
-        )?),
+        ProbeSenderMode::Agent => Probes::Agent {
+            sender: ProbeSender::on_own_thread(config.sender, config.probe_rt_priority)?,
+            keys: Box::new(PinnedMaps::new(&config.pin_dir).probe_keys()?),
+        },
         ProbeSenderMode::External => Probes::External(ExternalProbes::open(&config.pin_dir)?),
     };
     probes.sync(config);
@@ -220,6 +220,17 @@ pub(super) fn link_monitor(
         }
     });
     Ok(([tokio::spawn(monitor.run()), forwarder], views))
+}
+
+/// The link-state task (`link_state.rs`), following the link monitor's `views` and sending
+/// the state owner the records' view of the network's links; idle while link state is off.
+pub(super) fn link_state(
+    config: &Arc<AgentConfig>,
+    views: LinkViews,
+    inputs: mpsc::Sender<Input>,
+) -> (Task, LinkStateHandle) {
+    let (task, handle) = LinkStateTask::new(config.clone(), views, inputs);
+    (tokio::spawn(task.run()), handle)
 }
 
 /// The health checks, if any, and the task that turns their events into inputs: a region

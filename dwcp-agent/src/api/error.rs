@@ -21,8 +21,12 @@ pub enum ApiError {
     Rejected { status: StatusCode, message: String },
     #[error("request body is larger than {limit} bytes")]
     TooLarge { limit: usize },
+    #[error("request body not received within {ms} ms")]
+    BodyTimeout { ms: u64 },
     #[error("{what} {id:?} not found")]
     NotFound { what: &'static str, id: String },
+    #[error("link state is off on this gateway ([link_state] enabled = false)")]
+    LinkStateOff,
     #[error("{0}")]
     BadRequest(String),
     #[error("missing bearer token: send `Authorization: Bearer <token>`")]
@@ -48,7 +52,10 @@ impl ApiError {
         match self {
             ApiError::Rejected { status, .. } => *status,
             ApiError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            ApiError::NotFound { .. } | ApiError::NoRoute { .. } => StatusCode::NOT_FOUND,
+            ApiError::BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
+            ApiError::NotFound { .. } | ApiError::NoRoute { .. } | ApiError::LinkStateOff => {
+                StatusCode::NOT_FOUND
+            }
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::MissingToken | ApiError::WrongToken => StatusCode::UNAUTHORIZED,
             ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
@@ -100,14 +107,20 @@ pub enum ServeError {
         source: std::io::Error,
     },
     #[error(
-        "api.tcp_listen is set but api.token_file is not: the TCP API requires a bearer token"
+        "api.tcp_listen needs api.token_file, api.tls_cert and api.tls_key: the TCP API is served over TLS with a bearer token only"
     )]
-    TcpWithoutToken,
-    #[error("API token file {path}: {source}")]
-    TokenFile {
+    TcpWithoutTlsOrToken,
+    #[error("API secret {path}: {source}")]
+    SecretFile {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("API secret {path} has mode {mode:o}: group and others may not read it (`chmod 600 {path}`)")]
+    SecretExposed { path: PathBuf, mode: u32 },
+    #[error("API TLS {path}: {detail}")]
+    Tls { path: PathBuf, detail: String },
+    #[error("API server task: {0}")]
+    Task(#[from] tokio::task::JoinError),
     #[error(
         "API token in {path} is {len} characters; use at least {min} (e.g. `openssl rand -hex 32`)"
     )]
@@ -116,6 +129,4 @@ pub enum ServeError {
         len: usize,
         min: usize,
     },
-    #[error("API server: {0}")]
-    Serve(std::io::Error),
 }

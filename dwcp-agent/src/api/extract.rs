@@ -10,15 +10,22 @@ use serde::de::DeserializeOwned;
 
 use super::{error::ApiError, ApiContext};
 
-/// A JSON body. Refused with 400 (syntax), 422 (shape), 415 (no JSON content type) or 413
-/// (larger than the configured limit) before any handler runs.
+/// A JSON body. Refused with 400 (syntax), 422 (shape), 415 (no JSON content type), 413
+/// (larger than the configured limit) or 408 (not all there within the read timeout: a
+/// client trickling its body would hold a connection for ever) before any handler runs.
 pub struct ApiJson<T>(pub T);
 
 impl<T: DeserializeOwned> FromRequest<ApiContext> for ApiJson<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &ApiContext) -> Result<Self, ApiError> {
-        match Json::<T>::from_request(req, state).await {
+        let read = tokio::time::timeout(state.read_timeout, Json::<T>::from_request(req, state));
+        let Ok(parsed) = read.await else {
+            return Err(ApiError::BodyTimeout {
+                ms: state.read_timeout.as_millis() as u64,
+            });
+        };
+        match parsed {
             Ok(Json(v)) => Ok(ApiJson(v)),
             Err(r) if r.status() == StatusCode::PAYLOAD_TOO_LARGE => Err(ApiError::TooLarge {
                 limit: state.max_body_bytes,

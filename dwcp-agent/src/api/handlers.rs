@@ -31,8 +31,8 @@ use dwcp_control::bandwidth::{
 };
 
 use crate::agent::{
-    AgentCommand, AgentEvent, AgentSnapshot, ClassView, LinkView, ReservationsView, RouteChange,
-    RouteView, TunnelView,
+    AgentCommand, AgentEvent, AgentSnapshot, ClassView, LinkView, LsdbView, ReservationsView,
+    RouteChange, RouteView, TunnelView,
 };
 
 type ApiResult<T> = Result<T, ApiError>;
@@ -150,6 +150,12 @@ pub async fn history(
         changes.drain(..skip);
     }
     Ok(Json(changes))
+}
+
+pub async fn lsdb(State(ctx): State<ApiContext>) -> ApiResult<Json<LsdbView>> {
+    let s = ctx.snapshot();
+    let lsdb = s.lsdb.as_deref().ok_or(ApiError::LinkStateOff)?;
+    Ok(Json(lsdb.clone()))
 }
 
 pub async fn tunnels(State(ctx): State<ApiContext>) -> Json<Vec<TunnelView>> {

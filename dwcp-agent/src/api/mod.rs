@@ -1,5 +1,6 @@
 //! The agent's HTTP/JSON API: on a Unix socket by default (mode 0660: whoever may write it is
-//! an operator), optionally on TCP, where every request needs `Authorization: Bearer <token>`.
+//! an operator), optionally on TCP, served over TLS only (`tls.rs`), where every request
+//! needs `Authorization: Bearer <token>`. Every listener has the limits of `crate::http`.
 //!
 //! Built only against the agent's boundary ([`AgentHandle`]): reads (reservations included)
 //! come from the latest snapshot, and link, reload and reservation changes go to the agent as
@@ -16,6 +17,7 @@
 //! | GET | `/v1/routes`, `/v1/routes/{region}` | routes with their paths and why |
 //! | GET | `/v1/history?destination=&limit=` | route changes, oldest first |
 //! | GET | `/v1/tunnels` | tunnel devices |
+//! | GET | `/v1/lsdb` | the link-state database: records, neighbours, flooding counters |
 //! | GET, POST | `/v1/reservations` | list, create (`ReservationRequest`) |
 //! | GET, PATCH, DELETE | `/v1/reservations/{id}` | read, extend (`{"end": ...}`), cancel |
 //! | GET | `/v1/events?owner=` | server-sent events: `agent`, `reservation`, `lagged` |
@@ -24,6 +26,9 @@
 mod error;
 mod extract;
 mod handlers;
+mod tls;
+
+use tls::{acceptor, read_secret};
 
 /// The bodies of the API's requests and responses (shared with the CLI).
 pub use dwcp_control::view as views;
@@ -50,7 +55,7 @@ use tokio::{
     sync::watch,
     task::JoinHandle,
 };
-use tracing::{info, warn};
+use tracing::info;
 
 pub use error::{ApiError, ErrorBody, ServeError};
 
@@ -67,6 +72,8 @@ pub struct ApiContext {
     handle: AgentHandle,
     command_timeout: Duration,
     max_body_bytes: usize,
+    /// How long a request body may take to arrive.
+    read_timeout: Duration,
     /// Set when the server shuts down: ends the event streams, which would otherwise keep
     /// a graceful shutdown waiting for ever.
     closing: Arc<watch::Sender<bool>>,
@@ -78,6 +85,7 @@ impl ApiContext {
             handle,
             command_timeout: Duration::from_millis(config.command_timeout_ms),
             max_body_bytes: config.max_body_bytes,
+            read_timeout: config.limits().read_timeout,
             closing: Arc::new(watch::channel(false).0),
         }
     }
@@ -110,6 +118,7 @@ pub fn router(ctx: ApiContext) -> Router {
         .route("/v1/routes/{destination}", get(handlers::route))
         .route("/v1/history", get(handlers::history))
         .route("/v1/tunnels", get(handlers::tunnels))
+        .route("/v1/lsdb", get(handlers::lsdb))
         .route("/v1/classes", get(handlers::classes))
         .route("/v1/flows", get(handlers::flows))
         .route(
@@ -162,24 +171,17 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// Reads a bearer token from `path` (surrounding whitespace ignored).
+/// Reads a bearer token from `path` (surrounding whitespace ignored; readable by its owner
+/// only, see [`read_secret`]).
 pub fn load_token(path: &Path) -> Result<String, ServeError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ServeError::TokenFile {
-        path: path.into(),
-        source,
-    })?;
-    let token = text.trim().to_string();
+    let bytes = read_secret(path)?;
+    let token = String::from_utf8_lossy(&bytes).trim().to_string();
     if token.len() < MIN_TOKEN_LEN {
         return Err(ServeError::TokenTooShort {
             path: path.into(),
             len: token.len(),
             min: MIN_TOKEN_LEN,
         });
-    }
-    if let Ok(meta) = std::fs::metadata(path) {
-        if meta.permissions().mode() & 0o004 != 0 {
-            warn!(path = %path.display(), "the API token file is world-readable");
-        }
     }
     Ok(token)
 }
@@ -247,53 +249,31 @@ fn group_id(name: &str) -> Result<u32, ServeError> {
     Ok(grp.gr_gid)
 }
 
-/// Serves `router` on a bound Unix socket until `shutdown` completes.
-pub async fn serve_unix(
-    listener: UnixListener,
-    router: Router,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> Result<(), ServeError> {
-    axum::serve(listener, router)
-        .with_graceful_shutdown(shutdown)
-        .await
-        .map_err(ServeError::Serve)
-}
-
-/// Serves `router` (give it [`router_with_token`]) on TCP until `shutdown` completes.
-pub async fn serve_tcp(
-    listener: TcpListener,
-    router: Router,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> Result<(), ServeError> {
-    axum::serve(listener, router)
-        .with_graceful_shutdown(shutdown)
-        .await
-        .map_err(ServeError::Serve)
-}
-
 /// The API as configured, running. [`RunningApi::shutdown`] stops it and removes its socket.
 pub struct RunningApi {
     ctx: ApiContext,
-    tasks: Vec<JoinHandle<Result<(), ServeError>>>,
+    tasks: Vec<JoinHandle<()>>,
     socket: Option<PathBuf>,
     pub tcp_addr: Option<SocketAddr>,
 }
 
 impl RunningApi {
-    /// Binds everything `config` asks for (failing before serving anything if one fails) and
-    /// starts serving.
+    /// Binds everything `config` asks for (failing before serving anything if one fails: a
+    /// TCP listener needs its token, certificate and key, each readable) and starts serving.
     pub async fn start(config: &ApiConfig, ctx: ApiContext) -> Result<RunningApi, ServeError> {
         let tcp = match config.tcp_listen {
             Some(addr) => {
-                let path = config
-                    .token_file
-                    .as_ref()
-                    .ok_or(ServeError::TcpWithoutToken)?;
-                let token = load_token(path)?;
+                let (Some(token), Some(cert), Some(key)) =
+                    (&config.token_file, &config.tls_cert, &config.tls_key)
+                else {
+                    return Err(ServeError::TcpWithoutTlsOrToken);
+                };
+                let token = load_token(token)?;
+                let tls = acceptor(cert, key)?;
                 let listener = TcpListener::bind(addr)
                     .await
                     .map_err(|source| ServeError::Tcp { addr, source })?;
-                Some((listener, token))
+                Some((listener, token, tls))
             }
             None => None,
         };
@@ -303,22 +283,29 @@ impl RunningApi {
             }
             None => None,
         };
+        let limits = config.limits();
         let mut tasks = Vec::new();
         let mut tcp_addr = None;
         if let Some(listener) = unix {
             info!(socket = ?config.socket, "API listening on the Unix socket");
-            tasks.push(tokio::spawn(serve_unix(
+            tasks.push(tokio::spawn(crate::http::serve(
                 listener,
                 router(ctx.clone()),
+                limits,
+                None,
+                "API socket",
                 ctx.closed(),
             )));
         }
-        if let Some((listener, token)) = tcp {
+        if let Some((listener, token, tls)) = tcp {
             tcp_addr = listener.local_addr().ok();
-            info!(addr = ?tcp_addr, "API listening on TCP (bearer token required)");
-            tasks.push(tokio::spawn(serve_tcp(
+            info!(addr = ?tcp_addr, "API listening on TCP (TLS, bearer token required)");
+            tasks.push(tokio::spawn(crate::http::serve(
                 listener,
                 router_with_token(ctx.clone(), token),
+                limits,
+                Some(tls),
+                "API TCP",
                 ctx.closed(),
             )));
         }
@@ -335,10 +322,8 @@ impl RunningApi {
         self.ctx.close();
         let mut result = Ok(());
         for task in self.tasks {
-            match task.await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => result = Err(e),
-                Err(e) => result = Err(ServeError::Serve(std::io::Error::other(e))),
+            if let Err(e) = task.await {
+                result = Err(ServeError::Task(e));
             }
         }
         if let Some(path) = &self.socket {

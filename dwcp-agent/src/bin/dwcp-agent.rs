@@ -44,7 +44,8 @@ struct Args {
     /// (JSON lines).
     #[arg(long)]
     events_file: Option<PathBuf>,
-    /// Directory of the agent's own state (the reservation store).
+    /// Directory of the agent's own state (the reservation store); created (mode 0750) if
+    /// missing, else the agent does not start.
     #[arg(long, default_value = dwcp_agent::agent::daemon::DEFAULT_STATE_DIR)]
     state_dir: PathBuf,
     /// Detach the programs and remove the pinned links and maps of this configuration's pin

@@ -2,17 +2,24 @@
 //! fast path keeps failing over while the agent is stopped. Reads the links to probe from the
 //! agent's pinned maps. Run it beside the agent (its own systemd unit).
 //!
-//! `dwcp-prober --pin-dir /sys/fs/bpf/dwcp [--netns NAME] [--interval-ms 10] ...`
+//! `dwcp-prober --config /etc/dwcp/agent.toml [--netns NAME]`, or without the agent's
+//! configuration `dwcp-prober --pin-dir /sys/fs/bpf/dwcp [--interval-ms 10] ...`.
 
 use std::{path::PathBuf, time::Duration};
 
 use anyhow::Context as _;
 use clap::Parser;
 use dwcp_agent::prober::{Prober, ProberConfig};
+use dwcp_control::config::{AgentConfig, ProbeSenderMode};
 
 #[derive(Parser)]
 #[command(about = "Sends dwcp's link probes from the links in the agent's pinned maps")]
 struct Args {
+    /// The agent's configuration: the pin directory and the `[probe]` settings (interval,
+    /// detection, backoff, rt_priority) are taken from it, and the flags below are ignored.
+    /// Its `probe.sender` must be "external".
+    #[arg(long, conflicts_with_all = ["pin_dir", "interval_ms", "detect_multiplier", "backoff_cap_ms", "rt_priority"])]
+    config: Option<PathBuf>,
     /// The agent's pin directory.
     #[arg(long, default_value = dwcp_dataplane::DEFAULT_PIN_DIR)]
     pin_dir: PathBuf,
@@ -51,24 +58,42 @@ fn main() -> anyhow::Result<()> {
         dwcp_tunnels::netns::enter(&file)
             .with_context(|| format!("entering network namespace {ns}"))?;
     }
-    if args.rt_priority > 0 {
+    let (config, rt_priority) = match &args.config {
+        Some(path) => {
+            let agent = AgentConfig::load(path)?;
+            anyhow::ensure!(
+                agent.probe_sender == ProbeSenderMode::External,
+                "{}: probe.sender is not \"external\": the agent sends the probes itself",
+                path.display()
+            );
+            let mut config = ProberConfig::new(&agent.pin_dir);
+            config.sender = agent.sender;
+            config.monitor = agent.monitor;
+            (config, i32::from(agent.probe_rt_priority))
+        }
+        None => {
+            let mut config = ProberConfig::new(&args.pin_dir);
+            let interval = Duration::from_millis(args.interval_ms);
+            config.sender.interval = interval;
+            config.sender.backoff_cap = Duration::from_millis(args.backoff_cap_ms);
+            config.monitor.interval = interval;
+            config.monitor.detect_multiplier = args.detect_multiplier;
+            config.monitor.poll_interval = interval;
+            (config, args.rt_priority)
+        }
+    };
+    if rt_priority > 0 {
         // The runtime is single-threaded: this thread sends every probe.
-        dwcp_agent::prober::set_realtime_priority(args.rt_priority)
-            .with_context(|| format!("SCHED_FIFO priority {}", args.rt_priority))?;
+        dwcp_agent::prober::set_realtime_priority(rt_priority)
+            .with_context(|| format!("SCHED_FIFO priority {rt_priority}"))?;
     }
-    let mut config = ProberConfig::new(&args.pin_dir);
-    let interval = Duration::from_millis(args.interval_ms);
-    config.sender.interval = interval;
-    config.sender.backoff_cap = Duration::from_millis(args.backoff_cap_ms);
-    config.monitor.interval = interval;
-    config.monitor.detect_multiplier = args.detect_multiplier;
-    config.monitor.poll_interval = interval;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
+    let pin_dir = config.pin_dir.clone();
     rt.block_on(async {
         let prober = Prober::start(config)
-            .with_context(|| format!("starting on the maps in {}", args.pin_dir.display()))?;
+            .with_context(|| format!("starting on the maps in {}", pin_dir.display()))?;
         tracing::info!(links = ?prober.links().keys().collect::<Vec<_>>(), "probing");
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         prober

@@ -1,7 +1,8 @@
 //! The probe sender: one tokio task per underlay link sends a probe request from the link's
-//! local address to the peer's on UDP [`PROBE_PORT`] every interval, with the link id, a
-//! sequence number and the `CLOCK_MONOTONIC` send time. Replies never come back to us: the
-//! local XDP program consumes them into `LINK_STATE`.
+//! local address to the peer's on UDP [`PROBE_PORT`] every interval, with TTL 255 (GTSM), the
+//! link id, a sequence number, the `CLOCK_MONOTONIC` send time and the token that proves the
+//! request ours (made with the link's key from `PROBE_KEYS`). Replies never come back to us:
+//! the local XDP program checks them against the key and consumes them into `LINK_STATE`.
 
 use std::{
     collections::BTreeMap,
@@ -14,7 +15,7 @@ use std::{
     time::Duration,
 };
 
-use dwcp_common::probe::{ProbeHeader, PROBE_KIND_REQUEST, PROBE_LEN, PROBE_PORT};
+use dwcp_common::probe::{ProbeHeader, ProbeKey, PROBE_LEN, PROBE_PORT, PROBE_TTL};
 use socket2::{Domain, Protocol, Socket, Type};
 use thiserror::Error;
 use tokio::{sync::Notify, task::JoinHandle, time::Instant};
@@ -59,6 +60,8 @@ pub struct ProbeLink {
     /// Underlay interface, for `SO_BINDTODEVICE`: with it the probe leaves on this link even
     /// when the routing table would pick another.
     pub device: Option<String>,
+    /// The link's key (`PROBE_KEYS`), for the requests' token.
+    pub key: ProbeKey,
 }
 
 pub use dwcp_control::config::SenderConfig;
@@ -100,10 +103,16 @@ pub fn open_probe_socket(
         socket
             .set_tos_v4(config.tos as u32)
             .map_err(err("set IP_TOS"))?;
+        socket
+            .set_ttl_v4(PROBE_TTL.into())
+            .map_err(err("set IP_TTL"))?;
     } else {
         socket
             .set_tclass_v6(config.tos as u32)
             .map_err(err("set IPV6_TCLASS"))?;
+        socket
+            .set_unicast_hops_v6(PROBE_TTL.into())
+            .map_err(err("set IPV6_UNICAST_HOPS"))?;
     }
     let local = SocketAddr::new(link.local, config.source_port);
     socket
@@ -323,7 +332,14 @@ impl ProbeSender {
             .unwrap()
             .insert(link.link_id, shared.clone());
         let dest = SocketAddr::new(link.remote, PROBE_PORT);
-        let task = runtime.spawn(probe_loop(link.link_id, socket, dest, self.config, shared));
+        let task = runtime.spawn(probe_loop(
+            link.link_id,
+            link.key,
+            socket,
+            dest,
+            self.config,
+            shared,
+        ));
         self.tasks.insert(link.link_id, task);
         Ok(())
     }
@@ -350,6 +366,7 @@ impl Drop for ProbeSender {
 
 async fn probe_loop(
     link_id: u32,
+    key: ProbeKey,
     socket: tokio::net::UdpSocket,
     dest: SocketAddr,
     config: SenderConfig,
@@ -360,15 +377,7 @@ async fn probe_loop(
     let mut buf = [0u8; PROBE_LEN];
     let mut deadline = Instant::now();
     loop {
-        ProbeHeader {
-            kind: PROBE_KIND_REQUEST,
-            flags: 0,
-            link_id,
-            seq,
-            tx_ns: monotonic_ns(),
-            rx_ns: 0,
-        }
-        .encode(&mut buf);
+        ProbeHeader::request(&key, link_id, seq, monotonic_ns()).encode(&mut buf);
         match socket.send_to(&buf, dest).await {
             Ok(_) => {
                 shared.sent.fetch_add(1, Ordering::Relaxed);

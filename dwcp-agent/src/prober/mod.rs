@@ -9,7 +9,8 @@
 //! routing daemons for the same reason (FRR's bfdd).
 //!
 //! The prober needs nothing from the agent but the pinned maps: it probes every monitored
-//! link named by a valid next hop ([`scan_links`]), rescans them every second to follow the
+//! link named by a valid next hop ([`scan_links`]) with the link's key from `PROBE_KEYS`
+//! (made by the first sender of the link), rescans them every second to follow the
 //! agent's changes, slows the probes of dead links down (its own [`LinkMonitor`] over
 //! `LINK_STATE` drives the backoff), and publishes its per-link sent counts in the pinned
 //! `PROBE_SENT` map for the agent's monitor ([`PinnedProbeCounts`]).
@@ -24,7 +25,7 @@ use std::{collections::BTreeMap, future::Future, path::PathBuf, time::Duration};
 
 use aya::maps::{Array, MapData, MapError};
 use dwcp_common::{maps::names, LinkConfig, NextHop};
-use dwcp_dataplane::{LinkStateMap, PinnedMapError, PinnedMaps};
+use dwcp_dataplane::{LinkStateMap, PinnedMapError, PinnedMaps, ProbeKeys};
 use thiserror::Error;
 use tokio::sync::mpsc;
 
@@ -117,6 +118,7 @@ pub struct Prober {
     config: ProberConfig,
     nexthops: Array<MapData, NextHop>,
     link_config: Array<MapData, LinkConfig>,
+    keys: ProbeKeys,
     sent_map: Array<MapData, u64>,
     sender: ProbeSender,
     handle: ProbeHandle,
@@ -144,6 +146,7 @@ impl Prober {
         let mut prober = Prober {
             nexthops: maps.nexthops()?,
             link_config: maps.link_config()?,
+            keys: maps.probe_keys()?,
             sent_map: open_sent_map(&config.pin_dir)?,
             config,
             sender,
@@ -178,7 +181,13 @@ impl Prober {
             hops.push((id as u32, nh));
         }
         let link_config = &self.link_config;
-        let scan = scan_links(hops, |l| link_config.get(&l, 0).ok(), interface_name);
+        let keys = &mut self.keys;
+        let scan = scan_links(
+            hops,
+            |l| link_config.get(&l, 0).ok(),
+            interface_name,
+            |l| keys.get_or_create(l),
+        );
         let mut out = RescanOutcome {
             problems: scan.problems.iter().map(|p| p.to_string()).collect(),
             ..Default::default()

@@ -1,11 +1,12 @@
 //! Which links to probe, read from what the agent programmed: every valid next hop whose link
 //! is monitored names the link's underlay endpoints (`local_ip4` -> `remote_ip4` on
 //! `ifindex`). The prober therefore needs no configuration of its own and follows the agent's
-//! changes, also those made by an agent that has since stopped.
+//! changes, also those made by an agent that has since stopped. Each link's key comes from
+//! `PROBE_KEYS` (made there by the first sender that probes the link).
 
 use std::{collections::BTreeMap, fmt, net::Ipv4Addr};
 
-use dwcp_common::{LinkConfig, NextHop, LINK_F_MONITORED, NH_F_VALID};
+use dwcp_common::{probe::ProbeKey, LinkConfig, NextHop, LINK_F_MONITORED, NH_F_VALID};
 
 use crate::probe::ProbeLink;
 
@@ -27,6 +28,8 @@ pub enum ScanProblem {
     },
     /// A zero local or remote address: nothing to probe from or to.
     NoAddress { nexthop: u32, link_id: u32 },
+    /// The link's probe key can neither be read nor made.
+    NoKey { link_id: u32, detail: String },
 }
 
 impl fmt::Display for ScanProblem {
@@ -52,6 +55,9 @@ impl fmt::Display for ScanProblem {
                 f,
                 "next hop {nexthop} (link {link_id}): no local or remote underlay address"
             ),
+            ScanProblem::NoKey { link_id, detail } => {
+                write!(f, "link {link_id}: no probe key: {detail}")
+            }
         }
     }
 }
@@ -64,11 +70,13 @@ pub struct LinkScan {
 }
 
 /// Derives the probe links from `(next hop id, next hop)` pairs. `link_config` gives a link's
-/// `LINK_CONFIG` entry, `ifname` an interface's name in this namespace.
-pub fn scan_links(
+/// `LINK_CONFIG` entry, `ifname` an interface's name in this namespace, `key` a link's probe
+/// key.
+pub fn scan_links<E: fmt::Display>(
     nexthops: impl IntoIterator<Item = (u32, NextHop)>,
     link_config: impl Fn(u32) -> Option<LinkConfig>,
     ifname: impl Fn(u32) -> Option<String>,
+    mut key: impl FnMut(u32) -> Result<ProbeKey, E>,
 ) -> LinkScan {
     let mut scan = LinkScan::default();
     // Link id -> the next hop whose endpoints it got.
@@ -113,6 +121,16 @@ pub fn scan_links(
             continue;
         };
         source.insert(nh.link_id, (id, nh));
+        let key = match key(nh.link_id) {
+            Ok(k) => k,
+            Err(e) => {
+                scan.problems.push(ScanProblem::NoKey {
+                    link_id: nh.link_id,
+                    detail: e.to_string(),
+                });
+                continue;
+            }
+        };
         scan.links.insert(
             nh.link_id,
             ProbeLink {
@@ -120,6 +138,7 @@ pub fn scan_links(
                 local: local.into(),
                 remote: remote.into(),
                 device: Some(device),
+                key,
             },
         );
     }
@@ -163,6 +182,18 @@ mod tests {
             flags: LINK_F_MONITORED,
             up_after: 5,
             detect_ns: 30_000_000,
+            ..Default::default()
+        })
+    }
+
+    /// Link n's key is (n, n); link 9 has none.
+    fn keys(link: u32) -> Result<ProbeKey, String> {
+        if link == 9 {
+            return Err("no space left".into());
+        }
+        Ok(ProbeKey {
+            k0: link.into(),
+            k1: link.into(),
         })
     }
 
@@ -186,7 +217,7 @@ mod tests {
                 },
             ),
         ];
-        let scan = scan_links(hops, monitored, names);
+        let scan = scan_links(hops, monitored, names, keys);
         assert_eq!(scan.problems, vec![]);
         assert_eq!(scan.links.keys().copied().collect::<Vec<_>>(), [1, 2]);
         assert_eq!(
@@ -196,6 +227,7 @@ mod tests {
                 local: "172.31.1.1".parse().unwrap(),
                 remote: "172.31.1.2".parse().unwrap(),
                 device: Some("ul3".into()),
+                key: ProbeKey { k0: 1, k1: 1 },
             }
         );
     }
@@ -216,7 +248,7 @@ mod tests {
                 ..Default::default()
             }),
         };
-        let scan = scan_links(hops, cfg, names);
+        let scan = scan_links(hops, cfg, names, keys);
         assert_eq!(scan.links.keys().copied().collect::<Vec<_>>(), [3]);
     }
 
@@ -227,8 +259,9 @@ mod tests {
             (2, nh(1, 4, [10, 0, 9, 1], [10, 0, 9, 2])),
             (3, nh(3, 42, [10, 0, 2, 1], [10, 0, 2, 2])),
             (4, nh(4, 3, [0, 0, 0, 0], [10, 0, 2, 2])),
+            (9, nh(9, 3, [10, 0, 9, 1], [10, 0, 9, 2])),
         ];
-        let scan = scan_links(hops, monitored, names);
+        let scan = scan_links(hops, monitored, names, keys);
         assert_eq!(scan.links.keys().copied().collect::<Vec<_>>(), [1]);
         let text: Vec<String> = scan.problems.iter().map(|p| p.to_string()).collect();
         assert_eq!(
@@ -237,6 +270,7 @@ mod tests {
                 "link 1: next hop 2 names other underlay endpoints than next hop 1; probing those of 1",
                 "next hop 3 (link 3): interface 42 does not exist here",
                 "next hop 4 (link 4): no local or remote underlay address",
+                "link 9: no probe key: no space left",
             ]
         );
     }

@@ -13,7 +13,7 @@ use prometheus_client::{
     registry::Unit,
 };
 
-use crate::agent::{AgentSnapshot, LinkHealth, ReservationsView, TunnelState};
+use crate::agent::{AgentSnapshot, LinkHealth, LsdbView, ReservationsView, TunnelState};
 
 /// Every link state, so that `dwcp_link_health` is one-hot over a fixed set.
 const LINK_STATES: [(LinkHealth, &str); 5] = [
@@ -149,6 +149,9 @@ impl Collector for SnapshotCollector {
         self.encode_tunnels(enc)?;
         if let Some(r) = &s.reservations {
             encode_reservations(enc, s, r)?;
+        }
+        if let Some(l) = &s.lsdb {
+            encode_link_state(enc, l)?;
         }
         Ok(())
     }
@@ -473,6 +476,56 @@ fn encode_reservations(
             .into_iter()
             .map(|(e, n)| (vec![("event", e.to_string())], n))
             .collect(),
+    )
+}
+
+fn encode_link_state(enc: &mut DescriptorEncoder, l: &LsdbView) -> std::fmt::Result {
+    int_gauges(
+        enc,
+        "dwcp_link_state_records",
+        "Records in the link-state database (one per gateway heard of, this one included).",
+        vec![(vec![], l.records.len() as i64)],
+    )?;
+    counters(
+        enc,
+        "dwcp_link_state_records_received",
+        "Link-state records received from neighbours (duplicates included).",
+        None,
+        vec![(vec![], l.records_received)],
+    )?;
+    counters(
+        enc,
+        "dwcp_link_state_records_flooded",
+        "Link-state records sent to neighbours (retransmissions included).",
+        None,
+        vec![(vec![], l.records_flooded)],
+    )?;
+    counters(
+        enc,
+        "dwcp_link_state_records_aged_out",
+        "Link-state records removed because their gateway stopped refreshing them.",
+        None,
+        vec![(vec![], l.records_aged_out)],
+    )?;
+    counters(
+        enc,
+        "dwcp_link_state_datagrams_dropped",
+        "Link-state datagrams dropped: from an address that is no link's peer, or malformed.",
+        None,
+        vec![
+            (vec![("reason", "foreign".to_string())], l.datagrams_foreign),
+            (
+                vec![("reason", "malformed".to_string())],
+                l.datagrams_malformed,
+            ),
+        ],
+    )?;
+    int_gauges(
+        enc,
+        "dwcp_link_state_topology_mismatch",
+        "Gateways whose records carry another topology digest than this one's (another \
+         topology file): their records are not applied.",
+        vec![(vec![], l.other_topologies().count() as i64)],
     )
 }
 

@@ -30,6 +30,7 @@ pub const OPENMETRICS_CONTENT_TYPE: &str =
     "application/openmetrics-text; version=1.0.0; charset=utf-8";
 pub const PROMETHEUS_TEXT_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
+use dwcp_control::config::HttpLimits;
 pub use dwcp_control::config::{MetricsConfig, DEFAULT_METRICS_LISTEN};
 
 #[derive(Debug, thiserror::Error)]
@@ -39,8 +40,10 @@ pub enum TelemetryError {
         addr: SocketAddr,
         source: std::io::Error,
     },
-    #[error("metrics server: {0}")]
-    Serve(std::io::Error),
+    #[error("metrics listener: {0}")]
+    LocalAddr(std::io::Error),
+    #[error("metrics server task: {0}")]
+    Task(#[from] tokio::task::JoinError),
 }
 
 /// Builds the metrics of a scrape from the agent's boundary.
@@ -118,23 +121,30 @@ pub async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, Telemetry
         .map_err(|source| TelemetryError::Bind { addr, source })
 }
 
-/// Serves `/metrics` on `listener` until `shutdown` completes.
+/// Serves `/metrics` on `listener`, within `limits` (see `crate::http`), until `shutdown`
+/// completes.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     exporter: Exporter,
+    limits: HttpLimits,
     shutdown: impl Future<Output = ()> + Send + 'static,
-) -> Result<(), TelemetryError> {
-    axum::serve(listener, exporter.router())
-        .with_graceful_shutdown(shutdown)
-        .await
-        .map_err(TelemetryError::Serve)
+) {
+    crate::http::serve(
+        listener,
+        exporter.router(),
+        limits,
+        None,
+        "metrics",
+        shutdown,
+    )
+    .await
 }
 
 /// The metrics endpoint as configured, running.
 pub struct RunningMetrics {
     pub addr: SocketAddr,
     stop: tokio::sync::oneshot::Sender<()>,
-    task: tokio::task::JoinHandle<Result<(), TelemetryError>>,
+    task: tokio::task::JoinHandle<()>,
 }
 
 impl RunningMetrics {
@@ -147,9 +157,9 @@ impl RunningMetrics {
             return Ok(None);
         }
         let listener = bind(config.listen).await?;
-        let addr = listener.local_addr().map_err(TelemetryError::Serve)?;
+        let addr = listener.local_addr().map_err(TelemetryError::LocalAddr)?;
         let (stop, stopped) = tokio::sync::oneshot::channel();
-        let task = tokio::spawn(serve(listener, exporter, async {
+        let task = tokio::spawn(serve(listener, exporter, config.limits(), async {
             let _ = stopped.await;
         }));
         tracing::info!(%addr, "metrics at http://{addr}/metrics");
@@ -158,8 +168,6 @@ impl RunningMetrics {
 
     pub async fn shutdown(self) -> Result<(), TelemetryError> {
         let _ = self.stop.send(());
-        self.task
-            .await
-            .map_err(|e| TelemetryError::Serve(std::io::Error::other(e)))?
+        Ok(self.task.await?)
     }
 }

@@ -53,6 +53,16 @@ impl FileStore {
         &self.path
     }
 
+    /// Renames the file to `<file>.corrupt-<now_unix_s>`, kept for the operator, so that the
+    /// next load starts from nothing; returns the new name.
+    pub fn set_aside(&self, now_unix_s: u64) -> Result<PathBuf, StoreError> {
+        let mut name = self.path.clone().into_os_string();
+        name.push(format!(".corrupt-{now_unix_s}"));
+        let aside = PathBuf::from(name);
+        fs::rename(&self.path, &aside).map_err(|e| self.io(e))?;
+        Ok(aside)
+    }
+
     fn io(&self, source: std::io::Error) -> StoreError {
         StoreError::Io {
             path: self.path.clone(),

@@ -8,9 +8,12 @@ use std::{
     time::Duration,
 };
 
-use dwcp_common::{QosClass, CLASSIFY_DST_PORT, CLASSIFY_SRC_PORT};
+use dwcp_common::{
+    probe::PROBE_PORT, wire::VXLAN_PORT, QosClass, CLASSIFY_DST_PORT, CLASSIFY_SRC_PORT,
+};
 use toml::Spanned;
 
+use super::LinkStateSection;
 use super::{
     AgentConfig, ApiConfig, ConfigError, ConfigFile, DelayConfig, FlowsConfig, GatewaySection,
     Handoff, LocalLink, LocalLinkSection, Prefix, PrefixesSection, ProbeSection, Problem, QosRule,
@@ -19,6 +22,10 @@ use super::{
 };
 use crate::{
     health::{HealthCheckConfig, HealthCheckSpec},
+    link_state::{
+        record::{MAX_ORIGIN_LEN, MAX_RECORD_LINKS},
+        LinkStateConfigError, Origin,
+    },
     liveness::{MonitorConfig, MonitorConfigError},
     routing::{RoutingError, Strategy},
     topology::{error::line_of, Link, Topology, TopologyConfig, TopologyError},
@@ -46,10 +53,17 @@ pub(super) fn check(file: ConfigFile, source: &str) -> Result<AgentConfig, Confi
     headroom(&mut c, "traffic", file.traffic.headroom_percent);
     headroom(&mut c, "reservations", file.reservations.headroom_percent);
     api(&mut c, &file.api);
+    http_limits(
+        &mut c,
+        "metrics",
+        file.metrics.max_connections,
+        file.metrics.read_timeout_ms,
+    );
     let dscp = dscp(&mut c, &file.qos);
     let qos_rules = qos_rules(&mut c, &file.qos.rule);
     let delays = updater(&mut c, &file.updater);
     flows(&mut c, &file.flows);
+    link_state(&mut c, &file.link_state, &gw, &local_links);
     let health_checks = health_checks(&mut c, &file.health_check, model);
     c.finish()?;
 
@@ -91,6 +105,7 @@ pub(super) fn check(file: ConfigFile, source: &str) -> Result<AgentConfig, Confi
         reservations: file.reservations.clone(),
         api: file.api.clone(),
         metrics: file.metrics.clone(),
+        link_state: file.link_state.clone(),
         health_checks,
         topology,
         topology_model: topology_model.expect("no problems means the topology is valid"),
@@ -843,7 +858,7 @@ fn constraint_field(e: &RoutingError) -> &'static str {
 }
 
 // ---------------------------------------------------------------------------------------------
-// [traffic], [reservations], [api]
+// [traffic], [reservations], [api], [metrics]
 
 /// `headroom_percent` of `[traffic]` or `[reservations]`: some capacity is always kept.
 fn headroom(c: &mut Checker, section: &str, percent: u8) {
@@ -856,12 +871,66 @@ fn headroom(c: &mut Checker, section: &str, percent: u8) {
     }
 }
 
+/// The TCP API is served over TLS or not at all: its bearer token is in every request, and in
+/// clear text anyone on the path could replay it. There is no plaintext opt-out: local tools
+/// have the Unix socket, which needs neither.
 fn api(c: &mut Checker, api: &ApiConfig) {
-    if api.tcp_listen.is_some() && api.token_file.is_none() {
+    if api.tcp_listen.is_some() {
+        for (key, missing, why) in [
+            (
+                "token_file",
+                api.token_file.is_none(),
+                "every TCP request carries the token",
+            ),
+            (
+                "tls_cert",
+                api.tls_cert.is_none(),
+                "the TCP API is served over TLS only",
+            ),
+            (
+                "tls_key",
+                api.tls_key.is_none(),
+                "the TCP API is served over TLS only",
+            ),
+        ] {
+            if missing {
+                c.at_key("api", "tcp_listen", format!("needs api.{key} ({why})"));
+            }
+        }
+    }
+    http_limits(c, "api", api.max_connections, api.read_timeout_ms);
+}
+
+/// Most connections one listener may allow: more than a process can hold open anyway.
+const MAX_CONNECTIONS: usize = 1 << 20;
+/// Longest read timeout: an hour is already no protection.
+const MAX_READ_TIMEOUT_MS: u64 = 3_600_000;
+
+fn http_limits(c: &mut Checker, section: &str, max_connections: usize, read_timeout_ms: u64) {
+    if max_connections == 0 {
         c.at_key(
-            "api",
-            "tcp_listen",
-            "needs api.token_file (every TCP request carries the token)",
+            section,
+            "max_connections",
+            "0 would refuse every connection",
+        );
+    } else if max_connections > MAX_CONNECTIONS {
+        c.at_key(
+            section,
+            "max_connections",
+            format!("{max_connections} is above {MAX_CONNECTIONS}"),
+        );
+    }
+    if read_timeout_ms == 0 {
+        c.at_key(
+            section,
+            "read_timeout_ms",
+            "0 would close every connection before its request",
+        );
+    } else if read_timeout_ms > MAX_READ_TIMEOUT_MS {
+        c.at_key(
+            section,
+            "read_timeout_ms",
+            format!("{read_timeout_ms} is above {MAX_READ_TIMEOUT_MS} (an hour)"),
         );
     }
 }
@@ -1050,6 +1119,68 @@ fn flows(c: &mut Checker, f: &FlowsConfig) {
     }
     if f.window_s == 0 {
         c.at_key("flows", "window_s", "must be at least 1");
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// [link_state]
+
+fn link_state(c: &mut Checker, s: &LinkStateSection, gw: &Gateway, local_links: &[LocalLink]) {
+    let taken = match s.port {
+        0 => Some("0 is no port"),
+        VXLAN_PORT => Some("it is VXLAN's"),
+        PROBE_PORT => Some("it is the probes'"),
+        _ => None,
+    };
+    if let Some(why) = taken {
+        c.at_key("link_state", "port", format!("{}: {why}", s.port));
+    }
+    if !(s.figure_change_percent.is_finite() && s.figure_change_percent >= 0.0) {
+        c.at_key(
+            "link_state",
+            "figure_change_percent",
+            format!("{} is not a percentage >= 0", s.figure_change_percent),
+        );
+    } else if let Err(e) = s.timers().validate() {
+        c.at_key("link_state", link_state_field(&e), e.to_string());
+    }
+    if !s.enabled {
+        return;
+    }
+    // The gateway's name is its records' origin (an empty one is reported with [gateway]).
+    if !gw.name.is_empty() && Origin::new(&gw.name).is_err() {
+        c.at_key(
+            "gateway",
+            "name",
+            format!(
+                "{} bytes: a link-state origin has 1 to {MAX_ORIGIN_LEN}",
+                gw.name.len()
+            ),
+        );
+    }
+    let monitored = local_links.iter().filter(|l| l.monitored).count();
+    if monitored > MAX_RECORD_LINKS {
+        c.at_key(
+            "link_state",
+            "enabled",
+            format!("{monitored} monitored local links: a record holds at most {MAX_RECORD_LINKS}"),
+        );
+    }
+}
+
+/// The `[link_state]` key a timer problem is about.
+fn link_state_field(e: &LinkStateConfigError) -> &'static str {
+    match e {
+        LinkStateConfigError::Zero { name } => match *name {
+            "refresh_interval" => "refresh_interval_ms",
+            "retransmit_interval" => "retransmit_interval_ms",
+            "hold_initial" => "hold_initial_ms",
+            _ => "hold_half_life_ms",
+        },
+        LinkStateConfigError::RefreshAfterMaxAge { .. } => "refresh_interval_ms",
+        LinkStateConfigError::MaxAge(_) => "max_age_ms",
+        LinkStateConfigError::Hold { .. } => "hold_initial_ms",
+        LinkStateConfigError::Relative(_) => "figure_change_percent",
     }
 }
 

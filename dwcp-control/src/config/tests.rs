@@ -36,7 +36,7 @@ region = "ap-south-1"
 prefixes = ["10.3.0.0/16"]
 "#;
 
-fn valid() -> String {
+pub(super) fn valid() -> String {
     format!("{GATEWAY}\n{TOPOLOGY}")
 }
 
@@ -317,12 +317,75 @@ fn the_deployed_example_is_valid() {
 }
 
 #[test]
-fn api_over_tcp_needs_a_token() {
+fn api_over_tcp_needs_a_token_and_tls() {
     let e = refused(&format!(
         "{}\n[api]\ntcp_listen = \"127.0.0.1:9471\"\n",
         valid()
     ));
-    assert!(e.contains("api.tcp_listen: needs api.token_file"), "{e}");
+    for key in ["token_file", "tls_cert", "tls_key"] {
+        assert!(
+            e.contains(&format!("api.tcp_listen: needs api.{key}")),
+            "{e}"
+        );
+    }
+    let e = refused(&format!(
+        "{}\n[api]\ntcp_listen = \"127.0.0.1:9471\"\ntoken_file = \"/t\"\ntls_cert = \"/c\"\n",
+        valid()
+    ));
+    assert!(e.contains("1 problem"), "{e}");
+    assert!(
+        e.contains("needs api.tls_key (the TCP API is served over TLS only)"),
+        "{e}"
+    );
+    // No plaintext opt-out.
+    let e = refused(&format!(
+        "{}\n[api]\ntcp_listen = \"127.0.0.1:9471\"\ninsecure_plaintext = true\n",
+        valid()
+    ));
+    assert!(e.contains("unknown field `insecure_plaintext`"), "{e}");
+    let c = AgentConfig::parse(&format!(
+        "{}\n[api]\ntcp_listen = \"127.0.0.1:9471\"\ntoken_file = \"/t\"\n\
+         tls_cert = \"/c\"\ntls_key = \"/k\"\n",
+        valid()
+    ))
+    .unwrap();
+    assert_eq!(c.api.tls_key, Some(PathBuf::from("/k")));
+}
+
+#[test]
+fn listeners_need_room_for_a_connection_and_time_for_a_request() {
+    let text = format!(
+        "{}\n[api]\nmax_connections = 0\nread_timeout_ms = 0\n\n[metrics]\nmax_connections = 0\n",
+        valid()
+    );
+    let e = refused(&text);
+    assert!(
+        e.contains("api.max_connections: 0 would refuse every connection"),
+        "{e}"
+    );
+    assert!(
+        e.contains("api.read_timeout_ms: 0 would close every connection"),
+        "{e}"
+    );
+    assert!(e.contains("metrics.max_connections: 0 would refuse"), "{e}");
+    let e = refused(&format!(
+        "{}\n[metrics]\nmax_connections = 100000000\nread_timeout_ms = 9223372036854775807\n",
+        valid()
+    ));
+    assert!(
+        e.contains("metrics.max_connections: 100000000 is above"),
+        "{e}"
+    );
+    assert!(
+        e.contains("metrics.read_timeout_ms: 9223372036854775807 is above"),
+        "{e}"
+    );
+    let c = AgentConfig::parse(&valid()).unwrap();
+    assert_eq!(c.api.limits().max_connections, DEFAULT_API_MAX_CONNECTIONS);
+    assert_eq!(
+        c.metrics.limits().read_timeout,
+        Duration::from_millis(DEFAULT_READ_TIMEOUT_MS)
+    );
 }
 
 /// The example with link 3 (`use1-aps1`) as a WireGuard link on `wg-aps1`.
@@ -439,4 +502,62 @@ fn two_wireguard_links_cannot_share_a_mark_or_a_table() {
         e.contains("table 151 is also used by link \"use1-euw1\""),
         "{e}"
     );
+}
+
+#[test]
+fn link_state_is_on_by_default_and_its_values_are_checked() {
+    let c = AgentConfig::parse(&valid()).unwrap();
+    assert!(c.link_state.enabled);
+    assert_eq!(c.link_state.port, 4792);
+    assert_eq!(
+        c.link_state.timers(),
+        crate::link_state::LinkStateConfig::default()
+    );
+    let text = format!(
+        "{}\n[link_state]\nport = 4790\nrefresh_interval_ms = 60000\nhold_initial_ms = 0\n\
+         figure_change_percent = -1\n",
+        valid()
+    );
+    let e = refused(&text);
+    for (key, why) in [
+        ("port", "4790: it is the probes'"),
+        ("figure_change_percent", "-1 is not a percentage >= 0"),
+    ] {
+        assert!(
+            e.contains(&format!(
+                "line {}: link_state.{key}: {why}",
+                line_of_text(&text, key)
+            )),
+            "{e}"
+        );
+    }
+    let text = format!("{}\n[link_state]\nrefresh_interval_ms = 60000\n", valid());
+    let e = refused(&text);
+    assert!(
+        e.contains(&format!(
+            "line {}: link_state.refresh_interval_ms: refresh_interval (60s) must be below \
+             max_age (60s)",
+            line_of_text(&text, "refresh_interval_ms")
+        )),
+        "{e}"
+    );
+    let e = refused(&format!("{}\n[link_state]\nhold_max_ms = 10\n", valid()));
+    assert!(
+        e.contains("link_state.hold_initial_ms: hold_initial (1s) above hold_max (10ms)"),
+        "{e}"
+    );
+    // A record's origin is the gateway's name: at most 64 bytes, unless link state is off.
+    let mut t: toml::Table = toml::from_str(&valid()).unwrap();
+    t["gateway"]["name"] = toml::Value::String("g".repeat(65));
+    // The seed's region lists its gateway by name: drop the list so any name is allowed.
+    for r in t["region"].as_array_mut().unwrap() {
+        r.as_table_mut().unwrap().remove("gateways");
+    }
+    let text = toml::to_string(&t).unwrap();
+    let e = refused(&text);
+    assert!(
+        e.contains("gateway.name: 65 bytes: a link-state origin has 1 to 64"),
+        "{e}"
+    );
+    assert!(AgentConfig::parse(&format!("{text}\n[link_state]\nenabled = false\n")).is_ok());
 }

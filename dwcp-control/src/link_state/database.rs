@@ -1,8 +1,11 @@
 //! The link-state database: the newest record of every origin, each aged out when its origin
 //! stops refreshing it, and the link state routing applies, derived from all of them.
+use std::cmp::Ordering;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
 
 use crate::topology::{LinkId, RoutingHealth, Topology, TopologyUpdate};
 
@@ -57,6 +60,11 @@ impl Database {
 
     pub fn me(&self) -> &Origin {
         &self.me
+    }
+
+    /// Digest of the topology we run with.
+    pub fn digest(&self) -> TopologyDigest {
+        self.digest
     }
 
     /// The newest record of every origin, ours included, by origin.
@@ -165,70 +173,89 @@ impl Database {
         self.records().filter(|r| r.digest() != self.digest)
     }
 
-    /// The link state routing applies, as updates of `topology`. A link is as bad as the worse
-    /// of its reports (down if either end says down), and each figure the worse of those
-    /// reported: both ends measure the same link, and routing around the worse view is the
-    /// safe side. Every record counts, ours too (damped like the others), so that every
-    /// gateway computes on the same view; records of another topology file do not (their link
-    /// ids may mean other links). Links no record reports keep `topology`'s state, and so do
-    /// figures no report carries and those of links down. Links `topology` does not know are
-    /// left out.
-    pub fn topology_updates(&self, topology: &Topology) -> Vec<TopologyUpdate> {
-        let mut worst: BTreeMap<LinkId, (RoutingHealth, Figures)> = BTreeMap::new();
+    /// The link state routing applies, link by link. A link is as bad as the worse of its
+    /// reports (down if either end says down), and each figure the worse of those reported:
+    /// both ends measure the same link, and routing around the worse view is the safe side.
+    /// Every record counts, ours too (damped like the others), so that every gateway computes
+    /// on the same view; records of another topology file do not (their link ids may mean
+    /// other links). By link id.
+    pub fn reported_links(&self) -> Vec<ReportedLink> {
+        let mut links: BTreeMap<LinkId, ReportedLink> = BTreeMap::new();
         for record in self.records().filter(|r| r.digest() == self.digest) {
             for r in record.links() {
-                let (health, figures) = worst
-                    .entry(r.link)
-                    .or_insert((RoutingHealth::Up, Figures::default()));
-                *health = worse(*health, r.health);
-                *figures = Figures {
-                    rtt_us: figures.rtt_us.max(r.figures.rtt_us),
-                    jitter_us: figures.jitter_us.max(r.figures.jitter_us),
-                    loss: figures.loss.max(r.figures.loss),
-                    utilisation: figures.utilisation.max(r.figures.utilisation),
+                let l = links.entry(r.link).or_insert_with(|| ReportedLink {
+                    link: r.link,
+                    health: r.health,
+                    figures: Figures::default(),
+                    reported_by: Vec::new(),
+                });
+                match r.health.severity().cmp(&l.health.severity()) {
+                    Ordering::Greater => {
+                        l.health = r.health;
+                        l.reported_by = vec![record.origin().clone()];
+                    }
+                    Ordering::Equal => l.reported_by.push(record.origin().clone()),
+                    Ordering::Less => {}
+                }
+                let f = &mut l.figures;
+                *f = Figures {
+                    rtt_us: f.rtt_us.max(r.figures.rtt_us),
+                    jitter_us: f.jitter_us.max(r.figures.jitter_us),
+                    loss: f.loss.max(r.figures.loss),
+                    utilisation: f.utilisation.max(r.figures.utilisation),
                 };
             }
         }
-        let mut updates = Vec::new();
-        for (link_id, (health, f)) in worst {
-            let Some(link) = topology.link(link_id) else {
-                continue;
-            };
-            updates.push(TopologyUpdate::LinkHealth { link_id, health });
+        for l in links
+            .values_mut()
+            .filter(|l| l.health == RoutingHealth::Down)
+        {
             // A dead link's figures mean nothing to routing; leaving them out keeps the view
             // still when the second end's report of a cut comes in.
-            if health == RoutingHealth::Down {
+            l.figures = Figures::default();
+        }
+        links.into_values().collect()
+    }
+
+    /// [`Database::reported_links`] as updates of `topology`: health, then the figures (none
+    /// for a link down). Links no record reports keep `topology`'s state, and figures no
+    /// report carries `topology`'s figures. Links `topology` does not know are left out.
+    pub fn topology_updates(&self, topology: &Topology) -> Vec<TopologyUpdate> {
+        let mut updates = Vec::new();
+        for reported in self.reported_links() {
+            let Some(link) = topology.link(reported.link) else {
                 continue;
-            }
-            if f.rtt_us.is_some() || f.jitter_us.is_some() || f.loss.is_some() {
-                updates.push(TopologyUpdate::LinkMeasurement {
-                    link_id,
-                    latency_ms: f.rtt_ms().unwrap_or(link.latency_ms),
-                    jitter_ms: f.jitter_ms().unwrap_or(link.jitter_ms),
-                    loss: f.loss_fraction().unwrap_or(link.loss),
-                });
-            }
-            if let Some(utilisation) = f.utilisation_fraction() {
-                updates.push(TopologyUpdate::LinkUtilisation {
-                    link_id,
-                    utilisation,
-                });
+            };
+            updates.push(TopologyUpdate::LinkHealth {
+                link_id: reported.link,
+                health: reported.health,
+            });
+            if reported.health != RoutingHealth::Down {
+                updates.extend(reported.figures.updates_of(link));
             }
         }
         updates
     }
 }
 
-fn worse(a: RoutingHealth, b: RoutingHealth) -> RoutingHealth {
-    let rank = |h| match h {
-        RoutingHealth::Up => 0,
-        RoutingHealth::Degraded => 1,
-        RoutingHealth::Down => 2,
-    };
-    if rank(b) > rank(a) {
-        b
-    } else {
-        a
+/// A link as the records report it ([`Database::reported_links`]): what routing applies, and
+/// what the state owner is given (`Input::LinkStateView`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReportedLink {
+    pub link: LinkId,
+    /// The worse of the reports.
+    pub health: RoutingHealth,
+    /// The worse of each figure reported; none for a link down.
+    pub figures: Figures,
+    /// The gateways whose report says `health`, by name.
+    pub reported_by: Vec<Origin>,
+}
+
+impl ReportedLink {
+    /// "gw-a, gw-b": who reported it, for the operator.
+    pub fn reporters(&self) -> String {
+        let names: Vec<&str> = self.reported_by.iter().map(Origin::as_str).collect();
+        names.join(", ")
     }
 }
 
@@ -440,12 +467,19 @@ mod tests {
             }],
             "no figures for a dead link"
         );
+        let reporters = |db: &Database| -> Vec<String> {
+            let links = db.reported_links();
+            assert_eq!(links.len(), 1);
+            links[0].reported_by.iter().map(|o| o.to_string()).collect()
+        };
+        assert_eq!(reporters(&db), ["gw-b"], "who says it is down");
         db.install(&advert("gw-a", 2, 1000, vec![down]), 0);
         assert_eq!(
             db.topology_updates(&topology()),
             one_end_down,
             "the second end's word changes nothing routing sees"
         );
+        assert_eq!(reporters(&db), ["gw-a", "gw-b"]);
         assert!(topology().apply(&db.topology_updates(&topology())).is_ok());
     }
 

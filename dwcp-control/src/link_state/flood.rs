@@ -50,6 +50,16 @@ pub enum LinkStateError {
     TooManyLinks(usize),
 }
 
+/// What a flooder has done since it started, for the operator: records received from
+/// neighbours (duplicates included), records sent to them (retransmissions included), records
+/// removed because their origin stopped refreshing them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FloodCounts {
+    pub received: u64,
+    pub flooded: u64,
+    pub aged_out: u64,
+}
+
 #[derive(Clone, Debug)]
 pub struct Flooder {
     config: LinkStateConfig,
@@ -60,6 +70,7 @@ pub struct Flooder {
     neighbours: BTreeMap<LinkId, Neighbour>,
     /// When our record was last originated: it is refreshed `refresh_interval` later.
     originated_ns: Option<u64>,
+    counts: FloodCounts,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -93,11 +104,32 @@ impl Flooder {
             originator: Originator::new(config, links),
             neighbours: BTreeMap::new(),
             originated_ns: None,
+            counts: FloodCounts::default(),
         })
     }
 
     pub fn database(&self) -> &Database {
         &self.db
+    }
+
+    /// The links whose neighbour is up, by id.
+    pub fn neighbours(&self) -> impl Iterator<Item = LinkId> + '_ {
+        self.neighbours.keys().copied()
+    }
+
+    pub fn counts(&self) -> FloodCounts {
+        self.counts
+    }
+
+    /// How long ago `origin` made its current record: ours from our clock; another's from
+    /// the lifetime left, taking its `max_age` to be ours (as every gateway's configuration
+    /// should have it), so it is the time since origination less the time spent in flight.
+    pub fn record_age_ns(&self, origin: &Origin, now_ns: u64) -> Option<u64> {
+        if origin == self.db.me() {
+            return self.originated_ns.map(|t| now_ns.saturating_sub(t));
+        }
+        let left_ns = u64::from(self.db.advert(origin, now_ns)?.lifetime_ms) * 1_000_000;
+        Some(ns(self.config.max_age).saturating_sub(left_ns))
     }
 
     /// Records sent and not yet acknowledged, over all neighbours.
@@ -187,6 +219,7 @@ impl Flooder {
     fn receive(&mut self, link: LinkId, adverts: Vec<Advert>, now_ns: u64, out: &mut Vec<Action>) {
         let mut acks = Vec::new();
         let mut reoriginate = false;
+        self.counts.received += adverts.len() as u64;
         for advert in adverts {
             let key = advert.record.key();
             match self.db.install(&advert, now_ns) {
@@ -276,6 +309,7 @@ impl Flooder {
         if gone.is_empty() {
             return;
         }
+        self.counts.aged_out += gone.len() as u64;
         for n in self.neighbours.values_mut() {
             for origin in &gone {
                 n.unacked.remove(origin);
@@ -299,6 +333,7 @@ impl Flooder {
                     adverts.push(advert);
                 }
             }
+            self.counts.flooded += adverts.len() as u64;
             out.extend(
                 Message::updates(self.incarnation, adverts)
                     .into_iter()

@@ -34,9 +34,9 @@ pub mod record;
 pub mod wire;
 
 pub use config::{FigureThresholds, LinkStateConfig, LinkStateConfigError};
-pub use database::{Database, Install};
+pub use database::{Database, Install, ReportedLink};
 pub use digest::{topology_digest, TopologyDigest};
-pub use flood::{Action, Flooder, LinkStateError};
+pub use flood::{Action, FloodCounts, Flooder, LinkStateError};
 pub use origin::Observation;
 pub use record::{Figures, LinkReport, Origin, Record, RecordError, RecordKey};
 pub use wire::{Advert, Body, Message, WireError};

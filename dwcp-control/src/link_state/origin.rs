@@ -118,8 +118,9 @@ impl Originator {
 impl OwnLink {
     /// When the announcement must change, if it must: at once for a down or a change of
     /// health, after the hold for a recovery, after the figures interval for figures that
-    /// moved. The first observation is announced at once, whatever it is: a gateway's first
-    /// word on its link after a start is no flap.
+    /// moved. The first observation is announced at once, whatever it is, and so is the
+    /// first recovery of a link down since the start: a gateway's first words on its link
+    /// after a start are no flap.
     fn due_at(&self, config: &LinkStateConfig) -> Option<u64> {
         let observed = self.observed?;
         let Some(announced) = self.announced else {
@@ -130,9 +131,14 @@ impl OwnLink {
             return (announced.health != down).then_some(0);
         }
         if announced.health == down {
-            return self
-                .good_since_ns
-                .map(|t| t.saturating_add(self.hold.hold_ns));
+            // Until the link has once gone down from good, it has not flapped: a link down
+            // since the start (its far end not up yet) is announced up as soon as it is.
+            let hold = if self.hold.last_down_ns.is_some() {
+                self.hold.hold_ns
+            } else {
+                0
+            };
+            return self.good_since_ns.map(|t| t.saturating_add(hold));
         }
         if announced.health != observed.health {
             return Some(0);
@@ -282,6 +288,18 @@ mod tests {
         assert!(!o.advance(6_099 * MS));
         assert!(o.advance(6_100 * MS));
         assert_eq!(announced(&o), Some(RoutingHealth::Up));
+    }
+
+    #[test]
+    fn a_link_down_since_the_start_comes_up_at_once_and_is_held_after_its_first_flap() {
+        let mut o = Originator::new(config(), &[L]);
+        assert!(step(&mut o, 0, down()), "the far end is not up yet");
+        assert_eq!(announced(&o), Some(RoutingHealth::Down));
+        assert!(step(&mut o, 300, up(10.0)), "no flap: up at once");
+        assert_eq!(announced(&o), Some(RoutingHealth::Up));
+        assert!(step(&mut o, 500, down()));
+        assert!(!step(&mut o, 600, up(10.0)));
+        assert_eq!(o.next_due(), Some(1_600 * MS), "a flap: the 1 s hold");
     }
 
     #[test]

@@ -3,9 +3,10 @@
 use std::fmt;
 use std::sync::Arc;
 
+use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use crate::topology::{LinkId, RoutingHealth};
+use crate::topology::{Link, LinkId, RoutingHealth, TopologyUpdate};
 
 use super::digest::TopologyDigest;
 
@@ -34,8 +35,10 @@ pub enum RecordError {
 /// Who originated a record: the gateway's name (`[gateway] name` of agent.toml). Names, not
 /// topology indices: a region may have several gateways, a region's gateway list may be empty,
 /// and a name means the same on gateways whose topology files differ (which the digest
-/// reveals). Gateway names must be unique across the network.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+/// reveals). Gateway names must be unique across the network. (De)serialised as the name,
+/// checked as [`Origin::new`] checks it.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
 pub struct Origin(Arc<str>);
 
 impl Origin {
@@ -51,6 +54,20 @@ impl Origin {
     }
 }
 
+impl TryFrom<String> for Origin {
+    type Error = RecordError;
+
+    fn try_from(name: String) -> Result<Origin, RecordError> {
+        Origin::new(&name)
+    }
+}
+
+impl From<Origin> for String {
+    fn from(o: Origin) -> String {
+        o.0.to_string()
+    }
+}
+
 impl fmt::Display for Origin {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
@@ -58,7 +75,7 @@ impl fmt::Display for Origin {
 }
 
 /// A link's measured figures as carried: quantised, `None` where not measured (yet).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Figures {
     /// Round-trip time, µs.
     pub rtt_us: Option<u32>,
@@ -107,10 +124,27 @@ impl Figures {
     pub fn utilisation_fraction(&self) -> Option<f64> {
         self.utilisation.map(|v| v as f64 / FRACTION_QUANTUM)
     }
+
+    /// These figures as updates of `link`, a figure not carried taking `link`'s (pass the
+    /// topology file's link for what routing assumes where nobody measured).
+    pub fn updates_of(&self, link: &Link) -> [TopologyUpdate; 2] {
+        [
+            TopologyUpdate::LinkMeasurement {
+                link_id: link.id,
+                latency_ms: self.rtt_ms().unwrap_or(link.latency_ms),
+                jitter_ms: self.jitter_ms().unwrap_or(link.jitter_ms),
+                loss: self.loss_fraction().unwrap_or(link.loss),
+            },
+            TopologyUpdate::LinkUtilisation {
+                link_id: link.id,
+                utilisation: self.utilisation_fraction().unwrap_or(link.utilisation),
+            },
+        ]
+    }
 }
 
 /// What a gateway says about one of its links.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LinkReport {
     pub link: LinkId,
     pub health: RoutingHealth,
@@ -229,6 +263,13 @@ mod tests {
             Origin::new(&"g".repeat(65)),
             Err(RecordError::OriginLength(65))
         );
+        // A recording holds names: read back under the same rule.
+        assert_eq!(serde_json::to_string(&origin()).unwrap(), "\"gw-a\"");
+        assert_eq!(
+            serde_json::from_str::<Origin>("\"gw-a\"").unwrap(),
+            origin()
+        );
+        assert!(serde_json::from_str::<Origin>("\"\"").is_err());
     }
 
     #[test]

@@ -44,6 +44,9 @@ use super::record::{
 };
 
 pub const VERSION: u8 = 1;
+/// The UDP port gateways exchange these messages on by default (`[link_state] port`): next to
+/// VXLAN's 4789 and the probes' 4790, taken by nothing of dwcp's.
+pub const LINK_STATE_PORT: u16 = 4792;
 /// Largest message built or accepted, trailer aside: with a 32-byte MAC and IPv6 + UDP
 /// headers it still fits a 1,500-byte MTU.
 pub const MAX_MESSAGE_LEN: usize = 1_400;

@@ -148,12 +148,14 @@ impl MonitorConfig {
         Ok(())
     }
 
-    /// The `LINK_CONFIG` entry that makes the kernel apply the same rule as this monitor.
+    /// The liveness part of a `LINK_CONFIG` entry that makes the kernel apply the same rule
+    /// as this monitor (the link's underlay identity comes from `plan::with_link_ends`).
     pub fn link_config(&self) -> LinkConfig {
         LinkConfig {
             flags: LINK_F_MONITORED,
             up_after: self.up_after,
             detect_ns: self.detect_ns(),
+            ..Default::default()
         }
     }
 }
@@ -817,7 +819,8 @@ mod tests {
             LinkConfig {
                 flags: LINK_F_MONITORED,
                 up_after: 5,
-                detect_ns: 30 * MS
+                detect_ns: 30 * MS,
+                ..Default::default()
             }
         );
     }

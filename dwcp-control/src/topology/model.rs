@@ -54,6 +54,17 @@ pub enum RoutingHealth {
     Down,
 }
 
+impl RoutingHealth {
+    /// How bad: up < degraded < down. Where several say how a link is, the worst counts.
+    pub fn severity(self) -> u8 {
+        match self {
+            RoutingHealth::Up => 0,
+            RoutingHealth::Degraded => 1,
+            RoutingHealth::Down => 2,
+        }
+    }
+}
+
 /// Where a link's latency figure comes from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

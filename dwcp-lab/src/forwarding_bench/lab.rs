@@ -625,13 +625,13 @@ fn configure_kernel_forwarder(gw: &Netns, far_mac: [u8; 6]) -> Result<()> {
 /// dwcp's half: the same next hops, group, weights and route in dwcp's maps (loaded, not yet
 /// attached), with the lab's QoS policy (DSCP rewrite of every class) as on a real gateway.
 fn program_dwcp(gw: &Netns, lan_if: &str, ul_mac: [u8; 6], far_mac: [u8; 6]) -> Result<Dataplane> {
-    let lan_ifindex = gw.ifindex(lan_if)?;
+    let lan = crate::lab::Lan::of(gw, lan_if)?;
     let ul_ifindex = gw.ifindex("ul0")?;
     // In the gateway's namespace: the redirect map resolves interface indexes in the
     // namespace of the thread that writes it.
     gw.run_in(move || -> Result<Dataplane> {
         let mut dp = Dataplane::load(Pinning::None)?;
-        let state = dwcp_state(lan_ifindex, ul_ifindex, ul_mac, far_mac)?;
+        let state = dwcp_state(lan, ul_ifindex, ul_mac, far_mac)?;
         crate::lab::program(&mut dp, &state)?;
         Ok(dp)
     })?
@@ -640,13 +640,14 @@ fn program_dwcp(gw: &Netns, lan_if: &str, ul_mac: [u8; 6], far_mac: [u8; 6]) -> 
 /// dwcp's maps for the benchmark: both next hops on the one underlay interface, the
 /// weighted group, the route to the destination prefix, the QoS policy, ready.
 fn dwcp_state(
-    lan_ifindex: u32,
+    lan: crate::lab::Lan,
     ul_ifindex: u32,
     ul_mac: [u8; 6],
     far_mac: [u8; 6],
 ) -> Result<ForwardingState> {
     let mut s = ForwardingState::default();
-    s.ports.extend([lan_ifindex, ul_ifindex]);
+    lan.add_to(&mut s);
+    s.ports.insert(ul_ifindex);
     for nh in &NEXT_HOPS {
         s.nexthops.insert(
             nh.id,

@@ -298,9 +298,11 @@ fn up_inner(
         text += &format!(
             // Probes in the real-time class, as on a busy gateway: on this 2-core machine a
             // probe thread starved past the detection time would take a healthy link down.
+            // Without netem the veths add no latency: measured RTTs (a tenth of a ms) would
+            // replace the topology's figures, so routes follow those.
             "\n[probe]\nsender = \"agent\"\nrt_priority = 10\ndetect_multiplier = {}\n\n[updater]\n\
-             optimise_interval_s = 0\n\n[flows]\nsample_every = 10\n\n\
-             [metrics]\nlisten = \"{LAB_METRICS}\"\n",
+             optimise_interval_s = 0\n\n[routing]\nuse_measurements = {latency_emulated}\n\n\
+             [flows]\nsample_every = 10\n\n[metrics]\nlisten = \"{LAB_METRICS}\"\n",
             opts.detect_multiplier
         );
         let config = file("toml");
@@ -341,7 +343,7 @@ fn up_inner(
     state = require(paths)?;
     let deadline = Instant::now() + opts.timeout;
     for a in &state.agents {
-        wait_running(a, deadline, opts.timeout)?;
+        wait_running(a, 0, deadline, opts.timeout)?;
     }
     progress("waiting until every gateway's links are up and it routes to every other region");
     for a in &state.agents {
@@ -363,6 +365,33 @@ fn up_inner(
         })?;
     }
     Ok(state)
+}
+
+/// Kills `region`'s agent (SIGKILL, as a crash would) and starts `binary` in its place with
+/// the same configuration, then waits until it runs. Its fast path forwards meanwhile.
+/// Returns the lab with the new agent recorded.
+pub fn restart_agent(
+    state: &LabState,
+    region: &str,
+    binary: &Path,
+    timeout: Duration,
+) -> Result<LabState> {
+    let mut a = state.agent(region)?.clone();
+    if agent_alive(a.pid) {
+        // SAFETY: kill(2) on a pid just checked to be one of the lab's agents.
+        unsafe { libc::kill(a.pid as libc::pid_t, libc::SIGKILL) };
+        let deadline = Instant::now() + timeout;
+        while agent_alive(a.pid) && Instant::now() < deadline {
+            reap(a.pid);
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        reap(a.pid);
+    }
+    let logged = std::fs::metadata(&a.log).map_or(0, |m| m.len() as usize);
+    a.pid = spawn_agent(binary, &a, &state.paths.state_dir)?;
+    save_agents(&state.paths, &a)?;
+    wait_running(&a, logged, Instant::now() + timeout, timeout)?;
+    require(&state.paths)
 }
 
 fn save_agents(paths: &LabPaths, a: &AgentRecord) -> Result<()> {
@@ -401,10 +430,11 @@ fn spawn_agent(binary: &Path, a: &AgentRecord, state_dir: &Path) -> Result<u32> 
     Ok(child.id())
 }
 
-fn wait_running(a: &AgentRecord, deadline: Instant, timeout: Duration) -> Result<()> {
+/// Waits until the agent's log says it runs, after its first `from` bytes (an earlier run's).
+fn wait_running(a: &AgentRecord, from: usize, deadline: Instant, timeout: Duration) -> Result<()> {
     loop {
         let text = std::fs::read_to_string(&a.log).unwrap_or_default();
-        if text.contains("running") {
+        if text.get(from..).is_some_and(|t| t.contains("running")) {
             return Ok(());
         }
         if !agent_alive(a.pid) {
@@ -651,7 +681,8 @@ fn ends<'a>(state: &'a LabState, link: &PlannedLink) -> [&'a AgentRecord; 2] {
 }
 
 /// Cuts `link` silently (in its wire) and waits until the agents at both ends have seen it
-/// down and route to each other around it.
+/// down and route to each other around it, and every other agent, told by their link-state
+/// records, has it down and no path over it.
 pub fn fail(state: &LabState, link: &PlannedLink, timeout: Duration) -> Result<()> {
     multi::stable_set_cut(&state.paths.prefix, link.id, true)?;
     let deadline = Instant::now() + timeout;
@@ -673,6 +704,25 @@ pub fn fail(state: &LabState, link: &PlannedLink, timeout: Duration) -> Result<(
                         r.destination == peer.region
                             && primary(r).is_some_and(|p| p.live && !p.links.contains(&link.id))
                     }))
+            },
+        )?;
+    }
+    for other in state.agents.iter().filter(|x| ![a, b].contains(x)) {
+        wait_until(
+            other,
+            deadline,
+            timeout,
+            &format!("link {} down and no path over it", link.name),
+            |s| {
+                let links: Vec<LinkView> = api_get(&s.socket, "/v1/links")?;
+                let routes: Vec<RouteView> = api_get(&s.socket, "/v1/routes")?;
+                Ok(links
+                    .iter()
+                    .any(|l| l.id == link.id && l.health == LinkHealth::Down)
+                    && routes
+                        .iter()
+                        .flat_map(|r| &r.paths)
+                        .all(|p| !p.links.contains(&link.id)))
             },
         )?;
     }

@@ -30,8 +30,8 @@ use dwcp_common::{
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
-    pass::attach_pinned, program_paths, region, GatewayPath, LabError, PassProgram, Region, Result,
-    LAB_SEED, UNDERLAY_MTU,
+    pass::attach_pinned, program_paths, region, GatewayPath, LabError, Lan, PassProgram, Region,
+    Result, LAB_SEED, UNDERLAY_MTU,
 };
 use crate::netlab;
 use crate::netlab::NetlabError;
@@ -458,10 +458,10 @@ impl MultiLinkLab {
                 remote_ip: l.ip(other),
                 local_mac: local.gw.mac(&l.ifname)?,
                 remote_mac: remote.gw.mac(&l.ifname)?,
-                link_config: Some(self.monitor.link_config()),
+                monitor: Some(self.monitor),
             });
         }
-        let lan_if = local.gw.ifindex("lan0")?;
+        let lan = Lan::of(&local.gw, "lan0")?;
         let pin_dir = self.pin_dir(side);
         let remote_prefix = remote.prefix;
         let ifnames: Vec<String> = self.links.iter().map(|l| l.ifname.clone()).collect();
@@ -470,14 +470,19 @@ impl MultiLinkLab {
             .run_in(move || -> Result<(Dataplane, AttachMode)> {
                 let mut dp = Dataplane::load(Pinning::Dir(pin_dir.clone()))?;
                 // Pinned like the hosts' and wires' programs: they stay when `dp` is dropped.
-                let lan = programs::LAN_INGRESS;
-                let mode = attach_pinned(dp.program(lan)?, lan, "lan0", &pin_dir.join("xdp-lan0"))?;
+                let lan_prog = programs::LAN_INGRESS;
+                let mode = attach_pinned(
+                    dp.program(lan_prog)?,
+                    lan_prog,
+                    "lan0",
+                    &pin_dir.join("xdp-lan0"),
+                )?;
                 let underlay = programs::UNDERLAY_INGRESS;
                 for ifname in &ifnames {
                     let pin = pin_dir.join(format!("xdp-{ifname}"));
                     attach_pinned(dp.program(underlay)?, underlay, ifname, &pin)?;
                 }
-                program_paths(&mut dp, lan_if, remote_prefix, MULTI_LAB_GROUP, &paths)?;
+                program_paths(&mut dp, lan, remote_prefix, MULTI_LAB_GROUP, &paths)?;
                 Ok((dp, mode))
             })?
     }

@@ -338,6 +338,11 @@ impl TriangleLab {
         self.dir.join(format!("g{}.sock", r + 1))
     }
 
+    /// The agent's `--state-dir`, which the agent creates.
+    pub fn state_dir(&self, r: usize) -> PathBuf {
+        self.dir.join(format!("g{}-state", r + 1))
+    }
+
     pub fn log_path(&self, r: usize) -> PathBuf {
         self.dir.join(format!("g{}.log", r + 1))
     }
@@ -380,9 +385,11 @@ impl TriangleLab {
             ProbeSenderMode::External => "external",
         };
         s += &format!(
-            // A lab's streams are small: sample densely so the top flows show them.
+            // A lab's streams are small: sample densely so the top flows show them. The veths
+            // add no latency: routes follow the topology's figures, not RTTs of a tenth of a ms.
             "[probe]\nsender = \"{sender}\"\nrt_priority = {}\ndetect_multiplier = {}\n\n\
-             [updater]\noptimise_interval_s = 0\n\n[flows]\nsample_every = 10\n\n",
+             [updater]\noptimise_interval_s = 0\n\n[routing]\nuse_measurements = false\n\n\
+             [flows]\nsample_every = 10\n\n",
             self.options.probe_rt_priority, self.options.detect_multiplier
         );
         // Each gateway's API on its own socket (they share this file system); metrics on
@@ -423,7 +430,7 @@ impl TriangleLab {
             .arg("--events-file")
             .arg(self.events_path(r))
             .arg("--state-dir")
-            .arg(self.dir.join(format!("g{}-state", r + 1)))
+            .arg(self.state_dir(r))
             .args(extra_args)
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")

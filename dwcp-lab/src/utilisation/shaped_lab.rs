@@ -357,7 +357,7 @@ impl ShapedPathsLab {
                 remote_ip: p.b_ip,
                 local_mac: self.gw_a.mac(&p.ifname)?,
                 remote_mac: b_seen_by_a,
-                link_config: None,
+                monitor: None,
             });
             b_paths.push(GatewayPath {
                 nexthop: p.id,
@@ -368,7 +368,7 @@ impl ShapedPathsLab {
                 remote_ip: p.a_ip,
                 local_mac: self.gw_b.mac(&p.ifname)?,
                 remote_mac: a_seen_by_b,
-                link_config: None,
+                monitor: None,
             });
         }
         let ifnames: Vec<String> = self.paths.iter().map(|p| p.ifname.clone()).collect();
@@ -551,7 +551,7 @@ fn program_gateway(
     paths: &[GatewayPath],
     remote_prefix: Ipv4Addr,
 ) -> Result<(Dataplane, Vec<String>)> {
-    let lan_if = gw.ifindex("lan0")?;
+    let lan = crate::lab::Lan::of(gw, "lan0")?;
     let name = gw.name().to_string();
     let paths = paths.to_vec();
     let ifnames = ifnames.to_vec();
@@ -568,7 +568,7 @@ fn program_gateway(
                 generic.push(format!("{name}:{ifname}"));
             }
         }
-        program_paths(&mut dp, lan_if, remote_prefix, SHAPED_LAB_GROUP, &paths)?;
+        program_paths(&mut dp, lan, remote_prefix, SHAPED_LAB_GROUP, &paths)?;
         Ok((dp, generic))
     })?
 }

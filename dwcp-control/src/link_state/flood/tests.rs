@@ -247,15 +247,26 @@ fn changes_of_one_instant_make_one_record() {
 fn our_record_is_refreshed_and_others_age_out() {
     let mut b = gw_b();
     b.handle(A, update(incarnation(A), record("gw-a", 5)), 0);
-    // Lifetime 10 s; our refresh every 3 s.
+    let (gw_a, gw_b) = (Origin::new("gw-a").unwrap(), Origin::new("gw-b").unwrap());
+    // Lifetime 10 s (all of max_age: just made); our refresh every 3 s.
+    assert_eq!(b.record_age_ns(&gw_a, 2_000 * MS), Some(2_000 * MS));
+    assert_eq!(b.record_age_ns(&gw_b, 2_000 * MS), Some(2_000 * MS));
     let out = b.tick(3_000 * MS);
     assert!(updates_sent(&out)
         .iter()
         .any(|(_, records)| records.contains(&("gw-b".to_string(), 2))));
+    assert_eq!(b.record_age_ns(&gw_b, 3_500 * MS), Some(500 * MS));
     let out = b.tick(10_000 * MS);
     assert!(out.contains(&Action::DatabaseChanged));
-    assert!(b.database().get(&Origin::new("gw-a").unwrap()).is_none());
+    assert!(b.database().get(&gw_a).is_none());
     assert_eq!(b.database().len(), 1);
+    assert_eq!(b.record_age_ns(&gw_a, 10_000 * MS), None);
+    let counts = b.counts();
+    assert_eq!((counts.received, counts.aged_out), (1, 1));
+    assert!(
+        counts.flooded >= 3 + 2,
+        "b's records to a, c, d, gw-a's to c, d: {counts:?}"
+    );
 }
 
 #[test]
