@@ -533,11 +533,23 @@ fn rtt(h1: &Netns) -> Result<f64> {
 /// the LAN XDP program and the tc ingress program on `lan`. Dropping it detaches both.
 fn fast_path_handoff(ns: &Netns, wg: &str, mark: u32) -> Result<(Dataplane, AttachMode)> {
     let wg = wg.to_string();
+    let lan_mac = ns.mac("lan")?;
     ns.run_in(move || -> Result<(Dataplane, AttachMode)> {
-        let c = std::ffi::CString::new(wg.as_str())?;
-        // SAFETY: a NUL-terminated name.
-        let wg_ifindex = unsafe { libc::if_nametoindex(c.as_ptr()) };
+        let ifindex = |name: &str| -> Result<u32> {
+            let c = std::ffi::CString::new(name)?;
+            // SAFETY: a NUL-terminated name.
+            Ok(unsafe { libc::if_nametoindex(c.as_ptr()) })
+        };
+        let wg_ifindex = ifindex(&wg)?;
         let mut dp = Dataplane::load(Pinning::None)?;
+        // The LAN program forwards only frames addressed to a LAN port's own MAC.
+        dp.set_lan_port(
+            ifindex("lan")?,
+            dwcp_common::LanPort {
+                mac: lan_mac,
+                _pad: [0; 2],
+            },
+        )?;
         dp.set_config(GatewayConfig {
             hash_seed: 1,
             flags: CONFIG_F_READY,
