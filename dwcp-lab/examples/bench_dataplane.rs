@@ -6,14 +6,13 @@ use std::collections::BTreeMap;
 use anyhow::Result;
 use aya::programs::{TestRun, TestRunOptions};
 use dwcp_common::{
-    maps::programs, probe::PROBE_TTL, wire::*, ClassifierKey, ClassifierRule, GatewayConfig,
-    LanPort, LinkConfig, Neighbour, NeighbourKey, NextHop, QosClass, QosPolicy, Route,
-    CONFIG_F_READY, LINK_F_MONITORED, NH_F_VALID, QOS_F_REWRITE,
+    maps::programs, probe::PROBE_TTL, wire::*, ClassifierRule, GatewayConfig, LanPort, LinkConfig,
+    Neighbour, NextHop, QosClass, QosPolicy, Route, CONFIG_F_READY, LINK_F_MONITORED, NH_F_VALID,
+    QOS_F_REWRITE,
 };
-use dwcp_dataplane::Dataplane;
-use dwcp_dataplane::Member;
-use dwcp_dataplane::Pinning;
-use dwcp_lab::lab::PassProgram;
+use dwcp_control::{config::Prefix, forwarding::ForwardingState};
+use dwcp_dataplane::{build_table, Dataplane, Member, Pinning};
+use dwcp_lab::lab::{program, PassProgram};
 
 const REPEAT: u32 = 1_000_000;
 /// Rounds by default (`--rounds N` to change): each case's figure is the median of its rounds.
@@ -73,75 +72,65 @@ fn v6_udp() -> Vec<u8> {
     f
 }
 
+/// The benchmark's fast path, built as the agent builds one ([`ForwardingState`], written
+/// through the lab's `program`): group 1 = next hops 1-4 weighted 1:2:3:4; group 2 = next hop
+/// 5 on a monitored link, made live by a probe reply; 1,003 IPv4 routes and one IPv6 route;
+/// one classifier rule; every class's DSCP rewritten.
 fn setup() -> Result<Dataplane> {
-    let mut dp = Dataplane::load(Pinning::None)?;
-    dp.set_config(GatewayConfig {
-        hash_seed: 1,
-        flags: CONFIG_F_READY,
+    let mut s = ForwardingState {
+        config: Some(GatewayConfig {
+            hash_seed: 1,
+            flags: CONFIG_F_READY,
+            ..Default::default()
+        }),
         ..Default::default()
-    })?;
-    for id in 1..=4u32 {
-        dp.set_nexthop(
-            id,
-            NextHop {
-                flags: NH_F_VALID,
-                link_id: id,
-                ifindex: 1,
-                vni: id,
-                local_ip4: [192, 0, 2, 1],
-                remote_ip4: [198, 51, 100, id as u8],
-                via_ip4: [198, 51, 100, id as u8],
-                mtu: 1600,
-                inner_dst_mac: [2, 0, 0, 0, 0, 9],
-                _pad: [0; 2],
-            },
-        )?;
-        dp.set_neighbour(
-            NeighbourKey {
-                ifindex: 1,
-                ip4: [198, 51, 100, id as u8],
-            },
+    };
+    let nexthop = |id: u32| NextHop {
+        flags: NH_F_VALID,
+        link_id: id,
+        ifindex: 1,
+        vni: id,
+        local_ip4: [192, 0, 2, 1],
+        remote_ip4: [198, 51, 100, id as u8],
+        via_ip4: [198, 51, 100, id as u8],
+        mtu: 1600,
+        inner_dst_mac: [2, 0, 0, 0, 0, 9],
+        _pad: [0; 2],
+    };
+    for id in 1..=5u32 {
+        s.nexthops.insert(id, nexthop(id));
+        s.neighbours.insert(
+            (1, [198, 51, 100, id as u8]),
             Neighbour {
                 mac: [0xaa, 0, 0, 0, 0, 1],
                 if_mac: [2, 0, 0, 0, 0, 3],
                 _pad: [0; 4],
             },
-        )?;
+        );
     }
-    dp.add_port(1)?;
+    s.ports.insert(1);
     // The frames' destination MAC is the LAN port's (BPF_PROG_TEST_RUN runs on ifindex 1).
-    dp.set_lan_port(
+    s.lan_ports.insert(
         1,
         LanPort {
             mac: [2, 0, 0, 0, 0, 1],
             _pad: [0; 2],
         },
-    )?;
-    dp.set_group(
-        1,
-        &(1..=4)
-            .map(|n| Member {
-                nexthop: n,
-                weight: n,
-            })
-            .collect::<Vec<_>>(),
-    )?;
+    );
+    let members: Vec<Member> = (1..=4)
+        .map(|n| Member {
+            nexthop: n,
+            weight: n,
+        })
+        .collect();
+    s.groups.insert(1, build_table(&members, None)?);
     // A monitored link, alive, for the "liveness" variant (group 2 -> next hop 5 on link 5).
-    dp.set_nexthop(
-        5,
-        NextHop {
-            link_id: 5,
-            ..dp.nexthop(1)?
-        },
-    )?;
-    dp.set_group(
-        2,
-        &[Member {
-            nexthop: 5,
-            weight: 1,
-        }],
-    )?;
-    dp.set_link_config(
+    let live = [Member {
+        nexthop: 5,
+        weight: 1,
+    }];
+    s.groups.insert(2, build_table(&live, None)?);
+    s.links.insert(
         5,
         LinkConfig {
             flags: LINK_F_MONITORED,
@@ -153,7 +142,41 @@ fn setup() -> Result<Dataplane> {
             probe_min_ttl: PROBE_TTL,
             ..Default::default()
         },
-    )?;
+    );
+    let route = |g| Route {
+        group_id: g,
+        default_class: QosClass::BestEffort as u8,
+        _pad: [0; 3],
+    };
+    let prefix = |addr: std::net::IpAddr, len| Prefix { addr, len };
+    // A realistic table: 1,000 other prefixes around the ones used.
+    for i in 0..1000u32 {
+        let other = std::net::Ipv4Addr::from(0x0b00_0000 + (i << 8));
+        s.routes.insert(prefix(other.into(), 24), route(1));
+    }
+    s.routes.insert(prefix("10.2.0.0".parse()?, 16), route(1));
+    s.routes.insert(prefix("10.5.0.0".parse()?, 16), route(2));
+    s.routes
+        .insert(prefix("2001:db8:2::".parse()?, 48), route(1));
+    s.classifier.insert(
+        (IPPROTO_UDP, 0, 5004),
+        ClassifierRule {
+            class: QosClass::Realtime as u8,
+            _pad: [0; 3],
+        },
+    );
+    for c in QosClass::ALL {
+        s.qos.insert(
+            c as u8,
+            QosPolicy {
+                dscp: c.default_dscp(),
+                flags: QOS_F_REWRITE,
+                _pad: [0; 6],
+            },
+        );
+    }
+    let mut dp = Dataplane::load(Pinning::None)?;
+    program(&mut dp, &s)?;
     // Make link 5 live the way the kernel learns it: a probe reply through the underlay program.
     let mut body = [0u8; dwcp_common::probe::PROBE_LEN];
     let now = {
@@ -189,43 +212,6 @@ fn setup() -> Result<Dataplane> {
         r.return_value == 1 && dp.link_state(5)?.replies == 1,
         "probe reply not measured"
     );
-    let r = |g| Route {
-        group_id: g,
-        default_class: QosClass::BestEffort as u8,
-        _pad: [0; 3],
-    };
-    // A realistic table: 1,000 other prefixes around the ones used.
-    for i in 0..1000u32 {
-        dp.set_route(
-            std::net::Ipv4Addr::from(0x0b00_0000 + (i << 8)).into(),
-            24,
-            r(1),
-        )?;
-    }
-    dp.set_route("10.2.0.0".parse()?, 16, r(1))?;
-    dp.set_route("10.5.0.0".parse()?, 16, r(2))?;
-    dp.set_route("2001:db8:2::".parse()?, 48, r(1))?;
-    dp.set_classifier_rule(
-        ClassifierKey {
-            proto: IPPROTO_UDP,
-            direction: 0,
-            port: 5004,
-        },
-        ClassifierRule {
-            class: QosClass::Realtime as u8,
-            _pad: [0; 3],
-        },
-    )?;
-    for c in QosClass::ALL {
-        dp.set_qos_policy(
-            c as u8,
-            QosPolicy {
-                dscp: c.default_dscp(),
-                flags: QOS_F_REWRITE,
-                _pad: [0; 6],
-            },
-        )?;
-    }
     Ok(dp)
 }
 
