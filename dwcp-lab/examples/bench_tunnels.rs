@@ -8,7 +8,7 @@
 //! 2. **Hand-off into WireGuard** from a LAN host through gateway A: TCP throughput (iperf3)
 //!    and RTT (ping) with a plain destination route (reference), with fwmark policy routing
 //!    (the manager's hand-off) with the mark set by nftables, the same with the mark set by
-//!    dwcp's fast path (LAN XDP program → XDP metadata → tc ingress program → `skb->mark`),
+//!    dwcp's fast path (LAN XDP program → `HANDOFF_FLOWS` → tc ingress program → `skb->mark`),
 //!    and with a tc ingress redirect (`mirred`, what a tc `bpf_redirect` does).
 //!
 //! ```text
@@ -770,8 +770,8 @@ fn markdown(m: &serde_json::Map<String, serde_json::Value>, reps: usize, rounds:
         "Hand-off from the LAN into WireGuard through gateway A (host H1 → A → wireguard-go → B → \
          host H2): iperf3 TCP for 3 s and 50 pings, {rounds} interleaved rounds, medians. fwmark \
          policy routing twice: the mark set by an nftables rule, and set by dwcp's fast path (the \
-         LAN XDP program finds the hand-off next hop, writes the mark into the XDP metadata and \
-         passes the packet; the tc ingress program copies it to `skb->mark`). The tc redirect \
+         LAN XDP program finds the hand-off next hop, records the flow's mark in `HANDOFF_FLOWS` \
+         and passes the packet; the tc ingress program looks the flow up and sets `skb->mark`). The tc redirect \
          uses `mirred`, what a tc `bpf_redirect` does.\n\n"
     );
     out += "| hand-off | TCP Mbit/s | × route | RTT ms |\n|---|---:|---:|---:|\n";
@@ -779,7 +779,7 @@ fn markdown(m: &serde_json::Map<String, serde_json::Value>, reps: usize, rounds:
         ("destination route (reference)", "route"),
         ("fwmark policy routing, mark by nftables", "fwmark"),
         (
-            "fwmark policy routing, mark by the fast path (XDP metadata + tc)",
+            "fwmark policy routing, mark by the fast path (XDP flow map + tc)",
             "xdp_fwmark",
         ),
         (

@@ -13,14 +13,17 @@
 pub static LAB_EBPF_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/dwcp-lab-bpf"));
 
+pub mod api_harness;
 pub mod fixtures;
 pub mod flood_sim;
 pub mod forwarding_bench;
+pub mod frames;
 pub mod idle_flood;
 pub mod lab;
 pub mod map_in_map;
 pub mod netlab;
 pub mod utilisation;
+pub mod xdp_corpus;
 
 /// A binary of the workspace (`dwcp-agent`, `dwcp`, `dwcp-prober`, `dwcp-tunnels`) of the same
 /// build profile as the running test or example: tests run from `target/<profile>/deps/`,

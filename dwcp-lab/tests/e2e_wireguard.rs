@@ -7,8 +7,8 @@
 //!   10.1.0.2/24         └─ua 192.0.2.1/30 ── ub 192.0.2.2/30─┘         10.2.0.2/24
 //! ```
 //!
-//! H1 sends UDP to H2: A's LAN XDP program finds the hand-off next hop (NH_F_HANDOFF), writes
-//! the mark into the XDP metadata, `dwcp_lan_tc` copies it to `skb->mark`, the daemon's rule
+//! H1 sends UDP to H2: A's LAN XDP program finds the hand-off next hop (NH_F_HANDOFF), records
+//! the flow's mark in `HANDOFF_FLOWS`, `dwcp_lan_tc` looks it up and sets `skb->mark`, the daemon's rule
 //! `fwmark 0x64770001 lookup 20001` and its route `default dev wga table 20001` send it into
 //! wireguard-go, and B's kernel forwards it to H2. A's main table has no route to H2's
 //! network, so nothing crosses without the mark: checked before the daemon starts and after

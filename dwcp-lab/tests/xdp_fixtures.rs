@@ -2,12 +2,9 @@
 //! verdict, computed independently of the program (headers rebuilt, checksums recomputed from
 //! scratch). Needs root (CAP_BPF, CAP_NET_ADMIN, CAP_PERFMON).
 
-mod common;
-
 use std::net::{IpAddr, Ipv4Addr};
 
 use aya::programs::{TestRun, TestRunOptions};
-use common::*;
 use dwcp_common::{
     bucket_of, flow_hash, maps::programs, probe::*, wire::*, ClassifierKey, ClassifierRule,
     FlowKey, GatewayConfig, LanPort, LinkConfig, Neighbour, NeighbourKey, NextHop, NextHopTable,
@@ -20,6 +17,7 @@ use dwcp_dataplane::Dataplane;
 use dwcp_dataplane::Member;
 use dwcp_dataplane::Pinning;
 use dwcp_dataplane::SLOT_REUSE_GUARD;
+use dwcp_lab::frames::*;
 use dwcp_lab::lab::PassProgram;
 
 const XDP_DROP: u32 = 1;

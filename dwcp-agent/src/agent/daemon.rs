@@ -437,8 +437,8 @@ fn attach_xdp(dataplane: &mut Dataplane, config: &AgentConfig) -> Result<(), Dae
     Ok(())
 }
 
-/// The second half of the WireGuard hand-off: copies the mark the LAN XDP program leaves in
-/// the XDP metadata to `skb->mark` (docs/tunnels.md, "Hand-off").
+/// The second half of the WireGuard hand-off: sets `skb->mark` to the mark the LAN XDP
+/// program recorded for the packet's flow in `HANDOFF_FLOWS` (docs/tunnels.md, "Hand-off").
 fn attach_handoff_tc(dataplane: &mut Dataplane, config: &AgentConfig) -> Result<(), DaemonError> {
     let program = programs::LAN_HANDOFF_TC;
     for ifname in &config.lan_interfaces {

@@ -1,6 +1,6 @@
-//! Shared helpers of the kernel tests: packet building for fixtures and a programmed
-//! dataplane.
-#![allow(dead_code)]
+//! Frames built by hand for the XDP programs' fixtures, fuzz corpora and the `attacks`
+//! benchmark: Ethernet, IPv4 (with options), IPv6, UDP, TCP and ICMP echo, from and to the
+//! fixtures' gateway MAC.
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 
