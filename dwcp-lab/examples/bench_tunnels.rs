@@ -532,19 +532,13 @@ fn rtt(h1: &Netns) -> Result<f64> {
 /// Gateway A's fast path for the hand-off: 10.2.0.0/24 → a hand-off next hop with `mark`,
 /// the LAN XDP program and the tc ingress program on `lan`. Dropping it detaches both.
 fn fast_path_handoff(ns: &Netns, wg: &str, mark: u32) -> Result<(Dataplane, AttachMode)> {
-    let wg = wg.to_string();
-    let lan_mac = ns.mac("lan")?;
+    let wg_ifindex = ns.ifindex(wg)?;
+    let (lan_ifindex, lan_mac) = (ns.ifindex("lan")?, ns.mac("lan")?);
     ns.run_in(move || -> Result<(Dataplane, AttachMode)> {
-        let ifindex = |name: &str| -> Result<u32> {
-            let c = std::ffi::CString::new(name)?;
-            // SAFETY: a NUL-terminated name.
-            Ok(unsafe { libc::if_nametoindex(c.as_ptr()) })
-        };
-        let wg_ifindex = ifindex(&wg)?;
         let mut dp = Dataplane::load(Pinning::None)?;
         // The LAN program forwards only frames addressed to a LAN port's own MAC.
         dp.set_lan_port(
-            ifindex("lan")?,
+            lan_ifindex,
             dwcp_common::LanPort {
                 mac: lan_mac,
                 _pad: [0; 2],

@@ -117,7 +117,7 @@ impl FailureOutcome {
 /// The quiet network, ready for failures.
 pub struct Simulation {
     world: World,
-    quiet: Network,
+    quiet: Mesh,
     /// When failures are cut: the warm-up is over and every back-off is quiet again.
     cut_at_ns: u64,
 }
@@ -138,8 +138,9 @@ struct Span {
     delay_ns: u64,
 }
 
+/// The simulated gateways, their clock and the datagrams and wake-ups pending.
 #[derive(Clone)]
-struct Network {
+struct Mesh {
     now: u64,
     gateways: Vec<Gateway>,
     events: BTreeMap<(u64, u64), Event>,
@@ -228,7 +229,7 @@ impl Simulation {
             names,
         };
         let digest = topology_digest(&topology_config);
-        let mut net = Network::new(&world, digest)?;
+        let mut net = Mesh::new(&world, digest)?;
         net.start(&world)?;
         let quiet_by = net.now + 10_000 * MS;
         net.run_until_quiet(&world, quiet_by, "warm-up")?;
@@ -346,8 +347,8 @@ impl Simulation {
 
 const MS: u64 = 1_000_000;
 
-impl Network {
-    fn new(w: &World, digest: TopologyDigest) -> Result<Network, SimError> {
+impl Mesh {
+    fn new(w: &World, digest: TopologyDigest) -> Result<Mesh, SimError> {
         let graph = Arc::new(RoutingGraph::new(&w.topology));
         let gateways = (0..w.names.len())
             .map(|g| {
@@ -381,7 +382,7 @@ impl Network {
                 })
             })
             .collect::<Result<_, SimError>>()?;
-        Ok(Network {
+        Ok(Mesh {
             now: 0,
             gateways,
             events: BTreeMap::new(),

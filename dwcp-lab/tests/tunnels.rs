@@ -1414,7 +1414,10 @@ async fn fast_path_marks_are_handed_to_wireguard_by_policy_routing() {
     // A's fast path: 10.2.0.0/24 → group 1 → hand-off next hop 1 (mark 0x64, the WireGuard
     // device), the LAN XDP program and the tc ingress program on A's LAN veth.
     let wg = pair.a_name.clone();
-    let lan_mac = lab.a.ns.mac("lan").unwrap();
+    let (lan_ifindex, lan_mac) = (
+        lab.a.ns.ifindex("lan").unwrap(),
+        lab.a.ns.mac("lan").unwrap(),
+    );
     let (mut dp, mode, tc_link) = lab
         .a
         .ns
@@ -1423,7 +1426,7 @@ async fn fast_path_marks_are_handed_to_wireguard_by_policy_routing() {
             let mut dp = Dataplane::load(Pinning::None).expect("load eBPF object (needs root)");
             // The LAN program forwards only frames addressed to a LAN port's own MAC.
             dp.set_lan_port(
-                nix_ifindex("lan"),
+                lan_ifindex,
                 dwcp_common::LanPort {
                     mac: lan_mac,
                     _pad: [0; 2],

@@ -38,6 +38,7 @@ use dwcp_agent::agent::PathRole;
 use dwcp_agent::agent::RouteView;
 use dwcp_cli::client::ApiClient;
 use dwcp_cli::client::Endpoint;
+use dwcp_control::input::unix_now;
 
 pub const DEFAULT_PREFIX: &str = multi::STABLE_PREFIX;
 pub const DEFAULT_STATE_DIR: &str = "/run/dwcp-lab";
@@ -216,12 +217,6 @@ fn save(state: &LabState) -> Result<()> {
     let text = serde_json::to_string_pretty(state).expect("the lab state serialises");
     std::fs::write(&tmp, text).map_err(io(format!("writing {}", tmp.display())))?;
     std::fs::rename(&tmp, &path).map_err(io(format!("writing {}", path.display())))
-}
-
-fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 /// Starts the lab. Refuses when a lab is already up in `paths`; a lab left half-made (a
