@@ -12,9 +12,9 @@ use std::path::{Path, PathBuf};
 use aya::maps::{lpm_trie::LpmTrie, Array, DevMapHash, HashMap, MapData, MapError, PerCpuArray};
 use dwcp_common::{
     maps::names, probe::ProbeKey, ClassifierKey, ClassifierRule, Counters, GatewayConfig,
-    HandoffFlow, LanPort, LinkConfig, LinkState, Neighbour, NeighbourKey, NextHop, NextHopTable,
-    Policer, PolicerKey, QosClass, QosPolicy, Reason, Route, VniEntry, GROUP_SLOTS, MAX_GROUPS,
-    POLICER_ANY_GROUP, POLICE_DROP,
+    HandoffFlow, LanPort, LinkConfig, LinkState, LinksDown, MemberPath, Neighbour, NeighbourKey,
+    NextHop, NextHopTable, Policer, PolicerKey, QosClass, QosPolicy, Reason, Route, VniEntry,
+    GROUP_SLOTS, MAX_GROUPS, POLICER_ANY_GROUP, POLICE_DROP,
 };
 use dwcp_control::traffic::flow_address;
 use dwcp_dataplane::{PinnedMapError, PinnedMaps};
@@ -110,6 +110,26 @@ fn active_slots(maps: &PinnedMaps) -> Result<Vec<u32>, MapsError> {
 /// Reads every dwcp map pinned under `dir`.
 pub fn dump_pinned(dir: &Path) -> Result<Vec<MapDump>, MapsError> {
     names::ALL.iter().map(|name| dump_one(dir, name)).collect()
+}
+
+/// The links of a member's path, ours first.
+fn path_links(p: &MemberPath) -> Vec<u16> {
+    p.links[..(p.link_count as usize).min(p.links.len())].to_vec()
+}
+
+/// "nexthop 1 path 1-7-8 route [4, 2, 0, 0]", or "nexthop 1" for a member without a path.
+fn member_label(t: &NextHopTable, m: usize) -> String {
+    let links = path_links(&t.paths[m]);
+    if links.is_empty() {
+        return format!("nexthop {}", t.nexthops[m]);
+    }
+    let path: Vec<String> = links.iter().map(u16::to_string).collect();
+    format!(
+        "nexthop {} path {} route {:?}",
+        t.nexthops[m],
+        path.join("-"),
+        t.paths[m].route
+    )
 }
 
 /// Reads the pinned map `name` (one of `dwcp_common::maps::names::ALL`).
@@ -210,6 +230,8 @@ pub fn dump_one(dir: &Path, name: &'static str) -> Result<MapDump, MapsError> {
                         "member_count": t.member_count,
                         "active_count": t.active_count,
                         "nexthops": &t.nexthops[..members],
+                        "paths": t.paths[..members].iter().map(path_links).collect::<Vec<_>>(),
+                        "routes": t.paths[..members].iter().map(|p| p.route).collect::<Vec<_>>(),
                         "buckets_per_member": share,
                     }),
                     None,
@@ -218,13 +240,13 @@ pub fn dump_one(dir: &Path, name: &'static str) -> Result<MapDump, MapsError> {
                         (0..members)
                             .map(|m| if m < t.active_count as usize {
                                 format!(
-                                    "nexthop {} ({} of {} buckets)",
-                                    t.nexthops[m],
+                                    "{} ({} of {} buckets)",
+                                    member_label(&t, m),
                                     share[m],
                                     t.buckets.len()
                                 )
                             } else {
-                                format!("nexthop {} (standby)", t.nexthops[m])
+                                format!("{} (standby)", member_label(&t, m))
                             })
                             .collect::<Vec<_>>()
                             .join(", ")
@@ -525,6 +547,26 @@ pub fn dump_one(dir: &Path, name: &'static str) -> Result<MapDump, MapsError> {
                     json!({"link_id": v.link_id, "flags": v.flags}),
                     None,
                     format!("vni {k} -> decapsulate from link {}'s peer", v.link_id),
+                );
+            }
+        }
+        names::LINKS_DOWN => {
+            shown = "links down in the network";
+            let a: Array<MapData, LinksDown> = maps.map(name)?;
+            let down = a.get(&0, 0).map_err(&rd)?;
+            for l in down.links() {
+                push(u32_key(l), json!(true), None, format!("link {l}: down"));
+            }
+        }
+        names::TRANSIT_EXITS => {
+            let h: HashMap<MapData, u32, u32> = maps.map(name)?;
+            for item in h.iter() {
+                let (exit, link) = item.map_err(&rd)?;
+                push(
+                    u32_key(exit),
+                    json!(link),
+                    None,
+                    format!("transit exit {exit} -> link {link}"),
                 );
             }
         }

@@ -36,8 +36,14 @@ pub mod names {
     /// Flow -> hand-off mark, written by the LAN XDP program, read by the LAN tc program.
     /// Pinned, so the programs of a restarted agent share it with those still attached.
     pub const HANDOFF_FLOWS: &str = "HANDOFF_FLOWS";
+    /// One bit per link the link-state records say is down anywhere in the network (a
+    /// [`super::LinksDown`]), written by the agent as records arrive.
+    pub const LINKS_DOWN: &str = "LINKS_DOWN";
+    /// Exit number -> link id: where a transit packet's source route sends it on (see
+    /// [`super::MemberPath::route`]).
+    pub const TRANSIT_EXITS: &str = "TRANSIT_EXITS";
     /// Every map, for pinning and cleanup.
-    pub const ALL: [&str; 21] = [
+    pub const ALL: [&str; 23] = [
         CONFIG,
         ROUTES_V4,
         ROUTES_V6,
@@ -59,6 +65,8 @@ pub mod names {
         HANDOFF_FLOWS,
         CLASS_STATS,
         REASON_STATS,
+        LINKS_DOWN,
+        TRANSIT_EXITS,
     ];
 }
 
@@ -177,6 +185,30 @@ pub struct Route {
     pub _pad: [u8; 3],
 }
 
+/// Links a member's path may cross: ours, then the exit of each of up to four transit
+/// gateways (the source route's four bytes).
+pub const MAX_PATH_LINKS: usize = 5;
+/// Exits a gateway can number in a source route (a byte; 0 ends the route).
+pub const MAX_TRANSIT_EXITS: u32 = 255;
+
+/// The whole path of a group member. The ingress gateway picks the path and the transit
+/// gateways follow it (they never route a transit packet on their own), so gateways whose
+/// views differ during convergence cannot send a packet in a circle.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct MemberPath {
+    /// Every link of the path, ours first (`link_count` of them, the slots after them repeat
+    /// the first, so the fast path checks all five without a branch): the LAN program skips
+    /// the member while any of them is down in `LINKS_DOWN`. An empty path checks none.
+    pub links: [u16; MAX_PATH_LINKS],
+    pub link_count: u8,
+    pub _pad: u8,
+    /// The source route the member's packets carry in their VXLAN header
+    /// ([`crate::wire::vxlan_route`]): the exit each transit gateway takes, in order, as the
+    /// link's number among its region's links (from 1); 0 ends the route (deliver here).
+    pub route: [u8; 4],
+}
+
 /// One group's weighted bucket table. Buckets hold member indexes (into `nexthops`), so a
 /// dead member's flows can move to the next live member while the others stay put.
 #[repr(C)]
@@ -187,8 +219,10 @@ pub struct NextHopTable {
     pub member_count: u16,
     pub active_count: u16,
     pub nexthops: [u32; MAX_GROUP_MEMBERS],
+    /// `paths[i]` is the whole path of member `nexthops[i]`.
+    pub paths: [MemberPath; MAX_GROUP_MEMBERS],
     pub buckets: [u8; NHG_BUCKETS],
-    pub _pad: [u8; 7],
+    pub _pad: [u8; 3],
 }
 
 impl Default for NextHopTable {
@@ -197,9 +231,48 @@ impl Default for NextHopTable {
             member_count: 0,
             active_count: 0,
             nexthops: [0; MAX_GROUP_MEMBERS],
+            paths: [MemberPath::default(); MAX_GROUP_MEMBERS],
             buckets: [0; NHG_BUCKETS],
-            _pad: [0; 7],
+            _pad: [0; 3],
         }
+    }
+}
+
+/// Words of [`LinksDown`].
+pub const LINKS_DOWN_WORDS: usize = (MAX_LINKS / 64) as usize;
+
+/// The value of `LINKS_DOWN`: bit `l % 64` of word `l / 64` set = link `l` is down for
+/// routing (either end's record says so, or the operator took it down).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LinksDown {
+    pub words: [u64; LINKS_DOWN_WORDS],
+    /// How many bits are set: the fast path looks at paths only while it is not 0.
+    pub count: u64,
+}
+
+impl LinksDown {
+    /// The bitmap of `links`; ids beyond [`MAX_LINKS`] are left out (no such link exists in a
+    /// topology the agent accepts).
+    pub fn of(links: impl IntoIterator<Item = u32>) -> LinksDown {
+        let mut d = LinksDown::default();
+        for l in links {
+            if l < MAX_LINKS && !d.contains(l) {
+                d.words[(l / 64) as usize] |= 1 << (l % 64);
+                d.count += 1;
+            }
+        }
+        d
+    }
+
+    #[inline(always)]
+    pub const fn contains(&self, link: u32) -> bool {
+        self.words[((link / 64) as usize) & (LINKS_DOWN_WORDS - 1)] & (1 << (link % 64)) != 0
+    }
+
+    /// The links set, in order.
+    pub fn links(&self) -> impl Iterator<Item = u32> + '_ {
+        (0..MAX_LINKS).filter(|&l| self.contains(l))
     }
 }
 
@@ -520,8 +593,8 @@ pub enum Reason {
     /// Hand-off next hop, but the flow's mark could not be recorded in `HANDOFF_FLOWS`:
     /// passed up unmarked.
     HandoffNoEntry = 26,
-    /// A decapsulated transit packet whose next hop is a hand-off: the kernel routes it
-    /// unmarked (the tc program runs on LAN devices only).
+    /// A transit packet whose source route exits on a hand-off (WireGuard) link: dropped. XDP
+    /// cannot encrypt it, and the kernel would route it unmarked, in clear text (fail closed).
     HandoffTransit = 27,
     /// Counted by the LAN tc program: a packet whose flow has a hand-off mark in
     /// `HANDOFF_FLOWS` got it as `skb->mark`.
@@ -559,12 +632,26 @@ pub enum Reason {
     /// A reply with a valid token but sent too long ago, in the future, or not after the
     /// last one accepted (a replay): dropped.
     UnderlayProbeStale = 41,
+    /// A member was passed over because a link further along its path is down
+    /// (`LINKS_DOWN`): a remote failure moved the flow (also counted as `LanFailover`).
+    LanRemoteLinkDown = 42,
+    /// A transit packet whose source route names an exit this gateway does not have, or the
+    /// link it came in on: dropped.
+    TransitNoExit = 43,
+    /// A transit packet whose exit link is dead or down: dropped (the ingress gateway moves
+    /// its flows to another path when the link's record reaches it; a transit gateway never
+    /// picks a path of its own).
+    TransitExitDown = 44,
+    /// A transit packet whose exit has no resolved neighbour: dropped.
+    TransitNoNeighbour = 45,
+    /// A transit packet larger than its exit link's MTU: dropped.
+    TransitTooBig = 46,
 }
 
 pub const REASON_COUNT: u32 = 64;
 
 impl Reason {
-    pub const ALL: [Reason; 42] = [
+    pub const ALL: [Reason; 47] = [
         Reason::LanForwarded,
         Reason::LanPassNotIp,
         Reason::LanPassMalformed,
@@ -607,6 +694,11 @@ impl Reason {
         Reason::UnderlayProbeRateLimited,
         Reason::UnderlayProbeBadToken,
         Reason::UnderlayProbeStale,
+        Reason::LanRemoteLinkDown,
+        Reason::TransitNoExit,
+        Reason::TransitExitDown,
+        Reason::TransitNoNeighbour,
+        Reason::TransitTooBig,
     ];
 
     /// Stable snake_case name, used as a metric label and in the CLI.
@@ -654,6 +746,11 @@ impl Reason {
             Reason::UnderlayProbeRateLimited => "underlay_probe_rate_limited",
             Reason::UnderlayProbeBadToken => "underlay_probe_bad_token",
             Reason::UnderlayProbeStale => "underlay_probe_stale",
+            Reason::LanRemoteLinkDown => "lan_remote_link_down",
+            Reason::TransitNoExit => "transit_no_exit",
+            Reason::TransitExitDown => "transit_exit_down",
+            Reason::TransitNoNeighbour => "transit_no_neighbour",
+            Reason::TransitTooBig => "transit_too_big",
         }
     }
 }
@@ -681,6 +778,7 @@ mod pod {
     unsafe impl aya::Pod for Policer {}
     unsafe impl aya::Pod for Counters {}
     unsafe impl aya::Pod for HandoffFlow {}
+    unsafe impl aya::Pod for LinksDown {}
 }
 
 #[cfg(test)]
@@ -707,9 +805,11 @@ mod tests {
             bytes: 40, nexthop: 44, group: 48, _pad2: 52,
         });
         layout!(Route, 8 { group_id: 0, default_class: 4, _pad: 5 });
-        layout!(NextHopTable, 1064 {
-            member_count: 0, active_count: 2, nexthops: 4, buckets: 36, _pad: 1057,
+        layout!(MemberPath, 16 { links: 0, link_count: 10, _pad: 11, route: 12 });
+        layout!(NextHopTable, 1188 {
+            member_count: 0, active_count: 2, nexthops: 4, paths: 36, buckets: 164, _pad: 1185,
         });
+        layout!(LinksDown, 136 { words: 0, count: 128 });
         layout!(NextHop, 40 {
             flags: 0, link_id: 4, ifindex: 8, vni: 12, local_ip4: 16, remote_ip4: 20,
             via_ip4: 24, mtu: 28, inner_dst_mac: 32, _pad: 38,

@@ -20,6 +20,34 @@ pub const VXLAN_HLEN: usize = 8;
 pub const VXLAN_PORT: u16 = 4789;
 /// VXLAN flags byte: "I" bit, the VNI is valid.
 pub const VXLAN_FLAG_VNI: u8 = 0x08;
+/// The VXLAN header of the fast path: RFC 7348's, with a source route of four exits
+/// ([`crate::MemberPath::route`]) in its reserved bytes: the three after the flags, then the
+/// one after the VNI. On the last link the route is all zero, so whoever delivers (a gateway,
+/// or a kernel VXLAN device, which drops headers with reserved bits set) sees a plain header.
+pub const fn vxlan_header(vni: u32, route: [u8; 4]) -> [u8; VXLAN_HLEN] {
+    let v = vni.to_be_bytes();
+    [
+        VXLAN_FLAG_VNI,
+        route[0],
+        route[1],
+        route[2],
+        v[1],
+        v[2],
+        v[3],
+        route[3],
+    ]
+}
+
+/// The source route of a VXLAN header written by [`vxlan_header`].
+pub const fn vxlan_route(header: &[u8; VXLAN_HLEN]) -> [u8; 4] {
+    [header[1], header[2], header[3], header[7]]
+}
+
+/// The route a transit gateway sends on: its own exit (the first) taken off.
+pub const fn next_route(route: [u8; 4]) -> [u8; 4] {
+    [route[1], route[2], route[3], 0]
+}
+
 /// Outer Ethernet + IPv4 + UDP + VXLAN headers added in front of the inner Ethernet frame.
 pub const VXLAN_ENCAP_LEN: usize = ETH_HLEN + IPV4_HLEN + UDP_HLEN + VXLAN_HLEN;
 /// Outer UDP source ports are taken from this range (RFC 7348 recommends 49152-65535).
@@ -35,3 +63,18 @@ pub const fn encap_source_port(hash: u32) -> u16 {
 
 /// The largest VNI (24 bits).
 pub const VNI_MAX: u32 = 0x00FF_FFFF;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The header's bytes as they go on the wire: a change here breaks every peer.
+    #[test]
+    fn vxlan_header_carries_the_route_in_its_reserved_bytes() {
+        let h = vxlan_header(0x0a0b0c, [1, 2, 3, 4]);
+        assert_eq!(h, [0x08, 1, 2, 3, 0x0a, 0x0b, 0x0c, 4]);
+        assert_eq!(vxlan_route(&h), [1, 2, 3, 4]);
+        assert_eq!(next_route([1, 2, 3, 4]), [2, 3, 4, 0]);
+        assert_eq!(vxlan_header(100, [0; 4]), [0x08, 0, 0, 0, 0, 0, 100, 0]);
+    }
+}

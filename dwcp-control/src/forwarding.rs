@@ -12,8 +12,8 @@ use std::{
 };
 
 use dwcp_common::{
-    ClassifierKey, ClassifierRule, GatewayConfig, LanPort, LinkConfig, Neighbour, NeighbourKey,
-    NextHop, NextHopTable, Policer, QosPolicy, Route, VniEntry,
+    ClassifierKey, ClassifierRule, GatewayConfig, LanPort, LinkConfig, LinksDown, Neighbour,
+    NeighbourKey, NextHop, NextHopTable, Policer, QosPolicy, Route, VniEntry,
 };
 
 use crate::config::Prefix;
@@ -74,6 +74,10 @@ pub struct ForwardingState {
     pub qos: BTreeMap<u8, QosPolicy>,
     /// Token buckets of the active bandwidth reservations from this region.
     pub policers: BTreeMap<PolicerSlot, PolicerSpec>,
+    /// Links down anywhere in the network (the records', and the operator's).
+    pub links_down: LinksDown,
+    /// Exit number -> link id: where transit packets' source routes leave this gateway.
+    pub transit_exits: BTreeMap<u32, u32>,
 }
 
 /// One map write.
@@ -101,6 +105,9 @@ pub enum Change {
     SetConfig(GatewayConfig),
     SetPolicer(PolicerSlot, PolicerSpec),
     RemovePolicer(PolicerSlot),
+    SetLinksDown(LinksDown),
+    SetTransitExit(u32, u32),
+    RemoveTransitExit(u32),
 }
 
 impl Change {
@@ -149,6 +156,9 @@ impl Change {
                 p.rate_bytes_per_s, p.burst_bytes, p.action
             ),
             Change::RemovePolicer((g, c)) => format!("remove policer group {g} class {c}"),
+            Change::SetLinksDown(d) => format!("links down {:?}", d.links().collect::<Vec<_>>()),
+            Change::SetTransitExit(e, l) => format!("transit exit {e} -> link {l}"),
+            Change::RemoveTransitExit(e) => format!("remove transit exit {e}"),
         }
     }
 }
@@ -218,6 +228,20 @@ pub fn diff(from: &ForwardingState, to: &ForwardingState) -> Vec<Change> {
         &mut late,
         Change::RemoveLink,
     );
+    // An exit after its next hop (an exit without one drops what it gets: either order of
+    // removal is safe).
+    set_then_remove(
+        &from.transit_exits,
+        &to.transit_exits,
+        Change::SetTransitExit,
+        &mut p1,
+        &mut late,
+        Change::RemoveTransitExit,
+    );
+    // Before the groups: a member whose path it marks down is skipped from the start.
+    if from.links_down != to.links_down {
+        p1.push(Change::SetLinksDown(to.links_down));
+    }
     set_then_remove(
         &from.vnis,
         &to.vnis,
@@ -353,6 +377,13 @@ pub fn apply(state: &mut ForwardingState, change: &Change) {
         }
         Change::RemovePolicer(k) => {
             state.policers.remove(k);
+        }
+        Change::SetLinksDown(d) => state.links_down = *d,
+        Change::SetTransitExit(e, l) => {
+            state.transit_exits.insert(*e, *l);
+        }
+        Change::RemoveTransitExit(e) => {
+            state.transit_exits.remove(e);
         }
     }
 }

@@ -8,7 +8,7 @@
 //! moves only the surplus — like the kernel's resilient next-hop groups — so a weight change
 //! moves only the flows it must.
 
-use dwcp_common::{NextHopTable, MAX_GROUP_MEMBERS, NHG_BUCKETS};
+use dwcp_common::{MemberPath, NextHopTable, MAX_GROUP_MEMBERS, NHG_BUCKETS};
 use thiserror::Error;
 
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -23,12 +23,15 @@ pub enum GroupError {
     NoActiveMember,
 }
 
-/// A member of a group: a next-hop id and its integer weight. Weight 0 makes it a standby: it
-/// gets no buckets and takes flows only when active members' links are dead.
+/// A member of a group: a next-hop id, its integer weight and its whole path. Weight 0 makes
+/// it a standby: it gets no buckets and takes flows only when active members' paths are dead.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Member {
     pub nexthop: u32,
     pub weight: u32,
+    /// The links the member's packets cross and the source route they carry (empty: a
+    /// one-link path checked by its own link's liveness only).
+    pub path: MemberPath,
 }
 
 /// Bucket counts per member (largest remainder; ties go to the lower next-hop id).
@@ -205,6 +208,7 @@ pub fn build_table(
     }
     for (i, m) in all.iter().enumerate() {
         t.nexthops[i] = m.nexthop;
+        t.paths[i] = m.path;
     }
     debug_assert!(t.buckets.iter().all(|&o| o != FREE));
     Ok(t)
@@ -229,6 +233,7 @@ mod tests {
             .map(|(i, &w)| Member {
                 nexthop: 10 + i as u32,
                 weight: w,
+                path: Default::default(),
             })
             .collect()
     }
@@ -327,10 +332,12 @@ mod tests {
             Member {
                 nexthop: 1,
                 weight: 1,
+                path: Default::default(),
             },
             Member {
                 nexthop: 1,
                 weight: 2,
+                path: Default::default(),
             },
         ];
         assert_eq!(build_table(&dup, None), Err(GroupError::DuplicateMember(1)));
@@ -342,18 +349,22 @@ mod tests {
             Member {
                 nexthop: 5,
                 weight: 0,
+                path: Default::default(),
             },
             Member {
                 nexthop: 9,
                 weight: 2,
+                path: Default::default(),
             },
             Member {
                 nexthop: 3,
                 weight: 0,
+                path: Default::default(),
             },
             Member {
                 nexthop: 7,
                 weight: 1,
+                path: Default::default(),
             },
         ];
         let t = build_table(&m, None).unwrap();

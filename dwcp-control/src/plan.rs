@@ -1,8 +1,8 @@
 //! From routes to the fast path's maps: each remote region's route set becomes one next-hop
 //! group (the first links of its primary/ECMP paths weighted by the traffic engineer, plus
-//! the secondaries' first links as standby members) and one route per LAN prefix of the
-//! region; the links this gateway terminates become next hops, neighbours, link settings and
-//! VNIs.
+//! the secondaries' first links as standby members, each member with its whole path and the
+//! source route its packets carry) and one route per LAN prefix of the region; the links this
+//! gateway terminates become next hops, neighbours, link settings, VNIs and transit exits.
 //!
 //! Pure: the same inputs give the same maps, on every gateway and every restart.
 use std::{
@@ -11,10 +11,11 @@ use std::{
 };
 
 use dwcp_common::{
-    probe::PROBE_TTL, ClassifierRule, GatewayConfig, LanPort, LinkConfig, Neighbour, NextHop,
-    NextHopTable, QosPolicy, Route, VniEntry, CONFIG_F_READY, LINK_F_ADMIN_DOWN, NH_F_VALID,
-    QOS_F_REWRITE,
+    probe::PROBE_TTL, ClassifierRule, GatewayConfig, LanPort, LinkConfig, LinksDown, MemberPath,
+    Neighbour, NextHop, NextHopTable, QosPolicy, Route, VniEntry, CONFIG_F_READY,
+    LINK_F_ADMIN_DOWN, MAX_PATH_LINKS, NH_F_VALID, QOS_F_REWRITE,
 };
+use thiserror::Error;
 
 use crate::{
     bandwidth::Reservation,
@@ -23,7 +24,7 @@ use crate::{
     liveness::MonitorConfig,
     nhg_table::{build_table, Member},
     routing::{Path, RouteSet},
-    topology::{RegionId, Topology},
+    topology::{LinkId, RegionId, Topology},
     traffic::policing::reservation_policer,
     view::PathRole,
 };
@@ -104,14 +105,54 @@ pub fn split_paths(routes: &RouteSet, ecmp: bool) -> (Vec<Path>, Vec<Path>) {
     (active, standby)
 }
 
+/// Why a path cannot be a group member's.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum PathError {
+    #[error("a path of {0} links: a source route names at most {MAX_PATH_LINKS}")]
+    TooLong(usize),
+    #[error("link {0} has no exit number at its region (more than 255 links there?)")]
+    NoExit(u32),
+    #[error("link id {0} is past the fast path's link table")]
+    LinkId(u32),
+}
+
+/// A path as a group member carries it: its links, and the source route (the exit number of
+/// each next link at the region where the previous one ends).
+pub fn member_path(topology: &Topology, path: &Path) -> Result<MemberPath, PathError> {
+    let n = path.links.len();
+    if n > MAX_PATH_LINKS {
+        return Err(PathError::TooLong(n));
+    }
+    let mut m = MemberPath {
+        link_count: n as u8,
+        ..Default::default()
+    };
+    for (i, l) in path.links.iter().enumerate() {
+        if l.0 >= dwcp_common::MAX_LINKS {
+            return Err(PathError::LinkId(l.0));
+        }
+        m.links[i] = l.0 as u16;
+        if i == 0 {
+            m.links = [l.0 as u16; MAX_PATH_LINKS];
+        } else {
+            m.route[i - 1] = topology
+                .exit_number(path.regions[i], *l)
+                .ok_or(PathError::NoExit(l.0))?;
+        }
+    }
+    Ok(m)
+}
+
 /// The group members of a destination: active paths' first links with their summed weights
-/// (several paths may leave on the same link), then the standby paths' first links with
-/// weight 0. Only links this gateway terminates can be members.
+/// (several paths may leave on the same link; the member follows the first of them), then
+/// the standby paths' first links with weight 0. Only links this gateway terminates can be
+/// members, and only paths `path_of` can source-route.
 pub fn members(
     active: &[(Path, u32)],
     standby: &[Path],
     local: &BTreeSet<u32>,
     standby_supported: bool,
+    path_of: &dyn Fn(&Path) -> Option<MemberPath>,
 ) -> Vec<Member> {
     let mut out: Vec<Member> = Vec::new();
     for (p, w) in active {
@@ -123,10 +164,16 @@ pub fn members(
         }
         match out.iter_mut().find(|m| m.nexthop == first.0) {
             Some(m) => m.weight += w,
-            None => out.push(Member {
-                nexthop: first.0,
-                weight: *w,
-            }),
+            None => {
+                let Some(path) = path_of(p) else {
+                    continue;
+                };
+                out.push(Member {
+                    nexthop: first.0,
+                    weight: *w,
+                    path,
+                })
+            }
         }
     }
     // Traffic must go somewhere while any member exists: if the engineer gave every active
@@ -136,13 +183,18 @@ pub fn members(
     }
     if standby_supported {
         for p in standby {
-            if let Some(first) = p.first_link() {
-                if local.contains(&first.0) && !out.iter().any(|m| m.nexthop == first.0) {
-                    out.push(Member {
-                        nexthop: first.0,
-                        weight: 0,
-                    });
-                }
+            let Some(first) = p.first_link() else {
+                continue;
+            };
+            if !local.contains(&first.0) || out.iter().any(|m| m.nexthop == first.0) {
+                continue;
+            }
+            if let Some(path) = path_of(p) {
+                out.push(Member {
+                    nexthop: first.0,
+                    weight: 0,
+                    path,
+                });
             }
         }
     } else {
@@ -160,10 +212,12 @@ pub fn standby_supported() -> bool {
             Member {
                 nexthop: 1,
                 weight: 1,
+                path: Default::default(),
             },
             Member {
                 nexthop: 2,
                 weight: 0,
+                path: Default::default(),
             },
         ],
         None,
@@ -209,10 +263,13 @@ pub fn with_link_ends(base: LinkConfig, ends: LinkEnds, monitor: &MonitorConfig)
 /// classifier, QoS and the global config. Groups and routes are added by [`add_routes`].
 pub fn base_state(
     config: &AgentConfig,
+    topology: &Topology,
     interfaces: &BTreeMap<String, InterfaceState>,
     neighbours: &BTreeMap<NeighKey, Mac>,
+    links_down: LinksDown,
     admin_down: &BTreeSet<u32>,
 ) -> ForwardingState {
+    let region = topology.region_by_name(&config.region).map(|r| r.id);
     let mut s = ForwardingState {
         config: Some(GatewayConfig {
             hash_seed: config.hash_seed,
@@ -220,6 +277,7 @@ pub fn base_state(
             sample_threshold: dwcp_common::sample_threshold(config.flows.sample_every),
             ..Default::default()
         }),
+        links_down,
         ..Default::default()
     };
     for name in &config.lan_interfaces {
@@ -276,6 +334,9 @@ pub fn base_state(
         let Some(iface) = iface else {
             continue;
         };
+        if let Some(exit) = region.and_then(|r| topology.exit_number(r, LinkId(l.link_id))) {
+            s.transit_exits.insert(exit as u32, l.link_id);
+        }
         s.ports.insert(iface.ifindex);
         s.nexthops.insert(
             l.link_id,
@@ -454,7 +515,7 @@ pub fn region_names(topology: &Topology, path: &Path) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::topology::LinkId;
+    use crate::topology::synthetic::{generate, SyntheticSpec};
 
     fn path(links: &[u32]) -> Path {
         Path {
@@ -467,6 +528,10 @@ mod tests {
         }
     }
 
+    fn any(_: &Path) -> Option<MemberPath> {
+        Some(MemberPath::default())
+    }
+
     #[test]
     fn members_sum_shared_first_links_and_keep_standby_last() {
         let local: BTreeSet<u32> = [1, 2, 3].into();
@@ -475,36 +540,118 @@ mod tests {
             &[path(&[3, 9]), path(&[1, 9])],
             &local,
             true,
+            &|_| Some(MemberPath::default()),
         );
         assert_eq!(
             m,
             vec![
                 Member {
                     nexthop: 1,
-                    weight: 5
+                    weight: 5,
+                    path: Default::default(),
                 },
                 Member {
                     nexthop: 2,
-                    weight: 5
+                    weight: 5,
+                    path: Default::default(),
                 },
                 Member {
                     nexthop: 3,
-                    weight: 0
+                    weight: 0,
+                    path: Default::default(),
                 },
             ]
         );
         // Without standby support the backups are left out.
-        let m = members(&[(path(&[1]), 1)], &[path(&[3])], &local, false);
+        let m = members(&[(path(&[1]), 1)], &[path(&[3])], &local, false, &any);
         assert_eq!(m.len(), 1);
         // A first link another gateway terminates is no member.
-        let m = members(&[(path(&[4]), 1)], &[], &local, true);
+        let m = members(&[(path(&[4]), 1)], &[], &local, true, &any);
         assert!(m.is_empty());
     }
 
     #[test]
     fn all_zero_weights_split_equally() {
         let local: BTreeSet<u32> = [1, 2].into();
-        let m = members(&[(path(&[1]), 0), (path(&[2]), 0)], &[], &local, false);
+        let m = members(
+            &[(path(&[1]), 0), (path(&[2]), 0)],
+            &[],
+            &local,
+            false,
+            &any,
+        );
         assert!(m.iter().all(|m| m.weight == 1), "{m:?}");
+    }
+
+    #[test]
+    fn a_member_follows_the_first_path_on_its_link_and_skips_paths_it_cannot_route() {
+        let local: BTreeSet<u32> = [1, 2].into();
+        let only_short = |p: &Path| {
+            (p.links.len() < 3).then(|| MemberPath {
+                link_count: p.links.len() as u8,
+                ..Default::default()
+            })
+        };
+        let m = members(
+            &[
+                (path(&[1, 7]), 1),
+                (path(&[1, 8, 9]), 1),
+                (path(&[2, 5, 6]), 1),
+            ],
+            &[],
+            &local,
+            true,
+            &only_short,
+        );
+        assert_eq!(m.len(), 1, "{m:?}");
+        assert_eq!((m[0].nexthop, m[0].weight, m[0].path.link_count), (1, 2, 2));
+    }
+
+    /// The source route names, at each region a path crosses, the exit number of the next
+    /// link there: what that region's gateway finds in its `TRANSIT_EXITS`.
+    #[test]
+    fn member_paths_name_each_transit_exit_by_its_number_at_that_region() {
+        let topology = Topology::from_config(&generate(&SyntheticSpec::new(12, 0)), None).unwrap();
+        let links = topology.links();
+        // A path of three links, found by walking the graph.
+        let l0 = &links[0];
+        let r1 = l0.b;
+        let l1 = links
+            .iter()
+            .find(|l| l.id != l0.id && (l.a == r1 || l.b == r1))
+            .unwrap();
+        let r2 = l1.other_end(r1).unwrap();
+        let l2 = links
+            .iter()
+            .find(|l| l.id != l1.id && l.id != l0.id && (l.a == r2 || l.b == r2))
+            .unwrap();
+        let r3 = l2.other_end(r2).unwrap();
+        let p = Path {
+            regions: vec![l0.a, r1, r2, r3],
+            links: vec![l0.id, l1.id, l2.id],
+            ..path(&[])
+        };
+        let m = member_path(&topology, &p).unwrap();
+        assert_eq!(m.link_count, 3);
+        assert_eq!(
+            &m.links[..3],
+            &[l0.id.0 as u16, l1.id.0 as u16, l2.id.0 as u16]
+        );
+        let exit_at = |r: RegionId, l: LinkId| {
+            1 + topology
+                .links()
+                .iter()
+                .filter(|x| x.a == r || x.b == r)
+                .position(|x| x.id == l)
+                .unwrap() as u8
+        };
+        assert_eq!(m.route, [exit_at(r1, l1.id), exit_at(r2, l2.id), 0, 0]);
+        // Six links are more than a route can name.
+        let long = Path {
+            regions: vec![RegionId(0); 7],
+            links: vec![l0.id; 6],
+            ..path(&[])
+        };
+        assert_eq!(member_path(&topology, &long), Err(PathError::TooLong(6)));
     }
 }

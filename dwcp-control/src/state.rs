@@ -16,7 +16,7 @@ use std::{
     time::Instant,
 };
 
-use dwcp_common::{QosClass, Reason, CONFIG_F_POLICING, CONFIG_F_READY};
+use dwcp_common::{LinksDown, QosClass, Reason, CONFIG_F_POLICING, CONFIG_F_READY};
 use thiserror::Error;
 use tracing::{debug, error, info, warn};
 
@@ -634,6 +634,7 @@ impl<F: FastPath> AgentState<F> {
     fn on_link_state_view(&mut self, links: Vec<ReportedLink>, now: Now) {
         let new: BTreeMap<u32, ReportedLink> = links.into_iter().map(|l| (l.link.0, l)).collect();
         let before = std::mem::replace(&mut self.reported, new);
+        self.write_links_down(now);
         let topology = self.store.snapshot();
         let changed: BTreeSet<u32> = before
             .keys()
@@ -651,6 +652,27 @@ impl<F: FastPath> AgentState<F> {
             if old.map(|(_, f)| f).unwrap_or_default() != new.map(|(_, f)| f).unwrap_or_default() {
                 self.apply_reported_figures(link, now);
             }
+        }
+    }
+
+    /// The links down for routing anywhere in the network: those a record reports down, and
+    /// those the operator took down.
+    fn links_down(&self) -> LinksDown {
+        let reported = self
+            .reported
+            .values()
+            .filter(|r| r.health == RoutingHealth::Down)
+            .map(|r| r.link.0);
+        LinksDown::of(reported.chain(self.admin_down.iter().copied()))
+    }
+
+    /// Writes the links-down bitmap now, ahead of the route computation (which waits for its
+    /// back-off): the fast path skips the members whose paths cross a link that went down at
+    /// once, and flows of the other members do not move.
+    fn write_links_down(&mut self, now: Now) {
+        let down = self.links_down();
+        if down != self.programmed.links_down {
+            self.write_changes(&[Change::SetLinksDown(down)], now);
         }
     }
 
@@ -1490,8 +1512,10 @@ impl<F: FastPath> AgentState<F> {
     fn base_desired(&self, plans: &[DestinationPlan]) -> ForwardingState {
         let mut desired = plan::base_state(
             &self.config,
+            &self.store.snapshot(),
             &self.interfaces,
             &self.neighbours,
+            self.links_down(),
             &self.admin_down,
         );
         desired.policers =
@@ -1733,7 +1757,7 @@ impl<F: FastPath> AgentState<F> {
                     Err(e) => (Vec::new(), Vec::new(), Some(e.to_string())),
                     Ok(_) => {
                         let (active, standby) = split.remove(&dest).unwrap_or_default();
-                        self.planned_paths(&dest, active, standby, &local)
+                        self.planned_paths(&topology, &dest, active, standby, &local)
                     }
                 };
                 DestinationPlan {
@@ -1844,6 +1868,7 @@ impl<F: FastPath> AgentState<F> {
     /// equal), and the group members they make.
     fn planned_paths(
         &self,
+        topology: &Topology,
         dest: &str,
         active: Vec<Path>,
         standby: Vec<Path>,
@@ -1854,7 +1879,14 @@ impl<F: FastPath> AgentState<F> {
             _ => vec![1; active.len()],
         };
         let weighted: Vec<(Path, u32)> = active.into_iter().zip(weights).collect();
-        let members = plan::members(&weighted, &standby, local, self.standby_supported);
+        let path_of = |p: &Path| match plan::member_path(topology, p) {
+            Ok(m) => Some(m),
+            Err(e) => {
+                debug!(destination = dest, error = %e, "a path left out of the group");
+                None
+            }
+        };
+        let members = plan::members(&weighted, &standby, local, self.standby_supported, &path_of);
         let mut paths: Vec<PlannedPath> = weighted
             .into_iter()
             .enumerate()

@@ -247,3 +247,49 @@ fn a_corrupt_reservation_file_is_set_aside_and_the_agent_starts_with_none() {
 fn a_remote_link_reported_down_moves_the_routes_that_crossed_it() {
     run("remote_link_state.json");
 }
+
+/// Remote failover does not wait for the computation: the link-state view that reports link 2
+/// (another gateway's) down reaches the fast path's links-down bitmap as it is handled, while
+/// the groups still hold the members whose paths cross it (the fast path skips them); the
+/// computation that follows installs paths without it, and the report of it up clears it.
+#[test]
+fn a_link_reported_down_reaches_the_fast_path_before_the_routes_are_recomputed() {
+    let name = "remote_link_state.json";
+    let interfaces = fixture::interfaces(name);
+    let loaded = fixture::load(name, |i| interface_of(&interfaces, i));
+    let mut state = fixture::state(loaded.config, MemoryFastPath::default());
+    let crossing_2 = |state: &dwcp_control::AgentState<MemoryFastPath>| {
+        state
+            .programmed()
+            .groups
+            .values()
+            .flat_map(|t| t.paths[..t.member_count as usize].to_vec())
+            .filter(|p| p.links[..p.link_count as usize].contains(&2))
+            .count()
+    };
+    let (before, after): (Vec<_>, Vec<_>) = loaded.inputs.iter().partition(|i| i.at_ms < 1000);
+    replay(
+        &mut state,
+        &before.into_iter().cloned().collect::<Vec<_>>(),
+        999,
+    );
+    assert_eq!(state.programmed().links_down.count, 0);
+    // ap-south-1's primary [1, 2] and eu-west-1's standby [3, 2].
+    assert_eq!(crossing_2(&state), 2);
+    let report_down = after.iter().find(|i| i.at_ms == 1000).unwrap();
+    state
+        .handle(report_down.input.clone(), Now::at_ms(1000))
+        .unwrap();
+    assert_eq!(
+        state.programmed().links_down.links().collect::<Vec<_>>(),
+        [2]
+    );
+    assert_eq!(crossing_2(&state), 2, "the groups wait for the computation");
+    state.on_timer(Now::at_ms(1000));
+    assert_eq!(crossing_2(&state), 0);
+    let report_up = after.iter().find(|i| i.at_ms == 5000).unwrap();
+    state
+        .handle(report_up.input.clone(), Now::at_ms(5000))
+        .unwrap();
+    assert_eq!(state.programmed().links_down.count, 0);
+}

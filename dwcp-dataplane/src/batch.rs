@@ -205,10 +205,12 @@ mod tests {
                     Member {
                         nexthop: g,
                         weight: 1,
+                        path: Default::default(),
                     },
                     Member {
                         nexthop: 100 + g,
                         weight: g,
+                        path: Default::default(),
                     },
                 ];
                 (g, build_table(&members, None).unwrap())
@@ -239,6 +241,7 @@ mod tests {
             &[Member {
                 nexthop: 9,
                 weight: 1,
+                path: Default::default(),
             }],
             None,
         )
@@ -266,6 +269,7 @@ mod tests {
             &[Member {
                 nexthop: 1,
                 weight: 1,
+                path: Default::default(),
             }],
             None,
         )
@@ -274,6 +278,7 @@ mod tests {
             &[Member {
                 nexthop: 2,
                 weight: 1,
+                path: Default::default(),
             }],
             None,
         )
@@ -314,6 +319,7 @@ mod tests {
             &[Member {
                 nexthop: 1,
                 weight: 1,
+                path: Default::default(),
             }],
             None,
         )
@@ -322,6 +328,7 @@ mod tests {
             &[Member {
                 nexthop: 2,
                 weight: 1,
+                path: Default::default(),
             }],
             None,
         )
@@ -345,6 +352,7 @@ mod tests {
             &[Member {
                 nexthop: 1,
                 weight: 1,
+                path: Default::default(),
             }],
             None,
         )

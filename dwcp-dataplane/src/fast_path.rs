@@ -53,6 +53,8 @@ impl FastPath for Dataplane {
                 .into_iter()
                 .map(|(k, p)| ((k.group_id, k.class), PolicerSpec::of(&p)))
                 .collect(),
+            links_down: self.links_down()?,
+            transit_exits: self.transit_exits()?.into_iter().collect(),
         })
     }
 
@@ -137,6 +139,9 @@ fn write(dp: &mut Dataplane, c: &Change) -> crate::Result<()> {
             },
         ),
         Change::RemovePolicer(key) => dp.delete_policer(&pk(*key)),
+        Change::SetLinksDown(d) => dp.set_links_down(*d),
+        Change::SetTransitExit(e, l) => dp.set_transit_exit(*e, *l),
+        Change::RemoveTransitExit(e) => dp.remove_transit_exit(*e),
     }
 }
 

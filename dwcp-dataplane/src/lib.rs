@@ -36,8 +36,8 @@ use dwcp_common::{
     maps::{names, programs},
     probe::ProbeKey,
     ClassifierKey, ClassifierRule, Counters, GatewayConfig, HandoffFlow, LanPort, LinkConfig,
-    LinkState, Neighbour, NeighbourKey, NextHop, NextHopTable, Policer, PolicerKey, QosPolicy,
-    Reason, Route, VniEntry, MAX_GROUPS, MAX_LINKS, MAX_NEXTHOPS,
+    LinkState, LinksDown, Neighbour, NeighbourKey, NextHop, NextHopTable, Policer, PolicerKey,
+    QosPolicy, Reason, Route, VniEntry, MAX_GROUPS, MAX_LINKS, MAX_NEXTHOPS,
 };
 use thiserror::Error;
 use tracing::{info, warn};
@@ -247,6 +247,8 @@ pub struct Dataplane {
     /// Until the agent takes it for its reader task.
     flow_samples: Option<RingBuf<MapData>>,
     handoff_flows: HashMap<MapData, HandoffFlow, u32>,
+    links_down: Array<MapData, LinksDown>,
+    transit_exits: HashMap<MapData, u32, u32>,
 }
 
 macro_rules! take {
@@ -342,6 +344,8 @@ impl Dataplane {
             reason_stats: take!(ebpf, names::REASON_STATS),
             flow_samples: Some(take!(ebpf, names::FLOW_SAMPLES)),
             handoff_flows: take!(ebpf, names::HANDOFF_FLOWS),
+            links_down: take!(ebpf, names::LINKS_DOWN),
+            transit_exits: take!(ebpf, names::TRANSIT_EXITS),
             ebpf,
             pin_dir,
         })
@@ -742,6 +746,41 @@ impl Dataplane {
         self.vnis
             .insert(vni, entry, 0)
             .map_err(map_err(names::VNIS))
+    }
+
+    /// The network's links down, one bit each (what the LAN program skips members for).
+    pub fn set_links_down(&mut self, down: LinksDown) -> Result<()> {
+        self.links_down
+            .set(0, down, 0)
+            .map_err(map_err(names::LINKS_DOWN))
+    }
+
+    pub fn links_down(&self) -> Result<LinksDown> {
+        self.links_down
+            .get(&0, 0)
+            .map_err(map_err(names::LINKS_DOWN))
+    }
+
+    /// Transit packets whose source route names `exit` leave on `link`.
+    pub fn set_transit_exit(&mut self, exit: u32, link: u32) -> Result<()> {
+        check_range("transit exit", exit, dwcp_common::MAX_TRANSIT_EXITS + 1)?;
+        self.transit_exits
+            .insert(exit, link, 0)
+            .map_err(map_err(names::TRANSIT_EXITS))
+    }
+
+    pub fn remove_transit_exit(&mut self, exit: u32) -> Result<()> {
+        match self.transit_exits.remove(&exit) {
+            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+            Err(e) => Err(map_err(names::TRANSIT_EXITS)(e)),
+        }
+    }
+
+    pub fn transit_exits(&self) -> Result<Vec<(u32, u32)>> {
+        self.transit_exits
+            .iter()
+            .map(|r| r.map_err(map_err(names::TRANSIT_EXITS)))
+            .collect()
     }
 
     pub fn nexthop_counters(&self, id: u32) -> Result<Counters> {

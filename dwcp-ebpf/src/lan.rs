@@ -20,8 +20,9 @@ use dwcp_common::{
     bucket_of, flow_hash, group_slot, wire::*, ClassifierKey, FlowSampleRecord, GatewayConfig,
     HandoffFlow, LanPort, LinkConfig, Neighbour, NeighbourKey, NextHop, NextHopTable, PolicerKey,
     QosPolicy, Reason, Route, CLASSIFY_DST_PORT, CLASSIFY_SRC_PORT, CONFIG_F_POLICING,
-    CONFIG_F_READY, LINK_F_ADMIN_DOWN, LINK_F_MONITORED, MAX_GROUP_MEMBERS, NHG_BUCKETS,
-    NH_F_HANDOFF, NH_F_VALID, POLICER_ANY_GROUP, POLICE_DROP, QOS_F_REWRITE,
+    CONFIG_F_READY, LINKS_DOWN_WORDS, LINK_F_ADMIN_DOWN, LINK_F_MONITORED, MAX_GROUP_MEMBERS,
+    MAX_PATH_LINKS, NHG_BUCKETS, NH_F_HANDOFF, NH_F_VALID, POLICER_ANY_GROUP, POLICE_DROP,
+    QOS_F_REWRITE,
 };
 
 use crate::{
@@ -37,7 +38,7 @@ const BEST_EFFORT: u8 = 4;
 
 #[inline(always)]
 pub fn lan_ingress(ctx: &XdpContext) -> u32 {
-    match addressed_to_port(ctx).and_then(|()| forward(ctx, 0)) {
+    match addressed_to_port(ctx).and_then(|()| forward(ctx)) {
         Ok(action) => action,
         Err(reason) => {
             count(reason);
@@ -66,11 +67,11 @@ fn addressed_to_port(ctx: &XdpContext) -> Result<(), Reason> {
 }
 
 /// Lazily read clock: only packets whose next hop is monitored pay for it.
-struct Clock(u64);
+pub(crate) struct Clock(pub(crate) u64);
 
 impl Clock {
     #[inline(always)]
-    fn now(&mut self) -> u64 {
+    pub(crate) fn now(&mut self) -> u64 {
         if self.0 == 0 {
             self.0 = unsafe { bpf_ktime_get_ns() };
         }
@@ -80,7 +81,7 @@ impl Clock {
 
 /// What the fast path knows of a next hop's link.
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum Liveness {
+pub(crate) enum Liveness {
     Usable,
     /// Answering (last reply younger than `detect_ns`) but still inside the hold-down after
     /// an outage (fewer than `up_after` replies in a row).
@@ -92,7 +93,7 @@ enum Liveness {
 /// last probe reply is younger than `detect_ns` and, after an outage, once `up_after`
 /// consecutive replies came back (hysteresis against flapping).
 #[inline(always)]
-fn link_liveness(link_id: u32, clock: &mut Clock) -> Liveness {
+pub(crate) fn link_liveness(link_id: u32, clock: &mut Clock) -> Liveness {
     let Some(cfg) = LINK_CONFIG.get(link_id) else {
         return Liveness::Usable;
     };
@@ -117,28 +118,25 @@ fn link_liveness(link_id: u32, clock: &mut Clock) -> Liveness {
     }
 }
 
-/// The bucket's member if its link is usable, else the next usable active member in order,
+/// The bucket's member if its path is usable, else the next usable active member in order,
 /// else the first usable standby: flows of live members never move, a dead member's flows
 /// spread deterministically, and secondary paths carry traffic only when no active one can.
+/// A member's path is usable when its first link (ours) is live by our probes and no link of
+/// the whole path is down in `LINKS_DOWN` (a remote failure, known from the link-state
+/// records before any route is recomputed).
 /// When no member is usable, the first one that answers probes but is still held down takes
 /// the flow: the hold-down keeps flows off a flapping link while another can carry them, and
 /// with none left it would only turn a link that works into a black hole (after a stall of
 /// the prober, every link restarts its streak at once).
-/// A next hop towards `from` (the gateway a transit packet came from; 0 for LAN traffic) is
-/// never taken: gateways do not share link state, so a region routing back over the link the
-/// packet came in on would not know that the sender chose it because a link further on is
-/// dead (the seed's triangle: 80 + 120 = 200 ms ties the direct path), and the packet would
-/// loop until its TTL ran out.
 #[inline(always)]
 fn pick_nexthop(
     table: &NextHopTable,
     member: u32,
     clock: &mut Clock,
-    from: u32,
-) -> Result<(u32, &'static NextHop), Reason> {
+) -> Result<(u32, &'static NextHop, [u8; 4]), Reason> {
     let actives = table.active_count as u32;
     let all = table.member_count as u32;
-    // A member passed over because it cannot carry (not because it leads back).
+    let dead_paths = dead_paths(table);
     let mut skipped = false;
     let mut i = 0u32;
     while i < MAX_GROUP_MEMBERS as u32 {
@@ -151,29 +149,30 @@ fn pick_nexthop(
         } else {
             i
         };
-        let id = table.nexthops[(m as usize) & (MAX_GROUP_MEMBERS - 1)];
+        let m = (m as usize) & (MAX_GROUP_MEMBERS - 1);
+        let id = table.nexthops[m];
         if let Some(nh) = NEXTHOPS.get(id) {
-            let back = from != 0 && u32::from_ne_bytes(nh.remote_ip4) == from;
-            if !back {
-                let liveness = if nh.flags & NH_F_VALID != 0 {
-                    link_liveness(nh.link_id, clock)
-                } else {
-                    Liveness::Dead
-                };
-                if liveness == Liveness::Usable {
-                    if skipped {
-                        count(Reason::LanFailover);
-                    }
-                    return Ok((id, nh));
+            let liveness = if nh.flags & NH_F_VALID == 0 {
+                Liveness::Dead
+            } else if (dead_paths >> m) & 1 != 0 {
+                count(Reason::LanRemoteLinkDown);
+                Liveness::Dead
+            } else {
+                link_liveness(nh.link_id, clock)
+            };
+            if liveness == Liveness::Usable {
+                if skipped {
+                    count(Reason::LanFailover);
                 }
-                note_skip(&mut skipped);
-                if liveness == Liveness::HeldDown {
-                    if let Some(first) = PICK_SCRATCH.get_ptr_mut(0) {
-                        // SAFETY: per-CPU slot; XDP runs to completion on this CPU.
-                        unsafe {
-                            if *first == NO_MEMBER {
-                                *first = id;
-                            }
+                return Ok((id, nh, table.paths[m].route));
+            }
+            note_skip(&mut skipped);
+            if liveness == Liveness::HeldDown {
+                if let Some(first) = PICK_SCRATCH.get_ptr_mut(0) {
+                    // SAFETY: per-CPU slot; XDP runs to completion on this CPU.
+                    unsafe {
+                        if *first == NO_MEMBER {
+                            *first = m as u32;
                         }
                     }
                 }
@@ -185,16 +184,48 @@ fn pick_nexthop(
     }
     if skipped {
         if let Some(first) = PICK_SCRATCH.get(0) {
-            let id = *first;
-            if id != NO_MEMBER {
+            let m = (*first as usize) & (MAX_GROUP_MEMBERS - 1);
+            if *first != NO_MEMBER {
+                let id = table.nexthops[m];
                 if let Some(nh) = NEXTHOPS.get(id) {
                     count(Reason::LanHeldDownFallback);
-                    return Ok((id, nh));
+                    return Ok((id, nh, table.paths[m].route));
                 }
             }
         }
     }
     Err(Reason::LanPassNoLiveNextHop)
+}
+
+/// The members whose path crosses a link that is down in the network's bitmap, one bit
+/// each. Computed once per packet without a branch (the agent fills a path's unused link
+/// slots with its first link), and only while some link is down: a branch per member and
+/// link would multiply the verifier's states through the member loop.
+#[inline(always)]
+fn dead_paths(table: &NextHopTable) -> u32 {
+    let Some(down) = LINKS_DOWN.get(0) else {
+        return 0;
+    };
+    if down.count == 0 {
+        return 0;
+    }
+    let mut dead = 0u32;
+    let mut m = 0;
+    while m < MAX_GROUP_MEMBERS {
+        let path = &table.paths[m];
+        let mut hit = 0u64;
+        let mut j = 0;
+        while j < MAX_PATH_LINKS {
+            let l = path.links[j] as usize;
+            hit |= down.words[(l >> 6) & (LINKS_DOWN_WORDS - 1)] >> (l & 63);
+            j += 1;
+        }
+        // 1 for a path with links (at most MAX_PATH_LINKS), 0 for an empty one.
+        let has_links = (path.link_count as u64 + 255) >> 8;
+        dead |= ((hit & has_links & 1) as u32) << m;
+        m += 1;
+    }
+    dead
 }
 
 const NO_MEMBER: u32 = u32::MAX;
@@ -356,12 +387,11 @@ fn class_of(
     }
 }
 
-/// Routes the Ethernet frame at the start of the packet: encapsulates and redirects it (or,
-/// for a hand-off next hop of LAN traffic, marks it for the kernel), or returns why not (the
-/// packet untouched). Used for LAN traffic and, after decapsulation, for transit traffic.
-/// `from`: the outer source address of a transit packet (the previous gateway), else 0.
+/// Routes the LAN's Ethernet frame at the start of the packet: encapsulates it with the
+/// chosen member's source route and redirects it (or, for a hand-off next hop, marks it for
+/// the kernel), or returns why not (the packet untouched).
 #[inline(always)]
-pub fn forward(ctx: &XdpContext, from: u32) -> Result<u32, Reason> {
+fn forward(ctx: &XdpContext) -> Result<u32, Reason> {
     let cfg = DWCP_CONFIG.get(0).ok_or(Reason::LanPassNotReady)?;
     if cfg.flags & CONFIG_F_READY == 0 {
         return Err(Reason::LanPassNotReady);
@@ -394,15 +424,10 @@ pub fn forward(ctx: &XdpContext, from: u32) -> Result<u32, Reason> {
     let bucket = bounded(bucket_of(hash), NHG_BUCKETS).ok_or(Reason::LanPassNoGroup)?;
     let member = table.buckets[bucket] as u32;
     let mut clock = Clock(0);
-    let (nh_id, nh) = pick_nexthop(table, member, &mut clock, from)?;
+    let (nh_id, nh, source_route) = pick_nexthop(table, member, &mut clock)?;
 
     let frame_len = ctx.data_end() - ctx.data();
     if nh.flags & NH_F_HANDOFF != 0 {
-        // A decapsulated transit packet is not on a LAN device (no tc program there to read
-        // the metadata): the kernel routes it unmarked.
-        if from != 0 {
-            return Err(Reason::HandoffTransit);
-        }
         let Some(class) = class_of(&p, &route, nh_id, cfg, frame_len, &mut clock) else {
             return Ok(xdp_action::XDP_DROP);
         };
@@ -444,7 +469,7 @@ pub fn forward(ctx: &XdpContext, from: u32) -> Result<u32, Reason> {
     }
     let policy: Option<&QosPolicy> = QOS_POLICY.get(class as u32);
     let tos = rewrite_inner(ctx, p.v6, policy)?;
-    write_outer(ctx, nh, neigh, hash, tos)?;
+    write_outer(ctx, nh, neigh, encap_source_port(hash), tos, source_route)?;
 
     count_nexthop(nh_id, frame_len as u64);
     count_class(class as u32, frame_len as u64);
@@ -583,12 +608,13 @@ fn rewrite_inner(ctx: &XdpContext, v6: bool, policy: Option<&QosPolicy>) -> Resu
 
 /// Writes outer Ethernet, IPv4, UDP and VXLAN headers and the inner Ethernet addresses.
 #[inline(always)]
-fn write_outer(
+pub(crate) fn write_outer(
     ctx: &XdpContext,
     nh: &NextHop,
     neigh: &Neighbour,
-    hash: u32,
+    sport: u16,
     tos: u8,
+    route: [u8; 4],
 ) -> Result<(), Reason> {
     let frame_len = ctx.data_end() - ctx.data();
     let _all: *mut [u8; INNER_L3] = ptr_at(ctx, 0).ok_or(Reason::LanPassMalformed)?;
@@ -610,7 +636,6 @@ fn write_outer(
         + (((l[2] as u32) << 8) | l[3] as u32)
         + (((r[0] as u32) << 8) | r[1] as u32)
         + (((r[2] as u32) << 8) | r[3] as u32);
-    let sport = encap_source_port(hash);
     unsafe {
         (*eth).dst = neigh.mac;
         (*eth).src = neigh.if_mac;
@@ -635,8 +660,8 @@ fn write_outer(
         };
         *vx = VxlanHdr {
             flags: VXLAN_FLAG_VNI,
-            reserved: [0; 3],
-            vni: (nh.vni << 8).to_be(),
+            reserved: [route[0], route[1], route[2]],
+            vni: ((nh.vni << 8) | route[3] as u32).to_be(),
         };
         (*inner).dst = nh.inner_dst_mac;
         (*inner).src = neigh.if_mac;

@@ -9,10 +9,10 @@ use aya_ebpf::{
 };
 use dwcp_common::{
     probe::ProbeKey, ClassifierKey, ClassifierRule, Counters, GatewayConfig, HandoffFlow, LanPort,
-    LinkConfig, LinkState, Neighbour, NeighbourKey, NextHop, NextHopTable, Policer, PolicerKey,
-    QosPolicy, Route, VniEntry, GROUP_TABLE_ENTRIES, MAX_CLASSIFIER_RULES, MAX_GROUPS,
+    LinkConfig, LinkState, LinksDown, Neighbour, NeighbourKey, NextHop, NextHopTable, Policer,
+    PolicerKey, QosPolicy, Route, VniEntry, GROUP_TABLE_ENTRIES, MAX_CLASSIFIER_RULES, MAX_GROUPS,
     MAX_HANDOFF_FLOWS, MAX_LINKS, MAX_NEIGHBOURS, MAX_NEXTHOPS, MAX_POLICERS, MAX_PORTS,
-    MAX_ROUTES, MAX_VNIS, REASON_COUNT,
+    MAX_ROUTES, MAX_TRANSIT_EXITS, MAX_VNIS, REASON_COUNT,
 };
 
 const ROUTES: usize = MAX_ROUTES as usize;
@@ -111,3 +111,14 @@ pub type V6Key = Key<[u8; 16]>;
 #[btf_map]
 pub static HANDOFF_FLOWS: LruHashMap<HandoffFlow, u32, { MAX_HANDOFF_FLOWS as usize }> =
     LruHashMap::new();
+
+/// The links down anywhere in the network, one bit each (the agent writes it from the
+/// link-state records): a member whose path crosses one is skipped at once, before any route
+/// is recomputed.
+#[btf_map]
+pub static LINKS_DOWN: Array<LinksDown, 1> = Array::new();
+
+/// Exit number (a link's position among this region's links, from 1) -> link id: the
+/// transit half of the source route.
+#[btf_map]
+pub static TRANSIT_EXITS: HashMap<u32, u32, { MAX_TRANSIT_EXITS as usize }> = HashMap::new();

@@ -12,13 +12,15 @@ use aya_ebpf::{
     helpers::{bpf_fib_lookup as fib_lookup, bpf_ktime_get_ns, bpf_xdp_adjust_head},
     programs::XdpContext,
 };
-use dwcp_common::{probe::*, wire::*, LinkConfig, LinkState, Reason};
+use dwcp_common::{
+    probe::*, wire::*, LinkConfig, LinkState, NeighbourKey, Reason, NH_F_HANDOFF, NH_F_VALID,
+};
 
 use crate::{
     headers::{csum_replace2, ptr_at, EthHdr, Ipv4Hdr, Ipv6Hdr, UdpHdr, VxlanHdr},
     lan,
     maps::*,
-    stats::count,
+    stats::{count, count_nexthop},
 };
 
 const AF_INET: u8 = 2;
@@ -219,18 +221,20 @@ fn reflect(ctx: &XdpContext, b: &mut [u8; PROBE_LEN]) -> Result<(), Reason> {
     Ok(())
 }
 
-/// Decapsulates VXLAN for a VNI of ours, when it comes from the VNI's link: from its peer, on
-/// its interface (anything else is dropped). Transit: when the inner destination has a route
-/// in this gateway's tables (another region), the LAN pipeline re-encapsulates it towards the
-/// next gateway. Local delivery: the kernel's FIB and neighbour table (`bpf_fib_lookup`) give
-/// the port and MACs, and we redirect only to a LAN port; while the neighbour is not
+/// Takes VXLAN for a VNI of ours, when it comes from the VNI's link: from its peer, on its
+/// interface (anything else is dropped). Transit: a packet whose source route is not over
+/// goes on to the exit the route names ([`transit`]). Local delivery (the route is over):
+/// the packet is decapsulated, and the kernel's FIB and neighbour table (`bpf_fib_lookup`)
+/// give the port and MACs; we redirect only to a LAN port; while the neighbour is not
 /// resolved, the inner packet goes up the stack addressed to us and the kernel routes it (and
-/// resolves the neighbour). The outer source (the previous gateway) is never sent a transit
-/// packet back (split horizon; see `lan::forward`).
+/// resolves the neighbour).
 #[inline(always)]
 fn decap(ctx: &XdpContext, ip: &Ipv4Hdr) -> Result<u32, Reason> {
     let vx: *const VxlanHdr = ptr_at(ctx, L4 + UDP_HLEN).ok_or(Reason::UnderlayPassMalformed)?;
-    let (flags, vni) = unsafe { ((*vx).flags, u32::from_be((*vx).vni) >> 8) };
+    let (flags, vni_word, reserved) =
+        unsafe { ((*vx).flags, u32::from_be((*vx).vni), (*vx).reserved) };
+    let vni = vni_word >> 8;
+    let route = [reserved[0], reserved[1], reserved[2], vni_word as u8];
     if flags & VXLAN_FLAG_VNI == 0 {
         return Err(Reason::UnderlayPassMalformed);
     }
@@ -251,24 +255,13 @@ fn decap(ctx: &XdpContext, ip: &Ipv4Hdr) -> Result<u32, Reason> {
     let inner_off = L4 + UDP_HLEN + VXLAN_HLEN;
     let outer: *const EthHdr = ptr_at(ctx, 0).ok_or(Reason::UnderlayPassMalformed)?;
     let (our_mac, peer_mac) = unsafe { ((*outer).dst, (*outer).src) };
-    // The inner frame must be there before we strip anything.
+    // The inner frame must be there before we send it on or strip anything.
     let _inner: *const EthHdr = ptr_at(ctx, inner_off).ok_or(Reason::UnderlayPassMalformed)?;
+    if route[0] != 0 {
+        return transit(ctx, ip.tos, route, entry.link_id);
+    }
     if unsafe { bpf_xdp_adjust_head(ctx.ctx, inner_off as i32) } != 0 {
         return Err(Reason::UnderlayPassMalformed);
-    }
-
-    match lan::forward(ctx, from) {
-        Ok(action) => {
-            count(Reason::UnderlayTransit);
-            return Ok(action);
-        }
-        // Not for another region: deliver here.
-        Err(Reason::LanPassNoRoute) | Err(Reason::LanPassNotReady) => {}
-        // A transit packet the fast path cannot send on: the kernel gets it (counted).
-        Err(reason) => {
-            count(reason);
-            return pass_up(ctx, our_mac, peer_mac);
-        }
     }
 
     let inner: *const EthHdr = ptr_at(ctx, 0).ok_or(Reason::UnderlayPassMalformed)?;
@@ -323,6 +316,62 @@ fn decap(ctx: &XdpContext, ip: &Ipv4Hdr) -> Result<u32, Reason> {
         }
     }
     pass_up(ctx, our_mac, peer_mac)
+}
+
+/// Sends a transit packet on along its source route: out of the exit its first byte names,
+/// with that byte taken off the route. Only the outer headers are rewritten; the inner frame
+/// and the outer UDP source port (the flow's entropy) stay. A transit gateway never picks a
+/// path of its own, so gateways whose views differ during convergence cannot pass a packet
+/// around in a circle: when the exit cannot carry, the packet is dropped, and the ingress
+/// gateway moves the flow once the dead link's record reaches it.
+#[inline(always)]
+fn transit(ctx: &XdpContext, tos: u8, route: [u8; 4], came_on: u32) -> Result<u32, Reason> {
+    let Some(&link) = (unsafe { TRANSIT_EXITS.get(route[0] as u32) }) else {
+        return dropped(Reason::TransitNoExit);
+    };
+    // A route back over the link it came in on is no path an ingress computes.
+    if link == came_on {
+        return dropped(Reason::TransitNoExit);
+    }
+    let Some(nh) = NEXTHOPS.get(link) else {
+        return dropped(Reason::TransitNoExit);
+    };
+    if nh.flags & NH_F_VALID == 0 {
+        return dropped(Reason::TransitNoExit);
+    }
+    // XDP cannot encrypt, and the kernel would route the packet unmarked: never in clear.
+    if nh.flags & NH_F_HANDOFF != 0 {
+        return dropped(Reason::HandoffTransit);
+    }
+    let reported_down = LINKS_DOWN.get(0).is_some_and(|d| d.contains(link));
+    if reported_down || lan::link_liveness(link, &mut lan::Clock(0)) == lan::Liveness::Dead {
+        return dropped(Reason::TransitExitDown);
+    }
+    let frame_len = ctx.data_end() - ctx.data();
+    if frame_len - ETH_HLEN > nh.mtu as usize {
+        return dropped(Reason::TransitTooBig);
+    }
+    let Some(neigh) = (unsafe {
+        NEIGHBOURS.get(NeighbourKey {
+            ifindex: nh.ifindex,
+            ip4: nh.via_ip4,
+        })
+    }) else {
+        return dropped(Reason::TransitNoNeighbour);
+    };
+    let udp: *const UdpHdr = ptr_at(ctx, L4).ok_or(Reason::UnderlayPassMalformed)?;
+    let sport = u16::from_be(unsafe { (*udp).sport });
+    if lan::write_outer(ctx, nh, neigh, sport, tos, next_route(route)).is_err() {
+        return dropped(Reason::UnderlayPassMalformed);
+    }
+    count_nexthop(link, (frame_len - VXLAN_ENCAP_LEN) as u64);
+    match TX_PORTS.redirect(nh.ifindex, 0) {
+        Ok(action) => {
+            count(Reason::UnderlayTransit);
+            Ok(action)
+        }
+        Err(_) => dropped(Reason::LanRedirectFailed),
+    }
 }
 
 /// Hands the decapsulated frame to the kernel, addressed to us so that it routes it.

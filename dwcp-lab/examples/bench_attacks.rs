@@ -232,7 +232,7 @@ fn main() -> anyhow::Result<()> {
     let mut gw = Gateway::load()?;
     let mut rng = Rng(SEED);
     let lan_corpus = corpus(&lan_seeds(), |f| f.to_vec(), &mut rng);
-    let underlay_corpus = corpus(&underlay_seeds(&gw), |f| vxlan(1, f), &mut rng);
+    let underlay_corpus = corpus(&underlay_seeds(&gw), transit, &mut rng);
     let (lan, underlay) = run_corpora(&mut gw, &lan_corpus, &underlay_corpus)?;
     let xdp_time = t0.elapsed();
     let (api_ok, api_ms) = tokio::runtime::Builder::new_multi_thread()

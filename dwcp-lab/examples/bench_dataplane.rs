@@ -121,6 +121,7 @@ fn setup() -> Result<Dataplane> {
         .map(|n| Member {
             nexthop: n,
             weight: n,
+            path: Default::default(),
         })
         .collect();
     s.groups.insert(1, build_table(&members, None)?);
@@ -128,6 +129,7 @@ fn setup() -> Result<Dataplane> {
     let live = [Member {
         nexthop: 5,
         weight: 1,
+        path: Default::default(),
     }];
     s.groups.insert(2, build_table(&live, None)?);
     s.links.insert(

@@ -175,6 +175,7 @@ fn spawn_agent_failover(
                         .map(|&l| Member {
                             nexthop: l,
                             weight: 1,
+                            path: Default::default(),
                         })
                         .collect();
                     if !members.is_empty() {
@@ -360,6 +361,7 @@ fn run_mode(lab: &mut MultiLinkLab, mode: Mode, trials: usize) -> Result<ModeRes
             .map(|l| Member {
                 nexthop: l,
                 weight: 1,
+                path: Default::default(),
             })
             .collect();
         dp.set_group(MULTI_LAB_GROUP, &all)?;

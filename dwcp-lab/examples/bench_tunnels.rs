@@ -555,6 +555,7 @@ fn fast_path_handoff(ns: &Netns, wg: &str, mark: u32) -> Result<(Dataplane, Atta
             &[Member {
                 nexthop: 1,
                 weight: 1,
+                path: Default::default(),
             }],
         )?;
         dp.set_route(

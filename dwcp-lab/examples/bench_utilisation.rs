@@ -119,6 +119,7 @@ fn members(weights: &[u8]) -> Vec<Member> {
         .map(|(i, &w)| Member {
             nexthop: i as u32 + 1,
             weight: u32::from(w),
+            path: Default::default(),
         })
         .collect()
 }
@@ -343,6 +344,7 @@ fn main() -> Result<()> {
             members: vec![Member {
                 nexthop: widest,
                 weight: 1,
+                path: Default::default(),
             }],
         },
     ];
@@ -421,6 +423,7 @@ fn main() -> Result<()> {
         lab.set_split(&[Member {
             nexthop: id,
             weight: 1,
+            path: Default::default(),
         }])?;
         let (_, w) = run_load(&lab, &servers, &check)?;
         check_rows.push((id, cap, w.goodput_bps, w.wire_bps()[i], w.drops[i]));

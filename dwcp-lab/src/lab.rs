@@ -378,6 +378,7 @@ pub fn paths_state(
         .map(|p| Member {
             nexthop: p.nexthop,
             weight: 1,
+            path: Default::default(),
         })
         .collect();
     s.groups.insert(group, build_table(&members, None)?);

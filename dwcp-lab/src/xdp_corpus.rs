@@ -131,6 +131,10 @@ impl Gateway {
                 },
             )?;
         }
+        // Transit: exit 1 leaves on link 2, exit 2 on link 1 (back where link 1's traffic
+        // came from: the program must refuse that).
+        dp.set_transit_exit(TRANSIT_EXIT as u32, 2)?;
+        dp.set_transit_exit(2, 1)?;
         let keys = [dp.probe_key(1)?, dp.probe_key(2)?];
         // The lab's programming did what the oracle below assumes.
         let vnis: BTreeMap<u32, u32> = dp
@@ -213,8 +217,21 @@ pub fn vxlan(link: u32, inner: &[u8]) -> Vec<u8> {
 /// `inner` in VXLAN with `vni` from `src` to us (a spoofer's, if `src` is not the peer of
 /// the VNI's link), every length right.
 pub fn vxlan_from(src: Ipv4Addr, vni: u32, inner: &[u8]) -> Vec<u8> {
-    let mut payload = vec![VXLAN_FLAG_VNI, 0, 0, 0];
-    payload.extend_from_slice(&(vni << 8).to_be_bytes());
+    vxlan_routed_from(src, vni, [0; 4], inner)
+}
+
+/// The gateway's transit exit to link 2.
+pub const TRANSIT_EXIT: u8 = 1;
+
+/// `inner` in VXLAN of link 1 from its peer, in transit: its source route sends it on to
+/// link 2 ([`TRANSIT_EXIT`]).
+pub fn transit(inner: &[u8]) -> Vec<u8> {
+    vxlan_routed_from(peer(1), 101, [TRANSIT_EXIT, 0, 0, 0], inner)
+}
+
+/// `inner` in VXLAN with `vni` and source route `route` from `src` to us.
+pub fn vxlan_routed_from(src: Ipv4Addr, vni: u32, route: [u8; 4], inner: &[u8]) -> Vec<u8> {
+    let mut payload = vxlan_header(vni, route).to_vec();
     payload.extend_from_slice(inner);
     let ip = V4::new(IPPROTO_UDP, &src.to_string(), &OUR_IP.to_string())
         .build(&udp(50000, VXLAN_PORT, &payload));
@@ -250,9 +267,15 @@ pub fn underlay_seeds(gw: &Gateway) -> Vec<Vec<u8>> {
         };
         out.push(probe(&reply, peer(l)));
     }
-    // Transit to region B and local delivery, inner frames of every kind.
+    // Transit and local delivery, inner frames of every kind; routes of every length, and
+    // back where the packet came from.
     for inner in lan_seeds() {
+        out.push(transit(&inner));
         out.push(vxlan(1, &inner));
+    }
+    let inner = &lan_seeds()[0];
+    for route in [[1, 2, 0, 0], [1, 2, 1, 2], [2, 0, 0, 0], [9, 0, 0, 0]] {
+        out.push(vxlan_routed_from(peer(1), 101, route, inner));
     }
     let local = frame(
         ETH_P_IP,
@@ -657,22 +680,70 @@ fn check_underlay_tx(input: &[u8], output: &[u8]) -> Result<(), String> {
 }
 
 /// What an underlay frame the program redirected must be: VXLAN of a link's VNI from that
-/// link's peer, around a frame that may be forwarded, sent on encapsulated (transit) or
-/// delivered as it was (local delivery).
+/// link's peer, and then either in transit (a source route not over): sent on to the exit the
+/// route names, not back on the link it came in on, with well-formed outer headers, the route
+/// shifted by one exit and the inner frame relayed byte for byte (but its MACs); or delivered
+/// (the route over): a frame that may be forwarded.
 fn check_underlay_redirect(input: &[u8], output: &[u8]) -> Result<(), String> {
     let o = outer(input, VXLAN_PORT).map_err(|e| format!("decapsulated: {e}"))?;
     let (vx, src) = (o.payload, o.src);
     if vx.len() < VXLAN_HLEN || vx[0] & VXLAN_FLAG_VNI == 0 {
-        return Err("decapsulated something else than VXLAN".into());
+        return Err("took something else than VXLAN".into());
     }
     let vni = u32::from_be_bytes([0, vx[4], vx[5], vx[6]]);
     if !(1..=LINKS).any(|l| vni == 100 + l && src == peer(l)) {
-        return Err(format!("decapsulated VNI {vni} from {src}"));
+        return Err(format!("took VNI {vni} from {src}"));
     }
-    if let Some(why) = unforwardable(&vx[VXLAN_HLEN..]) {
-        return Err(format!("decapsulated and sent on a malformed frame: {why}"));
+    let header: [u8; VXLAN_HLEN] = vx[..VXLAN_HLEN].try_into().unwrap();
+    let route = vxlan_route(&header);
+    if route[0] == 0 {
+        return match unforwardable(output) {
+            Some(why) => Err(format!("delivered a malformed frame: {why}")),
+            None => Ok(()),
+        };
     }
-    check_encapsulated(output, Some(src))
+    // The gateway's exits: 1 to link 2, 2 to link 1 ([`Gateway::load`]).
+    let exit_link = match route[0] {
+        1 => 2,
+        2 => 1,
+        e => {
+            return Err(format!(
+                "sent on by exit {e}, which the gateway does not have"
+            ))
+        }
+    };
+    if vni == 100 + exit_link {
+        return Err(format!("sent back on link {exit_link}, where it came from"));
+    }
+    let out = outer(output, VXLAN_PORT).map_err(|e| format!("sent on: {e}"))?;
+    let p = SlicedPacket::from_ethernet(output).map_err(|e| format!("sent on: {e}"))?;
+    let Some(NetSlice::Ipv4(ip)) = &p.net else {
+        return Err("sent on: not IPv4".into());
+    };
+    let h = ip.header().to_header();
+    if h.header_checksum != h.calc_header_checksum()
+        || Ipv4Addr::from(h.destination) != peer(exit_link)
+    {
+        return Err(format!(
+            "sent on to {:?}, checksum {:#x} (right: {:#x})",
+            h.destination,
+            h.header_checksum,
+            h.calc_header_checksum()
+        ));
+    }
+    let sent: [u8; VXLAN_HLEN] = out
+        .payload
+        .get(..VXLAN_HLEN)
+        .and_then(|h| h.try_into().ok())
+        .ok_or("sent on: no VXLAN header")?;
+    if sent != vxlan_header(100 + exit_link, next_route(route)) {
+        return Err(format!("sent on with VXLAN header {sent:?}"));
+    }
+    let (inner_in, inner_out) = (&vx[VXLAN_HLEN..], &out.payload[VXLAN_HLEN..]);
+    if inner_in.len() != inner_out.len() || inner_in.get(12..) != inner_out.get(12..) {
+        return Err("sent on a changed inner frame".into());
+    }
+    Ok(())
 }
 
 // ---------------------------------------------------------------------------------------------

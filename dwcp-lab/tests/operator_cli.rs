@@ -529,6 +529,7 @@ fn maps_decodes_the_pinned_maps_as_bpftool_does() {
         &[Member {
             nexthop: 9,
             weight: 1,
+            path: Default::default(),
         }],
     )
     .unwrap();

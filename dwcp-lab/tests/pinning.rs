@@ -52,6 +52,7 @@ fn maps_are_pinned_with_btf_and_reused_by_the_next_load() {
             &[Member {
                 nexthop: 9,
                 weight: 1,
+                path: Default::default(),
             }],
         )
         .unwrap();
@@ -92,7 +93,11 @@ fn pin_dir(test: &str) -> PinDir {
 }
 
 fn one_member(nexthop: u32) -> [Member; 1] {
-    [Member { nexthop, weight: 1 }]
+    [Member {
+        nexthop,
+        weight: 1,
+        path: Default::default(),
+    }]
 }
 
 #[test]

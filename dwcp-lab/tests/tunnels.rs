@@ -1446,6 +1446,7 @@ async fn fast_path_marks_are_handed_to_wireguard_by_policy_routing() {
                 &[Member {
                     nexthop: 1,
                     weight: 1,
+                    path: Default::default(),
                 }],
             )
             .unwrap();

@@ -23,6 +23,7 @@ fn members(weights: &[u32]) -> Vec<Member> {
         .map(|(i, &weight)| Member {
             nexthop: i as u32 + 1,
             weight,
+            path: Default::default(),
         })
         .collect()
 }
@@ -101,6 +102,7 @@ fn iperf_streams_take_the_one_path_of_a_single_member_split() {
         .set_split(&[Member {
             nexthop: 2,
             weight: 1,
+            path: Default::default(),
         }])
         .unwrap();
     let server = IperfServer::start(&lab.host_b, HOST_B_IP, IPERF_PORT).unwrap();

@@ -7,9 +7,9 @@ use std::net::{IpAddr, Ipv4Addr};
 use aya::programs::{TestRun, TestRunOptions};
 use dwcp_common::{
     bucket_of, flow_hash, maps::programs, probe::*, wire::*, ClassifierKey, ClassifierRule,
-    FlowKey, GatewayConfig, LanPort, LinkConfig, Neighbour, NeighbourKey, NextHop, NextHopTable,
-    QosClass, QosPolicy, Reason, Route, VniEntry, CONFIG_F_READY, LINK_F_ADMIN_DOWN,
-    LINK_F_MONITORED, NH_F_VALID, QOS_F_REWRITE,
+    FlowKey, GatewayConfig, LanPort, LinkConfig, LinksDown, MemberPath, Neighbour, NeighbourKey,
+    NextHop, NextHopTable, QosClass, QosPolicy, Reason, Route, VniEntry, CONFIG_F_READY,
+    LINK_F_ADMIN_DOWN, LINK_F_MONITORED, MAX_PATH_LINKS, NH_F_VALID, QOS_F_REWRITE,
 };
 use dwcp_control::nhg_table;
 use dwcp_dataplane::decode_sample;
@@ -142,10 +142,12 @@ impl Fixture {
                     Member {
                         nexthop: 1,
                         weight: 1,
+                        path: Default::default(),
                     },
                     Member {
                         nexthop: 2,
                         weight: 3,
+                        path: Default::default(),
                     },
                 ],
             )
@@ -1056,8 +1058,12 @@ fn vxlan_frame(link: u32, inner: &[u8]) -> Vec<u8> {
 
 /// VXLAN from the gateway at `src` (the fixture's next hop n is 198.51.100.n).
 fn vxlan_frame_from(src: &str, vni: u32, inner: &[u8]) -> Vec<u8> {
-    let mut payload = vec![0x08, 0, 0, 0];
-    payload.extend_from_slice(&(vni << 8).to_be_bytes());
+    vxlan_frame_routed(src, vni, [0; 4], inner)
+}
+
+/// VXLAN carrying a source route (its first byte: the exit this gateway is to take).
+fn vxlan_frame_routed(src: &str, vni: u32, route: [u8; 4], inner: &[u8]) -> Vec<u8> {
+    let mut payload = vxlan_header(vni, route).to_vec();
     payload.extend_from_slice(inner);
     let ip = V4::new(IPPROTO_UDP, src, OUR_IP).build(&udp(50000, VXLAN_PORT, &payload));
     let mut f = eth([2, 0, 0, 0, 0, 0x99], [2, 0, 0, 0, 0, 0x98], ETH_P_IP);
@@ -1130,64 +1136,158 @@ fn the_labs_pass_program_passes_frames_untouched() {
     not(feature = "privileged"),
     ignore = "privileged: needs root, BPF and network namespaces (--features dwcp-lab/privileged)"
 )]
-fn transit_traffic_is_decapsulated_and_sent_on_to_the_next_gateway() {
+fn transit_follows_the_source_route_and_rewrites_only_the_outer_headers() {
     let mut fx = Fixture::new();
-    // Arrives from region A's gateway on its link (not one of the next hops), for region B
-    // (10.2.0.0/16, routed by this gateway).
-    let l3 = V4::new(IPPROTO_UDP, "10.1.0.5", "10.2.0.9").build(&udp(40000, 5004, b"transit"));
-    let f = vxlan_frame(LINKS, &frame(ETH_P_IP, &l3));
-    let key = v4_key("10.1.0.5", "10.2.0.9", IPPROTO_UDP, 40000, 5004);
-    let (verdict, out) = fx.run(programs::UNDERLAY_INGRESS, &f);
+    fx.dp.set_transit_exit(3, 2).unwrap();
+    // From region A's gateway on its link, for wherever: the route, not the destination,
+    // says where it goes (exit 3 here, then exit 5 at the next gateway).
+    let l3 = V4::new(IPPROTO_UDP, "10.1.0.5", "10.7.0.9").build(&udp(40000, 5004, b"transit"));
+    let inner = frame(ETH_P_IP, &l3);
+    let f = vxlan_frame_routed(REGION_A_GW, 100 + LINKS, [3, 5, 0, 0], &inner);
+    let (verdict, out) = fx.underlay(&f);
     assert_eq!(verdict, XDP_REDIRECT);
-    let nh = nexthop(fx.chosen(&key));
-    let want = expected_encap(
-        &expected_inner(&l3, QosClass::Realtime.default_dscp()),
-        &nh,
-        flow_hash(&key, SEED),
-    );
+    let nh = nexthop(2);
+    let n = neighbour(2);
+    let mut want = eth(n.mac, n.if_mac, ETH_P_IP);
+    let inner_len = inner.len();
+    let mut ip = vec![0x45, 0];
+    ip.extend_from_slice(&((20 + 8 + 8 + inner_len) as u16).to_be_bytes());
+    ip.extend_from_slice(&[0, 0, 0, 0, 64, IPPROTO_UDP, 0, 0]);
+    ip.extend_from_slice(&nh.local_ip4);
+    ip.extend_from_slice(&nh.remote_ip4);
+    let c = checksum(&ip);
+    ip[10..12].copy_from_slice(&c.to_be_bytes());
+    want.extend_from_slice(&ip);
+    // The outer source port (the flow's entropy) stays; the route loses its first exit.
+    want.extend_from_slice(&50000u16.to_be_bytes());
+    want.extend_from_slice(&VXLAN_PORT.to_be_bytes());
+    want.extend_from_slice(&((8 + 8 + inner_len) as u16).to_be_bytes());
+    want.extend_from_slice(&[0, 0]);
+    want.extend_from_slice(&vxlan_header(nh.vni, [5, 0, 0, 0]));
+    // The inner frame: addressed for the next link, its packet untouched (TTL included).
+    want.extend_from_slice(&eth(nh.inner_dst_mac, n.if_mac, ETH_P_IP));
+    want.extend_from_slice(&l3);
     assert_eq!(out, want);
     assert_eq!(fx.reason(Reason::UnderlayTransit), 1);
+    assert_eq!(fx.dp.nexthop_counters(2).unwrap().packets, 1);
 }
 
+/// A transit gateway never routes on its own: an exit it does not have, a dead or
+/// reported-down exit link, or a WireGuard exit (which XDP cannot encrypt) drops the packet.
 #[test]
 #[cfg_attr(
     not(feature = "privileged"),
     ignore = "privileged: needs root, BPF and network namespaces (--features dwcp-lab/privileged)"
 )]
-fn transit_never_sends_a_packet_back_to_the_gateway_it_came_from() {
+fn transit_drops_what_its_exit_cannot_carry_and_never_routes_it_elsewhere() {
     let mut fx = Fixture::new();
-    let outer_dst = |out: &[u8]| [out[30], out[31], out[32], out[33]];
-    let mut by_hash = [0u32; 2];
-    for sport in 3000..3040u16 {
-        let l3 = V4::new(IPPROTO_UDP, "10.1.0.5", "10.2.0.9").build(&udp(sport, 5004, b"t"));
-        let key = v4_key("10.1.0.5", "10.2.0.9", IPPROTO_UDP, sport, 5004);
-        let hashed = fx.chosen(&key);
-        by_hash[(hashed - 1) as usize] += 1;
-        for from in [1u8, 2] {
-            let f = vxlan_frame(from as u32, &frame(ETH_P_IP, &l3));
-            let (verdict, out) = fx.run(programs::UNDERLAY_INGRESS, &f);
-            assert_eq!(verdict, XDP_REDIRECT);
-            // Both members are live: the flow takes its hashed member unless that leads back
-            // to the sender, and then the other one.
-            let want = if hashed == from as u32 {
-                3 - from
-            } else {
-                hashed as u8
-            };
-            assert_eq!(
-                outer_dst(&out),
-                [198, 51, 100, want],
-                "flow {sport} (hashed to {hashed}) from 198.51.100.{from}"
-            );
-        }
+    fx.dp.set_transit_exit(1, 1).unwrap();
+    fx.dp.set_transit_exit(2, 2).unwrap();
+    let l3 = V4::new(IPPROTO_UDP, "10.1.0.5", "10.2.0.9").build(&udp(40000, 5004, b"transit"));
+    let inner = frame(ETH_P_IP, &l3);
+    let routed = |exit: u8| vxlan_frame_routed(REGION_A_GW, 100 + LINKS, [exit, 0, 0, 0], &inner);
+    // No exit 9 here, although 10.2.0.0/16 has a route: dropped, not routed.
+    assert_eq!(fx.underlay(&routed(9)).0, XDP_DROP);
+    assert_eq!(fx.reason(Reason::TransitNoExit), 1);
+    // Exit 1's link reported down by a record; exit 2's link dead by our probes.
+    fx.dp.set_links_down(LinksDown::of([1])).unwrap();
+    fx.set_link(
+        2,
+        LinkConfig {
+            flags: LINK_F_MONITORED,
+            up_after: 1,
+            detect_ns: 30_000_000,
+            ..link_identity(2)
+        },
+    )
+    .unwrap();
+    assert_eq!(fx.underlay(&routed(1)).0, XDP_DROP);
+    assert_eq!(fx.underlay(&routed(2)).0, XDP_DROP);
+    assert_eq!(fx.reason(Reason::TransitExitDown), 2);
+    // Back up: carried again.
+    fx.dp.set_links_down(LinksDown::default()).unwrap();
+    assert_eq!(fx.underlay(&routed(1)).0, XDP_REDIRECT);
+    // A WireGuard exit: never in clear text.
+    fx.dp.set_nexthop(1, NextHop::handoff(1, 1, 0x64)).unwrap();
+    assert_eq!(fx.underlay(&routed(1)).0, XDP_DROP);
+    assert_eq!(fx.reason(Reason::HandoffTransit), 1);
+    assert_eq!(fx.reason(Reason::UnderlayTransit), 1);
+    assert_eq!(fx.reason(Reason::UnderlayDecapPassed), 0);
+}
+
+/// Members are whole paths: a member whose path crosses a link the records say is down is
+/// skipped at once (its flows move to the next live member), the other members' flows stay,
+/// and every packet carries its member's source route.
+#[test]
+#[cfg_attr(
+    not(feature = "privileged"),
+    ignore = "privileged: needs root, BPF and network namespaces (--features dwcp-lab/privileged)"
+)]
+fn a_member_whose_path_crosses_a_down_link_is_skipped_and_the_others_keep_their_flows() {
+    let mut fx = Fixture::new();
+    let path = |links: &[u16], route: [u8; 4]| {
+        let mut p = MemberPath {
+            links: [links[0]; MAX_PATH_LINKS],
+            link_count: links.len() as u8,
+            route,
+            ..Default::default()
+        };
+        p.links[..links.len()].copy_from_slice(links);
+        p
+    };
+    let members = [
+        Member {
+            nexthop: 1,
+            weight: 1,
+            path: path(&[1, 7, 8], [4, 2, 0, 0]),
+        },
+        Member {
+            nexthop: 2,
+            weight: 1,
+            path: path(&[2, 6], [3, 0, 0, 0]),
+        },
+    ];
+    fx.table = fx.dp.set_group(GROUP, &members).unwrap();
+    let route_of = |out: &[u8]| [out[43], out[44], out[45], out[49]];
+    let flows: Vec<(u16, u32)> = (6000..6100u16)
+        .map(|sport| {
+            let key = v4_key("10.1.0.5", "10.2.0.9", IPPROTO_UDP, sport, 7);
+            (sport, fx.chosen(&key))
+        })
+        .collect();
+    assert!(flows.iter().any(|f| f.1 == 1) && flows.iter().any(|f| f.1 == 2));
+    let send = |fx: &mut Fixture, sport: u16| {
+        let ip = V4::new(IPPROTO_UDP, "10.1.0.5", "10.2.0.9").build(&udp(sport, 7, b"f"));
+        let (verdict, out) = fx.lan(&frame(ETH_P_IP, &ip));
+        assert_eq!(verdict, XDP_REDIRECT);
+        (out[33], route_of(&out))
+    };
+    for &(sport, member) in &flows {
+        let want = if member == 1 {
+            [4, 2, 0, 0]
+        } else {
+            [3, 0, 0, 0]
+        };
+        assert_eq!(send(&mut fx, sport), (member as u8, want), "flow {sport}");
     }
-    assert!(
-        by_hash.iter().all(|&n| n > 0),
-        "both members hashed: {by_hash:?}"
-    );
-    // Not counted as a failover: nothing is dead.
-    assert_eq!(fx.reason(Reason::LanFailover), 0);
-    assert_eq!(fx.reason(Reason::UnderlayTransit), 80);
+    // Link 8, two hops away on member 1's path, goes down: member 1's flows move, member 2's
+    // stay where they were. A link no member crosses changes nothing.
+    fx.dp.set_links_down(LinksDown::of([8, 300])).unwrap();
+    for &(sport, _) in &flows {
+        assert_eq!(send(&mut fx, sport), (2, [3, 0, 0, 0]), "flow {sport}");
+    }
+    let moved = flows.iter().filter(|f| f.1 == 1).count() as u64;
+    assert_eq!(fx.reason(Reason::LanRemoteLinkDown), moved);
+    assert_eq!(fx.reason(Reason::LanFailover), moved);
+    fx.dp.set_links_down(LinksDown::of([300])).unwrap();
+    for &(sport, member) in &flows {
+        assert_eq!(send(&mut fx, sport).0, member as u8, "flow {sport} back");
+    }
+    // Both paths down: nothing to carry the flows, the kernel gets them.
+    fx.dp.set_links_down(LinksDown::of([7, 6])).unwrap();
+    let ip = V4::new(IPPROTO_UDP, "10.1.0.5", "10.2.0.9").build(&udp(6000, 7, b"f"));
+    assert_eq!(fx.lan(&frame(ETH_P_IP, &ip)).0, XDP_PASS);
+    assert_eq!(fx.reason(Reason::LanPassNoLiveNextHop), 1);
 }
 
 #[test]
@@ -1204,10 +1304,12 @@ fn standby_member_takes_traffic_only_when_the_active_one_is_dead() {
                 Member {
                     nexthop: 1,
                     weight: 1,
+                    path: Default::default(),
                 },
                 Member {
                     nexthop: 2,
                     weight: 0,
+                    path: Default::default(),
                 },
             ],
         )
@@ -1352,7 +1454,15 @@ fn policer_remarks_or_drops_over_rate_traffic_and_leaves_the_rest() {
 // Double-buffered group tables: the program reads the table of the slot in force only.
 
 fn one_member_table(nexthop: u32) -> NextHopTable {
-    nhg_table::build_table(&[Member { nexthop, weight: 1 }], None).unwrap()
+    nhg_table::build_table(
+        &[Member {
+            nexthop,
+            weight: 1,
+            path: Default::default(),
+        }],
+        None,
+    )
+    .unwrap()
 }
 
 fn vni_of(out: &[u8]) -> u32 {
@@ -1439,10 +1549,12 @@ fn swapping_a_group_under_traffic_sends_every_packet_by_the_old_or_the_new_table
             Member {
                 nexthop: a,
                 weight: 1,
+                path: Default::default(),
             },
             Member {
                 nexthop: b,
                 weight: 2,
+                path: Default::default(),
             },
         ]
     };
@@ -1562,6 +1674,7 @@ fn handoff_fixture() -> Fixture {
             &[Member {
                 nexthop: HANDOFF_NH,
                 weight: 1,
+                path: Default::default(),
             }],
         )
         .unwrap();
@@ -1948,7 +2061,11 @@ impl FailoverLab {
     fn install(&mut self, group: &[(u32, u32)]) -> (Vec<u32>, usize, Vec<usize>) {
         let members: Vec<Member> = group
             .iter()
-            .map(|&(nexthop, weight)| Member { nexthop, weight })
+            .map(|&(nexthop, weight)| Member {
+                nexthop,
+                weight,
+                path: Default::default(),
+            })
             .collect();
         self.fx.dp.set_group(GROUP, &members).unwrap();
         let t = self.fx.dp.group_table(GROUP).unwrap().unwrap();
@@ -2199,13 +2316,16 @@ fn vxlan_is_decapsulated_only_from_the_vnis_link_peer_on_its_interface() {
         ETH_P_IP,
         &V4::new(IPPROTO_UDP, "10.1.0.5", "10.2.0.9").build(&udp(40000, 5004, b"on")),
     );
-    for inner in [&local, &transit] {
+    fx.dp.set_transit_exit(1, 2).unwrap();
+    let routes = [[0; 4], [1, 0, 0, 0]];
+    for route in routes {
+        let inner = if route[0] == 0 { &local } else { &transit };
         // A stranger using link 1's VNI; link 2's peer using link 1's VNI; link 1's peer
         // using link 2's VNI: the VNI names the link, the source is not its peer.
         for f in [
-            vxlan_frame_from("198.51.100.77", 101, inner),
-            vxlan_frame_from(&peer_of(2).to_string(), 101, inner),
-            vxlan_frame_from(&peer_of(1).to_string(), 102, inner),
+            vxlan_frame_routed("198.51.100.77", 101, route, inner),
+            vxlan_frame_routed(&peer_of(2).to_string(), 101, route, inner),
+            vxlan_frame_routed(&peer_of(1).to_string(), 102, route, inner),
         ] {
             assert_eq!(fx.underlay(&f).0, XDP_DROP);
         }
@@ -2221,15 +2341,18 @@ fn vxlan_is_decapsulated_only_from_the_vnis_link_peer_on_its_interface() {
             },
         )
         .unwrap();
-    for inner in [&local, &transit] {
-        assert_eq!(fx.underlay(&vxlan_frame(1, inner)).0, XDP_DROP);
+    let peer1 = peer_of(1).to_string();
+    for (route, inner) in [([0; 4], &local), ([1, 0, 0, 0], &transit)] {
+        let f = vxlan_frame_routed(&peer1, 101, route, inner);
+        assert_eq!(fx.underlay(&f).0, XDP_DROP);
     }
     assert_eq!(fx.reason(Reason::UnderlayDecapWrongInterface), 2);
     assert_eq!(fx.reason(Reason::UnderlayTransit), 0);
     assert_eq!(fx.reason(Reason::UnderlayDecapPassed), 0);
     // On its interface again: in.
     fx.dp.set_link_config(1, link_identity(1)).unwrap();
-    assert_eq!(fx.underlay(&vxlan_frame(1, &transit)).0, XDP_REDIRECT);
+    let f = vxlan_frame_routed(&peer1, 101, [1, 0, 0, 0], &transit);
+    assert_eq!(fx.underlay(&f).0, XDP_REDIRECT);
     assert_eq!(fx.reason(Reason::UnderlayTransit), 1);
 }
 

@@ -27,7 +27,7 @@ fn no_malformed_frame_is_ever_transmitted_or_redirected() {
     let mut gw = Gateway::load().unwrap();
     let mut rng = Rng(SEED);
     let lan_corpus = corpus(&lan_seeds(), |f| f.to_vec(), &mut rng);
-    let underlay_corpus = corpus(&underlay_seeds(&gw), |f| vxlan(1, f), &mut rng);
+    let underlay_corpus = corpus(&underlay_seeds(&gw), transit, &mut rng);
     let built = t0.elapsed();
     let t = Instant::now();
     let (lan, underlay) = run_corpora(&mut gw, &lan_corpus, &underlay_corpus).unwrap();

@@ -527,6 +527,19 @@ impl Topology {
         &self.links
     }
 
+    /// A link's exit number at one of its ends: its position among that region's links (by
+    /// link id, from 1). It is what a source route names at the region's gateway, so every
+    /// gateway running the same topology numbers the exits alike. `None` when the link does
+    /// not end there, or when it is past the 255 a route's byte can name.
+    pub fn exit_number(&self, region: RegionId, link: LinkId) -> Option<u8> {
+        let position = self
+            .links
+            .iter()
+            .filter(|l| l.a == region || l.b == region)
+            .position(|l| l.id == link)?;
+        u8::try_from(position + 1).ok()
+    }
+
     pub fn edges(&self) -> &[EdgeNode] {
         &self.edges
     }

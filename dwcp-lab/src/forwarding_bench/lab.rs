@@ -678,6 +678,7 @@ fn dwcp_state(
         .map(|n| Member {
             nexthop: n.id,
             weight: n.weight,
+            path: Default::default(),
         })
         .collect();
     s.groups.insert(

@@ -399,6 +399,7 @@ impl ShapedPathsLab {
             .map(|p| Member {
                 nexthop: p.id,
                 weight: 1,
+                path: Default::default(),
             })
             .collect();
         self.set_split(&equal)?;

@@ -129,6 +129,7 @@ mod tests {
             .map(|(i, &weight)| Member {
                 nexthop: i as u32 + 1,
                 weight,
+                path: Default::default(),
             })
             .collect()
     }
