@@ -188,8 +188,12 @@ impl Daemon {
         let probes = tasks::probe_sender(&config)?;
         let (monitor, link_views) = tasks::link_monitor(&config, &probes, input_tx.clone())?;
         started.extend(monitor);
-        let (flooding, link_state) =
-            tasks::link_state(state.config(), link_views.clone(), input_tx.clone());
+        let (flooding, link_state) = tasks::link_state(
+            state.config(),
+            link_views.clone(),
+            snapshot.subscribe(),
+            input_tx.clone(),
+        );
         started.push(flooding);
         let (health, forwarder) =
             tasks::health_checks(&config.health_checks, input_tx.clone())?.unzip();

@@ -38,7 +38,7 @@ use dwcp_control::{
     },
     liveness::{LinkStatus, LinkView},
     topology::{LinkId, RoutingHealth},
-    view::LsdbView,
+    view::{AgentSnapshot, LsdbView},
 };
 use socket2::{Domain, Protocol, Socket, Type};
 use thiserror::Error;
@@ -136,6 +136,9 @@ impl LinkStateHandle {
 pub(super) struct LinkStateTask {
     config: watch::Receiver<Arc<AgentConfig>>,
     views: LinkViews,
+    /// The state owner's snapshot: what our links carry (their utilisation), measured from
+    /// the fast path's counters.
+    snapshot: watch::Receiver<Arc<AgentSnapshot>>,
     inputs: mpsc::Sender<Input>,
     lsdb: watch::Sender<Option<Arc<LsdbView>>>,
 }
@@ -154,6 +157,7 @@ impl LinkStateTask {
     pub(super) fn new(
         config: Arc<AgentConfig>,
         views: LinkViews,
+        snapshot: watch::Receiver<Arc<AgentSnapshot>>,
         inputs: mpsc::Sender<Input>,
     ) -> (LinkStateTask, LinkStateHandle) {
         let (config_tx, config_rx) = watch::channel(config);
@@ -161,6 +165,7 @@ impl LinkStateTask {
         let task = LinkStateTask {
             config: config_rx,
             views,
+            snapshot,
             inputs,
             lsdb: lsdb_tx,
         };
@@ -210,7 +215,7 @@ impl LinkStateTask {
                 }
                 (Event::Views, Some(r)) => {
                     let views = self.views.borrow_and_update().clone();
-                    r.follow(&views, now);
+                    r.follow(&views, &self.utilisation(), now);
                 }
                 (Event::Datagram(d), Some(r)) => r.receive(d, now),
                 (Event::Wake, Some(r)) => {
@@ -231,6 +236,18 @@ impl LinkStateTask {
                 self.send(Input::LinkStateView { links }).await;
             }
         }
+    }
+
+    /// Our links' utilisation as the state owner last measured it, by link id: read when
+    /// the probes' views change (several times a second), which is as often as the
+    /// originator may announce new figures anyway.
+    fn utilisation(&self) -> BTreeMap<u32, f64> {
+        self.snapshot
+            .borrow()
+            .links
+            .iter()
+            .filter_map(|l| Some((l.id, l.utilisation_ratio?)))
+            .collect()
     }
 
     async fn send(&self, input: Input) {
@@ -360,10 +377,18 @@ impl Running {
     }
 
     /// Follows the probes of our links: neighbours up and down, what we observe of each.
-    fn follow(&mut self, views: &BTreeMap<u32, LinkView>, now: Now) {
+    fn follow(
+        &mut self,
+        views: &BTreeMap<u32, LinkView>,
+        utilisation: &BTreeMap<u32, f64>,
+        now: Now,
+    ) {
         let links: Vec<LinkId> = self.links.keys().copied().collect();
         for link in links {
-            let Some(observation) = views.get(&link.0).and_then(observation) else {
+            let observed = views
+                .get(&link.0)
+                .and_then(|v| observation(v, utilisation.get(&link.0).copied()));
+            let Some(observation) = observed else {
                 continue;
             };
             let before = self.observed.insert(link, observation);
@@ -467,8 +492,9 @@ impl Running {
     }
 }
 
-/// What the probes say of a link, as the flooder takes it; `None` while they cannot tell yet.
-fn observation(v: &LinkView) -> Option<Observation> {
+/// What the probes say of a link, and the share of its capacity in use, as the flooder
+/// takes it; `None` while the probes cannot tell yet.
+fn observation(v: &LinkView, utilisation: Option<f64>) -> Option<Observation> {
     let health = match (v.status, &v.degraded) {
         (LinkStatus::Unknown, _) => return None,
         (LinkStatus::Down, _) => RoutingHealth::Down,
@@ -479,7 +505,7 @@ fn observation(v: &LinkView) -> Option<Observation> {
         (v.srtt_ns > 0).then(|| v.srtt_ns as f64 / 1e6),
         (v.replies > 1).then(|| v.jitter_ns as f64 / 1e6),
         v.loss,
-        None,
+        utilisation,
     );
     Some(Observation { health, figures })
 }
@@ -627,10 +653,16 @@ mod tests {
         let mut a = gateway("gw-a", ip_a, ip_b, port);
         let mut b = gateway("gw-b", ip_b, ip_a, port);
         // Monitoring just began: nothing to say yet.
-        a.follow(&view(LinkStatus::Unknown), now());
+        let none = BTreeMap::new();
+        a.follow(&view(LinkStatus::Unknown), &none, now());
         assert!(a.flooder.database().is_empty());
-        a.follow(&view(LinkStatus::Up), now());
-        b.follow(&view(LinkStatus::Up), now());
+        a.follow(&view(LinkStatus::Up), &none, now());
+        // b's end carries 42 % of the link's capacity: its record says so.
+        b.follow(
+            &view(LinkStatus::Up),
+            &BTreeMap::from([(LINK.0, 0.42)]),
+            now(),
+        );
         pump(&mut [&mut a, &mut b], |g| {
             g.iter()
                 .all(|r| origins(r) == ["gw-a", "gw-b"] && r.flooder.unacknowledged() == 0)
@@ -640,6 +672,7 @@ mod tests {
         assert_eq!(links.len(), 1);
         assert_eq!(links[0].health, RoutingHealth::Up);
         assert_eq!(links[0].figures.rtt_us, Some(80_000));
+        assert_eq!(links[0].figures.utilisation, Some(4_200));
         assert_eq!(b.links_if_changed(), None, "given once");
 
         let stranger = std::net::UdpSocket::bind((Ipv4Addr::new(127, 0, 0, 3), 0)).unwrap();
@@ -653,7 +686,7 @@ mod tests {
         assert_eq!(shown.neighbours, [1]);
 
         // The probes stop: no neighbour any more, and our record says the link is down.
-        a.follow(&view(LinkStatus::Down), now());
+        a.follow(&view(LinkStatus::Down), &none, now());
         pump(&mut [&mut a], |g| {
             let me = Origin::new("gw-a").unwrap();
             let ours = g[0].flooder.database().get(&me).cloned();

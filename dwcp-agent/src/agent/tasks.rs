@@ -27,6 +27,7 @@
 //!                          API event stream, events file        API, exporter, CLI
 //!
 //!  link monitor --link views: watch<LinkView>--> link state <--UDP, over each link--> peers
+//!  snapshot (its links' utilisation) -----------> link state
 //! ```
 //!
 //! The loop's timers need no task: the debounced computation, the counters, and the next start
@@ -50,7 +51,7 @@ use dwcp_control::{
     config::{AgentConfig, ProbeSenderMode},
     health::HealthCheckSpec,
     input::Input,
-    view::AgentEvent,
+    view::{AgentEvent, AgentSnapshot},
 };
 use dwcp_dataplane::{LinkStateMap, PinnedMaps};
 use tokio::{
@@ -227,9 +228,10 @@ pub(super) fn link_monitor(
 pub(super) fn link_state(
     config: &Arc<AgentConfig>,
     views: LinkViews,
+    snapshot: watch::Receiver<Arc<AgentSnapshot>>,
     inputs: mpsc::Sender<Input>,
 ) -> (Task, LinkStateHandle) {
-    let (task, handle) = LinkStateTask::new(config.clone(), views, inputs);
+    let (task, handle) = LinkStateTask::new(config.clone(), views, snapshot, inputs);
     (tokio::spawn(task.run()), handle)
 }
 
