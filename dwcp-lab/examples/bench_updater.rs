@@ -410,7 +410,7 @@ fn main() -> Result<()> {
         s.steal_percent = 100.0 * (steal1 - steal0) as f64 / (total1 - total0).max(1) as f64;
         rows.push((label, s));
     }
-    println!("Event to map update of the state owner, {EVENTS} link events per row ({BASELINE_EVENTS} for the last; link down and up in turn,");
+    println!("Event to map update of the state owner, {EVENTS} link events per row ({BASELINE_EVENTS} for the one-call-per-group row; link down and up in turn,");
     println!("each after a quiet period so the debounce computes at once; {WARMUP} warm-up events first), real maps in a");
     println!(
         "network namespace of this run, release build, load average at start {}.",
