@@ -4,7 +4,8 @@
 //! with an nftables drop rule and healed again; taking a veth down would not do, since the
 //! gateways would see the carrier go.
 //!
-//! Regions sit in a ring (3 regions: a triangle) or a full mesh. Link `i` uses underlay
+//! Regions sit in a ring (3 regions: a triangle), a ring with chords (alternative paths:
+//! every region has at least 3 links from 4 regions on), or a full mesh. Link `i` uses underlay
 //! 172.16.<i>.0/24 (`.1` on its lower-numbered region's gateway, `.2` on the other) on
 //! interfaces `ul<i>`, MTU 1600 (VXLAN adds 50 bytes to the regions' 1500).
 //!
@@ -36,6 +37,10 @@ const CUT_TABLE: &str = "dwcp_cut";
 pub enum Shape {
     /// Region i to i+1 and the last to the first (3 regions: a triangle).
     Ring,
+    /// The ring, then chords across it: region i to i + n/2 for i up to n - n/2 (rounded
+    /// down), so every region has 3 links (one region 4 when n is odd), the paths between
+    /// far regions are short, and each cut leaves alternatives. The ring's links keep their ids.
+    Chords,
     /// Every region to every other.
     FullMesh,
 }
@@ -106,6 +111,14 @@ impl LabPlan {
                     (a.min(b), a.max(b))
                 })
                 .collect(),
+            Shape::Chords => {
+                let n = regions as u8;
+                let ring = (1..=n).map(|a| if a == n { (1, n) } else { (a, a + 1) });
+                let chords = (1..=n - n / 2)
+                    .map(|a| (a, a + n / 2))
+                    .filter(|&(a, b)| b - a > 1 && (a, b) != (1, n));
+                ring.chain(chords).collect()
+            }
             Shape::FullMesh => (1..=regions as u8)
                 .flat_map(|a| (a + 1..=regions as u8).map(move |b| (a, b)))
                 .collect(),
@@ -162,12 +175,13 @@ impl LabPlan {
         p
     }
 
-    /// The lab `cargo xtask lab up --regions n` builds: the seed for 3, else a ring.
+    /// The lab `cargo xtask lab up --regions n` builds: the seed for 3, else a ring with
+    /// chords.
     pub fn for_regions(n: usize) -> Result<LabPlan> {
         if n == 3 {
             Ok(LabPlan::seed())
         } else {
-            LabPlan::new(n, Shape::Ring)
+            LabPlan::new(n, Shape::Chords)
         }
     }
 
@@ -617,6 +631,32 @@ mod tests {
             let mesh = LabPlan::new(n, Shape::FullMesh).unwrap();
             assert_eq!(mesh.links.len(), n * (n - 1) / 2);
         }
+    }
+
+    #[test]
+    fn chords_keep_the_ring_and_give_every_region_three_links() {
+        for n in 4..=MAX_REGIONS {
+            let p = LabPlan::new(n, Shape::Chords).unwrap();
+            let ring = LabPlan::new(n, Shape::Ring).unwrap();
+            assert_eq!(p.links[..n], ring.links[..], "the ring's ids stay");
+            let mut pairs: Vec<(u8, u8)> = p.links.iter().map(|l| (l.a, l.b)).collect();
+            pairs.sort();
+            pairs.dedup();
+            assert_eq!(pairs.len(), p.links.len(), "{n}: a pair linked twice");
+            for r in 1..=n as u8 {
+                let degree = p.links.iter().filter(|l| l.a == r || l.b == r).count();
+                assert!((3..=4).contains(&degree), "region {r} of {n}: {degree}");
+            }
+            let text = toml::to_string(&p.topology()).unwrap();
+            dwcp_control::topology::Topology::from_toml_str(&text)
+                .unwrap_or_else(|e| panic!("{e}\n{text}"));
+        }
+        let six: Vec<(u8, u8)> = LabPlan::new(6, Shape::Chords).unwrap().links[6..]
+            .iter()
+            .map(|l| (l.a, l.b))
+            .collect();
+        assert_eq!(six, [(1, 4), (2, 5), (3, 6)]);
+        assert_eq!(LabPlan::for_regions(6).unwrap().shape, Shape::Chords);
     }
 
     #[test]
