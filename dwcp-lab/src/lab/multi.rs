@@ -18,6 +18,7 @@ use std::{net::Ipv4Addr, time::Duration};
 use crate::netlab;
 use crate::netlab::run;
 use crate::netlab::Netns;
+use dwcp_control::topology::geo::latency_prior_ms;
 use dwcp_control::topology::GatewayConfig;
 use dwcp_control::topology::LinkConfig;
 use dwcp_control::topology::RegionConfig;
@@ -136,7 +137,10 @@ impl LabPlan {
                     interface: format!("ul{id}"),
                     a_ip: Ipv4Addr::new(172, 16, id as u8, 1),
                     b_ip: Ipv4Addr::new(172, 16, id as u8, 2),
-                    latency_ms: None,
+                    // A figure, not None: the lab emulates it where netem exists, and where
+                    // it does not the agents route on it rather than on measured RTTs of
+                    // microseconds, which would pick routes by noise.
+                    latency_ms: Some(longitude_latency_ms(a, b)),
                 }
             })
             .collect();
@@ -216,7 +220,7 @@ impl LabPlan {
 
     /// The lab as a topology (`[[region]]`, `[[link]]`): the shared part of every gateway's
     /// agent.toml. Regions sit 10 degrees of longitude apart on the equator; each link is
-    /// 1 Gbit/s with a latency estimated from that distance.
+    /// 1 Gbit/s with the latency of that distance's fibre.
     pub fn topology(&self) -> TopologyConfig {
         let underlay = |n: u8| {
             self.links
@@ -317,6 +321,13 @@ impl LabPlan {
         s += &format!("[api]\nsocket = \"{}\"\n", socket.display());
         s
     }
+}
+
+/// Regions sit 10 degrees of longitude apart on the equator ([`LabPlan::topology`]): the
+/// round-trip prior of the fibre between two of them, to a tenth of a millisecond.
+fn longitude_latency_ms(a: u8, b: u8) -> f64 {
+    let (la, lb) = (10.0 * f64::from(a), 10.0 * f64::from(b));
+    (latency_prior_ms(0.0, la, 0.0, lb) * 10.0).round() / 10.0
 }
 
 /// How the lab's namespaces are named.
@@ -656,6 +667,16 @@ mod tests {
             .map(|l| (l.a, l.b))
             .collect();
         assert_eq!(six, [(1, 4), (2, 5), (3, 6)]);
+        // 10 degrees of the equator is about 1,100 km: a round trip of some 15 ms.
+        let rtt =
+            |n: usize, id: usize| LabPlan::new(n, Shape::Chords).unwrap().links[id].latency_ms;
+        let one_hop = rtt(6, 0).unwrap();
+        assert!((10.0..20.0).contains(&one_hop), "{one_hop}");
+        let chord = rtt(6, 6).unwrap();
+        assert!(
+            (chord - 3.0 * one_hop).abs() < 0.2,
+            "region 1 to 4, 30 degrees: {chord}"
+        );
         assert_eq!(LabPlan::for_regions(6).unwrap().shape, Shape::Chords);
     }
 
