@@ -6,7 +6,7 @@
 # at it (the commands are printed at the end); `--down` removes it at the end instead.
 #
 #   scripts/demo.sh                 # 3 regions, left up
-#   scripts/demo.sh --regions 5     # a ring of 5 (up to 10)
+#   scripts/demo.sh --regions 5     # 5 regions in a ring with chords (up to 10)
 #   scripts/demo.sh --down          # tear down at the end
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -1,12 +1,18 @@
 //! `cargo xtask bench remote_failover`: how fast a link failure reaches every gateway.
 //!
-//! Today the simulation part: 50 regions of a synthetic topology, one gateway each, running
-//! the real link-state state machines, back-off and routing engine on a simulated clock
-//! (`dwcp_lab::flood_sim`); every single-link failure is cut in turn and measured against its
-//! bound. The lab part (loss window of a flow two hops from a cut in a network-namespace
-//! mesh, against flooding turned off, and packets looped) needs the agent's integration of
-//! the link state and is not measured yet. Writes `target/bench/remote_failover.json` and
-//! prints the Markdown report.
+//! Two parts, one run:
+//! - Simulation: 50 regions of a synthetic topology, one gateway each, running the real
+//!   link-state state machines, back-off and routing engine on a simulated clock
+//!   (`dwcp_lab::flood_sim`); every single-link failure is cut in turn and measured against
+//!   its bound.
+//! - Lab (root): the 6-region mesh of `cargo xtask lab` with real agents; a 10,000
+//!   datagram/s flow whose path crosses the cut link as its second link (the source gateway
+//!   terminates neither end), cut silently; the loss window per trial, with record flooding
+//!   on and then off (the baseline, a second lab in the same run); the loop counter
+//!   (`dwcp_lab::lab::loops`) on every wire across all trials and a flapping phase.
+//!
+//! `--trials N` (default 20, at least 20) per lab mode; `--sim-only` skips the lab. Writes
+//! `target/bench/remote_failover.json` and prints the Markdown report.
 use anyhow::{Context, Result};
 use dwcp_control::topology::synthetic::SyntheticSpec;
 use dwcp_lab::flood_sim::{FailureOutcome, SimConfig, Simulation};
@@ -23,6 +29,22 @@ fn percentile(sorted: &[f64], q: f64) -> f64 {
 }
 
 fn main() -> Result<()> {
+    let mut trials = 20usize;
+    let mut lab = true;
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--trials" => {
+                trials = args
+                    .next()
+                    .and_then(|n| n.parse().ok())
+                    .context("--trials needs a number")?
+            }
+            "--sim-only" => lab = false,
+            other => anyhow::bail!("unknown argument {other} (--trials N, --sim-only)"),
+        }
+    }
+    anyhow::ensure!(trials >= 20, "at least 20 trials, not {trials}");
     let spec = SyntheticSpec {
         nearest: NEAREST,
         ..SyntheticSpec::new(REGIONS, 0)
@@ -66,7 +88,8 @@ fn main() -> Result<()> {
         .map(|o| o.converge_ms / o.bound_ms)
         .fold(0.0, f64::max);
 
-    let json = serde_json::json!({
+    let measured = lab.then(|| remote_lab::run(trials)).transpose()?;
+    let mut json = serde_json::json!({
         "metrics": {
             "sim_50r_converge_p99_ms": p99,
             "sim_50r_converge_bound_ms": p99_failure.bound_ms,
@@ -81,6 +104,9 @@ fn main() -> Result<()> {
         "detection_ms": config.detection.as_secs_f64() * 1e3,
         "failures": outcomes,
     });
+    if let Some(m) = &measured {
+        m.merge_into(&mut json);
+    }
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench");
     std::fs::create_dir_all(&dir)?;
     std::fs::write(
@@ -100,7 +126,6 @@ fn main() -> Result<()> {
         outcomes.len(),
         p99_failure.bound_ms,
     );
-    println!("\nLab (`trials`, `p50_ms`, `p99_ms`, `baseline_p50_ms`, `looped_packets`): not measured yet; it needs the agent to run the link state (issue 16's next steps).");
     println!(
         "\nMethod: `dwcp_lab::flood_sim`, one process, simulated clock. One gateway per region (`SyntheticSpec::new({REGIONS}, 0)` with {NEAREST} nearest neighbours per region), each running the real `dwcp_control::link_state::Flooder` (origination with damping, flooding, acknowledgements, the database), the state owner's RFC 8405 back-off (`Debounce`, the updater's defaults: initial {} ms, short {} ms, long {} ms) and the routing engine's incremental table update on the topology with the database's view applied (minimum latency). Every datagram is encoded, carried for the link's one-way delay (half the great-circle RTT prior) plus {} ms of processing, and decoded; route computations advance the gateway's clock by the wall time they take here. At the cut both ends detect the link down after {detection_ms:.0} ms (the agent's defaults: 3 unanswered probes 10 ms apart, read by the monitor's next 10 ms poll) and announce it at once. A gateway has converged when both ends' records in its database say the link is down and its routes were computed from its current view (a record that changes nothing routing sees triggers no computation). Bound of a failure = detection + the largest, over every gateway and both ends, of the one-way delays along the shortest-delay path over the surviving links + {} ms per hop; the bound reported is the one of the failure whose converge time is the p99 (the same failure on both sides of the comparison), and every failure is also checked against its own. Messages per failure: datagrams sent from the cut until the network is quiet (two records, each over every link at most once each way, and their acknowledgements). Percentiles are nearest-rank. Per-failure figures are in `target/bench/remote_failover.json`.",
         config.delays.initial.as_millis(),
@@ -109,5 +134,430 @@ fn main() -> Result<()> {
         config.processing.as_millis(),
         config.hop_allowance.as_millis(),
     );
+    match &measured {
+        Some(m) => m.report(),
+        None => println!("\nLab (`trials`, `p50_ms`, `p99_ms`, `baseline_p50_ms`, `looped_packets`): not measured in this run (`--sim-only`)."),
+    }
     Ok(())
+}
+
+/// The lab half: loss windows of a flow whose path crosses a remote cut, flooding on and off.
+mod remote_lab {
+    use std::{
+        net::SocketAddr,
+        path::PathBuf,
+        time::{Duration, Instant},
+    };
+
+    use anyhow::{bail, Context, Result};
+    use dwcp_agent::agent::{LinkHealth, LinkView, RouteView};
+    use dwcp_agent::probe::monotonic_ns;
+    use dwcp_control::config::LinkStateSection;
+    use dwcp_lab::lab::live::{self, Borrowed, LabPaths, LabState, UpOptions};
+    use dwcp_lab::lab::loops::{self, LoopCount, LoopCounter};
+    use dwcp_lab::lab::multi;
+    use dwcp_lab::lab::stream::{delivery_gaps, PacedSender, StreamReceiver};
+
+    use super::percentile;
+
+    const LAB_REGIONS: usize = 6;
+    const RATE_PPS: u32 = 10_000;
+    const STREAM_PORT: u16 = 9000;
+    const BEFORE_CUT: Duration = Duration::from_millis(300);
+    /// Longer than any window with flooding; without it the flow may be lost until the heal.
+    const CUT_FOR: Duration = Duration::from_millis(1_500);
+    const WAIT: Duration = Duration::from_secs(120);
+    /// Probes every 10 ms, a link dead after 3 unanswered (the agent's default; the
+    /// interactive lab uses 10 for a machine busy with other work).
+    const DETECT_MULTIPLIER: u32 = 3;
+    /// Sender and receiver in `SCHED_FIFO` below the agents' probe threads (10).
+    const TRAFFIC_RT_PRIORITY: i32 = 5;
+    /// A trial whose sender paused longer than this around the cut is left out.
+    const MAX_SENDER_PAUSE_NS: u64 = 2_000_000;
+
+    /// A flow from `from` to `to` (region indices) whose only weighted path is `path`, and
+    /// the link of it that is cut: its second, so `from` terminates neither end.
+    #[derive(Clone, Debug, serde::Serialize)]
+    struct Scenario {
+        from: usize,
+        to: usize,
+        path: Vec<u32>,
+        cut: u32,
+    }
+
+    #[derive(Debug, Default)]
+    struct ModeResult {
+        windows_ms: Vec<f64>,
+        /// Windows that ended only after the heal: the flow was lost for the whole cut.
+        until_heal: usize,
+        sender_stalled: usize,
+        anomalies: Vec<String>,
+        details: Vec<serde_json::Value>,
+        looped: LoopCount,
+    }
+
+    pub struct Measured {
+        scenarios: Vec<Scenario>,
+        flooding: ModeResult,
+        baseline: ModeResult,
+        flapping: LoopCount,
+        flapping_sent: u64,
+        load: [String; 2],
+    }
+
+    fn load_average() -> String {
+        std::fs::read_to_string("/proc/loadavg")
+            .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+            .unwrap_or_else(|e| format!("unknown (/proc/loadavg: {e})"))
+    }
+
+    struct Down(LabPaths);
+
+    impl Drop for Down {
+        fn drop(&mut self) {
+            let _ = live::down(&self.0);
+        }
+    }
+
+    fn up(tag: &str, link_state: LinkStateSection) -> Result<(LabState, Down)> {
+        let pid = std::process::id();
+        let paths = LabPaths {
+            prefix: format!("dwcp-{tag}{pid}"),
+            state_dir: std::env::temp_dir().join(format!("dwcp-lab-{tag}-{pid}")),
+            pin_root: PathBuf::from(format!("/sys/fs/bpf/dwcp-lab-{tag}-{pid}")),
+        };
+        let down = Down(paths.clone());
+        let mut opts = UpOptions::new(LAB_REGIONS, dwcp_lab::bin("dwcp-agent"));
+        opts.timeout = WAIT;
+        opts.detect_multiplier = DETECT_MULTIPLIER;
+        opts.link_state = link_state;
+        let state = live::up(&paths, &opts, &mut |m| eprintln!("{tag}: {m}"))?;
+        Ok((state, down))
+    }
+
+    fn routes(state: &LabState, r: usize) -> Result<Vec<RouteView>> {
+        Ok(live::api_get(&state.agents[r].socket, "/v1/routes")?)
+    }
+
+    /// The paths of `from`'s route to `to` that carry traffic (weight above zero).
+    fn weighted(state: &LabState, from: usize, to: usize) -> Result<Vec<Vec<u32>>> {
+        let dest = &state.agents[to].region;
+        Ok(routes(state, from)?
+            .iter()
+            .filter(|r| &r.destination == dest)
+            .flat_map(|r| &r.paths)
+            .filter(|p| p.weight > 0 && p.live)
+            .map(|p| p.links.clone())
+            .collect())
+    }
+
+    /// One scenario per link that is the second of some flow's only weighted path.
+    fn scenarios(state: &LabState) -> Result<Vec<Scenario>> {
+        let mut found: Vec<Scenario> = Vec::new();
+        for from in 0..LAB_REGIONS {
+            for to in (0..LAB_REGIONS).filter(|&t| t != from) {
+                if let [path] = &weighted(state, from, to)?[..] {
+                    if path.len() >= 2 && !found.iter().any(|s| s.cut == path[1]) {
+                        found.push(Scenario {
+                            from,
+                            to,
+                            path: path.clone(),
+                            cut: path[1],
+                        });
+                    }
+                }
+            }
+        }
+        if found.is_empty() {
+            bail!("no flow of the lab has a single path of two links or more");
+        }
+        Ok(found)
+    }
+
+    fn wait(what: &str, mut f: impl FnMut() -> Result<bool>) -> Result<()> {
+        let deadline = Instant::now() + WAIT;
+        while !f().unwrap_or(false) {
+            if Instant::now() > deadline {
+                bail!("timed out after {WAIT:?} waiting for {what}");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(())
+    }
+
+    /// Waits until both ends of `link` have it up and `sc`'s flow is on its path again.
+    fn wait_restored(state: &LabState, sc: &Scenario) -> Result<()> {
+        let plan = state.plan()?;
+        let link = plan.link(&sc.cut.to_string()).context("the cut link")?;
+        for end in [link.a, link.b] {
+            wait(&format!("link {} up at region {end}", link.id), || {
+                let links: Vec<LinkView> =
+                    live::api_get(&state.agents[end as usize - 1].socket, "/v1/links")?;
+                Ok(links
+                    .iter()
+                    .any(|l| l.id == link.id && l.health == LinkHealth::Up))
+            })?;
+        }
+        wait(&format!("the flow of {sc:?} on its path"), || {
+            Ok(weighted(state, sc.from, sc.to)? == [sc.path.clone()])
+        })
+    }
+
+    fn trial(
+        state: &LabState,
+        sc: &Scenario,
+        port: u16,
+        label: &str,
+        result: &mut ModeResult,
+    ) -> Result<()> {
+        wait_restored(state, sc)?;
+        let (src, dst) = (&state.agents[sc.from], &state.agents[sc.to]);
+        let (s, d) = (
+            Borrowed::new(&src.host_namespace),
+            Borrowed::new(&dst.host_namespace),
+        );
+        let addr = SocketAddr::from((dst.host_ip, STREAM_PORT));
+        let receiver = StreamReceiver::start(d.ns(), addr, Some(TRAFFIC_RT_PRIORITY))?;
+        let sender = PacedSender::start(
+            s.ns(),
+            src.host_ip,
+            &[port],
+            addr,
+            RATE_PPS,
+            Some(TRAFFIC_RT_PRIORITY),
+        )?;
+        std::thread::sleep(BEFORE_CUT);
+        // The drop rule takes effect somewhere within the nft command.
+        let cut_from = monotonic_ns();
+        multi::stable_set_cut(&state.paths.prefix, sc.cut, true)?;
+        std::thread::sleep(CUT_FOR);
+        let heal_from = monotonic_ns();
+        multi::stable_set_cut(&state.paths.prefix, sc.cut, false)?;
+        let restored = wait_restored(state, sc);
+        std::thread::sleep(Duration::from_millis(200));
+        let sent = sender.finish();
+        let arrivals = receiver.finish(Duration::from_millis(200));
+        restored?;
+        let gaps = delivery_gaps(&sent, &arrivals);
+        // The gap of the cut: the first that starts at it (a datagram sent up to 2 ms before
+        // the rule can still be in a wire) and before the heal.
+        let failover = gaps
+            .iter()
+            .find(|g| g.start_ns + 2_000_000 >= cut_from && g.start_ns < heal_from)
+            .copied();
+        let rel_ms = |t: u64| (t as f64 - cut_from as f64) / 1e6;
+        let mut detail = serde_json::json!({
+            "trial": label,
+            "scenario": sc,
+            "sent": sent.tx_ns.values().map(Vec::len).sum::<usize>(),
+            "gaps": gaps.iter().map(|g| serde_json::json!({
+                "start_after_cut_ms": rel_ms(g.start_ns),
+                "lost": g.lost,
+                "window_ms": g.window_ns().map(|w| w as f64 / 1e6),
+            })).collect::<Vec<_>>(),
+        });
+        match failover.and_then(|g| g.end_ns.map(|end| (g, end))) {
+            Some((g, end)) => {
+                let pause = sent.longest_pause_ns(cut_from.saturating_sub(2_000_000), end);
+                detail["sender_longest_pause_ms"] = (pause as f64 / 1e6).into();
+                let w = (end - g.start_ns) as f64 / 1e6;
+                if pause > MAX_SENDER_PAUSE_NS {
+                    eprintln!(
+                        "{label}: window {w:.1} ms left out: the sender paused {:.1} ms",
+                        pause as f64 / 1e6
+                    );
+                    result.sender_stalled += 1;
+                } else {
+                    eprintln!("{label}: link {} cut, loss window {w:.1} ms", sc.cut);
+                    result.windows_ms.push(w);
+                    if end >= heal_from {
+                        result.until_heal += 1;
+                    }
+                }
+            }
+            None => result.anomalies.push(format!(
+                "{label}: no loss window that ended at the cut of link {} ({} gaps)",
+                sc.cut,
+                gaps.len()
+            )),
+        }
+        result.details.push(detail);
+        Ok(())
+    }
+
+    fn trials(
+        state: &LabState,
+        scenarios: &[Scenario],
+        n: usize,
+        mode: &str,
+        counter: &LoopCounter,
+    ) -> Result<ModeResult> {
+        let mut result = ModeResult::default();
+        for t in 0..n {
+            let sc = &scenarios[t % scenarios.len()];
+            let label = format!("{mode} trial {}/{n}", t + 1);
+            // A new flow (source port) per trial.
+            trial(state, sc, 30_000 + t as u16, &label, &mut result)?;
+            result.looped.add(&counter.take());
+        }
+        Ok(result)
+    }
+
+    pub fn run(n: usize) -> Result<Measured> {
+        dwcp_lab::netlab::sweep_stale();
+        let load_before = load_average();
+        // Each trial starts from a converged lab: the hold of a link's recovery stays at its
+        // first value however often the link is cut (damping has its own test).
+        let defaults = LinkStateSection::default();
+        let flooding_section = LinkStateSection {
+            hold_max_ms: defaults.hold_initial_ms,
+            ..defaults.clone()
+        };
+        let (scenarios, flooding, flapping) = {
+            let (state, _down) = up("rfo", flooding_section)?;
+            let scenarios = scenarios(&state)?;
+            let counter = LoopCounter::start(&state)?;
+            let flooding = trials(&state, &scenarios, n, "flooding", &counter)?;
+            let flap = loops::flap_with_streams(&state, 1_000, 9100)?;
+            std::thread::sleep(Duration::from_millis(200));
+            (scenarios, flooding, (counter.take(), flap.sent))
+        };
+        let baseline = {
+            let (state, _down) = up(
+                "rfb",
+                LinkStateSection {
+                    enabled: false,
+                    ..defaults
+                },
+            )?;
+            for sc in &scenarios {
+                anyhow::ensure!(
+                    weighted(&state, sc.from, sc.to)? == [sc.path.clone()],
+                    "the baseline lab routes {sc:?} otherwise"
+                );
+            }
+            let counter = LoopCounter::start(&state)?;
+            trials(&state, &scenarios, n, "baseline", &counter)?
+        };
+        for (name, r) in [("flooding", &flooding), ("baseline", &baseline)] {
+            if r.windows_ms.len() < 20 {
+                bail!(
+                    "{name}: only {} trials measured: {:?}",
+                    r.windows_ms.len(),
+                    r.anomalies
+                );
+            }
+        }
+        Ok(Measured {
+            scenarios,
+            flooding,
+            baseline,
+            flapping: flapping.0,
+            flapping_sent: flapping.1,
+            load: [load_before, load_average()],
+        })
+    }
+
+    fn summary(v: &[f64]) -> (f64, f64, f64) {
+        let mut s = v.to_vec();
+        s.sort_by(|a, b| a.total_cmp(b));
+        (
+            percentile(&s, 0.5),
+            percentile(&s, 0.99),
+            *s.last().expect("20 windows or more"),
+        )
+    }
+
+    impl Measured {
+        /// Looped sends in the flooding lab: its trials and the flapping phase.
+        fn looped_packets(&self) -> u64 {
+            self.flooding.looped.looped + self.flapping.looped
+        }
+
+        pub fn merge_into(&self, json: &mut serde_json::Value) {
+            let (p50, p99, max) = summary(&self.flooding.windows_ms);
+            let (bp50, bp99, bmax) = summary(&self.baseline.windows_ms);
+            let metrics = &mut json["metrics"];
+            metrics["trials"] = self.flooding.windows_ms.len().into();
+            metrics["p50_ms"] = p50.into();
+            metrics["p99_ms"] = p99.into();
+            metrics["max_ms"] = max.into();
+            metrics["baseline_trials"] = self.baseline.windows_ms.len().into();
+            metrics["baseline_p50_ms"] = bp50.into();
+            metrics["baseline_p99_ms"] = bp99.into();
+            metrics["baseline_max_ms"] = bmax.into();
+            metrics["looped_packets"] = self.looped_packets().into();
+            metrics["baseline_looped_packets"] = self.baseline.looped.looped.into();
+            metrics["capture_drops"] = (self.flooding.looped.capture_drops
+                + self.flapping.capture_drops
+                + self.baseline.looped.capture_drops)
+                .into();
+            json["lab"] = serde_json::json!({
+                "scenarios": self.scenarios,
+                "flooding_windows_ms": self.flooding.windows_ms,
+                "baseline_windows_ms": self.baseline.windows_ms,
+                "windows_until_heal": { "flooding": self.flooding.until_heal, "baseline": self.baseline.until_heal },
+                "left_out_sender_stalled": { "flooding": self.flooding.sender_stalled, "baseline": self.baseline.sender_stalled },
+                "anomalies": self.flooding.anomalies.iter().chain(&self.baseline.anomalies).collect::<Vec<_>>(),
+                "flooding_trials": self.flooding.details,
+                "baseline_trials": self.baseline.details,
+                "loops": {
+                    "flooding_trials": format!("{:?}", self.flooding.looped),
+                    "flapping": format!("{:?}", self.flapping),
+                    "flapping_sent": self.flapping_sent,
+                    "baseline_trials": format!("{:?}", self.baseline.looped),
+                },
+                "load_average": { "before": self.load[0], "after": self.load[1] },
+            });
+        }
+
+        pub fn report(&self) {
+            let (f, b) = (&self.flooding, &self.baseline);
+            let (p50, p99, max) = summary(&f.windows_ms);
+            let (bp50, bp99, bmax) = summary(&b.windows_ms);
+            let cut_ms = CUT_FOR.as_millis();
+            println!("\nLab: loss window of a {RATE_PPS} datagrams/s UDP flow whose path crosses a link cut silently, as its second link (the flow's source gateway terminates neither end); {LAB_REGIONS}-region mesh of `cargo xtask lab` (ring with chords), a real `dwcp-agent` per gateway, probes every 10 ms, a link dead after {DETECT_MULTIPLIER} unanswered.\n");
+            println!("| records flooded | trials | left out | p50 ms | p99 ms | max ms | windows that lasted until the heal ({cut_ms} ms cut) | looped packets |");
+            println!("|---|---:|---:|---:|---:|---:|---:|---:|");
+            println!(
+                "| yes (`trials`, `p50_ms`, `p99_ms`) | {} | {} | {p50:.1} | {p99:.1} | {max:.1} | {} | {} |",
+                f.windows_ms.len(),
+                f.sender_stalled,
+                f.until_heal,
+                f.looped.looped
+            );
+            println!(
+                "| no, baseline (`baseline_p50_ms`) | {} | {} | {bp50:.1} | {bp99:.1} | {bmax:.1} | {} | {} |",
+                b.windows_ms.len(),
+                b.sender_stalled,
+                b.until_heal,
+                b.looped.looped
+            );
+            println!(
+                "\n- `looped_packets` = **{}**: datagrams a gateway sent into the underlay a second time, over the flooding lab's trials ({} sends seen) and a flapping phase ({} datagrams in {LAB_REGIONS} streams, {} sends seen, {} looped). The capture's sockets dropped {} frames in all (not inspected).",
+                self.looped_packets(),
+                f.looped.sends,
+                self.flapping_sent,
+                self.flapping.sends,
+                self.flapping.looped,
+                f.looped.capture_drops + self.flapping.capture_drops + b.looped.capture_drops
+            );
+            let mut all: Vec<&String> = f.anomalies.iter().chain(&b.anomalies).collect();
+            all.dedup();
+            if !all.is_empty() {
+                println!("- Anomalies: {all:?}");
+            }
+            println!(
+                "\nMethod: `dwcp_lab::lab::live` labs, {LAB_REGIONS} regions, the first with `[link_state]` defaults except `hold_max_ms = hold_initial_ms` (every trial starts from the same converged state; damping has its own test), the second with `[link_state] enabled = false`, one after the other in this run. Flows (source, destination, path): {:?} (region indices from 0, link ids): for each link, the first flow whose only weighted path has it as its second link; trials cycle through them, each with a new source port. A trial waits until the flow's path is in force, sends for {} ms, cuts the link in its wire namespace (nftables drop: no carrier change), heals it {cut_ms} ms later and waits until both ends have it up and the flow's path is in force again. Loss window = send time of the first datagram delivered after the gap minus send time of the first lost one (the sender's clock). A trial whose sender paused more than {} ms is left out. The sender and receiver run in `SCHED_FIFO` at priority {TRAFFIC_RT_PRIORITY}, the agents' probe threads at 10. Loops: `dwcp_lab::lab::loops` captures both ports of every wire (AF_PACKET; the gateways forward in XDP, before a socket of theirs could see a frame) and counts a datagram (flow, sequence number, send time, inside the VXLAN) sent by the same gateway twice. The flapping phase: a stream from each region to the one across the ring at 1,000 datagrams/s while each chord is cut with a ring link, overlapping. Percentiles nearest-rank (with fewer than 100 trials the p99 is the maximum). Load average (1/5/15 min) before: {}; after: {}. Per-trial gaps in `target/bench/remote_failover.json` (`lab`).",
+                self.scenarios
+                    .iter()
+                    .map(|s| (s.from, s.to, s.path.clone()))
+                    .collect::<Vec<_>>(),
+                BEFORE_CUT.as_millis(),
+                MAX_SENDER_PAUSE_NS as f64 / 1e6,
+                self.load[0],
+                self.load[1]
+            );
+        }
+    }
 }

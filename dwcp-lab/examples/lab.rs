@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! lab up [--regions N]        # 3 (default): us-east-1, eu-west-1, ap-south-1; up to 10
-//! lab status                  # each agent's links, routes and tunnels (the `dwcp` CLI), counters
+//! lab status                  # each agent's links, routes, tunnels and last route changes (the `dwcp` CLI), counters
 //! lab fail us-east-1 eu-west-1
 //! lab heal us-east-1 eu-west-1
 //! lab traffic [A B]           # UDP streams between hosts; every pair of regions by default
@@ -43,14 +43,16 @@ struct Cli {
 enum Cmd {
     /// Build the lab and start one dwcp-agent per region's gateway.
     Up {
-        /// 3 is the seed's triangle (us-east-1, eu-west-1, ap-south-1); 4 to 10 a ring.
+        /// 3 is the seed's triangle (us-east-1, eu-west-1, ap-south-1); 4 to 10 a ring with
+        /// chords (each region 3 or 4 links).
         #[arg(long, default_value_t = 3)]
         regions: usize,
         /// Probe intervals (10 ms) without a reply before a link is declared dead.
         #[arg(long, default_value_t = 10)]
         detect_multiplier: u32,
     },
-    /// Each agent's links, routes and tunnels, the cut links, and the fast path's counters.
+    /// Each agent's links, routes, tunnels and last route changes, the cut links, and the fast
+    /// path's counters.
     Status,
     /// Cut the link between two regions (or a link by name or id) and wait for the reroute.
     Fail {
@@ -373,6 +375,8 @@ fn status(cli: &Cli, state: &LabState) -> Result<()> {
             &["show", "links"],
             &["show", "routes"],
             &["show", "tunnels"],
+            // Why the routes are what they are: a remote cut shows as "reported by".
+            &["show", "history", "--limit", "3"],
         ] {
             println!("$ dwcp --socket {} {}", a.socket.display(), what.join(" "));
             print!("{}", dwcp(cli, &a.socket, what)?);

@@ -7,8 +7,9 @@
 //! [`MultiLinkLab`] has several monitored links that can be cut, probers and agent-side link
 //! monitors, and pins everything so the agent can be stopped: the failover tests and
 //! benchmark use it, with the sequenced streams of [`stream`].
-//! [`multi`] builds the network of an N-region lab (3 to 10 regions, ring or full mesh, links
-//! cut in wire namespaces), without programming it.
+//! [`multi`] builds the network of an N-region lab (3 to 10 regions, ring, ring with chords or
+//! full mesh, links cut in wire namespaces), without programming it; [`loops`] counts the
+//! datagrams of a stream that a gateway of it sends twice.
 
 pub mod triangle;
 
@@ -36,6 +37,7 @@ use dwcp_dataplane::Pinning;
 use dwcp_dataplane::{build_table, GroupError};
 
 pub mod live;
+pub mod loops;
 pub mod multi;
 mod multilink;
 mod pass;

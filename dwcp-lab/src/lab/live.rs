@@ -38,6 +38,7 @@ use dwcp_agent::agent::PathRole;
 use dwcp_agent::agent::RouteView;
 use dwcp_cli::client::ApiClient;
 use dwcp_cli::client::Endpoint;
+use dwcp_control::config::LinkStateSection;
 use dwcp_control::input::unix_now;
 
 pub const DEFAULT_PREFIX: &str = multi::STABLE_PREFIX;
@@ -176,6 +177,8 @@ pub struct UpOptions {
     pub detect_multiplier: u32,
     /// How long to wait for the agents to start and route.
     pub timeout: Duration,
+    /// Every agent's `[link_state]` (tests shorten its timers; a baseline turns it off).
+    pub link_state: LinkStateSection,
 }
 
 impl UpOptions {
@@ -186,6 +189,7 @@ impl UpOptions {
             // 100 ms: a loaded 2-core machine sometimes starves a probe sender for 30 ms.
             detect_multiplier: 10,
             timeout: Duration::from_secs(120),
+            link_state: LinkStateSection::default(),
         }
     }
 }
@@ -300,6 +304,10 @@ fn up_inner(
              [flows]\nsample_every = 10\n\n[metrics]\nlisten = \"{LAB_METRICS}\"\n",
             opts.detect_multiplier
         );
+        text += &toml::to_string(&LinkStateTable {
+            link_state: &opts.link_state,
+        })
+        .expect("a [link_state] section serialises");
         let config = file("toml");
         std::fs::write(&config, text).map_err(io(format!("writing {}", config.display())))?;
         agents.push(AgentRecord {
@@ -362,6 +370,36 @@ fn up_inner(
     Ok(state)
 }
 
+/// The `[link_state]` table of an agent.toml.
+#[derive(Serialize)]
+struct LinkStateTable<'a> {
+    link_state: &'a LinkStateSection,
+}
+
+/// Kills `region`'s agent (SIGKILL, as a crash would) and leaves it dead; its fast path
+/// forwards and answers probes on. Returns the lab with the dead agent's pid recorded as 0.
+pub fn kill_agent(state: &LabState, region: &str, timeout: Duration) -> Result<LabState> {
+    let mut a = state.agent(region)?.clone();
+    kill(a.pid, timeout);
+    a.pid = 0;
+    save_agents(&state.paths, &a)?;
+    require(&state.paths)
+}
+
+/// SIGKILL to `pid` if it is a live agent, then waits up to `timeout` until it is gone.
+fn kill(pid: u32, timeout: Duration) {
+    if agent_alive(pid) {
+        // SAFETY: kill(2) on a pid just checked to be one of the lab's agents.
+        unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+        let deadline = Instant::now() + timeout;
+        while agent_alive(pid) && Instant::now() < deadline {
+            reap(pid);
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        reap(pid);
+    }
+}
+
 /// Kills `region`'s agent (SIGKILL, as a crash would) and starts `binary` in its place with
 /// the same configuration, then waits until it runs. Its fast path forwards meanwhile.
 /// Returns the lab with the new agent recorded.
@@ -372,16 +410,7 @@ pub fn restart_agent(
     timeout: Duration,
 ) -> Result<LabState> {
     let mut a = state.agent(region)?.clone();
-    if agent_alive(a.pid) {
-        // SAFETY: kill(2) on a pid just checked to be one of the lab's agents.
-        unsafe { libc::kill(a.pid as libc::pid_t, libc::SIGKILL) };
-        let deadline = Instant::now() + timeout;
-        while agent_alive(a.pid) && Instant::now() < deadline {
-            reap(a.pid);
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        reap(a.pid);
-    }
+    kill(a.pid, timeout);
     let logged = std::fs::metadata(&a.log).map_or(0, |m| m.len() as usize);
     a.pid = spawn_agent(binary, &a, &state.paths.state_dir)?;
     save_agents(&state.paths, &a)?;
@@ -785,13 +814,13 @@ impl PairReport {
 }
 
 /// A namespace of the running lab, borrowed: never removed by this handle.
-struct Borrowed(Option<Netns>);
+pub struct Borrowed(Option<Netns>);
 
 impl Borrowed {
-    fn new(name: &str) -> Borrowed {
+    pub fn new(name: &str) -> Borrowed {
         Borrowed(Some(Netns::adopt(name)))
     }
-    fn ns(&self) -> &Netns {
+    pub fn ns(&self) -> &Netns {
         self.0.as_ref().expect("held until drop")
     }
 }

@@ -4,7 +4,8 @@
 //! with an nftables drop rule and healed again; taking a veth down would not do, since the
 //! gateways would see the carrier go.
 //!
-//! Regions sit in a ring (3 regions: a triangle) or a full mesh. Link `i` uses underlay
+//! Regions sit in a ring (3 regions: a triangle), a ring with chords (alternative paths:
+//! every region has at least 3 links from 4 regions on), or a full mesh. Link `i` uses underlay
 //! 172.16.<i>.0/24 (`.1` on its lower-numbered region's gateway, `.2` on the other) on
 //! interfaces `ul<i>`, MTU 1600 (VXLAN adds 50 bytes to the regions' 1500).
 //!
@@ -17,6 +18,7 @@ use std::{net::Ipv4Addr, time::Duration};
 use crate::netlab;
 use crate::netlab::run;
 use crate::netlab::Netns;
+use dwcp_control::topology::geo::latency_prior_ms;
 use dwcp_control::topology::GatewayConfig;
 use dwcp_control::topology::LinkConfig;
 use dwcp_control::topology::RegionConfig;
@@ -36,6 +38,10 @@ const CUT_TABLE: &str = "dwcp_cut";
 pub enum Shape {
     /// Region i to i+1 and the last to the first (3 regions: a triangle).
     Ring,
+    /// The ring, then chords across it: region i to i + n/2 for i up to n - n/2 (rounded
+    /// down), so every region has 3 links (one region 4 when n is odd), the paths between
+    /// far regions are short, and each cut leaves alternatives. The ring's links keep their ids.
+    Chords,
     /// Every region to every other.
     FullMesh,
 }
@@ -106,6 +112,14 @@ impl LabPlan {
                     (a.min(b), a.max(b))
                 })
                 .collect(),
+            Shape::Chords => {
+                let n = regions as u8;
+                let ring = (1..=n).map(|a| if a == n { (1, n) } else { (a, a + 1) });
+                let chords = (1..=n - n / 2)
+                    .map(|a| (a, a + n / 2))
+                    .filter(|&(a, b)| b - a > 1 && (a, b) != (1, n));
+                ring.chain(chords).collect()
+            }
             Shape::FullMesh => (1..=regions as u8)
                 .flat_map(|a| (a + 1..=regions as u8).map(move |b| (a, b)))
                 .collect(),
@@ -123,7 +137,10 @@ impl LabPlan {
                     interface: format!("ul{id}"),
                     a_ip: Ipv4Addr::new(172, 16, id as u8, 1),
                     b_ip: Ipv4Addr::new(172, 16, id as u8, 2),
-                    latency_ms: None,
+                    // A figure, not None: the lab emulates it where netem exists, and where
+                    // it does not the agents route on it rather than on measured RTTs of
+                    // microseconds, which would pick routes by noise.
+                    latency_ms: Some(longitude_latency_ms(a, b)),
                 }
             })
             .collect();
@@ -162,12 +179,13 @@ impl LabPlan {
         p
     }
 
-    /// The lab `cargo xtask lab up --regions n` builds: the seed for 3, else a ring.
+    /// The lab `cargo xtask lab up --regions n` builds: the seed for 3, else a ring with
+    /// chords.
     pub fn for_regions(n: usize) -> Result<LabPlan> {
         if n == 3 {
             Ok(LabPlan::seed())
         } else {
-            LabPlan::new(n, Shape::Ring)
+            LabPlan::new(n, Shape::Chords)
         }
     }
 
@@ -202,7 +220,7 @@ impl LabPlan {
 
     /// The lab as a topology (`[[region]]`, `[[link]]`): the shared part of every gateway's
     /// agent.toml. Regions sit 10 degrees of longitude apart on the equator; each link is
-    /// 1 Gbit/s with a latency estimated from that distance.
+    /// 1 Gbit/s with the latency of that distance's fibre.
     pub fn topology(&self) -> TopologyConfig {
         let underlay = |n: u8| {
             self.links
@@ -303,6 +321,13 @@ impl LabPlan {
         s += &format!("[api]\nsocket = \"{}\"\n", socket.display());
         s
     }
+}
+
+/// Regions sit 10 degrees of longitude apart on the equator ([`LabPlan::topology`]): the
+/// round-trip prior of the fibre between two of them, to a tenth of a millisecond.
+fn longitude_latency_ms(a: u8, b: u8) -> f64 {
+    let (la, lb) = (10.0 * f64::from(a), 10.0 * f64::from(b));
+    (latency_prior_ms(0.0, la, 0.0, lb) * 10.0).round() / 10.0
 }
 
 /// How the lab's namespaces are named.
@@ -617,6 +642,42 @@ mod tests {
             let mesh = LabPlan::new(n, Shape::FullMesh).unwrap();
             assert_eq!(mesh.links.len(), n * (n - 1) / 2);
         }
+    }
+
+    #[test]
+    fn chords_keep_the_ring_and_give_every_region_three_links() {
+        for n in 4..=MAX_REGIONS {
+            let p = LabPlan::new(n, Shape::Chords).unwrap();
+            let ring = LabPlan::new(n, Shape::Ring).unwrap();
+            assert_eq!(p.links[..n], ring.links[..], "the ring's ids stay");
+            let mut pairs: Vec<(u8, u8)> = p.links.iter().map(|l| (l.a, l.b)).collect();
+            pairs.sort();
+            pairs.dedup();
+            assert_eq!(pairs.len(), p.links.len(), "{n}: a pair linked twice");
+            for r in 1..=n as u8 {
+                let degree = p.links.iter().filter(|l| l.a == r || l.b == r).count();
+                assert!((3..=4).contains(&degree), "region {r} of {n}: {degree}");
+            }
+            let text = toml::to_string(&p.topology()).unwrap();
+            dwcp_control::topology::Topology::from_toml_str(&text)
+                .unwrap_or_else(|e| panic!("{e}\n{text}"));
+        }
+        let six: Vec<(u8, u8)> = LabPlan::new(6, Shape::Chords).unwrap().links[6..]
+            .iter()
+            .map(|l| (l.a, l.b))
+            .collect();
+        assert_eq!(six, [(1, 4), (2, 5), (3, 6)]);
+        // 10 degrees of the equator is about 1,100 km: a round trip of some 15 ms.
+        let rtt =
+            |n: usize, id: usize| LabPlan::new(n, Shape::Chords).unwrap().links[id].latency_ms;
+        let one_hop = rtt(6, 0).unwrap();
+        assert!((10.0..20.0).contains(&one_hop), "{one_hop}");
+        let chord = rtt(6, 6).unwrap();
+        assert!(
+            (chord - 3.0 * one_hop).abs() < 0.2,
+            "region 1 to 4, 30 degrees: {chord}"
+        );
+        assert_eq!(LabPlan::for_regions(6).unwrap().shape, Shape::Chords);
     }
 
     #[test]

@@ -35,7 +35,7 @@ pub struct Arrival {
     pub rx_ns: u64,
 }
 
-fn encode(flow: u16, seq: u32, tx_ns: u64) -> [u8; DATAGRAM_LEN] {
+pub(crate) fn encode(flow: u16, seq: u32, tx_ns: u64) -> [u8; DATAGRAM_LEN] {
     let mut b = [0u8; DATAGRAM_LEN];
     b[0..4].copy_from_slice(&MAGIC.to_be_bytes());
     b[4..6].copy_from_slice(&flow.to_be_bytes());
@@ -44,7 +44,7 @@ fn encode(flow: u16, seq: u32, tx_ns: u64) -> [u8; DATAGRAM_LEN] {
     b
 }
 
-fn decode(b: &[u8]) -> Option<(u16, u32, u64)> {
+pub(crate) fn decode(b: &[u8]) -> Option<(u16, u32, u64)> {
     if b.len() < 18 || u32::from_be_bytes(b[0..4].try_into().ok()?) != MAGIC {
         return None;
     }
