@@ -11,7 +11,7 @@
 //!   on and then off (the baseline, a second lab in the same run); the loop counter
 //!   (`dwcp_lab::lab::loops`) on every wire across all trials and a flapping phase.
 //!
-//! `--trials N` (default 20, at least 20) per lab mode; `--sim-only` skips the lab. Writes
+//! `--trials N` (default 20, at least 20) measured windows per lab mode; `--sim-only` skips the lab. Writes
 //! `target/bench/remote_failover.json` and prints the Markdown report.
 use anyhow::{Context, Result};
 use dwcp_control::topology::synthetic::SyntheticSpec;
@@ -152,7 +152,7 @@ mod remote_lab {
     use anyhow::{bail, Context, Result};
     use dwcp_agent::agent::{LinkHealth, LinkView, RouteView};
     use dwcp_agent::probe::monotonic_ns;
-    use dwcp_control::config::LinkStateSection;
+    use dwcp_control::config::{LinkStateSection, UpdaterSection};
     use dwcp_lab::lab::live::{self, Borrowed, LabPaths, LabState, UpOptions};
     use dwcp_lab::lab::loops::{self, LoopCount, LoopCounter};
     use dwcp_lab::lab::multi;
@@ -183,6 +183,9 @@ mod remote_lab {
         to: usize,
         path: Vec<u32>,
         cut: u32,
+        /// Links cut before the trial and healed after it: the transit gateway's others, so
+        /// that only the source can route the flow around the cut (empty: none).
+        isolate: Vec<u32>,
     }
 
     #[derive(Debug, Default)]
@@ -200,6 +203,10 @@ mod remote_lab {
         scenarios: Vec<Scenario>,
         flooding: ModeResult,
         baseline: ModeResult,
+        /// The same flows with the transit gateway's alternatives cut first.
+        isolated: Vec<Scenario>,
+        isolated_flooding: ModeResult,
+        isolated_baseline: ModeResult,
         flapping: LoopCount,
         flapping_sent: u64,
         load: [String; 2],
@@ -263,6 +270,7 @@ mod remote_lab {
                             to,
                             path: path.clone(),
                             cut: path[1],
+                            isolate: Vec::new(),
                         });
                     }
                 }
@@ -272,6 +280,40 @@ mod remote_lab {
             bail!("no flow of the lab has a single path of two links or more");
         }
         Ok(found)
+    }
+
+    /// The same flows, with the transit gateway's other links cut first: the gateway between
+    /// the path's first two links is left with the cut link and the link back to the source,
+    /// which split horizon forbids, so it cannot save the flow by itself.
+    fn without_transit_alternative(state: &LabState, plain: &[Scenario]) -> Result<Vec<Scenario>> {
+        let plan = state.plan()?;
+        let ends = |id: u32| {
+            plan.links
+                .iter()
+                .find(|l| l.id == id)
+                .map(|l| [l.a, l.b])
+                .context("a link of the plan")
+        };
+        plain
+            .iter()
+            .map(|sc| {
+                let (first, second) = (ends(sc.path[0])?, ends(sc.path[1])?);
+                let transit = *first
+                    .iter()
+                    .find(|r| second.contains(r))
+                    .context("consecutive links share a region")?;
+                let isolate = plan
+                    .links
+                    .iter()
+                    .filter(|l| [l.a, l.b].contains(&transit) && !sc.path[..2].contains(&l.id))
+                    .map(|l| l.id)
+                    .collect();
+                Ok(Scenario {
+                    isolate,
+                    ..sc.clone()
+                })
+            })
+            .collect()
     }
 
     fn wait(what: &str, mut f: impl FnMut() -> Result<bool>) -> Result<()> {
@@ -285,19 +327,28 @@ mod remote_lab {
         Ok(())
     }
 
-    /// Waits until both ends of `link` have it up and `sc`'s flow is on its path again.
-    fn wait_restored(state: &LabState, sc: &Scenario) -> Result<()> {
+    /// Twice the updater's default holddown: after it, the next change is a first one again.
+    fn quiet() -> Duration {
+        Duration::from_millis(2 * UpdaterSection::default().holddown_ms)
+    }
+
+    /// Waits until both ends of `link` see it `health`.
+    fn wait_link(state: &LabState, id: u32, health: LinkHealth) -> Result<()> {
         let plan = state.plan()?;
-        let link = plan.link(&sc.cut.to_string()).context("the cut link")?;
+        let link = plan.link(&id.to_string()).context("a link of the plan")?;
         for end in [link.a, link.b] {
-            wait(&format!("link {} up at region {end}", link.id), || {
+            wait(&format!("link {id} {health:?} at region {end}"), || {
                 let links: Vec<LinkView> =
                     live::api_get(&state.agents[end as usize - 1].socket, "/v1/links")?;
-                Ok(links
-                    .iter()
-                    .any(|l| l.id == link.id && l.health == LinkHealth::Up))
+                Ok(links.iter().any(|l| l.id == id && l.health == health))
             })?;
         }
+        Ok(())
+    }
+
+    /// Waits until both ends of the cut link have it up and `sc`'s flow is on its path again.
+    fn wait_restored(state: &LabState, sc: &Scenario) -> Result<()> {
+        wait_link(state, sc.cut, LinkHealth::Up)?;
         wait(&format!("the flow of {sc:?} on its path"), || {
             Ok(weighted(state, sc.from, sc.to)? == [sc.path.clone()])
         })
@@ -310,7 +361,17 @@ mod remote_lab {
         label: &str,
         result: &mut ModeResult,
     ) -> Result<()> {
+        for &id in &sc.isolate {
+            multi::stable_set_cut(&state.paths.prefix, id, true)?;
+            wait_link(state, id, LinkHealth::Down)?;
+        }
         wait_restored(state, sc)?;
+        if !sc.isolate.is_empty() {
+            // The isolating cut was a change for every gateway's back-off (RFC 8405): a
+            // second one within its holddown would wait the long delay. The cut under test
+            // comes to a quiet network.
+            std::thread::sleep(quiet());
+        }
         let (src, dst) = (&state.agents[sc.from], &state.agents[sc.to]);
         let (s, d) = (
             Borrowed::new(&src.host_namespace),
@@ -338,6 +399,10 @@ mod remote_lab {
         let sent = sender.finish();
         let arrivals = receiver.finish(Duration::from_millis(200));
         restored?;
+        for &id in &sc.isolate {
+            multi::stable_set_cut(&state.paths.prefix, id, false)?;
+            wait_link(state, id, LinkHealth::Up)?;
+        }
         let gaps = delivery_gaps(&sent, &arrivals);
         // The gap of the cut: the first that starts at it (a datagram sent up to 2 ms before
         // the rule can still be in a wire) and before the heal.
@@ -391,13 +456,19 @@ mod remote_lab {
         n: usize,
         mode: &str,
         counter: &LoopCounter,
+        first_port: u16,
     ) -> Result<ModeResult> {
         let mut result = ModeResult::default();
-        for t in 0..n {
+        // Until `n` windows are measured: trials whose sender stalled are left out. At most
+        // twice as many trials as asked.
+        for t in 0..2 * n {
+            if result.windows_ms.len() >= n {
+                break;
+            }
             let sc = &scenarios[t % scenarios.len()];
-            let label = format!("{mode} trial {}/{n}", t + 1);
+            let label = format!("{mode} trial {}", t + 1);
             // A new flow (source port) per trial.
-            trial(state, sc, 30_000 + t as u16, &label, &mut result)?;
+            trial(state, sc, first_port + t as u16, &label, &mut result)?;
             result.looped.add(&counter.take());
         }
         Ok(result)
@@ -413,14 +484,24 @@ mod remote_lab {
             hold_max_ms: defaults.hold_initial_ms,
             ..defaults.clone()
         };
-        let (scenarios, flooding, flapping) = {
+        const ISOLATED: &str = "no transit alternative";
+        let (scenarios, isolated, flooding, isolated_flooding, flapping) = {
             let (state, _down) = up("rfo", flooding_section)?;
             let scenarios = scenarios(&state)?;
+            let isolated = without_transit_alternative(&state, &scenarios)?;
             let counter = LoopCounter::start(&state)?;
-            let flooding = trials(&state, &scenarios, n, "flooding", &counter)?;
+            let flooding = trials(&state, &scenarios, n, "flooding", &counter, 30_000)?;
+            let mode = format!("flooding, {ISOLATED}");
+            let isolated_flooding = trials(&state, &isolated, n, &mode, &counter, 31_000)?;
             let flap = loops::flap_with_streams(&state, 1_000, 9100)?;
             std::thread::sleep(Duration::from_millis(200));
-            (scenarios, flooding, (counter.take(), flap.sent))
+            (
+                scenarios,
+                isolated,
+                flooding,
+                isolated_flooding,
+                (counter.take(), flap.sent),
+            )
         };
         let baseline = {
             let (state, _down) = up(
@@ -437,9 +518,20 @@ mod remote_lab {
                 );
             }
             let counter = LoopCounter::start(&state)?;
-            trials(&state, &scenarios, n, "baseline", &counter)?
+            let plain = trials(&state, &scenarios, n, "baseline", &counter, 30_000)?;
+            let mode = format!("baseline, {ISOLATED}");
+            (
+                plain,
+                trials(&state, &isolated, n, &mode, &counter, 31_000)?,
+            )
         };
-        for (name, r) in [("flooding", &flooding), ("baseline", &baseline)] {
+        let (baseline, isolated_baseline) = baseline;
+        for (name, r) in [
+            ("flooding", &flooding),
+            ("baseline", &baseline),
+            ("flooding, no transit alternative", &isolated_flooding),
+            ("baseline, no transit alternative", &isolated_baseline),
+        ] {
             if r.windows_ms.len() < 20 {
                 bail!(
                     "{name}: only {} trials measured: {:?}",
@@ -452,6 +544,9 @@ mod remote_lab {
             scenarios,
             flooding,
             baseline,
+            isolated,
+            isolated_flooding,
+            isolated_baseline,
             flapping: flapping.0,
             flapping_sent: flapping.1,
             load: [load_before, load_average()],
@@ -471,7 +566,20 @@ mod remote_lab {
     impl Measured {
         /// Looped sends in the flooding lab: its trials and the flapping phase.
         fn looped_packets(&self) -> u64 {
-            self.flooding.looped.looped + self.flapping.looped
+            self.flooding.looped.looped
+                + self.isolated_flooding.looped.looped
+                + self.flapping.looped
+        }
+
+        /// Every mode's trials.
+        fn all(&self) -> impl Iterator<Item = &ModeResult> {
+            [
+                &self.flooding,
+                &self.baseline,
+                &self.isolated_flooding,
+                &self.isolated_baseline,
+            ]
+            .into_iter()
         }
 
         pub fn merge_into(&self, json: &mut serde_json::Value) {
@@ -486,73 +594,100 @@ mod remote_lab {
             metrics["baseline_p50_ms"] = bp50.into();
             metrics["baseline_p99_ms"] = bp99.into();
             metrics["baseline_max_ms"] = bmax.into();
+            let (ip50, ip99, imax) = summary(&self.isolated_flooding.windows_ms);
+            let (ibp50, ibp99, ibmax) = summary(&self.isolated_baseline.windows_ms);
+            metrics["no_transit_alternative_trials"] =
+                self.isolated_flooding.windows_ms.len().into();
+            metrics["no_transit_alternative_p50_ms"] = ip50.into();
+            metrics["no_transit_alternative_p99_ms"] = ip99.into();
+            metrics["no_transit_alternative_max_ms"] = imax.into();
+            metrics["no_transit_alternative_baseline_trials"] =
+                self.isolated_baseline.windows_ms.len().into();
+            metrics["no_transit_alternative_baseline_p50_ms"] = ibp50.into();
+            metrics["no_transit_alternative_baseline_p99_ms"] = ibp99.into();
+            metrics["no_transit_alternative_baseline_max_ms"] = ibmax.into();
             metrics["looped_packets"] = self.looped_packets().into();
-            metrics["baseline_looped_packets"] = self.baseline.looped.looped.into();
-            metrics["capture_drops"] = (self.flooding.looped.capture_drops
-                + self.flapping.capture_drops
-                + self.baseline.looped.capture_drops)
+            metrics["baseline_looped_packets"] =
+                (self.baseline.looped.looped + self.isolated_baseline.looped.looped).into();
+            metrics["capture_drops"] = self
+                .all()
+                .map(|r| r.looped.capture_drops)
+                .sum::<u64>()
+                .saturating_add(self.flapping.capture_drops)
                 .into();
+            let mode = |r: &ModeResult| {
+                serde_json::json!({
+                    "windows_ms": r.windows_ms,
+                    "windows_until_heal": r.until_heal,
+                    "left_out_sender_stalled": r.sender_stalled,
+                    "anomalies": r.anomalies,
+                    "loops": format!("{:?}", r.looped),
+                    "trials": r.details,
+                })
+            };
             json["lab"] = serde_json::json!({
                 "scenarios": self.scenarios,
-                "flooding_windows_ms": self.flooding.windows_ms,
-                "baseline_windows_ms": self.baseline.windows_ms,
-                "windows_until_heal": { "flooding": self.flooding.until_heal, "baseline": self.baseline.until_heal },
-                "left_out_sender_stalled": { "flooding": self.flooding.sender_stalled, "baseline": self.baseline.sender_stalled },
-                "anomalies": self.flooding.anomalies.iter().chain(&self.baseline.anomalies).collect::<Vec<_>>(),
-                "flooding_trials": self.flooding.details,
-                "baseline_trials": self.baseline.details,
-                "loops": {
-                    "flooding_trials": format!("{:?}", self.flooding.looped),
-                    "flapping": format!("{:?}", self.flapping),
-                    "flapping_sent": self.flapping_sent,
-                    "baseline_trials": format!("{:?}", self.baseline.looped),
-                },
+                "no_transit_alternative_scenarios": self.isolated,
+                "flooding": mode(&self.flooding),
+                "baseline": mode(&self.baseline),
+                "no_transit_alternative_flooding": mode(&self.isolated_flooding),
+                "no_transit_alternative_baseline": mode(&self.isolated_baseline),
+                "flapping_loops": format!("{:?}", self.flapping),
+                "flapping_sent": self.flapping_sent,
                 "load_average": { "before": self.load[0], "after": self.load[1] },
             });
         }
 
         pub fn report(&self) {
-            let (f, b) = (&self.flooding, &self.baseline);
-            let (p50, p99, max) = summary(&f.windows_ms);
-            let (bp50, bp99, bmax) = summary(&b.windows_ms);
             let cut_ms = CUT_FOR.as_millis();
             println!("\nLab: loss window of a {RATE_PPS} datagrams/s UDP flow whose path crosses a link cut silently, as its second link (the flow's source gateway terminates neither end); {LAB_REGIONS}-region mesh of `cargo xtask lab` (ring with chords), a real `dwcp-agent` per gateway, probes every 10 ms, a link dead after {DETECT_MULTIPLIER} unanswered.\n");
-            println!("| records flooded | trials | left out | p50 ms | p99 ms | max ms | windows that lasted until the heal ({cut_ms} ms cut) | looped packets |");
-            println!("|---|---:|---:|---:|---:|---:|---:|---:|");
+            println!("| transit gateway's other links | records flooded | trials | left out | p50 ms | p99 ms | max ms | windows that lasted until the heal ({cut_ms} ms cut) | looped packets |");
+            println!("|---|---|---:|---:|---:|---:|---:|---:|---:|");
+            let rows = [
+                ("up", "yes (`trials`, `p50_ms`, `p99_ms`)", &self.flooding),
+                ("up", "no, baseline (`baseline_p50_ms`)", &self.baseline),
+                (
+                    "cut (`no_transit_alternative_*`)",
+                    "yes",
+                    &self.isolated_flooding,
+                ),
+                ("cut", "no, baseline", &self.isolated_baseline),
+            ];
+            for (transit, flooded, r) in rows {
+                let (p50, p99, max) = summary(&r.windows_ms);
+                println!(
+                    "| {transit} | {flooded} | {} | {} | {p50:.1} | {p99:.1} | {max:.1} | {} | {} |",
+                    r.windows_ms.len(),
+                    r.sender_stalled,
+                    r.until_heal,
+                    r.looped.looped
+                );
+            }
+            let trial_sends = self.flooding.looped.sends + self.isolated_flooding.looped.sends;
             println!(
-                "| yes (`trials`, `p50_ms`, `p99_ms`) | {} | {} | {p50:.1} | {p99:.1} | {max:.1} | {} | {} |",
-                f.windows_ms.len(),
-                f.sender_stalled,
-                f.until_heal,
-                f.looped.looped
-            );
-            println!(
-                "| no, baseline (`baseline_p50_ms`) | {} | {} | {bp50:.1} | {bp99:.1} | {bmax:.1} | {} | {} |",
-                b.windows_ms.len(),
-                b.sender_stalled,
-                b.until_heal,
-                b.looped.looped
-            );
-            println!(
-                "\n- `looped_packets` = **{}**: datagrams a gateway sent into the underlay a second time, over the flooding lab's trials ({} sends seen) and a flapping phase ({} datagrams in {LAB_REGIONS} streams, {} sends seen, {} looped). The capture's sockets dropped {} frames in all (not inspected).",
+                "\n- `looped_packets` = **{}**: sends of a datagram by a gateway that had sent it before, over the flooding lab's trials ({trial_sends} sends seen) and a flapping phase ({} datagrams in {LAB_REGIONS} streams, {} sends seen, {} of them repeated, {} datagrams looped). The capture's sockets dropped {} frames in all.",
                 self.looped_packets(),
-                f.looped.sends,
                 self.flapping_sent,
                 self.flapping.sends,
                 self.flapping.looped,
-                f.looped.capture_drops + self.flapping.capture_drops + b.looped.capture_drops
+                self.flapping.datagrams_looped,
+                self.all().map(|r| r.looped.capture_drops).sum::<u64>() + self.flapping.capture_drops
             );
-            let mut all: Vec<&String> = f.anomalies.iter().chain(&b.anomalies).collect();
-            all.dedup();
+            let all: Vec<&String> = self.all().flat_map(|r| &r.anomalies).collect();
             if !all.is_empty() {
                 println!("- Anomalies: {all:?}");
             }
             println!(
-                "\nMethod: `dwcp_lab::lab::live` labs, {LAB_REGIONS} regions, the first with `[link_state]` defaults except `hold_max_ms = hold_initial_ms` (every trial starts from the same converged state; damping has its own test), the second with `[link_state] enabled = false`, one after the other in this run. Flows (source, destination, path): {:?} (region indices from 0, link ids): for each link, the first flow whose only weighted path has it as its second link; trials cycle through them, each with a new source port. A trial waits until the flow's path is in force, sends for {} ms, cuts the link in its wire namespace (nftables drop: no carrier change), heals it {cut_ms} ms later and waits until both ends have it up and the flow's path is in force again. Loss window = send time of the first datagram delivered after the gap minus send time of the first lost one (the sender's clock). A trial whose sender paused more than {} ms is left out. The sender and receiver run in `SCHED_FIFO` at priority {TRAFFIC_RT_PRIORITY}, the agents' probe threads at 10. Loops: `dwcp_lab::lab::loops` captures both ports of every wire (AF_PACKET; the gateways forward in XDP, before a socket of theirs could see a frame) and counts a datagram (flow, sequence number, send time, inside the VXLAN) sent by the same gateway twice. The flapping phase: a stream from each region to the one across the ring at 1,000 datagrams/s while each chord is cut with a ring link, overlapping. Percentiles nearest-rank (with fewer than 100 trials the p99 is the maximum). Load average (1/5/15 min) before: {}; after: {}. Per-trial gaps in `target/bench/remote_failover.json` (`lab`).",
+                "\nMethod: `dwcp_lab::lab::live` labs, {LAB_REGIONS} regions, the first with `[link_state]` defaults except `hold_max_ms = hold_initial_ms` (every trial starts from the same converged state; damping has its own test), the second with `[link_state] enabled = false`, one after the other in this run. Flows (source, destination, path): {:?} (region indices from 0, link ids): for each link, the first flow whose only weighted path has it as its second link; trials cycle through them, each with a new source port. With the transit gateway's other links up, that gateway (the near end of the cut link) can send the flow on by itself once its probes find the link dead; with them cut first ({:?}, cut before each trial, {} ms before the flow starts so that every gateway's back-off is quiet again, and healed after it), its only other link leads back to the source, which split horizon forbids, so only the source's reroute, on the records, can end the loss. A trial waits until the flow's path is in force, sends for {} ms, cuts the link in its wire namespace (nftables drop: no carrier change), heals it {cut_ms} ms later and waits until both ends have it up and the flow's path is in force again. Loss window = send time of the first datagram delivered after the gap minus send time of the first lost one (the sender's clock). A trial whose sender paused more than {} ms is left out. The sender and receiver run in `SCHED_FIFO` at priority {TRAFFIC_RT_PRIORITY}, the agents' probe threads at 10. Loops: `dwcp_lab::lab::loops` captures both ports of every wire (AF_PACKET; the gateways forward in XDP, before a socket of theirs could see a frame) and counts a datagram (flow, sequence number, send time, inside the VXLAN) sent by the same gateway twice. The flapping phase: a stream from each region to the one across the ring at 1,000 datagrams/s while each chord is cut with a ring link, overlapping. Percentiles nearest-rank (with fewer than 100 trials the p99 is the maximum). Load average (1/5/15 min) before: {}; after: {}. Per-trial gaps in `target/bench/remote_failover.json` (`lab`).",
                 self.scenarios
                     .iter()
                     .map(|s| (s.from, s.to, s.path.clone()))
                     .collect::<Vec<_>>(),
+                self.isolated
+                    .iter()
+                    .map(|s| s.isolate.clone())
+                    .collect::<Vec<_>>(),
+                quiet().as_millis(),
                 BEFORE_CUT.as_millis(),
                 MAX_SENDER_PAUSE_NS as f64 / 1e6,
                 self.load[0],
