@@ -13,7 +13,8 @@ fi
 
 export DEBIAN_FRONTEND=noninteractive
 APT_PKGS=(llvm-22-dev libpolly-22-dev libzstd-dev zlib1g-dev bpftool iproute2 ethtool
-          nftables iperf3 iputils-ping netcat-openbsd wireguard-go wireguard-tools prometheus jq tcpdump curl)
+          nftables iperf3 iputils-ping netcat-openbsd wireguard-go wireguard-tools prometheus jq tcpdump curl
+          etcd-server etcd-client protobuf-compiler)
 
 missing=()
 for p in "${APT_PKGS[@]}"; do
@@ -28,6 +29,12 @@ if [ ${#missing[@]} -gt 0 ]; then
     systemctl disable --now prometheus prometheus-node-exporter >/dev/null 2>&1 || true
     pkill -x prometheus >/dev/null 2>&1 || true
     pkill -x prometheus-node-exporter >/dev/null 2>&1 || true
+  fi
+  # So does etcd-server (enabled, started where systemd runs): the tests start their own
+  # clusters, and the default member would hold 2379/2380.
+  if [[ " ${missing[*]} " == *" etcd-server "* ]]; then
+    systemctl disable --now etcd >/dev/null 2>&1 || true
+    service etcd stop >/dev/null 2>&1 || true
   fi
 fi
 

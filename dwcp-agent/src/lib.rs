@@ -7,4 +7,5 @@ pub mod health;
 pub mod http;
 pub mod probe;
 pub mod prober;
+pub mod store;
 pub mod telemetry;

@@ -46,12 +46,14 @@ pub use sections::{
     DEFAULT_METRICS_MAX_CONNECTIONS, DEFAULT_READ_TIMEOUT_MS, DEFAULT_SOCKET, DEFAULT_SOCKET_MODE,
     MIN_TOKEN_LEN,
 };
+pub use sections::{StoreKind, StoreSection};
 
 use crate::{
     bandwidth::ManagerConfig,
     health::{HealthCheckConfig, HealthCheckSpec},
     liveness::MonitorConfig,
     routing::{BalancedWeights, Constraints, Strategy},
+    store::StoreConfig,
     topology::{error::line_of, EdgeConfig, LinkConfig, RegionConfig, Topology, TopologyConfig},
     traffic::{PolicingConfig, TrafficConfig},
 };
@@ -299,6 +301,8 @@ pub struct ConfigFile {
     pub metrics: MetricsConfig,
     #[serde(default)]
     pub link_state: LinkStateSection,
+    #[serde(default)]
+    pub store: StoreSection,
     #[serde(default)]
     pub health_check: Vec<Spanned<HealthCheckConfig>>,
     #[serde(default)]
@@ -694,6 +698,7 @@ pub struct AgentConfig {
     pub metrics: MetricsConfig,
     /// `[link_state]`: link state shared with the other gateways (`agent::link_state`).
     pub link_state: LinkStateSection,
+    pub store: StoreConfig,
     pub health_checks: Vec<HealthCheckSpec>,
     pub topology: TopologyConfig,
     /// The validated topology.
@@ -733,6 +738,7 @@ impl PartialEq for AgentConfig {
             && self.api == other.api
             && self.metrics == other.metrics
             && self.link_state == other.link_state
+            && self.store == other.store
             && self.health_checks == other.health_checks
             && self.topology == other.topology
     }

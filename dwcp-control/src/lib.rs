@@ -20,6 +20,7 @@ pub mod plan;
 pub mod replay;
 pub mod routing;
 pub mod state;
+pub mod store;
 pub mod topology;
 pub mod traffic;
 pub mod view;

@@ -562,7 +562,7 @@ fn reservable_map(network: &Network, headroom_percent: u8) -> BTreeMap<LinkId, u
         .collect()
 }
 
-fn insufficient(s: Shortfall, cand: &Reservation) -> BandwidthError {
+pub(super) fn insufficient(s: Shortfall, cand: &Reservation) -> BandwidthError {
     BandwidthError::InsufficientBandwidth {
         link: s.link,
         requested_bps: cand.rate_bps,

@@ -9,12 +9,15 @@
 //!   taken by the state owner, which publishes it).
 //! - Every change is written to the store (`FileStore`: fsync + atomic rename) before it takes
 //!   effect; if the write fails, nothing changes.
+//! - Gateways sharing links admit through per-link ledgers in a shared store (`ledger.rs`):
+//!   the same rules, decided over the path's ledgers read at one revision.
 //! - Time is a parameter (`now`): the state owner expires and activates reservations on its
 //!   clock inputs, which the daemon sends when `next_change_after` is due; tests drive it by
 //!   hand.
 
 mod admission;
 mod error;
+mod ledger;
 mod manager;
 mod model;
 mod number;
@@ -22,6 +25,7 @@ mod store;
 
 pub use admission::{load_at, peak_load, reservable_bps};
 pub use error::{BandwidthError, StoreError};
+pub use ledger::{plan_admission, Ledger, LedgerError, LedgerPlan, PlanError};
 pub use manager::{
     Admission, ManagerConfig, ReservationEvent, ReservationEventCounts, ReservationManager,
     ReservationOp, ReservationReply,

@@ -13,13 +13,13 @@ use dwcp_common::{
 };
 use toml::Spanned;
 
-use super::LinkStateSection;
 use super::{
     AgentConfig, ApiConfig, ConfigError, ConfigFile, DelayConfig, FlowsConfig, GatewaySection,
     Handoff, LocalLink, LocalLinkSection, Prefix, PrefixesSection, ProbeSection, Problem, QosRule,
     QosRuleSection, QosSection, RegionPrefixes, RoutingSection, SenderConfig, StrategyName,
     UpdaterSection, HANDOFF_FWMARK_BASE, HANDOFF_RULE_PRIORITY, HANDOFF_TABLE_BASE, VNI_BASE,
 };
+use super::{LinkStateSection, StoreKind, StoreSection};
 use crate::{
     health::{HealthCheckConfig, HealthCheckSpec},
     link_state::{
@@ -28,6 +28,7 @@ use crate::{
     },
     liveness::{MonitorConfig, MonitorConfigError},
     routing::{RoutingError, Strategy},
+    store::{EtcdConfig, EtcdTls, StoreConfig, DEFAULT_PREFIX},
     topology::{error::line_of, Link, Topology, TopologyConfig, TopologyError},
 };
 
@@ -64,6 +65,7 @@ pub(super) fn check(file: ConfigFile, source: &str) -> Result<AgentConfig, Confi
     let delays = updater(&mut c, &file.updater);
     flows(&mut c, &file.flows);
     link_state(&mut c, &file.link_state, &gw, &local_links);
+    let store = store(&mut c, &file.store);
     let health_checks = health_checks(&mut c, &file.health_check, model);
     c.finish()?;
 
@@ -106,6 +108,7 @@ pub(super) fn check(file: ConfigFile, source: &str) -> Result<AgentConfig, Confi
         api: file.api.clone(),
         metrics: file.metrics.clone(),
         link_state: file.link_state.clone(),
+        store,
         health_checks,
         topology,
         topology_model: topology_model.expect("no problems means the topology is valid"),
@@ -1181,6 +1184,110 @@ fn link_state_field(e: &LinkStateConfigError) -> &'static str {
         LinkStateConfigError::MaxAge(_) => "max_age_ms",
         LinkStateConfigError::Hold { .. } => "hold_initial_ms",
         LinkStateConfigError::Relative(_) => "figure_change_percent",
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// [store]
+
+fn store(c: &mut Checker, s: &StoreSection) -> StoreConfig {
+    let tls_keys = [
+        ("tls_ca", &s.tls_ca),
+        ("tls_cert", &s.tls_cert),
+        ("tls_key", &s.tls_key),
+    ];
+    if s.kind == StoreKind::File {
+        // Settings that would be silently ignored are mistakes.
+        let set = [
+            ("endpoints", !s.endpoints.is_empty()),
+            ("prefix", s.prefix.is_some()),
+        ]
+        .into_iter()
+        .chain(tls_keys.iter().map(|(k, v)| (*k, v.is_some())));
+        for (key, _) in set.filter(|(_, set)| *set) {
+            c.at_key("store", key, "only for kind = \"etcd\"");
+        }
+        return StoreConfig::File;
+    }
+    if s.endpoints.is_empty() {
+        c.at_key("store", "kind", "kind = \"etcd\" needs store.endpoints");
+    }
+    for e in &s.endpoints {
+        if let Err(why) = check_endpoint(e) {
+            c.at_key("store", "endpoints", format!("{e:?}: {why}"));
+        }
+    }
+    let prefix = s.prefix.clone().unwrap_or_else(|| DEFAULT_PREFIX.into());
+    let trimmed = prefix.trim_end_matches('/');
+    if !prefix.starts_with('/') || trimmed.is_empty() {
+        c.at_key(
+            "store",
+            "prefix",
+            format!("{prefix:?}: a key prefix starts with / and names something (\"/dwcp/v1\")"),
+        );
+    } else if prefix
+        .chars()
+        .any(|ch| ch.is_control() || ch.is_whitespace())
+    {
+        c.at_key(
+            "store",
+            "prefix",
+            format!("{prefix:?}: no spaces or control characters"),
+        );
+    }
+    let given = tls_keys.iter().filter(|(_, v)| v.is_some()).count();
+    let tls = match (&s.tls_ca, &s.tls_cert, &s.tls_key) {
+        (Some(ca), Some(cert), Some(key)) => Some(EtcdTls {
+            ca: ca.clone(),
+            cert: cert.clone(),
+            key: key.clone(),
+        }),
+        _ => {
+            if given > 0 {
+                for (key, _) in tls_keys.iter().filter(|(_, v)| v.is_none()) {
+                    c.at_key(
+                        "store",
+                        key,
+                        "missing: TLS needs tls_ca, tls_cert and tls_key",
+                    );
+                }
+            }
+            None
+        }
+    };
+    let scheme = if tls.is_some() { "https://" } else { "http://" };
+    for e in s.endpoints.iter().filter(|e| check_endpoint(e).is_ok()) {
+        if !e.starts_with(scheme) {
+            c.at_key(
+                "store",
+                "endpoints",
+                format!(
+                    "{e:?}: with{} TLS files, endpoints are {scheme}",
+                    if tls.is_some() { "" } else { "out" }
+                ),
+            );
+        }
+    }
+    StoreConfig::Etcd(EtcdConfig {
+        endpoints: s.endpoints.clone(),
+        prefix: trimmed.to_owned(),
+        tls,
+    })
+}
+
+/// `http(s)://host:port`, nothing after the port.
+fn check_endpoint(e: &str) -> Result<(), &'static str> {
+    let rest = e
+        .strip_prefix("http://")
+        .or_else(|| e.strip_prefix("https://"))
+        .ok_or("not http://host:port or https://host:port")?;
+    let (host, port) = rest.rsplit_once(':').ok_or("no port")?;
+    if host.is_empty() || host.contains('/') {
+        return Err("no host");
+    }
+    match port.parse::<u16>() {
+        Ok(p) if p > 0 => Ok(()),
+        _ => Err("the port is not a number from 1 to 65535"),
     }
 }
 

@@ -224,3 +224,25 @@ impl LinkStateSection {
         }
     }
 }
+
+/// `kind` of `[store]`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StoreKind {
+    #[default]
+    File,
+    Etcd,
+}
+
+/// `[store]` of agent.toml, as written; checked into a [`crate::store::StoreConfig`].
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreSection {
+    pub kind: StoreKind,
+    pub endpoints: Vec<String>,
+    pub prefix: Option<String>,
+    /// PEM: the CA of the etcd members, this gateway's client certificate and key.
+    pub tls_ca: Option<PathBuf>,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+}

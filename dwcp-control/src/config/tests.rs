@@ -561,3 +561,88 @@ fn link_state_is_on_by_default_and_its_values_are_checked() {
     );
     assert!(AgentConfig::parse(&format!("{text}\n[link_state]\nenabled = false\n")).is_ok());
 }
+
+#[test]
+fn the_store_is_files_by_default_and_etcd_when_configured() {
+    assert_eq!(
+        AgentConfig::parse(&valid()).unwrap().store,
+        StoreConfig::File
+    );
+    let text = format!(
+        "{}\n[store]\nkind = \"etcd\"\nendpoints = [\"http://10.0.0.1:2379\", \"http://etcd-b:2379\"]\n",
+        valid()
+    );
+    let c = AgentConfig::parse(&text).unwrap();
+    assert_eq!(
+        c.store,
+        StoreConfig::Etcd(crate::store::EtcdConfig {
+            endpoints: vec!["http://10.0.0.1:2379".into(), "http://etcd-b:2379".into()],
+            prefix: "/dwcp/v1".into(),
+            tls: None,
+        })
+    );
+    let text = format!(
+        "{}\n[store]\nkind = \"etcd\"\nendpoints = [\"https://10.0.0.1:2379\"]\nprefix = \"/prod/dwcp/\"\n\
+         tls_ca = \"/etc/dwcp/etcd-ca.pem\"\ntls_cert = \"/etc/dwcp/etcd.pem\"\ntls_key = \"/etc/dwcp/etcd.key\"\n",
+        valid()
+    );
+    match AgentConfig::parse(&text).unwrap().store {
+        StoreConfig::Etcd(e) => {
+            assert_eq!(e.prefix, "/prod/dwcp");
+            assert_eq!(e.tls.unwrap().key, PathBuf::from("/etc/dwcp/etcd.key"));
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn store_problems_name_the_key_and_its_line() {
+    let cases: [(&str, &[(&str, &str)]); 6] = [
+        (
+            "kind = \"etcd\"\n",
+            &[("kind = \"etcd\"", "store.kind: kind = \"etcd\" needs store.endpoints")],
+        ),
+        (
+            "kind = \"etcd\"\nendpoints = [\"10.0.0.1:2379\", \"http://h:0\"]\nprefix = \"dwcp\"\n",
+            &[
+                ("endpoints", "store.endpoints: \"10.0.0.1:2379\": not http://host:port"),
+                ("endpoints", "store.endpoints: \"http://h:0\": the port is not a number"),
+                ("prefix", "store.prefix: \"dwcp\": a key prefix starts with /"),
+            ],
+        ),
+        (
+            "kind = \"etcd\"\nendpoints = [\"http://h:2379\"]\ntls_cert = \"/c.pem\"\n",
+            &[
+                ("endpoints", "store.tls_ca: missing: TLS needs tls_ca, tls_cert and tls_key"),
+                ("endpoints", "store.tls_key: missing: TLS needs"),
+            ],
+        ),
+        (
+            "kind = \"etcd\"\nendpoints = [\"http://h:2379\"]\ntls_ca = \"/a\"\ntls_cert = \"/c\"\ntls_key = \"/k\"\n",
+            &[("endpoints", "store.endpoints: \"http://h:2379\": with TLS files, endpoints are https://")],
+        ),
+        (
+            "endpoints = [\"http://h:2379\"]\n",
+            &[("endpoints", "store.endpoints: only for kind = \"etcd\"")],
+        ),
+        ("kind = \"zookeeper\"\n", &[("zookeeper", "unknown variant `zookeeper`")]),
+    ];
+    for (section, expected) in cases {
+        let text = format!("{}\n[store]\n{section}", valid());
+        let e = refused(&text);
+        for (needle, message) in expected {
+            // Problems about a key missing from the section name the section's header.
+            let store = line_of_text(&text, "[store]");
+            let line = if message.contains("missing") {
+                store
+            } else {
+                store + line_of_text(section, needle)
+            };
+            assert!(e.contains(message), "{message:?} not in:\n{e}");
+            assert!(
+                e.contains(&format!("line {line}: {message}")) || e.contains(&format!(":{line}:")),
+                "{message:?} not on line {line}:\n{e}"
+            );
+        }
+    }
+}

@@ -1,0 +1,396 @@
+//! A real three-member etcd cluster for tests and benchmarks (Debian's `etcd-server` 3.4).
+//! Each member runs in its own network namespace, joined to the root namespace by a veth on
+//! a bridge so that the test process reaches the client URLs; data directories are on a
+//! tmpfs of the cluster's own (etcd 3.4 has no `--unsafe-no-fsync`). The guard kills the
+//! members and removes the namespaces, the bridge and the tmpfs when it drops, also when the
+//! test fails.
+
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use thiserror::Error;
+
+use crate::netlab::{self, run, NetlabError, Netns};
+
+pub const MEMBERS: usize = 3;
+const CLIENT_PORT: u16 = 2379;
+const PEER_PORT: u16 = 2380;
+/// Generous: three members elect a leader in about a second, on a loaded 2-core machine
+/// sometimes much later.
+const HEALTHY_WITHIN: Duration = Duration::from_secs(60);
+
+#[derive(Debug, Error)]
+pub enum EtcdLabError {
+    #[error(transparent)]
+    Netlab(#[from] NetlabError),
+    #[error("etcd cluster: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("etcd cluster not healthy within {within:?}: {detail}")]
+    Unhealthy { within: Duration, detail: String },
+    #[error("etcd cluster: {0}")]
+    Status(String),
+}
+
+pub type Result<T, E = EtcdLabError> = std::result::Result<T, E>;
+
+static NEXT_CLUSTER: AtomicU32 = AtomicU32::new(0);
+
+struct Member {
+    name: String,
+    ns: Netns,
+    ip: Ipv4Addr,
+    process: Option<Child>,
+}
+
+pub struct EtcdCluster {
+    /// Members before the bridge: their namespaces (and veths) go first.
+    members: Vec<Member>,
+    bridge: String,
+    tmpfs: PathBuf,
+    initial_cluster: String,
+    token: String,
+}
+
+impl EtcdCluster {
+    /// Starts the three members and waits until the cluster has a leader and every member
+    /// answers.
+    pub fn start() -> Result<EtcdCluster> {
+        let pid = std::process::id();
+        let n = NEXT_CLUSTER.fetch_add(1, Ordering::Relaxed);
+        let subnet = free_subnet(pid, n)?;
+        let bridge = format!("de{pid}c{n}");
+        let tmpfs = PathBuf::from(format!("/tmp/dwcp-etcd-{pid}-{n}"));
+        // The guard exists from the first resource on, so a failure half-way cleans up.
+        let mut cluster = EtcdCluster {
+            members: Vec::new(),
+            bridge: bridge.clone(),
+            tmpfs: tmpfs.clone(),
+            initial_cluster: String::new(),
+            token: format!("dwcp-lab-{pid}-{n}"),
+        };
+        std::fs::create_dir_all(&tmpfs)?;
+        run(&[
+            "mount",
+            "-t",
+            "tmpfs",
+            "-o",
+            "size=4g",
+            "tmpfs",
+            &tmpfs.to_string_lossy(),
+        ])?;
+        run(&["ip", "link", "add", &bridge, "type", "bridge"])?;
+        run(&[
+            "ip",
+            "addr",
+            "add",
+            &format!("{}/24", subnet_ip(subnet, 1)),
+            "dev",
+            &bridge,
+        ])?;
+        run(&["ip", "link", "set", &bridge, "up"])?;
+        for i in 0..MEMBERS {
+            let ns = Netns::new("etcd")?;
+            let ip = subnet_ip(subnet, 2 + i as u8);
+            let outside = format!("de{pid}c{n}m{i}");
+            run(&[
+                "ip",
+                "link",
+                "add",
+                &outside,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "eth0",
+                "netns",
+                ns.name(),
+            ])?;
+            run(&["ip", "link", "set", &outside, "master", &bridge])?;
+            run(&["ip", "link", "set", &outside, "up"])?;
+            ns.ip(&["link", "set", "eth0", "up"])?;
+            netlab::addr(&ns, "eth0", &format!("{ip}/24"))?;
+            let name = format!("m{i}");
+            std::fs::create_dir_all(tmpfs.join(&name))?;
+            cluster.members.push(Member {
+                name,
+                ns,
+                ip,
+                process: None,
+            });
+        }
+        cluster.initial_cluster = cluster
+            .members
+            .iter()
+            .map(|m| format!("{}=http://{}:{PEER_PORT}", m.name, m.ip))
+            .collect::<Vec<_>>()
+            .join(",");
+        cluster.start_members()?;
+        Ok(cluster)
+    }
+
+    /// `http://ip:2379` of every member.
+    pub fn endpoints(&self) -> Vec<String> {
+        self.members.iter().map(|m| client_url(m.ip)).collect()
+    }
+
+    /// The member (index) that leads now.
+    pub fn leader(&self) -> Result<usize> {
+        let deadline = Instant::now() + HEALTHY_WITHIN;
+        loop {
+            let statuses = self.statuses();
+            let leader = statuses.iter().flatten().next().map(|s| s.leader);
+            if let Some(leader) = leader {
+                if let Some(i) = statuses
+                    .iter()
+                    .position(|s| s.as_ref().is_some_and(|s| s.member == leader))
+                {
+                    return Ok(i);
+                }
+            }
+            if Instant::now() > deadline {
+                return Err(EtcdLabError::Status("no member reports a leader".into()));
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// Kills the leader (SIGKILL) and returns its index; the other two elect a new one.
+    pub fn kill_leader(&mut self) -> Result<usize> {
+        let i = self.leader()?;
+        self.kill(i);
+        Ok(i)
+    }
+
+    /// Kills member `i` (SIGKILL).
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut child) = self.members[i].process.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts member `i` again on its data (after `kill`).
+    pub fn restart(&mut self, i: usize) -> Result<()> {
+        if self.members[i].process.is_none() {
+            self.spawn(i)?;
+        }
+        self.wait_healthy()
+    }
+
+    /// Kills every member: the whole store is down.
+    pub fn stop(&mut self) {
+        for i in 0..self.members.len() {
+            self.kill(i);
+        }
+    }
+
+    /// Starts every stopped member on its data and waits until the cluster is healthy.
+    pub fn start_again(&mut self) -> Result<()> {
+        self.start_members()
+    }
+
+    /// Compacts the history up to the current revision, which it returns.
+    pub fn compact(&self) -> Result<i64> {
+        let revision = self
+            .statuses()
+            .into_iter()
+            .flatten()
+            .map(|s| s.revision)
+            .max()
+            .ok_or_else(|| EtcdLabError::Status("no member answers".into()))?;
+        etcdctl(&self.endpoints(), &["compact", &revision.to_string()])?;
+        Ok(revision)
+    }
+
+    /// Logs of member `i` (for a failing test's message).
+    pub fn log(&self, i: usize) -> String {
+        std::fs::read_to_string(self.log_path(i)).unwrap_or_default()
+    }
+
+    fn log_path(&self, i: usize) -> PathBuf {
+        self.tmpfs.join(format!("{}.log", self.members[i].name))
+    }
+
+    fn start_members(&mut self) -> Result<()> {
+        for i in 0..self.members.len() {
+            if self.members[i].process.is_none() {
+                self.spawn(i)?;
+            }
+        }
+        self.wait_healthy()
+    }
+
+    fn spawn(&mut self, i: usize) -> Result<()> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path(i))?;
+        let m = &self.members[i];
+        let data = self.tmpfs.join(&m.name);
+        let peer = format!("http://{}:{PEER_PORT}", m.ip);
+        let client = client_url(m.ip);
+        // `ip netns exec` execs etcd: the child is etcd itself, killed by its pid.
+        let child = Command::new("ip")
+            .args(["netns", "exec", m.ns.name(), "etcd"])
+            .args(["--name", &m.name])
+            .arg("--data-dir")
+            .arg(&data)
+            .args(["--listen-client-urls", &client])
+            .args(["--advertise-client-urls", &client])
+            .args(["--listen-peer-urls", &peer])
+            .args(["--initial-advertise-peer-urls", &peer])
+            .args(["--initial-cluster", &self.initial_cluster])
+            .args(["--initial-cluster-token", &self.token])
+            .args(["--initial-cluster-state", "new"])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()?;
+        self.members[i].process = Some(child);
+        Ok(())
+    }
+
+    /// Waits until every running member answers and one of them leads.
+    fn wait_healthy(&self) -> Result<()> {
+        let deadline = Instant::now() + HEALTHY_WITHIN;
+        let running: Vec<usize> = (0..self.members.len())
+            .filter(|&i| self.members[i].process.is_some())
+            .collect();
+        loop {
+            let statuses = self.statuses();
+            let ok = running.iter().all(|&i| {
+                statuses[i]
+                    .as_ref()
+                    .is_some_and(|s| s.leader != 0 && s.raft_index > 0)
+            });
+            if ok && etcdctl(&self.endpoints(), &["endpoint", "health", "--cluster"]).is_ok() {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(EtcdLabError::Unhealthy {
+                    within: HEALTHY_WITHIN,
+                    detail: format!("statuses {statuses:?}; log of m0:\n{}", self.log(0)),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// Each member's status, `None` for one that does not answer.
+    fn statuses(&self) -> Vec<Option<Status>> {
+        self.members
+            .iter()
+            .map(|m| {
+                let out =
+                    etcdctl(&[client_url(m.ip)], &["endpoint", "status", "-w", "json"]).ok()?;
+                Status::parse(&out)
+            })
+            .collect()
+    }
+}
+
+impl Drop for EtcdCluster {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            for i in 0..self.members.len() {
+                let log = self.log(i);
+                let tail: Vec<&str> = log.lines().rev().take(15).collect();
+                eprintln!("etcd member m{i}, end of its log:");
+                tail.iter().rev().for_each(|l| eprintln!("  {l}"));
+            }
+        }
+        self.stop();
+        // Deleting a namespace deletes its veth end, and with it the bridge's.
+        self.members.clear();
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.bridge])
+            .output();
+        let _ = Command::new("umount").arg(&self.tmpfs).output();
+        let _ = std::fs::remove_dir(&self.tmpfs);
+    }
+}
+
+#[derive(Debug)]
+struct Status {
+    member: u64,
+    leader: u64,
+    raft_index: u64,
+    revision: i64,
+}
+
+impl Status {
+    /// `etcdctl endpoint status -w json`: `[{"Endpoint":..,"Status":{"header":{..},"leader":..}}]`.
+    fn parse(json: &str) -> Option<Status> {
+        let v: serde_json::Value = serde_json::from_str(json).ok()?;
+        let s = v.get(0)?.get("Status")?;
+        let header = s.get("header")?;
+        Some(Status {
+            member: header.get("member_id")?.as_u64()?,
+            leader: s.get("leader")?.as_u64()?,
+            raft_index: s.get("raftIndex")?.as_u64()?,
+            revision: header.get("revision")?.as_i64()?,
+        })
+    }
+}
+
+fn client_url(ip: Ipv4Addr) -> String {
+    format!("http://{ip}:{CLIENT_PORT}")
+}
+
+/// Runs etcdctl (API v3) against `endpoints`, with short timeouts; returns its stdout.
+fn etcdctl(endpoints: &[String], args: &[&str]) -> Result<String> {
+    let endpoints = endpoints.join(",");
+    let mut argv = vec![
+        "etcdctl",
+        "--endpoints",
+        &endpoints,
+        "--dial-timeout=1s",
+        "--command-timeout=3s",
+    ];
+    argv.extend_from_slice(args);
+    let out = Command::new(argv[0])
+        .args(&argv[1..])
+        .env("ETCDCTL_API", "3")
+        .output()?;
+    if !out.status.success() {
+        return Err(EtcdLabError::Status(format!(
+            "etcdctl {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// A 10.254.x.0/24 that no interface of the root namespace uses yet, chosen from the pid so
+/// that concurrent test processes (other builders on the machine) rarely try the same one.
+fn free_subnet(pid: u32, n: u32) -> Result<u8> {
+    let out = run(&["ip", "-4", "-o", "addr", "show"])?;
+    let used = String::from_utf8_lossy(&out.stdout).into_owned();
+    (0..250u32)
+        .map(|k| ((pid.wrapping_mul(7) + n * 31 + k) % 250) as u8 + 1)
+        .find(|x| !used.contains(&format!("10.254.{x}.")))
+        .ok_or_else(|| EtcdLabError::Status("no free 10.254.x.0/24".into()))
+}
+
+fn subnet_ip(subnet: u8, host: u8) -> Ipv4Addr {
+    Ipv4Addr::new(10, 254, subnet, host)
+}
+
+/// Whether this machine can run the cluster (root, and etcd installed by the bootstrap).
+pub fn available() -> std::result::Result<(), String> {
+    if unsafe { libc::geteuid() } != 0 {
+        return Err("needs root (network namespaces, tmpfs)".into());
+    }
+    for bin in ["etcd", "etcdctl"] {
+        if !Path::new("/usr/bin").join(bin).exists() {
+            return Err(format!(
+                "{bin} is not installed (scripts/bootstrap.sh installs it)"
+            ));
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,595 @@
+//! The cluster store on a real three-member etcd cluster (`dwcp_lab::etcd::EtcdCluster`: each
+//! member in its own namespace, data on tmpfs, everything removed by the guard also when a
+//! test fails). Three gateways are three separate etcd clients.
+//!
+//! Every wait is for a mechanism (an event, a key gone, an error) with a generous deadline;
+//! the one comparison of times is a lower bound (a lease cannot expire before most of its
+//! TTL), which a stalled machine only widens.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use dwcp_agent::store::{ClusterStoreError, EtcdStore, PrefixWatch, WatchEvent};
+use dwcp_common::QosClass;
+use dwcp_control::bandwidth::{
+    peak_load, BandwidthError, Ledger, Reservation, ReservationId, MAX_TIME,
+};
+use dwcp_control::store::{EtcdConfig, GatewayRecord, DEFAULT_PREFIX};
+use dwcp_control::topology::LinkId;
+use dwcp_lab::etcd::EtcdCluster;
+use etcd_client::{Client, GetOptions};
+
+const WAIT: Duration = Duration::from_secs(60);
+const GBIT: u64 = 1_000_000_000;
+
+/// The cluster, or `None` (the skip recorded) where it cannot run.
+fn cluster(test: &str) -> Option<EtcdCluster> {
+    if let Err(why) = dwcp_lab::etcd::available() {
+        dwcp_lab::skip(test, &why);
+        return None;
+    }
+    Some(EtcdCluster::start().expect("a three-member etcd cluster"))
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(4)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+async fn connect(cluster: &EtcdCluster) -> EtcdStore {
+    EtcdStore::connect(&EtcdConfig {
+        endpoints: cluster.endpoints(),
+        prefix: DEFAULT_PREFIX.into(),
+        tls: None,
+    })
+    .await
+    .expect("a lazy connection")
+}
+
+fn reservation(
+    id: u64,
+    rate_bps: u64,
+    start: u64,
+    end: u64,
+    prio: u8,
+    path: &[u32],
+) -> Reservation {
+    Reservation {
+        id: ReservationId(id),
+        owner: format!("tenant-{}", id % 7),
+        source: "us-east-1".into(),
+        destination: "eu-west-1".into(),
+        class: QosClass::Bulk,
+        rate_bps,
+        start,
+        end,
+        priority: prio,
+        path: path.iter().map(|&l| LinkId(l)).collect(),
+    }
+}
+
+/// A small deterministic generator (no dependency for a test's spread of requests).
+struct Lcg(u64);
+
+impl Lcg {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 = self
+            .0
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        (self.0 >> 33) % n
+    }
+}
+
+/// Checks every ledger against the reservable capacity and against the reservation keys:
+/// each reservation is in the ledger of every link of its path and nowhere else.
+fn check_consistent(
+    ledgers: &BTreeMap<LinkId, Ledger>,
+    reservations: &[Reservation],
+    reservable: &BTreeMap<LinkId, u64>,
+) {
+    for (link, ledger) in ledgers {
+        assert!(
+            ledger.peak_bps(*link) <= reservable[link],
+            "link {link} booked {} of {} bit/s",
+            ledger.peak_bps(*link),
+            reservable[link]
+        );
+    }
+    for (&link, &cap) in reservable {
+        let peak = peak_load(reservations, link, 0, MAX_TIME);
+        assert!(
+            peak <= cap,
+            "reservations on link {link} sum to {peak} > {cap}"
+        );
+        let in_ledger: BTreeSet<ReservationId> = ledgers
+            .get(&link)
+            .map(|l| l.reservations.iter().map(|r| r.id).collect())
+            .unwrap_or_default();
+        let crossing: BTreeSet<ReservationId> = reservations
+            .iter()
+            .filter(|r| r.uses(link))
+            .map(|r| r.id)
+            .collect();
+        assert_eq!(
+            in_ledger, crossing,
+            "ledger of link {link} vs reservation keys"
+        );
+    }
+}
+
+#[derive(Default, Debug)]
+struct Outcomes {
+    admitted: u64,
+    refused: u64,
+    contention: u64,
+    preempted: u64,
+}
+
+#[test]
+#[cfg_attr(
+    not(feature = "privileged"),
+    ignore = "privileged: needs root, network namespaces and etcd (--features dwcp-lab/privileged)"
+)]
+fn concurrent_admissions_from_three_gateways_never_oversubscribe() {
+    let Some(cluster) = cluster("concurrent_admissions_from_three_gateways_never_oversubscribe")
+    else {
+        return;
+    };
+    const GATEWAYS: u64 = 3;
+    const TASKS_PER_GATEWAY: u64 = 8;
+    const ATTEMPTS: u64 = 1_050;
+    // Four links shared by six paths; 800 Mbit/s reservable each (1 Gbit/s less 20 %).
+    let reservable: BTreeMap<LinkId, u64> = (1..=4).map(|l| (LinkId(l), GBIT * 8 / 10)).collect();
+    let paths: [&[u32]; 6] = [&[1], &[1, 2], &[2, 3], &[3, 4], &[1, 4], &[2, 4]];
+    let rt = runtime();
+    let outcomes = rt.block_on(async {
+        let gateways: Vec<EtcdStore> =
+            futures::future::join_all((0..GATEWAYS).map(|_| connect(&cluster))).await;
+        // Every version of every ledger, as a fourth client sees it: never over capacity.
+        let mut watch = gateways[0]
+            .watch_prefix(&gateways[0].keys().ledgers())
+            .await
+            .unwrap();
+        let watched = tokio::spawn(async move {
+            let mut versions = 0u64;
+            loop {
+                match tokio::time::timeout(Duration::from_secs(10), watch.next()).await {
+                    Ok(WatchEvent::Put { key, value }) => {
+                        let link = LinkId(key.rsplit('/').next().unwrap().parse().unwrap());
+                        let ledger = Ledger::decode(link, &value).unwrap();
+                        assert!(
+                            ledger.peak_bps(link) <= GBIT * 8 / 10,
+                            "{key} over capacity"
+                        );
+                        versions += 1;
+                    }
+                    Ok(WatchEvent::Delete { key }) => panic!("ledger {key} deleted"),
+                    Err(_) => return versions,
+                }
+            }
+        });
+        let mut tasks = Vec::new();
+        for g in 0..GATEWAYS {
+            for t in 0..TASKS_PER_GATEWAY {
+                let store = gateways[g as usize].clone();
+                let reservable = reservable.clone();
+                tasks.push(tokio::spawn(async move {
+                    let mut rng = Lcg(g * 1_000 + t + 1);
+                    let mut out = Outcomes::default();
+                    let per_task = ATTEMPTS / (GATEWAYS * TASKS_PER_GATEWAY);
+                    for k in 0..per_task {
+                        let id = (g * TASKS_PER_GATEWAY + t) * 1_000 + k + 1;
+                        let start = 1_000 + rng.below(20) * 100;
+                        let cand = reservation(
+                            id,
+                            (10 + rng.below(90)) * 1_000_000,
+                            start,
+                            start + 100 + rng.below(3) * 100,
+                            1 + rng.below(3) as u8,
+                            paths[rng.below(paths.len() as u64) as usize],
+                        );
+                        match store.admit(&cand, &reservable).await {
+                            Ok(a) => {
+                                out.admitted += 1;
+                                out.preempted += a.preempted.len() as u64;
+                            }
+                            Err(ClusterStoreError::Bandwidth(
+                                BandwidthError::InsufficientBandwidth { .. },
+                            )) => out.refused += 1,
+                            Err(ClusterStoreError::Contention { .. }) => out.contention += 1,
+                            Err(e) => panic!("admission {id}: {e}"),
+                        }
+                    }
+                    out
+                }));
+            }
+        }
+        let mut total = Outcomes::default();
+        for t in tasks {
+            let o = t.await.unwrap();
+            total.admitted += o.admitted;
+            total.refused += o.refused;
+            total.contention += o.contention;
+            total.preempted += o.preempted;
+        }
+        let ledgers = gateways[1].ledgers().await.unwrap();
+        let reservations = gateways[2].reservations().await.unwrap();
+        check_consistent(&ledgers, &reservations, &reservable);
+        let versions = watched.await.expect("no ledger version over capacity");
+        assert!(
+            versions >= total.admitted,
+            "the watch saw {versions} ledger writes"
+        );
+        assert_eq!(
+            reservations.len() as u64,
+            total.admitted - total.preempted,
+            "every admitted reservation is stored, less those preempted"
+        );
+        total
+    });
+    eprintln!("{outcomes:?}");
+    let attempts = (ATTEMPTS / (GATEWAYS * TASKS_PER_GATEWAY)) * GATEWAYS * TASKS_PER_GATEWAY;
+    assert!(attempts >= 1_000);
+    assert_eq!(
+        outcomes.admitted + outcomes.refused + outcomes.contention,
+        attempts
+    );
+    assert!(
+        outcomes.admitted > 0 && outcomes.refused > 0,
+        "{outcomes:?}: the links never filled"
+    );
+}
+
+/// Applies watch events until the view equals the store's keys under `prefix`; returns the
+/// keys reported deleted.
+async fn follow_until_equal(
+    watch: &mut PrefixWatch,
+    view: &mut BTreeMap<String, Vec<u8>>,
+    raw: &Client,
+    prefix: &str,
+) -> BTreeSet<String> {
+    let deadline = Instant::now() + WAIT;
+    let mut deleted = BTreeSet::new();
+    loop {
+        let truth = retry(|| list(raw.clone(), prefix)).await;
+        if *view == truth {
+            return deleted;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the watch did not converge: {view:?} vs {truth:?}"
+        );
+        if let Ok(e) = tokio::time::timeout(Duration::from_secs(2), watch.next()).await {
+            match e {
+                WatchEvent::Put { key, value } => {
+                    view.insert(key, value);
+                }
+                WatchEvent::Delete { key } => {
+                    assert!(view.remove(&key).is_some(), "delete of unknown {key}");
+                    deleted.insert(key);
+                }
+            }
+        }
+    }
+}
+
+/// A plain etcd client: the tests' writer, beside the store under test.
+async fn raw(cluster: &EtcdCluster) -> Client {
+    Client::connect(cluster.endpoints(), None).await.unwrap()
+}
+
+async fn list(
+    mut raw: Client,
+    prefix: &str,
+) -> Result<BTreeMap<String, Vec<u8>>, etcd_client::Error> {
+    let resp = raw
+        .get(prefix, Some(GetOptions::new().with_prefix()))
+        .await?;
+    Ok(resp
+        .kvs()
+        .iter()
+        .map(|kv| {
+            (
+                String::from_utf8_lossy(kv.key()).into_owned(),
+                kv.value().to_vec(),
+            )
+        })
+        .collect())
+}
+
+/// Runs a store call until the store answers (it restarts in these tests).
+async fn retry<T, E: Into<ClusterStoreError>, F: std::future::Future<Output = Result<T, E>>>(
+    mut call: impl FnMut() -> F,
+) -> T {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        match call().await.map_err(Into::into) {
+            Ok(v) => return v,
+            Err(ClusterStoreError::Unreachable(e)) if Instant::now() < deadline => {
+                eprintln!("store unreachable, retrying: {e}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+}
+
+/// The restart tests: ten keys watched, one deleted live; the cluster stopped (the watch
+/// breaks); restarted; then, before the watch is polled again, `meanwhile` changes the keys
+/// (and may compact). The watch must report every delete.
+fn watch_across_restart(test: &str, compact: bool) {
+    let Some(mut cluster) = cluster(test) else {
+        return;
+    };
+    let rt = runtime();
+    let prefix = format!("{DEFAULT_PREFIX}/test/");
+    let key = |i: u32| format!("{prefix}k{i:02}");
+    let (writer, mut watch, mut view) = rt.block_on(async {
+        let mut writer = raw(&cluster).await;
+        let watcher = connect(&cluster).await;
+        for i in 0..10 {
+            writer.put(key(i), "v1", None).await.unwrap();
+        }
+        let mut watch = watcher.watch_prefix(&prefix).await.unwrap();
+        let mut view = BTreeMap::new();
+        let deleted = follow_until_equal(&mut watch, &mut view, &writer, &prefix).await;
+        assert!(deleted.is_empty());
+        assert_eq!(view.len(), 10);
+        writer.delete(key(1), None).await.unwrap();
+        let deleted = follow_until_equal(&mut watch, &mut view, &writer, &prefix).await;
+        assert_eq!(deleted, BTreeSet::from([key(1)]), "a live delete");
+        (writer, watch, view)
+    });
+    cluster.stop();
+    rt.block_on(async {
+        // Polled while the store is down: nothing to report, and nothing lost by timing out.
+        assert!(tokio::time::timeout(Duration::from_secs(2), watch.next())
+            .await
+            .is_err());
+    });
+    cluster
+        .start_again()
+        .expect("the cluster restarts on its data");
+    let relists_before = watch.relists();
+    rt.block_on(async {
+        retry(|| {
+            let (mut w, k) = (writer.clone(), key(2));
+            async move { w.delete(k, None).await }
+        })
+        .await;
+        retry(|| {
+            let (mut w, k) = (writer.clone(), key(3));
+            async move { w.delete(k, None).await }
+        })
+        .await;
+        retry(|| {
+            let (mut w, k) = (writer.clone(), key(4));
+            async move { w.put(k, "v2", None).await }
+        })
+        .await;
+        retry(|| {
+            let (mut w, k) = (writer.clone(), key(10));
+            async move { w.put(k, "v1", None).await }
+        })
+        .await;
+    });
+    if compact {
+        let revision = cluster.compact().expect("compaction");
+        eprintln!("compacted at revision {revision}");
+    }
+    rt.block_on(async {
+        let deleted = follow_until_equal(&mut watch, &mut view, &writer, &prefix).await;
+        assert_eq!(
+            deleted,
+            BTreeSet::from([key(2), key(3)]),
+            "deletes made while the watch was down"
+        );
+        assert_eq!(view.get(&key(4)).map(Vec::as_slice), Some(&b"v2"[..]));
+    });
+    let relists = watch.relists() - relists_before;
+    eprintln!("relists after the restart: {relists}");
+    if compact {
+        assert!(
+            relists >= 1,
+            "the compacted history must be replaced by a list"
+        );
+    }
+}
+
+#[test]
+#[cfg_attr(
+    not(feature = "privileged"),
+    ignore = "privileged: needs root, network namespaces and etcd (--features dwcp-lab/privileged)"
+)]
+fn a_watch_restart_loses_no_delete() {
+    watch_across_restart("a_watch_restart_loses_no_delete", false);
+}
+
+#[test]
+#[cfg_attr(
+    not(feature = "privileged"),
+    ignore = "privileged: needs root, network namespaces and etcd (--features dwcp-lab/privileged)"
+)]
+fn a_compacted_revision_triggers_a_relist_that_reports_the_deletes() {
+    watch_across_restart(
+        "a_compacted_revision_triggers_a_relist_that_reports_the_deletes",
+        true,
+    );
+}
+
+#[test]
+#[cfg_attr(
+    not(feature = "privileged"),
+    ignore = "privileged: needs root, network namespaces and etcd (--features dwcp-lab/privileged)"
+)]
+fn with_the_store_down_admissions_fail_clearly_and_nothing_is_admitted() {
+    let Some(mut cluster) =
+        cluster("with_the_store_down_admissions_fail_clearly_and_nothing_is_admitted")
+    else {
+        return;
+    };
+    let reservable: BTreeMap<LinkId, u64> = [(LinkId(1), GBIT), (LinkId(2), GBIT)].into();
+    let rt = runtime();
+    let store = rt
+        .block_on(connect(&cluster))
+        .with_timeout(Duration::from_secs(2));
+    let first = reservation(1, 100_000_000, 1_000, 2_000, 2, &[1, 2]);
+    rt.block_on(store.admit(&first, &reservable)).unwrap();
+    cluster.stop();
+    rt.block_on(async {
+        for id in 2..=6 {
+            let cand = reservation(id, 100_000_000, 1_000, 2_000, 2, &[1, 2]);
+            match store.admit(&cand, &reservable).await {
+                Err(e @ ClusterStoreError::Unreachable(_)) => {
+                    assert!(
+                        e.to_string().starts_with("cluster store unreachable"),
+                        "{e}"
+                    );
+                }
+                other => panic!("admission {id} with the store down: {other:?}"),
+            }
+        }
+        assert!(matches!(
+            store.cancel(first.id).await,
+            Err(ClusterStoreError::Unreachable(_))
+        ));
+    });
+    cluster
+        .start_again()
+        .expect("the cluster restarts on its data");
+    rt.block_on(async {
+        let reservations = retry(|| store.reservations()).await;
+        assert_eq!(
+            reservations,
+            std::slice::from_ref(&first),
+            "only what was admitted before the outage"
+        );
+        let ledgers = store.ledgers().await.unwrap();
+        check_consistent(&ledgers, &reservations, &reservable);
+        // Admitting the same reservation again (a retry) does not book it twice.
+        store.admit(&first, &reservable).await.unwrap();
+        assert_eq!(store.ledgers().await.unwrap(), ledgers);
+    });
+}
+
+#[test]
+#[cfg_attr(
+    not(feature = "privileged"),
+    ignore = "privileged: needs root, network namespaces and etcd (--features dwcp-lab/privileged)"
+)]
+fn a_membership_entry_disappears_after_its_lease_once_renewals_stop() {
+    let Some(cluster) = cluster("a_membership_entry_disappears_after_its_lease_once_renewals_stop")
+    else {
+        return;
+    };
+    const TTL: Duration = Duration::from_secs(3);
+    let rt = runtime();
+    rt.block_on(async {
+        let stores = [
+            connect(&cluster).await,
+            connect(&cluster).await,
+            connect(&cluster).await,
+        ];
+        let record = |name: &str| GatewayRecord {
+            name: name.into(),
+            region: "us-east-1".into(),
+            address: "10.0.0.1".into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            topology_generation: 1,
+        };
+        let a = stores[0].register(&record("gw-a"), TTL).await.unwrap();
+        let b = stores[1].register(&record("gw-b"), TTL).await.unwrap();
+        let names = |rs: Vec<GatewayRecord>| rs.into_iter().map(|r| r.name).collect::<Vec<_>>();
+        // Renewals keep both well past their TTL.
+        tokio::time::sleep(TTL * 3).await;
+        assert_eq!(names(stores[2].gateways().await.unwrap()), ["gw-a", "gw-b"]);
+        assert_eq!(stores[2].gateways().await.unwrap()[0], record("gw-a"));
+
+        drop(a);
+        let stopped = Instant::now();
+        loop {
+            let listed = names(stores[2].gateways().await.unwrap());
+            if listed == ["gw-b"] {
+                break;
+            }
+            assert_eq!(listed, ["gw-a", "gw-b"]);
+            assert!(
+                stopped.elapsed() < WAIT,
+                "gw-a still listed {:?} after its renewals stopped",
+                stopped.elapsed()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        // The last renewal was at most a third of the TTL before the stop.
+        assert!(
+            stopped.elapsed() >= TTL / 2,
+            "gone after {:?}",
+            stopped.elapsed()
+        );
+
+        b.leave(&stores[1]).await.unwrap();
+        assert!(
+            stores[2].gateways().await.unwrap().is_empty(),
+            "a gateway that leaves goes at once"
+        );
+    });
+}
+
+#[test]
+#[cfg_attr(
+    not(feature = "privileged"),
+    ignore = "privileged: needs root, network namespaces and etcd (--features dwcp-lab/privileged)"
+)]
+fn admissions_go_on_when_the_leader_is_killed_and_none_is_booked_twice() {
+    let Some(mut cluster) =
+        cluster("admissions_go_on_when_the_leader_is_killed_and_none_is_booked_twice")
+    else {
+        return;
+    };
+    let reservable: BTreeMap<LinkId, u64> = [(LinkId(1), GBIT), (LinkId(2), GBIT)].into();
+    let cand = |id: u64| reservation(id, 10_000_000, 1_000, 2_000, 2, &[1, 2]);
+    let rt = runtime();
+    let store = rt.block_on(connect(&cluster));
+    rt.block_on(async {
+        for id in 1..=20 {
+            store.admit(&cand(id), &reservable).await.unwrap();
+        }
+    });
+    let killed = cluster.kill_leader().expect("a leader to kill");
+    rt.block_on(async {
+        // During the election a call may find no leader; the same reservation admitted again
+        // is admitted once.
+        for id in 21..=40 {
+            let r = cand(id);
+            retry(|| store.admit(&r, &reservable)).await;
+        }
+    });
+    assert_ne!(cluster.leader().unwrap(), killed, "a new leader");
+    cluster.restart(killed).expect("the killed member rejoins");
+    rt.block_on(async {
+        let reservations = store.reservations().await.unwrap();
+        assert_eq!(
+            reservations.iter().map(|r| r.id.0).collect::<Vec<_>>(),
+            (1..=40).collect::<Vec<_>>()
+        );
+        check_consistent(&store.ledgers().await.unwrap(), &reservations, &reservable);
+        // Cancel and expiry take reservations out of their ledgers the same way.
+        assert_eq!(store.cancel(ReservationId(1)).await.unwrap(), cand(1));
+        assert!(matches!(
+            store.cancel(ReservationId(1)).await,
+            Err(ClusterStoreError::Bandwidth(BandwidthError::NotFound(_)))
+        ));
+        assert!(store.expire(1_999).await.unwrap().is_empty());
+        assert_eq!(store.expire(2_000).await.unwrap().len(), 39);
+        assert!(store.reservations().await.unwrap().is_empty());
+        let ledgers = store.ledgers().await.unwrap();
+        assert!(
+            ledgers.values().all(|l| l.reservations.is_empty()),
+            "{ledgers:?}"
+        );
+    });
+}
