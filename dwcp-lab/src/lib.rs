@@ -14,6 +14,7 @@ pub static LAB_EBPF_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/dwcp-lab-bpf"));
 
 pub mod api_harness;
+pub mod fail_closed;
 pub mod fixtures;
 pub mod flood_sim;
 pub mod forwarding_bench;
