@@ -177,20 +177,56 @@ fn wireguard(
     }
 }
 
+/// What the two ends of tunnel `a_dev` – `b_dev` look like, for a setup that passed no
+/// traffic: devices and their counters, A's neighbour entries on it, and for WireGuard the
+/// peers' handshakes and transfer (`wg show`, answered by wireguard-go's UAPI socket).
+fn tunnel_state(a: &Netns, a_dev: &str, b: &Netns, b_dev: &str) -> String {
+    let show = |ns: &Netns, argv: &[&str]| match ns.exec(argv) {
+        Ok(out) => String::from_utf8_lossy(&out.stdout).trim().to_string(),
+        Err(e) => e.to_string(),
+    };
+    let mut out = String::new();
+    for (side, ns, dev) in [("A", a, a_dev), ("B", b, b_dev)] {
+        out += &format!(
+            "\n{side} {dev}:\n{}\n{}",
+            show(ns, &["ip", "-s", "-d", "link", "show", "dev", dev]),
+            show(ns, &["ip", "neigh", "show", "dev", dev])
+        );
+        if dwcp_tunnels::wireguard::uapi::socket_path(dev).exists() {
+            out += &format!("\n{}", show(ns, &["wg", "show", dev]));
+        }
+    }
+    out
+}
+
+/// How long a setup may take to pass its first datagram. WireGuard retries a failed
+/// handshake after 5 s (+ jitter): two ends whose initiations cross twice — what the `wg`
+/// baseline does now and then — pass traffic after 10 s: a slow setup to be measured, not a
+/// broken one, which 10 s here would have aborted the run for. 30 s covers five retries.
+const FIRST_ARRIVAL_WAIT: Duration = Duration::from_secs(30);
+
 /// Sends a datagram every 100 µs from `src` to `dst:port` until the receiver in `dst_ns`
-/// gets one; returns when it arrived.
-fn first_arrival(src: &Netns, dst_ns: &Netns, dst: Ipv4Addr, port: u16) -> Result<Instant> {
+/// gets one; returns when it arrived. If nothing arrives within [`FIRST_ARRIVAL_WAIT`] the
+/// error says what the tunnel `devs` (A's device, B's) looked like then.
+fn first_arrival(
+    src: &Netns,
+    dst_ns: &Netns,
+    dst: Ipv4Addr,
+    port: u16,
+    devs: (&str, &str),
+) -> Result<Instant> {
     let stop = Arc::new(AtomicBool::new(false));
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let rx_file = File::open(dst_ns.path())?;
     let receiver = std::thread::spawn(move || -> Result<Instant> {
         netlab::enter(&rx_file)?;
         let s = UdpSocket::bind(("0.0.0.0", port))?;
-        s.set_read_timeout(Some(Duration::from_secs(10)))?;
+        s.set_read_timeout(Some(FIRST_ARRIVAL_WAIT))?;
         ready_tx.send(()).ok();
         let mut buf = [0u8; 16];
-        s.recv(&mut buf)
-            .context("no datagram crossed the tunnel within 10 s")?;
+        s.recv(&mut buf).with_context(|| {
+            format!("no datagram crossed the tunnel within {FIRST_ARRIVAL_WAIT:?}")
+        })?;
         Ok(Instant::now())
     });
     ready_rx.recv()?;
@@ -213,11 +249,18 @@ fn first_arrival(src: &Netns, dst_ns: &Netns, dst: Ipv4Addr, port: u16) -> Resul
         Ok((failed, last_error))
     });
     let arrived = receiver.join().expect("receiver thread");
+    // Looked at while the sender still sends: the state that passed nothing.
+    let state = arrived
+        .is_err()
+        .then(|| tunnel_state(src, devs.0, dst_ns, devs.1));
     stop.store(true, Ordering::Relaxed);
     let (failed, last_error) = sender.join().expect("sender thread")?;
-    arrived.with_context(|| match last_error {
-        Some(e) => format!("{failed} sends failed, the last with: {e}"),
-        None => "every send succeeded".to_string(),
+    arrived.with_context(|| {
+        let sends = match last_error {
+            Some(e) => format!("{failed} sends failed, the last with: {e}"),
+            None => "every send succeeded".to_string(),
+        };
+        format!("{sends}; the tunnel then:{}", state.unwrap_or_default())
     })
 }
 
@@ -260,7 +303,7 @@ async fn setup_times(reps: usize) -> Result<serde_json::Value> {
         let (ra, rb) = tokio::join!(a.mgr.ensure(&sa), b.mgr.ensure(&sb));
         ra?;
         rb?;
-        let t = first_arrival(&a.ns, &b.ns, Ipv4Addr::new(10, 250, 0, 2), port)?;
+        let t = first_arrival(&a.ns, &b.ns, Ipv4Addr::new(10, 250, 0, 2), port, (&va, &vb))?;
         vx.push((t - t0).as_secs_f64() * 1e3);
         a.mgr.remove(&va).await?;
         b.mgr.remove(&vb).await?;
@@ -303,7 +346,13 @@ async fn setup_times(reps: usize) -> Result<serde_json::Value> {
             ja.join().expect("thread")?;
             jb.join().expect("thread")
         })?;
-        let t = first_arrival(&a.ns, &b.ns, Ipv4Addr::new(10, 250, 0, 2), port + 1)?;
+        let t = first_arrival(
+            &a.ns,
+            &b.ns,
+            Ipv4Addr::new(10, 250, 0, 2),
+            port + 1,
+            (&va, &vb),
+        )?;
         vx_base.push((t - t0).as_secs_f64() * 1e3);
         a.ns.ip(&["link", "del", &va])?;
         b.ns.ip(&["link", "del", &vb])?;
@@ -333,7 +382,13 @@ async fn setup_times(reps: usize) -> Result<serde_json::Value> {
         let (ra, rb) = tokio::join!(a.mgr.ensure(&sa), b.mgr.ensure(&sb));
         ra?;
         rb?;
-        let t = first_arrival(&a.ns, &b.ns, Ipv4Addr::new(10, 251, 0, 2), port + 2)?;
+        let t = first_arrival(
+            &a.ns,
+            &b.ns,
+            Ipv4Addr::new(10, 251, 0, 2),
+            port + 2,
+            (&wa, &wb),
+        )?;
         wg.push((t - t0).as_secs_f64() * 1e3);
         a.mgr.remove(&wa).await?;
         b.mgr.remove(&wb).await?;
@@ -410,7 +465,13 @@ async fn setup_times(reps: usize) -> Result<serde_json::Value> {
             ja.join().expect("thread")?;
             jb.join().expect("thread")
         })?;
-        let t = first_arrival(&a.ns, &b.ns, Ipv4Addr::new(10, 251, 0, 2), port + 3)?;
+        let t = first_arrival(
+            &a.ns,
+            &b.ns,
+            Ipv4Addr::new(10, 251, 0, 2),
+            port + 3,
+            (&wa, &wb),
+        )?;
         wg_base.push((t - t0).as_secs_f64() * 1e3);
         a.ns.ip(&["link", "del", &wa])?;
         b.ns.ip(&["link", "del", &wb])?;

@@ -15,6 +15,7 @@ pub static LAB_EBPF_OBJECT: &[u8] =
 
 pub mod api_harness;
 pub mod etcd;
+pub mod fail_closed;
 pub mod fixtures;
 pub mod flood_sim;
 pub mod forwarding_bench;

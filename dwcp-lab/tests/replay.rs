@@ -542,6 +542,10 @@ fn a_wireguard_link_is_a_handoff_next_hop_with_its_policy_rule() {
                 ip_here(&["link", "set", "wg3", "down"]);
                 let problems = h.sync(&config).await;
                 assert!(!problems.is_empty(), "a down device's route cannot exist");
+                // The table still ends in its unreachable default: marked packets are dropped,
+                // not routed by the main table.
+                let routes = ip_here(&["-4", "route", "show", "table", "20003"]);
+                assert!(routes.contains("unreachable default"), "{routes}");
                 ip_here(&["link", "set", "wg3", "up"]);
                 assert!(h.sync(&config).await.is_empty(), "restored once up");
                 // Table 20003's routes, both families (`show table 20003` fails once the
@@ -554,7 +558,18 @@ fn a_wireguard_link_is_a_handoff_next_hop_with_its_policy_rule() {
                         .map(str::to_string)
                         .collect::<Vec<_>>()
                 };
-                assert_eq!(table_routes().len(), 2, "{:?}", table_routes());
+                // The device's route and the unreachable default behind it (fail closed),
+                // both families.
+                let routes = table_routes();
+                assert_eq!(routes.len(), 4, "{routes:?}");
+                assert_eq!(
+                    routes
+                        .iter()
+                        .filter(|r| r.starts_with("unreachable default"))
+                        .count(),
+                    2,
+                    "{routes:?}"
+                );
                 // The link leaves the configuration (a SIGHUP reload): its rules and its
                 // table's route go (the device stays: it is not the agent's).
                 let mut without = config.clone();
@@ -568,7 +583,7 @@ fn a_wireguard_link_is_a_handoff_next_hop_with_its_policy_rule() {
                 // `dwcp-agent --remove`: removes the rules and routes of the configuration's
                 // links.
                 h.sync(&config).await;
-                assert_eq!(table_routes().len(), 2, "{:?}", table_routes());
+                assert_eq!(table_routes().len(), 4, "{:?}", table_routes());
                 assert_eq!(
                     dwcp_agent::agent::handoff::remove_all(&config)
                         .await

@@ -1574,3 +1574,83 @@ async fn without_the_wireguard_module_auto_uses_wireguard_go_and_kernel_is_a_nam
         "{stderr}"
     );
 }
+
+/// Fail closed (issue 17): a packet marked for a WireGuard link never leaves in clear text.
+/// A stream H1 → A → WireGuard → B → H2, marked on A for the hand-off table, while A's main
+/// table routes everything else out of the underlay (`dwcp_lab::fail_closed`); mid-stream A's
+/// end is broken four ways — device deleted, wireguard-go killed, device down, the table's
+/// route deleted — and a capture of A's underlay port counts the stream's packets seen
+/// unencrypted. Without the table's unreachable default these fall through to the main table
+/// and the packets leave in clear (and reach H2): the last trial checks that with the routes
+/// deleted.
+#[tokio::test]
+#[cfg_attr(
+    not(feature = "privileged"),
+    ignore = "privileged: needs root, BPF and network namespaces (--features dwcp-lab/privileged)"
+)]
+async fn a_packet_marked_for_wireguard_never_leaves_in_clear_text() {
+    use dwcp_lab::fail_closed::{FailClosedLab, Teardown, HANDOFF};
+    let _timing = TIMING.read().await;
+    let lab = FailClosedLab::build("fcl").await.unwrap();
+    let table = HANDOFF.table.to_string();
+    for family in ["-4", "-6"] {
+        let routes = String::from_utf8(
+            lab.ga
+                .ip(&[family, "route", "show", "table", &table])
+                .unwrap()
+                .stdout,
+        )
+        .unwrap();
+        assert!(routes.contains("unreachable default"), "{family}: {routes}");
+    }
+    for (i, how) in Teardown::ALL.into_iter().enumerate() {
+        lab.restore().await.unwrap();
+        let r = lab
+            .trial(
+                how,
+                7400 + i as u16,
+                1,
+                Duration::from_millis(400),
+                Duration::from_millis(800),
+            )
+            .await
+            .unwrap();
+        println!("{}: {r:?}", how.name());
+        // The controls: the stream crossed encrypted before, and A went on marking after.
+        assert!(
+            r.encrypted_before > 0,
+            "{}: no WireGuard seen: {r:?}",
+            how.name()
+        );
+        assert!(r.received > 0, "{}: nothing crossed: {r:?}", how.name());
+        assert!(
+            r.marked_after > 0,
+            "{}: nothing marked after: {r:?}",
+            how.name()
+        );
+        assert_eq!(
+            r.cleartext,
+            0,
+            "{}: clear text on the underlay: {r:?}",
+            how.name()
+        );
+    }
+    // The control: without the unreachable defaults (the hand-off as it was) the same
+    // teardown leaks, and the capture sees it.
+    lab.restore().await.unwrap();
+    lab.remove_fail_closed_routes().unwrap();
+    let r = lab
+        .trial(
+            Teardown::DeleteDevice,
+            7410,
+            1,
+            Duration::from_millis(400),
+            Duration::from_millis(800),
+        )
+        .await
+        .unwrap();
+    println!("without the unreachable defaults, device deleted: {r:?}");
+    assert!(r.cleartext > 0, "no leak seen without fail-closed: {r:?}");
+    // And the tunnel manager makes A's end whole again, fail-closed routes included.
+    lab.restore().await.unwrap();
+}

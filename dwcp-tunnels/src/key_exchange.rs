@@ -283,9 +283,9 @@ impl Default for ListenerLimits {
     }
 }
 
-/// Whom the rate limit counts: an address, or an IPv6 source's /64 (a host commonly holds
-/// the whole prefix).
-fn source_of(ip: IpAddr) -> IpAddr {
+/// Whom a per-source limit counts: an address, or an IPv6 source's /64 (a host commonly
+/// holds the whole prefix). The agent's HTTP listeners count their clients the same way.
+pub fn source_of(ip: IpAddr) -> IpAddr {
     match ip.to_canonical() {
         IpAddr::V6(v6) => IpAddr::V6(Ipv6Addr::from_bits(v6.to_bits() & (u128::MAX << 64))),
         v4 => v4,

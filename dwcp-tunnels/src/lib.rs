@@ -59,6 +59,11 @@ pub const SECRET_SAFE_LOG_DIRECTIVES: &[&str] = &["netlink_proto=info"];
 /// one extra round trip.
 pub const HANDSHAKE_TIE_WAIT: Duration = Duration::from_millis(100);
 
+/// How long after creation the tie-breaking end keeps re-initiating (see
+/// `break_handshake_tie`): room for three re-initiations, well before WireGuard's own retry
+/// at 5 s. Only a tunnel whose peer does not answer waits this long in `ensure`.
+pub const HANDSHAKE_TIE_GIVE_UP: Duration = Duration::from_millis(1500);
+
 /// A WireGuard session is unusable this long after its handshake (the protocol's
 /// REJECT_AFTER_TIME); a handshake older than that means the peer is not answering.
 pub const WIREGUARD_SESSION_LIFETIME: Duration = Duration::from_secs(180);
@@ -507,6 +512,14 @@ impl TunnelManager {
     /// benchmark runs). The end with the greater public key breaks the tie: no handshake
     /// within [`HANDSHAKE_TIE_WAIT`] of creation, and it re-creates its peer entry, which
     /// initiates at once while the other end, having just initiated, stays quiet.
+    ///
+    /// Once is not enough: the other end's first initiation, sent when its device came up
+    /// (later than this one's, on a loaded host), can cross the re-initiation just as the
+    /// first ones crossed, or arrive while the entry is being replaced; both ends then wait
+    /// for WireGuard's retries, 5 s (+ up to 333 ms of jitter) later, which can cross again:
+    /// 10 s without traffic (a likely cause of issue 19's aborted run). So the re-creation
+    /// repeats at doubling intervals (100, 300, 700 ms after creation) until a handshake or
+    /// [`HANDSHAKE_TIE_GIVE_UP`]; the other end has spent its initiation for 5 s and answers.
     async fn break_handshake_tie(
         &self,
         spec: &TunnelSpec,
@@ -528,21 +541,29 @@ impl TunnelManager {
             return Ok(());
         }
         let started = std::time::Instant::now();
-        while started.elapsed() < HANDSHAKE_TIE_WAIT {
+        let (mut next, mut interval, mut recreated) = (HANDSHAKE_TIE_WAIT, HANDSHAKE_TIE_WAIT, 0);
+        while started.elapsed() < HANDSHAKE_TIE_GIVE_UP {
             let status = backend.get(name).await?;
             if status.is_some_and(|s| {
                 s.peer(&peer_key)
                     .is_some_and(|p| p.last_handshake.is_some())
             }) {
-                return Ok(());
+                break;
+            }
+            if started.elapsed() >= next && next < HANDSHAKE_TIE_GIVE_UP {
+                self.recreate_peer_entry(spec, w, peer_key).await?;
+                recreated += 1;
+                interval *= 2;
+                next += interval;
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        self.recreate_peer_entry(spec, w, peer_key).await?;
-        changes.push(format!(
-            "re-created peer entry: no handshake {} ms after creation",
-            HANDSHAKE_TIE_WAIT.as_millis()
-        ));
+        if recreated > 0 {
+            changes.push(format!(
+                "re-created peer entry {recreated} time(s): no handshake {} ms after creation",
+                HANDSHAKE_TIE_WAIT.as_millis()
+            ));
+        }
         Ok(())
     }
 

@@ -9,7 +9,7 @@ use rtnetlink::{
     packet_route::{
         address::{AddressAttribute, AddressScope},
         link::{InfoData, InfoKind, LinkAttribute, LinkFlags, LinkInfo, LinkMessage},
-        route::{RouteAttribute, RouteMessage},
+        route::{RouteAttribute, RouteMessage, RouteType},
         rule::{RuleAction, RuleAttribute, RuleMessage},
     },
     Handle, IpVersion, LinkUnspec, RouteMessageBuilder,
@@ -363,6 +363,41 @@ impl Rtnl {
             ))
     }
 
+    /// `ip route add unreachable default metric <metric> table <table>`, for one family; one
+    /// that exists already is kept.
+    pub async fn add_unreachable_default(&self, v6: bool, table: u32, metric: u32) -> Result<()> {
+        let msg = if v6 {
+            RouteMessageBuilder::<std::net::Ipv6Addr>::new()
+                .kind(RouteType::Unreachable)
+                .priority(metric)
+                .table_id(table)
+                .build()
+        } else {
+            RouteMessageBuilder::<std::net::Ipv4Addr>::new()
+                .kind(RouteType::Unreachable)
+                .priority(metric)
+                .table_id(table)
+                .build()
+        };
+        match self.handle.route().add(msg).execute().await {
+            Ok(()) => Ok(()),
+            Err(e) if netlink_errno(&e) == Some(libc::EEXIST) => Ok(()),
+            Err(e) => Err(nl(
+                "add unreachable default route",
+                format!("table {table}"),
+            )(e)),
+        }
+    }
+
+    /// Whether table `table` has an unreachable default route, for one family.
+    pub async fn has_unreachable_default(&self, v6: bool, table: u32) -> Result<bool> {
+        Ok(self
+            .default_routes(v6, table)
+            .await?
+            .iter()
+            .any(|route| route.header.kind == RouteType::Unreachable))
+    }
+
     /// The default routes of table `table`, for one family.
     async fn default_routes(&self, v6: bool, table: u32) -> Result<Vec<RouteMessage>> {
         let msg = if v6 {
@@ -397,7 +432,8 @@ impl Rtnl {
     }
 
     /// Deletes every default route of table `table` (one family): the hand-off's route, which
-    /// stays as long as its device does. Returns how many there were.
+    /// stays as long as its device does, and its unreachable fallback, which stays until
+    /// deleted. Returns how many there were.
     pub async fn del_default_routes(&self, v6: bool, table: u32) -> Result<usize> {
         let found = self.default_routes(v6, table).await?;
         let n = found.len();

@@ -1,7 +1,7 @@
 //! The kernel half of the WireGuard local links (`kind = "wireguard"`): for each, the policy
-//! rule `fwmark <fwmark> lookup <table>` and the route `default dev <device> table <table>`
-//! (IPv4 and IPv6, `tunnels::handoff`), so the packets the fast path marks go into the
-//! WireGuard device. The device itself belongs to the tunnel manager: the agent neither
+//! rule `fwmark <fwmark> lookup <table>`, the route `default dev <device> table <table>` and
+//! the table's unreachable default (IPv4 and IPv6, `tunnels::handoff`), so the packets the
+//! fast path marks go into the WireGuard device or nowhere, never in clear text. The device itself belongs to the tunnel manager: the agent neither
 //! creates nor removes it.
 //!
 //! [`Handoffs::sync`] is idempotent: it removes the rules and table routes of links that
@@ -128,7 +128,20 @@ impl Handoffs {
                         .await
                         .unwrap_or_else(|e| vec![e.to_string()])
                 }
-                Ok(None) => vec![format!("WireGuard device {ifname} missing")],
+                // Rule and unreachable default without the device: what the fast path still
+                // marks for the link is dropped, not routed in clear by the main table.
+                Ok(None) => {
+                    match handoff::ensure_fail_closed(&self.rtnl, h).await {
+                        Ok(changes) => {
+                            for c in changes {
+                                info!(link = id, device = ifname, "hand-off: {c}");
+                            }
+                            self.installed.insert(id, *h);
+                        }
+                        Err(e) => warn!(link = id, device = ifname, error = %e, "hand-off"),
+                    }
+                    vec![format!("WireGuard device {ifname} missing")]
+                }
                 Err(e) => vec![e.to_string()],
             };
             problems.insert(id, found);

@@ -15,9 +15,10 @@ use toml::Spanned;
 
 use super::{
     AgentConfig, ApiConfig, ConfigError, ConfigFile, DelayConfig, FlowsConfig, GatewaySection,
-    Handoff, LocalLink, LocalLinkSection, Prefix, PrefixesSection, ProbeSection, Problem, QosRule,
-    QosRuleSection, QosSection, RegionPrefixes, RoutingSection, SenderConfig, StrategyName,
-    UpdaterSection, HANDOFF_FWMARK_BASE, HANDOFF_RULE_PRIORITY, HANDOFF_TABLE_BASE, VNI_BASE,
+    Handoff, HttpLimits, LocalLink, LocalLinkSection, Prefix, PrefixesSection, ProbeSection,
+    Problem, QosRule, QosRuleSection, QosSection, RegionPrefixes, RoutingSection, SenderConfig,
+    StrategyName, UpdaterSection, HANDOFF_FWMARK_BASE, HANDOFF_RULE_PRIORITY, HANDOFF_TABLE_BASE,
+    VNI_BASE,
 };
 use super::{LinkStateSection, StoreKind, StoreSection};
 use crate::{
@@ -54,12 +55,7 @@ pub(super) fn check(file: ConfigFile, source: &str) -> Result<AgentConfig, Confi
     headroom(&mut c, "traffic", file.traffic.headroom_percent);
     headroom(&mut c, "reservations", file.reservations.headroom_percent);
     api(&mut c, &file.api);
-    http_limits(
-        &mut c,
-        "metrics",
-        file.metrics.max_connections,
-        file.metrics.read_timeout_ms,
-    );
+    http_limits(&mut c, "metrics", &file.metrics.limits());
     let dscp = dscp(&mut c, &file.qos);
     let qos_rules = qos_rules(&mut c, &file.qos.rule);
     let delays = updater(&mut c, &file.updater);
@@ -901,40 +897,50 @@ fn api(c: &mut Checker, api: &ApiConfig) {
             }
         }
     }
-    http_limits(c, "api", api.max_connections, api.read_timeout_ms);
+    http_limits(c, "api", &api.limits());
 }
 
 /// Most connections one listener may allow: more than a process can hold open anyway.
 const MAX_CONNECTIONS: usize = 1 << 20;
-/// Longest read timeout: an hour is already no protection.
-const MAX_READ_TIMEOUT_MS: u64 = 3_600_000;
+/// Longest read or write timeout: an hour is already no protection.
+const MAX_TIMEOUT_MS: u64 = 3_600_000;
 
-fn http_limits(c: &mut Checker, section: &str, max_connections: usize, read_timeout_ms: u64) {
-    if max_connections == 0 {
-        c.at_key(
-            section,
-            "max_connections",
-            "0 would refuse every connection",
-        );
-    } else if max_connections > MAX_CONNECTIONS {
-        c.at_key(
-            section,
-            "max_connections",
-            format!("{max_connections} is above {MAX_CONNECTIONS}"),
-        );
+fn http_limits(c: &mut Checker, section: &str, limits: &HttpLimits) {
+    for (key, n) in [
+        ("max_connections", limits.max_connections),
+        (
+            "max_connections_per_source",
+            limits.max_connections_per_source,
+        ),
+    ] {
+        if n == 0 {
+            c.at_key(section, key, "0 would refuse every connection");
+        } else if n > MAX_CONNECTIONS {
+            c.at_key(section, key, format!("{n} is above {MAX_CONNECTIONS}"));
+        }
     }
-    if read_timeout_ms == 0 {
-        c.at_key(
-            section,
+    for (key, timeout, zero) in [
+        (
             "read_timeout_ms",
+            limits.read_timeout,
             "0 would close every connection before its request",
-        );
-    } else if read_timeout_ms > MAX_READ_TIMEOUT_MS {
-        c.at_key(
-            section,
-            "read_timeout_ms",
-            format!("{read_timeout_ms} is above {MAX_READ_TIMEOUT_MS} (an hour)"),
-        );
+        ),
+        (
+            "write_timeout_ms",
+            limits.write_timeout,
+            "0 would close every connection before its answer",
+        ),
+    ] {
+        let ms = timeout.as_millis();
+        if ms == 0 {
+            c.at_key(section, key, zero);
+        } else if ms > u128::from(MAX_TIMEOUT_MS) {
+            c.at_key(
+                section,
+                key,
+                format!("{ms} is above {MAX_TIMEOUT_MS} (an hour)"),
+            );
+        }
     }
 }
 

@@ -19,8 +19,15 @@ pub const MIN_TOKEN_LEN: usize = 32;
 pub const DEFAULT_API_MAX_CONNECTIONS: usize = 4096;
 /// Connections the metrics listener serves at once (a few scrapers and curls).
 pub const DEFAULT_METRICS_MAX_CONNECTIONS: usize = 256;
+/// Of those, connections one source address may hold: a sixteenth, so that one client (or
+/// one attacker's address) leaves the rest to the others.
+pub const DEFAULT_API_MAX_CONNECTIONS_PER_SOURCE: usize = 256;
+/// Of the metrics listener's connections, those one source address may hold.
+pub const DEFAULT_METRICS_MAX_CONNECTIONS_PER_SOURCE: usize = 32;
 /// How long a listener waits for a client to send: see [`HttpLimits::read_timeout`].
 pub const DEFAULT_READ_TIMEOUT_MS: u64 = 5_000;
+/// How long a write may wait for a client to take data: see [`HttpLimits::write_timeout`].
+pub const DEFAULT_WRITE_TIMEOUT_MS: u64 = 10_000;
 
 /// What one HTTP listener allows its clients, so that idle or half-written connections
 /// cannot starve the agent.
@@ -28,9 +35,17 @@ pub const DEFAULT_READ_TIMEOUT_MS: u64 = 5_000;
 pub struct HttpLimits {
     /// Connections served at once; one more is closed as soon as it is accepted.
     pub max_connections: usize,
+    /// Connections served at once from one source address (an IPv6 source by its /64); one
+    /// more from it is closed as soon as it is accepted. TCP listeners only: a Unix socket's
+    /// clients are local, admitted by the socket's mode and group.
+    pub max_connections_per_source: usize,
     /// Longest wait for a client: the TLS handshake, a request's head (on a new connection,
     /// and for the next request on a kept-alive one: the idle timeout) and its body each.
     pub read_timeout: Duration,
+    /// Longest a write may wait for the client to take data (the time between two writes
+    /// that make progress, as nginx's `send_timeout`): a client that stops reading is
+    /// disconnected after it instead of holding its connection and task.
+    pub write_timeout: Duration,
 }
 
 /// `[api]` of agent.toml.
@@ -59,8 +74,12 @@ pub struct ApiConfig {
     pub command_timeout_ms: u64,
     /// Connections each listener (socket, TCP) serves at once.
     pub max_connections: usize,
+    /// See [`HttpLimits::max_connections_per_source`].
+    pub max_connections_per_source: usize,
     /// See [`HttpLimits::read_timeout`].
     pub read_timeout_ms: u64,
+    /// See [`HttpLimits::write_timeout`].
+    pub write_timeout_ms: u64,
 }
 
 impl Default for ApiConfig {
@@ -76,7 +95,9 @@ impl Default for ApiConfig {
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             command_timeout_ms: DEFAULT_COMMAND_TIMEOUT_MS,
             max_connections: DEFAULT_API_MAX_CONNECTIONS,
+            max_connections_per_source: DEFAULT_API_MAX_CONNECTIONS_PER_SOURCE,
             read_timeout_ms: DEFAULT_READ_TIMEOUT_MS,
+            write_timeout_ms: DEFAULT_WRITE_TIMEOUT_MS,
         }
     }
 }
@@ -85,7 +106,9 @@ impl ApiConfig {
     pub fn limits(&self) -> HttpLimits {
         HttpLimits {
             max_connections: self.max_connections,
+            max_connections_per_source: self.max_connections_per_source,
             read_timeout: Duration::from_millis(self.read_timeout_ms),
+            write_timeout: Duration::from_millis(self.write_timeout_ms),
         }
     }
 }
@@ -102,8 +125,12 @@ pub struct MetricsConfig {
     pub listen: SocketAddr,
     /// Connections served at once.
     pub max_connections: usize,
+    /// See [`HttpLimits::max_connections_per_source`].
+    pub max_connections_per_source: usize,
     /// See [`HttpLimits::read_timeout`].
     pub read_timeout_ms: u64,
+    /// See [`HttpLimits::write_timeout`].
+    pub write_timeout_ms: u64,
 }
 
 impl Default for MetricsConfig {
@@ -112,7 +139,9 @@ impl Default for MetricsConfig {
             enabled: true,
             listen: DEFAULT_METRICS_LISTEN.parse().expect("valid default"),
             max_connections: DEFAULT_METRICS_MAX_CONNECTIONS,
+            max_connections_per_source: DEFAULT_METRICS_MAX_CONNECTIONS_PER_SOURCE,
             read_timeout_ms: DEFAULT_READ_TIMEOUT_MS,
+            write_timeout_ms: DEFAULT_WRITE_TIMEOUT_MS,
         }
     }
 }
@@ -121,7 +150,9 @@ impl MetricsConfig {
     pub fn limits(&self) -> HttpLimits {
         HttpLimits {
             max_connections: self.max_connections,
+            max_connections_per_source: self.max_connections_per_source,
             read_timeout: Duration::from_millis(self.read_timeout_ms),
+            write_timeout: Duration::from_millis(self.write_timeout_ms),
         }
     }
 }

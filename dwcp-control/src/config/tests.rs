@@ -355,7 +355,8 @@ fn api_over_tcp_needs_a_token_and_tls() {
 #[test]
 fn listeners_need_room_for_a_connection_and_time_for_a_request() {
     let text = format!(
-        "{}\n[api]\nmax_connections = 0\nread_timeout_ms = 0\n\n[metrics]\nmax_connections = 0\n",
+        "{}\n[api]\nmax_connections = 0\nread_timeout_ms = 0\nwrite_timeout_ms = 0\n\
+         max_connections_per_source = 0\n\n[metrics]\nmax_connections = 0\n",
         valid()
     );
     let e = refused(&text);
@@ -365,6 +366,14 @@ fn listeners_need_room_for_a_connection_and_time_for_a_request() {
     );
     assert!(
         e.contains("api.read_timeout_ms: 0 would close every connection"),
+        "{e}"
+    );
+    assert!(
+        e.contains("api.write_timeout_ms: 0 would close every connection before its answer"),
+        "{e}"
+    );
+    assert!(
+        e.contains("api.max_connections_per_source: 0 would refuse every connection"),
         "{e}"
     );
     assert!(e.contains("metrics.max_connections: 0 would refuse"), "{e}");
