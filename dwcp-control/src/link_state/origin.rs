@@ -254,6 +254,17 @@ mod tests {
         o.reports().first().map(|r| r.health)
     }
 
+    /// A link at rest whose loss estimate flips by one probe in a hundred (0 and 0.99 %) is
+    /// not re-announced; a loss of 5 % is.
+    #[test]
+    fn one_probe_of_loss_noise_is_no_move_and_real_loss_is() {
+        let t = FigureThresholds::default();
+        let with_loss = |loss: f64| Figures::quantise(Some(50.0), Some(1.0), Some(loss), Some(0.3));
+        assert!(!moved(&with_loss(0.0), &with_loss(0.0099), &t));
+        assert!(!moved(&with_loss(0.0099), &with_loss(0.0), &t));
+        assert!(moved(&with_loss(0.0), &with_loss(0.05), &t));
+    }
+
     /// Observes `observation` at `at_ms` and announces what is due then.
     fn step(o: &mut Originator, at_ms: u64, observation: Observation) -> bool {
         o.observe(L, observation, at_ms * MS);
