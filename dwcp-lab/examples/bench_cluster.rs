@@ -20,13 +20,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context};
 use dwcp_agent::store::{ClusterStoreError, EtcdStore, WatchEvent};
-use dwcp_common::QosClass;
-use dwcp_control::bandwidth::{
-    peak_load, BandwidthError, Ledger, Reservation, ReservationId, MAX_TIME,
-};
+use dwcp_control::bandwidth::{peak_load, BandwidthError, Ledger, MAX_TIME};
 use dwcp_control::store::{EtcdConfig, DEFAULT_PREFIX};
 use dwcp_control::topology::LinkId;
-use dwcp_lab::etcd::EtcdCluster;
+use dwcp_lab::etcd::{reservation, EtcdCluster, Lcg};
 
 const GATEWAYS: u64 = 3;
 const TASKS_PER_GATEWAY: u64 = 8;
@@ -46,41 +43,6 @@ struct Outcomes {
     preempted: u64,
     /// Time of every decided attempt (admitted or refused), in ms.
     latencies_ms: Vec<f64>,
-}
-
-fn reservation(
-    id: u64,
-    rate_bps: u64,
-    start: u64,
-    end: u64,
-    prio: u8,
-    path: &[u32],
-) -> Reservation {
-    Reservation {
-        id: ReservationId(id),
-        owner: format!("tenant-{}", id % 7),
-        source: "us-east-1".into(),
-        destination: "eu-west-1".into(),
-        class: QosClass::Bulk,
-        rate_bps,
-        start,
-        end,
-        priority: prio,
-        path: path.iter().map(|&l| LinkId(l)).collect(),
-    }
-}
-
-/// A small deterministic generator: the same requests every run.
-struct Lcg(u64);
-
-impl Lcg {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 = self
-            .0
-            .wrapping_mul(6_364_136_223_846_793_005)
-            .wrapping_add(1_442_695_040_888_963_407);
-        (self.0 >> 33) % n
-    }
 }
 
 /// Nearest-rank percentile of sorted values.

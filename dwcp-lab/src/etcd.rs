@@ -394,3 +394,43 @@ pub fn available() -> std::result::Result<(), String> {
     }
     Ok(())
 }
+
+/// A bulk reservation from us-east-1 to eu-west-1 over `path`, for the store's tests and its
+/// benchmark.
+pub fn reservation(
+    id: u64,
+    rate_bps: u64,
+    start: u64,
+    end: u64,
+    prio: u8,
+    path: &[u32],
+) -> dwcp_control::bandwidth::Reservation {
+    dwcp_control::bandwidth::Reservation {
+        id: dwcp_control::bandwidth::ReservationId(id),
+        owner: format!("tenant-{}", id % 7),
+        source: "us-east-1".into(),
+        destination: "eu-west-1".into(),
+        class: dwcp_common::QosClass::Bulk,
+        rate_bps,
+        start,
+        end,
+        priority: prio,
+        path: path
+            .iter()
+            .map(|&l| dwcp_control::topology::LinkId(l))
+            .collect(),
+    }
+}
+
+/// A small deterministic generator: the same spread of requests every run.
+pub struct Lcg(pub u64);
+
+impl Lcg {
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.0 = self
+            .0
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        (self.0 >> 33) % n
+    }
+}

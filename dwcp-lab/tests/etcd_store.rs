@@ -10,13 +10,12 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use dwcp_agent::store::{ClusterStoreError, EtcdStore, PrefixWatch, WatchEvent};
-use dwcp_common::QosClass;
 use dwcp_control::bandwidth::{
     peak_load, BandwidthError, Ledger, Reservation, ReservationId, MAX_TIME,
 };
 use dwcp_control::store::{EtcdConfig, GatewayRecord, DEFAULT_PREFIX};
 use dwcp_control::topology::LinkId;
-use dwcp_lab::etcd::EtcdCluster;
+use dwcp_lab::etcd::{reservation, EtcdCluster, Lcg};
 use etcd_client::{Client, GetOptions};
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -47,41 +46,6 @@ async fn connect(cluster: &EtcdCluster) -> EtcdStore {
     })
     .await
     .expect("a lazy connection")
-}
-
-fn reservation(
-    id: u64,
-    rate_bps: u64,
-    start: u64,
-    end: u64,
-    prio: u8,
-    path: &[u32],
-) -> Reservation {
-    Reservation {
-        id: ReservationId(id),
-        owner: format!("tenant-{}", id % 7),
-        source: "us-east-1".into(),
-        destination: "eu-west-1".into(),
-        class: QosClass::Bulk,
-        rate_bps,
-        start,
-        end,
-        priority: prio,
-        path: path.iter().map(|&l| LinkId(l)).collect(),
-    }
-}
-
-/// A small deterministic generator (no dependency for a test's spread of requests).
-struct Lcg(u64);
-
-impl Lcg {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 = self
-            .0
-            .wrapping_mul(6_364_136_223_846_793_005)
-            .wrapping_add(1_442_695_040_888_963_407);
-        (self.0 >> 33) % n
-    }
 }
 
 /// Checks every ledger against the reservable capacity and against the reservation keys:
