@@ -312,6 +312,20 @@ fn expected_encap(l3_out: &[u8], nh: &NextHop, hash: u32) -> Vec<u8> {
     } else {
         l3_out[1]
     };
+    let sport = ENCAP_SPORT_MIN + ((hash >> 16) % (65536 - ENCAP_SPORT_MIN as u32)) as u16;
+    expected_outer(l3_out, v6, nh, sport, tos, [0; 4])
+}
+
+/// The frame the fast path sends to `nh` around the inner packet `l3_out`: outer Ethernet,
+/// IPv4 (`tos`), UDP from `sport`, VXLAN with `route`, and the inner Ethernet header.
+fn expected_outer(
+    l3_out: &[u8],
+    v6: bool,
+    nh: &NextHop,
+    sport: u16,
+    tos: u8,
+    route: [u8; 4],
+) -> Vec<u8> {
     let n = neighbour(nh.link_id);
     let inner_len = 14 + l3_out.len();
     let mut f = eth(n.mac, n.if_mac, ETH_P_IP);
@@ -323,13 +337,11 @@ fn expected_encap(l3_out: &[u8], nh: &NextHop, hash: u32) -> Vec<u8> {
     let c = checksum(&ip);
     ip[10..12].copy_from_slice(&c.to_be_bytes());
     f.extend_from_slice(&ip);
-    let sport = ENCAP_SPORT_MIN + ((hash >> 16) % (65536 - ENCAP_SPORT_MIN as u32)) as u16;
     f.extend_from_slice(&sport.to_be_bytes());
     f.extend_from_slice(&VXLAN_PORT.to_be_bytes());
     f.extend_from_slice(&((8 + 8 + inner_len) as u16).to_be_bytes());
     f.extend_from_slice(&[0, 0]);
-    f.extend_from_slice(&[0x08, 0, 0, 0]);
-    f.extend_from_slice(&(nh.vni << 8).to_be_bytes());
+    f.extend_from_slice(&vxlan_header(nh.vni, route));
     f.extend_from_slice(&eth(
         nh.inner_dst_mac,
         n.if_mac,
@@ -1146,27 +1158,10 @@ fn transit_follows_the_source_route_and_rewrites_only_the_outer_headers() {
     let f = vxlan_frame_routed(REGION_A_GW, 100 + LINKS, [3, 5, 0, 0], &inner);
     let (verdict, out) = fx.underlay(&f);
     assert_eq!(verdict, XDP_REDIRECT);
-    let nh = nexthop(2);
-    let n = neighbour(2);
-    let mut want = eth(n.mac, n.if_mac, ETH_P_IP);
-    let inner_len = inner.len();
-    let mut ip = vec![0x45, 0];
-    ip.extend_from_slice(&((20 + 8 + 8 + inner_len) as u16).to_be_bytes());
-    ip.extend_from_slice(&[0, 0, 0, 0, 64, IPPROTO_UDP, 0, 0]);
-    ip.extend_from_slice(&nh.local_ip4);
-    ip.extend_from_slice(&nh.remote_ip4);
-    let c = checksum(&ip);
-    ip[10..12].copy_from_slice(&c.to_be_bytes());
-    want.extend_from_slice(&ip);
-    // The outer source port (the flow's entropy) stays; the route loses its first exit.
-    want.extend_from_slice(&50000u16.to_be_bytes());
-    want.extend_from_slice(&VXLAN_PORT.to_be_bytes());
-    want.extend_from_slice(&((8 + 8 + inner_len) as u16).to_be_bytes());
-    want.extend_from_slice(&[0, 0]);
-    want.extend_from_slice(&vxlan_header(nh.vni, [5, 0, 0, 0]));
-    // The inner frame: addressed for the next link, its packet untouched (TTL included).
-    want.extend_from_slice(&eth(nh.inner_dst_mac, n.if_mac, ETH_P_IP));
-    want.extend_from_slice(&l3);
+    // Only the outer headers change: the outer source port (the flow's entropy) stays, the
+    // route loses its first exit, the inner frame is addressed for the next link and its
+    // packet is untouched (TTL included).
+    let want = expected_outer(&l3, false, &nexthop(2), 50000, 0, [5, 0, 0, 0]);
     assert_eq!(out, want);
     assert_eq!(fx.reason(Reason::UnderlayTransit), 1);
     assert_eq!(fx.dp.nexthop_counters(2).unwrap().packets, 1);
