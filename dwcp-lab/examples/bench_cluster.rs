@@ -304,9 +304,10 @@ fn main() -> anyhow::Result<()> {
          admissions per task, 4 tokio worker threads), admitting over 4 links of \
          {RESERVABLE_BPS} bit/s reservable shared by 6 paths of one or two links; rates 10-99 \
          Mbit/s, windows of 100-300 s among 20 start times, priorities 1-3 (so some \
-         admissions preempt); the same requests every run (fixed seeds). Each admission reads \
-         its path's ledgers in one transaction and writes them in one transaction guarded by \
-         their mod_revisions. A fourth client watches every ledger version; `oversubscribed` \
+         admissions preempt); the same requests every run (fixed seeds). A gateway's concurrent \
+         admissions are decided in batches (`EtcdStore::admit`): one transaction reads the \
+         batch's ledgers, one writes them guarded by their mod_revisions, and a write that \
+         lost the race returns the ledgers as they are now for the next try. A fourth client watches every ledger version; `oversubscribed` \
          counts the links over capacity in any version watched or in the final ledgers and \
          reservation keys. The second run (one task per gateway, as the daemon's state owner \
          admits one request at a time; {SERIAL_PER_GATEWAY} admissions each) uses a prefix of \

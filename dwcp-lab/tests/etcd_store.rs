@@ -119,7 +119,7 @@ fn concurrent_admissions_from_three_gateways_never_oversubscribe() {
             .await
             .unwrap();
         let watched = tokio::spawn(async move {
-            let mut versions = 0u64;
+            let mut latest = BTreeMap::new();
             loop {
                 match tokio::time::timeout(Duration::from_secs(10), watch.next()).await {
                     Ok(WatchEvent::Put { key, value }) => {
@@ -129,10 +129,10 @@ fn concurrent_admissions_from_three_gateways_never_oversubscribe() {
                             ledger.peak_bps(link) <= GBIT * 8 / 10,
                             "{key} over capacity"
                         );
-                        versions += 1;
+                        latest.insert(link, ledger);
                     }
                     Ok(WatchEvent::Delete { key }) => panic!("ledger {key} deleted"),
-                    Err(_) => return versions,
+                    Err(_) => return latest,
                 }
             }
         });
@@ -183,10 +183,10 @@ fn concurrent_admissions_from_three_gateways_never_oversubscribe() {
         let ledgers = gateways[1].ledgers().await.unwrap();
         let reservations = gateways[2].reservations().await.unwrap();
         check_consistent(&ledgers, &reservations, &reservable);
-        let versions = watched.await.expect("no ledger version over capacity");
-        assert!(
-            versions >= total.admitted,
-            "the watch saw {versions} ledger writes"
+        let latest = watched.await.expect("no ledger version over capacity");
+        assert_eq!(
+            latest, ledgers,
+            "the watch saw every ledger write up to the last"
         );
         assert_eq!(
             reservations.len() as u64,

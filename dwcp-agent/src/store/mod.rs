@@ -15,6 +15,7 @@ mod watch;
 use std::{
     future::Future,
     path::PathBuf,
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -39,7 +40,7 @@ pub enum ClusterStoreError {
     #[error("cluster store unreachable: {0}")]
     Unreachable(String),
     #[error("cluster store: {0}")]
-    Etcd(etcd_client::Error),
+    Etcd(Arc<etcd_client::Error>),
     #[error(
         "reservation {id}: the ledgers of its path changed under each of {attempts} attempts \
          (other gateways admitting on the same links); nothing was admitted, try again"
@@ -58,6 +59,30 @@ pub enum ClusterStoreError {
     Bandwidth(#[from] BandwidthError),
 }
 
+impl ClusterStoreError {
+    /// This failure of a batch's store calls, as each admission of the batch reports it.
+    fn for_admission(&self, id: ReservationId) -> ClusterStoreError {
+        match self {
+            ClusterStoreError::Unreachable(detail) => {
+                ClusterStoreError::Unreachable(detail.clone())
+            }
+            ClusterStoreError::Etcd(e) => ClusterStoreError::Etcd(e.clone()),
+            ClusterStoreError::Contention { attempts, .. } => ClusterStoreError::Contention {
+                id,
+                attempts: *attempts,
+            },
+            ClusterStoreError::Corrupt { key, detail } => ClusterStoreError::Corrupt {
+                key: key.clone(),
+                detail: detail.clone(),
+            },
+            // Not from store calls: each admission's own outcome, or the connection's set-up.
+            ClusterStoreError::IdTaken(_)
+            | ClusterStoreError::TlsFile { .. }
+            | ClusterStoreError::Bandwidth(_) => ClusterStoreError::Unreachable(self.to_string()),
+        }
+    }
+}
+
 impl From<etcd_client::Error> for ClusterStoreError {
     fn from(e: etcd_client::Error) -> Self {
         use etcd_client::Error as E;
@@ -73,7 +98,7 @@ impl From<etcd_client::Error> for ClusterStoreError {
             {
                 ClusterStoreError::Unreachable(e.to_string())
             }
-            _ => ClusterStoreError::Etcd(e),
+            _ => ClusterStoreError::Etcd(Arc::new(e)),
         }
     }
 }
@@ -87,6 +112,8 @@ pub struct EtcdStore {
     client: Client,
     keys: KeyLayout,
     timeout: Duration,
+    /// This gateway's admissions waiting for the next batch.
+    admissions: Arc<reservations::AdmissionQueue>,
 }
 
 impl EtcdStore {
@@ -119,6 +146,7 @@ impl EtcdStore {
             client,
             keys: KeyLayout::new(&config.prefix),
             timeout: DEFAULT_TIMEOUT,
+            admissions: Arc::default(),
         })
     }
 

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use super::admission::{self, plan_preemption};
 use super::error::BandwidthError;
-use super::manager::insufficient;
+use super::manager::{insufficient, Admission};
 use super::model::{Reservation, ReservationId, MAX_TIME};
 use crate::topology::LinkId;
 
@@ -141,6 +141,103 @@ pub fn plan_admission(
     Ok(LedgerPlan { ledgers, preempted })
 }
 
+/// What one admission of a batch came to.
+#[derive(Debug)]
+pub enum BatchOutcome {
+    Admitted(Admission),
+    Refused(BandwidthError),
+    /// Another reservation is stored (or admitted earlier in the batch) under its id.
+    IdTaken,
+    /// Left for a later batch: the write had no room for it.
+    Deferred,
+}
+
+/// What a batch of admissions writes in one transaction, and each admission's outcome.
+#[derive(Debug, Default)]
+pub struct BatchPlan {
+    /// Every touched link's new ledger.
+    pub ledgers: BTreeMap<LinkId, Ledger>,
+    /// The reservations admitted, to be stored.
+    pub admitted: Vec<Reservation>,
+    /// Stored reservations that admissions preempt, to be deleted.
+    pub preempted: BTreeSet<ReservationId>,
+    /// One per admission, in the batch's order.
+    pub outcomes: Vec<BatchOutcome>,
+}
+
+impl BatchPlan {
+    /// Keys the transaction writes (ledgers, admitted reservations, deletions).
+    fn writes(&self) -> usize {
+        self.ledgers.len() + self.admitted.len() + self.preempted.len()
+    }
+}
+
+/// Decides a batch of admissions over the ledgers of (at least) their paths and the stored
+/// reservations under their ids, read at one revision: highest priority first, each on the
+/// ledgers as the ones before it left them, so that the batch can be written in one
+/// transaction (none of it preempts another of it: only strictly lower priorities are
+/// preempted). An admission whose write would take the transaction past `max_writes` keys is
+/// deferred, and so is every later one. `Err`: the ledgers of these links are needed too.
+pub fn plan_batch(
+    ledgers: &BTreeMap<LinkId, Ledger>,
+    stored: &BTreeMap<ReservationId, Reservation>,
+    batch: &[(&Reservation, &BTreeMap<LinkId, u64>)],
+    max_writes: usize,
+) -> Result<BatchPlan, Vec<LinkId>> {
+    let mut order: Vec<usize> = (0..batch.len()).collect();
+    order.sort_by_key(|&i| std::cmp::Reverse(batch[i].0.priority));
+    let mut current = ledgers.clone();
+    let mut plan = BatchPlan::default();
+    let mut outcomes: Vec<Option<BatchOutcome>> = batch.iter().map(|_| None).collect();
+    let mut full = false;
+    for i in order {
+        let (cand, reservable) = batch[i];
+        let existing = stored
+            .get(&cand.id)
+            .or_else(|| plan.admitted.iter().find(|r| r.id == cand.id));
+        outcomes[i] = Some(match existing {
+            Some(r) if r == cand => BatchOutcome::Admitted(Admission {
+                reservation: r.clone(),
+                preempted: Vec::new(),
+            }),
+            Some(_) => BatchOutcome::IdTaken,
+            None if full => BatchOutcome::Deferred,
+            None => match plan_admission(&current, cand, reservable) {
+                Err(PlanError::NeedLedgers(more)) => return Err(more),
+                Err(PlanError::Refused(e)) => BatchOutcome::Refused(e),
+                Ok(one) => {
+                    let new_ledgers = one
+                        .ledgers
+                        .keys()
+                        .filter(|l| !plan.ledgers.contains_key(l))
+                        .count();
+                    let writes = plan.writes() + new_ledgers + 1 + one.preempted.len();
+                    if writes > max_writes && !plan.admitted.is_empty() {
+                        full = true;
+                        BatchOutcome::Deferred
+                    } else {
+                        for (link, ledger) in one.ledgers {
+                            current.insert(link, ledger.clone());
+                            plan.ledgers.insert(link, ledger);
+                        }
+                        plan.preempted.extend(one.preempted.iter().map(|r| r.id));
+                        plan.admitted.push(cand.clone());
+                        BatchOutcome::Admitted(Admission {
+                            reservation: cand.clone(),
+                            preempted: one.preempted,
+                        })
+                    }
+                }
+            },
+        });
+    }
+    plan.outcomes = outcomes
+        .into_iter()
+        .map(|o| o.expect("every admission decided"))
+        .collect();
+    Ok(plan)
+}
+
 #[cfg(test)]
 mod tests {
     use dwcp_common::QosClass;
@@ -213,6 +310,116 @@ mod tests {
         assert_eq!(plan.preempted, [low]);
         assert_eq!(plan.ledgers[&LinkId(1)], ledger(&[&high]));
         assert_eq!(plan.ledgers[&LinkId(5)], Ledger::default());
+    }
+
+    fn outcome_ids(plan: &BatchPlan) -> Vec<&'static str> {
+        plan.outcomes
+            .iter()
+            .map(|o| match o {
+                BatchOutcome::Admitted(_) => "admitted",
+                BatchOutcome::Refused(_) => "refused",
+                BatchOutcome::IdTaken => "id taken",
+                BatchOutcome::Deferred => "deferred",
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_batch_decides_each_admission_on_what_the_ones_before_it_booked() {
+        let reservable = cap(&[(1, 1000), (2, 1000)]);
+        let (a, b, c) = (
+            res(1, 600, 2, &[1]),
+            res(2, 600, 2, &[1, 2]),
+            res(3, 400, 2, &[2]),
+        );
+        let batch = [(&a, &reservable), (&b, &reservable), (&c, &reservable)];
+        let plan = plan_batch(&BTreeMap::new(), &BTreeMap::new(), &batch, 128).unwrap();
+        assert_eq!(outcome_ids(&plan), ["admitted", "refused", "admitted"]);
+        assert_eq!(plan.admitted, [a.clone(), c.clone()]);
+        assert_eq!(plan.ledgers[&LinkId(1)], ledger(&[&a]));
+        assert_eq!(plan.ledgers[&LinkId(2)], ledger(&[&c]));
+    }
+
+    #[test]
+    fn a_batch_admits_higher_priorities_first_and_never_preempts_its_own() {
+        let reservable = cap(&[(1, 1000)]);
+        let stored_low = res(1, 500, 1, &[1]);
+        let ledgers = BTreeMap::from([(LinkId(1), ledger(&[&stored_low]))]);
+        let stored = BTreeMap::from([(stored_low.id, stored_low.clone())]);
+        let (mid, high) = (res(2, 500, 2, &[1]), res(3, 500, 3, &[1]));
+        // The lower priority comes first in the batch: it must not be admitted and then
+        // preempted by the other in the same write.
+        let batch = [(&mid, &reservable), (&high, &reservable)];
+        let plan = plan_batch(&ledgers, &stored, &batch, 128).unwrap();
+        assert_eq!(outcome_ids(&plan), ["admitted", "admitted"]);
+        assert_eq!(plan.admitted, [high.clone(), mid.clone()]);
+        assert_eq!(plan.preempted, BTreeSet::from([stored_low.id]));
+        assert_eq!(plan.ledgers[&LinkId(1)], ledger(&[&mid, &high]));
+    }
+
+    #[test]
+    fn a_batch_returns_stored_admissions_refuses_taken_ids_and_defers_past_its_writes() {
+        let reservable = cap(&[(1, 10_000)]);
+        let stored_a = res(1, 100, 2, &[1]);
+        let stored = BTreeMap::from([(stored_a.id, stored_a.clone())]);
+        let ledgers = BTreeMap::from([(LinkId(1), ledger(&[&stored_a]))]);
+        let other_a = res(1, 200, 2, &[1]);
+        let (b, b_again, c) = (
+            res(2, 100, 2, &[1]),
+            res(2, 100, 2, &[1]),
+            res(3, 100, 2, &[1]),
+        );
+        let batch = [
+            (&stored_a, &reservable),
+            (&other_a, &reservable),
+            (&b, &reservable),
+            (&b_again, &reservable),
+            (&c, &reservable),
+        ];
+        // Room for one ledger and one reservation: c waits for the next batch.
+        let plan = plan_batch(&ledgers, &stored, &batch, 2).unwrap();
+        assert_eq!(
+            outcome_ids(&plan),
+            ["admitted", "id taken", "admitted", "admitted", "deferred"]
+        );
+        assert_eq!(plan.admitted, [b]);
+    }
+
+    #[test]
+    fn a_batch_asks_for_the_ledgers_of_its_victims_other_links() {
+        let reservable = cap(&[(1, 1000), (5, 1000)]);
+        let low = res(1, 900, 1, &[1, 5]);
+        let ledgers = BTreeMap::from([(LinkId(1), ledger(&[&low]))]);
+        let high = res(2, 500, 6, &[1]);
+        let err = plan_batch(&ledgers, &BTreeMap::new(), &[(&high, &reservable)], 128);
+        assert_eq!(err.unwrap_err(), [LinkId(5)]);
+    }
+
+    proptest::proptest! {
+        /// However a batch is made up, what it writes never books a link past its capacity,
+        /// and each admission it reports admitted is in the write.
+        #[test]
+        fn a_batch_never_books_a_link_past_its_capacity(
+            cands in proptest::collection::vec((1u64..700, 1u8..4, 0usize..4), 1..24),
+        ) {
+            let paths: [&[u32]; 4] = [&[1], &[2], &[1, 2], &[2, 3]];
+            let reservable = cap(&[(1, 1000), (2, 1500), (3, 800)]);
+            let cands: Vec<Reservation> = cands
+                .iter()
+                .enumerate()
+                .map(|(i, &(rate, prio, p))| res(i as u64 + 1, rate, prio, paths[p]))
+                .collect();
+            let batch: Vec<_> = cands.iter().map(|c| (c, &reservable)).collect();
+            let plan = plan_batch(&BTreeMap::new(), &BTreeMap::new(), &batch, 128).unwrap();
+            for (link, ledger) in &plan.ledgers {
+                proptest::prop_assert!(ledger.peak_bps(*link) <= reservable[link]);
+            }
+            for o in &plan.outcomes {
+                if let BatchOutcome::Admitted(a) = o {
+                    proptest::prop_assert!(plan.admitted.contains(&a.reservation));
+                }
+            }
+        }
     }
 
     #[test]

@@ -25,7 +25,9 @@ mod store;
 
 pub use admission::{load_at, peak_load, reservable_bps};
 pub use error::{BandwidthError, StoreError};
-pub use ledger::{plan_admission, Ledger, LedgerError, LedgerPlan, PlanError};
+pub use ledger::{
+    plan_admission, plan_batch, BatchOutcome, BatchPlan, Ledger, LedgerError, LedgerPlan, PlanError,
+};
 pub use manager::{
     Admission, ManagerConfig, ReservationEvent, ReservationEventCounts, ReservationManager,
     ReservationOp, ReservationReply,
