@@ -85,6 +85,12 @@ impl KeyLayout {
         format!("{}{:020}", self.reservations(), id.0)
     }
 
+    /// Held (on a short lease) by the one gateway whose admissions go next, once it lost the
+    /// race for its links a few times; the others' writes wait while it is there.
+    pub fn admission_turn(&self) -> String {
+        format!("{}/admission-turn", self.prefix)
+    }
+
     pub fn gateways(&self) -> String {
         format!("{}/gateways/", self.prefix)
     }

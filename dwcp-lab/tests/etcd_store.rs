@@ -13,10 +13,10 @@ use dwcp_agent::store::{ClusterStoreError, EtcdStore, PrefixWatch, WatchEvent};
 use dwcp_control::bandwidth::{
     peak_load, BandwidthError, Ledger, Reservation, ReservationId, MAX_TIME,
 };
-use dwcp_control::store::{EtcdConfig, GatewayRecord, DEFAULT_PREFIX};
+use dwcp_control::store::{EtcdConfig, GatewayRecord, KeyLayout, DEFAULT_PREFIX};
 use dwcp_control::topology::LinkId;
 use dwcp_lab::etcd::{reservation, EtcdCluster, Lcg};
-use etcd_client::{Client, GetOptions};
+use etcd_client::{Client, GetOptions, PutOptions};
 
 const WAIT: Duration = Duration::from_secs(60);
 const GBIT: u64 = 1_000_000_000;
@@ -554,6 +554,50 @@ fn admissions_go_on_when_the_leader_is_killed_and_none_is_booked_twice() {
         assert!(
             ledgers.values().all(|l| l.reservations.is_empty()),
             "{ledgers:?}"
+        );
+    });
+}
+
+/// A gateway that took the admission turn and died holds the others' admissions back only
+/// until the turn's lease ends: they are written after the turn is gone, not before, and not
+/// given up.
+#[test]
+fn a_turn_left_by_a_dead_gateway_holds_admissions_back_only_until_its_lease_ends() {
+    let Some(cluster) =
+        cluster("a_turn_left_by_a_dead_gateway_holds_admissions_back_only_until_its_lease_ends")
+    else {
+        return;
+    };
+    let reservable: BTreeMap<LinkId, u64> = [(LinkId(1), GBIT)].into();
+    let rt = runtime();
+    rt.block_on(async {
+        let store = connect(&cluster).await;
+        let turn = KeyLayout::new(DEFAULT_PREFIX).admission_turn();
+        let mut plain = Client::connect(cluster.endpoints(), None).await.unwrap();
+        let lease = plain.lease_grant(2, None).await.unwrap().id();
+        let taken = plain
+            .put(
+                turn.as_str(),
+                "a gateway that died",
+                Some(PutOptions::new().with_lease(lease)),
+            )
+            .await
+            .unwrap();
+        let cand = reservation(1, 100_000_000, 1_000, 2_000, 2, &[1]);
+        store.admit(&cand, &reservable).await.unwrap();
+        let written = plain
+            .get(KeyLayout::new(DEFAULT_PREFIX).reservation(cand.id), None)
+            .await
+            .unwrap();
+        let gone = plain.get(turn.as_str(), None).await.unwrap();
+        assert!(gone.kvs().is_empty(), "the turn ended with its lease");
+        // The turn was put at one revision and deleted (lease expiry) at the next: an
+        // admission written while it was there would sit in between.
+        let put_at = taken.header().unwrap().revision();
+        assert!(
+            written.kvs()[0].mod_revision() > put_at + 1,
+            "admitted at revision {} while the turn (put at {put_at}) was held",
+            written.kvs()[0].mod_revision()
         );
     });
 }

@@ -114,6 +114,8 @@ pub struct EtcdStore {
     timeout: Duration,
     /// This gateway's admissions waiting for the next batch.
     admissions: Arc<reservations::AdmissionQueue>,
+    /// What this connection writes when it takes the admission turn: unique per connection.
+    admitter: Vec<u8>,
 }
 
 impl EtcdStore {
@@ -147,6 +149,7 @@ impl EtcdStore {
             keys: KeyLayout::new(&config.prefix),
             timeout: DEFAULT_TIMEOUT,
             admissions: Arc::default(),
+            admitter: admitter_token(),
         })
     }
 
@@ -199,6 +202,17 @@ impl EtcdStore {
         })
         .await
     }
+}
+
+/// A value no other connection writes: the process, the time and a counter.
+fn admitter_token() -> Vec<u8> {
+    static CONNECTIONS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = CONNECTIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    format!("{}-{now}-{n}", std::process::id()).into_bytes()
 }
 
 /// Pause between two tries of a call that reached no member.
