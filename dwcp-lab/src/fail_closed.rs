@@ -26,7 +26,7 @@ use std::{
     fs::File,
     io,
     net::Ipv4Addr,
-    os::fd::{AsRawFd, FromRawFd, OwnedFd},
+    os::fd::AsRawFd,
     sync::{
         atomic::{AtomicBool, AtomicU64, Ordering},
         Arc,
@@ -177,7 +177,7 @@ impl UnderlayCapture {
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let (stop_t, clear_t, enc_t) = (stop.clone(), cleartext.clone(), encrypted.clone());
         let thread = std::thread::spawn(move || -> io::Result<()> {
-            let fd = match packet_socket(&file, ifindex) {
+            let fd = match netlab::enter(&file).and_then(|()| netlab::packet_socket(ifindex)) {
                 Ok(fd) => {
                     let _ = ready_tx.send(Ok(()));
                     fd
@@ -243,68 +243,6 @@ impl UnderlayCapture {
             .map_err(io_err("capturing"))?;
         Ok(counts)
     }
-}
-
-/// An AF_PACKET socket of every protocol bound to `ifindex` in the namespace of `ns_file`
-/// (entered by the calling thread), with a 50 ms receive timeout and a 16 MiB buffer.
-fn packet_socket(ns_file: &File, ifindex: u32) -> io::Result<OwnedFd> {
-    netlab::enter(ns_file)?;
-    let proto = (libc::ETH_P_ALL as u16).to_be();
-    // SAFETY: plain socket(2); the descriptor is owned right away.
-    let raw = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, i32::from(proto)) };
-    if raw < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: a descriptor just returned by socket(2) and owned by nobody else.
-    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-    // SAFETY: an all-zero sockaddr_ll is valid; the fields bind needs are set below.
-    let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-    sll.sll_family = libc::AF_PACKET as u16;
-    sll.sll_protocol = proto;
-    sll.sll_ifindex = ifindex as i32;
-    // SAFETY: a sockaddr_ll of the size passed.
-    let rc = unsafe {
-        libc::bind(
-            fd.as_raw_fd(),
-            (&sll as *const libc::sockaddr_ll).cast(),
-            std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
-        )
-    };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    let timeout = libc::timeval {
-        tv_sec: 0,
-        tv_usec: 50_000,
-    };
-    let buffer: libc::c_int = 16 << 20;
-    for (opt, value, len) in [
-        (
-            libc::SO_RCVTIMEO,
-            (&timeout as *const libc::timeval).cast::<libc::c_void>(),
-            std::mem::size_of::<libc::timeval>(),
-        ),
-        (
-            libc::SO_RCVBUFFORCE,
-            (&buffer as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>(),
-        ),
-    ] {
-        // SAFETY: option values of the sizes passed.
-        let rc = unsafe {
-            libc::setsockopt(
-                fd.as_raw_fd(),
-                libc::SOL_SOCKET,
-                opt,
-                value,
-                len as libc::socklen_t,
-            )
-        };
-        if rc != 0 {
-            return Err(io::Error::last_os_error());
-        }
-    }
-    Ok(fd)
 }
 
 /// Packets A's mark rule has marked so far (its nftables counter).

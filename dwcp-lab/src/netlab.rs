@@ -6,6 +6,8 @@
 
 use std::{
     fs::File,
+    io,
+    os::fd::{AsRawFd, FromRawFd, OwnedFd},
     path::PathBuf,
     process::{Command, Output},
     sync::atomic::{AtomicU32, Ordering},
@@ -211,6 +213,68 @@ impl Drop for Netns {
 }
 
 pub use dwcp_tunnels::netns::enter;
+
+/// An AF_PACKET socket of every protocol bound to `ifindex` of the calling thread's namespace,
+/// with a 50 ms receive timeout and a 16 MiB buffer: it sees both directions and can send
+/// whole frames.
+pub fn packet_socket(ifindex: u32) -> io::Result<OwnedFd> {
+    let proto = (libc::ETH_P_ALL as u16).to_be();
+    // SAFETY: plain socket(2); the descriptor is owned right away.
+    let raw = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, i32::from(proto)) };
+    if raw < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a descriptor just returned by socket(2) and owned by nobody else.
+    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+    // SAFETY: an all-zero sockaddr_ll is valid; the fields bind needs are set below.
+    let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+    sll.sll_family = libc::AF_PACKET as u16;
+    sll.sll_protocol = proto;
+    sll.sll_ifindex = ifindex as i32;
+    // SAFETY: a sockaddr_ll of the size passed.
+    let rc = unsafe {
+        libc::bind(
+            fd.as_raw_fd(),
+            (&sll as *const libc::sockaddr_ll).cast(),
+            std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let timeout = libc::timeval {
+        tv_sec: 0,
+        tv_usec: 50_000,
+    };
+    let buffer: libc::c_int = 16 << 20;
+    for (opt, value, len) in [
+        (
+            libc::SO_RCVTIMEO,
+            (&timeout as *const libc::timeval).cast::<libc::c_void>(),
+            std::mem::size_of::<libc::timeval>(),
+        ),
+        (
+            libc::SO_RCVBUFFORCE,
+            (&buffer as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>(),
+        ),
+    ] {
+        // SAFETY: option values of the sizes passed.
+        let rc = unsafe {
+            libc::setsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                opt,
+                value,
+                len as libc::socklen_t,
+            )
+        };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(fd)
+}
 
 /// Creates a veth pair `a_if` (in `a`) <-> `b_if` (in `b`), both up.
 pub fn veth(a: &Netns, a_if: &str, b: &Netns, b_if: &str) -> Result<()> {

@@ -605,3 +605,29 @@ fn publish(
         snapshot.send_replace(s);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    /// A state directory nobody created is made (parents too, closed to others); one that cannot be
+    /// made refuses the start with an error naming it and what to do.
+    #[test]
+    fn the_state_directory_is_created_or_the_start_is_refused_naming_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("a/b/state");
+        create_state_dir(&state).unwrap();
+        // 0750 under the umask: never open to others.
+        let mode = std::fs::metadata(&state).unwrap().permissions().mode();
+        assert_eq!(mode & 0o007, 0, "{mode:o}");
+        create_state_dir(&state).expect("an existing directory is taken as it is");
+
+        let file = dir.path().join("file");
+        std::fs::write(&file, b"").unwrap();
+        let under_a_file = file.join("state");
+        let e = create_state_dir(&under_a_file).unwrap_err().to_string();
+        assert!(e.contains(&under_a_file.display().to_string()), "{e}");
+        assert!(e.contains("create it, or pass --state-dir"), "{e}");
+    }
+}

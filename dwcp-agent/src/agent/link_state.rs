@@ -5,7 +5,9 @@
 //! - One UDP socket per monitored local link, bound to the link's interface and local address
 //!   and `[link_state] port`: records travel over the link itself, to the same port of its
 //!   `peer_ip`. A datagram from any other address is dropped and counted (the underlay is
-//!   hostile), and so is one that does not decode.
+//!   hostile), and so is one that does not decode. Records go out with TTL 255 and, from a
+//!   peer that is a neighbour (no `via_ip` router between), are taken only with TTL 255 (GTSM,
+//!   RFC 5082, as the probes): one sent from beyond the link's segment counts as foreign.
 //! - The link monitor's views (every poll) say what the probes see. A link whose probes answer
 //!   is a neighbour (`neighbour_up`) and one whose probes stopped is not (`neighbour_down`):
 //!   no datagram crosses a link the probes cannot. Its health (up, degraded, down) and figures
@@ -25,10 +27,12 @@
 use std::{
     collections::{BTreeMap, BTreeSet},
     net::{Ipv4Addr, SocketAddr, SocketAddrV4},
+    os::fd::AsRawFd,
     sync::Arc,
     time::Duration,
 };
 
+use dwcp_common::probe::PROBE_TTL;
 use dwcp_control::{
     config::AgentConfig,
     input::{Input, Now},
@@ -43,6 +47,7 @@ use dwcp_control::{
 use socket2::{Domain, Protocol, Socket, Type};
 use thiserror::Error;
 use tokio::{
+    io::Interest,
     net::UdpSocket,
     sync::{mpsc, watch},
     task::JoinHandle,
@@ -83,6 +88,9 @@ pub(super) struct Adjacency {
     pub interface: String,
     pub local: Ipv4Addr,
     pub peer: Ipv4Addr,
+    /// The lowest TTL a record from `peer` may arrive with: [`PROBE_TTL`] when the peer is a
+    /// neighbour, 0 across routers (as the probes' `probe_min_ttl`).
+    pub min_ttl: u8,
 }
 
 impl Setup {
@@ -105,6 +113,7 @@ impl Setup {
                     interface: l.interface.clone(),
                     local: l.local_ip,
                     peer: l.peer_ip,
+                    min_ttl: if l.via_ip == l.peer_ip { PROBE_TTL } else { 0 },
                 })
                 .collect(),
             port: s.port,
@@ -261,7 +270,8 @@ impl LinkStateTask {
 enum Datagram {
     Message(LinkId, Message),
     Malformed(LinkId, WireError),
-    /// From an address that is none of the socket's links' peers.
+    /// From an address that is none of the socket's links' peers, or from a neighbour's
+    /// address with a TTL below 255 (sent from beyond the link's segment).
     Foreign(SocketAddr),
 }
 
@@ -330,8 +340,10 @@ impl Running {
                     continue;
                 }
             };
-            let peers: BTreeMap<Ipv4Addr, LinkId> =
-                adjacencies.iter().map(|a| (a.peer, a.link)).collect();
+            let peers: BTreeMap<Ipv4Addr, (LinkId, u8)> = adjacencies
+                .iter()
+                .map(|a| (a.peer, (a.link, a.min_ttl)))
+                .collect();
             readers.push(tokio::spawn(read(socket.clone(), peers, tx.clone())));
             for a in adjacencies {
                 let peer = SocketAddr::V4(SocketAddrV4::new(a.peer, setup.port));
@@ -534,6 +546,23 @@ fn bind(
         .set_tos_v4(u32::from(tos))
         .map_err(err("set IP_TOS"))?;
     socket
+        .set_ttl_v4(PROBE_TTL.into())
+        .map_err(err("set IP_TTL"))?;
+    let on: libc::c_int = 1;
+    // SAFETY: setsockopt(2) with a c_int of the size passed, on the socket we own.
+    if unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::IPPROTO_IP,
+            libc::IP_RECVTTL,
+            (&on as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    } != 0
+    {
+        return Err(err("set IP_RECVTTL")(std::io::Error::last_os_error()));
+    }
+    socket
         .set_nonblocking(true)
         .map_err(err("set O_NONBLOCK"))?;
     socket
@@ -542,26 +571,30 @@ fn bind(
     UdpSocket::from_std(socket.into()).map_err(err("register with the runtime"))
 }
 
-/// Reads `socket` until the task drops its end: datagrams from the links' `peers` decoded,
-/// others marked.
+/// Reads `socket` until the task drops its end: datagrams from the links' `peers` (with at
+/// least their `min_ttl`) decoded, others marked.
 async fn read(
     socket: Arc<UdpSocket>,
-    peers: BTreeMap<Ipv4Addr, LinkId>,
+    peers: BTreeMap<Ipv4Addr, (LinkId, u8)>,
     tx: mpsc::Sender<Datagram>,
 ) {
     let mut buf = vec![0u8; RECEIVE_BUFFER];
     loop {
-        let (len, from) = match socket.recv_from(&mut buf).await {
+        let received = socket
+            .async_io(Interest::READABLE, || recv_with_ttl(&socket, &mut buf))
+            .await;
+        let (len, from, ttl) = match received {
             Ok(r) => r,
             Err(e) => {
                 debug!(error = %e, "link state: receive failed");
                 continue;
             }
         };
-        let link = match from {
-            SocketAddr::V4(a) => peers.get(a.ip()).copied(),
-            SocketAddr::V6(_) => None,
+        let link = match peers.get(from.ip()) {
+            Some(&(link, min_ttl)) if ttl >= min_ttl => Some(link),
+            _ => None,
         };
+        let from = SocketAddr::V4(from);
         let datagram = match link {
             None => Datagram::Foreign(from),
             Some(link) => match Message::decode(&buf[..len]) {
@@ -573,6 +606,49 @@ async fn read(
             return;
         }
     }
+}
+
+/// One datagram: its length, source and the TTL it arrived with (`IP_RECVTTL`; 0 if the
+/// kernel gave none, which no neighbour's record passes).
+fn recv_with_ttl(socket: &UdpSocket, buf: &mut [u8]) -> std::io::Result<(usize, SocketAddrV4, u8)> {
+    // SAFETY: all-zero sockaddr_in, cmsg buffer and msghdr are valid; the msghdr points at
+    // buffers that outlive the call, with their lengths.
+    let mut addr: libc::sockaddr_in = unsafe { std::mem::zeroed() };
+    let mut control = [0u64; 8];
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_name = (&mut addr as *mut libc::sockaddr_in).cast();
+    msg.msg_namelen = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = std::mem::size_of_val(&control);
+    // SAFETY: recvmsg(2) on our socket with the msghdr built above.
+    let n = unsafe { libc::recvmsg(socket.as_raw_fd(), &mut msg, libc::MSG_DONTWAIT) };
+    if n < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let mut ttl = 0u8;
+    // SAFETY: the CMSG_* walk over the control buffer recvmsg filled in, bounded by
+    // msg_controllen; IP_TTL's data is an int.
+    unsafe {
+        let mut c = libc::CMSG_FIRSTHDR(&msg);
+        while !c.is_null() {
+            if (*c).cmsg_level == libc::IPPROTO_IP && (*c).cmsg_type == libc::IP_TTL {
+                let v = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast::<libc::c_int>());
+                ttl = u8::try_from(v).unwrap_or(0);
+            }
+            c = libc::CMSG_NXTHDR(&msg, c);
+        }
+    }
+    let from = SocketAddrV4::new(
+        Ipv4Addr::from(u32::from_be(addr.sin_addr.s_addr)),
+        u16::from_be(addr.sin_port),
+    );
+    Ok((n as usize, from, ttl))
 }
 
 #[cfg(test)]
@@ -591,6 +667,7 @@ mod tests {
                 interface: "lo".into(),
                 local: me,
                 peer,
+                min_ttl: PROBE_TTL,
             }],
             port,
             timers: LinkStateConfig::default(),
@@ -644,8 +721,9 @@ mod tests {
     }
 
     /// Two gateways over loopback: once the probes say the link is up, each has the other's
-    /// record; a datagram from an address that is no peer is dropped and counted, and one from
-    /// the peer's address that does not decode too.
+    /// record; a datagram from an address that is no peer is dropped and counted, one from
+    /// the peer's address that does not decode too, and one from the peer's address with TTL
+    /// 254 counts as foreign.
     #[tokio::test]
     async fn records_cross_the_link_and_strangers_are_dropped() {
         let port = 20_000 + (std::process::id() % 20_000) as u16;
@@ -678,11 +756,17 @@ mod tests {
         let stranger = std::net::UdpSocket::bind((Ipv4Addr::new(127, 0, 0, 3), 0)).unwrap();
         stranger.send_to(b"hello", (ip_a, port)).unwrap();
         let from_peer = std::net::UdpSocket::bind((ip_b, 0)).unwrap();
+        from_peer.set_ttl(PROBE_TTL.into()).unwrap();
         from_peer.send_to(b"\x01\x09", (ip_a, port)).unwrap();
-        pump(&mut [&mut a], |g| g[0].foreign == 1 && g[0].malformed == 1).await;
+        // The same from the peer's address but beyond the segment (a router took a hop off
+        // the TTL): foreign, never decoded.
+        let routed = std::net::UdpSocket::bind((ip_b, 0)).unwrap();
+        routed.set_ttl((PROBE_TTL - 1).into()).unwrap();
+        routed.send_to(b"\x01\x09", (ip_a, port)).unwrap();
+        pump(&mut [&mut a], |g| g[0].foreign == 2 && g[0].malformed == 1).await;
         let shown = a.view(now());
         assert_eq!(shown.records.len(), 2);
-        assert_eq!((shown.datagrams_foreign, shown.datagrams_malformed), (1, 1));
+        assert_eq!((shown.datagrams_foreign, shown.datagrams_malformed), (2, 1));
         assert_eq!(shown.neighbours, [1]);
 
         // The probes stop: no neighbour any more, and our record says the link is down.

@@ -97,10 +97,21 @@ pub struct Wire {
 }
 
 impl Wire {
-    /// Drops every frame crossing the wire (a silent failure: both ends keep their carrier).
+    /// Drops every frame from one gateway to the other (a silent failure: both ends keep
+    /// their carrier). Other ports of the bridge (an attacker's) still reach both.
     pub fn cut(&self) -> Result<()> {
         self.ns.exec(&[
-            "nft", "add", "rule", "bridge", WIRE_TABLE, "forward", "drop",
+            "nft",
+            "add",
+            "rule",
+            "bridge",
+            WIRE_TABLE,
+            "forward",
+            "iifname",
+            "{ to-a, to-b }",
+            "oifname",
+            "{ to-a, to-b }",
+            "drop",
         ])?;
         Ok(())
     }
@@ -540,9 +551,11 @@ impl TriangleLab {
         &self.wires[(link - 1) as usize]
     }
 
-    /// Starts `dwcp-prober` (beside the agent binary) for gateway `r`: it probes the links the
-    /// agent programmed, from its own process, for agents with `probe.sender = "external"`.
-    /// Start the agent first (the prober reads the links from its pinned maps).
+    /// Starts `dwcp-prober` (beside the agent binary) for gateway `r` as the shipped unit runs
+    /// it, from the agent's configuration (pin directory and `[probe]` settings): it probes
+    /// the links the agent programmed, from its own process, for agents with
+    /// `probe.sender = "external"`. Start the agent first (the prober reads the links from its
+    /// pinned maps).
     pub fn start_prober(&mut self, r: usize) -> Result<()> {
         let binary = self.binary.with_file_name("dwcp-prober");
         let log = self.dir.join(format!("g{}.prober.log", r + 1));
@@ -550,14 +563,10 @@ impl TriangleLab {
             std::fs::File::create(&log).map_err(io(format!("creating {}", log.display())))?;
         let err = file.try_clone().map_err(io("prober log"))?;
         let child = Command::new(&binary)
-            .arg("--pin-dir")
-            .arg(self.pin_dir(r))
+            .arg("--config")
+            .arg(self.config_path(r))
             .arg("--netns")
             .arg(self.regions[r].gw.name())
-            .arg("--detect-multiplier")
-            .arg(self.options.detect_multiplier.to_string())
-            .arg("--rt-priority")
-            .arg(self.options.probe_rt_priority.to_string())
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
