@@ -79,6 +79,9 @@ pub mod programs {
     /// tc ingress (SchedClassifier) on the LAN side: sets `skb->mark` to the hand-off mark the
     /// LAN XDP program recorded for the packet's flow (the WireGuard hand-off).
     pub const LAN_HANDOFF_TC: &str = "dwcp_lan_tc";
+    /// tc ingress (SchedClassifier) on a WireGuard device: reflects and measures the probes
+    /// that travel inside the tunnel.
+    pub const WG_PROBE_TC: &str = "dwcp_wg_tc";
 }
 
 pub const MAX_ROUTES: u32 = 16_384;
@@ -335,7 +338,9 @@ pub struct NextHop {
     /// fwmark (the field is re-used so the map's value size, and pinned maps, stay as they
     /// were).
     pub vni: u32,
-    /// Outer source and destination IPv4 address, network byte order as bytes.
+    /// Outer source and destination IPv4 address, network byte order as bytes. For a hand-off
+    /// next hop: the link's tunnel addresses, between which it is probed (unspecified when it
+    /// is not).
     pub local_ip4: [u8; 4],
     pub remote_ip4: [u8; 4],
     /// Underlay neighbour to send to (the remote gateway, or a router in between).
@@ -363,6 +368,17 @@ impl NextHop {
             mtu: 0,
             inner_dst_mac: [0; 6],
             _pad: [0; 2],
+        }
+    }
+
+    /// This next hop with its link's probe endpoints: for a hand-off next hop, the tunnel
+    /// addresses its probes go between (what `dwcp-prober` probes while the agent is down);
+    /// nothing is sent to them by the fast path.
+    pub const fn with_ends(self, local_ip4: [u8; 4], remote_ip4: [u8; 4]) -> NextHop {
+        NextHop {
+            local_ip4,
+            remote_ip4,
+            ..self
         }
     }
 
