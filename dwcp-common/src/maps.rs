@@ -662,12 +662,16 @@ pub enum Reason {
     TransitNoNeighbour = 45,
     /// A transit packet larger than its exit link's MTU: dropped.
     TransitTooBig = 46,
+    /// No member of a WireGuard hand-off group usable: handed off to the hashed member's
+    /// tunnel anyway (WireGuard encrypts it or its table's unreachable default drops it),
+    /// never passed up unmarked to the main table, which might route it in clear text.
+    HandoffNoLiveNextHop = 47,
 }
 
 pub const REASON_COUNT: u32 = 64;
 
 impl Reason {
-    pub const ALL: [Reason; 47] = [
+    pub const ALL: [Reason; 48] = [
         Reason::LanForwarded,
         Reason::LanPassNotIp,
         Reason::LanPassMalformed,
@@ -715,6 +719,7 @@ impl Reason {
         Reason::TransitExitDown,
         Reason::TransitNoNeighbour,
         Reason::TransitTooBig,
+        Reason::HandoffNoLiveNextHop,
     ];
 
     /// Stable snake_case name, used as a metric label and in the CLI.
@@ -748,6 +753,7 @@ impl Reason {
             Reason::HandoffWireGuard => "handoff_wireguard",
             Reason::HandoffNoEntry => "handoff_no_entry",
             Reason::HandoffTransit => "handoff_transit",
+            Reason::HandoffNoLiveNextHop => "handoff_no_live_nexthop",
             Reason::HandoffMarked => "handoff_marked",
             Reason::LanHeldDownFallback => "lan_held_down_fallback",
             Reason::LanPassOtherMac => "lan_pass_other_mac",
