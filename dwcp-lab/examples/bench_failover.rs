@@ -335,7 +335,8 @@ fn set_kernel_detection(dp: &mut Dataplane, lab: &MultiLinkLab, detect_ns: u64) 
     Ok(())
 }
 
-fn run_mode(lab: &mut MultiLinkLab, mode: Mode, trials: usize) -> Result<ModeResult> {
+/// `trials` trials of `mode`, labelled `name` in the report.
+fn run_mode(lab: &mut MultiLinkLab, mode: Mode, name: &str, trials: usize) -> Result<ModeResult> {
     let stats = NhStats::open(lab)?;
     let mut result = ModeResult::default();
     let stop = Arc::new(AtomicBool::new(false));
@@ -351,7 +352,7 @@ fn run_mode(lab: &mut MultiLinkLab, mode: Mode, trials: usize) -> Result<ModeRes
             lab.wait_links_usable(LIMIT)?;
             std::thread::sleep(Duration::from_millis(100));
             let port = 30_000 + (t as u16) * 7 + if mode == Mode::Agent { 3 } else { 0 };
-            let label = format!("{mode:?} trial {}/{trials}", t + 1);
+            let label = format!("{name} trial {}/{trials}", t + 1);
             trial(lab, mode, &stats, port, &mut result, &label)?;
         }
         Ok(())
@@ -453,8 +454,8 @@ fn main() -> Result<()> {
         cost.probes_per_s_per_link,
         cost.cpu_share * 100.0
     );
-    let kernel = run_mode(&mut lab, Mode::Kernel, trials)?;
-    let agent = run_mode(&mut lab, Mode::Agent, trials)?;
+    let kernel = run_mode(&mut lab, Mode::Kernel, "Kernel", trials)?;
+    let agent = run_mode(&mut lab, Mode::Agent, "Agent", trials)?;
     // The configuration and machine of this run, for the prose below.
     let n_links = lab.links.len();
     let prober_priority = lab
@@ -473,7 +474,7 @@ fn main() -> Result<()> {
         .iter()
         .map(|l| UnderlayCapture::start(&wg_lab.a.gw, &l.ifname))
         .collect::<Result<Vec<_>, _>>()?;
-    let wg = run_mode(&mut wg_lab, Mode::Kernel, trials)?;
+    let wg = run_mode(&mut wg_lab, Mode::Kernel, "WireGuard", trials)?;
     let (mut wg_cleartext, mut wg_encrypted) = (0, 0);
     for c in captures {
         let (clear, encrypted) = c.finish()?;
@@ -586,7 +587,7 @@ fn main() -> Result<()> {
         )
     );
     println!("\n- p99 of the fast path: **{p99:.1} ms**, {:.2} x the agent-driven baseline measured in the same run ({ap99:.1} ms); target < 50 ms.", p99 / ap99);
-    println!("- WireGuard links (wireguard-go): p99 **{wp99:.1} ms** over {} trials (target < 50 ms); packets from or to the LANs seen in clear text on gateway A's underlay ports during those trials: **{wg_cleartext}** (and {wg_encrypted} WireGuard datagrams). The flow is handed to the kernel with the tunnel's mark (policy routing into the WireGuard device); each tunnel is probed inside itself and the WireGuard device's tc program reflects and measures the probes, so the LAN program skips a dead tunnel by the same rule as a dead VXLAN link.", wg.windows_ms.len());
+    println!("- WireGuard links (wireguard-go): p99 **{wp99:.1} ms** over {} trials (target < 50 ms); packets from or to the LANs seen in clear text on gateway A's underlay ports during those trials: **{wg_cleartext}** (and {wg_encrypted} WireGuard datagrams). The flow is handed to the kernel with the tunnel's mark (policy routing into the WireGuard device); each tunnel is probed inside itself and the WireGuard device's tc program reflects and measures the probes, so the LAN program skips a dead tunnel by the same rule as a dead VXLAN link. Its \"lost elsewhere\" ({} datagrams, listed below as WireGuard trials) is loss after the hand-off: in those gaps gateway A's fast path had a live tunnel (it passed nothing up for lack of one); the datagrams were lost on the way through the wireguard-go daemons (userspace, normal scheduling class), not located further.", wg.windows_ms.len(), wg.other_lost);
     println!("- For reference (published defaults, not measured here): FRR BFD detects in 900 ms (3 x 300 ms), BIRD in about 500 ms; the seed promises failover under 1 s. The p99 above is {:.0} x shorter than 900 ms, {:.0} x shorter than 500 ms, {:.0} x shorter than 1 s.", 900.0 / p99, 500.0 / p99, 1000.0 / p99);
     println!("- Probe cost, quiet links over {} s: {:.1} probes/s per link and direction; the prober thread used {:.2} % of one core per gateway ({n_links} links), that is {:.1} us of the prober's CPU per probe sent. The prober's CPU covers sending (timers, syscall, UDP/IP, veth) and its 100 Hz read of `LINK_STATE` for the re-probe backoff and write of `PROBE_SENT`; the XDP reflection and measurement are not in this figure.", QUIET.as_secs(), cost.probes_per_s_per_link, cost.cpu_share * 100.0, cost.cpu_us_per_probe);
     if !kernel.anomalies.is_empty() || !agent.anomalies.is_empty() || !wg.anomalies.is_empty() {
