@@ -276,11 +276,6 @@ impl Lab {
                 1,
             )
             .replacen(
-                "lan_interfaces = [\"lan0\"]",
-                "lan_interfaces = [\"lan0\"]",
-                1,
-            )
-            .replacen(
                 &format!("interface = \"{}\"", self.wga),
                 &format!("interface = \"{}\"", self.wgb),
                 1,
