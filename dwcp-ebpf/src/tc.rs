@@ -38,9 +38,10 @@
 //! 50 replies and 50 reflections per 500 ms at either end (probes every 10 ms, none lost), an
 //! RTT of 0.5 to 1.4 ms through the two wireguard-go daemons; the program verifies in 993
 //! instructions. With it, a silent cut of a tunnel under 10,000 datagrams/s is failed over by
-//! the fast path in p50 26.4 ms, p99 34.5 ms over 99 trials (detection 30 ms), against 25.9 /
-//! 29.9 ms for VXLAN in the same run, with 0 packets of the stream in clear text on the
-//! underlay (`cargo xtask bench failover`). The alternatives were not built or measured.
+//! the fast path in p50 26.9 ms, p99 37.9 ms over 98 trials (detection 30 ms), against 25.1 /
+//! 29.8 ms for VXLAN in the same run, with 0 packets of the stream in clear text on the
+//! underlay (`cargo xtask bench failover`, docs/BENCHMARKS.md). The alternatives were not
+//! built or measured.
 use aya_ebpf::{
     bindings::{TC_ACT_OK, TC_ACT_SHOT},
     helpers::bpf_redirect,
