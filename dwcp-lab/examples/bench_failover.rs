@@ -55,6 +55,8 @@ use dwcp_lab::lab::wait_for;
 use dwcp_lab::lab::MultiLinkLab;
 use dwcp_lab::lab::Side;
 use dwcp_lab::lab::MULTI_LAB_GROUP;
+use dwcp_tunnels::wireguard::uapi::find_in_path;
+use dwcp_tunnels::WireGuardImpl;
 
 const RATE_PPS: u32 = 10_000;
 const STREAM_PORT: u16 = 9000;
@@ -466,7 +468,11 @@ fn main() -> Result<()> {
     drop(lab);
 
     // The same trials on WireGuard links, A's underlay ports captured throughout.
-    let mut wg_lab = MultiLinkLab::build_wireguard("bfowg", 2, monitor)?;
+    // The backend gateways without the module use (and the only one this machine has).
+    let wireguard_go = WireGuardImpl::Userspace {
+        binary: find_in_path("wireguard-go").context("wireguard-go in PATH")?,
+    };
+    let mut wg_lab = MultiLinkLab::build_wireguard("bfowg", 2, monitor, wireguard_go)?;
     wg_lab.start_dataplanes()?;
     wg_lab.start_probers()?;
     let captures = wg_lab

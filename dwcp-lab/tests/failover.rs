@@ -31,6 +31,7 @@ use dwcp_lab::lab::MultiLinkLab;
 use dwcp_lab::lab::PinnedLinkMonitor;
 use dwcp_lab::lab::Side;
 use dwcp_lab::lab::MULTI_LAB_GROUP;
+use dwcp_tunnels::{kernel_support, TunnelType, WireGuardImpl};
 use tokio::sync::mpsc;
 
 static SERIAL: Mutex<()> = Mutex::new(());
@@ -617,6 +618,32 @@ fn after_a_prober_stall_traffic_resumes_with_the_first_replies_not_after_the_hol
     ignore = "privileged: needs root, BPF, network namespaces and wireguard-go (--features dwcp-lab/privileged)"
 )]
 fn a_cut_wireguard_link_fails_over_in_the_fast_path_without_clear_text() {
+    let binary = dwcp_tunnels::wireguard::uapi::find_in_path("wireguard-go")
+        .expect("wireguard-go in PATH (scripts/bootstrap.sh installs it)");
+    cut_wireguard_link("fowg", WireGuardImpl::Userspace { binary });
+}
+
+/// The same with kernel WireGuard, where the module loads; recorded as skipped elsewhere.
+#[test]
+#[cfg_attr(
+    not(feature = "privileged"),
+    ignore = "privileged: needs root, BPF, network namespaces and the wireguard module (--features dwcp-lab/privileged)"
+)]
+fn a_cut_kernel_wireguard_link_fails_over_in_the_fast_path_without_clear_text() {
+    let test =
+        "failover::a_cut_kernel_wireguard_link_fails_over_in_the_fast_path_without_clear_text";
+    if !kernel_support::probe(TunnelType::WireGuard).supported {
+        dwcp_lab::skip(
+            test,
+            "no `wireguard` kernel module here: the kernel backend's probes and failover \
+             are not tested on this machine (wireguard-go's are)",
+        );
+        return;
+    }
+    cut_wireguard_link("fowgk", WireGuardImpl::Kernel);
+}
+
+fn cut_wireguard_link(tag: &str, backend: WireGuardImpl) {
     use dwcp_lab::fail_closed::UnderlayCapture;
     let _turn = serial();
     // Detection after 10 intervals, as above: a VM pause must not expire the live tunnel.
@@ -624,7 +651,7 @@ fn a_cut_wireguard_link_fails_over_in_the_fast_path_without_clear_text() {
         detect_multiplier: 10,
         ..Default::default()
     };
-    let mut lab = MultiLinkLab::build_wireguard("fowg", 2, monitor).expect("build lab");
+    let mut lab = MultiLinkLab::build_wireguard(tag, 2, monitor, backend).expect("build lab");
     lab.start_dataplanes().expect("start dataplanes");
     lab.start_probers().expect("start probers");
     lab.wait_links_usable(LIMIT)

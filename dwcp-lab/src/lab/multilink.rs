@@ -13,8 +13,8 @@
 //! so the agent's objects can be dropped ([`MultiLinkLab::stop_agents`]) while the programs keep
 //! forwarding, and loaded again ([`MultiLinkLab::restart_agents`]).
 //!
-//! [`MultiLinkLab::build_wireguard`] makes every link a WireGuard tunnel instead (wireguard-go,
-//! `wg<i>` over `ul<i>`, tunnel addresses 10.254.i.1 and .2): next hop `i` hands off to it with
+//! [`MultiLinkLab::build_wireguard`] makes every link a WireGuard tunnel instead (wireguard-go
+//! or kernel WireGuard, `wg<i>` over `ul<i>`, tunnel addresses 10.254.i.1 and .2): next hop `i` hands off to it with
 //! mark `HANDOFF_FWMARK_BASE + i` (the tunnel manager's policy routing, unreachable default
 //! included), and the link is probed inside the tunnel (the WireGuard device's tc program).
 //! A cut wire then drops only ciphertext.
@@ -407,12 +407,14 @@ impl MultiLinkLab {
         })
     }
 
-    /// As [`MultiLinkLab::build`], with a wireguard-go tunnel over every link (see the module
-    /// documentation); waits until each has handshaken (a ping through it).
+    /// As [`MultiLinkLab::build`], with a WireGuard tunnel of backend `backend` (wireguard-go
+    /// or the kernel's) over every link (see the module documentation); waits until each has
+    /// handshaken (a ping through it).
     pub fn build_wireguard(
         tag: &str,
         n_links: usize,
         monitor: MonitorConfig,
+        backend: WireGuardImpl,
     ) -> Result<MultiLinkLab> {
         let mut lab = MultiLinkLab::build(tag, n_links, monitor)?;
         let rt = tokio::runtime::Builder::new_current_thread()
@@ -426,7 +428,7 @@ impl MultiLinkLab {
             let manager = |ns: &Netns, sub: &str| ManagerConfig {
                 netns: NetnsTarget::named(ns.name()),
                 state_dir: state.path().join(sub),
-                wireguard: WireGuardImpl::Auto,
+                wireguard: backend.clone(),
             };
             Ok::<_, LabError>([
                 TunnelManager::new(manager(&lab.a.gw, "a"))
