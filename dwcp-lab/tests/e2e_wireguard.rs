@@ -259,14 +259,23 @@ impl Lab {
     /// inside the tunnel), and gateway B's, its mirror image.
     fn probed_configs(&self) -> (String, String) {
         let link = "interface = \"{wg}\"\n";
-        let a = self.config().replacen(
-            &link.replace("{wg}", &self.wga),
-            &format!(
-                "interface = \"{}\"\nlocal_ip = \"10.254.0.1\"\npeer_ip = \"10.254.0.2\"\n",
-                self.wga
-            ),
-            1,
-        );
+        // Detection after 10 probe intervals (100 ms), not 3: a stall of this shared VM must
+        // not take the link down by itself.
+        let a = self
+            .config()
+            .replacen(
+                "[updater]",
+                "[probe]\ndetect_multiplier = 10\n\n[updater]",
+                1,
+            )
+            .replacen(
+                &link.replace("{wg}", &self.wga),
+                &format!(
+                    "interface = \"{}\"\nlocal_ip = \"10.254.0.1\"\npeer_ip = \"10.254.0.2\"\n",
+                    self.wga
+                ),
+                1,
+            );
         let b = a
             .replacen("name = \"gw-use1-a\"", "name = \"gw-euw1-a\"", 1)
             .replacen("region = \"us-east-1\"", "region = \"eu-west-1\"", 1)
@@ -477,6 +486,13 @@ cost_per_gb = 0.02
     /// The agent's Prometheus counter of fast-path reason `reason`, scraped from its /metrics
     /// endpoint inside A's namespace.
     fn scraped_reason(&self, reason: &str) -> u64 {
+        let key = format!("dwcp_fastpath_packets_total{{reason=\"{reason}\"}} ");
+        self.scraped(&key)
+    }
+
+    /// The value of the sample whose name and labels are `key` (with the trailing space) on
+    /// A's /metrics.
+    fn scraped(&self, key: &str) -> u64 {
         let text = self
             .ga
             .run_in(|| -> std::io::Result<String> {
@@ -489,9 +505,8 @@ cost_per_gb = 0.02
             })
             .unwrap()
             .unwrap();
-        let key = format!("dwcp_fastpath_packets_total{{reason=\"{reason}\"}} ");
         text.lines()
-            .find_map(|l| l.strip_prefix(&key))
+            .find_map(|l| l.strip_prefix(key))
             .unwrap_or_else(|| panic!("no {key} in /metrics:\n{text}"))
             .trim()
             .parse()
@@ -717,8 +732,8 @@ fn dir_is_empty(p: &Path) -> bool {
 /// Both gateways run the daemon with the link's tunnel addresses: each probes the link inside
 /// the tunnel and reflects the other's probes (the WireGuard device's tc program, attached by
 /// the daemon), so both ends measure its RTT and liveness in `LINK_STATE` as for a VXLAN link;
-/// a silent cut of the tunnel (its UDP dropped on B's underlay) takes the link down on A
-/// within the detection time, from the probes alone.
+/// a silent cut of the tunnel (its UDP dropped on B's underlay) takes the link down on A from
+/// the probes alone (a stale handshake would take 210 s).
 #[test]
 #[cfg_attr(
     not(feature = "privileged"),
@@ -789,6 +804,10 @@ fn both_daemons_probe_the_wireguard_link_inside_the_tunnel() {
         );
         assert!(after.srtt_ns > 0, "{end}: an RTT measured");
     }
+    // The link's probes reach the metrics as a VXLAN link's do.
+    let key = r#"dwcp_link_probes_received_total{link="use1-euw1",link_id="1"} "#;
+    let received = lab.scraped(key);
+    assert!(received > 0, "{key}{received}");
     let got = send_datagrams(&lab, 7310, 200, Duration::from_secs(5));
     assert_eq!(got.len(), 200, "delivered through the probed tunnel");
 

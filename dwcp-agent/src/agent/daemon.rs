@@ -284,9 +284,16 @@ impl Daemon {
 
     fn handle_input(&mut self, input: Input) {
         write_record(&mut self.record, &input);
+        if let Input::InterfaceGone { name } = &input {
+            let config = self.state.config().clone();
+            self.probes.forget_interface(&config, name);
+        }
         if matches!(
             input,
-            Input::Interface { .. } | Input::InterfaceGone { .. } | Input::Reload { .. }
+            Input::Interface { .. }
+                | Input::InterfaceGone { .. }
+                | Input::Address { .. }
+                | Input::Reload { .. }
         ) {
             self.handoffs_dirty = true;
         }
@@ -366,6 +373,9 @@ impl Daemon {
                 let problems = self.handoffs.sync(&config).await;
                 self.state.set_handoff_problems(problems);
                 attach_wg_probes(self.state.fast_path_mut(), &config);
+                // A link whose probe socket could not be opened (its device or address not
+                // there yet, as a WireGuard device created after us) gets another try.
+                self.probes.sync(&config);
             }
             let views = self.link_views.borrow().clone();
             self.state.set_link_views(views);
