@@ -79,6 +79,9 @@ pub mod programs {
     /// tc ingress (SchedClassifier) on the LAN side: sets `skb->mark` to the hand-off mark the
     /// LAN XDP program recorded for the packet's flow (the WireGuard hand-off).
     pub const LAN_HANDOFF_TC: &str = "dwcp_lan_tc";
+    /// tc ingress (SchedClassifier) on a WireGuard device: reflects and measures the probes
+    /// that travel inside the tunnel.
+    pub const WG_PROBE_TC: &str = "dwcp_wg_tc";
 }
 
 pub const MAX_ROUTES: u32 = 16_384;
@@ -335,7 +338,9 @@ pub struct NextHop {
     /// fwmark (the field is re-used so the map's value size, and pinned maps, stay as they
     /// were).
     pub vni: u32,
-    /// Outer source and destination IPv4 address, network byte order as bytes.
+    /// Outer source and destination IPv4 address, network byte order as bytes. For a hand-off
+    /// next hop: the link's tunnel addresses, between which it is probed (unspecified when it
+    /// is not).
     pub local_ip4: [u8; 4],
     pub remote_ip4: [u8; 4],
     /// Underlay neighbour to send to (the remote gateway, or a router in between).
@@ -363,6 +368,17 @@ impl NextHop {
             mtu: 0,
             inner_dst_mac: [0; 6],
             _pad: [0; 2],
+        }
+    }
+
+    /// This next hop with its link's probe endpoints: for a hand-off next hop, the tunnel
+    /// addresses its probes go between (what `dwcp-prober` probes while the agent is down);
+    /// nothing is sent to them by the fast path.
+    pub const fn with_ends(self, local_ip4: [u8; 4], remote_ip4: [u8; 4]) -> NextHop {
+        NextHop {
+            local_ip4,
+            remote_ip4,
+            ..self
         }
     }
 
@@ -646,12 +662,16 @@ pub enum Reason {
     TransitNoNeighbour = 45,
     /// A transit packet larger than its exit link's MTU: dropped.
     TransitTooBig = 46,
+    /// No member of a WireGuard hand-off group usable: handed off to the hashed member's
+    /// tunnel anyway (WireGuard encrypts it or its table's unreachable default drops it),
+    /// never passed up unmarked to the main table, which might route it in clear text.
+    HandoffNoLiveNextHop = 47,
 }
 
 pub const REASON_COUNT: u32 = 64;
 
 impl Reason {
-    pub const ALL: [Reason; 47] = [
+    pub const ALL: [Reason; 48] = [
         Reason::LanForwarded,
         Reason::LanPassNotIp,
         Reason::LanPassMalformed,
@@ -699,6 +719,7 @@ impl Reason {
         Reason::TransitExitDown,
         Reason::TransitNoNeighbour,
         Reason::TransitTooBig,
+        Reason::HandoffNoLiveNextHop,
     ];
 
     /// Stable snake_case name, used as a metric label and in the CLI.
@@ -732,6 +753,7 @@ impl Reason {
             Reason::HandoffWireGuard => "handoff_wireguard",
             Reason::HandoffNoEntry => "handoff_no_entry",
             Reason::HandoffTransit => "handoff_transit",
+            Reason::HandoffNoLiveNextHop => "handoff_no_live_nexthop",
             Reason::HandoffMarked => "handoff_marked",
             Reason::LanHeldDownFallback => "lan_held_down_fallback",
             Reason::LanPassOtherMac => "lan_pass_other_mac",

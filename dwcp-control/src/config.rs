@@ -365,10 +365,12 @@ pub struct LocalLinkSection {
     /// Underlay interface the link leaves on; for a `wireguard` link, the WireGuard device
     /// (created by the tunnel manager, not by the agent).
     pub interface: Spanned<String>,
-    /// Required for a `vxlan` link; optional (shown only) for a `wireguard` link.
+    /// Required for a `vxlan` link. For a `wireguard` link: our address inside the tunnel (on
+    /// the WireGuard device), where the peer's probes arrive.
     #[serde(default)]
     pub local_ip: Option<Spanned<IpAddr>>,
-    /// The peer gateway's underlay address (the tunnel's far end). Required for `vxlan`.
+    /// The peer gateway's underlay address (the tunnel's far end). Required for `vxlan`. For
+    /// a `wireguard` link: the peer's address inside the tunnel, where our probes go.
     #[serde(default)]
     pub peer_ip: Option<Spanned<IpAddr>>,
     /// `wireguard` only: the fwmark and routing table of the hand-off; default
@@ -389,7 +391,8 @@ pub struct LocalLinkSection {
     #[serde(default)]
     pub inner_dst_mac: Option<Spanned<Mac>>,
     /// Probed: the fast path uses the link only while it answers probes. Default true for
-    /// `vxlan`; a `wireguard` link cannot be probed (see [`LocalLink::handoff`]).
+    /// `vxlan`, and for a `wireguard` link whose `local_ip` and `peer_ip` are given (it is
+    /// probed inside the tunnel, see [`LocalLink::handoff`]).
     #[serde(default)]
     pub monitored: Option<Spanned<bool>>,
 }
@@ -607,10 +610,11 @@ pub struct LocalLink {
     pub monitored: bool,
     /// `Some` for a `wireguard` link: the fast path marks the packets and hands them to the
     /// kernel, where `ip rule fwmark <fwmark> lookup <table>` and `default dev <interface>
-    /// table <table>` send them into the WireGuard device. Such a link is not probed (the
-    /// probes cannot be reflected by XDP across a TUN device); its health is the device's
-    /// up/down state from netlink and the age of its latest handshake (UAPI). The address
-    /// fields (`local_ip`, `peer_ip`, `via_ip`) are unspecified unless given, shown only.
+    /// table <table>` send them into the WireGuard device. A monitored one is probed inside
+    /// the tunnel, from `local_ip` to `peer_ip` (the tunnel addresses; unspecified unless
+    /// given), and the WireGuard device's tc program reflects and measures the probes into
+    /// `LINK_STATE` as the underlay program does for VXLAN; its device's up/down state and
+    /// the age of its latest handshake count as well. `via_ip` is unspecified.
     pub handoff: Option<crate::config::Handoff>,
 }
 

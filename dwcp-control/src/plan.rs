@@ -303,14 +303,26 @@ pub fn base_state(
         }
         let iface = interfaces.get(&l.interface);
         if let Some(h) = &l.handoff {
-            // WireGuard: no VNI, no neighbour; the mark takes the packet to the device.
-            if lc != LinkConfig::default() {
+            // WireGuard: no VNI, no neighbour; the mark takes the packet to the device. A
+            // monitored link's probes travel inside the tunnel, between the tunnel addresses,
+            // directly connected (TTL 255) on the WireGuard device.
+            if l.monitored {
+                let ends = LinkEnds {
+                    local: l.local_ip,
+                    peer: l.peer_ip,
+                    via: l.peer_ip,
+                    ifindex: iface.map_or(0, |i| i.ifindex),
+                };
+                s.links
+                    .insert(l.link_id, with_link_ends(lc, ends, &config.monitor));
+            } else if lc != LinkConfig::default() {
                 s.links.insert(l.link_id, lc);
             }
             if let Some(iface) = iface {
                 s.nexthops.insert(
                     l.link_id,
-                    NextHop::handoff(l.link_id, iface.ifindex, h.fwmark),
+                    NextHop::handoff(l.link_id, iface.ifindex, h.fwmark)
+                        .with_ends(l.local_ip.octets(), l.peer_ip.octets()),
                 );
             }
             continue;

@@ -1206,9 +1206,9 @@ impl<F: FastPath> AgentState<F> {
                 Some(format!("interface {} down", l.interface)),
             ));
         }
-        // Without its address the link can neither be probed nor carry our tunnels. (A
-        // WireGuard link's address is shown only: the device carries the traffic.)
-        if !l.is_wireguard()
+        // Without its address the link can neither be probed nor carry our tunnels. (An
+        // unprobed WireGuard link's address is shown only: the device carries the traffic.)
+        if (!l.is_wireguard() || l.monitored)
             && !self
                 .addresses
                 .contains(&(iface.ifindex, std::net::IpAddr::V4(l.local_ip)))
@@ -2242,10 +2242,10 @@ impl<F: FastPath> AgentState<F> {
                 match health {
                     Some(LinkHealth::Down) => {
                         down = true;
-                        problems.push(if l.is_wireguard() {
-                            "link down".into()
-                        } else {
+                        problems.push(if l.monitored {
                             "link down (probes unanswered)".into()
+                        } else {
+                            "link down".into()
                         });
                     }
                     Some(LinkHealth::AdminDown) => {

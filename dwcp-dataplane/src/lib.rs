@@ -304,16 +304,17 @@ impl Dataplane {
                 .map_err(prog_err(name))?;
             prog.load().map_err(prog_err(name))?;
         }
-        let name = programs::LAN_HANDOFF_TC;
-        let prog: &mut SchedClassifier = ebpf
-            .program_mut(name)
-            .ok_or(DataplaneError::Program {
-                program: name,
-                source: Box::new(ProgramError::NotLoaded),
-            })?
-            .try_into()
-            .map_err(prog_err(name))?;
-        prog.load().map_err(prog_err(name))?;
+        for name in [programs::LAN_HANDOFF_TC, programs::WG_PROBE_TC] {
+            let prog: &mut SchedClassifier = ebpf
+                .program_mut(name)
+                .ok_or(DataplaneError::Program {
+                    program: name,
+                    source: Box::new(ProgramError::NotLoaded),
+                })?
+                .try_into()
+                .map_err(prog_err(name))?;
+            prog.load().map_err(prog_err(name))?;
+        }
         let groups_fd = batch::array_fd(&ebpf, names::NH_GROUPS)?;
         let active_fd = batch::array_fd(&ebpf, names::NH_ACTIVE)?;
         Ok(Dataplane {
@@ -380,9 +381,9 @@ impl Dataplane {
         attach_xdp(self.program(name)?, name, ifname)
     }
 
-    /// The loaded tc program of the WireGuard hand-off (`programs::LAN_HANDOFF_TC`).
-    pub fn handoff_tc_program(&mut self) -> Result<&mut SchedClassifier> {
-        let name = programs::LAN_HANDOFF_TC;
+    /// The loaded tc program `name`: `programs::LAN_HANDOFF_TC` (the WireGuard hand-off) or
+    /// `programs::WG_PROBE_TC` (the probes inside a WireGuard tunnel).
+    pub fn tc_program(&mut self, name: &'static str) -> Result<&mut SchedClassifier> {
         self.ebpf
             .program_mut(name)
             .ok_or(DataplaneError::Program {
@@ -393,15 +394,13 @@ impl Dataplane {
             .map_err(prog_err(name))
     }
 
-    /// Attaches the hand-off tc program to `ifname`'s ingress (in the calling thread's network
-    /// namespace), next to the LAN XDP program: through tcx (a `bpf_link`) on kernels >= 6.6,
-    /// else as a direct-action `cls_bpf` filter under a `clsact` qdisc, added if missing. The
-    /// link lives as long as this `Dataplane` (see [`Dataplane::attach_handoff_tc_pinned`]
-    /// for one that outlives the agent).
-    pub fn attach_handoff_tc(&mut self, ifname: &str) -> Result<SchedClassifierLinkId> {
-        let program = programs::LAN_HANDOFF_TC;
+    /// Attaches tc program `name` to `ifname`'s ingress (in the calling thread's network
+    /// namespace): through tcx (a `bpf_link`) on kernels >= 6.6, else as a direct-action
+    /// `cls_bpf` filter under a `clsact` qdisc, added if missing. The link lives as long as
+    /// this `Dataplane` (see [`Dataplane::attach_tc_pinned`] for one that outlives the agent).
+    pub fn attach_tc(&mut self, name: &'static str, ifname: &str) -> Result<SchedClassifierLinkId> {
         let tc_err = |detail: String| DataplaneError::TcAttach {
-            program,
+            program: name,
             ifname: ifname.to_string(),
             detail,
         };
@@ -416,18 +415,16 @@ impl Dataplane {
             }
         }
         let id = self
-            .handoff_tc_program()?
+            .tc_program(name)?
             .attach(ifname, TcAttachType::Ingress)
             .map_err(|e| tc_err(e.to_string()))?;
-        info!(program, ifname, "hand-off tc program attached (ingress)");
+        info!(program = name, ifname, "tc program attached (ingress)");
         Ok(id)
     }
 
-    /// Detaches what [`Dataplane::attach_handoff_tc`] attached.
-    pub fn detach_handoff_tc(&mut self, id: SchedClassifierLinkId) -> Result<()> {
-        self.handoff_tc_program()?
-            .detach(id)
-            .map_err(prog_err(programs::LAN_HANDOFF_TC))
+    /// Detaches what [`Dataplane::attach_tc`] attached.
+    pub fn detach_tc(&mut self, name: &'static str, id: SchedClassifierLinkId) -> Result<()> {
+        self.tc_program(name)?.detach(id).map_err(prog_err(name))
     }
 
     pub fn set_config(&mut self, cfg: GatewayConfig) -> Result<()> {

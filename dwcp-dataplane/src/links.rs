@@ -11,6 +11,8 @@ use aya::programs::{
     xdp::XdpLink,
 };
 
+use dwcp_common::maps::programs;
+
 use super::{AttachMode, Dataplane, DataplaneError, Result};
 
 /// Where the XDP link on `ifname` is pinned.
@@ -18,10 +20,16 @@ pub fn link_pin_path(pin_dir: &Path, ifname: &str) -> PathBuf {
     pin_dir.join("links").join(ifname)
 }
 
-/// Where the hand-off tc link on `ifname` is pinned: `links/<ifname>:tc` (`:` is not allowed
-/// in interface names, so it cannot meet an XDP link's pin).
-pub fn tc_link_pin_path(pin_dir: &Path, ifname: &str) -> PathBuf {
-    pin_dir.join("links").join(format!("{ifname}:tc"))
+/// Where tc program `program`'s link on `ifname` is pinned: `links/<ifname>:tc` for the
+/// hand-off, `links/<ifname>:wg` for the WireGuard probes (`:` is not allowed in interface
+/// names, so neither can meet an XDP link's pin).
+pub fn tc_link_pin_path(pin_dir: &Path, ifname: &str, program: &str) -> PathBuf {
+    let suffix = if program == programs::WG_PROBE_TC {
+        "wg"
+    } else {
+        "tc"
+    };
+    pin_dir.join("links").join(format!("{ifname}:{suffix}"))
 }
 
 /// What [`Dataplane::attach_pinned`] did.
@@ -87,15 +95,16 @@ impl Dataplane {
         Ok(LinkAdoption::Attached { mode, program_id })
     }
 
-    /// The hand-off tc program on `ifname`'s ingress behind a pinned tcx link, adopted and
-    /// replaced in place like [`Dataplane::attach_pinned`]'s XDP links. Needs tcx (kernel
+    /// tc program `name` (`LAN_HANDOFF_TC` or `WG_PROBE_TC`) on `ifname`'s ingress behind a
+    /// pinned tcx link, adopted and replaced in place like [`Dataplane::attach_pinned`]'s XDP
+    /// links (a pin whose interface has gone is replaced by a new link). Needs tcx (kernel
     /// >= 6.6): a netlink `cls_bpf` filter is not a `bpf_link` and cannot be pinned.
-    pub fn attach_handoff_tc_pinned(&mut self, ifname: &str) -> Result<LinkAdoption> {
+    pub fn attach_tc_pinned(&mut self, name: &'static str, ifname: &str) -> Result<LinkAdoption> {
         let dir = self
             .pin_dir
             .clone()
             .ok_or_else(|| link_err(ifname, "pinned links", "need a pin directory"))?;
-        let path = tc_link_pin_path(&dir, ifname);
+        let path = tc_link_pin_path(&dir, ifname, name);
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent).map_err(|source| DataplaneError::PinDir {
                 path: parent.to_path_buf(),
@@ -103,7 +112,7 @@ impl Dataplane {
             })?;
         }
         if path.exists() {
-            match self.replace_pinned_tc(ifname, &path) {
+            match self.replace_pinned_tc(name, ifname, &path) {
                 Ok(adopted) => return Ok(adopted),
                 Err(e) => {
                     tracing::warn!(ifname, error = %e, "pinned tc link unusable; attaching anew");
@@ -111,9 +120,9 @@ impl Dataplane {
                 }
             }
         }
-        let id = self.attach_handoff_tc(ifname)?;
+        let id = self.attach_tc(name, ifname)?;
         let link = self
-            .handoff_tc_program()?
+            .tc_program(name)?
             .take_link(id)
             .map_err(|e| link_err(ifname, "take tc link", e))?;
         let fd_link: FdLink = link.try_into().map_err(|e| {
@@ -136,7 +145,12 @@ impl Dataplane {
         })
     }
 
-    fn replace_pinned_tc(&mut self, ifname: &str, path: &Path) -> Result<LinkAdoption> {
+    fn replace_pinned_tc(
+        &mut self,
+        name: &'static str,
+        ifname: &str,
+        path: &Path,
+    ) -> Result<LinkAdoption> {
         let pinned =
             PinnedLink::from_pin(path).map_err(|e| link_err(ifname, "open pinned tc link", e))?;
         let fd_link: FdLink = pinned.into();
@@ -146,7 +160,7 @@ impl Dataplane {
             .program_id();
         let tc_link = SchedClassifierLink::try_from(fd_link)
             .map_err(|e| link_err(ifname, "not a tcx link", e))?;
-        let prog = self.handoff_tc_program()?;
+        let prog = self.tc_program(name)?;
         let id = prog
             .attach_to_link(tc_link)
             .map_err(|e| link_err(ifname, "bpf_link_update (tc)", e))?;

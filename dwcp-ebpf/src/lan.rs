@@ -424,7 +424,26 @@ fn forward(ctx: &XdpContext) -> Result<u32, Reason> {
     let bucket = bounded(bucket_of(hash), NHG_BUCKETS).ok_or(Reason::LanPassNoGroup)?;
     let member = table.buckets[bucket] as u32;
     let mut clock = Clock(0);
-    let (nh_id, nh, source_route) = pick_nexthop(table, member, &mut clock)?;
+    let (nh_id, nh, source_route) = match pick_nexthop(table, member, &mut clock) {
+        Ok(picked) => picked,
+        Err(reason) => {
+            // Fail closed: with no usable member, a hand-off group's packet still goes to the
+            // hashed member's WireGuard device (which encrypts it, or whose table's
+            // unreachable default drops it); passed up unmarked it would meet the main table,
+            // which may route it out in clear text.
+            let m = (member as usize) & (MAX_GROUP_MEMBERS - 1);
+            let id = table.nexthops[m];
+            match NEXTHOPS.get(id) {
+                Some(nh)
+                    if nh.flags & NH_F_HANDOFF != 0 && reason == Reason::LanPassNoLiveNextHop =>
+                {
+                    count(Reason::HandoffNoLiveNextHop);
+                    (id, nh, [0; 4])
+                }
+                _ => return Err(reason),
+            }
+        }
+    };
 
     let frame_len = ctx.data_end() - ctx.data();
     if nh.flags & NH_F_HANDOFF != 0 {

@@ -7,6 +7,7 @@ use dwcp_ebpf::headers;
 mod lan;
 mod maps;
 mod parse;
+mod probe;
 mod stats;
 mod tc;
 mod underlay;
@@ -33,6 +34,12 @@ pub fn dwcp_underlay(ctx: XdpContext) -> u32 {
 #[classifier]
 pub fn dwcp_lan_tc(ctx: TcContext) -> i32 {
     tc::lan_tc(&ctx)
+}
+
+/// tc ingress on a WireGuard device: probes inside the tunnel (see `tc`).
+#[classifier]
+pub fn dwcp_wg_tc(ctx: TcContext) -> i32 {
+    tc::wg_probe_tc(&ctx)
 }
 
 #[cfg(not(test))]

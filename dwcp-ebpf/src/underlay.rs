@@ -9,17 +9,16 @@
 //! goes up to the kernel untouched.
 use aya_ebpf::{
     bindings::{bpf_fib_lookup, xdp_action, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS},
-    helpers::{bpf_fib_lookup as fib_lookup, bpf_ktime_get_ns, bpf_xdp_adjust_head},
+    helpers::{bpf_fib_lookup as fib_lookup, bpf_xdp_adjust_head},
     programs::XdpContext,
 };
-use dwcp_common::{
-    probe::*, wire::*, LinkConfig, LinkState, NeighbourKey, Reason, NH_F_HANDOFF, NH_F_VALID,
-};
+use dwcp_common::{probe::*, wire::*, NeighbourKey, Reason, NH_F_HANDOFF, NH_F_VALID};
 
 use crate::{
     headers::{csum_replace2, ptr_at, EthHdr, Ipv4Hdr, Ipv6Hdr, UdpHdr, VxlanHdr},
     lan,
     maps::*,
+    probe::{self, Taken},
     stats::{count, count_nexthop},
 };
 
@@ -75,150 +74,25 @@ fn try_underlay(ctx: &XdpContext) -> Result<u32, Reason> {
     }
 }
 
-#[inline(always)]
-fn be64(b: &[u8; PROBE_LEN], at: usize) -> u64 {
-    let mut v = 0u64;
-    let mut i = 0;
-    while i < 8 {
-        v = (v << 8) | b[at + i] as u64;
-        i += 1;
-    }
-    v
-}
-
 /// A probe is taken only from its link's peer, to our address on the link, on the link's
 /// interface, with the link's TTL (GTSM); a request is then reflected (rate-limited), a reply
-/// measured if its token is ours and its send time fresh.
+/// measured if its token is ours and its send time fresh (`probe::take`).
 #[inline(always)]
 fn probe(ctx: &XdpContext, ip: &Ipv4Hdr) -> Result<u32, Reason> {
-    let body: *mut [u8; PROBE_LEN] = ptr_at(ctx, L4 + UDP_HLEN).ok_or(Reason::UnderlayProbeBad)?;
-    let b = unsafe { &mut *body };
-    let magic = u32::from_be_bytes([b[0], b[1], b[2], b[3]]);
-    if magic != PROBE_MAGIC
-        || b[4] != PROBE_VERSION
-        || ctx.data_end() - ctx.data() != L4 + UDP_HLEN + PROBE_LEN
-    {
-        return Err(Reason::UnderlayProbeBad);
+    let (body, taken) = probe::take(ctx, L4, ctx.ingress_ifindex() as u32, ip)?;
+    if taken != Taken::Reflect {
+        return Ok(xdp_action::XDP_DROP);
     }
-    let link_id = u32::from_be_bytes([b[8], b[9], b[10], b[11]]);
-    let Some(cfg) = LINK_CONFIG.get(link_id) else {
-        return dropped(Reason::UnderlayProbeStranger);
-    };
-    if ip.src != u32::from_ne_bytes(cfg.peer_ip4)
-        || ip.dst != u32::from_ne_bytes(cfg.local_ip4)
-        || ctx.ingress_ifindex() as u32 != cfg.ifindex
-    {
-        return dropped(Reason::UnderlayProbeStranger);
-    }
-    if ip.ttl < cfg.probe_min_ttl {
-        return dropped(Reason::UnderlayProbeTtl);
-    }
-    let Some(st) = LINK_STATE.get_ptr_mut(link_id) else {
-        return dropped(Reason::UnderlayProbeStranger);
-    };
-    let st = unsafe { &mut *st };
-    let now = unsafe { bpf_ktime_get_ns() };
-    match b[5] {
-        PROBE_KIND_REQUEST => {
-            if !reflect_allowed(st, cfg, now) {
-                return dropped(Reason::UnderlayProbeRateLimited);
-            }
-            reflect(ctx, b)?;
-            st.reflected += 1;
-            count(Reason::UnderlayProbeReflected);
-            Ok(xdp_action::XDP_TX)
-        }
-        PROBE_KIND_REPLY => {
-            let seq = u32::from_be_bytes([b[12], b[13], b[14], b[15]]);
-            let tx_ns = be64(b, 16);
-            let Some(key) = (unsafe { PROBE_KEYS.get(link_id) }) else {
-                return dropped(Reason::UnderlayProbeBadToken);
-            };
-            if probe_token(key, link_id, seq, tx_ns) != be64(b, 24) {
-                return dropped(Reason::UnderlayProbeBadToken);
-            }
-            // Sent by us (the token says so) recently, and after the last reply taken: an
-            // old reply replayed, or one reflected twice, is not a sign of life.
-            if tx_ns > now || now - tx_ns > PROBE_MAX_AGE_NS || tx_ns <= st.last_tx_ns {
-                return dropped(Reason::UnderlayProbeStale);
-            }
-            st.last_tx_ns = tx_ns;
-            measure(st, now, now - tx_ns, seq, cfg.detect_ns);
-            count(Reason::UnderlayProbeReply);
-            Ok(xdp_action::XDP_DROP)
-        }
-        _ => Err(Reason::UnderlayProbeBad),
-    }
-}
-
-/// The reflection limiter, a GCRA (the virtual-scheduling form of a token bucket): a request
-/// passes while the theoretical arrival time is at most `reflect_burst - 1` gaps ahead of now.
-#[inline(always)]
-fn reflect_allowed(st: &mut LinkState, cfg: &LinkConfig, now: u64) -> bool {
-    let gap = cfg.reflect_gap_ns as u64;
-    if gap == 0 {
-        return false;
-    }
-    let tat = if st.reflect_tat_ns > now {
-        st.reflect_tat_ns
-    } else {
-        now
-    };
-    if tat - now > gap * cfg.reflect_burst.saturating_sub(1) as u64 {
-        return false;
-    }
-    st.reflect_tat_ns = tat + gap;
-    true
-}
-
-/// Turns one reply into link state. RTT smoothing as TCP (RFC 6298, alpha 1/8), jitter as
-/// RTP (RFC 3550: J += (|D| - J) / 16, D the change of RTT between consecutive replies).
-#[inline(always)]
-fn measure(st: &mut LinkState, now: u64, rtt: u64, seq: u32, detect_ns: u64) {
-    let gap = st.last_reply_ns == 0 || now - st.last_reply_ns > detect_ns;
-    st.good_streak = if gap {
-        1
-    } else {
-        st.good_streak.saturating_add(1)
-    };
-    if st.srtt_ns == 0 {
-        st.srtt_ns = rtt;
-    } else {
-        st.srtt_ns = st.srtt_ns - (st.srtt_ns >> 3) + (rtt >> 3);
-        let d = rtt.abs_diff(st.last_rtt_ns);
-        if d > st.jitter_ns {
-            st.jitter_ns += (d - st.jitter_ns) >> 4;
-        } else {
-            st.jitter_ns -= (st.jitter_ns - d) >> 4;
-        }
-    }
-    st.last_rtt_ns = rtt;
-    st.last_seq = seq;
-    st.replies += 1;
-    st.last_reply_ns = now;
-}
-
-/// Turns a request around in place: swapped MACs, IPs and ports (the IPv4 checksum is a sum,
-/// unchanged by the swap), TTL 255 again (the reply is a probe sent by us), kind = reply, UDP
-/// checksum cleared. Nothing of ours goes in: the RTT is the sender's clock minus its own
-/// `tx_ns`, and the token goes back as it came.
-#[inline(always)]
-fn reflect(ctx: &XdpContext, b: &mut [u8; PROBE_LEN]) -> Result<(), Reason> {
     let eth: *mut EthHdr = ptr_at(ctx, 0).ok_or(Reason::UnderlayProbeBad)?;
     let ip: *mut Ipv4Hdr = ptr_at(ctx, ETH_HLEN).ok_or(Reason::UnderlayProbeBad)?;
     let udp: *mut UdpHdr = ptr_at(ctx, L4).ok_or(Reason::UnderlayProbeBad)?;
-    let words = ip as *mut u16;
+    // SAFETY: bounds-checked pointers into the packet.
     unsafe {
         core::mem::swap(&mut (*eth).dst, &mut (*eth).src);
-        core::mem::swap(&mut (*ip).src, &mut (*ip).dst);
-        let old = *words.add(4);
-        (*ip).ttl = PROBE_TTL;
-        (*ip).check = csum_replace2((*ip).check, old, *words.add(4));
-        core::mem::swap(&mut (*udp).sport, &mut (*udp).dport);
-        (*udp).check = 0;
+        probe::turn_around(&mut *ip, &mut *udp, &mut *body);
     }
-    b[5] = PROBE_KIND_REPLY;
-    Ok(())
+    count(Reason::UnderlayProbeReflected);
+    Ok(xdp_action::XDP_TX)
 }
 
 /// Takes VXLAN for a VNI of ours, when it comes from the VNI's link: from its peer, on its

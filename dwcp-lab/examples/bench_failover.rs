@@ -16,6 +16,12 @@
 //!   rewrites the next-hop group without the dead link (the way BFD + a routing daemon +
 //!   the FIB do it).
 //!
+//! And a third row, measured in the same run on a second lab of the same shape whose links are
+//! WireGuard tunnels (`MultiLinkLab::build_wireguard`: wireguard-go, hand-off next hops,
+//! probes inside the tunnels): the fast path's failover of encrypted links, with a capture
+//! of gateway A's underlay ports counting the stream's packets seen in clear text
+//! (`wg_cleartext`, to be 0).
+//!
 //! Also measured: the probe cost on quiet links (probes/s per link, CPU of the prober
 //! thread). Run: `cargo xtask bench failover [--trials N]`. Needs root. Writes
 //! `target/bench/failover.json`; prints the Markdown report on stdout.
@@ -41,6 +47,7 @@ use dwcp_common::{maps::names, Counters, LinkConfig, Reason};
 use dwcp_dataplane::Dataplane;
 use dwcp_dataplane::Member;
 use dwcp_dataplane::PinnedMaps;
+use dwcp_lab::fail_closed::UnderlayCapture;
 use dwcp_lab::lab::stream::delivery_gaps;
 use dwcp_lab::lab::stream::PacedSender;
 use dwcp_lab::lab::stream::StreamReceiver;
@@ -48,6 +55,8 @@ use dwcp_lab::lab::wait_for;
 use dwcp_lab::lab::MultiLinkLab;
 use dwcp_lab::lab::Side;
 use dwcp_lab::lab::MULTI_LAB_GROUP;
+use dwcp_tunnels::wireguard::uapi::find_in_path;
+use dwcp_tunnels::WireGuardImpl;
 
 const RATE_PPS: u32 = 10_000;
 const STREAM_PORT: u16 = 9000;
@@ -328,7 +337,8 @@ fn set_kernel_detection(dp: &mut Dataplane, lab: &MultiLinkLab, detect_ns: u64) 
     Ok(())
 }
 
-fn run_mode(lab: &mut MultiLinkLab, mode: Mode, trials: usize) -> Result<ModeResult> {
+/// `trials` trials of `mode`, labelled `name` in the report.
+fn run_mode(lab: &mut MultiLinkLab, mode: Mode, name: &str, trials: usize) -> Result<ModeResult> {
     let stats = NhStats::open(lab)?;
     let mut result = ModeResult::default();
     let stop = Arc::new(AtomicBool::new(false));
@@ -344,7 +354,7 @@ fn run_mode(lab: &mut MultiLinkLab, mode: Mode, trials: usize) -> Result<ModeRes
             lab.wait_links_usable(LIMIT)?;
             std::thread::sleep(Duration::from_millis(100));
             let port = 30_000 + (t as u16) * 7 + if mode == Mode::Agent { 3 } else { 0 };
-            let label = format!("{mode:?} trial {}/{trials}", t + 1);
+            let label = format!("{name} trial {}/{trials}", t + 1);
             trial(lab, mode, &stats, port, &mut result, &label)?;
         }
         Ok(())
@@ -446,11 +456,41 @@ fn main() -> Result<()> {
         cost.probes_per_s_per_link,
         cost.cpu_share * 100.0
     );
-    let kernel = run_mode(&mut lab, Mode::Kernel, trials)?;
-    let agent = run_mode(&mut lab, Mode::Agent, trials)?;
+    let kernel = run_mode(&mut lab, Mode::Kernel, "Kernel", trials)?;
+    let agent = run_mode(&mut lab, Mode::Agent, "Agent", trials)?;
+    // The configuration and machine of this run, for the prose below.
+    let n_links = lab.links.len();
+    let prober_priority = lab
+        .prober_rt_priority
+        .map_or("the normal class".to_string(), |p| {
+            format!("the `SCHED_FIFO` class at priority {p}")
+        });
+    drop(lab);
+
+    // The same trials on WireGuard links, A's underlay ports captured throughout.
+    // The backend gateways without the module use (and the only one this machine has).
+    let wireguard_go = WireGuardImpl::Userspace {
+        binary: find_in_path("wireguard-go").context("wireguard-go in PATH")?,
+    };
+    let mut wg_lab = MultiLinkLab::build_wireguard("bfowg", 2, monitor, wireguard_go)?;
+    wg_lab.start_dataplanes()?;
+    wg_lab.start_probers()?;
+    let captures = wg_lab
+        .links
+        .iter()
+        .map(|l| UnderlayCapture::start(&wg_lab.a.gw, &l.ifname))
+        .collect::<Result<Vec<_>, _>>()?;
+    let wg = run_mode(&mut wg_lab, Mode::Kernel, "WireGuard", trials)?;
+    let (mut wg_cleartext, mut wg_encrypted) = (0, 0);
+    for c in captures {
+        let (clear, encrypted) = c.finish()?;
+        wg_cleartext += clear;
+        wg_encrypted += encrypted;
+    }
+    drop(wg_lab);
     let load_after = load_average();
 
-    for (name, r) in [("kernel", &kernel), ("agent", &agent)] {
+    for (name, r) in [("kernel", &kernel), ("agent", &agent), ("wireguard", &wg)] {
         if r.windows_ms.len() < 20 {
             bail!(
                 "{name}: only {} trials measured: {:?}",
@@ -461,15 +501,9 @@ fn main() -> Result<()> {
     }
     let (p50, p99, max, min) = summary(&kernel.windows_ms);
     let (ap50, ap99, amax, amin) = summary(&agent.windows_ms);
+    let (wp50, wp99, wmax, wmin) = summary(&wg.windows_ms);
     let detect_ms = monitor.detect_ns() as f64 / 1e6;
     let interval_ms = monitor.interval.as_secs_f64() * 1e3;
-    // The configuration and machine of this run, for the prose below.
-    let n_links = lab.links.len();
-    let prober_priority = lab
-        .prober_rt_priority
-        .map_or("the normal class".to_string(), |p| {
-            format!("the `SCHED_FIFO` class at priority {p}")
-        });
     let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
 
     let json = serde_json::json!({
@@ -493,11 +527,21 @@ fn main() -> Result<()> {
             "probes_per_s_per_link": cost.probes_per_s_per_link,
             "prober_cpu_percent": cost.cpu_share * 100.0,
             "prober_cpu_us_per_probe": cost.cpu_us_per_probe,
+            "wg_trials": wg.windows_ms.len(),
+            "wg_p50_ms": wp50,
+            "wg_p99_ms": wp99,
+            "wg_max_ms": wmax,
+            "wg_cleartext": wg_cleartext,
+            "wg_encrypted_packets_seen": wg_encrypted,
+            "wg_failback_lost": wg.failback_lost,
+            "wg_other_lost": wg.other_lost,
         },
+        "wg_windows_ms": wg.windows_ms,
+        "wg_trials": wg.details,
         "kernel_windows_ms": kernel.windows_ms,
         "agent_windows_ms": agent.windows_ms,
-        "anomalies": kernel.anomalies.iter().chain(&agent.anomalies).collect::<Vec<_>>(),
-        "left_out_sender_stalled": { "kernel": kernel.sender_stalled, "agent": agent.sender_stalled },
+        "anomalies": kernel.anomalies.iter().chain(&agent.anomalies).chain(&wg.anomalies).collect::<Vec<_>>(),
+        "left_out_sender_stalled": { "kernel": kernel.sender_stalled, "agent": agent.sender_stalled, "wireguard": wg.sender_stalled },
         "kernel_trials": kernel.details,
         "agent_trials": agent.details,
         "load_average": { "before": load_before, "after": load_after },
@@ -537,23 +581,41 @@ fn main() -> Result<()> {
             amin
         )
     );
+    println!(
+        "{}",
+        row(
+            "fast path, WireGuard links (probes inside the tunnels)",
+            &wg,
+            wp50,
+            wp99,
+            wmax,
+            wmin
+        )
+    );
     println!("\n- p99 of the fast path: **{p99:.1} ms**, {:.2} x the agent-driven baseline measured in the same run ({ap99:.1} ms); target < 50 ms.", p99 / ap99);
+    println!("- WireGuard links (wireguard-go): p99 **{wp99:.1} ms** over {} trials (target < 50 ms); packets from or to the LANs seen in clear text on gateway A's underlay ports during those trials: **{wg_cleartext}** (and {wg_encrypted} WireGuard datagrams). The flow is handed to the kernel with the tunnel's mark (policy routing into the WireGuard device); each tunnel is probed inside itself and the WireGuard device's tc program reflects and measures the probes, so the LAN program skips a dead tunnel by the same rule as a dead VXLAN link. Its \"lost elsewhere\" ({} datagrams, listed below as WireGuard trials) is loss after the hand-off: in those gaps gateway A's fast path had a live tunnel (it passed nothing up for lack of one); the datagrams were lost on the way through the wireguard-go daemons (userspace, normal scheduling class), not located further.", wg.windows_ms.len(), wg.other_lost);
     println!("- For reference (published defaults, not measured here): FRR BFD detects in 900 ms (3 x 300 ms), BIRD in about 500 ms; the seed promises failover under 1 s. The p99 above is {:.0} x shorter than 900 ms, {:.0} x shorter than 500 ms, {:.0} x shorter than 1 s.", 900.0 / p99, 500.0 / p99, 1000.0 / p99);
     println!("- Probe cost, quiet links over {} s: {:.1} probes/s per link and direction; the prober thread used {:.2} % of one core per gateway ({n_links} links), that is {:.1} us of the prober's CPU per probe sent. The prober's CPU covers sending (timers, syscall, UDP/IP, veth) and its 100 Hz read of `LINK_STATE` for the re-probe backoff and write of `PROBE_SENT`; the XDP reflection and measurement are not in this figure.", QUIET.as_secs(), cost.probes_per_s_per_link, cost.cpu_share * 100.0, cost.cpu_us_per_probe);
-    if !kernel.anomalies.is_empty() || !agent.anomalies.is_empty() {
+    if !kernel.anomalies.is_empty() || !agent.anomalies.is_empty() || !wg.anomalies.is_empty() {
         println!(
             "- Anomalies: {:?}",
             kernel
                 .anomalies
                 .iter()
                 .chain(&agent.anomalies)
+                .chain(&wg.anomalies)
                 .collect::<Vec<_>>()
         );
     }
-    for g in kernel.other_gaps.iter().chain(&agent.other_gaps) {
+    for g in kernel
+        .other_gaps
+        .iter()
+        .chain(&agent.other_gaps)
+        .chain(&wg.other_gaps)
+    {
         println!("- Lost elsewhere: {g}.");
     }
-    println!("\nMethod: network-namespace lab, two gateways joined by two veth links, each through a wire namespace with a bridge where the cut is an nftables drop rule (so neither gateway sees a carrier change). The sender is paced with absolute `clock_nanosleep` deadlines; every datagram carries its sequence number and `CLOCK_MONOTONIC` send time. Loss window = send time of the first datagram delivered after the gap minus send time of the first lost one. The sender achieved {:.0} datagrams/s on average (fast-path phase). The probers run in {prober_priority} (the lab's setting; `dwcp-prober --rt-priority N` on a gateway), the sender and the receiver in the `SCHED_FIFO` class at priority {TRAFFIC_RT_PRIORITY}, the baseline's agent loop in the normal class (as an agent daemon would). A trial whose sender paused more than {max_pause_ms} ms between the cut and the end of the gap is left out (its window would read short) and counted as left out. Percentiles are nearest-rank; with fewer than 100 trials the p99 is the maximum. Per-trial details (every gap, the nft command's duration, the sender's longest pause) are in `target/bench/failover.json`. Each trial uses a new UDP source port (new flow), finds the link carrying it from the per-next-hop counters, cuts that link {before_cut_ms} ms into the flow, heals it {cut_for_ms} ms later and waits for the flow to return. Load average (1/5/15 min) before: {load_before}; after: {load_after} -- the machine has {cpus} CPUs available to this run; with other work on it the tail includes scheduling delays of the sender and the receiver threads.", kernel.sent as f64 / kernel.streamed.as_secs_f64(), max_pause_ms = MAX_SENDER_PAUSE_NS as f64 / 1e6, before_cut_ms = BEFORE_CUT.as_millis(), cut_for_ms = CUT_FOR.as_millis());
+    println!("\nMethod: network-namespace lab, two gateways joined by two veth links, each through a wire namespace with a bridge where the cut is an nftables drop rule (so neither gateway sees a carrier change); the WireGuard row on a second lab of the same shape, built after the first is removed, with a wireguard-go tunnel over each link (the cut drops its ciphertext) and an AF_PACKET capture on both of gateway A's underlay ports for all its trials. The sender is paced with absolute `clock_nanosleep` deadlines; every datagram carries its sequence number and `CLOCK_MONOTONIC` send time. Loss window = send time of the first datagram delivered after the gap minus send time of the first lost one. The sender achieved {:.0} datagrams/s on average (fast-path phase). The probers run in {prober_priority} (the lab's setting; `dwcp-prober --rt-priority N` on a gateway), the sender and the receiver in the `SCHED_FIFO` class at priority {TRAFFIC_RT_PRIORITY}, the baseline's agent loop in the normal class (as an agent daemon would). A trial whose sender paused more than {max_pause_ms} ms between the cut and the end of the gap is left out (its window would read short) and counted as left out. Percentiles are nearest-rank; with fewer than 100 trials the p99 is the maximum. Per-trial details (every gap, the nft command's duration, the sender's longest pause) are in `target/bench/failover.json`. Each trial uses a new UDP source port (new flow), finds the link carrying it from the per-next-hop counters, cuts that link {before_cut_ms} ms into the flow, heals it {cut_for_ms} ms later and waits for the flow to return. Load average (1/5/15 min) before: {load_before}; after: {load_after} -- the machine has {cpus} CPUs available to this run; with other work on it the tail includes scheduling delays of the sender and the receiver threads.", kernel.sent as f64 / kernel.streamed.as_secs_f64(), max_pause_ms = MAX_SENDER_PAUSE_NS as f64 / 1e6, before_cut_ms = BEFORE_CUT.as_millis(), cut_for_ms = CUT_FOR.as_millis());
     println!("\nMeaning: the window is the detection time (no reply for {detect_ms:.0} ms, counted from the last reply before the cut, so {:.0} to {detect_ms:.0} ms after the cut with probes every {interval_ms:.0} ms) plus the time until the next datagram; the fast path needs no userspace step after detection. The baseline adds the agent's poll period and the group rewrite. \"Lost at failback\" counts datagrams lost after the heal (the flow moving back to its link); \"lost elsewhere\" counts gaps other than the failover one before the heal (each is listed above with the packets gateway A passed up for lack of a live next hop in that trial: if those match, the backup link too was considered dead for that long).", (detect_ms - interval_ms).max(0.0));
     Ok(())
 }

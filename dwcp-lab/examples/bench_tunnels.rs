@@ -629,7 +629,7 @@ fn fast_path_handoff(ns: &Netns, wg: &str, mark: u32) -> Result<(Dataplane, Atta
             },
         )?;
         let (_, mode) = dp.attach(programs::LAN_INGRESS, "lan")?;
-        dp.attach_handoff_tc("lan")?;
+        dp.attach_tc(programs::LAN_HANDOFF_TC, "lan")?;
         Ok((dp, mode))
     })?
 }

@@ -277,30 +277,36 @@ pub struct FailClosedLab {
 
 impl Drop for FailClosedLab {
     fn drop(&mut self) {
-        // wireguard-go outlives a deleted namespace (its sockets keep it alive): stop this
-        // lab's daemons before their namespaces go.
-        for ns in [&self.ga, &self.gb] {
-            for (pid, cmd) in ns.processes() {
-                if cmd.contains("wireguard-go") {
-                    // SAFETY: kill(2) on a daemon this lab started inside its own namespace.
-                    unsafe { libc::kill(pid, libc::SIGTERM) };
-                }
-            }
-        }
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline
-            && [&self.ga, &self.gb].iter().any(|ns| {
-                ns.processes()
-                    .iter()
-                    .any(|(_, c)| c.contains("wireguard-go"))
-            })
-        {
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        stop_wireguard_go(&[&self.ga, &self.gb]);
     }
 }
 
-fn wireguard(
+/// Stops the wireguard-go daemons running in `namespaces` (SIGTERM, then waits up to 5 s):
+/// wireguard-go outlives a deleted namespace (its sockets keep it alive), so a lab stops its
+/// daemons before its namespaces go.
+pub(crate) fn stop_wireguard_go(namespaces: &[&Netns]) {
+    for ns in namespaces {
+        for (pid, cmd) in ns.processes() {
+            if cmd.contains("wireguard-go") {
+                // SAFETY: kill(2) on a daemon the lab started inside its own namespace.
+                unsafe { libc::kill(pid, libc::SIGTERM) };
+            }
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline
+        && namespaces.iter().any(|ns| {
+            ns.processes()
+                .iter()
+                .any(|(_, c)| c.contains("wireguard-go"))
+        })
+    {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A wireguard-go tunnel `name` with one peer, keepalive 25 s.
+pub(crate) fn wireguard(
     name: &str,
     address: &str,
     port: u16,

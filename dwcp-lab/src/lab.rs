@@ -46,14 +46,16 @@ pub mod stream;
 pub use pass::PassProgram;
 
 pub use multilink::{
-    ports_on_nexthop, udp_flow_nexthop, wait_for, LinkCut, MultiLinkLab, PinnedLinkMonitor,
-    ProberThread, Side, UnderlayLink, MULTI_LAB_GROUP, MULTI_LAB_VNI_BASE,
+    ports_on_nexthop, tunnel_ip, udp_flow_nexthop, wait_for, LinkCut, MultiLinkLab,
+    PinnedLinkMonitor, ProberThread, Side, UnderlayLink, MULTI_LAB_GROUP, MULTI_LAB_VNI_BASE,
 };
 
 #[derive(Debug, Error)]
 pub enum LabError {
     #[error(transparent)]
     Netlab(#[from] NetlabError),
+    #[error("WireGuard tunnels: {0}")]
+    Wireguard(String),
     // Boxed: these two are large, and every lab call returns this error type.
     #[error(transparent)]
     Dataplane(Box<DataplaneError>),
@@ -249,6 +251,7 @@ fn program_gateway(
         local_mac,
         remote_mac,
         monitor: None,
+        handoff: None,
     };
     let remote_prefix = remote.prefix;
     let r = local
@@ -279,6 +282,10 @@ pub struct GatewayPath {
     /// `Some`: the link is monitored, with these settings (else only its underlay identity
     /// is in `LINK_CONFIG`, with the default probe rate for reflection).
     pub monitor: Option<MonitorConfig>,
+    /// `Some(fwmark)`: a WireGuard link, handed off to the kernel with this mark (policy
+    /// routing into the device `ifindex`); `local_ip` and `remote_ip` are then the tunnel's
+    /// addresses, between which it is probed, and the MACs and VNI are unused.
+    pub handoff: Option<u32>,
 }
 
 /// A gateway's LAN port.
@@ -333,6 +340,24 @@ pub fn paths_state(
     let mut s = ForwardingState::default();
     lan.add_to(&mut s);
     for p in paths {
+        let monitor = p.monitor.unwrap_or_default();
+        let liveness = p.monitor.map(|m| m.link_config()).unwrap_or_default();
+        let ends = LinkEnds {
+            local: p.local_ip,
+            peer: p.remote_ip,
+            via: p.remote_ip,
+            ifindex: p.ifindex,
+        };
+        s.links
+            .insert(p.link_id, with_link_ends(liveness, ends, &monitor));
+        if let Some(mark) = p.handoff {
+            s.nexthops.insert(
+                p.nexthop,
+                NextHop::handoff(p.link_id, p.ifindex, mark)
+                    .with_ends(p.local_ip.octets(), p.remote_ip.octets()),
+            );
+            continue;
+        }
         s.ports.insert(p.ifindex);
         s.nexthops.insert(
             p.nexthop,
@@ -357,16 +382,6 @@ pub fn paths_state(
                 _pad: [0; 4],
             },
         );
-        let monitor = p.monitor.unwrap_or_default();
-        let liveness = p.monitor.map(|m| m.link_config()).unwrap_or_default();
-        let ends = LinkEnds {
-            local: p.local_ip,
-            peer: p.remote_ip,
-            via: p.remote_ip,
-            ifindex: p.ifindex,
-        };
-        s.links
-            .insert(p.link_id, with_link_ends(liveness, ends, &monitor));
         s.vnis.insert(
             p.vni,
             VniEntry {

@@ -102,6 +102,7 @@ impl Gateway {
                 local_mac: [2, 0, 0, 0, 0, 0x10],
                 remote_mac: [2, 0, 0, 0, 0, l as u8],
                 monitor: None,
+                handoff: None,
             })
             .collect();
         let lan = Lan {

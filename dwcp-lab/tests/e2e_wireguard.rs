@@ -60,6 +60,13 @@ const METRICS: &str = "127.0.0.1:9471";
 
 static SEQ: AtomicU32 = AtomicU32::new(0);
 
+/// The tests take turns: each runs daemons and wireguard-go, and the machine is small.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// A device name unique on the host (wireguard-go's UAPI socket directory is shared by all
 /// namespaces): tag + pid + counter, at most 15 bytes.
 fn ifname(tag: &str) -> String {
@@ -71,6 +78,8 @@ fn ifname(tag: &str) -> String {
 /// then pins, then key files and namespaces).
 struct Lab {
     agent: Option<Child>,
+    /// Gateway B's agent, in the test with both ends probing.
+    agent_b: Option<Child>,
     pins: PathBuf,
     wga: String,
     wgb: String,
@@ -87,13 +96,18 @@ struct Lab {
 
 impl Drop for Lab {
     fn drop(&mut self) {
-        if let Some(mut a) = self.agent.take() {
+        for mut a in [self.agent.take(), self.agent_b.take()]
+            .into_iter()
+            .flatten()
+        {
             let _ = a.kill();
             let _ = a.wait();
         }
-        let _ = unpin_links(&self.pins);
-        let _ = unpin_all(&self.pins);
-        let _ = std::fs::remove_dir_all(&self.pins);
+        for pins in [self.pins.clone(), self.pins_b()] {
+            let _ = unpin_links(&pins);
+            let _ = unpin_all(&pins);
+            let _ = std::fs::remove_dir_all(&pins);
+        }
         // wireguard-go outlives a deleted namespace (its sockets keep it alive): stop the
         // daemons of this test's namespaces before they go.
         for ns in [&self.ga, &self.gb] {
@@ -170,6 +184,7 @@ impl Lab {
         let mgr_b = TunnelManager::new(manager(&gb, "tunnels-b")).await.unwrap();
         let lab = Lab {
             agent: None,
+            agent_b: None,
             pins,
             wga: ifname("wga"),
             wgb: ifname("wgb"),
@@ -233,6 +248,83 @@ impl Lab {
 
     fn config_path(&self) -> PathBuf {
         self.dir.path().join("a.toml")
+    }
+
+    fn pins_b(&self) -> PathBuf {
+        // bpffs takes no dot in a name.
+        PathBuf::from(format!("{}-b", self.pins.display()))
+    }
+
+    /// Gateway A's configuration with the tunnel addresses on its link (so it is probed
+    /// inside the tunnel), and gateway B's, its mirror image.
+    fn probed_configs(&self) -> (String, String) {
+        let link = "interface = \"{wg}\"\n";
+        // Detection after 10 probe intervals (100 ms), not 3: a stall of this shared VM must
+        // not take the link down by itself.
+        let a = self
+            .config()
+            .replacen(
+                "[updater]",
+                "[probe]\ndetect_multiplier = 10\n\n[updater]",
+                1,
+            )
+            .replacen(
+                &link.replace("{wg}", &self.wga),
+                &format!(
+                    "interface = \"{}\"\nlocal_ip = \"10.254.0.1\"\npeer_ip = \"10.254.0.2\"\n",
+                    self.wga
+                ),
+                1,
+            );
+        let b = a
+            .replacen("name = \"gw-use1-a\"", "name = \"gw-euw1-a\"", 1)
+            .replacen("region = \"us-east-1\"", "region = \"eu-west-1\"", 1)
+            .replacen(
+                &self.pins.display().to_string(),
+                &self.pins_b().display().to_string(),
+                1,
+            )
+            .replacen(
+                &format!("interface = \"{}\"", self.wga),
+                &format!("interface = \"{}\"", self.wgb),
+                1,
+            )
+            .replacen(
+                "local_ip = \"10.254.0.1\"\npeer_ip = \"10.254.0.2\"",
+                "local_ip = \"10.254.0.2\"\npeer_ip = \"10.254.0.1\"",
+                1,
+            )
+            .replacen("a.sock", "b.sock", 1);
+        (a, b)
+    }
+
+    /// Runs B's `dwcp-agent` (configuration `b.toml`) and waits until it runs.
+    fn start_agent_b(&mut self) {
+        let log_path = self.dir.path().join("b.log");
+        let log = std::fs::File::create(&log_path).unwrap();
+        let child = Command::new(agent_bin())
+            .arg("--netns")
+            .arg(self.gb.name())
+            .arg("--config")
+            .arg(self.dir.path().join("b.toml"))
+            .arg("--state-dir")
+            .arg(self.dir.path().join("b-state"))
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.agent_b = Some(child);
+        let agent = self.agent_b.as_mut().unwrap();
+        wait_for("B's agent to run", || {
+            let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+            if let Some(st) = agent.try_wait().unwrap() {
+                panic!("B's agent exited with {st}:\n{log}");
+            }
+            log.contains("running")
+        });
     }
 
     fn log_path(&self) -> PathBuf {
@@ -394,6 +486,13 @@ cost_per_gb = 0.02
     /// The agent's Prometheus counter of fast-path reason `reason`, scraped from its /metrics
     /// endpoint inside A's namespace.
     fn scraped_reason(&self, reason: &str) -> u64 {
+        let key = format!("dwcp_fastpath_packets_total{{reason=\"{reason}\"}} ");
+        self.scraped(&key)
+    }
+
+    /// The value of the sample whose name and labels are `key` (with the trailing space) on
+    /// A's /metrics.
+    fn scraped(&self, key: &str) -> u64 {
         let text = self
             .ga
             .run_in(|| -> std::io::Result<String> {
@@ -406,9 +505,8 @@ cost_per_gb = 0.02
             })
             .unwrap()
             .unwrap();
-        let key = format!("dwcp_fastpath_packets_total{{reason=\"{reason}\"}} ");
         text.lines()
-            .find_map(|l| l.strip_prefix(&key))
+            .find_map(|l| l.strip_prefix(key))
             .unwrap_or_else(|| panic!("no {key} in /metrics:\n{text}"))
             .trim()
             .parse()
@@ -487,6 +585,7 @@ fn table_routes(lab: &Lab) -> String {
     ignore = "privileged: needs root, BPF and network namespaces (--features dwcp-lab/privileged)"
 )]
 fn daemon_hands_lan_traffic_to_wireguard_go_and_remove_cleans_up() {
+    let _turn = serial();
     const N: u32 = 2000;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -628,4 +727,110 @@ fn dir_is_empty(p: &Path) -> bool {
     std::fs::read_dir(p)
         .map(|mut d| d.next().is_none())
         .unwrap_or(true)
+}
+
+/// Both gateways run the daemon with the link's tunnel addresses: each probes the link inside
+/// the tunnel and reflects the other's probes (the WireGuard device's tc program, attached by
+/// the daemon), so both ends measure its RTT and liveness in `LINK_STATE` as for a VXLAN link;
+/// a silent cut of the tunnel (its UDP dropped on B's underlay) takes the link down on A from
+/// the probes alone (a stale handshake would take 210 s).
+#[test]
+#[cfg_attr(
+    not(feature = "privileged"),
+    ignore = "privileged: needs root, BPF and network namespaces (--features dwcp-lab/privileged)"
+)]
+fn both_daemons_probe_the_wireguard_link_inside_the_tunnel() {
+    let _turn = serial();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut lab = rt.block_on(Lab::build());
+    let (a, b) = lab.probed_configs();
+    std::fs::write(lab.config_path(), a).unwrap();
+    std::fs::write(lab.dir.path().join("b.toml"), b).unwrap();
+    wait_for("the WireGuard handshake", || {
+        lab.ga
+            .exec(&["ping", "-c", "1", "-W", "2", "10.254.0.2"])
+            .is_ok()
+    });
+    lab.start_agent_b();
+    lab.start_agent();
+    wait_for("eu-west-1 routed over link 1", || {
+        lab.events().iter().any(|e| {
+            matches!(e, AgentEvent::RouteChanged(c)
+                if c.destination == "eu-west-1" && c.after.first().map(Vec::as_slice) == Some(&[1]))
+        })
+    });
+    assert!(
+        lab.log()
+            .contains("WireGuard probes: tc ingress attached and pinned"),
+        "{}",
+        lab.log()
+    );
+    let state = |pins: &Path| {
+        dwcp_dataplane::PinnedMaps::new(pins)
+            .link_state()
+            .unwrap()
+            .get(&1, 0)
+            .unwrap()
+    };
+    // A link the sender saw dead is probed at a backed-off rate until it answers: wait until
+    // both ends have taken replies, then measure.
+    wait_for("replies at both ends", || {
+        state(&lab.pins).replies > 20 && state(&lab.pins_b()).replies > 20
+    });
+    let (a0, b0) = (state(&lab.pins), state(&lab.pins_b()));
+    std::thread::sleep(Duration::from_millis(500));
+    let (a1, b1) = (state(&lab.pins), state(&lab.pins_b()));
+    println!(
+        "in 500 ms: A {} replies (srtt {} us, {} reflected), B {} replies (srtt {} us, {} reflected)",
+        a1.replies - a0.replies,
+        a1.srtt_ns / 1000,
+        a1.reflected - a0.reflected,
+        b1.replies - b0.replies,
+        b1.srtt_ns / 1000,
+        b1.reflected - b0.reflected
+    );
+    // Probes every 10 ms by default: tens in 500 ms at either end, however busy the machine.
+    for (end, before, after) in [("A", a0, a1), ("B", b0, b1)] {
+        assert!(
+            after.replies > before.replies + 10,
+            "{end}: replies {before:?} -> {after:?}"
+        );
+        assert!(
+            after.reflected > before.reflected + 10,
+            "{end}: reflected {before:?} -> {after:?}"
+        );
+        assert!(after.srtt_ns > 0, "{end}: an RTT measured");
+    }
+    // The link's probes reach the metrics as a VXLAN link's do.
+    let key = r#"dwcp_link_probes_received_total{link="use1-euw1",link_id="1"} "#;
+    let received = lab.scraped(key);
+    assert!(received > 0, "{key}{received}");
+    let got = send_datagrams(&lab, 7310, 200, Duration::from_secs(5));
+    assert_eq!(got.len(), 200, "delivered through the probed tunnel");
+
+    // A silent cut: the tunnel's UDP dropped on B's underlay port, carriers untouched.
+    lab.gb
+        .exec(&["nft", "add table netdev wgcut; add chain netdev wgcut in { type filter hook ingress device ub priority 0; }; add rule netdev wgcut in udp dport 51821 drop"])
+        .unwrap();
+    // Within WAIT (60 s): only the probes can say so that soon (a handshake counts as stale
+    // after 210 s).
+    let seen = lab.events().len();
+    let cut = Instant::now();
+    let down_after_cut = || {
+        lab.events().into_iter().skip(seen).find_map(|e| match e {
+            AgentEvent::LinkDown { link: 1, reason } => Some(reason),
+            _ => None,
+        })
+    };
+    wait_for("link 1 down on A from its probes", || {
+        down_after_cut().is_some()
+    });
+    println!(
+        "link 1 down on A {:?} after the cut: {:?}",
+        cut.elapsed(),
+        down_after_cut()
+    );
 }

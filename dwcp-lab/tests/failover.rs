@@ -31,6 +31,7 @@ use dwcp_lab::lab::MultiLinkLab;
 use dwcp_lab::lab::PinnedLinkMonitor;
 use dwcp_lab::lab::Side;
 use dwcp_lab::lab::MULTI_LAB_GROUP;
+use dwcp_tunnels::{kernel_support, TunnelType, WireGuardImpl};
 use tokio::sync::mpsc;
 
 static SERIAL: Mutex<()> = Mutex::new(());
@@ -605,4 +606,138 @@ fn after_a_prober_stall_traffic_resumes_with_the_first_replies_not_after_the_hol
         }
     }
     assert_eq!(sent.send_errors, 0);
+}
+
+/// The same silent cut on WireGuard links (wireguard-go tunnels, hand-off next hops, probes
+/// inside the tunnels): the fast path skips the dead tunnel within the detection time as it
+/// skips a dead VXLAN link, the live tunnel's flows stay, and nothing of the stream crosses
+/// A's underlay ports unencrypted, before, during or after the cut.
+#[test]
+#[cfg_attr(
+    not(feature = "privileged"),
+    ignore = "privileged: needs root, BPF, network namespaces and wireguard-go (--features dwcp-lab/privileged)"
+)]
+fn a_cut_wireguard_link_fails_over_in_the_fast_path_without_clear_text() {
+    let binary = dwcp_tunnels::wireguard::uapi::find_in_path("wireguard-go")
+        .expect("wireguard-go in PATH (scripts/bootstrap.sh installs it)");
+    cut_wireguard_link("fowg", WireGuardImpl::Userspace { binary });
+}
+
+/// The same with kernel WireGuard, where the module loads; recorded as skipped elsewhere.
+#[test]
+#[cfg_attr(
+    not(feature = "privileged"),
+    ignore = "privileged: needs root, BPF, network namespaces and the wireguard module (--features dwcp-lab/privileged)"
+)]
+fn a_cut_kernel_wireguard_link_fails_over_in_the_fast_path_without_clear_text() {
+    let test =
+        "failover::a_cut_kernel_wireguard_link_fails_over_in_the_fast_path_without_clear_text";
+    if !kernel_support::probe(TunnelType::WireGuard).supported {
+        dwcp_lab::skip(
+            test,
+            "no `wireguard` kernel module here: the kernel backend's probes and failover \
+             are not tested on this machine (wireguard-go's are)",
+        );
+        return;
+    }
+    cut_wireguard_link("fowgk", WireGuardImpl::Kernel);
+}
+
+fn cut_wireguard_link(tag: &str, backend: WireGuardImpl) {
+    use dwcp_lab::fail_closed::UnderlayCapture;
+    let _turn = serial();
+    // Detection after 10 intervals, as above: a VM pause must not expire the live tunnel.
+    let monitor = MonitorConfig {
+        detect_multiplier: 10,
+        ..Default::default()
+    };
+    let mut lab = MultiLinkLab::build_wireguard(tag, 2, monitor, backend).expect("build lab");
+    lab.start_dataplanes().expect("start dataplanes");
+    lab.start_probers().expect("start probers");
+    lab.wait_links_usable(LIMIT)
+        .expect("both tunnels answer probes");
+    let captures: Vec<UnderlayCapture> = lab
+        .links
+        .iter()
+        .map(|l| UnderlayCapture::start(&lab.a.gw, &l.ifname).unwrap())
+        .collect();
+
+    let dp = lab.a.dataplane.as_ref().unwrap();
+    let table = dp.group_table(MULTI_LAB_GROUP).unwrap().unwrap();
+    let flows = flows_per_link(&lab, &table);
+    let (sender, receiver) = stream(&lab, &flows, 2_000);
+    wait_for("traffic handed to both tunnels", LIMIT, || {
+        Ok(dp.nexthop_counters(1)?.packets > 100 && dp.nexthop_counters(2)?.packets > 100)
+    })
+    .unwrap();
+    let failovers_before = dp.reason_count(Reason::LanFailover).unwrap();
+    let state = lab.link_state_map(Side::A).unwrap();
+    let replies = |link: u32| state.get(&link, 0).unwrap().replies;
+    let (r1, r2) = (replies(1), replies(2));
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(
+        replies(1) > r1 && replies(2) > r2,
+        "probe replies through both tunnels"
+    );
+
+    lab.link(1).cut().unwrap();
+    let cut_ns = monotonic_ns();
+    wait_for("tunnel 1 dead in LINK_STATE", LIMIT, || {
+        Ok(!lab.link_usable(&state, 1))
+    })
+    .unwrap();
+    assert!(lab.link_usable(&state, 2), "tunnel 2 alive");
+    let nh1_at_down = dp.nexthop_counters(1).unwrap().packets;
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        dp.nexthop_counters(1).unwrap().packets,
+        nh1_at_down,
+        "nothing handed to the dead tunnel"
+    );
+    assert!(dp.reason_count(Reason::LanFailover).unwrap() > failovers_before);
+
+    let sent = sender.finish();
+    let arrivals = receiver.finish(Duration::from_millis(200));
+    let gaps = delivery_gaps(&sent, &arrivals);
+    for (link, ports) in &flows {
+        let g = gaps_of(&gaps, ports);
+        if *link == 2 {
+            assert!(
+                g.is_empty(),
+                "flows of the live tunnel lost datagrams: {g:?}"
+            );
+            continue;
+        }
+        assert_eq!(g.len(), ports.len(), "one gap per flow of tunnel 1: {g:?}");
+        for gap in g {
+            let window = gap.window_ns().expect("the flow came back over tunnel 2");
+            assert!(
+                gap.start_ns + 50_000_000 > cut_ns,
+                "gap before the cut: {gap:?}"
+            );
+            eprintln!(
+                "flow {}: lost {} datagrams over {:.1} ms",
+                gap.flow,
+                gap.lost,
+                window as f64 / 1e6
+            );
+            assert!(
+                window <= loss_window_bound_ns(&lab.monitor),
+                "flow {}: loss window {:.1} ms exceeds detection + interval + stall margin ({:.1} ms)",
+                gap.flow,
+                window as f64 / 1e6,
+                loss_window_bound_ns(&lab.monitor) as f64 / 1e6
+            );
+        }
+    }
+    assert_eq!(sent.send_errors, 0);
+    for (l, c) in lab.links.iter().zip(captures) {
+        let (clear, encrypted) = c.finish().unwrap();
+        eprintln!(
+            "{}: {clear} clear-text, {encrypted} WireGuard packets",
+            l.ifname
+        );
+        assert_eq!(clear, 0, "{}: the stream in clear text", l.ifname);
+        assert!(encrypted > 0, "{}: the capture saw the tunnel", l.ifname);
+    }
 }

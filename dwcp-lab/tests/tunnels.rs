@@ -1461,7 +1461,7 @@ async fn fast_path_marks_are_handed_to_wireguard_by_policy_routing() {
             )
             .unwrap();
             let (_, mode) = dp.attach(programs::LAN_INGRESS, "lan").unwrap();
-            let tc_link = dp.attach_handoff_tc("lan").unwrap();
+            let tc_link = dp.attach_tc(programs::LAN_HANDOFF_TC, "lan").unwrap();
             (dp, mode, tc_link)
         })
         .unwrap();
@@ -1486,7 +1486,7 @@ async fn fast_path_marks_are_handed_to_wireguard_by_policy_routing() {
     assert!(rules.contains("fwmark 0x64 lookup 100"), "{rules}");
 
     // Without the tc program the metadata reaches nobody: no mark, no route, no crossing.
-    dp.detach_handoff_tc(tc_link).unwrap();
+    dp.detach_tc(programs::LAN_HANDOFF_TC, tc_link).unwrap();
     assert!(
         !ping(&lab.h1, "10.2.0.2"),
         "crossed the tunnel without the tc program"

@@ -31,12 +31,10 @@ fn every_program_verifies_within_its_budget() {
         let info = dp.program(name).unwrap().info().unwrap();
         counts.push((name, budget, info.verified_instruction_count()));
     }
-    let tc = dp.handoff_tc_program().unwrap().info().unwrap();
-    counts.push((
-        programs::LAN_HANDOFF_TC,
-        10_000,
-        tc.verified_instruction_count(),
-    ));
+    for name in [programs::LAN_HANDOFF_TC, programs::WG_PROBE_TC] {
+        let info = dp.tc_program(name).unwrap().info().unwrap();
+        counts.push((name, 10_000, info.verified_instruction_count()));
+    }
     for (name, budget, n) in &counts {
         let n = n.unwrap_or_else(|| panic!("{name}: the kernel reports no verified_insns"));
         eprintln!(

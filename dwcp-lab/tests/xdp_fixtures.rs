@@ -1814,7 +1814,7 @@ fn vxlan_nexthops_next_to_a_handoff_one_are_not_handed_off() {
     not(feature = "privileged"),
     ignore = "privileged: needs root, BPF and network namespaces (--features dwcp-lab/privileged)"
 )]
-fn handoff_nexthop_of_a_dead_link_fails_over_like_any_other() {
+fn a_handoff_group_without_a_usable_member_still_hands_off_and_never_passes_up_unmarked() {
     let mut fx = handoff_fixture();
     // The hand-off next hop rides on a monitored link that never answered: not usable.
     fx.set_link(
@@ -1827,9 +1827,13 @@ fn handoff_nexthop_of_a_dead_link_fails_over_like_any_other() {
         },
     )
     .unwrap();
+    // Its only member dead, the group's packet goes to the dead tunnel's device all the same
+    // (encrypted there or dropped by its table's unreachable default), not to the main table.
     let ip = V4::new(IPPROTO_UDP, "10.1.0.5", "10.3.0.9").build(&udp(40000, 5004, b"x"));
-    assert_passed_unchanged(&mut fx, &frame(ETH_P_IP, &ip), Reason::LanPassNoLiveNextHop);
-    assert_eq!(fx.reason(Reason::HandoffWireGuard), 0);
+    // (Port 5004 is a realtime port in the fixture's classifier.)
+    assert_handed_off(&mut fx, &frame(ETH_P_IP, &ip), QosClass::Realtime);
+    assert_eq!(fx.reason(Reason::HandoffNoLiveNextHop), 1);
+    assert_eq!(fx.reason(Reason::LanPassNoLiveNextHop), 0);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -284,9 +284,16 @@ impl Daemon {
 
     fn handle_input(&mut self, input: Input) {
         write_record(&mut self.record, &input);
+        if let Input::InterfaceGone { name } = &input {
+            let config = self.state.config().clone();
+            self.probes.forget_interface(&config, name);
+        }
         if matches!(
             input,
-            Input::Interface { .. } | Input::InterfaceGone { .. } | Input::Reload { .. }
+            Input::Interface { .. }
+                | Input::InterfaceGone { .. }
+                | Input::Address { .. }
+                | Input::Reload { .. }
         ) {
             self.handoffs_dirty = true;
         }
@@ -365,6 +372,10 @@ impl Daemon {
                 let config = self.state.config().clone();
                 let problems = self.handoffs.sync(&config).await;
                 self.state.set_handoff_problems(problems);
+                attach_wg_probes(self.state.fast_path_mut(), &config);
+                // A link whose probe socket could not be opened (its device or address not
+                // there yet, as a WireGuard device created after us) gets another try.
+                self.probes.sync(&config);
             }
             let views = self.link_views.borrow().clone();
             self.state.set_link_views(views);
@@ -446,7 +457,7 @@ fn attach_xdp(dataplane: &mut Dataplane, config: &AgentConfig) -> Result<(), Dae
 fn attach_handoff_tc(dataplane: &mut Dataplane, config: &AgentConfig) -> Result<(), DaemonError> {
     let program = programs::LAN_HANDOFF_TC;
     for ifname in &config.lan_interfaces {
-        match dataplane.attach_handoff_tc_pinned(ifname)? {
+        match dataplane.attach_tc_pinned(program, ifname)? {
             LinkAdoption::Attached { program_id, .. } => {
                 info!(
                     program,
@@ -468,6 +479,38 @@ fn attach_handoff_tc(dataplane: &mut Dataplane, config: &AgentConfig) -> Result<
     Ok(())
 }
 
+/// The probes inside the tunnel of every monitored WireGuard link: the tc program that
+/// reflects and measures them on the link's WireGuard device, behind a pinned link so the
+/// peer's probes keep their answers while the agent is down. Run again whenever interfaces
+/// change: the tunnel manager may create the device after us, or re-create it (a pin whose
+/// device has gone is replaced). A device not there yet is left for the next change; its
+/// link is down meanwhile (interface missing, no probe replies).
+fn attach_wg_probes(dataplane: &mut Dataplane, config: &AgentConfig) {
+    let program = programs::WG_PROBE_TC;
+    for l in config
+        .local_links
+        .iter()
+        .filter(|l| l.is_wireguard() && l.monitored)
+    {
+        let ifname = &l.interface;
+        match dataplane.attach_tc_pinned(program, ifname) {
+            Ok(LinkAdoption::Attached { program_id, .. }) => {
+                info!(
+                    program,
+                    ifname,
+                    program_id,
+                    link = l.link_id,
+                    "WireGuard probes: tc ingress attached and pinned"
+                )
+            }
+            Ok(LinkAdoption::Replaced { .. }) => {}
+            Err(e) => {
+                tracing::debug!(program, ifname, link = l.link_id, error = %e, "WireGuard probes: tc program not attached (yet)")
+            }
+        }
+    }
+}
+
 /// The state owner's first step: the configuration over what the fast path holds, the
 /// reservations stored in `state_dir` as they are now, and the interfaces and neighbours as
 /// they are now (`initial`); programs the difference.
@@ -483,6 +526,7 @@ async fn first_step(
     state.open_reservation_file(&state_dir.join(RESERVATIONS_FILE), unix_now(), now)?;
     let mut handoffs = Handoffs::open().await?;
     state.set_handoff_problems(handoffs.sync(config).await);
+    attach_wg_probes(state.fast_path_mut(), config);
     let clock = Input::Clock {
         now_unix_s: unix_now(),
     };

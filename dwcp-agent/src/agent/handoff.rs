@@ -11,16 +11,17 @@
 //! A link that was removed from the configuration while the agent was stopped keeps its rule
 //! until `dwcp-agent --remove` runs with a configuration that still names it.
 //!
-//! Liveness of a WireGuard link: probes cannot be reflected by XDP across wireguard-go's TUN
-//! device, so the link is not probed. What is measured: the device's up/down state and its
+//! Liveness of a WireGuard link: a monitored one (tunnel addresses configured) is probed
+//! inside the tunnel like a VXLAN link (the probe sender, and the WireGuard device's tc
+//! program the daemon attaches, `dwcp-ebpf` `tc.rs`), so the fast path skips it within the
+//! detection time. Besides, for every WireGuard link: the device's up/down state and its
 //! presence (netlink, as for any interface: a device down or deleted takes the link down),
 //! and, through the UAPI socket (`/var/run/wireguard/<dev>.sock`, `get=1`, wireguard-go
 //! only), the age of the latest handshake of the peers that have a persistent keepalive:
 //! older than [`HANDSHAKE_STALE`] (180 s, after which WireGuard itself rejects the session,
-//! plus a 30 s margin) or none at all = down ([`handshake_verdict`]). What is not measured:
-//! peers without a persistent keepalive (WireGuard handshakes only when there is traffic, so
-//! an idle link would look dead and never get traffic back), a kernel WireGuard device (no
-//! UAPI socket; its netlink genl interface is not read here), loss and RTT inside the tunnel.
+//! plus a 30 s margin) or none at all = down ([`handshake_verdict`]). Peers without a
+//! persistent keepalive are not judged by their handshakes (WireGuard handshakes only when
+//! there is traffic, so an idle link would look dead and never get traffic back).
 use std::{
     collections::BTreeMap,
     time::{Duration, SystemTime},

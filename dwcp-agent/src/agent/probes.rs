@@ -71,6 +71,17 @@ impl Probes {
         }
     }
 
+    /// Stops probing the links of `config` on interface `name`, which was deleted: their
+    /// sockets are bound to it. The next [`Probes::sync`] opens new ones once the interface
+    /// (e.g. a re-created WireGuard device) and its address are back.
+    pub(super) fn forget_interface(&mut self, config: &AgentConfig, name: &str) {
+        if let Probes::Agent { sender, .. } = self {
+            for l in config.local_links.iter().filter(|l| l.interface == name) {
+                let _ = sender.remove_link(l.link_id);
+            }
+        }
+    }
+
     /// Probes exactly the monitored local links of `config`.
     pub(super) fn sync(&mut self, config: &AgentConfig) {
         let wanted: Vec<&LocalLink> = config.local_links.iter().filter(|l| l.monitored).collect();

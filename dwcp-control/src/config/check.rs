@@ -336,7 +336,10 @@ fn local_link(
     let peer_ip = address(c, &l.peer_ip, "peer_ip");
     let link_id = link.as_ref().map(|k| k.id.0).unwrap_or(0);
     let tunnel = if wireguard {
-        wireguard_tunnel(c, spanned, field, link_id, earlier)
+        let addressed = [local_ip, peer_ip]
+            .iter()
+            .all(|a| a.is_some_and(|a| !a.is_unspecified()));
+        wireguard_tunnel(c, spanned, field, link_id, earlier, addressed)
     } else {
         vxlan_tunnel(c, spanned, field, link_id, peer_ip, vnis)
     };
@@ -461,6 +464,7 @@ fn wireguard_tunnel(
     field: FieldOf,
     link_id: u32,
     earlier: &[LocalLink],
+    addressed: bool,
 ) -> Tunnel {
     let l = spanned.get_ref();
     let why = "makes no sense for a wireguard link (the kernel routes into the WireGuard device)";
@@ -480,18 +484,25 @@ fn wireguard_tunnel(
             "makes no sense for a wireguard link (set the MTU of the WireGuard device)",
         );
     }
-    if let Some(m) = l.monitored.as_ref().filter(|m| *m.get_ref()) {
+    // Probed inside the tunnel, from our tunnel address to the peer's: without both, only
+    // the device's state and handshake age tell the link's health.
+    let monitored = l
+        .monitored
+        .as_ref()
+        .map(|m| *m.get_ref())
+        .unwrap_or(addressed);
+    if monitored && !addressed {
         c.at(
-            m.span(),
+            l.monitored.as_ref().map_or(spanned.span(), |m| m.span()),
             field("monitored"),
-            "a wireguard link cannot be probed (probes are not reflected across a TUN \
-             device); its health is the device's state and handshake age",
+            "a wireguard link is probed inside the tunnel: set local_ip and peer_ip to the \
+             tunnel addresses of both ends (or monitored = false)",
         );
     }
     Tunnel {
         via_ip: Some(Ipv4Addr::UNSPECIFIED),
         vni: 0,
-        monitored: false,
+        monitored,
         handoff: Some(handoff(c, spanned, field, link_id, earlier)),
     }
 }

@@ -420,7 +420,10 @@ fn a_wireguard_link_gets_a_handoff_with_derived_defaults() {
             priority: HANDOFF_RULE_PRIORITY,
         })
     );
-    assert!(!l3.monitored, "a WireGuard link is not probed");
+    assert!(
+        !l3.monitored,
+        "a WireGuard link without tunnel addresses is not probed"
+    );
     assert_eq!(l3.local_ip, Ipv4Addr::UNSPECIFIED);
     // The VXLAN link is unchanged; the WireGuard device runs no underlay program.
     assert!(c.local_link(1).unwrap().handoff.is_none());
@@ -440,7 +443,30 @@ fn a_wireguard_link_gets_a_handoff_with_derived_defaults() {
             priority: 99,
         })
     );
-    assert_eq!(l3.local_ip, Ipv4Addr::new(10, 9, 0, 1), "shown only");
+    assert_eq!(l3.local_ip, Ipv4Addr::new(10, 9, 0, 1));
+    assert!(!l3.monitored);
+}
+
+#[test]
+fn a_wireguard_link_with_tunnel_addresses_is_probed_inside_the_tunnel() {
+    let c = AgentConfig::parse(&with_wireguard_link3(
+        "local_ip = \"10.9.0.1\"\npeer_ip = \"10.9.0.2\"\n",
+    ))
+    .unwrap();
+    let l3 = c.local_link(3).unwrap();
+    assert!(l3.is_wireguard() && l3.monitored);
+    assert_eq!(
+        (l3.local_ip, l3.peer_ip),
+        (Ipv4Addr::new(10, 9, 0, 1), Ipv4Addr::new(10, 9, 0, 2))
+    );
+    // Probing needs both ends' tunnel addresses.
+    let text = with_wireguard_link3("local_ip = \"10.9.0.1\"\nmonitored = true\n");
+    let e = refused(&text);
+    let line = line_of_text(&text, "monitored = true");
+    assert!(
+        e.contains(&format!("line {line}: local_link[1].monitored")) && e.contains("peer_ip"),
+        "{e}"
+    );
 }
 
 #[test]

@@ -12,6 +12,12 @@
 //! [`MonitorConfig`]). Maps and XDP attachments are pinned under a bpffs directory of the lab,
 //! so the agent's objects can be dropped ([`MultiLinkLab::stop_agents`]) while the programs keep
 //! forwarding, and loaded again ([`MultiLinkLab::restart_agents`]).
+//!
+//! [`MultiLinkLab::build_wireguard`] makes every link a WireGuard tunnel instead (wireguard-go
+//! or kernel WireGuard, `wg<i>` over `ul<i>`, tunnel addresses 10.254.i.1 and .2): next hop `i` hands off to it with
+//! mark `HANDOFF_FWMARK_BASE + i` (the tunnel manager's policy routing, unreachable default
+//! included), and the link is probed inside the tunnel (the WireGuard device's tc program).
+//! A cut wire then drops only ciphertext.
 
 use dwcp_dataplane::{LinkStateMap, PinnedMaps};
 use std::{
@@ -33,6 +39,7 @@ use super::{
     pass::attach_pinned, program_paths, region, GatewayPath, LabError, Lan, PassProgram, Region,
     Result, LAB_SEED, UNDERLAY_MTU,
 };
+use crate::fail_closed::{stop_wireguard_go, wireguard};
 use crate::netlab;
 use crate::netlab::NetlabError;
 use crate::netlab::Netns;
@@ -45,9 +52,11 @@ use dwcp_agent::prober::set_realtime_priority;
 use dwcp_agent::prober::PinnedProbeCounts;
 use dwcp_agent::prober::Prober;
 use dwcp_agent::prober::ProberConfig;
+use dwcp_control::config::{HANDOFF_FWMARK_BASE, HANDOFF_RULE_PRIORITY, HANDOFF_TABLE_BASE};
 use dwcp_dataplane::AttachMode;
 use dwcp_dataplane::Dataplane;
 use dwcp_dataplane::Pinning;
+use dwcp_tunnels::{Handoff, ManagerConfig, NetnsTarget, TunnelManager, WireGuardImpl};
 
 /// The group of the route to the other region.
 pub const MULTI_LAB_GROUP: u32 = 1;
@@ -294,6 +303,15 @@ impl Drop for ProberThread {
 /// The agent's monitor of one gateway, on the pinned maps.
 pub type PinnedLinkMonitor = LinkMonitor<LinkStateMap<MapData>, PinnedProbeCounts>;
 
+/// The tunnels of a WireGuard lab: per link, the devices of A and B.
+struct WireGuardLinks {
+    devices: Vec<[String; 2]>,
+    // Drop order: the managers, then their runtime and state directory.
+    _managers: [TunnelManager; 2],
+    _rt: tokio::runtime::Runtime,
+    _state: tempfile::TempDir,
+}
+
 /// Two regions, `links.len()` monitored underlay links between their gateways.
 pub struct MultiLinkLab {
     pub a: Region,
@@ -305,6 +323,7 @@ pub struct MultiLinkLab {
     /// prober starved past the detection time would fail healthy links over.
     pub prober_rt_priority: Option<i32>,
     probers: Vec<(Side, ProberThread)>,
+    wireguard: Option<WireGuardLinks>,
     pins: PinRoot,
 }
 
@@ -383,7 +402,107 @@ impl MultiLinkLab {
             monitor,
             prober_rt_priority: Some(10),
             probers: Vec::new(),
+            wireguard: None,
             pins,
+        })
+    }
+
+    /// As [`MultiLinkLab::build`], with a WireGuard tunnel of backend `backend` (wireguard-go
+    /// or the kernel's) over every link (see the module documentation); waits until each has
+    /// handshaken (a ping through it).
+    pub fn build_wireguard(
+        tag: &str,
+        n_links: usize,
+        monitor: MonitorConfig,
+        backend: WireGuardImpl,
+    ) -> Result<MultiLinkLab> {
+        let mut lab = MultiLinkLab::build(tag, n_links, monitor)?;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| LabError::Wireguard(format!("tokio runtime: {e}")))?;
+        let state = tempfile::tempdir()
+            .map_err(|e| LabError::Wireguard(format!("state directory: {e}")))?;
+        let wg = |e: dwcp_tunnels::TunnelError| LabError::Wireguard(e.to_string());
+        let managers = rt.block_on(async {
+            let manager = |ns: &Netns, sub: &str| ManagerConfig {
+                netns: NetnsTarget::named(ns.name()),
+                state_dir: state.path().join(sub),
+                wireguard: backend.clone(),
+            };
+            Ok::<_, LabError>([
+                TunnelManager::new(manager(&lab.a.gw, "a"))
+                    .await
+                    .map_err(wg)?,
+                TunnelManager::new(manager(&lab.b.gw, "b"))
+                    .await
+                    .map_err(wg)?,
+            ])
+        })?;
+        let n = NEXT_PIN_ROOT.fetch_add(1, Ordering::Relaxed);
+        let mut devices = Vec::new();
+        for l in &lab.links {
+            // Unique on the host: wireguard-go's socket directory is shared by all namespaces.
+            let names = [Side::A, Side::B]
+                .map(|s| format!("wg{}{}{}x{n}", l.id, s.dir(), std::process::id()));
+            let keys = [
+                managers[0].public_key(&names[0]).map_err(wg)?,
+                managers[1].public_key(&names[1]).map_err(wg)?,
+            ];
+            // 51820 and up: the ports `fail_closed`'s capture knows for WireGuard.
+            let port = 51819 + l.id as u16;
+            for (i, side, other) in [(0, Side::A, Side::B), (1, Side::B, Side::A)] {
+                let remote = lab.region(other).prefix;
+                let spec = wireguard(
+                    &names[i],
+                    &format!("{}/30", tunnel_ip(l.id, side)),
+                    port,
+                    keys[1 - i],
+                    (l.ip(other), port),
+                    &[
+                        &format!("{}/32", tunnel_ip(l.id, other)),
+                        &format!("{remote}/24"),
+                    ],
+                    Some(Handoff {
+                        fwmark: HANDOFF_FWMARK_BASE + l.id,
+                        table: HANDOFF_TABLE_BASE + l.id,
+                        priority: HANDOFF_RULE_PRIORITY,
+                    }),
+                );
+                rt.block_on(managers[i].ensure(&spec)).map_err(wg)?;
+            }
+            devices.push(names);
+        }
+        lab.wireguard = Some(WireGuardLinks {
+            devices,
+            _managers: managers,
+            _rt: rt,
+            _state: state,
+        });
+        for l in &lab.links {
+            let peer = tunnel_ip(l.id, Side::B).to_string();
+            wait_for(
+                &format!("the WireGuard handshake of link {}", l.id),
+                Duration::from_secs(20),
+                || {
+                    Ok(lab
+                        .a
+                        .gw
+                        .exec(&["ping", "-c", "1", "-W", "1", &peer])
+                        .is_ok())
+                },
+            )?;
+        }
+        Ok(lab)
+    }
+
+    /// The WireGuard device of link `id` on `side`, in a lab built by
+    /// [`MultiLinkLab::build_wireguard`].
+    pub fn wireguard_device(&self, id: u32, side: Side) -> Option<&str> {
+        let names = self.wireguard.as_ref()?.devices.get((id - 1) as usize)?;
+        Some(match side {
+            Side::A => &names[0],
+            Side::B => &names[1],
         })
     }
 
@@ -448,23 +567,48 @@ impl MultiLinkLab {
             Side::B => (&self.b, &self.a, Side::A),
         };
         let mut paths = Vec::new();
+        let mut wg_devices = Vec::new();
         for l in &self.links {
-            paths.push(GatewayPath {
-                nexthop: l.id,
-                link_id: l.id,
-                ifindex: local.gw.ifindex(&l.ifname)?,
-                vni: l.vni,
-                local_ip: l.ip(side),
-                remote_ip: l.ip(other),
-                local_mac: local.gw.mac(&l.ifname)?,
-                remote_mac: remote.gw.mac(&l.ifname)?,
-                monitor: Some(self.monitor),
-            });
+            let path = match self.wireguard_device(l.id, side) {
+                Some(dev) => {
+                    wg_devices.push(dev.to_string());
+                    GatewayPath {
+                        nexthop: l.id,
+                        link_id: l.id,
+                        ifindex: local.gw.ifindex(dev)?,
+                        vni: 0,
+                        local_ip: tunnel_ip(l.id, side),
+                        remote_ip: tunnel_ip(l.id, other),
+                        local_mac: [0; 6],
+                        remote_mac: [0; 6],
+                        monitor: Some(self.monitor),
+                        handoff: Some(HANDOFF_FWMARK_BASE + l.id),
+                    }
+                }
+                None => GatewayPath {
+                    nexthop: l.id,
+                    link_id: l.id,
+                    ifindex: local.gw.ifindex(&l.ifname)?,
+                    vni: l.vni,
+                    local_ip: l.ip(side),
+                    remote_ip: l.ip(other),
+                    local_mac: local.gw.mac(&l.ifname)?,
+                    remote_mac: remote.gw.mac(&l.ifname)?,
+                    monitor: Some(self.monitor),
+                    handoff: None,
+                },
+            };
+            paths.push(path);
         }
         let lan = Lan::of(&local.gw, "lan0")?;
         let pin_dir = self.pin_dir(side);
         let remote_prefix = remote.prefix;
-        let ifnames: Vec<String> = self.links.iter().map(|l| l.ifname.clone()).collect();
+        // A WireGuard lab's underlay carries only ciphertext: no underlay program.
+        let ifnames: Vec<String> = if wg_devices.is_empty() {
+            self.links.iter().map(|l| l.ifname.clone()).collect()
+        } else {
+            Vec::new()
+        };
         local
             .gw
             .run_in(move || -> Result<(Dataplane, AttachMode)> {
@@ -481,6 +625,12 @@ impl MultiLinkLab {
                 for ifname in &ifnames {
                     let pin = pin_dir.join(format!("xdp-{ifname}"));
                     attach_pinned(dp.program(underlay)?, underlay, ifname, &pin)?;
+                }
+                if !wg_devices.is_empty() {
+                    dp.attach_tc_pinned(programs::LAN_HANDOFF_TC, "lan0")?;
+                }
+                for dev in &wg_devices {
+                    dp.attach_tc_pinned(programs::WG_PROBE_TC, dev)?;
                 }
                 program_paths(&mut dp, lan, remote_prefix, MULTI_LAB_GROUP, &paths)?;
                 Ok((dp, mode))
@@ -602,9 +752,12 @@ impl MultiLinkLab {
 
 impl Drop for MultiLinkLab {
     fn drop(&mut self) {
-        // Probers first (their threads live in the namespaces), then the fields in order:
-        // regions, wires, and last the pins.
+        // Probers first (their threads live in the namespaces), then wireguard-go, then the
+        // fields in order: regions, wires, and last the pins.
         self.probers.clear();
+        if self.wireguard.is_some() {
+            stop_wireguard_go(&[&self.a.gw, &self.b.gw]);
+        }
     }
 }
 
@@ -660,6 +813,15 @@ pub fn ports_on_nexthop(
         .filter(|&p| udp_flow_nexthop(table, src, p, dst, dst_port) == nexthop)
         .take(count)
         .collect()
+}
+
+/// The tunnel address of `side` on WireGuard link `link`: 10.254.<link>.1 (A) or .2 (B).
+pub fn tunnel_ip(link: u32, side: Side) -> Ipv4Addr {
+    let host = match side {
+        Side::A => 1,
+        Side::B => 2,
+    };
+    Ipv4Addr::new(10, 254, link as u8, host)
 }
 
 fn mac_string(m: [u8; 6]) -> String {

@@ -358,6 +358,7 @@ impl ShapedPathsLab {
                 local_mac: self.gw_a.mac(&p.ifname)?,
                 remote_mac: b_seen_by_a,
                 monitor: None,
+                handoff: None,
             });
             b_paths.push(GatewayPath {
                 nexthop: p.id,
@@ -369,6 +370,7 @@ impl ShapedPathsLab {
                 local_mac: self.gw_b.mac(&p.ifname)?,
                 remote_mac: a_seen_by_b,
                 monitor: None,
+                handoff: None,
             });
         }
         let ifnames: Vec<String> = self.paths.iter().map(|p| p.ifname.clone()).collect();
