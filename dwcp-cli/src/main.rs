@@ -4,6 +4,7 @@
 //! ```text
 //! dwcp show links                 # tables by default; every link, who measured it, when
 //! dwcp show lsdb                  # the link-state records
+//! dwcp show gateways              # etcd mode: every registered gateway
 //! dwcp show routes --json         # the API's JSON
 //! dwcp link down use1-aps1        # administrative; waits until the agent shows it
 //! dwcp reserve add --from us-east-1 --to eu-west-1 --class realtime --rate 100M --end +1h --path 1
@@ -24,6 +25,7 @@ use dwcp_control::{
     bandwidth::{Admission, ExtendRequest, RawNumber, Reservation, ReservationRequest},
     config::{DEFAULT_PIN_DIR, DEFAULT_SOCKET},
     input::unix_now,
+    store::GatewayView,
     view::{
         AdminRequest, AdminResponse, AdminState, ClassView, LinkHealth, LinkView, LsdbView,
         ReloadResponse, RouteChange, RouteView, StatusView, TopologyView, TunnelView,
@@ -123,6 +125,9 @@ enum Show {
     },
     /// The link-state database: every gateway's record of its links, and the flooding counters.
     Lsdb,
+    /// Every gateway registered in the cluster store (etcd mode): region, address, version,
+    /// topology generation, last contact.
+    Gateways,
     Tunnels,
     /// QoS classes: what the fast path forwarded in each, at what rate, and what is reserved.
     Classes,
@@ -366,6 +371,10 @@ async fn show(cli: &Cli, what: &Show) -> Result<()> {
         Show::Lsdb => {
             let l: LsdbView = c.get("/v1/lsdb").await?;
             print(json, &l, |l| tables::lsdb(l, now_unix_ms()))
+        }
+        Show::Gateways => {
+            let g: Vec<GatewayView> = c.get("/v1/gateways").await?;
+            print(json, &g, |g| tables::gateways(g))
         }
         Show::Tunnels => {
             let t: Vec<TunnelView> = c.get("/v1/tunnels").await?;

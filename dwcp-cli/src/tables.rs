@@ -5,6 +5,7 @@ use comfy_table::{presets, CellAlignment, ContentArrangement, Table};
 
 use dwcp_control::{
     bandwidth::Reservation,
+    store::GatewayView,
     topology::RoutingHealth,
     view::{
         ClassView, LinkHealth, LinkView, LsdbRecord, LsdbView, PathRole, RouteChange, RouteView,
@@ -398,6 +399,39 @@ pub fn flows(f: &dwcp_control::traffic::FlowsView, now_unix_s: u64) -> String {
     }
     out.push_str(&render(&tab));
     out
+}
+
+pub fn gateways(gateways: &[GatewayView]) -> String {
+    if gateways.is_empty() {
+        return "no gateways registered\n".into();
+    }
+    let mut tab = table(
+        &[
+            "GATEWAY",
+            "REGION",
+            "ADDRESS",
+            "VERSION",
+            "GENERATION",
+            "LAST CONTACT",
+        ],
+        &[4],
+    );
+    for g in gateways {
+        let r = &g.record;
+        tab.add_row(vec![
+            r.name.clone(),
+            r.region.clone(),
+            if r.address.is_empty() {
+                "-".into()
+            } else {
+                r.address.clone()
+            },
+            r.version.clone(),
+            r.topology_generation.to_string(),
+            opt(g.last_contact_seconds.map(|s| s as f64), format::age),
+        ]);
+    }
+    render(&tab)
 }
 
 pub fn tunnels(tunnels: &[TunnelView]) -> String {

@@ -106,6 +106,16 @@ pub struct GatewayRecord {
     pub topology_generation: u64,
 }
 
+/// A registered gateway as listed (`GET /v1/gateways`, `dwcp show gateways`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GatewayView {
+    #[serde(flatten)]
+    pub record: GatewayRecord,
+    /// Seconds since its lease was last renewed (whole seconds: etcd's TTL resolution);
+    /// `None` when the lease had gone by the time it was asked.
+    pub last_contact_seconds: Option<u64>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -52,6 +52,10 @@ pub struct EtcdCluster {
     tmpfs: PathBuf,
     initial_cluster: String,
     token: String,
+    /// The bridge's 10.254.<subnet>.0/24.
+    subnet: u8,
+    /// Namespaces given a port on the bridge (`attach`).
+    attached: u8,
 }
 
 impl EtcdCluster {
@@ -70,6 +74,8 @@ impl EtcdCluster {
             tmpfs: tmpfs.clone(),
             initial_cluster: String::new(),
             token: format!("dwcp-lab-{pid}-{n}"),
+            subnet,
+            attached: 0,
         };
         std::fs::create_dir_all(&tmpfs)?;
         run(&[
@@ -134,6 +140,38 @@ impl EtcdCluster {
     /// `http://ip:2379` of every member.
     pub fn endpoints(&self) -> Vec<String> {
         self.members.iter().map(|m| client_url(m.ip)).collect()
+    }
+
+    /// Gives namespace `ns` (a gateway's, so an agent in it reaches the members) an interface
+    /// `ifname` on the cluster's bridge, and returns its address. The interface goes with the
+    /// namespace; until then the bridge's removal only leaves it unconnected.
+    pub fn attach(&mut self, ns: &Netns, ifname: &str) -> Result<Ipv4Addr> {
+        // Members are .2 to .4; clients from .10 on.
+        let k = self.attached;
+        if k >= 200 {
+            return Err(EtcdLabError::Status("no address left on the bridge".into()));
+        }
+        let outside = format!("{}a{k}", self.bridge);
+        run(&[
+            "ip",
+            "link",
+            "add",
+            &outside,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            ifname,
+            "netns",
+            ns.name(),
+        ])?;
+        run(&["ip", "link", "set", &outside, "master", &self.bridge])?;
+        run(&["ip", "link", "set", &outside, "up"])?;
+        ns.ip(&["link", "set", ifname, "up"])?;
+        let ip = subnet_ip(self.subnet, 10 + k);
+        netlab::addr(ns, ifname, &format!("{ip}/24"))?;
+        self.attached += 1;
+        Ok(ip)
     }
 
     /// The member (index) that leads now.

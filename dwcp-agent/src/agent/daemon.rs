@@ -23,6 +23,7 @@ use dwcp_control::{
     config::{AgentConfig, ConfigError},
     input::{unix_now, Input, TimedInput},
     state::{AgentError, AgentState},
+    store::StoreConfig,
     view::{AgentEvent, AgentSnapshot},
 };
 use dwcp_dataplane::{
@@ -30,6 +31,7 @@ use dwcp_dataplane::{
 };
 
 use super::{
+    cluster::MembershipTask,
     handoff::Handoffs,
     link_state::LinkStateHandle,
     netlink::{NetlinkError, NetlinkWatcher},
@@ -39,7 +41,8 @@ use super::{
     AgentCommand, AgentHandle, CommandError,
 };
 use crate::{
-    api::RunningApi, health::HealthMonitor, probe::SenderError, telemetry::RunningMetrics,
+    api::RunningApi, health::HealthMonitor, probe::SenderError, store::EtcdStore,
+    telemetry::RunningMetrics,
 };
 
 #[derive(Debug, Error)]
@@ -87,6 +90,8 @@ pub enum DaemonError {
     Metrics(#[from] crate::telemetry::TelemetryError),
     #[error("WireGuard hand-off policy routing: {0}")]
     Handoff(#[from] dwcp_tunnels::error::TunnelError),
+    #[error(transparent)]
+    ClusterStore(#[from] crate::store::ClusterStoreError),
 }
 
 /// How the daemon is started.
@@ -142,6 +147,8 @@ pub struct Daemon {
     handoffs_dirty: bool,
     /// The last handshake verdict sent to the state owner, per WireGuard link.
     handshakes: BTreeMap<u32, Option<String>>,
+    /// In etcd mode: this gateway's registration in the cluster store.
+    membership: Option<MembershipTask>,
 }
 
 impl Daemon {
@@ -156,6 +163,11 @@ impl Daemon {
         // a failure of the first reservation.
         create_state_dir(&options.state_dir)?;
         crate::http::raise_fd_limit(crate::http::fds_needed(&config));
+        // Lazy: an unreachable store is no start error (only unreadable TLS files are).
+        let store = match &config.store {
+            StoreConfig::File => None,
+            StoreConfig::Etcd(etcd) => Some(EtcdStore::connect(etcd).await?),
+        };
         let mut dataplane = load_fast_path(options.ebpf_object.as_deref(), &config)?;
         let flow_samples = dataplane.take_flow_samples();
 
@@ -183,7 +195,7 @@ impl Daemon {
         // once the events file listens.
         publish(&mut state, &events, &snapshot);
         started.push(tasks::netlink(watcher, input_tx.clone()));
-        let api = tasks::api(&config, &handle).await?;
+        let api = tasks::api(&config, &handle, store.clone()).await?;
         let metrics = tasks::metrics(&config, &handle).await?;
         let probes = tasks::probe_sender(&config)?;
         let (monitor, link_views) = tasks::link_monitor(&config, &probes, input_tx.clone())?;
@@ -208,6 +220,9 @@ impl Daemon {
             ));
         }
 
+        let membership =
+            store.map(|store| MembershipTask::start(store, &config, snapshot.subscribe()));
+
         Ok(Daemon {
             options,
             state,
@@ -228,6 +243,7 @@ impl Daemon {
             handoffs,
             handoffs_dirty: false,
             handshakes: BTreeMap::new(),
+            membership,
         })
     }
 
@@ -374,6 +390,9 @@ impl Daemon {
         }
         for t in &self.tasks {
             t.abort();
+        }
+        if let Some(m) = self.membership.take() {
+            m.leave().await;
         }
         if let Some(api) = self.api.take() {
             if let Err(e) = api.shutdown().await {

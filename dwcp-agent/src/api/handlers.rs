@@ -1,5 +1,5 @@
-//! The routes of API v1. Reads answer from the agent's latest snapshot; changes go to the agent
-//! as commands (links, reload, reservations).
+//! The routes of API v1. Reads answer from the agent's latest snapshot (the gateways from the
+//! cluster store); changes go to the agent as commands (links, reload, reservations).
 
 use std::{convert::Infallible, time::Duration};
 
@@ -29,6 +29,7 @@ use dwcp_control::bandwidth::{
     BandwidthError, ExtendRequest, Reservation, ReservationId, ReservationOp, ReservationReply,
     ReservationRequest,
 };
+use dwcp_control::store::GatewayView;
 
 use crate::agent::{
     AgentCommand, AgentEvent, AgentSnapshot, ClassView, LinkView, LsdbView, ReservationsView,
@@ -156,6 +157,13 @@ pub async fn lsdb(State(ctx): State<ApiContext>) -> ApiResult<Json<LsdbView>> {
     let s = ctx.snapshot();
     let lsdb = s.lsdb.as_deref().ok_or(ApiError::LinkStateOff)?;
     Ok(Json(lsdb.clone()))
+}
+
+/// Read from the store at each request: a gateway that stopped renewing is gone from the
+/// listing when etcd expires its lease, whatever this gateway's snapshot says.
+pub async fn gateways(State(ctx): State<ApiContext>) -> ApiResult<Json<Vec<GatewayView>>> {
+    let store = ctx.cluster_store.as_ref().ok_or(ApiError::NoClusterStore)?;
+    Ok(Json(store.gateways().await?))
 }
 
 pub async fn tunnels(State(ctx): State<ApiContext>) -> Json<Vec<TunnelView>> {

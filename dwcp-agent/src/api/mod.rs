@@ -18,6 +18,7 @@
 //! | GET | `/v1/history?destination=&limit=` | route changes, oldest first |
 //! | GET | `/v1/tunnels` | tunnel devices |
 //! | GET | `/v1/lsdb` | the link-state database: records, neighbours, flooding counters |
+//! | GET | `/v1/gateways` | every gateway registered in the cluster store (etcd mode) |
 //! | GET, POST | `/v1/reservations` | list, create (`ReservationRequest`) |
 //! | GET, PATCH, DELETE | `/v1/reservations/{id}` | read, extend (`{"end": ...}`), cancel |
 //! | GET | `/v1/events?owner=` | server-sent events: `agent`, `reservation`, `lagged` |
@@ -60,6 +61,7 @@ use tracing::info;
 pub use error::{ApiError, ErrorBody, ServeError};
 
 use crate::agent::AgentHandle;
+use crate::store::EtcdStore;
 
 pub use dwcp_control::config::{
     ApiConfig, DEFAULT_COMMAND_TIMEOUT_MS, DEFAULT_MAX_BODY_BYTES, DEFAULT_SOCKET,
@@ -77,6 +79,8 @@ pub struct ApiContext {
     /// Set when the server shuts down: ends the event streams, which would otherwise keep
     /// a graceful shutdown waiting for ever.
     closing: Arc<watch::Sender<bool>>,
+    /// The cluster store in etcd mode (membership is read from it, not from the snapshot).
+    cluster_store: Option<EtcdStore>,
 }
 
 impl ApiContext {
@@ -87,7 +91,14 @@ impl ApiContext {
             max_body_bytes: config.max_body_bytes,
             read_timeout: config.limits().read_timeout,
             closing: Arc::new(watch::channel(false).0),
+            cluster_store: None,
         }
+    }
+
+    /// The same context, listing the gateways of `store`.
+    pub fn with_cluster_store(mut self, store: EtcdStore) -> ApiContext {
+        self.cluster_store = Some(store);
+        self
     }
 
     /// Ends open event streams and makes [`ApiContext::closed`] complete: call it together
@@ -119,6 +130,7 @@ pub fn router(ctx: ApiContext) -> Router {
         .route("/v1/history", get(handlers::history))
         .route("/v1/tunnels", get(handlers::tunnels))
         .route("/v1/lsdb", get(handlers::lsdb))
+        .route("/v1/gateways", get(handlers::gateways))
         .route("/v1/classes", get(handlers::classes))
         .route("/v1/flows", get(handlers::flows))
         .route(

@@ -1,0 +1,184 @@
+//! The agents in etcd mode (`[store] kind = "etcd"`): the three-region lab's real
+//! `dwcp-agent`s, each gateway's namespace given a port on the bridge of a real three-member
+//! etcd cluster (`dwcp_lab::etcd::EtcdCluster`). Both guards remove everything when they drop,
+//! also when the test fails.
+//!
+//! Every wait is for a mechanism (a record listed, a record gone) with a generous deadline.
+//! Covered: every agent lists every gateway with its region, addresses, version and
+//! generation; a reload's generation reaches the store; a store outage leaves the agents
+//! running and the listing failing clearly, and membership comes back with the store; a
+//! stopped agent leaves at once, a killed one when its lease expires.
+
+use std::{
+    path::Path,
+    process::{Command, Output},
+    time::{Duration, Instant},
+};
+
+use dwcp_control::store::GatewayView;
+use dwcp_lab::etcd::EtcdCluster;
+use dwcp_lab::lab::triangle::{
+    underlay_ip, TriangleLab, TriangleOptions, GATEWAYS, LINKS, REGIONS,
+};
+
+const WAIT: Duration = Duration::from_secs(60);
+
+fn dwcp(socket: &Path, args: &[&str]) -> Output {
+    Command::new(dwcp_lab::bin("dwcp"))
+        .arg("--socket")
+        .arg(socket)
+        .args(["--timeout", "10"])
+        .args(args)
+        .output()
+        .expect("dwcp runs")
+}
+
+/// `dwcp show gateways --json` on gateway `r`'s agent, sorted by name (as etcd lists them).
+fn gateways(lab: &TriangleLab, r: usize) -> Vec<GatewayView> {
+    let out = dwcp(&lab.api_socket(r), &["--json", "show", "gateways"]);
+    assert!(
+        out.status.success(),
+        "dwcp show gateways: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("a JSON list of gateways")
+}
+
+fn names(views: &[GatewayView]) -> Vec<&str> {
+    views.iter().map(|g| g.record.name.as_str()).collect()
+}
+
+/// Polls `f` until it returns Some, at most WAIT.
+fn wait<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            start.elapsed() < WAIT,
+            "{what} did not happen within {WAIT:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+#[cfg_attr(
+    not(feature = "privileged"),
+    ignore = "privileged: needs root, BPF, network namespaces and etcd (--features dwcp-lab/privileged)"
+)]
+fn gateways_register_on_leases_and_every_agent_lists_them() {
+    if let Err(why) = dwcp_lab::etcd::available() {
+        dwcp_lab::skip(
+            "gateways_register_on_leases_and_every_agent_lists_them",
+            &why,
+        );
+        return;
+    }
+    let mut cluster = EtcdCluster::start().expect("a three-member etcd cluster");
+    let endpoints: Vec<String> = cluster
+        .endpoints()
+        .iter()
+        .map(|e| format!("\"{e}\""))
+        .collect();
+    let mut lab = TriangleLab::build(
+        "etcdag",
+        &dwcp_lab::bin("dwcp-agent"),
+        TriangleOptions {
+            extra_config: format!(
+                "[store]\nkind = \"etcd\"\nendpoints = [{}]\n",
+                endpoints.join(", ")
+            ),
+            ..TriangleOptions::default()
+        },
+    )
+    .expect("the three-region lab");
+    for r in 0..3 {
+        cluster
+            .attach(&lab.regions[r].gw, "etcd0")
+            .expect("a port on the cluster's bridge");
+    }
+    for r in 0..3 {
+        lab.start_agent(r, &[]).expect("agent starts");
+    }
+
+    // Every agent lists all three, with their regions, addresses and generation.
+    for r in 0..3 {
+        let listed = wait("all three gateways listed", || {
+            let g = gateways(&lab, r);
+            (g.len() == 3).then_some(g)
+        });
+        // etcd lists by key, i.e. by name.
+        assert_eq!(names(&listed), ["gw-aps1-a", "gw-euw1-a", "gw-use1-a"]);
+        for g in &listed {
+            let i = GATEWAYS.iter().position(|n| *n == g.record.name).unwrap();
+            assert_eq!(g.record.region, REGIONS[i]);
+            // Its underlay addresses.
+            let mut addresses: Vec<String> = LINKS
+                .iter()
+                .filter(|(_, a, b)| *a == i || *b == i)
+                .map(|(link, _, _)| underlay_ip(*link, i).to_string())
+                .collect();
+            addresses.sort();
+            assert_eq!(g.record.address, addresses.join(","));
+            assert_eq!(g.record.version, env!("CARGO_PKG_VERSION"));
+            assert_eq!(g.record.topology_generation, 1);
+            let contact = g.last_contact_seconds.expect("a live lease");
+            assert!(
+                contact <= dwcp_agent::agent::MEMBERSHIP_TTL.as_secs(),
+                "{}: last contact {contact} s ago",
+                g.record.name
+            );
+        }
+    }
+    let table = String::from_utf8(dwcp(&lab.api_socket(0), &["show", "gateways"]).stdout).unwrap();
+    assert!(
+        table.starts_with("GATEWAY") && GATEWAYS.iter().all(|g| table.contains(g)),
+        "{table}"
+    );
+
+    // A reload's new generation reaches the record.
+    let text = lab
+        .config_text(0)
+        .replace("sample_every = 10", "sample_every = 20");
+    lab.write_config(0, &text).unwrap();
+    lab.hup_agent(0).unwrap();
+    wait("gateway 1's record at generation 2", || {
+        let listed = gateways(&lab, 1);
+        let g1 = listed
+            .iter()
+            .find(|g| g.record.name == GATEWAYS[0])
+            .unwrap();
+        (g1.record.topology_generation == 2).then_some(())
+    });
+
+    // The whole store down: the agents go on, the listing says why it cannot answer; back
+    // up, every gateway is listed again (renewed, or registered anew if its lease expired).
+    cluster.stop();
+    let out = dwcp(&lab.api_socket(0), &["show", "gateways"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("cluster store unreachable"), "{err}");
+    for r in 0..3 {
+        assert!(dwcp(&lab.api_socket(r), &["status"]).status.success());
+    }
+    cluster.start_again().expect("the cluster back");
+    wait("all three gateways listed after the outage", || {
+        (gateways(&lab, 0).len() == 3).then_some(())
+    });
+
+    // A stopped agent revokes its lease before it exits: gone at once.
+    lab.stop_agent(1).expect("agent 2 stops");
+    assert_eq!(
+        names(&gateways(&lab, 0)),
+        [GATEWAYS[2], GATEWAYS[0]],
+        "a stopped gateway leaves at once"
+    );
+
+    // A killed one renews no more: etcd removes it when its lease runs out.
+    lab.kill_agent(2).expect("agent 3 killed");
+    wait("the killed gateway's record expiring", || {
+        (names(&gateways(&lab, 0)) == [GATEWAYS[0]]).then_some(())
+    });
+}
