@@ -28,7 +28,8 @@ use dwcp_control::{
     store::GatewayView,
     view::{
         AdminRequest, AdminResponse, AdminState, ClassView, LinkHealth, LinkView, LsdbView,
-        ReloadResponse, RouteChange, RouteView, StatusView, TopologyView, TunnelView,
+        ReloadResponse, RouteChange, RouteView, StatusView, TopologyChanges, TopologyFile,
+        TopologyView, TunnelView,
     },
 };
 use indicatif::{ProgressBar, ProgressStyle};
@@ -98,6 +99,11 @@ enum Command {
     },
     /// Make the agent re-read its configuration.
     Reload,
+    /// etcd mode: the topology every gateway runs, in the cluster store.
+    Topology {
+        #[command(subcommand)]
+        action: TopologyAction,
+    },
     /// Decode the pinned BPF maps (read-only; needs root).
     Maps {
         #[arg(long, env = "DWCP_PIN_DIR", default_value = DEFAULT_PIN_DIR)]
@@ -107,6 +113,15 @@ enum Command {
     },
     /// Print a shell completion script.
     Completions { shell: clap_complete::Shell },
+}
+
+#[derive(Subcommand)]
+enum TopologyAction {
+    /// Validate FILE's topology (an agent.toml, or only its [[region]], [[link]], [[edge]]
+    /// tables) and publish it as the next generation; every gateway applies it.
+    Push { file: PathBuf },
+    /// What `push` of FILE would change in the published topology.
+    Diff { file: PathBuf },
 }
 
 #[derive(Subcommand)]
@@ -325,6 +340,21 @@ async fn run(cli: Cli) -> Result<()> {
                 })
                 .await?;
             Ok(())
+        }
+        Command::Topology { action } => {
+            let (path, file, push) = match action {
+                TopologyAction::Push { file } => ("/v1/topology", file, true),
+                TopologyAction::Diff { file } => ("/v1/topology/diff", file, false),
+            };
+            let source = std::fs::read_to_string(file)
+                .with_context(|| format!("reading {}", file.display()))?;
+            let body = TopologyFile { source };
+            let method = if push { "PUT" } else { "POST" };
+            let r: TopologyChanges = client(&cli)?
+                .call(method, path, Some(&body))
+                .await
+                .with_context(|| format!("{}", file.display()))?;
+            print(json, &r, tables::topology_changes)
         }
         Command::Reload => {
             let r: ReloadResponse = client(&cli)?

@@ -3,11 +3,14 @@
 //! etcd cluster (`dwcp_lab::etcd::EtcdCluster`). Both guards remove everything when they drop,
 //! also when the test fails.
 //!
-//! Every wait is for a mechanism (a record listed, a record gone) with a generous deadline.
-//! Covered: every agent lists every gateway with its region, addresses, version and
-//! generation; a reload's generation reaches the store; a store outage leaves the agents
-//! running and the listing failing clearly, and membership comes back with the store; a
-//! stopped agent leaves at once, a killed one when its lease expires.
+//! Every wait is for a mechanism (a record listed, a record gone, a generation applied) with a
+//! generous deadline. Covered: every agent lists every gateway with its region, addresses,
+//! version and topology generation; a topology pushed once through one gateway reaches every
+//! gateway (diff first, then push; a bad file refused with its line; the same text twice makes
+//! one generation); a reload keeps the published topology; a store outage leaves the agents
+//! running and the listing failing clearly, an agent restarted meanwhile starts on the cached
+//! topology, and membership comes back with the store; a stopped agent leaves at once, a
+//! killed one when its lease expires.
 
 use std::{
     path::Path,
@@ -16,9 +19,10 @@ use std::{
 };
 
 use dwcp_control::store::GatewayView;
+use dwcp_control::view::{StatusView, TopologyChanges, TopologyView};
 use dwcp_lab::etcd::EtcdCluster;
 use dwcp_lab::lab::triangle::{
-    underlay_ip, TriangleLab, TriangleOptions, GATEWAYS, LINKS, REGIONS,
+    underlay_ip, TriangleLab, TriangleOptions, GATEWAYS, LINKS, REGIONS, TOPOLOGY,
 };
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -42,6 +46,25 @@ fn gateways(lab: &TriangleLab, r: usize) -> Vec<GatewayView> {
         String::from_utf8_lossy(&out.stderr)
     );
     serde_json::from_slice(&out.stdout).expect("a JSON list of gateways")
+}
+
+/// `dwcp --json ARGS` on gateway `r`'s agent, decoded.
+fn json<T: serde::de::DeserializeOwned>(lab: &TriangleLab, r: usize, args: &[&str]) -> T {
+    let mut all = vec!["--json"];
+    all.extend_from_slice(args);
+    let out = dwcp(&lab.api_socket(r), &all);
+    assert!(
+        out.status.success(),
+        "dwcp {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("the API's JSON")
+}
+
+/// Link 1's capacity as gateway `r` runs it.
+fn link1_capacity(lab: &TriangleLab, r: usize) -> u64 {
+    let t: TopologyView = json(lab, r, &["show", "topology"]);
+    t.links.iter().find(|l| l.id == 1).unwrap().capacity_bps
 }
 
 fn names(views: &[GatewayView]) -> Vec<&str> {
@@ -123,7 +146,7 @@ fn gateways_register_on_leases_and_every_agent_lists_them() {
             addresses.sort();
             assert_eq!(g.record.address, addresses.join(","));
             assert_eq!(g.record.version, env!("CARGO_PKG_VERSION"));
-            assert_eq!(g.record.topology_generation, 1);
+            assert_eq!(g.record.topology_generation, 0, "its file's topology");
             let contact = g.last_contact_seconds.expect("a live lease");
             assert!(
                 contact <= dwcp_agent::agent::MEMBERSHIP_TTL.as_secs(),
@@ -138,20 +161,76 @@ fn gateways_register_on_leases_and_every_agent_lists_them() {
         "{table}"
     );
 
-    // A reload's new generation reaches the record.
+    // A topology pushed once, through gateway 2, reaches every gateway.
+    const FILE_CAPACITY: u64 = 1_000_000_000;
+    const PUSHED_CAPACITY: u64 = 1_500_000_000;
+    assert_eq!(link1_capacity(&lab, 0), FILE_CAPACITY);
+    let file = lab.dir.join("topology.toml");
+    std::fs::write(
+        &file,
+        TOPOLOGY.replacen("capacity_mbps = 1000\n", "capacity_mbps = 1500\n", 1),
+    )
+    .unwrap();
+    let file = file.to_str().unwrap();
+    let diff: TopologyChanges = json(&lab, 1, &["topology", "diff", file]);
+    assert_eq!(diff.from_generation, None);
+    assert_eq!(
+        diff.changes.len(),
+        8,
+        "3 regions, 3 links, 2 edges added: {diff:?}"
+    );
+    assert!(diff.changes.iter().all(|c| c.starts_with("+ ")), "{diff:?}");
+    let pushed: TopologyChanges = json(&lab, 1, &["topology", "push", file]);
+    assert_eq!(pushed.generation, Some(1));
+    for r in 0..3 {
+        wait("the pushed generation applied", || {
+            let s: StatusView = json(&lab, r, &["status"]);
+            (s.published_topology_generation == Some(1)).then_some(())
+        });
+        assert_eq!(link1_capacity(&lab, r), PUSHED_CAPACITY);
+    }
+    wait("every record at generation 1", || {
+        gateways(&lab, 0)
+            .iter()
+            .all(|g| g.record.topology_generation == 1)
+            .then_some(())
+    });
+    // Pushing the same text again publishes nothing; a diff says so.
+    let again: TopologyChanges = json(&lab, 2, &["topology", "push", file]);
+    assert_eq!(
+        (again.from_generation, again.generation),
+        (Some(1), Some(1))
+    );
+    let diff: TopologyChanges = json(&lab, 2, &["topology", "diff", file]);
+    assert!(diff.changes.is_empty(), "{diff:?}");
+    // A bad file is refused with its line, and nothing is published.
+    let bad = lab.dir.join("bad.toml");
+    let text = TOPOLOGY.replacen("capacity_mbps = 1000\n", "capacity_mbps = -5\n", 1);
+    std::fs::write(&bad, &text).unwrap();
+    let out = dwcp(
+        &lab.api_socket(0),
+        &["topology", "push", bad.to_str().unwrap()],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("line "), "{err}");
+    assert_eq!(
+        json::<TopologyChanges>(&lab, 0, &["topology", "diff", file]).from_generation,
+        Some(1)
+    );
+
+    // A reload re-reads the file but keeps the published topology in place of the file's.
     let text = lab
         .config_text(0)
         .replace("sample_every = 10", "sample_every = 20");
     lab.write_config(0, &text).unwrap();
+    let before: StatusView = json(&lab, 0, &["status"]);
     lab.hup_agent(0).unwrap();
-    wait("gateway 1's record at generation 2", || {
-        let listed = gateways(&lab, 1);
-        let g1 = listed
-            .iter()
-            .find(|g| g.record.name == GATEWAYS[0])
-            .unwrap();
-        (g1.record.topology_generation == 2).then_some(())
+    wait("the reload", || {
+        let s: StatusView = json(&lab, 0, &["status"]);
+        (s.config_generation > before.config_generation).then_some(())
     });
+    assert_eq!(link1_capacity(&lab, 0), PUSHED_CAPACITY);
 
     // The whole store down: the agents go on, the listing says why it cannot answer; back
     // up, every gateway is listed again (renewed, or registered anew if its lease expired).
@@ -163,6 +242,13 @@ fn gateways_register_on_leases_and_every_agent_lists_them() {
     for r in 0..3 {
         assert!(dwcp(&lab.api_socket(r), &["status"]).status.success());
     }
+    // Restarted meanwhile, an agent starts on the topology it cached.
+    lab.kill_agent(2).unwrap();
+    lab.start_agent(2, &[])
+        .expect("agent 3 starts with the store down");
+    let s: StatusView = json(&lab, 2, &["status"]);
+    assert_eq!(s.published_topology_generation, Some(1));
+    assert_eq!(link1_capacity(&lab, 2), PUSHED_CAPACITY);
     cluster.start_again().expect("the cluster back");
     wait("all three gateways listed after the outage", || {
         (gateways(&lab, 0).len() == 3).then_some(())

@@ -31,7 +31,7 @@ use dwcp_dataplane::{
 };
 
 use super::{
-    cluster::MembershipTask,
+    cluster::{self, MembershipTask},
     handoff::Handoffs,
     link_state::LinkStateHandle,
     netlink::{NetlinkError, NetlinkWatcher},
@@ -157,17 +157,29 @@ impl Daemon {
     /// (see `tasks.rs` for the channels between them). Must run inside a tokio runtime, in
     /// the gateway's network namespace.
     pub async fn start(options: DaemonOptions) -> Result<Daemon, DaemonError> {
-        let config = AgentConfig::load(&options.config_path)?;
+        // In etcd mode the topology may come from the store: its settings first. The
+        // connection is lazy: an unreachable store is no start error (unreadable TLS files
+        // are).
+        let store = match AgentConfig::load_store(&options.config_path)? {
+            StoreConfig::File => None,
+            StoreConfig::Etcd(etcd) => Some(EtcdStore::connect(&etcd).await?),
+        };
+        let published = match &store {
+            Some(store) => cluster::initial_topology(store, &options.state_dir).await,
+            None => None,
+        };
+        let config = match &published {
+            Some(p) => AgentConfig::load_with_topology(&options.config_path, p)?,
+            None => AgentConfig::load(&options.config_path)?,
+        };
         info!(gateway = %config.gateway, region = %config.region, path = %options.config_path.display(), "configuration loaded");
         // Before the fast path: a state directory that cannot be made is a start error, not
         // a failure of the first reservation.
         create_state_dir(&options.state_dir)?;
+        if let Some(p) = &published {
+            cluster::write_cache(&options.state_dir, p);
+        }
         crate::http::raise_fd_limit(crate::http::fds_needed(&config));
-        // Lazy: an unreachable store is no start error (only unreadable TLS files are).
-        let store = match &config.store {
-            StoreConfig::File => None,
-            StoreConfig::Etcd(etcd) => Some(EtcdStore::connect(etcd).await?),
-        };
         let mut dataplane = load_fast_path(options.ebpf_object.as_deref(), &config)?;
         let flow_samples = dataplane.take_flow_samples();
 
@@ -220,6 +232,9 @@ impl Daemon {
             ));
         }
 
+        if let Some(store) = &store {
+            started.push(cluster::topology_watch(store.clone(), input_tx.clone()));
+        }
         let membership =
             store.map(|store| MembershipTask::start(store, &config, snapshot.subscribe()));
 
@@ -313,6 +328,9 @@ impl Daemon {
         }
         if self.state.config_generation() != generation {
             let config = self.state.config().clone();
+            if let Some(p) = &config.published_topology {
+                cluster::write_cache(&self.options.state_dir, p);
+            }
             self.probes.sync(&config);
             self.link_state.sync(&config);
         }

@@ -30,8 +30,11 @@
 //!  snapshot (its links' utilisation) -----------> link state
 //!
 //!  etcd mode ([store] kind = "etcd", `cluster.rs`):
-//!  snapshot (config generation) --> membership --register, update, revoke--> etcd (lease)
-//!  API GET /v1/gateways ------------------------------list gateways, leases--> etcd
+//!  etcd <topology>  --watch--> topology watch --Input::PublishedTopology--> inputs (above);
+//!                              the loop caches the topology in force in the state directory
+//!  snapshot (published generation) --> membership --register, update, revoke--> etcd (lease)
+//!  API GET /v1/gateways --------------------------------list gateways, leases--> etcd
+//!  API PUT /v1/topology, POST /v1/topology/diff -----read, publish (txn)------> etcd
 //! ```
 //!
 //! The loop's timers need no task: the debounced computation, the counters, and the next start

@@ -34,6 +34,8 @@ pub enum ApiError {
     #[error("{0}")]
     ClusterStore(#[from] crate::store::ClusterStoreError),
     #[error("{0}")]
+    Topology(#[from] dwcp_control::topology::TopologyError),
+    #[error("{0}")]
     BadRequest(String),
     #[error("missing bearer token: send `Authorization: Bearer <token>`")]
     MissingToken,
@@ -67,6 +69,7 @@ impl ApiError {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             ApiError::ClusterStore(_) => StatusCode::BAD_GATEWAY,
+            ApiError::Topology(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::MissingToken | ApiError::WrongToken => StatusCode::UNAUTHORIZED,
             ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,

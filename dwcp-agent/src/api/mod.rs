@@ -12,6 +12,8 @@
 //! |---|---|---|
 //! | GET | `/v1/status` | gateway, generations, links up, regions reachable, counters |
 //! | GET | `/v1/topology` | regions and links |
+//! | PUT | `/v1/topology` | etcd mode: publish a topology file's topology (`TopologyFile`) |
+//! | POST | `/v1/topology/diff` | etcd mode: what publishing it would change |
 //! | GET | `/v1/links`, `/v1/links/{id or name}` | measured links |
 //! | PUT | `/v1/links/{id or name}/admin` | `{"state": "down"}` / `{"state": "up"}` |
 //! | GET | `/v1/routes`, `/v1/routes/{region}` | routes with their paths and why |
@@ -121,7 +123,14 @@ pub fn router(ctx: ApiContext) -> Router {
     let limit = ctx.max_body_bytes;
     Router::new()
         .route("/v1/status", get(handlers::status))
-        .route("/v1/topology", get(handlers::topology))
+        .route(
+            "/v1/topology",
+            get(handlers::topology).put(handlers::push_topology),
+        )
+        .route(
+            "/v1/topology/diff",
+            axum::routing::post(handlers::diff_topology),
+        )
         .route("/v1/links", get(handlers::links))
         .route("/v1/links/{link}", get(handlers::link))
         .route("/v1/links/{link}/admin", put(handlers::set_link_admin))
