@@ -142,6 +142,20 @@ impl EtcdCluster {
         self.members.iter().map(|m| client_url(m.ip)).collect()
     }
 
+    /// The `[store]` section of an agent of this cluster (etcd mode, the default prefix); the
+    /// agent's namespace must be `attach`ed.
+    pub fn store_section(&self) -> String {
+        let endpoints: Vec<String> = self
+            .endpoints()
+            .iter()
+            .map(|e| format!("\"{e}\""))
+            .collect();
+        format!(
+            "[store]\nkind = \"etcd\"\nendpoints = [{}]\n",
+            endpoints.join(", ")
+        )
+    }
+
     /// Gives namespace `ns` (a gateway's, so an agent in it reaches the members) an interface
     /// `ifname` on the cluster's bridge, and returns its address. The interface goes with the
     /// namespace; until then the bridge's removal only leaves it unconnected.

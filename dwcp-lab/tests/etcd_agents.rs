@@ -100,19 +100,11 @@ fn gateways_register_on_leases_and_every_agent_lists_them() {
         return;
     }
     let mut cluster = EtcdCluster::start().expect("a three-member etcd cluster");
-    let endpoints: Vec<String> = cluster
-        .endpoints()
-        .iter()
-        .map(|e| format!("\"{e}\""))
-        .collect();
     let mut lab = TriangleLab::build(
         "etcdag",
         &dwcp_lab::bin("dwcp-agent"),
         TriangleOptions {
-            extra_config: format!(
-                "[store]\nkind = \"etcd\"\nendpoints = [{}]\n",
-                endpoints.join(", ")
-            ),
+            extra_config: cluster.store_section(),
             ..TriangleOptions::default()
         },
     )
