@@ -1,7 +1,8 @@
 //! The agents in etcd mode (`[store] kind = "etcd"`): the three-region lab's real
 //! `dwcp-agent`s, each gateway's namespace given a port on the bridge of a real three-member
-//! etcd cluster (`dwcp_lab::etcd::EtcdCluster`). Both guards remove everything when they drop,
-//! also when the test fails.
+//! etcd cluster (`dwcp_lab::etcd::EtcdCluster`) that serves clients over TLS and requires
+//! their certificates. Both guards remove everything when they drop, also when the test
+//! fails.
 //!
 //! Every wait is for a mechanism (a record listed, a record gone, a generation applied) with a
 //! generous deadline. Covered: every agent lists every gateway with its region, addresses,
@@ -99,7 +100,8 @@ fn gateways_register_on_leases_and_every_agent_lists_them() {
         );
         return;
     }
-    let mut cluster = EtcdCluster::start().expect("a three-member etcd cluster");
+    // TLS with client certificates: the agents' [store] names the CA, certificate and key.
+    let mut cluster = EtcdCluster::start_tls().expect("a three-member etcd cluster");
     let mut lab = TriangleLab::build(
         "etcdag",
         &dwcp_lab::bin("dwcp-agent"),
