@@ -169,14 +169,22 @@ impl Daemon {
             None => None,
         };
         let config = match &published {
-            Some(p) => AgentConfig::load_with_topology(&options.config_path, p)?,
+            Some(p) => match AgentConfig::load_with_topology(&options.config_path, p) {
+                Ok(c) => c,
+                // As a running agent would refuse it: this gateway runs its file's topology,
+                // and `dwcp show gateways` shows it behind.
+                Err(e) => {
+                    warn!(generation = p.generation, "the cluster store's topology does not fit this gateway's file; starting on the file's: {e}");
+                    AgentConfig::load(&options.config_path)?
+                }
+            },
             None => AgentConfig::load(&options.config_path)?,
         };
         info!(gateway = %config.gateway, region = %config.region, path = %options.config_path.display(), "configuration loaded");
         // Before the fast path: a state directory that cannot be made is a start error, not
         // a failure of the first reservation.
         create_state_dir(&options.state_dir)?;
-        if let Some(p) = &published {
+        if let Some(p) = &config.published_topology {
             cluster::write_cache(&options.state_dir, p);
         }
         crate::http::raise_fd_limit(crate::http::fds_needed(&config));
