@@ -53,7 +53,7 @@ impl MembershipTask {
         snapshot: watch::Receiver<Arc<AgentSnapshot>>,
     ) -> MembershipTask {
         let (leave, left) = oneshot::channel();
-        let task = tokio::spawn(run_membership(store, record(config, 0), snapshot, left));
+        let task = tokio::spawn(run_membership(store, record(config), snapshot, left));
         MembershipTask { task, leave }
     }
 
@@ -67,9 +67,9 @@ impl MembershipTask {
     }
 }
 
-/// The gateway's record. `address`: its underlay addresses (the WireGuard links' are not
-/// configured addresses).
-fn record(config: &AgentConfig, topology_generation: u64) -> GatewayRecord {
+/// The gateway's record as configured at start; the topology generation comes from the
+/// snapshot. `address`: its underlay addresses (the WireGuard links' are not configured).
+fn record(config: &AgentConfig) -> GatewayRecord {
     let mut addresses: Vec<String> = config
         .local_links
         .iter()
@@ -83,7 +83,7 @@ fn record(config: &AgentConfig, topology_generation: u64) -> GatewayRecord {
         region: config.region.clone(),
         address: addresses.join(","),
         version: env!("CARGO_PKG_VERSION").to_string(),
-        topology_generation,
+        topology_generation: 0,
     }
 }
 
