@@ -4,6 +4,7 @@
 //! ```text
 //! dwcp show links                 # tables by default; every link, who measured it, when
 //! dwcp show lsdb                  # the link-state records
+//! dwcp show gateways              # etcd mode: every registered gateway
 //! dwcp show routes --json         # the API's JSON
 //! dwcp link down use1-aps1        # administrative; waits until the agent shows it
 //! dwcp reserve add --from us-east-1 --to eu-west-1 --class realtime --rate 100M --end +1h --path 1
@@ -24,9 +25,11 @@ use dwcp_control::{
     bandwidth::{Admission, ExtendRequest, RawNumber, Reservation, ReservationRequest},
     config::{DEFAULT_PIN_DIR, DEFAULT_SOCKET},
     input::unix_now,
+    store::GatewayView,
     view::{
         AdminRequest, AdminResponse, AdminState, ClassView, LinkHealth, LinkView, LsdbView,
-        ReloadResponse, RouteChange, RouteView, StatusView, TopologyView, TunnelView,
+        ReloadResponse, RouteChange, RouteView, StatusView, TopologyChanges, TopologyFile,
+        TopologyView, TunnelView,
     },
 };
 use indicatif::{ProgressBar, ProgressStyle};
@@ -96,6 +99,11 @@ enum Command {
     },
     /// Make the agent re-read its configuration.
     Reload,
+    /// etcd mode: the topology every gateway runs, in the cluster store.
+    Topology {
+        #[command(subcommand)]
+        action: TopologyAction,
+    },
     /// Decode the pinned BPF maps (read-only; needs root).
     Maps {
         #[arg(long, env = "DWCP_PIN_DIR", default_value = DEFAULT_PIN_DIR)]
@@ -105,6 +113,15 @@ enum Command {
     },
     /// Print a shell completion script.
     Completions { shell: clap_complete::Shell },
+}
+
+#[derive(Subcommand)]
+enum TopologyAction {
+    /// Validate FILE's topology (an agent.toml, or only its [[region]], [[link]], [[edge]]
+    /// tables) and publish it as the next generation; every gateway applies it.
+    Push { file: PathBuf },
+    /// What `push` of FILE would change in the published topology.
+    Diff { file: PathBuf },
 }
 
 #[derive(Subcommand)]
@@ -123,6 +140,9 @@ enum Show {
     },
     /// The link-state database: every gateway's record of its links, and the flooding counters.
     Lsdb,
+    /// Every gateway registered in the cluster store (etcd mode): region, address, version,
+    /// topology generation, last contact.
+    Gateways,
     Tunnels,
     /// QoS classes: what the fast path forwarded in each, at what rate, and what is reserved.
     Classes,
@@ -321,6 +341,21 @@ async fn run(cli: Cli) -> Result<()> {
                 .await?;
             Ok(())
         }
+        Command::Topology { action } => {
+            let (path, file, push) = match action {
+                TopologyAction::Push { file } => ("/v1/topology", file, true),
+                TopologyAction::Diff { file } => ("/v1/topology/diff", file, false),
+            };
+            let source = std::fs::read_to_string(file)
+                .with_context(|| format!("reading {}", file.display()))?;
+            let body = TopologyFile { source };
+            let method = if push { "PUT" } else { "POST" };
+            let r: TopologyChanges = client(&cli)?
+                .call(method, path, Some(&body))
+                .await
+                .with_context(|| format!("{}", file.display()))?;
+            print(json, &r, tables::topology_changes)
+        }
         Command::Reload => {
             let r: ReloadResponse = client(&cli)?
                 .call::<(), _>("POST", "/v1/reload", None)
@@ -366,6 +401,10 @@ async fn show(cli: &Cli, what: &Show) -> Result<()> {
         Show::Lsdb => {
             let l: LsdbView = c.get("/v1/lsdb").await?;
             print(json, &l, |l| tables::lsdb(l, now_unix_ms()))
+        }
+        Show::Gateways => {
+            let g: Vec<GatewayView> = c.get("/v1/gateways").await?;
+            print(json, &g, |g| tables::gateways(g))
         }
         Show::Tunnels => {
             let t: Vec<TunnelView> = c.get("/v1/tunnels").await?;

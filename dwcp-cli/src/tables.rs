@@ -5,10 +5,11 @@ use comfy_table::{presets, CellAlignment, ContentArrangement, Table};
 
 use dwcp_control::{
     bandwidth::Reservation,
+    store::GatewayView,
     topology::RoutingHealth,
     view::{
         ClassView, LinkHealth, LinkView, LsdbRecord, LsdbView, PathRole, RouteChange, RouteView,
-        StatusView, TopologyView, TunnelState, TunnelView,
+        StatusView, TopologyChanges, TopologyView, TunnelState, TunnelView,
     },
 };
 
@@ -81,6 +82,9 @@ pub fn status(s: &StatusView) -> String {
         s.failovers_total,
         s.route_changes_total,
     );
+    if let Some(g) = s.published_topology_generation {
+        out += &format!("  topology from the cluster store: generation {g}\n");
+    }
     if let (Some(a), Some(t)) = (s.reservations_active, s.reservations_stored) {
         out.push_str(&format!("  reservations: {a} active, {t} stored\n"));
     }
@@ -398,6 +402,70 @@ pub fn flows(f: &dwcp_control::traffic::FlowsView, now_unix_s: u64) -> String {
     }
     out.push_str(&render(&tab));
     out
+}
+
+/// A push's or a diff's answer.
+pub fn topology_changes(t: &TopologyChanges) -> String {
+    let from = t
+        .from_generation
+        .map_or("nothing published".to_string(), |g| {
+            format!("generation {g}")
+        });
+    let mut out = match t.generation {
+        Some(g) if Some(g) == t.from_generation => {
+            format!("generation {g} already has this topology: nothing published\n")
+        }
+        Some(g) => format!(
+            "published topology generation {g} ({} change{} from {from})\n",
+            t.changes.len(),
+            if t.changes.len() == 1 { "" } else { "s" }
+        ),
+        None if t.changes.is_empty() => format!("no change from {from}\n"),
+        None => format!("changes from {from}:\n"),
+    };
+    if t.generation.is_none() || t.generation != t.from_generation {
+        for c in &t.changes {
+            out += &format!("  {c}\n");
+        }
+    }
+    out
+}
+
+/// Gateways by name; generation 0 is a gateway on its file's topology.
+pub fn gateways(gateways: &[GatewayView]) -> String {
+    if gateways.is_empty() {
+        return "no gateways registered\n".into();
+    }
+    let mut tab = table(
+        &[
+            "GATEWAY",
+            "REGION",
+            "ADDRESS",
+            "VERSION",
+            "TOPOLOGY",
+            "LAST CONTACT",
+        ],
+        &[4],
+    );
+    for g in gateways {
+        let r = &g.record;
+        tab.add_row(vec![
+            r.name.clone(),
+            r.region.clone(),
+            if r.address.is_empty() {
+                "-".into()
+            } else {
+                r.address.clone()
+            },
+            r.version.clone(),
+            match r.topology_generation {
+                0 => "file".into(),
+                g => g.to_string(),
+            },
+            opt(g.last_contact_seconds.map(|s| s as f64), format::age),
+        ]);
+    }
+    render(&tab)
 }
 
 pub fn tunnels(tunnels: &[TunnelView]) -> String {

@@ -3,8 +3,9 @@
 //! One file holds what this gateway is (`[gateway]`), the links it terminates
 //! (`[[local_link]]`), the LAN prefixes of every region (`[[prefixes]]`), the probe, routing,
 //! traffic, QoS, updater and API settings, the health checks, and the whole topology
-//! (`[[region]]`, `[[link]]`, `[[edge]]`, the same on every gateway). Unknown fields are
-//! rejected; every error names the field and its line.
+//! (`[[region]]`, `[[link]]`, `[[edge]]`, the same on every gateway; in etcd mode the cluster
+//! store's replaces it, `load_with_topology`). Unknown fields are rejected; every error names
+//! the field and its line.
 //!
 //! ```toml
 //! [gateway]
@@ -53,7 +54,7 @@ use crate::{
     health::{HealthCheckConfig, HealthCheckSpec},
     liveness::MonitorConfig,
     routing::{BalancedWeights, Constraints, Strategy},
-    store::StoreConfig,
+    store::{PublishedTopology, StoreConfig},
     topology::{error::line_of, EdgeConfig, LinkConfig, RegionConfig, Topology, TopologyConfig},
     traffic::{PolicingConfig, TrafficConfig},
 };
@@ -707,6 +708,9 @@ pub struct AgentConfig {
     pub topology: TopologyConfig,
     /// The validated topology.
     pub topology_model: Topology,
+    /// In etcd mode, once the cluster store has one: the generation of the store's topology,
+    /// which replaced the file's (`load_with_topology`), kept for reloads.
+    pub published_topology: Option<PublishedTopology>,
 }
 
 impl PartialEq for AgentConfig {
@@ -745,7 +749,20 @@ impl PartialEq for AgentConfig {
             && self.store == other.store
             && self.health_checks == other.health_checks
             && self.topology == other.topology
+            && self.published_topology == other.published_topology
     }
+}
+
+fn parse_file(source: &str) -> Result<ConfigFile, ConfigError> {
+    toml::from_str(source).map_err(|e| {
+        let line = e.span().map(|s| line_of(source, s.start));
+        ConfigError::Parse {
+            path: None,
+            line,
+            snippet: line.and_then(|l| line_text(source, l)),
+            message: e.message().trim().to_string(),
+        }
+    })
 }
 
 fn line_text(source: &str, line: usize) -> Option<String> {
@@ -758,11 +775,76 @@ fn line_text(source: &str, line: usize) -> Option<String> {
 impl AgentConfig {
     /// Reads and checks the file at `path`.
     pub fn load(path: &Path) -> Result<AgentConfig, ConfigError> {
+        Self::load_from(path, None)
+    }
+
+    /// The `[store]` of the file at `path`, checked alone: in etcd mode the topology the rest
+    /// is checked against may have to come from the store first.
+    pub fn load_store(path: &Path) -> Result<StoreConfig, ConfigError> {
+        /// Only `[store]`; the other tables are not looked at.
+        #[derive(Deserialize)]
+        struct OnlyStore {
+            #[serde(default)]
+            store: StoreSection,
+        }
         let source = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_path_buf(),
             source,
         })?;
-        let mut c = Self::parse(&source).map_err(|e| match e {
+        let with_path = |e| match e {
+            ConfigError::Parse {
+                line,
+                snippet,
+                message,
+                ..
+            } => ConfigError::Parse {
+                path: Some(path.to_path_buf()),
+                line,
+                snippet,
+                message,
+            },
+            ConfigError::Invalid { problems, .. } => ConfigError::Invalid {
+                path: Some(path.to_path_buf()),
+                problems,
+            },
+            other => other,
+        };
+        let only: OnlyStore = toml::from_str(&source)
+            .map_err(|e| {
+                let line = e.span().map(|s| line_of(&source, s.start));
+                ConfigError::Parse {
+                    path: None,
+                    line,
+                    snippet: line.and_then(|l| line_text(&source, l)),
+                    message: e.message().trim().to_string(),
+                }
+            })
+            .map_err(with_path)?;
+        check::store_only(&only.store, &source).map_err(with_path)
+    }
+
+    /// Reads and checks the file at `path` with `published` (the cluster store's topology)
+    /// in place of the file's own topology tables, if it has any.
+    pub fn load_with_topology(
+        path: &Path,
+        published: &PublishedTopology,
+    ) -> Result<AgentConfig, ConfigError> {
+        Self::load_from(path, Some(published))
+    }
+
+    fn load_from(
+        path: &Path,
+        published: Option<&PublishedTopology>,
+    ) -> Result<AgentConfig, ConfigError> {
+        let source = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let parsed = match published {
+            None => Self::parse(&source),
+            Some(p) => Self::parse_with_topology(&source, p),
+        };
+        let mut c = parsed.map_err(|e| match e {
             ConfigError::Parse {
                 line,
                 snippet,
@@ -786,16 +868,31 @@ impl AgentConfig {
 
     /// Parses and checks configuration text. Every problem is reported, not just the first.
     pub fn parse(source: &str) -> Result<AgentConfig, ConfigError> {
-        let file: ConfigFile = toml::from_str(source).map_err(|e| {
-            let line = e.span().map(|s| line_of(source, s.start));
-            ConfigError::Parse {
+        check::check(parse_file(source)?, source, None)
+    }
+
+    /// [`AgentConfig::parse`] with `published`'s topology in place of `source`'s.
+    pub fn parse_with_topology(
+        source: &str,
+        published: &PublishedTopology,
+    ) -> Result<AgentConfig, ConfigError> {
+        let mut file = parse_file(source)?;
+        let topology =
+            TopologyConfig::from_toml_str(&published.source).map_err(|e| ConfigError::Invalid {
                 path: None,
-                line,
-                snippet: line.and_then(|l| line_text(source, l)),
-                message: e.message().trim().to_string(),
-            }
-        })?;
-        check::check(file, source)
+                problems: vec![Problem {
+                    line: None,
+                    field: format!(
+                        "topology generation {} of the cluster store",
+                        published.generation
+                    ),
+                    message: e.to_string(),
+                }],
+            })?;
+        file.region = topology.regions;
+        file.link = topology.links;
+        file.edge = topology.edges;
+        check::check(file, source, Some(published))
     }
 
     pub fn local_link(&self, link_id: u32) -> Option<&LocalLink> {

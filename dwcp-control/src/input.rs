@@ -128,6 +128,11 @@ pub enum Input {
     Reload {
         path: PathBuf,
     },
+    /// etcd mode: the cluster store's topology (a new generation pushed, or the one found at
+    /// a (re)list); it replaces the configuration file's topology, atomically.
+    PublishedTopology {
+        topology: crate::store::PublishedTopology,
+    },
     /// Periodic re-optimisation.
     Optimise,
     /// The link-state database's view of the network's links (`agent::link_state`), whenever

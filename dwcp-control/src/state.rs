@@ -563,6 +563,9 @@ impl<F: FastPath> AgentState<F> {
                 let _ = self.on_reservation(&op, now_unix_s, now);
             }
             Input::Reload { path } => return self.reload(&path, now).map(Some),
+            Input::PublishedTopology { topology } => {
+                return self.on_published_topology(topology, now).map(Some)
+            }
             Input::FlowSamples { samples } => self.on_flow_samples(samples),
             Input::Optimise => self.cause(
                 now,
@@ -1344,8 +1347,14 @@ impl<F: FastPath> AgentState<F> {
         }
     }
 
+    /// Re-reads the file at `path`; in etcd mode with the store's topology in force, that
+    /// topology stays in place of the file's.
     fn reload(&mut self, path: &std::path::Path, now: Now) -> Result<u64, CommandError> {
-        let new = match AgentConfig::load(path) {
+        let loaded = match &self.config.published_topology {
+            Some(p) => AgentConfig::load_with_topology(path, p),
+            None => AgentConfig::load(path),
+        };
+        let new = match loaded {
             Ok(c) => c,
             Err(e) => {
                 let msg = e.to_string();
@@ -1354,6 +1363,52 @@ impl<F: FastPath> AgentState<F> {
                 return Err(CommandError::InvalidConfig(msg));
             }
         };
+        self.adopt_config(path, new, now)
+    }
+
+    /// The cluster store's topology in place of the one in force (the file's, or an earlier
+    /// generation), with the configuration file as it is now; refused as a whole, like a
+    /// reload, if the file's links do not fit it.
+    fn on_published_topology(
+        &mut self,
+        topology: crate::store::PublishedTopology,
+        now: Now,
+    ) -> Result<u64, CommandError> {
+        if self.config.published_topology.as_ref() == Some(&topology) {
+            return Ok(self.config_generation);
+        }
+        let generation = topology.generation;
+        let Some(path) = self.config.path.clone() else {
+            let msg = format!(
+                "topology generation {generation} of the cluster store not applied: this \
+                 configuration was not read from a file"
+            );
+            self.emit(AgentEvent::ConfigRejected { error: msg.clone() });
+            return Err(CommandError::InvalidConfig(msg));
+        };
+        let new = match AgentConfig::load_with_topology(&path, &topology) {
+            Ok(c) => c,
+            Err(e) => {
+                let msg = format!(
+                    "topology generation {generation} of the cluster store refused; the \
+                     topology in force stays: {e}"
+                );
+                error!("{msg}");
+                self.emit(AgentEvent::ConfigRejected { error: msg.clone() });
+                return Err(CommandError::InvalidConfig(msg));
+            }
+        };
+        info!(generation, "topology of the cluster store applied");
+        self.adopt_config(&path, new, now)
+    }
+
+    /// `new` in force, unless it changes what needs a restart.
+    fn adopt_config(
+        &mut self,
+        path: &std::path::Path,
+        new: AgentConfig,
+        now: Now,
+    ) -> Result<u64, CommandError> {
         let restart = self.config.restart_only_changes(&new);
         if !restart.is_empty() {
             let msg = format!(
@@ -2366,6 +2421,11 @@ impl<F: FastPath> AgentState<F> {
             started_unix_ms: self.started_unix_ms,
             config_generation: self.config_generation,
             topology_generation: topology.generation(),
+            published_topology_generation: self
+                .config
+                .published_topology
+                .as_ref()
+                .map(|p| p.generation),
             regions: topology.regions().iter().map(|r| r.name.clone()).collect(),
             links,
             routes: self.route_views(&topology),

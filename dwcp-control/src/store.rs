@@ -6,6 +6,7 @@
 //! - `<prefix>/ledgers/<link id, 10 digits>`: the link's [`Ledger`](crate::bandwidth::Ledger)
 //! - `<prefix>/reservations/<id, 20 digits>`: a [`Reservation`](crate::bandwidth::Reservation)
 //! - `<prefix>/gateways/<name>`: a [`GatewayRecord`], on the gateway's lease
+//! - `<prefix>/topology`: the [`PublishedTopology`] every gateway runs
 //!
 //! Fixed-width numbers so that keys sort as their numbers do.
 
@@ -14,7 +15,10 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 use crate::bandwidth::ReservationId;
-use crate::topology::LinkId;
+use crate::topology::{
+    error::line_of, EdgeConfig, LinkConfig, LinkId, RegionConfig, Topology, TopologyConfig,
+    TopologyError,
+};
 
 pub const DEFAULT_PREFIX: &str = "/dwcp/v1";
 
@@ -98,6 +102,58 @@ impl KeyLayout {
     pub fn gateway(&self, name: &str) -> String {
         format!("{}{name}", self.gateways())
     }
+
+    pub fn topology(&self) -> String {
+        format!("{}/topology", self.prefix)
+    }
+}
+
+/// The topology of every gateway in etcd mode (`dwcp topology push`): `[[region]]`,
+/// `[[link]]` and `[[edge]]` tables as TOML, and its generation (1, 2, ... one per push).
+/// What only one gateway knows (its interfaces, keys, store endpoints) is never in it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PublishedTopology {
+    pub generation: u64,
+    pub source: String,
+}
+
+impl PublishedTopology {
+    /// The topology tables of `text` (a whole agent.toml, or a file of only those tables),
+    /// validated with errors naming `text`'s lines, as the TOML to publish. Every other table
+    /// of `text` is left out.
+    pub fn source_of(text: &str) -> Result<(TopologyConfig, String), TopologyError> {
+        /// The topology's tables; the others are not looked at.
+        #[derive(Deserialize)]
+        struct Tables {
+            #[serde(default)]
+            region: Vec<toml::Spanned<RegionConfig>>,
+            #[serde(default)]
+            link: Vec<toml::Spanned<LinkConfig>>,
+            #[serde(default)]
+            edge: Vec<toml::Spanned<EdgeConfig>>,
+        }
+        let tables: Tables = toml::from_str(text).map_err(|e| TopologyError::Parse {
+            line: e.span().map(|s| line_of(text, s.start)),
+            message: e.message().to_string(),
+        })?;
+        let config = TopologyConfig {
+            regions: tables.region,
+            links: tables.link,
+            edges: tables.edge,
+        };
+        if config.regions.is_empty() {
+            return Err(TopologyError::Parse {
+                line: None,
+                message: "no [[region]]: nothing to publish".into(),
+            });
+        }
+        Topology::from_config(&config, Some(text))?;
+        let source = toml::to_string(&config).map_err(|e| TopologyError::Parse {
+            line: None,
+            message: format!("writing the topology as TOML: {e}"),
+        })?;
+        Ok((config, source))
+    }
 }
 
 /// A gateway's membership entry: kept while its lease is renewed.
@@ -108,8 +164,18 @@ pub struct GatewayRecord {
     /// Where its API or underlay can be reached, as the operator reads it.
     pub address: String,
     pub version: String,
-    /// The topology generation it runs.
+    /// The generation of the published topology it runs; 0 while it runs its file's.
     pub topology_generation: u64,
+}
+
+/// A registered gateway as listed (`GET /v1/gateways`, `dwcp show gateways`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GatewayView {
+    #[serde(flatten)]
+    pub record: GatewayRecord,
+    /// Seconds since its lease was last renewed (whole seconds: etcd's TTL resolution);
+    /// `None` when the lease had gone by the time it was asked.
+    pub last_contact_seconds: Option<u64>,
 }
 
 #[cfg(test)]
@@ -129,5 +195,62 @@ mod tests {
         assert_eq!(k.ledger_link("/dwcp/v1/ledgers/7"), None);
         assert_eq!(k.ledger_link("/other/ledgers/0000000007"), None);
         assert_eq!(k.gateway("gw-a"), "/dwcp/v1/gateways/gw-a");
+        assert_eq!(k.topology(), "/dwcp/v1/topology");
+    }
+
+    const AGENT_TOML: &str = concat!(
+        "[gateway]\nname = \"gw\"\nregion = \"us-east-1\"\nlan_interfaces = [\"lan0\"]\n\n",
+        include_str!("../../tests/fixtures/three_regions.toml")
+    );
+
+    #[test]
+    fn the_published_source_is_the_topology_alone_and_reads_back_the_same() {
+        let (config, source) = PublishedTopology::source_of(AGENT_TOML).unwrap();
+        assert!(!source.contains("[gateway]") && !source.contains("lan0"));
+        let back = TopologyConfig::from_toml_str(&source).unwrap();
+        assert!(config.diff(&back).is_empty(), "{:?}", config.diff(&back));
+        assert_eq!(Topology::from_config(&back, None).unwrap().links().len(), 3);
+    }
+
+    #[test]
+    fn a_bad_topology_is_refused_with_the_files_line() {
+        let bad = AGENT_TOML.replace("capacity_mbps = 900", "capacity_mbps = -900");
+        let line = bad
+            .lines()
+            .position(|l| l.contains("-900"))
+            .map(|i| i + 1)
+            .unwrap();
+        let e = PublishedTopology::source_of(&bad).unwrap_err().to_string();
+        // The entry's line: the [[link]] header or one of its keys, at or before the value.
+        let named: Vec<usize> = e
+            .split("line ")
+            .skip(1)
+            .filter_map(|t| t.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok())
+            .collect();
+        assert!(named.iter().any(|l| *l <= line && line - *l < 12), "{e}");
+        assert!(PublishedTopology::source_of("[gateway]\nname = \"x\"\n").is_err());
+        assert!(PublishedTopology::source_of("[[region]\n").is_err());
+    }
+
+    #[test]
+    fn diff_names_what_a_push_would_change() {
+        let (old, _) = PublishedTopology::source_of(AGENT_TOML).unwrap();
+        let changed = AGENT_TOML
+            .replace("capacity_mbps = 900", "capacity_mbps = 2000")
+            .replace("country = \"IN\"", "country = \"IN\"\ndescription2 = 1");
+        // An unknown key is a parse error, not a change.
+        assert!(PublishedTopology::source_of(&changed).is_err());
+        let changed = AGENT_TOML.replace("capacity_mbps = 900", "capacity_mbps = 2000");
+        let (new, _) = PublishedTopology::source_of(&changed).unwrap();
+        assert_eq!(
+            old.diff(&new),
+            ["~ link 2 euw1-aps1 (eu-west-1 -- ap-south-1): capacity_mbps 900.0 -> 2000.0"]
+        );
+        let mut fewer = new.clone();
+        fewer.links.pop();
+        let d = old.diff(&fewer);
+        assert_eq!(d.len(), 2, "{d:?}");
+        assert!(d[1].starts_with("- link 3 "), "{d:?}");
+        assert!(new.diff(&new).is_empty());
     }
 }

@@ -180,6 +180,10 @@ pub struct AgentSnapshot {
     pub started_unix_ms: u64,
     pub config_generation: u64,
     pub topology_generation: u64,
+    /// etcd mode: the generation of the cluster store's topology in force (`None` while the
+    /// configuration file's topology is).
+    #[serde(default)]
+    pub published_topology_generation: Option<u64>,
     pub regions: Vec<String>,
     pub links: Vec<LinkView>,
     pub routes: Vec<RouteView>,
@@ -362,6 +366,9 @@ pub struct StatusView {
     pub uptime_seconds: f64,
     pub config_generation: u64,
     pub topology_generation: u64,
+    /// etcd mode: the cluster store's topology generation in force.
+    #[serde(default)]
+    pub published_topology_generation: Option<u64>,
     pub links_total: usize,
     /// Links up (or degraded but usable): this gateway's by its probes, the others' by their
     /// link-state records.
@@ -398,6 +405,7 @@ impl StatusView {
             uptime_seconds: now_unix_ms.saturating_sub(s.started_unix_ms) as f64 / 1e3,
             config_generation: s.config_generation,
             topology_generation: s.topology_generation,
+            published_topology_generation: s.published_topology_generation,
             links_total: s.links.len(),
             links_up: s
                 .links
@@ -501,6 +509,26 @@ pub struct AdminResponse {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReloadResponse {
     pub generation: u64,
+}
+
+/// `PUT /v1/topology` (push) and `POST /v1/topology/diff` request: a topology file's text (a
+/// whole agent.toml or only its `[[region]]`, `[[link]]`, `[[edge]]` tables).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TopologyFile {
+    pub source: String,
+}
+
+/// `PUT /v1/topology` and `POST /v1/topology/diff` answer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TopologyChanges {
+    /// The cluster store's generation compared with (`None`: nothing published yet).
+    pub from_generation: Option<u64>,
+    /// The generation published (push only; equal to `from_generation` when the text was
+    /// already the one in force).
+    pub generation: Option<u64>,
+    /// One line per entry added (`+`), removed (`-`) or changed (`~`).
+    pub changes: Vec<String>,
 }
 
 /// `GET /v1/history` query.

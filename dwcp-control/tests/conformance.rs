@@ -12,6 +12,7 @@ use dwcp_control::{
     fast_path::MemoryFastPath,
     plan::standby_supported,
     replay::replay,
+    store::PublishedTopology,
     view::{AgentEvent, ReservationsView},
     AgentState, Input, Now, TimedInput,
 };
@@ -184,6 +185,67 @@ fn a_topology_reload_readmits_the_reservations() {
         )),
         "{events:?}"
     );
+}
+
+/// etcd mode: a published topology replaces the file's at once (the fast path's link
+/// capacity follows), the same generation again changes nothing, one the file's links do not
+/// fit is refused whole (the one in force stays), and a reload keeps the published one.
+#[test]
+fn a_published_topology_is_applied_whole_or_not_at_all() {
+    let path = fixture::dir().join("gateway_a.toml");
+    let original = std::fs::read_to_string(&path).unwrap();
+    let config = AgentConfig::load(&path).unwrap();
+    let mut state = fixture::state(config, MemoryFastPath::default());
+    let capacity = |s: &AgentState<MemoryFastPath>| {
+        s.snapshot()
+            .links
+            .iter()
+            .find(|l| l.id == 3)
+            .unwrap()
+            .capacity_bps
+    };
+    assert_eq!(capacity(&state), 800_000_000);
+    let publish = |generation: u64, text: &str| Input::PublishedTopology {
+        topology: PublishedTopology {
+            generation,
+            source: PublishedTopology::source_of(text).unwrap().1,
+        },
+    };
+    let grown = original.replace(
+        "latency_ms = 200.0\ncapacity_mbps = 800",
+        "latency_ms = 200.0\ncapacity_mbps = 1600",
+    );
+    assert_ne!(grown, original, "the fixture's link 3 changed shape");
+
+    let before = state.config_generation();
+    state.handle(publish(1, &grown), Now::at_ms(1_000)).unwrap();
+    assert_eq!(state.config_generation(), before + 1);
+    assert_eq!(state.snapshot().published_topology_generation, Some(1));
+    assert_eq!(capacity(&state), 1_600_000_000);
+    state.handle(publish(1, &grown), Now::at_ms(1_100)).unwrap();
+    assert_eq!(state.config_generation(), before + 1, "nothing new");
+
+    // Link 3 (this gateway's) gone: refused, generation 1 stays.
+    let (mut without, _) = PublishedTopology::source_of(&grown).unwrap();
+    without.links.retain(|l| l.get_ref().link_id != 3);
+    let refused = state.handle(
+        Input::PublishedTopology {
+            topology: PublishedTopology {
+                generation: 2,
+                source: toml::to_string(&without).unwrap(),
+            },
+        },
+        Now::at_ms(1_200),
+    );
+    assert!(refused.is_err());
+    assert_eq!(state.snapshot().published_topology_generation, Some(1));
+    assert_eq!(capacity(&state), 1_600_000_000);
+
+    // A reload re-reads the file (its own topology says 800) and keeps the published one.
+    state
+        .handle(Input::Reload { path }, Now::at_ms(1_300))
+        .unwrap();
+    assert_eq!(capacity(&state), 1_600_000_000);
 }
 
 /// A reservation file that cannot be parsed is renamed aside with an event, and the state

@@ -9,8 +9,12 @@
 //! - `admission_p99_ms`: 99th percentile of one admission's time, call to answer, under that
 //!   contention; beside it the same figure for admissions made one at a time (the baseline).
 //!
-//! The issue's other figures (topology convergence, loss while the leader is killed or the
-//! store is down, resynchronisation) need the agents in etcd mode, which is not built yet:
+//! - `topology_converge_p99_ms`: the three-region lab's agents in etcd mode on the same
+//!   cluster; a topology generation published (one etcd transaction) until every agent's
+//!   status shows it in force, over [`PUSHES`] pushes.
+//!
+//! The issue's other figures (loss while the leader is killed or the store is down,
+//! resynchronisation) need reservations through the store in the agents, not built yet:
 //! reported as not measured.
 //!
 //! `cargo xtask bench cluster` runs it in release mode and records the report. Needs root.
@@ -210,7 +214,7 @@ async fn contended(
 
 fn main() -> anyhow::Result<()> {
     dwcp_lab::etcd::available().map_err(anyhow::Error::msg)?;
-    let cluster = EtcdCluster::start()?;
+    let mut cluster = EtcdCluster::start()?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(4)
         .enable_all()
@@ -273,13 +277,22 @@ fn main() -> anyhow::Result<()> {
         serial.oversubscribed,
         serial_p99 / base_p99
     );
-    for name in [
-        "topology_converge_p99_ms",
-        "leader_kill_lost",
-        "store_down_lost",
-        "resync_s",
-    ] {
-        println!("| `{name}` | not measured yet | needs the agents in etcd mode, not built yet |");
+    let converge = {
+        let mut ms = topology_convergence(&rt, &mut cluster)?;
+        ms.sort_by(f64::total_cmp);
+        ms
+    };
+    let converge_p99 = percentile(&converge, 99.0);
+    println!(
+        "| `topology_converge_p99_ms` | {converge_p99:.1} | < 500; p50 {:.1}, max {:.1} over {} pushes to 3 agents |",
+        percentile(&converge, 50.0),
+        converge.last().copied().unwrap_or(0.0),
+        converge.len()
+    );
+    for name in ["leader_kill_lost", "store_down_lost", "resync_s"] {
+        println!(
+            "| `{name}` | not measured yet | needs reservations through the store in the agents, not built yet |"
+        );
     }
     println!(
         "\nOutcomes: {} admitted (preempting {} lower-priority reservations), {} refused \
@@ -315,7 +328,13 @@ fn main() -> anyhow::Result<()> {
          admits one request at a time; {SERIAL_PER_GATEWAY} admissions each) uses a prefix of \
          its own, so its ledgers start empty. Latency percentiles are nearest-rank over the \
          decided attempts (admitted or refused). The machine's 2 CPUs run the three members, the clients and \
-         other work.",
+         other work. Topology convergence: the three-region lab's `dwcp-agent`s (release \
+         build) in etcd mode, each gateway namespace given a port on the cluster's bridge; \
+         {PUSHES} topology generations (link 1's capacity changed each time) published by \
+         one client transaction each; the time runs from the call to the first moment all \
+         three agents' `GET /v1/status` (polled every 2 ms over their API sockets) show the \
+         generation in force, which each agent's topology watch delivered and its state \
+         owner applied as a reload.",
         etcd_version()
     );
 
@@ -328,7 +347,10 @@ fn main() -> anyhow::Result<()> {
                 "admissions": attempts,
                 "oversubscribed": oversubscribed,
                 "admission_p99_ms": p99,
+                "topology_converge_p99_ms": converge_p99,
             },
+            "topology_converge_p50_ms": percentile(&converge, 50.0),
+            "topology_pushes": converge.len(),
             "admitted": total.admitted,
             "refused": total.refused,
             "contention": total.contention,
@@ -362,4 +384,73 @@ fn etcd_version() -> String {
                 .map(|l| l.trim_start_matches("etcd Version: ").to_owned())
         })
         .unwrap_or_else(|| "(unknown version)".into())
+}
+
+/// Topology generations published for `topology_converge_p99_ms`.
+const PUSHES: u64 = 20;
+
+/// Publishes [`PUSHES`] topology generations to the three-region lab's agents in etcd mode;
+/// returns each one's time to be in force on all three, in ms.
+fn topology_convergence(
+    rt: &tokio::runtime::Runtime,
+    cluster: &mut EtcdCluster,
+) -> anyhow::Result<Vec<f64>> {
+    use dwcp_cli::client::{ApiClient, Endpoint};
+    use dwcp_control::store::PublishedTopology;
+    use dwcp_control::view::StatusView;
+    use dwcp_lab::lab::triangle::{TriangleLab, TriangleOptions, TOPOLOGY};
+
+    let mut lab = TriangleLab::build(
+        "bcl",
+        &dwcp_lab::bin("dwcp-agent"),
+        TriangleOptions {
+            extra_config: cluster.store_section(),
+            ..TriangleOptions::default()
+        },
+    )?;
+    for r in 0..3 {
+        cluster.attach(&lab.regions[r].gw, "etcd0")?;
+    }
+    for r in 0..3 {
+        lab.start_agent(r, &[])?;
+    }
+    let clients: Vec<ApiClient> = (0..3)
+        .map(|r| ApiClient::new(Endpoint::Unix(lab.api_socket(r))))
+        .collect();
+    rt.block_on(async {
+        let store = connect(cluster, DEFAULT_PREFIX).await?;
+        let mut ms = Vec::new();
+        for k in 1..=PUSHES {
+            let text = TOPOLOGY.replacen(
+                "capacity_mbps = 1000\n",
+                &format!("capacity_mbps = {}\n", 1000 + k),
+                1,
+            );
+            let (_, source) = PublishedTopology::source_of(&text)?;
+            let t = Instant::now();
+            let generation = store.publish_topology(&source).await?.generation;
+            let mut pending: Vec<&ApiClient> = clients.iter().collect();
+            while !pending.is_empty() {
+                ensure!(
+                    t.elapsed() < Duration::from_secs(30),
+                    "generation {generation} not in force everywhere after 30 s"
+                );
+                let mut still = Vec::new();
+                for c in pending {
+                    let s: StatusView = c.get("/v1/status").await?;
+                    if s.published_topology_generation != Some(generation) {
+                        still.push(c);
+                    }
+                }
+                pending = still;
+                if !pending.is_empty() {
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+            }
+            ms.push(t.elapsed().as_secs_f64() * 1e3);
+            // Apart: each push finds the agents idle, as an operator's would.
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        anyhow::Ok(ms)
+    })
 }

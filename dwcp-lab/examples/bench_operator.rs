@@ -98,6 +98,7 @@ fn lab_snapshot(plan: &LabPlan) -> AgentSnapshot {
         version: env!("CARGO_PKG_VERSION").into(),
         started_unix_ms: 1_700_000_000_000,
         config_generation: 1,
+        published_topology_generation: None,
         topology_generation: 1,
         regions: plan.regions.iter().map(|r| r.name.clone()).collect(),
         links,

@@ -52,12 +52,33 @@ pub struct EtcdCluster {
     tmpfs: PathBuf,
     initial_cluster: String,
     token: String,
+    /// The bridge's 10.254.<subnet>.0/24.
+    subnet: u8,
+    /// With `start_tls`: the files of clients (the members' own are beside them).
+    tls: Option<ClientTls>,
+    /// Namespaces given a port on the bridge (`attach`).
+    attached: u8,
 }
 
 impl EtcdCluster {
     /// Starts the three members and waits until the cluster has a leader and every member
     /// answers.
     pub fn start() -> Result<EtcdCluster> {
+        Self::start_with(false)
+    }
+
+    /// [`EtcdCluster::start`], the members serving clients over TLS only, to clients with a
+    /// certificate of the cluster's CA (`--client-cert-auth`): [`EtcdCluster::client_tls`].
+    pub fn start_tls() -> Result<EtcdCluster> {
+        Self::start_with(true)
+    }
+
+    /// The CA, client certificate and key of a cluster started with `start_tls`.
+    pub fn client_tls(&self) -> Option<&ClientTls> {
+        self.tls.as_ref()
+    }
+
+    fn start_with(tls: bool) -> Result<EtcdCluster> {
         let pid = std::process::id();
         let n = NEXT_CLUSTER.fetch_add(1, Ordering::Relaxed);
         let subnet = free_subnet(pid, n)?;
@@ -70,6 +91,9 @@ impl EtcdCluster {
             tmpfs: tmpfs.clone(),
             initial_cluster: String::new(),
             token: format!("dwcp-lab-{pid}-{n}"),
+            subnet,
+            attached: 0,
+            tls: None,
         };
         std::fs::create_dir_all(&tmpfs)?;
         run(&[
@@ -121,6 +145,9 @@ impl EtcdCluster {
                 process: None,
             });
         }
+        if tls {
+            cluster.tls = Some(ClientTls::create(&tmpfs, &cluster.members)?);
+        }
         cluster.initial_cluster = cluster
             .members
             .iter()
@@ -133,7 +160,65 @@ impl EtcdCluster {
 
     /// `http://ip:2379` of every member.
     pub fn endpoints(&self) -> Vec<String> {
-        self.members.iter().map(|m| client_url(m.ip)).collect()
+        self.members
+            .iter()
+            .map(|m| client_url(m.ip, self.tls.is_some()))
+            .collect()
+    }
+
+    /// The `[store]` section of an agent of this cluster (etcd mode, the default prefix); the
+    /// agent's namespace must be `attach`ed.
+    pub fn store_section(&self) -> String {
+        let endpoints: Vec<String> = self
+            .endpoints()
+            .iter()
+            .map(|e| format!("\"{e}\""))
+            .collect();
+        let mut s = format!(
+            "[store]\nkind = \"etcd\"\nendpoints = [{}]\n",
+            endpoints.join(", ")
+        );
+        if let Some(t) = &self.tls {
+            s += &format!(
+                "tls_ca = \"{}\"\ntls_cert = \"{}\"\ntls_key = \"{}\"\n",
+                t.ca.display(),
+                t.cert.display(),
+                t.key.display()
+            );
+        }
+        s
+    }
+
+    /// Gives namespace `ns` (a gateway's, so an agent in it reaches the members) an interface
+    /// `ifname` on the cluster's bridge, and returns its address. The interface goes with the
+    /// namespace; until then the bridge's removal only leaves it unconnected.
+    pub fn attach(&mut self, ns: &Netns, ifname: &str) -> Result<Ipv4Addr> {
+        // Members are .2 to .4; clients from .10 on.
+        let k = self.attached;
+        if k >= 200 {
+            return Err(EtcdLabError::Status("no address left on the bridge".into()));
+        }
+        let outside = format!("{}a{k}", self.bridge);
+        run(&[
+            "ip",
+            "link",
+            "add",
+            &outside,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            ifname,
+            "netns",
+            ns.name(),
+        ])?;
+        run(&["ip", "link", "set", &outside, "master", &self.bridge])?;
+        run(&["ip", "link", "set", &outside, "up"])?;
+        ns.ip(&["link", "set", ifname, "up"])?;
+        let ip = subnet_ip(self.subnet, 10 + k);
+        netlab::addr(ns, ifname, &format!("{ip}/24"))?;
+        self.attached += 1;
+        Ok(ip)
     }
 
     /// The member (index) that leads now.
@@ -201,7 +286,7 @@ impl EtcdCluster {
             .map(|s| s.revision)
             .max()
             .ok_or_else(|| EtcdLabError::Status("no member answers".into()))?;
-        etcdctl(&self.endpoints(), &["compact", &revision.to_string()])?;
+        self.etcdctl(&self.endpoints(), &["compact", &revision.to_string()])?;
         Ok(revision)
     }
 
@@ -231,7 +316,7 @@ impl EtcdCluster {
         let m = &self.members[i];
         let data = self.tmpfs.join(&m.name);
         let peer = format!("http://{}:{PEER_PORT}", m.ip);
-        let client = client_url(m.ip);
+        let client = client_url(m.ip, self.tls.is_some());
         // `ip netns exec` execs etcd: the child is etcd itself, killed by its pid.
         let child = Command::new("ip")
             .args(["netns", "exec", m.ns.name(), "etcd"])
@@ -245,6 +330,17 @@ impl EtcdCluster {
             .args(["--initial-cluster", &self.initial_cluster])
             .args(["--initial-cluster-token", &self.token])
             .args(["--initial-cluster-state", "new"])
+            .args(self.tls.iter().flat_map(|t| {
+                [
+                    "--cert-file".into(),
+                    t.server_cert.clone().into_os_string(),
+                    "--key-file".into(),
+                    t.server_key.clone().into_os_string(),
+                    "--trusted-ca-file".into(),
+                    t.ca.clone().into_os_string(),
+                    "--client-cert-auth".into(),
+                ]
+            }))
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
@@ -266,7 +362,11 @@ impl EtcdCluster {
                     .as_ref()
                     .is_some_and(|s| s.leader != 0 && s.raft_index > 0)
             });
-            if ok && etcdctl(&self.endpoints(), &["endpoint", "health", "--cluster"]).is_ok() {
+            if ok
+                && self
+                    .etcdctl(&self.endpoints(), &["endpoint", "health", "--cluster"])
+                    .is_ok()
+            {
                 return Ok(());
             }
             if Instant::now() > deadline {
@@ -284,8 +384,12 @@ impl EtcdCluster {
         self.members
             .iter()
             .map(|m| {
-                let out =
-                    etcdctl(&[client_url(m.ip)], &["endpoint", "status", "-w", "json"]).ok()?;
+                let out = self
+                    .etcdctl(
+                        &[client_url(m.ip, self.tls.is_some())],
+                        &["endpoint", "status", "-w", "json"],
+                    )
+                    .ok()?;
                 Status::parse(&out)
             })
             .collect()
@@ -336,23 +440,86 @@ impl Status {
     }
 }
 
-fn client_url(ip: Ipv4Addr) -> String {
-    format!("http://{ip}:{CLIENT_PORT}")
+fn client_url(ip: Ipv4Addr, tls: bool) -> String {
+    let scheme = if tls { "https" } else { "http" };
+    format!("{scheme}://{ip}:{CLIENT_PORT}")
 }
 
-/// Runs etcdctl (API v3) against `endpoints`, with short timeouts; returns its stdout.
-fn etcdctl(endpoints: &[String], args: &[&str]) -> Result<String> {
-    let endpoints = endpoints.join(",");
-    let mut argv = vec![
-        "etcdctl",
-        "--endpoints",
-        &endpoints,
-        "--dial-timeout=1s",
-        "--command-timeout=3s",
-    ];
-    argv.extend_from_slice(args);
-    let out = Command::new(argv[0])
-        .args(&argv[1..])
+/// TLS files of a cluster (`EtcdCluster::start_tls`), on its tmpfs: one CA, the members'
+/// certificate (every member's address) and a client's.
+pub struct ClientTls {
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    server_cert: PathBuf,
+    server_key: PathBuf,
+}
+
+impl ClientTls {
+    fn create(dir: &Path, members: &[Member]) -> Result<ClientTls> {
+        use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+        let tls_error = |e: rcgen::Error| EtcdLabError::Status(format!("certificates: {e}"));
+        let ca_key = KeyPair::generate().map_err(tls_error)?;
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).map_err(tls_error)?;
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca = ca_params.self_signed(&ca_key).map_err(tls_error)?;
+        let issuer = rcgen::Issuer::new(ca_params, ca_key);
+        let sign = |names: Vec<String>| -> Result<(String, String)> {
+            let key = KeyPair::generate().map_err(tls_error)?;
+            let cert = CertificateParams::new(names)
+                .map_err(tls_error)?
+                .signed_by(&key, &issuer)
+                .map_err(tls_error)?;
+            Ok((cert.pem(), key.serialize_pem()))
+        };
+        let (server_pem, server_key_pem) =
+            sign(members.iter().map(|m| m.ip.to_string()).collect())?;
+        let (client_pem, client_key_pem) = sign(vec!["dwcp-gateway".into()])?;
+        let files = ClientTls {
+            ca: dir.join("ca.pem"),
+            cert: dir.join("client.pem"),
+            key: dir.join("client.key"),
+            server_cert: dir.join("server.pem"),
+            server_key: dir.join("server.key"),
+        };
+        for (path, pem) in [
+            (&files.ca, ca.pem()),
+            (&files.cert, client_pem),
+            (&files.key, client_key_pem),
+            (&files.server_cert, server_pem),
+            (&files.server_key, server_key_pem),
+        ] {
+            std::fs::write(path, pem)?;
+        }
+        Ok(files)
+    }
+}
+
+impl EtcdCluster {
+    /// Runs etcdctl (API v3) against `endpoints`, with short timeouts (and the client
+    /// certificate of a TLS cluster); returns its stdout.
+    fn etcdctl(&self, endpoints: &[String], args: &[&str]) -> Result<String> {
+        let mut argv: Vec<std::ffi::OsString> = vec![
+            "--endpoints".into(),
+            endpoints.join(",").into(),
+            "--dial-timeout=1s".into(),
+            "--command-timeout=3s".into(),
+        ];
+        if let Some(t) = &self.tls {
+            for (flag, path) in [("--cacert", &t.ca), ("--cert", &t.cert), ("--key", &t.key)] {
+                argv.push(flag.into());
+                argv.push(path.clone().into_os_string());
+            }
+        }
+        argv.extend(args.iter().map(Into::into));
+        etcdctl(&argv, args)
+    }
+}
+
+/// Runs etcdctl (API v3) with `argv`; returns its stdout. `args` name the command in errors.
+fn etcdctl(argv: &[std::ffi::OsString], args: &[&str]) -> Result<String> {
+    let out = Command::new("etcdctl")
+        .args(argv)
         .env("ETCDCTL_API", "3")
         .output()?;
     if !out.status.success() {

@@ -186,6 +186,7 @@ pub fn three_region_snapshot() -> AgentSnapshot {
         started_unix_ms: 1_700_000_000_000,
         config_generation: 1,
         topology_generation: 2,
+        published_topology_generation: None,
         regions: vec!["us-east-1".into(), "eu-west-1".into(), "ap-south-1".into()],
         links,
         routes,

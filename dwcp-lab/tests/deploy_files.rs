@@ -18,6 +18,8 @@ use dwcp_agent::telemetry::MetricsConfig;
 use dwcp_control::bandwidth::ManagerConfig;
 use dwcp_control::config::LinkStateSection;
 use dwcp_control::config::ProbeSenderMode;
+use dwcp_control::config::{StoreKind, StoreSection};
+use dwcp_control::store::DEFAULT_PREFIX;
 use dwcp_control::topology::Topology;
 use dwcp_control::traffic::PolicingConfig;
 use dwcp_lab::fixtures::three_region_snapshot;
@@ -107,6 +109,20 @@ fn agent_toml_sections_parse_with_their_types_and_document_the_defaults() {
     let (ls, ls_all): (LinkStateSection, LinkStateSection) = parse_section(&text, "link_state");
     assert_eq!(ls, LinkStateSection::default());
     assert_eq!(ls_all, LinkStateSection::default(), "documented defaults");
+
+    let (store, store_all): (StoreSection, StoreSection) = parse_section(&text, "store");
+    assert_eq!(store, StoreSection::default());
+    assert_eq!(store_all, StoreSection::default(), "documented default");
+    // The etcd example, indented so that it is not taken for a default.
+    let example: String = section(&text, "store")
+        .iter()
+        .filter_map(|l| l.strip_prefix("#   "))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let example: StoreSection = toml::from_str(&example).expect("the etcd example parses");
+    assert_eq!(example.kind, StoreKind::Etcd);
+    assert_eq!(example.prefix.as_deref(), Some(DEFAULT_PREFIX));
+    assert!(example.endpoints.len() == 3 && example.tls_key.is_some());
 
     // The topology part is the topology module's schema, and validates.
     let mut topology = String::new();

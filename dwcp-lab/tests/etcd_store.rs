@@ -13,7 +13,7 @@ use dwcp_agent::store::{ClusterStoreError, EtcdStore, PrefixWatch, WatchEvent};
 use dwcp_control::bandwidth::{
     peak_load, BandwidthError, Ledger, Reservation, ReservationId, MAX_TIME,
 };
-use dwcp_control::store::{EtcdConfig, GatewayRecord, KeyLayout, DEFAULT_PREFIX};
+use dwcp_control::store::{EtcdConfig, GatewayRecord, GatewayView, KeyLayout, DEFAULT_PREFIX};
 use dwcp_control::topology::LinkId;
 use dwcp_lab::etcd::{reservation, EtcdCluster, Lcg};
 use etcd_client::{Client, GetOptions, PutOptions};
@@ -467,11 +467,16 @@ fn a_membership_entry_disappears_after_its_lease_once_renewals_stop() {
         };
         let a = stores[0].register(&record("gw-a"), TTL).await.unwrap();
         let b = stores[1].register(&record("gw-b"), TTL).await.unwrap();
-        let names = |rs: Vec<GatewayRecord>| rs.into_iter().map(|r| r.name).collect::<Vec<_>>();
+        let names =
+            |rs: Vec<GatewayView>| rs.into_iter().map(|r| r.record.name).collect::<Vec<_>>();
         // Renewals keep both well past their TTL.
         tokio::time::sleep(TTL * 3).await;
         assert_eq!(names(stores[2].gateways().await.unwrap()), ["gw-a", "gw-b"]);
-        assert_eq!(stores[2].gateways().await.unwrap()[0], record("gw-a"));
+        let listed = stores[2].gateways().await.unwrap();
+        assert_eq!(listed[0].record, record("gw-a"));
+        // Renewed every third of the TTL (a stalled machine may stretch that, not past it).
+        let contact = listed[0].last_contact_seconds.expect("a live lease");
+        assert!(contact <= TTL.as_secs(), "last contact {contact} s ago");
 
         drop(a);
         let stopped = Instant::now();

@@ -308,6 +308,14 @@ fn errors_name_the_item_and_exit_non_zero() {
     );
     let out = agent.dwcp(&["reserve", "cancel", "41"]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("reservation 41 not found"));
+    // Membership needs the cluster store; this agent keeps its own files.
+    let out = agent.dwcp(&["show", "gateways"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("this gateway keeps no cluster store ([store] kind = \"file\")"),
+        "{err}"
+    );
     let out = Command::new(dwcp_lab::bin("dwcp"))
         .args([
             "--socket",

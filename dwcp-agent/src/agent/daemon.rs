@@ -23,6 +23,7 @@ use dwcp_control::{
     config::{AgentConfig, ConfigError},
     input::{unix_now, Input, TimedInput},
     state::{AgentError, AgentState},
+    store::StoreConfig,
     view::{AgentEvent, AgentSnapshot},
 };
 use dwcp_dataplane::{
@@ -30,6 +31,7 @@ use dwcp_dataplane::{
 };
 
 use super::{
+    cluster::{self, MembershipTask},
     handoff::Handoffs,
     link_state::LinkStateHandle,
     netlink::{NetlinkError, NetlinkWatcher},
@@ -39,7 +41,8 @@ use super::{
     AgentCommand, AgentHandle, CommandError,
 };
 use crate::{
-    api::RunningApi, health::HealthMonitor, probe::SenderError, telemetry::RunningMetrics,
+    api::RunningApi, health::HealthMonitor, probe::SenderError, store::EtcdStore,
+    telemetry::RunningMetrics,
 };
 
 #[derive(Debug, Error)]
@@ -87,6 +90,8 @@ pub enum DaemonError {
     Metrics(#[from] crate::telemetry::TelemetryError),
     #[error("WireGuard hand-off policy routing: {0}")]
     Handoff(#[from] dwcp_tunnels::error::TunnelError),
+    #[error(transparent)]
+    ClusterStore(#[from] crate::store::ClusterStoreError),
 }
 
 /// How the daemon is started.
@@ -142,6 +147,8 @@ pub struct Daemon {
     handoffs_dirty: bool,
     /// The last handshake verdict sent to the state owner, per WireGuard link.
     handshakes: BTreeMap<u32, Option<String>>,
+    /// In etcd mode: this gateway's registration in the cluster store.
+    membership: Option<MembershipTask>,
 }
 
 impl Daemon {
@@ -150,11 +157,36 @@ impl Daemon {
     /// (see `tasks.rs` for the channels between them). Must run inside a tokio runtime, in
     /// the gateway's network namespace.
     pub async fn start(options: DaemonOptions) -> Result<Daemon, DaemonError> {
-        let config = AgentConfig::load(&options.config_path)?;
+        // In etcd mode the topology may come from the store: its settings first. The
+        // connection is lazy: an unreachable store is no start error (unreadable TLS files
+        // are).
+        let store = match AgentConfig::load_store(&options.config_path)? {
+            StoreConfig::File => None,
+            StoreConfig::Etcd(etcd) => Some(EtcdStore::connect(&etcd).await?),
+        };
+        let published = match &store {
+            Some(store) => cluster::initial_topology(store, &options.state_dir).await,
+            None => None,
+        };
+        let config = match &published {
+            Some(p) => match AgentConfig::load_with_topology(&options.config_path, p) {
+                Ok(c) => c,
+                // As a running agent would refuse it: this gateway runs its file's topology,
+                // and `dwcp show gateways` shows it behind.
+                Err(e) => {
+                    warn!(generation = p.generation, "the cluster store's topology does not fit this gateway's file; starting on the file's: {e}");
+                    AgentConfig::load(&options.config_path)?
+                }
+            },
+            None => AgentConfig::load(&options.config_path)?,
+        };
         info!(gateway = %config.gateway, region = %config.region, path = %options.config_path.display(), "configuration loaded");
         // Before the fast path: a state directory that cannot be made is a start error, not
         // a failure of the first reservation.
         create_state_dir(&options.state_dir)?;
+        if let Some(p) = &config.published_topology {
+            cluster::write_cache(&options.state_dir, p);
+        }
         crate::http::raise_fd_limit(crate::http::fds_needed(&config));
         let mut dataplane = load_fast_path(options.ebpf_object.as_deref(), &config)?;
         let flow_samples = dataplane.take_flow_samples();
@@ -183,7 +215,7 @@ impl Daemon {
         // once the events file listens.
         publish(&mut state, &events, &snapshot);
         started.push(tasks::netlink(watcher, input_tx.clone()));
-        let api = tasks::api(&config, &handle).await?;
+        let api = tasks::api(&config, &handle, store.clone()).await?;
         let metrics = tasks::metrics(&config, &handle).await?;
         let probes = tasks::probe_sender(&config)?;
         let (monitor, link_views) = tasks::link_monitor(&config, &probes, input_tx.clone())?;
@@ -208,6 +240,12 @@ impl Daemon {
             ));
         }
 
+        if let Some(store) = &store {
+            started.push(cluster::topology_watch(store.clone(), input_tx.clone()));
+        }
+        let membership =
+            store.map(|store| MembershipTask::start(store, &config, snapshot.subscribe()));
+
         Ok(Daemon {
             options,
             state,
@@ -228,6 +266,7 @@ impl Daemon {
             handoffs,
             handoffs_dirty: false,
             handshakes: BTreeMap::new(),
+            membership,
         })
     }
 
@@ -304,6 +343,9 @@ impl Daemon {
         }
         if self.state.config_generation() != generation {
             let config = self.state.config().clone();
+            if let Some(p) = &config.published_topology {
+                cluster::write_cache(&self.options.state_dir, p);
+            }
             self.probes.sync(&config);
             self.link_state.sync(&config);
         }
@@ -385,6 +427,9 @@ impl Daemon {
         }
         for t in &self.tasks {
             t.abort();
+        }
+        if let Some(m) = self.membership.take() {
+            m.leave().await;
         }
         if let Some(api) = self.api.take() {
             if let Err(e) = api.shutdown().await {

@@ -2,6 +2,7 @@
 //! step the daemon hands its events and snapshot to the operator side (API, exporter, CLI)
 //! on tokio channels.
 
+mod cluster;
 pub mod daemon;
 pub mod handoff;
 mod link_state;
@@ -10,6 +11,8 @@ mod probes;
 mod tasks;
 
 use std::sync::Arc;
+
+pub use cluster::MEMBERSHIP_TTL;
 
 use dwcp_control::bandwidth::{BandwidthError, ReservationOp, ReservationReply};
 pub use dwcp_control::view::*;

@@ -28,6 +28,13 @@
 //!
 //!  link monitor --link views: watch<LinkView>--> link state <--UDP, over each link--> peers
 //!  snapshot (its links' utilisation) -----------> link state
+//!
+//!  etcd mode ([store] kind = "etcd", `cluster.rs`):
+//!  etcd <topology>  --watch--> topology watch --Input::PublishedTopology--> inputs (above);
+//!                              the loop caches the topology in force in the state directory
+//!  snapshot (published generation) --> membership --register, update, revoke--> etcd (lease)
+//!  API GET /v1/gateways --------------------------------list gateways, leases--> etcd
+//!  API PUT /v1/topology, POST /v1/topology/diff -----read, publish (txn)------> etcd
 //! ```
 //!
 //! The loop's timers need no task: the debounced computation, the counters, and the next start
@@ -71,6 +78,7 @@ use crate::{
     api::{ApiContext, RunningApi},
     health::{HealthEvent, HealthMonitor, RegionState},
     probe::{LinkEvent, LinkMonitor, LinkView, ProbeSender},
+    store::EtcdStore,
     telemetry::{Exporter, RunningMetrics},
 };
 
@@ -164,15 +172,20 @@ pub(super) fn netlink(watcher: NetlinkWatcher, inputs: mpsc::Sender<Input>) -> T
     tokio::spawn(watcher.run(inputs))
 }
 
-/// The HTTP/JSON API, if a socket or a TCP address is configured.
+/// The HTTP/JSON API, if a socket or a TCP address is configured; in etcd mode it lists the
+/// gateways from the cluster `store`.
 pub(super) async fn api(
     config: &AgentConfig,
     handle: &AgentHandle,
+    store: Option<EtcdStore>,
 ) -> Result<Option<RunningApi>, DaemonError> {
     if config.api.socket.is_none() && config.api.tcp_listen.is_none() {
         return Ok(None);
     }
-    let ctx = ApiContext::new(handle.clone(), &config.api);
+    let mut ctx = ApiContext::new(handle.clone(), &config.api);
+    if let Some(store) = store {
+        ctx = ctx.with_cluster_store(store);
+    }
     Ok(Some(RunningApi::start(&config.api, ctx).await?))
 }
 

@@ -27,6 +27,14 @@ pub enum ApiError {
     NotFound { what: &'static str, id: String },
     #[error("link state is off on this gateway ([link_state] enabled = false)")]
     LinkStateOff,
+    #[error(
+        "this gateway keeps no cluster store ([store] kind = \"file\"): only gateways in etcd mode register and list each other"
+    )]
+    NoClusterStore,
+    #[error("{0}")]
+    ClusterStore(#[from] crate::store::ClusterStoreError),
+    #[error("{0}")]
+    Topology(#[from] dwcp_control::topology::TopologyError),
     #[error("{0}")]
     BadRequest(String),
     #[error("missing bearer token: send `Authorization: Bearer <token>`")]
@@ -53,9 +61,15 @@ impl ApiError {
             ApiError::Rejected { status, .. } => *status,
             ApiError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
-            ApiError::NotFound { .. } | ApiError::NoRoute { .. } | ApiError::LinkStateOff => {
-                StatusCode::NOT_FOUND
+            ApiError::NotFound { .. }
+            | ApiError::NoRoute { .. }
+            | ApiError::LinkStateOff
+            | ApiError::NoClusterStore => StatusCode::NOT_FOUND,
+            ApiError::ClusterStore(crate::store::ClusterStoreError::Unreachable(_)) => {
+                StatusCode::SERVICE_UNAVAILABLE
             }
+            ApiError::ClusterStore(_) => StatusCode::BAD_GATEWAY,
+            ApiError::Topology(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::MissingToken | ApiError::WrongToken => StatusCode::UNAUTHORIZED,
             ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,

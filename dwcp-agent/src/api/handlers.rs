@@ -1,5 +1,5 @@
-//! The routes of API v1. Reads answer from the agent's latest snapshot; changes go to the agent
-//! as commands (links, reload, reservations).
+//! The routes of API v1. Reads answer from the agent's latest snapshot (the gateways from the
+//! cluster store); changes go to the agent as commands (links, reload, reservations).
 
 use std::{convert::Infallible, time::Duration};
 
@@ -29,6 +29,8 @@ use dwcp_control::bandwidth::{
     BandwidthError, ExtendRequest, Reservation, ReservationId, ReservationOp, ReservationReply,
     ReservationRequest,
 };
+use dwcp_control::store::{GatewayView, PublishedTopology};
+use dwcp_control::topology::TopologyConfig;
 
 use crate::agent::{
     AgentCommand, AgentEvent, AgentSnapshot, ClassView, LinkView, LsdbView, ReservationsView,
@@ -156,6 +158,58 @@ pub async fn lsdb(State(ctx): State<ApiContext>) -> ApiResult<Json<LsdbView>> {
     let s = ctx.snapshot();
     let lsdb = s.lsdb.as_deref().ok_or(ApiError::LinkStateOff)?;
     Ok(Json(lsdb.clone()))
+}
+
+/// Validates the file's topology (errors name its lines) and publishes it as the cluster
+/// store's next generation; every gateway's watch applies it.
+pub async fn push_topology(
+    State(ctx): State<ApiContext>,
+    ApiJson(file): ApiJson<TopologyFile>,
+) -> ApiResult<Json<TopologyChanges>> {
+    let store = ctx.cluster_store.as_ref().ok_or(ApiError::NoClusterStore)?;
+    let (new, source) = PublishedTopology::source_of(&file.source)?;
+    let current = store.topology().await?;
+    let changes = changes_from(current.as_ref(), &new)?;
+    let published = store.publish_topology(&source).await?;
+    Ok(Json(TopologyChanges {
+        from_generation: current.map(|c| c.generation),
+        generation: Some(published.generation),
+        changes,
+    }))
+}
+
+/// What publishing the file's topology would change in the cluster store's.
+pub async fn diff_topology(
+    State(ctx): State<ApiContext>,
+    ApiJson(file): ApiJson<TopologyFile>,
+) -> ApiResult<Json<TopologyChanges>> {
+    let store = ctx.cluster_store.as_ref().ok_or(ApiError::NoClusterStore)?;
+    let (new, _) = PublishedTopology::source_of(&file.source)?;
+    let current = store.topology().await?;
+    Ok(Json(TopologyChanges {
+        changes: changes_from(current.as_ref(), &new)?,
+        from_generation: current.map(|c| c.generation),
+        generation: None,
+    }))
+}
+
+/// From the published topology, or from nothing.
+fn changes_from(
+    current: Option<&PublishedTopology>,
+    new: &TopologyConfig,
+) -> ApiResult<Vec<String>> {
+    let current = match current {
+        Some(c) => TopologyConfig::from_toml_str(&c.source)?,
+        None => TopologyConfig::default(),
+    };
+    Ok(current.diff(new))
+}
+
+/// Read from the store at each request: a gateway that stopped renewing is gone from the
+/// listing when etcd expires its lease, whatever this gateway's snapshot says.
+pub async fn gateways(State(ctx): State<ApiContext>) -> ApiResult<Json<Vec<GatewayView>>> {
+    let store = ctx.cluster_store.as_ref().ok_or(ApiError::NoClusterStore)?;
+    Ok(Json(store.gateways().await?))
 }
 
 pub async fn tunnels(State(ctx): State<ApiContext>) -> Json<Vec<TunnelView>> {

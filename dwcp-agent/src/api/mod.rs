@@ -12,12 +12,15 @@
 //! |---|---|---|
 //! | GET | `/v1/status` | gateway, generations, links up, regions reachable, counters |
 //! | GET | `/v1/topology` | regions and links |
+//! | PUT | `/v1/topology` | etcd mode: publish a topology file's topology (`TopologyFile`) |
+//! | POST | `/v1/topology/diff` | etcd mode: what publishing it would change |
 //! | GET | `/v1/links`, `/v1/links/{id or name}` | measured links |
 //! | PUT | `/v1/links/{id or name}/admin` | `{"state": "down"}` / `{"state": "up"}` |
 //! | GET | `/v1/routes`, `/v1/routes/{region}` | routes with their paths and why |
 //! | GET | `/v1/history?destination=&limit=` | route changes, oldest first |
 //! | GET | `/v1/tunnels` | tunnel devices |
 //! | GET | `/v1/lsdb` | the link-state database: records, neighbours, flooding counters |
+//! | GET | `/v1/gateways` | every gateway registered in the cluster store (etcd mode) |
 //! | GET, POST | `/v1/reservations` | list, create (`ReservationRequest`) |
 //! | GET, PATCH, DELETE | `/v1/reservations/{id}` | read, extend (`{"end": ...}`), cancel |
 //! | GET | `/v1/events?owner=` | server-sent events: `agent`, `reservation`, `lagged` |
@@ -60,6 +63,7 @@ use tracing::info;
 pub use error::{ApiError, ErrorBody, ServeError};
 
 use crate::agent::AgentHandle;
+use crate::store::EtcdStore;
 
 pub use dwcp_control::config::{
     ApiConfig, DEFAULT_COMMAND_TIMEOUT_MS, DEFAULT_MAX_BODY_BYTES, DEFAULT_SOCKET,
@@ -77,6 +81,8 @@ pub struct ApiContext {
     /// Set when the server shuts down: ends the event streams, which would otherwise keep
     /// a graceful shutdown waiting for ever.
     closing: Arc<watch::Sender<bool>>,
+    /// The cluster store in etcd mode (membership is read from it, not from the snapshot).
+    cluster_store: Option<EtcdStore>,
 }
 
 impl ApiContext {
@@ -87,7 +93,14 @@ impl ApiContext {
             max_body_bytes: config.max_body_bytes,
             read_timeout: config.limits().read_timeout,
             closing: Arc::new(watch::channel(false).0),
+            cluster_store: None,
         }
+    }
+
+    /// The same context, listing the gateways of `store`.
+    pub fn with_cluster_store(mut self, store: EtcdStore) -> ApiContext {
+        self.cluster_store = Some(store);
+        self
     }
 
     /// Ends open event streams and makes [`ApiContext::closed`] complete: call it together
@@ -110,7 +123,14 @@ pub fn router(ctx: ApiContext) -> Router {
     let limit = ctx.max_body_bytes;
     Router::new()
         .route("/v1/status", get(handlers::status))
-        .route("/v1/topology", get(handlers::topology))
+        .route(
+            "/v1/topology",
+            get(handlers::topology).put(handlers::push_topology),
+        )
+        .route(
+            "/v1/topology/diff",
+            axum::routing::post(handlers::diff_topology),
+        )
         .route("/v1/links", get(handlers::links))
         .route("/v1/links/{link}", get(handlers::link))
         .route("/v1/links/{link}/admin", put(handlers::set_link_admin))
@@ -119,6 +139,7 @@ pub fn router(ctx: ApiContext) -> Router {
         .route("/v1/history", get(handlers::history))
         .route("/v1/tunnels", get(handlers::tunnels))
         .route("/v1/lsdb", get(handlers::lsdb))
+        .route("/v1/gateways", get(handlers::gateways))
         .route("/v1/classes", get(handlers::classes))
         .route("/v1/flows", get(handlers::flows))
         .route(

@@ -1,7 +1,7 @@
 //! The cluster store on etcd (issue 18): what gateways must agree on. Reservations admitted in
 //! one transaction over every link of their path (`reservations.rs`), membership on leases
-//! (`membership.rs`), and a prefix watch that survives restarts and compaction without losing
-//! a delete (`watch.rs`). The rules and the key layout are `dwcp-control`'s
+//! (`membership.rs`), the published topology (`topology.rs`), and a prefix watch that
+//! survives restarts and compaction without losing a delete (`watch.rs`). The rules and the key layout are `dwcp-control`'s
 //! (`bandwidth::ledger`, `store`); this is the I/O.
 //!
 //! Every call is bounded by [`EtcdStore::timeout`]: with no member answering, a call fails with
@@ -10,6 +10,7 @@
 
 mod membership;
 mod reservations;
+mod topology;
 mod watch;
 
 use std::{
@@ -46,6 +47,8 @@ pub enum ClusterStoreError {
          (other gateways admitting on the same links); nothing was admitted, try again"
     )]
     Contention { id: ReservationId, attempts: u32 },
+    #[error("topology not published: another push won each of {attempts} attempts; try again")]
+    TopologyContention { attempts: u32 },
     #[error("reservation {0} is already in the store with other terms")]
     IdTaken(ReservationId),
     #[error("cluster store key {key}: {detail}")]

@@ -29,12 +29,18 @@ use crate::{
     },
     liveness::{MonitorConfig, MonitorConfigError},
     routing::{RoutingError, Strategy},
-    store::{EtcdConfig, EtcdTls, StoreConfig, DEFAULT_PREFIX},
+    store::{EtcdConfig, EtcdTls, PublishedTopology, StoreConfig, DEFAULT_PREFIX},
     topology::{error::line_of, Link, Topology, TopologyConfig, TopologyError},
 };
 
-/// Checks every section; every problem is reported, not just the first.
-pub(super) fn check(file: ConfigFile, source: &str) -> Result<AgentConfig, ConfigError> {
+/// Checks every section; every problem is reported, not just the first. `published`: the
+/// cluster store's topology, which `file`'s topology tables were replaced with (their spans
+/// are in its text).
+pub(super) fn check(
+    file: ConfigFile,
+    source: &str,
+    published: Option<&PublishedTopology>,
+) -> Result<AgentConfig, ConfigError> {
     let mut c = Checker {
         source,
         problems: Vec::new(),
@@ -44,7 +50,7 @@ pub(super) fn check(file: ConfigFile, source: &str) -> Result<AgentConfig, Confi
         links: file.link.clone(),
         edges: file.edge.clone(),
     };
-    let topology_model = topology_model(&mut c, &topology, source);
+    let topology_model = topology_model(&mut c, &topology, source, published);
     let model = topology_model.as_ref();
     let gw = gateway(&mut c, &file.gateway, model);
     let local_links = local_links(&mut c, &file.local_link, model, &gw);
@@ -108,6 +114,7 @@ pub(super) fn check(file: ConfigFile, source: &str) -> Result<AgentConfig, Confi
         health_checks,
         topology,
         topology_model: topology_model.expect("no problems means the topology is valid"),
+        published_topology: published.cloned(),
     })
 }
 
@@ -153,17 +160,30 @@ impl Checker<'_> {
 // ---------------------------------------------------------------------------------------------
 // [[region]], [[link]], [[edge]]
 
-fn topology_model(c: &mut Checker, topology: &TopologyConfig, source: &str) -> Option<Topology> {
+fn topology_model(
+    c: &mut Checker,
+    topology: &TopologyConfig,
+    source: &str,
+    published: Option<&PublishedTopology>,
+) -> Option<Topology> {
+    // Lines of the published topology are lines of its text, not of the file.
+    let (source, field) = match published {
+        Some(p) => (
+            p.source.as_str(),
+            format!("topology generation {} of the cluster store", p.generation),
+        ),
+        None => (source, "topology".to_string()),
+    };
     let model = match Topology::from_config(topology, Some(source)) {
         Ok(m) => Some(m),
         Err(TopologyError::Invalid { errors }) => {
             for e in errors {
-                c.push(e.entry().line, "topology", e.to_string());
+                c.push(e.entry().line, field.clone(), e.to_string());
             }
             None
         }
         Err(e) => {
-            c.push(None, "topology", e.to_string());
+            c.push(None, field, e.to_string());
             None
         }
     };
@@ -1206,6 +1226,17 @@ fn link_state_field(e: &LinkStateConfigError) -> &'static str {
 
 // ---------------------------------------------------------------------------------------------
 // [store]
+
+/// `[store]` alone (`AgentConfig::load_store`), its problems with the lines of `source`.
+pub(super) fn store_only(s: &StoreSection, source: &str) -> Result<StoreConfig, ConfigError> {
+    let mut c = Checker {
+        source,
+        problems: Vec::new(),
+    };
+    let store = store(&mut c, s);
+    c.finish()?;
+    Ok(store)
+}
 
 fn store(c: &mut Checker, s: &StoreSection) -> StoreConfig {
     let tls_keys = [

@@ -681,3 +681,71 @@ fn store_problems_name_the_key_and_its_line() {
         }
     }
 }
+
+fn published(generation: u64, topology: &str) -> crate::store::PublishedTopology {
+    crate::store::PublishedTopology {
+        generation,
+        source: crate::store::PublishedTopology::source_of(topology)
+            .unwrap()
+            .1,
+    }
+}
+
+#[test]
+fn a_published_topology_replaces_the_files_own() {
+    let pushed = TOPOLOGY.replacen("capacity_mbps = 1000\n", "capacity_mbps = 1500\n", 1);
+    let p = published(4, &pushed);
+    // A local-only file, and a whole one: the same configuration, on the published topology.
+    let local = AgentConfig::parse_with_topology(GATEWAY, &p).unwrap();
+    let whole = AgentConfig::parse_with_topology(&valid(), &p).unwrap();
+    assert!(local == whole);
+    assert_eq!(local.published_topology.as_ref(), Some(&p));
+    let link = local
+        .topology_model
+        .link(crate::topology::LinkId(1))
+        .unwrap();
+    assert_eq!(link.capacity_mbps, 1500.0);
+    assert_eq!(local.local_links.len(), 2);
+    // Without it, a local-only file has no topology.
+    assert!(refused(GATEWAY).contains("no [[region]]"));
+}
+
+#[test]
+fn a_published_topology_without_a_local_link_is_refused_at_the_files_line() {
+    // use1-aps1 (link 3) gone from the published topology: the file's [[local_link]] that
+    // names it is the problem, at its line.
+    let (mut config, _) = crate::store::PublishedTopology::source_of(TOPOLOGY).unwrap();
+    config.links.retain(|l| l.get_ref().link_id != 3);
+    let p = crate::store::PublishedTopology {
+        generation: 2,
+        source: toml::to_string(&config).unwrap(),
+    };
+    let e = AgentConfig::parse_with_topology(GATEWAY, &p)
+        .unwrap_err()
+        .to_string();
+    let line = line_of_text(GATEWAY, "link = \"use1-aps1\"");
+    assert!(e.contains(&format!("line {line}")), "{e}");
+    assert!(e.contains("use1-aps1"), "{e}");
+}
+
+#[test]
+fn load_store_reads_the_store_section_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("agent.toml");
+    // No topology, which `load` would refuse; `[store]` alone is what is read.
+    std::fs::write(
+        &path,
+        format!("{GATEWAY}\n[store]\nkind = \"etcd\"\nendpoints = [\"http://10.0.0.1:2379\"]\n"),
+    )
+    .unwrap();
+    assert!(matches!(
+        AgentConfig::load_store(&path).unwrap(),
+        crate::store::StoreConfig::Etcd(_)
+    ));
+    std::fs::write(&path, format!("{GATEWAY}\n[store]\nkind = \"etcd\"\n")).unwrap();
+    let e = AgentConfig::load_store(&path).unwrap_err().to_string();
+    assert!(
+        e.contains("needs store.endpoints") && e.contains("agent.toml"),
+        "{e}"
+    );
+}

@@ -106,6 +106,48 @@ impl TopologyConfig {
         })
     }
 
+    /// What replacing `self` by `new` changes, one line per entry: `+ region x`, `- link 3
+    /// n (a -- b)`, `~ link 1 n (a -- b): capacity_mbps 1000.0 -> 2000.0`. Regions and edges are matched by
+    /// name, links by id. Empty when they say the same.
+    pub fn diff(&self, new: &TopologyConfig) -> Vec<String> {
+        let mut out = Vec::new();
+        let regions = |t: &TopologyConfig| -> Vec<(String, String, toml::Value)> {
+            t.regions
+                .iter()
+                .map(|r| {
+                    let r = r.get_ref();
+                    (r.name.clone(), format!("region {}", r.name), entry_value(r))
+                })
+                .collect()
+        };
+        let links = |t: &TopologyConfig| -> Vec<(String, String, toml::Value)> {
+            t.links
+                .iter()
+                .map(|l| {
+                    let l = l.get_ref();
+                    (
+                        format!("{:010}", l.link_id),
+                        format!("link {} {} ({} -- {})", l.link_id, l.name, l.a, l.b),
+                        entry_value(l),
+                    )
+                })
+                .collect()
+        };
+        let edges = |t: &TopologyConfig| -> Vec<(String, String, toml::Value)> {
+            t.edges
+                .iter()
+                .map(|e| {
+                    let e = e.get_ref();
+                    (e.name.clone(), format!("edge {}", e.name), entry_value(e))
+                })
+                .collect()
+        };
+        diff_entries(&regions(self), &regions(new), &mut out);
+        diff_entries(&links(self), &links(new), &mut out);
+        diff_entries(&edges(self), &edges(new), &mut out);
+        out
+    }
+
     /// Wraps entries built in code (they have no config line).
     pub fn from_entries(
         regions: Vec<RegionConfig>,
@@ -140,6 +182,56 @@ impl LinkConfig {
             jitter_ms: 0.0,
             loss: 0.0,
             health: RoutingHealth::Up,
+        }
+    }
+}
+
+fn entry_value<T: Serialize>(entry: &T) -> toml::Value {
+    toml::Value::try_from(entry).unwrap_or_else(|e| toml::Value::String(e.to_string()))
+}
+
+/// Entries keyed (key, label, fields), compared field by field.
+fn diff_entries(
+    old: &[(String, String, toml::Value)],
+    new: &[(String, String, toml::Value)],
+    out: &mut Vec<String>,
+) {
+    use std::collections::BTreeMap;
+    let old: BTreeMap<&str, (&str, &toml::Value)> = old
+        .iter()
+        .map(|(k, l, v)| (k.as_str(), (l.as_str(), v)))
+        .collect();
+    let new: BTreeMap<&str, (&str, &toml::Value)> = new
+        .iter()
+        .map(|(k, l, v)| (k.as_str(), (l.as_str(), v)))
+        .collect();
+    for (key, (label, value)) in &old {
+        match new.get(key) {
+            None => out.push(format!("- {label}")),
+            Some((new_label, new_value)) if value != new_value => {
+                let fields = |v: &toml::Value| v.as_table().cloned().unwrap_or_default();
+                let (a, b) = (fields(value), fields(new_value));
+                let mut names: Vec<&String> = a.keys().chain(b.keys()).collect();
+                names.sort();
+                names.dedup();
+                let changes: Vec<String> = names
+                    .into_iter()
+                    .filter(|n| a.get(*n) != b.get(*n))
+                    .map(|n| {
+                        let show = |v: Option<&toml::Value>| {
+                            v.map_or_else(|| "(none)".to_string(), |v| v.to_string())
+                        };
+                        format!("{n} {} -> {}", show(a.get(n)), show(b.get(n)))
+                    })
+                    .collect();
+                out.push(format!("~ {new_label}: {}", changes.join(", ")));
+            }
+            Some(_) => {}
+        }
+    }
+    for (key, (label, _)) in &new {
+        if !old.contains_key(key) {
+            out.push(format!("+ {label}"));
         }
     }
 }

@@ -1,0 +1,264 @@
+//! The agents in etcd mode (`[store] kind = "etcd"`): the three-region lab's real
+//! `dwcp-agent`s, each gateway's namespace given a port on the bridge of a real three-member
+//! etcd cluster (`dwcp_lab::etcd::EtcdCluster`) that serves clients over TLS and requires
+//! their certificates. Both guards remove everything when they drop, also when the test
+//! fails.
+//!
+//! Every wait is for a mechanism (a record listed, a record gone, a generation applied) with a
+//! generous deadline. Covered: every agent lists every gateway with its region, addresses,
+//! version and topology generation; a topology pushed once through one gateway reaches every
+//! gateway (diff first, then push; a bad file refused with its line; the same text twice makes
+//! one generation); a reload keeps the published topology; a store outage leaves the agents
+//! running and the listing failing clearly, an agent restarted meanwhile starts on the cached
+//! topology, and membership comes back with the store; a stopped agent leaves at once, a
+//! killed one when its lease expires.
+
+use std::{
+    path::Path,
+    process::{Command, Output},
+    time::{Duration, Instant},
+};
+
+use dwcp_control::store::GatewayView;
+use dwcp_control::view::{StatusView, TopologyChanges, TopologyView};
+use dwcp_lab::etcd::EtcdCluster;
+use dwcp_lab::lab::triangle::{
+    underlay_ip, TriangleLab, TriangleOptions, GATEWAYS, LINKS, REGIONS, TOPOLOGY,
+};
+
+const WAIT: Duration = Duration::from_secs(60);
+
+fn dwcp(socket: &Path, args: &[&str]) -> Output {
+    Command::new(dwcp_lab::bin("dwcp"))
+        .arg("--socket")
+        .arg(socket)
+        .args(["--timeout", "10"])
+        .args(args)
+        .output()
+        .expect("dwcp runs")
+}
+
+/// `dwcp show gateways --json` on gateway `r`'s agent, sorted by name (as etcd lists them).
+fn gateways(lab: &TriangleLab, r: usize) -> Vec<GatewayView> {
+    let out = dwcp(&lab.api_socket(r), &["--json", "show", "gateways"]);
+    assert!(
+        out.status.success(),
+        "dwcp show gateways: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("a JSON list of gateways")
+}
+
+/// `dwcp --json ARGS` on gateway `r`'s agent, decoded.
+fn json<T: serde::de::DeserializeOwned>(lab: &TriangleLab, r: usize, args: &[&str]) -> T {
+    let mut all = vec!["--json"];
+    all.extend_from_slice(args);
+    let out = dwcp(&lab.api_socket(r), &all);
+    assert!(
+        out.status.success(),
+        "dwcp {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("the API's JSON")
+}
+
+/// Link 1's capacity as gateway `r` runs it.
+fn link1_capacity(lab: &TriangleLab, r: usize) -> u64 {
+    let t: TopologyView = json(lab, r, &["show", "topology"]);
+    t.links.iter().find(|l| l.id == 1).unwrap().capacity_bps
+}
+
+fn names(views: &[GatewayView]) -> Vec<&str> {
+    views.iter().map(|g| g.record.name.as_str()).collect()
+}
+
+/// Polls `f` until it returns Some, at most WAIT.
+fn wait<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            start.elapsed() < WAIT,
+            "{what} did not happen within {WAIT:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+#[cfg_attr(
+    not(feature = "privileged"),
+    ignore = "privileged: needs root, BPF, network namespaces and etcd (--features dwcp-lab/privileged)"
+)]
+fn gateways_register_on_leases_and_every_agent_lists_them() {
+    if let Err(why) = dwcp_lab::etcd::available() {
+        dwcp_lab::skip(
+            "gateways_register_on_leases_and_every_agent_lists_them",
+            &why,
+        );
+        return;
+    }
+    // TLS with client certificates: the agents' [store] names the CA, certificate and key.
+    let mut cluster = EtcdCluster::start_tls().expect("a three-member etcd cluster");
+    let mut lab = TriangleLab::build(
+        "etcdag",
+        &dwcp_lab::bin("dwcp-agent"),
+        TriangleOptions {
+            extra_config: cluster.store_section(),
+            ..TriangleOptions::default()
+        },
+    )
+    .expect("the three-region lab");
+    for r in 0..3 {
+        cluster
+            .attach(&lab.regions[r].gw, "etcd0")
+            .expect("a port on the cluster's bridge");
+    }
+    for r in 0..3 {
+        lab.start_agent(r, &[]).expect("agent starts");
+    }
+
+    // Every agent lists all three, with their regions, addresses and generation.
+    for r in 0..3 {
+        let listed = wait("all three gateways listed", || {
+            let g = gateways(&lab, r);
+            (g.len() == 3).then_some(g)
+        });
+        // etcd lists by key, i.e. by name.
+        assert_eq!(names(&listed), ["gw-aps1-a", "gw-euw1-a", "gw-use1-a"]);
+        for g in &listed {
+            let i = GATEWAYS.iter().position(|n| *n == g.record.name).unwrap();
+            assert_eq!(g.record.region, REGIONS[i]);
+            // Its underlay addresses.
+            let mut addresses: Vec<String> = LINKS
+                .iter()
+                .filter(|(_, a, b)| *a == i || *b == i)
+                .map(|(link, _, _)| underlay_ip(*link, i).to_string())
+                .collect();
+            addresses.sort();
+            assert_eq!(g.record.address, addresses.join(","));
+            assert_eq!(g.record.version, env!("CARGO_PKG_VERSION"));
+            assert_eq!(g.record.topology_generation, 0, "its file's topology");
+            let contact = g.last_contact_seconds.expect("a live lease");
+            assert!(
+                contact <= dwcp_agent::agent::MEMBERSHIP_TTL.as_secs(),
+                "{}: last contact {contact} s ago",
+                g.record.name
+            );
+        }
+    }
+    let table = String::from_utf8(dwcp(&lab.api_socket(0), &["show", "gateways"]).stdout).unwrap();
+    assert!(
+        table.starts_with("GATEWAY") && GATEWAYS.iter().all(|g| table.contains(g)),
+        "{table}"
+    );
+
+    // A topology pushed once, through gateway 2, reaches every gateway.
+    const FILE_CAPACITY: u64 = 1_000_000_000;
+    const PUSHED_CAPACITY: u64 = 1_500_000_000;
+    assert_eq!(link1_capacity(&lab, 0), FILE_CAPACITY);
+    let file = lab.dir.join("topology.toml");
+    std::fs::write(
+        &file,
+        TOPOLOGY.replacen("capacity_mbps = 1000\n", "capacity_mbps = 1500\n", 1),
+    )
+    .unwrap();
+    let file = file.to_str().unwrap();
+    let diff: TopologyChanges = json(&lab, 1, &["topology", "diff", file]);
+    assert_eq!(diff.from_generation, None);
+    assert_eq!(
+        diff.changes.len(),
+        8,
+        "3 regions, 3 links, 2 edges added: {diff:?}"
+    );
+    assert!(diff.changes.iter().all(|c| c.starts_with("+ ")), "{diff:?}");
+    let pushed: TopologyChanges = json(&lab, 1, &["topology", "push", file]);
+    assert_eq!(pushed.generation, Some(1));
+    for r in 0..3 {
+        wait("the pushed generation applied", || {
+            let s: StatusView = json(&lab, r, &["status"]);
+            (s.published_topology_generation == Some(1)).then_some(())
+        });
+        assert_eq!(link1_capacity(&lab, r), PUSHED_CAPACITY);
+    }
+    wait("every record at generation 1", || {
+        gateways(&lab, 0)
+            .iter()
+            .all(|g| g.record.topology_generation == 1)
+            .then_some(())
+    });
+    // Pushing the same text again publishes nothing; a diff says so.
+    let again: TopologyChanges = json(&lab, 2, &["topology", "push", file]);
+    assert_eq!(
+        (again.from_generation, again.generation),
+        (Some(1), Some(1))
+    );
+    let diff: TopologyChanges = json(&lab, 2, &["topology", "diff", file]);
+    assert!(diff.changes.is_empty(), "{diff:?}");
+    // A bad file is refused with its line, and nothing is published.
+    let bad = lab.dir.join("bad.toml");
+    let text = TOPOLOGY.replacen("capacity_mbps = 1000\n", "capacity_mbps = -5\n", 1);
+    std::fs::write(&bad, &text).unwrap();
+    let out = dwcp(
+        &lab.api_socket(0),
+        &["topology", "push", bad.to_str().unwrap()],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("line "), "{err}");
+    assert_eq!(
+        json::<TopologyChanges>(&lab, 0, &["topology", "diff", file]).from_generation,
+        Some(1)
+    );
+
+    // A reload re-reads the file but keeps the published topology in place of the file's.
+    let text = lab
+        .config_text(0)
+        .replace("sample_every = 10", "sample_every = 20");
+    lab.write_config(0, &text).unwrap();
+    let before: StatusView = json(&lab, 0, &["status"]);
+    lab.hup_agent(0).unwrap();
+    wait("the reload", || {
+        let s: StatusView = json(&lab, 0, &["status"]);
+        (s.config_generation > before.config_generation).then_some(())
+    });
+    assert_eq!(link1_capacity(&lab, 0), PUSHED_CAPACITY);
+
+    // The whole store down: the agents go on, the listing says why it cannot answer; back
+    // up, every gateway is listed again (renewed, or registered anew if its lease expired).
+    cluster.stop();
+    let out = dwcp(&lab.api_socket(0), &["show", "gateways"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("cluster store unreachable"), "{err}");
+    for r in 0..3 {
+        assert!(dwcp(&lab.api_socket(r), &["status"]).status.success());
+    }
+    // Restarted meanwhile, an agent starts on the topology it cached.
+    lab.kill_agent(2).unwrap();
+    lab.start_agent(2, &[])
+        .expect("agent 3 starts with the store down");
+    let s: StatusView = json(&lab, 2, &["status"]);
+    assert_eq!(s.published_topology_generation, Some(1));
+    assert_eq!(link1_capacity(&lab, 2), PUSHED_CAPACITY);
+    cluster.start_again().expect("the cluster back");
+    wait("all three gateways listed after the outage", || {
+        (gateways(&lab, 0).len() == 3).then_some(())
+    });
+
+    // A stopped agent revokes its lease before it exits: gone at once.
+    lab.stop_agent(1).expect("agent 2 stops");
+    assert_eq!(
+        names(&gateways(&lab, 0)),
+        [GATEWAYS[2], GATEWAYS[0]],
+        "a stopped gateway leaves at once"
+    );
+
+    // A killed one renews no more: etcd removes it when its lease runs out.
+    lab.kill_agent(2).expect("agent 3 killed");
+    wait("the killed gateway's record expiring", || {
+        (names(&gateways(&lab, 0)) == [GATEWAYS[0]]).then_some(())
+    });
+}
