@@ -78,9 +78,11 @@ impl ClusterStoreError {
                 key: key.clone(),
                 detail: detail.clone(),
             },
-            // Not from store calls: each admission's own outcome, or the connection's set-up.
+            // Not from an admission's store calls: each admission's own outcome, the
+            // connection's set-up, or a topology push.
             ClusterStoreError::IdTaken(_)
             | ClusterStoreError::TlsFile { .. }
+            | ClusterStoreError::TopologyContention { .. }
             | ClusterStoreError::Bandwidth(_) => ClusterStoreError::Unreachable(self.to_string()),
         }
     }
