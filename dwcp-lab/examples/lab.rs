@@ -2,6 +2,7 @@
 //!
 //! ```text
 //! lab up [--regions N]        # 3 (default): us-east-1, eu-west-1, ap-south-1; up to 10
+//!        [--tunnels wireguard] # WireGuard links (made, keyed and rotated by dwcp-tunnels)
 //! lab status                  # each agent's links, routes, tunnels and last route changes (the `dwcp` CLI), counters
 //! lab fail us-east-1 eu-west-1
 //! lab heal us-east-1 eu-west-1
@@ -14,6 +15,7 @@ use std::{path::PathBuf, process::Command, time::Duration};
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use dwcp_common::{QosClass, Reason};
+use dwcp_control::topology::TunnelKind;
 use dwcp_lab::lab::live;
 use dwcp_lab::lab::live::LabPaths;
 use dwcp_lab::lab::live::LabState;
@@ -50,6 +52,13 @@ enum Cmd {
         /// Probe intervals (10 ms) without a reply before a link is declared dead.
         #[arg(long, default_value_t = 10)]
         detect_multiplier: u32,
+        /// `vxlan` (the fast path encapsulates) or `wireguard` (a tunnel per link, made by
+        /// `dwcp-tunnels` with keys it generates, exchanges and rotates; probed inside).
+        #[arg(long, default_value = "vxlan", value_parser = ["vxlan", "wireguard"])]
+        tunnels: String,
+        /// The `dwcp-tunnels` binary (WireGuard links).
+        #[arg(long, env = "DWCP_TUNNELS_BIN")]
+        tunnels_binary: Option<PathBuf>,
     },
     /// Each agent's links, routes, tunnels and last route changes, the cut links, and the fast
     /// path's counters.
@@ -105,6 +114,8 @@ fn run() -> Result<()> {
         Cmd::Up {
             regions,
             detect_multiplier,
+            tunnels,
+            tunnels_binary,
         } => {
             let agent = cli
                 .agent_binary
@@ -118,11 +129,18 @@ fn run() -> Result<()> {
             }
             let mut opts = UpOptions::new(*regions, agent);
             opts.detect_multiplier = *detect_multiplier;
+            if tunnels == "wireguard" {
+                opts.tunnels = TunnelKind::Wireguard;
+                opts.tunnels_binary = tunnels_binary
+                    .clone()
+                    .unwrap_or_else(|| dwcp_lab::bin("dwcp-tunnels"));
+            }
             let state = live::up(&paths, &opts, &mut |m| println!("lab: {m}"))?;
             println!(
-                "lab: up: {} regions, {} agents (state in {})",
+                "lab: up: {} regions, {} agents, {:?} links (state in {})",
                 state.regions,
                 state.agents.len(),
+                state.tunnels,
                 paths.state_dir.display()
             );
             if !state.latency_emulated {
@@ -205,8 +223,10 @@ fn run() -> Result<()> {
                 println!("lab: nothing to remove");
             } else {
                 println!(
-                    "lab: down: stopped {} agent(s), removed {} namespace(s){}{}",
+                    "lab: down: stopped {} agent(s) and {} tunnel process(es), removed {} \
+                     namespace(s){}{}",
                     report.agents_stopped.len(),
+                    report.tunnel_processes_stopped.len(),
                     report.namespaces.len(),
                     if report.pins_removed {
                         ", the pins"
