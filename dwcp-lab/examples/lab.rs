@@ -2,7 +2,8 @@
 //!
 //! ```text
 //! lab up [--regions N]        # 3 (default): us-east-1, eu-west-1, ap-south-1; up to 10
-//!        [--tunnels wireguard] # WireGuard links (made, keyed and rotated by dwcp-tunnels)
+//!        [--tunnels wireguard [--rotate-after-s S]]  # WireGuard links (made, keyed and
+//!                             # rotated by dwcp-tunnels)
 //! lab status                  # each agent's links, routes, tunnels and last route changes (the `dwcp` CLI), counters
 //! lab fail us-east-1 eu-west-1
 //! lab heal us-east-1 eu-west-1
@@ -59,6 +60,10 @@ enum Cmd {
         /// The `dwcp-tunnels` binary (WireGuard links).
         #[arg(long, env = "DWCP_TUNNELS_BIN")]
         tunnels_binary: Option<PathBuf>,
+        /// WireGuard links: rotate every key once older than this many seconds (default: the
+        /// daemon's 30 days).
+        #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+        rotate_after_s: Option<u64>,
     },
     /// Each agent's links, routes, tunnels and last route changes, the cut links, and the fast
     /// path's counters.
@@ -116,6 +121,7 @@ fn run() -> Result<()> {
             detect_multiplier,
             tunnels,
             tunnels_binary,
+            rotate_after_s,
         } => {
             let agent = cli
                 .agent_binary
@@ -134,13 +140,16 @@ fn run() -> Result<()> {
                 opts.tunnels_binary = tunnels_binary
                     .clone()
                     .unwrap_or_else(|| dwcp_lab::bin("dwcp-tunnels"));
+                opts.rotate_after = rotate_after_s.map(Duration::from_secs);
+            } else if rotate_after_s.is_some() {
+                bail!("--rotate-after-s is for WireGuard links (--tunnels wireguard)");
             }
             let state = live::up(&paths, &opts, &mut |m| println!("lab: {m}"))?;
             println!(
-                "lab: up: {} regions, {} agents, {:?} links (state in {})",
+                "lab: up: {} regions, {} agents, {} links (state in {})",
                 state.regions,
                 state.agents.len(),
-                state.tunnels,
+                tunnels,
                 paths.state_dir.display()
             );
             if !state.latency_emulated {
@@ -159,6 +168,7 @@ fn run() -> Result<()> {
             live::fail(&state, &link, Duration::from_secs(*timeout))?;
             println!("lab: both ends saw it down and route around it:");
             routes_of_ends(&cli, &state, &link)?;
+            wireguard_transit_warning(&state, &link)?;
             println!("lab: and every other agent has it down, as the ends' records say:");
             link_at_others(&cli, &state, &link)?;
         }
@@ -313,6 +323,35 @@ fn routes_of_ends(
         let peer = &state.agents[peer as usize - 1].region;
         println!("-- {} (dwcp show routes {peer}):", a.region);
         print!("{}", dwcp(cli, &a.socket, &["show", "routes", peer])?);
+    }
+    Ok(())
+}
+
+/// In a WireGuard lab a middle gateway forwards transit with its kernel's routes into its
+/// direct tunnel only (the fast path does not carry transit over WireGuard yet): says so when
+/// an end's new path has more than one middle gateway, which then carries nothing.
+fn wireguard_transit_warning(
+    state: &LabState,
+    link: &dwcp_lab::lab::multi::PlannedLink,
+) -> Result<()> {
+    if state.tunnels != TunnelKind::Wireguard {
+        return Ok(());
+    }
+    for (me, peer) in [(link.a, link.b), (link.b, link.a)] {
+        let a = &state.agents[me as usize - 1];
+        let peer = &state.agents[peer as usize - 1].region;
+        let routes: Vec<dwcp_agent::agent::RouteView> = live::api_get(&a.socket, "/v1/routes")?;
+        let hops = routes
+            .iter()
+            .find(|r| &r.destination == peer)
+            .and_then(live::primary)
+            .map_or(0, |p| p.links.len());
+        if hops > 2 {
+            println!(
+                "lab: warning: {} reaches {peer} over {hops} WireGuard links; a middle gateway                  forwards only into its direct tunnel, so this path carries nothing (fast-path                  transit over WireGuard is not built yet)",
+                a.region
+            );
+        }
     }
     Ok(())
 }
