@@ -225,7 +225,35 @@ fn wireguard_lab_cycle_up_traffic_fail_reroute_heal_down() {
     assert!(state.agents.iter().all(|a| a.tunnels_pid != 0));
     let (us, eu, ap) = (0, 1, 2);
     assert_eq!(primary_links(&state, us, "eu-west-1"), vec![1]);
+    // On link 1's wire: datagrams to WireGuard's port, and none with a region's (inner)
+    // address, which only clear text would show.
+    let wire = format!("{}-w1", paths.prefix);
+    let nft = |args: &[&str]| {
+        let mut cmd = vec!["ip", "netns", "exec", &wire, "nft"];
+        cmd.extend_from_slice(args);
+        String::from_utf8_lossy(&run(&cmd).unwrap().stdout).to_string()
+    };
+    nft(&["add table bridge seen; \
+           add chain bridge seen pass { type filter hook forward priority -10; }; \
+           add rule bridge seen pass ip daddr 10.0.0.0/8 counter; \
+           add rule bridge seen pass udp dport 51820 counter"]);
     assert_flows(&state, &live::all_pairs(3), "up");
+    let listed = nft(&["list", "table", "bridge", "seen"]);
+    let packets: Vec<u64> = listed
+        .lines()
+        .filter_map(|l| l.split("counter packets ").nth(1))
+        .map(|c| c.split_whitespace().next().unwrap().parse().unwrap())
+        .collect();
+    assert_eq!(packets.len(), 2, "{listed}");
+    println!(
+        "link 1's wire: {} clear-text, {} WireGuard datagrams",
+        packets[0], packets[1]
+    );
+    assert_eq!(packets[0], 0, "clear text on the underlay: {listed}");
+    assert!(
+        packets[1] > 500,
+        "the streams crossed link 1 encrypted: {listed}"
+    );
 
     // The agents list WireGuard tunnels, up, that carried the streams.
     let t = tunnels(&state, us);
