@@ -503,14 +503,23 @@ fn start_tunnels(
         let (_, peer) = LabPlan::tunnel_ips(l, l.a);
         let peer = peer.to_string();
         while ns.ns().exec(&["ping", "-c1", "-W1", &peer]).is_err() {
-            if Instant::now() > deadline {
-                let log = paths.state_dir.join(format!("g{}.tunnels.log", l.a));
+            let exited = [l.a, l.b]
+                .into_iter()
+                .find(|&n| !alive(state.agents[n as usize - 1].tunnels_pid, "dwcp-tunnels"));
+            if exited.is_some() || Instant::now() > deadline {
+                let n = exited.unwrap_or(l.a);
+                let log = paths.state_dir.join(format!("g{n}.tunnels.log"));
+                let what = match exited {
+                    Some(_) => "its dwcp-tunnels daemon exited".to_string(),
+                    None => format!(
+                        "no ping crossed the tunnel of link {} within {:?}",
+                        l.name, opts.timeout
+                    ),
+                };
                 return Err(fail(
-                    l.a,
+                    n,
                     format!(
-                        "no ping crossed the tunnel of link {} within {:?}; the daemon's log:\n{}",
-                        l.name,
-                        opts.timeout,
+                        "{what}; the daemon's log:\n{}",
                         std::fs::read_to_string(log).unwrap_or_default()
                     ),
                 ));
@@ -557,7 +566,9 @@ pub fn wireguard_public_key(
         return Err(LiveLabError::Tunnels {
             region: plan.regions[n as usize - 1].name.clone(),
             detail: format!(
-                "dwcp-tunnels pubkey: {}",
+                "{} pubkey: {}: {}",
+                tunnels_binary.display(),
+                out.status,
                 String::from_utf8_lossy(&out.stderr).trim()
             ),
         });
