@@ -10,6 +10,10 @@
 //! the state directory; it also works without a state file (after a crash): it looks for the
 //! lab's namespaces by prefix and for agents by their configuration path.
 //!
+//! With WireGuard links ([`UpOptions::tunnels`]) a `dwcp-tunnels run` daemon per gateway makes
+//! and keeps the tunnels (see `start_tunnels`); `down` stops those daemons and the lab's
+//! wireguard-go processes (found by their devices' names) before removing the namespaces.
+//!
 //! Frames the gateways redirect (native XDP) into the hosts' and wires' veths are accepted
 //! because those veths' ends carry an `XDP_PASS` program, attached through links pinned under
 //! `<pin root>/pass/`.
