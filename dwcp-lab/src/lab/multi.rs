@@ -200,7 +200,7 @@ impl LabPlan {
     }
 
     /// The plan with WireGuard links: link `i` is device [`LabPlan::wireguard_device`] on both
-    /// gateways, tunnel addresses 10.254.<i>.1 (region `a`) and .2, listen port 51819 + `i`,
+    /// gateways, tunnel addresses `10.254.<i>.1` (region `a`) and `.2`, listen port 51819 + `i`,
     /// probed inside the tunnel. `prefix` is the lab's namespace prefix.
     pub fn with_wireguard(mut self, prefix: &str) -> LabPlan {
         self.tunnels = TunnelKind::Wireguard;
