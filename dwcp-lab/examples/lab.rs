@@ -2,6 +2,8 @@
 //!
 //! ```text
 //! lab up [--regions N]        # 3 (default): us-east-1, eu-west-1, ap-south-1; up to 10
+//!        [--tunnels wireguard [--rotate-after-s S]]  # WireGuard links (made, keyed and
+//!                             # rotated by dwcp-tunnels)
 //! lab status                  # each agent's links, routes, tunnels and last route changes (the `dwcp` CLI), counters
 //! lab fail us-east-1 eu-west-1
 //! lab heal us-east-1 eu-west-1
@@ -14,6 +16,7 @@ use std::{path::PathBuf, process::Command, time::Duration};
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use dwcp_common::{QosClass, Reason};
+use dwcp_control::topology::TunnelKind;
 use dwcp_lab::lab::live;
 use dwcp_lab::lab::live::LabPaths;
 use dwcp_lab::lab::live::LabState;
@@ -50,6 +53,17 @@ enum Cmd {
         /// Probe intervals (10 ms) without a reply before a link is declared dead.
         #[arg(long, default_value_t = 10)]
         detect_multiplier: u32,
+        /// `vxlan` (the fast path encapsulates) or `wireguard` (a tunnel per link, made by
+        /// `dwcp-tunnels` with keys it generates, exchanges and rotates; probed inside).
+        #[arg(long, default_value = "vxlan", value_parser = ["vxlan", "wireguard"])]
+        tunnels: String,
+        /// The `dwcp-tunnels` binary (WireGuard links).
+        #[arg(long, env = "DWCP_TUNNELS_BIN")]
+        tunnels_binary: Option<PathBuf>,
+        /// WireGuard links: rotate every key once older than this many seconds (default: the
+        /// daemon's 30 days).
+        #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+        rotate_after_s: Option<u64>,
     },
     /// Each agent's links, routes, tunnels and last route changes, the cut links, and the fast
     /// path's counters.
@@ -105,6 +119,9 @@ fn run() -> Result<()> {
         Cmd::Up {
             regions,
             detect_multiplier,
+            tunnels,
+            tunnels_binary,
+            rotate_after_s,
         } => {
             let agent = cli
                 .agent_binary
@@ -118,11 +135,21 @@ fn run() -> Result<()> {
             }
             let mut opts = UpOptions::new(*regions, agent);
             opts.detect_multiplier = *detect_multiplier;
+            if tunnels == "wireguard" {
+                opts.tunnels = TunnelKind::Wireguard;
+                opts.tunnels_binary = tunnels_binary
+                    .clone()
+                    .unwrap_or_else(|| dwcp_lab::bin("dwcp-tunnels"));
+                opts.rotate_after = rotate_after_s.map(Duration::from_secs);
+            } else if rotate_after_s.is_some() {
+                bail!("--rotate-after-s is for WireGuard links (--tunnels wireguard)");
+            }
             let state = live::up(&paths, &opts, &mut |m| println!("lab: {m}"))?;
             println!(
-                "lab: up: {} regions, {} agents (state in {})",
+                "lab: up: {} regions, {} agents, {} links (state in {})",
                 state.regions,
                 state.agents.len(),
+                tunnels,
                 paths.state_dir.display()
             );
             if !state.latency_emulated {
@@ -141,6 +168,7 @@ fn run() -> Result<()> {
             live::fail(&state, &link, Duration::from_secs(*timeout))?;
             println!("lab: both ends saw it down and route around it:");
             routes_of_ends(&cli, &state, &link)?;
+            wireguard_transit_warning(&state, &link)?;
             println!("lab: and every other agent has it down, as the ends' records say:");
             link_at_others(&cli, &state, &link)?;
         }
@@ -205,8 +233,10 @@ fn run() -> Result<()> {
                 println!("lab: nothing to remove");
             } else {
                 println!(
-                    "lab: down: stopped {} agent(s), removed {} namespace(s){}{}",
+                    "lab: down: stopped {} agent(s) and {} tunnel process(es), removed {} \
+                     namespace(s){}{}",
                     report.agents_stopped.len(),
+                    report.tunnel_processes_stopped.len(),
                     report.namespaces.len(),
                     if report.pins_removed {
                         ", the pins"
@@ -293,6 +323,35 @@ fn routes_of_ends(
         let peer = &state.agents[peer as usize - 1].region;
         println!("-- {} (dwcp show routes {peer}):", a.region);
         print!("{}", dwcp(cli, &a.socket, &["show", "routes", peer])?);
+    }
+    Ok(())
+}
+
+/// In a WireGuard lab a middle gateway forwards transit with its kernel's routes into its
+/// direct tunnel only (the fast path does not carry transit over WireGuard yet): says so when
+/// an end's new path has more than one middle gateway, which then carries nothing.
+fn wireguard_transit_warning(
+    state: &LabState,
+    link: &dwcp_lab::lab::multi::PlannedLink,
+) -> Result<()> {
+    if state.tunnels != TunnelKind::Wireguard {
+        return Ok(());
+    }
+    for (me, peer) in [(link.a, link.b), (link.b, link.a)] {
+        let a = &state.agents[me as usize - 1];
+        let peer = &state.agents[peer as usize - 1].region;
+        let routes: Vec<dwcp_agent::agent::RouteView> = live::api_get(&a.socket, "/v1/routes")?;
+        let hops = routes
+            .iter()
+            .find(|r| &r.destination == peer)
+            .and_then(live::primary)
+            .map_or(0, |p| p.links.len());
+        if hops > 2 {
+            println!(
+                "lab: warning: {} reaches {peer} over {hops} WireGuard links; a middle gateway                  forwards only into its direct tunnel, so this path carries nothing (fast-path                  transit over WireGuard is not built yet)",
+                a.region
+            );
+        }
     }
     Ok(())
 }

@@ -10,6 +10,7 @@ use std::{path::PathBuf, time::Duration};
 use dwcp_agent::agent::RouteView;
 use dwcp_agent::agent::TunnelState;
 use dwcp_agent::agent::TunnelView;
+use dwcp_control::topology::TunnelKind;
 use dwcp_lab::lab::live;
 use dwcp_lab::lab::live::LabPaths;
 use dwcp_lab::lab::live::LabState;
@@ -192,4 +193,115 @@ fn lab_cycle_up_traffic_fail_reroute_heal_down_leaves_nothing() {
     assert!(!paths.pin_root.exists());
     assert!(live::down(&paths).unwrap().is_empty());
     assert!(matches!(live::require(&paths), Err(LiveLabError::NotUp(_))));
+}
+
+/// `lab up --tunnels wireguard`: every link a WireGuard tunnel made by `dwcp-tunnels` (keys
+/// generated in each gateway's state, exchanged into the peers' tunnel files, a daemon per
+/// gateway rotating them every few seconds here), probed inside the tunnel by the agents.
+/// Traffic crosses; a cut wire (the tunnel's underlay, silently) takes the link down and the
+/// two regions reroute through the third (transit by the middle gateway's kernel into its
+/// direct tunnel); heal; the keys were rotated meanwhile; down leaves no namespace, daemon or
+/// wireguard-go.
+#[test]
+#[cfg_attr(
+    not(feature = "privileged"),
+    ignore = "privileged: needs root, BPF, network namespaces and wireguard-go (--features dwcp-lab/privileged)"
+)]
+fn wireguard_lab_cycle_up_traffic_fail_reroute_heal_down() {
+    let pid = std::process::id();
+    let paths = LabPaths {
+        prefix: format!("dwcp-lwg{pid}"),
+        state_dir: std::env::temp_dir().join(format!("dwcp-lab-wg-{pid}")),
+        pin_root: PathBuf::from(format!("/sys/fs/bpf/dwcp-lab-wg-{pid}")),
+    };
+    let _down = Down(paths.clone());
+    let mut opts = UpOptions::new(3, agent_bin());
+    opts.timeout = WAIT;
+    opts.tunnels = TunnelKind::Wireguard;
+    opts.tunnels_binary = dwcp_lab::bin("dwcp-tunnels");
+    opts.rotate_after = Some(Duration::from_secs(4));
+    let state = live::up(&paths, &opts, &mut |m| println!("up: {m}")).unwrap();
+    assert_eq!(state.tunnels, TunnelKind::Wireguard);
+    assert!(state.agents.iter().all(|a| a.tunnels_pid != 0));
+    let (us, eu, ap) = (0, 1, 2);
+    assert_eq!(primary_links(&state, us, "eu-west-1"), vec![1]);
+    // On link 1's wire: datagrams to WireGuard's port, and none with a region's (inner)
+    // address, which only clear text would show.
+    let wire = format!("{}-w1", paths.prefix);
+    let nft = |args: &[&str]| {
+        let mut cmd = vec!["ip", "netns", "exec", &wire, "nft"];
+        cmd.extend_from_slice(args);
+        String::from_utf8_lossy(&run(&cmd).unwrap().stdout).to_string()
+    };
+    nft(&["add table bridge seen; \
+           add chain bridge seen pass { type filter hook forward priority -10; }; \
+           add rule bridge seen pass ip daddr 10.0.0.0/8 counter; \
+           add rule bridge seen pass udp dport 51820 counter"]);
+    assert_flows(&state, &live::all_pairs(3), "up");
+    let listed = nft(&["list", "table", "bridge", "seen"]);
+    let packets: Vec<u64> = listed
+        .lines()
+        .filter_map(|l| l.split("counter packets ").nth(1))
+        .map(|c| c.split_whitespace().next().unwrap().parse().unwrap())
+        .collect();
+    assert_eq!(packets.len(), 2, "{listed}");
+    println!(
+        "link 1's wire: {} clear-text, {} WireGuard datagrams",
+        packets[0], packets[1]
+    );
+    assert_eq!(packets[0], 0, "clear text on the underlay: {listed}");
+    assert!(
+        packets[1] > 500,
+        "the streams crossed link 1 encrypted: {listed}"
+    );
+
+    // The agents list WireGuard tunnels, up, that carried the streams.
+    let t = tunnels(&state, us);
+    let mut kinds: Vec<(Option<u32>, &str)> = t.iter().map(|t| (t.link, t.kind.as_str())).collect();
+    kinds.sort();
+    assert_eq!(kinds, vec![(Some(1), "wireguard"), (Some(3), "wireguard")]);
+    assert!(t.iter().all(|t| t.state == TunnelState::Up), "{t:#?}");
+
+    let link = live::find_link(&state, "us-east-1", Some("eu-west-1")).unwrap();
+    live::fail(&state, &link, WAIT).unwrap();
+    assert_eq!(primary_links(&state, us, "eu-west-1"), vec![3, 2]);
+    assert_eq!(primary_links(&state, eu, "us-east-1"), vec![2, 3]);
+    assert_flows(&state, &[(us, eu), (eu, us), (us, ap)], "link 1 cut");
+
+    live::heal(&state, &link, WAIT).unwrap();
+    assert_eq!(primary_links(&state, us, "eu-west-1"), vec![1]);
+    assert_flows(&state, &[(us, eu), (eu, us)], "healed");
+
+    // us-east-1's end of link 1 has rotated its key: no longer the one `up` gave eu-west-1.
+    let text = std::fs::read_to_string(paths.state_dir.join("g2.tunnels.toml")).unwrap();
+    let file: dwcp_tunnels::TunnelsFile = toml::from_str(&text).unwrap();
+    let plan = state.plan().unwrap();
+    let given = file
+        .tunnels
+        .iter()
+        .find(|t| t.name == plan.wireguard_device(&link, 2))
+        .map(|t| match &t.kind {
+            dwcp_tunnels::TunnelKind::WireGuard(wg) => wg.peer.public_key.to_string(),
+            other => panic!("{other:?}"),
+        })
+        .unwrap();
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let now = live::wireguard_public_key(&state, &opts.tunnels_binary, 1, &link).unwrap();
+        assert_eq!(now.len(), 44, "{now}");
+        if now != given {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "no rotation of {now}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_flows(&state, &[(us, eu), (eu, us)], "rotated");
+
+    let report = live::down(&paths).unwrap();
+    assert_eq!(report.agents_stopped.len(), 3, "{report:?}");
+    // Three tunnel daemons, and a wireguard-go per device (two per link) unless the kernel
+    // has WireGuard.
+    assert!(report.tunnel_processes_stopped.len() >= 3, "{report:?}");
+    assert_eq!(report.namespaces.len(), 9, "{report:?}");
+    assert_eq!(live::leftovers(&paths), Vec::<String>::new());
 }

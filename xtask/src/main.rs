@@ -30,8 +30,9 @@ enum Cmd {
         #[arg(trailing_var_arg = true)]
         args: Vec<String>,
     },
-    /// The multi-region lab: `up [--regions N] | status | fail A B | heal A B | traffic [A B] |
-    /// down` (run `cargo xtask lab help`). Builds the agent, the CLI and the lab first.
+    /// The multi-region lab: `up [--regions N] [--tunnels wireguard] | status | fail A B |
+    /// heal A B | traffic [A B] | down` (run `cargo xtask lab help`). Builds the agent, the
+    /// CLI, the tunnel daemon and the lab first.
     #[command(disable_help_flag = true)]
     Lab {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
@@ -195,7 +196,7 @@ fn target_dir() -> PathBuf {
         .unwrap_or_else(|| root().join("target"))
 }
 
-/// Builds `dwcp-agent`, `dwcp` and the lab (debug profile: shares the build with the test
+/// Builds `dwcp-agent`, `dwcp`, `dwcp-tunnels` and the lab (debug profile: shares the build with the test
 /// suite; the fast path runs in the kernel), then runs the lab with `args`.
 fn lab(args: &[String]) -> Result<()> {
     let status = Command::new("cargo")
@@ -212,6 +213,10 @@ fn lab(args: &[String]) -> Result<()> {
             "--bin",
             "dwcp",
             "-p",
+            "dwcp-tunnels",
+            "--bin",
+            "dwcp-tunnels",
+            "-p",
             "dwcp-lab",
             "--example",
             "lab",
@@ -225,6 +230,7 @@ fn lab(args: &[String]) -> Result<()> {
     let status = Command::new(debug.join("examples/lab"))
         .env("DWCP_AGENT_BIN", debug.join("dwcp-agent"))
         .env("DWCP_BIN", debug.join("dwcp"))
+        .env("DWCP_TUNNELS_BIN", debug.join("dwcp-tunnels"))
         .args(args)
         .status()
         .context("running the lab")?;

@@ -10,6 +10,10 @@
 //! the state directory; it also works without a state file (after a crash): it looks for the
 //! lab's namespaces by prefix and for agents by their configuration path.
 //!
+//! With WireGuard links ([`UpOptions::tunnels`]) a `dwcp-tunnels run` daemon per gateway makes
+//! and keeps the tunnels (see `start_tunnels`); `down` stops those daemons and the lab's
+//! wireguard-go processes (found by their devices' names) before removing the namespaces.
+//!
 //! Frames the gateways redirect (native XDP) into the hosts' and wires' veths are accepted
 //! because those veths' ends carry an `XDP_PASS` program, attached through links pinned under
 //! `<pin root>/pass/`.
@@ -40,6 +44,7 @@ use dwcp_cli::client::ApiClient;
 use dwcp_cli::client::Endpoint;
 use dwcp_control::config::LinkStateSection;
 use dwcp_control::input::unix_now;
+use dwcp_control::topology::TunnelKind;
 
 pub const DEFAULT_PREFIX: &str = multi::STABLE_PREFIX;
 pub const DEFAULT_STATE_DIR: &str = "/run/dwcp-lab";
@@ -72,6 +77,10 @@ pub enum LiveLabError {
     State { path: PathBuf, detail: String },
     #[error("the agent of {region}: {detail}")]
     Agent { region: String, detail: String },
+    #[error("the WireGuard tunnels of {region}: {detail}")]
+    Tunnels { region: String, detail: String },
+    #[error("the lab's links are VXLAN or WireGuard, not {0:?}")]
+    TunnelKind(TunnelKind),
     #[error("timed out after {waited:?} waiting for {what}")]
     Timeout { what: String, waited: Duration },
     #[error("stream {from} -> {to}: {source}")]
@@ -136,6 +145,9 @@ pub struct AgentRecord {
     pub log: PathBuf,
     pub events: PathBuf,
     pub pin_dir: PathBuf,
+    /// The gateway's `dwcp-tunnels run` (a WireGuard lab), 0 without.
+    #[serde(default)]
+    pub tunnels_pid: u32,
 }
 
 /// What `up` recorded.
@@ -147,11 +159,14 @@ pub struct LabState {
     /// Whether the links' latencies are emulated (netem) or only configured.
     pub latency_emulated: bool,
     pub started_unix_s: u64,
+    /// The links' kind (`lab up --tunnels`).
+    #[serde(default)]
+    pub tunnels: TunnelKind,
 }
 
 impl LabState {
     pub fn plan(&self) -> Result<LabPlan> {
-        Ok(LabPlan::for_regions(self.regions)?)
+        plan_of(self.regions, self.tunnels, &self.paths)
     }
 
     /// A region's agent, by region name or 1-based number.
@@ -179,6 +194,23 @@ pub struct UpOptions {
     pub timeout: Duration,
     /// Every agent's `[link_state]` (tests shorten its timers; a baseline turns it off).
     pub link_state: LinkStateSection,
+    /// VXLAN (default) or WireGuard links.
+    pub tunnels: TunnelKind,
+    /// The `dwcp-tunnels` that makes and keeps a WireGuard lab's tunnels.
+    pub tunnels_binary: PathBuf,
+    /// Rotate every WireGuard key once older than this (checked every second); default the
+    /// daemon's (30 days).
+    pub rotate_after: Option<Duration>,
+}
+
+/// The lab of `regions` regions with `tunnels` links, named after `paths`.
+fn plan_of(regions: usize, tunnels: TunnelKind, paths: &LabPaths) -> Result<LabPlan> {
+    let plan = LabPlan::for_regions(regions)?;
+    match tunnels {
+        TunnelKind::Vxlan => Ok(plan),
+        TunnelKind::Wireguard => Ok(plan.with_wireguard(&paths.prefix)),
+        other => Err(LiveLabError::TunnelKind(other)),
+    }
 }
 
 impl UpOptions {
@@ -190,6 +222,9 @@ impl UpOptions {
             detect_multiplier: 10,
             timeout: Duration::from_secs(120),
             link_state: LinkStateSection::default(),
+            tunnels: TunnelKind::Vxlan,
+            tunnels_binary: crate::profile_dir().join("dwcp-tunnels"),
+            rotate_after: None,
         }
     }
 }
@@ -226,7 +261,7 @@ fn save(state: &LabState) -> Result<()> {
 /// Starts the lab. Refuses when a lab is already up in `paths`; a lab left half-made (a
 /// crash, a failed `up`) is removed first. On failure everything made is removed again.
 pub fn up(paths: &LabPaths, opts: &UpOptions, progress: &mut dyn FnMut(&str)) -> Result<LabState> {
-    let plan = LabPlan::for_regions(opts.regions)?;
+    let plan = plan_of(opts.regions, opts.tunnels, paths)?;
     // Up: recorded with namespaces or agents, or agents of the lab running even without a
     // record. Namespaces, pins or a record alone are what a crash left: removed below.
     let state = load(paths).ok().flatten();
@@ -322,6 +357,7 @@ fn up_inner(
             log: file("log"),
             events: file("events.jsonl"),
             pin_dir,
+            tunnels_pid: 0,
         });
     }
     // The namespaces stay (stable names) when `lab` drops at the end of `up`.
@@ -332,8 +368,12 @@ fn up_inner(
         agents,
         latency_emulated,
         started_unix_s: unix_now(),
+        tunnels: plan.tunnels,
     };
     save(&state)?;
+    if plan.tunnels == TunnelKind::Wireguard {
+        start_tunnels(&mut state, opts, plan, progress)?;
+    }
     progress(&format!(
         "starting {} dwcp-agent daemons",
         state.agents.len()
@@ -368,6 +408,176 @@ fn up_inner(
         })?;
     }
     Ok(state)
+}
+
+/// A WireGuard lab's tunnels, made and kept by dwcp: each gateway's keys are generated in its
+/// own tunnel state directory (`dwcp-tunnels pubkey`), the public keys exchanged into both
+/// ends' tunnel files, and one `dwcp-tunnels run` per gateway makes the tunnels, answers its
+/// peers' key changes and rotates its keys on schedule. Waits until every tunnel passes a
+/// ping. The agents install the hand-off (fast path to tunnel); the kernel's main table
+/// carries transit (a packet from a tunnel to a neighbour region goes into the direct tunnel,
+/// as the fast path cannot yet: docs/OPERATIONS.md), so a path crosses at most one middle
+/// gateway.
+fn start_tunnels(
+    state: &mut LabState,
+    opts: &UpOptions,
+    plan: &LabPlan,
+    progress: &mut dyn FnMut(&str),
+) -> Result<()> {
+    let paths = state.paths.clone();
+    let fail = |n: u8, detail: String| LiveLabError::Tunnels {
+        region: plan.regions[n as usize - 1].name.clone(),
+        detail,
+    };
+    progress("generating the WireGuard keys (dwcp-tunnels pubkey) and exchanging them");
+    let mut keys = std::collections::HashMap::new();
+    for l in &plan.links {
+        for n in [l.a, l.b] {
+            let text = wireguard_public_key(state, &opts.tunnels_binary, n, l)?;
+            let key: dwcp_tunnels::PublicKey = text
+                .parse()
+                .map_err(|e| fail(n, format!("its public key {text:?}: {e}")))?;
+            keys.insert((l.id, n), key);
+        }
+    }
+    progress("starting a dwcp-tunnels daemon per gateway (tunnels, key exchange, rotation)");
+    for r in &plan.regions {
+        let n = r.n;
+        let mut specs = Vec::new();
+        for l in plan.links.iter().filter(|l| l.a == n || l.b == n) {
+            let (peer, peer_underlay) = if l.a == n {
+                (l.b, l.b_ip)
+            } else {
+                (l.a, l.a_ip)
+            };
+            let (local, peer_tunnel) = LabPlan::tunnel_ips(l, n);
+            // The peer's tunnel address and every region's prefix but ours: the tunnel carries
+            // transit to and from regions behind the peer.
+            let allowed: Vec<String> = std::iter::once(format!("{peer_tunnel}/32"))
+                .chain(
+                    plan.regions
+                        .iter()
+                        .filter(|o| o.n != n)
+                        .map(|o| format!("{}/24", o.prefix)),
+                )
+                .collect();
+            let allowed: Vec<&str> = allowed.iter().map(String::as_str).collect();
+            let port = LabPlan::wireguard_port(l);
+            specs.push(crate::fail_closed::wireguard(
+                &plan.wireguard_device(l, n),
+                &format!("{local}/30"),
+                port,
+                keys[&(l.id, peer)],
+                (peer_underlay, port),
+                &allowed,
+                // The agent installs the hand-off.
+                None,
+            ));
+        }
+        let file = paths.state_dir.join(format!("g{n}.tunnels.toml"));
+        let text = toml::to_string(&dwcp_tunnels::TunnelsFile { tunnels: specs })
+            .map_err(|e| fail(n, format!("its tunnels file: {e}")))?;
+        std::fs::write(&file, text).map_err(io(format!("writing {}", file.display())))?;
+        let log_path = paths.state_dir.join(format!("g{n}.tunnels.log"));
+        let log = std::fs::File::create(&log_path)
+            .map_err(io(format!("creating {}", log_path.display())))?;
+        let err = log.try_clone().map_err(io("tunnels log"))?;
+        let mut cmd = tunnels_command(state, &opts.tunnels_binary, n);
+        cmd.arg("run").arg(&file);
+        if let Some(after) = opts.rotate_after {
+            let s = after.as_secs().max(1).to_string();
+            cmd.args(["--rotate-after-s", &s, "--check-interval-s", "1"]);
+        }
+        let child = cmd
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(err)
+            .process_group(0)
+            .spawn()
+            .map_err(io(format!("starting {}", opts.tunnels_binary.display())))?;
+        state.agents[n as usize - 1].tunnels_pid = child.id();
+        // Recorded at once: `down` finds every started daemon even if `up` dies now.
+        save(state)?;
+    }
+    let deadline = Instant::now() + opts.timeout;
+    for l in &plan.links {
+        let ns = Borrowed::new(&state.agents[l.a as usize - 1].namespace);
+        let (_, peer) = LabPlan::tunnel_ips(l, l.a);
+        let peer = peer.to_string();
+        while ns.ns().exec(&["ping", "-c1", "-W1", &peer]).is_err() {
+            let exited = [l.a, l.b]
+                .into_iter()
+                .find(|&n| !alive(state.agents[n as usize - 1].tunnels_pid, "dwcp-tunnels"));
+            if exited.is_some() || Instant::now() > deadline {
+                let n = exited.unwrap_or(l.a);
+                let log = paths.state_dir.join(format!("g{n}.tunnels.log"));
+                let what = match exited {
+                    Some(_) => "its dwcp-tunnels daemon exited".to_string(),
+                    None => format!(
+                        "no ping crossed the tunnel of link {} within {:?}",
+                        l.name, opts.timeout
+                    ),
+                };
+                return Err(fail(
+                    n,
+                    format!(
+                        "{what}; the daemon's log:\n{}",
+                        std::fs::read_to_string(log).unwrap_or_default()
+                    ),
+                ));
+            }
+        }
+    }
+    for r in &plan.regions {
+        let ns = Borrowed::new(&state.agents[r.n as usize - 1].namespace);
+        for l in plan.links.iter().filter(|l| l.a == r.n || l.b == r.n) {
+            let peer = if l.a == r.n { l.b } else { l.a };
+            let prefix = format!("{}/24", plan.regions[peer as usize - 1].prefix);
+            let dev = plan.wireguard_device(l, r.n);
+            ns.ns().ip(&["route", "replace", &prefix, "dev", &dev])?;
+        }
+    }
+    Ok(())
+}
+
+/// `dwcp-tunnels` on region `n`'s gateway: its namespace and its tunnel state directory.
+fn tunnels_command(state: &LabState, tunnels_binary: &Path, n: u8) -> Command {
+    let mut cmd = Command::new(tunnels_binary);
+    cmd.arg("--netns")
+        .arg(&state.agents[n as usize - 1].namespace)
+        .arg("--state-dir")
+        .arg(state.paths.state_dir.join(format!("g{n}-tunnels")));
+    cmd
+}
+
+/// The public key region `n`'s end of WireGuard `link` has in force (`dwcp-tunnels pubkey`
+/// on its tunnel state; generated on first use): after a rotation, the new one.
+pub fn wireguard_public_key(
+    state: &LabState,
+    tunnels_binary: &Path,
+    n: u8,
+    link: &PlannedLink,
+) -> Result<String> {
+    let plan = state.plan()?;
+    let out = tunnels_command(state, tunnels_binary, n)
+        .arg("pubkey")
+        .arg(plan.wireguard_device(link, n))
+        .output()
+        .map_err(io(format!("running {}", tunnels_binary.display())))?;
+    if !out.status.success() {
+        return Err(LiveLabError::Tunnels {
+            region: plan.regions[n as usize - 1].name.clone(),
+            detail: format!(
+                "{} pubkey: {}: {}",
+                tunnels_binary.display(),
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            ),
+        });
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
 /// The `[link_state]` table of an agent.toml.
@@ -545,6 +755,11 @@ pub fn primary(r: &RouteView) -> Option<&dwcp_agent::agent::PathView> {
 
 /// Whether `pid` is a live (not zombie) `dwcp-agent`.
 fn agent_alive(pid: u32) -> bool {
+    alive(pid, "dwcp-agent")
+}
+
+/// Whether `pid` is a live (not zombie) process of program `exe`.
+fn alive(pid: u32, exe: &str) -> bool {
     if pid == 0 {
         return false;
     }
@@ -560,16 +775,14 @@ fn agent_alive(pid: u32) -> bool {
         && String::from_utf8_lossy(&cmdline)
             .split('\0')
             .next()
-            .is_some_and(|exe| exe.ends_with("dwcp-agent"))
+            .is_some_and(|e| e.ends_with(exe))
 }
 
-/// Live `dwcp-agent` processes whose configuration lies in `state_dir` (the lab's agents,
-/// found without the state file).
-fn lab_agent_pids(state_dir: &Path) -> Vec<u32> {
+/// Live processes of program `exe` whose arguments `ours` recognises.
+fn pids_of(exe: &str, ours: impl Fn(&[String]) -> bool) -> Vec<u32> {
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return Vec::new();
     };
-    let dir = state_dir.to_string_lossy().to_string();
     entries
         .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
         .filter(|&pid| {
@@ -578,13 +791,61 @@ fn lab_agent_pids(state_dir: &Path) -> Vec<u32> {
                 .split('\0')
                 .map(str::to_string)
                 .collect();
-            args.first().is_some_and(|a| a.ends_with("dwcp-agent"))
-                && args.windows(2).any(|w| {
-                    w[0] == "--config" && Path::new(&w[1]).parent() == Some(Path::new(&dir))
-                })
-                && agent_alive(pid)
+            args.first().is_some_and(|a| a.ends_with(exe)) && ours(&args) && alive(pid, exe)
         })
         .collect()
+}
+
+/// Live `exe` processes with argument `flag` followed by a file in `state_dir` (the lab's
+/// agents and tunnel daemons, found without the state file).
+fn lab_pids(state_dir: &Path, exe: &str, flag: &str) -> Vec<u32> {
+    pids_of(exe, |args| {
+        args.windows(2)
+            .any(|w| w[0] == flag && Path::new(&w[1]).parent() == Some(state_dir))
+    })
+}
+
+fn lab_agent_pids(state_dir: &Path) -> Vec<u32> {
+    lab_pids(state_dir, "dwcp-agent", "--config")
+}
+
+fn lab_tunnel_daemon_pids(state_dir: &Path) -> Vec<u32> {
+    lab_pids(state_dir, "dwcp-tunnels", "run")
+}
+
+/// The wireguard-go daemons of the lab's devices (they outlive a deleted namespace).
+fn lab_wireguard_go_pids(prefix: &str) -> Vec<u32> {
+    let tag = multi::wireguard_device_tag(prefix);
+    pids_of("wireguard-go", |args| {
+        args.iter()
+            .skip(1)
+            .any(|a| a.starts_with("wg") && a.ends_with(&tag))
+    })
+}
+
+/// SIGTERM to `pids` (processes of `exe`), SIGKILL to those alive after `grace`.
+fn terminate(pids: &[u32], exe: &str, grace: Duration) {
+    for &pid in pids {
+        // SAFETY: kill(2) on a pid just checked to be one of the lab's processes.
+        unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
+    }
+    let deadline = Instant::now() + grace;
+    for &pid in pids {
+        while alive(pid, exe) && Instant::now() < deadline {
+            reap(pid);
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        if alive(pid, exe) {
+            // SAFETY: as above.
+            unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+            let killed = Instant::now();
+            while alive(pid, exe) && killed.elapsed() < Duration::from_secs(5) {
+                reap(pid);
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        reap(pid);
+    }
 }
 
 /// What is left of a lab in `paths`: namespaces, agent processes, pins, state directory.
@@ -601,6 +862,16 @@ pub fn leftovers(paths: &LabPaths) -> Vec<String> {
     pids.sort();
     pids.dedup();
     left.extend(pids.iter().map(|p| format!("dwcp-agent process {p}")));
+    left.extend(
+        lab_tunnel_daemon_pids(&paths.state_dir)
+            .iter()
+            .map(|p| format!("dwcp-tunnels process {p}")),
+    );
+    left.extend(
+        lab_wireguard_go_pids(&paths.prefix)
+            .iter()
+            .map(|p| format!("wireguard-go process {p}")),
+    );
     if paths.pin_root.exists() {
         left.push(format!("pins {}", paths.pin_root.display()));
     }
@@ -614,6 +885,8 @@ pub fn leftovers(paths: &LabPaths) -> Vec<String> {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct DownReport {
     pub agents_stopped: Vec<u32>,
+    /// `dwcp-tunnels` daemons and wireguard-go processes (a WireGuard lab).
+    pub tunnel_processes_stopped: Vec<u32>,
     pub namespaces: Vec<String>,
     pub pins_removed: bool,
     pub state_removed: bool,
@@ -622,6 +895,7 @@ pub struct DownReport {
 impl DownReport {
     pub fn is_empty(&self) -> bool {
         self.agents_stopped.is_empty()
+            && self.tunnel_processes_stopped.is_empty()
             && self.namespaces.is_empty()
             && !self.pins_removed
             && !self.state_removed
@@ -639,28 +913,20 @@ pub fn down(paths: &LabPaths) -> Result<DownReport> {
     pids.retain(|&p| agent_alive(p));
     pids.sort();
     pids.dedup();
-    for &pid in &pids {
-        // SAFETY: kill(2) on a pid just checked to be one of the lab's agents.
-        unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
-    }
-    let deadline = Instant::now() + Duration::from_secs(10);
-    for &pid in &pids {
-        while agent_alive(pid) && Instant::now() < deadline {
-            reap(pid);
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        if agent_alive(pid) {
-            // SAFETY: as above.
-            unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
-            let killed = Instant::now();
-            while agent_alive(pid) && killed.elapsed() < Duration::from_secs(5) {
-                reap(pid);
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        }
-        reap(pid);
-    }
+    terminate(&pids, "dwcp-agent", Duration::from_secs(10));
     report.agents_stopped = pids;
+    // The tunnel daemons, then wireguard-go (the daemons leave the tunnels up when stopped).
+    let mut daemons = lab_tunnel_daemon_pids(&paths.state_dir);
+    if let Ok(Some(s)) = load(paths) {
+        daemons.extend(s.agents.iter().map(|a| a.tunnels_pid));
+    }
+    daemons.retain(|&p| alive(p, "dwcp-tunnels"));
+    daemons.sort();
+    daemons.dedup();
+    terminate(&daemons, "dwcp-tunnels", Duration::from_secs(5));
+    let wireguard_go = lab_wireguard_go_pids(&paths.prefix);
+    terminate(&wireguard_go, "wireguard-go", Duration::from_secs(5));
+    report.tunnel_processes_stopped = daemons.into_iter().chain(wireguard_go).collect();
     report.namespaces = multi::stable_down(&paths.prefix)?;
     if paths.pin_root.exists() {
         // The pinned XDP links went with their interfaces; the pins themselves remain.

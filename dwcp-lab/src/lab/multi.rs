@@ -23,7 +23,9 @@ use dwcp_control::topology::GatewayConfig;
 use dwcp_control::topology::LinkConfig;
 use dwcp_control::topology::RegionConfig;
 use dwcp_control::topology::TopologyConfig;
+use dwcp_control::topology::TunnelKind;
 
+use super::multilink::{tunnel_ip, Side};
 use super::{LabError, Result, UNDERLAY_MTU};
 
 pub const MIN_REGIONS: usize = 3;
@@ -83,6 +85,12 @@ pub struct LabPlan {
     /// The seed's three regions (names, coordinates, link figures of
     /// `tests/fixtures/three_regions.toml`) rather than generated ones.
     pub seed: bool,
+    /// The links' kind: VXLAN (the fast path encapsulates) or WireGuard (a tunnel per link
+    /// made by `dwcp-tunnels`, see [`LabPlan::with_wireguard`]).
+    pub tunnels: TunnelKind,
+    /// Makes the WireGuard devices' names unique on the host (wireguard-go's socket directory
+    /// is shared by all namespaces): a hash of the lab's namespace prefix.
+    device_tag: String,
 }
 
 impl LabPlan {
@@ -149,6 +157,8 @@ impl LabPlan {
             regions: planned,
             links,
             seed: false,
+            tunnels: TunnelKind::Vxlan,
+            device_tag: String::new(),
         })
     }
 
@@ -187,6 +197,35 @@ impl LabPlan {
         } else {
             LabPlan::new(n, Shape::Chords)
         }
+    }
+
+    /// The plan with WireGuard links: link `i` is device [`LabPlan::wireguard_device`] on both
+    /// gateways, tunnel addresses `10.254.<i>.1` (region `a`) and `.2`, listen port 51819 + `i`,
+    /// probed inside the tunnel. `prefix` is the lab's namespace prefix.
+    pub fn with_wireguard(mut self, prefix: &str) -> LabPlan {
+        self.tunnels = TunnelKind::Wireguard;
+        self.device_tag = wireguard_device_tag(prefix);
+        self
+    }
+
+    /// Region `n`'s WireGuard device of `link`: at most 13 bytes (`wg15g10abcdef`).
+    pub fn wireguard_device(&self, link: &PlannedLink, n: u8) -> String {
+        format!("wg{}g{n}{}", link.id, self.device_tag)
+    }
+
+    /// Region `n`'s end of `link` inside its WireGuard tunnel, and the peer's.
+    pub fn tunnel_ips(link: &PlannedLink, n: u8) -> (Ipv4Addr, Ipv4Addr) {
+        let (me, peer) = if link.a == n {
+            (Side::A, Side::B)
+        } else {
+            (Side::B, Side::A)
+        };
+        (tunnel_ip(link.id, me), tunnel_ip(link.id, peer))
+    }
+
+    /// The WireGuard listen port of `link` (the same at both ends).
+    pub fn wireguard_port(link: &PlannedLink) -> u16 {
+        51819 + link.id as u16
     }
 
     /// A region by name or 1-based number.
@@ -237,7 +276,7 @@ impl LabPlan {
             // gateway's underlay address is the lab's.
             let mut t = seed_topology_file();
             for l in &mut t.links {
-                l.get_mut().kind = Default::default();
+                l.get_mut().kind = self.tunnels;
             }
             for (r, planned) in t.regions.iter_mut().zip(&self.regions) {
                 r.get_mut().gateways = vec![GatewayConfig {
@@ -270,6 +309,7 @@ impl LabPlan {
             .map(|l| LinkConfig {
                 name: l.name.clone(),
                 latency_ms: l.latency_ms,
+                kind: self.tunnels,
                 ..LinkConfig::new(
                     l.id,
                     &self.regions[l.a as usize - 1].name,
@@ -301,6 +341,17 @@ impl LabPlan {
             pin_dir.display()
         );
         for l in self.links.iter().filter(|l| l.a == n || l.b == n) {
+            if self.tunnels == TunnelKind::Wireguard {
+                // Probed inside the tunnel: the probes' addresses are the tunnel's.
+                let (local, peer) = LabPlan::tunnel_ips(l, n);
+                s += &format!(
+                    "[[local_link]]\nlink = \"{}\"\nkind = \"wireguard\"\ninterface = \"{}\"\n\
+                     local_ip = \"{local}\"\npeer_ip = \"{peer}\"\n\n",
+                    l.name,
+                    self.wireguard_device(l, n)
+                );
+                continue;
+            }
             let (local, peer) = if l.a == n {
                 (l.a_ip, l.b_ip)
             } else {
@@ -321,6 +372,15 @@ impl LabPlan {
         s += &format!("[api]\nsocket = \"{}\"\n", socket.display());
         s
     }
+}
+
+/// The ending of every WireGuard device name of the lab with namespace prefix `prefix`:
+/// 6 hex digits of its FNV-1a hash (stable; two labs on one host differ in their prefixes).
+pub fn wireguard_device_tag(prefix: &str) -> String {
+    let hash = prefix.bytes().fold(0x811c_9dc5_u32, |h, b| {
+        (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+    });
+    format!("{:06x}", hash & 0xff_ffff)
 }
 
 /// Regions sit 10 degrees of longitude apart on the equator ([`LabPlan::topology`]): the
@@ -726,6 +786,40 @@ mod tests {
         assert!(text.contains("latency_ms = 200.0"), "{text}");
         assert!(text.contains("underlay = \"172.16.1.2\""), "{text}");
         assert!(!LabPlan::for_regions(4).unwrap().seed);
+    }
+
+    #[test]
+    fn a_wireguard_plan_gives_each_gateway_its_tunnels_probed_inside() {
+        let p = LabPlan::for_regions(10).unwrap().with_wireguard("dwcp-lab");
+        for l in &p.links {
+            for n in [l.a, l.b] {
+                let dev = p.wireguard_device(l, n);
+                assert!(dev.len() <= 15, "{dev}");
+            }
+        }
+        assert_ne!(
+            wireguard_device_tag("dwcp-lab"),
+            wireguard_device_tag("dwcp-lab2")
+        );
+        let seed = LabPlan::for_regions(3).unwrap().with_wireguard("x");
+        let text = seed.agent_config(2, std::path::Path::new("/p"), std::path::Path::new("/s"));
+        let doc: toml::Table = toml::from_str(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+        let local = doc["local_link"].as_array().unwrap();
+        // eu-west-1: link 1 (the b end, .2) and link 2 (the a end, .1).
+        let l1 = &local[0];
+        assert_eq!(l1["kind"].as_str(), Some("wireguard"));
+        assert_eq!(l1["local_ip"].as_str(), Some("10.254.1.2"));
+        assert_eq!(l1["peer_ip"].as_str(), Some("10.254.1.1"));
+        assert_eq!(
+            l1["interface"].as_str(),
+            Some(format!("wg1g2{}", wireguard_device_tag("x")).as_str())
+        );
+        assert_eq!(local[1]["local_ip"].as_str(), Some("10.254.2.1"));
+        assert!(doc["link"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|l| l["kind"].as_str() == Some("wireguard")));
     }
 
     #[test]
