@@ -28,6 +28,7 @@ use dwcp_control::bandwidth::{peak_load, BandwidthError, Ledger, MAX_TIME};
 use dwcp_control::store::{EtcdConfig, DEFAULT_PREFIX};
 use dwcp_control::topology::LinkId;
 use dwcp_lab::etcd::{reservation, EtcdCluster, Lcg};
+use dwcp_lab::lab::triangle::StreamReport;
 
 const GATEWAYS: u64 = 3;
 const TASKS_PER_GATEWAY: u64 = 8;
@@ -277,11 +278,11 @@ fn main() -> anyhow::Result<()> {
         serial.oversubscribed,
         serial_p99 / base_p99
     );
-    let converge = {
-        let mut ms = topology_convergence(&rt, &mut cluster)?;
-        ms.sort_by(f64::total_cmp);
-        ms
-    };
+    let AgentFigures {
+        converge_ms: mut converge,
+        outages,
+    } = agents_in_etcd_mode(&rt, &mut cluster)?;
+    converge.sort_by(f64::total_cmp);
     let converge_p99 = percentile(&converge, 99.0);
     println!(
         "| `topology_converge_p99_ms` | {converge_p99:.1} | < 500; p50 {:.1}, max {:.1} over {} pushes to 3 agents |",
@@ -289,11 +290,29 @@ fn main() -> anyhow::Result<()> {
         converge.last().copied().unwrap_or(0.0),
         converge.len()
     );
-    for name in ["leader_kill_lost", "store_down_lost", "resync_s"] {
-        println!(
-            "| `{name}` | not measured yet | needs reservations through the store in the agents, not built yet |"
-        );
-    }
+    let Outages {
+        leader_kill,
+        store_down,
+        rerouted,
+        resync_s,
+    } = &outages;
+    println!(
+        "| `leader_kill_lost` | {} | 0; of {} datagrams sent while the leader was killed |",
+        leader_kill.lost_count(),
+        leader_kill.sent
+    );
+    println!(
+        "| `store_down_lost` | {} | 0; of {} datagrams sent across {} s without any member, link 2 cut meanwhile |",
+        store_down.lost_count(),
+        store_down.sent,
+        STORE_DOWN.as_secs()
+    );
+    println!(
+        "| stream across the cut link, lost meanwhile | {} | of {} datagrams: the failover, with no store |",
+        rerouted.lost_count(),
+        rerouted.sent
+    );
+    println!("| `resync_s` | {resync_s:.2} | < 5 |");
     println!(
         "\nOutcomes: {} admitted (preempting {} lower-priority reservations), {} refused \
          for lack of bandwidth, {} given up after {} conflicting transactions; {stored} \
@@ -334,8 +353,17 @@ fn main() -> anyhow::Result<()> {
          one client transaction each; the time runs from the call to the first moment all \
          three agents' `GET /v1/status` (polled every 2 ms over their API sockets) show the \
          generation in force, which each agent's topology watch delivered and its state \
-         owner applied as a reload.",
-        etcd_version()
+         owner applied as a reload. Outages, in the same lab after the pushes ({OUTAGE_RATE} \
+         datagrams/s UDP streams between the regions' hosts): `leader_kill_lost`, a stream \
+         us-east-1 -> eu-west-1 for 4 s, the etcd leader killed (SIGKILL) 1 s into it; \
+         `store_down_lost`, the same stream while every member is killed for {} s, link 2 \
+         (eu-west-1 -- ap-south-1, not on its path) cut silently (nftables drop) a third of the \
+         way in, with a second stream ap-south-1 -> eu-west-1 across that link; `resync_s`, \
+         from the moment the restarted cluster is healthy until every agent's \
+         `GET /v1/gateways` lists all three gateways, each running the last generation pushed \
+         (polled every 20 ms).",
+        etcd_version(),
+        STORE_DOWN.as_secs()
     );
 
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench");
@@ -348,7 +376,14 @@ fn main() -> anyhow::Result<()> {
                 "oversubscribed": oversubscribed,
                 "admission_p99_ms": p99,
                 "topology_converge_p99_ms": converge_p99,
+                "leader_kill_lost": leader_kill.lost_count(),
+                "store_down_lost": store_down.lost_count(),
+                "resync_s": resync_s,
             },
+            "leader_kill_sent": leader_kill.sent,
+            "store_down_sent": store_down.sent,
+            "rerouted_lost": rerouted.lost_count(),
+            "rerouted_sent": rerouted.sent,
             "topology_converge_p50_ms": percentile(&converge, 50.0),
             "topology_pushes": converge.len(),
             "admitted": total.admitted,
@@ -389,16 +424,34 @@ fn etcd_version() -> String {
 /// Topology generations published for `topology_converge_p99_ms`.
 const PUSHES: u64 = 20;
 
-/// Publishes [`PUSHES`] topology generations to the three-region lab's agents in etcd mode;
-/// returns each one's time to be in force on all three, in ms.
-fn topology_convergence(
+/// What the agents in etcd mode showed: topology convergence, and forwarding through store
+/// outages.
+struct AgentFigures {
+    converge_ms: Vec<f64>,
+    outages: Outages,
+}
+
+/// Streams through the store's outages, and how long the agents took to be consistent again.
+struct Outages {
+    /// us-east-1 -> eu-west-1 while the etcd leader is killed.
+    leader_kill: StreamReport,
+    /// us-east-1 -> eu-west-1 while the whole cluster is down and link 2 (not on its path)
+    /// fails.
+    store_down: StreamReport,
+    /// ap-south-1 -> eu-west-1, across link 2 when it fails during the outage: rerouted by the
+    /// fast path and the in-band records alone.
+    rerouted: StreamReport,
+    resync_s: f64,
+}
+
+/// The three-region lab's agents in etcd mode on `cluster`: topology convergence, then the
+/// outages.
+fn agents_in_etcd_mode(
     rt: &tokio::runtime::Runtime,
     cluster: &mut EtcdCluster,
-) -> anyhow::Result<Vec<f64>> {
+) -> anyhow::Result<AgentFigures> {
     use dwcp_cli::client::{ApiClient, Endpoint};
-    use dwcp_control::store::PublishedTopology;
-    use dwcp_control::view::StatusView;
-    use dwcp_lab::lab::triangle::{TriangleLab, TriangleOptions, TOPOLOGY};
+    use dwcp_lab::lab::triangle::{TriangleLab, TriangleOptions};
 
     let mut lab = TriangleLab::build(
         "bcl",
@@ -417,9 +470,106 @@ fn topology_convergence(
     let clients: Vec<ApiClient> = (0..3)
         .map(|r| ApiClient::new(Endpoint::Unix(lab.api_socket(r))))
         .collect();
+    let (converge_ms, generation) = topology_convergence(rt, cluster, &clients)?;
+    let outages = outages(rt, cluster, &lab, &clients, generation)?;
+    Ok(AgentFigures {
+        converge_ms,
+        outages,
+    })
+}
+
+/// Stream rate of the outage measurements, datagrams per second.
+const OUTAGE_RATE: u32 = 1_000;
+/// How long the whole cluster stays down (the issue's figure).
+const STORE_DOWN: Duration = Duration::from_secs(60);
+
+fn outages(
+    rt: &tokio::runtime::Runtime,
+    cluster: &mut EtcdCluster,
+    lab: &dwcp_lab::lab::triangle::TriangleLab,
+    clients: &[dwcp_cli::client::ApiClient],
+    generation: u64,
+) -> anyhow::Result<Outages> {
+    use dwcp_lab::lab::triangle::UdpStream;
+
+    let stream = UdpStream::start(lab, 0, 1, OUTAGE_RATE)?;
+    std::thread::sleep(Duration::from_secs(1));
+    let killed = cluster.kill_leader()?;
+    std::thread::sleep(Duration::from_secs(3));
+    let leader_kill = stream.finish()?;
+    cluster.restart(killed)?;
+
+    let steady = UdpStream::start(lab, 0, 1, OUTAGE_RATE)?;
+    let across = UdpStream::start(lab, 2, 1, OUTAGE_RATE)?;
+    std::thread::sleep(Duration::from_secs(1));
+    cluster.stop();
+    std::thread::sleep(STORE_DOWN / 3);
+    lab.wire(2).cut()?;
+    std::thread::sleep(STORE_DOWN - STORE_DOWN / 3);
+    cluster.start_again()?;
+    let back = Instant::now();
+    rt.block_on(consistent(clients, generation))?;
+    let resync_s = back.elapsed().as_secs_f64();
+    lab.wire(2).heal()?;
+    std::thread::sleep(Duration::from_secs(1));
+    Ok(Outages {
+        leader_kill,
+        store_down: steady.finish()?,
+        rerouted: across.finish()?,
+        resync_s,
+    })
+}
+
+/// Waits until every agent lists all three gateways from the store, each running
+/// `generation`.
+async fn consistent(
+    clients: &[dwcp_cli::client::ApiClient],
+    generation: u64,
+) -> anyhow::Result<()> {
+    use dwcp_control::store::GatewayView;
+
+    let t = Instant::now();
+    loop {
+        let mut all = true;
+        for c in clients {
+            match c.get::<Vec<GatewayView>>("/v1/gateways").await {
+                Ok(gateways) => {
+                    all &= gateways.len() == clients.len()
+                        && gateways
+                            .iter()
+                            .all(|g| g.record.topology_generation == generation);
+                }
+                // The agent's own store client is still reconnecting.
+                Err(_) => all = false,
+            }
+        }
+        if all {
+            return Ok(());
+        }
+        ensure!(
+            t.elapsed() < Duration::from_secs(60),
+            "the agents were not consistent 60 s after the store came back"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Publishes [`PUSHES`] topology generations to the agents; returns each one's time to be in
+/// force on all three, in ms, and the last generation.
+fn topology_convergence(
+    rt: &tokio::runtime::Runtime,
+    cluster: &EtcdCluster,
+    clients: &[dwcp_cli::client::ApiClient],
+) -> anyhow::Result<(Vec<f64>, u64)> {
+    use dwcp_cli::client::ApiClient;
+    use dwcp_control::store::PublishedTopology;
+    use dwcp_control::view::StatusView;
+    use dwcp_lab::lab::triangle::TOPOLOGY;
+
     rt.block_on(async {
         let store = connect(cluster, DEFAULT_PREFIX).await?;
         let mut ms = Vec::new();
+        let mut last = 0;
         for k in 1..=PUSHES {
             let text = TOPOLOGY.replacen(
                 "capacity_mbps = 1000\n",
@@ -429,6 +579,7 @@ fn topology_convergence(
             let (_, source) = PublishedTopology::source_of(&text)?;
             let t = Instant::now();
             let generation = store.publish_topology(&source).await?.generation;
+            last = generation;
             let mut pending: Vec<&ApiClient> = clients.iter().collect();
             while !pending.is_empty() {
                 ensure!(
@@ -451,6 +602,6 @@ fn topology_convergence(
             // Apart: each push finds the agents idle, as an operator's would.
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
-        anyhow::Ok(ms)
+        anyhow::Ok((ms, last))
     })
 }
