@@ -16,12 +16,15 @@
 //! program the daemon attaches, `dwcp-ebpf` `tc.rs`), so the fast path skips it within the
 //! detection time. Besides, for every WireGuard link: the device's up/down state and its
 //! presence (netlink, as for any interface: a device down or deleted takes the link down),
-//! and, through the UAPI socket (`/var/run/wireguard/<dev>.sock`, `get=1`, wireguard-go
-//! only), the age of the latest handshake of the peers that have a persistent keepalive:
+//! and, from the device's backend (kernel WireGuard over generic netlink, else wireguard-go
+//! over its UAPI socket `/var/run/wireguard/<dev>.sock`, `get=1`), the age of the latest
+//! handshake of the peers that have a persistent keepalive:
 //! older than [`HANDSHAKE_STALE`] (180 s, after which WireGuard itself rejects the session,
 //! plus a 30 s margin) or none at all = down ([`handshake_verdict`]). Peers without a
 //! persistent keepalive are not judged by their handshakes (WireGuard handshakes only when
 //! there is traffic, so an idle link would look dead and never get traffic back).
+//! The same read gives the tunnel view its handshake time and RX/TX ([`reading`]); a device
+//! that is missing or does not answer gives none (shown as "-").
 use std::{
     collections::BTreeMap,
     time::{Duration, SystemTime},
