@@ -486,6 +486,7 @@ pub fn tunnels(tunnels: &[TunnelView]) -> String {
             "HANDSHAKE",
             "RX",
             "TX",
+            "PROBE",
             "PROBLEMS",
         ],
         &[2, 7, 8, 10, 11],
@@ -507,8 +508,14 @@ pub fn tunnels(tunnels: &[TunnelView]) -> String {
             t.vni.map_or("-".into(), |v| v.to_string()),
             t.mtu.map_or("-".into(), |m| m.to_string()),
             opt(t.handshake_age_seconds, format::age),
-            format::bytes(t.rx_bytes),
-            format::bytes(t.tx_bytes),
+            t.rx_bytes.map_or("-".into(), format::bytes),
+            t.tx_bytes.map_or("-".into(), format::bytes),
+            match t.probe_alive {
+                Some(true) => "alive",
+                Some(false) => "dead",
+                None => "-",
+            }
+            .into(),
             if t.problems.is_empty() {
                 "-".into()
             } else {

@@ -147,7 +147,21 @@ pub enum Input {
         link: u32,
         #[serde(default)]
         stale: Option<String>,
+        /// What the device reports of its peers; `None` = no device or no backend answered
+        /// (shown as "-", never as the last reading).
+        #[serde(default)]
+        reading: Option<WireGuardReading>,
     },
+}
+
+/// A WireGuard device's peers as read from its backend (kernel netlink or wireguard-go UAPI):
+/// the newest handshake and the byte counters summed over the peers.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct WireGuardReading {
+    /// When the newest handshake completed; `None` = never.
+    pub last_handshake_unix_s: Option<f64>,
+    pub rx_bytes: u64,
+    pub tx_bytes: u64,
 }
 
 impl Input {

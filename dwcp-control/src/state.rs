@@ -29,7 +29,7 @@ use crate::{
     debounce::Debounce,
     fast_path::{FastPath, FastPathError},
     forwarding::{self, Change, ForwardingState, NeighKey},
-    input::{Input, Now},
+    input::{Input, Now, WireGuardReading},
     link_state::ReportedLink,
     liveness::kernel_usable,
     nhg_table::Member,
@@ -181,6 +181,8 @@ pub struct AgentState<F> {
     handoff_problems: BTreeMap<u32, Vec<String>>,
     /// WireGuard links whose device reports no recent handshake, with the reason.
     handshake_stale: BTreeMap<u32, String>,
+    /// The latest reading of each WireGuard link's device (absent: not read or not answered).
+    wireguard_readings: BTreeMap<u32, WireGuardReading>,
     counters: CounterView,
     next_counters_ns: u64,
     /// Per-link and per-class rates from successive counter reads (throughput and
@@ -323,6 +325,7 @@ impl<F: FastPath> AgentState<F> {
             link_views: BTreeMap::new(),
             handoff_problems: BTreeMap::new(),
             handshake_stale: BTreeMap::new(),
+            wireguard_readings: BTreeMap::new(),
             counters: CounterView::default(),
             next_counters_ns: now.mono_ns,
             rates: RateTracker::new(RATE_SMOOTHING).expect("a valid smoothing constant"),
@@ -544,7 +547,11 @@ impl<F: FastPath> AgentState<F> {
                 };
                 self.on_interface(name, state, now)
             }
-            Input::WireGuardHandshake { link, stale } => self.on_handshake(link, stale, now),
+            Input::WireGuardHandshake {
+                link,
+                stale,
+                reading,
+            } => self.on_handshake(link, stale, reading, now),
             Input::LinkStateView { links } => self.on_link_state_view(links, now),
             Input::InterfaceGone { name } => self.on_interface_gone(name, now),
             Input::Address {
@@ -752,11 +759,25 @@ impl<F: FastPath> AgentState<F> {
         );
     }
 
-    fn on_handshake(&mut self, link: u32, stale: Option<String>, now: Now) {
+    fn on_handshake(
+        &mut self,
+        link: u32,
+        stale: Option<String>,
+        reading: Option<WireGuardReading>,
+        now: Now,
+    ) {
         let wireguard = self
             .config
             .local_link(link)
             .is_some_and(|l| l.is_wireguard());
+        match reading {
+            Some(r) if wireguard => {
+                self.wireguard_readings.insert(link, r);
+            }
+            _ => {
+                self.wireguard_readings.remove(&link);
+            }
+        }
         let changed = match &stale {
             Some(r) if wireguard => self.handshake_stale.insert(link, r.clone()) != Some(r.clone()),
             _ => self.handshake_stale.remove(&link).is_some(),
@@ -2251,7 +2272,7 @@ impl<F: FastPath> AgentState<F> {
     /// underlay neighbour and the link's probed health. The transmitted bytes are the link's
     /// next-hop counter; the fast path does not count received bytes per link (0).
     /// (The daemon does not run `tunnels::TunnelManager`: no WireGuard devices here.)
-    fn tunnel_views(&self, links: &[LinkView]) -> Vec<TunnelView> {
+    fn tunnel_views(&self, links: &[LinkView], now: Now) -> Vec<TunnelView> {
         self.config
             .local_links
             .iter()
@@ -2313,12 +2334,31 @@ impl<F: FastPath> AgentState<F> {
                     }
                     _ => {}
                 }
-                let tx_bytes = self
-                    .counters
-                    .nexthops
-                    .iter()
-                    .find(|(id, _, _)| *id == l.link_id)
-                    .map_or(0, |(_, _, bytes)| *bytes);
+                // A WireGuard link's figures are its device's (the peer's handshake and
+                // bytes); a VXLAN link's are the fast path's bytes sent to its next hop.
+                let reading = self
+                    .wireguard_readings
+                    .get(&l.link_id)
+                    .filter(|_| l.is_wireguard());
+                let (last_handshake_unix_s, rx_bytes, tx_bytes) = match reading {
+                    Some(r) => (r.last_handshake_unix_s, Some(r.rx_bytes), Some(r.tx_bytes)),
+                    None if l.is_wireguard() => (None, None, None),
+                    None => (
+                        None,
+                        None,
+                        self.counters
+                            .nexthops
+                            .iter()
+                            .find(|(id, _, _)| *id == l.link_id)
+                            .map(|(_, _, bytes)| *bytes),
+                    ),
+                };
+                let now_s = now.unix_ms as f64 / 1e3;
+                // Liveness as the link's probes see it (monitored links only).
+                let probe_alive = l
+                    .monitored
+                    .then(|| health.map(|h| h != LinkHealth::Down))
+                    .flatten();
                 let (kind, vni) = match &l.handoff {
                     Some(_) => ("wireguard", None),
                     None => ("vxlan", Some(l.vni)),
@@ -2341,10 +2381,11 @@ impl<F: FastPath> AgentState<F> {
                         .filter(|m| *m != 0)
                         .or(l.mtu)
                         .or(iface.and_then(|i| i.mtu)),
-                    last_handshake_unix_s: None,
-                    handshake_age_seconds: None,
-                    rx_bytes: 0,
+                    last_handshake_unix_s,
+                    handshake_age_seconds: last_handshake_unix_s.map(|t| (now_s - t).max(0.0)),
+                    rx_bytes,
                     tx_bytes,
+                    probe_alive,
                     problems,
                     local_ip: shown(l.local_ip),
                     remote_ip: shown(l.peer_ip),
@@ -2410,11 +2451,11 @@ impl<F: FastPath> AgentState<F> {
             .collect()
     }
 
-    fn publish(&mut self, _now: Now) {
+    fn publish(&mut self, now: Now) {
         let topology = self.store.snapshot();
         let links = self.link_views(&topology);
         let snapshot = AgentSnapshot {
-            tunnels: self.tunnel_views(&links),
+            tunnels: self.tunnel_views(&links, now),
             gateway: self.config.gateway.clone(),
             region: self.config.region.clone(),
             version: env!("CARGO_PKG_VERSION").to_string(),

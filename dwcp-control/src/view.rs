@@ -126,8 +126,16 @@ pub struct TunnelView {
     /// WireGuard only: when the peer last completed a handshake.
     pub last_handshake_unix_s: Option<f64>,
     pub handshake_age_seconds: Option<f64>,
-    pub rx_bytes: u64,
-    pub tx_bytes: u64,
+    /// Bytes received (WireGuard: from the peer, as the device counts them); `None` = not
+    /// measured (no device, backend not answering, or a VXLAN link).
+    #[serde(default)]
+    pub rx_bytes: Option<u64>,
+    /// Bytes sent (WireGuard: the device's; VXLAN: the fast path's to the next hop).
+    #[serde(default)]
+    pub tx_bytes: Option<u64>,
+    /// Whether the link's in-tunnel probes find it alive; `None` = not probed.
+    #[serde(default)]
+    pub probe_alive: Option<bool>,
     /// How the device differs from its spec (empty when healthy).
     pub problems: Vec<String>,
     /// Underlay address of this end.

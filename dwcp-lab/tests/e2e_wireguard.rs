@@ -28,6 +28,7 @@ use std::{
 };
 
 use dwcp_agent::agent::AgentEvent;
+use dwcp_agent::agent::TunnelView;
 use dwcp_common::Reason;
 use dwcp_dataplane::unpin_all;
 use dwcp_dataplane::unpin_links;
@@ -483,6 +484,24 @@ cost_per_gb = 0.02
             .unwrap()
     }
 
+    /// Runs `dwcp --socket <A's API> <args>` and returns its stdout (it must succeed).
+    fn dwcp(&self, args: &[&str]) -> Vec<u8> {
+        let out = Command::new(dwcp_lab::bin("dwcp"))
+            .arg("--socket")
+            .arg(self.dir.path().join("a.sock"))
+            .args(["--timeout", "5"])
+            .args(args)
+            .env("NO_COLOR", "1")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "dwcp {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out.stdout
+    }
+
     /// The agent's Prometheus counter of fast-path reason `reason`, scraped from its /metrics
     /// endpoint inside A's namespace.
     fn scraped_reason(&self, reason: &str) -> u64 {
@@ -492,7 +511,10 @@ cost_per_gb = 0.02
 
     /// The value of the sample whose name and labels are `key` (with the trailing space) on
     /// A's /metrics.
-    fn scraped(&self, key: &str) -> u64 {
+    fn scraped<T: std::str::FromStr>(&self, key: &str) -> T
+    where
+        T::Err: std::fmt::Debug,
+    {
         let text = self
             .ga
             .run_in(|| -> std::io::Result<String> {
@@ -806,10 +828,57 @@ fn both_daemons_probe_the_wireguard_link_inside_the_tunnel() {
     }
     // The link's probes reach the metrics as a VXLAN link's do.
     let key = r#"dwcp_link_probes_received_total{link="use1-euw1",link_id="1"} "#;
-    let received = lab.scraped(key);
+    let received: u64 = lab.scraped(key);
     assert!(received > 0, "{key}{received}");
+    // The tunnel view (API, `dwcp show tunnels`) and /metrics carry what wireguard-go's UAPI
+    // socket says of the peer (read every 2 s) and the probes' liveness.
+    let wg_tunnel = |lab: &Lab| {
+        let out = lab.dwcp(&["show", "tunnels", "--json"]);
+        let all: Vec<TunnelView> = serde_json::from_slice(&out).unwrap();
+        all.into_iter()
+            .find(|t| t.name == "wireguard-use1-euw1")
+            .unwrap_or_else(|| panic!("{}", String::from_utf8_lossy(&out)))
+    };
+    let mut tx0 = 0;
+    wait_for("the tunnel view to show the device's bytes", || {
+        let t = wg_tunnel(&lab);
+        tx0 = t.tx_bytes.unwrap_or(0);
+        t.rx_bytes.is_some_and(|b| b > 0) && tx0 > 0
+    });
     let got = send_datagrams(&lab, 7310, 200, Duration::from_secs(5));
     assert_eq!(got.len(), 200, "delivered through the probed tunnel");
+    // The 200 datagrams reach the view: at least WireGuard's 32 bytes of header and tag each.
+    wait_for("the tunnel view to count the datagrams", || {
+        wg_tunnel(&lab)
+            .tx_bytes
+            .is_some_and(|b| b >= tx0 + 200 * 32)
+    });
+    let t = wg_tunnel(&lab);
+    println!("tunnel view: {t:?}");
+    // Recent: the handshake of this run, well within WireGuard's 180 s session.
+    assert!(t.handshake_age_seconds.is_some_and(|a| a < 180.0), "{t:?}");
+    assert!(t.last_handshake_unix_s.is_some(), "{t:?}");
+    assert_eq!(t.probe_alive, Some(true), "{t:?}");
+    let table = String::from_utf8(lab.dwcp(&["show", "tunnels"])).unwrap();
+    println!("{table}");
+    let row = table
+        .lines()
+        .find(|l| l.contains("wireguard-use1-euw1"))
+        .unwrap_or_else(|| panic!("{table}"));
+    assert!(row.contains("alive"), "{table}");
+    assert!(!row.contains(" 0 B"), "{table}");
+    let tunnel = r#"{tunnel="wireguard-use1-euw1"} "#;
+    let age: f64 = lab.scraped(&format!("dwcp_tunnel_handshake_age_seconds{tunnel}"));
+    assert!((0.0..180.0).contains(&age), "handshake age {age}");
+    for name in [
+        "dwcp_tunnel_received_bytes_total",
+        "dwcp_tunnel_transmitted_bytes_total",
+    ] {
+        let bytes: u64 = lab.scraped(&format!("{name}{tunnel}"));
+        assert!(bytes > 0, "{name} {bytes}");
+    }
+    let alive: u64 = lab.scraped(&format!("dwcp_tunnel_probe_alive{tunnel}"));
+    assert_eq!(alive, 1);
 
     // A silent cut: the tunnel's UDP dropped on B's underlay port, carriers untouched.
     lab.gb

@@ -12,6 +12,7 @@ mod fixture;
 use std::{collections::BTreeMap, path::PathBuf};
 
 use dwcp_control::config::Mac;
+use dwcp_control::input::WireGuardReading;
 use dwcp_control::plan::standby_supported;
 use dwcp_control::replay::replay;
 use dwcp_control::traffic::SampledPacket;
@@ -493,6 +494,11 @@ fn a_wireguard_link_is_a_handoff_next_hop_with_its_policy_rule() {
                     Input::WireGuardHandshake {
                         link: 3,
                         stale: Some("latest WireGuard handshake 400 s ago".into()),
+                        reading: Some(WireGuardReading {
+                            last_handshake_unix_s: Some(1_699_999_611.0),
+                            rx_bytes: 5000,
+                            tx_bytes: 7000,
+                        }),
                     },
                     Now::at_ms(11_000),
                 )
@@ -501,17 +507,51 @@ fn a_wireguard_link_is_a_handoff_next_hop_with_its_policy_rule() {
             assert_eq!(members(&state), vec![1], "link 3 down");
             let last = state.history().last().unwrap().clone();
             assert!(last.reason.contains("handshake 400 s ago"), "{last:?}");
+            // The device's reading is the tunnel view's, its age taken at the snapshot.
+            let tunnel = |state: &AgentState<Dataplane>| {
+                state
+                    .snapshot()
+                    .tunnels
+                    .iter()
+                    .find(|t| t.link == Some(3))
+                    .cloned()
+                    .unwrap()
+            };
+            let t = tunnel(&state);
+            assert_eq!(
+                (t.last_handshake_unix_s, t.rx_bytes, t.tx_bytes),
+                (Some(1_699_999_611.0), Some(5000), Some(7000))
+            );
+            assert!(
+                t.handshake_age_seconds
+                    .is_some_and(|a| (400.0..=402.0).contains(&a)),
+                "{t:?}"
+            );
+            // Not probed (no tunnel addresses in this fixture).
+            assert_eq!(t.probe_alive, None);
             state
                 .handle(
                     Input::WireGuardHandshake {
                         link: 3,
                         stale: None,
+                        reading: None,
                     },
                     Now::at_ms(14_000),
                 )
                 .unwrap();
             state.on_timer(Now::at_ms(16_000));
             assert_eq!(members(&state), vec![1, 3], "link 3 back");
+            // The device no longer answers: "-", not the last reading.
+            let t = tunnel(&state);
+            assert_eq!(
+                (
+                    t.last_handshake_unix_s,
+                    t.handshake_age_seconds,
+                    t.rx_bytes,
+                    t.tx_bytes
+                ),
+                (None, None, None, None)
+            );
 
             // The daemon's half: the policy rule and the table route, idempotent, removed when
             // the link leaves the configuration.

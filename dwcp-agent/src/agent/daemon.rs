@@ -21,7 +21,7 @@ use tracing::{info, warn};
 
 use dwcp_control::{
     config::{AgentConfig, ConfigError},
-    input::{unix_now, Input, TimedInput},
+    input::{unix_now, Input, TimedInput, WireGuardReading},
     state::{AgentError, AgentState},
     store::StoreConfig,
     view::{AgentEvent, AgentSnapshot},
@@ -145,8 +145,8 @@ pub struct Daemon {
     /// The WireGuard links' policy routing must be checked again (configuration or
     /// interfaces changed).
     handoffs_dirty: bool,
-    /// The last handshake verdict sent to the state owner, per WireGuard link.
-    handshakes: BTreeMap<u32, Option<String>>,
+    /// The last handshake verdict and device reading sent to the state owner, per WireGuard link.
+    handshakes: BTreeMap<u32, (Option<String>, Option<WireGuardReading>)>,
     /// In etcd mode: this gateway's registration in the cluster store.
     membership: Option<MembershipTask>,
 }
@@ -359,8 +359,9 @@ impl Daemon {
         let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
             .map_err(DaemonError::Signal)?;
         tokio::pin!(shutdown);
-        // The WireGuard links' handshakes (UAPI), every 10 s.
-        let mut handshake_tick = tokio::time::interval(Duration::from_secs(10));
+        // The WireGuard links' devices (handshakes, bytes), every 2 s: one netlink or UAPI
+        // request per link, a bounded cost whatever the counters interval.
+        let mut handshake_tick = tokio::time::interval(Duration::from_secs(2));
         handshake_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         info!(config = %self.options.config_path.display(), "running");
         loop {
@@ -395,10 +396,11 @@ impl Daemon {
                 }
                 _ = handshake_tick.tick(), if self.state.config().local_links.iter().any(|l| l.is_wireguard()) => {
                     let config = self.state.config().clone();
-                    for (link, verdict) in self.handoffs.handshakes(&config).await {
-                        if self.handshakes.get(&link) != Some(&verdict) {
-                            self.handshakes.insert(link, verdict.clone());
-                            self.handle_input(Input::WireGuardHandshake { link, stale: verdict });
+                    for (link, measured) in self.handoffs.handshakes(&config).await {
+                        if self.handshakes.get(&link) != Some(&measured) {
+                            self.handshakes.insert(link, measured.clone());
+                            let (stale, reading) = measured;
+                            self.handle_input(Input::WireGuardHandshake { link, stale, reading });
                         }
                     }
                 }

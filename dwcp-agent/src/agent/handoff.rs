@@ -16,12 +16,15 @@
 //! program the daemon attaches, `dwcp-ebpf` `tc.rs`), so the fast path skips it within the
 //! detection time. Besides, for every WireGuard link: the device's up/down state and its
 //! presence (netlink, as for any interface: a device down or deleted takes the link down),
-//! and, through the UAPI socket (`/var/run/wireguard/<dev>.sock`, `get=1`, wireguard-go
-//! only), the age of the latest handshake of the peers that have a persistent keepalive:
+//! and, from the device's backend (kernel WireGuard over generic netlink, else wireguard-go
+//! over its UAPI socket `/var/run/wireguard/<dev>.sock`, `get=1`), the age of the latest
+//! handshake of the peers that have a persistent keepalive:
 //! older than [`HANDSHAKE_STALE`] (180 s, after which WireGuard itself rejects the session,
 //! plus a 30 s margin) or none at all = down ([`handshake_verdict`]). Peers without a
 //! persistent keepalive are not judged by their handshakes (WireGuard handshakes only when
 //! there is traffic, so an idle link would look dead and never get traffic back).
+//! The same read gives the tunnel view its handshake time and RX/TX ([`reading`]); a device
+//! that is missing or does not answer gives none (shown as "-").
 use std::{
     collections::BTreeMap,
     time::{Duration, SystemTime},
@@ -29,14 +32,14 @@ use std::{
 
 use tracing::{info, warn};
 
-use dwcp_control::config::AgentConfig;
+use dwcp_control::{config::AgentConfig, input::WireGuardReading};
 use dwcp_tunnels::{
     error::TunnelError,
     handoff,
     netns::NetnsTarget,
     rtnl::Rtnl,
     spec::Handoff,
-    wireguard::{uapi::UserspaceWireGuard, DeviceStatus},
+    wireguard::{kernel::KernelWireGuard, uapi::UserspaceWireGuard, DeviceStatus},
 };
 
 /// A handshake older than this (WireGuard's REJECT_AFTER_TIME, 180 s, plus a 30 s margin)
@@ -68,17 +71,40 @@ pub fn handshake_verdict(status: &DeviceStatus, now: SystemTime) -> Option<Strin
     }
 }
 
+/// What the agent shows of a WireGuard device: the newest handshake among its peers and the
+/// bytes summed over them.
+pub fn reading(status: &DeviceStatus) -> WireGuardReading {
+    WireGuardReading {
+        last_handshake_unix_s: status
+            .peers
+            .iter()
+            .filter_map(|p| p.last_handshake)
+            .max()
+            .map(|t| {
+                t.duration_since(SystemTime::UNIX_EPOCH)
+                    .unwrap_or_default()
+                    .as_secs_f64()
+            }),
+        rx_bytes: status.peers.iter().map(|p| p.rx_bytes).sum(),
+        tx_bytes: status.peers.iter().map(|p| p.tx_bytes).sum(),
+    }
+}
+
 /// The hand-off rules this agent installed, by link id.
 pub struct Handoffs {
     rtnl: Rtnl,
     installed: BTreeMap<u32, Handoff>,
+    /// Kernel WireGuard's generic netlink family, when the module is loaded.
+    kernel: Option<KernelWireGuard>,
 }
 
 impl Handoffs {
     /// An rtnetlink connection in the current namespace (inside a tokio runtime).
     pub async fn open() -> Result<Handoffs, TunnelError> {
+        let rtnl = Rtnl::connect(&NetnsTarget::Current).await?;
         Ok(Handoffs {
-            rtnl: Rtnl::connect(&NetnsTarget::Current).await?,
+            kernel: KernelWireGuard::connect(&NetnsTarget::Current, rtnl.clone()).await?,
+            rtnl,
             installed: BTreeMap::new(),
         })
     }
@@ -151,9 +177,14 @@ impl Handoffs {
         problems
     }
 
-    /// The handshake verdict of every WireGuard link of `config` whose device answers on its
-    /// UAPI socket (wireguard-go); links without one are left out (not measured).
-    pub async fn handshakes(&self, config: &AgentConfig) -> BTreeMap<u32, Option<String>> {
+    /// Every WireGuard link of `config`: its handshake verdict and its device's reading, from
+    /// kernel WireGuard (generic netlink) for a kernel device, else from wireguard-go (UAPI).
+    /// A link whose device is missing or whose backend does not answer gets `(None, None)`:
+    /// not measured.
+    pub async fn handshakes(
+        &self,
+        config: &AgentConfig,
+    ) -> BTreeMap<u32, (Option<String>, Option<WireGuardReading>)> {
         let wg = UserspaceWireGuard::new(
             "wireguard-go".into(),
             NetnsTarget::Current,
@@ -162,15 +193,24 @@ impl Handoffs {
         let now = SystemTime::now();
         let mut out = BTreeMap::new();
         for l in config.local_links.iter().filter(|l| l.is_wireguard()) {
-            match wg.get(&l.interface).await {
-                Ok(Some(status)) => {
-                    out.insert(l.link_id, handshake_verdict(&status, now));
-                }
-                Ok(None) => {}
+            // The kernel backend answers `None` for a device that is not a kernel one.
+            let kernel = match &self.kernel {
+                Some(k) => k.get(&l.interface).await,
+                None => Ok(None),
+            };
+            let status = match kernel {
+                Ok(None) => wg.get(&l.interface).await,
+                found => found,
+            };
+            let measured = match status {
+                Ok(Some(status)) => (handshake_verdict(&status, now), Some(reading(&status))),
+                Ok(None) => (None, None),
                 Err(e) => {
-                    tracing::debug!(link = l.link_id, error = %e, "WireGuard UAPI");
+                    tracing::debug!(link = l.link_id, error = %e, "WireGuard device unreadable");
+                    (None, None)
                 }
-            }
+            };
+            out.insert(l.link_id, measured);
         }
         out
     }
@@ -211,6 +251,37 @@ mod tests {
             rx_bytes: 0,
             tx_bytes: 0,
         }
+    }
+
+    #[test]
+    fn reading_takes_the_newest_handshake_and_sums_the_bytes() {
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let mut a = peer(Some(25), None, t0);
+        a.last_handshake = Some(t0);
+        (a.rx_bytes, a.tx_bytes) = (100, 200);
+        let mut b = peer(None, None, t0);
+        b.last_handshake = Some(t0 + Duration::from_millis(1500));
+        (b.rx_bytes, b.tx_bytes) = (1, 2);
+        let dev = DeviceStatus {
+            peers: vec![a, b],
+            ..Default::default()
+        };
+        assert_eq!(
+            reading(&dev),
+            WireGuardReading {
+                last_handshake_unix_s: Some(1_700_000_001.5),
+                rx_bytes: 101,
+                tx_bytes: 202,
+            }
+        );
+        // No peer, or none that handshook: no handshake time, not a made-up one.
+        let none = reading(&DeviceStatus::default());
+        assert_eq!(none.last_handshake_unix_s, None);
+        let idle = DeviceStatus {
+            peers: vec![peer(Some(25), None, t0)],
+            ..Default::default()
+        };
+        assert_eq!(reading(&idle).last_handshake_unix_s, None);
     }
 
     #[test]

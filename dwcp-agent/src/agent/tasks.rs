@@ -37,8 +37,15 @@
 //!  API PUT /v1/topology, POST /v1/topology/diff -----read, publish (txn)------> etcd
 //! ```
 //!
-//! The loop's timers need no task: the debounced computation, the counters, and the next start
-//! or end of a reservation, which it feeds to the state owner as an `Input::Clock`.
+//! The loop's timers need no task: the debounced computation, the counters, the next start
+//! or end of a reservation, which it feeds to the state owner as an `Input::Clock`, and every
+//! 2 s the WireGuard links' devices (kernel netlink or wireguard-go UAPI: handshake verdict,
+//! newest handshake, RX/TX), fed as an `Input::WireGuardHandshake` when they changed:
+//!
+//! ```text
+//!  WireGuard devices --get (2 s tick, Handoffs::handshakes)--> Daemon::run
+//!                      --Input::WireGuardHandshake--> AgentState --> tunnel views, metrics
+//! ```
 //! Reservation changes go out with the other events (`AgentEvent::Reservation`), and the
 //! reservations themselves in the snapshot.
 //!

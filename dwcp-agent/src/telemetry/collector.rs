@@ -419,14 +419,29 @@ impl SnapshotCollector {
             "dwcp_tunnel_received",
             "Bytes received by the tunnel device.",
             Some(Unit::Bytes),
-            tunnels.iter().map(|x| (t(&x.name), x.rx_bytes)).collect(),
+            tunnels
+                .iter()
+                .filter_map(|x| x.rx_bytes.map(|b| (t(&x.name), b)))
+                .collect(),
         )?;
         counters(
             enc,
             "dwcp_tunnel_transmitted",
             "Bytes sent by the tunnel device.",
             Some(Unit::Bytes),
-            tunnels.iter().map(|x| (t(&x.name), x.tx_bytes)).collect(),
+            tunnels
+                .iter()
+                .filter_map(|x| x.tx_bytes.map(|b| (t(&x.name), b)))
+                .collect(),
+        )?;
+        int_gauges(
+            enc,
+            "dwcp_tunnel_probe_alive",
+            "1 if the in-tunnel probes find the tunnel's link alive, else 0 (probed links only).",
+            tunnels
+                .iter()
+                .filter_map(|x| x.probe_alive.map(|a| (t(&x.name), i64::from(a))))
+                .collect(),
         )
     }
 }

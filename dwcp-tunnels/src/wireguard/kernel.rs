@@ -34,7 +34,7 @@ pub struct KernelWireGuard {
 
 impl KernelWireGuard {
     /// Connects inside `ns`; `None` when the kernel has no `wireguard` family.
-    pub(crate) async fn connect(ns: &NetnsTarget, rtnl: Rtnl) -> Result<Option<KernelWireGuard>> {
+    pub async fn connect(ns: &NetnsTarget, rtnl: Rtnl) -> Result<Option<KernelWireGuard>> {
         let rt = tokio::runtime::Handle::current();
         let (conn, genl, _) = ns
             .run(move || {
