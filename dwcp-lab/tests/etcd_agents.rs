@@ -11,7 +11,8 @@
 //! one generation); a reservation admitted by one gateway is listed by every gateway and
 //! refuses another gateway's that would overbook its link; a reload keeps the published
 //! topology; a store outage leaves the agents running, the listing and new admissions failing
-//! clearly and the reservations in place, an agent restarted meanwhile starts on the cached
+//! clearly and the reservations in place (a cancel through another gateway reaches every one
+//! once the store is back), an agent restarted meanwhile starts on the cached
 //! topology, and membership comes back with the store; a stopped agent leaves at once, a
 //! killed one when its lease expires.
 
@@ -307,6 +308,23 @@ fn gateways_register_on_leases_and_every_agent_lists_them() {
     wait("all three gateways listed after the outage", || {
         (gateways(&lab, 0).len() == 3).then_some(())
     });
+    // The agent restarted meanwhile had no reservations to start on: its watch lists them
+    // once the store answers. A cancel on another gateway than the admitting one reaches all.
+    wait("the restarted gateway mirroring the reservation", || {
+        let listed: Vec<Reservation> = json(&lab, 2, &["show", "reservations"]);
+        (listed == [booked.reservation.clone()]).then_some(())
+    });
+    let id = booked.reservation.id.to_string();
+    assert!(dwcp(&lab.api_socket(0), &["reserve", "cancel", &id])
+        .status
+        .success());
+    for r in 0..3 {
+        wait("the cancel seen by every gateway", || {
+            json::<Vec<Reservation>>(&lab, r, &["show", "reservations"])
+                .is_empty()
+                .then_some(())
+        });
+    }
 
     // A stopped agent revokes its lease before it exits: gone at once.
     lab.stop_agent(1).expect("agent 2 stops");
