@@ -120,6 +120,17 @@ pub enum Input {
         now_unix_s: u64,
         op: crate::bandwidth::ReservationOp,
     },
+    /// In etcd mode: a reservation the cluster store holds, admitted by any gateway (its
+    /// reservations watch, or this gateway's admission).
+    StoredReservation {
+        reservation: crate::bandwidth::Reservation,
+    },
+    /// In etcd mode: a reservation removed from the cluster store (cancelled, preempted or
+    /// expired, by any gateway), seen at `now_unix_s`.
+    StoredReservationGone {
+        id: crate::bandwidth::ReservationId,
+        now_unix_s: u64,
+    },
     /// Packets the fast path sampled (`FLOW_SAMPLES`), for the top-flows table.
     FlowSamples {
         samples: Vec<crate::traffic::SampledPacket>,

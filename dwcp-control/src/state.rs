@@ -22,8 +22,9 @@ use tracing::{debug, error, info, warn};
 
 use crate::{
     bandwidth::{
-        BandwidthError, FileStore, Network, Reservation, ReservationManager, ReservationOp,
-        ReservationReply, ReservationStore, StoreError, UnixSeconds,
+        BandwidthError, FileStore, Network, Reservation, ReservationId, ReservationManager,
+        ReservationOp, ReservationReply, ReservationRequest, ReservationStore, StoreError,
+        UnixSeconds,
     },
     config::{AgentConfig, ConfigError, Mac},
     debounce::Debounce,
@@ -573,6 +574,12 @@ impl<F: FastPath> AgentState<F> {
             Input::PublishedTopology { topology } => {
                 return self.on_published_topology(topology, now).map(Some)
             }
+            Input::StoredReservation { reservation } => {
+                self.on_stored_reservation(reservation, now)
+            }
+            Input::StoredReservationGone { id, now_unix_s } => {
+                self.on_stored_reservation_gone(id, now_unix_s, now)
+            }
             Input::FlowSamples { samples } => self.on_flow_samples(samples),
             Input::Optimise => self.cause(
                 now,
@@ -1033,6 +1040,39 @@ impl<F: FastPath> AgentState<F> {
         self.reservation_clock = now_unix_s;
         self.refresh_reservations(now);
         reply
+    }
+
+    /// In etcd mode: `req` validated as a candidate for the cluster store, with each link's
+    /// reservable capacity (`ReservationManager::candidate`).
+    pub fn reservation_candidate(
+        &self,
+        req: &ReservationRequest,
+        now_unix_s: UnixSeconds,
+    ) -> Result<(Reservation, BTreeMap<LinkId, u64>), BandwidthError> {
+        self.reservations
+            .as_ref()
+            .ok_or(BandwidthError::NoReservations)?
+            .candidate(req, now_unix_s)
+    }
+
+    fn on_stored_reservation(&mut self, reservation: Reservation, now: Now) {
+        let Some(manager) = self.reservations.as_mut() else {
+            return;
+        };
+        if let Err(e) = manager.mirror_put(reservation) {
+            warn!(error = %e, "mirroring a stored reservation");
+        }
+        self.refresh_reservations(now);
+    }
+
+    fn on_stored_reservation_gone(&mut self, id: ReservationId, now_unix_s: UnixSeconds, now: Now) {
+        let Some(manager) = self.reservations.as_mut() else {
+            return;
+        };
+        if let Err(e) = manager.mirror_remove(id, now_unix_s) {
+            warn!(error = %e, "mirroring a removed reservation");
+        }
+        self.refresh_reservations(now);
     }
 
     /// The wall clock reached a reservation's start or end.

@@ -89,6 +89,12 @@ impl KeyLayout {
         format!("{}{:020}", self.reservations(), id.0)
     }
 
+    /// Written once per admission: its revision, unique in the cluster, is the new
+    /// reservation's id (gateways never pick the same one).
+    pub fn reservation_ids(&self) -> String {
+        format!("{}/reservation-ids", self.prefix)
+    }
+
     /// Held (on a short lease) by the one gateway whose admissions go next, once it lost the
     /// race for its links a few times; the others' writes wait while it is there.
     pub fn admission_turn(&self) -> String {

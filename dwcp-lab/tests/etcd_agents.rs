@@ -8,8 +8,11 @@
 //! generous deadline. Covered: every agent lists every gateway with its region, addresses,
 //! version and topology generation; a topology pushed once through one gateway reaches every
 //! gateway (diff first, then push; a bad file refused with its line; the same text twice makes
-//! one generation); a reload keeps the published topology; a store outage leaves the agents
-//! running and the listing failing clearly, an agent restarted meanwhile starts on the cached
+//! one generation); a reservation admitted by one gateway is listed by every gateway and
+//! refuses another gateway's that would overbook its link; a reload keeps the published
+//! topology; a store outage leaves the agents running, the listing and new admissions failing
+//! clearly and the reservations in place (a cancel through another gateway reaches every one
+//! once the store is back), an agent restarted meanwhile starts on the cached
 //! topology, and membership comes back with the store; a stopped agent leaves at once, a
 //! killed one when its lease expires.
 
@@ -19,6 +22,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use dwcp_control::bandwidth::{Admission, Reservation};
 use dwcp_control::store::GatewayView;
 use dwcp_control::view::{StatusView, TopologyChanges, TopologyView};
 use dwcp_lab::etcd::EtcdCluster;
@@ -60,6 +64,30 @@ fn json<T: serde::de::DeserializeOwned>(lab: &TriangleLab, r: usize, args: &[&st
         String::from_utf8_lossy(&out.stderr)
     );
     serde_json::from_slice(&out.stdout).expect("the API's JSON")
+}
+
+/// `dwcp reserve add` on gateway `r`'s agent: `rate` from `from` to us-east-1 over `path`.
+fn reserve(lab: &TriangleLab, r: usize, from: &str, rate: &str, path: &str) -> Output {
+    dwcp(
+        &lab.api_socket(r),
+        &[
+            "--json",
+            "reserve",
+            "add",
+            "--from",
+            from,
+            "--to",
+            "us-east-1",
+            "--class",
+            "bulk",
+            "--rate",
+            rate,
+            "--end",
+            "+1h",
+            "--path",
+            path,
+        ],
+    )
 }
 
 /// Link 1's capacity as gateway `r` runs it.
@@ -155,6 +183,27 @@ fn gateways_register_on_leases_and_every_agent_lists_them() {
         "{table}"
     );
 
+    // Reservations are admitted by the store: eu-west-1's gateway books 700 Mbit/s of link 1
+    // (800 of its 1000 reservable), so ap-south-1's gateway cannot book 700 more over it.
+    let out = reserve(&lab, 1, "eu-west-1", "700M", "1");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let booked: Admission = serde_json::from_slice(&out.stdout).unwrap();
+    let out = reserve(&lab, 2, "ap-south-1", "700M", "2,1");
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("link 1: 700000000 bit/s requested"), "{err}");
+    // Every gateway mirrors it (each polices the reservations whose traffic enters at it).
+    for r in 0..3 {
+        wait("the reservation listed by every gateway", || {
+            let listed: Vec<Reservation> = json(&lab, r, &["show", "reservations"]);
+            (listed == [booked.reservation.clone()]).then_some(())
+        });
+    }
+
     // A topology pushed once, through gateway 2, reaches every gateway.
     const FILE_CAPACITY: u64 = 1_000_000_000;
     const PUSHED_CAPACITY: u64 = 1_500_000_000;
@@ -236,6 +285,18 @@ fn gateways_register_on_leases_and_every_agent_lists_them() {
     for r in 0..3 {
         assert!(dwcp(&lab.api_socket(r), &["status"]).status.success());
     }
+    // A new admission fails clearly, never decided locally; the reservation stays in force.
+    let out = reserve(&lab, 0, "ap-south-1", "10M", "3");
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("503") && err.contains("cluster store unreachable"),
+        "{err}"
+    );
+    for r in 0..2 {
+        let listed: Vec<Reservation> = json(&lab, r, &["show", "reservations"]);
+        assert_eq!(listed, std::slice::from_ref(&booked.reservation));
+    }
     // Restarted meanwhile, an agent starts on the topology it cached.
     lab.kill_agent(2).unwrap();
     lab.start_agent(2, &[])
@@ -247,6 +308,23 @@ fn gateways_register_on_leases_and_every_agent_lists_them() {
     wait("all three gateways listed after the outage", || {
         (gateways(&lab, 0).len() == 3).then_some(())
     });
+    // The agent restarted meanwhile had no reservations to start on: its watch lists them
+    // once the store answers. A cancel on another gateway than the admitting one reaches all.
+    wait("the restarted gateway mirroring the reservation", || {
+        let listed: Vec<Reservation> = json(&lab, 2, &["show", "reservations"]);
+        (listed == [booked.reservation.clone()]).then_some(())
+    });
+    let id = booked.reservation.id.to_string();
+    assert!(dwcp(&lab.api_socket(0), &["reserve", "cancel", &id])
+        .status
+        .success());
+    for r in 0..3 {
+        wait("the cancel seen by every gateway", || {
+            json::<Vec<Reservation>>(&lab, r, &["show", "reservations"])
+                .is_empty()
+                .then_some(())
+        });
+    }
 
     // A stopped agent revokes its lease before it exits: gone at once.
     lab.stop_agent(1).expect("agent 2 stops");

@@ -5,7 +5,14 @@
 //! - the published topology: a task watches it and hands each generation to the state owner
 //!   (`Input::PublishedTopology`), which applies it atomically, as a reload; the topology in
 //!   force is cached in the state directory, so a restart with the store unreachable runs
-//!   on it.
+//!   on it;
+//! - reservations: admissions and cancellations are decided by the store
+//!   (`EtcdStore::admit`, `cancel`) on tasks of their own, off the state owner's loop, which is
+//!   fed the outcome (`Decided`) before the request is answered; a watch of the reservations
+//!   mirrors every gateway's into the state owner (`Input::StoredReservation`, `...Gone`), so
+//!   each gateway polices those whose traffic enters at it; any gateway expires ended ones.
+//!   With the store unreachable, admissions and cancellations fail (503) and the mirror keeps
+//!   what it holds; the watch relists on reconnection and reports what went meanwhile.
 //!
 //! The store is never in the forwarding path: while it is unreachable these tasks retry, and
 //! nothing else waits for them.
@@ -17,8 +24,9 @@ use std::{
 };
 
 use dwcp_control::{
+    bandwidth::{BandwidthError, Reservation, ReservationId, ReservationReply, UnixSeconds},
     config::AgentConfig,
-    input::Input,
+    input::{unix_now, Input},
     store::{GatewayRecord, PublishedTopology},
     view::AgentSnapshot,
 };
@@ -28,7 +36,7 @@ use tokio::{
 };
 use tracing::{info, warn};
 
-use crate::store::{EtcdStore, Membership, WatchEvent, DEFAULT_TIMEOUT};
+use crate::store::{ClusterStoreError, EtcdStore, Membership, WatchEvent, DEFAULT_TIMEOUT};
 
 /// The topology in force, in the state directory (etcd mode).
 pub const TOPOLOGY_CACHE_FILE: &str = "topology.json";
@@ -38,6 +46,180 @@ pub const TOPOLOGY_CACHE_FILE: &str = "topology.json";
 pub const MEMBERSHIP_TTL: Duration = Duration::from_secs(5);
 /// Pause before registering again after a failure (store unreachable).
 const RETRY: Duration = Duration::from_secs(1);
+/// How often a gateway removes ended reservations from the store: they stop holding
+/// bandwidth at their end anyway (each mirror's clock), this only frees their ledgers' room.
+const EXPIRY_EVERY: Duration = Duration::from_secs(2);
+
+/// A reservation operation the store decided: the state owner handles `inputs` (the mirror
+/// follows at once, not only when the watch reports it), publishes, then answers `reply`.
+pub(super) struct Decided {
+    pub inputs: Vec<Input>,
+    pub result: Result<ReservationReply, BandwidthError>,
+    pub reply: oneshot::Sender<Result<ReservationReply, BandwidthError>>,
+}
+
+/// The answer for an operation the store did not decide.
+fn store_failed(e: ClusterStoreError) -> BandwidthError {
+    match e {
+        ClusterStoreError::Bandwidth(e) => e,
+        ClusterStoreError::Unreachable(_) => BandwidthError::ClusterStore {
+            detail: format!("{e}; nothing was changed, try again once it is back"),
+            unreachable: true,
+        },
+        e => BandwidthError::ClusterStore {
+            detail: e.to_string(),
+            unreachable: false,
+        },
+    }
+}
+
+/// Admits `cand` (validated by the state owner, each link having `reservable` bit/s) through
+/// the store under a fresh cluster-wide id.
+pub(super) fn admit(
+    store: EtcdStore,
+    mut cand: Reservation,
+    reservable: std::collections::BTreeMap<dwcp_control::topology::LinkId, u64>,
+    reply: oneshot::Sender<Result<ReservationReply, BandwidthError>>,
+    decided: mpsc::Sender<Decided>,
+) {
+    tokio::spawn(async move {
+        let admitted = async {
+            cand.id = store.new_reservation_id().await?;
+            store.admit(&cand, &reservable).await
+        }
+        .await;
+        let now_unix_s = unix_now();
+        let (inputs, result) = match admitted {
+            Ok(a) => {
+                info!(id = %a.reservation.id, preempted = a.preempted.len(), "reservation admitted by the cluster store");
+                let inputs = a
+                    .preempted
+                    .iter()
+                    .map(|r| Input::StoredReservationGone {
+                        id: r.id,
+                        now_unix_s,
+                    })
+                    .chain([Input::StoredReservation {
+                        reservation: a.reservation.clone(),
+                    }])
+                    .collect();
+                (inputs, Ok(ReservationReply::Admitted(a)))
+            }
+            Err(e) => {
+                info!(error = %e, "reservation not admitted by the cluster store");
+                (Vec::new(), Err(store_failed(e)))
+            }
+        };
+        let _ = decided
+            .send(Decided {
+                inputs,
+                result,
+                reply,
+            })
+            .await;
+    });
+}
+
+/// Cancels reservation `id` in the store (whichever gateway admitted it).
+pub(super) fn cancel(
+    store: EtcdStore,
+    id: ReservationId,
+    reply: oneshot::Sender<Result<ReservationReply, BandwidthError>>,
+    decided: mpsc::Sender<Decided>,
+) {
+    tokio::spawn(async move {
+        let (inputs, result) = match store.cancel(id).await {
+            Ok(r) => (
+                vec![Input::StoredReservationGone {
+                    id,
+                    now_unix_s: unix_now(),
+                }],
+                Ok(ReservationReply::Cancelled(r)),
+            ),
+            Err(e) => (Vec::new(), Err(store_failed(e))),
+        };
+        let _ = decided
+            .send(Decided {
+                inputs,
+                result,
+                reply,
+            })
+            .await;
+    });
+}
+
+/// Mirrors the store's reservations into the state owner: each one listed or put, and each
+/// one deleted (a relist after an outage or a compaction reports what went meanwhile).
+pub(super) fn reservations_watch(store: EtcdStore, inputs: mpsc::Sender<Input>) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let prefix = store.keys().reservations();
+        let mut failing = false;
+        let mut watch = loop {
+            match store.watch_prefix(&prefix).await {
+                Ok(w) => break w,
+                Err(e) => {
+                    if !failing {
+                        warn!(error = %e, "cluster store: reservations not watched yet; retrying every {RETRY:?}");
+                    }
+                    failing = true;
+                    tokio::time::sleep(RETRY).await;
+                }
+            }
+        };
+        loop {
+            let input = match watch.next().await {
+                WatchEvent::Put { key, value } => {
+                    match serde_json::from_slice::<Reservation>(&value) {
+                        Ok(reservation) => Input::StoredReservation { reservation },
+                        Err(e) => {
+                            warn!(error = %e, key, "cluster store: reservation unreadable; not mirrored");
+                            continue;
+                        }
+                    }
+                }
+                WatchEvent::Delete { key } => {
+                    let id = key
+                        .strip_prefix(&prefix)
+                        .and_then(|digits| digits.parse().ok())
+                        .map(ReservationId);
+                    match id {
+                        Some(id) => Input::StoredReservationGone {
+                            id,
+                            now_unix_s: unix_now(),
+                        },
+                        None => continue,
+                    }
+                }
+            };
+            if inputs.send(input).await.is_err() {
+                return;
+            }
+        }
+    })
+}
+
+/// Removes ended reservations from the store, every `EXPIRY_EVERY`; any gateway may (one that
+/// another removed first is skipped), so one gateway down leaves nothing behind.
+pub(super) fn reservations_expiry(store: EtcdStore) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(EXPIRY_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let now: UnixSeconds = unix_now();
+            match store.expire(now).await {
+                Ok(expired) if !expired.is_empty() => {
+                    info!(
+                        count = expired.len(),
+                        "cluster store: ended reservations removed"
+                    )
+                }
+                Ok(_) => {}
+                Err(e) => tracing::debug!(error = %e, "cluster store: expiry not run"),
+            }
+        }
+    })
+}
 
 /// The running membership task.
 pub(super) struct MembershipTask {

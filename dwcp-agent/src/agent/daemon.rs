@@ -16,10 +16,11 @@ use std::{
 
 use dwcp_common::maps::programs;
 use thiserror::Error;
-use tokio::sync::{broadcast, mpsc, watch};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tracing::{info, warn};
 
 use dwcp_control::{
+    bandwidth::{BandwidthError, MemoryStore, ReservationOp, ReservationReply},
     config::{AgentConfig, ConfigError},
     input::{unix_now, Input, TimedInput, WireGuardReading},
     state::{AgentError, AgentState},
@@ -149,6 +150,11 @@ pub struct Daemon {
     handshakes: BTreeMap<u32, (Option<String>, Option<WireGuardReading>)>,
     /// In etcd mode: this gateway's registration in the cluster store.
     membership: Option<MembershipTask>,
+    /// In etcd mode: the cluster store, which decides reservation operations.
+    store: Option<EtcdStore>,
+    /// Reservation operations the store decided, to hand the state owner and answer.
+    decided: mpsc::Receiver<cluster::Decided>,
+    decided_tx: mpsc::Sender<cluster::Decided>,
 }
 
 impl Daemon {
@@ -194,8 +200,15 @@ impl Daemon {
         let mut watcher = NetlinkWatcher::subscribe(NETLINK_RECEIVE_BUFFER)?;
         let initial = watcher.dump().await?;
         let mut record = open_record(options.record.as_deref())?;
-        let (mut state, handoffs) =
-            first_step(&config, dataplane, initial, &options.state_dir, &mut record).await?;
+        let (mut state, handoffs) = first_step(
+            &config,
+            dataplane,
+            initial,
+            &options.state_dir,
+            store.is_some(),
+            &mut record,
+        )
+        .await?;
         let (events, _) = broadcast::channel(1024);
         let (snapshot, _) = watch::channel(state.snapshot().clone());
 
@@ -242,9 +255,13 @@ impl Daemon {
 
         if let Some(store) = &store {
             started.push(cluster::topology_watch(store.clone(), input_tx.clone()));
+            started.push(cluster::reservations_watch(store.clone(), input_tx.clone()));
+            started.push(cluster::reservations_expiry(store.clone()));
         }
-        let membership =
-            store.map(|store| MembershipTask::start(store, &config, snapshot.subscribe()));
+        let membership = store
+            .clone()
+            .map(|store| MembershipTask::start(store, &config, snapshot.subscribe()));
+        let (decided_tx, decided) = mpsc::channel(64);
 
         Ok(Daemon {
             options,
@@ -267,6 +284,9 @@ impl Daemon {
             handoffs_dirty: false,
             handshakes: BTreeMap::new(),
             membership,
+            store,
+            decided,
+            decided_tx,
         })
     }
 
@@ -303,6 +323,9 @@ impl Daemon {
                 write_record(&mut self.record, &Input::Reload { path });
                 let _ = reply.send(self.state.reload_config(now()));
             }
+            AgentCommand::Reservation { op, reply } if self.store.is_some() => {
+                self.reservation_in_store(op, reply);
+            }
             AgentCommand::Reservation { op, reply } => {
                 let now_unix_s = unix_now();
                 let input = Input::Reservation {
@@ -317,6 +340,33 @@ impl Daemon {
                 // The client reads what it changed in the snapshot next: publish first.
                 publish(&mut self.state, &self.events, &self.snapshot);
                 let _ = reply.send(r);
+            }
+        }
+    }
+
+    /// In etcd mode: a reservation operation goes to the store on a task of its own (the
+    /// loop goes on meanwhile); `Decided` brings its outcome back.
+    fn reservation_in_store(
+        &mut self,
+        op: ReservationOp,
+        reply: oneshot::Sender<Result<ReservationReply, BandwidthError>>,
+    ) {
+        let store = self.store.clone().expect("etcd mode");
+        let decided = self.decided_tx.clone();
+        match op {
+            ReservationOp::Create(req) => {
+                match self.state.reservation_candidate(&req, unix_now()) {
+                    Ok((cand, reservable)) => {
+                        cluster::admit(store, cand, reservable, reply, decided)
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(e));
+                    }
+                }
+            }
+            ReservationOp::Cancel { id } => cluster::cancel(store, id, reply, decided),
+            ReservationOp::Extend { id, .. } => {
+                let _ = reply.send(Err(BandwidthError::ExtendInClusterStore(id)));
             }
         }
     }
@@ -393,6 +443,14 @@ impl Daemon {
                             self.handoffs_dirty = true;
                         }
                     }
+                }
+                Some(d) = self.decided.recv() => {
+                    for input in d.inputs {
+                        self.handle_input(input);
+                    }
+                    // The client reads what it changed in the snapshot next: publish first.
+                    publish(&mut self.state, &self.events, &self.snapshot);
+                    let _ = d.reply.send(d.result);
                 }
                 _ = handshake_tick.tick(), if self.state.config().local_links.iter().any(|l| l.is_wireguard()) => {
                     let config = self.state.config().clone();
@@ -566,11 +624,17 @@ async fn first_step(
     dataplane: Dataplane,
     initial: Vec<Input>,
     state_dir: &Path,
+    etcd_mode: bool,
     record: &mut Record,
 ) -> Result<(AgentState<Dataplane>, Handoffs), DaemonError> {
     let now = now();
     let mut state = AgentState::new(config.clone(), dataplane, now)?;
-    state.open_reservation_file(&state_dir.join(RESERVATIONS_FILE), unix_now(), now)?;
+    if etcd_mode {
+        // A mirror of the cluster store's reservations, filled by its watch.
+        state.open_reservations(Box::new(MemoryStore::default()), now)?;
+    } else {
+        state.open_reservation_file(&state_dir.join(RESERVATIONS_FILE), unix_now(), now)?;
+    }
     let mut handoffs = Handoffs::open().await?;
     state.set_handoff_problems(handoffs.sync(config).await);
     attach_wg_probes(state.fast_path_mut(), config);

@@ -35,6 +35,10 @@
 //!  snapshot (published generation) --> membership --register, update, revoke--> etcd (lease)
 //!  API GET /v1/gateways --------------------------------list gateways, leases--> etcd
 //!  API PUT /v1/topology, POST /v1/topology/diff -----read, publish (txn)------> etcd
+//!  API reservation ops --> Daemon::run --candidate--> admit/cancel task --txn--> etcd;
+//!                          its outcome --cluster::Decided mpsc--> Daemon::run, then the reply
+//!  etcd <reservations/> --watch--> reservations watch --Input::StoredReservation{,Gone}-->
+//!  expiry task (every 2 s) --remove ended (guarded txn)--> etcd
 //! ```
 //!
 //! The loop's timers need no task: the debounced computation, the counters, the next start

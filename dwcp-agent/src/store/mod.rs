@@ -209,6 +209,25 @@ impl EtcdStore {
     }
 }
 
+impl EtcdStore {
+    /// A reservation id no gateway has had or will get: the revision of a write to
+    /// `KeyLayout::reservation_ids` (revisions only grow, one per write in the cluster).
+    pub async fn new_reservation_id(&self) -> Result<ReservationId> {
+        let key = self.keys.reservation_ids();
+        let resp = self
+            .call("allocate a reservation id", |mut c| {
+                let key = key.clone();
+                async move { c.put(key, Vec::new(), None).await }
+            })
+            .await?;
+        let revision = resp
+            .header()
+            .map(|h| h.revision())
+            .ok_or_else(|| corrupt(&key, "the put's answer has no revision"))?;
+        Ok(ReservationId(revision as u64))
+    }
+}
+
 /// A value no other connection writes: the process, the time and a counter.
 fn admitter_token() -> Vec<u8> {
     static CONNECTIONS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);

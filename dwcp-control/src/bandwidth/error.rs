@@ -79,12 +79,22 @@ pub enum BandwidthError {
     NoReservations,
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// In etcd mode: the cluster store did not decide (`detail` says why); nothing was
+    /// admitted or cancelled by this request.
+    #[error("{detail}")]
+    ClusterStore { detail: String, unreachable: bool },
+    #[error(
+        "reservation {0}: extending is not supported with the cluster store (etcd mode) yet; \
+         cancel it and create a new one"
+    )]
+    ExtendInClusterStore(ReservationId),
 }
 
 impl BandwidthError {
     /// The HTTP status an API should answer with: 400 for bad input, 404 for an unknown
     /// reservation, 410 for one that has ended, 409 when the network cannot take the request,
-    /// 500 when storage failed, 501 when there are no reservations to ask about.
+    /// 500 when storage failed, 501 when there are no reservations to ask about, 503 when the
+    /// cluster store is unreachable and 502 when it failed otherwise.
     pub fn http_status(&self) -> u16 {
         match self {
             BandwidthError::NotFound(_) => 404,
@@ -92,7 +102,14 @@ impl BandwidthError {
             BandwidthError::InsufficientBandwidth { .. }
             | BandwidthError::TooManyReservations(_) => 409,
             BandwidthError::Store(_) | BandwidthError::BadHeadroom(_) => 500,
-            BandwidthError::NoReservations => 501,
+            BandwidthError::NoReservations | BandwidthError::ExtendInClusterStore(_) => 501,
+            BandwidthError::ClusterStore { unreachable, .. } => {
+                if *unreachable {
+                    503
+                } else {
+                    502
+                }
+            }
             _ => 400,
         }
     }

@@ -388,6 +388,63 @@ impl ReservationManager {
         })
     }
 
+    /// `req` validated at `now` as a candidate for the cluster store, with the capacity each
+    /// link may give reservations: the store decides (`EtcdStore::admit`), and its id comes
+    /// from the store (this manager's ids are one gateway's).
+    pub fn candidate(
+        &self,
+        req: &ReservationRequest,
+        now: UnixSeconds,
+    ) -> Result<(Reservation, BTreeMap<LinkId, u64>), BandwidthError> {
+        Ok((self.validate(req, now)?, self.reservable.clone()))
+    }
+
+    /// Mirrors a reservation the cluster store holds (admitted by any gateway): kept as is,
+    /// the store having admitted it; told as created the first time.
+    pub fn mirror_put(&mut self, reservation: Reservation) -> Result<(), BandwidthError> {
+        let new = !self.reservations.contains_key(&reservation.id);
+        if !new && self.reservations.get(&reservation.id) == Some(&reservation) {
+            return Ok(());
+        }
+        let change = Change {
+            remove: Vec::new(),
+            upsert: Some(reservation.clone()),
+            next_id: self.next_id,
+        };
+        self.commit(change, |reservation| ReservationEvent::Cancelled {
+            reservation,
+        })?;
+        if new {
+            self.notify(ReservationEvent::Created { reservation });
+        }
+        Ok(())
+    }
+
+    /// Mirrors a reservation's removal from the cluster store: expired if it had ended by
+    /// `now`, cancelled (or preempted, which the store does not tell apart) otherwise.
+    pub fn mirror_remove(
+        &mut self,
+        id: ReservationId,
+        now: UnixSeconds,
+    ) -> Result<(), BandwidthError> {
+        let Some(ended) = self.reservations.get(&id).map(|r| r.end <= now) else {
+            return Ok(());
+        };
+        let change = Change {
+            remove: vec![id],
+            upsert: None,
+            next_id: self.next_id,
+        };
+        self.commit(change, |reservation| {
+            if ended {
+                ReservationEvent::Expired { reservation }
+            } else {
+                ReservationEvent::Cancelled { reservation }
+            }
+        })?;
+        Ok(())
+    }
+
     /// Takes a new picture of the network. Reservations that no longer fit (a link gone or
     /// shrunk) are displaced, lowest priority and newest first.
     pub fn set_network(&mut self, network: Network) -> Result<(), BandwidthError> {

@@ -263,6 +263,50 @@ fn cancel_and_expiry_free_the_bandwidth() {
 /// Bad inputs as the API receives them (JSON), each a 4xx naming the offending item, none of
 /// them changing the stored state (checked on the file's bytes too).
 #[test]
+fn a_mirror_keeps_what_the_cluster_store_holds_and_tells_each_change_once() {
+    let mut m = manager();
+    let (mut cand, reservable) = m.candidate(&request(60 * MBIT, &[1], 3), NOW).unwrap();
+    assert_eq!(reservable[&LinkId(1)], 80 * MBIT);
+    // The store's id, not this manager's; nothing is stored until the store has decided.
+    cand.id = ReservationId(4242);
+    assert!(snapshot(&m).is_empty());
+    assert!(matches!(
+        m.candidate(&request(60 * MBIT, &[9], 3), NOW),
+        Err(BandwidthError::UnknownLink(LinkId(9)))
+    ));
+    // Put by the admitting gateway and again by the watch: one reservation, told once.
+    m.mirror_put(cand.clone()).unwrap();
+    m.mirror_put(cand.clone()).unwrap();
+    assert_eq!(snapshot(&m), [cand.clone()]);
+    assert_eq!(m.reserved_bps(LinkId(1), NOW), 60 * MBIT);
+    let events = m.take_events();
+    assert!(
+        matches!(&events[..], [ReservationEvent::Created { reservation }] if *reservation == cand),
+        "{events:?}"
+    );
+    // Removed before its end: cancelled; a removal seen twice (or of one never mirrored)
+    // changes nothing.
+    m.mirror_remove(cand.id, NOW).unwrap();
+    m.mirror_remove(cand.id, NOW).unwrap();
+    m.mirror_remove(ReservationId(7), NOW).unwrap();
+    assert!(snapshot(&m).is_empty());
+    let events = m.take_events();
+    assert!(
+        matches!(&events[..], [ReservationEvent::Cancelled { .. }]),
+        "{events:?}"
+    );
+    // Removed after its end: expired.
+    m.mirror_put(cand.clone()).unwrap();
+    m.take_events();
+    m.mirror_remove(cand.id, cand.end).unwrap();
+    let events = m.take_events();
+    assert!(
+        matches!(&events[..], [ReservationEvent::Expired { .. }]),
+        "{events:?}"
+    );
+}
+
+#[test]
 fn bad_requests_are_rejected_with_clear_errors_and_change_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("reservations.json");
