@@ -112,6 +112,7 @@ impl Probes {
                         remote: l.peer_ip.into(),
                         device: Some(l.interface.clone()),
                         key,
+                        auth: l.auth_key,
                     };
                     let added = open_probe_socket(&link, sender.config())
                         .and_then(|s| sender.add_link(link, s));

@@ -1,7 +1,8 @@
 //! The probe sender: one tokio task per underlay link sends a probe request from the link's
 //! local address to the peer's on UDP [`PROBE_PORT`] every interval, with TTL 255 (GTSM), the
 //! link id, a sequence number, the `CLOCK_MONOTONIC` send time and the token that proves the
-//! request ours (made with the link's key from `PROBE_KEYS`). Replies never come back to us:
+//! request ours (made with the link's key from `PROBE_KEYS`), and on a link with a shared key
+//! the MAC under it. Replies never come back to us:
 //! the local XDP program checks them against the key and consumes them into `LINK_STATE`.
 
 use std::{
@@ -62,6 +63,9 @@ pub struct ProbeLink {
     pub device: Option<String>,
     /// The link's key (`PROBE_KEYS`), for the requests' token.
     pub key: ProbeKey,
+    /// The key both ends share (`auth_key_file`), when the link has one: the requests carry
+    /// a MAC under it, without which the peer does not reflect them.
+    pub auth: Option<ProbeKey>,
 }
 
 pub use dwcp_control::config::SenderConfig;
@@ -335,6 +339,7 @@ impl ProbeSender {
         let task = runtime.spawn(probe_loop(
             link.link_id,
             link.key,
+            link.auth,
             socket,
             dest,
             self.config,
@@ -367,6 +372,7 @@ impl Drop for ProbeSender {
 async fn probe_loop(
     link_id: u32,
     key: ProbeKey,
+    auth: Option<ProbeKey>,
     socket: tokio::net::UdpSocket,
     dest: SocketAddr,
     config: SenderConfig,
@@ -377,7 +383,9 @@ async fn probe_loop(
     let mut buf = [0u8; PROBE_LEN];
     let mut deadline = Instant::now();
     loop {
-        ProbeHeader::request(&key, link_id, seq, monotonic_ns()).encode(&mut buf);
+        ProbeHeader::request(&key, link_id, seq, monotonic_ns())
+            .signed(auth.as_ref())
+            .encode(&mut buf);
         match socket.send_to(&buf, dest).await {
             Ok(_) => {
                 shared.sent.fetch_add(1, Ordering::Relaxed);
