@@ -89,8 +89,10 @@ fn duplicate_link_is_refused_and_the_first_keeps_running() {
         tokio::time::sleep(Duration::from_millis(50)).await;
         let sent = handle.sent(1).unwrap();
         assert!(sent >= 2, "first link still probing: {sent}");
+        assert_eq!(sender.link(1), Some(&link), "what the link is probed as");
         sender.remove_link(1).unwrap();
         assert_eq!(handle.sent(1), None);
+        assert_eq!(sender.link(1), None);
         assert!(matches!(
             sender.remove_link(1),
             Err(SenderError::UnknownLink(1))

@@ -195,6 +195,9 @@ pub struct ProbeSender {
     config: SenderConfig,
     handle: ProbeHandle,
     tasks: BTreeMap<u32, JoinHandle<()>>,
+    /// What each task probes, so a caller can tell a changed link (new endpoints, a rotated
+    /// shared key) from the one running.
+    links: BTreeMap<u32, ProbeLink>,
     /// The thread the tasks run on, if the sender has its own.
     thread: Option<ProbeThread>,
 }
@@ -273,6 +276,7 @@ impl ProbeSender {
             config,
             handle: ProbeHandle::default(),
             tasks: BTreeMap::new(),
+            links: BTreeMap::new(),
             thread: None,
         })
     }
@@ -336,6 +340,7 @@ impl ProbeSender {
             .unwrap()
             .insert(link.link_id, shared.clone());
         let dest = SocketAddr::new(link.remote, PROBE_PORT);
+        self.links.insert(link.link_id, link.clone());
         let task = runtime.spawn(probe_loop(
             link.link_id,
             link.key,
@@ -356,8 +361,14 @@ impl ProbeSender {
             .remove(&link_id)
             .ok_or(SenderError::UnknownLink(link_id))?;
         task.abort();
+        self.links.remove(&link_id);
         self.handle.links.write().unwrap().remove(&link_id);
         Ok(())
+    }
+
+    /// The link `link_id` is probed as, if it is.
+    pub fn link(&self, link_id: u32) -> Option<&ProbeLink> {
+        self.links.get(&link_id)
     }
 }
 
