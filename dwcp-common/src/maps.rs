@@ -852,9 +852,9 @@ mod tests {
         });
         layout!(NeighbourKey, 8 { ifindex: 0, ip4: 4 });
         layout!(Neighbour, 16 { mac: 0, if_mac: 6, _pad: 12 });
-        layout!(LinkConfig, 40 {
+        layout!(LinkConfig, 56 {
             flags: 0, up_after: 4, detect_ns: 8, peer_ip4: 16, local_ip4: 20, ifindex: 24,
-            probe_min_ttl: 28, _pad: 29, reflect_gap_ns: 32, reflect_burst: 36,
+            probe_min_ttl: 28, _pad: 29, reflect_gap_ns: 32, reflect_burst: 36, auth_key: 40,
         });
         layout!(LinkState, 72 {
             last_reply_ns: 0, good_streak: 8, last_seq: 12, last_rtt_ns: 16, srtt_ns: 24,
