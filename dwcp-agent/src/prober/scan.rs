@@ -235,6 +235,30 @@ mod tests {
         );
     }
 
+    /// A link whose `LINK_CONFIG` has a shared key is probed with it (the prober has no
+    /// configuration of its own); the others without.
+    #[test]
+    fn the_shared_key_comes_from_the_link_config() {
+        let hops = vec![
+            (1, nh(1, 3, [10, 0, 0, 1], [10, 0, 0, 2])),
+            (2, nh(2, 3, [10, 0, 1, 1], [10, 0, 1, 2])),
+        ];
+        let auth = ProbeKey { k0: 7, k1: 8 };
+        let cfg = |l: u32| {
+            monitored(l).map(|c| match l {
+                2 => LinkConfig {
+                    flags: c.flags | LINK_F_AUTH,
+                    auth_key: auth,
+                    ..c
+                },
+                _ => c,
+            })
+        };
+        let scan = scan_links(hops, cfg, names, keys);
+        assert_eq!(scan.links[&1].auth, None);
+        assert_eq!(scan.links[&2].auth, Some(auth));
+    }
+
     #[test]
     fn unmonitored_links_are_not_probed_admin_down_ones_are() {
         let hops = vec![
