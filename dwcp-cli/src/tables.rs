@@ -631,6 +631,7 @@ mod tests {
             records_aged_out: 1,
             datagrams_foreign: 2,
             datagrams_malformed: 0,
+            datagrams_unauthenticated: 0,
         };
         let text = lsdb(&view, now);
         assert!(text.contains("neighbours over links 1, 3"), "{text}");

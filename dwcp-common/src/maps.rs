@@ -418,6 +418,9 @@ pub struct Neighbour {
 pub const LINK_F_MONITORED: u32 = 1;
 /// `LinkConfig.flags`: administratively down (`dwcp link down`).
 pub const LINK_F_ADMIN_DOWN: u32 = 2;
+/// `LinkConfig.flags`: the link's probes carry a MAC under `LinkConfig.auth_key`, the key
+/// both ends share (`auth_key_file`); probes without a valid one are dropped.
+pub const LINK_F_AUTH: u32 = 4;
 
 /// Agent-owned settings of an underlay link: its liveness rule and what a packet of the link
 /// looks like on arrival (the peer's address, ours, the interface), which the underlay
@@ -447,6 +450,9 @@ pub struct LinkConfig {
     /// none.
     pub reflect_gap_ns: u32,
     pub reflect_burst: u32,
+    /// The key both ends of the link share, when `flags` has [`LINK_F_AUTH`]
+    /// ([`crate::probe::probe_mac`]); zero otherwise.
+    pub auth_key: crate::probe::ProbeKey,
 }
 
 /// Kernel-owned measurements of an underlay link, updated by the underlay program from probe
@@ -666,12 +672,15 @@ pub enum Reason {
     /// tunnel anyway (WireGuard encrypts it or its table's unreachable default drops it),
     /// never passed up unmarked to the main table, which might route it in clear text.
     HandoffNoLiveNextHop = 47,
+    /// A probe of a link with a shared key (`LINK_F_AUTH`) whose MAC is missing or wrong: a
+    /// request is not reflected, a reply not measured.
+    UnderlayProbeBadMac = 48,
 }
 
 pub const REASON_COUNT: u32 = 64;
 
 impl Reason {
-    pub const ALL: [Reason; 48] = [
+    pub const ALL: [Reason; 49] = [
         Reason::LanForwarded,
         Reason::LanPassNotIp,
         Reason::LanPassMalformed,
@@ -720,6 +729,7 @@ impl Reason {
         Reason::TransitNoNeighbour,
         Reason::TransitTooBig,
         Reason::HandoffNoLiveNextHop,
+        Reason::UnderlayProbeBadMac,
     ];
 
     /// Stable snake_case name, used as a metric label and in the CLI.
@@ -754,6 +764,7 @@ impl Reason {
             Reason::HandoffNoEntry => "handoff_no_entry",
             Reason::HandoffTransit => "handoff_transit",
             Reason::HandoffNoLiveNextHop => "handoff_no_live_nexthop",
+            Reason::UnderlayProbeBadMac => "underlay_probe_bad_mac",
             Reason::HandoffMarked => "handoff_marked",
             Reason::LanHeldDownFallback => "lan_held_down_fallback",
             Reason::LanPassOtherMac => "lan_pass_other_mac",
@@ -841,9 +852,9 @@ mod tests {
         });
         layout!(NeighbourKey, 8 { ifindex: 0, ip4: 4 });
         layout!(Neighbour, 16 { mac: 0, if_mac: 6, _pad: 12 });
-        layout!(LinkConfig, 40 {
+        layout!(LinkConfig, 56 {
             flags: 0, up_after: 4, detect_ns: 8, peer_ip4: 16, local_ip4: 20, ifindex: 24,
-            probe_min_ttl: 28, _pad: 29, reflect_gap_ns: 32, reflect_burst: 36,
+            probe_min_ttl: 28, _pad: 29, reflect_gap_ns: 32, reflect_burst: 36, auth_key: 40,
         });
         layout!(LinkState, 72 {
             last_reply_ns: 0, good_streak: 8, last_seq: 12, last_rtt_ns: 16, srtt_ns: 24,

@@ -32,7 +32,7 @@ use std::{
     time::Duration,
 };
 
-use dwcp_common::QosClass;
+use dwcp_common::{probe::ProbeKey, QosClass};
 use serde::{Deserialize, Deserializer, Serialize};
 use thiserror::Error;
 use toml::Spanned;
@@ -396,6 +396,11 @@ pub struct LocalLinkSection {
     /// probed inside the tunnel, see [`LocalLink::handoff`]).
     #[serde(default)]
     pub monitored: Option<Spanned<bool>>,
+    /// A file holding the key both ends of the link share (128 bits as 32 hex digits, made
+    /// with `openssl rand -hex 16`; readable by its owner only): the link's probes carry a
+    /// MAC under it and probes without a valid one are dropped. Default: no MAC.
+    #[serde(default)]
+    pub auth_key_file: Option<Spanned<PathBuf>>,
 }
 
 /// `handoff = { fwmark = 0x64770003, table = 20003 }` of a `wireguard` local link.
@@ -617,6 +622,9 @@ pub struct LocalLink {
     /// `LINK_STATE` as the underlay program does for VXLAN; its device's up/down state and
     /// the age of its latest handshake count as well. `via_ip` is unspecified.
     pub handoff: Option<crate::config::Handoff>,
+    /// The key from `auth_key_file`, which both ends share: the link's probes carry a MAC
+    /// under it (`dwcp_common::probe::probe_mac`).
+    pub auth_key: Option<ProbeKey>,
 }
 
 impl LocalLink {

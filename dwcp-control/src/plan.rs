@@ -11,9 +11,10 @@ use std::{
 };
 
 use dwcp_common::{
-    probe::PROBE_TTL, ClassifierRule, GatewayConfig, LanPort, LinkConfig, LinksDown, MemberPath,
-    Neighbour, NextHop, NextHopTable, QosPolicy, Route, VniEntry, CONFIG_F_READY,
-    LINK_F_ADMIN_DOWN, MAX_PATH_LINKS, NH_F_VALID, QOS_F_REWRITE,
+    probe::{ProbeKey, PROBE_TTL},
+    ClassifierRule, GatewayConfig, LanPort, LinkConfig, LinksDown, MemberPath, Neighbour, NextHop,
+    NextHopTable, QosPolicy, Route, VniEntry, CONFIG_F_READY, LINK_F_ADMIN_DOWN, LINK_F_AUTH,
+    MAX_PATH_LINKS, NH_F_VALID, QOS_F_REWRITE,
 };
 use thiserror::Error;
 
@@ -238,6 +239,8 @@ pub struct LinkEnds {
     pub peer: Ipv4Addr,
     /// The neighbour the link's packets are sent to: the peer, or a router in between.
     pub via: Ipv4Addr,
+    /// The key both ends share (`auth_key_file`): probes carry a MAC under it.
+    pub auth: Option<ProbeKey>,
     /// The underlay interface.
     pub ifindex: u32,
 }
@@ -255,6 +258,11 @@ pub fn with_link_ends(base: LinkConfig, ends: LinkEnds, monitor: &MonitorConfig)
         probe_min_ttl: if ends.via == ends.peer { PROBE_TTL } else { 0 },
         reflect_gap_ns: gap.clamp(1, u32::MAX as u128) as u32,
         reflect_burst: REFLECT_BURST,
+        flags: match ends.auth {
+            Some(_) => base.flags | LINK_F_AUTH,
+            None => base.flags & !LINK_F_AUTH,
+        },
+        auth_key: ends.auth.unwrap_or_default(),
         ..base
     }
 }
@@ -312,6 +320,7 @@ pub fn base_state(
                     peer: l.peer_ip,
                     via: l.peer_ip,
                     ifindex: iface.map_or(0, |i| i.ifindex),
+                    auth: l.auth_key,
                 };
                 s.links
                     .insert(l.link_id, with_link_ends(lc, ends, &config.monitor));
@@ -333,6 +342,7 @@ pub fn base_state(
             peer: l.peer_ip,
             via: l.via_ip,
             ifindex: iface.map_or(0, |i| i.ifindex),
+            auth: l.auth_key,
         };
         s.links
             .insert(l.link_id, with_link_ends(lc, ends, &config.monitor));
@@ -542,6 +552,30 @@ mod tests {
 
     fn any(_: &Path) -> Option<MemberPath> {
         Some(MemberPath::default())
+    }
+
+    /// A link's shared key and its flag go into `LINK_CONFIG` together, and leave together;
+    /// the liveness flags stay as they were.
+    #[test]
+    fn link_ends_carry_the_shared_key_and_its_flag() {
+        let ends = LinkEnds {
+            local: Ipv4Addr::new(192, 0, 2, 1),
+            peer: Ipv4Addr::new(192, 0, 2, 2),
+            via: Ipv4Addr::new(192, 0, 2, 2),
+            ifindex: 3,
+            auth: Some(ProbeKey { k0: 5, k1: 6 }),
+        };
+        let monitor = MonitorConfig::default();
+        let base = LinkConfig {
+            flags: LINK_F_ADMIN_DOWN,
+            ..Default::default()
+        };
+        let keyed = with_link_ends(base, ends, &monitor);
+        assert_eq!(keyed.flags, LINK_F_ADMIN_DOWN | LINK_F_AUTH);
+        assert_eq!(keyed.auth_key, ProbeKey { k0: 5, k1: 6 });
+        let unkeyed = with_link_ends(keyed, LinkEnds { auth: None, ..ends }, &monitor);
+        assert_eq!(unkeyed.flags, LINK_F_ADMIN_DOWN);
+        assert_eq!(unkeyed.auth_key, ProbeKey::default());
     }
 
     #[test]

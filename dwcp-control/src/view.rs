@@ -231,9 +231,20 @@ pub struct LsdbView {
     pub records_received: u64,
     pub records_flooded: u64,
     pub records_aged_out: u64,
-    /// Datagrams dropped: from another address than the link's peer, or malformed.
+    /// Datagrams dropped: from another address than the link's peer, malformed, or on a
+    /// link with a shared key without a valid MAC.
     pub datagrams_foreign: u64,
     pub datagrams_malformed: u64,
+    #[serde(default)]
+    pub datagrams_unauthenticated: u64,
+}
+
+/// The datagrams the socket side of the link-state task dropped, by reason.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DatagramsDropped {
+    pub foreign: u64,
+    pub malformed: u64,
+    pub unauthenticated: u64,
 }
 
 /// One record of the link-state database.
@@ -250,9 +261,8 @@ pub struct LsdbRecord {
 }
 
 impl LsdbView {
-    /// `flooder`'s database and counts at `now`, with the datagrams the socket side dropped
-    /// (`foreign`, `malformed`).
-    pub fn new(flooder: &Flooder, foreign: u64, malformed: u64, now: Now) -> LsdbView {
+    /// `flooder`'s database and counts at `now`, with the datagrams the socket side dropped.
+    pub fn new(flooder: &Flooder, dropped: DatagramsDropped, now: Now) -> LsdbView {
         let db = flooder.database();
         let counts = flooder.counts();
         LsdbView {
@@ -274,8 +284,9 @@ impl LsdbView {
             records_received: counts.received,
             records_flooded: counts.flooded,
             records_aged_out: counts.aged_out,
-            datagrams_foreign: foreign,
-            datagrams_malformed: malformed,
+            datagrams_foreign: dropped.foreign,
+            datagrams_malformed: dropped.malformed,
+            datagrams_unauthenticated: dropped.unauthenticated,
         }
     }
 

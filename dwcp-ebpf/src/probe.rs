@@ -6,7 +6,7 @@
 //! ours and its send time fresh. Both places therefore keep a link's RTT, jitter and liveness
 //! with the same code, and the LAN program judges both kinds of link alike.
 use aya_ebpf::helpers::bpf_ktime_get_ns;
-use dwcp_common::{probe::*, wire::UDP_HLEN, LinkConfig, LinkState, Reason};
+use dwcp_common::{probe::*, wire::UDP_HLEN, LinkConfig, LinkState, Reason, LINK_F_AUTH};
 
 use crate::{
     headers::{csum_replace2, ptr_at, Frame, Ipv4Hdr, UdpHdr},
@@ -60,27 +60,48 @@ pub fn take<C: Frame>(
     if ip.ttl < cfg.probe_min_ttl {
         return drop(Reason::UnderlayProbeTtl);
     }
+    let kind = b[5];
+    let flags = u16::from_be_bytes([b[6], b[7]]);
+    let seq = u32::from_be_bytes([b[12], b[13], b[14], b[15]]);
+    let tx_ns = be64(b, 16);
+    let token = be64(b, 24);
+    let auth = cfg.flags & LINK_F_AUTH != 0;
+    if auth && probe_mac(&cfg.auth_key, kind, flags, link_id, seq, tx_ns, token) != be64(b, 32) {
+        return drop(Reason::UnderlayProbeBadMac);
+    }
     let Some(st) = LINK_STATE.get_ptr_mut(link_id) else {
         return drop(Reason::UnderlayProbeStranger);
     };
     // SAFETY: the map value the lookup returned; concurrent updates only blur statistics.
     let st = unsafe { &mut *st };
     let now = unsafe { bpf_ktime_get_ns() };
-    match b[5] {
+    match kind {
         PROBE_KIND_REQUEST => {
             if !reflect_allowed(st, cfg, now) {
                 return drop(Reason::UnderlayProbeRateLimited);
             }
             st.reflected += 1;
+            if auth {
+                let mac = probe_mac(
+                    &cfg.auth_key,
+                    PROBE_KIND_REPLY,
+                    flags,
+                    link_id,
+                    seq,
+                    tx_ns,
+                    token,
+                );
+                // SAFETY: the bounds-checked probe body; `b` is not read after this.
+                let out = unsafe { &mut *body };
+                out[32..40].copy_from_slice(&mac.to_be_bytes());
+            }
             Ok((body, Taken::Reflect))
         }
         PROBE_KIND_REPLY => {
-            let seq = u32::from_be_bytes([b[12], b[13], b[14], b[15]]);
-            let tx_ns = be64(b, 16);
             let Some(key) = (unsafe { PROBE_KEYS.get(link_id) }) else {
                 return drop(Reason::UnderlayProbeBadToken);
             };
-            if probe_token(key, link_id, seq, tx_ns) != be64(b, 24) {
+            if probe_token(key, link_id, seq, tx_ns) != token {
                 return drop(Reason::UnderlayProbeBadToken);
             }
             // Sent by us (the token says so) recently, and after the last reply taken: an
@@ -100,7 +121,8 @@ pub fn take<C: Frame>(
 /// Turns a request around in place: swapped IPs and ports (the IPv4 checksum is a sum,
 /// unchanged by the swap), TTL 255 again (the reply is a probe sent by us), kind = reply, UDP
 /// checksum cleared. Nothing of ours goes in: the RTT is the sender's clock minus its own
-/// `tx_ns`, and the token goes back as it came.
+/// `tx_ns`, and the token goes back as it came (with, on a keyed link, the reply's MAC that
+/// [`take`] wrote).
 #[inline(always)]
 pub fn turn_around(ip: &mut Ipv4Hdr, udp: &mut UdpHdr, b: &mut [u8; PROBE_LEN]) {
     core::mem::swap(&mut ip.src, &mut ip.dst);

@@ -52,6 +52,7 @@ fn measure(ns: &Netns, links: usize) -> Run {
                 k0: 1,
                 k1: i as u64,
             },
+            auth: None,
         })
         .collect();
     let sockets: Vec<std::net::UdpSocket> = ns

@@ -594,6 +594,7 @@ fn forged_reply(
         seq,
         tx_ns,
         token,
+        mac: 0,
     };
     let mut b = [0u8; PROBE_LEN];
     h.encode(&mut b);

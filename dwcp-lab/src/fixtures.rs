@@ -303,6 +303,7 @@ fn three_region_lsdb() -> LsdbView {
         records_aged_out: 1,
         datagrams_foreign: 3,
         datagrams_malformed: 2,
+        datagrams_unauthenticated: 1,
     }
 }
 

@@ -347,6 +347,7 @@ pub fn paths_state(
             peer: p.remote_ip,
             via: p.remote_ip,
             ifindex: p.ifindex,
+            auth: None,
         };
         s.links
             .insert(p.link_id, with_link_ends(liveness, ends, &monitor));

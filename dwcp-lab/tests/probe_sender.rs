@@ -17,6 +17,10 @@ const KEY: ProbeKey = ProbeKey {
     k0: 0x0102_0304_0506_0708,
     k1: 0x1112_1314_1516_1718,
 };
+const AUTH: ProbeKey = ProbeKey {
+    k0: 0x2122_2324_2526_2728,
+    k1: 0x3132_3334_3536_3738,
+};
 
 fn v4(s: &str) -> IpAddr {
     IpAddr::V4(s.parse::<Ipv4Addr>().unwrap())
@@ -34,6 +38,7 @@ fn rejects_bad_input_naming_the_link() {
         remote: "2001:db8::1".parse().unwrap(),
         device: None,
         key: KEY,
+        auth: None,
     };
     let e = open_probe_socket(&link, &SenderConfig::default()).unwrap_err();
     assert!(e.to_string().contains("link 4"), "{e}");
@@ -59,6 +64,7 @@ fn duplicate_link_is_refused_and_the_first_keeps_running() {
         remote: v4("127.0.0.1"),
         device: None,
         key: KEY,
+        auth: None,
     };
     let config = SenderConfig::default();
     let (s1, s2) = ns
@@ -83,8 +89,10 @@ fn duplicate_link_is_refused_and_the_first_keeps_running() {
         tokio::time::sleep(Duration::from_millis(50)).await;
         let sent = handle.sent(1).unwrap();
         assert!(sent >= 2, "first link still probing: {sent}");
+        assert_eq!(sender.link(1), Some(&link), "what the link is probed as");
         sender.remove_link(1).unwrap();
         assert_eq!(handle.sent(1), None);
+        assert_eq!(sender.link(1), None);
         assert!(matches!(
             sender.remove_link(1),
             Err(SenderError::UnknownLink(1))
@@ -108,6 +116,7 @@ fn a_sender_on_its_own_thread_probes_in_the_realtime_class() {
         remote: v4("127.0.0.1"),
         device: None,
         key: KEY,
+        auth: None,
     };
     let config = SenderConfig {
         source_port: 41000,
@@ -172,7 +181,8 @@ fn a_sender_on_its_own_thread_probes_in_the_realtime_class() {
 
 /// Two gateways joined by two underlay links (two veth pairs, addresses on each). The
 /// sender probes both; on the far side a plain UDP socket per link receives the probes and
-/// checks the wire format, the source, and that each probe left on its own link.
+/// checks the wire format, the source, that each probe left on its own link, and that only
+/// the keyed link's probes carry a MAC.
 #[test]
 #[cfg_attr(
     not(feature = "privileged"),
@@ -194,6 +204,7 @@ fn probes_leave_on_their_link_with_the_wire_header() {
             remote: v4("198.51.100.2"),
             device: Some("ul1".into()),
             key: KEY,
+            auth: None,
         },
         ProbeLink {
             link_id: 2,
@@ -201,6 +212,8 @@ fn probes_leave_on_their_link_with_the_wire_header() {
             remote: v4("198.51.100.6"),
             device: Some("ul2".into()),
             key: KEY,
+            // Link 2 has a key both ends share: its requests carry the MAC under it.
+            auth: Some(AUTH),
         },
     ];
     let config = SenderConfig::default();
@@ -268,6 +281,11 @@ fn probes_leave_on_their_link_with_the_wire_header() {
                 probe_token(&KEY, h.link_id, h.seq, h.tx_ns),
                 "the token is made with the link's key"
             );
+            assert_eq!(
+                h,
+                ProbeHeader { mac: 0, ..h }.signed(link.auth.as_ref()),
+                "a MAC under the shared key exactly where the link has one"
+            );
             if let Some(prev) = last {
                 assert_eq!(h.seq, prev.seq + 1);
                 assert!(h.tx_ns > prev.tx_ns);
@@ -316,6 +334,7 @@ fn dead_link_is_reprobed_with_backoff_and_normally_once_it_answers() {
         remote: v4("198.51.100.2"),
         device: Some("ul1".into()),
         key: KEY,
+        auth: None,
     };
     let config = SenderConfig {
         backoff_cap: Duration::from_millis(400),

@@ -299,6 +299,7 @@ fn link_state_metrics_count_records_and_dropped_datagrams() {
         "dwcp_link_state_records_aged_out_total 1",
         r#"dwcp_link_state_datagrams_dropped_total{reason="foreign"} 3"#,
         r#"dwcp_link_state_datagrams_dropped_total{reason="malformed"} 2"#,
+        r#"dwcp_link_state_datagrams_dropped_total{reason="unauthenticated"} 1"#,
         "dwcp_link_state_topology_mismatch 0",
     ] {
         assert!(has_line(&text, line), "no {line:?} in\n{text}");

@@ -9,7 +9,7 @@ use dwcp_common::{
     bucket_of, flow_hash, maps::programs, probe::*, wire::*, ClassifierKey, ClassifierRule,
     FlowKey, GatewayConfig, LanPort, LinkConfig, LinksDown, MemberPath, Neighbour, NeighbourKey,
     NextHop, NextHopTable, QosClass, QosPolicy, Reason, Route, VniEntry, CONFIG_F_READY,
-    LINK_F_ADMIN_DOWN, LINK_F_MONITORED, MAX_PATH_LINKS, NH_F_VALID, QOS_F_REWRITE,
+    LINK_F_ADMIN_DOWN, LINK_F_AUTH, LINK_F_MONITORED, MAX_PATH_LINKS, NH_F_VALID, QOS_F_REWRITE,
 };
 use dwcp_control::nhg_table;
 use dwcp_dataplane::decode_sample;
@@ -972,6 +972,7 @@ fn request(link: u32, seq: u32) -> Vec<u8> {
         seq,
         tx_ns: 12345,
         token: 0x0bad_cafe_f00d_0001,
+        mac: 0,
     };
     probe_frame(&h, peer_of(link), PROBE_TTL)
 }
@@ -998,6 +999,7 @@ fn probe_request_is_reflected_in_place() {
         seq: 9,
         tx_ns: 12345,
         token: 0x0bad_cafe_f00d_0001,
+        mac: 0,
     }
     .encode(&mut body);
     want.extend_from_slice(&ip.build(&udp(PROBE_PORT, 40000, &body)));
@@ -2451,6 +2453,7 @@ fn probe_requests_are_reflected_only_for_the_links_peer() {
         seq: 1,
         tx_ns: 12345,
         token: 7,
+        mac: 0,
     };
     let mut to_other = request(3, 1);
     to_other[14 + 19] = 99; // to 192.0.2.99, not our address on the link
@@ -2754,4 +2757,121 @@ fn ipv6_extension_headers_are_walked_and_fragments_behind_them_go_to_the_kernel(
         v4_key("10.1.0.5", "10.2.0.9", IPPROTO_UDP, 1234, 5004),
         QosClass::Realtime,
     );
+}
+
+/// A link with a shared key (`LINK_F_AUTH`): a request is reflected only with its MAC under
+/// that key, and goes back with the reply's MAC; a reply is measured only with a valid MAC
+/// as well as our token. A link without a key still reflects whatever the reserved word held.
+#[test]
+#[cfg_attr(
+    not(feature = "privileged"),
+    ignore = "privileged: needs root, BPF and network namespaces (--features dwcp-lab/privileged)"
+)]
+fn keyed_links_reflect_and_measure_only_probes_with_their_mac() {
+    let mut fx = Fixture::new();
+    let shared = ProbeKey {
+        k0: 0x1111,
+        k1: 0x2222,
+    };
+    for link in [3, 4] {
+        fx.dp
+            .set_link_config(
+                link,
+                LinkConfig {
+                    flags: LINK_F_AUTH,
+                    auth_key: shared,
+                    ..link_identity(link)
+                },
+            )
+            .unwrap();
+    }
+    let body = |frame: &[u8]| ProbeHeader::decode(&frame[14 + 20 + 8..]).unwrap();
+    // Requests of the peer: without a MAC, with one under another key, with ours but for
+    // another sequence number: not reflected.
+    let req = ProbeHeader {
+        kind: PROBE_KIND_REQUEST,
+        flags: 0,
+        link_id: 3,
+        seq: 9,
+        tx_ns: 12345,
+        token: 0x0bad_cafe_f00d_0001,
+        mac: 0,
+    };
+    let wrong_key = ProbeKey {
+        k0: 0x1111,
+        k1: 0x2223,
+    };
+    for h in [
+        req,
+        req.signed(Some(&wrong_key)),
+        ProbeHeader {
+            seq: 10,
+            ..req.signed(Some(&shared))
+        },
+    ] {
+        assert_eq!(
+            fx.underlay(&probe_frame(&h, peer_of(3), PROBE_TTL)).0,
+            XDP_DROP
+        );
+    }
+    assert_eq!(fx.reason(Reason::UnderlayProbeBadMac), 3);
+    assert_eq!(fx.dp.link_state(3).unwrap().reflected, 0);
+    // Signed: reflected, with the reply's own MAC (not the request's, echoed).
+    let (verdict, out) = fx.underlay(&probe_frame(
+        &req.signed(Some(&shared)),
+        peer_of(3),
+        PROBE_TTL,
+    ));
+    assert_eq!(verdict, XDP_TX);
+    let reply = body(&out);
+    assert_eq!(
+        reply,
+        ProbeHeader {
+            kind: PROBE_KIND_REPLY,
+            ..req
+        }
+        .signed(Some(&shared))
+    );
+    assert_ne!(reply.mac, req.signed(Some(&shared)).mac);
+
+    // Replies to our request on link 4: our token but no MAC, or a bad one: not measured.
+    let tx = monotonic_ns() - 1_000_000;
+    let ours = ProbeHeader {
+        kind: PROBE_KIND_REPLY,
+        ..ProbeHeader::request(&fx.keys[&4], 4, 1, tx)
+    };
+    for h in [ours, ours.signed(Some(&wrong_key))] {
+        assert_eq!(
+            fx.underlay(&probe_frame(&h, peer_of(4), PROBE_TTL)).0,
+            XDP_DROP
+        );
+    }
+    assert_eq!(fx.reason(Reason::UnderlayProbeBadMac), 5);
+    assert_eq!(fx.reason(Reason::UnderlayProbeReply), 0);
+    assert_eq!(fx.dp.link_state(4).unwrap().replies, 0);
+    // The reply as the keyed reflector makes it: measured.
+    let signed = ours.signed(Some(&shared));
+    assert_eq!(
+        fx.underlay(&probe_frame(&signed, peer_of(4), PROBE_TTL)).0,
+        XDP_DROP
+    );
+    assert_eq!(fx.reason(Reason::UnderlayProbeReply), 1);
+    assert_eq!(fx.dp.link_state(4).unwrap().replies, 1);
+
+    // A link without a key (5): the reserved word is not looked at and goes back as it came.
+    let unkeyed = ProbeHeader {
+        link_id: 5,
+        mac: 0x7777,
+        ..req
+    };
+    let (verdict, out) = fx.underlay(&probe_frame(&unkeyed, peer_of(5), PROBE_TTL));
+    assert_eq!(verdict, XDP_TX);
+    assert_eq!(
+        body(&out),
+        ProbeHeader {
+            kind: PROBE_KIND_REPLY,
+            ..unkeyed
+        }
+    );
+    assert_eq!(fx.reason(Reason::UnderlayProbeBadMac), 5);
 }

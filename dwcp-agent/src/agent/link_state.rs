@@ -32,17 +32,17 @@ use std::{
     time::Duration,
 };
 
-use dwcp_common::probe::PROBE_TTL;
+use dwcp_common::probe::{ProbeKey, PROBE_TTL};
 use dwcp_control::{
     config::AgentConfig,
     input::{Input, Now},
     link_state::{
-        topology_digest, Action, Figures, Flooder, LinkStateConfig, Message, Observation, Origin,
-        ReportedLink, TopologyDigest, WireError,
+        authentic, topology_digest, Action, Figures, Flooder, LinkStateConfig, Message,
+        Observation, Origin, ReportedLink, TopologyDigest, WireError,
     },
     liveness::{LinkStatus, LinkView},
     topology::{LinkId, RoutingHealth},
-    view::{AgentSnapshot, LsdbView},
+    view::{AgentSnapshot, DatagramsDropped, LsdbView},
 };
 use socket2::{Domain, Protocol, Socket, Type};
 use thiserror::Error;
@@ -91,6 +91,8 @@ pub(super) struct Adjacency {
     /// The lowest TTL a record from `peer` may arrive with: [`PROBE_TTL`] when the peer is a
     /// neighbour, 0 across routers (as the probes' `probe_min_ttl`).
     pub min_ttl: u8,
+    /// The link's shared key (`auth_key_file`): messages carry a MAC under it both ways.
+    pub auth: Option<ProbeKey>,
 }
 
 impl Setup {
@@ -114,6 +116,7 @@ impl Setup {
                     local: l.local_ip,
                     peer: l.peer_ip,
                     min_ttl: if l.via_ip == l.peer_ip { PROBE_TTL } else { 0 },
+                    auth: l.auth_key,
                 })
                 .collect(),
             port: s.port,
@@ -273,14 +276,16 @@ enum Datagram {
     /// From an address that is none of the socket's links' peers, or from a neighbour's
     /// address with a TTL below 255 (sent from beyond the link's segment).
     Foreign(SocketAddr),
+    /// From the peer of a link with a shared key, without a valid MAC under it.
+    Unauthenticated(LinkId),
 }
 
 /// A flooder at work: its sockets, their readers, and what the task keeps between events.
 struct Running {
     flooder: Flooder,
     /// Each link's socket (shared by the links with the same interface and local address)
-    /// and its peer.
-    links: BTreeMap<LinkId, (Arc<UdpSocket>, SocketAddr)>,
+    /// and its peer, and the link's shared key if it has one (the messages' MAC).
+    links: BTreeMap<LinkId, (Arc<UdpSocket>, SocketAddr, Option<ProbeKey>)>,
     readers: Vec<JoinHandle<()>>,
     received: mpsc::Receiver<Datagram>,
     /// What we last told the flooder of each link.
@@ -289,6 +294,7 @@ struct Running {
     wake_at: Option<u64>,
     foreign: u64,
     malformed: u64,
+    unauthenticated: u64,
     /// Whether the published view is current (false: something it shows changed).
     shown: bool,
     /// The links last given to the state owner.
@@ -340,14 +346,14 @@ impl Running {
                     continue;
                 }
             };
-            let peers: BTreeMap<Ipv4Addr, (LinkId, u8)> = adjacencies
+            let peers: BTreeMap<Ipv4Addr, (LinkId, u8, Option<ProbeKey>)> = adjacencies
                 .iter()
-                .map(|a| (a.peer, (a.link, a.min_ttl)))
+                .map(|a| (a.peer, (a.link, a.min_ttl, a.auth)))
                 .collect();
             readers.push(tokio::spawn(read(socket.clone(), peers, tx.clone())));
             for a in adjacencies {
                 let peer = SocketAddr::V4(SocketAddrV4::new(a.peer, setup.port));
-                links.insert(a.link, (socket.clone(), peer));
+                links.insert(a.link, (socket.clone(), peer, a.auth));
             }
         }
         info!(
@@ -365,6 +371,7 @@ impl Running {
             observed: BTreeMap::new(),
             wake_at: None,
             foreign: 0,
+            unauthenticated: 0,
             malformed: 0,
             shown: false,
             reported: None,
@@ -440,6 +447,10 @@ impl Running {
                 self.foreign += 1;
                 debug!(%from, "link state: datagram from an address that is no peer dropped");
             }
+            Datagram::Unauthenticated(link) => {
+                self.unauthenticated += 1;
+                debug!(%link, "link state: datagram without a valid MAC dropped");
+            }
         }
     }
 
@@ -449,12 +460,13 @@ impl Running {
             match action {
                 Action::Send { link, message } => {
                     self.shown = false;
-                    let Some((socket, peer)) = self.links.get(&link) else {
+                    let Some((socket, peer, key)) = self.links.get(&link) else {
                         continue;
                     };
                     // Lost sends are the protocol's to repair (retransmission); a full socket
                     // buffer must not hold the task back.
-                    if let Err(e) = socket.try_send_to(&message.encode(), *peer) {
+                    if let Err(e) = socket.try_send_to(&message.encode_signed(key.as_ref()), *peer)
+                    {
                         debug!(%link, error = %e, "link state: send failed");
                     }
                 }
@@ -478,7 +490,15 @@ impl Running {
     }
 
     fn view(&self, now: Now) -> LsdbView {
-        LsdbView::new(&self.flooder, self.foreign, self.malformed, now)
+        LsdbView::new(
+            &self.flooder,
+            DatagramsDropped {
+                foreign: self.foreign,
+                malformed: self.malformed,
+                unauthenticated: self.unauthenticated,
+            },
+            now,
+        )
     }
 
     /// Says so when a gateway starts or stops running another topology file than ours: its
@@ -575,7 +595,7 @@ fn bind(
 /// least their `min_ttl`) decoded, others marked.
 async fn read(
     socket: Arc<UdpSocket>,
-    peers: BTreeMap<Ipv4Addr, (LinkId, u8)>,
+    peers: BTreeMap<Ipv4Addr, (LinkId, u8, Option<ProbeKey>)>,
     tx: mpsc::Sender<Datagram>,
 ) {
     let mut buf = vec![0u8; RECEIVE_BUFFER];
@@ -591,13 +611,16 @@ async fn read(
             }
         };
         let link = match peers.get(from.ip()) {
-            Some(&(link, min_ttl)) if ttl >= min_ttl => Some(link),
+            Some(&(link, min_ttl, key)) if ttl >= min_ttl => Some((link, key)),
             _ => None,
         };
         let from = SocketAddr::V4(from);
         let datagram = match link {
             None => Datagram::Foreign(from),
-            Some(link) => match Message::decode(&buf[..len]) {
+            Some((link, Some(key))) if !authentic(&buf[..len], &key) => {
+                Datagram::Unauthenticated(link)
+            }
+            Some((link, _)) => match Message::decode(&buf[..len]) {
                 Ok(m) => Datagram::Message(link, m),
                 Err(e) => Datagram::Malformed(link, e),
             },
@@ -659,6 +682,17 @@ mod tests {
 
     /// A gateway on loopback address `me` (127.0.0.x), with one link to `peer`.
     fn gateway(name: &str, me: Ipv4Addr, peer: Ipv4Addr, port: u16) -> Running {
+        keyed_gateway(name, me, peer, port, None)
+    }
+
+    /// [`gateway`] with the link's shared key `auth`.
+    fn keyed_gateway(
+        name: &str,
+        me: Ipv4Addr,
+        peer: Ipv4Addr,
+        port: u16,
+        auth: Option<ProbeKey>,
+    ) -> Running {
         Running::start(Setup {
             me: Origin::new(name).unwrap(),
             digest: TopologyDigest(7),
@@ -668,6 +702,7 @@ mod tests {
                 local: me,
                 peer,
                 min_ttl: PROBE_TTL,
+                auth,
             }],
             port,
             timers: LinkStateConfig::default(),
@@ -718,6 +753,63 @@ mod tests {
             .records()
             .map(|r| r.origin().to_string())
             .collect()
+    }
+
+    /// Two gateways whose link has a shared key exchange records signed with it; a record
+    /// from the peer's address without the MAC, or signed with another key, is dropped and
+    /// counted before it is decoded.
+    #[tokio::test]
+    async fn on_a_keyed_link_only_records_with_its_mac_count() {
+        let port = 40_000 + (std::process::id() % 20_000) as u16;
+        let (ip_a, ip_b) = (Ipv4Addr::new(127, 0, 0, 1), Ipv4Addr::new(127, 0, 0, 2));
+        let key = ProbeKey { k0: 11, k1: 12 };
+        let mut a = keyed_gateway("gw-a", ip_a, ip_b, port, Some(key));
+        let mut b = keyed_gateway("gw-b", ip_b, ip_a, port, Some(key));
+        let none = BTreeMap::new();
+        a.follow(&view(LinkStatus::Up), &none, now());
+        b.follow(&view(LinkStatus::Up), &none, now());
+        pump(&mut [&mut a, &mut b], |g| {
+            g.iter()
+                .all(|r| origins(r) == ["gw-a", "gw-b"] && r.flooder.unacknowledged() == 0)
+        })
+        .await;
+        assert_eq!((a.unauthenticated, b.unauthenticated), (0, 0));
+
+        // A well-formed update of a third gateway from the peer's address, unsigned and
+        // signed with another key: neither gets into a's database.
+        let mut c = gateway("gw-c", Ipv4Addr::new(127, 0, 0, 3), ip_a, port + 1);
+        c.follow(&view(LinkStatus::Up), &none, now());
+        let update = Message::updates(
+            1,
+            vec![dwcp_control::link_state::Advert {
+                lifetime_ms: 60_000,
+                record: c
+                    .flooder
+                    .database()
+                    .get(&Origin::new("gw-c").unwrap())
+                    .unwrap()
+                    .clone(),
+            }],
+        )
+        .remove(0);
+        let from_peer = std::net::UdpSocket::bind((ip_b, 0)).unwrap();
+        from_peer.set_ttl(PROBE_TTL.into()).unwrap();
+        for bytes in [
+            update.encode(),
+            update.encode_signed(Some(&ProbeKey { k0: 11, k1: 13 })),
+        ] {
+            from_peer.send_to(&bytes, (ip_a, port)).unwrap();
+        }
+        pump(&mut [&mut a], |g| g[0].unauthenticated == 2).await;
+        let shown = a.view(now());
+        assert_eq!(shown.datagrams_unauthenticated, 2);
+        assert_eq!(shown.datagrams_malformed, 0);
+        assert_eq!(origins(&a), ["gw-a", "gw-b"]);
+        // The same update signed with the link's key is taken.
+        from_peer
+            .send_to(&update.encode_signed(Some(&key)), (ip_a, port))
+            .unwrap();
+        pump(&mut [&mut a], |g| origins(g[0]).len() == 3).await;
     }
 
     /// Two gateways over loopback: once the probes say the link is up, each has the other's

@@ -3,6 +3,7 @@
 //! monitor then reads from the pinned `PROBE_SENT` map.
 
 use std::{
+    net::IpAddr,
     path::Path,
     sync::{Arc, RwLock},
 };
@@ -90,7 +91,19 @@ impl Probes {
             Probes::Agent { sender, keys } => {
                 let handle = sender.handle();
                 for id in handle.links() {
-                    if !wanted.iter().any(|l| l.link_id == id) {
+                    // Gone, or changed (a rotated shared key, new endpoints): the next
+                    // loop starts it again as configured.
+                    let current = sender.link(id);
+                    let same = |l: &&LocalLink| {
+                        l.link_id == id
+                            && current.is_some_and(|p| {
+                                p.auth == l.auth_key
+                                    && p.local == IpAddr::from(l.local_ip)
+                                    && p.remote == IpAddr::from(l.peer_ip)
+                                    && p.device.as_deref() == Some(l.interface.as_str())
+                            })
+                    };
+                    if !wanted.iter().any(same) {
                         let _ = sender.remove_link(id);
                     }
                 }
@@ -112,6 +125,7 @@ impl Probes {
                         remote: l.peer_ip.into(),
                         device: Some(l.interface.clone()),
                         key,
+                        auth: l.auth_key,
                     };
                     let added = open_probe_socket(&link, sender.config())
                         .and_then(|s| sender.add_link(link, s));

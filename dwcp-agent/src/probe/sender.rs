@@ -1,7 +1,8 @@
 //! The probe sender: one tokio task per underlay link sends a probe request from the link's
 //! local address to the peer's on UDP [`PROBE_PORT`] every interval, with TTL 255 (GTSM), the
 //! link id, a sequence number, the `CLOCK_MONOTONIC` send time and the token that proves the
-//! request ours (made with the link's key from `PROBE_KEYS`). Replies never come back to us:
+//! request ours (made with the link's key from `PROBE_KEYS`), and on a link with a shared key
+//! the MAC under it. Replies never come back to us:
 //! the local XDP program checks them against the key and consumes them into `LINK_STATE`.
 
 use std::{
@@ -62,6 +63,9 @@ pub struct ProbeLink {
     pub device: Option<String>,
     /// The link's key (`PROBE_KEYS`), for the requests' token.
     pub key: ProbeKey,
+    /// The key both ends share (`auth_key_file`), when the link has one: the requests carry
+    /// a MAC under it, without which the peer does not reflect them.
+    pub auth: Option<ProbeKey>,
 }
 
 pub use dwcp_control::config::SenderConfig;
@@ -191,6 +195,9 @@ pub struct ProbeSender {
     config: SenderConfig,
     handle: ProbeHandle,
     tasks: BTreeMap<u32, JoinHandle<()>>,
+    /// What each task probes, so a caller can tell a changed link (new endpoints, a rotated
+    /// shared key) from the one running.
+    links: BTreeMap<u32, ProbeLink>,
     /// The thread the tasks run on, if the sender has its own.
     thread: Option<ProbeThread>,
 }
@@ -269,6 +276,7 @@ impl ProbeSender {
             config,
             handle: ProbeHandle::default(),
             tasks: BTreeMap::new(),
+            links: BTreeMap::new(),
             thread: None,
         })
     }
@@ -332,9 +340,11 @@ impl ProbeSender {
             .unwrap()
             .insert(link.link_id, shared.clone());
         let dest = SocketAddr::new(link.remote, PROBE_PORT);
+        self.links.insert(link.link_id, link.clone());
         let task = runtime.spawn(probe_loop(
             link.link_id,
             link.key,
+            link.auth,
             socket,
             dest,
             self.config,
@@ -351,8 +361,14 @@ impl ProbeSender {
             .remove(&link_id)
             .ok_or(SenderError::UnknownLink(link_id))?;
         task.abort();
+        self.links.remove(&link_id);
         self.handle.links.write().unwrap().remove(&link_id);
         Ok(())
+    }
+
+    /// The link `link_id` is probed as, if it is.
+    pub fn link(&self, link_id: u32) -> Option<&ProbeLink> {
+        self.links.get(&link_id)
     }
 }
 
@@ -367,6 +383,7 @@ impl Drop for ProbeSender {
 async fn probe_loop(
     link_id: u32,
     key: ProbeKey,
+    auth: Option<ProbeKey>,
     socket: tokio::net::UdpSocket,
     dest: SocketAddr,
     config: SenderConfig,
@@ -377,7 +394,9 @@ async fn probe_loop(
     let mut buf = [0u8; PROBE_LEN];
     let mut deadline = Instant::now();
     loop {
-        ProbeHeader::request(&key, link_id, seq, monotonic_ns()).encode(&mut buf);
+        ProbeHeader::request(&key, link_id, seq, monotonic_ns())
+            .signed(auth.as_ref())
+            .encode(&mut buf);
         match socket.send_to(&buf, dest).await {
             Ok(_) => {
                 shared.sent.fetch_add(1, Ordering::Relaxed);

@@ -6,7 +6,9 @@
 
 use std::{collections::BTreeMap, fmt, net::Ipv4Addr};
 
-use dwcp_common::{probe::ProbeKey, LinkConfig, NextHop, LINK_F_MONITORED, NH_F_VALID};
+use dwcp_common::{
+    probe::ProbeKey, LinkConfig, NextHop, LINK_F_AUTH, LINK_F_MONITORED, NH_F_VALID,
+};
 
 use crate::probe::ProbeLink;
 
@@ -87,10 +89,9 @@ pub fn scan_links<E: fmt::Display>(
         if nh.flags & NH_F_VALID == 0 {
             continue;
         }
-        let monitored = link_config(nh.link_id).is_some_and(|c| c.flags & LINK_F_MONITORED != 0);
-        if !monitored {
+        let Some(cfg) = link_config(nh.link_id).filter(|c| c.flags & LINK_F_MONITORED != 0) else {
             continue;
-        }
+        };
         if let Some((kept, first)) = source.get(&nh.link_id) {
             let same = first.ifindex == nh.ifindex
                 && first.local_ip4 == nh.local_ip4
@@ -139,6 +140,7 @@ pub fn scan_links<E: fmt::Display>(
                 remote: remote.into(),
                 device: Some(device),
                 key,
+                auth: (cfg.flags & LINK_F_AUTH != 0).then_some(cfg.auth_key),
             },
         );
     }
@@ -228,8 +230,33 @@ mod tests {
                 remote: "172.31.1.2".parse().unwrap(),
                 device: Some("ul3".into()),
                 key: ProbeKey { k0: 1, k1: 1 },
+                auth: None,
             }
         );
+    }
+
+    /// A link whose `LINK_CONFIG` has a shared key is probed with it (the prober has no
+    /// configuration of its own); the others without.
+    #[test]
+    fn the_shared_key_comes_from_the_link_config() {
+        let hops = vec![
+            (1, nh(1, 3, [10, 0, 0, 1], [10, 0, 0, 2])),
+            (2, nh(2, 3, [10, 0, 1, 1], [10, 0, 1, 2])),
+        ];
+        let auth = ProbeKey { k0: 7, k1: 8 };
+        let cfg = |l: u32| {
+            monitored(l).map(|c| match l {
+                2 => LinkConfig {
+                    flags: c.flags | LINK_F_AUTH,
+                    auth_key: auth,
+                    ..c
+                },
+                _ => c,
+            })
+        };
+        let scan = scan_links(hops, cfg, names, keys);
+        assert_eq!(scan.links[&1].auth, None);
+        assert_eq!(scan.links[&2].auth, Some(auth));
     }
 
     #[test]

@@ -525,13 +525,18 @@ fn encode_link_state(enc: &mut DescriptorEncoder, l: &LsdbView) -> std::fmt::Res
     counters(
         enc,
         "dwcp_link_state_datagrams_dropped",
-        "Link-state datagrams dropped: from an address that is no link's peer, or malformed.",
+        "Link-state datagrams dropped: from an address that is no link's peer, malformed, or \
+         without a valid MAC on a link with a shared key.",
         None,
         vec![
             (vec![("reason", "foreign".to_string())], l.datagrams_foreign),
             (
                 vec![("reason", "malformed".to_string())],
                 l.datagrams_malformed,
+            ),
+            (
+                vec![("reason", "unauthenticated".to_string())],
+                l.datagrams_unauthenticated,
             ),
         ],
     )?;

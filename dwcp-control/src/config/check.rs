@@ -5,11 +5,15 @@ use std::{
     collections::{BTreeMap, BTreeSet},
     net::{IpAddr, Ipv4Addr},
     ops::Range,
+    os::unix::fs::PermissionsExt,
+    path::Path,
     time::Duration,
 };
 
 use dwcp_common::{
-    probe::PROBE_PORT, wire::VXLAN_PORT, QosClass, CLASSIFY_DST_PORT, CLASSIFY_SRC_PORT,
+    probe::{ProbeKey, PROBE_PORT},
+    wire::VXLAN_PORT,
+    QosClass, CLASSIFY_DST_PORT, CLASSIFY_SRC_PORT,
 };
 use toml::Spanned;
 
@@ -363,6 +367,16 @@ fn local_link(
     } else {
         vxlan_tunnel(c, spanned, field, link_id, peer_ip, vnis)
     };
+    let auth_key = l
+        .auth_key_file
+        .as_ref()
+        .and_then(|f| match read_link_key(f.get_ref()) {
+            Ok(key) => Some(key),
+            Err(e) => {
+                c.at(f.span(), field("auth_key_file"), e);
+                None
+            }
+        });
     if c.problems.len() != before {
         return None;
     }
@@ -384,7 +398,42 @@ fn local_link(
             .unwrap_or_default(),
         monitored: tunnel.monitored,
         handoff: tunnel.handoff,
+        auth_key,
     })
+}
+
+/// A link's shared key from its file: 32 hex digits (surrounding white space allowed), in a
+/// file neither group nor others may read or write (whoever reads it can forge the link's
+/// probes), not all zero.
+fn read_link_key(path: &Path) -> Result<ProbeKey, String> {
+    if !path.is_absolute() {
+        return Err(format!("{}: must be an absolute path", path.display()));
+    }
+    let meta = std::fs::metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(format!(
+            "{}: mode {mode:04o}: group or others may access it (chmod 600)",
+            path.display()
+        ));
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let hex = text.trim();
+    let bad = || {
+        format!(
+            "{}: not a 128-bit key (32 hex digits, e.g. from `openssl rand -hex 16`)",
+            path.display()
+        )
+    };
+    if hex.len() != 32 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(bad());
+    }
+    let k0 = u64::from_str_radix(&hex[..16], 16).map_err(|_| bad())?;
+    let k1 = u64::from_str_radix(&hex[16..], 16).map_err(|_| bad())?;
+    if k0 == 0 && k1 == 0 {
+        return Err(format!("{}: the key is all zero", path.display()));
+    }
+    Ok(ProbeKey { k0, k1 })
 }
 
 /// The `[[link]]` an entry names, and the region at its other end.

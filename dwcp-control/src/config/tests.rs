@@ -749,3 +749,57 @@ fn load_store_reads_the_store_section_alone() {
         "{e}"
     );
 }
+
+/// `auth_key_file` of a local link: a 128-bit key in a file only its owner may read, or a
+/// problem naming the field, its line and why.
+#[test]
+fn link_auth_keys_come_from_private_files() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let key_file = |name: &str, text: &str, mode: u32| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+        path
+    };
+    let with_key = |path: &std::path::Path| {
+        valid().replacen(
+            "mtu = 1600\n",
+            &format!("mtu = 1600\nauth_key_file = \"{}\"\n", path.display()),
+            1,
+        )
+    };
+    let good = key_file("good", "000102030405060708090a0b0c0d0e0F\n", 0o600);
+    let c = AgentConfig::parse(&with_key(&good)).unwrap();
+    assert_eq!(
+        c.local_link(1).unwrap().auth_key,
+        Some(ProbeKey {
+            k0: 0x0001_0203_0405_0607,
+            k1: 0x0809_0a0b_0c0d_0e0f
+        })
+    );
+    assert_eq!(c.local_link(3).unwrap().auth_key, None, "no file, no key");
+
+    for (path, why) in [
+        (key_file("group", &"ab".repeat(16), 0o640), "mode 0640"),
+        (
+            key_file("short", &"ab".repeat(15), 0o600),
+            "not a 128-bit key",
+        ),
+        (
+            key_file("nothex", &"zz".repeat(16), 0o600),
+            "not a 128-bit key",
+        ),
+        (key_file("zero", &"00".repeat(16), 0o600), "all zero"),
+        (dir.path().join("missing"), "No such file"),
+        ("relative.key".into(), "absolute path"),
+    ] {
+        let text = with_key(&path);
+        let e = refused(&text);
+        let line = line_of_text(&text, "auth_key_file");
+        assert!(
+            e.contains(&format!("line {line}: local_link[0].auth_key_file")) && e.contains(why),
+            "{why} in {e}"
+        );
+    }
+}

@@ -39,7 +39,7 @@ pub use digest::{topology_digest, TopologyDigest};
 pub use flood::{Action, FloodCounts, Flooder, LinkStateError};
 pub use origin::Observation;
 pub use record::{Figures, LinkReport, Origin, Record, RecordError, RecordKey};
-pub use wire::{Advert, Body, Message, WireError};
+pub use wire::{authentic, Advert, Body, Message, WireError};
 
 #[cfg(test)]
 mod proptests;

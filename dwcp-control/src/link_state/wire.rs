@@ -24,9 +24,11 @@
 //! authentication trailer: auth_len bytes
 //! ```
 //!
-//! The trailer is where issue 17 puts a keyed MAC of the link the message crosses, computed
-//! over every byte before it (header included, so `auth_len` is covered); version 1 sends none
-//! and skips one it receives. Lifetimes travel outside the records (as IS-IS's remaining
+//! The trailer is the keyed MAC of the link the message crosses, where the link has a shared
+//! key (`auth_key_file`): [`MAC_LEN`] bytes, SipHash-2-4 under that key of every byte before
+//! it (header included, so `auth_len` is covered), big-endian. Without a key none is sent and
+//! one received is skipped; with one, a message without a valid MAC is dropped
+//! ([`authentic`]). Lifetimes travel outside the records (as IS-IS's remaining
 //! lifetime does) because each hop rewrites them; a record's content never changes on the way.
 //!
 //! Decoding treats its input as hostile: every length is checked before it is used, every
@@ -34,6 +36,7 @@
 //! accepted (decode then encode gives the same bytes).
 use std::sync::Arc;
 
+use dwcp_common::probe::{siphash24_bytes, ProbeKey};
 use thiserror::Error;
 
 use crate::topology::{LinkId, RoutingHealth};
@@ -51,6 +54,8 @@ pub const LINK_STATE_PORT: u16 = 4792;
 /// headers it still fits a 1,500-byte MTU.
 pub const MAX_MESSAGE_LEN: usize = 1_400;
 const HEADER_LEN: usize = 12;
+/// Bytes of the authentication trailer on a link with a shared key.
+pub const MAC_LEN: usize = 8;
 const MAX_ENTRIES: usize = u8::MAX as usize;
 const REPORT_LEN: usize = 17;
 
@@ -116,6 +121,19 @@ pub struct Message {
     body: Body,
 }
 
+/// Whether `datagram` carries a valid MAC under `key` in its trailer (see the module
+/// documentation): checked before anything of it is decoded.
+pub fn authentic(datagram: &[u8], key: &ProbeKey) -> bool {
+    let Some(signed) = datagram.len().checked_sub(MAC_LEN) else {
+        return false;
+    };
+    if signed < HEADER_LEN || datagram[2] as usize != MAC_LEN {
+        return false;
+    }
+    let (body, mac) = datagram.split_at(signed);
+    mac == siphash24_bytes(key, body).to_be_bytes()
+}
+
 impl Message {
     /// `adverts` in as few messages as they fit.
     pub fn updates(incarnation: u64, adverts: Vec<Advert>) -> Vec<Message> {
@@ -149,6 +167,17 @@ impl Message {
 
     pub fn into_body(self) -> Body {
         self.body
+    }
+
+    /// The datagram, with the MAC under `key` when the link has one.
+    pub fn encode_signed(&self, key: Option<&ProbeKey>) -> Vec<u8> {
+        let mut out = self.encode();
+        if let Some(key) = key {
+            out[2] = MAC_LEN as u8;
+            let mac = siphash24_bytes(key, &out);
+            out.extend_from_slice(&mac.to_be_bytes());
+        }
+        out
     }
 
     /// The datagram, without authentication trailer.

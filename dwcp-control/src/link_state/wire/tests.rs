@@ -350,3 +350,31 @@ proptest! {
         }
     }
 }
+
+/// On a keyed link: the trailer is the MAC of every byte before it, the message still
+/// decodes, and any change to the message, the MAC or the key, or a missing trailer, makes
+/// it unauthentic.
+#[test]
+fn signed_messages_verify_only_unchanged_and_under_their_key() {
+    let key = ProbeKey { k0: 3, k1: 4 };
+    let message = Message::decode(&UPDATE).unwrap();
+    let signed = message.encode_signed(Some(&key));
+    assert_eq!(signed.len(), UPDATE.len() + MAC_LEN);
+    assert_eq!(signed[2], MAC_LEN as u8, "auth_len");
+    assert_eq!(&signed[3..UPDATE.len()], &UPDATE[3..]);
+    assert!(authentic(&signed, &key));
+    assert_eq!(Message::decode(&signed).unwrap(), message);
+    assert_eq!(message.encode_signed(None), UPDATE);
+    assert!(!authentic(&UPDATE, &key), "no trailer");
+    assert!(
+        !authentic(&signed, &ProbeKey { k0: 3, k1: 5 }),
+        "another key"
+    );
+    for i in 0..signed.len() {
+        let mut bad = signed.clone();
+        bad[i] ^= 0x01;
+        assert!(!authentic(&bad, &key), "byte {i} changed");
+    }
+    assert!(!authentic(&signed[..signed.len() - 1], &key), "cut short");
+    assert!(!authentic(&signed[..4], &key), "a header fragment");
+}
