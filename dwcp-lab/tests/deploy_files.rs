@@ -248,12 +248,7 @@ fn the_shipped_units_keep_probing_through_an_agent_restart() {
 
     // Every connection the limits allow, with the TCP API on too.
     let dir = tempfile::tempdir().unwrap();
-    let all = dir.path().join("agent.toml");
-    std::fs::write(
-        &all,
-        uncomment_all(&std::fs::read_to_string(deploy("agent.toml")).unwrap()),
-    )
-    .unwrap();
+    let all = write_every_option(dir.path());
     let every_option = dwcp_control::AgentConfig::load(&all).unwrap();
     assert!(every_option.api.tcp_listen.is_some());
     let nofile: u64 = unit_values(&agent_unit, "LimitNOFILE")[0].parse().unwrap();
@@ -419,9 +414,25 @@ fn the_agent_accepts_the_example_config_as_written_and_with_every_option() {
     };
     check(&deploy("agent.toml"));
     let dir = tempfile::tempdir().unwrap();
-    let all = dir.path().join("agent.toml");
-    let text = uncomment_all(&std::fs::read_to_string(deploy("agent.toml")).unwrap());
+    let all = write_every_option(dir.path());
+    let text = std::fs::read_to_string(&all).unwrap();
     assert!(text.contains("\ntcp_listen = ") && text.contains("\nbest-effort = 0"));
-    std::fs::write(&all, text).unwrap();
+    assert!(text.contains("\nauth_key_file = "));
     check(&all);
+}
+
+/// The example with every option on (`uncomment_all`) in `dir`, its link key file made there
+/// as an operator would (`openssl rand -hex 16`, mode 0600): the agent reads it at load.
+fn write_every_option(dir: &Path) -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let key = dir.join("link-1.key");
+    std::fs::write(&key, "00112233445566778899aabbccddeeff\n").unwrap();
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let text = uncomment_all(&std::fs::read_to_string(deploy("agent.toml")).unwrap()).replace(
+        "auth_key_file = \"/etc/dwcp/keys/link-1.key\"",
+        &format!("auth_key_file = \"{}\"", key.display()),
+    );
+    let all = dir.join("agent.toml");
+    std::fs::write(&all, text).unwrap();
+    all
 }

@@ -90,6 +90,10 @@ pub fn reading(status: &DeviceStatus) -> WireGuardReading {
     }
 }
 
+/// Bound of one device read (a healthy wireguard-go answers its UAPI `get` in well under a
+/// millisecond): the state owner's loop awaits the reads.
+const DEVICE_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(200);
+
 /// The hand-off rules this agent installed, by link id.
 pub struct Handoffs {
     rtnl: Rtnl,
@@ -193,20 +197,27 @@ impl Handoffs {
         let now = SystemTime::now();
         let mut out = BTreeMap::new();
         for l in config.local_links.iter().filter(|l| l.is_wireguard()) {
-            // The kernel backend answers `None` for a device that is not a kernel one.
-            let kernel = match &self.kernel {
-                Some(k) => k.get(&l.interface).await,
-                None => Ok(None),
+            let read = async {
+                // The kernel backend answers `None` for a device that is not a kernel one.
+                let kernel = match &self.kernel {
+                    Some(k) => k.get(&l.interface).await,
+                    None => Ok(None),
+                };
+                match kernel {
+                    Ok(None) => wg.get(&l.interface).await,
+                    found => found,
+                }
             };
-            let status = match kernel {
-                Ok(None) => wg.get(&l.interface).await,
-                found => found,
-            };
-            let measured = match status {
-                Ok(Some(status)) => (handshake_verdict(&status, now), Some(reading(&status))),
-                Ok(None) => (None, None),
-                Err(e) => {
+            // The state owner waits for this: a hung wireguard-go must not hold it up.
+            let measured = match tokio::time::timeout(DEVICE_READ_TIMEOUT, read).await {
+                Ok(Ok(Some(status))) => (handshake_verdict(&status, now), Some(reading(&status))),
+                Ok(Ok(None)) => (None, None),
+                Ok(Err(e)) => {
                     tracing::debug!(link = l.link_id, error = %e, "WireGuard device unreadable");
+                    (None, None)
+                }
+                Err(_) => {
+                    tracing::debug!(link = l.link_id, "WireGuard device did not answer in time");
                     (None, None)
                 }
             };
