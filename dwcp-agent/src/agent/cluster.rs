@@ -36,7 +36,9 @@ use tokio::{
 };
 use tracing::{info, warn};
 
-use crate::store::{ClusterStoreError, EtcdStore, Membership, WatchEvent, DEFAULT_TIMEOUT};
+use crate::store::{
+    ClusterStoreError, EtcdStore, Membership, PrefixWatch, WatchEvent, DEFAULT_TIMEOUT,
+};
 
 /// The topology in force, in the state directory (etcd mode).
 pub const TOPOLOGY_CACHE_FILE: &str = "topology.json";
@@ -148,24 +150,30 @@ pub(super) fn cancel(
     });
 }
 
+/// A watch of `prefix`, opened once the store answers (tried every [`RETRY`], the first
+/// failure logged).
+async fn watch_once_reachable(store: &EtcdStore, prefix: &str, what: &str) -> PrefixWatch {
+    let mut failing = false;
+    loop {
+        match store.watch_prefix(prefix).await {
+            Ok(w) => return w,
+            Err(e) => {
+                if !failing {
+                    warn!(error = %e, "cluster store: {what} not watched yet; retrying every {RETRY:?}");
+                }
+                failing = true;
+                tokio::time::sleep(RETRY).await;
+            }
+        }
+    }
+}
+
 /// Mirrors the store's reservations into the state owner: each one listed or put, and each
 /// one deleted (a relist after an outage or a compaction reports what went meanwhile).
 pub(super) fn reservations_watch(store: EtcdStore, inputs: mpsc::Sender<Input>) -> JoinHandle<()> {
     tokio::spawn(async move {
         let prefix = store.keys().reservations();
-        let mut failing = false;
-        let mut watch = loop {
-            match store.watch_prefix(&prefix).await {
-                Ok(w) => break w,
-                Err(e) => {
-                    if !failing {
-                        warn!(error = %e, "cluster store: reservations not watched yet; retrying every {RETRY:?}");
-                    }
-                    failing = true;
-                    tokio::time::sleep(RETRY).await;
-                }
-            }
-        };
+        let mut watch = watch_once_reachable(&store, &prefix, "reservations").await;
         loop {
             let input = match watch.next().await {
                 WatchEvent::Put { key, value } => {
@@ -336,19 +344,7 @@ async fn run_membership(
 pub(super) fn topology_watch(store: EtcdStore, inputs: mpsc::Sender<Input>) -> JoinHandle<()> {
     tokio::spawn(async move {
         let key = store.keys().topology();
-        let mut failing = false;
-        let mut watch = loop {
-            match store.watch_prefix(&key).await {
-                Ok(w) => break w,
-                Err(e) => {
-                    if !failing {
-                        warn!(error = %e, "cluster store: topology not watched yet; retrying every {RETRY:?}");
-                    }
-                    failing = true;
-                    tokio::time::sleep(RETRY).await;
-                }
-            }
-        };
+        let mut watch = watch_once_reachable(&store, &key, "topology").await;
         loop {
             match watch.next().await {
                 WatchEvent::Put { key: k, value } if k == key => {
