@@ -126,6 +126,28 @@ impl fmt::Display for Problems<'_> {
 }
 
 impl ConfigError {
+    /// This parse or check error, naming the file `path` it came from.
+    fn in_file(self, path: &Path) -> ConfigError {
+        match self {
+            ConfigError::Parse {
+                line,
+                snippet,
+                message,
+                ..
+            } => ConfigError::Parse {
+                path: Some(path.to_path_buf()),
+                line,
+                snippet,
+                message,
+            },
+            ConfigError::Invalid { problems, .. } => ConfigError::Invalid {
+                path: Some(path.to_path_buf()),
+                problems,
+            },
+            other => other,
+        }
+    }
+
     /// The problems of an invalid configuration (empty for read and parse errors).
     pub fn problems(&self) -> &[Problem] {
         match self {
@@ -799,24 +821,7 @@ impl AgentConfig {
             path: path.to_path_buf(),
             source,
         })?;
-        let with_path = |e| match e {
-            ConfigError::Parse {
-                line,
-                snippet,
-                message,
-                ..
-            } => ConfigError::Parse {
-                path: Some(path.to_path_buf()),
-                line,
-                snippet,
-                message,
-            },
-            ConfigError::Invalid { problems, .. } => ConfigError::Invalid {
-                path: Some(path.to_path_buf()),
-                problems,
-            },
-            other => other,
-        };
+        let with_path = |e: ConfigError| e.in_file(path);
         let only: OnlyStore = toml::from_str(&source)
             .map_err(|e| {
                 let line = e.span().map(|s| line_of(&source, s.start));
@@ -852,24 +857,7 @@ impl AgentConfig {
             None => Self::parse(&source),
             Some(p) => Self::parse_with_topology(&source, p),
         };
-        let mut c = parsed.map_err(|e| match e {
-            ConfigError::Parse {
-                line,
-                snippet,
-                message,
-                ..
-            } => ConfigError::Parse {
-                path: Some(path.to_path_buf()),
-                line,
-                snippet,
-                message,
-            },
-            ConfigError::Invalid { problems, .. } => ConfigError::Invalid {
-                path: Some(path.to_path_buf()),
-                problems,
-            },
-            other => other,
-        })?;
+        let mut c = parsed.map_err(|e| e.in_file(path))?;
         c.path = Some(path.to_path_buf());
         Ok(c)
     }
