@@ -2394,11 +2394,18 @@ impl<F: FastPath> AgentState<F> {
                     ),
                 };
                 let now_s = now.unix_ms as f64 / 1e3;
-                // Liveness as the link's probes see it (monitored links only).
+                // Liveness as the link's own probes see it (monitored links only), not the
+                // decided health: that stays down for a flapping link's hold, and follows
+                // what other gateways report.
                 let probe_alive = l
                     .monitored
-                    .then(|| health.map(|h| h != LinkHealth::Down))
-                    .flatten();
+                    .then(|| self.link_views.get(&l.link_id))
+                    .flatten()
+                    .and_then(|v| match v.status {
+                        crate::liveness::LinkStatus::Up => Some(true),
+                        crate::liveness::LinkStatus::Down => Some(false),
+                        crate::liveness::LinkStatus::Unknown => None,
+                    });
                 let (kind, vni) = match &l.handoff {
                     Some(_) => ("wireguard", None),
                     None => ("vxlan", Some(l.vni)),

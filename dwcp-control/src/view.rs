@@ -133,7 +133,8 @@ pub struct TunnelView {
     /// Bytes sent (WireGuard: the device's; VXLAN: the fast path's to the next hop).
     #[serde(default)]
     pub tx_bytes: Option<u64>,
-    /// Whether the link's in-tunnel probes find it alive; `None` = not probed.
+    /// Whether the link's own probes find it alive (through the tunnel for WireGuard), whatever
+    /// the decided health; `None` = not probed, or not decided yet since the start.
     #[serde(default)]
     pub probe_alive: Option<bool>,
     /// How the device differs from its spec (empty when healthy).
