@@ -292,7 +292,7 @@ pub const NH_F_HANDOFF: u32 = 2;
 /// Flows `HANDOFF_FLOWS` remembers (least recently used evicted first).
 pub const MAX_HANDOFF_FLOWS: u32 = 65_536;
 
-/// The key of `HANDOFF_FLOWS`: a [`FlowKey`] with its padding spelled out, so the XDP program
+/// The key of `HANDOFF_FLOWS`: a `FlowKey` with its padding spelled out, so the XDP program
 /// that writes an entry and the tc program that looks it up hash the same 40 bytes.
 ///
 /// Why a map and not the XDP metadata area: some kernels (this project's CI machines among

@@ -350,8 +350,8 @@ pub struct GatewaySection {
     pub lan_interfaces: Spanned<Vec<String>>,
 }
 
-/// `ip rule fwmark <fwmark> lookup <table> pref <priority>` + `default dev <tunnel> table
-/// <table>`: packets marked `fwmark` leave through this tunnel.
+/// `ip rule fwmark <fwmark> lookup <table> pref <priority>` +
+/// `default dev <tunnel> table <table>`: packets marked `fwmark` leave through this tunnel.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Handoff {

@@ -491,7 +491,7 @@ impl Dataplane {
     }
 
     /// Builds group `group`'s table from members and weights, keeping buckets of the table in
-    /// force where the weights allow (see [`nhg_table`]), and installs it atomically.
+    /// force where the weights allow (see `dwcp_control::nhg_table`), and installs it atomically.
     pub fn set_group(&mut self, group: u32, members: &[Member]) -> Result<NextHopTable> {
         let previous = self.group_table(group)?;
         let table = build_table(members, previous.as_ref())

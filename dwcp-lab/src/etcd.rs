@@ -52,7 +52,7 @@ pub struct EtcdCluster {
     tmpfs: PathBuf,
     initial_cluster: String,
     token: String,
-    /// The bridge's 10.254.<subnet>.0/24.
+    /// The bridge's `10.254.<subnet>.0/24`.
     subnet: u8,
     /// With `start_tls`: the files of clients (the members' own are beside them).
     tls: Option<ClientTls>,

@@ -127,7 +127,7 @@ pub const UNDERLAY_MTU: u32 = 1600;
 pub struct Region {
     pub host: Netns,
     pub gw: Netns,
-    /// 10.<n>.0.0/24
+    /// `10.<n>.0.0/24`
     pub prefix: Ipv4Addr,
     pub host_ip: Ipv4Addr,
     pub gw_lan_ip: Ipv4Addr,

@@ -193,7 +193,7 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 /// Reads a bearer token from `path` (surrounding whitespace ignored; readable by its owner
-/// only, see [`read_secret`]).
+/// only, see `read_secret`).
 pub fn load_token(path: &Path) -> Result<String, ServeError> {
     let bytes = read_secret(path)?;
     let token = String::from_utf8_lossy(&bytes).trim().to_string();

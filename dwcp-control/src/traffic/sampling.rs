@@ -57,7 +57,7 @@ fn words(a: IpAddr) -> [u32; 4] {
     }
 }
 
-/// A flow key's address words as an address, given the family (the inverse of [`words`]).
+/// A flow key's address words as an address, given the family (the inverse of `words`).
 pub fn flow_address(w: [u32; 4], v6: bool) -> IpAddr {
     if v6 {
         let x = w

@@ -1,12 +1,12 @@
 //! An N-region lab (3 to 10 regions) in network namespaces: per region a host and a gateway
-//! (`host -- gw` on 10.<n>.0.0/24), and per inter-region link a "wire" namespace between the
+//! (`host -- gw` on `10.<n>.0.0/24`), and per inter-region link a "wire" namespace between the
 //! two gateways (`gw a == wire == gw b`, a bridge inside) where the link can be cut silently
 //! with an nftables drop rule and healed again; taking a veth down would not do, since the
 //! gateways would see the carrier go.
 //!
 //! Regions sit in a ring (3 regions: a triangle), a ring with chords (alternative paths:
 //! every region has at least 3 links from 4 regions on), or a full mesh. Link `i` uses underlay
-//! 172.16.<i>.0/24 (`.1` on its lower-numbered region's gateway, `.2` on the other) on
+//! `172.16.<i>.0/24` (`.1` on its lower-numbered region's gateway, `.2` on the other) on
 //! interfaces `ul<i>`, MTU 1600 (VXLAN adds 50 bytes to the regions' 1500).
 //!
 //! The lab builds the network only; agents (or a static program) run on the gateways. With
