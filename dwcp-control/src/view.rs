@@ -52,8 +52,8 @@ pub struct LinkView {
     pub probes_sent: u64,
     pub probes_received: u64,
     /// etcd mode, a link this gateway neither terminates nor has a link-state record of: its
-    /// RTT, jitter, loss and utilisation are what this gateway published to the cluster
-    /// store. Its health stays `unmeasured`: the store never decides health or routes.
+    /// RTT, jitter, loss and utilisation are those the named gateway published to the
+    /// cluster store. Its health stays `unmeasured`: the store never decides health or routes.
     #[serde(default)]
     pub figures_from_store: Option<StoreFiguresSource>,
 }
