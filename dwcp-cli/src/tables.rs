@@ -126,19 +126,24 @@ pub fn topology(t: &TopologyView) -> String {
 }
 
 /// Every link of the network with its figures, and who measured it how long ago (the
-/// link-state records that report it, `lsdb`; none when link state is off).
+/// link-state records that report it, `lsdb`, none when link state is off; else, in etcd
+/// mode, the gateway whose figures the cluster store holds).
 pub fn links(links: &[LinkView], lsdb: Option<&LsdbView>, now_unix_ms: u64) -> String {
-    let measured_by = |id: u32| -> String {
+    let measured_by = |l: &LinkView| -> String {
         let by: Vec<String> = lsdb
             .iter()
             .flat_map(|l| &l.records)
-            .filter(|r| r.links.iter().any(|report| report.link.0 == id))
+            .filter(|r| r.links.iter().any(|report| report.link.0 == l.id))
             .map(|r| format!("{} ({})", r.origin, record_age(r, now_unix_ms)))
             .collect();
-        if by.is_empty() {
-            "-".into()
-        } else {
-            by.join(", ")
+        match &l.figures_from_store {
+            _ if !by.is_empty() => by.join(", "),
+            Some(s) => format!(
+                "{} (store, {})",
+                s.gateway,
+                format::age(now_unix_ms.saturating_sub(s.measured_unix_ms) as f64 / 1e3)
+            ),
+            None => "-".into(),
         }
     };
     let mut tab = table(
@@ -173,7 +178,7 @@ pub fn links(links: &[LinkView], lsdb: Option<&LsdbView>, now_unix_ms: u64) -> S
             opt(l.projected_utilisation_ratio, format::percent),
             format::bits_per_second(l.capacity_bps as f64),
             format!("{}/{}", l.probes_received, l.probes_sent),
-            measured_by(l.id),
+            measured_by(l),
         ]);
     }
     render(&tab)
@@ -590,6 +595,19 @@ mod tests {
         let l2 = lines.iter().find(|l| l.contains("euw1-aps1")).unwrap();
         assert!(l2.contains("unmeasured") && l2.contains(" - "), "{l2}");
         assert!(lines.iter().all(|l| l == &l.trim_end()));
+
+        // Figures from the cluster store: shown with who published them, and the health
+        // stays unmeasured.
+        let mut from_store = s.links.clone();
+        from_store[1].rtt_seconds = Some(0.1204);
+        from_store[1].figures_from_store = Some(dwcp_control::view::StoreFiguresSource {
+            gateway: "gw-euw1-a".into(),
+            measured_unix_ms: 1_700_000_000_000,
+        });
+        let text = links(&from_store, None, 1_700_000_003_000);
+        let l2 = text.lines().find(|l| l.contains("euw1-aps1")).unwrap();
+        assert!(l2.contains("unmeasured") && l2.contains("120.4 ms"), "{l2}");
+        assert!(l2.ends_with("gw-euw1-a (store, 3 s ago)"), "{l2}");
     }
 
     #[test]

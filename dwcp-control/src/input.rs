@@ -131,6 +131,14 @@ pub enum Input {
         id: crate::bandwidth::ReservationId,
         now_unix_s: u64,
     },
+    /// etcd mode: the links' figures other gateways published to the cluster store, those a
+    /// reader takes as current (`link_state::current_figures`), whenever they changed: the
+    /// whole set, so the last one received is the one in force. Shown for the links this
+    /// gateway neither terminates nor has a link-state record of; never used for health or
+    /// routes.
+    StoredFigures {
+        links: Vec<crate::link_state::StoredLinkFigures>,
+    },
     /// Packets the fast path sampled (`FLOW_SAMPLES`), for the top-flows table.
     FlowSamples {
         samples: Vec<crate::traffic::SampledPacket>,

@@ -31,7 +31,7 @@ use crate::{
     fast_path::{FastPath, FastPathError},
     forwarding::{self, Change, ForwardingState, NeighKey},
     input::{Input, Now, WireGuardReading},
-    link_state::ReportedLink,
+    link_state::{ReportedLink, StoredLinkFigures},
     liveness::kernel_usable,
     nhg_table::Member,
     plan::{self, DestinationPlan, InterfaceState, PlannedPath},
@@ -46,8 +46,8 @@ use crate::{
     },
     view::{
         AgentEvent, AgentSnapshot, ClassView, CommandError, CounterView, LinkHealth, LinkView,
-        LsdbView, PathRole, PathView, ReservationsView, RouteChange, RouteView, TunnelState,
-        TunnelView,
+        LsdbView, PathRole, PathView, ReservationsView, RouteChange, RouteView, StoreFiguresSource,
+        TunnelState, TunnelView,
     },
 };
 
@@ -134,6 +134,9 @@ pub struct AgentState<F> {
     /// The network's links as the link-state records report them (the last
     /// `Input::LinkStateView`), by link id; empty while link state is off.
     reported: BTreeMap<u32, ReportedLink>,
+    /// etcd mode: the figures other gateways published to the cluster store (the last
+    /// `Input::StoredFigures`), by link id; for the snapshot only.
+    stored_figures: BTreeMap<u32, StoredLinkFigures>,
     /// The link-state database, for the snapshot (`set_lsdb`).
     lsdb: Option<Arc<LsdbView>>,
     interfaces: BTreeMap<String, InterfaceState>,
@@ -296,6 +299,7 @@ impl<F: FastPath> AgentState<F> {
             admin_down: BTreeSet::new(),
             applied_health: BTreeMap::new(),
             reported: BTreeMap::new(),
+            stored_figures: BTreeMap::new(),
             lsdb: None,
             interfaces: BTreeMap::new(),
             addresses: BTreeSet::new(),
@@ -579,6 +583,11 @@ impl<F: FastPath> AgentState<F> {
             }
             Input::StoredReservationGone { id, now_unix_s } => {
                 self.on_stored_reservation_gone(id, now_unix_s, now)
+            }
+            Input::StoredFigures { links } => {
+                // The operator's view only: no health, no cause, no computation.
+                self.stored_figures = links.into_iter().map(|l| (l.link.0, l)).collect();
+                self.publish(now);
             }
             Input::FlowSamples { samples } => self.on_flow_samples(samples),
             Input::Optimise => self.cause(
@@ -2253,6 +2262,12 @@ impl<F: FastPath> AgentState<F> {
                     .get(&l.id.0)
                     .filter(|_| local.is_none())
                     .map(|r| r.figures);
+                // Else what the cluster store holds of it (etcd mode).
+                let stored = self
+                    .stored_figures
+                    .get(&l.id.0)
+                    .filter(|_| local.is_none() && !self.reported.contains_key(&l.id.0));
+                let reported = reported.or(stored.map(|s| s.figures));
                 let health = if self.admin_down.contains(&l.id.0) {
                     LinkHealth::AdminDown
                 } else if local.is_some() || self.reported.contains_key(&l.id.0) {
@@ -2288,6 +2303,7 @@ impl<F: FastPath> AgentState<F> {
                     // path, last counters interval); the topology's figure elsewhere.
                     utilisation_ratio: local
                         .and_then(|_| self.rates.utilisation(l.id))
+                        .or(stored.and_then(|s| s.figures.utilisation_fraction()))
                         .or(Some(l.utilisation)),
                     projected_utilisation_ratio: local.and_then(|_| {
                         let (now_bps, then_bps) = self.reserved_now_and_next(l.id.0);
@@ -2301,6 +2317,10 @@ impl<F: FastPath> AgentState<F> {
                         .map(|r| r.bits_per_sec),
                     probes_sent: view.map(|v| v.sent).unwrap_or(0),
                     probes_received: state.map(|s| s.replies).unwrap_or(0),
+                    figures_from_store: stored.map(|s| StoreFiguresSource {
+                        gateway: s.gateway.clone(),
+                        measured_unix_ms: s.measured_unix_ms,
+                    }),
                 }
             })
             .collect()

@@ -7,6 +7,8 @@
 //! - `<prefix>/reservations/<id, 20 digits>`: a [`Reservation`](crate::bandwidth::Reservation)
 //! - `<prefix>/gateways/<name>`: a [`GatewayRecord`], on the gateway's lease
 //! - `<prefix>/topology`: the [`PublishedTopology`] every gateway runs
+//! - `<prefix>/figures/<name>`: the [`StoredFigures`](crate::link_state::StoredFigures) a
+//!   gateway measured on its links (one key per gateway, no lease: see `link_state::stored`)
 //!
 //! Fixed-width numbers so that keys sort as their numbers do.
 
@@ -112,6 +114,14 @@ impl KeyLayout {
     pub fn topology(&self) -> String {
         format!("{}/topology", self.prefix)
     }
+
+    pub fn figures(&self) -> String {
+        format!("{}/figures/", self.prefix)
+    }
+
+    pub fn figures_of(&self, gateway: &str) -> String {
+        format!("{}{gateway}", self.figures())
+    }
 }
 
 /// The topology of every gateway in etcd mode (`dwcp topology push`): `[[region]]`,
@@ -202,6 +212,7 @@ mod tests {
         assert_eq!(k.ledger_link("/other/ledgers/0000000007"), None);
         assert_eq!(k.gateway("gw-a"), "/dwcp/v1/gateways/gw-a");
         assert_eq!(k.topology(), "/dwcp/v1/topology");
+        assert_eq!(k.figures_of("gw-a"), "/dwcp/v1/figures/gw-a");
     }
 
     const AGENT_TOML: &str = concat!(

@@ -21,7 +21,8 @@ pub enum LinkHealth {
     Down,
     /// Administratively down (`dwcp link down`).
     AdminDown,
-    /// Not measured by this gateway and reported by no link-state record (configured figures).
+    /// Not measured by this gateway and reported by no link-state record (configured figures,
+    /// or those another gateway published to the cluster store: `figures_from_store`).
     Unmeasured,
 }
 
@@ -50,6 +51,19 @@ pub struct LinkView {
     pub throughput_bps: Option<f64>,
     pub probes_sent: u64,
     pub probes_received: u64,
+    /// etcd mode, a link this gateway neither terminates nor has a link-state record of: its
+    /// RTT, jitter, loss and utilisation are those the named gateway published to the
+    /// cluster store. Its health stays `unmeasured`: the store never decides health or routes.
+    #[serde(default)]
+    pub figures_from_store: Option<StoreFiguresSource>,
+}
+
+/// Who published a link's figures to the cluster store, and when it measured them (its
+/// wall clock).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoreFiguresSource {
+    pub gateway: String,
+    pub measured_unix_ms: u64,
 }
 
 /// One path of a route.

@@ -355,3 +355,81 @@ fn a_link_reported_down_reaches_the_fast_path_before_the_routes_are_recomputed()
         .unwrap();
     assert_eq!(state.programmed().links_down.count, 0);
 }
+
+/// etcd mode: figures another gateway published to the cluster store fill the view of a link
+/// this gateway neither terminates nor has a record of, and nothing else: link 2 "measured"
+/// at 10 ms would make [1, 2] the shortest way to ap-south-1, yet the routes, the fast path
+/// and link 2's health stay as they were. Once a record reports link 2, the record is shown.
+#[test]
+fn figures_from_the_cluster_store_fill_the_view_and_never_move_a_route() {
+    use dwcp_control::link_state::{Figures, StoredLinkFigures};
+    use dwcp_control::topology::LinkId;
+    use dwcp_control::view::LinkHealth;
+    let name = "remote_link_state.json";
+    let interfaces = fixture::interfaces(name);
+    let loaded = fixture::load(name, |i| interface_of(&interfaces, i));
+    let mut state = fixture::state(loaded.config, MemoryFastPath::default());
+    let (before, after): (Vec<_>, Vec<_>) = loaded.inputs.iter().partition(|i| i.at_ms < 1000);
+    replay(
+        &mut state,
+        &before.into_iter().cloned().collect::<Vec<_>>(),
+        999,
+    );
+    let link = |state: &AgentState<MemoryFastPath>, id: u32| {
+        state
+            .snapshot()
+            .links
+            .iter()
+            .find(|l| l.id == id)
+            .unwrap()
+            .clone()
+    };
+    assert_eq!(link(&state, 2).health, LinkHealth::Unmeasured);
+    let programmed = state.programmed().clone();
+    let routes = state.snapshot().routes.clone();
+    let stored = |id: u32, rtt_ms: f64| StoredLinkFigures {
+        link: LinkId(id),
+        figures: Figures::quantise(Some(rtt_ms), Some(0.5), Some(0.02), Some(0.4)),
+        gateway: "gw-euw1-a".into(),
+        measured_unix_ms: 1_700_000_000_000,
+    };
+    state
+        .handle(
+            Input::StoredFigures {
+                links: vec![stored(1, 999.0), stored(2, 10.0)],
+            },
+            Now::at_ms(999),
+        )
+        .unwrap();
+    state.on_timer(Now::at_ms(5_000));
+    let l2 = link(&state, 2);
+    assert_eq!(
+        l2.health,
+        LinkHealth::Unmeasured,
+        "the store decides no health"
+    );
+    assert_eq!(
+        (l2.rtt_seconds, l2.loss_ratio, l2.utilisation_ratio),
+        (Some(0.010), Some(0.02), Some(0.4))
+    );
+    assert_eq!(
+        l2.figures_from_store.as_ref().map(|s| s.gateway.as_str()),
+        Some("gw-euw1-a")
+    );
+    let l1 = link(&state, 1);
+    assert!(
+        l1.figures_from_store.is_none() && l1.rtt_seconds != Some(0.999),
+        "a link this gateway terminates shows its own figures"
+    );
+    assert_eq!(state.programmed(), &programmed);
+    assert_eq!(state.snapshot().routes, routes);
+    // A record of link 2 arrives: it is what the view shows (down), not the store's figures.
+    let report_down = after.iter().find(|i| i.at_ms == 1000).unwrap();
+    state
+        .handle(report_down.input.clone(), Now::at_ms(5_001))
+        .unwrap();
+    state.on_timer(Now::at_ms(10_000));
+    let l2 = link(&state, 2);
+    assert_eq!(l2.health, LinkHealth::Down);
+    assert!(l2.figures_from_store.is_none() && l2.rtt_seconds.is_none());
+}

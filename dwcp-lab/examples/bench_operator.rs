@@ -57,6 +57,7 @@ fn lab_snapshot(plan: &LabPlan) -> AgentSnapshot {
             throughput_bps: Some(250e6),
             probes_sent: 100_000,
             probes_received: 99_900,
+            figures_from_store: None,
         })
         .collect();
     let local: Vec<&dwcp_lab::lab::multi::PlannedLink> =

@@ -50,6 +50,7 @@ pub fn three_region_snapshot() -> AgentSnapshot {
         throughput_bps: None,
         probes_sent: 0,
         probes_received: 0,
+        figures_from_store: None,
     };
     let links = vec![
         LinkView {

@@ -14,7 +14,8 @@
 //! clearly and the reservations in place (a cancel through another gateway reaches every one
 //! once the store is back), an agent restarted meanwhile starts on the cached
 //! topology, and membership comes back with the store; a stopped agent leaves at once, a
-//! killed one when its lease expires.
+//! killed one when its lease expires. With link state off, every gateway (one that joins
+//! last too) shows the link it does not terminate with the figures its ends published.
 
 use std::{
     path::Path,
@@ -339,4 +340,74 @@ fn gateways_register_on_leases_and_every_agent_lists_them() {
     wait("the killed gateway's record expiring", || {
         (names(&gateways(&lab, 0)) == [GATEWAYS[0]]).then_some(())
     });
+}
+
+/// Link figures through the store, with link state off (so no record reaches anyone): each
+/// gateway shows the one link it does not terminate with the figures one of that link's ends
+/// published, its health still `unmeasured` (the store decides no health). us-east-1's
+/// gateway joins last, once the two others' figures are in the store, and shows the whole
+/// network from the store alone.
+#[test]
+#[cfg_attr(
+    not(feature = "privileged"),
+    ignore = "privileged: needs root, BPF, network namespaces and etcd (--features dwcp-lab/privileged)"
+)]
+fn a_gateway_that_joins_shows_every_link_with_the_figures_others_published() {
+    use dwcp_control::view::{LinkHealth, LinkView};
+    let test = "a_gateway_that_joins_shows_every_link_with_the_figures_others_published";
+    if let Err(why) = dwcp_lab::etcd::available() {
+        dwcp_lab::skip(test, &why);
+        return;
+    }
+    let mut cluster = EtcdCluster::start_tls().expect("a three-member etcd cluster");
+    let mut lab = TriangleLab::build(
+        "etcdfg",
+        &dwcp_lab::bin("dwcp-agent"),
+        TriangleOptions {
+            extra_config: format!(
+                "{}\n[link_state]\nenabled = false\n",
+                cluster.store_section()
+            ),
+            ..TriangleOptions::default()
+        },
+    )
+    .expect("the three-region lab");
+    for r in 0..3 {
+        cluster
+            .attach(&lab.regions[r].gw, "etcd0")
+            .expect("a port on the cluster's bridge");
+    }
+    // Gateway `r`'s view of the link whose ends are the two other regions, once it shows
+    // figures from the store (with an RTT if `rtt`); `ends`: who may have published them.
+    let remote_from_store = |lab: &TriangleLab, r: usize, ends: &[usize], rtt: bool| {
+        let (remote, _, _) = LINKS.iter().find(|(_, a, b)| *a != r && *b != r).unwrap();
+        let link = wait("the remote link's figures from the store", || {
+            let links: Vec<LinkView> = json(lab, r, &["show", "links"]);
+            let l = links.into_iter().find(|l| l.id == *remote)?;
+            (l.figures_from_store.is_some() && (l.rtt_seconds.is_some() || !rtt)).then_some(l)
+        });
+        let from = &link.figures_from_store.as_ref().unwrap().gateway;
+        assert!(
+            ends.iter().any(|e| GATEWAYS[*e] == from),
+            "{} shows figures of {from}: {link:?}",
+            GATEWAYS[r]
+        );
+        assert_eq!(link.health, LinkHealth::Unmeasured, "{link:?}");
+        assert!(link.interface.is_none());
+    };
+    lab.start_agent(1, &[]).expect("agent 2 starts");
+    lab.start_agent(2, &[]).expect("agent 3 starts");
+    // eu-west-1's gateway shows link 3 as ap-south-1's published it, and the other way round
+    // for link 1 (no RTT yet: us-east-1's gateway, their other end, is not running).
+    remote_from_store(&lab, 1, &[2], false);
+    remote_from_store(&lab, 2, &[1], false);
+
+    // us-east-1's gateway joins: link 2, between the two others, with their RTT at once;
+    // and theirs get RTTs as it answers their probes.
+    lab.start_agent(0, &[]).expect("agent 1 starts");
+    remote_from_store(&lab, 0, &[1, 2], true);
+    remote_from_store(&lab, 1, &[0, 2], true);
+    remote_from_store(&lab, 2, &[0, 1], true);
+    let table = String::from_utf8(dwcp(&lab.api_socket(0), &["show", "links"]).stdout).unwrap();
+    assert!(table.contains("(store, "), "{table}");
 }

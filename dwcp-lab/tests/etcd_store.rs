@@ -606,3 +606,156 @@ fn a_turn_left_by_a_dead_gateway_holds_admissions_back_only_until_its_lease_ends
         );
     });
 }
+
+/// The version of `key` (writes since it was made), 0 while it does not exist.
+async fn version(raw: &mut Client, key: &str) -> Result<i64, etcd_client::Error> {
+    let resp = raw.get(key, None).await?;
+    Ok(resp.kvs().first().map(|kv| kv.version()).unwrap_or(0))
+}
+
+/// The RTT of each link in the figures at `key`.
+async fn rtts(raw: &mut Client, key: &str) -> Vec<Option<u32>> {
+    let resp = raw.get(key, None).await.unwrap();
+    let entry: dwcp_control::link_state::StoredFigures =
+        serde_json::from_slice(resp.kvs()[0].value()).unwrap();
+    entry.links.iter().map(|l| l.figures.rtt_us).collect()
+}
+
+/// A gateway's link figures (`store::publish_figures`, fed its snapshots as the agent feeds
+/// it): written at once; while both links' RTT swings by 60 % every 20 ms, at most once
+/// per `figures_interval` (1 s), counted by the key's version over the window; not at all
+/// while the figures only wobble under the thresholds; with the store stopped the task keeps
+/// taking snapshots and writes again once it is back.
+#[test]
+#[cfg_attr(
+    not(feature = "privileged"),
+    ignore = "privileged: needs root, network namespaces and etcd (--features dwcp-lab/privileged)"
+)]
+fn figures_are_written_at_most_once_a_second_under_churn_and_resume_after_an_outage() {
+    use dwcp_control::link_state::{LinkStateConfig, StoredFigures};
+    use std::sync::Arc;
+    let Some(mut cluster) =
+        cluster("figures_are_written_at_most_once_a_second_under_churn_and_resume_after_an_outage")
+    else {
+        return;
+    };
+    let rt = runtime();
+    let store = rt
+        .block_on(connect(&cluster))
+        .with_timeout(Duration::from_secs(2));
+    let key = KeyLayout::new(DEFAULT_PREFIX).figures_of("gw-use1-a");
+    let base = dwcp_lab::fixtures::three_region_snapshot();
+    let with_rtt = |rtt_s: f64| {
+        let mut s = base.clone();
+        for l in s.links.iter_mut().filter(|l| l.interface.is_some()) {
+            l.rtt_seconds = Some(rtt_s);
+        }
+        Arc::new(s)
+    };
+    let (snapshots, rx) = tokio::sync::watch::channel(with_rtt(0.050));
+    let timers = LinkStateConfig::default();
+    let publisher = rt.spawn(dwcp_agent::store::publish_figures(
+        store,
+        "gw-use1-a".into(),
+        timers,
+        rx,
+    ));
+    rt.block_on(async {
+        let mut raw = raw(&cluster).await;
+        let deadline = Instant::now() + WAIT;
+        while version(&mut raw, &key).await.unwrap() == 0 {
+            assert!(Instant::now() < deadline, "no figures written");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let value = raw.get(key.as_str(), None).await.unwrap();
+        let entry: StoredFigures = serde_json::from_slice(value.kvs()[0].value()).unwrap();
+        let links: Vec<(u32, Option<u32>)> = entry
+            .links
+            .iter()
+            .map(|l| (l.link.0, l.figures.rtt_us))
+            .collect();
+        assert_eq!(links, [(1, Some(50_000)), (3, Some(50_000))], "{entry:?}");
+
+        // Churn: 50 ms and 80 ms alternately, every 20 ms, for 3 s.
+        let (v0, t0) = (version(&mut raw, &key).await.unwrap(), Instant::now());
+        let mut swing = 0u64;
+        while t0.elapsed() < Duration::from_secs(3) {
+            swing += 1;
+            snapshots.send_replace(with_rtt(if swing.is_multiple_of(2) {
+                0.050
+            } else {
+                0.080
+            }));
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let (v1, elapsed) = (version(&mut raw, &key).await.unwrap(), t0.elapsed());
+        let writes = v1 - v0;
+        let interval = timers.figures_interval.as_secs_f64();
+        eprintln!(
+            "churn: {swing} figure changes, {writes} writes in {:.2} s ({:.2} writes/s per link)",
+            elapsed.as_secs_f64(),
+            writes as f64 / elapsed.as_secs_f64()
+        );
+        // One write per interval, plus one at the window's edge.
+        assert!(
+            writes >= 1 && writes as f64 <= elapsed.as_secs_f64() / interval + 1.0,
+            "{writes} writes in {elapsed:?}"
+        );
+
+        // Wobble under the thresholds (80 ms and 81 ms): once the last swing is written, no
+        // more writes until the refresh (15 s).
+        snapshots.send_replace(with_rtt(0.080));
+        let deadline = Instant::now() + WAIT;
+        while rtts(&mut raw, &key).await != [Some(80_000); 2] {
+            assert!(Instant::now() < deadline, "80 ms never written");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let v2 = version(&mut raw, &key).await.unwrap();
+        for i in 0..75u32 {
+            snapshots.send_replace(with_rtt(if i.is_multiple_of(2) { 0.081 } else { 0.080 }));
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(version(&mut raw, &key).await.unwrap(), v2, "noise written");
+        v2
+    });
+
+    // Outage: snapshots keep coming, nothing waits for the store, the task lives on.
+    cluster.stop();
+    rt.block_on(async {
+        for i in 0..50u32 {
+            snapshots.send_replace(with_rtt(if i.is_multiple_of(2) { 0.050 } else { 0.200 }));
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    });
+    assert!(
+        !publisher.is_finished(),
+        "the publisher ended in the outage"
+    );
+    cluster
+        .start_again()
+        .expect("the cluster restarts on its data");
+    snapshots.send_replace(with_rtt(0.300));
+    rt.block_on(async {
+        let raw = retry(|| Client::connect(cluster.endpoints(), None)).await;
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let resp = retry(|| {
+                let mut raw = raw.clone();
+                let key = key.clone();
+                async move { raw.get(key, None).await }
+            })
+            .await;
+            let entry: StoredFigures = serde_json::from_slice(resp.kvs()[0].value()).unwrap();
+            if entry
+                .links
+                .iter()
+                .all(|l| l.figures.rtt_us == Some(300_000))
+            {
+                break;
+            }
+            assert!(Instant::now() < deadline, "not written after the outage");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    publisher.abort();
+}

@@ -13,6 +13,10 @@
 //!   each gateway polices those whose traffic enters at it; any gateway expires ended ones.
 //!   With the store unreachable, admissions and cancellations fail (503) and the mirror keeps
 //!   what it holds; the watch relists on reconnection and reports what went meanwhile.
+//! - link figures: a task publishes the figures this gateway measured on its links
+//!   (`store::publish_figures`), and a watch of every gateway's hands the current ones to the
+//!   state owner (`Input::StoredFigures`), at most once a second, for the links it shows with
+//!   no figures of its own; they never change health or routes.
 //!
 //! The store is never in the forwarding path: while it is unreachable these tasks retry, and
 //! nothing else waits for them.
@@ -27,6 +31,7 @@ use dwcp_control::{
     bandwidth::{BandwidthError, Reservation, ReservationId, ReservationReply, UnixSeconds},
     config::AgentConfig,
     input::{unix_now, Input},
+    link_state::{current_figures, StoredFigures, StoredLinkFigures},
     store::{GatewayRecord, PublishedTopology},
     view::AgentSnapshot,
 };
@@ -201,6 +206,56 @@ pub(super) fn reservations_watch(store: EtcdStore, inputs: mpsc::Sender<Input>) 
             };
             if inputs.send(input).await.is_err() {
                 return;
+            }
+        }
+    })
+}
+
+/// How often the figures watch hands the state owner what changed (and drops figures that
+/// grew too old): a bound on the inputs, whatever the number of gateways writing.
+const FIGURES_EVERY: Duration = Duration::from_secs(1);
+
+/// Follows every gateway's link figures in the store and hands the state owner those current
+/// (measured within `max_age`) whenever they change, at most once per [`FIGURES_EVERY`].
+pub(super) fn figures_watch(
+    store: EtcdStore,
+    max_age: Duration,
+    inputs: mpsc::Sender<Input>,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let prefix = store.keys().figures();
+        let mut watch = watch_once_reachable(&store, &prefix, "link figures").await;
+        let mut entries: std::collections::BTreeMap<String, StoredFigures> = Default::default();
+        let mut sent: Vec<StoredLinkFigures> = Vec::new();
+        let mut tick = tokio::time::interval(FIGURES_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                event = watch.next() => match event {
+                    WatchEvent::Put { key, value } => {
+                        match serde_json::from_slice::<StoredFigures>(&value) {
+                            Ok(entry) => {
+                                entries.insert(key, entry);
+                            }
+                            Err(e) => {
+                                warn!(error = %e, key, "cluster store: link figures unreadable; ignored");
+                                entries.remove(&key);
+                            }
+                        }
+                    }
+                    WatchEvent::Delete { key } => {
+                        entries.remove(&key);
+                    }
+                },
+                _ = tick.tick() => {
+                    let current = current_figures(entries.values(), super::now().unix_ms, max_age);
+                    if current != sent {
+                        sent = current.clone();
+                        if inputs.send(Input::StoredFigures { links: current }).await.is_err() {
+                            return;
+                        }
+                    }
+                }
             }
         }
     })

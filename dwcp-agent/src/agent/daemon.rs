@@ -257,6 +257,18 @@ impl Daemon {
             started.push(cluster::topology_watch(store.clone(), input_tx.clone()));
             started.push(cluster::reservations_watch(store.clone(), input_tx.clone()));
             started.push(cluster::reservations_expiry(store.clone()));
+            let timers = config.link_state.timers();
+            started.push(cluster::figures_watch(
+                store.clone(),
+                timers.max_age,
+                input_tx.clone(),
+            ));
+            started.push(tokio::spawn(crate::store::publish_figures(
+                store.clone(),
+                config.gateway.clone(),
+                timers,
+                snapshot.subscribe(),
+            )));
         }
         let membership = store
             .clone()

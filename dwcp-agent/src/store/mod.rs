@@ -1,6 +1,7 @@
 //! The cluster store on etcd (issue 18): what gateways must agree on. Reservations admitted in
 //! one transaction over every link of their path (`reservations.rs`), membership on leases
-//! (`membership.rs`), the published topology (`topology.rs`), and a prefix watch that
+//! (`membership.rs`), the published topology (`topology.rs`), the gateways' link figures
+//! (`figures.rs`), and a prefix watch that
 //! survives restarts and compaction without losing a delete (`watch.rs`). The rules and the key layout are `dwcp-control`'s
 //! (`bandwidth::ledger`, `store`); this is the I/O.
 //!
@@ -8,6 +9,7 @@
 //! [`ClusterStoreError::Unreachable`] instead of hanging, and nothing that needs agreement is
 //! decided locally.
 
+mod figures;
 mod membership;
 mod reservations;
 mod topology;
@@ -26,6 +28,7 @@ use etcd_client::{
     Certificate, Client, ConnectOptions, GetOptions, GetResponse, Identity, TlsOptions,
 };
 
+pub use figures::{local_figures, publish_figures};
 pub use membership::Membership;
 pub use reservations::MAX_ATTEMPTS;
 pub use watch::{PrefixWatch, WatchEvent};

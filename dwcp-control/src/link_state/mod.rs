@@ -11,6 +11,8 @@
 //!   state routing applies (down if either end says so).
 //! - [`origin`]: what a gateway announces of its own links: down at once, up after a hold
 //!   that grows while the link flaps, figures when they moved enough, at most once a second.
+//! - [`stored`]: the figures a gateway publishes to the cluster store (etcd mode), when, and
+//!   which a reader takes as current; never used for health or routes.
 //! - [`flood`]: the per-gateway state machine: flooding, acknowledgement, retransmission,
 //!   whole-database exchange when a neighbour comes up or restarts.
 //!
@@ -31,6 +33,7 @@ pub mod digest;
 pub mod flood;
 pub mod origin;
 pub mod record;
+pub mod stored;
 pub mod wire;
 
 pub use config::{FigureThresholds, LinkStateConfig, LinkStateConfigError};
@@ -39,6 +42,7 @@ pub use digest::{topology_digest, TopologyDigest};
 pub use flood::{Action, FloodCounts, Flooder, LinkStateError};
 pub use origin::Observation;
 pub use record::{Figures, LinkReport, Origin, Record, RecordError, RecordKey};
+pub use stored::{current_figures, FiguresSchedule, StoredFigures, StoredLink, StoredLinkFigures};
 pub use wire::{authentic, Advert, Body, Message, WireError};
 
 #[cfg(test)]

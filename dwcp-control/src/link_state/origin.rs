@@ -199,7 +199,8 @@ impl Hold {
     }
 }
 
-fn moved(old: &Figures, new: &Figures, t: &FigureThresholds) -> bool {
+/// Whether `new` differs enough from `old` to be announced (or published to the store).
+pub(crate) fn moved(old: &Figures, new: &Figures, t: &FigureThresholds) -> bool {
     let moved = |old: Option<u32>, new: Option<u32>, floor: u32| match (old, new) {
         (Some(o), Some(n)) => {
             f64::from(o.abs_diff(n)) > (f64::from(o) * t.relative).max(f64::from(floor))
