@@ -4,8 +4,14 @@
 //! tmpfs of the cluster's own (etcd 3.4 has no `--unsafe-no-fsync`). The guard kills the
 //! members and removes the namespaces, the bridge and the tmpfs when it drops, also when the
 //! test fails.
+//!
+//! The lab of `cargo xtask lab up --store etcd` starts one with stable names
+//! ([`EtcdCluster::start_stable`]) and keeps it ([`EtcdCluster::keep`]) past the command that
+//! started it; `lab down` removes it by those names ([`StableNames`]), also without the lab's
+//! state file.
 
 use std::net::Ipv4Addr;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -48,6 +54,11 @@ struct Member {
 pub struct EtcdCluster {
     /// Members before the bridge: their namespaces (and veths) go first.
     members: Vec<Member>,
+    /// Left running when the guard drops ([`EtcdCluster::keep`]).
+    kept: bool,
+    /// Members in process groups of their own: a Ctrl-C of the command that started a kept
+    /// cluster does not reach them.
+    detached: bool,
     bridge: String,
     tmpfs: PathBuf,
     initial_cluster: String,
@@ -78,19 +89,67 @@ impl EtcdCluster {
         self.tls.as_ref()
     }
 
+    /// A TLS cluster ([`EtcdCluster::start_tls`]) named after `names`, to be kept
+    /// ([`EtcdCluster::keep`]) by a lab that outlives its command.
+    pub fn start_stable(names: &StableNames) -> Result<EtcdCluster> {
+        let pid = std::process::id();
+        let subnet = free_subnet(pid, NEXT_CLUSTER.fetch_add(1, Ordering::Relaxed))?;
+        Self::start_named(
+            Naming {
+                namespaces: Some(names.namespaces()),
+                bridge: names.bridge(),
+                tmpfs: names.dir.clone(),
+                token: format!("dwcp-lab-{}", names.tag),
+                subnet,
+                detached: true,
+            },
+            true,
+        )
+    }
+
+    /// Leaves the members running, and their namespaces, bridge and tmpfs in place, when the
+    /// guard drops: [`StableNames::remove`] removes them.
+    pub fn keep(mut self) {
+        self.kept = true;
+        for m in self.members.drain(..) {
+            m.ns.keep();
+        }
+    }
+
     fn start_with(tls: bool) -> Result<EtcdCluster> {
         let pid = std::process::id();
         let n = NEXT_CLUSTER.fetch_add(1, Ordering::Relaxed);
-        let subnet = free_subnet(pid, n)?;
-        let bridge = format!("de{pid}c{n}");
-        let tmpfs = PathBuf::from(format!("/tmp/dwcp-etcd-{pid}-{n}"));
+        Self::start_named(
+            Naming {
+                namespaces: None,
+                bridge: format!("de{pid}c{n}"),
+                tmpfs: PathBuf::from(format!("/tmp/dwcp-etcd-{pid}-{n}")),
+                token: format!("dwcp-lab-{pid}-{n}"),
+                subnet: free_subnet(pid, n)?,
+                detached: false,
+            },
+            tls,
+        )
+    }
+
+    fn start_named(naming: Naming, tls: bool) -> Result<EtcdCluster> {
+        let Naming {
+            namespaces,
+            bridge,
+            tmpfs,
+            token,
+            subnet,
+            detached,
+        } = naming;
         // The guard exists from the first resource on, so a failure half-way cleans up.
         let mut cluster = EtcdCluster {
             members: Vec::new(),
+            kept: false,
+            detached,
             bridge: bridge.clone(),
             tmpfs: tmpfs.clone(),
             initial_cluster: String::new(),
-            token: format!("dwcp-lab-{pid}-{n}"),
+            token,
             subnet,
             attached: 0,
             tls: None,
@@ -116,9 +175,12 @@ impl EtcdCluster {
         ])?;
         run(&["ip", "link", "set", &bridge, "up"])?;
         for i in 0..MEMBERS {
-            let ns = Netns::new("etcd")?;
+            let ns = match &namespaces {
+                Some(names) => Netns::create_named(names[i].clone())?,
+                None => Netns::new("etcd")?,
+            };
             let ip = subnet_ip(subnet, 2 + i as u8);
-            let outside = format!("de{pid}c{n}m{i}");
+            let outside = format!("{bridge}m{i}");
             run(&[
                 "ip",
                 "link",
@@ -318,7 +380,11 @@ impl EtcdCluster {
         let peer = format!("http://{}:{PEER_PORT}", m.ip);
         let client = client_url(m.ip, self.tls.is_some());
         // `ip netns exec` execs etcd: the child is etcd itself, killed by its pid.
-        let child = Command::new("ip")
+        let mut cmd = Command::new("ip");
+        if self.detached {
+            cmd.process_group(0);
+        }
+        let child = cmd
             .args(["netns", "exec", m.ns.name(), "etcd"])
             .args(["--name", &m.name])
             .arg("--data-dir")
@@ -398,6 +464,9 @@ impl EtcdCluster {
 
 impl Drop for EtcdCluster {
     fn drop(&mut self) {
+        if self.kept {
+            return;
+        }
         if std::thread::panicking() {
             for i in 0..self.members.len() {
                 let log = self.log(i);
@@ -414,6 +483,106 @@ impl Drop for EtcdCluster {
             .output();
         let _ = Command::new("umount").arg(&self.tmpfs).output();
         let _ = std::fs::remove_dir(&self.tmpfs);
+    }
+}
+
+/// How a cluster's resources are named.
+struct Naming {
+    /// The members' namespaces; `None`: unique ones, removed with the guard.
+    namespaces: Option<Vec<String>>,
+    bridge: String,
+    tmpfs: PathBuf,
+    token: String,
+    subnet: u8,
+    detached: bool,
+}
+
+/// The names of a lab's kept cluster ([`EtcdCluster::start_stable`]), derived from the lab's
+/// namespace prefix and a directory of its own: `<prefix>-e1` to `-e3`, the bridge `le<tag>`
+/// (interface names are short; the tag is the lab's [`crate::lab::multi::interface_tag`]),
+/// and the tmpfs mounted on `dir` (data, logs, TLS files).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StableNames {
+    pub prefix: String,
+    pub dir: PathBuf,
+    tag: String,
+}
+
+impl StableNames {
+    pub fn new(prefix: &str, dir: &Path) -> StableNames {
+        StableNames {
+            prefix: prefix.into(),
+            dir: dir.into(),
+            tag: crate::lab::multi::interface_tag(prefix),
+        }
+    }
+
+    pub fn namespaces(&self) -> Vec<String> {
+        (1..=MEMBERS)
+            .map(|i| format!("{}-e{i}", self.prefix))
+            .collect()
+    }
+
+    pub fn bridge(&self) -> String {
+        format!("le{}", self.tag)
+    }
+
+    /// Whether a member runs with its data under `dir` (an etcd command line's arguments).
+    pub fn is_member(&self, args: &[String]) -> bool {
+        args.windows(2)
+            .any(|w| w[0] == "--data-dir" && Path::new(&w[1]).starts_with(&self.dir))
+    }
+
+    /// What is left of the cluster besides its processes: namespaces, bridge, tmpfs.
+    pub fn leftovers(&self) -> Vec<String> {
+        let listed = run(&["ip", "netns", "list"])
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default();
+        let mut left: Vec<String> = self
+            .namespaces()
+            .into_iter()
+            .filter(|n| {
+                listed
+                    .lines()
+                    .any(|l| l.split_whitespace().next() == Some(n))
+            })
+            .map(|n| format!("namespace {n}"))
+            .collect();
+        if Path::new("/sys/class/net").join(self.bridge()).exists() {
+            left.push(format!("bridge {}", self.bridge()));
+        }
+        if self.mounted() {
+            left.push(format!("tmpfs {}", self.dir.display()));
+        }
+        left
+    }
+
+    fn mounted(&self) -> bool {
+        std::fs::read_to_string("/proc/mounts").is_ok_and(|m| {
+            m.lines()
+                .any(|l| l.split_whitespace().nth(1) == Some(&*self.dir.to_string_lossy()))
+        })
+    }
+
+    /// Removes the namespaces, the bridge and the tmpfs (its members must be stopped: the
+    /// caller finds them with [`StableNames::is_member`]). Idempotent; returns what it removed.
+    pub fn remove(&self) -> Result<Vec<String>> {
+        let left = self.leftovers();
+        for n in self.namespaces() {
+            if left.contains(&format!("namespace {n}")) {
+                run(&["ip", "netns", "del", &n])?;
+            }
+        }
+        if left.contains(&format!("bridge {}", self.bridge())) {
+            run(&["ip", "link", "del", &self.bridge()])?;
+        }
+        if self.mounted() {
+            run(&["umount", &self.dir.to_string_lossy()])?;
+        }
+        if self.dir.exists() {
+            std::fs::remove_dir_all(&self.dir)?;
+        }
+        Ok(left)
     }
 }
 
