@@ -30,6 +30,16 @@ const WAIT: Duration = Duration::from_secs(90);
 
 struct Down(LabPaths);
 
+/// A test's own lab: namespaces `dwcp-<short><pid>-*`, state and pins `dwcp-lab-<long>-<pid>`.
+fn lab_paths(short: &str, long: &str) -> LabPaths {
+    let pid = std::process::id();
+    LabPaths {
+        prefix: format!("dwcp-{short}{pid}"),
+        state_dir: std::env::temp_dir().join(format!("dwcp-lab-{long}-{pid}")),
+        pin_root: PathBuf::from(format!("/sys/fs/bpf/dwcp-lab-{long}-{pid}")),
+    }
+}
+
 impl Drop for Down {
     fn drop(&mut self) {
         let _ = live::down(&self.0);
@@ -87,12 +97,7 @@ fn assert_flows(state: &LabState, pairs: &[(usize, usize)], when: &str) {
     ignore = "privileged: needs root, BPF and network namespaces (--features dwcp-lab/privileged)"
 )]
 fn lab_cycle_up_traffic_fail_reroute_heal_down_leaves_nothing() {
-    let pid = std::process::id();
-    let paths = LabPaths {
-        prefix: format!("dwcp-lcyc{pid}"),
-        state_dir: std::env::temp_dir().join(format!("dwcp-lab-cycle-{pid}")),
-        pin_root: PathBuf::from(format!("/sys/fs/bpf/dwcp-lab-cycle-{pid}")),
-    };
+    let paths = lab_paths("lcyc", "cycle");
     let _down = Down(paths.clone());
     let mut opts = UpOptions::new(3, agent_bin());
     opts.timeout = WAIT;
@@ -212,12 +217,7 @@ fn lab_cycle_up_traffic_fail_reroute_heal_down_leaves_nothing() {
     ignore = "privileged: needs root, BPF, network namespaces and wireguard-go (--features dwcp-lab/privileged)"
 )]
 fn wireguard_lab_cycle_up_traffic_fail_reroute_heal_down() {
-    let pid = std::process::id();
-    let paths = LabPaths {
-        prefix: format!("dwcp-lwg{pid}"),
-        state_dir: std::env::temp_dir().join(format!("dwcp-lab-wg-{pid}")),
-        pin_root: PathBuf::from(format!("/sys/fs/bpf/dwcp-lab-wg-{pid}")),
-    };
+    let paths = lab_paths("lwg", "wg");
     let _down = Down(paths.clone());
     let mut opts = UpOptions::new(3, agent_bin());
     opts.timeout = WAIT;
@@ -337,12 +337,7 @@ fn etcd_lab_up_push_reaches_every_gateway_and_down_leaves_nothing() {
         );
         return;
     }
-    let pid = std::process::id();
-    let paths = LabPaths {
-        prefix: format!("dwcp-lcye{pid}"),
-        state_dir: std::env::temp_dir().join(format!("dwcp-lab-etcd-{pid}")),
-        pin_root: PathBuf::from(format!("/sys/fs/bpf/dwcp-lab-etcd-{pid}")),
-    };
+    let paths = lab_paths("lcye", "etcd");
     let _down = Down(paths.clone());
     let mut opts = UpOptions::new(3, agent_bin());
     opts.timeout = WAIT;
