@@ -660,6 +660,10 @@ impl ClientTls {
         ] {
             std::fs::write(path, pem)?;
         }
+        // Private keys readable by their owner only, as an operator would keep them.
+        for key in [&files.key, &files.server_key] {
+            std::fs::set_permissions(key, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+        }
         Ok(files)
     }
 }

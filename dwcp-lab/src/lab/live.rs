@@ -306,6 +306,13 @@ fn save(state: &LabState) -> Result<()> {
 /// crash, a failed `up`) is removed first. On failure everything made is removed again.
 pub fn up(paths: &LabPaths, opts: &UpOptions, progress: &mut dyn FnMut(&str)) -> Result<LabState> {
     let plan = plan_of(opts.regions, opts.tunnels, paths)?;
+    if opts.store == LabStore::Etcd {
+        if plan.tunnels == TunnelKind::Wireguard {
+            return Err(LiveLabError::EtcdWithWireguard);
+        }
+        crate::etcd::available()
+            .map_err(|detail| LiveLabError::Etcd(crate::etcd::EtcdLabError::Status(detail)))?;
+    }
     // Up: recorded with namespaces or agents, or agents of the lab running even without a
     // record. Namespaces, pins or a record alone are what a crash left: removed below.
     let state = load(paths).ok().flatten();
@@ -488,11 +495,6 @@ fn start_etcd(
     lab: &MultiRegionLab,
     progress: &mut dyn FnMut(&str),
 ) -> Result<String> {
-    if lab.plan.tunnels == TunnelKind::Wireguard {
-        return Err(LiveLabError::EtcdWithWireguard);
-    }
-    crate::etcd::available()
-        .map_err(|detail| LiveLabError::Etcd(crate::etcd::EtcdLabError::Status(detail)))?;
     let names = paths.etcd();
     progress(&format!(
         "starting a three-member etcd cluster (TLS) in {} (data on a tmpfs at {})",
