@@ -27,6 +27,9 @@ const PEER_PORT: u16 = 2380;
 /// Generous: three members elect a leader in about a second, on a loaded 2-core machine
 /// sometimes much later.
 const HEALTHY_WITHIN: Duration = Duration::from_secs(60);
+/// How long a removed cluster's veths may take to go (the kernel frees a namespace's devices
+/// after `ip netns del` returns; seconds on a loaded machine).
+const RELEASED_WITHIN: Duration = Duration::from_secs(20);
 
 #[derive(Debug, Error)]
 pub enum EtcdLabError {
@@ -533,13 +536,28 @@ impl StableNames {
             .any(|w| w[0] == "--data-dir" && Path::new(&w[1]).starts_with(&self.dir))
     }
 
-    /// What is left of the cluster besides its processes: namespaces, bridge, tmpfs.
+    /// What is left of the cluster besides its processes: namespaces, the bridge and the
+    /// veths on it (in the root namespace, named after the bridge), the tmpfs.
     pub fn leftovers(&self) -> Vec<String> {
+        let mut left = self.namespaces_left();
+        left.extend(self.interfaces().into_iter().map(|i| {
+            if i == self.bridge() {
+                format!("bridge {i}")
+            } else {
+                format!("interface {i}")
+            }
+        }));
+        if self.mounted() {
+            left.push(format!("tmpfs {}", self.dir.display()));
+        }
+        left
+    }
+
+    fn namespaces_left(&self) -> Vec<String> {
         let listed = run(&["ip", "netns", "list"])
             .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
             .unwrap_or_default();
-        let mut left: Vec<String> = self
-            .namespaces()
+        self.namespaces()
             .into_iter()
             .filter(|n| {
                 listed
@@ -547,14 +565,21 @@ impl StableNames {
                     .any(|l| l.split_whitespace().next() == Some(n))
             })
             .map(|n| format!("namespace {n}"))
-            .collect();
-        if Path::new("/sys/class/net").join(self.bridge()).exists() {
-            left.push(format!("bridge {}", self.bridge()));
-        }
-        if self.mounted() {
-            left.push(format!("tmpfs {}", self.dir.display()));
-        }
-        left
+            .collect()
+    }
+
+    /// The bridge and the veths named after it, in the root namespace.
+    fn interfaces(&self) -> Vec<String> {
+        let bridge = self.bridge();
+        let mut names: Vec<String> = std::fs::read_dir("/sys/class/net")
+            .map(|d| {
+                d.filter_map(|e| e.ok()?.file_name().into_string().ok())
+                    .filter(|n| n.starts_with(&bridge))
+                    .collect()
+            })
+            .unwrap_or_default();
+        names.sort();
+        names
     }
 
     fn mounted(&self) -> bool {
@@ -565,24 +590,49 @@ impl StableNames {
     }
 
     /// Removes the namespaces, the bridge and the tmpfs (its members must be stopped: the
-    /// caller finds them with [`StableNames::is_member`]). Idempotent; returns what it removed.
+    /// caller finds them with [`StableNames::is_member`]; and the namespaces given a port,
+    /// [`EtcdCluster::attach`], should be gone). Waits until the kernel has released every
+    /// veth named after the bridge (a namespace's removal finishes after `ip netns del`
+    /// returns), so that a cluster of the same names can start at once. Idempotent; returns
+    /// the namespaces, bridge and tmpfs it removed.
     pub fn remove(&self) -> Result<Vec<String>> {
-        let left = self.leftovers();
+        let mut removed = self.namespaces_left();
         for n in self.namespaces() {
-            if left.contains(&format!("namespace {n}")) {
+            if removed.contains(&format!("namespace {n}")) {
                 run(&["ip", "netns", "del", &n])?;
             }
         }
-        if left.contains(&format!("bridge {}", self.bridge())) {
-            run(&["ip", "link", "del", &self.bridge()])?;
+        let bridge = self.bridge();
+        if self.interfaces().contains(&bridge) {
+            run(&["ip", "link", "del", &bridge])?;
+            removed.push(format!("bridge {bridge}"));
+        }
+        let deadline = Instant::now() + RELEASED_WITHIN;
+        loop {
+            let left = self.interfaces();
+            if left.is_empty() {
+                break;
+            }
+            if Instant::now() > deadline {
+                return Err(EtcdLabError::Status(format!(
+                    "still there {RELEASED_WITHIN:?} after removal: {}",
+                    left.join(", ")
+                )));
+            }
+            // A veth whose other end's namespace is still there goes with this end.
+            for i in left {
+                let _ = Command::new("ip").args(["link", "del", &i]).output();
+            }
+            std::thread::sleep(Duration::from_millis(50));
         }
         if self.mounted() {
             run(&["umount", &self.dir.to_string_lossy()])?;
+            removed.push(format!("tmpfs {}", self.dir.display()));
         }
         if self.dir.exists() {
             std::fs::remove_dir_all(&self.dir)?;
         }
-        Ok(left)
+        Ok(removed)
     }
 }
 

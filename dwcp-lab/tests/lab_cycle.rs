@@ -323,7 +323,7 @@ fn eventually(what: &str, mut f: impl FnMut() -> bool) {
 /// namespaces; every gateway's file holds only its own part and every gateway runs the
 /// topology `up` pushed; a change pushed once, through another gateway, reaches every gateway;
 /// `down`, without the state file (as after a crash of `up`), stops the members and leaves no
-/// namespace, bridge, tmpfs, process, pin or file.
+/// namespace, bridge, tmpfs, process, pin or file; so does a failed `up`.
 #[test]
 #[cfg_attr(
     not(feature = "privileged"),
@@ -343,6 +343,16 @@ fn etcd_lab_up_push_reaches_every_gateway_and_down_leaves_nothing() {
     opts.timeout = WAIT;
     opts.store = LabStore::Etcd;
     opts.dwcp_binary = dwcp_lab::bin("dwcp");
+    // A failed `up` (its first agent exits at once, after the cluster started) removes all
+    // it made, the cluster too.
+    let mut failing = opts.clone();
+    failing.agent_binary = PathBuf::from("/bin/false");
+    match live::up(&paths, &failing, &mut |m| println!("failing up: {m}")) {
+        Err(LiveLabError::Agent { .. }) => {}
+        other => panic!("an up whose agent exits: {other:?}"),
+    }
+    assert_eq!(live::leftovers(&paths), Vec::<String>::new());
+
     let state = live::up(&paths, &opts, &mut |m| println!("up: {m}")).unwrap();
     assert_eq!(state.store, LabStore::Etcd);
     for a in &state.agents {

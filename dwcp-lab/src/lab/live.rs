@@ -841,7 +841,8 @@ fn wait_running(a: &AgentRecord, from: usize, deadline: Instant, timeout: Durati
         if text.get(from..).is_some_and(|t| t.contains("running")) {
             return Ok(());
         }
-        if !agent_alive(a.pid) {
+        // Not `!agent_alive`: a just spawned agent may not have exec'd yet.
+        if exited(a.pid) {
             return Err(LiveLabError::Agent {
                 region: a.region.clone(),
                 detail: format!(
@@ -930,22 +931,24 @@ fn agent_alive(pid: u32) -> bool {
 
 /// Whether `pid` is a live (not zombie) process of program `exe`.
 fn alive(pid: u32, exe: &str) -> bool {
-    if pid == 0 {
+    if pid == 0 || exited(pid) {
         return false;
     }
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return false;
-    };
-    // The state follows the parenthesised command name.
-    let zombie = stat
-        .rsplit_once(')')
-        .is_some_and(|(_, rest)| rest.trim_start().starts_with(['Z', 'X']));
     let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-    !zombie
-        && String::from_utf8_lossy(&cmdline)
-            .split('\0')
-            .next()
-            .is_some_and(|e| e.ends_with(exe))
+    String::from_utf8_lossy(&cmdline)
+        .split('\0')
+        .next()
+        .is_some_and(|e| e.ends_with(exe))
+}
+
+/// Whether `pid` is gone or a zombie. Unlike `!alive`, a child just spawned, between fork
+/// and exec (still this program's command line), has not exited.
+fn exited(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |stat| {
+        // The state follows the parenthesised command name.
+        stat.rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with(['Z', 'X']))
+    })
 }
 
 /// Live processes of program `exe` whose arguments `ours` recognises.
@@ -1120,8 +1123,9 @@ pub fn down(paths: &LabPaths) -> Result<DownReport> {
     let etcd = paths.etcd();
     report.etcd_stopped = lab_etcd_pids(&etcd);
     terminate(&report.etcd_stopped, "etcd", Duration::from_secs(5));
-    report.etcd_removed = etcd.remove()?;
     report.namespaces = multi::stable_down(&paths.prefix)?;
+    // After the gateways' namespaces, which held the other ends of the cluster's ports.
+    report.etcd_removed = etcd.remove()?;
     if paths.pin_root.exists() {
         // The pinned XDP links went with their interfaces; the pins themselves remain.
         std::fs::remove_dir_all(&paths.pin_root)
