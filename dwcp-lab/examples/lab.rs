@@ -4,6 +4,8 @@
 //! lab up [--regions N]        # 3 (default): us-east-1, eu-west-1, ap-south-1; up to 10
 //!        [--tunnels wireguard [--rotate-after-s S]]  # WireGuard links (made, keyed and
 //!                             # rotated by dwcp-tunnels)
+//!        [--store etcd]       # a three-member etcd cluster: the topology pushed once,
+//!                             # membership and reservations in the store
 //! lab status                  # each agent's links, routes, tunnels and last route changes (the `dwcp` CLI), counters
 //! lab fail us-east-1 eu-west-1
 //! lab heal us-east-1 eu-west-1
@@ -20,6 +22,7 @@ use dwcp_control::topology::TunnelKind;
 use dwcp_lab::lab::live;
 use dwcp_lab::lab::live::LabPaths;
 use dwcp_lab::lab::live::LabState;
+use dwcp_lab::lab::live::LabStore;
 use dwcp_lab::lab::live::UpOptions;
 use dwcp_lab::lab::triangle::PinnedCounters;
 
@@ -64,6 +67,11 @@ enum Cmd {
         /// daemon's 30 days).
         #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
         rotate_after_s: Option<u64>,
+        /// `file` (each gateway's file holds the whole topology) or `etcd` (a three-member
+        /// etcd cluster in the lab's namespaces, data on tmpfs; each gateway's file holds only
+        /// its own part, the topology is pushed once with `dwcp topology push`).
+        #[arg(long, default_value = "file", value_parser = ["file", "etcd"])]
+        store: String,
     },
     /// Each agent's links, routes, tunnels and last route changes, the cut links, and the fast
     /// path's counters.
@@ -122,6 +130,7 @@ fn run() -> Result<()> {
             tunnels,
             tunnels_binary,
             rotate_after_s,
+            store,
         } => {
             let agent = cli
                 .agent_binary
@@ -135,6 +144,12 @@ fn run() -> Result<()> {
             }
             let mut opts = UpOptions::new(*regions, agent);
             opts.detect_multiplier = *detect_multiplier;
+            if let Some(dwcp) = &cli.dwcp_binary {
+                opts.dwcp_binary = dwcp.clone();
+            }
+            if store == "etcd" {
+                opts.store = LabStore::Etcd;
+            }
             if tunnels == "wireguard" {
                 opts.tunnels = TunnelKind::Wireguard;
                 opts.tunnels_binary = tunnels_binary
@@ -146,12 +161,19 @@ fn run() -> Result<()> {
             }
             let state = live::up(&paths, &opts, &mut |m| println!("lab: {m}"))?;
             println!(
-                "lab: up: {} regions, {} agents, {} links (state in {})",
+                "lab: up: {} regions, {} agents, {} links, store {store} (state in {})",
                 state.regions,
                 state.agents.len(),
                 tunnels,
                 paths.state_dir.display()
             );
+            if state.store == LabStore::Etcd {
+                println!(
+                    "lab: the topology in the store is {} (dwcp topology diff/push FILE on \
+                     any gateway changes it)",
+                    paths.state_dir.join(live::TOPOLOGY_FILE).display()
+                );
+            }
             if !state.latency_emulated {
                 println!(
                     "lab: this kernel has no netem: link latencies are the topology's figures, \
@@ -233,11 +255,17 @@ fn run() -> Result<()> {
                 println!("lab: nothing to remove");
             } else {
                 println!(
-                    "lab: down: stopped {} agent(s) and {} tunnel process(es), removed {} \
-                     namespace(s){}{}",
+                    "lab: down: stopped {} agent(s), {} tunnel process(es) and {} etcd \
+                     member(s), removed {} namespace(s){}{}{}",
                     report.agents_stopped.len(),
                     report.tunnel_processes_stopped.len(),
+                    report.etcd_stopped.len(),
                     report.namespaces.len(),
+                    if report.etcd_removed.is_empty() {
+                        String::new()
+                    } else {
+                        format!(", the etcd cluster's {}", report.etcd_removed.join(", "))
+                    },
                     if report.pins_removed {
                         ", the pins"
                     } else {
@@ -407,6 +435,14 @@ fn sample(plan: &dwcp_lab::lab::multi::LabPlan, a: &live::AgentRecord) -> Result
 
 fn status(cli: &Cli, state: &LabState) -> Result<()> {
     print_regions(state)?;
+    if state.store == LabStore::Etcd {
+        let socket = &state.agents[0].socket;
+        println!(
+            "cluster store: etcd\n$ dwcp --socket {} show gateways",
+            socket.display()
+        );
+        print!("{}", dwcp(cli, socket, &["show", "gateways"])?);
+    }
     let cut = live::cut_links(state)?;
     println!(
         "cut links: {}",

@@ -4,8 +4,14 @@
 //! tmpfs of the cluster's own (etcd 3.4 has no `--unsafe-no-fsync`). The guard kills the
 //! members and removes the namespaces, the bridge and the tmpfs when it drops, also when the
 //! test fails.
+//!
+//! The lab of `cargo xtask lab up --store etcd` starts one with stable names
+//! ([`EtcdCluster::start_stable`]) and keeps it ([`EtcdCluster::keep`]) past the command that
+//! started it; `lab down` removes it by those names ([`StableNames`]), also without the lab's
+//! state file.
 
 use std::net::Ipv4Addr;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -21,6 +27,9 @@ const PEER_PORT: u16 = 2380;
 /// Generous: three members elect a leader in about a second, on a loaded 2-core machine
 /// sometimes much later.
 const HEALTHY_WITHIN: Duration = Duration::from_secs(60);
+/// How long a removed cluster's veths may take to go (the kernel frees a namespace's devices
+/// after `ip netns del` returns; seconds on a loaded machine).
+const RELEASED_WITHIN: Duration = Duration::from_secs(20);
 
 #[derive(Debug, Error)]
 pub enum EtcdLabError {
@@ -48,6 +57,11 @@ struct Member {
 pub struct EtcdCluster {
     /// Members before the bridge: their namespaces (and veths) go first.
     members: Vec<Member>,
+    /// Left running when the guard drops ([`EtcdCluster::keep`]).
+    kept: bool,
+    /// Members in process groups of their own: a Ctrl-C of the command that started a kept
+    /// cluster does not reach them.
+    detached: bool,
     bridge: String,
     tmpfs: PathBuf,
     initial_cluster: String,
@@ -78,19 +92,67 @@ impl EtcdCluster {
         self.tls.as_ref()
     }
 
+    /// A TLS cluster ([`EtcdCluster::start_tls`]) named after `names`, to be kept
+    /// ([`EtcdCluster::keep`]) by a lab that outlives its command.
+    pub fn start_stable(names: &StableNames) -> Result<EtcdCluster> {
+        let pid = std::process::id();
+        let subnet = free_subnet(pid, NEXT_CLUSTER.fetch_add(1, Ordering::Relaxed))?;
+        Self::start_named(
+            Naming {
+                namespaces: Some(names.namespaces()),
+                bridge: names.bridge(),
+                tmpfs: names.dir.clone(),
+                token: format!("dwcp-lab-{}", names.tag),
+                subnet,
+                detached: true,
+            },
+            true,
+        )
+    }
+
+    /// Leaves the members running, and their namespaces, bridge and tmpfs in place, when the
+    /// guard drops: [`StableNames::remove`] removes them.
+    pub fn keep(mut self) {
+        self.kept = true;
+        for m in self.members.drain(..) {
+            m.ns.keep();
+        }
+    }
+
     fn start_with(tls: bool) -> Result<EtcdCluster> {
         let pid = std::process::id();
         let n = NEXT_CLUSTER.fetch_add(1, Ordering::Relaxed);
-        let subnet = free_subnet(pid, n)?;
-        let bridge = format!("de{pid}c{n}");
-        let tmpfs = PathBuf::from(format!("/tmp/dwcp-etcd-{pid}-{n}"));
+        Self::start_named(
+            Naming {
+                namespaces: None,
+                bridge: format!("de{pid}c{n}"),
+                tmpfs: PathBuf::from(format!("/tmp/dwcp-etcd-{pid}-{n}")),
+                token: format!("dwcp-lab-{pid}-{n}"),
+                subnet: free_subnet(pid, n)?,
+                detached: false,
+            },
+            tls,
+        )
+    }
+
+    fn start_named(naming: Naming, tls: bool) -> Result<EtcdCluster> {
+        let Naming {
+            namespaces,
+            bridge,
+            tmpfs,
+            token,
+            subnet,
+            detached,
+        } = naming;
         // The guard exists from the first resource on, so a failure half-way cleans up.
         let mut cluster = EtcdCluster {
             members: Vec::new(),
+            kept: false,
+            detached,
             bridge: bridge.clone(),
             tmpfs: tmpfs.clone(),
             initial_cluster: String::new(),
-            token: format!("dwcp-lab-{pid}-{n}"),
+            token,
             subnet,
             attached: 0,
             tls: None,
@@ -116,9 +178,12 @@ impl EtcdCluster {
         ])?;
         run(&["ip", "link", "set", &bridge, "up"])?;
         for i in 0..MEMBERS {
-            let ns = Netns::new("etcd")?;
+            let ns = match &namespaces {
+                Some(names) => Netns::create_named(names[i].clone())?,
+                None => Netns::new("etcd")?,
+            };
             let ip = subnet_ip(subnet, 2 + i as u8);
-            let outside = format!("de{pid}c{n}m{i}");
+            let outside = format!("{bridge}m{i}");
             run(&[
                 "ip",
                 "link",
@@ -318,7 +383,11 @@ impl EtcdCluster {
         let peer = format!("http://{}:{PEER_PORT}", m.ip);
         let client = client_url(m.ip, self.tls.is_some());
         // `ip netns exec` execs etcd: the child is etcd itself, killed by its pid.
-        let child = Command::new("ip")
+        let mut cmd = Command::new("ip");
+        if self.detached {
+            cmd.process_group(0);
+        }
+        let child = cmd
             .args(["netns", "exec", m.ns.name(), "etcd"])
             .args(["--name", &m.name])
             .arg("--data-dir")
@@ -398,6 +467,9 @@ impl EtcdCluster {
 
 impl Drop for EtcdCluster {
     fn drop(&mut self) {
+        if self.kept {
+            return;
+        }
         if std::thread::panicking() {
             for i in 0..self.members.len() {
                 let log = self.log(i);
@@ -414,6 +486,153 @@ impl Drop for EtcdCluster {
             .output();
         let _ = Command::new("umount").arg(&self.tmpfs).output();
         let _ = std::fs::remove_dir(&self.tmpfs);
+    }
+}
+
+/// How a cluster's resources are named.
+struct Naming {
+    /// The members' namespaces; `None`: unique ones, removed with the guard.
+    namespaces: Option<Vec<String>>,
+    bridge: String,
+    tmpfs: PathBuf,
+    token: String,
+    subnet: u8,
+    detached: bool,
+}
+
+/// The names of a lab's kept cluster ([`EtcdCluster::start_stable`]), derived from the lab's
+/// namespace prefix and a directory of its own: `<prefix>-e1` to `-e3`, the bridge `le<tag>`
+/// (interface names are short; the tag is the lab's [`crate::lab::multi::interface_tag`]),
+/// and the tmpfs mounted on `dir` (data, logs, TLS files).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StableNames {
+    pub prefix: String,
+    pub dir: PathBuf,
+    tag: String,
+}
+
+impl StableNames {
+    pub fn new(prefix: &str, dir: &Path) -> StableNames {
+        StableNames {
+            prefix: prefix.into(),
+            dir: dir.into(),
+            tag: crate::lab::multi::interface_tag(prefix),
+        }
+    }
+
+    pub fn namespaces(&self) -> Vec<String> {
+        (1..=MEMBERS)
+            .map(|i| format!("{}-e{i}", self.prefix))
+            .collect()
+    }
+
+    pub fn bridge(&self) -> String {
+        format!("le{}", self.tag)
+    }
+
+    /// Whether a member runs with its data under `dir` (an etcd command line's arguments).
+    pub fn is_member(&self, args: &[String]) -> bool {
+        args.windows(2)
+            .any(|w| w[0] == "--data-dir" && Path::new(&w[1]).starts_with(&self.dir))
+    }
+
+    /// What is left of the cluster besides its processes: namespaces, the bridge and the
+    /// veths on it (in the root namespace, named after the bridge), the tmpfs.
+    pub fn leftovers(&self) -> Vec<String> {
+        let mut left = self.namespaces_left();
+        left.extend(self.interfaces().into_iter().map(|i| {
+            if i == self.bridge() {
+                format!("bridge {i}")
+            } else {
+                format!("interface {i}")
+            }
+        }));
+        if self.mounted() {
+            left.push(format!("tmpfs {}", self.dir.display()));
+        }
+        left
+    }
+
+    fn namespaces_left(&self) -> Vec<String> {
+        let listed = run(&["ip", "netns", "list"])
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default();
+        self.namespaces()
+            .into_iter()
+            .filter(|n| {
+                listed
+                    .lines()
+                    .any(|l| l.split_whitespace().next() == Some(n))
+            })
+            .map(|n| format!("namespace {n}"))
+            .collect()
+    }
+
+    /// The bridge and the veths named after it, in the root namespace.
+    fn interfaces(&self) -> Vec<String> {
+        let bridge = self.bridge();
+        let mut names: Vec<String> = std::fs::read_dir("/sys/class/net")
+            .map(|d| {
+                d.filter_map(|e| e.ok()?.file_name().into_string().ok())
+                    .filter(|n| n.starts_with(&bridge))
+                    .collect()
+            })
+            .unwrap_or_default();
+        names.sort();
+        names
+    }
+
+    fn mounted(&self) -> bool {
+        std::fs::read_to_string("/proc/mounts").is_ok_and(|m| {
+            m.lines()
+                .any(|l| l.split_whitespace().nth(1) == Some(&*self.dir.to_string_lossy()))
+        })
+    }
+
+    /// Removes the namespaces, the bridge and the tmpfs (its members must be stopped: the
+    /// caller finds them with [`StableNames::is_member`]; and the namespaces given a port,
+    /// [`EtcdCluster::attach`], should be gone). Waits until the kernel has released every
+    /// veth named after the bridge (a namespace's removal finishes after `ip netns del`
+    /// returns), so that a cluster of the same names can start at once. Idempotent; returns
+    /// the namespaces, bridge and tmpfs it removed.
+    pub fn remove(&self) -> Result<Vec<String>> {
+        let mut removed = self.namespaces_left();
+        for n in self.namespaces() {
+            if removed.contains(&format!("namespace {n}")) {
+                run(&["ip", "netns", "del", &n])?;
+            }
+        }
+        let bridge = self.bridge();
+        if self.interfaces().contains(&bridge) {
+            run(&["ip", "link", "del", &bridge])?;
+            removed.push(format!("bridge {bridge}"));
+        }
+        let deadline = Instant::now() + RELEASED_WITHIN;
+        loop {
+            let left = self.interfaces();
+            if left.is_empty() {
+                break;
+            }
+            if Instant::now() > deadline {
+                return Err(EtcdLabError::Status(format!(
+                    "still there {RELEASED_WITHIN:?} after removal: {}",
+                    left.join(", ")
+                )));
+            }
+            // A veth whose other end's namespace is still there goes with this end.
+            for i in left {
+                let _ = Command::new("ip").args(["link", "del", &i]).output();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        if self.mounted() {
+            run(&["umount", &self.dir.to_string_lossy()])?;
+            removed.push(format!("tmpfs {}", self.dir.display()));
+        }
+        if self.dir.exists() {
+            std::fs::remove_dir_all(&self.dir)?;
+        }
+        Ok(removed)
     }
 }
 
@@ -490,6 +709,10 @@ impl ClientTls {
             (&files.server_key, server_key_pem),
         ] {
             std::fs::write(path, pem)?;
+        }
+        // Private keys readable by their owner only, as an operator would keep them.
+        for key in [&files.key, &files.server_key] {
+            std::fs::set_permissions(key, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
         }
         Ok(files)
     }

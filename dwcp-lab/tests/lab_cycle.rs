@@ -2,7 +2,8 @@
 //! `dwcp-agent` per gateway) -> traffic between every pair of regions -> the agents' tunnels
 //! through the API -> fail a link -> the agents route around it and traffic still flows ->
 //! heal -> the direct route is back -> down, after which no namespace, agent process, pin or
-//! state file is left. Its own namespace prefix, state directory and pin root (with the pid),
+//! state file is left; the same lab in etcd mode, a topology pushed once reaching every
+//! gateway. Its own namespace prefix, state directory and pin root (with the pid),
 //! removed by a guard also when the test fails.
 
 use std::{path::PathBuf, time::Duration};
@@ -10,10 +11,13 @@ use std::{path::PathBuf, time::Duration};
 use dwcp_agent::agent::RouteView;
 use dwcp_agent::agent::TunnelState;
 use dwcp_agent::agent::TunnelView;
+use dwcp_control::store::GatewayView;
 use dwcp_control::topology::TunnelKind;
+use dwcp_control::view::{StatusView, TopologyChanges, TopologyView};
 use dwcp_lab::lab::live;
 use dwcp_lab::lab::live::LabPaths;
 use dwcp_lab::lab::live::LabState;
+use dwcp_lab::lab::live::LabStore;
 use dwcp_lab::lab::live::LiveLabError;
 use dwcp_lab::lab::live::UpOptions;
 use dwcp_lab::netlab::run;
@@ -25,6 +29,16 @@ fn agent_bin() -> std::path::PathBuf {
 const WAIT: Duration = Duration::from_secs(90);
 
 struct Down(LabPaths);
+
+/// A test's own lab: namespaces `dwcp-<short><pid>-*`, state and pins `dwcp-lab-<long>-<pid>`.
+fn lab_paths(short: &str, long: &str) -> LabPaths {
+    let pid = std::process::id();
+    LabPaths {
+        prefix: format!("dwcp-{short}{pid}"),
+        state_dir: std::env::temp_dir().join(format!("dwcp-lab-{long}-{pid}")),
+        pin_root: PathBuf::from(format!("/sys/fs/bpf/dwcp-lab-{long}-{pid}")),
+    }
+}
 
 impl Drop for Down {
     fn drop(&mut self) {
@@ -83,12 +97,7 @@ fn assert_flows(state: &LabState, pairs: &[(usize, usize)], when: &str) {
     ignore = "privileged: needs root, BPF and network namespaces (--features dwcp-lab/privileged)"
 )]
 fn lab_cycle_up_traffic_fail_reroute_heal_down_leaves_nothing() {
-    let pid = std::process::id();
-    let paths = LabPaths {
-        prefix: format!("dwcp-lcyc{pid}"),
-        state_dir: std::env::temp_dir().join(format!("dwcp-lab-cycle-{pid}")),
-        pin_root: PathBuf::from(format!("/sys/fs/bpf/dwcp-lab-cycle-{pid}")),
-    };
+    let paths = lab_paths("lcyc", "cycle");
     let _down = Down(paths.clone());
     let mut opts = UpOptions::new(3, agent_bin());
     opts.timeout = WAIT;
@@ -208,12 +217,7 @@ fn lab_cycle_up_traffic_fail_reroute_heal_down_leaves_nothing() {
     ignore = "privileged: needs root, BPF, network namespaces and wireguard-go (--features dwcp-lab/privileged)"
 )]
 fn wireguard_lab_cycle_up_traffic_fail_reroute_heal_down() {
-    let pid = std::process::id();
-    let paths = LabPaths {
-        prefix: format!("dwcp-lwg{pid}"),
-        state_dir: std::env::temp_dir().join(format!("dwcp-lab-wg-{pid}")),
-        pin_root: PathBuf::from(format!("/sys/fs/bpf/dwcp-lab-wg-{pid}")),
-    };
+    let paths = lab_paths("lwg", "wg");
     let _down = Down(paths.clone());
     let mut opts = UpOptions::new(3, agent_bin());
     opts.timeout = WAIT;
@@ -303,5 +307,130 @@ fn wireguard_lab_cycle_up_traffic_fail_reroute_heal_down() {
     // has WireGuard.
     assert!(report.tunnel_processes_stopped.len() >= 3, "{report:?}");
     assert_eq!(report.namespaces.len(), 9, "{report:?}");
+    assert_eq!(live::leftovers(&paths), Vec::<String>::new());
+}
+
+/// Polls `f` every 100 ms until it holds, at most [`WAIT`].
+fn eventually(what: &str, mut f: impl FnMut() -> bool) {
+    let start = std::time::Instant::now();
+    while !f() {
+        assert!(start.elapsed() < WAIT, "{what}: not within {WAIT:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The lab in etcd mode (`lab up --store etcd`): a real three-member etcd cluster in the lab's
+/// namespaces; every gateway's file holds only its own part and every gateway runs the
+/// topology `up` pushed; a change pushed once, through another gateway, reaches every gateway;
+/// `down`, without the state file (as after a crash of `up`), stops the members and leaves no
+/// namespace, bridge, tmpfs, process, pin or file; so does a failed `up`.
+#[test]
+#[cfg_attr(
+    not(feature = "privileged"),
+    ignore = "privileged: needs root, BPF, network namespaces and etcd (--features dwcp-lab/privileged)"
+)]
+fn etcd_lab_up_push_reaches_every_gateway_and_down_leaves_nothing() {
+    if let Err(why) = dwcp_lab::etcd::available() {
+        dwcp_lab::skip(
+            "etcd_lab_up_push_reaches_every_gateway_and_down_leaves_nothing",
+            &why,
+        );
+        return;
+    }
+    let paths = lab_paths("lcye", "etcd");
+    let _down = Down(paths.clone());
+    let mut opts = UpOptions::new(3, agent_bin());
+    opts.timeout = WAIT;
+    opts.store = LabStore::Etcd;
+    opts.dwcp_binary = dwcp_lab::bin("dwcp");
+    // A failed `up` (its first agent exits at once, after the cluster started) removes all
+    // it made, the cluster too.
+    let mut failing = opts.clone();
+    failing.agent_binary = PathBuf::from("/bin/false");
+    match live::up(&paths, &failing, &mut |m| println!("failing up: {m}")) {
+        Err(LiveLabError::Agent { .. }) => {}
+        other => panic!("an up whose agent exits: {other:?}"),
+    }
+    assert_eq!(live::leftovers(&paths), Vec::<String>::new());
+
+    let state = live::up(&paths, &opts, &mut |m| println!("up: {m}")).unwrap();
+    assert_eq!(state.store, LabStore::Etcd);
+    for a in &state.agents {
+        let text = std::fs::read_to_string(&a.config).unwrap();
+        assert!(
+            text.contains("kind = \"etcd\"") && !text.contains("[[region]]"),
+            "{}: {text}",
+            a.region
+        );
+        let s: StatusView = live::api_get(&a.socket, "/v1/status").unwrap();
+        assert_eq!(s.published_topology_generation, Some(1), "{}", a.region);
+    }
+    // The listing asks the store: an error (a slow store on a loaded machine) is "not yet".
+    let gateways = |a: &live::AgentRecord| -> Vec<(String, u64)> {
+        let listed: Vec<GatewayView> = live::api_get(&a.socket, "/v1/gateways").unwrap_or_default();
+        let mut listed: Vec<(String, u64)> = listed
+            .into_iter()
+            .map(|g| (g.record.region, g.record.topology_generation))
+            .collect();
+        listed.sort();
+        listed
+    };
+    let every = |generation: u64| {
+        let mut v: Vec<(String, u64)> = state
+            .agents
+            .iter()
+            .map(|a| (a.region.clone(), generation))
+            .collect();
+        v.sort();
+        v
+    };
+    eventually("every gateway listed on generation 1", || {
+        gateways(&state.agents[2]) == every(1)
+    });
+
+    // Link 1's capacity changed, pushed once through eu-west-1's gateway.
+    let pushed_file = paths.state_dir.join(live::TOPOLOGY_FILE);
+    let mut topology: toml::Table =
+        toml::from_str(&std::fs::read_to_string(&pushed_file).unwrap()).unwrap();
+    let link1 = topology["link"]
+        .as_array_mut()
+        .unwrap()
+        .iter_mut()
+        .find(|l| l["link_id"].as_integer() == Some(1))
+        .unwrap();
+    link1["capacity_mbps"] = toml::Value::Float(800.0);
+    let next = paths.state_dir.join("next.toml");
+    std::fs::write(&next, toml::to_string(&topology).unwrap()).unwrap();
+    let pushed: TopologyChanges = live::dwcp_json(
+        &opts.dwcp_binary,
+        &state.agents[1].socket,
+        &["topology", "push", next.to_str().unwrap()],
+    )
+    .unwrap();
+    assert_eq!(
+        (pushed.from_generation, pushed.generation),
+        (Some(1), Some(2))
+    );
+    assert_eq!(pushed.changes.len(), 1, "{pushed:?}");
+    for a in &state.agents {
+        eventually(&format!("{} on generation 2", a.region), || {
+            let s: StatusView = live::api_get(&a.socket, "/v1/status").unwrap();
+            s.published_topology_generation == Some(2)
+        });
+        let t: TopologyView = live::api_get(&a.socket, "/v1/topology").unwrap();
+        let capacity = t.links.iter().find(|l| l.id == 1).unwrap().capacity_bps;
+        assert_eq!(capacity, 800_000_000, "{}", a.region);
+    }
+    eventually("every gateway listed on generation 2", || {
+        gateways(&state.agents[0]) == every(2)
+    });
+
+    // As after a crash: no record. Down finds the agents and the members by their files.
+    std::fs::remove_file(paths.state_file()).unwrap();
+    let report = live::down(&paths).unwrap();
+    assert_eq!(report.agents_stopped.len(), 3, "{report:?}");
+    assert_eq!(report.etcd_stopped.len(), 3, "{report:?}");
+    // Three namespaces, the bridge and the tmpfs.
+    assert_eq!(report.etcd_removed.len(), 5, "{report:?}");
     assert_eq!(live::leftovers(&paths), Vec::<String>::new());
 }

@@ -30,9 +30,9 @@ enum Cmd {
         #[arg(trailing_var_arg = true)]
         args: Vec<String>,
     },
-    /// The multi-region lab: `up [--regions N] [--tunnels wireguard] | status | fail A B |
-    /// heal A B | traffic [A B] | down` (run `cargo xtask lab help`). Builds the agent, the
-    /// CLI, the tunnel daemon and the lab first.
+    /// The multi-region lab: `up [--regions N] [--tunnels wireguard] [--store etcd] | status |
+    /// fail A B | heal A B | traffic [A B] | down` (run `cargo xtask lab help`). Builds the
+    /// agent, the CLI, the tunnel daemon and the lab first.
     #[command(disable_help_flag = true)]
     Lab {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]

@@ -14,6 +14,14 @@
 //! and keeps the tunnels (see `start_tunnels`); `down` stops those daemons and the lab's
 //! wireguard-go processes (found by their devices' names) before removing the namespaces.
 //!
+//! With the cluster store in etcd ([`UpOptions::store`], `lab up --store etcd`) `up` first
+//! starts a three-member etcd cluster (TLS, client certificates) in namespaces of its own
+//! (`<prefix>-e1` to `-e3`, data on a tmpfs at `<state dir>/etcd`) with a port for every
+//! gateway, writes each gateway's file with only what is its own plus `[store]`, and
+//! publishes the lab's topology once (`dwcp topology push`, through the first gateway, whose
+//! file carries the topology tables only until then); `down` stops the members and removes
+//! the cluster's namespaces, bridge and tmpfs.
+//!
 //! Frames the gateways redirect (native XDP) into the hosts' and wires' veths are accepted
 //! because those veths' ends carry an `XDP_PASS` program, attached through links pinned under
 //! `<pin root>/pass/`.
@@ -34,6 +42,7 @@ use super::{
     LabError, PassProgram,
 };
 
+use crate::etcd::{EtcdCluster, StableNames};
 use crate::netlab;
 use crate::netlab::Netns;
 use dwcp_agent::agent::LinkHealth;
@@ -45,6 +54,7 @@ use dwcp_cli::client::Endpoint;
 use dwcp_control::config::LinkStateSection;
 use dwcp_control::input::unix_now;
 use dwcp_control::topology::TunnelKind;
+use dwcp_control::view::{StatusView, TopologyChanges};
 
 pub const DEFAULT_PREFIX: &str = multi::STABLE_PREFIX;
 pub const DEFAULT_STATE_DIR: &str = "/run/dwcp-lab";
@@ -52,6 +62,10 @@ pub const DEFAULT_PIN_ROOT: &str = "/sys/fs/bpf/dwcp-lab";
 /// Where each agent serves /metrics, inside its gateway's namespace.
 pub const LAB_METRICS: &str = "127.0.0.1:9470";
 const STATE_FILE: &str = "lab.json";
+/// In etcd mode: the topology file `up` pushed, in the state directory.
+pub const TOPOLOGY_FILE: &str = "topology.toml";
+/// Each gateway's port on the etcd cluster's bridge.
+const STORE_INTERFACE: &str = "etcd0";
 
 #[derive(Debug, Error)]
 pub enum LiveLabError {
@@ -81,6 +95,10 @@ pub enum LiveLabError {
     Tunnels { region: String, detail: String },
     #[error("the lab's links are VXLAN or WireGuard, not {0:?}")]
     TunnelKind(TunnelKind),
+    #[error("the etcd cluster: {0}")]
+    Etcd(#[from] crate::etcd::EtcdLabError),
+    #[error("the lab in etcd mode has VXLAN links only (the WireGuard lab's tunnel addresses share the etcd bridge's 10.254.0.0/16)")]
+    EtcdWithWireguard,
     #[error("timed out after {waited:?} waiting for {what}")]
     Timeout { what: String, waited: Duration },
     #[error("stream {from} -> {to}: {source}")]
@@ -128,6 +146,23 @@ impl LabPaths {
     pub fn state_file(&self) -> PathBuf {
         self.state_dir.join(STATE_FILE)
     }
+
+    /// The names of the lab's etcd cluster (etcd mode), its tmpfs in the state directory.
+    pub fn etcd(&self) -> StableNames {
+        StableNames::new(&self.prefix, &self.state_dir.join("etcd"))
+    }
+}
+
+/// Where the lab's gateways keep what all of them must agree on (`[store] kind`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LabStore {
+    /// Each gateway's own files, the whole topology in each (the default).
+    #[default]
+    File,
+    /// A three-member etcd cluster the lab starts: the topology pushed once, reservations
+    /// and membership in the store.
+    Etcd,
 }
 
 /// One region's gateway agent, as `up` started it.
@@ -162,6 +197,9 @@ pub struct LabState {
     /// The links' kind (`lab up --tunnels`).
     #[serde(default)]
     pub tunnels: TunnelKind,
+    /// The cluster store (`lab up --store`).
+    #[serde(default)]
+    pub store: LabStore,
 }
 
 impl LabState {
@@ -201,6 +239,10 @@ pub struct UpOptions {
     /// Rotate every WireGuard key once older than this (checked every second); default the
     /// daemon's (30 days).
     pub rotate_after: Option<Duration>,
+    /// The gateways' files alone (default), or a cluster store on etcd.
+    pub store: LabStore,
+    /// The `dwcp` CLI (etcd mode: the topology is pushed with it).
+    pub dwcp_binary: PathBuf,
 }
 
 /// The lab of `regions` regions with `tunnels` links, named after `paths`.
@@ -225,6 +267,8 @@ impl UpOptions {
             tunnels: TunnelKind::Vxlan,
             tunnels_binary: crate::profile_dir().join("dwcp-tunnels"),
             rotate_after: None,
+            store: LabStore::File,
+            dwcp_binary: crate::profile_dir().join("dwcp"),
         }
     }
 }
@@ -262,6 +306,13 @@ fn save(state: &LabState) -> Result<()> {
 /// crash, a failed `up`) is removed first. On failure everything made is removed again.
 pub fn up(paths: &LabPaths, opts: &UpOptions, progress: &mut dyn FnMut(&str)) -> Result<LabState> {
     let plan = plan_of(opts.regions, opts.tunnels, paths)?;
+    if opts.store == LabStore::Etcd {
+        if plan.tunnels == TunnelKind::Wireguard {
+            return Err(LiveLabError::EtcdWithWireguard);
+        }
+        crate::etcd::available()
+            .map_err(|detail| LiveLabError::Etcd(crate::etcd::EtcdLabError::Status(detail)))?;
+    }
     // Up: recorded with namespaces or agents, or agents of the lab running even without a
     // record. Namespaces, pins or a record alone are what a crash left: removed below.
     let state = load(paths).ok().flatten();
@@ -321,6 +372,10 @@ fn up_inner(
         ns.run_in(|| pass.attach_pinned(ifname, &pin))??;
     }
     drop(pass);
+    let store_section = match opts.store {
+        LabStore::File => None,
+        LabStore::Etcd => Some(start_etcd(paths, &lab, progress)?),
+    };
     let latency_emulated = lab.latency_emulated();
     let mut agents = Vec::new();
     for r in &plan.regions {
@@ -328,7 +383,12 @@ fn up_inner(
         let file = |ext: &str| paths.state_dir.join(format!("g{}.{ext}", r.n));
         let pin_dir = paths.pin_root.join(format!("g{}", r.n));
         let socket = file("sock");
-        let mut text = plan.agent_config(r.n, &pin_dir, &socket);
+        let mut text = match &store_section {
+            None => plan.agent_config(r.n, &pin_dir, &socket),
+            // Only the gateway's own: the topology comes from the store (the first gateway's
+            // file carries it until it has pushed it: `seed_store`).
+            Some(store) => plan.local_config(r.n, &pin_dir, &socket) + "\n" + store,
+        };
         text += &format!(
             // Probes in the real-time class, as on a busy gateway: on this 2-core machine a
             // probe thread starved past the detection time would take a healthy link down.
@@ -369,6 +429,7 @@ fn up_inner(
         latency_emulated,
         started_unix_s: unix_now(),
         tunnels: plan.tunnels,
+        store: opts.store,
     };
     save(&state)?;
     if plan.tunnels == TunnelKind::Wireguard {
@@ -378,13 +439,18 @@ fn up_inner(
         "starting {} dwcp-agent daemons",
         state.agents.len()
     ));
-    for a in &mut state.agents {
+    let deadline = Instant::now() + opts.timeout;
+    let mut published = None;
+    for (i, a) in state.agents.iter_mut().enumerate() {
+        if i == 0 && opts.store == LabStore::Etcd {
+            published = Some(seed_store(paths, opts, plan, a, deadline, progress)?);
+            continue;
+        }
         a.pid = spawn_agent(&opts.agent_binary, a, &paths.state_dir)?;
         // Recorded at once: `down` finds every started agent even if `up` dies now.
         save_agents(paths, a)?;
     }
     state = require(paths)?;
-    let deadline = Instant::now() + opts.timeout;
     for a in &state.agents {
         wait_running(a, 0, deadline, opts.timeout)?;
     }
@@ -407,7 +473,111 @@ fn up_inner(
             }))
         })?;
     }
+    if let Some(generation) = published {
+        progress(&format!(
+            "waiting until every gateway runs the store's topology (generation {generation})"
+        ));
+        for a in &state.agents {
+            wait_until(a, deadline, opts.timeout, "the pushed topology", |s| {
+                let status: StatusView = api_get(&s.socket, "/v1/status")?;
+                Ok(status.published_topology_generation == Some(generation))
+            })?;
+        }
+    }
     Ok(state)
+}
+
+/// Starts the lab's etcd cluster (three members, TLS with client certificates) and gives every
+/// gateway a port on its bridge. Returns the gateways' `[store]` section. The cluster is kept
+/// running: `down` removes it, also after a failed `up`.
+fn start_etcd(
+    paths: &LabPaths,
+    lab: &MultiRegionLab,
+    progress: &mut dyn FnMut(&str),
+) -> Result<String> {
+    let names = paths.etcd();
+    progress(&format!(
+        "starting a three-member etcd cluster (TLS) in {} (data on a tmpfs at {})",
+        names.namespaces().join(", "),
+        names.dir.display()
+    ));
+    let mut cluster = EtcdCluster::start_stable(&names)?;
+    for gw in &lab.gateways {
+        cluster.attach(gw, STORE_INTERFACE)?;
+    }
+    let section = cluster.store_section();
+    cluster.keep();
+    Ok(section)
+}
+
+/// Publishes the lab's topology in the store, once: writes it to the state directory,
+/// starts the first gateway's agent on a file with the topology tables added (an agent's
+/// API is what `dwcp topology push` talks to), pushes through it, waits until it runs the
+/// published generation, and leaves its file with only its own part, as the others' (it
+/// never reads its tables again: a restart or reload takes the store's, or the cached,
+/// topology). Returns the generation.
+fn seed_store(
+    paths: &LabPaths,
+    opts: &UpOptions,
+    plan: &LabPlan,
+    a: &mut AgentRecord,
+    deadline: Instant,
+    progress: &mut dyn FnMut(&str),
+) -> Result<u64> {
+    let topology = paths.state_dir.join(TOPOLOGY_FILE);
+    let text = plan.topology_text();
+    std::fs::write(&topology, &text).map_err(io(format!("writing {}", topology.display())))?;
+    let local = std::fs::read_to_string(&a.config)
+        .map_err(io(format!("reading {}", a.config.display())))?;
+    // The topology first: its top-level keys (`edge = []`) must precede every table.
+    std::fs::write(&a.config, format!("{text}\n{local}"))
+        .map_err(io(format!("writing {}", a.config.display())))?;
+    a.pid = spawn_agent(&opts.agent_binary, a, &paths.state_dir)?;
+    save_agents(paths, a)?;
+    wait_running(a, 0, deadline, opts.timeout)?;
+    progress(&format!(
+        "dwcp topology push {} (through {}'s gateway)",
+        topology.display(),
+        a.region
+    ));
+    let topology_arg = topology.to_string_lossy();
+    let pushed: TopologyChanges = dwcp_json(
+        &opts.dwcp_binary,
+        &a.socket,
+        &["topology", "push", &topology_arg],
+    )?;
+    let generation = pushed.generation.ok_or_else(|| LiveLabError::Agent {
+        region: a.region.clone(),
+        detail: format!("the push published nothing: {pushed:?}"),
+    })?;
+    wait_until(a, deadline, opts.timeout, "the pushed topology", |s| {
+        let status: StatusView = api_get(&s.socket, "/v1/status")?;
+        Ok(status.published_topology_generation == Some(generation))
+    })?;
+    std::fs::write(&a.config, local).map_err(io(format!("writing {}", a.config.display())))?;
+    Ok(generation)
+}
+
+/// Runs `dwcp --socket SOCKET --json ARGS` and decodes its answer; a failure is the agent's
+/// error with what `dwcp` said.
+pub fn dwcp_json<T: DeserializeOwned>(dwcp: &Path, socket: &Path, args: &[&str]) -> Result<T> {
+    let out = Command::new(dwcp)
+        .arg("--socket")
+        .arg(socket)
+        .arg("--json")
+        .args(args)
+        .output()
+        .map_err(io(format!("running {}", dwcp.display())))?;
+    let fail = |detail: String| LiveLabError::Agent {
+        region: socket.display().to_string(),
+        detail: format!("dwcp {}: {detail}", args.join(" ")),
+    };
+    if !out.status.success() {
+        return Err(fail(
+            String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        ));
+    }
+    serde_json::from_slice(&out.stdout).map_err(|e| fail(e.to_string()))
 }
 
 /// A WireGuard lab's tunnels, made and kept by dwcp: each gateway's keys are generated in its
@@ -671,7 +841,8 @@ fn wait_running(a: &AgentRecord, from: usize, deadline: Instant, timeout: Durati
         if text.get(from..).is_some_and(|t| t.contains("running")) {
             return Ok(());
         }
-        if !agent_alive(a.pid) {
+        // Not `!agent_alive`: a just spawned agent may not have exec'd yet.
+        if exited(a.pid) {
             return Err(LiveLabError::Agent {
                 region: a.region.clone(),
                 detail: format!(
@@ -760,22 +931,24 @@ fn agent_alive(pid: u32) -> bool {
 
 /// Whether `pid` is a live (not zombie) process of program `exe`.
 fn alive(pid: u32, exe: &str) -> bool {
-    if pid == 0 {
+    if pid == 0 || exited(pid) {
         return false;
     }
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return false;
-    };
-    // The state follows the parenthesised command name.
-    let zombie = stat
-        .rsplit_once(')')
-        .is_some_and(|(_, rest)| rest.trim_start().starts_with(['Z', 'X']));
     let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-    !zombie
-        && String::from_utf8_lossy(&cmdline)
-            .split('\0')
-            .next()
-            .is_some_and(|e| e.ends_with(exe))
+    String::from_utf8_lossy(&cmdline)
+        .split('\0')
+        .next()
+        .is_some_and(|e| e.ends_with(exe))
+}
+
+/// Whether `pid` is gone or a zombie. Unlike `!alive`, a child just spawned, between fork
+/// and exec (still this program's command line), has not exited.
+fn exited(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |stat| {
+        // The state follows the parenthesised command name.
+        stat.rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with(['Z', 'X']))
+    })
 }
 
 /// Live processes of program `exe` whose arguments `ours` recognises.
@@ -815,7 +988,7 @@ fn lab_tunnel_daemon_pids(state_dir: &Path) -> Vec<u32> {
 
 /// The wireguard-go daemons of the lab's devices (they outlive a deleted namespace).
 fn lab_wireguard_go_pids(prefix: &str) -> Vec<u32> {
-    let tag = multi::wireguard_device_tag(prefix);
+    let tag = multi::interface_tag(prefix);
     pids_of("wireguard-go", |args| {
         args.iter()
             .skip(1)
@@ -872,6 +1045,13 @@ pub fn leftovers(paths: &LabPaths) -> Vec<String> {
             .iter()
             .map(|p| format!("wireguard-go process {p}")),
     );
+    let etcd = paths.etcd();
+    left.extend(
+        lab_etcd_pids(&etcd)
+            .iter()
+            .map(|p| format!("etcd process {p}")),
+    );
+    left.extend(etcd.leftovers());
     if paths.pin_root.exists() {
         left.push(format!("pins {}", paths.pin_root.display()));
     }
@@ -881,12 +1061,21 @@ pub fn leftovers(paths: &LabPaths) -> Vec<String> {
     left
 }
 
+/// The members of the lab's etcd cluster (found by their data directories).
+fn lab_etcd_pids(names: &StableNames) -> Vec<u32> {
+    pids_of("etcd", |args| names.is_member(args))
+}
+
 /// What `down` removed.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct DownReport {
     pub agents_stopped: Vec<u32>,
     /// `dwcp-tunnels` daemons and wireguard-go processes (a WireGuard lab).
     pub tunnel_processes_stopped: Vec<u32>,
+    /// The etcd cluster's members (etcd mode).
+    pub etcd_stopped: Vec<u32>,
+    /// The etcd cluster's namespaces, bridge and tmpfs.
+    pub etcd_removed: Vec<String>,
     pub namespaces: Vec<String>,
     pub pins_removed: bool,
     pub state_removed: bool,
@@ -896,14 +1085,17 @@ impl DownReport {
     pub fn is_empty(&self) -> bool {
         self.agents_stopped.is_empty()
             && self.tunnel_processes_stopped.is_empty()
+            && self.etcd_stopped.is_empty()
+            && self.etcd_removed.is_empty()
             && self.namespaces.is_empty()
             && !self.pins_removed
             && !self.state_removed
     }
 }
 
-/// Removes the lab in `paths`: stops its agents (SIGTERM, then SIGKILL after 10 s), deletes
-/// its namespaces, pins and state directory. Idempotent; needs no state file.
+/// Removes the lab in `paths`: stops its agents (SIGTERM, then SIGKILL after 10 s) and its
+/// etcd cluster's members, deletes its namespaces (the cluster's too), the cluster's bridge
+/// and tmpfs, the pins and the state directory. Idempotent; needs no state file.
 pub fn down(paths: &LabPaths) -> Result<DownReport> {
     let mut report = DownReport::default();
     let mut pids = lab_agent_pids(&paths.state_dir);
@@ -927,7 +1119,13 @@ pub fn down(paths: &LabPaths) -> Result<DownReport> {
     let wireguard_go = lab_wireguard_go_pids(&paths.prefix);
     terminate(&wireguard_go, "wireguard-go", Duration::from_secs(5));
     report.tunnel_processes_stopped = daemons.into_iter().chain(wireguard_go).collect();
+    // The agents are gone: nothing needs the store. Its data is thrown away with the tmpfs.
+    let etcd = paths.etcd();
+    report.etcd_stopped = lab_etcd_pids(&etcd);
+    terminate(&report.etcd_stopped, "etcd", Duration::from_secs(5));
     report.namespaces = multi::stable_down(&paths.prefix)?;
+    // After the gateways' namespaces, which held the other ends of the cluster's ports.
+    report.etcd_removed = etcd.remove()?;
     if paths.pin_root.exists() {
         // The pinned XDP links went with their interfaces; the pins themselves remain.
         std::fs::remove_dir_all(&paths.pin_root)

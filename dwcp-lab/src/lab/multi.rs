@@ -204,7 +204,7 @@ impl LabPlan {
     /// probed inside the tunnel. `prefix` is the lab's namespace prefix.
     pub fn with_wireguard(mut self, prefix: &str) -> LabPlan {
         self.tunnels = TunnelKind::Wireguard;
-        self.device_tag = wireguard_device_tag(prefix);
+        self.device_tag = interface_tag(prefix);
         self
     }
 
@@ -331,10 +331,25 @@ impl LabPlan {
         socket: &std::path::Path,
     ) -> String {
         // The topology first: its top-level keys (`edge = []`) must precede every table.
-        let mut s = toml::to_string(&self.topology()).expect("a topology serialises");
+        self.topology_text() + "\n" + &self.local_config(n, pin_dir, socket)
+    }
+
+    /// [`LabPlan::topology`] as a topology file (what `dwcp topology push` takes).
+    pub fn topology_text(&self) -> String {
+        toml::to_string(&self.topology()).expect("a topology serialises")
+    }
+
+    /// The part of region `n`'s agent.toml that is the gateway's own (all of it but the
+    /// topology): what its file holds when the topology comes from the cluster store.
+    pub fn local_config(
+        &self,
+        n: u8,
+        pin_dir: &std::path::Path,
+        socket: &std::path::Path,
+    ) -> String {
         let me = &self.regions[n as usize - 1];
-        s += &format!(
-            "\n[gateway]\nname = \"{}\"\nregion = \"{}\"\npin_dir = \"{}\"\n\
+        let mut s = format!(
+            "[gateway]\nname = \"{}\"\nregion = \"{}\"\npin_dir = \"{}\"\n\
              lan_interfaces = [\"lan0\"]\n\n",
             me.gateway,
             me.name,
@@ -374,9 +389,10 @@ impl LabPlan {
     }
 }
 
-/// The ending of every WireGuard device name of the lab with namespace prefix `prefix`:
-/// 6 hex digits of its FNV-1a hash (stable; two labs on one host differ in their prefixes).
-pub fn wireguard_device_tag(prefix: &str) -> String {
+/// The tag of the interface names the lab with namespace prefix `prefix` makes outside its
+/// namespaces (the ending of every WireGuard device name, the etcd cluster's bridge): 6 hex
+/// digits of its FNV-1a hash (stable; two labs on one host differ in their prefixes).
+pub fn interface_tag(prefix: &str) -> String {
     let hash = prefix.bytes().fold(0x811c_9dc5_u32, |h, b| {
         (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
     });
@@ -797,10 +813,7 @@ mod tests {
                 assert!(dev.len() <= 15, "{dev}");
             }
         }
-        assert_ne!(
-            wireguard_device_tag("dwcp-lab"),
-            wireguard_device_tag("dwcp-lab2")
-        );
+        assert_ne!(interface_tag("dwcp-lab"), interface_tag("dwcp-lab2"));
         let seed = LabPlan::for_regions(3).unwrap().with_wireguard("x");
         let text = seed.agent_config(2, std::path::Path::new("/p"), std::path::Path::new("/s"));
         let doc: toml::Table = toml::from_str(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
@@ -812,7 +825,7 @@ mod tests {
         assert_eq!(l1["peer_ip"].as_str(), Some("10.254.1.1"));
         assert_eq!(
             l1["interface"].as_str(),
-            Some(format!("wg1g2{}", wireguard_device_tag("x")).as_str())
+            Some(format!("wg1g2{}", interface_tag("x")).as_str())
         );
         assert_eq!(local[1]["local_ip"].as_str(), Some("10.254.2.1"));
         assert!(doc["link"]
