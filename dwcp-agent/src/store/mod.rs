@@ -1,6 +1,6 @@
 //! The cluster store on etcd (issue 18): what gateways must agree on. Reservations admitted in
 //! one transaction over every link of their path (`reservations.rs`), membership on leases
-//! (`membership.rs`), the published topology (`topology.rs`), and a prefix watch that
+//! (`membership.rs`), request ids and removal marks beside them (`requests.rs`), the published topology (`topology.rs`), and a prefix watch that
 //! survives restarts and compaction without losing a delete (`watch.rs`). The rules and the key layout are `dwcp-control`'s
 //! (`bandwidth::ledger`, `store`); this is the I/O.
 //!
@@ -9,6 +9,7 @@
 //! decided locally.
 
 mod membership;
+mod requests;
 mod reservations;
 mod topology;
 mod watch;

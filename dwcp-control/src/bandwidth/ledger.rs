@@ -166,9 +166,10 @@ pub struct BatchPlan {
 }
 
 impl BatchPlan {
-    /// Keys the transaction writes (ledgers, admitted reservations, deletions).
+    /// Keys the transaction writes (ledgers, admitted reservations, deletions and their
+    /// removal marks).
     fn writes(&self) -> usize {
-        self.ledgers.len() + self.admitted.len() + self.preempted.len()
+        self.ledgers.len() + self.admitted.len() + 2 * self.preempted.len()
     }
 }
 
@@ -211,7 +212,7 @@ pub fn plan_batch(
                         .keys()
                         .filter(|l| !plan.ledgers.contains_key(l))
                         .count();
-                    let writes = plan.writes() + new_ledgers + 1 + one.preempted.len();
+                    let writes = plan.writes() + new_ledgers + 1 + 2 * one.preempted.len();
                     if writes > max_writes && !plan.admitted.is_empty() {
                         full = true;
                         BatchOutcome::Deferred
