@@ -34,7 +34,7 @@ use dwcp_control::{
     input::{unix_now, Input},
     store::{GatewayRecord, PublishedTopology},
     topology::LinkId,
-    view::AgentSnapshot,
+    view::{AgentSnapshot, ReservationsView},
 };
 use tokio::{
     sync::{mpsc, oneshot, watch},
@@ -211,10 +211,12 @@ async fn watch_once_reachable(
 /// Mirrors the store's reservations into the state owner: each one listed or put, and each
 /// one deleted (a relist after an outage or a compaction reports what went meanwhile; the
 /// first list, those of `cached` gone meanwhile).
+/// `listed` is sent once the store has answered the first list.
 pub(super) fn reservations_watch(
     store: EtcdStore,
     inputs: mpsc::Sender<Input>,
     cached: &[Reservation],
+    listed: oneshot::Sender<()>,
 ) -> JoinHandle<()> {
     let known: Vec<String> = cached
         .iter()
@@ -223,6 +225,7 @@ pub(super) fn reservations_watch(
     tokio::spawn(async move {
         let prefix = store.keys().reservations();
         let mut watch = watch_once_reachable(&store, &prefix, &known, "reservations").await;
+        let _ = listed.send(());
         loop {
             let input = match watch.next().await {
                 WatchEvent::Put { key, value } => {
@@ -525,23 +528,32 @@ pub(super) fn cached_reservations(state_dir: &Path) -> Vec<Reservation> {
     }
 }
 
-/// Keeps the mirror's cache current: the stored reservations of each snapshot that changed
-/// them, written at most every [`RESERVATIONS_CACHE_EVERY`] (temporary file, then rename:
-/// never half a file), off the state owner's loop.
+/// Keeps the mirror's cache current once the store has `listed` the reservations (before,
+/// the mirror holds nothing newer than the cache): the stored reservations of each snapshot
+/// that changed them, written at most every [`RESERVATIONS_CACHE_EVERY`] (temporary file,
+/// then rename: never half a file), off the state owner's loop.
 pub(super) fn reservations_cache(
     state_dir: PathBuf,
     mut snapshot: watch::Receiver<Arc<AgentSnapshot>>,
+    listed: oneshot::Receiver<()>,
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
+        if listed.await.is_err() {
+            return;
+        }
+        // Written a pause after the list, once the state owner mirrors what it brought.
+        snapshot.mark_changed();
         let path = state_dir.join(RESERVATIONS_CACHE_FILE);
         let tmp = path.with_extension("json.tmp");
         let mut written = None;
         while snapshot.changed().await.is_ok() {
+            // Changes within the pause are written together.
+            tokio::time::sleep(RESERVATIONS_CACHE_EVERY).await;
             let view = snapshot.borrow_and_update().reservations.clone();
             let Some(view) = view else { continue };
             if written
                 .as_ref()
-                .is_some_and(|w: &Arc<_>| Arc::ptr_eq(w, &view))
+                .is_some_and(|w: &Arc<ReservationsView>| w.stored == view.stored)
             {
                 continue;
             }
@@ -555,7 +567,6 @@ pub(super) fn reservations_cache(
                 warn!(error = %e, "mirrored reservations not cached; a restart with the store unreachable polices the last ones cached");
             }
             written = Some(view);
-            tokio::time::sleep(RESERVATIONS_CACHE_EVERY).await;
         }
     })
 }

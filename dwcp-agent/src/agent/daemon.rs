@@ -262,14 +262,17 @@ impl Daemon {
 
         if let Some(store) = &store {
             started.push(cluster::topology_watch(store.clone(), input_tx.clone()));
+            let (listed, first_list) = oneshot::channel();
             started.push(cluster::reservations_watch(
                 store.clone(),
                 input_tx.clone(),
                 mirror.as_deref().unwrap_or_default(),
+                listed,
             ));
             started.push(cluster::reservations_cache(
                 options.state_dir.clone(),
                 snapshot.subscribe(),
+                first_list,
             ));
             started.push(cluster::reservations_expiry(store.clone()));
         }

@@ -63,8 +63,8 @@ impl EtcdStore {
                 TxnOpResponse::Get(g) => g.kvs().first().cloned(),
                 _ => None,
             })
-            // Swept between the compare and the get: only after the request's end.
-            .ok_or_else(|| corrupt(&key, "the request record went while it was read"))?;
+            // The compare failed on this key, so the same transaction's get found it.
+            .ok_or_else(|| corrupt(&key, "the request record was not returned"))?;
         let first: AdmissionRecord =
             serde_json::from_slice(kv.value()).map_err(|e| corrupt(&key, e))?;
         let id = ReservationId(kv.create_revision() as u64);
@@ -109,9 +109,14 @@ impl EtcdStore {
                 } else {
                     serde_json::from_slice::<AdmissionRecord>(kv.value()).map(|r| r.candidate.end)
                 };
-                // An unreadable one is no use either.
-                if end.map_or(true, |end| end <= now) {
-                    ended.push(key);
+                match end {
+                    Ok(end) if end > now => {}
+                    Ok(_) => ended.push(key),
+                    // Of no use to a mirror or a retry: read as "no mark".
+                    Err(e) => {
+                        tracing::warn!(error = %e, key, "cluster store: unreadable mark removed");
+                        ended.push(key);
+                    }
                 }
             }
         }
