@@ -7,13 +7,16 @@
 //!   force is cached in the state directory, so a restart with the store unreachable runs
 //!   on it;
 //! - reservations: admissions, extensions and cancellations are decided by the store
-//!   (`EtcdStore::admit`, `extend`, `cancel`) on tasks of their own, off the state owner's loop, which is
-//!   fed the outcome (`Decided`) before the request is answered; a watch of the reservations
-//!   mirrors every gateway's into the state owner (`Input::StoredReservation`, `...Gone`), so
-//!   each gateway polices those whose traffic enters at it (a removal marked as a
-//!   preemption is told as one); any gateway expires ended ones.
+//!   (`EtcdStore::admit`, `extend`, `cancel`) on tasks of their own, off the state owner's
+//!   loop, which is fed the outcome (`Decided`) before the request is answered; a watch of
+//!   the reservations mirrors every gateway's into the state owner
+//!   (`Input::StoredReservation`, `...Gone`), so each gateway polices those whose traffic
+//!   enters at it (a removal marked as a preemption is told as one); any gateway expires
+//!   ended ones.
 //!   With the store unreachable, admissions and cancellations fail (503) and the mirror keeps
-//!   what it holds; the watch relists on reconnection and reports what went meanwhile.
+//!   what it holds; the watch relists on reconnection and reports what went meanwhile. The
+//!   mirror is cached in the state directory, so a restart with the store unreachable
+//!   polices what it held.
 //!
 //! The store is never in the forwarding path: while it is unreachable these tasks retry, and
 //! nothing else waits for them.
@@ -210,8 +213,8 @@ async fn watch_once_reachable(
 
 /// Mirrors the store's reservations into the state owner: each one listed or put, and each
 /// one deleted (a relist after an outage or a compaction reports what went meanwhile; the
-/// first list, those of `cached` gone meanwhile).
-/// `listed` is sent once the store has answered the first list.
+/// first list, those of `cached` gone meanwhile). `listed` is sent once the store has
+/// answered the first list.
 pub(super) fn reservations_watch(
     store: EtcdStore,
     inputs: mpsc::Sender<Input>,
