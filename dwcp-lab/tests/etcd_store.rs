@@ -825,3 +825,55 @@ fn a_preemption_is_marked_for_every_gateway_and_a_retried_request_books_once() {
         }
     });
 }
+
+#[test]
+#[cfg_attr(
+    not(feature = "privileged"),
+    ignore = "privileged: needs root, network namespaces and etcd (--features dwcp-lab/privileged)"
+)]
+fn a_watch_that_starts_from_a_cache_reports_what_went_meanwhile() {
+    let Some(cluster) = cluster("a_watch_that_starts_from_a_cache_reports_what_went_meanwhile")
+    else {
+        return;
+    };
+    let rt = runtime();
+    rt.block_on(async {
+        let store = connect(&cluster).await;
+        let mut raw = raw(&cluster).await;
+        let prefix = "/dwcp-test/cache/";
+        raw.put(format!("{prefix}b"), "b", None).await.unwrap();
+        raw.put(format!("{prefix}c"), "c", None).await.unwrap();
+        // A follower restarted on a cache of a and b (a deleted while it was away).
+        let cached = vec![format!("{prefix}a"), format!("{prefix}b")];
+        let mut watch = store.watch_prefix_knowing(prefix, cached).await.unwrap();
+        let mut first = Vec::new();
+        for _ in 0..3 {
+            first.push(tokio::time::timeout(WAIT, watch.next()).await.unwrap());
+        }
+        first.sort_by_key(|e| format!("{e:?}"));
+        assert_eq!(
+            first,
+            [
+                WatchEvent::Delete {
+                    key: format!("{prefix}a")
+                },
+                WatchEvent::Put {
+                    key: format!("{prefix}b"),
+                    value: b"b".to_vec()
+                },
+                WatchEvent::Put {
+                    key: format!("{prefix}c"),
+                    value: b"c".to_vec()
+                },
+            ]
+        );
+        // Then it follows as any watch.
+        raw.delete(format!("{prefix}b"), None).await.unwrap();
+        assert_eq!(
+            tokio::time::timeout(WAIT, watch.next()).await.unwrap(),
+            WatchEvent::Delete {
+                key: format!("{prefix}b")
+            }
+        );
+    });
+}
