@@ -16,7 +16,8 @@
 //! another gateway reaches every one once the store is back), an agent restarted meanwhile
 //! starts on the cached topology and the cached reservations (still policed), and membership
 //! comes back with the store; a preemption by another gateway is told as one by every
-//! gateway; a stopped agent leaves at once, a killed one when its lease expires.
+//! gateway; a request sent again with its request id through another gateway books once; a
+//! stopped agent leaves at once, a killed one when its lease expires.
 
 use std::{
     path::Path,
@@ -481,6 +482,63 @@ fn gateways_register_on_leases_and_every_agent_lists_them() {
     assert!(dwcp(&lab.api_socket(0), &["reserve", "cancel", &id])
         .status
         .success());
+
+    // The same request sent again with its request id, through another gateway (a retry
+    // after a timeout): the first one's reservation, booked once. Another request under the
+    // same id is refused.
+    let end = (booked.reservation.end + 3600).to_string();
+    let once = |r: usize, rate: &str| {
+        let args = [
+            "--json",
+            "reserve",
+            "add",
+            "--from",
+            "ap-south-1",
+            "--to",
+            "us-east-1",
+            "--class",
+            "bulk",
+            "--rate",
+            rate,
+            "--end",
+            &end,
+            "--path",
+            "3",
+            "--request-id",
+            "job-7",
+        ];
+        dwcp(&lab.api_socket(r), &args)
+    };
+    let out = once(0, "10M");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let first: Admission = serde_json::from_slice(&out.stdout).unwrap();
+    let out = once(2, "10M");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let again: Admission = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(again.reservation, first.reservation);
+    let out = once(1, "20M");
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("request_id job-7 was used for another request"),
+        "{err}"
+    );
+    wait("one reservation for the request, on every gateway", || {
+        (0..3)
+            .all(|r| {
+                json::<Vec<Reservation>>(&lab, r, &["show", "reservations"])
+                    == [first.reservation.clone()]
+            })
+            .then_some(())
+    });
 
     // A stopped agent revokes its lease before it exits: gone at once.
     lab.stop_agent(1).expect("agent 2 stops");
