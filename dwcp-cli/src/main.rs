@@ -189,6 +189,12 @@ enum Reserve {
         /// Link ids from source to destination, comma-separated.
         #[arg(long, value_delimiter = ',', required = true)]
         path: Vec<u32>,
+        /// Names this request (1 to 64 of A-Z a-z 0-9 . _ -); a new one if absent. With the
+        /// cluster store, the same request sent again with it (say after a timeout; give
+        /// absolute times) returns the reservation the first one made instead of booking
+        /// another.
+        #[arg(long)]
+        request_id: Option<String>,
     },
     /// Move a reservation's end later.
     Extend {
@@ -456,6 +462,14 @@ async fn lsdb(c: &ApiClient) -> Result<Option<LsdbView>> {
     }
 }
 
+/// A request id no other invocation makes: the time in nanoseconds and the process.
+fn new_request_id() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    format!("cli-{nanos:x}-{:x}", std::process::id())
+}
+
 fn now_unix_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -486,6 +500,7 @@ async fn reserve(cli: &Cli, action: &Reserve) -> Result<()> {
             priority,
             owner,
             path,
+            request_id,
         } => {
             let req = ReservationRequest {
                 owner: owner.clone(),
@@ -503,6 +518,7 @@ async fn reserve(cli: &Cli, action: &Reserve) -> Result<()> {
                     .iter()
                     .map(|&l| RawNumber::from(u64::from(l)))
                     .collect(),
+                request_id: Some(request_id.clone().unwrap_or_else(new_request_id)),
             };
             let a: Admission = c.call("POST", "/v1/reservations", Some(&req)).await?;
             print(cli.json, &a, admitted)

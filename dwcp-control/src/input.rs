@@ -126,10 +126,13 @@ pub enum Input {
         reservation: crate::bandwidth::Reservation,
     },
     /// In etcd mode: a reservation removed from the cluster store (cancelled, preempted or
-    /// expired, by any gateway), seen at `now_unix_s`.
+    /// expired, by any gateway), seen at `now_unix_s`; `preempted_by`: the reservation the
+    /// store says took its place.
     StoredReservationGone {
         id: crate::bandwidth::ReservationId,
         now_unix_s: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        preempted_by: Option<crate::bandwidth::ReservationId>,
     },
     /// etcd mode: the links' figures other gateways published to the cluster store, those a
     /// reader takes as current (`link_state::current_figures`), whenever they changed: the

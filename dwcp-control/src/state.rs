@@ -581,9 +581,11 @@ impl<F: FastPath> AgentState<F> {
             Input::StoredReservation { reservation } => {
                 self.on_stored_reservation(reservation, now)
             }
-            Input::StoredReservationGone { id, now_unix_s } => {
-                self.on_stored_reservation_gone(id, now_unix_s, now)
-            }
+            Input::StoredReservationGone {
+                id,
+                now_unix_s,
+                preempted_by,
+            } => self.on_stored_reservation_gone(id, now_unix_s, preempted_by, now),
             Input::StoredFigures { links } => {
                 // The operator's view only: no health, no cause, no computation.
                 self.stored_figures = links.into_iter().map(|l| (l.link.0, l)).collect();
@@ -1051,6 +1053,17 @@ impl<F: FastPath> AgentState<F> {
         reply
     }
 
+    /// In etcd mode: the capacity each link may give reservations, for an extension the
+    /// cluster store decides.
+    pub fn reservable_capacity(&self) -> Result<BTreeMap<LinkId, u64>, BandwidthError> {
+        Ok(self
+            .reservations
+            .as_ref()
+            .ok_or(BandwidthError::NoReservations)?
+            .reservable()
+            .clone())
+    }
+
     /// In etcd mode: `req` validated as a candidate for the cluster store, with each link's
     /// reservable capacity (`ReservationManager::candidate`).
     pub fn reservation_candidate(
@@ -1074,11 +1087,17 @@ impl<F: FastPath> AgentState<F> {
         self.refresh_reservations(now);
     }
 
-    fn on_stored_reservation_gone(&mut self, id: ReservationId, now_unix_s: UnixSeconds, now: Now) {
+    fn on_stored_reservation_gone(
+        &mut self,
+        id: ReservationId,
+        now_unix_s: UnixSeconds,
+        preempted_by: Option<ReservationId>,
+        now: Now,
+    ) {
         let Some(manager) = self.reservations.as_mut() else {
             return;
         };
-        if let Err(e) = manager.mirror_remove(id, now_unix_s) {
+        if let Err(e) = manager.mirror_remove(id, now_unix_s, preempted_by) {
             warn!(error = %e, "mirroring a removed reservation");
         }
         self.refresh_reservations(now);

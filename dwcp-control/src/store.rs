@@ -9,6 +9,10 @@
 //! - `<prefix>/topology`: the [`PublishedTopology`] every gateway runs
 //! - `<prefix>/figures/<name>`: the [`StoredFigures`](crate::link_state::StoredFigures) a
 //!   gateway measured on its links (one key per gateway, no lease: see `link_state::stored`)
+//! - `<prefix>/removed/<id, 20 digits>`: a [`Removal`], written with a cancel or a preemption
+//!   (so that every gateway tells a preemption apart), until the reservation's end
+//! - `<prefix>/requests/<request id>`: an [`AdmissionRecord`], the first admission of a
+//!   client's `request_id`, until its end
 //!
 //! Fixed-width numbers so that keys sort as their numbers do.
 
@@ -16,7 +20,9 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use crate::bandwidth::ReservationId;
+use crate::bandwidth::{
+    BandwidthError, Reservation, ReservationId, ReservationRequest, UnixSeconds,
+};
 use crate::topology::{
     error::line_of, EdgeConfig, LinkConfig, LinkId, RegionConfig, Topology, TopologyConfig,
     TopologyError,
@@ -103,6 +109,23 @@ impl KeyLayout {
         format!("{}/admission-turn", self.prefix)
     }
 
+    pub fn removals(&self) -> String {
+        format!("{}/removed/", self.prefix)
+    }
+
+    pub fn removal(&self, id: ReservationId) -> String {
+        format!("{}{:020}", self.removals(), id.0)
+    }
+
+    pub fn requests(&self) -> String {
+        format!("{}/requests/", self.prefix)
+    }
+
+    /// `request_id` as checked by `bandwidth::check_request_id` (no `/`).
+    pub fn request(&self, request_id: &str) -> String {
+        format!("{}{request_id}", self.requests())
+    }
+
     pub fn gateways(&self) -> String {
         format!("{}/gateways/", self.prefix)
     }
@@ -121,6 +144,61 @@ impl KeyLayout {
 
     pub fn figures_of(&self, gateway: &str) -> String {
         format!("{}{gateway}", self.figures())
+    }
+}
+
+/// Why a reservation left the store before its end, written in the transaction that removed
+/// it: a mirror that sees the key go tells its owner "preempted" rather than "cancelled", and
+/// a retried request does not book again what was undone.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Removal {
+    /// The reservation's end: the mark is of no use after it (the expiry removes it).
+    pub end: UnixSeconds,
+    /// The higher-priority reservation that took its place; `None`: cancelled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preempted_by: Option<ReservationId>,
+}
+
+impl std::fmt::Display for Removal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.preempted_by {
+            Some(by) => write!(f, "preempted by reservation {by}"),
+            None => f.write_str("cancelled"),
+        }
+    }
+}
+
+/// A client's request as first admitted under its `request_id`. The key's creation revision
+/// is the reservation's id, so a retry admits the same reservation (the admission's write
+/// holds only while that id is free: it is booked once) or finds it there.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdmissionRecord {
+    /// The request as the client sent it: a retry must send the same.
+    pub request: ReservationRequest,
+    /// What the first attempt validated it as (its start, when it said "now"), id aside.
+    pub candidate: Reservation,
+}
+
+impl AdmissionRecord {
+    /// What a retry of `request` admits: the first attempt's candidate under `id`, or
+    /// `RequestIdReused` if `request` is another request under the same id.
+    pub fn retry(
+        &self,
+        request: &ReservationRequest,
+        id: ReservationId,
+    ) -> Result<Reservation, BandwidthError> {
+        if *request != self.request {
+            return Err(BandwidthError::RequestIdReused {
+                request_id: request.request_id.clone().unwrap_or_default(),
+                id,
+            });
+        }
+        Ok(Reservation {
+            id,
+            ..self.candidate.clone()
+        })
     }
 }
 
@@ -213,6 +291,63 @@ mod tests {
         assert_eq!(k.gateway("gw-a"), "/dwcp/v1/gateways/gw-a");
         assert_eq!(k.topology(), "/dwcp/v1/topology");
         assert_eq!(k.figures_of("gw-a"), "/dwcp/v1/figures/gw-a");
+    }
+
+    #[test]
+    fn a_retry_admits_the_first_attempts_terms_and_another_request_is_refused() {
+        let k = KeyLayout::new("/dwcp/v1");
+        assert_eq!(k.request("ab-1"), "/dwcp/v1/requests/ab-1");
+        assert_eq!(
+            k.removal(ReservationId(3)),
+            "/dwcp/v1/removed/00000000000000000003"
+        );
+        let request: ReservationRequest = serde_json::from_str(
+            r#"{"source":"a","destination":"b","class":"bulk","rate":"10M","end":2000,
+                "path":[1],"request_id":"ab-1"}"#,
+        )
+        .unwrap();
+        let candidate = Reservation {
+            id: ReservationId(0),
+            owner: String::new(),
+            source: "a".into(),
+            destination: "b".into(),
+            class: dwcp_common::QosClass::Bulk,
+            rate_bps: 10_000_000,
+            // "now" when the first attempt was validated; a retry validates a later one.
+            start: 1000,
+            end: 2000,
+            priority: 2,
+            path: vec![LinkId(1)],
+        };
+        let record = AdmissionRecord {
+            request: request.clone(),
+            candidate: candidate.clone(),
+        };
+        let back: AdmissionRecord =
+            serde_json::from_slice(&serde_json::to_vec(&record).unwrap()).unwrap();
+        let again = back.retry(&request, ReservationId(77)).unwrap();
+        assert_eq!(
+            again,
+            Reservation {
+                id: ReservationId(77),
+                ..candidate
+            }
+        );
+        let other = ReservationRequest {
+            rate: crate::bandwidth::RawNumber::Text("20M".into()),
+            ..request
+        };
+        let e = back.retry(&other, ReservationId(77)).unwrap_err();
+        assert_eq!(e.http_status(), 409);
+        assert!(
+            e.to_string()
+                .contains("request_id ab-1 was used for another request (reservation 77)"),
+            "{e}"
+        );
+        for bad in ["", "a/b", "a b", &"x".repeat(65)] {
+            assert!(crate::bandwidth::check_request_id(bad).is_err(), "{bad:?}");
+        }
+        crate::bandwidth::check_request_id("0f3a-B_9.x").unwrap();
     }
 
     const AGENT_TOML: &str = concat!(

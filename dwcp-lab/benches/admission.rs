@@ -36,6 +36,7 @@ fn request(i: u64, rate: u64, priority: u64, path: Vec<u64>) -> ReservationReque
         end: (NOW + 600 + i % 3000).into(),
         priority: Some(priority.into()),
         path: path.into_iter().map(Into::into).collect(),
+        request_id: None,
     }
 }
 

@@ -9,13 +9,17 @@
 //! version and topology generation; a topology pushed once through one gateway reaches every
 //! gateway (diff first, then push; a bad file refused with its line; the same text twice makes
 //! one generation); a reservation admitted by one gateway is listed by every gateway and
-//! refuses another gateway's that would overbook its link; a reload keeps the published
-//! topology; a store outage leaves the agents running, the listing and new admissions failing
-//! clearly and the reservations in place (a cancel through another gateway reaches every one
-//! once the store is back), an agent restarted meanwhile starts on the cached
-//! topology, and membership comes back with the store; a stopped agent leaves at once, a
-//! killed one when its lease expires. With link state off, every gateway (one that joins
-//! last too) shows the link it does not terminate with the figures its ends published.
+//! refuses another gateway's that would overbook its link; extended through another gateway,
+//! every gateway mirrors the longer window, and an extension that would overbook is refused;
+//! a reload keeps the published topology; a store outage leaves the agents running, the
+//! listing and new admissions failing clearly and the reservations in place (a cancel through
+//! another gateway reaches every one once the store is back), an agent restarted meanwhile
+//! starts on the cached topology and the cached reservations (still policed), and membership
+//! comes back with the store; a preemption by another gateway is told as one by every
+//! gateway; a request sent again with its request id through another gateway books once; a
+//! stopped agent leaves at once, a killed one when its lease expires. With link state off,
+//! every gateway (one that joins last too) shows the link it does not terminate with the
+//! figures its ends published.
 
 use std::{
     path::Path,
@@ -23,9 +27,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use dwcp_control::bandwidth::{Admission, Reservation};
+use dwcp_control::bandwidth::{Admission, Reservation, ReservationEvent};
 use dwcp_control::store::GatewayView;
-use dwcp_control::view::{StatusView, TopologyChanges, TopologyView};
+use dwcp_control::view::{AgentEvent, StatusView, TopologyChanges, TopologyView};
 use dwcp_lab::etcd::EtcdCluster;
 use dwcp_lab::lab::triangle::{
     underlay_ip, TriangleLab, TriangleOptions, GATEWAYS, LINKS, REGIONS, TOPOLOGY,
@@ -89,6 +93,43 @@ fn reserve(lab: &TriangleLab, r: usize, from: &str, rate: &str, path: &str) -> O
             path,
         ],
     )
+}
+
+/// As [`reserve`], from `start` to `end` (unix seconds or `+1h`), at `priority` if given.
+#[allow(clippy::too_many_arguments)]
+fn reserve_at(
+    lab: &TriangleLab,
+    r: usize,
+    from: &str,
+    rate: &str,
+    path: &str,
+    start: &str,
+    end: &str,
+    priority: Option<&str>,
+) -> Output {
+    let mut args = vec![
+        "--json",
+        "reserve",
+        "add",
+        "--from",
+        from,
+        "--to",
+        "us-east-1",
+        "--class",
+        "bulk",
+        "--rate",
+        rate,
+        "--start",
+        start,
+        "--end",
+        end,
+        "--path",
+        path,
+    ];
+    if let Some(p) = priority {
+        args.extend(["--priority", p]);
+    }
+    dwcp(&lab.api_socket(r), &args)
 }
 
 /// Link 1's capacity as gateway `r` runs it.
@@ -204,6 +245,68 @@ fn gateways_register_on_leases_and_every_agent_lists_them() {
             (listed == [booked.reservation.clone()]).then_some(())
         });
     }
+    // Extended through another gateway than the admitting one: every gateway mirrors the
+    // longer window, the admitting one tells it as extended. One that would overbook link 1
+    // (ap-south-1's 200 Mbit/s booked from its end) is refused, naming the link.
+    let id = booked.reservation.id.to_string();
+    let end = booked.reservation.end;
+    let out = dwcp(
+        &lab.api_socket(2),
+        &[
+            "--json",
+            "reserve",
+            "extend",
+            &id,
+            "--end",
+            &(end + 600).to_string(),
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let booked: Admission = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(booked.reservation.end, end + 600);
+    for r in 0..3 {
+        wait("the extension mirrored by every gateway", || {
+            let listed: Vec<Reservation> = json(&lab, r, &["show", "reservations"]);
+            (listed == [booked.reservation.clone()]).then_some(())
+        });
+    }
+    lab.wait_event(1, "the extension", WAIT, |e| {
+        matches!(e, AgentEvent::Reservation(ReservationEvent::Extended { reservation, previous_end })
+            if reservation.id == booked.reservation.id && *previous_end == end)
+    })
+    .unwrap();
+    let later = booked.reservation.end.to_string();
+    let out = reserve_at(&lab, 2, "ap-south-1", "200M", "2,1", &later, "+3h", None);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let after: Admission = serde_json::from_slice(&out.stdout).unwrap();
+    let out = dwcp(
+        &lab.api_socket(0),
+        &["reserve", "extend", &id, "--end", &(end + 1200).to_string()],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("link 1: 700000000 bit/s requested") && err.contains("409"),
+        "{err}"
+    );
+    let after_id = after.reservation.id.to_string();
+    assert!(dwcp(&lab.api_socket(1), &["reserve", "cancel", &after_id])
+        .status
+        .success());
+    for r in 0..3 {
+        wait("the later reservation's cancel mirrored", || {
+            let listed: Vec<Reservation> = json(&lab, r, &["show", "reservations"]);
+            (listed == [booked.reservation.clone()]).then_some(())
+        });
+    }
 
     // A topology pushed once, through gateway 2, reaches every gateway.
     const FILE_CAPACITY: u64 = 1_000_000_000;
@@ -294,27 +397,44 @@ fn gateways_register_on_leases_and_every_agent_lists_them() {
         err.contains("503") && err.contains("cluster store unreachable"),
         "{err}"
     );
-    for r in 0..2 {
+    for r in 0..3 {
         let listed: Vec<Reservation> = json(&lab, r, &["show", "reservations"]);
         assert_eq!(listed, std::slice::from_ref(&booked.reservation));
     }
-    // Restarted meanwhile, an agent starts on the topology it cached.
-    lab.kill_agent(2).unwrap();
-    lab.start_agent(2, &[])
-        .expect("agent 3 starts with the store down");
-    let s: StatusView = json(&lab, 2, &["status"]);
+    // Restarted meanwhile, an agent starts on the topology it cached, and on the reservations
+    // it cached: eu-west-1's gateway, where the reservation's traffic enters, still polices
+    // it (700 Mbit/s, in bytes per second, in its fast path's policers).
+    let policed = |lab: &TriangleLab| {
+        let out = Command::new(dwcp_lab::bin("dwcp"))
+            .args(["--json", "maps", "--pin-dir"])
+            .arg(lab.pin_dir(1))
+            .arg("policers")
+            .output()
+            .expect("dwcp maps runs");
+        String::from_utf8_lossy(&out.stdout).contains("87500000")
+    };
+    wait("eu-west-1's gateway policing it", || {
+        policed(&lab).then_some(())
+    });
+    lab.kill_agent(1).unwrap();
+    lab.start_agent(1, &[])
+        .expect("agent 2 starts with the store down");
+    let s: StatusView = json(&lab, 1, &["status"]);
     assert_eq!(s.published_topology_generation, Some(1));
-    assert_eq!(link1_capacity(&lab, 2), PUSHED_CAPACITY);
+    assert_eq!(link1_capacity(&lab, 1), PUSHED_CAPACITY);
+    let listed: Vec<Reservation> = json(&lab, 1, &["show", "reservations"]);
+    assert_eq!(listed, std::slice::from_ref(&booked.reservation));
+    assert_eq!(s.reservations_active, Some(1));
+    wait(
+        "the restarted gateway policing it with the store down",
+        || policed(&lab).then_some(()),
+    );
     cluster.start_again().expect("the cluster back");
     wait("all three gateways listed after the outage", || {
         (gateways(&lab, 0).len() == 3).then_some(())
     });
-    // The agent restarted meanwhile had no reservations to start on: its watch lists them
-    // once the store answers. A cancel on another gateway than the admitting one reaches all.
-    wait("the restarted gateway mirroring the reservation", || {
-        let listed: Vec<Reservation> = json(&lab, 2, &["show", "reservations"]);
-        (listed == [booked.reservation.clone()]).then_some(())
-    });
+    // A cancel on another gateway than the admitting one reaches all, the one restarted
+    // during the outage included (its watch took over from the cache).
     let id = booked.reservation.id.to_string();
     assert!(dwcp(&lab.api_socket(0), &["reserve", "cancel", &id])
         .status
@@ -326,6 +446,101 @@ fn gateways_register_on_leases_and_every_agent_lists_them() {
                 .then_some(())
         });
     }
+
+    // A higher priority admitted by ap-south-1's gateway preempts eu-west-1's reservation:
+    // eu-west-1's gateway, and every other, tells its owner it was preempted, and by which.
+    let out = reserve(&lab, 1, "eu-west-1", "700M", "1");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let low: Admission = serde_json::from_slice(&out.stdout).unwrap();
+    let out = reserve_at(
+        &lab,
+        2,
+        "ap-south-1",
+        "700M",
+        "2,1",
+        "+0s",
+        "+1h",
+        Some("6"),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let high: Admission = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(high.preempted, std::slice::from_ref(&low.reservation));
+    for r in 0..3 {
+        lab.wait_event(r, "the preemption", WAIT, |e| {
+            matches!(e, AgentEvent::Reservation(ReservationEvent::Preempted { reservation, by })
+                if reservation.id == low.reservation.id && *by == high.reservation.id)
+        })
+        .unwrap();
+    }
+    let id = high.reservation.id.to_string();
+    assert!(dwcp(&lab.api_socket(0), &["reserve", "cancel", &id])
+        .status
+        .success());
+
+    // The same request sent again with its request id, through another gateway (a retry
+    // after a timeout): the first one's reservation, booked once. Another request under the
+    // same id is refused.
+    let end = (booked.reservation.end + 3600).to_string();
+    let once = |r: usize, rate: &str| {
+        let args = [
+            "--json",
+            "reserve",
+            "add",
+            "--from",
+            "ap-south-1",
+            "--to",
+            "us-east-1",
+            "--class",
+            "bulk",
+            "--rate",
+            rate,
+            "--end",
+            &end,
+            "--path",
+            "3",
+            "--request-id",
+            "job-7",
+        ];
+        dwcp(&lab.api_socket(r), &args)
+    };
+    let out = once(0, "10M");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let first: Admission = serde_json::from_slice(&out.stdout).unwrap();
+    let out = once(2, "10M");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let again: Admission = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(again.reservation, first.reservation);
+    let out = once(1, "20M");
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("request_id job-7 was used for another request"),
+        "{err}"
+    );
+    wait("one reservation for the request, on every gateway", || {
+        (0..3)
+            .all(|r| {
+                json::<Vec<Reservation>>(&lab, r, &["show", "reservations"])
+                    == [first.reservation.clone()]
+            })
+            .then_some(())
+    });
 
     // A stopped agent revokes its lease before it exits: gone at once.
     lab.stop_agent(1).expect("agent 2 stops");

@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 
 use dwcp_agent::store::{ClusterStoreError, EtcdStore, PrefixWatch, WatchEvent};
 use dwcp_control::bandwidth::{
-    peak_load, BandwidthError, Ledger, Reservation, ReservationId, MAX_TIME,
+    peak_load, BandwidthError, ExtendRequest, Ledger, Reservation, ReservationId,
+    ReservationRequest, MAX_TIME,
 };
 use dwcp_control::store::{EtcdConfig, GatewayRecord, GatewayView, KeyLayout, DEFAULT_PREFIX};
 use dwcp_control::topology::LinkId;
@@ -758,4 +759,274 @@ fn figures_are_written_at_most_once_a_second_under_churn_and_resume_after_an_out
         }
     });
     publisher.abort();
+}
+
+#[test]
+#[cfg_attr(
+    not(feature = "privileged"),
+    ignore = "privileged: needs root, network namespaces and etcd (--features dwcp-lab/privileged)"
+)]
+fn extensions_across_gateways_never_oversubscribe_and_a_conflicting_one_is_refused() {
+    let Some(cluster) =
+        cluster("extensions_across_gateways_never_oversubscribe_and_a_conflicting_one_is_refused")
+    else {
+        return;
+    };
+    const MBIT: u64 = 1_000_000;
+    let reservable: BTreeMap<LinkId, u64> = [(LinkId(1), GBIT), (LinkId(2), GBIT)].into();
+    let to = |end: u64| ExtendRequest { end: end.into() };
+    let rt = runtime();
+    rt.block_on(async {
+        let gw: Vec<EtcdStore> = futures::future::join_all((0..3).map(|_| connect(&cluster))).await;
+        // Link 1: a until 2000, then b from 2000: each fits, a longer a does not.
+        let a = reservation(1, 600 * MBIT, 1_000, 2_000, 2, &[1]);
+        let b = reservation(2, 500 * MBIT, 2_000, 3_000, 2, &[1, 2]);
+        gw[0].admit(&a, &reservable).await.unwrap();
+        gw[1].admit(&b, &reservable).await.unwrap();
+        // Extended through a third gateway: refused on link 1, with what is free there.
+        let e = gw[2]
+            .extend(a.id, &to(2_500), 1_500, &reservable)
+            .await
+            .unwrap_err();
+        match &e {
+            ClusterStoreError::Bandwidth(BandwidthError::InsufficientBandwidth {
+                link,
+                free_bps,
+                ..
+            }) => assert_eq!((*link, *free_bps), (LinkId(1), 500 * MBIT)),
+            other => panic!("expected a refusal on link 1, got {other}"),
+        }
+        assert!(e.to_string().contains("link 1"), "{e}");
+        // Not later, ended, or unknown: refused, nothing written.
+        assert!(matches!(
+            gw[2].extend(a.id, &to(2_000), 1_500, &reservable).await,
+            Err(ClusterStoreError::Bandwidth(
+                BandwidthError::NotAnExtension { .. }
+            ))
+        ));
+        assert!(matches!(
+            gw[2].extend(a.id, &to(2_500), 2_000, &reservable).await,
+            Err(ClusterStoreError::Bandwidth(BandwidthError::Ended { .. }))
+        ));
+        assert!(matches!(
+            gw[2]
+                .extend(ReservationId(99), &to(2_500), 1_500, &reservable)
+                .await,
+            Err(ClusterStoreError::Bandwidth(BandwidthError::NotFound(_)))
+        ));
+        assert_eq!(gw[2].reservations().await.unwrap(), [a.clone(), b.clone()]);
+        // Within what is free: every ledger of its path has the longer window.
+        let longer = gw[2]
+            .extend(b.id, &to(3_500), 1_500, &reservable)
+            .await
+            .unwrap();
+        assert_eq!(longer.reservation.end, 3_500);
+        for ledger in gw[0].ledgers().await.unwrap().values() {
+            assert!(ledger
+                .reservations
+                .iter()
+                .all(|r| r.id != b.id || r.end == 3_500));
+        }
+
+        // Rounds of an extension and an admission racing on link 2 from two gateways, each
+        // fitting alone, not both: exactly one wins each time.
+        for round in 0..5u64 {
+            let base = 10_000 + round * 1_000;
+            let x = reservation(10 + round, 500 * MBIT, base, base + 500, 2, &[2]);
+            gw[0].admit(&x, &reservable).await.unwrap();
+            let y = reservation(20 + round, 600 * MBIT, base + 500, base + 1_000, 2, &[2]);
+            let longer = to(base + 800);
+            let (extended, admitted) = tokio::join!(
+                gw[1].extend(x.id, &longer, base, &reservable),
+                gw[2].admit(&y, &reservable),
+            );
+            assert!(
+                extended.is_ok() != admitted.is_ok(),
+                "round {round}: extension {extended:?}, admission {admitted:?}"
+            );
+            let refused = extended.err().or(admitted.err()).unwrap();
+            assert!(
+                matches!(
+                    refused,
+                    ClusterStoreError::Bandwidth(BandwidthError::InsufficientBandwidth { .. })
+                ),
+                "{refused}"
+            );
+        }
+        let reservations = gw[0].reservations().await.unwrap();
+        check_consistent(&gw[0].ledgers().await.unwrap(), &reservations, &reservable);
+    });
+}
+
+#[test]
+#[cfg_attr(
+    not(feature = "privileged"),
+    ignore = "privileged: needs root, network namespaces and etcd (--features dwcp-lab/privileged)"
+)]
+fn a_preemption_is_marked_for_every_gateway_and_a_retried_request_books_once() {
+    let Some(cluster) =
+        cluster("a_preemption_is_marked_for_every_gateway_and_a_retried_request_books_once")
+    else {
+        return;
+    };
+    const MBIT: u64 = 1_000_000;
+    let reservable: BTreeMap<LinkId, u64> = [(LinkId(1), GBIT), (LinkId(2), GBIT)].into();
+    let rt = runtime();
+    rt.block_on(async {
+        let gw: Vec<EtcdStore> = futures::future::join_all((0..3).map(|_| connect(&cluster))).await;
+        // A third gateway follows the reservations as the agents' mirror does.
+        let mut watch = gw[2]
+            .watch_prefix(&gw[2].keys().reservations())
+            .await
+            .unwrap();
+        let low = reservation(1, 700 * MBIT, 1_000, 2_000, 1, &[1, 2]);
+        gw[0].admit(&low, &reservable).await.unwrap();
+        let high = reservation(2, 700 * MBIT, 1_000, 2_000, 6, &[1]);
+        let a = gw[1].admit(&high, &reservable).await.unwrap();
+        assert_eq!(a.preempted, std::slice::from_ref(&low));
+        let low_key = gw[2].keys().reservation(low.id);
+        loop {
+            match tokio::time::timeout(WAIT, watch.next())
+                .await
+                .expect("the delete")
+            {
+                WatchEvent::Delete { key } if key == low_key => break,
+                _ => {}
+            }
+        }
+        // Seen deleted: the mark, written with the delete, says by whom.
+        let mark = gw[2].removal(low.id).await.unwrap().expect("a mark");
+        assert_eq!((mark.preempted_by, mark.end), (Some(high.id), low.end));
+        assert_eq!(mark.to_string(), "preempted by reservation 2");
+        // A cancel is marked as one; an expiry is not marked.
+        gw[0].cancel(high.id).await.unwrap();
+        let mark = gw[2].removal(high.id).await.unwrap().expect("a mark");
+        assert_eq!(mark.preempted_by, None);
+
+        // A request sent again with its request id, through another gateway, later: the
+        // first one's reservation, booked once.
+        let request = |id: &str, rate: &str| -> ReservationRequest {
+            serde_json::from_str(&format!(
+                r#"{{"source":"us-east-1","destination":"eu-west-1","class":"bulk",
+                    "rate":"{rate}","end":5000,"path":[1],"request_id":"{id}"}}"#
+            ))
+            .unwrap()
+        };
+        // As each gateway validates it: "now" is a little later on the retry.
+        let cand = |start: u64| reservation(0, 300 * MBIT, start, 5_000, 2, &[1]);
+        let first = gw[0]
+            .admission_candidate(&request("job-1", "300M"), cand(4_000))
+            .await
+            .unwrap();
+        let admitted = gw[0].admit(&first, &reservable).await.unwrap();
+        let again = gw[1]
+            .admission_candidate(&request("job-1", "300M"), cand(4_001))
+            .await
+            .unwrap();
+        assert_eq!(again, first);
+        assert_eq!(gw[1].admit(&again, &reservable).await.unwrap(), admitted);
+        // Two tries at once through two gateways (the first timed out, not failed): one
+        // reservation, which both return.
+        let (one, two) = tokio::join!(
+            async {
+                let c = gw[0]
+                    .admission_candidate(&request("job-2", "300M"), cand(4_000))
+                    .await?;
+                gw[0].admit(&c, &reservable).await
+            },
+            async {
+                let c = gw[2]
+                    .admission_candidate(&request("job-2", "300M"), cand(4_002))
+                    .await?;
+                gw[2].admit(&c, &reservable).await
+            },
+        );
+        assert_eq!(one.unwrap().reservation, two.unwrap().reservation);
+        let listed = gw[2].reservations().await.unwrap();
+        assert_eq!(listed.len(), 2, "{listed:?}");
+        check_consistent(&gw[2].ledgers().await.unwrap(), &listed, &reservable);
+        // Another request under a used id, or a retry of one cancelled since: refused.
+        let e = gw[1]
+            .admission_candidate(&request("job-1", "400M"), cand(4_000))
+            .await
+            .unwrap_err();
+        assert!(
+            e.to_string().contains(&format!(
+                "request_id job-1 was used for another request (reservation {})",
+                first.id
+            )),
+            "{e}"
+        );
+        gw[1].cancel(first.id).await.unwrap();
+        let e = gw[0]
+            .admission_candidate(&request("job-1", "300M"), cand(4_003))
+            .await
+            .unwrap_err();
+        assert!(
+            e.to_string().contains(&format!(
+                "already made reservation {}, which was cancelled",
+                first.id
+            )),
+            "{e}"
+        );
+        // Once their reservations' ends pass, marks and request records go with the expiry.
+        gw[0].expire(6_000).await.unwrap();
+        let raw = raw(&cluster).await;
+        for prefix in [gw[0].keys().removals(), gw[0].keys().requests()] {
+            let left = list(raw.clone(), &prefix).await.unwrap();
+            assert!(left.is_empty(), "{left:?}");
+        }
+    });
+}
+
+#[test]
+#[cfg_attr(
+    not(feature = "privileged"),
+    ignore = "privileged: needs root, network namespaces and etcd (--features dwcp-lab/privileged)"
+)]
+fn a_watch_that_starts_from_a_cache_reports_what_went_meanwhile() {
+    let Some(cluster) = cluster("a_watch_that_starts_from_a_cache_reports_what_went_meanwhile")
+    else {
+        return;
+    };
+    let rt = runtime();
+    rt.block_on(async {
+        let store = connect(&cluster).await;
+        let mut raw = raw(&cluster).await;
+        let prefix = "/dwcp-test/cache/";
+        raw.put(format!("{prefix}b"), "b", None).await.unwrap();
+        raw.put(format!("{prefix}c"), "c", None).await.unwrap();
+        // A follower restarted on a cache of a and b (a deleted while it was away).
+        let cached = vec![format!("{prefix}a"), format!("{prefix}b")];
+        let mut watch = store.watch_prefix_knowing(prefix, cached).await.unwrap();
+        let mut first = Vec::new();
+        for _ in 0..3 {
+            first.push(tokio::time::timeout(WAIT, watch.next()).await.unwrap());
+        }
+        first.sort_by_key(|e| format!("{e:?}"));
+        assert_eq!(
+            first,
+            [
+                WatchEvent::Delete {
+                    key: format!("{prefix}a")
+                },
+                WatchEvent::Put {
+                    key: format!("{prefix}b"),
+                    value: b"b".to_vec()
+                },
+                WatchEvent::Put {
+                    key: format!("{prefix}c"),
+                    value: b"c".to_vec()
+                },
+            ]
+        );
+        // Then it follows as any watch.
+        raw.delete(format!("{prefix}b"), None).await.unwrap();
+        assert_eq!(
+            tokio::time::timeout(WAIT, watch.next()).await.unwrap(),
+            WatchEvent::Delete {
+                key: format!("{prefix}b")
+            }
+        );
+    });
 }

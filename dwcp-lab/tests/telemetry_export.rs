@@ -162,6 +162,7 @@ fn reservation_figures_and_events_are_exported() {
                 end: (now + 3600).into(),
                 priority: None,
                 path: vec![1u64.into()],
+                request_id: None,
             },
             now,
         )

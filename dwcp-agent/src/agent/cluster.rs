@@ -6,13 +6,17 @@
 //!   (`Input::PublishedTopology`), which applies it atomically, as a reload; the topology in
 //!   force is cached in the state directory, so a restart with the store unreachable runs
 //!   on it;
-//! - reservations: admissions and cancellations are decided by the store
-//!   (`EtcdStore::admit`, `cancel`) on tasks of their own, off the state owner's loop, which is
-//!   fed the outcome (`Decided`) before the request is answered; a watch of the reservations
-//!   mirrors every gateway's into the state owner (`Input::StoredReservation`, `...Gone`), so
-//!   each gateway polices those whose traffic enters at it; any gateway expires ended ones.
+//! - reservations: admissions, extensions and cancellations are decided by the store
+//!   (`EtcdStore::admit`, `extend`, `cancel`) on tasks of their own, off the state owner's
+//!   loop, which is fed the outcome (`Decided`) before the request is answered; a watch of
+//!   the reservations mirrors every gateway's into the state owner
+//!   (`Input::StoredReservation`, `...Gone`), so each gateway polices those whose traffic
+//!   enters at it (a removal marked as a preemption is told as one); any gateway expires
+//!   ended ones.
 //!   With the store unreachable, admissions and cancellations fail (503) and the mirror keeps
-//!   what it holds; the watch relists on reconnection and reports what went meanwhile.
+//!   what it holds; the watch relists on reconnection and reports what went meanwhile. The
+//!   mirror is cached in the state directory, so a restart with the store unreachable
+//!   polices what it held.
 //! - link figures: a task publishes the figures this gateway measured on its links
 //!   (`store::publish_figures`), and a watch of every gateway's hands the current ones to the
 //!   state owner (`Input::StoredFigures`), at most once a second, for the links it shows with
@@ -22,18 +26,23 @@
 //! nothing else waits for them.
 
 use std::{
+    collections::BTreeMap,
     path::{Path, PathBuf},
     sync::Arc,
     time::Duration,
 };
 
 use dwcp_control::{
-    bandwidth::{BandwidthError, Reservation, ReservationId, ReservationReply, UnixSeconds},
+    bandwidth::{
+        Admission, BandwidthError, ExtendRequest, Reservation, ReservationId, ReservationReply,
+        ReservationRequest, UnixSeconds,
+    },
     config::AgentConfig,
     input::{unix_now, Input},
     link_state::{current_figures, StoredFigures, StoredLinkFigures},
     store::{GatewayRecord, PublishedTopology},
-    view::AgentSnapshot,
+    topology::LinkId,
+    view::{AgentSnapshot, ReservationsView},
 };
 use tokio::{
     sync::{mpsc, oneshot, watch},
@@ -80,51 +89,79 @@ fn store_failed(e: ClusterStoreError) -> BandwidthError {
     }
 }
 
-/// Admits `cand` (validated by the state owner, each link having `reservable` bit/s) through
-/// the store under a fresh cluster-wide id.
+/// Admits `cand` (validated by the state owner from `request`, each link having `reservable`
+/// bit/s) through the store under a fresh cluster-wide id, or the id its `request_id` got.
 pub(super) fn admit(
     store: EtcdStore,
-    mut cand: Reservation,
-    reservable: std::collections::BTreeMap<dwcp_control::topology::LinkId, u64>,
+    request: Box<ReservationRequest>,
+    cand: Reservation,
+    reservable: BTreeMap<LinkId, u64>,
     reply: oneshot::Sender<Result<ReservationReply, BandwidthError>>,
     decided: mpsc::Sender<Decided>,
 ) {
     tokio::spawn(async move {
         let admitted = async {
-            cand.id = store.new_reservation_id().await?;
+            let cand = store.admission_candidate(&request, cand).await?;
             store.admit(&cand, &reservable).await
         }
         .await;
-        let now_unix_s = unix_now();
-        let (inputs, result) = match admitted {
-            Ok(a) => {
-                info!(id = %a.reservation.id, preempted = a.preempted.len(), "reservation admitted by the cluster store");
-                let inputs = a
-                    .preempted
-                    .iter()
-                    .map(|r| Input::StoredReservationGone {
-                        id: r.id,
-                        now_unix_s,
-                    })
-                    .chain([Input::StoredReservation {
-                        reservation: a.reservation.clone(),
-                    }])
-                    .collect();
-                (inputs, Ok(ReservationReply::Admitted(a)))
-            }
-            Err(e) => {
-                info!(error = %e, "reservation not admitted by the cluster store");
-                (Vec::new(), Err(store_failed(e)))
-            }
-        };
-        let _ = decided
-            .send(Decided {
-                inputs,
-                result,
-                reply,
-            })
-            .await;
+        send_admission(admitted, reply, decided).await;
     });
+}
+
+/// Extends reservation `id` through the store (whichever gateway admitted it), as `request`
+/// asks; each link has `reservable` bit/s.
+pub(super) fn extend(
+    store: EtcdStore,
+    id: ReservationId,
+    request: ExtendRequest,
+    reservable: BTreeMap<LinkId, u64>,
+    reply: oneshot::Sender<Result<ReservationReply, BandwidthError>>,
+    decided: mpsc::Sender<Decided>,
+) {
+    tokio::spawn(async move {
+        let extended = store.extend(id, &request, unix_now(), &reservable).await;
+        send_admission(extended, reply, decided).await;
+    });
+}
+
+/// Hands the state owner an admission or extension the store decided: the reservation as
+/// stored, and the ones it preempted (told as preempted).
+async fn send_admission(
+    admitted: Result<Admission, ClusterStoreError>,
+    reply: oneshot::Sender<Result<ReservationReply, BandwidthError>>,
+    decided: mpsc::Sender<Decided>,
+) {
+    let now_unix_s = unix_now();
+    let (inputs, result) = match admitted {
+        Ok(a) => {
+            info!(id = %a.reservation.id, end = a.reservation.end, preempted = a.preempted.len(), "reservation admitted by the cluster store");
+            let inputs = a
+                .preempted
+                .iter()
+                .map(|r| Input::StoredReservationGone {
+                    id: r.id,
+                    now_unix_s,
+                    preempted_by: Some(a.reservation.id),
+                })
+                .chain([Input::StoredReservation {
+                    reservation: a.reservation.clone(),
+                }])
+                .collect();
+            (inputs, Ok(ReservationReply::Admitted(a)))
+        }
+        Err(e) => {
+            info!(error = %e, "reservation not admitted by the cluster store");
+            (Vec::new(), Err(store_failed(e)))
+        }
+    };
+    let _ = decided
+        .send(Decided {
+            inputs,
+            result,
+            reply,
+        })
+        .await;
 }
 
 /// Cancels reservation `id` in the store (whichever gateway admitted it).
@@ -140,6 +177,7 @@ pub(super) fn cancel(
                 vec![Input::StoredReservationGone {
                     id,
                     now_unix_s: unix_now(),
+                    preempted_by: None,
                 }],
                 Ok(ReservationReply::Cancelled(r)),
             ),
@@ -156,11 +194,16 @@ pub(super) fn cancel(
 }
 
 /// A watch of `prefix`, opened once the store answers (tried every [`RETRY`], the first
-/// failure logged).
-async fn watch_once_reachable(store: &EtcdStore, prefix: &str, what: &str) -> PrefixWatch {
+/// failure logged); `known`: the keys its follower holds already.
+async fn watch_once_reachable(
+    store: &EtcdStore,
+    prefix: &str,
+    known: &[String],
+    what: &str,
+) -> PrefixWatch {
     let mut failing = false;
     loop {
-        match store.watch_prefix(prefix).await {
+        match store.watch_prefix_knowing(prefix, known.to_vec()).await {
             Ok(w) => return w,
             Err(e) => {
                 if !failing {
@@ -174,11 +217,23 @@ async fn watch_once_reachable(store: &EtcdStore, prefix: &str, what: &str) -> Pr
 }
 
 /// Mirrors the store's reservations into the state owner: each one listed or put, and each
-/// one deleted (a relist after an outage or a compaction reports what went meanwhile).
-pub(super) fn reservations_watch(store: EtcdStore, inputs: mpsc::Sender<Input>) -> JoinHandle<()> {
+/// one deleted (a relist after an outage or a compaction reports what went meanwhile; the
+/// first list, those of `cached` gone meanwhile). `listed` is sent once the store has
+/// answered the first list.
+pub(super) fn reservations_watch(
+    store: EtcdStore,
+    inputs: mpsc::Sender<Input>,
+    cached: &[Reservation],
+    listed: oneshot::Sender<()>,
+) -> JoinHandle<()> {
+    let known: Vec<String> = cached
+        .iter()
+        .map(|r| store.keys().reservation(r.id))
+        .collect();
     tokio::spawn(async move {
         let prefix = store.keys().reservations();
-        let mut watch = watch_once_reachable(&store, &prefix, "reservations").await;
+        let mut watch = watch_once_reachable(&store, &prefix, &known, "reservations").await;
+        let _ = listed.send(());
         loop {
             let input = match watch.next().await {
                 WatchEvent::Put { key, value } => {
@@ -195,12 +250,19 @@ pub(super) fn reservations_watch(store: EtcdStore, inputs: mpsc::Sender<Input>) 
                         .strip_prefix(&prefix)
                         .and_then(|digits| digits.parse().ok())
                         .map(ReservationId);
-                    match id {
-                        Some(id) => Input::StoredReservationGone {
-                            id,
-                            now_unix_s: unix_now(),
-                        },
-                        None => continue,
+                    let Some(id) = id else { continue };
+                    // A preemption is marked in the transaction that deleted the key.
+                    let preempted_by = match store.removal(id).await {
+                        Ok(mark) => mark.and_then(|m| m.preempted_by),
+                        Err(e) => {
+                            warn!(error = %e, %id, "cluster store: why reservation {id} went is unknown; told as cancelled or expired");
+                            None
+                        }
+                    };
+                    Input::StoredReservationGone {
+                        id,
+                        now_unix_s: unix_now(),
+                        preempted_by,
                     }
                 }
             };
@@ -224,7 +286,7 @@ pub(super) fn figures_watch(
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
         let prefix = store.keys().figures();
-        let mut watch = watch_once_reachable(&store, &prefix, "link figures").await;
+        let mut watch = watch_once_reachable(&store, &prefix, &[], "link figures").await;
         let mut entries: std::collections::BTreeMap<String, StoredFigures> = Default::default();
         let mut sent: Vec<StoredLinkFigures> = Vec::new();
         let mut tick = tokio::time::interval(FIGURES_EVERY);
@@ -399,7 +461,7 @@ async fn run_membership(
 pub(super) fn topology_watch(store: EtcdStore, inputs: mpsc::Sender<Input>) -> JoinHandle<()> {
     tokio::spawn(async move {
         let key = store.keys().topology();
-        let mut watch = watch_once_reachable(&store, &key, "topology").await;
+        let mut watch = watch_once_reachable(&store, &key, &[], "topology").await;
         loop {
             match watch.next().await {
                 WatchEvent::Put { key: k, value } if k == key => {
@@ -432,12 +494,12 @@ pub(super) fn topology_watch(store: EtcdStore, inputs: mpsc::Sender<Input>) -> J
 }
 
 /// The topology to start on in etcd mode: the store's if it answers (cached), else the cached
-/// one, else none (the file's own).
+/// one, else none (the file's own); and whether the store answered.
 pub(super) async fn initial_topology(
     store: &EtcdStore,
     state_dir: &Path,
-) -> Option<PublishedTopology> {
-    match store.topology().await {
+) -> (Option<PublishedTopology>, bool) {
+    let topology = match store.topology().await {
         Ok(Some(t)) => {
             info!(
                 generation = t.generation,
@@ -459,9 +521,10 @@ pub(super) async fn initial_topology(
                     warn!(error = %e, "cluster store: no cached topology; starting on the file's")
                 }
             }
-            cached
+            return (cached, false);
         }
-    }
+    };
+    (topology, true)
 }
 
 fn cache_path(state_dir: &Path) -> PathBuf {
@@ -488,4 +551,80 @@ pub(super) fn write_cache(state_dir: &Path, topology: &PublishedTopology) {
     if let Err(e) = std::fs::write(&tmp, json).and_then(|()| std::fs::rename(&tmp, &path)) {
         warn!(error = %e, path = %path.display(), "topology not cached; a restart with the store unreachable starts on the file's");
     }
+}
+
+/// The reservations a gateway mirrors, in the state directory (etcd mode): a restart with the
+/// store unreachable goes on policing them.
+pub const RESERVATIONS_CACHE_FILE: &str = "reservations-mirror.json";
+
+/// At most one write of the mirror's cache per this: a burst of admissions across the
+/// cluster costs one write, not one per reservation.
+const RESERVATIONS_CACHE_EVERY: Duration = Duration::from_secs(1);
+
+/// The mirrored reservations cached, or none (a warning says why).
+pub(super) fn cached_reservations(state_dir: &Path) -> Vec<Reservation> {
+    let path = state_dir.join(RESERVATIONS_CACHE_FILE);
+    let bytes = match std::fs::read(&path) {
+        Ok(b) => b,
+        Err(e) => {
+            warn!(error = %e, path = %path.display(), "cluster store unreachable and no cached reservations: none policed until it answers");
+            return Vec::new();
+        }
+    };
+    match serde_json::from_slice::<Vec<Reservation>>(&bytes) {
+        Ok(cached) => {
+            warn!(
+                count = cached.len(),
+                "cluster store unreachable: policing the cached reservations until it answers"
+            );
+            cached
+        }
+        Err(e) => {
+            warn!(error = %e, path = %path.display(), "cached reservations unreadable; ignored");
+            Vec::new()
+        }
+    }
+}
+
+/// Keeps the mirror's cache current once the store has `listed` the reservations (before,
+/// the mirror holds nothing newer than the cache): the stored reservations of each snapshot
+/// that changed them, written at most every [`RESERVATIONS_CACHE_EVERY`] (temporary file,
+/// then rename: never half a file), off the state owner's loop.
+pub(super) fn reservations_cache(
+    state_dir: PathBuf,
+    mut snapshot: watch::Receiver<Arc<AgentSnapshot>>,
+    listed: oneshot::Receiver<()>,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        if listed.await.is_err() {
+            return;
+        }
+        // Written a pause after the list, once the state owner mirrors what it brought.
+        snapshot.mark_changed();
+        let path = state_dir.join(RESERVATIONS_CACHE_FILE);
+        let tmp = path.with_extension("json.tmp");
+        let mut written = None;
+        while snapshot.changed().await.is_ok() {
+            // Changes within the pause are written together.
+            tokio::time::sleep(RESERVATIONS_CACHE_EVERY).await;
+            let view = snapshot.borrow_and_update().reservations.clone();
+            let Some(view) = view else { continue };
+            if written
+                .as_ref()
+                .is_some_and(|w: &Arc<ReservationsView>| w.stored == view.stored)
+            {
+                continue;
+            }
+            let json = serde_json::to_vec(&view.stored).expect("reservations serialise");
+            let (tmp, path) = (tmp.clone(), path.clone());
+            let wrote = tokio::task::spawn_blocking(move || {
+                std::fs::write(&tmp, json).and_then(|()| std::fs::rename(&tmp, &path))
+            })
+            .await;
+            if let Ok(Err(e)) = wrote {
+                warn!(error = %e, "mirrored reservations not cached; a restart with the store unreachable polices the last ones cached");
+            }
+            written = Some(view);
+        }
+    })
 }

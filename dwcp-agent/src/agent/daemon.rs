@@ -20,7 +20,7 @@ use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tracing::{info, warn};
 
 use dwcp_control::{
-    bandwidth::{BandwidthError, MemoryStore, ReservationOp, ReservationReply},
+    bandwidth::{BandwidthError, MemoryStore, Reservation, ReservationOp, ReservationReply},
     config::{AgentConfig, ConfigError},
     input::{unix_now, Input, TimedInput, WireGuardReading},
     state::{AgentError, AgentState},
@@ -170,8 +170,15 @@ impl Daemon {
             StoreConfig::File => None,
             StoreConfig::Etcd(etcd) => Some(EtcdStore::connect(&etcd).await?),
         };
-        let published = match &store {
+        let (published, store_answered) = match &store {
             Some(store) => cluster::initial_topology(store, &options.state_dir).await,
+            None => (None, false),
+        };
+        // In etcd mode, the reservations to mirror until its watch lists them: none if the
+        // store answers (the list comes at once), else the ones cached.
+        let mirror = match &store {
+            Some(_) if !store_answered => Some(cluster::cached_reservations(&options.state_dir)),
+            Some(_) => Some(Vec::new()),
             None => None,
         };
         let config = match &published {
@@ -205,7 +212,7 @@ impl Daemon {
             dataplane,
             initial,
             &options.state_dir,
-            store.is_some(),
+            mirror.clone(),
             &mut record,
         )
         .await?;
@@ -255,7 +262,18 @@ impl Daemon {
 
         if let Some(store) = &store {
             started.push(cluster::topology_watch(store.clone(), input_tx.clone()));
-            started.push(cluster::reservations_watch(store.clone(), input_tx.clone()));
+            let (listed, first_list) = oneshot::channel();
+            started.push(cluster::reservations_watch(
+                store.clone(),
+                input_tx.clone(),
+                mirror.as_deref().unwrap_or_default(),
+                listed,
+            ));
+            started.push(cluster::reservations_cache(
+                options.state_dir.clone(),
+                snapshot.subscribe(),
+                first_list,
+            ));
             started.push(cluster::reservations_expiry(store.clone()));
             let timers = config.link_state.timers();
             started.push(cluster::figures_watch(
@@ -369,7 +387,7 @@ impl Daemon {
             ReservationOp::Create(req) => {
                 match self.state.reservation_candidate(&req, unix_now()) {
                     Ok((cand, reservable)) => {
-                        cluster::admit(store, cand, reservable, reply, decided)
+                        cluster::admit(store, req, cand, reservable, reply, decided)
                     }
                     Err(e) => {
                         let _ = reply.send(Err(e));
@@ -377,9 +395,12 @@ impl Daemon {
                 }
             }
             ReservationOp::Cancel { id } => cluster::cancel(store, id, reply, decided),
-            ReservationOp::Extend { id, .. } => {
-                let _ = reply.send(Err(BandwidthError::ExtendInClusterStore(id)));
-            }
+            ReservationOp::Extend { id, request } => match self.state.reservable_capacity() {
+                Ok(reservable) => cluster::extend(store, id, request, reservable, reply, decided),
+                Err(e) => {
+                    let _ = reply.send(Err(e));
+                }
+            },
         }
     }
 
@@ -636,14 +657,15 @@ async fn first_step(
     dataplane: Dataplane,
     initial: Vec<Input>,
     state_dir: &Path,
-    etcd_mode: bool,
+    etcd_mirror: Option<Vec<Reservation>>,
     record: &mut Record,
 ) -> Result<(AgentState<Dataplane>, Handoffs), DaemonError> {
     let now = now();
     let mut state = AgentState::new(config.clone(), dataplane, now)?;
-    if etcd_mode {
-        // A mirror of the cluster store's reservations, filled by its watch.
-        state.open_reservations(Box::new(MemoryStore::default()), now)?;
+    if let Some(cached) = etcd_mirror {
+        // A mirror of the cluster store's reservations, filled by its watch; until then, with
+        // the store unreachable at start, the ones cached.
+        state.open_reservations(Box::new(MemoryStore::holding(cached)), now)?;
     } else {
         state.open_reservation_file(&state_dir.join(RESERVATIONS_FILE), unix_now(), now)?;
     }

@@ -35,10 +35,12 @@
 //!  snapshot (published generation) --> membership --register, update, revoke--> etcd (lease)
 //!  API GET /v1/gateways --------------------------------list gateways, leases--> etcd
 //!  API PUT /v1/topology, POST /v1/topology/diff -----read, publish (txn)------> etcd
-//!  API reservation ops --> Daemon::run --candidate--> admit/cancel task --txn--> etcd;
+//!  API reservation ops --> Daemon::run --candidate--> admit/extend/cancel task --txn--> etcd;
 //!                          its outcome --cluster::Decided mpsc--> Daemon::run, then the reply
 //!  etcd <reservations/> --watch--> reservations watch --Input::StoredReservation{,Gone}-->
-//!  expiry task (every 2 s) --remove ended (guarded txn)--> etcd
+//!                          (a delete's reason read from <removed/>)
+//!  snapshot (reservations) --> mirror cache (at most 1/s) --> <state>/reservations-mirror.json
+//!  expiry task (every 2 s) --remove ended (guarded txn), their marks--> etcd
 //! ```
 //!
 //! The loop's timers need no task: the debounced computation, the counters, the next start

@@ -1,16 +1,17 @@
 //! The cluster store on etcd (issue 18): what gateways must agree on. Reservations admitted in
 //! one transaction over every link of their path (`reservations.rs`), membership on leases
-//! (`membership.rs`), the published topology (`topology.rs`), the gateways' link figures
-//! (`figures.rs`), and a prefix watch that
-//! survives restarts and compaction without losing a delete (`watch.rs`). The rules and the key layout are `dwcp-control`'s
-//! (`bandwidth::ledger`, `store`); this is the I/O.
+//! (`membership.rs`), request ids and removal marks beside them (`requests.rs`), the published
+//! topology (`topology.rs`), the gateways' link figures (`figures.rs`), and a prefix watch that
+//! survives restarts and compaction without losing a delete (`watch.rs`). The rules and the key
+//! layout are `dwcp-control`'s (`bandwidth::ledger`, `store`); this is the I/O.
 //!
-//! Every call is bounded by [`EtcdStore::timeout`]: with no member answering, a call fails with
+//! Every call is bounded by `EtcdStore::timeout`: with no member answering, a call fails with
 //! [`ClusterStoreError::Unreachable`] instead of hanging, and nothing that needs agreement is
 //! decided locally.
 
 mod figures;
 mod membership;
+mod requests;
 mod reservations;
 mod topology;
 mod watch;

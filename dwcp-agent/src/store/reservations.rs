@@ -17,9 +17,10 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::Duration;
 
 use dwcp_control::bandwidth::{
-    plan_batch, Admission, BandwidthError, BatchOutcome, Ledger, Reservation, ReservationId,
-    UnixSeconds,
+    extension, plan_admission, plan_batch, Admission, BandwidthError, BatchOutcome, ExtendRequest,
+    Ledger, PlanError, Reservation, ReservationId, UnixSeconds,
 };
+use dwcp_control::store::Removal;
 use dwcp_control::topology::LinkId;
 use etcd_client::{Compare, CompareOp, PutOptions, Txn, TxnOp, TxnOpResponse};
 use tokio::sync::oneshot;
@@ -223,6 +224,7 @@ impl EtcdStore {
             for &victim in &plan.preempted {
                 ops.push(TxnOp::delete(self.keys.reservation(victim), None));
             }
+            ops.extend(self.preemption_marks(&plan.outcomes));
             if holding_turn {
                 ops.push(TxnOp::delete(self.keys.admission_turn(), None));
             }
@@ -244,11 +246,108 @@ impl EtcdStore {
             };
         }
     }
-    /// Removes a reservation from the ledgers of its path and the store.
+    /// Removes a reservation from the ledgers of its path and the store, leaving a mark that
+    /// it was cancelled (`Removal`).
     pub async fn cancel(&self, id: ReservationId) -> Result<Reservation> {
-        self.remove(id, |_| true)
+        self.remove(id, |_| true, true)
             .await?
             .ok_or(ClusterStoreError::Bandwidth(BandwidthError::NotFound(id)))
+    }
+
+    /// Moves reservation `id`'s end later, as `req` asks at `now`: the longer window admitted
+    /// over its path's ledgers like an admission (preempting lower priorities, each link
+    /// having `reservable` bit/s), written in one transaction that holds only if neither the
+    /// ledgers read nor the reservation changed meanwhile; again from the read if they did.
+    pub async fn extend(
+        &self,
+        id: ReservationId,
+        req: &ExtendRequest,
+        now: UnixSeconds,
+        reservable: &BTreeMap<LinkId, u64>,
+    ) -> Result<Admission> {
+        let key = self.keys.reservation(id);
+        let ids = BTreeSet::from([id]);
+        let mut links = BTreeSet::new();
+        let mut conflicts = 0;
+        let mut read = self.read(&links, &ids).await?;
+        loop {
+            let Some((current, revision)) = read.reservations.get(&id) else {
+                return Err(BandwidthError::NotFound(id).into());
+            };
+            let cand = extension(current, req, now)?;
+            let mut more: Vec<LinkId> = cand
+                .path
+                .iter()
+                .filter(|l| !links.contains(*l))
+                .copied()
+                .collect();
+            let plan = match plan_admission(&read.ledgers, &cand, reservable) {
+                Ok(plan) => Some(plan),
+                Err(PlanError::NeedLedgers(victims_links)) => {
+                    more.extend(victims_links);
+                    None
+                }
+                Err(PlanError::Refused(e)) if more.is_empty() => return Err(e.into()),
+                Err(PlanError::Refused(_)) => None,
+            };
+            let Some(plan) = plan.filter(|_| more.is_empty()) else {
+                // Its path's ledgers (first pass), or its victims' other links: read them with it.
+                links.extend(more);
+                read = self.read(&links, &ids).await?;
+                continue;
+            };
+            let mut compares = self.unchanged(&read);
+            compares.push(Compare::mod_revision(
+                key.clone(),
+                CompareOp::Equal,
+                *revision,
+            ));
+            let mut ops: Vec<TxnOp> = plan
+                .ledgers
+                .iter()
+                .map(|(&link, ledger)| TxnOp::put(self.keys.ledger(link), ledger.encode(), None))
+                .collect();
+            ops.push(TxnOp::put(key.clone(), encode(&cand), None));
+            for victim in &plan.preempted {
+                ops.push(TxnOp::delete(self.keys.reservation(victim.id), None));
+            }
+            let admission = Admission {
+                reservation: cand,
+                preempted: plan.preempted,
+            };
+            ops.extend(self.preemption_marks(&[BatchOutcome::Admitted(admission.clone())]));
+            let Some(fresh) = self.commit(compares, ops, &links, &ids).await? else {
+                return Ok(admission);
+            };
+            conflicts += 1;
+            if conflicts == MAX_ATTEMPTS {
+                return Err(ClusterStoreError::Contention {
+                    id,
+                    attempts: conflicts,
+                });
+            }
+            read = self.after_conflict(conflicts, fresh, &links, &ids).await?;
+        }
+    }
+
+    /// The removal marks of the reservations `outcomes` preempt, naming who took their place.
+    fn preemption_marks(&self, outcomes: &[BatchOutcome]) -> Vec<TxnOp> {
+        outcomes
+            .iter()
+            .filter_map(|o| match o {
+                BatchOutcome::Admitted(a) => Some(a),
+                _ => None,
+            })
+            .flat_map(|a| {
+                a.preempted.iter().map(|victim| {
+                    let mark = Removal {
+                        end: victim.end,
+                        preempted_by: Some(a.reservation.id),
+                    };
+                    TxnOp::put(self.keys.removal(victim.id), encode_mark(&mark), None)
+                })
+            })
+            .collect()
     }
 
     /// Removes every reservation that ended by `now`. Any gateway may run it: one that
@@ -257,11 +356,12 @@ impl EtcdStore {
         let mut expired = Vec::new();
         for r in self.reservations().await? {
             if r.end <= now {
-                if let Some(r) = self.remove(r.id, |r| r.end <= now).await? {
+                if let Some(r) = self.remove(r.id, |r| r.end <= now, false).await? {
                     expired.push(r);
                 }
             }
         }
+        self.sweep_marks(now).await?;
         Ok(expired)
     }
 
@@ -295,11 +395,13 @@ impl EtcdStore {
         Ok(ledgers)
     }
 
-    /// Removes reservation `id` if `still` holds for it as read; `None` if it is not there.
+    /// Removes reservation `id` if `still` holds for it as read, with a mark that it was
+    /// cancelled if `mark`; `None` if it is not there.
     async fn remove(
         &self,
         id: ReservationId,
         still: impl Fn(&Reservation) -> bool,
+        mark: bool,
     ) -> Result<Option<Reservation>> {
         let key = self.keys.reservation(id);
         let ids = BTreeSet::from([id]);
@@ -334,6 +436,17 @@ impl EtcdStore {
                 })
                 .collect();
             ops.push(TxnOp::delete(key.clone(), None));
+            if mark {
+                let cancelled = Removal {
+                    end: r.end,
+                    preempted_by: None,
+                };
+                ops.push(TxnOp::put(
+                    self.keys.removal(id),
+                    encode_mark(&cancelled),
+                    None,
+                ));
+            }
             let removed = r.clone();
             let Some(fresh) = self.commit(compares, ops, &links, &ids).await? else {
                 return Ok(Some(removed));
@@ -544,6 +657,10 @@ fn decisions(batch: &[Waiting], outcomes: Vec<BatchOutcome>) -> Decisions {
 
 fn encode(r: &Reservation) -> Vec<u8> {
     serde_json::to_vec(r).expect("a reservation serialises")
+}
+
+fn encode_mark(m: &Removal) -> Vec<u8> {
+    serde_json::to_vec(m).expect("a removal mark serialises")
 }
 
 /// A short wait, growing and jittered.

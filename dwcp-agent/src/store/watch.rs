@@ -38,10 +38,21 @@ pub struct PrefixWatch {
 impl EtcdStore {
     /// Lists `prefix` (its keys come first, as puts) and watches it from then on.
     pub async fn watch_prefix(&self, prefix: &str) -> Result<PrefixWatch> {
+        self.watch_prefix_knowing(prefix, Vec::new()).await
+    }
+
+    /// As [`EtcdStore::watch_prefix`], for a follower that holds `known` keys already (a
+    /// cache): the first list also reports those gone, as deletes.
+    pub async fn watch_prefix_knowing(
+        &self,
+        prefix: &str,
+        known: Vec<String>,
+    ) -> Result<PrefixWatch> {
         let mut w = PrefixWatch {
             store: self.clone(),
             prefix: prefix.to_owned(),
-            known: BTreeMap::new(),
+            // No revision: every key listed is reported.
+            known: known.into_iter().map(|k| (k, 0)).collect(),
             pending: VecDeque::new(),
             stream: None,
             next_revision: 0,

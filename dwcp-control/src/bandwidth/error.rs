@@ -83,11 +83,25 @@ pub enum BandwidthError {
     /// admitted or cancelled by this request.
     #[error("{detail}")]
     ClusterStore { detail: String, unreachable: bool },
+    #[error("request_id: {0}")]
+    BadRequestId(&'static str),
     #[error(
-        "reservation {0}: extending is not supported with the cluster store (etcd mode) yet; \
-         cancel it and create a new one"
+        "request_id {request_id} was used for another request (reservation {id}); nothing was \
+         admitted: a new request needs a new id"
     )]
-    ExtendInClusterStore(ReservationId),
+    RequestIdReused {
+        request_id: String,
+        id: ReservationId,
+    },
+    #[error(
+        "request_id {request_id} already made reservation {id}, which was {how} since; nothing \
+         was admitted"
+    )]
+    RequestAlreadyUndone {
+        request_id: String,
+        id: ReservationId,
+        how: String,
+    },
 }
 
 impl BandwidthError {
@@ -98,11 +112,12 @@ impl BandwidthError {
     pub fn http_status(&self) -> u16 {
         match self {
             BandwidthError::NotFound(_) => 404,
-            BandwidthError::Ended { .. } => 410,
+            BandwidthError::Ended { .. } | BandwidthError::RequestAlreadyUndone { .. } => 410,
             BandwidthError::InsufficientBandwidth { .. }
-            | BandwidthError::TooManyReservations(_) => 409,
+            | BandwidthError::TooManyReservations(_)
+            | BandwidthError::RequestIdReused { .. } => 409,
             BandwidthError::Store(_) | BandwidthError::BadHeadroom(_) => 500,
-            BandwidthError::NoReservations | BandwidthError::ExtendInClusterStore(_) => 501,
+            BandwidthError::NoReservations => 501,
             BandwidthError::ClusterStore { unreachable, .. } => {
                 if *unreachable {
                     503

@@ -166,9 +166,10 @@ pub struct BatchPlan {
 }
 
 impl BatchPlan {
-    /// Keys the transaction writes (ledgers, admitted reservations, deletions).
+    /// Keys the transaction writes (ledgers, admitted reservations, deletions and their
+    /// removal marks).
     fn writes(&self) -> usize {
-        self.ledgers.len() + self.admitted.len() + self.preempted.len()
+        self.ledgers.len() + self.admitted.len() + 2 * self.preempted.len()
     }
 }
 
@@ -211,7 +212,7 @@ pub fn plan_batch(
                         .keys()
                         .filter(|l| !plan.ledgers.contains_key(l))
                         .count();
-                    let writes = plan.writes() + new_ledgers + 1 + one.preempted.len();
+                    let writes = plan.writes() + new_ledgers + 1 + 2 * one.preempted.len();
                     if writes > max_writes && !plan.admitted.is_empty() {
                         full = true;
                         BatchOutcome::Deferred
@@ -383,6 +384,22 @@ mod tests {
             ["admitted", "id taken", "admitted", "admitted", "deferred"]
         );
         assert_eq!(plan.admitted, [b]);
+    }
+
+    #[test]
+    fn a_batch_counts_a_preemption_as_a_deletion_and_its_mark() {
+        let reservable = cap(&[(1, 1000), (2, 1000)]);
+        let (low1, low2) = (res(1, 900, 1, &[1]), res(2, 900, 1, &[2]));
+        let ledgers =
+            BTreeMap::from([(LinkId(1), ledger(&[&low1])), (LinkId(2), ledger(&[&low2]))]);
+        let stored = BTreeMap::from([(low1.id, low1.clone()), (low2.id, low2.clone())]);
+        let (high1, high2) = (res(3, 500, 6, &[1]), res(4, 500, 6, &[2]));
+        let batch = [(&high1, &reservable), (&high2, &reservable)];
+        // Each writes a ledger, itself, its victim's deletion and the victim's mark: 4 keys.
+        let plan = plan_batch(&ledgers, &stored, &batch, 7).unwrap();
+        assert_eq!(outcome_ids(&plan), ["admitted", "deferred"]);
+        let plan = plan_batch(&ledgers, &stored, &batch, 8).unwrap();
+        assert_eq!(outcome_ids(&plan), ["admitted", "admitted"]);
     }
 
     #[test]

@@ -243,6 +243,11 @@ impl ReservationManager {
         self.reservable.get(&link).copied().unwrap_or(0)
     }
 
+    /// Capacity each link may give reservations (capacity less headroom).
+    pub fn reservable(&self) -> &BTreeMap<LinkId, u64> {
+        &self.reservable
+    }
+
     /// Rate reserved on `link` at instant `t`.
     pub fn reserved_bps(&self, link: LinkId, t: UnixSeconds) -> u64 {
         admission::load_at(self.reservations.values(), link, t)
@@ -311,25 +316,8 @@ impl ReservationManager {
             .reservations
             .get(&id)
             .ok_or(BandwidthError::NotFound(id))?;
-        if current.end <= now {
-            return Err(BandwidthError::Ended {
-                id,
-                end: current.end,
-            });
-        }
-        let new_end = req.end.to_u64("end", MAX_TIME)?;
-        if new_end <= current.end {
-            return Err(BandwidthError::NotAnExtension {
-                id,
-                end: current.end,
-                new_end,
-            });
-        }
         let previous_end = current.end;
-        let cand = Reservation {
-            end: new_end,
-            ..current.clone()
-        };
+        let cand = extension(current, req, now)?;
         // The candidate has the same id as the stored reservation, which admission ignores.
         let victims = admission::plan_preemption(&self.reservations, &cand, &self.reservable)
             .map_err(|s| insufficient(s, &cand))?;
@@ -406,6 +394,19 @@ impl ReservationManager {
         if !new && self.reservations.get(&reservation.id) == Some(&reservation) {
             return Ok(());
         }
+        // Only an extension changes a stored reservation's terms (its end, later).
+        let previous_end = self
+            .reservations
+            .get(&reservation.id)
+            .filter(|r| {
+                r.end < reservation.end
+                    && **r
+                        == Reservation {
+                            end: r.end,
+                            ..reservation.clone()
+                        }
+            })
+            .map(|r| r.end);
         let change = Change {
             remove: Vec::new(),
             upsert: Some(reservation.clone()),
@@ -416,16 +417,23 @@ impl ReservationManager {
         })?;
         if new {
             self.notify(ReservationEvent::Created { reservation });
+        } else if let Some(previous_end) = previous_end {
+            self.notify(ReservationEvent::Extended {
+                reservation,
+                previous_end,
+            });
         }
         Ok(())
     }
 
-    /// Mirrors a reservation's removal from the cluster store: expired if it had ended by
-    /// `now`, cancelled (or preempted, which the store does not tell apart) otherwise.
+    /// Mirrors a reservation's removal from the cluster store: preempted if the store marked
+    /// it taken away for reservation `preempted_by`, else expired if it had ended by `now`,
+    /// else cancelled.
     pub fn mirror_remove(
         &mut self,
         id: ReservationId,
         now: UnixSeconds,
+        preempted_by: Option<ReservationId>,
     ) -> Result<(), BandwidthError> {
         let Some(ended) = self.reservations.get(&id).map(|r| r.end <= now) else {
             return Ok(());
@@ -436,7 +444,9 @@ impl ReservationManager {
             next_id: self.next_id,
         };
         self.commit(change, |reservation| {
-            if ended {
+            if let Some(by) = preempted_by {
+                ReservationEvent::Preempted { reservation, by }
+            } else if ended {
                 ReservationEvent::Expired { reservation }
             } else {
                 ReservationEvent::Cancelled { reservation }
@@ -539,6 +549,9 @@ impl ReservationManager {
         if req.owner.chars().any(char::is_control) {
             return Err(BandwidthError::BadOwner("contains control characters"));
         }
+        if let Some(id) = &req.request_id {
+            check_request_id(id)?;
+        }
         for (field, region) in [("source", &req.source), ("destination", &req.destination)] {
             if !self.network.regions.contains(region) {
                 return Err(BandwidthError::UnknownRegion {
@@ -602,6 +615,34 @@ impl ReservationManager {
             path,
         })
     }
+}
+
+/// `current` with the later end `req` asks for at `now`, to be admitted like a new
+/// reservation of the same id and priority (the manager's `extend`, and the cluster store's).
+pub fn extension(
+    current: &Reservation,
+    req: &ExtendRequest,
+    now: UnixSeconds,
+) -> Result<Reservation, BandwidthError> {
+    let id = current.id;
+    if current.end <= now {
+        return Err(BandwidthError::Ended {
+            id,
+            end: current.end,
+        });
+    }
+    let new_end = req.end.to_u64("end", MAX_TIME)?;
+    if new_end <= current.end {
+        return Err(BandwidthError::NotAnExtension {
+            id,
+            end: current.end,
+            new_end,
+        });
+    }
+    Ok(Reservation {
+        end: new_end,
+        ..current.clone()
+    })
 }
 
 /// One stored change: reservations removed, one added or replaced, and the next id.

@@ -29,13 +29,13 @@ pub use ledger::{
     plan_admission, plan_batch, BatchOutcome, BatchPlan, Ledger, LedgerError, LedgerPlan, PlanError,
 };
 pub use manager::{
-    Admission, ManagerConfig, ReservationEvent, ReservationEventCounts, ReservationManager,
-    ReservationOp, ReservationReply,
+    extension, Admission, ManagerConfig, ReservationEvent, ReservationEventCounts,
+    ReservationManager, ReservationOp, ReservationReply,
 };
 pub use model::{
-    class_name, default_priority, parse_class, ExtendRequest, Network, Reservation, ReservationId,
-    ReservationRequest, UnixSeconds, MAX_OWNER_LEN, MAX_PATH_LINKS, MAX_PRIORITY, MAX_RATE_BPS,
-    MAX_TIME,
+    check_request_id, class_name, default_priority, parse_class, ExtendRequest, Network,
+    Reservation, ReservationId, ReservationRequest, UnixSeconds, MAX_OWNER_LEN, MAX_PATH_LINKS,
+    MAX_PRIORITY, MAX_RATE_BPS, MAX_REQUEST_ID_LEN, MAX_TIME,
 };
 pub use number::RawNumber;
 pub use store::{FileStore, MemoryStore, ReservationStore, StateView, StoredState, STORE_VERSION};

@@ -123,6 +123,30 @@ pub struct ReservationRequest {
     pub priority: Option<RawNumber>,
     /// Link ids from source to destination.
     pub path: Vec<RawNumber>,
+    /// The client's name for this request (1 to 64 of `A-Z a-z 0-9 . _ -`): in etcd mode, the
+    /// same request sent again with it (a retry after a timeout) returns the reservation the
+    /// first one made instead of booking another.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
+}
+
+/// Longest `request_id`.
+pub const MAX_REQUEST_ID_LEN: usize = 64;
+
+/// Checks a client's `request_id` (it names a key of the cluster store).
+pub fn check_request_id(id: &str) -> Result<(), BandwidthError> {
+    if id.is_empty() || id.len() > MAX_REQUEST_ID_LEN {
+        return Err(BandwidthError::BadRequestId("1 to 64 characters"));
+    }
+    if !id
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+    {
+        return Err(BandwidthError::BadRequestId(
+            "only letters, digits, '.', '_' and '-'",
+        ));
+    }
+    Ok(())
 }
 
 /// Body of "extend a reservation".

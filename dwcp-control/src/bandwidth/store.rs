@@ -142,6 +142,20 @@ pub struct MemoryStore {
     state: Option<StoredState>,
 }
 
+impl MemoryStore {
+    /// A store that starts with `reservations` (a mirror's cache).
+    pub fn holding(reservations: Vec<Reservation>) -> MemoryStore {
+        let next_id = reservations.iter().map(|r| r.id.0 + 1).max().unwrap_or(1);
+        MemoryStore {
+            state: Some(StoredState {
+                version: STORE_VERSION,
+                next_id,
+                reservations,
+            }),
+        }
+    }
+}
+
 impl ReservationStore for MemoryStore {
     fn load(&mut self) -> Result<Option<StoredState>, StoreError> {
         Ok(self.state.clone())

@@ -45,6 +45,7 @@ fn request(rate_bps: u64, path: &[u32], priority: u8) -> ReservationRequest {
         end: (NOW + 3600).into(),
         priority: Some(u64::from(priority).into()),
         path: path.iter().map(|&l| u64::from(l).into()).collect(),
+        request_id: None,
     }
 }
 
@@ -286,9 +287,9 @@ fn a_mirror_keeps_what_the_cluster_store_holds_and_tells_each_change_once() {
     );
     // Removed before its end: cancelled; a removal seen twice (or of one never mirrored)
     // changes nothing.
-    m.mirror_remove(cand.id, NOW).unwrap();
-    m.mirror_remove(cand.id, NOW).unwrap();
-    m.mirror_remove(ReservationId(7), NOW).unwrap();
+    m.mirror_remove(cand.id, NOW, None).unwrap();
+    m.mirror_remove(cand.id, NOW, None).unwrap();
+    m.mirror_remove(ReservationId(7), NOW, None).unwrap();
     assert!(snapshot(&m).is_empty());
     let events = m.take_events();
     assert!(
@@ -298,12 +299,74 @@ fn a_mirror_keeps_what_the_cluster_store_holds_and_tells_each_change_once() {
     // Removed after its end: expired.
     m.mirror_put(cand.clone()).unwrap();
     m.take_events();
-    m.mirror_remove(cand.id, cand.end).unwrap();
+    m.mirror_remove(cand.id, cand.end, None).unwrap();
     let events = m.take_events();
     assert!(
         matches!(&events[..], [ReservationEvent::Expired { .. }]),
         "{events:?}"
     );
+    // Put again with a later end (extended through any gateway): told as extended; other
+    // changed terms are no extension.
+    m.mirror_put(cand.clone()).unwrap();
+    m.take_events();
+    let longer = Reservation {
+        end: cand.end + 60,
+        ..cand.clone()
+    };
+    m.mirror_put(longer.clone()).unwrap();
+    let events = m.take_events();
+    assert!(
+        matches!(&events[..], [ReservationEvent::Extended { reservation, previous_end }]
+            if *reservation == longer && *previous_end == cand.end),
+        "{events:?}"
+    );
+    m.mirror_put(Reservation {
+        rate_bps: cand.rate_bps / 2,
+        ..longer.clone()
+    })
+    .unwrap();
+    assert!(m.take_events().is_empty());
+    // Removed with the store's mark of a preemption: preempted, by whom, even before its end.
+    m.mirror_remove(cand.id, NOW, Some(ReservationId(5000)))
+        .unwrap();
+    let events = m.take_events();
+    assert!(
+        matches!(
+            &events[..],
+            [ReservationEvent::Preempted {
+                by: ReservationId(5000),
+                ..
+            }]
+        ),
+        "{events:?}"
+    );
+    assert_eq!(m.event_counts().preempted, 1);
+}
+
+#[test]
+fn an_extension_needs_a_later_end_of_a_reservation_still_running() {
+    let mut m = manager();
+    let a = m
+        .create(&request(60 * MBIT, &[1], 3), NOW)
+        .unwrap()
+        .reservation;
+    let to = |end: u64| ExtendRequest { end: end.into() };
+    let longer = extension(&a, &to(a.end + 10), NOW).unwrap();
+    assert_eq!(
+        longer,
+        Reservation {
+            end: a.end + 10,
+            ..a.clone()
+        }
+    );
+    assert!(matches!(
+        extension(&a, &to(a.end), NOW),
+        Err(BandwidthError::NotAnExtension { .. })
+    ));
+    assert!(matches!(
+        extension(&a, &to(a.end + 10), a.end),
+        Err(BandwidthError::Ended { .. })
+    ));
 }
 
 #[test]
