@@ -13,11 +13,14 @@
 //!   cluster; a topology generation published (one etcd transaction) until every agent's
 //!   status shows it in force, over [`PUSHES`] pushes.
 //!
-//! The issue's other figures (loss while the leader is killed or the store is down,
-//! resynchronisation) need reservations through the store in the agents, not built yet:
-//! reported as not measured.
+//! - `leader_kill_lost`, `store_down_lost`, `resync_s`: the same lab's streams while the etcd
+//!   leader is killed and while the whole cluster is down, and the agents' resynchronisation.
 //!
 //! `cargo xtask bench cluster` runs it in release mode and records the report. Needs root.
+//! With `--admission-only` it runs the admission phases alone (seconds, not minutes) and
+//! prints their rows, writing nothing: for iterating, run the example itself (`cargo run
+//! --release -p dwcp-lab --example bench_cluster -- --admission-only`), since the xtask
+//! would record the partial report.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
@@ -214,6 +217,11 @@ async fn contended(
 }
 
 fn main() -> anyhow::Result<()> {
+    let admission_only = match std::env::args().nth(1).as_deref() {
+        None => false,
+        Some("--admission-only") => true,
+        Some(other) => anyhow::bail!("unknown argument {other:?} (only --admission-only)"),
+    };
     dwcp_lab::etcd::available().map_err(anyhow::Error::msg)?;
     let mut cluster = EtcdCluster::start()?;
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -278,6 +286,19 @@ fn main() -> anyhow::Result<()> {
         serial.oversubscribed,
         serial_p99 / base_p99
     );
+    if admission_only {
+        println!(
+            "\n{} admitted, {} refused, {} given up; p50 {p50:.1} ms, max {:.1} ms; \
+             baseline p50 {base_p50:.1} ms, p99 {base_p99:.1} ms; {attempts} attempts in {:.2} s. \
+             Admission phases only: nothing recorded.",
+            total.admitted,
+            total.refused,
+            total.contention,
+            ms.last().copied().unwrap_or(0.0),
+            elapsed.as_secs_f64()
+        );
+        return Ok(());
+    }
     let AgentFigures {
         converge_ms: mut converge,
         outages,

@@ -42,6 +42,10 @@ const TURN_AFTER: u32 = 3;
 /// How long a turn lasts if its holder never writes (it died): others wait at most that.
 const TURN_TTL_S: i64 = 2;
 
+/// Time a turn's lease must have left to be used for another turn (a turn is over within a
+/// few round trips; one whose lease ends meanwhile is simply taken again).
+const TURN_LEASE_MIN_LEFT: Duration = Duration::from_secs(1);
+
 /// How long a batch waits for other gateways' turns before giving up with `Contention`: a
 /// dead holder's turn ends with its lease.
 const TURN_WAIT_BOUND: Duration = Duration::from_secs(2 * TURN_TTL_S as u64 + 1);
@@ -69,7 +73,46 @@ pub(super) struct AdmissionQueue {
     waiting: std::sync::Mutex<VecDeque<Waiting>>,
     /// Held by the caller that runs a batch: one batch at a time per gateway (a second one
     /// would only race the first on the same ledgers).
-    running: tokio::sync::Mutex<()>,
+    running: tokio::sync::Mutex<Known>,
+}
+
+/// What this gateway's batches last learnt from the store, kept between batches.
+#[derive(Default)]
+pub(super) struct Known {
+    /// Each ledger as of this gateway's last transaction on it, with its `mod_revision`: a
+    /// batch writes on it at once, without a read first. A stale one only makes the guarded
+    /// write fail, and the failure returns the ledgers as they are.
+    ledgers: BTreeMap<LinkId, (Ledger, i64)>,
+    /// The lease of our last turn and when it ends: the next turn reuses it while it has
+    /// time left, which saves a lease grant.
+    turn_lease: Option<(i64, tokio::time::Instant)>,
+}
+
+impl Known {
+    /// The ledgers of `links` as last known, as a read that found none of the batch's
+    /// reservations and nobody's turn (the write compares both); `None` if one was never
+    /// seen.
+    fn read(&self, links: &BTreeSet<LinkId>) -> Option<Read> {
+        let mut read = Read {
+            ledgers: BTreeMap::new(),
+            revisions: BTreeMap::new(),
+            reservations: BTreeMap::new(),
+            turn: None,
+        };
+        for link in links {
+            let (ledger, revision) = self.ledgers.get(link)?;
+            read.ledgers.insert(*link, ledger.clone());
+            read.revisions.insert(*link, *revision);
+        }
+        Some(read)
+    }
+
+    fn learn(&mut self, read: &Read) {
+        for (link, ledger) in &read.ledgers {
+            self.ledgers
+                .insert(*link, (ledger.clone(), read.revisions[link]));
+        }
+    }
 }
 
 struct Waiting {
@@ -96,6 +139,14 @@ impl AdmissionQueue {
             waiting.push_front(w);
         }
     }
+}
+
+/// How a guarded write ended.
+enum Commit {
+    /// Applied at `revision` (the `mod_revision` of every key it wrote).
+    Written { revision: i64 },
+    /// Another write got in first: the state as it is now.
+    Lost(Read),
 }
 
 /// What a batch decided for each of its admissions, in the batch's order; `None`: left for
@@ -130,10 +181,10 @@ impl EtcdStore {
                         // admission it wrote is found by id and returned).
                         Err(_) => break,
                     },
-                    _running = self.admissions.running.lock() => {
+                    mut known = self.admissions.running.lock() => {
                         let batch = self.admissions.take();
                         if !batch.is_empty() {
-                            self.admit_batch(batch).await;
+                            self.admit_batch(batch, &mut known).await;
                         }
                     }
                 }
@@ -141,8 +192,8 @@ impl EtcdStore {
         }
     }
 
-    async fn admit_batch(&self, batch: Vec<Waiting>) {
-        match self.decide(&batch).await {
+    async fn admit_batch(&self, batch: Vec<Waiting>, known: &mut Known) {
+        match self.decide(&batch, known).await {
             Ok(decisions) => {
                 let mut deferred = Vec::new();
                 for (w, decision) in batch.into_iter().zip(decisions) {
@@ -162,10 +213,13 @@ impl EtcdStore {
         }
     }
 
-    /// Reads the batch's ledgers and reservations at one revision, decides each admission in
-    /// turn on the ledgers as the ones before left them, and writes every change in one
-    /// guarded transaction; again from the read while another gateway's write got in first.
-    async fn decide(&self, batch: &[Waiting]) -> Result<Decisions> {
+    /// Decides each admission of the batch in turn on the ledgers as the ones before left
+    /// them, and writes every change in one guarded transaction; again on the ledgers the
+    /// failed write returned while another gateway's write got in first. The first try
+    /// decides on the ledgers as this gateway last knew them (one round trip when nobody
+    /// else wrote meanwhile); a read at one revision comes first only for ledgers never
+    /// seen, and before refusing all of a batch (a refusal must not rest on a stale ledger).
+    async fn decide(&self, batch: &[Waiting], known: &mut Known) -> Result<Decisions> {
         let mut links: BTreeSet<LinkId> = batch
             .iter()
             .flat_map(|w| w.cand.path.iter().copied())
@@ -174,8 +228,16 @@ impl EtcdStore {
         let mut conflicts = 0;
         let mut holding_turn = false;
         let turn_waits_until = tokio::time::Instant::now() + TURN_WAIT_BOUND;
-        let mut read = self.read(&links, &ids).await?;
+        let (mut read, mut speculative) = match known.read(&links) {
+            Some(read) => (read, true),
+            None => (self.read(&links, &ids).await?, false),
+        };
         loop {
+            if !speculative {
+                known.learn(&read);
+                // Taken by our last write that lost; a turn whose lease ended is nobody's.
+                holding_turn = read.turn.as_ref() == Some(&self.admitter);
+            }
             if read.turn.as_ref().is_some_and(|t| *t != self.admitter) {
                 // Another gateway's admissions go first: its write would fail ours anyway.
                 if tokio::time::Instant::now() > turn_waits_until {
@@ -199,9 +261,15 @@ impl EtcdStore {
                 Err(more) => {
                     links.extend(more);
                     read = self.read(&links, &ids).await?;
+                    speculative = false;
                     continue;
                 }
             };
+            if plan.admitted.is_empty() && speculative {
+                read = self.read(&links, &ids).await?;
+                speculative = false;
+                continue;
+            }
             if plan.admitted.is_empty() {
                 if holding_turn {
                     self.give_back_turn().await?;
@@ -226,9 +294,32 @@ impl EtcdStore {
             if holding_turn {
                 ops.push(TxnOp::delete(self.keys.admission_turn(), None));
             }
-            let Some(fresh) = self.commit(compares, ops, &links, &ids).await? else {
-                return Ok(decisions(batch, plan.outcomes));
+            // The write that would lose the race the `TURN_AFTER`th time takes the turn if it
+            // loses: the next try then has no rival.
+            let turn_lease = if !holding_turn && !speculative && conflicts + 1 >= TURN_AFTER {
+                Some(self.turn_lease(known).await?)
+            } else {
+                None
             };
+            let committed = self.commit(compares, ops, &links, &ids, turn_lease).await;
+            if committed.is_err() && turn_lease.is_some() {
+                // Perhaps the lease was gone: the next turn gets a new one.
+                known.turn_lease = None;
+            }
+            let fresh = match committed? {
+                Commit::Written { revision } => {
+                    for (&link, ledger) in &plan.ledgers {
+                        known.ledgers.insert(link, (ledger.clone(), revision));
+                    }
+                    return Ok(decisions(batch, plan.outcomes));
+                }
+                Commit::Lost(fresh) => fresh,
+            };
+            if std::mem::take(&mut speculative) {
+                // What we knew was stale: the failed write did what a read would have.
+                read = fresh;
+                continue;
+            }
             conflicts += 1;
             if conflicts == MAX_ATTEMPTS {
                 return Err(ClusterStoreError::Contention {
@@ -236,9 +327,9 @@ impl EtcdStore {
                     attempts: conflicts,
                 });
             }
-            read = if conflicts >= TURN_AFTER && !holding_turn {
-                holding_turn = self.take_turn().await?;
-                self.read(&links, &ids).await?
+            read = if fresh.turn.as_ref() == Some(&self.admitter) {
+                // Taken with the write that lost: nobody else writes before our next try.
+                fresh
             } else {
                 self.after_conflict(conflicts, fresh, &links, &ids).await?
             };
@@ -335,7 +426,7 @@ impl EtcdStore {
                 .collect();
             ops.push(TxnOp::delete(key.clone(), None));
             let removed = r.clone();
-            let Some(fresh) = self.commit(compares, ops, &links, &ids).await? else {
+            let Commit::Lost(fresh) = self.commit(compares, ops, &links, &ids, None).await? else {
                 return Ok(Some(removed));
             };
             conflicts += 1;
@@ -359,31 +450,40 @@ impl EtcdStore {
         }
     }
 
-    /// Takes the admission turn if nobody holds it, on a lease of `TURN_TTL_S`: the others'
-    /// writes then wait for ours (which gives the turn back), so that a gateway that keeps
-    /// losing the race is not starved. Whether we hold it.
-    async fn take_turn(&self) -> Result<bool> {
-        let lease = self
-            .call("grant the admission turn's lease", |mut c| async move {
-                c.lease_grant(TURN_TTL_S, None).await
-            })
-            .await?
-            .id();
+    /// A lease of `TURN_TTL_S` for the admission turn, with time left: the last one if it
+    /// has, else a new one.
+    async fn turn_lease(&self, known: &mut Known) -> Result<i64> {
+        let now = tokio::time::Instant::now();
+        let lease = match known.turn_lease {
+            Some((lease, ends)) if ends > now + TURN_LEASE_MIN_LEFT => lease,
+            _ => {
+                let lease = self
+                    .call("grant the admission turn's lease", |mut c| async move {
+                        c.lease_grant(TURN_TTL_S, None).await
+                    })
+                    .await?
+                    .id();
+                known.turn_lease = Some((lease, now + Duration::from_secs(TURN_TTL_S as u64)));
+                lease
+            }
+        };
+        Ok(lease)
+    }
+
+    /// Takes the admission turn if nobody holds it, on `lease`: the others' writes then wait
+    /// for ours (which gives the turn back), so that a gateway that keeps losing the race is
+    /// not starved.
+    fn take_turn(&self, lease: i64) -> TxnOp {
         let key = self.keys.admission_turn();
-        let txn = Txn::new()
-            .when([Compare::version(key.clone(), CompareOp::Equal, 0)])
-            .and_then([TxnOp::put(
-                key,
-                self.admitter.clone(),
-                Some(PutOptions::new().with_lease(lease)),
-            )]);
-        let resp = self
-            .call("take the admission turn", |mut c| {
-                let txn = txn.clone();
-                async move { c.txn(txn).await }
-            })
-            .await?;
-        Ok(resp.succeeded())
+        TxnOp::txn(
+            Txn::new()
+                .when([Compare::version(key.clone(), CompareOp::Equal, 0)])
+                .and_then([TxnOp::put(
+                    key,
+                    self.admitter.clone(),
+                    Some(PutOptions::new().with_lease(lease)),
+                )]),
+        )
     }
 
     /// Ends our turn when the batch wrote nothing (every admission refused or found).
@@ -485,20 +585,24 @@ impl EtcdStore {
             .collect()
     }
 
-    /// Applies the guarded write: `None`. If another write got in first, the ledgers of
-    /// `links` and reservations `ids` as they are now, read by the same transaction (a retry
-    /// needs no read of its own).
+    /// Applies the guarded write, or, if another write got in first, reads the ledgers of
+    /// `links` and reservations `ids` as they are now in the same transaction (a retry needs
+    /// no read of its own), after taking the admission turn on `turn_lease` if given and
+    /// nobody holds it.
     async fn commit(
         &self,
         compares: Vec<Compare>,
         ops: Vec<TxnOp>,
         links: &BTreeSet<LinkId>,
         ids: &BTreeSet<ReservationId>,
-    ) -> Result<Option<Read>> {
-        let txn = Txn::new()
-            .when(compares)
-            .and_then(ops)
-            .or_else(self.read_ops(links, ids));
+        turn_lease: Option<i64>,
+    ) -> Result<Commit> {
+        let lost: Vec<TxnOp> = turn_lease
+            .map(|lease| self.take_turn(lease))
+            .into_iter()
+            .chain(self.read_ops(links, ids))
+            .collect();
+        let txn = Txn::new().when(compares).and_then(ops).or_else(lost);
         let resp = self
             .call("write ledgers", |mut c| {
                 let txn = txn.clone();
@@ -506,9 +610,15 @@ impl EtcdStore {
             })
             .await?;
         if resp.succeeded() {
-            return Ok(None);
+            return Ok(Commit::Written {
+                revision: resp.header().map_or(0, |h| h.revision()),
+            });
         }
-        self.parse_read(links, ids, resp.op_responses()).map(Some)
+        let mut responses = resp.op_responses();
+        if turn_lease.is_some() {
+            responses.remove(0);
+        }
+        self.parse_read(links, ids, responses).map(Commit::Lost)
     }
 
     /// After a lost race: the first times at once, on what the failed transaction read; then
