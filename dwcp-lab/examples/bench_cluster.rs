@@ -358,11 +358,12 @@ fn main() -> anyhow::Result<()> {
          {RESERVABLE_BPS} bit/s reservable shared by 6 paths of one or two links; rates 10-99 \
          Mbit/s, windows of 100-300 s among 20 start times, priorities 1-3 (so some \
          admissions preempt); the same requests every run (fixed seeds). A gateway's concurrent \
-         admissions are decided in batches (`EtcdStore::admit`): one transaction reads the \
-         batch's ledgers, one writes them guarded by their mod_revisions, a write that \
-         lost the race returns the ledgers as they are now for the next try, and a batch that \
-         lost 3 times takes the admission turn (a key on a 2 s lease that the other gateways' \
-         writes wait for). A fourth client watches every ledger version; `oversubscribed` \
+         admissions are decided in batches (`EtcdStore::admit`): one transaction writes the \
+         batch's ledgers guarded by their mod_revisions, decided on the ledgers as the gateway \
+         last knew them (a read first only for ledgers never seen, or before refusing a whole \
+         batch); a write that lost the race returns the ledgers as they are now for the next \
+         try, and the write that loses the third time also takes the admission turn (a key \
+         on a 2 s lease that the other gateways' writes wait for). A fourth client watches every ledger version; `oversubscribed` \
          counts the links over capacity in any version watched or in the final ledgers and \
          reservation keys. The second run (one task per gateway, as the daemon's state owner \
          admits one request at a time; {SERIAL_PER_GATEWAY} admissions each) uses a prefix of \

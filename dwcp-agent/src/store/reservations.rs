@@ -1,17 +1,34 @@
 //! Reservations in the store: each link's ledger under one key, each reservation under its
-//! own. An admission reads its path's ledgers (and its own key) in one transaction, decides with
-//! `plan_admission`, and writes in one transaction guarded by every ledger's `mod_revision`
-//! (or its absence) and by the reservation key's absence: a gateway that admitted on one of
-//! those links meanwhile makes the transaction fail, and it is read and decided again. So no
+//! own. An admission decides with `plan_admission` on its path's ledgers and writes in one
+//! transaction guarded by every ledger's `mod_revision` (or its absence) and by the
+//! reservation key's absence: a gateway that admitted on one of those links meanwhile makes
+//! the transaction fail, and it is decided again on the ledgers the failure returned. So no
 //! link is booked past its capacity however many gateways admit at once, and a reservation id
 //! is admitted once.
 //!
-//! A gateway's concurrent admissions share one read and one write (group commit, `Batch`):
-//! admitting one at a time, 24 tasks of 3 gateways racing on 4 ledgers lost most of their
-//! transactions to each other and the p99 was 1.4 s (`cargo xtask bench cluster`); batched,
-//! only the gateways race, not their tasks (p99 230-250 ms under a load of 7). A batch that
-//! lost the race 3 times takes the admission turn, which the others' writes wait for, so no
-//! gateway is starved: p99 106-163 ms at the same load (p50 9 -> 23 ms, the price of waiting).
+//! A gateway's concurrent admissions share one write (group commit, `Batch`): admitting one
+//! at a time, 24 tasks of 3 gateways racing on 4 ledgers lost most of their transactions to
+//! each other and the p99 was 1.4 s (`cargo xtask bench cluster`); batched, only the gateways
+//! race, not their tasks. A batch that lost the race 3 times takes the admission turn, which
+//! the others' writes wait for, so no gateway is starved.
+//!
+//! Where the time went (that bench, 1,200 attempts, load average about 6, before the changes
+//! below): about 159 batches of 7.6 admissions took 32-35 ms each on average; a batch made 1.9
+//! reads (3.0 ms each under that load, 0.8 ms idle) and 2.2 writes (6 ms, 1.4 ms idle), of
+//! which 1.2-1.3 lost the race, since every gateway's batch covers the same 4 ledgers; a third
+//! of the batches took the turn (lease grant and take: 6-6.7 ms) and the others waited for it
+//! 0.7 s in all. So a batch first writes on the ledgers as its gateway last knew them (from
+//! its own reads, lost writes and applied writes): one round trip instead of two when nobody
+//! else wrote meanwhile, and a stale guess costs what the read would have (the lost write
+//! returns the state). It reads first only for ledgers never seen, and before refusing a
+//! whole batch, since a refusal must not rest on a stale ledger. The write that would lose the
+//! third time takes the turn in the same transaction (on a lease reused while it has 1 s
+//! left), which saves a lease grant, a take and a read. Measured (admission phases alone,
+//! interleaved runs on a quieter machine): p50 16-21.5 -> 7.5-13 ms, 1,200 attempts in
+//! 1.1-1.5 s -> 1.0-1.4 s, but p99 69-93 ms before and 69-95 ms after: the winner of a race
+//! knows the fresh ledgers and wins the next one too, which shortens the median and not the
+//! tail. Two full bench runs: p99 79.0 and 103.8 ms (goal < 50). What removes the races
+//! themselves is one elected admission leader batching every gateway's admissions.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::Duration;
