@@ -13,11 +13,14 @@
 //!   cluster; a topology generation published (one etcd transaction) until every agent's
 //!   status shows it in force, over [`PUSHES`] pushes.
 //!
-//! The issue's other figures (loss while the leader is killed or the store is down,
-//! resynchronisation) need reservations through the store in the agents, not built yet:
-//! reported as not measured.
+//! - `leader_kill_lost`, `store_down_lost`, `resync_s`: the same lab's streams while the etcd
+//!   leader is killed and while the whole cluster is down, and the agents' resynchronisation.
 //!
 //! `cargo xtask bench cluster` runs it in release mode and records the report. Needs root.
+//! With `--admission-only` it runs the admission phases alone (seconds, not minutes) and
+//! prints their rows, writing nothing: for iterating, run the example itself (`cargo run
+//! --release -p dwcp-lab --example bench_cluster -- --admission-only`), since the xtask
+//! would record the partial report.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
@@ -214,6 +217,11 @@ async fn contended(
 }
 
 fn main() -> anyhow::Result<()> {
+    let admission_only = match std::env::args().nth(1).as_deref() {
+        None => false,
+        Some("--admission-only") => true,
+        Some(other) => anyhow::bail!("unknown argument {other:?} (only --admission-only)"),
+    };
     dwcp_lab::etcd::available().map_err(anyhow::Error::msg)?;
     let mut cluster = EtcdCluster::start()?;
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -278,6 +286,19 @@ fn main() -> anyhow::Result<()> {
         serial.oversubscribed,
         serial_p99 / base_p99
     );
+    if admission_only {
+        println!(
+            "\n{} admitted, {} refused, {} given up; p50 {p50:.1} ms, max {:.1} ms; \
+             baseline p50 {base_p50:.1} ms, p99 {base_p99:.1} ms; {attempts} attempts in {:.2} s. \
+             Admission phases only: nothing recorded.",
+            total.admitted,
+            total.refused,
+            total.contention,
+            ms.last().copied().unwrap_or(0.0),
+            elapsed.as_secs_f64()
+        );
+        return Ok(());
+    }
     let AgentFigures {
         converge_ms: mut converge,
         outages,
@@ -337,11 +358,12 @@ fn main() -> anyhow::Result<()> {
          {RESERVABLE_BPS} bit/s reservable shared by 6 paths of one or two links; rates 10-99 \
          Mbit/s, windows of 100-300 s among 20 start times, priorities 1-3 (so some \
          admissions preempt); the same requests every run (fixed seeds). A gateway's concurrent \
-         admissions are decided in batches (`EtcdStore::admit`): one transaction reads the \
-         batch's ledgers, one writes them guarded by their mod_revisions, a write that \
-         lost the race returns the ledgers as they are now for the next try, and a batch that \
-         lost 3 times takes the admission turn (a key on a 2 s lease that the other gateways' \
-         writes wait for). A fourth client watches every ledger version; `oversubscribed` \
+         admissions are decided in batches (`EtcdStore::admit`): one transaction writes the \
+         batch's ledgers guarded by their mod_revisions, decided on the ledgers as the gateway \
+         last knew them (a read first only for ledgers never seen, or before refusing a whole \
+         batch); a write that lost the race returns the ledgers as they are now for the next \
+         try, and the write that loses the third time also takes the admission turn (a key \
+         on a 2 s lease that the other gateways' writes wait for). A fourth client watches every ledger version; `oversubscribed` \
          counts the links over capacity in any version watched or in the final ledgers and \
          reservation keys. The second run (one task per gateway, as the daemon's state owner \
          admits one request at a time; {SERIAL_PER_GATEWAY} admissions each) uses a prefix of \

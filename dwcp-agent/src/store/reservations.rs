@@ -1,17 +1,34 @@
 //! Reservations in the store: each link's ledger under one key, each reservation under its
-//! own. An admission reads its path's ledgers (and its own key) in one transaction, decides with
-//! `plan_admission`, and writes in one transaction guarded by every ledger's `mod_revision`
-//! (or its absence) and by the reservation key's absence: a gateway that admitted on one of
-//! those links meanwhile makes the transaction fail, and it is read and decided again. So no
+//! own. An admission decides with `plan_admission` on its path's ledgers and writes in one
+//! transaction guarded by every ledger's `mod_revision` (or its absence) and by the
+//! reservation key's absence: a gateway that admitted on one of those links meanwhile makes
+//! the transaction fail, and it is decided again on the ledgers the failure returned. So no
 //! link is booked past its capacity however many gateways admit at once, and a reservation id
 //! is admitted once.
 //!
-//! A gateway's concurrent admissions share one read and one write (group commit, `Batch`):
-//! admitting one at a time, 24 tasks of 3 gateways racing on 4 ledgers lost most of their
-//! transactions to each other and the p99 was 1.4 s (`cargo xtask bench cluster`); batched,
-//! only the gateways race, not their tasks (p99 230-250 ms under a load of 7). A batch that
-//! lost the race 3 times takes the admission turn, which the others' writes wait for, so no
-//! gateway is starved: p99 106-163 ms at the same load (p50 9 -> 23 ms, the price of waiting).
+//! A gateway's concurrent admissions share one write (group commit, `Batch`): admitting one
+//! at a time, 24 tasks of 3 gateways racing on 4 ledgers lost most of their transactions to
+//! each other and the p99 was 1.4 s (`cargo xtask bench cluster`); batched, only the gateways
+//! race, not their tasks. A batch that lost the race 3 times takes the admission turn, which
+//! the others' writes wait for, so no gateway is starved.
+//!
+//! Where the time went (that bench, 1,200 attempts, load average about 6, before the changes
+//! below): about 159 batches of 7.6 admissions took 32-35 ms each on average; a batch made 1.9
+//! reads (3.0 ms each under that load, 0.8 ms idle) and 2.2 writes (6 ms, 1.4 ms idle), of
+//! which 1.2-1.3 lost the race, since every gateway's batch covers the same 4 ledgers; a third
+//! of the batches took the turn (lease grant and take: 6-6.7 ms) and the others waited for it
+//! 0.7 s in all. So a batch first writes on the ledgers as its gateway last knew them (from
+//! its own reads, lost writes and applied writes): one round trip instead of two when nobody
+//! else wrote meanwhile, and a stale guess costs what the read would have (the lost write
+//! returns the state). It reads first only for ledgers never seen, and before refusing a
+//! whole batch, since a refusal must not rest on a stale ledger. The write that would lose the
+//! third time takes the turn in the same transaction (on a lease reused while it has 1 s
+//! left), which saves a lease grant, a take and a read. Measured (admission phases alone,
+//! interleaved runs on a quieter machine): p50 16-21.5 -> 7.5-13 ms, 1,200 attempts in
+//! 1.1-1.5 s -> 1.0-1.4 s, but p99 69-93 ms before and 69-95 ms after: the winner of a race
+//! knows the fresh ledgers and wins the next one too, which shortens the median and not the
+//! tail. Two full bench runs: p99 79.0 and 103.8 ms (goal < 50). What removes the races
+//! themselves is one elected admission leader batching every gateway's admissions.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::Duration;
@@ -43,6 +60,10 @@ const TURN_AFTER: u32 = 3;
 /// How long a turn lasts if its holder never writes (it died): others wait at most that.
 const TURN_TTL_S: i64 = 2;
 
+/// Time a turn's lease must have left to be used for another turn (a turn is over within a
+/// few round trips; one whose lease ends meanwhile is simply taken again).
+const TURN_LEASE_MIN_LEFT: Duration = Duration::from_secs(1);
+
 /// How long a batch waits for other gateways' turns before giving up with `Contention`: a
 /// dead holder's turn ends with its lease.
 const TURN_WAIT_BOUND: Duration = Duration::from_secs(2 * TURN_TTL_S as u64 + 1);
@@ -70,7 +91,46 @@ pub(super) struct AdmissionQueue {
     waiting: std::sync::Mutex<VecDeque<Waiting>>,
     /// Held by the caller that runs a batch: one batch at a time per gateway (a second one
     /// would only race the first on the same ledgers).
-    running: tokio::sync::Mutex<()>,
+    running: tokio::sync::Mutex<Known>,
+}
+
+/// What this gateway's batches last learnt from the store, kept between batches.
+#[derive(Default)]
+pub(super) struct Known {
+    /// Each ledger as of this gateway's last transaction on it, with its `mod_revision`: a
+    /// batch writes on it at once, without a read first. A stale one only makes the guarded
+    /// write fail, and the failure returns the ledgers as they are.
+    ledgers: BTreeMap<LinkId, (Ledger, i64)>,
+    /// The lease of our last turn and when it ends: the next turn reuses it while it has
+    /// time left, which saves a lease grant.
+    turn_lease: Option<(i64, tokio::time::Instant)>,
+}
+
+impl Known {
+    /// The ledgers of `links` as last known, as a read that found none of the batch's
+    /// reservations and nobody's turn (the write compares both); `None` if one was never
+    /// seen.
+    fn read(&self, links: &BTreeSet<LinkId>) -> Option<Read> {
+        let mut read = Read {
+            ledgers: BTreeMap::new(),
+            revisions: BTreeMap::new(),
+            reservations: BTreeMap::new(),
+            turn: None,
+        };
+        for link in links {
+            let (ledger, revision) = self.ledgers.get(link)?;
+            read.ledgers.insert(*link, ledger.clone());
+            read.revisions.insert(*link, *revision);
+        }
+        Some(read)
+    }
+
+    fn learn(&mut self, read: &Read) {
+        for (link, ledger) in &read.ledgers {
+            self.ledgers
+                .insert(*link, (ledger.clone(), read.revisions[link]));
+        }
+    }
 }
 
 struct Waiting {
@@ -97,6 +157,14 @@ impl AdmissionQueue {
             waiting.push_front(w);
         }
     }
+}
+
+/// How a guarded write ended.
+enum Commit {
+    /// Applied at `revision` (the `mod_revision` of every key it wrote).
+    Written { revision: i64 },
+    /// Another write got in first: the state as it is now.
+    Lost(Read),
 }
 
 /// What a batch decided for each of its admissions, in the batch's order; `None`: left for
@@ -131,10 +199,10 @@ impl EtcdStore {
                         // admission it wrote is found by id and returned).
                         Err(_) => break,
                     },
-                    _running = self.admissions.running.lock() => {
+                    mut known = self.admissions.running.lock() => {
                         let batch = self.admissions.take();
                         if !batch.is_empty() {
-                            self.admit_batch(batch).await;
+                            self.admit_batch(batch, &mut known).await;
                         }
                     }
                 }
@@ -142,8 +210,8 @@ impl EtcdStore {
         }
     }
 
-    async fn admit_batch(&self, batch: Vec<Waiting>) {
-        match self.decide(&batch).await {
+    async fn admit_batch(&self, batch: Vec<Waiting>, known: &mut Known) {
+        match self.decide(&batch, known).await {
             Ok(decisions) => {
                 let mut deferred = Vec::new();
                 for (w, decision) in batch.into_iter().zip(decisions) {
@@ -163,10 +231,13 @@ impl EtcdStore {
         }
     }
 
-    /// Reads the batch's ledgers and reservations at one revision, decides each admission in
-    /// turn on the ledgers as the ones before left them, and writes every change in one
-    /// guarded transaction; again from the read while another gateway's write got in first.
-    async fn decide(&self, batch: &[Waiting]) -> Result<Decisions> {
+    /// Decides each admission of the batch in turn on the ledgers as the ones before left
+    /// them, and writes every change in one guarded transaction; again on the ledgers the
+    /// failed write returned while another gateway's write got in first. The first try
+    /// decides on the ledgers as this gateway last knew them (one round trip when nobody
+    /// else wrote meanwhile); a read at one revision comes first only for ledgers never
+    /// seen, and before refusing all of a batch (a refusal must not rest on a stale ledger).
+    async fn decide(&self, batch: &[Waiting], known: &mut Known) -> Result<Decisions> {
         let mut links: BTreeSet<LinkId> = batch
             .iter()
             .flat_map(|w| w.cand.path.iter().copied())
@@ -175,8 +246,16 @@ impl EtcdStore {
         let mut conflicts = 0;
         let mut holding_turn = false;
         let turn_waits_until = tokio::time::Instant::now() + TURN_WAIT_BOUND;
-        let mut read = self.read(&links, &ids).await?;
+        let (mut read, mut speculative) = match known.read(&links) {
+            Some(read) => (read, true),
+            None => (self.read(&links, &ids).await?, false),
+        };
         loop {
+            if !speculative {
+                known.learn(&read);
+                // Taken by our last write that lost; a turn whose lease ended is nobody's.
+                holding_turn = read.turn.as_ref() == Some(&self.admitter);
+            }
             if read.turn.as_ref().is_some_and(|t| *t != self.admitter) {
                 // Another gateway's admissions go first: its write would fail ours anyway.
                 if tokio::time::Instant::now() > turn_waits_until {
@@ -200,9 +279,15 @@ impl EtcdStore {
                 Err(more) => {
                     links.extend(more);
                     read = self.read(&links, &ids).await?;
+                    speculative = false;
                     continue;
                 }
             };
+            if plan.admitted.is_empty() && speculative {
+                read = self.read(&links, &ids).await?;
+                speculative = false;
+                continue;
+            }
             if plan.admitted.is_empty() {
                 if holding_turn {
                     self.give_back_turn().await?;
@@ -228,9 +313,32 @@ impl EtcdStore {
             if holding_turn {
                 ops.push(TxnOp::delete(self.keys.admission_turn(), None));
             }
-            let Some(fresh) = self.commit(compares, ops, &links, &ids).await? else {
-                return Ok(decisions(batch, plan.outcomes));
+            // The write that would lose the race the `TURN_AFTER`th time takes the turn if it
+            // loses: the next try then has no rival.
+            let turn_lease = if !holding_turn && !speculative && conflicts + 1 >= TURN_AFTER {
+                Some(self.turn_lease(known).await?)
+            } else {
+                None
             };
+            let committed = self.commit(compares, ops, &links, &ids, turn_lease).await;
+            if committed.is_err() && turn_lease.is_some() {
+                // Perhaps the lease was gone: the next turn gets a new one.
+                known.turn_lease = None;
+            }
+            let fresh = match committed? {
+                Commit::Written { revision } => {
+                    for (&link, ledger) in &plan.ledgers {
+                        known.ledgers.insert(link, (ledger.clone(), revision));
+                    }
+                    return Ok(decisions(batch, plan.outcomes));
+                }
+                Commit::Lost(fresh) => fresh,
+            };
+            if std::mem::take(&mut speculative) {
+                // What we knew was stale: the failed write did what a read would have.
+                read = fresh;
+                continue;
+            }
             conflicts += 1;
             if conflicts == MAX_ATTEMPTS {
                 return Err(ClusterStoreError::Contention {
@@ -238,9 +346,9 @@ impl EtcdStore {
                     attempts: conflicts,
                 });
             }
-            read = if conflicts >= TURN_AFTER && !holding_turn {
-                holding_turn = self.take_turn().await?;
-                self.read(&links, &ids).await?
+            read = if fresh.turn.as_ref() == Some(&self.admitter) {
+                // Taken with the write that lost: nobody else writes before our next try.
+                fresh
             } else {
                 self.after_conflict(conflicts, fresh, &links, &ids).await?
             };
@@ -448,7 +556,7 @@ impl EtcdStore {
                 ));
             }
             let removed = r.clone();
-            let Some(fresh) = self.commit(compares, ops, &links, &ids).await? else {
+            let Commit::Lost(fresh) = self.commit(compares, ops, &links, &ids, None).await? else {
                 return Ok(Some(removed));
             };
             conflicts += 1;
@@ -472,31 +580,40 @@ impl EtcdStore {
         }
     }
 
-    /// Takes the admission turn if nobody holds it, on a lease of `TURN_TTL_S`: the others'
-    /// writes then wait for ours (which gives the turn back), so that a gateway that keeps
-    /// losing the race is not starved. Whether we hold it.
-    async fn take_turn(&self) -> Result<bool> {
-        let lease = self
-            .call("grant the admission turn's lease", |mut c| async move {
-                c.lease_grant(TURN_TTL_S, None).await
-            })
-            .await?
-            .id();
+    /// A lease of `TURN_TTL_S` for the admission turn, with time left: the last one if it
+    /// has, else a new one.
+    async fn turn_lease(&self, known: &mut Known) -> Result<i64> {
+        let now = tokio::time::Instant::now();
+        let lease = match known.turn_lease {
+            Some((lease, ends)) if ends > now + TURN_LEASE_MIN_LEFT => lease,
+            _ => {
+                let lease = self
+                    .call("grant the admission turn's lease", |mut c| async move {
+                        c.lease_grant(TURN_TTL_S, None).await
+                    })
+                    .await?
+                    .id();
+                known.turn_lease = Some((lease, now + Duration::from_secs(TURN_TTL_S as u64)));
+                lease
+            }
+        };
+        Ok(lease)
+    }
+
+    /// Takes the admission turn if nobody holds it, on `lease`: the others' writes then wait
+    /// for ours (which gives the turn back), so that a gateway that keeps losing the race is
+    /// not starved.
+    fn take_turn(&self, lease: i64) -> TxnOp {
         let key = self.keys.admission_turn();
-        let txn = Txn::new()
-            .when([Compare::version(key.clone(), CompareOp::Equal, 0)])
-            .and_then([TxnOp::put(
-                key,
-                self.admitter.clone(),
-                Some(PutOptions::new().with_lease(lease)),
-            )]);
-        let resp = self
-            .call("take the admission turn", |mut c| {
-                let txn = txn.clone();
-                async move { c.txn(txn).await }
-            })
-            .await?;
-        Ok(resp.succeeded())
+        TxnOp::txn(
+            Txn::new()
+                .when([Compare::version(key.clone(), CompareOp::Equal, 0)])
+                .and_then([TxnOp::put(
+                    key,
+                    self.admitter.clone(),
+                    Some(PutOptions::new().with_lease(lease)),
+                )]),
+        )
     }
 
     /// Ends our turn when the batch wrote nothing (every admission refused or found).
@@ -598,20 +715,24 @@ impl EtcdStore {
             .collect()
     }
 
-    /// Applies the guarded write: `None`. If another write got in first, the ledgers of
-    /// `links` and reservations `ids` as they are now, read by the same transaction (a retry
-    /// needs no read of its own).
+    /// Applies the guarded write, or, if another write got in first, reads the ledgers of
+    /// `links` and reservations `ids` as they are now in the same transaction (a retry needs
+    /// no read of its own), after taking the admission turn on `turn_lease` if given and
+    /// nobody holds it.
     async fn commit(
         &self,
         compares: Vec<Compare>,
         ops: Vec<TxnOp>,
         links: &BTreeSet<LinkId>,
         ids: &BTreeSet<ReservationId>,
-    ) -> Result<Option<Read>> {
-        let txn = Txn::new()
-            .when(compares)
-            .and_then(ops)
-            .or_else(self.read_ops(links, ids));
+        turn_lease: Option<i64>,
+    ) -> Result<Commit> {
+        let lost: Vec<TxnOp> = turn_lease
+            .map(|lease| self.take_turn(lease))
+            .into_iter()
+            .chain(self.read_ops(links, ids))
+            .collect();
+        let txn = Txn::new().when(compares).and_then(ops).or_else(lost);
         let resp = self
             .call("write ledgers", |mut c| {
                 let txn = txn.clone();
@@ -619,9 +740,15 @@ impl EtcdStore {
             })
             .await?;
         if resp.succeeded() {
-            return Ok(None);
+            return Ok(Commit::Written {
+                revision: resp.header().map_or(0, |h| h.revision()),
+            });
         }
-        self.parse_read(links, ids, resp.op_responses()).map(Some)
+        let mut responses = resp.op_responses();
+        if turn_lease.is_some() {
+            responses.remove(0);
+        }
+        self.parse_read(links, ids, responses).map(Commit::Lost)
     }
 
     /// After a lost race: the first times at once, on what the failed transaction read; then
