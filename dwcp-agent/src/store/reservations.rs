@@ -424,7 +424,7 @@ impl EtcdStore {
                 preempted: plan.preempted,
             };
             ops.extend(self.preemption_marks(&[BatchOutcome::Admitted(admission.clone())]));
-            let Some(fresh) = self.commit(compares, ops, &links, &ids).await? else {
+            let Commit::Lost(fresh) = self.commit(compares, ops, &links, &ids, None).await? else {
                 return Ok(admission);
             };
             conflicts += 1;
