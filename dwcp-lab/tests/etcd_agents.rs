@@ -71,31 +71,14 @@ fn json<T: serde::de::DeserializeOwned>(lab: &TriangleLab, r: usize, args: &[&st
     serde_json::from_slice(&out.stdout).expect("the API's JSON")
 }
 
-/// `dwcp reserve add` on gateway `r`'s agent: `rate` from `from` to us-east-1 over `path`.
+/// `dwcp reserve add` on gateway `r`'s agent: `rate` from `from` to us-east-1 over `path`,
+/// from now for an hour.
 fn reserve(lab: &TriangleLab, r: usize, from: &str, rate: &str, path: &str) -> Output {
-    dwcp(
-        &lab.api_socket(r),
-        &[
-            "--json",
-            "reserve",
-            "add",
-            "--from",
-            from,
-            "--to",
-            "us-east-1",
-            "--class",
-            "bulk",
-            "--rate",
-            rate,
-            "--end",
-            "+1h",
-            "--path",
-            path,
-        ],
-    )
+    reserve_at(lab, r, from, rate, path, None, "+1h", None)
 }
 
-/// As [`reserve`], from `start` to `end` (unix seconds or `+1h`), at `priority` if given.
+/// As [`reserve`], from `start` (now if `None`) to `end` (unix seconds or `+1h`), at
+/// `priority` if given.
 #[allow(clippy::too_many_arguments)]
 fn reserve_at(
     lab: &TriangleLab,
@@ -103,7 +86,7 @@ fn reserve_at(
     from: &str,
     rate: &str,
     path: &str,
-    start: &str,
+    start: Option<&str>,
     end: &str,
     priority: Option<&str>,
 ) -> Output {
@@ -119,13 +102,14 @@ fn reserve_at(
         "bulk",
         "--rate",
         rate,
-        "--start",
-        start,
         "--end",
         end,
         "--path",
         path,
     ];
+    if let Some(s) = start {
+        args.extend(["--start", s]);
+    }
     if let Some(p) = priority {
         args.extend(["--priority", p]);
     }
@@ -280,7 +264,16 @@ fn gateways_register_on_leases_and_every_agent_lists_them() {
     })
     .unwrap();
     let later = booked.reservation.end.to_string();
-    let out = reserve_at(&lab, 2, "ap-south-1", "200M", "2,1", &later, "+3h", None);
+    let out = reserve_at(
+        &lab,
+        2,
+        "ap-south-1",
+        "200M",
+        "2,1",
+        Some(&later),
+        "+3h",
+        None,
+    );
     assert!(
         out.status.success(),
         "{}",
@@ -462,7 +455,7 @@ fn gateways_register_on_leases_and_every_agent_lists_them() {
         "ap-south-1",
         "700M",
         "2,1",
-        "+0s",
+        Some("+0s"),
         "+1h",
         Some("6"),
     );

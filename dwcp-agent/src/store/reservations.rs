@@ -404,12 +404,7 @@ impl EtcdStore {
                 read = self.read(&links, &ids).await?;
                 continue;
             };
-            let mut compares = self.unchanged(&read);
-            compares.push(Compare::mod_revision(
-                key.clone(),
-                CompareOp::Equal,
-                *revision,
-            ));
+            let compares = self.unchanged_with(&read, &key, *revision);
             let mut ops: Vec<TxnOp> = plan
                 .ledgers
                 .iter()
@@ -530,12 +525,7 @@ impl EtcdStore {
                 read = self.read(&links, &ids).await?;
                 continue;
             }
-            let mut compares = self.unchanged(&read);
-            compares.push(Compare::mod_revision(
-                key.clone(),
-                CompareOp::Equal,
-                *revision,
-            ));
+            let compares = self.unchanged_with(&read, &key, *revision);
             let mut ops: Vec<TxnOp> = read
                 .ledgers
                 .iter()
@@ -698,6 +688,13 @@ impl EtcdStore {
         let turn = gets.next().expect("one answer per get");
         read.turn = turn.kvs().first().map(|kv| kv.value().to_vec());
         Ok(read)
+    }
+
+    /// [`Self::unchanged`], and reservation `key` still at `revision` as read.
+    fn unchanged_with(&self, read: &Read, key: &str, revision: i64) -> Vec<Compare> {
+        let mut compares = self.unchanged(read);
+        compares.push(Compare::mod_revision(key, CompareOp::Equal, revision));
+        compares
     }
 
     /// Compares that hold only if no ledger read changed (or appeared) since.
