@@ -1030,3 +1030,40 @@ fn a_watch_that_starts_from_a_cache_reports_what_went_meanwhile() {
         );
     });
 }
+
+/// A gateway's concurrent admissions over long paths of a wide network: each batch's
+/// transactions stay within etcd's bound on operations (128 by default), however many links
+/// the waiting admissions cross together; every one that fits is admitted.
+#[test]
+#[cfg_attr(
+    not(feature = "privileged"),
+    ignore = "privileged: needs root, network namespaces and etcd (--features dwcp-lab/privileged)"
+)]
+fn batches_over_many_links_stay_within_the_transaction_bound() {
+    let Some(cluster) = cluster("batches_over_many_links_stay_within_the_transaction_bound") else {
+        return;
+    };
+    // 64 admissions, each over 6 links of its own: 384 links in all.
+    const ADMISSIONS: u32 = 64;
+    const HOPS: u32 = 6;
+    let reservable: BTreeMap<LinkId, u64> =
+        (1..=ADMISSIONS * HOPS).map(|l| (LinkId(l), GBIT)).collect();
+    let rt = runtime();
+    rt.block_on(async {
+        let store = connect(&cluster).await;
+        let admitted = futures::future::join_all((0..ADMISSIONS).map(|i| {
+            let path: Vec<u32> = (1..=HOPS).map(|h| i * HOPS + h).collect();
+            let cand = reservation(u64::from(i) + 1, 100 * 1_000_000, 1_000, 2_000, 2, &path);
+            let (store, reservable) = (store.clone(), reservable.clone());
+            async move { store.admit(&cand, &reservable).await }
+        }))
+        .await;
+        for (i, a) in admitted.iter().enumerate() {
+            assert!(a.is_ok(), "admission {}: {:?}", i + 1, a.as_ref().err());
+        }
+        assert_eq!(
+            store.reservations().await.unwrap().len(),
+            ADMISSIONS as usize
+        );
+    });
+}

@@ -47,8 +47,7 @@ use super::{corrupt, ClusterStoreError, EtcdStore, Result};
 /// Transactions refused because a ledger changed, before giving up with `Contention`.
 pub const MAX_ATTEMPTS: u32 = 64;
 
-/// Admissions decided together at most: their reads and writes stay within etcd's default
-/// `--max-txn-ops` (128).
+/// Admissions decided together at most (and fewer over long paths: `MAX_BATCH_KEYS`).
 const MAX_BATCH: usize = 32;
 
 /// Conflicts retried at once, before waiting between tries.
@@ -71,8 +70,14 @@ const TURN_WAIT_BOUND: Duration = Duration::from_secs(2 * TURN_TTL_S as u64 + 1)
 /// Pause between two reads while another gateway holds the turn.
 const TURN_POLL: Duration = Duration::from_millis(2);
 
-/// etcd's default bound on the operations of one transaction.
+/// etcd's default bound on the operations of one transaction (of its compares, and of each
+/// of its branches).
 const MAX_TXN_OPS: usize = 128;
+
+/// Ledgers and reservations a batch reads at most (its admissions' paths and ids), so that
+/// its reads, and the compares of its write, stay within `MAX_TXN_OPS` with room for the
+/// ledgers of the reservations it preempts.
+const MAX_BATCH_KEYS: usize = MAX_TXN_OPS / 2;
 
 /// Ledgers and reservations as read at one revision, with what the write must compare.
 struct Read {
@@ -144,9 +149,20 @@ impl AdmissionQueue {
         self.waiting.lock().expect("queue lock").push_back(waiting);
     }
 
+    /// The next batch: the first in line, and those after it while the batch reads at most
+    /// `MAX_BATCH_KEYS` ledgers and reservations together.
     fn take(&self) -> Vec<Waiting> {
         let mut waiting = self.waiting.lock().expect("queue lock");
-        let n = waiting.len().min(MAX_BATCH);
+        let mut links = BTreeSet::new();
+        let mut n = 0;
+        for w in waiting.iter().take(MAX_BATCH) {
+            let more = w.cand.path.iter().filter(|l| !links.contains(*l)).count();
+            if n > 0 && links.len() + more + n + 1 > MAX_BATCH_KEYS {
+                break;
+            }
+            links.extend(w.cand.path.iter().copied());
+            n += 1;
+        }
         waiting.drain(..n).collect()
     }
 
@@ -274,7 +290,10 @@ impl EtcdStore {
                 .map(|(&id, (r, _))| (id, r.clone()))
                 .collect();
             let admissions: Vec<_> = batch.iter().map(|w| (&w.cand, &w.reservable)).collect();
-            let plan = match plan_batch(&read.ledgers, &stored, &admissions, MAX_TXN_OPS) {
+            // The write compares every ledger read, the turn and each admitted reservation,
+            // and may delete the turn: a budget of writes that leaves room for both.
+            let budget = MAX_TXN_OPS.saturating_sub(read.revisions.len() + 1);
+            let plan = match plan_batch(&read.ledgers, &stored, &admissions, budget) {
                 Ok(plan) => plan,
                 Err(more) => {
                     links.extend(more);
