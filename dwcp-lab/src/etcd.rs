@@ -183,24 +183,7 @@ impl EtcdCluster {
                 None => Netns::new("etcd")?,
             };
             let ip = subnet_ip(subnet, 2 + i as u8);
-            let outside = format!("{bridge}m{i}");
-            run(&[
-                "ip",
-                "link",
-                "add",
-                &outside,
-                "type",
-                "veth",
-                "peer",
-                "name",
-                "eth0",
-                "netns",
-                ns.name(),
-            ])?;
-            run(&["ip", "link", "set", &outside, "master", &bridge])?;
-            run(&["ip", "link", "set", &outside, "up"])?;
-            ns.ip(&["link", "set", "eth0", "up"])?;
-            netlab::addr(&ns, "eth0", &format!("{ip}/24"))?;
+            bridge_port(&bridge, &format!("{bridge}m{i}"), &ns, "eth0", ip)?;
             let name = format!("m{i}");
             std::fs::create_dir_all(tmpfs.join(&name))?;
             cluster.members.push(Member {
@@ -263,25 +246,9 @@ impl EtcdCluster {
         if k >= 200 {
             return Err(EtcdLabError::Status("no address left on the bridge".into()));
         }
-        let outside = format!("{}a{k}", self.bridge);
-        run(&[
-            "ip",
-            "link",
-            "add",
-            &outside,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            ifname,
-            "netns",
-            ns.name(),
-        ])?;
-        run(&["ip", "link", "set", &outside, "master", &self.bridge])?;
-        run(&["ip", "link", "set", &outside, "up"])?;
-        ns.ip(&["link", "set", ifname, "up"])?;
         let ip = subnet_ip(self.subnet, 10 + k);
-        netlab::addr(ns, ifname, &format!("{ip}/24"))?;
+        let outside = format!("{}a{k}", self.bridge);
+        bridge_port(&self.bridge, &outside, ns, ifname, ip)?;
         self.attached += 1;
         Ok(ip)
     }
@@ -753,6 +720,29 @@ fn etcdctl(argv: &[std::ffi::OsString], args: &[&str]) -> Result<String> {
         )));
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// A port on `bridge` for namespace `ns`: a veth `outside` (on the bridge) and `ifname` (in
+/// `ns`, given `ip`/24), both up.
+fn bridge_port(bridge: &str, outside: &str, ns: &Netns, ifname: &str, ip: Ipv4Addr) -> Result<()> {
+    run(&[
+        "ip",
+        "link",
+        "add",
+        outside,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        ifname,
+        "netns",
+        ns.name(),
+    ])?;
+    run(&["ip", "link", "set", outside, "master", bridge])?;
+    run(&["ip", "link", "set", outside, "up"])?;
+    ns.ip(&["link", "set", ifname, "up"])?;
+    netlab::addr(ns, ifname, &format!("{ip}/24"))?;
+    Ok(())
 }
 
 /// A 10.254.x.0/24 that no interface of the root namespace uses yet, chosen from the pid so

@@ -126,6 +126,16 @@ fn names(views: &[GatewayView]) -> Vec<&str> {
     views.iter().map(|g| g.record.name.as_str()).collect()
 }
 
+/// A three-member etcd cluster over TLS with client certificates, or `None` (the skip
+/// recorded) where it cannot run.
+fn tls_cluster(test: &str) -> Option<EtcdCluster> {
+    if let Err(why) = dwcp_lab::etcd::available() {
+        dwcp_lab::skip(test, &why);
+        return None;
+    }
+    Some(EtcdCluster::start_tls().expect("a three-member etcd cluster"))
+}
+
 /// Polls `f` until it returns Some, at most WAIT.
 fn wait<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
     let start = Instant::now();
@@ -147,15 +157,11 @@ fn wait<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
     ignore = "privileged: needs root, BPF, network namespaces and etcd (--features dwcp-lab/privileged)"
 )]
 fn gateways_register_on_leases_and_every_agent_lists_them() {
-    if let Err(why) = dwcp_lab::etcd::available() {
-        dwcp_lab::skip(
-            "gateways_register_on_leases_and_every_agent_lists_them",
-            &why,
-        );
-        return;
-    }
     // TLS with client certificates: the agents' [store] names the CA, certificate and key.
-    let mut cluster = EtcdCluster::start_tls().expect("a three-member etcd cluster");
+    let Some(mut cluster) = tls_cluster("gateways_register_on_leases_and_every_agent_lists_them")
+    else {
+        return;
+    };
     let mut lab = TriangleLab::build(
         "etcdag",
         &dwcp_lab::bin("dwcp-agent"),
@@ -562,12 +568,11 @@ fn gateways_register_on_leases_and_every_agent_lists_them() {
 )]
 fn a_gateway_that_joins_shows_every_link_with_the_figures_others_published() {
     use dwcp_control::view::{LinkHealth, LinkView};
-    let test = "a_gateway_that_joins_shows_every_link_with_the_figures_others_published";
-    if let Err(why) = dwcp_lab::etcd::available() {
-        dwcp_lab::skip(test, &why);
+    let Some(mut cluster) =
+        tls_cluster("a_gateway_that_joins_shows_every_link_with_the_figures_others_published")
+    else {
         return;
-    }
-    let mut cluster = EtcdCluster::start_tls().expect("a three-member etcd cluster");
+    };
     let mut lab = TriangleLab::build(
         "etcdfg",
         &dwcp_lab::bin("dwcp-agent"),

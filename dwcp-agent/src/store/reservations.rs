@@ -358,13 +358,7 @@ impl EtcdStore {
                 read = fresh;
                 continue;
             }
-            conflicts += 1;
-            if conflicts == MAX_ATTEMPTS {
-                return Err(ClusterStoreError::Contention {
-                    id: batch[0].cand.id,
-                    attempts: conflicts,
-                });
-            }
+            count_conflict(&mut conflicts, batch[0].cand.id)?;
             read = if fresh.turn.as_ref() == Some(&self.admitter) {
                 // Taken with the write that lost: nobody else writes before our next try.
                 fresh
@@ -441,13 +435,7 @@ impl EtcdStore {
             let Commit::Lost(fresh) = self.commit(compares, ops, &links, &ids, None).await? else {
                 return Ok(admission);
             };
-            conflicts += 1;
-            if conflicts == MAX_ATTEMPTS {
-                return Err(ClusterStoreError::Contention {
-                    id,
-                    attempts: conflicts,
-                });
-            }
+            count_conflict(&mut conflicts, id)?;
             read = self.after_conflict(conflicts, fresh, &links, &ids).await?;
         }
     }
@@ -568,13 +556,7 @@ impl EtcdStore {
             let Commit::Lost(fresh) = self.commit(compares, ops, &links, &ids, None).await? else {
                 return Ok(Some(removed));
             };
-            conflicts += 1;
-            if conflicts == MAX_ATTEMPTS {
-                return Err(ClusterStoreError::Contention {
-                    id,
-                    attempts: conflicts,
-                });
-            }
+            count_conflict(&mut conflicts, id)?;
             read = self.after_conflict(conflicts, fresh, &links, &ids).await?;
         }
     }
@@ -804,6 +786,19 @@ fn encode(r: &Reservation) -> Vec<u8> {
 
 fn encode_mark(m: &Removal) -> Vec<u8> {
     serde_json::to_vec(m).expect("a removal mark serialises")
+}
+
+/// Counts a lost race for reservation `id`; `Contention` once there have been
+/// `MAX_ATTEMPTS`.
+fn count_conflict(conflicts: &mut u32, id: ReservationId) -> Result<()> {
+    *conflicts += 1;
+    if *conflicts == MAX_ATTEMPTS {
+        return Err(ClusterStoreError::Contention {
+            id,
+            attempts: *conflicts,
+        });
+    }
+    Ok(())
 }
 
 /// A short wait, growing and jittered.
