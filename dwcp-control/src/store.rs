@@ -13,6 +13,13 @@
 //!   (so that every gateway tells a preemption apart), until the reservation's end
 //! - `<prefix>/requests/<request id>`: an [`AdmissionRecord`], the first admission of a
 //!   client's `request_id`, until its end
+//! - `<prefix>/admission-leader`: the gateway that decides every gateway's admissions, on its
+//!   lease
+//! - `<prefix>/admission-queue/<admitter>/<id, 20 digits>`: a [`QueuedAdmission`] another
+//!   gateway asks the leader to decide, until decided
+//! - `<prefix>/admission-verdicts/<unix s, 12 digits>/<admitter>/<id, 20 digits>`: the
+//!   leader's [`AdmissionVerdict`], for a few seconds (time first: one range delete sweeps
+//!   them)
 //!
 //! Fixed-width numbers so that keys sort as their numbers do.
 
@@ -21,7 +28,8 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 use crate::bandwidth::{
-    BandwidthError, Reservation, ReservationId, ReservationRequest, UnixSeconds,
+    Admission, BandwidthError, BatchOutcome, Reservation, ReservationId, ReservationRequest,
+    UnixSeconds,
 };
 use crate::topology::{
     error::line_of, EdgeConfig, LinkConfig, LinkId, RegionConfig, Topology, TopologyConfig,
@@ -107,6 +115,56 @@ impl KeyLayout {
     /// race for its links a few times; the others' writes wait while it is there.
     pub fn admission_turn(&self) -> String {
         format!("{}/admission-turn", self.prefix)
+    }
+
+    /// Held, on its lease, by the gateway whose batches decide every gateway's admissions
+    /// (`admission_queue`): with one writer the gateways no longer race for the ledgers.
+    pub fn admission_leader(&self) -> String {
+        format!("{}/admission-leader", self.prefix)
+    }
+
+    pub fn admission_queue(&self) -> String {
+        format!("{}/admission-queue/", self.prefix)
+    }
+
+    /// `admitter`: the asking connection's token (no `/`).
+    pub fn queued_admission(&self, admitter: &str, id: ReservationId) -> String {
+        format!("{}{admitter}/{:020}", self.admission_queue(), id.0)
+    }
+
+    /// The asking connection and the reservation of a queued admission's key.
+    pub fn queued_for<'k>(&self, key: &'k str) -> Option<(&'k str, ReservationId)> {
+        let rest = key.strip_prefix(&self.admission_queue())?;
+        let (admitter, id) = rest.split_once('/')?;
+        Some((admitter, fixed_width_id(id)?))
+    }
+
+    pub fn verdicts(&self) -> String {
+        format!("{}/admission-verdicts/", self.prefix)
+    }
+
+    pub fn verdict(&self, decided_at: UnixSeconds, admitter: &str, id: ReservationId) -> String {
+        format!(
+            "{}{decided_at:012}/{admitter}/{:020}",
+            self.verdicts(),
+            id.0
+        )
+    }
+
+    /// The end of the range of verdicts decided before `t` (they sort by time).
+    pub fn verdicts_before(&self, t: UnixSeconds) -> String {
+        format!("{}{t:012}", self.verdicts())
+    }
+
+    /// The asking connection and the reservation of a verdict's key.
+    pub fn verdict_for<'k>(&self, key: &'k str) -> Option<(&'k str, ReservationId)> {
+        let rest = key.strip_prefix(&self.verdicts())?;
+        let mut parts = rest.split('/');
+        let (_, admitter, id) = (parts.next()?, parts.next()?, parts.next()?);
+        if parts.next().is_some() {
+            return None;
+        }
+        Some((admitter, fixed_width_id(id)?))
     }
 
     pub fn removals(&self) -> String {
@@ -202,6 +260,99 @@ impl AdmissionRecord {
     }
 }
 
+/// A reservation id written in 20 digits, as keys have it.
+fn fixed_width_id(digits: &str) -> Option<ReservationId> {
+    (digits.len() == 20 && digits.bytes().all(|b| b.is_ascii_digit()))
+        .then(|| digits.parse().ok().map(ReservationId))?
+}
+
+/// An admission a gateway queued for the admission leader: the candidate as the asking
+/// gateway validated it, and the reservable bit/s of each link of its path as its topology
+/// has them.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QueuedAdmission {
+    pub reservation: Reservation,
+    pub reservable: Vec<(LinkId, u64)>,
+}
+
+impl QueuedAdmission {
+    /// A queued admission as read from the store, checked as the leader must (another
+    /// gateway wrote it): a reservation that validation could have admitted, whose every link
+    /// has a reservable figure.
+    pub fn decode(bytes: &[u8]) -> Result<QueuedAdmission, String> {
+        let queued: QueuedAdmission = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
+        queued.reservation.check()?;
+        if let Some(link) = queued
+            .reservation
+            .path
+            .iter()
+            .find(|l| !queued.reservable.iter().any(|(r, _)| r == *l))
+        {
+            return Err(format!(
+                "reservation {}: no reservable figure for link {link} of its path",
+                queued.reservation.id
+            ));
+        }
+        Ok(queued)
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("a queued admission serialises")
+    }
+}
+
+/// What the admission leader decided for a queued admission.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub enum AdmissionVerdict {
+    Admitted(Admission),
+    /// `BandwidthError::InsufficientBandwidth`'s figures.
+    Refused {
+        link: LinkId,
+        requested_bps: u64,
+        free_bps: u64,
+        reservable_bps: u64,
+        start: UnixSeconds,
+        end: UnixSeconds,
+    },
+    /// Another reservation is stored under its id.
+    IdTaken,
+    /// Not a queued admission the leader could decide (why).
+    Invalid(String),
+}
+
+impl AdmissionVerdict {
+    /// The verdict on an outcome of a batch; `None` for one left for a later batch.
+    pub fn of(outcome: &BatchOutcome) -> Option<AdmissionVerdict> {
+        Some(match outcome {
+            BatchOutcome::Admitted(a) => AdmissionVerdict::Admitted(a.clone()),
+            BatchOutcome::Refused(BandwidthError::InsufficientBandwidth {
+                link,
+                requested_bps,
+                free_bps,
+                reservable_bps,
+                start,
+                end,
+            }) => AdmissionVerdict::Refused {
+                link: *link,
+                requested_bps: *requested_bps,
+                free_bps: *free_bps,
+                reservable_bps: *reservable_bps,
+                start: *start,
+                end: *end,
+            },
+            BatchOutcome::Refused(other) => AdmissionVerdict::Invalid(other.to_string()),
+            BatchOutcome::IdTaken => AdmissionVerdict::IdTaken,
+            BatchOutcome::Deferred => return None,
+        })
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("a verdict serialises")
+    }
+}
+
 /// The topology of every gateway in etcd mode (`dwcp topology push`): `[[region]]`,
 /// `[[link]]` and `[[edge]]` tables as TOML, and its generation (1, 2, ... one per push).
 /// What only one gateway knows (its interfaces, keys, store endpoints) is never in it.
@@ -291,6 +442,104 @@ mod tests {
         assert_eq!(k.gateway("gw-a"), "/dwcp/v1/gateways/gw-a");
         assert_eq!(k.topology(), "/dwcp/v1/topology");
         assert_eq!(k.figures_of("gw-a"), "/dwcp/v1/figures/gw-a");
+    }
+
+    #[test]
+    fn admission_queue_and_verdict_keys_parse_back_and_verdicts_sort_by_time() {
+        let k = KeyLayout::new("/dwcp/v1");
+        let queued = k.queued_admission("7-1-0", ReservationId(42));
+        assert_eq!(
+            queued,
+            "/dwcp/v1/admission-queue/7-1-0/00000000000000000042"
+        );
+        assert_eq!(k.queued_for(&queued), Some(("7-1-0", ReservationId(42))));
+        assert_eq!(k.queued_for("/dwcp/v1/admission-queue/7-1-0/42"), None);
+        assert_eq!(k.queued_for("/dwcp/v1/admission-queue/x"), None);
+        // 20 digits past u64::MAX, +1 as a sign: not an id.
+        assert_eq!(
+            k.queued_for("/dwcp/v1/admission-queue/a/99999999999999999999"),
+            None
+        );
+        assert_eq!(
+            k.queued_for("/dwcp/v1/admission-queue/a/+0000000000000000001"),
+            None
+        );
+        let verdict = k.verdict(1_700_000_000, "7-1-0", ReservationId(42));
+        assert_eq!(k.verdict_for(&verdict), Some(("7-1-0", ReservationId(42))));
+        assert_eq!(k.verdict_for("/dwcp/v1/admission-verdicts/1/a/1"), None);
+        assert_eq!(k.verdict_for(&format!("{verdict}/more")), None);
+        // A range delete up to `verdicts_before(t)` takes every verdict before t, none after.
+        assert!(k.verdict(999, "z", ReservationId(u64::MAX)) < k.verdicts_before(1_000));
+        assert!(k.verdict(1_000, "0", ReservationId(0)) >= k.verdicts_before(1_000));
+        assert!(k.verdicts_before(1_000) > k.verdicts());
+    }
+
+    #[test]
+    fn a_queued_admission_is_checked_as_from_another_gateway() {
+        let reservation = Reservation {
+            id: ReservationId(5),
+            owner: "t".into(),
+            source: "a".into(),
+            destination: "b".into(),
+            class: dwcp_common::QosClass::Bulk,
+            rate_bps: 10_000_000,
+            start: 1000,
+            end: 2000,
+            priority: 2,
+            path: vec![LinkId(1), LinkId(2)],
+        };
+        let good = QueuedAdmission {
+            reservation: reservation.clone(),
+            reservable: vec![(LinkId(1), 800), (LinkId(2), 800)],
+        };
+        assert_eq!(QueuedAdmission::decode(&good.encode()), Ok(good.clone()));
+        let missing = QueuedAdmission {
+            reservable: vec![(LinkId(1), 800)],
+            ..good.clone()
+        };
+        assert!(QueuedAdmission::decode(&missing.encode())
+            .unwrap_err()
+            .contains("link 2"));
+        let repeated = QueuedAdmission {
+            reservation: Reservation {
+                path: vec![LinkId(1), LinkId(1)],
+                ..reservation
+            },
+            ..good
+        };
+        assert!(QueuedAdmission::decode(&repeated.encode())
+            .unwrap_err()
+            .contains("repeats"));
+        assert!(QueuedAdmission::decode(b"{\"reservation\": 1}").is_err());
+        assert!(QueuedAdmission::decode(&[0xff; 40]).is_err());
+    }
+
+    #[test]
+    fn verdicts_carry_each_outcome_and_a_deferred_one_has_none() {
+        let refusal = BandwidthError::InsufficientBandwidth {
+            link: LinkId(3),
+            requested_bps: 10,
+            free_bps: 4,
+            reservable_bps: 8,
+            start: 1,
+            end: 2,
+        };
+        let verdict = AdmissionVerdict::of(&BatchOutcome::Refused(refusal)).unwrap();
+        let back: AdmissionVerdict = serde_json::from_slice(&verdict.encode()).unwrap();
+        assert_eq!(back, verdict);
+        assert!(matches!(
+            back,
+            AdmissionVerdict::Refused {
+                link: LinkId(3),
+                free_bps: 4,
+                ..
+            }
+        ));
+        assert_eq!(
+            AdmissionVerdict::of(&BatchOutcome::IdTaken),
+            Some(AdmissionVerdict::IdTaken)
+        );
+        assert_eq!(AdmissionVerdict::of(&BatchOutcome::Deferred), None);
     }
 
     #[test]

@@ -137,7 +137,10 @@ async fn contended(
     let started = Instant::now();
     let mut gateways = Vec::new();
     for _ in 0..GATEWAYS {
-        gateways.push(connect(cluster, prefix).await?);
+        let gateway = connect(cluster, prefix).await?;
+        // As an agent does when it connects: a leader is elected before anyone admits.
+        gateway.join_admission_election().await?;
+        gateways.push(gateway);
     }
     let observer = connect(cluster, prefix).await?;
     let mut watch = observer.watch_prefix(&observer.keys().ledgers()).await?;

@@ -14,7 +14,10 @@ use dwcp_control::bandwidth::{
     peak_load, BandwidthError, ExtendRequest, Ledger, Reservation, ReservationId,
     ReservationRequest, MAX_TIME,
 };
-use dwcp_control::store::{EtcdConfig, GatewayRecord, GatewayView, KeyLayout, DEFAULT_PREFIX};
+use dwcp_control::store::{
+    AdmissionVerdict, EtcdConfig, GatewayRecord, GatewayView, KeyLayout, QueuedAdmission,
+    DEFAULT_PREFIX,
+};
 use dwcp_control::topology::LinkId;
 use dwcp_lab::etcd::{reservation, EtcdCluster, Lcg};
 use etcd_client::{Client, GetOptions, PutOptions};
@@ -1050,6 +1053,10 @@ fn batches_over_many_links_stay_within_the_transaction_bound() {
         (1..=ADMISSIONS * HOPS).map(|l| (LinkId(l), GBIT)).collect();
     let rt = runtime();
     rt.block_on(async {
+        // Through the admission leader: its writes carry a verdict per admission too.
+        let leader = connect(&cluster).await;
+        leader.join_admission_election().await.unwrap();
+        assert!(leader.leads_admissions());
         let store = connect(&cluster).await;
         let admitted = futures::future::join_all((0..ADMISSIONS).map(|i| {
             let path: Vec<u32> = (1..=HOPS).map(|h| i * HOPS + h).collect();
@@ -1064,6 +1071,182 @@ fn batches_over_many_links_stay_within_the_transaction_bound() {
         assert_eq!(
             store.reservations().await.unwrap().len(),
             ADMISSIONS as usize
+        );
+    });
+}
+
+/// The admission leader decides another gateway's admission (its verdict is in the store);
+/// when the leader dies, an admission queued meanwhile waits for its lease to end, and the
+/// gateway elected next decides it: admitted once, never twice.
+#[test]
+#[cfg_attr(
+    not(feature = "privileged"),
+    ignore = "privileged: needs root, network namespaces and etcd (--features dwcp-lab/privileged)"
+)]
+fn the_admission_leader_decides_for_every_gateway_and_a_successor_takes_over() {
+    let Some(cluster) =
+        cluster("the_admission_leader_decides_for_every_gateway_and_a_successor_takes_over")
+    else {
+        return;
+    };
+    let keys = KeyLayout::new(DEFAULT_PREFIX);
+    let reservable: BTreeMap<LinkId, u64> = [(LinkId(1), GBIT), (LinkId(2), GBIT)].into();
+    let rt = runtime();
+    rt.block_on(async {
+        let mut raw = raw(&cluster).await;
+        let leader = connect(&cluster).await;
+        leader.join_admission_election().await.unwrap();
+        assert!(leader.leads_admissions(), "the first to join leads");
+        let gw = [connect(&cluster).await, connect(&cluster).await];
+        for g in &gw {
+            g.join_admission_election().await.unwrap();
+            assert!(!g.leads_admissions(), "one leader");
+        }
+        let mut verdicts = leader.watch_prefix(&keys.verdicts()).await.unwrap();
+
+        let first = reservation(1, 600_000_000, 1_000, 2_000, 2, &[1, 2]);
+        let admitted = gw[0].admit(&first, &reservable).await.unwrap();
+        assert_eq!(admitted.reservation, first);
+        // Decided by the leader: its verdict, under the asking gateway's queue.
+        let WatchEvent::Put { key, value } = verdicts.next().await else {
+            panic!("a verdict is put")
+        };
+        assert_eq!(keys.verdict_for(&key).map(|(_, id)| id), Some(first.id));
+        assert_eq!(
+            serde_json::from_slice::<AdmissionVerdict>(&value).unwrap(),
+            AdmissionVerdict::Admitted(admitted)
+        );
+        assert!(
+            list(raw.clone(), &keys.admission_queue())
+                .await
+                .unwrap()
+                .is_empty(),
+            "the queued admission went with its verdict"
+        );
+        // Refused through the leader as it would be anywhere: the other gateway booked it.
+        let second = reservation(2, 600_000_000, 1_000, 2_000, 2, &[2]);
+        match gw[1].admit(&second, &reservable).await {
+            Err(ClusterStoreError::Bandwidth(BandwidthError::InsufficientBandwidth {
+                link: LinkId(2),
+                ..
+            })) => {}
+            other => panic!("600M more on link 2: {other:?}"),
+        }
+
+        // The leader dies: its tasks stop with its last handle (the watch holds one), its
+        // lease is not renewed.
+        drop((leader, verdicts));
+        // Renewed every 2/3 s on a 2 s TTL: at least 1.3 s left when its tasks stopped.
+        let held_until_at_least = Instant::now() + Duration::from_secs(1);
+        let third = reservation(3, 300_000_000, 1_000, 2_000, 2, &[1]);
+        let t = Instant::now();
+        let admitted = retry(|| gw[1].admit(&third, &reservable)).await;
+        assert_eq!(admitted.reservation, third);
+        let successor: Vec<bool> = gw.iter().map(EtcdStore::leads_admissions).collect();
+        assert_eq!(
+            successor.iter().filter(|l| **l).count(),
+            1,
+            "one successor: {successor:?}"
+        );
+        // Queued while the dead leader's key stood, then decided by the successor (which may
+        // be the asking gateway, from the queue it listed).
+        assert!(
+            Instant::now() >= held_until_at_least,
+            "decided after {:?}, before the dead leader's lease could end",
+            t.elapsed()
+        );
+        let stored = gw[0].reservations().await.unwrap();
+        assert_eq!(
+            stored.iter().map(|r| r.id.0).collect::<Vec<_>>(),
+            [1, 3],
+            "admitted once each"
+        );
+        check_consistent(&gw[0].ledgers().await.unwrap(), &stored, &reservable);
+        assert_eq!(
+            version(&mut raw, &keys.admission_leader()).await.unwrap(),
+            1
+        );
+    });
+}
+
+/// What another gateway queues is read as hostile: an admission that cannot be decided gets
+/// an `Invalid` verdict (and leaves the queue), a key that is not a queued admission is
+/// ignored, and the leader goes on deciding the others. Old verdicts are swept.
+#[test]
+#[cfg_attr(
+    not(feature = "privileged"),
+    ignore = "privileged: needs root, network namespaces and etcd (--features dwcp-lab/privileged)"
+)]
+fn a_queued_admission_that_cannot_be_decided_gets_a_clear_verdict_and_old_verdicts_go() {
+    let Some(cluster) = cluster(
+        "a_queued_admission_that_cannot_be_decided_gets_a_clear_verdict_and_old_verdicts_go",
+    ) else {
+        return;
+    };
+    let keys = KeyLayout::new(DEFAULT_PREFIX);
+    let reservable: BTreeMap<LinkId, u64> = [(LinkId(1), GBIT)].into();
+    let rt = runtime();
+    rt.block_on(async {
+        let mut raw = raw(&cluster).await;
+        let stale = keys.verdict(1_000, "gone", ReservationId(9));
+        raw.put(stale.as_str(), "{}", None).await.unwrap();
+        let garbage = keys.queued_admission("hostile", ReservationId(7));
+        raw.put(garbage.as_str(), vec![0xff; 64], None)
+            .await
+            .unwrap();
+        let repeating = keys.queued_admission("hostile", ReservationId(8));
+        let bad = QueuedAdmission {
+            reservation: reservation(8, 1_000_000, 1_000, 2_000, 2, &[1, 1]),
+            reservable: vec![(LinkId(1), GBIT)],
+        };
+        raw.put(repeating.as_str(), bad.encode(), None)
+            .await
+            .unwrap();
+        let not_a_key = format!("{}hostile/x", keys.admission_queue());
+        raw.put(not_a_key.as_str(), "x", None).await.unwrap();
+
+        let leader = connect(&cluster).await;
+        leader.join_admission_election().await.unwrap();
+        assert!(leader.leads_admissions());
+        let gw = connect(&cluster).await;
+        let cand = reservation(1, 100_000_000, 1_000, 2_000, 2, &[1]);
+        assert_eq!(
+            gw.admit(&cand, &reservable).await.unwrap().reservation,
+            cand
+        );
+
+        let deadline = Instant::now() + WAIT;
+        let verdicts = loop {
+            let verdicts = list(raw.clone(), &keys.verdicts()).await.unwrap();
+            let hostile: BTreeMap<ReservationId, AdmissionVerdict> = verdicts
+                .iter()
+                .filter_map(|(k, v)| match keys.verdict_for(k)? {
+                    ("hostile", id) => Some((id, serde_json::from_slice(v).unwrap())),
+                    _ => None,
+                })
+                .collect();
+            if hostile.len() == 2 && !verdicts.contains_key(&stale) {
+                break hostile;
+            }
+            assert!(Instant::now() < deadline, "verdicts: {verdicts:?}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        for (id, why) in [(7, "expected value"), (8, "repeats a link")] {
+            match &verdicts[&ReservationId(id)] {
+                AdmissionVerdict::Invalid(detail) => assert!(detail.contains(why), "{detail}"),
+                other => panic!("queued {id}: {other:?}"),
+            }
+        }
+        let queue = list(raw.clone(), &keys.admission_queue()).await.unwrap();
+        assert_eq!(
+            queue.keys().collect::<Vec<_>>(),
+            [&not_a_key],
+            "the undecidable ones left the queue; a stray key is only ignored"
+        );
+        assert_eq!(
+            gw.reservations().await.unwrap(),
+            [cand],
+            "nothing of the hostile ones was admitted"
         );
     });
 }

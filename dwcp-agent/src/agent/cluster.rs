@@ -79,7 +79,10 @@ fn store_failed(e: ClusterStoreError) -> BandwidthError {
     match e {
         ClusterStoreError::Bandwidth(e) => e,
         ClusterStoreError::Unreachable(_) => BandwidthError::ClusterStore {
-            detail: format!("{e}; nothing was changed, try again once it is back"),
+            detail: format!(
+                "{e}; if the request reached the store it may have been applied: send it again \
+                 once the store is back (with the same request_id an admission is made once)"
+            ),
             unreachable: true,
         },
         e => BandwidthError::ClusterStore {
@@ -343,6 +346,22 @@ pub(super) fn reservations_expiry(store: EtcdStore) -> JoinHandle<()> {
                 Err(e) => tracing::debug!(error = %e, "cluster store: expiry not run"),
             }
         }
+    })
+}
+
+/// Joins the election of the admission leader (`store::leader`) at start, so that a leader
+/// is there before the first admission; again every `RETRY` while the store does not answer.
+/// The election's own tasks then run as long as the store.
+pub(super) fn admission_election(store: EtcdStore) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        while let Err(e) = store.join_admission_election().await {
+            tracing::debug!(error = %e, "cluster store: admission election not joined yet");
+            tokio::time::sleep(RETRY).await;
+        }
+        info!(
+            leads = store.leads_admissions(),
+            "cluster store: admission leader election joined"
+        );
     })
 }
 

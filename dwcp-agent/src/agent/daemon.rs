@@ -275,6 +275,7 @@ impl Daemon {
                 first_list,
             ));
             started.push(cluster::reservations_expiry(store.clone()));
+            started.push(cluster::admission_election(store.clone()));
             let timers = config.link_state.timers();
             started.push(cluster::figures_watch(
                 store.clone(),

@@ -37,6 +37,10 @@
 //!  API PUT /v1/topology, POST /v1/topology/diff -----read, publish (txn)------> etcd
 //!  API reservation ops --> Daemon::run --candidate--> admit/extend/cancel task --txn--> etcd;
 //!                          its outcome --cluster::Decided mpsc--> Daemon::run, then the reply
+//!  admit task (not the leader) --put <admission-queue/>--> etcd --watch--> the admission
+//!                          leader's batches --txn: ledgers, verdict--> etcd <admission-verdicts/>
+//!                          --watch--> the admit task (`store::leader`; elected at start by the
+//!                          admission election task, on a lease)
 //!  etcd <reservations/> --watch--> reservations watch --Input::StoredReservation{,Gone}-->
 //!                          (a delete's reason read from <removed/>)
 //!  snapshot (reservations) --> mirror cache (at most 1/s) --> <state>/reservations-mirror.json

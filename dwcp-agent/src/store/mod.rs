@@ -10,6 +10,7 @@
 //! decided locally.
 
 mod figures;
+mod leader;
 mod membership;
 mod requests;
 mod reservations;
@@ -123,8 +124,13 @@ pub struct EtcdStore {
     timeout: Duration,
     /// This gateway's admissions waiting for the next batch.
     admissions: Arc<reservations::AdmissionQueue>,
-    /// What this connection writes when it takes the admission turn: unique per connection.
-    admitter: Vec<u8>,
+    /// This connection's share of the admission leader's election (`leader.rs`).
+    leadership: Arc<leader::Leadership>,
+    /// The campaign and the verdicts' watch, stopped when the last clone goes.
+    tasks: Arc<leader::Tasks>,
+    /// What this connection writes when it takes the admission turn or leads, and queues its
+    /// admissions under: unique per connection, no `/`.
+    admitter: String,
 }
 
 impl EtcdStore {
@@ -158,6 +164,8 @@ impl EtcdStore {
             keys: KeyLayout::new(&config.prefix),
             timeout: DEFAULT_TIMEOUT,
             admissions: Arc::default(),
+            leadership: Arc::default(),
+            tasks: Arc::default(),
             admitter: admitter_token(),
         })
     }
@@ -233,14 +241,14 @@ impl EtcdStore {
 }
 
 /// A value no other connection writes: the process, the time and a counter.
-fn admitter_token() -> Vec<u8> {
+fn admitter_token() -> String {
     static CONNECTIONS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let n = CONNECTIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos())
         .unwrap_or(0);
-    format!("{}-{now}-{n}", std::process::id()).into_bytes()
+    format!("{}-{now}-{n}", std::process::id())
 }
 
 /// Pause between two tries of a call that reached no member.

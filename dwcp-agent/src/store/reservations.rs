@@ -37,10 +37,11 @@ use dwcp_control::bandwidth::{
     extension, plan_admission, plan_batch, Admission, BandwidthError, BatchOutcome, ExtendRequest,
     Ledger, PlanError, Reservation, ReservationId, UnixSeconds,
 };
-use dwcp_control::store::Removal;
+use dwcp_control::store::{AdmissionVerdict, Removal};
 use dwcp_control::topology::LinkId;
 use etcd_client::{Compare, CompareOp, PutOptions, Txn, TxnOp, TxnOpResponse};
 use tokio::sync::oneshot;
+use tracing::warn;
 
 use super::{corrupt, ClusterStoreError, EtcdStore, Result};
 
@@ -96,7 +97,7 @@ pub(super) struct AdmissionQueue {
     waiting: std::sync::Mutex<VecDeque<Waiting>>,
     /// Held by the caller that runs a batch: one batch at a time per gateway (a second one
     /// would only race the first on the same ledgers).
-    running: tokio::sync::Mutex<Known>,
+    pub(super) running: tokio::sync::Mutex<Known>,
 }
 
 /// What this gateway's batches last learnt from the store, kept between batches.
@@ -138,20 +139,33 @@ impl Known {
     }
 }
 
-struct Waiting {
-    cand: Reservation,
-    reservable: BTreeMap<LinkId, u64>,
-    reply: oneshot::Sender<Result<Admission>>,
+pub(super) struct Waiting {
+    pub(super) cand: Reservation,
+    pub(super) reservable: BTreeMap<LinkId, u64>,
+    pub(super) answer: Answer,
+}
+
+/// Who is told what a batch decided.
+pub(super) enum Answer {
+    /// A caller of `admit` on this gateway.
+    Caller(oneshot::Sender<Result<Admission>>),
+    /// Another gateway, through the store (`leader.rs`): the batch's write deletes its queued
+    /// admission, if still `value`, and puts the verdict for connection `admitter`.
+    Queued {
+        key: String,
+        value: Vec<u8>,
+        admitter: String,
+    },
 }
 
 impl AdmissionQueue {
-    fn push(&self, waiting: Waiting) {
+    pub(super) fn push(&self, waiting: Waiting) {
         self.waiting.lock().expect("queue lock").push_back(waiting);
     }
 
     /// The next batch: the first in line, and those after it while the batch reads at most
     /// `MAX_BATCH_KEYS` ledgers and reservations together.
-    fn take(&self) -> Vec<Waiting> {
+    pub(super) fn take(&self) -> Vec<Waiting> {
         let mut waiting = self.waiting.lock().expect("queue lock");
         let mut links = BTreeSet::new();
         let mut n = 0;
@@ -164,6 +178,17 @@ impl AdmissionQueue {
             n += 1;
         }
         waiting.drain(..n).collect()
+    }
+
+    pub(super) fn is_empty(&self) -> bool {
+        self.waiting.lock().expect("queue lock").is_empty()
+    }
+
+    /// Forgets the other gateways' admissions (this one no longer leads: the next leader
+    /// lists them).
+    pub(super) fn drop_queued(&self) {
+        let mut waiting = self.waiting.lock().expect("queue lock");
+        waiting.retain(|w| matches!(w.answer, Answer::Caller(_)));
     }
 
     /// Puts back, first in line, what a batch left for the next one.
@@ -188,13 +213,9 @@ enum Commit {
 type Decisions = Vec<Option<Result<Admission>>>;
 
 impl EtcdStore {
-    /// Admits `cand` (validated, with a fresh id) on every link of its path, preempting
-    /// lower priorities as the manager would, each link having `reservable` bit/s. Admitting
-    /// the same reservation again returns it (a retry after `Unreachable` is safe).
-    ///
-    /// The caller either runs the next batch of this gateway's admissions, its own included,
-    /// or waits for the batch that decides it.
-    pub async fn admit(
+    /// Admits `cand` in this gateway's batches: the caller either runs the next batch of this
+    /// gateway's admissions, its own included, or waits for the batch that decides it.
+    pub(super) async fn admit_here(
         &self,
         cand: &Reservation,
         reservable: &BTreeMap<LinkId, u64>,
@@ -204,7 +225,7 @@ impl EtcdStore {
             self.admissions.push(Waiting {
                 cand: cand.clone(),
                 reservable: reservable.clone(),
-                reply,
+                answer: Answer::Caller(reply),
             });
             loop {
                 tokio::select! {
@@ -226,23 +247,35 @@ impl EtcdStore {
         }
     }
 
-    async fn admit_batch(&self, batch: Vec<Waiting>, known: &mut Known) {
+    /// Decides `batch` and tells each caller; `false` if the store failed (the other
+    /// gateways' admissions are put back for another try, the callers told).
+    pub(super) async fn admit_batch(&self, batch: Vec<Waiting>, known: &mut Known) -> bool {
         match self.decide(&batch, known).await {
             Ok(decisions) => {
                 let mut deferred = Vec::new();
                 for (w, decision) in batch.into_iter().zip(decisions) {
-                    match decision {
+                    match (decision, w.answer) {
                         // A waiter that went away needs no answer.
-                        Some(result) => drop(w.reply.send(result)),
-                        None => deferred.push(w),
+                        (Some(result), Answer::Caller(reply)) => drop(reply.send(result)),
+                        // Its verdict was in the batch's write.
+                        (Some(_), Answer::Queued { .. }) => {}
+                        (None, answer) => deferred.push(Waiting { answer, ..w }),
                     }
                 }
                 self.admissions.put_back(deferred);
+                true
             }
             Err(e) => {
+                let mut again = Vec::new();
                 for w in batch {
-                    drop(w.reply.send(Err(e.for_admission(w.cand.id))));
+                    match w.answer {
+                        Answer::Caller(reply) => drop(reply.send(Err(e.for_admission(w.cand.id)))),
+                        answer @ Answer::Queued { .. } => again.push(Waiting { answer, ..w }),
+                    }
                 }
+                warn!(error = %e, queued = again.len(), "an admission batch failed");
+                self.admissions.put_back(again);
+                false
             }
         }
     }
@@ -270,9 +303,13 @@ impl EtcdStore {
             if !speculative {
                 known.learn(&read);
                 // Taken by our last write that lost; a turn whose lease ended is nobody's.
-                holding_turn = read.turn.as_ref() == Some(&self.admitter);
+                holding_turn = read.turn.as_deref() == Some(self.admitter.as_bytes());
             }
-            if read.turn.as_ref().is_some_and(|t| *t != self.admitter) {
+            if read
+                .turn
+                .as_ref()
+                .is_some_and(|t| t != self.admitter.as_bytes())
+            {
                 // Another gateway's admissions go first: its write would fail ours anyway.
                 if tokio::time::Instant::now() > turn_waits_until {
                     return Err(ClusterStoreError::Contention {
@@ -291,8 +328,13 @@ impl EtcdStore {
                 .collect();
             let admissions: Vec<_> = batch.iter().map(|w| (&w.cand, &w.reservable)).collect();
             // The write compares every ledger read, the turn and each admitted reservation,
-            // and may delete the turn: a budget of writes that leaves room for both.
-            let budget = MAX_TXN_OPS.saturating_sub(read.revisions.len() + 1);
+            // and may delete the turn and put a verdict per queued admission: a budget of
+            // writes that leaves room for all.
+            let queued = batch
+                .iter()
+                .filter(|w| matches!(w.answer, Answer::Queued { .. }))
+                .count();
+            let budget = MAX_TXN_OPS.saturating_sub(read.revisions.len() + 1 + queued);
             let plan = match plan_batch(&read.ledgers, &stored, &admissions, budget) {
                 Ok(plan) => plan,
                 Err(more) => {
@@ -307,9 +349,11 @@ impl EtcdStore {
                 speculative = false;
                 continue;
             }
+            let verdicts = self.verdict_ops(batch, &plan.outcomes);
             if plan.admitted.is_empty() {
-                if holding_turn {
-                    self.give_back_turn().await?;
+                // Refused or found on ledgers just read: final, with nothing to compare.
+                if holding_turn || !verdicts.is_empty() {
+                    self.end_batch(holding_turn, verdicts).await?;
                 }
                 return Ok(decisions(batch, plan.outcomes));
             }
@@ -329,6 +373,7 @@ impl EtcdStore {
                 ops.push(TxnOp::delete(self.keys.reservation(victim), None));
             }
             ops.extend(self.preemption_marks(&plan.outcomes));
+            ops.extend(verdicts);
             if holding_turn {
                 ops.push(TxnOp::delete(self.keys.admission_turn(), None));
             }
@@ -359,7 +404,7 @@ impl EtcdStore {
                 continue;
             }
             count_conflict(&mut conflicts, batch[0].cand.id)?;
-            read = if fresh.turn.as_ref() == Some(&self.admitter) {
+            read = if fresh.turn.as_deref() == Some(self.admitter.as_bytes()) {
                 // Taken with the write that lost: nobody else writes before our next try.
                 fresh
             } else {
@@ -607,22 +652,43 @@ impl EtcdStore {
         )
     }
 
-    /// Ends our turn when the batch wrote nothing (every admission refused or found).
-    async fn give_back_turn(&self) -> Result<()> {
+    /// Ends a batch that admitted nothing: gives back our turn if we hold it, and puts the
+    /// queued admissions' verdicts.
+    async fn end_batch(&self, holding_turn: bool, verdicts: Vec<TxnOp>) -> Result<()> {
         let key = self.keys.admission_turn();
-        let txn = Txn::new()
+        let give_back = Txn::new()
             .when([Compare::value(
-                key.clone(),
+                key.as_str(),
                 CompareOp::Equal,
-                self.admitter.clone(),
+                self.admitter.as_bytes(),
             )])
-            .and_then([TxnOp::delete(key, None)]);
-        self.call("give back the admission turn", |mut c| {
+            .and_then([TxnOp::delete(key.as_str(), None)]);
+        let txn = Txn::new().and_then(
+            holding_turn
+                .then(|| TxnOp::txn(give_back))
+                .into_iter()
+                .chain(verdicts)
+                .collect::<Vec<_>>(),
+        );
+        self.call("end an admission batch", |mut c| {
             let txn = txn.clone();
             async move { c.txn(txn).await }
         })
         .await?;
         Ok(())
+    }
+
+    /// The verdicts of the batch's queued admissions that `outcomes` decided.
+    fn verdict_ops(&self, batch: &[Waiting], outcomes: &[BatchOutcome]) -> Vec<TxnOp> {
+        batch
+            .iter()
+            .zip(outcomes)
+            .filter(|(w, _)| matches!(w.answer, Answer::Queued { .. }))
+            .filter_map(|(w, o)| {
+                let verdict = AdmissionVerdict::of(o)?;
+                Some(self.verdict_op(&w.answer, w.cand.id, &verdict))
+            })
+            .collect()
     }
 
     /// Reads the ledgers of `links` and reservations `ids` in one transaction (one revision).

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use etcd_client::{EventType, WatchOptions, WatchStream};
 
-use super::{EtcdStore, Result};
+use super::{ClusterStoreError, EtcdStore, Result};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum WatchEvent {
@@ -62,6 +62,44 @@ impl EtcdStore {
         w.relist().await?;
         w.relists = 0;
         Ok(w)
+    }
+}
+
+impl EtcdStore {
+    /// Watches `prefix` from now on, without a list: for keys that cannot exist before the
+    /// caller writes them. The watch is in place when this returns. (A watch from the
+    /// revision after a list, once other writes have come, waits for etcd's catch-up loop,
+    /// which runs every 100 ms: measured, the first admission verdicts of a gateway that had
+    /// just listed took 180 ms instead of 10.)
+    pub async fn watch_prefix_from_now(&self, prefix: &str) -> Result<PrefixWatch> {
+        let options = WatchOptions::new().with_prefix();
+        let mut stream = self
+            .call("watch", |mut c| {
+                let (prefix, options) = (prefix.to_owned(), options.clone());
+                async move { c.watch(prefix, Some(options)).await }
+            })
+            .await?;
+        let created = tokio::time::timeout(self.timeout, stream.message()).await;
+        let revision = match created {
+            Ok(Ok(Some(resp))) if resp.created() => resp.header().map_or(0, |h| h.revision()),
+            Ok(Err(e)) => return Err(e.into()),
+            _ => {
+                return Err(ClusterStoreError::Unreachable(format!(
+                    "watch {prefix}: not created within {:?}",
+                    self.timeout
+                )))
+            }
+        };
+        Ok(PrefixWatch {
+            store: self.clone(),
+            prefix: prefix.to_owned(),
+            known: BTreeMap::new(),
+            pending: VecDeque::new(),
+            stream: Some(stream),
+            next_revision: revision + 1,
+            must_relist: false,
+            relists: 0,
+        })
     }
 }
 
