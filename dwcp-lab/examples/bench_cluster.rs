@@ -126,20 +126,24 @@ impl Phase {
 }
 
 /// `GATEWAYS` gateways with `tasks` concurrent tasks each, `per_task` admissions per task,
-/// under `prefix` (empty ledgers); a fourth client watches every ledger version.
+/// under `prefix` (empty ledgers); a fourth client watches every ledger version. `elected`:
+/// the gateways join the admission leader's election when they connect, as an agent does at
+/// start; else their first admissions do, all at once.
 async fn contended(
     cluster: &EtcdCluster,
     prefix: &str,
     tasks_per_gateway: u64,
     per_task: u64,
     reservable: &BTreeMap<LinkId, u64>,
+    elected: bool,
 ) -> anyhow::Result<Phase> {
     let started = Instant::now();
     let mut gateways = Vec::new();
     for _ in 0..GATEWAYS {
         let gateway = connect(cluster, prefix).await?;
-        // As an agent does when it connects: a leader is elected before anyone admits.
-        gateway.join_admission_election().await?;
+        if elected {
+            gateway.join_admission_election().await?;
+        }
         gateways.push(gateway);
     }
     let observer = connect(cluster, prefix).await?;
@@ -249,13 +253,22 @@ fn main() -> anyhow::Result<()> {
     })?;
 
     let rt_ref = &rt;
-    let phase = |prefix: &'static str, tasks, per_task| {
-        rt_ref.block_on(contended(&cluster, prefix, tasks, per_task, &reservable))
+    let phase = |prefix: &'static str, tasks, per_task, elected| {
+        rt_ref.block_on(contended(
+            &cluster,
+            prefix,
+            tasks,
+            per_task,
+            &reservable,
+            elected,
+        ))
     };
-    let headline = phase(DEFAULT_PREFIX, TASKS_PER_GATEWAY, PER_TASK)?;
+    let headline = phase(DEFAULT_PREFIX, TASKS_PER_GATEWAY, PER_TASK, true)?;
     // The daemon's state owner admits one request at a time: the same three gateways, one
     // task each, on a prefix of their own.
-    let serial = phase("/dwcp-serial/v1", 1, SERIAL_PER_GATEWAY)?;
+    let serial = phase("/dwcp-serial/v1", 1, SERIAL_PER_GATEWAY, true)?;
+    // The headline's load on gateways that connected that instant: no leader yet.
+    let cold = phase("/dwcp-cold/v1", TASKS_PER_GATEWAY, PER_TASK, false)?;
     let Phase {
         attempts,
         total,
@@ -288,6 +301,11 @@ fn main() -> anyhow::Result<()> {
         serial.attempts,
         serial.oversubscribed,
         serial_p99 / base_p99
+    );
+    let cold_p99 = cold.p99_ms();
+    println!(
+        "| admission p99 (ms), gateways admitting as they connect | {cold_p99:.1} | {} attempts, {} oversubscribed links: the first admissions elect the leader |",
+        cold.attempts, cold.oversubscribed
     );
     if admission_only {
         println!(
@@ -360,17 +378,17 @@ fn main() -> anyhow::Result<()> {
          admissions per task, 4 tokio worker threads), admitting over 4 links of \
          {RESERVABLE_BPS} bit/s reservable shared by 6 paths of one or two links; rates 10-99 \
          Mbit/s, windows of 100-300 s among 20 start times, priorities 1-3 (so some \
-         admissions preempt); the same requests every run (fixed seeds). A gateway's concurrent \
-         admissions are decided in batches (`EtcdStore::admit`): one transaction writes the \
-         batch's ledgers guarded by their mod_revisions, decided on the ledgers as the gateway \
-         last knew them (a read first only for ledgers never seen, or before refusing a whole \
-         batch); a write that lost the race returns the ledgers as they are now for the next \
-         try, and the write that loses the third time also takes the admission turn (a key \
-         on a 2 s lease that the other gateways' writes wait for). A fourth client watches every ledger version; `oversubscribed` \
+         admissions preempt); the same requests every run (fixed seeds). Each gateway joins \
+         the admission leader's election when it connects, as an agent does at start; the \
+         leader decides every gateway's admissions in batches (`EtcdStore::admit`, \
+         `store/leader.rs`): the other gateways queue theirs in the store and watch for the \
+         verdict, which the leader writes in the transaction that writes the batch's ledgers, \
+         guarded by their mod_revisions. A fourth client watches every ledger version; `oversubscribed` \
          counts the links over capacity in any version watched or in the final ledgers and \
          reservation keys. The second run (one task per gateway, as the daemon's state owner \
          admits one request at a time; {SERIAL_PER_GATEWAY} admissions each) uses a prefix of \
-         its own, so its ledgers start empty. Latency percentiles are nearest-rank over the \
+         its own, so its ledgers start empty; so does the third (the headline's load on \
+         gateways that connected that instant, whose first admissions join the election). Latency percentiles are nearest-rank over the \
          decided attempts (admitted or refused). The machine's 2 CPUs run the three members, the clients and \
          other work. Topology convergence: the three-region lab's `dwcp-agent`s (release \
          build) in etcd mode, each gateway namespace given a port on the cluster's bridge; \
@@ -423,6 +441,11 @@ fn main() -> anyhow::Result<()> {
                 "admitted": serial.total.admitted,
                 "refused": serial.total.refused,
                 "contention": serial.total.contention,
+            },
+            "gateways_admitting_as_they_connect": {
+                "admissions": cold.attempts,
+                "oversubscribed": cold.oversubscribed,
+                "admission_p99_ms": cold_p99,
             },
             "baseline_p50_ms": base_p50,
             "baseline_p99_ms": base_p99,

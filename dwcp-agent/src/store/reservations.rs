@@ -27,8 +27,9 @@
 //! interleaved runs on a quieter machine): p50 16-21.5 -> 7.5-13 ms, 1,200 attempts in
 //! 1.1-1.5 s -> 1.0-1.4 s, but p99 69-93 ms before and 69-95 ms after: the winner of a race
 //! knows the fresh ledgers and wins the next one too, which shortens the median and not the
-//! tail. Two full bench runs: p99 79.0 and 103.8 ms (goal < 50). What removes the races
-//! themselves is one elected admission leader batching every gateway's admissions.
+//! tail. Two full bench runs: p99 79.0 and 103.8 ms (goal < 50). What removed the races
+//! themselves is one elected admission leader batching every gateway's admissions
+//! (`leader.rs`): its batches are these, fed from the store's queue as well.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::Duration;
