@@ -194,7 +194,7 @@ impl EtcdStore {
             }
         };
         match verdict {
-            Ok(Ok(verdict)) => Ok(Some(verdict_result(cand.id, &key, verdict))),
+            Ok(Ok(verdict)) => Ok(Some(verdict_result(cand, &key, verdict))),
             _ => {
                 self.forget(cand.id, decided);
                 Err(ClusterStoreError::Unreachable(format!(
@@ -516,10 +516,19 @@ impl EtcdStore {
     }
 }
 
-/// What the leader's verdict means to the gateway that queued `id` under `key`.
-fn verdict_result(id: ReservationId, key: &str, verdict: AdmissionVerdict) -> Result<Admission> {
+/// What the leader's verdict means to the gateway that queued `cand` under `key`. An
+/// admission of other terms (a leader gone wrong) is no admission of `cand`.
+fn verdict_result(cand: &Reservation, key: &str, verdict: AdmissionVerdict) -> Result<Admission> {
+    let id = cand.id;
     match verdict {
-        AdmissionVerdict::Admitted(a) => Ok(a),
+        AdmissionVerdict::Admitted(a) if a.reservation == *cand => Ok(a),
+        AdmissionVerdict::Admitted(a) => Err(ClusterStoreError::Corrupt {
+            key: key.to_owned(),
+            detail: format!(
+                "the admission leader's verdict admits other terms ({:?})",
+                a.reservation
+            ),
+        }),
         AdmissionVerdict::Refused {
             link,
             requested_bps,

@@ -36,6 +36,9 @@ struct OwnLink {
     figures_at_ns: u64,
     /// Since when the link has been good (not down), while it is.
     good_since_ns: Option<u64>,
+    /// It went down from good since the last announcement: the next one says down, even if
+    /// it is good again by then (a down between two announcements is still a flap).
+    down_unannounced: bool,
     hold: Hold,
 }
 
@@ -47,6 +50,7 @@ impl Originator {
             announced: None,
             figures_at_ns: 0,
             good_since_ns: None,
+            down_unannounced: false,
             hold: Hold::new(&config),
         };
         Originator {
@@ -72,6 +76,9 @@ impl Originator {
         if observation.health == RoutingHealth::Down {
             if was_good == Some(true) {
                 own.hold.down(now_ns, &self.config);
+                own.down_unannounced = own
+                    .announced
+                    .is_some_and(|a| a.health != RoutingHealth::Down);
             }
             own.good_since_ns = None;
         } else if own.good_since_ns.is_none() {
@@ -127,7 +134,7 @@ impl OwnLink {
             return Some(0);
         };
         let down = RoutingHealth::Down;
-        if observed.health == down {
+        if observed.health == down || self.down_unannounced {
             return (announced.health != down).then_some(0);
         }
         if announced.health == down {
@@ -151,10 +158,11 @@ impl OwnLink {
         let Some(observed) = self.observed else {
             return;
         };
-        self.announced = Some(if observed.health == RoutingHealth::Down {
+        let went_down = std::mem::take(&mut self.down_unannounced);
+        self.announced = Some(if observed.health == RoutingHealth::Down || went_down {
             // A dead link's figures mean nothing; leaving them out keeps the record still.
             Observation {
-                health: observed.health,
+                health: RoutingHealth::Down,
                 figures: Figures::default(),
             }
         } else {
@@ -282,6 +290,24 @@ mod tests {
         assert!(step(&mut o, 0, up(10.0)));
         assert_eq!(o.reports().len(), 1, "link 9 never observed");
         assert_eq!(o.reports()[0].figures.rtt_us, Some(10_000));
+    }
+
+    /// A down that is over before the next announcement (the task that announces was late)
+    /// is still announced, and the recovery held: it was a flap.
+    #[test]
+    fn a_down_over_before_it_was_announced_is_announced_and_its_recovery_held() {
+        let mut o = Originator::new(config(), &[L]);
+        step(&mut o, 0, up(10.0));
+        o.observe(L, down(), 5_000 * MS);
+        assert!(step(&mut o, 5_200, up(10.0)), "the down is announced");
+        assert_eq!(announced(&o), Some(RoutingHealth::Down));
+        assert_eq!(o.next_due(), Some(6_200 * MS), "up after the 1 s hold");
+        assert!(o.advance(6_200 * MS));
+        assert_eq!(announced(&o), Some(RoutingHealth::Up));
+        // A degraded spell over before the next announcement is no flap: nothing to say.
+        o.observe(L, obs(RoutingHealth::Degraded, 10.0), 7_000 * MS);
+        assert!(!step(&mut o, 7_100, up(10.0)));
+        assert_eq!(announced(&o), Some(RoutingHealth::Up));
     }
 
     #[test]
