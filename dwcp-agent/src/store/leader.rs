@@ -46,7 +46,7 @@ use tokio::sync::oneshot;
 use tokio::task::AbortHandle;
 use tracing::{info, warn};
 
-use super::reservations::{Answer, Waiting};
+use super::reservations::{Answer, Queued, Waiting};
 use super::{ClusterStoreError, EtcdStore, PrefixWatch, Result, WatchEvent};
 
 /// The leader's lease: how long the admissions queued meanwhile wait when it dies.
@@ -104,7 +104,7 @@ impl EtcdStore {
         reservable: &BTreeMap<LinkId, u64>,
     ) -> Result<Admission> {
         self.join_admission_election().await?;
-        if !self.leadership.leading.load(Ordering::Relaxed) {
+        if !self.leads_admissions() {
             if let Some(decided) = self.ask_leader(cand, reservable).await? {
                 return decided;
             }
@@ -175,12 +175,7 @@ impl EtcdStore {
                 0,
             )])
             .and_then([TxnOp::put(key.as_str(), queued.encode(), None)]);
-        let asked = self
-            .call("queue the admission for the leader", |mut c| {
-                let txn = txn.clone();
-                async move { c.txn(txn).await }
-            })
-            .await;
+        let asked = self.txn("queue the admission for the leader", txn).await;
         let wait = self.timeout + LEADER_TTL;
         let verdict = match asked {
             Ok(resp) if resp.succeeded() => tokio::time::timeout(wait, &mut decided).await,
@@ -300,12 +295,7 @@ impl EtcdStore {
                 self.admitter.as_bytes(),
                 Some(PutOptions::new().with_lease(lease)),
             )]);
-        let resp = self
-            .call("campaign for admission leader", |mut c| {
-                let txn = txn.clone();
-                async move { c.txn(txn).await }
-            })
-            .await?;
+        let resp = self.txn("campaign for admission leader", txn).await?;
         if resp.succeeded() {
             return Ok(Campaign::Won(lease));
         }
@@ -424,17 +414,17 @@ impl EtcdStore {
             warn!(%key, "not a queued admission's key, ignored");
             return;
         };
-        let admitter = admitter.to_owned();
-        let answer = Answer::Queued {
+        let queued_admission = QueuedAdmission::decode(&value);
+        let queued = Queued {
             key: key.clone(),
-            value: value.clone(),
-            admitter,
+            value,
+            admitter: admitter.to_owned(),
         };
-        match QueuedAdmission::decode(&value) {
+        match queued_admission {
             Ok(q) if q.reservation.id == id => self.admissions.push(Waiting {
                 reservable: q.reservable.into_iter().collect(),
                 cand: q.reservation,
-                answer,
+                answer: Answer::Queued(queued),
             }),
             decoded => {
                 let detail = match decoded {
@@ -443,15 +433,9 @@ impl EtcdStore {
                 };
                 warn!(%key, %detail, "a queued admission that cannot be decided");
                 let verdict = AdmissionVerdict::Invalid(detail);
-                let op = self.verdict_op(&answer, id, &verdict);
+                let op = self.verdict_op(&queued, id, &verdict);
                 let txn = Txn::new().and_then([op]);
-                drop(
-                    self.call("refuse a queued admission", |mut c| {
-                        let txn = txn.clone();
-                        async move { c.txn(txn).await }
-                    })
-                    .await,
-                );
+                drop(self.txn("refuse a queued admission", txn).await);
             }
         }
     }
@@ -468,18 +452,15 @@ impl EtcdStore {
     /// verdict.
     pub(super) fn verdict_op(
         &self,
-        answer: &Answer,
+        queued: &Queued,
         id: ReservationId,
         verdict: &AdmissionVerdict,
     ) -> TxnOp {
-        let Answer::Queued {
+        let Queued {
             key,
             value,
             admitter,
-        } = answer
-        else {
-            unreachable!("only queued admissions get a verdict in the store")
-        };
+        } = queued;
         let verdict_key = self.keys.verdict(unix_now(), admitter, id);
         TxnOp::txn(
             Txn::new()

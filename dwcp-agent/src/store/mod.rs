@@ -27,7 +27,8 @@ use std::{
 use dwcp_control::bandwidth::{BandwidthError, ReservationId};
 use dwcp_control::store::{EtcdConfig, KeyLayout};
 use etcd_client::{
-    Certificate, Client, ConnectOptions, GetOptions, GetResponse, Identity, TlsOptions,
+    Certificate, Client, ConnectOptions, GetOptions, GetResponse, Identity, TlsOptions, Txn,
+    TxnResponse,
 };
 
 pub use figures::{local_figures, publish_figures};
@@ -211,6 +212,15 @@ impl EtcdStore {
 }
 
 impl EtcdStore {
+    /// One transaction, as [`EtcdStore::call`] runs it.
+    async fn txn(&self, what: &str, txn: Txn) -> Result<TxnResponse> {
+        self.call(what, |mut c| {
+            let txn = txn.clone();
+            async move { c.txn(txn).await }
+        })
+        .await
+    }
+
     /// Every key under `prefix`, at one revision.
     async fn get_prefix(&self, what: &str, prefix: String) -> Result<GetResponse> {
         self.call(what, |mut c| {

@@ -40,12 +40,7 @@ impl EtcdStore {
             .when([Compare::version(key.clone(), CompareOp::Equal, 0)])
             .and_then([TxnOp::put(key.clone(), value, None)])
             .or_else([TxnOp::get(key.clone(), None)]);
-        let resp = self
-            .call("record the request id", |mut c| {
-                let txn = txn.clone();
-                async move { c.txn(txn).await }
-            })
-            .await?;
+        let resp = self.txn("record the request id", txn).await?;
         if resp.succeeded() {
             let revision = resp
                 .header()
@@ -127,11 +122,7 @@ impl EtcdStore {
                     .map(|k| TxnOp::delete(k.clone(), None))
                     .collect::<Vec<_>>(),
             );
-            self.call("remove ended marks", |mut c| {
-                let txn = txn.clone();
-                async move { c.txn(txn).await }
-            })
-            .await?;
+            self.txn("remove ended marks", txn).await?;
         }
         Ok(())
     }

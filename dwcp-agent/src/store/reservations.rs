@@ -150,13 +150,16 @@ pub(super) struct Waiting {
 pub(super) enum Answer {
     /// A caller of `admit` on this gateway.
     Caller(oneshot::Sender<Result<Admission>>),
-    /// Another gateway, through the store (`leader.rs`): the batch's write deletes its queued
-    /// admission, if still `value`, and puts the verdict for connection `admitter`.
-    Queued {
-        key: String,
-        value: Vec<u8>,
-        admitter: String,
-    },
+    /// Another gateway, through the store (`leader.rs`): the batch's write puts the verdict.
+    Queued(Queued),
+}
+
+/// Another gateway's queued admission as the leader read it: the batch's write deletes it,
+/// if still `value`, and puts the verdict for connection `admitter`.
+pub(super) struct Queued {
+    pub(super) key: String,
+    pub(super) value: Vec<u8>,
+    pub(super) admitter: String,
 }
 
 impl AdmissionQueue {
@@ -259,7 +262,7 @@ impl EtcdStore {
                         // A waiter that went away needs no answer.
                         (Some(result), Answer::Caller(reply)) => drop(reply.send(result)),
                         // Its verdict was in the batch's write.
-                        (Some(_), Answer::Queued { .. }) => {}
+                        (Some(_), Answer::Queued(_)) => {}
                         (None, answer) => deferred.push(Waiting { answer, ..w }),
                     }
                 }
@@ -271,7 +274,7 @@ impl EtcdStore {
                 for w in batch {
                     match w.answer {
                         Answer::Caller(reply) => drop(reply.send(Err(e.for_admission(w.cand.id)))),
-                        answer @ Answer::Queued { .. } => again.push(Waiting { answer, ..w }),
+                        answer @ Answer::Queued(_) => again.push(Waiting { answer, ..w }),
                     }
                 }
                 warn!(error = %e, queued = again.len(), "an admission batch failed");
@@ -333,7 +336,7 @@ impl EtcdStore {
             // writes that leaves room for all.
             let queued = batch
                 .iter()
-                .filter(|w| matches!(w.answer, Answer::Queued { .. }))
+                .filter(|w| matches!(w.answer, Answer::Queued(_)))
                 .count();
             let budget = MAX_TXN_OPS.saturating_sub(read.revisions.len() + 1 + queued);
             let plan = match plan_batch(&read.ledgers, &stored, &admissions, budget) {
@@ -671,11 +674,7 @@ impl EtcdStore {
                 .chain(verdicts)
                 .collect::<Vec<_>>(),
         );
-        self.call("end an admission batch", |mut c| {
-            let txn = txn.clone();
-            async move { c.txn(txn).await }
-        })
-        .await?;
+        self.txn("end an admission batch", txn).await?;
         Ok(())
     }
 
@@ -684,10 +683,11 @@ impl EtcdStore {
         batch
             .iter()
             .zip(outcomes)
-            .filter(|(w, _)| matches!(w.answer, Answer::Queued { .. }))
-            .filter_map(|(w, o)| {
-                let verdict = AdmissionVerdict::of(o)?;
-                Some(self.verdict_op(&w.answer, w.cand.id, &verdict))
+            .filter_map(|(w, o)| match &w.answer {
+                Answer::Queued(queued) => {
+                    Some(self.verdict_op(queued, w.cand.id, &AdmissionVerdict::of(o)?))
+                }
+                Answer::Caller(_) => None,
             })
             .collect()
     }
@@ -695,12 +695,7 @@ impl EtcdStore {
     /// Reads the ledgers of `links` and reservations `ids` in one transaction (one revision).
     async fn read(&self, links: &BTreeSet<LinkId>, ids: &BTreeSet<ReservationId>) -> Result<Read> {
         let txn = Txn::new().and_then(self.read_ops(links, ids));
-        let resp = self
-            .call("read ledgers", |mut c| {
-                let txn = txn.clone();
-                async move { c.txn(txn).await }
-            })
-            .await?;
+        let resp = self.txn("read ledgers", txn).await?;
         self.parse_read(links, ids, resp.op_responses())
     }
 
@@ -798,12 +793,7 @@ impl EtcdStore {
             .chain(self.read_ops(links, ids))
             .collect();
         let txn = Txn::new().when(compares).and_then(ops).or_else(lost);
-        let resp = self
-            .call("write ledgers", |mut c| {
-                let txn = txn.clone();
-                async move { c.txn(txn).await }
-            })
-            .await?;
+        let resp = self.txn("write ledgers", txn).await?;
         if resp.succeeded() {
             return Ok(Commit::Written {
                 revision: resp.header().map_or(0, |h| h.revision()),

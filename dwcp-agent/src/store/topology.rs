@@ -57,12 +57,7 @@ impl EtcdStore {
                     revision,
                 )])
                 .and_then([TxnOp::put(key.clone(), value, None)]);
-            let resp = self
-                .call("publish topology", |mut c| {
-                    let txn = txn.clone();
-                    async move { c.txn(txn).await }
-                })
-                .await?;
+            let resp = self.txn("publish topology", txn).await?;
             if resp.succeeded() {
                 return Ok(next);
             }
